@@ -1,0 +1,28 @@
+//! PacketFS: move files as blueprints into a snapshot both hosts already hold.
+//!
+//! The layers, from the bytes of a file to the wire and back (see docs/ARCHITECTURE.md):
+//!
+//! | module        | concern                                                                  |
+//! |---------------|--------------------------------------------------------------------------|
+//! | [`pob`]       | the POB snapshot: recipe, deterministic banks, manifest, mmap loading     |
+//! | [`index`]     | k-gram indexes over the snapshot, stored beside it and memory-mapped      |
+//! | [`plan`]      | the planner: matches under id/xor/add, cost model, ELF section hints      |
+//! | [`blueprint`] | segments, the `.pbb` codec, and the apply kernels that rebuild a file     |
+//! | [`wire`]      | frame formats: zero-copy views with checked constructors                  |
+//! | [`proto`]     | the transfer state machine: no clock, no sockets                          |
+//! | [`xsk`]       | AF_XDP sockets, UMEM and rings (unsafe lives here)                        |
+//! | [`steer`]     | the aya loader for the XDP steering program                               |
+//! | [`driver`]    | event loops joining [`proto`] with AF_XDP or UDP; the only clock reader   |
+//! | [`shm`]       | the shared-memory descriptor ring and its benchmark                       |
+//! | [`metrics`]   | JSON-lines metrics log                                                    |
+//!
+//! Everything here is a library; the `pfs` binary (`src/cli`) is the only place that prints
+//! for humans.
+#![deny(unsafe_code)]
+
+pub mod blueprint;
+pub mod index;
+pub mod metrics;
+pub mod plan;
+pub mod pob;
+pub mod util;

@@ -1,0 +1,1 @@
+//! pob (in progress)

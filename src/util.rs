@@ -1,0 +1,110 @@
+//! Small shared helpers: atomic file output, human-readable sizes.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// A file written under a temporary name beside its final path and renamed into place only by
+/// [`AtomicFile::commit`]. Dropping it without committing removes the temporary file, so a
+/// failed run never leaves a partial file under the final name.
+pub struct AtomicFile {
+    tmp: PathBuf,
+    dst: PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl AtomicFile {
+    /// Create `.<name>.pfs-tmp-<pid>` beside `dst`.
+    pub fn create(dst: &Path) -> std::io::Result<Self> {
+        let dir = match dst.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = dst
+            .file_name()
+            .ok_or_else(|| std::io::Error::other(format!("{} has no file name", dst.display())))?;
+        let tmp = dir.join(format!(
+            ".{}.pfs-tmp-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        Ok(AtomicFile {
+            tmp,
+            dst: dst.to_path_buf(),
+            file: Some(file),
+        })
+    }
+
+    /// The open temporary file.
+    pub fn file(&mut self) -> &mut std::fs::File {
+        self.file.as_mut().expect("AtomicFile used after commit")
+    }
+
+    /// The temporary path.
+    pub fn tmp_path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Flush, fsync and rename over the final name.
+    pub fn commit(mut self) -> std::io::Result<()> {
+        let mut f = self.file.take().expect("AtomicFile committed twice");
+        f.flush()?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&self.tmp, &self.dst)
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            self.file = None;
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Write `bytes` to `dst` atomically.
+pub fn write_atomic(dst: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = AtomicFile::create(dst)?;
+    f.file().write_all(bytes)?;
+    f.commit()
+}
+
+/// `1.23 MB` style (decimal units).
+pub fn human_bytes(n: u64) -> String {
+    const U: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i < U.len() - 1 {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.2} {}", U[i])
+    }
+}
+
+/// Lower-case hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parse 64 hex digits into 32 bytes.
+pub fn parse_hex32(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
