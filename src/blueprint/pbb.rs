@@ -1,8 +1,566 @@
-//! The `.pbb` packed blueprint format (filled in below).
+//! The `.pbb` packed blueprint: everything a receiver needs besides the snapshot.
+//!
+//! All integers are little-endian. Layout (version 1):
+//!
+//! | offset | size | field                                                        |
+//! |-------:|-----:|--------------------------------------------------------------|
+//! | 0      | 8    | magic `PFSPBB\0\x1a`                                          |
+//! | 8      | 2    | format version (1)                                           |
+//! | 10     | 1    | spill codec: 0 none, 1 zstd, 2 xz                            |
+//! | 11     | 1    | flags (0; readers refuse unknown bits)                       |
+//! | 12     | 32   | snapshot id (BLAKE3 of `snapshot.bin`)                       |
+//! | 44     | 8    | file length                                                  |
+//! | 52     | 32   | file BLAKE3                                                  |
+//! | 84     | 8    | segment count                                                |
+//! | 92     | 8    | segment table length, uncompressed                           |
+//! | 100    | 8    | segment table length, as stored (zstd)                       |
+//! | 108    | 8    | spill length, uncompressed                                   |
+//! | 116    | 8    | spill length, as stored                                      |
+//! | 124    | ...  | segment table (zstd), then spill (per codec)                 |
+//! | end-32 | 32   | BLAKE3 of every byte before it                               |
+//!
+//! The segment table, before zstd, is four column streams, each preceded by its length as a
+//! varint: `ops` (one byte per segment: 0 raw, 1 id, 2 xor, 3 add), `lens` (varint per
+//! segment), `offs` (zig-zag varint per snapshot segment: its offset minus the offset
+//! predicted by the previous snapshot segment, i.e. `file_pos + (prev_off - prev_file_pos)`,
+//! so a match that continues at the same alignment after a gap costs one byte) and `imms` (one
+//! byte per xor/add segment). Columns compress better than interleaved records.
+//!
+//! Readers check, in order: length and magic, version, the whole-file checksum, the snapshot
+//! id (before decoding anything else), then every declared length against what the data
+//! proves; decompression is streamed with hard limits, so a forged header cannot make a reader
+//! allocate more than the data it carries justifies.
 
-/// Errors reading or validating a `.pbb`.
+use std::io::Read;
+
+use super::varint::{put_i64, put_u64, Reader};
+use super::{Blueprint, Segment, Source, Transform};
+
+pub const MAGIC: [u8; 8] = *b"PFSPBB\0\x1a";
+/// The version this build writes.
+pub const VERSION: u16 = 1;
+pub const HEADER_LEN: usize = 124;
+pub const TRAILER_LEN: usize = 32;
+
+/// Compression of the raw spill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpillCodec {
+    None,
+    Zstd,
+    Xz,
+}
+
+impl SpillCodec {
+    fn code(self) -> u8 {
+        match self {
+            SpillCodec::None => 0,
+            SpillCodec::Zstd => 1,
+            SpillCodec::Xz => 2,
+        }
+    }
+    fn from_code(c: u8) -> Option<Self> {
+        Some(match c {
+            0 => SpillCodec::None,
+            1 => SpillCodec::Zstd,
+            2 => SpillCodec::Xz,
+            _ => return None,
+        })
+    }
+}
+
+/// Packing options.
+#[derive(Debug, Clone, Copy)]
+pub struct PackOptions {
+    pub codec: SpillCodec,
+    /// zstd level for the spill (1..=22) or xz preset (0..=9).
+    pub level: i32,
+    /// zstd level for the segment table.
+    pub table_level: i32,
+}
+
+impl Default for PackOptions {
+    fn default() -> Self {
+        PackOptions {
+            codec: SpillCodec::Zstd,
+            level: 19,
+            table_level: 19,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PbbError {
     #[error("invalid blueprint: {0}")]
     Invalid(String),
+    #[error("not a .pbb file (bad magic)")]
+    BadMagic,
+    #[error("truncated .pbb: {0}")]
+    Truncated(String),
+    #[error(".pbb format version {0} is newer than this pfs reads ({VERSION}); upgrade pfs")]
+    UnsupportedVersion(u16),
+    #[error("corrupted .pbb: checksum mismatch")]
+    Checksum,
+    #[error("blueprint is for snapshot {want}, but the snapshot here is {have}")]
+    WrongSnapshot { want: String, have: String },
+    #[error("corrupted .pbb: {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn op_code(src: &Source) -> u8 {
+    match src {
+        Source::Raw => 0,
+        Source::Snap {
+            op: Transform::Id, ..
+        } => 1,
+        Source::Snap {
+            op: Transform::Xor, ..
+        } => 2,
+        Source::Snap {
+            op: Transform::Add, ..
+        } => 3,
+    }
+}
+
+/// Encode the segment table columns (uncompressed).
+pub fn encode_table(segments: &[Segment]) -> Vec<u8> {
+    let mut ops = Vec::with_capacity(segments.len());
+    let mut lens = Vec::with_capacity(segments.len() * 2);
+    let mut offs = Vec::with_capacity(segments.len() * 2);
+    let mut imms = Vec::new();
+    let mut file_pos = 0i64;
+    let mut delta = 0i64; // prev snapshot offset - prev file position
+    for s in segments {
+        ops.push(op_code(&s.src));
+        put_u64(&mut lens, s.len as u64);
+        if let Source::Snap { op, off, imm } = s.src {
+            put_i64(&mut offs, off as i64 - (file_pos + delta));
+            delta = off as i64 - file_pos;
+            if op != Transform::Id {
+                imms.push(imm);
+            }
+        }
+        file_pos += s.len as i64;
+    }
+    let mut out = Vec::with_capacity(ops.len() + lens.len() + offs.len() + imms.len() + 20);
+    for col in [&ops, &lens, &offs, &imms] {
+        put_u64(&mut out, col.len() as u64);
+        out.extend_from_slice(col);
+    }
+    out
+}
+
+/// Decode `count` segments from an uncompressed table.
+pub fn decode_table(table: &[u8], count: u64) -> Result<Vec<Segment>, PbbError> {
+    let bad = |m: &str| PbbError::Corrupt(format!("segment table: {m}"));
+    let mut r = Reader::new(table);
+    let mut cols: [&[u8]; 4] = [&[]; 4];
+    for c in cols.iter_mut() {
+        let n = r.u64().map_err(|_| bad("column length"))?;
+        let n = usize::try_from(n).map_err(|_| bad("column length"))?;
+        *c = r
+            .bytes(n)
+            .map_err(|_| bad("column shorter than declared"))?;
+    }
+    if r.remaining() != 0 {
+        return Err(bad("trailing bytes"));
+    }
+    let [ops, lens, offs, imms] = cols;
+    if ops.len() as u64 != count {
+        return Err(bad("segment count does not match the op column"));
+    }
+    let (mut lens, mut offs, mut imms) = (Reader::new(lens), Reader::new(offs), Reader::new(imms));
+    let mut out = Vec::with_capacity(ops.len());
+    let mut file_pos = 0i64;
+    let mut delta = 0i64;
+    for &op in ops {
+        let len = lens.u64().map_err(|_| bad("length column too short"))?;
+        let len = u32::try_from(len).map_err(|_| bad("segment longer than 4 GiB"))?;
+        let src = match op {
+            0 => Source::Raw,
+            1..=3 => {
+                let d = offs.i64().map_err(|_| bad("offset column too short"))?;
+                let off = file_pos
+                    .checked_add(delta)
+                    .and_then(|p| p.checked_add(d))
+                    .filter(|o| *o >= 0)
+                    .ok_or_else(|| bad("offset out of range"))?;
+                delta = off - file_pos;
+                let (op, imm) = match op {
+                    1 => (Transform::Id, 0),
+                    2 => (
+                        Transform::Xor,
+                        imms.u8().map_err(|_| bad("imm column too short"))?,
+                    ),
+                    _ => (
+                        Transform::Add,
+                        imms.u8().map_err(|_| bad("imm column too short"))?,
+                    ),
+                };
+                Source::Snap {
+                    op,
+                    off: off as u64,
+                    imm,
+                }
+            }
+            x => return Err(bad(&format!("unknown op code {x}"))),
+        };
+        out.push(Segment { len, src });
+        file_pos = file_pos
+            .checked_add(len as i64)
+            .ok_or_else(|| bad("file position overflow"))?;
+    }
+    if lens.remaining() != 0 || offs.remaining() != 0 || imms.remaining() != 0 {
+        return Err(bad("columns longer than the segments need"));
+    }
+    Ok(out)
+}
+
+/// Sizes of the parts of a packed blueprint.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct PackedSizes {
+    pub header: u64,
+    pub table: u64,
+    pub spill: u64,
+    pub trailer: u64,
+}
+
+/// Pack a blueprint. Returns the bytes and the size of each part.
+pub fn pack(bp: &Blueprint, opts: &PackOptions) -> Result<(Vec<u8>, PackedSizes), PbbError> {
+    let table = encode_table(&bp.segments);
+    let table_z = zstd::bulk::compress(&table, opts.table_level)?;
+    let spill_z = compress_spill(&bp.spill, opts)?;
+    let mut out = Vec::with_capacity(HEADER_LEN + table_z.len() + spill_z.len() + TRAILER_LEN);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.push(opts.codec.code());
+    out.push(0);
+    out.extend_from_slice(&bp.snapshot_id);
+    out.extend_from_slice(&bp.file_len.to_le_bytes());
+    out.extend_from_slice(&bp.file_hash);
+    for v in [
+        bp.segments.len() as u64,
+        table.len() as u64,
+        table_z.len() as u64,
+        bp.spill.len() as u64,
+        spill_z.len() as u64,
+    ] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    debug_assert_eq!(out.len(), HEADER_LEN);
+    out.extend_from_slice(&table_z);
+    out.extend_from_slice(&spill_z);
+    let sum = blake3::hash(&out);
+    out.extend_from_slice(sum.as_bytes());
+    let sizes = PackedSizes {
+        header: HEADER_LEN as u64,
+        table: table_z.len() as u64,
+        spill: spill_z.len() as u64,
+        trailer: TRAILER_LEN as u64,
+    };
+    Ok((out, sizes))
+}
+
+/// Compress spill bytes with the chosen codec.
+pub fn compress_spill(spill: &[u8], opts: &PackOptions) -> Result<Vec<u8>, PbbError> {
+    Ok(match opts.codec {
+        SpillCodec::None => spill.to_vec(),
+        SpillCodec::Zstd => {
+            let mut c = zstd::bulk::Compressor::new(opts.level)?;
+            // a long window lets the spill find its own repeats far apart
+            let wlog = (64 - (spill.len().max(1 << 10) as u64 - 1).leading_zeros()).clamp(10, 27);
+            c.set_parameter(zstd::zstd_safe::CParameter::WindowLog(wlog))?;
+            c.compress(spill)?
+        }
+        SpillCodec::Xz => {
+            let mut out = Vec::new();
+            let mut e = xz2::read::XzEncoder::new(spill, opts.level.clamp(0, 9) as u32);
+            e.read_to_end(&mut out)?;
+            out
+        }
+    })
+}
+
+/// The header fields of a `.pbb`, read without decoding the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub version: u16,
+    pub codec: SpillCodec,
+    pub snapshot_id: [u8; 32],
+    pub file_len: u64,
+    pub file_hash: [u8; 32],
+    pub segments: u64,
+    pub table_raw: u64,
+    pub table_stored: u64,
+    pub spill_raw: u64,
+    pub spill_stored: u64,
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Check magic, version, lengths and the checksum; return the header.
+pub fn read_header(bytes: &[u8]) -> Result<Header, PbbError> {
+    if bytes.len() < 10 {
+        if bytes.len() >= 8 && bytes[..8] != MAGIC {
+            return Err(PbbError::BadMagic);
+        }
+        return Err(PbbError::Truncated(format!(
+            "{} bytes, a header needs {HEADER_LEN}",
+            bytes.len()
+        )));
+    }
+    if bytes[..8] != MAGIC {
+        return Err(PbbError::BadMagic);
+    }
+    let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+    if version != VERSION {
+        return Err(PbbError::UnsupportedVersion(version));
+    }
+    if bytes.len() < HEADER_LEN + TRAILER_LEN {
+        return Err(PbbError::Truncated(format!(
+            "{} bytes, the smallest .pbb is {}",
+            bytes.len(),
+            HEADER_LEN + TRAILER_LEN
+        )));
+    }
+    let body_end = bytes.len() - TRAILER_LEN;
+    if blake3::hash(&bytes[..body_end]).as_bytes() != &bytes[body_end..] {
+        // distinguish a cut-off file from flipped bits where the header allows it
+        let stored = u64_at(bytes, 100).saturating_add(u64_at(bytes, 116));
+        if (HEADER_LEN as u64)
+            .saturating_add(stored)
+            .saturating_add(TRAILER_LEN as u64)
+            > bytes.len() as u64
+        {
+            return Err(PbbError::Truncated(
+                "the body is shorter than its header declares".into(),
+            ));
+        }
+        return Err(PbbError::Checksum);
+    }
+    let codec = SpillCodec::from_code(bytes[10])
+        .ok_or_else(|| PbbError::Corrupt(format!("unknown spill codec {}", bytes[10])))?;
+    if bytes[11] != 0 {
+        return Err(PbbError::Corrupt(format!(
+            "unknown flags {:#04x}",
+            bytes[11]
+        )));
+    }
+    let h = Header {
+        version,
+        codec,
+        snapshot_id: bytes[12..44].try_into().expect("32"),
+        file_len: u64_at(bytes, 44),
+        file_hash: bytes[52..84].try_into().expect("32"),
+        segments: u64_at(bytes, 84),
+        table_raw: u64_at(bytes, 92),
+        table_stored: u64_at(bytes, 100),
+        spill_raw: u64_at(bytes, 108),
+        spill_stored: u64_at(bytes, 116),
+    };
+    let body = (body_end - HEADER_LEN) as u64;
+    if h.table_stored.checked_add(h.spill_stored) != Some(body) {
+        return Err(PbbError::Corrupt(format!(
+            "declared table ({}) and spill ({}) do not add up to the body ({body})",
+            h.table_stored, h.spill_stored
+        )));
+    }
+    if h.segments > h.file_len {
+        return Err(PbbError::Corrupt(format!(
+            "{} segments cannot cover a {}-byte file",
+            h.segments, h.file_len
+        )));
+    }
+    if h.spill_raw > h.file_len {
+        return Err(PbbError::Corrupt("spill larger than the file".into()));
+    }
+    // ops (1) + len (<=5) + off (<=10) + imm (1) per segment, plus four column headers
+    if h.table_raw > h.segments.saturating_mul(17).saturating_add(40) {
+        return Err(PbbError::Corrupt(
+            "segment table larger than its segments can need".into(),
+        ));
+    }
+    if h.codec == SpillCodec::None && h.spill_raw != h.spill_stored {
+        return Err(PbbError::Corrupt(
+            "uncompressed spill length mismatch".into(),
+        ));
+    }
+    Ok(h)
+}
+
+/// Decompress at most `limit` bytes, streaming, and require exactly `limit`.
+fn bounded<R: Read>(r: R, limit: u64, what: &str) -> Result<Vec<u8>, PbbError> {
+    let mut out = Vec::new();
+    r.take(limit + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| PbbError::Corrupt(format!("{what}: {e}")))?;
+    if out.len() as u64 != limit {
+        return Err(PbbError::Corrupt(format!(
+            "{what} decompresses to {}{} bytes, header says {limit}",
+            out.len().min(limit as usize),
+            if out.len() as u64 > limit { "+" } else { "" }
+        )));
+    }
+    Ok(out)
+}
+
+/// Unpack a `.pbb`, refusing it unless it was made for `snapshot_id`, and validate it against
+/// a snapshot of `snap_len` bytes.
+pub fn unpack(bytes: &[u8], snapshot_id: &[u8; 32], snap_len: u64) -> Result<Blueprint, PbbError> {
+    let h = read_header(bytes)?;
+    if &h.snapshot_id != snapshot_id {
+        return Err(PbbError::WrongSnapshot {
+            want: crate::util::hex(&h.snapshot_id),
+            have: crate::util::hex(snapshot_id),
+        });
+    }
+    let t0 = HEADER_LEN;
+    let t1 = t0 + h.table_stored as usize;
+    let s1 = t1 + h.spill_stored as usize;
+    let dec = zstd::stream::read::Decoder::with_buffer(&bytes[t0..t1])
+        .map_err(|e| PbbError::Corrupt(format!("segment table: {e}")))?;
+    let table = bounded(dec, h.table_raw, "segment table")?;
+    let segments = decode_table(&table, h.segments)?;
+    let spill_in = &bytes[t1..s1];
+    let spill = match h.codec {
+        SpillCodec::None => spill_in.to_vec(),
+        SpillCodec::Zstd => {
+            let mut dec = zstd::stream::read::Decoder::with_buffer(spill_in)
+                .map_err(|e| PbbError::Corrupt(format!("spill: {e}")))?;
+            dec.window_log_max(27)
+                .map_err(|e| PbbError::Corrupt(format!("spill: {e}")))?;
+            bounded(dec, h.spill_raw, "spill")?
+        }
+        SpillCodec::Xz => bounded(xz2::read::XzDecoder::new(spill_in), h.spill_raw, "spill")?,
+    };
+    let bp = Blueprint {
+        snapshot_id: h.snapshot_id,
+        file_len: h.file_len,
+        file_hash: h.file_hash,
+        segments,
+        spill,
+    };
+    bp.validate(snap_len)?;
+    Ok(bp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Blueprint {
+        let segments = vec![
+            Segment {
+                len: 3,
+                src: Source::Raw,
+            },
+            Segment {
+                len: 5,
+                src: Source::Snap {
+                    op: Transform::Id,
+                    off: 10,
+                    imm: 0,
+                },
+            },
+            Segment {
+                len: 2,
+                src: Source::Raw,
+            },
+            Segment {
+                len: 4,
+                src: Source::Snap {
+                    op: Transform::Xor,
+                    off: 17,
+                    imm: 0xff,
+                },
+            },
+            Segment {
+                len: 1,
+                src: Source::Snap {
+                    op: Transform::Add,
+                    off: 0,
+                    imm: 3,
+                },
+            },
+        ];
+        Blueprint {
+            snapshot_id: [7; 32],
+            file_len: 15,
+            file_hash: [9; 32],
+            segments,
+            spill: b"abcde".to_vec(),
+        }
+    }
+
+    #[test]
+    fn table_literal_bytes() {
+        // ops: raw id raw xor add; lens 3 5 2 4 1; offs: 10-(3+0)=7 -> zz 14,
+        // 17-(10+0... prediction file_pos 10 + delta 7 = 17 -> 0; add at file 14: 14+7=21, off 0 -> -21 -> zz 41
+        let t = encode_table(&sample().segments);
+        assert_eq!(
+            t,
+            vec![5, 0, 1, 0, 2, 3, 5, 3, 5, 2, 4, 1, 3, 14, 0, 41, 2, 0xff, 3]
+        );
+        assert_eq!(decode_table(&t, 5).unwrap(), sample().segments);
+    }
+
+    #[test]
+    fn pack_unpack_roundtrip_every_codec() {
+        let bp = sample();
+        for codec in [SpillCodec::None, SpillCodec::Zstd, SpillCodec::Xz] {
+            let (bytes, sizes) = pack(
+                &bp,
+                &PackOptions {
+                    codec,
+                    level: 3,
+                    table_level: 3,
+                },
+            )
+            .unwrap();
+            assert_eq!(
+                sizes.header + sizes.table + sizes.spill + sizes.trailer,
+                bytes.len() as u64
+            );
+            assert_eq!(unpack(&bytes, &[7; 32], 100).unwrap(), bp);
+        }
+    }
+
+    #[test]
+    fn damaged_input_is_refused_with_the_reason() {
+        let (bytes, _) = pack(&sample(), &PackOptions::default()).unwrap();
+        assert!(matches!(
+            unpack(&bytes, &[8; 32], 100),
+            Err(PbbError::WrongSnapshot { .. })
+        ));
+        assert!(matches!(
+            unpack(&bytes[..bytes.len() - 1], &[7; 32], 100),
+            Err(PbbError::Truncated(_))
+        ));
+        assert!(matches!(
+            unpack(&bytes[..50], &[7; 32], 100),
+            Err(PbbError::Truncated(_))
+        ));
+        let mut b = bytes.clone();
+        b[0] ^= 1;
+        assert!(matches!(unpack(&b, &[7; 32], 100), Err(PbbError::BadMagic)));
+        let mut b = bytes.clone();
+        b[8] = 9;
+        assert!(matches!(
+            unpack(&b, &[7; 32], 100),
+            Err(PbbError::UnsupportedVersion(9))
+        ));
+        let mut b = bytes.clone();
+        let n = b.len();
+        b[n - 40] ^= 0x10;
+        assert!(matches!(unpack(&b, &[7; 32], 100), Err(PbbError::Checksum)));
+        // a snapshot too small for the segments
+        assert!(matches!(
+            unpack(&bytes, &[7; 32], 12),
+            Err(PbbError::Invalid(_))
+        ));
+    }
 }
