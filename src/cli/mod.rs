@@ -1,13 +1,31 @@
 //! The `pfs` command line: the only place that prints for humans.
 
+mod codec;
+
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 /// PacketFS: move files as blueprints into a snapshot both hosts hold.
+///
+/// A snapshot is a large deterministic blob built from a seed (synthetic banks) and from real
+/// files both hosts have (corpus banks). `pfs plan` turns a file into a blueprint (.pbb) of
+/// segments into the snapshot plus compressed raw spill; `pfs unplan` rebuilds the file from
+/// the blueprint and the same snapshot, bit-exact.
+///
+/// Typical flow:
+///   pfs snapshot build --out snap            # 64 MiB default recipe, indexes included
+///   pfs plan /usr/bin/bash --snapshot snap -o bash.pbb
+///   pfs unplan bash.pbb --snapshot snap -o bash.copy
 #[derive(Parser, Debug)]
-#[command(name = "pfs", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "pfs",
+    version,
+    about,
+    verbatim_doc_comment,
+    propagate_version = true
+)]
 pub struct Cli {
-    /// More log output (-v info, -vv debug, -vvv trace).
+    /// More log output (-v info, -vv debug, -vvv trace). PFS_LOG overrides (EnvFilter syntax).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
     #[command(subcommand)]
@@ -15,7 +33,18 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Cmd {}
+pub enum Cmd {
+    /// Build, inspect and verify POB snapshots.
+    #[command(subcommand)]
+    Snapshot(codec::SnapshotCmd),
+    /// Build the k-gram indexes of a snapshot.
+    #[command(subcommand)]
+    Index(codec::IndexCmd),
+    /// Plan a file into a blueprint (.pbb) against a snapshot.
+    Plan(codec::PlanArgs),
+    /// Rebuild a file from a blueprint (.pbb) and the snapshot, bit-exact.
+    Unplan(codec::UnplanArgs),
+}
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -45,5 +74,10 @@ fn init_tracing(v: u8) {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.cmd {}
+    match cli.cmd {
+        Cmd::Snapshot(c) => codec::snapshot(c),
+        Cmd::Index(c) => codec::index(c),
+        Cmd::Plan(a) => codec::plan(a),
+        Cmd::Unplan(a) => codec::unplan(a),
+    }
 }

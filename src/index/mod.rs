@@ -1,1 +1,597 @@
-//! index (in progress)
+//! k-gram indexes over a snapshot, stored beside it and memory-mapped on load.
+//!
+//! An index maps the hash of a k-byte window (under a [`Projection`]) to snapshot positions
+//! taken every `step` bytes, at most `fanout` per bucket (the first ones in snapshot order).
+//! The table has `2^bucket_bits` buckets, about one per two positions. Layout of an index
+//! file (little-endian):
+//!
+//! | offset | size            | field                                                 |
+//! |-------:|----------------:|-------------------------------------------------------|
+//! | 0      | 8               | magic `PFSIDX\0\x01`                                  |
+//! | 8      | 4               | version (1)                                           |
+//! | 12     | 1, 1, 2         | projection, k, reserved                               |
+//! | 16     | 4, 4, 4, 4      | step, fanout, bucket_bits, reserved                   |
+//! | 32     | 8               | entry count `n`                                       |
+//! | 40     | 32              | snapshot id the index was built from                  |
+//! | 72     | 56              | reserved (zero)                                       |
+//! | 128    | 4 * (2^bits+1)  | bucket heads (prefix sums)                            |
+//! | ...    | 2 * n, pad to 4 | 16-bit hash tags                                      |
+//! | ...    | 4 * n           | 32-bit snapshot positions                             |
+//!
+//! **Memory per entry:** 6 bytes (tag + position) plus the bucket heads, 4 bytes per bucket
+//! at about two entries per bucket: about **8 bytes per indexed position**, so an index over
+//! a snapshot of S bytes with step s costs about 8·S/s bytes (k=8 step 8: ~1 byte per
+//! snapshot byte; k=4 step 2: ~4 bytes per snapshot byte), less where fanout caps buckets.
+//!
+//! A lookup reads one bucket head pair and a short run of tags; the snapshot is touched only
+//! for candidates whose tag matches (1 in 65,536 false positives).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::pob::Snapshot;
+
+/// How a window is turned into a key. Delta projections are invariant under the byte-wise
+/// transforms: `XorDelta` (`b[i] ^ b[i+1]`) under `xor imm8`, `SubDelta` (`b[i+1] - b[i]`)
+/// under `add imm8`; both also match identical bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Projection {
+    Raw,
+    Xor,
+    Add,
+}
+
+impl Projection {
+    fn code(self) -> u8 {
+        match self {
+            Projection::Raw => 0,
+            Projection::Xor => 1,
+            Projection::Add => 2,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Projection::Raw => "raw",
+            Projection::Xor => "xor",
+            Projection::Add => "add",
+        }
+    }
+    /// Bytes of input a k-window needs (deltas need one more).
+    pub fn span(self, k: u8) -> usize {
+        match self {
+            Projection::Raw => k as usize,
+            _ => k as usize + 1,
+        }
+    }
+}
+
+/// The parameters of one index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexSpec {
+    pub projection: Projection,
+    /// Window length: 4 or 8.
+    pub k: u8,
+    pub step: u32,
+    pub fanout: u32,
+}
+
+impl IndexSpec {
+    pub fn file_name(&self) -> String {
+        format!(
+            "index.{}.k{}s{}f{}.idx",
+            self.projection.name(),
+            self.k,
+            self.step,
+            self.fanout
+        )
+    }
+    pub fn validate(&self) -> Result<(), IndexError> {
+        if self.k != 4 && self.k != 8 {
+            return Err(IndexError::Spec(format!(
+                "k must be 4 or 8, got {}",
+                self.k
+            )));
+        }
+        if self.step == 0 || self.step > 4096 {
+            return Err(IndexError::Spec(format!(
+                "step must be 1..=4096, got {}",
+                self.step
+            )));
+        }
+        if self.fanout == 0 || self.fanout > 1024 {
+            return Err(IndexError::Spec(format!(
+                "fanout must be 1..=1024, got {}",
+                self.fanout
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The default set: raw k=8 step 8 and k=4 step 2 (fanout 8), and k=8 step 8 delta indexes
+/// for xor and add (fanout 4).
+pub fn default_specs() -> Vec<IndexSpec> {
+    vec![
+        IndexSpec {
+            projection: Projection::Raw,
+            k: 8,
+            step: 8,
+            fanout: 8,
+        },
+        IndexSpec {
+            projection: Projection::Raw,
+            k: 4,
+            step: 2,
+            fanout: 8,
+        },
+        IndexSpec {
+            projection: Projection::Xor,
+            k: 8,
+            step: 8,
+            fanout: 4,
+        },
+        IndexSpec {
+            projection: Projection::Add,
+            k: 8,
+            step: 8,
+            fanout: 4,
+        },
+    ]
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("index spec: {0}")]
+    Spec(String),
+    #[error("{path}: {msg}")]
+    Bad { path: PathBuf, msg: String },
+    #[error("{path}: built for snapshot {found}, not this one")]
+    Stale { path: PathBuf, found: String },
+}
+
+const MAGIC: [u8; 8] = *b"PFSIDX\0\x01";
+const VERSION: u32 = 1;
+const HEADER: usize = 128;
+
+#[inline(always)]
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[inline(always)]
+fn load8(b: &[u8], p: usize) -> u64 {
+    u64::from_le_bytes(b[p..p + 8].try_into().expect("8 bytes"))
+}
+
+#[inline(always)]
+fn load4(b: &[u8], p: usize) -> u64 {
+    u32::from_le_bytes(b[p..p + 4].try_into().expect("4 bytes")) as u64
+}
+
+/// Byte-wise `y - x` (mod 256 in each lane).
+#[inline(always)]
+fn sub_bytes(y: u64, x: u64) -> u64 {
+    const H: u64 = 0x8080_8080_8080_8080;
+    ((y | H) - (x & !H)) ^ ((y ^ !x) & H)
+}
+
+/// The key hash of the window at `p` (the caller ensures `p + span <= b.len()`).
+#[inline(always)]
+pub fn window_hash(proj: Projection, k: u8, b: &[u8], p: usize) -> u64 {
+    let key = match (proj, k) {
+        (Projection::Raw, 8) => load8(b, p),
+        (Projection::Raw, _) => load4(b, p),
+        (Projection::Xor, 8) => load8(b, p) ^ load8(b, p + 1),
+        (Projection::Xor, _) => load4(b, p) ^ load4(b, p + 1),
+        (Projection::Add, 8) => sub_bytes(load8(b, p + 1), load8(b, p)),
+        (Projection::Add, _) => sub_bytes(load4(b, p + 1), load4(b, p)) & 0xffff_ffff,
+    };
+    mix64(key ^ ((proj.code() as u64) << 56 | (k as u64) << 48).rotate_left(7))
+}
+
+/// A loaded (memory-mapped) index.
+pub struct Index {
+    pub spec: IndexSpec,
+    pub bits: u32,
+    map: memmap2::Mmap,
+    heads_at: usize,
+    tags_at: usize,
+    pos_at: usize,
+    n: usize,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index")
+            .field("spec", &self.spec)
+            .field("entries", &self.n)
+            .finish()
+    }
+}
+
+fn layout(bits: u32, n: usize) -> (usize, usize, usize, usize) {
+    let heads_at = HEADER;
+    let tags_at = heads_at + 4 * ((1usize << bits) + 1);
+    let pos_at = (tags_at + 2 * n + 3) & !3;
+    let end = pos_at + 4 * n;
+    (heads_at, tags_at, pos_at, end)
+}
+
+impl Index {
+    /// Build an index over `snap` and write it to `path` (atomically).
+    pub fn build(
+        spec: IndexSpec,
+        snap: &[u8],
+        snap_id: &[u8; 32],
+        path: &Path,
+    ) -> Result<(), IndexError> {
+        spec.validate()?;
+        let span = spec.projection.span(spec.k);
+        let npos = if snap.len() >= span {
+            (snap.len() - span) / spec.step as usize + 1
+        } else {
+            0
+        };
+        let bits = (usize::BITS - (npos / 2).max(1).leading_zeros()).clamp(10, 30);
+        let nb = 1usize << bits;
+        let shift = 64 - bits;
+        let step = spec.step as usize;
+        let fan = spec.fanout;
+        // pass 1: capped counts per bucket
+        let mut counts = vec![0u32; nb + 1];
+        for i in 0..npos {
+            let h = window_hash(spec.projection, spec.k, snap, i * step);
+            let c = &mut counts[(h >> shift) as usize];
+            if *c < fan {
+                *c += 1;
+            }
+        }
+        // prefix sums -> heads
+        let mut acc = 0u32;
+        for c in counts.iter_mut() {
+            let v = *c;
+            *c = acc;
+            acc += v;
+        }
+        let heads = counts;
+        let n = acc as usize;
+        // pass 2: fill tags and positions in snapshot order
+        let mut fill: Vec<u32> = heads[..nb].to_vec();
+        let mut tags = vec![0u16; n];
+        let mut pos = vec![0u32; n];
+        for i in 0..npos {
+            let p = i * step;
+            let h = window_hash(spec.projection, spec.k, snap, p);
+            let b = (h >> shift) as usize;
+            let f = fill[b];
+            if f < heads[b + 1] {
+                tags[f as usize] = h as u16;
+                pos[f as usize] = p as u32;
+                fill[b] = f + 1;
+            }
+        }
+        drop(fill);
+        let (_, tags_at, pos_at, end) = layout(bits, n);
+        let mut out = Vec::with_capacity(end);
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&[spec.projection.code(), spec.k, 0, 0]);
+        for v in [spec.step, spec.fanout, bits, 0] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&(n as u64).to_le_bytes());
+        out.extend_from_slice(snap_id);
+        out.resize(HEADER, 0);
+        out.extend_from_slice(bytemuck::cast_slice(&heads));
+        debug_assert_eq!(out.len(), tags_at);
+        out.extend_from_slice(bytemuck::cast_slice(&tags));
+        out.resize(pos_at, 0);
+        out.extend_from_slice(bytemuck::cast_slice(&pos));
+        debug_assert_eq!(out.len(), end);
+        crate::util::write_atomic(path, &out).map_err(|source| IndexError::Io {
+            path: path.into(),
+            source,
+        })
+    }
+
+    /// Map an index file, checking it against the snapshot and the spec; every structural
+    /// property a lookup relies on is checked here, so lookups cannot go out of bounds.
+    pub fn open(
+        path: &Path,
+        spec: IndexSpec,
+        snap_len: usize,
+        snap_id: &[u8; 32],
+    ) -> Result<Index, IndexError> {
+        let bad = |msg: &str| IndexError::Bad {
+            path: path.into(),
+            msg: msg.into(),
+        };
+        let f = std::fs::File::open(path).map_err(|source| IndexError::Io {
+            path: path.into(),
+            source,
+        })?;
+        // Safety: index files are private, immutable derived data; a concurrent writer would
+        // replace the file by rename, not modify it in place.
+        #[allow(unsafe_code)]
+        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|source| IndexError::Io {
+            path: path.into(),
+            source,
+        })?;
+        if map.len() < HEADER || map[..8] != MAGIC {
+            return Err(bad("not an index file"));
+        }
+        if u32::from_le_bytes(map[8..12].try_into().expect("4")) != VERSION {
+            return Err(bad("index version differs"));
+        }
+        let rd = |at: usize| u32::from_le_bytes(map[at..at + 4].try_into().expect("4"));
+        let found = IndexSpec {
+            projection: match map[12] {
+                0 => Projection::Raw,
+                1 => Projection::Xor,
+                2 => Projection::Add,
+                _ => return Err(bad("unknown projection")),
+            },
+            k: map[13],
+            step: rd(16),
+            fanout: rd(20),
+        };
+        if found != spec {
+            return Err(bad("built with other parameters"));
+        }
+        if &map[40..72] != snap_id {
+            return Err(IndexError::Stale {
+                path: path.into(),
+                found: crate::util::hex(&map[40..72]),
+            });
+        }
+        let bits = rd(24);
+        if !(10..=30).contains(&bits) {
+            return Err(bad("bucket bits out of range"));
+        }
+        let n = u64::from_le_bytes(map[32..40].try_into().expect("8")) as usize;
+        let (heads_at, tags_at, pos_at, end) = layout(bits, n);
+        if map.len() != end {
+            return Err(bad("file length does not match its header"));
+        }
+        let idx = Index {
+            spec,
+            bits,
+            map,
+            heads_at,
+            tags_at,
+            pos_at,
+            n,
+        };
+        let heads = idx.heads();
+        if heads[0] != 0
+            || heads[heads.len() - 1] as usize != n
+            || heads.windows(2).any(|w| w[0] > w[1])
+        {
+            return Err(bad("bucket heads are not monotonic"));
+        }
+        let span = spec.projection.span(spec.k);
+        if idx
+            .positions()
+            .iter()
+            .any(|p| *p as usize + span > snap_len)
+        {
+            return Err(bad("a position lies outside the snapshot"));
+        }
+        Ok(idx)
+    }
+
+    fn heads(&self) -> &[u32] {
+        bytemuck::cast_slice(&self.map[self.heads_at..self.tags_at])
+    }
+    fn tags(&self) -> &[u16] {
+        bytemuck::cast_slice(&self.map[self.tags_at..self.tags_at + 2 * self.n])
+    }
+    fn positions(&self) -> &[u32] {
+        bytemuck::cast_slice(&self.map[self.pos_at..self.pos_at + 4 * self.n])
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+    /// Bytes the index occupies.
+    pub fn bytes(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Snapshot positions whose window hash may equal `h` (tag-filtered).
+    #[inline]
+    pub fn candidates(&self, h: u64) -> impl Iterator<Item = u32> + '_ {
+        let b = (h >> (64 - self.bits)) as usize;
+        let heads = self.heads();
+        let (s, e) = (heads[b] as usize, heads[b + 1] as usize);
+        let tag = h as u16;
+        let tags = &self.tags()[s..e];
+        let pos = &self.positions()[s..e];
+        tags.iter()
+            .zip(pos)
+            .filter(move |(t, _)| **t == tag)
+            .map(|(_, p)| *p)
+    }
+}
+
+/// The indexes of a snapshot, loaded together.
+#[derive(Debug)]
+pub struct IndexSet {
+    pub indexes: Vec<Index>,
+}
+
+/// What `ensure` did for each index.
+#[derive(Debug, Clone, Serialize)]
+pub struct EnsureReport {
+    pub file: String,
+    pub rebuilt: bool,
+    pub reason: String,
+    pub entries: usize,
+    pub bytes: usize,
+    pub build_seconds: f64,
+}
+
+/// The directory holding a snapshot's indexes.
+pub fn index_dir(snapshot_dir: &Path) -> PathBuf {
+    snapshot_dir.join("index")
+}
+
+impl IndexSet {
+    /// Load the indexes for `specs`, rebuilding any that is missing, stale or damaged.
+    /// Independent indexes are built on separate threads.
+    pub fn ensure(
+        snap: &Snapshot,
+        specs: &[IndexSpec],
+        force: bool,
+    ) -> Result<(IndexSet, Vec<EnsureReport>), IndexError> {
+        let dir = index_dir(&snap.dir);
+        std::fs::create_dir_all(&dir).map_err(|source| IndexError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let bytes = snap.bytes();
+        let results: Vec<Result<(Index, EnsureReport), IndexError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = specs
+                .iter()
+                .map(|spec| {
+                    let dir = &dir;
+                    s.spawn(move || -> Result<(Index, EnsureReport), IndexError> {
+                        spec.validate()?;
+                        let path = dir.join(spec.file_name());
+                        let reason = if force {
+                            Some("forced".to_string())
+                        } else if !path.exists() {
+                            Some("missing".to_string())
+                        } else {
+                            match Index::open(&path, *spec, bytes.len(), &snap.id) {
+                                Ok(idx) => {
+                                    let r = EnsureReport {
+                                        file: spec.file_name(),
+                                        rebuilt: false,
+                                        reason: "up to date".into(),
+                                        entries: idx.len(),
+                                        bytes: idx.bytes(),
+                                        build_seconds: 0.0,
+                                    };
+                                    return Ok((idx, r));
+                                }
+                                Err(IndexError::Stale { .. }) => {
+                                    Some("stale (other snapshot id)".into())
+                                }
+                                Err(e) => Some(format!("unusable ({e})")),
+                            }
+                        };
+                        let t = std::time::Instant::now();
+                        Index::build(*spec, bytes, &snap.id, &path)?;
+                        let secs = t.elapsed().as_secs_f64();
+                        let idx = Index::open(&path, *spec, bytes.len(), &snap.id)?;
+                        let r = EnsureReport {
+                            file: spec.file_name(),
+                            rebuilt: true,
+                            reason: reason.unwrap_or_default(),
+                            entries: idx.len(),
+                            bytes: idx.bytes(),
+                            build_seconds: secs,
+                        };
+                        Ok((idx, r))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("index builder panicked"))
+                .collect()
+        });
+        let mut indexes = Vec::new();
+        let mut reports = Vec::new();
+        for r in results {
+            let (i, rep) = r?;
+            indexes.push(i);
+            reports.push(rep);
+        }
+        Ok((IndexSet { indexes }, reports))
+    }
+
+    /// The index with this projection and k, if loaded.
+    pub fn get(&self, proj: Projection, k: u8) -> Option<&Index> {
+        self.indexes
+            .iter()
+            .find(|i| i.spec.projection == proj && i.spec.k == k)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sub_bytes_is_lanewise() {
+        let x = u64::from_le_bytes([0, 1, 2, 255, 10, 20, 30, 40]);
+        let y = u64::from_le_bytes([1, 0, 2, 0, 5, 25, 30, 41]);
+        let d = sub_bytes(y, x).to_le_bytes();
+        for i in 0..8 {
+            assert_eq!(d[i], y.to_le_bytes()[i].wrapping_sub(x.to_le_bytes()[i]));
+        }
+    }
+
+    #[test]
+    fn delta_projections_are_invariant_under_their_transform() {
+        let a: Vec<u8> = (0..64u32).map(|i| (i * 37 % 251) as u8).collect();
+        let x: Vec<u8> = a.iter().map(|b| b ^ 0x5a).collect();
+        let s: Vec<u8> = a.iter().map(|b| b.wrapping_add(77)).collect();
+        for k in [4, 8] {
+            assert_eq!(
+                window_hash(Projection::Xor, k, &a, 3),
+                window_hash(Projection::Xor, k, &x, 3)
+            );
+            assert_eq!(
+                window_hash(Projection::Add, k, &a, 3),
+                window_hash(Projection::Add, k, &s, 3)
+            );
+            assert_ne!(
+                window_hash(Projection::Raw, k, &a, 3),
+                window_hash(Projection::Raw, k, &x, 3)
+            );
+        }
+    }
+
+    #[test]
+    fn build_open_and_find_every_indexed_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut snap = vec![0u8; 50_000];
+        crate::pob::prng::SplitMix64::new(5).fill(&mut snap);
+        let id = [3u8; 32];
+        for spec in default_specs() {
+            let path = dir.path().join(spec.file_name());
+            Index::build(spec, &snap, &id, &path).unwrap();
+            let idx = Index::open(&path, spec, snap.len(), &id).unwrap();
+            let span = spec.projection.span(spec.k);
+            for p in (0..snap.len() - span).step_by(spec.step as usize).take(500) {
+                let h = window_hash(spec.projection, spec.k, &snap, p);
+                assert!(idx.candidates(h).any(|c| c as usize == p), "{spec:?} {p}");
+            }
+            assert!(matches!(
+                Index::open(&path, spec, snap.len(), &[4; 32]),
+                Err(IndexError::Stale { .. })
+            ));
+            // damage: truncation is refused, not trusted
+            let bytes = std::fs::read(&path).unwrap();
+            std::fs::write(&path, &bytes[..bytes.len() - 4]).unwrap();
+            assert!(Index::open(&path, spec, snap.len(), &id).is_err());
+        }
+    }
+}

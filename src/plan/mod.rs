@@ -1,1 +1,565 @@
-//! plan (in progress)
+//! The planner: turns a file into a [`Blueprint`] of segments into the snapshot.
+//!
+//! For each file position it looks for a match in the snapshot under `id`, `xor imm8` and
+//! `add imm8`:
+//! 1. the *repeat* candidate: the alignment of the previous segment (a rebuilt binary keeps
+//!    long runs at one alignment, broken by a few changed bytes);
+//! 2. the k=8 indexes (raw for `id`, delta projections for `xor`/`add`), candidates ordered by
+//!    the banks the section kind prefers ([`hints`]);
+//! 3. the k=4 index when the k=8 lookups found nothing worth a segment.
+//!
+//! Each candidate is verified on the real bytes and extended in both directions (backwards
+//! into the pending raw run, so segments are never cut at probe or window edges). A segment is
+//! taken only when the [`CostModel`] says it is cheaper than the raw bytes it replaces. What no
+//! segment covers becomes raw spill. Work is split across threads by file range; segments
+//! that meet at a split are merged afterwards.
+
+pub mod hints;
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::blueprint::{Blueprint, Segment, Source, Transform};
+use crate::index::{window_hash, IndexSet, Projection};
+use crate::pob::{BankKind, Snapshot};
+use hints::{Hints, SectionKind};
+
+/// How bytes are priced when choosing segments.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CostModel {
+    /// Estimated bits per raw byte after spill compression; `None` estimates it from the file
+    /// (zstd level 1 over a sample).
+    pub raw_bits_per_byte: Option<f64>,
+    /// Bits for a segment's op and length.
+    pub seg_bits: f64,
+    /// Extra bits when a segment does not continue the previous alignment.
+    pub jump_bits: f64,
+    /// Bits for an xor/add immediate.
+    pub imm_bits: f64,
+}
+
+impl Default for CostModel {
+    fn default() -> Self {
+        CostModel {
+            raw_bits_per_byte: None,
+            seg_bits: 12.0,
+            jump_bits: 14.0,
+            imm_bits: 8.0,
+        }
+    }
+}
+
+/// Planner settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanConfig {
+    pub cost: CostModel,
+    /// Shortest segment considered.
+    pub min_match: usize,
+    /// Most index candidates verified per lookup.
+    pub max_candidates: usize,
+    /// A match at least this long ends the search at a position early.
+    pub good_enough: usize,
+    /// Use the k=4 index.
+    pub use_k4: bool,
+    /// Search xor/add transforms.
+    pub transforms: bool,
+    /// Worker threads (0 = one per core).
+    pub threads: usize,
+    /// Planning window for progress reporting and thread splits (bytes); segments are not cut
+    /// at window edges.
+    pub window: usize,
+}
+
+impl Default for PlanConfig {
+    fn default() -> Self {
+        PlanConfig {
+            cost: CostModel::default(),
+            min_match: 5,
+            max_candidates: 8,
+            good_enough: 48,
+            use_k4: true,
+            transforms: true,
+            threads: 0,
+            window: 1 << 20,
+        }
+    }
+}
+
+/// Time spent per phase, in milliseconds (summed over threads for the parallel phases).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct PhaseTimes {
+    pub hints_ms: f64,
+    pub estimate_ms: f64,
+    pub match_ms: f64,
+    pub hash_ms: f64,
+}
+
+/// A plan and how it was made.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub blueprint: Blueprint,
+    pub raw_bits_per_byte: f64,
+    pub times: PhaseTimes,
+    pub hints_source: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(
+        "the file is {file} bytes; a blueprint segment table is limited to files under 2^62 bytes"
+    )]
+    TooLarge { file: u64 },
+}
+
+/// Estimate bits per byte of `data` under zstd level 1, on up to 8 samples of 256 KiB.
+pub fn estimate_raw_bits(data: &[u8]) -> f64 {
+    if data.is_empty() {
+        return 8.0;
+    }
+    const SAMPLE: usize = 256 << 10;
+    let n = data.len().div_ceil(SAMPLE).min(8);
+    let stride = if n > 1 {
+        (data.len() - SAMPLE.min(data.len())) / (n - 1)
+    } else {
+        0
+    };
+    let (mut inb, mut outb) = (0usize, 0usize);
+    for i in 0..n {
+        let s = &data[i * stride..(i * stride + SAMPLE).min(data.len())];
+        inb += s.len();
+        outb += zstd::bulk::compress(s, 1)
+            .map(|c| c.len())
+            .unwrap_or(s.len());
+    }
+    (8.0 * outb as f64 / inb as f64).clamp(0.5, 8.0)
+}
+
+/// Plan `file` against a loaded snapshot and its indexes.
+pub fn plan(
+    file: &[u8],
+    snap: &Snapshot,
+    idx: &IndexSet,
+    hints: &Hints,
+    cfg: &PlanConfig,
+) -> Result<Plan, PlanError> {
+    if file.len() as u64 >= 1 << 62 {
+        return Err(PlanError::TooLarge {
+            file: file.len() as u64,
+        });
+    }
+    let mut times = PhaseTimes::default();
+    let t = Instant::now();
+    let raw_bits = cfg
+        .cost
+        .raw_bits_per_byte
+        .unwrap_or_else(|| estimate_raw_bits(file));
+    times.estimate_ms = ms(t);
+
+    let t = Instant::now();
+    let file_hash = *blake3::hash(file).as_bytes();
+    times.hash_ms = ms(t);
+
+    let t = Instant::now();
+    let threads = if cfg.threads == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        cfg.threads
+    };
+    // split into contiguous ranges of whole windows, one per thread
+    let windows = file.len().div_ceil(cfg.window.max(1)).max(1);
+    let per = windows.div_ceil(threads.max(1)) * cfg.window.max(1);
+    let ranges: Vec<(usize, usize)> = (0..file.len().div_ceil(per.max(1)).max(1))
+        .map(|i| (i * per, ((i + 1) * per).min(file.len())))
+        .collect();
+    let ctx = Ctx::new(file, snap, idx, hints, cfg, raw_bits);
+    let parts: Vec<Vec<Segment>> = if ranges.len() == 1 {
+        vec![ctx.run(ranges[0].0, ranges[0].1)]
+    } else {
+        std::thread::scope(|s| {
+            let hs: Vec<_> = ranges
+                .iter()
+                .map(|&(a, b)| {
+                    let ctx = &ctx;
+                    s.spawn(move || ctx.run(a, b))
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().expect("planner thread panicked"))
+                .collect()
+        })
+    };
+    times.match_ms = ms(t);
+
+    // merge parts: coalesce raw runs and snapshot runs that continue across a split
+    // (a part's last segment may run past its range into the next part's: trim the overlap)
+    let mut segments: Vec<Segment> = Vec::new();
+    let mut covered = 0usize;
+    for (&(a, _), part) in ranges.iter().zip(parts) {
+        let mut pos = a;
+        for mut seg in part {
+            let end = pos + seg.len as usize;
+            if end > covered {
+                if pos < covered {
+                    let cut = covered - pos;
+                    seg.len -= cut as u32;
+                    if let Source::Snap { off, .. } = &mut seg.src {
+                        *off += cut as u64;
+                    }
+                }
+                push_merged(&mut segments, seg);
+                covered = end;
+            }
+            pos = end;
+        }
+    }
+    let mut spill = Vec::new();
+    let mut pos = 0usize;
+    for s in &segments {
+        if s.src == Source::Raw {
+            spill.extend_from_slice(&file[pos..pos + s.len as usize]);
+        }
+        pos += s.len as usize;
+    }
+    Ok(Plan {
+        blueprint: Blueprint {
+            snapshot_id: snap.id,
+            file_len: file.len() as u64,
+            file_hash,
+            segments,
+            spill,
+        },
+        raw_bits_per_byte: raw_bits,
+        times,
+        hints_source: String::new(),
+    })
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// Append `seg`, merging it into the last segment when both are raw or both continue the same
+/// snapshot run under the same transform.
+fn push_merged(out: &mut Vec<Segment>, seg: Segment) {
+    if let Some(last) = out.last_mut() {
+        let room = u32::MAX - last.len;
+        let mergeable = match (last.src, seg.src) {
+            (Source::Raw, Source::Raw) => true,
+            (
+                Source::Snap {
+                    op: a,
+                    off: ao,
+                    imm: ai,
+                },
+                Source::Snap {
+                    op: b,
+                    off: bo,
+                    imm: bi,
+                },
+            ) => a == b && ai == bi && ao + last.len as u64 == bo,
+            _ => false,
+        };
+        if mergeable && seg.len <= room {
+            last.len += seg.len;
+            return;
+        }
+    }
+    out.push(seg);
+}
+
+/// A verified match.
+#[derive(Debug, Clone, Copy)]
+struct Match {
+    start: usize,
+    len: usize,
+    snap: usize,
+    op: Transform,
+    imm: u8,
+    rep: bool,
+}
+
+struct Ctx<'a> {
+    f: &'a [u8],
+    s: &'a [u8],
+    snap: &'a Snapshot,
+    hints: &'a Hints,
+    cfg: &'a PlanConfig,
+    raw_bits: f64,
+    k8: [Option<&'a crate::index::Index>; 3],
+    k4: Option<&'a crate::index::Index>,
+    bank_starts: Vec<u64>,
+    bank_kinds: Vec<BankKind>,
+}
+
+#[inline(always)]
+fn load8(b: &[u8], p: usize) -> u64 {
+    u64::from_le_bytes(b[p..p + 8].try_into().expect("8"))
+}
+
+#[inline(always)]
+fn diff_word(op: Transform, f: u64, s: u64, imm8: u64) -> u64 {
+    match op {
+        Transform::Id => f ^ s,
+        Transform::Xor => f ^ s ^ imm8,
+        Transform::Add => {
+            const H: u64 = 0x8080_8080_8080_8080;
+            (((f | H) - (s & !H)) ^ ((f ^ !s) & H)) ^ imm8
+        }
+    }
+}
+
+impl<'a> Ctx<'a> {
+    fn new(
+        f: &'a [u8],
+        snap: &'a Snapshot,
+        idx: &'a IndexSet,
+        hints: &'a Hints,
+        cfg: &'a PlanConfig,
+        raw_bits: f64,
+    ) -> Self {
+        let k8 = [
+            idx.get(Projection::Raw, 8),
+            if cfg.transforms {
+                idx.get(Projection::Xor, 8)
+            } else {
+                None
+            },
+            if cfg.transforms {
+                idx.get(Projection::Add, 8)
+            } else {
+                None
+            },
+        ];
+        let k4 = if cfg.use_k4 {
+            idx.get(Projection::Raw, 4)
+        } else {
+            None
+        };
+        Ctx {
+            f,
+            s: snap.bytes(),
+            snap,
+            hints,
+            cfg,
+            raw_bits,
+            k8,
+            k4,
+            bank_starts: snap.manifest.banks.iter().map(|b| b.offset).collect(),
+            bank_kinds: snap.manifest.banks.iter().map(|b| b.kind).collect(),
+        }
+    }
+
+    #[inline]
+    fn bank_kind(&self, off: usize) -> BankKind {
+        let i = self.bank_starts.partition_point(|b| *b <= off as u64);
+        self.bank_kinds[i.saturating_sub(1)]
+    }
+
+    /// Matching bytes from (fi, si) forward under (op, imm), at most `max`.
+    #[inline]
+    fn ext_fwd(&self, fi: usize, si: usize, op: Transform, imm: u8, max: usize) -> usize {
+        let (f, s) = (self.f, self.s);
+        let max = max.min(f.len() - fi).min(s.len() - si);
+        let imm8 = u64::from_ne_bytes([imm; 8]) * (op != Transform::Id) as u64;
+        let mut n = 0;
+        while n + 8 <= max {
+            let d = diff_word(op, load8(f, fi + n), load8(s, si + n), imm8);
+            if d != 0 {
+                return n + (d.trailing_zeros() / 8) as usize;
+            }
+            n += 8;
+        }
+        while n < max && f[fi + n] == op.byte(s[si + n], imm) {
+            n += 1;
+        }
+        n
+    }
+
+    /// Matching bytes backwards from (fi, si) (exclusive), not before `floor` in the file.
+    #[inline]
+    fn ext_back(&self, fi: usize, si: usize, op: Transform, imm: u8, floor: usize) -> usize {
+        let max = (fi - floor).min(si);
+        let mut n = 0;
+        while n < max && self.f[fi - n - 1] == op.byte(self.s[si - n - 1], imm) {
+            n += 1;
+        }
+        n
+    }
+
+    /// Net gain in bits of taking `m` (positive means cheaper than raw).
+    #[inline]
+    fn gain(&self, m: &Match) -> f64 {
+        let c = &self.cfg.cost;
+        let mut cost = c.seg_bits + if m.rep { 2.0 } else { c.jump_bits };
+        if m.op != Transform::Id {
+            cost += c.imm_bits;
+        }
+        m.len as f64 * self.raw_bits - cost
+    }
+
+    /// Try a candidate (file position i, snapshot position p) under `op` (imm from the bytes).
+    #[inline]
+    fn try_at(
+        &self,
+        i: usize,
+        p: usize,
+        op: Transform,
+        floor: usize,
+        rep: bool,
+        best: &mut Option<Match>,
+    ) {
+        let imm = op.imm_for(self.s[p], self.f[i]);
+        if op != Transform::Id && imm == 0 {
+            return; // the identity is found by the raw index
+        }
+        let fwd = self.ext_fwd(i, p, op, imm, u32::MAX as usize);
+        if fwd < 4 {
+            return;
+        }
+        let back = self.ext_back(i, p, op, imm, floor);
+        let m = Match {
+            start: i - back,
+            len: fwd + back,
+            snap: p - back,
+            op,
+            imm,
+            rep,
+        };
+        if m.len < self.cfg.min_match {
+            return;
+        }
+        match best {
+            Some(b) if self.gain(b) >= self.gain(&m) => {}
+            _ => *best = Some(m),
+        }
+    }
+
+    /// Plan the file range [a, b) into segments covering it exactly.
+    fn run(&self, a: usize, b: usize) -> Vec<Segment> {
+        let f = self.f;
+        let mut out: Vec<Segment> = Vec::new();
+        let mut raw_start = a;
+        let mut i = a;
+        let mut delta: Option<(i64, Transform, u8)> = None;
+        let mut cur = self.hints.cursor();
+        cur.seek(a as u64);
+        let mut ranked: Vec<(u8, u32, Transform)> = Vec::with_capacity(64);
+        while i < b {
+            let mut best: Option<Match> = None;
+            // 1. repeat alignment
+            if let Some((d, op, imm)) = delta {
+                let p = i as i64 + d;
+                if p >= 0 && (p as usize) < self.s.len() {
+                    let p = p as usize;
+                    if f[i] == op.byte(self.s[p], imm) {
+                        let fwd = self.ext_fwd(i, p, op, imm, u32::MAX as usize);
+                        let m = Match {
+                            start: i,
+                            len: fwd,
+                            snap: p,
+                            op,
+                            imm,
+                            rep: true,
+                        };
+                        if fwd >= 2 && self.gain(&m) > 0.0 {
+                            best = Some(m);
+                        }
+                    }
+                }
+            }
+            let good = self.cfg.good_enough;
+            if best.is_none_or(|m| m.len < good) && i + 9 <= f.len() {
+                // 2. k=8 lookups, candidates ranked by the section's preferred banks
+                let kind = cur.kind_at(i as u64);
+                let prefs = kind.preferred_banks();
+                ranked.clear();
+                for (j, idx) in self.k8.iter().enumerate() {
+                    let Some(idx) = idx else { continue };
+                    let op = Transform::ALL[j];
+                    let h = window_hash(idx.spec.projection, 8, f, i);
+                    for p in idx.candidates(h) {
+                        let bk = self.bank_kind(p as usize);
+                        let rank = prefs.iter().position(|k| *k == bk).unwrap_or(prefs.len()) as u8;
+                        ranked.push((rank, p, op));
+                    }
+                }
+                ranked.sort_unstable_by_key(|r| r.0);
+                for &(_, p, op) in ranked.iter().take(self.cfg.max_candidates) {
+                    self.try_at(i, p as usize, op, raw_start, false, &mut best);
+                    if best.is_some_and(|m| m.len >= good) {
+                        break;
+                    }
+                }
+                // 3. k=4 when nothing worth a segment was found
+                if best.is_none_or(|m| self.gain(&m) <= 0.0) {
+                    if let Some(k4) = self.k4 {
+                        let h = window_hash(Projection::Raw, 4, f, i);
+                        for p in k4.candidates(h).take(self.cfg.max_candidates) {
+                            self.try_at(i, p as usize, Transform::Id, raw_start, false, &mut best);
+                        }
+                    }
+                }
+                let _ = kind;
+            }
+            match best {
+                Some(m) if self.gain(&m) > 0.0 => {
+                    // a backward extension never crosses raw_start; the segment may end past b
+                    if m.start > raw_start {
+                        push_merged(
+                            &mut out,
+                            Segment {
+                                len: (m.start - raw_start) as u32,
+                                src: Source::Raw,
+                            },
+                        );
+                    }
+                    let mut left = m.len;
+                    let mut sp = m.snap;
+                    while left > 0 {
+                        let n = left.min(u32::MAX as usize);
+                        push_merged(
+                            &mut out,
+                            Segment {
+                                len: n as u32,
+                                src: Source::Snap {
+                                    op: m.op,
+                                    off: sp as u64,
+                                    imm: m.imm,
+                                },
+                            },
+                        );
+                        left -= n;
+                        sp += n;
+                    }
+                    i = m.start + m.len;
+                    raw_start = i;
+                    delta = Some((m.snap as i64 - m.start as i64, m.op, m.imm));
+                }
+                _ => i += 1,
+            }
+        }
+        // the last segment may have run past b: the next range starts where this one ended
+        if raw_start < b {
+            let mut left = b - raw_start;
+            while left > 0 {
+                let n = left.min(u32::MAX as usize);
+                push_merged(
+                    &mut out,
+                    Segment {
+                        len: n as u32,
+                        src: Source::Raw,
+                    },
+                );
+                left -= n;
+            }
+        }
+        let _ = self.snap;
+        let _ = SectionKind::Other;
+        out
+    }
+}
