@@ -1,0 +1,544 @@
+//! The `pfs` codec commands end to end, and every kind of bad input: one-line error naming the
+//! problem, non-zero exit, no panic, nothing left under the output name.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use packetfs::blueprint::pbb::{self, PackOptions};
+use packetfs::blueprint::{Blueprint, Segment, Source, Transform};
+
+fn pfs(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pfs"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run pfs")
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "pfs failed: {}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Assert a clean failure: non-zero, one error line that contains `what`, no panic.
+fn fails(o: &Output, what: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success(),
+        "expected failure mentioning {what:?}, got success"
+    );
+    assert!(!err.contains("panicked"), "panic: {err}");
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("pfs: error:"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one error line expected: {err}");
+    assert!(
+        err.to_lowercase().contains(&what.to_lowercase()),
+        "error should mention {what:?}: {err}"
+    );
+}
+
+/// Nothing but `keep` in `dir` (no partial or temporary output).
+fn only(dir: &Path, keep: &[&str]) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let n = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            keep.contains(&n.as_str()),
+            "unexpected file left behind: {n}"
+        );
+    }
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    snap: PathBuf,
+    id: [u8; 32],
+    len: u64,
+}
+
+fn env() -> &'static Env {
+    static E: OnceLock<Env> = OnceLock::new();
+    E.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let snap = dir.path().join("snap");
+        let out = ok(&pfs(
+            &[
+                "snapshot",
+                "build",
+                "--size-mb",
+                "1",
+                "--seed",
+                "7",
+                "--out",
+                snap.to_str().unwrap(),
+            ],
+            dir.path(),
+        ));
+        assert!(out.contains("snapshot ") && out.contains("built"), "{out}");
+        let m = packetfs::pob::Snapshot::read_manifest(&snap).unwrap();
+        Env {
+            id: packetfs::util::parse_hex32(&m.snapshot_id).unwrap(),
+            len: m.size,
+            snap,
+            dir,
+        }
+    })
+}
+
+fn work() -> tempfile::TempDir {
+    tempfile::tempdir_in(env().dir.path()).unwrap()
+}
+
+#[test]
+fn help_explains_every_subcommand() {
+    let d = work();
+    for sub in [
+        &["--help"][..],
+        &["snapshot", "build", "--help"],
+        &["snapshot", "info", "--help"],
+        &["snapshot", "verify", "--help"],
+        &["index", "build", "--help"],
+        &["plan", "--help"],
+        &["unplan", "--help"],
+    ] {
+        let out = ok(&pfs(sub, d.path()));
+        assert!(out.contains("Usage:"), "{sub:?}: {out}");
+    }
+    let out = ok(&pfs(&["plan", "--help"], d.path()));
+    for flag in [
+        "--snapshot",
+        "--hints",
+        "--window",
+        "--json",
+        "--codec",
+        "--metrics",
+    ] {
+        assert!(out.contains(flag), "plan --help lacks {flag}");
+    }
+}
+
+#[test]
+fn snapshot_info_verify_and_index() {
+    let e = env();
+    let d = work();
+    let s = e.snap.to_str().unwrap();
+    let info = ok(&pfs(&["snapshot", "info", s], d.path()));
+    for kind in ["const_runs", "elf_text", "debruijn", "prand_tail"] {
+        assert!(info.contains(kind), "{info}");
+    }
+    let js = ok(&pfs(&["snapshot", "info", s, "--json"], d.path()));
+    let v: serde_json::Value = serde_json::from_str(&js).unwrap();
+    assert_eq!(v["size"], 1 << 20);
+    assert!(ok(&pfs(&["snapshot", "verify", s], d.path())).contains("verified"));
+    let idx = ok(&pfs(&["index", "build", s], d.path()));
+    assert!(
+        idx.contains("kept"),
+        "indexes built with the snapshot are kept: {idx}"
+    );
+    // a damaged copy fails verification
+    let copy = d.path().join("copy");
+    std::fs::create_dir(&copy).unwrap();
+    for f in ["snapshot.bin", "snapshot.manifest.json"] {
+        std::fs::copy(e.snap.join(f), copy.join(f)).unwrap();
+    }
+    let mut b = std::fs::read(copy.join("snapshot.bin")).unwrap();
+    b[12345] ^= 1;
+    std::fs::write(copy.join("snapshot.bin"), b).unwrap();
+    fails(
+        &pfs(&["snapshot", "verify", copy.to_str().unwrap()], d.path()),
+        "hashes to",
+    );
+    // a missing index is rebuilt on first use
+    let out = pfs(&["index", "build", copy.to_str().unwrap()], d.path());
+    assert!(ok(&out).contains("built"));
+}
+
+#[test]
+fn snapshot_build_with_corpus_and_bad_recipes() {
+    let d = work();
+    std::fs::create_dir_all(d.path().join("c/sub")).unwrap();
+    std::fs::write(d.path().join("c/a.txt"), b"hello corpus").unwrap();
+    std::fs::write(d.path().join("c/sub/b.bin"), [1u8, 2, 3]).unwrap();
+    ok(&pfs(
+        &[
+            "snapshot",
+            "build",
+            "--size-mb",
+            "1",
+            "--add",
+            "c",
+            "--out",
+            "s",
+            "--no-index",
+        ],
+        d.path(),
+    ));
+    let m = packetfs::pob::Snapshot::read_manifest(&d.path().join("s")).unwrap();
+    let paths: Vec<&str> = m.corpus.iter().map(|c| c.path.as_str()).collect();
+    assert_eq!(paths, ["c/a.txt", "c/sub/b.bin"]);
+    assert_eq!(
+        m.corpus[0].blake3,
+        blake3::hash(b"hello corpus").to_hex().as_str()
+    );
+    std::fs::write(
+        d.path().join("r.toml"),
+        "format = 1\nseed = 1\nsize_mb = 1\ncolour = 1\n[[bank]]\nkind = \"stripes\"\nweight = 1\n",
+    )
+    .unwrap();
+    fails(
+        &pfs(
+            &["snapshot", "build", "--recipe", "r.toml", "--out", "x"],
+            d.path(),
+        ),
+        "colour",
+    );
+    fails(
+        &pfs(
+            &["snapshot", "build", "--add", "nope", "--out", "x"],
+            d.path(),
+        ),
+        "nope",
+    );
+    fails(
+        &pfs(
+            &["snapshot", "build", "--size-mb", "0", "--out", "x"],
+            d.path(),
+        ),
+        "size_mb",
+    );
+    only(d.path(), &["c", "s", "r.toml"]);
+}
+
+#[test]
+fn plan_unplan_roundtrip_with_json_hints_and_metrics() {
+    let e = env();
+    let d = work();
+    let s = e.snap.to_str().unwrap();
+    // a small ELF every Debian machine has
+    let exe = "/usr/bin/true";
+    let out = ok(&pfs(
+        &[
+            "plan",
+            exe,
+            "--snapshot",
+            s,
+            "-o",
+            "x.pbb",
+            "--json",
+            "x.json",
+            "--metrics",
+            "m.jsonl",
+        ],
+        d.path(),
+    ));
+    let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    for k in [
+        "file_bytes",
+        "segments",
+        "id",
+        "xor",
+        "add",
+        "raw",
+        "raw_spill",
+        "raw_ratio",
+        "pbb_bytes",
+        "wire_bytes",
+        "plan_ms",
+        "snapshot_id",
+    ] {
+        assert!(line.get(k).is_some(), "metrics line lacks {k}: {line}");
+    }
+    assert_eq!(line["hints"], "elf");
+    assert_eq!(
+        line["wire_bytes"],
+        std::fs::metadata(d.path().join("x.pbb")).unwrap().len()
+    );
+    let logged = std::fs::read_to_string(d.path().join("m.jsonl")).unwrap();
+    assert_eq!(logged.lines().count(), 1);
+    let bj: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.path().join("x.json")).unwrap()).unwrap();
+    assert_eq!(
+        bj["segments"].as_array().unwrap().len() as u64,
+        line["segments"].as_u64().unwrap()
+    );
+    ok(&pfs(
+        &["unplan", "x.pbb", "--snapshot", s, "-o", "rebuilt"],
+        d.path(),
+    ));
+    assert!(std::fs::read(d.path().join("rebuilt")).unwrap() == std::fs::read(exe).unwrap());
+
+    // hints from a JSON file, and bad hints
+    std::fs::write(
+        d.path().join("h.json"),
+        r#"{"sections":[{"name":"all","kind":"rodata","offset":0,"size":100}]}"#,
+    )
+    .unwrap();
+    std::fs::write(d.path().join("t.txt"), "some text ".repeat(500)).unwrap();
+    let out = ok(&pfs(
+        &[
+            "plan",
+            "t.txt",
+            "--snapshot",
+            s,
+            "--hints",
+            "h.json",
+            "--metrics",
+            "m.jsonl",
+        ],
+        d.path(),
+    ));
+    assert!(out.contains("h.json"));
+    std::fs::write(
+        d.path().join("bad.json"),
+        r#"{"sections":[{"name":"a","kind":"code","offset":0,"size":1}]}"#,
+    )
+    .unwrap();
+    fails(
+        &pfs(
+            &["plan", "t.txt", "--snapshot", s, "--hints", "bad.json"],
+            d.path(),
+        ),
+        "bad.json",
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.path().join("m.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn empty_file_and_file_larger_than_the_snapshot_roundtrip() {
+    let e = env();
+    let d = work();
+    let s = e.snap.to_str().unwrap();
+    std::fs::write(d.path().join("empty"), b"").unwrap();
+    ok(&pfs(
+        &[
+            "plan",
+            "empty",
+            "--snapshot",
+            s,
+            "-o",
+            "e.pbb",
+            "--metrics",
+            "m",
+        ],
+        d.path(),
+    ));
+    ok(&pfs(
+        &["unplan", "e.pbb", "--snapshot", s, "-o", "e.out"],
+        d.path(),
+    ));
+    assert_eq!(std::fs::read(d.path().join("e.out")).unwrap().len(), 0);
+    let mut big = std::fs::read(e.snap.join("snapshot.bin")).unwrap();
+    big.extend_from_slice(b"and a tail the snapshot does not hold");
+    std::fs::write(d.path().join("big"), &big).unwrap();
+    ok(&pfs(
+        &[
+            "plan",
+            "big",
+            "--snapshot",
+            s,
+            "-o",
+            "b.pbb",
+            "--metrics",
+            "m",
+        ],
+        d.path(),
+    ));
+    assert!(std::fs::metadata(d.path().join("b.pbb")).unwrap().len() < 20_000);
+    ok(&pfs(
+        &["unplan", "b.pbb", "--snapshot", s, "-o", "b.out"],
+        d.path(),
+    ));
+    assert!(std::fs::read(d.path().join("b.out")).unwrap() == big);
+}
+
+fn forged(bp: &Blueprint) -> Vec<u8> {
+    pbb::pack(bp, &PackOptions::default()).unwrap().0
+}
+
+#[test]
+fn bad_blueprints_are_refused_cleanly() {
+    let e = env();
+    let d = work();
+    let s = e.snap.to_str().unwrap();
+    std::fs::write(d.path().join("f"), "text ".repeat(2000)).unwrap();
+    ok(&pfs(
+        &[
+            "plan",
+            "f",
+            "--snapshot",
+            s,
+            "-o",
+            "good.pbb",
+            "--metrics",
+            "m",
+        ],
+        d.path(),
+    ));
+    let good = std::fs::read(d.path().join("good.pbb")).unwrap();
+    let w = |n: &str, b: &[u8]| std::fs::write(d.path().join(n), b).unwrap();
+    let unplan = |n: &str| pfs(&["unplan", n, "--snapshot", s, "-o", "out"], d.path());
+
+    w("trunc.pbb", &good[..good.len() - 7]);
+    fails(&unplan("trunc.pbb"), "truncated");
+    w("short.pbb", &good[..20]);
+    fails(&unplan("short.pbb"), "truncated");
+    let mut c = good.clone();
+    let n = c.len();
+    c[n - 40] ^= 0x40;
+    w("corrupt.pbb", &c);
+    fails(&unplan("corrupt.pbb"), "checksum");
+    w("notpbb.pbb", b"hello, this is not a blueprint at all, not even close to one......................................................................................................................");
+    fails(&unplan("notpbb.pbb"), "not a .pbb");
+    fails(&unplan("missing.pbb"), "missing.pbb");
+    fails(&unplan("."), "directory");
+
+    // wrong snapshot: refused before anything else is decoded
+    let other = d.path().join("other");
+    ok(&pfs(
+        &[
+            "snapshot",
+            "build",
+            "--size-mb",
+            "1",
+            "--seed",
+            "8",
+            "--out",
+            "other",
+            "--no-index",
+        ],
+        d.path(),
+    ));
+    fails(
+        &pfs(
+            &[
+                "unplan",
+                "good.pbb",
+                "--snapshot",
+                other.to_str().unwrap(),
+                "-o",
+                "out",
+            ],
+            d.path(),
+        ),
+        "snapshot",
+    );
+
+    let mk = |segments: Vec<Segment>, file_len: u64, spill: Vec<u8>| Blueprint {
+        snapshot_id: e.id,
+        file_len,
+        file_hash: [0; 32],
+        segments,
+        spill,
+    };
+    let id = |off: u64, len: u32| Segment {
+        len,
+        src: Source::Snap {
+            op: Transform::Id,
+            off,
+            imm: 0,
+        },
+    };
+    w(
+        "outside.pbb",
+        &forged(&mk(vec![id(e.len - 10, 20)], 20, vec![])),
+    );
+    fails(&unplan("outside.pbb"), "beyond its end");
+    w(
+        "overrun.pbb",
+        &forged(&mk(vec![id(0, 50), id(0, 60)], 100, vec![])),
+    );
+    fails(&unplan("overrun.pbb"), "overruns");
+    w(
+        "short-cover.pbb",
+        &forged(&mk(vec![id(0, 50)], 100, vec![])),
+    );
+    fails(&unplan("short-cover.pbb"), "cover");
+    w(
+        "spill.pbb",
+        &forged(&mk(
+            vec![Segment {
+                len: 10,
+                src: Source::Raw,
+            }],
+            10,
+            vec![1, 2, 3],
+        )),
+    );
+    fails(&unplan("spill.pbb"), "spill");
+    w("hash.pbb", &forged(&mk(vec![id(0, 64)], 64, vec![])));
+    fails(&unplan("hash.pbb"), "hashes to");
+
+    // absurd declared sizes: a header claiming an exabyte file, a huge table or spill, with a
+    // valid checksum, is refused before any allocation of that size
+    for (at, what) in [
+        (44usize, "segments cannot cover"),
+        (92, "table larger"),
+        (108, "spill larger"),
+    ] {
+        let mut b = good[..good.len() - 32].to_vec();
+        if at == 44 {
+            // file length huge: segments no longer cover it
+            b[at..at + 8].copy_from_slice(&(1u64 << 60).to_le_bytes());
+            b[84..92].copy_from_slice(&(1u64 << 61).to_le_bytes());
+        } else {
+            b[at..at + 8].copy_from_slice(&(1u64 << 59).to_le_bytes());
+        }
+        let sum = blake3::hash(&b);
+        b.extend_from_slice(sum.as_bytes());
+        w("absurd.pbb", &b);
+        fails(&unplan("absurd.pbb"), what);
+    }
+    let mut keep = vec![
+        "f",
+        "m",
+        "good.pbb",
+        "trunc.pbb",
+        "short.pbb",
+        "corrupt.pbb",
+        "notpbb.pbb",
+        "other",
+        "outside.pbb",
+        "overrun.pbb",
+        "short-cover.pbb",
+        "spill.pbb",
+        "hash.pbb",
+        "absurd.pbb",
+    ];
+    keep.sort();
+    only(d.path(), &keep);
+}
+
+#[test]
+fn bad_plan_inputs() {
+    let e = env();
+    let d = work();
+    let s = e.snap.to_str().unwrap();
+    fails(&pfs(&["plan", "nope", "--snapshot", s], d.path()), "nope");
+    fails(&pfs(&["plan", ".", "--snapshot", s], d.path()), "directory");
+    std::fs::write(d.path().join("f"), b"abc").unwrap();
+    fails(
+        &pfs(&["plan", "f", "--snapshot", "nowhere"], d.path()),
+        "nowhere",
+    );
+    fails(
+        &pfs(
+            &["plan", "f", "--snapshot", s, "--hints", "missing.json"],
+            d.path(),
+        ),
+        "missing.json",
+    );
+    only(d.path(), &["f"]);
+}
