@@ -294,6 +294,8 @@ struct Ctx<'a> {
     k4: Option<&'a crate::index::Index>,
     bank_starts: Vec<u64>,
     bank_kinds: Vec<BankKind>,
+    /// Whether a match shorter than k=8 can find for sure (15 bytes) can pay for itself.
+    k4_pays: bool,
 }
 
 #[inline(always)]
@@ -340,7 +342,10 @@ impl<'a> Ctx<'a> {
         } else {
             None
         };
+        let c = &cfg.cost;
+        let k4_pays = (c.seg_bits + c.jump_bits) / raw_bits < 14.0;
         Ctx {
+            k4_pays,
             f,
             s: snap.bytes(),
             snap,
@@ -472,6 +477,14 @@ impl<'a> Ctx<'a> {
                     }
                 }
             }
+            // keep the memory system busy: heads for i+8, entries for i+4
+            if i + 8 + 9 <= f.len() {
+                for idx in self.k8.iter().flatten().chain(self.k4.iter()) {
+                    let k = idx.spec.k;
+                    idx.prefetch_bucket(window_hash(idx.spec.projection, k, f, i + 8));
+                    idx.prefetch_entries(window_hash(idx.spec.projection, k, f, i + 4));
+                }
+            }
             let good = self.cfg.good_enough;
             if best.is_none_or(|m| m.len < good) && i + 9 <= f.len() {
                 // 2. k=8 lookups, candidates ranked by the section's preferred banks
@@ -495,8 +508,9 @@ impl<'a> Ctx<'a> {
                         break;
                     }
                 }
-                // 3. k=4 when nothing worth a segment was found
-                if best.is_none_or(|m| self.gain(&m) <= 0.0) {
+                // 3. k=4 when nothing worth a segment was found, and only when a match short
+                //    enough to be missed by k=8 could pay for itself at this raw byte cost
+                if self.k4_pays && best.is_none_or(|m| self.gain(&m) <= 0.0) {
                     if let Some(k4) = self.k4 {
                         let h = window_hash(Projection::Raw, 4, f, i);
                         for p in k4.candidates(h).take(self.cfg.max_candidates) {

@@ -1,0 +1,382 @@
+//! `just bench-plan`: PacketFS planning against real alternatives, all measured in one run.
+//!
+//! Pairs come from the two Rust toolchains installed here (basis from one, target from the
+//! other): libstd-*.so and bin/cargo (set PFS_BENCH_ALL=1 to add librustc_driver-*.so). For
+//! each pair the basis becomes a corpus bank of a default-recipe snapshot, the target is
+//! planned and packed, rebuilt and checked, and in the same run zstd -3/-19
+//! `--long=30 --patch-from`, `xdelta3 -e -9 -s` and `xz -9` (target alone) are timed on the
+//! same files. Then /usr/bin/bash against the synthetic recipe alone, next to the source
+//! document's raw_ratio, and reconstruction speed next to this machine's memcpy bandwidth.
+//!
+//! Output: a Markdown table on stdout and one JSON line per row in the metrics log
+//! (PFS_METRICS, default logs/patterns/metrics.jsonl).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use packetfs::blueprint::pbb::{self, PackOptions};
+use packetfs::index::{default_specs, IndexSet};
+use packetfs::plan::{self, hints::Hints, PlanConfig};
+use packetfs::pob::{self, HugePolicy, Recipe, Snapshot};
+use serde_json::json;
+
+struct Row {
+    name: String,
+    target: u64,
+    cells: Vec<(String, Option<(u64, f64)>)>,
+}
+
+fn sysroot(tc: &str) -> Option<PathBuf> {
+    let o = Command::new("rustc")
+        .arg(format!("+{tc}"))
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()?;
+    o.status
+        .success()
+        .then(|| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+}
+
+fn toolchains() -> Vec<PathBuf> {
+    let o = Command::new("rustup")
+        .args(["toolchain", "list"])
+        .output()
+        .expect("rustup toolchain list");
+    let mut roots: Vec<PathBuf> = Vec::new();
+    for l in String::from_utf8_lossy(&o.stdout).lines() {
+        let name = l.split_whitespace().next().unwrap_or("");
+        if let Some(r) = sysroot(name) {
+            let r = r.canonicalize().unwrap_or(r);
+            if !roots.contains(&r) {
+                roots.push(r);
+            }
+        }
+    }
+    roots
+}
+
+fn find(root: &Path, rel_dir: &str, prefix: &str, suffix: &str) -> Option<PathBuf> {
+    std::fs::read_dir(root.join(rel_dir))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.starts_with(prefix) && n.ends_with(suffix)
+        })
+}
+
+/// Run a command, time it, return (output bytes, seconds); None when the tool is missing.
+fn timed(cmd: &mut Command, out: &Path) -> Option<(u64, f64)> {
+    let _ = std::fs::remove_file(out);
+    let t = Instant::now();
+    let st = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .ok()?;
+    let secs = t.elapsed().as_secs_f64();
+    if !st.success() {
+        return None;
+    }
+    Some((std::fs::metadata(out).ok()?.len(), secs))
+}
+
+fn alternatives(basis: &Path, target: &Path, tmp: &Path) -> Vec<(String, Option<(u64, f64)>)> {
+    let o = tmp.join("alt.out");
+    let long = |lvl: &str| {
+        let mut c = Command::new("zstd");
+        c.args([lvl, "--long=30", "-f", "-q", "-T1"])
+            .arg(format!("--patch-from={}", basis.display()))
+            .arg(target)
+            .arg("-o")
+            .arg(&o);
+        c
+    };
+    let mut v = vec![
+        (
+            "zstd -3 --patch-from".to_string(),
+            timed(&mut long("-3"), &o),
+        ),
+        (
+            "zstd -19 --patch-from".to_string(),
+            timed(&mut long("-19"), &o),
+        ),
+    ];
+    let mut x = Command::new("xdelta3");
+    x.args(["-e", "-9", "-f", "-s"])
+        .arg(basis)
+        .arg(target)
+        .arg(&o);
+    v.push(("xdelta3 -9".into(), timed(&mut x, &o)));
+    let mut xz = Command::new("sh");
+    xz.arg("-c").arg(format!(
+        "xz -9 -T1 -c '{}' > '{}'",
+        target.display(),
+        o.display()
+    ));
+    v.push(("xz -9 (alone)".into(), timed(&mut xz, &o)));
+    v
+}
+
+struct Planned {
+    wire: u64,
+    raw_ratio: f64,
+    plan_s: f64,
+    pack_s: f64,
+    segments: u64,
+    rebuild_gbs: f64,
+}
+
+fn plan_target(snap: &Snapshot, idx: &IndexSet, target: &[u8]) -> Planned {
+    let hints = Hints::from_elf(target).unwrap_or_default();
+    let t = Instant::now();
+    let p = plan::plan(target, snap, idx, &hints, &PlanConfig::default()).expect("plan");
+    let plan_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let (bytes, _) = pbb::pack(&p.blueprint, &PackOptions::default()).expect("pack");
+    let pack_s = t.elapsed().as_secs_f64();
+    let bp = pbb::unpack(&bytes, &snap.id, snap.bytes().len() as u64).expect("unpack");
+    let mut out = vec![0u8; target.len()];
+    bp.rebuild_into(snap.bytes(), &mut out).expect("rebuild");
+    assert!(out == target, "rebuilt target differs");
+    let rebuild_gbs = rebuild_speed(&bp, snap.bytes(), &mut out);
+    let st = bp.stats();
+    Planned {
+        wire: bytes.len() as u64,
+        raw_ratio: st.raw_spill as f64 / target.len().max(1) as f64,
+        plan_s,
+        pack_s,
+        segments: st.segments,
+        rebuild_gbs,
+    }
+}
+
+/// Best of 5 in-memory rebuilds (output already faulted in), GB/s.
+fn rebuild_speed(bp: &packetfs::blueprint::Blueprint, snap: &[u8], out: &mut [u8]) -> f64 {
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let t = Instant::now();
+        bp.rebuild_into(snap, out).unwrap();
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    out.len() as f64 / best / 1e9
+}
+
+fn memcpy_gbs() -> f64 {
+    let n = 1usize << 30;
+    let src = vec![1u8; n];
+    let mut dst = vec![0u8; n];
+    dst.copy_from_slice(&src); // fault in
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let t = Instant::now();
+        dst.copy_from_slice(std::hint::black_box(&src));
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(&dst);
+    n as f64 / best / 1e9
+}
+
+fn pct(b: u64, t: u64) -> String {
+    format!("{:.1}%", 100.0 * b as f64 / t as f64)
+}
+
+fn main() {
+    // `cargo bench` passes --bench; ignore arguments
+    let metrics = PathBuf::from(
+        std::env::var("PFS_METRICS").unwrap_or_else(|_| packetfs::metrics::DEFAULT_LOG.into()),
+    );
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let roots = toolchains();
+    println!(
+        "# bench-plan ({} cores, {})",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        chrono_now()
+    );
+    let mut rows: Vec<Row> = Vec::new();
+    if roots.len() < 2 {
+        println!("fewer than two distinct Rust toolchains installed: no release pairs (rustup toolchain install nightly)");
+    } else {
+        let (old, new) = (&roots[0], &roots[1]);
+        println!(
+            "basis toolchain: {}\ntarget toolchain: {}\n",
+            old.display(),
+            new.display()
+        );
+        let mut pairs = vec![
+            (
+                "libstd-*.so",
+                "lib/rustlib/x86_64-unknown-linux-gnu/lib",
+                "libstd-",
+                ".so",
+            ),
+            ("bin/cargo", "bin", "cargo", ""),
+        ];
+        if std::env::var("PFS_BENCH_ALL").is_ok() {
+            pairs.push(("librustc_driver-*.so", "lib", "librustc_driver-", ".so"));
+        }
+        for (name, dir, pre, suf) in pairs {
+            let (Some(b), Some(t)) = (find(old, dir, pre, suf), find(new, dir, pre, suf)) else {
+                println!("{name}: not found in both toolchains, skipped");
+                continue;
+            };
+            let target = std::fs::read(&t).unwrap();
+            let sdir = tmp
+                .path()
+                .join(format!("snap-{}", pre.trim_end_matches('-')));
+            let t0 = Instant::now();
+            let rep = pob::build(
+                &Recipe::default_recipe(),
+                &[(b.clone(), "basis".into())],
+                &sdir,
+                &mut |_, _| {},
+            )
+            .unwrap();
+            let snap_s = t0.elapsed().as_secs_f64();
+            let snap = Snapshot::open(&sdir, HugePolicy::Auto).unwrap();
+            let t0 = Instant::now();
+            let (idx, _) = IndexSet::ensure(&snap, &default_specs(), false).unwrap();
+            let idx_s = t0.elapsed().as_secs_f64();
+            eprintln!(
+                "{name}: snapshot {:.0} MB/s, index {:.0} MB/s",
+                rep.manifest.size as f64 / snap_s / 1e6,
+                rep.manifest.size as f64 / idx_s / 1e6
+            );
+            let p = plan_target(&snap, &idx, &target);
+            let mut cells = vec![(
+                "pfs (plan+pack)".to_string(),
+                Some((p.wire, p.plan_s + p.pack_s)),
+            )];
+            cells.extend(alternatives(&b, &t, tmp.path()));
+            let line = json!({
+                "kind": "bench-plan", "pair": name, "target_bytes": target.len(), "wire_bytes": p.wire,
+                "raw_ratio": p.raw_ratio, "segments": p.segments, "plan_s": p.plan_s, "pack_s": p.pack_s,
+                "rebuild_gbs": p.rebuild_gbs, "snapshot_mbs": rep.manifest.size as f64 / snap_s / 1e6,
+                "index_mbs": rep.manifest.size as f64 / idx_s / 1e6,
+                "alternatives": cells.iter().skip(1).map(|(n, c)| json!({"tool": n, "bytes": c.map(|x| x.0), "seconds": c.map(|x| x.1)})).collect::<Vec<_>>(),
+            });
+            let _ = packetfs::metrics::append(&metrics, &line);
+            println!(
+                "{name}: pfs raw_ratio {:.3}, {} segments, plan {:.2} s + pack {:.2} s, rebuild {:.1} GB/s in memory; snapshot build {:.0} MB/s, index build {:.0} MB/s",
+                p.raw_ratio, p.segments, p.plan_s, p.pack_s, p.rebuild_gbs, rep.manifest.size as f64 / snap_s / 1e6, rep.manifest.size as f64 / idx_s / 1e6
+            );
+            rows.push(Row {
+                name: name.to_string(),
+                target: target.len() as u64,
+                cells,
+            });
+            drop(idx);
+            drop(snap);
+            let _ = std::fs::remove_dir_all(&sdir);
+        }
+    }
+    if !rows.is_empty() {
+        println!();
+        let heads: Vec<String> = rows[0].cells.iter().map(|c| c.0.clone()).collect();
+        println!("| basis -> target | target | {} |", heads.join(" | "));
+        println!("|---|---:|{}", "---:|".repeat(heads.len()));
+        for r in &rows {
+            let cells: Vec<String> = r
+                .cells
+                .iter()
+                .map(|(_, c)| match c {
+                    Some((b, s)) => format!("{} {} {:.2} s", b, pct(*b, r.target), s),
+                    None => "n/a (tool missing)".into(),
+                })
+                .collect();
+            println!("| {} | {} | {} |", r.name, r.target, cells.join(" | "));
+        }
+    }
+
+    // bash against the synthetic recipe alone
+    let bash = Path::new("/usr/bin/bash");
+    if let Ok(target) = std::fs::read(bash) {
+        let sdir = tmp.path().join("snap-synth");
+        pob::build(&Recipe::default_recipe(), &[], &sdir, &mut |_, _| {}).unwrap();
+        let snap = Snapshot::open(&sdir, HugePolicy::Auto).unwrap();
+        let (idx, _) = IndexSet::ensure(&snap, &default_specs(), false).unwrap();
+        let p = plan_target(&snap, &idx, &target);
+        let o = tmp.path().join("bash.xz");
+        let xz = timed(
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("xz -9 -T1 -c /usr/bin/bash > '{}'", o.display())),
+            &o,
+        );
+        println!();
+        println!("| /usr/bin/bash, synthetic recipe only | raw_ratio | wire bytes | plan+pack s |");
+        println!("|---|---:|---:|---:|");
+        println!("| source document (unverified) | 0.985837 | - | - |");
+        println!(
+            "| pfs | {:.6} | {} ({}) | {:.2} |",
+            p.raw_ratio,
+            p.wire,
+            pct(p.wire, target.len() as u64),
+            p.plan_s + p.pack_s
+        );
+        if let Some((b, s)) = xz {
+            println!(
+                "| xz -9 (whole file) | - | {} ({}) | {:.2} |",
+                b,
+                pct(b, target.len() as u64),
+                s
+            );
+        }
+        let _ = packetfs::metrics::append(
+            &metrics,
+            &json!({"kind": "bench-plan", "pair": "bash-synthetic", "target_bytes": target.len(),
+            "wire_bytes": p.wire, "raw_ratio": p.raw_ratio, "plan_s": p.plan_s, "pack_s": p.pack_s, "xz9_bytes": xz.map(|x| x.0)}),
+        );
+
+        // reconstruction of a match-heavy blueprint: a file made of long snapshot runs
+        let s = snap.bytes();
+        let mut heavy = Vec::with_capacity(256 << 20);
+        let mut off = 0usize;
+        while heavy.len() < (256 << 20) {
+            let len = 64 << 10;
+            heavy.extend_from_slice(&s[off..off + len]);
+            off = (off + 7 * len + 4096) % (s.len() - len);
+        }
+        let p = plan::plan(
+            &heavy,
+            &snap,
+            &idx,
+            &Hints::default(),
+            &PlanConfig::default(),
+        )
+        .unwrap();
+        let mut out = vec![0u8; heavy.len()];
+        p.blueprint.rebuild_into(s, &mut out).unwrap();
+        assert!(out == heavy);
+        let gbs = rebuild_speed(&p.blueprint, s, &mut out);
+        drop(out);
+        drop(heavy);
+        let mc = memcpy_gbs();
+        println!();
+        println!(
+            "| reconstruction (256 MiB, {} segments, in memory) | GB/s |",
+            p.blueprint.segments.len()
+        );
+        println!("|---|---:|");
+        println!("| pfs rebuild_into | {gbs:.2} |");
+        println!("| memcpy, same machine, same run | {mc:.2} |");
+        println!("| ratio | {:.2} (goal >= 0.5) |", gbs / mc);
+        let _ = packetfs::metrics::append(
+            &metrics,
+            &json!({"kind": "bench-rebuild", "rebuild_gbs": gbs, "memcpy_gbs": mc, "ratio": gbs / mc}),
+        );
+    }
+}
+
+fn chrono_now() -> String {
+    let o = Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%dT%H:%M:%SZ")
+        .output();
+    o.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
