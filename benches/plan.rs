@@ -63,7 +63,11 @@ fn find(root: &Path, rel_dir: &str, prefix: &str, suffix: &str) -> Option<PathBu
         .map(|e| e.path())
         .find(|p| {
             let n = p.file_name().unwrap().to_string_lossy();
-            n.starts_with(prefix) && n.ends_with(suffix)
+            if suffix.is_empty() {
+                n == prefix
+            } else {
+                n.starts_with(prefix) && n.ends_with(suffix)
+            }
         })
 }
 
@@ -198,7 +202,10 @@ fn main() {
         chrono_now()
     );
     let mut rows: Vec<Row> = Vec::new();
-    if roots.len() < 2 {
+    let only_rebuild = std::env::var("PFS_BENCH_ONLY").is_ok_and(|v| v == "rebuild");
+    if only_rebuild {
+        println!("PFS_BENCH_ONLY=rebuild: release pairs skipped");
+    } else if roots.len() < 2 {
         println!("fewer than two distinct Rust toolchains installed: no release pairs (rustup toolchain install nightly)");
     } else {
         let (old, new) = (&roots[0], &roots[1]);
@@ -299,47 +306,51 @@ fn main() {
         pob::build(&Recipe::default_recipe(), &[], &sdir, &mut |_, _| {}).unwrap();
         let snap = Snapshot::open(&sdir, HugePolicy::Auto).unwrap();
         let (idx, _) = IndexSet::ensure(&snap, &default_specs(), false).unwrap();
-        let p = plan_target(&snap, &idx, &target);
-        let o = tmp.path().join("bash.xz");
-        let xz = timed(
-            Command::new("sh")
-                .arg("-c")
-                .arg(format!("xz -9 -T1 -c /usr/bin/bash > '{}'", o.display())),
-            &o,
-        );
-        println!();
-        println!("| /usr/bin/bash, synthetic recipe only | raw_ratio | wire bytes | plan+pack s |");
-        println!("|---|---:|---:|---:|");
-        println!("| source document (unverified) | 0.985837 | - | - |");
-        println!(
-            "| pfs | {:.6} | {} ({}) | {:.2} |",
-            p.raw_ratio,
-            p.wire,
-            pct(p.wire, target.len() as u64),
-            p.plan_s + p.pack_s
-        );
-        if let Some((b, s)) = xz {
+        if !only_rebuild {
+            let p = plan_target(&snap, &idx, &target);
+            let o = tmp.path().join("bash.xz");
+            let xz = timed(
+                Command::new("sh")
+                    .arg("-c")
+                    .arg(format!("xz -9 -T1 -c /usr/bin/bash > '{}'", o.display())),
+                &o,
+            );
+            println!();
             println!(
-                "| xz -9 (whole file) | - | {} ({}) | {:.2} |",
-                b,
-                pct(b, target.len() as u64),
-                s
+                "| /usr/bin/bash, synthetic recipe only | raw_ratio | wire bytes | plan+pack s |"
+            );
+            println!("|---|---:|---:|---:|");
+            println!("| source document (unverified) | 0.985837 | - | - |");
+            println!(
+                "| pfs | {:.6} | {} ({}) | {:.2} |",
+                p.raw_ratio,
+                p.wire,
+                pct(p.wire, target.len() as u64),
+                p.plan_s + p.pack_s
+            );
+            if let Some((b, s)) = xz {
+                println!(
+                    "| xz -9 (whole file) | - | {} ({}) | {:.2} |",
+                    b,
+                    pct(b, target.len() as u64),
+                    s
+                );
+            }
+            let _ = packetfs::metrics::append(
+                &metrics,
+                &json!({"kind": "bench-plan", "pair": "bash-synthetic", "target_bytes": target.len(),
+            "wire_bytes": p.wire, "raw_ratio": p.raw_ratio, "plan_s": p.plan_s, "pack_s": p.pack_s, "xz9_bytes": xz.map(|x| x.0)}),
             );
         }
-        let _ = packetfs::metrics::append(
-            &metrics,
-            &json!({"kind": "bench-plan", "pair": "bash-synthetic", "target_bytes": target.len(),
-            "wire_bytes": p.wire, "raw_ratio": p.raw_ratio, "plan_s": p.plan_s, "pack_s": p.pack_s, "xz9_bytes": xz.map(|x| x.0)}),
-        );
-
         // reconstruction of a match-heavy blueprint: a file made of long snapshot runs
         let s = snap.bytes();
         let mut heavy = Vec::with_capacity(256 << 20);
-        let mut off = 0usize;
+        // chunks of 4-64 KiB at arbitrary (not page-aligned) offsets, as a real file's would be
+        let mut rng = pob::prng::SplitMix64::new(11);
         while heavy.len() < (256 << 20) {
-            let len = 64 << 10;
+            let len = 4096 + rng.below(60 << 10) as usize;
+            let off = rng.below((s.len() - len) as u64) as usize;
             heavy.extend_from_slice(&s[off..off + len]);
-            off = (off + 7 * len + 4096) % (s.len() - len);
         }
         let p = plan::plan(
             &heavy,
@@ -353,6 +364,7 @@ fn main() {
         p.blueprint.rebuild_into(s, &mut out).unwrap();
         assert!(out == heavy);
         let gbs = rebuild_speed(&p.blueprint, s, &mut out);
+        eprintln!("heavy blueprint: {:?}", p.blueprint.stats());
         drop(out);
         drop(heavy);
         let mc = memcpy_gbs();

@@ -230,8 +230,13 @@ pub struct PackedSizes {
 /// Pack a blueprint. Returns the bytes and the size of each part.
 pub fn pack(bp: &Blueprint, opts: &PackOptions) -> Result<(Vec<u8>, PackedSizes), PbbError> {
     let table = encode_table(&bp.segments);
-    let table_z = zstd::bulk::compress(&table, opts.table_level)?;
-    let spill_z = compress_spill(&bp.spill, opts)?;
+    // the two parts are independent: compress them on two threads
+    let (table_z, spill_z) = std::thread::scope(|s| {
+        let t = s.spawn(|| zstd::bulk::compress(&table, opts.table_level));
+        let spill_z = compress_spill(&bp.spill, opts);
+        (t.join().expect("table compressor panicked"), spill_z)
+    });
+    let (table_z, spill_z) = (table_z?, spill_z?);
     let mut out = Vec::with_capacity(HEADER_LEN + table_z.len() + spill_z.len() + TRAILER_LEN);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());

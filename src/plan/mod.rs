@@ -493,6 +493,10 @@ impl<'a> Ctx<'a> {
                 ranked.clear();
                 for (j, idx) in self.k8.iter().enumerate() {
                     let Some(idx) = idx else { continue };
+                    // machine code is never a byte-wise xor/add of anything: skip those lookups
+                    if j > 0 && kind == SectionKind::Text {
+                        continue;
+                    }
                     let op = Transform::ALL[j];
                     let h = window_hash(idx.spec.projection, 8, f, i);
                     for p in idx.candidates(h) {
@@ -518,7 +522,6 @@ impl<'a> Ctx<'a> {
                         }
                     }
                 }
-                let _ = kind;
             }
             match best {
                 Some(m) if self.gain(&m) > 0.0 => {
@@ -573,7 +576,6 @@ impl<'a> Ctx<'a> {
             }
         }
         let _ = self.snap;
-        let _ = SectionKind::Other;
         out
     }
 }
