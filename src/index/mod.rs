@@ -262,14 +262,32 @@ impl Index {
         let shift = 64 - bits;
         let step = spec.step as usize;
         let fan = spec.fanout;
+        // Both passes hash a batch of positions and prefetch their buckets before touching
+        // them, so the random accesses overlap instead of queueing one cache miss at a time.
+        const BATCH: usize = 32;
+        let mut hs = [0u64; BATCH];
+        let hash_batch = |start: usize, hs: &mut [u64; BATCH]| -> usize {
+            let n = BATCH.min(npos - start);
+            for (j, h) in hs.iter_mut().enumerate().take(n) {
+                *h = window_hash(spec.projection, spec.k, snap, (start + j) * step);
+            }
+            n
+        };
         // pass 1: capped counts per bucket
         let mut counts = vec![0u32; nb + 1];
-        for i in 0..npos {
-            let h = window_hash(spec.projection, spec.k, snap, i * step);
-            let c = &mut counts[(h >> shift) as usize];
-            if *c < fan {
-                *c += 1;
+        let mut i = 0;
+        while i < npos {
+            let n = hash_batch(i, &mut hs);
+            for h in &hs[..n] {
+                prefetch(counts[(h >> shift) as usize..].as_ptr() as *const u8);
             }
+            for h in &hs[..n] {
+                let c = &mut counts[(h >> shift) as usize];
+                if *c < fan {
+                    *c += 1;
+                }
+            }
+            i += n;
         }
         // prefix sums -> heads
         let mut acc = 0u32;
@@ -284,16 +302,24 @@ impl Index {
         let mut fill: Vec<u32> = heads[..nb].to_vec();
         let mut tags = vec![0u16; n];
         let mut pos = vec![0u32; n];
-        for i in 0..npos {
-            let p = i * step;
-            let h = window_hash(spec.projection, spec.k, snap, p);
-            let b = (h >> shift) as usize;
-            let f = fill[b];
-            if f < heads[b + 1] {
-                tags[f as usize] = h as u16;
-                pos[f as usize] = p as u32;
-                fill[b] = f + 1;
+        let mut i = 0;
+        while i < npos {
+            let n = hash_batch(i, &mut hs);
+            for h in &hs[..n] {
+                let b = (h >> shift) as usize;
+                prefetch(fill[b..].as_ptr() as *const u8);
+                prefetch(heads[b..].as_ptr() as *const u8);
             }
+            for (j, h) in hs[..n].iter().enumerate() {
+                let b = (h >> shift) as usize;
+                let f = fill[b];
+                if f < heads[b + 1] {
+                    tags[f as usize] = *h as u16;
+                    pos[f as usize] = ((i + j) * step) as u32;
+                    fill[b] = f + 1;
+                }
+            }
+            i += n;
         }
         drop(fill);
         let (_, tags_at, pos_at, end) = layout(bits, n);
