@@ -26,3 +26,4 @@ pub mod metrics;
 pub mod plan;
 pub mod pob;
 pub mod util;
+pub mod wire;
