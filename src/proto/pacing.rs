@@ -1,0 +1,224 @@
+//! Pacing: one token bucket, driven by the `now` it is handed, and the rate controller that
+//! sets its rate. A configured cap (`pfs send --rate`) and the receiver's advertised maximum
+//! are ceilings of the same rate, so there is one mechanism, not two.
+
+use std::time::{Duration, Instant};
+
+const NS: i128 = 1_000_000_000;
+
+/// A token bucket in bytes. Tokens are kept in byte-nanoseconds so that no fraction of a byte
+/// is lost between refills at any rate.
+#[derive(Debug, Clone)]
+pub struct Pacer {
+    rate: u64,
+    burst: u64,
+    tokens: i128,
+    last: Option<Instant>,
+}
+
+impl Pacer {
+    /// `rate` bytes per second, at most `burst` bytes sent back to back. Starts full.
+    pub fn new(rate: u64, burst: u64) -> Self {
+        Pacer {
+            rate: rate.max(1),
+            burst: burst.max(1),
+            tokens: burst.max(1) as i128 * NS,
+            last: None,
+        }
+    }
+
+    pub fn rate(&self) -> u64 {
+        self.rate
+    }
+
+    fn refill(&mut self, now: Instant) {
+        if let Some(last) = self.last {
+            let dt = now.saturating_duration_since(last).as_nanos() as i128;
+            self.tokens = (self.tokens + dt * self.rate as i128).min(self.burst as i128 * NS);
+        }
+        self.last = Some(self.last.map_or(now, |l| l.max(now)));
+    }
+
+    /// Change the rate (tokens earned so far were earned at the old rate).
+    pub fn set_rate(&mut self, now: Instant, rate: u64, burst: u64) {
+        self.refill(now);
+        self.rate = rate.max(1);
+        self.burst = burst.max(1);
+        self.tokens = self.tokens.min(self.burst as i128 * NS);
+    }
+
+    /// May a frame leave now? (The bucket may then go into debt by one frame.)
+    pub fn ready(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= 0
+    }
+
+    /// Account for `bytes` sent.
+    pub fn consume(&mut self, bytes: usize) {
+        self.tokens -= bytes as i128 * NS;
+    }
+
+    /// When the bucket is next out of debt (`None` if it is now, as of the last refill).
+    pub fn next_ready(&self) -> Option<Instant> {
+        if self.tokens >= 0 {
+            return None;
+        }
+        let ns = (-self.tokens + self.rate as i128 - 1) / self.rate as i128;
+        Some(self.last? + Duration::from_nanos(ns as u64))
+    }
+}
+
+/// The sender's rate: starts at `initial`, multiplicative increase while the sender is held
+/// back by pacing and the receiver reports little loss, multiplicative decrease when it
+/// reports more than `loss_permille`; always within `[floor, cap]`.
+#[derive(Debug, Clone)]
+pub struct RateControl {
+    rate: u64,
+    cap: u64,
+    floor: u64,
+    loss_permille: u64,
+    last_change: Option<Instant>,
+    base: Option<(u64, u64)>,
+    /// Set when the sender had data but had to wait for tokens since the last change.
+    pub limited: bool,
+}
+
+impl RateControl {
+    pub fn new(initial: u64, cap: u64, floor: u64, loss_permille: u64) -> Self {
+        let cap = cap.max(floor).max(1);
+        RateControl {
+            rate: initial.clamp(floor.max(1), cap),
+            cap,
+            floor: floor.max(1),
+            loss_permille,
+            last_change: None,
+            base: None,
+            limited: false,
+        }
+    }
+
+    pub fn rate(&self) -> u64 {
+        self.rate
+    }
+
+    pub fn cap(&self) -> u64 {
+        self.cap
+    }
+
+    /// Lower the ceiling (e.g. to the receiver's advertised maximum).
+    pub fn set_cap(&mut self, cap: u64) {
+        self.cap = cap.max(self.floor);
+        self.rate = self.rate.min(self.cap);
+    }
+
+    /// Feed the receiver's counters (highest sequence seen, frames received); returns the new
+    /// rate if it changed. Decides at most once per `interval` and per 32 frames.
+    pub fn on_feedback(
+        &mut self,
+        now: Instant,
+        interval: Duration,
+        max_seq: u64,
+        rx_frames: u64,
+    ) -> Option<u64> {
+        let (s0, r0) = *self.base.get_or_insert((max_seq, rx_frames));
+        let sent = max_seq.saturating_sub(s0);
+        if sent < 32 || self.last_change.is_some_and(|t| now < t + interval) {
+            return None;
+        }
+        let got = rx_frames.saturating_sub(r0).min(sent);
+        let lost_pm = (sent - got) * 1000 / sent;
+        self.base = Some((max_seq, rx_frames));
+        self.last_change = Some(now);
+        let old = self.rate;
+        if lost_pm > self.loss_permille {
+            self.rate = (self.rate / 10 * 7).max(self.floor);
+        } else if self.limited {
+            self.rate = self.rate.saturating_add(self.rate / 4).min(self.cap);
+        }
+        self.limited = false;
+        (self.rate != old).then_some(self.rate)
+    }
+}
+
+/// Parse a rate: a number with an optional SI prefix (k, M, G, T; decimal) and a unit, either
+/// bits per second (`bit`: `1gbit`, `500mbit`) or bytes per second (`B`: `10MB`, `1.5GB`); a
+/// bare number is bytes per second. `bps` is refused as ambiguous (tc reads it as bytes,
+/// most people as bits). Returns bytes per second.
+pub fn parse_rate(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let v: f64 = num.parse().ok()?;
+    let unit = unit.trim();
+    let (mult, rest) = match unit.chars().next() {
+        Some('k' | 'K') => (1e3, &unit[1..]),
+        Some('m' | 'M') => (1e6, &unit[1..]),
+        Some('g' | 'G') => (1e9, &unit[1..]),
+        Some('t' | 'T') => (1e12, &unit[1..]),
+        _ => (1.0, unit),
+    };
+    let bytes_per_unit = match rest {
+        "bit" | "bits" | "bit/s" => 1.0 / 8.0,
+        "" | "B" | "B/s" => 1.0,
+        _ => return None,
+    };
+    let r = v * mult * bytes_per_unit;
+    (r.is_finite() && r >= 1.0 && r < 1e18).then(|| r as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse() {
+        assert_eq!(parse_rate("1gbit"), Some(125_000_000));
+        assert_eq!(parse_rate("500mbit"), Some(62_500_000));
+        assert_eq!(parse_rate("100Mbps"), None);
+        assert_eq!(parse_rate("10MB"), Some(10_000_000));
+        assert_eq!(parse_rate("1.5GB"), Some(1_500_000_000));
+        assert_eq!(parse_rate("4096"), Some(4096));
+        assert_eq!(parse_rate("fast"), None);
+        assert_eq!(parse_rate("1 furlong"), None);
+    }
+
+    #[test]
+    fn bucket_holds_the_rate() {
+        let t0 = Instant::now();
+        // 1 MB/s, burst 10 kB: over 1 s of virtual time about 1 MB + the burst leaves.
+        let mut p = Pacer::new(1_000_000, 10_000);
+        let mut now = t0;
+        let mut sent = 0u64;
+        while now < t0 + Duration::from_secs(1) {
+            if p.ready(now) {
+                p.consume(1000);
+                sent += 1000;
+            } else {
+                now = p.next_ready().unwrap().max(now + Duration::from_nanos(1));
+            }
+        }
+        assert!((1_000_000..=1_012_000).contains(&sent), "{sent}");
+    }
+
+    #[test]
+    fn control_backs_off_on_loss_and_grows_when_limited() {
+        let t = Instant::now();
+        let ms = Duration::from_millis(1);
+        let mut c = RateControl::new(1000, 10_000, 100, 20);
+        c.on_feedback(t, ms, 0, 0);
+        // 50% loss: decrease.
+        assert_eq!(c.on_feedback(t + ms, ms, 100, 50), Some(700));
+        // No loss, pacing-limited: increase, capped.
+        c.limited = true;
+        assert_eq!(c.on_feedback(t + 3 * ms, ms, 200, 150), Some(875));
+        // Not limited: unchanged.
+        assert_eq!(c.on_feedback(t + 5 * ms, ms, 300, 250), None);
+        for i in 0..20 {
+            c.limited = true;
+            c.on_feedback(t + (7 + 2 * i) * ms, ms, 400 + 100 * i as u64, 350 + 100 * i as u64);
+        }
+        assert_eq!(c.rate(), 10_000);
+    }
+}
