@@ -24,7 +24,7 @@ pub mod blueprint;
 pub mod index;
 pub mod metrics;
 pub mod plan;
-pub mod proto;
 pub mod pob;
+pub mod proto;
 pub mod util;
 pub mod wire;

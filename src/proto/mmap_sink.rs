@@ -42,7 +42,10 @@ impl MmapSink {
     pub fn new(out_dir: &Path, tag: &str) -> io::Result<Self> {
         let root = out_dir.canonicalize()?;
         if !root.is_dir() {
-            return Err(io::Error::other(format!("{} is not a directory", root.display())));
+            return Err(io::Error::other(format!(
+                "{} is not a directory",
+                root.display()
+            )));
         }
         Ok(MmapSink {
             root,
@@ -139,7 +142,10 @@ impl MmapSink {
         let s = usize::try_from(off).map_err(io::Error::other)?;
         match o.map.as_mut() {
             Some(m) => m
-                .get_mut(s..s.checked_add(len).ok_or_else(|| io::Error::other("overflow"))?)
+                .get_mut(
+                    s..s.checked_add(len)
+                        .ok_or_else(|| io::Error::other("overflow"))?,
+                )
                 .ok_or_else(|| io::Error::other("write past the end").into()),
             None if len == 0 => Ok(&mut []),
             None => Err(io::Error::other("write to an empty file").into()),

@@ -80,7 +80,8 @@ pub struct SenderConfig {
     pub max_datagram: usize,
     /// The rate cap in bytes per second (`--rate`), if any.
     pub rate: Option<u64>,
-    /// Starting rate when no cap is set.
+    /// Starting rate when no cap is set (with a cap the sender starts at the cap: the caller
+    /// declared the link budget).
     pub initial_rate: u64,
     /// The rate never drops below this.
     pub min_rate: u64,
@@ -102,7 +103,7 @@ impl Default for SenderConfig {
             session_id: 1,
             max_datagram: datagram_for_mtu(1500),
             rate: None,
-            initial_rate: 125_000_000,
+            initial_rate: 12_500_000,
             min_rate: 100_000,
             burst_frames: 32,
             frame_overhead: wire::stack::OVERHEAD,
@@ -196,12 +197,16 @@ impl Reason {
                 // The sender's id, truncated: lets a log line match without a lookup.
                 a.a = u64::from_le_bytes(sender[..8].try_into().unwrap());
             }
-            Reason::FileTooLarge { file, size, limit } => (a.code, a.file, a.a, a.b) = (2, file, size, limit),
+            Reason::FileTooLarge { file, size, limit } => {
+                (a.code, a.file, a.a, a.b) = (2, file, size, limit)
+            }
             Reason::SessionTooLarge { total, limit } => (a.code, a.a, a.b) = (3, total, limit),
             Reason::TooManyFiles { count, limit } => (a.code, a.a, a.b) = (4, count, limit),
             Reason::NoSpace { need, avail } => (a.code, a.a, a.b) = (5, need, avail),
             Reason::BadName { file } => (a.code, a.file) = (6, file),
-            Reason::DuplicateName { file, other } => (a.code, a.file, a.a) = (7, file, other as u64),
+            Reason::DuplicateName { file, other } => {
+                (a.code, a.file, a.a) = (7, file, other as u64)
+            }
             Reason::HashMismatch { file } => (a.code, a.file) = (8, file),
             Reason::Timeout { ms } => (a.code, a.a) = (9, ms),
             Reason::Cancelled => a.code = 10,

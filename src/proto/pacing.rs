@@ -68,9 +68,10 @@ impl Pacer {
     }
 }
 
-/// The sender's rate: starts at `initial`, multiplicative increase while the sender is held
-/// back by pacing and the receiver reports little loss, multiplicative decrease when it
-/// reports more than `loss_permille`; always within `[floor, cap]`.
+/// The sender's rate: starts at `initial`; while the sender is held back by pacing and the
+/// receiver reports little loss it doubles per interval (slow start) until the first loss,
+/// then grows by 1/8 per interval; when the receiver reports more than `loss_permille` it
+/// drops (see [`RateControl::on_feedback`]). Always within `[floor, cap]`.
 #[derive(Debug, Clone)]
 pub struct RateControl {
     rate: u64,
@@ -78,9 +79,11 @@ pub struct RateControl {
     floor: u64,
     loss_permille: u64,
     last_change: Option<Instant>,
-    base: Option<(u64, u64)>,
+    /// Feedback at the start of the interval: (highest seq, frames received, when).
+    base: Option<(u64, u64, Instant)>,
     /// Set when the sender had data but had to wait for tokens since the last change.
     pub limited: bool,
+    slow_start: bool,
 }
 
 impl RateControl {
@@ -94,6 +97,7 @@ impl RateControl {
             last_change: None,
             base: None,
             limited: false,
+            slow_start: true,
         }
     }
 
@@ -105,35 +109,55 @@ impl RateControl {
         self.cap
     }
 
+    /// True until the first loss report.
+    pub fn in_slow_start(&self) -> bool {
+        self.slow_start
+    }
+
     /// Lower the ceiling (e.g. to the receiver's advertised maximum).
     pub fn set_cap(&mut self, cap: u64) {
         self.cap = cap.max(self.floor);
         self.rate = self.rate.min(self.cap);
     }
 
-    /// Feed the receiver's counters (highest sequence seen, frames received); returns the new
-    /// rate if it changed. Decides at most once per `interval` and per 32 frames.
+    /// Feed the receiver's counters (highest sequence seen, frames received) and the link
+    /// bytes of a full frame; returns the new rate if it changed. Decides at most once per
+    /// `interval` and per 32 frames. On loss the rate drops by 30%, and at least to 90% of
+    /// the rate the receiver actually got frames at over the interval (so a sender far above
+    /// a bottleneck lands near it in one step, not ten).
     pub fn on_feedback(
         &mut self,
         now: Instant,
         interval: Duration,
         max_seq: u64,
         rx_frames: u64,
+        frame_bytes: u64,
     ) -> Option<u64> {
-        let (s0, r0) = *self.base.get_or_insert((max_seq, rx_frames));
+        let (s0, r0, t0) = *self.base.get_or_insert((max_seq, rx_frames, now));
         let sent = max_seq.saturating_sub(s0);
-        if sent < 32 || self.last_change.is_some_and(|t| now < t + interval) {
+        if sent < 32 || now < t0 + interval || self.last_change.is_some_and(|t| now < t + interval)
+        {
             return None;
         }
         let got = rx_frames.saturating_sub(r0).min(sent);
         let lost_pm = (sent - got) * 1000 / sent;
-        self.base = Some((max_seq, rx_frames));
+        let dt = now.saturating_duration_since(t0).as_nanos().max(1);
+        let delivered = (got as u128 * frame_bytes as u128 * 1_000_000_000 / dt) as u64;
+        self.base = Some((max_seq, rx_frames, now));
         self.last_change = Some(now);
         let old = self.rate;
         if lost_pm > self.loss_permille {
-            self.rate = (self.rate / 10 * 7).max(self.floor);
+            self.rate = (self.rate / 10 * 7)
+                .min(delivered.max(1) / 10 * 9)
+                .max(self.floor);
+            self.slow_start = false;
         } else if self.limited {
-            self.rate = self.rate.saturating_add(self.rate / 4).min(self.cap);
+            let step = if self.slow_start {
+                self.rate
+            } else {
+                self.rate / 8
+            };
+            self.rate = self.rate.saturating_add(step.max(1)).min(self.cap);
         }
         self.limited = false;
         (self.rate != old).then_some(self.rate)
@@ -206,18 +230,29 @@ mod tests {
     fn control_backs_off_on_loss_and_grows_when_limited() {
         let t = Instant::now();
         let ms = Duration::from_millis(1);
+        let s = Duration::from_secs(1);
+        // Slow start doubles while limited and loss-free.
         let mut c = RateControl::new(1000, 10_000, 100, 20);
-        c.on_feedback(t, ms, 0, 0);
-        // 50% loss: decrease.
-        assert_eq!(c.on_feedback(t + ms, ms, 100, 50), Some(700));
-        // No loss, pacing-limited: increase, capped.
+        c.on_feedback(t, ms, 0, 0, 1);
         c.limited = true;
-        assert_eq!(c.on_feedback(t + 3 * ms, ms, 200, 150), Some(875));
+        assert_eq!(c.on_feedback(t + s, ms, 100, 100, 1), Some(2000));
+        let mut c = RateControl::new(1000, 10_000, 100, 20);
+        c.on_feedback(t, ms, 0, 0, 1);
+        // 50% loss, delivery 50 frames x 1 B in 1 s: decrease to 90% of what got through.
+        assert_eq!(c.on_feedback(t + s, ms, 100, 50, 1), Some(100));
+        let mut c = RateControl::new(1000, 10_000, 100, 20);
+        c.on_feedback(t, ms, 0, 0, 100);
+        // 50% loss, but the delivery rate was high: a 30% step.
+        assert_eq!(c.on_feedback(t + s, ms, 100, 50, 100), Some(700));
+        // No loss, pacing-limited: increase by 1/8 after the first loss.
+        c.limited = true;
+        assert_eq!(c.on_feedback(t + 2 * s, ms, 200, 150, 100), Some(787));
         // Not limited: unchanged.
-        assert_eq!(c.on_feedback(t + 5 * ms, ms, 300, 250), None);
-        for i in 0..20 {
+        assert_eq!(c.on_feedback(t + 3 * s, ms, 300, 250, 100), None);
+        for i in 0..40 {
             c.limited = true;
-            c.on_feedback(t + (7 + 2 * i) * ms, ms, 400 + 100 * i as u64, 350 + 100 * i as u64);
+            let (n, m) = (400 + 100 * i as u64, 350 + 100 * i as u64);
+            c.on_feedback(t + (4 + i) * s, ms, n, m, 100);
         }
         assert_eq!(c.rate(), 10_000);
     }

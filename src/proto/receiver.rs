@@ -6,7 +6,7 @@ use super::rangeset::RangeSet;
 use super::sink::{sanitize_name, FileSink, SinkError, SinkFile, SnapSeg};
 use super::{us32, write_frame, Endpoint, Event, Failure, Reason, ReceiverConfig, Stats};
 use crate::wire::payload::{
-    self, Ack, Accept, Done, FileEntry, Frame, Gram, Hello, Nack, Payload, Piece,
+    self, Accept, Ack, Done, FileEntry, Frame, Gram, Hello, Nack, Payload, Piece,
 };
 use crate::wire::pfs;
 use std::collections::{HashMap, VecDeque};
@@ -34,9 +34,13 @@ enum State {
     Data,
     /// Finished (Done) or aborted here (Abort): repeating that frame until the sender's Close,
     /// or silence for `until`.
-    Closing { until: Instant },
+    Closing {
+        until: Instant,
+    },
     /// Aborted by the sender: answering repeats with Close until `until`.
-    Draining { until: Instant },
+    Draining {
+        until: Instant,
+    },
     Closed,
 }
 
@@ -325,6 +329,7 @@ impl<'s, S: FileSink> Receiver<'s, S> {
                 }
             }
         }
+        self.maybe_finish(now);
     }
 
     /// Check that every piece of the gram lies inside its file and the snapshot.
@@ -333,7 +338,11 @@ impl<'s, S: FileSink> Receiver<'s, S> {
             let Some(f) = self.files.get(run.file as usize) else {
                 return false;
             };
-            if run.file_off.checked_add(run.len()).is_none_or(|e| e > f.size) {
+            if run
+                .file_off
+                .checked_add(run.len())
+                .is_none_or(|e| e > f.size)
+            {
                 return false;
             }
             for (_, p) in run.pieces() {
@@ -354,6 +363,9 @@ impl<'s, S: FileSink> Receiver<'s, S> {
         if !self.gram_in_bounds(&g) {
             self.stats.malformed += 1;
             return;
+        }
+        if g.srtt_us > 0 {
+            self.srtt_hint = Duration::from_micros(g.srtt_us as u64);
         }
         let mut new = 0u64;
         let mut touched: Vec<usize> = Vec::new();
@@ -437,8 +449,14 @@ impl<'s, S: FileSink> Receiver<'s, S> {
         }
         self.files[fi].done = true;
         self.files_done += 1;
-        self.events.push_back(Event::FileVerified { file: fi as u32 });
-        if self.files_done == self.nfiles {
+        self.events
+            .push_back(Event::FileVerified { file: fi as u32 });
+        self.maybe_finish(now);
+    }
+
+    /// Every file verified: send Done until the sender's Close.
+    fn maybe_finish(&mut self, now: Instant) {
+        if self.state == State::Data && self.files_done == self.nfiles {
             let mut hashes = Vec::with_capacity(self.files.len() * 32);
             for f in &self.files {
                 hashes.extend_from_slice(&f.hash);

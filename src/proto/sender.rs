@@ -30,7 +30,10 @@ pub enum SendError {
         expected: [u8; 32],
         found: [u8; 32],
     },
-    #[error("file #{file} has an empty name or one longer than {} bytes", payload::MAX_NAME_LEN)]
+    #[error(
+        "file #{file} has an empty name or one longer than {} bytes",
+        payload::MAX_NAME_LEN
+    )]
     BadName { file: usize },
     #[error("too many files ({0})")]
     TooManyFiles(usize),
@@ -53,9 +56,13 @@ enum State {
     Handshake,
     Data,
     /// Finished or aborted by the peer; answering its repeats with Close until `until`.
-    Draining { until: Instant },
+    Draining {
+        until: Instant,
+    },
     /// Aborted here; repeating the Abort until the peer's Close or `until`.
-    Closing { until: Instant },
+    Closing {
+        until: Instant,
+    },
     Closed,
 }
 
@@ -85,6 +92,9 @@ pub struct Sender {
     sent_ring: Vec<(u64, Option<Instant>)>,
     cursor: u64,
     repair: RangeSet,
+    /// Ranges repaired lately, with when: a NACK that crosses them in flight must not send
+    /// them again.
+    recent_repairs: VecDeque<(Instant, u64, u64)>,
     peer: Ack,
     last_status_seq: Option<u64>,
     window_base: u64,
@@ -105,15 +115,20 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// A sender for `files` (blueprints into `snapshot`, checked here).
-    pub fn new(cfg: SenderConfig, files: Vec<SendFile>, snapshot: &[u8]) -> Result<Self, SendError> {
+    /// A sender for `files`: blueprints into `snapshot`, whose id is `snapshot_id` (every
+    /// blueprint must name it; each is validated against the snapshot's length here).
+    pub fn new(
+        cfg: SenderConfig,
+        snapshot_id: [u8; 32],
+        files: Vec<SendFile>,
+        snapshot: &[u8],
+    ) -> Result<Self, SendError> {
         if !(MIN_DATAGRAM..=super::MAX_DATAGRAM).contains(&cfg.max_datagram) {
             return Err(SendError::DatagramSize(cfg.max_datagram));
         }
         if files.len() > u32::MAX as usize - 1 {
             return Err(SendError::TooManyFiles(files.len()));
         }
-        let snapshot_id = files.first().map_or([0; 32], |f| f.blueprint.snapshot_id);
         let mut states = Vec::with_capacity(files.len());
         let mut names = Vec::with_capacity(files.len());
         let mut start = 0u64;
@@ -129,12 +144,12 @@ impl Sender {
                     found: f.blueprint.snapshot_id,
                 });
             }
-            f.blueprint
-                .validate(snapshot.len() as u64)
-                .map_err(|e| SendError::InvalidBlueprint {
+            f.blueprint.validate(snapshot.len() as u64).map_err(|e| {
+                SendError::InvalidBlueprint {
                     file: i,
                     msg: e.to_string(),
-                })?;
+                }
+            })?;
             let mut seg_starts = Vec::with_capacity(f.blueprint.segments.len());
             let mut spill_starts = Vec::with_capacity(f.blueprint.segments.len());
             let (mut off, mut spill) = (0u64, 0usize);
@@ -198,6 +213,7 @@ impl Sender {
             sent_ring: vec![(u64::MAX, None); SENT_RING],
             cursor: 0,
             repair: RangeSet::new(),
+            recent_repairs: VecDeque::new(),
             peer: Ack::default(),
             last_status_seq: None,
             window_base: 0,
@@ -280,9 +296,17 @@ impl Sender {
         !self.repair.is_empty() || self.cursor < self.total
     }
 
+    /// Frames allowed in flight beyond the highest sequence number the receiver reported:
+    /// `window_frames`, and during slow start (before the first loss) 32 plus one per frame
+    /// the receiver got, so the first round trips cannot blast a whole window into a link
+    /// whose speed is not known yet.
     fn window_open(&self) -> bool {
         let acked = self.peer.max_seq.max(self.window_base);
-        self.seq.saturating_sub(acked + 1) < self.cfg.window_frames
+        let mut limit = self.cfg.window_frames;
+        if self.rc.in_slow_start() && self.cfg.rate.is_none() {
+            limit = limit.min(32 + self.peer.rx_frames);
+        }
+        self.seq.saturating_sub(acked + 1) < limit
     }
 
     fn frame_cost(&self, n: usize) -> usize {
@@ -393,6 +417,9 @@ impl Sender {
             while let Some((s, e)) = self.repair.first() {
                 let reached = self.emit_range(&mut w, s, e);
                 self.repair.remove(s, reached);
+                if reached > s {
+                    self.recent_repairs.push_back((now, s, reached));
+                }
                 carried += reached - s;
                 if reached < e {
                     break;
@@ -447,18 +474,32 @@ impl Sender {
             self.stats.nacks += 1;
             // The newest NACK is the receiver's whole view of its holes: it replaces the
             // queue, so repeated NACKs never multiply the repair work.
+            // Ranges repaired less than an RTT (plus the receiver's ACK delay) ago may be in
+            // flight still: the NACK crossed them, they are not sent again yet.
             self.repair.clear();
             for &(s, e) in r {
                 let (s, e) = (s.max(ack.cum), e.min(self.cursor));
                 self.repair.insert(s, e);
             }
+            let keep = self.rtt.srtt + self.rtt.rttvar + self.cfg.timing.ack_delay * 2;
+            while self
+                .recent_repairs
+                .front()
+                .is_some_and(|r| r.0 + keep < now)
+            {
+                self.recent_repairs.pop_front();
+            }
+            for &(_, s, e) in &self.recent_repairs {
+                self.repair.remove(s, e);
+            }
         }
-        if let Some(r) =
-            self.rc
-                .on_feedback(now, self.rtt.srtt, ack.max_seq, ack.rx_frames)
+        let frame = self.frame_cost(self.cfg.max_datagram) as u64;
+        if let Some(r) = self
+            .rc
+            .on_feedback(now, self.rtt.srtt, ack.max_seq, ack.rx_frames, frame)
         {
-            let burst = self.cfg.burst_frames.max(1)
-                * self.frame_cost(self.cfg.max_datagram) as u64;
+            let burst =
+                self.cfg.burst_frames.max(1) * self.frame_cost(self.cfg.max_datagram) as u64;
             self.pacer.set_rate(now, r, burst);
         }
         self.probe_backoff = 0;

@@ -67,8 +67,7 @@ pub fn apply_segment(dst: &mut [u8], seg: SnapSeg, snapshot: &[u8]) {
 /// names, absolute paths, empty, `.` or `..` components, NUL, backslashes and other control
 /// characters, more than 32 levels. Returns the name as it will be used.
 pub fn sanitize_name(name: &str) -> Option<String> {
-    if name.is_empty() || name.starts_with('/') || name.len() > crate::wire::payload::MAX_NAME_LEN
-    {
+    if name.is_empty() || name.starts_with('/') || name.len() > crate::wire::payload::MAX_NAME_LEN {
         return None;
     }
     let mut parts = 0;
@@ -187,11 +186,24 @@ mod tests {
             assert_eq!(sanitize_name(ok).as_deref(), Some(ok), "{ok}");
         }
         for bad in [
-            "", "/etc/passwd", "..", "../x", "a/../../x", "a/./b", "a//b", "a/", "./a", "a\\b",
-            "a\0b", "a\nb",
+            "",
+            "/etc/passwd",
+            "..",
+            "../x",
+            "a/../../x",
+            "a/./b",
+            "a//b",
+            "a/",
+            "./a",
+            "a\\b",
+            "a\0b",
+            "a\nb",
         ] {
             assert_eq!(sanitize_name(bad), None, "{bad:?}");
         }
-        assert_eq!(sanitize_name(&"d/".repeat(40).trim_end_matches('/').to_string()), None);
+        assert_eq!(
+            sanitize_name(&"d/".repeat(40).trim_end_matches('/').to_string()),
+            None
+        );
     }
 }
