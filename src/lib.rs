@@ -21,6 +21,7 @@
 #![deny(unsafe_code)]
 
 pub mod blueprint;
+pub mod driver;
 pub mod index;
 pub mod metrics;
 pub mod plan;

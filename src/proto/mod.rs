@@ -324,6 +324,8 @@ pub trait Endpoint {
     fn stats(&self) -> &Stats;
     /// `Ok` once finished; the failure once aborted; `None` while running.
     fn outcome(&self) -> Option<Result<(), Failure>>;
+    /// Give up (the user asked to): tell the peer and close.
+    fn cancel(&mut self, now: Instant);
 }
 
 /// RFC 6298 smoothed RTT.

@@ -193,6 +193,7 @@ impl<'s, S: FileSink> Receiver<'s, S> {
                 until: now + self.cfg.timing.idle_timeout,
             }
         } else {
+            self.pending.clear(); // no peer to tell
             State::Closed
         };
     }
@@ -711,6 +712,10 @@ impl<S: FileSink> Endpoint for Receiver<'_, S> {
 
     fn outcome(&self) -> Option<Result<(), Failure>> {
         self.outcome.clone()
+    }
+
+    fn cancel(&mut self, now: Instant) {
+        Receiver::cancel(self, now)
     }
 }
 

@@ -715,6 +715,10 @@ impl Endpoint for Sender {
     fn outcome(&self) -> Option<Result<(), Failure>> {
         self.outcome.clone()
     }
+
+    fn cancel(&mut self, now: Instant) {
+        Sender::cancel(self, now)
+    }
 }
 
 impl Sender {
