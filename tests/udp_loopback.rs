@@ -228,3 +228,44 @@ fn receiver_killed_mid_transfer_leaves_no_file_under_the_final_name() {
         "a partial file appeared under the final name"
     );
 }
+
+/// A figure, not a check: raw goodput of the UDP driver over loopback. Run with
+/// `cargo test --release --test udp_loopback -- --ignored --nocapture bench` (size from
+/// PFS_BENCH_MB, default 200; rate cap from PFS_BENCH_RATE, e.g. `1gbit`).
+#[test]
+#[ignore]
+fn bench_loopback_raw_goodput() {
+    let mb: usize = std::env::var("PFS_BENCH_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let rate = std::env::var("PFS_BENCH_RATE")
+        .ok()
+        .and_then(|v| packetfs::proto::pacing::parse_rate(&v));
+    let snap = snapshot(8);
+    let mut rng = Rng(8);
+    let (_, f) = raw_file(&mut rng, "bench.raw", mb << 20);
+    let out = tempfile::tempdir().unwrap();
+    let rx = receiver(out.path());
+    let addr = rx.local_addr().unwrap();
+    std::thread::scope(|s| {
+        let snap_r = &snap;
+        let h = s.spawn(move || rx.run(SNAP_ID, snap_r, &AtomicBool::new(false), &mut |_| {}));
+        let mut cfg = SendConfig::new(addr);
+        cfg.rate = rate;
+        let sent = run_sender(&cfg, vec![f], SNAP_ID, &snap).unwrap();
+        let got = h.join().unwrap().unwrap();
+        eprintln!(
+            "bench: {} MiB raw over UDP loopback: sender {:?} {:.0} Mbit/s goodput, {:.0} Mbit/s wire, {} frames, {} repair frames, final rate {:.0} Mbit/s; receiver {:?}, {} duplicates",
+            mb,
+            sent.elapsed,
+            sent.effective_bps() / 1e6,
+            sent.wire_bps() / 1e6,
+            sent.frames,
+            sent.retransmissions,
+            sent.final_rate as f64 * 8.0 / 1e6,
+            got.elapsed,
+            got.duplicate_frames
+        );
+    });
+}

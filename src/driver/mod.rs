@@ -58,6 +58,10 @@ pub fn drive<E: Endpoint + ?Sized, D: DatagramIo + ?Sized>(
     let start = Instant::now();
     let mut cancelled = false;
     let mut accepted_any = false;
+    let mut busy = false;
+    // Pacing waits are tens of microseconds: ask the kernel not to round this thread's
+    // timers up by the default 50 us slack.
+    let _ = nix::sys::prctl::set_timerslack(1_000);
     loop {
         let now = Instant::now();
         if !cancelled && cancel.load(Ordering::Relaxed) {
@@ -88,19 +92,21 @@ pub fn drive<E: Endpoint + ?Sized, D: DatagramIo + ?Sized>(
                 }
             }
         }
-        // Sleep until the next timer (or pacing slot) unless a full batch went out, in which
-        // case more may be ready now; wake early for any datagram.
-        let mut deadline = if sent == BATCH {
+        // Sleep until the next timer (or pacing slot), waking early for any datagram; do not
+        // sleep at all when the last round moved a full batch either way (more is ready).
+        let mut deadline = if busy || sent == BATCH {
             Some(now)
         } else {
             ep.poll_timeout()
         };
         let cap = now + MAX_SLEEP;
         deadline = Some(deadline.map_or(cap, |d| d.min(cap)));
-        for _ in 0..BATCH {
+        let mut got = 0;
+        while got < BATCH {
             let Some(n) = io.recv(&mut rbuf, deadline)? else {
                 break;
             };
+            got += 1;
             let t = Instant::now();
             if ep.handle_datagram(t, &rbuf[..n]) {
                 io.accept_peer();
@@ -108,5 +114,6 @@ pub fn drive<E: Endpoint + ?Sized, D: DatagramIo + ?Sized>(
             }
             deadline = Some(t); // drain what is queued, without waiting
         }
+        busy = got == BATCH;
     }
 }

@@ -38,7 +38,6 @@ pub struct UdpIo {
     peer: Option<SocketAddr>,
     last_from: Option<SocketAddr>,
     nonblocking: Option<bool>,
-    timeout: Option<Duration>,
 }
 
 impl UdpIo {
@@ -59,7 +58,6 @@ impl UdpIo {
             peer,
             last_from: None,
             nonblocking: None,
-            timeout: None,
         })
     }
 
@@ -80,13 +78,16 @@ impl UdpIo {
         Ok(())
     }
 
-    fn set_timeout(&mut self, t: Duration) -> io::Result<()> {
-        self.set_nonblocking(false)?;
-        if self.timeout != Some(t) {
-            self.sock.set_read_timeout(Some(t))?;
-            self.timeout = Some(t);
+    /// Wait until the socket is readable or `d` has passed: ppoll has nanosecond timeouts
+    /// (SO_RCVTIMEO counts in scheduler ticks, far too coarse for pacing).
+    fn wait_readable(&self, d: Duration) -> io::Result<()> {
+        use nix::poll::{ppoll, PollFd, PollFlags};
+        let mut fds = [PollFd::new(self.sock.as_fd(), PollFlags::POLLIN)];
+        let ts = nix::sys::time::TimeSpec::from_duration(d);
+        match ppoll(&mut fds, Some(ts), None) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
+            Err(e) => Err(e.into()),
         }
-        Ok(())
     }
 }
 
@@ -108,9 +109,12 @@ impl DatagramIo for UdpIo {
         loop {
             match self.sock.send_to(datagram, peer) {
                 Ok(_) => return Ok(()),
-                // A full send buffer: wait for room (blocking send) rather than drop.
+                // A full send buffer: wait for room rather than drop.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.set_nonblocking(false)?;
+                    use nix::poll::{ppoll, PollFd, PollFlags};
+                    let mut fds = [PollFd::new(self.sock.as_fd(), PollFlags::POLLOUT)];
+                    let ts = nix::sys::time::TimeSpec::from_duration(Duration::from_millis(10));
+                    let _ = ppoll(&mut fds, Some(ts), None);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // An ICMP "port unreachable" from an earlier datagram: the peer is not there
@@ -122,20 +126,27 @@ impl DatagramIo for UdpIo {
     }
 
     fn recv(&mut self, buf: &mut [u8], deadline: Option<Instant>) -> io::Result<Option<usize>> {
-        let wait = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        match wait {
-            Some(w) if w < Duration::from_micros(2) => self.set_nonblocking(true)?,
-            Some(w) => self.set_timeout(w)?,
-            None => self.set_timeout(Duration::from_millis(50))?,
-        }
-        match self.sock.recv_from(buf) {
-            Ok((n, from)) => {
-                self.last_from = Some(from);
-                Ok(Some(n))
+        self.set_nonblocking(true)?;
+        for attempt in 0..2 {
+            match self.sock.recv_from(buf) {
+                Ok((n, from)) => {
+                    self.last_from = Some(from);
+                    return Ok(Some(n));
+                }
+                Err(e) if transient(&e) => {}
+                Err(e) => return Err(e),
             }
-            Err(e) if transient(&e) => Ok(None),
-            Err(e) => Err(e),
+            if attempt == 0 {
+                let wait = deadline.map_or(Duration::from_millis(50), |d| {
+                    d.saturating_duration_since(Instant::now())
+                });
+                if wait.is_zero() {
+                    break;
+                }
+                self.wait_readable(wait)?;
+            }
         }
+        Ok(None)
     }
 
     fn accept_peer(&mut self) {

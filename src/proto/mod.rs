@@ -334,6 +334,9 @@ pub(crate) struct Rtt {
     pub srtt: Duration,
     pub rttvar: Duration,
     pub sampled: bool,
+    /// The smallest and the latest sample.
+    pub min: Duration,
+    pub latest: Duration,
 }
 
 impl Rtt {
@@ -342,10 +345,14 @@ impl Rtt {
             srtt: initial,
             rttvar: initial / 2,
             sampled: false,
+            min: initial,
+            latest: initial,
         }
     }
 
     pub fn sample(&mut self, r: Duration) {
+        self.latest = r;
+        self.min = if self.sampled { self.min.min(r) } else { r };
         if !self.sampled {
             self.srtt = r;
             self.rttvar = r / 2;

@@ -70,8 +70,10 @@ impl Pacer {
 
 /// The sender's rate: starts at `initial`; while the sender is held back by pacing and the
 /// receiver reports little loss it doubles per interval (slow start) until the first loss,
-/// then grows by 1/8 per interval; when the receiver reports more than `loss_permille` it
-/// drops (see [`RateControl::on_feedback`]). Always within `[floor, cap]`.
+/// then grows by 1/8 per interval (growth needs the frames actually sent in the interval to
+/// come to at least 70% of the rate); when the receiver reports more than `loss_permille`
+/// loss, or the caller reports a standing queue (RTT far above its minimum), it drops (see
+/// [`RateControl::on_feedback`]). Always within `[floor, cap]`.
 #[derive(Debug, Clone)]
 pub struct RateControl {
     rate: u64,
@@ -124,7 +126,8 @@ impl RateControl {
     /// bytes of a full frame; returns the new rate if it changed. Decides at most once per
     /// `interval` and per 32 frames. On loss the rate drops by 30%, and at least to 90% of
     /// the rate the receiver actually got frames at over the interval (so a sender far above
-    /// a bottleneck lands near it in one step, not ten).
+    /// a bottleneck lands near it in one step, not ten). `queueing` (the RTT is far above its
+    /// minimum) drops it by 15%, and at least to 95% of the delivered rate.
     pub fn on_feedback(
         &mut self,
         now: Instant,
@@ -132,6 +135,7 @@ impl RateControl {
         max_seq: u64,
         rx_frames: u64,
         frame_bytes: u64,
+        queueing: bool,
     ) -> Option<u64> {
         let (s0, r0, t0) = *self.base.get_or_insert((max_seq, rx_frames, now));
         let sent = max_seq.saturating_sub(s0);
@@ -151,7 +155,18 @@ impl RateControl {
                 .min(delivered.max(1) / 10 * 9)
                 .max(self.floor);
             self.slow_start = false;
-        } else if self.limited {
+        } else if queueing {
+            // The RTT grew well past its minimum: a queue is building (a slow receiver, a
+            // deep buffer). Settle just under what got through before it turns into loss.
+            self.rate = (self.rate / 20 * 17)
+                .min(delivered.max(1) / 20 * 19)
+                .max(self.floor);
+            self.slow_start = false;
+        } else if self.limited
+            && sent as u128 * frame_bytes as u128 * 1_000_000_000 / dt * 10 >= self.rate as u128 * 7
+        {
+            // Grow only when the sender really sent at (near) the rate: a sender held back by
+            // its CPU or its socket must not talk its rate up past anything it can do.
             let step = if self.slow_start {
                 self.rate
             } else {
@@ -233,26 +248,32 @@ mod tests {
         let s = Duration::from_secs(1);
         // Slow start doubles while limited and loss-free.
         let mut c = RateControl::new(1000, 10_000, 100, 20);
-        c.on_feedback(t, ms, 0, 0, 1);
+        c.on_feedback(t, ms, 0, 0, 10, false);
         c.limited = true;
-        assert_eq!(c.on_feedback(t + s, ms, 100, 100, 1), Some(2000));
+        assert_eq!(c.on_feedback(t + s, ms, 100, 100, 10, false), Some(2000));
+        // Limited, but sending far below the rate (CPU-bound): no growth.
+        c.limited = true;
+        assert_eq!(c.on_feedback(t + 2 * s, ms, 200, 200, 1, false), None);
         let mut c = RateControl::new(1000, 10_000, 100, 20);
-        c.on_feedback(t, ms, 0, 0, 1);
+        c.on_feedback(t, ms, 0, 0, 1, false);
         // 50% loss, delivery 50 frames x 1 B in 1 s: decrease to 90% of what got through.
-        assert_eq!(c.on_feedback(t + s, ms, 100, 50, 1), Some(100));
+        assert_eq!(c.on_feedback(t + s, ms, 100, 50, 1, false), Some(100));
         let mut c = RateControl::new(1000, 10_000, 100, 20);
-        c.on_feedback(t, ms, 0, 0, 100);
+        c.on_feedback(t, ms, 0, 0, 100, false);
         // 50% loss, but the delivery rate was high: a 30% step.
-        assert_eq!(c.on_feedback(t + s, ms, 100, 50, 100), Some(700));
+        assert_eq!(c.on_feedback(t + s, ms, 100, 50, 100, false), Some(700));
         // No loss, pacing-limited: increase by 1/8 after the first loss.
         c.limited = true;
-        assert_eq!(c.on_feedback(t + 2 * s, ms, 200, 150, 100), Some(787));
+        assert_eq!(
+            c.on_feedback(t + 2 * s, ms, 200, 150, 100, false),
+            Some(787)
+        );
         // Not limited: unchanged.
-        assert_eq!(c.on_feedback(t + 3 * s, ms, 300, 250, 100), None);
+        assert_eq!(c.on_feedback(t + 3 * s, ms, 300, 250, 100, false), None);
         for i in 0..40 {
             c.limited = true;
             let (n, m) = (400 + 100 * i as u64, 350 + 100 * i as u64);
-            c.on_feedback(t + (4 + i) * s, ms, n, m, 100);
+            c.on_feedback(t + (4 + i) * s, ms, n, m, 100, false);
         }
         assert_eq!(c.rate(), 10_000);
     }

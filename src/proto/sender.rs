@@ -493,14 +493,21 @@ impl Sender {
                 self.repair.remove(s, e);
             }
         }
+        // Rates measured over less than a few milliseconds are bursts, not rates.
         let frame = self.frame_cost(self.cfg.max_datagram) as u64;
-        if let Some(r) = self
-            .rc
-            .on_feedback(now, self.rtt.srtt, ack.max_seq, ack.rx_frames, frame)
+        let interval = self.rtt.srtt.max(std::time::Duration::from_millis(5));
+        // A standing queue: the smoothed RTT well above the smallest one seen (5 ms of slack
+        // so that a scheduler hiccup on a busy host is not read as congestion).
+        let queueing = self.rtt.sampled
+            && self.rtt.srtt > self.rtt.min * 2 + std::time::Duration::from_millis(5);
+        if let Some(r) =
+            self.rc
+                .on_feedback(now, interval, ack.max_seq, ack.rx_frames, frame, queueing)
         {
             let burst =
                 self.cfg.burst_frames.max(1) * self.frame_cost(self.cfg.max_datagram) as u64;
             self.pacer.set_rate(now, r, burst);
+            tracing::debug!(rate = r, srtt = ?self.rtt.srtt, "pacing rate");
         }
         self.probe_backoff = 0;
         self.probe_at = Some(now + self.pto());
