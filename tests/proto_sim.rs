@@ -824,7 +824,7 @@ fn foreign_and_malformed_frames_are_counted_and_dropped() {
     let mut bad = buf[..n].to_vec();
     bad[40] ^= 0xff;
     assert!(!receiver.handle_datagram(now, &bad));
-    let mut g = vec![0u8; 200];
+    let mut g = [0u8; 200];
     let mut w = packetfs::wire::payload::GramWriter::new(&mut g[pfs::HEADER_LEN..], 0);
     assert!(w.push_snap(0, 39_990, Transform::Id, 0, 0, 100));
     let pl = w.finish();

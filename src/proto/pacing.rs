@@ -204,7 +204,7 @@ pub fn parse_rate(s: &str) -> Option<u64> {
         _ => return None,
     };
     let r = v * mult * bytes_per_unit;
-    (r.is_finite() && r >= 1.0 && r < 1e18).then(|| r as u64)
+    (r.is_finite() && (1.0..1e18).contains(&r)).then_some(r as u64)
 }
 
 #[cfg(test)]

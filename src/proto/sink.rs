@@ -202,7 +202,7 @@ mod tests {
             assert_eq!(sanitize_name(bad), None, "{bad:?}");
         }
         assert_eq!(
-            sanitize_name(&"d/".repeat(40).trim_end_matches('/').to_string()),
+            sanitize_name("d/".repeat(40).trim_end_matches('/')),
             None
         );
     }

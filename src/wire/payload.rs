@@ -1320,6 +1320,31 @@ mod tests {
             prop_assert_eq!(third, bytes);
         }
 
+        /// The fuzz target's property (fuzz/fuzz_targets/frame.rs) on mutated valid frames:
+        /// whatever still parses re-emits to exactly the same bytes.
+        #[test]
+        fn mutated_frames_parse_strictly((t, bytes) in arb_payload(),
+                                         flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+                                         fix_crc in any::<bool>()) {
+            let p = Payload::parse(t, &bytes).unwrap();
+            let mut frame = vec![0u8; pfs::HEADER_LEN + bytes.len()];
+            let hdr = pfs::Repr { frame_type: t, flags: 0, session: 1, seq: 2, payload_len: 0 };
+            let n = Frame::emit(hdr, &p, &mut frame);
+            for (i, v) in flips {
+                let i = i.index(n);
+                frame[i] ^= v;
+            }
+            if fix_crc && n >= pfs::HEADER_LEN {
+                let _ = pfs::Packet::new_checked(&mut frame[..]).map(|mut p| p.fill_crc());
+            }
+            if let Ok(f) = Frame::parse(&frame) {
+                let m = pfs::HEADER_LEN + f.payload.buffer_len();
+                let mut out = vec![0u8; m];
+                prop_assert_eq!(Frame::emit(f.header, &f.payload, &mut out), m);
+                prop_assert_eq!(&out[..], &frame[..m]);
+            }
+        }
+
         #[test]
         fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = Frame::parse(&bytes);
