@@ -123,18 +123,30 @@ struct Ends {
     sender_events: Vec<Event>,
     receiver_events: Vec<Event>,
     virtual_time: Duration,
+    /// When the sender heard Done (virtual time since the start).
+    finished_at: Option<Duration>,
     frames: u64,
 }
 
+/// Something done to an endpoint once the receiver has taken in this many datagrams.
+#[derive(Debug, Clone, Copy)]
+enum Act {
+    None,
+    /// The receiver stops dead (a killed process): it neither reads nor sends again.
+    KillReceiver(u64),
+    CancelSender(u64),
+    CancelReceiver(u64),
+}
+
 /// Run both endpoints over the two link directions until both are closed (or nothing can
-/// happen any more). `hook` may inject datagrams to the receiver at each step.
+/// happen any more).
 fn run_pair<S: FileSink>(
     rng: &mut Rng,
     sender: &mut Sender,
     receiver: &mut Receiver<'_, S>,
     s2r: &mut Link,
     r2s: &mut Link,
-    mut kill_receiver_at: Option<u64>,
+    mut act: Act,
 ) -> Ends {
     let t0 = Instant::now();
     let mut now = t0;
@@ -161,21 +173,28 @@ fn run_pair<S: FileSink>(
             }
         }
         while let Some(d) = s2r.pop_due(now) {
-            if receiver_alive {
-                receiver.handle_datagram(now, &d);
-                ends.frames += 1;
-                if kill_receiver_at.is_some_and(|k| ends.frames >= k) {
-                    receiver_alive = false;
-                    kill_receiver_at = None;
-                }
-            }
             busy = true;
+            if !receiver_alive {
+                continue;
+            }
+            receiver.handle_datagram(now, &d);
+            ends.frames += 1;
+            match act {
+                Act::KillReceiver(k) if ends.frames >= k => receiver_alive = false,
+                Act::CancelSender(k) if ends.frames >= k => sender.cancel(now),
+                Act::CancelReceiver(k) if ends.frames >= k => receiver.cancel(now),
+                _ => continue,
+            }
+            act = Act::None;
         }
         while let Some(d) = r2s.pop_due(now) {
             sender.handle_datagram(now, &d);
             busy = true;
         }
         while let Some(e) = sender.poll_event() {
+            if e == Event::Finished {
+                ends.finished_at = Some(now - t0);
+            }
             ends.sender_events.push(e);
         }
         while let Some(e) = receiver.poll_event() {
@@ -322,7 +341,7 @@ fn one_case(seed: u64, tally: &mut Tally) {
         &mut receiver,
         &mut s2r,
         &mut r2s,
-        None,
+        Act::None,
     );
     let ctx = format!(
         "seed {seed}: files {:?} s2r drop {} dup {} corrupt {} reorder {} bw {:?}; r2s drop {} corrupt {}; ends {:?}/{:?} after {:?}",
@@ -432,7 +451,7 @@ fn snapshot_mismatch_is_refused_with_the_reason_on_both_sides() {
             &mut receiver,
             &mut s2r,
             &mut r2s,
-            None,
+            Act::None,
         );
         let want = Reason::SnapshotMismatch {
             sender: SNAP_ID,
@@ -496,7 +515,7 @@ fn blackhole_mid_transfer_ends_in_timeouts_without_final_files() {
             &mut receiver,
             &mut s2r,
             &mut r2s,
-            None,
+            Act::None,
         );
         let so = ends.sender.clone().expect("sender ended");
         let ro = ends.receiver.clone().expect("receiver ended");
@@ -545,7 +564,7 @@ fn receiver_killed_mid_transfer_leaves_no_final_file() {
             &mut receiver,
             &mut s2r,
             &mut r2s,
-            Some(60),
+            Act::KillReceiver(60),
         );
         assert!(
             matches!(
@@ -596,7 +615,7 @@ fn files_land_in_an_output_directory_through_mmap() {
         &mut receiver,
         &mut s2r,
         &mut r2s,
-        None,
+        Act::None,
     );
     assert_eq!(ends.sender, Some(Ok(())));
     assert_eq!(ends.receiver, Some(Ok(())));
@@ -852,7 +871,7 @@ fn foreign_and_malformed_frames_are_counted_and_dropped() {
         &mut receiver,
         &mut s2r,
         &mut r2s,
-        None,
+        Act::None,
     );
     assert_eq!(ends.receiver, Some(Ok(())));
     assert_eq!(ends.sender, Some(Ok(())));
@@ -882,7 +901,7 @@ fn many_files_need_several_hello_chunks() {
         &mut receiver,
         &mut s2r,
         &mut r2s,
-        None,
+        Act::None,
     );
     assert_eq!(ends.sender, Some(Ok(())));
     assert_eq!(ends.receiver, Some(Ok(())));
@@ -907,7 +926,7 @@ fn empty_session_and_empty_files() {
             &mut receiver,
             &mut s2r,
             &mut r2s,
-            None,
+            Act::None,
         );
         assert_eq!(ends.sender, Some(Ok(())), "{sizes:?}");
         assert_eq!(ends.receiver, Some(Ok(())), "{sizes:?}");
@@ -955,7 +974,7 @@ fn pacing_holds_the_configured_rate_in_virtual_time() {
         &mut receiver,
         &mut s2r,
         &mut r2s,
-        None,
+        Act::None,
     );
     assert_eq!(ends.receiver, Some(Ok(())));
     let st = sender.stats_now();
@@ -1007,7 +1026,7 @@ fn a_slow_bottleneck_is_not_flooded() {
         &mut receiver,
         &mut s2r,
         &mut r2s,
-        None,
+        Act::None,
     );
     assert_eq!(ends.receiver, Some(Ok(())));
     assert_eq!(ends.sender, Some(Ok(())));
@@ -1019,4 +1038,87 @@ fn a_slow_bottleneck_is_not_flooded() {
         st.repair_bytes,
         content.len()
     );
+}
+
+#[test]
+fn cancel_on_either_side_is_a_clean_abort_with_the_reason_on_both() {
+    for (seed, side) in [(1u64, 0), (2, 1), (3, 0), (4, 1)] {
+        let mut rng = Rng(seed);
+        let snap = rng.bytes(4096);
+        let (_, f) = raw_file(&mut rng, "big", 400_000);
+        let (scfg, rcfg) = cfgs();
+        let mut sender = Sender::new(scfg, SNAP_ID, vec![f], &snap).unwrap();
+        let mut receiver = Receiver::new(rcfg, SNAP_ID, &snap, MemSink::new());
+        let mut s2r = Link::clean(Duration::from_millis(1));
+        let mut r2s = Link::clean(Duration::from_millis(1));
+        if seed > 2 {
+            s2r.drop = 0.2;
+            r2s.drop = 0.2;
+        }
+        let act = if side == 0 {
+            Act::CancelSender(50)
+        } else {
+            Act::CancelReceiver(50)
+        };
+        let ends = run_pair(
+            &mut rng,
+            &mut sender,
+            &mut receiver,
+            &mut s2r,
+            &mut r2s,
+            act,
+        );
+        let (local, remote) = if side == 0 {
+            (&ends.sender, &ends.receiver)
+        } else {
+            (&ends.receiver, &ends.sender)
+        };
+        assert_eq!(
+            local,
+            &Some(Err(Failure {
+                reason: Reason::Cancelled,
+                by_peer: false
+            }))
+        );
+        // With loss the Abort may be lost every time it is sent; then silence ends the peer.
+        match remote {
+            Some(Err(Failure {
+                reason: Reason::Cancelled,
+                by_peer: true,
+            })) => {}
+            Some(Err(Failure {
+                reason: Reason::Timeout { .. },
+                ..
+            })) if seed > 2 => {}
+            other => panic!("seed {seed}: {other:?}"),
+        }
+        assert!(sender.is_closed() && receiver.is_closed());
+        assert_eq!(receiver.sink().committed_count(), 0);
+    }
+}
+
+#[test]
+fn the_receivers_max_rate_caps_the_sender() {
+    let mut rng = Rng(21);
+    let snap = rng.bytes(4096);
+    let (content, f) = raw_file(&mut rng, "r", 1_000_000);
+    let (scfg, mut rcfg) = cfgs();
+    rcfg.max_rate = 2_000_000;
+    let mut sender = Sender::new(scfg, SNAP_ID, vec![f], &snap).unwrap();
+    let mut receiver = Receiver::new(rcfg, SNAP_ID, &snap, MemSink::new());
+    let mut s2r = Link::clean(Duration::from_micros(200));
+    let mut r2s = Link::clean(Duration::from_micros(200));
+    let ends = run_pair(
+        &mut rng,
+        &mut sender,
+        &mut receiver,
+        &mut s2r,
+        &mut r2s,
+        Act::None,
+    );
+    assert_eq!(ends.receiver, Some(Ok(())));
+    let st = sender.stats_now();
+    let rate = (st.bytes_sent + st.frames_sent * 42) as f64 / ends.virtual_time.as_secs_f64();
+    assert!(rate <= 2_000_000.0 * 1.05, "{rate}");
+    assert_eq!(receiver.sink().committed(0).unwrap(), &content[..]);
 }

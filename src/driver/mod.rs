@@ -4,6 +4,14 @@
 //! The loop ([`drive`]) is generic over [`DatagramIo`]: a kernel UDP socket ([`udp`]) today,
 //! an AF_XDP socket tomorrow. A backend only moves PacketFS datagrams (header + payload) in
 //! and out and learns its peer from the first datagram the state machine accepts.
+//!
+//! A zero-copy backend (AF_XDP) can also skip [`drive`] and call the [`Endpoint`] methods
+//! itself, with UMEM frames as the buffers: `handle_datagram(now, &frame[payload])` after
+//! [`crate::wire::stack::parse`] (the receiver applies each piece from that slice straight into
+//! the output file's memory map), and `poll_transmit(now, &mut frame[overhead..])` followed by
+//! [`crate::wire::stack::emit_headers`] for the Ethernet/IPv4/UDP headers in front. The loop
+//! below is the reference for the order of calls: timers, transmit (paced by the endpoint),
+//! events, then receive until the endpoint's next deadline.
 
 pub mod udp;
 

@@ -201,9 +201,6 @@ mod tests {
         ] {
             assert_eq!(sanitize_name(bad), None, "{bad:?}");
         }
-        assert_eq!(
-            sanitize_name("d/".repeat(40).trim_end_matches('/')),
-            None
-        );
+        assert_eq!(sanitize_name("d/".repeat(40).trim_end_matches('/')), None);
     }
 }
