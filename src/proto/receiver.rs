@@ -722,3 +722,129 @@ impl<S: FileSink> Endpoint for Receiver<'_, S> {
 // `payload` is used in doc links and types above.
 #[allow(unused_imports)]
 use payload as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::sink::MemSink;
+    use crate::wire::payload::{FileEntry, GramWriter, Probe};
+
+    const ID: [u8; 32] = [3; 32];
+
+    fn frame(seq: u64, flags: u16, p: &Payload<'_>) -> Vec<u8> {
+        let mut buf = vec![0u8; 2000];
+        let hdr = pfs::Repr {
+            frame_type: p.frame_type(),
+            flags,
+            session: 7,
+            seq,
+            payload_len: 0,
+        };
+        let n = Frame::emit(hdr, p, &mut buf);
+        buf.truncate(n);
+        buf
+    }
+
+    /// A raw gram of `len` zero bytes at `off` of file 0.
+    fn data(seq: u64, off: u64, len: usize) -> Vec<u8> {
+        let mut body = vec![0u8; 1400];
+        let mut w = GramWriter::new(&mut body, 1000);
+        assert_eq!(w.push_raw(0, off, &vec![0u8; len]), len);
+        let n = w.finish();
+        let mut buf = vec![0u8; pfs::HEADER_LEN + n];
+        buf[pfs::HEADER_LEN..].copy_from_slice(&body[..n]);
+        let hdr = pfs::Repr {
+            frame_type: pfs::FrameType::Data,
+            flags: 0,
+            session: 7,
+            seq,
+            payload_len: n as u16,
+        };
+        hdr.emit(&mut pfs::Packet::new_unchecked(&mut buf[..]));
+        buf
+    }
+
+    fn receiver(size: u64) -> Receiver<'static, MemSink> {
+        static SNAP: [u8; 64] = [0; 64];
+        let cfg = ReceiverConfig {
+            ack_every: 1000,
+            ..ReceiverConfig::default()
+        };
+        let mut r = Receiver::new(cfg, ID, &SNAP, MemSink::new());
+        let hello = Payload::Hello(Hello {
+            snapshot_id: ID,
+            nfiles: 1,
+            first: 0,
+            entries: vec![FileEntry {
+                name: "f".into(),
+                size,
+                hash: *blake3::hash(&vec![0u8; size as usize]).as_bytes(),
+            }],
+        });
+        let now = Instant::now();
+        assert!(r.handle_datagram(now, &frame(0, 0, &hello)));
+        let mut buf = vec![0u8; 2000];
+        let n = r.poll_transmit(now, &mut buf).unwrap();
+        assert!(matches!(
+            Frame::parse(&buf[..n]).unwrap().payload,
+            Payload::Accept(_)
+        ));
+        r
+    }
+
+    fn status(r: &mut Receiver<'_, MemSink>, now: Instant) -> Payload<'static> {
+        let mut buf = vec![0u8; 2000];
+        let n = r.poll_transmit(now, &mut buf).expect("a status");
+        match Frame::parse(&buf[..n]).unwrap().payload {
+            Payload::Ack(a) => Payload::Ack(a),
+            Payload::Nack(n) => Payload::Nack(n),
+            p => panic!("{p:?}"),
+        }
+    }
+
+    #[test]
+    fn holes_are_nacked_only_once_the_frontier_moved_past_them_a_report_ago() {
+        let mut r = receiver(10_000);
+        let t = Instant::now();
+        // 0..100 and 200..300 arrive: 100..200 may merely be late.
+        r.handle_datagram(t, &data(1, 0, 100));
+        r.handle_datagram(t, &data(2, 200, 100));
+        r.handle_timeout(t + Duration::from_millis(3)); // the ACK delay passed
+        let Payload::Ack(a) = status(&mut r, t + Duration::from_millis(3)) else {
+            panic!("a NACK before the previous report's frontier moved")
+        };
+        assert_eq!((a.cum, a.frontier, a.received), (100, 300, 200));
+        // Another frame later: now the hole lies below the previous report's frontier.
+        r.handle_datagram(t + Duration::from_millis(4), &data(3, 300, 100));
+        r.handle_timeout(t + Duration::from_millis(7));
+        let Payload::Nack(n) = status(&mut r, t + Duration::from_millis(7)) else {
+            panic!("no NACK")
+        };
+        assert_eq!(n.ranges, vec![(100, 200)]);
+        // A probe forces a NACK of everything missing up to the sender's position.
+        let probe = Payload::Probe(Probe {
+            sent: 10_000,
+            srtt_us: 500,
+            flags: crate::wire::payload::PROBE_FIRST_PASS_DONE,
+        });
+        r.handle_datagram(t + Duration::from_millis(8), &frame(4, 0, &probe));
+        let Payload::Nack(n) = status(&mut r, t + Duration::from_millis(8)) else {
+            panic!("no NACK after a probe")
+        };
+        assert_eq!(n.ranges, vec![(100, 200), (400, 10_000)]);
+        assert_eq!(n.ack.max_seq, 4);
+        assert_eq!(n.ack.echo_seq, 4);
+    }
+
+    #[test]
+    fn duplicates_and_reordering_are_harmless() {
+        let mut r = receiver(300);
+        let t = Instant::now();
+        for (seq, off) in [(1, 200), (2, 0), (3, 200), (4, 100), (5, 0)] {
+            r.handle_datagram(t, &data(seq, off, 100));
+        }
+        assert_eq!(r.outcome(), Some(Ok(())));
+        assert_eq!(r.stats().duplicate_frames, 1, "{:?}", r.stats());
+        assert_eq!(r.sink().committed(0).unwrap(), &[0u8; 300][..]);
+    }
+}

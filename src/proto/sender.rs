@@ -736,3 +736,225 @@ impl Sender {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blueprint::{Segment, Transform};
+    use crate::wire::payload::{Gram, Piece};
+
+    /// Two files over a 256-byte snapshot: snapshot segments with each transform and raw spill.
+    fn sender(max_datagram: usize) -> (Sender, Vec<Vec<u8>>, Vec<u8>) {
+        let snap: Vec<u8> = (0..=255u8).collect();
+        let mk = |segs: Vec<Segment>, spill: Vec<u8>| {
+            let mut out = Vec::new();
+            let mut sp = 0;
+            for s in &segs {
+                match s.src {
+                    Source::Snap { op, off, imm } => {
+                        for i in 0..s.len as usize {
+                            out.push(op.byte(snap[off as usize + i], imm));
+                        }
+                    }
+                    Source::Raw => {
+                        out.extend_from_slice(&spill[sp..sp + s.len as usize]);
+                        sp += s.len as usize;
+                    }
+                }
+            }
+            let bp = Blueprint {
+                snapshot_id: [1; 32],
+                file_len: out.len() as u64,
+                file_hash: *blake3::hash(&out).as_bytes(),
+                segments: segs,
+                spill,
+            };
+            (out, bp)
+        };
+        let snap_seg = |op, off, imm, len| Segment {
+            len,
+            src: Source::Snap { op, off, imm },
+        };
+        let raw = |len| Segment {
+            len,
+            src: Source::Raw,
+        };
+        let (c0, b0) = mk(
+            vec![
+                snap_seg(Transform::Id, 10, 0, 100),
+                raw(700),
+                snap_seg(Transform::Xor, 0, 0x55, 256),
+            ],
+            (0..700).map(|i| (i * 3) as u8).collect(),
+        );
+        let (c1, b1) = mk(
+            vec![raw(5), snap_seg(Transform::Add, 200, 7, 50)],
+            vec![9; 5],
+        );
+        let files = vec![
+            SendFile {
+                name: "a".into(),
+                blueprint: b0,
+            },
+            SendFile {
+                name: "b".into(),
+                blueprint: b1,
+            },
+        ];
+        let cfg = SenderConfig {
+            max_datagram,
+            ..SenderConfig::default()
+        };
+        (
+            Sender::new(cfg, [1; 32], files, &snap).unwrap(),
+            vec![c0, c1],
+            snap,
+        )
+    }
+
+    /// Apply a gram's pieces to `files`, returning the stream bytes it covered.
+    fn apply(g: &Gram<'_>, snap: &[u8], files: &mut [Vec<u8>]) -> u64 {
+        let mut n = 0;
+        for run in g.runs() {
+            for (off, p) in run.pieces() {
+                let f = &mut files[run.file as usize];
+                match p {
+                    Piece::Snap {
+                        op,
+                        imm,
+                        snap_off,
+                        len,
+                    } => {
+                        for i in 0..len as usize {
+                            f[off as usize + i] = op.byte(snap[snap_off as usize + i], imm);
+                        }
+                    }
+                    Piece::Raw(b) => f[off as usize..off as usize + b.len()].copy_from_slice(b),
+                }
+                n += p.len();
+            }
+        }
+        n
+    }
+
+    #[test]
+    fn any_range_packs_into_grams_that_rebuild_it() {
+        for dg in [MIN_DATAGRAM, 700, 1472] {
+            let (s, contents, snap) = sender(dg);
+            let total = s.total_bytes();
+            assert_eq!(total, 1056 + 55);
+            for (lo, hi) in [
+                (0, total),
+                (3, 4),
+                (99, 101),
+                (795, 1060),
+                (1056, 1111),
+                (1100, 1111),
+            ] {
+                let mut got = vec![vec![0u8; contents[0].len()], vec![0u8; contents[1].len()]];
+                let mut at = lo;
+                let mut frames = 0;
+                while at < hi {
+                    let mut buf = vec![0u8; dg - pfs::HEADER_LEN];
+                    let mut w = GramWriter::new(&mut buf, 0);
+                    let reached = s.emit_range(&mut w, at, hi);
+                    assert!(reached > at, "no progress at {at}");
+                    let n = w.finish();
+                    let g = Gram::parse(&buf[..n]).unwrap();
+                    assert_eq!(apply(&g, &snap, &mut got), reached - at);
+                    at = reached;
+                    frames += 1;
+                }
+                assert!(frames < 10);
+                let stream: Vec<u8> = contents.concat();
+                let rebuilt: Vec<u8> = got.concat();
+                assert_eq!(
+                    &rebuilt[lo as usize..hi as usize],
+                    &stream[lo as usize..hi as usize],
+                    "range {lo}..{hi} at datagram {dg}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn manifests_are_chunked_to_fit_the_datagram() {
+        let snap = vec![0u8; 16];
+        let files: Vec<SendFile> = (0..50)
+            .map(|i| SendFile {
+                name: format!("{}{i}", "x".repeat(200)),
+                blueprint: Blueprint {
+                    snapshot_id: [1; 32],
+                    file_len: 0,
+                    file_hash: *blake3::hash(b"").as_bytes(),
+                    segments: vec![],
+                    spill: vec![],
+                },
+            })
+            .collect();
+        let cfg = SenderConfig {
+            max_datagram: 1000,
+            ..SenderConfig::default()
+        };
+        let mut s = Sender::new(cfg, [1; 32], files, &snap).unwrap();
+        let now = Instant::now();
+        let mut buf = vec![0u8; 1000];
+        let mut seen = 0;
+        while let Some(n) = s.poll_transmit(now, &mut buf) {
+            let f = Frame::parse(&buf[..n]).unwrap();
+            let Payload::Hello(h) = f.payload else {
+                panic!()
+            };
+            assert_eq!(h.first, seen);
+            assert!(!h.entries.is_empty());
+            seen += h.entries.len() as u32;
+        }
+        assert_eq!(seen, 50);
+    }
+
+    #[test]
+    fn bad_inputs_are_refused() {
+        let snap = vec![0u8; 16];
+        let bp = |id| Blueprint {
+            snapshot_id: id,
+            file_len: 20,
+            file_hash: [0; 32],
+            segments: vec![Segment {
+                len: 20,
+                src: Source::Snap {
+                    op: Transform::Id,
+                    off: 0,
+                    imm: 0,
+                },
+            }],
+            spill: vec![],
+        };
+        let one = |name: &str, id| {
+            vec![SendFile {
+                name: name.into(),
+                blueprint: bp(id),
+            }]
+        };
+        let cfg = SenderConfig::default;
+        assert!(matches!(
+            Sender::new(cfg(), [1; 32], one("a", [1; 32]), &snap),
+            Err(SendError::InvalidBlueprint { .. })
+        ));
+        assert!(matches!(
+            Sender::new(cfg(), [1; 32], one("a", [2; 32]), &[0u8; 64]),
+            Err(SendError::MixedSnapshots { .. })
+        ));
+        assert!(matches!(
+            Sender::new(cfg(), [1; 32], one("", [1; 32]), &[0u8; 64]),
+            Err(SendError::BadName { .. })
+        ));
+        let small = SenderConfig {
+            max_datagram: 100,
+            ..cfg()
+        };
+        assert!(matches!(
+            Sender::new(small, [1; 32], vec![], &snap),
+            Err(SendError::DatagramSize(100))
+        ));
+    }
+}
