@@ -21,8 +21,11 @@
 #![deny(unsafe_code)]
 
 pub mod blueprint;
+pub mod driver;
 pub mod index;
 pub mod metrics;
 pub mod plan;
 pub mod pob;
+pub mod proto;
 pub mod util;
+pub mod wire;

@@ -1,0 +1,234 @@
+//! The output-directory sink: each file is created under a temporary name beside its final
+//! name, sized and memory-mapped, written in place by the apply kernels, and renamed to its
+//! final name only by `commit` (after the receiver checked its BLAKE3). Dropping the sink, or
+//! `discard`, removes every temporary file not yet committed; a killed process leaves only
+//! `.NAME.pfs-tmp-*` files, never a partial file under a final name.
+//!
+//! Safety of the output paths: names arrive sanitised (no absolute paths, no `..`); here every
+//! directory on the way down from the output directory must be a real directory (a symlink is
+//! refused, so nothing escapes through one), temporary files are created with `O_EXCL` and
+//! `O_NOFOLLOW`, and the free space is checked before any file is created or sized.
+#![allow(unsafe_code)]
+
+use super::sink::{apply_segment, FileSink, SinkError, SinkFile, SnapSeg};
+use memmap2::MmapMut;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Component, Path, PathBuf};
+
+struct Out {
+    dst: PathBuf,
+    tmp: PathBuf,
+    file: Option<File>,
+    map: Option<MmapMut>,
+    size: u64,
+    /// Committed, or discarded: nothing left to clean up.
+    settled: bool,
+}
+
+/// Writes received files into an output directory through memory maps.
+pub struct MmapSink {
+    root: PathBuf,
+    tag: String,
+    /// Bytes of free space to leave untouched (default 64 MiB).
+    pub reserve: u64,
+    outs: Vec<Out>,
+}
+
+impl MmapSink {
+    /// A sink writing under `out_dir`, which must exist. `tag` makes the temporary names
+    /// unique (e.g. the session id in hex).
+    pub fn new(out_dir: &Path, tag: &str) -> io::Result<Self> {
+        let root = out_dir.canonicalize()?;
+        if !root.is_dir() {
+            return Err(io::Error::other(format!(
+                "{} is not a directory",
+                root.display()
+            )));
+        }
+        Ok(MmapSink {
+            root,
+            tag: tag.to_owned(),
+            reserve: 64 << 20,
+            outs: Vec::new(),
+        })
+    }
+
+    /// The final path of file `i`.
+    pub fn path(&self, i: usize) -> Option<&Path> {
+        self.outs.get(i).map(|o| o.dst.as_path())
+    }
+
+    /// Free bytes on the output file system.
+    pub fn free_space(&self) -> io::Result<u64> {
+        let st = nix::sys::statvfs::statvfs(&self.root).map_err(io::Error::from)?;
+        Ok((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
+    }
+
+    /// Create the directories of `rel` under the root, refusing anything that is not a real
+    /// directory on the way (symlinks included).
+    fn safe_parent(&self, rel: &Path) -> Option<PathBuf> {
+        let mut cur = self.root.clone();
+        if let Some(parent) = rel.parent() {
+            for c in parent.components() {
+                let Component::Normal(c) = c else {
+                    return None;
+                };
+                cur.push(c);
+                match std::fs::symlink_metadata(&cur) {
+                    Ok(m) if m.file_type().is_dir() => {}
+                    Ok(_) => return None,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        std::fs::create_dir(&cur).ok()?;
+                    }
+                    Err(_) => return None,
+                }
+            }
+        }
+        Some(cur)
+    }
+
+    fn open_one(&self, i: usize, f: &SinkFile) -> Result<Out, SinkError> {
+        let rel = Path::new(&f.name);
+        if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+            return Err(SinkError::BadName(i as u32));
+        }
+        let parent = self.safe_parent(rel).ok_or(SinkError::BadName(i as u32))?;
+        let fname = rel.file_name().ok_or(SinkError::BadName(i as u32))?;
+        let dst = parent.join(fname);
+        if std::fs::symlink_metadata(&dst).is_ok_and(|m| m.is_dir()) {
+            return Err(SinkError::BadName(i as u32));
+        }
+        let tmp = parent.join(format!(
+            ".{}.pfs-tmp-{}-{}",
+            fname.to_string_lossy(),
+            std::process::id(),
+            self.tag
+        ));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)?;
+        let mut out = Out {
+            dst,
+            tmp,
+            file: Some(file),
+            map: None,
+            size: f.size,
+            settled: false,
+        };
+        let file = out.file.as_ref().unwrap();
+        file.set_len(f.size)?;
+        if f.size > 0 {
+            // Safety: the file was just created by us with O_EXCL under a name no one else
+            // uses, and sized to `f.size`; nothing else truncates it while the map lives (a
+            // process that did would make accesses fault, which is the documented mmap
+            // hazard of a hostile local user, not of the peer). The map is dropped before the
+            // file is renamed or removed.
+            out.map = Some(unsafe { MmapMut::map_mut(file)? });
+        }
+        Ok(out)
+    }
+
+    fn span(&mut self, file: u32, off: u64, len: usize) -> Result<&mut [u8], SinkError> {
+        let o = self
+            .outs
+            .get_mut(file as usize)
+            .ok_or_else(|| io::Error::other("no such file"))?;
+        let s = usize::try_from(off).map_err(io::Error::other)?;
+        match o.map.as_mut() {
+            Some(m) => m
+                .get_mut(
+                    s..s.checked_add(len)
+                        .ok_or_else(|| io::Error::other("overflow"))?,
+                )
+                .ok_or_else(|| io::Error::other("write past the end").into()),
+            None if len == 0 => Ok(&mut []),
+            None => Err(io::Error::other("write to an empty file").into()),
+        }
+    }
+}
+
+impl FileSink for MmapSink {
+    fn open(&mut self, files: &[SinkFile]) -> Result<(), SinkError> {
+        let need = files.iter().fold(0u64, |a, f| a.saturating_add(f.size));
+        let avail = self.free_space()?.saturating_sub(self.reserve);
+        if need > avail {
+            return Err(SinkError::NoSpace { need, avail });
+        }
+        for (i, f) in files.iter().enumerate() {
+            match self.open_one(i, f) {
+                Ok(o) => self.outs.push(o),
+                Err(e) => {
+                    self.discard();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn write_segment(
+        &mut self,
+        file: u32,
+        off: u64,
+        seg: SnapSeg,
+        snapshot: &[u8],
+    ) -> Result<(), SinkError> {
+        let dst = self.span(file, off, seg.len as usize)?;
+        apply_segment(dst, seg, snapshot);
+        Ok(())
+    }
+
+    fn write_raw(&mut self, file: u32, off: u64, bytes: &[u8]) -> Result<(), SinkError> {
+        self.span(file, off, bytes.len())?.copy_from_slice(bytes);
+        Ok(())
+    }
+
+    fn hash(&mut self, file: u32) -> Result<[u8; 32], SinkError> {
+        let o = self
+            .outs
+            .get(file as usize)
+            .ok_or_else(|| io::Error::other("no such file"))?;
+        let bytes: &[u8] = o.map.as_deref().unwrap_or(&[]);
+        Ok(*blake3::hash(bytes).as_bytes())
+    }
+
+    fn commit(&mut self, file: u32) -> Result<(), SinkError> {
+        let o = self
+            .outs
+            .get_mut(file as usize)
+            .ok_or_else(|| io::Error::other("no such file"))?;
+        if let Some(m) = o.map.take() {
+            m.flush()?;
+        }
+        if let Some(f) = o.file.take() {
+            f.sync_all()?;
+        }
+        debug_assert!(o.size == 0 || std::fs::metadata(&o.tmp)?.len() == o.size);
+        std::fs::rename(&o.tmp, &o.dst)?;
+        o.settled = true;
+        Ok(())
+    }
+
+    fn discard(&mut self) {
+        for o in &mut self.outs {
+            if !o.settled {
+                o.map = None;
+                o.file = None;
+                let _ = std::fs::remove_file(&o.tmp);
+                o.settled = true;
+            }
+        }
+    }
+}
+
+impl Drop for MmapSink {
+    fn drop(&mut self) {
+        self.discard();
+    }
+}

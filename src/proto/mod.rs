@@ -1,0 +1,397 @@
+//! The transfer protocol as state machines with no I/O and no clock (after quinn-proto).
+//!
+//! A [`Sender`] and a [`Receiver`] each take input through `handle_datagram(now, bytes)` and
+//! `handle_timeout(now)` and give output through `poll_transmit(now, buf)` (one datagram into
+//! the caller's buffer), `poll_timeout()` (when to call `handle_timeout` next) and
+//! `poll_event()`. Time is whatever `Instant` the caller passes in, so tests run them over a
+//! simulated link in virtual time and the drivers in [`crate::driver`] run them over sockets.
+//! Both implement [`Endpoint`], which is all a driver needs.
+//!
+//! The protocol (see `docs/protocol.md`):
+//! 1. Handshake: the sender sends Hello frames (snapshot id, session id, the manifest in
+//!    chunks) until the receiver answers Accept, or Abort with a [`Reason`] (snapshot mismatch,
+//!    a refused name, a size above a limit or above the free space, ...).
+//! 2. Data: the sender walks the session's *stream* (its files end to end) once, packing
+//!    segment descriptors and raw spill into grams that fill the datagram, paced by one token
+//!    bucket. The receiver applies every piece at its file offset, so duplicates and
+//!    reordering are harmless, and reports progress (ACK) and holes (NACK, selective ranges).
+//!    The sender repairs the NACKed ranges before new data; when it has nothing left it probes.
+//! 3. Each file is checked against its BLAKE3 as soon as it is complete, then renamed into
+//!    place. When every file is verified the receiver sends Done; the sender answers Close.
+//! 4. Either side may Abort with a reason; the other answers Close. Silence for
+//!    `idle_timeout` ends a session on either side.
+
+pub mod mmap_sink;
+pub mod pacing;
+pub mod rangeset;
+pub mod receiver;
+pub mod sender;
+pub mod sink;
+
+pub use receiver::Receiver;
+pub use sender::{SendFile, Sender};
+pub use sink::{FileSink, MemSink, SinkError, SinkFile};
+
+use crate::util::hex;
+use crate::wire;
+use serde::Serialize;
+use std::time::{Duration, Instant};
+
+/// Timers shared by both sides.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// RTT assumed before the first sample.
+    pub initial_rtt: Duration,
+    /// Bounds of the probe timeout (PTO).
+    pub min_pto: Duration,
+    pub max_pto: Duration,
+    /// Silence from the peer after which a session ends.
+    pub idle_timeout: Duration,
+    /// The longest a receiver holds back an ACK.
+    pub ack_delay: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            initial_rtt: Duration::from_millis(100),
+            min_pto: Duration::from_millis(5),
+            max_pto: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(10),
+            ack_delay: Duration::from_millis(2),
+        }
+    }
+}
+
+/// Datagram size (PacketFS header + payload) for an IP MTU, over IPv4/UDP.
+pub fn datagram_for_mtu(mtu: usize) -> usize {
+    mtu.saturating_sub(wire::ipv4::HEADER_LEN + wire::udp::HEADER_LEN)
+}
+
+/// Largest datagram the protocol will build (the UDP payload limit).
+pub const MAX_DATAGRAM: usize = 65_507;
+
+/// Sender settings.
+#[derive(Debug, Clone)]
+pub struct SenderConfig {
+    /// Session id, chosen by the caller (random in the drivers).
+    pub session_id: u64,
+    /// Datagram size (PacketFS header + payload); frames fill it.
+    pub max_datagram: usize,
+    /// The rate cap in bytes per second (`--rate`), if any.
+    pub rate: Option<u64>,
+    /// Starting rate when no cap is set (with a cap the sender starts at the cap: the caller
+    /// declared the link budget).
+    pub initial_rate: u64,
+    /// The rate never drops below this.
+    pub min_rate: u64,
+    /// Frames the bucket lets out back to back.
+    pub burst_frames: u64,
+    /// Bytes each frame costs on the link beyond the datagram (Ethernet, IPv4, UDP headers),
+    /// so the rate is a link rate.
+    pub frame_overhead: usize,
+    /// Most data frames in flight beyond the highest sequence number the receiver reported.
+    pub window_frames: u64,
+    /// Loss (per mille) the receiver may report before the rate backs off.
+    pub loss_permille: u64,
+    pub timing: Timing,
+}
+
+impl Default for SenderConfig {
+    fn default() -> Self {
+        SenderConfig {
+            session_id: 1,
+            max_datagram: datagram_for_mtu(1500),
+            rate: None,
+            initial_rate: 12_500_000,
+            min_rate: 100_000,
+            burst_frames: 32,
+            frame_overhead: wire::stack::OVERHEAD,
+            window_frames: 8192,
+            loss_permille: 20,
+            timing: Timing::default(),
+        }
+    }
+}
+
+/// Receiver settings: limits are checked before anything is allocated.
+#[derive(Debug, Clone)]
+pub struct ReceiverConfig {
+    pub max_datagram: usize,
+    /// Largest single file accepted.
+    pub max_file_size: u64,
+    /// Largest session (sum of file sizes) accepted.
+    pub max_total_size: u64,
+    /// Most files in one session.
+    pub max_files: u32,
+    /// Rate the sender is asked not to exceed (bytes/s; 0 = no limit).
+    pub max_rate: u64,
+    /// Send an ACK after this many data frames (or after `ack_delay`).
+    pub ack_every: u32,
+    pub timing: Timing,
+}
+
+impl Default for ReceiverConfig {
+    fn default() -> Self {
+        ReceiverConfig {
+            max_datagram: datagram_for_mtu(1500),
+            max_file_size: 1 << 40,
+            max_total_size: 1 << 42,
+            max_files: 100_000,
+            max_rate: 0,
+            ack_every: 16,
+            timing: Timing::default(),
+        }
+    }
+}
+
+/// Why a session ended early. Both sides surface the same reason: it travels in the Abort
+/// frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Reason {
+    #[error("snapshot mismatch: the sender's snapshot is {}, the receiver's is {}", hex(.sender), hex(.receiver))]
+    SnapshotMismatch {
+        sender: [u8; 32],
+        receiver: [u8; 32],
+    },
+    #[error("file #{file} declares {size} bytes, above the receiver's limit of {limit}")]
+    FileTooLarge { file: u32, size: u64, limit: u64 },
+    #[error("the session declares {total} bytes, above the receiver's limit of {limit}")]
+    SessionTooLarge { total: u64, limit: u64 },
+    #[error("the session declares {count} files, above the receiver's limit of {limit}")]
+    TooManyFiles { count: u64, limit: u64 },
+    #[error("not enough free space on the receiver: {need} bytes needed, {avail} available")]
+    NoSpace { need: u64, avail: u64 },
+    #[error("file #{file} has a name the receiver refuses (absolute, `..`, or outside the output directory)")]
+    BadName { file: u32 },
+    #[error("files #{other} and #{file} have the same name")]
+    DuplicateName { file: u32, other: u32 },
+    #[error("file #{file} was received but its BLAKE3 does not match the manifest")]
+    HashMismatch { file: u32 },
+    #[error("no answer from the peer for {ms} ms")]
+    Timeout { ms: u64 },
+    #[error("cancelled")]
+    Cancelled,
+    #[error("the peer broke the protocol")]
+    Protocol,
+    #[error("an I/O error on the receiver")]
+    Io,
+    #[error("unknown reason code {0}")]
+    Unknown(u16),
+}
+
+impl Reason {
+    /// The wire form. The snapshot id carried for a mismatch is the refuser's (the receiver's).
+    pub fn to_wire(&self) -> wire::payload::Abort {
+        let mut a = wire::payload::Abort {
+            code: 0,
+            file: u32::MAX,
+            a: 0,
+            b: 0,
+            id: [0; 32],
+        };
+        match *self {
+            Reason::SnapshotMismatch { sender, receiver } => {
+                a.code = 1;
+                a.id = receiver;
+                // The sender's id, truncated: lets a log line match without a lookup.
+                a.a = u64::from_le_bytes(sender[..8].try_into().unwrap());
+            }
+            Reason::FileTooLarge { file, size, limit } => {
+                (a.code, a.file, a.a, a.b) = (2, file, size, limit)
+            }
+            Reason::SessionTooLarge { total, limit } => (a.code, a.a, a.b) = (3, total, limit),
+            Reason::TooManyFiles { count, limit } => (a.code, a.a, a.b) = (4, count, limit),
+            Reason::NoSpace { need, avail } => (a.code, a.a, a.b) = (5, need, avail),
+            Reason::BadName { file } => (a.code, a.file) = (6, file),
+            Reason::DuplicateName { file, other } => {
+                (a.code, a.file, a.a) = (7, file, other as u64)
+            }
+            Reason::HashMismatch { file } => (a.code, a.file) = (8, file),
+            Reason::Timeout { ms } => (a.code, a.a) = (9, ms),
+            Reason::Cancelled => a.code = 10,
+            Reason::Protocol => a.code = 11,
+            Reason::Io => a.code = 12,
+            Reason::Unknown(c) => a.code = c,
+        }
+        a
+    }
+
+    /// Read a received Abort; `own_snapshot` is the reader's snapshot id (a sender reading a
+    /// mismatch knows its own id, the frame carries the receiver's).
+    pub fn from_wire(a: &wire::payload::Abort, own_snapshot: [u8; 32]) -> Reason {
+        match a.code {
+            1 => Reason::SnapshotMismatch {
+                sender: own_snapshot,
+                receiver: a.id,
+            },
+            2 => Reason::FileTooLarge {
+                file: a.file,
+                size: a.a,
+                limit: a.b,
+            },
+            3 => Reason::SessionTooLarge {
+                total: a.a,
+                limit: a.b,
+            },
+            4 => Reason::TooManyFiles {
+                count: a.a,
+                limit: a.b,
+            },
+            5 => Reason::NoSpace {
+                need: a.a,
+                avail: a.b,
+            },
+            6 => Reason::BadName { file: a.file },
+            7 => Reason::DuplicateName {
+                file: a.file,
+                other: a.a as u32,
+            },
+            8 => Reason::HashMismatch { file: a.file },
+            9 => Reason::Timeout { ms: a.a },
+            10 => Reason::Cancelled,
+            11 => Reason::Protocol,
+            12 => Reason::Io,
+            c => Reason::Unknown(c),
+        }
+    }
+}
+
+/// How a session ended badly.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {reason}", if *.by_peer { "the peer aborted" } else { "aborted" })]
+pub struct Failure {
+    pub reason: Reason,
+    /// True if the peer sent the Abort, false if this side decided.
+    pub by_peer: bool,
+}
+
+/// What the application hears from a state machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The handshake completed: the receiver took the manifest.
+    Accepted { files: u32, bytes: u64 },
+    /// Sender: the receiver holds `done` of `total` stream bytes.
+    Progress { done: u64, total: u64 },
+    /// Receiver: file `file` arrived, matched its BLAKE3 and is under its final name.
+    FileVerified { file: u32 },
+    /// Every file arrived and verified.
+    Finished,
+    /// The session ended without finishing.
+    Aborted(Failure),
+}
+
+/// Counters kept by either side.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Stats {
+    pub frames_sent: u64,
+    /// Datagram bytes sent (PacketFS header and payload; link headers not counted).
+    pub bytes_sent: u64,
+    pub frames_received: u64,
+    pub bytes_received: u64,
+    /// Data frames sent on the first pass, and as repairs.
+    pub data_frames: u64,
+    pub repair_frames: u64,
+    /// File bytes carried by data frames (snapshot pieces count their length).
+    pub data_bytes: u64,
+    pub repair_bytes: u64,
+    pub nacks: u64,
+    pub probes: u64,
+    /// Data frames that brought nothing new.
+    pub duplicate_frames: u64,
+    /// Frames dropped: unparsable, failing a check, from another session, or unexpected.
+    pub malformed: u64,
+    pub foreign_session: u64,
+    pub unexpected: u64,
+    /// The sender's pacing rate at the end, bytes per second.
+    pub rate: u64,
+}
+
+/// What a driver needs from a state machine.
+pub trait Endpoint {
+    /// Feed one received datagram. Returns true if it belonged to this session and was used
+    /// (the driver may learn the peer's address from it).
+    fn handle_datagram(&mut self, now: Instant, datagram: &[u8]) -> bool;
+    /// Let timers fire.
+    fn handle_timeout(&mut self, now: Instant);
+    /// Write the next datagram to send into `buf` (at least `max_datagram` bytes).
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize>;
+    /// When `handle_timeout` is due (a frame may also become sendable then).
+    fn poll_timeout(&self) -> Option<Instant>;
+    fn poll_event(&mut self) -> Option<Event>;
+    /// The session is over; nothing more will be sent.
+    fn is_closed(&self) -> bool;
+    fn stats(&self) -> &Stats;
+    /// `Ok` once finished; the failure once aborted; `None` while running.
+    fn outcome(&self) -> Option<Result<(), Failure>>;
+    /// Give up (the user asked to): tell the peer and close.
+    fn cancel(&mut self, now: Instant);
+}
+
+/// RFC 6298 smoothed RTT.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rtt {
+    pub srtt: Duration,
+    pub rttvar: Duration,
+    pub sampled: bool,
+    /// The smallest and the latest sample.
+    pub min: Duration,
+    pub latest: Duration,
+}
+
+impl Rtt {
+    pub fn new(initial: Duration) -> Self {
+        Rtt {
+            srtt: initial,
+            rttvar: initial / 2,
+            sampled: false,
+            min: initial,
+            latest: initial,
+        }
+    }
+
+    pub fn sample(&mut self, r: Duration) {
+        self.latest = r;
+        self.min = if self.sampled { self.min.min(r) } else { r };
+        if !self.sampled {
+            self.srtt = r;
+            self.rttvar = r / 2;
+            self.sampled = true;
+        } else {
+            let d = self.srtt.abs_diff(r);
+            self.rttvar = (self.rttvar * 3 + d) / 4;
+            self.srtt = (self.srtt * 7 + r) / 8;
+        }
+    }
+
+    /// Probe timeout: srtt + 4 rttvar + the peer's ACK delay, within bounds.
+    pub fn pto(&self, t: &Timing) -> Duration {
+        (self.srtt + (self.rttvar * 4).max(Duration::from_millis(1)) + t.ack_delay)
+            .clamp(t.min_pto, t.max_pto)
+    }
+}
+
+/// Write one datagram: header, payload and CRC; `None` if it does not fit `buf`.
+pub(crate) fn write_frame(
+    buf: &mut [u8],
+    session: u64,
+    seq: u64,
+    payload: &wire::payload::Payload<'_>,
+) -> Option<usize> {
+    if buf.len() < wire::pfs::HEADER_LEN + payload.buffer_len() {
+        return None;
+    }
+    let hdr = wire::pfs::Repr {
+        frame_type: payload.frame_type(),
+        flags: 0,
+        session,
+        seq,
+        payload_len: 0,
+    };
+    Some(wire::payload::Frame::emit(hdr, payload, buf))
+}
+
+/// Microseconds, saturating at u32.
+pub(crate) fn us32(d: Duration) -> u32 {
+    d.as_micros().min(u32::MAX as u128) as u32
+}

@@ -1,0 +1,850 @@
+//! The receiving side: refuses what it must (before allocating), applies grams at their file
+//! offsets through a [`FileSink`], reports progress and holes, verifies each file's BLAKE3
+//! before it is committed. No I/O, no clock: see [`super`].
+
+use super::rangeset::RangeSet;
+use super::sink::{sanitize_name, FileSink, SinkError, SinkFile, SnapSeg};
+use super::{us32, write_frame, Endpoint, Event, Failure, Reason, ReceiverConfig, Stats};
+use crate::wire::payload::{
+    self, Accept, Ack, Done, FileEntry, Frame, Gram, Hello, Nack, Payload, Piece,
+};
+use crate::wire::pfs;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// One accepted file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecvFile {
+    /// The sanitised name, relative to the output.
+    pub name: String,
+    pub size: u64,
+    pub hash: [u8; 32],
+    /// Stream offset.
+    pub start: u64,
+    /// Verified and committed.
+    pub done: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Waiting for the first Hello.
+    Listen,
+    /// Collecting manifest chunks.
+    Collect,
+    Data,
+    /// Finished (Done) or aborted here (Abort): repeating that frame until the sender's Close,
+    /// or silence for `until`.
+    Closing {
+        until: Instant,
+    },
+    /// Aborted by the sender: answering repeats with Close until `until`.
+    Draining {
+        until: Instant,
+    },
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ctrl {
+    Accept,
+    Status,
+    Terminal,
+    Close,
+}
+
+/// The receiver state machine over a snapshot and a sink.
+pub struct Receiver<'s, S: FileSink> {
+    cfg: ReceiverConfig,
+    snapshot_id: [u8; 32],
+    snapshot: &'s [u8],
+    sink: S,
+    session: Option<u64>,
+    state: State,
+    seq: u64,
+    nfiles: u32,
+    entries: Vec<Option<FileEntry>>,
+    have: u32,
+    files: Vec<RecvFile>,
+    total: u64,
+    recv: RangeSet,
+    frontier: u64,
+    tick_frontier: u64,
+    rx_frames: u64,
+    max_seq: u64,
+    last_seq: u64,
+    last_rx: Option<Instant>,
+    srtt_hint: Duration,
+    files_done: u32,
+    unacked: u32,
+    ack_at: Option<Instant>,
+    forced: bool,
+    last_nack: Option<Instant>,
+    last_heard: Option<Instant>,
+    pending: VecDeque<Ctrl>,
+    terminal: Option<Payload<'static>>,
+    terminal_sent: Option<Instant>,
+    resend_at: Option<Instant>,
+    resend_backoff: u32,
+    events: VecDeque<Event>,
+    stats: Stats,
+    outcome: Option<Result<(), Failure>>,
+}
+
+impl<'s, S: FileSink> Receiver<'s, S> {
+    /// A receiver holding snapshot `snapshot` (whose id is `snapshot_id`), writing to `sink`.
+    pub fn new(cfg: ReceiverConfig, snapshot_id: [u8; 32], snapshot: &'s [u8], sink: S) -> Self {
+        Receiver {
+            srtt_hint: cfg.timing.initial_rtt,
+            cfg,
+            snapshot_id,
+            snapshot,
+            sink,
+            session: None,
+            state: State::Listen,
+            seq: 0,
+            nfiles: 0,
+            entries: Vec::new(),
+            have: 0,
+            files: Vec::new(),
+            total: 0,
+            recv: RangeSet::new(),
+            frontier: 0,
+            tick_frontier: 0,
+            rx_frames: 0,
+            max_seq: 0,
+            last_seq: 0,
+            last_rx: None,
+            files_done: 0,
+            unacked: 0,
+            ack_at: None,
+            forced: false,
+            last_nack: None,
+            last_heard: None,
+            pending: VecDeque::new(),
+            terminal: None,
+            terminal_sent: None,
+            resend_at: None,
+            resend_backoff: 0,
+            events: VecDeque::new(),
+            stats: Stats::default(),
+            outcome: None,
+        }
+    }
+
+    /// The accepted files (empty before the handshake completes).
+    pub fn files(&self) -> &[RecvFile] {
+        &self.files
+    }
+
+    /// The session id, once a Hello arrived.
+    pub fn session(&self) -> Option<u64> {
+        self.session
+    }
+
+    /// Stream bytes received so far, and the session total.
+    pub fn progress(&self) -> (u64, u64) {
+        (self.recv.covered(), self.total)
+    }
+
+    pub fn sink(&self) -> &S {
+        &self.sink
+    }
+
+    pub fn sink_mut(&mut self) -> &mut S {
+        &mut self.sink
+    }
+
+    pub fn into_sink(self) -> S {
+        self.sink
+    }
+
+    /// Give up now: discard unfinished files, tell the sender (Abort, Cancelled), close.
+    pub fn cancel(&mut self, now: Instant) {
+        if self.outcome.is_none() {
+            self.fail(now, Reason::Cancelled);
+        }
+    }
+
+    fn pto(&self) -> Duration {
+        (self.srtt_hint * 2 + self.cfg.timing.ack_delay)
+            .clamp(self.cfg.timing.min_pto, self.cfg.timing.max_pto)
+    }
+
+    /// End the session here: discard what is not committed, send Abort until Close.
+    fn fail(&mut self, now: Instant, reason: Reason) {
+        self.sink.discard();
+        let f = Failure {
+            reason: reason.clone(),
+            by_peer: false,
+        };
+        self.events.push_back(Event::Aborted(f.clone()));
+        self.outcome = Some(Err(f));
+        self.terminal = Some(Payload::Abort(reason.to_wire()));
+        self.close_with_terminal(now);
+    }
+
+    fn close_with_terminal(&mut self, now: Instant) {
+        self.pending.retain(|c| *c == Ctrl::Close);
+        self.pending.push_back(Ctrl::Terminal);
+        self.resend_backoff = 0;
+        self.resend_at = Some(now + self.pto());
+        self.state = if self.session.is_some() {
+            State::Closing {
+                until: now + self.cfg.timing.idle_timeout,
+            }
+        } else {
+            self.pending.clear(); // no peer to tell
+            State::Closed
+        };
+    }
+
+    fn on_hello(&mut self, now: Instant, h: Hello) {
+        if h.snapshot_id != self.snapshot_id {
+            return self.fail(
+                now,
+                Reason::SnapshotMismatch {
+                    sender: h.snapshot_id,
+                    receiver: self.snapshot_id,
+                },
+            );
+        }
+        if self.state == State::Listen {
+            if h.nfiles > self.cfg.max_files {
+                return self.fail(
+                    now,
+                    Reason::TooManyFiles {
+                        count: h.nfiles as u64,
+                        limit: self.cfg.max_files as u64,
+                    },
+                );
+            }
+            self.nfiles = h.nfiles;
+            self.entries = vec![None; h.nfiles as usize];
+            self.state = State::Collect;
+        } else if h.nfiles != self.nfiles {
+            return self.fail(now, Reason::Protocol);
+        }
+        for (k, e) in h.entries.into_iter().enumerate() {
+            let i = h.first + k as u32;
+            if self.entries[i as usize].is_some() {
+                continue;
+            }
+            if e.size > self.cfg.max_file_size {
+                return self.fail(
+                    now,
+                    Reason::FileTooLarge {
+                        file: i,
+                        size: e.size,
+                        limit: self.cfg.max_file_size,
+                    },
+                );
+            }
+            let Some(name) = sanitize_name(&e.name) else {
+                return self.fail(now, Reason::BadName { file: i });
+            };
+            self.entries[i as usize] = Some(FileEntry { name, ..e });
+            self.have += 1;
+        }
+        if self.have == self.nfiles {
+            self.accept(now);
+        }
+    }
+
+    /// The manifest is complete: check the session limits and names, open the sink.
+    fn accept(&mut self, now: Instant) {
+        let entries: Vec<FileEntry> = std::mem::take(&mut self.entries)
+            .into_iter()
+            .map(|e| e.expect("complete manifest"))
+            .collect();
+        let mut total = 0u64;
+        for e in &entries {
+            total = match total.checked_add(e.size) {
+                Some(t) if t <= self.cfg.max_total_size => t,
+                _ => {
+                    let total = entries.iter().fold(0u64, |a, e| a.saturating_add(e.size));
+                    return self.fail(
+                        now,
+                        Reason::SessionTooLarge {
+                            total,
+                            limit: self.cfg.max_total_size,
+                        },
+                    );
+                }
+            };
+        }
+        let mut seen: HashMap<&str, u32> = HashMap::new();
+        for (i, e) in entries.iter().enumerate() {
+            if let Some(&other) = seen.get(e.name.as_str()) {
+                return self.fail(
+                    now,
+                    Reason::DuplicateName {
+                        file: i as u32,
+                        other,
+                    },
+                );
+            }
+            seen.insert(&e.name, i as u32);
+        }
+        let sink_files: Vec<SinkFile> = entries
+            .iter()
+            .map(|e| SinkFile {
+                name: e.name.clone(),
+                size: e.size,
+            })
+            .collect();
+        if let Err(e) = self.sink.open(&sink_files) {
+            let reason = match e {
+                SinkError::NoSpace { need, avail } => Reason::NoSpace { need, avail },
+                SinkError::BadName(file) => Reason::BadName { file },
+                SinkError::Io(_) => Reason::Io,
+            };
+            return self.fail(now, reason);
+        }
+        let mut start = 0;
+        self.files = entries
+            .into_iter()
+            .map(|e| {
+                let f = RecvFile {
+                    name: e.name,
+                    size: e.size,
+                    hash: e.hash,
+                    start,
+                    done: false,
+                };
+                start += e.size;
+                f
+            })
+            .collect();
+        self.total = total;
+        self.state = State::Data;
+        self.pending.push_back(Ctrl::Accept);
+        self.events.push_back(Event::Accepted {
+            files: self.nfiles,
+            bytes: total,
+        });
+        for i in 0..self.files.len() {
+            if self.files[i].size == 0 {
+                self.complete(now, i);
+                if self.state != State::Data {
+                    return;
+                }
+            }
+        }
+        self.maybe_finish(now);
+    }
+
+    /// Check that every piece of the gram lies inside its file and the snapshot.
+    fn gram_in_bounds(&self, g: &Gram<'_>) -> bool {
+        for run in g.runs() {
+            let Some(f) = self.files.get(run.file as usize) else {
+                return false;
+            };
+            if run
+                .file_off
+                .checked_add(run.len())
+                .is_none_or(|e| e > f.size)
+            {
+                return false;
+            }
+            for (_, p) in run.pieces() {
+                if let Piece::Snap { snap_off, len, .. } = p {
+                    if snap_off
+                        .checked_add(len as u64)
+                        .is_none_or(|e| e > self.snapshot.len() as u64)
+                    {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    fn on_gram(&mut self, now: Instant, flags: u16, g: Gram<'_>) {
+        if !self.gram_in_bounds(&g) {
+            self.stats.malformed += 1;
+            return;
+        }
+        if g.srtt_us > 0 {
+            self.srtt_hint = Duration::from_micros(g.srtt_us as u64);
+        }
+        let mut new = 0u64;
+        let mut touched: Vec<usize> = Vec::new();
+        for run in g.runs() {
+            let fi = run.file as usize;
+            let start = self.files[fi].start;
+            for (off, p) in run.pieces() {
+                let (ss, se) = (start + off, start + off + p.len());
+                if self.recv.contains(ss, se) {
+                    continue;
+                }
+                let r = match p {
+                    Piece::Snap {
+                        op,
+                        imm,
+                        snap_off,
+                        len,
+                    } => self.sink.write_segment(
+                        run.file,
+                        off,
+                        SnapSeg {
+                            op,
+                            imm,
+                            snap_off,
+                            len,
+                        },
+                        self.snapshot,
+                    ),
+                    Piece::Raw(b) => self.sink.write_raw(run.file, off, b),
+                };
+                if r.is_err() {
+                    return self.fail(now, Reason::Io);
+                }
+                new += self.recv.insert(ss, se);
+                if touched.last() != Some(&fi) {
+                    touched.push(fi);
+                }
+            }
+            if flags & pfs::FLAG_REPAIR == 0 {
+                self.frontier = self.frontier.max(start + run.file_off + run.len());
+            }
+        }
+        if new == 0 {
+            self.stats.duplicate_frames += 1;
+        }
+        self.stats.data_bytes += new;
+        self.unacked += 1;
+        if self.unacked >= self.cfg.ack_every {
+            self.want_status();
+        } else if self.ack_at.is_none() {
+            self.ack_at = Some(now + self.cfg.timing.ack_delay);
+        }
+        for fi in touched {
+            let f = &self.files[fi];
+            if !f.done && self.recv.contains(f.start, f.start + f.size) {
+                self.complete(now, fi);
+                if self.state != State::Data {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn want_status(&mut self) {
+        if !self.pending.contains(&Ctrl::Status) {
+            self.pending.push_back(Ctrl::Status);
+        }
+    }
+
+    /// File `fi` is complete: verify, commit, maybe finish the session.
+    fn complete(&mut self, now: Instant, fi: usize) {
+        let h = match self.sink.hash(fi as u32) {
+            Ok(h) => h,
+            Err(_) => return self.fail(now, Reason::Io),
+        };
+        if h != self.files[fi].hash {
+            return self.fail(now, Reason::HashMismatch { file: fi as u32 });
+        }
+        if self.sink.commit(fi as u32).is_err() {
+            return self.fail(now, Reason::Io);
+        }
+        self.files[fi].done = true;
+        self.files_done += 1;
+        self.events
+            .push_back(Event::FileVerified { file: fi as u32 });
+        self.maybe_finish(now);
+    }
+
+    /// Every file verified: send Done until the sender's Close.
+    fn maybe_finish(&mut self, now: Instant) {
+        if self.state == State::Data && self.files_done == self.nfiles {
+            let mut hashes = Vec::with_capacity(self.files.len() * 32);
+            for f in &self.files {
+                hashes.extend_from_slice(&f.hash);
+            }
+            self.terminal = Some(Payload::Done(Done {
+                files: self.nfiles,
+                bytes: self.total,
+                digest: *blake3::hash(&hashes).as_bytes(),
+            }));
+            self.outcome = Some(Ok(()));
+            self.events.push_back(Event::Finished);
+            self.close_with_terminal(now);
+        }
+    }
+
+    fn status_frame(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        let cum = self.recv.first_gap(0);
+        let ack = Ack {
+            cum,
+            received: self.recv.covered(),
+            frontier: self.frontier,
+            rx_frames: self.rx_frames,
+            max_seq: self.max_seq,
+            echo_seq: self.last_seq,
+            echo_delay_us: self
+                .last_rx
+                .map_or(0, |t| us32(now.saturating_duration_since(t))),
+            files_done: self.files_done,
+        };
+        let limit = if self.forced {
+            self.frontier
+        } else {
+            self.tick_frontier.min(self.frontier)
+        };
+        let holdoff = self.srtt_hint + self.cfg.timing.ack_delay * 2;
+        let may_nack = self.forced || self.last_nack.is_none_or(|t| now >= t + holdoff);
+        let cap = Nack::capacity(buf.len().saturating_sub(pfs::HEADER_LEN));
+        let ranges = if may_nack {
+            self.recv.gaps(cum, limit, cap)
+        } else {
+            Vec::new()
+        };
+        self.tick_frontier = self.frontier;
+        self.unacked = 0;
+        self.ack_at = None;
+        self.forced = false;
+        let p = if ranges.is_empty() {
+            Payload::Ack(ack)
+        } else {
+            self.last_nack = Some(now);
+            self.stats.nacks += 1;
+            Payload::Nack(Nack { ack, ranges })
+        };
+        write_frame(buf, self.session?, self.seq, &p)
+    }
+}
+
+impl<S: FileSink> Endpoint for Receiver<'_, S> {
+    fn handle_datagram(&mut self, now: Instant, datagram: &[u8]) -> bool {
+        let Ok(frame) = Frame::parse(datagram) else {
+            self.stats.malformed += 1;
+            return false;
+        };
+        let hdr = frame.header;
+        match self.session {
+            Some(s) if s != hdr.session => {
+                self.stats.foreign_session += 1;
+                return false;
+            }
+            None if !matches!(frame.payload, Payload::Hello(_)) => {
+                self.stats.foreign_session += 1;
+                return false;
+            }
+            None if self.state != State::Listen => {
+                self.stats.unexpected += 1;
+                return false;
+            }
+            _ => {}
+        }
+        self.session = Some(hdr.session);
+        self.last_heard = Some(now);
+        self.stats.frames_received += 1;
+        self.stats.bytes_received += datagram.len() as u64;
+        self.rx_frames += 1;
+        self.max_seq = self.max_seq.max(hdr.seq);
+        self.last_seq = hdr.seq;
+        self.last_rx = Some(now);
+        match (self.state, frame.payload) {
+            (State::Listen | State::Collect, Payload::Hello(h)) => self.on_hello(now, h),
+            (State::Data, Payload::Hello(_)) => {
+                if !self.pending.contains(&Ctrl::Accept) {
+                    self.pending.push_back(Ctrl::Accept);
+                }
+            }
+            (State::Data, Payload::Data(g)) => self.on_gram(now, hdr.flags, g),
+            (State::Data, Payload::Probe(p)) => {
+                self.srtt_hint = Duration::from_micros(p.srtt_us as u64);
+                self.frontier = self.frontier.max(p.sent.min(self.total));
+                self.forced = true;
+                self.want_status();
+            }
+            (State::Collect | State::Data, Payload::Abort(a)) => {
+                self.sink.discard();
+                let f = Failure {
+                    reason: Reason::from_wire(&a, self.snapshot_id),
+                    by_peer: true,
+                };
+                self.events.push_back(Event::Aborted(f.clone()));
+                self.outcome = Some(Err(f));
+                self.pending.clear();
+                self.pending.push_back(Ctrl::Close);
+                self.state = State::Draining {
+                    until: now + self.pto() * 3,
+                };
+            }
+            (State::Closing { .. }, Payload::Close) => {
+                self.pending.retain(|c| *c != Ctrl::Terminal);
+                self.state = State::Closed;
+            }
+            (State::Closing { .. }, Payload::Abort(_)) => {
+                self.pending.retain(|c| *c != Ctrl::Terminal);
+                self.pending.push_back(Ctrl::Close);
+                self.state = State::Closed;
+            }
+            (State::Closing { .. }, _) => {
+                self.state = State::Closing {
+                    until: now + self.cfg.timing.idle_timeout,
+                };
+                if self
+                    .terminal_sent
+                    .is_none_or(|t| now >= t + self.cfg.timing.ack_delay)
+                    && !self.pending.contains(&Ctrl::Terminal)
+                {
+                    self.pending.push_back(Ctrl::Terminal);
+                }
+            }
+            (State::Draining { .. }, Payload::Abort(_)) => {
+                if !self.pending.contains(&Ctrl::Close) {
+                    self.pending.push_back(Ctrl::Close);
+                }
+            }
+            _ => self.stats.unexpected += 1,
+        }
+        true
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        match self.state {
+            State::Collect | State::Data => {
+                let heard = self.last_heard.unwrap_or(now);
+                if now >= heard + self.cfg.timing.idle_timeout {
+                    let ms = self.cfg.timing.idle_timeout.as_millis() as u64;
+                    self.fail(now, Reason::Timeout { ms });
+                    // Nobody is listening: send the Abort once and stop.
+                    self.state = State::Closed;
+                    return;
+                }
+                if self.ack_at.is_some_and(|t| now >= t) {
+                    self.ack_at = None;
+                    self.want_status();
+                }
+            }
+            State::Closing { until } => {
+                if now >= until {
+                    self.pending.clear();
+                    self.state = State::Closed;
+                } else if self.resend_at.is_some_and(|t| now >= t) {
+                    if !self.pending.contains(&Ctrl::Terminal) {
+                        self.pending.push_back(Ctrl::Terminal);
+                    }
+                    self.resend_backoff += 1;
+                    let b = (self.pto() * 2u32.saturating_pow(self.resend_backoff.min(16)))
+                        .min(self.cfg.timing.max_pto);
+                    self.resend_at = Some(now + b);
+                }
+            }
+            State::Draining { until } => {
+                if now >= until {
+                    self.state = State::Closed;
+                }
+            }
+            State::Listen | State::Closed => {}
+        }
+    }
+
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        let lim = buf.len().min(self.cfg.max_datagram);
+        let buf = &mut buf[..lim];
+        let session = self.session?;
+        while let Some(c) = self.pending.pop_front() {
+            let n = match c {
+                Ctrl::Accept => write_frame(
+                    buf,
+                    session,
+                    self.seq,
+                    &Payload::Accept(Accept {
+                        snapshot_id: self.snapshot_id,
+                        nfiles: self.nfiles,
+                        max_rate: self.cfg.max_rate,
+                    }),
+                ),
+                Ctrl::Status => {
+                    if self.state != State::Data {
+                        continue;
+                    }
+                    self.status_frame(now, buf)
+                }
+                Ctrl::Terminal => {
+                    self.terminal_sent = Some(now);
+                    let t = self.terminal.clone()?;
+                    write_frame(buf, session, self.seq, &t)
+                }
+                Ctrl::Close => write_frame(buf, session, self.seq, &Payload::Close),
+            };
+            if let Some(n) = n {
+                self.seq += 1;
+                self.stats.frames_sent += 1;
+                self.stats.bytes_sent += n as u64;
+                return Some(n);
+            }
+        }
+        None
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let min = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match self.state {
+            State::Collect | State::Data => min(
+                self.last_heard.map(|h| h + self.cfg.timing.idle_timeout),
+                self.ack_at,
+            ),
+            State::Closing { until } => min(Some(until), self.resend_at),
+            State::Draining { until } => Some(until),
+            State::Listen | State::Closed => None,
+        }
+    }
+
+    fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn is_closed(&self) -> bool {
+        self.state == State::Closed && self.pending.is_empty()
+    }
+
+    fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    fn outcome(&self) -> Option<Result<(), Failure>> {
+        self.outcome.clone()
+    }
+
+    fn cancel(&mut self, now: Instant) {
+        Receiver::cancel(self, now)
+    }
+}
+
+// `payload` is used in doc links and types above.
+#[allow(unused_imports)]
+use payload as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::sink::MemSink;
+    use crate::wire::payload::{FileEntry, GramWriter, Probe};
+
+    const ID: [u8; 32] = [3; 32];
+
+    fn frame(seq: u64, flags: u16, p: &Payload<'_>) -> Vec<u8> {
+        let mut buf = vec![0u8; 2000];
+        let hdr = pfs::Repr {
+            frame_type: p.frame_type(),
+            flags,
+            session: 7,
+            seq,
+            payload_len: 0,
+        };
+        let n = Frame::emit(hdr, p, &mut buf);
+        buf.truncate(n);
+        buf
+    }
+
+    /// A raw gram of `len` zero bytes at `off` of file 0.
+    fn data(seq: u64, off: u64, len: usize) -> Vec<u8> {
+        let mut body = vec![0u8; 1400];
+        let mut w = GramWriter::new(&mut body, 1000);
+        assert_eq!(w.push_raw(0, off, &vec![0u8; len]), len);
+        let n = w.finish();
+        let mut buf = vec![0u8; pfs::HEADER_LEN + n];
+        buf[pfs::HEADER_LEN..].copy_from_slice(&body[..n]);
+        let hdr = pfs::Repr {
+            frame_type: pfs::FrameType::Data,
+            flags: 0,
+            session: 7,
+            seq,
+            payload_len: n as u16,
+        };
+        hdr.emit(&mut pfs::Packet::new_unchecked(&mut buf[..]));
+        buf
+    }
+
+    fn receiver(size: u64) -> Receiver<'static, MemSink> {
+        static SNAP: [u8; 64] = [0; 64];
+        let cfg = ReceiverConfig {
+            ack_every: 1000,
+            ..ReceiverConfig::default()
+        };
+        let mut r = Receiver::new(cfg, ID, &SNAP, MemSink::new());
+        let hello = Payload::Hello(Hello {
+            snapshot_id: ID,
+            nfiles: 1,
+            first: 0,
+            entries: vec![FileEntry {
+                name: "f".into(),
+                size,
+                hash: *blake3::hash(&vec![0u8; size as usize]).as_bytes(),
+            }],
+        });
+        let now = Instant::now();
+        assert!(r.handle_datagram(now, &frame(0, 0, &hello)));
+        let mut buf = vec![0u8; 2000];
+        let n = r.poll_transmit(now, &mut buf).unwrap();
+        assert!(matches!(
+            Frame::parse(&buf[..n]).unwrap().payload,
+            Payload::Accept(_)
+        ));
+        r
+    }
+
+    fn status(r: &mut Receiver<'_, MemSink>, now: Instant) -> Payload<'static> {
+        let mut buf = vec![0u8; 2000];
+        let n = r.poll_transmit(now, &mut buf).expect("a status");
+        match Frame::parse(&buf[..n]).unwrap().payload {
+            Payload::Ack(a) => Payload::Ack(a),
+            Payload::Nack(n) => Payload::Nack(n),
+            p => panic!("{p:?}"),
+        }
+    }
+
+    #[test]
+    fn holes_are_nacked_only_once_the_frontier_moved_past_them_a_report_ago() {
+        let mut r = receiver(10_000);
+        let t = Instant::now();
+        // 0..100 and 200..300 arrive: 100..200 may merely be late.
+        r.handle_datagram(t, &data(1, 0, 100));
+        r.handle_datagram(t, &data(2, 200, 100));
+        r.handle_timeout(t + Duration::from_millis(3)); // the ACK delay passed
+        let Payload::Ack(a) = status(&mut r, t + Duration::from_millis(3)) else {
+            panic!("a NACK before the previous report's frontier moved")
+        };
+        assert_eq!((a.cum, a.frontier, a.received), (100, 300, 200));
+        // Another frame later: now the hole lies below the previous report's frontier.
+        r.handle_datagram(t + Duration::from_millis(4), &data(3, 300, 100));
+        r.handle_timeout(t + Duration::from_millis(7));
+        let Payload::Nack(n) = status(&mut r, t + Duration::from_millis(7)) else {
+            panic!("no NACK")
+        };
+        assert_eq!(n.ranges, vec![(100, 200)]);
+        // A probe forces a NACK of everything missing up to the sender's position.
+        let probe = Payload::Probe(Probe {
+            sent: 10_000,
+            srtt_us: 500,
+            flags: crate::wire::payload::PROBE_FIRST_PASS_DONE,
+        });
+        r.handle_datagram(t + Duration::from_millis(8), &frame(4, 0, &probe));
+        let Payload::Nack(n) = status(&mut r, t + Duration::from_millis(8)) else {
+            panic!("no NACK after a probe")
+        };
+        assert_eq!(n.ranges, vec![(100, 200), (400, 10_000)]);
+        assert_eq!(n.ack.max_seq, 4);
+        assert_eq!(n.ack.echo_seq, 4);
+    }
+
+    #[test]
+    fn duplicates_and_reordering_are_harmless() {
+        let mut r = receiver(300);
+        let t = Instant::now();
+        for (seq, off) in [(1, 200), (2, 0), (3, 200), (4, 100), (5, 0)] {
+            r.handle_datagram(t, &data(seq, off, 100));
+        }
+        assert_eq!(r.outcome(), Some(Ok(())));
+        assert_eq!(r.stats().duplicate_frames, 1, "{:?}", r.stats());
+        assert_eq!(r.sink().committed(0).unwrap(), &[0u8; 300][..]);
+    }
+}

@@ -1,0 +1,206 @@
+//! Where received bytes go: the [`FileSink`] trait, an in-memory sink for tests, and name
+//! sanitising. The mmap-backed sink for real output directories is in
+//! [`super::mmap_sink`].
+
+use crate::blueprint::{apply, Transform};
+
+/// One output file, as accepted: its sanitised relative name and size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkFile {
+    pub name: String,
+    pub size: u64,
+}
+
+/// A snapshot piece to apply: `len` bytes of the snapshot at `snap_off` through `op`.
+/// The receiver has checked the bounds against the snapshot and the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapSeg {
+    pub op: Transform,
+    pub imm: u8,
+    pub snap_off: u64,
+    pub len: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("not enough free space: {need} bytes needed, {avail} available")]
+    NoSpace { need: u64, avail: u64 },
+    #[error("file #{0} would leave the output directory")]
+    BadName(u32),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// The receiver's output. Calls come in this order: `open` once, then writes (any order,
+/// possibly overlapping with identical bytes), `hash` and `commit` per complete file, and
+/// `discard` when the session fails (also on drop for real sinks).
+pub trait FileSink {
+    /// Prepare the outputs; check free space and names *before* allocating anything.
+    fn open(&mut self, files: &[SinkFile]) -> Result<(), SinkError>;
+    /// Apply a snapshot piece at `off` of `file` (through [`apply_segment`]).
+    fn write_segment(
+        &mut self,
+        file: u32,
+        off: u64,
+        seg: SnapSeg,
+        snapshot: &[u8],
+    ) -> Result<(), SinkError>;
+    /// Write raw bytes at `off` of `file`.
+    fn write_raw(&mut self, file: u32, off: u64, bytes: &[u8]) -> Result<(), SinkError>;
+    /// BLAKE3 of the file's current contents.
+    fn hash(&mut self, file: u32) -> Result<[u8; 32], SinkError>;
+    /// Make the file durable under its final name.
+    fn commit(&mut self, file: u32) -> Result<(), SinkError>;
+    /// Remove every output not yet committed.
+    fn discard(&mut self);
+}
+
+/// Apply `seg` from `snapshot` into `dst` (which is `seg.len` bytes) with the apply kernels:
+/// the one place a receiver turns descriptors into bytes.
+#[inline]
+pub fn apply_segment(dst: &mut [u8], seg: SnapSeg, snapshot: &[u8]) {
+    let s = seg.snap_off as usize;
+    apply::transform(seg.op, seg.imm, &snapshot[s..s + seg.len as usize], dst);
+}
+
+/// Check a manifest name: a relative `/`-separated path of normal components. Refused: empty
+/// names, absolute paths, empty, `.` or `..` components, NUL, backslashes and other control
+/// characters, more than 32 levels. Returns the name as it will be used.
+pub fn sanitize_name(name: &str) -> Option<String> {
+    if name.is_empty() || name.starts_with('/') || name.len() > crate::wire::payload::MAX_NAME_LEN {
+        return None;
+    }
+    let mut parts = 0;
+    for c in name.split('/') {
+        parts += 1;
+        if c.is_empty()
+            || c == "."
+            || c == ".."
+            || c.chars().any(|ch| ch.is_control() || ch == '\\')
+            || parts > 32
+        {
+            return None;
+        }
+    }
+    Some(name.to_owned())
+}
+
+/// An in-memory sink (tests, and `--dry-run` style uses).
+#[derive(Debug, Default)]
+pub struct MemSink {
+    pub files: Vec<SinkFile>,
+    bufs: Vec<Vec<u8>>,
+    committed: Vec<bool>,
+    /// Refuse `open` if the session is larger than this (simulates free space).
+    pub free_space: Option<u64>,
+    pub opened: bool,
+}
+
+impl MemSink {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The contents of a committed file.
+    pub fn committed(&self, file: usize) -> Option<&[u8]> {
+        self.committed
+            .get(file)
+            .copied()
+            .unwrap_or(false)
+            .then(|| &self.bufs[file][..])
+    }
+
+    /// Number of files committed.
+    pub fn committed_count(&self) -> usize {
+        self.committed.iter().filter(|c| **c).count()
+    }
+
+    fn span(&mut self, file: u32, off: u64, len: usize) -> Result<&mut [u8], SinkError> {
+        let b = self
+            .bufs
+            .get_mut(file as usize)
+            .ok_or_else(|| std::io::Error::other("no such file"))?;
+        let s = off as usize;
+        b.get_mut(s..s + len)
+            .ok_or_else(|| std::io::Error::other("write past the end").into())
+    }
+}
+
+impl FileSink for MemSink {
+    fn open(&mut self, files: &[SinkFile]) -> Result<(), SinkError> {
+        let need: u64 = files.iter().map(|f| f.size).sum();
+        if let Some(avail) = self.free_space {
+            if need > avail {
+                return Err(SinkError::NoSpace { need, avail });
+            }
+        }
+        self.files = files.to_vec();
+        self.bufs = files.iter().map(|f| vec![0u8; f.size as usize]).collect();
+        self.committed = vec![false; files.len()];
+        self.opened = true;
+        Ok(())
+    }
+
+    fn write_segment(
+        &mut self,
+        file: u32,
+        off: u64,
+        seg: SnapSeg,
+        snapshot: &[u8],
+    ) -> Result<(), SinkError> {
+        let dst = self.span(file, off, seg.len as usize)?;
+        apply_segment(dst, seg, snapshot);
+        Ok(())
+    }
+
+    fn write_raw(&mut self, file: u32, off: u64, bytes: &[u8]) -> Result<(), SinkError> {
+        self.span(file, off, bytes.len())?.copy_from_slice(bytes);
+        Ok(())
+    }
+
+    fn hash(&mut self, file: u32) -> Result<[u8; 32], SinkError> {
+        Ok(*blake3::hash(&self.bufs[file as usize]).as_bytes())
+    }
+
+    fn commit(&mut self, file: u32) -> Result<(), SinkError> {
+        self.committed[file as usize] = true;
+        Ok(())
+    }
+
+    fn discard(&mut self) {
+        for (i, c) in self.committed.iter().enumerate() {
+            if !*c {
+                self.bufs[i] = Vec::new();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["a", "a/b", "dir/file.txt", ".hidden", "a..b", "ünï/ç"] {
+            assert_eq!(sanitize_name(ok).as_deref(), Some(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "/etc/passwd",
+            "..",
+            "../x",
+            "a/../../x",
+            "a/./b",
+            "a//b",
+            "a/",
+            "./a",
+            "a\\b",
+            "a\0b",
+            "a\nb",
+        ] {
+            assert_eq!(sanitize_name(bad), None, "{bad:?}");
+        }
+        assert_eq!(sanitize_name("d/".repeat(40).trim_end_matches('/')), None);
+    }
+}

@@ -1,0 +1,108 @@
+//! Helpers shared by the integration tests: a seeded generator and hand-made blueprints.
+#![allow(dead_code)]
+
+use packetfs::blueprint::{apply, Blueprint, Segment, Source, Transform};
+use packetfs::proto::SendFile;
+
+/// splitmix64: small, seeded, good enough for test schedules.
+#[derive(Clone)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e3779b97f4a7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+        z ^ (z >> 31)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next() % n
+        }
+    }
+    pub fn chance(&mut self, p: f64) -> bool {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64 * 1.0 < p
+    }
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+pub const SNAP_ID: [u8; 32] = [0x5a; 32];
+
+/// A file of `len` bytes and its blueprint: a mix of snapshot segments (id/xor/add) and raw
+/// spill, in proportions drawn from `rng`.
+pub fn make_file(rng: &mut Rng, snap: &[u8], len: usize) -> (Vec<u8>, Blueprint) {
+    let raw_share = rng.below(101);
+    let mut content = Vec::with_capacity(len);
+    let mut segments = Vec::new();
+    let mut spill = Vec::new();
+    while content.len() < len {
+        let n = (1 + rng.below(3000) as usize).min(len - content.len());
+        if rng.below(100) < raw_share {
+            let b = rng.bytes(n);
+            content.extend_from_slice(&b);
+            spill.extend_from_slice(&b);
+            segments.push(Segment {
+                len: n as u32,
+                src: Source::Raw,
+            });
+        } else {
+            let off = rng.below((snap.len() - n) as u64 + 1) as usize;
+            let op = Transform::ALL[rng.below(3) as usize];
+            let imm = if op == Transform::Id {
+                0
+            } else {
+                rng.next() as u8
+            };
+            let mut dst = vec![0u8; n];
+            apply::transform(op, imm, &snap[off..off + n], &mut dst);
+            content.extend_from_slice(&dst);
+            segments.push(Segment {
+                len: n as u32,
+                src: Source::Snap {
+                    op,
+                    off: off as u64,
+                    imm,
+                },
+            });
+        }
+    }
+    let bp = Blueprint {
+        snapshot_id: SNAP_ID,
+        file_len: len as u64,
+        file_hash: *blake3::hash(&content).as_bytes(),
+        segments,
+        spill,
+    };
+    bp.validate(snap.len() as u64).unwrap();
+    (content, bp)
+}
+
+/// A file of `len` random bytes sent entirely as raw spill (every byte travels).
+pub fn raw_file(rng: &mut Rng, name: &str, len: usize) -> (Vec<u8>, SendFile) {
+    let content = rng.bytes(len);
+    let bp = Blueprint {
+        snapshot_id: SNAP_ID,
+        file_len: len as u64,
+        file_hash: *blake3::hash(&content).as_bytes(),
+        segments: content
+            .chunks(60_000)
+            .map(|c| Segment {
+                len: c.len() as u32,
+                src: Source::Raw,
+            })
+            .collect(),
+        spill: content.clone(),
+    };
+    (
+        content,
+        SendFile {
+            name: name.into(),
+            blueprint: bp,
+        },
+    )
+}

@@ -1,0 +1,271 @@
+//! The UDP driver over 127.0.0.1: real sockets, real clock, two threads (or two processes).
+//! No assertion depends on timing; figures are printed.
+
+use packetfs::driver::udp::{run_sender, DriverError, RecvConfig, SendConfig, UdpReceiver};
+use packetfs::proto::{Event, Reason, SendFile};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+mod common;
+use common::*;
+
+fn snapshot(seed: u64) -> Vec<u8> {
+    Rng(seed).bytes(1 << 20)
+}
+
+/// Several files: empty, one byte, raw, mostly covered, in a subdirectory.
+fn session(snap: &[u8]) -> (Vec<Vec<u8>>, Vec<SendFile>) {
+    let mut rng = Rng(77);
+    let mut contents = Vec::new();
+    let mut files = Vec::new();
+    for (name, len) in [
+        ("empty", 0usize),
+        ("one", 1),
+        ("mixed.bin", 2_000_000),
+        ("d/e/f", 300_000),
+    ] {
+        let (c, bp) = make_file(&mut rng, snap, len);
+        contents.push(c);
+        files.push(SendFile {
+            name: name.into(),
+            blueprint: bp,
+        });
+    }
+    let (c, f) = raw_file(&mut rng, "random.raw", 3_000_000);
+    contents.push(c);
+    files.push(f);
+    (contents, files)
+}
+
+fn receiver(out: &Path) -> UdpReceiver {
+    let mut cfg = RecvConfig::new("127.0.0.1:0".parse().unwrap(), out.to_path_buf());
+    cfg.listen_timeout = Some(Duration::from_secs(20));
+    UdpReceiver::bind(cfg).unwrap()
+}
+
+#[test]
+fn several_files_arrive_bit_exact_over_loopback() {
+    let snap = snapshot(1);
+    let (contents, files) = session(&snap);
+    let names: Vec<String> = files.iter().map(|f| f.name.clone()).collect();
+    let out = tempfile::tempdir().unwrap();
+    let rx = receiver(out.path());
+    let addr = rx.local_addr().unwrap();
+    std::thread::scope(|s| {
+        let snap_r = &snap;
+        let h = s.spawn(move || {
+            let mut events = Vec::new();
+            let r = rx.run(SNAP_ID, snap_r, &AtomicBool::new(false), &mut |e| {
+                events.push(e.clone())
+            });
+            (r, events)
+        });
+        let sent = run_sender(&SendConfig::new(addr), files, SNAP_ID, &snap).unwrap();
+        let (got, events) = h.join().unwrap();
+        let got = got.unwrap();
+        eprintln!(
+            "udp loopback: {} files, {} file bytes, {} wire bytes, {} frames, {} repairs, {:?}, {:.0} Mbit/s effective",
+            sent.files,
+            sent.file_bytes,
+            sent.wire_bytes,
+            sent.frames,
+            sent.retransmissions,
+            sent.elapsed,
+            sent.effective_bps() / 1e6
+        );
+        assert_eq!(got.files.len(), contents.len());
+        assert!(got.files.iter().all(|f| f.verified));
+        assert!(events.contains(&Event::Finished));
+        assert_eq!(sent.file_bytes, got.file_bytes);
+    });
+    for (name, c) in names.iter().zip(&contents) {
+        let bytes = std::fs::read(out.path().join(name)).unwrap();
+        assert!(bytes == *c, "{name} differs");
+    }
+}
+
+#[test]
+fn rate_cap_holds_and_files_arrive() {
+    let snap = snapshot(2);
+    let mut rng = Rng(5);
+    let (c, f) = raw_file(&mut rng, "capped", 2_000_000);
+    let out = tempfile::tempdir().unwrap();
+    let rx = receiver(out.path());
+    let addr = rx.local_addr().unwrap();
+    std::thread::scope(|s| {
+        let snap_r = &snap;
+        let h = s.spawn(move || rx.run(SNAP_ID, snap_r, &AtomicBool::new(false), &mut |_| {}));
+        let mut cfg = SendConfig::new(addr);
+        cfg.rate = Some(20_000_000); // 160 Mbit/s link budget
+        let sent = run_sender(&cfg, vec![f], SNAP_ID, &snap).unwrap();
+        h.join().unwrap().unwrap();
+        // Printed, not asserted: wall-clock figures depend on the machine's load.
+        eprintln!(
+            "udp loopback at a 160 Mbit/s cap: {:.1} Mbit/s on the wire, {:?}",
+            sent.wire_bps() / 1e6,
+            sent.elapsed
+        );
+    });
+    assert!(std::fs::read(out.path().join("capped")).unwrap() == c);
+}
+
+#[test]
+fn snapshot_mismatch_is_reported_by_both_drivers() {
+    let snap = snapshot(3);
+    let mut rng = Rng(9);
+    let (_, bp) = make_file(&mut rng, &snap, 1000);
+    let out = tempfile::tempdir().unwrap();
+    let rx = receiver(out.path());
+    let addr = rx.local_addr().unwrap();
+    std::thread::scope(|s| {
+        let snap_r = &snap;
+        let h = s.spawn(move || rx.run([1; 32], snap_r, &AtomicBool::new(false), &mut |_| {}));
+        let files = vec![SendFile {
+            name: "x".into(),
+            blueprint: bp,
+        }];
+        let e = run_sender(&SendConfig::new(addr), files, SNAP_ID, &snap).unwrap_err();
+        let DriverError::SendAborted { failure, .. } = e else {
+            panic!("{e}")
+        };
+        assert!(failure.by_peer);
+        assert_eq!(
+            failure.reason,
+            Reason::SnapshotMismatch {
+                sender: SNAP_ID,
+                receiver: [1; 32]
+            }
+        );
+        let e = h.join().unwrap().unwrap_err();
+        let DriverError::RecvAborted { failure: rf, .. } = e else {
+            panic!("{e}")
+        };
+        assert_eq!(rf.reason, failure.reason);
+        eprintln!("both sides: {}", rf.reason);
+    });
+    assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
+}
+
+const CHILD_ENV: &str = "PFS_TEST_CHILD_RECEIVER_DIR";
+
+/// Not a test of its own: the body of the child process of the next test (it returns at once
+/// unless that test started it).
+#[test]
+fn child_receiver_process() {
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let snap = snapshot(4);
+    let rx = receiver(Path::new(&dir));
+    println!("PORT {}", rx.local_addr().unwrap().port());
+    let _ = rx.run(SNAP_ID, &snap, &AtomicBool::new(false), &mut |_| {});
+    std::process::exit(0);
+}
+
+#[test]
+fn receiver_killed_mid_transfer_leaves_no_file_under_the_final_name() {
+    let out = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_receiver_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, out.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut port = None;
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        // libtest prints "test child_receiver_process ... " before the child's own output.
+        if let Some(i) = line.find("PORT ") {
+            port = Some(line[i + 5..].trim().parse::<u16>().unwrap());
+            break;
+        }
+    }
+    let port = port.expect("the child printed its port");
+    let snap = snapshot(4);
+    let mut rng = Rng(6);
+    let (_, f) = raw_file(&mut rng, "victim", 8_000_000);
+    let mut cfg = SendConfig::new(format!("127.0.0.1:{port}").parse().unwrap());
+    cfg.rate = Some(4_000_000); // about 2 s of transfer
+    cfg.proto.timing.idle_timeout = Duration::from_secs(1);
+    std::thread::scope(|s| {
+        let snap_s = &snap;
+        let h = s.spawn(move || run_sender(&cfg, vec![f], SNAP_ID, snap_s));
+        // Wait (bounded) for the temporary file, then kill the receiver mid-transfer.
+        let mut seen = false;
+        for _ in 0..400 {
+            let names: Vec<String> = std::fs::read_dir(out.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            if names.iter().any(|n| n.starts_with(".victim.pfs-tmp-")) {
+                seen = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        assert!(seen, "the receiver never created its temporary file");
+        std::thread::sleep(Duration::from_millis(200));
+        child.kill().unwrap(); // SIGKILL: no destructor runs
+        child.wait().unwrap();
+        let e = h.join().unwrap().unwrap_err();
+        let DriverError::SendAborted { failure, .. } = e else {
+            panic!("{e}")
+        };
+        assert!(
+            matches!(failure.reason, Reason::Timeout { .. }),
+            "{failure}"
+        );
+    });
+    assert!(
+        !out.path().join("victim").exists(),
+        "a partial file appeared under the final name"
+    );
+}
+
+/// A figure, not a check: raw goodput of the UDP driver over loopback. Run with
+/// `cargo test --release --test udp_loopback -- --ignored --nocapture bench` (size from
+/// PFS_BENCH_MB, default 200; rate cap from PFS_BENCH_RATE, e.g. `1gbit`).
+#[test]
+#[ignore]
+fn bench_loopback_raw_goodput() {
+    let mb: usize = std::env::var("PFS_BENCH_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let rate = std::env::var("PFS_BENCH_RATE")
+        .ok()
+        .and_then(|v| packetfs::proto::pacing::parse_rate(&v));
+    let snap = snapshot(8);
+    let mut rng = Rng(8);
+    let (_, f) = raw_file(&mut rng, "bench.raw", mb << 20);
+    let out = tempfile::tempdir().unwrap();
+    let rx = receiver(out.path());
+    let addr = rx.local_addr().unwrap();
+    std::thread::scope(|s| {
+        let snap_r = &snap;
+        let h = s.spawn(move || rx.run(SNAP_ID, snap_r, &AtomicBool::new(false), &mut |_| {}));
+        let mut cfg = SendConfig::new(addr);
+        cfg.rate = rate;
+        let sent = run_sender(&cfg, vec![f], SNAP_ID, &snap).unwrap();
+        let got = h.join().unwrap().unwrap();
+        eprintln!(
+            "bench: {} MiB raw over UDP loopback: sender {:?} {:.0} Mbit/s goodput, {:.0} Mbit/s wire, {} frames, {} repair frames, final rate {:.0} Mbit/s; receiver {:?}, {} duplicates",
+            mb,
+            sent.elapsed,
+            sent.effective_bps() / 1e6,
+            sent.wire_bps() / 1e6,
+            sent.frames,
+            sent.retransmissions,
+            sent.final_rate as f64 * 8.0 / 1e6,
+            got.elapsed,
+            got.duplicate_frames
+        );
+    });
+}
