@@ -25,4 +25,5 @@ pub mod index;
 pub mod metrics;
 pub mod plan;
 pub mod pob;
+pub mod shm;
 pub mod util;

@@ -1,6 +1,7 @@
 //! The `pfs` command line: the only place that prints for humans.
 
 mod codec;
+pub mod bench;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -44,6 +45,9 @@ pub enum Cmd {
     Plan(codec::PlanArgs),
     /// Rebuild a file from a blueprint (.pbb) and the snapshot, bit-exact.
     Unplan(codec::UnplanArgs),
+    /// Benchmarks (figures printed and appended to the metrics log).
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
 }
 
 pub fn main() -> ExitCode {
@@ -79,5 +83,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Index(c) => codec::index(c),
         Cmd::Plan(a) => codec::plan(a),
         Cmd::Unplan(a) => codec::unplan(a),
+        Cmd::Bench(b) => bench::run(b),
     }
 }
