@@ -317,12 +317,13 @@ fn print_report(r: &ShmReport) {
     );
     let show = |name: &str, l: &Option<packetfs::shm::bench::LoopReport>| match l {
         Some(l) => println!(
-            "{name}: {} on {} core{} ({:.2} s, {:.2} M desc/s)",
+            "{name}: {} on {} core{} ({:.2} s, {:.2} M desc/s; {:.1} MB per CPU-second)",
             mbps(l.mbps),
             l.cores,
             if l.cores == 1 { "" } else { "s" },
             l.secs,
-            l.descs as f64 / l.secs / 1e6
+            l.descs as f64 / l.secs / 1e6,
+            l.mb_per_cpu_s
         ),
         None => println!("{name}: not run"),
     };
@@ -357,5 +358,13 @@ fn print_report(r: &ShmReport) {
             }
         ),
         None => println!("ring efficiency: not available"),
+    }
+    if let Some(x) = r.cpu_efficiency {
+        println!(
+            "per CPU-second: ring {:.1} MB (consumers + producer CPU) vs ceiling loop => {:.1}%; consumers were on a CPU {:.0}% of their wall time",
+            r.ring_mb_per_cpu_s,
+            100.0 * x,
+            100.0 * r.consumer_cpu_share
+        );
     }
 }

@@ -90,6 +90,10 @@ pub struct LoopReport {
     pub descs: u64,
     pub secs: f64,
     pub mbps: f64,
+    /// CPU time of the loop threads, summed.
+    pub cpu_secs: f64,
+    /// Bytes per CPU-second (10^6): the figure that other load on the machine does not skew.
+    pub mb_per_cpu_s: f64,
 }
 
 /// Everything one run measured.
@@ -130,6 +134,15 @@ pub struct ShmReport {
     pub cpupwn: Option<f64>,
     /// aggregate / ceiling.
     pub ring_efficiency: Option<f64>,
+    /// Ring bytes per CPU-second of consumers and producer together (10^6).
+    pub ring_mb_per_cpu_s: f64,
+    /// ring_mb_per_cpu_s / the ceiling's MB per CPU-second: the ring's cost in CPU time,
+    /// independent of how much of the cores other processes took.
+    pub cpu_efficiency: Option<f64>,
+    /// Share of the consumers' wall time they were on a CPU (1.0: their cores were theirs).
+    pub consumer_cpu_share: f64,
+    /// /proc/loadavg (1 minute) when the run started.
+    pub loadavg_start: f64,
 }
 
 impl ShmReport {
@@ -179,6 +192,10 @@ unsafe impl Sync for BlobPtr {}
 pub fn run(cfg: &ShmConfig, progress: &mut dyn FnMut(&str)) -> Result<ShmReport, BenchError> {
     let facts = MemFacts::read();
     let plan = cfg.validate(&facts)?;
+    let loadavg_start = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
     let _signals = StopSignals::install()?;
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut notes = Vec::new();
@@ -273,6 +290,29 @@ pub fn run(cfg: &ShmConfig, progress: &mut dyn FnMut(&str)) -> Result<ShmReport,
             .filter(|l| l.mbps > 0.0)
             .map(|l| aggregate_mbps / l.mbps)
     };
+    let consumer_cpu: f64 = ring_phase.workers.iter().map(|w| w.cpu_secs).sum();
+    let consumer_wall: f64 = ring_phase.workers.iter().map(|w| w.secs).sum();
+    let ring_cpu = consumer_cpu + ring_phase.producer.cpu_secs;
+    let ring_mb_per_cpu_s = if ring_cpu > 0.0 {
+        bytes as f64 / ring_cpu / 1e6
+    } else {
+        0.0
+    };
+    let consumer_cpu_share = if consumer_wall > 0.0 {
+        consumer_cpu / consumer_wall
+    } else {
+        0.0
+    };
+    if consumer_cpu_share < 0.9 && !interrupted {
+        notes.push(format!(
+            "the consumers were on a CPU only {:.0}% of their wall time (load average {loadavg_start:.2} at the start): other processes took the rest, so the wall-clock figures understate; the per-CPU-second figures do not depend on it",
+            100.0 * consumer_cpu_share
+        ));
+    }
+    let cpu_efficiency = ceiling
+        .as_ref()
+        .filter(|c| c.mb_per_cpu_s > 0.0)
+        .map(|c| ring_mb_per_cpu_s / c.mb_per_cpu_s);
     Ok(ShmReport {
         config: cfg.clone(),
         blob_bytes: plan.blob_len,
@@ -303,6 +343,10 @@ pub fn run(cfg: &ShmConfig, progress: &mut dyn FnMut(&str)) -> Result<ShmReport,
         ceiling,
         memcpy_mbps: memcpy,
         memcpy_bytes,
+        ring_mb_per_cpu_s,
+        cpu_efficiency,
+        consumer_cpu_share,
+        loadavg_start,
     })
 }
 
@@ -579,7 +623,7 @@ fn consume_worker(
     control.ready.0.fetch_add(1, Ordering::AcqRel);
 
     let dpf = cfg.dpf as usize;
-    let batch = dpf * (512 / dpf).max(1);
+    let batch = batch_descs(dpf);
     let skip = if w == 0 { cfg.skip_desc } else { None };
     let pcpu = cfg.pcpu;
     let (mut descs, mut bytes, mut invalid, mut skipped, mut stalls) =
@@ -648,6 +692,11 @@ fn consume_worker(
     stats.skipped.store(skipped, Ordering::Relaxed);
     stats.empty_stalls.store(stalls, Ordering::Release);
     0
+}
+
+/// Descriptors a consumer takes from one ring at a time (whole frames, about 512).
+fn batch_descs(dpf: usize) -> usize {
+    dpf * (512 / dpf).max(1)
 }
 
 /// Encode and publish one frame of ring `r`'s stream, if it fits.
@@ -801,7 +850,7 @@ fn tight_loops(
     let (op, imm) = (cfg.pcpu_op, cfg.imm);
     let secs = cfg.baseline_secs;
     let t = Instant::now();
-    let results: Vec<(u64, u64)> = std::thread::scope(|sc| {
+    let results: Vec<(u64, u64, u64)> = std::thread::scope(|sc| {
         let hs: Vec<_> = per
             .into_iter()
             .enumerate()
@@ -812,24 +861,33 @@ fn tight_loops(
                         core_affinity::set_for_current(c);
                     }
                     let deadline = Instant::now() + Duration::from_secs_f64(secs);
+                    let cpu0 = proc::thread_cpu_ns();
                     let (mut bytes, mut descs) = (0u64, 0u64);
-                    'outer: loop {
-                        for _ in 0..16 {
+                    // Spans are generated a batch at a time, as many as a consumer takes from
+                    // a ring at once, then applied: the generator's data-dependent branches
+                    // stay out of the apply loop, so its loads overlap like a consumer's do.
+                    let batch = batch_descs(dpf);
+                    let mut spans: Vec<(usize, usize)> = Vec::with_capacity(batch);
+                    loop {
+                        for _ in 0..4 {
                             for (mem, base, stream) in shards.iter_mut() {
-                                for _ in 0..dpf {
+                                spans.clear();
+                                spans.extend((0..batch).map(|_| {
                                     let (off, len) = stream.next_span();
-                                    let o = (off - *base) as usize;
-                                    transform_in_place(op, imm, &mut mem[o..o + len as usize]);
+                                    ((off - *base) as usize, len as usize)
+                                }));
+                                for &(o, len) in &spans {
+                                    transform_in_place(op, imm, &mut mem[o..o + len]);
                                     bytes += len as u64;
                                 }
-                                descs += dpf as u64;
+                                descs += batch as u64;
                             }
                         }
                         if Instant::now() >= deadline || proc::stop_requested() {
-                            break 'outer;
+                            break;
                         }
                     }
-                    (bytes, descs)
+                    (bytes, descs, proc::thread_cpu_ns() - cpu0)
                 })
             })
             .collect();
@@ -839,12 +897,19 @@ fn tight_loops(
     });
     let secs = t.elapsed().as_secs_f64();
     let bytes = results.iter().map(|r| r.0).sum::<u64>();
+    let cpu_secs = results.iter().map(|r| r.2).sum::<u64>() as f64 / 1e9;
     LoopReport {
         cores: workers,
         bytes,
         descs: results.iter().map(|r| r.1).sum(),
         secs,
         mbps: bytes as f64 / secs / 1e6,
+        cpu_secs,
+        mb_per_cpu_s: if cpu_secs > 0.0 {
+            bytes as f64 / cpu_secs / 1e6
+        } else {
+            0.0
+        },
     }
 }
 
