@@ -699,28 +699,50 @@ fn batch_descs(dpf: usize) -> usize {
     dpf * (512 / dpf).max(1)
 }
 
-/// Encode and publish one frame of ring `r`'s stream, if it fits.
-#[inline]
-fn publish_frame(
-    p: &mut Producer<'_, Desc>,
-    s: &mut SpanStream,
-    e: &mut Encoder,
-    dpf: usize,
-    op: Transform,
-    imm: u8,
-) -> bool {
-    p.try_publish_with(dpf, |i| {
-        let (offset, len) = s.next_span();
-        e.encode(
-            Span {
-                offset,
-                len,
-                op,
-                imm,
-            },
-            i == 0,
-        )
-    })
+/// The producer's state for one ring: its span stream, encoder, and the next frame's spans
+/// (generated a frame at a time, kept until the frame fits).
+struct Feed {
+    stream: SpanStream,
+    enc: Encoder,
+    slots: Vec<u64>,
+    spans: Vec<(u64, u32)>,
+    pending: bool,
+}
+
+impl Feed {
+    fn new(stream: SpanStream, arith: bool, dpf: usize) -> Self {
+        Feed {
+            stream,
+            enc: Encoder::new(arith),
+            slots: vec![0; dpf],
+            spans: vec![(0, 0); dpf],
+            pending: false,
+        }
+    }
+
+    /// Encode and publish the next frame, if it fits.
+    #[inline]
+    fn publish_frame(&mut self, p: &mut Producer<'_, Desc>, op: Transform, imm: u8) -> bool {
+        if !self.pending {
+            self.stream.fill_spans(&mut self.slots, &mut self.spans);
+            self.pending = true;
+        }
+        let (spans, enc) = (&self.spans, &mut self.enc);
+        let ok = p.try_publish_with(spans.len(), |i| {
+            let (offset, len) = spans[i];
+            enc.encode(
+                Span {
+                    offset,
+                    len,
+                    op,
+                    imm,
+                },
+                i == 0,
+            )
+        });
+        self.pending = !ok;
+        ok
+    }
 }
 
 /// The producer loop (this process), until the deadline or a stop signal.
@@ -739,10 +761,11 @@ fn produce(
         .iter()
         .map(|r| r.take_producer().ok_or(BenchError::Start))
         .collect::<Result<_, _>>()?;
-    let mut streams: Vec<SpanStream> = (0..n as u32).map(|r| plan.layout.stream(r)).collect();
-    let mut encs = vec![Encoder::new(cfg.arith); n];
-    let mut ring_frames = vec![0u64; n];
     let dpf = cfg.dpf as usize;
+    let mut feeds: Vec<Feed> = (0..n as u32)
+        .map(|r| Feed::new(plan.layout.stream(r), cfg.arith, dpf))
+        .collect();
+    let mut ring_frames = vec![0u64; n];
     let (op, imm) = (cfg.pcpu_op, cfg.imm);
     let deadline = t0 + (cfg.duration * 1e9) as u64;
     // Sleep long enough for consumers to free a useful share of a ring, short enough that
@@ -781,9 +804,7 @@ fn produce(
                 let mut round = 0;
                 for r in 0..n {
                     let mut f = 0;
-                    while f < max_per_visit
-                        && publish_frame(&mut prods[r], &mut streams[r], &mut encs[r], dpf, op, imm)
-                    {
+                    while f < max_per_visit && feeds[r].publish_frame(&mut prods[r], op, imm) {
                         f += 1;
                     }
                     ring_frames[r] += f as u64;
@@ -807,7 +828,7 @@ fn produce(
                             (port * cfg.queues as u64 + flow % cfg.queues as u64) as usize
                         }
                     };
-                    if publish_frame(&mut prods[r], &mut streams[r], &mut encs[r], dpf, op, imm) {
+                    if feeds[r].publish_frame(&mut prods[r], op, imm) {
                         ring_frames[r] += 1;
                         k += 1;
                     } else {
@@ -867,17 +888,15 @@ fn tight_loops(
                     // a ring at once, then applied: the generator's data-dependent branches
                     // stay out of the apply loop, so its loads overlap like a consumer's do.
                     let batch = batch_descs(dpf);
-                    let mut spans: Vec<(usize, usize)> = Vec::with_capacity(batch);
+                    let mut slots = vec![0u64; batch];
+                    let mut spans = vec![(0u64, 0u32); batch];
                     loop {
                         for _ in 0..4 {
                             for (mem, base, stream) in shards.iter_mut() {
-                                spans.clear();
-                                spans.extend((0..batch).map(|_| {
-                                    let (off, len) = stream.next_span();
-                                    ((off - *base) as usize, len as usize)
-                                }));
-                                for &(o, len) in &spans {
-                                    transform_in_place(op, imm, &mut mem[o..o + len]);
+                                stream.fill_spans(&mut slots, &mut spans);
+                                for &(off, len) in &spans {
+                                    let o = (off - *base) as usize;
+                                    transform_in_place(op, imm, &mut mem[o..o + len as usize]);
                                     bytes += len as u64;
                                 }
                                 descs += batch as u64;
