@@ -18,7 +18,9 @@ pub enum BenchCmd {
     /// spans go through the same kernel in a tight loop on one core (the baseline) and on
     /// every consumer core at once (the ceiling), and memcpy is measured.
     ///
-    /// CPUpwn = ring aggregate MB/s / single-core baseline MB/s, exactly that.
+    /// CPUpwn = ring aggregate MB/s / single-core baseline MB/s, exactly that; the ring
+    /// efficiency = ring aggregate / ceiling. See docs/shm-bench.md.
+    ///
     /// Exit status: 0 ok, 1 verification failed or error, 2 bad flags, 130 interrupted.
     Shm(ShmArgs),
 }
