@@ -1,7 +1,7 @@
 //! The `pfs` command line: the only place that prints for humans.
 
+mod bench;
 mod codec;
-pub mod bench;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
