@@ -234,6 +234,14 @@ fn run_shm(a: ShmArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn plural(n: u64, suffix: &str) -> &str {
+    if n == 1 {
+        ""
+    } else {
+        suffix
+    }
+}
+
 fn mbps(v: f64) -> String {
     format!("{v:.1} MB/s")
 }
@@ -241,15 +249,18 @@ fn mbps(v: f64) -> String {
 fn print_report(r: &ShmReport) {
     let c = &r.config;
     println!(
-        "shm bench: blob {} ({}), {} rings x {} slots ({} each), dpf {}, {} consumers in {} processes",
+        "shm bench: blob {} ({}), {} ring{} x {} slots ({} each), dpf {}, {} consumer{} in {} process{}",
         human_bytes(r.blob_bytes),
         r.backing,
         r.rings,
+        plural(r.rings as u64, "s"),
         r.ring_slots,
         human_bytes(r.ring_bytes),
         c.dpf,
         c.threads,
-        r.procs
+        plural(c.threads as u64, "s"),
+        r.procs,
+        plural(r.procs as u64, "es")
     );
     println!(
         "  work: {} {} imm {} over {} spans (align {}, slot {} B, {} slots per ring shard), mode {}, arith {}, vstream {}, pcpu {}",
