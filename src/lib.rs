@@ -27,5 +27,6 @@ pub mod metrics;
 pub mod plan;
 pub mod pob;
 pub mod proto;
+pub mod shm;
 pub mod util;
 pub mod wire;

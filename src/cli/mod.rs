@@ -1,5 +1,6 @@
 //! The `pfs` command line: the only place that prints for humans.
 
+mod bench;
 mod codec;
 
 use clap::{Parser, Subcommand};
@@ -44,6 +45,9 @@ pub enum Cmd {
     Plan(codec::PlanArgs),
     /// Rebuild a file from a blueprint (.pbb) and the snapshot, bit-exact.
     Unplan(codec::UnplanArgs),
+    /// Benchmarks (figures printed and appended to the metrics log).
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
 }
 
 pub fn main() -> ExitCode {
@@ -79,5 +83,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Index(c) => codec::index(c),
         Cmd::Plan(a) => codec::plan(a),
         Cmd::Unplan(a) => codec::unplan(a),
+        Cmd::Bench(b) => bench::run(b),
     }
 }
