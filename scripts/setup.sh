@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Install what PacketFS needs on a fresh Debian 12 machine (run as root).
+# (libpcap-dev: the libxdp configure script that xsk-rs runs through libxdp-sys requires it.)
 #
 # Idempotent: every step first checks whether its work is already done, so a second run
 # takes a few seconds. Each step prints one line. Works without a terminal (CI=true, no stdin).
@@ -15,7 +16,7 @@ step() { printf 'setup: %-14s %s\n' "$1" "$2"; }
 
 # 1. Debian packages -----------------------------------------------------------------------
 apt_pkgs=(clang m4 libelf-dev pkg-config zlib1g-dev zstd xdelta3 rsync xz-utils iperf3 bpftool
-          xdp-tools ethtool iproute2)
+          xdp-tools ethtool iproute2 libpcap-dev)
 missing=()
 for p in "${apt_pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -25,4 +25,6 @@ pub mod index;
 pub mod metrics;
 pub mod plan;
 pub mod pob;
+pub mod steer;
 pub mod util;
+pub mod xsk;
