@@ -50,6 +50,21 @@ fn wait_counters(steer: &Steering, done: impl Fn(&Counters) -> bool) -> Counters
     }
 }
 
+/// What is attached to `side`'s interface once nothing is, or after 2 s. A detach is
+/// synchronous, but a child process spawned by a parallel test holds copies of our fds
+/// (the BPF link's too) until its exec, which can delay the release for a moment.
+fn xdp_after_detach(pair: &NetnsPair, side: Side) -> packetfs::steer::AttachedXdp {
+    let until = Instant::now() + Duration::from_secs(2);
+    loop {
+        let iface = pair.iface(side);
+        let a = pair.run_in(side, move || attached_xdp(&iface).unwrap());
+        if !a.any() || Instant::now() > until {
+            return a;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn counts_passes_and_impairs_on_veth() {
     if skip() {
@@ -134,13 +149,14 @@ fn skb_mode_attach_and_detach() {
     }
     let pair = NetnsPair::new(1, 1500).expect("netns pair");
     let if_a = pair.iface(Side::A);
-    let (mode, during, after) = pair.run_in(Side::A, move || {
+    let (mode, during) = pair.run_in(Side::A, move || {
         let s = Steering::attach(&if_a, XdpMode::Skb).expect("attach skb");
         let mode = s.mode();
         let during = attached_xdp(&if_a).unwrap();
         s.detach().expect("detach");
-        (mode, during, attached_xdp(&if_a).unwrap())
+        (mode, during)
     });
+    let after = xdp_after_detach(&pair, Side::A);
     assert_eq!(mode, XdpMode::Skb);
     assert!(during.skb != 0 && during.drv == 0, "{during:?}");
     assert!(!after.any(), "{after:?}");
@@ -166,10 +182,71 @@ fn auto_mode_prefers_native_and_errors_name_the_fix() {
             "{e}"
         );
         drop(s);
-        assert!(!attached_xdp(&if_a).unwrap().any());
         let e = Steering::attach("pfs-nope0", XdpMode::Auto)
             .unwrap_err()
             .to_string();
         assert!(e.contains("not found"), "{e}");
     });
+    let after = xdp_after_detach(&pair, Side::A);
+    assert!(!after.any(), "{after:?}");
+}
+
+/// Child half of `no_program_left_after_sigterm_or_sigkill`: attaches in the namespace named
+/// by PFS_TEST_CHILD_NS, says so on stdout, then waits to be killed. Does nothing otherwise.
+#[test]
+fn child_attach_and_wait() {
+    let Ok(ns) = std::env::var("PFS_TEST_CHILD_NS") else {
+        return;
+    };
+    common::netns::enter(&format!("/run/netns/{ns}"));
+    let _steer = Steering::attach(&ns, XdpMode::Native).expect("child attach");
+    println!("PFS-CHILD-ATTACHED");
+    use std::io::Write;
+    std::io::stdout().flush().unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// A process killed while attached (SIGTERM, or SIGKILL that no handler can catch) leaves
+/// no program on the interface: the kernel drops the BPF link with the process's fds.
+#[test]
+fn no_program_left_after_sigterm_or_sigkill() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    if skip() {
+        return;
+    }
+    let pair = NetnsPair::new(1, 1500).expect("netns pair");
+    for sig in [nix::sys::signal::SIGTERM, nix::sys::signal::SIGKILL] {
+        let ns = pair.ns(Side::A);
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "child_attach_and_wait",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("PFS_TEST_CHILD_NS", &ns)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn child test");
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let attached = out
+            .lines()
+            .any(|l| l.is_ok_and(|l| l.contains("PFS-CHILD-ATTACHED")));
+        let if_a = pair.iface(Side::A);
+        let during = pair.run_in(Side::A, move || attached_xdp(&if_a).unwrap());
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, sig).unwrap();
+        let _ = child.wait();
+        assert!(attached, "child never attached");
+        assert!(
+            during.drv != 0,
+            "{sig}: nothing attached while the child ran"
+        );
+        let after = xdp_after_detach(&pair, Side::A);
+        assert!(
+            !after.any(),
+            "{sig}: program left on the interface: {after:?}"
+        );
+    }
 }
