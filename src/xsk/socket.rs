@@ -240,9 +240,7 @@ impl XskSocket {
             // Safety: d is a frame of self.umem held in tx_free, so neither the kernel nor
             // any other view of the UMEM touches it until it is produced on the tx ring.
             let mut data = unsafe { self.umem.data_mut(&mut d) };
-            let mut cur = data.cursor();
-            cur.set_pos(self.frame_cap);
-            drop(cur);
+            data.cursor().set_pos(self.frame_cap);
             let len = build(i, data.contents_mut()).min(self.frame_cap);
             data.cursor().set_pos(len);
             if len == 0 {
