@@ -28,5 +28,7 @@ pub mod plan;
 pub mod pob;
 pub mod proto;
 pub mod shm;
+pub mod steer;
 pub mod util;
 pub mod wire;
+pub mod xsk;

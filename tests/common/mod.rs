@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: a seeded generator and hand-made blueprints.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use packetfs::blueprint::{apply, Blueprint, Segment, Source, Transform};
 use packetfs::proto::SendFile;
 

@@ -1,0 +1,252 @@
+//! The aya loader for the XDP steering program (`ebpf/steer`).
+//!
+//! The program sends UDP frames whose destination port lies in the PacketFS range to the
+//! AF_XDP socket of their rx queue and passes everything else (ARP, neighbour discovery,
+//! other traffic) to the kernel. [`Steering`] loads the object embedded at build time
+//! (`build.rs`), attaches it, fills its maps, reads its counters and detaches it on drop.
+//!
+//! On kernels >= 5.9 aya attaches through a BPF link, which the kernel releases when the
+//! last file descriptor to it closes: the program is gone from the interface when
+//! [`Steering`] drops and also when the process dies (SIGINT, SIGTERM, SIGKILL), so no
+//! signal handler is needed to keep interfaces clean.
+//!
+//! | file        | concern                                                             |
+//! |-------------|---------------------------------------------------------------------|
+//! | `attach.rs` | [`Steering`]: load, attach (native, SKB or auto), maps, counters     |
+//! | `query.rs`  | [`attached_xdp`]: which XDP program, if any, an interface carries    |
+#![allow(unsafe_code)]
+
+mod attach;
+mod query;
+
+pub use attach::Steering;
+pub use packetfs_common::{Counter, PortRange, MAX_QUEUES};
+pub use query::{attached_xdp, AttachedXdp};
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The XDP program object, as `build.rs` embedded it; empty when it could not be built.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pfs-steer.o"));
+
+/// The embedded eBPF object (empty when this build has none).
+pub fn object() -> &'static [u8] {
+    OBJECT
+}
+
+/// Whether this build embeds the XDP program (false when nightly/bpf-linker were missing).
+pub fn object_available() -> bool {
+    !OBJECT.is_empty()
+}
+
+/// How to attach the XDP program.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum XdpMode {
+    /// In the driver (XDP_FLAGS_DRV_MODE): fast, needs driver support (veth has it).
+    Native,
+    /// Generic XDP in the kernel stack (XDP_FLAGS_SKB_MODE): works on every interface.
+    Skb,
+    /// Native, falling back to SKB mode with a notice when the driver refuses.
+    #[default]
+    Auto,
+}
+
+impl fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            XdpMode::Native => "native",
+            XdpMode::Skb => "skb",
+            XdpMode::Auto => "auto",
+        })
+    }
+}
+
+impl FromStr for XdpMode {
+    type Err = SteerError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "native" | "drv" => Ok(XdpMode::Native),
+            "skb" | "generic" => Ok(XdpMode::Skb),
+            "auto" => Ok(XdpMode::Auto),
+            other => Err(SteerError::BadMode(other.to_string())),
+        }
+    }
+}
+
+/// The program's counters, summed over all CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counters {
+    /// PacketFS frames redirected to an AF_XDP socket.
+    pub steered: u64,
+    /// Other frames passed to the kernel.
+    pub passed: u64,
+    /// Frames with truncated or invalid headers (passed to the kernel).
+    pub malformed: u64,
+    /// PacketFS frames on a queue without a socket (passed to the kernel).
+    pub no_socket: u64,
+    /// PacketFS frames dropped by the impairment mode.
+    pub impaired_drop: u64,
+}
+
+impl Counters {
+    /// The value of one counter.
+    pub fn get(&self, c: Counter) -> u64 {
+        match c {
+            Counter::Steered => self.steered,
+            Counter::Passed => self.passed,
+            Counter::Malformed => self.malformed,
+            Counter::NoSocket => self.no_socket,
+            Counter::ImpairedDrop => self.impaired_drop,
+        }
+    }
+
+    fn set(&mut self, c: Counter, v: u64) {
+        match c {
+            Counter::Steered => self.steered = v,
+            Counter::Passed => self.passed = v,
+            Counter::Malformed => self.malformed = v,
+            Counter::NoSocket => self.no_socket = v,
+            Counter::ImpairedDrop => self.impaired_drop = v,
+        }
+    }
+
+    /// Every PacketFS frame the program saw: steered, dropped on purpose, or without socket.
+    pub fn packetfs_frames(&self) -> u64 {
+        self.steered + self.no_socket + self.impaired_drop
+    }
+
+    /// Counter-wise difference `self - earlier` (saturating).
+    pub fn since(&self, earlier: &Counters) -> Counters {
+        let mut d = Counters::default();
+        for c in Counter::ALL {
+            d.set(c, self.get(c).saturating_sub(earlier.get(c)));
+        }
+        d
+    }
+}
+
+impl fmt::Display for Counters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{}={}", c.name(), self.get(*c))?;
+        }
+        Ok(())
+    }
+}
+
+/// What can go wrong loading, attaching or driving the steering program.
+#[derive(Debug, thiserror::Error)]
+pub enum SteerError {
+    #[error(
+        "this pfs build has no XDP program (nightly or bpf-linker were missing when it was \
+         built): run scripts/setup.sh, then rebuild pfs"
+    )]
+    NotBuilt,
+    #[error("unknown XDP mode {0:?}: use native, skb or auto")]
+    BadMode(String),
+    #[error("network interface {0:?} not found in this network namespace (see `ip link`)")]
+    NoInterface(String),
+    #[error(
+        "loading the XDP object failed: {0} (needs root or CAP_BPF + CAP_NET_ADMIN, and \
+         RLIMIT_MEMLOCK high enough on old kernels)"
+    )]
+    Load(#[source] aya::EbpfError),
+    #[error("the XDP object has no program {0:?}: rebuild it with scripts/build-ebpf.sh")]
+    MissingProgram(&'static str),
+    #[error("the XDP object has no map {0:?}: rebuild it with scripts/build-ebpf.sh")]
+    MissingMap(&'static str),
+    #[error("the kernel refused the XDP program: {0}")]
+    Verify(#[source] aya::programs::ProgramError),
+    #[error("attaching XDP to {iface} in {mode} mode failed: {source}{hint}")]
+    Attach {
+        iface: String,
+        mode: XdpMode,
+        #[source]
+        source: aya::programs::ProgramError,
+        hint: &'static str,
+    },
+    #[error("XDP map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("rx queue {queue} is beyond the XSKMAP's {max} entries")]
+    QueueOutOfRange { queue: u32, max: u32 },
+    #[error("impairment drop rate {0} ppm is above 1000000 (100%)")]
+    BadDropRate(u32),
+    #[error("querying the XDP program on {iface}: {source}")]
+    Query {
+        iface: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mode_parses() {
+        assert_eq!("native".parse::<XdpMode>().unwrap(), XdpMode::Native);
+        assert_eq!("skb".parse::<XdpMode>().unwrap(), XdpMode::Skb);
+        assert_eq!("auto".parse::<XdpMode>().unwrap(), XdpMode::Auto);
+        let e = "fast".parse::<XdpMode>().unwrap_err().to_string();
+        assert!(e.contains("native, skb or auto"), "{e}");
+    }
+
+    #[test]
+    fn counters_arithmetic() {
+        let a = Counters {
+            steered: 10,
+            passed: 3,
+            malformed: 0,
+            no_socket: 2,
+            impaired_drop: 1,
+        };
+        assert_eq!(a.packetfs_frames(), 13);
+        let b = Counters { steered: 4, ..a };
+        assert_eq!(a.since(&b).steered, 6);
+        assert_eq!(b.since(&a).steered, 0);
+        assert_eq!(
+            a.to_string(),
+            "steered=10 passed=3 malformed=0 no_socket=2 impaired_drop=1"
+        );
+    }
+
+    #[test]
+    fn not_built_error_names_setup() {
+        assert!(SteerError::NotBuilt
+            .to_string()
+            .contains("scripts/setup.sh"));
+    }
+
+    /// The embedded object carries the program and every map under the names that
+    /// packetfs-common declares (no kernel needed: an ELF symbol check).
+    #[test]
+    fn object_has_program_and_maps() {
+        use object::{Object, ObjectSymbol};
+        if !object_available() {
+            eprintln!("skipped: no eBPF object in this build (run scripts/setup.sh)");
+            return;
+        }
+        let file = object::File::parse(object()).expect("eBPF object parses as ELF");
+        let names: Vec<String> = file
+            .symbols()
+            .filter_map(|s| s.name().ok().map(str::to_string))
+            .collect();
+        for want in [
+            packetfs_common::PROG_NAME,
+            packetfs_common::MAP_XSKS,
+            packetfs_common::MAP_PORTS,
+            packetfs_common::MAP_COUNTERS,
+            packetfs_common::MAP_IMPAIR,
+        ] {
+            assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! [`XskSocket`]: one AF_XDP socket with its own UMEM, bound to one queue of an interface.
+
+use std::cell::Cell;
+use std::marker::PhantomData;
+use std::num::NonZeroU32;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+use xsk_rs::config::{
+    BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig,
+};
+use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
+
+use super::{BindMode, XskConfig, XskError};
+
+/// Kernel AF_XDP statistics of one socket (`getsockopt(XDP_STATISTICS)`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct XskStats {
+    /// Frames dropped for reasons other than a full rx ring (e.g. too large for a frame).
+    pub rx_dropped: u64,
+    /// Invalid descriptors on the fill ring.
+    pub rx_invalid_descs: u64,
+    /// Invalid descriptors on the tx ring.
+    pub tx_invalid_descs: u64,
+    /// Frames dropped because the rx ring was full.
+    pub rx_ring_full: u64,
+    /// Times the kernel found the fill ring empty.
+    pub fill_ring_empty: u64,
+    /// Times the kernel found the tx ring empty.
+    pub tx_ring_empty: u64,
+}
+
+impl XskStats {
+    /// Frames lost on receive for any reason.
+    pub fn rx_lost(&self) -> u64 {
+        self.rx_dropped + self.rx_ring_full
+    }
+}
+
+/// An AF_XDP socket bound to one queue, with its UMEM and four rings.
+///
+/// Built in the network namespace of the interface. It owns every frame of its UMEM and
+/// hands them out only inside [`recv_batch`](Self::recv_batch) and
+/// [`send_batch`](Self::send_batch), so frames are processed and built in place. Move it
+/// into the worker thread of its queue: it is `Send` but not `Sync`.
+pub struct XskSocket {
+    // Field order is drop order: rings go before the UMEM they point into.
+    fq: FillQueue,
+    cq: CompQueue,
+    rx: RxQueue,
+    tx: TxQueue,
+    umem: Umem,
+    /// Frames user space holds for transmission.
+    tx_free: Vec<FrameDesc>,
+    /// Received frames that go back to the fill ring when it has room.
+    fill_pending: Vec<FrameDesc>,
+    /// Descriptor scratch space for one batch.
+    scratch: Vec<FrameDesc>,
+    /// Frames on the tx ring or in flight, not yet back through the completion ring.
+    tx_in_flight: usize,
+    batch: usize,
+    frame_cap: usize,
+    iface: String,
+    queue: u32,
+    fd: RawFd,
+    _not_sync: PhantomData<Cell<()>>,
+}
+
+impl std::fmt::Debug for XskSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XskSocket")
+            .field("iface", &self.iface)
+            .field("queue", &self.queue)
+            .field("fd", &self.fd)
+            .field("tx_free", &self.tx_free.len())
+            .field("tx_in_flight", &self.tx_in_flight)
+            .finish()
+    }
+}
+
+impl XskSocket {
+    /// Creates a UMEM of `cfg.frame_count` frames and binds a socket to `queue` of `iface`.
+    ///
+    /// No XDP program is loaded: put the socket into the steering program's XSKMAP with
+    /// [`crate::steer::Steering::set_socket`] to receive. The fill ring is filled here.
+    pub fn new(iface: &str, queue: u32, cfg: &XskConfig) -> Result<Self, XskError> {
+        cfg.validate()?;
+        let config_err = |e: &dyn std::fmt::Display| XskError::Config(e.to_string());
+        let ring = QueueSize::new(cfg.ring_size).map_err(|e| config_err(&e))?;
+        let umem_cfg = UmemConfig::builder()
+            .frame_size(FrameSize::new(cfg.frame_size).map_err(|e| config_err(&e))?)
+            .fill_queue_size(ring)
+            .comp_queue_size(ring)
+            .build()
+            .map_err(|e| config_err(&e))?;
+        let count = NonZeroU32::new(cfg.frame_count).ok_or_else(|| config_err(&"no frames"))?;
+        let (umem, mut descs) =
+            Umem::new(umem_cfg, count, cfg.huge_pages).map_err(|e| XskError::Umem {
+                frames: cfg.frame_count,
+                frame_size: cfg.frame_size,
+                source: Box::new(e),
+            })?;
+
+        let mode = match cfg.bind {
+            BindMode::Auto => BindFlags::empty(),
+            BindMode::Copy => BindFlags::XDP_COPY,
+            BindMode::ZeroCopy => BindFlags::XDP_ZEROCOPY,
+        };
+        let sock_cfg = SocketConfig::builder()
+            .rx_queue_size(ring)
+            .tx_queue_size(ring)
+            .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+            .bind_flags(BindFlags::XDP_USE_NEED_WAKEUP | mode)
+            .build();
+        let if_name: Interface = iface.parse().map_err(|e| config_err(&e))?;
+        let bind_err = |source: Box<dyn std::error::Error + Send + Sync>| XskError::Bind {
+            iface: iface.to_string(),
+            queue,
+            source,
+        };
+        // Safety: the UMEM was created just above and is used by this socket only, so the
+        // shared-UMEM requirement of Socket::new does not arise.
+        let (tx, rx, rings) = unsafe { Socket::new(sock_cfg, &umem, &if_name, queue) }
+            .map_err(|e| bind_err(Box::new(e)))?;
+        let (fq, cq) = rings.ok_or_else(|| XskError::SharedUmem {
+            iface: iface.to_string(),
+            queue,
+        })?;
+
+        let tx_free = descs.split_off(cfg.rx_frames() as usize);
+        let fd = rx.fd().as_raw_fd();
+        let mut sock = XskSocket {
+            fq,
+            cq,
+            rx,
+            tx,
+            umem,
+            tx_free,
+            fill_pending: descs,
+            scratch: vec![FrameDesc::default(); cfg.batch as usize],
+            tx_in_flight: 0,
+            batch: cfg.batch as usize,
+            frame_cap: cfg.max_frame_len(),
+            iface: iface.to_string(),
+            queue,
+            fd,
+            _not_sync: PhantomData,
+        };
+        sock.refill();
+        Ok(sock)
+    }
+
+    /// The interface this socket is bound to.
+    pub fn iface(&self) -> &str {
+        &self.iface
+    }
+
+    /// The queue this socket is bound to.
+    pub fn queue(&self) -> u32 {
+        self.queue
+    }
+
+    /// The largest frame one UMEM frame carries.
+    pub fn frame_capacity(&self) -> usize {
+        self.frame_cap
+    }
+
+    /// Frames available to [`send_batch`](Self::send_batch) right now (before reclaiming).
+    pub fn tx_free(&self) -> usize {
+        self.tx_free.len()
+    }
+
+    /// Frames handed to the kernel for transmission and not completed yet.
+    pub fn tx_in_flight(&self) -> usize {
+        self.tx_in_flight
+    }
+
+    /// Receives up to one batch, calling `f` on each frame's bytes in the UMEM, in ring order.
+    ///
+    /// Returns the number of frames handled (0 when none were waiting). The frames go back
+    /// to the fill ring as soon as `f` is done with them. Does not block: see
+    /// [`wait_rx`](Self::wait_rx).
+    pub fn recv_batch(&mut self, mut f: impl FnMut(&[u8])) -> usize {
+        self.refill();
+        let n = {
+            let batch = self.batch;
+            // Safety: the descriptors written into scratch come from this socket's rx ring,
+            // so they describe frames of self.umem that the kernel has handed back to us.
+            unsafe { self.rx.consume(&mut self.scratch[..batch]) }
+        };
+        if n == 0 {
+            self.wake_fill();
+            return 0;
+        }
+        for d in &self.scratch[..n] {
+            // Safety: d came from the rx ring of this socket, so it is a frame of self.umem;
+            // user space owns it until it is put on the fill ring below, and nothing else
+            // writes it meanwhile.
+            let data = unsafe { self.umem.data(d) };
+            f(data.contents());
+        }
+        self.fill_pending.extend_from_slice(&self.scratch[..n]);
+        self.refill();
+        n
+    }
+
+    /// Waits up to `timeout` for received frames; true when some are waiting.
+    pub fn wait_rx(&mut self, timeout: Duration) -> Result<bool, XskError> {
+        if self.rx.nb_avail(1) > 0 {
+            return Ok(true);
+        }
+        self.refill();
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        self.rx.poll(ms).map_err(|e| self.io_err(e))
+    }
+
+    /// Builds and transmits up to `n` frames in place.
+    ///
+    /// For each frame, `build(i, buf)` writes frame `i` of this call (Ethernet header
+    /// onwards) into `buf`, a UMEM frame of [`frame_capacity`](Self::frame_capacity)
+    /// bytes that still holds whatever it carried last, and returns its length; returning 0
+    /// stops the batch (that frame is not sent). Returns how many frames were queued: fewer
+    /// than `n` when the tx ring or the free frames ran short. Completed frames are
+    /// reclaimed first, and the kernel is woken whenever it asks to be.
+    pub fn send_batch(
+        &mut self,
+        n: usize,
+        mut build: impl FnMut(usize, &mut [u8]) -> usize,
+    ) -> usize {
+        self.reclaim();
+        let want = n.min(self.batch).min(self.tx_free.len());
+        let k = if want == 0 {
+            0
+        } else {
+            want.min(self.tx.nb_free(want as u32) as usize)
+        };
+        let mut built = 0;
+        for i in 0..k {
+            let mut d = self.tx_free.pop().expect("k <= tx_free.len()");
+            // Safety: d is a frame of self.umem held in tx_free, so neither the kernel nor
+            // any other view of the UMEM touches it until it is produced on the tx ring.
+            let mut data = unsafe { self.umem.data_mut(&mut d) };
+            data.cursor().set_pos(self.frame_cap);
+            let len = build(i, data.contents_mut()).min(self.frame_cap);
+            data.cursor().set_pos(len);
+            if len == 0 {
+                self.tx_free.push(d);
+                break;
+            }
+            self.scratch[built] = d;
+            built += 1;
+        }
+        if built > 0 {
+            // Safety: every descriptor in scratch[..built] is a frame of self.umem owned by
+            // user space (taken from tx_free); produce hands them to the kernel, which
+            // returns them through the completion ring. built <= nb_free, so all go.
+            let sent = unsafe { self.tx.produce(&self.scratch[..built]) };
+            debug_assert_eq!(sent, built);
+            self.tx_in_flight += sent;
+        }
+        self.wake_tx();
+        built
+    }
+
+    /// Kicks transmission and reclaims completions until nothing is in flight or
+    /// `timeout` passes; returns the frames still in flight (0 when all went out).
+    pub fn flush(&mut self, timeout: Duration) -> usize {
+        let until = Instant::now() + timeout;
+        loop {
+            self.reclaim();
+            if self.tx_in_flight == 0 || Instant::now() >= until {
+                return self.tx_in_flight;
+            }
+            self.wake_tx_always();
+            std::thread::yield_now();
+        }
+    }
+
+    /// The kernel's XDP_STATISTICS for this socket.
+    pub fn stats(&self) -> Result<XskStats, XskError> {
+        let s = self.rx.fd().xdp_statistics().map_err(|e| self.io_err(e))?;
+        Ok(XskStats {
+            rx_dropped: s.rx_dropped(),
+            rx_invalid_descs: s.rx_invalid_descs(),
+            tx_invalid_descs: s.tx_invalid_descs(),
+            rx_ring_full: s.rx_ring_full(),
+            fill_ring_empty: s.rx_fill_ring_empty_descs(),
+            tx_ring_empty: s.tx_ring_empty_descs(),
+        })
+    }
+
+    /// Moves completed tx frames back to the free list.
+    fn reclaim(&mut self) {
+        loop {
+            // Safety: the completion ring only returns frames of self.umem that this socket
+            // produced on its tx ring; from here on user space owns them again.
+            let n = unsafe { self.cq.consume(&mut self.scratch) };
+            if n == 0 {
+                return;
+            }
+            self.tx_free.extend_from_slice(&self.scratch[..n]);
+            self.tx_in_flight = self.tx_in_flight.saturating_sub(n);
+        }
+    }
+
+    /// Hands pending frames to the fill ring: never more than it has free.
+    fn refill(&mut self) {
+        if self.fill_pending.is_empty() {
+            return;
+        }
+        let free = self.fq.nb_free(self.fill_pending.len() as u32) as usize;
+        let k = free.min(self.fill_pending.len());
+        if k == 0 {
+            return;
+        }
+        let start = self.fill_pending.len() - k;
+        // Safety: fill_pending holds frames of self.umem that user space owns (never
+        // produced elsewhere); after this the kernel owns them until they come back on rx.
+        let n = unsafe { self.fq.produce(&self.fill_pending[start..]) };
+        debug_assert_eq!(n, k);
+        self.fill_pending.truncate(self.fill_pending.len() - n);
+        self.wake_fill();
+    }
+
+    fn wake_fill(&mut self) {
+        if self.fq.needs_wakeup() {
+            // A zero-timeout poll is the wakeup for the fill ring; errors only mean "later".
+            let _ = self.fq.wakeup(self.rx.fd_mut(), 0);
+        }
+    }
+
+    fn wake_tx(&mut self) {
+        if self.tx.needs_wakeup() {
+            self.wake_tx_always();
+        }
+    }
+
+    fn wake_tx_always(&mut self) {
+        // sendto() kicks copy-mode transmission; EAGAIN/EBUSY/ENOBUFS are swallowed by
+        // xsk-rs and only mean "try again".
+        if let Err(e) = self.tx.wakeup() {
+            tracing::debug!(iface = %self.iface, queue = self.queue, "tx wakeup: {e}");
+        }
+    }
+
+    fn io_err(&self, source: std::io::Error) -> XskError {
+        XskError::Io {
+            iface: self.iface.clone(),
+            queue: self.queue,
+            source,
+        }
+    }
+}
+
+impl AsRawFd for XskSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd
+    }
+}
+
+// Compile-time check of the threading contract: movable to a worker, not shareable.
+const _: fn() = || {
+    fn is_send<T: Send>() {}
+    is_send::<XskSocket>();
+};
