@@ -139,7 +139,11 @@ fn plan_target(snap: &Snapshot, idx: &IndexSet, target: &[u8]) -> Planned {
     let p = plan::plan(target, snap, idx, &hints, &PlanConfig::default()).expect("plan");
     let plan_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let (bytes, _) = pbb::pack(&p.blueprint, &PackOptions::default()).expect("pack");
+    let opts = PackOptions {
+        level: p.spill_level(19),
+        ..PackOptions::default()
+    };
+    let (bytes, _) = pbb::pack(&p.blueprint, &opts).expect("pack");
     let pack_s = t.elapsed().as_secs_f64();
     let bp = pbb::unpack(&bytes, &snap.id, snap.bytes().len() as u64).expect("unpack");
     let mut out = vec![0u8; target.len()];

@@ -350,8 +350,8 @@ pub fn plan(a: PlanArgs) -> anyhow::Result<ExitCode> {
     let opts = PackOptions {
         codec: a.codec,
         level: a.level.unwrap_or(match a.codec {
-            SpillCodec::Xz => 9,
-            _ => 19,
+            SpillCodec::Xz => p.spill_level(9),
+            _ => p.spill_level(19),
         }),
         ..PackOptions::default()
     };

@@ -2,6 +2,7 @@
 
 mod bench;
 mod codec;
+mod xfer;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -45,6 +46,12 @@ pub enum Cmd {
     Plan(codec::PlanArgs),
     /// Rebuild a file from a blueprint (.pbb) and the snapshot, bit-exact.
     Unplan(codec::UnplanArgs),
+    /// Send files to a receiver: each is planned against the snapshot (or sent as a .pbb) and
+    /// its segments and spill travel in frames; prints a summary at the end.
+    Send(xfer::SendArgs),
+    /// Receive files: rebuild each from the frames and the local snapshot, check its BLAKE3,
+    /// rename it into --out-dir; prints a summary at the end.
+    Recv(xfer::RecvArgs),
     /// Benchmarks (figures printed and appended to the metrics log).
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -83,6 +90,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Index(c) => codec::index(c),
         Cmd::Plan(a) => codec::plan(a),
         Cmd::Unplan(a) => codec::unplan(a),
+        Cmd::Send(a) => xfer::send(a),
+        Cmd::Recv(a) => xfer::recv(a),
         Cmd::Bench(b) => bench::run(b),
     }
 }

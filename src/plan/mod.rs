@@ -66,6 +66,8 @@ pub struct PlanConfig {
     pub use_k4: bool,
     /// Search xor/add transforms.
     pub transforms: bool,
+    /// Largest probe step after a long run of misses (1 = probe every byte).
+    pub max_skip: usize,
     /// Worker threads (0 = one per core).
     pub threads: usize,
     /// Planning window for progress reporting and thread splits (bytes); segments are not cut
@@ -81,6 +83,7 @@ impl Default for PlanConfig {
             max_candidates: 8,
             good_enough: 48,
             use_k4: true,
+            max_skip: 8,
             transforms: true,
             threads: 0,
             window: 1 << 20,
@@ -237,6 +240,18 @@ pub fn plan(
         times,
         hints_source: String::new(),
     })
+}
+
+impl Plan {
+    /// The spill compression level worth spending: `default`, or a fast level when the file
+    /// looked incompressible (a high level buys nothing there and costs seconds).
+    pub fn spill_level(&self, default: i32) -> i32 {
+        if self.raw_bits_per_byte >= 7.5 {
+            default.min(3)
+        } else {
+            default
+        }
+    }
 }
 
 fn ms(t: Instant) -> f64 {
@@ -454,6 +469,7 @@ impl<'a> Ctx<'a> {
         let mut cur = self.hints.cursor();
         cur.seek(a as u64);
         let mut ranked: Vec<(u8, u32, Transform)> = Vec::with_capacity(64);
+        let mut misses = 0usize;
         while i < b {
             let mut best: Option<Match> = None;
             // 1. repeat alignment
@@ -555,9 +571,16 @@ impl<'a> Ctx<'a> {
                     }
                     i = m.start + m.len;
                     raw_start = i;
+                    misses = 0;
                     delta = Some((m.snap as i64 - m.start as i64, m.op, m.imm));
                 }
-                _ => i += 1,
+                _ => {
+                    // acceleration: after a long run of misses, probe sparser (at most every
+                    // `max_skip` bytes, so matches of 15 + max_skip bytes are still found; the
+                    // backward extension recovers their start)
+                    misses += 1;
+                    i += 1 + (misses >> 7).min(self.cfg.max_skip.saturating_sub(1));
+                }
             }
         }
         // the last segment may have run past b: the next range starts where this one ended

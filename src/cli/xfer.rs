@@ -1,0 +1,386 @@
+//! `pfs send` and `pfs recv`.
+
+use std::io::{IsTerminal, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use serde_json::json;
+
+use packetfs::blueprint::pbb;
+use packetfs::driver::udp::{self, RecvConfig, SendConfig};
+use packetfs::index::{default_specs, IndexSet};
+use packetfs::plan::{self, hints::Hints, PlanConfig};
+use packetfs::pob::{HugePolicy, Snapshot};
+use packetfs::proto::{Event, SendFile};
+use packetfs::util::human_bytes;
+
+/// The default PacketFS UDP port (the first of the steered range).
+pub const DEFAULT_PORT: u16 = 47000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Transport {
+    /// AF_XDP sockets behind the XDP steering program (needs root or CAP_NET_ADMIN/BPF).
+    Xdp,
+    /// Kernel UDP sockets: the same protocol for hosts without XDP or privileges.
+    Udp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// One UDP port per flow, so NIC RSS spreads flows over queues.
+    Ports,
+    /// An explicit queue list (--queues), steered with ntuple rules.
+    Queues,
+    /// One file spread over every queue.
+    Scatter,
+}
+
+#[derive(Args, Debug)]
+pub struct SendArgs {
+    /// Files to send: planned on the fly against the snapshot, or .pbb blueprints sent as is.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Receiver address, IP[:PORT] (default port 47000).
+    #[arg(long)]
+    dst: String,
+    /// Snapshot directory (its id must match the receiver's).
+    #[arg(long)]
+    snapshot: PathBuf,
+    /// Network interface to send on (AF_XDP transport).
+    #[arg(long)]
+    iface: Option<String>,
+    /// Receiver's MAC address (AF_XDP transport; default: from the neighbour table).
+    #[arg(long)]
+    dst_mac: Option<String>,
+    /// Transport.
+    #[arg(long, value_enum, default_value = "udp")]
+    transport: Transport,
+    /// Link budget, e.g. 1gbit, 500mbit, 100MB (bytes/s); the protocol's own pacing never
+    /// exceeds it.
+    #[arg(long)]
+    rate: Option<String>,
+    /// IP MTU; frames fill it.
+    #[arg(long, default_value_t = 1500)]
+    mtu: usize,
+    /// Metrics log (JSON lines).
+    #[arg(long, default_value = packetfs::metrics::DEFAULT_LOG)]
+    metrics: PathBuf,
+    /// Snapshot memory: hugepages when available (auto), required (on) or not (off).
+    #[arg(long, value_enum, default_value = "auto")]
+    hugepages: HugePolicy,
+}
+
+#[derive(Args, Debug)]
+pub struct RecvArgs {
+    /// Snapshot directory (its id must match the sender's).
+    #[arg(long)]
+    snapshot: PathBuf,
+    /// Directory for received files (written under temporary names, renamed after BLAKE3).
+    #[arg(long)]
+    out_dir: PathBuf,
+    /// Network interface to receive on (AF_XDP transport).
+    #[arg(long)]
+    iface: Option<String>,
+    /// Address to listen on (UDP transport).
+    #[arg(long, default_value = "0.0.0.0")]
+    listen: IpAddr,
+    /// First UDP port of the PacketFS range.
+    #[arg(long, default_value_t = DEFAULT_PORT)]
+    port: u16,
+    /// Number of ports in the range (`ports` mode: one flow per port).
+    #[arg(long, default_value_t = 1)]
+    ports: u16,
+    /// How work is spread over NIC queues (AF_XDP transport).
+    #[arg(long, value_enum, default_value = "scatter")]
+    mode: Mode,
+    /// Queues to bind, e.g. 0,1 (`queues` mode).
+    #[arg(long, value_delimiter = ',')]
+    queues: Vec<u32>,
+    /// Transport.
+    #[arg(long, value_enum, default_value = "udp")]
+    transport: Transport,
+    /// IP MTU.
+    #[arg(long, default_value_t = 1500)]
+    mtu: usize,
+    /// Largest file accepted, in bytes.
+    #[arg(long, default_value_t = 1 << 40)]
+    max_file_size: u64,
+    /// Give up when no sender shows up within this many seconds (0 = wait forever).
+    #[arg(long, default_value_t = 0)]
+    timeout: u64,
+    /// Metrics log (JSON lines).
+    #[arg(long, default_value = packetfs::metrics::DEFAULT_LOG)]
+    metrics: PathBuf,
+    /// Snapshot memory: hugepages when available (auto), required (on) or not (off).
+    #[arg(long, value_enum, default_value = "auto")]
+    hugepages: HugePolicy,
+}
+
+/// A flag set by SIGINT/SIGTERM: the loops abort cleanly (the peer is told, temp files go).
+fn cancel_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&flag))
+            .context("installing a signal handler")?;
+    }
+    Ok(flag)
+}
+
+fn parse_dst(s: &str) -> anyhow::Result<SocketAddr> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, DEFAULT_PORT));
+    }
+    bail!("--dst {s:?} is not IP or IP:PORT")
+}
+
+/// Plan (or load) each file into a blueprint against the snapshot.
+fn blueprints(files: &[PathBuf], snap: &Snapshot) -> anyhow::Result<Vec<SendFile>> {
+    let mut idx: Option<IndexSet> = None;
+    let mut out = Vec::with_capacity(files.len());
+    for f in files {
+        let bytes = std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "file".into());
+        let bp = if bytes.starts_with(&pbb::MAGIC) {
+            let bp = pbb::unpack(&bytes, &snap.id, snap.bytes().len() as u64)
+                .with_context(|| format!("{}", f.display()))?;
+            SendFile {
+                name: name.trim_end_matches(".pbb").to_string(),
+                blueprint: bp,
+            }
+        } else {
+            if idx.is_none() {
+                idx = Some(IndexSet::ensure(snap, &default_specs(), false)?.0);
+            }
+            let hints = Hints::from_elf(&bytes).unwrap_or_default();
+            let t = Instant::now();
+            let p = plan::plan(
+                &bytes,
+                snap,
+                idx.as_ref().expect("set above"),
+                &hints,
+                &PlanConfig::default(),
+            )?;
+            let st = p.blueprint.stats();
+            eprintln!(
+                "planned {}: {} in {} segments, raw spill {} ({:.1}%), {:.0} ms",
+                f.display(),
+                human_bytes(bytes.len() as u64),
+                st.segments,
+                human_bytes(st.raw_spill),
+                100.0 * st.raw_spill as f64 / bytes.len().max(1) as f64,
+                t.elapsed().as_secs_f64() * 1e3
+            );
+            SendFile {
+                name,
+                blueprint: p.blueprint,
+            }
+        };
+        out.push(bp);
+    }
+    Ok(out)
+}
+
+struct Bar {
+    tty: bool,
+    last: Instant,
+    t0: Instant,
+}
+
+impl Bar {
+    fn new() -> Self {
+        Bar {
+            tty: std::io::stderr().is_terminal(),
+            last: Instant::now(),
+            t0: Instant::now(),
+        }
+    }
+    fn event(&mut self, e: &Event) {
+        match e {
+            Event::Accepted { files, bytes } => {
+                eprintln!("receiver accepted {files} file(s), {}", human_bytes(*bytes));
+                self.t0 = Instant::now();
+            }
+            Event::Progress { done, total } if self.tty => {
+                if self.last.elapsed() < Duration::from_millis(100) && done < total {
+                    return;
+                }
+                self.last = Instant::now();
+                let w = 30usize;
+                let frac = if *total == 0 {
+                    1.0
+                } else {
+                    *done as f64 / *total as f64
+                };
+                let fill = (frac * w as f64) as usize;
+                let rate = *done as f64 * 8.0 / self.t0.elapsed().as_secs_f64().max(1e-9) / 1e9;
+                eprint!(
+                    "\r[{}{}] {:5.1}% {} / {} {rate:.2} Gbit/s effective   ",
+                    "#".repeat(fill),
+                    " ".repeat(w - fill),
+                    frac * 100.0,
+                    human_bytes(*done),
+                    human_bytes(*total)
+                );
+                let _ = std::io::stderr().flush();
+                if done >= total {
+                    eprintln!();
+                }
+            }
+            Event::Aborted(f) => eprintln!("session aborted: {f}"),
+            _ => {}
+        }
+    }
+}
+
+fn gbit(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 * 8.0 / secs.max(1e-9) / 1e9
+}
+
+pub fn send(a: SendArgs) -> anyhow::Result<ExitCode> {
+    let cancel = cancel_on_signals()?;
+    let dst = parse_dst(&a.dst)?;
+    let rate = match &a.rate {
+        Some(r) => Some(
+            packetfs::proto::pacing::parse_rate(r)
+                .with_context(|| format!("--rate {r:?}: expected e.g. 1gbit, 500mbit, 100MB"))?,
+        ),
+        None => None,
+    };
+    let snap = Snapshot::open(&a.snapshot, a.hugepages)?;
+    let files = blueprints(&a.files, &snap)?;
+    let plan_bytes: u64 = files.iter().map(|f| f.blueprint.file_len).sum();
+    match a.transport {
+        Transport::Udp => {
+            let mut cfg = SendConfig::new(dst);
+            cfg.mtu = a.mtu;
+            cfg.rate = rate;
+            let mut bar = Bar::new();
+            let r = udp::run_sender_with(&cfg, files, snap.id, snap.bytes(), &cancel, &mut |e| {
+                bar.event(e)
+            });
+            let s = match r {
+                Ok(s) => s,
+                Err(udp::DriverError::SendAborted { failure, summary }) => {
+                    let _ = packetfs::metrics::append(
+                        &a.metrics,
+                        &json!({"kind": "send", "ok": false, "reason": failure.to_string(), "summary": summary}),
+                    );
+                    bail!("send failed: {failure}");
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let secs = s.elapsed.as_secs_f64();
+            println!(
+                "sent {} file(s), {} in {:.3} s over udp: wire {} in {} frames, {} retransmitted frames; goodput {:.3} Gbit/s (wire), effective {:.3} Gbit/s (file bytes / time)",
+                s.files,
+                human_bytes(s.file_bytes),
+                secs,
+                human_bytes(s.wire_bytes),
+                s.frames,
+                s.retransmissions,
+                gbit(s.wire_bytes, secs),
+                gbit(s.file_bytes, secs)
+            );
+            let mut m = serde_json::to_value(&s)?;
+            m["kind"] = json!("send");
+            m["transport"] = json!("udp");
+            m["ok"] = json!(true);
+            m["effective_gbps"] = json!(gbit(s.file_bytes, secs));
+            m["goodput_gbps"] = json!(gbit(s.wire_bytes, secs));
+            debug_assert_eq!(plan_bytes, s.file_bytes);
+            packetfs::metrics::append(&a.metrics, &m)
+                .with_context(|| format!("appending to {}", a.metrics.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Transport::Xdp => {
+            bail!("the AF_XDP transport is not wired into `pfs send` yet; use --transport udp")
+        }
+    }
+}
+
+pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
+    let cancel = cancel_on_signals()?;
+    std::fs::create_dir_all(&a.out_dir)
+        .with_context(|| format!("creating {}", a.out_dir.display()))?;
+    let snap = Snapshot::open(&a.snapshot, a.hugepages)?;
+    match a.transport {
+        Transport::Udp => {
+            let mut cfg = RecvConfig::new(SocketAddr::new(a.listen, a.port), a.out_dir.clone());
+            cfg.mtu = a.mtu;
+            cfg.proto.max_file_size = a.max_file_size;
+            cfg.listen_timeout = (a.timeout > 0).then(|| Duration::from_secs(a.timeout));
+            let r = udp::UdpReceiver::bind(cfg)?;
+            eprintln!(
+                "listening on udp {} with snapshot {} ({}), writing to {}",
+                r.local_addr()?,
+                &snap.manifest.snapshot_id[..16],
+                snap.backing_name(),
+                a.out_dir.display()
+            );
+            let mut on = |e: &Event| match e {
+                Event::Accepted { files, bytes } => {
+                    eprintln!("accepted {files} file(s), {}", human_bytes(*bytes))
+                }
+                Event::Aborted(f) => eprintln!("session aborted: {f}"),
+                _ => {}
+            };
+            let s = match r.run(snap.id, snap.bytes(), &cancel, &mut on) {
+                Ok(s) => s,
+                Err(udp::DriverError::RecvAborted { failure, summary }) => {
+                    let _ = packetfs::metrics::append(
+                        &a.metrics,
+                        &json!({"kind": "recv", "ok": false, "reason": failure.to_string(), "summary": summary}),
+                    );
+                    bail!("receive failed: {failure}");
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let secs = s.elapsed.as_secs_f64();
+            for f in &s.files {
+                println!(
+                    "{} {} ({}){}",
+                    if f.verified { "received" } else { "INCOMPLETE" },
+                    f.path.display(),
+                    human_bytes(f.size),
+                    if f.verified { ", BLAKE3 verified" } else { "" }
+                );
+            }
+            println!(
+                "received {} file(s), {} in {:.3} s: wire {} in {} frames, {} duplicates, {} malformed, {} from other sessions; effective {:.3} Gbit/s",
+                s.files.len(),
+                human_bytes(s.file_bytes),
+                secs,
+                human_bytes(s.wire_bytes),
+                s.frames,
+                s.duplicate_frames,
+                s.malformed,
+                s.foreign_session,
+                gbit(s.file_bytes, secs)
+            );
+            let mut m = serde_json::to_value(&s)?;
+            m["kind"] = json!("recv");
+            m["transport"] = json!("udp");
+            m["ok"] = json!(true);
+            m["effective_gbps"] = json!(gbit(s.file_bytes, secs));
+            packetfs::metrics::append(&a.metrics, &m)
+                .with_context(|| format!("appending to {}", a.metrics.display()))?;
+            let _ = (a.mode, &a.queues, a.ports, &a.iface);
+            Ok(ExitCode::SUCCESS)
+        }
+        Transport::Xdp => {
+            bail!("the AF_XDP transport is not wired into `pfs recv` yet; use --transport udp")
+        }
+    }
+}
