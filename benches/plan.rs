@@ -140,7 +140,7 @@ fn plan_target(snap: &Snapshot, idx: &IndexSet, target: &[u8]) -> Planned {
     let plan_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let opts = PackOptions {
-        level: p.spill_level(19),
+        level: p.spill_level(PackOptions::default().level),
         ..PackOptions::default()
     };
     let (bytes, _) = pbb::pack(&p.blueprint, &opts).expect("pack");

@@ -97,7 +97,7 @@ pub struct PlanArgs {
     /// Raw spill compression.
     #[arg(long, value_enum, default_value = "zstd")]
     codec: SpillCodec,
-    /// Spill compression level (zstd 1..=22, xz 0..=9).
+    /// Spill compression level (zstd 1..=22, default 17; xz 0..=9, default 9).
     #[arg(long)]
     level: Option<i32>,
     /// Planner threads (0 = one per core).
@@ -351,7 +351,7 @@ pub fn plan(a: PlanArgs) -> anyhow::Result<ExitCode> {
         codec: a.codec,
         level: a.level.unwrap_or(match a.codec {
             SpillCodec::Xz => p.spill_level(9),
-            _ => p.spill_level(19),
+            _ => p.spill_level(PackOptions::default().level),
         }),
         ..PackOptions::default()
     };
