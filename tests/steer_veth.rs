@@ -102,6 +102,20 @@ fn counts_passes_and_impairs_on_veth() {
     }
     let c = steer.counters().unwrap().since(&before);
     assert!(c.passed >= 5, "{c}");
+    // ARP resolved through the program: A's neighbour table holds B's MAC.
+    let neigh = std::process::Command::new("ip")
+        .args([
+            "-n",
+            &pair.ns(Side::A),
+            "neigh",
+            "show",
+            &pair.addr(Side::B).to_string(),
+        ])
+        .output()
+        .unwrap();
+    let neigh = String::from_utf8_lossy(&neigh.stdout).to_lowercase();
+    let mac_b = pair.mac(Side::B).map(|b| format!("{b:02x}")).join(":");
+    assert!(neigh.contains(&mac_b), "no ARP entry for B in A: {neigh:?}");
     assert_eq!(c.steered + c.no_socket + c.impaired_drop, 0, "{c}");
 
     // In the range but no AF_XDP socket on the queue: counted and passed on.
