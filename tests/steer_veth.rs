@@ -147,11 +147,10 @@ fn counts_passes_and_impairs_on_veth() {
     assert_eq!(steer.counters().unwrap().malformed, 0);
 
     drop(steer);
-    let if_b = pair.iface(Side::B);
-    let attached = pair.run_in(Side::B, move || attached_xdp(&if_b).unwrap());
+    let left = xdp_after_detach(&pair, Side::B);
     assert!(
-        !attached.any(),
-        "program left on {}: {attached:?}",
+        !left.any(),
+        "program left on {}: {left:?}",
         pair.iface(Side::B)
     );
 }
