@@ -181,11 +181,12 @@ fn main() -> anyhow::Result<()> {
             tx.mpps_per_cpu()
         );
         println!(
-            "  rx: {:>9} frames in {:.3} s  {:.3} Mpps  {:.3} Gbit/s  ({} valid, {} lost)",
+            "  rx: {:>9} frames in {:.3} s  {:.3} Mpps  {:.3} Gbit/s  (receiver CPU {:.3} s; {} valid, {} lost)",
             rx.frames,
             rx.secs,
             rx.mpps(),
             rx.gbps(),
+            rx.cpu_secs,
             rx.valid,
             tx.frames.saturating_sub(rx.frames)
         );

@@ -102,6 +102,20 @@ fn counts_passes_and_impairs_on_veth() {
     }
     let c = steer.counters().unwrap().since(&before);
     assert!(c.passed >= 5, "{c}");
+    // ARP resolved through the program: A's neighbour table holds B's MAC.
+    let neigh = std::process::Command::new("ip")
+        .args([
+            "-n",
+            &pair.ns(Side::A),
+            "neigh",
+            "show",
+            &pair.addr(Side::B).to_string(),
+        ])
+        .output()
+        .unwrap();
+    let neigh = String::from_utf8_lossy(&neigh.stdout).to_lowercase();
+    let mac_b = pair.mac(Side::B).map(|b| format!("{b:02x}")).join(":");
+    assert!(neigh.contains(&mac_b), "no ARP entry for B in A: {neigh:?}");
     assert_eq!(c.steered + c.no_socket + c.impaired_drop, 0, "{c}");
 
     // In the range but no AF_XDP socket on the queue: counted and passed on.
@@ -133,11 +147,10 @@ fn counts_passes_and_impairs_on_veth() {
     assert_eq!(steer.counters().unwrap().malformed, 0);
 
     drop(steer);
-    let if_b = pair.iface(Side::B);
-    let attached = pair.run_in(Side::B, move || attached_xdp(&if_b).unwrap());
+    let left = xdp_after_detach(&pair, Side::B);
     assert!(
-        !attached.any(),
-        "program left on {}: {attached:?}",
+        !left.any(),
+        "program left on {}: {left:?}",
         pair.iface(Side::B)
     );
 }
