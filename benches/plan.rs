@@ -143,14 +143,14 @@ fn plan_target(snap: &Snapshot, idx: &IndexSet, target: &[u8]) -> Planned {
         level: p.spill_level(PackOptions::default().level),
         ..PackOptions::default()
     };
-    let (bytes, _) = pbb::pack(&p.blueprint, &opts).expect("pack");
+    let (bytes, _, _) = pbb::pack_best(&p.blueprint, target, &opts).expect("pack");
     let pack_s = t.elapsed().as_secs_f64();
     let bp = pbb::unpack(&bytes, &snap.id, snap.bytes().len() as u64).expect("unpack");
     let mut out = vec![0u8; target.len()];
     bp.rebuild_into(snap.bytes(), &mut out).expect("rebuild");
     assert!(out == target, "rebuilt target differs");
     let rebuild_gbs = rebuild_speed(&bp, snap.bytes(), &mut out);
-    let st = bp.stats();
+    let st = p.blueprint.stats();
     Planned {
         wire: bytes.len() as u64,
         raw_ratio: st.raw_spill as f64 / target.len().max(1) as f64,

@@ -92,6 +92,21 @@ pub struct Blueprint {
     pub spill: Vec<u8>,
 }
 
+/// Raw segments covering `len` bytes (each at most `u32::MAX`).
+pub fn raw_segments(len: u64) -> Vec<Segment> {
+    let mut out = Vec::new();
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(u32::MAX as u64);
+        out.push(Segment {
+            len: n as u32,
+            src: Source::Raw,
+        });
+        left -= n;
+    }
+    out
+}
+
 /// Counts of a blueprint's segments, by kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct SegmentStats {

@@ -271,6 +271,32 @@ pub fn pack(bp: &Blueprint, opts: &PackOptions) -> Result<(Vec<u8>, PackedSizes)
     Ok((out, sizes))
 }
 
+/// Pack `bp`, or an all-raw blueprint of the same file when that is smaller: using the
+/// snapshot never costs more than plain compression. The all-raw candidate is only tried when
+/// raw spill is at least half the file (elsewhere segments clearly pay). `file` must be the
+/// bytes `bp` rebuilds. Returns the bytes, part sizes and whether the all-raw form won.
+pub fn pack_best(
+    bp: &Blueprint,
+    file: &[u8],
+    opts: &PackOptions,
+) -> Result<(Vec<u8>, PackedSizes, bool), PbbError> {
+    let (bytes, sizes) = pack(bp, opts)?;
+    if bp.spill.len() * 2 < file.len() || bp.segments.len() <= 1 {
+        return Ok((bytes, sizes, false));
+    }
+    let plain = Blueprint {
+        segments: super::raw_segments(file.len() as u64),
+        spill: file.to_vec(),
+        ..bp.clone()
+    };
+    let (pbytes, psizes) = pack(&plain, opts)?;
+    if pbytes.len() < bytes.len() {
+        Ok((pbytes, psizes, true))
+    } else {
+        Ok((bytes, sizes, false))
+    }
+}
+
 /// Compress spill bytes with the chosen codec.
 pub fn compress_spill(spill: &[u8], opts: &PackOptions) -> Result<Vec<u8>, PbbError> {
     Ok(match opts.codec {

@@ -355,7 +355,14 @@ pub fn plan(a: PlanArgs) -> anyhow::Result<ExitCode> {
         }),
         ..PackOptions::default()
     };
-    let (bytes, sizes) = pbb::pack(&p.blueprint, &opts)?;
+    // the plan's figures (raw_ratio, segment counts) describe what the planner found; when
+    // plain compression of the whole file is smaller, that is what the .pbb holds (plain_won)
+    let st = p.blueprint.stats();
+    let (bytes, sizes, plain) = pbb::pack_best(&p.blueprint, &file, &opts)?;
+    if plain {
+        p.blueprint.segments = packetfs::blueprint::raw_segments(file.len() as u64);
+        p.blueprint.spill = file.clone();
+    }
     let pack_ms = t_pack.elapsed().as_secs_f64() * 1e3;
     if let Some(out) = &a.out {
         packetfs::util::write_atomic(out, &bytes)
@@ -364,7 +371,6 @@ pub fn plan(a: PlanArgs) -> anyhow::Result<ExitCode> {
     if let Some(jp) = &a.json {
         write_blueprint_json(jp, &p.blueprint)?;
     }
-    let st = p.blueprint.stats();
     let file_bytes = file.len() as u64;
     let metrics = json!({
         "kind": "plan",
@@ -387,6 +393,7 @@ pub fn plan(a: PlanArgs) -> anyhow::Result<ExitCode> {
         "phase_ms": p.times,
         "raw_bits_per_byte": p.raw_bits_per_byte,
         "hints": hints_source,
+        "plain_won": plain,
         "codec": a.codec,
         "snapshot_id": snap.manifest.snapshot_id,
         "snapshot_backing": snap.backing_name(),
