@@ -14,6 +14,7 @@
 //! events, then receive until the endpoint's next deadline.
 
 pub mod udp;
+pub mod xdp;
 
 use crate::proto::{Endpoint, Event};
 use std::io;

@@ -383,6 +383,15 @@ pub fn run_sender_with(
         cancel,
         on_event,
     )?;
+    finish_sender(&sender, session_id, start.elapsed())
+}
+
+/// The summary of a finished sender and its outcome (shared with the AF_XDP driver).
+pub(crate) fn finish_sender(
+    sender: &Sender,
+    session_id: u64,
+    elapsed: Duration,
+) -> Result<SendSummary, DriverError> {
     let st = sender.stats_now();
     let summary = SendSummary {
         session_id,
@@ -394,7 +403,7 @@ pub fn run_sender_with(
         retransmissions: st.repair_frames,
         retransmitted_bytes: st.repair_bytes,
         frames_received: st.frames_received,
-        elapsed: start.elapsed(),
+        elapsed,
         final_rate: st.rate,
         stats: st,
     };
@@ -455,44 +464,53 @@ impl UdpReceiver {
                 self.cfg.listen_timeout.unwrap_or_default(),
             ));
         }
-        let st = receiver.stats().clone();
-        let files: Vec<ReceivedFile> = receiver
-            .files()
-            .iter()
-            .enumerate()
-            .map(|(i, f)| ReceivedFile {
-                name: f.name.clone(),
-                path: receiver
-                    .sink()
-                    .path(i)
-                    .map(|p| p.to_path_buf())
-                    .unwrap_or_default(),
-                size: f.size,
-                verified: f.done,
-            })
-            .collect();
-        let summary = RecvSummary {
-            session_id: receiver.session(),
-            peer: self.io.peer(),
-            file_bytes: files.iter().filter(|f| f.verified).map(|f| f.size).sum(),
-            files,
-            wire_bytes: st.bytes_received + st.frames_received * LINK_OVERHEAD,
-            datagram_bytes: st.bytes_received,
-            frames: st.frames_received,
-            duplicate_frames: st.duplicate_frames,
-            malformed: st.malformed,
-            foreign_session: st.foreign_session,
-            elapsed: start.elapsed(),
-            stats: st,
-        };
-        match receiver.outcome() {
-            Some(Ok(())) => Ok(summary),
-            Some(Err(failure)) => Err(DriverError::RecvAborted {
-                failure,
-                summary: Box::new(summary),
-            }),
-            None => Err(io::Error::other("receiver loop ended without an outcome").into()),
-        }
+        finish_receiver(&receiver, self.io.peer(), start.elapsed())
+    }
+}
+
+/// The summary of a finished receiver and its outcome (shared with the AF_XDP driver).
+pub(crate) fn finish_receiver(
+    receiver: &Receiver<'_, MmapSink>,
+    peer: Option<SocketAddr>,
+    elapsed: Duration,
+) -> Result<RecvSummary, DriverError> {
+    let st = receiver.stats().clone();
+    let files: Vec<ReceivedFile> = receiver
+        .files()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| ReceivedFile {
+            name: f.name.clone(),
+            path: receiver
+                .sink()
+                .path(i)
+                .map(|p| p.to_path_buf())
+                .unwrap_or_default(),
+            size: f.size,
+            verified: f.done,
+        })
+        .collect();
+    let summary = RecvSummary {
+        session_id: receiver.session(),
+        peer,
+        file_bytes: files.iter().filter(|f| f.verified).map(|f| f.size).sum(),
+        files,
+        wire_bytes: st.bytes_received + st.frames_received * LINK_OVERHEAD,
+        datagram_bytes: st.bytes_received,
+        frames: st.frames_received,
+        duplicate_frames: st.duplicate_frames,
+        malformed: st.malformed,
+        foreign_session: st.foreign_session,
+        elapsed,
+        stats: st,
+    };
+    match receiver.outcome() {
+        Some(Ok(())) => Ok(summary),
+        Some(Err(failure)) => Err(DriverError::RecvAborted {
+            failure,
+            summary: Box::new(summary),
+        }),
+        None => Err(io::Error::other("receiver loop ended without an outcome").into()),
     }
 }
 

@@ -3,7 +3,7 @@
 use std::cell::Cell;
 use std::marker::PhantomData;
 use std::num::NonZeroU32;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use xsk_rs::config::{
@@ -355,6 +355,40 @@ impl XskSocket {
 impl AsRawFd for XskSocket {
     fn as_raw_fd(&self) -> RawFd {
         self.fd
+    }
+}
+
+impl AsFd for XskSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        // Safety: self.fd is the socket's own descriptor, owned by self.rx (xsk-rs closes it
+        // when the socket drops), so it stays open for as long as this borrow of self lives.
+        unsafe { BorrowedFd::borrow_raw(self.fd) }
+    }
+}
+
+/// Waits until any of `socks` has received frames, or `timeout` passes (nanosecond
+/// resolution: `ppoll`). Pending fill-ring frames are handed to the kernel first. Returns
+/// true when some socket is readable.
+pub fn wait_any(socks: &mut [XskSocket], timeout: Duration) -> Result<bool, XskError> {
+    use nix::poll::{ppoll, PollFd, PollFlags};
+    for s in socks.iter_mut() {
+        if s.rx.nb_avail(1) > 0 {
+            return Ok(true);
+        }
+        s.refill();
+    }
+    if timeout.is_zero() || socks.is_empty() {
+        return Ok(false);
+    }
+    let mut fds: Vec<PollFd<'_>> = socks
+        .iter()
+        .map(|s| PollFd::new(s.as_fd(), PollFlags::POLLIN))
+        .collect();
+    let ts = nix::sys::time::TimeSpec::from_duration(timeout);
+    match ppoll(&mut fds, Some(ts), None) {
+        Ok(n) => Ok(n > 0),
+        Err(nix::errno::Errno::EINTR) => Ok(false),
+        Err(e) => Err(socks[0].io_err(e.into())),
     }
 }
 
