@@ -13,7 +13,8 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use packetfs::blueprint::pbb;
-use packetfs::driver::udp::{self, RecvConfig, SendConfig};
+use packetfs::driver::udp::{self, RecvConfig, RecvSummary, SendConfig, SendSummary};
+use packetfs::driver::xdp;
 use packetfs::index::{default_specs, IndexSet};
 use packetfs::plan::{self, hints::Hints, PlanConfig};
 use packetfs::pob::{HugePolicy, Snapshot};
@@ -58,9 +59,25 @@ pub struct SendArgs {
     /// Receiver's MAC address (AF_XDP transport; default: from the neighbour table).
     #[arg(long)]
     dst_mac: Option<String>,
-    /// Transport.
-    #[arg(long, value_enum, default_value = "udp")]
-    transport: Transport,
+    /// Transport (default: xdp when running as root with --iface and the eBPF program
+    /// embedded in this build, else udp with a printed reason).
+    #[arg(long, value_enum)]
+    transport: Option<Transport>,
+    /// How the session is spread over NIC queues (AF_XDP transport).
+    #[arg(long, value_enum, default_value = "scatter")]
+    mode: Mode,
+    /// Queues to send on, e.g. 0,1 (`queues` mode; default: every queue).
+    #[arg(long, value_delimiter = ',')]
+    queues: Vec<u32>,
+    /// Number of UDP ports in the range (`ports` mode: one flow per queue and port).
+    #[arg(long, default_value_t = 1)]
+    ports: u16,
+    /// XDP attach mode: native, skb or auto (native, falling back to skb).
+    #[arg(long, default_value = "auto")]
+    xdp_mode: packetfs::steer::XdpMode,
+    /// Pin the AF_XDP session thread to this core.
+    #[arg(long)]
+    cpu: Option<usize>,
     /// Link budget, e.g. 1gbit, 500mbit, 100MB (bytes/s); the protocol's own pacing never
     /// exceeds it.
     #[arg(long)]
@@ -102,9 +119,19 @@ pub struct RecvArgs {
     /// Queues to bind, e.g. 0,1 (`queues` mode).
     #[arg(long, value_delimiter = ',')]
     queues: Vec<u32>,
-    /// Transport.
-    #[arg(long, value_enum, default_value = "udp")]
-    transport: Transport,
+    /// Transport (default: xdp when running as root with --iface and the eBPF program
+    /// embedded in this build, else udp with a printed reason).
+    #[arg(long, value_enum)]
+    transport: Option<Transport>,
+    /// XDP attach mode: native, skb or auto (native, falling back to skb).
+    #[arg(long, default_value = "auto")]
+    xdp_mode: packetfs::steer::XdpMode,
+    /// Pin the AF_XDP session thread to this core.
+    #[arg(long)]
+    cpu: Option<usize>,
+    /// Testing: drop this many parts per million of PacketFS frames in the XDP program.
+    #[arg(long, default_value_t = 0, hide = true)]
+    impair_drop_ppm: u32,
     /// IP MTU.
     #[arg(long, default_value_t = 1500)]
     mtu: usize,
@@ -244,6 +271,66 @@ impl Bar {
     }
 }
 
+/// The transport to use: the one asked for, else AF_XDP when it can work here, else UDP
+/// (saying why).
+fn pick_transport(asked: Option<Transport>, iface: Option<&str>) -> Transport {
+    if let Some(t) = asked {
+        return t;
+    }
+    let why = if !nix::unistd::Uid::effective().is_root() {
+        Some("not running as root")
+    } else if !packetfs::steer::object_available() {
+        Some("this build has no XDP program (run scripts/setup.sh and rebuild)")
+    } else if iface.is_none() {
+        Some("no --iface given")
+    } else {
+        None
+    };
+    match why {
+        None => Transport::Xdp,
+        Some(w) => {
+            eprintln!("using the kernel UDP transport: {w} (pass --transport xdp or udp to choose)");
+            Transport::Udp
+        }
+    }
+}
+
+fn spread(m: Mode) -> xdp::Spread {
+    match m {
+        Mode::Ports => xdp::Spread::Ports,
+        Mode::Queues => xdp::Spread::Queues,
+        Mode::Scatter => xdp::Spread::Scatter,
+    }
+}
+
+/// One line about the AF_XDP layer for the summaries.
+fn print_xdp(r: &xdp::XdpReport) {
+    let t = r.xdp_totals();
+    let per_q: Vec<String> = r
+        .queues
+        .iter()
+        .map(|q| format!("q{} rx {} tx {}", q.queue, q.rx_frames, q.tx_frames))
+        .collect();
+    println!(
+        "xdp: {} ({} mode, {:?}) [{}]; steering {}; XDP_STATISTICS rx_dropped={} rx_ring_full={} rx_invalid_descs={} tx_invalid_descs={} fill_ring_empty={} tx_ring_empty={}; bad frames {}",
+        r.iface,
+        r.xdp_mode,
+        r.spread,
+        per_q.join(", "),
+        r.steer,
+        t.rx_dropped,
+        t.rx_ring_full,
+        t.rx_invalid_descs,
+        t.tx_invalid_descs,
+        t.fill_ring_empty,
+        t.tx_ring_empty,
+        r.bad_frames
+    );
+    if let Some(n) = &r.notice {
+        eprintln!("notice: {n}");
+    }
+}
+
 fn gbit(bytes: u64, secs: f64) -> f64 {
     bytes as f64 * 8.0 / secs.max(1e-9) / 1e9
 }
@@ -261,53 +348,109 @@ pub fn send(a: SendArgs) -> anyhow::Result<ExitCode> {
     let snap = Snapshot::open(&a.snapshot, a.hugepages)?;
     let files = blueprints(&a.files, &snap)?;
     let plan_bytes: u64 = files.iter().map(|f| f.blueprint.file_len).sum();
-    match a.transport {
+    let transport = pick_transport(a.transport, a.iface.as_deref());
+    let mut bar = Bar::new();
+    let mut report = None;
+    let r = match transport {
         Transport::Udp => {
             let mut cfg = SendConfig::new(dst);
             cfg.mtu = a.mtu;
             cfg.rate = rate;
-            let mut bar = Bar::new();
-            let r = udp::run_sender_with(&cfg, files, snap.id, snap.bytes(), &cancel, &mut |e| {
+            udp::run_sender_with(&cfg, files, snap.id, snap.bytes(), &cancel, &mut |e| {
                 bar.event(e)
-            });
-            let s = match r {
-                Ok(s) => s,
-                Err(udp::DriverError::SendAborted { failure, summary }) => {
-                    let _ = packetfs::metrics::append(
-                        &a.metrics,
-                        &json!({"kind": "send", "ok": false, "reason": failure.to_string(), "summary": summary}),
-                    );
-                    bail!("send failed: {failure}");
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let secs = s.elapsed.as_secs_f64();
-            println!(
-                "sent {} file(s), {} in {:.3} s over udp: wire {} in {} frames, {} retransmitted frames; goodput {:.3} Gbit/s (wire), effective {:.3} Gbit/s (file bytes / time)",
-                s.files,
-                human_bytes(s.file_bytes),
-                secs,
-                human_bytes(s.wire_bytes),
-                s.frames,
-                s.retransmissions,
-                gbit(s.wire_bytes, secs),
-                gbit(s.file_bytes, secs)
-            );
-            let mut m = serde_json::to_value(&s)?;
-            m["kind"] = json!("send");
-            m["transport"] = json!("udp");
-            m["ok"] = json!(true);
-            m["effective_gbps"] = json!(gbit(s.file_bytes, secs));
-            m["goodput_gbps"] = json!(gbit(s.wire_bytes, secs));
-            debug_assert_eq!(plan_bytes, s.file_bytes);
-            packetfs::metrics::append(&a.metrics, &m)
-                .with_context(|| format!("appending to {}", a.metrics.display()))?;
-            Ok(ExitCode::SUCCESS)
+            })
         }
         Transport::Xdp => {
-            bail!("the AF_XDP transport is not wired into `pfs send` yet; use --transport udp")
+            let Some(iface) = a.iface.as_deref() else {
+                bail!("--transport xdp needs --iface (the interface towards --dst)");
+            };
+            let IpAddr::V4(dst_ip) = dst.ip() else {
+                bail!("--transport xdp speaks IPv4 only; --dst {dst} is IPv6");
+            };
+            let dst_mac = match &a.dst_mac {
+                Some(m) => Some(
+                    xdp::parse_mac(m)
+                        .with_context(|| format!("--dst-mac {m:?}: expected aa:bb:cc:dd:ee:ff"))?,
+                ),
+                None => None,
+            };
+            let mut link = xdp::XdpLink::new(iface);
+            link.spread = spread(a.mode);
+            link.queues = a.queues.clone();
+            link.port = dst.port();
+            link.ports = a.ports;
+            link.xdp_mode = a.xdp_mode;
+            link.cpu = a.cpu;
+            let cfg = xdp::XdpSendConfig {
+                link,
+                dst: dst_ip,
+                dst_mac,
+                mtu: a.mtu,
+                rate,
+                proto: packetfs::proto::SenderConfig {
+                    session_id: 0,
+                    ..Default::default()
+                },
+            };
+            match xdp::run_sender(&cfg, files, snap.id, snap.bytes(), &cancel, &mut |e| {
+                bar.event(e)
+            }) {
+                Ok((s, r)) => {
+                    report = Some(r);
+                    Ok(s)
+                }
+                Err(xdp::XdpError::Run { error, report: r }) => {
+                    print_xdp(&r);
+                    report = Some(*r);
+                    Err(error)
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
+    };
+    let tname = match transport {
+        Transport::Udp => "udp",
+        Transport::Xdp => "xdp",
+    };
+    let s: SendSummary = match r {
+        Ok(s) => s,
+        Err(udp::DriverError::SendAborted { failure, summary }) => {
+            let _ = packetfs::metrics::append(
+                &a.metrics,
+                &json!({"kind": "send", "transport": tname, "ok": false, "reason": failure.to_string(), "summary": summary, "xdp": report}),
+            );
+            bail!("send failed: {failure}");
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let secs = s.elapsed.as_secs_f64();
+    println!(
+        "sent {} file(s), {} in {:.3} s over {tname}: wire {} in {} frames, {} retransmitted frames; goodput {:.3} Gbit/s (wire), effective {:.3} Gbit/s (file bytes / time)",
+        s.files,
+        human_bytes(s.file_bytes),
+        secs,
+        human_bytes(s.wire_bytes),
+        s.frames,
+        s.retransmissions,
+        gbit(s.wire_bytes, secs),
+        gbit(s.file_bytes, secs)
+    );
+    if let Some(r) = &report {
+        print_xdp(r);
     }
+    let mut m = serde_json::to_value(&s)?;
+    m["kind"] = json!("send");
+    m["transport"] = json!(tname);
+    m["ok"] = json!(true);
+    m["effective_gbps"] = json!(gbit(s.file_bytes, secs));
+    m["goodput_gbps"] = json!(gbit(s.wire_bytes, secs));
+    if let Some(r) = &report {
+        m["xdp"] = serde_json::to_value(r)?;
+    }
+    debug_assert_eq!(plan_bytes, s.file_bytes);
+    packetfs::metrics::append(&a.metrics, &m)
+        .with_context(|| format!("appending to {}", a.metrics.display()))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
@@ -315,72 +458,129 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&a.out_dir)
         .with_context(|| format!("creating {}", a.out_dir.display()))?;
     let snap = Snapshot::open(&a.snapshot, a.hugepages)?;
-    match a.transport {
+    let transport = pick_transport(a.transport, a.iface.as_deref());
+    let tname = match transport {
+        Transport::Udp => "udp",
+        Transport::Xdp => "xdp",
+    };
+    let mut on = |e: &Event| match e {
+        Event::Accepted { files, bytes } => {
+            eprintln!("accepted {files} file(s), {}", human_bytes(*bytes))
+        }
+        Event::Aborted(f) => eprintln!("session aborted: {f}"),
+        _ => {}
+    };
+    let snap_name = &snap.manifest.snapshot_id[..16];
+    let listen_timeout = (a.timeout > 0).then(|| Duration::from_secs(a.timeout));
+    let mut report = None;
+    let r = match transport {
         Transport::Udp => {
             let mut cfg = RecvConfig::new(SocketAddr::new(a.listen, a.port), a.out_dir.clone());
             cfg.mtu = a.mtu;
             cfg.proto.max_file_size = a.max_file_size;
-            cfg.listen_timeout = (a.timeout > 0).then(|| Duration::from_secs(a.timeout));
+            cfg.listen_timeout = listen_timeout;
             let r = udp::UdpReceiver::bind(cfg)?;
             eprintln!(
-                "listening on udp {} with snapshot {} ({}), writing to {}",
+                "listening on udp {} with snapshot {snap_name} ({}), writing to {}",
                 r.local_addr()?,
-                &snap.manifest.snapshot_id[..16],
                 snap.backing_name(),
                 a.out_dir.display()
             );
-            let mut on = |e: &Event| match e {
-                Event::Accepted { files, bytes } => {
-                    eprintln!("accepted {files} file(s), {}", human_bytes(*bytes))
-                }
-                Event::Aborted(f) => eprintln!("session aborted: {f}"),
-                _ => {}
-            };
-            let s = match r.run(snap.id, snap.bytes(), &cancel, &mut on) {
-                Ok(s) => s,
-                Err(udp::DriverError::RecvAborted { failure, summary }) => {
-                    let _ = packetfs::metrics::append(
-                        &a.metrics,
-                        &json!({"kind": "recv", "ok": false, "reason": failure.to_string(), "summary": summary}),
-                    );
-                    bail!("receive failed: {failure}");
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let secs = s.elapsed.as_secs_f64();
-            for f in &s.files {
-                println!(
-                    "{} {} ({}){}",
-                    if f.verified { "received" } else { "INCOMPLETE" },
-                    f.path.display(),
-                    human_bytes(f.size),
-                    if f.verified { ", BLAKE3 verified" } else { "" }
-                );
-            }
-            println!(
-                "received {} file(s), {} in {:.3} s: wire {} in {} frames, {} duplicates, {} malformed, {} from other sessions; effective {:.3} Gbit/s",
-                s.files.len(),
-                human_bytes(s.file_bytes),
-                secs,
-                human_bytes(s.wire_bytes),
-                s.frames,
-                s.duplicate_frames,
-                s.malformed,
-                s.foreign_session,
-                gbit(s.file_bytes, secs)
-            );
-            let mut m = serde_json::to_value(&s)?;
-            m["kind"] = json!("recv");
-            m["transport"] = json!("udp");
-            m["ok"] = json!(true);
-            m["effective_gbps"] = json!(gbit(s.file_bytes, secs));
-            packetfs::metrics::append(&a.metrics, &m)
-                .with_context(|| format!("appending to {}", a.metrics.display()))?;
-            let _ = (a.mode, &a.queues, a.ports, &a.iface);
-            Ok(ExitCode::SUCCESS)
+            r.run(snap.id, snap.bytes(), &cancel, &mut on)
         }
         Transport::Xdp => {
-            bail!("the AF_XDP transport is not wired into `pfs recv` yet; use --transport udp")
+            let Some(iface) = a.iface.as_deref() else {
+                bail!("--transport xdp needs --iface (the interface to receive on)");
+            };
+            let mut link = xdp::XdpLink::new(iface);
+            link.spread = spread(a.mode);
+            link.queues = a.queues.clone();
+            link.port = a.port;
+            link.ports = a.ports;
+            link.xdp_mode = a.xdp_mode;
+            link.cpu = a.cpu;
+            link.impair_drop_ppm = a.impair_drop_ppm;
+            let mut proto = packetfs::proto::ReceiverConfig::default();
+            proto.max_file_size = a.max_file_size;
+            let cfg = xdp::XdpRecvConfig {
+                link,
+                out_dir: a.out_dir.clone(),
+                mtu: a.mtu,
+                listen_timeout,
+                proto,
+            };
+            let r = xdp::XdpReceiver::bind(cfg)?;
+            let (mode, notice) = r.xdp_mode();
+            if let Some(n) = notice {
+                eprintln!("notice: {n}");
+            }
+            eprintln!(
+                "listening on xdp {iface} ({mode} mode) queues {:?} ports {}..={} with snapshot {snap_name} ({}), writing to {}",
+                r.queues(),
+                a.port,
+                a.port as u32 + a.ports.max(1) as u32 - 1,
+                snap.backing_name(),
+                a.out_dir.display()
+            );
+            match r.run(snap.id, snap.bytes(), &cancel, &mut on) {
+                Ok((s, rep)) => {
+                    report = Some(rep);
+                    Ok(s)
+                }
+                Err(xdp::XdpError::Run { error, report: rep }) => {
+                    print_xdp(&rep);
+                    report = Some(*rep);
+                    Err(error)
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
+    };
+    let s: RecvSummary = match r {
+        Ok(s) => s,
+        Err(udp::DriverError::RecvAborted { failure, summary }) => {
+            let _ = packetfs::metrics::append(
+                &a.metrics,
+                &json!({"kind": "recv", "transport": tname, "ok": false, "reason": failure.to_string(), "summary": summary, "xdp": report}),
+            );
+            bail!("receive failed: {failure}");
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let secs = s.elapsed.as_secs_f64();
+    for f in &s.files {
+        println!(
+            "{} {} ({}){}",
+            if f.verified { "received" } else { "INCOMPLETE" },
+            f.path.display(),
+            human_bytes(f.size),
+            if f.verified { ", BLAKE3 verified" } else { "" }
+        );
     }
+    println!(
+        "received {} file(s), {} in {:.3} s over {tname}: wire {} in {} frames, {} duplicates, {} malformed, {} from other sessions; effective {:.3} Gbit/s",
+        s.files.len(),
+        human_bytes(s.file_bytes),
+        secs,
+        human_bytes(s.wire_bytes),
+        s.frames,
+        s.duplicate_frames,
+        s.malformed,
+        s.foreign_session,
+        gbit(s.file_bytes, secs)
+    );
+    if let Some(r) = &report {
+        print_xdp(r);
+    }
+    let mut m = serde_json::to_value(&s)?;
+    m["kind"] = json!("recv");
+    m["transport"] = json!(tname);
+    m["ok"] = json!(true);
+    m["effective_gbps"] = json!(gbit(s.file_bytes, secs));
+    if let Some(r) = &report {
+        m["xdp"] = serde_json::to_value(r)?;
+    }
+    packetfs::metrics::append(&a.metrics, &m)
+        .with_context(|| format!("appending to {}", a.metrics.display()))?;
+    Ok(ExitCode::SUCCESS)
 }
