@@ -289,7 +289,9 @@ fn pick_transport(asked: Option<Transport>, iface: Option<&str>) -> Transport {
     match why {
         None => Transport::Xdp,
         Some(w) => {
-            eprintln!("using the kernel UDP transport: {w} (pass --transport xdp or udp to choose)");
+            eprintln!(
+                "using the kernel UDP transport: {w} (pass --transport xdp or udp to choose)"
+            );
             Transport::Udp
         }
     }

@@ -411,7 +411,11 @@ impl XdpIo {
         let mut exhausted = false;
         let mut stalls = 0;
         while sent < budget && !exhausted && stalls < self.socks.len() {
-            let i = if self.is_sender { self.next } else { self.reply };
+            let i = if self.is_sender {
+                self.next
+            } else {
+                self.reply
+            };
             let mut a = base;
             if self.is_sender && self.spread == Spread::Ports {
                 // One port per queue's flow, both ends (the receiver answers to it).
@@ -700,10 +704,7 @@ mod tests {
 
     #[test]
     fn macs_parse() {
-        assert_eq!(
-            parse_mac("02:00:0a:ff:10:01"),
-            Some([2, 0, 10, 255, 16, 1])
-        );
+        assert_eq!(parse_mac("02:00:0a:ff:10:01"), Some([2, 0, 10, 255, 16, 1]));
         assert_eq!(parse_mac("02:00:0a:ff:10"), None);
         assert_eq!(parse_mac("02:00:0a:ff:10:01:02"), None);
         assert_eq!(parse_mac("zz:00:0a:ff:10:01"), None);
