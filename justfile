@@ -48,3 +48,7 @@ bench-shm *ARGS:
 # Quick SHM ring run while developing: 64 MiB blob, 1 s phases, no metrics line.
 dev-shm-run *ARGS:
     bash scripts/benchmarks/shm_run.sh --blob-mb 64 --duration 1 --baseline-secs 0.5 --memcpy-secs 0.3 --no-metrics {{ARGS}}
+
+# Transfer benchmark on a veth pair (root): pfs AF_XDP / UDP vs iperf3 UDP/TCP and the AF_XDP blast, then at {{xfer_rate}}: covered file, release pair, random vs HTB-shaped TCP.
+bench-xfer *ARGS:
+    bash scripts/benchmarks/xfer_bench.sh --random-mb {{xfer_random_mb}} --covered-mb {{xfer_covered_mb}} --snap-mb {{xfer_snap_mb}} --secs {{xfer_secs}} --rate {{xfer_rate}} --queues {{xfer_queues}} --metrics {{metrics}} {{ARGS}}

@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Transfer benchmark (`just bench-xfer`): one run on a veth pair between two fresh
+# namespaces, every figure measured here, printed as one table.
+#
+#   scripts/benchmarks/xfer_bench.sh [--random-mb N] [--covered-mb N] [--snap-mb N]
+#                                    [--secs S] [--rate R] [--queues Q] [--metrics FILE]
+#
+# Unshaped: pfs over AF_XDP with a random file the snapshot does not cover (raw goodput),
+# pfs over the kernel UDP driver (same file), iperf3 UDP (1472 B datagrams) and TCP, and the
+# plain AF_XDP blast (examples/xsk_blast, 1514 B frames = pfs frames at MTU 1500).
+# At a link budget R (default 1gbit): pfs --rate R with a file the snapshot covers, a
+# release pair (basis: the stable toolchain's libstd-*.so, added to the snapshot as a
+# corpus bank; target: the nightly's) and random data, next to iperf3 TCP shaped to R by an
+# HTB qdisc on the sending veth (AF_XDP bypasses qdiscs; pfs paces itself).
+# goodput = bytes on the wire / time; effective = file bytes / time.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+random_mb=32
+covered_mb=32
+snap_mb=64
+secs=5
+rate=1gbit
+queues=2
+metrics=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --random-mb) random_mb=$2; shift 2 ;;
+        --covered-mb) covered_mb=$2; shift 2 ;;
+        --snap-mb) snap_mb=$2; shift 2 ;;
+        --secs) secs=$2; shift 2 ;;
+        --rate) rate=$2; shift 2 ;;
+        --queues) queues=$2; shift 2 ;;
+        --metrics) metrics=$2; shift 2 ;;
+        *) sed -n '4,5p' "$0" | sed 's/^# *//' >&2; exit 2 ;;
+    esac
+done
+
+[ "$(id -u)" = 0 ] || { echo "bench-xfer needs root (namespaces, XDP, AF_XDP)" >&2; exit 1; }
+command -v iperf3 >/dev/null || { echo "iperf3 missing: apt-get install -y iperf3" >&2; exit 1; }
+
+cargo build --release --bin pfs --example xsk_blast >&2
+pfs=$PWD/target/release/pfs
+blast=$PWD/target/release/examples/xsk_blast
+
+name=pfsbx$$
+name=${name:0:12}
+work=$(mktemp -d /tmp/pfs-xfer-bench.XXXXXX)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    bash scripts/netns.sh down "$name" >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+bash scripts/netns.sh up "$name" --queues "$queues" --mtu 1500 >&2
+A=${name}a
+B=${name}b
+ipB=$(ip -n "$B" -4 -o addr show dev "$B" | awk '{print $4}' | cut -d/ -f1)
+inA() { ip netns exec "$A" "$@"; }
+inB() { ip netns exec "$B" "$@"; }
+
+# Inputs: snapshot with the stable libstd as a corpus bank; the nightly's is the target.
+libstd() { find "$(rustc +"$1" --print sysroot)/lib/rustlib" -name 'libstd-*.so' | head -1; }
+old=$(libstd stable)
+new=$(libstd nightly)
+[ -n "$old" ] && [ -n "$new" ] || { echo "need stable and nightly toolchains with libstd-*.so" >&2; exit 1; }
+echo "building a ${snap_mb} MiB snapshot + corpus bank $(basename "$old") ..." >&2
+"$pfs" snapshot build --size-mb "$snap_mb" --add "$old" --out "$work/snap" >&2
+head -c $((random_mb << 20)) /dev/urandom >"$work/random.bin"
+dd if="$work/snap/snapshot.bin" of="$work/covered.bin" bs=1M skip=1 count="$covered_mb" status=none
+cp "$new" "$work/$(basename "$new")"
+release="$work/$(basename "$new")"
+
+json() { python3 -c "import json,sys; d=json.loads(open(sys.argv[1]).read().splitlines()[-1]); print($2)" "$1"; }
+
+rows=()
+row() { rows+=("$(printf '| %-44s | %12s | %10s | %10s | %12s | %12s |' "$@")"); }
+
+# pfs TRANSPORT LABEL FILE [send args...]: one transfer, one table row.
+pfs_run() {
+    local transport=$1 label=$2 file=$3
+    shift 3
+    local out="$work/out-$RANDOM" m="$work/m-$RANDOM.jsonl" log="$work/recv-$RANDOM.log"
+    inB "$pfs" recv --transport "$transport" --iface "$B" --listen "$ipB" --snapshot "$work/snap" \
+        --out-dir "$out" --metrics "$m.recv" --timeout 60 >"$log" 2>&1 &
+    local rpid=$!
+    pids+=("$rpid")
+    for _ in $(seq 1 300); do grep -q '^listening' "$log" && break; sleep 0.1; done
+    # Planning happens before the timed transfer (the summary's time is the session's).
+    inA "$pfs" send --transport "$transport" --iface "$A" --dst "$ipB" --snapshot "$work/snap" \
+        --metrics "$m" "$@" "$file" >"$log.send" 2>&1 || { cat "$log.send" "$log" >&2; exit 1; }
+    wait "$rpid" || { cat "$log" >&2; exit 1; }
+    cmp -s "$file" "$out/$(basename "$file")" || { echo "$label: received file differs" >&2; exit 1; }
+    row "$label" "$(json "$m" "'%.1f MB' % (d['file_bytes']/1e6)")" \
+        "$(json "$m" "'%.1f MB' % (d['wire_bytes']/1e6)")" \
+        "$(json "$m" "'%.3f s' % d['elapsed']")" \
+        "$(json "$m" "'%.3f' % d['goodput_gbps']")" \
+        "$(json "$m" "'%.3f' % d['effective_gbps']")"
+    [ -z "$metrics" ] || { tail -1 "$m" >>"$metrics"; }
+}
+
+# iperf3 LABEL [client args...]: receiver-side bits per second.
+iperf_run() {
+    local label=$1
+    shift
+    inB iperf3 -s -1 -B "$ipB" >/dev/null 2>&1 &
+    local spid=$!
+    pids+=("$spid")
+    sleep 0.5
+    inA iperf3 -c "$ipB" -t "$secs" -J "$@" >"$work/iperf.json"
+    wait "$spid" || true
+    local g
+    g=$(python3 - "$work/iperf.json" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))["end"]
+s = d.get("sum_received") or d.get("sum")
+bps = s["bits_per_second"]
+if "lost_percent" in s and "sum_received" not in d:
+    bps *= 1 - s["lost_percent"] / 100
+print("%.3f" % (bps / 1e9))
+EOF
+)
+    row "$label" "-" "-" "${secs} s" "$g" "$g"
+}
+
+echo "unshaped runs ..." >&2
+pfs_run xdp "pfs AF_XDP, random ${random_mb} MiB (raw)" "$work/random.bin"
+pfs_run udp "pfs UDP driver, random ${random_mb} MiB (raw)" "$work/random.bin"
+iperf_run "iperf3 UDP, 1472 B datagrams" -u -b 0 -l 1472
+iperf_run "iperf3 TCP"
+blast_frames=$((queues * 400000))
+"$blast" --frames "$blast_frames" --size 1514 --queues "$queues" --json >"$work/blast.json"
+bg=$(python3 - "$work/blast.json" <<'EOF'
+import json, sys
+line = [l for l in open(sys.argv[1]).read().splitlines() if l.startswith("{")][-1]
+d = json.loads(line)
+print("%.3f" % d["rx_gbps"])
+EOF
+)
+row "AF_XDP blast, 1514 B frames, ${queues} queue(s)" "-" "-" "-" "$bg" "-"
+
+echo "runs at --rate $rate ..." >&2
+pfs_run xdp "pfs AF_XDP @${rate}, covered ${covered_mb} MiB" "$work/covered.bin" --rate "$rate"
+pfs_run xdp "pfs AF_XDP @${rate}, release pair (libstd)" "$release" --rate "$rate"
+pfs_run xdp "pfs AF_XDP @${rate}, random ${random_mb} MiB" "$work/random.bin" --rate "$rate"
+inA tc qdisc add dev "$A" root handle 1: htb default 10 r2q 1000
+inA tc class add dev "$A" parent 1: classid 1:10 htb rate "$rate"
+iperf_run "iperf3 TCP, HTB ${rate}"
+inA tc qdisc del dev "$A" root
+
+echo
+echo "veth pair, ${queues} queue(s), MTU 1500, $(nproc) cores; $(date -u +%FT%TZ)"
+printf '| %-44s | %12s | %10s | %10s | %12s | %12s |\n' what "file bytes" "wire" time "goodput Gb/s" "effective Gb/s"
+printf '|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..46})" "$(printf -- '-%.0s' {1..14})" \
+    "$(printf -- '-%.0s' {1..12})" "$(printf -- '-%.0s' {1..12})" "$(printf -- '-%.0s' {1..14})" "$(printf -- '-%.0s' {1..14})"
+printf '%s\n' "${rows[@]}"
