@@ -36,6 +36,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 
+[ -z "$metrics" ] || mkdir -p "$(dirname "$metrics")"
 [ "$(id -u)" = 0 ] || { echo "bench-xfer needs root (namespaces, XDP, AF_XDP)" >&2; exit 1; }
 command -v iperf3 >/dev/null || { echo "iperf3 missing: apt-get install -y iperf3" >&2; exit 1; }
 
