@@ -165,9 +165,9 @@ impl XdpReport {
 #[derive(Debug, thiserror::Error)]
 pub enum XdpError {
     #[error(transparent)]
-    Steer(#[from] SteerError),
+    Steer(Box<SteerError>),
     #[error(transparent)]
-    Xsk(#[from] XskError),
+    Xsk(Box<XskError>),
     #[error("{0}")]
     Setup(String),
     /// The session ran (and may have failed); the report says what the AF_XDP layer saw.
@@ -176,6 +176,18 @@ pub enum XdpError {
         error: DriverError,
         report: Box<XdpReport>,
     },
+}
+
+impl From<SteerError> for XdpError {
+    fn from(e: SteerError) -> Self {
+        XdpError::Steer(Box::new(e))
+    }
+}
+
+impl From<XskError> for XdpError {
+    fn from(e: XskError) -> Self {
+        XdpError::Xsk(Box::new(e))
+    }
 }
 
 /// The rx queue count of `iface` (`/sys/class/net/IF/queues/rx-*`).
