@@ -3,14 +3,14 @@
 # build pfs, build the default snapshot, and transfer files over a veth pair between two
 # network namespaces created here (and removed at the end), checking every file bit-exact.
 #
-#   bash scripts/quickstart.sh [--transport xdp|udp]
+udp]|udp]
 #
 # Files sent: /usr/bin/bash (an ELF binary), 8 MB of random bytes (nothing in the snapshot
 # matches them) and a 4 MiB slice of the snapshot itself (fully covered). Each side prints its
 # summary; metrics lines go to logs/patterns/metrics.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-transport=${PFS_TRANSPORT:-udp}
+transport=${PFS_TRANSPORT:-xdp}
 while [ $# -gt 0 ]; do
     case "$1" in
         --transport) transport=${2:?}; shift 2 ;;
