@@ -376,17 +376,38 @@ pub fn run_sender_with(
     let mut sender = Sender::new(pc, snapshot_id, files, snapshot)?;
     let mut io = UdpIo::bind(cfg.bind, Some(cfg.dst), cfg.socket_buffer)?;
     let start = Instant::now();
+    let mut done = None;
+    let mut on_ev = finished_clock(&mut done, on_event);
     drive(
         &mut sender,
         &mut io,
         &DriveOptions::default(),
         cancel,
-        on_event,
+        &mut on_ev,
     )?;
-    finish_sender(&sender, session_id, start.elapsed())
+    drop(on_ev);
+    finish_sender(
+        &sender,
+        session_id,
+        done.unwrap_or_else(Instant::now) - start,
+    )
 }
 
 /// The summary of a finished sender and its outcome (shared with the AF_XDP driver).
+/// Wrap an event callback so `done` records when the receiver confirmed every file: a
+/// sender's elapsed time ends there, not after the closing drain that follows.
+pub(crate) fn finished_clock<'a>(
+    done: &'a mut Option<Instant>,
+    on_event: &'a mut dyn FnMut(&Event),
+) -> impl FnMut(&Event) + 'a {
+    move |e: &Event| {
+        if matches!(e, Event::Finished) && done.is_none() {
+            *done = Some(Instant::now());
+        }
+        on_event(e)
+    }
+}
+
 pub(crate) fn finish_sender(
     sender: &Sender,
     session_id: u64,

@@ -621,14 +621,17 @@ pub fn run_sender(
     });
     pin(cfg.link.cpu);
     let start = Instant::now();
+    let mut done = None;
+    let mut on_ev = super::udp::finished_clock(&mut done, on_event);
     let r = drive_xdp(
         &mut sender,
         &mut io,
         &DriveOptions::default(),
         cancel,
-        on_event,
+        &mut on_ev,
     );
-    let elapsed = start.elapsed();
+    drop(on_ev);
+    let elapsed = done.unwrap_or_else(Instant::now) - start;
     let report = io.report();
     drop(io); // sockets closed, program detached
     r?;
