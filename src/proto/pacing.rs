@@ -60,19 +60,27 @@ impl Pacer {
 
     /// When the bucket is next out of debt (`None` if it is now, as of the last refill).
     pub fn next_ready(&self) -> Option<Instant> {
-        if self.tokens >= 0 {
+        self.next_ready_with(0)
+    }
+
+    /// When the bucket next holds at least `extra` bytes beyond being out of debt (clamped to
+    /// the burst): a caller that sleeps until then wakes once per batch of frames instead of
+    /// once per frame.
+    pub fn next_ready_with(&self, extra: u64) -> Option<Instant> {
+        let want = extra.min(self.burst.saturating_sub(1)) as i128 * NS;
+        if self.tokens >= want {
             return None;
         }
-        let ns = (-self.tokens + self.rate as i128 - 1) / self.rate as i128;
+        let ns = (want - self.tokens + self.rate as i128 - 1) / self.rate as i128;
         Some(self.last? + Duration::from_nanos(ns as u64))
     }
 }
 
 /// The sender's rate: starts at `initial`; while the sender is held back by pacing and the
-/// receiver reports little loss it doubles per interval (slow start) until the first loss,
-/// then grows by 1/8 per interval (growth needs the frames actually sent in the interval to
-/// come to at least 70% of the rate); when the receiver reports more than `loss_permille`
-/// loss, or the caller reports a standing queue (RTT far above its minimum), it drops (see
+/// receiver reports little loss it doubles per interval (slow start) until the first loss or
+/// standing queue, then grows by 1/4 per interval (growth needs the frames actually sent in
+/// the interval to come to at least 70% of the rate); a standing queue (RTT far above its
+/// minimum, reported by the caller) holds it; loss above `loss_permille` drops it (see
 /// [`RateControl::on_feedback`]). Always within `[floor, cap]`.
 #[derive(Debug, Clone)]
 pub struct RateControl {
@@ -124,10 +132,10 @@ impl RateControl {
 
     /// Feed the receiver's counters (highest sequence seen, frames received) and the link
     /// bytes of a full frame; returns the new rate if it changed. Decides at most once per
-    /// `interval` and per 32 frames. On loss the rate drops by 30%, and at least to 90% of
-    /// the rate the receiver actually got frames at over the interval (so a sender far above
-    /// a bottleneck lands near it in one step, not ten). `queueing` (the RTT is far above its
-    /// minimum) drops it by 15%, and at least to 95% of the delivered rate.
+    /// `interval` and per 32 frames. On loss the rate drops by 30%, and to 90% of the rate
+    /// the receiver actually got frames at over the interval (so a sender far above a
+    /// bottleneck lands near it in a step or two), but by at most half. `queueing` (the RTT is
+    /// far above its minimum) holds the rate.
     pub fn on_feedback(
         &mut self,
         now: Instant,
@@ -151,16 +159,17 @@ impl RateControl {
         self.last_change = Some(now);
         let old = self.rate;
         if lost_pm > self.loss_permille {
+            // Down by 30%, and to 90% of what got through, but never by more than half in one
+            // step: a delivery rate measured while the receiver was descheduled is not the
+            // link's.
             self.rate = (self.rate / 10 * 7)
                 .min(delivered.max(1) / 10 * 9)
+                .max(self.rate / 2)
                 .max(self.floor);
             self.slow_start = false;
         } else if queueing {
-            // The RTT grew well past its minimum: a queue is building (a slow receiver, a
-            // deep buffer). Settle just under what got through before it turns into loss.
-            self.rate = (self.rate / 20 * 17)
-                .min(delivered.max(1) / 20 * 19)
-                .max(self.floor);
+            // The RTT grew well past its minimum: a queue may be building. Hold the rate (a
+            // busy host's scheduling also inflates the RTT, so this is no reason to drop it).
             self.slow_start = false;
         } else if self.limited
             && sent as u128 * frame_bytes as u128 * 1_000_000_000 / dt * 10 >= self.rate as u128 * 7
@@ -170,7 +179,7 @@ impl RateControl {
             let step = if self.slow_start {
                 self.rate
             } else {
-                self.rate / 8
+                self.rate / 4
             };
             self.rate = self.rate.saturating_add(step.max(1)).min(self.cap);
         }
@@ -256,24 +265,28 @@ mod tests {
         assert_eq!(c.on_feedback(t + 2 * s, ms, 200, 200, 1, false), None);
         let mut c = RateControl::new(1000, 10_000, 100, 20);
         c.on_feedback(t, ms, 0, 0, 1, false);
-        // 50% loss, delivery 50 frames x 1 B in 1 s: decrease to 90% of what got through.
-        assert_eq!(c.on_feedback(t + s, ms, 100, 50, 1, false), Some(100));
+        // 50% loss, delivery 50 frames x 1 B in 1 s: decrease towards 90% of what got
+        // through, by half at most.
+        assert_eq!(c.on_feedback(t + s, ms, 100, 50, 1, false), Some(500));
         let mut c = RateControl::new(1000, 10_000, 100, 20);
         c.on_feedback(t, ms, 0, 0, 100, false);
         // 50% loss, but the delivery rate was high: a 30% step.
         assert_eq!(c.on_feedback(t + s, ms, 100, 50, 100, false), Some(700));
-        // No loss, pacing-limited: increase by 1/8 after the first loss.
+        // No loss, pacing-limited: increase by 1/4 after the first loss.
         c.limited = true;
         assert_eq!(
             c.on_feedback(t + 2 * s, ms, 200, 150, 100, false),
-            Some(787)
+            Some(875)
         );
+        // A standing queue holds the rate.
+        c.limited = true;
+        assert_eq!(c.on_feedback(t + 3 * s, ms, 300, 250, 100, true), None);
         // Not limited: unchanged.
-        assert_eq!(c.on_feedback(t + 3 * s, ms, 300, 250, 100, false), None);
+        assert_eq!(c.on_feedback(t + 4 * s, ms, 400, 350, 100, false), None);
         for i in 0..40 {
             c.limited = true;
-            let (n, m) = (400 + 100 * i as u64, 350 + 100 * i as u64);
-            c.on_feedback(t + (4 + i) * s, ms, n, m, 100, false);
+            let (n, m) = (500 + 100 * i as u64, 450 + 100 * i as u64);
+            c.on_feedback(t + (5 + i) * s, ms, n, m, 100, false);
         }
         assert_eq!(c.rate(), 10_000);
     }
