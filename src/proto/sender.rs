@@ -199,7 +199,6 @@ impl Sender {
         if hello_chunks.is_empty() {
             hello_chunks.push((0, 0));
         }
-        let frame = (cfg.max_datagram + cfg.frame_overhead) as u64;
         let cap = cfg.rate.unwrap_or(u64::MAX / 2);
         let initial = cfg.rate.unwrap_or(cfg.initial_rate);
         let rc = RateControl::new(initial, cap, cfg.min_rate, cfg.loss_permille);
