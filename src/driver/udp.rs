@@ -40,6 +40,14 @@ pub struct UdpIo {
     nonblocking: Option<bool>,
     /// Try UDP generic segmentation offload for batches.
     gso: bool,
+    /// UDP generic receive offload is on: one receive may hold many datagrams of `seg` bytes
+    /// (the last may be shorter), served one by one from `rx`.
+    gro: bool,
+    rx: Vec<u8>,
+    rx_len: usize,
+    rx_pos: usize,
+    rx_seg: usize,
+    cmsg: Vec<u8>,
 }
 
 impl UdpIo {
@@ -55,12 +63,19 @@ impl UdpIo {
         if setsockopt(&fd, sockopt::SndBufForce, &buffer).is_err() {
             let _ = setsockopt(&fd, sockopt::SndBuf, &buffer);
         }
+        let gro = setsockopt(&fd, sockopt::UdpGroSegment, &true).is_ok();
         Ok(UdpIo {
             sock,
             peer,
             last_from: None,
             nonblocking: None,
             gso: true,
+            gro,
+            rx: vec![0u8; 65_536],
+            rx_len: 0,
+            rx_pos: 0,
+            rx_seg: 0,
+            cmsg: nix::cmsg_space!(i32),
         })
     }
 
@@ -134,13 +149,13 @@ impl DatagramIo for UdpIo {
     }
 
     fn recv(&mut self, buf: &mut [u8], deadline: Option<Instant>) -> io::Result<Option<usize>> {
+        if let Some(n) = self.next_coalesced(buf) {
+            return Ok(Some(n));
+        }
         self.set_nonblocking(true)?;
         for attempt in 0..2 {
-            match self.sock.recv_from(buf) {
-                Ok((n, from)) => {
-                    self.last_from = Some(from);
-                    return Ok(Some(n));
-                }
+            match self.recv_once(buf) {
+                Ok(n) => return Ok(Some(n)),
                 Err(e) if transient(&e) => {}
                 Err(e) => return Err(e),
             }
@@ -198,6 +213,63 @@ impl DatagramIo for UdpIo {
             i = j;
         }
         Ok(())
+    }
+}
+
+impl UdpIo {
+    /// The next datagram of a coalesced (GRO) receive, if one is left.
+    fn next_coalesced(&mut self, buf: &mut [u8]) -> Option<usize> {
+        if self.rx_pos >= self.rx_len {
+            return None;
+        }
+        let n = self.rx_seg.min(self.rx_len - self.rx_pos).min(buf.len());
+        buf[..n].copy_from_slice(&self.rx[self.rx_pos..self.rx_pos + n]);
+        self.rx_pos += self.rx_seg.max(1);
+        Some(n)
+    }
+
+    /// One receive from the socket: a plain datagram, or with GRO a run of them (the first is
+    /// returned, the rest kept for the next calls).
+    fn recv_once(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.gro {
+            let (n, from) = self.sock.recv_from(buf)?;
+            self.last_from = Some(from);
+            return Ok(n);
+        }
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
+        use std::os::fd::AsRawFd;
+        let mut iov = [io::IoSliceMut::new(&mut self.rx)];
+        let (bytes, from, seg) = {
+            let m = recvmsg::<SockaddrStorage>(
+                self.sock.as_raw_fd(),
+                &mut iov,
+                Some(&mut self.cmsg),
+                MsgFlags::empty(),
+            )
+            .map_err(io::Error::from)?;
+            let mut seg = m.bytes;
+            if let Ok(cmsgs) = m.cmsgs() {
+                for c in cmsgs {
+                    if let ControlMessageOwned::UdpGroSegments(s) = c {
+                        seg = (s as usize).max(1);
+                    }
+                }
+            }
+            let from = m.address.and_then(|a| {
+                a.as_sockaddr_in()
+                    .map(|v4| SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
+                    .or_else(|| {
+                        a.as_sockaddr_in6()
+                            .map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
+                    })
+            });
+            (m.bytes, from, seg)
+        };
+        self.last_from = from;
+        self.rx_len = bytes;
+        self.rx_pos = 0;
+        self.rx_seg = seg;
+        Ok(self.next_coalesced(buf).unwrap_or(0))
     }
 }
 
