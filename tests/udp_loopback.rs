@@ -253,6 +253,12 @@ fn bench_loopback_raw_goodput() {
         let h = s.spawn(move || rx.run(SNAP_ID, snap_r, &AtomicBool::new(false), &mut |_| {}));
         let mut cfg = SendConfig::new(addr);
         cfg.rate = rate;
+        if let Some(ms) = std::env::var("PFS_BENCH_BURST_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            cfg.proto.burst_time = Duration::from_millis(ms);
+        }
         let sent = run_sender(&cfg, vec![f], SNAP_ID, &snap).unwrap();
         let got = h.join().unwrap().unwrap();
         eprintln!(
