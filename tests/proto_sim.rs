@@ -1170,3 +1170,94 @@ fn extreme_loss_still_ends_cleanly_on_both_sides() {
     }
     eprintln!("{finished} of 150 sessions finished at 50-90% loss each way");
 }
+
+/// A figure, not a check: how fast one receiver takes in data frames (parse, CRC, checks,
+/// apply into memory, range bookkeeping, the final BLAKE3), without any I/O.
+/// `cargo test --release --test proto_sim -- --ignored --nocapture bench_receiver`.
+#[test]
+#[ignore]
+fn bench_receiver_apply() {
+    let mut rng = Rng(31);
+    let snap = rng.bytes(64 << 20);
+    let len: usize = 256 << 20;
+    for (label, raw) in [("snapshot-covered, 4 KiB segments", false), ("raw", true)] {
+        let bp = if raw {
+            raw_file(&mut rng, "b", len).1.blueprint
+        } else {
+            let mut content = Vec::with_capacity(len);
+            let mut segments = Vec::new();
+            while content.len() < len {
+                let n = 4096;
+                let off = rng.below((snap.len() - n) as u64) as usize;
+                let op = Transform::ALL[rng.below(3) as usize];
+                let imm = if op == Transform::Id {
+                    0
+                } else {
+                    rng.next() as u8
+                };
+                let mut dst = vec![0u8; n];
+                packetfs::blueprint::apply::transform(op, imm, &snap[off..off + n], &mut dst);
+                content.extend_from_slice(&dst);
+                segments.push(Segment {
+                    len: n as u32,
+                    src: Source::Snap {
+                        op,
+                        off: off as u64,
+                        imm,
+                    },
+                });
+            }
+            Blueprint {
+                snapshot_id: SNAP_ID,
+                file_len: len as u64,
+                file_hash: *blake3::hash(&content).as_bytes(),
+                segments,
+                spill: vec![],
+            }
+        };
+        let (mut scfg, rcfg) = cfgs();
+        scfg.rate = Some(1 << 50);
+        scfg.window_frames = u64::MAX / 4;
+        let files = vec![SendFile {
+            name: "b".into(),
+            blueprint: bp,
+        }];
+        let mut sender = Sender::new(scfg, SNAP_ID, files, &snap).unwrap();
+        let mut receiver = Receiver::new(rcfg.clone(), SNAP_ID, &snap, MemSink::new());
+        let t0 = Instant::now();
+        let mut buf = vec![0u8; 2048];
+        let n = sender.poll_transmit(t0, &mut buf).unwrap();
+        let hello = buf[..n].to_vec();
+        receiver.handle_datagram(t0, &hello);
+        let n = receiver.poll_transmit(t0, &mut buf).unwrap();
+        sender.handle_datagram(t0, &buf[..n]);
+        let mut frames = Vec::new();
+        let mut t = t0;
+        loop {
+            t += Duration::from_millis(1);
+            match sender.poll_transmit(t, &mut buf) {
+                Some(n) if buf[5] == 3 => frames.push(buf[..n].to_vec()),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        let mut receiver = Receiver::new(rcfg, SNAP_ID, &snap, MemSink::new());
+        receiver.handle_datagram(t0, &hello);
+        let wire: usize = frames.iter().map(|f| f.len()).sum();
+        let start = Instant::now();
+        for f in &frames {
+            receiver.handle_datagram(t0, f);
+        }
+        let el = start.elapsed();
+        assert_eq!(receiver.outcome(), Some(Ok(())));
+        eprintln!(
+            "receiver, {label}: {} frames ({} MB on the wire) for {} MiB in {:?}: {:.2} Mframes/s, {:.2} GB/s of file bytes (BLAKE3 included)",
+            frames.len(),
+            wire / 1_000_000,
+            len >> 20,
+            el,
+            frames.len() as f64 / el.as_secs_f64() / 1e6,
+            len as f64 / el.as_secs_f64() / 1e9
+        );
+    }
+}
