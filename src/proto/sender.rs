@@ -75,6 +75,13 @@ enum Ctrl {
 
 const SENT_RING: usize = 1024;
 
+/// The bucket's depth: `burst_frames` full frames, or `burst_time` at `rate`, the larger.
+fn burst_bytes(cfg: &SenderConfig, rate: u64) -> u64 {
+    let frame = (cfg.max_datagram + cfg.frame_overhead) as u64;
+    let by_time = (rate as u128 * cfg.burst_time.as_nanos() / 1_000_000_000) as u64;
+    (cfg.burst_frames.max(1) * frame).max(by_time)
+}
+
 /// The sender state machine.
 pub struct Sender {
     cfg: SenderConfig,
@@ -192,11 +199,10 @@ impl Sender {
         if hello_chunks.is_empty() {
             hello_chunks.push((0, 0));
         }
-        let frame = (cfg.max_datagram + cfg.frame_overhead) as u64;
         let cap = cfg.rate.unwrap_or(u64::MAX / 2);
         let initial = cfg.rate.unwrap_or(cfg.initial_rate);
         let rc = RateControl::new(initial, cap, cfg.min_rate, cfg.loss_permille);
-        let pacer = Pacer::new(rc.rate(), cfg.burst_frames.max(1) * frame);
+        let pacer = Pacer::new(rc.rate(), burst_bytes(&cfg, rc.rate()));
         let hello_queue = (0..hello_chunks.len()).collect();
         Ok(Sender {
             rtt: Rtt::new(cfg.timing.initial_rtt),
@@ -307,6 +313,10 @@ impl Sender {
             limit = limit.min(32 + self.peer.rx_frames);
         }
         self.seq.saturating_sub(acked + 1) < limit
+    }
+
+    fn burst(&self, rate: u64) -> u64 {
+        burst_bytes(&self.cfg, rate)
     }
 
     fn frame_cost(&self, n: usize) -> usize {
@@ -504,8 +514,7 @@ impl Sender {
             self.rc
                 .on_feedback(now, interval, ack.max_seq, ack.rx_frames, frame, queueing)
         {
-            let burst =
-                self.cfg.burst_frames.max(1) * self.frame_cost(self.cfg.max_datagram) as u64;
+            let burst = self.burst(r);
             self.pacer.set_rate(now, r, burst);
             tracing::debug!(rate = r, srtt = ?self.rtt.srtt, "pacing rate");
         }
@@ -542,8 +551,7 @@ impl Endpoint for Sender {
                 }
                 if a.max_rate > 0 {
                     self.rc.set_cap(a.max_rate);
-                    let burst = self.cfg.burst_frames.max(1)
-                        * self.frame_cost(self.cfg.max_datagram) as u64;
+                    let burst = self.burst(self.rc.rate());
                     self.pacer.set_rate(now, self.rc.rate(), burst);
                 }
                 self.state = State::Data;
@@ -694,8 +702,11 @@ impl Endpoint for Sender {
         match self.state {
             State::Handshake => min(idle, self.hello_at),
             State::Data => {
+                // Wake when a few frames' worth of tokens are there, not for every frame.
                 let pace = if self.has_data() && self.window_open() {
-                    self.pacer.next_ready()
+                    let quantum = self.cfg.burst_frames.clamp(1, 8) - 1;
+                    self.pacer
+                        .next_ready_with(quantum * self.frame_cost(self.cfg.max_datagram) as u64)
                 } else {
                     None
                 };
