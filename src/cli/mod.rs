@@ -2,6 +2,7 @@
 
 mod bench;
 mod codec;
+mod doctor;
 mod xfer;
 
 use clap::{Parser, Subcommand};
@@ -55,6 +56,10 @@ pub enum Cmd {
     /// Benchmarks (figures printed and appended to the metrics log).
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+    /// Check what the data path needs on this host (kernel, AF_XDP, bpffs, capabilities,
+    /// XDP on --iface, queues, MTU, hugepages, --snapshot); prints ok/warn/missing with the
+    /// command that fixes each; exits non-zero when something required is missing.
+    Doctor(doctor::DoctorArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -93,5 +98,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Send(a) => xfer::send(a),
         Cmd::Recv(a) => xfer::recv(a),
         Cmd::Bench(b) => bench::run(b),
+        Cmd::Doctor(a) => doctor::run(a),
     }
 }
