@@ -15,12 +15,14 @@
 //! | [`driver`]    | event loops joining [`proto`] with AF_XDP or UDP; the only clock reader   |
 //! | [`shm`]       | the shared-memory descriptor ring and its benchmark                       |
 //! | [`metrics`]   | JSON-lines metrics log                                                    |
+//! | [`config`]    | the appliance file `config/pfs.toml`: parse, validate, flags override it  |
 //!
 //! Everything here is a library; the `pfs` binary (`src/cli`) is the only place that prints
 //! for humans.
 #![deny(unsafe_code)]
 
 pub mod blueprint;
+pub mod config;
 pub mod driver;
 pub mod index;
 pub mod metrics;

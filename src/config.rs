@@ -1,0 +1,370 @@
+//! The appliance configuration file (`config/pfs.toml`), read by `pfs send --config` and
+//! `pfs recv --config`.
+//!
+//! Keys are the long command-line flags in kebab-case (`out-dir`, `max-file-size`, ...);
+//! every key is optional, and a flag given on the command line overrides the file's value
+//! ([`PfsConfig::overlay`]). Unknown keys are errors that name the key, so a typo never
+//! silently falls back to a default. Values are checked by [`PfsConfig::validate`].
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Which transport moves the frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// AF_XDP sockets behind the XDP steering program.
+    Xdp,
+    /// Kernel UDP sockets.
+    Udp,
+}
+
+/// How work is spread over NIC queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// One UDP port per flow; NIC RSS spreads flows over queues.
+    Ports,
+    /// An explicit queue list, steered with ntuple rules.
+    Queues,
+    /// One file spread over every queue.
+    Scatter,
+}
+
+/// Snapshot memory policy (as `--hugepages`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Hugepages {
+    Auto,
+    On,
+    Off,
+}
+
+impl From<Hugepages> for crate::pob::HugePolicy {
+    fn from(h: Hugepages) -> Self {
+        match h {
+            Hugepages::Auto => crate::pob::HugePolicy::Auto,
+            Hugepages::On => crate::pob::HugePolicy::On,
+            Hugepages::Off => crate::pob::HugePolicy::Off,
+        }
+    }
+}
+
+/// Everything `pfs.toml` may say. `None` means "not set here".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PfsConfig {
+    /// `xdp` or `udp`.
+    pub transport: Option<Transport>,
+    /// Network interface (AF_XDP transport).
+    pub interface: Option<String>,
+    /// `ports`, `queues` or `scatter`.
+    pub mode: Option<Mode>,
+    /// Queues to bind (`queues` mode).
+    pub queues: Option<Vec<u32>>,
+    /// First UDP port of the PacketFS range.
+    pub port: Option<u16>,
+    /// Number of ports in the range (`ports` mode).
+    pub ports: Option<u16>,
+    /// Snapshot directory.
+    pub snapshot: Option<PathBuf>,
+    /// Directory for received files (receiver).
+    pub out_dir: Option<PathBuf>,
+    /// Address to listen on (receiver, UDP transport).
+    pub listen: Option<String>,
+    /// Receiver address IP[:PORT] (sender).
+    pub dst: Option<String>,
+    /// Receiver MAC (sender, AF_XDP transport).
+    pub dst_mac: Option<String>,
+    /// IP MTU.
+    pub mtu: Option<usize>,
+    /// Largest file accepted, in bytes (receiver).
+    pub max_file_size: Option<u64>,
+    /// Link budget for the sender's pacing, e.g. `1gbit`, `500mbit`, `100MB`.
+    pub rate: Option<String>,
+    /// Receiver: give up after this many seconds without a sender (0 = never).
+    pub timeout: Option<u64>,
+    /// Metrics log (JSON lines).
+    pub metrics: Option<PathBuf>,
+    /// Snapshot memory: `auto`, `on` or `off`.
+    pub hugepages: Option<Hugepages>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Syntax errors and unknown keys (the message names the key and the line).
+    #[error("{path}: {msg}")]
+    Parse { path: PathBuf, msg: String },
+    #[error("{path}: {key}: {msg}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        msg: String,
+    },
+}
+
+/// The largest MTU accepted (jumbo frames; the UMEM frame bounds what AF_XDP carries).
+pub const MAX_MTU: usize = 9216;
+/// The smallest IPv4 MTU.
+pub const MIN_MTU: usize = 576;
+
+impl PfsConfig {
+    /// Parses TOML text; `origin` names the source in errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<PfsConfig, ConfigError> {
+        let cfg: PfsConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_path_buf(),
+            msg: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
+    /// Reads and parses a file.
+    pub fn load(path: &Path) -> Result<PfsConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Checks values that TOML types alone do not.
+    pub fn validate(&self, origin: &Path) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, msg: String| ConfigError::Invalid {
+            path: origin.to_path_buf(),
+            key,
+            msg,
+        };
+        if let Some(m) = self.mtu {
+            if !(MIN_MTU..=MAX_MTU).contains(&m) {
+                return Err(bad("mtu", format!("{m} is not in {MIN_MTU}..={MAX_MTU}")));
+            }
+        }
+        if let Some(0) = self.ports {
+            return Err(bad("ports", "must be at least 1".into()));
+        }
+        if let (Some(p), Some(n)) = (self.port, self.ports) {
+            if p as u32 + n as u32 - 1 > u16::MAX as u32 {
+                return Err(bad("ports", format!("port {p} + {n} ports passes 65535")));
+            }
+        }
+        if let Some(q) = &self.queues {
+            let max = packetfs_common::MAX_QUEUES;
+            if let Some(bad_q) = q.iter().find(|&&q| q >= max) {
+                return Err(bad("queues", format!("queue {bad_q} >= {max}")));
+            }
+            let mut s = q.clone();
+            s.sort_unstable();
+            s.dedup();
+            if s.len() != q.len() {
+                return Err(bad("queues", "a queue is listed twice".into()));
+            }
+        }
+        if self.mode == Some(Mode::Queues) && self.queues.as_ref().is_none_or(|q| q.is_empty()) {
+            return Err(bad("queues", "mode = \"queues\" needs a queue list".into()));
+        }
+        if let Some(r) = &self.rate {
+            if crate::proto::pacing::parse_rate(r).is_none() {
+                return Err(bad(
+                    "rate",
+                    format!("{r:?}: expected e.g. \"1gbit\", \"500mbit\", \"100MB\""),
+                ));
+            }
+        }
+        if let Some(0) = self.max_file_size {
+            return Err(bad("max-file-size", "must be at least 1".into()));
+        }
+        if let Some(l) = &self.listen {
+            if l.parse::<std::net::IpAddr>().is_err() {
+                return Err(bad("listen", format!("{l:?} is not an IP address")));
+            }
+        }
+        if let Some(i) = &self.interface {
+            if i.is_empty() || i.len() > 15 || i.contains('/') || i.contains(char::is_whitespace) {
+                return Err(bad("interface", format!("{i:?} is not an interface name")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Flags override file values: every field set in `flags` replaces this one's.
+    pub fn overlay(self, flags: PfsConfig) -> PfsConfig {
+        macro_rules! pick {
+            ($($f:ident),*) => {
+                PfsConfig { $($f: flags.$f.or(self.$f),)* }
+            };
+        }
+        pick!(
+            transport,
+            interface,
+            mode,
+            queues,
+            port,
+            ports,
+            snapshot,
+            out_dir,
+            listen,
+            dst,
+            dst_mac,
+            mtu,
+            max_file_size,
+            rate,
+            timeout,
+            metrics,
+            hugepages
+        )
+    }
+
+    /// The file `pfs.toml` describes when nothing is set: the built-in defaults of
+    /// `pfs send`/`pfs recv`, for printing and for filling a merged configuration.
+    pub fn defaults() -> PfsConfig {
+        PfsConfig {
+            transport: Some(Transport::Udp),
+            mode: Some(Mode::Scatter),
+            port: Some(47000),
+            ports: Some(1),
+            listen: Some("0.0.0.0".into()),
+            mtu: Some(1500),
+            max_file_size: Some(1 << 40),
+            timeout: Some(0),
+            hugepages: Some(Hugepages::Auto),
+            ..PfsConfig::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> Result<PfsConfig, ConfigError> {
+        PfsConfig::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn shipped_file_parses() {
+        let text = include_str!("../config/pfs.toml");
+        let c = p(text).unwrap();
+        assert_eq!(c.transport, Some(Transport::Xdp));
+        assert!(c.snapshot.is_some() && c.out_dir.is_some() && c.interface.is_some());
+    }
+
+    #[test]
+    fn empty_is_all_unset() {
+        assert_eq!(p("").unwrap(), PfsConfig::default());
+    }
+
+    #[test]
+    fn all_keys() {
+        let c = p(r#"
+            transport = "udp"
+            interface = "eth1"
+            mode = "queues"
+            queues = [0, 3]
+            port = 47000
+            ports = 4
+            snapshot = "/var/lib/pfs/snapshot"
+            out-dir = "/var/lib/pfs/in"
+            listen = "10.0.0.2"
+            dst = "10.0.0.2:47000"
+            dst-mac = "02:00:00:00:00:02"
+            mtu = 9000
+            max-file-size = 1000000
+            rate = "5gbit"
+            timeout = 30
+            metrics = "/var/log/pfs/metrics.jsonl"
+            hugepages = "on"
+        "#)
+        .unwrap();
+        assert_eq!(c.mode, Some(Mode::Queues));
+        assert_eq!(c.queues, Some(vec![0, 3]));
+        assert_eq!(c.out_dir, Some(PathBuf::from("/var/lib/pfs/in")));
+        assert_eq!(c.max_file_size, Some(1_000_000));
+        assert_eq!(c.hugepages, Some(Hugepages::On));
+        assert_eq!(c.mtu, Some(9000));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = p("snapshot = \"/s\"\nout_dir = \"/o\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("out_dir"), "{e}");
+        assert!(e.contains("unknown field"), "{e}");
+        assert!(e.contains("test.toml"), "{e}");
+        let e = p("pacing = 3\n").unwrap_err().to_string();
+        assert!(e.contains("pacing"), "{e}");
+    }
+
+    #[test]
+    fn tables_are_unknown_too() {
+        let e = p("[recv]\nport = 1\n").unwrap_err().to_string();
+        assert!(e.contains("recv"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (text, key) in [
+            ("mtu = 100", "mtu"),
+            ("mtu = 20000", "mtu"),
+            ("ports = 0", "ports"),
+            ("port = 65535\nports = 2", "ports"),
+            ("queues = [64]", "queues"),
+            ("queues = [1, 1]", "queues"),
+            ("mode = \"queues\"", "queues"),
+            ("rate = \"fast\"", "rate"),
+            ("listen = \"nowhere\"", "listen"),
+            ("interface = \"a b\"", "interface"),
+            ("max-file-size = 0", "max-file-size"),
+        ] {
+            let e = p(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        // Wrong types and enum values are parse errors naming the value or key.
+        let e = p("transport = \"tcp\"").unwrap_err().to_string();
+        assert!(e.contains("tcp"), "{e}");
+        let e = p("port = \"x\"").unwrap_err().to_string();
+        assert!(e.contains("port"), "{e}");
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let file = p(r#"
+            transport = "xdp"
+            interface = "eth1"
+            mtu = 9000
+            snapshot = "/file/snap"
+        "#)
+        .unwrap();
+        let flags = PfsConfig {
+            mtu: Some(1500),
+            out_dir: Some("/flag/out".into()),
+            ..PfsConfig::default()
+        };
+        let m = file.overlay(flags);
+        assert_eq!(m.mtu, Some(1500), "flag wins");
+        assert_eq!(m.interface.as_deref(), Some("eth1"), "file value kept");
+        assert_eq!(m.transport, Some(Transport::Xdp));
+        assert_eq!(m.snapshot, Some(PathBuf::from("/file/snap")));
+        assert_eq!(m.out_dir, Some(PathBuf::from("/flag/out")), "flag only");
+        // Defaults fill what neither said.
+        let full = PfsConfig::defaults().overlay(m);
+        assert_eq!(full.port, Some(47000));
+        assert_eq!(full.mtu, Some(1500));
+        assert_eq!(full.transport, Some(Transport::Xdp));
+    }
+
+    #[test]
+    fn serializes_back_to_kebab_keys() {
+        let c = PfsConfig::defaults();
+        let text = toml::to_string(&c).unwrap();
+        assert!(text.contains("max-file-size"), "{text}");
+        assert_eq!(p(&text).unwrap(), c);
+    }
+}
