@@ -298,7 +298,9 @@ fn ebpf_object(caps: u64) -> Check {
         Err(e) => missing(
             "ebpf_object",
             format!("embedded ({size} B) but does not load: {e}"),
-            "ulimit -l unlimited (kernels < 5.11 charge BPF maps to RLIMIT_MEMLOCK); pfs -vv doctor",
+            "in a container: --security-opt seccomp=$(scripts/container-seccomp.sh) (podman's \
+             default profile allows bpf(2) only with CAP_SYS_ADMIN); kernels < 5.11: ulimit -l \
+             unlimited; details: pfs -vv doctor",
         ),
     }
 }
@@ -321,13 +323,16 @@ fn interface(iface: &str) -> Vec<Check> {
                 "ip -br link   # pick an existing interface, or run doctor inside its namespace",
             )]
         }
-        Err(e) => {
-            return vec![missing(
+        // No iproute2 (the slim container image): sysfs, which a container mounts for its
+        // own network namespace.
+        Err(_) => match sysfs_link(iface) {
+            Some(v) => v,
+            None => return vec![missing(
                 "interface",
-                format!("cannot run `ip`: {e}"),
-                "apt-get install -y iproute2",
-            )]
-        }
+                format!("{iface}: no such interface in this network namespace"),
+                "ip -br link   # pick an existing interface, or run doctor inside its namespace",
+            )],
+        },
     };
     let num = |k: &str| link.get(k).and_then(|v| v.as_u64()).unwrap_or(0) as usize;
     let mut out = Vec::new();
@@ -436,6 +441,32 @@ fn interface(iface: &str) -> Vec<Check> {
         ));
     }
     out
+}
+
+/// The fields of `ip -d -j link show` that doctor reads, from /sys/class/net instead.
+fn sysfs_link(iface: &str) -> Option<serde_json::Value> {
+    nix::net::if_::if_nametoindex(iface).ok()?;
+    let sys = Path::new("/sys/class/net").join(iface);
+    let read = |f: &str| {
+        std::fs::read_to_string(sys.join(f))
+            .ok()
+            .map(|s| s.trim().to_string())
+    };
+    let count = |prefix: &str| {
+        std::fs::read_dir(sys.join("queues"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    Some(serde_json::json!({
+        "mtu": read("mtu")?.parse::<u64>().ok()?,
+        "operstate": read("operstate").unwrap_or_default(),
+        "num_rx_queues": count("rx-"),
+        "num_tx_queues": count("tx-"),
+    }))
 }
 
 /// (combined max, combined current), (rx max, rx current) from `ethtool -l`.
