@@ -327,11 +327,13 @@ fn interface(iface: &str) -> Vec<Check> {
         // own network namespace.
         Err(_) => match sysfs_link(iface) {
             Some(v) => v,
-            None => return vec![missing(
+            None => {
+                return vec![missing(
                 "interface",
                 format!("{iface}: no such interface in this network namespace"),
                 "ip -br link   # pick an existing interface, or run doctor inside its namespace",
-            )],
+            )]
+            }
         },
     };
     let num = |k: &str| link.get(k).and_then(|v| v.as_u64()).unwrap_or(0) as usize;
