@@ -52,3 +52,19 @@ dev-shm-run *ARGS:
 # Transfer benchmark on a veth pair (root): pfs AF_XDP / UDP vs iperf3 UDP/TCP and the AF_XDP blast, then at {{xfer_rate}}: covered file, release pair, random vs HTB-shaped TCP.
 bench-xfer *ARGS:
     bash scripts/benchmarks/xfer_bench.sh --random-mb {{xfer_random_mb}} --covered-mb {{xfer_covered_mb}} --snap-mb {{xfer_snap_mb}} --secs {{xfer_secs}} --rate {{xfer_rate}} --queues {{xfer_queues}} --metrics {{metrics}} {{ARGS}}
+
+# DEMO: snapshot, plan metrics, veth transfer, verification, summary ({{demo_size_mb}} MiB synthetic JSON, seed {{demo_seed}}; root).
+demo: build
+    bash demo/run.sh --transport {{transport}} --size-mb {{demo_size_mb}} --seed {{demo_seed}}
+
+# What this host is missing for the data path (iface={{iface}}, snapshot {{snapshot_dir}}); non-zero when something required is.
+doctor: build
+    {{pfs}} doctor {{ if iface == "" { "" } else { "--iface " + iface } }} --snapshot {{snapshot_dir}}
+
+# Build the container image {{container_tag}} (offline={{offline}}: from the host's pfs, no registry).
+container-build:
+    bash scripts/container-build.sh {{ if offline == "1" { "--offline" } else { "" } }} --tag {{container_tag}}
+
+# Container test: offline image, doctor + pfs recv in capability-limited containers in a test namespace (root, podman).
+container-test:
+    cargo test --release --locked --test container -- --nocapture
