@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what PacketFS needs on a fresh Debian 12 machine (run as root).
 # (libpcap-dev: the libxdp configure script that xsk-rs runs through libxdp-sys requires it.)
+# (podman, runc: tests/container.rs and scripts/container-*.sh; python3: demo/ and the seccomp profile.)
 #
 # Idempotent: every step first checks whether its work is already done, so a second run
 # takes a few seconds. Each step prints one line. Works without a terminal (CI=true, no stdin).
@@ -16,7 +17,7 @@ step() { printf 'setup: %-14s %s\n' "$1" "$2"; }
 
 # 1. Debian packages -----------------------------------------------------------------------
 apt_pkgs=(clang m4 libelf-dev pkg-config zlib1g-dev zstd xdelta3 rsync xz-utils iperf3 bpftool
-          xdp-tools ethtool iproute2 libpcap-dev)
+          xdp-tools ethtool iproute2 libpcap-dev podman runc python3)
 missing=()
 for p in "${apt_pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
