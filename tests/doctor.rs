@@ -95,6 +95,50 @@ fn missing_snapshot_fails_and_names_the_fix() {
 }
 
 #[test]
+fn config_file_names_what_to_check_and_flags_override_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("pfs.toml");
+    std::fs::write(
+        &cfg,
+        "interface = \"pfs-no-such1\"\nsnapshot = \"/nonexistent/pfs-snap\"\n",
+    )
+    .unwrap();
+    let o = pfs()
+        .arg("doctor")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let checks = parse(&o);
+    assert_eq!(status_of(&checks, "interface"), "missing", "{text}");
+    assert!(text.contains("pfs-no-such1"), "{text}");
+    assert!(text.contains("/nonexistent/pfs-snap"), "{text}");
+    assert!(!o.status.success());
+    // --iface overrides the file's interface.
+    let o = pfs()
+        .arg("doctor")
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--iface", "lo"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(!text.contains("pfs-no-such1"), "{text}");
+    // An unknown key is refused, by name.
+    std::fs::write(&cfg, "interfce = \"eth0\"\n").unwrap();
+    let o = pfs()
+        .arg("doctor")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("interfce"), "{err}");
+}
+
+#[test]
 fn unknown_interface_is_missing() {
     let o = pfs()
         .args(["doctor", "--iface", "pfs-no-such0"])

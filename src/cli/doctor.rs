@@ -25,6 +25,10 @@ pub struct DoctorArgs {
     /// Snapshot directory to check (present, manifest, id). Without it the check is skipped.
     #[arg(long)]
     snapshot: Option<PathBuf>,
+    /// Appliance config (config/pfs.toml): its `interface` and `snapshot` are checked unless
+    /// --iface / --snapshot override them.
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,7 +92,18 @@ const CAPS: &[(&str, u32)] = &[
 ];
 const CAP_SYS_ADMIN: u32 = 21;
 
-pub fn run(a: DoctorArgs) -> anyhow::Result<ExitCode> {
+pub fn run(mut a: DoctorArgs) -> anyhow::Result<ExitCode> {
+    if let Some(path) = &a.config {
+        let file = packetfs::config::PfsConfig::load(path)?;
+        let flags = packetfs::config::PfsConfig {
+            interface: a.iface.take(),
+            snapshot: a.snapshot.take(),
+            ..Default::default()
+        };
+        let merged = file.overlay(flags);
+        a.iface = merged.interface;
+        a.snapshot = merged.snapshot;
+    }
     let mut checks = Vec::new();
     let caps = effective_caps();
     checks.push(kernel());
