@@ -119,7 +119,7 @@ impl PfsConfig {
     pub fn parse(text: &str, origin: &Path) -> Result<PfsConfig, ConfigError> {
         let cfg: PfsConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_path_buf(),
-            msg: e.to_string().trim_end().replace('\n', " "),
+            msg: e.to_string().trim_end().to_string(),
         })?;
         cfg.validate(origin)?;
         Ok(cfg)
