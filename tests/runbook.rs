@@ -1,0 +1,131 @@
+//! docs/two-hosts.md cannot go stale silently: the runbook's commands that can run on one
+//! machine run here, on a veth pair between two test namespaces (root; skips otherwise),
+//! with the XDP program attached natively as `pfs recv --transport xdp` would attach it.
+//! Each command is first looked up verbatim in the document, so editing one there without
+//! updating it here fails this test.
+
+mod common;
+
+use std::process::Command;
+
+use common::netns::{skip_reason, NetnsPair, Side};
+use packetfs::steer::{Steering, XdpMode};
+
+const DOC: &str = include_str!("../docs/two-hosts.md");
+
+/// Runs `cmd` (a line of the runbook) with bash in the calling thread's network namespace,
+/// with the runbook's variables set; returns stdout, panicking on failure.
+fn runbook(cmd: &str, vars: &[(&str, String)]) -> String {
+    runbook_then(cmd, "", vars)
+}
+
+/// [`runbook`] followed by `then` (test-only shell, e.g. to print a variable `cmd` set).
+fn runbook_then(cmd: &str, then: &str, vars: &[(&str, String)]) -> String {
+    assert!(
+        DOC.contains(cmd),
+        "docs/two-hosts.md no longer contains: {cmd}"
+    );
+    let mut c = Command::new("bash");
+    c.args(["-o", "pipefail", "-c", &format!("{cmd}\n{then}")]);
+    for (k, v) in vars {
+        c.env(k, v);
+    }
+    c.env(
+        "PATH",
+        format!(
+            "{}:{}",
+            std::path::Path::new(env!("CARGO_BIN_EXE_pfs"))
+                .parent()
+                .unwrap()
+                .display(),
+            std::env::var("PATH").unwrap_or_default()
+        ),
+    );
+    let o = c.output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{cmd}: {}\n{out}{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    eprintln!("$ {cmd}\n{out}");
+    out
+}
+
+#[test]
+fn one_machine_steps_of_the_runbook_run_on_veth() {
+    if let Some(r) = skip_reason() {
+        eprintln!("skipping one_machine_steps_of_the_runbook_run_on_veth: {r}");
+        return;
+    }
+    for tool in ["ethtool", "bpftool", "ss"] {
+        if Command::new(tool).arg("--version").output().is_err()
+            && Command::new(tool).arg("-V").output().is_err()
+        {
+            eprintln!("skipping: {tool} missing (scripts/setup.sh installs it)");
+            return;
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("snap");
+    let pair = NetnsPair::new(2, 1500).unwrap();
+    let iface = pair.iface(Side::B);
+    let vars = vec![
+        ("IF", iface.clone()),
+        ("SNAP", snap.display().to_string()),
+        ("R_IP", pair.addr(Side::B).to_string()),
+        ("S_IP", pair.addr(Side::A).to_string()),
+        ("Q", "2".to_string()),
+    ];
+    let v = vars.clone();
+    let if_a = pair.iface(Side::A);
+    // Step 3 on the sender's end too (both hosts).
+    pair.run_in(Side::A, move || {
+        runbook("ip link set dev $IF mtu 3400", &[("IF", if_a.clone())]);
+    });
+    pair.run_in(Side::B, move || {
+        // Step 2: build and read the id.
+        runbook(
+            "pfs snapshot build --recipe config/snapshot.default.toml --seed 1 --out $SNAP",
+            &v,
+        );
+        let id = runbook("pfs snapshot info $SNAP | head -n 1", &v);
+        assert!(id.starts_with("snapshot ") && id.trim().len() == 9 + 3 + 64, "{id}");
+        let j = runbook("pfs snapshot info --json $SNAP | grep snapshot_id", &v);
+        assert!(j.contains(id.split_whitespace().nth(1).unwrap()), "{j}");
+        runbook("pfs snapshot verify $SNAP", &v);
+        // Step 1 (after the snapshot exists).
+        let doc = runbook("pfs doctor --iface $IF --snapshot $SNAP", &v);
+        assert!(
+            doc.lines().any(|l| l.starts_with("ok ") && l.contains(" native_xdp ")),
+            "{doc}"
+        );
+        // Step 3: MTU.
+        runbook("ip link set dev $IF mtu 3400", &v);
+        let mtu = runbook("ip link show dev $IF | grep -o 'mtu [0-9]*'", &v);
+        assert_eq!(mtu.trim(), "mtu 3400");
+        // Step 4: channels.
+        runbook("ethtool -l $IF", &v);
+        // Step 6: the hugepage count for the snapshot.
+        let size = runbook_then(
+            "SIZE=$(pfs snapshot info --json $SNAP | grep -o '\"size\": *[0-9]*' | head -n 1 | grep -o '[0-9]*$')",
+            "echo $SIZE",
+            &v,
+        );
+        assert_eq!(size.trim(), std::fs::metadata(std::path::Path::new(&v[1].1).join("snapshot.bin")).unwrap().len().to_string());
+        runbook("grep -i hugepages_ /proc/meminfo", &v);
+        // Step 7/8 with the program attached natively.
+        let steer = Steering::attach(&v[0].1, XdpMode::Native).expect("native attach");
+        let mode = runbook("ip -d link show dev $IF | grep -o 'xdp[a-z]*'", &v);
+        let net = runbook("bpftool net show dev $IF", &v);
+        runbook("ss --xdp -a -e", &v);
+        runbook("ethtool -S $IF | grep -E 'rx_queue_[0-9]+_packets|rx[0-9]+_packets|drop|miss|no_buf'", &v);
+        let dump = runbook("bpftool map dump name PFS_COUNTERS", &v);
+        runbook("ip -s link show dev $IF", &v);
+        drop(steer);
+        assert_eq!(mode.lines().next(), Some("xdp"), "native shows as `xdp`: {mode}");
+        assert!(net.contains(" driver id "), "{net}");
+        assert_eq!(dump.matches("key:").count(), 5, "{dump}");
+    });
+}
