@@ -63,9 +63,12 @@ pub enum Cmd {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Matches kept beside the parsed values: `--config` needs to know which flags were given.
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli =
+        <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     init_tracing(cli.verbose);
-    match run(cli) {
+    match run(cli, &matches) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("pfs: error: {e:#}");
@@ -89,14 +92,26 @@ fn init_tracing(v: u8) {
         .try_init();
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<ExitCode> {
+    let sub = |name: &str| {
+        matches
+            .subcommand_matches(name)
+            .cloned()
+            .unwrap_or_default()
+    };
     match cli.cmd {
         Cmd::Snapshot(c) => codec::snapshot(c),
         Cmd::Index(c) => codec::index(c),
         Cmd::Plan(a) => codec::plan(a),
         Cmd::Unplan(a) => codec::unplan(a),
-        Cmd::Send(a) => xfer::send(a),
-        Cmd::Recv(a) => xfer::recv(a),
+        Cmd::Send(mut a) => {
+            xfer::apply_send_config(&mut a, &sub("send"))?;
+            xfer::send(a)
+        }
+        Cmd::Recv(mut a) => {
+            xfer::apply_recv_config(&mut a, &sub("recv"))?;
+            xfer::recv(a)
+        }
         Cmd::Bench(b) => bench::run(b),
         Cmd::Doctor(a) => doctor::run(a),
     }

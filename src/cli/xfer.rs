@@ -47,12 +47,15 @@ pub struct SendArgs {
     /// Files to send: planned on the fly against the snapshot, or .pbb blueprints sent as is.
     #[arg(required = true)]
     files: Vec<PathBuf>,
+    /// Appliance config (config/pfs.toml); flags given here override its values.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Receiver address, IP[:PORT] (default port 47000).
-    #[arg(long)]
-    dst: String,
+    #[arg(long, required_unless_present = "config")]
+    dst: Option<String>,
     /// Snapshot directory (its id must match the receiver's).
-    #[arg(long)]
-    snapshot: PathBuf,
+    #[arg(long, required_unless_present = "config")]
+    snapshot: Option<PathBuf>,
     /// Network interface to send on (AF_XDP transport).
     #[arg(long)]
     iface: Option<String>,
@@ -95,12 +98,15 @@ pub struct SendArgs {
 
 #[derive(Args, Debug)]
 pub struct RecvArgs {
+    /// Appliance config (config/pfs.toml); flags given here override its values.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Snapshot directory (its id must match the sender's).
-    #[arg(long)]
-    snapshot: PathBuf,
+    #[arg(long, required_unless_present = "config")]
+    snapshot: Option<PathBuf>,
     /// Directory for received files (written under temporary names, renamed after BLAKE3).
-    #[arg(long)]
-    out_dir: PathBuf,
+    #[arg(long, required_unless_present = "config")]
+    out_dir: Option<PathBuf>,
     /// Network interface to receive on (AF_XDP transport).
     #[arg(long)]
     iface: Option<String>,
@@ -339,7 +345,15 @@ fn gbit(bytes: u64, secs: f64) -> f64 {
 
 pub fn send(a: SendArgs) -> anyhow::Result<ExitCode> {
     let cancel = cancel_on_signals()?;
-    let dst = parse_dst(&a.dst)?;
+    let dst = parse_dst(
+        a.dst
+            .as_deref()
+            .context("no --dst (nor `dst` in --config)")?,
+    )?;
+    let snapshot = a
+        .snapshot
+        .clone()
+        .context("no --snapshot (nor `snapshot` in --config)")?;
     let rate = match &a.rate {
         Some(r) => Some(
             packetfs::proto::pacing::parse_rate(r)
@@ -347,7 +361,7 @@ pub fn send(a: SendArgs) -> anyhow::Result<ExitCode> {
         ),
         None => None,
     };
-    let snap = Snapshot::open(&a.snapshot, a.hugepages)?;
+    let snap = Snapshot::open(&snapshot, a.hugepages)?;
     let files = blueprints(&a.files, &snap)?;
     let plan_bytes: u64 = files.iter().map(|f| f.blueprint.file_len).sum();
     let transport = pick_transport(a.transport, a.iface.as_deref());
@@ -457,9 +471,16 @@ pub fn send(a: SendArgs) -> anyhow::Result<ExitCode> {
 
 pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
     let cancel = cancel_on_signals()?;
-    std::fs::create_dir_all(&a.out_dir)
-        .with_context(|| format!("creating {}", a.out_dir.display()))?;
-    let snap = Snapshot::open(&a.snapshot, a.hugepages)?;
+    let out_dir = a
+        .out_dir
+        .clone()
+        .context("no --out-dir (nor `out-dir` in --config)")?;
+    let snapshot = a
+        .snapshot
+        .clone()
+        .context("no --snapshot (nor `snapshot` in --config)")?;
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let snap = Snapshot::open(&snapshot, a.hugepages)?;
     let transport = pick_transport(a.transport, a.iface.as_deref());
     let tname = match transport {
         Transport::Udp => "udp",
@@ -477,7 +498,7 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
     let mut report = None;
     let r = match transport {
         Transport::Udp => {
-            let mut cfg = RecvConfig::new(SocketAddr::new(a.listen, a.port), a.out_dir.clone());
+            let mut cfg = RecvConfig::new(SocketAddr::new(a.listen, a.port), out_dir.clone());
             cfg.mtu = a.mtu;
             cfg.proto.max_file_size = a.max_file_size;
             cfg.listen_timeout = listen_timeout;
@@ -486,7 +507,7 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
                 "listening on udp {} with snapshot {snap_name} ({}), writing to {}",
                 r.local_addr()?,
                 snap.backing_name(),
-                a.out_dir.display()
+                out_dir.display()
             );
             r.run(snap.id, snap.bytes(), &cancel, &mut on)
         }
@@ -506,7 +527,7 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
             proto.max_file_size = a.max_file_size;
             let cfg = xdp::XdpRecvConfig {
                 link,
-                out_dir: a.out_dir.clone(),
+                out_dir: out_dir.clone(),
                 mtu: a.mtu,
                 listen_timeout,
                 proto,
@@ -522,7 +543,7 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
                 a.port,
                 a.port as u32 + a.ports.max(1) as u32 - 1,
                 snap.backing_name(),
-                a.out_dir.display()
+                out_dir.display()
             );
             match r.run(snap.id, snap.bytes(), &cancel, &mut on) {
                 Ok((s, rep)) => {
@@ -585,4 +606,159 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
     packetfs::metrics::append(&a.metrics, &m)
         .with_context(|| format!("appending to {}", a.metrics.display()))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--config FILE`: the file's values under the flags given on the command line (a flag
+/// counts as given when clap says its value came from the command line, not a default).
+fn merged_config(
+    path: &std::path::Path,
+    m: &clap::ArgMatches,
+    mut flags: packetfs::config::PfsConfig,
+) -> anyhow::Result<packetfs::config::PfsConfig> {
+    use clap::parser::ValueSource;
+    let file = packetfs::config::PfsConfig::load(path)?;
+    let given = |id: &str| matches!(m.value_source(id), Some(ValueSource::CommandLine));
+    // Defaulted flags only count when given.
+    macro_rules! unless_given {
+        ($($f:ident = $id:literal),*) => {
+            $( if flags.$f.is_some() && !given($id) { flags.$f = None; } )*
+        };
+    }
+    unless_given!(
+        mode = "mode",
+        queues = "queues",
+        port = "port",
+        ports = "ports",
+        listen = "listen",
+        mtu = "mtu",
+        max_file_size = "max_file_size",
+        timeout = "timeout",
+        metrics = "metrics",
+        hugepages = "hugepages"
+    );
+    Ok(file.overlay(flags))
+}
+
+fn cfg_transport(t: Option<packetfs::config::Transport>) -> Option<Transport> {
+    t.map(|t| match t {
+        packetfs::config::Transport::Xdp => Transport::Xdp,
+        packetfs::config::Transport::Udp => Transport::Udp,
+    })
+}
+
+fn cfg_mode(m: Mode) -> packetfs::config::Mode {
+    match m {
+        Mode::Ports => packetfs::config::Mode::Ports,
+        Mode::Queues => packetfs::config::Mode::Queues,
+        Mode::Scatter => packetfs::config::Mode::Scatter,
+    }
+}
+
+fn mode_of(m: packetfs::config::Mode) -> Mode {
+    match m {
+        packetfs::config::Mode::Ports => Mode::Ports,
+        packetfs::config::Mode::Queues => Mode::Queues,
+        packetfs::config::Mode::Scatter => Mode::Scatter,
+    }
+}
+
+fn huge_cfg(h: HugePolicy) -> packetfs::config::Hugepages {
+    match h {
+        HugePolicy::Auto => packetfs::config::Hugepages::Auto,
+        HugePolicy::On => packetfs::config::Hugepages::On,
+        HugePolicy::Off => packetfs::config::Hugepages::Off,
+    }
+}
+
+fn transport_cfg(t: Transport) -> packetfs::config::Transport {
+    match t {
+        Transport::Xdp => packetfs::config::Transport::Xdp,
+        Transport::Udp => packetfs::config::Transport::Udp,
+    }
+}
+
+/// Applies `pfs send --config FILE` (no-op without it); `m` are the subcommand's matches.
+pub fn apply_send_config(a: &mut SendArgs, m: &clap::ArgMatches) -> anyhow::Result<()> {
+    let Some(path) = a.config.clone() else {
+        return Ok(());
+    };
+    let flags = packetfs::config::PfsConfig {
+        transport: a.transport.map(transport_cfg),
+        interface: a.iface.clone(),
+        mode: Some(cfg_mode(a.mode)),
+        queues: Some(a.queues.clone()),
+        ports: Some(a.ports),
+        snapshot: a.snapshot.clone(),
+        dst: a.dst.clone(),
+        dst_mac: a.dst_mac.clone(),
+        mtu: Some(a.mtu),
+        rate: a.rate.clone(),
+        metrics: Some(a.metrics.clone()),
+        hugepages: Some(huge_cfg(a.hugepages)),
+        ..Default::default()
+    };
+    let c = merged_config(&path, m, flags)?;
+    a.transport = cfg_transport(c.transport);
+    a.iface = c.interface;
+    a.mode = c.mode.map(mode_of).unwrap_or(a.mode);
+    a.queues = c.queues.unwrap_or_default();
+    a.ports = c.ports.unwrap_or(a.ports);
+    a.snapshot = c.snapshot;
+    a.dst = c.dst;
+    a.dst_mac = c.dst_mac;
+    a.mtu = c.mtu.unwrap_or(a.mtu);
+    a.rate = c.rate;
+    a.metrics = c.metrics.unwrap_or(a.metrics.clone());
+    a.hugepages = c.hugepages.map(Into::into).unwrap_or(a.hugepages);
+    // A port in `dst` wins; else the file's `port` names the receiver's port.
+    if let (Some(d), Some(p)) = (&a.dst, c.port) {
+        if d.parse::<SocketAddr>().is_err() {
+            a.dst = Some(format!("{d}:{p}"));
+        }
+    }
+    Ok(())
+}
+
+/// Applies `pfs recv --config FILE` (no-op without it); `m` are the subcommand's matches.
+pub fn apply_recv_config(a: &mut RecvArgs, m: &clap::ArgMatches) -> anyhow::Result<()> {
+    let Some(path) = a.config.clone() else {
+        return Ok(());
+    };
+    let flags = packetfs::config::PfsConfig {
+        transport: a.transport.map(transport_cfg),
+        interface: a.iface.clone(),
+        mode: Some(cfg_mode(a.mode)),
+        queues: Some(a.queues.clone()),
+        port: Some(a.port),
+        ports: Some(a.ports),
+        snapshot: a.snapshot.clone(),
+        out_dir: a.out_dir.clone(),
+        listen: Some(a.listen.to_string()),
+        mtu: Some(a.mtu),
+        max_file_size: Some(a.max_file_size),
+        timeout: Some(a.timeout),
+        metrics: Some(a.metrics.clone()),
+        hugepages: Some(huge_cfg(a.hugepages)),
+        ..Default::default()
+    };
+    let c = merged_config(&path, m, flags)?;
+    a.transport = cfg_transport(c.transport);
+    a.iface = c.interface;
+    a.mode = c.mode.map(mode_of).unwrap_or(a.mode);
+    a.queues = c.queues.unwrap_or_default();
+    a.port = c.port.unwrap_or(a.port);
+    a.ports = c.ports.unwrap_or(a.ports);
+    a.snapshot = c.snapshot;
+    a.out_dir = c.out_dir;
+    if let Some(l) = c.listen {
+        a.listen = l
+            .parse()
+            .with_context(|| format!("{}: listen {l:?}", path.display()))?;
+    }
+    a.mtu = c.mtu.unwrap_or(a.mtu);
+    a.max_file_size = c.max_file_size.unwrap_or(a.max_file_size);
+    a.timeout = c.timeout.unwrap_or(a.timeout);
+    a.metrics = c.metrics.unwrap_or(a.metrics.clone());
+    a.hugepages = c.hugepages.map(Into::into).unwrap_or(a.hugepages);
+    Ok(())
 }
