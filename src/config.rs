@@ -89,6 +89,10 @@ pub struct PfsConfig {
     pub metrics: Option<PathBuf>,
     /// Snapshot memory: `auto`, `on` or `off`.
     pub hugepages: Option<Hugepages>,
+    /// XDP attach mode: `native`, `skb` or `auto`.
+    pub xdp_mode: Option<String>,
+    /// Core to pin the AF_XDP session thread to.
+    pub cpu: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -185,6 +189,14 @@ impl PfsConfig {
                 return Err(bad("listen", format!("{l:?} is not an IP address")));
             }
         }
+        if let Some(m) = &self.xdp_mode {
+            if m.parse::<crate::steer::XdpMode>().is_err() {
+                return Err(bad(
+                    "xdp-mode",
+                    format!("{m:?}: expected \"native\", \"skb\" or \"auto\""),
+                ));
+            }
+        }
         if let Some(i) = &self.interface {
             if i.is_empty() || i.len() > 15 || i.contains('/') || i.contains(char::is_whitespace) {
                 return Err(bad("interface", format!("{i:?} is not an interface name")));
@@ -217,7 +229,9 @@ impl PfsConfig {
             rate,
             timeout,
             metrics,
-            hugepages
+            hugepages,
+            xdp_mode,
+            cpu
         )
     }
 
@@ -280,6 +294,8 @@ mod tests {
             timeout = 30
             metrics = "/var/log/pfs/metrics.jsonl"
             hugepages = "on"
+            xdp-mode = "native"
+            cpu = 1
         "#)
         .unwrap();
         assert_eq!(c.mode, Some(Mode::Queues));
@@ -322,6 +338,7 @@ mod tests {
             ("listen = \"nowhere\"", "listen"),
             ("interface = \"a b\"", "interface"),
             ("max-file-size = 0", "max-file-size"),
+            ("xdp-mode = \"fast\"", "xdp-mode"),
         ] {
             let e = p(text).unwrap_err().to_string();
             assert!(e.contains(key), "{text}: {e}");

@@ -633,6 +633,7 @@ fn merged_config(
         mtu = "mtu",
         max_file_size = "max_file_size",
         timeout = "timeout",
+        xdp_mode = "xdp_mode",
         metrics = "metrics",
         hugepages = "hugepages"
     );
@@ -695,9 +696,17 @@ pub fn apply_send_config(a: &mut SendArgs, m: &clap::ArgMatches) -> anyhow::Resu
         rate: a.rate.clone(),
         metrics: Some(a.metrics.clone()),
         hugepages: Some(huge_cfg(a.hugepages)),
+        xdp_mode: Some(a.xdp_mode.to_string()),
+        cpu: a.cpu,
         ..Default::default()
     };
     let c = merged_config(&path, m, flags)?;
+    if let Some(x) = &c.xdp_mode {
+        a.xdp_mode = x
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    }
+    a.cpu = c.cpu;
     a.transport = cfg_transport(c.transport);
     a.iface = c.interface;
     a.mode = c.mode.map(mode_of).unwrap_or(a.mode);
@@ -739,9 +748,17 @@ pub fn apply_recv_config(a: &mut RecvArgs, m: &clap::ArgMatches) -> anyhow::Resu
         timeout: Some(a.timeout),
         metrics: Some(a.metrics.clone()),
         hugepages: Some(huge_cfg(a.hugepages)),
+        xdp_mode: Some(a.xdp_mode.to_string()),
+        cpu: a.cpu,
         ..Default::default()
     };
     let c = merged_config(&path, m, flags)?;
+    if let Some(x) = &c.xdp_mode {
+        a.xdp_mode = x
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    }
+    a.cpu = c.cpu;
     a.transport = cfg_transport(c.transport);
     a.iface = c.interface;
     a.mode = c.mode.map(mode_of).unwrap_or(a.mode);
