@@ -3,7 +3,7 @@
 # DEMO material only: walks through PacketFS end to end on one machine. No production code
 # path uses anything in demo/.
 #
-#   bash demo/run.sh [--transport udp|xdp] [--size-mb N] [--seed S]     (as root)
+#   bash demo/run.sh [--transport xdp|udp] [--size-mb N] [--seed S]     (as root)
 #
 # 1. snapshot   build (or reuse) the default snapshot, print its id
 # 2. data       a deterministic synthetic JSON file (demo/gen_synth_json.py) + /usr/bin/bash
@@ -15,7 +15,7 @@
 # Environment: DEMO_SNAPSHOT (default out/snapshot), DEMO_WORK (default out/demo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-transport=udp size_mb=8 seed=42
+transport=xdp size_mb=8 seed=42
 while [ $# -gt 0 ]; do
     case "$1" in
         --transport) transport=${2:?}; shift 2 ;;
@@ -59,8 +59,7 @@ cleanup() { bash scripts/netns.sh down "$ns" >/dev/null 2>&1 || true; }
 trap cleanup EXIT INT TERM
 bash scripts/netns.sh up "$ns" --queues 2
 dst=$(ip -n "${ns}b" -4 -o addr show dev "${ns}b" | awk '{print $4}' | cut -d/ -f1)
-# nsenter --net keeps bpffs visible (ip netns exec remounts /sys).
-nsenter --net="/run/netns/${ns}b" "$pfs" recv --transport "$transport" --iface "${ns}b" \
+ip netns exec "${ns}b" "$pfs" recv --transport "$transport" --iface "${ns}b" \
     --snapshot "$snap" --out-dir "$work/recv" --timeout 60 --metrics "$metrics" \
     > "$work/recv.log" 2>&1 &
 rpid=$!
@@ -68,7 +67,7 @@ until grep -q "listening on" "$work/recv.log" 2>/dev/null; do
     kill -0 "$rpid" 2>/dev/null || { cat "$work/recv.log"; echo "DEMO: receiver exited" >&2; exit 1; }
     sleep 0.1
 done
-nsenter --net="/run/netns/${ns}a" "$pfs" send --transport "$transport" --iface "${ns}a" \
+ip netns exec "${ns}a" "$pfs" send --transport "$transport" --iface "${ns}a" \
     --dst "$dst" --snapshot "$snap" --metrics "$metrics" \
     "$work/send/synth.json" "$work/send/bash"
 wait "$rpid" || { cat "$work/recv.log"; echo "DEMO: the receiver failed" >&2; exit 1; }

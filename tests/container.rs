@@ -5,12 +5,12 @@
 //! veth pair between two test namespaces:
 //! - `pfs doctor` in a container with exactly NET_ADMIN,NET_RAW,BPF,PERFMON,IPC_LOCK passes
 //!   (native XDP attach included);
-//! - `pfs recv` in such a container on side B receives files that `pfs send` sends from side
-//!   A; they arrive bit-exact and the container's effective capabilities are exactly those.
+//! - `pfs recv --transport xdp` in such a container on side B receives files that `pfs send`
+//!   sends from side A over AF_XDP; they arrive bit-exact and the container's effective capabilities are exactly those.
 //!
 //! Containers, images and namespaces are removed afterwards (also on failure: Drop).
-//! PFS_CONTAINER_TRANSPORT selects the transport (default udp: `pfs send --transport xdp` is
-//! not wired yet).
+//! The transfer runs over AF_XDP (the XDP program attached natively inside the container);
+//! PFS_CONTAINER_TRANSPORT=udp selects the kernel UDP transport instead.
 
 mod common;
 
@@ -120,7 +120,7 @@ fn recv_in_a_capability_limited_container() {
         eprintln!("skipping recv_in_a_capability_limited_container: {r}");
         return;
     }
-    let transport = std::env::var("PFS_CONTAINER_TRANSPORT").unwrap_or_else(|_| "udp".to_string());
+    let transport = std::env::var("PFS_CONTAINER_TRANSPORT").unwrap_or_else(|_| "xdp".to_string());
     let pfs = env!("CARGO_BIN_EXE_pfs");
     let id = std::process::id();
     let base = format!("localhost/pfs-test-base:{id}");
@@ -248,7 +248,7 @@ fn recv_in_a_capability_limited_container() {
             "--out-dir",
             "/out",
             "--timeout",
-            "120",
+            "60",
             "--metrics",
             "/tmp/metrics.jsonl",
         ]));
@@ -279,10 +279,11 @@ fn recv_in_a_capability_limited_container() {
         .unwrap();
     assert_eq!(eff, CAP_MASK, "container CapEff {eff:#x}");
 
-    // 6. Sender on side A (host binary, nsenter keeps this mount namespace).
+    // 6. Sender on side A (host binary; `ip netns exec` also gives it side A's /sys, where
+    // the AF_XDP sender reads its interface's MAC address).
     let dst = pair.addr(Side::B).to_string();
-    let mut send = Command::new("nsenter");
-    send.arg(format!("--net=/run/netns/{ns_a}"))
+    let mut send = Command::new("ip");
+    send.args(["netns", "exec", &ns_a])
         .arg(pfs)
         .args([
             "send",
@@ -306,12 +307,15 @@ fn recv_in_a_capability_limited_container() {
         String::from_utf8_lossy(&so.stdout),
         String::from_utf8_lossy(&so.stderr)
     );
+    assert!(
+        so.status.success(),
+        "pfs send failed (the receiver container is removed on drop)"
+    );
     let code = run(podman().args(["wait", &name]));
     let logs = podman().args(["logs", &name]).output().unwrap();
     let rtext =
         String::from_utf8_lossy(&logs.stdout).into_owned() + &String::from_utf8_lossy(&logs.stderr);
     eprintln!("recv (container): {rtext}");
-    assert!(so.status.success(), "pfs send failed");
     assert_eq!(
         String::from_utf8_lossy(&code.stdout).trim(),
         "0",
@@ -330,6 +334,10 @@ fn recv_in_a_capability_limited_container() {
         rtext.contains(&format!("received {} file(s)", files.len())),
         "{rtext}"
     );
+    if transport == "xdp" {
+        assert!(rtext.contains("over xdp"), "{rtext}");
+        assert!(!rtext.contains("steered=0 "), "nothing steered:\n{rtext}");
+    }
 
     drop(pair);
     drop(clean);
