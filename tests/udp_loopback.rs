@@ -244,13 +244,31 @@ fn bench_loopback_raw_goodput() {
         .and_then(|v| packetfs::proto::pacing::parse_rate(&v));
     let snap = snapshot(8);
     let mut rng = Rng(8);
-    let (_, f) = raw_file(&mut rng, "bench.raw", mb << 20);
+    // PFS_BENCH_COVERED: every byte from the snapshot, the wire carries descriptors only.
+    let f = if std::env::var_os("PFS_BENCH_COVERED").is_some() {
+        SendFile {
+            name: "bench.covered".into(),
+            blueprint: covered(&snap, mb << 20),
+        }
+    } else {
+        raw_file(&mut rng, "bench.raw", mb << 20).1
+    };
     let out = tempfile::tempdir().unwrap();
     let rx = receiver(out.path());
     let addr = rx.local_addr().unwrap();
     std::thread::scope(|s| {
         let snap_r = &snap;
-        let h = s.spawn(move || rx.run(SNAP_ID, snap_r, &AtomicBool::new(false), &mut |_| {}));
+        let t0 = std::time::Instant::now();
+        let h = s.spawn(move || {
+            let mut marks = Vec::new();
+            let r = rx.run(SNAP_ID, snap_r, &AtomicBool::new(false), &mut |e| {
+                if !matches!(e, Event::Progress { .. }) {
+                    marks.push(format!("{:?} at {:?}", e, t0.elapsed()));
+                }
+            });
+            eprintln!("receiver events: {marks:?}, returned at {:?}", t0.elapsed());
+            r
+        });
         let mut cfg = SendConfig::new(addr);
         cfg.rate = rate;
         if let Some(ms) = std::env::var("PFS_BENCH_BURST_MS")
@@ -259,7 +277,21 @@ fn bench_loopback_raw_goodput() {
         {
             cfg.proto.burst_time = Duration::from_millis(ms);
         }
-        let sent = run_sender(&cfg, vec![f], SNAP_ID, &snap).unwrap();
+        let mut marks = Vec::new();
+        let sent = packetfs::driver::udp::run_sender_with(
+            &cfg,
+            vec![f],
+            SNAP_ID,
+            &snap,
+            &AtomicBool::new(false),
+            &mut |e| {
+                if !matches!(e, Event::Progress { .. }) {
+                    marks.push(format!("{:?} at {:?}", e, t0.elapsed()));
+                }
+            },
+        )
+        .unwrap();
+        eprintln!("sender events: {marks:?}, returned at {:?}", t0.elapsed());
         let got = h.join().unwrap().unwrap();
         eprintln!(
             "bench: {} MiB raw over UDP loopback: sender {:?} {:.0} Mbit/s goodput, {:.0} Mbit/s wire, {} frames, {} repair frames, final rate {:.0} Mbit/s; receiver {:?}, {} duplicates",
@@ -379,4 +411,40 @@ fn the_driver_loop_repairs_loss_on_real_sockets() {
     assert!(s_drop > 0);
     assert!(std::fs::read(out.path().join("lossy.raw")).unwrap() == c0);
     assert!(std::fs::read(out.path().join("lossy.mixed")).unwrap() == c1);
+}
+
+/// A file of `len` bytes made of 4 KiB snapshot segments (id/xor/add), no spill.
+fn covered(snap: &[u8], len: usize) -> packetfs::blueprint::Blueprint {
+    use packetfs::blueprint::{apply, Blueprint, Segment, Source, Transform};
+    let mut rng = Rng(10);
+    let mut content = Vec::with_capacity(len);
+    let mut segments = Vec::new();
+    while content.len() < len {
+        let n = 4096.min(len - content.len());
+        let off = rng.below((snap.len() - n) as u64) as usize;
+        let op = Transform::ALL[rng.below(3) as usize];
+        let imm = if op == Transform::Id {
+            0
+        } else {
+            rng.next() as u8
+        };
+        let mut dst = vec![0u8; n];
+        apply::transform(op, imm, &snap[off..off + n], &mut dst);
+        content.extend_from_slice(&dst);
+        segments.push(Segment {
+            len: n as u32,
+            src: Source::Snap {
+                op,
+                off: off as u64,
+                imm,
+            },
+        });
+    }
+    Blueprint {
+        snapshot_id: SNAP_ID,
+        file_len: len as u64,
+        file_hash: *blake3::hash(&content).as_bytes(),
+        segments,
+        spill: vec![],
+    }
 }

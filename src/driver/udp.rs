@@ -555,6 +555,17 @@ pub fn run_sender_with(
     )
 }
 
+/// `elapsed` (measured by the caller from the session's start up to now) cut to the moment
+/// the endpoint's outcome became known: the few PTOs an endpoint lingers afterwards to
+/// answer a lost Close are no part of the transfer.
+pub(crate) fn session_time(ep: &dyn Endpoint, elapsed: Duration) -> Duration {
+    let now = Instant::now();
+    match (now.checked_sub(elapsed), ep.outcome_at()) {
+        (Some(start), Some(t)) => t.saturating_duration_since(start).min(elapsed),
+        _ => elapsed,
+    }
+}
+
 /// The summary of a finished sender and its outcome (shared with the AF_XDP driver).
 /// Wrap an event callback so `done` records when the receiver confirmed every file: a
 /// sender's elapsed time ends there, not after the closing drain that follows.
@@ -575,6 +586,7 @@ pub(crate) fn finish_sender(
     session_id: u64,
     elapsed: Duration,
 ) -> Result<SendSummary, DriverError> {
+    let elapsed = session_time(sender, elapsed);
     let st = sender.stats_now();
     let summary = SendSummary {
         session_id,
@@ -633,11 +645,18 @@ impl UdpReceiver {
         let opts = DriveOptions {
             first_datagram_timeout: self.cfg.listen_timeout,
         };
-        // Elapsed time runs from the accepted handshake, not from the wait for a sender.
+        // The session's time runs from the accepted handshake (not the wait for a sender) to
+        // the outcome (Finished comes after the last file's BLAKE3 check; the wait for the
+        // sender's Close is not counted).
         let mut start = Instant::now();
+        let mut end = None;
         let mut on_ev = |e: &Event| {
-            if matches!(e, Event::Accepted { .. }) {
-                start = Instant::now();
+            match e {
+                Event::Accepted { .. } => start = Instant::now(),
+                Event::Finished | Event::Aborted(_) => {
+                    end.get_or_insert_with(Instant::now);
+                }
+                _ => {}
             }
             on_event(e)
         };
@@ -647,7 +666,10 @@ impl UdpReceiver {
                 self.cfg.listen_timeout.unwrap_or_default(),
             ));
         }
-        finish_receiver(&receiver, self.io.peer(), start.elapsed())
+        let elapsed = end
+            .unwrap_or_else(Instant::now)
+            .saturating_duration_since(start);
+        finish_receiver(&receiver, self.io.peer(), elapsed)
     }
 }
 
