@@ -294,8 +294,13 @@ fn bench_loopback_raw_goodput() {
         eprintln!("sender events: {marks:?}, returned at {:?}", t0.elapsed());
         let got = h.join().unwrap().unwrap();
         eprintln!(
-            "bench: {} MiB raw over UDP loopback: sender {:?} {:.0} Mbit/s goodput, {:.0} Mbit/s wire, {} frames, {} repair frames, final rate {:.0} Mbit/s; receiver {:?}, {} duplicates",
+            "bench: {} MiB {} over UDP loopback: sender {:?} {:.0} Mbit/s goodput, {:.0} Mbit/s wire, {} frames, {} repair frames, final rate {:.0} Mbit/s; receiver {:?}, {} duplicates",
             mb,
+            if std::env::var_os("PFS_BENCH_COVERED").is_some() {
+                "snapshot-covered"
+            } else {
+                "raw"
+            },
             sent.elapsed,
             sent.effective_bps() / 1e6,
             sent.wire_bps() / 1e6,

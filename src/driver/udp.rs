@@ -555,17 +555,6 @@ pub fn run_sender_with(
     )
 }
 
-/// `elapsed` (measured by the caller from the session's start up to now) cut to the moment
-/// the endpoint's outcome became known: the few PTOs an endpoint lingers afterwards to
-/// answer a lost Close are no part of the transfer.
-pub(crate) fn session_time(ep: &dyn Endpoint, elapsed: Duration) -> Duration {
-    let now = Instant::now();
-    match (now.checked_sub(elapsed), ep.outcome_at()) {
-        (Some(start), Some(t)) => t.saturating_duration_since(start).min(elapsed),
-        _ => elapsed,
-    }
-}
-
 /// The summary of a finished sender and its outcome (shared with the AF_XDP driver).
 /// Wrap an event callback so `done` records when the receiver confirmed every file: a
 /// sender's elapsed time ends there, not after the closing drain that follows.
@@ -586,7 +575,6 @@ pub(crate) fn finish_sender(
     session_id: u64,
     elapsed: Duration,
 ) -> Result<SendSummary, DriverError> {
-    let elapsed = session_time(sender, elapsed);
     let st = sender.stats_now();
     let summary = SendSummary {
         session_id,

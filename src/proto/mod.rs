@@ -330,12 +330,6 @@ pub trait Endpoint {
     fn outcome(&self) -> Option<Result<(), Failure>>;
     /// Give up (the user asked to): tell the peer and close.
     fn cancel(&mut self, now: Instant);
-    /// When the outcome became known: the `now` of the call that decided it. A sender's
-    /// session time runs to here (after it, it lingers a few PTOs to answer a lost Done with
-    /// Close, no part of the transfer). For a receiver this is the arrival of the last
-    /// datagram, before the final BLAKE3 check ran in that same call: a driver that wants the
-    /// check counted reads its clock when it sees `Event::Finished`.
-    fn outcome_at(&self) -> Option<Instant>;
 }
 
 /// RFC 6298 smoothed RTT.

@@ -88,7 +88,6 @@ pub struct Receiver<'s, S: FileSink> {
     events: VecDeque<Event>,
     stats: Stats,
     outcome: Option<Result<(), Failure>>,
-    outcome_at: Option<Instant>,
 }
 
 impl<'s, S: FileSink> Receiver<'s, S> {
@@ -129,7 +128,6 @@ impl<'s, S: FileSink> Receiver<'s, S> {
             events: VecDeque::new(),
             stats: Stats::default(),
             outcome: None,
-            outcome_at: None,
         }
     }
 
@@ -181,7 +179,6 @@ impl<'s, S: FileSink> Receiver<'s, S> {
         };
         self.events.push_back(Event::Aborted(f.clone()));
         self.outcome = Some(Err(f));
-        self.outcome_at.get_or_insert(now);
         self.terminal = Some(Payload::Abort(reason.to_wire()));
         self.close_with_terminal(now);
     }
@@ -471,7 +468,6 @@ impl<'s, S: FileSink> Receiver<'s, S> {
                 digest: *blake3::hash(&hashes).as_bytes(),
             }));
             self.outcome = Some(Ok(()));
-            self.outcome_at.get_or_insert(now);
             self.events.push_back(Event::Finished);
             self.close_with_terminal(now);
         }
@@ -571,7 +567,6 @@ impl<S: FileSink> Endpoint for Receiver<'_, S> {
                 };
                 self.events.push_back(Event::Aborted(f.clone()));
                 self.outcome = Some(Err(f));
-                self.outcome_at.get_or_insert(now);
                 self.pending.clear();
                 self.pending.push_back(Ctrl::Close);
                 self.state = State::Draining {
@@ -717,10 +712,6 @@ impl<S: FileSink> Endpoint for Receiver<'_, S> {
 
     fn outcome(&self) -> Option<Result<(), Failure>> {
         self.outcome.clone()
-    }
-
-    fn outcome_at(&self) -> Option<Instant> {
-        self.outcome_at
     }
 
     fn cancel(&mut self, now: Instant) {

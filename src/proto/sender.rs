@@ -119,7 +119,6 @@ pub struct Sender {
     events: VecDeque<Event>,
     stats: Stats,
     outcome: Option<Result<(), Failure>>,
-    outcome_at: Option<Instant>,
 }
 
 impl Sender {
@@ -238,7 +237,6 @@ impl Sender {
             events: VecDeque::new(),
             stats: Stats::default(),
             outcome: None,
-            outcome_at: None,
             cfg,
         })
     }
@@ -281,7 +279,6 @@ impl Sender {
         };
         self.events.push_back(Event::Aborted(f.clone()));
         self.outcome = Some(Err(f));
-        self.outcome_at.get_or_insert(now);
         self.pending.clear();
         self.pending.push_back(Ctrl::Abort);
         self.state = if linger {
@@ -586,7 +583,6 @@ impl Endpoint for Sender {
                 });
                 self.events.push_back(Event::Finished);
                 self.outcome = Some(Ok(()));
-                self.outcome_at.get_or_insert(now);
                 self.drain(now);
             }
             (State::Handshake | State::Data, Payload::Abort(a)) => {
@@ -596,7 +592,6 @@ impl Endpoint for Sender {
                 };
                 self.events.push_back(Event::Aborted(f.clone()));
                 self.outcome = Some(Err(f));
-                self.outcome_at.get_or_insert(now);
                 self.drain(now);
             }
             (State::Draining { .. }, Payload::Done(_) | Payload::Abort(_)) => {
@@ -737,10 +732,6 @@ impl Endpoint for Sender {
 
     fn outcome(&self) -> Option<Result<(), Failure>> {
         self.outcome.clone()
-    }
-
-    fn outcome_at(&self) -> Option<Instant> {
-        self.outcome_at
     }
 
     fn cancel(&mut self, now: Instant) {
