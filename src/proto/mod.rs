@@ -109,7 +109,7 @@ impl Default for SenderConfig {
             initial_rate: 12_500_000,
             min_rate: 100_000,
             burst_frames: 32,
-            burst_time: Duration::from_millis(2),
+            burst_time: Duration::from_millis(10),
             frame_overhead: wire::stack::OVERHEAD,
             window_frames: 8192,
             loss_permille: 20,
