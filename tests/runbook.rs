@@ -90,7 +90,7 @@ fn one_machine_steps_of_the_runbook_run_on_veth() {
             "pfs snapshot build --recipe config/snapshot.default.toml --seed 1 --out $SNAP",
             &v,
         );
-        let id = runbook("pfs snapshot info $SNAP | head -n 1", &v);
+        let id = runbook("pfs snapshot info $SNAP | grep '^snapshot '", &v);
         assert!(id.starts_with("snapshot ") && id.trim().len() == 9 + 3 + 64, "{id}");
         let j = runbook("pfs snapshot info --json $SNAP | grep snapshot_id", &v);
         assert!(j.contains(id.split_whitespace().nth(1).unwrap()), "{j}");
