@@ -78,7 +78,8 @@ pub struct ShmConfig {
     pub hugepages: HugePages,
     /// Seed of the blob contents and the span streams.
     pub seed: u64,
-    /// Seconds of each tight-loop phase (baseline, ceiling).
+    /// Seconds of each tight-loop run (baseline and ceiling each run before and after the
+    /// ring phase).
     pub baseline_secs: f64,
     /// Seconds of the memcpy phase.
     pub memcpy_secs: f64,
@@ -109,7 +110,7 @@ impl Default for ShmConfig {
             imm: 255,
             hugepages: HugePages::Auto,
             seed: 1,
-            baseline_secs: 2.0,
+            baseline_secs: 1.0,
             memcpy_secs: 1.0,
             producer_core: None,
             skip_desc: None,
