@@ -187,6 +187,8 @@ pub enum ShmConfigError {
     NoHugePages { need: u64, free: u64 },
     #[error("--baseline-secs and --memcpy-secs must be positive and at most 3600")]
     PhaseSecs,
+    #[error("--producer-core {core}: this process may run on {cores} cores (0..{cores})")]
+    ProducerCore { core: usize, cores: usize },
 }
 
 /// The numbers derived from a valid configuration.
@@ -239,6 +241,12 @@ impl ShmConfig {
                 dpf: self.dpf,
                 pow2: self.ring_pow2,
                 slots,
+            });
+        }
+        if let Some(core) = self.producer_core.filter(|&c| c >= m.cores) {
+            return Err(E::ProducerCore {
+                core,
+                cores: m.cores,
             });
         }
         if !(1..=1024).contains(&self.threads) {
@@ -466,6 +474,13 @@ mod tests {
                     ..ok.clone()
                 },
                 "huge",
+            ),
+            (
+                ShmConfig {
+                    producer_core: Some(2),
+                    ..ok.clone()
+                },
+                "producer core",
             ),
         ];
         for (c, what) in cases {
