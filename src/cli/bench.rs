@@ -116,8 +116,9 @@ pub struct ShmArgs {
     /// Seed of the blob's contents and of the span streams.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Seconds of each tight-loop phase (the one-core baseline, the all-cores ceiling).
-    #[arg(long, value_name = "SECS", default_value_t = 2.0)]
+    /// Seconds of each tight-loop run: the one-core baseline and the all-cores ceiling each
+    /// run once before and once after the ring phase.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
     pub baseline_secs: f64,
     /// Seconds of the memcpy phase.
     #[arg(long, value_name = "SECS", default_value_t = 1.0)]
@@ -328,17 +329,21 @@ fn print_report(r: &ShmReport) {
         r.unaccounted_descs,
         r.verify_secs
     );
-    let show = |name: &str, l: &Option<packetfs::shm::bench::LoopReport>| match l {
+    let show = |name: &str, l: &Option<packetfs::shm::bench::LoopReport>| {
+        match l {
         Some(l) => println!(
-            "{name}: {} on {} core{} ({:.2} s, {:.2} M desc/s; {:.1} MB per CPU-second)",
+            "{name}: {} on {} core{} ({:.2} s, {:.2} M desc/s; {:.1} MB per CPU-second; before the ring phase {}, after {})",
             mbps(l.mbps),
             l.cores,
-            if l.cores == 1 { "" } else { "s" },
+            plural(l.cores as u64, "s"),
             l.secs,
             l.descs as f64 / l.secs / 1e6,
-            l.mb_per_cpu_s
+            l.mb_per_cpu_s,
+            l.before_mbps.map_or("-".into(), mbps),
+            l.after_mbps.map_or("-".into(), mbps),
         ),
         None => println!("{name}: not run"),
+    }
     };
     show(
         "baseline (tight loop, same op/spans/alignment, no ring)",

@@ -1,6 +1,7 @@
 //! The benchmark: one invocation runs every phase on the same blob and spans.
 //!
-//! 1. **Fill**: the blob gets its seeded initial contents (every page faulted in).
+//! 1. **Fill**: the blob gets its seeded initial contents (every page faulted in). The
+//!    baseline and ceiling loops (4, 5) run once here, then the blob is filled again.
 //! 2. **Ring**: consumer processes are forked (one per worker by default), pinned, and claim
 //!    their rings (ring `r` belongs to worker `r % threads`). This process is the producer:
 //!    it generates each ring's span stream, encodes descriptors and publishes whole frames of
@@ -9,8 +10,9 @@
 //!    drain their rings and exit; the phase ends when the last one has.
 //! 3. **Verify**: the whole blob against the closed-form expectation ([`super::verify`]).
 //! 4. **Baseline**: one core runs the same spans through the same kernel in a tight loop
-//!    (generate a span, apply it; no ring).
-//! 5. **Ceiling**: the same tight loop on each of the consumers' cores at once.
+//!    (generate a batch of spans, apply them; no ring), before and after the ring phase.
+//! 5. **Ceiling**: the same tight loop on each of the consumers' cores at once, before and
+//!    after the ring phase.
 //! 6. **memcpy**: one core copies `min(blob, 256 MiB)` out of the blob, repeatedly.
 //!
 //! CPUpwn is exactly `ring aggregate MB/s / baseline MB/s`; the ring efficiency is
@@ -94,6 +96,47 @@ pub struct LoopReport {
     pub cpu_secs: f64,
     /// Bytes per CPU-second (10^6): the figure that other load on the machine does not skew.
     pub mb_per_cpu_s: f64,
+    /// MB/s of the run before the ring phase and of the one after it.
+    pub before_mbps: Option<f64>,
+    pub after_mbps: Option<f64>,
+}
+
+impl LoopReport {
+    /// The runs before and after the ring phase as one: totals, and each run's MB/s.
+    fn combine(before: Option<LoopReport>, after: Option<LoopReport>) -> Option<LoopReport> {
+        let (b, a) = match (before, after) {
+            (Some(b), Some(a)) => (b, a),
+            (Some(b), None) => {
+                return Some(LoopReport {
+                    before_mbps: Some(b.mbps),
+                    ..b
+                })
+            }
+            (None, Some(a)) => {
+                return Some(LoopReport {
+                    after_mbps: Some(a.mbps),
+                    ..a
+                })
+            }
+            (None, None) => return None,
+        };
+        let (bytes, secs, cpu) = (b.bytes + a.bytes, b.secs + a.secs, b.cpu_secs + a.cpu_secs);
+        Some(LoopReport {
+            cores: b.cores,
+            bytes,
+            descs: b.descs + a.descs,
+            secs,
+            mbps: bytes as f64 / secs / 1e6,
+            cpu_secs: cpu,
+            mb_per_cpu_s: if cpu > 0.0 {
+                bytes as f64 / cpu / 1e6
+            } else {
+                0.0
+            },
+            before_mbps: Some(b.mbps),
+            after_mbps: Some(a.mbps),
+        })
+    }
 }
 
 /// Everything one run measured.
@@ -227,6 +270,31 @@ pub fn run(cfg: &ShmConfig, progress: &mut dyn FnMut(&str)) -> Result<ShmReport,
     ));
     fill_blob(blob.bytes_mut(), cfg.seed, cores.len().max(1));
 
+    // The tight loops run once before and once after the ring phase, so a change in what
+    // else the machine is doing shows (and averages) instead of skewing the ratios. Their
+    // work is undone by filling the blob again before the ring phase.
+    let (mut base_pre, mut ceil_pre) = (None, None);
+    if !proc::stop_requested() {
+        progress("baseline, before the ring phase: tight loop on one core");
+        base_pre = Some(tight_loops(cfg, &plan, blob.bytes_mut(), &cores, 1));
+    }
+    if !proc::stop_requested() {
+        progress(&format!(
+            "ceiling, before the ring phase: tight loop on {} cores at once",
+            cfg.threads
+        ));
+        ceil_pre = Some(tight_loops(
+            cfg,
+            &plan,
+            blob.bytes_mut(),
+            &cores,
+            cfg.threads,
+        ));
+    }
+    if base_pre.is_some() {
+        fill_blob(blob.bytes_mut(), cfg.seed, cores.len().max(1));
+    }
+
     let ring_phase = ring_phase(cfg, &plan, &blob, &cores, progress)?;
     let interrupted = ring_phase.interrupted;
 
@@ -255,11 +323,11 @@ pub fn run(cfg: &ShmConfig, progress: &mut dyn FnMut(&str)) -> Result<ShmReport,
     let (mut baseline, mut ceiling, mut memcpy) = (None, None, None);
     let memcpy_bytes = plan.blob_len.min(256 << 20);
     if !interrupted && !proc::stop_requested() {
-        progress("baseline: tight loop on one core");
+        progress("baseline, after the ring phase: tight loop on one core");
         baseline = Some(tight_loops(cfg, &plan, blob.bytes_mut(), &cores, 1));
         if !proc::stop_requested() {
             progress(&format!(
-                "ceiling: tight loop on {} cores at once",
+                "ceiling, after the ring phase: tight loop on {} cores at once",
                 cfg.threads
             ));
             ceiling = Some(tight_loops(
@@ -280,6 +348,8 @@ pub fn run(cfg: &ShmConfig, progress: &mut dyn FnMut(&str)) -> Result<ShmReport,
         }
     }
     let interrupted = interrupted || proc::stop_requested();
+    let baseline = LoopReport::combine(base_pre, baseline);
+    let ceiling = LoopReport::combine(ceil_pre, ceiling);
 
     let bytes: u64 = ring_phase.workers.iter().map(|w| w.bytes).sum();
     let frames: u64 = ring_phase.workers.iter().map(|w| w.frames).sum();
@@ -929,6 +999,8 @@ fn tight_loops(
         } else {
             0.0
         },
+        before_mbps: None,
+        after_mbps: None,
     }
 }
 

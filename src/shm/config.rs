@@ -78,7 +78,8 @@ pub struct ShmConfig {
     pub hugepages: HugePages,
     /// Seed of the blob contents and the span streams.
     pub seed: u64,
-    /// Seconds of each tight-loop phase (baseline, ceiling).
+    /// Seconds of each tight-loop run (baseline and ceiling each run before and after the
+    /// ring phase).
     pub baseline_secs: f64,
     /// Seconds of the memcpy phase.
     pub memcpy_secs: f64,
@@ -109,7 +110,7 @@ impl Default for ShmConfig {
             imm: 255,
             hugepages: HugePages::Auto,
             seed: 1,
-            baseline_secs: 2.0,
+            baseline_secs: 1.0,
             memcpy_secs: 1.0,
             producer_core: None,
             skip_desc: None,
@@ -186,6 +187,8 @@ pub enum ShmConfigError {
     NoHugePages { need: u64, free: u64 },
     #[error("--baseline-secs and --memcpy-secs must be positive and at most 3600")]
     PhaseSecs,
+    #[error("--producer-core {core}: this process may run on {cores} cores (0..{cores})")]
+    ProducerCore { core: usize, cores: usize },
 }
 
 /// The numbers derived from a valid configuration.
@@ -238,6 +241,12 @@ impl ShmConfig {
                 dpf: self.dpf,
                 pow2: self.ring_pow2,
                 slots,
+            });
+        }
+        if let Some(core) = self.producer_core.filter(|&c| c >= m.cores) {
+            return Err(E::ProducerCore {
+                core,
+                cores: m.cores,
             });
         }
         if !(1..=1024).contains(&self.threads) {
@@ -465,6 +474,13 @@ mod tests {
                     ..ok.clone()
                 },
                 "huge",
+            ),
+            (
+                ShmConfig {
+                    producer_core: Some(2),
+                    ..ok.clone()
+                },
+                "producer core",
             ),
         ];
         for (c, what) in cases {
