@@ -134,9 +134,23 @@ struct Planned {
 }
 
 fn plan_target(snap: &Snapshot, idx: &IndexSet, target: &[u8]) -> Planned {
-    let hints = Hints::from_elf(target).unwrap_or_default();
+    plan_target_with(snap, idx, target, &PlanConfig::default(), true)
+}
+
+fn plan_target_with(
+    snap: &Snapshot,
+    idx: &IndexSet,
+    target: &[u8],
+    cfg: &PlanConfig,
+    use_hints: bool,
+) -> Planned {
+    let hints = if use_hints {
+        Hints::from_elf(target).unwrap_or_default()
+    } else {
+        Hints::default()
+    };
     let t = Instant::now();
-    let p = plan::plan(target, snap, idx, &hints, &PlanConfig::default()).expect("plan");
+    let p = plan::plan(target, snap, idx, &hints, cfg).expect("plan");
     let plan_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let opts = PackOptions {
@@ -207,6 +221,7 @@ fn main() {
     );
     let mut rows: Vec<Row> = Vec::new();
     let only_rebuild = std::env::var("PFS_BENCH_ONLY").is_ok_and(|v| v == "rebuild");
+    let ablation = std::env::var("PFS_BENCH_ABLATION").is_ok();
     if only_rebuild {
         println!("PFS_BENCH_ONLY=rebuild: release pairs skipped");
     } else if roots.len() < 2 {
@@ -275,6 +290,9 @@ fn main() {
                 "{name}: pfs raw_ratio {:.3}, {} segments, plan {:.2} s + pack {:.2} s, rebuild {:.1} GB/s in memory; snapshot build {:.0} MB/s, index build {:.0} MB/s",
                 p.raw_ratio, p.segments, p.plan_s, p.pack_s, p.rebuild_gbs, rep.manifest.size as f64 / snap_s / 1e6, rep.manifest.size as f64 / idx_s / 1e6
             );
+            if ablation && pre == "libstd-" {
+                ablation_table(&snap, &idx, &target);
+            }
             rows.push(Row {
                 name: name.to_string(),
                 target: target.len() as u64,
@@ -395,4 +413,56 @@ fn chrono_now() -> String {
         .output();
     o.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
+}
+
+/// `PFS_BENCH_ABLATION=1`: the libstd pair planned with each planner feature turned off in
+/// turn, one row per setting, all in this run.
+fn ablation_table(snap: &Snapshot, idx: &IndexSet, target: &[u8]) {
+    let base = PlanConfig::default();
+    let rows: Vec<(&str, PlanConfig, bool)> = vec![
+        ("default", base.clone(), true),
+        (
+            "no k=4 index",
+            PlanConfig {
+                use_k4: false,
+                ..base.clone()
+            },
+            true,
+        ),
+        (
+            "no xor/add",
+            PlanConfig {
+                transforms: false,
+                ..base.clone()
+            },
+            true,
+        ),
+        ("no ELF section hints", base.clone(), false),
+        (
+            "no acceleration (probe every byte)",
+            PlanConfig {
+                max_skip: 1,
+                ..base.clone()
+            },
+            true,
+        ),
+        (
+            "one thread",
+            PlanConfig {
+                threads: 1,
+                ..base.clone()
+            },
+            true,
+        ),
+    ];
+    println!();
+    println!("| libstd-*.so ablation | wire bytes | raw_ratio | segments | plan s | pack s |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (name, cfg, hints) in rows {
+        let p = plan_target_with(snap, idx, target, &cfg, hints);
+        println!(
+            "| {name} | {} | {:.3} | {} | {:.2} | {:.2} |",
+            p.wire, p.raw_ratio, p.segments, p.plan_s, p.pack_s
+        );
+    }
 }
