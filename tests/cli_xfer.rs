@@ -71,7 +71,7 @@ fn start_recv(
     }
 }
 
-fn finish(mut c: Child, mut err: BufReader<std::process::ChildStderr>) -> (Output, String) {
+fn finish(c: Child, mut err: BufReader<std::process::ChildStderr>) -> (Output, String) {
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
     let o = c.wait_with_output().unwrap();

@@ -488,7 +488,7 @@ pub fn unplan(a: UnplanArgs) -> anyhow::Result<ExitCode> {
                 }
                 hasher.update(dst);
                 w.write_all(dst)
-                    .with_context(|| format!("writing {}", out_display(&a.out)))?;
+                    .with_context(|| format!("writing {}", a.out.display()))?;
                 done += n;
             }
         }
@@ -517,8 +517,4 @@ pub fn unplan(a: UnplanArgs) -> anyhow::Result<ExitCode> {
         bp.file_len as f64 / secs.max(1e-9) / 1e6
     );
     Ok(ExitCode::SUCCESS)
-}
-
-fn out_display(p: &Path) -> String {
-    p.display().to_string()
 }

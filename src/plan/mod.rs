@@ -106,7 +106,6 @@ pub struct Plan {
     pub blueprint: Blueprint,
     pub raw_bits_per_byte: f64,
     pub times: PhaseTimes,
-    pub hints_source: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -238,7 +237,6 @@ pub fn plan(
         },
         raw_bits_per_byte: raw_bits,
         times,
-        hints_source: String::new(),
     })
 }
 
@@ -301,7 +299,6 @@ struct Match {
 struct Ctx<'a> {
     f: &'a [u8],
     s: &'a [u8],
-    snap: &'a Snapshot,
     hints: &'a Hints,
     cfg: &'a PlanConfig,
     raw_bits: f64,
@@ -365,7 +362,6 @@ impl<'a> Ctx<'a> {
             k4_pays,
             f,
             s: snap.bytes(),
-            snap,
             hints,
             cfg,
             raw_bits,
@@ -600,7 +596,6 @@ impl<'a> Ctx<'a> {
                 left -= n;
             }
         }
-        let _ = self.snap;
         out
     }
 }

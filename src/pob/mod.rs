@@ -239,7 +239,7 @@ pub fn build(
             files.push(CorpusFile {
                 path: rel.clone(),
                 size: n,
-                blake3: hex(fh.finalize().as_bytes()),
+                blake3: crate::util::hex(fh.finalize().as_bytes()),
                 bank_id,
             });
             offset += n;
@@ -248,7 +248,7 @@ pub fn build(
     }
     let manifest = Manifest {
         format_version: SNAPSHOT_FORMAT,
-        snapshot_id: hex(hasher.finalize().as_bytes()),
+        snapshot_id: crate::util::hex(hasher.finalize().as_bytes()),
         size: offset,
         recipe: recipe.clone(),
         banks,
@@ -262,10 +262,6 @@ pub fn build(
         manifest,
         seconds: t0.elapsed().as_secs_f64(),
     })
-}
-
-fn hex(b: &[u8]) -> String {
-    crate::util::hex(b)
 }
 
 /// How the snapshot's bytes are held in memory.
