@@ -25,6 +25,13 @@
 //!
 //! A lookup reads one bucket head pair and a short run of tags; the snapshot is touched only
 //! for candidates whose tag matches (1 in 65,536 false positives).
+//!
+//! **Coarse projections** (`ascii`, `nibble`, `numeric`, `opcode`; codes 3-6) map a window to
+//! a key many windows share (its ASCII classes, its high nibbles, its 32-bit stride, its
+//! histogram of x86 opcode-like byte classes). They are anchors only: the planner confirms each
+//! candidate on the real bytes under id/xor/add before using it (`plan::anchor`). They are not
+//! in [`default_specs`]; the planner asks for them when its config enables them
+//! ([`IndexSpec::estimated_bytes`] gives the memory an index costs before it is built).
 
 use std::path::{Path, PathBuf};
 
@@ -41,7 +48,24 @@ pub enum Projection {
     Raw,
     Xor,
     Add,
+    /// ASCII class of each byte (NUL, control, space, digit, upper, lower, punctuation, high).
+    Ascii,
+    /// High nibble of each byte (invariant under `xor` with an immediate below 16).
+    Nibble,
+    /// The window as two little-endian u32: their difference (the stride of a counting table).
+    Numeric,
+    /// Order-free histogram of opcode-like byte classes (zero, 0xff, REX, mov/ALU, branch,
+    /// ret/nop/int3, low, other), 4 bits per class.
+    Opcode,
 }
+
+/// The coarse projections, in code order.
+pub const COARSE: [Projection; 4] = [
+    Projection::Ascii,
+    Projection::Nibble,
+    Projection::Numeric,
+    Projection::Opcode,
+];
 
 impl Projection {
     fn code(self) -> u8 {
@@ -49,20 +73,49 @@ impl Projection {
             Projection::Raw => 0,
             Projection::Xor => 1,
             Projection::Add => 2,
+            Projection::Ascii => 3,
+            Projection::Nibble => 4,
+            Projection::Numeric => 5,
+            Projection::Opcode => 6,
         }
+    }
+    fn from_code(c: u8) -> Option<Projection> {
+        [
+            Projection::Raw,
+            Projection::Xor,
+            Projection::Add,
+            Projection::Ascii,
+            Projection::Nibble,
+            Projection::Numeric,
+            Projection::Opcode,
+        ]
+        .get(c as usize)
+        .copied()
+    }
+    /// Parse a projection name (as in [`Projection::name`]).
+    pub fn parse(s: &str) -> Option<Projection> {
+        (0..7).filter_map(Projection::from_code).find(|p| p.name() == s)
+    }
+    /// Whether the projection is a coarse anchor (candidates need confirming under all ops).
+    pub fn is_coarse(self) -> bool {
+        self.code() >= 3
     }
     pub fn name(self) -> &'static str {
         match self {
             Projection::Raw => "raw",
             Projection::Xor => "xor",
             Projection::Add => "add",
+            Projection::Ascii => "ascii",
+            Projection::Nibble => "nibble",
+            Projection::Numeric => "numeric",
+            Projection::Opcode => "opcode",
         }
     }
     /// Bytes of input a k-window needs (deltas need one more).
     pub fn span(self, k: u8) -> usize {
         match self {
-            Projection::Raw => k as usize,
-            _ => k as usize + 1,
+            Projection::Xor | Projection::Add => k as usize + 1,
+            _ => k as usize,
         }
     }
 }
@@ -95,6 +148,9 @@ impl IndexSpec {
                 self.k
             )));
         }
+        if self.projection == Projection::Numeric && self.k != 8 {
+            return Err(IndexError::Spec("the numeric projection needs k = 8".into()));
+        }
         if self.step == 0 || self.step > 4096 {
             return Err(IndexError::Spec(format!(
                 "step must be 1..=4096, got {}",
@@ -108,6 +164,32 @@ impl IndexSpec {
             )));
         }
         Ok(())
+    }
+}
+
+/// log2 of the bucket count for `npos` indexed positions (about two per bucket).
+fn bucket_bits(npos: usize) -> u32 {
+    (usize::BITS - (npos / 2).max(1).leading_zeros()).clamp(10, 30)
+}
+
+impl IndexSpec {
+    /// Positions this spec indexes in a snapshot of `snap_len` bytes.
+    pub fn positions(&self, snap_len: usize) -> usize {
+        let span = self.projection.span(self.k);
+        if snap_len >= span {
+            (snap_len - span) / self.step.max(1) as usize + 1
+        } else {
+            0
+        }
+    }
+    /// Upper bound of the index file's (and mapping's) size for a snapshot of `snap_len`
+    /// bytes: header, bucket heads, and 6 bytes per entry with at most `fanout` entries per
+    /// bucket. Coarse projections and small fanouts stay well below it (capped buckets).
+    pub fn estimated_bytes(&self, snap_len: usize) -> usize {
+        let npos = self.positions(snap_len);
+        let bits = bucket_bits(npos);
+        let n = npos.min((self.fanout as usize) << bits);
+        layout(bits, n).3
     }
 }
 
@@ -200,10 +282,78 @@ fn sub_bytes(y: u64, x: u64) -> u64 {
     ((y | H) - (x & !H)) ^ ((y ^ !x) & H)
 }
 
+/// ASCII class of a byte, 0..8 (see [`Projection::Ascii`]).
+const fn ascii_class(b: u8) -> u8 {
+    match b {
+        0 => 0,
+        b' ' => 2,
+        b'0'..=b'9' => 3,
+        b'A'..=b'Z' => 4,
+        b'a'..=b'z' => 5,
+        0x21..=0x7e => 6,
+        0x80..=0xff => 7,
+        _ => 1,
+    }
+}
+
+/// Opcode-like class of a byte, 0..8 (see [`Projection::Opcode`]).
+const fn opcode_class(b: u8) -> u8 {
+    match b {
+        0x00 => 0,
+        0xff => 1,
+        0x40..=0x4f => 2,
+        0x80..=0x8f => 3,
+        0x0f | 0x70..=0x7f | 0xe8..=0xeb => 4,
+        0x90 | 0xc3 | 0xc9 | 0xcc => 5,
+        0x01..=0x3f => 6,
+        _ => 7,
+    }
+}
+
+const fn class_table(opcode: bool) -> [u8; 256] {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = if opcode {
+            opcode_class(i as u8)
+        } else {
+            ascii_class(i as u8)
+        };
+        i += 1;
+    }
+    t
+}
+static ASCII_CLASS: [u8; 256] = class_table(false);
+static OPCODE_CLASS: [u8; 256] = class_table(true);
+
+/// The key of a coarse projection of the `k` low bytes of `w` (little-endian).
+#[inline]
+pub fn coarse_key(proj: Projection, k: u8, w: u64) -> u64 {
+    let bytes = w.to_le_bytes();
+    let bytes = &bytes[..k as usize];
+    match proj {
+        Projection::Ascii => bytes
+            .iter()
+            .fold(0u64, |acc, &b| acc << 3 | ASCII_CLASS[b as usize] as u64),
+        Projection::Nibble => w & 0xF0F0_F0F0_F0F0_F0F0,
+        Projection::Numeric => ((w >> 32) as u32).wrapping_sub(w as u32) as u64,
+        Projection::Opcode => bytes
+            .iter()
+            .fold(0u64, |acc, &b| acc + (1u64 << (4 * OPCODE_CLASS[b as usize]))),
+        _ => w,
+    }
+}
+
 /// The key hash of the window at `p` (the caller ensures `p + span <= b.len()`).
 #[inline(always)]
 pub fn window_hash(proj: Projection, k: u8, b: &[u8], p: usize) -> u64 {
     let key = match (proj, k) {
+        (Projection::Ascii | Projection::Nibble | Projection::Numeric | Projection::Opcode, 8) => {
+            coarse_key(proj, 8, load8(b, p))
+        }
+        (Projection::Ascii | Projection::Nibble | Projection::Numeric | Projection::Opcode, _) => {
+            coarse_key(proj, 4, load4(b, p))
+        }
         (Projection::Raw, 8) => load8(b, p),
         (Projection::Raw, _) => load4(b, p),
         (Projection::Xor, 8) => load8(b, p) ^ load8(b, p + 1),
@@ -251,13 +401,8 @@ impl Index {
         path: &Path,
     ) -> Result<(), IndexError> {
         spec.validate()?;
-        let span = spec.projection.span(spec.k);
-        let npos = if snap.len() >= span {
-            (snap.len() - span) / spec.step as usize + 1
-        } else {
-            0
-        };
-        let bits = (usize::BITS - (npos / 2).max(1).leading_zeros()).clamp(10, 30);
+        let npos = spec.positions(snap.len());
+        let bits = bucket_bits(npos);
         let nb = 1usize << bits;
         let shift = 64 - bits;
         let step = spec.step as usize;
@@ -376,12 +521,7 @@ impl Index {
         }
         let rd = |at: usize| u32::from_le_bytes(map[at..at + 4].try_into().expect("4"));
         let found = IndexSpec {
-            projection: match map[12] {
-                0 => Projection::Raw,
-                1 => Projection::Xor,
-                2 => Projection::Add,
-                _ => return Err(bad("unknown projection")),
-            },
+            projection: Projection::from_code(map[12]).ok_or_else(|| bad("unknown projection"))?,
             k: map[13],
             step: rd(16),
             fanout: rd(20),
@@ -583,6 +723,11 @@ impl IndexSet {
         Ok((IndexSet { indexes }, reports))
     }
 
+    /// The index built with exactly `spec`, if loaded.
+    pub fn get_spec(&self, spec: &IndexSpec) -> Option<&Index> {
+        self.indexes.iter().find(|i| i.spec == *spec)
+    }
+
     /// The index with this projection and k, if loaded.
     pub fn get(&self, proj: Projection, k: u8) -> Option<&Index> {
         self.indexes
@@ -627,12 +772,69 @@ mod tests {
     }
 
     #[test]
+    fn coarse_projections_key_a_window_by_its_classes() {
+        let h = |p, b: &[u8]| window_hash(p, 8, b, 0);
+        // same ASCII classes (upper, lower x4, punct, space, upper), different bytes
+        assert_eq!(h(Projection::Ascii, b"Hello, W"), h(Projection::Ascii, b"World! X"));
+        assert_ne!(h(Projection::Ascii, b"Hello, W"), h(Projection::Ascii, b"hello, W"));
+        assert_eq!(
+            coarse_key(Projection::Ascii, 8, u64::from_le_bytes(*b"a1 B\0\n\xff!")),
+            0o53_24_01_76
+        );
+        // high nibbles: low nibbles do not matter
+        let a = [0x12u8, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0];
+        let b: Vec<u8> = a.iter().map(|x| x ^ 0x0f).collect();
+        assert_eq!(h(Projection::Nibble, &a), h(Projection::Nibble, &b));
+        assert_ne!(h(Projection::Nibble, &a), h(Projection::Nibble, &[0u8; 8]));
+        // numeric: two u32 counting-table windows with the same stride, other start values
+        let t = |s: u32, d: u32| [s.to_le_bytes(), (s + d).to_le_bytes()].concat();
+        assert_eq!(h(Projection::Numeric, &t(100, 4)), h(Projection::Numeric, &t(7000, 4)));
+        assert_ne!(h(Projection::Numeric, &t(100, 4)), h(Projection::Numeric, &t(100, 8)));
+        // opcode histogram: order does not matter, classes do
+        let c1 = [0x48u8, 0x89, 0xe5, 0xc3, 0x00, 0x00, 0xe8, 0x90];
+        let mut c2 = c1;
+        c2.reverse();
+        assert_eq!(h(Projection::Opcode, &c1), h(Projection::Opcode, &c2));
+        assert_eq!(
+            coarse_key(Projection::Opcode, 8, u64::from_le_bytes(c1)),
+            2 | 1 << 8 | 1 << 12 | 1 << 16 | 2 << 20 | 1 << 28
+        );
+        // every projection has its own key space
+        assert_ne!(h(Projection::Raw, &a), h(Projection::Nibble, &a));
+        for p in COARSE {
+            assert!(p.is_coarse());
+            assert_eq!(Projection::parse(p.name()), Some(p));
+        }
+    }
+
+    #[test]
+    fn estimated_bytes_bounds_the_built_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut snap = vec![0u8; 40_000];
+        crate::pob::prng::SplitMix64::new(9).fill(&mut snap);
+        for (proj, fanout) in [(Projection::Raw, 8), (Projection::Ascii, 4), (Projection::Opcode, 16)] {
+            let spec = IndexSpec { projection: proj, k: 8, step: 2, fanout };
+            let path = dir.path().join(spec.file_name());
+            Index::build(spec, &snap, &[1; 32], &path).unwrap();
+            let real = std::fs::metadata(&path).unwrap().len() as usize;
+            assert!(real <= spec.estimated_bytes(snap.len()), "{spec:?}");
+        }
+    }
+
+    #[test]
     fn build_open_and_find_every_indexed_window() {
         let dir = tempfile::tempdir().unwrap();
         let mut snap = vec![0u8; 50_000];
         crate::pob::prng::SplitMix64::new(5).fill(&mut snap);
         let id = [3u8; 32];
-        for spec in default_specs() {
+        let mut specs = default_specs();
+        specs.extend(COARSE.iter().map(|&projection| IndexSpec {
+            projection,
+            k: 8,
+            step: 8,
+            fanout: 64,
+        }));
+        for spec in specs {
             let path = dir.path().join(spec.file_name());
             Index::build(spec, &snap, &id, &path).unwrap();
             let idx = Index::open(&path, spec, snap.len(), &id).unwrap();

@@ -6,7 +6,13 @@
 //!    long runs at one alignment, broken by a few changed bytes);
 //! 2. the k=8 indexes (raw for `id`, delta projections for `xor`/`add`), candidates ordered by
 //!    the banks the section kind prefers ([`hints`]);
-//! 3. the k=4 index when the k=8 lookups found nothing worth a segment.
+//! 3. the k=4 index when the k=8 lookups found nothing worth a segment;
+//! 4. (off by default) coarse projection anchors ([`anchor`]) confirmed on the real bytes, and
+//!    a bounded linear sweep ([`sweep`]) near the last alignment and through the gated banks.
+//!
+//! With `gate` on, candidates come only from the banks the section kind admits ([`gate`])
+//! until `gate_widen_after` probes in a row missed. Index fanouts per k come from the config
+//! ([`index_specs`]).
 //!
 //! Each candidate is verified on the real bytes and extended in both directions (backwards
 //! into the pending raw run, so segments are never cut at probe or window edges). A segment is
@@ -14,14 +20,19 @@
 //! segment covers becomes raw spill. Work is split across threads by file range; segments
 //! that meet at a split are merged afterwards.
 
+pub mod anchor;
+pub mod gate;
 pub mod hints;
+pub mod map;
+pub mod sweep;
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
 use crate::blueprint::{Blueprint, Segment, Source, Transform};
-use crate::index::{window_hash, IndexSet, Projection};
+use crate::index::{window_hash, IndexSet, IndexSpec, Projection};
 use crate::pob::{BankKind, Snapshot};
 use hints::{Hints, SectionKind};
 
@@ -51,9 +62,9 @@ impl Default for CostModel {
     }
 }
 
-/// Planner settings.
+/// Planner settings. As TOML (`pfs plan --planner FILE`), every field is optional.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct PlanConfig {
     pub cost: CostModel,
     /// Shortest segment considered.
@@ -73,6 +84,45 @@ pub struct PlanConfig {
     /// Planning window for progress reporting and thread splits (bytes); segments are not cut
     /// at window edges.
     pub window: usize,
+    /// Fanout (positions kept per bucket) of the raw k=8 index.
+    pub fanout_k8: u32,
+    /// Fanout of the raw k=4 index.
+    pub fanout_k4: u32,
+    /// Fanout of the xor/add delta indexes.
+    pub fanout_delta: u32,
+    /// Most k=4 candidates verified per lookup (after gating).
+    pub k4_candidates: usize,
+    /// Use the k=4 index in `.text` regions even when the cost rule says it does not pay.
+    pub k4_text: bool,
+    /// Coarse projections to anchor on (empty: off); see [`anchor`].
+    pub projections: Vec<Projection>,
+    /// Step of the coarse projection indexes.
+    pub anchor_step: u32,
+    /// Fanout of the coarse projection indexes.
+    pub anchor_fanout: u32,
+    /// Section-aware bank gating; see [`gate`].
+    pub gate: bool,
+    /// Probes in a row without a match after which gating admits every bank.
+    pub gate_widen_after: usize,
+    /// Bank kinds each section kind admits (default: [`SectionKind::preferred_banks`];
+    /// regions outside any section admit every bank).
+    pub gate_banks: HashMap<SectionKind, Vec<BankKind>>,
+    /// Sweep fallback when the indexes miss; see [`sweep`].
+    pub sweep: bool,
+    /// Bytes a sweep looks for (16..=64).
+    pub sweep_min: usize,
+    /// A sweep is tried at most every this many file bytes of a miss run.
+    pub sweep_every: usize,
+    /// Bytes either side of the last alignment searched first.
+    pub sweep_radius: usize,
+    /// Only this many bytes past the last segment are searched near its alignment; after
+    /// that the sweep goes through the gated banks.
+    pub sweep_local_span: usize,
+    /// Snapshot bytes a sweep may scan per planning window.
+    pub sweep_window_bytes: usize,
+    /// Microseconds sweeps may take per planning window (0: no time bound; the byte bound
+    /// alone keeps plans reproducible).
+    pub sweep_window_us: u64,
 }
 
 impl Default for PlanConfig {
@@ -87,17 +137,106 @@ impl Default for PlanConfig {
             transforms: true,
             threads: 0,
             window: 1 << 20,
+            fanout_k8: 8,
+            fanout_k4: 8,
+            fanout_delta: 4,
+            k4_candidates: 8,
+            k4_text: false,
+            projections: Vec::new(),
+            anchor_step: 8,
+            anchor_fanout: 8,
+            gate: false,
+            gate_widen_after: 256,
+            gate_banks: HashMap::new(),
+            sweep: false,
+            sweep_min: 16,
+            sweep_every: 8,
+            sweep_radius: 4096,
+            sweep_local_span: 256,
+            sweep_window_bytes: 16 << 20,
+            sweep_window_us: 0,
         }
     }
 }
 
-/// Time spent per phase, in milliseconds (summed over threads for the parallel phases).
+impl PlanConfig {
+    /// Parse a planner TOML file's text (every field optional; unknown keys are refused).
+    pub fn from_toml(text: &str) -> Result<PlanConfig, PlanError> {
+        let c: PlanConfig =
+            toml::from_str(text).map_err(|e| PlanError::Config(e.to_string()))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Check value ranges.
+    pub fn validate(&self) -> Result<(), PlanError> {
+        let bad = |m: String| Err(PlanError::Config(m));
+        if !(16..=64).contains(&self.sweep_min) {
+            return bad(format!("sweep_min must be 16..=64, got {}", self.sweep_min));
+        }
+        if self.sweep_every == 0 {
+            return bad("sweep_every must be at least 1".into());
+        }
+        if self.min_match == 0 || self.max_candidates == 0 {
+            return bad("min_match and max_candidates must be at least 1".into());
+        }
+        for s in index_specs(self) {
+            s.validate().map_err(|e| PlanError::Config(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+/// The indexes a config plans with: raw k=8 and (unless `use_k4` is off) raw k=4 step 2, the
+/// xor/add delta indexes (unless `transforms` is off), and one per coarse projection, each
+/// with the config's fanout. The default config asks for exactly [`crate::index::default_specs`].
+pub fn index_specs(cfg: &PlanConfig) -> Vec<IndexSpec> {
+    let mk = |projection, k, step, fanout| IndexSpec {
+        projection,
+        k,
+        step,
+        fanout,
+    };
+    let mut v = vec![mk(Projection::Raw, 8, 8, cfg.fanout_k8)];
+    if cfg.use_k4 {
+        v.push(mk(Projection::Raw, 4, 2, cfg.fanout_k4));
+    }
+    if cfg.transforms {
+        v.push(mk(Projection::Xor, 8, 8, cfg.fanout_delta));
+        v.push(mk(Projection::Add, 8, 8, cfg.fanout_delta));
+    }
+    for &p in &cfg.projections {
+        v.push(anchor::spec(p, cfg.anchor_step, cfg.anchor_fanout));
+    }
+    v
+}
+
+/// Time spent per phase, in milliseconds (`match_ms` is wall time; the phases inside it,
+/// `lookup_ms` to `soft_ms`, are summed over threads and measured with the cycle counter).
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct PhaseTimes {
     pub hints_ms: f64,
     pub estimate_ms: f64,
     pub match_ms: f64,
     pub hash_ms: f64,
+    /// Index lookups: k=8, k=4 and coarse anchors, candidate ranking and gating.
+    pub lookup_ms: f64,
+    /// Verifying candidates on the real bytes and extending them both ways.
+    pub extend_ms: f64,
+    /// Sweep fallback.
+    pub sweep_ms: f64,
+    /// Soft (approximate) matching (0 until a soft matcher runs).
+    pub soft_ms: f64,
+    /// Packing the blueprint (filled in by the caller that packs).
+    pub pack_ms: f64,
+}
+
+/// Cycle counts of the phases inside matching, one set per worker.
+#[derive(Debug, Clone, Copy, Default)]
+struct Ticks {
+    lookup: u64,
+    extend: u64,
+    sweep: u64,
 }
 
 /// A plan and how it was made.
@@ -114,6 +253,8 @@ pub enum PlanError {
         "the file is {file} bytes; a blueprint segment table is limited to files under 2^62 bytes"
     )]
     TooLarge { file: u64 },
+    #[error("planner config: {0}")]
+    Config(String),
 }
 
 /// Estimate bits per byte of `data` under zstd level 1, on up to 8 samples of 256 KiB.
@@ -164,7 +305,9 @@ pub fn plan(
     let file_hash = *blake3::hash(file).as_bytes();
     times.hash_ms = ms(t);
 
+    cfg.validate()?;
     let t = Instant::now();
+    let tk0 = anchor::ticks();
     let threads = if cfg.threads == 0 {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -179,7 +322,7 @@ pub fn plan(
         .map(|i| (i * per, ((i + 1) * per).min(file.len())))
         .collect();
     let ctx = Ctx::new(file, snap, idx, hints, cfg, raw_bits);
-    let parts: Vec<Vec<Segment>> = if ranges.len() == 1 {
+    let parts: Vec<(Vec<Segment>, Ticks)> = if ranges.len() == 1 {
         vec![ctx.run(ranges[0].0, ranges[0].1)]
     } else {
         std::thread::scope(|s| {
@@ -196,6 +339,16 @@ pub fn plan(
         })
     };
     times.match_ms = ms(t);
+    // cycles per ms of this run, from the wall time of the matching phase
+    let per_ms = (anchor::ticks().wrapping_sub(tk0)) as f64 / times.match_ms.max(1e-6);
+    let mut parts_segs = Vec::with_capacity(parts.len());
+    for (segs, tk) in parts {
+        times.lookup_ms += tk.lookup as f64 / per_ms;
+        times.extend_ms += tk.extend as f64 / per_ms;
+        times.sweep_ms += tk.sweep as f64 / per_ms;
+        parts_segs.push(segs);
+    }
+    let parts = parts_segs;
 
     // merge parts: coalesce raw runs and snapshot runs that continue across a split
     // (a part's last segment may run past its range into the next part's: trim the overlap)
@@ -304,6 +457,8 @@ struct Ctx<'a> {
     raw_bits: f64,
     k8: [Option<&'a crate::index::Index>; 3],
     k4: Option<&'a crate::index::Index>,
+    anchors: Vec<&'a crate::index::Index>,
+    gate: Option<gate::Gate>,
     bank_starts: Vec<u64>,
     bank_kinds: Vec<BankKind>,
     /// Whether a match shorter than k=8 can find for sure (15 bytes) can pay for itself.
@@ -336,24 +491,31 @@ impl<'a> Ctx<'a> {
         cfg: &'a PlanConfig,
         raw_bits: f64,
     ) -> Self {
-        let k8 = [
-            idx.get(Projection::Raw, 8),
-            if cfg.transforms {
-                idx.get(Projection::Xor, 8)
-            } else {
-                None
-            },
-            if cfg.transforms {
-                idx.get(Projection::Add, 8)
-            } else {
-                None
-            },
-        ];
-        let k4 = if cfg.use_k4 {
-            idx.get(Projection::Raw, 4)
-        } else {
-            None
+        // the config's exact specs when loaded, else any index of that projection and k
+        let specs = index_specs(cfg);
+        let find = |p: Projection, k: u8| {
+            specs
+                .iter()
+                .find(|s| s.projection == p && s.k == k)
+                .and_then(|s| idx.get_spec(s).or_else(|| idx.get(p, k)))
         };
+        let k8 = [
+            find(Projection::Raw, 8),
+            find(Projection::Xor, 8),
+            find(Projection::Add, 8),
+        ];
+        let k4 = find(Projection::Raw, 4);
+        let anchors = cfg
+            .projections
+            .iter()
+            .filter_map(|&p| {
+                idx.get_spec(&anchor::spec(p, cfg.anchor_step, cfg.anchor_fanout))
+                    .or_else(|| idx.get(p, 8))
+            })
+            .collect();
+        let gate = cfg.gate.then(|| {
+            gate::Gate::new(&snap.manifest.banks, &cfg.gate_banks, cfg.gate_widen_after)
+        });
         let c = &cfg.cost;
         // (measured on libstd: below ~2.6 bits per raw byte the k=4 lookups doubled planning
         // time for 1% fewer wire bytes)
@@ -367,15 +529,32 @@ impl<'a> Ctx<'a> {
             raw_bits,
             k8,
             k4,
+            anchors,
+            gate,
             bank_starts: snap.manifest.banks.iter().map(|b| b.offset).collect(),
             bank_kinds: snap.manifest.banks.iter().map(|b| b.kind).collect(),
         }
     }
 
     #[inline]
+    fn bank_index(&self, off: usize) -> usize {
+        self.bank_starts
+            .partition_point(|b| *b <= off as u64)
+            .saturating_sub(1)
+    }
+
+    #[inline]
     fn bank_kind(&self, off: usize) -> BankKind {
-        let i = self.bank_starts.partition_point(|b| *b <= off as u64);
-        self.bank_kinds[i.saturating_sub(1)]
+        self.bank_kinds[self.bank_index(off)]
+    }
+
+    /// Whether the gate (if on) lets a `kind` probe verify a candidate at snapshot `p`.
+    #[inline]
+    fn admits(&self, kind: SectionKind, p: usize, misses: usize) -> bool {
+        match &self.gate {
+            Some(g) => g.admits(kind, self.bank_index(p), misses),
+            None => true,
+        }
     }
 
     /// Matching bytes from (fi, si) forward under (op, imm), at most `max`.
@@ -458,8 +637,10 @@ impl<'a> Ctx<'a> {
     }
 
     /// Plan the file range [a, b) into segments covering it exactly.
-    fn run(&self, a: usize, b: usize) -> Vec<Segment> {
+    fn run(&self, a: usize, b: usize) -> (Vec<Segment>, Ticks) {
         let f = self.f;
+        let cfg = self.cfg;
+        let mut tk = Ticks::default();
         let mut out: Vec<Segment> = Vec::new();
         let mut raw_start = a;
         let mut i = a;
@@ -467,9 +648,15 @@ impl<'a> Ctx<'a> {
         let mut cur = self.hints.cursor();
         cur.seek(a as u64);
         let mut ranked: Vec<(u8, u32, Transform)> = Vec::with_capacity(64);
+        let mut anchored: Vec<(u32, Transform)> = Vec::new();
         let mut misses = 0usize;
+        let win = cfg.window.max(1);
+        let mut budget = sweep::Budget::new(cfg.sweep_window_bytes, cfg.sweep_window_us);
+        let mut budget_window = a / win;
+        let mut next_sweep = 0usize;
         while i < b {
             let mut best: Option<Match> = None;
+            let t0 = anchor::ticks();
             // 1. repeat alignment
             if let Some((d, op, imm)) = delta {
                 let p = i as i64 + d;
@@ -499,42 +686,119 @@ impl<'a> Ctx<'a> {
                     idx.prefetch_entries(window_hash(idx.spec.projection, k, f, i + 4));
                 }
             }
-            let good = self.cfg.good_enough;
+            let t1 = anchor::ticks();
+            tk.extend += t1.wrapping_sub(t0);
+            let good = cfg.good_enough;
             if best.is_none_or(|m| m.len < good) && i + 9 <= f.len() {
-                // 2. k=8 lookups, candidates ranked by the section's preferred banks
+                // 2. k=8 lookups, candidates ranked by the section's preferred banks (and,
+                //    with gating, restricted to the banks the section kind admits)
+                let t_l = anchor::ticks();
                 let kind = cur.kind_at(i as u64);
                 let prefs = kind.preferred_banks();
                 ranked.clear();
                 for (j, idx) in self.k8.iter().enumerate() {
                     let Some(idx) = idx else { continue };
                     // machine code is never a byte-wise xor/add of anything: skip those lookups
-                    if j > 0 && kind == SectionKind::Text {
+                    if j > 0 && (kind == SectionKind::Text || !cfg.transforms) {
                         continue;
                     }
                     let op = Transform::ALL[j];
                     let h = window_hash(idx.spec.projection, 8, f, i);
                     for p in idx.candidates(h) {
+                        if !self.admits(kind, p as usize, misses) {
+                            continue;
+                        }
                         let bk = self.bank_kind(p as usize);
                         let rank = prefs.iter().position(|k| *k == bk).unwrap_or(prefs.len()) as u8;
                         ranked.push((rank, p, op));
                     }
                 }
                 ranked.sort_unstable_by_key(|r| r.0);
-                for &(_, p, op) in ranked.iter().take(self.cfg.max_candidates) {
+                let t_e = anchor::ticks();
+                tk.lookup += t_e.wrapping_sub(t_l);
+                for &(_, p, op) in ranked.iter().take(cfg.max_candidates) {
                     self.try_at(i, p as usize, op, raw_start, false, &mut best);
                     if best.is_some_and(|m| m.len >= good) {
                         break;
                     }
                 }
+                tk.extend += anchor::ticks().wrapping_sub(t_e);
                 // 3. k=4 when nothing worth a segment was found, and only when a match short
                 //    enough to be missed by k=8 could pay for itself at this raw byte cost
-                if self.k4_pays && best.is_none_or(|m| self.gain(&m) <= 0.0) {
+                //    (or, with `k4_text`, in code)
+                let k4_here = self.k4_pays || (cfg.k4_text && kind == SectionKind::Text);
+                if k4_here && best.is_none_or(|m| self.gain(&m) <= 0.0) {
                     if let Some(k4) = self.k4 {
+                        let t_l = anchor::ticks();
                         let h = window_hash(Projection::Raw, 4, f, i);
-                        for p in k4.candidates(h).take(self.cfg.max_candidates) {
-                            self.try_at(i, p as usize, Transform::Id, raw_start, false, &mut best);
+                        ranked.clear();
+                        ranked.extend(
+                            k4.candidates(h)
+                                .filter(|&p| self.admits(kind, p as usize, misses))
+                                .take(cfg.k4_candidates)
+                                .map(|p| (0, p, Transform::Id)),
+                        );
+                        let t_e = anchor::ticks();
+                        tk.lookup += t_e.wrapping_sub(t_l);
+                        for &(_, p, op) in ranked.iter() {
+                            self.try_at(i, p as usize, op, raw_start, false, &mut best);
+                        }
+                        tk.extend += anchor::ticks().wrapping_sub(t_e);
+                    }
+                }
+                // 4. coarse projection anchors, confirmed on the real bytes
+                if !self.anchors.is_empty() && best.is_none_or(|m| self.gain(&m) <= 0.0) {
+                    let t_l = anchor::ticks();
+                    anchor::candidates(
+                        &self.anchors,
+                        f,
+                        i,
+                        cfg.transforms && kind != SectionKind::Text,
+                        cfg.max_candidates,
+                        &mut anchored,
+                    );
+                    anchored.retain(|&(p, _)| self.admits(kind, p as usize, misses));
+                    let t_e = anchor::ticks();
+                    tk.lookup += t_e.wrapping_sub(t_l);
+                    for &(p, op) in anchored.iter() {
+                        self.try_at(i, p as usize, op, raw_start, false, &mut best);
+                    }
+                    tk.extend += anchor::ticks().wrapping_sub(t_e);
+                }
+                // 5. sweep: a bounded search for the next sweep_min bytes, near the last
+                //    alignment first, then through the gated banks
+                if cfg.sweep
+                    && i >= next_sweep
+                    && i + cfg.sweep_min <= f.len()
+                    && best.is_none_or(|m| self.gain(&m) <= 0.0)
+                {
+                    let t_s = anchor::ticks();
+                    if i / win != budget_window {
+                        budget_window = i / win;
+                        budget.reset();
+                    }
+                    next_sweep = i + cfg.sweep_every;
+                    let needle = &f[i..i + cfg.sweep_min];
+                    let mut found = None;
+                    if let Some((d, _, _)) = delta {
+                        if i - raw_start <= cfg.sweep_local_span {
+                            let c = (i as i64 + d).clamp(0, self.s.len() as i64) as usize;
+                            let lo = c.saturating_sub(cfg.sweep_radius);
+                            let hi = (c + cfg.sweep_radius + cfg.sweep_min).min(self.s.len());
+                            found = sweep::find(self.s, &[(lo, hi)], needle, &mut budget);
                         }
                     }
+                    if found.is_none() && !budget.exhausted() {
+                        let ranges = match &self.gate {
+                            Some(g) => g.ranges(kind, misses, self.s.len()),
+                            None => vec![(0, self.s.len())],
+                        };
+                        found = sweep::find(self.s, &ranges, needle, &mut budget);
+                    }
+                    if let Some(p) = found {
+                        self.try_at(i, p, Transform::Id, raw_start, false, &mut best);
+                    }
+                    tk.sweep += anchor::ticks().wrapping_sub(t_s);
                 }
             }
             match best {
@@ -577,7 +841,7 @@ impl<'a> Ctx<'a> {
                     // `max_skip` bytes, so matches of 15 + max_skip bytes are still found; the
                     // backward extension recovers their start)
                     misses += 1;
-                    i += 1 + (misses >> 7).min(self.cfg.max_skip.saturating_sub(1));
+                    i += 1 + (misses >> 7).min(cfg.max_skip.saturating_sub(1));
                 }
             }
         }
@@ -596,6 +860,6 @@ impl<'a> Ctx<'a> {
                 left -= n;
             }
         }
-        out
+        (out, tk)
     }
 }
