@@ -16,8 +16,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use packetfs::blueprint::pbb::{self, PackOptions};
-use packetfs::index::{default_specs, IndexSet};
-use packetfs::plan::{self, hints::Hints, PlanConfig};
+use packetfs::index::{default_specs, IndexSet, Projection};
+use packetfs::plan::{self, hints::Hints, PhaseTimes, PlanConfig};
 use packetfs::pob::{self, HugePolicy, Recipe, Snapshot};
 use serde_json::json;
 
@@ -131,6 +131,7 @@ struct Planned {
     pack_s: f64,
     segments: u64,
     rebuild_gbs: f64,
+    times: PhaseTimes,
 }
 
 fn plan_target(snap: &Snapshot, idx: &IndexSet, target: &[u8]) -> Planned {
@@ -172,6 +173,7 @@ fn plan_target_with(
         pack_s,
         segments: st.segments,
         rebuild_gbs,
+        times: p.times,
     }
 }
 
@@ -290,8 +292,19 @@ fn main() {
                 "{name}: pfs raw_ratio {:.3}, {} segments, plan {:.2} s + pack {:.2} s, rebuild {:.1} GB/s in memory; snapshot build {:.0} MB/s, index build {:.0} MB/s",
                 p.raw_ratio, p.segments, p.plan_s, p.pack_s, p.rebuild_gbs, rep.manifest.size as f64 / snap_s / 1e6, rep.manifest.size as f64 / idx_s / 1e6
             );
-            if ablation && pre == "libstd-" {
-                ablation_table(&snap, &idx, &target);
+            let ablate = match pre {
+                "libstd-" => ablation,
+                "cargo" => ablation && std::env::var("PFS_BENCH_ABLATION_CARGO").is_ok(),
+                _ => false,
+            };
+            if ablate {
+                let alts: Vec<(String, Option<(u64, f64)>)> = cells
+                    .iter()
+                    .skip(1)
+                    .filter(|(n, _)| n.starts_with("zstd -19") || n.starts_with("xdelta3"))
+                    .cloned()
+                    .collect();
+                ablation_table(name, &snap, &target, &alts);
             }
             rows.push(Row {
                 name: name.to_string(),
@@ -358,6 +371,10 @@ fn main() {
                     s
                 );
             }
+            if ablation {
+                let alts = vec![("xz -9 (whole file)".to_string(), xz)];
+                ablation_table("/usr/bin/bash vs synthetic", &snap, &target, &alts);
+            }
             let _ = packetfs::metrics::append(
                 &metrics,
                 &json!({"kind": "bench-plan", "pair": "bash-synthetic", "target_bytes": target.len(),
@@ -415,54 +432,116 @@ fn chrono_now() -> String {
         .unwrap_or_default()
 }
 
-/// `PFS_BENCH_ABLATION=1`: the libstd pair planned with each planner feature turned off in
-/// turn, one row per setting, all in this run.
-fn ablation_table(snap: &Snapshot, idx: &IndexSet, target: &[u8]) {
-    let base = PlanConfig::default();
-    let rows: Vec<(&str, PlanConfig, bool)> = vec![
-        ("default", base.clone(), true),
-        (
-            "no k=4 index",
-            PlanConfig {
-                use_k4: false,
-                ..base.clone()
-            },
-            true,
-        ),
-        (
-            "no xor/add",
-            PlanConfig {
-                transforms: false,
-                ..base.clone()
-            },
-            true,
-        ),
-        ("no ELF section hints", base.clone(), false),
-        (
-            "no acceleration (probe every byte)",
-            PlanConfig {
-                max_skip: 1,
-                ..base.clone()
-            },
-            true,
-        ),
-        (
-            "one thread",
-            PlanConfig {
-                threads: 1,
-                ..base.clone()
-            },
-            true,
-        ),
-    ];
+/// One ablation setting: the planner config and whether ELF section hints are read.
+struct Setting {
+    cfg: PlanConfig,
+    hints: bool,
+}
+
+/// A row of the ablation table: its name and how it changes the default setting.
+type Tweak = fn(&mut Setting);
+
+/// The ablation rows, one line each. Every planner feature appears switched off (if on by
+/// default) or on (if off by default), plus the fanout settings.
+fn ablation_rows() -> Vec<(&'static str, Tweak)> {
+    use Projection::*;
+    vec![
+        ("default", |_| {}),
+        ("no k=4 index", |s| s.cfg.use_k4 = false),
+        ("no xor/add", |s| s.cfg.transforms = false),
+        ("no ELF section hints", |s| s.hints = false),
+        ("no acceleration (probe every byte)", |s| s.cfg.max_skip = 1),
+        ("one thread", |s| s.cfg.threads = 1),
+        ("+ anchors: ascii", |s| s.cfg.projections = vec![Ascii]),
+        ("+ anchors: nibble", |s| s.cfg.projections = vec![Nibble]),
+        ("+ anchors: numeric", |s| s.cfg.projections = vec![Numeric]),
+        ("+ anchors: opcode", |s| s.cfg.projections = vec![Opcode]),
+        ("+ anchors: all four", |s| {
+            s.cfg.projections = vec![Ascii, Nibble, Numeric, Opcode]
+        }),
+        ("+ gating", |s| s.cfg.gate = true),
+        ("+ gating, widen after 32 misses", |s| {
+            s.cfg.gate = true;
+            s.cfg.gate_widen_after = 32
+        }),
+        ("+ sweep", |s| s.cfg.sweep = true),
+        ("+ sweep, 64 MiB per window", |s| {
+            s.cfg.sweep = true;
+            s.cfg.sweep_window_bytes = 64 << 20
+        }),
+        ("+ sweep + gating", |s| {
+            s.cfg.sweep = true;
+            s.cfg.gate = true
+        }),
+        ("k=8 fanout 4", |s| s.cfg.fanout_k8 = 4),
+        ("k=8 fanout 16", |s| s.cfg.fanout_k8 = 16),
+        ("k=4 fanout 16 in .text, 16 candidates", |s| {
+            s.cfg.fanout_k4 = 16;
+            s.cfg.k4_text = true;
+            s.cfg.k4_candidates = 16
+        }),
+        ("k=4 fanout 16 in gated .text", |s| {
+            s.cfg.fanout_k4 = 16;
+            s.cfg.k4_text = true;
+            s.cfg.k4_candidates = 16;
+            s.cfg.gate = true
+        }),
+        ("everything on", |s| {
+            s.cfg.projections = vec![Ascii, Nibble, Numeric, Opcode];
+            s.cfg.gate = true;
+            s.cfg.sweep = true;
+            s.cfg.fanout_k4 = 16;
+            s.cfg.k4_text = true;
+            s.cfg.k4_candidates = 16
+        }),
+    ]
+}
+
+/// `PFS_BENCH_ABLATION=1`: a pair planned under each ablation row, all in this run, next to
+/// the alternatives measured for the same pair in this run. Indexes a row needs beyond the
+/// default set are built on demand (once per snapshot) and their memory is shown.
+fn ablation_table(pair: &str, snap: &Snapshot, target: &[u8], alts: &[(String, Option<(u64, f64)>)]) {
+    let only: Option<String> = std::env::var("PFS_BENCH_ROWS").ok();
     println!();
-    println!("| libstd-*.so ablation | wire bytes | raw_ratio | segments | plan s | pack s |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    for (name, cfg, hints) in rows {
-        let p = plan_target_with(snap, idx, target, &cfg, hints);
+    println!("| {pair} ablation | wire bytes | raw_ratio | segments | plan s | pack s | lookup / extend / sweep ms | index memory |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    let snap_len = snap.bytes().len();
+    for (name, tweak) in ablation_rows() {
+        if only.as_ref().is_some_and(|o| !o.split(',').any(|r| name.contains(r.trim()))) {
+            continue;
+        }
+        let mut s = Setting {
+            cfg: PlanConfig::default(),
+            hints: true,
+        };
+        tweak(&mut s);
+        let specs = plan::index_specs(&s.cfg);
+        let t = Instant::now();
+        let (idx, reps) = IndexSet::ensure(snap, &specs, false).expect("index");
+        let built: Vec<&str> = reps.iter().filter(|r| r.rebuilt).map(|r| r.file.as_str()).collect();
+        if !built.is_empty() {
+            eprintln!("{name}: built {} in {:.1} s", built.join(", "), t.elapsed().as_secs_f64());
+        }
+        let mem: usize = reps.iter().map(|r| r.bytes).sum();
+        let p = plan_target_with(snap, &idx, target, &s.cfg, s.hints);
         println!(
-            "| {name} | {} | {:.3} | {} | {:.2} | {:.2} |",
-            p.wire, p.raw_ratio, p.segments, p.plan_s, p.pack_s
+            "| {name} | {} | {:.3} | {} | {:.2} | {:.2} | {:.0} / {:.0} / {:.0} | {:.0} MB ({:.2} B/B) |",
+            p.wire,
+            p.raw_ratio,
+            p.segments,
+            p.plan_s,
+            p.pack_s,
+            p.times.lookup_ms,
+            p.times.extend_ms,
+            p.times.sweep_ms,
+            mem as f64 / 1e6,
+            mem as f64 / snap_len.max(1) as f64
         );
+    }
+    for (n, c) in alts {
+        match c {
+            Some((b, secs)) => println!("| {n} (same run) | {b} | - | - | {secs:.2} | - | - | - |"),
+            None => println!("| {n} | n/a (tool missing) | - | - | - | - | - | - |"),
+        }
     }
 }

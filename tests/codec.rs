@@ -292,3 +292,204 @@ fn write_golden() {
     let (bytes, _) = pbb::pack(&p.blueprint, &PackOptions::default()).unwrap();
     std::fs::write(data.join("golden-small.pbb"), bytes).unwrap();
 }
+
+/// Plan with `cfg` (its indexes built on demand beside the fixture snapshot), pack, unpack and
+/// rebuild; bit-exact or panic.
+fn roundtrip_with(file: &[u8], cfg: &PlanConfig, hints: &Hints, idx: &IndexSet) -> plan::Plan {
+    let f = fixture();
+    let p = plan::plan(file, &f.snap, idx, hints, cfg).unwrap();
+    p.blueprint.validate(f.snap.bytes().len() as u64).unwrap();
+    let (bytes, _) = pbb::pack(&p.blueprint, &PackOptions::default()).unwrap();
+    let bp = pbb::unpack(&bytes, &f.snap.id, f.snap.bytes().len() as u64).unwrap();
+    assert_eq!(bp, p.blueprint);
+    let mut out = vec![0u8; file.len()];
+    bp.rebuild_into(f.snap.bytes(), &mut out).unwrap();
+    assert!(out == file, "rebuilt file differs");
+    p
+}
+
+fn bank_of(kind: pob::BankKind) -> pob::BankEntry {
+    fixture()
+        .snap
+        .manifest
+        .banks
+        .iter()
+        .find(|b| b.kind == kind)
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn every_planner_feature_roundtrips_bit_exact() {
+    use packetfs::index::Projection::*;
+    let f = fixture();
+    let s = f.snap.bytes();
+    // a mixed file: an edited basis, xor/add images of synthetic banks, random bytes
+    let mut file = apply_edits(
+        &f.basis[50_000..],
+        &[Edit::Flip(10), Edit::Insert(40, b"inserted".to_vec()), Edit::Xor(70, 500, 3)],
+    );
+    let text = bank_of(pob::BankKind::ElfText);
+    let t0 = text.offset as usize;
+    let text_at = file.len();
+    file.extend(s[t0 + 777..t0 + 9000].iter().map(|b| b ^ 0x11));
+    let ascii = bank_of(pob::BankKind::AsciiTables);
+    let a0 = ascii.offset as usize;
+    file.extend(s[a0 + 5..a0 + 3000].iter().map(|b| b.wrapping_add(1)));
+    let mut noise = vec![0u8; 5000];
+    SplitMix64::new(5).fill(&mut noise);
+    file.extend_from_slice(&noise);
+    let hints = Hints::from_json(
+        "t",
+        format!(
+            r#"{{"sections":[{{"name":".text","kind":"text","offset":{text_at},"size":8223}},
+                 {{"name":".rodata","kind":"rodata","offset":{},"size":2995}}]}}"#,
+            text_at + 8223
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let tweaks: Vec<(&str, fn(&mut PlanConfig))> = vec![
+        ("anchors", |c| c.projections = vec![Ascii, Nibble, Numeric, Opcode]),
+        ("gate", |c| c.gate = true),
+        ("gate, widen at once", |c| {
+            c.gate = true;
+            c.gate_widen_after = 0
+        }),
+        ("sweep", |c| c.sweep = true),
+        ("fanout", |c| {
+            c.fanout_k4 = 16;
+            c.fanout_k8 = 16;
+            c.k4_text = true;
+            c.k4_candidates = 16
+        }),
+        ("everything", |c| {
+            c.projections = vec![Ascii, Opcode];
+            c.gate = true;
+            c.sweep = true;
+            c.fanout_k4 = 16;
+            c.k4_text = true
+        }),
+    ];
+    for (name, tweak) in tweaks {
+        for threads in [1, 3] {
+            let mut cfg = PlanConfig {
+                threads,
+                window: 4096,
+                ..PlanConfig::default()
+            };
+            tweak(&mut cfg);
+            let (idx, _) = IndexSet::ensure(&f.snap, &plan::index_specs(&cfg), false).unwrap();
+            let p = roundtrip_with(&file, &cfg, &hints, &idx);
+            let st = p.blueprint.stats();
+            assert!(
+                st.raw_spill < file.len() as u64 / 2,
+                "{name}: most of the file is snapshot bytes: {st:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn gated_text_windows_never_draw_from_ineligible_banks() {
+    let f = fixture();
+    let s = f.snap.bytes();
+    // ASCII-table bytes in a region the hints call machine code
+    let ascii = bank_of(pob::BankKind::AsciiTables);
+    let a0 = ascii.offset as usize;
+    let file = s[a0 + 100..a0 + 20_100].to_vec();
+    let hints = Hints::from_json(
+        "t",
+        br#"{"sections":[{"name":".text","kind":"text","offset":0,"size":20000}]}"#,
+    )
+    .unwrap();
+    let in_ascii = |p: &plan::Plan| {
+        p.blueprint
+            .placed()
+            .filter(|x| match x.seg.src {
+                packetfs::blueprint::Source::Snap { off, .. } => {
+                    off >= ascii.offset && off < ascii.offset + ascii.len
+                }
+                _ => false,
+            })
+            .map(|x| x.seg.len as u64)
+            .sum::<u64>()
+    };
+    let base = PlanConfig {
+        threads: 1,
+        ..PlanConfig::default()
+    };
+    // ungated: the bytes come from where they are
+    let p = roundtrip_with(&file, &base, &hints, &f.idx);
+    assert!(in_ascii(&p) > 10_000, "ungated: {}", in_ascii(&p));
+    // gated, never widening: not one byte from the ASCII bank
+    let gated = PlanConfig {
+        gate: true,
+        gate_widen_after: usize::MAX,
+        ..base.clone()
+    };
+    let p = roundtrip_with(&file, &gated, &hints, &f.idx);
+    assert_eq!(in_ascii(&p), 0);
+    // gated, widening after persistent misses: found again
+    let widen = PlanConfig {
+        gate: true,
+        gate_widen_after: 16,
+        ..base.clone()
+    };
+    let p = roundtrip_with(&file, &widen, &hints, &f.idx);
+    assert!(in_ascii(&p) > 10_000, "widened: {}", in_ascii(&p));
+}
+
+#[test]
+fn sweep_finds_matches_without_an_index_within_its_budget() {
+    let f = fixture();
+    let s = f.snap.bytes();
+    let tail = bank_of(pob::BankKind::PrandTail);
+    let mut rng = SplitMix64::new(8);
+    let mut file = Vec::new();
+    for _ in 0..30 {
+        let off = tail.offset as usize + rng.below(tail.len - 64) as usize;
+        file.extend_from_slice(&s[off..off + 40]);
+        let mut gap = [0u8; 8];
+        rng.fill(&mut gap);
+        file.extend_from_slice(&gap);
+    }
+    let no_index = IndexSet { indexes: vec![] };
+    let cfg = PlanConfig {
+        threads: 1,
+        ..PlanConfig::default()
+    };
+    let p = roundtrip_with(&file, &cfg, &Hints::default(), &no_index);
+    assert_eq!(p.blueprint.stats().raw_spill, file.len() as u64, "no index, no sweep: all raw");
+    let sweep = PlanConfig {
+        sweep: true,
+        sweep_window_bytes: usize::MAX,
+        ..cfg.clone()
+    };
+    let p = roundtrip_with(&file, &sweep, &Hints::default(), &no_index);
+    let raw = p.blueprint.stats().raw_spill;
+    assert!(raw < file.len() as u64 / 4, "sweep found the 40-byte pieces: raw {raw}");
+    // a budget of one snapshot's bytes per window: at most a sweep or two, most stays raw
+    let bounded = PlanConfig {
+        sweep: true,
+        sweep_window_bytes: s.len(),
+        ..cfg
+    };
+    let p = roundtrip_with(&file, &bounded, &Hints::default(), &no_index);
+    assert!(p.blueprint.stats().raw_spill > raw + 40 * 20, "{:?}", p.blueprint.stats());
+}
+
+#[test]
+fn planner_toml_sets_fields_and_refuses_unknown_keys() {
+    let c = PlanConfig::from_toml("gate = true\nfanout_k4 = 16\nprojections = [\"ascii\"]\n[gate_banks]\ntext = [\"elf_text\"]\n").unwrap();
+    assert!(c.gate && c.fanout_k4 == 16 && !c.sweep);
+    assert_eq!(c.projections, vec![packetfs::index::Projection::Ascii]);
+    let specs = plan::index_specs(&c);
+    assert!(specs.iter().any(|s| s.k == 4 && s.fanout == 16));
+    assert!(specs.iter().any(|s| s.projection == packetfs::index::Projection::Ascii));
+    assert_eq!(plan::index_specs(&PlanConfig::default()), default_specs());
+    let e = PlanConfig::from_toml("gait = true").unwrap_err().to_string();
+    assert!(e.contains("gait"), "{e}");
+    let e = PlanConfig::from_toml("sweep_min = 8").unwrap_err().to_string();
+    assert!(e.contains("sweep_min"), "{e}");
+}

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use packetfs::blueprint::pbb::{self, PackOptions, SpillCodec};
 use packetfs::blueprint::{Source, Transform};
-use packetfs::index::{default_specs, IndexSet};
+use packetfs::index::{default_specs, IndexSet, IndexSpec, Projection};
 use packetfs::plan::hints::Hints;
 use packetfs::plan::{self, PlanConfig};
 use packetfs::pob::{self, HugePolicy, Recipe, Snapshot};
@@ -70,7 +70,65 @@ pub enum IndexCmd {
         /// Rebuild even when up to date.
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        tuning: Tuning,
     },
+}
+
+/// Planner settings shared by `pfs plan` and `pfs index build` (the indexes a config needs).
+#[derive(Args, Debug, Clone, Default)]
+pub struct Tuning {
+    /// Planner config TOML (fields of PlanConfig, all optional; see README "Planner").
+    /// The flags below override it.
+    #[arg(long)]
+    planner: Option<PathBuf>,
+    /// Fanout of the raw k=8 index (positions kept per bucket).
+    #[arg(long)]
+    fanout_k8: Option<u32>,
+    /// Fanout of the raw k=4 index.
+    #[arg(long)]
+    fanout_k4: Option<u32>,
+    /// Coarse projections to anchor on, comma-separated: ascii,nibble,numeric,opcode.
+    #[arg(long, value_delimiter = ',')]
+    projections: Vec<String>,
+    /// Section-aware bank gating.
+    #[arg(long)]
+    gate: bool,
+    /// Sweep fallback when the indexes miss.
+    #[arg(long)]
+    sweep: bool,
+}
+
+impl Tuning {
+    fn config(&self) -> anyhow::Result<PlanConfig> {
+        let mut c = match &self.planner {
+            Some(p) => {
+                let t = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading planner config {}", p.display()))?;
+                PlanConfig::from_toml(&t).with_context(|| format!("{}", p.display()))?
+            }
+            None => PlanConfig::default(),
+        };
+        if let Some(f) = self.fanout_k8 {
+            c.fanout_k8 = f;
+        }
+        if let Some(f) = self.fanout_k4 {
+            c.fanout_k4 = f;
+        }
+        for name in &self.projections {
+            let p = Projection::parse(name)
+                .filter(|p| p.is_coarse())
+                .with_context(|| {
+                    format!("--projections: unknown projection {name:?} (ascii, nibble, numeric, opcode)")
+                })?;
+            if !c.projections.contains(&p) {
+                c.projections.push(p);
+            }
+        }
+        c.gate |= self.gate;
+        c.sweep |= self.sweep;
+        Ok(c)
+    }
 }
 
 #[derive(Args, Debug)]
@@ -103,6 +161,11 @@ pub struct PlanArgs {
     /// Planner threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Draw the file's coverage (segment kind and source bank) as an SVG strip here.
+    #[arg(long)]
+    map: Option<PathBuf>,
+    #[command(flatten)]
+    tuning: Tuning,
     /// Do not use the k=4 index.
     #[arg(long)]
     no_k4: bool,
@@ -208,7 +271,7 @@ pub fn snapshot(cmd: SnapshotCmd) -> anyhow::Result<ExitCode> {
             );
             if !a.no_index {
                 let snap = Snapshot::open(&a.out, HugePolicy::Off)?;
-                ensure_index(&snap, true)?;
+                ensure_index(&snap, &default_specs(), true)?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -270,8 +333,8 @@ pub fn snapshot(cmd: SnapshotCmd) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn ensure_index(snap: &Snapshot, force: bool) -> anyhow::Result<IndexSet> {
-    let (set, reports) = IndexSet::ensure(snap, &default_specs(), force)?;
+fn ensure_index(snap: &Snapshot, specs: &[IndexSpec], force: bool) -> anyhow::Result<IndexSet> {
+    let (set, reports) = IndexSet::ensure(snap, specs, force)?;
     for r in &reports {
         if r.rebuilt {
             eprintln!(
@@ -290,20 +353,37 @@ fn ensure_index(snap: &Snapshot, force: bool) -> anyhow::Result<IndexSet> {
 
 pub fn index(cmd: IndexCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        IndexCmd::Build { dir, force } => {
+        IndexCmd::Build { dir, force, tuning } => {
+            let cfg = tuning.config()?;
+            let specs = plan::index_specs(&cfg);
             let snap = Snapshot::open(&dir, HugePolicy::Off)?;
-            let (_, reports) = IndexSet::ensure(&snap, &default_specs(), force)?;
-            for r in reports {
+            let (_, reports) = IndexSet::ensure(&snap, &specs, force)?;
+            let snap_len = snap.bytes().len();
+            println!(
+                "{:<32} {:<6} {:>10} {:>11} {:>11} {:>8}  reason",
+                "index", "state", "entries", "memory", "bound", "seconds"
+            );
+            let mut total = 0u64;
+            for (r, spec) in reports.iter().zip(&specs) {
+                total += r.bytes as u64;
                 println!(
-                    "{:<28} {:<10} {:>10} entries {:>10}  {:.2} s  ({})",
+                    "{:<32} {:<6} {:>10} {:>11} {:>11} {:>8.2}  {}",
                     r.file,
                     if r.rebuilt { "built" } else { "kept" },
                     r.entries,
                     human_bytes(r.bytes as u64),
+                    human_bytes(spec.estimated_bytes(snap_len) as u64),
                     r.build_seconds,
                     r.reason
                 );
             }
+            println!(
+                "memory: {} mapped for {} indexes over a {} snapshot ({:.2} bytes per snapshot byte; bound = the most a spec can take)",
+                human_bytes(total),
+                reports.len(),
+                human_bytes(snap_len as u64),
+                total as f64 / snap_len.max(1) as f64
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -320,8 +400,17 @@ fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
 pub fn plan(a: PlanArgs) -> anyhow::Result<ExitCode> {
     let t_all = Instant::now();
     let file = read_input(&a.file)?;
+    let base = a.tuning.config()?;
+    let cfg = PlanConfig {
+        window: a.window.max(4096),
+        threads: a.threads,
+        use_k4: base.use_k4 && !a.no_k4,
+        transforms: base.transforms && !a.no_transforms,
+        ..base
+    };
+    cfg.validate()?;
     let snap = Snapshot::open(&a.snapshot, a.hugepages)?;
-    let idx = ensure_index(&snap, false)?;
+    let idx = ensure_index(&snap, &plan::index_specs(&cfg), false)?;
     let t_h = Instant::now();
     let (hints, hints_source) = match a.hints.as_str() {
         "none" => (Hints::default(), "none".to_string()),
@@ -335,17 +424,20 @@ pub fn plan(a: PlanArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let hints_ms = t_h.elapsed().as_secs_f64() * 1e3;
-    let cfg = PlanConfig {
-        window: a.window.max(4096),
-        threads: a.threads,
-        use_k4: !a.no_k4,
-        transforms: !a.no_transforms,
-        ..PlanConfig::default()
-    };
     let t_plan = Instant::now();
     let mut p = plan::plan(&file, &snap, &idx, &hints, &cfg)?;
     p.times.hints_ms = hints_ms;
     let plan_ms = t_plan.elapsed().as_secs_f64() * 1e3;
+    // the map shows what the planner found (even when plain compression wins the .pbb)
+    if let Some(mp) = &a.map {
+        let svg = plan::map::render_svg(
+            &p.blueprint,
+            &snap.manifest.banks,
+            &plan::map::MapOptions::default(),
+        );
+        packetfs::util::write_atomic(mp, svg.as_bytes())
+            .with_context(|| format!("writing {}", mp.display()))?;
+    }
     let t_pack = Instant::now();
     let opts = PackOptions {
         codec: a.codec,
@@ -364,6 +456,7 @@ pub fn plan(a: PlanArgs) -> anyhow::Result<ExitCode> {
         p.blueprint.spill = file.clone();
     }
     let pack_ms = t_pack.elapsed().as_secs_f64() * 1e3;
+    p.times.pack_ms = pack_ms;
     if let Some(out) = &a.out {
         packetfs::util::write_atomic(out, &bytes)
             .with_context(|| format!("writing {}", out.display()))?;
