@@ -231,6 +231,9 @@ pub struct PhaseTimes {
     pub pack_ms: f64,
 }
 
+/// One probe in this many is timed per phase (the counts are scaled back up).
+const TIME_SAMPLE: u32 = 16;
+
 /// Cycle counts of the phases inside matching, one set per worker.
 #[derive(Debug, Clone, Copy, Default)]
 struct Ticks {
@@ -343,8 +346,8 @@ pub fn plan(
     let per_ms = (anchor::ticks().wrapping_sub(tk0)) as f64 / times.match_ms.max(1e-6);
     let mut parts_segs = Vec::with_capacity(parts.len());
     for (segs, tk) in parts {
-        times.lookup_ms += tk.lookup as f64 / per_ms;
-        times.extend_ms += tk.extend as f64 / per_ms;
+        times.lookup_ms += (tk.lookup * TIME_SAMPLE as u64) as f64 / per_ms;
+        times.extend_ms += (tk.extend * TIME_SAMPLE as u64) as f64 / per_ms;
         times.sweep_ms += tk.sweep as f64 / per_ms;
         parts_segs.push(segs);
     }
@@ -654,9 +657,15 @@ impl<'a> Ctx<'a> {
         let mut budget = sweep::Budget::new(cfg.sweep_window_bytes, cfg.sweep_window_us);
         let mut budget_window = a / win;
         let mut next_sweep = 0usize;
+        // phase timings sample one probe in TIME_SAMPLE (reading the cycle counter costs
+        // ~25 ns, a probe not much more); sweeps are rare and always timed
+        let mut probe = 0u32;
         while i < b {
             let mut best: Option<Match> = None;
-            let t0 = anchor::ticks();
+            probe = probe.wrapping_add(1);
+            let timed = probe % TIME_SAMPLE == 0;
+            let tick = || if timed { anchor::ticks() } else { 0 };
+            let t0 = tick();
             // 1. repeat alignment
             if let Some((d, op, imm)) = delta {
                 let p = i as i64 + d;
@@ -686,13 +695,13 @@ impl<'a> Ctx<'a> {
                     idx.prefetch_entries(window_hash(idx.spec.projection, k, f, i + 4));
                 }
             }
-            let t1 = anchor::ticks();
+            let t1 = tick();
             tk.extend += t1.wrapping_sub(t0);
             let good = cfg.good_enough;
             if best.is_none_or(|m| m.len < good) && i + 9 <= f.len() {
                 // 2. k=8 lookups, candidates ranked by the section's preferred banks (and,
                 //    with gating, restricted to the banks the section kind admits)
-                let t_l = anchor::ticks();
+                let t_l = tick();
                 let kind = cur.kind_at(i as u64);
                 let prefs = kind.preferred_banks();
                 ranked.clear();
@@ -714,7 +723,7 @@ impl<'a> Ctx<'a> {
                     }
                 }
                 ranked.sort_unstable_by_key(|r| r.0);
-                let t_e = anchor::ticks();
+                let t_e = tick();
                 tk.lookup += t_e.wrapping_sub(t_l);
                 for &(_, p, op) in ranked.iter().take(cfg.max_candidates) {
                     self.try_at(i, p as usize, op, raw_start, false, &mut best);
@@ -722,14 +731,14 @@ impl<'a> Ctx<'a> {
                         break;
                     }
                 }
-                tk.extend += anchor::ticks().wrapping_sub(t_e);
+                tk.extend += tick().wrapping_sub(t_e);
                 // 3. k=4 when nothing worth a segment was found, and only when a match short
                 //    enough to be missed by k=8 could pay for itself at this raw byte cost
                 //    (or, with `k4_text`, in code)
                 let k4_here = self.k4_pays || (cfg.k4_text && kind == SectionKind::Text);
                 if k4_here && best.is_none_or(|m| self.gain(&m) <= 0.0) {
                     if let Some(k4) = self.k4 {
-                        let t_l = anchor::ticks();
+                        let t_l = tick();
                         let h = window_hash(Projection::Raw, 4, f, i);
                         ranked.clear();
                         ranked.extend(
@@ -738,17 +747,17 @@ impl<'a> Ctx<'a> {
                                 .take(cfg.k4_candidates)
                                 .map(|p| (0, p, Transform::Id)),
                         );
-                        let t_e = anchor::ticks();
+                        let t_e = tick();
                         tk.lookup += t_e.wrapping_sub(t_l);
                         for &(_, p, op) in ranked.iter() {
                             self.try_at(i, p as usize, op, raw_start, false, &mut best);
                         }
-                        tk.extend += anchor::ticks().wrapping_sub(t_e);
+                        tk.extend += tick().wrapping_sub(t_e);
                     }
                 }
                 // 4. coarse projection anchors, confirmed on the real bytes
                 if !self.anchors.is_empty() && best.is_none_or(|m| self.gain(&m) <= 0.0) {
-                    let t_l = anchor::ticks();
+                    let t_l = tick();
                     anchor::candidates(
                         &self.anchors,
                         f,
@@ -758,12 +767,12 @@ impl<'a> Ctx<'a> {
                         &mut anchored,
                     );
                     anchored.retain(|&(p, _)| self.admits(kind, p as usize, misses));
-                    let t_e = anchor::ticks();
+                    let t_e = tick();
                     tk.lookup += t_e.wrapping_sub(t_l);
                     for &(p, op) in anchored.iter() {
                         self.try_at(i, p as usize, op, raw_start, false, &mut best);
                     }
-                    tk.extend += anchor::ticks().wrapping_sub(t_e);
+                    tk.extend += tick().wrapping_sub(t_e);
                 }
                 // 5. sweep: a bounded search for the next sweep_min bytes, near the last
                 //    alignment first, then through the gated banks
