@@ -41,7 +41,7 @@ dev-plan-pack: build
 bench-plan:
     PFS_METRICS={{metrics}} cargo bench --bench plan
 
-# The planner benchmark plus one row per planner feature switched off (libstd pair).
+# The planner benchmark plus one row per planner setting (libstd and bash; PFS_BENCH_ABLATION_CARGO=1 adds bin/cargo).
 bench-plan-ablation:
     PFS_BENCH_ABLATION=1 PFS_METRICS={{metrics}} cargo bench --bench plan
 

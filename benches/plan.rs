@@ -8,6 +8,13 @@
 //! same files. Then /usr/bin/bash against the synthetic recipe alone, next to the source
 //! document's raw_ratio, and reconstruction speed next to this machine's memcpy bandwidth.
 //!
+//! `PFS_BENCH_ABLATION=1` adds one table per pair (libstd, and bash vs the synthetic recipe;
+//! bin/cargo too with `PFS_BENCH_ABLATION_CARGO=1`, slow): one row per planner setting from
+//! [`ablation_rows`] (a name and a one-line tweak of the default config), with wire bytes,
+//! raw_ratio, planning time, the per-phase times and the index memory the setting maps, next
+//! to the alternatives measured in the same run. `PFS_BENCH_ROWS=a,b` keeps only the rows
+//! whose names contain one of the given strings.
+//!
 //! Output: a Markdown table on stdout and one JSON line per row in the metrics log
 //! (PFS_METRICS, default logs/patterns/metrics.jsonl).
 
@@ -500,14 +507,22 @@ fn ablation_rows() -> Vec<(&'static str, Tweak)> {
 /// `PFS_BENCH_ABLATION=1`: a pair planned under each ablation row, all in this run, next to
 /// the alternatives measured for the same pair in this run. Indexes a row needs beyond the
 /// default set are built on demand (once per snapshot) and their memory is shown.
-fn ablation_table(pair: &str, snap: &Snapshot, target: &[u8], alts: &[(String, Option<(u64, f64)>)]) {
+fn ablation_table(
+    pair: &str,
+    snap: &Snapshot,
+    target: &[u8],
+    alts: &[(String, Option<(u64, f64)>)],
+) {
     let only: Option<String> = std::env::var("PFS_BENCH_ROWS").ok();
     println!();
     println!("| {pair} ablation | wire bytes | raw_ratio | segments | plan s | pack s | lookup / extend / sweep ms | index memory |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     let snap_len = snap.bytes().len();
     for (name, tweak) in ablation_rows() {
-        if only.as_ref().is_some_and(|o| !o.split(',').any(|r| name.contains(r.trim()))) {
+        if only
+            .as_ref()
+            .is_some_and(|o| !o.split(',').any(|r| name.contains(r.trim())))
+        {
             continue;
         }
         let mut s = Setting {
@@ -518,9 +533,17 @@ fn ablation_table(pair: &str, snap: &Snapshot, target: &[u8], alts: &[(String, O
         let specs = plan::index_specs(&s.cfg);
         let t = Instant::now();
         let (idx, reps) = IndexSet::ensure(snap, &specs, false).expect("index");
-        let built: Vec<&str> = reps.iter().filter(|r| r.rebuilt).map(|r| r.file.as_str()).collect();
+        let built: Vec<&str> = reps
+            .iter()
+            .filter(|r| r.rebuilt)
+            .map(|r| r.file.as_str())
+            .collect();
         if !built.is_empty() {
-            eprintln!("{name}: built {} in {:.1} s", built.join(", "), t.elapsed().as_secs_f64());
+            eprintln!(
+                "{name}: built {} in {:.1} s",
+                built.join(", "),
+                t.elapsed().as_secs_f64()
+            );
         }
         let mem: usize = reps.iter().map(|r| r.bytes).sum();
         let p = plan_target_with(snap, &idx, target, &s.cfg, s.hints);

@@ -559,37 +559,102 @@ fn plan_with_tuning_flags_a_planner_toml_and_a_coverage_map() {
     .unwrap();
     let out = ok(&pfs(
         &[
-            "plan", exe, "--snapshot", s, "--planner", "planner.toml", "--projections",
-            "ascii,opcode", "--map", "cov.svg", "-o", "x.pbb", "--metrics", "m.jsonl",
+            "plan",
+            exe,
+            "--snapshot",
+            s,
+            "--planner",
+            "planner.toml",
+            "--projections",
+            "ascii,opcode",
+            "--map",
+            "cov.svg",
+            "-o",
+            "x.pbb",
+            "--metrics",
+            "m.jsonl",
         ],
         d.path(),
     ));
     let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    for k in ["lookup_ms", "extend_ms", "sweep_ms", "soft_ms", "pack_ms", "match_ms"] {
-        assert!(line["phase_ms"].get(k).is_some(), "phase_ms lacks {k}: {line}");
+    for k in [
+        "lookup_ms",
+        "extend_ms",
+        "sweep_ms",
+        "soft_ms",
+        "pack_ms",
+        "match_ms",
+    ] {
+        assert!(
+            line["phase_ms"].get(k).is_some(),
+            "phase_ms lacks {k}: {line}"
+        );
     }
+    assert_eq!(line["planner"]["gate"], true);
+    assert_eq!(line["planner"]["fanout_k4"], 16);
+    assert_eq!(line["planner"]["projections"], serde_json::json!(["ascii", "opcode"]));
+    assert_eq!(line["planner"]["gate_banks"]["text"], serde_json::json!(["elf_text", "corpus"]));
     let svg = std::fs::read_to_string(d.path().join("cov.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     assert!(svg.contains("class=\"seg\""));
-    ok(&pfs(&["unplan", "x.pbb", "--snapshot", s, "-o", "rebuilt"], d.path()));
+    ok(&pfs(
+        &["unplan", "x.pbb", "--snapshot", s, "-o", "rebuilt"],
+        d.path(),
+    ));
     assert!(std::fs::read(d.path().join("rebuilt")).unwrap() == std::fs::read(exe).unwrap());
     // the indexes these settings need were built on demand; index build reports their memory
     let idx = ok(&pfs(
-        &["index", "build", s, "--fanout-k4", "16", "--projections", "ascii,opcode"],
+        &[
+            "index",
+            "build",
+            s,
+            "--fanout-k4",
+            "16",
+            "--projections",
+            "ascii,opcode",
+        ],
         d.path(),
     ));
-    for f in ["index.raw.k4s2f16.idx", "index.ascii.k8s8f8.idx", "index.opcode.k8s8f8.idx"] {
+    for f in [
+        "index.raw.k4s2f16.idx",
+        "index.ascii.k8s8f8.idx",
+        "index.opcode.k8s8f8.idx",
+    ] {
         assert!(idx.contains(f), "{idx}");
     }
     assert!(idx.contains("memory:"), "{idx}");
     // bad settings: named, nothing written
     std::fs::write(d.path().join("bad.toml"), "gait = true\n").unwrap();
     fails(
-        &pfs(&["plan", exe, "--snapshot", s, "--planner", "bad.toml", "-o", "y.pbb"], d.path()),
+        &pfs(
+            &[
+                "plan",
+                exe,
+                "--snapshot",
+                s,
+                "--planner",
+                "bad.toml",
+                "-o",
+                "y.pbb",
+            ],
+            d.path(),
+        ),
         "gait",
     );
     fails(
-        &pfs(&["plan", exe, "--snapshot", s, "--projections", "hex", "-o", "y.pbb"], d.path()),
+        &pfs(
+            &[
+                "plan",
+                exe,
+                "--snapshot",
+                s,
+                "--projections",
+                "hex",
+                "-o",
+                "y.pbb",
+            ],
+            d.path(),
+        ),
         "hex",
     );
     assert!(!d.path().join("y.pbb").exists());

@@ -327,7 +327,11 @@ fn every_planner_feature_roundtrips_bit_exact() {
     // a mixed file: an edited basis, xor/add images of synthetic banks, random bytes
     let mut file = apply_edits(
         &f.basis[50_000..],
-        &[Edit::Flip(10), Edit::Insert(40, b"inserted".to_vec()), Edit::Xor(70, 500, 3)],
+        &[
+            Edit::Flip(10),
+            Edit::Insert(40, b"inserted".to_vec()),
+            Edit::Xor(70, 500, 3),
+        ],
     );
     let text = bank_of(pob::BankKind::ElfText);
     let t0 = text.offset as usize;
@@ -349,8 +353,11 @@ fn every_planner_feature_roundtrips_bit_exact() {
         .as_bytes(),
     )
     .unwrap();
-    let tweaks: Vec<(&str, fn(&mut PlanConfig))> = vec![
-        ("anchors", |c| c.projections = vec![Ascii, Nibble, Numeric, Opcode]),
+    type Tweak = fn(&mut PlanConfig);
+    let tweaks: Vec<(&str, Tweak)> = vec![
+        ("anchors", |c| {
+            c.projections = vec![Ascii, Nibble, Numeric, Opcode]
+        }),
         ("gate", |c| c.gate = true),
         ("gate, widen at once", |c| {
             c.gate = true;
@@ -460,7 +467,11 @@ fn sweep_finds_matches_without_an_index_within_its_budget() {
         ..PlanConfig::default()
     };
     let p = roundtrip_with(&file, &cfg, &Hints::default(), &no_index);
-    assert_eq!(p.blueprint.stats().raw_spill, file.len() as u64, "no index, no sweep: all raw");
+    assert_eq!(
+        p.blueprint.stats().raw_spill,
+        file.len() as u64,
+        "no index, no sweep: all raw"
+    );
     let sweep = PlanConfig {
         sweep: true,
         sweep_window_bytes: usize::MAX,
@@ -468,7 +479,10 @@ fn sweep_finds_matches_without_an_index_within_its_budget() {
     };
     let p = roundtrip_with(&file, &sweep, &Hints::default(), &no_index);
     let raw = p.blueprint.stats().raw_spill;
-    assert!(raw < file.len() as u64 / 4, "sweep found the 40-byte pieces: raw {raw}");
+    assert!(
+        raw < file.len() as u64 / 4,
+        "sweep found the 40-byte pieces: raw {raw}"
+    );
     // a budget of one snapshot's bytes per window: at most a sweep or two, most stays raw
     let bounded = PlanConfig {
         sweep: true,
@@ -476,7 +490,11 @@ fn sweep_finds_matches_without_an_index_within_its_budget() {
         ..cfg
     };
     let p = roundtrip_with(&file, &bounded, &Hints::default(), &no_index);
-    assert!(p.blueprint.stats().raw_spill > raw + 40 * 20, "{:?}", p.blueprint.stats());
+    assert!(
+        p.blueprint.stats().raw_spill > raw + 40 * 20,
+        "{:?}",
+        p.blueprint.stats()
+    );
 }
 
 #[test]
@@ -486,10 +504,16 @@ fn planner_toml_sets_fields_and_refuses_unknown_keys() {
     assert_eq!(c.projections, vec![packetfs::index::Projection::Ascii]);
     let specs = plan::index_specs(&c);
     assert!(specs.iter().any(|s| s.k == 4 && s.fanout == 16));
-    assert!(specs.iter().any(|s| s.projection == packetfs::index::Projection::Ascii));
+    assert!(specs
+        .iter()
+        .any(|s| s.projection == packetfs::index::Projection::Ascii));
     assert_eq!(plan::index_specs(&PlanConfig::default()), default_specs());
-    let e = PlanConfig::from_toml("gait = true").unwrap_err().to_string();
+    let e = PlanConfig::from_toml("gait = true")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("gait"), "{e}");
-    let e = PlanConfig::from_toml("sweep_min = 8").unwrap_err().to_string();
+    let e = PlanConfig::from_toml("sweep_min = 8")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("sweep_min"), "{e}");
 }

@@ -484,6 +484,7 @@ pub fn plan(a: PlanArgs) -> anyhow::Result<ExitCode> {
         "pack_ms": pack_ms,
         "total_ms": t_all.elapsed().as_secs_f64() * 1e3,
         "phase_ms": p.times,
+        "planner": &cfg,
         "raw_bits_per_byte": p.raw_bits_per_byte,
         "hints": hints_source,
         "plain_won": plain,

@@ -94,7 +94,9 @@ impl Projection {
     }
     /// Parse a projection name (as in [`Projection::name`]).
     pub fn parse(s: &str) -> Option<Projection> {
-        (0..7).filter_map(Projection::from_code).find(|p| p.name() == s)
+        (0..7)
+            .filter_map(Projection::from_code)
+            .find(|p| p.name() == s)
     }
     /// Whether the projection is a coarse anchor (candidates need confirming under all ops).
     pub fn is_coarse(self) -> bool {
@@ -149,7 +151,9 @@ impl IndexSpec {
             )));
         }
         if self.projection == Projection::Numeric && self.k != 8 {
-            return Err(IndexError::Spec("the numeric projection needs k = 8".into()));
+            return Err(IndexError::Spec(
+                "the numeric projection needs k = 8".into(),
+            ));
         }
         if self.step == 0 || self.step > 4096 {
             return Err(IndexError::Spec(format!(
@@ -337,9 +341,9 @@ pub fn coarse_key(proj: Projection, k: u8, w: u64) -> u64 {
             .fold(0u64, |acc, &b| acc << 3 | ASCII_CLASS[b as usize] as u64),
         Projection::Nibble => w & 0xF0F0_F0F0_F0F0_F0F0,
         Projection::Numeric => ((w >> 32) as u32).wrapping_sub(w as u32) as u64,
-        Projection::Opcode => bytes
-            .iter()
-            .fold(0u64, |acc, &b| acc + (1u64 << (4 * OPCODE_CLASS[b as usize]))),
+        Projection::Opcode => bytes.iter().fold(0u64, |acc, &b| {
+            acc + (1u64 << (4 * OPCODE_CLASS[b as usize]))
+        }),
         _ => w,
     }
 }
@@ -775,8 +779,14 @@ mod tests {
     fn coarse_projections_key_a_window_by_its_classes() {
         let h = |p, b: &[u8]| window_hash(p, 8, b, 0);
         // same ASCII classes (upper, lower x4, punct, space, upper), different bytes
-        assert_eq!(h(Projection::Ascii, b"Hello, W"), h(Projection::Ascii, b"World! X"));
-        assert_ne!(h(Projection::Ascii, b"Hello, W"), h(Projection::Ascii, b"hello, W"));
+        assert_eq!(
+            h(Projection::Ascii, b"Hello, W"),
+            h(Projection::Ascii, b"World! X")
+        );
+        assert_ne!(
+            h(Projection::Ascii, b"Hello, W"),
+            h(Projection::Ascii, b"hello, W")
+        );
         assert_eq!(
             coarse_key(Projection::Ascii, 8, u64::from_le_bytes(*b"a1 B\0\n\xff!")),
             0o53_24_01_76
@@ -788,8 +798,14 @@ mod tests {
         assert_ne!(h(Projection::Nibble, &a), h(Projection::Nibble, &[0u8; 8]));
         // numeric: two u32 counting-table windows with the same stride, other start values
         let t = |s: u32, d: u32| [s.to_le_bytes(), (s + d).to_le_bytes()].concat();
-        assert_eq!(h(Projection::Numeric, &t(100, 4)), h(Projection::Numeric, &t(7000, 4)));
-        assert_ne!(h(Projection::Numeric, &t(100, 4)), h(Projection::Numeric, &t(100, 8)));
+        assert_eq!(
+            h(Projection::Numeric, &t(100, 4)),
+            h(Projection::Numeric, &t(7000, 4))
+        );
+        assert_ne!(
+            h(Projection::Numeric, &t(100, 4)),
+            h(Projection::Numeric, &t(100, 8))
+        );
         // opcode histogram: order does not matter, classes do
         let c1 = [0x48u8, 0x89, 0xe5, 0xc3, 0x00, 0x00, 0xe8, 0x90];
         let mut c2 = c1;
@@ -812,8 +828,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut snap = vec![0u8; 40_000];
         crate::pob::prng::SplitMix64::new(9).fill(&mut snap);
-        for (proj, fanout) in [(Projection::Raw, 8), (Projection::Ascii, 4), (Projection::Opcode, 16)] {
-            let spec = IndexSpec { projection: proj, k: 8, step: 2, fanout };
+        for (proj, fanout) in [
+            (Projection::Raw, 8),
+            (Projection::Ascii, 4),
+            (Projection::Opcode, 16),
+        ] {
+            let spec = IndexSpec {
+                projection: proj,
+                k: 8,
+                step: 2,
+                fanout,
+            };
             let path = dir.path().join(spec.file_name());
             Index::build(spec, &snap, &[1; 32], &path).unwrap();
             let real = std::fs::metadata(&path).unwrap().len() as usize;

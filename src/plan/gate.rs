@@ -121,7 +121,10 @@ mod tests {
             assert!(g.admits(SectionKind::Text, 1, misses));
             assert!(g.admits(SectionKind::Text, 3, misses));
         }
-        assert!(g.admits(SectionKind::Text, 0, 64), "widened after 64 misses");
+        assert!(
+            g.admits(SectionKind::Text, 0, 64),
+            "widened after 64 misses"
+        );
         assert_eq!(g.ranges(SectionKind::Text, 0, 260), vec![(100, 260)]);
         assert_eq!(g.ranges(SectionKind::Text, 64, 260), vec![(0, 260)]);
         // strings admit ASCII tables, not machine code

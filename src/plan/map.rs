@@ -250,7 +250,11 @@ mod tests {
                 kind: [BankKind::ElfText, BankKind::AsciiTables, BankKind::Corpus][i as usize],
                 offset: i as u64 * 1000,
                 len: 1000,
-                source: if i == 2 { "a<b>&\"c\"".into() } else { "synthetic".into() },
+                source: if i == 2 {
+                    "a<b>&\"c\"".into()
+                } else {
+                    "synthetic".into()
+                },
             })
             .collect()
     }
@@ -289,7 +293,9 @@ mod tests {
             for (i, _) in text.match_indices('&') {
                 let t = &text[i..];
                 assert!(
-                    ["&amp;", "&lt;", "&gt;", "&quot;"].iter().any(|e| t.starts_with(e)),
+                    ["&amp;", "&lt;", "&gt;", "&quot;"]
+                        .iter()
+                        .any(|e| t.starts_with(e)),
                     "bare & in {text:?}"
                 );
             }
@@ -309,7 +315,10 @@ mod tests {
     fn small_blueprint_one_rect_per_segment_and_legend() {
         let b = bp(vec![
             snap(Transform::Id, 10, 100),
-            Segment { len: 50, src: Source::Raw },
+            Segment {
+                len: 50,
+                src: Source::Raw,
+            },
             snap(Transform::Xor, 1500, 200),
             snap(Transform::Add, 2100, 30),
         ]);
@@ -330,7 +339,11 @@ mod tests {
     fn rows_wrap_and_split_rects() {
         // 300 bytes of one class on a 100-pixel-wide strip: three rows, three rects
         let b = bp(vec![snap(Transform::Id, 0, 300)]);
-        let o = MapOptions { width: 100, row_height: 4, max_rows: 10 };
+        let o = MapOptions {
+            width: 100,
+            row_height: 4,
+            max_rows: 10,
+        };
         let svg = render_svg(&b, &banks(), &o);
         well_formed(&svg);
         assert_eq!(count(&svg, r#"class="seg""#), 3);
@@ -346,12 +359,19 @@ mod tests {
                 if i % 2 == 0 {
                     snap(Transform::Id, i % 900, 3)
                 } else {
-                    Segment { len: 3, src: Source::Raw }
+                    Segment {
+                        len: 3,
+                        src: Source::Raw,
+                    }
                 }
             })
             .collect();
         let b = bp(segs);
-        let o = MapOptions { width: 64, row_height: 4, max_rows: 8 };
+        let o = MapOptions {
+            width: 64,
+            row_height: 4,
+            max_rows: 8,
+        };
         let svg = render_svg(&b, &banks(), &o);
         well_formed(&svg);
         let n = count(&svg, r#"class="seg""#);

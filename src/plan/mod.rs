@@ -162,8 +162,7 @@ impl Default for PlanConfig {
 impl PlanConfig {
     /// Parse a planner TOML file's text (every field optional; unknown keys are refused).
     pub fn from_toml(text: &str) -> Result<PlanConfig, PlanError> {
-        let c: PlanConfig =
-            toml::from_str(text).map_err(|e| PlanError::Config(e.to_string()))?;
+        let c: PlanConfig = toml::from_str(text).map_err(|e| PlanError::Config(e.to_string()))?;
         c.validate()?;
         Ok(c)
     }
@@ -516,9 +515,9 @@ impl<'a> Ctx<'a> {
                     .or_else(|| idx.get(p, 8))
             })
             .collect();
-        let gate = cfg.gate.then(|| {
-            gate::Gate::new(&snap.manifest.banks, &cfg.gate_banks, cfg.gate_widen_after)
-        });
+        let gate = cfg
+            .gate
+            .then(|| gate::Gate::new(&snap.manifest.banks, &cfg.gate_banks, cfg.gate_widen_after));
         let c = &cfg.cost;
         // (measured on libstd: below ~2.6 bits per raw byte the k=4 lookups doubled planning
         // time for 1% fewer wire bytes)
@@ -663,7 +662,7 @@ impl<'a> Ctx<'a> {
         while i < b {
             let mut best: Option<Match> = None;
             probe = probe.wrapping_add(1);
-            let timed = probe % TIME_SAMPLE == 0;
+            let timed = probe.is_multiple_of(TIME_SAMPLE);
             let tick = || if timed { anchor::ticks() } else { 0 };
             let t0 = tick();
             // 1. repeat alignment

@@ -60,7 +60,12 @@ impl Budget {
 
 /// The first position in `ranges` of `s` where `needle` occurs, scanning no more than the
 /// budget allows (ranges are clamped to `s`). Positions are snapshot offsets.
-pub fn find(s: &[u8], ranges: &[(usize, usize)], needle: &[u8], budget: &mut Budget) -> Option<usize> {
+pub fn find(
+    s: &[u8],
+    ranges: &[(usize, usize)],
+    needle: &[u8],
+    budget: &mut Budget,
+) -> Option<usize> {
     let n = needle.len();
     if n == 0 {
         return None;
@@ -95,7 +100,10 @@ mod tests {
         let needle = s[2 * CHUNK + 100..2 * CHUNK + 116].to_vec();
         // enough budget: found where it is, across chunk boundaries
         let mut b = Budget::new(usize::MAX, 0);
-        assert_eq!(find(&s, &[(0, s.len())], &needle, &mut b), Some(2 * CHUNK + 100));
+        assert_eq!(
+            find(&s, &[(0, s.len())], &needle, &mut b),
+            Some(2 * CHUNK + 100)
+        );
         // a match straddling a chunk edge is found too
         let edge = s[CHUNK - 5..CHUNK + 11].to_vec();
         let mut b = Budget::new(usize::MAX, 0);
@@ -113,7 +121,15 @@ mod tests {
         // ranges restrict the search
         let mut b = Budget::new(usize::MAX, 0);
         assert_eq!(find(&s, &[(0, 2 * CHUNK)], &needle, &mut b), None);
-        assert_eq!(find(&s, &[(0, 10), (2 * CHUNK, 2 * CHUNK + 116)], &needle, &mut b), Some(2 * CHUNK + 100));
+        assert_eq!(
+            find(
+                &s,
+                &[(0, 10), (2 * CHUNK, 2 * CHUNK + 116)],
+                &needle,
+                &mut b
+            ),
+            Some(2 * CHUNK + 100)
+        );
         // a zero time budget stops at once
         let mut b = Budget::new(usize::MAX, 1);
         std::thread::sleep(Duration::from_millis(2));
