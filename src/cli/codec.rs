@@ -417,6 +417,9 @@ fn write_blueprint_json(path: &Path, bp: &packetfs::blueprint::Blueprint) -> any
                 }
             }
             Source::Raw => json!({"file_off": p.file_off, "op": "raw", "len": p.seg.len}),
+            Source::SelfCopy { off } => {
+                json!({"file_off": p.file_off, "op": "self", "from": off, "len": p.seg.len})
+            }
         })
         .collect();
     let doc = json!({
@@ -470,7 +473,22 @@ pub fn unplan(a: UnplanArgs) -> anyhow::Result<ExitCode> {
     let mut out = AtomicFile::create(&a.out)
         .with_context(|| format!("creating a file beside {}", a.out.display()))?;
     let mut hasher = blake3::Hasher::new();
-    {
+    if bp.has_self_copies() {
+        // self copies read bytes written earlier: rebuild in a mapping of the output file
+        let f = out.file();
+        f.set_len(bp.file_len)
+            .with_context(|| format!("sizing {}", a.out.display()))?;
+        if bp.file_len > 0 {
+            // SAFETY: the temporary file is ours alone (created above, not yet renamed)
+            let mut map = unsafe { memmap2::MmapMut::map_mut(&*f) }
+                .with_context(|| format!("mapping {}", a.out.display()))?;
+            bp.rebuild_into(snap.bytes(), &mut map)
+                .with_context(|| format!("{}", a.input.display()))?;
+            hasher.update(&map);
+            map.flush()
+                .with_context(|| format!("writing {}", a.out.display()))?;
+        }
+    } else {
         let mut w = std::io::BufWriter::with_capacity(1 << 20, out.file());
         let mut buf = vec![0u8; 1 << 20];
         let s = snap.bytes();
@@ -485,6 +503,7 @@ pub fn unplan(a: UnplanArgs) -> anyhow::Result<ExitCode> {
                         packetfs::blueprint::apply::transform(op, imm, &s[o..o + n], dst)
                     }
                     Source::Raw => dst.copy_from_slice(&p.raw[done..done + n]),
+                    Source::SelfCopy { .. } => unreachable!("handled above"),
                 }
                 hasher.update(dst);
                 w.write_all(dst)

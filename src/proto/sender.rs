@@ -157,6 +157,14 @@ impl Sender {
                     msg: e.to_string(),
                 }
             })?;
+            if f.blueprint.has_self_copies() {
+                return Err(SendError::InvalidBlueprint {
+                    file: i,
+                    msg: "self-copy segments need their source complete first; \
+                          send Blueprint::lower_basic of it"
+                        .into(),
+                });
+            }
             let mut seg_starts = Vec::with_capacity(f.blueprint.segments.len());
             let mut spill_starts = Vec::with_capacity(f.blueprint.segments.len());
             let (mut off, mut spill) = (0u64, 0usize);
@@ -412,6 +420,7 @@ impl Sender {
                             return f.start + off;
                         }
                     }
+                    Source::SelfCopy { .. } => unreachable!("refused in Sender::new"),
                 }
                 si += 1;
             }
@@ -771,6 +780,7 @@ mod tests {
                         out.extend_from_slice(&spill[sp..sp + s.len as usize]);
                         sp += s.len as usize;
                     }
+                    Source::SelfCopy { .. } => unreachable!(),
                 }
             }
             let bp = Blueprint {
