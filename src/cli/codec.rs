@@ -109,12 +109,29 @@ pub struct PlanArgs {
     /// Search the identity only (no xor/add).
     #[arg(long)]
     no_transforms: bool,
+    /// Soft identity: approximate snapshot matches plus patch bytes over what stays raw
+    /// (.pbb format v2).
+    #[arg(long = "soft", value_enum, default_value = "off")]
+    soft: OnOff,
+    /// Fraction of equal bytes that makes a window a soft-identity hit.
+    #[arg(long, default_value_t = 0.92)]
+    soft_min_equal: f64,
+    /// Self segments: copies from earlier in the same file (.pbb format v2).
+    #[arg(long = "self", value_enum, default_value = "off")]
+    self_segments: OnOff,
     /// Metrics log (JSON lines) to append the run's metrics to.
     #[arg(long, default_value = packetfs::metrics::DEFAULT_LOG)]
     metrics: PathBuf,
     /// Snapshot memory: hugepages when available (auto), required (on) or not (off).
     #[arg(long, value_enum, default_value = "auto")]
     hugepages: HugePolicy,
+}
+
+/// A planner feature switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Args, Debug)]
@@ -340,8 +357,17 @@ pub fn plan(a: PlanArgs) -> anyhow::Result<ExitCode> {
         threads: a.threads,
         use_k4: !a.no_k4,
         transforms: !a.no_transforms,
+        soft: a.soft == OnOff::On,
+        soft_min_equal: a.soft_min_equal,
+        self_segments: a.self_segments == OnOff::On,
         ..PlanConfig::default()
     };
+    if !(0.5..=1.0).contains(&a.soft_min_equal) {
+        bail!(
+            "--soft-min-equal {} is outside 0.5..=1.0 (the fraction of equal bytes in a soft hit)",
+            a.soft_min_equal
+        );
+    }
     let t_plan = Instant::now();
     let mut p = plan::plan(&file, &snap, &idx, &hints, &cfg)?;
     p.times.hints_ms = hints_ms;
@@ -381,6 +407,8 @@ pub fn plan(a: PlanArgs) -> anyhow::Result<ExitCode> {
         "xor": st.xor,
         "add": st.add,
         "raw": st.raw,
+        "self": st.self_copy,
+        "self_bytes": st.self_bytes,
         "raw_spill": st.raw_spill,
         "raw_ratio": if file_bytes == 0 { 0.0 } else { st.raw_spill as f64 / file_bytes as f64 },
         "pbb_bytes": sizes.header + sizes.table + sizes.trailer,

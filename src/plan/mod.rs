@@ -15,6 +15,8 @@
 //! that meet at a split are merged afterwards.
 
 pub mod hints;
+pub mod selfref;
+pub mod soft;
 
 use std::time::Instant;
 
@@ -73,6 +75,19 @@ pub struct PlanConfig {
     /// Planning window for progress reporting and thread splits (bytes); segments are not cut
     /// at window edges.
     pub window: usize,
+    /// Soft identity: approximate `id` matches plus patch bytes over raw runs ([`soft`]).
+    #[serde(default)]
+    pub soft: bool,
+    /// Fraction of equal bytes that makes a window a soft hit.
+    #[serde(default = "default_soft_min_equal")]
+    pub soft_min_equal: f64,
+    /// Self segments: copies from earlier in the file ([`selfref`]).
+    #[serde(default)]
+    pub self_segments: bool,
+}
+
+fn default_soft_min_equal() -> f64 {
+    0.92
 }
 
 impl Default for PlanConfig {
@@ -87,6 +102,9 @@ impl Default for PlanConfig {
             transforms: true,
             threads: 0,
             window: 1 << 20,
+            soft: false,
+            soft_min_equal: default_soft_min_equal(),
+            self_segments: false,
         }
     }
 }
@@ -98,6 +116,10 @@ pub struct PhaseTimes {
     pub estimate_ms: f64,
     pub match_ms: f64,
     pub hash_ms: f64,
+    /// Self-segment pass.
+    pub self_ms: f64,
+    /// Soft-identity pass.
+    pub soft_ms: f64,
 }
 
 /// A plan and how it was made.
@@ -218,6 +240,16 @@ pub fn plan(
             }
             pos = end;
         }
+    }
+    if cfg.self_segments {
+        let t = Instant::now();
+        segments = selfref::pass(file, segments, cfg, raw_bits);
+        times.self_ms = ms(t);
+    }
+    if cfg.soft {
+        let t = Instant::now();
+        segments = soft::pass(file, snap.bytes(), idx, segments, cfg, raw_bits);
+        times.soft_ms = ms(t);
     }
     let mut spill = Vec::new();
     let mut pos = 0usize;
