@@ -427,6 +427,8 @@ pub struct PackedSizes {
 /// Pack a blueprint. Returns the bytes and the size of each part.
 pub fn pack(bp: &Blueprint, opts: &PackOptions) -> Result<(Vec<u8>, PackedSizes), PbbError> {
     let table = encode_table(&bp.segments);
+    // records in the table (soft runs fold several segments into one): the ops column length
+    let records = Reader::new(&table).u64().expect("encode_table writes the ops length");
     // the two parts are independent: compress them on two threads
     let (table_z, spill_z) = std::thread::scope(|s| {
         let t = s.spawn(|| zstd::bulk::compress(&table, opts.table_level));
@@ -443,7 +445,7 @@ pub fn pack(bp: &Blueprint, opts: &PackOptions) -> Result<(Vec<u8>, PackedSizes)
     out.extend_from_slice(&bp.file_len.to_le_bytes());
     out.extend_from_slice(&bp.file_hash);
     for v in [
-        bp.segments.len() as u64,
+        records,
         table.len() as u64,
         table_z.len() as u64,
         bp.spill.len() as u64,
