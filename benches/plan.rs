@@ -126,6 +126,12 @@ fn alternatives(basis: &Path, target: &Path, tmp: &Path) -> Vec<(String, Option<
 
 struct Planned {
     wire: u64,
+    /// Compressed segment table with soft runs folded, and without folding (same level).
+    table_folded: u64,
+    table_unfolded: u64,
+    self_ms: f64,
+    soft_ms: f64,
+    plain_won: bool,
     raw_ratio: f64,
     plan_s: f64,
     pack_s: f64,
@@ -157,8 +163,13 @@ fn plan_target_with(
         level: p.spill_level(PackOptions::default().level),
         ..PackOptions::default()
     };
-    let (bytes, _, _) = pbb::pack_best(&p.blueprint, target, &opts).expect("pack");
+    let (bytes, _, plain_won) = pbb::pack_best(&p.blueprint, target, &opts).expect("pack");
     let pack_s = t.elapsed().as_secs_f64();
+    let tz = |fold: bool| {
+        let t = pbb::encode_table_with(&p.blueprint.segments, fold);
+        zstd::bulk::compress(&t, opts.table_level).unwrap().len() as u64
+    };
+    let (table_folded, table_unfolded) = (tz(true), tz(false));
     let bp = pbb::unpack(&bytes, &snap.id, snap.bytes().len() as u64).expect("unpack");
     let mut out = vec![0u8; target.len()];
     bp.rebuild_into(snap.bytes(), &mut out).expect("rebuild");
@@ -167,6 +178,11 @@ fn plan_target_with(
     let st = p.blueprint.stats();
     Planned {
         wire: bytes.len() as u64,
+        table_folded,
+        table_unfolded,
+        self_ms: p.times.self_ms,
+        soft_ms: p.times.soft_ms,
+        plain_won,
         raw_ratio: st.raw_spill as f64 / target.len().max(1) as f64,
         plan_s,
         pack_s,
@@ -293,6 +309,9 @@ fn main() {
             if ablation && pre == "libstd-" {
                 ablation_table(&snap, &idx, &target);
             }
+            if ablation {
+                feature_table(name, &snap, &idx, &target, &metrics);
+            }
             rows.push(Row {
                 name: name.to_string(),
                 target: target.len() as u64,
@@ -329,6 +348,9 @@ fn main() {
         let snap = Snapshot::open(&sdir, HugePolicy::Auto).unwrap();
         let (idx, _) = IndexSet::ensure(&snap, &default_specs(), false).unwrap();
         if !only_rebuild {
+            if ablation {
+                feature_table("/usr/bin/bash vs synthetic", &snap, &idx, &target, &metrics);
+            }
             let p = plan_target(&snap, &idx, &target);
             let o = tmp.path().join("bash.xz");
             let xz = timed(
@@ -463,6 +485,72 @@ fn ablation_table(snap: &Snapshot, idx: &IndexSet, target: &[u8]) {
         println!(
             "| {name} | {} | {:.3} | {} | {:.2} | {:.2} |",
             p.wire, p.raw_ratio, p.segments, p.plan_s, p.pack_s
+        );
+    }
+}
+
+/// `PFS_BENCH_ABLATION=1`: soft identity and self segments each on and off (same run, same
+/// snapshot), with the segment table folded and unfolded.
+fn feature_table(name: &str, snap: &Snapshot, idx: &IndexSet, target: &[u8], metrics: &Path) {
+    let base = PlanConfig::default();
+    let rows: Vec<(&str, PlanConfig)> = vec![
+        (
+            "soft off, self off",
+            PlanConfig {
+                soft: false,
+                self_segments: false,
+                ..base.clone()
+            },
+        ),
+        (
+            "soft on",
+            PlanConfig {
+                soft: true,
+                self_segments: false,
+                ..base.clone()
+            },
+        ),
+        (
+            "self on",
+            PlanConfig {
+                soft: false,
+                self_segments: true,
+                ..base.clone()
+            },
+        ),
+        (
+            "soft on, self on",
+            PlanConfig {
+                soft: true,
+                self_segments: true,
+                ..base.clone()
+            },
+        ),
+    ];
+    println!();
+    println!("| {name}: features | wire bytes | raw_ratio | segments | plan s (self ms, soft ms) | pack s | table folded / unfolded (zstd) | all-raw won |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---|");
+    for (row, cfg) in rows {
+        let p = plan_target_with(snap, idx, target, &cfg, true);
+        println!(
+            "| {row} | {} | {:.4} | {} | {:.2} ({:.0}, {:.0}) | {:.2} | {} / {} | {} |",
+            p.wire,
+            p.raw_ratio,
+            p.segments,
+            p.plan_s,
+            p.self_ms,
+            p.soft_ms,
+            p.pack_s,
+            p.table_folded,
+            p.table_unfolded,
+            p.plain_won
+        );
+        let _ = packetfs::metrics::append(
+            metrics,
+            &json!({"kind": "bench-plan-features", "pair": name, "row": row, "target_bytes": target.len(),
+                "wire_bytes": p.wire, "raw_ratio": p.raw_ratio, "segments": p.segments, "plan_s": p.plan_s,
+                "self_ms": p.self_ms, "soft_ms": p.soft_ms, "pack_s": p.pack_s,
+                "table_folded": p.table_folded, "table_unfolded": p.table_unfolded, "plain_won": p.plain_won}),
         );
     }
 }

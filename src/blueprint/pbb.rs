@@ -1,11 +1,11 @@
 //! The `.pbb` packed blueprint: everything a receiver needs besides the snapshot.
 //!
-//! All integers are little-endian. Layout (version 1):
+//! All integers are little-endian. Layout (version 2; version 1 differs only in the table):
 //!
 //! | offset | size | field                                                        |
 //! |-------:|-----:|--------------------------------------------------------------|
 //! | 0      | 8    | magic `PFSPBB\0\x1a`                                          |
-//! | 8      | 2    | format version (1)                                           |
+//! | 8      | 2    | format version (2 written; 1 and 2 read)                     |
 //! | 10     | 1    | spill codec: 0 none, 1 zstd, 2 xz                            |
 //! | 11     | 1    | flags (0; readers refuse unknown bits)                       |
 //! | 12     | 32   | snapshot id (BLAKE3 of `snapshot.bin`)                       |
@@ -19,12 +19,17 @@
 //! | 124    | ...  | segment table (zstd), then spill (per codec)                 |
 //! | end-32 | 32   | BLAKE3 of every byte before it                               |
 //!
-//! The segment table, before zstd, is four column streams, each preceded by its length as a
-//! varint: `ops` (one byte per segment: 0 raw, 1 id, 2 xor, 3 add), `lens` (varint per
-//! segment), `offs` (zig-zag varint per snapshot segment: its offset minus the offset
-//! predicted by the previous snapshot segment, i.e. `file_pos + (prev_off - prev_file_pos)`,
-//! so a match that continues at the same alignment after a gap costs one byte) and `imms` (one
-//! byte per xor/add segment). Columns compress better than interleaved records.
+//! The segment table, before zstd, is column streams, each preceded by its length as a
+//! varint (v1: the first four, v2: all seven): `ops` (one byte per record: 0 raw, 1 id, 2 xor,
+//! 3 add, v2: 4 soft, 5 self), `lens` (varint per record), `offs` (zig-zag varint per
+//! id/xor/add/soft record: its offset minus the offset predicted by the previous snapshot
+//! record, i.e. `file_pos + (prev_off - prev_file_pos)`, so a match that continues at the same
+//! alignment after a gap costs one byte), `imms` (one byte per xor/add record), `pcount`
+//! (varint patch runs per soft record), `patches` (per patch run: equal bytes before it, then
+//! its length; the patch bytes are the next spill bytes) and `backs` (per self record, the
+//! distance back to its source, at least 1). Columns compress better than interleaved records.
+//! A soft record unfolds into `id`/raw segments at one alignment (see docs/pbb-format.md), so
+//! the header's segment count is the number of records, not of segments in memory.
 //!
 //! Readers check, in order: length and magic, version, the whole-file checksum, the snapshot
 //! id (before decoding anything else), then every declared length against what the data
