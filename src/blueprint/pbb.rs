@@ -20,13 +20,13 @@
 //! | end-32 | 32   | BLAKE3 of every byte before it                               |
 //!
 //! The segment table, before zstd, is column streams, each preceded by its length as a
-//! varint (v1: the first four, v2: all seven): `ops` (one byte per record: 0 raw, 1 id, 2 xor,
+//! varint (v1: the first four, v2: all eight): `ops` (one byte per record: 0 raw, 1 id, 2 xor,
 //! 3 add, v2: 4 soft, 5 self), `lens` (varint per record), `offs` (zig-zag varint per
 //! id/xor/add/soft record: its offset minus the offset predicted by the previous snapshot
 //! record, i.e. `file_pos + (prev_off - prev_file_pos)`, so a match that continues at the same
 //! alignment after a gap costs one byte), `imms` (one byte per xor/add record), `pcount`
-//! (varint patch runs per soft record), `patches` (per patch run: equal bytes before it, then
-//! its length; the patch bytes are the next spill bytes) and `backs` (per self record, the
+//! (varint patch runs per soft record), `pequal` and `pruns` (per patch run: the equal bytes
+//! before it, and its length; the patch bytes are the next spill bytes) and `backs` (per self record, the
 //! distance back to its source, at least 1). Columns compress better than interleaved records.
 //! A soft record unfolds into `id`/raw segments at one alignment (see docs/pbb-format.md), so
 //! the header's segment count is the number of records, not of segments in memory.
@@ -192,7 +192,8 @@ pub fn encode_table_with(segments: &[Segment], fold_soft: bool) -> Vec<u8> {
     let mut offs = Vec::with_capacity(segments.len() * 2);
     let mut imms = Vec::new();
     let mut pcount = Vec::new();
-    let mut patches = Vec::new();
+    let mut pequal = Vec::new();
+    let mut pruns = Vec::new();
     let mut backs = Vec::new();
     let mut file_pos = 0i64;
     let mut delta = 0i64; // prev snapshot offset - prev file position
@@ -211,8 +212,8 @@ pub fn encode_table_with(segments: &[Segment], fold_soft: bool) -> Vec<u8> {
                 delta = off as i64 - file_pos;
                 put_u64(&mut pcount, ((end - i) / 2) as u64);
                 for pair in segments[i..end - 1].chunks(2) {
-                    put_u64(&mut patches, pair[0].len as u64); // equal bytes before the patch
-                    put_u64(&mut patches, pair[1].len as u64); // patch bytes (from the spill)
+                    put_u64(&mut pequal, pair[0].len as u64); // equal bytes before the patch
+                    put_u64(&mut pruns, pair[1].len as u64); // patch bytes (from the spill)
                 }
                 file_pos += total as i64;
                 i = end;
@@ -236,9 +237,9 @@ pub fn encode_table_with(segments: &[Segment], fold_soft: bool) -> Vec<u8> {
         i += 1;
     }
     let mut out = Vec::with_capacity(
-        ops.len() + lens.len() + offs.len() + imms.len() + pcount.len() + patches.len() + 40,
+        ops.len() + lens.len() + offs.len() + imms.len() + pcount.len() + pequal.len() + pruns.len() + 40,
     );
-    for col in [&ops, &lens, &offs, &imms, &pcount, &patches, &backs] {
+    for col in [&ops, &lens, &offs, &imms, &pcount, &pequal, &pruns, &backs] {
         put_u64(&mut out, col.len() as u64);
         out.extend_from_slice(col);
     }
@@ -250,7 +251,7 @@ pub fn decode_table(table: &[u8], count: u64) -> Result<Vec<Segment>, PbbError> 
     decode_table_version(table, count, VERSION)
 }
 
-/// Decode `count` records of a format-`version` table (v1: four columns, v2: seven) into
+/// Decode `count` records of a format-`version` table (v1: four columns, v2: eight) into
 /// segments; soft records unfold into their `id`/raw runs, so the result can hold more
 /// segments than records.
 pub fn decode_table_version(
@@ -261,11 +262,11 @@ pub fn decode_table_version(
     let bad = |m: &str| PbbError::Corrupt(format!("segment table: {m}"));
     let ncols = match version {
         1 => 4,
-        2 => 7,
+        2 => 8,
         v => return Err(PbbError::UnsupportedVersion(v)),
     };
     let mut r = Reader::new(table);
-    let mut cols: [&[u8]; 7] = [&[]; 7];
+    let mut cols: [&[u8]; 8] = [&[]; 8];
     for c in cols.iter_mut().take(ncols) {
         let n = r.u64().map_err(|_| bad("column length"))?;
         let n = usize::try_from(n).map_err(|_| bad("column length"))?;
@@ -276,13 +277,17 @@ pub fn decode_table_version(
     if r.remaining() != 0 {
         return Err(bad("trailing bytes"));
     }
-    let [ops, lens, offs, imms, pcount, patches, backs] = cols;
+    let [ops, lens, offs, imms, pcount, pequal, pruns, backs] = cols;
     if ops.len() as u64 != count {
         return Err(bad("segment count does not match the op column"));
     }
     let (mut lens, mut offs, mut imms) = (Reader::new(lens), Reader::new(offs), Reader::new(imms));
-    let (mut pcount, mut patches, mut backs) =
-        (Reader::new(pcount), Reader::new(patches), Reader::new(backs));
+    let (mut pcount, mut pequal, mut pruns, mut backs) = (
+        Reader::new(pcount),
+        Reader::new(pequal),
+        Reader::new(pruns),
+        Reader::new(backs),
+    );
     let mut out = Vec::with_capacity(ops.len());
     let mut file_pos = 0i64;
     let mut delta = 0i64;
@@ -342,8 +347,12 @@ pub fn decode_table_version(
                 }
                 let mut at = 0u64; // bytes of this record placed so far
                 for _ in 0..n {
-                    let eq = patches.u64().map_err(|_| bad("patch column too short"))?;
-                    let run = patches.u64().map_err(|_| bad("patch column too short"))?;
+                    let eq = pequal
+                        .u64()
+                        .map_err(|_| bad("patch equal-bytes column too short"))?;
+                    let run = pruns
+                        .u64()
+                        .map_err(|_| bad("patch length column too short"))?;
                     if eq == 0 || run == 0 || eq > u32::MAX as u64 || run > u32::MAX as u64 {
                         return Err(bad(&format!(
                             "soft record {rec}: patch with {eq} equal bytes before {run} patch bytes"
@@ -411,7 +420,7 @@ pub fn decode_table_version(
             .checked_add(len_i)
             .ok_or_else(|| bad("file position overflow"))?;
     }
-    if [&lens, &offs, &imms, &pcount, &patches, &backs]
+    if [&lens, &offs, &imms, &pcount, &pequal, &pruns, &backs]
         .iter()
         .any(|c| c.remaining() != 0)
     {
@@ -615,7 +624,7 @@ pub fn read_header(bytes: &[u8]) -> Result<Header, PbbError> {
     }
     // v1: ops (1) + len (<=5) + off (<=10) + imm (1) per segment, plus four column headers;
     // v2 adds a patch count (<=10) and a back distance (<=10) per record, two varints (<=5
-    // each) per patch, at most one patch per two file bytes, and three more column headers
+    // each) per patch, at most one patch per two file bytes, and four more column headers
     let bound = if version == 1 {
         h.segments.saturating_mul(17).saturating_add(40)
     } else {
@@ -748,7 +757,7 @@ mod tests {
         let t = encode_table(&sample().segments);
         assert_eq!(
             t,
-            vec![5, 0, 1, 0, 2, 3, 5, 3, 5, 2, 4, 1, 3, 14, 0, 41, 2, 0xff, 3, 0, 0, 0]
+            vec![5, 0, 1, 0, 2, 3, 5, 3, 5, 2, 4, 1, 3, 14, 0, 41, 2, 0xff, 3, 0, 0, 0, 0]
         );
         assert_eq!(decode_table(&t, 5).unwrap(), sample().segments);
     }
