@@ -8,6 +8,10 @@
 //! same files. Then /usr/bin/bash against the synthetic recipe alone, next to the source
 //! document's raw_ratio, and reconstruction speed next to this machine's memcpy bandwidth.
 //!
+//! PFS_BENCH_ABLATION=1 adds the libstd ablation table and, for every pair and for bash, a
+//! table with soft identity and self segments each on and off (PFS_BENCH_ABLATION=features:
+//! only those).
+//!
 //! Output: a Markdown table on stdout and one JSON line per row in the metrics log
 //! (PFS_METRICS, default logs/patterns/metrics.jsonl).
 
@@ -237,9 +241,13 @@ fn main() {
     );
     let mut rows: Vec<Row> = Vec::new();
     let only_rebuild = std::env::var("PFS_BENCH_ONLY").is_ok_and(|v| v == "rebuild");
+    // PFS_BENCH_ONLY=bash: skip the release pairs, keep bash and reconstruction
+    let only_bash = std::env::var("PFS_BENCH_ONLY").is_ok_and(|v| v == "bash");
     let ablation = std::env::var("PFS_BENCH_ABLATION").is_ok();
-    if only_rebuild {
-        println!("PFS_BENCH_ONLY=rebuild: release pairs skipped");
+    // PFS_BENCH_ABLATION=features: only the soft/self feature tables
+    let features_only = std::env::var("PFS_BENCH_ABLATION").is_ok_and(|v| v == "features");
+    if only_rebuild || only_bash {
+        println!("PFS_BENCH_ONLY: release pairs skipped");
     } else if roots.len() < 2 {
         println!("fewer than two distinct Rust toolchains installed: no release pairs (rustup toolchain install nightly)");
     } else {
@@ -306,7 +314,7 @@ fn main() {
                 "{name}: pfs raw_ratio {:.3}, {} segments, plan {:.2} s + pack {:.2} s, rebuild {:.1} GB/s in memory; snapshot build {:.0} MB/s, index build {:.0} MB/s",
                 p.raw_ratio, p.segments, p.plan_s, p.pack_s, p.rebuild_gbs, rep.manifest.size as f64 / snap_s / 1e6, rep.manifest.size as f64 / idx_s / 1e6
             );
-            if ablation && pre == "libstd-" {
+            if ablation && !features_only && pre == "libstd-" {
                 ablation_table(&snap, &idx, &target);
             }
             if ablation {
