@@ -312,6 +312,10 @@ fn plan_cfg(file: &[u8], cfg: &PlanConfig) -> (Blueprint, pbb::PackedSizes) {
     .unwrap();
     let bp = pbb::unpack(&bytes, &f.snap.id, f.snap.bytes().len() as u64).unwrap();
     assert_eq!(bp, p.blueprint, "the v2 table must decode to the planned segments");
+    // and so must the table with soft runs folded into soft records
+    let folded = pbb::encode_table_with(&bp.segments, true);
+    let records = packetfs::blueprint::varint::Reader::new(&folded).u64().unwrap();
+    assert_eq!(pbb::decode_table(&folded, records).unwrap(), bp.segments);
     let mut out = vec![0u8; file.len()];
     bp.rebuild_into(f.snap.bytes(), &mut out).unwrap();
     assert!(out == file, "rebuilt file differs");
@@ -492,7 +496,7 @@ fn soft_hits_cover_dense_edits_with_patches_at_window_edges() {
     // raw_ratio counts patch bytes: what stays raw is about the changed bytes (1 in 6)
     assert!(ss.raw_spill < (n as u64) / 4, "{ss:?}");
     // the planned soft run is one folded record: far smaller than one record per segment
-    let folded = pbb::encode_table(&soft.segments).len();
+    let folded = pbb::encode_table_with(&soft.segments, true).len();
     let unfolded = pbb::encode_table_with(&soft.segments, false).len();
     assert!(folded * 3 < unfolded * 2, "{folded} vs {unfolded}");
 }
@@ -522,7 +526,7 @@ fn corrupt_v2_tables_are_refused_with_the_reason() {
             Segment { len: 5, src: Source::Snap { op: Transform::Id, off: 10, imm: 0 } },
         ]
     );
-    assert_eq!(pbb::encode_table(&segs), good);
+    assert_eq!(pbb::encode_table_with(&segs, true), good);
     let e = err(table([&[4], &[10], &[10], &[], &[1], &[3], &[7], &[]]), 1);
     assert!(e.contains("outside its 10-byte segment"), "{e}");
     let e = err(table([&[4], &[10], &[10], &[], &[1], &[0], &[2], &[]]), 1);

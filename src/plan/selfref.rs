@@ -100,7 +100,9 @@ pub fn pass(file: &[u8], segs: Vec<Segment>, cfg: &PlanConfig, raw_bits: f64) ->
                     let dist = (start - src) as u64;
                     let dist_bits = 8.0 * (64 - dist.leading_zeros()).div_ceil(7).max(1) as f64;
                     let saved = total - raw_in(src, src + total);
-                    if total >= MIN_COPY && saved as f64 * raw_bits > c.seg_bits + dist_bits {
+                    // a new source position costs like a snapshot jump besides its distance
+                    let cost = c.seg_bits + c.jump_bits + dist_bits;
+                    if total >= MIN_COPY && saved as f64 * raw_bits > cost {
                         if start > raw_start {
                             push_merged(
                                 &mut out,
