@@ -969,6 +969,36 @@ mod tests {
             Sender::new(cfg(), [1; 32], one("", [1; 32]), &[0u8; 64]),
             Err(SendError::BadName { .. })
         ));
+        // self copies need their source complete first: refused, lower_basic is accepted
+        let mut selfy = bp([1; 32]);
+        selfy.segments = vec![
+            Segment {
+                len: 4,
+                src: Source::Snap {
+                    op: Transform::Id,
+                    off: 0,
+                    imm: 0,
+                },
+            },
+            Segment {
+                len: 16,
+                src: Source::SelfCopy { off: 1 },
+            },
+        ];
+        let files = |b: &Blueprint| {
+            vec![SendFile {
+                name: "s".into(),
+                blueprint: b.clone(),
+            }]
+        };
+        match Sender::new(cfg(), [1; 32], files(&selfy), &[0u8; 64]) {
+            Err(SendError::InvalidBlueprint { msg, .. }) => {
+                assert!(msg.contains("lower_basic"), "{msg}")
+            }
+            other => panic!("expected a refusal, got {:?}", other.err()),
+        }
+        let low = selfy.lower_basic(&[0u8; 64]).unwrap();
+        assert!(Sender::new(cfg(), [1; 32], files(&low), &[0u8; 64]).is_ok());
         let small = SenderConfig {
             max_datagram: 100,
             ..cfg()
