@@ -567,8 +567,20 @@ fn plan_with_soft_and_self_segments_roundtrips() {
     std::fs::write(d.path().join("f"), &file).unwrap();
     let out = ok(&pfs(
         &[
-            "plan", "f", "--snapshot", s, "-o", "f.pbb", "--soft", "on", "--self", "on",
-            "--json", "f.json", "--metrics", "m",
+            "plan",
+            "f",
+            "--snapshot",
+            s,
+            "-o",
+            "f.pbb",
+            "--soft",
+            "on",
+            "--self",
+            "on",
+            "--json",
+            "f.json",
+            "--metrics",
+            "m",
         ],
         d.path(),
     ));
@@ -593,9 +605,22 @@ fn plan_with_soft_and_self_segments_roundtrips() {
         file_len: want.len() as u64,
         file_hash: *blake3::hash(&want).as_bytes(),
         segments: vec![
-            Segment { len: 100, src: Source::Snap { op: Transform::Id, off: 0, imm: 0 } },
-            Segment { len: 1000, src: Source::SelfCopy { off: 97 } },
-            Segment { len: 50, src: Source::SelfCopy { off: 10 } },
+            Segment {
+                len: 100,
+                src: Source::Snap {
+                    op: Transform::Id,
+                    off: 0,
+                    imm: 0,
+                },
+            },
+            Segment {
+                len: 1000,
+                src: Source::SelfCopy { off: 97 },
+            },
+            Segment {
+                len: 50,
+                src: Source::SelfCopy { off: 10 },
+            },
         ],
         spill: Vec::new(),
     };
@@ -607,14 +632,31 @@ fn plan_with_soft_and_self_segments_roundtrips() {
     assert!(std::fs::read(d.path().join("x.out")).unwrap() == want);
     let o = pfs(
         &[
-            "plan", "f", "--snapshot", s, "--soft", "on", "--soft-min-equal", "1.5",
-            "--metrics", "m",
+            "plan",
+            "f",
+            "--snapshot",
+            s,
+            "--soft",
+            "on",
+            "--soft-min-equal",
+            "1.5",
+            "--metrics",
+            "m",
         ],
         d.path(),
     );
     fails(&o, "--soft-min-equal 1.5 is outside");
     let o = pfs(
-        &["plan", "f", "--snapshot", s, "--self", "maybe", "--metrics", "m"],
+        &[
+            "plan",
+            "f",
+            "--snapshot",
+            s,
+            "--self",
+            "maybe",
+            "--metrics",
+            "m",
+        ],
         d.path(),
     );
     assert!(!o.status.success());

@@ -311,10 +311,15 @@ fn plan_cfg(file: &[u8], cfg: &PlanConfig) -> (Blueprint, pbb::PackedSizes) {
     )
     .unwrap();
     let bp = pbb::unpack(&bytes, &f.snap.id, f.snap.bytes().len() as u64).unwrap();
-    assert_eq!(bp, p.blueprint, "the v2 table must decode to the planned segments");
+    assert_eq!(
+        bp, p.blueprint,
+        "the v2 table must decode to the planned segments"
+    );
     // and so must the table with soft runs folded into soft records
     let folded = pbb::encode_table_with(&bp.segments, true);
-    let records = packetfs::blueprint::varint::Reader::new(&folded).u64().unwrap();
+    let records = packetfs::blueprint::varint::Reader::new(&folded)
+        .u64()
+        .unwrap();
     assert_eq!(pbb::decode_table(&folded, records).unwrap(), bp.segments);
     let mut out = vec![0u8; file.len()];
     bp.rebuild_into(f.snap.bytes(), &mut out).unwrap();
@@ -403,9 +408,18 @@ fn self_segments_with_overlapping_source_rebuild_as_forward_copies() {
         file_len: want.len() as u64,
         file_hash: *blake3::hash(&want).as_bytes(),
         segments: vec![
-            Segment { len: 3, src: Source::Raw },
-            Segment { len: 10, src: Source::SelfCopy { off: 1 } },
-            Segment { len: 1, src: Source::Raw },
+            Segment {
+                len: 3,
+                src: Source::Raw,
+            },
+            Segment {
+                len: 10,
+                src: Source::SelfCopy { off: 1 },
+            },
+            Segment {
+                len: 1,
+                src: Source::Raw,
+            },
         ],
         spill,
     };
@@ -415,7 +429,11 @@ fn self_segments_with_overlapping_source_rebuild_as_forward_copies() {
     assert_eq!(out, want);
     assert_eq!(&out[..9], b"abcbcbcbc");
     let (bytes, _) = pbb::pack(&bp, &PackOptions::default()).unwrap();
-    assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), 2, "written as format v2");
+    assert_eq!(
+        u16::from_le_bytes([bytes[8], bytes[9]]),
+        2,
+        "written as format v2"
+    );
     let back = pbb::unpack(&bytes, &[3; 32], 16).unwrap();
     assert_eq!(back, bp);
     let low = bp.lower_basic(&snap).unwrap();
@@ -435,13 +453,26 @@ fn self_segments_with_overlapping_source_rebuild_as_forward_copies() {
         file.extend_from_slice(&pat);
     }
     let segs = vec![
-        Segment { len: 37, src: Source::Snap { op: Transform::Id, off: a as u64, imm: 0 } },
-        Segment { len: (file.len() - 37) as u32, src: Source::Raw },
+        Segment {
+            len: 37,
+            src: Source::Snap {
+                op: Transform::Id,
+                off: a as u64,
+                imm: 0,
+            },
+        },
+        Segment {
+            len: (file.len() - 37) as u32,
+            src: Source::Raw,
+        },
     ];
     let segs = plan::selfref::pass(&file, segs, &PlanConfig::default(), 8.0);
     assert_eq!(
         segs[1],
-        Segment { len: (file.len() - 37) as u32, src: Source::SelfCopy { off: 0 } },
+        Segment {
+            len: (file.len() - 37) as u32,
+            src: Source::SelfCopy { off: 0 }
+        },
         "{segs:?}"
     );
     let bp = Blueprint {
@@ -521,9 +552,26 @@ fn corrupt_v2_tables_are_refused_with_the_reason() {
     assert_eq!(
         segs,
         vec![
-            Segment { len: 3, src: Source::Snap { op: Transform::Id, off: 5, imm: 0 } },
-            Segment { len: 2, src: Source::Raw },
-            Segment { len: 5, src: Source::Snap { op: Transform::Id, off: 10, imm: 0 } },
+            Segment {
+                len: 3,
+                src: Source::Snap {
+                    op: Transform::Id,
+                    off: 5,
+                    imm: 0
+                }
+            },
+            Segment {
+                len: 2,
+                src: Source::Raw
+            },
+            Segment {
+                len: 5,
+                src: Source::Snap {
+                    op: Transform::Id,
+                    off: 10,
+                    imm: 0
+                }
+            },
         ]
     );
     assert_eq!(pbb::encode_table_with(&segs, true), good);
@@ -533,7 +581,10 @@ fn corrupt_v2_tables_are_refused_with_the_reason() {
     assert!(e.contains("patch with 0 equal bytes"), "{e}");
     let e = err(table([&[4], &[10], &[10], &[], &[0], &[], &[], &[]]), 1);
     assert!(e.contains("no patches"), "{e}");
-    let e = err(table([&[4], &[10], &[10], &[], &[9], &[1; 9], &[1; 9], &[]]), 1);
+    let e = err(
+        table([&[4], &[10], &[10], &[], &[9], &[1; 9], &[1; 9], &[]]),
+        1,
+    );
     assert!(e.contains("cannot fit"), "{e}");
     // self records: the source must start before the destination and inside the file
     let e = err(table([&[0, 5], &[4, 4], &[], &[], &[], &[], &[], &[0]]), 2);
@@ -544,7 +595,9 @@ fn corrupt_v2_tables_are_refused_with_the_reason() {
     assert!(e.contains("before the file starts"), "{e}");
     // v2 op codes are unknown in a v1 table
     let v1 = vec![1, 4, 1, 10, 1, 10, 0];
-    let e = pbb::decode_table_version(&v1, 1, 1).unwrap_err().to_string();
+    let e = pbb::decode_table_version(&v1, 1, 1)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("unknown op code 4 for format version 1"), "{e}");
     // a whole .pbb whose self record points at itself is refused by unpack, naming it
     let bp = Blueprint {
@@ -552,12 +605,22 @@ fn corrupt_v2_tables_are_refused_with_the_reason() {
         file_len: 8,
         file_hash: [0; 32],
         segments: vec![
-            Segment { len: 4, src: Source::Raw },
-            Segment { len: 4, src: Source::SelfCopy { off: 4 } },
+            Segment {
+                len: 4,
+                src: Source::Raw,
+            },
+            Segment {
+                len: 4,
+                src: Source::SelfCopy { off: 4 },
+            },
         ],
         spill: vec![1, 2, 3, 4],
     };
-    assert!(bp.validate(16).unwrap_err().to_string().contains("not before it"));
+    assert!(bp
+        .validate(16)
+        .unwrap_err()
+        .to_string()
+        .contains("not before it"));
     let (bytes, _) = pbb::pack(&bp, &PackOptions::default()).unwrap();
     let e = pbb::unpack(&bytes, &[4; 32], 16).unwrap_err().to_string();
     assert!(e.contains("copies from itself"), "{e}");
@@ -569,7 +632,10 @@ fn newer_formats_are_refused_by_name_and_v1_still_reads() {
         snapshot_id: [4; 32],
         file_len: 2,
         file_hash: [0; 32],
-        segments: vec![Segment { len: 2, src: Source::Raw }],
+        segments: vec![Segment {
+            len: 2,
+            src: Source::Raw,
+        }],
         spill: vec![1, 2],
     };
     let (mut bytes, _) = pbb::pack(&bp, &PackOptions::default()).unwrap();
@@ -580,7 +646,8 @@ fn newer_formats_are_refused_by_name_and_v1_still_reads() {
         "{e}"
     );
     // golden-small.pbb is format v1 (see golden_pbb_still_decodes for its contents)
-    let g = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/golden-small.pbb"))
-        .unwrap();
+    let g =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/golden-small.pbb"))
+            .unwrap();
     assert_eq!(pbb::read_header(&g).unwrap().version, 1);
 }

@@ -34,7 +34,10 @@ pub fn transform(op: Transform, imm: u8, src: &[u8], dst: &mut [u8]) {
 /// Requires `src < dst` and `dst + len <= buf.len()`.
 #[inline]
 pub fn self_copy(buf: &mut [u8], src: usize, dst: usize, len: usize) {
-    assert!(src < dst && dst + len <= buf.len(), "apply::self_copy: bad range");
+    assert!(
+        src < dst && dst + len <= buf.len(),
+        "apply::self_copy: bad range"
+    );
     let dist = dst - src;
     if dist == 1 {
         let b = buf[src];

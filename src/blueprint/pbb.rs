@@ -240,7 +240,14 @@ pub fn encode_table_with(segments: &[Segment], fold_soft: bool) -> Vec<u8> {
         i += 1;
     }
     let mut out = Vec::with_capacity(
-        ops.len() + lens.len() + offs.len() + imms.len() + pcount.len() + pequal.len() + pruns.len() + 40,
+        ops.len()
+            + lens.len()
+            + offs.len()
+            + imms.len()
+            + pcount.len()
+            + pequal.len()
+            + pruns.len()
+            + 40,
     );
     for col in [&ops, &lens, &offs, &imms, &pcount, &pequal, &pruns, &backs] {
         put_u64(&mut out, col.len() as u64);
@@ -395,7 +402,9 @@ pub fn decode_table_version(
                 });
             }
             OP_SELF if version >= 2 => {
-                let back = backs.u64().map_err(|_| bad("self offset column too short"))?;
+                let back = backs
+                    .u64()
+                    .map_err(|_| bad("self offset column too short"))?;
                 if back == 0 {
                     return Err(bad(&format!(
                         "self record {rec} at file offset {file_pos} copies from itself; its source must start before it"
@@ -445,7 +454,9 @@ pub struct PackedSizes {
 pub fn pack(bp: &Blueprint, opts: &PackOptions) -> Result<(Vec<u8>, PackedSizes), PbbError> {
     let table = encode_table(&bp.segments);
     // records in the table (soft runs fold several segments into one): the ops column length
-    let records = Reader::new(&table).u64().expect("encode_table writes the ops length");
+    let records = Reader::new(&table)
+        .u64()
+        .expect("encode_table writes the ops length");
     // the two parts are independent: compress them on two threads
     let (table_z, spill_z) = std::thread::scope(|s| {
         let t = s.spawn(|| zstd::bulk::compress(&table, opts.table_level));

@@ -92,7 +92,9 @@ pub fn pass(file: &[u8], segs: Vec<Segment>, cfg: &PlanConfig, raw_bits: f64) ->
                 }
                 if n >= K {
                     let mut back = 0;
-                    while back < i - raw_start && back < p && file[p - back - 1] == file[i - back - 1]
+                    while back < i - raw_start
+                        && back < p
+                        && file[p - back - 1] == file[i - back - 1]
                     {
                         back += 1;
                     }

@@ -128,9 +128,8 @@ pub fn pass(
             let patches = parts.iter().filter(|p| p.src == Source::Raw).count();
             let c = &cfg.cost;
             let rep = last_delta == Some(d) || next_delta == Some(d);
-            let cost = c.seg_bits
-                + if rep { 2.0 } else { c.jump_bits }
-                + patches as f64 * PATCH_BITS;
+            let cost =
+                c.seg_bits + if rep { 2.0 } else { c.jump_bits } + patches as f64 * PATCH_BITS;
             if equal as f64 * raw_bits <= cost {
                 continue;
             }
