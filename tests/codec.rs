@@ -651,3 +651,43 @@ fn newer_formats_are_refused_by_name_and_v1_still_reads() {
             .unwrap();
     assert_eq!(pbb::read_header(&g).unwrap().version, 1);
 }
+
+/// pack_best keeps the smallest of the blueprint and the all-raw forms (zstd, xz -9, and xz
+/// behind the x86 branch filter for an x86-64 ELF file); every form unpacks to the same file.
+#[test]
+fn pack_best_never_loses_to_plain_xz_and_unpacks() {
+    let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+    let file = &exe[..exe.len().min(400_000)];
+    let bp = Blueprint {
+        snapshot_id: [6; 32],
+        file_len: file.len() as u64,
+        file_hash: *blake3::hash(file).as_bytes(),
+        segments: vec![
+            Segment {
+                len: 1000,
+                src: Source::Raw,
+            },
+            Segment {
+                len: file.len() as u32 - 1000,
+                src: Source::Raw,
+            },
+        ],
+        spill: file.to_vec(),
+    };
+    let (bytes, _, _) = pbb::pack_best(&bp, file, &PackOptions::default()).unwrap();
+    let xz = pbb::pack(
+        &bp,
+        &PackOptions {
+            codec: SpillCodec::Xz,
+            level: 9,
+            table_level: 15,
+        },
+    )
+    .unwrap()
+    .0;
+    assert!(bytes.len() <= xz.len(), "{} > {}", bytes.len(), xz.len());
+    let back = pbb::unpack(&bytes, &[6; 32], 16).unwrap();
+    let mut out = vec![0u8; file.len()];
+    back.rebuild_into(&[0u8; 16], &mut out).unwrap();
+    assert!(out == file);
+}

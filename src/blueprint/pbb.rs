@@ -452,6 +452,15 @@ pub struct PackedSizes {
 
 /// Pack a blueprint. Returns the bytes and the size of each part.
 pub fn pack(bp: &Blueprint, opts: &PackOptions) -> Result<(Vec<u8>, PackedSizes), PbbError> {
+    pack_with(bp, opts, |spill| compress_spill(spill, opts))
+}
+
+/// [`pack`] with a given spill compressor, whose output must decode under `opts.codec`.
+fn pack_with(
+    bp: &Blueprint,
+    opts: &PackOptions,
+    compress: impl FnOnce(&[u8]) -> Result<Vec<u8>, PbbError>,
+) -> Result<(Vec<u8>, PackedSizes), PbbError> {
     let table = encode_table(&bp.segments);
     // records in the table (soft runs fold several segments into one): the ops column length
     let records = Reader::new(&table)
@@ -460,7 +469,7 @@ pub fn pack(bp: &Blueprint, opts: &PackOptions) -> Result<(Vec<u8>, PackedSizes)
     // the two parts are independent: compress them on two threads
     let (table_z, spill_z) = std::thread::scope(|s| {
         let t = s.spawn(|| zstd::bulk::compress(&table, opts.table_level));
-        let spill_z = compress_spill(&bp.spill, opts);
+        let spill_z = compress(&bp.spill);
         (t.join().expect("table compressor panicked"), spill_z)
     });
     let (table_z, spill_z) = (table_z?, spill_z?);
@@ -499,7 +508,8 @@ pub fn pack(bp: &Blueprint, opts: &PackOptions) -> Result<(Vec<u8>, PackedSizes)
 /// snapshot never costs more than plain compression. The alternatives are only tried when raw
 /// spill is at least half the file (elsewhere segments clearly pay): the all-raw form, and,
 /// when the spill codec is zstd, both forms with an xz -9 spill (on a mostly-raw binary xz
-/// wins: /usr/bin/bash against the synthetic recipe alone). `file` must be the bytes `bp`
+/// wins: /usr/bin/bash against the synthetic recipe alone), and for an x86-64 ELF file the
+/// all-raw form with xz behind the x86 branch filter. `file` must be the bytes `bp`
 /// rebuilds. Returns the bytes, part sizes and whether the all-raw form won.
 pub fn pack_best(
     bp: &Blueprint,
@@ -532,7 +542,33 @@ pub fn pack_best(
             best = (pbytes, psizes, is_plain);
         }
     }
+    // an x86-64 ELF file sent whole: xz with the x86 branch filter in front (a plain .xz
+    // stream, decoded by the same reader)
+    if is_x86_64_elf(file) {
+        let (pbytes, psizes) = pack_with(&plain, &xz, xz_x86)?;
+        if pbytes.len() < best.0.len() {
+            best = (pbytes, psizes, true);
+        }
+    }
     Ok(best)
+}
+
+fn is_x86_64_elf(b: &[u8]) -> bool {
+    b.len() > 20 && b[..4] == *b"\x7fELF" && b[5] == 1 && u16::from_le_bytes([b[18], b[19]]) == 62
+}
+
+/// xz preset 9 behind the x86 BCJ filter (machine code's relative branch targets made absolute,
+/// so repeated calls compress); the output is an ordinary .xz stream.
+fn xz_x86(data: &[u8]) -> Result<Vec<u8>, PbbError> {
+    use xz2::stream::{Check, Filters, LzmaOptions, Stream};
+    let err = |e: xz2::stream::Error| PbbError::Io(std::io::Error::other(e));
+    let mut f = Filters::new();
+    f.x86();
+    f.lzma2(&LzmaOptions::new_preset(9).map_err(err)?);
+    let s = Stream::new_stream_encoder(&f, Check::Crc64).map_err(err)?;
+    let mut out = Vec::new();
+    xz2::read::XzEncoder::new_stream(data, s).read_to_end(&mut out)?;
+    Ok(out)
 }
 
 /// Compress spill bytes with the chosen codec.
