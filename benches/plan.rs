@@ -503,7 +503,7 @@ fn feature_table(name: &str, snap: &Snapshot, idx: &IndexSet, target: &[u8], met
     let base = PlanConfig::default();
     let rows: Vec<(&str, PlanConfig)> = vec![
         (
-            "soft off, self off",
+            "soft off, self off (before this round)",
             PlanConfig {
                 soft: false,
                 self_segments: false,
@@ -511,7 +511,7 @@ fn feature_table(name: &str, snap: &Snapshot, idx: &IndexSet, target: &[u8], met
             },
         ),
         (
-            "soft on",
+            "soft on (default)",
             PlanConfig {
                 soft: true,
                 self_segments: false,

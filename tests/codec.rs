@@ -509,6 +509,7 @@ fn soft_hits_cover_dense_edits_with_patches_at_window_edges() {
     let off_cfg = PlanConfig {
         threads: 1,
         window: 4096,
+        soft: false,
         cost: plan::CostModel {
             raw_bits_per_byte: Some(3.0),
             ..plan::CostModel::default()

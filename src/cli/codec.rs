@@ -111,7 +111,7 @@ pub struct PlanArgs {
     no_transforms: bool,
     /// Soft identity: approximate snapshot matches plus patch bytes over what stays raw
     /// (.pbb format v2).
-    #[arg(long = "soft", value_enum, default_value = "off")]
+    #[arg(long = "soft", value_enum, default_value = "on")]
     soft: OnOff,
     /// Fraction of equal bytes that makes a window a soft-identity hit.
     #[arg(long, default_value_t = 0.92)]
