@@ -13,7 +13,9 @@
 //! [`ablation_rows`] (a name and a one-line tweak of the default config), with wire bytes,
 //! raw_ratio, planning time, the per-phase times and the index memory the setting maps, next
 //! to the alternatives measured in the same run. `PFS_BENCH_ROWS=a,b` keeps only the rows
-//! whose names contain one of the given strings.
+//! whose names contain one of the given strings. `PFS_BENCH_ABLATION=features` instead prints,
+//! for every pair and for bash, only soft identity and self segments each on and off, with the
+//! segment table's folded and unfolded sizes.
 //!
 //! Output: a Markdown table on stdout and one JSON line per row in the metrics log
 //! (PFS_METRICS, default logs/patterns/metrics.jsonl).
@@ -133,6 +135,12 @@ fn alternatives(basis: &Path, target: &Path, tmp: &Path) -> Vec<(String, Option<
 
 struct Planned {
     wire: u64,
+    /// Compressed segment table with soft runs folded, and without folding (same level).
+    table_folded: u64,
+    table_unfolded: u64,
+    self_ms: f64,
+    soft_ms: f64,
+    plain_won: bool,
     raw_ratio: f64,
     plan_s: f64,
     pack_s: f64,
@@ -165,8 +173,13 @@ fn plan_target_with(
         level: p.spill_level(PackOptions::default().level),
         ..PackOptions::default()
     };
-    let (bytes, _, _) = pbb::pack_best(&p.blueprint, target, &opts).expect("pack");
+    let (bytes, _, plain_won) = pbb::pack_best(&p.blueprint, target, &opts).expect("pack");
     let pack_s = t.elapsed().as_secs_f64();
+    let tz = |fold: bool| {
+        let t = pbb::encode_table_with(&p.blueprint.segments, fold);
+        zstd::bulk::compress(&t, opts.table_level).unwrap().len() as u64
+    };
+    let (table_folded, table_unfolded) = (tz(true), tz(false));
     let bp = pbb::unpack(&bytes, &snap.id, snap.bytes().len() as u64).expect("unpack");
     let mut out = vec![0u8; target.len()];
     bp.rebuild_into(snap.bytes(), &mut out).expect("rebuild");
@@ -175,6 +188,11 @@ fn plan_target_with(
     let st = p.blueprint.stats();
     Planned {
         wire: bytes.len() as u64,
+        table_folded,
+        table_unfolded,
+        self_ms: p.times.self_ms,
+        soft_ms: p.times.soft_ms,
+        plain_won,
         raw_ratio: st.raw_spill as f64 / target.len().max(1) as f64,
         plan_s,
         pack_s,
@@ -230,9 +248,13 @@ fn main() {
     );
     let mut rows: Vec<Row> = Vec::new();
     let only_rebuild = std::env::var("PFS_BENCH_ONLY").is_ok_and(|v| v == "rebuild");
+    // PFS_BENCH_ONLY=bash: skip the release pairs, keep bash and reconstruction
+    let only_bash = std::env::var("PFS_BENCH_ONLY").is_ok_and(|v| v == "bash");
     let ablation = std::env::var("PFS_BENCH_ABLATION").is_ok();
-    if only_rebuild {
-        println!("PFS_BENCH_ONLY=rebuild: release pairs skipped");
+    // PFS_BENCH_ABLATION=features: only the soft/self feature tables
+    let features_only = std::env::var("PFS_BENCH_ABLATION").is_ok_and(|v| v == "features");
+    if only_rebuild || only_bash {
+        println!("PFS_BENCH_ONLY: release pairs skipped");
     } else if roots.len() < 2 {
         println!("fewer than two distinct Rust toolchains installed: no release pairs (rustup toolchain install nightly)");
     } else {
@@ -304,7 +326,7 @@ fn main() {
                 "cargo" => ablation && std::env::var("PFS_BENCH_ABLATION_CARGO").is_ok(),
                 _ => false,
             };
-            if ablate {
+            if ablate && !features_only {
                 let alts: Vec<(String, Option<(u64, f64)>)> = cells
                     .iter()
                     .skip(1)
@@ -312,6 +334,9 @@ fn main() {
                     .cloned()
                     .collect();
                 ablation_table(name, &snap, &target, &alts);
+            }
+            if features_only {
+                feature_table(name, &snap, &idx, &target, &metrics);
             }
             rows.push(Row {
                 name: name.to_string(),
@@ -349,6 +374,9 @@ fn main() {
         let snap = Snapshot::open(&sdir, HugePolicy::Auto).unwrap();
         let (idx, _) = IndexSet::ensure(&snap, &default_specs(), false).unwrap();
         if !only_rebuild {
+            if features_only {
+                feature_table("/usr/bin/bash vs synthetic", &snap, &idx, &target, &metrics);
+            }
             let p = plan_target(&snap, &idx, &target);
             let o = tmp.path().join("bash.xz");
             let xz = timed(
@@ -378,7 +406,7 @@ fn main() {
                     s
                 );
             }
-            if ablation {
+            if ablation && !features_only {
                 let alts = vec![("xz -9 (whole file)".to_string(), xz)];
                 ablation_table("/usr/bin/bash vs synthetic", &snap, &target, &alts);
             }
@@ -459,6 +487,8 @@ fn ablation_rows() -> Vec<(&'static str, Tweak)> {
         ("no ELF section hints", |s| s.hints = false),
         ("no acceleration (probe every byte)", |s| s.cfg.max_skip = 1),
         ("one thread", |s| s.cfg.threads = 1),
+        ("no soft identity", |s| s.cfg.soft = false),
+        ("+ self segments", |s| s.cfg.self_segments = true),
         ("+ anchors: ascii", |s| s.cfg.projections = vec![Ascii]),
         ("+ anchors: nibble", |s| s.cfg.projections = vec![Nibble]),
         ("+ anchors: numeric", |s| s.cfg.projections = vec![Numeric]),
@@ -499,7 +529,8 @@ fn ablation_rows() -> Vec<(&'static str, Tweak)> {
             s.cfg.sweep = true;
             s.cfg.fanout_k4 = 16;
             s.cfg.k4_text = true;
-            s.cfg.k4_candidates = 16
+            s.cfg.k4_candidates = 16;
+            s.cfg.self_segments = true
         }),
     ]
 }
@@ -566,5 +597,71 @@ fn ablation_table(
             Some((b, secs)) => println!("| {n} (same run) | {b} | - | - | {secs:.2} | - | - | - |"),
             None => println!("| {n} | n/a (tool missing) | - | - | - | - | - | - |"),
         }
+    }
+}
+
+/// `PFS_BENCH_ABLATION=1`: soft identity and self segments each on and off (same run, same
+/// snapshot), with the segment table folded and unfolded.
+fn feature_table(name: &str, snap: &Snapshot, idx: &IndexSet, target: &[u8], metrics: &Path) {
+    let base = PlanConfig::default();
+    let rows: Vec<(&str, PlanConfig)> = vec![
+        (
+            "soft off, self off (before this round)",
+            PlanConfig {
+                soft: false,
+                self_segments: false,
+                ..base.clone()
+            },
+        ),
+        (
+            "soft on (default)",
+            PlanConfig {
+                soft: true,
+                self_segments: false,
+                ..base.clone()
+            },
+        ),
+        (
+            "self on",
+            PlanConfig {
+                soft: false,
+                self_segments: true,
+                ..base.clone()
+            },
+        ),
+        (
+            "soft on, self on",
+            PlanConfig {
+                soft: true,
+                self_segments: true,
+                ..base.clone()
+            },
+        ),
+    ];
+    println!();
+    println!("| {name}: features | wire bytes | raw_ratio | segments | plan s (self ms, soft ms) | pack s | table folded / unfolded (zstd) | all-raw won |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---|");
+    for (row, cfg) in rows {
+        let p = plan_target_with(snap, idx, target, &cfg, true);
+        println!(
+            "| {row} | {} | {:.4} | {} | {:.2} ({:.0}, {:.0}) | {:.2} | {} / {} | {} |",
+            p.wire,
+            p.raw_ratio,
+            p.segments,
+            p.plan_s,
+            p.self_ms,
+            p.soft_ms,
+            p.pack_s,
+            p.table_folded,
+            p.table_unfolded,
+            p.plain_won
+        );
+        let _ = packetfs::metrics::append(
+            metrics,
+            &json!({"kind": "bench-plan-features", "pair": name, "row": row, "target_bytes": target.len(),
+                "wire_bytes": p.wire, "raw_ratio": p.raw_ratio, "segments": p.segments, "plan_s": p.plan_s,
+                "self_ms": p.self_ms, "soft_ms": p.soft_ms, "pack_s": p.pack_s,
+                "table_folded": p.table_folded, "table_unfolded": p.table_unfolded, "plain_won": p.plain_won}),
+        );
     }
 }

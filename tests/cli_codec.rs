@@ -592,8 +592,14 @@ fn plan_with_tuning_flags_a_planner_toml_and_a_coverage_map() {
     }
     assert_eq!(line["planner"]["gate"], true);
     assert_eq!(line["planner"]["fanout_k4"], 16);
-    assert_eq!(line["planner"]["projections"], serde_json::json!(["ascii", "opcode"]));
-    assert_eq!(line["planner"]["gate_banks"]["text"], serde_json::json!(["elf_text", "corpus"]));
+    assert_eq!(
+        line["planner"]["projections"],
+        serde_json::json!(["ascii", "opcode"])
+    );
+    assert_eq!(
+        line["planner"]["gate_banks"]["text"],
+        serde_json::json!(["elf_text", "corpus"])
+    );
     let svg = std::fs::read_to_string(d.path().join("cov.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     assert!(svg.contains("class=\"seg\""));
@@ -658,4 +664,121 @@ fn plan_with_tuning_flags_a_planner_toml_and_a_coverage_map() {
         "hex",
     );
     assert!(!d.path().join("y.pbb").exists());
+}
+
+/// `pfs plan --soft on --self on` writes a v2 .pbb with self copies (overlapping ones too);
+/// `pfs unplan` rebuilds it bit-exactly; bad feature values are refused.
+#[test]
+fn plan_with_soft_and_self_segments_roundtrips() {
+    let e = env();
+    let d = work();
+    let s = e.snap.to_str().unwrap();
+    let snapb = std::fs::read(e.snap.join("snapshot.bin")).unwrap();
+    let mut file = snapb[100_000..140_000].to_vec();
+    // a run that repeats a 29-byte pattern (overlapping self copy), then earlier bytes again
+    let pat = b"repeat me, said the pattern. ".to_vec();
+    for _ in 0..300 {
+        file.extend_from_slice(&pat);
+    }
+    let mut noise = vec![0u8; 5000];
+    packetfs::pob::prng::SplitMix64::new(3).fill(&mut noise);
+    file.extend_from_slice(&noise);
+    file.extend_from_slice(&noise.clone()[1000..4000]);
+    std::fs::write(d.path().join("f"), &file).unwrap();
+    let out = ok(&pfs(
+        &[
+            "plan",
+            "f",
+            "--snapshot",
+            s,
+            "-o",
+            "f.pbb",
+            "--soft",
+            "on",
+            "--self",
+            "on",
+            "--json",
+            "f.json",
+            "--metrics",
+            "m",
+        ],
+        d.path(),
+    ));
+    assert!(out.contains("\"self\":"), "{out}");
+    let pbb_bytes = std::fs::read(d.path().join("f.pbb")).unwrap();
+    assert_eq!(u16::from_le_bytes([pbb_bytes[8], pbb_bytes[9]]), 2);
+    ok(&pfs(
+        &["unplan", "f.pbb", "--snapshot", s, "-o", "f.out"],
+        d.path(),
+    ));
+    assert!(std::fs::read(d.path().join("f.out")).unwrap() == file);
+    // a blueprint with self copies (one overlapping) rebuilds through unplan
+    let mut want = snapb[0..100].to_vec();
+    for k in 0..1000 {
+        let b = want[97 + k];
+        want.push(b);
+    }
+    let again = want[10..60].to_vec();
+    want.extend_from_slice(&again);
+    let bp = Blueprint {
+        snapshot_id: e.id,
+        file_len: want.len() as u64,
+        file_hash: *blake3::hash(&want).as_bytes(),
+        segments: vec![
+            Segment {
+                len: 100,
+                src: Source::Snap {
+                    op: Transform::Id,
+                    off: 0,
+                    imm: 0,
+                },
+            },
+            Segment {
+                len: 1000,
+                src: Source::SelfCopy { off: 97 },
+            },
+            Segment {
+                len: 50,
+                src: Source::SelfCopy { off: 10 },
+            },
+        ],
+        spill: Vec::new(),
+    };
+    std::fs::write(d.path().join("x.pbb"), forged(&bp)).unwrap();
+    ok(&pfs(
+        &["unplan", "x.pbb", "--snapshot", s, "-o", "x.out"],
+        d.path(),
+    ));
+    assert!(std::fs::read(d.path().join("x.out")).unwrap() == want);
+    let o = pfs(
+        &[
+            "plan",
+            "f",
+            "--snapshot",
+            s,
+            "--soft",
+            "on",
+            "--soft-min-equal",
+            "1.5",
+            "--metrics",
+            "m",
+        ],
+        d.path(),
+    );
+    fails(&o, "soft_min_equal 1.5 is outside");
+    let o = pfs(
+        &[
+            "plan",
+            "f",
+            "--snapshot",
+            s,
+            "--self",
+            "maybe",
+            "--metrics",
+            "m",
+        ],
+        d.path(),
+    );
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("maybe"));
 }

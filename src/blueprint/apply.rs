@@ -29,6 +29,30 @@ pub fn transform(op: Transform, imm: u8, src: &[u8], dst: &mut [u8]) {
     }
 }
 
+/// A self copy: `buf[dst + i] = buf[src + i]` for `i` in `0..len`, in increasing `i`, so an
+/// overlapping source (`src + len > dst`) re-reads bytes this copy wrote (LZ77 semantics).
+/// Requires `src < dst` and `dst + len <= buf.len()`.
+#[inline]
+pub fn self_copy(buf: &mut [u8], src: usize, dst: usize, len: usize) {
+    assert!(
+        src < dst && dst + len <= buf.len(),
+        "apply::self_copy: bad range"
+    );
+    let dist = dst - src;
+    if dist == 1 {
+        let b = buf[src];
+        buf[dst..dst + len].fill(b);
+        return;
+    }
+    // each chunk of at most `dist` bytes reads only bytes that are already final
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(dist);
+        buf.copy_within(src + done..src + done + n, dst + done);
+        done += n;
+    }
+}
+
 /// `buf[i] = op(buf[i], imm)` in place (the SHM benchmark's work item).
 #[inline]
 pub fn transform_in_place(op: Transform, imm: u8, buf: &mut [u8]) {
@@ -78,6 +102,19 @@ mod tests {
                 transform_in_place(iop, iimm, &mut inplace);
                 assert_eq!(inplace, src, "{op:?} {imm} then its inverse");
             }
+        }
+    }
+
+    #[test]
+    fn self_copy_is_a_forward_byte_copy() {
+        for (src, dst, len) in [(0, 5, 3), (2, 3, 9), (0, 2, 11), (1, 4, 3), (0, 7, 7)] {
+            let mut a: Vec<u8> = (0..20u8).map(|x| x * 7 + 1).collect();
+            let mut b = a.clone();
+            for i in 0..len {
+                b[dst + i] = b[src + i];
+            }
+            self_copy(&mut a, src, dst, len);
+            assert_eq!(a, b, "src {src} dst {dst} len {len}");
         }
     }
 

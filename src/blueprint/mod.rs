@@ -4,7 +4,13 @@
 //! A blueprint covers a file `[0, file_len)` with segments in file order, with no gaps and no
 //! overlaps. A segment either copies `len` bytes from the snapshot at `snap_off` through a
 //! byte-wise [`Transform`] (`id`, `xor imm8`, `add imm8` mod 256), or takes the next `len`
-//! bytes of the raw spill.
+//! bytes of the raw spill, or (format v2) copies `len` bytes from earlier in the file being
+//! rebuilt ([`Source::SelfCopy`]).
+//!
+//! Soft identity (an approximate snapshot match plus a patch list, format v2) has no variant of
+//! its own in memory: it is an `id` run at one alignment broken by short raw runs (the patch
+//! bytes, which live in the spill). The `.pbb` table folds such a run into one soft record and
+//! unfolds it on reading, so the transport and the apply kernels see plain segments.
 //!
 //! The apply kernels in [`apply`] are the only place where a transform touches bytes: the
 //! reconstruction here, the receiver and the SHM benchmark all call them.
@@ -68,6 +74,11 @@ pub enum Source {
     Snap { op: Transform, off: u64, imm: u8 },
     /// The next `len` bytes of the raw spill.
     Raw,
+    /// `len` bytes copied from the file being rebuilt, starting at file offset `off`, which
+    /// must lie before this segment's own offset. The copy runs forward one byte at a time
+    /// (LZ77 semantics): when the source overlaps the destination, bytes written earlier in
+    /// this same segment are read again, so `off = dst - 1` repeats one byte `len` times.
+    SelfCopy { off: u64 },
 }
 
 /// One segment of a blueprint; its file offset is the sum of the lengths before it.
@@ -115,6 +126,10 @@ pub struct SegmentStats {
     pub xor: u64,
     pub add: u64,
     pub raw: u64,
+    /// Self-copy segments (format v2).
+    pub self_copy: u64,
+    /// Bytes covered by self-copy segments.
+    pub self_bytes: u64,
     /// Bytes covered by raw segments.
     pub raw_spill: u64,
 }
@@ -148,9 +163,20 @@ impl Blueprint {
                     s.raw += 1;
                     s.raw_spill += seg.len as u64;
                 }
+                Source::SelfCopy { .. } => {
+                    s.self_copy += 1;
+                    s.self_bytes += seg.len as u64;
+                }
             }
         }
         s
+    }
+
+    /// Whether any segment needs format v2 semantics in memory (a self copy).
+    pub fn has_self_copies(&self) -> bool {
+        self.segments
+            .iter()
+            .any(|s| matches!(s.src, Source::SelfCopy { .. }))
     }
 
     /// Check the structural invariants against a snapshot of `snap_len` bytes: segments cover
@@ -182,6 +208,14 @@ impl Blueprint {
                     }
                 }
                 Source::Raw => raw += seg.len as u64,
+                Source::SelfCopy { off } => {
+                    let dst = covered - seg.len as u64;
+                    if off >= dst {
+                        return Err(pbb::PbbError::Invalid(format!(
+                            "self segment {i} at file offset {dst} copies from {off}, which is not before it"
+                        )));
+                    }
+                }
             }
         }
         if covered != self.file_len {
@@ -211,7 +245,7 @@ impl Blueprint {
                     spill_off = end;
                     r
                 }
-                Source::Snap { .. } => &[][..],
+                Source::Snap { .. } | Source::SelfCopy { .. } => &[][..],
             };
             let p = Placed {
                 file_off,
@@ -241,8 +275,69 @@ impl Blueprint {
                     apply::transform(op, imm, &snap[off..off + dst.len()], dst);
                 }
                 Source::Raw => dst.copy_from_slice(p.raw),
+                Source::SelfCopy { off } => {
+                    apply::self_copy(out, off as usize, o, p.seg.len as usize)
+                }
             }
         }
         Ok(())
+    }
+
+    /// The same file with every self-copy segment rewritten into plain segments, for
+    /// consumers that place pieces by file offset in any order (the datagram transport): a
+    /// copy whose source lies inside one snapshot segment (and does not overlap itself)
+    /// becomes a snapshot segment at the matching offset, anything else becomes raw spill with
+    /// the materialized bytes. Soft runs are already plain segments in memory. Returns `self`
+    /// unchanged (cloned) when there is nothing to lower. Validates against `snapshot` first.
+    pub fn lower_basic(&self, snapshot: &[u8]) -> Result<Blueprint, pbb::PbbError> {
+        self.validate(snapshot.len() as u64)?;
+        if !self.has_self_copies() {
+            return Ok(self.clone());
+        }
+        let len = usize::try_from(self.file_len)
+            .map_err(|_| pbb::PbbError::Invalid("file too large for this host".into()))?;
+        let mut file = vec![0u8; len];
+        self.rebuild_into(snapshot, &mut file)?;
+        let starts: Vec<u64> = self.placed().map(|p| p.file_off).collect();
+        let mut segments = Vec::with_capacity(self.segments.len());
+        let mut spill = Vec::with_capacity(self.spill.len());
+        for (p, &at) in self.placed().zip(&starts) {
+            let n = p.seg.len as u64;
+            match p.seg.src {
+                Source::Raw => {
+                    segments.push(p.seg);
+                    spill.extend_from_slice(p.raw);
+                }
+                Source::Snap { .. } => segments.push(p.seg),
+                Source::SelfCopy { off } => {
+                    // the segment holding the source start
+                    let k = starts.partition_point(|&s| s <= off) - 1;
+                    let (ks, kseg) = (starts[k], self.segments[k]);
+                    let inside = off + n <= ks + kseg.len as u64 && off + n <= at;
+                    match kseg.src {
+                        Source::Snap { op, off: so, imm } if inside => segments.push(Segment {
+                            len: p.seg.len,
+                            src: Source::Snap {
+                                op,
+                                off: so + (off - ks),
+                                imm,
+                            },
+                        }),
+                        _ => {
+                            segments.push(Segment {
+                                len: p.seg.len,
+                                src: Source::Raw,
+                            });
+                            spill.extend_from_slice(&file[at as usize..(at + n) as usize]);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Blueprint {
+            segments,
+            spill,
+            ..self.clone()
+        })
     }
 }

@@ -172,12 +172,30 @@ pub struct PlanArgs {
     /// Search the identity only (no xor/add).
     #[arg(long)]
     no_transforms: bool,
+    /// Soft identity: approximate snapshot matches plus patch bytes over what stays raw
+    /// (.pbb format v2). Default: on (or the --planner file's `soft`).
+    #[arg(long = "soft", value_enum)]
+    soft: Option<OnOff>,
+    /// Fraction of equal bytes that makes a window a soft-identity hit (default 0.92).
+    #[arg(long)]
+    soft_min_equal: Option<f64>,
+    /// Self segments: copies from earlier in the same file (.pbb format v2). Default: off (or
+    /// the --planner file's `self_segments`).
+    #[arg(long = "self", value_enum)]
+    self_segments: Option<OnOff>,
     /// Metrics log (JSON lines) to append the run's metrics to.
     #[arg(long, default_value = packetfs::metrics::DEFAULT_LOG)]
     metrics: PathBuf,
     /// Snapshot memory: hugepages when available (auto), required (on) or not (off).
     #[arg(long, value_enum, default_value = "auto")]
     hugepages: HugePolicy,
+}
+
+/// A planner feature switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Args, Debug)]
@@ -406,6 +424,11 @@ pub fn plan(a: PlanArgs) -> anyhow::Result<ExitCode> {
         threads: a.threads,
         use_k4: base.use_k4 && !a.no_k4,
         transforms: base.transforms && !a.no_transforms,
+        soft: a.soft.map_or(base.soft, |v| v == OnOff::On),
+        soft_min_equal: a.soft_min_equal.unwrap_or(base.soft_min_equal),
+        self_segments: a
+            .self_segments
+            .map_or(base.self_segments, |v| v == OnOff::On),
         ..base
     };
     cfg.validate()?;
@@ -474,6 +497,8 @@ pub fn plan(a: PlanArgs) -> anyhow::Result<ExitCode> {
         "xor": st.xor,
         "add": st.add,
         "raw": st.raw,
+        "self": st.self_copy,
+        "self_bytes": st.self_bytes,
         "raw_spill": st.raw_spill,
         "raw_ratio": if file_bytes == 0 { 0.0 } else { st.raw_spill as f64 / file_bytes as f64 },
         "pbb_bytes": sizes.header + sizes.table + sizes.trailer,
@@ -511,6 +536,9 @@ fn write_blueprint_json(path: &Path, bp: &packetfs::blueprint::Blueprint) -> any
                 }
             }
             Source::Raw => json!({"file_off": p.file_off, "op": "raw", "len": p.seg.len}),
+            Source::SelfCopy { off } => {
+                json!({"file_off": p.file_off, "op": "self", "from": off, "len": p.seg.len})
+            }
         })
         .collect();
     let doc = json!({
@@ -564,7 +592,22 @@ pub fn unplan(a: UnplanArgs) -> anyhow::Result<ExitCode> {
     let mut out = AtomicFile::create(&a.out)
         .with_context(|| format!("creating a file beside {}", a.out.display()))?;
     let mut hasher = blake3::Hasher::new();
-    {
+    if bp.has_self_copies() {
+        // self copies read bytes written earlier: rebuild in a mapping of the output file
+        let f = out.file();
+        f.set_len(bp.file_len)
+            .with_context(|| format!("sizing {}", a.out.display()))?;
+        if bp.file_len > 0 {
+            // SAFETY: the temporary file is ours alone (created above, not yet renamed)
+            let mut map = unsafe { memmap2::MmapMut::map_mut(&*f) }
+                .with_context(|| format!("mapping {}", a.out.display()))?;
+            bp.rebuild_into(snap.bytes(), &mut map)
+                .with_context(|| format!("{}", a.input.display()))?;
+            hasher.update(&map);
+            map.flush()
+                .with_context(|| format!("writing {}", a.out.display()))?;
+        }
+    } else {
         let mut w = std::io::BufWriter::with_capacity(1 << 20, out.file());
         let mut buf = vec![0u8; 1 << 20];
         let s = snap.bytes();
@@ -579,6 +622,7 @@ pub fn unplan(a: UnplanArgs) -> anyhow::Result<ExitCode> {
                         packetfs::blueprint::apply::transform(op, imm, &s[o..o + n], dst)
                     }
                     Source::Raw => dst.copy_from_slice(&p.raw[done..done + n]),
+                    Source::SelfCopy { .. } => unreachable!("handled above"),
                 }
                 hasher.update(dst);
                 w.write_all(dst)

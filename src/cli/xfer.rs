@@ -190,7 +190,10 @@ fn blueprints(files: &[PathBuf], snap: &Snapshot) -> anyhow::Result<Vec<SendFile
                 .with_context(|| format!("{}", f.display()))?;
             SendFile {
                 name: name.trim_end_matches(".pbb").to_string(),
-                blueprint: bp,
+                // the datagram transport places pieces in any order: no self copies
+                blueprint: bp
+                    .lower_basic(snap.bytes())
+                    .with_context(|| format!("{}", f.display()))?,
             }
         } else {
             if idx.is_none() {
@@ -217,7 +220,7 @@ fn blueprints(files: &[PathBuf], snap: &Snapshot) -> anyhow::Result<Vec<SendFile
             );
             SendFile {
                 name,
-                blueprint: p.blueprint,
+                blueprint: p.blueprint.lower_basic(snap.bytes())?,
             }
         };
         out.push(bp);

@@ -11,8 +11,8 @@ use std::fmt::Write;
 use crate::blueprint::{Blueprint, Source, Transform};
 use crate::pob::BankEntry;
 
-/// What a stretch of the file is made of. `Soft` and `SelfRef` are colour slots for segment
-/// kinds the blueprint may gain (approximate matches, copies from earlier in the file).
+/// What a stretch of the file is made of. `SelfRef` draws self-copy segments; `Soft` is a
+/// colour slot only: a soft match is held as `id` runs plus raw patch bytes, so it draws as those.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MapKind {
     Id,
@@ -110,6 +110,7 @@ pub fn render_svg(bp: &Blueprint, banks: &[BankEntry], opts: &MapOptions) -> Str
     for s in &bp.segments {
         let class = match s.src {
             Source::Raw => (MapKind::Raw, None),
+            Source::SelfCopy { .. } => (MapKind::SelfRef, None),
             Source::Snap { op, off, .. } => {
                 let k = match op {
                     Transform::Id => MapKind::Id,

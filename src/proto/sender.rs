@@ -157,6 +157,14 @@ impl Sender {
                     msg: e.to_string(),
                 }
             })?;
+            if f.blueprint.has_self_copies() {
+                return Err(SendError::InvalidBlueprint {
+                    file: i,
+                    msg: "self-copy segments need their source complete first; \
+                          send Blueprint::lower_basic of it"
+                        .into(),
+                });
+            }
             let mut seg_starts = Vec::with_capacity(f.blueprint.segments.len());
             let mut spill_starts = Vec::with_capacity(f.blueprint.segments.len());
             let (mut off, mut spill) = (0u64, 0usize);
@@ -412,6 +420,7 @@ impl Sender {
                             return f.start + off;
                         }
                     }
+                    Source::SelfCopy { .. } => unreachable!("refused in Sender::new"),
                 }
                 si += 1;
             }
@@ -771,6 +780,7 @@ mod tests {
                         out.extend_from_slice(&spill[sp..sp + s.len as usize]);
                         sp += s.len as usize;
                     }
+                    Source::SelfCopy { .. } => unreachable!(),
                 }
             }
             let bp = Blueprint {
@@ -959,6 +969,36 @@ mod tests {
             Sender::new(cfg(), [1; 32], one("", [1; 32]), &[0u8; 64]),
             Err(SendError::BadName { .. })
         ));
+        // self copies need their source complete first: refused, lower_basic is accepted
+        let mut selfy = bp([1; 32]);
+        selfy.segments = vec![
+            Segment {
+                len: 4,
+                src: Source::Snap {
+                    op: Transform::Id,
+                    off: 0,
+                    imm: 0,
+                },
+            },
+            Segment {
+                len: 16,
+                src: Source::SelfCopy { off: 1 },
+            },
+        ];
+        let files = |b: &Blueprint| {
+            vec![SendFile {
+                name: "s".into(),
+                blueprint: b.clone(),
+            }]
+        };
+        match Sender::new(cfg(), [1; 32], files(&selfy), &[0u8; 64]) {
+            Err(SendError::InvalidBlueprint { msg, .. }) => {
+                assert!(msg.contains("lower_basic"), "{msg}")
+            }
+            other => panic!("expected a refusal, got {:?}", other.err()),
+        }
+        let low = selfy.lower_basic(&[0u8; 64]).unwrap();
+        assert!(Sender::new(cfg(), [1; 32], files(&low), &[0u8; 64]).is_ok());
         let small = SenderConfig {
             max_datagram: 100,
             ..cfg()
