@@ -683,11 +683,7 @@ fn refusal_of(hello: Vec<u8>, rcfg: ReceiverConfig, sink: MemSink) -> (Reason, M
 }
 
 fn entry(name: &str, size: u64) -> FileEntry {
-    FileEntry {
-        name: name.into(),
-        size,
-        hash: [0; 32],
-    }
+    FileEntry::direct(name.into(), size, [0; 32])
 }
 
 #[test]
