@@ -3,13 +3,13 @@
 //! thousands of cases. Every case ends bit-exact or in a clean abort on both sides. No
 //! assertion depends on wall-clock time.
 
-use packetfs::blueprint::{Blueprint, Segment, Source, Transform};
+use packetfs::blueprint::{block, Blueprint, Segment, Source, Transform};
 use packetfs::proto::mmap_sink::MmapSink;
 use packetfs::proto::{
-    Endpoint, Event, Failure, FileSink, MemSink, Reason, Receiver, ReceiverConfig, SendFile,
-    Sender, SenderConfig, Timing,
+    Endpoint, Event, Failure, FileSink, MemSink, PackPolicy, Reason, Receiver, ReceiverConfig,
+    SendFile, Sender, SenderConfig, Timing,
 };
-use packetfs::wire::payload::{FileEntry, Frame, Hello, Payload};
+use packetfs::wire::payload::{FileEntry, FileMode, Frame, Hello, Payload};
 use packetfs::wire::pfs;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -263,13 +263,14 @@ fn random_case(rng: &mut Rng) -> Case {
     let nfiles = rng.below(5) as usize;
     let mut contents = Vec::new();
     let mut files = Vec::new();
+    let text = rng.chance(0.5);
     for i in 0..nfiles {
         let len = match rng.below(4) {
             0 => rng.below(3) as usize,
             1 => rng.below(2000) as usize,
             _ => rng.below(60_000) as usize,
         };
-        let (c, bp) = make_file(rng, &snap, len);
+        let (c, bp) = make_file_with(rng, &snap, len, text);
         contents.push(c);
         files.push(SendFile {
             name: format!("dir{}/file-{i}.bin", i % 2),
@@ -288,6 +289,8 @@ fn random_case(rng: &mut Rng) -> Case {
         initial_rate: 1_000_000 + rng.below(200_000_000),
         window_frames: [64, 1024, 8192][rng.below(3) as usize],
         timing: fast_timing(),
+        pack: [PackPolicy::Auto, PackPolicy::Always, PackPolicy::Never][rng.below(3) as usize],
+        pack_opts: random_pack_opts(rng),
         ..SenderConfig::default()
     };
     let rcfg = ReceiverConfig {
@@ -302,6 +305,17 @@ fn random_case(rng: &mut Rng) -> Case {
         files,
         scfg,
         rcfg,
+    }
+}
+
+/// Block cuts from one segment per block to the defaults, so streams hold many blocks.
+fn random_pack_opts(rng: &mut Rng) -> block::EncodeOptions {
+    block::EncodeOptions {
+        spill_per_block: [1, 64, 700, 4096, 256 << 10][rng.below(5) as usize],
+        segs_per_block: [1, 3, 50, 16_384][rng.below(4) as usize],
+        file_per_block: [1, 2000, 30_000, 4 << 20][rng.below(4) as usize],
+        level: 1,
+        threads: 1 + rng.below(2) as usize,
     }
 }
 
@@ -324,6 +338,8 @@ struct Tally {
     repair_frames: u64,
     duplicates: u64,
     malformed: u64,
+    packed_files: u64,
+    direct_files: u64,
 }
 
 fn one_case(seed: u64, tally: &mut Tally) {
@@ -334,6 +350,12 @@ fn one_case(seed: u64, tally: &mut Tally) {
     let impaired = s2r.drop + s2r.corrupt > 0.25 || r2s.drop + r2s.corrupt > 0.25;
     let mut sender =
         Sender::new(case.scfg.clone(), SNAP_ID, case.files.clone(), &case.snap).unwrap();
+    for (m, _) in sender.modes() {
+        match m {
+            FileMode::Packed => tally.packed_files += 1,
+            FileMode::Direct => tally.direct_files += 1,
+        }
+    }
     let mut receiver = Receiver::new(case.rcfg.clone(), SNAP_ID, &case.snap, MemSink::new());
     let ends = run_pair(
         &mut rng,
@@ -400,6 +422,10 @@ fn impaired_links_end_bit_exact_or_clean() {
         one_case(base.wrapping_mul(1_000_003).wrapping_add(i), &mut tally);
     }
     eprintln!("{tally:?}");
+    assert!(
+        tally.packed_files > n / 4 && tally.direct_files > n / 4,
+        "both modes must be exercised: {tally:?}"
+    );
     assert_eq!(tally.cases, n);
     assert!(tally.finished > n * 9 / 10, "{tally:?}");
 }
@@ -686,6 +712,14 @@ fn entry(name: &str, size: u64) -> FileEntry {
     FileEntry::direct(name.into(), size, [0; 32])
 }
 
+fn packed_entry(name: &str, size: u64, stream_len: u64) -> FileEntry {
+    FileEntry {
+        mode: FileMode::Packed,
+        stream_len,
+        ..entry(name, size)
+    }
+}
+
 #[test]
 fn hostile_manifests_are_refused_before_allocating() {
     let rcfg = ReceiverConfig {
@@ -736,6 +770,23 @@ fn hostile_manifests_are_refused_before_allocating() {
         (
             hostile_hello(1, 2, vec![entry("x", 1), entry("x", 2)]),
             Reason::DuplicateName { file: 1, other: 0 },
+        ),
+        (
+            // Each packed stream is within the file limits, together they exceed the
+            // receiver's budget for reassembly buffers.
+            hostile_hello(
+                1,
+                2,
+                vec![
+                    packed_entry("p", 1 << 29, 1 << 29),
+                    packed_entry("q", 1 << 29, (1 << 30) - (1 << 29) + 1),
+                ],
+            ),
+            Reason::PackedTooLarge {
+                file: 1,
+                len: (1 << 30) - (1 << 29) + 1,
+                limit: 1 << 30,
+            },
         ),
     ];
     for (hello, want) in cases {
@@ -1255,5 +1306,104 @@ fn bench_receiver_apply() {
             frames.len() as f64 / el.as_secs_f64() / 1e6,
             len as f64 / el.as_secs_f64() / 1e9
         );
+    }
+}
+
+/// A packed-mode blueprint with real spill (text, so packing pays) against a snapshot, sent
+/// packed and direct over the same impaired link: both bit-exact, and packed puts fewer
+/// bytes on the wire.
+#[test]
+fn packed_mode_is_bit_exact_and_smaller_on_the_wire() {
+    let mut rng = Rng(0xb10c);
+    let snap = rng.bytes(256 * 1024);
+    let (contents, files): (Vec<_>, Vec<_>) = (0..3)
+        .map(|i| {
+            let (c, bp) = make_file_with(&mut rng, &snap, 150_000 + i * 7_000, true);
+            (
+                c,
+                SendFile {
+                    name: format!("t{i}"),
+                    blueprint: bp,
+                },
+            )
+        })
+        .unzip();
+    let mut wire = Vec::new();
+    for pack in [PackPolicy::Always, PackPolicy::Never] {
+        let (mut scfg, rcfg) = cfgs();
+        scfg.pack = pack;
+        scfg.pack_opts.spill_per_block = 8 << 10; // many blocks
+        let mut sender = Sender::new(scfg, SNAP_ID, files.clone(), &snap).unwrap();
+        let want = if pack == PackPolicy::Always {
+            FileMode::Packed
+        } else {
+            FileMode::Direct
+        };
+        assert!(sender.modes().iter().all(|(m, _)| *m == want));
+        let mut receiver = Receiver::new(rcfg, SNAP_ID, &snap, MemSink::new());
+        let mut s2r = Link::clean(Duration::from_millis(1));
+        s2r.drop = 0.05;
+        s2r.reorder = 0.1;
+        s2r.dup = 0.02;
+        let mut r2s = Link::clean(Duration::from_millis(1));
+        let ends = run_pair(
+            &mut rng,
+            &mut sender,
+            &mut receiver,
+            &mut s2r,
+            &mut r2s,
+            Act::None,
+        );
+        assert_eq!(ends.sender, Some(Ok(())), "{pack:?}");
+        assert_eq!(ends.receiver, Some(Ok(())), "{pack:?}");
+        let sink = receiver.into_sink();
+        for (i, c) in contents.iter().enumerate() {
+            assert!(sink.committed(i) == Some(&c[..]), "{pack:?}: file {i} differs");
+        }
+        wire.push(sender.stats().bytes_sent);
+    }
+    assert!(wire[0] < wire[1], "packed {} vs direct {} wire bytes", wire[0], wire[1]);
+}
+
+/// A sender whose packed stream does not decode: the receiver aborts (protocol error),
+/// commits nothing, and tells the sender.
+#[test]
+fn a_corrupt_packed_stream_is_a_clean_abort() {
+    use packetfs::wire::payload::GramWriter;
+    let snap = vec![0u8; 1024];
+    let (_, rcfg) = cfgs();
+    for garbage in [
+        vec![0xffu8; 40],                    // a body length above the limit
+        vec![5, 0, 0, 0, 0x80, 0x80, 1, 2, 3], // a body that does not parse
+        vec![2, 0, 0, 0, 1, 0],              // truncated header fields
+    ] {
+        let mut r = Receiver::new(rcfg.clone(), SNAP_ID, &snap, MemSink::new());
+        let now = Instant::now();
+        let hello = hostile_hello(
+            9,
+            1,
+            vec![packed_entry("g", 100, garbage.len() as u64)],
+        );
+        assert!(r.handle_datagram(now, &hello));
+        let mut body = vec![0u8; 1400];
+        let mut w = GramWriter::new(&mut body, 1000);
+        assert_eq!(w.push_raw(0, 0, &garbage), garbage.len());
+        let n = w.finish();
+        let mut frame = vec![0u8; pfs::HEADER_LEN + n];
+        frame[pfs::HEADER_LEN..].copy_from_slice(&body[..n]);
+        let hdr = pfs::Repr {
+            frame_type: pfs::FrameType::Data,
+            flags: 0,
+            session: 9,
+            seq: 1,
+            payload_len: n as u16,
+        };
+        hdr.emit(&mut pfs::Packet::new_unchecked(&mut frame[..]));
+        assert!(r.handle_datagram(now, &frame));
+        let Some(Err(f)) = r.outcome() else {
+            panic!("{garbage:?} accepted: {:?}", r.outcome())
+        };
+        assert_eq!(f.reason, Reason::Protocol);
+        assert_eq!(r.sink().committed_count(), 0);
     }
 }
