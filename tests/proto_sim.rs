@@ -1407,3 +1407,106 @@ fn a_corrupt_packed_stream_is_a_clean_abort() {
         assert_eq!(r.sink().committed_count(), 0);
     }
 }
+
+/// A figure, not a check: where a covered file's finish goes on the receiver (output mmap
+/// and its page faults, apply, BLAKE3, commit), through the real `MmapSink`.
+/// `cargo test --release --test proto_sim -- --ignored --nocapture bench_covered_finish`.
+#[test]
+#[ignore]
+fn bench_covered_finish() {
+    use packetfs::proto::sink::{SinkFile, SnapSeg};
+    let mut rng = Rng(77);
+    let snap = rng.bytes(64 << 20);
+    let len = 32u64 << 20;
+    for round in 0..3 {
+        let dir = tempfile::tempdir_in(std::env::var("PFS_BENCH_DIR").unwrap_or("/tmp".into()))
+            .unwrap();
+        let mut sink = MmapSink::new(dir.path(), "b").unwrap();
+        sink.reserve = 0;
+        let t0 = Instant::now();
+        sink.open(&[SinkFile {
+            name: "c".into(),
+            size: len,
+        }])
+        .unwrap();
+        let t1 = Instant::now();
+        let mut off = 0u64;
+        while off < len {
+            let n = (len - off).min(1 << 20) as u32;
+            let seg = SnapSeg {
+                op: Transform::Id,
+                imm: 0,
+                snap_off: 1 << 20,
+                len: n,
+            };
+            sink.write_segment(0, off, seg, &snap).unwrap();
+            off += n as u64;
+        }
+        let t2 = Instant::now();
+        let h = blake3::hash(sink.contents(0).unwrap());
+        let t3 = Instant::now();
+        sink.commit(0).unwrap();
+        let t4 = Instant::now();
+        let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+        eprintln!(
+            "round {round}: open {:.1} ms, apply {:.1} ms, blake3 {:.1} ms, commit {:.1} ms ({})",
+            ms(t0, t1),
+            ms(t1, t2),
+            ms(t2, t3),
+            ms(t3, t4),
+            &h.to_hex()[..8]
+        );
+    }
+}
+
+
+/// A figure, not a check: packed-stream size and encode time of a real blueprint by zstd
+/// level and block size. `PFS_BENCH_PBB=x.pbb PFS_BENCH_SNAP=snapdir cargo test --release
+/// --test proto_sim -- --ignored --nocapture bench_pack_levels`.
+#[test]
+#[ignore]
+fn bench_pack_levels() {
+    let (Some(pbb), Some(dir)) = (
+        std::env::var_os("PFS_BENCH_PBB"),
+        std::env::var_os("PFS_BENCH_SNAP"),
+    ) else {
+        eprintln!("skipped: set PFS_BENCH_PBB and PFS_BENCH_SNAP");
+        return;
+    };
+    let snap = packetfs::pob::Snapshot::open(
+        std::path::Path::new(&dir),
+        packetfs::pob::HugePolicy::Off,
+    )
+    .unwrap();
+    let bytes = std::fs::read(&pbb).unwrap();
+    let bp = packetfs::blueprint::pbb::unpack(&bytes, &snap.id, snap.bytes().len() as u64).unwrap();
+    eprintln!(
+        "{}: file {} B, {} segments, spill {} B, .pbb {} B, direct estimate {} B",
+        std::path::Path::new(&pbb).display(),
+        bp.file_len,
+        bp.segments.len(),
+        bp.spill.len(),
+        bytes.len(),
+        packetfs::proto::sender::direct_payload_estimate(&bp)
+    );
+    for level in [1, 3, 6] {
+        for spill_per_block in [64u64 << 10, 256 << 10, 1 << 20] {
+            for threads in [1, 2] {
+                let o = block::EncodeOptions {
+                    level,
+                    spill_per_block,
+                    threads,
+                    ..Default::default()
+                };
+                let t = Instant::now();
+                let s = block::encode(&bp, &o).unwrap();
+                eprintln!(
+                    "level {level} spill/block {:>4} KiB threads {threads}: {} B in {:.1} ms",
+                    spill_per_block >> 10,
+                    s.len(),
+                    t.elapsed().as_secs_f64() * 1e3
+                );
+            }
+        }
+    }
+}

@@ -75,7 +75,10 @@ impl Default for EncodeOptions {
             spill_per_block: 256 << 10,
             segs_per_block: 16_384,
             file_per_block: 4 << 20,
-            level: 3,
+            // Level 1: on a 5.4 MB shared library (256k segments, 1.8 MB spill) level 3 gave
+            // a 5% smaller stream for twice the encode time, which costs more than the bytes
+            // at 1 Gbit/s (`bench_pack_levels` in tests/proto_sim.rs).
+            level: 1,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
         }
     }

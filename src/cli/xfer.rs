@@ -475,7 +475,7 @@ pub fn send(a: SendArgs) -> anyhow::Result<ExitCode> {
         gbit(s.file_bytes, secs)
     );
     println!(
-        "  {} file(s) packed, {} direct; stream {}; packing {:.1} ms (counted in the time)",
+        "  {} file(s) packed, {} direct; stream {}; packing {:.1} ms before the session",
         s.packed_files,
         s.direct_files,
         human_bytes(s.stream_bytes),

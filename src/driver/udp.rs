@@ -399,7 +399,8 @@ pub struct SendSummary {
     /// Files sent packed (`blueprint::block` streams) and direct.
     pub packed_files: usize,
     pub direct_files: usize,
-    /// Time spent building the sender (packing), included in `elapsed`.
+    /// Time spent building the sender (packing), before the session starts: not in
+    /// `elapsed` (like planning), reported on its own.
     #[serde(serialize_with = "ser_secs")]
     pub pack_time: Duration,
     pub frames: u64,
@@ -608,7 +609,7 @@ pub(crate) fn finish_sender(
         retransmissions: st.repair_frames,
         retransmitted_bytes: st.repair_bytes,
         frames_received: st.frames_received,
-        elapsed: elapsed + pack_time,
+        elapsed,
         final_rate: st.rate,
         stats: st,
     };

@@ -72,6 +72,28 @@ pub fn direct_payload_estimate(bp: &Blueprint) -> u64 {
         .sum()
 }
 
+/// True when the blueprint is mostly spill (90% of the direct bytes, at least 1 MiB) and
+/// samples of it do not compress (97% or more at zstd level 1): packing cannot pay, so the
+/// sender does not spend the time to encode it.
+fn incompressible_spill(bp: &Blueprint, direct: u64) -> bool {
+    const SAMPLE: usize = 64 << 10;
+    let n = bp.spill.len();
+    if n < (1 << 20) || (n as u64) * 10 < direct * 9 {
+        return false;
+    }
+    let (mut raw, mut packed) = (0usize, 0usize);
+    for k in 0..4 {
+        let at = (n - SAMPLE) / 3 * k;
+        let s = &bp.spill[at..at + SAMPLE];
+        match zstd::bulk::compress(s, 1) {
+            Ok(z) => packed += z.len(),
+            Err(_) => return false,
+        }
+        raw += SAMPLE;
+    }
+    packed * 100 >= raw * 97
+}
+
 /// Decide how a file travels and pack it if it goes packed: `(mode, packed stream)`.
 /// `Auto` packs when the packed stream is below 95% of the direct estimate.
 pub fn choose_mode(
@@ -82,8 +104,11 @@ pub fn choose_mode(
     if bp.file_len == 0 || policy == PackPolicy::Never {
         return Ok((FileMode::Direct, Vec::new()));
     }
-    let packed = block::encode(bp, opts)?;
     let direct = direct_payload_estimate(bp);
+    if policy == PackPolicy::Auto && incompressible_spill(bp, direct) {
+        return Ok((FileMode::Direct, Vec::new()));
+    }
+    let packed = block::encode(bp, opts)?;
     let pays = (packed.len() as u128) * 100 < (direct as u128) * 95;
     if policy == PackPolicy::Always || pays {
         Ok((FileMode::Packed, packed))
@@ -997,8 +1022,21 @@ mod tests {
         assert_eq!(m, FileMode::Direct);
         let (m, _) = choose_mode(&mk(random), PackPolicy::Always, &o).unwrap();
         assert_eq!(m, FileMode::Packed);
-        let (m, _) = choose_mode(&mk(text), PackPolicy::Never, &o).unwrap();
+        let (m, _) = choose_mode(&mk(text.clone()), PackPolicy::Never, &o).unwrap();
         assert_eq!(m, FileMode::Direct);
+        // Large incompressible spill is recognised from samples, without encoding it.
+        let big: Vec<u8> = (0..(2 << 20))
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let bp = mk(big);
+        assert!(incompressible_spill(&bp, direct_payload_estimate(&bp)));
+        let bp = mk(text.repeat(11));
+        assert!(!incompressible_spill(&bp, direct_payload_estimate(&bp)));
     }
 
     #[test]
