@@ -10,7 +10,7 @@
 //! * `magic` is `PkFS`; `ver` is [`VERSION`]; all integers little-endian.
 //! * `seq` counts the frames one endpoint transmits in this session (0, 1, 2, ...). It names a
 //!   *transmission*, never a position in a file, so a retransmission always has a new number.
-//! * `tag len` is the length of an authentication tag that follows the payload. Version 1
+//! * `tag len` is the length of an authentication tag that follows the payload. Version 2
 //!   defines no tag and requires 0; the field and the trailer position are reserved so a later
 //!   version can add authenticated frames without moving anything.
 //! * `crc32c` (Castagnoli) covers the header with the CRC field zeroed, the payload and the tag.
