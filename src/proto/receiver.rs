@@ -453,8 +453,8 @@ impl<'s, S: FileSink> Receiver<'s, S> {
                     let (off, n) = (off + skip, p.len() - skip);
                     match p {
                         _ if n == 0 => Ok(()),
-                        Piece::Snap { op, imm, snap_off, .. } => self.sink.write_segment(
-                            run.file,
+                        Piece::Snap { op, imm, snap_off, .. } => self.write_snap_piece(
+                            fi,
                             off,
                             SnapSeg {
                                 op,
@@ -462,7 +462,6 @@ impl<'s, S: FileSink> Receiver<'s, S> {
                                 snap_off: snap_off + skip,
                                 len: n as u32,
                             },
-                            self.snapshot,
                         ),
                         Piece::Raw(b) => self.sink.write_raw(run.file, off, &b[skip as usize..]),
                     }
@@ -515,6 +514,29 @@ impl<'s, S: FileSink> Receiver<'s, S> {
                 }
             }
         }
+    }
+
+    /// Apply a direct snapshot piece. A long piece that starts at the hashed prefix (a
+    /// covered file's first piece, typically) is applied in `HASH_STEP` chunks, each hashed
+    /// right after it is written while it is still in cache.
+    fn write_snap_piece(&mut self, fi: usize, off: u64, seg: SnapSeg) -> Result<(), SinkError> {
+        if off != self.prog[fi].hashed || (seg.len as u64) < 2 * HASH_STEP {
+            return self.sink.write_segment(fi as u32, off, seg, self.snapshot);
+        }
+        let mut done = 0u64;
+        while done < seg.len as u64 {
+            let n = (seg.len as u64 - done).min(HASH_STEP);
+            let part = SnapSeg {
+                snap_off: seg.snap_off + done,
+                len: n as u32,
+                ..seg
+            };
+            self.sink.write_segment(fi as u32, off + done, part, self.snapshot)?;
+            done += n;
+            // These bytes are final (later pieces are trimmed below `hashed`).
+            self.hash_upto(fi, off + done, true);
+        }
+        Ok(())
     }
 
     /// Feed file bytes `[hashed, upto)` of `fi` to its hasher, in steps of `HASH_STEP`
