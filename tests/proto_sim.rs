@@ -3,13 +3,13 @@
 //! thousands of cases. Every case ends bit-exact or in a clean abort on both sides. No
 //! assertion depends on wall-clock time.
 
-use packetfs::blueprint::{Blueprint, Segment, Source, Transform};
+use packetfs::blueprint::{block, Blueprint, Segment, Source, Transform};
 use packetfs::proto::mmap_sink::MmapSink;
 use packetfs::proto::{
-    Endpoint, Event, Failure, FileSink, MemSink, Reason, Receiver, ReceiverConfig, SendFile,
-    Sender, SenderConfig, Timing,
+    Endpoint, Event, Failure, FileSink, MemSink, PackPolicy, Reason, Receiver, ReceiverConfig,
+    SendFile, Sender, SenderConfig, Timing,
 };
-use packetfs::wire::payload::{FileEntry, Frame, Hello, Payload};
+use packetfs::wire::payload::{FileEntry, FileMode, Frame, Hello, Payload};
 use packetfs::wire::pfs;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -263,13 +263,14 @@ fn random_case(rng: &mut Rng) -> Case {
     let nfiles = rng.below(5) as usize;
     let mut contents = Vec::new();
     let mut files = Vec::new();
+    let text = rng.chance(0.5);
     for i in 0..nfiles {
         let len = match rng.below(4) {
             0 => rng.below(3) as usize,
             1 => rng.below(2000) as usize,
             _ => rng.below(60_000) as usize,
         };
-        let (c, bp) = make_file(rng, &snap, len);
+        let (c, bp) = make_file_with(rng, &snap, len, text);
         contents.push(c);
         files.push(SendFile {
             name: format!("dir{}/file-{i}.bin", i % 2),
@@ -288,6 +289,8 @@ fn random_case(rng: &mut Rng) -> Case {
         initial_rate: 1_000_000 + rng.below(200_000_000),
         window_frames: [64, 1024, 8192][rng.below(3) as usize],
         timing: fast_timing(),
+        pack: [PackPolicy::Auto, PackPolicy::Always, PackPolicy::Never][rng.below(3) as usize],
+        pack_opts: random_pack_opts(rng),
         ..SenderConfig::default()
     };
     let rcfg = ReceiverConfig {
@@ -302,6 +305,17 @@ fn random_case(rng: &mut Rng) -> Case {
         files,
         scfg,
         rcfg,
+    }
+}
+
+/// Block cuts from one segment per block to the defaults, so streams hold many blocks.
+fn random_pack_opts(rng: &mut Rng) -> block::EncodeOptions {
+    block::EncodeOptions {
+        spill_per_block: [1, 64, 700, 4096, 256 << 10][rng.below(5) as usize],
+        segs_per_block: [1, 3, 50, 16_384][rng.below(4) as usize],
+        file_per_block: [1, 2000, 30_000, 4 << 20][rng.below(4) as usize],
+        level: 1,
+        threads: 1 + rng.below(2) as usize,
     }
 }
 
@@ -324,6 +338,8 @@ struct Tally {
     repair_frames: u64,
     duplicates: u64,
     malformed: u64,
+    packed_files: u64,
+    direct_files: u64,
 }
 
 fn one_case(seed: u64, tally: &mut Tally) {
@@ -334,6 +350,12 @@ fn one_case(seed: u64, tally: &mut Tally) {
     let impaired = s2r.drop + s2r.corrupt > 0.25 || r2s.drop + r2s.corrupt > 0.25;
     let mut sender =
         Sender::new(case.scfg.clone(), SNAP_ID, case.files.clone(), &case.snap).unwrap();
+    for (m, _) in sender.modes() {
+        match m {
+            FileMode::Packed => tally.packed_files += 1,
+            FileMode::Direct => tally.direct_files += 1,
+        }
+    }
     let mut receiver = Receiver::new(case.rcfg.clone(), SNAP_ID, &case.snap, MemSink::new());
     let ends = run_pair(
         &mut rng,
@@ -400,6 +422,10 @@ fn impaired_links_end_bit_exact_or_clean() {
         one_case(base.wrapping_mul(1_000_003).wrapping_add(i), &mut tally);
     }
     eprintln!("{tally:?}");
+    assert!(
+        tally.packed_files > n / 4 && tally.direct_files > n / 4,
+        "both modes must be exercised: {tally:?}"
+    );
     assert_eq!(tally.cases, n);
     assert!(tally.finished > n * 9 / 10, "{tally:?}");
 }
@@ -683,10 +709,14 @@ fn refusal_of(hello: Vec<u8>, rcfg: ReceiverConfig, sink: MemSink) -> (Reason, M
 }
 
 fn entry(name: &str, size: u64) -> FileEntry {
+    FileEntry::direct(name.into(), size, [0; 32])
+}
+
+fn packed_entry(name: &str, size: u64, stream_len: u64) -> FileEntry {
     FileEntry {
-        name: name.into(),
-        size,
-        hash: [0; 32],
+        mode: FileMode::Packed,
+        stream_len,
+        ..entry(name, size)
     }
 }
 
@@ -740,6 +770,23 @@ fn hostile_manifests_are_refused_before_allocating() {
         (
             hostile_hello(1, 2, vec![entry("x", 1), entry("x", 2)]),
             Reason::DuplicateName { file: 1, other: 0 },
+        ),
+        (
+            // Each packed stream is within the file limits, together they exceed the
+            // receiver's budget for reassembly buffers.
+            hostile_hello(
+                1,
+                2,
+                vec![
+                    packed_entry("p", 1 << 29, 1 << 29),
+                    packed_entry("q", 1 << 29, (1 << 30) - (1 << 29) + 1),
+                ],
+            ),
+            Reason::PackedTooLarge {
+                file: 1,
+                len: (1 << 30) - (1 << 29) + 1,
+                limit: 1 << 30,
+            },
         ),
     ];
     for (hello, want) in cases {
@@ -1259,5 +1306,280 @@ fn bench_receiver_apply() {
             frames.len() as f64 / el.as_secs_f64() / 1e6,
             len as f64 / el.as_secs_f64() / 1e9
         );
+    }
+}
+
+/// A packed-mode blueprint with real spill (text, so packing pays) against a snapshot, sent
+/// packed and direct over the same impaired link: both bit-exact, and packed puts fewer
+/// bytes on the wire.
+#[test]
+fn packed_mode_is_bit_exact_and_smaller_on_the_wire() {
+    let mut rng = Rng(0xb10c);
+    let snap = rng.bytes(256 * 1024);
+    let (contents, files): (Vec<_>, Vec<_>) = (0..3)
+        .map(|i| {
+            let (c, bp) = make_file_with(&mut rng, &snap, 150_000 + i * 7_000, true);
+            (
+                c,
+                SendFile {
+                    name: format!("t{i}"),
+                    blueprint: bp,
+                },
+            )
+        })
+        .unzip();
+    let mut wire = Vec::new();
+    for pack in [PackPolicy::Always, PackPolicy::Never] {
+        let (mut scfg, rcfg) = cfgs();
+        scfg.pack = pack;
+        scfg.pack_opts.spill_per_block = 8 << 10; // many blocks
+        let mut sender = Sender::new(scfg, SNAP_ID, files.clone(), &snap).unwrap();
+        let want = if pack == PackPolicy::Always {
+            FileMode::Packed
+        } else {
+            FileMode::Direct
+        };
+        assert!(sender.modes().iter().all(|(m, _)| *m == want));
+        let mut receiver = Receiver::new(rcfg, SNAP_ID, &snap, MemSink::new());
+        let mut s2r = Link::clean(Duration::from_millis(1));
+        s2r.drop = 0.05;
+        s2r.reorder = 0.1;
+        s2r.dup = 0.02;
+        let mut r2s = Link::clean(Duration::from_millis(1));
+        let ends = run_pair(
+            &mut rng,
+            &mut sender,
+            &mut receiver,
+            &mut s2r,
+            &mut r2s,
+            Act::None,
+        );
+        assert_eq!(ends.sender, Some(Ok(())), "{pack:?}");
+        assert_eq!(ends.receiver, Some(Ok(())), "{pack:?}");
+        let sink = receiver.into_sink();
+        for (i, c) in contents.iter().enumerate() {
+            assert!(
+                sink.committed(i) == Some(&c[..]),
+                "{pack:?}: file {i} differs"
+            );
+        }
+        wire.push(sender.stats().bytes_sent);
+    }
+    assert!(
+        wire[0] < wire[1],
+        "packed {} vs direct {} wire bytes",
+        wire[0],
+        wire[1]
+    );
+}
+
+/// A sender whose packed stream does not decode: the receiver aborts (protocol error),
+/// commits nothing, and tells the sender.
+#[test]
+fn a_corrupt_packed_stream_is_a_clean_abort() {
+    use packetfs::wire::payload::GramWriter;
+    let snap = vec![0u8; 1024];
+    let (_, rcfg) = cfgs();
+    for garbage in [
+        vec![0xffu8; 40],                      // a body length above the limit
+        vec![5, 0, 0, 0, 0x80, 0x80, 1, 2, 3], // a body that does not parse
+        vec![2, 0, 0, 0, 1, 0],                // truncated header fields
+    ] {
+        let mut r = Receiver::new(rcfg.clone(), SNAP_ID, &snap, MemSink::new());
+        let now = Instant::now();
+        let hello = hostile_hello(9, 1, vec![packed_entry("g", 100, garbage.len() as u64)]);
+        assert!(r.handle_datagram(now, &hello));
+        let mut body = vec![0u8; 1400];
+        let mut w = GramWriter::new(&mut body, 1000);
+        assert_eq!(w.push_raw(0, 0, &garbage), garbage.len());
+        let n = w.finish();
+        let mut frame = vec![0u8; pfs::HEADER_LEN + n];
+        frame[pfs::HEADER_LEN..].copy_from_slice(&body[..n]);
+        let hdr = pfs::Repr {
+            frame_type: pfs::FrameType::Data,
+            flags: 0,
+            session: 9,
+            seq: 1,
+            payload_len: n as u16,
+        };
+        hdr.emit(&mut pfs::Packet::new_unchecked(&mut frame[..]));
+        assert!(r.handle_datagram(now, &frame));
+        let Some(Err(f)) = r.outcome() else {
+            panic!("{garbage:?} accepted: {:?}", r.outcome())
+        };
+        assert_eq!(f.reason, Reason::Protocol);
+        assert_eq!(r.sink().committed_count(), 0);
+    }
+}
+
+/// A figure, not a check: where a covered file's finish goes on the receiver (output mmap
+/// and its page faults, apply, BLAKE3, commit), through the real `MmapSink`.
+/// `cargo test --release --test proto_sim -- --ignored --nocapture bench_covered_finish`.
+#[test]
+#[ignore]
+fn bench_covered_finish() {
+    use packetfs::proto::sink::{SinkFile, SnapSeg};
+    let mut rng = Rng(77);
+    let snap = rng.bytes(64 << 20);
+    let len = 32u64 << 20;
+    for round in 0..3 {
+        let dir =
+            tempfile::tempdir_in(std::env::var("PFS_BENCH_DIR").unwrap_or("/tmp".into())).unwrap();
+        let mut sink = MmapSink::new(dir.path(), "b").unwrap();
+        sink.reserve = 0;
+        let t0 = Instant::now();
+        sink.open(&[SinkFile {
+            name: "c".into(),
+            size: len,
+        }])
+        .unwrap();
+        let t1 = Instant::now();
+        let mut off = 0u64;
+        while off < len {
+            let n = (len - off).min(1 << 20) as u32;
+            let seg = SnapSeg {
+                op: Transform::Id,
+                imm: 0,
+                snap_off: 1 << 20,
+                len: n,
+            };
+            sink.write_segment(0, off, seg, &snap).unwrap();
+            off += n as u64;
+        }
+        let t2 = Instant::now();
+        let h = blake3::hash(sink.contents(0).unwrap());
+        let t3 = Instant::now();
+        sink.commit(0).unwrap();
+        let t4 = Instant::now();
+        let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+        eprintln!(
+            "round {round}: open {:.1} ms, apply {:.1} ms, blake3 {:.1} ms, commit {:.1} ms ({})",
+            ms(t0, t1),
+            ms(t1, t2),
+            ms(t2, t3),
+            ms(t3, t4),
+            &h.to_hex()[..8]
+        );
+    }
+}
+
+/// A figure, not a check: packed-stream size and encode time of a real blueprint by zstd
+/// level and block size. `PFS_BENCH_PBB=x.pbb PFS_BENCH_SNAP=snapdir cargo test --release
+/// --test proto_sim -- --ignored --nocapture bench_pack_levels`.
+#[test]
+#[ignore]
+fn bench_pack_levels() {
+    let (Some(pbb), Some(dir)) = (
+        std::env::var_os("PFS_BENCH_PBB"),
+        std::env::var_os("PFS_BENCH_SNAP"),
+    ) else {
+        eprintln!("skipped: set PFS_BENCH_PBB and PFS_BENCH_SNAP");
+        return;
+    };
+    let snap =
+        packetfs::pob::Snapshot::open(std::path::Path::new(&dir), packetfs::pob::HugePolicy::Off)
+            .unwrap();
+    let bytes = std::fs::read(&pbb).unwrap();
+    let bp = packetfs::blueprint::pbb::unpack(&bytes, &snap.id, snap.bytes().len() as u64).unwrap();
+    eprintln!(
+        "{}: file {} B, {} segments, spill {} B, .pbb {} B, direct estimate {} B",
+        std::path::Path::new(&pbb).display(),
+        bp.file_len,
+        bp.segments.len(),
+        bp.spill.len(),
+        bytes.len(),
+        packetfs::proto::sender::direct_payload_estimate(&bp)
+    );
+    for level in [1, 3, 6] {
+        for spill_per_block in [64u64 << 10, 256 << 10, 1 << 20] {
+            for threads in [1, 2] {
+                let o = block::EncodeOptions {
+                    level,
+                    spill_per_block,
+                    threads,
+                    ..Default::default()
+                };
+                let t = Instant::now();
+                let s = block::encode(&bp, &o).unwrap();
+                eprintln!(
+                    "level {level} spill/block {:>4} KiB threads {threads}: {} B in {:.1} ms",
+                    spill_per_block >> 10,
+                    s.len(),
+                    t.elapsed().as_secs_f64() * 1e3
+                );
+            }
+        }
+    }
+}
+
+/// Long snapshot pieces are applied and hashed in chunks when they extend the hashed prefix
+/// (a covered file): still bit-exact, with pieces reordered and duplicated, into memory
+/// and through the mmap sink.
+#[test]
+fn long_covered_pieces_hash_in_chunks_bit_exact() {
+    let mut rng = Rng(0xc0);
+    let snap = rng.bytes(8 << 20);
+    let seg = |off: u64, len: u32| Segment {
+        len,
+        src: Source::Snap {
+            op: Transform::Id,
+            off,
+            imm: 0,
+        },
+    };
+    let segments = vec![seg(100, 3 << 20), seg(7, 5000), seg(4 << 20, (2 << 20) + 3)];
+    let mut content = Vec::new();
+    for s in &segments {
+        let Source::Snap { off, .. } = s.src else {
+            unreachable!()
+        };
+        content.extend_from_slice(&snap[off as usize..off as usize + s.len as usize]);
+    }
+    let bp = Blueprint {
+        snapshot_id: SNAP_ID,
+        file_len: content.len() as u64,
+        file_hash: *blake3::hash(&content).as_bytes(),
+        segments,
+        spill: vec![],
+    };
+    for mmap in [false, true] {
+        let (mut scfg, rcfg) = cfgs();
+        scfg.pack = PackPolicy::Never;
+        let files = vec![SendFile {
+            name: "covered".into(),
+            blueprint: bp.clone(),
+        }];
+        let mut sender = Sender::new(scfg, SNAP_ID, files, &snap).unwrap();
+        let mut s2r = Link::clean(Duration::from_millis(1));
+        s2r.reorder = 0.5;
+        s2r.dup = 0.3;
+        let mut r2s = Link::clean(Duration::from_millis(1));
+        if mmap {
+            let dir = tempfile::tempdir().unwrap();
+            let sink = MmapSink::new(dir.path(), "t").unwrap();
+            let mut receiver = Receiver::new(rcfg, SNAP_ID, &snap, sink);
+            let ends = run_pair(
+                &mut rng,
+                &mut sender,
+                &mut receiver,
+                &mut s2r,
+                &mut r2s,
+                Act::None,
+            );
+            assert_eq!(ends.receiver, Some(Ok(())));
+            assert!(std::fs::read(dir.path().join("covered")).unwrap() == content);
+        } else {
+            let mut receiver = Receiver::new(rcfg, SNAP_ID, &snap, MemSink::new());
+            let ends = run_pair(
+                &mut rng,
+                &mut sender,
+                &mut receiver,
+                &mut s2r,
+                &mut r2s,
+                Act::None,
+            );
+            assert_eq!(ends.receiver, Some(Ok(())));
+            assert!(receiver.sink().committed(0) == Some(&content[..]));
+        }
     }
 }

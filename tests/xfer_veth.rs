@@ -170,6 +170,8 @@ struct Run<'a> {
     both: Vec<String>,
     recv_extra: Vec<String>,
     recv_snapshot: PathBuf,
+    /// The sender's snapshot (the fixture's `snap` unless a test needs another).
+    send_snapshot: Option<PathBuf>,
     files: Vec<PathBuf>,
 }
 
@@ -234,7 +236,7 @@ fn transfer(pair: &NetnsPair, run: &Run) -> Outcome {
         ])
         .args(["--dst", &pair.addr(Side::B).to_string()])
         .arg("--snapshot")
-        .arg(fx.snap())
+        .arg(run.send_snapshot.clone().unwrap_or_else(|| fx.snap()))
         .arg("--metrics")
         .arg(&sm)
         .args(&run.both)
@@ -288,6 +290,7 @@ fn xdp_run(both: &[&str], files: Vec<PathBuf>) -> Run<'static> {
         both: both.iter().map(|s| s.to_string()).collect(),
         recv_extra: Vec::new(),
         recv_snapshot: fixture().snap(),
+        send_snapshot: None,
         files,
     }
 }
@@ -443,10 +446,101 @@ fn udp_transport_over_veth() {
         both: Vec::new(),
         recv_extra: Vec::new(),
         recv_snapshot: fx.snap(),
+        send_snapshot: None,
         files: fx.all(),
     };
     let o = transfer(&pair, &run);
     assert_bit_exact(&o, &fx.all());
     assert_eq!(o.send_metrics.as_ref().unwrap()["transport"], "udp");
     assert_nothing_attached(&pair);
+}
+
+/// A release-pair-like case: the snapshot holds an "old release" (bash) as a corpus bank; the
+/// "new release" is bash with text edits and an insertion (offsets shift), so its plan is
+/// mostly segments into the bank plus compressible spill. It travels packed (chosen by the
+/// sender), bit-exact, also as a `.pbb` sent as is and under 1% loss.
+#[test]
+fn xdp_packed_release_pair() {
+    if skip() {
+        return;
+    }
+    let fx = fixture();
+    let dir = fx.dir.join("release");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let snap = dir.join("snap");
+    let o = Command::new(PFS)
+        .args([
+            "snapshot",
+            "build",
+            "--size-mb",
+            "4",
+            "--seed",
+            "3",
+            "--add",
+        ])
+        .arg(fx.file("bash"))
+        .arg("--out")
+        .arg(&snap)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut new = std::fs::read(fx.file("bash")).unwrap();
+    let mut rng = Rng(7);
+    for _ in 0..200 {
+        let at = rng.below(new.len() as u64 - 64) as usize;
+        let n = 8 + rng.below(48) as usize;
+        for b in &mut new[at..at + n] {
+            *b = b"release notes: version 5.3 "[rng.below(27) as usize];
+        }
+    }
+    let mid = new.len() / 2;
+    let insert: Vec<u8> = b"a new function body ".repeat(50);
+    new.splice(mid..mid, insert);
+    let target = dir.join("bash-next");
+    std::fs::write(&target, &new).unwrap();
+    let pbb = dir.join("bash-next2.pbb");
+    let o = Command::new(PFS)
+        .args(["plan"])
+        .arg(&target)
+        .arg("--snapshot")
+        .arg(&snap)
+        .arg("-o")
+        .arg(&pbb)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let pair = NetnsPair::new(2, 1500).expect("netns pair");
+    for (files, extra) in [
+        (vec![target.clone()], vec![]),
+        (vec![pbb.clone()], vec![]),
+        (
+            vec![target.clone()],
+            vec!["--impair-drop-ppm".to_string(), "10000".to_string()],
+        ),
+    ] {
+        let mut run = xdp_run(&["--mode", "scatter"], files.clone());
+        run.recv_snapshot = snap.clone();
+        run.send_snapshot = Some(snap.clone());
+        run.recv_extra = extra;
+        let o = transfer(&pair, &run);
+        assert!(o.send.status.success(), "sender: {}", text(&o.send));
+        assert!(o.recv.status.success(), "receiver: {}", text(&o.recv));
+        let name = files[0]
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .trim_end_matches(".pbb")
+            .to_string();
+        let got = std::fs::read(o.out_dir.join(&name)).unwrap();
+        assert!(got == new, "{name} differs from the new release");
+        let sm = o.send_metrics.as_ref().unwrap();
+        assert_eq!(sm["packed_files"], 1, "{sm}");
+        // The packed stream is what travels, and it is smaller than the file.
+        assert!(
+            sm["stream_bytes"].as_u64().unwrap() < sm["file_bytes"].as_u64().unwrap() / 2,
+            "{sm}"
+        );
+        assert_nothing_attached(&pair);
+    }
 }

@@ -77,7 +77,9 @@ release="$work/$(basename "$new")"
 json() { python3 -c "import json,sys; d=json.loads(open(sys.argv[1]).read().splitlines()[-1]); print($2)" "$1"; }
 
 rows=()
-row() { rows+=("$(printf '| %-44s | %12s | %10s | %10s | %12s | %12s |' "$@")"); }
+row() { rows+=("$(printf '| %-52s | %10s | %10s | %10s | %12s | %12s |' "$@")"); }
+# Figures the goal lines at the end are computed from (set by the runs that measure them).
+declare -A fig
 
 # pfs TRANSPORT LABEL FILE [send args...]: one transfer, one table row.
 pfs_run() {
@@ -94,7 +96,14 @@ pfs_run() {
         --metrics "$m" "$@" "$file" >"$log.send" 2>&1 || { cat "$log.send" "$log" >&2; exit 1; }
     wait "$rpid" || { cat "$log" >&2; exit 1; }
     cmp -s "$file" "$out/$(basename "$file")" || { echo "$label: received file differs" >&2; exit 1; }
-    row "$label" "$(json "$m" "'%.1f MB' % (d['file_bytes']/1e6)")" \
+    local mode
+    mode=$(json "$m" "'packed' if d.get('packed_files') else 'direct'")
+    fig[$label.file]=$(json "$m" "d['file_bytes']")
+    fig[$label.wire]=$(json "$m" "d['wire_bytes']")
+    fig[$label.eff]=$(json "$m" "d['effective_gbps']")
+    fig[$label.time]=$(json "$m" "d['elapsed']")
+    fig[$label.pack]=$(json "$m" "d.get('pack_time', 0)")
+    row "$label [$mode]" "$(json "$m" "'%.1f MB' % (d['file_bytes']/1e6)")" \
         "$(json "$m" "'%.1f MB' % (d['wire_bytes']/1e6)")" \
         "$(json "$m" "'%.3f s' % d['elapsed']")" \
         "$(json "$m" "'%.3f' % d['goodput_gbps']")" \
@@ -124,6 +133,7 @@ print("%.3f" % (bps / 1e9))
 EOF
 )
     row "$label" "-" "-" "${secs} s" "$g" "$g"
+    fig[$label.gbps]=$g
 }
 
 echo "unshaped runs ..." >&2
@@ -145,6 +155,7 @@ row "AF_XDP blast, 1514 B frames, ${queues} queue(s)" "-" "-" "-" "$bg" "-"
 echo "runs at --rate $rate ..." >&2
 pfs_run xdp "pfs AF_XDP @${rate}, covered ${covered_mb} MiB" "$work/covered.bin" --rate "$rate"
 pfs_run xdp "pfs AF_XDP @${rate}, release pair (libstd)" "$release" --rate "$rate"
+pfs_run xdp "pfs AF_XDP @${rate}, release pair, --pack never" "$release" --rate "$rate" --pack never
 pfs_run xdp "pfs AF_XDP @${rate}, random ${random_mb} MiB" "$work/random.bin" --rate "$rate"
 inA tc qdisc add dev "$A" root handle 1: htb default 10 r2q 1000
 inA tc class add dev "$A" parent 1: classid 1:10 htb rate "$rate"
@@ -153,7 +164,20 @@ inA tc qdisc del dev "$A" root
 
 echo
 echo "veth pair, ${queues} queue(s), MTU 1500, $(nproc) cores; $(date -u +%FT%TZ)"
-printf '| %-44s | %12s | %10s | %10s | %12s | %12s |\n' what "file bytes" "wire" time "goodput Gb/s" "effective Gb/s"
-printf '|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..46})" "$(printf -- '-%.0s' {1..14})" \
+printf '| %-52s | %10s | %10s | %10s | %12s | %12s |\n' what "file bytes" "wire" time "goodput Gb/s" "effective Gb/s"
+printf '|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..54})" "$(printf -- '-%.0s' {1..12})" \
     "$(printf -- '-%.0s' {1..12})" "$(printf -- '-%.0s' {1..12})" "$(printf -- '-%.0s' {1..14})" "$(printf -- '-%.0s' {1..14})"
 printf '%s\n' "${rows[@]}"
+# Issue-3 goals, from the figures above: a release pair's effective throughput against
+# 0.8 x (file / wire) x TCP goodput at the same budget; the covered file against 10 x TCP.
+tcp=${fig[iperf3 TCP, HTB ${rate}.gbps]}
+rp="pfs AF_XDP @${rate}, release pair (libstd)"
+cv="pfs AF_XDP @${rate}, covered ${covered_mb} MiB"
+python3 - "$tcp" "${fig[$rp.file]}" "${fig[$rp.wire]}" "${fig[$rp.eff]}" "${fig[$cv.eff]}" "${fig[$cv.time]}" "${fig[$rp.time]}" "${fig[$rp.pack]}" <<'EOF'
+import sys
+tcp, f, w, eff, ceff, ctime, rtime, rpack = map(float, sys.argv[1:])
+goal = 0.8 * f / w * tcp
+print(f"release pair: effective {eff:.3f} Gb/s; goal 0.8 x file/wire ({f/1e6:.2f} MB / {w/1e6:.2f} MB) x TCP {tcp:.3f} = {goal:.3f} Gb/s: {'met' if eff >= goal else 'NOT met'} ({eff/goal:.2f} of it)")
+print(f"release pair: session {rtime*1e3:.1f} ms; packing before it {rpack*1e3:.1f} ms (like planning, not in the session time); with packing counted: {f*8/(rtime+rpack)/1e9:.3f} Gb/s")
+print(f"covered file: effective {ceff:.3f} Gb/s in {ctime*1e3:.1f} ms = {ceff/tcp:.2f} x TCP; goal 10 x TCP = {10*tcp:.3f} Gb/s: {'met' if ceff >= 10*tcp else 'NOT met'}")
+EOF

@@ -94,6 +94,27 @@ pub struct SendArgs {
     /// Snapshot memory: hugepages when available (auto), required (on) or not (off).
     #[arg(long, value_enum, default_value = "auto")]
     hugepages: HugePolicy,
+    /// Packed transfer (blueprint blocks, zstd): per file when it pays (auto), always, or
+    /// never (direct pieces only).
+    #[arg(long, value_enum, default_value = "auto")]
+    pack: PackArg,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum PackArg {
+    Auto,
+    Always,
+    Never,
+}
+
+impl From<PackArg> for packetfs::proto::PackPolicy {
+    fn from(p: PackArg) -> Self {
+        match p {
+            PackArg::Auto => Self::Auto,
+            PackArg::Always => Self::Always,
+            PackArg::Never => Self::Never,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -375,6 +396,7 @@ pub fn send(a: SendArgs) -> anyhow::Result<ExitCode> {
             let mut cfg = SendConfig::new(dst);
             cfg.mtu = a.mtu;
             cfg.rate = rate;
+            cfg.proto.pack = a.pack.into();
             udp::run_sender_with(&cfg, files, snap.id, snap.bytes(), &cancel, &mut |e| {
                 bar.event(e)
             })
@@ -408,6 +430,7 @@ pub fn send(a: SendArgs) -> anyhow::Result<ExitCode> {
                 rate,
                 proto: packetfs::proto::SenderConfig {
                     session_id: 0,
+                    pack: a.pack.into(),
                     ..Default::default()
                 },
             };
@@ -453,6 +476,13 @@ pub fn send(a: SendArgs) -> anyhow::Result<ExitCode> {
         s.retransmissions,
         gbit(s.wire_bytes, secs),
         gbit(s.file_bytes, secs)
+    );
+    println!(
+        "  {} file(s) packed, {} direct; stream {}; packing {:.1} ms before the session",
+        s.packed_files,
+        s.direct_files,
+        human_bytes(s.stream_bytes),
+        s.pack_time.as_secs_f64() * 1e3
     );
     if let Some(r) = &report {
         print_xdp(r);

@@ -393,6 +393,16 @@ pub struct SendSummary {
     pub wire_bytes: u64,
     /// Datagram bytes sent (PacketFS headers and payloads).
     pub datagram_bytes: u64,
+    /// Bytes of the session's stream: file sizes of direct files, packed lengths of packed
+    /// ones.
+    pub stream_bytes: u64,
+    /// Files sent packed (`blueprint::block` streams) and direct.
+    pub packed_files: usize,
+    pub direct_files: usize,
+    /// Time spent building the sender (packing), before the session starts: not in
+    /// `elapsed` (like planning), reported on its own.
+    #[serde(serialize_with = "ser_secs")]
+    pub pack_time: Duration,
     pub frames: u64,
     /// Data frames that repaired NACKed ranges, and the file bytes they carried.
     pub retransmissions: u64,
@@ -535,7 +545,9 @@ pub fn run_sender_with(
     pc.max_datagram = datagram_for_mtu(cfg.mtu);
     pc.rate = cfg.rate.or(pc.rate);
     let session_id = pc.session_id;
+    let t_pack = Instant::now();
     let mut sender = Sender::new(pc, snapshot_id, files, snapshot)?;
+    let pack_time = t_pack.elapsed();
     let mut io = UdpIo::bind(cfg.bind, Some(cfg.dst), cfg.socket_buffer)?;
     let start = Instant::now();
     let mut done = None;
@@ -552,6 +564,7 @@ pub fn run_sender_with(
         &sender,
         session_id,
         done.unwrap_or_else(Instant::now) - start,
+        pack_time,
     )
 }
 
@@ -574,14 +587,24 @@ pub(crate) fn finish_sender(
     sender: &Sender,
     session_id: u64,
     elapsed: Duration,
+    pack_time: Duration,
 ) -> Result<SendSummary, DriverError> {
     let st = sender.stats_now();
+    let modes = sender.modes();
+    let packed_files = modes
+        .iter()
+        .filter(|(m, _)| *m == crate::wire::payload::FileMode::Packed)
+        .count();
     let summary = SendSummary {
         session_id,
         files: sender.file_count(),
         file_bytes: sender.total_bytes(),
         wire_bytes: st.bytes_sent + st.frames_sent * LINK_OVERHEAD,
         datagram_bytes: st.bytes_sent,
+        stream_bytes: sender.stream_bytes(),
+        packed_files,
+        direct_files: modes.len() - packed_files,
+        pack_time,
         frames: st.frames_sent,
         retransmissions: st.repair_frames,
         retransmitted_bytes: st.repair_bytes,

@@ -607,8 +607,10 @@ pub fn run_sender(
     pc.max_datagram = datagram_for_mtu(cfg.mtu);
     pc.rate = cfg.rate.or(pc.rate);
     let session_id = pc.session_id;
+    let t_pack = Instant::now();
     let mut sender = Sender::new(pc, snapshot_id, files, snapshot)
         .map_err(|e| XdpError::Setup(e.to_string()))?;
+    let pack_time = t_pack.elapsed();
     let mut io = XdpIo::open(&cfg.link, cfg.mtu, true)?;
     io.hdr = Some(Addrs {
         src_mac,
@@ -635,7 +637,7 @@ pub fn run_sender(
     let report = io.report();
     drop(io); // sockets closed, program detached
     r?;
-    match finish_sender(&sender, session_id, elapsed) {
+    match finish_sender(&sender, session_id, elapsed, pack_time) {
         Ok(s) => Ok((s, report)),
         Err(error) => Err(XdpError::Run {
             error,

@@ -198,6 +198,14 @@ impl FileSink for MmapSink {
         Ok(*blake3::hash(bytes).as_bytes())
     }
 
+    fn contents(&self, file: u32) -> Option<&[u8]> {
+        let o = self.outs.get(file as usize)?;
+        if o.settled {
+            return None;
+        }
+        Some(o.map.as_deref().unwrap_or(&[]))
+    }
+
     fn commit(&mut self, file: u32) -> Result<(), SinkError> {
         let o = self
             .outs

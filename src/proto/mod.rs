@@ -97,7 +97,23 @@ pub struct SenderConfig {
     pub window_frames: u64,
     /// Loss (per mille) the receiver may report before the rate backs off.
     pub loss_permille: u64,
+    /// Which files travel packed (`blueprint::block` streams) rather than as direct pieces.
+    pub pack: PackPolicy,
+    /// How packed streams are cut and compressed.
+    pub pack_opts: crate::blueprint::block::EncodeOptions,
     pub timing: Timing,
+}
+
+/// Which files a sender packs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PackPolicy {
+    /// Packed when the packed stream is below 95% of the direct mode's piece bytes.
+    #[default]
+    Auto,
+    /// Every non-empty file packed.
+    Always,
+    /// Every file direct.
+    Never,
 }
 
 impl Default for SenderConfig {
@@ -113,6 +129,8 @@ impl Default for SenderConfig {
             frame_overhead: wire::stack::OVERHEAD,
             window_frames: 8192,
             loss_permille: 20,
+            pack: PackPolicy::Auto,
+            pack_opts: Default::default(),
             timing: Timing::default(),
         }
     }
@@ -132,6 +150,10 @@ pub struct ReceiverConfig {
     pub max_rate: u64,
     /// Send an ACK after this many data frames (or after `ack_delay`).
     pub ack_every: u32,
+    /// Most bytes of packed streams (reassembly buffers) one session may declare.
+    pub max_packed_total: u64,
+    /// What one packed block may declare.
+    pub block_limits: crate::blueprint::block::Limits,
     pub timing: Timing,
 }
 
@@ -144,6 +166,8 @@ impl Default for ReceiverConfig {
             max_files: 100_000,
             max_rate: 0,
             ack_every: 16,
+            max_packed_total: 1 << 30,
+            block_limits: Default::default(),
             timing: Timing::default(),
         }
     }
@@ -180,6 +204,8 @@ pub enum Reason {
     Protocol,
     #[error("an I/O error on the receiver")]
     Io,
+    #[error("file #{file} declares a packed stream of {len} bytes; the session's packed streams may hold at most {limit}")]
+    PackedTooLarge { file: u32, len: u64, limit: u64 },
     #[error("unknown reason code {0}")]
     Unknown(u16),
 }
@@ -216,6 +242,9 @@ impl Reason {
             Reason::Cancelled => a.code = 10,
             Reason::Protocol => a.code = 11,
             Reason::Io => a.code = 12,
+            Reason::PackedTooLarge { file, len, limit } => {
+                (a.code, a.file, a.a, a.b) = (13, file, len, limit)
+            }
             Reason::Unknown(c) => a.code = c,
         }
         a
@@ -256,6 +285,11 @@ impl Reason {
             10 => Reason::Cancelled,
             11 => Reason::Protocol,
             12 => Reason::Io,
+            13 => Reason::PackedTooLarge {
+                file: a.file,
+                len: a.a,
+                limit: a.b,
+            },
             c => Reason::Unknown(c),
         }
     }

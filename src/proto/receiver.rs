@@ -5,8 +5,9 @@
 use super::rangeset::RangeSet;
 use super::sink::{sanitize_name, FileSink, SinkError, SinkFile, SnapSeg};
 use super::{us32, write_frame, Endpoint, Event, Failure, Reason, ReceiverConfig, Stats};
+use crate::blueprint::{block, Source};
 use crate::wire::payload::{
-    self, Accept, Ack, Done, FileEntry, Frame, Gram, Hello, Nack, Payload, Piece,
+    self, Accept, Ack, Done, FileEntry, FileMode, Frame, Gram, Hello, Nack, Payload, Piece,
 };
 use crate::wire::pfs;
 use std::collections::{HashMap, VecDeque};
@@ -21,8 +22,27 @@ pub struct RecvFile {
     pub hash: [u8; 32],
     /// Stream offset.
     pub start: u64,
+    pub mode: FileMode,
+    /// Bytes the file takes in the stream (its size, or its packed length).
+    pub slen: u64,
     /// Verified and committed.
     pub done: bool,
+}
+
+/// Hash bytes in steps of at least this many (BLAKE3 is fastest on long inputs).
+const HASH_STEP: u64 = 256 << 10;
+
+/// Per-file progress beyond the range set.
+#[derive(Default)]
+struct Prog {
+    /// Packed: the reassembly buffer (`slen` bytes, allocated once the manifest passed the
+    /// limits).
+    buf: Vec<u8>,
+    /// Packed: stream bytes decoded (a block boundary).
+    decoded: u64,
+    /// File bytes written in order (packed) or contiguous (direct) and fed to `hasher`.
+    hashed: u64,
+    hasher: Option<Box<blake3::Hasher>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +85,11 @@ pub struct Receiver<'s, S: FileSink> {
     entries: Vec<Option<FileEntry>>,
     have: u32,
     files: Vec<RecvFile>,
+    prog: Vec<Prog>,
+    /// Stream length.
     total: u64,
+    /// Sum of the file sizes.
+    file_total: u64,
     recv: RangeSet,
     frontier: u64,
     tick_frontier: u64,
@@ -106,7 +130,9 @@ impl<'s, S: FileSink> Receiver<'s, S> {
             entries: Vec::new(),
             have: 0,
             files: Vec::new(),
+            prog: Vec::new(),
             total: 0,
+            file_total: 0,
             recv: RangeSet::new(),
             frontier: 0,
             tick_frontier: 0,
@@ -285,6 +311,22 @@ impl<'s, S: FileSink> Receiver<'s, S> {
             }
             seen.insert(&e.name, i as u32);
         }
+        let mut packed_total = 0u64;
+        for (i, e) in entries.iter().enumerate() {
+            if e.mode == FileMode::Packed {
+                packed_total = packed_total.saturating_add(e.stream_len);
+                if packed_total > self.cfg.max_packed_total {
+                    return self.fail(
+                        now,
+                        Reason::PackedTooLarge {
+                            file: i as u32,
+                            len: e.stream_len,
+                            limit: self.cfg.max_packed_total,
+                        },
+                    );
+                }
+            }
+        }
         let sink_files: Vec<SinkFile> = entries
             .iter()
             .map(|e| SinkFile {
@@ -309,18 +351,34 @@ impl<'s, S: FileSink> Receiver<'s, S> {
                     size: e.size,
                     hash: e.hash,
                     start,
+                    mode: e.mode,
+                    slen: e.stream_len,
                     done: false,
                 };
-                start += e.size;
+                start += e.stream_len;
                 f
             })
             .collect();
-        self.total = total;
+        // The packed lengths passed the limit above: the buffers may be allocated now.
+        self.prog = self
+            .files
+            .iter()
+            .map(|f| Prog {
+                buf: if f.mode == FileMode::Packed {
+                    vec![0u8; f.slen as usize]
+                } else {
+                    Vec::new()
+                },
+                ..Prog::default()
+            })
+            .collect();
+        self.total = start;
+        self.file_total = total;
         self.state = State::Data;
         self.pending.push_back(Ctrl::Accept);
         self.events.push_back(Event::Accepted {
             files: self.nfiles,
-            bytes: total,
+            bytes: self.file_total,
         });
         for i in 0..self.files.len() {
             if self.files[i].size == 0 {
@@ -342,12 +400,15 @@ impl<'s, S: FileSink> Receiver<'s, S> {
             if run
                 .file_off
                 .checked_add(run.len())
-                .is_none_or(|e| e > f.size)
+                .is_none_or(|e| e > f.slen)
             {
                 return false;
             }
             for (_, p) in run.pieces() {
                 if let Piece::Snap { snap_off, len, .. } = p {
+                    if f.mode == FileMode::Packed {
+                        return false; // a packed stream travels as raw bytes only
+                    }
                     if snap_off
                         .checked_add(len as u64)
                         .is_none_or(|e| e > self.snapshot.len() as u64)
@@ -373,29 +434,39 @@ impl<'s, S: FileSink> Receiver<'s, S> {
         for run in g.runs() {
             let fi = run.file as usize;
             let start = self.files[fi].start;
+            let packed = self.files[fi].mode == FileMode::Packed;
             for (off, p) in run.pieces() {
                 let (ss, se) = (start + off, start + off + p.len());
                 if self.recv.contains(ss, se) {
                     continue;
                 }
-                let r = match p {
-                    Piece::Snap {
-                        op,
-                        imm,
-                        snap_off,
-                        len,
-                    } => self.sink.write_segment(
-                        run.file,
-                        off,
-                        SnapSeg {
-                            op,
-                            imm,
-                            snap_off,
-                            len,
-                        },
-                        self.snapshot,
-                    ),
-                    Piece::Raw(b) => self.sink.write_raw(run.file, off, b),
+                let r = if packed {
+                    if let Piece::Raw(b) = p {
+                        let o = off as usize;
+                        self.prog[fi].buf[o..o + b.len()].copy_from_slice(b);
+                    }
+                    Ok(())
+                } else {
+                    // Bytes below the hashed prefix are final: a piece never rewrites them
+                    // (pieces are byte-wise, so trimming one is exact).
+                    let skip = self.prog[fi].hashed.saturating_sub(off).min(p.len());
+                    let (off, n) = (off + skip, p.len() - skip);
+                    match p {
+                        _ if n == 0 => Ok(()),
+                        Piece::Snap {
+                            op, imm, snap_off, ..
+                        } => self.write_snap_piece(
+                            fi,
+                            off,
+                            SnapSeg {
+                                op,
+                                imm,
+                                snap_off: snap_off + skip,
+                                len: n as u32,
+                            },
+                        ),
+                        Piece::Raw(b) => self.sink.write_raw(run.file, off, &b[skip as usize..]),
+                    }
                 };
                 if r.is_err() {
                     return self.fail(now, Reason::Io);
@@ -420,14 +491,163 @@ impl<'s, S: FileSink> Receiver<'s, S> {
             self.ack_at = Some(now + self.cfg.timing.ack_delay);
         }
         for fi in touched {
-            let f = &self.files[fi];
-            if !f.done && self.recv.contains(f.start, f.start + f.size) {
+            if self.files[fi].done {
+                continue;
+            }
+            let finished = match self.files[fi].mode {
+                FileMode::Packed => match self.advance_packed(fi) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        tracing::warn!(file = fi, error = %e, "packed stream refused");
+                        return self.fail(now, e);
+                    }
+                },
+                FileMode::Direct => {
+                    let (start, size) = (self.files[fi].start, self.files[fi].size);
+                    let contiguous = self.recv.first_gap(start).min(start + size) - start;
+                    self.hash_upto(fi, contiguous, contiguous == size);
+                    contiguous == size
+                }
+            };
+            if finished {
                 self.complete(now, fi);
                 if self.state != State::Data {
                     return;
                 }
             }
         }
+    }
+
+    /// Apply a direct snapshot piece. A long piece that starts at the hashed prefix (a
+    /// covered file's first piece, typically) is applied in `HASH_STEP` chunks, each hashed
+    /// right after it is written while it is still in cache.
+    fn write_snap_piece(&mut self, fi: usize, off: u64, seg: SnapSeg) -> Result<(), SinkError> {
+        if off != self.prog[fi].hashed || (seg.len as u64) < 2 * HASH_STEP {
+            return self.sink.write_segment(fi as u32, off, seg, self.snapshot);
+        }
+        let mut done = 0u64;
+        while done < seg.len as u64 {
+            let n = (seg.len as u64 - done).min(HASH_STEP);
+            let part = SnapSeg {
+                snap_off: seg.snap_off + done,
+                len: n as u32,
+                ..seg
+            };
+            self.sink
+                .write_segment(fi as u32, off + done, part, self.snapshot)?;
+            done += n;
+            // These bytes are final (later pieces are trimmed below `hashed`).
+            self.hash_upto(fi, off + done, true);
+        }
+        Ok(())
+    }
+
+    /// Feed file bytes `[hashed, upto)` of `fi` to its hasher, in steps of `HASH_STEP`
+    /// unless `last`. Does nothing if the sink cannot show its contents.
+    fn hash_upto(&mut self, fi: usize, upto: u64, last: bool) {
+        let p = &mut self.prog[fi];
+        if upto <= p.hashed || (!last && upto - p.hashed < HASH_STEP) {
+            return;
+        }
+        let Some(bytes) = self.sink.contents(fi as u32) else {
+            return;
+        };
+        let h = p
+            .hasher
+            .get_or_insert_with(|| Box::new(blake3::Hasher::new()));
+        h.update(&bytes[p.hashed as usize..upto as usize]);
+        p.hashed = upto;
+    }
+
+    /// Decode and apply every complete block of packed file `fi` in the contiguous prefix of
+    /// its stream, in file order. Returns true once the whole stream is applied.
+    fn advance_packed(&mut self, fi: usize) -> Result<bool, Reason> {
+        let (start, slen, size) = {
+            let f = &self.files[fi];
+            (f.start, f.slen, f.size)
+        };
+        let prefix = self.recv.first_gap(start).min(start + slen) - start;
+        let lim = self.cfg.block_limits;
+        while self.prog[fi].decoded < prefix {
+            let at = self.prog[fi].decoded as usize;
+            let avail = &self.prog[fi].buf[at..prefix as usize];
+            let n = match block::body_len(avail, &lim) {
+                Ok(Some(n)) => n,
+                Ok(None) => break,
+                Err(_) => return Err(Reason::Protocol),
+            };
+            let end = at as u64 + block::PREFIX as u64 + n;
+            if end > slen {
+                return Err(Reason::Protocol);
+            }
+            if end > prefix {
+                break;
+            }
+            let body = &self.prog[fi].buf[at + block::PREFIX..end as usize];
+            let b = block::decode_body(body, &lim, self.snapshot.len() as u64)
+                .map_err(|_| Reason::Protocol)?;
+            let file_off = self.prog[fi].hashed;
+            if file_off.checked_add(b.file_len).is_none_or(|e| e > size) {
+                return Err(Reason::Protocol);
+            }
+            self.apply_block(fi as u32, file_off, &b)
+                .map_err(|_| Reason::Io)?;
+            let p = &mut self.prog[fi];
+            p.decoded = end;
+            // `hashed` doubles as the packed file's write position: hash what was written.
+            match self.sink.contents(fi as u32) {
+                Some(bytes) => {
+                    let h = p
+                        .hasher
+                        .get_or_insert_with(|| Box::new(blake3::Hasher::new()));
+                    h.update(&bytes[file_off as usize..(file_off + b.file_len) as usize]);
+                }
+                None => p.hasher = None,
+            }
+            p.hashed = file_off + b.file_len;
+        }
+        let p = &mut self.prog[fi];
+        if p.decoded == slen {
+            if p.hashed != size {
+                return Err(Reason::Protocol);
+            }
+            p.buf = Vec::new();
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Write one decoded block at `file_off` of `file` through the sink.
+    fn apply_block(&mut self, file: u32, file_off: u64, b: &block::Block) -> Result<(), SinkError> {
+        let mut off = file_off;
+        let mut spill = 0usize;
+        for seg in &b.segments {
+            match seg.src {
+                Source::Snap { op, off: so, imm } => self.sink.write_segment(
+                    file,
+                    off,
+                    SnapSeg {
+                        op,
+                        imm,
+                        snap_off: so,
+                        len: seg.len,
+                    },
+                    self.snapshot,
+                )?,
+                Source::Raw => {
+                    let n = seg.len as usize;
+                    self.sink.write_raw(file, off, &b.spill[spill..spill + n])?;
+                    spill += n;
+                }
+                Source::SelfCopy { .. } => {
+                    return Err(SinkError::Io(std::io::Error::other(
+                        "self-copy segment in a packed block",
+                    )))
+                }
+            }
+            off += seg.len as u64;
+        }
+        Ok(())
     }
 
     fn want_status(&mut self) {
@@ -438,7 +658,12 @@ impl<'s, S: FileSink> Receiver<'s, S> {
 
     /// File `fi` is complete: verify, commit, maybe finish the session.
     fn complete(&mut self, now: Instant, fi: usize) {
-        let h = match self.sink.hash(fi as u32) {
+        let p = &mut self.prog[fi];
+        let incremental = match p.hasher.take() {
+            Some(h) if p.hashed == self.files[fi].size => Some(*h.finalize().as_bytes()),
+            _ => None,
+        };
+        let h = match incremental.map_or_else(|| self.sink.hash(fi as u32), Ok) {
             Ok(h) => h,
             Err(_) => return self.fail(now, Reason::Io),
         };
@@ -464,7 +689,7 @@ impl<'s, S: FileSink> Receiver<'s, S> {
             }
             self.terminal = Some(Payload::Done(Done {
                 files: self.nfiles,
-                bytes: self.total,
+                bytes: self.file_total,
                 digest: *blake3::hash(&hashes).as_bytes(),
             }));
             self.outcome = Some(Ok(()));
@@ -775,11 +1000,11 @@ mod tests {
             snapshot_id: ID,
             nfiles: 1,
             first: 0,
-            entries: vec![FileEntry {
-                name: "f".into(),
+            entries: vec![FileEntry::direct(
+                "f".into(),
                 size,
-                hash: *blake3::hash(&vec![0u8; size as usize]).as_bytes(),
-            }],
+                *blake3::hash(&vec![0u8; size as usize]).as_bytes(),
+            )],
         });
         let now = Instant::now();
         assert!(r.handle_datagram(now, &frame(0, 0, &hello)));

@@ -3,10 +3,12 @@
 
 use super::pacing::{Pacer, RateControl};
 use super::rangeset::RangeSet;
+use super::PackPolicy;
 use super::{us32, write_frame, Endpoint, Event, Failure, Reason, Rtt, SenderConfig, Stats};
-use crate::blueprint::{Blueprint, Source};
+use crate::blueprint::{block, Blueprint, Source};
 use crate::wire::payload::{
-    self, Ack, FileEntry, Frame, GramWriter, Hello, Payload, Probe, HELLO_FIXED, MIN_DATAGRAM,
+    self, Ack, FileEntry, FileMode, Frame, GramWriter, Hello, Payload, Probe, HELLO_FIXED,
+    MIN_DATAGRAM, RAW_PIECE, SNAP_PIECE,
 };
 use crate::wire::pfs;
 use std::collections::VecDeque;
@@ -39,6 +41,8 @@ pub enum SendError {
     TooManyFiles(usize),
     #[error("datagram size {0} is outside {MIN_DATAGRAM}..={max}", max = super::MAX_DATAGRAM)]
     DatagramSize(usize),
+    #[error("file #{file}: packing its blueprint failed: {msg}")]
+    Pack { file: usize, msg: String },
 }
 
 struct FileState {
@@ -49,6 +53,69 @@ struct FileState {
     spill_starts: Vec<usize>,
     /// Stream offset of the file.
     start: u64,
+    mode: FileMode,
+    /// The packed block stream (packed mode only).
+    packed: Vec<u8>,
+    /// Bytes of the stream the file takes: its size (direct) or `packed.len()`.
+    slen: u64,
+}
+
+/// Payload bytes the direct mode spends on a blueprint (pieces and their headers; the
+/// run and frame headers are about the same per datagram in both modes).
+pub fn direct_payload_estimate(bp: &Blueprint) -> u64 {
+    bp.segments
+        .iter()
+        .map(|s| match s.src {
+            Source::Snap { .. } => SNAP_PIECE as u64,
+            // self copies go as the raw bytes they copy in direct mode
+            Source::Raw | Source::SelfCopy { .. } => RAW_PIECE as u64 + s.len as u64,
+        })
+        .sum()
+}
+
+/// True when the blueprint is mostly spill (90% of the direct bytes, at least 1 MiB) and
+/// samples of it do not compress (97% or more at zstd level 1): packing cannot pay, so the
+/// sender does not spend the time to encode it.
+fn incompressible_spill(bp: &Blueprint, direct: u64) -> bool {
+    const SAMPLE: usize = 64 << 10;
+    let n = bp.spill.len();
+    if n < (1 << 20) || (n as u64) * 10 < direct * 9 {
+        return false;
+    }
+    let (mut raw, mut packed) = (0usize, 0usize);
+    for k in 0..4 {
+        let at = (n - SAMPLE) / 3 * k;
+        let s = &bp.spill[at..at + SAMPLE];
+        match zstd::bulk::compress(s, 1) {
+            Ok(z) => packed += z.len(),
+            Err(_) => return false,
+        }
+        raw += SAMPLE;
+    }
+    packed * 100 >= raw * 97
+}
+
+/// Decide how a file travels and pack it if it goes packed: `(mode, packed stream)`.
+/// `Auto` packs when the packed stream is below 95% of the direct estimate.
+pub fn choose_mode(
+    bp: &Blueprint,
+    policy: PackPolicy,
+    opts: &block::EncodeOptions,
+) -> Result<(FileMode, Vec<u8>), std::io::Error> {
+    if bp.file_len == 0 || policy == PackPolicy::Never {
+        return Ok((FileMode::Direct, Vec::new()));
+    }
+    let direct = direct_payload_estimate(bp);
+    if policy == PackPolicy::Auto && incompressible_spill(bp, direct) {
+        return Ok((FileMode::Direct, Vec::new()));
+    }
+    let packed = block::encode(bp, opts)?;
+    let pays = (packed.len() as u128) * 100 < (direct as u128) * 95;
+    if policy == PackPolicy::Always || pays {
+        Ok((FileMode::Packed, packed))
+    } else {
+        Ok((FileMode::Direct, Vec::new()))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +155,10 @@ pub struct Sender {
     snapshot_id: [u8; 32],
     names: Vec<String>,
     files: Vec<FileState>,
+    /// Stream length (sum of the files' stream lengths).
     total: u64,
+    /// Sum of the file sizes.
+    file_total: u64,
     digest: [u8; 32],
     hello_chunks: Vec<(u32, u32)>,
     state: State,
@@ -139,6 +209,7 @@ impl Sender {
         let mut states = Vec::with_capacity(files.len());
         let mut names = Vec::with_capacity(files.len());
         let mut start = 0u64;
+        let mut file_total = 0u64;
         let mut hashes = Vec::with_capacity(files.len() * 32);
         for (i, f) in files.into_iter().enumerate() {
             if f.name.is_empty() || f.name.len() > payload::MAX_NAME_LEN {
@@ -177,15 +248,29 @@ impl Sender {
                 }
             }
             hashes.extend_from_slice(&f.blueprint.file_hash);
-            let len = f.blueprint.file_len;
+            let (mode, packed) =
+                choose_mode(&f.blueprint, cfg.pack, &cfg.pack_opts).map_err(|e| {
+                    SendError::Pack {
+                        file: i,
+                        msg: e.to_string(),
+                    }
+                })?;
+            let slen = match mode {
+                FileMode::Direct => f.blueprint.file_len,
+                FileMode::Packed => packed.len() as u64,
+            };
+            file_total += f.blueprint.file_len;
             names.push(f.name);
             states.push(FileState {
                 bp: f.blueprint,
                 seg_starts,
                 spill_starts,
                 start,
+                mode,
+                packed,
+                slen,
             });
-            start += len;
+            start += slen;
         }
         // Manifest chunks: as many entries per Hello as fit.
         let budget = cfg.max_datagram - pfs::HEADER_LEN - HELLO_FIXED;
@@ -218,6 +303,7 @@ impl Sender {
             names,
             files: states,
             total: start,
+            file_total,
             digest: *blake3::hash(&hashes).as_bytes(),
             hello_chunks,
             state: State::Handshake,
@@ -249,9 +335,19 @@ impl Sender {
         })
     }
 
-    /// Total bytes of all files (the stream length).
+    /// Total bytes of all files.
     pub fn total_bytes(&self) -> u64 {
+        self.file_total
+    }
+
+    /// The stream length: file sizes for direct files, packed lengths for packed ones.
+    pub fn stream_bytes(&self) -> u64 {
         self.total
+    }
+
+    /// How each file travels, with its stream length.
+    pub fn modes(&self) -> Vec<(FileMode, u64)> {
+        self.files.iter().map(|f| (f.mode, f.slen)).collect()
     }
 
     pub fn file_count(&self) -> usize {
@@ -374,6 +470,8 @@ impl Sender {
                     name: self.names[i as usize].clone(),
                     size: f.bp.file_len,
                     hash: f.bp.file_hash,
+                    mode: f.mode,
+                    stream_len: f.slen,
                 }
             })
             .collect();
@@ -391,10 +489,21 @@ impl Sender {
     /// Pack stream bytes `[s, e)` into `w` until it is full; returns the position reached.
     fn emit_range(&self, w: &mut GramWriter<'_>, mut s: u64, e: u64) -> u64 {
         while s < e {
-            let fi = self.files.partition_point(|f| f.start + f.bp.file_len <= s);
+            let fi = self.files.partition_point(|f| f.start + f.slen <= s);
             let Some(f) = self.files.get(fi) else {
                 return s;
             };
+            if f.mode == FileMode::Packed {
+                let off = s - f.start;
+                let fend = (e - f.start).min(f.slen);
+                let bytes = &f.packed[off as usize..fend as usize];
+                let k = w.push_raw(fi as u32, off, bytes);
+                if k < bytes.len() {
+                    return s + k as u64;
+                }
+                s = f.start + fend;
+                continue;
+            }
             let mut off = s - f.start;
             let fend = (e - f.start).min(f.bp.file_len);
             let mut si = f.seg_starts.partition_point(|&st| st <= off) - 1;
@@ -570,7 +679,7 @@ impl Endpoint for Sender {
                 self.probe_at = Some(now + self.pto());
                 self.events.push_back(Event::Accepted {
                     files: self.files.len() as u32,
-                    bytes: self.total,
+                    bytes: self.file_total,
                 });
             }
             (State::Data, Payload::Accept(_)) => {}
@@ -578,7 +687,7 @@ impl Endpoint for Sender {
             (State::Data, Payload::Nack(n)) => self.on_status(now, seq, n.ack, Some(&n.ranges)),
             (State::Handshake | State::Data, Payload::Done(d)) => {
                 if d.files as usize != self.files.len()
-                    || d.bytes != self.total
+                    || d.bytes != self.file_total
                     || d.digest != self.digest
                 {
                     self.fail(now, Reason::Protocol, true);
@@ -824,6 +933,7 @@ mod tests {
         ];
         let cfg = SenderConfig {
             max_datagram,
+            pack: crate::proto::PackPolicy::Never,
             ..SenderConfig::default()
         };
         (
@@ -896,6 +1006,52 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn auto_packs_compressible_spill_and_keeps_random_data_direct() {
+        let mk = |spill: Vec<u8>| Blueprint {
+            snapshot_id: [1; 32],
+            file_len: spill.len() as u64,
+            file_hash: [0; 32],
+            segments: crate::blueprint::raw_segments(spill.len() as u64),
+            spill,
+        };
+        let o = block::EncodeOptions::default();
+        let text: Vec<u8> = (0..200_000u32)
+            .map(|i| b"abcdefgh"[(i % 8) as usize])
+            .collect();
+        let (m, packed) = choose_mode(&mk(text.clone()), PackPolicy::Auto, &o).unwrap();
+        assert_eq!(m, FileMode::Packed);
+        assert!(packed.len() < text.len() / 10);
+        let mut x = 0x9e3779b97f4a7c15u64;
+        let random: Vec<u8> = (0..200_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let (m, _) = choose_mode(&mk(random.clone()), PackPolicy::Auto, &o).unwrap();
+        assert_eq!(m, FileMode::Direct);
+        let (m, _) = choose_mode(&mk(random), PackPolicy::Always, &o).unwrap();
+        assert_eq!(m, FileMode::Packed);
+        let (m, _) = choose_mode(&mk(text.clone()), PackPolicy::Never, &o).unwrap();
+        assert_eq!(m, FileMode::Direct);
+        // Large incompressible spill is recognised from samples, without encoding it.
+        let big: Vec<u8> = (0..(2 << 20))
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let bp = mk(big);
+        assert!(incompressible_spill(&bp, direct_payload_estimate(&bp)));
+        let bp = mk(text.repeat(11));
+        assert!(!incompressible_spill(&bp, direct_payload_estimate(&bp)));
     }
 
     #[test]

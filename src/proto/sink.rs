@@ -49,6 +49,12 @@ pub trait FileSink {
     fn write_raw(&mut self, file: u32, off: u64, bytes: &[u8]) -> Result<(), SinkError>;
     /// BLAKE3 of the file's current contents.
     fn hash(&mut self, file: u32) -> Result<[u8; 32], SinkError>;
+    /// The file's current contents, if the sink can show them (the receiver then hashes each
+    /// file incrementally, in order, as its contiguous prefix completes; otherwise it calls
+    /// `hash` once at the end).
+    fn contents(&self, _file: u32) -> Option<&[u8]> {
+        None
+    }
     /// Make the file durable under its final name.
     fn commit(&mut self, file: u32) -> Result<(), SinkError>;
     /// Remove every output not yet committed.
@@ -160,6 +166,10 @@ impl FileSink for MemSink {
 
     fn hash(&mut self, file: u32) -> Result<[u8; 32], SinkError> {
         Ok(*blake3::hash(&self.bufs[file as usize]).as_bytes())
+    }
+
+    fn contents(&self, file: u32) -> Option<&[u8]> {
+        self.bufs.get(file as usize).map(|b| &b[..])
     }
 
     fn commit(&mut self, file: u32) -> Result<(), SinkError> {

@@ -22,8 +22,8 @@ pub const MIN_DATAGRAM: usize = super::pfs::HEADER_LEN + HELLO_FIXED + ENTRY_FIX
 
 /// Hello fixed part: snapshot id, nfiles, first, count, reserved.
 pub const HELLO_FIXED: usize = 32 + 4 + 4 + 2 + 2;
-/// Manifest entry fixed part: size, BLAKE3, name length.
-pub const ENTRY_FIXED: usize = 8 + 32 + 2;
+/// Manifest entry fixed part: size, stream length, BLAKE3, mode, name length.
+pub const ENTRY_FIXED: usize = 8 + 8 + 32 + 1 + 2;
 /// Gram header: nruns, flags, srtt.
 pub const GRAM_HEADER: usize = 8;
 /// Run header: file, file offset, npieces, reserved.
@@ -118,6 +118,27 @@ impl<'a> Wr<'a> {
     }
 }
 
+/// How a file travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FileMode {
+    /// Pieces at file offsets (snapshot descriptors and raw bytes); the file's stream length
+    /// is its size.
+    #[default]
+    Direct,
+    /// Raw pieces of the file's packed block stream (`blueprint::block`) at packed offsets;
+    /// the stream length is the packed length.
+    Packed,
+}
+
+impl FileMode {
+    pub fn code(self) -> u8 {
+        match self {
+            FileMode::Direct => 0,
+            FileMode::Packed => 1,
+        }
+    }
+}
+
 /// One file of the manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileEntry {
@@ -126,9 +147,24 @@ pub struct FileEntry {
     pub size: u64,
     /// BLAKE3 of the whole file.
     pub hash: [u8; 32],
+    pub mode: FileMode,
+    /// Bytes the file takes in the session's stream: `size` when direct, the packed length
+    /// when packed (then at least 1, and the file is not empty).
+    pub stream_len: u64,
 }
 
 impl FileEntry {
+    /// A direct-mode entry.
+    pub fn direct(name: String, size: u64, hash: [u8; 32]) -> Self {
+        FileEntry {
+            name,
+            size,
+            hash,
+            mode: FileMode::Direct,
+            stream_len: size,
+        }
+    }
+
     pub fn wire_len(&self) -> usize {
         ENTRY_FIXED + self.name.len()
     }
@@ -157,7 +193,13 @@ impl Hello {
         let mut entries = Vec::with_capacity((count as usize).min(b.len() / ENTRY_FIXED));
         for _ in 0..count {
             let size = r.u64()?;
+            let stream_len = r.u64()?;
             let hash = r.id()?;
+            let mode = match r.u8()? {
+                0 if stream_len == size => FileMode::Direct,
+                1 if size > 0 && stream_len > 0 => FileMode::Packed,
+                _ => return Err(Error::Malformed),
+            };
             let n = r.u16()? as usize;
             if n == 0 || n > MAX_NAME_LEN {
                 return Err(Error::Malformed);
@@ -167,6 +209,8 @@ impl Hello {
                 name: name.to_owned(),
                 size,
                 hash,
+                mode,
+                stream_len,
             });
         }
         r.end()?;
@@ -190,7 +234,9 @@ impl Hello {
         for e in &self.entries {
             assert!(!e.name.is_empty() && e.name.len() <= MAX_NAME_LEN);
             w.u64(e.size);
+            w.u64(e.stream_len);
             w.bytes(&e.hash);
+            w.bytes(&[e.mode.code()]);
             w.u16(e.name.len() as u16);
             w.bytes(e.name.as_bytes());
         }
@@ -1105,12 +1151,16 @@ mod tests {
                 name: "a/b".into(),
                 size: 0x0102,
                 hash: [0xcd; 32],
+                mode: FileMode::Packed,
+                stream_len: 0x33,
             }],
         };
         let mut want = vec![0xab; 32];
         want.extend_from_slice(&[3, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0]);
         want.extend_from_slice(&[2, 1, 0, 0, 0, 0, 0, 0]);
+        want.extend_from_slice(&[0x33, 0, 0, 0, 0, 0, 0, 0]);
         want.extend_from_slice(&[0xcd; 32]);
+        want.extend_from_slice(&[1]);
         want.extend_from_slice(&[3, 0, b'a', b'/', b'b']);
         let mut buf = vec![0u8; h.buffer_len()];
         h.emit(&mut buf);
@@ -1123,6 +1173,20 @@ mod tests {
         let l = utf.len();
         utf[l - 1] = 0xff;
         assert!(Hello::parse(&utf).is_err());
+        // mode 2 is unknown; a direct entry must have stream length = size; a packed one
+        // must not be empty
+        let mode_at = 32 + 12 + 16 + 32;
+        let mut m = want.clone();
+        m[mode_at] = 2;
+        assert!(Hello::parse(&m).is_err());
+        m[mode_at] = 0;
+        assert!(Hello::parse(&m).is_err());
+        m[32 + 12 + 8] = 2;
+        m[32 + 12 + 9] = 1;
+        assert_eq!(Hello::parse(&m).unwrap().entries[0].mode, FileMode::Direct);
+        let mut z = want.clone();
+        z[32 + 12 + 8..32 + 12 + 16].fill(0);
+        assert!(Hello::parse(&z).is_err());
     }
 
     #[test]
@@ -1233,7 +1297,17 @@ mod tests {
                     first,
                     entries: es
                         .into_iter()
-                        .map(|(name, size, hash)| FileEntry { name, size, hash })
+                        .map(|(name, size, hash)| if size % 2 == 1 {
+                            FileEntry {
+                                name,
+                                size,
+                                hash,
+                                mode: FileMode::Packed,
+                                stream_len: size / 3 + 1,
+                            }
+                        } else {
+                            FileEntry::direct(name, size, hash)
+                        })
                         .collect()
                 }))),
             (any::<[u8; 32]>(), any::<u32>(), any::<u64>()).prop_map(move |(i, n, r)| enc(

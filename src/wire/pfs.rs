@@ -10,7 +10,7 @@
 //! * `magic` is `PkFS`; `ver` is [`VERSION`]; all integers little-endian.
 //! * `seq` counts the frames one endpoint transmits in this session (0, 1, 2, ...). It names a
 //!   *transmission*, never a position in a file, so a retransmission always has a new number.
-//! * `tag len` is the length of an authentication tag that follows the payload. Version 1
+//! * `tag len` is the length of an authentication tag that follows the payload. Version 2
 //!   defines no tag and requires 0; the field and the trailer position are reserved so a later
 //!   version can add authenticated frames without moving anything.
 //! * `crc32c` (Castagnoli) covers the header with the CRC field zeroed, the payload and the tag.
@@ -37,7 +37,7 @@ pub const HEADER_LEN: usize = field::CRC.end;
 /// `PkFS`.
 pub const MAGIC: [u8; 4] = *b"PkFS";
 /// The version this build speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 /// Flag: this data frame repairs a NACKed range (not first-pass data).
 pub const FLAG_REPAIR: u16 = 0x0001;
@@ -267,7 +267,7 @@ mod tests {
     /// A Close frame (empty payload) of session 0x0102030405060708, seq 9.
     fn close_bytes() -> Vec<u8> {
         let mut b = vec![
-            b'P', b'k', b'F', b'S', 1, 9, 0, 0, //
+            b'P', b'k', b'F', b'S', 2, 9, 0, 0, //
             8, 7, 6, 5, 4, 3, 2, 1, //
             9, 0, 0, 0, 0, 0, 0, 0, //
             0, 0, 0, 0, //
@@ -311,8 +311,8 @@ mod tests {
         m[0] = b'X';
         assert_eq!(parse(&m), Err(Error::BadMagic));
         let mut v = good.clone();
-        v[4] = 2;
-        assert_eq!(parse(&v), Err(Error::Version(2)));
+        v[4] = 1; // version 1 (no packed mode) is not spoken any more
+        assert_eq!(parse(&v), Err(Error::Version(1)));
         let mut c = good.clone();
         c[20] ^= 0x10;
         assert_eq!(parse(&c), Err(Error::Checksum));

@@ -38,6 +38,11 @@ pub const SNAP_ID: [u8; 32] = [0x5a; 32];
 /// A file of `len` bytes and its blueprint: a mix of snapshot segments (id/xor/add) and raw
 /// spill, in proportions drawn from `rng`.
 pub fn make_file(rng: &mut Rng, snap: &[u8], len: usize) -> (Vec<u8>, Blueprint) {
+    make_file_with(rng, snap, len, false)
+}
+
+/// [`make_file`], with raw spill of low-entropy text when `text` (so that packing pays).
+pub fn make_file_with(rng: &mut Rng, snap: &[u8], len: usize, text: bool) -> (Vec<u8>, Blueprint) {
     let raw_share = rng.below(101);
     let mut content = Vec::with_capacity(len);
     let mut segments = Vec::new();
@@ -45,7 +50,13 @@ pub fn make_file(rng: &mut Rng, snap: &[u8], len: usize) -> (Vec<u8>, Blueprint)
     while content.len() < len {
         let n = (1 + rng.below(3000) as usize).min(len - content.len());
         if rng.below(100) < raw_share {
-            let b = rng.bytes(n);
+            let b = if text {
+                (0..n)
+                    .map(|_| b"the quick brown fox "[rng.below(20) as usize])
+                    .collect()
+            } else {
+                rng.bytes(n)
+            };
             content.extend_from_slice(&b);
             spill.extend_from_slice(&b);
             segments.push(Segment {

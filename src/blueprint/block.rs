@@ -1,0 +1,642 @@
+//! The packed-transfer block codec: a blueprint as a stream of independently decodable
+//! blocks, each covering a contiguous file range and holding that range's segment table
+//! (the `.pbb` column coding, [`super::pbb::encode_table`]) and its raw spill, compressed
+//! together with zstd.
+//!
+//! A packed stream is the blocks end to end, in file order:
+//!
+//! ```text
+//! block := body_len u32 LE | body
+//! body  := varint file_len | varint nsegs | varint table_len | varint spill_len
+//!          | codec u8 (0 stored, 1 zstd) | data
+//! data  := table (table_len bytes) ++ spill (spill_len bytes), stored or as one zstd frame
+//! ```
+//!
+//! Decoding is bounded: every declared length is checked against [`Limits`] and against the
+//! others (a segment covers at least one byte, so `nsegs <= file_len`; spill is at most
+//! `file_len`; a table entry takes at most [`MAX_TABLE_BYTES_PER_SEG`] bytes) before anything
+//! is allocated, and zstd output is capped at the declared size. The receiver decodes blocks
+//! in file order as the contiguous prefix of the stream completes (docs/protocol.md).
+
+use super::pbb::{decode_table, encode_table, PbbError};
+use super::varint::{put_u64, Reader};
+use super::{Blueprint, Segment, Source};
+
+/// Bytes of the length prefix of every block.
+pub const PREFIX: usize = 4;
+/// Most bytes one segment takes in the table: op 1, length varint 5, offset varint 10, imm 1.
+pub const MAX_TABLE_BYTES_PER_SEG: u64 = 17;
+/// The table's four column-length varints.
+const TABLE_FIXED: u64 = 4 * 10;
+
+const CODEC_STORED: u8 = 0;
+const CODEC_ZSTD: u8 = 1;
+
+/// What a decoder accepts per block.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest body (compressed) in bytes.
+    pub max_body: u64,
+    /// Most raw spill bytes one block may expand to.
+    pub max_spill: u64,
+    /// Most segments in one block.
+    pub max_segments: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body: 32 << 20,
+            max_spill: 16 << 20,
+            max_segments: 1 << 20,
+        }
+    }
+}
+
+/// How the encoder cuts blocks and compresses them.
+#[derive(Debug, Clone, Copy)]
+pub struct EncodeOptions {
+    /// A block closes once it holds this many raw spill bytes (long raw segments are split).
+    pub spill_per_block: u64,
+    /// ...or this many segments...
+    pub segs_per_block: usize,
+    /// ...or covers this many file bytes (snapshot segments are not split: a block may cover
+    /// more when one segment is longer).
+    pub file_per_block: u64,
+    /// zstd level.
+    pub level: i32,
+    /// Encoder threads (blocks are independent).
+    pub threads: usize,
+}
+
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        EncodeOptions {
+            spill_per_block: 256 << 10,
+            segs_per_block: 16_384,
+            file_per_block: 4 << 20,
+            // Level 1: on a 5.4 MB shared library (256k segments, 1.8 MB spill) level 3 gave
+            // a 5% smaller stream for twice the encode time, which costs more than the bytes
+            // at 1 Gbit/s (`bench_pack_levels` in tests/proto_sim.rs).
+            level: 1,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+        }
+    }
+}
+
+/// Why a block does not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BlockError {
+    #[error("packed block truncated: {0}")]
+    Truncated(&'static str),
+    #[error("packed block declares {what} = {value}, above the limit {limit}")]
+    TooLarge {
+        what: &'static str,
+        value: u64,
+        limit: u64,
+    },
+    #[error("corrupt packed block: {0}")]
+    Corrupt(String),
+}
+
+/// One decoded block: `file_len` bytes of file rebuilt by `segments` (which consume `spill`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Block {
+    pub file_len: u64,
+    pub segments: Vec<Segment>,
+    pub spill: Vec<u8>,
+}
+
+impl Block {
+    /// The block as a blueprint of its own range (file offsets relative to the block start),
+    /// so `Blueprint::validate`/`placed` apply to it.
+    pub fn into_blueprint(self, snapshot_id: [u8; 32]) -> Blueprint {
+        Blueprint {
+            snapshot_id,
+            file_len: self.file_len,
+            file_hash: [0; 32],
+            segments: self.segments,
+            spill: self.spill,
+        }
+    }
+}
+
+/// Encode one block's body (no length prefix).
+fn encode_body(
+    z: &mut zstd::bulk::Compressor<'_>,
+    file_len: u64,
+    segs: &[Segment],
+    spill: &[u8],
+) -> Result<Vec<u8>, std::io::Error> {
+    let table = encode_table(segs);
+    let mut data = Vec::with_capacity(table.len() + spill.len());
+    data.extend_from_slice(&table);
+    data.extend_from_slice(spill);
+    let comp = z.compress(&data)?;
+    let mut out = Vec::with_capacity(comp.len().min(data.len()) + 24);
+    put_u64(&mut out, file_len);
+    put_u64(&mut out, segs.len() as u64);
+    put_u64(&mut out, table.len() as u64);
+    put_u64(&mut out, spill.len() as u64);
+    if comp.len() < data.len() {
+        out.push(CODEC_ZSTD);
+        out.extend_from_slice(&comp);
+    } else {
+        out.push(CODEC_STORED);
+        out.extend_from_slice(&data);
+    }
+    Ok(out)
+}
+
+/// A block's extent in the blueprint, before encoding.
+struct Cut {
+    file_len: u64,
+    segs: Vec<Segment>,
+    spill: std::ops::Range<usize>,
+}
+
+/// Split the blueprint into block extents. Raw segments longer than the spill budget are
+/// split; other segments never are.
+fn cuts(bp: &Blueprint, o: &EncodeOptions) -> Vec<Cut> {
+    let mut out = Vec::new();
+    let mut cur = Cut {
+        file_len: 0,
+        segs: Vec::new(),
+        spill: 0..0,
+    };
+    let mut cur_spill = 0u64;
+    let spill_cap = o.spill_per_block.max(1);
+    for seg in &bp.segments {
+        let mut seg = *seg;
+        loop {
+            // Raw bytes beyond this block's budget go to the next block.
+            let mut rest = None;
+            if seg.src == Source::Raw && cur_spill + seg.len as u64 > spill_cap {
+                let take = (spill_cap - cur_spill) as u32;
+                if take > 0 {
+                    rest = Some(seg.len - take);
+                    seg.len = take;
+                } else {
+                    // the block is full: close it and retry with an empty one
+                    let start = cur.spill.end;
+                    out.push(std::mem::replace(
+                        &mut cur,
+                        Cut {
+                            file_len: 0,
+                            segs: Vec::new(),
+                            spill: start..start,
+                        },
+                    ));
+                    cur_spill = 0;
+                    continue;
+                }
+            }
+            cur.file_len += seg.len as u64;
+            if seg.src == Source::Raw {
+                cur_spill += seg.len as u64;
+                cur.spill.end += seg.len as usize;
+            }
+            cur.segs.push(seg);
+            if cur_spill >= spill_cap
+                || cur.segs.len() >= o.segs_per_block.max(1)
+                || cur.file_len >= o.file_per_block.max(1)
+            {
+                let start = cur.spill.end;
+                out.push(std::mem::replace(
+                    &mut cur,
+                    Cut {
+                        file_len: 0,
+                        segs: Vec::new(),
+                        spill: start..start,
+                    },
+                ));
+                cur_spill = 0;
+            }
+            match rest {
+                Some(r) => {
+                    seg = Segment {
+                        len: r,
+                        src: Source::Raw,
+                    }
+                }
+                None => break,
+            }
+        }
+    }
+    if !cur.segs.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Encode a validated blueprint as a packed stream. An empty file gives an empty stream.
+pub fn encode(bp: &Blueprint, o: &EncodeOptions) -> Result<Vec<u8>, std::io::Error> {
+    let cuts = cuts(bp, o);
+    let threads = o.threads.clamp(1, 16).min(cuts.len().max(1));
+    let per = cuts.len().div_ceil(threads).max(1);
+    let bodies: Vec<Result<Vec<Vec<u8>>, std::io::Error>> = std::thread::scope(|s| {
+        let hs: Vec<_> = cuts
+            .chunks(per)
+            .map(|group| {
+                s.spawn(move || {
+                    let mut z = zstd::bulk::Compressor::new(o.level)?;
+                    group
+                        .iter()
+                        .map(|c| {
+                            encode_body(&mut z, c.file_len, &c.segs, &bp.spill[c.spill.clone()])
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("block encoder panicked"))
+            .collect()
+    });
+    let mut out = Vec::new();
+    for group in bodies {
+        for b in group? {
+            let n = u32::try_from(b.len())
+                .map_err(|_| std::io::Error::other("packed block body above 4 GiB"))?;
+            out.extend_from_slice(&n.to_le_bytes());
+            out.extend_from_slice(&b);
+        }
+    }
+    Ok(out)
+}
+
+/// The body length declared by the prefix at the start of `stream`, checked against the
+/// limits; `None` when fewer than [`PREFIX`] bytes are there.
+pub fn body_len(stream: &[u8], lim: &Limits) -> Result<Option<u64>, BlockError> {
+    let Some(p) = stream.get(..PREFIX) else {
+        return Ok(None);
+    };
+    let n = u32::from_le_bytes(p.try_into().expect("4 bytes")) as u64;
+    if n == 0 {
+        return Err(BlockError::Corrupt("empty block body".into()));
+    }
+    if n > lim.max_body {
+        return Err(BlockError::TooLarge {
+            what: "body length",
+            value: n,
+            limit: lim.max_body,
+        });
+    }
+    Ok(Some(n))
+}
+
+/// Decode one body (without its prefix). `snap_len` bounds the snapshot ranges.
+pub fn decode_body(body: &[u8], lim: &Limits, snap_len: u64) -> Result<Block, BlockError> {
+    let tr = |_| BlockError::Truncated("header");
+    let mut r = Reader::new(body);
+    let file_len = r.u64().map_err(tr)?;
+    let nsegs = r.u64().map_err(tr)?;
+    let table_len = r.u64().map_err(tr)?;
+    let spill_len = r.u64().map_err(tr)?;
+    let codec = r.u8().map_err(tr)?;
+    if file_len == 0 {
+        return Err(BlockError::Corrupt("block covers no file bytes".into()));
+    }
+    let too = |what, value, limit| BlockError::TooLarge { what, value, limit };
+    if nsegs > lim.max_segments.min(file_len) {
+        return Err(too("segment count", nsegs, lim.max_segments.min(file_len)));
+    }
+    let table_max = nsegs * MAX_TABLE_BYTES_PER_SEG + TABLE_FIXED;
+    if table_len > table_max {
+        return Err(too("table length", table_len, table_max));
+    }
+    if spill_len > lim.max_spill.min(file_len) {
+        return Err(too("spill length", spill_len, lim.max_spill.min(file_len)));
+    }
+    let data_len = (table_len + spill_len) as usize;
+    let rest = r.bytes(r.remaining()).expect("remaining bytes");
+    let data: std::borrow::Cow<'_, [u8]> = match codec {
+        CODEC_STORED => {
+            if rest.len() != data_len {
+                return Err(if rest.len() < data_len {
+                    BlockError::Truncated("stored data")
+                } else {
+                    BlockError::Corrupt("bytes after the stored data".into())
+                });
+            }
+            rest.into()
+        }
+        CODEC_ZSTD => {
+            // The frame must expand to exactly the declared size; the decoder never writes
+            // past `data_len` (the bound was checked above).
+            let mut out = Vec::with_capacity(data_len);
+            let mut d = zstd::bulk::Decompressor::new()
+                .map_err(|e| BlockError::Corrupt(format!("zstd: {e}")))?;
+            d.decompress_to_buffer(rest, &mut out)
+                .map_err(|e| BlockError::Corrupt(format!("zstd: {e}")))?;
+            if out.len() != data_len {
+                return Err(BlockError::Corrupt(format!(
+                    "zstd data expands to {} bytes, {} declared",
+                    out.len(),
+                    data_len
+                )));
+            }
+            out.into()
+        }
+        c => return Err(BlockError::Corrupt(format!("unknown codec {c}"))),
+    };
+    let (table, spill) = data.split_at(table_len as usize);
+    let segments = decode_table(table, nsegs).map_err(|e| match e {
+        PbbError::Corrupt(m) | PbbError::Invalid(m) => BlockError::Corrupt(m),
+        e => BlockError::Corrupt(e.to_string()),
+    })?;
+    let bp = Blueprint {
+        snapshot_id: [0; 32],
+        file_len,
+        file_hash: [0; 32],
+        segments,
+        spill: spill.to_vec(),
+    };
+    bp.validate(snap_len).map_err(|e| match e {
+        PbbError::Invalid(m) => BlockError::Corrupt(m),
+        e => BlockError::Corrupt(e.to_string()),
+    })?;
+    Ok(Block {
+        file_len,
+        segments: bp.segments,
+        spill: bp.spill,
+    })
+}
+
+/// Decode a whole packed stream into a blueprint of `file_len` bytes (tests, tools).
+pub fn decode_all(
+    stream: &[u8],
+    lim: &Limits,
+    snapshot_id: [u8; 32],
+    snap_len: u64,
+    file_len: u64,
+    file_hash: [u8; 32],
+) -> Result<Blueprint, BlockError> {
+    let mut at = 0usize;
+    let mut bp = Blueprint {
+        snapshot_id,
+        file_len,
+        file_hash,
+        segments: Vec::new(),
+        spill: Vec::new(),
+    };
+    let mut covered = 0u64;
+    while at < stream.len() {
+        let Some(n) = body_len(&stream[at..], lim)? else {
+            return Err(BlockError::Truncated("length prefix"));
+        };
+        let body =
+            stream
+                .get(at + PREFIX..at + PREFIX + n as usize)
+                .ok_or(BlockError::Truncated(
+                    "body shorter than its prefix declares",
+                ))?;
+        let b = decode_body(body, lim, snap_len)?;
+        covered += b.file_len;
+        if covered > file_len {
+            return Err(BlockError::Corrupt(format!(
+                "blocks cover more than the file's {file_len} bytes"
+            )));
+        }
+        bp.segments.extend(b.segments);
+        bp.spill.extend(b.spill);
+        at += PREFIX + n as usize;
+    }
+    if covered != file_len {
+        return Err(BlockError::Corrupt(format!(
+            "blocks cover {covered} bytes, the file has {file_len}"
+        )));
+    }
+    Ok(bp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blueprint::Transform;
+    use proptest::prelude::*;
+
+    fn snap() -> Vec<u8> {
+        (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect()
+    }
+
+    fn bp_of(segs: Vec<Segment>, spill_seed: u8) -> Blueprint {
+        let raw: u64 = segs
+            .iter()
+            .filter(|s| s.src == Source::Raw)
+            .map(|s| s.len as u64)
+            .sum();
+        let spill: Vec<u8> = (0..raw)
+            .map(|i| {
+                if i % 7 == 0 {
+                    spill_seed
+                } else {
+                    (i / 3) as u8
+                }
+            })
+            .collect();
+        Blueprint {
+            snapshot_id: [9; 32],
+            file_len: segs.iter().map(|s| s.len as u64).sum(),
+            file_hash: [0; 32],
+            segments: segs,
+            spill,
+        }
+    }
+
+    fn seg_strategy() -> impl Strategy<Value = Segment> {
+        prop_oneof![
+            (1u32..3000).prop_map(|len| Segment {
+                len,
+                src: Source::Raw
+            }),
+            (1u32..1000, 0u64..3000, 0usize..3, any::<u8>()).prop_map(|(len, off, op, imm)| {
+                let op = Transform::ALL[op];
+                Segment {
+                    len,
+                    src: Source::Snap {
+                        op,
+                        off,
+                        imm: if op == Transform::Id { 0 } else { imm },
+                    },
+                }
+            }),
+        ]
+    }
+
+    fn small_opts() -> EncodeOptions {
+        EncodeOptions {
+            spill_per_block: 1000,
+            segs_per_block: 5,
+            file_per_block: 4000,
+            level: 1,
+            threads: 2,
+        }
+    }
+
+    /// Segments equal after merging adjacent raw pieces (the encoder splits long raw runs).
+    fn rebuild(bp: &Blueprint, snap: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8; bp.file_len as usize];
+        bp.rebuild_into(snap, &mut out).unwrap();
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(segs in proptest::collection::vec(seg_strategy(), 0..40), seed: u8) {
+            let snap = snap();
+            let bp = bp_of(segs, seed);
+            for o in [small_opts(), EncodeOptions::default()] {
+                let s = encode(&bp, &o).unwrap();
+                let back = decode_all(&s, &Limits::default(), bp.snapshot_id, snap.len() as u64,
+                                      bp.file_len, bp.file_hash).unwrap();
+                prop_assert_eq!(&back.spill, &bp.spill);
+                prop_assert_eq!(rebuild(&back, &snap), rebuild(&bp, &snap));
+            }
+        }
+
+        #[test]
+        fn any_truncation_or_bit_flip_is_refused_or_harmless(
+            segs in proptest::collection::vec(seg_strategy(), 1..20),
+            cut in any::<prop::sample::Index>(),
+            flip in any::<prop::sample::Index>(),
+            bit in 0u8..8,
+        ) {
+            let snap = snap();
+            let bp = bp_of(segs, 1);
+            let s = encode(&bp, &small_opts()).unwrap();
+            let lim = Limits::default();
+            let dec = |x: &[u8]| decode_all(x, &lim, bp.snapshot_id, snap.len() as u64, bp.file_len, bp.file_hash);
+            let c = cut.index(s.len());
+            prop_assert!(dec(&s[..c]).is_err(), "truncated at {} of {} decoded", c, s.len());
+            let mut f = s.clone();
+            f[flip.index(s.len())] ^= 1 << bit;
+            // A flip may land where it changes nothing decodable (e.g. zstd's checksum-free
+            // literal bytes change the spill); it must never panic, and an Ok result is a
+            // structurally valid blueprint of the right length.
+            if let Ok(b) = dec(&f) {
+                prop_assert_eq!(b.file_len, bp.file_len);
+                prop_assert!(b.validate(snap.len() as u64).is_ok());
+            }
+        }
+    }
+
+    #[test]
+    fn long_raw_segments_are_split_and_snapshot_ones_are_not() {
+        let bp = bp_of(
+            vec![
+                Segment {
+                    len: 2500,
+                    src: Source::Raw,
+                },
+                Segment {
+                    len: 10_000,
+                    src: Source::Snap {
+                        op: Transform::Id,
+                        off: 0,
+                        imm: 0,
+                    },
+                },
+            ],
+            0,
+        );
+        let c = cuts(&bp, &small_opts());
+        let lens: Vec<u64> = c.iter().map(|c| c.file_len).collect();
+        assert_eq!(lens, vec![1000, 1000, 500 + 10_000]);
+        assert_eq!(c.iter().map(|c| c.spill.len()).sum::<usize>(), 2500);
+    }
+
+    #[test]
+    fn absurd_lengths_are_refused_before_allocation() {
+        let lim = Limits::default();
+        // prefix above the body limit
+        let s = u32::MAX.to_le_bytes();
+        assert!(matches!(
+            body_len(&s, &lim),
+            Err(BlockError::TooLarge {
+                what: "body length",
+                ..
+            })
+        ));
+        let hdr = |file_len: u64, nsegs: u64, table: u64, spill: u64| {
+            let mut b = Vec::new();
+            for v in [file_len, nsegs, table, spill] {
+                put_u64(&mut b, v);
+            }
+            b.push(CODEC_ZSTD);
+            b.extend_from_slice(&[0u8; 8]);
+            b
+        };
+        let e = decode_body(&hdr(10, 11, 0, 0), &lim, 100).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                BlockError::TooLarge {
+                    what: "segment count",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = decode_body(&hdr(u64::MAX, 1, 1 << 40, 0), &lim, 100).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                BlockError::TooLarge {
+                    what: "table length",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = decode_body(&hdr(u64::MAX, 1, 10, 1 << 40), &lim, 100).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                BlockError::TooLarge {
+                    what: "spill length",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = decode_body(&hdr(100, 1, 10, 200), &lim, 100).unwrap_err();
+        assert!(e.to_string().contains("spill length"), "{e}");
+        let e = decode_body(&hdr(0, 0, 0, 0), &lim, 100).unwrap_err();
+        assert!(e.to_string().contains("no file bytes"), "{e}");
+        let e = decode_body(&[0x80], &lim, 100).unwrap_err();
+        assert_eq!(e, BlockError::Truncated("header"));
+    }
+
+    #[test]
+    fn a_zstd_frame_expanding_beyond_its_declared_size_is_refused() {
+        let mut b = Vec::new();
+        for v in [100u64, 1, 0, 50] {
+            put_u64(&mut b, v);
+        }
+        b.push(CODEC_ZSTD);
+        b.extend_from_slice(&zstd::bulk::compress(&[7u8; 100_000], 1).unwrap());
+        let e = decode_body(&b, &Limits::default(), 100).unwrap_err();
+        assert!(e.to_string().contains("zstd"), "{e}");
+    }
+
+    #[test]
+    fn snapshot_ranges_outside_the_snapshot_are_refused() {
+        let bp = bp_of(
+            vec![Segment {
+                len: 100,
+                src: Source::Snap {
+                    op: Transform::Id,
+                    off: 50,
+                    imm: 0,
+                },
+            }],
+            0,
+        );
+        let s = encode(&bp, &EncodeOptions::default()).unwrap();
+        let e = decode_all(&s, &Limits::default(), [9; 32], 120, 100, [0; 32]).unwrap_err();
+        assert!(e.to_string().contains("beyond its end"), "{e}");
+    }
+}
