@@ -49,6 +49,19 @@ use std::time::{Duration, Instant};
 
 /// Frames moved per batch before the loop looks at the other direction.
 pub(super) const BATCH: usize = 64;
+/// How late a frame may be, on a receiver bound to several queues, before its hole is
+/// NACKed ([`ReceiverConfig::reorder_window`]).
+pub const REORDER_WINDOW: Duration = Duration::from_millis(4);
+/// The UMEM and rings of a worker's socket when the defaults were not changed and the MTU
+/// fits a 2 KiB frame: 8192 frames of 2 KiB (16 MiB), rings of 4096.
+const WORKER_XSK: XskConfig = XskConfig {
+    frame_size: 2048,
+    frame_count: 8192,
+    ring_size: 4096,
+    batch: 64,
+    bind: xsk::BindMode::Auto,
+    huge_pages: false,
+};
 /// The longest a loop sleeps before it looks at the cancel flag again.
 const MAX_SLEEP: Duration = Duration::from_millis(50);
 
@@ -361,9 +374,19 @@ impl XdpIo {
         if link.impair_drop_ppm > 0 {
             steer.set_impairment(link.impair_drop_ppm)?;
         }
+        let mut xc = link.xsk;
+        if link.threads == Threads::Workers
+            && xc == XskConfig::default()
+            && mtu + stack::overhead(None) <= WORKER_XSK.max_frame_len()
+        {
+            // Frames wait in the workers' hand-over queues as well as on the rings: a
+            // deeper fill ring (in 2 KiB frames, as much memory) rides out a session thread
+            // that lost its core for a while.
+            xc = WORKER_XSK;
+        }
         let mut socks = Vec::with_capacity(queues.len());
         for &q in &queues {
-            let s = XskSocket::new(&link.iface, q, &link.xsk)?;
+            let s = XskSocket::new(&link.iface, q, &xc)?;
             steer.set_socket(q, &s)?;
             socks.push(s);
         }
@@ -387,8 +410,8 @@ impl XdpIo {
             mtu,
             threads: link.threads,
             cpus: link.cpus.clone(),
-            frames_per_socket: link.xsk.frame_count as usize,
-            batch: link.xsk.batch as usize,
+            frames_per_socket: xc.frame_count as usize,
+            batch: xc.batch as usize,
             worker_report: None,
         })
     }
@@ -891,6 +914,10 @@ impl XdpReceiver {
     ) -> Result<(RecvSummary, XdpReport), XdpError> {
         let mut pc = self.cfg.proto.clone();
         pc.max_datagram = datagram_for_mtu(self.cfg.mtu);
+        if self.io.queues().len() > 1 && pc.reorder_window.is_zero() {
+            // Queues drained independently deliver frames out of order: not loss.
+            pc.reorder_window = REORDER_WINDOW;
+        }
         let tag = format!("{:016x}", random_u64());
         let sink = MmapSink::new(&self.cfg.out_dir, &tag)
             .map_err(|e| XdpError::Setup(format!("{}: {e}", self.cfg.out_dir.display())))?;

@@ -38,6 +38,7 @@ use crate::wire::stack::{self, Addrs};
 use crate::xsk::{LentFrame, XskSocket, XskStats};
 use crossbeam::queue::ArrayQueue;
 use serde::Serialize;
+use std::collections::VecDeque;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -48,6 +49,12 @@ use std::time::{Duration, Instant};
 const SPIN_ROUNDS: u32 = 32;
 /// The longest a worker sleeps before it looks at its stop flag again.
 const WORKER_SLEEP: Duration = Duration::from_millis(20);
+
+/// The longest a received frame waits in the session thread for a lower sequence number
+/// from another queue.
+const HOLD: Duration = Duration::from_micros(500);
+/// Frames staged per worker at most (they hold fill-ring frames meanwhile).
+const STAGE_MAX: usize = 256;
 
 /// A received frame handed to the session thread.
 struct RxItem {
@@ -324,9 +331,16 @@ pub fn run_worker(mut sock: XskSocket, sh: &WorkerShared, session: Thread, batch
 pub struct WorkerSet<'a> {
     pub(super) sh: &'a [WorkerShared],
     pub(super) io: &'a mut super::xdp::XdpIo,
-    scratch: Vec<(RxItem, usize)>,
-    /// Frames handed to the endpoint after a frame with a higher sequence number (before
-    /// the session put each gathered round in order).
+    /// Per worker: received frames waiting for the merge, with when they were taken.
+    staged: Vec<VecDeque<(RxItem, Instant)>>,
+    /// Per worker: when it last passed a frame on.
+    last_rx: Vec<Option<Instant>>,
+    /// The highest sequence number handed to the endpoint.
+    last_seq: u64,
+    /// When the oldest held frame must go (the session thread wakes then).
+    hold_until: Option<Instant>,
+    /// Frames handed to the endpoint after a frame with a higher sequence number (what the
+    /// merge could not put in order).
     pub(super) reordered: u64,
 }
 
@@ -335,7 +349,10 @@ impl<'a> WorkerSet<'a> {
         WorkerSet {
             sh,
             io,
-            scratch: Vec::with_capacity(256),
+            staged: (0..sh.len()).map(|_| VecDeque::with_capacity(STAGE_MAX)).collect(),
+            last_rx: vec![None; sh.len()],
+            last_seq: 0,
+            hold_until: None,
             reordered: 0,
         }
     }
@@ -400,51 +417,73 @@ impl<'a> WorkerSet<'a> {
         (sent, exhausted)
     }
 
-    /// Hand what the workers received to `ep` (at most `budget` frames per worker), in the
-    /// sender's sequence order; the frames go back to their workers' fill rings.
+    /// Hand what the workers received to `ep`, merged into the sender's sequence order;
+    /// the frames go back to their workers' fill rings.
+    ///
+    /// Each worker's frames arrive in order, but the workers run independently, so one
+    /// queue's frames can reach the session thread a few batches after the next queue's.
+    /// Frames wait here (still in their UMEM) until every queue that received something in
+    /// the last [`HOLD`] has a frame staged, or until they are [`HOLD`] old; the smallest
+    /// sequence number goes first. At most `budget` frames per call.
     pub fn receive<E: Endpoint + ?Sized>(&mut self, ep: &mut E, budget: usize) -> (usize, bool) {
-        self.scratch.clear();
+        let now = Instant::now();
         for (i, w) in self.sh.iter().enumerate() {
-            for _ in 0..budget {
+            let st = &mut self.staged[i];
+            while st.len() < STAGE_MAX {
                 let Some(it) = w.rx_out.pop() else { break };
-                self.scratch.push((it, i));
+                st.push_back((it, now));
+                self.last_rx[i] = Some(now);
             }
         }
-        if self.scratch.is_empty() {
-            return (0, false);
-        }
-        let mut prev = 0u64;
-        for (it, _) in &self.scratch {
-            if it.seq < prev {
-                self.reordered += 1;
-            }
-            prev = prev.max(it.seq);
-        }
-        if self.sh.len() > 1 {
-            self.scratch.sort_by_key(|(it, _)| it.seq);
-        }
-        let got = self.scratch.len();
         let t = Instant::now();
         let mut accepted = false;
-        let mut returned = 0u64; // bit per worker that got frames back (<= 64 workers)
-        let mut overflow = false;
-        for (it, i) in self.scratch.drain(..) {
-            // Safety: the frame was lent by worker i and not returned yet; its socket lives.
+        let mut got = 0;
+        let mut returned = vec![false; self.sh.len()];
+        while got < budget {
+            // The smallest head, and whether some recently active queue has nothing staged.
+            let mut best: Option<usize> = None;
+            let mut blocked = false;
+            for (i, st) in self.staged.iter().enumerate() {
+                match st.front() {
+                    Some((it, _)) => {
+                        if best.is_none_or(|b| it.seq < self.staged[b].front().unwrap().0.seq) {
+                            best = Some(i);
+                        }
+                    }
+                    None => {
+                        if self.last_rx[i].is_some_and(|l| t < l + HOLD) {
+                            blocked = true;
+                        }
+                    }
+                }
+            }
+            let Some(b) = best else { break };
+            let (_, since) = self.staged[b].front().unwrap();
+            if blocked && t < *since + HOLD && self.sh.len() > 1 {
+                self.hold_until = Some(*since + HOLD);
+                break;
+            }
+            let (it, _) = self.staged[b].pop_front().unwrap();
+            if it.seq < self.last_seq {
+                self.reordered += 1;
+            }
+            self.last_seq = self.last_seq.max(it.seq);
+            // Safety: the frame was lent by worker b and not returned yet; its socket lives.
             let bytes = unsafe { it.frame.bytes() };
             let d = &bytes[it.off as usize..it.off as usize + it.len as usize];
             if ep.handle_datagram(t, d) {
                 accepted = true;
-                self.io.last = Some((it.addrs, i));
+                self.io.last = Some((it.addrs, b));
             }
-            let _ = self.sh[i].rx_back.push(it.frame);
-            if i < 64 {
-                returned |= 1 << i;
-            } else {
-                overflow = true;
-            }
+            let _ = self.sh[b].rx_back.push(it.frame);
+            returned[b] = true;
+            got += 1;
+        }
+        if self.staged.iter().all(|s| s.is_empty()) {
+            self.hold_until = None;
         }
         for (i, w) in self.sh.iter().enumerate() {
-            if overflow || (i < 64 && returned & (1 << i) != 0) {
+            if returned[i] {
                 w.kick();
             }
         }
@@ -459,6 +498,12 @@ impl<'a> WorkerSet<'a> {
         if self.sh.iter().any(|w| !w.rx_out.is_empty()) {
             return;
         }
-        std::thread::park_timeout(wait);
+        let mut wait = wait;
+        if let Some(h) = self.hold_until {
+            wait = wait.min(h.saturating_duration_since(Instant::now()));
+        }
+        if !wait.is_zero() {
+            std::thread::park_timeout(wait);
+        }
     }
 }

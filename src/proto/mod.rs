@@ -132,6 +132,11 @@ pub struct ReceiverConfig {
     pub max_rate: u64,
     /// Send an ACK after this many data frames (or after `ack_delay`).
     pub ack_every: u32,
+    /// How late a frame may arrive before its hole is NACKed: a hole is reported once the
+    /// frontier reported at least this long ago lies past it (zero: the previous report's
+    /// frontier). Set by drivers whose frames can overtake each other (several AF_XDP
+    /// queues drained by independent workers).
+    pub reorder_window: Duration,
     pub timing: Timing,
 }
 
@@ -144,6 +149,7 @@ impl Default for ReceiverConfig {
             max_files: 100_000,
             max_rate: 0,
             ack_every: 16,
+            reorder_window: Duration::ZERO,
             timing: Timing::default(),
         }
     }

@@ -69,6 +69,8 @@ pub struct Receiver<'s, S: FileSink> {
     recv: RangeSet,
     frontier: u64,
     tick_frontier: u64,
+    /// Frontiers of earlier reports with their times (only with a reorder window).
+    frontier_marks: VecDeque<(Instant, u64)>,
     rx_frames: u64,
     max_seq: u64,
     last_seq: u64,
@@ -110,6 +112,7 @@ impl<'s, S: FileSink> Receiver<'s, S> {
             recv: RangeSet::new(),
             frontier: 0,
             tick_frontier: 0,
+            frontier_marks: VecDeque::new(),
             rx_frames: 0,
             max_seq: 0,
             last_seq: 0,
@@ -489,9 +492,28 @@ impl<'s, S: FileSink> Receiver<'s, S> {
         };
         let limit = if self.forced {
             self.frontier
+        } else if !self.cfg.reorder_window.is_zero() {
+            // The newest report frontier at least a reorder window old.
+            let w = self.cfg.reorder_window;
+            while self.frontier_marks.len() >= 2
+                && now.saturating_duration_since(self.frontier_marks[1].0) >= w
+            {
+                self.frontier_marks.pop_front();
+            }
+            let old = self
+                .frontier_marks
+                .front()
+                .filter(|m| now.saturating_duration_since(m.0) >= w)
+                .map_or(0, |m| m.1);
+            old.min(self.frontier)
         } else {
             self.tick_frontier.min(self.frontier)
         };
+        if !self.cfg.reorder_window.is_zero()
+            && self.frontier_marks.back().is_none_or(|m| m.1 != self.frontier)
+        {
+            self.frontier_marks.push_back((now, self.frontier));
+        }
         let holdoff = self.srtt_hint + self.cfg.timing.ack_delay * 2;
         let may_nack = self.forced || self.last_nack.is_none_or(|t| now >= t + holdoff);
         let cap = Nack::capacity(buf.len().saturating_sub(pfs::HEADER_LEN));
@@ -834,6 +856,28 @@ mod tests {
         assert_eq!(n.ranges, vec![(100, 200), (400, 10_000)]);
         assert_eq!(n.ack.max_seq, 4);
         assert_eq!(n.ack.echo_seq, 4);
+    }
+
+    #[test]
+    fn with_a_reorder_window_holes_are_nacked_only_once_older_than_it() {
+        let mut r = receiver(10_000);
+        r.cfg.reorder_window = Duration::from_millis(10);
+        let t = Instant::now();
+        r.handle_datagram(t, &data(1, 0, 100));
+        r.handle_datagram(t, &data(2, 200, 100));
+        let Payload::Ack(_) = status(&mut r, t + Duration::from_millis(3)) else {
+            panic!("a NACK for a hole that may be late")
+        };
+        // Past the previous report's frontier, but that report is younger than the window.
+        r.handle_datagram(t + Duration::from_millis(4), &data(3, 300, 100));
+        let Payload::Ack(_) = status(&mut r, t + Duration::from_millis(7)) else {
+            panic!("a NACK inside the reorder window")
+        };
+        r.handle_datagram(t + Duration::from_millis(12), &data(4, 400, 100));
+        let Payload::Nack(n) = status(&mut r, t + Duration::from_millis(14)) else {
+            panic!("no NACK once the hole is older than the window")
+        };
+        assert_eq!(n.ranges, vec![(100, 200)]);
     }
 
     #[test]
