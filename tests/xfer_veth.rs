@@ -506,10 +506,6 @@ fn xdp_one_pinned_worker_per_queue_and_the_session_thread_alone() {
     }
     assert!(sw.iter().all(|w| w.3 > 0), "a sender worker sent nothing: {sw:?}");
     assert!(rw.iter().all(|w| w.2 > 0), "a receiver worker got nothing: {rw:?}");
-    // What the sender's workers sent, the receiver's workers received (no loss here).
-    let sent: u64 = sw.iter().map(|w| w.3).sum();
-    let steered = rm["xdp"]["steer"]["steered"].as_u64().unwrap();
-    assert_eq!(sent, steered, "sender {sw:?} receiver {rm}");
     assert_nothing_attached(&pair);
 
     // The session thread alone: no workers in the report, same result on the disk.
