@@ -865,15 +865,18 @@ mod tests {
         let t = Instant::now();
         r.handle_datagram(t, &data(1, 0, 100));
         r.handle_datagram(t, &data(2, 200, 100));
+        r.handle_timeout(t + Duration::from_millis(3));
         let Payload::Ack(_) = status(&mut r, t + Duration::from_millis(3)) else {
             panic!("a NACK for a hole that may be late")
         };
         // Past the previous report's frontier, but that report is younger than the window.
         r.handle_datagram(t + Duration::from_millis(4), &data(3, 300, 100));
+        r.handle_timeout(t + Duration::from_millis(7));
         let Payload::Ack(_) = status(&mut r, t + Duration::from_millis(7)) else {
             panic!("a NACK inside the reorder window")
         };
         r.handle_datagram(t + Duration::from_millis(12), &data(4, 400, 100));
+        r.handle_timeout(t + Duration::from_millis(14));
         let Payload::Nack(n) = status(&mut r, t + Duration::from_millis(14)) else {
             panic!("no NACK once the hole is older than the window")
         };
