@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 pub(super) const BATCH: usize = 64;
 /// How late a frame may be, on a receiver bound to several queues, before its hole is
 /// NACKed ([`ReceiverConfig::reorder_window`]).
-pub const REORDER_WINDOW: Duration = Duration::from_millis(4);
+pub const REORDER_WINDOW: Duration = Duration::from_millis(10);
 /// The UMEM and rings of a worker's socket when the defaults were not changed and the MTU
 /// fits a 2 KiB frame: 8192 frames of 2 KiB (16 MiB), rings of 4096.
 const WORKER_XSK: XskConfig = XskConfig {

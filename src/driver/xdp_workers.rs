@@ -99,6 +99,9 @@ pub struct WorkerShared {
     tx_free: ArrayQueue<LentFrame>,
     tx_out: ArrayQueue<(LentFrame, usize)>,
     sleeping: AtomicBool,
+    /// The session thread found this worker's backlog full or its free frames gone and
+    /// wants to be unparked once there is room.
+    want_room: AtomicBool,
     stop: AtomicBool,
     efd: nix::sys::eventfd::EventFd,
     c: Counters,
@@ -124,6 +127,7 @@ impl WorkerShared {
             tx_free: ArrayQueue::new(frames),
             tx_out: ArrayQueue::new(frames),
             sleeping: AtomicBool::new(false),
+            want_room: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             efd,
             c: Counters::default(),
@@ -222,17 +226,18 @@ pub fn run_worker(mut sock: XskSocket, sh: &WorkerShared, session: Thread, batch
         }
         // Completed frames go back to the session as free frames.
         sock.tx_reclaim();
-        let was_empty = sh.tx_free.is_empty();
-        let mut relent = 0;
         while sh.tx_free.len() < sh.tx_free.capacity() {
             let Some(f) = sock.tx_lend() else { break };
             if let Err(f) = sh.tx_free.push(f) {
                 sock.tx_unlend(f);
                 break;
             }
-            relent += 1;
         }
-        if relent > 0 && was_empty {
+        if sh.tx_out.len() < batch
+            && !sh.tx_free.is_empty()
+            && sh.want_room.load(Ordering::Relaxed)
+            && sh.want_room.swap(false, Ordering::AcqRel)
+        {
             session.unpark();
         }
         // Frames the endpoint is done with go back to the fill ring.
@@ -382,8 +387,11 @@ impl<'a> WorkerSet<'a> {
             };
             let a = self.io.flow_addrs(base, self.sh[i].queue);
             let w = &self.sh[i];
+            // A worker that has not taken its last batches yet gets no more: frames queued
+            // behind a descheduled worker would arrive long after the next queue's.
+            let room = (2 * per_queue).saturating_sub(w.tx_out.len());
             let mut k = 0;
-            while k < per_queue && sent + k < budget {
+            while k < per_queue.min(room) && sent + k < budget {
                 let Some(mut f) = w.tx_free.pop() else { break };
                 // Safety: the frame was lent to us by worker i, whose socket lives until
                 // the workers are stopped after the session ends.
@@ -406,6 +414,7 @@ impl<'a> WorkerSet<'a> {
                 w.kick();
             } else {
                 stalls += 1;
+                w.want_room.store(true, Ordering::Release);
             }
             sent += k;
             if self.io.is_sender && n > 1 {
