@@ -327,7 +327,9 @@ pub struct XdpIo {
     pub(super) is_sender: bool,
     pub(super) mtu: usize,
     threads: Threads,
-    cpus: Vec<usize>,
+    /// The core of each socket's worker (chosen when the sockets are bound, before the
+    /// session thread is pinned: a pinned thread sees only its own core).
+    worker_cpus: Vec<Option<usize>>,
     frames_per_socket: usize,
     batch: usize,
     /// Filled when workers owned the sockets: what each did (the sockets are gone then).
@@ -409,7 +411,7 @@ impl XdpIo {
             is_sender,
             mtu,
             threads: link.threads,
-            cpus: link.cpus.clone(),
+            worker_cpus: xdp_workers::worker_cpus(n, &link.cpus),
             frames_per_socket: xc.frame_count as usize,
             batch: xc.batch as usize,
             worker_report: None,
@@ -677,7 +679,7 @@ pub fn drive_xdp<E: Endpoint + ?Sized>(
         return drive_path(ep, io, opts, cancel, on_event);
     }
     let socks = std::mem::take(&mut io.socks);
-    let cpus = xdp_workers::worker_cpus(socks.len(), &io.cpus);
+    let cpus = io.worker_cpus.clone();
     let shared = socks
         .iter()
         .zip(&cpus)
@@ -885,10 +887,9 @@ impl XdpReceiver {
             Threads::Session => "session thread".to_string(),
             Threads::Workers => {
                 let q = self.io.queues();
-                let cpus = xdp_workers::worker_cpus(q.len(), &self.cfg.link.cpus);
                 let m: Vec<String> = q
                     .iter()
-                    .zip(cpus)
+                    .zip(self.io.worker_cpus.iter().copied())
                     .map(|(q, c)| match c {
                         Some(c) => format!("q{q}->cpu{c}"),
                         None => format!("q{q}->unpinned"),
