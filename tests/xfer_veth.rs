@@ -544,3 +544,86 @@ fn xdp_packed_release_pair() {
         assert_nothing_attached(&pair);
     }
 }
+
+/// The worker of each queue in `m` (metrics JSON): (queue, cpu, rx_frames, tx_frames).
+fn workers_of(m: &serde_json::Value) -> Vec<(u64, Option<u64>, u64, u64)> {
+    m["xdp"]["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| {
+            let w = &q["worker"];
+            assert!(w.is_object(), "queue without a worker: {q}");
+            (
+                q["queue"].as_u64().unwrap(),
+                w["cpu"].as_u64(),
+                q["rx_frames"].as_u64().unwrap(),
+                q["tx_frames"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn xdp_one_pinned_worker_per_queue_and_the_session_thread_alone() {
+    if skip() {
+        return;
+    }
+    let fx = fixture();
+    let pair = NetnsPair::new(2, 1500).expect("netns pair");
+    // Workers (the default), all pinned to core 0: 2 queues -> 2 workers on distinct queues,
+    // and in scatter mode every worker's socket carries frames both ways.
+    let o = transfer(
+        &pair,
+        &xdp_run(&["--mode", "scatter", "--cpus", "0"], fx.all()),
+    );
+    assert_bit_exact(&o, &fx.all());
+    check_xdp_metrics(&o);
+    let stderr = String::from_utf8_lossy(&o.recv.stderr);
+    assert!(
+        stderr.contains("xdp threads: workers q0->cpu0 q1->cpu0"),
+        "mapping not printed: {stderr}"
+    );
+    let (sm, rm) = (
+        o.send_metrics.as_ref().unwrap(),
+        o.recv_metrics.as_ref().unwrap(),
+    );
+    for m in [sm, rm] {
+        assert_eq!(m["xdp"]["threads"], "workers", "{m}");
+    }
+    let (sw, rw) = (workers_of(sm), workers_of(rm));
+    for ws in [&sw, &rw] {
+        let mut queues: Vec<u64> = ws.iter().map(|w| w.0).collect();
+        queues.sort();
+        assert_eq!(queues, vec![0, 1], "{ws:?}");
+        assert!(
+            ws.iter().all(|w| w.1 == Some(0)),
+            "not pinned to core 0: {ws:?}"
+        );
+    }
+    assert!(
+        sw.iter().all(|w| w.3 > 0),
+        "a sender worker sent nothing: {sw:?}"
+    );
+    assert!(
+        rw.iter().all(|w| w.2 > 0),
+        "a receiver worker got nothing: {rw:?}"
+    );
+    assert_nothing_attached(&pair);
+
+    // The session thread alone: no workers in the report, same result on the disk.
+    let o = transfer(
+        &pair,
+        &xdp_run(&["--mode", "scatter", "--xdp-threads", "session"], fx.all()),
+    );
+    assert_bit_exact(&o, &fx.all());
+    check_xdp_metrics(&o);
+    for m in [&o.send_metrics, &o.recv_metrics] {
+        let m = m.as_ref().unwrap();
+        assert_eq!(m["xdp"]["threads"], "session", "{m}");
+        for q in m["xdp"]["queues"].as_array().unwrap() {
+            assert!(q["worker"].is_null(), "{q}");
+        }
+    }
+    assert_nothing_attached(&pair);
+}

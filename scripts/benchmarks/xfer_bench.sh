@@ -12,7 +12,8 @@
 # release pair (basis: the stable toolchain's libstd-*.so, added to the snapshot as a
 # corpus bank; target: the nightly's) and random data, next to iperf3 TCP shaped to R by an
 # HTB qdisc on the sending veth (AF_XDP bypasses qdiscs; pfs paces itself).
-# goodput = bytes on the wire / time; effective = file bytes / time.
+# goodput = bytes on the wire / time; effective = file bytes / time; kpps = frames sent /
+# time (pfs: the sender's frames; blast: frames received).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -77,7 +78,7 @@ release="$work/$(basename "$new")"
 json() { python3 -c "import json,sys; d=json.loads(open(sys.argv[1]).read().splitlines()[-1]); print($2)" "$1"; }
 
 rows=()
-row() { rows+=("$(printf '| %-52s | %10s | %10s | %10s | %12s | %12s |' "$@")"); }
+row() { rows+=("$(printf '| %-52s | %10s | %10s | %10s | %12s | %12s | %8s |' "$@")"); }
 # Figures the goal lines at the end are computed from (set by the runs that measure them).
 declare -A fig
 
@@ -107,7 +108,8 @@ pfs_run() {
         "$(json "$m" "'%.1f MB' % (d['wire_bytes']/1e6)")" \
         "$(json "$m" "'%.3f s' % d['elapsed']")" \
         "$(json "$m" "'%.3f' % d['goodput_gbps']")" \
-        "$(json "$m" "'%.3f' % d['effective_gbps']")"
+        "$(json "$m" "'%.3f' % d['effective_gbps']")" \
+        "$(json "$m" "'%.0f' % (d['frames'] / d['elapsed'] / 1e3) if d['elapsed'] > 0 else '-'")"
     [ -z "$metrics" ] || { tail -1 "$m" >>"$metrics"; }
 }
 
@@ -132,7 +134,7 @@ if "lost_percent" in s and "sum_received" not in d:
 print("%.3f" % (bps / 1e9))
 EOF
 )
-    row "$label" "-" "-" "${secs} s" "$g" "$g"
+    row "$label" "-" "-" "${secs} s" "$g" "$g" "-"
     fig[$label.gbps]=$g
 }
 
@@ -147,10 +149,10 @@ bg=$(python3 - "$work/blast.json" <<'EOF'
 import json, sys
 line = [l for l in open(sys.argv[1]).read().splitlines() if l.startswith("{")][-1]
 d = json.loads(line)
-print("%.3f" % d["rx_gbps"])
+print("%.3f %.0f" % (d["rx_gbps"], d["rx_mpps"] * 1e3))
 EOF
 )
-row "AF_XDP blast, 1514 B frames, ${queues} queue(s)" "-" "-" "-" "$bg" "-"
+row "AF_XDP blast, 1514 B frames, ${queues} queue(s)" "-" "-" "-" "${bg% *}" "-" "${bg#* }"
 
 echo "runs at --rate $rate ..." >&2
 pfs_run xdp "pfs AF_XDP @${rate}, covered ${covered_mb} MiB" "$work/covered.bin" --rate "$rate"
@@ -164,9 +166,10 @@ inA tc qdisc del dev "$A" root
 
 echo
 echo "veth pair, ${queues} queue(s), MTU 1500, $(nproc) cores; $(date -u +%FT%TZ)"
-printf '| %-52s | %10s | %10s | %10s | %12s | %12s |\n' what "file bytes" "wire" time "goodput Gb/s" "effective Gb/s"
-printf '|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..54})" "$(printf -- '-%.0s' {1..12})" \
-    "$(printf -- '-%.0s' {1..12})" "$(printf -- '-%.0s' {1..12})" "$(printf -- '-%.0s' {1..14})" "$(printf -- '-%.0s' {1..14})"
+printf '| %-52s | %10s | %10s | %10s | %12s | %12s | %8s |\n' what "file bytes" "wire" time "goodput Gb/s" "effective Gb/s" "kpps"
+printf '|%s|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..54})" "$(printf -- '-%.0s' {1..12})" \
+    "$(printf -- '-%.0s' {1..12})" "$(printf -- '-%.0s' {1..12})" "$(printf -- '-%.0s' {1..14})" "$(printf -- '-%.0s' {1..14})" \
+    "$(printf -- '-%.0s' {1..10})"
 printf '%s\n' "${rows[@]}"
 # Issue-3 goals, from the figures above: a release pair's effective throughput against
 # 0.8 x (file / wire) x TCP goodput at the same budget; the covered file against 10 x TCP.

@@ -33,6 +33,19 @@ pub enum Transport {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum XdpThreads {
+    Workers,
+    Session,
+}
+
+fn threads_of(t: XdpThreads) -> xdp::Threads {
+    match t {
+        XdpThreads::Workers => xdp::Threads::Workers,
+        XdpThreads::Session => xdp::Threads::Session,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
     /// One UDP port per flow, so NIC RSS spreads flows over queues.
     Ports,
@@ -81,6 +94,13 @@ pub struct SendArgs {
     /// Pin the AF_XDP session thread to this core.
     #[arg(long)]
     cpu: Option<usize>,
+    /// Who drives the AF_XDP sockets: one pinned worker thread per queue (workers) or the
+    /// session thread alone (session).
+    #[arg(long, value_enum, default_value = "workers")]
+    xdp_threads: XdpThreads,
+    /// Cores for the AF_XDP workers, round-robin, e.g. 0,1 (default: every core).
+    #[arg(long, value_delimiter = ',')]
+    cpus: Vec<usize>,
     /// Link budget, e.g. 1gbit, 500mbit, 100MB (bytes/s); the protocol's own pacing never
     /// exceeds it.
     #[arg(long)]
@@ -156,6 +176,13 @@ pub struct RecvArgs {
     /// Pin the AF_XDP session thread to this core.
     #[arg(long)]
     cpu: Option<usize>,
+    /// Who drives the AF_XDP sockets: one pinned worker thread per queue (workers) or the
+    /// session thread alone (session).
+    #[arg(long, value_enum, default_value = "workers")]
+    xdp_threads: XdpThreads,
+    /// Cores for the AF_XDP workers, round-robin, e.g. 0,1 (default: every core).
+    #[arg(long, value_delimiter = ',')]
+    cpus: Vec<usize>,
     /// Testing: drop this many parts per million of PacketFS frames in the XDP program.
     #[arg(long, default_value_t = 0, hide = true)]
     impair_drop_ppm: u32,
@@ -341,10 +368,22 @@ fn print_xdp(r: &xdp::XdpReport) {
     let per_q: Vec<String> = r
         .queues
         .iter()
-        .map(|q| format!("q{} rx {} tx {}", q.queue, q.rx_frames, q.tx_frames))
+        .map(|q| match &q.worker {
+            Some(w) => format!(
+                "q{} worker {} rx {} tx {} sleeps {} kicks {} tx_ring_full {}",
+                q.queue,
+                w.cpu.map_or("unpinned".to_string(), |c| format!("cpu{c}")),
+                q.rx_frames,
+                q.tx_frames,
+                w.sleeps,
+                w.kicks,
+                w.tx_ring_full
+            ),
+            None => format!("q{} rx {} tx {}", q.queue, q.rx_frames, q.tx_frames),
+        })
         .collect();
     println!(
-        "xdp: {} ({} mode, {:?}) [{}]; steering {}; XDP_STATISTICS rx_dropped={} rx_ring_full={} rx_invalid_descs={} tx_invalid_descs={} fill_ring_empty={} tx_ring_empty={}; bad frames {}",
+        "xdp: {} ({} mode, {:?}) [{}]; steering {}; XDP_STATISTICS rx_dropped={} rx_ring_full={} rx_invalid_descs={} tx_invalid_descs={} fill_ring_empty={} tx_ring_empty={}; bad frames {}; reordered {}",
         r.iface,
         r.xdp_mode,
         r.spread,
@@ -356,7 +395,8 @@ fn print_xdp(r: &xdp::XdpReport) {
         t.tx_invalid_descs,
         t.fill_ring_empty,
         t.tx_ring_empty,
-        r.bad_frames
+        r.bad_frames,
+        r.reordered
     );
     if let Some(n) = &r.notice {
         eprintln!("notice: {n}");
@@ -422,6 +462,8 @@ pub fn send(a: SendArgs) -> anyhow::Result<ExitCode> {
             link.ports = a.ports;
             link.xdp_mode = a.xdp_mode;
             link.cpu = a.cpu;
+            link.threads = threads_of(a.xdp_threads);
+            link.cpus = a.cpus.clone();
             let cfg = xdp::XdpSendConfig {
                 link,
                 dst: dst_ip,
@@ -555,6 +597,8 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
             link.ports = a.ports;
             link.xdp_mode = a.xdp_mode;
             link.cpu = a.cpu;
+            link.threads = threads_of(a.xdp_threads);
+            link.cpus = a.cpus.clone();
             link.impair_drop_ppm = a.impair_drop_ppm;
             let mut proto = packetfs::proto::ReceiverConfig::default();
             proto.max_file_size = a.max_file_size;
@@ -570,6 +614,7 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
             if let Some(n) = notice {
                 eprintln!("notice: {n}");
             }
+            eprintln!("xdp threads: {}", r.thread_map());
             eprintln!(
                 "listening on xdp {iface} ({mode} mode) queues {:?} ports {}..={} with snapshot {snap_name} ({}), writing to {}",
                 r.queues(),

@@ -15,6 +15,7 @@
 
 pub mod udp;
 pub mod xdp;
+pub mod xdp_workers;
 
 use crate::proto::{Endpoint, Event};
 use std::io;

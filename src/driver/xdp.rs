@@ -31,6 +31,7 @@
 use super::udp::{
     finish_receiver, finish_sender, random_u64, DriverError, RecvSummary, SendSummary,
 };
+use super::xdp_workers::{self, WorkerSet, WorkerShared, WorkerStats};
 use super::{DriveOptions, Stop};
 use crate::proto::mmap_sink::MmapSink;
 use crate::proto::{
@@ -47,7 +48,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Frames moved per batch before the loop looks at the other direction.
-const BATCH: usize = 64;
+pub(super) const BATCH: usize = 64;
+/// How late a frame may be, on a receiver bound to several queues, before its hole is
+/// NACKed ([`ReceiverConfig::reorder_window`]).
+pub const REORDER_WINDOW: Duration = Duration::from_millis(10);
+/// The UMEM and rings of a worker's socket when the defaults were not changed and the MTU
+/// fits a 2 KiB frame: 8192 frames of 2 KiB (16 MiB), rings of 4096.
+const WORKER_XSK: XskConfig = XskConfig {
+    frame_size: 2048,
+    frame_count: 8192,
+    ring_size: 4096,
+    batch: 64,
+    bind: xsk::BindMode::Auto,
+    huge_pages: false,
+};
 /// The longest a loop sleeps before it looks at the cancel flag again.
 const MAX_SLEEP: Duration = Duration::from_millis(50);
 
@@ -79,6 +93,21 @@ pub struct XdpLink {
     pub impair_drop_ppm: u32,
     /// Pin the session thread to this core (core_affinity).
     pub cpu: Option<usize>,
+    /// Threads: one worker per queue (default) or the session thread alone.
+    pub threads: Threads,
+    /// Cores for the workers, round-robin (empty: every core of the machine).
+    pub cpus: Vec<usize>,
+}
+
+/// Who drives the sockets of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Threads {
+    /// One pinned worker thread per queue owns its socket; the session thread runs the
+    /// state machine and exchanges UMEM frames with the workers through lock-free queues.
+    Workers,
+    /// The session thread owns every socket and does everything (no other thread).
+    Session,
 }
 
 impl XdpLink {
@@ -93,6 +122,8 @@ impl XdpLink {
             xsk: XskConfig::default(),
             impair_drop_ppm: 0,
             cpu: None,
+            threads: Threads::Workers,
+            cpus: Vec::new(),
         }
     }
 }
@@ -128,6 +159,8 @@ pub struct QueueStats {
     pub rx_frames: u64,
     pub tx_frames: u64,
     pub xdp: XskStats,
+    /// The worker that owned this queue's socket (None when the session thread did).
+    pub worker: Option<WorkerStats>,
 }
 
 /// What the AF_XDP layer saw during a run (printed with the summaries).
@@ -136,7 +169,11 @@ pub struct XdpReport {
     pub iface: String,
     pub xdp_mode: String,
     pub spread: Spread,
+    pub threads: Threads,
     pub queues: Vec<QueueStats>,
+    /// Received frames that reached the session thread after a higher sequence number
+    /// (before it put each gathered round in order; workers only).
+    pub reordered: u64,
     /// The steering program's counters on this side's interface.
     pub steer: Counters,
     /// Frames that reached a socket but were not Ethernet/IPv4/UDP with valid checksums.
@@ -278,17 +315,25 @@ pub struct XdpIo {
     port: u16,
     nports: u16,
     /// Header template for frames we send: src = us, dst = peer (None until learnt).
-    hdr: Option<Addrs>,
+    pub(super) hdr: Option<Addrs>,
     /// Socket index answers go out on (the receiver's: the queue it last heard from).
-    reply: usize,
+    pub(super) reply: usize,
     /// Round-robin cursor over sockets for data.
-    next: usize,
-    ident: u16,
+    pub(super) next: usize,
+    pub(super) ident: u16,
     bad_frames: u64,
     /// The last frame handed to the endpoint: its addresses and socket index.
-    last: Option<(Addrs, usize)>,
-    is_sender: bool,
-    mtu: usize,
+    pub(super) last: Option<(Addrs, usize)>,
+    pub(super) is_sender: bool,
+    pub(super) mtu: usize,
+    threads: Threads,
+    /// The core of each socket's worker (chosen when the sockets are bound, before the
+    /// session thread is pinned: a pinned thread sees only its own core).
+    worker_cpus: Vec<Option<usize>>,
+    frames_per_socket: usize,
+    batch: usize,
+    /// Filled when workers owned the sockets: what each did (the sockets are gone then).
+    worker_report: Option<(Vec<QueueStats>, u64, u64)>,
 }
 
 impl XdpIo {
@@ -331,9 +376,19 @@ impl XdpIo {
         if link.impair_drop_ppm > 0 {
             steer.set_impairment(link.impair_drop_ppm)?;
         }
+        let mut xc = link.xsk;
+        if link.threads == Threads::Workers
+            && xc == XskConfig::default()
+            && mtu + stack::overhead(None) <= WORKER_XSK.max_frame_len()
+        {
+            // Frames wait in the workers' hand-over queues as well as on the rings: a
+            // deeper fill ring (in 2 KiB frames, as much memory) rides out a session thread
+            // that lost its core for a while.
+            xc = WORKER_XSK;
+        }
         let mut socks = Vec::with_capacity(queues.len());
         for &q in &queues {
-            let s = XskSocket::new(&link.iface, q, &link.xsk)?;
+            let s = XskSocket::new(&link.iface, q, &xc)?;
             steer.set_socket(q, &s)?;
             socks.push(s);
         }
@@ -355,6 +410,11 @@ impl XdpIo {
             last: None,
             is_sender,
             mtu,
+            threads: link.threads,
+            worker_cpus: xdp_workers::worker_cpus(n, &link.cpus),
+            frames_per_socket: xc.frame_count as usize,
+            batch: xc.batch as usize,
+            worker_report: None,
         })
     }
 
@@ -376,25 +436,66 @@ impl XdpIo {
 
     /// What the AF_XDP layer saw so far.
     pub fn report(&self) -> XdpReport {
+        let (queues, bad, reordered) = match &self.worker_report {
+            Some((q, bad, r)) => (q.clone(), *bad, *r),
+            None => (
+                self.socks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| QueueStats {
+                        queue: s.queue(),
+                        rx_frames: self.rx_frames[i],
+                        tx_frames: self.tx_frames[i],
+                        xdp: s.stats().unwrap_or_default(),
+                        worker: None,
+                    })
+                    .collect(),
+                self.bad_frames,
+                0,
+            ),
+        };
         XdpReport {
             iface: self.steer.iface().to_string(),
             xdp_mode: self.steer.mode().to_string(),
             spread: self.spread,
-            queues: self
-                .socks
-                .iter()
-                .enumerate()
-                .map(|(i, s)| QueueStats {
-                    queue: s.queue(),
-                    rx_frames: self.rx_frames[i],
-                    tx_frames: self.tx_frames[i],
-                    xdp: s.stats().unwrap_or_default(),
-                })
-                .collect(),
+            threads: self.threads,
+            queues,
+            reordered,
             steer: self.steer.counters().unwrap_or_default(),
-            bad_frames: self.bad_frames,
+            bad_frames: bad,
             notice: self.steer.notice().map(str::to_string),
         }
+    }
+
+    /// While the peer is unknown, what the endpoint sends is dropped (like a UDP socket
+    /// without a peer).
+    pub(super) fn transmit_unaddressed<E: Endpoint + ?Sized>(
+        &mut self,
+        ep: &mut E,
+        now: Instant,
+        budget: usize,
+    ) -> (usize, bool) {
+        let mut scratch = vec![0u8; datagram_for_mtu(self.mtu)];
+        let mut n = 0;
+        while n < budget {
+            if ep.poll_transmit(now, &mut scratch).is_none() {
+                return (n, true);
+            }
+            n += 1;
+        }
+        (n, false)
+    }
+
+    /// The addresses of frames sent on `queue`: in `ports` mode the sender gives each
+    /// queue's flow its own port, both ends (the receiver answers to it).
+    pub(super) fn flow_addrs(&self, base: Addrs, queue: u32) -> Addrs {
+        let mut a = base;
+        if self.is_sender && self.spread == Spread::Ports {
+            let k = (queue % self.nports as u32) as u16;
+            a.src_port = self.port + k;
+            a.dst_port = self.port + k;
+        }
+        a
     }
 
     /// Transmit up to `budget` datagrams from `ep`, building them in UMEM frames. Returns
@@ -406,16 +507,7 @@ impl XdpIo {
         budget: usize,
     ) -> (usize, bool) {
         let Some(base) = self.hdr else {
-            // Peer unknown: like a UDP socket without a peer, drop what the endpoint sends.
-            let mut scratch = vec![0u8; datagram_for_mtu(self.mtu)];
-            let mut n = 0;
-            while n < budget {
-                if ep.poll_transmit(now, &mut scratch).is_none() {
-                    return (n, true);
-                }
-                n += 1;
-            }
-            return (n, false);
+            return self.transmit_unaddressed(ep, now, budget);
         };
         let oh = stack::overhead(base.vlan);
         let dgram_max = datagram_for_mtu(self.mtu);
@@ -428,13 +520,7 @@ impl XdpIo {
             } else {
                 self.reply
             };
-            let mut a = base;
-            if self.is_sender && self.spread == Spread::Ports {
-                // One port per queue's flow, both ends (the receiver answers to it).
-                let k = (self.socks[i].queue() % self.nports as u32) as u16;
-                a.src_port = self.port + k;
-                a.dst_port = self.port + k;
-            }
+            let a = self.flow_addrs(base, self.socks[i].queue());
             let ident = &mut self.ident;
             let n = self.socks[i].send_batch(budget - sent, |_, buf| {
                 let Some(len) = ep.poll_transmit(now, &mut buf[oh..oh + dgram_max]) else {
@@ -489,7 +575,7 @@ impl XdpIo {
     }
 
     /// The last accepted frame came from the session's peer: answer it there.
-    fn accept_last(&mut self) {
+    pub(super) fn accept_last(&mut self) {
         let Some((a, i)) = self.last.take() else {
             return;
         };
@@ -518,11 +604,150 @@ impl XdpIo {
     }
 }
 
-/// Runs `ep` over `io` until it closes (the AF_XDP twin of [`super::drive`], with the same
-/// order of calls: timers, transmit, events, receive until the next deadline).
+/// What the session loop needs from the sockets: the session thread's own ([`XdpIo`],
+/// `Threads::Session`) or the per-queue workers' ([`WorkerSet`]).
+pub(super) trait FramePath {
+    /// Up to `budget` datagrams from `ep` onto the wire; (sent, endpoint ran dry).
+    fn transmit<E: Endpoint + ?Sized>(
+        &mut self,
+        ep: &mut E,
+        now: Instant,
+        budget: usize,
+    ) -> (usize, bool);
+    /// Received frames into `ep`; (frames, any accepted).
+    fn receive<E: Endpoint + ?Sized>(&mut self, ep: &mut E, budget: usize) -> (usize, bool);
+    /// Sleep up to `d`, waking early when frames arrive.
+    fn wait(&mut self, d: Duration) -> Result<(), XdpError>;
+    /// Push out what is still queued (the last Close or Abort).
+    fn flush(&mut self);
+}
+
+impl FramePath for XdpIo {
+    fn transmit<E: Endpoint + ?Sized>(
+        &mut self,
+        ep: &mut E,
+        now: Instant,
+        budget: usize,
+    ) -> (usize, bool) {
+        XdpIo::transmit(self, ep, now, budget)
+    }
+    fn receive<E: Endpoint + ?Sized>(&mut self, ep: &mut E, budget: usize) -> (usize, bool) {
+        XdpIo::receive(self, ep, budget)
+    }
+    fn wait(&mut self, d: Duration) -> Result<(), XdpError> {
+        if !d.is_zero() {
+            xsk::wait_any(&mut self.socks, d)?;
+        }
+        Ok(())
+    }
+    fn flush(&mut self) {
+        XdpIo::flush(self)
+    }
+}
+
+impl FramePath for WorkerSet<'_> {
+    fn transmit<E: Endpoint + ?Sized>(
+        &mut self,
+        ep: &mut E,
+        now: Instant,
+        budget: usize,
+    ) -> (usize, bool) {
+        WorkerSet::transmit(self, ep, now, budget)
+    }
+    fn receive<E: Endpoint + ?Sized>(&mut self, ep: &mut E, budget: usize) -> (usize, bool) {
+        WorkerSet::receive(self, ep, budget)
+    }
+    fn wait(&mut self, d: Duration) -> Result<(), XdpError> {
+        WorkerSet::wait(self, d);
+        Ok(())
+    }
+    fn flush(&mut self) {} // the workers flush their tx rings when stopped
+}
+
+/// Runs `ep` over the sockets of `io` until it closes (the AF_XDP twin of
+/// [`super::drive`], with the same order of calls: timers, transmit, events, receive until
+/// the next deadline). With `Threads::Workers` one pinned worker thread per queue takes
+/// over its socket for the run (see [`super::xdp_workers`]).
 pub fn drive_xdp<E: Endpoint + ?Sized>(
     ep: &mut E,
     io: &mut XdpIo,
+    opts: &DriveOptions,
+    cancel: &AtomicBool,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<Stop, XdpError> {
+    if io.threads == Threads::Session || io.socks.is_empty() {
+        return drive_path(ep, io, opts, cancel, on_event);
+    }
+    let socks = std::mem::take(&mut io.socks);
+    let cpus = io.worker_cpus.clone();
+    let shared = socks
+        .iter()
+        .zip(&cpus)
+        .map(|(s, c)| WorkerShared::new(s, io.frames_per_socket, *c))
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(|e| XdpError::Setup(format!("worker eventfd: {e}")))?;
+    let map: Vec<String> = shared
+        .iter()
+        .zip(&cpus)
+        .map(|(w, c)| match c {
+            Some(c) => format!("q{}->cpu{c}", w.queue()),
+            None => format!("q{}->unpinned", w.queue()),
+        })
+        .collect();
+    tracing::info!(workers = %map.join(" "), "AF_XDP workers");
+    let session = std::thread::current();
+    let batch = io.batch;
+    let (r, reordered) = std::thread::scope(|sc| {
+        let mut spawn_err = None;
+        for (sock, sh) in socks.into_iter().zip(&shared) {
+            let session = session.clone();
+            let b = std::thread::Builder::new().name(format!("pfs-xsk-q{}", sh.queue()));
+            if let Err(e) = b.spawn_scoped(sc, move || {
+                xdp_workers::run_worker(sock, sh, session, batch)
+            }) {
+                spawn_err = Some(e);
+                break;
+            }
+        }
+        let out = match spawn_err {
+            Some(e) => (
+                Err(XdpError::Setup(format!("spawning AF_XDP workers: {e}"))),
+                0,
+            ),
+            None => {
+                let mut set = WorkerSet::new(&shared, io);
+                let r = drive_path(ep, &mut set, opts, cancel, on_event);
+                (r, set.reordered)
+            }
+        };
+        for sh in &shared {
+            sh.stop();
+        }
+        out
+    });
+    // Every worker has ended: its socket is closed (out of the XSKMAP), stats read.
+    let mut bad = 0;
+    let queues = shared
+        .iter()
+        .map(|w| {
+            let (rx, tx, b) = w.frames();
+            bad += b;
+            QueueStats {
+                queue: w.queue(),
+                rx_frames: rx,
+                tx_frames: tx,
+                xdp: w.xdp_stats(),
+                worker: Some(w.stats()),
+            }
+        })
+        .collect();
+    io.worker_report = Some((queues, bad, reordered));
+    r
+}
+
+fn drive_path<E: Endpoint + ?Sized, P: FramePath>(
+    ep: &mut E,
+    io: &mut P,
     opts: &DriveOptions,
     cancel: &AtomicBool,
     on_event: &mut dyn FnMut(&Event),
@@ -568,10 +793,7 @@ pub fn drive_xdp<E: Endpoint + ?Sized>(
         let until = ep
             .poll_timeout()
             .map_or(now + MAX_SLEEP, |d| d.min(now + MAX_SLEEP));
-        let wait = until.saturating_duration_since(now);
-        if !wait.is_zero() {
-            xsk::wait_any(&mut io.socks, wait)?;
-        }
+        io.wait(until.saturating_duration_since(now))?;
     }
 }
 
@@ -664,6 +886,25 @@ impl XdpReceiver {
         self.io.queues()
     }
 
+    /// Who will drive the sockets: "session thread", or the workers' queue -> core map.
+    pub fn thread_map(&self) -> String {
+        match self.cfg.link.threads {
+            Threads::Session => "session thread".to_string(),
+            Threads::Workers => {
+                let q = self.io.queues();
+                let m: Vec<String> = q
+                    .iter()
+                    .zip(self.io.worker_cpus.iter().copied())
+                    .map(|(q, c)| match c {
+                        Some(c) => format!("q{q}->cpu{c}"),
+                        None => format!("q{q}->unpinned"),
+                    })
+                    .collect();
+                format!("workers {}", m.join(" "))
+            }
+        }
+    }
+
     /// The attach mode actually used and the fallback notice, if any.
     pub fn xdp_mode(&self) -> (XdpMode, Option<&str>) {
         (self.io.steering().mode(), self.io.steering().notice())
@@ -679,6 +920,10 @@ impl XdpReceiver {
     ) -> Result<(RecvSummary, XdpReport), XdpError> {
         let mut pc = self.cfg.proto.clone();
         pc.max_datagram = datagram_for_mtu(self.cfg.mtu);
+        if self.io.queues().len() > 1 && pc.reorder_window.is_zero() {
+            // Queues drained independently deliver frames out of order: not loss.
+            pc.reorder_window = REORDER_WINDOW;
+        }
         let tag = format!("{:016x}", random_u64());
         let sink = MmapSink::new(&self.cfg.out_dir, &tag)
             .map_err(|e| XdpError::Setup(format!("{}: {e}", self.cfg.out_dir.display())))?;

@@ -154,6 +154,11 @@ pub struct ReceiverConfig {
     pub max_packed_total: u64,
     /// What one packed block may declare.
     pub block_limits: crate::blueprint::block::Limits,
+    /// How late a frame may arrive before its hole is NACKed: a hole is reported once the
+    /// frontier reported at least this long ago lies past it (zero: the previous report's
+    /// frontier). Set by drivers whose frames can overtake each other (several AF_XDP
+    /// queues drained by independent workers).
+    pub reorder_window: Duration,
     pub timing: Timing,
 }
 
@@ -168,6 +173,7 @@ impl Default for ReceiverConfig {
             ack_every: 16,
             max_packed_total: 1 << 30,
             block_limits: Default::default(),
+            reorder_window: Duration::ZERO,
             timing: Timing::default(),
         }
     }

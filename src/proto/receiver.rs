@@ -93,6 +93,8 @@ pub struct Receiver<'s, S: FileSink> {
     recv: RangeSet,
     frontier: u64,
     tick_frontier: u64,
+    /// Frontiers of earlier reports with their times (only with a reorder window).
+    frontier_marks: VecDeque<(Instant, u64)>,
     rx_frames: u64,
     max_seq: u64,
     last_seq: u64,
@@ -102,6 +104,14 @@ pub struct Receiver<'s, S: FileSink> {
     unacked: u32,
     ack_at: Option<Instant>,
     forced: bool,
+    /// With a reorder window: when a probe's forced NACK goes out (frames that overtook
+    /// each other have arrived by then).
+    forced_at: Option<Instant>,
+    /// The reorder window in use: starts at `cfg.reorder_window`, doubles (up to
+    /// [`MAX_REORDER_WINDOW`]) whenever an original frame fills a hole that was NACKed.
+    reorder_window: Duration,
+    /// The ranges of the last NACK (only with a reorder window).
+    nacked: Vec<(u64, u64)>,
     last_nack: Option<Instant>,
     last_heard: Option<Instant>,
     pending: VecDeque<Ctrl>,
@@ -114,11 +124,15 @@ pub struct Receiver<'s, S: FileSink> {
     outcome: Option<Result<(), Failure>>,
 }
 
+/// The largest reorder window the receiver grows to.
+pub const MAX_REORDER_WINDOW: Duration = Duration::from_millis(200);
+
 impl<'s, S: FileSink> Receiver<'s, S> {
     /// A receiver holding snapshot `snapshot` (whose id is `snapshot_id`), writing to `sink`.
     pub fn new(cfg: ReceiverConfig, snapshot_id: [u8; 32], snapshot: &'s [u8], sink: S) -> Self {
         Receiver {
             srtt_hint: cfg.timing.initial_rtt,
+            reorder_window: cfg.reorder_window,
             cfg,
             snapshot_id,
             snapshot,
@@ -136,6 +150,7 @@ impl<'s, S: FileSink> Receiver<'s, S> {
             recv: RangeSet::new(),
             frontier: 0,
             tick_frontier: 0,
+            frontier_marks: VecDeque::new(),
             rx_frames: 0,
             max_seq: 0,
             last_seq: 0,
@@ -144,6 +159,8 @@ impl<'s, S: FileSink> Receiver<'s, S> {
             unacked: 0,
             ack_at: None,
             forced: false,
+            forced_at: None,
+            nacked: Vec::new(),
             last_nack: None,
             last_heard: None,
             pending: VecDeque::new(),
@@ -440,6 +457,14 @@ impl<'s, S: FileSink> Receiver<'s, S> {
                 if self.recv.contains(ss, se) {
                     continue;
                 }
+                if flags & pfs::FLAG_REPAIR == 0
+                    && !self.nacked.is_empty()
+                    && self.nacked.iter().any(|&(a, b)| ss < b && a < se)
+                {
+                    // An original frame filled a NACKed hole: it was late, not lost.
+                    self.nacked.clear();
+                    self.reorder_window = (self.reorder_window * 2).min(MAX_REORDER_WINDOW);
+                }
                 let r = if packed {
                     if let Piece::Raw(b) = p {
                         let o = off as usize;
@@ -714,9 +739,31 @@ impl<'s, S: FileSink> Receiver<'s, S> {
         };
         let limit = if self.forced {
             self.frontier
+        } else if !self.reorder_window.is_zero() {
+            // The newest report frontier at least a reorder window old.
+            let w = self.reorder_window;
+            while self.frontier_marks.len() >= 2
+                && now.saturating_duration_since(self.frontier_marks[1].0) >= w
+            {
+                self.frontier_marks.pop_front();
+            }
+            let old = self
+                .frontier_marks
+                .front()
+                .filter(|m| now.saturating_duration_since(m.0) >= w)
+                .map_or(0, |m| m.1);
+            old.min(self.frontier)
         } else {
             self.tick_frontier.min(self.frontier)
         };
+        if !self.reorder_window.is_zero()
+            && self
+                .frontier_marks
+                .back()
+                .is_none_or(|m| m.1 != self.frontier)
+        {
+            self.frontier_marks.push_back((now, self.frontier));
+        }
         let holdoff = self.srtt_hint + self.cfg.timing.ack_delay * 2;
         let may_nack = self.forced || self.last_nack.is_none_or(|t| now >= t + holdoff);
         let cap = Nack::capacity(buf.len().saturating_sub(pfs::HEADER_LEN));
@@ -734,6 +781,9 @@ impl<'s, S: FileSink> Receiver<'s, S> {
         } else {
             self.last_nack = Some(now);
             self.stats.nacks += 1;
+            if !self.reorder_window.is_zero() {
+                self.nacked.clone_from(&ranges);
+            }
             Payload::Nack(Nack { ack, ranges })
         };
         write_frame(buf, self.session?, self.seq, &p)
@@ -781,7 +831,13 @@ impl<S: FileSink> Endpoint for Receiver<'_, S> {
             (State::Data, Payload::Probe(p)) => {
                 self.srtt_hint = Duration::from_micros(p.srtt_us as u64);
                 self.frontier = self.frontier.max(p.sent.min(self.total));
-                self.forced = true;
+                if self.reorder_window.is_zero() {
+                    self.forced = true;
+                } else if self.forced_at.is_none() {
+                    // Answer now (the sender hears we are alive); NACK everything missing
+                    // once late frames had a reorder window to arrive.
+                    self.forced_at = Some(now + self.reorder_window);
+                }
                 self.want_status();
             }
             (State::Collect | State::Data, Payload::Abort(a)) => {
@@ -842,6 +898,11 @@ impl<S: FileSink> Endpoint for Receiver<'_, S> {
                 }
                 if self.ack_at.is_some_and(|t| now >= t) {
                     self.ack_at = None;
+                    self.want_status();
+                }
+                if self.forced_at.is_some_and(|t| now >= t) {
+                    self.forced_at = None;
+                    self.forced = true;
                     self.want_status();
                 }
             }
@@ -914,8 +975,11 @@ impl<S: FileSink> Endpoint for Receiver<'_, S> {
         };
         match self.state {
             State::Collect | State::Data => min(
-                self.last_heard.map(|h| h + self.cfg.timing.idle_timeout),
-                self.ack_at,
+                min(
+                    self.last_heard.map(|h| h + self.cfg.timing.idle_timeout),
+                    self.ack_at,
+                ),
+                self.forced_at,
             ),
             State::Closing { until } => min(Some(until), self.resend_at),
             State::Draining { until } => Some(until),
@@ -1059,6 +1123,96 @@ mod tests {
         assert_eq!(n.ranges, vec![(100, 200), (400, 10_000)]);
         assert_eq!(n.ack.max_seq, 4);
         assert_eq!(n.ack.echo_seq, 4);
+    }
+
+    #[test]
+    fn with_a_reorder_window_holes_are_nacked_only_once_older_than_it() {
+        let mut r = receiver(10_000);
+        r.cfg.reorder_window = Duration::from_millis(10);
+        r.reorder_window = r.cfg.reorder_window;
+        let t = Instant::now();
+        r.handle_datagram(t, &data(1, 0, 100));
+        r.handle_datagram(t, &data(2, 200, 100));
+        r.handle_timeout(t + Duration::from_millis(3));
+        let Payload::Ack(_) = status(&mut r, t + Duration::from_millis(3)) else {
+            panic!("a NACK for a hole that may be late")
+        };
+        // Past the previous report's frontier, but that report is younger than the window.
+        r.handle_datagram(t + Duration::from_millis(4), &data(3, 300, 100));
+        r.handle_timeout(t + Duration::from_millis(7));
+        let Payload::Ack(_) = status(&mut r, t + Duration::from_millis(7)) else {
+            panic!("a NACK inside the reorder window")
+        };
+        r.handle_datagram(t + Duration::from_millis(12), &data(4, 400, 100));
+        r.handle_timeout(t + Duration::from_millis(14));
+        let Payload::Nack(n) = status(&mut r, t + Duration::from_millis(14)) else {
+            panic!("no NACK once the hole is older than the window")
+        };
+        assert_eq!(n.ranges, vec![(100, 200)]);
+    }
+
+    #[test]
+    fn with_a_reorder_window_a_probe_is_answered_at_once_and_nacked_after_the_window() {
+        let mut r = receiver(10_000);
+        r.cfg.reorder_window = Duration::from_millis(10);
+        r.reorder_window = r.cfg.reorder_window;
+        let t = Instant::now();
+        r.handle_datagram(t, &data(1, 0, 100));
+        r.handle_datagram(t, &data(2, 200, 100));
+        let probe = Payload::Probe(Probe {
+            sent: 400,
+            srtt_us: 500,
+            flags: 0,
+        });
+        r.handle_datagram(t + Duration::from_millis(1), &frame(3, 0, &probe));
+        let Payload::Ack(a) = status(&mut r, t + Duration::from_millis(1)) else {
+            panic!("a probe NACKed frames that may still be overtaken")
+        };
+        assert_eq!(a.echo_seq, 3);
+        assert_eq!(r.poll_timeout(), Some(t + Duration::from_millis(11)));
+        r.handle_datagram(t + Duration::from_millis(2), &data(4, 100, 100)); // the late one
+        r.handle_timeout(t + Duration::from_millis(11));
+        let Payload::Nack(n) = status(&mut r, t + Duration::from_millis(11)) else {
+            panic!("no NACK after the window")
+        };
+        assert_eq!(n.ranges, vec![(300, 400)]);
+    }
+
+    #[test]
+    fn a_late_original_in_a_nacked_hole_doubles_the_reorder_window() {
+        let mut r = receiver(10_000);
+        r.cfg.reorder_window = Duration::from_millis(10);
+        r.reorder_window = r.cfg.reorder_window;
+        let t = Instant::now();
+        let ms = |n| t + Duration::from_millis(n);
+        r.handle_datagram(t, &data(1, 0, 100));
+        r.handle_datagram(t, &data(2, 200, 100));
+        r.handle_timeout(ms(3));
+        assert!(matches!(status(&mut r, ms(3)), Payload::Ack(_)));
+        r.handle_datagram(ms(12), &data(3, 300, 100));
+        r.handle_timeout(ms(14));
+        let Payload::Nack(n) = status(&mut r, ms(14)) else {
+            panic!("no NACK")
+        };
+        assert_eq!(n.ranges, vec![(100, 200)]);
+        // The original of 100..200 arrives after all: the window becomes 20 ms, so a new
+        // hole (400..500) is not NACKed 11 ms after the report that passed it, but after 20.
+        r.handle_datagram(ms(15), &data(2, 100, 100));
+        r.handle_datagram(ms(15), &data(5, 500, 100));
+        r.handle_timeout(ms(18));
+        assert!(matches!(status(&mut r, ms(18)), Payload::Ack(_)));
+        r.handle_datagram(ms(19), &data(6, 600, 100));
+        r.handle_timeout(ms(29));
+        assert!(
+            matches!(status(&mut r, ms(29)), Payload::Ack(_)),
+            "NACKed within the doubled window"
+        );
+        r.handle_datagram(ms(39), &data(7, 700, 100));
+        r.handle_timeout(ms(41));
+        let Payload::Nack(n) = status(&mut r, ms(41)) else {
+            panic!("no NACK after the doubled window")
+        };
+        assert_eq!(n.ranges, vec![(400, 500)]);
     }
 
     #[test]

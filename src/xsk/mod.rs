@@ -21,7 +21,7 @@ mod config;
 mod socket;
 
 pub use config::{BindMode, XskConfig};
-pub use socket::{wait_any, XskSocket, XskStats};
+pub use socket::{wait_any, LentFrame, XskSocket, XskStats};
 
 /// What can go wrong creating or driving an AF_XDP socket.
 #[derive(Debug, thiserror::Error)]

@@ -37,6 +37,53 @@ impl XskStats {
     }
 }
 
+/// One UMEM frame lent out of its [`XskSocket`] to another thread (a worker's frame built or
+/// consumed by the session thread): its descriptor and where its bytes are.
+///
+/// Reading or writing the bytes is `unsafe`: the caller must hold the frame exclusively (it
+/// came out of `rx_lend` / `tx_lend` and has not been handed back) and the socket, whose
+/// UMEM the pointer points into, must still be alive.
+#[derive(Clone, Copy, Debug)]
+pub struct LentFrame {
+    desc: FrameDesc,
+    ptr: *mut u8,
+    len: usize,
+    owner: RawFd,
+}
+
+// Safety: a LentFrame is a capability for one UMEM frame, handed between threads through
+// queues that order the accesses; the UMEM is shared memory that outlives the frames.
+unsafe impl Send for LentFrame {}
+
+impl LentFrame {
+    /// Received: the frame's length; lent for transmission: its capacity.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The frame's bytes.
+    ///
+    /// # Safety
+    /// The frame is held exclusively by the caller and its socket is alive.
+    pub unsafe fn bytes(&self) -> &[u8] {
+        // Safety: per the contract, ptr..ptr+len is a live UMEM frame nobody else touches.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    /// The frame's bytes, writable.
+    ///
+    /// # Safety
+    /// As for [`bytes`](Self::bytes).
+    pub unsafe fn bytes_mut(&mut self) -> &mut [u8] {
+        // Safety: as above.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
 /// An AF_XDP socket bound to one queue, with its UMEM and four rings.
 ///
 /// Built in the network namespace of the interface. It owns every frame of its UMEM and
@@ -260,6 +307,116 @@ impl XskSocket {
         }
         self.wake_tx();
         built
+    }
+
+    /// Takes up to one batch of received frames off the rx ring without giving them back:
+    /// `f` sees each as a [`LentFrame`] (its bytes stay in the UMEM) and must hand every one
+    /// back through [`rx_return`](Self::rx_return) once done with it. The fill ring is
+    /// topped up first with what was returned. Returns how many frames were lent.
+    pub fn rx_lend(&mut self, max: usize, mut f: impl FnMut(LentFrame)) -> usize {
+        self.refill();
+        let n = {
+            let k = max.min(self.batch);
+            // Safety: the descriptors come from this socket's rx ring: frames of self.umem
+            // the kernel handed back to user space.
+            unsafe { self.rx.consume(&mut self.scratch[..k]) }
+        };
+        if n == 0 {
+            self.wake_fill();
+            return 0;
+        }
+        for d in &self.scratch[..n] {
+            // Safety: d is a received frame of self.umem owned by user space until it is
+            // returned (rx_return); the pointer stays valid while the UMEM lives.
+            let data = unsafe { self.umem.data(d) };
+            let bytes = data.contents();
+            f(LentFrame {
+                desc: *d,
+                ptr: bytes.as_ptr() as *mut u8,
+                len: bytes.len(),
+                owner: self.fd,
+            });
+        }
+        n
+    }
+
+    /// Gives back a frame lent by [`rx_lend`](Self::rx_lend): it goes to the fill ring.
+    pub fn rx_return(&mut self, f: LentFrame) {
+        debug_assert_eq!(f.owner, self.fd, "frame of another socket");
+        self.fill_pending.push(f.desc);
+    }
+
+    /// Puts returned frames on the fill ring now (also done by `rx_lend`).
+    pub fn rx_refill(&mut self) {
+        self.refill();
+    }
+
+    /// Lends one free transmit frame (completions are reclaimed first): `len()` is the
+    /// frame's capacity. Build the frame in it, then [`tx_submit`](Self::tx_submit) it, or
+    /// give it back unused with [`tx_unlend`](Self::tx_unlend).
+    pub fn tx_lend(&mut self) -> Option<LentFrame> {
+        if self.tx_free.is_empty() {
+            self.reclaim();
+        }
+        let mut d = self.tx_free.pop()?;
+        // Safety: d is a frame of self.umem held in tx_free: no one else touches it until it
+        // is produced on the tx ring.
+        let mut data = unsafe { self.umem.data_mut(&mut d) };
+        data.cursor().set_pos(self.frame_cap);
+        let ptr = data.contents_mut().as_mut_ptr();
+        Some(LentFrame {
+            desc: d,
+            ptr,
+            len: self.frame_cap,
+            owner: self.fd,
+        })
+    }
+
+    /// Returns an unused lent transmit frame.
+    pub fn tx_unlend(&mut self, f: LentFrame) {
+        debug_assert_eq!(f.owner, self.fd, "frame of another socket");
+        self.tx_free.push(f.desc);
+    }
+
+    /// Puts built frames (`(frame, length)`) on the tx ring, in order, as many as it has
+    /// room for, and wakes the kernel when it asks. Returns how many went; the caller keeps
+    /// the rest for later.
+    pub fn tx_submit(&mut self, frames: &[(LentFrame, usize)]) -> usize {
+        self.reclaim();
+        let k = frames.len().min(self.batch);
+        let k = if k == 0 {
+            0
+        } else {
+            k.min(self.tx.nb_free(k as u32) as usize)
+        };
+        for (i, (f, len)) in frames[..k].iter().enumerate() {
+            debug_assert_eq!(f.owner, self.fd, "frame of another socket");
+            let mut d = f.desc;
+            // Safety: d is a lent frame of self.umem; its builder is done with it (it handed
+            // it back), so this is the only view while the length is set.
+            let mut data = unsafe { self.umem.data_mut(&mut d) };
+            data.cursor().set_pos((*len).min(self.frame_cap));
+            self.scratch[i] = d;
+        }
+        if k > 0 {
+            // Safety: scratch[..k] are frames of self.umem owned by user space; k <= nb_free.
+            let sent = unsafe { self.tx.produce(&self.scratch[..k]) };
+            debug_assert_eq!(sent, k);
+            self.tx_in_flight += sent;
+        }
+        self.wake_tx();
+        k
+    }
+
+    /// Reclaims completions now; returns the frames still in flight.
+    pub fn tx_reclaim(&mut self) -> usize {
+        self.reclaim();
+        self.tx_in_flight
+    }
+
+    /// Frames waiting on the rx ring (up to `max`).
+    pub fn rx_ready(&mut self, max: u32) -> u32 {
+        self.rx.nb_avail(max)
     }
 
     /// Kicks transmission and reclaims completions until nothing is in flight or

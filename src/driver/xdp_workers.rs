@@ -1,0 +1,522 @@
+//! Per-queue AF_XDP workers: one thread per bound queue, pinned to a core with
+//! core_affinity, owning that queue's [`XskSocket`] (UMEM, fill/completion/rx/tx rings).
+//!
+//! The session thread keeps the single [`crate::proto`] state machine and exchanges UMEM
+//! frames with the workers through four lock-free `crossbeam` [`ArrayQueue`]s per worker; no
+//! mutex is taken on the data path and no frame is copied:
+//!
+//! | queue     | direction         | carries                                                   |
+//! |-----------|-------------------|-----------------------------------------------------------|
+//! | `tx_free` | worker -> session | empty UMEM frames the session builds datagrams in          |
+//! | `tx_out`  | session -> worker | built frames (frame, length) for the worker's tx ring      |
+//! | `rx_out`  | worker -> session | received frames, already parsed (addresses, datagram span) |
+//! | `rx_back` | session -> worker | frames the endpoint is done with, for the fill ring        |
+//!
+//! Receive: the worker takes frames off its rx ring ([`XskSocket::rx_lend`]), parses and
+//! checks Ethernet/IPv4/UDP in place ([`stack::parse`]) and passes the frame on; the session
+//! thread calls `handle_datagram` on the datagram's bytes in the worker's UMEM (the
+//! receiver applies each piece from there into the output file's map) and hands the frame
+//! back. Frames from several workers that are ready at once are given to the endpoint in
+//! the sender's sequence order, so queues that drain at different moments do not look like
+//! loss to the receiver (see `reordered` in the report).
+//!
+//! Transmit: the session thread takes a free frame of the worker whose queue it sends on,
+//! writes the datagram behind the header room (`poll_transmit`) and the headers in front
+//! ([`stack::emit_headers`]) directly in that worker's UMEM, and queues it to the worker,
+//! which puts it on its tx ring and kicks the kernel.
+//!
+//! Sleeping: an idle worker announces it (`sleeping`), checks its queues once more and
+//! `ppoll`s its socket and an eventfd; the session thread writes the eventfd only when it
+//! queued something to a sleeping worker. The session thread parks until its endpoint's
+//! next deadline; a worker unparks it after passing frames on.
+
+#![allow(unsafe_code)]
+
+use crate::proto::{datagram_for_mtu, Endpoint};
+use crate::wire::pfs;
+use crate::wire::stack::{self, Addrs};
+use crate::xsk::{LentFrame, XskSocket, XskStats};
+use crossbeam::queue::ArrayQueue;
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+/// Idle rounds a worker spins (yielding) before it sleeps.
+const SPIN_ROUNDS: u32 = 32;
+/// The longest a worker sleeps before it looks at its stop flag again.
+const WORKER_SLEEP: Duration = Duration::from_millis(20);
+
+/// The longest a received frame waits in the session thread for a lower sequence number
+/// from another queue.
+const HOLD: Duration = Duration::from_micros(500);
+/// Frames staged per worker at most (they hold fill-ring frames meanwhile).
+const STAGE_MAX: usize = 256;
+
+/// A received frame handed to the session thread.
+struct RxItem {
+    frame: LentFrame,
+    /// The PacketFS datagram's span in the frame.
+    off: u16,
+    len: u16,
+    addrs: Addrs,
+    seq: u64,
+}
+
+/// Counters one worker keeps (relaxed atomics: written by the worker only).
+#[derive(Default)]
+struct Counters {
+    rx_frames: AtomicU64,
+    tx_frames: AtomicU64,
+    bad_frames: AtomicU64,
+    sleeps: AtomicU64,
+    kicks: AtomicU64,
+    tx_ring_full: AtomicU64,
+}
+
+/// What one worker did (in the summary and the metrics JSON, per queue).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct WorkerStats {
+    /// The core the worker was pinned to (None: pinning failed or was not asked for).
+    pub cpu: Option<usize>,
+    /// Times the worker went to sleep in ppoll (idle).
+    pub sleeps: u64,
+    /// Times the session thread woke it through its eventfd.
+    pub kicks: u64,
+    /// Rounds in which the tx ring had no room for every queued frame.
+    pub tx_ring_full: u64,
+}
+
+/// The state one worker shares with the session thread.
+pub struct WorkerShared {
+    queue: u32,
+    cpu: Option<usize>,
+    rx_out: ArrayQueue<RxItem>,
+    rx_back: ArrayQueue<LentFrame>,
+    tx_free: ArrayQueue<LentFrame>,
+    tx_out: ArrayQueue<(LentFrame, usize)>,
+    sleeping: AtomicBool,
+    /// The session thread found this worker's backlog full or its free frames gone and
+    /// wants to be unparked once there is room.
+    want_room: AtomicBool,
+    stop: AtomicBool,
+    efd: nix::sys::eventfd::EventFd,
+    c: Counters,
+    /// XDP_STATISTICS read by the worker as it ends; pinning result.
+    final_stats: OnceLock<XskStats>,
+    pinned: OnceLock<Option<usize>>,
+}
+
+impl WorkerShared {
+    /// Shared state for the worker of `sock`, to be pinned to `cpu`. The queues hold every
+    /// frame of the socket's UMEM, so a push never finds them full.
+    pub fn new(sock: &XskSocket, frames: usize, cpu: Option<usize>) -> std::io::Result<Self> {
+        let efd = nix::sys::eventfd::EventFd::from_value_and_flags(
+            0,
+            nix::sys::eventfd::EfdFlags::EFD_NONBLOCK | nix::sys::eventfd::EfdFlags::EFD_CLOEXEC,
+        )
+        .map_err(std::io::Error::from)?;
+        Ok(WorkerShared {
+            queue: sock.queue(),
+            cpu,
+            rx_out: ArrayQueue::new(frames),
+            rx_back: ArrayQueue::new(frames),
+            tx_free: ArrayQueue::new(frames),
+            tx_out: ArrayQueue::new(frames),
+            sleeping: AtomicBool::new(false),
+            want_room: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            efd,
+            c: Counters::default(),
+            final_stats: OnceLock::new(),
+            pinned: OnceLock::new(),
+        })
+    }
+
+    pub fn queue(&self) -> u32 {
+        self.queue
+    }
+
+    /// Frames received / sent by this worker's socket, bad frames.
+    pub fn frames(&self) -> (u64, u64, u64) {
+        (
+            self.c.rx_frames.load(Ordering::Relaxed),
+            self.c.tx_frames.load(Ordering::Relaxed),
+            self.c.bad_frames.load(Ordering::Relaxed),
+        )
+    }
+
+    /// XDP_STATISTICS as the worker read them when it ended.
+    pub fn xdp_stats(&self) -> XskStats {
+        self.final_stats.get().copied().unwrap_or_default()
+    }
+
+    pub fn stats(&self) -> WorkerStats {
+        WorkerStats {
+            cpu: self.pinned.get().copied().flatten(),
+            sleeps: self.c.sleeps.load(Ordering::Relaxed),
+            kicks: self.c.kicks.load(Ordering::Relaxed),
+            tx_ring_full: self.c.tx_ring_full.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Wake the worker if it sleeps (after queueing something to it).
+    fn kick(&self) {
+        fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::Relaxed) && self.sleeping.swap(false, Ordering::AcqRel) {
+            let _ = self.efd.arm();
+        }
+    }
+
+    /// Ask the worker to push out what is queued and end.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.sleeping.store(false, Ordering::Relaxed);
+        let _ = self.efd.arm();
+    }
+}
+
+/// The cores workers are pinned to: `cpus` round-robin when given, else every core of the
+/// machine round-robin (worker `i` on core `i % n`).
+pub fn worker_cpus(n: usize, cpus: &[usize]) -> Vec<Option<usize>> {
+    let all: Vec<usize> = if cpus.is_empty() {
+        core_affinity::get_core_ids()
+            .map(|v| v.into_iter().map(|c| c.id).collect())
+            .unwrap_or_default()
+    } else {
+        cpus.to_vec()
+    };
+    (0..n)
+        .map(|i| (!all.is_empty()).then(|| all[i % all.len()]))
+        .collect()
+}
+
+/// One worker's loop: runs until [`WorkerShared::stop`], then flushes its tx ring and reads
+/// its XDP_STATISTICS. `session` is unparked whenever frames are passed on.
+pub fn run_worker(mut sock: XskSocket, sh: &WorkerShared, session: Thread, batch: usize) {
+    let pinned = sh
+        .cpu
+        .filter(|&c| core_affinity::set_for_current(core_affinity::CoreId { id: c }));
+    if sh.cpu.is_some() && pinned.is_none() {
+        tracing::warn!(queue = sh.queue, cpu = ?sh.cpu, "could not pin the AF_XDP worker");
+    }
+    let _ = sh.pinned.set(pinned);
+    let _ = nix::sys::prctl::set_timerslack(1_000);
+    let mut pending: Vec<(LentFrame, usize)> = Vec::with_capacity(batch * 2);
+    let mut got: Vec<LentFrame> = Vec::with_capacity(batch);
+    let mut spins = 0u32;
+    loop {
+        let mut work = false;
+        // Transmit what the session built.
+        while pending.len() < batch {
+            let Some(p) = sh.tx_out.pop() else { break };
+            pending.push(p);
+        }
+        if !pending.is_empty() {
+            let n = sock.tx_submit(&pending);
+            if n < pending.len() {
+                sh.c.tx_ring_full.fetch_add(1, Ordering::Relaxed);
+            }
+            if n > 0 {
+                pending.drain(..n);
+                sh.c.tx_frames.fetch_add(n as u64, Ordering::Relaxed);
+                work = true;
+            }
+        }
+        // Completed frames go back to the session as free frames.
+        sock.tx_reclaim();
+        while sh.tx_free.len() < sh.tx_free.capacity() {
+            let Some(f) = sock.tx_lend() else { break };
+            if let Err(f) = sh.tx_free.push(f) {
+                sock.tx_unlend(f);
+                break;
+            }
+        }
+        if sh.tx_out.len() < batch
+            && !sh.tx_free.is_empty()
+            && sh.want_room.load(Ordering::Relaxed)
+            && sh.want_room.swap(false, Ordering::AcqRel)
+        {
+            session.unpark();
+        }
+        // Frames the endpoint is done with go back to the fill ring.
+        while let Some(f) = sh.rx_back.pop() {
+            sock.rx_return(f);
+            work = true;
+        }
+        // Receive: parse in place, pass the good ones on.
+        got.clear();
+        let n = sock.rx_lend(batch, |f| got.push(f));
+        if n > 0 {
+            work = true;
+            sh.c.rx_frames.fetch_add(n as u64, Ordering::Relaxed);
+            let mut passed = 0;
+            for f in got.drain(..) {
+                // Safety: the frame was just lent by our own socket and is alive.
+                let bytes = unsafe { f.bytes() };
+                let item = match stack::parse(bytes) {
+                    Ok((addrs, d)) => {
+                        let off = d.as_ptr() as usize - bytes.as_ptr() as usize;
+                        let seq = pfs::Packet::new_checked(d).map_or(0, |p| p.seq());
+                        Some(RxItem {
+                            frame: f,
+                            off: off as u16,
+                            len: d.len() as u16,
+                            addrs,
+                            seq,
+                        })
+                    }
+                    Err(_) => None,
+                };
+                match item {
+                    Some(it) => match sh.rx_out.push(it) {
+                        Ok(()) => passed += 1,
+                        Err(it) => sock.rx_return(it.frame),
+                    },
+                    None => {
+                        sh.c.bad_frames.fetch_add(1, Ordering::Relaxed);
+                        sock.rx_return(f);
+                    }
+                }
+            }
+            if passed > 0 {
+                session.unpark();
+            }
+            sock.rx_refill();
+        }
+        if sh.stop.load(Ordering::Acquire) && pending.is_empty() && sh.tx_out.is_empty() {
+            sock.flush(Duration::from_millis(200));
+            break;
+        }
+        if work {
+            spins = 0;
+            continue;
+        }
+        spins += 1;
+        if spins < SPIN_ROUNDS {
+            std::thread::yield_now();
+            continue;
+        }
+        // Sleep: announce it, look once more, then wait for the socket or a kick.
+        sh.sleeping.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        let more = !pending.is_empty()
+            || !sh.tx_out.is_empty()
+            || !sh.rx_back.is_empty()
+            || sock.rx_ready(1) > 0
+            || sh.stop.load(Ordering::Acquire);
+        if !more {
+            sh.c.sleeps.fetch_add(1, Ordering::Relaxed);
+            use nix::poll::{ppoll, PollFd, PollFlags};
+            let mut fds = [
+                PollFd::new(sock.as_fd(), PollFlags::POLLIN),
+                PollFd::new(sh.efd.as_fd(), PollFlags::POLLIN),
+            ];
+            let ts = nix::sys::time::TimeSpec::from_duration(WORKER_SLEEP);
+            let _ = ppoll(&mut fds, Some(ts), None);
+            let kicked = fds[1]
+                .revents()
+                .is_some_and(|r| r.contains(PollFlags::POLLIN));
+            if kicked {
+                sh.c.kicks.fetch_add(1, Ordering::Relaxed);
+                let mut b = [0u8; 8];
+                // Drain the eventfd (non-blocking).
+                let _ = nix::unistd::read(sh.efd.as_raw_fd(), &mut b);
+            }
+        }
+        sh.sleeping.store(false, Ordering::Relaxed);
+        spins = 0;
+    }
+    let _ = sh.final_stats.set(sock.stats().unwrap_or_default());
+}
+
+/// The session thread's side of the workers: builds frames in their UMEM and consumes what
+/// they received. Holds the addressing state of [`super::xdp::XdpIo`].
+pub struct WorkerSet<'a> {
+    pub(super) sh: &'a [WorkerShared],
+    pub(super) io: &'a mut super::xdp::XdpIo,
+    /// Per worker: received frames waiting for the merge, with when they were taken.
+    staged: Vec<VecDeque<(RxItem, Instant)>>,
+    /// Per worker: when it last passed a frame on.
+    last_rx: Vec<Option<Instant>>,
+    /// The highest sequence number handed to the endpoint.
+    last_seq: u64,
+    /// When the oldest held frame must go (the session thread wakes then).
+    hold_until: Option<Instant>,
+    /// Frames handed to the endpoint after a frame with a higher sequence number (what the
+    /// merge could not put in order).
+    pub(super) reordered: u64,
+}
+
+impl<'a> WorkerSet<'a> {
+    pub fn new(sh: &'a [WorkerShared], io: &'a mut super::xdp::XdpIo) -> Self {
+        WorkerSet {
+            sh,
+            io,
+            staged: (0..sh.len())
+                .map(|_| VecDeque::with_capacity(STAGE_MAX))
+                .collect(),
+            last_rx: vec![None; sh.len()],
+            last_seq: 0,
+            hold_until: None,
+            reordered: 0,
+        }
+    }
+
+    /// Transmit up to `budget` datagrams from `ep`, built in the workers' UMEM frames.
+    pub fn transmit<E: Endpoint + ?Sized>(
+        &mut self,
+        ep: &mut E,
+        now: Instant,
+        budget: usize,
+    ) -> (usize, bool) {
+        let Some(base) = self.io.hdr else {
+            return self.io.transmit_unaddressed(ep, now, budget);
+        };
+        let oh = stack::overhead(base.vlan);
+        let dgram_max = datagram_for_mtu(self.io.mtu);
+        let per_queue = super::xdp::BATCH;
+        let mut sent = 0;
+        let mut exhausted = false;
+        let mut stalls = 0;
+        let n = self.sh.len();
+        while sent < budget && !exhausted && stalls < n {
+            let i = if self.io.is_sender {
+                self.io.next
+            } else {
+                self.io.reply
+            };
+            let a = self.io.flow_addrs(base, self.sh[i].queue);
+            let w = &self.sh[i];
+            // A worker that has not taken its last batches yet gets no more: frames queued
+            // behind a descheduled worker would arrive long after the next queue's.
+            let room = (2 * per_queue).saturating_sub(w.tx_out.len());
+            let mut k = 0;
+            while k < per_queue.min(room) && sent + k < budget {
+                let Some(mut f) = w.tx_free.pop() else { break };
+                // Safety: the frame was lent to us by worker i, whose socket lives until
+                // the workers are stopped after the session ends.
+                let buf = unsafe { f.bytes_mut() };
+                let Some(len) = ep.poll_transmit(now, &mut buf[oh..oh + dgram_max]) else {
+                    exhausted = true;
+                    let _ = w.tx_free.push(f);
+                    break;
+                };
+                self.io.ident = self.io.ident.wrapping_add(1);
+                let flen = stack::emit_headers(&a, len, self.io.ident, buf) + len;
+                if let Err((f, _)) = w.tx_out.push((f, flen)) {
+                    // Cannot happen (the queue holds every frame); never lose the frame.
+                    let _ = w.tx_free.push(f);
+                    break;
+                }
+                k += 1;
+            }
+            if k > 0 {
+                w.kick();
+            } else {
+                stalls += 1;
+                w.want_room.store(true, Ordering::Release);
+            }
+            sent += k;
+            if self.io.is_sender && n > 1 {
+                self.io.next = (self.io.next + 1) % n;
+            } else if k == 0 {
+                break;
+            }
+        }
+        (sent, exhausted)
+    }
+
+    /// Hand what the workers received to `ep`, merged into the sender's sequence order;
+    /// the frames go back to their workers' fill rings.
+    ///
+    /// Each worker's frames arrive in order, but the workers run independently, so one
+    /// queue's frames can reach the session thread a few batches after the next queue's.
+    /// Frames wait here (still in their UMEM) until every queue that received something in
+    /// the last [`HOLD`] has a frame staged, or until they are [`HOLD`] old; the smallest
+    /// sequence number goes first. At most `budget` frames per call.
+    pub fn receive<E: Endpoint + ?Sized>(&mut self, ep: &mut E, budget: usize) -> (usize, bool) {
+        let now = Instant::now();
+        for (i, w) in self.sh.iter().enumerate() {
+            let st = &mut self.staged[i];
+            while st.len() < STAGE_MAX {
+                let Some(it) = w.rx_out.pop() else { break };
+                st.push_back((it, now));
+                self.last_rx[i] = Some(now);
+            }
+        }
+        let t = Instant::now();
+        let mut accepted = false;
+        let mut got = 0;
+        let mut returned = vec![false; self.sh.len()];
+        while got < budget {
+            // The smallest head, and whether some recently active queue has nothing staged.
+            let mut best: Option<usize> = None;
+            let mut blocked = false;
+            for (i, st) in self.staged.iter().enumerate() {
+                match st.front() {
+                    Some((it, _)) => {
+                        if best.is_none_or(|b| it.seq < self.staged[b].front().unwrap().0.seq) {
+                            best = Some(i);
+                        }
+                    }
+                    None => {
+                        if self.last_rx[i].is_some_and(|l| t < l + HOLD) {
+                            blocked = true;
+                        }
+                    }
+                }
+            }
+            let Some(b) = best else { break };
+            let (_, since) = self.staged[b].front().unwrap();
+            if blocked && t < *since + HOLD && self.sh.len() > 1 {
+                self.hold_until = Some(*since + HOLD);
+                break;
+            }
+            let (it, _) = self.staged[b].pop_front().unwrap();
+            if it.seq < self.last_seq {
+                self.reordered += 1;
+            }
+            self.last_seq = self.last_seq.max(it.seq);
+            // Safety: the frame was lent by worker b and not returned yet; its socket lives.
+            let bytes = unsafe { it.frame.bytes() };
+            let d = &bytes[it.off as usize..it.off as usize + it.len as usize];
+            if ep.handle_datagram(t, d) {
+                accepted = true;
+                self.io.last = Some((it.addrs, b));
+            }
+            let _ = self.sh[b].rx_back.push(it.frame);
+            returned[b] = true;
+            got += 1;
+        }
+        if self.staged.iter().all(|s| s.is_empty()) {
+            self.hold_until = None;
+        }
+        for (i, w) in self.sh.iter().enumerate() {
+            if returned[i] {
+                w.kick();
+            }
+        }
+        if accepted {
+            self.io.accept_last();
+        }
+        (got, accepted)
+    }
+
+    /// Sleep until a worker passes frames on or `wait` passes.
+    pub fn wait(&mut self, wait: Duration) {
+        if self.sh.iter().any(|w| !w.rx_out.is_empty()) {
+            return;
+        }
+        let mut wait = wait;
+        if let Some(h) = self.hold_until {
+            wait = wait.min(h.saturating_duration_since(Instant::now()));
+        }
+        if !wait.is_zero() {
+            std::thread::park_timeout(wait);
+        }
+    }
+}
