@@ -17,8 +17,13 @@
 //! `file_len`; a table entry takes at most [`MAX_TABLE_BYTES_PER_SEG`] bytes) before anything
 //! is allocated, and zstd output is capped at the declared size. The receiver decodes blocks
 //! in file order as the contiguous prefix of the stream completes (docs/protocol.md).
+//!
+//! Self copies (segments that copy from earlier in the same file) are coded as distances back
+//! from their absolute file position ([`super::pbb::encode_table_at`] with the block's start),
+//! so they may reach into earlier blocks; because blocks are applied strictly in file order,
+//! their source bytes are always complete when they are applied, however the frames arrived.
 
-use super::pbb::{decode_table, encode_table, PbbError};
+use super::pbb::{decode_table_at, encode_table_at, PbbError, VERSION};
 use super::varint::{put_u64, Reader};
 use super::{Blueprint, Segment, Source};
 
@@ -124,11 +129,12 @@ impl Block {
 /// Encode one block's body (no length prefix).
 fn encode_body(
     z: &mut zstd::bulk::Compressor<'_>,
+    base: u64,
     file_len: u64,
     segs: &[Segment],
     spill: &[u8],
 ) -> Result<Vec<u8>, std::io::Error> {
-    let table = encode_table(segs);
+    let table = encode_table_at(segs, false, base);
     let mut data = Vec::with_capacity(table.len() + spill.len());
     data.extend_from_slice(&table);
     data.extend_from_slice(spill);
@@ -150,6 +156,8 @@ fn encode_body(
 
 /// A block's extent in the blueprint, before encoding.
 struct Cut {
+    /// File offset of the block's first byte.
+    start: u64,
     file_len: u64,
     segs: Vec<Segment>,
     spill: std::ops::Range<usize>,
@@ -160,6 +168,7 @@ struct Cut {
 fn cuts(bp: &Blueprint, o: &EncodeOptions) -> Vec<Cut> {
     let mut out = Vec::new();
     let mut cur = Cut {
+        start: 0,
         file_len: 0,
         segs: Vec::new(),
         spill: 0..0,
@@ -179,9 +188,11 @@ fn cuts(bp: &Blueprint, o: &EncodeOptions) -> Vec<Cut> {
                 } else {
                     // the block is full: close it and retry with an empty one
                     let start = cur.spill.end;
+                    let at = cur.start + cur.file_len;
                     out.push(std::mem::replace(
                         &mut cur,
                         Cut {
+                            start: at,
                             file_len: 0,
                             segs: Vec::new(),
                             spill: start..start,
@@ -202,9 +213,11 @@ fn cuts(bp: &Blueprint, o: &EncodeOptions) -> Vec<Cut> {
                 || cur.file_len >= o.file_per_block.max(1)
             {
                 let start = cur.spill.end;
+                let at = cur.start + cur.file_len;
                 out.push(std::mem::replace(
                     &mut cur,
                     Cut {
+                        start: at,
                         file_len: 0,
                         segs: Vec::new(),
                         spill: start..start,
@@ -243,7 +256,13 @@ pub fn encode(bp: &Blueprint, o: &EncodeOptions) -> Result<Vec<u8>, std::io::Err
                     group
                         .iter()
                         .map(|c| {
-                            encode_body(&mut z, c.file_len, &c.segs, &bp.spill[c.spill.clone()])
+                            encode_body(
+                                &mut z,
+                                c.start,
+                                c.file_len,
+                                &c.segs,
+                                &bp.spill[c.spill.clone()],
+                            )
                         })
                         .collect()
                 })
@@ -285,8 +304,15 @@ pub fn body_len(stream: &[u8], lim: &Limits) -> Result<Option<u64>, BlockError> 
     Ok(Some(n))
 }
 
-/// Decode one body (without its prefix). `snap_len` bounds the snapshot ranges.
-pub fn decode_body(body: &[u8], lim: &Limits, snap_len: u64) -> Result<Block, BlockError> {
+/// Decode one body (without its prefix) of the block that starts at file offset `base`.
+/// `snap_len` bounds the snapshot ranges; self copies must read from before their absolute
+/// position.
+pub fn decode_body(
+    body: &[u8],
+    lim: &Limits,
+    snap_len: u64,
+    base: u64,
+) -> Result<Block, BlockError> {
     let tr = |_| BlockError::Truncated("header");
     let mut r = Reader::new(body);
     let file_len = r.u64().map_err(tr)?;
@@ -341,7 +367,7 @@ pub fn decode_body(body: &[u8], lim: &Limits, snap_len: u64) -> Result<Block, Bl
         c => return Err(BlockError::Corrupt(format!("unknown codec {c}"))),
     };
     let (table, spill) = data.split_at(table_len as usize);
-    let segments = decode_table(table, nsegs).map_err(|e| match e {
+    let segments = decode_table_at(table, nsegs, VERSION, base).map_err(|e| match e {
         PbbError::Corrupt(m) | PbbError::Invalid(m) => BlockError::Corrupt(m),
         e => BlockError::Corrupt(e.to_string()),
     })?;
@@ -352,7 +378,7 @@ pub fn decode_body(body: &[u8], lim: &Limits, snap_len: u64) -> Result<Block, Bl
         segments,
         spill: spill.to_vec(),
     };
-    bp.validate(snap_len).map_err(|e| match e {
+    bp.validate_at(snap_len, base).map_err(|e| match e {
         PbbError::Invalid(m) => BlockError::Corrupt(m),
         e => BlockError::Corrupt(e.to_string()),
     })?;
@@ -391,7 +417,7 @@ pub fn decode_all(
                 .ok_or(BlockError::Truncated(
                     "body shorter than its prefix declares",
                 ))?;
-        let b = decode_body(body, lim, snap_len)?;
+        let b = decode_body(body, lim, snap_len, covered)?;
         covered += b.file_len;
         if covered > file_len {
             return Err(BlockError::Corrupt(format!(
@@ -569,7 +595,7 @@ mod tests {
             b.extend_from_slice(&[0u8; 8]);
             b
         };
-        let e = decode_body(&hdr(10, 11, 0, 0), &lim, 100).unwrap_err();
+        let e = decode_body(&hdr(10, 11, 0, 0), &lim, 100, 0).unwrap_err();
         assert!(
             matches!(
                 e,
@@ -580,7 +606,7 @@ mod tests {
             ),
             "{e}"
         );
-        let e = decode_body(&hdr(u64::MAX, 1, 1 << 40, 0), &lim, 100).unwrap_err();
+        let e = decode_body(&hdr(u64::MAX, 1, 1 << 40, 0), &lim, 100, 0).unwrap_err();
         assert!(
             matches!(
                 e,
@@ -591,7 +617,7 @@ mod tests {
             ),
             "{e}"
         );
-        let e = decode_body(&hdr(u64::MAX, 1, 10, 1 << 40), &lim, 100).unwrap_err();
+        let e = decode_body(&hdr(u64::MAX, 1, 10, 1 << 40), &lim, 100, 0).unwrap_err();
         assert!(
             matches!(
                 e,
@@ -602,11 +628,11 @@ mod tests {
             ),
             "{e}"
         );
-        let e = decode_body(&hdr(100, 1, 10, 200), &lim, 100).unwrap_err();
+        let e = decode_body(&hdr(100, 1, 10, 200), &lim, 100, 0).unwrap_err();
         assert!(e.to_string().contains("spill length"), "{e}");
-        let e = decode_body(&hdr(0, 0, 0, 0), &lim, 100).unwrap_err();
+        let e = decode_body(&hdr(0, 0, 0, 0), &lim, 100, 0).unwrap_err();
         assert!(e.to_string().contains("no file bytes"), "{e}");
-        let e = decode_body(&[0x80], &lim, 100).unwrap_err();
+        let e = decode_body(&[0x80], &lim, 100, 0).unwrap_err();
         assert_eq!(e, BlockError::Truncated("header"));
     }
 
@@ -618,7 +644,7 @@ mod tests {
         }
         b.push(CODEC_ZSTD);
         b.extend_from_slice(&zstd::bulk::compress(&[7u8; 100_000], 1).unwrap());
-        let e = decode_body(&b, &Limits::default(), 100).unwrap_err();
+        let e = decode_body(&b, &Limits::default(), 100, 0).unwrap_err();
         assert!(e.to_string().contains("zstd"), "{e}");
     }
 
@@ -638,5 +664,64 @@ mod tests {
         let s = encode(&bp, &EncodeOptions::default()).unwrap();
         let e = decode_all(&s, &Limits::default(), [9; 32], 120, 100, [0; 32]).unwrap_err();
         assert!(e.to_string().contains("beyond its end"), "{e}");
+    }
+
+    #[test]
+    fn self_copies_reach_back_across_blocks_and_never_forward() {
+        // raw 3000 | self copy of 0.. (2000) | snap | overlapping self copy (period 3)
+        let segs = vec![
+            Segment {
+                len: 3000,
+                src: Source::Raw,
+            },
+            Segment {
+                len: 2000,
+                src: Source::SelfCopy { off: 10 },
+            },
+            Segment {
+                len: 500,
+                src: Source::Snap {
+                    op: Transform::Id,
+                    off: 7,
+                    imm: 0,
+                },
+            },
+            Segment {
+                len: 900,
+                src: Source::SelfCopy { off: 5497 },
+            },
+        ];
+        let bp = bp_of(segs, 3);
+        bp.validate(4096).unwrap();
+        let stream = encode(&bp, &small_opts()).unwrap();
+        let back = decode_all(
+            &stream,
+            &Limits::default(),
+            [9; 32],
+            4096,
+            bp.file_len,
+            [0; 32],
+        )
+        .unwrap();
+        // (the 3000-byte raw run is split over three blocks; the rest comes back unchanged)
+        assert_eq!(back.segments[3..], bp.segments[1..]);
+        // the same body decoded as if its block started earlier: the copy would read from
+        // its own position or after it, which is refused
+        let last = {
+            let mut at = 0usize;
+            let mut last = 0usize;
+            while at < stream.len() {
+                last = at;
+                at += PREFIX
+                    + body_len(&stream[at..], &Limits::default())
+                        .unwrap()
+                        .unwrap() as usize;
+            }
+            last
+        };
+        let body = &stream[last + PREFIX..];
+        assert!(decode_body(body, &Limits::default(), 4096, 5500).is_ok());
+        let e = decode_body(body, &Limits::default(), 4096, 0).unwrap_err();
+        assert!(e.to_string().contains("self"), "{e}");
     }
 }

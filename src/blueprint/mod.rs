@@ -183,6 +183,12 @@ impl Blueprint {
     /// Check the structural invariants against a snapshot of `snap_len` bytes: segments cover
     /// exactly `file_len`, snapshot ranges lie inside the snapshot, spill lengths add up.
     pub fn validate(&self, snap_len: u64) -> Result<(), pbb::PbbError> {
+        self.validate_at(snap_len, 0)
+    }
+
+    /// [`Blueprint::validate`] for a part of a file that starts at file offset `base` (a
+    /// packed-transfer block): self copies must read from before their absolute position.
+    pub fn validate_at(&self, snap_len: u64, base: u64) -> Result<(), pbb::PbbError> {
         let mut covered: u64 = 0;
         let mut raw: u64 = 0;
         for (i, seg) in self.segments.iter().enumerate() {
@@ -210,7 +216,7 @@ impl Blueprint {
                 }
                 Source::Raw => raw += seg.len as u64,
                 Source::SelfCopy { off } => {
-                    let dst = covered - seg.len as u64;
+                    let dst = base.saturating_add(covered - seg.len as u64);
                     if off >= dst {
                         return Err(pbb::PbbError::Invalid(format!(
                             "self segment {i} at file offset {dst} copies from {off}, which is not before it"

@@ -190,6 +190,13 @@ pub fn encode_table(segments: &[Segment]) -> Vec<u8> {
 /// [`encode_table`], choosing whether `id`/raw/`id` runs at one alignment are folded into soft
 /// records (`false` writes every segment as its own record, as format v1 did).
 pub fn encode_table_with(segments: &[Segment], fold_soft: bool) -> Vec<u8> {
+    encode_table_at(segments, fold_soft, 0)
+}
+
+/// [`encode_table_with`] for segments that start at file offset `base` (a packed-transfer
+/// block): self copies are coded as distances back from their absolute position, so they
+/// may reach into earlier blocks. [`decode_table_at`] with the same `base` inverts it.
+pub fn encode_table_at(segments: &[Segment], fold_soft: bool, base: u64) -> Vec<u8> {
     let mut ops = Vec::with_capacity(segments.len());
     let mut lens = Vec::with_capacity(segments.len() * 2);
     let mut offs = Vec::with_capacity(segments.len() * 2);
@@ -198,7 +205,7 @@ pub fn encode_table_with(segments: &[Segment], fold_soft: bool) -> Vec<u8> {
     let mut pequal = Vec::new();
     let mut pruns = Vec::new();
     let mut backs = Vec::new();
-    let mut file_pos = 0i64;
+    let mut file_pos = base as i64;
     let mut delta = 0i64; // prev snapshot offset - prev file position
     let mut i = 0;
     while i < segments.len() {
@@ -269,6 +276,18 @@ pub fn decode_table_version(
     count: u64,
     version: u16,
 ) -> Result<Vec<Segment>, PbbError> {
+    decode_table_at(table, count, version, 0)
+}
+
+/// [`decode_table_version`] of a table whose first segment starts at file offset `base` (see
+/// [`encode_table_at`]): self copies come out with absolute source offsets and may reach
+/// back to any earlier byte of the file.
+pub fn decode_table_at(
+    table: &[u8],
+    count: u64,
+    version: u16,
+    base: u64,
+) -> Result<Vec<Segment>, PbbError> {
     let bad = |m: &str| PbbError::Corrupt(format!("segment table: {m}"));
     let ncols = match version {
         1 => 4,
@@ -299,7 +318,7 @@ pub fn decode_table_version(
         Reader::new(backs),
     );
     let mut out = Vec::with_capacity(ops.len());
-    let mut file_pos = 0i64;
+    let mut file_pos = i64::try_from(base).map_err(|_| bad("base offset"))?;
     let mut delta = 0i64;
     for (rec, &op) in ops.iter().enumerate() {
         let len = lens.u64().map_err(|_| bad("length column too short"))?;

@@ -238,10 +238,8 @@ fn blueprints(files: &[PathBuf], snap: &Snapshot) -> anyhow::Result<Vec<SendFile
                 .with_context(|| format!("{}", f.display()))?;
             SendFile {
                 name: name.trim_end_matches(".pbb").to_string(),
-                // the datagram transport places pieces in any order: no self copies
-                blueprint: bp
-                    .lower_basic(snap.bytes())
-                    .with_context(|| format!("{}", f.display()))?,
+                // self copies stay: the sender lowers them for direct files
+                blueprint: bp,
             }
         } else {
             if idx.is_none() {
@@ -268,7 +266,7 @@ fn blueprints(files: &[PathBuf], snap: &Snapshot) -> anyhow::Result<Vec<SendFile
             );
             SendFile {
                 name,
-                blueprint: p.blueprint.lower_basic(snap.bytes())?,
+                blueprint: p.blueprint,
             }
         };
         out.push(bp);

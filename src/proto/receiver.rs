@@ -609,9 +609,9 @@ impl<'s, S: FileSink> Receiver<'s, S> {
                 break;
             }
             let body = &self.prog[fi].buf[at + block::PREFIX..end as usize];
-            let b = block::decode_body(body, &lim, self.snapshot.len() as u64)
-                .map_err(|_| Reason::Protocol)?;
             let file_off = self.prog[fi].hashed;
+            let b = block::decode_body(body, &lim, self.snapshot.len() as u64, file_off)
+                .map_err(|_| Reason::Protocol)?;
             if file_off.checked_add(b.file_len).is_none_or(|e| e > size) {
                 return Err(Reason::Protocol);
             }
@@ -664,10 +664,21 @@ impl<'s, S: FileSink> Receiver<'s, S> {
                     self.sink.write_raw(file, off, &b.spill[spill..spill + n])?;
                     spill += n;
                 }
-                Source::SelfCopy { .. } => {
-                    return Err(SinkError::Io(std::io::Error::other(
-                        "self-copy segment in a packed block",
-                    )))
+                Source::SelfCopy { off: src } => {
+                    // Blocks are applied in file order and segments in order within one, so
+                    // every byte before `off` is final here: the source is complete.
+                    let bytes = self.sink.contents(file).ok_or_else(|| {
+                        std::io::Error::other(
+                            "this output cannot read back what it wrote; self copies need it",
+                        )
+                    })?;
+                    let (s, d, n) = (src as usize, off as usize, seg.len as usize);
+                    let avail = bytes.get(s..d).filter(|a| !a.is_empty()).ok_or_else(|| {
+                        std::io::Error::other("self copy source outside the written file")
+                    })?;
+                    // forward copy semantics: an overlapping source repeats with period d - s
+                    let tmp: Vec<u8> = avail.iter().copied().cycle().take(n).collect();
+                    self.sink.write_raw(file, off, &tmp)?;
                 }
             }
             off += seg.len as u64;

@@ -228,13 +228,26 @@ impl Sender {
                     msg: e.to_string(),
                 }
             })?;
-            if f.blueprint.has_self_copies() {
-                return Err(SendError::InvalidBlueprint {
-                    file: i,
-                    msg: "self-copy segments need their source complete first; \
-                          send Blueprint::lower_basic of it"
-                        .into(),
-                });
+            hashes.extend_from_slice(&f.blueprint.file_hash);
+            let (mode, packed) =
+                choose_mode(&f.blueprint, cfg.pack, &cfg.pack_opts).map_err(|e| {
+                    SendError::Pack {
+                        file: i,
+                        msg: e.to_string(),
+                    }
+                })?;
+            // Direct pieces land in any order, so a self copy could be applied before its
+            // source: direct files carry the bytes a self copy stands for instead. Packed
+            // files keep them (blocks are applied in file order).
+            let mut f = f;
+            if mode == FileMode::Direct && f.blueprint.has_self_copies() {
+                f.blueprint =
+                    f.blueprint
+                        .lower_basic(snapshot)
+                        .map_err(|e| SendError::InvalidBlueprint {
+                            file: i,
+                            msg: e.to_string(),
+                        })?;
             }
             let mut seg_starts = Vec::with_capacity(f.blueprint.segments.len());
             let mut spill_starts = Vec::with_capacity(f.blueprint.segments.len());
@@ -247,14 +260,6 @@ impl Sender {
                     spill += s.len as usize;
                 }
             }
-            hashes.extend_from_slice(&f.blueprint.file_hash);
-            let (mode, packed) =
-                choose_mode(&f.blueprint, cfg.pack, &cfg.pack_opts).map_err(|e| {
-                    SendError::Pack {
-                        file: i,
-                        msg: e.to_string(),
-                    }
-                })?;
             let slen = match mode {
                 FileMode::Direct => f.blueprint.file_len,
                 FileMode::Packed => packed.len() as u64,
@@ -529,7 +534,9 @@ impl Sender {
                             return f.start + off;
                         }
                     }
-                    Source::SelfCopy { .. } => unreachable!("refused in Sender::new"),
+                    Source::SelfCopy { .. } => {
+                        unreachable!("direct files are lowered in Sender::new")
+                    }
                 }
                 si += 1;
             }
@@ -1125,7 +1132,8 @@ mod tests {
             Sender::new(cfg(), [1; 32], one("", [1; 32]), &[0u8; 64]),
             Err(SendError::BadName { .. })
         ));
-        // self copies need their source complete first: refused, lower_basic is accepted
+        // self copies: a direct file carries the bytes they stand for (its pieces land in any
+        // order), a packed file keeps them (blocks are applied in file order)
         let mut selfy = bp([1; 32]);
         selfy.segments = vec![
             Segment {
@@ -1147,14 +1155,11 @@ mod tests {
                 blueprint: b.clone(),
             }]
         };
-        match Sender::new(cfg(), [1; 32], files(&selfy), &[0u8; 64]) {
-            Err(SendError::InvalidBlueprint { msg, .. }) => {
-                assert!(msg.contains("lower_basic"), "{msg}")
-            }
-            other => panic!("expected a refusal, got {:?}", other.err()),
+        for (pack, keeps) in [(PackPolicy::Never, false), (PackPolicy::Always, true)] {
+            let c = SenderConfig { pack, ..cfg() };
+            let s = Sender::new(c, [1; 32], files(&selfy), &[0u8; 64]).unwrap();
+            assert_eq!(s.files[0].bp.has_self_copies(), keeps, "{pack:?}");
         }
-        let low = selfy.lower_basic(&[0u8; 64]).unwrap();
-        assert!(Sender::new(cfg(), [1; 32], files(&low), &[0u8; 64]).is_ok());
         let small = SenderConfig {
             max_datagram: 100,
             ..cfg()
