@@ -32,6 +32,25 @@ pub enum Mode {
     Scatter,
 }
 
+/// Who drives the AF_XDP sockets (as `--xdp-threads`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpThreads {
+    /// One pinned worker thread per queue.
+    Workers,
+    /// The session thread alone.
+    Session,
+}
+
+/// Which files a sender packs (as `--pack`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pack {
+    Auto,
+    Always,
+    Never,
+}
+
 /// Snapshot memory policy (as `--hugepages`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -93,6 +112,14 @@ pub struct PfsConfig {
     pub xdp_mode: Option<String>,
     /// Core to pin the AF_XDP session thread to.
     pub cpu: Option<usize>,
+    /// AF_XDP: one pinned worker per queue (`workers`) or the session thread alone.
+    pub xdp_threads: Option<XdpThreads>,
+    /// Cores for the AF_XDP workers, round-robin.
+    pub cpus: Option<Vec<usize>>,
+    /// Sender: packed transfer `auto`, `always` or `never`.
+    pub pack: Option<Pack>,
+    /// Receiver: msync + fsync each file before renaming it into place.
+    pub sync: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -231,7 +258,11 @@ impl PfsConfig {
             metrics,
             hugepages,
             xdp_mode,
-            cpu
+            cpu,
+            xdp_threads,
+            cpus,
+            pack,
+            sync
         )
     }
 
@@ -248,6 +279,9 @@ impl PfsConfig {
             max_file_size: Some(1 << 40),
             timeout: Some(0),
             hugepages: Some(Hugepages::Auto),
+            xdp_threads: Some(XdpThreads::Workers),
+            pack: Some(Pack::Auto),
+            sync: Some(true),
             ..PfsConfig::default()
         }
     }
@@ -296,8 +330,18 @@ mod tests {
             hugepages = "on"
             xdp-mode = "native"
             cpu = 1
+            xdp-threads = "session"
+            cpus = [0, 1]
+            pack = "never"
+            sync = false
         "#)
         .unwrap();
+        assert_eq!(c.xdp_threads, Some(XdpThreads::Session));
+        assert_eq!(c.cpus, Some(vec![0, 1]));
+        assert_eq!(c.pack, Some(Pack::Never));
+        assert_eq!(c.sync, Some(false));
+        let e = p("pack = \"sometimes\"\n").unwrap_err().to_string();
+        assert!(e.contains("sometimes"), "{e}");
         assert_eq!(c.mode, Some(Mode::Queues));
         assert_eq!(c.queues, Some(vec![0, 3]));
         assert_eq!(c.out_dir, Some(PathBuf::from("/var/lib/pfs/in")));

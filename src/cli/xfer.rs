@@ -38,6 +38,44 @@ pub enum XdpThreads {
     Session,
 }
 
+impl From<packetfs::config::XdpThreads> for XdpThreads {
+    fn from(t: packetfs::config::XdpThreads) -> Self {
+        match t {
+            packetfs::config::XdpThreads::Workers => XdpThreads::Workers,
+            packetfs::config::XdpThreads::Session => XdpThreads::Session,
+        }
+    }
+}
+
+impl From<XdpThreads> for packetfs::config::XdpThreads {
+    fn from(t: XdpThreads) -> Self {
+        match t {
+            XdpThreads::Workers => packetfs::config::XdpThreads::Workers,
+            XdpThreads::Session => packetfs::config::XdpThreads::Session,
+        }
+    }
+}
+
+impl From<packetfs::config::Pack> for PackArg {
+    fn from(p: packetfs::config::Pack) -> Self {
+        match p {
+            packetfs::config::Pack::Auto => PackArg::Auto,
+            packetfs::config::Pack::Always => PackArg::Always,
+            packetfs::config::Pack::Never => PackArg::Never,
+        }
+    }
+}
+
+impl From<PackArg> for packetfs::config::Pack {
+    fn from(p: PackArg) -> Self {
+        match p {
+            PackArg::Auto => packetfs::config::Pack::Auto,
+            PackArg::Always => packetfs::config::Pack::Always,
+            PackArg::Never => packetfs::config::Pack::Never,
+        }
+    }
+}
+
 fn threads_of(t: XdpThreads) -> xdp::Threads {
     match t {
         XdpThreads::Workers => xdp::Threads::Workers,
@@ -186,6 +224,10 @@ pub struct RecvArgs {
     /// Testing: drop this many parts per million of PacketFS frames in the XDP program.
     #[arg(long, default_value_t = 0, hide = true)]
     impair_drop_ppm: u32,
+    /// Make each file durable (msync + fsync) before renaming it into place. `off` skips the
+    /// disk flush (faster; a crash right after a rename may lose pages never written back).
+    #[arg(long, value_enum, default_value = "on")]
+    sync: super::codec::OnOff,
     /// IP MTU.
     #[arg(long, default_value_t = 1500)]
     mtu: usize,
@@ -574,6 +616,7 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
             let mut cfg = RecvConfig::new(SocketAddr::new(a.listen, a.port), out_dir.clone());
             cfg.mtu = a.mtu;
             cfg.proto.max_file_size = a.max_file_size;
+            cfg.proto.durable = a.sync == super::codec::OnOff::On;
             cfg.listen_timeout = listen_timeout;
             let r = udp::UdpReceiver::bind(cfg)?;
             eprintln!(
@@ -600,6 +643,7 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
             link.impair_drop_ppm = a.impair_drop_ppm;
             let mut proto = packetfs::proto::ReceiverConfig::default();
             proto.max_file_size = a.max_file_size;
+            proto.durable = a.sync == super::codec::OnOff::On;
             let cfg = xdp::XdpRecvConfig {
                 link,
                 out_dir: out_dir.clone(),
@@ -710,6 +754,9 @@ fn merged_config(
         max_file_size = "max_file_size",
         timeout = "timeout",
         xdp_mode = "xdp_mode",
+        xdp_threads = "xdp_threads",
+        pack = "pack",
+        sync = "sync",
         metrics = "metrics",
         hugepages = "hugepages"
     );
@@ -774,6 +821,9 @@ pub fn apply_send_config(a: &mut SendArgs, m: &clap::ArgMatches) -> anyhow::Resu
         hugepages: Some(huge_cfg(a.hugepages)),
         xdp_mode: Some(a.xdp_mode.to_string()),
         cpu: a.cpu,
+        xdp_threads: Some(a.xdp_threads.into()),
+        cpus: (!a.cpus.is_empty()).then(|| a.cpus.clone()),
+        pack: Some(a.pack.into()),
         ..Default::default()
     };
     let c = merged_config(&path, m, flags)?;
@@ -783,6 +833,9 @@ pub fn apply_send_config(a: &mut SendArgs, m: &clap::ArgMatches) -> anyhow::Resu
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     }
     a.cpu = c.cpu;
+    a.xdp_threads = c.xdp_threads.map(Into::into).unwrap_or(a.xdp_threads);
+    a.cpus = c.cpus.unwrap_or_default();
+    a.pack = c.pack.map(Into::into).unwrap_or(a.pack);
     a.transport = cfg_transport(c.transport);
     a.iface = c.interface;
     a.mode = c.mode.map(mode_of).unwrap_or(a.mode);
@@ -826,6 +879,9 @@ pub fn apply_recv_config(a: &mut RecvArgs, m: &clap::ArgMatches) -> anyhow::Resu
         hugepages: Some(huge_cfg(a.hugepages)),
         xdp_mode: Some(a.xdp_mode.to_string()),
         cpu: a.cpu,
+        xdp_threads: Some(a.xdp_threads.into()),
+        cpus: (!a.cpus.is_empty()).then(|| a.cpus.clone()),
+        sync: Some(a.sync == super::codec::OnOff::On),
         ..Default::default()
     };
     let c = merged_config(&path, m, flags)?;
@@ -835,6 +891,15 @@ pub fn apply_recv_config(a: &mut RecvArgs, m: &clap::ArgMatches) -> anyhow::Resu
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     }
     a.cpu = c.cpu;
+    a.xdp_threads = c.xdp_threads.map(Into::into).unwrap_or(a.xdp_threads);
+    a.cpus = c.cpus.unwrap_or_default();
+    if let Some(s) = c.sync {
+        a.sync = if s {
+            super::codec::OnOff::On
+        } else {
+            super::codec::OnOff::Off
+        };
+    }
     a.transport = cfg_transport(c.transport);
     a.iface = c.interface;
     a.mode = c.mode.map(mode_of).unwrap_or(a.mode);

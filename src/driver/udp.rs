@@ -651,7 +651,8 @@ impl UdpReceiver {
         let mut pc = self.cfg.proto.clone();
         pc.max_datagram = datagram_for_mtu(self.cfg.mtu);
         let tag = format!("{:016x}", random_u64());
-        let sink = MmapSink::new(&self.cfg.out_dir, &tag)?;
+        let mut sink = MmapSink::new(&self.cfg.out_dir, &tag)?;
+        sink.durable = pc.durable;
         let mut receiver = Receiver::new(pc, snapshot_id, snapshot, sink);
         let opts = DriveOptions {
             first_datagram_timeout: self.cfg.listen_timeout,

@@ -925,8 +925,9 @@ impl XdpReceiver {
             pc.reorder_window = REORDER_WINDOW;
         }
         let tag = format!("{:016x}", random_u64());
-        let sink = MmapSink::new(&self.cfg.out_dir, &tag)
+        let mut sink = MmapSink::new(&self.cfg.out_dir, &tag)
             .map_err(|e| XdpError::Setup(format!("{}: {e}", self.cfg.out_dir.display())))?;
+        sink.durable = pc.durable;
         let mut receiver = Receiver::new(pc, snapshot_id, snapshot, sink);
         let opts = DriveOptions {
             first_datagram_timeout: self.cfg.listen_timeout,

@@ -159,6 +159,9 @@ pub struct ReceiverConfig {
     /// frontier). Set by drivers whose frames can overtake each other (several AF_XDP
     /// queues drained by independent workers).
     pub reorder_window: Duration,
+    /// For the file sink the driver creates: make each file durable (msync + fsync) before
+    /// renaming it into place (`pfs recv --sync off` turns it off).
+    pub durable: bool,
     pub timing: Timing,
 }
 
@@ -174,6 +177,7 @@ impl Default for ReceiverConfig {
             max_packed_total: 1 << 30,
             block_limits: Default::default(),
             reorder_window: Duration::ZERO,
+            durable: true,
             timing: Timing::default(),
         }
     }
