@@ -163,6 +163,18 @@ struct Cut {
     spill: std::ops::Range<usize>,
 }
 
+/// End the block `cur` (push it to `out`) and start an empty one right after it.
+fn close(out: &mut Vec<Cut>, cur: &mut Cut) {
+    let spill = cur.spill.end;
+    let next = Cut {
+        start: cur.start + cur.file_len,
+        file_len: 0,
+        segs: Vec::new(),
+        spill: spill..spill,
+    };
+    out.push(std::mem::replace(cur, next));
+}
+
 /// Split the blueprint into block extents. Raw segments longer than the spill budget are
 /// split; other segments never are.
 fn cuts(bp: &Blueprint, o: &EncodeOptions) -> Vec<Cut> {
@@ -187,17 +199,7 @@ fn cuts(bp: &Blueprint, o: &EncodeOptions) -> Vec<Cut> {
                     seg.len = take;
                 } else {
                     // the block is full: close it and retry with an empty one
-                    let start = cur.spill.end;
-                    let at = cur.start + cur.file_len;
-                    out.push(std::mem::replace(
-                        &mut cur,
-                        Cut {
-                            start: at,
-                            file_len: 0,
-                            segs: Vec::new(),
-                            spill: start..start,
-                        },
-                    ));
+                    close(&mut out, &mut cur);
                     cur_spill = 0;
                     continue;
                 }
@@ -212,17 +214,7 @@ fn cuts(bp: &Blueprint, o: &EncodeOptions) -> Vec<Cut> {
                 || cur.segs.len() >= o.segs_per_block.max(1)
                 || cur.file_len >= o.file_per_block.max(1)
             {
-                let start = cur.spill.end;
-                let at = cur.start + cur.file_len;
-                out.push(std::mem::replace(
-                    &mut cur,
-                    Cut {
-                        start: at,
-                        file_len: 0,
-                        segs: Vec::new(),
-                        spill: start..start,
-                    },
-                ));
+                close(&mut out, &mut cur);
                 cur_spill = 0;
             }
             match rest {
