@@ -36,6 +36,8 @@ pub enum Mode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpThreads {
+    /// Workers when each gets a core besides the session thread's, else the session thread.
+    Auto,
     /// One pinned worker thread per queue.
     Workers,
     /// The session thread alone.
@@ -279,7 +281,7 @@ impl PfsConfig {
             max_file_size: Some(1 << 40),
             timeout: Some(0),
             hugepages: Some(Hugepages::Auto),
-            xdp_threads: Some(XdpThreads::Workers),
+            xdp_threads: Some(XdpThreads::Auto),
             pack: Some(Pack::Auto),
             sync: Some(true),
             ..PfsConfig::default()

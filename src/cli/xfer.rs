@@ -34,6 +34,7 @@ pub enum Transport {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum XdpThreads {
+    Auto,
     Workers,
     Session,
 }
@@ -41,6 +42,7 @@ pub enum XdpThreads {
 impl From<packetfs::config::XdpThreads> for XdpThreads {
     fn from(t: packetfs::config::XdpThreads) -> Self {
         match t {
+            packetfs::config::XdpThreads::Auto => XdpThreads::Auto,
             packetfs::config::XdpThreads::Workers => XdpThreads::Workers,
             packetfs::config::XdpThreads::Session => XdpThreads::Session,
         }
@@ -50,6 +52,7 @@ impl From<packetfs::config::XdpThreads> for XdpThreads {
 impl From<XdpThreads> for packetfs::config::XdpThreads {
     fn from(t: XdpThreads) -> Self {
         match t {
+            XdpThreads::Auto => packetfs::config::XdpThreads::Auto,
             XdpThreads::Workers => packetfs::config::XdpThreads::Workers,
             XdpThreads::Session => packetfs::config::XdpThreads::Session,
         }
@@ -78,6 +81,7 @@ impl From<PackArg> for packetfs::config::Pack {
 
 fn threads_of(t: XdpThreads) -> xdp::Threads {
     match t {
+        XdpThreads::Auto => xdp::Threads::Auto,
         XdpThreads::Workers => xdp::Threads::Workers,
         XdpThreads::Session => xdp::Threads::Session,
     }
@@ -132,9 +136,10 @@ pub struct SendArgs {
     /// Pin the AF_XDP session thread to this core.
     #[arg(long)]
     cpu: Option<usize>,
-    /// Who drives the AF_XDP sockets: one pinned worker thread per queue (workers) or the
-    /// session thread alone (session).
-    #[arg(long, value_enum, default_value = "workers")]
+    /// Who drives the AF_XDP sockets: one pinned worker thread per queue (workers), the
+    /// session thread alone (session), or auto: workers when each gets a core of its own
+    /// besides the session thread's (or --cpus names their cores), else the session thread.
+    #[arg(long, value_enum, default_value = "auto")]
     xdp_threads: XdpThreads,
     /// Cores for the AF_XDP workers, round-robin, e.g. 0,1 (default: every core).
     #[arg(long, value_delimiter = ',')]
@@ -214,9 +219,10 @@ pub struct RecvArgs {
     /// Pin the AF_XDP session thread to this core.
     #[arg(long)]
     cpu: Option<usize>,
-    /// Who drives the AF_XDP sockets: one pinned worker thread per queue (workers) or the
-    /// session thread alone (session).
-    #[arg(long, value_enum, default_value = "workers")]
+    /// Who drives the AF_XDP sockets: one pinned worker thread per queue (workers), the
+    /// session thread alone (session), or auto: workers when each gets a core of its own
+    /// besides the session thread's (or --cpus names their cores), else the session thread.
+    #[arg(long, value_enum, default_value = "auto")]
     xdp_threads: XdpThreads,
     /// Cores for the AF_XDP workers, round-robin, e.g. 0,1 (default: every core).
     #[arg(long, value_delimiter = ',')]
