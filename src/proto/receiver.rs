@@ -582,6 +582,7 @@ impl<'s, S: FileSink> Receiver<'s, S> {
             .get_or_insert_with(|| Box::new(blake3::Hasher::new()));
         h.update(&bytes[p.hashed as usize..upto as usize]);
         p.hashed = upto;
+        self.sink.prefix_final(fi as u32, upto);
     }
 
     /// Decode and apply every complete block of packed file `fi` in the contiguous prefix of
@@ -630,6 +631,7 @@ impl<'s, S: FileSink> Receiver<'s, S> {
                 None => p.hasher = None,
             }
             p.hashed = file_off + b.file_len;
+            self.sink.prefix_final(fi as u32, file_off + b.file_len);
         }
         let p = &mut self.prog[fi];
         if p.decoded == slen {

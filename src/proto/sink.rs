@@ -55,6 +55,9 @@ pub trait FileSink {
     fn contents(&self, _file: u32) -> Option<&[u8]> {
         None
     }
+    /// Bytes `[0, upto)` of `file` are final (hashed; never written again): a sink may start
+    /// writing them back now, so that `commit` has less left to wait for.
+    fn prefix_final(&mut self, _file: u32, _upto: u64) {}
     /// Make the file durable under its final name.
     fn commit(&mut self, file: u32) -> Result<(), SinkError>;
     /// Remove every output not yet committed.
