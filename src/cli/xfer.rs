@@ -97,6 +97,60 @@ pub enum Mode {
     Scatter,
 }
 
+/// The AF_XDP settings `pfs send` and `pfs recv` share.
+#[derive(Args, Debug)]
+pub struct XdpArgs {
+    /// XDP attach mode: native, skb or auto (native, falling back to skb).
+    #[arg(long, default_value = "auto")]
+    xdp_mode: packetfs::steer::XdpMode,
+    /// Pin the AF_XDP session thread to this core.
+    #[arg(long)]
+    cpu: Option<usize>,
+    /// Who drives the AF_XDP sockets: one pinned worker thread per queue (workers), the
+    /// session thread alone (session), or auto: workers when each gets a core of its own
+    /// besides the session thread's (or --cpus names their cores), else the session thread.
+    #[arg(long, value_enum, default_value = "auto")]
+    xdp_threads: XdpThreads,
+    /// Cores for the AF_XDP workers, round-robin, e.g. 0,1 (default: every core).
+    #[arg(long, value_delimiter = ',')]
+    cpus: Vec<usize>,
+}
+
+impl XdpArgs {
+    /// Set these on an AF_XDP link.
+    fn apply(&self, link: &mut xdp::XdpLink) {
+        link.xdp_mode = self.xdp_mode;
+        link.cpu = self.cpu;
+        link.threads = threads_of(self.xdp_threads);
+        link.cpus = self.cpus.clone();
+    }
+
+    /// These as `--config` keys (for [`merged_config`]).
+    fn to_config(&self, c: &mut packetfs::config::PfsConfig) {
+        c.xdp_mode = Some(self.xdp_mode.to_string());
+        c.cpu = self.cpu;
+        c.xdp_threads = Some(self.xdp_threads.into());
+        c.cpus = (!self.cpus.is_empty()).then(|| self.cpus.clone());
+    }
+
+    /// Take the merged configuration's values (`path` names the file in errors).
+    fn from_config(
+        &mut self,
+        c: &packetfs::config::PfsConfig,
+        path: &std::path::Path,
+    ) -> anyhow::Result<()> {
+        if let Some(x) = &c.xdp_mode {
+            self.xdp_mode = x
+                .parse()
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        }
+        self.cpu = c.cpu;
+        self.xdp_threads = c.xdp_threads.map(Into::into).unwrap_or(self.xdp_threads);
+        self.cpus = c.cpus.clone().unwrap_or_default();
+        Ok(())
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct SendArgs {
     /// Files to send: planned on the fly against the snapshot, or .pbb blueprints sent as is.
@@ -130,20 +184,8 @@ pub struct SendArgs {
     /// Number of UDP ports in the range (`ports` mode: one flow per queue and port).
     #[arg(long, default_value_t = 1)]
     ports: u16,
-    /// XDP attach mode: native, skb or auto (native, falling back to skb).
-    #[arg(long, default_value = "auto")]
-    xdp_mode: packetfs::steer::XdpMode,
-    /// Pin the AF_XDP session thread to this core.
-    #[arg(long)]
-    cpu: Option<usize>,
-    /// Who drives the AF_XDP sockets: one pinned worker thread per queue (workers), the
-    /// session thread alone (session), or auto: workers when each gets a core of its own
-    /// besides the session thread's (or --cpus names their cores), else the session thread.
-    #[arg(long, value_enum, default_value = "auto")]
-    xdp_threads: XdpThreads,
-    /// Cores for the AF_XDP workers, round-robin, e.g. 0,1 (default: every core).
-    #[arg(long, value_delimiter = ',')]
-    cpus: Vec<usize>,
+    #[command(flatten)]
+    xdp: XdpArgs,
     /// Link budget, e.g. 1gbit, 500mbit, 100MB (bytes/s); the protocol's own pacing never
     /// exceeds it.
     #[arg(long)]
@@ -213,20 +255,8 @@ pub struct RecvArgs {
     /// embedded in this build, else udp with a printed reason).
     #[arg(long, value_enum)]
     transport: Option<Transport>,
-    /// XDP attach mode: native, skb or auto (native, falling back to skb).
-    #[arg(long, default_value = "auto")]
-    xdp_mode: packetfs::steer::XdpMode,
-    /// Pin the AF_XDP session thread to this core.
-    #[arg(long)]
-    cpu: Option<usize>,
-    /// Who drives the AF_XDP sockets: one pinned worker thread per queue (workers), the
-    /// session thread alone (session), or auto: workers when each gets a core of its own
-    /// besides the session thread's (or --cpus names their cores), else the session thread.
-    #[arg(long, value_enum, default_value = "auto")]
-    xdp_threads: XdpThreads,
-    /// Cores for the AF_XDP workers, round-robin, e.g. 0,1 (default: every core).
-    #[arg(long, value_delimiter = ',')]
-    cpus: Vec<usize>,
+    #[command(flatten)]
+    xdp: XdpArgs,
     /// Testing: drop this many parts per million of PacketFS frames in the XDP program.
     #[arg(long, default_value_t = 0, hide = true)]
     impair_drop_ppm: u32,
@@ -506,10 +536,7 @@ pub fn send(a: SendArgs) -> anyhow::Result<ExitCode> {
             link.queues = a.queues.clone();
             link.port = dst.port();
             link.ports = a.ports;
-            link.xdp_mode = a.xdp_mode;
-            link.cpu = a.cpu;
-            link.threads = threads_of(a.xdp_threads);
-            link.cpus = a.cpus.clone();
+            a.xdp.apply(&mut link);
             let cfg = xdp::XdpSendConfig {
                 link,
                 dst: dst_ip,
@@ -642,10 +669,7 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
             link.queues = a.queues.clone();
             link.port = a.port;
             link.ports = a.ports;
-            link.xdp_mode = a.xdp_mode;
-            link.cpu = a.cpu;
-            link.threads = threads_of(a.xdp_threads);
-            link.cpus = a.cpus.clone();
+            a.xdp.apply(&mut link);
             link.impair_drop_ppm = a.impair_drop_ppm;
             let mut proto = packetfs::proto::ReceiverConfig::default();
             proto.max_file_size = a.max_file_size;
@@ -812,7 +836,7 @@ pub fn apply_send_config(a: &mut SendArgs, m: &clap::ArgMatches) -> anyhow::Resu
     let Some(path) = a.config.clone() else {
         return Ok(());
     };
-    let flags = packetfs::config::PfsConfig {
+    let mut flags = packetfs::config::PfsConfig {
         transport: a.transport.map(transport_cfg),
         interface: a.iface.clone(),
         mode: Some(cfg_mode(a.mode)),
@@ -825,22 +849,12 @@ pub fn apply_send_config(a: &mut SendArgs, m: &clap::ArgMatches) -> anyhow::Resu
         rate: a.rate.clone(),
         metrics: Some(a.metrics.clone()),
         hugepages: Some(huge_cfg(a.hugepages)),
-        xdp_mode: Some(a.xdp_mode.to_string()),
-        cpu: a.cpu,
-        xdp_threads: Some(a.xdp_threads.into()),
-        cpus: (!a.cpus.is_empty()).then(|| a.cpus.clone()),
         pack: Some(a.pack.into()),
         ..Default::default()
     };
+    a.xdp.to_config(&mut flags);
     let c = merged_config(&path, m, flags)?;
-    if let Some(x) = &c.xdp_mode {
-        a.xdp_mode = x
-            .parse()
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    }
-    a.cpu = c.cpu;
-    a.xdp_threads = c.xdp_threads.map(Into::into).unwrap_or(a.xdp_threads);
-    a.cpus = c.cpus.unwrap_or_default();
+    a.xdp.from_config(&c, &path)?;
     a.pack = c.pack.map(Into::into).unwrap_or(a.pack);
     a.transport = cfg_transport(c.transport);
     a.iface = c.interface;
@@ -868,7 +882,7 @@ pub fn apply_recv_config(a: &mut RecvArgs, m: &clap::ArgMatches) -> anyhow::Resu
     let Some(path) = a.config.clone() else {
         return Ok(());
     };
-    let flags = packetfs::config::PfsConfig {
+    let mut flags = packetfs::config::PfsConfig {
         transport: a.transport.map(transport_cfg),
         interface: a.iface.clone(),
         mode: Some(cfg_mode(a.mode)),
@@ -883,22 +897,12 @@ pub fn apply_recv_config(a: &mut RecvArgs, m: &clap::ArgMatches) -> anyhow::Resu
         timeout: Some(a.timeout),
         metrics: Some(a.metrics.clone()),
         hugepages: Some(huge_cfg(a.hugepages)),
-        xdp_mode: Some(a.xdp_mode.to_string()),
-        cpu: a.cpu,
-        xdp_threads: Some(a.xdp_threads.into()),
-        cpus: (!a.cpus.is_empty()).then(|| a.cpus.clone()),
         sync: Some(a.sync == super::codec::OnOff::On),
         ..Default::default()
     };
+    a.xdp.to_config(&mut flags);
     let c = merged_config(&path, m, flags)?;
-    if let Some(x) = &c.xdp_mode {
-        a.xdp_mode = x
-            .parse()
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    }
-    a.cpu = c.cpu;
-    a.xdp_threads = c.xdp_threads.map(Into::into).unwrap_or(a.xdp_threads);
-    a.cpus = c.cpus.unwrap_or_default();
+    a.xdp.from_config(&c, &path)?;
     if let Some(s) = c.sync {
         a.sync = if s {
             super::codec::OnOff::On
