@@ -666,6 +666,18 @@ impl<'s, S: FileSink> Receiver<'s, S> {
                     self.sink.write_raw(file, off, &b.spill[spill..spill + n])?;
                     spill += n;
                 }
+                Source::Cover { off: so } => {
+                    let n = seg.len as usize;
+                    let s = so as usize;
+                    let src = self
+                        .snapshot
+                        .get(s..s + n)
+                        .ok_or_else(|| std::io::Error::other("cover reads beyond the snapshot"))?;
+                    let mut tmp = vec![0u8; n];
+                    crate::blueprint::apply::add_bytes(src, &b.spill[spill..spill + n], &mut tmp);
+                    self.sink.write_raw(file, off, &tmp)?;
+                    spill += n;
+                }
                 Source::SelfCopy { off: src } => {
                     // Blocks are applied in file order and segments in order within one, so
                     // every byte before `off` is final here: the source is complete.

@@ -68,7 +68,9 @@ pub fn direct_payload_estimate(bp: &Blueprint) -> u64 {
         .map(|s| match s.src {
             Source::Snap { .. } => SNAP_PIECE as u64,
             // self copies go as the raw bytes they copy in direct mode
-            Source::Raw | Source::SelfCopy { .. } => RAW_PIECE as u64 + s.len as u64,
+            Source::Raw | Source::SelfCopy { .. } | Source::Cover { .. } => {
+                RAW_PIECE as u64 + s.len as u64
+            }
         })
         .sum()
 }
@@ -534,7 +536,7 @@ impl Sender {
                             return f.start + off;
                         }
                     }
-                    Source::SelfCopy { .. } => {
+                    Source::SelfCopy { .. } | Source::Cover { .. } => {
                         unreachable!("direct files are lowered in Sender::new")
                     }
                 }
@@ -896,7 +898,7 @@ mod tests {
                         out.extend_from_slice(&spill[sp..sp + s.len as usize]);
                         sp += s.len as usize;
                     }
-                    Source::SelfCopy { .. } => unreachable!(),
+                    Source::SelfCopy { .. } | Source::Cover { .. } => unreachable!(),
                 }
             }
             let bp = Blueprint {
