@@ -9,7 +9,9 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use packetfs::blueprint::pbb::{self, PackOptions, SpillCodec};
+use packetfs::blueprint::pbb::{self, PackOptions};
+use packetfs::blueprint::predict::PredictOptions;
+use packetfs::blueprint::Level;
 use packetfs::blueprint::{Source, Transform};
 use packetfs::index::{default_specs, IndexSet, IndexSpec, Projection};
 use packetfs::plan::hints::Hints;
@@ -152,12 +154,14 @@ pub struct PlanArgs {
     /// Also write the blueprint as human-readable JSON to this path.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Raw spill compression.
-    #[arg(long, value_enum, default_value = "zstd")]
-    codec: SpillCodec,
-    /// Spill compression level (zstd 1..=22, default 17; xz 0..=9, default 9).
-    #[arg(long)]
-    level: Option<i32>,
+    /// Packing effort (.pbb v3): `fast` tries cheap coders only, `default` adds LZMA,
+    /// `max` tries every coder and setting on each stream.
+    #[arg(long, value_enum, default_value = "default")]
+    level: Level,
+    /// Reference prediction for x86-64 ELF files (costs nothing in the differences when a
+    /// moved reference is predicted right).
+    #[arg(long, value_enum, default_value = "on")]
+    predict: OnOff,
     /// Planner threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -462,18 +466,14 @@ pub fn plan(a: PlanArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("writing {}", mp.display()))?;
     }
     let t_pack = Instant::now();
-    let opts = PackOptions {
-        codec: a.codec,
-        level: a.level.unwrap_or(match a.codec {
-            SpillCodec::Xz => p.spill_level(9),
-            _ => p.spill_level(PackOptions::default().level),
-        }),
-        ..PackOptions::default()
-    };
+    let mut opts = PackOptions::for_level(a.level);
+    if a.predict == OnOff::Off {
+        opts.predict = PredictOptions::NONE;
+    }
     // the plan's figures (raw_ratio, segment counts) describe what the planner found; when
     // plain compression of the whole file is smaller, that is what the .pbb holds (plain_won)
     let st = p.blueprint.stats();
-    let (bytes, sizes, plain) = pbb::pack_best(&p.blueprint, &file, &opts)?;
+    let (bytes, sizes, plain) = pbb::pack_best(&p.blueprint, &file, Some(snap.bytes()), &opts)?;
     if plain {
         p.blueprint.segments = packetfs::blueprint::raw_segments(file.len() as u64);
         p.blueprint.spill = file.clone();
@@ -513,7 +513,8 @@ pub fn plan(a: PlanArgs) -> anyhow::Result<ExitCode> {
         "raw_bits_per_byte": p.raw_bits_per_byte,
         "hints": hints_source,
         "plain_won": plain,
-        "codec": a.codec,
+        "pack_level": a.level,
+        "streams": sizes.streams,
         "snapshot_id": snap.manifest.snapshot_id,
         "snapshot_backing": snap.backing_name(),
         "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
@@ -576,7 +577,7 @@ pub fn unplan(a: UnplanArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let snap = Snapshot::open(&a.snapshot, a.hugepages)?;
-    let bp = pbb::unpack(&bytes, &snap.id, snap.bytes().len() as u64)
+    let bp = pbb::unpack_with(&bytes, &snap.id, snap.bytes())
         .with_context(|| format!("{}", a.input.display()))?;
     let dir = match a.out.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
