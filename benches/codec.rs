@@ -115,6 +115,14 @@ fn main() {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     let ctx = Some((&target[..], snap.bytes()));
+    if let Ok(dir) = std::env::var("PFS_CODEC_DUMP") {
+        // the raw streams of the covers blueprint, for coder experiments
+        let raw =
+            packetfs::blueprint::streams::split(&covers.segments, &covers.spill, 0, None, None);
+        for (s, n) in raw.iter().zip(packetfs::blueprint::streams::NAMES) {
+            std::fs::write(format!("{dir}/{n}"), s).unwrap();
+        }
+    }
     let only = std::env::var("PFS_CODEC_ONLY").unwrap_or_default();
     let want = |s: &str| only.is_empty() || only.split(',').any(|o| o == s);
     for (name, bp) in [("exact", &exact), ("covers", &covers)] {
@@ -126,8 +134,8 @@ fn main() {
             "\n## {name}: {} segments ({} covers over {} bytes, {} nonzero differences), {} literal bytes",
             st.segments, st.cover, st.cover_bytes, st.cover_diff_nonzero, st.raw_spill
         );
-        println!("\n| level | wire bytes | pack s | ops | lens | offs | imms | backs | diffs | lits | refs |");
-        println!("|---|---:|---:|---|---|---|---|---|---|---|---|");
+        println!("\n| level | wire bytes | pack s | ops | lens | offs | imms | backs | dzeros | dbytes | lits | refs |");
+        println!("|---|---:|---:|---|---|---|---|---|---|---|---|---|");
         for level in [Level::Fast, Level::Default, Level::Max] {
             let ((bytes, sizes), t) =
                 secs(|| pbb::pack_v3(bp, ctx, &PackOptions::for_level(level)).expect("pack"));
@@ -135,7 +143,7 @@ fn main() {
             let cells: Vec<String> = sizes
                 .streams
                 .iter()
-                .map(|s| format!("{} → {} {}", s.raw, s.stored, s.coder))
+                .map(|s| format!("{} → {} {} {:.0} ms", s.raw, s.stored, s.coder, s.ms))
                 .collect();
             println!(
                 "| {} | {} | {:.2} | {} |",
@@ -179,8 +187,8 @@ fn main() {
                 pb: 2,
             },
         ];
-        println!("\n| coder (all streams) | wire bytes | ops | lens | offs | imms | backs | diffs | lits | refs |");
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        println!("\n| coder (all streams) | wire bytes | ops | lens | offs | imms | backs | dzeros | dbytes | lits | refs |");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for c in coders {
             let o = PackOptions {
                 force: Some(c),
@@ -194,7 +202,7 @@ fn main() {
     // reference prediction ablation on the covers
     if want("predict") {
         println!("\n## reference prediction (covers, level default)\n");
-        println!("| predictions | wire bytes | diffs stored | nonzero diffs |");
+        println!("| predictions | wire bytes | dzeros + dbytes stored | nonzero differences |");
         println!("|---|---:|---:|---:|");
         let mut rows = vec![("none", PredictOptions::NONE)];
         rows.extend(PredictOptions::each());
@@ -207,25 +215,11 @@ fn main() {
             };
             let (bytes, sizes) = pbb::pack_v3(&covers, ctx, &o).expect("pack");
             check(&bytes, &snap, &target);
-            let d = &sizes.streams[5];
-            // nonzero differences after prediction: decode the diffs stream's raw bytes again
-            let nz = {
-                let h = pbb::read_header(&bytes).unwrap();
-                let dir = h.streams.unwrap();
-                let dl = u32::from_le_bytes(bytes[92..96].try_into().unwrap()) as usize;
-                let mut at = pbb::HEADER_LEN_V3 + dl;
-                for e in &dir[..5] {
-                    at += e.stored as usize;
-                }
-                let raw = packetfs::blueprint::coder::decode(
-                    dir[5].coder,
-                    &bytes[at..at + dir[5].stored as usize],
-                    dir[5].raw,
-                )
-                .unwrap();
-                raw.iter().filter(|&&b| b != 0).count()
-            };
-            println!("| {name} | {} | {} | {nz} |", bytes.len(), d.stored);
+            // the nonzero differences left after prediction are the dbytes stream's raw bytes
+            let (z, d) = (&sizes.streams[5], &sizes.streams[6]);
+            let nz = d.raw;
+            let d_stored = z.stored + d.stored;
+            println!("| {name} | {} | {} | {nz} |", bytes.len(), d_stored);
         }
     }
     // rebuild speed next to memcpy

@@ -536,19 +536,19 @@ fn bad_blueprints_are_refused_cleanly() {
             &(|e: &mut Vec<(u8, u64, u64)>| e[1].1 = 1 << 59) as &dyn Fn(&mut Vec<(u8, u64, u64)>),
             "stream lens declares",
         ),
-        ("lits", &|e| e[6].1 = 1 << 59, "stream lits declares"),
-        ("coder", &|e| e[6].0 = 77, "unknown coder 77"),
-        ("stored", &|e| e[6].2 += 5, "add up"),
-        ("raw", &|e| e[6].1 += 1, "stream lits"),
+        ("lits", &|e| e[7].1 = 1 << 59, "stream lits declares"),
+        ("coder", &|e| e[7].0 = 77, "unknown coder 77"),
+        ("stored", &|e| e[7].2 += 5, "add up"),
+        ("raw", &|e| e[7].1 += 1, "stream lits"),
     ] {
         let n = format!("dir-{name}.pbb");
         w(&n, &with_dir(edit, data));
         fails(&unplan(&n), what);
     }
     // damaged bytes inside the literal stream (a zstd or LZMA stream), checksum fixed
-    let lits_at: u64 = dir[..6].iter().map(|e| e.stored).sum();
+    let lits_at: u64 = dir[..7].iter().map(|e| e.stored).sum();
     let mut dd = data.to_vec();
-    for k in 0..dir[6].stored.min(64) {
+    for k in 0..dir[7].stored.min(64) {
         dd[(lits_at + k) as usize] ^= 0x5a;
     }
     w("damaged.pbb", &with_dir(&|_| {}, &dd));

@@ -8,8 +8,8 @@
 //! ```text
 //! block := body_len u32 LE | body
 //! body  := varint file_len | varint nsegs | directory | data
-//! directory := 8 x (coder u8 | varint raw_len | varint stored_len)
-//!              for ops, lens, offs, imms, backs, diffs, lits, refs (refs is empty)
+//! directory := 9 x (coder u8 | varint raw_len | varint stored_len)
+//!              for ops, lens, offs, imms, backs, dzeros, dbytes, lits, refs (refs is empty)
 //! data  := the stored streams end to end
 //! ```
 //!
@@ -28,7 +28,7 @@
 
 use super::coder::{Coder, CoderOptions, Level};
 use super::pbb::PbbError;
-use super::streams::{self, S_DIFFS, S_LITS, S_REFS};
+use super::streams::{self, S_DBYTES, S_DZEROS, S_LITS, S_REFS};
 use super::varint::{put_u64, Reader};
 use super::{Blueprint, Segment, Source};
 
@@ -311,7 +311,8 @@ pub fn decode_body(
     }
     let spill_cap = lim.max_spill.min(file_len);
     let mut caps = streams::caps(nsegs, file_len);
-    caps[S_DIFFS] = spill_cap;
+    caps[S_DZEROS] = caps[S_DZEROS].min(spill_cap.saturating_add(1).saturating_mul(20));
+    caps[S_DBYTES] = spill_cap;
     caps[S_LITS] = spill_cap;
     caps[S_REFS] = 0;
     let dir = streams::read_dir(&mut r, &caps, None).map_err(|m| {
@@ -321,7 +322,7 @@ pub fn decode_body(
             BlockError::Corrupt(m)
         }
     })?;
-    let spill_len = dir[S_DIFFS].raw + dir[S_LITS].raw;
+    let spill_len = dir[S_DBYTES].raw + dir[S_LITS].raw;
     if spill_len > spill_cap {
         return Err(too("spill length", spill_len, spill_cap));
     }
@@ -335,7 +336,7 @@ pub fn decode_body(
     }
     let raw = streams::decode_all(&dir, data).map_err(BlockError::Corrupt)?;
     let (segments, spill) =
-        streams::join(&raw, nsegs, base).map_err(|e| BlockError::Corrupt(e.0))?;
+        streams::join(&raw, nsegs, base, file_len).map_err(|e| BlockError::Corrupt(e.0))?;
     let bp = Blueprint {
         snapshot_id: [0; 32],
         file_len,
@@ -558,7 +559,7 @@ mod tests {
     }
 
     fn empty_dir() -> Vec<(u8, u64, u64)> {
-        vec![(0, 0, 0); 8]
+        vec![(0, 0, 0); streams::NSTREAMS]
     }
 
     #[test]
@@ -591,18 +592,18 @@ mod tests {
         assert!(e.to_string().contains("stream lens declares"), "{e}");
         // literals beyond the spill limit
         let mut d = empty_dir();
-        d[6] = (1, 1 << 40, 10);
+        d[S_LITS] = (1, 1 << 40, 10);
         let e = decode_body(&body(u64::MAX, 1, &d, &[0; 10]), &lim, 100, 0).unwrap_err();
         assert!(e.to_string().contains("stream lits declares"), "{e}");
         // differences plus literals beyond the file
         let mut d = empty_dir();
-        d[5] = (0, 60, 60);
-        d[6] = (0, 60, 60);
+        d[S_DBYTES] = (0, 60, 60);
+        d[S_LITS] = (0, 60, 60);
         let e = decode_body(&body(100, 1, &d, &[0; 120]), &lim, 100, 0).unwrap_err();
         assert!(e.to_string().contains("spill length"), "{e}");
         // a refs stream (blocks carry none)
         let mut d = empty_dir();
-        d[7] = (0, 1, 1);
+        d[S_REFS] = (0, 1, 1);
         let e = decode_body(&body(100, 1, &d, &[0; 1]), &lim, 100, 0).unwrap_err();
         assert!(e.to_string().contains("stream refs"), "{e}");
         // an unknown coder
@@ -630,7 +631,7 @@ mod tests {
     fn a_stream_expanding_beyond_its_declared_size_is_refused() {
         let z = zstd::bulk::compress(&[7u8; 100_000], 1).unwrap();
         let mut d = empty_dir();
-        d[6] = (1, 50, z.len() as u64);
+        d[S_LITS] = (1, 50, z.len() as u64);
         let e = decode_body(&body(100, 1, &d, &z), &Limits::default(), 100, 0).unwrap_err();
         assert!(e.to_string().contains("stream lits"), "{e}");
         assert!(

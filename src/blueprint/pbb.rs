@@ -507,7 +507,7 @@ pub fn decode_table_at(
 
 /// Sizes of the parts of a packed blueprint: `table` is the header's directory plus the
 /// stored column streams (ops, lens, offs, imms, backs, refs), `spill` the stored differences
-/// and literals.
+/// (dzeros, dbytes) and literals.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct PackedSizes {
     pub header: u64,
@@ -574,11 +574,7 @@ pub fn pack_v3(
     out.extend_from_slice(&data);
     let sum = blake3::hash(&out);
     out.extend_from_slice(sum.as_bytes());
-    let spill: u64 = rep
-        .iter()
-        .filter(|r| r.name == "diffs" || r.name == "lits")
-        .map(|r| r.stored)
-        .sum();
+    let spill: u64 = streams::SPILL_STREAMS.iter().map(|&i| rep[i].stored).sum();
     let sizes = PackedSizes {
         header: HEADER_LEN_V3 as u64,
         table: dir.len() as u64 + data.len() as u64 - spill,
@@ -806,8 +802,10 @@ fn read_header_v3(bytes: &[u8]) -> Result<Header, PbbError> {
         return Err(PbbError::Corrupt("bytes after the stream directory".into()));
     }
     let sum = |ix: &[usize], f: fn(&streams::Entry) -> u64| ix.iter().map(|&i| f(&dir[i])).sum();
-    let table_ix = [0usize, 1, 2, 3, 4, 7];
-    let spill_ix = [streams::S_DIFFS, streams::S_LITS];
+    let table_ix: Vec<usize> = (0..NSTREAMS)
+        .filter(|i| !streams::SPILL_STREAMS.contains(i))
+        .collect();
+    let spill_ix = streams::SPILL_STREAMS;
     Ok(Header {
         version: 3,
         codec: SpillCodec::None,
@@ -876,7 +874,7 @@ fn unpack_inner(
         let data = &bytes[data_at..bytes.len() - TRAILER_LEN];
         let raw = streams::decode_all(dir, data).map_err(PbbError::Corrupt)?;
         let (segments, mut spill) =
-            streams::join(&raw, h.segments, 0).map_err(|e| PbbError::Corrupt(e.0))?;
+            streams::join(&raw, h.segments, 0, h.file_len).map_err(|e| PbbError::Corrupt(e.0))?;
         let mut bp = Blueprint {
             snapshot_id: h.snapshot_id,
             file_len: h.file_len,
