@@ -17,8 +17,11 @@
 
 pub mod apply;
 pub mod block;
+pub mod coder;
 pub mod pbb;
 pub mod varint;
+
+pub use coder::Level;
 
 use serde::{Deserialize, Serialize};
 

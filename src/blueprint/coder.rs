@@ -1,0 +1,546 @@
+//! Stream coders for `.pbb` v3 and packed blocks: each stream (a table column, the cover
+//! differences, the literals) is stored with the coder that measures smallest for it.
+//!
+//! A coded stream is self-describing apart from its coder byte: a zstd frame, an LZMA1 `.lzma`
+//! ("alone") stream whose 13-byte header carries lc/lp/pb and the dictionary size, or an `.xz`
+//! stream whose block header carries its filter chain (the x86 BCJ filter in front of LZMA2).
+//! Decoding is streamed with a hard output limit (the declared raw length) and a memory limit
+//! for the LZMA dictionary, so a forged stream cannot make a reader allocate more than
+//! [`DECODE_MEMLIMIT`] plus the declared length.
+//!
+//! Packing effort is a [`Level`]: `fast` tries zstd only (cheap levels), `default` adds LZMA
+//! with the literal/position settings that suit columns and machine code, `max` tries
+//! everything. Before any trial a stream is sampled; one that does not compress is stored
+//! as it is, so incompressible data costs one pass of zstd -1 over a few samples.
+
+use std::io::Read;
+
+use serde::{Deserialize, Serialize};
+
+/// Packing effort: which coders are tried on each stream.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// Cheap coders only (zstd at low levels): for packing on the fly.
+    Fast,
+    /// zstd -19 and LZMA with a few lc/lp/pb settings.
+    #[default]
+    Default,
+    /// Every coder and setting (LZMA preset 9 extreme, the x86 BCJ filter, more lc/lp/pb).
+    Max,
+}
+
+impl Level {
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Fast => "fast",
+            Level::Default => "default",
+            Level::Max => "max",
+        }
+    }
+}
+
+/// Memory a decoder may use for one LZMA stream's dictionary (the LZMA decoder refuses a
+/// stream that needs more).
+pub const DECODE_MEMLIMIT: u64 = 192 << 20;
+
+/// The coder byte of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[repr(u8)]
+pub enum CoderKind {
+    Stored = 0,
+    Zstd = 1,
+    /// LZMA1 in the `.lzma` container (its header holds lc/lp/pb and the dictionary size).
+    Lzma = 2,
+    /// An `.xz` stream (its block header holds the filters, e.g. x86 BCJ + LZMA2).
+    Xz = 3,
+}
+
+impl TryFrom<u8> for CoderKind {
+    type Error = u8;
+    fn try_from(c: u8) -> Result<Self, u8> {
+        Ok(match c {
+            0 => CoderKind::Stored,
+            1 => CoderKind::Zstd,
+            2 => CoderKind::Lzma,
+            3 => CoderKind::Xz,
+            c => return Err(c),
+        })
+    }
+}
+
+impl CoderKind {
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+/// One way to encode a stream (the encoder's choice; the decoder needs only the kind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(tag = "coder", rename_all = "lowercase")]
+pub enum Coder {
+    Stored,
+    Zstd {
+        level: i32,
+    },
+    Lzma {
+        preset: u32,
+        extreme: bool,
+        lc: u32,
+        lp: u32,
+        pb: u32,
+    },
+    /// x86 BCJ filter, then LZMA2.
+    XzX86 {
+        preset: u32,
+        extreme: bool,
+        lc: u32,
+        lp: u32,
+        pb: u32,
+    },
+}
+
+impl Coder {
+    pub fn kind(self) -> CoderKind {
+        match self {
+            Coder::Stored => CoderKind::Stored,
+            Coder::Zstd { .. } => CoderKind::Zstd,
+            Coder::Lzma { .. } => CoderKind::Lzma,
+            Coder::XzX86 { .. } => CoderKind::Xz,
+        }
+    }
+
+    /// A short name for tables: `stored`, `zstd-19`, `lzma-9e/0,2,2`, `xz-x86-9/0,0,2`.
+    pub fn name(self) -> String {
+        match self {
+            Coder::Stored => "stored".into(),
+            Coder::Zstd { level } => format!("zstd-{level}"),
+            Coder::Lzma {
+                preset,
+                extreme,
+                lc,
+                lp,
+                pb,
+            } => format!(
+                "lzma-{preset}{}/{lc},{lp},{pb}",
+                if extreme { "e" } else { "" }
+            ),
+            Coder::XzX86 {
+                preset,
+                extreme,
+                lc,
+                lp,
+                pb,
+            } => format!(
+                "xz-x86-{preset}{}/{lc},{lp},{pb}",
+                if extreme { "e" } else { "" }
+            ),
+        }
+    }
+
+    /// Encode `data`.
+    pub fn encode(self, data: &[u8]) -> std::io::Result<Vec<u8>> {
+        use xz2::stream::{Check, Filters, LzmaOptions, Stream};
+        let lz = |preset: u32, extreme: bool, lc: u32, lp: u32, pb: u32| {
+            let mut o = LzmaOptions::new_preset(preset | if extreme { 1 << 31 } else { 0 })
+                .map_err(std::io::Error::other)?;
+            // a dictionary no larger than the data (at least 4 KiB) keeps the decoder small
+            let dict = (data.len() as u64)
+                .next_power_of_two()
+                .clamp(4096, 64 << 20) as u32;
+            o.literal_context_bits(lc)
+                .literal_position_bits(lp)
+                .position_bits(pb)
+                .dict_size(dict);
+            Ok::<_, std::io::Error>(o)
+        };
+        Ok(match self {
+            Coder::Stored => data.to_vec(),
+            Coder::Zstd { level } => {
+                let mut c = zstd::bulk::Compressor::new(level)?;
+                let wlog =
+                    (64 - (data.len().max(1 << 10) as u64 - 1).leading_zeros()).clamp(10, 27);
+                c.set_parameter(zstd::zstd_safe::CParameter::WindowLog(wlog))?;
+                c.compress(data)?
+            }
+            Coder::Lzma {
+                preset,
+                extreme,
+                lc,
+                lp,
+                pb,
+            } => {
+                let s = Stream::new_lzma_encoder(&lz(preset, extreme, lc, lp, pb)?)
+                    .map_err(std::io::Error::other)?;
+                let mut out = Vec::new();
+                xz2::read::XzEncoder::new_stream(data, s).read_to_end(&mut out)?;
+                out
+            }
+            Coder::XzX86 {
+                preset,
+                extreme,
+                lc,
+                lp,
+                pb,
+            } => {
+                let mut f = Filters::new();
+                f.x86();
+                f.lzma2(&lz(preset, extreme, lc, lp, pb)?);
+                let s =
+                    Stream::new_stream_encoder(&f, Check::None).map_err(std::io::Error::other)?;
+                let mut out = Vec::new();
+                xz2::read::XzEncoder::new_stream(data, s).read_to_end(&mut out)?;
+                out
+            }
+        })
+    }
+}
+
+/// Why a stream does not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CoderError {
+    #[error("unknown coder {0}")]
+    UnknownCoder(u8),
+    #[error("{coder:?} data does not decode: {msg}")]
+    Damaged { coder: CoderKind, msg: String },
+    #[error("decodes to {got}{plus} bytes, {want} declared", plus = if *.over { "+" } else { "" })]
+    Length { got: u64, want: u64, over: bool },
+}
+
+/// Decode `data` coded with `coder` (a coder byte) to exactly `raw_len` bytes.
+pub fn decode(coder: u8, data: &[u8], raw_len: u64) -> Result<Vec<u8>, CoderError> {
+    let kind = CoderKind::try_from(coder).map_err(CoderError::UnknownCoder)?;
+    let damaged = |e: &dyn std::fmt::Display| CoderError::Damaged {
+        coder: kind,
+        msg: e.to_string(),
+    };
+    let mut out = Vec::new();
+    let res = match kind {
+        CoderKind::Stored => {
+            if data.len() as u64 != raw_len {
+                return Err(CoderError::Length {
+                    got: data.len() as u64,
+                    want: raw_len,
+                    over: false,
+                });
+            }
+            return Ok(data.to_vec());
+        }
+        CoderKind::Zstd => {
+            let mut d = zstd::stream::read::Decoder::with_buffer(data).map_err(|e| damaged(&e))?;
+            d.window_log_max(27).map_err(|e| damaged(&e))?;
+            d.take(raw_len + 1).read_to_end(&mut out)
+        }
+        CoderKind::Lzma => {
+            let s =
+                xz2::stream::Stream::new_lzma_decoder(DECODE_MEMLIMIT).map_err(|e| damaged(&e))?;
+            xz2::read::XzDecoder::new_stream(data, s)
+                .take(raw_len + 1)
+                .read_to_end(&mut out)
+        }
+        CoderKind::Xz => {
+            let s = xz2::stream::Stream::new_stream_decoder(DECODE_MEMLIMIT, 0)
+                .map_err(|e| damaged(&e))?;
+            xz2::read::XzDecoder::new_stream(data, s)
+                .take(raw_len + 1)
+                .read_to_end(&mut out)
+        }
+    };
+    res.map_err(|e| damaged(&e))?;
+    if out.len() as u64 != raw_len {
+        return Err(CoderError::Length {
+            got: out.len().min(raw_len as usize) as u64,
+            want: raw_len,
+            over: out.len() as u64 > raw_len,
+        });
+    }
+    Ok(out)
+}
+
+/// What a stream holds: the choice of candidate coders depends on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamClass {
+    /// A table column (ops, varint lengths and offsets): small, structured.
+    Column,
+    /// Cover difference bytes: mostly zeros.
+    Diff,
+    /// Literal bytes (raw spill).
+    Literal,
+}
+
+/// How a stream set is packed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoderOptions {
+    pub level: Level,
+    /// Whether the literal stream is x86-64 machine code (the BCJ filter is tried on it).
+    pub x86: bool,
+    /// Pin one coder for every stream (ablation, tests); `None` measures.
+    pub force: Option<Coder>,
+}
+
+impl CoderOptions {
+    pub fn for_level(level: Level) -> Self {
+        CoderOptions {
+            level,
+            x86: false,
+            force: None,
+        }
+    }
+}
+
+/// Streams below this are not sampled: they are tried whole.
+const SAMPLE_MIN: usize = 256 << 10;
+/// Sampled bytes (in [`SAMPLES`] pieces) for the compressibility estimate.
+const SAMPLE_BYTES: usize = 128 << 10;
+const SAMPLES: usize = 8;
+
+/// zstd -1 on evenly spaced samples: the estimated compressed share of `data` (1.0 when
+/// nothing is gained). Used to store incompressible streams without any trial.
+pub fn estimate_ratio(data: &[u8]) -> f64 {
+    if data.is_empty() {
+        return 1.0;
+    }
+    let sample: Vec<u8> = if data.len() <= SAMPLE_BYTES {
+        data.to_vec()
+    } else {
+        let piece = SAMPLE_BYTES / SAMPLES;
+        let step = (data.len() - piece) / (SAMPLES - 1);
+        (0..SAMPLES)
+            .flat_map(|k| &data[k * step..k * step + piece])
+            .copied()
+            .collect()
+    };
+    match zstd::bulk::compress(&sample, 1) {
+        Ok(z) => z.len() as f64 / sample.len() as f64,
+        Err(_) => 1.0,
+    }
+}
+
+/// The coders `level` tries on a stream of class `class`.
+pub fn candidates(class: StreamClass, o: &CoderOptions) -> Vec<Coder> {
+    let lzma = |preset, extreme, lc, lp, pb| Coder::Lzma {
+        preset,
+        extreme,
+        lc,
+        lp,
+        pb,
+    };
+    let mut c = Vec::new();
+    match o.level {
+        Level::Fast => c.push(Coder::Zstd {
+            level: if class == StreamClass::Literal { 3 } else { 6 },
+        }),
+        Level::Default => {
+            c.push(Coder::Zstd { level: 19 });
+            match class {
+                StreamClass::Column | StreamClass::Diff => {
+                    c.push(lzma(7, false, 0, 0, 0));
+                    c.push(lzma(7, false, 0, 2, 2));
+                }
+                StreamClass::Literal => {
+                    c.push(lzma(7, false, 3, 0, 2));
+                    c.push(lzma(7, false, 0, 2, 2));
+                }
+            }
+        }
+        Level::Max => {
+            c.push(Coder::Zstd { level: 19 });
+            c.push(Coder::Zstd { level: 22 });
+            for (lc, lp, pb) in [
+                (0, 0, 0),
+                (0, 2, 2),
+                (3, 0, 2),
+                (1, 0, 0),
+                (0, 0, 2),
+                (4, 0, 0),
+            ] {
+                c.push(lzma(9, true, lc, lp, pb));
+            }
+        }
+    }
+    if class == StreamClass::Literal && o.x86 && o.level != Level::Fast {
+        let preset = if o.level == Level::Max { 9 } else { 7 };
+        let extreme = o.level == Level::Max;
+        for (lc, lp, pb) in [(0, 2, 2), (3, 0, 2)] {
+            c.push(Coder::XzX86 {
+                preset,
+                extreme,
+                lc,
+                lp,
+                pb,
+            });
+        }
+    }
+    c
+}
+
+/// One stream packed: the coder chosen and its bytes.
+#[derive(Debug, Clone)]
+pub struct Packed {
+    pub coder: Coder,
+    pub bytes: Vec<u8>,
+}
+
+/// Encode `data` with the candidate that measures smallest (stored when nothing beats it or
+/// the sampled estimate says the stream does not compress). Streams of at least
+/// [`SAMPLE_MIN`] bytes rank the candidates on samples and encode whole with the best two.
+pub fn pack_stream(data: &[u8], class: StreamClass, o: &CoderOptions) -> std::io::Result<Packed> {
+    let stored = || Packed {
+        coder: Coder::Stored,
+        bytes: data.to_vec(),
+    };
+    if data.is_empty() {
+        return Ok(stored());
+    }
+    if let Some(c) = o.force {
+        let bytes = c.encode(data)?;
+        return Ok(Packed { coder: c, bytes });
+    }
+    if data.len() >= 4096 && estimate_ratio(data) > 0.97 {
+        return Ok(stored());
+    }
+    let mut cands = candidates(class, o);
+    if data.len() >= SAMPLE_MIN && cands.len() > 2 {
+        let piece = SAMPLE_BYTES / SAMPLES;
+        let step = (data.len() - piece) / (SAMPLES - 1);
+        let sample: Vec<u8> = (0..SAMPLES)
+            .flat_map(|k| &data[k * step..k * step + piece])
+            .copied()
+            .collect();
+        let mut ranked: Vec<(usize, Coder)> = Vec::with_capacity(cands.len());
+        for c in &cands {
+            ranked.push((c.encode(&sample)?.len(), *c));
+        }
+        ranked.sort_by_key(|r| r.0);
+        cands = ranked.into_iter().take(2).map(|r| r.1).collect();
+    }
+    let mut best = stored();
+    for c in cands {
+        let bytes = c.encode(data)?;
+        if bytes.len() < best.bytes.len() {
+            best = Packed { coder: c, bytes };
+        }
+    }
+    Ok(best)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(n: usize) -> Vec<u8> {
+        (0..n)
+            .map(|i| b"the quick brown fox jumps over the lazy dog "[i % 44] ^ (i / 1000) as u8)
+            .collect()
+    }
+
+    #[test]
+    fn every_coder_round_trips_and_declares_its_kind() {
+        let data = text(50_000);
+        for c in [
+            Coder::Stored,
+            Coder::Zstd { level: 3 },
+            Coder::Lzma {
+                preset: 6,
+                extreme: false,
+                lc: 0,
+                lp: 2,
+                pb: 2,
+            },
+            Coder::XzX86 {
+                preset: 6,
+                extreme: false,
+                lc: 3,
+                lp: 0,
+                pb: 2,
+            },
+        ] {
+            let z = c.encode(&data).unwrap();
+            assert_eq!(
+                decode(c.kind().code(), &z, data.len() as u64).unwrap(),
+                data,
+                "{}",
+                c.name()
+            );
+            // a wrong declared length is an error either way
+            let e = decode(c.kind().code(), &z, data.len() as u64 - 1).unwrap_err();
+            assert!(matches!(e, CoderError::Length { .. }), "{e}");
+            let e = decode(c.kind().code(), &z, data.len() as u64 + 1).unwrap_err();
+            assert!(
+                matches!(e, CoderError::Length { .. } | CoderError::Damaged { .. }),
+                "{e}"
+            );
+        }
+        assert_eq!(decode(9, b"", 0), Err(CoderError::UnknownCoder(9)));
+    }
+
+    #[test]
+    fn incompressible_streams_are_stored_without_trials() {
+        let mut x = 0x9e3779b97f4a7c15u64;
+        let noise: Vec<u8> = (0..1 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        assert!(estimate_ratio(&noise) > 0.97);
+        for level in [Level::Fast, Level::Default, Level::Max] {
+            let p = pack_stream(
+                &noise,
+                StreamClass::Literal,
+                &CoderOptions::for_level(level),
+            )
+            .unwrap();
+            assert_eq!(p.coder, Coder::Stored);
+            assert_eq!(p.bytes, noise);
+        }
+    }
+
+    #[test]
+    fn the_smallest_candidate_wins() {
+        let data = text(300_000);
+        let o = CoderOptions::for_level(Level::Default);
+        let p = pack_stream(&data, StreamClass::Column, &o).unwrap();
+        assert_ne!(p.coder, Coder::Stored);
+        for c in candidates(StreamClass::Column, &o) {
+            // the chosen one is never beaten by more than what sampling can miss: every
+            // candidate, encoded whole, is at least as large as the choice or within 5%
+            let n = c.encode(&data).unwrap().len();
+            assert!(
+                p.bytes.len() <= n + n / 20,
+                "{} {} vs {}",
+                c.name(),
+                n,
+                p.bytes.len()
+            );
+        }
+        assert_eq!(
+            decode(p.coder.kind().code(), &p.bytes, data.len() as u64).unwrap(),
+            data
+        );
+    }
+
+    #[test]
+    fn forged_lzma_and_zstd_streams_are_refused() {
+        // damaged bytes
+        for kind in [CoderKind::Zstd, CoderKind::Lzma, CoderKind::Xz] {
+            let e = decode(kind.code(), &[0xffu8; 40], 10).unwrap_err();
+            assert!(
+                matches!(e, CoderError::Damaged { .. } | CoderError::Length { .. }),
+                "{e}"
+            );
+        }
+        // an .lzma header asking for a 4 GiB dictionary is refused by the memory limit
+        let mut h = vec![0x5du8, 0xff, 0xff, 0xff, 0xff];
+        h.extend_from_slice(&u64::MAX.to_le_bytes());
+        h.extend_from_slice(&[0u8; 16]);
+        let e = decode(CoderKind::Lzma.code(), &h, 100).unwrap_err();
+        assert!(matches!(e, CoderError::Damaged { .. }), "{e}");
+    }
+}
