@@ -13,7 +13,7 @@ use packetfs::blueprint::pbb::{self, PackOptions, SpillCodec};
 use packetfs::blueprint::{Source, Transform};
 use packetfs::index::{default_specs, IndexSet, IndexSpec, Projection};
 use packetfs::plan::hints::Hints;
-use packetfs::plan::{self, PlanConfig};
+use packetfs::plan::{self, Level, PlanConfig};
 use packetfs::pob::{self, HugePolicy, Recipe, Snapshot};
 use packetfs::util::{hex, human_bytes, AtomicFile};
 
@@ -70,6 +70,9 @@ pub enum IndexCmd {
         /// Rebuild even when up to date.
         #[arg(long)]
         force: bool,
+        /// Build what this preset plans with.
+        #[arg(long, value_enum, default_value = "default")]
+        level: Level,
         #[command(flatten)]
         tuning: Tuning,
     },
@@ -100,14 +103,16 @@ pub struct Tuning {
 }
 
 impl Tuning {
-    fn config(&self) -> anyhow::Result<PlanConfig> {
+    /// The preset of `level`, then the --planner file's keys over it, then the flags.
+    fn config(&self, level: Level) -> anyhow::Result<PlanConfig> {
         let mut c = match &self.planner {
             Some(p) => {
                 let t = std::fs::read_to_string(p)
                     .with_context(|| format!("reading planner config {}", p.display()))?;
-                PlanConfig::from_toml(&t).with_context(|| format!("{}", p.display()))?
+                layer_toml(PlanConfig::preset(level), &t)
+                    .with_context(|| format!("{}", p.display()))?
             }
-            None => PlanConfig::default(),
+            None => PlanConfig::preset(level),
         };
         if let Some(f) = self.fanout_k8 {
             c.fanout_k8 = f;
@@ -129,6 +134,32 @@ impl Tuning {
         c.sweep |= self.sweep;
         Ok(c)
     }
+}
+
+/// `base` with the keys of a planner TOML text over it (nested tables merge key by key);
+/// unknown keys and bad values are refused as [`PlanConfig::from_toml`] refuses them.
+fn layer_toml(base: PlanConfig, text: &str) -> Result<PlanConfig, plan::PlanError> {
+    fn merge(into: &mut toml::Table, from: toml::Table) {
+        for (k, v) in from {
+            match (into.get_mut(&k), v) {
+                (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+                (_, v) => {
+                    into.insert(k, v);
+                }
+            }
+        }
+    }
+    // parse (and so refuse unknown keys) on its own first, for the clearer message
+    PlanConfig::from_toml(text)?;
+    let over: toml::Table =
+        toml::from_str(text).map_err(|source| plan::PlanError::Toml { source })?;
+    let mut t = toml::Table::try_from(&base).expect("a PlanConfig serialises to TOML");
+    merge(&mut t, over);
+    let c: PlanConfig = toml::Value::Table(t)
+        .try_into()
+        .map_err(|source| plan::PlanError::Toml { source })?;
+    c.validate()?;
+    Ok(c)
 }
 
 #[derive(Args, Debug)]
@@ -155,9 +186,14 @@ pub struct PlanArgs {
     /// Raw spill compression.
     #[arg(long, value_enum, default_value = "zstd")]
     codec: SpillCodec,
-    /// Spill compression level (zstd 1..=22, default 17; xz 0..=9, default 9).
+    /// Preset: `fast` (what `pfs send` plans with), `default`, or `max` (plan once, send
+    /// many times). Sets the planner config (overridden by --planner and the flags) and the
+    /// packing effort.
+    #[arg(long, value_enum, default_value = "default")]
+    level: Level,
+    /// Spill compression level (zstd 1..=22; xz 0..=9); default: the preset's.
     #[arg(long)]
-    level: Option<i32>,
+    spill_level: Option<i32>,
     /// Planner threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -186,8 +222,9 @@ pub struct PlanArgs {
     /// Metrics log (JSON lines) to append the run's metrics to.
     #[arg(long, default_value = packetfs::metrics::DEFAULT_LOG)]
     metrics: PathBuf,
-    /// Snapshot memory: hugepages when available (auto), required (on) or not (off).
-    #[arg(long, value_enum, default_value = "auto")]
+    /// Snapshot memory: mapped from the file (off: planning reads a small part of it),
+    /// hugepages when available (auto), or required (on).
+    #[arg(long, value_enum, default_value = "off")]
     hugepages: HugePolicy,
 }
 
@@ -371,8 +408,13 @@ fn ensure_index(snap: &Snapshot, specs: &[IndexSpec], force: bool) -> anyhow::Re
 
 pub fn index(cmd: IndexCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        IndexCmd::Build { dir, force, tuning } => {
-            let cfg = tuning.config()?;
+        IndexCmd::Build {
+            dir,
+            force,
+            tuning,
+            level,
+        } => {
+            let cfg = tuning.config(level)?;
             let specs = plan::index_specs(&cfg);
             let snap = Snapshot::open(&dir, HugePolicy::Off)?;
             let (_, reports) = IndexSet::ensure(&snap, &specs, force)?;
@@ -418,7 +460,7 @@ fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
 pub fn plan(a: PlanArgs) -> anyhow::Result<ExitCode> {
     let t_all = Instant::now();
     let file = read_input(&a.file)?;
-    let base = a.tuning.config()?;
+    let base = a.tuning.config(a.level)?;
     let cfg = PlanConfig {
         window: a.window.max(4096),
         threads: a.threads,
@@ -462,14 +504,7 @@ pub fn plan(a: PlanArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("writing {}", mp.display()))?;
     }
     let t_pack = Instant::now();
-    let opts = PackOptions {
-        codec: a.codec,
-        level: a.level.unwrap_or(match a.codec {
-            SpillCodec::Xz => p.spill_level(9),
-            _ => p.spill_level(PackOptions::default().level),
-        }),
-        ..PackOptions::default()
-    };
+    let opts = pack_options(a.level, a.codec, a.spill_level, &p);
     // the plan's figures (raw_ratio, segment counts) describe what the planner found; when
     // plain compression of the whole file is smaller, that is what the .pbb holds (plain_won)
     let st = p.blueprint.stats();
@@ -513,7 +548,8 @@ pub fn plan(a: PlanArgs) -> anyhow::Result<ExitCode> {
         "raw_bits_per_byte": p.raw_bits_per_byte,
         "hints": hints_source,
         "plain_won": plain,
-        "codec": a.codec,
+        "codec": opts.codec,
+        "level": a.level.name(),
         "snapshot_id": snap.manifest.snapshot_id,
         "snapshot_backing": snap.backing_name(),
         "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
@@ -522,6 +558,31 @@ pub fn plan(a: PlanArgs) -> anyhow::Result<ExitCode> {
     packetfs::metrics::append(&a.metrics, &metrics)
         .with_context(|| format!("appending to metrics log {}", a.metrics.display()))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Packing for a preset: `fast` zstd -3 (table -3), `default` zstd -17, `max` xz -9 (when
+/// the codec is left at zstd); `spill_level` overrides the level.
+fn pack_options(
+    level: Level,
+    codec: SpillCodec,
+    spill_level: Option<i32>,
+    p: &plan::Plan,
+) -> PackOptions {
+    let codec = match (level, codec) {
+        (Level::Max, SpillCodec::Zstd) => SpillCodec::Xz,
+        (_, c) => c,
+    };
+    let (lvl, table_level) = match (level, codec) {
+        (_, SpillCodec::Xz) => (9, 19),
+        (Level::Fast, _) => (3, 3),
+        (Level::Default, _) => (PackOptions::default().level, 15),
+        (Level::Max, _) => (19, 19),
+    };
+    PackOptions {
+        codec,
+        level: spill_level.unwrap_or_else(|| p.spill_level(lvl)),
+        table_level,
+    }
 }
 
 fn write_blueprint_json(path: &Path, bp: &packetfs::blueprint::Blueprint) -> anyhow::Result<()> {

@@ -68,6 +68,12 @@ pub fn gram_hash(b: &[u8], p: usize) -> u64 {
     x ^ (x >> 33)
 }
 
+/// The order minimizers are chosen by: one multiply (its high half depends on every byte).
+#[inline(always)]
+fn order_hash(x: u64) -> u64 {
+    x.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5555_5555_0000_0000
+}
+
 /// The addressing hash of a gram hash (independent of the order minimizers are chosen by).
 #[inline(always)]
 fn addr(h: u64) -> u64 {
@@ -95,12 +101,18 @@ fn home(tag: u64, cap: usize) -> usize {
 /// Scratch space for [`anchors`] (reused across calls).
 #[derive(Default)]
 pub struct Scratch {
-    hs: Vec<u64>,
+    v: Vec<u64>,
+    pre: Vec<u64>,
+    suf: Vec<u64>,
 }
 
 /// The anchors of the windows that start at gram positions `lo..hi` of `data` (the windows
 /// read grams up to `hi + w - 1`, bytes up to `hi + w + 6`, clipped to the data), in
 /// position order, as `(position, gram hash)`. Appends to `out`.
+///
+/// Window minima come from block prefix and suffix minima (van Herk / Gil-Werman: branch-free,
+/// two passes), over keys that hold a multiplicative hash's high 32 bits above the inverted
+/// position, so the minimum is the smallest hash and, on a tie, the rightmost position.
 pub fn anchors(
     data: &[u8],
     lo: usize,
@@ -118,40 +130,49 @@ pub fn anchors(
     if lo >= end_gram {
         return;
     }
-    let hs = &mut scratch.hs;
-    hs.clear();
-    hs.extend((lo..end_gram).map(|p| gram_hash(data, p)));
+    let n = end_gram - lo;
+    debug_assert!(n < u32::MAX as usize);
     // windows shorter than w at the end of the data: the data's tail still gets an anchor
-    let w = w.min(hs.len());
-    const M: usize = 255;
-    let mut dq = [0u32; M + 1];
-    let (mut head, mut tail) = (0usize, 0usize);
-    let mut last: Option<(usize, u64)> = None;
-    for j in 0..hs.len() {
-        let v = hs[j];
-        while tail != head && hs[dq[(tail - 1) & M] as usize] >= v {
-            tail -= 1;
+    let w = w.min(n);
+    let Scratch { v, pre, suf } = scratch;
+    for a in [&mut *v, &mut *pre, &mut *suf] {
+        if a.len() < n {
+            a.resize(n, 0);
         }
-        dq[tail & M] = j as u32;
-        tail += 1;
-        if j + 1 >= w {
-            let q = j + 1 - w; // window start (relative)
-            if lo + q >= hi {
-                break;
-            }
-            while (dq[head & M] as usize) < q {
-                head += 1;
-            }
-            let m = dq[head & M] as usize;
-            let (pos, h) = (lo + m, hs[m]);
-            match last {
-                Some((lp, _)) if lp == pos => {}
-                // a tie with the previous anchor still in reach: keep that one
-                Some((lp, lh)) if lh == h && pos - lp < w => {}
-                _ => {
-                    out.push((pos, h));
-                    last = Some((pos, h));
-                }
+    }
+    let grams = &data[lo..end_gram + K - 1];
+    let mut b = 0;
+    while b < n {
+        let e = (b + w).min(n);
+        let mut m = u64::MAX;
+        for (j, (vj, pj)) in v[b..e].iter_mut().zip(pre[b..e].iter_mut()).enumerate() {
+            let j = b + j;
+            let x = u64::from_le_bytes(grams[j..j + 8].try_into().expect("8"));
+            let key = (order_hash(x) >> 32) << 32 | (u32::MAX - j as u32) as u64;
+            *vj = key;
+            m = m.min(key);
+            *pj = m;
+        }
+        let mut m = u64::MAX;
+        for (vj, sj) in v[b..e].iter().zip(suf[b..e].iter_mut()).rev() {
+            m = m.min(*vj);
+            *sj = m;
+        }
+        b = e;
+    }
+    let windows = (n + 1 - w).min(hi.saturating_sub(lo));
+    let mut last: Option<(usize, u64)> = None;
+    for (s, p) in suf[..windows].iter().zip(&pre[w - 1..w - 1 + windows]) {
+        let m = (*s).min(*p);
+        let j = (u32::MAX - m as u32) as usize;
+        let pos = lo + j;
+        match last {
+            Some((lp, _)) if lp == pos => {}
+            // a tie with the previous anchor still in reach: keep that one
+            Some((lp, lm)) if lm >> 32 == m >> 32 && pos - lp < w => {}
+            _ => {
+                out.push((pos, gram_hash(data, pos)));
+                last = Some((pos, m));
             }
         }
     }
@@ -249,14 +270,22 @@ impl MinIndex {
         } else {
             threads
         };
-        let mut table = vec![0u64; cap * nshards];
+        let _ = cap;
+        // sized from the anchors of the first super-chunk (the whole snapshot up to 1 GiB)
+        let io = |source| IndexError::Io {
+            path: path.into(),
+            source,
+        };
+        let mut out: Option<OutTable> = None;
+        let mut cap = 0usize;
+        let mut limit = 0usize;
         let mut counts = vec![0usize; nshards];
         let mut entries = 0u64;
         let mut dropped = 0u64;
-        let limit = (cap as f64 * FULL) as usize;
         let shard_shift = 64 - bits;
         // super-chunks bound the temporary anchor lists (8 bytes per anchor)
-        const SUPER: usize = 256 << 20;
+        const SUPER: usize = 1 << 30;
+        let reserve = |len: usize| (len as f64 * 2.2 / (w as f64 + 1.0) / nshards as f64) as usize + 16;
         let ngrams = if snap.len() >= K {
             snap.len() - K + 1
         } else {
@@ -273,7 +302,9 @@ impl MinIndex {
                         let a = lo + t * per;
                         let b = (a + per).min(hi);
                         s.spawn(move || {
-                            let mut lists: Vec<Vec<u64>> = vec![Vec::new(); nshards];
+                            let mut lists: Vec<Vec<u64>> = (0..nshards)
+                                .map(|_| Vec::with_capacity(reserve(b.saturating_sub(a))))
+                                .collect();
                             let mut scratch = Scratch::default();
                             let mut out = Vec::new();
                             let mut x = a;
@@ -300,6 +331,25 @@ impl MinIndex {
                     .map(|h| h.join().expect("index builder panicked"))
                     .collect()
             });
+            if out.is_none() {
+                // the median shard (a key repeated past its fanout inflates one shard's list,
+                // not what it stores), with room for the spread between shards
+                let mut per: Vec<usize> = (0..nshards)
+                    .map(|sh| bufs.iter().map(|l| l[sh].len()).sum::<usize>())
+                    .collect();
+                per.sort_unstable();
+                let med = per[nshards / 2] as f64;
+                let most = med + 4.0 * med.sqrt() + 8.0;
+                let (scale, margin) = if hi - lo < ngrams {
+                    (ngrams as f64 / (hi - lo) as f64, 1.1)
+                } else {
+                    (1.0, 1.0)
+                };
+                cap = ((most as f64 * scale * margin / LOAD).ceil() as usize).max(64);
+                limit = (cap as f64 * FULL) as usize;
+                out = Some(OutTable::create(path, cap * nshards).map_err(io)?);
+            }
+            let table = out.as_mut().expect("created above").slots_mut();
             // 2. fill shards, each from the thread lists in snapshot order
             let group = nshards.div_ceil(threads);
             let res: Vec<(u64, u64)> = std::thread::scope(|s| {
@@ -340,6 +390,13 @@ impl MinIndex {
             }
             lo = hi;
         }
+        let out = match out {
+            Some(o) => o,
+            None => {
+                cap = 64; // a snapshot without a single gram
+                OutTable::create(path, cap * nshards).map_err(io)?
+            }
+        };
         let mut head = Vec::with_capacity(HEADER);
         head.extend_from_slice(&MAGIC);
         head.extend_from_slice(&VERSION.to_le_bytes());
@@ -354,10 +411,7 @@ impl MinIndex {
         head.extend_from_slice(&entries.to_le_bytes());
         head.extend_from_slice(&dropped.to_le_bytes());
         head.resize(HEADER, 0);
-        write_parts(path, &head, bytemuck::cast_slice(&table)).map_err(|source| IndexError::Io {
-            path: path.into(),
-            source,
-        })
+        out.finish(&head).map_err(io)
     }
 
     /// Map an index file and check its header against the snapshot and the spec (O(1): the
@@ -504,17 +558,70 @@ impl MinIndex {
     }
 }
 
-/// Write `head` then `body` to `path` under a temporary name, then rename.
-fn write_parts(path: &Path, head: &[u8], body: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut f = crate::util::AtomicFile::create(path)?;
-    {
-        let mut w = std::io::BufWriter::with_capacity(4 << 20, f.file());
-        w.write_all(head)?;
-        w.write_all(body)?;
-        w.flush()?;
+/// The index file being written: a temporary file beside `path`, mapped, so the table is
+/// filled in place (no copy of it through write()). Renamed over `path` by `finish`; removed
+/// when dropped unfinished. Not fsynced: the index is derived data, and whatever a crash
+/// leaves is either refused by `open` (header, length) or only costs matches (every
+/// candidate is verified on the snapshot's bytes).
+struct OutTable {
+    tmp: std::path::PathBuf,
+    dst: std::path::PathBuf,
+    map: Option<memmap2::MmapMut>,
+}
+
+impl OutTable {
+    fn create(path: &Path, slots: usize) -> std::io::Result<OutTable> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = dir.join(format!(".{name}.pfs-tmp-{}", std::process::id()));
+        let mut t = OutTable {
+            tmp,
+            dst: path.to_path_buf(),
+            map: None,
+        };
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&t.tmp)?;
+        f.set_len((HEADER + 8 * slots) as u64)?;
+        // Safety: the temporary file was just created by this process under a private name;
+        // nothing else maps or truncates it while the mapping lives.
+        #[allow(unsafe_code)]
+        let map = unsafe { memmap2::MmapMut::map_mut(&f) }?;
+        t.map = Some(map);
+        Ok(t)
     }
-    f.commit()
+
+    fn slots_mut(&mut self) -> &mut [u64] {
+        // the mapping is page-aligned and HEADER is a multiple of 8
+        bytemuck::cast_slice_mut(&mut self.map.as_mut().expect("mapped")[HEADER..])
+    }
+
+    fn finish(mut self, head: &[u8]) -> std::io::Result<()> {
+        let mut map = self.map.take().expect("mapped");
+        map[..HEADER].copy_from_slice(head);
+        drop(map);
+        std::fs::rename(&self.tmp, &self.dst)?;
+        self.tmp = std::path::PathBuf::new();
+        Ok(())
+    }
+}
+
+impl Drop for OutTable {
+    fn drop(&mut self) {
+        self.map = None;
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 #[cfg(test)]

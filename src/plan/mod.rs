@@ -112,27 +112,9 @@ impl Default for CoverCost {
     }
 }
 
-/// A named planner preset (`pfs plan --level`, `pfs send --level`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Level {
-    /// On-the-fly planning (`pfs send`'s default): sparse seeds, fast reject, few candidates.
-    Fast,
-    /// `pfs plan`'s default.
-    Default,
-    /// Plan once, distribute many times: more candidates, every position probed.
-    Max,
-}
-
-impl Level {
-    pub fn name(self) -> &'static str {
-        match self {
-            Level::Fast => "fast",
-            Level::Default => "default",
-            Level::Max => "max",
-        }
-    }
-}
+/// A named preset (`pfs plan --level`, `pfs send --level`): the planner's side is
+/// [`PlanConfig::preset`], the packer's is [`crate::blueprint::coder::Level`] itself.
+pub use crate::blueprint::coder::Level;
 
 /// Planner settings. As TOML (`pfs plan --planner FILE`), every field is optional.
 #[derive(Debug, Clone, Serialize, Deserialize)]
