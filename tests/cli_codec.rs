@@ -117,7 +117,8 @@ fn help_explains_every_subcommand() {
         "--hints",
         "--window",
         "--json",
-        "--codec",
+        "--level",
+        "--predict",
         "--metrics",
     ] {
         assert!(out.contains(flag), "plan --help lacks {flag}");

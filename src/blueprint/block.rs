@@ -1,41 +1,39 @@
 //! The packed-transfer block codec: a blueprint as a stream of independently decodable
-//! blocks, each covering a contiguous file range and holding that range's segment table
-//! (the `.pbb` column coding, [`super::pbb::encode_table`]) and its raw spill, compressed
-//! together with zstd.
+//! blocks, each covering a contiguous file range and holding that range's records as the
+//! separate streams of `.pbb` v3 ([`super::streams`]: table columns, cover differences,
+//! literals), each stored with its own coder.
 //!
 //! A packed stream is the blocks end to end, in file order:
 //!
 //! ```text
 //! block := body_len u32 LE | body
-//! body  := varint file_len | varint nsegs | varint table_len | varint spill_len
-//!          | codec u8 (0 stored, 1 zstd) | data
-//! data  := table (table_len bytes) ++ spill (spill_len bytes), stored or as one zstd frame
+//! body  := varint file_len | varint nsegs | directory | data
+//! directory := 8 x (coder u8 | varint raw_len | varint stored_len)
+//!              for ops, lens, offs, imms, backs, diffs, lits, refs (refs is empty)
+//! data  := the stored streams end to end
 //! ```
 //!
 //! Decoding is bounded: every declared length is checked against [`Limits`] and against the
-//! others (a segment covers at least one byte, so `nsegs <= file_len`; spill is at most
-//! `file_len`; a table entry takes at most [`MAX_TABLE_BYTES_PER_SEG`] bytes) before anything
-//! is allocated, and zstd output is capped at the declared size. The receiver decodes blocks
-//! in file order as the contiguous prefix of the stream completes (docs/protocol.md).
+//! others (a segment covers at least one byte, so `nsegs <= file_len`; differences plus
+//! literals are at most `file_len` and [`Limits::max_spill`]; a column takes at most 10 bytes
+//! per record) before anything is allocated, and each coder's output is capped at its
+//! declared size. The receiver decodes blocks in file order as the contiguous prefix of the
+//! stream completes (docs/protocol.md).
 //!
 //! Self copies (segments that copy from earlier in the same file) are coded as distances back
-//! from their absolute file position ([`super::pbb::encode_table_at`] with the block's start),
-//! so they may reach into earlier blocks; because blocks are applied strictly in file order,
-//! their source bytes are always complete when they are applied, however the frames arrived.
+//! from their absolute file position, so they may reach into earlier blocks; because blocks
+//! are applied strictly in file order, their source bytes are always complete when they are
+//! applied, however the frames arrived. Blocks carry no reference predictions (the receiver
+//! decodes a block without the snapshot bytes).
 
-use super::pbb::{decode_table_at, encode_table_at, PbbError, VERSION};
+use super::coder::{Coder, CoderOptions, Level};
+use super::pbb::PbbError;
+use super::streams::{self, S_DIFFS, S_LITS, S_REFS};
 use super::varint::{put_u64, Reader};
 use super::{Blueprint, Segment, Source};
 
 /// Bytes of the length prefix of every block.
 pub const PREFIX: usize = 4;
-/// Most bytes one segment takes in the table: op 1, length varint 5, offset varint 10, imm 1.
-pub const MAX_TABLE_BYTES_PER_SEG: u64 = 17;
-/// The table's four column-length varints.
-const TABLE_FIXED: u64 = 4 * 10;
-
-const CODEC_STORED: u8 = 0;
-const CODEC_ZSTD: u8 = 1;
 
 /// What a decoder accepts per block.
 #[derive(Debug, Clone, Copy)]
@@ -68,7 +66,7 @@ pub struct EncodeOptions {
     /// ...or covers this many file bytes (snapshot segments are not split: a block may cover
     /// more when one segment is longer).
     pub file_per_block: u64,
-    /// zstd level.
+    /// zstd level for every stream (a stream that does not compress is stored).
     pub level: i32,
     /// Encoder threads (blocks are independent).
     pub threads: usize,
@@ -128,29 +126,24 @@ impl Block {
 
 /// Encode one block's body (no length prefix).
 fn encode_body(
-    z: &mut zstd::bulk::Compressor<'_>,
+    o: &EncodeOptions,
     base: u64,
     file_len: u64,
     segs: &[Segment],
     spill: &[u8],
 ) -> Result<Vec<u8>, std::io::Error> {
-    let table = encode_table_at(segs, false, base);
-    let mut data = Vec::with_capacity(table.len() + spill.len());
-    data.extend_from_slice(&table);
-    data.extend_from_slice(spill);
-    let comp = z.compress(&data)?;
-    let mut out = Vec::with_capacity(comp.len().min(data.len()) + 24);
+    let raw = streams::split(segs, spill, base, None, None);
+    let co = CoderOptions {
+        level: Level::Fast,
+        x86: false,
+        force: Some(Coder::Zstd { level: o.level }),
+    };
+    let (dir, data, _) = streams::code_all(&raw, &co)?;
+    let mut out = Vec::with_capacity(dir.len() + data.len() + 20);
     put_u64(&mut out, file_len);
     put_u64(&mut out, segs.len() as u64);
-    put_u64(&mut out, table.len() as u64);
-    put_u64(&mut out, spill.len() as u64);
-    if comp.len() < data.len() {
-        out.push(CODEC_ZSTD);
-        out.extend_from_slice(&comp);
-    } else {
-        out.push(CODEC_STORED);
-        out.extend_from_slice(&data);
-    }
+    out.extend_from_slice(&dir);
+    out.extend_from_slice(&data);
     Ok(out)
 }
 
@@ -175,8 +168,8 @@ fn close(out: &mut Vec<Cut>, cur: &mut Cut) {
     out.push(std::mem::replace(cur, next));
 }
 
-/// Split the blueprint into block extents. Raw segments longer than the spill budget are
-/// split; other segments never are.
+/// Split the blueprint into block extents. Raw segments and covers longer than the spill
+/// budget are split; other segments never are.
 fn cuts(bp: &Blueprint, o: &EncodeOptions) -> Vec<Cut> {
     let mut out = Vec::new();
     let mut cur = Cut {
@@ -192,10 +185,22 @@ fn cuts(bp: &Blueprint, o: &EncodeOptions) -> Vec<Cut> {
         loop {
             // Raw bytes beyond this block's budget go to the next block.
             let mut rest = None;
-            if seg.src == Source::Raw && cur_spill + seg.len as u64 > spill_cap {
+            let spills = matches!(seg.src, Source::Raw | Source::Cover { .. });
+            if spills && cur_spill + seg.len as u64 > spill_cap {
                 let take = (spill_cap - cur_spill) as u32;
                 if take > 0 {
-                    rest = Some(seg.len - take);
+                    rest = Some(match seg.src {
+                        Source::Cover { off } => Segment {
+                            len: seg.len - take,
+                            src: Source::Cover {
+                                off: off + take as u64,
+                            },
+                        },
+                        _ => Segment {
+                            len: seg.len - take,
+                            src: Source::Raw,
+                        },
+                    });
                     seg.len = take;
                 } else {
                     // the block is full: close it and retry with an empty one
@@ -205,7 +210,7 @@ fn cuts(bp: &Blueprint, o: &EncodeOptions) -> Vec<Cut> {
                 }
             }
             cur.file_len += seg.len as u64;
-            if seg.src == Source::Raw {
+            if spills {
                 cur_spill += seg.len as u64;
                 cur.spill.end += seg.len as usize;
             }
@@ -218,12 +223,7 @@ fn cuts(bp: &Blueprint, o: &EncodeOptions) -> Vec<Cut> {
                 cur_spill = 0;
             }
             match rest {
-                Some(r) => {
-                    seg = Segment {
-                        len: r,
-                        src: Source::Raw,
-                    }
-                }
+                Some(r) => seg = r,
                 None => break,
             }
         }
@@ -244,17 +244,10 @@ pub fn encode(bp: &Blueprint, o: &EncodeOptions) -> Result<Vec<u8>, std::io::Err
             .chunks(per)
             .map(|group| {
                 s.spawn(move || {
-                    let mut z = zstd::bulk::Compressor::new(o.level)?;
                     group
                         .iter()
                         .map(|c| {
-                            encode_body(
-                                &mut z,
-                                c.start,
-                                c.file_len,
-                                &c.segs,
-                                &bp.spill[c.spill.clone()],
-                            )
+                            encode_body(o, c.start, c.file_len, &c.segs, &bp.spill[c.spill.clone()])
                         })
                         .collect()
                 })
@@ -309,9 +302,6 @@ pub fn decode_body(
     let mut r = Reader::new(body);
     let file_len = r.u64().map_err(tr)?;
     let nsegs = r.u64().map_err(tr)?;
-    let table_len = r.u64().map_err(tr)?;
-    let spill_len = r.u64().map_err(tr)?;
-    let codec = r.u8().map_err(tr)?;
     if file_len == 0 {
         return Err(BlockError::Corrupt("block covers no file bytes".into()));
     }
@@ -319,56 +309,39 @@ pub fn decode_body(
     if nsegs > lim.max_segments.min(file_len) {
         return Err(too("segment count", nsegs, lim.max_segments.min(file_len)));
     }
-    let table_max = nsegs * MAX_TABLE_BYTES_PER_SEG + TABLE_FIXED;
-    if table_len > table_max {
-        return Err(too("table length", table_len, table_max));
-    }
-    if spill_len > lim.max_spill.min(file_len) {
-        return Err(too("spill length", spill_len, lim.max_spill.min(file_len)));
-    }
-    let data_len = (table_len + spill_len) as usize;
-    let rest = r.bytes(r.remaining()).expect("remaining bytes");
-    let data: std::borrow::Cow<'_, [u8]> = match codec {
-        CODEC_STORED => {
-            if rest.len() != data_len {
-                return Err(if rest.len() < data_len {
-                    BlockError::Truncated("stored data")
-                } else {
-                    BlockError::Corrupt("bytes after the stored data".into())
-                });
-            }
-            rest.into()
+    let spill_cap = lim.max_spill.min(file_len);
+    let mut caps = streams::caps(nsegs, file_len);
+    caps[S_DIFFS] = spill_cap;
+    caps[S_LITS] = spill_cap;
+    caps[S_REFS] = 0;
+    let dir = streams::read_dir(&mut r, &caps, None).map_err(|m| {
+        if m.contains("truncated") {
+            BlockError::Truncated("stream directory")
+        } else {
+            BlockError::Corrupt(m)
         }
-        CODEC_ZSTD => {
-            // The frame must expand to exactly the declared size; the decoder never writes
-            // past `data_len` (the bound was checked above).
-            let mut out = Vec::with_capacity(data_len);
-            let mut d = zstd::bulk::Decompressor::new()
-                .map_err(|e| BlockError::Corrupt(format!("zstd: {e}")))?;
-            d.decompress_to_buffer(rest, &mut out)
-                .map_err(|e| BlockError::Corrupt(format!("zstd: {e}")))?;
-            if out.len() != data_len {
-                return Err(BlockError::Corrupt(format!(
-                    "zstd data expands to {} bytes, {} declared",
-                    out.len(),
-                    data_len
-                )));
-            }
-            out.into()
-        }
-        c => return Err(BlockError::Corrupt(format!("unknown codec {c}"))),
-    };
-    let (table, spill) = data.split_at(table_len as usize);
-    let segments = decode_table_at(table, nsegs, VERSION, base).map_err(|e| match e {
-        PbbError::Corrupt(m) | PbbError::Invalid(m) => BlockError::Corrupt(m),
-        e => BlockError::Corrupt(e.to_string()),
     })?;
+    let spill_len = dir[S_DIFFS].raw + dir[S_LITS].raw;
+    if spill_len > spill_cap {
+        return Err(too("spill length", spill_len, spill_cap));
+    }
+    let data = r.bytes(r.remaining()).expect("remaining bytes");
+    let stored: u64 = dir.iter().map(|e| e.stored).sum();
+    if (data.len() as u64) < stored {
+        return Err(BlockError::Truncated("stream data"));
+    }
+    if data.len() as u64 > stored {
+        return Err(BlockError::Corrupt("bytes after the stream data".into()));
+    }
+    let raw = streams::decode_all(&dir, data).map_err(BlockError::Corrupt)?;
+    let (segments, spill) =
+        streams::join(&raw, nsegs, base).map_err(|e| BlockError::Corrupt(e.0))?;
     let bp = Blueprint {
         snapshot_id: [0; 32],
         file_len,
         file_hash: [0; 32],
         segments,
-        spill: spill.to_vec(),
+        spill,
     };
     bp.validate_at(snap_len, base).map_err(|e| match e {
         PbbError::Invalid(m) => BlockError::Corrupt(m),
@@ -443,7 +416,7 @@ mod tests {
     fn bp_of(segs: Vec<Segment>, spill_seed: u8) -> Blueprint {
         let raw: u64 = segs
             .iter()
-            .filter(|s| s.src == Source::Raw)
+            .filter(|s| matches!(s.src, Source::Raw | Source::Cover { .. }))
             .map(|s| s.len as u64)
             .sum();
         let spill: Vec<u8> = (0..raw)
@@ -469,6 +442,10 @@ mod tests {
             (1u32..3000).prop_map(|len| Segment {
                 len,
                 src: Source::Raw
+            }),
+            (1u32..1000, 0u64..3000).prop_map(|(len, off)| Segment {
+                len,
+                src: Source::Cover { off }
             }),
             (1u32..1000, 0u64..3000, 0usize..3, any::<u8>()).prop_map(|(len, off, op, imm)| {
                 let op = Transform::ALL[op];
@@ -566,6 +543,24 @@ mod tests {
         assert_eq!(c.iter().map(|c| c.spill.len()).sum::<usize>(), 2500);
     }
 
+    /// A body with the given header, directory entries (coder, raw, stored) and data.
+    fn body(file_len: u64, nsegs: u64, dir: &[(u8, u64, u64)], data: &[u8]) -> Vec<u8> {
+        let mut b = Vec::new();
+        put_u64(&mut b, file_len);
+        put_u64(&mut b, nsegs);
+        for &(c, r, st) in dir {
+            b.push(c);
+            put_u64(&mut b, r);
+            put_u64(&mut b, st);
+        }
+        b.extend_from_slice(data);
+        b
+    }
+
+    fn empty_dir() -> Vec<(u8, u64, u64)> {
+        vec![(0, 0, 0); 8]
+    }
+
     #[test]
     fn absurd_lengths_are_refused_before_allocation() {
         let lim = Limits::default();
@@ -578,16 +573,7 @@ mod tests {
                 ..
             })
         ));
-        let hdr = |file_len: u64, nsegs: u64, table: u64, spill: u64| {
-            let mut b = Vec::new();
-            for v in [file_len, nsegs, table, spill] {
-                put_u64(&mut b, v);
-            }
-            b.push(CODEC_ZSTD);
-            b.extend_from_slice(&[0u8; 8]);
-            b
-        };
-        let e = decode_body(&hdr(10, 11, 0, 0), &lim, 100, 0).unwrap_err();
+        let e = decode_body(&body(10, 11, &empty_dir(), &[]), &lim, 100, 0).unwrap_err();
         assert!(
             matches!(
                 e,
@@ -598,46 +584,95 @@ mod tests {
             ),
             "{e}"
         );
-        let e = decode_body(&hdr(u64::MAX, 1, 1 << 40, 0), &lim, 100, 0).unwrap_err();
-        assert!(
-            matches!(
-                e,
-                BlockError::TooLarge {
-                    what: "table length",
-                    ..
-                }
-            ),
-            "{e}"
-        );
-        let e = decode_body(&hdr(u64::MAX, 1, 10, 1 << 40), &lim, 100, 0).unwrap_err();
-        assert!(
-            matches!(
-                e,
-                BlockError::TooLarge {
-                    what: "spill length",
-                    ..
-                }
-            ),
-            "{e}"
-        );
-        let e = decode_body(&hdr(100, 1, 10, 200), &lim, 100, 0).unwrap_err();
+        // a column declaring more than its records can need
+        let mut d = empty_dir();
+        d[1] = (1, 1 << 40, 10);
+        let e = decode_body(&body(u64::MAX, 1, &d, &[0; 10]), &lim, 100, 0).unwrap_err();
+        assert!(e.to_string().contains("stream lens declares"), "{e}");
+        // literals beyond the spill limit
+        let mut d = empty_dir();
+        d[6] = (1, 1 << 40, 10);
+        let e = decode_body(&body(u64::MAX, 1, &d, &[0; 10]), &lim, 100, 0).unwrap_err();
+        assert!(e.to_string().contains("stream lits declares"), "{e}");
+        // differences plus literals beyond the file
+        let mut d = empty_dir();
+        d[5] = (0, 60, 60);
+        d[6] = (0, 60, 60);
+        let e = decode_body(&body(100, 1, &d, &[0; 120]), &lim, 100, 0).unwrap_err();
         assert!(e.to_string().contains("spill length"), "{e}");
-        let e = decode_body(&hdr(0, 0, 0, 0), &lim, 100, 0).unwrap_err();
+        // a refs stream (blocks carry none)
+        let mut d = empty_dir();
+        d[7] = (0, 1, 1);
+        let e = decode_body(&body(100, 1, &d, &[0; 1]), &lim, 100, 0).unwrap_err();
+        assert!(e.to_string().contains("stream refs"), "{e}");
+        // an unknown coder
+        let mut d = empty_dir();
+        d[0] = (9, 1, 1);
+        let e = decode_body(&body(100, 1, &d, &[0; 1]), &lim, 100, 0).unwrap_err();
+        assert!(e.to_string().contains("unknown coder 9"), "{e}");
+        // data shorter or longer than the directory declares
+        let mut d = empty_dir();
+        d[0] = (0, 1, 1);
+        d[1] = (0, 1, 1);
+        let e = decode_body(&body(100, 1, &d, &[0; 1]), &lim, 100, 0).unwrap_err();
+        assert_eq!(e, BlockError::Truncated("stream data"));
+        let e = decode_body(&body(100, 1, &d, &[0; 3]), &lim, 100, 0).unwrap_err();
+        assert!(e.to_string().contains("bytes after"), "{e}");
+        let e = decode_body(&body(0, 0, &empty_dir(), &[]), &lim, 100, 0).unwrap_err();
         assert!(e.to_string().contains("no file bytes"), "{e}");
         let e = decode_body(&[0x80], &lim, 100, 0).unwrap_err();
         assert_eq!(e, BlockError::Truncated("header"));
+        let e = decode_body(&body(100, 1, &empty_dir()[..3], &[]), &lim, 100, 0).unwrap_err();
+        assert_eq!(e, BlockError::Truncated("stream directory"));
     }
 
     #[test]
-    fn a_zstd_frame_expanding_beyond_its_declared_size_is_refused() {
-        let mut b = Vec::new();
-        for v in [100u64, 1, 0, 50] {
-            put_u64(&mut b, v);
-        }
-        b.push(CODEC_ZSTD);
-        b.extend_from_slice(&zstd::bulk::compress(&[7u8; 100_000], 1).unwrap());
-        let e = decode_body(&b, &Limits::default(), 100, 0).unwrap_err();
-        assert!(e.to_string().contains("zstd"), "{e}");
+    fn a_stream_expanding_beyond_its_declared_size_is_refused() {
+        let z = zstd::bulk::compress(&[7u8; 100_000], 1).unwrap();
+        let mut d = empty_dir();
+        d[6] = (1, 50, z.len() as u64);
+        let e = decode_body(&body(100, 1, &d, &z), &Limits::default(), 100, 0).unwrap_err();
+        assert!(e.to_string().contains("stream lits"), "{e}");
+        assert!(
+            e.to_string().contains("50+") || e.to_string().contains("declared"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn covers_are_split_at_the_spill_budget_and_rebuild() {
+        let snap = snap();
+        let bp = bp_of(
+            vec![
+                Segment {
+                    len: 2500,
+                    src: Source::Cover { off: 100 },
+                },
+                Segment {
+                    len: 300,
+                    src: Source::Raw,
+                },
+            ],
+            5,
+        );
+        let c = cuts(&bp, &small_opts());
+        let lens: Vec<u64> = c.iter().map(|c| c.file_len).collect();
+        assert_eq!(lens, vec![1000, 1000, 800]);
+        let s = encode(&bp, &small_opts()).unwrap();
+        let back = decode_all(
+            &s,
+            &Limits::default(),
+            bp.snapshot_id,
+            snap.len() as u64,
+            bp.file_len,
+            bp.file_hash,
+        )
+        .unwrap();
+        assert_eq!(rebuild(&back, &snap), rebuild(&bp, &snap));
+        // a cover reaching past the snapshot end is refused
+        let e =
+            decode_all(&s, &Limits::default(), [9; 32], 2000, bp.file_len, [0; 32]).unwrap_err();
+        assert!(e.to_string().contains("beyond its end"), "{e}");
     }
 
     #[test]

@@ -385,9 +385,10 @@ pub struct Packed {
     pub bytes: Vec<u8>,
 }
 
-/// Encode `data` with the candidate that measures smallest (stored when nothing beats it or
-/// the sampled estimate says the stream does not compress). Streams of at least
-/// [`SAMPLE_MIN`] bytes rank the candidates on samples and encode whole with the best two.
+/// Encode `data` with the candidate (or the forced coder) that measures smallest; stored
+/// when nothing beats it or the sampled estimate says the stream does not compress. Streams
+/// of at least [`SAMPLE_MIN`] bytes rank more than two candidates on samples and encode
+/// whole with the best two.
 pub fn pack_stream(data: &[u8], class: StreamClass, o: &CoderOptions) -> std::io::Result<Packed> {
     let stored = || Packed {
         coder: Coder::Stored,
@@ -396,14 +397,13 @@ pub fn pack_stream(data: &[u8], class: StreamClass, o: &CoderOptions) -> std::io
     if data.is_empty() {
         return Ok(stored());
     }
-    if let Some(c) = o.force {
-        let bytes = c.encode(data)?;
-        return Ok(Packed { coder: c, bytes });
-    }
     if data.len() >= 4096 && estimate_ratio(data) > 0.97 {
         return Ok(stored());
     }
-    let mut cands = candidates(class, o);
+    let mut cands = match o.force {
+        Some(c) => vec![c],
+        None => candidates(class, o),
+    };
     if data.len() >= SAMPLE_MIN && cands.len() > 2 {
         let piece = SAMPLE_BYTES / SAMPLES;
         let step = (data.len() - piece) / (SAMPLES - 1);

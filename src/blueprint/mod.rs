@@ -19,6 +19,8 @@ pub mod apply;
 pub mod block;
 pub mod coder;
 pub mod pbb;
+pub mod predict;
+pub mod streams;
 pub mod varint;
 
 pub use coder::Level;

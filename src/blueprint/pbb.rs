@@ -38,12 +38,17 @@
 
 use std::io::Read;
 
+use super::coder::{Coder, CoderOptions, Level};
+use super::predict::{AddressMap, PredictOptions, Predictor, RefModel};
+use super::streams::{self, StreamReport, NSTREAMS};
 use super::varint::{put_i64, put_u64, Reader};
 use super::{Blueprint, Segment, Source, Transform};
 
 pub const MAGIC: [u8; 8] = *b"PFSPBB\0\x1a";
 /// The version this build writes (and the newest it reads).
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
+/// Header length of format v3 (the directory follows it).
+pub const HEADER_LEN_V3: usize = 96;
 /// The oldest version this build reads.
 pub const MIN_VERSION: u16 = 1;
 pub const HEADER_LEN: usize = 124;
@@ -59,7 +64,7 @@ pub enum SpillCodec {
 }
 
 impl SpillCodec {
-    fn code(self) -> u8 {
+    pub fn code(self) -> u8 {
         match self {
             SpillCodec::None => 0,
             SpillCodec::Zstd => 1,
@@ -76,26 +81,31 @@ impl SpillCodec {
     }
 }
 
-/// Packing options.
-#[derive(Debug, Clone, Copy)]
+/// Packing options (format v3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PackOptions {
-    pub codec: SpillCodec,
-    /// zstd level for the spill (1..=22) or xz preset (0..=9).
-    pub level: i32,
-    /// zstd level for the segment table.
-    pub table_level: i32,
+    /// Which coders are tried on each stream.
+    pub level: Level,
+    /// Reference prediction for x86-64 ELF files (needs the snapshot and the file).
+    pub predict: PredictOptions,
+    /// Pin one coder for every stream (ablation); `None` measures.
+    pub force: Option<Coder>,
+}
+
+impl PackOptions {
+    /// The preset for a level: every level predicts references; `fast` uses cheap coders.
+    pub fn for_level(level: Level) -> Self {
+        PackOptions {
+            level,
+            predict: PredictOptions::ALL,
+            force: None,
+        }
+    }
 }
 
 impl Default for PackOptions {
     fn default() -> Self {
-        // level 17 for the spill: on the libstd release pair it gave 4% more spill bytes than
-        // 19 in 60% of the time (the spill dominates packing time); the table is small and
-        // compressed on its own thread
-        PackOptions {
-            codec: SpillCodec::Zstd,
-            level: 17,
-            table_level: 15,
-        }
+        PackOptions::for_level(Level::Default)
     }
 }
 
@@ -271,9 +281,9 @@ pub fn encode_table_at(segments: &[Segment], fold_soft: bool, base: u64) -> Vec<
     out
 }
 
-/// Decode `count` records of a table written by this version of pfs.
+/// Decode `count` records of a format-v2 table ([`encode_table`]).
 pub fn decode_table(table: &[u8], count: u64) -> Result<Vec<Segment>, PbbError> {
-    decode_table_version(table, count, VERSION)
+    decode_table_version(table, count, 2)
 }
 
 /// Decode `count` records of a format-`version` table (v1: four columns, v2: eight) into
@@ -475,83 +485,105 @@ pub fn decode_table_at(
     Ok(out)
 }
 
-/// Sizes of the parts of a packed blueprint.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+/// Sizes of the parts of a packed blueprint: `table` is the header's directory plus the
+/// stored column streams (ops, lens, offs, imms, backs, refs), `spill` the stored differences
+/// and literals.
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct PackedSizes {
     pub header: u64,
     pub table: u64,
     pub spill: u64,
     pub trailer: u64,
+    /// Per stream: raw and stored bytes and the coder that won.
+    pub streams: Vec<StreamReport>,
 }
 
-/// Pack a blueprint. Returns the bytes and the size of each part.
+/// Pack a blueprint (format v3) without reference prediction.
 pub fn pack(bp: &Blueprint, opts: &PackOptions) -> Result<(Vec<u8>, PackedSizes), PbbError> {
-    pack_with(bp, opts, |spill| compress_spill(spill, opts))
+    pack_v3(bp, None, opts)
 }
 
-/// [`pack`] with a given spill compressor, whose output must decode under `opts.codec`.
-fn pack_with(
+/// Pack a blueprint (format v3); with `(file, snapshot)` and an x86-64 ELF file, references
+/// are predicted ([`super::predict`]) as `opts.predict` allows. `file` must be the bytes `bp`
+/// rebuilds from `snapshot`.
+pub fn pack_v3(
     bp: &Blueprint,
+    ctx: Option<(&[u8], &[u8])>,
     opts: &PackOptions,
-    compress: impl FnOnce(&[u8]) -> Result<Vec<u8>, PbbError>,
 ) -> Result<(Vec<u8>, PackedSizes), PbbError> {
-    let table = encode_table(&bp.segments);
-    // records in the table (soft runs fold several segments into one): the ops column length
-    let records = Reader::new(&table)
-        .u64()
-        .expect("encode_table writes the ops length");
-    // the two parts are independent: compress them on two threads
-    let (table_z, spill_z) = std::thread::scope(|s| {
-        let t = s.spawn(|| zstd::bulk::compress(&table, opts.table_level));
-        let spill_z = compress(&bp.spill);
-        (t.join().expect("table compressor panicked"), spill_z)
+    let model = ctx.and_then(|(file, snap)| {
+        if !bp.has_covers() {
+            return None;
+        }
+        RefModel::for_elf(file, snap, &bp.segments, opts.predict)
     });
-    let (table_z, spill_z) = (table_z?, spill_z?);
-    let mut out = Vec::with_capacity(HEADER_LEN + table_z.len() + spill_z.len() + TRAILER_LEN);
+    let predictor = match (&model, ctx) {
+        (Some(m), Some((_, snap))) => Some(Predictor {
+            model: m,
+            snap,
+            map: AddressMap::new(&bp.segments, 0),
+        }),
+        _ => None,
+    };
+    let raw = streams::split(
+        &bp.segments,
+        &bp.spill,
+        0,
+        model.as_ref(),
+        predictor.as_ref(),
+    );
+    let x86 = ctx.is_some_and(|(file, _)| is_x86_64_elf(file));
+    let co = CoderOptions {
+        level: opts.level,
+        x86,
+        force: opts.force,
+    };
+    let (dir, data, rep) = streams::code_all(&raw, &co)?;
+    let mut out = Vec::with_capacity(HEADER_LEN_V3 + dir.len() + data.len() + TRAILER_LEN);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
-    out.push(opts.codec.code());
+    out.push(0);
     out.push(0);
     out.extend_from_slice(&bp.snapshot_id);
     out.extend_from_slice(&bp.file_len.to_le_bytes());
     out.extend_from_slice(&bp.file_hash);
-    for v in [
-        records,
-        table.len() as u64,
-        table_z.len() as u64,
-        bp.spill.len() as u64,
-        spill_z.len() as u64,
-    ] {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    debug_assert_eq!(out.len(), HEADER_LEN);
-    out.extend_from_slice(&table_z);
-    out.extend_from_slice(&spill_z);
+    out.extend_from_slice(&(bp.segments.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(dir.len() as u32).to_le_bytes());
+    debug_assert_eq!(out.len(), HEADER_LEN_V3);
+    out.extend_from_slice(&dir);
+    out.extend_from_slice(&data);
     let sum = blake3::hash(&out);
     out.extend_from_slice(sum.as_bytes());
+    let spill: u64 = rep
+        .iter()
+        .filter(|r| r.name == "diffs" || r.name == "lits")
+        .map(|r| r.stored)
+        .sum();
     let sizes = PackedSizes {
-        header: HEADER_LEN as u64,
-        table: table_z.len() as u64,
-        spill: spill_z.len() as u64,
+        header: HEADER_LEN_V3 as u64,
+        table: dir.len() as u64 + data.len() as u64 - spill,
+        spill,
         trailer: TRAILER_LEN as u64,
+        streams: rep,
     };
     Ok((out, sizes))
 }
 
 /// Pack `bp`, or an all-raw blueprint of the same file when that is smaller: using the
-/// snapshot never costs more than plain compression. The alternatives are only tried when raw
-/// spill is at least half the file (elsewhere segments clearly pay): the all-raw form, and,
-/// when the spill codec is zstd, both forms with an xz -9 spill (on a mostly-raw binary xz
-/// wins: /usr/bin/bash against the synthetic recipe alone), and for an x86-64 ELF file the
-/// all-raw form with xz behind the x86 branch filter. `file` must be the bytes `bp`
-/// rebuilds. Returns the bytes, part sizes and whether the all-raw form won.
+/// snapshot never costs more than plain compression. The all-raw form is only tried when
+/// literals are at least half the file (elsewhere segments clearly pay). `file` must be the
+/// bytes `bp` rebuilds (from `snap`, when given: then references are predicted). Returns the
+/// bytes, part sizes and whether the all-raw form won.
 pub fn pack_best(
     bp: &Blueprint,
     file: &[u8],
+    snap: Option<&[u8]>,
     opts: &PackOptions,
 ) -> Result<(Vec<u8>, PackedSizes, bool), PbbError> {
-    let (bytes, sizes) = pack(bp, opts)?;
-    if bp.spill.len() * 2 < file.len() || bp.segments.len() <= 1 {
+    let ctx = snap.map(|s| (file, s));
+    let (bytes, sizes) = pack_v3(bp, ctx, opts)?;
+    let lits = bp.stats().raw_spill;
+    if lits * 2 < file.len() as u64 || bp.segments.len() <= 1 {
         return Ok((bytes, sizes, false));
     }
     let plain = Blueprint {
@@ -559,70 +591,15 @@ pub fn pack_best(
         spill: file.to_vec(),
         ..bp.clone()
     };
-    let mut best = (bytes, sizes, false);
-    let xz = PackOptions {
-        codec: SpillCodec::Xz,
-        level: 9,
-        ..*opts
-    };
-    let mut tries: Vec<(&Blueprint, PackOptions, bool)> = vec![(&plain, *opts, true)];
-    if opts.codec == SpillCodec::Zstd {
-        tries.push((bp, xz, false));
-        tries.push((&plain, xz, true));
+    let (pbytes, psizes) = pack_v3(&plain, ctx, opts)?;
+    if pbytes.len() < bytes.len() {
+        return Ok((pbytes, psizes, true));
     }
-    for (b, o, is_plain) in tries {
-        let (pbytes, psizes) = pack(b, &o)?;
-        if pbytes.len() < best.0.len() {
-            best = (pbytes, psizes, is_plain);
-        }
-    }
-    // an x86-64 ELF file sent whole: xz with the x86 branch filter in front (a plain .xz
-    // stream, decoded by the same reader)
-    if is_x86_64_elf(file) {
-        let (pbytes, psizes) = pack_with(&plain, &xz, xz_x86)?;
-        if pbytes.len() < best.0.len() {
-            best = (pbytes, psizes, true);
-        }
-    }
-    Ok(best)
+    Ok((bytes, sizes, false))
 }
 
 fn is_x86_64_elf(b: &[u8]) -> bool {
     b.len() > 20 && b[..4] == *b"\x7fELF" && b[5] == 1 && u16::from_le_bytes([b[18], b[19]]) == 62
-}
-
-/// xz preset 9 behind the x86 BCJ filter (machine code's relative branch targets made absolute,
-/// so repeated calls compress); the output is an ordinary .xz stream.
-fn xz_x86(data: &[u8]) -> Result<Vec<u8>, PbbError> {
-    use xz2::stream::{Check, Filters, LzmaOptions, Stream};
-    let err = |e: xz2::stream::Error| PbbError::Io(std::io::Error::other(e));
-    let mut f = Filters::new();
-    f.x86();
-    f.lzma2(&LzmaOptions::new_preset(9).map_err(err)?);
-    let s = Stream::new_stream_encoder(&f, Check::Crc64).map_err(err)?;
-    let mut out = Vec::new();
-    xz2::read::XzEncoder::new_stream(data, s).read_to_end(&mut out)?;
-    Ok(out)
-}
-
-/// Compress spill bytes with the chosen codec.
-pub fn compress_spill(spill: &[u8], opts: &PackOptions) -> Result<Vec<u8>, PbbError> {
-    Ok(match opts.codec {
-        SpillCodec::None => spill.to_vec(),
-        SpillCodec::Zstd => {
-            let mut c = zstd::bulk::Compressor::new(opts.level)?;
-            // a long window lets the spill find its own repeats far apart
-            let wlog = (64 - (spill.len().max(1 << 10) as u64 - 1).leading_zeros()).clamp(10, 27);
-            c.set_parameter(zstd::zstd_safe::CParameter::WindowLog(wlog))?;
-            c.compress(spill)?
-        }
-        SpillCodec::Xz => {
-            let mut out = Vec::new();
-            let mut e = xz2::read::XzEncoder::new(spill, opts.level.clamp(0, 9) as u32);
-            e.read_to_end(&mut out)?;
-            out
-        }
-    })
 }
 
 /// The header fields of a `.pbb`, read without decoding the body.
@@ -638,6 +615,8 @@ pub struct Header {
     pub table_stored: u64,
     pub spill_raw: u64,
     pub spill_stored: u64,
+    /// Format v3: the stream directory (ops, lens, offs, imms, backs, diffs, lits, refs).
+    pub streams: Option<[streams::Entry; NSTREAMS]>,
 }
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
@@ -661,6 +640,9 @@ pub fn read_header(bytes: &[u8]) -> Result<Header, PbbError> {
     let version = u16::from_le_bytes([bytes[8], bytes[9]]);
     if !(MIN_VERSION..=VERSION).contains(&version) {
         return Err(PbbError::UnsupportedVersion(version));
+    }
+    if version == 3 {
+        return read_header_v3(bytes);
     }
     if bytes.len() < HEADER_LEN + TRAILER_LEN {
         return Err(PbbError::Truncated(format!(
@@ -703,6 +685,7 @@ pub fn read_header(bytes: &[u8]) -> Result<Header, PbbError> {
         table_stored: u64_at(bytes, 100),
         spill_raw: u64_at(bytes, 108),
         spill_stored: u64_at(bytes, 116),
+        streams: None,
     };
     let body = (body_end - HEADER_LEN) as u64;
     if h.table_stored.checked_add(h.spill_stored) != Some(body) {
@@ -744,6 +727,82 @@ pub fn read_header(bytes: &[u8]) -> Result<Header, PbbError> {
     Ok(h)
 }
 
+/// [`read_header`] for format v3 (magic and version already checked).
+fn read_header_v3(bytes: &[u8]) -> Result<Header, PbbError> {
+    let min = HEADER_LEN_V3 + TRAILER_LEN;
+    if bytes.len() < min {
+        return Err(PbbError::Truncated(format!(
+            "{} bytes, the smallest v3 .pbb is {min}",
+            bytes.len()
+        )));
+    }
+    let body_end = bytes.len() - TRAILER_LEN;
+    let dir_len = u32::from_le_bytes(bytes[92..96].try_into().expect("4")) as usize;
+    if blake3::hash(&bytes[..body_end]).as_bytes() != &bytes[body_end..] {
+        // a cut-off file (the directory or the data it declares runs past the end) or
+        // flipped bits
+        let declared = HEADER_LEN_V3.checked_add(dir_len).and_then(|d| {
+            let mut r = Reader::new(bytes.get(HEADER_LEN_V3..d)?);
+            let mut total = d as u64;
+            for _ in 0..NSTREAMS {
+                r.u8().ok()?;
+                r.u64().ok()?;
+                total = total.checked_add(r.u64().ok()?)?;
+            }
+            Some(total)
+        });
+        if declared.is_none_or(|d| d.saturating_add(TRAILER_LEN as u64) > bytes.len() as u64) {
+            return Err(PbbError::Truncated(
+                "the body is shorter than its header declares".into(),
+            ));
+        }
+        return Err(PbbError::Checksum);
+    }
+    if bytes[10] != 0 || bytes[11] != 0 {
+        return Err(PbbError::Corrupt(format!(
+            "unknown flags {:#04x} {:#04x}",
+            bytes[10], bytes[11]
+        )));
+    }
+    let file_len = u64_at(bytes, 44);
+    let records = u64_at(bytes, 84);
+    if records > file_len {
+        return Err(PbbError::Corrupt(format!(
+            "{records} records cannot cover a {file_len}-byte file"
+        )));
+    }
+    let dir_end = HEADER_LEN_V3
+        .checked_add(dir_len)
+        .filter(|e| *e <= body_end)
+        .ok_or_else(|| PbbError::Corrupt("stream directory runs past the body".into()))?;
+    let mut r = Reader::new(&bytes[HEADER_LEN_V3..dir_end]);
+    let dir = streams::read_dir(
+        &mut r,
+        &streams::caps(records, file_len),
+        Some((body_end - dir_end) as u64),
+    )
+    .map_err(PbbError::Corrupt)?;
+    if r.remaining() != 0 {
+        return Err(PbbError::Corrupt("bytes after the stream directory".into()));
+    }
+    let sum = |ix: &[usize], f: fn(&streams::Entry) -> u64| ix.iter().map(|&i| f(&dir[i])).sum();
+    let table_ix = [0usize, 1, 2, 3, 4, 7];
+    let spill_ix = [streams::S_DIFFS, streams::S_LITS];
+    Ok(Header {
+        version: 3,
+        codec: SpillCodec::None,
+        snapshot_id: bytes[12..44].try_into().expect("32"),
+        file_len,
+        file_hash: bytes[52..84].try_into().expect("32"),
+        segments: records,
+        table_raw: sum(&table_ix, |e| e.raw),
+        table_stored: sum(&table_ix, |e| e.stored) + dir_len as u64,
+        spill_raw: sum(&spill_ix, |e| e.raw),
+        spill_stored: sum(&spill_ix, |e| e.stored),
+        streams: Some(dir),
+    })
+}
+
 /// Decompress at most `limit` bytes, streaming, and require exactly `limit`.
 fn bounded<R: Read>(r: R, limit: u64, what: &str) -> Result<Vec<u8>, PbbError> {
     let mut out = Vec::new();
@@ -761,14 +820,64 @@ fn bounded<R: Read>(r: R, limit: u64, what: &str) -> Result<Vec<u8>, PbbError> {
 }
 
 /// Unpack a `.pbb`, refusing it unless it was made for `snapshot_id`, and validate it against
-/// a snapshot of `snap_len` bytes.
+/// the snapshot bytes `snap` (a v3 file with reference predictions needs them to add the
+/// predictions back).
+pub fn unpack_with(
+    bytes: &[u8],
+    snapshot_id: &[u8; 32],
+    snap: &[u8],
+) -> Result<Blueprint, PbbError> {
+    unpack_inner(bytes, snapshot_id, snap.len() as u64, Some(snap))
+}
+
+/// [`unpack_with`] when only the snapshot's length is at hand: a v3 file whose differences
+/// carry reference predictions is refused (it needs the snapshot bytes).
 pub fn unpack(bytes: &[u8], snapshot_id: &[u8; 32], snap_len: u64) -> Result<Blueprint, PbbError> {
+    unpack_inner(bytes, snapshot_id, snap_len, None)
+}
+
+fn unpack_inner(
+    bytes: &[u8],
+    snapshot_id: &[u8; 32],
+    snap_len: u64,
+    snap: Option<&[u8]>,
+) -> Result<Blueprint, PbbError> {
     let h = read_header(bytes)?;
     if &h.snapshot_id != snapshot_id {
         return Err(PbbError::WrongSnapshot {
             want: crate::util::hex(&h.snapshot_id),
             have: crate::util::hex(snapshot_id),
         });
+    }
+    if let Some(dir) = &h.streams {
+        // read_header checked that the directory and the data lie inside the body
+        let data_at =
+            HEADER_LEN_V3 + u32::from_le_bytes(bytes[92..96].try_into().expect("4")) as usize;
+        let data = &bytes[data_at..bytes.len() - TRAILER_LEN];
+        let raw = streams::decode_all(dir, data).map_err(PbbError::Corrupt)?;
+        let (segments, mut spill) =
+            streams::join(&raw, h.segments, 0).map_err(|e| PbbError::Corrupt(e.0))?;
+        let mut bp = Blueprint {
+            snapshot_id: h.snapshot_id,
+            file_len: h.file_len,
+            file_hash: h.file_hash,
+            segments,
+            spill: std::mem::take(&mut spill),
+        };
+        // every range inside the snapshot before predictions read it
+        bp.validate(snap_len)?;
+        let model = RefModel::decode(&raw[streams::S_REFS], h.file_len)
+            .map_err(|e| PbbError::Corrupt(e.to_string()))?;
+        if !model.is_empty() {
+            let snap = snap.ok_or_else(|| {
+                PbbError::Invalid(
+                    "this .pbb predicts references from the snapshot; unpack it with the snapshot bytes"
+                        .into(),
+                )
+            })?;
+            streams::predict_back(&model, snap, &bp.segments, 0, &mut bp.spill);
+        }
+        return Ok(bp);
     }
     let t0 = HEADER_LEN;
     let t1 = t0 + h.table_stored as usize;
@@ -861,22 +970,15 @@ mod tests {
     }
 
     #[test]
-    fn pack_unpack_roundtrip_every_codec() {
+    fn pack_unpack_roundtrip_every_level() {
         let bp = sample();
-        for codec in [SpillCodec::None, SpillCodec::Zstd, SpillCodec::Xz] {
-            let (bytes, sizes) = pack(
-                &bp,
-                &PackOptions {
-                    codec,
-                    level: 3,
-                    table_level: 3,
-                },
-            )
-            .unwrap();
+        for level in [Level::Fast, Level::Default, Level::Max] {
+            let (bytes, sizes) = pack(&bp, &PackOptions::for_level(level)).unwrap();
             assert_eq!(
                 sizes.header + sizes.table + sizes.spill + sizes.trailer,
                 bytes.len() as u64
             );
+            assert_eq!(read_header(&bytes).unwrap().version, 3);
             assert_eq!(unpack(&bytes, &[7; 32], 100).unwrap(), bp);
         }
     }

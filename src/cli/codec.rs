@@ -9,11 +9,13 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use packetfs::blueprint::pbb::{self, PackOptions, SpillCodec};
+use packetfs::blueprint::pbb::{self, PackOptions};
+use packetfs::blueprint::predict::PredictOptions;
+use packetfs::blueprint::Level;
 use packetfs::blueprint::{Source, Transform};
 use packetfs::index::{default_specs, IndexSet, IndexSpec, Projection};
 use packetfs::plan::hints::Hints;
-use packetfs::plan::{self, Level, PlanConfig};
+use packetfs::plan::{self, PlanConfig};
 use packetfs::pob::{self, HugePolicy, Recipe, Snapshot};
 use packetfs::util::{hex, human_bytes, AtomicFile};
 
@@ -183,17 +185,15 @@ pub struct PlanArgs {
     /// Also write the blueprint as human-readable JSON to this path.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Raw spill compression.
-    #[arg(long, value_enum, default_value = "zstd")]
-    codec: SpillCodec,
-    /// Preset: `fast` (what `pfs send` plans with), `default`, or `max` (plan once, send
-    /// many times). Sets the planner config (overridden by --planner and the flags) and the
-    /// packing effort.
+    /// Preset (planner and packer): `fast` (what `pfs send` plans with: sparse seeds, cheap
+    /// coders), `default`, or `max` (plan once, send many times: every position probed, every
+    /// coder tried). The planner side is overridden by --planner and the flags.
     #[arg(long, value_enum, default_value = "default")]
     level: Level,
-    /// Spill compression level (zstd 1..=22; xz 0..=9); default: the preset's.
-    #[arg(long)]
-    spill_level: Option<i32>,
+    /// Reference prediction for x86-64 ELF files (costs nothing in the differences when a
+    /// moved reference is predicted right).
+    #[arg(long, value_enum, default_value = "on")]
+    predict: OnOff,
     /// Planner threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -504,11 +504,14 @@ pub fn plan(a: PlanArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("writing {}", mp.display()))?;
     }
     let t_pack = Instant::now();
-    let opts = pack_options(a.level, a.codec, a.spill_level, &p);
+    let mut opts = PackOptions::for_level(a.level);
+    if a.predict == OnOff::Off {
+        opts.predict = PredictOptions::NONE;
+    }
     // the plan's figures (raw_ratio, segment counts) describe what the planner found; when
     // plain compression of the whole file is smaller, that is what the .pbb holds (plain_won)
     let st = p.blueprint.stats();
-    let (bytes, sizes, plain) = pbb::pack_best(&p.blueprint, &file, &opts)?;
+    let (bytes, sizes, plain) = pbb::pack_best(&p.blueprint, &file, Some(snap.bytes()), &opts)?;
     if plain {
         p.blueprint.segments = packetfs::blueprint::raw_segments(file.len() as u64);
         p.blueprint.spill = file.clone();
@@ -548,8 +551,8 @@ pub fn plan(a: PlanArgs) -> anyhow::Result<ExitCode> {
         "raw_bits_per_byte": p.raw_bits_per_byte,
         "hints": hints_source,
         "plain_won": plain,
-        "codec": opts.codec,
         "level": a.level.name(),
+        "streams": sizes.streams,
         "snapshot_id": snap.manifest.snapshot_id,
         "snapshot_backing": snap.backing_name(),
         "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
@@ -558,31 +561,6 @@ pub fn plan(a: PlanArgs) -> anyhow::Result<ExitCode> {
     packetfs::metrics::append(&a.metrics, &metrics)
         .with_context(|| format!("appending to metrics log {}", a.metrics.display()))?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Packing for a preset: `fast` zstd -3 (table -3), `default` zstd -17, `max` xz -9 (when
-/// the codec is left at zstd); `spill_level` overrides the level.
-fn pack_options(
-    level: Level,
-    codec: SpillCodec,
-    spill_level: Option<i32>,
-    p: &plan::Plan,
-) -> PackOptions {
-    let codec = match (level, codec) {
-        (Level::Max, SpillCodec::Zstd) => SpillCodec::Xz,
-        (_, c) => c,
-    };
-    let (lvl, table_level) = match (level, codec) {
-        (_, SpillCodec::Xz) => (9, 19),
-        (Level::Fast, _) => (3, 3),
-        (Level::Default, _) => (PackOptions::default().level, 15),
-        (Level::Max, _) => (19, 19),
-    };
-    PackOptions {
-        codec,
-        level: spill_level.unwrap_or_else(|| p.spill_level(lvl)),
-        table_level,
-    }
 }
 
 fn write_blueprint_json(path: &Path, bp: &packetfs::blueprint::Blueprint) -> anyhow::Result<()> {
@@ -637,7 +615,7 @@ pub fn unplan(a: UnplanArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let snap = Snapshot::open(&a.snapshot, a.hugepages)?;
-    let bp = pbb::unpack(&bytes, &snap.id, snap.bytes().len() as u64)
+    let bp = pbb::unpack_with(&bytes, &snap.id, snap.bytes())
         .with_context(|| format!("{}", a.input.display()))?;
     let dir = match a.out.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),

@@ -312,7 +312,7 @@ fn blueprints(files: &[PathBuf], snap: &Snapshot) -> anyhow::Result<Vec<SendFile
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "file".into());
         let bp = if bytes.starts_with(&pbb::MAGIC) {
-            let bp = pbb::unpack(&bytes, &snap.id, snap.bytes().len() as u64)
+            let bp = pbb::unpack_with(&bytes, &snap.id, snap.bytes())
                 .with_context(|| format!("{}", f.display()))?;
             SendFile {
                 name: name.trim_end_matches(".pbb").to_string(),

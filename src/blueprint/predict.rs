@@ -1,0 +1,669 @@
+//! Reference prediction for x86-64 ELF files (after Zucchini and Courgette): addresses that
+//! move between releases are predicted from the snapshot bytes and the covers, so a
+//! correctly predicted reference costs nothing in the difference stream.
+//!
+//! The blueprint's snapshot segments map old positions to new ones: snapshot position `p`
+//! inside a segment that starts at snapshot offset `o` and file offset `q` maps to file
+//! position `p + (q - o)`. With the old image's load segments (where the old ELF lies in the
+//! snapshot and its virtual addresses) and the new image's, an old virtual address maps to a
+//! new one. A [`RefModel`] (carried in the `.pbb` v3 `refs` stream) names the new file's
+//! regions that hold references and of which kind:
+//!
+//! - [`RegionKind::Code`]: x86-64 machine code. `call`/`jmp rel32` (E8, E9), `jcc rel32`
+//!   (0F 80..8F) and RIP-relative operands of common opcodes (ModRM `00 reg 101`) are found
+//!   by scanning the *old* bytes of each cover left to right; a candidate whose old target
+//!   maps is predicted as `new target - new end of instruction`, and the scan skips its
+//!   displacement.
+//! - [`RegionKind::Words`]: a table of 64-bit addresses with a stride and a mask of which
+//!   8-byte fields are addresses (`.data.rel.ro`, `.got`: every word; `.rela.dyn`: offset and
+//!   addend; `.symtab`: the value; `.debug_ranges`, `.debug_aranges`: every word).
+//! - [`RegionKind::LineAddr`]: DWARF line programs: the address of `DW_LNE_set_address`
+//!   (`00 09 02` + 8 bytes).
+//!
+//! Predictions are computed from the snapshot, the segments and the model only, never from
+//! file bytes, so the encoder subtracts them from the differences and the decoder adds the
+//! same values back. Only covers are predicted (exact segments have no differences).
+
+use super::varint::{put_u64, Reader};
+use super::{Segment, Source};
+
+/// One PT_LOAD segment: file bytes `[off, off + size)` are mapped at `vaddr`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Load {
+    pub off: u64,
+    pub vaddr: u64,
+    pub size: u64,
+}
+
+/// What references a region of the new file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegionKind {
+    /// x86-64 code: rel32 branches and RIP-relative operands.
+    Code,
+    /// 64-bit addresses at fields `mask` (bit k = the 8 bytes at `8k`) of `stride`-byte
+    /// entries laid from the region start.
+    Words { stride: u32, mask: u32 },
+    /// DWARF line programs (`DW_LNE_set_address`).
+    LineAddr,
+}
+
+/// A range of the new file and its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    pub start: u64,
+    pub len: u64,
+    pub kind: RegionKind,
+}
+
+/// Which region kinds an encoder emits (the ablation switches).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PredictOptions {
+    pub code: bool,
+    pub words: bool,
+    pub line: bool,
+}
+
+impl PredictOptions {
+    pub const ALL: PredictOptions = PredictOptions {
+        code: true,
+        words: true,
+        line: true,
+    };
+    pub const NONE: PredictOptions = PredictOptions {
+        code: false,
+        words: false,
+        line: false,
+    };
+    pub fn any(self) -> bool {
+        self.code || self.words || self.line
+    }
+}
+
+/// The model of old and new image carried in the `refs` stream.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RefModel {
+    /// Snapshot offset of the old image's byte 0.
+    pub old_base: u64,
+    pub old_loads: Vec<Load>,
+    pub new_loads: Vec<Load>,
+    pub regions: Vec<Region>,
+}
+
+/// Limits a decoder enforces on a model.
+pub const MAX_LOADS: u64 = 64;
+pub const MAX_REGIONS: u64 = 4096;
+
+/// Why a `refs` stream does not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("reference model: {0}")]
+pub struct ModelError(pub String);
+
+impl RefModel {
+    pub fn is_empty(&self) -> bool {
+        self.regions.is_empty()
+    }
+
+    /// The `refs` stream (empty for an empty model).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut o = Vec::new();
+        if self.is_empty() {
+            return o;
+        }
+        put_u64(&mut o, self.old_base);
+        for loads in [&self.old_loads, &self.new_loads] {
+            put_u64(&mut o, loads.len() as u64);
+            for l in loads {
+                put_u64(&mut o, l.off);
+                put_u64(&mut o, l.vaddr);
+                put_u64(&mut o, l.size);
+            }
+        }
+        put_u64(&mut o, self.regions.len() as u64);
+        let mut prev = 0u64;
+        for r in &self.regions {
+            put_u64(&mut o, r.start - prev);
+            put_u64(&mut o, r.len);
+            match r.kind {
+                RegionKind::Code => o.push(0),
+                RegionKind::Words { stride, mask } => {
+                    o.push(1);
+                    put_u64(&mut o, stride as u64);
+                    put_u64(&mut o, mask as u64);
+                }
+                RegionKind::LineAddr => o.push(2),
+            }
+            prev = r.start + r.len;
+        }
+        o
+    }
+
+    /// Parse a `refs` stream for a file of `file_len` bytes. Regions must be in order, not
+    /// overlap and lie inside the file; counts are bounded.
+    pub fn decode(b: &[u8], file_len: u64) -> Result<RefModel, ModelError> {
+        let bad = |m: &str| ModelError(m.to_string());
+        let mut m = RefModel::default();
+        if b.is_empty() {
+            return Ok(m);
+        }
+        let mut r = Reader::new(b);
+        fn rd(r: &mut Reader<'_>) -> Result<u64, ModelError> {
+            r.u64().map_err(|_| ModelError("truncated".into()))
+        }
+        m.old_base = rd(&mut r)?;
+        for which in 0..2 {
+            let n = rd(&mut r)?;
+            if n > MAX_LOADS {
+                return Err(bad("too many load segments"));
+            }
+            for _ in 0..n {
+                let l = Load {
+                    off: rd(&mut r)?,
+                    vaddr: rd(&mut r)?,
+                    size: rd(&mut r)?,
+                };
+                if l.off.checked_add(l.size).is_none() || l.vaddr.checked_add(l.size).is_none() {
+                    return Err(bad("load segment overflows"));
+                }
+                if which == 0 {
+                    m.old_loads.push(l)
+                } else {
+                    m.new_loads.push(l)
+                }
+            }
+        }
+        let n = rd(&mut r)?;
+        if n > MAX_REGIONS {
+            return Err(bad("too many regions"));
+        }
+        let mut prev = 0u64;
+        for _ in 0..n {
+            let gap = rd(&mut r)?;
+            let len = rd(&mut r)?;
+            let start = prev
+                .checked_add(gap)
+                .ok_or_else(|| bad("region overflows"))?;
+            let end = start
+                .checked_add(len)
+                .filter(|e| *e <= file_len)
+                .ok_or_else(|| bad("region outside the file"))?;
+            let kind = match r.u8().map_err(|_| bad("truncated"))? {
+                0 => RegionKind::Code,
+                1 => {
+                    let stride = r.u64().map_err(|_| bad("truncated"))?;
+                    let mask = r.u64().map_err(|_| bad("truncated"))?;
+                    if stride == 0
+                        || stride > 256
+                        || stride % 8 != 0
+                        || mask == 0
+                        || mask >> (stride / 8) != 0
+                    {
+                        return Err(bad("bad word table stride or mask"));
+                    }
+                    RegionKind::Words {
+                        stride: stride as u32,
+                        mask: mask as u32,
+                    }
+                }
+                2 => RegionKind::LineAddr,
+                k => return Err(ModelError(format!("unknown region kind {k}"))),
+            };
+            m.regions.push(Region { start, len, kind });
+            prev = end;
+        }
+        if r.remaining() != 0 {
+            return Err(bad("trailing bytes"));
+        }
+        Ok(m)
+    }
+
+    /// Build the model for an x86-64 ELF `file` planned as `segments` against `snap`: the old
+    /// image is located through the snapshot segments near the file start (its ELF header
+    /// must be in the snapshot there). `None` when either side is not an x86-64 ELF image.
+    pub fn for_elf(
+        file: &[u8],
+        snap: &[u8],
+        segments: &[Segment],
+        o: PredictOptions,
+    ) -> Option<RefModel> {
+        use object::{Object, ObjectSection, ObjectSegment};
+        if !o.any() || !is_x86_64_elf(file) {
+            return None;
+        }
+        let new = object::File::parse(file).ok()?;
+        // the old image: a snapshot offset where an x86-64 ELF header sits, found from the
+        // first snapshot segments (most votes)
+        let mut votes: Vec<(u64, u32)> = Vec::new();
+        let mut q = 0u64;
+        for s in segments.iter().take(4096) {
+            if let Source::Snap { off, .. } | Source::Cover { off } = s.src {
+                if let Some(b) = off.checked_sub(q) {
+                    match votes.iter_mut().find(|v| v.0 == b) {
+                        Some(v) => v.1 += 1,
+                        None => votes.push((b, 1)),
+                    }
+                }
+            }
+            q += s.len as u64;
+        }
+        votes.sort_by_key(|v| std::cmp::Reverse(v.1));
+        let (old_base, old) = votes.iter().take(8).find_map(|&(b, _)| {
+            let img = snap.get(b as usize..)?;
+            if !is_x86_64_elf(img) {
+                return None;
+            }
+            Some((b, object::File::parse(img).ok()?))
+        })?;
+        let loads = |f: &object::File| -> Vec<Load> {
+            f.segments()
+                .map(|s| {
+                    let (off, size) = s.file_range();
+                    Load {
+                        off,
+                        vaddr: s.address(),
+                        size,
+                    }
+                })
+                .filter(|l| l.size > 0)
+                .take(MAX_LOADS as usize)
+                .collect()
+        };
+        let mut regions = Vec::new();
+        for s in new.sections() {
+            let Some((start, len)) = s.file_range() else {
+                continue;
+            };
+            if len == 0 || start.checked_add(len).is_none_or(|e| e > file.len() as u64) {
+                continue;
+            }
+            let name = s.name().unwrap_or("");
+            let kind = match name {
+                ".text" | ".init" | ".fini" | ".plt" | ".plt.got" | ".plt.sec" if o.code => {
+                    RegionKind::Code
+                }
+                ".data.rel.ro" | ".got" | ".got.plt" | ".init_array" | ".fini_array"
+                | ".debug_ranges" | ".debug_aranges"
+                    if o.words =>
+                {
+                    RegionKind::Words { stride: 8, mask: 1 }
+                }
+                ".rela.dyn" | ".rela.plt" if o.words => RegionKind::Words {
+                    stride: 24,
+                    mask: 0b101,
+                },
+                ".symtab" | ".dynsym" if o.words => RegionKind::Words {
+                    stride: 24,
+                    mask: 0b010,
+                },
+                ".dynamic" if o.words => RegionKind::Words {
+                    stride: 16,
+                    mask: 0b10,
+                },
+                ".debug_line" if o.line => RegionKind::LineAddr,
+                _ => continue,
+            };
+            regions.push(Region { start, len, kind });
+        }
+        regions.sort_by_key(|r| r.start);
+        // drop overlaps (keep the first)
+        let mut end = 0u64;
+        regions.retain(|r| {
+            let keep = r.start >= end;
+            if keep {
+                end = r.start + r.len;
+            }
+            keep
+        });
+        regions.truncate(MAX_REGIONS as usize);
+        let m = RefModel {
+            old_base,
+            old_loads: loads(&old),
+            new_loads: loads(&new),
+            regions,
+        };
+        (!m.is_empty()).then_some(m)
+    }
+}
+
+fn is_x86_64_elf(b: &[u8]) -> bool {
+    b.len() > 64
+        && b[..4] == *b"\x7fELF"
+        && b[4] == 2
+        && b[5] == 1
+        && u16::from_le_bytes([b[18], b[19]]) == 62
+}
+
+/// Snapshot segments sorted by snapshot offset: the old-to-new position map.
+pub struct AddressMap {
+    /// (snapshot offset, length, file offset)
+    spans: Vec<(u64, u64, u64)>,
+}
+
+impl AddressMap {
+    /// From segments that start at file offset `base`.
+    pub fn new(segments: &[Segment], base: u64) -> Self {
+        let mut spans = Vec::with_capacity(segments.len());
+        let mut q = base;
+        for s in segments {
+            if let Source::Snap { off, .. } | Source::Cover { off } = s.src {
+                spans.push((off, s.len as u64, q));
+            }
+            q += s.len as u64;
+        }
+        spans.sort_unstable();
+        AddressMap { spans }
+    }
+
+    /// The new file position of snapshot position `p`: the segment with the largest start at
+    /// or before `p` that holds it (looking back at most 8 segments).
+    pub fn map(&self, p: u64) -> Option<u64> {
+        let i = self.spans.partition_point(|s| s.0 <= p);
+        for k in (i.saturating_sub(8)..i).rev() {
+            let (o, l, q) = self.spans[k];
+            if p < o + l {
+                return Some(q + (p - o));
+            }
+        }
+        None
+    }
+}
+
+fn find(loads: &[Load], x: u64, by_addr: bool) -> Option<&Load> {
+    loads.iter().find(|l| {
+        let s = if by_addr { l.vaddr } else { l.off };
+        x >= s && x - s < l.size
+    })
+}
+
+/// Everything a prediction needs.
+pub struct Predictor<'a> {
+    pub model: &'a RefModel,
+    pub snap: &'a [u8],
+    pub map: AddressMap,
+}
+
+impl Predictor<'_> {
+    /// Old virtual address of snapshot position `p`.
+    fn old_va(&self, p: u64) -> Option<u64> {
+        let off = p.checked_sub(self.model.old_base)?;
+        let l = find(&self.model.old_loads, off, false)?;
+        Some(l.vaddr + (off - l.off))
+    }
+    /// New virtual address of file position `q`.
+    fn new_va(&self, q: u64) -> Option<u64> {
+        let l = find(&self.model.new_loads, q, false)?;
+        Some(l.vaddr + (q - l.off))
+    }
+    /// New virtual address of old virtual address `va`.
+    fn move_va(&self, va: u64) -> Option<u64> {
+        let l = find(&self.model.old_loads, va, true)?;
+        let p = self.model.old_base.checked_add(l.off + (va - l.vaddr))?;
+        self.new_va(self.map.map(p)?)
+    }
+
+    /// Call `f(i, bytes)` for every predicted reference of the cover at file offset `q0`,
+    /// snapshot offset `p0`, `len` bytes (which must lie inside the snapshot): `i` is the
+    /// offset in the cover, `bytes` the predicted file bytes there (4 or 8).
+    pub fn cover(&self, q0: u64, p0: u64, len: u64, mut f: impl FnMut(usize, &[u8])) {
+        let regions = &self.model.regions;
+        let mut k = regions.partition_point(|r| r.start + r.len <= q0);
+        while k < regions.len() && regions[k].start < q0 + len {
+            let r = regions[k];
+            let from = r.start.max(q0);
+            let to = (r.start + r.len).min(q0 + len);
+            let old = &self.snap[(p0 + (from - q0)) as usize..(p0 + (to - q0)) as usize];
+            let at = (from - q0) as usize;
+            match r.kind {
+                RegionKind::Code => self.code(old, p0 + (from - q0), from, |i, b| f(at + i, b)),
+                RegionKind::Words { stride, mask } => {
+                    let stride = stride as u64;
+                    // first entry starting at or after `from`
+                    let mut e = r.start + (from - r.start).div_ceil(stride) * stride;
+                    while e < to {
+                        for w in 0..(stride / 8) {
+                            if mask >> w & 1 == 0 {
+                                continue;
+                            }
+                            let x = e + 8 * w;
+                            if x + 8 > to {
+                                break;
+                            }
+                            let i = (x - from) as usize;
+                            let v = u64::from_le_bytes(old[i..i + 8].try_into().expect("8"));
+                            if let Some(n) = self.move_va(v) {
+                                if n != v {
+                                    f(at + i, &n.to_le_bytes());
+                                }
+                            }
+                        }
+                        e += stride;
+                    }
+                }
+                RegionKind::LineAddr => {
+                    let mut i = 0usize;
+                    while i + 11 <= old.len() {
+                        if old[i] == 0 && old[i + 1] == 9 && old[i + 2] == 2 {
+                            let v = u64::from_le_bytes(old[i + 3..i + 11].try_into().expect("8"));
+                            if let Some(n) = self.move_va(v) {
+                                if n != v {
+                                    f(at + i + 3, &n.to_le_bytes());
+                                }
+                                i += 11;
+                                continue;
+                            }
+                        }
+                        i += 1;
+                    }
+                }
+            }
+            k += 1;
+        }
+    }
+
+    /// rel32 references in old code bytes `old` (snapshot offset `p`, new file offset `q`).
+    fn code(&self, old: &[u8], p: u64, q: u64, mut f: impl FnMut(usize, &[u8])) {
+        let n = old.len();
+        let mut i = 0usize;
+        while i < n {
+            let b = old[i];
+            // where the disp32 starts, relative to i; the instruction ends right after it
+            let d = match b {
+                0xE8 | 0xE9 => 1,
+                0x0F if i + 1 < n && (0x80..=0x8F).contains(&old[i + 1]) => 2,
+                // opcode + ModRM 00 reg 101 (RIP-relative), no immediate
+                0x8B | 0x89 | 0x8D | 0x3B | 0x39 | 0x03 | 0x2B | 0x33 | 0x0B | 0x23 | 0x85
+                | 0x87 | 0x63 | 0xFF
+                    if i + 1 < n && old[i + 1] & 0xC7 == 0x05 =>
+                {
+                    2
+                }
+                0x0F if i + 2 < n
+                    && matches!(
+                        old[i + 1],
+                        0x10 | 0x11 | 0x28 | 0x29 | 0x2E | 0x2F | 0xB6 | 0xB7 | 0xBE | 0xBF
+                    )
+                    && old[i + 2] & 0xC7 == 0x05 =>
+                {
+                    3
+                }
+                _ => {
+                    i += 1;
+                    continue;
+                }
+            };
+            if i + d + 4 > n {
+                break;
+            }
+            let disp = i32::from_le_bytes(old[i + d..i + d + 4].try_into().expect("4"));
+            let end = (i + d + 4) as u64;
+            let pred = (|| {
+                let old_end = self.old_va(p + end)?;
+                let target = old_end.checked_add_signed(disp as i64)?;
+                let new_target = self.move_va(target)?;
+                let new_end = self.new_va(q + end)?;
+                i32::try_from(new_target as i64 - new_end as i64).ok()
+            })();
+            match pred {
+                Some(v) => {
+                    if v != disp {
+                        f(i + d, &v.to_le_bytes());
+                    }
+                    i += d + 4;
+                }
+                None => i += 1,
+            }
+        }
+    }
+
+    /// Subtract (`sign = -1`, encoding) or add back (`sign = 1`, decoding) the predictions of
+    /// every cover in `segments` (starting at file offset `base`) to the difference bytes
+    /// `diffs` (the covers' differences, concatenated in order). The segments must have been
+    /// validated against this snapshot.
+    pub fn apply(&self, segments: &[Segment], base: u64, diffs: &mut [u8], decode: bool) {
+        let mut q = base;
+        let mut at = 0usize;
+        for s in segments {
+            if let Source::Cover { off } = s.src {
+                let d = &mut diffs[at..at + s.len as usize];
+                let snap = self.snap;
+                self.cover(q, off, s.len as u64, |i, pred| {
+                    for (k, &pb) in pred.iter().enumerate() {
+                        if i + k >= d.len() {
+                            break;
+                        }
+                        let adj = pb.wrapping_sub(snap[off as usize + i + k]);
+                        d[i + k] = if decode {
+                            d[i + k].wrapping_add(adj)
+                        } else {
+                            d[i + k].wrapping_sub(adj)
+                        };
+                    }
+                });
+                at += s.len as usize;
+            }
+            q += s.len as u64;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_round_trips_and_bad_models_are_refused() {
+        let m = RefModel {
+            old_base: 1000,
+            old_loads: vec![Load {
+                off: 0,
+                vaddr: 0,
+                size: 500,
+            }],
+            new_loads: vec![Load {
+                off: 0,
+                vaddr: 0x1000,
+                size: 600,
+            }],
+            regions: vec![
+                Region {
+                    start: 10,
+                    len: 100,
+                    kind: RegionKind::Code,
+                },
+                Region {
+                    start: 200,
+                    len: 48,
+                    kind: RegionKind::Words {
+                        stride: 24,
+                        mask: 0b101,
+                    },
+                },
+                Region {
+                    start: 300,
+                    len: 10,
+                    kind: RegionKind::LineAddr,
+                },
+            ],
+        };
+        let b = m.encode();
+        assert_eq!(RefModel::decode(&b, 600).unwrap(), m);
+        assert!(
+            RefModel::decode(&b, 309).is_err(),
+            "region past the file end"
+        );
+        for cut in 0..b.len() {
+            assert!(RefModel::decode(&b[..cut], 600).is_err() || cut == 0);
+        }
+        let mut bad = b.clone();
+        let n = bad.len();
+        bad[n - 1] = 7; // unknown kind
+        assert!(RefModel::decode(&bad, 600).is_err());
+    }
+
+    /// Old code: `call` to a function 100 bytes later; in the new file a 16-byte insertion
+    /// between call and callee moves the callee. The prediction equals the new displacement.
+    #[test]
+    fn a_moved_call_target_is_predicted() {
+        let mut old = vec![0x90u8; 400];
+        old[50] = 0xE8;
+        old[51..55].copy_from_slice(&(100i32 - 55).to_le_bytes()); // target 100
+        let mut new = old[..80].to_vec();
+        new.extend_from_slice(&[0xCC; 16]);
+        new.extend_from_slice(&old[80..]);
+        new[51..55].copy_from_slice(&(116i32 - 55).to_le_bytes());
+        // snapshot = 1000 bytes of padding + the old image
+        let mut snap = vec![0u8; 1000];
+        snap.extend_from_slice(&old);
+        let segs = vec![
+            Segment {
+                len: 80,
+                src: Source::Cover { off: 1000 },
+            },
+            Segment {
+                len: 16,
+                src: Source::Raw,
+            },
+            Segment {
+                len: 320,
+                src: Source::Snap {
+                    op: crate::blueprint::Transform::Id,
+                    off: 1080,
+                    imm: 0,
+                },
+            },
+        ];
+        let m = RefModel {
+            old_base: 1000,
+            old_loads: vec![Load {
+                off: 0,
+                vaddr: 0x4000,
+                size: 400,
+            }],
+            new_loads: vec![Load {
+                off: 0,
+                vaddr: 0x4000,
+                size: 416,
+            }],
+            regions: vec![Region {
+                start: 0,
+                len: 416,
+                kind: RegionKind::Code,
+            }],
+        };
+        let p = Predictor {
+            model: &m,
+            snap: &snap,
+            map: AddressMap::new(&segs, 0),
+        };
+        let mut diffs: Vec<u8> = new[..80]
+            .iter()
+            .zip(&old[..80])
+            .map(|(f, s)| f.wrapping_sub(*s))
+            .collect();
+        assert!(diffs.iter().any(|&d| d != 0));
+        let orig = diffs.clone();
+        p.apply(&segs, 0, &mut diffs, false);
+        assert!(diffs.iter().all(|&d| d == 0), "{diffs:?}");
+        p.apply(&segs, 0, &mut diffs, true);
+        assert_eq!(diffs, orig);
+    }
+}

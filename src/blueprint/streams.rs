@@ -1,0 +1,513 @@
+//! The separate streams of `.pbb` v3 and of packed blocks: a blueprint split into table
+//! columns, cover differences, literals and the reference model, each stored with the coder
+//! that measures smallest for it ([`super::coder`]).
+//!
+//! | # | stream | holds |
+//! |--:|--------|-------|
+//! | 0 | `ops`   | one byte per record: 0 raw, 1 id, 2 xor, 3 add, 5 self, 6 cover |
+//! | 1 | `lens`  | LEB128 length per record |
+//! | 2 | `offs`  | per id/xor/add/cover record, zig-zag LEB128 of its snapshot offset minus the one predicted by the previous snapshot record's diagonal (`file_pos + prev_off - prev_file_pos`) |
+//! | 3 | `imms`  | one byte per xor/add record |
+//! | 4 | `backs` | per self record, LEB128 distance back to its source (>= 1) |
+//! | 5 | `diffs` | the covers' difference bytes in record order, minus the reference predictions |
+//! | 6 | `lits`  | the raw records' bytes in record order |
+//! | 7 | `refs`  | the reference model ([`super::predict::RefModel`]; empty: no predictions) |
+//!
+//! The directory in front of the data is, per stream in this order: coder u8, raw length
+//! LEB128, stored length LEB128.
+
+use super::coder::{self, Coder, CoderOptions, StreamClass};
+use super::predict::{AddressMap, Predictor, RefModel};
+use super::varint::{put_i64, put_u64, Reader};
+use super::{Segment, Source, Transform};
+
+pub const NSTREAMS: usize = 8;
+pub const NAMES: [&str; NSTREAMS] = [
+    "ops", "lens", "offs", "imms", "backs", "diffs", "lits", "refs",
+];
+const CLASSES: [StreamClass; NSTREAMS] = [
+    StreamClass::Column,
+    StreamClass::Column,
+    StreamClass::Column,
+    StreamClass::Column,
+    StreamClass::Column,
+    StreamClass::Diff,
+    StreamClass::Literal,
+    StreamClass::Column,
+];
+pub const S_OPS: usize = 0;
+pub const S_LENS: usize = 1;
+pub const S_OFFS: usize = 2;
+pub const S_IMMS: usize = 3;
+pub const S_BACKS: usize = 4;
+pub const S_DIFFS: usize = 5;
+pub const S_LITS: usize = 6;
+pub const S_REFS: usize = 7;
+
+/// Largest `refs` stream a reader accepts.
+pub const MAX_REFS: u64 = 1 << 20;
+
+const OP_RAW: u8 = 0;
+const OP_ID: u8 = 1;
+const OP_XOR: u8 = 2;
+const OP_ADD: u8 = 3;
+const OP_SELF: u8 = 5;
+const OP_COVER: u8 = 6;
+
+/// A stream set before coding.
+pub type Raw = [Vec<u8>; NSTREAMS];
+
+/// Split segments (starting at file offset `base`) and their spill into raw streams. With a
+/// predictor, its predictions are subtracted from the difference bytes.
+pub fn split(
+    segments: &[Segment],
+    spill: &[u8],
+    base: u64,
+    model: Option<&RefModel>,
+    predictor: Option<&Predictor<'_>>,
+) -> Raw {
+    let mut s: Raw = Default::default();
+    let mut file_pos = base as i64;
+    let mut delta = 0i64;
+    let mut sp = 0usize;
+    for seg in segments {
+        let n = seg.len as usize;
+        let op = match seg.src {
+            Source::Raw => OP_RAW,
+            Source::Snap { op, .. } => match op {
+                Transform::Id => OP_ID,
+                Transform::Xor => OP_XOR,
+                Transform::Add => OP_ADD,
+            },
+            Source::SelfCopy { .. } => OP_SELF,
+            Source::Cover { .. } => OP_COVER,
+        };
+        s[S_OPS].push(op);
+        put_u64(&mut s[S_LENS], seg.len as u64);
+        match seg.src {
+            Source::Snap { op, off, imm } => {
+                put_i64(&mut s[S_OFFS], off as i64 - (file_pos + delta));
+                delta = off as i64 - file_pos;
+                if op != Transform::Id {
+                    s[S_IMMS].push(imm);
+                }
+            }
+            Source::Cover { off } => {
+                put_i64(&mut s[S_OFFS], off as i64 - (file_pos + delta));
+                delta = off as i64 - file_pos;
+                s[S_DIFFS].extend_from_slice(&spill[sp..sp + n]);
+                sp += n;
+            }
+            Source::SelfCopy { off } => put_u64(&mut s[S_BACKS], file_pos as u64 - off),
+            Source::Raw => {
+                s[S_LITS].extend_from_slice(&spill[sp..sp + n]);
+                sp += n;
+            }
+        }
+        file_pos += n as i64;
+    }
+    if let Some(p) = predictor {
+        p.apply(segments, base, &mut s[S_DIFFS], false);
+    }
+    if let Some(m) = model {
+        s[S_REFS] = m.encode();
+    }
+    s
+}
+
+/// Why streams do not join into segments.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct JoinError(pub String);
+
+/// The inverse of [`split`]: `records` segments starting at file offset `base`, and their
+/// spill. Checks the columns against each other and the covers and raw records against the
+/// difference and literal streams; the caller validates the segments against the snapshot
+/// (and must do so before [`predict_back`]).
+pub fn join(s: &Raw, records: u64, base: u64) -> Result<(Vec<Segment>, Vec<u8>), JoinError> {
+    let bad = |m: &str| JoinError(format!("segment table: {m}"));
+    if s[S_OPS].len() as u64 != records {
+        return Err(bad("record count does not match the ops stream"));
+    }
+    let (mut lens, mut offs, mut imms, mut backs) = (
+        Reader::new(&s[S_LENS]),
+        Reader::new(&s[S_OFFS]),
+        Reader::new(&s[S_IMMS]),
+        Reader::new(&s[S_BACKS]),
+    );
+    let (diffs, lits) = (&s[S_DIFFS], &s[S_LITS]);
+    let (mut di, mut li) = (0usize, 0usize);
+    let mut out = Vec::with_capacity(s[S_OPS].len());
+    let mut spill = Vec::with_capacity(diffs.len() + lits.len());
+    let mut file_pos = i64::try_from(base).map_err(|_| bad("base offset"))?;
+    let mut delta = 0i64;
+    for (rec, &op) in s[S_OPS].iter().enumerate() {
+        let len = lens.u64().map_err(|_| bad("lens stream too short"))?;
+        if len == 0 || len > u32::MAX as u64 {
+            return Err(bad(&format!("record {rec} has length {len}")));
+        }
+        let n = len as usize;
+        let mut snap_off = || -> Result<u64, JoinError> {
+            let d = offs.i64().map_err(|_| bad("offs stream too short"))?;
+            let off = file_pos
+                .checked_add(delta)
+                .and_then(|p| p.checked_add(d))
+                .filter(|o| *o >= 0)
+                .ok_or_else(|| bad("offset out of range"))?;
+            delta = off - file_pos;
+            Ok(off as u64)
+        };
+        let src = match op {
+            OP_RAW => {
+                let b = lits.get(li..li + n).ok_or_else(|| {
+                    bad("raw records need more literal bytes than the lits stream holds")
+                })?;
+                spill.extend_from_slice(b);
+                li += n;
+                Source::Raw
+            }
+            OP_ID => Source::Snap {
+                op: Transform::Id,
+                off: snap_off()?,
+                imm: 0,
+            },
+            OP_XOR | OP_ADD => {
+                let off = snap_off()?;
+                let imm = imms.u8().map_err(|_| bad("imms stream too short"))?;
+                let op = if op == OP_XOR {
+                    Transform::Xor
+                } else {
+                    Transform::Add
+                };
+                Source::Snap { op, off, imm }
+            }
+            OP_COVER => {
+                let off = snap_off()?;
+                let b = diffs.get(di..di + n).ok_or_else(|| {
+                    bad("covers need more difference bytes than the diffs stream holds")
+                })?;
+                spill.extend_from_slice(b);
+                di += n;
+                Source::Cover { off }
+            }
+            OP_SELF => {
+                let back = backs.u64().map_err(|_| bad("backs stream too short"))?;
+                if back == 0 || back > file_pos as u64 {
+                    return Err(bad(&format!(
+                        "self record {rec} at file offset {file_pos} copies from {back} bytes back"
+                    )));
+                }
+                Source::SelfCopy {
+                    off: file_pos as u64 - back,
+                }
+            }
+            x => return Err(bad(&format!("unknown op code {x}"))),
+        };
+        out.push(Segment {
+            len: len as u32,
+            src,
+        });
+        file_pos = file_pos
+            .checked_add(len as i64)
+            .ok_or_else(|| bad("file position overflow"))?;
+    }
+    if [&lens, &offs, &imms, &backs]
+        .iter()
+        .any(|c| c.remaining() != 0)
+    {
+        return Err(bad("columns longer than the records need"));
+    }
+    if di != diffs.len() || li != lits.len() {
+        return Err(bad(
+            "difference or literal bytes left over after the last record",
+        ));
+    }
+    Ok((out, spill))
+}
+
+/// Add the reference predictions back into the difference bytes of `spill` (the spill of
+/// `segments`, starting at file offset `base`). The segments must be valid for `snap`.
+pub fn predict_back(
+    model: &RefModel,
+    snap: &[u8],
+    segments: &[Segment],
+    base: u64,
+    spill: &mut [u8],
+) {
+    if model.is_empty() {
+        return;
+    }
+    let p = Predictor {
+        model,
+        snap,
+        map: AddressMap::new(segments, base),
+    };
+    // gather the difference bytes, predict, scatter back
+    let mut diffs = Vec::new();
+    let mut sp = 0usize;
+    for s in segments {
+        match s.src {
+            Source::Cover { .. } => {
+                diffs.extend_from_slice(&spill[sp..sp + s.len as usize]);
+                sp += s.len as usize;
+            }
+            Source::Raw => sp += s.len as usize,
+            _ => {}
+        }
+    }
+    p.apply(segments, base, &mut diffs, true);
+    let (mut sp, mut di) = (0usize, 0usize);
+    for s in segments {
+        let n = s.len as usize;
+        match s.src {
+            Source::Cover { .. } => {
+                spill[sp..sp + n].copy_from_slice(&diffs[di..di + n]);
+                sp += n;
+                di += n;
+            }
+            Source::Raw => sp += n,
+            _ => {}
+        }
+    }
+}
+
+/// One coded stream's directory entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Entry {
+    pub coder: u8,
+    pub raw: u64,
+    pub stored: u64,
+}
+
+/// Per-stream figures of a packing: what each stream holds and what it cost.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StreamReport {
+    pub name: &'static str,
+    pub raw: u64,
+    pub stored: u64,
+    pub coder: String,
+}
+
+/// Code every stream with the coder that measures smallest (in parallel). Returns the
+/// directory, the data (streams end to end) and a report.
+pub fn code_all(
+    s: &Raw,
+    o: &CoderOptions,
+) -> std::io::Result<(Vec<u8>, Vec<u8>, Vec<StreamReport>)> {
+    let packed: Vec<std::io::Result<coder::Packed>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = s
+            .iter()
+            .zip(CLASSES)
+            .map(|(data, class)| {
+                if data.len() < 64 {
+                    // too small to be worth a thread: stored or one cheap try
+                    let p = if data.len() < 16 {
+                        Ok(coder::Packed {
+                            coder: Coder::Stored,
+                            bytes: data.clone(),
+                        })
+                    } else {
+                        coder::pack_stream(data, class, o)
+                    };
+                    Err(p)
+                } else {
+                    Ok(sc.spawn(move || coder::pack_stream(data, class, o)))
+                }
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| match h {
+                Ok(h) => h.join().expect("stream coder panicked"),
+                Err(p) => p,
+            })
+            .collect()
+    });
+    let mut dir = Vec::with_capacity(NSTREAMS * 8);
+    let mut data = Vec::new();
+    let mut rep = Vec::with_capacity(NSTREAMS);
+    for ((p, raw), name) in packed.into_iter().zip(s).zip(NAMES) {
+        let p = p?;
+        dir.push(p.coder.kind().code());
+        put_u64(&mut dir, raw.len() as u64);
+        put_u64(&mut dir, p.bytes.len() as u64);
+        rep.push(StreamReport {
+            name,
+            raw: raw.len() as u64,
+            stored: p.bytes.len() as u64,
+            coder: p.coder.name(),
+        });
+        data.extend_from_slice(&p.bytes);
+    }
+    Ok((dir, data, rep))
+}
+
+/// Parse a directory. Declared lengths are checked against `caps` (the most raw bytes each
+/// stream may declare) and the stored lengths against `data_len` (they must add up to it).
+pub fn read_dir(
+    r: &mut Reader<'_>,
+    caps: &[u64; NSTREAMS],
+    data_len: Option<u64>,
+) -> Result<[Entry; NSTREAMS], String> {
+    let mut e = [Entry {
+        coder: 0,
+        raw: 0,
+        stored: 0,
+    }; NSTREAMS];
+    let mut total = 0u64;
+    for (i, x) in e.iter_mut().enumerate() {
+        let name = NAMES[i];
+        x.coder = r
+            .u8()
+            .map_err(|_| format!("directory truncated at {name}"))?;
+        coder::CoderKind::try_from(x.coder)
+            .map_err(|c| format!("stream {name}: unknown coder {c}"))?;
+        x.raw = r
+            .u64()
+            .map_err(|_| format!("directory truncated at {name}"))?;
+        x.stored = r
+            .u64()
+            .map_err(|_| format!("directory truncated at {name}"))?;
+        if x.raw > caps[i] {
+            return Err(format!(
+                "stream {name} declares {} bytes, more than its records can need ({})",
+                x.raw, caps[i]
+            ));
+        }
+        if x.coder == coder::CoderKind::Stored.code() && x.raw != x.stored {
+            return Err(format!(
+                "stored stream {name} declares {} raw and {} stored bytes",
+                x.raw, x.stored
+            ));
+        }
+        total = total
+            .checked_add(x.stored)
+            .ok_or_else(|| "stored stream lengths overflow".to_string())?;
+    }
+    if let Some(d) = data_len {
+        if total != d {
+            return Err(format!(
+                "stored streams add up to {total} bytes but {d} bytes of data follow"
+            ));
+        }
+    }
+    Ok(e)
+}
+
+/// The most raw bytes each stream may declare for `records` records over `file_len` bytes.
+pub fn caps(records: u64, file_len: u64) -> [u64; NSTREAMS] {
+    [
+        records,
+        records.saturating_mul(5),
+        records.saturating_mul(10),
+        records,
+        records.saturating_mul(10),
+        file_len,
+        file_len,
+        MAX_REFS,
+    ]
+}
+
+/// Decode every stream of `data` (laid out as `dir` says).
+pub fn decode_all(dir: &[Entry; NSTREAMS], data: &[u8]) -> Result<Raw, String> {
+    let mut out: Raw = Default::default();
+    let mut at = 0usize;
+    for (i, e) in dir.iter().enumerate() {
+        let end = at
+            .checked_add(e.stored as usize)
+            .filter(|x| *x <= data.len())
+            .ok_or_else(|| format!("stream {} runs past the data", NAMES[i]))?;
+        out[i] = coder::decode(e.coder, &data[at..end], e.raw)
+            .map_err(|err| format!("stream {}: {err}", NAMES[i]))?;
+        at = end;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segs() -> (Vec<Segment>, Vec<u8>) {
+        let segs = vec![
+            Segment {
+                len: 3,
+                src: Source::Raw,
+            },
+            Segment {
+                len: 4,
+                src: Source::Cover { off: 10 },
+            },
+            Segment {
+                len: 2,
+                src: Source::Snap {
+                    op: Transform::Xor,
+                    off: 14,
+                    imm: 0x55,
+                },
+            },
+            Segment {
+                len: 5,
+                src: Source::SelfCopy { off: 1 },
+            },
+            Segment {
+                len: 1,
+                src: Source::Snap {
+                    op: Transform::Id,
+                    off: 0,
+                    imm: 0,
+                },
+            },
+        ];
+        // raw "abc", cover differences 0 0 9 0
+        (segs, vec![b'a', b'b', b'c', 0, 0, 9, 0])
+    }
+
+    #[test]
+    fn split_literal_streams_and_join_back() {
+        let (segs, spill) = segs();
+        let s = split(&segs, &spill, 0, None, None);
+        assert_eq!(s[S_OPS], vec![0, 6, 2, 5, 1]);
+        assert_eq!(s[S_LENS], vec![3, 4, 2, 5, 1]);
+        // cover at file 3: 10 - 3 = 7 -> zz 14; xor at file 7 predicted 7 + 7 = 14 -> 0;
+        // id at file 14 predicted 14 + 7 = 21, off 0 -> -21 -> zz 41
+        assert_eq!(s[S_OFFS], vec![14, 0, 41]);
+        assert_eq!(s[S_IMMS], vec![0x55]);
+        assert_eq!(s[S_BACKS], vec![8]); // self at file 9 from 1
+        assert_eq!(s[S_DIFFS], vec![0, 0, 9, 0]);
+        assert_eq!(s[S_LITS], b"abc".to_vec());
+        assert!(s[S_REFS].is_empty());
+        assert_eq!(join(&s, 5, 0).unwrap(), (segs, spill));
+    }
+
+    #[test]
+    fn inconsistent_streams_are_refused() {
+        let (segs, spill) = segs();
+        let good = split(&segs, &spill, 0, None, None);
+        let err = |f: &dyn Fn(&mut Raw), n: u64| {
+            let mut s = good.clone();
+            f(&mut s);
+            join(&s, n, 0).unwrap_err().to_string()
+        };
+        assert!(err(&|_| {}, 4).contains("record count"));
+        assert!(err(&|s| s[S_LITS].pop().map(drop).unwrap(), 5).contains("literal"));
+        assert!(err(&|s| s[S_DIFFS].push(1), 5).contains("left over"));
+        assert!(err(&|s| s[S_OPS][0] = 4, 5).contains("unknown op code 4"));
+        assert!(err(&|s| s[S_LENS][0] = 0, 5).contains("length 0"));
+        assert!(err(&|s| s[S_BACKS][0] = 10, 5).contains("bytes back"));
+        assert!(err(&|s| s[S_BACKS][0] = 0, 5).contains("bytes back"));
+        assert!(err(&|s| s[S_OFFS].push(0), 5).contains("longer"));
+        assert!(err(&|s| s[S_OFFS][0] = 5, 5).contains("offset out of range"));
+        // directory: caps and totals
+        let mut d = Vec::new();
+        for i in 0..NSTREAMS {
+            d.push(0);
+            put_u64(&mut d, if i == S_LENS { 100 } else { 0 });
+            put_u64(&mut d, if i == S_LENS { 100 } else { 0 });
+        }
+        let e = read_dir(&mut Reader::new(&d), &caps(10, 1000), Some(100)).unwrap_err();
+        assert!(e.contains("stream lens declares 100"), "{e}");
+        assert!(read_dir(&mut Reader::new(&d), &caps(20, 1000), Some(100)).is_ok());
+        let e = read_dir(&mut Reader::new(&d), &caps(20, 1000), Some(99)).unwrap_err();
+        assert!(e.contains("add up"), "{e}");
+    }
+}
