@@ -285,7 +285,8 @@ impl MinIndex {
         let shard_shift = 64 - bits;
         // super-chunks bound the temporary anchor lists (8 bytes per anchor)
         const SUPER: usize = 1 << 30;
-        let reserve = |len: usize| (len as f64 * 2.2 / (w as f64 + 1.0) / nshards as f64) as usize + 16;
+        let reserve =
+            |len: usize| (len as f64 * 2.2 / (w as f64 + 1.0) / nshards as f64) as usize + 16;
         let ngrams = if snap.len() >= K {
             snap.len() - K + 1
         } else {

@@ -369,7 +369,9 @@ impl Engine<'_> {
         out: &mut Vec<Cover>,
     ) -> bool {
         let pr = &self.prices;
-        let good = self.cfg.good_enough;
+        // candidates are compared over at most `good_enough` bytes ahead; the winner is then
+        // extended in full
+        let cmp_ceil = ceil.min(p.saturating_add(self.cfg.good_enough.max(16)));
         let mut best: Option<(Cover, f64)> = None;
         let net = |c: &(Cover, f64), ld: Option<i64>| {
             c.1 - if Some(c.0.diag()) == ld {
@@ -381,25 +383,25 @@ impl Engine<'_> {
         if let Some(d) = *last_d {
             let sp = p as i64 + d;
             if sp >= 0 {
-                best = self.extend(p, sp as usize, floor, ceil);
+                best = self.extend(p, sp as usize, floor, cmp_ceil);
             }
         }
-        if best.is_none_or(|c| c.0.len < good) {
-            cands.clear();
-            self.idx.candidates(h, self.cfg.max_candidates, cands);
-            for &sp in cands.iter() {
-                let d = sp as i64 - p as i64;
-                if Some(d) == *last_d {
-                    continue;
+        cands.clear();
+        self.idx.candidates(h, self.cfg.max_candidates, cands);
+        for &sp in cands.iter() {
+            let d = sp as i64 - p as i64;
+            if Some(d) == *last_d {
+                continue;
+            }
+            if let Some(c) = self.extend(p, sp as usize, floor, cmp_ceil) {
+                if best.is_none_or(|b| net(&c, *last_d) > net(&b, *last_d)) {
+                    best = Some(c);
                 }
-                if let Some(c) = self.extend(p, sp as usize, floor, ceil) {
-                    if best.is_none_or(|b| net(&c, *last_d) > net(&b, *last_d)) {
-                        best = Some(c);
-                        if c.0.len >= good {
-                            break;
-                        }
-                    }
-                }
+            }
+        }
+        if let Some((c, _)) = best {
+            if c.end() >= cmp_ceil && cmp_ceil < ceil {
+                best = self.extend(p, c.snap + (p - c.start), floor, ceil);
             }
         }
         match best {
@@ -499,14 +501,7 @@ pub fn emit(f: &[u8], s: &[u8], covers: &[Cover]) -> (Vec<Segment>, Vec<u8>) {
                 true,
             );
         } else {
-            push(
-                &mut segs,
-                c.len,
-                Source::Cover {
-                    off: c.snap as u64,
-                },
-                true,
-            );
+            push(&mut segs, c.len, Source::Cover { off: c.snap as u64 }, true);
             spill.extend(dst.iter().zip(src).map(|(x, y)| x.wrapping_sub(*y)));
         }
         at = c.end();
@@ -535,7 +530,9 @@ mod tests {
         let mut r = vec![0u8; 65536];
         crate::pob::prng::SplitMix64::new(4).fill(&mut r);
         assert!(sample_entropy(&r) > 7.9);
-        let t: Vec<u8> = (0..65536u32).map(|i| b"mov rax, rbx\n"[(i % 13) as usize]).collect();
+        let t: Vec<u8> = (0..65536u32)
+            .map(|i| b"mov rax, rbx\n"[(i % 13) as usize])
+            .collect();
         assert!(sample_entropy(&t) < 4.0);
         assert_eq!(sample_entropy(&[]), 0.0);
     }
@@ -559,7 +556,13 @@ mod tests {
         let mut cfg = cfg();
         cfg.cover.mismatch_bits = 0.5;
         let pr = Prices::new(&cfg, 6.0);
-        let got = merge(&f, &s, vec![c(0, 1000), c(1020, 980), c(2300, 1700)], &cfg, &pr);
+        let got = merge(
+            &f,
+            &s,
+            vec![c(0, 1000), c(1020, 980), c(2300, 1700)],
+            &cfg,
+            &pr,
+        );
         // the 20-byte gap is cheaper as differences than as a record plus literals; the
         // 300 bytes of noise are not
         assert_eq!(got.len(), 2, "{got:?}");
@@ -567,7 +570,13 @@ mod tests {
         assert_eq!(got[1].start, 2300);
         // with diagonal merge off only touching covers join
         cfg.diagonal_merge = false;
-        let got = merge(&f, &s, vec![c(0, 1000), c(1000, 20), c(1020, 980)], &cfg, &pr);
+        let got = merge(
+            &f,
+            &s,
+            vec![c(0, 1000), c(1000, 20), c(1020, 980)],
+            &cfg,
+            &pr,
+        );
         assert_eq!(got.len(), 1);
         let got = merge(&f, &s, vec![c(0, 1000), c(1020, 980)], &cfg, &pr);
         assert_eq!(got.len(), 2);

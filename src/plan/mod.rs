@@ -105,7 +105,7 @@ impl Default for CoverCost {
         CoverCost {
             zero_bits: 0.3,
             mismatch_bits: 2.0,
-            record_bits: 40.0,
+            record_bits: 64.0,
             rep_record_bits: 16.0,
             xdrop_bits: 64.0,
         }
@@ -229,6 +229,8 @@ impl Default for PlanConfig {
             min_w: crate::index::DEFAULT_MIN_W,
             min_fanout: crate::index::DEFAULT_MIN_FANOUT,
             cover: CoverCost::default(),
+            max_candidates: 8,
+            good_enough: 1024,
             ..PlanConfig::legacy()
         }
     }
@@ -287,19 +289,19 @@ impl PlanConfig {
     /// A named preset. All three use the cover engine and the same index; they differ in
     /// how hard they look.
     pub fn preset(level: Level) -> Self {
+        // measured on the libstd pair (stable 1.95 -> nightly, 2026-12-04, packed at `fast`):
+        // 8 candidates instead of 4 gave 4.6% fewer bytes; comparing candidates over 8 KiB
+        // instead of 256 B 0.9%; dense probing (`sparse = false`) 2% more bytes
         let d = PlanConfig::default();
         match level {
             Level::Fast => PlanConfig {
-                max_candidates: 4,
-                good_enough: 64,
+                good_enough: 256,
                 ..d
             },
             Level::Default => d,
             Level::Max => PlanConfig {
                 max_candidates: 16,
-                good_enough: 4096,
-                sparse: false,
-                fast_reject: true,
+                good_enough: 8192,
                 ..d
             },
         }
@@ -341,7 +343,11 @@ impl PlanConfig {
             return bad("max_candidates", "0".into(), "at least 1");
         }
         if !(0.0..=8.0).contains(&self.reject_bits) {
-            return bad("reject_bits", self.reject_bits.to_string(), "0..=8 bits per byte");
+            return bad(
+                "reject_bits",
+                self.reject_bits.to_string(),
+                "0..=8 bits per byte",
+            );
         }
         if self.merge_gap > 1 << 20 {
             return bad("merge_gap", self.merge_gap.to_string(), "0..=1048576");
