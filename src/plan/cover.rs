@@ -300,6 +300,9 @@ impl Engine<'_> {
                     anchors.clear();
                     minimizer::anchors(self.f, x, y, w, &mut scratch, &mut anchors);
                     for &(p, h) in &anchors {
+                        if p >= b {
+                            break; // a window's minimum may lie past the range
+                        }
                         if self.seed(p, h, cur, b, &mut last_d, &mut cands, &mut out) {
                             cur = out.last().map_or(cur, |c| c.end());
                             hit = true;
@@ -321,6 +324,9 @@ impl Engine<'_> {
                 minimizer::anchors(self.f, from, blk_end, w, &mut scratch, &mut anchors);
                 for k in 0..anchors.len() {
                     let (p, h) = anchors[k];
+                    if p >= b {
+                        break; // a window's minimum may lie past the range
+                    }
                     if p < cur {
                         continue; // inside a cover: follow its diagonal, do not probe
                     }
@@ -483,6 +489,7 @@ pub fn emit(f: &[u8], s: &[u8], covers: &[Cover]) -> (Vec<Segment>, Vec<u8>) {
         }
     };
     for c in covers {
+        debug_assert!(c.start >= at, "covers overlap at {}", c.start);
         if c.start > at {
             push(&mut segs, c.start - at, Source::Raw, false);
             spill.extend_from_slice(&f[at..c.start]);
