@@ -169,18 +169,16 @@ fn plan_target_with(
     let p = plan::plan(target, snap, idx, &hints, cfg).expect("plan");
     let plan_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let opts = PackOptions {
-        level: p.spill_level(PackOptions::default().level),
-        ..PackOptions::default()
-    };
-    let (bytes, _, plain_won) = pbb::pack_best(&p.blueprint, target, &opts).expect("pack");
+    let opts = PackOptions::default();
+    let (bytes, _, plain_won) =
+        pbb::pack_best(&p.blueprint, target, Some(snap.bytes()), &opts).expect("pack");
     let pack_s = t.elapsed().as_secs_f64();
     let tz = |fold: bool| {
         let t = pbb::encode_table_with(&p.blueprint.segments, fold);
         zstd::bulk::compress(&t, opts.table_level).unwrap().len() as u64
     };
     let (table_folded, table_unfolded) = (tz(true), tz(false));
-    let bp = pbb::unpack(&bytes, &snap.id, snap.bytes().len() as u64).expect("unpack");
+    let bp = pbb::unpack_with(&bytes, &snap.id, snap.bytes()).expect("unpack");
     let mut out = vec![0u8; target.len()];
     bp.rebuild_into(snap.bytes(), &mut out).expect("rebuild");
     assert!(out == target, "rebuilt target differs");

@@ -298,32 +298,70 @@ impl Blueprint {
         })
     }
 
-    /// Rebuild the file into `out` (which must be `file_len` bytes) from `snap`.
-    /// The blueprint must have passed [`Blueprint::validate`] against `snap.len()`.
+    /// Rebuild the file into `out` (which must be `file_len` bytes) from `snap`. Every check
+    /// of [`Blueprint::validate`] is made on the way (one pass over the segments): on an
+    /// error, `out` holds a partial file.
     pub fn rebuild_into(&self, snap: &[u8], out: &mut [u8]) -> Result<(), pbb::PbbError> {
         if out.len() as u64 != self.file_len {
             return Err(pbb::PbbError::Invalid(
                 "output buffer has the wrong length".into(),
             ));
         }
-        self.validate(snap.len() as u64)?;
-        for p in self.placed() {
-            let o = p.file_off as usize;
-            let dst = &mut out[o..o + p.seg.len as usize];
-            match p.seg.src {
+        let mut o = 0usize;
+        let mut sp = 0usize;
+        let spill = &self.spill[..];
+        for (i, seg) in self.segments.iter().enumerate() {
+            let n = seg.len as usize;
+            let end = o + n;
+            if n == 0 || end > out.len() {
+                // let validate name the problem
+                self.validate(snap.len() as u64)?;
+                return Err(pbb::PbbError::Invalid(format!("segment {i} is invalid")));
+            }
+            let snap_at = |off: u64| {
+                usize::try_from(off)
+                    .ok()
+                    .and_then(|off| snap.get(off..off.checked_add(n)?))
+            };
+            match seg.src {
                 Source::Snap { op, off, imm } => {
-                    let off = off as usize;
-                    apply::transform(op, imm, &snap[off..off + dst.len()], dst);
+                    let Some(src) = snap_at(off) else {
+                        self.validate(snap.len() as u64)?;
+                        return Err(pbb::PbbError::Invalid(format!("segment {i} is invalid")));
+                    };
+                    apply::transform(op, imm, src, &mut out[o..end]);
                 }
-                Source::Raw => dst.copy_from_slice(p.raw),
-                Source::SelfCopy { off } => {
-                    apply::self_copy(out, off as usize, o, p.seg.len as usize)
+                Source::Raw => {
+                    let Some(r) = spill.get(sp..sp + n) else {
+                        self.validate(snap.len() as u64)?;
+                        return Err(pbb::PbbError::Invalid(format!("segment {i} is invalid")));
+                    };
+                    out[o..end].copy_from_slice(r);
+                    sp += n;
                 }
                 Source::Cover { off } => {
-                    let off = off as usize;
-                    apply::add_bytes(&snap[off..off + dst.len()], p.raw, dst);
+                    let (Some(src), Some(d)) = (snap_at(off), spill.get(sp..sp + n)) else {
+                        self.validate(snap.len() as u64)?;
+                        return Err(pbb::PbbError::Invalid(format!("segment {i} is invalid")));
+                    };
+                    apply::add_bytes(src, d, &mut out[o..end]);
+                    sp += n;
+                }
+                Source::SelfCopy { off } => {
+                    if off >= o as u64 {
+                        self.validate(snap.len() as u64)?;
+                        return Err(pbb::PbbError::Invalid(format!("segment {i} is invalid")));
+                    }
+                    apply::self_copy(out, off as usize, o, n)
                 }
             }
+            o = end;
+        }
+        if o != out.len() || sp != spill.len() {
+            self.validate(snap.len() as u64)?;
+            return Err(pbb::PbbError::Invalid(
+                "segments do not add up to the file".into(),
+            ));
         }
         Ok(())
     }
@@ -393,6 +431,89 @@ impl Blueprint {
             spill,
             ..self.clone()
         })
+    }
+}
+
+impl Blueprint {
+    /// The same file with neighbouring snapshot segments on one diagonal (the same
+    /// `snap_off - file_off`) merged into approximate covers across the raw gaps between them
+    /// of at most `max_gap` bytes: the gap's bytes and any xor/add bytes become differences
+    /// against the snapshot. A run of one segment stays as it is. This is the diagonal merge
+    /// of HDiffPatch done after the fact on a plan of exact segments (the planner may choose
+    /// covers directly); `snap` is the snapshot the blueprint was validated against.
+    pub fn merge_diagonals(&self, snap: &[u8], max_gap: u32) -> Blueprint {
+        let placed: Vec<Placed<'_>> = self.placed().collect();
+        let diag = |p: &Placed<'_>| match p.seg.src {
+            Source::Snap { off, .. } | Source::Cover { off } => {
+                Some(off as i64 - p.file_off as i64)
+            }
+            _ => None,
+        };
+        let mut segments = Vec::with_capacity(self.segments.len());
+        let mut spill = Vec::with_capacity(self.spill.len());
+        let mut i = 0;
+        while i < placed.len() {
+            let Some(d) = diag(&placed[i]) else {
+                segments.push(placed[i].seg);
+                spill.extend_from_slice(placed[i].raw);
+                i += 1;
+                continue;
+            };
+            // extend: (raw gap <= max_gap)? then a snapshot segment on diagonal d
+            let mut j = i + 1;
+            let mut end = i;
+            let mut len = placed[i].seg.len as u64;
+            let mut k = i + 1;
+            while k < placed.len() {
+                if diag(&placed[k]) == Some(d) {
+                    len += placed[k].seg.len as u64;
+                    end = k;
+                    k += 1;
+                    j = k;
+                    continue;
+                }
+                if placed[k].seg.src == Source::Raw
+                    && placed[k].seg.len <= max_gap
+                    && k + 1 < placed.len()
+                    && diag(&placed[k + 1]) == Some(d)
+                {
+                    len += placed[k].seg.len as u64;
+                    k += 1;
+                    continue;
+                }
+                break;
+            }
+            if end == i || len > u32::MAX as u64 {
+                segments.push(placed[i].seg);
+                spill.extend_from_slice(placed[i].raw);
+                i += 1;
+                continue;
+            }
+            let off = (placed[i].file_off as i64 + d) as u64;
+            segments.push(Segment {
+                len: len as u32,
+                src: Source::Cover { off },
+            });
+            for p in &placed[i..j] {
+                let s = &snap[(p.file_off as i64 + d) as usize..][..p.seg.len as usize];
+                match p.seg.src {
+                    Source::Raw => {
+                        spill.extend(p.raw.iter().zip(s).map(|(f, s)| f.wrapping_sub(*s)))
+                    }
+                    Source::Cover { .. } => spill.extend_from_slice(p.raw),
+                    Source::Snap { op, imm, .. } => {
+                        spill.extend(s.iter().map(|&b| op.byte(b, imm).wrapping_sub(b)))
+                    }
+                    Source::SelfCopy { .. } => unreachable!("not on a diagonal"),
+                }
+            }
+            i = j;
+        }
+        Blueprint {
+            segments,
+            spill,
+            ..self.clone()
+        }
     }
 }
 
@@ -535,6 +656,24 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn merging_diagonals_keeps_the_bytes_and_folds_gaps() {
+        let snap = snap();
+        let (bp, file) = covered(&snap);
+        let low = bp.lower_basic(&snap).unwrap();
+        let merged = low.merge_diagonals(&snap, 64);
+        assert!(merged.has_covers());
+        assert!(merged.segments.len() < low.segments.len());
+        let mut out = vec![0u8; file.len()];
+        merged.rebuild_into(&snap, &mut out).unwrap();
+        assert_eq!(out, file);
+        // a gap limit of 0 merges only touching segments: nothing here
+        assert_eq!(
+            low.merge_diagonals(&snap, 0).segments.len(),
+            low.segments.len()
+        );
     }
 
     #[test]

@@ -93,11 +93,12 @@ pub struct PackOptions {
 }
 
 impl PackOptions {
-    /// The preset for a level: every level predicts references; `fast` uses cheap coders.
+    /// The preset for a level: every level predicts the references that pay
+    /// ([`PredictOptions::DEFAULT`]); `fast` uses cheap coders.
     pub fn for_level(level: Level) -> Self {
         PackOptions {
             level,
-            predict: PredictOptions::ALL,
+            predict: PredictOptions::DEFAULT,
             force: None,
         }
     }

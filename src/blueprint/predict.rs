@@ -55,27 +55,70 @@ pub struct Region {
     pub kind: RegionKind,
 }
 
-/// Which region kinds an encoder emits (the ablation switches).
+/// Which regions an encoder predicts (the ablation switches, one per feature).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PredictOptions {
+    /// rel32 branches and RIP-relative operands in `.text`, `.plt`, `.init`, `.fini`.
     pub code: bool,
-    pub words: bool,
+    /// Address words in `.data.rel.ro`, `.got`, `.got.plt`, `.init_array`, `.fini_array`.
+    pub data: bool,
+    /// Offset and addend of `.rela.dyn` / `.rela.plt` entries, values of `.dynamic`.
+    pub rela: bool,
+    /// Symbol values of `.symtab` / `.dynsym`.
+    pub symbols: bool,
+    /// Address words of `.debug_ranges` / `.debug_aranges`.
+    pub debug_ranges: bool,
+    /// `DW_LNE_set_address` in `.debug_line`.
     pub line: bool,
 }
 
 impl PredictOptions {
     pub const ALL: PredictOptions = PredictOptions {
         code: true,
-        words: true,
+        data: true,
+        rela: true,
+        symbols: true,
+        debug_ranges: true,
         line: true,
     };
     pub const NONE: PredictOptions = PredictOptions {
         code: false,
-        words: false,
+        data: false,
+        rela: false,
+        symbols: false,
+        debug_ranges: false,
         line: false,
     };
+    /// What pays on the libstd release pair (`PFS_CODEC_ONLY=predict cargo bench --bench
+    /// codec`): rel32 in code and DWARF line addresses. The address tables did not: in a
+    /// shared object `.data.rel.ro` and `.got` hold zeros until relocated, `.debug_ranges`
+    /// entries are relative to their unit's base, and `.rela.dyn` / `.symtab` predictions
+    /// changed as many bytes for the worse as for the better.
+    pub const DEFAULT: PredictOptions = PredictOptions {
+        code: true,
+        line: true,
+        ..PredictOptions::NONE
+    };
+    /// Each feature alone, by name (the ablation rows).
+    pub fn each() -> [(&'static str, PredictOptions); 6] {
+        let n = PredictOptions::NONE;
+        [
+            ("code", PredictOptions { code: true, ..n }),
+            ("data", PredictOptions { data: true, ..n }),
+            ("rela", PredictOptions { rela: true, ..n }),
+            ("symbols", PredictOptions { symbols: true, ..n }),
+            (
+                "debug_ranges",
+                PredictOptions {
+                    debug_ranges: true,
+                    ..n
+                },
+            ),
+            ("line", PredictOptions { line: true, ..n }),
+        ]
+    }
     pub fn any(self) -> bool {
-        self.code || self.words || self.line
+        self.code || self.data || self.rela || self.symbols || self.debug_ranges || self.line
     }
 }
 
@@ -280,21 +323,21 @@ impl RefModel {
                 ".text" | ".init" | ".fini" | ".plt" | ".plt.got" | ".plt.sec" if o.code => {
                     RegionKind::Code
                 }
-                ".data.rel.ro" | ".got" | ".got.plt" | ".init_array" | ".fini_array"
-                | ".debug_ranges" | ".debug_aranges"
-                    if o.words =>
-                {
+                ".data.rel.ro" | ".got" | ".got.plt" | ".init_array" | ".fini_array" if o.data => {
                     RegionKind::Words { stride: 8, mask: 1 }
                 }
-                ".rela.dyn" | ".rela.plt" if o.words => RegionKind::Words {
+                ".debug_ranges" | ".debug_aranges" if o.debug_ranges => {
+                    RegionKind::Words { stride: 8, mask: 1 }
+                }
+                ".rela.dyn" | ".rela.plt" if o.rela => RegionKind::Words {
                     stride: 24,
                     mask: 0b101,
                 },
-                ".symtab" | ".dynsym" if o.words => RegionKind::Words {
+                ".symtab" | ".dynsym" if o.symbols => RegionKind::Words {
                     stride: 24,
                     mask: 0b010,
                 },
-                ".dynamic" if o.words => RegionKind::Words {
+                ".dynamic" if o.rela => RegionKind::Words {
                     stride: 16,
                     mask: 0b10,
                 },
