@@ -334,13 +334,7 @@ fn blueprints(
             }
             let hints = Hints::from_elf(&bytes).unwrap_or_default();
             let t = Instant::now();
-            let p = plan::plan(
-                &bytes,
-                snap,
-                idx.as_ref().expect("set above"),
-                &hints,
-                &cfg,
-            )?;
+            let p = plan::plan(&bytes, snap, idx.as_ref().expect("set above"), &hints, &cfg)?;
             let st = p.blueprint.stats();
             eprintln!(
                 "planned {}: {} in {} segments, raw spill {} ({:.1}%), {:.0} ms",

@@ -255,12 +255,45 @@ impl Engine<'_> {
         best
     }
 
+    /// Exact matching bytes around the equal gram at (i, sp), counted up to `want`.
+    #[inline]
+    fn exact_len(&self, i: usize, sp: usize, floor: usize, ceil: usize, want: usize) -> usize {
+        let (f, s) = (self.f, self.s);
+        let mut n = 8;
+        let fmax = ceil
+            .min(f.len())
+            .saturating_sub(i)
+            .min(s.len() - sp)
+            .min(want + 8);
+        while n + 8 <= fmax {
+            let x = load8(f, i + n) ^ load8(s, sp + n);
+            if x != 0 {
+                n += (x.trailing_zeros() / 8) as usize;
+                break;
+            }
+            n += 8;
+        }
+        if n >= want {
+            return n;
+        }
+        let bmax = (i - floor).min(sp).min(want);
+        let mut k = 0;
+        while k < bmax && f[i - k - 1] == s[sp - k - 1] {
+            k += 1;
+        }
+        n + k
+    }
+
     /// The cover through seed (file `i`, snapshot `sp`), not before `floor` nor past `ceil`;
     /// `None` unless the seed's 8 bytes are equal. Returns the cover and its saving.
     #[inline]
     fn extend(&self, i: usize, sp: usize, floor: usize, ceil: usize) -> Option<(Cover, f64)> {
         if sp + 8 > self.s.len() || i + 8 > self.f.len() || load8(self.f, i) != load8(self.s, sp) {
             return None;
+        }
+        let min_seed = self.cfg.min_seed;
+        if min_seed > 8 && self.exact_len(i, sp, floor, ceil, min_seed) < min_seed {
+            return None; // a gram that happens to repeat, not a match worth extending
         }
         let fw = self.fwd(i, sp, ceil.saturating_sub(i));
         let bk = self.back(i, sp, i - floor);
@@ -464,11 +497,13 @@ pub fn merge(f: &[u8], s: &[u8], covers: Vec<Cover>, cfg: &PlanConfig, pr: &Pric
 
 /// Segments and spill for covers (file order, non-overlapping) over `f`: gaps become raw
 /// segments, exact covers `id` segments, others approximate covers with their differences.
-pub fn emit(f: &[u8], s: &[u8], covers: &[Cover]) -> (Vec<Segment>, Vec<u8>) {
+/// The spill is filled on `threads` threads (each a disjoint part of it).
+pub fn emit(f: &[u8], s: &[u8], covers: &[Cover], threads: usize) -> (Vec<Segment>, Vec<u8>) {
     let mut segs = Vec::with_capacity(2 * covers.len() + 1);
-    let mut spill = Vec::new();
+    // spill pieces: (file start, len, snapshot offset of a cover's differences)
+    let mut pieces: Vec<(usize, usize, Option<usize>)> = Vec::with_capacity(2 * covers.len() + 1);
     let mut at = 0usize;
-    let push = |segs: &mut Vec<Segment>, len: usize, src: Source, step: bool| {
+    let push = |segs: &mut Vec<Segment>, len: usize, src: Source| {
         let mut left = len;
         let mut off = match src {
             Source::Snap { off, .. } | Source::Cover { off } => off,
@@ -483,41 +518,113 @@ pub fn emit(f: &[u8], s: &[u8], covers: &[Cover]) -> (Vec<Segment>, Vec<u8>) {
             };
             segs.push(Segment { len: n as u32, src });
             left -= n;
-            if step {
-                off += n as u64;
-            }
+            off += n as u64;
         }
     };
     for c in covers {
         debug_assert!(c.start >= at, "covers overlap at {}", c.start);
         if c.start > at {
-            push(&mut segs, c.start - at, Source::Raw, false);
-            spill.extend_from_slice(&f[at..c.start]);
+            push(&mut segs, c.start - at, Source::Raw);
+            pieces.push((at, c.start - at, None));
         }
-        let src = &s[c.snap..c.snap + c.len];
-        let dst = &f[c.start..c.end()];
         if c.diffs == 0 {
-            push(
-                &mut segs,
-                c.len,
-                Source::Snap {
-                    op: Transform::Id,
-                    off: c.snap as u64,
-                    imm: 0,
-                },
-                true,
-            );
+            let src = Source::Snap {
+                op: Transform::Id,
+                off: c.snap as u64,
+                imm: 0,
+            };
+            push(&mut segs, c.len, src);
         } else {
-            push(&mut segs, c.len, Source::Cover { off: c.snap as u64 }, true);
-            spill.extend(dst.iter().zip(src).map(|(x, y)| x.wrapping_sub(*y)));
+            push(&mut segs, c.len, Source::Cover { off: c.snap as u64 });
+            pieces.push((c.start, c.len, Some(c.snap)));
         }
         at = c.end();
     }
     if f.len() > at {
-        push(&mut segs, f.len() - at, Source::Raw, false);
-        spill.extend_from_slice(&f[at..]);
+        push(&mut segs, f.len() - at, Source::Raw);
+        pieces.push((at, f.len() - at, None));
+    }
+    let total: usize = pieces.iter().map(|p| p.1).sum();
+    let mut spill = vec![0u8; total];
+    let fill = |out: &mut [u8], pieces: &[(usize, usize, Option<usize>)]| {
+        let mut o = 0;
+        for &(fs, n, snap) in pieces {
+            let dst = &mut out[o..o + n];
+            match snap {
+                None => dst.copy_from_slice(&f[fs..fs + n]),
+                Some(sp) => {
+                    for ((d, x), y) in dst.iter_mut().zip(&f[fs..fs + n]).zip(&s[sp..sp + n]) {
+                        *d = x.wrapping_sub(*y);
+                    }
+                }
+            }
+            o += n;
+        }
+    };
+    let threads = threads.max(1);
+    if threads == 1 || total < 1 << 20 {
+        fill(&mut spill, &pieces);
+    } else {
+        // groups of whole pieces with about total / threads bytes each
+        let per = total.div_ceil(threads);
+        std::thread::scope(|sc| {
+            let mut rest: &mut [u8] = &mut spill;
+            let mut k = 0;
+            while k < pieces.len() {
+                let (mut j, mut n) = (k, 0);
+                while j < pieces.len() && (n < per || j == k) {
+                    n += pieces[j].1;
+                    j += 1;
+                }
+                let (mine, tail) = rest.split_at_mut(n);
+                rest = tail;
+                let group = &pieces[k..j];
+                let fill = &fill;
+                sc.spawn(move || fill(mine, group));
+                k = j;
+            }
+        });
     }
     (segs, spill)
+}
+
+/// BLAKE3 of `data`, its two halves of the hash tree on two threads (and so on, `depth`
+/// levels deep), merged with [`blake3::hazmat`]; equal to `blake3::hash(data)`.
+pub fn parallel_blake3(data: &[u8], depth: u32) -> [u8; 32] {
+    use blake3::hazmat::{
+        left_subtree_len, merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt,
+        Mode,
+    };
+    // below this a split buys nothing
+    const MIN: usize = 1 << 20;
+    if depth == 0 || data.len() < MIN {
+        return *blake3::hash(data).as_bytes();
+    }
+    fn cv(data: &[u8], offset: u64, depth: u32) -> ChainingValue {
+        if depth == 0 || data.len() < MIN {
+            return blake3::Hasher::new()
+                .set_input_offset(offset)
+                .update(data)
+                .finalize_non_root();
+        }
+        let l = left_subtree_len(data.len() as u64) as usize;
+        let (a, b) = data.split_at(l);
+        let (ca, cb) = std::thread::scope(|s| {
+            let h = s.spawn(|| cv(b, offset + l as u64, depth - 1));
+            (
+                cv(a, offset, depth - 1),
+                h.join().expect("hash thread panicked"),
+            )
+        });
+        merge_subtrees_non_root(&ca, &cb, Mode::Hash)
+    }
+    let l = left_subtree_len(data.len() as u64) as usize;
+    let (a, b) = data.split_at(l);
+    let (ca, cb) = std::thread::scope(|s| {
+        let h = s.spawn(|| cv(b, l as u64, depth - 1));
+        (cv(a, 0, depth - 1), h.join().expect("hash thread panicked"))
+    });
+    *merge_subtrees_root(&ca, &cb, Mode::Hash).as_bytes()
 }
 
 #[cfg(test)]
@@ -530,6 +637,50 @@ mod tests {
 
     fn prices() -> Prices {
         Prices::new(&cfg(), 6.0)
+    }
+
+    #[test]
+    fn parallel_blake3_equals_blake3() {
+        let mut d = vec![0u8; (3 << 20) + 12345];
+        crate::pob::prng::SplitMix64::new(8).fill(&mut d);
+        for len in [
+            0,
+            1,
+            1024,
+            1025,
+            1 << 20,
+            (1 << 20) + 1,
+            2 << 20,
+            (2 << 20) + 7,
+            d.len(),
+        ] {
+            for depth in 0..4 {
+                assert_eq!(
+                    parallel_blake3(&d[..len], depth),
+                    *blake3::hash(&d[..len]).as_bytes(),
+                    "len {len} depth {depth}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn parallel_emit_equals_one_thread() {
+        let mut s = vec![0u8; 3 << 20];
+        crate::pob::prng::SplitMix64::new(2).fill(&mut s);
+        let mut f = s[1000..(3 << 20) - 5000].to_vec();
+        for i in (0..f.len()).step_by(97) {
+            f[i] ^= 1;
+        }
+        let covers: Vec<Cover> = (0..30)
+            .map(|k| Cover {
+                start: k * 100_000 + 50,
+                len: 90_000,
+                snap: k * 100_000 + 1050,
+                diffs: 1,
+            })
+            .collect();
+        assert_eq!(emit(&f, &s, &covers, 1), emit(&f, &s, &covers, 3));
     }
 
     #[test]
@@ -621,7 +772,7 @@ mod tests {
                 diffs: 1,
             },
         ];
-        let (segments, spill) = emit(&f, &s, &covers);
+        let (segments, spill) = emit(&f, &s, &covers, 1);
         assert!(matches!(segments[1].src, Source::Snap { off: 100, .. }));
         assert_eq!(segments[2].src, Source::Cover { off: 500 });
         let bp = crate::blueprint::Blueprint {

@@ -137,6 +137,9 @@ pub struct PlanConfig {
     /// always seeded) and positions kept per key.
     pub min_w: u32,
     pub min_fanout: u32,
+    /// Cover engine: a seed needs this many exactly equal bytes around its gram (8 = any
+    /// gram hit) before it is extended.
+    pub min_seed: usize,
     /// Cover engine: byte prices.
     pub cover: CoverCost,
     pub cost: CostModel,
@@ -229,6 +232,7 @@ impl Default for PlanConfig {
             min_w: crate::index::DEFAULT_MIN_W,
             min_fanout: crate::index::DEFAULT_MIN_FANOUT,
             cover: CoverCost::default(),
+            min_seed: 12,
             max_candidates: 8,
             good_enough: 1024,
             ..PlanConfig::legacy()
@@ -250,6 +254,7 @@ impl PlanConfig {
             min_w: crate::index::DEFAULT_MIN_W,
             min_fanout: crate::index::DEFAULT_MIN_FANOUT,
             cover: CoverCost::default(),
+            min_seed: 8,
             cost: CostModel::default(),
             min_match: 5,
             max_candidates: 8,
@@ -643,8 +648,8 @@ fn thread_count(cfg: &PlanConfig) -> usize {
     }
 }
 
-/// The cover engine ([`cover`]): ranges planned on threads (the file's BLAKE3 on one more),
-/// covers merged, then segments and spill emitted.
+/// The cover engine ([`cover`]): the file's BLAKE3, then ranges planned, covers merged, and
+/// segments and spill emitted, each on every thread.
 fn plan_covers(
     file: &[u8],
     snap: &Snapshot,
@@ -678,11 +683,10 @@ fn plan_covers(
     let ranges: Vec<(usize, usize)> = (0..file.len().div_ceil(per).max(1))
         .map(|i| (i * per, ((i + 1) * per).min(file.len())))
         .collect();
-    let (parts, file_hash, hash_ms) = std::thread::scope(|s| {
-        let hasher = s.spawn(|| {
-            let t = Instant::now();
-            (*blake3::hash(file).as_bytes(), ms(t))
-        });
+    let th = Instant::now();
+    let file_hash = cover::parallel_blake3(file, usize::BITS - 1 - threads.max(1).leading_zeros());
+    let hash_ms = ms(th);
+    let parts: Vec<Vec<cover::Cover>> = std::thread::scope(|s| {
         let hs: Vec<_> = ranges[1..]
             .iter()
             .map(|&(a, b)| {
@@ -695,15 +699,14 @@ fn plan_covers(
             hs.into_iter()
                 .map(|h| h.join().expect("planner thread panicked")),
         );
-        let (fh, hms) = hasher.join().expect("hash thread panicked");
-        (parts, fh, hms)
+        parts
     });
     times.hash_ms = hash_ms;
     let covers: Vec<cover::Cover> = parts.into_iter().flatten().collect();
     let covers = cover::merge(file, snap.bytes(), covers, cfg, &prices);
     times.match_ms = ms(t);
     let t = Instant::now();
-    let (mut segments, mut spill) = cover::emit(file, snap.bytes(), &covers);
+    let (mut segments, mut spill) = cover::emit(file, snap.bytes(), &covers, threads);
     times.extend_ms = ms(t);
     if cfg.self_segments {
         let t = Instant::now();
