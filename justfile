@@ -45,6 +45,10 @@ bench-plan:
 bench-plan-ablation:
     PFS_BENCH_ABLATION=1 PFS_METRICS={{metrics}} cargo bench --bench plan
 
+# .pbb v3 format on the libstd pair: levels, per-stream coder table, reference-prediction ablation, rebuild vs memcpy, random 32 MiB (PFS_CODEC_ONLY=levels,predict,rebuild,random).
+bench-codec:
+    cargo bench --bench codec
+
 # SHM ring benchmark with the source's smoke flags (override via justfile.vars); extra ARGS go to pfs.
 bench-shm *ARGS:
     bash scripts/benchmarks/shm_run.sh --blob-mb {{shm_blob_mb}} --dpf {{shm_dpf}} --ring-pow2 {{shm_ring_pow2}} --align {{shm_align}} --duration {{shm_duration}} --threads {{shm_threads}} --arith 0 --vstream 0 --ports 1 --queues {{shm_queues}} --mode {{shm_mode}} --seg-len {{shm_seg_len}} --pcpu 1 --pcpu-op {{shm_op}} --imm {{shm_imm}} --metrics {{metrics}} {{ARGS}}

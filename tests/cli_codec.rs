@@ -481,31 +481,86 @@ fn bad_blueprints_are_refused_cleanly() {
             vec![1, 2, 3],
         )),
     );
-    fails(&unplan("spill.pbb"), "spill");
+    fails(&unplan("spill.pbb"), "literal");
     w("hash.pbb", &forged(&mk(vec![id(0, 64)], 64, vec![])));
     fails(&unplan("hash.pbb"), "hashes to");
 
-    // absurd declared sizes: a header claiming an exabyte file, a huge table or spill, with a
-    // valid checksum, is refused before any allocation of that size
-    for (at, what) in [
-        (44usize, "segments cannot cover"),
-        (92, "table larger"),
-        (108, "spill larger"),
-    ] {
-        let mut b = good[..good.len() - 32].to_vec();
-        if at == 44 {
-            // file length huge: segments no longer cover it
-            b[at..at + 8].copy_from_slice(&(1u64 << 60).to_le_bytes());
-            b[84..92].copy_from_slice(&(1u64 << 61).to_le_bytes());
-        } else {
-            b[at..at + 8].copy_from_slice(&(1u64 << 59).to_le_bytes());
-        }
+    w(
+        "cover-outside.pbb",
+        &forged(&mk(
+            vec![Segment {
+                len: 20,
+                src: Source::Cover { off: e.len - 10 },
+            }],
+            20,
+            vec![0; 20],
+        )),
+    );
+    fails(&unplan("cover-outside.pbb"), "beyond its end");
+
+    // absurd declared sizes and damaged streams with a valid checksum: refused before any
+    // allocation of that size, one error naming the problem
+    let resum = |mut b: Vec<u8>| {
         let sum = blake3::hash(&b);
         b.extend_from_slice(sum.as_bytes());
-        w("absurd.pbb", &b);
-        fails(&unplan("absurd.pbb"), what);
+        b
+    };
+    let mut b = good[..good.len() - 32].to_vec();
+    b[44..52].copy_from_slice(&(1u64 << 60).to_le_bytes());
+    b[84..92].copy_from_slice(&(1u64 << 61).to_le_bytes());
+    w("absurd.pbb", &resum(b));
+    fails(&unplan("absurd.pbb"), "cannot cover");
+    // the v3 directory, edited: (coder, raw, stored) per stream
+    let h = pbb::read_header(&good).unwrap();
+    let dir = h.streams.unwrap();
+    let dir_len = u32::from_le_bytes(good[92..96].try_into().unwrap()) as usize;
+    let data = &good[pbb::HEADER_LEN_V3 + dir_len..good.len() - 32];
+    let with_dir = |edit: &dyn Fn(&mut Vec<(u8, u64, u64)>), data: &[u8]| {
+        let mut e: Vec<(u8, u64, u64)> = dir.iter().map(|e| (e.coder, e.raw, e.stored)).collect();
+        edit(&mut e);
+        let mut d = Vec::new();
+        for (c, r, st) in e {
+            d.push(c);
+            packetfs::blueprint::varint::put_u64(&mut d, r);
+            packetfs::blueprint::varint::put_u64(&mut d, st);
+        }
+        let mut b = good[..pbb::HEADER_LEN_V3].to_vec();
+        b[92..96].copy_from_slice(&(d.len() as u32).to_le_bytes());
+        b.extend_from_slice(&d);
+        b.extend_from_slice(data);
+        resum(b)
+    };
+    for (name, edit, what) in [
+        (
+            "lens",
+            &(|e: &mut Vec<(u8, u64, u64)>| e[1].1 = 1 << 59) as &dyn Fn(&mut Vec<(u8, u64, u64)>),
+            "stream lens declares",
+        ),
+        ("lits", &|e| e[6].1 = 1 << 59, "stream lits declares"),
+        ("coder", &|e| e[6].0 = 77, "unknown coder 77"),
+        ("stored", &|e| e[6].2 += 5, "add up"),
+        ("raw", &|e| e[6].1 += 1, "stream lits"),
+    ] {
+        let n = format!("dir-{name}.pbb");
+        w(&n, &with_dir(edit, data));
+        fails(&unplan(&n), what);
     }
+    // damaged bytes inside the literal stream (a zstd or LZMA stream), checksum fixed
+    let lits_at: u64 = dir[..6].iter().map(|e| e.stored).sum();
+    let mut dd = data.to_vec();
+    for k in 0..dir[6].stored.min(64) {
+        dd[(lits_at + k) as usize] ^= 0x5a;
+    }
+    w("damaged.pbb", &with_dir(&|_| {}, &dd));
+    fails(&unplan("damaged.pbb"), "stream lits");
     let mut keep = vec![
+        "cover-outside.pbb",
+        "dir-lens.pbb",
+        "dir-lits.pbb",
+        "dir-coder.pbb",
+        "dir-stored.pbb",
+        "dir-raw.pbb",
+        "damaged.pbb",
         "f",
         "m",
         "good.pbb",
@@ -707,7 +762,10 @@ fn plan_with_soft_and_self_segments_roundtrips() {
     ));
     assert!(out.contains("\"self\":"), "{out}");
     let pbb_bytes = std::fs::read(d.path().join("f.pbb")).unwrap();
-    assert_eq!(u16::from_le_bytes([pbb_bytes[8], pbb_bytes[9]]), 2);
+    assert_eq!(
+        u16::from_le_bytes([pbb_bytes[8], pbb_bytes[9]]),
+        pbb::VERSION
+    );
     ok(&pfs(
         &["unplan", "f.pbb", "--snapshot", s, "-o", "f.out"],
         d.path(),

@@ -4,7 +4,8 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use packetfs::blueprint::pbb::{self, PackOptions, SpillCodec};
+use packetfs::blueprint::pbb::{self, PackOptions};
+use packetfs::blueprint::Level;
 use packetfs::index::{default_specs, IndexSet};
 use packetfs::plan::{self, hints::Hints, PlanConfig};
 use packetfs::pob::{self, prng::SplitMix64, HugePolicy, Recipe, Snapshot};
@@ -51,7 +52,7 @@ fn fixture() -> &'static Fixture {
     })
 }
 
-fn roundtrip(file: &[u8], codec: SpillCodec, threads: usize) -> pbb::PackedSizes {
+fn roundtrip(file: &[u8], level: Level, threads: usize) -> pbb::PackedSizes {
     let f = fixture();
     let cfg = PlanConfig {
         threads,
@@ -60,15 +61,7 @@ fn roundtrip(file: &[u8], codec: SpillCodec, threads: usize) -> pbb::PackedSizes
     };
     let p = plan::plan(file, &f.snap, &f.idx, &Hints::default(), &cfg).unwrap();
     p.blueprint.validate(f.snap.bytes().len() as u64).unwrap();
-    let (bytes, sizes) = pbb::pack(
-        &p.blueprint,
-        &PackOptions {
-            codec,
-            level: 3,
-            table_level: 3,
-        },
-    )
-    .unwrap();
+    let (bytes, sizes) = pbb::pack(&p.blueprint, &PackOptions::for_level(level)).unwrap();
     let bp = pbb::unpack(&bytes, &f.snap.id, f.snap.bytes().len() as u64).unwrap();
     assert_eq!(bp, p.blueprint);
     let mut out = vec![0u8; file.len()];
@@ -145,7 +138,7 @@ proptest! {
     #[test]
     fn random_files_roundtrip(file in proptest::collection::vec(any::<u8>(), 0..20_000),
                               threads in 1usize..4) {
-        roundtrip(&file, SpillCodec::Zstd, threads);
+        roundtrip(&file, Level::Fast, threads);
     }
 
     #[test]
@@ -154,7 +147,7 @@ proptest! {
                                                      codec_i in 0usize..3) {
         let f = fixture();
         let target = apply_edits(&f.basis[cut.min(f.basis.len())..], &edits);
-        let codec = [SpillCodec::None, SpillCodec::Zstd, SpillCodec::Xz][codec_i];
+        let codec = [Level::Fast, Level::Default, Level::Max][codec_i];
         let sizes = roundtrip(&target, codec, 2);
         // the basis is in the snapshot: a lightly edited copy costs far less than its size
         if target.len() > 20_000 {
@@ -203,16 +196,16 @@ fn transformed_copies_of_snapshot_bytes_become_xor_and_add_segments() {
     let st = p.blueprint.stats();
     assert!(st.xor >= 1 && st.add >= 1, "{st:?}");
     assert!(st.raw_spill < file.len() as u64 / 10, "{st:?}");
-    roundtrip(&file, SpillCodec::Zstd, 1);
+    roundtrip(&file, Level::Fast, 1);
 }
 
 #[test]
 fn empty_and_larger_than_snapshot_files_roundtrip() {
-    roundtrip(&[], SpillCodec::Zstd, 1);
+    roundtrip(&[], Level::Fast, 1);
     let f = fixture();
     let mut big = f.snap.bytes().to_vec();
     big.extend_from_slice(&f.snap.bytes()[..100_000]);
-    let sizes = roundtrip(&big, SpillCodec::Zstd, 2);
+    let sizes = roundtrip(&big, Level::Fast, 2);
     assert!(
         sizes.spill < 10_000,
         "a file made of snapshot bytes spills little: {sizes:?}"
@@ -315,19 +308,11 @@ fn plan_cfg(file: &[u8], cfg: &PlanConfig) -> (Blueprint, pbb::PackedSizes) {
     let f = fixture();
     let p = plan::plan(file, &f.snap, &f.idx, &Hints::default(), cfg).unwrap();
     p.blueprint.validate(f.snap.bytes().len() as u64).unwrap();
-    let (bytes, sizes) = pbb::pack(
-        &p.blueprint,
-        &PackOptions {
-            codec: SpillCodec::Zstd,
-            level: 3,
-            table_level: 3,
-        },
-    )
-    .unwrap();
+    let (bytes, sizes) = pbb::pack(&p.blueprint, &PackOptions::for_level(Level::Fast)).unwrap();
     let bp = pbb::unpack(&bytes, &f.snap.id, f.snap.bytes().len() as u64).unwrap();
     assert_eq!(
         bp, p.blueprint,
-        "the v2 table must decode to the planned segments"
+        "the v3 streams must decode to the planned segments"
     );
     // and so must the table with soft runs folded into soft records
     let folded = pbb::encode_table_with(&bp.segments, true);
@@ -445,8 +430,8 @@ fn self_segments_with_overlapping_source_rebuild_as_forward_copies() {
     let (bytes, _) = pbb::pack(&bp, &PackOptions::default()).unwrap();
     assert_eq!(
         u16::from_le_bytes([bytes[8], bytes[9]]),
-        2,
-        "written as format v2"
+        pbb::VERSION,
+        "written as the current format"
     );
     let back = pbb::unpack(&bytes, &[3; 32], 16).unwrap();
     assert_eq!(back, bp);
@@ -654,10 +639,10 @@ fn newer_formats_are_refused_by_name_and_v1_still_reads() {
         spill: vec![1, 2],
     };
     let (mut bytes, _) = pbb::pack(&bp, &PackOptions::default()).unwrap();
-    bytes[8..10].copy_from_slice(&3u16.to_le_bytes());
+    bytes[8..10].copy_from_slice(&4u16.to_le_bytes());
     let e = pbb::unpack(&bytes, &[4; 32], 16).unwrap_err().to_string();
     assert!(
-        e.contains("this .pbb is format v3; this pfs reads formats v1 up to v2"),
+        e.contains("this .pbb is format v4; this pfs reads formats v1 up to v3"),
         "{e}"
     );
     // golden-small.pbb is format v1 (see golden_pbb_still_decodes for its contents)
@@ -689,13 +674,18 @@ fn pack_best_never_loses_to_plain_xz_and_unpacks() {
         ],
         spill: file.to_vec(),
     };
-    let (bytes, _, _) = pbb::pack_best(&bp, file, &PackOptions::default()).unwrap();
+    let (bytes, _, _) = pbb::pack_best(&bp, file, None, &PackOptions::default()).unwrap();
     let xz = pbb::pack(
         &bp,
         &PackOptions {
-            codec: SpillCodec::Xz,
-            level: 9,
-            table_level: 15,
+            force: Some(packetfs::blueprint::coder::Coder::Lzma {
+                preset: 9,
+                extreme: false,
+                lc: 3,
+                lp: 0,
+                pb: 2,
+            }),
+            ..PackOptions::default()
         },
     )
     .unwrap()
@@ -930,4 +920,152 @@ fn planner_toml_sets_fields_and_refuses_unknown_keys() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("sweep_min"), "{e}");
+}
+
+// ---- format v3: streams, covers, reference prediction ----
+
+/// An x86-64 ELF "release pair" made from /usr/bin/bash (every machine of this project is
+/// Debian 12 x86-64): the old image lies in a snapshot after some padding; the new one has 16
+/// bytes inserted in the middle of the file (inside `.text`) and every 997th byte of the first
+/// half bumped. Covers on both sides of the insertion.
+fn elf_pair() -> (Vec<u8>, Vec<u8>, Blueprint) {
+    let old = std::fs::read("/usr/bin/bash").expect("/usr/bin/bash (Debian 12 x86-64)");
+    assert_eq!(&old[..4], b"\x7fELF");
+    let pad = 4096usize;
+    let mut snap = vec![0u8; pad];
+    snap.extend_from_slice(&old);
+    let cut = old.len() / 2;
+    let mut new = old[..cut].to_vec();
+    for i in (4096..cut).step_by(997) {
+        new[i] = new[i].wrapping_add(1);
+    }
+    new.extend_from_slice(&[0xCC; 16]);
+    new.extend_from_slice(&old[cut..]);
+    // the section headers moved with the insertion (e_shoff), and so did the sections after it
+    let shoff = u64::from_le_bytes(old[0x28..0x30].try_into().unwrap());
+    new[0x28..0x30].copy_from_slice(&(shoff + 16).to_le_bytes());
+    let shnum = u16::from_le_bytes([old[0x3c], old[0x3d]]) as usize;
+    for k in 0..shnum {
+        let at = shoff as usize + 16 + 64 * k + 0x18;
+        let off = u64::from_le_bytes(new[at..at + 8].try_into().unwrap());
+        if off >= cut as u64 {
+            new[at..at + 8].copy_from_slice(&(off + 16).to_le_bytes());
+        }
+    }
+    let diffs = |f: &[u8], s: &[u8]| -> Vec<u8> {
+        f.iter().zip(s).map(|(a, b)| a.wrapping_sub(*b)).collect()
+    };
+    let mut spill = diffs(&new[..cut], &old[..cut]);
+    spill.extend_from_slice(&[0xCC; 16]);
+    spill.extend(diffs(&new[cut + 16..], &old[cut..]));
+    let bp = Blueprint {
+        snapshot_id: [5; 32],
+        file_len: new.len() as u64,
+        file_hash: *blake3::hash(&new).as_bytes(),
+        segments: vec![
+            Segment {
+                len: cut as u32,
+                src: Source::Cover { off: pad as u64 },
+            },
+            Segment {
+                len: 16,
+                src: Source::Raw,
+            },
+            Segment {
+                len: (old.len() - cut) as u32,
+                src: Source::Cover {
+                    off: (pad + cut) as u64,
+                },
+            },
+        ],
+        spill,
+    };
+    (snap, new, bp)
+}
+
+#[test]
+fn covers_with_reference_prediction_roundtrip_at_every_level() {
+    use packetfs::blueprint::predict::PredictOptions;
+    let (snap, new, bp) = elf_pair();
+    bp.validate(snap.len() as u64).unwrap();
+    for level in [Level::Fast, Level::Default] {
+        for predict in [
+            PredictOptions::NONE,
+            PredictOptions::DEFAULT,
+            PredictOptions::ALL,
+        ] {
+            let o = PackOptions {
+                predict,
+                ..PackOptions::for_level(level)
+            };
+            let (bytes, sizes) = pbb::pack_v3(&bp, Some((&new, &snap)), &o).unwrap();
+            let refs = sizes.streams.iter().find(|s| s.name == "refs").unwrap();
+            assert_eq!(refs.raw > 0, predict.any(), "{predict:?}");
+            let back = pbb::unpack_with(&bytes, &[5; 32], &snap).unwrap();
+            assert_eq!(back, bp, "{level:?} {predict:?}");
+            let mut out = vec![0u8; new.len()];
+            back.rebuild_into(&snap, &mut out).unwrap();
+            assert!(out == new);
+            if predict.any() {
+                // without the snapshot bytes the predictions cannot be added back: refused
+                let e = pbb::unpack(&bytes, &[5; 32], snap.len() as u64).unwrap_err();
+                assert!(e.to_string().contains("snapshot bytes"), "{e}");
+            }
+        }
+    }
+}
+
+/// Any byte of a v3 .pbb changed, with the checksum made valid again (what a forger can do),
+/// is refused with an error or decodes to a blueprint that validates: never a panic.
+#[test]
+fn forged_v3_bytes_never_panic() {
+    let (snap, new, bp) = elf_pair();
+    // a smaller blueprint keeps the loop fast: the first 64 KiB as one cover and a raw tail
+    let n = 64 << 10;
+    let small = Blueprint {
+        file_len: n as u64 + 100,
+        file_hash: [0; 32],
+        segments: vec![
+            Segment {
+                len: n as u32,
+                src: Source::Cover { off: 4096 },
+            },
+            Segment {
+                len: 100,
+                src: Source::Raw,
+            },
+        ],
+        spill: [&bp.spill[..n], &new[n..n + 100]].concat(),
+        ..bp.clone()
+    };
+    let (good, _) = pbb::pack_v3(
+        &small,
+        Some((&new[..n + 100], &snap)),
+        &PackOptions::for_level(Level::Fast),
+    )
+    .unwrap();
+    let body = good.len() - 32;
+    let mut rng = 0x1234_5678u64;
+    for k in 0..3000usize {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        // the header and directory get most of the flips
+        let at = if k % 2 == 0 {
+            k / 2 % (pbb::HEADER_LEN_V3 + 40).min(body)
+        } else {
+            rng as usize % body
+        };
+        let mut b = good[..body].to_vec();
+        b[at] ^= 1 << (rng >> 40) % 8;
+        let sum = blake3::hash(&b);
+        b.extend_from_slice(sum.as_bytes());
+        if let Ok(x) = pbb::unpack_with(&b, &[5; 32], &snap) {
+            x.validate(snap.len() as u64).unwrap();
+        }
+        // truncations at every length are refused
+        if k < body {
+            assert!(pbb::unpack_with(&good[..k], &[5; 32], &snap).is_err());
+        }
+    }
 }

@@ -1,6 +1,24 @@
 //! The `.pbb` packed blueprint: everything a receiver needs besides the snapshot.
 //!
-//! All integers are little-endian. Layout (version 2; version 1 differs only in the table):
+//! All integers are little-endian. Version 3 (written) keeps the magic and version at the same
+//! place and then carries separate streams ([`super::streams`]), each with its own coder:
+//!
+//! | offset | size | field                                                        |
+//! |-------:|-----:|--------------------------------------------------------------|
+//! | 0      | 8    | magic `PFSPBB\0\x1a`                                          |
+//! | 8      | 2    | format version (3 written; 1, 2 and 3 read)                  |
+//! | 10     | 1    | flags (0; readers refuse unknown bits)                       |
+//! | 11     | 1    | reserved (0)                                                 |
+//! | 12     | 32   | snapshot id (BLAKE3 of `snapshot.bin`)                       |
+//! | 44     | 8    | file length                                                  |
+//! | 52     | 32   | file BLAKE3                                                  |
+//! | 84     | 8    | record count                                                 |
+//! | 92     | 4    | directory length `D`                                         |
+//! | 96     | D    | directory: per stream, coder u8, raw and stored length varints |
+//! | 96+D   | ...  | the stored streams end to end                                |
+//! | end-32 | 32   | BLAKE3 of every byte before it                               |
+//!
+//! Versions 1 and 2 (read only):
 //!
 //! | offset | size | field                                                        |
 //! |-------:|-----:|--------------------------------------------------------------|
@@ -155,8 +173,9 @@ const OP_ADD: u8 = 3;
 const OP_SOFT: u8 = 4;
 /// v2: a copy from earlier in the file.
 const OP_SELF: u8 = 5;
-/// Approximate cover (provisional record in the v2 table: the offset column like `id`, its
-/// difference bytes in the spill; format v3 gives the differences a stream of their own).
+/// Approximate cover in a v2-style table. No released v2 file holds it: covers are written only
+/// in format v3 ([`super::streams`], op 6 there too, with the differences in their own
+/// stream); the v2 table functions keep the code for tests and tools.
 const OP_COVER: u8 = 6;
 
 /// Where a soft run starting at `segments[i]` ends (exclusive), or `None` when `segments[i]`

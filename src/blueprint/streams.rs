@@ -58,7 +58,8 @@ const OP_COVER: u8 = 6;
 pub type Raw = [Vec<u8>; NSTREAMS];
 
 /// Split segments (starting at file offset `base`) and their spill into raw streams. With a
-/// predictor, its predictions are subtracted from the difference bytes.
+/// predictor, its predictions are subtracted from the difference bytes. A spill shorter than
+/// the segments need gives shorter streams (a reader refuses them; tests forge such files).
 pub fn split(
     segments: &[Segment],
     spill: &[u8],
@@ -95,24 +96,31 @@ pub fn split(
             Source::Cover { off } => {
                 put_i64(&mut s[S_OFFS], off as i64 - (file_pos + delta));
                 delta = off as i64 - file_pos;
-                s[S_DIFFS].extend_from_slice(&spill[sp..sp + n]);
+                s[S_DIFFS].extend_from_slice(spill_part(spill, sp, n));
                 sp += n;
             }
             Source::SelfCopy { off } => put_u64(&mut s[S_BACKS], file_pos as u64 - off),
             Source::Raw => {
-                s[S_LITS].extend_from_slice(&spill[sp..sp + n]);
+                s[S_LITS].extend_from_slice(spill_part(spill, sp, n));
                 sp += n;
             }
         }
         file_pos += n as i64;
     }
     if let Some(p) = predictor {
-        p.apply(segments, base, &mut s[S_DIFFS], false);
+        if sp == spill.len() {
+            p.apply(segments, base, &mut s[S_DIFFS], false);
+        }
     }
     if let Some(m) = model {
         s[S_REFS] = m.encode();
     }
     s
+}
+
+fn spill_part(spill: &[u8], at: usize, n: usize) -> &[u8] {
+    let from = at.min(spill.len());
+    &spill[from..(at + n).min(spill.len())]
 }
 
 /// Why streams do not join into segments.
@@ -192,9 +200,14 @@ pub fn join(s: &Raw, records: u64, base: u64) -> Result<(Vec<Segment>, Vec<u8>),
             }
             OP_SELF => {
                 let back = backs.u64().map_err(|_| bad("backs stream too short"))?;
-                if back == 0 || back > file_pos as u64 {
+                if back == 0 {
                     return Err(bad(&format!(
-                        "self record {rec} at file offset {file_pos} copies from {back} bytes back"
+                        "self record {rec} at file offset {file_pos} copies from itself; its source must start before it"
+                    )));
+                }
+                if back > file_pos as u64 {
+                    return Err(bad(&format!(
+                        "self record {rec} at file offset {file_pos} copies from {back} bytes back, before the file starts"
                     )));
                 }
                 Source::SelfCopy {
@@ -494,7 +507,7 @@ mod tests {
         assert!(err(&|s| s[S_OPS][0] = 4, 5).contains("unknown op code 4"));
         assert!(err(&|s| s[S_LENS][0] = 0, 5).contains("length 0"));
         assert!(err(&|s| s[S_BACKS][0] = 10, 5).contains("bytes back"));
-        assert!(err(&|s| s[S_BACKS][0] = 0, 5).contains("bytes back"));
+        assert!(err(&|s| s[S_BACKS][0] = 0, 5).contains("copies from itself"));
         assert!(err(&|s| s[S_OFFS].push(0), 5).contains("longer"));
         assert!(err(&|s| s[S_OFFS][0] = 5, 5).contains("offset out of range"));
         // directory: caps and totals
