@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use packetfs::blueprint::pbb::{self, PackOptions};
 use packetfs::blueprint::Level;
-use packetfs::index::{default_specs, IndexSet};
+use packetfs::index::{default_specs, legacy_specs, IndexSet};
 use packetfs::plan::{self, hints::Hints, PlanConfig};
 use packetfs::pob::{self, prng::SplitMix64, HugePolicy, Recipe, Snapshot};
 use proptest::prelude::*;
@@ -42,7 +42,9 @@ fn fixture() -> &'static Fixture {
         let sdir = dir.path().join("snap");
         pob::build(&small_recipe(1), &corpus, &sdir, &mut |_, _| {}).unwrap();
         let snap = Snapshot::open(&sdir, HugePolicy::Off).unwrap();
-        let (idx, _) = IndexSet::ensure(&snap, &default_specs(), false).unwrap();
+        // the cover engine's index and the segment engine's k-gram set
+        let specs = [default_specs(), legacy_specs()].concat();
+        let (idx, _) = IndexSet::ensure(&snap, &specs, false).unwrap();
         Fixture {
             _dir: dir,
             snap,
@@ -190,7 +192,7 @@ fn transformed_copies_of_snapshot_bytes_become_xor_and_add_segments() {
         &f.snap,
         &f.idx,
         &Hints::default(),
-        &PlanConfig::default(),
+        &PlanConfig::legacy(),
     )
     .unwrap();
     let st = p.blueprint.stats();
@@ -513,7 +515,7 @@ fn soft_hits_cover_dense_edits_with_patches_at_window_edges() {
             raw_bits_per_byte: Some(3.0),
             ..plan::CostModel::default()
         },
-        ..PlanConfig::default()
+        ..PlanConfig::legacy()
     };
     let on_cfg = PlanConfig {
         soft: true,
@@ -787,7 +789,7 @@ fn every_planner_feature_roundtrips_bit_exact() {
             let mut cfg = PlanConfig {
                 threads,
                 window: 4096,
-                ..PlanConfig::default()
+                ..PlanConfig::legacy()
             };
             tweak(&mut cfg);
             let (idx, _) = IndexSet::ensure(&f.snap, &plan::index_specs(&cfg), false).unwrap();
@@ -828,7 +830,7 @@ fn gated_text_windows_never_draw_from_ineligible_banks() {
     };
     let base = PlanConfig {
         threads: 1,
-        ..PlanConfig::default()
+        ..PlanConfig::legacy()
     };
     // ungated: the bytes come from where they are
     let p = roundtrip_with(&file, &base, &hints, &f.idx);
@@ -865,10 +867,13 @@ fn sweep_finds_matches_without_an_index_within_its_budget() {
         rng.fill(&mut gap);
         file.extend_from_slice(&gap);
     }
-    let no_index = IndexSet { indexes: vec![] };
+    let no_index = IndexSet {
+        indexes: vec![],
+        minimizer: None,
+    };
     let cfg = PlanConfig {
         threads: 1,
-        ..PlanConfig::default()
+        ..PlanConfig::legacy()
     };
     let p = roundtrip_with(&file, &cfg, &Hints::default(), &no_index);
     assert_eq!(
@@ -903,7 +908,7 @@ fn sweep_finds_matches_without_an_index_within_its_budget() {
 
 #[test]
 fn planner_toml_sets_fields_and_refuses_unknown_keys() {
-    let c = PlanConfig::from_toml("gate = true\nfanout_k4 = 16\nprojections = [\"ascii\"]\n[gate_banks]\ntext = [\"elf_text\"]\n").unwrap();
+    let c = PlanConfig::from_toml("engine = \"segments\"\ngate = true\nfanout_k4 = 16\nprojections = [\"ascii\"]\n[gate_banks]\ntext = [\"elf_text\"]\n").unwrap();
     assert!(c.gate && c.fanout_k4 == 16 && !c.sweep);
     assert_eq!(c.projections, vec![packetfs::index::Projection::Ascii]);
     let specs = plan::index_specs(&c);
@@ -912,9 +917,9 @@ fn planner_toml_sets_fields_and_refuses_unknown_keys() {
         .iter()
         .any(|s| s.projection == packetfs::index::Projection::Ascii));
     assert_eq!(plan::index_specs(&PlanConfig::default()), default_specs());
-    let e = PlanConfig::from_toml("gait = true")
-        .unwrap_err()
-        .to_string();
+    // the TOML error is kept as the source
+    let e = PlanConfig::from_toml("gait = true").unwrap_err();
+    let e = std::error::Error::source(&e).unwrap().to_string();
     assert!(e.contains("gait"), "{e}");
     let e = PlanConfig::from_toml("sweep_min = 8")
         .unwrap_err()

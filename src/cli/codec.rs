@@ -72,6 +72,9 @@ pub enum IndexCmd {
         /// Rebuild even when up to date.
         #[arg(long)]
         force: bool,
+        /// Build what this preset plans with.
+        #[arg(long, value_enum, default_value = "default")]
+        level: Level,
         #[command(flatten)]
         tuning: Tuning,
     },
@@ -102,14 +105,16 @@ pub struct Tuning {
 }
 
 impl Tuning {
-    fn config(&self) -> anyhow::Result<PlanConfig> {
+    /// The preset of `level`, then the --planner file's keys over it, then the flags.
+    fn config(&self, level: Level) -> anyhow::Result<PlanConfig> {
         let mut c = match &self.planner {
             Some(p) => {
                 let t = std::fs::read_to_string(p)
                     .with_context(|| format!("reading planner config {}", p.display()))?;
-                PlanConfig::from_toml(&t).with_context(|| format!("{}", p.display()))?
+                layer_toml(PlanConfig::preset(level), &t)
+                    .with_context(|| format!("{}", p.display()))?
             }
-            None => PlanConfig::default(),
+            None => PlanConfig::preset(level),
         };
         if let Some(f) = self.fanout_k8 {
             c.fanout_k8 = f;
@@ -133,6 +138,32 @@ impl Tuning {
     }
 }
 
+/// `base` with the keys of a planner TOML text over it (nested tables merge key by key);
+/// unknown keys and bad values are refused as [`PlanConfig::from_toml`] refuses them.
+fn layer_toml(base: PlanConfig, text: &str) -> Result<PlanConfig, plan::PlanError> {
+    fn merge(into: &mut toml::Table, from: toml::Table) {
+        for (k, v) in from {
+            match (into.get_mut(&k), v) {
+                (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+                (_, v) => {
+                    into.insert(k, v);
+                }
+            }
+        }
+    }
+    // parse (and so refuse unknown keys) on its own first, for the clearer message
+    PlanConfig::from_toml(text)?;
+    let over: toml::Table =
+        toml::from_str(text).map_err(|source| plan::PlanError::Toml { source })?;
+    let mut t = toml::Table::try_from(&base).expect("a PlanConfig serialises to TOML");
+    merge(&mut t, over);
+    let c: PlanConfig = toml::Value::Table(t)
+        .try_into()
+        .map_err(|source| plan::PlanError::Toml { source })?;
+    c.validate()?;
+    Ok(c)
+}
+
 #[derive(Args, Debug)]
 pub struct PlanArgs {
     /// The file to plan.
@@ -154,8 +185,9 @@ pub struct PlanArgs {
     /// Also write the blueprint as human-readable JSON to this path.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Packing effort (.pbb v3): `fast` tries cheap coders only, `default` adds LZMA,
-    /// `max` tries every coder and setting on each stream.
+    /// Preset (planner and packer): `fast` (what `pfs send` plans with: sparse seeds, cheap
+    /// coders), `default`, or `max` (plan once, send many times: every position probed, every
+    /// coder tried). The planner side is overridden by --planner and the flags.
     #[arg(long, value_enum, default_value = "default")]
     level: Level,
     /// Reference prediction for x86-64 ELF files (costs nothing in the differences when a
@@ -190,8 +222,9 @@ pub struct PlanArgs {
     /// Metrics log (JSON lines) to append the run's metrics to.
     #[arg(long, default_value = packetfs::metrics::DEFAULT_LOG)]
     metrics: PathBuf,
-    /// Snapshot memory: hugepages when available (auto), required (on) or not (off).
-    #[arg(long, value_enum, default_value = "auto")]
+    /// Snapshot memory: mapped from the file (off: planning reads a small part of it),
+    /// hugepages when available (auto), or required (on).
+    #[arg(long, value_enum, default_value = "off")]
     hugepages: HugePolicy,
 }
 
@@ -375,8 +408,13 @@ fn ensure_index(snap: &Snapshot, specs: &[IndexSpec], force: bool) -> anyhow::Re
 
 pub fn index(cmd: IndexCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        IndexCmd::Build { dir, force, tuning } => {
-            let cfg = tuning.config()?;
+        IndexCmd::Build {
+            dir,
+            force,
+            tuning,
+            level,
+        } => {
+            let cfg = tuning.config(level)?;
             let specs = plan::index_specs(&cfg);
             let snap = Snapshot::open(&dir, HugePolicy::Off)?;
             let (_, reports) = IndexSet::ensure(&snap, &specs, force)?;
@@ -422,7 +460,7 @@ fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
 pub fn plan(a: PlanArgs) -> anyhow::Result<ExitCode> {
     let t_all = Instant::now();
     let file = read_input(&a.file)?;
-    let base = a.tuning.config()?;
+    let base = a.tuning.config(a.level)?;
     let cfg = PlanConfig {
         window: a.window.max(4096),
         threads: a.threads,
@@ -499,6 +537,9 @@ pub fn plan(a: PlanArgs) -> anyhow::Result<ExitCode> {
         "raw": st.raw,
         "self": st.self_copy,
         "self_bytes": st.self_bytes,
+        "cover": st.cover,
+        "cover_bytes": st.cover_bytes,
+        "cover_diff_nonzero": st.cover_diff_nonzero,
         "raw_spill": st.raw_spill,
         "raw_ratio": if file_bytes == 0 { 0.0 } else { st.raw_spill as f64 / file_bytes as f64 },
         "pbb_bytes": sizes.header + sizes.table + sizes.trailer,
@@ -513,7 +554,7 @@ pub fn plan(a: PlanArgs) -> anyhow::Result<ExitCode> {
         "raw_bits_per_byte": p.raw_bits_per_byte,
         "hints": hints_source,
         "plain_won": plain,
-        "pack_level": a.level,
+        "level": a.level.name(),
         "streams": sizes.streams,
         "snapshot_id": snap.manifest.snapshot_id,
         "snapshot_backing": snap.backing_name(),

@@ -15,7 +15,7 @@ use serde_json::json;
 use packetfs::blueprint::pbb;
 use packetfs::driver::udp::{self, RecvConfig, RecvSummary, SendConfig, SendSummary};
 use packetfs::driver::xdp;
-use packetfs::index::{default_specs, IndexSet};
+use packetfs::index::IndexSet;
 use packetfs::plan::{self, hints::Hints, PlanConfig};
 use packetfs::pob::{HugePolicy, Snapshot};
 use packetfs::proto::{Event, SendFile};
@@ -196,6 +196,10 @@ pub struct SendArgs {
     /// Metrics log (JSON lines).
     #[arg(long, default_value = packetfs::metrics::DEFAULT_LOG)]
     metrics: PathBuf,
+    /// Planner preset for files planned on the fly (`pfs plan --level`): `fast` (default)
+    /// keeps up with the wire, `max` looks hardest.
+    #[arg(long, value_enum, default_value = "fast")]
+    level: packetfs::plan::Level,
     /// Snapshot memory: hugepages when available (auto), required (on) or not (off).
     #[arg(long, value_enum, default_value = "auto")]
     hugepages: HugePolicy,
@@ -302,7 +306,12 @@ fn parse_dst(s: &str) -> anyhow::Result<SocketAddr> {
 }
 
 /// Plan (or load) each file into a blueprint against the snapshot.
-fn blueprints(files: &[PathBuf], snap: &Snapshot) -> anyhow::Result<Vec<SendFile>> {
+fn blueprints(
+    files: &[PathBuf],
+    snap: &Snapshot,
+    level: packetfs::plan::Level,
+) -> anyhow::Result<Vec<SendFile>> {
+    let cfg = PlanConfig::preset(level);
     let mut idx: Option<IndexSet> = None;
     let mut out = Vec::with_capacity(files.len());
     for f in files {
@@ -321,17 +330,11 @@ fn blueprints(files: &[PathBuf], snap: &Snapshot) -> anyhow::Result<Vec<SendFile
             }
         } else {
             if idx.is_none() {
-                idx = Some(IndexSet::ensure(snap, &default_specs(), false)?.0);
+                idx = Some(IndexSet::ensure(snap, &plan::index_specs(&cfg), false)?.0);
             }
             let hints = Hints::from_elf(&bytes).unwrap_or_default();
             let t = Instant::now();
-            let p = plan::plan(
-                &bytes,
-                snap,
-                idx.as_ref().expect("set above"),
-                &hints,
-                &PlanConfig::default(),
-            )?;
+            let p = plan::plan(&bytes, snap, idx.as_ref().expect("set above"), &hints, &cfg)?;
             let st = p.blueprint.stats();
             eprintln!(
                 "planned {}: {} in {} segments, raw spill {} ({:.1}%), {:.0} ms",
@@ -502,7 +505,7 @@ pub fn send(a: SendArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let snap = Snapshot::open(&snapshot, a.hugepages)?;
-    let files = blueprints(&a.files, &snap)?;
+    let files = blueprints(&a.files, &snap, a.level)?;
     let plan_bytes: u64 = files.iter().map(|f| f.blueprint.file_len).sum();
     let transport = pick_transport(a.transport, a.iface.as_deref());
     let mut bar = Bar::new();

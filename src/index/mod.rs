@@ -39,6 +39,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::pob::Snapshot;
 
+pub mod minimizer;
+pub use minimizer::MinIndex;
+
 /// How a window is turned into a key. Delta projections are invariant under the byte-wise
 /// transforms: `XorDelta` (`b[i] ^ b[i+1]`) under `xor imm8`, `SubDelta` (`b[i+1] - b[i]`)
 /// under `add imm8`; both also match identical bytes.
@@ -57,6 +60,8 @@ pub enum Projection {
     /// Order-free histogram of opcode-like byte classes (zero, 0xff, REX, mov/ALU, branch,
     /// ret/nop/int3, low, other), 4 bits per class.
     Opcode,
+    /// Winnowing minimizers over raw 8-byte grams ([`minimizer`]); `step` is the window `w`.
+    Minimizer,
 }
 
 /// The coarse projections, in code order.
@@ -77,6 +82,7 @@ impl Projection {
             Projection::Nibble => 4,
             Projection::Numeric => 5,
             Projection::Opcode => 6,
+            Projection::Minimizer => 7,
         }
     }
     fn from_code(c: u8) -> Option<Projection> {
@@ -88,19 +94,20 @@ impl Projection {
             Projection::Nibble,
             Projection::Numeric,
             Projection::Opcode,
+            Projection::Minimizer,
         ]
         .get(c as usize)
         .copied()
     }
     /// Parse a projection name (as in [`Projection::name`]).
     pub fn parse(s: &str) -> Option<Projection> {
-        (0..7)
+        (0..8)
             .filter_map(Projection::from_code)
             .find(|p| p.name() == s)
     }
     /// Whether the projection is a coarse anchor (candidates need confirming under all ops).
     pub fn is_coarse(self) -> bool {
-        self.code() >= 3
+        (3..=6).contains(&self.code())
     }
     pub fn name(self) -> &'static str {
         match self {
@@ -111,6 +118,7 @@ impl Projection {
             Projection::Nibble => "nibble",
             Projection::Numeric => "numeric",
             Projection::Opcode => "opcode",
+            Projection::Minimizer => "minimizer",
         }
     }
     /// Bytes of input a k-window needs (deltas need one more).
@@ -144,6 +152,27 @@ impl IndexSpec {
         )
     }
     pub fn validate(&self) -> Result<(), IndexError> {
+        if self.projection == Projection::Minimizer {
+            if self.k != 8 {
+                return Err(IndexError::Spec(format!(
+                    "the minimizer index uses k = 8, got {}",
+                    self.k
+                )));
+            }
+            if !(2..=255).contains(&self.step) {
+                return Err(IndexError::Spec(format!(
+                    "minimizer window w must be 2..=255, got {}",
+                    self.step
+                )));
+            }
+            if self.fanout == 0 || self.fanout > 255 {
+                return Err(IndexError::Spec(format!(
+                    "minimizer fanout must be 1..=255, got {}",
+                    self.fanout
+                )));
+            }
+            return Ok(());
+        }
         if self.k != 4 && self.k != 8 {
             return Err(IndexError::Spec(format!(
                 "k must be 4 or 8, got {}",
@@ -190,6 +219,9 @@ impl IndexSpec {
     /// bytes: header, bucket heads, and 6 bytes per entry with at most `fanout` entries per
     /// bucket. Coarse projections and small fanouts stay well below it (capped buckets).
     pub fn estimated_bytes(&self, snap_len: usize) -> usize {
+        if self.projection == Projection::Minimizer {
+            return minimizer::estimated_bytes(self.step, snap_len as u64);
+        }
         let npos = self.positions(snap_len);
         let bits = bucket_bits(npos);
         let n = npos.min((self.fanout as usize) << bits);
@@ -197,9 +229,29 @@ impl IndexSpec {
     }
 }
 
-/// The default set: raw k=8 step 8 and k=4 step 2 (fanout 8), and k=8 step 8 delta indexes
-/// for xor and add (fanout 4).
+/// The default minimizer window (every match of `w + 7` = 27 bytes shares an anchor).
+pub const DEFAULT_MIN_W: u32 = 20;
+/// The default minimizer fanout.
+pub const DEFAULT_MIN_FANOUT: u32 = 8;
+
+/// The minimizer index with window `w` and `fanout`.
+pub fn minimizer_spec(w: u32, fanout: u32) -> IndexSpec {
+    IndexSpec {
+        projection: Projection::Minimizer,
+        k: 8,
+        step: w,
+        fanout,
+    }
+}
+
+/// The default set: one minimizer index (what the default planner uses; see [`minimizer`]).
 pub fn default_specs() -> Vec<IndexSpec> {
+    vec![minimizer_spec(DEFAULT_MIN_W, DEFAULT_MIN_FANOUT)]
+}
+
+/// The k-gram set of the segment engine (`engine = "segments"`): raw k=8 step 8 and k=4
+/// step 2 (fanout 8), and k=8 step 8 delta indexes for xor and add (fanout 4).
+pub fn legacy_specs() -> Vec<IndexSpec> {
     vec![
         IndexSpec {
             projection: Projection::Raw,
@@ -249,7 +301,7 @@ const HEADER: usize = 128;
 
 /// A cache prefetch hint.
 #[inline(always)]
-fn prefetch(p: *const u8) {
+pub(crate) fn prefetch(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
     // Safety: a prefetch is a hint: it never faults and has no architectural effect, whatever
     // the address; the pointer comes from a live slice anyway. SSE is baseline on x86-64.
@@ -358,8 +410,8 @@ pub fn window_hash(proj: Projection, k: u8, b: &[u8], p: usize) -> u64 {
         (Projection::Ascii | Projection::Nibble | Projection::Numeric | Projection::Opcode, _) => {
             coarse_key(proj, 4, load4(b, p))
         }
-        (Projection::Raw, 8) => load8(b, p),
-        (Projection::Raw, _) => load4(b, p),
+        (Projection::Raw | Projection::Minimizer, 8) => load8(b, p),
+        (Projection::Raw | Projection::Minimizer, _) => load4(b, p),
         (Projection::Xor, 8) => load8(b, p) ^ load8(b, p + 1),
         (Projection::Xor, _) => load4(b, p) ^ load4(b, p + 1),
         (Projection::Add, 8) => sub_bytes(load8(b, p + 1), load8(b, p)),
@@ -405,6 +457,17 @@ impl Index {
         path: &Path,
     ) -> Result<(), IndexError> {
         spec.validate()?;
+        if spec.projection == Projection::Minimizer {
+            return Err(IndexError::Spec(
+                "the minimizer index is built by MinIndex::build".into(),
+            ));
+        }
+        if snap.len() as u64 > u32::MAX as u64 {
+            return Err(IndexError::Spec(format!(
+                "k-gram indexes hold 32-bit positions; this snapshot is {} bytes (use the minimizer index: engine = \"covers\")",
+                snap.len()
+            )));
+        }
         let npos = spec.positions(snap.len());
         let bits = bucket_bits(npos);
         let nb = 1usize << bits;
@@ -633,6 +696,8 @@ impl Index {
 #[derive(Debug)]
 pub struct IndexSet {
     pub indexes: Vec<Index>,
+    /// The minimizer index, when one was asked for.
+    pub minimizer: Option<MinIndex>,
 }
 
 /// What `ensure` did for each index.
@@ -665,20 +730,69 @@ impl IndexSet {
             source,
         })?;
         let bytes = snap.bytes();
+        let reason_for = |path: &Path, stale: Result<(), IndexError>| -> String {
+            if force {
+                "forced".into()
+            } else if !path.exists() {
+                "missing".into()
+            } else {
+                match stale {
+                    Ok(()) => "up to date".into(),
+                    Err(IndexError::Stale { .. }) => "stale (other snapshot id)".into(),
+                    Err(e) => format!("unusable ({e})"),
+                }
+            }
+        };
+        // the minimizer index first, on every core
+        let mut minimizer = None;
+        let mut reports = Vec::new();
+        for spec in specs
+            .iter()
+            .filter(|s| s.projection == Projection::Minimizer)
+        {
+            spec.validate()?;
+            let path = dir.join(spec.file_name());
+            if !force && path.exists() {
+                match MinIndex::open(&path, *spec, bytes.len(), &snap.id) {
+                    Ok(idx) => {
+                        reports.push(EnsureReport {
+                            file: spec.file_name(),
+                            rebuilt: false,
+                            reason: "up to date".into(),
+                            entries: idx.len(),
+                            bytes: idx.bytes(),
+                            build_seconds: 0.0,
+                        });
+                        minimizer = Some(idx);
+                        continue;
+                    }
+                    Err(e) => {
+                        let reason = reason_for(&path, Err(e));
+                        minimizer = Some(Self::build_min(snap, spec, &path, reason, &mut reports)?);
+                    }
+                }
+            } else {
+                let reason = reason_for(&path, Ok(()));
+                minimizer = Some(Self::build_min(snap, spec, &path, reason, &mut reports)?);
+            }
+        }
+        let kgram: Vec<&IndexSpec> = specs
+            .iter()
+            .filter(|s| s.projection != Projection::Minimizer)
+            .collect();
         let results: Vec<Result<(Index, EnsureReport), IndexError>> = std::thread::scope(|s| {
-            let handles: Vec<_> = specs
+            let handles: Vec<_> = kgram
                 .iter()
                 .map(|spec| {
                     let dir = &dir;
+                    let reason_for = &reason_for;
                     s.spawn(move || -> Result<(Index, EnsureReport), IndexError> {
                         spec.validate()?;
                         let path = dir.join(spec.file_name());
-                        let reason = if force {
-                            Some("forced".to_string())
-                        } else if !path.exists() {
-                            Some("missing".to_string())
+                        let reason = if force || !path.exists() {
+                            reason_for(&path, Ok(()))
                         } else {
-                            match Index::open(&path, *spec, bytes.len(), &snap.id) {
+                            match Index::open(&path, **spec, bytes.len(), &snap.id) {
                                 Ok(idx) => {
                                     let r = EnsureReport {
                                         file: spec.file_name(),
@@ -690,20 +804,17 @@ impl IndexSet {
                                     };
                                     return Ok((idx, r));
                                 }
-                                Err(IndexError::Stale { .. }) => {
-                                    Some("stale (other snapshot id)".into())
-                                }
-                                Err(e) => Some(format!("unusable ({e})")),
+                                Err(e) => reason_for(&path, Err(e)),
                             }
                         };
                         let t = std::time::Instant::now();
-                        Index::build(*spec, bytes, &snap.id, &path)?;
+                        Index::build(**spec, bytes, &snap.id, &path)?;
                         let secs = t.elapsed().as_secs_f64();
-                        let idx = Index::open(&path, *spec, bytes.len(), &snap.id)?;
+                        let idx = Index::open(&path, **spec, bytes.len(), &snap.id)?;
                         let r = EnsureReport {
                             file: spec.file_name(),
                             rebuilt: true,
-                            reason: reason.unwrap_or_default(),
+                            reason,
                             entries: idx.len(),
                             bytes: idx.bytes(),
                             build_seconds: secs,
@@ -718,13 +829,41 @@ impl IndexSet {
                 .collect()
         });
         let mut indexes = Vec::new();
-        let mut reports = Vec::new();
         for r in results {
             let (i, rep) = r?;
             indexes.push(i);
             reports.push(rep);
         }
-        Ok((IndexSet { indexes }, reports))
+        // reports in the order of `specs`
+        reports.sort_by_key(|r| {
+            specs
+                .iter()
+                .position(|s| s.file_name() == r.file)
+                .unwrap_or(usize::MAX)
+        });
+        Ok((IndexSet { indexes, minimizer }, reports))
+    }
+
+    fn build_min(
+        snap: &Snapshot,
+        spec: &IndexSpec,
+        path: &Path,
+        reason: String,
+        reports: &mut Vec<EnsureReport>,
+    ) -> Result<MinIndex, IndexError> {
+        let t = std::time::Instant::now();
+        MinIndex::build(*spec, snap.bytes(), &snap.id, path, 0)?;
+        let secs = t.elapsed().as_secs_f64();
+        let idx = MinIndex::open(path, *spec, snap.bytes().len(), &snap.id)?;
+        reports.push(EnsureReport {
+            file: spec.file_name(),
+            rebuilt: true,
+            reason,
+            entries: idx.len(),
+            bytes: idx.bytes(),
+            build_seconds: secs,
+        });
+        Ok(idx)
     }
 
     /// The index built with exactly `spec`, if loaded.
@@ -852,7 +991,7 @@ mod tests {
         let mut snap = vec![0u8; 50_000];
         crate::pob::prng::SplitMix64::new(5).fill(&mut snap);
         let id = [3u8; 32];
-        let mut specs = default_specs();
+        let mut specs = legacy_specs();
         specs.extend(COARSE.iter().map(|&projection| IndexSpec {
             projection,
             k: 8,

@@ -1,0 +1,749 @@
+//! The content-defined sampled index: winnowing minimizers over 8-byte grams, in a compact
+//! open-addressing table of 64-bit slots, built once per snapshot and memory-mapped.
+//!
+//! **Anchors.** Every position `p` with 8 bytes after it has a gram hash `h(p)`, a bijective
+//! mix of the 8 bytes (equal hashes mean equal grams). Over every window of `w` consecutive
+//! gram positions the position of the smallest hash is an *anchor* (the rightmost on ties; a
+//! tie with the previous anchor within `w` bytes keeps the previous one, so runs of one byte
+//! yield one anchor per `w` bytes instead of one per byte). Anchors depend only on the bytes
+//! around them, so a file and the snapshot select the same positions in the regions they
+//! share: **every match of at least `w + 7` bytes contains an anchor that both sides select**
+//! (the minimum of a window both contain), at a density of about `2 / (w + 1)` positions per
+//! byte (for data without long repeats; fewer where it repeats itself).
+//!
+//! **Table.** The addressing hash `a = mix(h)` picks one of `2^shard_bits` shards (top bits)
+//! and a 24-bit tag (low bits, never 0). A slot is `position << 24 | tag` (positions up to
+//! 2^40, so snapshots beyond 4 GiB work); 0 is empty. A key's home slot in its shard is
+//! `tag * cap >> 24`; collisions probe linearly, wrapping inside the shard. At most `fanout`
+//! positions are kept per key (the first in snapshot order). Shards are filled independently,
+//! so the build runs on every core and is deterministic.
+//!
+//! **Memory.** Shards are sized for the expected anchor count at a load of 0.8: 8 bytes per
+//! slot, `8 * 2/(w+1) / 0.8` bytes per snapshot byte (0.95 at `w = 20`). A shard that fills
+//! up to 95% drops further anchors (counted in the header).
+//!
+//! File layout (little-endian):
+//!
+//! | offset | size | field |
+//! |-------:|-----:|-------|
+//! | 0 | 8 | magic `PFSMNX\0\x01` |
+//! | 8 | 4 | version (1) |
+//! | 12 | 1, 1, 2 | k (8), w, fanout |
+//! | 16 | 4, 4 | shard_bits, reserved |
+//! | 24 | 8 | slots per shard `cap` |
+//! | 32 | 8 | snapshot length |
+//! | 40 | 32 | snapshot id |
+//! | 72 | 8 | entries |
+//! | 80 | 8 | anchors dropped (full shards) |
+//! | 88 | 40 | reserved (zero) |
+//! | 128 | 8 · cap · 2^shard_bits | slots |
+//!
+//! A lookup touches one home slot and the short run after it; the snapshot is only read for
+//! candidates whose 24-bit tag (and shard) matched.
+
+use std::path::Path;
+
+use super::{IndexError, IndexSpec, Projection};
+
+const MAGIC: [u8; 8] = *b"PFSMNX\0\x01";
+const VERSION: u32 = 1;
+const HEADER: usize = 128;
+/// Gram length.
+pub const K: usize = 8;
+const TAG_BITS: u32 = 24;
+const TAG_MASK: u64 = (1 << TAG_BITS) - 1;
+/// Largest position a slot holds.
+pub const MAX_POS: u64 = (1 << (64 - TAG_BITS)) - 1;
+/// Target load of the table.
+const LOAD: f64 = 0.8;
+/// A shard stops taking anchors at this load.
+const FULL: f64 = 0.95;
+
+/// The gram hash at `p` (the caller ensures `p + 8 <= b.len()`): a bijection of the 8 bytes.
+#[inline(always)]
+pub fn gram_hash(b: &[u8], p: usize) -> u64 {
+    let x = u64::from_le_bytes(b[p..p + 8].try_into().expect("8 bytes"));
+    let x = (x ^ (x >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    let x = (x ^ (x >> 33)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
+}
+
+/// The order minimizers are chosen by: one multiply (its high half depends on every byte).
+#[inline(always)]
+fn order_hash(x: u64) -> u64 {
+    x.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5555_5555_0000_0000
+}
+
+/// The addressing hash of a gram hash (independent of the order minimizers are chosen by).
+#[inline(always)]
+fn addr(h: u64) -> u64 {
+    let z = h.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[inline(always)]
+fn tag_of(a: u64) -> u64 {
+    let t = a & TAG_MASK;
+    if t == 0 {
+        1
+    } else {
+        t
+    }
+}
+
+#[inline(always)]
+fn home(tag: u64, cap: usize) -> usize {
+    ((tag * cap as u64) >> TAG_BITS) as usize
+}
+
+/// Scratch space for [`anchors`] (reused across calls).
+#[derive(Default)]
+pub struct Scratch {
+    v: Vec<u64>,
+    pre: Vec<u64>,
+    suf: Vec<u64>,
+}
+
+/// The anchors of the windows that start at gram positions `lo..hi` of `data` (the windows
+/// read grams up to `hi + w - 1`, bytes up to `hi + w + 6`, clipped to the data), in
+/// position order, as `(position, gram hash)`. Appends to `out`.
+///
+/// Window minima come from block prefix and suffix minima (van Herk / Gil-Werman: branch-free,
+/// two passes), over keys that hold a multiplicative hash's high 32 bits above the inverted
+/// position, so the minimum is the smallest hash and, on a tie, the rightmost position.
+pub fn anchors(
+    data: &[u8],
+    lo: usize,
+    hi: usize,
+    w: usize,
+    scratch: &mut Scratch,
+    out: &mut Vec<(usize, u64)>,
+) {
+    let w = w.max(1);
+    if data.len() < K {
+        return;
+    }
+    let last_gram = data.len() - K; // inclusive
+    let end_gram = (hi + w - 1).min(last_gram + 1); // exclusive
+    if lo >= end_gram {
+        return;
+    }
+    let n = end_gram - lo;
+    debug_assert!(n < u32::MAX as usize);
+    // windows shorter than w at the end of the data: the data's tail still gets an anchor
+    let w = w.min(n);
+    let Scratch { v, pre, suf } = scratch;
+    for a in [&mut *v, &mut *pre, &mut *suf] {
+        if a.len() < n {
+            a.resize(n, 0);
+        }
+    }
+    let grams = &data[lo..end_gram + K - 1];
+    let mut b = 0;
+    while b < n {
+        let e = (b + w).min(n);
+        let mut m = u64::MAX;
+        for (j, (vj, pj)) in v[b..e].iter_mut().zip(pre[b..e].iter_mut()).enumerate() {
+            let j = b + j;
+            let x = u64::from_le_bytes(grams[j..j + 8].try_into().expect("8"));
+            let key = (order_hash(x) >> 32) << 32 | (u32::MAX - j as u32) as u64;
+            *vj = key;
+            m = m.min(key);
+            *pj = m;
+        }
+        let mut m = u64::MAX;
+        for (vj, sj) in v[b..e].iter().zip(suf[b..e].iter_mut()).rev() {
+            m = m.min(*vj);
+            *sj = m;
+        }
+        b = e;
+    }
+    let windows = (n + 1 - w).min(hi.saturating_sub(lo));
+    let mut last: Option<(usize, u64)> = None;
+    for (s, p) in suf[..windows].iter().zip(&pre[w - 1..w - 1 + windows]) {
+        let m = (*s).min(*p);
+        let j = (u32::MAX - m as u32) as usize;
+        let pos = lo + j;
+        match last {
+            Some((lp, _)) if lp == pos => {}
+            // a tie with the previous anchor still in reach: keep that one
+            Some((lp, lm)) if lm >> 32 == m >> 32 && pos - lp < w => {}
+            _ => {
+                out.push((pos, gram_hash(data, pos)));
+                last = Some((pos, m));
+            }
+        }
+    }
+}
+
+/// A loaded (memory-mapped) minimizer index.
+pub struct MinIndex {
+    pub spec: IndexSpec,
+    map: memmap2::Mmap,
+    shard_bits: u32,
+    cap: usize,
+    snap_len: u64,
+    entries: u64,
+    dropped: u64,
+}
+
+impl std::fmt::Debug for MinIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MinIndex")
+            .field("spec", &self.spec)
+            .field("entries", &self.entries)
+            .finish()
+    }
+}
+
+/// Table geometry for a snapshot of `snap_len` bytes: (shard_bits, slots per shard).
+fn geometry(w: u32, snap_len: u64) -> (u32, usize) {
+    let expect = snap_len as f64 * 2.0 / (w as f64 + 1.0) * 1.05 + 1024.0;
+    let per = 32768.0;
+    let bits = (expect / per).log2().ceil().clamp(0.0, 16.0) as u32;
+    let cap = (expect / (1u64 << bits) as f64 / LOAD).ceil() as usize;
+    (bits, cap.max(64))
+}
+
+/// Bytes the index takes for a snapshot of `snap_len` bytes.
+pub fn estimated_bytes(w: u32, snap_len: u64) -> usize {
+    let (bits, cap) = geometry(w, snap_len);
+    HEADER + 8 * cap * (1usize << bits)
+}
+
+/// Insert one slot value into a shard; returns whether it was stored.
+#[inline]
+fn insert(shard: &mut [u64], v: u64, fanout: u32) -> bool {
+    let cap = shard.len();
+    let tag = v & TAG_MASK;
+    let mut i = home(tag, cap);
+    let mut same = 0u32;
+    for _ in 0..cap {
+        let s = shard[i];
+        if s == 0 {
+            shard[i] = v;
+            return true;
+        }
+        if s == v {
+            return false; // the same anchor from two overlapping chunks
+        }
+        if s & TAG_MASK == tag {
+            same += 1;
+            if same >= fanout {
+                return false;
+            }
+        }
+        i += 1;
+        if i == cap {
+            i = 0;
+        }
+    }
+    false
+}
+
+impl MinIndex {
+    /// Build the index over `snap` and write it to `path` (atomically), on `threads` threads
+    /// (0 = one per core).
+    pub fn build(
+        spec: IndexSpec,
+        snap: &[u8],
+        snap_id: &[u8; 32],
+        path: &Path,
+        threads: usize,
+    ) -> Result<(), IndexError> {
+        spec.validate()?;
+        if snap.len() as u64 > MAX_POS {
+            return Err(IndexError::Spec(format!(
+                "the snapshot is {} bytes; the minimizer index holds positions below 2^40",
+                snap.len()
+            )));
+        }
+        let w = spec.step as usize;
+        let (bits, cap) = geometry(spec.step, snap.len() as u64);
+        let nshards = 1usize << bits;
+        let threads = if threads == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            threads
+        };
+        let _ = cap;
+        // sized from the anchors of the first super-chunk (the whole snapshot up to 1 GiB)
+        let io = |source| IndexError::Io {
+            path: path.into(),
+            source,
+        };
+        let mut out: Option<OutTable> = None;
+        let mut cap = 0usize;
+        let mut limit = 0usize;
+        let mut counts = vec![0usize; nshards];
+        let mut entries = 0u64;
+        let mut dropped = 0u64;
+        let shard_shift = 64 - bits;
+        // super-chunks bound the temporary anchor lists (8 bytes per anchor)
+        const SUPER: usize = 1 << 30;
+        let reserve =
+            |len: usize| (len as f64 * 2.2 / (w as f64 + 1.0) / nshards as f64) as usize + 16;
+        let ngrams = if snap.len() >= K {
+            snap.len() - K + 1
+        } else {
+            0
+        };
+        let mut lo = 0usize;
+        while lo < ngrams {
+            let hi = (lo + SUPER).min(ngrams);
+            let per = (hi - lo).div_ceil(threads);
+            // 1. anchors per thread range, sorted into shard lists
+            let bufs: Vec<Vec<Vec<u64>>> = std::thread::scope(|s| {
+                let hs: Vec<_> = (0..threads)
+                    .map(|t| {
+                        let a = lo + t * per;
+                        let b = (a + per).min(hi);
+                        s.spawn(move || {
+                            let mut lists: Vec<Vec<u64>> = (0..nshards)
+                                .map(|_| Vec::with_capacity(reserve(b.saturating_sub(a))))
+                                .collect();
+                            let mut scratch = Scratch::default();
+                            let mut out = Vec::new();
+                            let mut x = a;
+                            while x < b {
+                                let y = (x + (1 << 20)).min(b);
+                                out.clear();
+                                anchors(snap, x, y, w, &mut scratch, &mut out);
+                                for &(p, h) in &out {
+                                    let ad = addr(h);
+                                    let sh = if bits == 0 {
+                                        0
+                                    } else {
+                                        (ad >> shard_shift) as usize
+                                    };
+                                    lists[sh].push((p as u64) << TAG_BITS | tag_of(ad));
+                                }
+                                x = y;
+                            }
+                            lists
+                        })
+                    })
+                    .collect();
+                hs.into_iter()
+                    .map(|h| h.join().expect("index builder panicked"))
+                    .collect()
+            });
+            if out.is_none() {
+                // the median shard (a key repeated past its fanout inflates one shard's list,
+                // not what it stores), with room for the spread between shards
+                let mut per: Vec<usize> = (0..nshards)
+                    .map(|sh| bufs.iter().map(|l| l[sh].len()).sum::<usize>())
+                    .collect();
+                per.sort_unstable();
+                let med = per[nshards / 2] as f64;
+                let most = med + 4.0 * med.sqrt() + 8.0;
+                let (scale, margin) = if hi - lo < ngrams {
+                    (ngrams as f64 / (hi - lo) as f64, 1.1)
+                } else {
+                    (1.0, 1.0)
+                };
+                cap = ((most as f64 * scale * margin / LOAD).ceil() as usize).max(64);
+                limit = (cap as f64 * FULL) as usize;
+                out = Some(OutTable::create(path, cap * nshards).map_err(io)?);
+            }
+            let table = out.as_mut().expect("created above").slots_mut();
+            // 2. fill shards, each from the thread lists in snapshot order
+            let group = nshards.div_ceil(threads);
+            let res: Vec<(u64, u64)> = std::thread::scope(|s| {
+                let hs: Vec<_> = table
+                    .chunks_mut(cap * group)
+                    .zip(counts.chunks_mut(group))
+                    .enumerate()
+                    .map(|(g, (slots, cnts))| {
+                        let bufs = &bufs;
+                        s.spawn(move || {
+                            let (mut e, mut d) = (0u64, 0u64);
+                            for (j, (shard, cnt)) in
+                                slots.chunks_mut(cap).zip(cnts.iter_mut()).enumerate()
+                            {
+                                let sh = g * group + j;
+                                for list in bufs.iter() {
+                                    for &v in &list[sh] {
+                                        if *cnt >= limit {
+                                            d += 1;
+                                        } else if insert(shard, v, spec.fanout) {
+                                            *cnt += 1;
+                                            e += 1;
+                                        }
+                                    }
+                                }
+                            }
+                            (e, d)
+                        })
+                    })
+                    .collect();
+                hs.into_iter()
+                    .map(|h| h.join().expect("index builder panicked"))
+                    .collect()
+            });
+            for (e, d) in res {
+                entries += e;
+                dropped += d;
+            }
+            lo = hi;
+        }
+        let out = match out {
+            Some(o) => o,
+            None => {
+                cap = 64; // a snapshot without a single gram
+                OutTable::create(path, cap * nshards).map_err(io)?
+            }
+        };
+        let mut head = Vec::with_capacity(HEADER);
+        head.extend_from_slice(&MAGIC);
+        head.extend_from_slice(&VERSION.to_le_bytes());
+        head.push(K as u8);
+        head.push(spec.step as u8);
+        head.extend_from_slice(&(spec.fanout as u16).to_le_bytes());
+        head.extend_from_slice(&bits.to_le_bytes());
+        head.extend_from_slice(&0u32.to_le_bytes());
+        head.extend_from_slice(&(cap as u64).to_le_bytes());
+        head.extend_from_slice(&(snap.len() as u64).to_le_bytes());
+        head.extend_from_slice(snap_id);
+        head.extend_from_slice(&entries.to_le_bytes());
+        head.extend_from_slice(&dropped.to_le_bytes());
+        head.resize(HEADER, 0);
+        out.finish(&head).map_err(io)
+    }
+
+    /// Map an index file and check its header against the snapshot and the spec (O(1): the
+    /// slots are not read; a lookup skips a position outside the snapshot).
+    pub fn open(
+        path: &Path,
+        spec: IndexSpec,
+        snap_len: usize,
+        snap_id: &[u8; 32],
+    ) -> Result<MinIndex, IndexError> {
+        let bad = |msg: &str| IndexError::Bad {
+            path: path.into(),
+            msg: msg.into(),
+        };
+        let f = std::fs::File::open(path).map_err(|source| IndexError::Io {
+            path: path.into(),
+            source,
+        })?;
+        // Safety: index files are private, immutable derived data; a concurrent writer would
+        // replace the file by rename, not modify it in place.
+        #[allow(unsafe_code)]
+        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|source| IndexError::Io {
+            path: path.into(),
+            source,
+        })?;
+        if map.len() < HEADER || map[..8] != MAGIC {
+            return Err(bad("not a minimizer index file"));
+        }
+        let rd4 = |at: usize| u32::from_le_bytes(map[at..at + 4].try_into().expect("4"));
+        let rd8 = |at: usize| u64::from_le_bytes(map[at..at + 8].try_into().expect("8"));
+        if rd4(8) != VERSION {
+            return Err(bad("index version differs"));
+        }
+        let found = IndexSpec {
+            projection: Projection::Minimizer,
+            k: map[12],
+            step: map[13] as u32,
+            fanout: u16::from_le_bytes([map[14], map[15]]) as u32,
+        };
+        if found != spec {
+            return Err(bad("built with other parameters"));
+        }
+        if &map[40..72] != snap_id {
+            return Err(IndexError::Stale {
+                path: path.into(),
+                found: crate::util::hex(&map[40..72]),
+            });
+        }
+        if rd8(32) != snap_len as u64 {
+            return Err(bad("built for a snapshot of another length"));
+        }
+        let bits = rd4(16);
+        let cap = rd8(24);
+        if bits > 16 || cap == 0 || cap > 1 << 40 {
+            return Err(bad("table geometry out of range"));
+        }
+        let want = (cap as u128) * (1u128 << bits) * 8 + HEADER as u128;
+        if map.len() as u128 != want {
+            return Err(bad("file length does not match its header"));
+        }
+        let _ = map.advise(memmap2::Advice::Random);
+        Ok(MinIndex {
+            spec,
+            shard_bits: bits,
+            cap: cap as usize,
+            snap_len: snap_len as u64,
+            entries: rd8(72),
+            dropped: rd8(80),
+            map,
+        })
+    }
+
+    fn slots(&self) -> &[u64] {
+        bytemuck::cast_slice(&self.map[HEADER..])
+    }
+
+    /// Entries stored.
+    pub fn len(&self) -> usize {
+        self.entries as usize
+    }
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
+    /// Anchors dropped because their shard was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+    /// Bytes the index occupies.
+    pub fn bytes(&self) -> usize {
+        self.map.len()
+    }
+    /// The window length `w`.
+    pub fn w(&self) -> usize {
+        self.spec.step as usize
+    }
+
+    #[inline(always)]
+    fn locate(&self, h: u64) -> (usize, u64) {
+        let a = addr(h);
+        let sh = if self.shard_bits == 0 {
+            0
+        } else {
+            (a >> (64 - self.shard_bits)) as usize
+        };
+        (sh * self.cap, tag_of(a))
+    }
+
+    /// Hint the CPU to fetch the home slot of gram hash `h`.
+    #[inline(always)]
+    pub fn prefetch(&self, h: u64) {
+        let (base, tag) = self.locate(h);
+        let i = base + home(tag, self.cap);
+        super::prefetch(self.slots()[i..].as_ptr() as *const u8);
+    }
+
+    /// Snapshot positions whose gram hash may be `h` (24-bit tag and shard matched), at most
+    /// `max`, appended to `out`. Positions whose gram would run past the snapshot are skipped.
+    #[inline]
+    pub fn candidates(&self, h: u64, max: usize, out: &mut Vec<u64>) {
+        let (base, tag) = self.locate(h);
+        let slots = &self.slots()[base..base + self.cap];
+        let mut i = home(tag, self.cap);
+        let mut n = 0;
+        for _ in 0..self.cap {
+            let s = slots[i];
+            if s == 0 {
+                return;
+            }
+            if s & TAG_MASK == tag {
+                let p = s >> TAG_BITS;
+                if p + K as u64 <= self.snap_len {
+                    out.push(p);
+                    n += 1;
+                    if n >= max {
+                        return;
+                    }
+                }
+            }
+            i += 1;
+            if i == self.cap {
+                i = 0;
+            }
+        }
+    }
+}
+
+/// The index file being written: a temporary file beside `path`, mapped, so the table is
+/// filled in place (no copy of it through write()). Renamed over `path` by `finish`; removed
+/// when dropped unfinished. Not fsynced: the index is derived data, and whatever a crash
+/// leaves is either refused by `open` (header, length) or only costs matches (every
+/// candidate is verified on the snapshot's bytes).
+struct OutTable {
+    tmp: std::path::PathBuf,
+    dst: std::path::PathBuf,
+    map: Option<memmap2::MmapMut>,
+}
+
+impl OutTable {
+    fn create(path: &Path, slots: usize) -> std::io::Result<OutTable> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = dir.join(format!(".{name}.pfs-tmp-{}", std::process::id()));
+        let mut t = OutTable {
+            tmp,
+            dst: path.to_path_buf(),
+            map: None,
+        };
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&t.tmp)?;
+        f.set_len((HEADER + 8 * slots) as u64)?;
+        // Safety: the temporary file was just created by this process under a private name;
+        // nothing else maps or truncates it while the mapping lives.
+        #[allow(unsafe_code)]
+        let map = unsafe { memmap2::MmapMut::map_mut(&f) }?;
+        t.map = Some(map);
+        Ok(t)
+    }
+
+    fn slots_mut(&mut self) -> &mut [u64] {
+        // the mapping is page-aligned and HEADER is a multiple of 8
+        bytemuck::cast_slice_mut(&mut self.map.as_mut().expect("mapped")[HEADER..])
+    }
+
+    fn finish(mut self, head: &[u8]) -> std::io::Result<()> {
+        let mut map = self.map.take().expect("mapped");
+        map[..HEADER].copy_from_slice(head);
+        drop(map);
+        std::fs::rename(&self.tmp, &self.dst)?;
+        self.tmp = std::path::PathBuf::new();
+        Ok(())
+    }
+}
+
+impl Drop for OutTable {
+    fn drop(&mut self) {
+        self.map = None;
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pob::prng::SplitMix64;
+
+    fn spec(w: u32, fanout: u32) -> IndexSpec {
+        IndexSpec {
+            projection: Projection::Minimizer,
+            k: 8,
+            step: w,
+            fanout,
+        }
+    }
+
+    fn all_anchors(d: &[u8], w: usize) -> Vec<(usize, u64)> {
+        let mut out = Vec::new();
+        anchors(d, 0, d.len(), w, &mut Scratch::default(), &mut out);
+        out
+    }
+
+    #[test]
+    fn anchors_do_not_depend_on_chunking() {
+        let mut d = vec![0u8; 20_000];
+        SplitMix64::new(1).fill(&mut d);
+        let whole = all_anchors(&d, 16);
+        let mut pieces = Vec::new();
+        let mut s = Scratch::default();
+        for (a, b) in [(0, 777), (777, 5000), (5000, 20_000)] {
+            anchors(&d, a, b, 16, &mut s, &mut pieces);
+        }
+        pieces.dedup();
+        assert_eq!(whole, pieces);
+        // density near 2 / (w + 1)
+        let density = whole.len() as f64 / d.len() as f64;
+        assert!((0.09..0.14).contains(&density), "{density}");
+        // every window of w grams holds an anchor
+        for win in whole.windows(2) {
+            assert!(win[1].0 - win[0].0 <= 16);
+        }
+    }
+
+    #[test]
+    fn a_run_of_one_byte_yields_one_anchor_per_window() {
+        let d = vec![7u8; 10_000];
+        let a = all_anchors(&d, 20);
+        assert!(a.len() <= 10_000 / 20 + 2, "{}", a.len());
+        assert!(!a.is_empty());
+    }
+
+    #[test]
+    fn every_planted_match_longer_than_the_guarantee_shares_an_anchor() {
+        let w = 20usize;
+        let mut rng = SplitMix64::new(77);
+        let mut snap = vec![0u8; 200_000];
+        rng.fill(&mut snap);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.idx");
+        let sp = spec(w as u32, 8);
+        MinIndex::build(sp, &snap, &[5; 32], &path, 3).unwrap();
+        let idx = MinIndex::open(&path, sp, snap.len(), &[5; 32]).unwrap();
+        for trial in 0..300 {
+            let len = w + K - 1 + (rng.next_u64() % 40) as usize;
+            let src = (rng.next_u64() as usize) % (snap.len() - len);
+            // random bytes around the planted copy
+            let mut file = vec![0u8; 64 + len + 64];
+            rng.fill(&mut file);
+            file[64..64 + len].copy_from_slice(&snap[src..src + len]);
+            let fa = all_anchors(&file, w);
+            let mut found = false;
+            let mut c = Vec::new();
+            for &(p, h) in &fa {
+                if p < 64 || p + K > 64 + len {
+                    continue;
+                }
+                c.clear();
+                idx.candidates(h, 8, &mut c);
+                if c.iter().any(|&s| s as usize == src + (p - 64)) {
+                    found = true;
+                }
+            }
+            assert!(
+                found,
+                "trial {trial}: a {len}-byte match at {src} has no shared anchor"
+            );
+        }
+    }
+
+    #[test]
+    fn index_is_deterministic_across_thread_counts_and_checks_its_header() {
+        let mut snap = vec![0u8; 300_000];
+        SplitMix64::new(3).fill(&mut snap);
+        snap[1000..50_000].fill(0); // repeats: fanout caps them
+        let dir = tempfile::tempdir().unwrap();
+        let sp = spec(12, 4);
+        let p1 = dir.path().join("a.idx");
+        let p2 = dir.path().join("b.idx");
+        MinIndex::build(sp, &snap, &[1; 32], &p1, 1).unwrap();
+        MinIndex::build(sp, &snap, &[1; 32], &p2, 4).unwrap();
+        assert_eq!(std::fs::read(&p1).unwrap(), std::fs::read(&p2).unwrap());
+        let idx = MinIndex::open(&p1, sp, snap.len(), &[1; 32]).unwrap();
+        assert!(idx.bytes() <= estimated_bytes(12, snap.len() as u64));
+        assert!(matches!(
+            MinIndex::open(&p1, sp, snap.len(), &[2; 32]),
+            Err(IndexError::Stale { .. })
+        ));
+        assert!(MinIndex::open(&p1, spec(13, 4), snap.len(), &[1; 32]).is_err());
+        assert!(MinIndex::open(&p1, sp, snap.len() + 1, &[1; 32]).is_err());
+        // fanout: the zero run's gram is stored at most 4 times
+        let mut c = Vec::new();
+        idx.candidates(gram_hash(&snap, 2000), 100, &mut c);
+        assert!(!c.is_empty() && c.len() <= 4, "{}", c.len());
+        drop(idx); // the damage below rewrites the mapped file in place
+        let bytes = std::fs::read(&p1).unwrap();
+        std::fs::write(&p1, &bytes[..bytes.len() - 8]).unwrap();
+        assert!(matches!(
+            MinIndex::open(&p1, sp, snap.len(), &[1; 32]),
+            Err(IndexError::Bad { .. })
+        ));
+        std::fs::write(&p1, b"PFSMNX\0\x01 short").unwrap();
+        assert!(MinIndex::open(&p1, sp, snap.len(), &[1; 32]).is_err());
+    }
+}

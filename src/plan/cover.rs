@@ -1,0 +1,790 @@
+//! The cover engine: approximate covers found through the minimizer index (bsdiff /
+//! HDiffPatch style, with a sampled index instead of a suffix array).
+//!
+//! A *cover* is a file range `[start, start + len)` rebuilt from the snapshot at one diagonal
+//! (`snapshot offset - file offset`), where some bytes may differ: the per-byte differences
+//! travel in the difference stream, mostly zeros ([`Source::Cover`]). The engine:
+//!
+//! 1. **Seeds** (`sparse`): the file's own minimizer anchors ([`crate::index::minimizer`]),
+//!    looked up in the snapshot's minimizer index; every match of `w + 7` bytes or more is
+//!    seeded. With `sparse` off, every file position is looked up (the ablation baseline).
+//!    Before any lookup the diagonal of the previous cover is tried at the anchor.
+//! 2. **Diagonal following**: anchors inside a region already covered are skipped, so a long
+//!    copy costs one lookup and a linear extension, not a probe per position.
+//! 3. **Extension** (`covers`): from a seed, forward and backward along the diagonal with an
+//!    X-drop rule on the estimated saving: an equal byte saves a literal's bits minus a zero
+//!    difference's, a differing byte costs `mismatch_bits` more than a literal; the cover
+//!    ends where the running saving peaked, once it fell `xdrop_bits` below that peak. With
+//!    `covers` off, extension stops at the first differing byte (exact `id` runs).
+//! 4. **Choice**: the seed whose extension saves the most wins, and a cover is kept only when
+//!    its saving exceeds its record's bits (fewer when it continues the previous diagonal).
+//! 5. **Fast reject** (`fast_reject`): a block whose sampled byte entropy is above
+//!    `reject_bits` is probed only at a few sampled windows (every [`PROBE_STRIDE`] bytes);
+//!    when none of them seeds a cover the block stays literal without hashing the rest, so
+//!    random data plans at memory speed while a long copy of pseudo-random snapshot bytes is
+//!    still found (it spans a probe window) and then followed along its diagonal.
+//! 6. **Diagonal merge** (`diagonal_merge`): after the parallel pass, neighbouring covers on
+//!    the same diagonal with a gap of at most `merge_gap` bytes become one cover when the gap
+//!    costs less as differences than as literals plus a record.
+//!
+//! The file is split by range over threads; covers meeting at a split merge in step 6 (a gap
+//! of zero always merges).
+
+use crate::blueprint::{Segment, Source, Transform};
+use crate::index::minimizer::{self, gram_hash, MinIndex};
+
+use super::PlanConfig;
+
+/// Block size of the fast-reject decision.
+pub const BLOCK: usize = 64 << 10;
+/// Distance between sampled probe windows in a rejected-looking block.
+pub const PROBE_STRIDE: usize = 4 << 10;
+/// Bytes per sampled probe window.
+const PROBE_LEN: usize = 64;
+
+/// A cover found by the engine: `[start, start + len)` at snapshot `snap`, with `diffs`
+/// differing bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cover {
+    pub start: usize,
+    pub len: usize,
+    pub snap: usize,
+    pub diffs: usize,
+}
+
+impl Cover {
+    fn end(&self) -> usize {
+        self.start + self.len
+    }
+    fn diag(&self) -> i64 {
+        self.snap as i64 - self.start as i64
+    }
+}
+
+/// Byte prices in bits, from the config and the file's estimated literal cost.
+#[derive(Debug, Clone, Copy)]
+pub struct Prices {
+    /// Saving of an equal byte (a literal's bits minus a zero difference's).
+    pub gain: f64,
+    /// Extra cost of a differing byte over a literal.
+    pub penalty: f64,
+    pub record: f64,
+    pub rep_record: f64,
+    pub xdrop: f64,
+}
+
+impl Prices {
+    pub fn new(cfg: &PlanConfig, raw_bits: f64) -> Prices {
+        let c = &cfg.cover;
+        Prices {
+            gain: (raw_bits - c.zero_bits).max(0.05),
+            penalty: c.mismatch_bits.max(0.05),
+            record: c.record_bits,
+            rep_record: c.rep_record_bits,
+            xdrop: c.xdrop_bits,
+        }
+    }
+}
+
+#[inline(always)]
+fn load8(b: &[u8], p: usize) -> u64 {
+    u64::from_le_bytes(b[p..p + 8].try_into().expect("8"))
+}
+
+/// Order-0 entropy (bits per byte) of up to four 1 KiB samples of `d`.
+pub fn sample_entropy(d: &[u8]) -> f64 {
+    let mut hist = [0u32; 256];
+    let mut n = 0u32;
+    let piece = 1024.min(d.len());
+    if piece == 0 {
+        return 0.0;
+    }
+    for k in 0..4 {
+        let at = (d.len() - piece) * k / 3;
+        for &b in &d[at..at + piece] {
+            hist[b as usize] += 1;
+        }
+        n += piece as u32;
+    }
+    let n = n as f64;
+    hist.iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = c as f64 / n;
+            -p * p.log2()
+        })
+        .sum()
+}
+
+/// The per-thread planning context.
+pub struct Engine<'a> {
+    pub f: &'a [u8],
+    pub s: &'a [u8],
+    pub idx: &'a MinIndex,
+    pub cfg: &'a PlanConfig,
+    pub prices: Prices,
+}
+
+/// An extension result: bytes covered each way, differing bytes, saving in bits.
+#[derive(Debug, Clone, Copy, Default)]
+struct Ext {
+    len: usize,
+    diffs: usize,
+    score: f64,
+}
+
+impl Engine<'_> {
+    /// Forward from (fi, si), at most `max` bytes.
+    #[inline]
+    fn fwd(&self, fi: usize, si: usize, max: usize) -> Ext {
+        let (f, s) = (self.f, self.s);
+        let max = max.min(f.len() - fi).min(s.len() - si);
+        let p = &self.prices;
+        let approx = self.cfg.covers;
+        let (mut score, mut best) = (0.0f64, Ext::default());
+        let mut diffs = 0usize;
+        let mut n = 0usize;
+        while n < max {
+            if n + 8 <= max {
+                let x = load8(f, fi + n) ^ load8(s, si + n);
+                if x == 0 {
+                    n += 8;
+                    score += 8.0 * p.gain;
+                    if score > best.score {
+                        best = Ext {
+                            len: n,
+                            diffs,
+                            score,
+                        };
+                    }
+                    continue;
+                }
+                if !approx {
+                    n += (x.trailing_zeros() / 8) as usize;
+                    return Ext {
+                        len: n,
+                        diffs: 0,
+                        score: n as f64 * p.gain,
+                    };
+                }
+            }
+            if f[fi + n] == s[si + n] {
+                score += p.gain;
+                n += 1;
+                if score > best.score {
+                    best = Ext {
+                        len: n,
+                        diffs,
+                        score,
+                    };
+                }
+            } else {
+                if !approx {
+                    break;
+                }
+                score -= p.penalty;
+                diffs += 1;
+                n += 1;
+                if score < best.score - p.xdrop {
+                    break;
+                }
+            }
+        }
+        if !approx {
+            return Ext {
+                len: n,
+                diffs: 0,
+                score: n as f64 * p.gain,
+            };
+        }
+        best
+    }
+
+    /// Backward from (fi, si) (exclusive), at most `max` bytes.
+    #[inline]
+    fn back(&self, fi: usize, si: usize, max: usize) -> Ext {
+        let (f, s) = (self.f, self.s);
+        let max = max.min(fi).min(si);
+        let p = &self.prices;
+        let approx = self.cfg.covers;
+        let (mut score, mut best) = (0.0f64, Ext::default());
+        let mut diffs = 0usize;
+        let mut n = 0usize;
+        while n < max {
+            if n + 8 <= max && load8(f, fi - n - 8) == load8(s, si - n - 8) {
+                n += 8;
+                score += 8.0 * p.gain;
+                if score > best.score {
+                    best = Ext {
+                        len: n,
+                        diffs,
+                        score,
+                    };
+                }
+                continue;
+            }
+            if f[fi - n - 1] == s[si - n - 1] {
+                score += p.gain;
+                n += 1;
+                if score > best.score {
+                    best = Ext {
+                        len: n,
+                        diffs,
+                        score,
+                    };
+                }
+            } else {
+                if !approx {
+                    break;
+                }
+                score -= p.penalty;
+                diffs += 1;
+                n += 1;
+                if score < best.score - p.xdrop {
+                    break;
+                }
+            }
+        }
+        if !approx {
+            return Ext {
+                len: n,
+                diffs: 0,
+                score: n as f64 * p.gain,
+            };
+        }
+        best
+    }
+
+    /// Exact matching bytes around the equal gram at (i, sp), counted up to `want`.
+    #[inline]
+    fn exact_len(&self, i: usize, sp: usize, floor: usize, ceil: usize, want: usize) -> usize {
+        let (f, s) = (self.f, self.s);
+        let mut n = 8;
+        let fmax = ceil
+            .min(f.len())
+            .saturating_sub(i)
+            .min(s.len() - sp)
+            .min(want + 8);
+        while n + 8 <= fmax {
+            let x = load8(f, i + n) ^ load8(s, sp + n);
+            if x != 0 {
+                n += (x.trailing_zeros() / 8) as usize;
+                break;
+            }
+            n += 8;
+        }
+        if n >= want {
+            return n;
+        }
+        let bmax = (i - floor).min(sp).min(want);
+        let mut k = 0;
+        while k < bmax && f[i - k - 1] == s[sp - k - 1] {
+            k += 1;
+        }
+        n + k
+    }
+
+    /// The cover through seed (file `i`, snapshot `sp`), not before `floor` nor past `ceil`;
+    /// `None` unless the seed's 8 bytes are equal. Returns the cover and its saving.
+    #[inline]
+    fn extend(&self, i: usize, sp: usize, floor: usize, ceil: usize) -> Option<(Cover, f64)> {
+        if sp + 8 > self.s.len() || i + 8 > self.f.len() || load8(self.f, i) != load8(self.s, sp) {
+            return None;
+        }
+        let min_seed = self.cfg.min_seed;
+        if min_seed > 8 && self.exact_len(i, sp, floor, ceil, min_seed) < min_seed {
+            return None; // a gram that happens to repeat, not a match worth extending
+        }
+        let fw = self.fwd(i, sp, ceil.saturating_sub(i));
+        let bk = self.back(i, sp, i - floor);
+        let c = Cover {
+            start: i - bk.len,
+            len: bk.len + fw.len,
+            snap: sp - bk.len,
+            diffs: bk.diffs + fw.diffs,
+        };
+        Some((c, fw.score + bk.score))
+    }
+
+    /// Plan the file range `[a, b)`: covers in file order, inside the range.
+    pub fn run(&self, a: usize, b: usize) -> Vec<Cover> {
+        let cfg = self.cfg;
+        let w = self.idx.w();
+        let mut out: Vec<Cover> = Vec::new();
+        let mut cur = a;
+        let mut last_d: Option<i64> = None;
+        let mut scratch = minimizer::Scratch::default();
+        let mut anchors: Vec<(usize, u64)> = Vec::new();
+        let mut cands: Vec<u64> = Vec::with_capacity(cfg.max_candidates);
+        let mut blk = a;
+        while blk < b {
+            let blk_end = (blk + BLOCK).min(b);
+            let from = blk.max(cur);
+            blk = blk_end;
+            if from + 8 > blk_end {
+                continue;
+            }
+            if cfg.fast_reject && sample_entropy(&self.f[from..blk_end]) > cfg.reject_bits {
+                // sampled probes: plan the block in full only if one of them seeds a cover
+                let mut hit = false;
+                let mut x = from;
+                while x < blk_end && !hit {
+                    let y = (x + PROBE_LEN).min(blk_end);
+                    anchors.clear();
+                    minimizer::anchors(self.f, x, y, w, &mut scratch, &mut anchors);
+                    for &(p, h) in &anchors {
+                        if p >= b {
+                            break; // a window's minimum may lie past the range
+                        }
+                        if self.seed(p, h, cur, b, &mut last_d, &mut cands, &mut out) {
+                            cur = out.last().map_or(cur, |c| c.end());
+                            hit = true;
+                            break;
+                        }
+                    }
+                    x += PROBE_STRIDE;
+                }
+                if !hit {
+                    continue;
+                }
+            }
+            let from = from.max(cur);
+            if from >= blk_end {
+                continue;
+            }
+            if cfg.sparse {
+                anchors.clear();
+                minimizer::anchors(self.f, from, blk_end, w, &mut scratch, &mut anchors);
+                for k in 0..anchors.len() {
+                    let (p, h) = anchors[k];
+                    if p >= b {
+                        break; // a window's minimum may lie past the range
+                    }
+                    if p < cur {
+                        continue; // inside a cover: follow its diagonal, do not probe
+                    }
+                    if let Some(&(q, hq)) = anchors.get(k + 2) {
+                        let _ = q;
+                        self.idx.prefetch(hq);
+                    }
+                    if self.seed(p, h, cur, b, &mut last_d, &mut cands, &mut out) {
+                        cur = out.last().map_or(cur, |c| c.end());
+                    }
+                }
+            } else {
+                let mut p = from;
+                let last = blk_end.min(self.f.len().saturating_sub(7));
+                while p < last {
+                    if p >= cur {
+                        let h = gram_hash(self.f, p);
+                        if self.seed(p, h, cur, b, &mut last_d, &mut cands, &mut out) {
+                            cur = out.last().map_or(cur, |c| c.end());
+                            p = cur;
+                            continue;
+                        }
+                    } else {
+                        p = cur;
+                        continue;
+                    }
+                    p += 1;
+                }
+            }
+        }
+        out
+    }
+
+    /// Try to start a cover at file position `p` (gram hash `h`); pushes it and returns true
+    /// when one pays.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn seed(
+        &self,
+        p: usize,
+        h: u64,
+        floor: usize,
+        ceil: usize,
+        last_d: &mut Option<i64>,
+        cands: &mut Vec<u64>,
+        out: &mut Vec<Cover>,
+    ) -> bool {
+        let pr = &self.prices;
+        // candidates are compared over at most `good_enough` bytes ahead; the winner is then
+        // extended in full
+        let cmp_ceil = ceil.min(p.saturating_add(self.cfg.good_enough.max(16)));
+        let mut best: Option<(Cover, f64)> = None;
+        let net = |c: &(Cover, f64), ld: Option<i64>| {
+            c.1 - if Some(c.0.diag()) == ld {
+                pr.rep_record
+            } else {
+                pr.record
+            }
+        };
+        if let Some(d) = *last_d {
+            let sp = p as i64 + d;
+            if sp >= 0 {
+                best = self.extend(p, sp as usize, floor, cmp_ceil);
+            }
+        }
+        cands.clear();
+        self.idx.candidates(h, self.cfg.max_candidates, cands);
+        for &sp in cands.iter() {
+            let d = sp as i64 - p as i64;
+            if Some(d) == *last_d {
+                continue;
+            }
+            if let Some(c) = self.extend(p, sp as usize, floor, cmp_ceil) {
+                if best.is_none_or(|b| net(&c, *last_d) > net(&b, *last_d)) {
+                    best = Some(c);
+                }
+            }
+        }
+        if let Some((c, _)) = best {
+            if c.end() >= cmp_ceil && cmp_ceil < ceil {
+                best = self.extend(p, c.snap + (p - c.start), floor, ceil);
+            }
+        }
+        match best {
+            Some(c) if net(&c, *last_d) > 0.0 && c.0.len > 0 => {
+                *last_d = Some(c.0.diag());
+                out.push(c.0);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Merge neighbouring covers on one diagonal: always when they touch, and (with
+/// `diagonal_merge`) across a gap of at most `merge_gap` bytes when the gap priced as
+/// differences is cheaper than as literals plus the second cover's record.
+pub fn merge(f: &[u8], s: &[u8], covers: Vec<Cover>, cfg: &PlanConfig, pr: &Prices) -> Vec<Cover> {
+    let mut out: Vec<Cover> = Vec::with_capacity(covers.len());
+    for c in covers {
+        if let Some(last) = out.last_mut() {
+            if last.diag() == c.diag() && c.start >= last.end() {
+                let gap = c.start - last.end();
+                let join = if gap == 0 {
+                    true
+                } else if cfg.diagonal_merge && gap <= cfg.merge_gap {
+                    let (fa, sa) = (last.end(), last.snap + last.len);
+                    let eq = f[fa..fa + gap]
+                        .iter()
+                        .zip(&s[sa..sa + gap])
+                        .filter(|(x, y)| x == y)
+                        .count();
+                    let delta = eq as f64 * pr.gain - (gap - eq) as f64 * pr.penalty;
+                    delta + pr.rep_record > 0.0
+                } else {
+                    false
+                };
+                if join {
+                    let (fa, sa) = (last.end(), last.snap + last.len);
+                    let neq = f[fa..fa + gap]
+                        .iter()
+                        .zip(&s[sa..sa + gap])
+                        .filter(|(x, y)| x != y)
+                        .count();
+                    last.len += gap + c.len;
+                    last.diffs += neq + c.diffs;
+                    continue;
+                }
+            }
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Segments and spill for covers (file order, non-overlapping) over `f`: gaps become raw
+/// segments, exact covers `id` segments, others approximate covers with their differences.
+/// The spill is filled on `threads` threads (each a disjoint part of it).
+pub fn emit(f: &[u8], s: &[u8], covers: &[Cover], threads: usize) -> (Vec<Segment>, Vec<u8>) {
+    let mut segs = Vec::with_capacity(2 * covers.len() + 1);
+    // spill pieces: (file start, len, snapshot offset of a cover's differences)
+    let mut pieces: Vec<(usize, usize, Option<usize>)> = Vec::with_capacity(2 * covers.len() + 1);
+    let mut at = 0usize;
+    let push = |segs: &mut Vec<Segment>, len: usize, src: Source| {
+        let mut left = len;
+        let mut off = match src {
+            Source::Snap { off, .. } | Source::Cover { off } => off,
+            _ => 0,
+        };
+        while left > 0 {
+            let n = left.min(u32::MAX as usize);
+            let src = match src {
+                Source::Snap { op, imm, .. } => Source::Snap { op, off, imm },
+                Source::Cover { .. } => Source::Cover { off },
+                other => other,
+            };
+            segs.push(Segment { len: n as u32, src });
+            left -= n;
+            off += n as u64;
+        }
+    };
+    for c in covers {
+        debug_assert!(c.start >= at, "covers overlap at {}", c.start);
+        if c.start > at {
+            push(&mut segs, c.start - at, Source::Raw);
+            pieces.push((at, c.start - at, None));
+        }
+        if c.diffs == 0 {
+            let src = Source::Snap {
+                op: Transform::Id,
+                off: c.snap as u64,
+                imm: 0,
+            };
+            push(&mut segs, c.len, src);
+        } else {
+            push(&mut segs, c.len, Source::Cover { off: c.snap as u64 });
+            pieces.push((c.start, c.len, Some(c.snap)));
+        }
+        at = c.end();
+    }
+    if f.len() > at {
+        push(&mut segs, f.len() - at, Source::Raw);
+        pieces.push((at, f.len() - at, None));
+    }
+    let total: usize = pieces.iter().map(|p| p.1).sum();
+    let mut spill = vec![0u8; total];
+    let fill = |out: &mut [u8], pieces: &[(usize, usize, Option<usize>)]| {
+        let mut o = 0;
+        for &(fs, n, snap) in pieces {
+            let dst = &mut out[o..o + n];
+            match snap {
+                None => dst.copy_from_slice(&f[fs..fs + n]),
+                Some(sp) => {
+                    for ((d, x), y) in dst.iter_mut().zip(&f[fs..fs + n]).zip(&s[sp..sp + n]) {
+                        *d = x.wrapping_sub(*y);
+                    }
+                }
+            }
+            o += n;
+        }
+    };
+    let threads = threads.max(1);
+    if threads == 1 || total < 1 << 20 {
+        fill(&mut spill, &pieces);
+    } else {
+        // groups of whole pieces with about total / threads bytes each
+        let per = total.div_ceil(threads);
+        std::thread::scope(|sc| {
+            let mut rest: &mut [u8] = &mut spill;
+            let mut k = 0;
+            while k < pieces.len() {
+                let (mut j, mut n) = (k, 0);
+                while j < pieces.len() && (n < per || j == k) {
+                    n += pieces[j].1;
+                    j += 1;
+                }
+                let (mine, tail) = rest.split_at_mut(n);
+                rest = tail;
+                let group = &pieces[k..j];
+                let fill = &fill;
+                sc.spawn(move || fill(mine, group));
+                k = j;
+            }
+        });
+    }
+    (segs, spill)
+}
+
+/// BLAKE3 of `data`, its two halves of the hash tree on two threads (and so on, `depth`
+/// levels deep), merged with [`blake3::hazmat`]; equal to `blake3::hash(data)`.
+pub fn parallel_blake3(data: &[u8], depth: u32) -> [u8; 32] {
+    use blake3::hazmat::{
+        left_subtree_len, merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt,
+        Mode,
+    };
+    // below this a split buys nothing
+    const MIN: usize = 1 << 20;
+    if depth == 0 || data.len() < MIN {
+        return *blake3::hash(data).as_bytes();
+    }
+    fn cv(data: &[u8], offset: u64, depth: u32) -> ChainingValue {
+        if depth == 0 || data.len() < MIN {
+            return blake3::Hasher::new()
+                .set_input_offset(offset)
+                .update(data)
+                .finalize_non_root();
+        }
+        let l = left_subtree_len(data.len() as u64) as usize;
+        let (a, b) = data.split_at(l);
+        let (ca, cb) = std::thread::scope(|s| {
+            let h = s.spawn(|| cv(b, offset + l as u64, depth - 1));
+            (
+                cv(a, offset, depth - 1),
+                h.join().expect("hash thread panicked"),
+            )
+        });
+        merge_subtrees_non_root(&ca, &cb, Mode::Hash)
+    }
+    let l = left_subtree_len(data.len() as u64) as usize;
+    let (a, b) = data.split_at(l);
+    let (ca, cb) = std::thread::scope(|s| {
+        let h = s.spawn(|| cv(b, l as u64, depth - 1));
+        (cv(a, 0, depth - 1), h.join().expect("hash thread panicked"))
+    });
+    *merge_subtrees_root(&ca, &cb, Mode::Hash).as_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> PlanConfig {
+        PlanConfig::default()
+    }
+
+    fn prices() -> Prices {
+        Prices::new(&cfg(), 6.0)
+    }
+
+    #[test]
+    fn parallel_blake3_equals_blake3() {
+        let mut d = vec![0u8; (3 << 20) + 12345];
+        crate::pob::prng::SplitMix64::new(8).fill(&mut d);
+        for len in [
+            0,
+            1,
+            1024,
+            1025,
+            1 << 20,
+            (1 << 20) + 1,
+            2 << 20,
+            (2 << 20) + 7,
+            d.len(),
+        ] {
+            for depth in 0..4 {
+                assert_eq!(
+                    parallel_blake3(&d[..len], depth),
+                    *blake3::hash(&d[..len]).as_bytes(),
+                    "len {len} depth {depth}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn parallel_emit_equals_one_thread() {
+        let mut s = vec![0u8; 3 << 20];
+        crate::pob::prng::SplitMix64::new(2).fill(&mut s);
+        let mut f = s[1000..(3 << 20) - 5000].to_vec();
+        for i in (0..f.len()).step_by(97) {
+            f[i] ^= 1;
+        }
+        let covers: Vec<Cover> = (0..30)
+            .map(|k| Cover {
+                start: k * 100_000 + 50,
+                len: 90_000,
+                snap: k * 100_000 + 1050,
+                diffs: 1,
+            })
+            .collect();
+        assert_eq!(emit(&f, &s, &covers, 1), emit(&f, &s, &covers, 3));
+    }
+
+    #[test]
+    fn entropy_tells_random_from_code_like_bytes() {
+        let mut r = vec![0u8; 65536];
+        crate::pob::prng::SplitMix64::new(4).fill(&mut r);
+        assert!(sample_entropy(&r) > 7.9);
+        let t: Vec<u8> = (0..65536u32)
+            .map(|i| b"mov rax, rbx\n"[(i % 13) as usize])
+            .collect();
+        assert!(sample_entropy(&t) < 4.0);
+        assert_eq!(sample_entropy(&[]), 0.0);
+    }
+
+    #[test]
+    fn merge_joins_same_diagonal_neighbours_only_when_the_gap_is_cheap() {
+        let s: Vec<u8> = (0..4000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut f = s.clone();
+        // a 20-byte changed region and a 300-byte unrelated region on the same diagonal
+        for b in &mut f[1000..1020] {
+            *b = b.wrapping_add(1);
+        }
+        let mut rng = crate::pob::prng::SplitMix64::new(1);
+        rng.fill(&mut f[2000..2300]);
+        let c = |start, len| Cover {
+            start,
+            len,
+            snap: start,
+            diffs: 0,
+        };
+        let mut cfg = cfg();
+        cfg.cover.mismatch_bits = 0.5;
+        let pr = Prices::new(&cfg, 6.0);
+        let got = merge(
+            &f,
+            &s,
+            vec![c(0, 1000), c(1020, 980), c(2300, 1700)],
+            &cfg,
+            &pr,
+        );
+        // the 20-byte gap is cheaper as differences than as a record plus literals; the
+        // 300 bytes of noise are not
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!((got[0].start, got[0].len, got[0].diffs), (0, 2000, 20));
+        assert_eq!(got[1].start, 2300);
+        // with diagonal merge off only touching covers join
+        cfg.diagonal_merge = false;
+        let got = merge(
+            &f,
+            &s,
+            vec![c(0, 1000), c(1000, 20), c(1020, 980)],
+            &cfg,
+            &pr,
+        );
+        assert_eq!(got.len(), 1);
+        let got = merge(&f, &s, vec![c(0, 1000), c(1020, 980)], &cfg, &pr);
+        assert_eq!(got.len(), 2);
+        // other diagonals never merge
+        let shifted = Cover {
+            start: 1020,
+            len: 900,
+            snap: 1021,
+            diffs: 0,
+        };
+        let got = merge(&f, &s, vec![c(0, 1000), shifted], &cfg, &pr);
+        assert_eq!(got.len(), 2);
+    }
+
+    #[test]
+    fn emit_rebuilds_the_file_with_exact_runs_as_id_segments() {
+        let s: Vec<u8> = (0..1000u32).map(|i| (i * 13 % 256) as u8).collect();
+        let mut f = vec![9u8; 50];
+        f.extend_from_slice(&s[100..300]);
+        let mut near = s[500..700].to_vec();
+        near[10] ^= 0x40;
+        f.extend_from_slice(&near);
+        f.extend_from_slice(b"tail");
+        let covers = [
+            Cover {
+                start: 50,
+                len: 200,
+                snap: 100,
+                diffs: 0,
+            },
+            Cover {
+                start: 250,
+                len: 200,
+                snap: 500,
+                diffs: 1,
+            },
+        ];
+        let (segments, spill) = emit(&f, &s, &covers, 1);
+        assert!(matches!(segments[1].src, Source::Snap { off: 100, .. }));
+        assert_eq!(segments[2].src, Source::Cover { off: 500 });
+        let bp = crate::blueprint::Blueprint {
+            snapshot_id: [0; 32],
+            file_len: f.len() as u64,
+            file_hash: [0; 32],
+            segments,
+            spill,
+        };
+        let mut out = vec![0u8; f.len()];
+        bp.rebuild_into(&s, &mut out).unwrap();
+        assert_eq!(out, f);
+        let _ = prices();
+    }
+}
