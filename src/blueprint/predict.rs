@@ -288,14 +288,13 @@ impl RefModel {
             }
             q += s.len as u64;
         }
+        // only bases where an x86-64 ELF header sits; the most votes, the first seen on a tie
+        votes.retain(|v| snap.get(v.0 as usize..).is_some_and(is_x86_64_elf));
         votes.sort_by_key(|v| std::cmp::Reverse(v.1));
-        let (old_base, old) = votes.iter().take(8).find_map(|&(b, _)| {
-            let img = snap.get(b as usize..)?;
-            if !is_x86_64_elf(img) {
-                return None;
-            }
-            Some((b, object::File::parse(img).ok()?))
-        })?;
+        let (old_base, old) = votes
+            .iter()
+            .take(8)
+            .find_map(|&(b, _)| Some((b, object::File::parse(snap.get(b as usize..)?).ok()?)))?;
         let loads = |f: &object::File| -> Vec<Load> {
             f.segments()
                 .map(|s| {
