@@ -17,7 +17,7 @@
 //! and then a random 32 MiB file packed at every level (wire bytes against the file size,
 //! pack time). Everything printed is measured by this run.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
@@ -40,7 +40,7 @@ fn sysroot(tc: &str) -> Option<PathBuf> {
         .then(|| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
 }
 
-fn libstd(root: &PathBuf) -> Option<PathBuf> {
+fn libstd(root: &Path) -> Option<PathBuf> {
     let dir = root.join("lib/rustlib/x86_64-unknown-linux-gnu/lib");
     std::fs::read_dir(dir)
         .ok()?
@@ -271,7 +271,7 @@ fn main() {
             x = x
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
-            if (x >> 33) % 100 == 0 {
+            if (x >> 33).is_multiple_of(100) {
                 *b = (x >> 50) as u8 | 1;
             }
         }

@@ -515,7 +515,8 @@ fn bad_blueprints_are_refused_cleanly() {
     let dir = h.streams.unwrap();
     let dir_len = u32::from_le_bytes(good[92..96].try_into().unwrap()) as usize;
     let data = &good[pbb::HEADER_LEN_V3 + dir_len..good.len() - 32];
-    let with_dir = |edit: &dyn Fn(&mut Vec<(u8, u64, u64)>), data: &[u8]| {
+    type Dir = Vec<(u8, u64, u64)>;
+    let with_dir = |edit: &dyn Fn(&mut Dir), data: &[u8]| {
         let mut e: Vec<(u8, u64, u64)> = dir.iter().map(|e| (e.coder, e.raw, e.stored)).collect();
         edit(&mut e);
         let mut d = Vec::new();
@@ -533,7 +534,7 @@ fn bad_blueprints_are_refused_cleanly() {
     for (name, edit, what) in [
         (
             "lens",
-            &(|e: &mut Vec<(u8, u64, u64)>| e[1].1 = 1 << 59) as &dyn Fn(&mut Vec<(u8, u64, u64)>),
+            &(|e: &mut Dir| e[1].1 = 1 << 59) as &dyn Fn(&mut Dir),
             "stream lens declares",
         ),
         ("lits", &|e| e[7].1 = 1 << 59, "stream lits declares"),

@@ -1062,7 +1062,7 @@ fn forged_v3_bytes_never_panic() {
             rng as usize % body
         };
         let mut b = good[..body].to_vec();
-        b[at] ^= 1 << (rng >> 40) % 8;
+        b[at] ^= 1 << ((rng >> 40) % 8);
         let sum = blake3::hash(&b);
         b.extend_from_slice(sum.as_bytes());
         if let Ok(x) = pbb::unpack_with(&b, &[5; 32], &snap) {
