@@ -74,7 +74,7 @@ impl Default for CostModel {
 }
 
 /// Which planner runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Engine {
     /// Approximate covers through the minimizer index ([`cover`]).
