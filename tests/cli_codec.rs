@@ -611,7 +611,7 @@ fn plan_with_tuning_flags_a_planner_toml_and_a_coverage_map() {
     let exe = "/usr/bin/true";
     std::fs::write(
         d.path().join("planner.toml"),
-        "gate = true\nsweep = true\nfanout_k4 = 16\n[gate_banks]\ntext = [\"elf_text\", \"corpus\"]\n",
+        "engine = \"segments\"\ngate = true\nsweep = true\nfanout_k4 = 16\n[gate_banks]\ntext = [\"elf_text\", \"corpus\"]\n",
     )
     .unwrap();
     let out = ok(&pfs(
@@ -671,6 +671,8 @@ fn plan_with_tuning_flags_a_planner_toml_and_a_coverage_map() {
             "index",
             "build",
             s,
+            "--engine",
+            "segments",
             "--fanout-k4",
             "16",
             "--projections",
@@ -750,6 +752,8 @@ fn plan_with_soft_and_self_segments_roundtrips() {
             s,
             "-o",
             "f.pbb",
+            "--engine",
+            "segments",
             "--soft",
             "on",
             "--self",
@@ -825,7 +829,7 @@ fn plan_with_soft_and_self_segments_roundtrips() {
         ],
         d.path(),
     );
-    fails(&o, "soft_min_equal 1.5 is outside");
+    fails(&o, "soft_min_equal = 1.5 is out of range");
     let o = pfs(
         &[
             "plan",

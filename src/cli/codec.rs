@@ -87,6 +87,11 @@ pub struct Tuning {
     /// The flags below override it.
     #[arg(long)]
     planner: Option<PathBuf>,
+    /// Planner engine: `covers` (approximate covers through the minimizer index, every
+    /// preset) or `segments` (exact id/xor/add segments through the k-gram indexes: the
+    /// flags below up to --sweep, and --soft/--self, apply to it).
+    #[arg(long, value_enum)]
+    engine: Option<plan::Engine>,
     /// Fanout of the raw k=8 index (positions kept per bucket).
     #[arg(long)]
     fanout_k8: Option<u32>,
@@ -116,6 +121,9 @@ impl Tuning {
             }
             None => PlanConfig::preset(level),
         };
+        if let Some(e) = self.engine {
+            c.engine = e;
+        }
         if let Some(f) = self.fanout_k8 {
             c.fanout_k8 = f;
         }

@@ -3,8 +3,10 @@
 //!
 //! A snapshot directory holds `snapshot.bin` (the bytes) and `snapshot.manifest.json` (format
 //! version, BLAKE3 id, recipe, bank map, corpus files). The id is the BLAKE3 of
-//! `snapshot.bin`: two hosts with the same id hold the same bytes. Offsets into a snapshot are
-//! 32-bit in the indexes, so a snapshot is smaller than 4 GiB.
+//! `snapshot.bin`: two hosts with the same id hold the same bytes. The minimizer index holds
+//! 40-bit positions, so a snapshot may grow to 1 TiB (corpus banks: a directory of releases);
+//! the segment engine's k-gram indexes hold 32-bit positions and refuse snapshots of 4 GiB or
+//! more.
 
 pub mod banks;
 pub mod prng;
@@ -22,8 +24,8 @@ pub const SNAPSHOT_FORMAT: u32 = 1;
 /// File names inside a snapshot directory.
 pub const SNAPSHOT_BIN: &str = "snapshot.bin";
 pub const MANIFEST_JSON: &str = "snapshot.manifest.json";
-/// A snapshot must be smaller than this (32-bit offsets in the indexes).
-pub const MAX_SNAPSHOT_BYTES: u64 = u32::MAX as u64;
+/// A snapshot must not be larger than this (the minimizer index's 40-bit positions).
+pub const MAX_SNAPSHOT_BYTES: u64 = crate::index::minimizer::MAX_POS;
 
 /// One region of the bank map.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,7 +72,7 @@ pub enum PobError {
     Recipe(#[from] recipe::RecipeError),
     #[error("{path}: not a valid manifest: {msg}")]
     Manifest { path: PathBuf, msg: String },
-    #[error("snapshot would be {0} bytes; the limit is {MAX_SNAPSHOT_BYTES} (4 GiB - 1)")]
+    #[error("snapshot would be {0} bytes; the limit is {MAX_SNAPSHOT_BYTES} (1 TiB - 1)")]
     TooLarge(u64),
     #[error("{0}")]
     Invalid(String),
