@@ -153,14 +153,22 @@ fn sh_out(cmd: &mut Command) -> Option<String> {
 }
 
 fn sysroot(tc: &str) -> Option<PathBuf> {
-    sh_out(Command::new("rustc").arg(format!("+{tc}")).args(["--print", "sysroot"]))
-        .map(PathBuf::from)
+    sh_out(
+        Command::new("rustc")
+            .arg(format!("+{tc}"))
+            .args(["--print", "sysroot"]),
+    )
+    .map(PathBuf::from)
 }
 
 /// The first file under `dir` (searched to depth 4) whose name starts with `prefix` and ends
 /// with `suffix` (`suffix` empty: the name equals `prefix`).
 fn find_file(dir: &Path, prefix: &str, suffix: &str, depth: u32) -> Option<PathBuf> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).collect();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     entries.sort();
     for p in &entries {
         let n = p.file_name()?.to_string_lossy().to_string();
@@ -217,7 +225,11 @@ fn run_timed(cmd: &mut Command) -> Result<(f64, String), String> {
     let stdout = String::from_utf8_lossy(&o.stdout).to_string();
     if !o.status.success() {
         let err = String::from_utf8_lossy(&o.stderr);
-        let msg: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).take(6).collect();
+        let msg: Vec<&str> = err
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .take(6)
+            .collect();
         return Err(format!("exit {}: {}", o.status, msg.join(" / ")));
     }
     Ok((secs, stdout))
@@ -261,7 +273,8 @@ fn unknown_key(err: &str) -> Option<String> {
 fn build_snapshot(ctx: &mut Ctx, label: &str, dir: &Path, add: Option<&Path>) -> bool {
     let _ = std::fs::remove_dir_all(dir);
     let mut c = Command::new(PFS);
-    c.args(["snapshot", "build", "--no-index", "--out"]).arg(dir);
+    c.args(["snapshot", "build", "--no-index", "--out"])
+        .arg(dir);
     if let Some(a) = add {
         c.arg("--add").arg(a);
     }
@@ -292,8 +305,10 @@ fn build_snapshot(ctx: &mut Ctx, label: &str, dir: &Path, add: Option<&Path>) ->
         idx_bytes as f64 / 1e6,
         idx_bytes as f64 / snap_bytes.max(1) as f64
     );
-    ctx.log(json!({"kind": "bench-plan-snapshot", "pair": label, "snapshot_bytes": snap_bytes,
-        "build_s": build, "index_s": idx, "index_bytes": idx_bytes}));
+    ctx.log(
+        json!({"kind": "bench-plan-snapshot", "pair": label, "snapshot_bytes": snap_bytes,
+        "build_s": build, "index_s": idx, "index_bytes": idx_bytes}),
+    );
     true
 }
 
@@ -365,7 +380,13 @@ fn pfs_plan(ctx: &mut Ctx, pair: &Pair, tag: &str, args: &[String]) -> Cell {
     }
     let mut extra = json!({"rebuilt_equal": true, "index_built_during_run": built});
     for k in [
-        "plan_ms", "pack_ms", "segments", "raw_ratio", "wire_bytes", "plain_won", "level",
+        "plan_ms",
+        "pack_ms",
+        "segments",
+        "raw_ratio",
+        "wire_bytes",
+        "plain_won",
+        "level",
     ] {
         if !metrics[k].is_null() {
             extra[k] = metrics[k].clone();
@@ -387,7 +408,8 @@ fn alternative(ctx: &mut Ctx, pair: &Pair, tool: Tool) -> Cell {
     let _ = std::fs::remove_file(&d);
     let label = tool.label();
     let fail = |ctx: &mut Ctx, what: String| {
-        ctx.failures.push(format!("{}: {label}: {what}", pair.label));
+        ctx.failures
+            .push(format!("{}: {label}: {what}", pair.label));
         Cell::NotRun(format!("FAILED: {what}"))
     };
     match tool {
@@ -477,7 +499,11 @@ fn alternative(ctx: &mut Ctx, pair: &Pair, tool: Tool) -> Cell {
                 Ok(v) => v,
                 Err(e) => return fail(ctx, format!("hdp.py printed no JSON: {e}")),
             };
-            match (v["bytes"].as_u64(), v["seconds"].as_f64(), v["verified"].as_bool()) {
+            match (
+                v["bytes"].as_u64(),
+                v["seconds"].as_f64(),
+                v["verified"].as_bool(),
+            ) {
                 (Some(b), Some(s), Some(true)) => Cell::Done {
                     bytes: b,
                     secs: s,
@@ -507,8 +533,14 @@ fn run_tool(ctx: &mut Ctx, pair: &Pair, tool: Tool) -> Cell {
                         .args(["--level", l]),
                 );
                 match r {
-                    Ok((s, _)) => println!("  {}: `pfs index build --level {l}` {s:.2} s (not in the row's time)", pair.label),
-                    Err(e) => println!("  {}: `pfs index build --level {l}` failed: {e}", pair.label),
+                    Ok((s, _)) => println!(
+                        "  {}: `pfs index build --level {l}` {s:.2} s (not in the row's time)",
+                        pair.label
+                    ),
+                    Err(e) => println!(
+                        "  {}: `pfs index build --level {l}` failed: {e}",
+                        pair.label
+                    ),
                 }
             }
             pfs_plan(ctx, pair, &tool.label(), &["--level".into(), l.into()])
@@ -525,7 +557,7 @@ fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);
@@ -553,7 +585,7 @@ fn random_file(path: &Path, len: usize) {
     if file_len(path) == len as u64 {
         return;
     }
-    let mut x: u64 = 0x5eed_0f_b3_0c;
+    let mut x: u64 = 0x005e_ed0f_b30c;
     let mut v = Vec::with_capacity(len);
     while v.len() < len {
         x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -610,14 +642,17 @@ fn commit() -> String {
     }
 }
 
+/// A release pair's basis and target files.
+type BasisTarget = (PathBuf, PathBuf);
+
 /// The pairs this run measures (missing inputs are reported and skipped).
 fn pairs(ctx: &mut Ctx, wanted: &dyn Fn(&str) -> bool) -> Vec<Pair> {
     let mut out = Vec::new();
     let (stable, nightly) = (sysroot("stable"), sysroot("nightly"));
     let data = std::env::var("PFS_BENCH_DATA").unwrap_or_else(|_| "target/bench-data".into());
     let tmp = ctx.tmp.path().to_path_buf();
-    let mut rel: Vec<(&'static str, String, Option<(PathBuf, PathBuf)>)> = Vec::new();
-    let tc = |prefix: &str, suffix: &str, sub: &str| -> Option<(PathBuf, PathBuf)> {
+    let mut rel: Vec<(&'static str, String, Option<BasisTarget>)> = Vec::new();
+    let tc = |prefix: &str, suffix: &str, sub: &str| -> Option<BasisTarget> {
         let (s, n) = (stable.as_ref()?, nightly.as_ref()?);
         let a = find_file(&s.join(sub), prefix, suffix, 4)?;
         let b = find_file(&n.join(sub), prefix, suffix, 4)?;
@@ -865,7 +900,12 @@ fn main() {
         hdp: Err(String::new()),
         failures: Vec::new(),
     };
-    println!("# bench-plan {} (commit {}; {})", ctx.run, ctx.commit, machine());
+    println!(
+        "# bench-plan {} (commit {}; {})",
+        ctx.run,
+        ctx.commit,
+        machine()
+    );
     println!("pfs: {PFS}");
     println!(
         "pfs plan --level fast|default|max: {}",
@@ -911,7 +951,7 @@ fn main() {
     if !ctx.levels {
         tools.push(Tool::PfsBuildDefault);
     }
-    tools.extend(LEVELS.iter().map(|l| Tool::PfsLevel(*l)));
+    tools.extend(LEVELS.iter().copied().map(Tool::PfsLevel));
     tools.extend([
         Tool::Zstd(3),
         Tool::Zstd(9),
@@ -926,7 +966,12 @@ fn main() {
         let mut row = Vec::new();
         for &t in &tools {
             let c = run_tool(&mut ctx, p, t);
-            eprintln!("  {} / {}: {}", p.label, t.label(), cell_text(&c, file_len(&p.target)));
+            eprintln!(
+                "  {} / {}: {}",
+                p.label,
+                t.label(),
+                cell_text(&c, file_len(&p.target))
+            );
             let mut line = json!({"kind": "bench-plan", "pair": p.key, "label": p.label,
                 "tool": t.label(), "target_bytes": file_len(&p.target)});
             match &c {
@@ -1041,7 +1086,10 @@ fn ablation(ctx: &mut Ctx, pair: &Pair, tools: &[Tool], cells: &[Cell]) {
                 if !r.planner.trim().is_empty() {
                     // indexes the setting needs, built before the timed run
                     let mut ib = Command::new(PFS);
-                    ib.args(["index", "build"]).arg(&pair.snap).arg("--planner").arg(&planner_file);
+                    ib.args(["index", "build"])
+                        .arg(&pair.snap)
+                        .arg("--planner")
+                        .arg(&planner_file);
                     if let (Some(l), true) = (&r.level, ctx.index_level) {
                         ib.args(["--level", l]);
                     }
@@ -1053,10 +1101,7 @@ fn ablation(ctx: &mut Ctx, pair: &Pair, tools: &[Tool], cells: &[Cell]) {
         let shown = r.planner.trim().replace('\n', "; ");
         let (bytes, secs, pp) = match &cell {
             Cell::Done {
-                bytes,
-                secs,
-                extra,
-                ..
+                bytes, secs, extra, ..
             } => (
                 format!(
                     "{} ({:.1}%)",
@@ -1074,17 +1119,18 @@ fn ablation(ctx: &mut Ctx, pair: &Pair, tools: &[Tool], cells: &[Cell]) {
         println!(
             "| {} | {} | `{}` | {bytes} | {secs} | {pp} |",
             r.name,
-            if r.feature.is_empty() { "-" } else { &r.feature },
+            if r.feature.is_empty() {
+                "-"
+            } else {
+                &r.feature
+            },
             if shown.is_empty() { "(none)" } else { &shown }
         );
         let mut line = json!({"kind": "bench-plan-ablation", "pair": pair.key, "row": r.name,
             "feature": r.feature, "planner": r.planner, "level": r.level, "target_bytes": target});
         match &cell {
             Cell::Done {
-                bytes,
-                secs,
-                extra,
-                ..
+                bytes, secs, extra, ..
             } => {
                 line["bytes"] = json!(bytes);
                 line["seconds"] = json!(secs);
@@ -1181,5 +1227,7 @@ fn reconstruction(ctx: &Ctx, snap_dir: &Path) {
         gbs / mc,
         if gbs / mc >= 0.5 { "met" } else { "NOT met" }
     );
-    ctx.log(json!({"kind": "bench-rebuild", "rebuild_gbs": gbs, "memcpy_gbs": mc, "ratio": gbs / mc}));
+    ctx.log(
+        json!({"kind": "bench-rebuild", "rebuild_gbs": gbs, "memcpy_gbs": mc, "ratio": gbs / mc}),
+    );
 }
