@@ -42,7 +42,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use packetfs::index::{default_specs, IndexSet};
+use packetfs::index::IndexSet;
 use packetfs::plan::{self, hints::Hints, PlanConfig};
 use packetfs::pob::{self, HugePolicy, Snapshot};
 use serde_json::{json, Value};
@@ -1203,7 +1203,8 @@ fn memcpy_gbs() -> f64 {
 /// next to memcpy on the same machine in the same run.
 fn reconstruction(ctx: &Ctx, snap_dir: &Path) {
     let snap = Snapshot::open(snap_dir, HugePolicy::Auto).expect("open snapshot");
-    let (idx, _) = IndexSet::ensure(&snap, &default_specs(), false).expect("indexes");
+    let cfg = PlanConfig::default();
+    let (idx, _) = IndexSet::ensure(&snap, &plan::index_specs(&cfg), false).expect("indexes");
     let s = snap.bytes();
     let mut heavy = Vec::with_capacity(256 << 20);
     // chunks of 4-64 KiB at arbitrary (not page-aligned) offsets, as a real file's would be
@@ -1213,14 +1214,7 @@ fn reconstruction(ctx: &Ctx, snap_dir: &Path) {
         let off = rng.below((s.len() - len) as u64) as usize;
         heavy.extend_from_slice(&s[off..off + len]);
     }
-    let p = plan::plan(
-        &heavy,
-        &snap,
-        &idx,
-        &Hints::default(),
-        &PlanConfig::default(),
-    )
-    .expect("plan");
+    let p = plan::plan(&heavy, &snap, &idx, &Hints::default(), &cfg).expect("plan");
     let mut out = vec![0u8; heavy.len()];
     p.blueprint.rebuild_into(s, &mut out).expect("rebuild");
     assert!(out == heavy, "rebuilt heavy file differs");
