@@ -5,6 +5,7 @@
 #
 #   scripts/benchmarks/e2e_bench.sh [--rate R] [--random-mb N] [--covered-mb N] [--snap-mb N]
 #                                   [--repeat K] [--queues Q] [--metrics FILE]
+#                                   [--send-args "ARGS"]   (extra pfs send flags, e.g. "--level max")
 #
 # Files: the libstd release pair (basis: the stable toolchain's libstd-*.so, a corpus bank of
 # the snapshot; target: the nightly's), N MiB of random bytes, and N MiB the snapshot holds
@@ -28,6 +29,7 @@ snap_mb=64
 repeat=3
 queues=2
 metrics=""
+send_args=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --rate) rate=$2; shift 2 ;;
@@ -37,7 +39,8 @@ while [ $# -gt 0 ]; do
         --repeat) repeat=$2; shift 2 ;;
         --queues) queues=$2; shift 2 ;;
         --metrics) metrics=$2; shift 2 ;;
-        *) sed -n '6,7p' "$0" | sed 's/^# *//' >&2; exit 2 ;;
+        --send-args) read -r -a send_args <<<"$2"; shift 2 ;;
+        *) sed -n '6,8p' "$0" | sed 's/^# *//' >&2; exit 2 ;;
     esac
 done
 [[ "$repeat" =~ ^[1-9][0-9]*$ ]] || { echo "--repeat must be a positive integer" >&2; exit 2; }
@@ -95,8 +98,10 @@ results=$work/results.txt
 : >"$results"
 port=7311
 
-# record LABEL FILE_S EXIT_S WIRE FILE_BYTES
-record() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$results"; }
+# record LABEL FILE_S EXIT_S WIRE FILE_BYTES [SUMMARY_EFFECTIVE_GBPS]
+record() { printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" "${6:-}" >>"$results"; }
+# last JSON line of FILE, field KEY ('' when absent)
+lastkey() { python3 -c "import json,sys; d=json.loads(open(sys.argv[1]).read().splitlines()[-1]); v=d.get(sys.argv[2]); print('' if v is None else v)" "$1" "$2"; }
 jget() { python3 -c "import json,sys; d=json.loads(sys.argv[1]); v=d.get(sys.argv[2]); print('' if v is None else v)" "$1" "$2"; }
 
 # wait until LOG holds PATTERN (the receiver is ready), at most 30 s
@@ -115,12 +120,12 @@ pfs_once() {
     local t
     t=$(python3 "$e2e" time --watch "$out/$(basename "$file")" -- \
         ip netns exec "$A" "$pfs" send --transport xdp --iface "$A" --dst "$ipB" --snapshot "$work/snap" \
-        --rate "$rate" --metrics "$m" "$file" 2>"$log.send") || { cat "$log.send" "$log" >&2; exit 1; }
+        --rate "$rate" --metrics "$m" ${send_args[@]+"${send_args[@]}"} "$file" 2>"$log.send") || { cat "$log.send" "$log" >&2; exit 1; }
     wait "$rpid" || { cat "$log" >&2; exit 1; }
     cmp -s "$file" "$out/$(basename "$file")" || { echo "$label: received file differs" >&2; exit 1; }
     local wire
-    wire=$(python3 -c "import json,sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])['wire_bytes'])" "$m")
-    record "$label" "$(jget "$t" file_s)" "$(jget "$t" exit_s)" "$wire" "$(stat -c %s "$file")"
+    wire=$(lastkey "$m" wire_bytes)
+    record "$label" "$(jget "$t" file_s)" "$(jget "$t" exit_s)" "$wire" "$(stat -c %s "$file")" "$(lastkey "$m" effective_gbps)"
     rm -rf "$out"
 }
 
@@ -150,7 +155,7 @@ tcp_once() {
     wait "$rpid" || { cat "$log" >&2; exit 1; }
     cmp -s "$file" "$final" || { echo "$label: received file differs" >&2; exit 1; }
     local wire
-    wire=$(python3 -c "import json,sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])['wire_bytes'])" "$log")
+    wire=$(lastkey "$log" wire_bytes)
     record "$label" "$(jget "$t" file_s)" "$(jget "$t" exit_s)" "$wire" "$(stat -c %s "$file")"
     rm -rf "$out"
 }
@@ -197,7 +202,7 @@ ip netns exec "$A" tc qdisc del dev "$A" root
 
 echo
 echo "# bench-e2e $(date -u +%FT%TZ), commit $commit, $(nproc) cores, veth pair (${queues} queues, MTU 1500), --rate $rate, $repeat runs per row"
-echo "pfs send --level presets: $send_levels; zstd -9 --long=30 --patch-from of the libstd pair: $zstd9 B"
+echo "pfs send --level presets: $send_levels; extra pfs send flags: ${send_args[*]:-none}; zstd -9 --long=30 --patch-from of the libstd pair: $zstd9 B"
 python3 - "$results" "$metrics" "$commit" "$zstd9" "$P_LIB" "$P_RND" "$P_COV" "$P_COVN" "$T_LIB" "$Z_LIB" "$T_RND" "$T_COV" "$T_COVN" "$DD" <<'EOF'
 import json, statistics, sys, time
 res, metrics, commit, zstd9 = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -205,32 +210,33 @@ P_LIB, P_RND, P_COV, P_COVN, T_LIB, Z_LIB, T_RND, T_COV, T_COVN, DD = sys.argv[5
 rows = {}
 order = []
 for line in open(res):
-    label, fs, es, wire, fb = line.rstrip("\n").split("\t")
+    label, fs, es, wire, fb, summ = line.rstrip("\n").split("\t")
     if label not in rows:
-        rows[label] = {"file": [], "exit": [], "wire": [], "bytes": int(fb)}
+        rows[label] = {"file": [], "exit": [], "wire": [], "bytes": int(fb), "summary": []}
         order.append(label)
     r = rows[label]
     if fs: r["file"].append(float(fs))
     if es: r["exit"].append(float(es))
     if wire: r["wire"].append(int(wire))
+    if summ: r["summary"].append(float(summ))
 med = lambda v: statistics.median(v) if v else None
 def span(v):
     return f"{med(v):.3f} s ({min(v):.3f}-{max(v):.3f})" if v else "-"
 print()
-print("| what | file bytes | wire bytes (payload) | end to end: file renamed (median, min-max) | sender exit (median) | effective Gbit/s |")
-print("|---|---:|---:|---:|---:|---:|")
+print("| what | file bytes | wire bytes (payload) | end to end: file renamed (median, min-max) | sender exit (median) | effective Gbit/s (file / end to end) | pfs summary's effective Gbit/s |")
+print("|---|---:|---:|---:|---:|---:|---:|")
 run = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 for label in order:
     r = rows[label]
     end = r["file"] or r["exit"]
     eff = r["bytes"] * 8 / med(end) / 1e9 if end else None
     wire = f"{med(r['wire']):,.0f}" if r["wire"] else "-"
-    print(f"| {label} | {r['bytes']:,} | {wire} | {span(end)} | {('%.3f s' % med(r['exit'])) if r['exit'] and r['file'] else '-'} | {('%.3f' % eff) if eff else '-'} |")
+    print(f"| {label} | {r['bytes']:,} | {wire} | {span(end)} | {('%.3f s' % med(r['exit'])) if r['exit'] and r['file'] else '-'} | {('%.3f' % eff) if eff else '-'} | {('%.3f' % med(r['summary'])) if r['summary'] else '-'} |")
     if metrics:
         with open(metrics, "a") as f:
             f.write(json.dumps({"kind": "bench-e2e", "run": run, "commit": commit, "row": label,
                 "file_bytes": r["bytes"], "wire_bytes": med(r["wire"]), "file_s": r["file"],
-                "exit_s": r["exit"]}) + "\n")
+                "exit_s": r["exit"], "summary_effective_gbps": r["summary"]}) + "\n")
 def t(label):
     r = rows.get(label)
     if not r: return None
@@ -254,4 +260,10 @@ goal(">= 10 x faster than raw TCP without flush (covered)", b >= 10 * a,
      f"raw TCP (no fsync) {b:.3f} s / pfs (--sync off) {a:.3f} s = {b/a:.1f}x (goal >= 10x)")
 a, b = t(P_COV), t(T_COV)
 print(f"(with flush: raw TCP {b:.3f} s / pfs {a:.3f} s = {b/a:.1f}x)")
+# issue 10 item 7: the summary's headline should count from the start of pfs send to the end
+for label in (P_LIB, P_RND, P_COV):
+    r = rows[label]
+    if r["summary"] and (r["file"] or r["exit"]):
+        meas = r["bytes"] * 8 / med(r["exit"] or r["file"]) / 1e9
+        print(f"headline [{label}]: pfs summary says {med(r['summary']):.3f} Gbit/s effective; file bytes / time to the sender's exit {meas:.3f} Gbit/s ({med(r['summary'])/meas:.2f}x)")
 EOF
