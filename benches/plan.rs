@@ -269,6 +269,13 @@ fn unknown_key(err: &str) -> Option<String> {
     Some(err[at..at + end].to_string())
 }
 
+/// The flag a clap "unexpected argument '--x' found" error names.
+fn unknown_flag(err: &str) -> Option<String> {
+    let at = err.find("unexpected argument '")? + "unexpected argument '".len();
+    let end = err[at..].find('\'')?;
+    Some(err[at..at + end].to_string())
+}
+
 /// Time `pfs snapshot build` (no index) and `pfs index build` for one snapshot.
 fn build_snapshot(ctx: &mut Ctx, label: &str, dir: &Path, add: Option<&Path>) -> bool {
     let _ = std::fs::remove_dir_all(dir);
@@ -336,6 +343,9 @@ fn pfs_plan(ctx: &mut Ctx, pair: &Pair, tag: &str, args: &[String]) -> Cell {
         Err(e) => {
             if let Some(k) = unknown_key(&e) {
                 return Cell::NotRun(format!("n/a (key `{k}` not in this build)"));
+            }
+            if let Some(f) = unknown_flag(&e) {
+                return Cell::NotRun(format!("n/a (flag `{f}` not in this build)"));
             }
             ctx.failures
                 .push(format!("{}: {tag}: pfs plan failed: {e}", pair.label));
@@ -925,6 +935,8 @@ fn main() {
         "pfs plan --level fast|default|max: {}",
         if ctx.levels {
             "yes"
+        } else if plan_help.contains("--level") {
+            "no: this build's --level is not a preset flag (level rows print n/a)"
         } else {
             "no (level rows print n/a)"
         }
@@ -1054,6 +1066,10 @@ struct AblationRow {
     /// A preset to plan at (`--level`); rows with one print n/a in builds without presets.
     #[serde(default)]
     level: Option<String>,
+    /// Extra `pfs plan` flags (e.g. `["--predict", "off"]`); a flag this build does not
+    /// know prints n/a.
+    #[serde(default)]
+    args: Vec<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -1078,7 +1094,7 @@ fn ablation(ctx: &mut Ctx, pair: &Pair, tools: &[Tool], cells: &[Cell]) {
     let target = file_len(&pair.target);
     println!();
     println!(
-        "| {} ablation | feature | --planner | wire bytes | whole-process s | plan + pack s |",
+        "| {} ablation | feature | --planner (and flags) | wire bytes | whole-process s | plan + pack s |",
         pair.label
     );
     println!("|---|---|---|---:|---:|---:|");
@@ -1097,6 +1113,7 @@ fn ablation(ctx: &mut Ctx, pair: &Pair, tools: &[Tool], cells: &[Cell]) {
                     args.push("--level".into());
                     args.push(l.clone());
                 }
+                args.extend(r.args.iter().cloned());
                 if !r.planner.trim().is_empty() {
                     // indexes the setting needs, built before the timed run
                     let mut ib = Command::new(PFS);
@@ -1112,7 +1129,18 @@ fn ablation(ctx: &mut Ctx, pair: &Pair, tools: &[Tool], cells: &[Cell]) {
                 pfs_plan(ctx, pair, &format!("ablation {}", r.name), &args)
             }
         };
-        let shown = r.planner.trim().replace('\n', "; ");
+        let mut shown = r.planner.trim().replace('\n', "; ");
+        for a in r
+            .level
+            .iter()
+            .map(|l| format!("--level {l}"))
+            .chain(r.args.iter().cloned())
+        {
+            if !shown.is_empty() {
+                shown.push(' ');
+            }
+            shown += &a;
+        }
         let (bytes, secs, pp) = match &cell {
             Cell::Done {
                 bytes, secs, extra, ..
@@ -1141,7 +1169,7 @@ fn ablation(ctx: &mut Ctx, pair: &Pair, tools: &[Tool], cells: &[Cell]) {
             if shown.is_empty() { "(none)" } else { &shown }
         );
         let mut line = json!({"kind": "bench-plan-ablation", "pair": pair.key, "row": r.name,
-            "feature": r.feature, "planner": r.planner, "level": r.level, "target_bytes": target});
+            "feature": r.feature, "planner": r.planner, "level": r.level, "args": r.args, "target_bytes": target});
         match &cell {
             Cell::Done {
                 bytes, secs, extra, ..
