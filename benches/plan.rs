@@ -868,7 +868,9 @@ fn goals(ctx: &Ctx, pair: &Pair, tools: &[Tool], cells: &[Cell]) {
                         all = all.map(|a| a && ok);
                     }
                     None => {
-                        parts.push(format!("{}: n/a, {}", r.label(), why(rc)));
+                        if !(r == t_ref && b_ref == t_ref && !bytes) {
+                            parts.push(format!("{}: n/a, {}", r.label(), why(rc)));
+                        }
                         all = None;
                     }
                 }
