@@ -37,13 +37,13 @@ dev-plan-pack: build
     {{pfs}} unplan {{pbb_out}} --snapshot {{snapshot_dir}} -o {{pbb_out}}.rebuilt
     cmp {{target}} {{pbb_out}}.rebuilt && echo "bit-exact: {{pbb_out}}.rebuilt == {{target}}"
 
-# Planner benchmark: toolchain release pairs vs zstd --patch-from, xdelta3, xz; bash vs synthetic; rebuild speed.
+# Planner benchmark: the pfs binary at each --level vs zstd -3/-9/-19 --patch-from, xdelta3 -9, HDiffPatch (libstd, cargo, numpy, bash, random); goal lines.
 bench-plan:
-    PFS_METRICS={{metrics}} cargo bench --bench plan
+    PFS_BENCH_SKIP_SLOW={{bench_skip_slow}} PFS_BENCH_PAIRS={{bench_pairs}} PFS_METRICS={{metrics}} cargo bench --bench plan
 
-# The planner benchmark plus one row per planner setting (libstd and bash; PFS_BENCH_ABLATION_CARGO=1 adds bin/cargo).
+# The planner benchmark on {{ablation_pairs}} plus one row per feature of scripts/benchmarks/plan_ablation.toml (n/a where this build lacks the key).
 bench-plan-ablation:
-    PFS_BENCH_ABLATION=1 PFS_METRICS={{metrics}} cargo bench --bench plan
+    PFS_BENCH_ABLATION=1 PFS_BENCH_REBUILD=0 PFS_BENCH_SKIP_SLOW={{bench_skip_slow}} PFS_BENCH_PAIRS={{ablation_pairs}} PFS_METRICS={{metrics}} cargo bench --bench plan
 
 # .pbb v3 format on the libstd pair: levels, per-stream coder table, reference-prediction ablation, rebuild vs memcpy, random 32 MiB (PFS_CODEC_ONLY=levels,predict,rebuild,random).
 bench-codec:
@@ -60,6 +60,10 @@ dev-shm-run *ARGS:
 # Transfer benchmark on a veth pair (root): pfs AF_XDP / UDP vs iperf3 UDP/TCP and the AF_XDP blast, then at {{xfer_rate}}: covered file, release pair, random vs HTB-shaped TCP.
 bench-xfer *ARGS:
     bash scripts/benchmarks/xfer_bench.sh --random-mb {{xfer_random_mb}} --covered-mb {{xfer_covered_mb}} --snap-mb {{xfer_snap_mb}} --secs {{xfer_secs}} --rate {{xfer_rate}} --queues {{xfer_queues}} --metrics {{metrics}} {{ARGS}}
+
+# End-to-end benchmark (root): pfs send vs raw TCP vs zstd --patch-from | TCP at {{e2e_rate}} on a veth pair, covered / no-flush / dd rows, goal lines; extra ARGS go to the script.
+bench-e2e *ARGS:
+    bash scripts/benchmarks/e2e_bench.sh --rate {{e2e_rate}} --random-mb {{e2e_random_mb}} --covered-mb {{e2e_covered_mb}} --snap-mb {{e2e_snap_mb}} --repeat {{e2e_repeat}} --metrics {{metrics}} {{ARGS}}
 
 # DEMO: snapshot, plan metrics, veth transfer, verification, summary ({{demo_size_mb}} MiB synthetic JSON, seed {{demo_seed}}; root).
 demo: build

@@ -1,202 +1,1205 @@
-//! `just bench-plan`: PacketFS planning against real alternatives, all measured in one run.
+//! `just bench-plan`: the `pfs` binary against the best delta tools, every row from one run.
 //!
-//! Pairs come from the two Rust toolchains installed here (basis from one, target from the
-//! other): libstd-*.so and bin/cargo (set PFS_BENCH_ALL=1 to add librustc_driver-*.so). For
-//! each pair the basis becomes a corpus bank of a default-recipe snapshot, the target is
-//! planned and packed, rebuilt and checked, and in the same run zstd -3/-19
-//! `--long=30 --patch-from`, `xdelta3 -e -9 -s` and `xz -9` (target alone) are timed on the
-//! same files. Then /usr/bin/bash against the synthetic recipe alone, next to the source
-//! document's raw_ratio, and reconstruction speed next to this machine's memcpy bandwidth.
+//! Pairs (basis -> target): libstd-*.so of the stable toolchain -> the nightly's; bin/cargo
+//! stable -> nightly; numpy 2.1.2 -> 2.1.3 `_multiarray_umath` (PyPI manylinux x86_64 cp311
+//! wheels, fetched once into target/bench-data by scripts/benchmarks/bench_data.sh);
+//! /usr/bin/bash against the synthetic recipe only; 32 MiB of seeded pseudo-random bytes
+//! (synthetic recipe only). For a pair with a basis, the snapshot is the default recipe plus
+//! the basis as a corpus bank (`pfs snapshot build --add BASIS`), built and indexed once per
+//! pair, each step timed and printed on its own line.
 //!
-//! `PFS_BENCH_ABLATION=1` adds one table per pair (libstd, and bash vs the synthetic recipe;
-//! bin/cargo too with `PFS_BENCH_ABLATION_CARGO=1`, slow): one row per planner setting from
-//! [`ablation_rows`] (a name and a one-line tweak of the default config), with wire bytes,
-//! raw_ratio, planning time, the per-phase times and the index memory the setting maps, next
-//! to the alternatives measured in the same run. `PFS_BENCH_ROWS=a,b` keeps only the rows
-//! whose names contain one of the given strings. `PFS_BENCH_ABLATION=features` instead prints,
-//! for every pair and for bash, only soft identity and self segments each on and off, with the
-//! segment table's folded and unfolded sizes.
+//! Rows, each a whole process timed from spawn to exit:
+//! - `pfs plan TARGET --snapshot S -o OUT` at `--level fast|default|max` when this build's
+//!   `pfs plan --help` lists those presets (else one row with the build's default and the
+//!   level rows print "n/a (no --level in this build)"). Snapshot load and index mapping are in
+//!   the time; indexes are built beforehand (`pfs index build`, timed separately) and a row that
+//!   still builds an index file says so. Every .pbb is rebuilt with `pfs unplan` and compared
+//!   with the target byte for byte.
+//! - `zstd -3/-9/-19 --long=30 --patch-from=BASIS -T0`, `xdelta3 -e -9 -s BASIS`, each decoded
+//!   back and compared (untimed); with no basis (bash, random) they compress the target alone.
+//! - HDiffPatch (PyPI `hdiffpatch`, in a venv at target/bench-venv-hdp or PFS_BENCH_VENV,
+//!   created on first use): zstd-3, zstd-19 (window 2^23) and lzma2-9, timed inside Python
+//!   around `diff(old, new, config, validate=False)` plus writing the patch (interpreter start
+//!   excluded), applied back and compared (scripts/benchmarks/hdp.py).
 //!
-//! Output: a Markdown table on stdout and one JSON line per row in the metrics log
-//! (PFS_METRICS, default logs/patterns/metrics.jsonl).
+//! Then one goal line per goal of issue 10 (met / NOT met, with the measured ratios, or n/a
+//! with the reason), and the in-memory reconstruction speed next to memcpy.
+//!
+//! Environment: `PFS_BENCH_SKIP_SLOW=1` (set by `just bench-plan`) skips zstd -19, xdelta3 and
+//! HDiffPatch zstd-19 / lzma2-9 on targets over 16 MiB (bin/cargo, random) and says so in the
+//! cell; `PFS_BENCH_PAIRS=libstd,numpy` keeps only those pairs (libstd, cargo, numpy, bash,
+//! random); `PFS_BENCH_REBUILD=0` skips the reconstruction table; `PFS_BENCH_DATA` and
+//! `PFS_BENCH_VENV` move the download cache and the venv. `PFS_BENCH_ABLATION=1` adds one
+//! table per pair (libstd, numpy, bash; bin/cargo too with `PFS_BENCH_ABLATION_CARGO=1`) with a
+//! row per entry of scripts/benchmarks/plan_ablation.toml (`PFS_BENCH_ABLATION_FILE`): `pfs
+//! plan --planner ROW.toml`, whole process, rebuilt and compared; a row whose key this build's
+//! PlanConfig does not know prints "n/a".
+//!
+//! Output: Markdown tables on stdout and one JSON line per cell, per snapshot and per goal in
+//! the metrics log (PFS_METRICS, default logs/patterns/metrics.jsonl).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use packetfs::blueprint::pbb::{self, PackOptions};
-use packetfs::index::{default_specs, IndexSet, Projection};
-use packetfs::plan::{self, hints::Hints, PhaseTimes, PlanConfig};
-use packetfs::pob::{self, HugePolicy, Recipe, Snapshot};
-use serde_json::json;
+use packetfs::index::IndexSet;
+use packetfs::plan::{self, hints::Hints, PlanConfig};
+use packetfs::pob::{self, HugePolicy, Snapshot};
+use serde_json::{json, Value};
 
-struct Row {
-    name: String,
-    target: u64,
-    cells: Vec<(String, Option<(u64, f64)>)>,
+const PFS: &str = env!("CARGO_BIN_EXE_pfs");
+/// Targets above this size count as slow for zstd -19, xdelta3 and HDiffPatch zstd-19/lzma2-9.
+const SLOW_BYTES: u64 = 16 << 20;
+const LEVELS: [&str; 3] = ["fast", "default", "max"];
+
+/// One cell of a table: what a tool measured on a pair, or why there is no figure.
+#[derive(Clone)]
+enum Cell {
+    /// Output bytes and seconds, checked by decoding back to the target; extra fields for
+    /// the JSON line and a note for the cell.
+    Done {
+        bytes: u64,
+        secs: f64,
+        note: String,
+        extra: Value,
+    },
+    /// Not measured: the reason is printed where the figure would be.
+    NotRun(String),
+}
+
+impl Cell {
+    fn figures(&self) -> Option<(u64, f64)> {
+        match self {
+            Cell::Done { bytes, secs, .. } => Some((*bytes, *secs)),
+            Cell::NotRun(_) => None,
+        }
+    }
+}
+
+/// The rows of the main table.
+#[derive(Clone, Copy, PartialEq)]
+enum Tool {
+    /// `pfs plan` with no preset flag (builds without `--level fast|default|max`).
+    PfsBuildDefault,
+    PfsLevel(&'static str),
+    Zstd(u32),
+    Xdelta,
+    Hdp(&'static str),
+}
+
+impl Tool {
+    fn label(self) -> String {
+        match self {
+            Tool::PfsBuildDefault => "pfs plan (no --level: this build's default)".into(),
+            Tool::PfsLevel(l) => format!("pfs plan --level {l}"),
+            Tool::Zstd(l) => format!("zstd -{l} --long=30 --patch-from"),
+            Tool::Xdelta => "xdelta3 -9".into(),
+            Tool::Hdp(c) => format!("HDiffPatch {c}"),
+        }
+    }
+    fn slow(self) -> bool {
+        matches!(
+            self,
+            Tool::Zstd(19) | Tool::Xdelta | Tool::Hdp("zstd-19") | Tool::Hdp("lzma2-9")
+        )
+    }
+}
+
+struct Pair {
+    key: &'static str,
+    label: String,
+    basis: Option<PathBuf>,
+    target: PathBuf,
+    snap: PathBuf,
+}
+
+/// Everything a run shares.
+struct Ctx {
+    tmp: tempfile::TempDir,
+    metrics: PathBuf,
+    run: String,
+    commit: String,
+    skip_slow: bool,
+    /// `pfs plan --help` lists the presets fast|default|max for --level.
+    levels: bool,
+    /// `pfs index build --help` lists --level (indexes built per preset beforehand).
+    index_level: bool,
+    /// The venv's python with hdiffpatch, or why HDiffPatch rows are skipped.
+    hdp: Result<PathBuf, String>,
+    failures: Vec<String>,
+}
+
+impl Ctx {
+    fn log(&self, mut v: Value) {
+        if let Value::Object(m) = &mut v {
+            m.insert("run".into(), json!(self.run));
+            m.insert("commit".into(), json!(self.commit));
+        }
+        if let Err(e) = packetfs::metrics::append(&self.metrics, &v) {
+            eprintln!("metrics log {}: {e}", self.metrics.display());
+        }
+    }
+}
+
+fn env_on(k: &str) -> bool {
+    std::env::var(k).is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+fn sh_out(cmd: &mut Command) -> Option<String> {
+    let o = cmd.stderr(Stdio::null()).output().ok()?;
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
 }
 
 fn sysroot(tc: &str) -> Option<PathBuf> {
-    let o = Command::new("rustc")
-        .arg(format!("+{tc}"))
-        .args(["--print", "sysroot"])
-        .output()
-        .ok()?;
-    o.status
-        .success()
-        .then(|| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+    sh_out(
+        Command::new("rustc")
+            .arg(format!("+{tc}"))
+            .args(["--print", "sysroot"]),
+    )
+    .map(PathBuf::from)
 }
 
-fn toolchains() -> Vec<PathBuf> {
-    let o = Command::new("rustup")
-        .args(["toolchain", "list"])
-        .output()
-        .expect("rustup toolchain list");
-    let mut roots: Vec<PathBuf> = Vec::new();
-    for l in String::from_utf8_lossy(&o.stdout).lines() {
-        let name = l.split_whitespace().next().unwrap_or("");
-        if let Some(r) = sysroot(name) {
-            let r = r.canonicalize().unwrap_or(r);
-            if !roots.contains(&r) {
-                roots.push(r);
-            }
-        }
-    }
-    roots
-}
-
-fn find(root: &Path, rel_dir: &str, prefix: &str, suffix: &str) -> Option<PathBuf> {
-    std::fs::read_dir(root.join(rel_dir))
+/// The first file under `dir` (searched to depth 4) whose name starts with `prefix` and ends
+/// with `suffix` (`suffix` empty: the name equals `prefix`).
+fn find_file(dir: &Path, prefix: &str, suffix: &str, depth: u32) -> Option<PathBuf> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .ok()?
         .flatten()
         .map(|e| e.path())
-        .find(|p| {
-            let n = p.file_name().unwrap().to_string_lossy();
-            if suffix.is_empty() {
-                n == prefix
-            } else {
-                n.starts_with(prefix) && n.ends_with(suffix)
-            }
-        })
-}
-
-/// Run a command, time it, return (output bytes, seconds); None when the tool is missing.
-fn timed(cmd: &mut Command, out: &Path) -> Option<(u64, f64)> {
-    let _ = std::fs::remove_file(out);
-    let t = Instant::now();
-    let st = cmd
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .ok()?;
-    let secs = t.elapsed().as_secs_f64();
-    if !st.success() {
+        .collect();
+    entries.sort();
+    for p in &entries {
+        let n = p.file_name()?.to_string_lossy().to_string();
+        let hit = if suffix.is_empty() {
+            n == prefix
+        } else {
+            n.starts_with(prefix) && n.ends_with(suffix)
+        };
+        if hit && p.is_file() {
+            return Some(p.clone());
+        }
+    }
+    if depth == 0 {
         return None;
     }
-    Some((std::fs::metadata(out).ok()?.len(), secs))
+    entries
+        .iter()
+        .filter(|p| p.is_dir())
+        .find_map(|p| find_file(p, prefix, suffix, depth - 1))
 }
 
-fn alternatives(basis: &Path, target: &Path, tmp: &Path) -> Vec<(String, Option<(u64, f64)>)> {
-    let o = tmp.join("alt.out");
-    let long = |lvl: &str| {
-        let mut c = Command::new("zstd");
-        c.args([lvl, "--long=30", "-f", "-q", "-T1"])
-            .arg(format!("--patch-from={}", basis.display()))
-            .arg(target)
-            .arg("-o")
-            .arg(&o);
-        c
+/// The help text of `pfs SUBCOMMAND --help`.
+fn pfs_help(sub: &[&str]) -> String {
+    let o = Command::new(PFS).args(sub).arg("--help").output();
+    o.map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default()
+}
+
+/// Whether `help` documents `--level` taking the presets fast, default and max (today's numeric
+/// spill `--level` does not count).
+fn help_has_presets(help: &str) -> bool {
+    let Some(at) = help.find("--level") else {
+        return false;
     };
-    let mut v = vec![
-        (
-            "zstd -3 --patch-from".to_string(),
-            timed(&mut long("-3"), &o),
-        ),
-        (
-            "zstd -19 --patch-from".to_string(),
-            timed(&mut long("-19"), &o),
-        ),
-    ];
-    let mut x = Command::new("xdelta3");
-    x.args(["-e", "-9", "-f", "-s"])
-        .arg(basis)
-        .arg(target)
-        .arg(&o);
-    v.push(("xdelta3 -9".into(), timed(&mut x, &o)));
-    let mut xz = Command::new("sh");
-    xz.arg("-c").arg(format!(
-        "xz -9 -T1 -c '{}' > '{}'",
-        target.display(),
-        o.display()
-    ));
-    v.push(("xz -9 (alone)".into(), timed(&mut xz, &o)));
+    // the option's own block: up to the next option line
+    let rest = &help[at..];
+    let end = rest[7..]
+        .find("\n      --")
+        .or_else(|| rest[7..].find("\n  -"))
+        .map(|e| e + 7)
+        .unwrap_or(rest.len());
+    let block = &rest[..end];
+    ["fast", "default", "max"].iter().all(|w| block.contains(w))
+}
+
+/// Run to completion, timed from spawn to exit; Err with the first stderr lines on failure.
+fn run_timed(cmd: &mut Command) -> Result<(f64, String), String> {
+    let t = Instant::now();
+    let o = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot start: {e}"))?;
+    let secs = t.elapsed().as_secs_f64();
+    let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+    if !o.status.success() {
+        let err = String::from_utf8_lossy(&o.stderr);
+        let msg: Vec<&str> = err
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .take(6)
+            .collect();
+        return Err(format!("exit {}: {}", o.status, msg.join(" / ")));
+    }
+    Ok((secs, stdout))
+}
+
+fn same_bytes(a: &Path, b: &Path) -> bool {
+    match (std::fs::read(a), std::fs::read(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+fn file_len(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+fn dir_files(d: &Path) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = std::fs::read_dir(d)
+        .map(|r| {
+            r.flatten()
+                .filter_map(|e| {
+                    let m = e.metadata().ok()?;
+                    m.is_file()
+                        .then(|| (e.file_name().to_string_lossy().to_string(), m.len()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
     v
 }
 
-struct Planned {
-    wire: u64,
-    /// Compressed segment table with soft runs folded, and without folding (same level).
-    table_folded: u64,
-    table_unfolded: u64,
-    self_ms: f64,
-    soft_ms: f64,
-    plain_won: bool,
-    raw_ratio: f64,
-    plan_s: f64,
-    pack_s: f64,
-    segments: u64,
-    rebuild_gbs: f64,
-    times: PhaseTimes,
+/// The key a "unknown field `x`" planner error names.
+fn unknown_key(err: &str) -> Option<String> {
+    let at = err.find("unknown field `")? + "unknown field `".len();
+    let end = err[at..].find('`')?;
+    Some(err[at..at + end].to_string())
 }
 
-fn plan_target(snap: &Snapshot, idx: &IndexSet, target: &[u8]) -> Planned {
-    plan_target_with(snap, idx, target, &PlanConfig::default(), true)
+/// The flag a clap "unexpected argument '--x' found" error names.
+fn unknown_flag(err: &str) -> Option<String> {
+    let at = err.find("unexpected argument '")? + "unexpected argument '".len();
+    let end = err[at..].find('\'')?;
+    Some(err[at..at + end].to_string())
 }
 
-fn plan_target_with(
-    snap: &Snapshot,
-    idx: &IndexSet,
-    target: &[u8],
-    cfg: &PlanConfig,
-    use_hints: bool,
-) -> Planned {
-    let hints = if use_hints {
-        Hints::from_elf(target).unwrap_or_default()
+/// Time `pfs snapshot build` (no index) and `pfs index build` for one snapshot.
+fn build_snapshot(ctx: &mut Ctx, label: &str, dir: &Path, add: Option<&Path>) -> bool {
+    let _ = std::fs::remove_dir_all(dir);
+    let mut c = Command::new(PFS);
+    c.args(["snapshot", "build", "--no-index", "--out"])
+        .arg(dir);
+    if let Some(a) = add {
+        c.arg("--add").arg(a);
+    }
+    let build = match run_timed(&mut c) {
+        Ok((s, _)) => s,
+        Err(e) => {
+            println!("{label}: pfs snapshot build failed: {e}");
+            ctx.failures.push(format!("{label}: snapshot build: {e}"));
+            return false;
+        }
+    };
+    let snap_bytes = file_len(&dir.join("snapshot.bin"));
+    let idx = match run_timed(Command::new(PFS).args(["index", "build"]).arg(dir)) {
+        Ok((s, _)) => s,
+        Err(e) => {
+            println!("{label}: pfs index build failed: {e}");
+            ctx.failures.push(format!("{label}: index build: {e}"));
+            return false;
+        }
+    };
+    let idx_bytes: u64 = dir_files(&dir.join("index")).iter().map(|f| f.1).sum();
+    println!(
+        "{label}: snapshot {:.1} MB built in {:.2} s; `pfs index build` {:.2} s ({:.0} MB/s of snapshot), index files {:.1} MB ({:.2} B per snapshot byte)",
+        snap_bytes as f64 / 1e6,
+        build,
+        idx,
+        snap_bytes as f64 / idx / 1e6,
+        idx_bytes as f64 / 1e6,
+        idx_bytes as f64 / snap_bytes.max(1) as f64
+    );
+    ctx.log(
+        json!({"kind": "bench-plan-snapshot", "pair": label, "snapshot_bytes": snap_bytes,
+        "build_s": build, "index_s": idx, "index_bytes": idx_bytes}),
+    );
+    true
+}
+
+/// `pfs plan` with `args` on the pair, whole process, then `pfs unplan` and a byte compare.
+fn pfs_plan(ctx: &mut Ctx, pair: &Pair, tag: &str, args: &[String]) -> Cell {
+    let out = ctx.tmp.path().join("pfs.pbb");
+    let reb = ctx.tmp.path().join("pfs.rebuilt");
+    let m = ctx.tmp.path().join("pfs-metrics.jsonl");
+    for p in [&out, &reb, &m] {
+        let _ = std::fs::remove_file(p);
+    }
+    let idx_before = dir_files(&pair.snap.join("index"));
+    let mut c = Command::new(PFS);
+    c.arg("plan")
+        .arg(&pair.target)
+        .arg("--snapshot")
+        .arg(&pair.snap)
+        .arg("-o")
+        .arg(&out)
+        .arg("--metrics")
+        .arg(&m)
+        .args(args);
+    let secs = match run_timed(&mut c) {
+        Ok((s, _)) => s,
+        Err(e) => {
+            if let Some(k) = unknown_key(&e) {
+                return Cell::NotRun(format!("n/a (key `{k}` not in this build)"));
+            }
+            if let Some(f) = unknown_flag(&e) {
+                return Cell::NotRun(format!("n/a (flag `{f}` not in this build)"));
+            }
+            ctx.failures
+                .push(format!("{}: {tag}: pfs plan failed: {e}", pair.label));
+            return Cell::NotRun(format!("FAILED: {e}"));
+        }
+    };
+    let bytes = file_len(&out);
+    let unplan = run_timed(
+        Command::new(PFS)
+            .arg("unplan")
+            .arg(&out)
+            .arg("--snapshot")
+            .arg(&pair.snap)
+            .arg("-o")
+            .arg(&reb),
+    );
+    if let Err(e) = unplan {
+        ctx.failures
+            .push(format!("{}: {tag}: pfs unplan failed: {e}", pair.label));
+        return Cell::NotRun(format!("FAILED: unplan: {e}"));
+    }
+    if !same_bytes(&reb, &pair.target) {
+        ctx.failures
+            .push(format!("{}: {tag}: rebuilt file differs", pair.label));
+        return Cell::NotRun("FAILED: rebuilt file differs from the target".into());
+    }
+    let built: Vec<String> = dir_files(&pair.snap.join("index"))
+        .into_iter()
+        .filter(|f| !idx_before.contains(f))
+        .map(|f| f.0)
+        .collect();
+    let metrics: Value = std::fs::read_to_string(&m)
+        .ok()
+        .and_then(|s| s.lines().last().and_then(|l| serde_json::from_str(l).ok()))
+        .unwrap_or(Value::Null);
+    let mut note = String::new();
+    if let (Some(p), Some(k)) = (metrics["plan_ms"].as_f64(), metrics["pack_ms"].as_f64()) {
+        note = format!(" (plan {:.2} + pack {:.2})", p / 1e3, k / 1e3);
+    }
+    if !built.is_empty() {
+        note += &format!(" [built index {} during the run]", built.join(", "));
+    }
+    let mut extra = json!({"rebuilt_equal": true, "index_built_during_run": built});
+    for k in [
+        "plan_ms",
+        "pack_ms",
+        "segments",
+        "raw_ratio",
+        "wire_bytes",
+        "plain_won",
+        "level",
+    ] {
+        if !metrics[k].is_null() {
+            extra[k] = metrics[k].clone();
+        }
+    }
+    Cell::Done {
+        bytes,
+        secs,
+        note,
+        extra,
+    }
+}
+
+/// One alternative tool on the pair, timed, decoded back and compared.
+fn alternative(ctx: &mut Ctx, pair: &Pair, tool: Tool) -> Cell {
+    let o = ctx.tmp.path().join("alt.out");
+    let d = ctx.tmp.path().join("alt.dec");
+    let _ = std::fs::remove_file(&o);
+    let _ = std::fs::remove_file(&d);
+    let label = tool.label();
+    let fail = |ctx: &mut Ctx, what: String| {
+        ctx.failures
+            .push(format!("{}: {label}: {what}", pair.label));
+        Cell::NotRun(format!("FAILED: {what}"))
+    };
+    match tool {
+        Tool::Zstd(level) => {
+            let mut c = Command::new("zstd");
+            c.arg(format!("-{level}"))
+                .args(["--long=30", "-T0", "-f", "-q"]);
+            if let Some(b) = &pair.basis {
+                c.arg(format!("--patch-from={}", b.display()));
+            }
+            c.arg(&pair.target).arg("-o").arg(&o);
+            let secs = match run_timed(&mut c) {
+                Ok((s, _)) => s,
+                Err(e) => return fail(ctx, e),
+            };
+            let mut dc = Command::new("zstd");
+            dc.args(["-d", "--long=30", "-f", "-q"]);
+            if let Some(b) = &pair.basis {
+                dc.arg(format!("--patch-from={}", b.display()));
+            }
+            dc.arg(&o).arg("-o").arg(&d);
+            if let Err(e) = run_timed(&mut dc) {
+                return fail(ctx, format!("decode: {e}"));
+            }
+            if !same_bytes(&d, &pair.target) {
+                return fail(ctx, "decoded file differs".into());
+            }
+            Cell::Done {
+                bytes: file_len(&o),
+                secs,
+                note: String::new(),
+                extra: json!({"decoded_equal": true}),
+            }
+        }
+        Tool::Xdelta => {
+            let mut c = Command::new("xdelta3");
+            c.args(["-e", "-9", "-f"]);
+            if let Some(b) = &pair.basis {
+                c.arg("-s").arg(b);
+            }
+            c.arg(&pair.target).arg(&o);
+            let secs = match run_timed(&mut c) {
+                Ok((s, _)) => s,
+                Err(e) => return fail(ctx, e),
+            };
+            let mut dc = Command::new("xdelta3");
+            dc.args(["-d", "-f"]);
+            if let Some(b) = &pair.basis {
+                dc.arg("-s").arg(b);
+            }
+            dc.arg(&o).arg(&d);
+            if let Err(e) = run_timed(&mut dc) {
+                return fail(ctx, format!("decode: {e}"));
+            }
+            if !same_bytes(&d, &pair.target) {
+                return fail(ctx, "decoded file differs".into());
+            }
+            Cell::Done {
+                bytes: file_len(&o),
+                secs,
+                note: String::new(),
+                extra: json!({"decoded_equal": true}),
+            }
+        }
+        Tool::Hdp(cfg) => {
+            let py = match &ctx.hdp {
+                Ok(p) => p.clone(),
+                Err(why) => return Cell::NotRun(format!("skipped ({why})")),
+            };
+            let old = pair
+                .basis
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/dev/null"));
+            let r = run_timed(
+                Command::new(py)
+                    .arg("scripts/benchmarks/hdp.py")
+                    .arg(cfg)
+                    .arg(&old)
+                    .arg(&pair.target)
+                    .arg(&o),
+            );
+            let line = match r {
+                Ok((_, out)) => out,
+                Err(e) => return fail(ctx, e),
+            };
+            let v: Value = match serde_json::from_str(line.lines().last().unwrap_or("")) {
+                Ok(v) => v,
+                Err(e) => return fail(ctx, format!("hdp.py printed no JSON: {e}")),
+            };
+            match (
+                v["bytes"].as_u64(),
+                v["seconds"].as_f64(),
+                v["verified"].as_bool(),
+            ) {
+                (Some(b), Some(s), Some(true)) => Cell::Done {
+                    bytes: b,
+                    secs: s,
+                    note: String::new(),
+                    extra: json!({"decoded_equal": true, "timed": "in-process diff + write"}),
+                },
+                _ => fail(ctx, format!("hdp.py: {line}")),
+            }
+        }
+        Tool::PfsBuildDefault | Tool::PfsLevel(_) => unreachable!("pfs rows go through pfs_plan"),
+    }
+}
+
+fn run_tool(ctx: &mut Ctx, pair: &Pair, tool: Tool) -> Cell {
+    let target_len = file_len(&pair.target);
+    match tool {
+        Tool::PfsBuildDefault => pfs_plan(ctx, pair, "pfs plan", &[]),
+        Tool::PfsLevel(l) => {
+            if !ctx.levels {
+                return Cell::NotRun("n/a (no --level in this build)".into());
+            }
+            if ctx.index_level {
+                let r = run_timed(
+                    Command::new(PFS)
+                        .args(["index", "build"])
+                        .arg(&pair.snap)
+                        .args(["--level", l]),
+                );
+                match r {
+                    Ok((s, _)) => println!(
+                        "  {}: `pfs index build --level {l}` {s:.2} s (not in the row's time)",
+                        pair.label
+                    ),
+                    Err(e) => println!(
+                        "  {}: `pfs index build --level {l}` failed: {e}",
+                        pair.label
+                    ),
+                }
+            }
+            pfs_plan(ctx, pair, &tool.label(), &["--level".into(), l.into()])
+        }
+        _ if ctx.skip_slow && tool.slow() && target_len > SLOW_BYTES => Cell::NotRun(format!(
+            "skipped (slow on {} MB; PFS_BENCH_SKIP_SLOW=0 runs it)",
+            target_len / 1_000_000
+        )),
+        _ => alternative(ctx, pair, tool),
+    }
+}
+
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+fn cell_text(c: &Cell, target: u64) -> String {
+    match c {
+        Cell::Done {
+            bytes, secs, note, ..
+        } => format!(
+            "{} B {:.1}% {:.2} s{}",
+            thousands(*bytes),
+            100.0 * *bytes as f64 / target.max(1) as f64,
+            secs,
+            note
+        ),
+        Cell::NotRun(why) => why.clone(),
+    }
+}
+
+/// Seeded pseudo-random bytes (SplitMix64): incompressible, the same on every run.
+fn random_file(path: &Path, len: usize) {
+    if file_len(path) == len as u64 {
+        return;
+    }
+    let mut x: u64 = 0x005e_ed0f_b30c;
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        v.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    v.truncate(len);
+    std::fs::write(path, v).expect("write random file");
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<u64>().ok())
+        })
+        .map(|k| format!("{:.0} GiB", k as f64 / 1048576.0))
+        .unwrap_or_default();
+    format!(
+        "{} cores ({cpu}), {mem}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    )
+}
+
+fn now_utc() -> String {
+    sh_out(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])).unwrap_or_default()
+}
+
+fn commit() -> String {
+    let rev = sh_out(Command::new("git").args(["rev-parse", "--short", "HEAD"]))
+        .unwrap_or_else(|| "unknown".into());
+    let dirty = sh_out(Command::new("git").args(["status", "--porcelain", "--untracked-files=no"]))
+        .is_some_and(|s| !s.is_empty());
+    if dirty {
+        format!("{rev}+dirty")
     } else {
-        Hints::default()
+        rev
+    }
+}
+
+/// A release pair's basis and target files.
+type BasisTarget = (PathBuf, PathBuf);
+
+/// The pairs this run measures (missing inputs are reported and skipped).
+fn pairs(ctx: &mut Ctx, wanted: &dyn Fn(&str) -> bool) -> Vec<Pair> {
+    let mut out = Vec::new();
+    let (stable, nightly) = (sysroot("stable"), sysroot("nightly"));
+    let data = std::env::var("PFS_BENCH_DATA").unwrap_or_else(|_| "target/bench-data".into());
+    let tmp = ctx.tmp.path().to_path_buf();
+    let mut rel: Vec<(&'static str, String, Option<BasisTarget>)> = Vec::new();
+    let tc = |prefix: &str, suffix: &str, sub: &str| -> Option<BasisTarget> {
+        let (s, n) = (stable.as_ref()?, nightly.as_ref()?);
+        let a = find_file(&s.join(sub), prefix, suffix, 4)?;
+        let b = find_file(&n.join(sub), prefix, suffix, 4)?;
+        (a != b).then_some((a, b))
     };
-    let t = Instant::now();
-    let p = plan::plan(target, snap, idx, &hints, cfg).expect("plan");
-    let plan_s = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let opts = PackOptions::default();
-    let (bytes, _, plain_won) =
-        pbb::pack_best(&p.blueprint, target, Some(snap.bytes()), &opts).expect("pack");
-    let pack_s = t.elapsed().as_secs_f64();
-    let tz = |fold: bool| {
-        let t = pbb::encode_table_with(&p.blueprint.segments, fold);
-        zstd::bulk::compress(&t, opts.table_level).unwrap().len() as u64
+    if wanted("libstd") {
+        rel.push((
+            "libstd",
+            "libstd 1.95 -> nightly".into(),
+            tc("libstd-", ".so", "lib"),
+        ));
+    }
+    if wanted("cargo") {
+        rel.push((
+            "cargo",
+            "bin/cargo stable -> nightly".into(),
+            tc("cargo", "", "bin"),
+        ));
+    }
+    if wanted("numpy") {
+        let o = Command::new("bash")
+            .arg("scripts/benchmarks/bench_data.sh")
+            .arg("numpy")
+            .arg(&data)
+            .stderr(Stdio::inherit())
+            .output();
+        let so = o.ok().filter(|o| o.status.success()).and_then(|o| {
+            let s = String::from_utf8_lossy(&o.stdout).to_string();
+            let l: Vec<&str> = s.lines().collect();
+            (l.len() == 2).then(|| (PathBuf::from(l[0]), PathBuf::from(l[1])))
+        });
+        rel.push(("numpy", "numpy 2.1.2 -> 2.1.3 _multiarray_umath".into(), so));
+    }
+    for (key, label, files) in rel {
+        let Some((b, t)) = files else {
+            println!("{label}: inputs not found (toolchains: rustup toolchain install nightly; numpy: PyPI), pair skipped");
+            continue;
+        };
+        let snap = tmp.join(format!("snap-{key}"));
+        if build_snapshot(ctx, &label, &snap, Some(&b)) {
+            println!("  basis {}\n  target {}", b.display(), t.display());
+            out.push(Pair {
+                key,
+                label,
+                basis: Some(b),
+                target: t,
+                snap,
+            });
+        }
+    }
+    if wanted("bash") || wanted("random") {
+        let snap = tmp.join("snap-synthetic");
+        if build_snapshot(ctx, "synthetic recipe only", &snap, None) {
+            if wanted("bash") && Path::new("/usr/bin/bash").is_file() {
+                out.push(Pair {
+                    key: "bash",
+                    label: "/usr/bin/bash vs synthetic".into(),
+                    basis: None,
+                    target: "/usr/bin/bash".into(),
+                    snap: snap.clone(),
+                });
+            }
+            if wanted("random") {
+                let t = tmp.join("random-32MiB.bin");
+                random_file(&t, 32 << 20);
+                out.push(Pair {
+                    key: "random",
+                    label: "random 32 MiB".into(),
+                    basis: None,
+                    target: t,
+                    snap,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn ratio_goal(what: &str, ours: f64, theirs: f64, unit: &str) -> (bool, String) {
+    let ok = ours <= theirs;
+    (
+        ok,
+        format!(
+            "{what} {} {unit} vs {} {unit} = {:.2}x: {}",
+            if unit == "B" {
+                thousands(ours as u64)
+            } else {
+                format!("{ours:.2}")
+            },
+            if unit == "B" {
+                thousands(theirs as u64)
+            } else {
+                format!("{theirs:.2}")
+            },
+            ours / theirs,
+            if ok { "met" } else { "NOT met" }
+        ),
+    )
+}
+
+/// The goal lines of issue 10 for one pair, from the cells measured in this run.
+fn goals(ctx: &Ctx, pair: &Pair, tools: &[Tool], cells: &[Cell]) {
+    let get = |t: Tool| tools.iter().position(|x| *x == t).map(|i| &cells[i]);
+    let why = |c: Option<&Cell>| match c {
+        Some(Cell::NotRun(w)) => w.clone(),
+        _ => "not measured".into(),
     };
-    let (table_folded, table_unfolded) = (tz(true), tz(false));
-    let bp = pbb::unpack_with(&bytes, &snap.id, snap.bytes()).expect("unpack");
-    let mut out = vec![0u8; target.len()];
-    bp.rebuild_into(snap.bytes(), &mut out).expect("rebuild");
-    assert!(out == target, "rebuilt target differs");
-    let rebuild_gbs = rebuild_speed(&bp, snap.bytes(), &mut out);
-    let st = p.blueprint.stats();
-    Planned {
-        wire: bytes.len() as u64,
-        table_folded,
-        table_unfolded,
-        self_ms: p.times.self_ms,
-        soft_ms: p.times.soft_ms,
-        plain_won,
-        raw_ratio: st.raw_spill as f64 / target.len().max(1) as f64,
-        plan_s,
-        pack_s,
-        segments: st.segments,
-        rebuild_gbs,
-        times: p.times,
+    let target = file_len(&pair.target);
+    let emit = |goal: &str, line: String, met: Option<bool>| {
+        println!("goal [{}] {goal}: {line}", pair.label);
+        ctx.log(json!({"kind": "bench-plan-goal", "pair": pair.key, "goal": goal, "met": met, "line": line}));
+    };
+    if pair.key == "random" {
+        // the on-the-fly preset when this build has presets, else the build's default
+        let (row, c) = if ctx.levels {
+            ("--level fast", get(Tool::PfsLevel("fast")))
+        } else {
+            ("no --level", get(Tool::PfsBuildDefault))
+        };
+        match c.and_then(|c| c.figures()) {
+            Some((b, s)) => {
+                let gbs = target as f64 / s / 1e9;
+                let ok1 = gbs >= 1.0;
+                emit(
+                    "random planned at >= 1 GB/s",
+                    format!(
+                        "pfs plan ({row}, whole process) {:.1} MB/s = {:.4}x of 1 GB/s: {}",
+                        gbs * 1e3,
+                        gbs,
+                        if ok1 { "met" } else { "NOT met" }
+                    ),
+                    Some(ok1),
+                );
+                let lim = target as f64 * 1.01;
+                let ok2 = b as f64 <= lim;
+                emit(
+                    "random wire <= file + 1%",
+                    format!(
+                        "{} B vs {} B = {:.4}x of the file: {}",
+                        thousands(b),
+                        thousands(target),
+                        b as f64 / target as f64,
+                        if ok2 { "met" } else { "NOT met" }
+                    ),
+                    Some(ok2),
+                );
+            }
+            None => {
+                emit(
+                    "random planned at >= 1 GB/s, wire <= file + 1%",
+                    format!("n/a: pfs plan ({row}) {}", why(c)),
+                    None,
+                );
+            }
+        }
+        return;
+    }
+    // fast: bytes <= zstd -9, time <= zstd -3; max: bytes and time <= HDiffPatch lzma2-9
+    for (goal, ours, b_ref, t_ref) in [
+        (
+            "fast: bytes <= zstd -9, time <= zstd -3",
+            Tool::PfsLevel("fast"),
+            Tool::Zstd(9),
+            Tool::Zstd(3),
+        ),
+        (
+            "max: bytes and time <= HDiffPatch lzma2-9",
+            Tool::PfsLevel("max"),
+            Tool::Hdp("lzma2-9"),
+            Tool::Hdp("lzma2-9"),
+        ),
+    ] {
+        let c = get(ours);
+        // builds without presets: the goal is n/a, and the build's default row is compared
+        // with the same references on a separate line marked as such
+        let mut runs = vec![(goal.to_string(), ours, c)];
+        if !ctx.levels {
+            let d = get(Tool::PfsBuildDefault);
+            emit(goal, format!("n/a: {} {}", ours.label(), why(c)), None);
+            runs = vec![(
+                format!("{goal} [reference only: this build's default row, not the goal's preset]"),
+                Tool::PfsBuildDefault,
+                d,
+            )];
+        }
+        for (goal, ours, c) in runs {
+            let Some((b, s)) = c.and_then(|c| c.figures()) else {
+                emit(&goal, format!("n/a: {} {}", ours.label(), why(c)), None);
+                continue;
+            };
+            let mut parts = Vec::new();
+            let mut all = Some(true);
+            for (r, bytes) in [(b_ref, true), (t_ref, false)] {
+                let rc = get(r);
+                match rc.and_then(|c| c.figures()) {
+                    Some((rb, rs)) => {
+                        let (ok, line) = if bytes {
+                            ratio_goal("bytes", b as f64, rb as f64, "B")
+                        } else {
+                            ratio_goal("time", s, rs, "s")
+                        };
+                        parts.push(format!("{line} ({})", r.label()));
+                        all = all.map(|a| a && ok);
+                    }
+                    None => {
+                        if !(r == t_ref && b_ref == t_ref && !bytes) {
+                            parts.push(format!("{}: n/a, {}", r.label(), why(rc)));
+                        }
+                        all = None;
+                    }
+                }
+            }
+            let verdict = match all {
+                Some(true) => "met",
+                Some(false) => "NOT met",
+                None => "not fully measured",
+            };
+            emit(&goal, format!("{verdict}; {}", parts.join("; ")), all);
+        }
+    }
+}
+
+fn print_table(title: &str, pairs: &[Pair], tools: &[Tool], cells: &[Vec<Cell>]) {
+    println!();
+    print!("| {title} |");
+    for p in pairs {
+        print!(" {} ({} B) |", p.label, thousands(file_len(&p.target)));
+    }
+    println!();
+    println!("|---|{}", "---:|".repeat(pairs.len()));
+    for (i, t) in tools.iter().enumerate() {
+        print!("| {} |", t.label());
+        for (j, p) in pairs.iter().enumerate() {
+            print!(" {} |", cell_text(&cells[j][i], file_len(&p.target)));
+        }
+        println!();
+    }
+}
+
+fn main() {
+    // `cargo bench` passes --bench; arguments are ignored
+    let metrics = PathBuf::from(
+        std::env::var("PFS_METRICS").unwrap_or_else(|_| packetfs::metrics::DEFAULT_LOG.into()),
+    );
+    let venv = PathBuf::from(
+        std::env::var("PFS_BENCH_VENV").unwrap_or_else(|_| "target/bench-venv-hdp".into()),
+    );
+    let plan_help = pfs_help(&["plan"]);
+    let index_help = pfs_help(&["index", "build"]);
+    let mut ctx = Ctx {
+        tmp: tempfile::Builder::new()
+            .prefix("pfs-bench-plan.")
+            .tempdir_in(std::env::var("PFS_BENCH_TMP").unwrap_or_else(|_| "target".into()))
+            .expect("tempdir"),
+        metrics,
+        run: now_utc(),
+        commit: commit(),
+        skip_slow: env_on("PFS_BENCH_SKIP_SLOW"),
+        levels: help_has_presets(&plan_help),
+        index_level: help_has_presets(&index_help),
+        hdp: Err(String::new()),
+        failures: Vec::new(),
+    };
+    println!(
+        "# bench-plan {} (commit {}; {})",
+        ctx.run,
+        ctx.commit,
+        machine()
+    );
+    println!("pfs: {PFS}");
+    println!(
+        "pfs plan --level fast|default|max: {}",
+        if ctx.levels {
+            "yes"
+        } else if plan_help.contains("--level") {
+            "no: this build's --level is not a preset flag (level rows print n/a)"
+        } else {
+            "no (level rows print n/a)"
+        }
+    );
+    if ctx.skip_slow {
+        println!("PFS_BENCH_SKIP_SLOW: zstd -19, xdelta3 and HDiffPatch zstd-19/lzma2-9 skipped on targets over 16 MiB");
+    }
+    let sel: Option<Vec<String>> = std::env::var("PFS_BENCH_PAIRS")
+        .ok()
+        .map(|s| s.split(',').map(|x| x.trim().to_string()).collect());
+    let wanted = |k: &str| sel.as_ref().is_none_or(|s| s.iter().any(|x| x == k));
+
+    ctx.hdp = {
+        let o = Command::new("bash")
+            .arg("scripts/benchmarks/bench_data.sh")
+            .arg("venv")
+            .arg(&venv)
+            .stderr(Stdio::piped())
+            .output();
+        match o {
+            Ok(o) if o.status.success() => {
+                Ok(PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+            }
+            Ok(o) => Err(String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .last()
+                .unwrap_or("hdiffpatch unavailable")
+                .to_string()),
+            Err(e) => Err(format!("bash: {e}")),
+        }
+    };
+    if let Err(why) = &ctx.hdp {
+        println!("HDiffPatch rows skipped: {why}");
+    }
+
+    let pairs = pairs(&mut ctx, &wanted);
+    let mut tools: Vec<Tool> = Vec::new();
+    if !ctx.levels {
+        tools.push(Tool::PfsBuildDefault);
+    }
+    tools.extend(LEVELS.iter().copied().map(Tool::PfsLevel));
+    tools.extend([
+        Tool::Zstd(3),
+        Tool::Zstd(9),
+        Tool::Zstd(19),
+        Tool::Xdelta,
+        Tool::Hdp("zstd-3"),
+        Tool::Hdp("zstd-19"),
+        Tool::Hdp("lzma2-9"),
+    ]);
+    let mut cells: Vec<Vec<Cell>> = Vec::new();
+    for p in &pairs {
+        let mut row = Vec::new();
+        for &t in &tools {
+            let c = run_tool(&mut ctx, p, t);
+            eprintln!(
+                "  {} / {}: {}",
+                p.label,
+                t.label(),
+                cell_text(&c, file_len(&p.target))
+            );
+            let mut line = json!({"kind": "bench-plan", "pair": p.key, "label": p.label,
+                "tool": t.label(), "target_bytes": file_len(&p.target)});
+            match &c {
+                Cell::Done {
+                    bytes, secs, extra, ..
+                } => {
+                    line["bytes"] = json!(bytes);
+                    line["seconds"] = json!(secs);
+                    line["detail"] = extra.clone();
+                }
+                Cell::NotRun(why) => line["not_measured"] = json!(why),
+            }
+            ctx.log(line);
+            row.push(c);
+        }
+        cells.push(row);
+    }
+    if !pairs.is_empty() {
+        println!();
+        println!("Whole-process seconds (pfs: snapshot load, index mapping, plan, pack, write; index built beforehand); HDiffPatch: in-process diff + write. Bytes as a share of the target. bash and random have no basis: the other tools compress the target alone.");
+        print_table("tool", &pairs, &tools, &cells);
+        println!();
+        for (p, c) in pairs.iter().zip(&cells) {
+            goals(&ctx, p, &tools, c);
+        }
+    }
+
+    if env_on("PFS_BENCH_ABLATION") {
+        let with_cargo = env_on("PFS_BENCH_ABLATION_CARGO");
+        for (p, c) in pairs.iter().zip(&cells) {
+            let on = match p.key {
+                "libstd" | "numpy" | "bash" => true,
+                "cargo" => with_cargo,
+                _ => false,
+            };
+            if on {
+                ablation(&mut ctx, p, &tools, c);
+            }
+        }
+    }
+
+    if std::env::var("PFS_BENCH_REBUILD").map_or(true, |v| v != "0") {
+        if let Some(p) = pairs.iter().find(|p| p.basis.is_none()) {
+            reconstruction(&ctx, &p.snap);
+        }
+    }
+
+    if !ctx.failures.is_empty() {
+        println!();
+        for f in &ctx.failures {
+            println!("FAILED: {f}");
+        }
+        std::process::exit(1);
+    }
+}
+
+/// One ablation row from scripts/benchmarks/plan_ablation.toml.
+#[derive(serde::Deserialize)]
+struct AblationRow {
+    name: String,
+    #[serde(default)]
+    feature: String,
+    /// The TOML body of the --planner file ("" = no --planner).
+    #[serde(default)]
+    planner: String,
+    /// A preset to plan at (`--level`); rows with one print n/a in builds without presets.
+    #[serde(default)]
+    level: Option<String>,
+    /// Extra `pfs plan` flags (e.g. `["--predict", "off"]`); a flag this build does not
+    /// know prints n/a.
+    #[serde(default)]
+    args: Vec<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct AblationFile {
+    row: Vec<AblationRow>,
+}
+
+fn ablation(ctx: &mut Ctx, pair: &Pair, tools: &[Tool], cells: &[Cell]) {
+    let path = std::env::var("PFS_BENCH_ABLATION_FILE")
+        .unwrap_or_else(|_| "scripts/benchmarks/plan_ablation.toml".into());
+    let rows: AblationFile = match std::fs::read_to_string(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|s| toml::from_str(&s).map_err(|e| e.to_string()))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            println!("ablation: {path}: {e}");
+            ctx.failures.push(format!("ablation file {path}: {e}"));
+            return;
+        }
+    };
+    let target = file_len(&pair.target);
+    println!();
+    println!(
+        "| {} ablation | feature | --planner (and flags) | wire bytes | whole-process s | plan + pack s |",
+        pair.label
+    );
+    println!("|---|---|---|---:|---:|---:|");
+    for r in rows.row {
+        let planner_file = ctx.tmp.path().join("ablation.toml");
+        let mut args: Vec<String> = Vec::new();
+        if !r.planner.trim().is_empty() {
+            std::fs::write(&planner_file, &r.planner).expect("write planner file");
+            args.push("--planner".into());
+            args.push(planner_file.display().to_string());
+        }
+        let cell = match &r.level {
+            Some(_) if !ctx.levels => Cell::NotRun("n/a (no --level in this build)".into()),
+            _ => {
+                if let Some(l) = &r.level {
+                    args.push("--level".into());
+                    args.push(l.clone());
+                }
+                args.extend(r.args.iter().cloned());
+                if !r.planner.trim().is_empty() {
+                    // indexes the setting needs, built before the timed run
+                    let mut ib = Command::new(PFS);
+                    ib.args(["index", "build"])
+                        .arg(&pair.snap)
+                        .arg("--planner")
+                        .arg(&planner_file);
+                    if let (Some(l), true) = (&r.level, ctx.index_level) {
+                        ib.args(["--level", l]);
+                    }
+                    let _ = run_timed(&mut ib);
+                }
+                pfs_plan(ctx, pair, &format!("ablation {}", r.name), &args)
+            }
+        };
+        let mut shown = r.planner.trim().replace('\n', "; ");
+        for a in r
+            .level
+            .iter()
+            .map(|l| format!("--level {l}"))
+            .chain(r.args.iter().cloned())
+        {
+            if !shown.is_empty() {
+                shown.push(' ');
+            }
+            shown += &a;
+        }
+        let (bytes, secs, pp) = match &cell {
+            Cell::Done {
+                bytes, secs, extra, ..
+            } => (
+                format!(
+                    "{} ({:.1}%)",
+                    thousands(*bytes),
+                    100.0 * *bytes as f64 / target.max(1) as f64
+                ),
+                format!("{secs:.2}"),
+                match (extra["plan_ms"].as_f64(), extra["pack_ms"].as_f64()) {
+                    (Some(a), Some(b)) => format!("{:.2} + {:.2}", a / 1e3, b / 1e3),
+                    _ => "-".into(),
+                },
+            ),
+            Cell::NotRun(w) => (w.clone(), "-".into(), "-".into()),
+        };
+        println!(
+            "| {} | {} | `{}` | {bytes} | {secs} | {pp} |",
+            r.name,
+            if r.feature.is_empty() {
+                "-"
+            } else {
+                &r.feature
+            },
+            if shown.is_empty() { "(none)" } else { &shown }
+        );
+        let mut line = json!({"kind": "bench-plan-ablation", "pair": pair.key, "row": r.name,
+            "feature": r.feature, "planner": r.planner, "level": r.level, "args": r.args, "target_bytes": target});
+        match &cell {
+            Cell::Done {
+                bytes, secs, extra, ..
+            } => {
+                line["bytes"] = json!(bytes);
+                line["seconds"] = json!(secs);
+                line["detail"] = extra.clone();
+            }
+            Cell::NotRun(w) => line["not_measured"] = json!(w),
+        }
+        ctx.log(line);
+    }
+    for (t, c) in tools.iter().zip(cells) {
+        if matches!(t, Tool::Zstd(9) | Tool::Hdp("lzma2-9")) {
+            match c.figures() {
+                Some((b, s)) => println!(
+                    "| {} (same run) | - | - | {} ({:.1}%) | {s:.2} | - |",
+                    t.label(),
+                    thousands(b),
+                    100.0 * b as f64 / target.max(1) as f64
+                ),
+                None => println!(
+                    "| {} | - | - | {} | - | - |",
+                    t.label(),
+                    cell_text(c, target)
+                ),
+            }
+        }
     }
 }
 
@@ -226,440 +1229,43 @@ fn memcpy_gbs() -> f64 {
     n as f64 / best / 1e9
 }
 
-fn pct(b: u64, t: u64) -> String {
-    format!("{:.1}%", 100.0 * b as f64 / t as f64)
-}
-
-fn main() {
-    // `cargo bench` passes --bench; ignore arguments
-    let metrics = PathBuf::from(
-        std::env::var("PFS_METRICS").unwrap_or_else(|_| packetfs::metrics::DEFAULT_LOG.into()),
-    );
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let roots = toolchains();
+/// Reconstruction of a match-heavy blueprint (256 MiB of 4-64 KiB snapshot runs) in memory,
+/// next to memcpy on the same machine in the same run.
+fn reconstruction(ctx: &Ctx, snap_dir: &Path) {
+    let snap = Snapshot::open(snap_dir, HugePolicy::Auto).expect("open snapshot");
+    let cfg = PlanConfig::default();
+    let (idx, _) = IndexSet::ensure(&snap, &plan::index_specs(&cfg), false).expect("indexes");
+    let s = snap.bytes();
+    let mut heavy = Vec::with_capacity(256 << 20);
+    // chunks of 4-64 KiB at arbitrary (not page-aligned) offsets, as a real file's would be
+    let mut rng = pob::prng::SplitMix64::new(11);
+    while heavy.len() < (256 << 20) {
+        let len = 4096 + rng.below(60 << 10) as usize;
+        let off = rng.below((s.len() - len) as u64) as usize;
+        heavy.extend_from_slice(&s[off..off + len]);
+    }
+    let p = plan::plan(&heavy, &snap, &idx, &Hints::default(), &cfg).expect("plan");
+    let mut out = vec![0u8; heavy.len()];
+    p.blueprint.rebuild_into(s, &mut out).expect("rebuild");
+    assert!(out == heavy, "rebuilt heavy file differs");
+    let gbs = rebuild_speed(&p.blueprint, s, &mut out);
+    drop(out);
+    drop(heavy);
+    let mc = memcpy_gbs();
+    println!();
     println!(
-        "# bench-plan ({} cores, {})",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
-        chrono_now()
+        "| reconstruction (256 MiB, {} segments, in memory) | GB/s |",
+        p.blueprint.segments.len()
     );
-    let mut rows: Vec<Row> = Vec::new();
-    let only_rebuild = std::env::var("PFS_BENCH_ONLY").is_ok_and(|v| v == "rebuild");
-    // PFS_BENCH_ONLY=bash: skip the release pairs, keep bash and reconstruction
-    let only_bash = std::env::var("PFS_BENCH_ONLY").is_ok_and(|v| v == "bash");
-    let ablation = std::env::var("PFS_BENCH_ABLATION").is_ok();
-    // PFS_BENCH_ABLATION=features: only the soft/self feature tables
-    let features_only = std::env::var("PFS_BENCH_ABLATION").is_ok_and(|v| v == "features");
-    if only_rebuild || only_bash {
-        println!("PFS_BENCH_ONLY: release pairs skipped");
-    } else if roots.len() < 2 {
-        println!("fewer than two distinct Rust toolchains installed: no release pairs (rustup toolchain install nightly)");
-    } else {
-        let (old, new) = (&roots[0], &roots[1]);
-        println!(
-            "basis toolchain: {}\ntarget toolchain: {}\n",
-            old.display(),
-            new.display()
-        );
-        let mut pairs = vec![
-            (
-                "libstd-*.so",
-                "lib/rustlib/x86_64-unknown-linux-gnu/lib",
-                "libstd-",
-                ".so",
-            ),
-            ("bin/cargo", "bin", "cargo", ""),
-        ];
-        if std::env::var("PFS_BENCH_ALL").is_ok() {
-            pairs.push(("librustc_driver-*.so", "lib", "librustc_driver-", ".so"));
-        }
-        for (name, dir, pre, suf) in pairs {
-            let (Some(b), Some(t)) = (find(old, dir, pre, suf), find(new, dir, pre, suf)) else {
-                println!("{name}: not found in both toolchains, skipped");
-                continue;
-            };
-            let target = std::fs::read(&t).unwrap();
-            let sdir = tmp
-                .path()
-                .join(format!("snap-{}", pre.trim_end_matches('-')));
-            let t0 = Instant::now();
-            let rep = pob::build(
-                &Recipe::default_recipe(),
-                &[(b.clone(), "basis".into())],
-                &sdir,
-                &mut |_, _| {},
-            )
-            .unwrap();
-            let snap_s = t0.elapsed().as_secs_f64();
-            let snap = Snapshot::open(&sdir, HugePolicy::Auto).unwrap();
-            let t0 = Instant::now();
-            let (idx, _) = IndexSet::ensure(&snap, &default_specs(), false).unwrap();
-            let idx_s = t0.elapsed().as_secs_f64();
-            eprintln!(
-                "{name}: snapshot {:.0} MB/s, index {:.0} MB/s",
-                rep.manifest.size as f64 / snap_s / 1e6,
-                rep.manifest.size as f64 / idx_s / 1e6
-            );
-            let p = plan_target(&snap, &idx, &target);
-            let mut cells = vec![(
-                "pfs (plan+pack)".to_string(),
-                Some((p.wire, p.plan_s + p.pack_s)),
-            )];
-            cells.extend(alternatives(&b, &t, tmp.path()));
-            let line = json!({
-                "kind": "bench-plan", "pair": name, "target_bytes": target.len(), "wire_bytes": p.wire,
-                "raw_ratio": p.raw_ratio, "segments": p.segments, "plan_s": p.plan_s, "pack_s": p.pack_s,
-                "rebuild_gbs": p.rebuild_gbs, "snapshot_mbs": rep.manifest.size as f64 / snap_s / 1e6,
-                "index_mbs": rep.manifest.size as f64 / idx_s / 1e6,
-                "alternatives": cells.iter().skip(1).map(|(n, c)| json!({"tool": n, "bytes": c.map(|x| x.0), "seconds": c.map(|x| x.1)})).collect::<Vec<_>>(),
-            });
-            let _ = packetfs::metrics::append(&metrics, &line);
-            println!(
-                "{name}: pfs raw_ratio {:.3}, {} segments, plan {:.2} s + pack {:.2} s, rebuild {:.1} GB/s in memory; snapshot build {:.0} MB/s, index build {:.0} MB/s",
-                p.raw_ratio, p.segments, p.plan_s, p.pack_s, p.rebuild_gbs, rep.manifest.size as f64 / snap_s / 1e6, rep.manifest.size as f64 / idx_s / 1e6
-            );
-            let ablate = match pre {
-                "libstd-" => ablation,
-                "cargo" => ablation && std::env::var("PFS_BENCH_ABLATION_CARGO").is_ok(),
-                _ => false,
-            };
-            if ablate && !features_only {
-                let alts: Vec<(String, Option<(u64, f64)>)> = cells
-                    .iter()
-                    .skip(1)
-                    .filter(|(n, _)| n.starts_with("zstd -19") || n.starts_with("xdelta3"))
-                    .cloned()
-                    .collect();
-                ablation_table(name, &snap, &target, &alts);
-            }
-            if features_only {
-                feature_table(name, &snap, &idx, &target, &metrics);
-            }
-            rows.push(Row {
-                name: name.to_string(),
-                target: target.len() as u64,
-                cells,
-            });
-            drop(idx);
-            drop(snap);
-            let _ = std::fs::remove_dir_all(&sdir);
-        }
-    }
-    if !rows.is_empty() {
-        println!();
-        let heads: Vec<String> = rows[0].cells.iter().map(|c| c.0.clone()).collect();
-        println!("| basis -> target | target | {} |", heads.join(" | "));
-        println!("|---|---:|{}", "---:|".repeat(heads.len()));
-        for r in &rows {
-            let cells: Vec<String> = r
-                .cells
-                .iter()
-                .map(|(_, c)| match c {
-                    Some((b, s)) => format!("{} {} {:.2} s", b, pct(*b, r.target), s),
-                    None => "n/a (tool missing)".into(),
-                })
-                .collect();
-            println!("| {} | {} | {} |", r.name, r.target, cells.join(" | "));
-        }
-    }
-
-    // bash against the synthetic recipe alone
-    let bash = Path::new("/usr/bin/bash");
-    if let Ok(target) = std::fs::read(bash) {
-        let sdir = tmp.path().join("snap-synth");
-        pob::build(&Recipe::default_recipe(), &[], &sdir, &mut |_, _| {}).unwrap();
-        let snap = Snapshot::open(&sdir, HugePolicy::Auto).unwrap();
-        let (idx, _) = IndexSet::ensure(&snap, &default_specs(), false).unwrap();
-        if !only_rebuild {
-            if features_only {
-                feature_table("/usr/bin/bash vs synthetic", &snap, &idx, &target, &metrics);
-            }
-            let p = plan_target(&snap, &idx, &target);
-            let o = tmp.path().join("bash.xz");
-            let xz = timed(
-                Command::new("sh")
-                    .arg("-c")
-                    .arg(format!("xz -9 -T1 -c /usr/bin/bash > '{}'", o.display())),
-                &o,
-            );
-            println!();
-            println!(
-                "| /usr/bin/bash, synthetic recipe only | raw_ratio | wire bytes | plan+pack s |"
-            );
-            println!("|---|---:|---:|---:|");
-            println!("| source document (unverified) | 0.985837 | - | - |");
-            println!(
-                "| pfs | {:.6} | {} ({}) | {:.2} |",
-                p.raw_ratio,
-                p.wire,
-                pct(p.wire, target.len() as u64),
-                p.plan_s + p.pack_s
-            );
-            if let Some((b, s)) = xz {
-                println!(
-                    "| xz -9 (whole file) | - | {} ({}) | {:.2} |",
-                    b,
-                    pct(b, target.len() as u64),
-                    s
-                );
-            }
-            if ablation && !features_only {
-                let alts = vec![("xz -9 (whole file)".to_string(), xz)];
-                ablation_table("/usr/bin/bash vs synthetic", &snap, &target, &alts);
-            }
-            let _ = packetfs::metrics::append(
-                &metrics,
-                &json!({"kind": "bench-plan", "pair": "bash-synthetic", "target_bytes": target.len(),
-            "wire_bytes": p.wire, "raw_ratio": p.raw_ratio, "plan_s": p.plan_s, "pack_s": p.pack_s, "xz9_bytes": xz.map(|x| x.0)}),
-            );
-        }
-        // reconstruction of a match-heavy blueprint: a file made of long snapshot runs
-        let s = snap.bytes();
-        let mut heavy = Vec::with_capacity(256 << 20);
-        // chunks of 4-64 KiB at arbitrary (not page-aligned) offsets, as a real file's would be
-        let mut rng = pob::prng::SplitMix64::new(11);
-        while heavy.len() < (256 << 20) {
-            let len = 4096 + rng.below(60 << 10) as usize;
-            let off = rng.below((s.len() - len) as u64) as usize;
-            heavy.extend_from_slice(&s[off..off + len]);
-        }
-        let p = plan::plan(
-            &heavy,
-            &snap,
-            &idx,
-            &Hints::default(),
-            &PlanConfig::default(),
-        )
-        .unwrap();
-        let mut out = vec![0u8; heavy.len()];
-        p.blueprint.rebuild_into(s, &mut out).unwrap();
-        assert!(out == heavy);
-        let gbs = rebuild_speed(&p.blueprint, s, &mut out);
-        eprintln!("heavy blueprint: {:?}", p.blueprint.stats());
-        drop(out);
-        drop(heavy);
-        let mc = memcpy_gbs();
-        println!();
-        println!(
-            "| reconstruction (256 MiB, {} segments, in memory) | GB/s |",
-            p.blueprint.segments.len()
-        );
-        println!("|---|---:|");
-        println!("| pfs rebuild_into | {gbs:.2} |");
-        println!("| memcpy, same machine, same run | {mc:.2} |");
-        println!("| ratio | {:.2} (goal >= 0.5) |", gbs / mc);
-        let _ = packetfs::metrics::append(
-            &metrics,
-            &json!({"kind": "bench-rebuild", "rebuild_gbs": gbs, "memcpy_gbs": mc, "ratio": gbs / mc}),
-        );
-    }
-}
-
-fn chrono_now() -> String {
-    let o = Command::new("date")
-        .arg("-u")
-        .arg("+%Y-%m-%dT%H:%M:%SZ")
-        .output();
-    o.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
-}
-
-/// One ablation setting: the planner config and whether ELF section hints are read.
-struct Setting {
-    cfg: PlanConfig,
-    hints: bool,
-}
-
-/// A row of the ablation table: its name and how it changes the default setting.
-type Tweak = fn(&mut Setting);
-
-/// The ablation rows, one line each. Every planner feature appears switched off (if on by
-/// default) or on (if off by default), plus the fanout settings.
-fn ablation_rows() -> Vec<(&'static str, Tweak)> {
-    use Projection::*;
-    vec![
-        ("default", |_| {}),
-        ("no k=4 index", |s| s.cfg.use_k4 = false),
-        ("no xor/add", |s| s.cfg.transforms = false),
-        ("no ELF section hints", |s| s.hints = false),
-        ("no acceleration (probe every byte)", |s| s.cfg.max_skip = 1),
-        ("one thread", |s| s.cfg.threads = 1),
-        ("no soft identity", |s| s.cfg.soft = false),
-        ("+ self segments", |s| s.cfg.self_segments = true),
-        ("+ anchors: ascii", |s| s.cfg.projections = vec![Ascii]),
-        ("+ anchors: nibble", |s| s.cfg.projections = vec![Nibble]),
-        ("+ anchors: numeric", |s| s.cfg.projections = vec![Numeric]),
-        ("+ anchors: opcode", |s| s.cfg.projections = vec![Opcode]),
-        ("+ anchors: all four", |s| {
-            s.cfg.projections = vec![Ascii, Nibble, Numeric, Opcode]
-        }),
-        ("+ gating", |s| s.cfg.gate = true),
-        ("+ gating, widen after 32 misses", |s| {
-            s.cfg.gate = true;
-            s.cfg.gate_widen_after = 32
-        }),
-        ("+ sweep", |s| s.cfg.sweep = true),
-        ("+ sweep, 64 MiB per window", |s| {
-            s.cfg.sweep = true;
-            s.cfg.sweep_window_bytes = 64 << 20
-        }),
-        ("+ sweep + gating", |s| {
-            s.cfg.sweep = true;
-            s.cfg.gate = true
-        }),
-        ("k=8 fanout 4", |s| s.cfg.fanout_k8 = 4),
-        ("k=8 fanout 16", |s| s.cfg.fanout_k8 = 16),
-        ("k=4 fanout 16 in .text, 16 candidates", |s| {
-            s.cfg.fanout_k4 = 16;
-            s.cfg.k4_text = true;
-            s.cfg.k4_candidates = 16
-        }),
-        ("k=4 fanout 16 in gated .text", |s| {
-            s.cfg.fanout_k4 = 16;
-            s.cfg.k4_text = true;
-            s.cfg.k4_candidates = 16;
-            s.cfg.gate = true
-        }),
-        ("everything on", |s| {
-            s.cfg.projections = vec![Ascii, Nibble, Numeric, Opcode];
-            s.cfg.gate = true;
-            s.cfg.sweep = true;
-            s.cfg.fanout_k4 = 16;
-            s.cfg.k4_text = true;
-            s.cfg.k4_candidates = 16;
-            s.cfg.self_segments = true
-        }),
-    ]
-}
-
-/// `PFS_BENCH_ABLATION=1`: a pair planned under each ablation row, all in this run, next to
-/// the alternatives measured for the same pair in this run. Indexes a row needs beyond the
-/// default set are built on demand (once per snapshot) and their memory is shown.
-fn ablation_table(
-    pair: &str,
-    snap: &Snapshot,
-    target: &[u8],
-    alts: &[(String, Option<(u64, f64)>)],
-) {
-    let only: Option<String> = std::env::var("PFS_BENCH_ROWS").ok();
-    println!();
-    println!("| {pair} ablation | wire bytes | raw_ratio | segments | plan s | pack s | lookup / extend / sweep ms | index memory |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    let snap_len = snap.bytes().len();
-    for (name, tweak) in ablation_rows() {
-        if only
-            .as_ref()
-            .is_some_and(|o| !o.split(',').any(|r| name.contains(r.trim())))
-        {
-            continue;
-        }
-        let mut s = Setting {
-            cfg: PlanConfig::default(),
-            hints: true,
-        };
-        tweak(&mut s);
-        let specs = plan::index_specs(&s.cfg);
-        let t = Instant::now();
-        let (idx, reps) = IndexSet::ensure(snap, &specs, false).expect("index");
-        let built: Vec<&str> = reps
-            .iter()
-            .filter(|r| r.rebuilt)
-            .map(|r| r.file.as_str())
-            .collect();
-        if !built.is_empty() {
-            eprintln!(
-                "{name}: built {} in {:.1} s",
-                built.join(", "),
-                t.elapsed().as_secs_f64()
-            );
-        }
-        let mem: usize = reps.iter().map(|r| r.bytes).sum();
-        let p = plan_target_with(snap, &idx, target, &s.cfg, s.hints);
-        println!(
-            "| {name} | {} | {:.3} | {} | {:.2} | {:.2} | {:.0} / {:.0} / {:.0} | {:.0} MB ({:.2} B/B) |",
-            p.wire,
-            p.raw_ratio,
-            p.segments,
-            p.plan_s,
-            p.pack_s,
-            p.times.lookup_ms,
-            p.times.extend_ms,
-            p.times.sweep_ms,
-            mem as f64 / 1e6,
-            mem as f64 / snap_len.max(1) as f64
-        );
-    }
-    for (n, c) in alts {
-        match c {
-            Some((b, secs)) => println!("| {n} (same run) | {b} | - | - | {secs:.2} | - | - | - |"),
-            None => println!("| {n} | n/a (tool missing) | - | - | - | - | - | - |"),
-        }
-    }
-}
-
-/// `PFS_BENCH_ABLATION=1`: soft identity and self segments each on and off (same run, same
-/// snapshot), with the segment table folded and unfolded.
-fn feature_table(name: &str, snap: &Snapshot, idx: &IndexSet, target: &[u8], metrics: &Path) {
-    let base = PlanConfig::default();
-    let rows: Vec<(&str, PlanConfig)> = vec![
-        (
-            "soft off, self off (before this round)",
-            PlanConfig {
-                soft: false,
-                self_segments: false,
-                ..base.clone()
-            },
-        ),
-        (
-            "soft on (default)",
-            PlanConfig {
-                soft: true,
-                self_segments: false,
-                ..base.clone()
-            },
-        ),
-        (
-            "self on",
-            PlanConfig {
-                soft: false,
-                self_segments: true,
-                ..base.clone()
-            },
-        ),
-        (
-            "soft on, self on",
-            PlanConfig {
-                soft: true,
-                self_segments: true,
-                ..base.clone()
-            },
-        ),
-    ];
-    println!();
-    println!("| {name}: features | wire bytes | raw_ratio | segments | plan s (self ms, soft ms) | pack s | table folded / unfolded (zstd) | all-raw won |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---|");
-    for (row, cfg) in rows {
-        let p = plan_target_with(snap, idx, target, &cfg, true);
-        println!(
-            "| {row} | {} | {:.4} | {} | {:.2} ({:.0}, {:.0}) | {:.2} | {} / {} | {} |",
-            p.wire,
-            p.raw_ratio,
-            p.segments,
-            p.plan_s,
-            p.self_ms,
-            p.soft_ms,
-            p.pack_s,
-            p.table_folded,
-            p.table_unfolded,
-            p.plain_won
-        );
-        let _ = packetfs::metrics::append(
-            metrics,
-            &json!({"kind": "bench-plan-features", "pair": name, "row": row, "target_bytes": target.len(),
-                "wire_bytes": p.wire, "raw_ratio": p.raw_ratio, "segments": p.segments, "plan_s": p.plan_s,
-                "self_ms": p.self_ms, "soft_ms": p.soft_ms, "pack_s": p.pack_s,
-                "table_folded": p.table_folded, "table_unfolded": p.table_unfolded, "plain_won": p.plain_won}),
-        );
-    }
+    println!("|---|---:|");
+    println!("| pfs rebuild_into | {gbs:.2} |");
+    println!("| memcpy, same machine, same run | {mc:.2} |");
+    println!(
+        "| ratio | {:.2} (goal >= 0.5: {}) |",
+        gbs / mc,
+        if gbs / mc >= 0.5 { "met" } else { "NOT met" }
+    );
+    ctx.log(
+        json!({"kind": "bench-rebuild", "rebuild_gbs": gbs, "memcpy_gbs": mc, "ratio": gbs / mc}),
+    );
 }
