@@ -259,6 +259,15 @@ fn golden_pbb_still_decodes() {
     let mut out = vec![0u8; bp.file_len as usize];
     bp.rebuild_into(snap.bytes(), &mut out).unwrap();
     assert_eq!(out, golden_file(&snap));
+    // and the v3 golden (separate streams), written by the first build of format v3
+    let bytes =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/golden-small-v3.pbb"))
+            .unwrap();
+    assert_eq!(pbb::read_header(&bytes).unwrap().version, 3);
+    let bp = pbb::unpack_with(&bytes, &snap.id, snap.bytes()).unwrap();
+    let mut out = vec![0u8; bp.file_len as usize];
+    bp.rebuild_into(snap.bytes(), &mut out).unwrap();
+    assert_eq!(out, golden_file(&snap));
 }
 
 /// The golden file: snapshot pieces (plain and xor'd) with text between them.

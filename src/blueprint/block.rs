@@ -138,12 +138,12 @@ fn encode_body(
         x86: false,
         force: Some(Coder::Zstd { level: o.level }),
     };
-    let (dir, data, _) = streams::code_all(&raw, &co)?;
-    let mut out = Vec::with_capacity(dir.len() + data.len() + 20);
+    let coded = streams::code_all(&raw, &co)?;
+    let mut out = Vec::with_capacity(coded.dir.len() + coded.data_len() + 20);
     put_u64(&mut out, file_len);
     put_u64(&mut out, segs.len() as u64);
-    out.extend_from_slice(&dir);
-    out.extend_from_slice(&data);
+    out.extend_from_slice(&coded.dir);
+    coded.write_data(&mut out);
     Ok(out)
 }
 

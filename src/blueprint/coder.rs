@@ -382,21 +382,25 @@ pub fn candidates(class: StreamClass, o: &CoderOptions) -> Vec<Coder> {
     c
 }
 
-/// One stream packed: the coder chosen and its bytes.
+/// One stream packed: the coder chosen and its bytes (borrowed when stored as it is).
 #[derive(Debug, Clone)]
-pub struct Packed {
+pub struct Packed<'a> {
     pub coder: Coder,
-    pub bytes: Vec<u8>,
+    pub bytes: std::borrow::Cow<'a, [u8]>,
 }
 
 /// Encode `data` with the candidate (or the forced coder) that measures smallest; stored
 /// when nothing beats it or the sampled estimate says the stream does not compress. Streams
 /// of at least [`SAMPLE_MIN`] bytes rank the candidates on samples and encode whole with the
 /// best one (the best two at `max`).
-pub fn pack_stream(data: &[u8], class: StreamClass, o: &CoderOptions) -> std::io::Result<Packed> {
+pub fn pack_stream<'a>(
+    data: &'a [u8],
+    class: StreamClass,
+    o: &CoderOptions,
+) -> std::io::Result<Packed<'a>> {
     let stored = || Packed {
         coder: Coder::Stored,
-        bytes: data.to_vec(),
+        bytes: data.into(),
     };
     if data.is_empty() {
         return Ok(stored());
@@ -429,7 +433,10 @@ pub fn pack_stream(data: &[u8], class: StreamClass, o: &CoderOptions) -> std::io
     for c in cands {
         let bytes = c.encode(data)?;
         if bytes.len() < best.bytes.len() {
-            best = Packed { coder: c, bytes };
+            best = Packed {
+                coder: c,
+                bytes: bytes.into(),
+            };
         }
     }
     Ok(best)

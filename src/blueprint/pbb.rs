@@ -558,8 +558,9 @@ pub fn pack_v3(
         x86,
         force: opts.force,
     };
-    let (dir, data, rep) = streams::code_all(&raw, &co)?;
-    let mut out = Vec::with_capacity(HEADER_LEN_V3 + dir.len() + data.len() + TRAILER_LEN);
+    let coded = streams::code_all(&raw, &co)?;
+    let (dir, data_len) = (&coded.dir, coded.data_len());
+    let mut out = Vec::with_capacity(HEADER_LEN_V3 + dir.len() + data_len + TRAILER_LEN);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.push(0);
@@ -570,14 +571,15 @@ pub fn pack_v3(
     out.extend_from_slice(&(bp.segments.len() as u64).to_le_bytes());
     out.extend_from_slice(&(dir.len() as u32).to_le_bytes());
     debug_assert_eq!(out.len(), HEADER_LEN_V3);
-    out.extend_from_slice(&dir);
-    out.extend_from_slice(&data);
+    out.extend_from_slice(dir);
+    coded.write_data(&mut out);
     let sum = blake3::hash(&out);
     out.extend_from_slice(sum.as_bytes());
+    let rep = coded.report;
     let spill: u64 = streams::SPILL_STREAMS.iter().map(|&i| rep[i].stored).sum();
     let sizes = PackedSizes {
         header: HEADER_LEN_V3 as u64,
-        table: dir.len() as u64 + data.len() as u64 - spill,
+        table: (coded.dir.len() + data_len) as u64 - spill,
         spill,
         trailer: TRAILER_LEN as u64,
         streams: rep,

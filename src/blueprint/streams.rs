@@ -400,17 +400,34 @@ pub struct StreamReport {
     pub ms: f64,
 }
 
-/// Code every stream with the coder that measures smallest (in parallel). Returns the
-/// directory, the data (streams end to end) and a report.
-pub fn code_all(
-    s: &Raw,
-    o: &CoderOptions,
-) -> std::io::Result<(Vec<u8>, Vec<u8>, Vec<StreamReport>)> {
-    let timed = |data: &Vec<u8>, class| {
+/// Every stream coded: the directory, the stored streams (borrowed from the raw ones when
+/// stored as they are) and a report.
+pub struct Coded<'a> {
+    pub dir: Vec<u8>,
+    pub parts: Vec<std::borrow::Cow<'a, [u8]>>,
+    pub report: Vec<StreamReport>,
+}
+
+impl Coded<'_> {
+    /// Bytes of the stored streams together.
+    pub fn data_len(&self) -> usize {
+        self.parts.iter().map(|p| p.len()).sum()
+    }
+    /// Append the stored streams, in order.
+    pub fn write_data(&self, out: &mut Vec<u8>) {
+        for p in &self.parts {
+            out.extend_from_slice(p);
+        }
+    }
+}
+
+/// Code every stream with the coder that measures smallest (in parallel).
+pub fn code_all<'a>(s: &'a Raw, o: &CoderOptions) -> std::io::Result<Coded<'a>> {
+    let timed = |data: &'a Vec<u8>, class| {
         let t = std::time::Instant::now();
         coder::pack_stream(data, class, o).map(|p| (p, t.elapsed().as_secs_f64() * 1e3))
     };
-    let packed: Vec<std::io::Result<(coder::Packed, f64)>> = std::thread::scope(|sc| {
+    let packed: Vec<std::io::Result<(coder::Packed<'a>, f64)>> = std::thread::scope(|sc| {
         let hs: Vec<_> = s
             .iter()
             .zip(CLASSES)
@@ -421,7 +438,7 @@ pub fn code_all(
                         Ok((
                             coder::Packed {
                                 coder: Coder::Stored,
-                                bytes: data.clone(),
+                                bytes: data[..].into(),
                             },
                             0.0,
                         ))
@@ -442,7 +459,7 @@ pub fn code_all(
             .collect()
     });
     let mut dir = Vec::with_capacity(NSTREAMS * 8);
-    let mut data = Vec::new();
+    let mut parts = Vec::with_capacity(NSTREAMS);
     let mut rep = Vec::with_capacity(NSTREAMS);
     for ((p, raw), name) in packed.into_iter().zip(s).zip(NAMES) {
         let (p, ms) = p?;
@@ -456,9 +473,13 @@ pub fn code_all(
             coder: p.coder.name(),
             ms,
         });
-        data.extend_from_slice(&p.bytes);
+        parts.push(p.bytes);
     }
-    Ok((dir, data, rep))
+    Ok(Coded {
+        dir,
+        parts,
+        report: rep,
+    })
 }
 
 /// Parse a directory. Declared lengths are checked against `caps` (the most raw bytes each
