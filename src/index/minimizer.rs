@@ -346,7 +346,7 @@ impl MinIndex {
                 } else {
                     (1.0, 1.0)
                 };
-                cap = ((most as f64 * scale * margin / LOAD).ceil() as usize).max(64);
+                cap = ((most * scale * margin / LOAD).ceil() as usize).max(64);
                 limit = (cap as f64 * FULL) as usize;
                 out = Some(OutTable::create(path, cap * nshards).map_err(io)?);
             }
