@@ -36,7 +36,7 @@ fn code_like(n: usize, seed: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(n + 16);
     while out.len() < n {
         out.extend_from_slice(&ops[(rng.next_u64() % 300) as usize]);
-        if rng.next_u64() % 3 == 0 {
+        if rng.next_u64().is_multiple_of(3) {
             out.extend_from_slice(&(rng.next_u64() as u32 % 5000).to_le_bytes());
         }
     }
@@ -103,7 +103,7 @@ fn mutate(basis: &[u8], seed: u64) -> Vec<u8> {
     for _ in 0..5 {
         let at = (rng.next_u64() as usize) % (f.len() - 1000);
         let n = 1 + (rng.next_u64() % 64) as usize;
-        if rng.next_u64() % 2 == 0 {
+        if rng.next_u64().is_multiple_of(2) {
             let mut ins = vec![0u8; n];
             rng.fill(&mut ins);
             f.splice(at..at, ins);

@@ -346,7 +346,7 @@ impl MinIndex {
                 } else {
                     (1.0, 1.0)
                 };
-                cap = ((most as f64 * scale * margin / LOAD).ceil() as usize).max(64);
+                cap = ((most * scale * margin / LOAD).ceil() as usize).max(64);
                 limit = (cap as f64 * FULL) as usize;
                 out = Some(OutTable::create(path, cap * nshards).map_err(io)?);
             }
@@ -559,69 +559,52 @@ impl MinIndex {
     }
 }
 
-/// The index file being written: a temporary file beside `path`, mapped, so the table is
-/// filled in place (no copy of it through write()). Renamed over `path` by `finish`; removed
-/// when dropped unfinished. Not fsynced: the index is derived data, and whatever a crash
-/// leaves is either refused by `open` (header, length) or only costs matches (every
-/// candidate is verified on the snapshot's bytes).
+/// The index being built: the table in memory, written once under a temporary name beside
+/// `path` and renamed over it by `finish` (a table filled in a file mapping was written back
+/// to disk several times over while the random fills re-dirtied its pages: 34 GB written for
+/// a 5.7 GB index). Not fsynced: the index is derived data, and whatever a crash leaves is
+/// either refused by `open` (header, length) or only costs matches (every candidate is
+/// verified on the snapshot's bytes).
 struct OutTable {
-    tmp: std::path::PathBuf,
     dst: std::path::PathBuf,
-    map: Option<memmap2::MmapMut>,
+    slots: Vec<u64>,
 }
 
 impl OutTable {
     fn create(path: &Path, slots: usize) -> std::io::Result<OutTable> {
-        let dir = match path.parent() {
+        Ok(OutTable {
+            dst: path.to_path_buf(),
+            slots: vec![0u64; slots],
+        })
+    }
+
+    fn slots_mut(&mut self) -> &mut [u64] {
+        &mut self.slots
+    }
+
+    fn finish(self, head: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        let dir = match self.dst.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => std::path::PathBuf::from("."),
         };
-        let name = path
+        let name = self
+            .dst
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let tmp = dir.join(format!(".{name}.pfs-tmp-{}", std::process::id()));
-        let mut t = OutTable {
-            tmp,
-            dst: path.to_path_buf(),
-            map: None,
-        };
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&t.tmp)?;
-        f.set_len((HEADER + 8 * slots) as u64)?;
-        // Safety: the temporary file was just created by this process under a private name;
-        // nothing else maps or truncates it while the mapping lives.
-        #[allow(unsafe_code)]
-        let map = unsafe { memmap2::MmapMut::map_mut(&f) }?;
-        t.map = Some(map);
-        Ok(t)
-    }
-
-    fn slots_mut(&mut self) -> &mut [u64] {
-        // the mapping is page-aligned and HEADER is a multiple of 8
-        bytemuck::cast_slice_mut(&mut self.map.as_mut().expect("mapped")[HEADER..])
-    }
-
-    fn finish(mut self, head: &[u8]) -> std::io::Result<()> {
-        let mut map = self.map.take().expect("mapped");
-        map[..HEADER].copy_from_slice(head);
-        drop(map);
-        std::fs::rename(&self.tmp, &self.dst)?;
-        self.tmp = std::path::PathBuf::new();
-        Ok(())
-    }
-}
-
-impl Drop for OutTable {
-    fn drop(&mut self) {
-        self.map = None;
-        if !self.tmp.as_os_str().is_empty() {
-            let _ = std::fs::remove_file(&self.tmp);
+        let res = (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(head)?;
+            f.write_all(bytemuck::cast_slice(&self.slots))?;
+            drop(f);
+            std::fs::rename(&tmp, &self.dst)
+        })();
+        if res.is_err() {
+            let _ = std::fs::remove_file(&tmp);
         }
+        res
     }
 }
 

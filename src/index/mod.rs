@@ -888,8 +888,9 @@ mod tests {
         let x = u64::from_le_bytes([0, 1, 2, 255, 10, 20, 30, 40]);
         let y = u64::from_le_bytes([1, 0, 2, 0, 5, 25, 30, 41]);
         let d = sub_bytes(y, x).to_le_bytes();
-        for i in 0..8 {
-            assert_eq!(d[i], y.to_le_bytes()[i].wrapping_sub(x.to_le_bytes()[i]));
+        let (xb, yb) = (x.to_le_bytes(), y.to_le_bytes());
+        for (i, di) in d.iter().enumerate() {
+            assert_eq!(*di, yb[i].wrapping_sub(xb[i]));
         }
     }
 

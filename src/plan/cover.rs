@@ -684,6 +684,53 @@ mod tests {
     }
 
     #[test]
+    fn extension_bridges_sparse_differences_and_stops_in_noise() {
+        let mut s = vec![0u8; 4096];
+        crate::pob::prng::SplitMix64::new(11).fill(&mut s);
+        let mut f = s[100..2100].to_vec();
+        for i in (40..1000).step_by(30) {
+            f[i] ^= 0x10; // sparse changes: inside the cover
+        }
+        crate::pob::prng::SplitMix64::new(12).fill(&mut f[1400..]); // noise after 1400
+        let cfg = cfg();
+        let e = Engine {
+            f: &f,
+            s: &s,
+            idx: &dummy_index(),
+            cfg: &cfg,
+            prices: Prices::new(&cfg, 6.0),
+        };
+        let (c, score) = e.extend(500, 600, 0, f.len()).unwrap();
+        assert_eq!((c.start, c.snap), (0, 100));
+        assert!(c.len >= 1390 && c.len <= 1400, "{c:?}");
+        assert_eq!(
+            f[c.start + c.len - 1],
+            s[c.snap + c.len - 1],
+            "ends on an equal byte"
+        );
+        assert_eq!(c.diffs, (40..1000).step_by(30).count());
+        assert!(score > 0.0);
+        // exact mode stops at the first difference
+        let exact = PlanConfig {
+            covers: false,
+            ..cfg.clone()
+        };
+        let e = Engine { cfg: &exact, ..e };
+        let (c, _) = e.extend(500, 600, 0, f.len()).unwrap();
+        assert_eq!((c.start, c.len), (491, 520 - 491));
+    }
+
+    /// A minimizer index over a tiny snapshot (the extension tests do not look anything up).
+    fn dummy_index() -> MinIndex {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.idx");
+        let spec = crate::index::minimizer_spec(20, 8);
+        let snap = vec![1u8; 64];
+        MinIndex::build(spec, &snap, &[0; 32], &path, 1).unwrap();
+        MinIndex::open(&path, spec, snap.len(), &[0; 32]).unwrap()
+    }
+
+    #[test]
     fn entropy_tells_random_from_code_like_bytes() {
         let mut r = vec![0u8; 65536];
         crate::pob::prng::SplitMix64::new(4).fill(&mut r);

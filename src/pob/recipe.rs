@@ -81,7 +81,7 @@ pub struct Recipe {
 
 /// The recipe format this build reads.
 pub const RECIPE_FORMAT: u32 = 1;
-/// The largest synthetic size accepted (positions are 32-bit: the whole snapshot < 4 GiB).
+/// The largest synthetic size accepted (bounds generation time; corpus banks may add more).
 pub const MAX_SIZE_MB: u64 = 3072;
 
 /// The default recipe, embedded from config/snapshot.default.toml.
