@@ -231,7 +231,8 @@ for label in order:
     end = r["file"] or r["exit"]
     eff = r["bytes"] * 8 / med(end) / 1e9 if end else None
     wire = f"{med(r['wire']):,.0f}" if r["wire"] else "-"
-    print(f"| {label.replace('|', '\\|')} | {r['bytes']:,} | {wire} | {span(end)} | {('%.3f s' % med(r['exit'])) if r['exit'] and r['file'] else '-'} | {('%.3f' % eff) if eff else '-'} | {('%.3f' % med(r['summary'])) if r['summary'] else '-'} |")
+    lab = label.replace("|", "\\|")
+    print(f"| {lab} | {r['bytes']:,} | {wire} | {span(end)} | {('%.3f s' % med(r['exit'])) if r['exit'] and r['file'] else '-'} | {('%.3f' % eff) if eff else '-'} | {('%.3f' % med(r['summary'])) if r['summary'] else '-'} |")
     if metrics:
         with open(metrics, "a") as f:
             f.write(json.dumps({"kind": "bench-e2e", "run": run, "commit": commit, "row": label,
