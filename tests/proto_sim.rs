@@ -4,7 +4,7 @@
 //! assertion depends on wall-clock time.
 
 use packetfs::blueprint::{block, Blueprint, Segment, Source, Transform};
-use packetfs::proto::mmap_sink::MmapSink;
+use packetfs::fsink::MmapSink;
 use packetfs::proto::{
     Endpoint, Event, Failure, FileSink, MemSink, PackPolicy, Reason, Receiver, ReceiverConfig,
     SendFile, Sender, SenderConfig, Timing,

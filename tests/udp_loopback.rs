@@ -346,7 +346,7 @@ impl<D: packetfs::driver::DatagramIo> packetfs::driver::DatagramIo for Lossy<D> 
 fn the_driver_loop_repairs_loss_on_real_sockets() {
     use packetfs::driver::udp::UdpIo;
     use packetfs::driver::{drive, DriveOptions};
-    use packetfs::proto::mmap_sink::MmapSink;
+    use packetfs::fsink::MmapSink;
     use packetfs::proto::{Endpoint, Receiver, ReceiverConfig, Sender, SenderConfig};
     let snap = snapshot(12);
     let mut rng = Rng(12);

@@ -470,8 +470,8 @@ mod tests {
                 len,
                 src: Source::Raw
             }),
-            (1u32..1000, 0u64..3000, 0usize..3, any::<u8>()).prop_map(|(len, off, op, imm)| {
-                let op = Transform::ALL[op];
+            (1u32..1000, 0u64..3000, 0u8..3, any::<u8>()).prop_map(|(len, off, op, imm)| {
+                let op = Transform::try_from(op).unwrap();
                 Segment {
                     len,
                     src: Source::Snap {

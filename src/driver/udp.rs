@@ -14,7 +14,7 @@
 //! ```
 
 use super::{drive, DatagramIo, DriveOptions, Stop};
-use crate::proto::mmap_sink::MmapSink;
+use crate::fsink::MmapSink;
 use crate::proto::sender::SendError;
 use crate::proto::{
     datagram_for_mtu, Endpoint, Event, Failure, Receiver, ReceiverConfig, SendFile, Sender,

@@ -33,7 +33,7 @@ use super::udp::{
 };
 use super::xdp_workers::{self, WorkerSet, WorkerShared, WorkerStats};
 use super::{DriveOptions, Stop};
-use crate::proto::mmap_sink::MmapSink;
+use crate::fsink::MmapSink;
 use crate::proto::{
     datagram_for_mtu, Endpoint, Event, Receiver, ReceiverConfig, SendFile, Sender, SenderConfig,
 };

@@ -355,7 +355,7 @@ impl<'s, S: FileSink> Receiver<'s, S> {
             let reason = match e {
                 SinkError::NoSpace { need, avail } => Reason::NoSpace { need, avail },
                 SinkError::BadName(file) => Reason::BadName { file },
-                SinkError::Io(_) => Reason::Io,
+                _ => Reason::Io,
             };
             return self.fail(now, reason);
         }
@@ -669,15 +669,19 @@ impl<'s, S: FileSink> Receiver<'s, S> {
                 Source::SelfCopy { off: src } => {
                     // Blocks are applied in file order and segments in order within one, so
                     // every byte before `off` is final here: the source is complete.
-                    let bytes = self.sink.contents(file).ok_or_else(|| {
-                        std::io::Error::other(
-                            "this output cannot read back what it wrote; self copies need it",
-                        )
-                    })?;
+                    let bytes = self
+                        .sink
+                        .contents(file)
+                        .ok_or(SinkError::NoReadBack { file })?;
                     let (s, d, n) = (src as usize, off as usize, seg.len as usize);
-                    let avail = bytes.get(s..d).filter(|a| !a.is_empty()).ok_or_else(|| {
-                        std::io::Error::other("self copy source outside the written file")
-                    })?;
+                    let avail = bytes
+                        .get(s..d)
+                        .filter(|a| !a.is_empty())
+                        .ok_or(SinkError::OutOfRange {
+                            file,
+                            off: src,
+                            len: d.saturating_sub(s),
+                        })?;
                     // forward copy semantics: an overlapping source repeats with period d - s
                     let tmp: Vec<u8> = avail.iter().copied().cycle().take(n).collect();
                     self.sink.write_raw(file, off, &tmp)?;

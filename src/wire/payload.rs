@@ -32,7 +32,7 @@ pub const RUN_HEADER: usize = 16;
 pub const SNAP_PIECE: usize = 14;
 /// A raw piece before its bytes: len, op, imm.
 pub const RAW_PIECE: usize = 6;
-/// Wire code of a raw piece (the transforms use 0, 1, 2 in [`Transform::ALL`] order).
+/// Wire code of a raw piece (the transforms use their [`Transform::code`], 0, 1, 2).
 pub const OP_RAW: u8 = 3;
 /// Progress fields of ACK and NACK.
 pub const ACK_LEN: usize = 8 * 6 + 4 + 4;
@@ -559,7 +559,7 @@ fn read_piece<'a>(r: &mut Rd<'a>) -> Result<Piece<'a>> {
         }
         return Ok(Piece::Raw(r.take(len as usize)?));
     }
-    let op = *Transform::ALL.get(op as usize).ok_or(Error::Malformed)?;
+    let op = Transform::try_from(op).map_err(|_| Error::Malformed)?;
     if op == Transform::Id && imm != 0 {
         return Err(Error::Malformed);
     }
@@ -737,7 +737,7 @@ impl<'b> GramWriter<'b> {
         }
         let at = self.len;
         put_le32(&mut self.buf[at..], len);
-        self.buf[at + 4] = Transform::ALL.iter().position(|t| *t == op).unwrap() as u8;
+        self.buf[at + 4] = op.code();
         self.buf[at + 5] = if op == Transform::Id { 0 } else { imm };
         put_le64(&mut self.buf[at + 6..], snap_off);
         self.len += SNAP_PIECE;
@@ -988,10 +988,7 @@ impl GramRepr {
                         len,
                     } => {
                         w.u32(*len);
-                        w.bytes(&[
-                            Transform::ALL.iter().position(|t| t == op).unwrap() as u8,
-                            *imm,
-                        ]);
+                        w.bytes(&[op.code(), *imm]);
                         w.u64(*snap_off);
                     }
                     PieceRepr::Raw(b) => {
