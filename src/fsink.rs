@@ -170,7 +170,11 @@ impl FileSink for MmapSink {
             .ok_or(SinkError::NoSuchFile(file))?;
         let out_of_range = SinkError::OutOfRange { file, off, len };
         let Some(m) = o.map.as_mut() else {
-            return if len == 0 { Ok(&mut []) } else { Err(out_of_range) };
+            return if len == 0 {
+                Ok(&mut [])
+            } else {
+                Err(out_of_range)
+            };
         };
         let range = usize::try_from(off)
             .ok()

@@ -352,7 +352,7 @@ fn one_case(seed: u64, tally: &mut Tally) {
         Sender::new(case.scfg.clone(), SNAP_ID, case.files.clone(), &case.snap).unwrap();
     for (m, _) in sender.modes() {
         match m {
-            FileMode::Packed => tally.packed_files += 1,
+            FileMode::Packed | FileMode::Streamed => tally.packed_files += 1,
             FileMode::Direct => tally.direct_files += 1,
         }
     }

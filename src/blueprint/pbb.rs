@@ -132,9 +132,8 @@ const OP_ID: u8 = 1;
 const OP_XOR: u8 = 2;
 const OP_ADD: u8 = 3;
 // The snapshot ops are the transforms' codes past OP_RAW.
-const _: () = assert!(
-    OP_XOR == OP_ID + Transform::Xor.code() && OP_ADD == OP_ID + Transform::Add.code()
-);
+const _: () =
+    assert!(OP_XOR == OP_ID + Transform::Xor.code() && OP_ADD == OP_ID + Transform::Add.code());
 /// v2: an `id` copy with a patch list (the patch bytes are the next bytes of the spill).
 const OP_SOFT: u8 = 4;
 /// v2: a copy from earlier in the file.

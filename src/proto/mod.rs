@@ -21,7 +21,10 @@
 //! 4. Either side may Abort with a reason; the other answers Close. Silence for
 //!    `idle_timeout` ends a session on either side.
 
+mod ack;
+mod assembly;
 pub(crate) mod lifecycle;
+mod manifest;
 pub mod pacing;
 pub mod rangeset;
 pub mod receiver;
@@ -232,7 +235,11 @@ impl Reason {
                 a = u64::from_le_bytes(sender[..8].try_into().expect("8 bytes"));
                 C::SnapshotMismatch.code()
             }
-            Reason::FileTooLarge { file: f, size, limit } => {
+            Reason::FileTooLarge {
+                file: f,
+                size,
+                limit,
+            } => {
                 (file, a, b) = (f, size, limit);
                 C::FileTooLarge.code()
             }
@@ -267,7 +274,11 @@ impl Reason {
             Reason::Cancelled => C::Cancelled.code(),
             Reason::Protocol => C::Protocol.code(),
             Reason::Io => C::Io.code(),
-            Reason::PackedTooLarge { file: f, len, limit } => {
+            Reason::PackedTooLarge {
+                file: f,
+                len,
+                limit,
+            } => {
                 (file, a, b) = (f, len, limit);
                 C::PackedTooLarge.code()
             }

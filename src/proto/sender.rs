@@ -262,7 +262,7 @@ impl Sender {
             }
             let slen = match mode {
                 FileMode::Direct => f.blueprint.file_len,
-                FileMode::Packed => packed.len() as u64,
+                FileMode::Packed | FileMode::Streamed => packed.len() as u64,
             };
             file_total += f.blueprint.file_len;
             names.push(f.name);

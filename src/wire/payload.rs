@@ -128,6 +128,11 @@ pub enum FileMode {
     /// Raw pieces of the file's packed block stream (`blueprint::block`) at packed offsets;
     /// the stream length is the packed length.
     Packed,
+    /// Packed, but planned while it is sent: the blocks are followed by a [`StreamEnd`]
+    /// record that carries the file's BLAKE3 (the manifest's hash is zero), and the stream
+    /// length is an upper bound the sender reserves; the bytes after the end record are
+    /// never sent and count as received once it arrives.
+    Streamed,
 }
 
 impl FileMode {
@@ -135,7 +140,41 @@ impl FileMode {
         match self {
             FileMode::Direct => 0,
             FileMode::Packed => 1,
+            FileMode::Streamed => 2,
         }
+    }
+
+    /// Whether the stream is a packed block stream (packed or streamed).
+    pub fn is_packed(self) -> bool {
+        self != FileMode::Direct
+    }
+}
+
+/// The record that ends a streamed file's block stream, where the next block's length
+/// prefix would be: a zero length (no block has an empty body) and the file's BLAKE3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamEnd {
+    pub hash: [u8; 32],
+}
+
+impl StreamEnd {
+    pub const LEN: usize = 4 + 32;
+
+    /// `None` unless `b` starts with a zero length prefix; then the record if all of it is
+    /// there (`Some(None)`: a stream end, not complete yet).
+    pub fn parse(b: &[u8]) -> Option<Option<StreamEnd>> {
+        if b.len() < 4 || b[..4] != [0; 4] {
+            return None;
+        }
+        Some(b.get(4..Self::LEN).map(|h| StreamEnd {
+            hash: h.try_into().expect("32 bytes"),
+        }))
+    }
+
+    pub fn to_bytes(&self) -> [u8; Self::LEN] {
+        let mut b = [0u8; Self::LEN];
+        b[4..].copy_from_slice(&self.hash);
+        b
     }
 }
 
@@ -198,6 +237,7 @@ impl Hello {
             let mode = match r.u8()? {
                 0 if stream_len == size => FileMode::Direct,
                 1 if size > 0 && stream_len > 0 => FileMode::Packed,
+                2 if stream_len >= StreamEnd::LEN as u64 && hash == [0; 32] => FileMode::Streamed,
                 _ => return Err(Error::Malformed),
             };
             let n = r.u16()? as usize;
