@@ -9,6 +9,7 @@
 //! | [`plan`]      | the planner: matches under id/xor/add, cost model, ELF section hints      |
 //! | [`blueprint`] | segments, the `.pbb` codec, and the apply kernels that rebuild a file     |
 //! | [`wire`]      | frame formats: zero-copy views with checked constructors                  |
+//! | [`prepare`]   | codec work before the wire: packing, lowering, the streaming producer     |
 //! | [`proto`]     | the transfer state machine: no clock, no sockets, no files                |
 //! | [`fsink`]     | the receiver's output directory: mmap, write-back, fsync, rename          |
 //! | [`xsk`]       | AF_XDP sockets, UMEM and rings                                            |
@@ -36,6 +37,7 @@ pub mod index;
 pub mod metrics;
 pub mod plan;
 pub mod pob;
+pub mod prepare;
 pub mod proto;
 pub mod shm;
 pub mod steer;

@@ -18,6 +18,17 @@ use std::time::{Duration, Instant};
 mod common;
 use common::*;
 
+/// A sender for blueprints, through the prepare step (packing per `cfg.pack`).
+fn new_sender(
+    cfg: SenderConfig,
+    id: [u8; 32],
+    files: Vec<SendFile>,
+    snap: &[u8],
+) -> Result<Sender, packetfs::proto::SendError> {
+    let out = packetfs::prepare::prepare(files, id, snap, cfg.pack, &cfg.pack_opts)?;
+    Sender::new(cfg, id, out)
+}
+
 /// One direction of the simulated link.
 struct Link {
     drop: f64,
@@ -349,7 +360,7 @@ fn one_case(seed: u64, tally: &mut Tally) {
     let mut r2s = Link::random(&mut rng);
     let impaired = s2r.drop + s2r.corrupt > 0.25 || r2s.drop + r2s.corrupt > 0.25;
     let mut sender =
-        Sender::new(case.scfg.clone(), SNAP_ID, case.files.clone(), &case.snap).unwrap();
+        new_sender(case.scfg.clone(), SNAP_ID, case.files.clone(), &case.snap).unwrap();
     for (m, _) in sender.modes() {
         match m {
             FileMode::Packed | FileMode::Streamed => tally.packed_files += 1,
@@ -464,7 +475,7 @@ fn snapshot_mismatch_is_refused_with_the_reason_on_both_sides() {
         let snap = rng.bytes(32 * 1024);
         let (_, files) = simple_files(&mut rng, &snap, &[5000, 10]);
         let (scfg, rcfg) = cfgs();
-        let mut sender = Sender::new(scfg, SNAP_ID, files, &snap).unwrap();
+        let mut sender = new_sender(scfg, SNAP_ID, files, &snap).unwrap();
         let other = [0x77; 32];
         let mut receiver = Receiver::new(rcfg, other, &snap, MemSink::new());
         let mut s2r = Link::clean(Duration::from_millis(1));
@@ -521,7 +532,7 @@ fn blackhole_mid_transfer_ends_in_timeouts_without_final_files() {
         let (contents, files) = (vec![c0, c1], vec![f0, f1]);
         let (mut scfg, rcfg) = cfgs();
         scfg.rate = Some(2_000_000);
-        let mut sender = Sender::new(scfg, SNAP_ID, files, &snap).unwrap();
+        let mut sender = new_sender(scfg, SNAP_ID, files, &snap).unwrap();
         let mut receiver = Receiver::new(rcfg, SNAP_ID, &snap, MemSink::new());
         let mut s2r = Link::clean(Duration::from_millis(1));
         let mut r2s = Link::clean(Duration::from_millis(1));
@@ -577,7 +588,7 @@ fn receiver_killed_mid_transfer_leaves_no_final_file() {
     let files = vec![f0, f1];
     let (scfg, mut rcfg) = cfgs();
     rcfg.timing.idle_timeout = Duration::from_secs(2);
-    let mut sender = Sender::new(scfg, SNAP_ID, files, &snap).unwrap();
+    let mut sender = new_sender(scfg, SNAP_ID, files, &snap).unwrap();
     {
         let sink = MmapSink::new(dir.path(), "test").unwrap();
         let mut receiver = Receiver::new(rcfg, SNAP_ID, &snap, sink);
@@ -627,7 +638,7 @@ fn files_land_in_an_output_directory_through_mmap() {
     let (contents, mut files) = simple_files(&mut rng, &snap, &[100_000, 0, 1, 7000]);
     files[3].name = "sub/deeper/f3".into();
     let (scfg, rcfg) = cfgs();
-    let mut sender = Sender::new(scfg, SNAP_ID, files, &snap).unwrap();
+    let mut sender = new_sender(scfg, SNAP_ID, files, &snap).unwrap();
     let sink = MmapSink::new(dir.path(), "t").unwrap();
     let mut receiver = Receiver::new(rcfg, SNAP_ID, &snap, sink);
     let mut s2r = Link::clean(Duration::from_millis(1));
@@ -865,7 +876,7 @@ fn foreign_and_malformed_frames_are_counted_and_dropped() {
     let (contents, files) = simple_files(&mut rng, &snap, &[40_000]);
     let (scfg, rcfg) = cfgs();
     let session = scfg.session_id;
-    let mut sender = Sender::new(scfg, SNAP_ID, files.clone(), &snap).unwrap();
+    let mut sender = new_sender(scfg, SNAP_ID, files.clone(), &snap).unwrap();
     let mut receiver = Receiver::new(rcfg, SNAP_ID, &snap, MemSink::new());
     let now = Instant::now();
     let mut buf = vec![0u8; 65536];
@@ -880,7 +891,7 @@ fn foreign_and_malformed_frames_are_counted_and_dropped() {
         ..SenderConfig::default()
     };
     other_cfg.timing = fast_timing();
-    let mut other = Sender::new(other_cfg, SNAP_ID, files, &snap).unwrap();
+    let mut other = new_sender(other_cfg, SNAP_ID, files, &snap).unwrap();
     let n = other.poll_transmit(now, &mut buf).unwrap();
     assert!(!receiver.handle_datagram(now, &buf[..n]));
     // Garbage, a truncated frame, a corrupted frame, and a gram pointing past the file.
@@ -937,7 +948,7 @@ fn many_files_need_several_hello_chunks() {
     let (mut scfg, mut rcfg) = cfgs();
     scfg.max_datagram = 700;
     rcfg.max_datagram = 700;
-    let mut sender = Sender::new(scfg, SNAP_ID, files, &snap).unwrap();
+    let mut sender = new_sender(scfg, SNAP_ID, files, &snap).unwrap();
     let mut receiver = Receiver::new(rcfg, SNAP_ID, &snap, MemSink::new());
     let mut s2r = Link::clean(Duration::from_millis(2));
     s2r.drop = 0.2;
@@ -963,7 +974,7 @@ fn empty_session_and_empty_files() {
     for sizes in [&[][..], &[0][..], &[0, 0, 1][..]] {
         let (contents, files) = simple_files(&mut rng, &snap, sizes);
         let (scfg, rcfg) = cfgs();
-        let mut sender = Sender::new(scfg, SNAP_ID, files, &snap).unwrap();
+        let mut sender = new_sender(scfg, SNAP_ID, files, &snap).unwrap();
         let mut receiver = Receiver::new(rcfg, SNAP_ID, &snap, MemSink::new());
         let mut s2r = Link::clean(Duration::from_millis(1));
         let mut r2s = Link::clean(Duration::from_millis(1));
@@ -1002,7 +1013,7 @@ fn pacing_holds_the_configured_rate_in_virtual_time() {
     };
     let (mut scfg, rcfg) = cfgs();
     scfg.rate = Some(10_000_000); // 80 Mbit/s
-    let mut sender = Sender::new(
+    let mut sender = new_sender(
         scfg,
         SNAP_ID,
         vec![SendFile {
@@ -1052,7 +1063,7 @@ fn a_slow_bottleneck_is_not_flooded() {
         spill: content.clone(),
     };
     let (scfg, rcfg) = cfgs();
-    let mut sender = Sender::new(
+    let mut sender = new_sender(
         scfg,
         SNAP_ID,
         vec![SendFile {
@@ -1094,7 +1105,7 @@ fn cancel_on_either_side_is_a_clean_abort_with_the_reason_on_both() {
         let snap = rng.bytes(4096);
         let (_, f) = raw_file(&mut rng, "big", 400_000);
         let (scfg, rcfg) = cfgs();
-        let mut sender = Sender::new(scfg, SNAP_ID, vec![f], &snap).unwrap();
+        let mut sender = new_sender(scfg, SNAP_ID, vec![f], &snap).unwrap();
         let mut receiver = Receiver::new(rcfg, SNAP_ID, &snap, MemSink::new());
         let mut s2r = Link::clean(Duration::from_millis(1));
         let mut r2s = Link::clean(Duration::from_millis(1));
@@ -1151,7 +1162,7 @@ fn the_receivers_max_rate_caps_the_sender() {
     let (content, f) = raw_file(&mut rng, "r", 1_000_000);
     let (scfg, mut rcfg) = cfgs();
     rcfg.max_rate = 2_000_000;
-    let mut sender = Sender::new(scfg, SNAP_ID, vec![f], &snap).unwrap();
+    let mut sender = new_sender(scfg, SNAP_ID, vec![f], &snap).unwrap();
     let mut receiver = Receiver::new(rcfg, SNAP_ID, &snap, MemSink::new());
     let mut s2r = Link::clean(Duration::from_micros(200));
     let mut r2s = Link::clean(Duration::from_micros(200));
@@ -1181,7 +1192,7 @@ fn extreme_loss_still_ends_cleanly_on_both_sides() {
         s2r.drop = 0.5 + rng.below(40) as f64 / 100.0;
         r2s.drop = 0.5 + rng.below(40) as f64 / 100.0;
         let mut sender =
-            Sender::new(case.scfg.clone(), SNAP_ID, case.files.clone(), &case.snap).unwrap();
+            new_sender(case.scfg.clone(), SNAP_ID, case.files.clone(), &case.snap).unwrap();
         let mut receiver = Receiver::new(case.rcfg.clone(), SNAP_ID, &case.snap, MemSink::new());
         let ends = run_pair(
             &mut rng,
@@ -1269,7 +1280,7 @@ fn bench_receiver_apply() {
             name: "b".into(),
             blueprint: bp,
         }];
-        let mut sender = Sender::new(scfg, SNAP_ID, files, &snap).unwrap();
+        let mut sender = new_sender(scfg, SNAP_ID, files, &snap).unwrap();
         let mut receiver = Receiver::new(rcfg.clone(), SNAP_ID, &snap, MemSink::new());
         let t0 = Instant::now();
         let mut buf = vec![0u8; 2048];
@@ -1326,7 +1337,7 @@ fn send_impaired(
     let (mut scfg, rcfg) = cfgs();
     scfg.pack = pack;
     scfg.pack_opts = opts;
-    let mut sender = Sender::new(scfg, SNAP_ID, files.to_vec(), snap).unwrap();
+    let mut sender = new_sender(scfg, SNAP_ID, files.to_vec(), snap).unwrap();
     let want = if pack == PackPolicy::Always {
         FileMode::Packed
     } else {
@@ -1514,7 +1525,7 @@ fn bench_pack_levels() {
         bp.segments.len(),
         bp.spill.len(),
         bytes.len(),
-        packetfs::proto::sender::direct_payload_estimate(&bp)
+        packetfs::prepare::direct_payload_estimate(&bp)
     );
     for level in [1, 3, 6] {
         for spill_per_block in [64u64 << 10, 256 << 10, 1 << 20] {
@@ -1575,7 +1586,7 @@ fn long_covered_pieces_hash_in_chunks_bit_exact() {
             name: "covered".into(),
             blueprint: bp.clone(),
         }];
-        let mut sender = Sender::new(scfg, SNAP_ID, files, &snap).unwrap();
+        let mut sender = new_sender(scfg, SNAP_ID, files, &snap).unwrap();
         let mut s2r = Link::clean(Duration::from_millis(1));
         s2r.reorder = 0.5;
         s2r.dup = 0.3;

@@ -393,7 +393,9 @@ fn the_driver_loop_repairs_loss_on_real_sockets() {
             rate: Some(50_000_000),
             ..SenderConfig::default()
         };
-        let mut sender = Sender::new(cfg, SNAP_ID, files, &snap).unwrap();
+        let files =
+            packetfs::prepare::prepare(files, SNAP_ID, &snap, cfg.pack, &cfg.pack_opts).unwrap();
+        let mut sender = Sender::new(cfg, SNAP_ID, files).unwrap();
         let mut io = Lossy {
             inner: sio,
             rng: Rng(2),

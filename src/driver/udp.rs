@@ -546,7 +546,8 @@ pub fn run_sender_with(
     pc.rate = cfg.rate.or(pc.rate);
     let session_id = pc.session_id;
     let t_pack = Instant::now();
-    let mut sender = Sender::new(pc, snapshot_id, files, snapshot)?;
+    let files = crate::prepare::prepare(files, snapshot_id, snapshot, pc.pack, &pc.pack_opts)?;
+    let mut sender = Sender::new(pc, snapshot_id, files)?;
     let pack_time = t_pack.elapsed();
     let mut io = UdpIo::bind(cfg.bind, Some(cfg.dst), cfg.socket_buffer)?;
     let start = Instant::now();

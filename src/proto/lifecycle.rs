@@ -96,10 +96,6 @@ impl Lifecycle {
         }
     }
 
-    pub fn wants(&self, c: Ctrl) -> bool {
-        self.queue.contains(&c)
-    }
-
     /// The next control frame to send. Taking Terminal marks it sent now.
     pub fn next_ctrl(&mut self, now: Instant) -> Option<Ctrl> {
         let c = self.queue.pop_front()?;

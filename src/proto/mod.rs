@@ -25,6 +25,7 @@ mod ack;
 mod assembly;
 pub(crate) mod lifecycle;
 mod manifest;
+mod outgoing;
 pub mod pacing;
 pub mod rangeset;
 pub mod receiver;
@@ -32,7 +33,7 @@ pub mod sender;
 pub mod sink;
 
 pub use receiver::Receiver;
-pub use sender::{SendFile, Sender};
+pub use sender::{OutgoingFile, SendError, SendFile, Sender};
 pub use sink::{FileSink, MemSink, SinkError, SinkFile};
 
 use crate::util::hex;
