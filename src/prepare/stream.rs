@@ -153,6 +153,8 @@ pub enum StreamError {
         #[source]
         source: std::io::Error,
     },
+    #[error("loading the snapshot's indexes failed")]
+    Index(#[source] crate::index::IndexError),
     #[error("the sender refused a block")]
     Send(#[source] SendError),
     #[error("the block producer stopped before every file was complete")]
@@ -215,6 +217,22 @@ fn pack_window(
         "raw blocks within the allowance"
     );
     Ok(packed)
+}
+
+/// [`produce`] after loading (or building) the snapshot's default indexes on this thread,
+/// so the session starts while they load.
+pub fn produce_with_default_indexes(
+    files: &[StreamFile],
+    snap: &Snapshot,
+    o: &StreamOptions,
+    tx: &SyncSender<Result<Item, StreamError>>,
+) {
+    match IndexSet::ensure(snap, &crate::index::default_specs(), false) {
+        Ok((idx, _)) => produce(files, snap, &idx, o, tx),
+        Err(e) => {
+            let _ = tx.send(Err(StreamError::Index(e)));
+        }
+    }
 }
 
 /// Plan and pack `files` in order, window by window, handing the blocks to `tx`. Stops
