@@ -301,6 +301,21 @@ fn parse_dst(s: &str) -> anyhow::Result<SocketAddr> {
     bail!("--dst {s:?} is not IP or IP:PORT")
 }
 
+/// Whether any input is a `.pbb` blueprint (those are sent whole, not streamed).
+fn any_pbb(files: &[PathBuf]) -> anyhow::Result<bool> {
+    for f in files {
+        let mut head = [0u8; 8];
+        let mut h =
+            std::fs::File::open(f).with_context(|| format!("cannot read {}", f.display()))?;
+        let n = std::io::Read::read(&mut h, &mut head)
+            .with_context(|| format!("cannot read {}", f.display()))?;
+        if head[..n].starts_with(&pbb::MAGIC) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Plan (or load) each file into a blueprint against the snapshot.
 fn blueprints(files: &[PathBuf], snap: &Snapshot) -> anyhow::Result<Vec<SendFile>> {
     let mut idx: Option<IndexSet> = None;
@@ -502,12 +517,42 @@ pub fn send(a: SendArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let snap = Snapshot::open(&snapshot, a.hugepages)?;
-    let files = blueprints(&a.files, &snap)?;
-    let plan_bytes: u64 = files.iter().map(|f| f.blueprint.file_len).sum();
     let transport = pick_transport(a.transport, a.iface.as_deref());
     let mut bar = Bar::new();
     let mut report = None;
+    // Streaming send over UDP: plan window by window while the session runs.
+    let stream = transport == Transport::Udp
+        && packetfs::proto::PackPolicy::from(a.pack) != packetfs::proto::PackPolicy::Never
+        && !any_pbb(&a.files)?;
+    let (files, plan_bytes) = if stream {
+        (Vec::new(), None)
+    } else {
+        let files = blueprints(&a.files, &snap)?;
+        let n: u64 = files.iter().map(|f| f.blueprint.file_len).sum();
+        (files, Some(n))
+    };
     let r = match transport {
+        Transport::Udp if stream => {
+            use packetfs::prepare::stream;
+            let mut cfg = SendConfig::new(dst);
+            cfg.mtu = a.mtu;
+            cfg.rate = rate;
+            let sfiles = a
+                .files
+                .iter()
+                .map(|p| stream::StreamFile::open(p.clone()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let o = stream::StreamOptions::default();
+            let out = stream::outgoing(&sfiles, &o);
+            let (tx, rx) = std::sync::mpsc::sync_channel(o.channel);
+            let (sfiles, snap, o) = (&sfiles, &snap, &o);
+            std::thread::scope(|sc| {
+                sc.spawn(move || stream::produce_with_default_indexes(sfiles, snap, o, &tx));
+                udp::run_streaming_sender_with(&cfg, out, rx, snap.id, &cancel, &mut |e| {
+                    bar.event(e)
+                })
+            })
+        }
         Transport::Udp => {
             let mut cfg = SendConfig::new(dst);
             cfg.mtu = a.mtu;
@@ -611,7 +656,7 @@ pub fn send(a: SendArgs) -> anyhow::Result<ExitCode> {
     if let Some(r) = &report {
         m["xdp"] = serde_json::to_value(r)?;
     }
-    debug_assert_eq!(plan_bytes, s.file_bytes);
+    debug_assert!(plan_bytes.is_none_or(|n| n == s.file_bytes));
     packetfs::metrics::append(&a.metrics, &m)
         .with_context(|| format!("appending to {}", a.metrics.display()))?;
     Ok(ExitCode::SUCCESS)

@@ -14,7 +14,7 @@
 //! ```
 
 use super::{drive, DatagramIo, DriveOptions, Stop};
-use crate::proto::mmap_sink::MmapSink;
+use crate::fsink::MmapSink;
 use crate::proto::sender::SendError;
 use crate::proto::{
     datagram_for_mtu, Endpoint, Event, Failure, Receiver, ReceiverConfig, SendFile, Sender,
@@ -482,6 +482,8 @@ pub enum DriverError {
     Io(#[from] io::Error),
     #[error(transparent)]
     Setup(#[from] SendError),
+    #[error("streaming the files failed")]
+    Stream(#[from] crate::prepare::stream::StreamError),
     #[error("no sender arrived within {0:?}")]
     ListenTimeout(Duration),
     #[error("send failed: {failure}")]
@@ -546,7 +548,8 @@ pub fn run_sender_with(
     pc.rate = cfg.rate.or(pc.rate);
     let session_id = pc.session_id;
     let t_pack = Instant::now();
-    let mut sender = Sender::new(pc, snapshot_id, files, snapshot)?;
+    let files = crate::prepare::prepare(files, snapshot_id, snapshot, pc.pack, &pc.pack_opts)?;
+    let mut sender = Sender::new(pc, snapshot_id, files)?;
     let pack_time = t_pack.elapsed();
     let mut io = UdpIo::bind(cfg.bind, Some(cfg.dst), cfg.socket_buffer)?;
     let start = Instant::now();
@@ -565,6 +568,51 @@ pub fn run_sender_with(
         session_id,
         done.unwrap_or_else(Instant::now) - start,
         pack_time,
+    )
+}
+
+/// Streaming send (`crate::prepare::stream`): `files` are the sender's streamed files
+/// (names, sizes, bounds) and `blocks` the producer's channel; the session starts at once
+/// and each block goes out as soon as it arrives. The producer runs on its own thread.
+pub fn run_streaming_sender_with(
+    cfg: &SendConfig,
+    files: Vec<crate::proto::OutgoingFile>,
+    blocks: std::sync::mpsc::Receiver<
+        Result<crate::prepare::stream::Item, crate::prepare::stream::StreamError>,
+    >,
+    snapshot_id: [u8; 32],
+    cancel: &AtomicBool,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<SendSummary, DriverError> {
+    let mut pc = cfg.proto.clone();
+    if pc.session_id == 0 {
+        pc.session_id = random_u64() | 1;
+    }
+    pc.max_datagram = datagram_for_mtu(cfg.mtu);
+    pc.rate = cfg.rate.or(pc.rate);
+    let session_id = pc.session_id;
+    let sender = Sender::new(pc, snapshot_id, files)?;
+    let mut feed = crate::prepare::stream::Feed::new(sender, blocks);
+    let mut io = UdpIo::bind(cfg.bind, Some(cfg.dst), cfg.socket_buffer)?;
+    let start = Instant::now();
+    let mut done = None;
+    let mut on_ev = finished_clock(&mut done, on_event);
+    drive(
+        &mut feed,
+        &mut io,
+        &DriveOptions::default(),
+        cancel,
+        &mut on_ev,
+    )?;
+    drop(on_ev);
+    if let Some(e) = feed.take_error() {
+        return Err(e.into());
+    }
+    finish_sender(
+        &feed.sender,
+        session_id,
+        done.unwrap_or_else(Instant::now) - start,
+        Duration::ZERO,
     )
 }
 
@@ -591,17 +639,14 @@ pub(crate) fn finish_sender(
 ) -> Result<SendSummary, DriverError> {
     let st = sender.stats_now();
     let modes = sender.modes();
-    let packed_files = modes
-        .iter()
-        .filter(|(m, _)| *m == crate::wire::payload::FileMode::Packed)
-        .count();
+    let packed_files = modes.iter().filter(|(m, _)| m.is_packed()).count();
     let summary = SendSummary {
         session_id,
         files: sender.file_count(),
         file_bytes: sender.total_bytes(),
         wire_bytes: st.bytes_sent + st.frames_sent * LINK_OVERHEAD,
         datagram_bytes: st.bytes_sent,
-        stream_bytes: sender.stream_bytes(),
+        stream_bytes: modes.iter().map(|(_, len)| len).sum(),
         packed_files,
         direct_files: modes.len() - packed_files,
         pack_time,

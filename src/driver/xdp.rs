@@ -33,7 +33,7 @@ use super::udp::{
 };
 use super::xdp_workers::{self, WorkerSet, WorkerShared, WorkerStats};
 use super::{DriveOptions, Stop};
-use crate::proto::mmap_sink::MmapSink;
+use crate::fsink::MmapSink;
 use crate::proto::{
     datagram_for_mtu, Endpoint, Event, Receiver, ReceiverConfig, SendFile, Sender, SenderConfig,
 };
@@ -874,7 +874,8 @@ pub fn run_sender(
     pc.rate = cfg.rate.or(pc.rate);
     let session_id = pc.session_id;
     let t_pack = Instant::now();
-    let mut sender = Sender::new(pc, snapshot_id, files, snapshot)
+    let mut sender = crate::prepare::prepare(files, snapshot_id, snapshot, pc.pack, &pc.pack_opts)
+        .and_then(|files| Sender::new(pc, snapshot_id, files))
         .map_err(|e| XdpError::Setup(e.to_string()))?;
     let pack_time = t_pack.elapsed();
     let mut io = XdpIo::open(&cfg.link, cfg.mtu, true)?;
