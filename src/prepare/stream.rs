@@ -423,15 +423,7 @@ mod tests {
             }
             assert_eq!(at, size);
             // raw (incompressible) blocks of every window fit the bound
-            let mut x = size | 1;
-            let data: Vec<u8> = (0..size)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
+            let data = crate::prepare::noise(size, size as usize);
             let mut total = StreamEnd::LEN as u64;
             for (s, l) in w {
                 let raw = Blueprint {

@@ -7,7 +7,7 @@
 //! [`Pacing`] (`pacing.rs`) and the session [`Lifecycle`] shared with the receiver
 //! (`lifecycle.rs`).
 
-use super::lifecycle::{earliest, Backoff, Ctrl, Lifecycle, Phase};
+use super::lifecycle::{earliest, endpoint_from_lifecycle, Backoff, Ctrl, Lifecycle, Phase};
 use super::outgoing::Outgoing;
 pub use super::outgoing::OutgoingFile;
 use super::pacing::Pacing;
@@ -510,21 +510,7 @@ impl Endpoint for Sender {
         }
     }
 
-    fn poll_event(&mut self) -> Option<Event> {
-        self.life.events.pop_front()
-    }
-
-    fn is_closed(&self) -> bool {
-        self.life.is_closed()
-    }
-
-    fn stats(&self) -> &Stats {
-        &self.stats
-    }
-
-    fn outcome(&self) -> Option<Result<(), Failure>> {
-        self.life.outcome.clone()
-    }
+    endpoint_from_lifecycle!();
 
     fn cancel(&mut self, now: Instant) {
         Sender::cancel(self, now)
