@@ -170,7 +170,7 @@ impl<'s, S: FileSink> Receiver<'s, S> {
             return self.fail(now, reason);
         }
         // The packed lengths passed the limit: the buffers may be allocated now.
-        self.assembly = Assembly::new(&self.manifest.files);
+        self.assembly = Assembly::new(&self.manifest.files, &self.cfg.block_limits);
         self.stage = Stage::Data;
         self.life.want(Ctrl::Accept);
         self.life.events.push_back(Event::Accepted {
@@ -248,8 +248,10 @@ impl<'s, S: FileSink> Receiver<'s, S> {
                     recv: &self.acks.recv,
                     limits: &self.cfg.block_limits,
                 };
-                if self.assembly.apply_piece(&mut cx, fi, off, p).is_err() {
-                    return self.fail(now, Reason::Io);
+                match self.assembly.apply_piece(&mut cx, fi, off, p) {
+                    Ok(true) => {}
+                    Ok(false) => continue, // ahead of the window: comes again as a repair
+                    Err(_) => return self.fail(now, Reason::Io),
                 }
                 new += self.acks.recv.insert(ss, se);
                 if touched.last() != Some(&fi) {
