@@ -1317,8 +1317,10 @@ fn packed_mode_is_bit_exact_and_smaller_on_the_wire() {
         .unzip();
     let mut wire = Vec::new();
     for pack in [PackPolicy::Always, PackPolicy::Never] {
-        let mut opts = block::EncodeOptions::default();
-        opts.spill_per_block = 8 << 10; // many blocks
+        let opts = block::EncodeOptions {
+            spill_per_block: 8 << 10, // many blocks
+            ..Default::default()
+        };
         wire.push(send_impaired(
             &mut rng,
             &snap,
@@ -1533,9 +1535,11 @@ fn self_copies_are_applied_after_their_source_under_reordering() {
             .unzip();
         for pack in [PackPolicy::Always, PackPolicy::Never] {
             // many small blocks, so copies reach back across blocks and frames
-            let mut opts = block::EncodeOptions::default();
-            opts.spill_per_block = 1 + rng.below(4096);
-            opts.file_per_block = 512 + rng.below(8192);
+            let opts = block::EncodeOptions {
+                spill_per_block: 1 + rng.below(4096),
+                file_per_block: 512 + rng.below(8192),
+                ..Default::default()
+            };
             send_impaired(
                 &mut rng,
                 &snap,
@@ -1566,9 +1570,11 @@ fn blocks_pushed_late_arrive_bit_exact_under_loss_and_reordering() {
         let mut files = Vec::new();
         // (file index, blocks) of the streamed files
         let mut streams: Vec<(usize, Vec<Vec<u8>>, [u8; 32])> = Vec::new();
-        let mut opts = block::EncodeOptions::default();
-        opts.spill_per_block = 512 + rng.below(8192);
-        opts.file_per_block = 1024 + rng.below(12_000);
+        let opts = block::EncodeOptions {
+            spill_per_block: 512 + rng.below(8192),
+            file_per_block: 1024 + rng.below(12_000),
+            ..Default::default()
+        };
         // Every other case with a small block limit, so the receiver's window for a streamed
         // file (twice the largest block) is smaller than the streams: it slides, and
         // what arrives too far ahead is dropped and repaired.
