@@ -1317,8 +1317,10 @@ fn packed_mode_is_bit_exact_and_smaller_on_the_wire() {
         .unzip();
     let mut wire = Vec::new();
     for pack in [PackPolicy::Always, PackPolicy::Never] {
-        let mut opts = block::EncodeOptions::default();
-        opts.spill_per_block = 8 << 10; // many blocks
+        let opts = block::EncodeOptions {
+            spill_per_block: 8 << 10, // many blocks
+            ..Default::default()
+        };
         wire.push(send_impaired(
             &mut rng,
             &snap,
@@ -1533,9 +1535,11 @@ fn self_copies_are_applied_after_their_source_under_reordering() {
             .unzip();
         for pack in [PackPolicy::Always, PackPolicy::Never] {
             // many small blocks, so copies reach back across blocks and frames
-            let mut opts = block::EncodeOptions::default();
-            opts.spill_per_block = 1 + rng.below(4096);
-            opts.file_per_block = 512 + rng.below(8192);
+            let opts = block::EncodeOptions {
+                spill_per_block: 1 + rng.below(4096),
+                file_per_block: 512 + rng.below(8192),
+                ..Default::default()
+            };
             send_impaired(
                 &mut rng,
                 &snap,
@@ -1560,14 +1564,21 @@ fn blocks_pushed_late_arrive_bit_exact_under_loss_and_reordering() {
     use packetfs::wire::payload::StreamEnd;
     let mut rng = Rng(0x57e4);
     let snap = rng.bytes(256 * 1024);
+    let mut longest_small_window_stream = 0;
     for case in 0..24u64 {
         let mut contents = Vec::new();
         let mut files = Vec::new();
         // (file index, blocks) of the streamed files
         let mut streams: Vec<(usize, Vec<Vec<u8>>, [u8; 32])> = Vec::new();
-        let mut opts = block::EncodeOptions::default();
-        opts.spill_per_block = 512 + rng.below(8192);
-        opts.file_per_block = 1024 + rng.below(16_384);
+        let opts = block::EncodeOptions {
+            spill_per_block: 512 + rng.below(8192),
+            file_per_block: 1024 + rng.below(12_000),
+            ..Default::default()
+        };
+        // Every other case with a small block limit, so the receiver's window for a streamed
+        // file (twice the largest block) is smaller than the streams: it slides, and
+        // what arrives too far ahead is dropped and repaired.
+        let small_window = case % 2 == 1;
         for i in 0..3 {
             let len = rng.below(120_000) as usize + if i == 0 { 1 } else { 0 };
             let (c, bp) = make_file_with(&mut rng, &snap, len, true);
@@ -1580,6 +1591,9 @@ fn blocks_pushed_late_arrive_bit_exact_under_loss_and_reordering() {
                     .unwrap() as usize;
                 blocks.push(packed[at..at + 4 + n].to_vec());
                 at += 4 + n;
+            }
+            if small_window {
+                longest_small_window_stream = longest_small_window_stream.max(packed.len());
             }
             let slack = rng.below(3000);
             files.push(OutgoingFile::Streamed {
@@ -1603,8 +1617,13 @@ fn blocks_pushed_late_arrive_bit_exact_under_loss_and_reordering() {
         for s in streams.iter_mut().skip(1) {
             s.0 += 1;
         }
-        let (mut scfg, rcfg) = cfgs();
+        let (mut scfg, mut rcfg) = cfgs();
         scfg.rate = Some(20_000_000);
+        if small_window {
+            // and a fast link, so holes leave much data ahead of the window
+            rcfg.block_limits.max_body = 24 << 10;
+            scfg.rate = Some(200_000_000);
+        }
         let mut sender = Sender::new(scfg, SNAP_ID, files).unwrap();
         let mut receiver = Receiver::new(rcfg, SNAP_ID, &snap, MemSink::new());
         let mut s2r = Link::clean(Duration::from_millis(1));
@@ -1614,7 +1633,11 @@ fn blocks_pushed_late_arrive_bit_exact_under_loss_and_reordering() {
         r2s.drop = 0.05;
         // The producer: one block every `every`, files in order, each file's hash after its
         // last block; the first block only once the session has run a while.
-        let every = Duration::from_micros(500 + rng.below(5000));
+        let every = if small_window {
+            Duration::from_micros(20)
+        } else {
+            Duration::from_micros(500 + rng.below(5000))
+        };
         let mut queue: std::collections::VecDeque<(usize, Option<Vec<u8>>, [u8; 32])> = streams
             .iter()
             .flat_map(|(f, blocks, h)| {
@@ -1633,8 +1656,9 @@ fn blocks_pushed_late_arrive_bit_exact_under_loss_and_reordering() {
             &mut r2s,
             Act::None,
             &mut |t, s| {
-                if t < Duration::from_millis(20) {
-                    return Some(Duration::from_millis(20));
+                // Start once the session runs (the receiver answered) and 20 ms passed.
+                if t < Duration::from_millis(20) || s.stats().frames_received == 0 {
+                    return Some(t.max(Duration::from_millis(20)) + Duration::from_millis(1));
                 }
                 let (f, b, h) = queue.pop_front()?;
                 match b {
@@ -1659,4 +1683,8 @@ fn blocks_pushed_late_arrive_bit_exact_under_loss_and_reordering() {
             assert!(sink.committed(i) == Some(&c[..]), "case {case}: file {i}");
         }
     }
+    assert!(
+        longest_small_window_stream > 2 * (24 << 10) + 8,
+        "no stream outgrew the small window: {longest_small_window_stream}"
+    );
 }

@@ -473,9 +473,11 @@ fn a_streamed_file_arrives_bit_exact_while_its_blocks_are_produced_late() {
     use packetfs::wire::payload::StreamEnd;
     let snap = snapshot(21);
     let mut rng = Rng(21);
-    let mut opts = block::EncodeOptions::default();
-    opts.spill_per_block = 16 << 10;
-    opts.file_per_block = 64 << 10;
+    let opts = block::EncodeOptions {
+        spill_per_block: 16 << 10,
+        file_per_block: 64 << 10,
+        ..Default::default()
+    };
     let mut contents = Vec::new();
     let mut outgoing = Vec::new();
     let mut items = Vec::new();

@@ -123,6 +123,20 @@ pub fn prepare(
     Ok(out)
 }
 
+/// `n` bytes of xorshift64 noise from `seed` (incompressible test data).
+#[cfg(test)]
+pub(crate) fn noise(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,15 +158,7 @@ mod tests {
         let (m, packed) = choose_mode(&mk(text.clone()), PackPolicy::Auto, &o).unwrap();
         assert_eq!(m, FileMode::Packed);
         assert!(packed.len() < text.len() / 10);
-        let mut x = 0x9e3779b97f4a7c15u64;
-        let random: Vec<u8> = (0..200_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let random = noise(0x9e3779b97f4a7c15, 200_000);
         let (m, _) = choose_mode(&mk(random.clone()), PackPolicy::Auto, &o).unwrap();
         assert_eq!(m, FileMode::Direct);
         let (m, _) = choose_mode(&mk(random), PackPolicy::Always, &o).unwrap();
@@ -160,14 +166,7 @@ mod tests {
         let (m, _) = choose_mode(&mk(text.clone()), PackPolicy::Never, &o).unwrap();
         assert_eq!(m, FileMode::Direct);
         // Large incompressible spill is recognised from samples, without encoding it.
-        let big: Vec<u8> = (0..(2 << 20))
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let big = noise(7, 2 << 20);
         let bp = mk(big);
         assert!(incompressible_spill(&bp, direct_payload_estimate(&bp)));
         let bp = mk(text.repeat(11));

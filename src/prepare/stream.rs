@@ -179,6 +179,23 @@ fn encode_window(
     block::encode(&bp, o)
 }
 
+/// The blocks of window `[start, start + window.len())` stored raw (within the allowance).
+fn raw_window(
+    window: &[u8],
+    start: u64,
+    snap_id: [u8; 32],
+    o: &block::EncodeOptions,
+) -> Result<Vec<u8>, std::io::Error> {
+    let raw = Blueprint {
+        snapshot_id: snap_id,
+        file_len: window.len() as u64,
+        file_hash: [0; 32],
+        segments: raw_segments(window.len() as u64),
+        spill: window.to_vec(),
+    };
+    encode_window(raw, start, o)
+}
+
 /// The blocks of one window: planned and packed, or raw if that is not smaller than the
 /// allowance lets through.
 fn pack_window(
@@ -204,14 +221,7 @@ fn pack_window(
     if packed.len() as u64 <= limit {
         return Ok(packed);
     }
-    let raw = Blueprint {
-        snapshot_id: snap.id,
-        file_len: window.len() as u64,
-        file_hash: [0; 32],
-        segments: raw_segments(window.len() as u64),
-        spill: window.to_vec(),
-    };
-    let packed = encode_window(raw, start, &o.encode).map_err(pack_err)?;
+    let packed = raw_window(window, start, snap.id, &o.encode).map_err(pack_err)?;
     debug_assert!(
         packed.len() as u64 <= limit,
         "raw blocks within the allowance"
@@ -219,20 +229,38 @@ fn pack_window(
     Ok(packed)
 }
 
-/// [`produce`] after loading (or building) the snapshot's default indexes on this thread,
-/// so the session starts while they load.
+/// [`produce`] while the snapshot's default indexes load (or build) on another thread: the
+/// session's first window goes raw if they are not there yet, so the first data frames
+/// leave while they load; the rest is planned with them.
 pub fn produce_with_default_indexes(
     files: &[StreamFile],
     snap: &Snapshot,
     o: &StreamOptions,
     tx: &SyncSender<Result<Item, StreamError>>,
 ) {
-    match IndexSet::ensure(snap, &crate::index::default_specs(), false) {
-        Ok((idx, _)) => produce(files, snap, &idx, o, tx),
-        Err(e) => {
-            let _ = tx.send(Err(StreamError::Index(e)));
-        }
-    }
+    std::thread::scope(|s| {
+        let loading =
+            s.spawn(|| IndexSet::ensure(snap, &crate::index::default_specs(), false).map(|r| r.0));
+        let mut loading = Some(loading);
+        let mut idx: Option<IndexSet> = None;
+        let mut first = true;
+        produce_with(files, tx, o, &mut |window, start, f| {
+            if let Some(h) = loading.take_if(|h| !first || h.is_finished()) {
+                let loaded = h.join().expect("the index loader does not panic");
+                idx = Some(loaded.map_err(StreamError::Index)?);
+            }
+            first = false;
+            match &idx {
+                Some(idx) => pack_window(window, start, snap, idx, o, f),
+                None => raw_window(window, start, snap.id, &o.encode).map_err(|source| {
+                    StreamError::Pack {
+                        path: f.path.clone(),
+                        source,
+                    }
+                }),
+            }
+        });
+    })
 }
 
 /// Plan and pack `files` in order, window by window, handing the blocks to `tx`. Stops
@@ -244,8 +272,22 @@ pub fn produce(
     o: &StreamOptions,
     tx: &SyncSender<Result<Item, StreamError>>,
 ) {
+    produce_with(files, tx, o, &mut |window, start, f| {
+        pack_window(window, start, snap, idx, o, f)
+    })
+}
+
+/// What turns one window (its bytes, its file offset, its file) into blocks.
+type PackFn<'a> = dyn FnMut(&[u8], u64, &StreamFile) -> Result<Vec<u8>, StreamError> + 'a;
+
+fn produce_with(
+    files: &[StreamFile],
+    tx: &SyncSender<Result<Item, StreamError>>,
+    o: &StreamOptions,
+    pack: &mut PackFn<'_>,
+) {
     for (i, f) in files.iter().enumerate() {
-        match produce_file(i, f, snap, idx, o, tx) {
+        match produce_file(i, f, o, tx, pack) {
             Ok(true) => {}
             Ok(false) => return, // hung up
             Err(e) => {
@@ -259,10 +301,9 @@ pub fn produce(
 fn produce_file(
     i: usize,
     f: &StreamFile,
-    snap: &Snapshot,
-    idx: &IndexSet,
     o: &StreamOptions,
     tx: &SyncSender<Result<Item, StreamError>>,
+    pack: &mut PackFn<'_>,
 ) -> Result<bool, StreamError> {
     let read_err = |source| StreamError::Read {
         path: f.path.clone(),
@@ -282,7 +323,7 @@ fn produce_file(
             _ => read_err(e),
         })?;
         hasher.update(&buf);
-        let bytes = pack_window(&buf, start, snap, idx, o, f)?;
+        let bytes = pack(&buf, start, f)?;
         if tx.send(Ok(Item::Blocks { file: i, bytes })).is_err() {
             return Ok(false);
         }
@@ -423,15 +464,7 @@ mod tests {
             }
             assert_eq!(at, size);
             // raw (incompressible) blocks of every window fit the bound
-            let mut x = size | 1;
-            let data: Vec<u8> = (0..size)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
+            let data = crate::prepare::noise(size, size as usize);
             let mut total = StreamEnd::LEN as u64;
             for (s, l) in w {
                 let raw = Blueprint {

@@ -12,12 +12,31 @@ use crate::wire::payload::{FileMode, Piece, StreamEnd};
 /// Hash bytes in steps of at least this many (BLAKE3 is fastest on long inputs).
 const HASH_STEP: u64 = 256 << 10;
 
+/// The most stream bytes a streamed file's reassembly window holds: twice the largest block
+/// the limits allow (64 MiB by default). Bytes further ahead are dropped and come again as
+/// repairs, so a streamed file of any size needs this much memory at most.
+pub fn stream_window(lim: &block::Limits) -> u64 {
+    lim.max_body.saturating_mul(2) + 2 * block::PREFIX as u64
+}
+
+/// Reassembly memory a file needs.
+pub fn held_bytes(mode: FileMode, slen: u64, lim: &block::Limits) -> u64 {
+    match mode {
+        FileMode::Direct => 0,
+        FileMode::Packed => slen,
+        FileMode::Streamed => slen.min(stream_window(lim)),
+    }
+}
+
 /// Per-file progress beyond the range set.
 #[derive(Default)]
 struct Prog {
-    /// Packed: the reassembly buffer (`slen` bytes, allocated once the manifest passed the
-    /// limits).
+    /// Packed: the reassembly buffer, stream bytes `[base, base + buf.len())`: the whole
+    /// stream (`slen` bytes, allocated once the manifest passed the limits), or for a
+    /// streamed file a window that grows up to `cap` and drops what was decoded.
     buf: Vec<u8>,
+    base: u64,
+    cap: u64,
     /// Packed: stream bytes decoded (a block boundary).
     decoded: u64,
     /// File bytes written in order (packed) or contiguous (direct) and fed to `hasher`.
@@ -52,36 +71,54 @@ pub(crate) struct Assembly {
 
 impl Assembly {
     /// Buffers for the accepted files (packed lengths passed the limits already).
-    pub fn new(files: &[RecvFile]) -> Self {
+    pub fn new(files: &[RecvFile], lim: &block::Limits) -> Self {
         Assembly {
             prog: files
                 .iter()
                 .map(|f| Prog {
-                    buf: if f.mode.is_packed() {
+                    buf: if f.mode == FileMode::Packed {
                         vec![0u8; f.slen as usize]
                     } else {
                         Vec::new()
                     },
+                    cap: held_bytes(f.mode, f.slen, lim),
                     ..Prog::default()
                 })
                 .collect(),
         }
     }
 
-    /// Apply one piece at offset `off` of file `fi`'s stream.
+    /// Apply one piece at offset `off` of file `fi`'s stream. Returns false when the piece
+    /// was dropped (ahead of a streamed file's window): it is not received.
     pub fn apply_piece<S: FileSink>(
         &mut self,
         cx: &mut Ctx<'_, '_, S>,
         fi: usize,
         off: u64,
         p: Piece<'_>,
-    ) -> Result<(), SinkError> {
+    ) -> Result<bool, SinkError> {
         if cx.files[fi].mode.is_packed() {
-            if let Piece::Raw(b) = p {
-                let o = off as usize;
-                self.prog[fi].buf[o..o + b.len()].copy_from_slice(b);
+            let Piece::Raw(b) = p else {
+                return Ok(true); // refused by the bounds check before
+            };
+            let g = &mut self.prog[fi];
+            let end = off + b.len() as u64;
+            if end <= g.base {
+                return Ok(true); // decoded already
             }
-            return Ok(());
+            if end - g.base > g.cap {
+                return Ok(false);
+            }
+            let skip = g.base.saturating_sub(off) as usize;
+            let (lo, hi) = (
+                (off + skip as u64 - g.base) as usize,
+                (end - g.base) as usize,
+            );
+            if g.buf.len() < hi {
+                g.buf.resize(hi, 0);
+            }
+            g.buf[lo..hi].copy_from_slice(&b[skip..]);
+            return Ok(true);
         }
         // Bytes below the hashed prefix are final: a piece never rewrites them (pieces are
         // byte-wise, so trimming one is exact).
@@ -104,6 +141,7 @@ impl Assembly {
             ),
             Piece::Raw(b) => cx.sink.write_raw(fi as u32, off, &b[skip as usize..]),
         }
+        .map(|()| true)
     }
 
     /// A direct file's contiguous prefix grew: hash it. Returns true once the file is whole.
@@ -180,8 +218,9 @@ impl Assembly {
         let streamed = f.mode == FileMode::Streamed;
         let prefix = cx.recv.first_gap(start).min(start + slen) - start;
         while self.prog[fi].decoded < prefix {
-            let at = self.prog[fi].decoded as usize;
-            let avail = &self.prog[fi].buf[at..prefix as usize];
+            let g = &self.prog[fi];
+            let at = g.decoded as usize;
+            let avail = &g.buf[(g.decoded - g.base) as usize..(prefix - g.base) as usize];
             if streamed {
                 match StreamEnd::parse(avail) {
                     None => {}
@@ -209,7 +248,9 @@ impl Assembly {
             if end > prefix {
                 break;
             }
-            let body = &self.prog[fi].buf[at + block::PREFIX..end as usize];
+            let g = &self.prog[fi];
+            let body =
+                &g.buf[(g.decoded - g.base) as usize + block::PREFIX..(end - g.base) as usize];
             let file_off = self.prog[fi].hashed;
             let b = block::decode_body(body, cx.limits, cx.snapshot.len() as u64, file_off)
                 .map_err(|_| Reason::Protocol)?;
@@ -233,6 +274,11 @@ impl Assembly {
             cx.sink.prefix_final(fi as u32, file_off + b.file_len);
         }
         let p = &mut self.prog[fi];
+        if streamed && p.decoded - p.base >= p.cap / 2 {
+            // Drop what was decoded: the window slides.
+            p.buf.drain(..(p.decoded - p.base) as usize);
+            p.base = p.decoded;
+        }
         if !streamed && p.decoded == slen {
             if p.hashed != size {
                 return Err(Reason::Protocol);

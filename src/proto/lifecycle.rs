@@ -224,6 +224,29 @@ impl Lifecycle {
     }
 }
 
+/// The [`super::Endpoint`] methods both sides answer alike, from their `life`
+/// ([`Lifecycle`]) and `stats` fields: used inside each side's `impl Endpoint`.
+macro_rules! endpoint_from_lifecycle {
+    () => {
+        fn poll_event(&mut self) -> Option<Event> {
+            self.life.events.pop_front()
+        }
+
+        fn is_closed(&self) -> bool {
+            self.life.is_closed()
+        }
+
+        fn stats(&self) -> &Stats {
+            &self.stats
+        }
+
+        fn outcome(&self) -> Option<Result<(), Failure>> {
+            self.life.outcome.clone()
+        }
+    };
+}
+pub(crate) use endpoint_from_lifecycle;
+
 /// The earlier of two optional instants.
 pub(crate) fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {

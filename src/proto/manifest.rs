@@ -114,7 +114,8 @@ impl Manifest {
         let mut packed_total = 0u64;
         for (i, e) in entries.iter().enumerate() {
             if e.mode.is_packed() {
-                packed_total = packed_total.saturating_add(e.stream_len);
+                let held = super::assembly::held_bytes(e.mode, e.stream_len, &cfg.block_limits);
+                packed_total = packed_total.saturating_add(held);
                 if packed_total > cfg.max_packed_total {
                     return Err(Reason::PackedTooLarge {
                         file: i as u32,

@@ -9,11 +9,52 @@
 //! pushed, and the void after a finished stream's end record is skipped, never sent.
 
 use super::rangeset::RangeSet;
-use super::SendError;
 use crate::blueprint::{Blueprint, Source};
 use crate::wire::payload::{FileEntry, FileMode, GramWriter, StreamEnd};
 use std::collections::VecDeque;
 use std::time::Instant;
+
+/// Why a sender could not be built or fed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("file #{file}: invalid blueprint")]
+    InvalidBlueprint {
+        file: usize,
+        #[source]
+        source: crate::blueprint::pbb::PbbError,
+    },
+    #[error("file #{file} points into snapshot {}, not {}", crate::util::hex(.found), crate::util::hex(.expected))]
+    MixedSnapshots {
+        file: usize,
+        expected: [u8; 32],
+        found: [u8; 32],
+    },
+    #[error(
+        "file #{file} has an empty name or one longer than {} bytes",
+        crate::wire::payload::MAX_NAME_LEN
+    )]
+    BadName { file: usize },
+    #[error("too many files ({0})")]
+    TooManyFiles(usize),
+    #[error("datagram size {0} is outside {min}..={max}", min = crate::wire::payload::MIN_DATAGRAM, max = super::MAX_DATAGRAM)]
+    DatagramSize(usize),
+    #[error("file #{file}: packing its blueprint failed")]
+    Pack {
+        file: usize,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("file #{file} is direct but has self copies or covers (prepare lowers them)")]
+    DirectSelfCopies { file: usize },
+    #[error("file #{file} is packed but empty")]
+    EmptyPacked { file: usize },
+    #[error("file #{file}: a stream bound of {bound} bytes is too small or overflows")]
+    StreamBound { file: usize, bound: u64 },
+    #[error("file #{file} is not a streamed file still open")]
+    NotStreamed { file: usize },
+    #[error("file #{file}: its blocks exceed the declared stream bound of {bound} bytes")]
+    StreamOverflow { file: usize, bound: u64 },
+}
 
 /// A file as the sender state machine takes it.
 #[derive(Debug, Clone)]

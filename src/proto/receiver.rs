@@ -9,7 +9,7 @@
 
 use super::ack::Acks;
 use super::assembly::{Assembly, Ctx, Packed};
-use super::lifecycle::{earliest, Backoff, Ctrl, Lifecycle, Phase};
+use super::lifecycle::{earliest, endpoint_from_lifecycle, Backoff, Ctrl, Lifecycle, Phase};
 use super::manifest::Manifest;
 pub use super::manifest::RecvFile;
 use super::sink::{FileSink, SinkError};
@@ -170,7 +170,7 @@ impl<'s, S: FileSink> Receiver<'s, S> {
             return self.fail(now, reason);
         }
         // The packed lengths passed the limit: the buffers may be allocated now.
-        self.assembly = Assembly::new(&self.manifest.files);
+        self.assembly = Assembly::new(&self.manifest.files, &self.cfg.block_limits);
         self.stage = Stage::Data;
         self.life.want(Ctrl::Accept);
         self.life.events.push_back(Event::Accepted {
@@ -248,8 +248,10 @@ impl<'s, S: FileSink> Receiver<'s, S> {
                     recv: &self.acks.recv,
                     limits: &self.cfg.block_limits,
                 };
-                if self.assembly.apply_piece(&mut cx, fi, off, p).is_err() {
-                    return self.fail(now, Reason::Io);
+                match self.assembly.apply_piece(&mut cx, fi, off, p) {
+                    Ok(true) => {}
+                    Ok(false) => continue, // ahead of the window: comes again as a repair
+                    Err(_) => return self.fail(now, Reason::Io),
                 }
                 new += self.acks.recv.insert(ss, se);
                 if touched.last() != Some(&fi) {
@@ -495,21 +497,7 @@ impl<S: FileSink> Endpoint for Receiver<'_, S> {
         )
     }
 
-    fn poll_event(&mut self) -> Option<Event> {
-        self.life.events.pop_front()
-    }
-
-    fn is_closed(&self) -> bool {
-        self.life.is_closed()
-    }
-
-    fn stats(&self) -> &Stats {
-        &self.stats
-    }
-
-    fn outcome(&self) -> Option<Result<(), Failure>> {
-        self.life.outcome.clone()
-    }
+    endpoint_from_lifecycle!();
 
     fn cancel(&mut self, now: Instant) {
         Receiver::cancel(self, now)
@@ -629,14 +617,20 @@ mod tests {
         assert_eq!(n.ack.echo_seq, 4);
     }
 
-    #[test]
-    fn with_a_reorder_window_holes_are_nacked_only_once_older_than_it() {
+    /// A receiver with a 10 ms reorder window that got 0..100 and 200..300 of 10 000 bytes.
+    fn windowed_with_a_hole() -> (Receiver<'static, MemSink>, Instant) {
         let mut r = receiver(10_000);
         r.cfg.reorder_window = Duration::from_millis(10);
         r.acks.reorder_window = r.cfg.reorder_window;
         let t = Instant::now();
         r.handle_datagram(t, &data(1, 0, 100));
         r.handle_datagram(t, &data(2, 200, 100));
+        (r, t)
+    }
+
+    #[test]
+    fn with_a_reorder_window_holes_are_nacked_only_once_older_than_it() {
+        let (mut r, t) = windowed_with_a_hole();
         r.handle_timeout(t + Duration::from_millis(3));
         let Payload::Ack(_) = status(&mut r, t + Duration::from_millis(3)) else {
             panic!("a NACK for a hole that may be late")
@@ -657,12 +651,7 @@ mod tests {
 
     #[test]
     fn with_a_reorder_window_a_probe_is_answered_at_once_and_nacked_after_the_window() {
-        let mut r = receiver(10_000);
-        r.cfg.reorder_window = Duration::from_millis(10);
-        r.acks.reorder_window = r.cfg.reorder_window;
-        let t = Instant::now();
-        r.handle_datagram(t, &data(1, 0, 100));
-        r.handle_datagram(t, &data(2, 200, 100));
+        let (mut r, t) = windowed_with_a_hole();
         let probe = Payload::Probe(Probe {
             sent: 400,
             srtt_us: 500,
@@ -684,13 +673,8 @@ mod tests {
 
     #[test]
     fn a_late_original_in_a_nacked_hole_doubles_the_reorder_window() {
-        let mut r = receiver(10_000);
-        r.cfg.reorder_window = Duration::from_millis(10);
-        r.acks.reorder_window = r.cfg.reorder_window;
-        let t = Instant::now();
+        let (mut r, t) = windowed_with_a_hole();
         let ms = |n| t + Duration::from_millis(n);
-        r.handle_datagram(t, &data(1, 0, 100));
-        r.handle_datagram(t, &data(2, 200, 100));
         r.handle_timeout(ms(3));
         assert!(matches!(status(&mut r, ms(3)), Payload::Ack(_)));
         r.handle_datagram(ms(12), &data(3, 300, 100));

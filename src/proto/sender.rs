@@ -7,9 +7,9 @@
 //! [`Pacing`] (`pacing.rs`) and the session [`Lifecycle`] shared with the receiver
 //! (`lifecycle.rs`).
 
-use super::lifecycle::{earliest, Backoff, Ctrl, Lifecycle, Phase};
+use super::lifecycle::{earliest, endpoint_from_lifecycle, Backoff, Ctrl, Lifecycle, Phase};
 use super::outgoing::Outgoing;
-pub use super::outgoing::OutgoingFile;
+pub use super::outgoing::{OutgoingFile, SendError};
 use super::pacing::Pacing;
 use super::{us32, write_frame, Endpoint, Event, Failure, Reason, SenderConfig, Stats};
 use crate::blueprint::Blueprint;
@@ -26,48 +26,6 @@ use std::time::{Duration, Instant};
 pub struct SendFile {
     pub name: String,
     pub blueprint: Blueprint,
-}
-
-/// Why a sender could not be built or fed.
-#[derive(Debug, thiserror::Error)]
-pub enum SendError {
-    #[error("file #{file}: invalid blueprint")]
-    InvalidBlueprint {
-        file: usize,
-        #[source]
-        source: crate::blueprint::pbb::PbbError,
-    },
-    #[error("file #{file} points into snapshot {}, not {}", crate::util::hex(.found), crate::util::hex(.expected))]
-    MixedSnapshots {
-        file: usize,
-        expected: [u8; 32],
-        found: [u8; 32],
-    },
-    #[error(
-        "file #{file} has an empty name or one longer than {} bytes",
-        payload::MAX_NAME_LEN
-    )]
-    BadName { file: usize },
-    #[error("too many files ({0})")]
-    TooManyFiles(usize),
-    #[error("datagram size {0} is outside {MIN_DATAGRAM}..={max}", max = super::MAX_DATAGRAM)]
-    DatagramSize(usize),
-    #[error("file #{file}: packing its blueprint failed")]
-    Pack {
-        file: usize,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("file #{file} is direct but has self copies or covers (prepare lowers them)")]
-    DirectSelfCopies { file: usize },
-    #[error("file #{file} is packed but empty")]
-    EmptyPacked { file: usize },
-    #[error("file #{file}: a stream bound of {bound} bytes is too small or overflows")]
-    StreamBound { file: usize, bound: u64 },
-    #[error("file #{file} is not a streamed file still open")]
-    NotStreamed { file: usize },
-    #[error("file #{file}: its blocks exceed the declared stream bound of {bound} bytes")]
-    StreamOverflow { file: usize, bound: u64 },
 }
 
 /// Where the sender is while the session is open.
@@ -510,21 +468,7 @@ impl Endpoint for Sender {
         }
     }
 
-    fn poll_event(&mut self) -> Option<Event> {
-        self.life.events.pop_front()
-    }
-
-    fn is_closed(&self) -> bool {
-        self.life.is_closed()
-    }
-
-    fn stats(&self) -> &Stats {
-        &self.stats
-    }
-
-    fn outcome(&self) -> Option<Result<(), Failure>> {
-        self.life.outcome.clone()
-    }
+    endpoint_from_lifecycle!();
 
     fn cancel(&mut self, now: Instant) {
         Sender::cancel(self, now)

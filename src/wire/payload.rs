@@ -1210,12 +1210,23 @@ mod tests {
         let l = utf.len();
         utf[l - 1] = 0xff;
         assert!(Hello::parse(&utf).is_err());
-        // mode 2 is unknown; a direct entry must have stream length = size; a packed one
-        // must not be empty
+        // mode 2 (streamed) must carry a zero hash and a bound of at least a stream end; mode
+        // 3 is unknown; a direct entry must have stream length = size; a packed one must not
+        // be empty
         let mode_at = 32 + 12 + 16 + 32;
         let mut m = want.clone();
         m[mode_at] = 2;
-        assert!(Hello::parse(&m).is_err());
+        assert!(Hello::parse(&m).is_err(), "streamed with a hash");
+        m[mode_at - 32..mode_at].fill(0);
+        assert_eq!(
+            Hello::parse(&m).unwrap().entries[0].mode,
+            FileMode::Streamed
+        );
+        m[32 + 12 + 8] = 35;
+        assert!(Hello::parse(&m).is_err(), "bound below a stream end");
+        m[mode_at] = 3;
+        assert!(Hello::parse(&m).is_err(), "unknown mode");
+        let mut m = want.clone();
         m[mode_at] = 0;
         assert!(Hello::parse(&m).is_err());
         m[32 + 12 + 8] = 2;
@@ -1224,6 +1235,26 @@ mod tests {
         let mut z = want.clone();
         z[32 + 12 + 8..32 + 12 + 16].fill(0);
         assert!(Hello::parse(&z).is_err());
+    }
+
+    #[test]
+    fn stream_end_literal() {
+        let e = StreamEnd { hash: [0x42; 32] };
+        let mut want = vec![0, 0, 0, 0];
+        want.extend_from_slice(&[0x42; 32]);
+        assert_eq!(e.to_bytes().to_vec(), want);
+        assert_eq!(StreamEnd::parse(&want), Some(Some(e)));
+        assert_eq!(
+            StreamEnd::parse(&want[..20]),
+            Some(None),
+            "not all there yet"
+        );
+        assert_eq!(StreamEnd::parse(&[0, 0, 0]), None, "too short to tell");
+        assert_eq!(
+            StreamEnd::parse(&[5, 0, 0, 0, 1]),
+            None,
+            "a block's length prefix"
+        );
     }
 
     #[test]
