@@ -12,7 +12,8 @@
 //! | [`proto`]     | the transfer state machine: no clock, no sockets                          |
 //! | [`xsk`]       | AF_XDP sockets, UMEM and rings (unsafe lives here)                        |
 //! | [`steer`]     | the aya loader for the XDP steering program                               |
-//! | [`driver`]    | event loops joining [`proto`] with AF_XDP or UDP; the only clock reader   |
+//! | [`driver`]    | the session core joining [`proto`] with AF_XDP or UDP; the clock reader   |
+//! | [`host`]      | structured checks of what the host offers (`pfs doctor`, auto-picks)      |
 //! | [`shm`]       | the shared-memory descriptor ring and its benchmark                       |
 //! | [`metrics`]   | JSON-lines metrics log                                                    |
 //! | [`config`]    | the appliance file `config/pfs.toml`: parse, validate, flags override it  |
@@ -24,6 +25,7 @@
 pub mod blueprint;
 pub mod config;
 pub mod driver;
+pub mod host;
 pub mod index;
 pub mod metrics;
 pub mod plan;
