@@ -6,6 +6,7 @@
 #
 # Prints one line per run: send exit and recv exit, both measured from the moment `pfs send`
 # was started (date +%s.%N around the commands), and the sender's summary line.
+# PFS_WALL_STRACE=PREFIX runs the sender under `strace -f -tt -o PREFIX.N`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -36,10 +37,11 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
-bash scripts/netns.sh up "$name" --queues 2 --mtu 1500 >&2
+net=$(( $$ % 200 + 20 ))
+bash scripts/netns.sh up "$name" --queues 2 --mtu 1500 --net "$net" >&2
 A=${name}a
 B=${name}b
-ipB=$(ip -n "$B" -4 -o addr show dev "$B" | awk '{print $4}' | cut -d/ -f1)
+ipB=10.201.$net.2
 "$pfs" snapshot build --size-mb "$snap_mb" --out "$work/snap" >&2
 "$pfs" index build "$work/snap" >&2
 dd if="$work/snap/snapshot.bin" of="$work/covered.bin" bs=1M skip=1 count="$covered_mb" status=none
@@ -53,12 +55,13 @@ for i in $(seq 1 "$runs"); do
     rpid=$!
     for _ in $(seq 1 300); do grep -q '^listening' "$log" && break; sleep 0.05; done
     t0=$(now)
-    ip netns exec "$A" "$pfs" send --transport "$transport" --iface "$A" --dst "$ipB" \
+    ip netns exec "$A" ${PFS_WALL_STRACE:+strace -f -tt -o "$PFS_WALL_STRACE.$i"} "$pfs" send --transport "$transport" --iface "$A" --dst "$ipB" \
         --snapshot "$work/snap" --rate "$rate" --metrics "$work/m.send" "$work/covered.bin" >"$log.send" 2>&1
     t1=$(now)
     wait "$rpid"
     t2=$(cat "$log.end")
-    cmp -s "$work/covered.bin" "$out/covered.bin" || { echo "run $i: received file differs" >&2; exit 1; }
+    python3 -c "import filecmp,sys; sys.exit(0 if filecmp.cmp(sys.argv[1], sys.argv[2], shallow=False) else 1)" \
+        "$work/covered.bin" "$out/covered.bin" || { echo "run $i: received file differs" >&2; exit 1; }
     python3 -c "import sys; t0,t1,t2=map(float,sys.argv[1:4]); print(f'run {sys.argv[4]}: send exit {t1-t0:.3f} s, recv exit {t2-t0:.3f} s after starting pfs send')" "$t0" "$t1" "$t2" "$i"
-    grep -E '^sent|session only' "$log.send" | sed 's/^/    /'
+    grep -E "^sent|session only|${PFS_WALL_GREP:-^sent}" "$log.send" | sed "s/^/    /"
 done

@@ -433,26 +433,12 @@ pub fn send(a: SendArgs, origin: Instant) -> anyhow::Result<ExitCode> {
     let pack = c.pack.unwrap_or_default();
     // The sender maps the snapshot (no copy) unless asked for huge pages.
     let snap = Snapshot::open(&snapshot, c.hugepages.unwrap_or(HugePolicy::Off))?;
-    let files = blueprints(&paths, &snap)?;
-    let plan_bytes: u64 = files.iter().map(|f| f.blueprint.file_len).sum();
     let transport = pick_transport(
         c.transport.unwrap_or_default(),
         c.interface.as_deref(),
     );
     let tname = transport.name();
-    let mut bar = Bar::new();
-    let mut report = None;
-    let r = match transport {
-        Transport::Udp | Transport::Auto => {
-            let mut cfg = SendConfig::new(dst);
-            cfg.mtu = mtu;
-            cfg.rate = rate;
-            cfg.proto.pack = pack;
-            cfg.origin = origin;
-            udp::run_sender_with(&cfg, files, snap.id, snap.bytes(), &cancel, &mut |e| {
-                bar.event(e)
-            })
-        }
+    let xdp_cfg = match transport {
         Transport::Xdp => {
             let Some(iface) = c.interface.as_deref() else {
                 bail!("--transport xdp needs --iface (the interface towards --dst)");
@@ -467,7 +453,7 @@ pub fn send(a: SendArgs, origin: Instant) -> anyhow::Result<ExitCode> {
                 ),
                 None => None,
             };
-            let cfg = xdp::XdpSendConfig {
+            Some(xdp::XdpSendConfig {
                 link: xdp_link(&c, iface, dst.port()),
                 dst: dst_ip,
                 dst_mac,
@@ -479,10 +465,35 @@ pub fn send(a: SendArgs, origin: Instant) -> anyhow::Result<ExitCode> {
                     ..Default::default()
                 },
                 origin,
-            };
-            match xdp::run_sender(&cfg, files, snap.id, snap.bytes(), &cancel, &mut |e| {
+            })
+        }
+        Transport::Udp | Transport::Auto => None,
+    };
+    // AF_XDP: resolve the peer, attach and bind on another thread while the files are
+    // planned here (neither needs the other).
+    let (files, xdp_sender) = std::thread::scope(|sc| {
+        let opener = xdp_cfg.map(|cfg| sc.spawn(move || xdp::XdpSender::open(cfg)));
+        let files = blueprints(&paths, &snap);
+        let opened = opener.map(|h| h.join().expect("the AF_XDP setup thread panicked"));
+        (files, opened)
+    });
+    let files = files?;
+    let plan_bytes: u64 = files.iter().map(|f| f.blueprint.file_len).sum();
+    let mut bar = Bar::new();
+    let mut report = None;
+    let r = match xdp_sender {
+        None => {
+            let mut cfg = SendConfig::new(dst);
+            cfg.mtu = mtu;
+            cfg.rate = rate;
+            cfg.proto.pack = pack;
+            cfg.origin = origin;
+            udp::run_sender_with(&cfg, files, snap.id, snap.bytes(), &cancel, &mut |e| {
                 bar.event(e)
-            }) {
+            })
+        }
+        Some(sender) => {
+            match sender?.run(files, snap.id, snap.bytes(), &cancel, &mut |e| bar.event(e)) {
                 Ok((s, r)) => {
                     report = Some(r);
                     Ok(s)

@@ -139,6 +139,29 @@ impl XdpIo {
     }
 }
 
+impl Drop for XdpIo {
+    /// Sockets close before the program detaches. Each socket's release waits for the
+    /// kernel (an RCU grace period, the UMEM unmapped): closed side by side, the command
+    /// that ends with them returns sooner.
+    fn drop(&mut self) {
+        let socks = std::mem::take(&mut self.socks);
+        if socks.len() < 2 {
+            return;
+        }
+        std::thread::scope(|sc| {
+            for sock in socks {
+                // A thread that cannot start drops its socket right here instead.
+                let spawned = std::thread::Builder::new()
+                    .name("pfs-xsk-close".into())
+                    .spawn_scoped(sc, move || drop(sock));
+                if let Err(e) = spawned {
+                    tracing::debug!("closed an AF_XDP socket inline: {e}");
+                }
+            }
+        });
+    }
+}
+
 impl TxQueues for XdpIo {
     fn count(&self) -> usize {
         self.socks.len()

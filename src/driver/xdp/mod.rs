@@ -378,49 +378,79 @@ pub fn run_sender(
     cancel: &AtomicBool,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<(SendSummary, XdpReport), XdpError> {
-    let iface = &cfg.link.iface;
-    let netdev = |what, source| XdpError::Netdev {
-        what,
-        iface: iface.clone(),
-        source,
-    };
-    let src_mac = iface_mac(iface).map_err(|e| netdev("MAC address", e))?;
-    let src_ip = iface_ipv4(iface).map_err(|e| netdev("IPv4 address", e))?;
-    let dst_mac = match cfg.dst_mac {
-        Some(m) => m,
-        None => resolve_mac(cfg.dst, iface).map_err(|e| netdev("the peer's MAC", e))?,
-    };
-    let mut s = SendSession::new(
-        cfg.proto.clone(),
-        cfg.mtu,
-        cfg.rate,
-        snapshot_id,
-        files,
-        snapshot,
-        cfg.origin,
-    )?;
-    let hdr = Addrs {
-        src_mac,
-        dst_mac,
-        vlan: None,
-        src_ip,
-        dst_ip: cfg.dst,
-        src_port: cfg.link.port,
-        dst_port: cfg.link.port,
-    };
-    let flow = Flow::sender(
-        hdr,
-        cfg.link.spread,
-        cfg.link.ports,
-        cfg.mtu,
-        random_u64() as u16,
-    );
-    let mut side = Side::open(&cfg.link, cfg.mtu, flow)?;
-    pin(cfg.link.cpu);
-    let r = side.on_path(|p| session::run_sender(&mut s, p, cancel, on_event));
-    let report = side.report();
-    drop(side); // sockets closed, program detached
-    Side::finish(report, r)
+    XdpSender::open(cfg.clone())?.run(files, snapshot_id, snapshot, cancel, on_event)
+}
+
+/// A sender with its addresses resolved, program attached and sockets bound, before it
+/// runs: opening it needs nothing of the files, so a caller can open it while it plans
+/// them (it is `Send`: open it on another thread of the same network namespace).
+pub struct XdpSender {
+    cfg: XdpSendConfig,
+    side: Side,
+}
+
+impl XdpSender {
+    /// Resolve the addresses (the interface's MAC and IPv4, the peer's MAC), attach and
+    /// bind. Run in the network namespace of `cfg.link.iface`.
+    pub fn open(cfg: XdpSendConfig) -> Result<Self, XdpError> {
+        let iface = &cfg.link.iface;
+        let netdev = |what, source| XdpError::Netdev {
+            what,
+            iface: iface.clone(),
+            source,
+        };
+        let src_mac = iface_mac(iface).map_err(|e| netdev("MAC address", e))?;
+        let src_ip = iface_ipv4(iface).map_err(|e| netdev("IPv4 address", e))?;
+        let dst_mac = match cfg.dst_mac {
+            Some(m) => m,
+            None => resolve_mac(cfg.dst, iface).map_err(|e| netdev("the peer's MAC", e))?,
+        };
+        let hdr = Addrs {
+            src_mac,
+            dst_mac,
+            vlan: None,
+            src_ip,
+            dst_ip: cfg.dst,
+            src_port: cfg.link.port,
+            dst_port: cfg.link.port,
+        };
+        let flow = Flow::sender(
+            hdr,
+            cfg.link.spread,
+            cfg.link.ports,
+            cfg.mtu,
+            random_u64() as u16,
+        );
+        let side = Side::open(&cfg.link, cfg.mtu, flow)?;
+        Ok(XdpSender { cfg, side })
+    }
+
+    /// Send `files` (blueprints into the snapshot `snapshot_id`, bytes `snapshot`).
+    pub fn run(
+        mut self,
+        files: Vec<SendFile>,
+        snapshot_id: [u8; 32],
+        snapshot: &[u8],
+        cancel: &AtomicBool,
+        on_event: &mut dyn FnMut(&Event),
+    ) -> Result<(SendSummary, XdpReport), XdpError> {
+        let mut s = SendSession::new(
+            self.cfg.proto.clone(),
+            self.cfg.mtu,
+            self.cfg.rate,
+            snapshot_id,
+            files,
+            snapshot,
+            self.cfg.origin,
+        )?;
+        pin(self.cfg.link.cpu);
+        let r = self
+            .side
+            .on_path(|p| session::run_sender(&mut s, p, cancel, on_event));
+        let report = self.side.report();
+        drop(self.side); // sockets closed, program detached
+        Side::finish(report, r)
+    }
 }
 
 /// A receiver with its program attached and sockets bound, before it runs.
