@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 /// another; returns the receiver's bits per second (what arrived / the receiver's time).
 fn baseline(total: usize, dgram: usize) -> f64 {
     let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
-    rx.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let addr = rx.local_addr().unwrap();
     let n = total / dgram;
     std::thread::scope(|s| {
@@ -35,7 +36,11 @@ fn baseline(total: usize, dgram: usize) -> f64 {
                 got += k;
                 last = Instant::now();
             }
-            got as f64 * 8.0 / last.duration_since(t0.unwrap_or(last)).as_secs_f64().max(1e-9)
+            got as f64 * 8.0
+                / last
+                    .duration_since(t0.unwrap_or(last))
+                    .as_secs_f64()
+                    .max(1e-9)
         });
         let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
         let d = vec![0x5au8; dgram];
@@ -113,7 +118,11 @@ fn main() {
         (sent, h.join().unwrap().expect("receive"))
     });
     let base = baseline(mb << 20, 1472);
-    let what = if is_covered { "snapshot-covered" } else { "raw" };
+    let what = if is_covered {
+        "snapshot-covered"
+    } else {
+        "raw"
+    };
     println!(
         "udp loopback, {mb} MiB {what}: session {:?}, {:.0} Mbit/s file bytes, {:.0} Mbit/s wire, {} frames, {} repair frames, final rate {:.0} Mbit/s; receiver session {:?}, {} duplicates",
         sent.elapsed,

@@ -337,7 +337,10 @@ mod tests {
         assert!(e.contains("port"), "{e}");
         let e = p("xdp-mode = \"fast\"").unwrap_err().to_string();
         assert!(e.contains("xdp-mode") && e.contains("fast"), "{e}");
-        assert_eq!(p("xdp-mode = \"drv\"").unwrap().xdp_mode, Some(XdpMode::Native));
+        assert_eq!(
+            p("xdp-mode = \"drv\"").unwrap().xdp_mode,
+            Some(XdpMode::Native)
+        );
     }
 
     #[test]

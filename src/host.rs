@@ -522,7 +522,6 @@ pub fn hugepages(snap_size: Option<u64>) -> Check {
     }
 }
 
-
 /// Every check `pfs doctor` runs, in its order: the host, then `iface` and `snapshot` when
 /// given (a `warn` saying how to check them when not), then huge pages.
 pub fn all(iface: Option<&str>, snapshot_dir: Option<&Path>) -> Vec<Check> {
@@ -580,7 +579,9 @@ pub fn xdp_blocker(iface: Option<&str>) -> Option<String> {
         return Some("no --iface given".into());
     };
     if nix::net::if_::if_nametoindex(iface).is_err() {
-        return Some(format!("{iface}: no such interface in this network namespace"));
+        return Some(format!(
+            "{iface}: no such interface in this network namespace"
+        ));
     }
     None
 }
@@ -619,7 +620,10 @@ mod tests {
         assert!(!r.is_empty());
         let r = xdp_blocker(Some("pfs-no-such0")).expect("blocked on a missing interface");
         assert!(
-            r.contains("pfs-no-such0") || r.contains("capabilities") || r.contains("AF_XDP") || r.contains("XDP program"),
+            r.contains("pfs-no-such0")
+                || r.contains("capabilities")
+                || r.contains("AF_XDP")
+                || r.contains("XDP program"),
             "{r}"
         );
     }
@@ -633,7 +637,9 @@ mod tests {
                 assert!(c.fix.is_some(), "{} has no fix", c.name);
             }
         }
-        assert!(checks.iter().any(|c| c.name == "interface" && c.status == Status::Warn));
+        assert!(checks
+            .iter()
+            .any(|c| c.name == "interface" && c.status == Status::Warn));
         assert!(usable_cores() >= 1);
     }
 }

@@ -18,9 +18,7 @@ use clap::Args;
 use serde_json::json;
 
 use packetfs::blueprint::pbb;
-use packetfs::config::{
-    HugePolicy, PackPolicy, PfsConfig, Spread, Threads, Transport, XdpMode,
-};
+use packetfs::config::{HugePolicy, PackPolicy, PfsConfig, Spread, Threads, Transport, XdpMode};
 use packetfs::driver::udp::{self, RecvConfig, SendConfig};
 use packetfs::driver::{xdp, DriverError};
 use packetfs::index::{default_specs, IndexSet};
@@ -403,10 +401,7 @@ pub fn send(a: SendArgs, origin: Instant) -> anyhow::Result<ExitCode> {
     let cancel = cancel_on_signals()?;
     let (paths, config, flags) = a.into_config();
     let c = merged(config.as_deref(), flags)?;
-    let mut dst_s = c
-        .dst
-        .clone()
-        .context("no --dst (nor `dst` in --config)")?;
+    let mut dst_s = c.dst.clone().context("no --dst (nor `dst` in --config)")?;
     // A port in `dst` wins; else the file's `port` names the receiver's port.
     if let Some(p) = c.port {
         if dst_s.parse::<SocketAddr>().is_err() {
@@ -433,10 +428,7 @@ pub fn send(a: SendArgs, origin: Instant) -> anyhow::Result<ExitCode> {
     let pack = c.pack.unwrap_or_default();
     // The sender maps the snapshot (no copy) unless asked for huge pages.
     let snap = Snapshot::open(&snapshot, c.hugepages.unwrap_or(HugePolicy::Off))?;
-    let transport = pick_transport(
-        c.transport.unwrap_or_default(),
-        c.interface.as_deref(),
-    );
+    let transport = pick_transport(c.transport.unwrap_or_default(), c.interface.as_deref());
     let tname = transport.name();
     let xdp_cfg = match transport {
         Transport::Xdp => {
@@ -593,10 +585,7 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
     proto.durable = c.sync.unwrap_or(true);
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let snap = Snapshot::open(&snapshot, c.hugepages.unwrap_or(HugePolicy::Auto))?;
-    let transport = pick_transport(
-        c.transport.unwrap_or_default(),
-        c.interface.as_deref(),
-    );
+    let transport = pick_transport(c.transport.unwrap_or_default(), c.interface.as_deref());
     let tname = transport.name();
     let mut on = |e: &Event| match e {
         Event::Accepted { files, bytes } => {
@@ -606,10 +595,7 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
         _ => {}
     };
     let snap_name = &snap.manifest.snapshot_id[..16];
-    let listen_timeout = c
-        .timeout
-        .filter(|t| *t > 0)
-        .map(Duration::from_secs);
+    let listen_timeout = c.timeout.filter(|t| *t > 0).map(Duration::from_secs);
     let mut report = None;
     let r = match transport {
         Transport::Udp | Transport::Auto => {
@@ -763,4 +749,3 @@ fn print_xdp(r: &xdp::XdpReport) {
 fn gbit(bytes: u64, secs: f64) -> f64 {
     bytes as f64 * 8.0 / secs.max(1e-9) / 1e9
 }
-

@@ -7,9 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Which transport moves the frames (`--transport`, `transport`).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
     /// AF_XDP when this host can run it (root or the capabilities, the XDP program built

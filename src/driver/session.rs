@@ -511,7 +511,9 @@ pub fn run_receiver<P: FramePath + ?Sized>(
     };
     let (stop, marks) = drive(receiver, path, &opts, cancel, on_event)?;
     if stop == Stop::NoPeer {
-        return Err(DriverError::ListenTimeout(listen_timeout.unwrap_or_default()));
+        return Err(DriverError::ListenTimeout(
+            listen_timeout.unwrap_or_default(),
+        ));
     }
     recv_summary(receiver, path.peer(), &marks)
 }

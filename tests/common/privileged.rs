@@ -25,9 +25,7 @@ pub fn reason(needs: &[Need]) -> Option<String> {
     for n in needs {
         match *n {
             Need::Xdp if !packetfs::steer::object_available() => {
-                return Some(
-                    "no eBPF object in this build (run scripts/setup.sh, rebuild)".into(),
-                )
+                return Some("no eBPF object in this build (run scripts/setup.sh, rebuild)".into())
             }
             Need::Tool(tool, install) => {
                 let runs = |flag: &str| Command::new(tool).arg(flag).output().is_ok();

@@ -117,7 +117,11 @@ impl Flow {
         let mut exhausted = false;
         let mut stalls = 0;
         while sent < budget && !exhausted && stalls < n {
-            let i = if self.is_sender { self.next } else { self.reply };
+            let i = if self.is_sender {
+                self.next
+            } else {
+                self.reply
+            };
             let a = self.addrs_on(base, q.queue(i));
             let ident = &mut self.ident;
             let k = q.fill(i, budget - sent, &mut |buf| {

@@ -501,9 +501,9 @@ impl XdpReceiver {
             session::file_receiver(pc, self.cfg.mtu, &self.cfg.out_dir, snapshot_id, snapshot)?;
         pin(self.cfg.link.cpu);
         let timeout = self.cfg.listen_timeout;
-        let r = self.side.on_path(|p| {
-            session::run_receiver(&mut receiver, p, timeout, cancel, on_event)
-        });
+        let r = self
+            .side
+            .on_path(|p| session::run_receiver(&mut receiver, p, timeout, cancel, on_event));
         let report = self.side.report();
         drop(self.side);
         Side::finish(report, r)

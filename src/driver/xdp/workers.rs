@@ -497,9 +497,7 @@ impl FramePath for WorkerSet<'_> {
         now: Instant,
         budget: usize,
     ) -> Result<(usize, bool), DriverError> {
-        Ok(self
-            .flow
-            .transmit(&mut Handover(self.sh), ep, now, budget))
+        Ok(self.flow.transmit(&mut Handover(self.sh), ep, now, budget))
     }
     fn receive<E: Endpoint + ?Sized>(
         &mut self,
