@@ -7,7 +7,6 @@
 //! snapshot covers (descriptors only on the wire), PFS_BENCH_BURST_MS the pacing burst.
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use common::*;
