@@ -484,20 +484,10 @@ pub fn send(a: SendArgs, origin: Instant) -> anyhow::Result<ExitCode> {
                 bar.event(e)
             })
         }
-        Some(sender) => {
-            match sender?.run(files, snap.id, snap.bytes(), &cancel, &mut |e| bar.event(e)) {
-                Ok((s, r)) => {
-                    report = Some(r);
-                    Ok(s)
-                }
-                Err(xdp::XdpError::Run { error, report: r }) => {
-                    print_xdp(&r);
-                    report = Some(*r);
-                    Err(error)
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        Some(sender) => with_report(
+            sender?.run(files, snap.id, snap.bytes(), &cancel, &mut |e| bar.event(e)),
+            &mut report,
+        )?,
     };
     let s = match r {
         Ok(s) => s,
@@ -639,18 +629,7 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
                 snap.backing_name(),
                 out_dir.display()
             );
-            match r.run(snap.id, snap.bytes(), &cancel, &mut on) {
-                Ok((s, rep)) => {
-                    report = Some(rep);
-                    Ok(s)
-                }
-                Err(xdp::XdpError::Run { error, report: rep }) => {
-                    print_xdp(&rep);
-                    report = Some(*rep);
-                    Err(error)
-                }
-                Err(e) => return Err(e.into()),
-            }
+            with_report(r.run(snap.id, snap.bytes(), &cancel, &mut on), &mut report)?
         }
     };
     let s = match r {
@@ -705,6 +684,27 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("appending to {}", metrics.display()))?;
     Ok(ExitCode::SUCCESS)
 }
+/// An AF_XDP run's outcome as the UDP driver's (the session's result), its report kept in
+/// `report` (and printed at once when the session failed); errors before the session are
+/// the command's.
+fn with_report<S>(
+    r: Result<(S, xdp::XdpReport), xdp::XdpError>,
+    report: &mut Option<xdp::XdpReport>,
+) -> anyhow::Result<Result<S, DriverError>> {
+    match r {
+        Ok((s, r)) => {
+            *report = Some(r);
+            Ok(Ok(s))
+        }
+        Err(xdp::XdpError::Run { error, report: r }) => {
+            print_xdp(&r);
+            *report = Some(*r);
+            Ok(Err(error))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// One line about the AF_XDP layer for the summaries.
 fn print_xdp(r: &xdp::XdpReport) {
     let t = r.xdp_totals();
