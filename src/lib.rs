@@ -14,7 +14,8 @@
 //! | [`fsink`]     | the receiver's output directory: mmap, write-back, fsync, rename          |
 //! | [`xsk`]       | AF_XDP sockets, UMEM and rings                                            |
 //! | [`steer`]     | the aya loader for the XDP steering program                               |
-//! | [`driver`]    | event loops joining [`proto`] with AF_XDP or UDP; the only clock reader   |
+//! | [`driver`]    | the session core joining [`proto`] with AF_XDP or UDP; the clock reader   |
+//! | [`host`]      | structured checks of what the host offers (`pfs doctor`, auto-picks)      |
 //! | [`shm`]       | the shared-memory descriptor ring and its benchmark                       |
 //! | [`metrics`]   | JSON-lines metrics log                                                    |
 //! | [`config`]    | the appliance file `config/pfs.toml`: parse, validate, flags override it  |
@@ -33,6 +34,7 @@ pub mod blueprint;
 pub mod config;
 pub mod driver;
 pub mod fsink;
+pub mod host;
 pub mod index;
 pub mod metrics;
 pub mod plan;

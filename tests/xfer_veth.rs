@@ -14,22 +14,15 @@ use std::sync::mpsc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::netns::{skip_reason, NetnsPair, Side};
+use common::netns::{NetnsPair, Side};
+use common::privileged::{self, Need};
 use common::Rng;
 use packetfs::steer::attached_xdp;
 
 const PFS: &str = env!("CARGO_BIN_EXE_pfs");
 
 fn skip() -> bool {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return true;
-    }
-    if !packetfs::steer::object_available() {
-        eprintln!("skipped: no eBPF object in this build (run scripts/setup.sh, rebuild)");
-        return true;
-    }
-    false
+    privileged::skip(&[Need::Xdp])
 }
 
 /// Shared inputs: two 4 MiB snapshots (seeds 1 and 2) and the test files.

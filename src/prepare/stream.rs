@@ -336,9 +336,11 @@ fn produce_file(
 }
 
 /// A [`Sender`] fed from a producer while it runs: an [`Endpoint`] any driver can run.
+/// [`Feed::whole`] wraps a sender whose files are all prepared already (no producer), so
+/// one session core runs both kinds of send.
 pub struct Feed {
     pub sender: Sender,
-    rx: Receiver<Result<Item, StreamError>>,
+    rx: Option<Receiver<Result<Item, StreamError>>>,
     open: bool,
     error: Option<StreamError>,
     /// How often the driver checks for blocks while the producer is running.
@@ -350,8 +352,20 @@ impl Feed {
     pub fn new(sender: Sender, rx: Receiver<Result<Item, StreamError>>) -> Self {
         Feed {
             sender,
-            rx,
+            rx: Some(rx),
             open: true,
+            error: None,
+            poll: Duration::from_millis(1),
+            last_pull: Cell::new(None),
+        }
+    }
+
+    /// A sender with no producer: every file was prepared whole.
+    pub fn whole(sender: Sender) -> Self {
+        Feed {
+            sender,
+            rx: None,
+            open: false,
             error: None,
             poll: Duration::from_millis(1),
             last_pull: Cell::new(None),
@@ -373,7 +387,11 @@ impl Feed {
     fn pull(&mut self, now: Instant) {
         self.last_pull.set(Some(now));
         while self.open {
-            let r = match self.rx.try_recv() {
+            let Some(rx) = &self.rx else {
+                self.open = false;
+                return;
+            };
+            let r = match rx.try_recv() {
                 Ok(Ok(Item::Blocks { file, bytes })) => self.sender.push_block(file, &bytes),
                 Ok(Ok(Item::Finished { file, hash })) => self.sender.finish_file(file, hash),
                 Ok(Err(e)) => return self.stop(now, e),

@@ -108,8 +108,11 @@ pub struct SenderConfig {
     pub timing: Timing,
 }
 
-/// Which files a sender packs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Which files a sender packs (`--pack`, `pack`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum PackPolicy {
     /// Packed when the packed stream is below 95% of the direct mode's piece bytes.
     #[default]
