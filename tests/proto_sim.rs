@@ -818,6 +818,20 @@ fn hostile_manifests_are_refused_before_allocating() {
                 limit: 1 << 30,
             },
         ),
+        (
+            // A streamed file whose bound is far above its size.
+            hostile_hello(
+                1,
+                1,
+                vec![FileEntry {
+                    mode: FileMode::Streamed,
+                    stream_len: u64::MAX - 5,
+                    hash: [0; 32],
+                    ..entry("s", 10)
+                }],
+            ),
+            Reason::Protocol,
+        ),
     ];
     for (hello, want) in cases {
         let (got, sink, answer) = refusal_of(hello, rcfg.clone(), MemSink::new());

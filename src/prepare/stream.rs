@@ -497,6 +497,7 @@ mod tests {
                 total += n;
             }
             assert!(total <= bound(size, &o));
+            assert!(bound(size, &o) <= crate::proto::receiver::max_stream_bound(size));
         }
     }
 

@@ -6,6 +6,12 @@ use super::{Reason, ReceiverConfig};
 use crate::wire::payload::{FileEntry, FileMode, Hello};
 use std::collections::HashMap;
 
+/// The largest stream bound a streamed file of `size` bytes may declare: its size, 1/64 of
+/// it and 1 MiB.
+pub fn max_stream_bound(size: u64) -> u64 {
+    size.saturating_add(size / 64).saturating_add(1 << 20)
+}
+
 /// One accepted file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecvFile {
@@ -110,6 +116,14 @@ impl Manifest {
                 });
             }
             seen.insert(&e.name, i as u32);
+        }
+        // A streamed file's bound covers its blocks, which are never much larger than the
+        // file: anything beyond [`max_stream_bound`] is not a sender of this protocol.
+        if entries
+            .iter()
+            .any(|e| e.mode == FileMode::Streamed && e.stream_len > max_stream_bound(e.size))
+        {
+            return Err(Reason::Protocol);
         }
         let mut packed_total = 0u64;
         for (i, e) in entries.iter().enumerate() {

@@ -20,6 +20,25 @@
 //!    place. When every file is verified the receiver sends Done; the sender answers Close.
 //! 4. Either side may Abort with a reason; the other answers Close. Silence for
 //!    `idle_timeout` ends a session on either side.
+//!
+//! Files arrive at the [`Sender`] prepared ([`crate::prepare`] does the codec work), or as
+//! *streamed* files whose blocks are pushed while the session runs ([`Sender::push_block`],
+//! [`Sender::finish_file`]).
+//!
+//! Where each concern lives:
+//!
+//! | file | concern |
+//! |---|---|
+//! | `lifecycle.rs` | the session lifecycle both sides share: control queue, terminal frame (Done/Abort) with resend backoff, drain, outcome and events |
+//! | `sender.rs` | the sender: handshake, data and repair frames, probes |
+//! | `outgoing.rs` | the sender's outgoing data: the stream, cursor, repairs, streamed files |
+//! | `pacing.rs` | the sender's pacing: token bucket, rate control, RTT, window |
+//! | `receiver.rs` | the receiver: handshake, grams, verification, reports |
+//! | `manifest.rs` | the receiver's manifest: Hello chunks, limits, the accepted files |
+//! | `assembly.rs` | the receiver's assembly: direct pieces, packed and streamed block streams, incremental BLAKE3 |
+//! | `ack.rs` | the receiver's acknowledgements: ACK/NACK, the reorder window |
+//! | `sink.rs` | the [`FileSink`] trait the receiver writes through (no I/O here: [`crate::fsink`]) |
+//! | `rangeset.rs` | byte-range sets |
 
 mod ack;
 mod assembly;

@@ -11,7 +11,7 @@ use super::ack::Acks;
 use super::assembly::{Assembly, Ctx, Packed};
 use super::lifecycle::{earliest, endpoint_from_lifecycle, Backoff, Ctrl, Lifecycle, Phase};
 use super::manifest::Manifest;
-pub use super::manifest::RecvFile;
+pub use super::manifest::{max_stream_bound, RecvFile};
 use super::sink::{FileSink, SinkError};
 use super::{write_frame, Endpoint, Event, Failure, Reason, ReceiverConfig, Stats};
 use crate::wire::payload::{Accept, Done, FileMode, Frame, Gram, Hello, Nack, Payload, Piece};
