@@ -2,7 +2,7 @@
 //! any order), packed block streams reassembled and decoded in file order, and each file's
 //! BLAKE3 fed incrementally as its final prefix grows.
 
-use super::manifest::RecvFile;
+use super::manifest::{held_bytes, RecvFile};
 use super::rangeset::RangeSet;
 use super::sink::{FileSink, SinkError, SnapSeg};
 use super::Reason;
@@ -11,22 +11,6 @@ use crate::wire::payload::{FileMode, Piece, StreamEnd};
 
 /// Hash bytes in steps of at least this many (BLAKE3 is fastest on long inputs).
 const HASH_STEP: u64 = 256 << 10;
-
-/// The most stream bytes a streamed file's reassembly window holds: twice the largest block
-/// the limits allow (64 MiB by default). Bytes further ahead are dropped and come again as
-/// repairs, so a streamed file of any size needs this much memory at most.
-pub fn stream_window(lim: &block::Limits) -> u64 {
-    lim.max_body.saturating_mul(2) + 2 * block::PREFIX as u64
-}
-
-/// Reassembly memory a file needs.
-pub fn held_bytes(mode: FileMode, slen: u64, lim: &block::Limits) -> u64 {
-    match mode {
-        FileMode::Direct => 0,
-        FileMode::Packed => slen,
-        FileMode::Streamed => slen.min(stream_window(lim)),
-    }
-}
 
 /// Per-file progress beyond the range set.
 #[derive(Default)]

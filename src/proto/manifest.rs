@@ -3,8 +3,25 @@
 
 use super::sink::{sanitize_name, SinkFile};
 use super::{Reason, ReceiverConfig};
+use crate::blueprint::block;
 use crate::wire::payload::{FileEntry, FileMode, Hello};
 use std::collections::HashMap;
+
+/// The most stream bytes a streamed file's reassembly window holds: twice the largest block
+/// the limits allow (64 MiB by default). Bytes further ahead are dropped and come again as
+/// repairs, so a streamed file of any size needs this much memory at most.
+pub fn stream_window(lim: &block::Limits) -> u64 {
+    lim.max_body.saturating_mul(2) + 2 * block::PREFIX as u64
+}
+
+/// Reassembly memory a file needs.
+pub fn held_bytes(mode: FileMode, slen: u64, lim: &block::Limits) -> u64 {
+    match mode {
+        FileMode::Direct => 0,
+        FileMode::Packed => slen,
+        FileMode::Streamed => slen.min(stream_window(lim)),
+    }
+}
 
 /// The largest stream bound a streamed file of `size` bytes may declare: its size, 1/64 of
 /// it and 1 MiB.
@@ -128,7 +145,7 @@ impl Manifest {
         let mut packed_total = 0u64;
         for (i, e) in entries.iter().enumerate() {
             if e.mode.is_packed() {
-                let held = super::assembly::held_bytes(e.mode, e.stream_len, &cfg.block_limits);
+                let held = held_bytes(e.mode, e.stream_len, &cfg.block_limits);
                 packed_total = packed_total.saturating_add(held);
                 if packed_total > cfg.max_packed_total {
                     return Err(Reason::PackedTooLarge {
