@@ -25,9 +25,9 @@
 //!
 //! Unsafe code is denied here and allowed only where memory must be mapped or the kernel
 //! spoken to, each block with a `// Safety:` comment: whole modules [`xsk`], [`steer`],
-//! [`shm`] and [`fsink`] and `driver/xdp_workers.rs`; single functions in [`pob`] and
-//! [`index`] (memory maps), [`plan`] (a cycle counter) and the binary (signals, doctor's
-//! probes).
+//! [`shm`] and [`fsink`] and `driver/xdp/workers.rs`; single functions in [`pob`] and
+//! [`index`] (memory maps), [`plan`] (a cycle counter), [`host`] (its probes) and the binary
+//! (signals).
 #![deny(unsafe_code)]
 
 pub mod blueprint;
