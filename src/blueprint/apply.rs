@@ -29,6 +29,19 @@ pub fn transform(op: Transform, imm: u8, src: &[u8], dst: &mut [u8]) {
     }
 }
 
+/// `dst[i] = src[i] + diff[i] (mod 256)`: an approximate cover's snapshot bytes plus its
+/// difference bytes. All three must have the same length.
+#[inline]
+pub fn add_bytes(src: &[u8], diff: &[u8], dst: &mut [u8]) {
+    assert!(
+        src.len() == dst.len() && diff.len() == dst.len(),
+        "apply::add_bytes: span lengths differ"
+    );
+    for ((d, s), x) in dst.iter_mut().zip(src).zip(diff) {
+        *d = s.wrapping_add(*x);
+    }
+}
+
 /// A self copy: `buf[dst + i] = buf[src + i]` for `i` in `0..len`, in increasing `i`, so an
 /// overlapping source (`src + len > dst`) re-reads bytes this copy wrote (LZ77 semantics).
 /// Requires `src < dst` and `dst + len <= buf.len()`.

@@ -105,6 +105,11 @@ pub enum Source {
     /// (LZ77 semantics): when the source overlaps the destination, bytes written earlier in
     /// this same segment are read again, so `off = dst - 1` repeats one byte `len` times.
     SelfCopy { off: u64 },
+    /// An approximate cover (bsdiff / HDiffPatch): `len` bytes from the snapshot at `off`
+    /// plus `len` difference bytes taken, in order, from the spill (the same stream raw
+    /// segments read): `f[i] = s[off + i] + d[i] (mod 256)`. The differences are mostly
+    /// zeros, so they compress to little; `.pbb` v3 carries them in their own stream.
+    Cover { off: u64 },
 }
 
 /// One segment of a blueprint; its file offset is the sum of the lengths before it.
@@ -125,7 +130,8 @@ pub struct Blueprint {
     pub file_hash: [u8; 32],
     /// Segments in file order, covering `[0, file_len)` exactly.
     pub segments: Vec<Segment>,
-    /// Raw bytes, consumed in order by `Source::Raw` segments.
+    /// Raw bytes, consumed in order by `Source::Raw` segments (literal bytes) and
+    /// `Source::Cover` segments (difference bytes).
     pub spill: Vec<u8>,
 }
 
@@ -158,6 +164,12 @@ pub struct SegmentStats {
     pub self_bytes: u64,
     /// Bytes covered by raw segments.
     pub raw_spill: u64,
+    /// Approximate covers (snapshot bytes plus a difference stream).
+    pub cover: u64,
+    /// Bytes covered by approximate covers.
+    pub cover_bytes: u64,
+    /// Of those, bytes whose difference is not zero.
+    pub cover_diff_nonzero: u64,
 }
 
 /// A segment placed at its file offset, with its raw bytes when it is a spill segment.
@@ -165,7 +177,8 @@ pub struct SegmentStats {
 pub struct Placed<'a> {
     pub file_off: u64,
     pub seg: Segment,
-    /// For `Source::Raw`, the spill bytes of this segment; empty otherwise.
+    /// For `Source::Raw`, the spill bytes of this segment; for `Source::Cover`, its
+    /// difference bytes; empty otherwise.
     pub raw: &'a [u8],
 }
 
@@ -173,7 +186,8 @@ impl Blueprint {
     /// Segment counts by kind and the raw spill size.
     pub fn stats(&self) -> SegmentStats {
         let mut s = SegmentStats::default();
-        for seg in &self.segments {
+        for p in self.placed() {
+            let seg = &p.seg;
             s.segments += 1;
             match seg.src {
                 Source::Snap {
@@ -193,6 +207,11 @@ impl Blueprint {
                     s.self_copy += 1;
                     s.self_bytes += seg.len as u64;
                 }
+                Source::Cover { .. } => {
+                    s.cover += 1;
+                    s.cover_bytes += seg.len as u64;
+                    s.cover_diff_nonzero += p.raw.iter().filter(|&&d| d != 0).count() as u64;
+                }
             }
         }
         s
@@ -203,6 +222,13 @@ impl Blueprint {
         self.segments
             .iter()
             .any(|s| matches!(s.src, Source::SelfCopy { .. }))
+    }
+
+    /// Whether any segment is an approximate cover.
+    pub fn has_covers(&self) -> bool {
+        self.segments
+            .iter()
+            .any(|s| matches!(s.src, Source::Cover { .. }))
     }
 
     /// Check the structural invariants against a snapshot of `snap_len` bytes: segments cover
@@ -230,7 +256,10 @@ impl Blueprint {
                 )));
             }
             match seg.src {
-                Source::Snap { off, .. } => {
+                Source::Snap { off, .. } | Source::Cover { off } => {
+                    if matches!(seg.src, Source::Cover { .. }) {
+                        raw += seg.len as u64;
+                    }
                     let end = off.checked_add(seg.len as u64);
                     if end.is_none_or(|e| e > snap_len) {
                         return Err(pbb::PbbError::Invalid(format!(
@@ -258,7 +287,7 @@ impl Blueprint {
         }
         if raw != self.spill.len() as u64 {
             return Err(pbb::PbbError::Invalid(format!(
-                "raw segments take {raw} spill bytes but the spill holds {}",
+                "raw segments and covers take {raw} spill bytes but the spill holds {}",
                 self.spill.len()
             )));
         }
@@ -271,7 +300,7 @@ impl Blueprint {
         let mut spill_off = 0usize;
         self.segments.iter().map(move |seg| {
             let raw = match seg.src {
-                Source::Raw => {
+                Source::Raw | Source::Cover { .. } => {
                     let end = (spill_off + seg.len as usize).min(self.spill.len());
                     let r = &self.spill[spill_off.min(end)..end];
                     spill_off = end;
@@ -310,6 +339,10 @@ impl Blueprint {
                 Source::SelfCopy { off } => {
                     apply::self_copy(out, off as usize, o, p.seg.len as usize)
                 }
+                Source::Cover { off } => {
+                    let off = off as usize;
+                    apply::add_bytes(&snap[off..off + dst.len()], p.raw, dst);
+                }
             }
         }
         Ok(())
@@ -319,11 +352,13 @@ impl Blueprint {
     /// consumers that place pieces by file offset in any order (the datagram transport): a
     /// copy whose source lies inside one snapshot segment (and does not overlap itself)
     /// becomes a snapshot segment at the matching offset, anything else becomes raw spill with
-    /// the materialized bytes. Soft runs are already plain segments in memory. Returns `self`
-    /// unchanged (cloned) when there is nothing to lower. Validates against `snapshot` first.
+    /// the materialized bytes. An approximate cover becomes `id` runs where its differences
+    /// are zero for at least [`COVER_LOWER_MIN_RUN`] bytes and raw bytes elsewhere. Soft runs
+    /// are already plain segments in memory. Returns `self` unchanged (cloned) when there is
+    /// nothing to lower. Validates against `snapshot` first.
     pub fn lower_basic(&self, snapshot: &[u8]) -> Result<Blueprint, pbb::PbbError> {
         self.validate(snapshot.len() as u64)?;
-        if !self.has_self_copies() {
+        if !self.has_self_copies() && !self.has_covers() {
             return Ok(self.clone());
         }
         let len = usize::try_from(self.file_len)
@@ -341,6 +376,13 @@ impl Blueprint {
                     spill.extend_from_slice(p.raw);
                 }
                 Source::Snap { .. } => segments.push(p.seg),
+                Source::Cover { off } => lower_cover(
+                    off,
+                    p.raw,
+                    &file[at as usize..(at + n) as usize],
+                    &mut segments,
+                    &mut spill,
+                ),
                 Source::SelfCopy { off } => {
                     // the segment holding the source start
                     let k = starts.partition_point(|&s| s <= off) - 1;
@@ -371,5 +413,155 @@ impl Blueprint {
             spill,
             ..self.clone()
         })
+    }
+}
+
+/// Shortest run of zero differences that [`Blueprint::lower_basic`] keeps as an `id` segment
+/// when it lowers an approximate cover (shorter runs travel as raw bytes).
+pub const COVER_LOWER_MIN_RUN: usize = 8;
+
+/// Lower one approximate cover at snapshot offset `off` with differences `diff` (its rebuilt
+/// bytes are `bytes`) into `id` segments and raw spill.
+fn lower_cover(
+    off: u64,
+    diff: &[u8],
+    bytes: &[u8],
+    segments: &mut Vec<Segment>,
+    spill: &mut Vec<u8>,
+) {
+    let mut push_raw = |from: usize, to: usize, segments: &mut Vec<Segment>| {
+        if to > from {
+            segments.push(Segment {
+                len: (to - from) as u32,
+                src: Source::Raw,
+            });
+            spill.extend_from_slice(&bytes[from..to]);
+        }
+    };
+    let mut raw_from = 0usize;
+    let mut i = 0usize;
+    while i < diff.len() {
+        if diff[i] != 0 {
+            i += 1;
+            continue;
+        }
+        let z = i;
+        while i < diff.len() && diff[i] == 0 {
+            i += 1;
+        }
+        if i - z >= COVER_LOWER_MIN_RUN {
+            push_raw(raw_from, z, segments);
+            segments.push(Segment {
+                len: (i - z) as u32,
+                src: Source::Snap {
+                    op: Transform::Id,
+                    off: off + z as u64,
+                    imm: 0,
+                },
+            });
+            raw_from = i;
+        }
+    }
+    push_raw(raw_from, diff.len(), segments);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file that is a snapshot range with some bytes changed, as one approximate cover
+    /// between two raw runs.
+    fn covered(snap: &[u8]) -> (Blueprint, Vec<u8>) {
+        let mut file: Vec<u8> = b"head".to_vec();
+        let base = 100usize;
+        let mut body = snap[base..base + 300].to_vec();
+        for i in (0..300).step_by(37) {
+            body[i] = body[i].wrapping_add(5);
+        }
+        body[150..160].copy_from_slice(b"0123456789");
+        file.extend_from_slice(&body);
+        file.extend_from_slice(b"tail!");
+        let mut spill = b"head".to_vec();
+        spill.extend(
+            body.iter()
+                .zip(&snap[base..])
+                .map(|(f, s)| f.wrapping_sub(*s)),
+        );
+        spill.extend_from_slice(b"tail!");
+        let segments = vec![
+            Segment {
+                len: 4,
+                src: Source::Raw,
+            },
+            Segment {
+                len: 300,
+                src: Source::Cover { off: base as u64 },
+            },
+            Segment {
+                len: 5,
+                src: Source::Raw,
+            },
+        ];
+        let bp = Blueprint {
+            snapshot_id: [0; 32],
+            file_len: file.len() as u64,
+            file_hash: *blake3::hash(&file).as_bytes(),
+            segments,
+            spill,
+        };
+        (bp, file)
+    }
+
+    fn snap() -> Vec<u8> {
+        (0..1024u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect()
+    }
+
+    #[test]
+    fn cover_rebuilds_bit_exact_and_counts_differences() {
+        let snap = snap();
+        let (bp, file) = covered(&snap);
+        let mut out = vec![0u8; file.len()];
+        bp.rebuild_into(&snap, &mut out).unwrap();
+        assert_eq!(out, file);
+        let st = bp.stats();
+        assert_eq!((st.cover, st.cover_bytes), (1, 300));
+        let nonzero = (0..300).filter(|&i| file[4 + i] != snap[100 + i]).count() as u64;
+        assert_eq!(st.cover_diff_nonzero, nonzero);
+    }
+
+    #[test]
+    fn lowered_cover_has_only_basic_segments_and_same_bytes() {
+        let snap = snap();
+        let (bp, file) = covered(&snap);
+        let low = bp.lower_basic(&snap).unwrap();
+        assert!(!low.has_covers());
+        assert!(low
+            .segments
+            .iter()
+            .all(|s| matches!(s.src, Source::Snap { .. } | Source::Raw)));
+        let mut out = vec![0u8; file.len()];
+        low.rebuild_into(&snap, &mut out).unwrap();
+        assert_eq!(out, file);
+        // every id run it kept is at least the minimum and really equal
+        for p in low.placed() {
+            if let Source::Snap { off, .. } = p.seg.src {
+                assert!(p.seg.len as usize >= COVER_LOWER_MIN_RUN);
+                let (o, f) = (off as usize, p.file_off as usize);
+                assert_eq!(
+                    &snap[o..o + p.seg.len as usize],
+                    &file[f..f + p.seg.len as usize]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn cover_past_the_snapshot_end_is_refused() {
+        let snap = snap();
+        let (mut bp, _) = covered(&snap);
+        bp.segments[1].src = Source::Cover { off: 900 };
+        assert!(bp.validate(snap.len() as u64).is_err());
     }
 }

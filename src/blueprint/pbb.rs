@@ -124,6 +124,7 @@ fn op_code(src: &Source) -> u8 {
         Source::Raw => OP_RAW,
         Source::Snap { op, .. } => OP_ID + op.code(),
         Source::SelfCopy { .. } => OP_SELF,
+        Source::Cover { .. } => OP_COVER,
     }
 }
 
@@ -138,6 +139,9 @@ const _: () =
 const OP_SOFT: u8 = 4;
 /// v2: a copy from earlier in the file.
 const OP_SELF: u8 = 5;
+/// Approximate cover (provisional record in the v2 table: the offset column like `id`, its
+/// difference bytes in the spill; format v3 gives the differences a stream of their own).
+const OP_COVER: u8 = 6;
 
 /// Where a soft run starting at `segments[i]` ends (exclusive), or `None` when `segments[i]`
 /// does not start one: an `id` segment followed by at least one (raw, `id` at the same
@@ -234,6 +238,10 @@ pub fn encode_table_at(segments: &[Segment], fold_soft: bool, base: u64) -> Vec<
                 if op != Transform::Id {
                     imms.push(imm);
                 }
+            }
+            Source::Cover { off } => {
+                put_i64(&mut offs, off as i64 - (file_pos + delta));
+                delta = off as i64 - file_pos;
             }
             Source::SelfCopy { off } => put_u64(&mut backs, file_pos as u64 - off),
             Source::Raw => {}
@@ -407,6 +415,13 @@ pub fn decode_table_at(
                         off: off + at,
                         imm: 0,
                     },
+                });
+            }
+            OP_COVER if version >= 2 => {
+                let off = snap_off()?;
+                out.push(Segment {
+                    len: len as u32,
+                    src: Source::Cover { off },
                 });
             }
             OP_SELF if version >= 2 => {

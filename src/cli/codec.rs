@@ -539,6 +539,9 @@ fn write_blueprint_json(path: &Path, bp: &packetfs::blueprint::Blueprint) -> any
             Source::SelfCopy { off } => {
                 json!({"file_off": p.file_off, "op": "self", "from": off, "len": p.seg.len})
             }
+            Source::Cover { off } => {
+                json!({"file_off": p.file_off, "op": "cover", "offset": off, "len": p.seg.len})
+            }
         })
         .collect();
     let doc = json!({
@@ -622,6 +625,14 @@ pub fn unplan(a: UnplanArgs) -> anyhow::Result<ExitCode> {
                         packetfs::blueprint::apply::transform(op, imm, &s[o..o + n], dst)
                     }
                     Source::Raw => dst.copy_from_slice(&p.raw[done..done + n]),
+                    Source::Cover { off } => {
+                        let o = off as usize + done;
+                        packetfs::blueprint::apply::add_bytes(
+                            &s[o..o + n],
+                            &p.raw[done..done + n],
+                            dst,
+                        )
+                    }
                     Source::SelfCopy { .. } => unreachable!("handled above"),
                 }
                 hasher.update(dst);

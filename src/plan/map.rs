@@ -111,11 +111,15 @@ pub fn render_svg(bp: &Blueprint, banks: &[BankEntry], opts: &MapOptions) -> Str
         let class = match s.src {
             Source::Raw => (MapKind::Raw, None),
             Source::SelfCopy { .. } => (MapKind::SelfRef, None),
-            Source::Snap { op, off, .. } => {
-                let k = match op {
-                    Transform::Id => MapKind::Id,
-                    Transform::Xor => MapKind::Xor,
-                    Transform::Add => MapKind::Add,
+            Source::Snap { off, .. } | Source::Cover { off } => {
+                let k = match s.src {
+                    Source::Snap {
+                        op: Transform::Xor, ..
+                    } => MapKind::Xor,
+                    Source::Snap {
+                        op: Transform::Add, ..
+                    } => MapKind::Add,
+                    _ => MapKind::Id,
                 };
                 let b = bank_of(off);
                 if let Some(b) = b {

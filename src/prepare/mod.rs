@@ -19,8 +19,10 @@ pub fn direct_payload_estimate(bp: &Blueprint) -> u64 {
         .iter()
         .map(|s| match s.src {
             Source::Snap { .. } => SNAP_PIECE as u64,
-            // self copies go as the raw bytes they copy in direct mode
-            Source::Raw | Source::SelfCopy { .. } => RAW_PIECE as u64 + s.len as u64,
+            // self copies and covers go as the raw bytes they stand for in direct mode
+            Source::Raw | Source::SelfCopy { .. } | Source::Cover { .. } => {
+                RAW_PIECE as u64 + s.len as u64
+            }
         })
         .sum()
 }
@@ -98,7 +100,7 @@ pub fn prepare(
             .map_err(|source| SendError::Pack { file: i, source })?;
         out.push(match mode {
             FileMode::Direct => {
-                let blueprint = if f.blueprint.has_self_copies() {
+                let blueprint = if f.blueprint.has_self_copies() || f.blueprint.has_covers() {
                     f.blueprint
                         .lower_basic(snapshot)
                         .map_err(|source| SendError::InvalidBlueprint { file: i, source })?

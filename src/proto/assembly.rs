@@ -332,6 +332,19 @@ fn apply_block<S: FileSink>(
                 cx.sink.write_raw(file, off, &b.spill[spill..spill + n])?;
                 spill += n;
             }
+            Source::Cover { off: so } => {
+                // Snapshot bytes plus the difference bytes carried in the spill.
+                let n = seg.len as usize;
+                let s = so as usize;
+                let src = cx
+                    .snapshot
+                    .get(s..s.saturating_add(n))
+                    .ok_or(SinkError::OutOfRange { file, off, len: n })?;
+                let mut tmp = vec![0u8; n];
+                crate::blueprint::apply::add_bytes(src, &b.spill[spill..spill + n], &mut tmp);
+                cx.sink.write_raw(file, off, &tmp)?;
+                spill += n;
+            }
             Source::SelfCopy { off: src } => {
                 // Blocks are applied in file order and segments in order within one, so
                 // every byte before `off` is final here: the source is complete.

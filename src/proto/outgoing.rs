@@ -44,7 +44,7 @@ pub enum SendError {
         #[source]
         source: std::io::Error,
     },
-    #[error("file #{file} is direct but has self copies (prepare lowers them)")]
+    #[error("file #{file} is direct but has self copies or covers (prepare lowers them)")]
     DirectSelfCopies { file: usize },
     #[error("file #{file} is packed but empty")]
     EmptyPacked { file: usize },
@@ -152,7 +152,7 @@ impl Outgoing {
             }
             let file = match f {
                 OutgoingFile::Direct { name, blueprint } => {
-                    if blueprint.has_self_copies() {
+                    if blueprint.has_self_copies() || blueprint.has_covers() {
                         return Err(SendError::DirectSelfCopies { file: i });
                     }
                     let mut seg_starts = Vec::with_capacity(blueprint.segments.len());
@@ -417,8 +417,8 @@ impl Outgoing {
                             return f.start + off;
                         }
                     }
-                    Source::SelfCopy { .. } => {
-                        unreachable!("direct files have no self copies (checked in new)")
+                    Source::SelfCopy { .. } | Source::Cover { .. } => {
+                        unreachable!("direct files have no self copies or covers (checked in new)")
                     }
                 }
                 si += 1;

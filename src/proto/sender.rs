@@ -498,7 +498,7 @@ mod tests {
                         out.extend_from_slice(&spill[sp..sp + s.len as usize]);
                         sp += s.len as usize;
                     }
-                    Source::SelfCopy { .. } => unreachable!(),
+                    Source::SelfCopy { .. } | Source::Cover { .. } => unreachable!(),
                 }
             }
             let bp = Blueprint {
