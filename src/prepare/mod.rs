@@ -19,7 +19,7 @@ pub fn direct_payload_estimate(bp: &Blueprint) -> u64 {
         .iter()
         .map(|s| match s.src {
             Source::Snap { .. } => SNAP_PIECE as u64,
-            // self copies go as the raw bytes they copy in direct mode
+            // self copies and covers go as the raw bytes they stand for in direct mode
             Source::Raw | Source::SelfCopy { .. } | Source::Cover { .. } => {
                 RAW_PIECE as u64 + s.len as u64
             }

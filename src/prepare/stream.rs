@@ -164,19 +164,25 @@ pub enum StreamError {
 /// Encode window `bp` (planned on its own, offsets relative to the window) as the blocks of
 /// file range `[start, start + bp.file_len)`. Block tables code snapshot offsets relative to
 /// the absolute file position the receiver decodes them at, and the encoder counts from the
-/// window's start: so snapshot offsets are rebased by `-start` (two's complement) before
-/// encoding. Self copies are coded as distances and stay as they are.
+/// window's start: so snapshot offsets (of snapshot segments and covers) are rebased by
+/// `-start` (two's complement) before encoding. Self copies are coded as distances and stay
+/// as they are.
 fn encode_window(
-    mut bp: Blueprint,
+    bp: Blueprint,
     start: u64,
     o: &block::EncodeOptions,
 ) -> Result<Vec<u8>, std::io::Error> {
+    block::encode(&rebase(bp, start), o)
+}
+
+/// Snapshot offsets of `bp` (snapshot segments and covers) moved by `-start`, wrapping.
+fn rebase(mut bp: Blueprint, start: u64) -> Blueprint {
     for s in &mut bp.segments {
-        if let Source::Snap { off, .. } = &mut s.src {
+        if let Source::Snap { off, .. } | Source::Cover { off } = &mut s.src {
             *off = off.wrapping_sub(start);
         }
     }
-    block::encode(&bp, o)
+    bp
 }
 
 /// The blocks of window `[start, start + window.len())` stored raw (within the allowance).
@@ -544,5 +550,22 @@ mod tests {
             "self copy at its absolute source"
         );
         let _ = snap;
+        // covers carry snapshot offsets coded the same way: rebased alike
+        let cover = Blueprint {
+            snapshot_id: [0; 32],
+            file_len: 4,
+            file_hash: [0; 32],
+            segments: vec![Segment {
+                len: 4,
+                src: Source::Cover { off: 7 },
+            }],
+            spill: vec![1, 2, 3, 4],
+        };
+        assert_eq!(
+            rebase(cover, 10).segments[0].src,
+            Source::Cover {
+                off: 7u64.wrapping_sub(10)
+            }
+        );
     }
 }

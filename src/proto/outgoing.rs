@@ -418,9 +418,7 @@ impl Outgoing {
                         }
                     }
                     Source::SelfCopy { .. } | Source::Cover { .. } => {
-                        unreachable!(
-                            "direct files have no self copies or covers (lowered in prepare)"
-                        )
+                        unreachable!("direct files have no self copies or covers (checked in new)")
                     }
                 }
                 si += 1;
