@@ -3,7 +3,7 @@
 # build pfs, build the default snapshot, and transfer files over a veth pair between two
 # network namespaces created here (and removed at the end), checking every file bit-exact.
 #
-udp]|udp]
+#   bash scripts/quickstart.sh [--transport xdp|udp]
 #
 # Files sent: /usr/bin/bash (an ELF binary), 8 MB of random bytes (nothing in the snapshot
 # matches them) and a 4 MiB slice of the snapshot itself (fully covered). Each side prints its

@@ -5,83 +5,31 @@
 //! every key is optional, and a flag given on the command line overrides the file's value
 //! ([`PfsConfig::overlay`]). Unknown keys are errors that name the key, so a typo never
 //! silently falls back to a default. Values are checked by [`PfsConfig::validate`].
+//!
+//! The option types are the drivers' own ([`crate::driver::options`], [`PackPolicy`],
+//! [`HugePolicy`], [`XdpMode`]): one spelling for the flag, the key and the code. The
+//! command line parses into a partial `PfsConfig` of the flags given, laid over the file's
+//! ([`PfsConfig::overlay`]), laid over [`PfsConfig::defaults`].
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// Which transport moves the frames.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    /// AF_XDP sockets behind the XDP steering program.
-    Xdp,
-    /// Kernel UDP sockets.
-    Udp,
-}
-
-/// How work is spread over NIC queues.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// One UDP port per flow; NIC RSS spreads flows over queues.
-    Ports,
-    /// An explicit queue list, steered with ntuple rules.
-    Queues,
-    /// One file spread over every queue.
-    Scatter,
-}
-
-/// Who drives the AF_XDP sockets (as `--xdp-threads`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum XdpThreads {
-    /// Workers when each gets a core besides the session thread's, else the session thread.
-    Auto,
-    /// One pinned worker thread per queue.
-    Workers,
-    /// The session thread alone.
-    Session,
-}
-
-/// Which files a sender packs (as `--pack`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Pack {
-    Auto,
-    Always,
-    Never,
-}
-
-/// Snapshot memory policy (as `--hugepages`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Hugepages {
-    Auto,
-    On,
-    Off,
-}
-
-impl From<Hugepages> for crate::pob::HugePolicy {
-    fn from(h: Hugepages) -> Self {
-        match h {
-            Hugepages::Auto => crate::pob::HugePolicy::Auto,
-            Hugepages::On => crate::pob::HugePolicy::On,
-            Hugepages::Off => crate::pob::HugePolicy::Off,
-        }
-    }
-}
+pub use crate::driver::options::{Spread, Threads, Transport};
+pub use crate::pob::HugePolicy;
+pub use crate::proto::PackPolicy;
+pub use crate::steer::XdpMode;
 
 /// Everything `pfs.toml` may say. `None` means "not set here".
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct PfsConfig {
-    /// `xdp` or `udp`.
+    /// `auto`, `xdp` or `udp`.
     pub transport: Option<Transport>,
     /// Network interface (AF_XDP transport).
     pub interface: Option<String>,
     /// `ports`, `queues` or `scatter`.
-    pub mode: Option<Mode>,
+    pub mode: Option<Spread>,
     /// Queues to bind (`queues` mode).
     pub queues: Option<Vec<u32>>,
     /// First UDP port of the PacketFS range.
@@ -109,17 +57,19 @@ pub struct PfsConfig {
     /// Metrics log (JSON lines).
     pub metrics: Option<PathBuf>,
     /// Snapshot memory: `auto`, `on` or `off`.
-    pub hugepages: Option<Hugepages>,
+    pub hugepages: Option<HugePolicy>,
     /// XDP attach mode: `native`, `skb` or `auto`.
-    pub xdp_mode: Option<String>,
+    pub xdp_mode: Option<XdpMode>,
     /// Core to pin the AF_XDP session thread to.
     pub cpu: Option<usize>,
     /// AF_XDP: one pinned worker per queue (`workers`) or the session thread alone.
-    pub xdp_threads: Option<XdpThreads>,
+    pub xdp_threads: Option<Threads>,
     /// Cores for the AF_XDP workers, round-robin.
     pub cpus: Option<Vec<usize>>,
     /// Sender: packed transfer `auto`, `always` or `never`.
-    pub pack: Option<Pack>,
+    pub pack: Option<PackPolicy>,
+    /// Sender: planner preset for files planned on the fly: `fast`, `default` or `max`.
+    pub level: Option<crate::blueprint::Level>,
     /// Receiver: msync + fsync each file before renaming it into place.
     pub sync: Option<bool>,
 }
@@ -199,7 +149,7 @@ impl PfsConfig {
                 return Err(bad("queues", "a queue is listed twice".into()));
             }
         }
-        if self.mode == Some(Mode::Queues) && self.queues.as_ref().is_none_or(|q| q.is_empty()) {
+        if self.mode == Some(Spread::Queues) && self.queues.as_ref().is_none_or(|q| q.is_empty()) {
             return Err(bad("queues", "mode = \"queues\" needs a queue list".into()));
         }
         if let Some(r) = &self.rate {
@@ -216,14 +166,6 @@ impl PfsConfig {
         if let Some(l) = &self.listen {
             if l.parse::<std::net::IpAddr>().is_err() {
                 return Err(bad("listen", format!("{l:?} is not an IP address")));
-            }
-        }
-        if let Some(m) = &self.xdp_mode {
-            if m.parse::<crate::steer::XdpMode>().is_err() {
-                return Err(bad(
-                    "xdp-mode",
-                    format!("{m:?}: expected \"native\", \"skb\" or \"auto\""),
-                ));
             }
         }
         if let Some(i) = &self.interface {
@@ -264,25 +206,29 @@ impl PfsConfig {
             xdp_threads,
             cpus,
             pack,
+            level,
             sync
         )
     }
 
     /// The file `pfs.toml` describes when nothing is set: the built-in defaults of
     /// `pfs send`/`pfs recv`, for printing and for filling a merged configuration.
+    /// (`hugepages` is left to each command: the receiver copies the snapshot into huge
+    /// pages, the sender maps it.)
     pub fn defaults() -> PfsConfig {
         PfsConfig {
-            transport: Some(Transport::Udp),
-            mode: Some(Mode::Scatter),
+            transport: Some(Transport::Auto),
+            mode: Some(Spread::Scatter),
             port: Some(47000),
             ports: Some(1),
             listen: Some("0.0.0.0".into()),
             mtu: Some(1500),
             max_file_size: Some(1 << 40),
             timeout: Some(0),
-            hugepages: Some(Hugepages::Auto),
-            xdp_threads: Some(XdpThreads::Auto),
-            pack: Some(Pack::Auto),
+            xdp_mode: Some(XdpMode::Auto),
+            xdp_threads: Some(Threads::Auto),
+            pack: Some(PackPolicy::Auto),
+            level: Some(crate::blueprint::Level::Fast),
             sync: Some(true),
             ..PfsConfig::default()
         }
@@ -338,17 +284,17 @@ mod tests {
             sync = false
         "#)
         .unwrap();
-        assert_eq!(c.xdp_threads, Some(XdpThreads::Session));
+        assert_eq!(c.xdp_threads, Some(Threads::Session));
         assert_eq!(c.cpus, Some(vec![0, 1]));
-        assert_eq!(c.pack, Some(Pack::Never));
+        assert_eq!(c.pack, Some(PackPolicy::Never));
         assert_eq!(c.sync, Some(false));
         let e = p("pack = \"sometimes\"\n").unwrap_err().to_string();
         assert!(e.contains("sometimes"), "{e}");
-        assert_eq!(c.mode, Some(Mode::Queues));
+        assert_eq!(c.mode, Some(Spread::Queues));
         assert_eq!(c.queues, Some(vec![0, 3]));
         assert_eq!(c.out_dir, Some(PathBuf::from("/var/lib/pfs/in")));
         assert_eq!(c.max_file_size, Some(1_000_000));
-        assert_eq!(c.hugepages, Some(Hugepages::On));
+        assert_eq!(c.hugepages, Some(HugePolicy::On));
         assert_eq!(c.mtu, Some(9000));
     }
 
@@ -384,7 +330,6 @@ mod tests {
             ("listen = \"nowhere\"", "listen"),
             ("interface = \"a b\"", "interface"),
             ("max-file-size = 0", "max-file-size"),
-            ("xdp-mode = \"fast\"", "xdp-mode"),
         ] {
             let e = p(text).unwrap_err().to_string();
             assert!(e.contains(key), "{text}: {e}");
@@ -394,6 +339,12 @@ mod tests {
         assert!(e.contains("tcp"), "{e}");
         let e = p("port = \"x\"").unwrap_err().to_string();
         assert!(e.contains("port"), "{e}");
+        let e = p("xdp-mode = \"fast\"").unwrap_err().to_string();
+        assert!(e.contains("xdp-mode") && e.contains("fast"), "{e}");
+        assert_eq!(
+            p("xdp-mode = \"drv\"").unwrap().xdp_mode,
+            Some(XdpMode::Native)
+        );
     }
 
     #[test]

@@ -9,25 +9,37 @@
 //! | [`plan`]      | the planner: matches under id/xor/add, cost model, ELF section hints      |
 //! | [`blueprint`] | segments, the `.pbb` codec, and the apply kernels that rebuild a file     |
 //! | [`wire`]      | frame formats: zero-copy views with checked constructors                  |
-//! | [`proto`]     | the transfer state machine: no clock, no sockets                          |
-//! | [`xsk`]       | AF_XDP sockets, UMEM and rings (unsafe lives here)                        |
+//! | [`prepare`]   | codec work before the wire: packing, lowering, the streaming producer     |
+//! | [`proto`]     | the transfer state machine: no clock, no sockets, no files                |
+//! | [`fsink`]     | the receiver's output directory: mmap, write-back, fsync, rename          |
+//! | [`xsk`]       | AF_XDP sockets, UMEM and rings                                            |
 //! | [`steer`]     | the aya loader for the XDP steering program                               |
-//! | [`driver`]    | event loops joining [`proto`] with AF_XDP or UDP; the only clock reader   |
+//! | [`driver`]    | the session core joining [`proto`] with AF_XDP or UDP; the clock reader   |
+//! | [`host`]      | structured checks of what the host offers (`pfs doctor`, auto-picks)      |
 //! | [`shm`]       | the shared-memory descriptor ring and its benchmark                       |
 //! | [`metrics`]   | JSON-lines metrics log                                                    |
 //! | [`config`]    | the appliance file `config/pfs.toml`: parse, validate, flags override it  |
 //!
 //! Everything here is a library; the `pfs` binary (`src/cli`) is the only place that prints
 //! for humans.
+//!
+//! Unsafe code is denied here and allowed only where memory must be mapped or the kernel
+//! spoken to, each block with a `// Safety:` comment: whole modules [`xsk`], [`steer`],
+//! [`shm`] and [`fsink`] and `driver/xdp/workers.rs`; single functions in [`pob`] and
+//! [`index`] (memory maps), [`plan`] (a cycle counter), [`host`] (its probes) and the binary
+//! (signals).
 #![deny(unsafe_code)]
 
 pub mod blueprint;
 pub mod config;
 pub mod driver;
+pub mod fsink;
+pub mod host;
 pub mod index;
 pub mod metrics;
 pub mod plan;
 pub mod pob;
+pub mod prepare;
 pub mod proto;
 pub mod shm;
 pub mod steer;

@@ -17,7 +17,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::netns::{skip_reason, NetnsPair, Side};
+use common::netns::{NetnsPair, Side};
+use common::privileged::{skip, Need};
 
 const CAPS: &str = "NET_ADMIN,NET_RAW,BPF,PERFMON,IPC_LOCK";
 /// CAP_NET_ADMIN 12, CAP_NET_RAW 13, CAP_IPC_LOCK 14, CAP_PERFMON 38, CAP_BPF 39.
@@ -78,25 +79,6 @@ fn run_args(ns: &str, seccomp: &Path) -> Vec<String> {
     v
 }
 
-fn skip() -> Option<String> {
-    if let Some(r) = skip_reason() {
-        return Some(r);
-    }
-    if Command::new("podman").arg("--version").output().is_err() {
-        return Some("podman missing: apt-get install -y podman runc".into());
-    }
-    if !Path::new("/usr/sbin/runc").exists() {
-        return Some("/usr/sbin/runc missing: apt-get install -y runc".into());
-    }
-    if Command::new("nsenter").arg("--version").output().is_err() {
-        return Some("nsenter (util-linux) missing".into());
-    }
-    if Command::new("python3").arg("--version").output().is_err() {
-        return Some("python3 missing (scripts/container-seccomp.sh)".into());
-    }
-    None
-}
-
 /// Removes what the test made, in reverse order, whatever happened.
 struct Cleanup {
     containers: Vec<String>,
@@ -116,8 +98,12 @@ impl Drop for Cleanup {
 
 #[test]
 fn recv_in_a_capability_limited_container() {
-    if let Some(r) = skip() {
-        eprintln!("skipping recv_in_a_capability_limited_container: {r}");
+    if skip(&[
+        Need::Tool("podman", "apt-get install -y podman runc"),
+        Need::File("/usr/sbin/runc", "apt-get install -y runc"),
+        Need::Tool("nsenter", "util-linux"),
+        Need::Tool("python3", "scripts/container-seccomp.sh needs it"),
+    ]) {
         return;
     }
     let transport = std::env::var("PFS_CONTAINER_TRANSPORT").unwrap_or_else(|_| "xdp".to_string());

@@ -5,7 +5,8 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::netns::{skip_reason, NetnsPair, Side};
+use common::netns::{NetnsPair, Side};
+use common::privileged::{skip, Need};
 
 fn pfs() -> Command {
     Command::new(env!("CARGO_BIN_EXE_pfs"))
@@ -151,12 +152,7 @@ fn unknown_interface_is_missing() {
 
 #[test]
 fn all_ok_on_a_namespace_veth() {
-    if let Some(r) = skip_reason() {
-        eprintln!("skipping all_ok_on_a_namespace_veth: {r}");
-        return;
-    }
-    if Command::new("nsenter").arg("--version").output().is_err() {
-        eprintln!("skipping all_ok_on_a_namespace_veth: nsenter (util-linux) missing");
+    if skip(&[Need::Tool("nsenter", "util-linux")]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -4,7 +4,7 @@
 //! assertion depends on wall-clock time.
 
 use packetfs::blueprint::{block, Blueprint, Segment, Source, Transform};
-use packetfs::proto::mmap_sink::MmapSink;
+use packetfs::fsink::MmapSink;
 use packetfs::proto::{
     Endpoint, Event, Failure, FileSink, MemSink, PackPolicy, Reason, Receiver, ReceiverConfig,
     SendFile, Sender, SenderConfig, Timing,
@@ -17,6 +17,17 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::*;
+
+/// A sender for blueprints, through the prepare step (packing per `cfg.pack`).
+fn new_sender(
+    cfg: SenderConfig,
+    id: [u8; 32],
+    files: Vec<SendFile>,
+    snap: &[u8],
+) -> Result<Sender, packetfs::proto::SendError> {
+    let out = packetfs::prepare::prepare(files, id, snap, cfg.pack, &cfg.pack_opts)?;
+    Sender::new(cfg, id, out)
+}
 
 /// One direction of the simulated link.
 struct Link {
@@ -146,9 +157,24 @@ fn run_pair<S: FileSink>(
     receiver: &mut Receiver<'_, S>,
     s2r: &mut Link,
     r2s: &mut Link,
+    act: Act,
+) -> Ends {
+    run_pair_fed(rng, sender, receiver, s2r, r2s, act, &mut |_, _| None)
+}
+
+/// [`run_pair`] with a producer: `feed(elapsed, sender)` runs before the sender transmits
+/// and returns when it wants to run next (virtual time since the start), `None` when done.
+fn run_pair_fed<S: FileSink>(
+    rng: &mut Rng,
+    sender: &mut Sender,
+    receiver: &mut Receiver<'_, S>,
+    s2r: &mut Link,
+    r2s: &mut Link,
     mut act: Act,
+    feed: &mut dyn FnMut(Duration, &mut Sender) -> Option<Duration>,
 ) -> Ends {
     let t0 = Instant::now();
+    let mut feed_at = Some(Duration::ZERO);
     let mut now = t0;
     let mut buf = vec![0u8; 65536];
     let mut ends = Ends::default();
@@ -162,6 +188,9 @@ fn run_pair<S: FileSink>(
             "virtual time ran away"
         );
         let mut busy = false;
+        if feed_at.is_some_and(|t| now - t0 >= t) {
+            feed_at = feed(now - t0, sender);
+        }
         while let Some(n) = sender.poll_transmit(now, &mut buf) {
             s2r.send(now, &buf[..n], rng);
             busy = true;
@@ -219,6 +248,7 @@ fn run_pair<S: FileSink>(
         }
         consider(s2r.next());
         consider(r2s.next());
+        consider(feed_at.map(|d| t0 + d));
         let Some(next) = next else {
             break; // nothing can happen any more
         };
@@ -349,10 +379,10 @@ fn one_case(seed: u64, tally: &mut Tally) {
     let mut r2s = Link::random(&mut rng);
     let impaired = s2r.drop + s2r.corrupt > 0.25 || r2s.drop + r2s.corrupt > 0.25;
     let mut sender =
-        Sender::new(case.scfg.clone(), SNAP_ID, case.files.clone(), &case.snap).unwrap();
+        new_sender(case.scfg.clone(), SNAP_ID, case.files.clone(), &case.snap).unwrap();
     for (m, _) in sender.modes() {
         match m {
-            FileMode::Packed => tally.packed_files += 1,
+            FileMode::Packed | FileMode::Streamed => tally.packed_files += 1,
             FileMode::Direct => tally.direct_files += 1,
         }
     }
@@ -464,7 +494,7 @@ fn snapshot_mismatch_is_refused_with_the_reason_on_both_sides() {
         let snap = rng.bytes(32 * 1024);
         let (_, files) = simple_files(&mut rng, &snap, &[5000, 10]);
         let (scfg, rcfg) = cfgs();
-        let mut sender = Sender::new(scfg, SNAP_ID, files, &snap).unwrap();
+        let mut sender = new_sender(scfg, SNAP_ID, files, &snap).unwrap();
         let other = [0x77; 32];
         let mut receiver = Receiver::new(rcfg, other, &snap, MemSink::new());
         let mut s2r = Link::clean(Duration::from_millis(1));
@@ -521,7 +551,7 @@ fn blackhole_mid_transfer_ends_in_timeouts_without_final_files() {
         let (contents, files) = (vec![c0, c1], vec![f0, f1]);
         let (mut scfg, rcfg) = cfgs();
         scfg.rate = Some(2_000_000);
-        let mut sender = Sender::new(scfg, SNAP_ID, files, &snap).unwrap();
+        let mut sender = new_sender(scfg, SNAP_ID, files, &snap).unwrap();
         let mut receiver = Receiver::new(rcfg, SNAP_ID, &snap, MemSink::new());
         let mut s2r = Link::clean(Duration::from_millis(1));
         let mut r2s = Link::clean(Duration::from_millis(1));
@@ -577,7 +607,7 @@ fn receiver_killed_mid_transfer_leaves_no_final_file() {
     let files = vec![f0, f1];
     let (scfg, mut rcfg) = cfgs();
     rcfg.timing.idle_timeout = Duration::from_secs(2);
-    let mut sender = Sender::new(scfg, SNAP_ID, files, &snap).unwrap();
+    let mut sender = new_sender(scfg, SNAP_ID, files, &snap).unwrap();
     {
         let sink = MmapSink::new(dir.path(), "test").unwrap();
         let mut receiver = Receiver::new(rcfg, SNAP_ID, &snap, sink);
@@ -627,7 +657,7 @@ fn files_land_in_an_output_directory_through_mmap() {
     let (contents, mut files) = simple_files(&mut rng, &snap, &[100_000, 0, 1, 7000]);
     files[3].name = "sub/deeper/f3".into();
     let (scfg, rcfg) = cfgs();
-    let mut sender = Sender::new(scfg, SNAP_ID, files, &snap).unwrap();
+    let mut sender = new_sender(scfg, SNAP_ID, files, &snap).unwrap();
     let sink = MmapSink::new(dir.path(), "t").unwrap();
     let mut receiver = Receiver::new(rcfg, SNAP_ID, &snap, sink);
     let mut s2r = Link::clean(Duration::from_millis(1));
@@ -788,6 +818,20 @@ fn hostile_manifests_are_refused_before_allocating() {
                 limit: 1 << 30,
             },
         ),
+        (
+            // A streamed file whose bound is far above its size.
+            hostile_hello(
+                1,
+                1,
+                vec![FileEntry {
+                    mode: FileMode::Streamed,
+                    stream_len: u64::MAX - 5,
+                    hash: [0; 32],
+                    ..entry("s", 10)
+                }],
+            ),
+            Reason::Protocol,
+        ),
     ];
     for (hello, want) in cases {
         let (got, sink, answer) = refusal_of(hello, rcfg.clone(), MemSink::new());
@@ -865,7 +909,7 @@ fn foreign_and_malformed_frames_are_counted_and_dropped() {
     let (contents, files) = simple_files(&mut rng, &snap, &[40_000]);
     let (scfg, rcfg) = cfgs();
     let session = scfg.session_id;
-    let mut sender = Sender::new(scfg, SNAP_ID, files.clone(), &snap).unwrap();
+    let mut sender = new_sender(scfg, SNAP_ID, files.clone(), &snap).unwrap();
     let mut receiver = Receiver::new(rcfg, SNAP_ID, &snap, MemSink::new());
     let now = Instant::now();
     let mut buf = vec![0u8; 65536];
@@ -880,7 +924,7 @@ fn foreign_and_malformed_frames_are_counted_and_dropped() {
         ..SenderConfig::default()
     };
     other_cfg.timing = fast_timing();
-    let mut other = Sender::new(other_cfg, SNAP_ID, files, &snap).unwrap();
+    let mut other = new_sender(other_cfg, SNAP_ID, files, &snap).unwrap();
     let n = other.poll_transmit(now, &mut buf).unwrap();
     assert!(!receiver.handle_datagram(now, &buf[..n]));
     // Garbage, a truncated frame, a corrupted frame, and a gram pointing past the file.
@@ -937,7 +981,7 @@ fn many_files_need_several_hello_chunks() {
     let (mut scfg, mut rcfg) = cfgs();
     scfg.max_datagram = 700;
     rcfg.max_datagram = 700;
-    let mut sender = Sender::new(scfg, SNAP_ID, files, &snap).unwrap();
+    let mut sender = new_sender(scfg, SNAP_ID, files, &snap).unwrap();
     let mut receiver = Receiver::new(rcfg, SNAP_ID, &snap, MemSink::new());
     let mut s2r = Link::clean(Duration::from_millis(2));
     s2r.drop = 0.2;
@@ -963,7 +1007,7 @@ fn empty_session_and_empty_files() {
     for sizes in [&[][..], &[0][..], &[0, 0, 1][..]] {
         let (contents, files) = simple_files(&mut rng, &snap, sizes);
         let (scfg, rcfg) = cfgs();
-        let mut sender = Sender::new(scfg, SNAP_ID, files, &snap).unwrap();
+        let mut sender = new_sender(scfg, SNAP_ID, files, &snap).unwrap();
         let mut receiver = Receiver::new(rcfg, SNAP_ID, &snap, MemSink::new());
         let mut s2r = Link::clean(Duration::from_millis(1));
         let mut r2s = Link::clean(Duration::from_millis(1));
@@ -1002,7 +1046,7 @@ fn pacing_holds_the_configured_rate_in_virtual_time() {
     };
     let (mut scfg, rcfg) = cfgs();
     scfg.rate = Some(10_000_000); // 80 Mbit/s
-    let mut sender = Sender::new(
+    let mut sender = new_sender(
         scfg,
         SNAP_ID,
         vec![SendFile {
@@ -1052,7 +1096,7 @@ fn a_slow_bottleneck_is_not_flooded() {
         spill: content.clone(),
     };
     let (scfg, rcfg) = cfgs();
-    let mut sender = Sender::new(
+    let mut sender = new_sender(
         scfg,
         SNAP_ID,
         vec![SendFile {
@@ -1094,7 +1138,7 @@ fn cancel_on_either_side_is_a_clean_abort_with_the_reason_on_both() {
         let snap = rng.bytes(4096);
         let (_, f) = raw_file(&mut rng, "big", 400_000);
         let (scfg, rcfg) = cfgs();
-        let mut sender = Sender::new(scfg, SNAP_ID, vec![f], &snap).unwrap();
+        let mut sender = new_sender(scfg, SNAP_ID, vec![f], &snap).unwrap();
         let mut receiver = Receiver::new(rcfg, SNAP_ID, &snap, MemSink::new());
         let mut s2r = Link::clean(Duration::from_millis(1));
         let mut r2s = Link::clean(Duration::from_millis(1));
@@ -1151,7 +1195,7 @@ fn the_receivers_max_rate_caps_the_sender() {
     let (content, f) = raw_file(&mut rng, "r", 1_000_000);
     let (scfg, mut rcfg) = cfgs();
     rcfg.max_rate = 2_000_000;
-    let mut sender = Sender::new(scfg, SNAP_ID, vec![f], &snap).unwrap();
+    let mut sender = new_sender(scfg, SNAP_ID, vec![f], &snap).unwrap();
     let mut receiver = Receiver::new(rcfg, SNAP_ID, &snap, MemSink::new());
     let mut s2r = Link::clean(Duration::from_micros(200));
     let mut r2s = Link::clean(Duration::from_micros(200));
@@ -1181,7 +1225,7 @@ fn extreme_loss_still_ends_cleanly_on_both_sides() {
         s2r.drop = 0.5 + rng.below(40) as f64 / 100.0;
         r2s.drop = 0.5 + rng.below(40) as f64 / 100.0;
         let mut sender =
-            Sender::new(case.scfg.clone(), SNAP_ID, case.files.clone(), &case.snap).unwrap();
+            new_sender(case.scfg.clone(), SNAP_ID, case.files.clone(), &case.snap).unwrap();
         let mut receiver = Receiver::new(case.rcfg.clone(), SNAP_ID, &case.snap, MemSink::new());
         let ends = run_pair(
             &mut rng,
@@ -1218,97 +1262,6 @@ fn extreme_loss_still_ends_cleanly_on_both_sides() {
     eprintln!("{finished} of 150 sessions finished at 50-90% loss each way");
 }
 
-/// A figure, not a check: how fast one receiver takes in data frames (parse, CRC, checks,
-/// apply into memory, range bookkeeping, the final BLAKE3), without any I/O.
-/// `cargo test --release --test proto_sim -- --ignored --nocapture bench_receiver`.
-#[test]
-#[ignore]
-fn bench_receiver_apply() {
-    let mut rng = Rng(31);
-    let snap = rng.bytes(64 << 20);
-    let len: usize = 256 << 20;
-    for (label, raw) in [("snapshot-covered, 4 KiB segments", false), ("raw", true)] {
-        let bp = if raw {
-            raw_file(&mut rng, "b", len).1.blueprint
-        } else {
-            let mut content = Vec::with_capacity(len);
-            let mut segments = Vec::new();
-            while content.len() < len {
-                let n = 4096;
-                let off = rng.below((snap.len() - n) as u64) as usize;
-                let op = Transform::ALL[rng.below(3) as usize];
-                let imm = if op == Transform::Id {
-                    0
-                } else {
-                    rng.next() as u8
-                };
-                let mut dst = vec![0u8; n];
-                packetfs::blueprint::apply::transform(op, imm, &snap[off..off + n], &mut dst);
-                content.extend_from_slice(&dst);
-                segments.push(Segment {
-                    len: n as u32,
-                    src: Source::Snap {
-                        op,
-                        off: off as u64,
-                        imm,
-                    },
-                });
-            }
-            Blueprint {
-                snapshot_id: SNAP_ID,
-                file_len: len as u64,
-                file_hash: *blake3::hash(&content).as_bytes(),
-                segments,
-                spill: vec![],
-            }
-        };
-        let (mut scfg, rcfg) = cfgs();
-        scfg.rate = Some(1 << 50);
-        scfg.window_frames = u64::MAX / 4;
-        let files = vec![SendFile {
-            name: "b".into(),
-            blueprint: bp,
-        }];
-        let mut sender = Sender::new(scfg, SNAP_ID, files, &snap).unwrap();
-        let mut receiver = Receiver::new(rcfg.clone(), SNAP_ID, &snap, MemSink::new());
-        let t0 = Instant::now();
-        let mut buf = vec![0u8; 2048];
-        let n = sender.poll_transmit(t0, &mut buf).unwrap();
-        let hello = buf[..n].to_vec();
-        receiver.handle_datagram(t0, &hello);
-        let n = receiver.poll_transmit(t0, &mut buf).unwrap();
-        sender.handle_datagram(t0, &buf[..n]);
-        let mut frames = Vec::new();
-        let mut t = t0;
-        loop {
-            t += Duration::from_millis(1);
-            match sender.poll_transmit(t, &mut buf) {
-                Some(n) if buf[5] == 3 => frames.push(buf[..n].to_vec()),
-                Some(_) => {}
-                None => break,
-            }
-        }
-        let mut receiver = Receiver::new(rcfg, SNAP_ID, &snap, MemSink::new());
-        receiver.handle_datagram(t0, &hello);
-        let wire: usize = frames.iter().map(|f| f.len()).sum();
-        let start = Instant::now();
-        for f in &frames {
-            receiver.handle_datagram(t0, f);
-        }
-        let el = start.elapsed();
-        assert_eq!(receiver.outcome(), Some(Ok(())));
-        eprintln!(
-            "receiver, {label}: {} frames ({} MB on the wire) for {} MiB in {:?}: {:.2} Mframes/s, {:.2} GB/s of file bytes (BLAKE3 included)",
-            frames.len(),
-            wire / 1_000_000,
-            len >> 20,
-            el,
-            frames.len() as f64 / el.as_secs_f64() / 1e6,
-            len as f64 / el.as_secs_f64() / 1e9
-        );
-    }
-}
-
 /// Send `files` with `pack` (and `opts` for the block encoder) over a link that drops, reorders
 /// and duplicates as given; assert both ends succeed, the sender used the mode `pack` implies
 /// and every file committed bit-exact. Returns the bytes the sender put on the wire.
@@ -1326,7 +1279,7 @@ fn send_impaired(
     let (mut scfg, rcfg) = cfgs();
     scfg.pack = pack;
     scfg.pack_opts = opts;
-    let mut sender = Sender::new(scfg, SNAP_ID, files.to_vec(), snap).unwrap();
+    let mut sender = new_sender(scfg, SNAP_ID, files.to_vec(), snap).unwrap();
     let want = if pack == PackPolicy::Always {
         FileMode::Packed
     } else {
@@ -1378,8 +1331,10 @@ fn packed_mode_is_bit_exact_and_smaller_on_the_wire() {
         .unzip();
     let mut wire = Vec::new();
     for pack in [PackPolicy::Always, PackPolicy::Never] {
-        let mut opts = block::EncodeOptions::default();
-        opts.spill_per_block = 8 << 10; // many blocks
+        let opts = block::EncodeOptions {
+            spill_per_block: 8 << 10, // many blocks
+            ..Default::default()
+        };
         wire.push(send_impaired(
             &mut rng,
             &snap,
@@ -1438,106 +1393,6 @@ fn a_corrupt_packed_stream_is_a_clean_abort() {
     }
 }
 
-/// A figure, not a check: where a covered file's finish goes on the receiver (output mmap
-/// and its page faults, apply, BLAKE3, commit), through the real `MmapSink`.
-/// `cargo test --release --test proto_sim -- --ignored --nocapture bench_covered_finish`.
-#[test]
-#[ignore]
-fn bench_covered_finish() {
-    use packetfs::proto::sink::{SinkFile, SnapSeg};
-    let mut rng = Rng(77);
-    let snap = rng.bytes(64 << 20);
-    let len = 32u64 << 20;
-    for round in 0..3 {
-        let dir =
-            tempfile::tempdir_in(std::env::var("PFS_BENCH_DIR").unwrap_or("/tmp".into())).unwrap();
-        let mut sink = MmapSink::new(dir.path(), "b").unwrap();
-        sink.reserve = 0;
-        let t0 = Instant::now();
-        sink.open(&[SinkFile {
-            name: "c".into(),
-            size: len,
-        }])
-        .unwrap();
-        let t1 = Instant::now();
-        let mut off = 0u64;
-        while off < len {
-            let n = (len - off).min(1 << 20) as u32;
-            let seg = SnapSeg {
-                op: Transform::Id,
-                imm: 0,
-                snap_off: 1 << 20,
-                len: n,
-            };
-            sink.write_segment(0, off, seg, &snap).unwrap();
-            off += n as u64;
-        }
-        let t2 = Instant::now();
-        let h = blake3::hash(sink.contents(0).unwrap());
-        let t3 = Instant::now();
-        sink.commit(0).unwrap();
-        let t4 = Instant::now();
-        let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
-        eprintln!(
-            "round {round}: open {:.1} ms, apply {:.1} ms, blake3 {:.1} ms, commit {:.1} ms ({})",
-            ms(t0, t1),
-            ms(t1, t2),
-            ms(t2, t3),
-            ms(t3, t4),
-            &h.to_hex()[..8]
-        );
-    }
-}
-
-/// A figure, not a check: packed-stream size and encode time of a real blueprint by zstd
-/// level and block size. `PFS_BENCH_PBB=x.pbb PFS_BENCH_SNAP=snapdir cargo test --release
-/// --test proto_sim -- --ignored --nocapture bench_pack_levels`.
-#[test]
-#[ignore]
-fn bench_pack_levels() {
-    let (Some(pbb), Some(dir)) = (
-        std::env::var_os("PFS_BENCH_PBB"),
-        std::env::var_os("PFS_BENCH_SNAP"),
-    ) else {
-        eprintln!("skipped: set PFS_BENCH_PBB and PFS_BENCH_SNAP");
-        return;
-    };
-    let snap =
-        packetfs::pob::Snapshot::open(std::path::Path::new(&dir), packetfs::pob::HugePolicy::Off)
-            .unwrap();
-    let bytes = std::fs::read(&pbb).unwrap();
-    let bp = packetfs::blueprint::pbb::unpack(&bytes, &snap.id, snap.bytes().len() as u64).unwrap();
-    eprintln!(
-        "{}: file {} B, {} segments, spill {} B, .pbb {} B, direct estimate {} B",
-        std::path::Path::new(&pbb).display(),
-        bp.file_len,
-        bp.segments.len(),
-        bp.spill.len(),
-        bytes.len(),
-        packetfs::proto::sender::direct_payload_estimate(&bp)
-    );
-    for level in [1, 3, 6] {
-        for spill_per_block in [64u64 << 10, 256 << 10, 1 << 20] {
-            for threads in [1, 2] {
-                let o = block::EncodeOptions {
-                    level,
-                    spill_per_block,
-                    threads,
-                    ..Default::default()
-                };
-                let t = Instant::now();
-                let s = block::encode(&bp, &o).unwrap();
-                eprintln!(
-                    "level {level} spill/block {:>4} KiB threads {threads}: {} B in {:.1} ms",
-                    spill_per_block >> 10,
-                    s.len(),
-                    t.elapsed().as_secs_f64() * 1e3
-                );
-            }
-        }
-    }
-}
-
 /// Long snapshot pieces are applied and hashed in chunks when they extend the hashed prefix
 /// (a covered file): still bit-exact, with pieces reordered and duplicated, into memory
 /// and through the mmap sink.
@@ -1575,7 +1430,7 @@ fn long_covered_pieces_hash_in_chunks_bit_exact() {
             name: "covered".into(),
             blueprint: bp.clone(),
         }];
-        let mut sender = Sender::new(scfg, SNAP_ID, files, &snap).unwrap();
+        let mut sender = new_sender(scfg, SNAP_ID, files, &snap).unwrap();
         let mut s2r = Link::clean(Duration::from_millis(1));
         s2r.reorder = 0.5;
         s2r.dup = 0.3;
@@ -1694,9 +1549,11 @@ fn self_copies_are_applied_after_their_source_under_reordering() {
             .unzip();
         for pack in [PackPolicy::Always, PackPolicy::Never] {
             // many small blocks, so copies reach back across blocks and frames
-            let mut opts = block::EncodeOptions::default();
-            opts.spill_per_block = 1 + rng.below(4096);
-            opts.file_per_block = 512 + rng.below(8192);
+            let opts = block::EncodeOptions {
+                spill_per_block: 1 + rng.below(4096),
+                file_per_block: 512 + rng.below(8192),
+                ..Default::default()
+            };
             send_impaired(
                 &mut rng,
                 &snap,
@@ -1709,4 +1566,139 @@ fn self_copies_are_applied_after_their_source_under_reordering() {
             );
         }
     }
+}
+
+/// Streaming send: files whose blocks the producer hands over late (one every few virtual
+/// milliseconds, after the session started), beside a direct and a packed file, over links
+/// that drop, reorder and duplicate. Every file ends bit-exact, data left before the last
+/// block was produced.
+#[test]
+fn blocks_pushed_late_arrive_bit_exact_under_loss_and_reordering() {
+    use packetfs::proto::OutgoingFile;
+    use packetfs::wire::payload::StreamEnd;
+    let mut rng = Rng(0x57e4);
+    let snap = rng.bytes(256 * 1024);
+    let mut longest_small_window_stream = 0;
+    for case in 0..24u64 {
+        let mut contents = Vec::new();
+        let mut files = Vec::new();
+        // (file index, blocks) of the streamed files
+        let mut streams: Vec<(usize, Vec<Vec<u8>>, [u8; 32])> = Vec::new();
+        let opts = block::EncodeOptions {
+            spill_per_block: 512 + rng.below(8192),
+            file_per_block: 1024 + rng.below(12_000),
+            ..Default::default()
+        };
+        // Every other case with a small block limit, so the receiver's window for a streamed
+        // file (twice the largest block) is smaller than the streams: it slides, and
+        // what arrives too far ahead is dropped and repaired.
+        let small_window = case % 2 == 1;
+        for i in 0..3 {
+            let len = rng.below(120_000) as usize + if i == 0 { 1 } else { 0 };
+            let (c, bp) = make_file_with(&mut rng, &snap, len, true);
+            let packed = block::encode(&bp, &opts).unwrap();
+            let mut blocks = Vec::new();
+            let mut at = 0;
+            while at < packed.len() {
+                let n = block::body_len(&packed[at..], &Default::default())
+                    .unwrap()
+                    .unwrap() as usize;
+                blocks.push(packed[at..at + 4 + n].to_vec());
+                at += 4 + n;
+            }
+            if small_window {
+                longest_small_window_stream = longest_small_window_stream.max(packed.len());
+            }
+            let slack = rng.below(3000);
+            files.push(OutgoingFile::Streamed {
+                name: format!("s{case}-{i}"),
+                size: c.len() as u64,
+                bound: (packed.len() + StreamEnd::LEN) as u64 + slack,
+            });
+            streams.push((files.len() - 1, blocks, bp.file_hash));
+            contents.push(c);
+        }
+        // a direct file among them
+        let (c, bp) = make_file(&mut rng, &snap, 30_000);
+        files.insert(
+            1,
+            OutgoingFile::Direct {
+                name: format!("d{case}"),
+                blueprint: bp,
+            },
+        );
+        contents.insert(1, c);
+        for s in streams.iter_mut().skip(1) {
+            s.0 += 1;
+        }
+        let (mut scfg, mut rcfg) = cfgs();
+        scfg.rate = Some(20_000_000);
+        if small_window {
+            // and a fast link, so holes leave much data ahead of the window
+            rcfg.block_limits.max_body = 24 << 10;
+            scfg.rate = Some(200_000_000);
+        }
+        let mut sender = Sender::new(scfg, SNAP_ID, files).unwrap();
+        let mut receiver = Receiver::new(rcfg, SNAP_ID, &snap, MemSink::new());
+        let mut s2r = Link::clean(Duration::from_millis(1));
+        (s2r.drop, s2r.reorder, s2r.dup) = (0.05, 0.3, 0.05);
+        s2r.jitter = Duration::from_millis(4);
+        let mut r2s = Link::clean(Duration::from_millis(1));
+        r2s.drop = 0.05;
+        // The producer: one block every `every`, files in order, each file's hash after its
+        // last block; the first block only once the session has run a while.
+        let every = if small_window {
+            Duration::from_micros(20)
+        } else {
+            Duration::from_micros(500 + rng.below(5000))
+        };
+        let mut queue: std::collections::VecDeque<(usize, Option<Vec<u8>>, [u8; 32])> = streams
+            .iter()
+            .flat_map(|(f, blocks, h)| {
+                blocks
+                    .iter()
+                    .map(move |b| (*f, Some(b.clone()), *h))
+                    .chain(std::iter::once((*f, None, *h)))
+            })
+            .collect();
+        let mut data_before_last = None;
+        let ends = run_pair_fed(
+            &mut rng,
+            &mut sender,
+            &mut receiver,
+            &mut s2r,
+            &mut r2s,
+            Act::None,
+            &mut |t, s| {
+                // Start once the session runs (the receiver answered) and 20 ms passed.
+                if t < Duration::from_millis(20) || s.stats().frames_received == 0 {
+                    return Some(t.max(Duration::from_millis(20)) + Duration::from_millis(1));
+                }
+                let (f, b, h) = queue.pop_front()?;
+                match b {
+                    Some(b) => s.push_block(f, &b).unwrap(),
+                    None => s.finish_file(f, h).unwrap(),
+                }
+                if queue.is_empty() {
+                    data_before_last = Some(s.stats().data_frames);
+                    return None;
+                }
+                Some(t + every)
+            },
+        );
+        assert_eq!(ends.sender, Some(Ok(())), "case {case}");
+        assert_eq!(ends.receiver, Some(Ok(())), "case {case}");
+        assert!(
+            data_before_last.is_some_and(|n| n > 0),
+            "case {case}: nothing was sent before the last block"
+        );
+        let sink = receiver.into_sink();
+        for (i, c) in contents.iter().enumerate() {
+            assert!(sink.committed(i) == Some(&c[..]), "case {case}: file {i}");
+        }
+    }
+    assert!(
+        longest_small_window_stream > 2 * (24 << 10) + 8,
+        "no stream outgrew the small window: {longest_small_window_stream}"
+    );
 }

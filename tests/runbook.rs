@@ -8,7 +8,8 @@ mod common;
 
 use std::process::Command;
 
-use common::netns::{skip_reason, NetnsPair, Side};
+use common::netns::{NetnsPair, Side};
+use common::privileged::{skip, Need};
 use packetfs::steer::{Steering, XdpMode};
 
 const DOC: &str = include_str!("../docs/two-hosts.md");
@@ -55,17 +56,13 @@ fn runbook_then(cmd: &str, then: &str, vars: &[(&str, String)]) -> String {
 
 #[test]
 fn one_machine_steps_of_the_runbook_run_on_veth() {
-    if let Some(r) = skip_reason() {
-        eprintln!("skipping one_machine_steps_of_the_runbook_run_on_veth: {r}");
+    let setup = "scripts/setup.sh installs it";
+    if skip(&[
+        Need::Tool("ethtool", setup),
+        Need::Tool("bpftool", setup),
+        Need::Tool("ss", setup),
+    ]) {
         return;
-    }
-    for tool in ["ethtool", "bpftool", "ss"] {
-        if Command::new(tool).arg("--version").output().is_err()
-            && Command::new(tool).arg("-V").output().is_err()
-        {
-            eprintln!("skipping: {tool} missing (scripts/setup.sh installs it)");
-            return;
-        }
     }
     let dir = tempfile::tempdir().unwrap();
     let snap = dir.path().join("snap");

@@ -9,21 +9,14 @@ mod common;
 use std::net::{SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
 
-use common::netns::{skip_reason, NetnsPair, Side};
+use common::netns::{NetnsPair, Side};
+use common::privileged::{self, Need};
 use packetfs::steer::{attached_xdp, Counters, PortRange, Steering, XdpMode};
 
 const PORT: u16 = 47000;
 
 fn skip() -> bool {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return true;
-    }
-    if !packetfs::steer::object_available() {
-        eprintln!("skipped: no eBPF object in this build (run scripts/setup.sh, rebuild)");
-        return true;
-    }
-    false
+    privileged::skip(&[Need::Xdp])
 }
 
 /// Sends `n` datagrams from side A to B's `port`.

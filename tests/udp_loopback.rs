@@ -229,116 +229,54 @@ fn receiver_killed_mid_transfer_leaves_no_file_under_the_final_name() {
     );
 }
 
-/// A figure, not a check: raw goodput of the UDP driver over loopback. Run with
-/// `cargo test --release --test udp_loopback -- --ignored --nocapture bench` (size from
-/// PFS_BENCH_MB, default 200; rate cap from PFS_BENCH_RATE, e.g. `1gbit`).
-#[test]
-#[ignore]
-fn bench_loopback_raw_goodput() {
-    let mb: usize = std::env::var("PFS_BENCH_MB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
-    let rate = std::env::var("PFS_BENCH_RATE")
-        .ok()
-        .and_then(|v| packetfs::proto::pacing::parse_rate(&v));
-    let snap = snapshot(8);
-    let mut rng = Rng(8);
-    // PFS_BENCH_COVERED: every byte from the snapshot, the wire carries descriptors only.
-    let f = if std::env::var_os("PFS_BENCH_COVERED").is_some() {
-        SendFile {
-            name: "bench.covered".into(),
-            blueprint: covered(&snap, mb << 20),
-        }
-    } else {
-        raw_file(&mut rng, "bench.raw", mb << 20).1
-    };
-    let out = tempfile::tempdir().unwrap();
-    let rx = receiver(out.path());
-    let addr = rx.local_addr().unwrap();
-    std::thread::scope(|s| {
-        let snap_r = &snap;
-        let t0 = std::time::Instant::now();
-        let h = s.spawn(move || {
-            let mut marks = Vec::new();
-            let r = rx.run(SNAP_ID, snap_r, &AtomicBool::new(false), &mut |e| {
-                if !matches!(e, Event::Progress { .. }) {
-                    marks.push(format!("{:?} at {:?}", e, t0.elapsed()));
-                }
-            });
-            eprintln!("receiver events: {marks:?}, returned at {:?}", t0.elapsed());
-            r
-        });
-        let mut cfg = SendConfig::new(addr);
-        cfg.rate = rate;
-        if let Some(ms) = std::env::var("PFS_BENCH_BURST_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-        {
-            cfg.proto.burst_time = Duration::from_millis(ms);
-        }
-        let mut marks = Vec::new();
-        let sent = packetfs::driver::udp::run_sender_with(
-            &cfg,
-            vec![f],
-            SNAP_ID,
-            &snap,
-            &AtomicBool::new(false),
-            &mut |e| {
-                if !matches!(e, Event::Progress { .. }) {
-                    marks.push(format!("{:?} at {:?}", e, t0.elapsed()));
-                }
-            },
-        )
-        .unwrap();
-        eprintln!("sender events: {marks:?}, returned at {:?}", t0.elapsed());
-        let got = h.join().unwrap().unwrap();
-        eprintln!(
-            "bench: {} MiB {} over UDP loopback: sender {:?} {:.0} Mbit/s goodput, {:.0} Mbit/s wire, {} frames, {} repair frames, final rate {:.0} Mbit/s; receiver {:?}, {} duplicates",
-            mb,
-            if std::env::var_os("PFS_BENCH_COVERED").is_some() {
-                "snapshot-covered"
-            } else {
-                "raw"
-            },
-            sent.elapsed,
-            sent.effective_bps() / 1e6,
-            sent.wire_bps() / 1e6,
-            sent.frames,
-            sent.retransmissions,
-            sent.final_rate as f64 * 8.0 / 1e6,
-            got.elapsed,
-            got.duplicate_frames
-        );
-    });
-}
-
-/// Drops every datagram whose running count hits the seeded pattern (about `permille`/1000),
-/// both ways: the real driver loop, real clock, real sockets, with loss.
-struct Lossy<D> {
-    inner: D,
+/// Drops about `permille`/1000 of an endpoint's datagrams, seeded, both ways: outgoing ones
+/// are built and thrown away (never reach the socket), incoming ones are never handed on.
+/// The real session loop, real clock, real sockets, with loss.
+struct Lossy<E> {
+    inner: E,
     rng: Rng,
     permille: u64,
     dropped: u64,
 }
 
-impl<D: packetfs::driver::DatagramIo> packetfs::driver::DatagramIo for Lossy<D> {
-    fn send(&mut self, d: &[u8]) -> std::io::Result<()> {
+impl<E: packetfs::proto::Endpoint> packetfs::proto::Endpoint for Lossy<E> {
+    fn handle_datagram(&mut self, now: std::time::Instant, d: &[u8]) -> bool {
         if self.rng.below(1000) < self.permille {
             self.dropped += 1;
-            return Ok(());
+            return false;
         }
-        self.inner.send(d)
+        self.inner.handle_datagram(now, d)
     }
-    fn recv(
-        &mut self,
-        buf: &mut [u8],
-        deadline: Option<std::time::Instant>,
-    ) -> std::io::Result<Option<usize>> {
-        self.inner.recv(buf, deadline)
+    fn handle_timeout(&mut self, now: std::time::Instant) {
+        self.inner.handle_timeout(now)
     }
-    fn accept_peer(&mut self) {
-        self.inner.accept_peer()
+    fn poll_transmit(&mut self, now: std::time::Instant, buf: &mut [u8]) -> Option<usize> {
+        loop {
+            let n = self.inner.poll_transmit(now, buf)?;
+            if self.rng.below(1000) < self.permille {
+                self.dropped += 1;
+                continue;
+            }
+            return Some(n);
+        }
+    }
+    fn poll_timeout(&self) -> Option<std::time::Instant> {
+        self.inner.poll_timeout()
+    }
+    fn poll_event(&mut self) -> Option<Event> {
+        self.inner.poll_event()
+    }
+    fn is_closed(&self) -> bool {
+        self.inner.is_closed()
+    }
+    fn stats(&self) -> &packetfs::proto::Stats {
+        self.inner.stats()
+    }
+    fn outcome(&self) -> Option<Result<(), packetfs::proto::Failure>> {
+        self.inner.outcome()
+    }
+    fn cancel(&mut self, now: std::time::Instant) {
+        self.inner.cancel(now)
     }
 }
 
@@ -346,7 +284,7 @@ impl<D: packetfs::driver::DatagramIo> packetfs::driver::DatagramIo for Lossy<D> 
 fn the_driver_loop_repairs_loss_on_real_sockets() {
     use packetfs::driver::udp::UdpIo;
     use packetfs::driver::{drive, DriveOptions};
-    use packetfs::proto::mmap_sink::MmapSink;
+    use packetfs::fsink::MmapSink;
     use packetfs::proto::{Endpoint, Receiver, ReceiverConfig, Sender, SenderConfig};
     let snap = snapshot(12);
     let mut rng = Rng(12);
@@ -370,13 +308,13 @@ fn the_driver_loop_repairs_loss_on_real_sockets() {
         let out_r = out.path();
         let h = s.spawn(move || {
             let sink = MmapSink::new(out_r, "lossy").unwrap();
-            let mut r = Receiver::new(ReceiverConfig::default(), SNAP_ID, snap_r, sink);
-            let mut io = Lossy {
-                inner: rio,
+            let mut r = Lossy {
+                inner: Receiver::new(ReceiverConfig::default(), SNAP_ID, snap_r, sink),
                 rng: Rng(1),
                 permille: 50,
                 dropped: 0,
             };
+            let mut io = rio;
             drive(
                 &mut r,
                 &mut io,
@@ -386,20 +324,22 @@ fn the_driver_loop_repairs_loss_on_real_sockets() {
             )
             .unwrap();
             assert_eq!(r.outcome(), Some(Ok(())));
-            io.dropped
+            r.dropped
         });
         let cfg = SenderConfig {
             session_id: 99,
             rate: Some(50_000_000),
             ..SenderConfig::default()
         };
-        let mut sender = Sender::new(cfg, SNAP_ID, files, &snap).unwrap();
-        let mut io = Lossy {
-            inner: sio,
+        let files =
+            packetfs::prepare::prepare(files, SNAP_ID, &snap, cfg.pack, &cfg.pack_opts).unwrap();
+        let mut sender = Lossy {
+            inner: Sender::new(cfg, SNAP_ID, files).unwrap(),
             rng: Rng(2),
             permille: 100,
             dropped: 0,
         };
+        let mut io = sio;
         drive(
             &mut sender,
             &mut io,
@@ -410,7 +350,7 @@ fn the_driver_loop_repairs_loss_on_real_sockets() {
         .unwrap();
         assert_eq!(sender.outcome(), Some(Ok(())));
         assert!(sender.stats().repair_frames > 0);
-        (io.dropped, h.join().unwrap())
+        (sender.dropped, h.join().unwrap())
     });
     eprintln!("dropped {s_drop} sender and {r_drop} receiver datagrams; all repaired");
     assert!(s_drop > 0);
@@ -418,38 +358,134 @@ fn the_driver_loop_repairs_loss_on_real_sockets() {
     assert!(std::fs::read(out.path().join("lossy.mixed")).unwrap() == c1);
 }
 
-/// A file of `len` bytes made of 4 KiB snapshot segments (id/xor/add), no spill.
-fn covered(snap: &[u8], len: usize) -> packetfs::blueprint::Blueprint {
-    use packetfs::blueprint::{apply, Blueprint, Segment, Source, Transform};
-    let mut rng = Rng(10);
-    let mut content = Vec::with_capacity(len);
-    let mut segments = Vec::new();
-    while content.len() < len {
-        let n = 4096.min(len - content.len());
-        let off = rng.below((snap.len() - n) as u64) as usize;
-        let op = Transform::ALL[rng.below(3) as usize];
-        let imm = if op == Transform::Id {
-            0
-        } else {
-            rng.next() as u8
-        };
-        let mut dst = vec![0u8; n];
-        apply::transform(op, imm, &snap[off..off + n], &mut dst);
-        content.extend_from_slice(&dst);
-        segments.push(Segment {
-            len: n as u32,
-            src: Source::Snap {
-                op,
-                off: off as u64,
-                imm,
-            },
+/// Streaming send over real sockets through the session core: the sender is a
+/// [`SendSession`] built from [`SendInput::Streamed`] (its [`Feed`] takes blocks a producer
+/// thread hands over late, a few milliseconds apart, the first only after the session
+/// started), run by the drive loop over the UDP frame path with 5% of the sender's datagrams
+/// dropped. Both files (several blocks each, one empty) arrive bit-exact under their names,
+/// and the sender's first data frame left before the producer's last block (planning
+/// overlapped the wire).
+///
+/// [`SendSession`]: packetfs::driver::session::SendSession
+/// [`SendInput::Streamed`]: packetfs::driver::session::SendInput
+/// [`Feed`]: packetfs::prepare::stream::Feed
+#[test]
+fn a_streamed_file_arrives_bit_exact_while_its_blocks_are_produced_late() {
+    use packetfs::blueprint::block;
+    use packetfs::driver::session::{SendInput, SendSession};
+    use packetfs::driver::udp::UdpIo;
+    use packetfs::driver::{drive, DriveOptions};
+    use packetfs::fsink::MmapSink;
+    use packetfs::prepare::stream::Item;
+    use packetfs::proto::{Endpoint, OutgoingFile, Receiver, ReceiverConfig, SenderConfig};
+    use packetfs::wire::payload::StreamEnd;
+    use std::time::Instant;
+    let snap = snapshot(21);
+    let mut rng = Rng(21);
+    let opts = block::EncodeOptions {
+        spill_per_block: 16 << 10,
+        file_per_block: 64 << 10,
+        ..Default::default()
+    };
+    let mut contents = Vec::new();
+    let mut outgoing = Vec::new();
+    let mut items = Vec::new();
+    for (i, len) in [700_000usize, 0].into_iter().enumerate() {
+        let (c, bp) = make_file_with(&mut rng, &snap, len, true);
+        let packed = block::encode(&bp, &opts).unwrap();
+        let mut at = 0;
+        while at < packed.len() {
+            let n = block::body_len(&packed[at..], &Default::default())
+                .unwrap()
+                .unwrap() as usize;
+            items.push(Item::Blocks {
+                file: i,
+                bytes: packed[at..at + 4 + n].to_vec(),
+            });
+            at += 4 + n;
+        }
+        items.push(Item::Finished {
+            file: i,
+            hash: bp.file_hash,
         });
+        outgoing.push(OutgoingFile::Streamed {
+            name: format!("streamed-{i}"),
+            size: len as u64,
+            bound: (packed.len() + StreamEnd::LEN + 4096) as u64,
+        });
+        contents.push(c);
     }
-    Blueprint {
-        snapshot_id: SNAP_ID,
-        file_len: len as u64,
-        file_hash: *blake3::hash(&content).as_bytes(),
-        segments,
-        spill: vec![],
+    assert!(items.len() > 8, "several blocks");
+    let out = tempfile::tempdir().unwrap();
+    let rio = UdpIo::bind("127.0.0.1:0".parse().unwrap(), None, 4 << 20).unwrap();
+    let addr = rio.local_addr().unwrap();
+    let sio = UdpIo::bind("127.0.0.1:0".parse().unwrap(), Some(addr), 4 << 20).unwrap();
+    let never = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let (snap_r, never_r, out_r) = (&snap, &never, out.path());
+        let h = s.spawn(move || {
+            let sink = MmapSink::new(out_r, "stream").unwrap();
+            let mut r = Receiver::new(ReceiverConfig::default(), SNAP_ID, snap_r, sink);
+            let mut io = rio;
+            drive(
+                &mut r,
+                &mut io,
+                &DriveOptions::default(),
+                never_r,
+                &mut |_| {},
+            )
+            .unwrap();
+            r.outcome()
+        });
+        let (tx, rx) = std::sync::mpsc::sync_channel(2);
+        let producer = s.spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            for it in items {
+                std::thread::sleep(Duration::from_millis(3));
+                if tx.send(Ok(it)).is_err() {
+                    break;
+                }
+            }
+            Instant::now()
+        });
+        let cfg = SenderConfig {
+            session_id: 7,
+            rate: Some(50_000_000),
+            ..SenderConfig::default()
+        };
+        let input = SendInput::Streamed {
+            files: outgoing,
+            blocks: rx,
+        };
+        let session = SendSession::new(cfg, 1500, None, SNAP_ID, input, Instant::now()).unwrap();
+        let mut feed = Lossy {
+            inner: session.feed,
+            rng: Rng(3),
+            permille: 50,
+            dropped: 0,
+        };
+        let mut io = sio;
+        let (_, marks) = drive(
+            &mut feed,
+            &mut io,
+            &DriveOptions::default(),
+            &never,
+            &mut |_| {},
+        )
+        .unwrap();
+        assert!(feed.inner.take_error().is_none());
+        assert_eq!(feed.outcome(), Some(Ok(())));
+        assert_eq!(h.join().unwrap(), Some(Ok(())));
+        let last_block = producer.join().unwrap();
+        let first_data = marks.first_data.expect("data frames went out");
+        assert!(
+            first_data < last_block,
+            "the first data frame left before the producer handed its last block"
+        );
+        assert!(feed.dropped > 0);
+    });
+    for (i, c) in contents.iter().enumerate() {
+        let got = std::fs::read(out.path().join(format!("streamed-{i}"))).unwrap();
+        assert!(got == *c, "file {i} differs");
     }
 }

@@ -14,22 +14,15 @@ use std::sync::mpsc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::netns::{skip_reason, NetnsPair, Side};
+use common::netns::{NetnsPair, Side};
+use common::privileged::{self, Need};
 use common::Rng;
 use packetfs::steer::attached_xdp;
 
 const PFS: &str = env!("CARGO_BIN_EXE_pfs");
 
 fn skip() -> bool {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return true;
-    }
-    if !packetfs::steer::object_available() {
-        eprintln!("skipped: no eBPF object in this build (run scripts/setup.sh, rebuild)");
-        return true;
-    }
-    false
+    privileged::skip(&[Need::Xdp])
 }
 
 /// Shared inputs: two 4 MiB snapshots (seeds 1 and 2) and the test files.
@@ -452,6 +445,7 @@ fn udp_transport_over_veth() {
     let o = transfer(&pair, &run);
     assert_bit_exact(&o, &fx.all());
     assert_eq!(o.send_metrics.as_ref().unwrap()["transport"], "udp");
+    assert_streamed(o.send_metrics.as_ref().unwrap(), fx.all().len());
     assert_nothing_attached(&pair);
 }
 
@@ -545,6 +539,19 @@ fn xdp_packed_release_pair() {
     }
 }
 
+/// Every file of the send in `sm` (the sender's metrics JSON) was streamed (planned and
+/// packed by the producer while the session ran), and its first data frame left before the
+/// receiver's confirmation.
+fn assert_streamed(sm: &serde_json::Value, files: usize) {
+    assert_eq!(sm["streamed_files"], files, "{sm}");
+    let (first, data, total) = (
+        sm["first_frame"].as_f64().expect("first_frame"),
+        sm["first_data"].as_f64().expect("first_data"),
+        sm["total"].as_f64().unwrap(),
+    );
+    assert!(first <= data && data <= total, "{sm}");
+}
+
 /// The worker of each queue in `m` (metrics JSON): (queue, cpu, rx_frames, tx_frames).
 fn workers_of(m: &serde_json::Value) -> Vec<(u64, Option<u64>, u64, u64)> {
     m["xdp"]["queues"]
@@ -591,6 +598,7 @@ fn xdp_one_pinned_worker_per_queue_and_the_session_thread_alone() {
     for m in [sm, rm] {
         assert_eq!(m["xdp"]["threads"], "workers", "{m}");
     }
+    assert_streamed(sm, fx.all().len());
     let (sw, rw) = (workers_of(sm), workers_of(rm));
     for ws in [&sw, &rw] {
         let mut queues: Vec<u64> = ws.iter().map(|w| w.0).collect();
@@ -618,6 +626,7 @@ fn xdp_one_pinned_worker_per_queue_and_the_session_thread_alone() {
     );
     assert_bit_exact(&o, &fx.all());
     check_xdp_metrics(&o);
+    assert_streamed(o.send_metrics.as_ref().unwrap(), fx.all().len());
     for m in [&o.send_metrics, &o.recv_metrics] {
         let m = m.as_ref().unwrap();
         assert_eq!(m["xdp"]["threads"], "session", "{m}");

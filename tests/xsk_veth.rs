@@ -8,7 +8,8 @@ mod common;
 use std::net::{SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
 
-use common::netns::{skip_reason, NetnsPair, Side};
+use common::netns::{NetnsPair, Side};
+use common::privileged::{self, Need};
 use packetfs::steer::{attached_xdp, PortRange, Steering, XdpMode};
 use packetfs::xsk::blast::{FrameSpec, HEADERS_LEN};
 use packetfs::xsk::{XskConfig, XskSocket};
@@ -16,15 +17,7 @@ use packetfs::xsk::{XskConfig, XskSocket};
 const PORT: u16 = 47100;
 
 fn skip() -> bool {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return true;
-    }
-    if !packetfs::steer::object_available() {
-        eprintln!("skipped: no eBPF object in this build (run scripts/setup.sh, rebuild)");
-        return true;
-    }
-    false
+    privileged::skip(&[Need::Xdp])
 }
 
 /// Deterministic test payload `i`: 1..=1400 bytes of an LCG stream.

@@ -30,18 +30,43 @@ use serde::{Deserialize, Serialize};
 /// A byte-wise transform from snapshot bytes `s` to file bytes `f`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[repr(u8)]
 pub enum Transform {
     /// `f = s`
-    Id,
+    Id = 0,
     /// `f = s ^ imm`
-    Xor,
+    Xor = 1,
     /// `f = s + imm (mod 256)`
-    Add,
+    Add = 2,
+}
+
+/// A byte that is no [`Transform`]'s code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("unknown transform code {0}")]
+pub struct UnknownTransform(pub u8);
+
+impl TryFrom<u8> for Transform {
+    type Error = UnknownTransform;
+    /// The transform of a code (the inverse of [`Transform::code`]).
+    fn try_from(c: u8) -> Result<Self, UnknownTransform> {
+        Transform::ALL
+            .get(c as usize)
+            .copied()
+            .ok_or(UnknownTransform(c))
+    }
 }
 
 impl Transform {
-    /// All transforms, in wire-code order.
+    /// All transforms, in code order.
     pub const ALL: [Transform; 3] = [Transform::Id, Transform::Xor, Transform::Add];
+
+    /// The one code of this transform (0 id, 1 xor, 2 add), used by every format that
+    /// stores one: transfer pieces, SHM descriptors, `.pbb` tables (offset past their raw
+    /// code) and packed blocks.
+    #[inline]
+    pub const fn code(self) -> u8 {
+        self as u8
+    }
 
     /// The immediate that maps snapshot byte `s` to file byte `f` under this transform.
     #[inline]

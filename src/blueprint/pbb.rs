@@ -151,15 +151,7 @@ pub enum PbbError {
 fn op_code(src: &Source) -> u8 {
     match src {
         Source::Raw => OP_RAW,
-        Source::Snap {
-            op: Transform::Id, ..
-        } => OP_ID,
-        Source::Snap {
-            op: Transform::Xor, ..
-        } => OP_XOR,
-        Source::Snap {
-            op: Transform::Add, ..
-        } => OP_ADD,
+        Source::Snap { op, .. } => OP_ID + op.code(),
         Source::SelfCopy { .. } => OP_SELF,
         Source::Cover { .. } => OP_COVER,
     }
@@ -169,6 +161,9 @@ const OP_RAW: u8 = 0;
 const OP_ID: u8 = 1;
 const OP_XOR: u8 = 2;
 const OP_ADD: u8 = 3;
+// The snapshot ops are the transforms' codes past OP_RAW.
+const _: () =
+    assert!(OP_XOR == OP_ID + Transform::Xor.code() && OP_ADD == OP_ID + Transform::Add.code());
 /// v2: an `id` copy with a patch list (the patch bytes are the next bytes of the spill).
 const OP_SOFT: u8 = 4;
 /// v2: a copy from earlier in the file.
@@ -381,16 +376,10 @@ pub fn decode_table_at(
             }),
             OP_ID..=OP_ADD => {
                 let off = snap_off()?;
-                let (op, imm) = match op {
-                    OP_ID => (Transform::Id, 0),
-                    OP_XOR => (
-                        Transform::Xor,
-                        imms.u8().map_err(|_| bad("imm column too short"))?,
-                    ),
-                    _ => (
-                        Transform::Add,
-                        imms.u8().map_err(|_| bad("imm column too short"))?,
-                    ),
+                let op = Transform::try_from(op - OP_ID).expect("OP_ID..=OP_ADD");
+                let imm = match op {
+                    Transform::Id => 0,
+                    _ => imms.u8().map_err(|_| bad("imm column too short"))?,
                 };
                 out.push(Segment {
                     len: len as u32,

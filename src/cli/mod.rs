@@ -66,12 +66,11 @@ pub enum Cmd {
 }
 
 pub fn main() -> ExitCode {
-    // Matches kept beside the parsed values: `--config` needs to know which flags were given.
-    let matches = <Cli as clap::CommandFactory>::command().get_matches();
-    let cli =
-        <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // The start of the command: `pfs send`'s end-to-end figure counts from here.
+    let origin = std::time::Instant::now();
+    let cli = <Cli as clap::Parser>::parse();
     init_tracing(cli.verbose);
-    match run(cli, &matches) {
+    match run(cli, origin) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("pfs: error: {e:#}");
@@ -95,26 +94,14 @@ fn init_tracing(v: u8) {
         .try_init();
 }
 
-fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<ExitCode> {
-    let sub = |name: &str| {
-        matches
-            .subcommand_matches(name)
-            .cloned()
-            .unwrap_or_default()
-    };
+fn run(cli: Cli, origin: std::time::Instant) -> anyhow::Result<ExitCode> {
     match cli.cmd {
         Cmd::Snapshot(c) => codec::snapshot(c),
         Cmd::Index(c) => codec::index(c),
         Cmd::Plan(a) => codec::plan(a),
         Cmd::Unplan(a) => codec::unplan(a),
-        Cmd::Send(mut a) => {
-            xfer::apply_send_config(&mut a, &sub("send"))?;
-            xfer::send(a)
-        }
-        Cmd::Recv(mut a) => {
-            xfer::apply_recv_config(&mut a, &sub("recv"))?;
-            xfer::recv(a)
-        }
+        Cmd::Send(a) => xfer::send(a, origin),
+        Cmd::Recv(a) => xfer::recv(a),
         Cmd::Bench(b) => bench::run(b),
         Cmd::Doctor(a) => doctor::run(a),
     }

@@ -1,5 +1,6 @@
 //! The kernel UDP socket driver (`--transport udp`): the same state machines as the AF_XDP
-//! path, for hosts without XDP or privileges.
+//! path, for hosts without XDP or privileges. [`UdpIo`] is a [`FramePath`]: the session
+//! core ([`super::session`]) runs it.
 //!
 //! ```no_run
 //! # use packetfs::driver::udp::*;
@@ -13,14 +14,11 @@
 //! # Ok(()) }
 //! ```
 
-use super::{drive, DatagramIo, DriveOptions, Stop};
-use crate::proto::mmap_sink::MmapSink;
-use crate::proto::sender::SendError;
-use crate::proto::{
-    datagram_for_mtu, Endpoint, Event, Failure, Receiver, ReceiverConfig, SendFile, Sender,
-    SenderConfig, Stats,
+use super::session::{self, FramePath, SendSession, BATCH};
+pub use super::session::{
+    random_u64, DriverError, ReceivedFile, RecvSummary, SendInput, SendSummary, LINK_OVERHEAD,
 };
-use serde::Serialize;
+use crate::proto::{Endpoint, Event, ReceiverConfig, SendFile, SenderConfig};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsFd;
@@ -28,9 +26,8 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-/// Bytes each datagram costs on an Ethernet link beyond its own length (Ethernet 14, IPv4
-/// 20, UDP 8), counted in `wire_bytes`.
-pub const LINK_OVERHEAD: u64 = crate::wire::stack::OVERHEAD as u64;
+/// The largest datagram the socket moves.
+const MAX_DGRAM: usize = 65_536;
 
 /// A UDP socket speaking to one peer.
 pub struct UdpIo {
@@ -48,6 +45,11 @@ pub struct UdpIo {
     rx_pos: usize,
     rx_seg: usize,
     cmsg: Vec<u8>,
+    /// Datagrams built for one transmit round, back to back, and their lengths.
+    tbuf: Vec<u8>,
+    lens: Vec<usize>,
+    /// One received datagram at a time.
+    rbuf: Vec<u8>,
 }
 
 impl UdpIo {
@@ -76,6 +78,10 @@ impl UdpIo {
             rx_pos: 0,
             rx_seg: 0,
             cmsg: nix::cmsg_space!(i32),
+            // Room for a batch of datagrams back to back, and always a whole maximal one more.
+            tbuf: vec![0u8; 4 * MAX_DGRAM],
+            lens: Vec::with_capacity(BATCH),
+            rbuf: vec![0u8; MAX_DGRAM],
         })
     }
 
@@ -124,8 +130,9 @@ fn transient(e: &io::Error) -> bool {
     )
 }
 
-impl DatagramIo for UdpIo {
-    fn send(&mut self, datagram: &[u8]) -> io::Result<()> {
+impl UdpIo {
+    /// Send one datagram to the peer (dropped silently if the peer is not known yet).
+    pub fn send(&mut self, datagram: &[u8]) -> io::Result<()> {
         let Some(peer) = self.peer else {
             return Ok(());
         };
@@ -148,31 +155,21 @@ impl DatagramIo for UdpIo {
         }
     }
 
-    fn recv(&mut self, buf: &mut [u8], deadline: Option<Instant>) -> io::Result<Option<usize>> {
+    /// One datagram into `buf` if one is queued, without waiting.
+    pub fn recv_now(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
         if let Some(n) = self.next_coalesced(buf) {
             return Ok(Some(n));
         }
         self.set_nonblocking(true)?;
-        for attempt in 0..2 {
-            match self.recv_once(buf) {
-                Ok(n) => return Ok(Some(n)),
-                Err(e) if transient(&e) => {}
-                Err(e) => return Err(e),
-            }
-            if attempt == 0 {
-                let wait = deadline.map_or(Duration::from_millis(50), |d| {
-                    d.saturating_duration_since(Instant::now())
-                });
-                if wait.is_zero() {
-                    break;
-                }
-                self.wait_readable(wait)?;
-            }
+        match self.recv_once(buf) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if transient(&e) => Ok(None),
+            Err(e) => Err(e),
         }
-        Ok(None)
     }
 
-    fn accept_peer(&mut self) {
+    /// The datagram received last belonged to the session: from now on, send to its source.
+    pub fn accept_peer(&mut self) {
         if self.peer.is_none() {
             self.peer = self.last_from;
         }
@@ -181,7 +178,7 @@ impl DatagramIo for UdpIo {
     /// Runs of equal-sized datagrams (the last of a run may be shorter) go to the kernel as
     /// one UDP GSO send: one trip down the stack for up to 64 datagrams. Where GSO is refused,
     /// the socket falls back to one send per datagram for good.
-    fn send_batch(&mut self, buf: &[u8], lens: &[usize]) -> io::Result<()> {
+    pub fn send_batch(&mut self, buf: &[u8], lens: &[usize]) -> io::Result<()> {
         let mut i = 0;
         let mut at = 0;
         while i < lens.len() {
@@ -213,6 +210,81 @@ impl DatagramIo for UdpIo {
             i = j;
         }
         Ok(())
+    }
+}
+
+impl FramePath for UdpIo {
+    /// Builds up to a batch of datagrams back to back and hands them to the kernel together
+    /// ([`UdpIo::send_batch`]: UDP GSO where the kernel takes it).
+    fn transmit<E: Endpoint + ?Sized>(
+        &mut self,
+        ep: &mut E,
+        now: Instant,
+        budget: usize,
+    ) -> Result<(usize, bool), DriverError> {
+        let mut tbuf = std::mem::take(&mut self.tbuf);
+        let mut lens = std::mem::take(&mut self.lens);
+        lens.clear();
+        let mut at = 0;
+        let mut exhausted = false;
+        while lens.len() < budget.min(BATCH) && tbuf.len() - at >= MAX_DGRAM {
+            let Some(n) = ep.poll_transmit(now, &mut tbuf[at..at + MAX_DGRAM]) else {
+                exhausted = true;
+                break;
+            };
+            lens.push(n);
+            at += n;
+        }
+        let r = if lens.is_empty() {
+            Ok(())
+        } else {
+            self.send_batch(&tbuf[..at], &lens)
+        };
+        let sent = lens.len();
+        self.tbuf = tbuf;
+        self.lens = lens;
+        r?;
+        Ok((sent, exhausted))
+    }
+
+    fn receive<E: Endpoint + ?Sized>(
+        &mut self,
+        ep: &mut E,
+        budget: usize,
+    ) -> Result<(usize, bool), DriverError> {
+        let mut rbuf = std::mem::take(&mut self.rbuf);
+        let mut got = 0;
+        let mut accepted = false;
+        let r = loop {
+            if got >= budget {
+                break Ok(());
+            }
+            match self.recv_now(&mut rbuf) {
+                Ok(Some(n)) => {
+                    got += 1;
+                    if ep.handle_datagram(Instant::now(), &rbuf[..n]) {
+                        self.accept_peer();
+                        accepted = true;
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        self.rbuf = rbuf;
+        r?;
+        Ok((got, accepted))
+    }
+
+    fn wait(&mut self, d: Duration) -> Result<(), DriverError> {
+        if self.rx_pos < self.rx_len || d.is_zero() {
+            return Ok(());
+        }
+        Ok(self.wait_readable(d)?)
+    }
+
+    fn peer(&self) -> Option<SocketAddr> {
+        self.peer
     }
 }
 
@@ -333,6 +405,9 @@ pub struct SendConfig {
     /// Protocol settings; `session_id`, `max_datagram` and `rate` are set from the fields
     /// above (a session id of 0 picks a random one).
     pub proto: SenderConfig,
+    /// Where the summary's end-to-end clock starts (default: when this config was made;
+    /// `pfs send` gives its own start).
+    pub origin: Instant,
 }
 
 impl SendConfig {
@@ -351,6 +426,7 @@ impl SendConfig {
                 session_id: 0,
                 ..SenderConfig::default()
             },
+            origin: Instant::now(),
         }
     }
 }
@@ -381,135 +457,6 @@ impl RecvConfig {
     }
 }
 
-/// What a send moved.
-#[derive(Debug, Clone, Serialize)]
-pub struct SendSummary {
-    pub session_id: u64,
-    pub files: usize,
-    /// Bytes of the files (the stream).
-    pub file_bytes: u64,
-    /// Bytes on the link: datagrams plus Ethernet/IPv4/UDP headers, both directions' frames
-    /// counted on their own side (this is the sender's).
-    pub wire_bytes: u64,
-    /// Datagram bytes sent (PacketFS headers and payloads).
-    pub datagram_bytes: u64,
-    /// Bytes of the session's stream: file sizes of direct files, packed lengths of packed
-    /// ones.
-    pub stream_bytes: u64,
-    /// Files sent packed (`blueprint::block` streams) and direct.
-    pub packed_files: usize,
-    pub direct_files: usize,
-    /// Time spent building the sender (packing), before the session starts: not in
-    /// `elapsed` (like planning), reported on its own.
-    #[serde(serialize_with = "ser_secs")]
-    pub pack_time: Duration,
-    pub frames: u64,
-    /// Data frames that repaired NACKed ranges, and the file bytes they carried.
-    pub retransmissions: u64,
-    pub retransmitted_bytes: u64,
-    pub frames_received: u64,
-    #[serde(serialize_with = "ser_secs")]
-    pub elapsed: Duration,
-    /// The pacing rate at the end, bytes per second.
-    pub final_rate: u64,
-    pub stats: Stats,
-}
-
-/// One file a receive produced.
-#[derive(Debug, Clone, Serialize)]
-pub struct ReceivedFile {
-    pub name: String,
-    pub path: PathBuf,
-    pub size: u64,
-    pub verified: bool,
-}
-
-/// What a receive moved.
-#[derive(Debug, Clone, Serialize)]
-pub struct RecvSummary {
-    pub session_id: Option<u64>,
-    pub peer: Option<SocketAddr>,
-    pub files: Vec<ReceivedFile>,
-    pub file_bytes: u64,
-    /// Bytes on the link of what arrived: datagrams plus Ethernet/IPv4/UDP headers.
-    pub wire_bytes: u64,
-    pub datagram_bytes: u64,
-    pub frames: u64,
-    pub duplicate_frames: u64,
-    pub malformed: u64,
-    pub foreign_session: u64,
-    #[serde(serialize_with = "ser_secs")]
-    pub elapsed: Duration,
-    pub stats: Stats,
-}
-
-fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64())
-}
-
-impl SendSummary {
-    /// File bytes per second of elapsed time, in bits per second (the effective throughput).
-    pub fn effective_bps(&self) -> f64 {
-        self.file_bytes as f64 * 8.0 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-    /// Wire bytes per second, in bits per second.
-    pub fn wire_bps(&self) -> f64 {
-        self.wire_bytes as f64 * 8.0 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-    /// A JSON object for the metrics log.
-    pub fn to_json(&self) -> serde_json::Value {
-        let mut v = serde_json::to_value(self).unwrap_or_default();
-        v["effective_bps"] = self.effective_bps().into();
-        v["wire_bps"] = self.wire_bps().into();
-        v
-    }
-}
-
-impl RecvSummary {
-    pub fn effective_bps(&self) -> f64 {
-        self.file_bytes as f64 * 8.0 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-    pub fn to_json(&self) -> serde_json::Value {
-        let mut v = serde_json::to_value(self).unwrap_or_default();
-        v["effective_bps"] = self.effective_bps().into();
-        v
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum DriverError {
-    #[error(transparent)]
-    Io(#[from] io::Error),
-    #[error(transparent)]
-    Setup(#[from] SendError),
-    #[error("no sender arrived within {0:?}")]
-    ListenTimeout(Duration),
-    #[error("send failed: {failure}")]
-    SendAborted {
-        failure: Failure,
-        summary: Box<SendSummary>,
-    },
-    #[error("receive failed: {failure}")]
-    RecvAborted {
-        failure: Failure,
-        summary: Box<RecvSummary>,
-    },
-}
-
-/// A random 64-bit value from the standard library's per-process random hasher keys, the
-/// time and the process id (no extra dependency; not for cryptography).
-pub fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.write_u32(std::process::id());
-    h.finish()
-}
-
 /// Send `files` (blueprints into the snapshot `snapshot_id`, whose bytes are `snapshot`) to
 /// `cfg.dst`.
 pub fn run_sender(
@@ -538,89 +485,29 @@ pub fn run_sender_with(
     cancel: &AtomicBool,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<SendSummary, DriverError> {
-    let mut pc = cfg.proto.clone();
-    if pc.session_id == 0 {
-        pc.session_id = random_u64() | 1;
-    }
-    pc.max_datagram = datagram_for_mtu(cfg.mtu);
-    pc.rate = cfg.rate.or(pc.rate);
-    let session_id = pc.session_id;
-    let t_pack = Instant::now();
-    let mut sender = Sender::new(pc, snapshot_id, files, snapshot)?;
-    let pack_time = t_pack.elapsed();
-    let mut io = UdpIo::bind(cfg.bind, Some(cfg.dst), cfg.socket_buffer)?;
-    let start = Instant::now();
-    let mut done = None;
-    let mut on_ev = finished_clock(&mut done, on_event);
-    drive(
-        &mut sender,
-        &mut io,
-        &DriveOptions::default(),
-        cancel,
-        &mut on_ev,
-    )?;
-    drop(on_ev);
-    finish_sender(
-        &sender,
-        session_id,
-        done.unwrap_or_else(Instant::now) - start,
-        pack_time,
-    )
+    let input = SendInput::Planned { files, snapshot };
+    run_sender_input(cfg, input, snapshot_id, cancel, on_event)
 }
 
-/// The summary of a finished sender and its outcome (shared with the AF_XDP driver).
-/// Wrap an event callback so `done` records when the receiver confirmed every file: a
-/// sender's elapsed time ends there, not after the closing drain that follows.
-pub(crate) fn finished_clock<'a>(
-    done: &'a mut Option<Instant>,
-    on_event: &'a mut dyn FnMut(&Event),
-) -> impl FnMut(&Event) + 'a {
-    move |e: &Event| {
-        if matches!(e, Event::Finished) && done.is_none() {
-            *done = Some(Instant::now());
-        }
-        on_event(e)
-    }
-}
-
-pub(crate) fn finish_sender(
-    sender: &Sender,
-    session_id: u64,
-    elapsed: Duration,
-    pack_time: Duration,
+/// Send `input` (files planned whole, or streamed by a producer while the session runs)
+/// to `cfg.dst`.
+pub fn run_sender_input(
+    cfg: &SendConfig,
+    input: SendInput<'_>,
+    snapshot_id: [u8; 32],
+    cancel: &AtomicBool,
+    on_event: &mut dyn FnMut(&Event),
 ) -> Result<SendSummary, DriverError> {
-    let st = sender.stats_now();
-    let modes = sender.modes();
-    let packed_files = modes
-        .iter()
-        .filter(|(m, _)| *m == crate::wire::payload::FileMode::Packed)
-        .count();
-    let summary = SendSummary {
-        session_id,
-        files: sender.file_count(),
-        file_bytes: sender.total_bytes(),
-        wire_bytes: st.bytes_sent + st.frames_sent * LINK_OVERHEAD,
-        datagram_bytes: st.bytes_sent,
-        stream_bytes: sender.stream_bytes(),
-        packed_files,
-        direct_files: modes.len() - packed_files,
-        pack_time,
-        frames: st.frames_sent,
-        retransmissions: st.repair_frames,
-        retransmitted_bytes: st.repair_bytes,
-        frames_received: st.frames_received,
-        elapsed,
-        final_rate: st.rate,
-        stats: st,
-    };
-    match sender.outcome() {
-        Some(Ok(())) => Ok(summary),
-        Some(Err(failure)) => Err(DriverError::SendAborted {
-            failure,
-            summary: Box::new(summary),
-        }),
-        None => Err(io::Error::other("sender loop ended without an outcome").into()),
-    }
+    let mut s = SendSession::new(
+        cfg.proto.clone(),
+        cfg.mtu,
+        cfg.rate,
+        snapshot_id,
+        input,
+        cfg.origin,
+    )?;
+    let mut io = UdpIo::bind(cfg.bind, Some(cfg.dst), cfg.socket_buffer)?;
+    session::run_sender(&mut s, &mut io, cancel, on_event)
 }
 
 /// A bound UDP receiver, before it runs (so a caller can learn its address first).
@@ -648,86 +535,20 @@ impl UdpReceiver {
         cancel: &AtomicBool,
         on_event: &mut dyn FnMut(&Event),
     ) -> Result<RecvSummary, DriverError> {
-        let mut pc = self.cfg.proto.clone();
-        pc.max_datagram = datagram_for_mtu(self.cfg.mtu);
-        let tag = format!("{:016x}", random_u64());
-        let mut sink = MmapSink::new(&self.cfg.out_dir, &tag)?;
-        sink.durable = pc.durable;
-        let mut receiver = Receiver::new(pc, snapshot_id, snapshot, sink);
-        let opts = DriveOptions {
-            first_datagram_timeout: self.cfg.listen_timeout,
-        };
-        // The session's time runs from the accepted handshake (not the wait for a sender) to
-        // the outcome (Finished comes after the last file's BLAKE3 check; the wait for the
-        // sender's Close is not counted).
-        let mut start = Instant::now();
-        let mut end = None;
-        let mut on_ev = |e: &Event| {
-            match e {
-                Event::Accepted { .. } => start = Instant::now(),
-                Event::Finished | Event::Aborted(_) => {
-                    end.get_or_insert_with(Instant::now);
-                }
-                _ => {}
-            }
-            on_event(e)
-        };
-        let stop = drive(&mut receiver, &mut self.io, &opts, cancel, &mut on_ev)?;
-        if stop == Stop::NoPeer {
-            return Err(DriverError::ListenTimeout(
-                self.cfg.listen_timeout.unwrap_or_default(),
-            ));
-        }
-        let elapsed = end
-            .unwrap_or_else(Instant::now)
-            .saturating_duration_since(start);
-        finish_receiver(&receiver, self.io.peer(), elapsed)
-    }
-}
-
-/// The summary of a finished receiver and its outcome (shared with the AF_XDP driver).
-pub(crate) fn finish_receiver(
-    receiver: &Receiver<'_, MmapSink>,
-    peer: Option<SocketAddr>,
-    elapsed: Duration,
-) -> Result<RecvSummary, DriverError> {
-    let st = receiver.stats().clone();
-    let files: Vec<ReceivedFile> = receiver
-        .files()
-        .iter()
-        .enumerate()
-        .map(|(i, f)| ReceivedFile {
-            name: f.name.clone(),
-            path: receiver
-                .sink()
-                .path(i)
-                .map(|p| p.to_path_buf())
-                .unwrap_or_default(),
-            size: f.size,
-            verified: f.done,
-        })
-        .collect();
-    let summary = RecvSummary {
-        session_id: receiver.session(),
-        peer,
-        file_bytes: files.iter().filter(|f| f.verified).map(|f| f.size).sum(),
-        files,
-        wire_bytes: st.bytes_received + st.frames_received * LINK_OVERHEAD,
-        datagram_bytes: st.bytes_received,
-        frames: st.frames_received,
-        duplicate_frames: st.duplicate_frames,
-        malformed: st.malformed,
-        foreign_session: st.foreign_session,
-        elapsed,
-        stats: st,
-    };
-    match receiver.outcome() {
-        Some(Ok(())) => Ok(summary),
-        Some(Err(failure)) => Err(DriverError::RecvAborted {
-            failure,
-            summary: Box::new(summary),
-        }),
-        None => Err(io::Error::other("receiver loop ended without an outcome").into()),
+        let mut receiver = session::file_receiver(
+            self.cfg.proto.clone(),
+            self.cfg.mtu,
+            &self.cfg.out_dir,
+            snapshot_id,
+            snapshot,
+        )?;
+        session::run_receiver(
+            &mut receiver,
+            &mut self.io,
+            self.cfg.listen_timeout,
+            cancel,
+            on_event,
+        )
     }
 }
 

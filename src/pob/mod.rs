@@ -266,8 +266,11 @@ pub fn build(
     })
 }
 
-/// How the snapshot's bytes are held in memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// How the snapshot's bytes are held in memory (`--hugepages`, `hugepages`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum HugePolicy {
     /// Hugepages when enough are reserved, else an anonymous copy with transparent hugepages
     /// requested (MADV_HUGEPAGE), else a plain file mapping.

@@ -20,8 +20,31 @@
 //!    place. When every file is verified the receiver sends Done; the sender answers Close.
 //! 4. Either side may Abort with a reason; the other answers Close. Silence for
 //!    `idle_timeout` ends a session on either side.
+//!
+//! Files arrive at the [`Sender`] prepared ([`crate::prepare`] does the codec work), or as
+//! *streamed* files whose blocks are pushed while the session runs ([`Sender::push_block`],
+//! [`Sender::finish_file`]).
+//!
+//! Where each concern lives:
+//!
+//! | file | concern |
+//! |---|---|
+//! | `lifecycle.rs` | the session lifecycle both sides share: control queue, terminal frame (Done/Abort) with resend backoff, drain, outcome and events |
+//! | `sender.rs` | the sender: handshake, data and repair frames, probes |
+//! | `outgoing.rs` | the sender's outgoing data: the stream, cursor, repairs, streamed files |
+//! | `pacing.rs` | the sender's pacing: token bucket, rate control, RTT, window |
+//! | `receiver.rs` | the receiver: handshake, grams, verification, reports |
+//! | `manifest.rs` | the receiver's manifest: Hello chunks, limits, the accepted files |
+//! | `assembly.rs` | the receiver's assembly: direct pieces, packed and streamed block streams, incremental BLAKE3 |
+//! | `ack.rs` | the receiver's acknowledgements: ACK/NACK, the reorder window |
+//! | `sink.rs` | the [`FileSink`] trait the receiver writes through (no I/O here: [`crate::fsink`]) |
+//! | `rangeset.rs` | byte-range sets |
 
-pub mod mmap_sink;
+mod ack;
+mod assembly;
+pub(crate) mod lifecycle;
+mod manifest;
+mod outgoing;
 pub mod pacing;
 pub mod rangeset;
 pub mod receiver;
@@ -29,7 +52,7 @@ pub mod sender;
 pub mod sink;
 
 pub use receiver::Receiver;
-pub use sender::{SendFile, Sender};
+pub use sender::{OutgoingFile, SendError, SendFile, Sender};
 pub use sink::{FileSink, MemSink, SinkError, SinkFile};
 
 use crate::util::hex;
@@ -104,8 +127,11 @@ pub struct SenderConfig {
     pub timing: Timing,
 }
 
-/// Which files a sender packs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Which files a sender packs (`--pack`, `pack`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum PackPolicy {
     /// Packed when the packed stream is below 95% of the direct mode's piece bytes.
     #[default]
@@ -223,84 +249,117 @@ pub enum Reason {
 impl Reason {
     /// The wire form. The snapshot id carried for a mismatch is the refuser's (the receiver's).
     pub fn to_wire(&self) -> wire::payload::Abort {
-        let mut a = wire::payload::Abort {
-            code: 0,
-            file: u32::MAX,
-            a: 0,
-            b: 0,
-            id: [0; 32],
-        };
-        match *self {
+        use wire::reason::ReasonCode as C;
+        let (mut file, mut a, mut b, mut id) = (u32::MAX, 0u64, 0u64, [0u8; 32]);
+        let code = match *self {
             Reason::SnapshotMismatch { sender, receiver } => {
-                a.code = 1;
-                a.id = receiver;
+                id = receiver;
                 // The sender's id, truncated: lets a log line match without a lookup.
-                a.a = u64::from_le_bytes(sender[..8].try_into().unwrap());
+                a = u64::from_le_bytes(sender[..8].try_into().expect("8 bytes"));
+                C::SnapshotMismatch.code()
             }
-            Reason::FileTooLarge { file, size, limit } => {
-                (a.code, a.file, a.a, a.b) = (2, file, size, limit)
+            Reason::FileTooLarge {
+                file: f,
+                size,
+                limit,
+            } => {
+                (file, a, b) = (f, size, limit);
+                C::FileTooLarge.code()
             }
-            Reason::SessionTooLarge { total, limit } => (a.code, a.a, a.b) = (3, total, limit),
-            Reason::TooManyFiles { count, limit } => (a.code, a.a, a.b) = (4, count, limit),
-            Reason::NoSpace { need, avail } => (a.code, a.a, a.b) = (5, need, avail),
-            Reason::BadName { file } => (a.code, a.file) = (6, file),
-            Reason::DuplicateName { file, other } => {
-                (a.code, a.file, a.a) = (7, file, other as u64)
+            Reason::SessionTooLarge { total, limit } => {
+                (a, b) = (total, limit);
+                C::SessionTooLarge.code()
             }
-            Reason::HashMismatch { file } => (a.code, a.file) = (8, file),
-            Reason::Timeout { ms } => (a.code, a.a) = (9, ms),
-            Reason::Cancelled => a.code = 10,
-            Reason::Protocol => a.code = 11,
-            Reason::Io => a.code = 12,
-            Reason::PackedTooLarge { file, len, limit } => {
-                (a.code, a.file, a.a, a.b) = (13, file, len, limit)
+            Reason::TooManyFiles { count, limit } => {
+                (a, b) = (count, limit);
+                C::TooManyFiles.code()
             }
-            Reason::Unknown(c) => a.code = c,
+            Reason::NoSpace { need, avail } => {
+                (a, b) = (need, avail);
+                C::NoSpace.code()
+            }
+            Reason::BadName { file: f } => {
+                file = f;
+                C::BadName.code()
+            }
+            Reason::DuplicateName { file: f, other } => {
+                (file, a) = (f, other as u64);
+                C::DuplicateName.code()
+            }
+            Reason::HashMismatch { file: f } => {
+                file = f;
+                C::HashMismatch.code()
+            }
+            Reason::Timeout { ms } => {
+                a = ms;
+                C::Timeout.code()
+            }
+            Reason::Cancelled => C::Cancelled.code(),
+            Reason::Protocol => C::Protocol.code(),
+            Reason::Io => C::Io.code(),
+            Reason::PackedTooLarge {
+                file: f,
+                len,
+                limit,
+            } => {
+                (file, a, b) = (f, len, limit);
+                C::PackedTooLarge.code()
+            }
+            Reason::Unknown(c) => c,
+        };
+        wire::payload::Abort {
+            code,
+            file,
+            a,
+            b,
+            id,
         }
-        a
     }
 
     /// Read a received Abort; `own_snapshot` is the reader's snapshot id (a sender reading a
     /// mismatch knows its own id, the frame carries the receiver's).
     pub fn from_wire(a: &wire::payload::Abort, own_snapshot: [u8; 32]) -> Reason {
-        match a.code {
-            1 => Reason::SnapshotMismatch {
+        use wire::reason::ReasonCode as C;
+        let Ok(code) = C::try_from(a.code) else {
+            return Reason::Unknown(a.code);
+        };
+        match code {
+            C::SnapshotMismatch => Reason::SnapshotMismatch {
                 sender: own_snapshot,
                 receiver: a.id,
             },
-            2 => Reason::FileTooLarge {
+            C::FileTooLarge => Reason::FileTooLarge {
                 file: a.file,
                 size: a.a,
                 limit: a.b,
             },
-            3 => Reason::SessionTooLarge {
+            C::SessionTooLarge => Reason::SessionTooLarge {
                 total: a.a,
                 limit: a.b,
             },
-            4 => Reason::TooManyFiles {
+            C::TooManyFiles => Reason::TooManyFiles {
                 count: a.a,
                 limit: a.b,
             },
-            5 => Reason::NoSpace {
+            C::NoSpace => Reason::NoSpace {
                 need: a.a,
                 avail: a.b,
             },
-            6 => Reason::BadName { file: a.file },
-            7 => Reason::DuplicateName {
+            C::BadName => Reason::BadName { file: a.file },
+            C::DuplicateName => Reason::DuplicateName {
                 file: a.file,
                 other: a.a as u32,
             },
-            8 => Reason::HashMismatch { file: a.file },
-            9 => Reason::Timeout { ms: a.a },
-            10 => Reason::Cancelled,
-            11 => Reason::Protocol,
-            12 => Reason::Io,
-            13 => Reason::PackedTooLarge {
+            C::HashMismatch => Reason::HashMismatch { file: a.file },
+            C::Timeout => Reason::Timeout { ms: a.a },
+            C::Cancelled => Reason::Cancelled,
+            C::Protocol => Reason::Protocol,
+            C::Io => Reason::Io,
+            C::PackedTooLarge => Reason::PackedTooLarge {
                 file: a.file,
                 len: a.a,
                 limit: a.b,
             },
-            c => Reason::Unknown(c),
         }
     }
 }

@@ -212,6 +212,114 @@ impl RateControl {
     }
 }
 
+/// Sent frames remembered for RTT samples (by sequence number modulo this).
+const SENT_RING: usize = 1024;
+
+/// The sender's pacing part: the RTT estimate, the token bucket and its rate controller,
+/// the send times of recent frames, and the window of frames in flight beyond what the
+/// receiver reported.
+pub(crate) struct Pacing {
+    pub rtt: super::Rtt,
+    pub pacer: Pacer,
+    pub rc: RateControl,
+    sent_ring: Vec<(u64, Option<Instant>)>,
+    /// Frames before this sequence number do not count against the window (the handshake).
+    pub window_base: u64,
+    /// The receiver's last report.
+    pub peer: crate::wire::payload::Ack,
+    last_status_seq: Option<u64>,
+}
+
+/// The bucket's depth: `burst_frames` full frames, or `burst_time` at `rate`, the larger.
+fn burst_bytes(cfg: &super::SenderConfig, rate: u64) -> u64 {
+    let frame = (cfg.max_datagram + cfg.frame_overhead) as u64;
+    let by_time = (rate as u128 * cfg.burst_time.as_nanos() / 1_000_000_000) as u64;
+    (cfg.burst_frames.max(1) * frame).max(by_time)
+}
+
+impl Pacing {
+    pub fn new(cfg: &super::SenderConfig) -> Self {
+        let cap = cfg.rate.unwrap_or(u64::MAX / 2);
+        let initial = cfg.rate.unwrap_or(cfg.initial_rate);
+        let rc = RateControl::new(initial, cap, cfg.min_rate, cfg.loss_permille);
+        Pacing {
+            rtt: super::Rtt::new(cfg.timing.initial_rtt),
+            pacer: Pacer::new(rc.rate(), burst_bytes(cfg, rc.rate())),
+            rc,
+            sent_ring: vec![(u64::MAX, None); SENT_RING],
+            window_base: 0,
+            peer: Default::default(),
+            last_status_seq: None,
+        }
+    }
+
+    /// Frame `seq` of `cost` link bytes left at `now`.
+    pub fn sent(&mut self, now: Instant, seq: u64, cost: usize) {
+        self.sent_ring[(seq % SENT_RING as u64) as usize] = (seq, Some(now));
+        self.pacer.consume(cost);
+    }
+
+    /// Lower the ceiling to the receiver's maximum.
+    pub fn set_cap(&mut self, now: Instant, cfg: &super::SenderConfig, cap: u64) {
+        self.rc.set_cap(cap);
+        let r = self.rc.rate();
+        self.pacer.set_rate(now, r, burst_bytes(cfg, r));
+    }
+
+    /// Frames allowed in flight beyond the highest sequence number the receiver reported:
+    /// `window_frames`, and during slow start (before the first loss) 32 plus one per frame
+    /// the receiver got, so the first round trips cannot blast a whole window into a link
+    /// whose speed is not known yet. `seq` is the next sequence number.
+    pub fn window_open(&self, seq: u64, cfg: &super::SenderConfig) -> bool {
+        let acked = self.peer.max_seq.max(self.window_base);
+        let mut limit = cfg.window_frames;
+        if self.rc.in_slow_start() && cfg.rate.is_none() {
+            limit = limit.min(32 + self.peer.rx_frames);
+        }
+        seq.saturating_sub(acked + 1) < limit
+    }
+
+    /// A report (ACK or NACK) in frame `seq`. Returns `None` for a reordered, older one;
+    /// else whether the receiver progressed since the last.
+    pub fn on_status(
+        &mut self,
+        now: Instant,
+        seq: u64,
+        ack: crate::wire::payload::Ack,
+        cfg: &super::SenderConfig,
+    ) -> Option<bool> {
+        if self.last_status_seq.is_some_and(|l| seq <= l) {
+            return None; // reordered: an older view of the receiver
+        }
+        self.last_status_seq = Some(seq);
+        let (s, t) = self.sent_ring[(ack.echo_seq % SENT_RING as u64) as usize];
+        if let (true, Some(t)) = (s == ack.echo_seq, t) {
+            let rtt = now.saturating_duration_since(t);
+            let delay = Duration::from_micros(ack.echo_delay_us as u64);
+            if rtt > delay {
+                self.rtt.sample(rtt - delay);
+            }
+        }
+        let progressed = ack.received > self.peer.received || ack.files_done > self.peer.files_done;
+        self.peer = ack;
+        // Rates measured over less than a few milliseconds are bursts, not rates.
+        let frame = (cfg.max_datagram + cfg.frame_overhead) as u64;
+        let interval = self.rtt.srtt.max(Duration::from_millis(5));
+        // A standing queue: the smoothed RTT well above the smallest one seen (5 ms of slack
+        // so that a scheduler hiccup on a busy host is not read as congestion).
+        let queueing =
+            self.rtt.sampled && self.rtt.srtt > self.rtt.min * 2 + Duration::from_millis(5);
+        if let Some(r) =
+            self.rc
+                .on_feedback(now, interval, ack.max_seq, ack.rx_frames, frame, queueing)
+        {
+            self.pacer.set_rate(now, r, burst_bytes(cfg, r));
+            tracing::debug!(rate = r, srtt = ?self.rtt.srtt, "pacing rate");
+        }
+        Some(progressed)
+    }
+}
+
 /// Parse a rate: a number with an optional SI prefix (k, M, G, T; decimal) and a unit, either
 /// bits per second (`bit`: `1gbit`, `500mbit`) or bytes per second (`B`: `10MB`, `1.5GB`); a
 /// bare number is bytes per second. `bps` is refused as ambiguous (tc reads it as bytes,

@@ -1,75 +1,33 @@
 //! The receiving side: refuses what it must (before allocating), applies grams at their file
 //! offsets through a [`FileSink`], reports progress and holes, verifies each file's BLAKE3
 //! before it is committed. No I/O, no clock: see [`super`].
+//!
+//! The state is in parts the receiver holds, each in its own file: the [`Manifest`]
+//! (`manifest.rs`), the [`Assembly`] of direct and packed files (`assembly.rs`), the
+//! acknowledgements and reorder window ([`Acks`], `ack.rs`) and the session [`Lifecycle`]
+//! shared with the sender (`lifecycle.rs`).
 
-use super::rangeset::RangeSet;
-use super::sink::{sanitize_name, FileSink, SinkError, SinkFile, SnapSeg};
-use super::{us32, write_frame, Endpoint, Event, Failure, Reason, ReceiverConfig, Stats};
-use crate::blueprint::{block, Source};
-use crate::wire::payload::{
-    self, Accept, Ack, Done, FileEntry, FileMode, Frame, Gram, Hello, Nack, Payload, Piece,
-};
+use super::ack::Acks;
+use super::assembly::{Assembly, Ctx, Packed};
+use super::lifecycle::{earliest, endpoint_from_lifecycle, Backoff, Ctrl, Lifecycle, Phase};
+use super::manifest::Manifest;
+pub use super::manifest::{max_stream_bound, RecvFile};
+use super::sink::{FileSink, SinkError};
+use super::{write_frame, Endpoint, Event, Failure, Reason, ReceiverConfig, Stats};
+use crate::wire::payload::{Accept, Done, FileMode, Frame, Gram, Hello, Nack, Payload, Piece};
 use crate::wire::pfs;
-use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-/// One accepted file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecvFile {
-    /// The sanitised name, relative to the output.
-    pub name: String,
-    pub size: u64,
-    pub hash: [u8; 32],
-    /// Stream offset.
-    pub start: u64,
-    pub mode: FileMode,
-    /// Bytes the file takes in the stream (its size, or its packed length).
-    pub slen: u64,
-    /// Verified and committed.
-    pub done: bool,
-}
+pub use super::ack::MAX_REORDER_WINDOW;
 
-/// Hash bytes in steps of at least this many (BLAKE3 is fastest on long inputs).
-const HASH_STEP: u64 = 256 << 10;
-
-/// Per-file progress beyond the range set.
-#[derive(Default)]
-struct Prog {
-    /// Packed: the reassembly buffer (`slen` bytes, allocated once the manifest passed the
-    /// limits).
-    buf: Vec<u8>,
-    /// Packed: stream bytes decoded (a block boundary).
-    decoded: u64,
-    /// File bytes written in order (packed) or contiguous (direct) and fed to `hasher`.
-    hashed: u64,
-    hasher: Option<Box<blake3::Hasher>>,
-}
-
+/// Where the receiver is while the session is open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
+enum Stage {
     /// Waiting for the first Hello.
     Listen,
     /// Collecting manifest chunks.
     Collect,
     Data,
-    /// Finished (Done) or aborted here (Abort): repeating that frame until the sender's Close,
-    /// or silence for `until`.
-    Closing {
-        until: Instant,
-    },
-    /// Aborted by the sender: answering repeats with Close until `until`.
-    Draining {
-        until: Instant,
-    },
-    Closed,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ctrl {
-    Accept,
-    Status,
-    Terminal,
-    Close,
 }
 
 /// The receiver state machine over a snapshot and a sink.
@@ -79,104 +37,39 @@ pub struct Receiver<'s, S: FileSink> {
     snapshot: &'s [u8],
     sink: S,
     session: Option<u64>,
-    state: State,
+    stage: Stage,
     seq: u64,
-    nfiles: u32,
-    entries: Vec<Option<FileEntry>>,
-    have: u32,
-    files: Vec<RecvFile>,
-    prog: Vec<Prog>,
-    /// Stream length.
-    total: u64,
-    /// Sum of the file sizes.
-    file_total: u64,
-    recv: RangeSet,
-    frontier: u64,
-    tick_frontier: u64,
-    /// Frontiers of earlier reports with their times (only with a reorder window).
-    frontier_marks: VecDeque<(Instant, u64)>,
-    rx_frames: u64,
-    max_seq: u64,
-    last_seq: u64,
-    last_rx: Option<Instant>,
-    srtt_hint: Duration,
-    files_done: u32,
-    unacked: u32,
-    ack_at: Option<Instant>,
-    forced: bool,
-    /// With a reorder window: when a probe's forced NACK goes out (frames that overtook
-    /// each other have arrived by then).
-    forced_at: Option<Instant>,
-    /// The reorder window in use: starts at `cfg.reorder_window`, doubles (up to
-    /// [`MAX_REORDER_WINDOW`]) whenever an original frame fills a hole that was NACKed.
-    reorder_window: Duration,
-    /// The ranges of the last NACK (only with a reorder window).
-    nacked: Vec<(u64, u64)>,
-    last_nack: Option<Instant>,
+    manifest: Manifest,
+    assembly: Assembly,
+    acks: Acks,
     last_heard: Option<Instant>,
-    pending: VecDeque<Ctrl>,
-    terminal: Option<Payload<'static>>,
-    terminal_sent: Option<Instant>,
-    resend_at: Option<Instant>,
-    resend_backoff: u32,
-    events: VecDeque<Event>,
+    life: Lifecycle,
     stats: Stats,
-    outcome: Option<Result<(), Failure>>,
 }
-
-/// The largest reorder window the receiver grows to.
-pub const MAX_REORDER_WINDOW: Duration = Duration::from_millis(200);
 
 impl<'s, S: FileSink> Receiver<'s, S> {
     /// A receiver holding snapshot `snapshot` (whose id is `snapshot_id`), writing to `sink`.
     pub fn new(cfg: ReceiverConfig, snapshot_id: [u8; 32], snapshot: &'s [u8], sink: S) -> Self {
         Receiver {
-            srtt_hint: cfg.timing.initial_rtt,
-            reorder_window: cfg.reorder_window,
+            acks: Acks::new(cfg.timing.initial_rtt, cfg.reorder_window),
             cfg,
             snapshot_id,
             snapshot,
             sink,
             session: None,
-            state: State::Listen,
+            stage: Stage::Listen,
             seq: 0,
-            nfiles: 0,
-            entries: Vec::new(),
-            have: 0,
-            files: Vec::new(),
-            prog: Vec::new(),
-            total: 0,
-            file_total: 0,
-            recv: RangeSet::new(),
-            frontier: 0,
-            tick_frontier: 0,
-            frontier_marks: VecDeque::new(),
-            rx_frames: 0,
-            max_seq: 0,
-            last_seq: 0,
-            last_rx: None,
-            files_done: 0,
-            unacked: 0,
-            ack_at: None,
-            forced: false,
-            forced_at: None,
-            nacked: Vec::new(),
-            last_nack: None,
+            manifest: Manifest::default(),
+            assembly: Assembly::default(),
             last_heard: None,
-            pending: VecDeque::new(),
-            terminal: None,
-            terminal_sent: None,
-            resend_at: None,
-            resend_backoff: 0,
-            events: VecDeque::new(),
+            life: Lifecycle::new(),
             stats: Stats::default(),
-            outcome: None,
         }
     }
 
     /// The accepted files (empty before the handshake completes).
     pub fn files(&self) -> &[RecvFile] {
-        &self.files
+        &self.manifest.files
     }
 
     /// The session id, once a Hello arrived.
@@ -186,7 +79,7 @@ impl<'s, S: FileSink> Receiver<'s, S> {
 
     /// Stream bytes received so far, and the session total.
     pub fn progress(&self) -> (u64, u64) {
-        (self.recv.covered(), self.total)
+        (self.acks.recv.covered(), self.manifest.total)
     }
 
     pub fn sink(&self) -> &S {
@@ -203,42 +96,41 @@ impl<'s, S: FileSink> Receiver<'s, S> {
 
     /// Give up now: discard unfinished files, tell the sender (Abort, Cancelled), close.
     pub fn cancel(&mut self, now: Instant) {
-        if self.outcome.is_none() {
+        if self.life.outcome.is_none() {
             self.fail(now, Reason::Cancelled);
         }
     }
 
     fn pto(&self) -> Duration {
-        (self.srtt_hint * 2 + self.cfg.timing.ack_delay)
+        (self.acks.srtt_hint * 2 + self.cfg.timing.ack_delay)
             .clamp(self.cfg.timing.min_pto, self.cfg.timing.max_pto)
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff {
+            pto: self.pto(),
+            max: self.cfg.timing.max_pto,
+        }
+    }
+
+    /// The session is open and past the handshake.
+    fn in_data(&self) -> bool {
+        self.life.is_open() && self.stage == Stage::Data
     }
 
     /// End the session here: discard what is not committed, send Abort until Close.
     fn fail(&mut self, now: Instant, reason: Reason) {
         self.sink.discard();
-        let f = Failure {
-            reason: reason.clone(),
-            by_peer: false,
-        };
-        self.events.push_back(Event::Aborted(f.clone()));
-        self.outcome = Some(Err(f));
-        self.terminal = Some(Payload::Abort(reason.to_wire()));
-        self.close_with_terminal(now);
+        let abort = Payload::Abort(reason.to_wire());
+        self.life.failed(reason, false);
+        self.terminate(now, abort);
     }
 
-    fn close_with_terminal(&mut self, now: Instant) {
-        self.pending.retain(|c| *c == Ctrl::Close);
-        self.pending.push_back(Ctrl::Terminal);
-        self.resend_backoff = 0;
-        self.resend_at = Some(now + self.pto());
-        self.state = if self.session.is_some() {
-            State::Closing {
-                until: now + self.cfg.timing.idle_timeout,
-            }
-        } else {
-            self.pending.clear(); // no peer to tell
-            State::Closed
-        };
+    fn terminate(&mut self, now: Instant, terminal: Payload<'static>) {
+        let until = now + self.cfg.timing.idle_timeout;
+        let b = self.backoff();
+        self.life
+            .terminate(now, terminal, until, b, self.session.is_some());
     }
 
     fn on_hello(&mut self, now: Instant, h: Hello) {
@@ -251,156 +143,45 @@ impl<'s, S: FileSink> Receiver<'s, S> {
                 },
             );
         }
-        if self.state == State::Listen {
-            if h.nfiles > self.cfg.max_files {
-                return self.fail(
-                    now,
-                    Reason::TooManyFiles {
-                        count: h.nfiles as u64,
-                        limit: self.cfg.max_files as u64,
-                    },
-                );
+        let first = self.stage == Stage::Listen;
+        match self.manifest.on_hello(h, first, &self.cfg) {
+            Err(r) => self.fail(now, r),
+            Ok(complete) => {
+                self.stage = Stage::Collect;
+                if complete {
+                    self.accept(now);
+                }
             }
-            self.nfiles = h.nfiles;
-            self.entries = vec![None; h.nfiles as usize];
-            self.state = State::Collect;
-        } else if h.nfiles != self.nfiles {
-            return self.fail(now, Reason::Protocol);
-        }
-        for (k, e) in h.entries.into_iter().enumerate() {
-            let i = h.first + k as u32;
-            if self.entries[i as usize].is_some() {
-                continue;
-            }
-            if e.size > self.cfg.max_file_size {
-                return self.fail(
-                    now,
-                    Reason::FileTooLarge {
-                        file: i,
-                        size: e.size,
-                        limit: self.cfg.max_file_size,
-                    },
-                );
-            }
-            let Some(name) = sanitize_name(&e.name) else {
-                return self.fail(now, Reason::BadName { file: i });
-            };
-            self.entries[i as usize] = Some(FileEntry { name, ..e });
-            self.have += 1;
-        }
-        if self.have == self.nfiles {
-            self.accept(now);
         }
     }
 
     /// The manifest is complete: check the session limits and names, open the sink.
     fn accept(&mut self, now: Instant) {
-        let entries: Vec<FileEntry> = std::mem::take(&mut self.entries)
-            .into_iter()
-            .map(|e| e.expect("complete manifest"))
-            .collect();
-        let mut total = 0u64;
-        for e in &entries {
-            total = match total.checked_add(e.size) {
-                Some(t) if t <= self.cfg.max_total_size => t,
-                _ => {
-                    let total = entries.iter().fold(0u64, |a, e| a.saturating_add(e.size));
-                    return self.fail(
-                        now,
-                        Reason::SessionTooLarge {
-                            total,
-                            limit: self.cfg.max_total_size,
-                        },
-                    );
-                }
-            };
-        }
-        let mut seen: HashMap<&str, u32> = HashMap::new();
-        for (i, e) in entries.iter().enumerate() {
-            if let Some(&other) = seen.get(e.name.as_str()) {
-                return self.fail(
-                    now,
-                    Reason::DuplicateName {
-                        file: i as u32,
-                        other,
-                    },
-                );
-            }
-            seen.insert(&e.name, i as u32);
-        }
-        let mut packed_total = 0u64;
-        for (i, e) in entries.iter().enumerate() {
-            if e.mode == FileMode::Packed {
-                packed_total = packed_total.saturating_add(e.stream_len);
-                if packed_total > self.cfg.max_packed_total {
-                    return self.fail(
-                        now,
-                        Reason::PackedTooLarge {
-                            file: i as u32,
-                            len: e.stream_len,
-                            limit: self.cfg.max_packed_total,
-                        },
-                    );
-                }
-            }
-        }
-        let sink_files: Vec<SinkFile> = entries
-            .iter()
-            .map(|e| SinkFile {
-                name: e.name.clone(),
-                size: e.size,
-            })
-            .collect();
+        let sink_files = match self.manifest.accept(&self.cfg) {
+            Ok(f) => f,
+            Err(r) => return self.fail(now, r),
+        };
         if let Err(e) = self.sink.open(&sink_files) {
             let reason = match e {
                 SinkError::NoSpace { need, avail } => Reason::NoSpace { need, avail },
                 SinkError::BadName(file) => Reason::BadName { file },
-                SinkError::Io(_) => Reason::Io,
+                _ => Reason::Io,
             };
             return self.fail(now, reason);
         }
-        let mut start = 0;
-        self.files = entries
-            .into_iter()
-            .map(|e| {
-                let f = RecvFile {
-                    name: e.name,
-                    size: e.size,
-                    hash: e.hash,
-                    start,
-                    mode: e.mode,
-                    slen: e.stream_len,
-                    done: false,
-                };
-                start += e.stream_len;
-                f
-            })
-            .collect();
-        // The packed lengths passed the limit above: the buffers may be allocated now.
-        self.prog = self
-            .files
-            .iter()
-            .map(|f| Prog {
-                buf: if f.mode == FileMode::Packed {
-                    vec![0u8; f.slen as usize]
-                } else {
-                    Vec::new()
-                },
-                ..Prog::default()
-            })
-            .collect();
-        self.total = start;
-        self.file_total = total;
-        self.state = State::Data;
-        self.pending.push_back(Ctrl::Accept);
-        self.events.push_back(Event::Accepted {
-            files: self.nfiles,
-            bytes: self.file_total,
+        // The packed lengths passed the limit: the buffers may be allocated now.
+        self.assembly = Assembly::new(&self.manifest.files, &self.cfg.block_limits);
+        self.stage = Stage::Data;
+        self.life.want(Ctrl::Accept);
+        self.life.events.push_back(Event::Accepted {
+            files: self.manifest.nfiles,
+            bytes: self.manifest.file_total,
         });
-        for i in 0..self.files.len() {
-            if self.files[i].size == 0 {
+        for i in 0..self.manifest.files.len() {
+            let f = &self.manifest.files[i];
+            if f.size == 0 && f.mode != FileMode::Streamed {
                 self.complete(now, i);
-                if self.state != State::Data {
+                if !self.in_data() {
                     return;
                 }
             }
@@ -411,7 +192,7 @@ impl<'s, S: FileSink> Receiver<'s, S> {
     /// Check that every piece of the gram lies inside its file and the snapshot.
     fn gram_in_bounds(&self, g: &Gram<'_>) -> bool {
         for run in g.runs() {
-            let Some(f) = self.files.get(run.file as usize) else {
+            let Some(f) = self.manifest.files.get(run.file as usize) else {
                 return false;
             };
             if run
@@ -423,7 +204,7 @@ impl<'s, S: FileSink> Receiver<'s, S> {
             }
             for (_, p) in run.pieces() {
                 if let Piece::Snap { snap_off, len, .. } = p {
-                    if f.mode == FileMode::Packed {
+                    if f.mode.is_packed() {
                         return false; // a packed stream travels as raw bytes only
                     }
                     if snap_off
@@ -444,373 +225,137 @@ impl<'s, S: FileSink> Receiver<'s, S> {
             return;
         }
         if g.srtt_us > 0 {
-            self.srtt_hint = Duration::from_micros(g.srtt_us as u64);
+            self.acks.srtt_hint = Duration::from_micros(g.srtt_us as u64);
         }
+        let original = flags & pfs::FLAG_REPAIR == 0;
         let mut new = 0u64;
         let mut touched: Vec<usize> = Vec::new();
         for run in g.runs() {
             let fi = run.file as usize;
-            let start = self.files[fi].start;
-            let packed = self.files[fi].mode == FileMode::Packed;
+            let start = self.manifest.files[fi].start;
             for (off, p) in run.pieces() {
                 let (ss, se) = (start + off, start + off + p.len());
-                if self.recv.contains(ss, se) {
+                if self.acks.recv.contains(ss, se) {
                     continue;
                 }
-                if flags & pfs::FLAG_REPAIR == 0
-                    && !self.nacked.is_empty()
-                    && self.nacked.iter().any(|&(a, b)| ss < b && a < se)
-                {
-                    // An original frame filled a NACKed hole: it was late, not lost.
-                    self.nacked.clear();
-                    self.reorder_window = (self.reorder_window * 2).min(MAX_REORDER_WINDOW);
+                if original {
+                    self.acks.late_original(ss, se);
                 }
-                let r = if packed {
-                    if let Piece::Raw(b) = p {
-                        let o = off as usize;
-                        self.prog[fi].buf[o..o + b.len()].copy_from_slice(b);
-                    }
-                    Ok(())
-                } else {
-                    // Bytes below the hashed prefix are final: a piece never rewrites them
-                    // (pieces are byte-wise, so trimming one is exact).
-                    let skip = self.prog[fi].hashed.saturating_sub(off).min(p.len());
-                    let (off, n) = (off + skip, p.len() - skip);
-                    match p {
-                        _ if n == 0 => Ok(()),
-                        Piece::Snap {
-                            op, imm, snap_off, ..
-                        } => self.write_snap_piece(
-                            fi,
-                            off,
-                            SnapSeg {
-                                op,
-                                imm,
-                                snap_off: snap_off + skip,
-                                len: n as u32,
-                            },
-                        ),
-                        Piece::Raw(b) => self.sink.write_raw(run.file, off, &b[skip as usize..]),
-                    }
+                let mut cx = Ctx {
+                    sink: &mut self.sink,
+                    snapshot: self.snapshot,
+                    files: &self.manifest.files,
+                    recv: &self.acks.recv,
+                    limits: &self.cfg.block_limits,
                 };
-                if r.is_err() {
-                    return self.fail(now, Reason::Io);
+                match self.assembly.apply_piece(&mut cx, fi, off, p) {
+                    Ok(true) => {}
+                    Ok(false) => continue, // ahead of the window: comes again as a repair
+                    Err(_) => return self.fail(now, Reason::Io),
                 }
-                new += self.recv.insert(ss, se);
+                new += self.acks.recv.insert(ss, se);
                 if touched.last() != Some(&fi) {
                     touched.push(fi);
                 }
             }
-            if flags & pfs::FLAG_REPAIR == 0 {
-                self.frontier = self.frontier.max(start + run.file_off + run.len());
+            if original {
+                self.acks.frontier = self.acks.frontier.max(start + run.file_off + run.len());
             }
         }
         if new == 0 {
             self.stats.duplicate_frames += 1;
         }
         self.stats.data_bytes += new;
-        self.unacked += 1;
-        if self.unacked >= self.cfg.ack_every {
-            self.want_status();
-        } else if self.ack_at.is_none() {
-            self.ack_at = Some(now + self.cfg.timing.ack_delay);
+        if self
+            .acks
+            .on_data(now, self.cfg.ack_every, self.cfg.timing.ack_delay)
+        {
+            self.life.want(Ctrl::Status);
         }
         for fi in touched {
-            if self.files[fi].done {
+            if self.manifest.files[fi].done {
                 continue;
             }
-            let finished = match self.files[fi].mode {
-                FileMode::Packed => match self.advance_packed(fi) {
-                    Ok(f) => f,
+            let mut cx = Ctx {
+                sink: &mut self.sink,
+                snapshot: self.snapshot,
+                files: &self.manifest.files,
+                recv: &self.acks.recv,
+                limits: &self.cfg.block_limits,
+            };
+            let finished = if self.manifest.files[fi].mode.is_packed() {
+                match self.assembly.advance_packed(&mut cx, fi) {
+                    Ok(Packed::Partial) => false,
+                    Ok(Packed::Complete) => true,
+                    Ok(Packed::Ended { end, hash }) => {
+                        // The rest of the reserved stream is void: count it as received.
+                        let f = &mut self.manifest.files[fi];
+                        f.hash = hash;
+                        self.acks.recv.insert(f.start + end, f.start + f.slen);
+                        true
+                    }
                     Err(e) => {
                         tracing::warn!(file = fi, error = %e, "packed stream refused");
                         return self.fail(now, e);
                     }
-                },
-                FileMode::Direct => {
-                    let (start, size) = (self.files[fi].start, self.files[fi].size);
-                    let contiguous = self.recv.first_gap(start).min(start + size) - start;
-                    self.hash_upto(fi, contiguous, contiguous == size);
-                    contiguous == size
                 }
+            } else {
+                self.assembly.advance_direct(&mut cx, fi)
             };
             if finished {
                 self.complete(now, fi);
-                if self.state != State::Data {
+                if !self.in_data() {
                     return;
                 }
             }
         }
     }
 
-    /// Apply a direct snapshot piece. A long piece that starts at the hashed prefix (a
-    /// covered file's first piece, typically) is applied in `HASH_STEP` chunks, each hashed
-    /// right after it is written while it is still in cache.
-    fn write_snap_piece(&mut self, fi: usize, off: u64, seg: SnapSeg) -> Result<(), SinkError> {
-        if off != self.prog[fi].hashed || (seg.len as u64) < 2 * HASH_STEP {
-            return self.sink.write_segment(fi as u32, off, seg, self.snapshot);
-        }
-        let mut done = 0u64;
-        while done < seg.len as u64 {
-            let n = (seg.len as u64 - done).min(HASH_STEP);
-            let part = SnapSeg {
-                snap_off: seg.snap_off + done,
-                len: n as u32,
-                ..seg
-            };
-            self.sink
-                .write_segment(fi as u32, off + done, part, self.snapshot)?;
-            done += n;
-            // These bytes are final (later pieces are trimmed below `hashed`).
-            self.hash_upto(fi, off + done, true);
-        }
-        Ok(())
-    }
-
-    /// Feed file bytes `[hashed, upto)` of `fi` to its hasher, in steps of `HASH_STEP`
-    /// unless `last`. Does nothing if the sink cannot show its contents.
-    fn hash_upto(&mut self, fi: usize, upto: u64, last: bool) {
-        let p = &mut self.prog[fi];
-        if upto <= p.hashed || (!last && upto - p.hashed < HASH_STEP) {
-            return;
-        }
-        let Some(bytes) = self.sink.contents(fi as u32) else {
-            return;
-        };
-        let h = p
-            .hasher
-            .get_or_insert_with(|| Box::new(blake3::Hasher::new()));
-        h.update(&bytes[p.hashed as usize..upto as usize]);
-        p.hashed = upto;
-        self.sink.prefix_final(fi as u32, upto);
-    }
-
-    /// Decode and apply every complete block of packed file `fi` in the contiguous prefix of
-    /// its stream, in file order. Returns true once the whole stream is applied.
-    fn advance_packed(&mut self, fi: usize) -> Result<bool, Reason> {
-        let (start, slen, size) = {
-            let f = &self.files[fi];
-            (f.start, f.slen, f.size)
-        };
-        let prefix = self.recv.first_gap(start).min(start + slen) - start;
-        let lim = self.cfg.block_limits;
-        while self.prog[fi].decoded < prefix {
-            let at = self.prog[fi].decoded as usize;
-            let avail = &self.prog[fi].buf[at..prefix as usize];
-            let n = match block::body_len(avail, &lim) {
-                Ok(Some(n)) => n,
-                Ok(None) => break,
-                Err(_) => return Err(Reason::Protocol),
-            };
-            let end = at as u64 + block::PREFIX as u64 + n;
-            if end > slen {
-                return Err(Reason::Protocol);
-            }
-            if end > prefix {
-                break;
-            }
-            let body = &self.prog[fi].buf[at + block::PREFIX..end as usize];
-            let file_off = self.prog[fi].hashed;
-            let b = block::decode_body(body, &lim, self.snapshot.len() as u64, file_off)
-                .map_err(|_| Reason::Protocol)?;
-            if file_off.checked_add(b.file_len).is_none_or(|e| e > size) {
-                return Err(Reason::Protocol);
-            }
-            self.apply_block(fi as u32, file_off, &b)
-                .map_err(|_| Reason::Io)?;
-            let p = &mut self.prog[fi];
-            p.decoded = end;
-            // `hashed` doubles as the packed file's write position: hash what was written.
-            match self.sink.contents(fi as u32) {
-                Some(bytes) => {
-                    let h = p
-                        .hasher
-                        .get_or_insert_with(|| Box::new(blake3::Hasher::new()));
-                    h.update(&bytes[file_off as usize..(file_off + b.file_len) as usize]);
-                }
-                None => p.hasher = None,
-            }
-            p.hashed = file_off + b.file_len;
-            self.sink.prefix_final(fi as u32, file_off + b.file_len);
-        }
-        let p = &mut self.prog[fi];
-        if p.decoded == slen {
-            if p.hashed != size {
-                return Err(Reason::Protocol);
-            }
-            p.buf = Vec::new();
-            return Ok(true);
-        }
-        Ok(false)
-    }
-
-    /// Write one decoded block at `file_off` of `file` through the sink.
-    fn apply_block(&mut self, file: u32, file_off: u64, b: &block::Block) -> Result<(), SinkError> {
-        let mut off = file_off;
-        let mut spill = 0usize;
-        for seg in &b.segments {
-            match seg.src {
-                Source::Snap { op, off: so, imm } => self.sink.write_segment(
-                    file,
-                    off,
-                    SnapSeg {
-                        op,
-                        imm,
-                        snap_off: so,
-                        len: seg.len,
-                    },
-                    self.snapshot,
-                )?,
-                Source::Raw => {
-                    let n = seg.len as usize;
-                    self.sink.write_raw(file, off, &b.spill[spill..spill + n])?;
-                    spill += n;
-                }
-                Source::Cover { off: so } => {
-                    let n = seg.len as usize;
-                    let s = so as usize;
-                    let src = self
-                        .snapshot
-                        .get(s..s + n)
-                        .ok_or_else(|| std::io::Error::other("cover reads beyond the snapshot"))?;
-                    let mut tmp = vec![0u8; n];
-                    crate::blueprint::apply::add_bytes(src, &b.spill[spill..spill + n], &mut tmp);
-                    self.sink.write_raw(file, off, &tmp)?;
-                    spill += n;
-                }
-                Source::SelfCopy { off: src } => {
-                    // Blocks are applied in file order and segments in order within one, so
-                    // every byte before `off` is final here: the source is complete.
-                    let bytes = self.sink.contents(file).ok_or_else(|| {
-                        std::io::Error::other(
-                            "this output cannot read back what it wrote; self copies need it",
-                        )
-                    })?;
-                    let (s, d, n) = (src as usize, off as usize, seg.len as usize);
-                    let avail = bytes.get(s..d).filter(|a| !a.is_empty()).ok_or_else(|| {
-                        std::io::Error::other("self copy source outside the written file")
-                    })?;
-                    // forward copy semantics: an overlapping source repeats with period d - s
-                    let tmp: Vec<u8> = avail.iter().copied().cycle().take(n).collect();
-                    self.sink.write_raw(file, off, &tmp)?;
-                }
-            }
-            off += seg.len as u64;
-        }
-        Ok(())
-    }
-
-    fn want_status(&mut self) {
-        if !self.pending.contains(&Ctrl::Status) {
-            self.pending.push_back(Ctrl::Status);
-        }
-    }
-
     /// File `fi` is complete: verify, commit, maybe finish the session.
     fn complete(&mut self, now: Instant, fi: usize) {
-        let p = &mut self.prog[fi];
-        let incremental = match p.hasher.take() {
-            Some(h) if p.hashed == self.files[fi].size => Some(*h.finalize().as_bytes()),
-            _ => None,
-        };
-        let h = match incremental.map_or_else(|| self.sink.hash(fi as u32), Ok) {
+        let size = self.manifest.files[fi].size;
+        let h = match self.assembly.file_hash(&mut self.sink, fi, size) {
             Ok(h) => h,
             Err(_) => return self.fail(now, Reason::Io),
         };
-        if h != self.files[fi].hash {
+        if h != self.manifest.files[fi].hash {
             return self.fail(now, Reason::HashMismatch { file: fi as u32 });
         }
         if self.sink.commit(fi as u32).is_err() {
             return self.fail(now, Reason::Io);
         }
-        self.files[fi].done = true;
-        self.files_done += 1;
-        self.events
+        self.manifest.files[fi].done = true;
+        self.manifest.files_done += 1;
+        self.life
+            .events
             .push_back(Event::FileVerified { file: fi as u32 });
         self.maybe_finish(now);
     }
 
     /// Every file verified: send Done until the sender's Close.
     fn maybe_finish(&mut self, now: Instant) {
-        if self.state == State::Data && self.files_done == self.nfiles {
-            let mut hashes = Vec::with_capacity(self.files.len() * 32);
-            for f in &self.files {
-                hashes.extend_from_slice(&f.hash);
-            }
-            self.terminal = Some(Payload::Done(Done {
-                files: self.nfiles,
-                bytes: self.file_total,
-                digest: *blake3::hash(&hashes).as_bytes(),
-            }));
-            self.outcome = Some(Ok(()));
-            self.events.push_back(Event::Finished);
-            self.close_with_terminal(now);
+        if self.in_data() && self.manifest.all_done() {
+            let done = Payload::Done(Done {
+                files: self.manifest.nfiles,
+                bytes: self.manifest.file_total,
+                digest: self.manifest.digest(),
+            });
+            self.life.finished();
+            self.terminate(now, done);
         }
     }
 
     fn status_frame(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
-        let cum = self.recv.first_gap(0);
-        let ack = Ack {
-            cum,
-            received: self.recv.covered(),
-            frontier: self.frontier,
-            rx_frames: self.rx_frames,
-            max_seq: self.max_seq,
-            echo_seq: self.last_seq,
-            echo_delay_us: self
-                .last_rx
-                .map_or(0, |t| us32(now.saturating_duration_since(t))),
-            files_done: self.files_done,
-        };
-        let limit = if self.forced {
-            self.frontier
-        } else if !self.reorder_window.is_zero() {
-            // The newest report frontier at least a reorder window old.
-            let w = self.reorder_window;
-            while self.frontier_marks.len() >= 2
-                && now.saturating_duration_since(self.frontier_marks[1].0) >= w
-            {
-                self.frontier_marks.pop_front();
-            }
-            let old = self
-                .frontier_marks
-                .front()
-                .filter(|m| now.saturating_duration_since(m.0) >= w)
-                .map_or(0, |m| m.1);
-            old.min(self.frontier)
-        } else {
-            self.tick_frontier.min(self.frontier)
-        };
-        if !self.reorder_window.is_zero()
-            && self
-                .frontier_marks
-                .back()
-                .is_none_or(|m| m.1 != self.frontier)
-        {
-            self.frontier_marks.push_back((now, self.frontier));
-        }
-        let holdoff = self.srtt_hint + self.cfg.timing.ack_delay * 2;
-        let may_nack = self.forced || self.last_nack.is_none_or(|t| now >= t + holdoff);
         let cap = Nack::capacity(buf.len().saturating_sub(pfs::HEADER_LEN));
-        let ranges = if may_nack {
-            self.recv.gaps(cum, limit, cap)
-        } else {
-            Vec::new()
-        };
-        self.tick_frontier = self.frontier;
-        self.unacked = 0;
-        self.ack_at = None;
-        self.forced = false;
-        let p = if ranges.is_empty() {
-            Payload::Ack(ack)
-        } else {
-            self.last_nack = Some(now);
+        let p = self.acks.report(
+            now,
+            self.manifest.files_done,
+            self.cfg.timing.ack_delay,
+            cap,
+        );
+        if matches!(p, Payload::Nack(_)) {
             self.stats.nacks += 1;
-            if !self.reorder_window.is_zero() {
-                self.nacked.clone_from(&ranges);
-            }
-            Payload::Nack(Nack { ack, ranges })
-        };
+        }
         write_frame(buf, self.session?, self.seq, &p)
     }
 }
@@ -831,7 +376,7 @@ impl<S: FileSink> Endpoint for Receiver<'_, S> {
                 self.stats.foreign_session += 1;
                 return false;
             }
-            None if self.state != State::Listen => {
+            None if !(self.life.is_open() && self.stage == Stage::Listen) => {
                 self.stats.unexpected += 1;
                 return false;
             }
@@ -841,69 +386,38 @@ impl<S: FileSink> Endpoint for Receiver<'_, S> {
         self.last_heard = Some(now);
         self.stats.frames_received += 1;
         self.stats.bytes_received += datagram.len() as u64;
-        self.rx_frames += 1;
-        self.max_seq = self.max_seq.max(hdr.seq);
-        self.last_seq = hdr.seq;
-        self.last_rx = Some(now);
-        match (self.state, frame.payload) {
-            (State::Listen | State::Collect, Payload::Hello(h)) => self.on_hello(now, h),
-            (State::Data, Payload::Hello(_)) => {
-                if !self.pending.contains(&Ctrl::Accept) {
-                    self.pending.push_back(Ctrl::Accept);
-                }
+        self.acks.on_frame(now, hdr.seq);
+        let (close, abort) = (
+            matches!(frame.payload, Payload::Close),
+            matches!(frame.payload, Payload::Abort(_)),
+        );
+        if !self.life.is_open() {
+            let extend = Some(self.cfg.timing.idle_timeout);
+            self.life
+                .on_peer_frame(now, close, abort, abort, self.cfg.timing.ack_delay, extend);
+            if !abort && !close && matches!(self.life.phase, Phase::Draining { .. }) {
+                self.stats.unexpected += 1;
             }
-            (State::Data, Payload::Data(g)) => self.on_gram(now, hdr.flags, g),
-            (State::Data, Payload::Probe(p)) => {
-                self.srtt_hint = Duration::from_micros(p.srtt_us as u64);
-                self.frontier = self.frontier.max(p.sent.min(self.total));
-                if self.reorder_window.is_zero() {
-                    self.forced = true;
-                } else if self.forced_at.is_none() {
-                    // Answer now (the sender hears we are alive); NACK everything missing
-                    // once late frames had a reorder window to arrive.
-                    self.forced_at = Some(now + self.reorder_window);
-                }
-                self.want_status();
-            }
-            (State::Collect | State::Data, Payload::Abort(a)) => {
-                self.sink.discard();
-                let f = Failure {
-                    reason: Reason::from_wire(&a, self.snapshot_id),
-                    by_peer: true,
-                };
-                self.events.push_back(Event::Aborted(f.clone()));
-                self.outcome = Some(Err(f));
-                self.pending.clear();
-                self.pending.push_back(Ctrl::Close);
-                self.state = State::Draining {
-                    until: now + self.pto() * 3,
-                };
-            }
-            (State::Closing { .. }, Payload::Close) => {
-                self.pending.retain(|c| *c != Ctrl::Terminal);
-                self.state = State::Closed;
-            }
-            (State::Closing { .. }, Payload::Abort(_)) => {
-                self.pending.retain(|c| *c != Ctrl::Terminal);
-                self.pending.push_back(Ctrl::Close);
-                self.state = State::Closed;
-            }
-            (State::Closing { .. }, _) => {
-                self.state = State::Closing {
-                    until: now + self.cfg.timing.idle_timeout,
-                };
+            return true;
+        }
+        match (self.stage, frame.payload) {
+            (Stage::Listen | Stage::Collect, Payload::Hello(h)) => self.on_hello(now, h),
+            (Stage::Data, Payload::Hello(_)) => self.life.want(Ctrl::Accept),
+            (Stage::Data, Payload::Data(g)) => self.on_gram(now, hdr.flags, g),
+            (Stage::Data, Payload::Probe(p)) => {
                 if self
-                    .terminal_sent
-                    .is_none_or(|t| now >= t + self.cfg.timing.ack_delay)
-                    && !self.pending.contains(&Ctrl::Terminal)
+                    .acks
+                    .on_probe(now, p.sent, self.manifest.total, p.srtt_us)
                 {
-                    self.pending.push_back(Ctrl::Terminal);
+                    self.life.want(Ctrl::Status);
                 }
             }
-            (State::Draining { .. }, Payload::Abort(_)) => {
-                if !self.pending.contains(&Ctrl::Close) {
-                    self.pending.push_back(Ctrl::Close);
-                }
+            (Stage::Collect | Stage::Data, Payload::Abort(a)) => {
+                self.sink.discard();
+                self.life
+                    .failed(Reason::from_wire(&a, self.snapshot_id), true);
+                let until = now + self.pto() * 3;
+                self.life.drain(until);
             }
             _ => self.stats.unexpected += 1,
         }
@@ -911,46 +425,23 @@ impl<S: FileSink> Endpoint for Receiver<'_, S> {
     }
 
     fn handle_timeout(&mut self, now: Instant) {
-        match self.state {
-            State::Collect | State::Data => {
-                let heard = self.last_heard.unwrap_or(now);
-                if now >= heard + self.cfg.timing.idle_timeout {
-                    let ms = self.cfg.timing.idle_timeout.as_millis() as u64;
-                    self.fail(now, Reason::Timeout { ms });
-                    // Nobody is listening: send the Abort once and stop.
-                    self.state = State::Closed;
-                    return;
-                }
-                if self.ack_at.is_some_and(|t| now >= t) {
-                    self.ack_at = None;
-                    self.want_status();
-                }
-                if self.forced_at.is_some_and(|t| now >= t) {
-                    self.forced_at = None;
-                    self.forced = true;
-                    self.want_status();
-                }
-            }
-            State::Closing { until } => {
-                if now >= until {
-                    self.pending.clear();
-                    self.state = State::Closed;
-                } else if self.resend_at.is_some_and(|t| now >= t) {
-                    if !self.pending.contains(&Ctrl::Terminal) {
-                        self.pending.push_back(Ctrl::Terminal);
-                    }
-                    self.resend_backoff += 1;
-                    let b = (self.pto() * 2u32.saturating_pow(self.resend_backoff.min(16)))
-                        .min(self.cfg.timing.max_pto);
-                    self.resend_at = Some(now + b);
-                }
-            }
-            State::Draining { until } => {
-                if now >= until {
-                    self.state = State::Closed;
-                }
-            }
-            State::Listen | State::Closed => {}
+        if !self.life.is_open() {
+            let b = self.backoff();
+            return self.life.on_timeout(now, b);
+        }
+        if self.stage == Stage::Listen {
+            return;
+        }
+        let heard = self.last_heard.unwrap_or(now);
+        if now >= heard + self.cfg.timing.idle_timeout {
+            let ms = self.cfg.timing.idle_timeout.as_millis() as u64;
+            self.fail(now, Reason::Timeout { ms });
+            // Nobody is listening: send the Abort once and stop.
+            self.life.close_now();
+            return;
+        }
+        if self.acks.on_timeout(now) {
+            self.life.want(Ctrl::Status);
         }
     }
 
@@ -958,7 +449,7 @@ impl<S: FileSink> Endpoint for Receiver<'_, S> {
         let lim = buf.len().min(self.cfg.max_datagram);
         let buf = &mut buf[..lim];
         let session = self.session?;
-        while let Some(c) = self.pending.pop_front() {
+        while let Some(c) = self.life.next_ctrl(now) {
             let n = match c {
                 Ctrl::Accept => write_frame(
                     buf,
@@ -966,22 +457,22 @@ impl<S: FileSink> Endpoint for Receiver<'_, S> {
                     self.seq,
                     &Payload::Accept(Accept {
                         snapshot_id: self.snapshot_id,
-                        nfiles: self.nfiles,
+                        nfiles: self.manifest.nfiles,
                         max_rate: self.cfg.max_rate,
                     }),
                 ),
                 Ctrl::Status => {
-                    if self.state != State::Data {
+                    if !self.in_data() {
                         continue;
                     }
                     self.status_frame(now, buf)
                 }
                 Ctrl::Terminal => {
-                    self.terminal_sent = Some(now);
-                    let t = self.terminal.clone()?;
+                    let t = self.life.terminal.clone()?;
                     write_frame(buf, session, self.seq, &t)
                 }
                 Ctrl::Close => write_frame(buf, session, self.seq, &Payload::Close),
+                Ctrl::Probe => continue,
             };
             if let Some(n) = n {
                 self.seq += 1;
@@ -994,48 +485,24 @@ impl<S: FileSink> Endpoint for Receiver<'_, S> {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        let min = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        match self.state {
-            State::Collect | State::Data => min(
-                min(
-                    self.last_heard.map(|h| h + self.cfg.timing.idle_timeout),
-                    self.ack_at,
-                ),
-                self.forced_at,
-            ),
-            State::Closing { until } => min(Some(until), self.resend_at),
-            State::Draining { until } => Some(until),
-            State::Listen | State::Closed => None,
+        if !self.life.is_open() {
+            return self.life.poll_timeout();
         }
+        if self.stage == Stage::Listen {
+            return None;
+        }
+        earliest(
+            self.last_heard.map(|h| h + self.cfg.timing.idle_timeout),
+            self.acks.poll_timeout(),
+        )
     }
 
-    fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
-    }
-
-    fn is_closed(&self) -> bool {
-        self.state == State::Closed && self.pending.is_empty()
-    }
-
-    fn stats(&self) -> &Stats {
-        &self.stats
-    }
-
-    fn outcome(&self) -> Option<Result<(), Failure>> {
-        self.outcome.clone()
-    }
+    endpoint_from_lifecycle!();
 
     fn cancel(&mut self, now: Instant) {
         Receiver::cancel(self, now)
     }
 }
-
-// `payload` is used in doc links and types above.
-#[allow(unused_imports)]
-use payload as _;
 
 #[cfg(test)]
 mod tests {
@@ -1150,14 +617,20 @@ mod tests {
         assert_eq!(n.ack.echo_seq, 4);
     }
 
-    #[test]
-    fn with_a_reorder_window_holes_are_nacked_only_once_older_than_it() {
+    /// A receiver with a 10 ms reorder window that got 0..100 and 200..300 of 10 000 bytes.
+    fn windowed_with_a_hole() -> (Receiver<'static, MemSink>, Instant) {
         let mut r = receiver(10_000);
         r.cfg.reorder_window = Duration::from_millis(10);
-        r.reorder_window = r.cfg.reorder_window;
+        r.acks.reorder_window = r.cfg.reorder_window;
         let t = Instant::now();
         r.handle_datagram(t, &data(1, 0, 100));
         r.handle_datagram(t, &data(2, 200, 100));
+        (r, t)
+    }
+
+    #[test]
+    fn with_a_reorder_window_holes_are_nacked_only_once_older_than_it() {
+        let (mut r, t) = windowed_with_a_hole();
         r.handle_timeout(t + Duration::from_millis(3));
         let Payload::Ack(_) = status(&mut r, t + Duration::from_millis(3)) else {
             panic!("a NACK for a hole that may be late")
@@ -1178,12 +651,7 @@ mod tests {
 
     #[test]
     fn with_a_reorder_window_a_probe_is_answered_at_once_and_nacked_after_the_window() {
-        let mut r = receiver(10_000);
-        r.cfg.reorder_window = Duration::from_millis(10);
-        r.reorder_window = r.cfg.reorder_window;
-        let t = Instant::now();
-        r.handle_datagram(t, &data(1, 0, 100));
-        r.handle_datagram(t, &data(2, 200, 100));
+        let (mut r, t) = windowed_with_a_hole();
         let probe = Payload::Probe(Probe {
             sent: 400,
             srtt_us: 500,
@@ -1205,13 +673,8 @@ mod tests {
 
     #[test]
     fn a_late_original_in_a_nacked_hole_doubles_the_reorder_window() {
-        let mut r = receiver(10_000);
-        r.cfg.reorder_window = Duration::from_millis(10);
-        r.reorder_window = r.cfg.reorder_window;
-        let t = Instant::now();
+        let (mut r, t) = windowed_with_a_hole();
         let ms = |n| t + Duration::from_millis(n);
-        r.handle_datagram(t, &data(1, 0, 100));
-        r.handle_datagram(t, &data(2, 200, 100));
         r.handle_timeout(ms(3));
         assert!(matches!(status(&mut r, ms(3)), Payload::Ack(_)));
         r.handle_datagram(ms(12), &data(3, 300, 100));

@@ -1,6 +1,6 @@
 //! Where received bytes go: the [`FileSink`] trait, an in-memory sink for tests, and name
-//! sanitising. The mmap-backed sink for real output directories is in
-//! [`super::mmap_sink`].
+//! sanitising. The sink for real output directories (mmap, fsync, rename) is
+//! [`crate::fsink::MmapSink`], outside the protocol: nothing here does I/O.
 
 use crate::blueprint::{apply, Transform};
 
@@ -27,6 +27,12 @@ pub enum SinkError {
     NoSpace { need: u64, avail: u64 },
     #[error("file #{0} would leave the output directory")]
     BadName(u32),
+    #[error("no output file #{0}")]
+    NoSuchFile(u32),
+    #[error("{len} bytes at offset {off} lie outside output file #{file}")]
+    OutOfRange { file: u32, off: u64, len: usize },
+    #[error("file #{file}: a self copy reads bytes this output cannot show")]
+    NoReadBack { file: u32 },
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -37,6 +43,9 @@ pub enum SinkError {
 pub trait FileSink {
     /// Prepare the outputs; check free space and names *before* allocating anything.
     fn open(&mut self, files: &[SinkFile]) -> Result<(), SinkError>;
+    /// The `len` bytes at `off` of `file`, to be written in place: the one primitive every
+    /// write goes through ([`SinkError::OutOfRange`] past the file's end).
+    fn span_mut(&mut self, file: u32, off: u64, len: usize) -> Result<&mut [u8], SinkError>;
     /// Apply a snapshot piece at `off` of `file` (through [`apply_segment`]).
     fn write_segment(
         &mut self,
@@ -44,9 +53,38 @@ pub trait FileSink {
         off: u64,
         seg: SnapSeg,
         snapshot: &[u8],
-    ) -> Result<(), SinkError>;
+    ) -> Result<(), SinkError> {
+        apply_segment(self.span_mut(file, off, seg.len as usize)?, seg, snapshot);
+        Ok(())
+    }
+    /// Apply an approximate cover at `off` of `file`: the snapshot bytes at `snap_off` plus
+    /// `diff` (one difference byte per output byte, through [`apply::add_bytes`]).
+    fn write_cover(
+        &mut self,
+        file: u32,
+        off: u64,
+        snap_off: u64,
+        diff: &[u8],
+        snapshot: &[u8],
+    ) -> Result<(), SinkError> {
+        let s = usize::try_from(snap_off).unwrap_or(usize::MAX);
+        let src = s
+            .checked_add(diff.len())
+            .and_then(|e| snapshot.get(s..e))
+            .ok_or(SinkError::OutOfRange {
+                file,
+                off,
+                len: diff.len(),
+            })?;
+        apply::add_bytes(src, diff, self.span_mut(file, off, diff.len())?);
+        Ok(())
+    }
     /// Write raw bytes at `off` of `file`.
-    fn write_raw(&mut self, file: u32, off: u64, bytes: &[u8]) -> Result<(), SinkError>;
+    fn write_raw(&mut self, file: u32, off: u64, bytes: &[u8]) -> Result<(), SinkError> {
+        self.span_mut(file, off, bytes.len())?
+            .copy_from_slice(bytes);
+        Ok(())
+    }
     /// BLAKE3 of the file's current contents.
     fn hash(&mut self, file: u32) -> Result<[u8; 32], SinkError>;
     /// The file's current contents, if the sink can show them (the receiver then hashes each
@@ -123,16 +161,6 @@ impl MemSink {
     pub fn committed_count(&self) -> usize {
         self.committed.iter().filter(|c| **c).count()
     }
-
-    fn span(&mut self, file: u32, off: u64, len: usize) -> Result<&mut [u8], SinkError> {
-        let b = self
-            .bufs
-            .get_mut(file as usize)
-            .ok_or_else(|| std::io::Error::other("no such file"))?;
-        let s = off as usize;
-        b.get_mut(s..s + len)
-            .ok_or_else(|| std::io::Error::other("write past the end").into())
-    }
 }
 
 impl FileSink for MemSink {
@@ -150,21 +178,15 @@ impl FileSink for MemSink {
         Ok(())
     }
 
-    fn write_segment(
-        &mut self,
-        file: u32,
-        off: u64,
-        seg: SnapSeg,
-        snapshot: &[u8],
-    ) -> Result<(), SinkError> {
-        let dst = self.span(file, off, seg.len as usize)?;
-        apply_segment(dst, seg, snapshot);
-        Ok(())
-    }
-
-    fn write_raw(&mut self, file: u32, off: u64, bytes: &[u8]) -> Result<(), SinkError> {
-        self.span(file, off, bytes.len())?.copy_from_slice(bytes);
-        Ok(())
+    fn span_mut(&mut self, file: u32, off: u64, len: usize) -> Result<&mut [u8], SinkError> {
+        let b = self
+            .bufs
+            .get_mut(file as usize)
+            .ok_or(SinkError::NoSuchFile(file))?;
+        usize::try_from(off)
+            .ok()
+            .and_then(|s| b.get_mut(s..s.checked_add(len)?))
+            .ok_or(SinkError::OutOfRange { file, off, len })
     }
 
     fn hash(&mut self, file: u32) -> Result<[u8; 32], SinkError> {

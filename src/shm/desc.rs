@@ -22,7 +22,7 @@ pub struct Desc {
     pub offset: u64,
     /// Span length in bytes.
     pub len: u32,
-    /// The transform's wire code ([`op_code`]).
+    /// The transform's wire code ([`Transform::code`]).
     pub op: u8,
     /// The transform's immediate.
     pub imm: u8,
@@ -32,20 +32,6 @@ pub struct Desc {
 }
 
 const _: () = assert!(std::mem::size_of::<Desc>() == 16);
-
-/// The wire code of a transform: its index in [`Transform::ALL`].
-pub fn op_code(op: Transform) -> u8 {
-    match op {
-        Transform::Id => 0,
-        Transform::Xor => 1,
-        Transform::Add => 2,
-    }
-}
-
-/// The transform of a wire code.
-pub fn op_from(code: u8) -> Option<Transform> {
-    Transform::ALL.get(code as usize).copied()
-}
 
 /// A decoded descriptor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,7 +87,7 @@ impl Encoder {
         Desc {
             offset,
             len: s.len,
-            op: op_code(s.op),
+            op: s.op.code(),
             imm: s.imm,
             flags,
             _pad: 0,
@@ -123,7 +109,7 @@ impl Decoder {
     /// Decode one descriptor.
     #[inline]
     pub fn decode(&mut self, d: Desc) -> Result<Span, DescError> {
-        let op = op_from(d.op).ok_or(DescError::Op(d.op))?;
+        let op = Transform::try_from(d.op).map_err(|_| DescError::Op(d.op))?;
         let offset = if d.flags & FLAG_ABS != 0 {
             d.offset
         } else {
@@ -154,10 +140,11 @@ mod tests {
 
     #[test]
     fn op_codes_round_trip() {
-        for op in Transform::ALL {
-            assert_eq!(op_from(op_code(op)), Some(op));
+        for (i, op) in Transform::ALL.into_iter().enumerate() {
+            assert_eq!(op.code() as usize, i);
+            assert_eq!(Transform::try_from(op.code()), Ok(op));
         }
-        assert_eq!(op_from(3), None);
+        assert!(Transform::try_from(3).is_err());
     }
 
     #[test]

@@ -19,8 +19,9 @@
 //! | [`proc`]      | forked consumer processes, their reaping, and SIGINT/SIGTERM          |
 //! | [`bench`]     | the benchmark itself: phases, producer and consumer loops, the report |
 //!
-//! Unsafe code lives only here (mapping memory, forking, raw ring slots); every block says why
-//! it is sound in a `// Safety:` comment.
+//! This module may use unsafe code (mapping memory, forking, raw ring slots; the crate root
+//! lists the other places that may); every block says why it is sound in a `// Safety:`
+//! comment.
 #![allow(unsafe_code)]
 
 pub mod bench;

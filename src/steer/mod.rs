@@ -39,12 +39,27 @@ pub fn object_available() -> bool {
     !OBJECT.is_empty()
 }
 
-/// How to attach the XDP program.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// How to attach the XDP program (`--xdp-mode`, `xdp-mode`).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum XdpMode {
     /// In the driver (XDP_FLAGS_DRV_MODE): fast, needs driver support (veth has it).
+    #[value(alias = "drv")]
+    #[serde(alias = "drv")]
     Native,
     /// Generic XDP in the kernel stack (XDP_FLAGS_SKB_MODE): works on every interface.
+    #[value(alias = "generic")]
+    #[serde(alias = "generic")]
     Skb,
     /// Native, falling back to SKB mode with a notice when the driver refuses.
     #[default]

@@ -10,6 +10,7 @@
 //! | [`udp`]      | UDP; the checksum is optional for IPv4 and PacketFS emits 0           |
 //! | [`pfs`]      | the PacketFS header: magic, version, type, session, sequence, CRC32C   |
 //! | [`payload`]  | the payloads: handshake, data grams, ACK/NACK, probe, done, abort     |
+//! | [`reason`]   | the reason codes of an Abort frame                                    |
 //! | [`stack`]    | a whole Ethernet frame at once, for the AF_XDP data path              |
 //!
 //! The kernel UDP driver sees only the UDP payload, which is a PacketFS *datagram*:
@@ -32,6 +33,7 @@ pub mod ethernet;
 pub mod ipv4;
 pub mod payload;
 pub mod pfs;
+pub mod reason;
 pub mod stack;
 pub mod udp;
 

@@ -32,7 +32,7 @@ pub const RUN_HEADER: usize = 16;
 pub const SNAP_PIECE: usize = 14;
 /// A raw piece before its bytes: len, op, imm.
 pub const RAW_PIECE: usize = 6;
-/// Wire code of a raw piece (the transforms use 0, 1, 2 in [`Transform::ALL`] order).
+/// Wire code of a raw piece (the transforms use their [`Transform::code`], 0, 1, 2).
 pub const OP_RAW: u8 = 3;
 /// Progress fields of ACK and NACK.
 pub const ACK_LEN: usize = 8 * 6 + 4 + 4;
@@ -128,6 +128,11 @@ pub enum FileMode {
     /// Raw pieces of the file's packed block stream (`blueprint::block`) at packed offsets;
     /// the stream length is the packed length.
     Packed,
+    /// Packed, but planned while it is sent: the blocks are followed by a [`StreamEnd`]
+    /// record that carries the file's BLAKE3 (the manifest's hash is zero), and the stream
+    /// length is an upper bound the sender reserves; the bytes after the end record are
+    /// never sent and count as received once it arrives.
+    Streamed,
 }
 
 impl FileMode {
@@ -135,7 +140,41 @@ impl FileMode {
         match self {
             FileMode::Direct => 0,
             FileMode::Packed => 1,
+            FileMode::Streamed => 2,
         }
+    }
+
+    /// Whether the stream is a packed block stream (packed or streamed).
+    pub fn is_packed(self) -> bool {
+        self != FileMode::Direct
+    }
+}
+
+/// The record that ends a streamed file's block stream, where the next block's length
+/// prefix would be: a zero length (no block has an empty body) and the file's BLAKE3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamEnd {
+    pub hash: [u8; 32],
+}
+
+impl StreamEnd {
+    pub const LEN: usize = 4 + 32;
+
+    /// `None` unless `b` starts with a zero length prefix; then the record if all of it is
+    /// there (`Some(None)`: a stream end, not complete yet).
+    pub fn parse(b: &[u8]) -> Option<Option<StreamEnd>> {
+        if b.len() < 4 || b[..4] != [0; 4] {
+            return None;
+        }
+        Some(b.get(4..Self::LEN).map(|h| StreamEnd {
+            hash: h.try_into().expect("32 bytes"),
+        }))
+    }
+
+    pub fn to_bytes(&self) -> [u8; Self::LEN] {
+        let mut b = [0u8; Self::LEN];
+        b[4..].copy_from_slice(&self.hash);
+        b
     }
 }
 
@@ -198,6 +237,7 @@ impl Hello {
             let mode = match r.u8()? {
                 0 if stream_len == size => FileMode::Direct,
                 1 if size > 0 && stream_len > 0 => FileMode::Packed,
+                2 if stream_len >= StreamEnd::LEN as u64 && hash == [0; 32] => FileMode::Streamed,
                 _ => return Err(Error::Malformed),
             };
             let n = r.u16()? as usize;
@@ -559,7 +599,7 @@ fn read_piece<'a>(r: &mut Rd<'a>) -> Result<Piece<'a>> {
         }
         return Ok(Piece::Raw(r.take(len as usize)?));
     }
-    let op = *Transform::ALL.get(op as usize).ok_or(Error::Malformed)?;
+    let op = Transform::try_from(op).map_err(|_| Error::Malformed)?;
     if op == Transform::Id && imm != 0 {
         return Err(Error::Malformed);
     }
@@ -737,7 +777,7 @@ impl<'b> GramWriter<'b> {
         }
         let at = self.len;
         put_le32(&mut self.buf[at..], len);
-        self.buf[at + 4] = Transform::ALL.iter().position(|t| *t == op).unwrap() as u8;
+        self.buf[at + 4] = op.code();
         self.buf[at + 5] = if op == Transform::Id { 0 } else { imm };
         put_le64(&mut self.buf[at + 6..], snap_off);
         self.len += SNAP_PIECE;
@@ -988,10 +1028,7 @@ impl GramRepr {
                         len,
                     } => {
                         w.u32(*len);
-                        w.bytes(&[
-                            Transform::ALL.iter().position(|t| t == op).unwrap() as u8,
-                            *imm,
-                        ]);
+                        w.bytes(&[op.code(), *imm]);
                         w.u64(*snap_off);
                     }
                     PieceRepr::Raw(b) => {
@@ -1173,12 +1210,23 @@ mod tests {
         let l = utf.len();
         utf[l - 1] = 0xff;
         assert!(Hello::parse(&utf).is_err());
-        // mode 2 is unknown; a direct entry must have stream length = size; a packed one
-        // must not be empty
+        // mode 2 (streamed) must carry a zero hash and a bound of at least a stream end; mode
+        // 3 is unknown; a direct entry must have stream length = size; a packed one must not
+        // be empty
         let mode_at = 32 + 12 + 16 + 32;
         let mut m = want.clone();
         m[mode_at] = 2;
-        assert!(Hello::parse(&m).is_err());
+        assert!(Hello::parse(&m).is_err(), "streamed with a hash");
+        m[mode_at - 32..mode_at].fill(0);
+        assert_eq!(
+            Hello::parse(&m).unwrap().entries[0].mode,
+            FileMode::Streamed
+        );
+        m[32 + 12 + 8] = 35;
+        assert!(Hello::parse(&m).is_err(), "bound below a stream end");
+        m[mode_at] = 3;
+        assert!(Hello::parse(&m).is_err(), "unknown mode");
+        let mut m = want.clone();
         m[mode_at] = 0;
         assert!(Hello::parse(&m).is_err());
         m[32 + 12 + 8] = 2;
@@ -1187,6 +1235,26 @@ mod tests {
         let mut z = want.clone();
         z[32 + 12 + 8..32 + 12 + 16].fill(0);
         assert!(Hello::parse(&z).is_err());
+    }
+
+    #[test]
+    fn stream_end_literal() {
+        let e = StreamEnd { hash: [0x42; 32] };
+        let mut want = vec![0, 0, 0, 0];
+        want.extend_from_slice(&[0x42; 32]);
+        assert_eq!(e.to_bytes().to_vec(), want);
+        assert_eq!(StreamEnd::parse(&want), Some(Some(e)));
+        assert_eq!(
+            StreamEnd::parse(&want[..20]),
+            Some(None),
+            "not all there yet"
+        );
+        assert_eq!(StreamEnd::parse(&[0, 0, 0]), None, "too short to tell");
+        assert_eq!(
+            StreamEnd::parse(&[5, 0, 0, 0, 1]),
+            None,
+            "a block's length prefix"
+        );
     }
 
     #[test]

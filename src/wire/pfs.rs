@@ -41,7 +41,7 @@ pub const VERSION: u8 = 2;
 
 /// Flag: this data frame repairs a NACKed range (not first-pass data).
 pub const FLAG_REPAIR: u16 = 0x0001;
-/// Flags version 1 defines; any other bit is refused.
+/// Flags this version ([`VERSION`]) defines; any other bit is refused.
 pub const FLAGS_KNOWN: u16 = FLAG_REPAIR;
 
 /// The frame types. Direction: S = sender, R = receiver.
@@ -240,7 +240,7 @@ impl Repr {
         })
     }
 
-    /// Header plus payload (version 1 has no tag).
+    /// Header plus payload (this version emits no tag).
     pub const fn buffer_len(&self) -> usize {
         HEADER_LEN + self.payload_len as usize
     }

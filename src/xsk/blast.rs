@@ -135,16 +135,19 @@ pub fn run_tx(
 ) -> Result<BlastReport, XskError> {
     let len = spec.frame_len;
     if len < MIN_FRAME_LEN {
-        return Err(XskError::Config(format!(
-            "frame_len {len} is below the blast minimum {MIN_FRAME_LEN}"
-        )));
+        return Err(XskError::Size {
+            what: "frame_len",
+            value: len as u64,
+            rule: format!("at least the blast minimum {MIN_FRAME_LEN}"),
+        });
     }
     let hdr = spec.headers();
     if len > sock.frame_capacity() {
-        return Err(XskError::Config(format!(
-            "frame_len {len} exceeds the UMEM frame capacity {}",
-            sock.frame_capacity()
-        )));
+        return Err(XskError::Size {
+            what: "frame_len",
+            value: len as u64,
+            rule: format!("at most the UMEM frame capacity {}", sock.frame_capacity()),
+        });
     }
     let start = Instant::now();
     let cpu0 = thread_cpu_secs();

@@ -48,30 +48,28 @@ impl Default for XskConfig {
 impl XskConfig {
     /// Checks the sizes; the socket constructor calls this.
     pub fn validate(&self) -> Result<(), XskError> {
-        let bad = |m: String| Err(XskError::Config(m));
+        let bad = |what, value: u32, rule: String| {
+            Err(XskError::Size {
+                what,
+                value: value as u64,
+                rule,
+            })
+        };
         if !(self.frame_size == 2048 || self.frame_size == 4096) {
-            return bad(format!(
-                "frame_size {} must be 2048 or 4096",
-                self.frame_size
-            ));
+            return bad("frame_size", self.frame_size, "2048 or 4096".into());
         }
         if !self.ring_size.is_power_of_two() || self.ring_size < 8 {
-            return bad(format!(
-                "ring_size {} must be a power of two >= 8",
-                self.ring_size
-            ));
+            return bad("ring_size", self.ring_size, "a power of two >= 8".into());
         }
         if self.frame_count < 2 * 8 || self.frame_count > (1 << 22) {
-            return bad(format!(
-                "frame_count {} must be between 16 and 4M",
-                self.frame_count
-            ));
+            return bad("frame_count", self.frame_count, "between 16 and 4M".into());
         }
         if self.batch == 0 || self.batch > self.ring_size {
-            return bad(format!(
-                "batch {} must be between 1 and ring_size {}",
-                self.batch, self.ring_size
-            ));
+            return bad(
+                "batch",
+                self.batch,
+                format!("between 1 and ring_size {}", self.ring_size),
+            );
         }
         Ok(())
     }

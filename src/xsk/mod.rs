@@ -26,8 +26,20 @@ pub use socket::{wait_any, LentFrame, XskSocket, XskStats};
 /// What can go wrong creating or driving an AF_XDP socket.
 #[derive(Debug, thiserror::Error)]
 pub enum XskError {
-    #[error("invalid AF_XDP configuration: {0}")]
-    Config(String),
+    /// A size out of its range (frame size, ring size, frame count, batch, frame length).
+    #[error("invalid AF_XDP configuration: {what} {value} must be {rule}")]
+    Size {
+        what: &'static str,
+        value: u64,
+        rule: String,
+    },
+    /// xsk-rs refused a setting (ring or frame size, interface name).
+    #[error("invalid AF_XDP configuration: {what}: {source}")]
+    Setting {
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error(
         "creating the UMEM ({frames} frames of {frame_size} B) failed: {source} (needs root or \
          CAP_NET_RAW + CAP_IPC_LOCK; with huge pages, reserve some in /proc/sys/vm/nr_hugepages)"

@@ -132,15 +132,26 @@ impl XskSocket {
     /// [`crate::steer::Steering::set_socket`] to receive. The fill ring is filled here.
     pub fn new(iface: &str, queue: u32, cfg: &XskConfig) -> Result<Self, XskError> {
         cfg.validate()?;
-        let config_err = |e: &dyn std::fmt::Display| XskError::Config(e.to_string());
-        let ring = QueueSize::new(cfg.ring_size).map_err(|e| config_err(&e))?;
+        fn setting<E: std::error::Error + Send + Sync + 'static>(
+            what: &'static str,
+        ) -> impl FnOnce(E) -> XskError {
+            move |e| XskError::Setting {
+                what,
+                source: Box::new(e),
+            }
+        }
+        let ring = QueueSize::new(cfg.ring_size).map_err(setting("ring size"))?;
         let umem_cfg = UmemConfig::builder()
-            .frame_size(FrameSize::new(cfg.frame_size).map_err(|e| config_err(&e))?)
+            .frame_size(FrameSize::new(cfg.frame_size).map_err(setting("frame size"))?)
             .fill_queue_size(ring)
             .comp_queue_size(ring)
             .build()
-            .map_err(|e| config_err(&e))?;
-        let count = NonZeroU32::new(cfg.frame_count).ok_or_else(|| config_err(&"no frames"))?;
+            .map_err(setting("UMEM"))?;
+        let count = NonZeroU32::new(cfg.frame_count).ok_or(XskError::Size {
+            what: "frame_count",
+            value: 0,
+            rule: "at least 16".into(),
+        })?;
         let (umem, mut descs) =
             Umem::new(umem_cfg, count, cfg.huge_pages).map_err(|e| XskError::Umem {
                 frames: cfg.frame_count,
@@ -159,7 +170,7 @@ impl XskSocket {
             .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
             .bind_flags(BindFlags::XDP_USE_NEED_WAKEUP | mode)
             .build();
-        let if_name: Interface = iface.parse().map_err(|e| config_err(&e))?;
+        let if_name: Interface = iface.parse().map_err(setting("interface name"))?;
         let bind_err = |source: Box<dyn std::error::Error + Send + Sync>| XskError::Bind {
             iface: iface.to_string(),
             queue,

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod netns;
+pub mod privileged;
 
 use packetfs::blueprint::{apply, Blueprint, Segment, Source, Transform};
 use packetfs::proto::SendFile;

@@ -1,4 +1,5 @@
-//! The output-directory sink: each file is created under a temporary name beside its final
+//! The file-system sink, the receiver's real output (the protocol in [`crate::proto`] sees only
+//! the [`FileSink`] trait and does no I/O):  each file is created under a temporary name beside its final
 //! name, sized and memory-mapped, written in place by the apply kernels, and renamed to its
 //! final name only by `commit` (after the receiver checked its BLAKE3). Dropping the sink, or
 //! `discard`, removes every temporary file not yet committed; a killed process leaves only
@@ -10,7 +11,7 @@
 //! `O_NOFOLLOW`, and the free space is checked before any file is created or sized.
 #![allow(unsafe_code)]
 
-use super::sink::{apply_segment, FileSink, SinkError, SinkFile, SnapSeg};
+use crate::proto::sink::{FileSink, SinkError, SinkFile};
 use memmap2::MmapMut;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -141,24 +142,6 @@ impl MmapSink {
         }
         Ok(out)
     }
-
-    fn span(&mut self, file: u32, off: u64, len: usize) -> Result<&mut [u8], SinkError> {
-        let o = self
-            .outs
-            .get_mut(file as usize)
-            .ok_or_else(|| io::Error::other("no such file"))?;
-        let s = usize::try_from(off).map_err(io::Error::other)?;
-        match o.map.as_mut() {
-            Some(m) => m
-                .get_mut(
-                    s..s.checked_add(len)
-                        .ok_or_else(|| io::Error::other("overflow"))?,
-                )
-                .ok_or_else(|| io::Error::other("write past the end").into()),
-            None if len == 0 => Ok(&mut []),
-            None => Err(io::Error::other("write to an empty file").into()),
-        }
-    }
 }
 
 impl FileSink for MmapSink {
@@ -180,28 +163,33 @@ impl FileSink for MmapSink {
         Ok(())
     }
 
-    fn write_segment(
-        &mut self,
-        file: u32,
-        off: u64,
-        seg: SnapSeg,
-        snapshot: &[u8],
-    ) -> Result<(), SinkError> {
-        let dst = self.span(file, off, seg.len as usize)?;
-        apply_segment(dst, seg, snapshot);
-        Ok(())
-    }
-
-    fn write_raw(&mut self, file: u32, off: u64, bytes: &[u8]) -> Result<(), SinkError> {
-        self.span(file, off, bytes.len())?.copy_from_slice(bytes);
-        Ok(())
+    fn span_mut(&mut self, file: u32, off: u64, len: usize) -> Result<&mut [u8], SinkError> {
+        let o = self
+            .outs
+            .get_mut(file as usize)
+            .ok_or(SinkError::NoSuchFile(file))?;
+        let out_of_range = SinkError::OutOfRange { file, off, len };
+        let Some(m) = o.map.as_mut() else {
+            return if len == 0 {
+                Ok(&mut [])
+            } else {
+                Err(out_of_range)
+            };
+        };
+        let range = usize::try_from(off)
+            .ok()
+            .and_then(|s| Some(s..s.checked_add(len)?));
+        match range {
+            Some(r) if r.end <= m.len() => Ok(&mut m[r]),
+            _ => Err(out_of_range),
+        }
     }
 
     fn hash(&mut self, file: u32) -> Result<[u8; 32], SinkError> {
         let o = self
             .outs
             .get(file as usize)
-            .ok_or_else(|| io::Error::other("no such file"))?;
+            .ok_or(SinkError::NoSuchFile(file))?;
         let bytes: &[u8] = o.map.as_deref().unwrap_or(&[]);
         Ok(*blake3::hash(bytes).as_bytes())
     }
@@ -249,7 +237,7 @@ impl FileSink for MmapSink {
         let o = self
             .outs
             .get_mut(file as usize)
-            .ok_or_else(|| io::Error::other("no such file"))?;
+            .ok_or(SinkError::NoSuchFile(file))?;
         if let Some(m) = o.map.take() {
             if self.durable {
                 m.flush()?;

@@ -32,13 +32,17 @@
 
 #![allow(unsafe_code)]
 
-use crate::proto::{datagram_for_mtu, Endpoint};
+use super::flow::{Flow, TxQueues};
+use super::io::XdpIo;
+use super::report::{PathStats, QueueStats, WorkerStats};
+use crate::driver::session::{DriverError, FramePath, BATCH};
+use crate::proto::Endpoint;
 use crate::wire::pfs;
 use crate::wire::stack::{self, Addrs};
 use crate::xsk::{LentFrame, XskSocket, XskStats};
 use crossbeam::queue::ArrayQueue;
-use serde::Serialize;
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -75,19 +79,6 @@ struct Counters {
     sleeps: AtomicU64,
     kicks: AtomicU64,
     tx_ring_full: AtomicU64,
-}
-
-/// What one worker did (in the summary and the metrics JSON, per queue).
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct WorkerStats {
-    /// The core the worker was pinned to (None: pinning failed or was not asked for).
-    pub cpu: Option<usize>,
-    /// Times the worker went to sleep in ppoll (idle).
-    pub sleeps: u64,
-    /// Times the session thread woke it through its eventfd.
-    pub kicks: u64,
-    /// Rounds in which the tx ring had no room for every queued frame.
-    pub tx_ring_full: u64,
 }
 
 /// The state one worker shares with the session thread.
@@ -333,11 +324,53 @@ pub fn run_worker(mut sock: XskSocket, sh: &WorkerShared, session: Thread, batch
     let _ = sh.final_stats.set(sock.stats().unwrap_or_default());
 }
 
-/// The session thread's side of the workers: builds frames in their UMEM and consumes what
-/// they received. Holds the addressing state of [`super::xdp::XdpIo`].
+/// The workers' hand-over queues, as places to build frames in (see [`TxQueues`]).
+struct Handover<'a>(&'a [WorkerShared]);
+
+impl TxQueues for Handover<'_> {
+    fn count(&self) -> usize {
+        self.0.len()
+    }
+    fn queue(&self, i: usize) -> u32 {
+        self.0[i].queue
+    }
+    /// Frames built directly in worker `i`'s UMEM and queued to it.
+    fn fill(&mut self, i: usize, max: usize, build: &mut dyn FnMut(&mut [u8]) -> usize) -> usize {
+        let w = &self.0[i];
+        // A worker that has not taken its last batches yet gets no more: frames queued
+        // behind a descheduled worker would arrive long after the next queue's.
+        let room = (2 * BATCH).saturating_sub(w.tx_out.len());
+        let mut k = 0;
+        while k < BATCH.min(room).min(max) {
+            let Some(mut f) = w.tx_free.pop() else { break };
+            // Safety: the frame was lent to us by worker i, whose socket lives until
+            // the workers are stopped after the session ends.
+            let len = build(unsafe { f.bytes_mut() });
+            if len == 0 {
+                let _ = w.tx_free.push(f);
+                break;
+            }
+            if let Err((f, _)) = w.tx_out.push((f, len)) {
+                // Cannot happen (the queue holds every frame); never lose the frame.
+                let _ = w.tx_free.push(f);
+                break;
+            }
+            k += 1;
+        }
+        if k > 0 {
+            w.kick();
+        } else {
+            w.want_room.store(true, Ordering::Release);
+        }
+        k
+    }
+}
+
+/// The session thread's side of the workers: builds frames in their UMEM (through the
+/// session's [`Flow`], lent for the run) and consumes what they received.
 pub struct WorkerSet<'a> {
-    pub(super) sh: &'a [WorkerShared],
-    pub(super) io: &'a mut super::xdp::XdpIo,
+    sh: &'a [WorkerShared],
+    flow: &'a mut Flow,
     /// Per worker: received frames waiting for the merge, with when they were taken.
     staged: Vec<VecDeque<(RxItem, Instant)>>,
     /// Per worker: when it last passed a frame on.
@@ -348,14 +381,14 @@ pub struct WorkerSet<'a> {
     hold_until: Option<Instant>,
     /// Frames handed to the endpoint after a frame with a higher sequence number (what the
     /// merge could not put in order).
-    pub(super) reordered: u64,
+    reordered: u64,
 }
 
 impl<'a> WorkerSet<'a> {
-    pub fn new(sh: &'a [WorkerShared], io: &'a mut super::xdp::XdpIo) -> Self {
+    fn new(sh: &'a [WorkerShared], flow: &'a mut Flow) -> Self {
         WorkerSet {
             sh,
-            io,
+            flow,
             staged: (0..sh.len())
                 .map(|_| VecDeque::with_capacity(STAGE_MAX))
                 .collect(),
@@ -366,70 +399,6 @@ impl<'a> WorkerSet<'a> {
         }
     }
 
-    /// Transmit up to `budget` datagrams from `ep`, built in the workers' UMEM frames.
-    pub fn transmit<E: Endpoint + ?Sized>(
-        &mut self,
-        ep: &mut E,
-        now: Instant,
-        budget: usize,
-    ) -> (usize, bool) {
-        let Some(base) = self.io.hdr else {
-            return self.io.transmit_unaddressed(ep, now, budget);
-        };
-        let oh = stack::overhead(base.vlan);
-        let dgram_max = datagram_for_mtu(self.io.mtu);
-        let per_queue = super::xdp::BATCH;
-        let mut sent = 0;
-        let mut exhausted = false;
-        let mut stalls = 0;
-        let n = self.sh.len();
-        while sent < budget && !exhausted && stalls < n {
-            let i = if self.io.is_sender {
-                self.io.next
-            } else {
-                self.io.reply
-            };
-            let a = self.io.flow_addrs(base, self.sh[i].queue);
-            let w = &self.sh[i];
-            // A worker that has not taken its last batches yet gets no more: frames queued
-            // behind a descheduled worker would arrive long after the next queue's.
-            let room = (2 * per_queue).saturating_sub(w.tx_out.len());
-            let mut k = 0;
-            while k < per_queue.min(room) && sent + k < budget {
-                let Some(mut f) = w.tx_free.pop() else { break };
-                // Safety: the frame was lent to us by worker i, whose socket lives until
-                // the workers are stopped after the session ends.
-                let buf = unsafe { f.bytes_mut() };
-                let Some(len) = ep.poll_transmit(now, &mut buf[oh..oh + dgram_max]) else {
-                    exhausted = true;
-                    let _ = w.tx_free.push(f);
-                    break;
-                };
-                self.io.ident = self.io.ident.wrapping_add(1);
-                let flen = stack::emit_headers(&a, len, self.io.ident, buf) + len;
-                if let Err((f, _)) = w.tx_out.push((f, flen)) {
-                    // Cannot happen (the queue holds every frame); never lose the frame.
-                    let _ = w.tx_free.push(f);
-                    break;
-                }
-                k += 1;
-            }
-            if k > 0 {
-                w.kick();
-            } else {
-                stalls += 1;
-                w.want_room.store(true, Ordering::Release);
-            }
-            sent += k;
-            if self.io.is_sender && n > 1 {
-                self.io.next = (self.io.next + 1) % n;
-            } else if k == 0 {
-                break;
-            }
-        }
-        (sent, exhausted)
-    }
-
     /// Hand what the workers received to `ep`, merged into the sender's sequence order;
     /// the frames go back to their workers' fill rings.
     ///
@@ -438,7 +407,7 @@ impl<'a> WorkerSet<'a> {
     /// Frames wait here (still in their UMEM) until every queue that received something in
     /// the last [`HOLD`] has a frame staged, or until they are [`HOLD`] old; the smallest
     /// sequence number goes first. At most `budget` frames per call.
-    pub fn receive<E: Endpoint + ?Sized>(&mut self, ep: &mut E, budget: usize) -> (usize, bool) {
+    fn receive<E: Endpoint + ?Sized>(&mut self, ep: &mut E, budget: usize) -> (usize, bool) {
         let now = Instant::now();
         for (i, w) in self.sh.iter().enumerate() {
             let st = &mut self.staged[i];
@@ -486,7 +455,7 @@ impl<'a> WorkerSet<'a> {
             let d = &bytes[it.off as usize..it.off as usize + it.len as usize];
             if ep.handle_datagram(t, d) {
                 accepted = true;
-                self.io.last = Some((it.addrs, b));
+                self.flow.note_accepted(it.addrs, b);
             }
             let _ = self.sh[b].rx_back.push(it.frame);
             returned[b] = true;
@@ -501,13 +470,13 @@ impl<'a> WorkerSet<'a> {
             }
         }
         if accepted {
-            self.io.accept_last();
+            self.flow.accept_last();
         }
         (got, accepted)
     }
 
     /// Sleep until a worker passes frames on or `wait` passes.
-    pub fn wait(&mut self, wait: Duration) {
+    fn wait(&mut self, wait: Duration) {
         if self.sh.iter().any(|w| !w.rx_out.is_empty()) {
             return;
         }
@@ -519,4 +488,106 @@ impl<'a> WorkerSet<'a> {
             std::thread::park_timeout(wait);
         }
     }
+}
+
+impl FramePath for WorkerSet<'_> {
+    fn transmit<E: Endpoint + ?Sized>(
+        &mut self,
+        ep: &mut E,
+        now: Instant,
+        budget: usize,
+    ) -> Result<(usize, bool), DriverError> {
+        Ok(self.flow.transmit(&mut Handover(self.sh), ep, now, budget))
+    }
+    fn receive<E: Endpoint + ?Sized>(
+        &mut self,
+        ep: &mut E,
+        budget: usize,
+    ) -> Result<(usize, bool), DriverError> {
+        Ok(WorkerSet::receive(self, ep, budget))
+    }
+    fn wait(&mut self, d: Duration) -> Result<(), DriverError> {
+        WorkerSet::wait(self, d);
+        Ok(())
+    }
+    // flush: the workers flush their tx rings when stopped.
+    fn peer(&self) -> Option<SocketAddr> {
+        self.flow.peer()
+    }
+}
+
+/// Run `f` with one pinned worker per socket of `io` (worker `i` on `cpus[i]`), each
+/// owning its socket for the run, and `flow` lent to the session thread's side. Every
+/// worker has ended (its socket closed, out of the XSKMAP) when this returns, with what
+/// the workers did.
+pub fn run<R>(
+    io: &mut XdpIo,
+    flow: &mut Flow,
+    cpus: &[Option<usize>],
+    frames_per_socket: usize,
+    batch: usize,
+    f: impl FnOnce(&mut WorkerSet<'_>) -> R,
+) -> std::io::Result<(R, PathStats)> {
+    let socks = io.take_sockets();
+    let shared = socks
+        .iter()
+        .enumerate()
+        .map(|(i, s)| WorkerShared::new(s, frames_per_socket, cpus.get(i).copied().flatten()))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let map: Vec<String> = shared
+        .iter()
+        .map(|w| match w.cpu {
+            Some(c) => format!("q{}->cpu{c}", w.queue()),
+            None => format!("q{}->unpinned", w.queue()),
+        })
+        .collect();
+    tracing::info!(workers = %map.join(" "), "AF_XDP workers");
+    let session = std::thread::current();
+    let r = std::thread::scope(|sc| {
+        let mut spawn_err = None;
+        for (sock, sh) in socks.into_iter().zip(&shared) {
+            let session = session.clone();
+            let b = std::thread::Builder::new().name(format!("pfs-xsk-q{}", sh.queue()));
+            if let Err(e) = b.spawn_scoped(sc, move || run_worker(sock, sh, session, batch)) {
+                spawn_err = Some(e);
+                break;
+            }
+        }
+        let out = match spawn_err {
+            Some(e) => Err(e),
+            None => {
+                let mut set = WorkerSet::new(&shared, flow);
+                let r = f(&mut set);
+                Ok((r, set.reordered))
+            }
+        };
+        for sh in &shared {
+            sh.stop();
+        }
+        out
+    });
+    let (r, reordered) = r?;
+    let mut bad_frames = 0;
+    let queues = shared
+        .iter()
+        .map(|w| {
+            let (rx, tx, b) = w.frames();
+            bad_frames += b;
+            QueueStats {
+                queue: w.queue(),
+                rx_frames: rx,
+                tx_frames: tx,
+                xdp: w.xdp_stats(),
+                worker: Some(w.stats()),
+            }
+        })
+        .collect();
+    Ok((
+        r,
+        PathStats {
+            queues,
+            bad_frames,
+            reordered,
+        },
+    ))
 }

@@ -1,0 +1,640 @@
+//! The session core: the one drive loop, its clock, the summaries and the driver error,
+//! generic over a [`FramePath`] (the kernel UDP socket, the AF_XDP session thread, the
+//! AF_XDP workers).
+//!
+//! The loop ([`drive`]) calls the endpoint in a fixed order: cancel, timers, transmit (paced
+//! by the endpoint), events, then receive; when neither direction has work left it sleeps
+//! in [`FramePath::wait`] until the endpoint's next deadline. It reads the clock for the
+//! state machine and keeps the session's marks ([`Marks`]): one clock rule for every path.
+//!
+//! Clock rule. A sender's session time runs from its first frame to [`Event::Finished`]
+//! (the receiver has confirmed every file durable under its final name) or
+//! [`Event::Aborted`]; its end-to-end time runs from the `origin` its caller gives (the
+//! start of `pfs send`: snapshot load, planning, packing) to the same moment. A
+//! receiver's session time runs from [`Event::Accepted`] to Finished/Aborted; its
+//! end-to-end time from the session's first accepted datagram. What follows (the closing
+//! exchange) is not counted.
+//!
+//! Returning. Once the endpoint has finished, a sender stops as soon as its Close is on the
+//! wire, and a receiver waits for that Close at most [`FINISH_LINGER`]: the user's command
+//! returns as soon as the receiver confirmed the durable files. A late repeat (a lost Close)
+//! costs the receiver that bound, never the sender.
+
+use crate::fsink::MmapSink;
+use crate::prepare::stream::{Feed, Item, StreamError};
+use crate::proto::{
+    datagram_for_mtu, Endpoint, Event, Failure, OutgoingFile, Receiver, ReceiverConfig, SendError,
+    SendFile, Sender, SenderConfig, Stats,
+};
+use crate::xsk::XskError;
+use serde::Serialize;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Frames moved per batch before the loop looks at the other direction.
+pub const BATCH: usize = 64;
+/// The longest the loop sleeps before it looks at the cancel flag again.
+const MAX_SLEEP: Duration = Duration::from_millis(50);
+/// How long a finished receiver waits for the sender's Close before it returns anyway
+/// (its files are durable already; the sender has its answer unless every Done repeat in
+/// this time was lost).
+pub const FINISH_LINGER: Duration = Duration::from_millis(250);
+
+/// Bytes each datagram costs on an Ethernet link beyond its own length (Ethernet 14, IPv4
+/// 20, UDP 8), counted in `wire_bytes`.
+pub const LINK_OVERHEAD: u64 = crate::wire::stack::OVERHEAD as u64;
+
+/// One way of moving PacketFS datagrams between an endpoint and the wire. The path builds
+/// outgoing datagrams in its own buffers (UMEM frames, a GSO batch) through
+/// `poll_transmit` and hands received ones to `handle_datagram` in place; it learns its peer
+/// from the first datagram the endpoint accepts.
+pub trait FramePath {
+    /// Up to `budget` datagrams from `ep` onto the wire. Returns how many went and whether
+    /// the endpoint ran out of datagrams (false: the path had no room for more).
+    fn transmit<E: Endpoint + ?Sized>(
+        &mut self,
+        ep: &mut E,
+        now: Instant,
+        budget: usize,
+    ) -> Result<(usize, bool), DriverError>;
+    /// Up to `budget` received datagrams into `ep`, without waiting. Returns how many and
+    /// whether the endpoint accepted any.
+    fn receive<E: Endpoint + ?Sized>(
+        &mut self,
+        ep: &mut E,
+        budget: usize,
+    ) -> Result<(usize, bool), DriverError>;
+    /// Sleep up to `d`, waking early when datagrams arrive.
+    fn wait(&mut self, d: Duration) -> Result<(), DriverError>;
+    /// Push out what is still queued (the last Close or Abort).
+    fn flush(&mut self) {}
+    /// The peer, once known.
+    fn peer(&self) -> Option<SocketAddr>;
+}
+
+/// What ended a [`drive`] loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The endpoint closed (look at its outcome).
+    Closed,
+    /// The endpoint finished and the loop returned without waiting for the close exchange
+    /// to end (see the module docs).
+    Finished,
+    /// Nothing arrived before `first_datagram_timeout`.
+    NoPeer,
+}
+
+/// Loop settings.
+#[derive(Debug, Clone, Default)]
+pub struct DriveOptions {
+    /// Give up if no datagram is accepted within this time (a receiver waiting for a sender).
+    pub first_datagram_timeout: Option<Duration>,
+    /// Once the endpoint has finished, return after this long even if it has not closed
+    /// (`Some(ZERO)`: as soon as what it had to send went out). `None`: run until closed.
+    pub finish_linger: Option<Duration>,
+}
+
+/// When the session's milestones happened, as the loop saw them.
+#[derive(Debug, Clone, Copy)]
+pub struct Marks {
+    /// The loop started.
+    pub start: Instant,
+    /// The endpoint handed the path its first datagram, and its first data frame.
+    pub first_sent: Option<Instant>,
+    pub first_data: Option<Instant>,
+    /// The endpoint accepted its first datagram.
+    pub first_accepted: Option<Instant>,
+    /// [`Event::Accepted`].
+    pub accepted: Option<Instant>,
+    /// [`Event::Finished`] or [`Event::Aborted`], whichever came first.
+    pub outcome: Option<Instant>,
+    /// The loop returned.
+    pub end: Instant,
+}
+
+impl Marks {
+    fn new(now: Instant) -> Self {
+        Marks {
+            start: now,
+            first_sent: None,
+            first_data: None,
+            first_accepted: None,
+            accepted: None,
+            outcome: None,
+            end: now,
+        }
+    }
+
+    /// When the session's outcome was known (the loop's end if it never was).
+    pub fn done(&self) -> Instant {
+        self.outcome.unwrap_or(self.end)
+    }
+}
+
+/// Run `ep` over `path` until it closes (or finishes, see [`DriveOptions::finish_linger`]).
+/// `cancel` asks the endpoint to abort (it still tells the peer and closes cleanly);
+/// `on_event` sees every event as it happens.
+pub fn drive<E: Endpoint + ?Sized, P: FramePath + ?Sized>(
+    ep: &mut E,
+    path: &mut P,
+    opts: &DriveOptions,
+    cancel: &AtomicBool,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<(Stop, Marks), DriverError> {
+    let mut marks = Marks::new(Instant::now());
+    let mut cancelled = false;
+    let mut busy = false;
+    // Pacing waits are tens of microseconds: ask the kernel not to round this thread's
+    // timers up by the default 50 us slack.
+    let _ = nix::sys::prctl::set_timerslack(1_000);
+    let stop = loop {
+        let now = Instant::now();
+        if !cancelled && cancel.load(Ordering::Relaxed) {
+            cancelled = true;
+            ep.cancel(now);
+        }
+        if ep.poll_timeout().is_some_and(|t| t <= now) {
+            ep.handle_timeout(now);
+        }
+        let finished_before = marks.outcome.is_some() && matches!(ep.outcome(), Some(Ok(())));
+        let (sent, exhausted) = path.transmit(ep, now, BATCH)?;
+        if sent > 0 && marks.first_data.is_none() {
+            let t = Instant::now();
+            marks.first_sent.get_or_insert(t);
+            if ep.stats().data_frames > 0 {
+                marks.first_data = Some(t);
+            }
+        }
+        while let Some(e) = ep.poll_event() {
+            let t = Instant::now();
+            match e {
+                Event::Accepted { .. } => marks.accepted = Some(t),
+                Event::Finished | Event::Aborted(_) => {
+                    marks.outcome.get_or_insert(t);
+                }
+                _ => {}
+            }
+            on_event(&e);
+        }
+        if ep.is_closed() {
+            path.flush();
+            break Stop::Closed;
+        }
+        if let (Some(linger), Some(done)) = (opts.finish_linger, marks.outcome) {
+            // Finished (not aborted), and what the endpoint had to say went out in a
+            // round that started after the finish.
+            let said = finished_before && exhausted;
+            if finished_before && (said && linger.is_zero() || now >= done + linger) {
+                path.flush();
+                break Stop::Finished;
+            }
+        }
+        if marks.first_accepted.is_none() {
+            if let Some(t) = opts.first_datagram_timeout {
+                if now >= marks.start + t {
+                    break Stop::NoPeer;
+                }
+            }
+        }
+        let (got, accepted) = path.receive(ep, BATCH)?;
+        if accepted && marks.first_accepted.is_none() {
+            marks.first_accepted = Some(Instant::now());
+        }
+        // Work left on either side (or a path that was full): go round again at once.
+        let more = busy || got > 0 || (sent > 0 && !exhausted) || sent == BATCH;
+        busy = got >= BATCH;
+        if more {
+            continue;
+        }
+        let now = Instant::now();
+        let mut until = ep
+            .poll_timeout()
+            .map_or(now + MAX_SLEEP, |d| d.min(now + MAX_SLEEP));
+        if let (Some(linger), Some(done)) = (opts.finish_linger, marks.outcome) {
+            until = until.min(done + linger);
+        }
+        path.wait(until.saturating_duration_since(now))?;
+    };
+    marks.end = Instant::now();
+    Ok((stop, marks))
+}
+
+/// What can go wrong in a session, on any path.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// The AF_XDP sockets failed under the session.
+    #[error(transparent)]
+    Xsk(Box<XskError>),
+    /// The files could not become a sender (bad blueprint, name, snapshot, packing).
+    #[error(transparent)]
+    Setup(#[from] SendError),
+    /// The producer of a streamed send failed (reading, planning or packing a file); the
+    /// session was cancelled.
+    #[error("streaming the files failed")]
+    Stream(#[from] StreamError),
+    /// The receiver's output directory could not take the session's files.
+    #[error("{}: {source}", path.display())]
+    OutDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no sender arrived within {0:?}")]
+    ListenTimeout(Duration),
+    #[error("the {0} loop ended without an outcome")]
+    NoOutcome(&'static str),
+    #[error("send failed: {failure}")]
+    SendAborted {
+        failure: Failure,
+        summary: Box<SendSummary>,
+    },
+    #[error("receive failed: {failure}")]
+    RecvAborted {
+        failure: Failure,
+        summary: Box<RecvSummary>,
+    },
+}
+
+impl From<XskError> for DriverError {
+    fn from(e: XskError) -> Self {
+        DriverError::Xsk(Box::new(e))
+    }
+}
+
+/// What a send moved.
+#[derive(Debug, Clone, Serialize)]
+pub struct SendSummary {
+    pub session_id: u64,
+    pub files: usize,
+    /// Bytes of the files (the stream).
+    pub file_bytes: u64,
+    /// Bytes on the link: datagrams plus Ethernet/IPv4/UDP headers, both directions' frames
+    /// counted on their own side (this is the sender's).
+    pub wire_bytes: u64,
+    /// Datagram bytes sent (PacketFS headers and payloads).
+    pub datagram_bytes: u64,
+    /// Bytes of the session's stream: file sizes of direct files, packed lengths of packed
+    /// ones.
+    pub stream_bytes: u64,
+    /// Files sent packed (`blueprint::block` streams, streamed ones included) and direct.
+    pub packed_files: usize,
+    pub direct_files: usize,
+    /// Of the packed files, those streamed (planned and packed while the session ran).
+    pub streamed_files: usize,
+    /// Time spent building the sender (packing whole files), before the session starts:
+    /// not in `elapsed`, in `total`.
+    #[serde(serialize_with = "ser_secs")]
+    pub pack_time: Duration,
+    /// From the caller's origin (the start of `pfs send`) to the first datagram handed to
+    /// the frame path (a Hello), and to the first data frame (after the receiver's Accept).
+    #[serde(serialize_with = "ser_opt_secs")]
+    pub first_frame: Option<Duration>,
+    #[serde(serialize_with = "ser_opt_secs")]
+    pub first_data: Option<Duration>,
+    pub frames: u64,
+    /// Data frames that repaired NACKed ranges, and the file bytes they carried.
+    pub retransmissions: u64,
+    pub retransmitted_bytes: u64,
+    pub frames_received: u64,
+    /// The session only: from its first frame to the receiver's confirmation.
+    #[serde(serialize_with = "ser_secs")]
+    pub elapsed: Duration,
+    /// End to end: from the caller's origin (the start of `pfs send`: snapshot, planning,
+    /// packing) to the receiver's confirmation that every file is durable.
+    #[serde(serialize_with = "ser_secs")]
+    pub total: Duration,
+    /// The pacing rate at the end, bytes per second.
+    pub final_rate: u64,
+    pub stats: Stats,
+}
+
+/// One file a receive produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReceivedFile {
+    pub name: String,
+    pub path: PathBuf,
+    pub size: u64,
+    pub verified: bool,
+}
+
+/// What a receive moved.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecvSummary {
+    pub session_id: Option<u64>,
+    pub peer: Option<SocketAddr>,
+    pub files: Vec<ReceivedFile>,
+    pub file_bytes: u64,
+    /// Bytes on the link of what arrived: datagrams plus Ethernet/IPv4/UDP headers.
+    pub wire_bytes: u64,
+    pub datagram_bytes: u64,
+    pub frames: u64,
+    pub duplicate_frames: u64,
+    pub malformed: u64,
+    pub foreign_session: u64,
+    /// The session only: from the accepted manifest to the last file durable and renamed.
+    #[serde(serialize_with = "ser_secs")]
+    pub elapsed: Duration,
+    /// End to end on this side: from the session's first datagram to the same moment.
+    #[serde(serialize_with = "ser_secs")]
+    pub total: Duration,
+    pub stats: Stats,
+}
+
+fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+fn ser_opt_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_f64(d.as_secs_f64()),
+        None => s.serialize_none(),
+    }
+}
+
+fn bps(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 * 8.0 / d.as_secs_f64().max(1e-9)
+}
+
+impl SendSummary {
+    /// File bytes per second end to end (from the caller's origin), in bits per second:
+    /// the headline figure.
+    pub fn effective_bps(&self) -> f64 {
+        bps(self.file_bytes, self.total)
+    }
+    /// File bytes per second of the session alone, in bits per second.
+    pub fn session_bps(&self) -> f64 {
+        bps(self.file_bytes, self.elapsed)
+    }
+    /// Wire bytes per second of the session, in bits per second.
+    pub fn wire_bps(&self) -> f64 {
+        bps(self.wire_bytes, self.elapsed)
+    }
+    /// A JSON object for the metrics log: both figures, named.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        v["effective_bps"] = self.effective_bps().into();
+        v["session_bps"] = self.session_bps().into();
+        v["wire_bps"] = self.wire_bps().into();
+        v
+    }
+}
+
+impl RecvSummary {
+    /// File bytes per second end to end on this side, in bits per second.
+    pub fn effective_bps(&self) -> f64 {
+        bps(self.file_bytes, self.total)
+    }
+    /// File bytes per second of the session alone, in bits per second.
+    pub fn session_bps(&self) -> f64 {
+        bps(self.file_bytes, self.elapsed)
+    }
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        v["effective_bps"] = self.effective_bps().into();
+        v["session_bps"] = self.session_bps().into();
+        v
+    }
+}
+
+/// A random 64-bit value from the standard library's per-process random hasher keys, the
+/// time and the process id (no extra dependency; not for cryptography).
+pub fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// A sender ready to run: the state machine (fed by a producer when its files stream) and
+/// what its summary needs besides.
+pub struct SendSession {
+    /// The sender behind a [`Feed`]: for files prepared whole the feed has no producer
+    /// and passes everything straight through.
+    pub feed: Feed,
+    pub session_id: u64,
+    /// Building the sender (packing whole files) before the session: zero when streamed.
+    pub pack_time: Duration,
+    /// Where the end-to-end clock starts.
+    pub origin: Instant,
+}
+
+/// What a send carries.
+pub enum SendInput<'a> {
+    /// Files planned whole (blueprints into the snapshot whose bytes are `snapshot`),
+    /// prepared (validated, packed, lowered) before the session starts.
+    Planned {
+        files: Vec<SendFile>,
+        snapshot: &'a [u8],
+    },
+    /// Files streamed (`crate::prepare::stream`): the sender's files (names, sizes,
+    /// bounds) and the producer's channel. The session starts at once and each block goes
+    /// out as soon as it arrives; the producer runs on its own thread.
+    Streamed {
+        files: Vec<OutgoingFile>,
+        blocks: mpsc::Receiver<Result<Item, StreamError>>,
+    },
+}
+
+impl SendSession {
+    /// Build the sender for `input` (files into the snapshot `snapshot_id`): a random
+    /// session id when `proto.session_id` is 0, datagrams filling `mtu`, `rate` as the link
+    /// budget.
+    pub fn new(
+        mut proto: SenderConfig,
+        mtu: usize,
+        rate: Option<u64>,
+        snapshot_id: [u8; 32],
+        input: SendInput<'_>,
+        origin: Instant,
+    ) -> Result<Self, DriverError> {
+        if proto.session_id == 0 {
+            proto.session_id = random_u64() | 1;
+        }
+        proto.max_datagram = datagram_for_mtu(mtu);
+        proto.rate = rate.or(proto.rate);
+        let session_id = proto.session_id;
+        let t = Instant::now();
+        let feed = match input {
+            SendInput::Planned { files, snapshot } => {
+                let files = crate::prepare::prepare(
+                    files,
+                    snapshot_id,
+                    snapshot,
+                    proto.pack,
+                    &proto.pack_opts,
+                )?;
+                Feed::whole(Sender::new(proto, snapshot_id, files)?)
+            }
+            SendInput::Streamed { files, blocks } => {
+                Feed::new(Sender::new(proto, snapshot_id, files)?, blocks)
+            }
+        };
+        Ok(SendSession {
+            feed,
+            session_id,
+            pack_time: t.elapsed(),
+            origin,
+        })
+    }
+}
+
+/// Run a sender over `path` until the receiver confirmed every file (or the session
+/// failed); the summary follows the module's clock rule.
+pub fn run_sender<P: FramePath + ?Sized>(
+    s: &mut SendSession,
+    path: &mut P,
+    cancel: &AtomicBool,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<SendSummary, DriverError> {
+    let opts = DriveOptions {
+        first_datagram_timeout: None,
+        finish_linger: Some(Duration::ZERO),
+    };
+    let (_, marks) = drive(&mut s.feed, path, &opts, cancel, on_event)?;
+    if let Some(e) = s.feed.take_error() {
+        return Err(e.into());
+    }
+    send_summary(s, &marks)
+}
+
+fn send_summary(s: &SendSession, marks: &Marks) -> Result<SendSummary, DriverError> {
+    let sender = &s.feed.sender;
+    let st = sender.stats_now();
+    let modes = sender.modes();
+    let packed_files = modes.iter().filter(|(m, _)| m.is_packed()).count();
+    let streamed_files = modes
+        .iter()
+        .filter(|(m, _)| *m == crate::wire::payload::FileMode::Streamed)
+        .count();
+    let since_origin = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(s.origin));
+    let done = marks.done();
+    let summary = SendSummary {
+        session_id: s.session_id,
+        files: sender.file_count(),
+        file_bytes: sender.total_bytes(),
+        wire_bytes: st.bytes_sent + st.frames_sent * LINK_OVERHEAD,
+        datagram_bytes: st.bytes_sent,
+        stream_bytes: modes.iter().map(|(_, len)| len).sum(),
+        packed_files,
+        streamed_files,
+        direct_files: modes.len() - packed_files,
+        pack_time: s.pack_time,
+        first_frame: since_origin(marks.first_sent),
+        first_data: since_origin(marks.first_data),
+        frames: st.frames_sent,
+        retransmissions: st.repair_frames,
+        retransmitted_bytes: st.repair_bytes,
+        frames_received: st.frames_received,
+        elapsed: done.saturating_duration_since(marks.start),
+        total: done.saturating_duration_since(s.origin),
+        final_rate: st.rate,
+        stats: st,
+    };
+    match sender.outcome() {
+        Some(Ok(())) => Ok(summary),
+        Some(Err(failure)) => Err(DriverError::SendAborted {
+            failure,
+            summary: Box::new(summary),
+        }),
+        None => Err(DriverError::NoOutcome("sender")),
+    }
+}
+
+/// A receiver writing into `out_dir` through the memory-mapped file sink (files appear
+/// under their names once verified and, with `proto.durable`, flushed).
+pub fn file_receiver<'a>(
+    mut proto: ReceiverConfig,
+    mtu: usize,
+    out_dir: &Path,
+    snapshot_id: [u8; 32],
+    snapshot: &'a [u8],
+) -> Result<Receiver<'a, MmapSink>, DriverError> {
+    proto.max_datagram = datagram_for_mtu(mtu);
+    let tag = format!("{:016x}", random_u64());
+    let mut sink = MmapSink::new(out_dir, &tag).map_err(|source| DriverError::OutDir {
+        path: out_dir.to_path_buf(),
+        source,
+    })?;
+    sink.durable = proto.durable;
+    Ok(Receiver::new(proto, snapshot_id, snapshot, sink))
+}
+
+/// Run a receiver over `path` until its session ends: returns once every file is durable
+/// under its name and the sender's Close came (or [`FINISH_LINGER`] passed).
+pub fn run_receiver<P: FramePath + ?Sized>(
+    receiver: &mut Receiver<'_, MmapSink>,
+    path: &mut P,
+    listen_timeout: Option<Duration>,
+    cancel: &AtomicBool,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<RecvSummary, DriverError> {
+    let opts = DriveOptions {
+        first_datagram_timeout: listen_timeout,
+        finish_linger: Some(FINISH_LINGER),
+    };
+    let (stop, marks) = drive(receiver, path, &opts, cancel, on_event)?;
+    if stop == Stop::NoPeer {
+        return Err(DriverError::ListenTimeout(
+            listen_timeout.unwrap_or_default(),
+        ));
+    }
+    recv_summary(receiver, path.peer(), &marks)
+}
+
+fn recv_summary(
+    receiver: &Receiver<'_, MmapSink>,
+    peer: Option<SocketAddr>,
+    marks: &Marks,
+) -> Result<RecvSummary, DriverError> {
+    let st = receiver.stats().clone();
+    let files: Vec<ReceivedFile> = receiver
+        .files()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| ReceivedFile {
+            name: f.name.clone(),
+            path: receiver
+                .sink()
+                .path(i)
+                .map(|p| p.to_path_buf())
+                .unwrap_or_default(),
+            size: f.size,
+            verified: f.done,
+        })
+        .collect();
+    let done = marks.done();
+    let summary = RecvSummary {
+        session_id: receiver.session(),
+        peer,
+        file_bytes: files.iter().filter(|f| f.verified).map(|f| f.size).sum(),
+        files,
+        wire_bytes: st.bytes_received + st.frames_received * LINK_OVERHEAD,
+        datagram_bytes: st.bytes_received,
+        frames: st.frames_received,
+        duplicate_frames: st.duplicate_frames,
+        malformed: st.malformed,
+        foreign_session: st.foreign_session,
+        elapsed: done.saturating_duration_since(marks.accepted.unwrap_or(marks.start)),
+        total: done.saturating_duration_since(marks.first_accepted.unwrap_or(marks.start)),
+        stats: st,
+    };
+    match receiver.outcome() {
+        Some(Ok(())) => Ok(summary),
+        Some(Err(failure)) => Err(DriverError::RecvAborted {
+            failure,
+            summary: Box::new(summary),
+        }),
+        None => Err(DriverError::NoOutcome("receiver")),
+    }
+}

@@ -1,0 +1,69 @@
+//! What can go wrong setting up or running the AF_XDP driver.
+
+use super::report::XdpReport;
+use crate::driver::session::DriverError;
+use crate::steer::SteerError;
+use crate::xsk::XskError;
+use std::io;
+
+#[derive(Debug, thiserror::Error)]
+pub enum XdpError {
+    #[error(transparent)]
+    Steer(Box<SteerError>),
+    #[error(transparent)]
+    Xsk(Box<XskError>),
+    #[error("MTU {mtu} does not fit a {frame_size} B UMEM frame ({usable} B usable)")]
+    MtuTooLarge {
+        mtu: usize,
+        frame_size: u32,
+        usable: usize,
+    },
+    #[error("port range {port}+{ports} is empty or beyond 65535")]
+    PortRange { port: u16, ports: u16 },
+    #[error("--mode queues needs --queues (e.g. --queues 0,1)")]
+    NoQueueList,
+    #[error("queue {queue} is beyond the {count} rx queue(s) of {iface}")]
+    QueueBeyond {
+        queue: u32,
+        count: u32,
+        iface: String,
+    },
+    /// Reading what the kernel knows about the interface or the peer failed.
+    #[error("{what} of {iface}: {source}")]
+    Netdev {
+        what: &'static str,
+        iface: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("spawning the AF_XDP workers: {0}")]
+    Workers(#[source] io::Error),
+    /// Before the session ran (building the sender, the output directory).
+    #[error(transparent)]
+    Session(Box<DriverError>),
+    /// The session ran (and may have failed); the report says what the AF_XDP layer saw.
+    /// (Displayed as the error itself: its sources are the error's.)
+    #[error("{error}")]
+    Run {
+        error: DriverError,
+        report: Box<XdpReport>,
+    },
+}
+
+impl From<SteerError> for XdpError {
+    fn from(e: SteerError) -> Self {
+        XdpError::Steer(Box::new(e))
+    }
+}
+
+impl From<XskError> for XdpError {
+    fn from(e: XskError) -> Self {
+        XdpError::Xsk(Box::new(e))
+    }
+}
+
+impl From<DriverError> for XdpError {
+    fn from(e: DriverError) -> Self {
+        XdpError::Session(Box::new(e))
+    }
+}

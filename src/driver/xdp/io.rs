@@ -1,0 +1,214 @@
+//! The AF_XDP sockets of one side and the steering program in front of them, and the
+//! session thread's frame path over them ([`SessionPath`]).
+//!
+//! - receive: [`XskSocket::recv_batch`] hands each UMEM frame in place;
+//!   [`stack::parse`] finds the PacketFS datagram and the endpoint consumes it straight
+//!   from the UMEM (the receiver applies its pieces from there into the output file's map);
+//! - transmit: [`XskSocket::send_batch`] gives a UMEM frame, and [`Flow::transmit`] has the
+//!   endpoint write the datagram behind the header room and the Ethernet/IPv4/UDP headers in
+//!   front. No intermediate buffer on either path.
+
+use super::error::XdpError;
+use super::flow::{Flow, TxQueues};
+use super::report::{PathStats, QueueStats};
+use crate::driver::session::{DriverError, FramePath};
+use crate::proto::Endpoint;
+use crate::steer::{PortRange, Steering, XdpMode};
+use crate::wire::stack;
+use crate::xsk::{self, XskConfig, XskSocket};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// The steering program and the sockets of one side.
+pub struct XdpIo {
+    // Field order is drop order: sockets leave the XSKMAP before the program detaches.
+    socks: Vec<XskSocket>,
+    rx_frames: Vec<u64>,
+    tx_frames: Vec<u64>,
+    bad_frames: u64,
+    steer: Steering,
+}
+
+impl XdpIo {
+    /// Attach the program to `iface`, steer `ports` and bind one socket per queue of
+    /// `queues` with `xc`. Run in the interface's network namespace.
+    pub fn open(
+        iface: &str,
+        queues: &[u32],
+        ports: PortRange,
+        mode: XdpMode,
+        impair_drop_ppm: u32,
+        xc: &XskConfig,
+    ) -> Result<Self, XdpError> {
+        let mut steer = Steering::attach(iface, mode)?;
+        steer.set_ports(ports)?;
+        if impair_drop_ppm > 0 {
+            steer.set_impairment(impair_drop_ppm)?;
+        }
+        let mut socks = Vec::with_capacity(queues.len());
+        for &q in queues {
+            let s = XskSocket::new(iface, q, xc)?;
+            steer.set_socket(q, &s)?;
+            socks.push(s);
+        }
+        tracing::info!(iface, ?queues, mode = %steer.mode(), "AF_XDP sockets bound");
+        let n = socks.len();
+        Ok(XdpIo {
+            socks,
+            rx_frames: vec![0; n],
+            tx_frames: vec![0; n],
+            bad_frames: 0,
+            steer,
+        })
+    }
+
+    /// The bound queues.
+    pub fn queues(&self) -> Vec<u32> {
+        self.socks.iter().map(|s| s.queue()).collect()
+    }
+
+    /// The steering program (counters, notice).
+    pub fn steering(&self) -> &Steering {
+        &self.steer
+    }
+
+    /// Hand the sockets over (to the workers); the program stays attached.
+    pub fn take_sockets(&mut self) -> Vec<XskSocket> {
+        std::mem::take(&mut self.socks)
+    }
+
+    /// What the sockets did while the session thread owned them.
+    pub fn stats(&self) -> PathStats {
+        PathStats {
+            queues: self
+                .socks
+                .iter()
+                .enumerate()
+                .map(|(i, s)| QueueStats {
+                    queue: s.queue(),
+                    rx_frames: self.rx_frames[i],
+                    tx_frames: self.tx_frames[i],
+                    xdp: s.stats().unwrap_or_default(),
+                    worker: None,
+                })
+                .collect(),
+            bad_frames: self.bad_frames,
+            reordered: 0,
+        }
+    }
+
+    /// Receive up to `budget` frames from every socket into `ep`; returns the frames seen
+    /// and whether any datagram was accepted by the endpoint.
+    fn receive<E: Endpoint + ?Sized>(
+        &mut self,
+        flow: &mut Flow,
+        ep: &mut E,
+        budget: usize,
+    ) -> (usize, bool) {
+        let mut got = 0;
+        let mut accepted = false;
+        for i in 0..self.socks.len() {
+            let t = Instant::now();
+            let bad = &mut self.bad_frames;
+            let n = self.socks[i].recv_batch(|f| match stack::parse(f) {
+                Ok((addrs, d)) => {
+                    if ep.handle_datagram(t, d) {
+                        accepted = true;
+                        flow.note_accepted(addrs, i);
+                    }
+                }
+                Err(_) => *bad += 1,
+            });
+            self.rx_frames[i] += n as u64;
+            got += n;
+            if got >= budget {
+                break;
+            }
+        }
+        if accepted {
+            flow.accept_last();
+        }
+        (got, accepted)
+    }
+
+    /// Push out what is still on the tx rings (the last Close or Abort).
+    fn flush(&mut self) {
+        for s in &mut self.socks {
+            s.flush(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for XdpIo {
+    /// Sockets close before the program detaches. Each socket's release waits for the
+    /// kernel (an RCU grace period, the UMEM unmapped): closed side by side, the command
+    /// that ends with them returns sooner.
+    fn drop(&mut self) {
+        let socks = std::mem::take(&mut self.socks);
+        if socks.len() < 2 {
+            return;
+        }
+        std::thread::scope(|sc| {
+            for sock in socks {
+                // A thread that cannot start drops its socket right here instead.
+                let spawned = std::thread::Builder::new()
+                    .name("pfs-xsk-close".into())
+                    .spawn_scoped(sc, move || drop(sock));
+                if let Err(e) = spawned {
+                    tracing::debug!("closed an AF_XDP socket inline: {e}");
+                }
+            }
+        });
+    }
+}
+
+impl TxQueues for XdpIo {
+    fn count(&self) -> usize {
+        self.socks.len()
+    }
+    fn queue(&self, i: usize) -> u32 {
+        self.socks[i].queue()
+    }
+    fn fill(&mut self, i: usize, max: usize, build: &mut dyn FnMut(&mut [u8]) -> usize) -> usize {
+        let n = self.socks[i].send_batch(max, |_, buf| build(buf));
+        self.tx_frames[i] += n as u64;
+        n
+    }
+}
+
+/// The session thread's frame path: it owns every socket of the session and the endpoint,
+/// so the data path takes no lock.
+pub struct SessionPath<'a> {
+    pub io: &'a mut XdpIo,
+    pub flow: &'a mut Flow,
+}
+
+impl FramePath for SessionPath<'_> {
+    fn transmit<E: Endpoint + ?Sized>(
+        &mut self,
+        ep: &mut E,
+        now: Instant,
+        budget: usize,
+    ) -> Result<(usize, bool), DriverError> {
+        Ok(self.flow.transmit(self.io, ep, now, budget))
+    }
+    fn receive<E: Endpoint + ?Sized>(
+        &mut self,
+        ep: &mut E,
+        budget: usize,
+    ) -> Result<(usize, bool), DriverError> {
+        Ok(self.io.receive(self.flow, ep, budget))
+    }
+    fn wait(&mut self, d: Duration) -> Result<(), DriverError> {
+        if !d.is_zero() {
+            xsk::wait_any(&mut self.io.socks, d)?;
+        }
+        Ok(())
+    }
+    fn flush(&mut self) {
+        self.io.flush()
+    }
+    fn peer(&self) -> Option<SocketAddr> {
+        self.flow.peer()
+    }
+}

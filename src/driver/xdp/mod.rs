@@ -1,0 +1,511 @@
+//! The AF_XDP driver (`--transport xdp`): the [`crate::proto`] state machines over AF_XDP
+//! sockets behind the XDP steering program, run by the session core
+//! ([`crate::driver::session`]) on one of two frame paths.
+//!
+//! Each side attaches the steering program to its interface with the PacketFS port range
+//! and binds one AF_XDP socket per queue it uses, put into the XSKMAP entry of that queue
+//! (the sender too: the receiver's Accept, Acks and Nacks come back through it)
+//! ([`io::XdpIo`]). Who drives the sockets ([`Threads`]): the session thread alone
+//! ([`io::SessionPath`]), or one pinned worker per queue ([`workers`]) with the session
+//! thread running the state machine. Both paths build frames through the session's
+//! [`flow::Flow`] (addresses, queue choice), lent to whichever runs.
+//!
+//! Files: [`io`] sockets and steering; [`workers`] the per-queue threads; [`flow`] the flow
+//! addressing; [`netdev`] MAC, IPv4, neighbour and queue queries; [`report`] what the
+//! AF_XDP layer saw; [`error`] what can go wrong.
+//!
+//! Spreading ([`Spread`]): `Scatter` sends one session round-robin over every bound queue
+//! (one batch per queue in turn); `Queues` does the same over an explicit list; `Ports`
+//! gives each queue's flow its own UDP port (`port + k`), so a NIC's RSS hash spreads the
+//! flows. On veth the sending queue decides the receiving queue, so all three land frames on
+//! the queue they were sent from. The receiver answers on the queue it last heard from.
+//!
+//! Addresses: the sender takes its MAC and IPv4 from the interface, the peer's MAC from
+//! `dst_mac` or the kernel neighbour table (one kernel UDP datagram to the destination's
+//! discard port triggers ARP when the entry is missing); the receiver learns everything
+//! from the first frame its endpoint accepts and answers with the addresses swapped.
+//!
+//! The steering program detaches when the [`io::XdpIo`] drops: at the end of a run, on
+//! error, on SIGINT/SIGTERM (the cancel flag ends the loop cleanly) and, through the BPF
+//! link, when the process dies.
+
+pub mod error;
+pub mod flow;
+pub mod io;
+pub mod netdev;
+pub mod report;
+pub mod workers;
+
+pub use super::options::{Spread, Threads};
+pub use error::XdpError;
+pub use netdev::{iface_ipv4, iface_mac, parse_mac, resolve_mac, rx_queue_count};
+pub use report::{QueueStats, WorkerStats, XdpReport};
+
+use super::session::{
+    self, random_u64, DriverError, FramePath, RecvSummary, SendInput, SendSession, SendSummary,
+};
+use crate::proto::{Endpoint, Event, ReceiverConfig, SendFile, SenderConfig};
+use crate::steer::{PortRange, XdpMode};
+use crate::wire::stack::{self, Addrs};
+use crate::xsk::{self, XskConfig};
+use flow::Flow;
+use io::{SessionPath, XdpIo};
+use report::PathStats;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+use workers::WorkerSet;
+
+/// How late a frame may be, on a receiver bound to several queues, before its hole is
+/// NACKed ([`ReceiverConfig::reorder_window`]).
+pub const REORDER_WINDOW: Duration = Duration::from_millis(10);
+/// The UMEM and rings of a worker's socket when the defaults were not changed and the MTU
+/// fits a 2 KiB frame: 8192 frames of 2 KiB (16 MiB), rings of 4096.
+const WORKER_XSK: XskConfig = XskConfig {
+    frame_size: 2048,
+    frame_count: 8192,
+    ring_size: 4096,
+    batch: 64,
+    bind: xsk::BindMode::Auto,
+    huge_pages: false,
+};
+
+/// Where and how one side binds.
+#[derive(Debug, Clone)]
+pub struct XdpLink {
+    pub iface: String,
+    /// Queues to bind (empty: every rx queue of the interface).
+    pub queues: Vec<u32>,
+    pub spread: Spread,
+    /// First PacketFS UDP port, and how many (the steered range is `port..port+ports`).
+    pub port: u16,
+    pub ports: u16,
+    pub xdp_mode: XdpMode,
+    pub xsk: XskConfig,
+    /// Receive-side loss injection in parts per million (tests; 0 = off).
+    pub impair_drop_ppm: u32,
+    /// Pin the session thread to this core (core_affinity).
+    pub cpu: Option<usize>,
+    /// Threads: one worker per queue or the session thread alone (default: auto).
+    pub threads: Threads,
+    /// Cores for the workers, round-robin (empty: every core of the machine).
+    pub cpus: Vec<usize>,
+}
+
+impl XdpLink {
+    pub fn new(iface: &str) -> Self {
+        XdpLink {
+            iface: iface.to_string(),
+            queues: Vec::new(),
+            spread: Spread::Scatter,
+            port: 47000,
+            ports: 1,
+            xdp_mode: XdpMode::Auto,
+            xsk: XskConfig::default(),
+            impair_drop_ppm: 0,
+            cpu: None,
+            threads: Threads::Auto,
+            cpus: Vec::new(),
+        }
+    }
+
+    /// The queues to bind: the list given, else every rx queue of the interface.
+    fn resolve_queues(&self) -> Result<Vec<u32>, XdpError> {
+        let nq = rx_queue_count(&self.iface).map_err(|source| XdpError::Netdev {
+            what: "rx queues",
+            iface: self.iface.clone(),
+            source,
+        })?;
+        let queues: Vec<u32> = match self.spread {
+            Spread::Queues if !self.queues.is_empty() => self.queues.clone(),
+            Spread::Queues => return Err(XdpError::NoQueueList),
+            _ if !self.queues.is_empty() => self.queues.clone(),
+            _ => (0..nq).collect(),
+        };
+        if let Some(&queue) = queues.iter().find(|q| **q >= nq) {
+            return Err(XdpError::QueueBeyond {
+                queue,
+                count: nq,
+                iface: self.iface.clone(),
+            });
+        }
+        Ok(queues)
+    }
+}
+
+/// Sender settings for the AF_XDP driver.
+#[derive(Debug, Clone)]
+pub struct XdpSendConfig {
+    pub link: XdpLink,
+    /// The receiver's IPv4 address (its UDP port is `link.port`).
+    pub dst: Ipv4Addr,
+    /// The receiver's MAC (None: from the neighbour table).
+    pub dst_mac: Option<[u8; 6]>,
+    pub mtu: usize,
+    pub rate: Option<u64>,
+    pub proto: SenderConfig,
+    /// Where the summary's end-to-end clock starts (`pfs send` gives its own start).
+    pub origin: Instant,
+}
+
+/// Receiver settings for the AF_XDP driver.
+#[derive(Debug, Clone)]
+pub struct XdpRecvConfig {
+    pub link: XdpLink,
+    pub out_dir: PathBuf,
+    pub mtu: usize,
+    pub listen_timeout: Option<Duration>,
+    pub proto: ReceiverConfig,
+}
+
+/// One side's AF_XDP state: the sockets and steering, the thread policy, the flow.
+struct Side {
+    io: XdpIo,
+    flow: Flow,
+    spread: Spread,
+    threads: Threads,
+    /// Why `Auto` chose `threads` (printed with the thread map).
+    threads_why: Option<String>,
+    /// The core of each socket's worker (chosen when the sockets are bound, before the
+    /// session thread is pinned: a pinned thread sees only its own core).
+    worker_cpus: Vec<Option<usize>>,
+    frames_per_socket: usize,
+    batch: usize,
+    /// Filled when workers owned the sockets: what they did (the sockets are gone then).
+    worker_stats: Option<PathStats>,
+}
+
+impl Side {
+    /// Check the link, pick the thread model, attach, bind. Run in the interface's
+    /// network namespace.
+    fn open(link: &XdpLink, mtu: usize, flow: Flow) -> Result<Self, XdpError> {
+        let frame_cap = link.xsk.max_frame_len();
+        if mtu + stack::overhead(None) > frame_cap {
+            return Err(XdpError::MtuTooLarge {
+                mtu,
+                frame_size: link.xsk.frame_size,
+                usable: frame_cap,
+            });
+        }
+        if link.ports == 0 || link.port.checked_add(link.ports - 1).is_none() {
+            return Err(XdpError::PortRange {
+                port: link.port,
+                ports: link.ports,
+            });
+        }
+        let queues = link.resolve_queues()?;
+        let cores = crate::host::usable_cores();
+        let (threads, why) = link
+            .threads
+            .resolve(queues.len(), cores, !link.cpus.is_empty());
+        if let Some(w) = &why {
+            tracing::info!("xdp threads: {w}");
+        }
+        let mut xc = link.xsk;
+        if threads == Threads::Workers
+            && xc == XskConfig::default()
+            && mtu + stack::overhead(None) <= WORKER_XSK.max_frame_len()
+        {
+            // Frames wait in the workers' hand-over queues as well as on the rings: a
+            // deeper fill ring (in 2 KiB frames, as much memory) rides out a session thread
+            // that lost its core for a while.
+            xc = WORKER_XSK;
+        }
+        let io = XdpIo::open(
+            &link.iface,
+            &queues,
+            PortRange::new(link.port, link.ports),
+            link.xdp_mode,
+            link.impair_drop_ppm,
+            &xc,
+        )?;
+        Ok(Side {
+            io,
+            flow,
+            spread: link.spread,
+            threads,
+            threads_why: why,
+            worker_cpus: workers::worker_cpus(queues.len(), &link.cpus),
+            frames_per_socket: xc.frame_count as usize,
+            batch: xc.batch as usize,
+            worker_stats: None,
+        })
+    }
+
+    /// Run `f` on this side's frame path: the session thread's sockets, or the workers
+    /// (spawned for the run, stopped after it).
+    fn on_path<R>(&mut self, f: impl FnOnce(&mut XdpPath<'_, '_>) -> R) -> Result<R, XdpError> {
+        if self.threads != Threads::Workers || self.io.queues().is_empty() {
+            let mut p = XdpPath::Session(SessionPath {
+                io: &mut self.io,
+                flow: &mut self.flow,
+            });
+            return Ok(f(&mut p));
+        }
+        let (r, stats) = workers::run(
+            &mut self.io,
+            &mut self.flow,
+            &self.worker_cpus,
+            self.frames_per_socket,
+            self.batch,
+            |set| f(&mut XdpPath::Workers(set)),
+        )
+        .map_err(XdpError::Workers)?;
+        self.worker_stats = Some(stats);
+        Ok(r)
+    }
+
+    /// What the AF_XDP layer saw so far.
+    fn report(&self) -> XdpReport {
+        let st = self.worker_stats.clone().unwrap_or_else(|| self.io.stats());
+        let steer = self.io.steering();
+        XdpReport {
+            iface: steer.iface().to_string(),
+            xdp_mode: steer.mode().to_string(),
+            spread: self.spread,
+            threads: self.threads,
+            queues: st.queues,
+            reordered: st.reordered,
+            steer: steer.counters().unwrap_or_default(),
+            bad_frames: st.bad_frames,
+            notice: steer.notice().map(str::to_string),
+        }
+    }
+
+    /// Who drives the sockets: "session thread", or the workers' queue -> core map.
+    fn thread_map(&self) -> String {
+        let map = match self.threads {
+            Threads::Session | Threads::Auto => "session thread".to_string(),
+            Threads::Workers => {
+                let m: Vec<String> = self
+                    .io
+                    .queues()
+                    .iter()
+                    .zip(self.worker_cpus.iter().copied())
+                    .map(|(q, c)| match c {
+                        Some(c) => format!("q{q}->cpu{c}"),
+                        None => format!("q{q}->unpinned"),
+                    })
+                    .collect();
+                format!("workers {}", m.join(" "))
+            }
+        };
+        match &self.threads_why {
+            Some(w) => format!("{map} ({w})"),
+            None => map,
+        }
+    }
+
+    /// The summary or the failure, with the report, once the run is over (sockets
+    /// closed, program detached by the caller dropping the side).
+    fn finish<S>(
+        report: XdpReport,
+        r: Result<Result<S, DriverError>, XdpError>,
+    ) -> Result<(S, XdpReport), XdpError> {
+        match r? {
+            Ok(s) => Ok((s, report)),
+            Err(error) => Err(XdpError::Run {
+                error,
+                report: Box::new(report),
+            }),
+        }
+    }
+}
+
+/// The frame path a run uses (see [`Side::on_path`]).
+enum XdpPath<'a, 'w> {
+    Session(SessionPath<'a>),
+    Workers(&'a mut WorkerSet<'w>),
+}
+
+impl FramePath for XdpPath<'_, '_> {
+    fn transmit<E: Endpoint + ?Sized>(
+        &mut self,
+        ep: &mut E,
+        now: Instant,
+        budget: usize,
+    ) -> Result<(usize, bool), DriverError> {
+        match self {
+            XdpPath::Session(p) => p.transmit(ep, now, budget),
+            XdpPath::Workers(p) => p.transmit(ep, now, budget),
+        }
+    }
+    fn receive<E: Endpoint + ?Sized>(
+        &mut self,
+        ep: &mut E,
+        budget: usize,
+    ) -> Result<(usize, bool), DriverError> {
+        match self {
+            XdpPath::Session(p) => p.receive(ep, budget),
+            XdpPath::Workers(p) => p.receive(ep, budget),
+        }
+    }
+    fn wait(&mut self, d: Duration) -> Result<(), DriverError> {
+        match self {
+            XdpPath::Session(p) => p.wait(d),
+            XdpPath::Workers(p) => p.wait(d),
+        }
+    }
+    fn flush(&mut self) {
+        match self {
+            XdpPath::Session(p) => p.flush(),
+            XdpPath::Workers(p) => p.flush(),
+        }
+    }
+    fn peer(&self) -> Option<SocketAddr> {
+        match self {
+            XdpPath::Session(p) => p.peer(),
+            XdpPath::Workers(p) => p.peer(),
+        }
+    }
+}
+
+fn pin(cpu: Option<usize>) {
+    if let Some(c) = cpu {
+        if !core_affinity::set_for_current(core_affinity::CoreId { id: c }) {
+            tracing::warn!("could not pin the session thread to core {c}");
+        }
+    }
+}
+
+/// Send `files` over AF_XDP. Run in the network namespace of `cfg.link.iface`.
+pub fn run_sender(
+    cfg: &XdpSendConfig,
+    files: Vec<SendFile>,
+    snapshot_id: [u8; 32],
+    snapshot: &[u8],
+    cancel: &AtomicBool,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<(SendSummary, XdpReport), XdpError> {
+    let input = SendInput::Planned { files, snapshot };
+    XdpSender::open(cfg.clone())?.run(input, snapshot_id, cancel, on_event)
+}
+
+/// A sender with its addresses resolved, program attached and sockets bound, before it
+/// runs: opening it needs nothing of the files, so a caller can open it while it plans
+/// them (it is `Send`: open it on another thread of the same network namespace).
+pub struct XdpSender {
+    cfg: XdpSendConfig,
+    side: Side,
+}
+
+impl XdpSender {
+    /// Resolve the addresses (the interface's MAC and IPv4, the peer's MAC), attach and
+    /// bind. Run in the network namespace of `cfg.link.iface`.
+    pub fn open(cfg: XdpSendConfig) -> Result<Self, XdpError> {
+        let iface = &cfg.link.iface;
+        let netdev = |what, source| XdpError::Netdev {
+            what,
+            iface: iface.clone(),
+            source,
+        };
+        let src_mac = iface_mac(iface).map_err(|e| netdev("MAC address", e))?;
+        let src_ip = iface_ipv4(iface).map_err(|e| netdev("IPv4 address", e))?;
+        let dst_mac = match cfg.dst_mac {
+            Some(m) => m,
+            None => resolve_mac(cfg.dst, iface).map_err(|e| netdev("the peer's MAC", e))?,
+        };
+        let hdr = Addrs {
+            src_mac,
+            dst_mac,
+            vlan: None,
+            src_ip,
+            dst_ip: cfg.dst,
+            src_port: cfg.link.port,
+            dst_port: cfg.link.port,
+        };
+        let flow = Flow::sender(
+            hdr,
+            cfg.link.spread,
+            cfg.link.ports,
+            cfg.mtu,
+            random_u64() as u16,
+        );
+        let side = Side::open(&cfg.link, cfg.mtu, flow)?;
+        Ok(XdpSender { cfg, side })
+    }
+
+    /// Send `input` (files planned whole into the snapshot `snapshot_id`, or streamed by a
+    /// producer while the session runs) on whichever thread model the link asks for.
+    pub fn run(
+        mut self,
+        input: SendInput<'_>,
+        snapshot_id: [u8; 32],
+        cancel: &AtomicBool,
+        on_event: &mut dyn FnMut(&Event),
+    ) -> Result<(SendSummary, XdpReport), XdpError> {
+        let mut s = SendSession::new(
+            self.cfg.proto.clone(),
+            self.cfg.mtu,
+            self.cfg.rate,
+            snapshot_id,
+            input,
+            self.cfg.origin,
+        )?;
+        pin(self.cfg.link.cpu);
+        let r = self
+            .side
+            .on_path(|p| session::run_sender(&mut s, p, cancel, on_event));
+        let report = self.side.report();
+        drop(self.side); // sockets closed, program detached
+        Side::finish(report, r)
+    }
+}
+
+/// A receiver with its program attached and sockets bound, before it runs.
+pub struct XdpReceiver {
+    cfg: XdpRecvConfig,
+    side: Side,
+}
+
+impl XdpReceiver {
+    /// Attach and bind. Run in the network namespace of `cfg.link.iface`.
+    pub fn bind(cfg: XdpRecvConfig) -> Result<Self, XdpError> {
+        let l = &cfg.link;
+        let flow = Flow::receiver(l.spread, l.port, l.ports, cfg.mtu, random_u64() as u16);
+        let side = Side::open(l, cfg.mtu, flow)?;
+        Ok(XdpReceiver { cfg, side })
+    }
+
+    /// The bound queues.
+    pub fn queues(&self) -> Vec<u32> {
+        self.side.io.queues()
+    }
+
+    /// Who will drive the sockets: "session thread", or the workers' queue -> core map.
+    pub fn thread_map(&self) -> String {
+        self.side.thread_map()
+    }
+
+    /// The attach mode actually used and the fallback notice, if any.
+    pub fn xdp_mode(&self) -> (XdpMode, Option<&str>) {
+        let s = self.side.io.steering();
+        (s.mode(), s.notice())
+    }
+
+    /// Receive one session into `cfg.out_dir`.
+    pub fn run(
+        mut self,
+        snapshot_id: [u8; 32],
+        snapshot: &[u8],
+        cancel: &AtomicBool,
+        on_event: &mut dyn FnMut(&Event),
+    ) -> Result<(RecvSummary, XdpReport), XdpError> {
+        let mut pc = self.cfg.proto.clone();
+        if self.side.io.queues().len() > 1 && pc.reorder_window.is_zero() {
+            // Queues drained independently deliver frames out of order: not loss.
+            pc.reorder_window = REORDER_WINDOW;
+        }
+        let mut receiver =
+            session::file_receiver(pc, self.cfg.mtu, &self.cfg.out_dir, snapshot_id, snapshot)?;
+        pin(self.cfg.link.cpu);
+        let timeout = self.cfg.listen_timeout;
+        let r = self
+            .side
+            .on_path(|p| session::run_receiver(&mut receiver, p, timeout, cancel, on_event));
+        let report = self.side.report();
+        drop(self.side);
+        Side::finish(report, r)
+    }
+}

@@ -1,0 +1,583 @@
+//! Streaming send: planning overlaps the wire.
+//!
+//! A producer ([`produce`], on its own thread) reads each file window by window (a small
+//! first window, then doubling up to [`StreamOptions::max_window`]), plans the window against
+//! the snapshot with [`crate::plan::plan`], packs it into blocks (`blueprint::block`) and
+//! hands them over a bounded channel, then the file's BLAKE3. The [`Feed`] endpoint wraps
+//! the [`Sender`]: before each transmit it moves what arrived into the sender
+//! ([`Sender::push_block`], [`Sender::finish_file`]), so the manifest and the first blocks
+//! leave while later windows are still being planned. The manifest needs only names and
+//! sizes: each file declares a stream bound ([`bound`]) and its hash travels in the end
+//! record after its last block.
+//!
+//! Windows are planned on their own (no match reaches outside its window), and each window's
+//! blocks are never larger than the window stored raw plus a small allowance (a window whose
+//! packed form would be larger goes as raw blocks), so the bound holds whatever the data.
+
+use crate::blueprint::{block, raw_segments, Blueprint, Source};
+use crate::index::IndexSet;
+use crate::plan::{self, hints::Hints, PlanConfig};
+use crate::pob::Snapshot;
+use crate::proto::{Endpoint, Event, Failure, OutgoingFile, SendError, Sender, Stats};
+use crate::wire::payload::StreamEnd;
+use std::cell::Cell;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+use std::time::{Duration, Instant};
+
+/// How a file is cut, planned and packed while it streams.
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    /// The first window of each file (small, so the first blocks leave at once).
+    pub first_window: u64,
+    /// Windows double up to this.
+    pub max_window: u64,
+    pub plan: PlanConfig,
+    pub encode: block::EncodeOptions,
+    /// Windows' worth of blocks the channel holds before the producer waits.
+    pub channel: usize,
+}
+
+impl StreamOptions {
+    /// The options of a planner preset (`pfs send --level`): its [`PlanConfig`], windows
+    /// and blocks as the defaults.
+    pub fn for_level(level: crate::blueprint::Level) -> Self {
+        StreamOptions {
+            plan: PlanConfig::preset(level),
+            ..StreamOptions::default()
+        }
+    }
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        StreamOptions {
+            first_window: 64 << 10,
+            max_window: 4 << 20,
+            plan: PlanConfig::default(),
+            encode: block::EncodeOptions::default(),
+            channel: 8,
+        }
+    }
+}
+
+/// Bytes a window's blocks may take beyond the window itself: 1/512 of it and 256 bytes.
+fn allowance(len: u64) -> u64 {
+    len / 512 + 256
+}
+
+/// The windows `(offset, length)` a file of `size` bytes is cut into.
+pub fn windows(size: u64, o: &StreamOptions) -> impl Iterator<Item = (u64, u64)> {
+    let (first, max) = (
+        o.first_window.max(1),
+        o.max_window.max(o.first_window).max(1),
+    );
+    let mut at = 0u64;
+    let mut w = first;
+    std::iter::from_fn(move || {
+        if at >= size {
+            return None;
+        }
+        let len = w.min(size - at);
+        let r = (at, len);
+        at += len;
+        w = (w * 2).min(max);
+        Some(r)
+    })
+}
+
+/// The stream bound a file of `size` bytes declares: every window's blocks and the end
+/// record fit in it.
+pub fn bound(size: u64, o: &StreamOptions) -> u64 {
+    windows(size, o)
+        .map(|(_, len)| len + allowance(len))
+        .sum::<u64>()
+        + StreamEnd::LEN as u64
+}
+
+/// One file to stream: its name on the receiver, where it is here, and its size.
+#[derive(Debug, Clone)]
+pub struct StreamFile {
+    pub name: String,
+    pub path: PathBuf,
+    pub size: u64,
+}
+
+impl StreamFile {
+    /// `path`, sent under its file name.
+    pub fn open(path: PathBuf) -> Result<Self, StreamError> {
+        let size = std::fs::metadata(&path)
+            .map_err(|source| StreamError::Read {
+                path: path.clone(),
+                source,
+            })?
+            .len();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "file".into());
+        Ok(StreamFile { name, path, size })
+    }
+}
+
+/// The sender's files for `files`: names, sizes and bounds, nothing planned yet.
+pub fn outgoing(files: &[StreamFile], o: &StreamOptions) -> Vec<OutgoingFile> {
+    files
+        .iter()
+        .map(|f| OutgoingFile::Streamed {
+            name: f.name.clone(),
+            size: f.size,
+            bound: bound(f.size, o),
+        })
+        .collect()
+}
+
+/// What the producer hands over.
+#[derive(Debug)]
+pub enum Item {
+    /// Whole blocks of file `file`, the next in its stream.
+    Blocks { file: usize, bytes: Vec<u8> },
+    /// File `file` is complete; its BLAKE3.
+    Finished { file: usize, hash: [u8; 32] },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("cannot read {}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} changed size while it was sent (declared {declared} bytes)", .path.display())]
+    Changed { path: PathBuf, declared: u64 },
+    #[error("planning {} failed", .path.display())]
+    Plan {
+        path: PathBuf,
+        #[source]
+        source: plan::PlanError,
+    },
+    #[error("packing {} failed", .path.display())]
+    Pack {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("loading the snapshot's indexes failed")]
+    Index(#[source] crate::index::IndexError),
+    #[error("the sender refused a block")]
+    Send(#[source] SendError),
+    #[error("the block producer stopped before every file was complete")]
+    ProducerGone,
+}
+
+/// Encode window `bp` (planned on its own, offsets relative to the window) as the blocks of
+/// file range `[start, start + bp.file_len)`. Block tables code snapshot offsets relative to
+/// the absolute file position the receiver decodes them at, and the encoder counts from the
+/// window's start: so snapshot offsets (of snapshot segments and covers) are rebased by
+/// `-start` (two's complement) before encoding. Self copies are coded as distances and stay
+/// as they are.
+fn encode_window(
+    bp: Blueprint,
+    start: u64,
+    o: &block::EncodeOptions,
+) -> Result<Vec<u8>, std::io::Error> {
+    block::encode(&rebase(bp, start), o)
+}
+
+/// Snapshot offsets of `bp` (snapshot segments and covers) moved by `-start`, wrapping.
+fn rebase(mut bp: Blueprint, start: u64) -> Blueprint {
+    for s in &mut bp.segments {
+        if let Source::Snap { off, .. } | Source::Cover { off } = &mut s.src {
+            *off = off.wrapping_sub(start);
+        }
+    }
+    bp
+}
+
+/// The blocks of window `[start, start + window.len())` stored raw (within the allowance).
+fn raw_window(
+    window: &[u8],
+    start: u64,
+    snap_id: [u8; 32],
+    o: &block::EncodeOptions,
+) -> Result<Vec<u8>, std::io::Error> {
+    let raw = Blueprint {
+        snapshot_id: snap_id,
+        file_len: window.len() as u64,
+        file_hash: [0; 32],
+        segments: raw_segments(window.len() as u64),
+        spill: window.to_vec(),
+    };
+    encode_window(raw, start, o)
+}
+
+/// The blocks of one window: planned and packed, or raw if that is not smaller than the
+/// allowance lets through.
+fn pack_window(
+    window: &[u8],
+    start: u64,
+    snap: &Snapshot,
+    idx: &IndexSet,
+    o: &StreamOptions,
+    f: &StreamFile,
+) -> Result<Vec<u8>, StreamError> {
+    let planned = plan::plan(window, snap, idx, &Hints::default(), &o.plan).map_err(|source| {
+        StreamError::Plan {
+            path: f.path.clone(),
+            source,
+        }
+    })?;
+    let pack_err = |source| StreamError::Pack {
+        path: f.path.clone(),
+        source,
+    };
+    let limit = window.len() as u64 + allowance(window.len() as u64);
+    let packed = encode_window(planned.blueprint, start, &o.encode).map_err(pack_err)?;
+    if packed.len() as u64 <= limit {
+        return Ok(packed);
+    }
+    let packed = raw_window(window, start, snap.id, &o.encode).map_err(pack_err)?;
+    debug_assert!(
+        packed.len() as u64 <= limit,
+        "raw blocks within the allowance"
+    );
+    Ok(packed)
+}
+
+/// [`produce`] while the indexes of `o.plan` load (or build) on another thread: the
+/// session's first window goes raw if they are not there yet, so the first data frames
+/// leave while they load; the rest is planned with them.
+pub fn produce_with_default_indexes(
+    files: &[StreamFile],
+    snap: &Snapshot,
+    o: &StreamOptions,
+    tx: &SyncSender<Result<Item, StreamError>>,
+) {
+    std::thread::scope(|s| {
+        let loading = s.spawn(|| {
+            IndexSet::ensure(snap, &crate::plan::index_specs(&o.plan), false).map(|r| r.0)
+        });
+        let mut loading = Some(loading);
+        let mut idx: Option<IndexSet> = None;
+        let mut first = true;
+        produce_with(files, tx, o, &mut |window, start, f| {
+            if let Some(h) = loading.take_if(|h| !first || h.is_finished()) {
+                let loaded = h.join().expect("the index loader does not panic");
+                idx = Some(loaded.map_err(StreamError::Index)?);
+            }
+            first = false;
+            match &idx {
+                Some(idx) => pack_window(window, start, snap, idx, o, f),
+                None => raw_window(window, start, snap.id, &o.encode).map_err(|source| {
+                    StreamError::Pack {
+                        path: f.path.clone(),
+                        source,
+                    }
+                }),
+            }
+        });
+    })
+}
+
+/// Plan and pack `files` in order, window by window, handing the blocks to `tx`. Stops
+/// early when the other end hangs up; a failure is handed over as the last item.
+pub fn produce(
+    files: &[StreamFile],
+    snap: &Snapshot,
+    idx: &IndexSet,
+    o: &StreamOptions,
+    tx: &SyncSender<Result<Item, StreamError>>,
+) {
+    produce_with(files, tx, o, &mut |window, start, f| {
+        pack_window(window, start, snap, idx, o, f)
+    })
+}
+
+/// What turns one window (its bytes, its file offset, its file) into blocks.
+type PackFn<'a> = dyn FnMut(&[u8], u64, &StreamFile) -> Result<Vec<u8>, StreamError> + 'a;
+
+fn produce_with(
+    files: &[StreamFile],
+    tx: &SyncSender<Result<Item, StreamError>>,
+    o: &StreamOptions,
+    pack: &mut PackFn<'_>,
+) {
+    for (i, f) in files.iter().enumerate() {
+        match produce_file(i, f, o, tx, pack) {
+            Ok(true) => {}
+            Ok(false) => return, // hung up
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        }
+    }
+}
+
+fn produce_file(
+    i: usize,
+    f: &StreamFile,
+    o: &StreamOptions,
+    tx: &SyncSender<Result<Item, StreamError>>,
+    pack: &mut PackFn<'_>,
+) -> Result<bool, StreamError> {
+    let read_err = |source| StreamError::Read {
+        path: f.path.clone(),
+        source,
+    };
+    let changed = || StreamError::Changed {
+        path: f.path.clone(),
+        declared: f.size,
+    };
+    let mut file = std::fs::File::open(&f.path).map_err(read_err)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = Vec::new();
+    for (start, len) in windows(f.size, o) {
+        buf.resize(len as usize, 0);
+        file.read_exact(&mut buf).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => changed(),
+            _ => read_err(e),
+        })?;
+        hasher.update(&buf);
+        let bytes = pack(&buf, start, f)?;
+        if tx.send(Ok(Item::Blocks { file: i, bytes })).is_err() {
+            return Ok(false);
+        }
+    }
+    if file.read(&mut [0u8; 1]).map_err(read_err)? != 0 {
+        return Err(changed());
+    }
+    let hash = *hasher.finalize().as_bytes();
+    Ok(tx.send(Ok(Item::Finished { file: i, hash })).is_ok())
+}
+
+/// A [`Sender`] fed from a producer while it runs: an [`Endpoint`] any driver can run.
+/// [`Feed::whole`] wraps a sender whose files are all prepared already (no producer), so
+/// one session core runs both kinds of send.
+pub struct Feed {
+    pub sender: Sender,
+    rx: Option<Receiver<Result<Item, StreamError>>>,
+    open: bool,
+    error: Option<StreamError>,
+    /// How often the driver checks for blocks while the producer is running.
+    pub poll: Duration,
+    last_pull: Cell<Option<Instant>>,
+}
+
+impl Feed {
+    pub fn new(sender: Sender, rx: Receiver<Result<Item, StreamError>>) -> Self {
+        Feed {
+            sender,
+            rx: Some(rx),
+            open: true,
+            error: None,
+            poll: Duration::from_millis(1),
+            last_pull: Cell::new(None),
+        }
+    }
+
+    /// A sender with no producer: every file was prepared whole.
+    pub fn whole(sender: Sender) -> Self {
+        Feed {
+            sender,
+            rx: None,
+            open: false,
+            error: None,
+            poll: Duration::from_millis(1),
+            last_pull: Cell::new(None),
+        }
+    }
+
+    /// Why the producer failed, if it did (the session was then cancelled).
+    pub fn take_error(&mut self) -> Option<StreamError> {
+        self.error.take()
+    }
+
+    fn stop(&mut self, now: Instant, e: StreamError) {
+        self.error = Some(e);
+        self.open = false;
+        self.sender.cancel(now);
+    }
+
+    /// Move what the producer handed over into the sender.
+    fn pull(&mut self, now: Instant) {
+        self.last_pull.set(Some(now));
+        while self.open {
+            let Some(rx) = &self.rx else {
+                self.open = false;
+                return;
+            };
+            let r = match rx.try_recv() {
+                Ok(Ok(Item::Blocks { file, bytes })) => self.sender.push_block(file, &bytes),
+                Ok(Ok(Item::Finished { file, hash })) => self.sender.finish_file(file, hash),
+                Ok(Err(e)) => return self.stop(now, e),
+                Err(TryRecvError::Empty) => return,
+                Err(TryRecvError::Disconnected) => {
+                    self.open = false;
+                    if !self.sender.all_pushed() {
+                        self.stop(now, StreamError::ProducerGone);
+                    }
+                    return;
+                }
+            };
+            if let Err(e) = r {
+                return self.stop(now, StreamError::Send(e));
+            }
+        }
+    }
+}
+
+impl Endpoint for Feed {
+    fn handle_datagram(&mut self, now: Instant, datagram: &[u8]) -> bool {
+        self.sender.handle_datagram(now, datagram)
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.pull(now);
+        self.sender.handle_timeout(now)
+    }
+
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        if self.open {
+            self.pull(now);
+        }
+        self.sender.poll_transmit(now, buf)
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let t = self.sender.poll_timeout();
+        if !self.open || self.sender.is_closed() {
+            return t;
+        }
+        match (t, self.last_pull.get().map(|l| l + self.poll)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn poll_event(&mut self) -> Option<Event> {
+        self.sender.poll_event()
+    }
+
+    fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+
+    fn stats(&self) -> &Stats {
+        self.sender.stats()
+    }
+
+    fn outcome(&self) -> Option<Result<(), Failure>> {
+        self.sender.outcome()
+    }
+
+    fn cancel(&mut self, now: Instant) {
+        self.sender.cancel(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blueprint::{Segment, Transform};
+
+    #[test]
+    fn windows_cover_the_file_and_the_bound_holds_raw_blocks() {
+        let o = StreamOptions {
+            first_window: 1000,
+            max_window: 5000,
+            ..Default::default()
+        };
+        for size in [0u64, 1, 999, 1000, 1001, 7000, 123_457] {
+            let w: Vec<_> = windows(size, &o).collect();
+            let mut at = 0;
+            for &(s, l) in &w {
+                assert_eq!(s, at);
+                assert!(l > 0 && l <= 5000);
+                at += l;
+            }
+            assert_eq!(at, size);
+            // raw (incompressible) blocks of every window fit the bound
+            let data = crate::prepare::noise(size, size as usize);
+            let mut total = StreamEnd::LEN as u64;
+            for (s, l) in w {
+                let raw = Blueprint {
+                    snapshot_id: [0; 32],
+                    file_len: l,
+                    file_hash: [0; 32],
+                    segments: raw_segments(l),
+                    spill: data[s as usize..(s + l) as usize].to_vec(),
+                };
+                let n = encode_window(raw, s, &o.encode).unwrap().len() as u64;
+                assert!(n <= l + allowance(l), "{size}: window {s}+{l} packs to {n}");
+                total += n;
+            }
+            assert!(total <= bound(size, &o));
+            assert!(bound(size, &o) <= crate::proto::receiver::max_stream_bound(size));
+        }
+    }
+
+    #[test]
+    fn a_window_rebased_for_encoding_decodes_at_its_file_offset() {
+        let snap: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 251) as u8).collect();
+        let seg = |off, len| Segment {
+            len,
+            src: Source::Snap {
+                op: Transform::Xor,
+                off,
+                imm: 3,
+            },
+        };
+        // window-relative: 100 bytes of snapshot at 50, a raw byte, a self copy of 10 from 0
+        let bp = Blueprint {
+            snapshot_id: [0; 32],
+            file_len: 111,
+            file_hash: [0; 32],
+            segments: vec![
+                seg(50, 100),
+                Segment {
+                    len: 1,
+                    src: Source::Raw,
+                },
+                Segment {
+                    len: 10,
+                    src: Source::SelfCopy { off: 0 },
+                },
+            ],
+            spill: vec![9],
+        };
+        let start = 1_000_000u64;
+        let stream = encode_window(bp, start, &Default::default()).unwrap();
+        let n = block::body_len(&stream, &Default::default())
+            .unwrap()
+            .unwrap() as usize;
+        let b = block::decode_body(&stream[4..4 + n], &Default::default(), 4096, start).unwrap();
+        assert_eq!(b.file_len, 111);
+        assert_eq!(b.segments[0], seg(50, 100), "snapshot offset as planned");
+        assert_eq!(
+            b.segments[2].src,
+            Source::SelfCopy { off: start },
+            "self copy at its absolute source"
+        );
+        let _ = snap;
+        // covers carry snapshot offsets coded the same way: rebased alike
+        let cover = Blueprint {
+            snapshot_id: [0; 32],
+            file_len: 4,
+            file_hash: [0; 32],
+            segments: vec![Segment {
+                len: 4,
+                src: Source::Cover { off: 7 },
+            }],
+            spill: vec![1, 2, 3, 4],
+        };
+        assert_eq!(
+            rebase(cover, 10).segments[0].src,
+            Source::Cover {
+                off: 7u64.wrapping_sub(10)
+            }
+        );
+    }
+}

@@ -1,0 +1,479 @@
+//! The sender's outgoing data: the session's stream (its files end to end), the first-pass
+//! cursor, the ranges to repair, and the streamed files whose blocks are still arriving.
+//!
+//! What travels is already prepared ([`crate::prepare`] does the codec work): a direct
+//! file is a blueprint without self copies, sent as pieces at file offsets; a packed file is
+//! its block stream; a streamed file is a block stream pushed block by block
+//! ([`Outgoing::push_block`]) and ended with a [`StreamEnd`] ([`Outgoing::finish_file`]),
+//! inside a stream region of a bound declared up front. The cursor never passes what has been
+//! pushed, and the void after a finished stream's end record is skipped, never sent.
+
+use super::rangeset::RangeSet;
+use crate::blueprint::{Blueprint, Source};
+use crate::wire::payload::{FileEntry, FileMode, GramWriter, StreamEnd};
+use std::collections::VecDeque;
+use std::time::Instant;
+
+/// Why a sender could not be built or fed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("file #{file}: invalid blueprint")]
+    InvalidBlueprint {
+        file: usize,
+        #[source]
+        source: crate::blueprint::pbb::PbbError,
+    },
+    #[error("file #{file} points into snapshot {}, not {}", crate::util::hex(.found), crate::util::hex(.expected))]
+    MixedSnapshots {
+        file: usize,
+        expected: [u8; 32],
+        found: [u8; 32],
+    },
+    #[error(
+        "file #{file} has an empty name or one longer than {} bytes",
+        crate::wire::payload::MAX_NAME_LEN
+    )]
+    BadName { file: usize },
+    #[error("too many files ({0})")]
+    TooManyFiles(usize),
+    #[error("datagram size {0} is outside {min}..={max}", min = crate::wire::payload::MIN_DATAGRAM, max = super::MAX_DATAGRAM)]
+    DatagramSize(usize),
+    #[error("file #{file}: packing its blueprint failed")]
+    Pack {
+        file: usize,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("file #{file} is direct but has self copies or covers (prepare lowers them)")]
+    DirectSelfCopies { file: usize },
+    #[error("file #{file} is packed but empty")]
+    EmptyPacked { file: usize },
+    #[error("file #{file}: a stream bound of {bound} bytes is too small or overflows")]
+    StreamBound { file: usize, bound: u64 },
+    #[error("file #{file} is not a streamed file still open")]
+    NotStreamed { file: usize },
+    #[error("file #{file}: its blocks exceed the declared stream bound of {bound} bytes")]
+    StreamOverflow { file: usize, bound: u64 },
+}
+
+/// A file as the sender state machine takes it.
+#[derive(Debug, Clone)]
+pub enum OutgoingFile {
+    /// Pieces at file offsets: a blueprint with no self copies (a direct file's pieces land
+    /// in any order, so a copy could be applied before its source).
+    Direct { name: String, blueprint: Blueprint },
+    /// A whole packed block stream (`blueprint::block`).
+    Packed {
+        name: String,
+        size: u64,
+        hash: [u8; 32],
+        stream: Vec<u8>,
+    },
+    /// A packed block stream that arrives later, block by block; its blocks and end record
+    /// take at most `bound` bytes.
+    Streamed { name: String, size: u64, bound: u64 },
+}
+
+impl OutgoingFile {
+    pub fn name(&self) -> &str {
+        match self {
+            OutgoingFile::Direct { name, .. }
+            | OutgoingFile::Packed { name, .. }
+            | OutgoingFile::Streamed { name, .. } => name,
+        }
+    }
+}
+
+enum Body {
+    Direct {
+        bp: Blueprint,
+        /// File offset of each segment.
+        seg_starts: Vec<u64>,
+        /// Spill offset of each segment (meaningful for raw segments).
+        spill_starts: Vec<usize>,
+    },
+    /// Packed, or streamed: the stream bytes there so far.
+    Stream { bytes: Vec<u8>, finished: bool },
+}
+
+struct File {
+    name: String,
+    size: u64,
+    /// `None` until a streamed file is finished.
+    hash: Option<[u8; 32]>,
+    mode: FileMode,
+    /// Stream offset of the file.
+    start: u64,
+    /// Bytes of the stream the file takes: its size, its packed length, or its bound.
+    slen: u64,
+    body: Body,
+}
+
+impl File {
+    /// Stream bytes of the file that exist (all but an unfinished stream's future).
+    fn ready(&self) -> u64 {
+        match &self.body {
+            Body::Stream {
+                bytes,
+                finished: false,
+            } => bytes.len() as u64,
+            _ => self.slen,
+        }
+    }
+}
+
+pub(crate) struct Outgoing {
+    files: Vec<File>,
+    /// Stream length (sum of the files' stream lengths).
+    pub total: u64,
+    /// Sum of the file sizes.
+    pub file_total: u64,
+    /// The first-pass position.
+    pub cursor: u64,
+    pub repair: RangeSet,
+    /// Ranges repaired lately, with when: a NACK that crosses them in flight must not send
+    /// them again.
+    recent_repairs: VecDeque<(Instant, u64, u64)>,
+    /// The first streamed file not finished (`files.len()` when none).
+    open_stream: usize,
+}
+
+impl Outgoing {
+    pub fn new(files: Vec<OutgoingFile>) -> Result<Self, SendError> {
+        if files.len() > u32::MAX as usize - 1 {
+            return Err(SendError::TooManyFiles(files.len()));
+        }
+        let mut out = Vec::with_capacity(files.len());
+        let (mut start, mut file_total) = (0u64, 0u64);
+        for (i, f) in files.into_iter().enumerate() {
+            let name_ok = |n: &str| !n.is_empty() && n.len() <= crate::wire::payload::MAX_NAME_LEN;
+            if !name_ok(f.name()) {
+                return Err(SendError::BadName { file: i });
+            }
+            let file = match f {
+                OutgoingFile::Direct { name, blueprint } => {
+                    if blueprint.has_self_copies() || blueprint.has_covers() {
+                        return Err(SendError::DirectSelfCopies { file: i });
+                    }
+                    let mut seg_starts = Vec::with_capacity(blueprint.segments.len());
+                    let mut spill_starts = Vec::with_capacity(blueprint.segments.len());
+                    let (mut off, mut spill) = (0u64, 0usize);
+                    for s in &blueprint.segments {
+                        seg_starts.push(off);
+                        spill_starts.push(spill);
+                        off += s.len as u64;
+                        if s.src == Source::Raw {
+                            spill += s.len as usize;
+                        }
+                    }
+                    File {
+                        name,
+                        size: blueprint.file_len,
+                        hash: Some(blueprint.file_hash),
+                        mode: FileMode::Direct,
+                        start,
+                        slen: blueprint.file_len,
+                        body: Body::Direct {
+                            bp: blueprint,
+                            seg_starts,
+                            spill_starts,
+                        },
+                    }
+                }
+                OutgoingFile::Packed {
+                    name,
+                    size,
+                    hash,
+                    stream,
+                } => {
+                    if size == 0 || stream.is_empty() {
+                        return Err(SendError::EmptyPacked { file: i });
+                    }
+                    File {
+                        name,
+                        size,
+                        hash: Some(hash),
+                        mode: FileMode::Packed,
+                        start,
+                        slen: stream.len() as u64,
+                        body: Body::Stream {
+                            bytes: stream,
+                            finished: true,
+                        },
+                    }
+                }
+                OutgoingFile::Streamed { name, size, bound } => {
+                    if bound < StreamEnd::LEN as u64 {
+                        return Err(SendError::StreamBound { file: i, bound });
+                    }
+                    File {
+                        name,
+                        size,
+                        hash: None,
+                        mode: FileMode::Streamed,
+                        start,
+                        slen: bound,
+                        body: Body::Stream {
+                            bytes: Vec::new(),
+                            finished: false,
+                        },
+                    }
+                }
+            };
+            start = start.checked_add(file.slen).ok_or(SendError::StreamBound {
+                file: i,
+                bound: file.slen,
+            })?;
+            file_total = file_total.saturating_add(file.size);
+            out.push(file);
+        }
+        let mut o = Outgoing {
+            files: out,
+            total: start,
+            file_total,
+            cursor: 0,
+            repair: RangeSet::new(),
+            recent_repairs: VecDeque::new(),
+            open_stream: 0,
+        };
+        o.advance_open_stream();
+        Ok(o)
+    }
+
+    fn advance_open_stream(&mut self) {
+        while self
+            .files
+            .get(self.open_stream)
+            .is_some_and(|f| f.ready() == f.slen)
+        {
+            self.open_stream += 1;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    /// The manifest entry of file `i`.
+    pub fn entry(&self, i: usize) -> FileEntry {
+        let f = &self.files[i];
+        FileEntry {
+            name: f.name.clone(),
+            size: f.size,
+            hash: if f.mode == FileMode::Streamed {
+                [0; 32]
+            } else {
+                f.hash.expect("known")
+            },
+            mode: f.mode,
+            stream_len: f.slen,
+        }
+    }
+
+    pub fn name_len(&self, i: usize) -> usize {
+        self.files[i].name.len()
+    }
+
+    /// How each file travels, with its stream length (a streamed file's bound until it is
+    /// finished, then its length).
+    pub fn modes(&self) -> Vec<(FileMode, u64)> {
+        self.files
+            .iter()
+            .map(|f| match &f.body {
+                Body::Stream {
+                    bytes,
+                    finished: true,
+                } if f.mode == FileMode::Streamed => (f.mode, bytes.len() as u64),
+                _ => (f.mode, f.slen),
+            })
+            .collect()
+    }
+
+    /// Append bytes (whole blocks) to streamed file `file`.
+    pub fn push_block(&mut self, file: usize, block: &[u8]) -> Result<(), SendError> {
+        let f = self
+            .files
+            .get_mut(file)
+            .ok_or(SendError::NotStreamed { file })?;
+        let slen = f.slen;
+        let Body::Stream {
+            bytes,
+            finished: false,
+        } = &mut f.body
+        else {
+            return Err(SendError::NotStreamed { file });
+        };
+        if f.mode != FileMode::Streamed {
+            return Err(SendError::NotStreamed { file });
+        }
+        if (bytes.len() + block.len() + StreamEnd::LEN) as u64 > slen {
+            return Err(SendError::StreamOverflow { file, bound: slen });
+        }
+        bytes.extend_from_slice(block);
+        Ok(())
+    }
+
+    /// End streamed file `file`: its BLAKE3 goes in the end record after the last block.
+    pub fn finish_file(&mut self, file: usize, hash: [u8; 32]) -> Result<(), SendError> {
+        let f = self
+            .files
+            .get_mut(file)
+            .ok_or(SendError::NotStreamed { file })?;
+        let slen = f.slen;
+        let Body::Stream { bytes, finished } = &mut f.body else {
+            return Err(SendError::NotStreamed { file });
+        };
+        if f.mode != FileMode::Streamed || *finished {
+            return Err(SendError::NotStreamed { file });
+        }
+        if (bytes.len() + StreamEnd::LEN) as u64 > slen {
+            return Err(SendError::StreamOverflow { file, bound: slen });
+        }
+        bytes.extend_from_slice(&StreamEnd { hash }.to_bytes());
+        *finished = true;
+        f.hash = Some(hash);
+        self.advance_open_stream();
+        Ok(())
+    }
+
+    /// Every file's hash, once all are known.
+    pub fn hashes(&self) -> Option<Vec<[u8; 32]>> {
+        self.files.iter().map(|f| f.hash).collect()
+    }
+
+    /// The stream position the first pass may reach now.
+    pub fn ready_end(&self) -> u64 {
+        match self.files.get(self.open_stream) {
+            Some(f) => f.start + f.ready(),
+            None => self.total,
+        }
+    }
+
+    /// Every stream byte has been pushed (no streamed file is waiting for blocks).
+    pub fn all_ready(&self) -> bool {
+        self.open_stream == self.files.len()
+    }
+
+    pub fn has_data(&self) -> bool {
+        !self.repair.is_empty() || self.cursor < self.ready_end()
+    }
+
+    /// Pack stream bytes `[s, e)` into `w` until it is full; returns the position reached
+    /// (past a finished stream's void; never past bytes not pushed yet).
+    pub fn emit_range(&self, w: &mut GramWriter<'_>, mut s: u64, e: u64) -> u64 {
+        while s < e {
+            let fi = self.files.partition_point(|f| f.start + f.slen <= s);
+            let Some(f) = self.files.get(fi) else {
+                return s;
+            };
+            let (seg_starts, spill_starts, bp) = match &f.body {
+                Body::Stream { bytes, finished } => {
+                    let off = s - f.start;
+                    let have = bytes.len() as u64;
+                    if off >= have {
+                        if *finished {
+                            s = (f.start + f.slen).min(e); // the void after the end record
+                            continue;
+                        }
+                        return s; // not pushed yet
+                    }
+                    let fend = (e - f.start).min(have);
+                    let chunk = &bytes[off as usize..fend as usize];
+                    let k = w.push_raw(fi as u32, off, chunk);
+                    if k < chunk.len() {
+                        return s + k as u64;
+                    }
+                    s = f.start + fend;
+                    continue;
+                }
+                Body::Direct {
+                    bp,
+                    seg_starts,
+                    spill_starts,
+                } => (seg_starts, spill_starts, bp),
+            };
+            let mut off = s - f.start;
+            let fend = (e - f.start).min(bp.file_len);
+            let mut si = seg_starts.partition_point(|&st| st <= off) - 1;
+            while off < fend {
+                let seg = bp.segments[si];
+                let st = seg_starts[si];
+                let take_end = (st + seg.len as u64).min(fend);
+                let d = off - st;
+                let n = take_end - off;
+                match seg.src {
+                    Source::Snap { op, off: so, imm } => {
+                        if !w.push_snap(fi as u32, off, op, imm, so + d, n as u32) {
+                            return f.start + off;
+                        }
+                        off = take_end;
+                    }
+                    Source::Raw => {
+                        let sp = spill_starts[si] + d as usize;
+                        let bytes = &bp.spill[sp..sp + n as usize];
+                        let k = w.push_raw(fi as u32, off, bytes);
+                        off += k as u64;
+                        if (k as u64) < n {
+                            return f.start + off;
+                        }
+                    }
+                    Source::SelfCopy { .. } | Source::Cover { .. } => {
+                        unreachable!("direct files have no self copies or covers (checked in new)")
+                    }
+                }
+                si += 1;
+            }
+            s = f.start + off;
+        }
+        s
+    }
+
+    /// Fill `w` with repairs (`repair`) or first-pass data; returns the stream bytes carried.
+    pub fn fill(&mut self, now: Instant, w: &mut GramWriter<'_>, repair: bool) -> u64 {
+        let mut carried = 0u64;
+        if repair {
+            while let Some((s, e)) = self.repair.first() {
+                let reached = self.emit_range(w, s, e);
+                self.repair.remove(s, reached);
+                if reached > s {
+                    self.recent_repairs.push_back((now, s, reached));
+                }
+                carried += reached - s;
+                if reached < e {
+                    break;
+                }
+            }
+        } else {
+            let reached = self.emit_range(w, self.cursor, self.ready_end());
+            carried = reached - self.cursor;
+            self.cursor = reached;
+        }
+        carried
+    }
+
+    /// A NACK: its ranges (above `cum`, below the cursor) replace the repair queue, less
+    /// what was repaired within `keep` (in flight still, crossed by the NACK).
+    pub fn on_nack(
+        &mut self,
+        now: Instant,
+        cum: u64,
+        ranges: &[(u64, u64)],
+        keep: std::time::Duration,
+    ) {
+        self.repair.clear();
+        for &(s, e) in ranges {
+            let (s, e) = (s.max(cum), e.min(self.cursor));
+            self.repair.insert(s, e);
+        }
+        while self
+            .recent_repairs
+            .front()
+            .is_some_and(|r| r.0 + keep < now)
+        {
+            self.recent_repairs.pop_front();
+        }
+        for &(_, s, e) in &self.recent_repairs {
+            self.repair.remove(s, e);
+        }
+    }
+}
