@@ -431,6 +431,12 @@ impl Engine<'_> {
         }
         cands.clear();
         self.idx.candidates(h, self.cfg.max_candidates, cands);
+        // the candidates' snapshot bytes are random reads: start them all before verifying
+        for &sp in cands.iter() {
+            if (sp as usize) < self.s.len() {
+                crate::index::prefetch(self.s[sp as usize..].as_ptr());
+            }
+        }
         for &sp in cands.iter() {
             let d = sp as i64 - p as i64;
             if Some(d) == *last_d {
