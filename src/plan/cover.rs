@@ -41,6 +41,8 @@ pub const BLOCK: usize = 64 << 10;
 pub const PROBE_STRIDE: usize = 4 << 10;
 /// Bytes per sampled probe window.
 const PROBE_LEN: usize = 64;
+/// Anchors looked up per sampled probe window.
+const PROBE_ANCHORS: usize = 2;
 
 /// A cover found by the engine: `[start, start + len)` at snapshot `snap`, with `diffs`
 /// differing bytes.
@@ -332,7 +334,9 @@ impl Engine<'_> {
                     let y = (x + PROBE_LEN).min(blk_end);
                     anchors.clear();
                     minimizer::anchors(self.f, x, y, w, &mut scratch, &mut anchors);
-                    for &(p, h) in &anchors {
+                    // two anchors per window: a long copy spans the whole window, so
+                    // either of them finds it
+                    for &(p, h) in anchors.iter().take(PROBE_ANCHORS) {
                         if p >= b {
                             break; // a window's minimum may lie past the range
                         }
@@ -427,6 +431,12 @@ impl Engine<'_> {
         }
         cands.clear();
         self.idx.candidates(h, self.cfg.max_candidates, cands);
+        // the candidates' snapshot bytes are random reads: start them all before verifying
+        for &sp in cands.iter() {
+            if (sp as usize) < self.s.len() {
+                crate::index::prefetch(self.s[sp as usize..].as_ptr());
+            }
+        }
         for &sp in cands.iter() {
             let d = sp as i64 - p as i64;
             if Some(d) == *last_d {
