@@ -141,6 +141,42 @@ impl Engine<'_> {
     fn fwd(&self, fi: usize, si: usize, max: usize) -> Ext {
         let (f, s) = (self.f, self.s);
         let max = max.min(f.len() - fi).min(s.len() - si);
+        self.walk(
+            max,
+            |n| load8(f, fi + n) ^ load8(s, si + n),
+            |n| f[fi + n] == s[si + n],
+            // the first differing byte of a little-endian word is its lowest one
+            u64::trailing_zeros,
+        )
+    }
+
+    /// Backward from (fi, si) (exclusive), at most `max` bytes.
+    #[inline]
+    fn back(&self, fi: usize, si: usize, max: usize) -> Ext {
+        let (f, s) = (self.f, self.s);
+        let max = max.min(fi).min(si);
+        self.walk(
+            max,
+            |n| load8(f, fi - n - 8) ^ load8(s, si - n - 8),
+            |n| f[fi - n - 1] == s[si - n - 1],
+            // walking down, the first differing byte is the word's highest one
+            u64::leading_zeros,
+        )
+    }
+
+    /// One walk along a diagonal, `max` bytes at most: `word(n)` is the xor of the 8 file
+    /// and snapshot bytes from step `n` on, `byte_eq(n)` compares the bytes at step `n`,
+    /// `zero_bits` counts a word's equal bits in walking order. Exact (`covers` off): stops
+    /// at the first difference. Approximate: X-drop on the estimated saving, returning the
+    /// best-scoring prefix.
+    #[inline(always)]
+    fn walk(
+        &self,
+        max: usize,
+        word: impl Fn(usize) -> u64,
+        byte_eq: impl Fn(usize) -> bool,
+        zero_bits: fn(u64) -> u32,
+    ) -> Ext {
         let p = &self.prices;
         let approx = self.cfg.covers;
         let (mut score, mut best) = (0.0f64, Ext::default());
@@ -148,7 +184,7 @@ impl Engine<'_> {
         let mut n = 0usize;
         while n < max {
             if n + 8 <= max {
-                let x = load8(f, fi + n) ^ load8(s, si + n);
+                let x = word(n);
                 if x == 0 {
                     n += 8;
                     score += 8.0 * p.gain;
@@ -162,7 +198,7 @@ impl Engine<'_> {
                     continue;
                 }
                 if !approx {
-                    n += (x.trailing_zeros() / 8) as usize;
+                    n += (zero_bits(x) / 8) as usize;
                     return Ext {
                         len: n,
                         diffs: 0,
@@ -170,62 +206,7 @@ impl Engine<'_> {
                     };
                 }
             }
-            if f[fi + n] == s[si + n] {
-                score += p.gain;
-                n += 1;
-                if score > best.score {
-                    best = Ext {
-                        len: n,
-                        diffs,
-                        score,
-                    };
-                }
-            } else {
-                if !approx {
-                    break;
-                }
-                score -= p.penalty;
-                diffs += 1;
-                n += 1;
-                if score < best.score - p.xdrop {
-                    break;
-                }
-            }
-        }
-        if !approx {
-            return Ext {
-                len: n,
-                diffs: 0,
-                score: n as f64 * p.gain,
-            };
-        }
-        best
-    }
-
-    /// Backward from (fi, si) (exclusive), at most `max` bytes.
-    #[inline]
-    fn back(&self, fi: usize, si: usize, max: usize) -> Ext {
-        let (f, s) = (self.f, self.s);
-        let max = max.min(fi).min(si);
-        let p = &self.prices;
-        let approx = self.cfg.covers;
-        let (mut score, mut best) = (0.0f64, Ext::default());
-        let mut diffs = 0usize;
-        let mut n = 0usize;
-        while n < max {
-            if n + 8 <= max && load8(f, fi - n - 8) == load8(s, si - n - 8) {
-                n += 8;
-                score += 8.0 * p.gain;
-                if score > best.score {
-                    best = Ext {
-                        len: n,
-                        diffs,
-                        score,
-                    };
-                }
-                continue;
-            }
-            if f[fi - n - 1] == s[si - n - 1] {
+            if byte_eq(n) {
                 score += p.gain;
                 n += 1;
                 if score > best.score {
