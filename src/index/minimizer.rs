@@ -43,7 +43,7 @@
 
 use std::path::Path;
 
-use super::{IndexError, IndexSpec, Projection};
+use super::{map_file, IndexError, IndexSpec, Projection};
 
 const MAGIC: [u8; 8] = *b"PFSMNX\0\x01";
 const VERSION: u32 = 1;
@@ -427,17 +427,7 @@ impl MinIndex {
             path: path.into(),
             msg: msg.into(),
         };
-        let f = std::fs::File::open(path).map_err(|source| IndexError::Io {
-            path: path.into(),
-            source,
-        })?;
-        // Safety: index files are private, immutable derived data; a concurrent writer would
-        // replace the file by rename, not modify it in place.
-        #[allow(unsafe_code)]
-        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|source| IndexError::Io {
-            path: path.into(),
-            source,
-        })?;
+        let map = map_file(path)?;
         if map.len() < HEADER || map[..8] != MAGIC {
             return Err(bad("not a minimizer index file"));
         }

@@ -280,6 +280,20 @@ pub fn legacy_specs() -> Vec<IndexSpec> {
     ]
 }
 
+/// Map an index file read-only (both index kinds' `open` start here).
+pub(crate) fn map_file(path: &Path) -> Result<memmap2::Mmap, IndexError> {
+    let io = |source| IndexError::Io {
+        path: path.into(),
+        source,
+    };
+    let f = std::fs::File::open(path).map_err(io)?;
+    // Safety: index files are private, immutable derived data; a concurrent writer would
+    // replace the file by rename, not modify it in place.
+    #[allow(unsafe_code)]
+    let map = unsafe { memmap2::Mmap::map(&f) }.map_err(io)?;
+    Ok(map)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
     #[error("{path}: {source}")]
@@ -569,17 +583,7 @@ impl Index {
             path: path.into(),
             msg: msg.into(),
         };
-        let f = std::fs::File::open(path).map_err(|source| IndexError::Io {
-            path: path.into(),
-            source,
-        })?;
-        // Safety: index files are private, immutable derived data; a concurrent writer would
-        // replace the file by rename, not modify it in place.
-        #[allow(unsafe_code)]
-        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|source| IndexError::Io {
-            path: path.into(),
-            source,
-        })?;
+        let map = map_file(path)?;
         if map.len() < HEADER || map[..8] != MAGIC {
             return Err(bad("not an index file"));
         }
