@@ -11,6 +11,7 @@
 //! | [`wire`]      | frame formats: zero-copy views with checked constructors                  |
 //! | [`prepare`]   | codec work before the wire: packing, lowering, the streaming producer     |
 //! | [`proto`]     | the transfer state machine: no clock, no sockets, no files                |
+//! | [`secure`]    | identities, key files, handshake and per-frame AEAD of authenticated sessions |
 //! | [`fsink`]     | the receiver's output directory: mmap, write-back, fsync, rename          |
 //! | [`xsk`]       | AF_XDP sockets, UMEM and rings                                            |
 //! | [`steer`]     | the aya loader for the XDP steering program                               |
@@ -41,6 +42,7 @@ pub mod plan;
 pub mod pob;
 pub mod prepare;
 pub mod proto;
+pub mod secure;
 pub mod shm;
 pub mod steer;
 pub mod util;
