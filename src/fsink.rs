@@ -145,6 +145,33 @@ impl MmapSink {
 }
 
 impl FileSink for MmapSink {
+    /// Joins the sub-directory (created if missing; it must stay beneath the output
+    /// directory). The sec-fs branch replaces this with `MmapSink::confine` (openat2
+    /// RESOLVE_BENEATH); call that here once merged.
+    fn confine_to(&mut self, sub: &Path) -> Result<(), SinkError> {
+        use std::path::Component;
+        if sub
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+        {
+            return Err(SinkError::Io(io::Error::other(format!(
+                "{}: a sender's directory must be relative and without `..`",
+                sub.display()
+            ))));
+        }
+        let dir = self.root.join(sub);
+        std::fs::create_dir_all(&dir)?;
+        let dir = dir.canonicalize()?;
+        if !dir.starts_with(&self.root) {
+            return Err(SinkError::Io(io::Error::other(format!(
+                "{} leaves the output directory",
+                dir.display()
+            ))));
+        }
+        self.root = dir;
+        Ok(())
+    }
+
     fn open(&mut self, files: &[SinkFile]) -> Result<(), SinkError> {
         let need = files.iter().fold(0u64, |a, f| a.saturating_add(f.size));
         let avail = self.free_space()?.saturating_sub(self.reserve);

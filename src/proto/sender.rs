@@ -328,7 +328,7 @@ impl Sender {
 }
 
 impl Endpoint for Sender {
-    fn handle_datagram(&mut self, now: Instant, datagram: &[u8]) -> bool {
+    fn handle_datagram(&mut self, now: Instant, datagram: &mut [u8]) -> bool {
         let Ok(frame) = Frame::parse(datagram) else {
             self.stats.malformed += 1;
             return false;

@@ -6,11 +6,17 @@
 //! * [`channel`]: the Noise IKpsk2 handshake, the per-frame AES-256-GCM sealer and opener
 //!   with key phases (rekey), mac1.
 //! * [`window`]: the anti-replay window.
+//! * [`guard`]: [`Guard`], the endpoint wrapper that runs the handshake and seals and opens
+//!   every frame in place around the sender or receiver state machine.
 //!
 //! No I/O beyond reading key files, and no clock: time is passed in.
 
 pub mod channel;
+pub mod guard;
 pub mod keys;
 pub mod window;
 
+pub use guard::{
+    Guard, GuardConfig, Guarded, ReceiverKeys, SecStats, Security, SecuritySummary, SenderKeys,
+};
 pub use keys::{AuthorizedSenders, Identity, KeyError, KnownReceivers, PublicKey, SenderPolicy};

@@ -110,8 +110,9 @@ impl XdpIo {
         for i in 0..self.socks.len() {
             let t = Instant::now();
             let bad = &mut self.bad_frames;
-            let n = self.socks[i].recv_batch(|f| match stack::parse(f) {
+            let n = self.socks[i].recv_batch(|f| match stack::parse_mut(f) {
                 Ok((addrs, d)) => {
+                    ep.note_source(std::net::IpAddr::V4(addrs.src_ip));
                     if ep.handle_datagram(t, d) {
                         accepted = true;
                         flow.note_accepted(addrs, i);

@@ -45,6 +45,7 @@ use super::session::{
     self, random_u64, DriverError, FramePath, RecvSummary, SendInput, SendSession, SendSummary,
 };
 use crate::proto::{Endpoint, Event, ReceiverConfig, SendFile, SenderConfig};
+use crate::secure::{GuardConfig, Security};
 use crate::steer::{PortRange, XdpMode};
 use crate::wire::stack::{self, Addrs};
 use crate::xsk::{self, XskConfig};
@@ -147,6 +148,9 @@ pub struct XdpSendConfig {
     pub proto: SenderConfig,
     /// Where the summary's end-to-end clock starts (`pfs send` gives its own start).
     pub origin: Instant,
+    /// How the session is protected (keys, or `--insecure`) and the Guard's settings.
+    pub security: Security,
+    pub guard: GuardConfig,
 }
 
 /// Receiver settings for the AF_XDP driver.
@@ -157,6 +161,9 @@ pub struct XdpRecvConfig {
     pub mtu: usize,
     pub listen_timeout: Option<Duration>,
     pub proto: ReceiverConfig,
+    /// How the session is protected (keys, or `--insecure`) and the Guard's settings.
+    pub security: Security,
+    pub guard: GuardConfig,
 }
 
 /// One side's AF_XDP state: the sockets and steering, the thread policy, the flow.
@@ -442,6 +449,8 @@ impl XdpSender {
             snapshot_id,
             input,
             self.cfg.origin,
+            self.cfg.security.clone(),
+            self.cfg.guard.clone(),
         )?;
         pin(self.cfg.link.cpu);
         let r = self
@@ -497,13 +506,20 @@ impl XdpReceiver {
             // Queues drained independently deliver frames out of order: not loss.
             pc.reorder_window = REORDER_WINDOW;
         }
-        let mut receiver =
-            session::file_receiver(pc, self.cfg.mtu, &self.cfg.out_dir, snapshot_id, snapshot)?;
+        let mut receiver = session::file_receiver(
+            pc,
+            self.cfg.mtu,
+            &self.cfg.out_dir,
+            snapshot_id,
+            snapshot,
+            &self.cfg.security,
+        )?;
         pin(self.cfg.link.cpu);
         let timeout = self.cfg.listen_timeout;
-        let r = self
-            .side
-            .on_path(|p| session::run_receiver(&mut receiver, p, timeout, cancel, on_event));
+        let (sec, guard) = (&self.cfg.security, &self.cfg.guard);
+        let r = self.side.on_path(|p| {
+            session::run_receiver(&mut receiver, p, timeout, sec, guard, cancel, on_event)
+        });
         let report = self.side.report();
         drop(self.side);
         Side::finish(report, r)
