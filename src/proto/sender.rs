@@ -145,6 +145,11 @@ impl Sender {
         self.out.modes()
     }
 
+    /// This session's id.
+    pub fn session_id(&self) -> u64 {
+        self.cfg.session_id
+    }
+
     pub fn file_count(&self) -> usize {
         self.out.len()
     }
