@@ -179,6 +179,11 @@ fn recv_in_a_capability_limited_container() {
         std::fs::write(send_dir.join(n), b).unwrap();
     }
 
+    // Keys: the receiver's key file and authorized senders mounted read-only.
+    let key_dir = tmp.path().join("keys");
+    std::fs::create_dir_all(&key_dir).unwrap();
+    let keys = common::keys::KeyFiles::create(&key_dir);
+
     // 3. Namespaces.
     let pair = NetnsPair::new(2, 1500).unwrap();
     let (ns_a, ns_b) = (pair.ns(Side::A), pair.ns(Side::B));
@@ -222,6 +227,8 @@ fn recv_in_a_capability_limited_container() {
         .arg(format!("{}:/snapshot:ro", snap.display()))
         .arg("-v")
         .arg(format!("{}:/out", out_dir.display()))
+        .arg("-v")
+        .arg(format!("{}:/keys:ro", key_dir.display()))
         .args([
             &image,
             "recv",
@@ -237,6 +244,10 @@ fn recv_in_a_capability_limited_container() {
             "60",
             "--metrics",
             "/tmp/metrics.jsonl",
+            "--identity",
+            "/keys/receiver.key",
+            "--authorized-senders",
+            "/keys/authorized-senders",
         ]));
     // Wait until it listens (or exits): the loop ends on either, not on a clock.
     loop {
@@ -283,7 +294,8 @@ fn recv_in_a_capability_limited_container() {
         ])
         .arg(&snap)
         .arg("--metrics")
-        .arg(tmp.path().join("send-metrics.jsonl"));
+        .arg(tmp.path().join("send-metrics.jsonl"))
+        .args(keys.send_flags());
     for (n, _) in &files {
         send.arg(send_dir.join(n));
     }
