@@ -72,6 +72,8 @@ pub struct PfsConfig {
     pub level: Option<crate::blueprint::Level>,
     /// Receiver: msync + fsync each file before renaming it into place.
     pub sync: Option<bool>,
+    /// Receiver: replace files that already exist under a received name.
+    pub overwrite: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -207,7 +209,8 @@ impl PfsConfig {
             cpus,
             pack,
             level,
-            sync
+            sync,
+            overwrite
         )
     }
 
@@ -230,6 +233,7 @@ impl PfsConfig {
             pack: Some(PackPolicy::Auto),
             level: Some(crate::blueprint::Level::Fast),
             sync: Some(true),
+            overwrite: Some(false),
             ..PfsConfig::default()
         }
     }

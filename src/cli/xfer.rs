@@ -205,6 +205,11 @@ pub struct RecvArgs {
     /// [default: on].
     #[arg(long, value_enum)]
     sync: Option<OnOff>,
+    /// Replace files that already exist under a received name (never directories). Without
+    /// it, a session naming an existing file is refused before any byte is written and the
+    /// existing file is left unchanged.
+    #[arg(long)]
+    overwrite: bool,
     /// IP MTU [default: 1500].
     #[arg(long)]
     mtu: Option<usize>,
@@ -243,6 +248,7 @@ impl RecvArgs {
             metrics: self.metrics,
             hugepages: self.hugepages,
             sync: self.sync.map(|s| s == OnOff::On),
+            overwrite: self.overwrite.then_some(true),
             ..Default::default()
         };
         self.xdp.into_config(&mut c);
@@ -642,7 +648,22 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
     let mut proto = packetfs::proto::ReceiverConfig::default();
     proto.max_file_size = c.max_file_size.unwrap_or(proto.max_file_size);
     proto.durable = c.sync.unwrap_or(true);
+    proto.overwrite = c.overwrite.unwrap_or(false);
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let stale = packetfs::fsink::remove_stale_temps(&out_dir)
+        .with_context(|| format!("clearing stale temporary files in {}", out_dir.display()))?;
+    if stale.removed > 0 || stale.kept > 0 {
+        eprintln!(
+            "removed {} stale temporary file(s) of earlier runs from {}{}",
+            stale.removed,
+            out_dir.display(),
+            if stale.kept > 0 {
+                format!(" (kept {} of a running process)", stale.kept)
+            } else {
+                String::new()
+            }
+        );
+    }
     let snap = Snapshot::open(&snapshot, c.hugepages.unwrap_or(HugePolicy::Auto))?;
     let transport = pick_transport(c.transport.unwrap_or_default(), c.interface.as_deref());
     let tname = transport.name();

@@ -19,7 +19,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use zeroize::Zeroize;
 
 /// Length of keys (X25519 public and private keys, the pre-shared key).
@@ -399,19 +399,16 @@ impl AuthorizedSenders {
     }
 }
 
-/// A sub-directory of the out-dir: relative, no `..`, no root.
+/// A sub-directory of the out-dir: the rule of manifest names
+/// ([`crate::proto::sink::sanitize_name`]: relative, plain names, no `..` or `.`), the one
+/// rule the receiver's file sink applies again when it confines a sender.
 fn relative_dir(v: &str) -> Result<PathBuf, String> {
-    let p = Path::new(v);
     if v.is_empty() {
         return Err("dir= is empty".into());
     }
-    for c in p.components() {
-        match c {
-            Component::Normal(_) | Component::CurDir => {}
-            _ => return Err(format!("dir={v}: must be a relative path without `..`")),
-        }
-    }
-    Ok(p.to_path_buf())
+    crate::proto::sink::sanitize_name(v)
+        .map(PathBuf::from)
+        .ok_or_else(|| format!("dir={v}: must be a relative path of plain names (no `..`, `.`, empty or absolute parts)"))
 }
 
 /// Which addresses a known-receivers entry matches.
