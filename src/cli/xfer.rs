@@ -555,7 +555,11 @@ pub fn send(a: SendArgs, origin: Instant) -> anyhow::Result<ExitCode> {
                 &metrics,
                 &json!({"kind": "send", "transport": tname, "ok": false, "reason": failure.to_string(), "summary": summary, "xdp": report}),
             );
-            bail!("send failed: {failure}");
+            let named = failure.reason.file().and_then(|i| paths.get(i as usize));
+            match named {
+                Some(p) => bail!("send failed: {failure} ({})", p.display()),
+                None => bail!("send failed: {failure}"),
+            }
         }
         Err(e) => return Err(e.into()),
     };
@@ -729,7 +733,14 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
                 &metrics,
                 &json!({"kind": "recv", "transport": tname, "ok": false, "reason": failure.to_string(), "summary": summary, "xdp": report}),
             );
-            bail!("receive failed: {failure}");
+            let named = failure
+                .reason
+                .file()
+                .and_then(|i| summary.files.get(i as usize));
+            match named {
+                Some(f) => bail!("receive failed: {failure} ({})", f.name),
+                None => bail!("receive failed: {failure}"),
+            }
         }
         Err(e) => return Err(e.into()),
     };

@@ -254,6 +254,19 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// The file a reason names, if any (its index in the manifest).
+    pub fn file(&self) -> Option<u32> {
+        match *self {
+            Reason::FileTooLarge { file, .. }
+            | Reason::BadName { file }
+            | Reason::DuplicateName { file, .. }
+            | Reason::HashMismatch { file }
+            | Reason::PackedTooLarge { file, .. }
+            | Reason::FileExists { file } => Some(file),
+            _ => None,
+        }
+    }
+
     /// The wire form. The snapshot id carried for a mismatch is the refuser's (the receiver's).
     pub fn to_wire(&self) -> wire::payload::Abort {
         use wire::reason::ReasonCode as C;
