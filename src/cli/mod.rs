@@ -3,6 +3,7 @@
 mod bench;
 mod codec;
 mod doctor;
+mod keys;
 mod xfer;
 
 use clap::{Parser, Subcommand};
@@ -63,6 +64,13 @@ pub enum Cmd {
     /// XDP on --iface, queues, MTU, hugepages, --snapshot); prints ok/warn/missing with the
     /// command that fixes each; exits non-zero when something required is missing.
     Doctor(doctor::DoctorArgs),
+    /// Make a new identity: a static X25519 private key written to --out (mode 0600, never
+    /// over an existing file); its public key is printed as one base64 line on stdout, and
+    /// the lines to put in the peer's files on stderr. --psk writes a pre-shared key instead.
+    Keygen(keys::KeygenArgs),
+    /// Work with key files: `pfs key pub KEYFILE` prints the public key again.
+    #[command(subcommand)]
+    Key(keys::KeyCmd),
 }
 
 pub fn main() -> ExitCode {
@@ -104,5 +112,7 @@ fn run(cli: Cli, origin: std::time::Instant) -> anyhow::Result<ExitCode> {
         Cmd::Recv(a) => xfer::recv(a),
         Cmd::Bench(b) => bench::run(b),
         Cmd::Doctor(a) => doctor::run(a),
+        Cmd::Keygen(a) => keys::keygen(a),
+        Cmd::Key(c) => keys::key(c),
     }
 }
