@@ -50,6 +50,8 @@ pub struct PfsConfig {
     pub mtu: Option<usize>,
     /// Largest file accepted, in bytes (receiver).
     pub max_file_size: Option<u64>,
+    /// Receiver: replace files that already exist under a received name.
+    pub overwrite: Option<bool>,
     /// Link budget for the sender's pacing, e.g. `1gbit`, `500mbit`, `100MB`.
     pub rate: Option<String>,
     /// Receiver: give up after this many seconds without a sender (0 = never).
@@ -72,8 +74,6 @@ pub struct PfsConfig {
     pub level: Option<crate::blueprint::Level>,
     /// Receiver: msync + fsync each file before renaming it into place.
     pub sync: Option<bool>,
-    /// Receiver: replace files that already exist under a received name.
-    pub overwrite: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -199,6 +199,7 @@ impl PfsConfig {
             dst_mac,
             mtu,
             max_file_size,
+            overwrite,
             rate,
             timeout,
             metrics,
@@ -209,8 +210,7 @@ impl PfsConfig {
             cpus,
             pack,
             level,
-            sync,
-            overwrite
+            sync
         )
     }
 
@@ -227,13 +227,13 @@ impl PfsConfig {
             listen: Some("0.0.0.0".into()),
             mtu: Some(1500),
             max_file_size: Some(1 << 40),
+            overwrite: Some(false),
             timeout: Some(0),
             xdp_mode: Some(XdpMode::Auto),
             xdp_threads: Some(Threads::Auto),
             pack: Some(PackPolicy::Auto),
             level: Some(crate::blueprint::Level::Fast),
             sync: Some(true),
-            overwrite: Some(false),
             ..PfsConfig::default()
         }
     }

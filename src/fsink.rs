@@ -422,6 +422,11 @@ fn walk_temps(dir: BorrowedFd<'_>, depth: usize, st: &mut StaleTemps) -> io::Res
 }
 
 impl FileSink for MmapSink {
+    /// [`MmapSink::confine`]: beneath the current root, no symlink on the way.
+    fn confine_to(&mut self, sub: &Path) -> Result<(), SinkError> {
+        self.confine(sub)
+    }
+
     fn open(&mut self, files: &[SinkFile]) -> Result<(), SinkError> {
         let need = files.iter().fold(0u64, |a, f| a.saturating_add(f.size));
         let avail = self.free_space()?.saturating_sub(self.reserve);

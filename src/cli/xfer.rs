@@ -244,11 +244,11 @@ impl RecvArgs {
             listen: self.listen.map(|l| l.to_string()),
             mtu: self.mtu,
             max_file_size: self.max_file_size,
+            overwrite: self.overwrite.then_some(true),
             timeout: self.timeout,
             metrics: self.metrics,
             hugepages: self.hugepages,
             sync: self.sync.map(|s| s == OnOff::On),
-            overwrite: self.overwrite.then_some(true),
             ..Default::default()
         };
         self.xdp.into_config(&mut c);

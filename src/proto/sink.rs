@@ -50,6 +50,11 @@ pub enum SinkError {
 pub trait FileSink {
     /// Prepare the outputs; check free space and names *before* allocating anything.
     fn open(&mut self, files: &[SinkFile]) -> Result<(), SinkError>;
+    /// Put every file of this session under the sub-directory `sub` of the output (an
+    /// authorized sender's `dir=`), before `open`. In-memory sinks have nothing to confine.
+    fn confine_to(&mut self, _sub: &std::path::Path) -> Result<(), SinkError> {
+        Ok(())
+    }
     /// The `len` bytes at `off` of `file`, to be written in place: the one primitive every
     /// write goes through ([`SinkError::OutOfRange`] past the file's end).
     fn span_mut(&mut self, file: u32, off: u64, len: usize) -> Result<&mut [u8], SinkError>;
