@@ -253,6 +253,7 @@ mod tests {
         let c = p(text).unwrap();
         assert_eq!(c.transport, Some(Transport::Xdp));
         assert!(c.snapshot.is_some() && c.out_dir.is_some() && c.interface.is_some());
+        assert_eq!(c.overwrite, Some(false));
     }
 
     #[test]
@@ -276,6 +277,7 @@ mod tests {
             dst-mac = "02:00:00:00:00:02"
             mtu = 9000
             max-file-size = 1000000
+            overwrite = true
             rate = "5gbit"
             timeout = 30
             metrics = "/var/log/pfs/metrics.jsonl"
@@ -298,6 +300,7 @@ mod tests {
         assert_eq!(c.queues, Some(vec![0, 3]));
         assert_eq!(c.out_dir, Some(PathBuf::from("/var/lib/pfs/in")));
         assert_eq!(c.max_file_size, Some(1_000_000));
+        assert_eq!(c.overwrite, Some(true));
         assert_eq!(c.hugepages, Some(HugePolicy::On));
         assert_eq!(c.mtu, Some(9000));
     }
