@@ -20,8 +20,11 @@ use std::process::ExitCode;
 ///   pfs snapshot build --out snap            # 64 MiB default recipe, indexes included
 ///   pfs plan /usr/bin/bash --snapshot snap -o bash.pbb
 ///   pfs unplan bash.pbb --snapshot snap -o bash.copy
-///   pfs recv --iface eth1 --snapshot snap --out-dir in      # host B (AF_XDP as root)
-///   pfs send --iface eth1 --dst 10.0.0.2 --snapshot snap FILE...   # host A
+///   pfs keygen --out pfs.key                                # each host; prints its public key
+///   pfs recv --iface eth1 --snapshot snap --out-dir in \
+///       --identity pfs.key --authorized-senders senders    # host B (AF_XDP as root)
+///   pfs send --iface eth1 --dst 10.0.0.2 --snapshot snap \
+///       --identity pfs.key --receiver-key B_PUB FILE...    # host A
 ///   pfs doctor --iface eth1 --snapshot snap                 # what a host is missing
 #[derive(Parser, Debug)]
 #[command(
