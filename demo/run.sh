@@ -8,13 +8,16 @@
 # 1. snapshot   build (or reuse) the default snapshot, print its id
 # 2. data       a deterministic synthetic JSON file (demo/gen_synth_json.py) + /usr/bin/bash
 # 3. plan       plan the JSON file against the snapshot: the metrics line
-# 4. transfer   pfs recv in one namespace, pfs send from another, over a veth pair
-#               (scripts/netns.sh; removed at the end)
+# 4. transfer   keys for both sides (scripts/keys.sh: pfs keygen, pfs key pub, the
+#               authorized-senders file), then pfs recv in one namespace, pfs send from
+#               another, over a veth pair (scripts/netns.sh; removed at the end); the
+#               session is authenticated and encrypted (PFS_INSECURE=1: plaintext)
 # 5. verify     every received file compared byte for byte
 # 6. summary    sizes, raw spill, wire bytes and rates from the metrics log
 # Environment: DEMO_SNAPSHOT (default out/snapshot), DEMO_WORK (default out/demo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/keys.sh
 transport=xdp size_mb=8 seed=42
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -52,7 +55,9 @@ cp /usr/bin/bash "$work/send/bash"
 banner "3. plan: the metrics line"
 "$pfs" plan "$work/send/synth.json" --snapshot "$snap" -o "$work/synth.pbb" --metrics "$metrics"
 
-banner "4. transfer over a veth pair between two new namespaces"
+banner "4. keys, then an encrypted transfer over a veth pair between two new namespaces"
+pfs_keys "$pfs" "$work/keys"
+echo "DEMO: sender key ${SENDER_PUB:-none}, receiver key ${RECEIVER_PUB:-none} (in $work/keys)"
 ns="pfsdemo$$"
 ns=${ns:0:13}
 cleanup() { bash scripts/netns.sh down "$ns" >/dev/null 2>&1 || true; }
@@ -60,7 +65,7 @@ trap cleanup EXIT INT TERM
 bash scripts/netns.sh up "$ns" --queues 2
 dst=$(ip -n "${ns}b" -4 -o addr show dev "${ns}b" | awk '{print $4}' | cut -d/ -f1)
 ip netns exec "${ns}b" "$pfs" recv --transport "$transport" --iface "${ns}b" \
-    --snapshot "$snap" --out-dir "$work/recv" --timeout 60 --metrics "$metrics" \
+    --snapshot "$snap" "${RECV_KEYS[@]}" --out-dir "$work/recv" --timeout 60 --metrics "$metrics" \
     > "$work/recv.log" 2>&1 &
 rpid=$!
 until grep -q "listening on" "$work/recv.log" 2>/dev/null; do
@@ -68,7 +73,7 @@ until grep -q "listening on" "$work/recv.log" 2>/dev/null; do
     sleep 0.1
 done
 ip netns exec "${ns}a" "$pfs" send --transport "$transport" --iface "${ns}a" \
-    --dst "$dst" --snapshot "$snap" --metrics "$metrics" \
+    --dst "$dst" --snapshot "$snap" "${SEND_KEYS[@]}" --metrics "$metrics" \
     "$work/send/synth.json" "$work/send/bash"
 wait "$rpid" || { cat "$work/recv.log"; echo "DEMO: the receiver failed" >&2; exit 1; }
 cat "$work/recv.log"

@@ -50,6 +50,8 @@ pub struct PfsConfig {
     pub mtu: Option<usize>,
     /// Largest file accepted, in bytes (receiver).
     pub max_file_size: Option<u64>,
+    /// Receiver: replace files that already exist under a received name.
+    pub overwrite: Option<bool>,
     /// Link budget for the sender's pacing, e.g. `1gbit`, `500mbit`, `100MB`.
     pub rate: Option<String>,
     /// Receiver: give up after this many seconds without a sender (0 = never).
@@ -210,6 +212,7 @@ impl PfsConfig {
             dst_mac,
             mtu,
             max_file_size,
+            overwrite,
             rate,
             timeout,
             metrics,
@@ -243,6 +246,7 @@ impl PfsConfig {
             listen: Some("0.0.0.0".into()),
             mtu: Some(1500),
             max_file_size: Some(1 << 40),
+            overwrite: Some(false),
             timeout: Some(0),
             xdp_mode: Some(XdpMode::Auto),
             xdp_threads: Some(Threads::Auto),
@@ -268,6 +272,7 @@ mod tests {
         let c = p(text).unwrap();
         assert_eq!(c.transport, Some(Transport::Xdp));
         assert!(c.snapshot.is_some() && c.out_dir.is_some() && c.interface.is_some());
+        assert_eq!(c.overwrite, Some(false));
     }
 
     #[test]
@@ -291,6 +296,7 @@ mod tests {
             dst-mac = "02:00:00:00:00:02"
             mtu = 9000
             max-file-size = 1000000
+            overwrite = true
             rate = "5gbit"
             timeout = 30
             metrics = "/var/log/pfs/metrics.jsonl"
@@ -313,6 +319,7 @@ mod tests {
         assert_eq!(c.queues, Some(vec![0, 3]));
         assert_eq!(c.out_dir, Some(PathBuf::from("/var/lib/pfs/in")));
         assert_eq!(c.max_file_size, Some(1_000_000));
+        assert_eq!(c.overwrite, Some(true));
         assert_eq!(c.hugepages, Some(HugePolicy::On));
         assert_eq!(c.mtu, Some(9000));
     }

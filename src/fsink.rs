@@ -1,26 +1,137 @@
 //! The file-system sink, the receiver's real output (the protocol in [`crate::proto`] sees only
-//! the [`FileSink`] trait and does no I/O):  each file is created under a temporary name beside its final
-//! name, sized and memory-mapped, written in place by the apply kernels, and renamed to its
-//! final name only by `commit` (after the receiver checked its BLAKE3). Dropping the sink, or
-//! `discard`, removes every temporary file not yet committed; a killed process leaves only
-//! `.NAME.pfs-tmp-*` files, never a partial file under a final name.
+//! the [`FileSink`] trait and does no I/O): each file is created under a temporary name beside
+//! its final name, sized and memory-mapped, written in place by the apply kernels, and renamed
+//! to its final name only by `commit` (after the receiver checked its BLAKE3). Dropping the
+//! sink, or `discard`, removes every temporary file not yet committed; a killed process leaves
+//! only `.NAME.pfs-tmp-PID-TAG` files, never a partial file under a final name, and
+//! [`remove_stale_temps`] clears those at the next start.
 //!
-//! Safety of the output paths: names arrive sanitised (no absolute paths, no `..`); here every
-//! directory on the way down from the output directory must be a real directory (a symlink is
-//! refused, so nothing escapes through one), temporary files are created with `O_EXCL` and
-//! `O_NOFOLLOW`, and the free space is checked before any file is created or sized.
+//! Confinement (docs/security.md). The sink holds a directory file descriptor on its root:
+//! the out-dir, or after [`MmapSink::confine`] the authenticated sender's sub-directory of
+//! it. Every path below the root is resolved relative to that descriptor with
+//! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`: nothing resolves outside the root, and
+//! no symbolic link is followed anywhere on the way (stricter than `RESOLVE_NO_MAGICLINKS`
+//! alone, and what this sink did before openat2: a symlink planted in the out-dir is refused
+//! even when it points inside). Names pass [`sanitize_name`], the one rule for names and
+//! sub-directories. Temporary files are created with `O_CREAT | O_EXCL`, and renamed into
+//! place with `renameat2(RENAME_NOREPLACE)` relative to their parent's descriptor unless
+//! [`MmapSink::overwrite`] is set: an existing final name is refused when the manifest is
+//! accepted (before any byte is written) and again, atomically, at the rename.
+//!
+//! Kernels without openat2 (Linux < 5.6) are refused with a clear error when the sink is
+//! created: there is no silent fallback to a weaker check. The free space is checked before
+//! any file is created or sized.
 #![allow(unsafe_code)]
 
-use crate::proto::sink::{FileSink, SinkError, SinkFile};
+use crate::proto::sink::{sanitize_name, FileSink, SinkError, SinkFile};
 use memmap2::MmapMut;
-use std::fs::{File, OpenOptions};
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, RenameFlags, ResolveFlag};
+use nix::sys::stat::Mode;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Component, Path, PathBuf};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// How every path below the root is resolved: beneath the directory descriptor, no symlinks
+/// (which implies no magic links).
+const RESOLVE: ResolveFlag = ResolveFlag::RESOLVE_BENEATH.union(ResolveFlag::RESOLVE_NO_SYMLINKS);
+
+/// The marker in temporary names: `.NAME.pfs-tmp-PID-TAG`.
+const TMP_MARK: &str = ".pfs-tmp-";
+
+/// Deepest directory walk [`remove_stale_temps`] makes (names have at most 32 levels; the
+/// senders' sub-directories add a few).
+const MAX_WALK_DEPTH: usize = 64;
+
+/// `openat2(dir, name, flags, mode)` resolved with [`RESOLVE`].
+fn open_beneath(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    flags: OFlag,
+    mode: u32,
+) -> Result<OwnedFd, Errno> {
+    let how = OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC)
+        .mode(Mode::from_bits_truncate(mode))
+        .resolve(RESOLVE);
+    let fd = nix::fcntl::openat2(dir.as_raw_fd(), name, how)?;
+    // Safety: openat2 returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The directory `name` beneath `dir` (no symlink, nothing outside).
+fn open_dir_beneath(dir: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd, Errno> {
+    open_beneath(dir, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0)
+}
+
+/// The directory `name` beneath `dir`, created (mode 0755) when missing.
+fn ensure_dir_beneath(dir: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd, Errno> {
+    match open_dir_beneath(dir, name) {
+        Err(Errno::ENOENT) => {
+            match nix::sys::stat::mkdirat(
+                Some(dir.as_raw_fd()),
+                name,
+                Mode::from_bits_truncate(0o755),
+            ) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(e),
+            }
+            open_dir_beneath(dir, name)
+        }
+        r => r,
+    }
+}
+
+/// Whether an openat2 error means "this path would leave the root or follow a link" (as
+/// opposed to an I/O failure).
+fn is_escape(e: Errno) -> bool {
+    matches!(
+        e,
+        Errno::ELOOP | Errno::EXDEV | Errno::ENOTDIR | Errno::EAGAIN
+    )
+}
+
+fn no_openat2() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "this kernel has no openat2 (Linux >= 5.6 is needed): pfs recv confines files to the \
+         out-dir with openat2(RESOLVE_BENEATH) and refuses to run without it",
+    )
+}
+
+/// Open `path` as a root directory: the out-dir itself (a symlink to it is resolved once,
+/// here, by the administrator's choice of path), then probe openat2 on it.
+fn open_root(path: &Path) -> io::Result<OwnedFd> {
+    let fd = nix::fcntl::open(
+        path,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        Errno::ENOTDIR => io::Error::other(format!("{} is not a directory", path.display())),
+        e => io::Error::from(e),
+    })?;
+    // Safety: open returned a new descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    match open_dir_beneath(fd.as_fd(), OsStr::new(".")) {
+        Ok(_) => Ok(fd),
+        Err(Errno::ENOSYS) => Err(no_openat2()),
+        Err(e) => Err(e.into()),
+    }
+}
 
 struct Out {
+    /// The final name, as in the manifest (for messages).
+    name: String,
+    /// Display path of the final name.
     dst: PathBuf,
-    tmp: PathBuf,
+    /// The parent directory, beneath the root: both names are relative to it.
+    dir: OwnedFd,
+    dst_name: OsString,
+    tmp_name: OsString,
     file: Option<File>,
     map: Option<MmapMut>,
     size: u64,
@@ -32,7 +143,10 @@ struct Out {
 
 /// Writes received files into an output directory through memory maps.
 pub struct MmapSink {
+    /// The root for display (the out-dir, or the confined sub-directory).
     root: PathBuf,
+    /// The root every name is resolved beneath.
+    root_fd: OwnedFd,
     tag: String,
     /// Bytes of free space to leave untouched (default 64 MiB).
     pub reserve: u64,
@@ -40,27 +154,65 @@ pub struct MmapSink {
     /// a crash right after the rename may leave a file whose pages never reached the disk;
     /// the BLAKE3 check has still passed on the bytes in memory.
     pub durable: bool,
+    /// Replace files that already exist under a final name (`pfs recv --overwrite`). Off (the
+    /// default), such a file is refused with [`SinkError::Exists`] and left unchanged.
+    pub overwrite: bool,
     outs: Vec<Out>,
 }
 
 impl MmapSink {
     /// A sink writing under `out_dir`, which must exist. `tag` makes the temporary names
-    /// unique (e.g. the session id in hex).
+    /// unique (e.g. the session id in hex). Fails on kernels without openat2.
     pub fn new(out_dir: &Path, tag: &str) -> io::Result<Self> {
         let root = out_dir.canonicalize()?;
-        if !root.is_dir() {
-            return Err(io::Error::other(format!(
-                "{} is not a directory",
-                root.display()
-            )));
-        }
+        let root_fd = open_root(&root)?;
         Ok(MmapSink {
             root,
+            root_fd,
             tag: tag.to_owned(),
             durable: true,
+            overwrite: false,
             reserve: 64 << 20,
             outs: Vec::new(),
         })
+    }
+
+    /// Confine every file of the session to `sub`, a sub-directory of the current root (the
+    /// authenticated sender's `dir=` in the authorized-senders file), created when missing.
+    /// `sub` must be relative, of plain names (no `..`, no `.`, nothing absolute: the rule of
+    /// [`sanitize_name`]), and no symbolic link may lie on the way. Call before `open`.
+    pub fn confine(&mut self, sub: &Path) -> Result<(), SinkError> {
+        let bad = |reason: &str| SinkError::BadSubdir {
+            dir: sub.to_path_buf(),
+            reason: reason.to_owned(),
+        };
+        if !self.outs.is_empty() {
+            return Err(bad("the session's files are already open"));
+        }
+        let Some(rel) = sub.to_str().and_then(sanitize_name) else {
+            return Err(bad(
+                "must be a relative path of plain names (no `..`, `.`, empty or absolute parts)",
+            ));
+        };
+        let mut cur: Option<OwnedFd> = None;
+        for part in rel.split('/') {
+            let base = cur.as_ref().map_or(self.root_fd.as_fd(), |f| f.as_fd());
+            cur = Some(
+                ensure_dir_beneath(base, OsStr::new(part)).map_err(|e| match e {
+                    e if is_escape(e) => bad("a symbolic link or a non-directory lies on the way"),
+                    Errno::ENOSYS => SinkError::Io(no_openat2()),
+                    e => SinkError::Io(e.into()),
+                })?,
+            );
+        }
+        self.root_fd = cur.expect("sanitize_name returns at least one part");
+        self.root.push(rel);
+        Ok(())
+    }
+
+    /// The directory files are written beneath (the out-dir, or the confined sub-directory).
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     /// The final path of file `i`.
@@ -70,61 +222,64 @@ impl MmapSink {
 
     /// Free bytes on the output file system.
     pub fn free_space(&self) -> io::Result<u64> {
-        let st = nix::sys::statvfs::statvfs(&self.root).map_err(io::Error::from)?;
+        let st = nix::sys::statvfs::fstatvfs(&self.root_fd).map_err(io::Error::from)?;
         Ok((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
     }
 
-    /// Create the directories of `rel` under the root, refusing anything that is not a real
-    /// directory on the way (symlinks included).
-    fn safe_parent(&self, rel: &Path) -> Option<PathBuf> {
-        let mut cur = self.root.clone();
-        if let Some(parent) = rel.parent() {
-            for c in parent.components() {
-                let Component::Normal(c) = c else {
-                    return None;
-                };
-                cur.push(c);
-                match std::fs::symlink_metadata(&cur) {
-                    Ok(m) if m.file_type().is_dir() => {}
-                    Ok(_) => return None,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        std::fs::create_dir(&cur).ok()?;
-                    }
-                    Err(_) => return None,
+    fn open_one(&self, i: usize, f: &SinkFile) -> Result<Out, SinkError> {
+        let fi = i as u32;
+        let errno = |e: Errno| match e {
+            e if is_escape(e) => SinkError::BadName(fi),
+            Errno::ENOSYS => SinkError::Io(no_openat2()),
+            e => SinkError::Io(e.into()),
+        };
+        let name = sanitize_name(&f.name).ok_or(SinkError::BadName(fi))?;
+        let mut parts: Vec<&str> = name.split('/').collect();
+        let fname = parts.pop().ok_or(SinkError::BadName(fi))?;
+        let mut cur: Option<OwnedFd> = None;
+        for part in parts {
+            let base = cur.as_ref().map_or(self.root_fd.as_fd(), |f| f.as_fd());
+            cur = Some(ensure_dir_beneath(base, OsStr::new(part)).map_err(errno)?);
+        }
+        let dir = match cur {
+            Some(d) => d,
+            None => self.root_fd.try_clone()?,
+        };
+        let exists = || SinkError::Exists {
+            file: fi,
+            name: name.clone(),
+        };
+        match nix::sys::stat::fstatat(
+            Some(dir.as_raw_fd()),
+            fname,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
+            Ok(st) => {
+                let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+                if is_dir || !self.overwrite {
+                    return Err(exists());
                 }
             }
+            Err(Errno::ENOENT) => {}
+            Err(e) => return Err(errno(e)),
         }
-        Some(cur)
-    }
-
-    fn open_one(&self, i: usize, f: &SinkFile) -> Result<Out, SinkError> {
-        let rel = Path::new(&f.name);
-        if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
-            return Err(SinkError::BadName(i as u32));
-        }
-        let parent = self.safe_parent(rel).ok_or(SinkError::BadName(i as u32))?;
-        let fname = rel.file_name().ok_or(SinkError::BadName(i as u32))?;
-        let dst = parent.join(fname);
-        if std::fs::symlink_metadata(&dst).is_ok_and(|m| m.is_dir()) {
-            return Err(SinkError::BadName(i as u32));
-        }
-        let tmp = parent.join(format!(
-            ".{}.pfs-tmp-{}-{}",
-            fname.to_string_lossy(),
-            std::process::id(),
-            self.tag
-        ));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)?;
+        let tmp_name = tmp_name(fname, &self.tag);
+        let dst_name = OsString::from(fname);
+        let dst = self.root.join(&name);
+        let fd = open_beneath(
+            dir.as_fd(),
+            &tmp_name,
+            OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW,
+            0o644,
+        )
+        .map_err(errno)?;
         let mut out = Out {
             dst,
-            tmp,
-            file: Some(file),
+            name,
+            dir,
+            dst_name,
+            tmp_name,
+            file: Some(File::from(fd)),
             map: None,
             size: f.size,
             written_back: 0,
@@ -144,32 +299,132 @@ impl MmapSink {
     }
 }
 
+/// The temporary name of `fname`: `.FNAME.pfs-tmp-PID-TAG`, with FNAME cut to 200 bytes so
+/// that the whole name stays under the 255-byte limit of file names.
+fn tmp_name(fname: &str, tag: &str) -> OsString {
+    let b = fname.as_bytes();
+    let cut = &b[..b.len().min(200)];
+    let mut v = Vec::with_capacity(cut.len() + 48);
+    v.push(b'.');
+    v.extend_from_slice(cut);
+    v.extend_from_slice(format!("{TMP_MARK}{}-{tag}", std::process::id()).as_bytes());
+    OsString::from(OsStr::from_bytes(&v).to_owned())
+}
+
+/// The process id in a temporary name this sink makes, if `name` is one.
+fn tmp_pid(name: &[u8]) -> Option<Option<u32>> {
+    if name.first() != Some(&b'.') {
+        return None;
+    }
+    let mark = TMP_MARK.as_bytes();
+    let at = name.windows(mark.len()).rposition(|w| w == mark)?;
+    let rest = &name[at + mark.len()..];
+    let pid = rest
+        .split(|&c| c == b'-')
+        .next()
+        .and_then(|p| std::str::from_utf8(p).ok())
+        .and_then(|p| p.parse::<u32>().ok());
+    Some(pid)
+}
+
+/// What [`remove_stale_temps`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StaleTemps {
+    /// Temporary files of processes that are gone, removed.
+    pub removed: u64,
+    /// Temporary files of a live process (another receiver on the same out-dir), kept.
+    pub kept: u64,
+}
+
+/// Remove the temporary files (`.NAME.pfs-tmp-PID-TAG`) that earlier runs left in `out_dir`
+/// and its sub-directories (a killed receiver). A file whose PID is a live process other
+/// than this one is kept: another receiver may be writing it. Symbolic links are neither
+/// followed nor removed.
+pub fn remove_stale_temps(out_dir: &Path) -> io::Result<StaleTemps> {
+    let root = open_root(out_dir)?;
+    let mut st = StaleTemps::default();
+    walk_temps(root.as_fd(), 0, &mut st)?;
+    Ok(st)
+}
+
+fn walk_temps(dir: BorrowedFd<'_>, depth: usize, st: &mut StaleTemps) -> io::Result<()> {
+    use nix::dir::{Dir, Type};
+    let mut d = Dir::openat(
+        Some(dir.as_raw_fd()),
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut entries: Vec<(OsString, Option<Type>)> = Vec::new();
+    for e in d.iter() {
+        let e = e?;
+        let name = e.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        entries.push((OsStr::from_bytes(name).to_owned(), e.file_type()));
+    }
+    let me = std::process::id();
+    for (name, ty) in entries {
+        let ty = match ty {
+            Some(t) => t,
+            None => {
+                let s = nix::sys::stat::fstatat(
+                    Some(dir.as_raw_fd()),
+                    name.as_os_str(),
+                    nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                )?;
+                match s.st_mode & libc::S_IFMT {
+                    libc::S_IFDIR => Type::Directory,
+                    libc::S_IFREG => Type::File,
+                    _ => Type::Symlink,
+                }
+            }
+        };
+        match ty {
+            Type::Directory if depth < MAX_WALK_DEPTH => {
+                // A directory that vanished or turned into a link meanwhile is skipped.
+                if let Ok(sub) = open_dir_beneath(dir, &name) {
+                    walk_temps(sub.as_fd(), depth + 1, st)?;
+                }
+            }
+            Type::File => {
+                let Some(pid) = tmp_pid(name.as_bytes()) else {
+                    continue;
+                };
+                if let Some(pid) = pid.filter(|&p| p != me && p > 0 && p <= i32::MAX as u32) {
+                    let alive = match nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        None,
+                    ) {
+                        Ok(()) | Err(Errno::EPERM) => true,
+                        Err(_) => false,
+                    };
+                    if alive {
+                        st.kept += 1;
+                        continue;
+                    }
+                }
+                match nix::unistd::unlinkat(
+                    Some(dir.as_raw_fd()),
+                    name.as_os_str(),
+                    nix::unistd::UnlinkatFlags::NoRemoveDir,
+                ) {
+                    Ok(()) => st.removed += 1,
+                    Err(Errno::ENOENT) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 impl FileSink for MmapSink {
-    /// Joins the sub-directory (created if missing; it must stay beneath the output
-    /// directory). The sec-fs branch replaces this with `MmapSink::confine` (openat2
-    /// RESOLVE_BENEATH); call that here once merged.
+    /// [`MmapSink::confine`]: beneath the current root, no symlink on the way.
     fn confine_to(&mut self, sub: &Path) -> Result<(), SinkError> {
-        use std::path::Component;
-        if sub
-            .components()
-            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
-        {
-            return Err(SinkError::Io(io::Error::other(format!(
-                "{}: a sender's directory must be relative and without `..`",
-                sub.display()
-            ))));
-        }
-        let dir = self.root.join(sub);
-        std::fs::create_dir_all(&dir)?;
-        let dir = dir.canonicalize()?;
-        if !dir.starts_with(&self.root) {
-            return Err(SinkError::Io(io::Error::other(format!(
-                "{} leaves the output directory",
-                dir.display()
-            ))));
-        }
-        self.root = dir;
-        Ok(())
+        self.confine(sub)
     }
 
     fn open(&mut self, files: &[SinkFile]) -> Result<(), SinkError> {
@@ -247,7 +502,6 @@ impl FileSink for MmapSink {
         }
         // Start (not wait for) writeback of the final range; `commit`'s fsync then finds most
         // of the file on its way to the disk. A failure here only loses the head start.
-        use std::os::fd::AsRawFd;
         // Safety: a plain syscall on a file descriptor we own; no memory is passed.
         let _ = unsafe {
             libc::sync_file_range(
@@ -275,10 +529,26 @@ impl FileSink for MmapSink {
                 f.sync_all()?;
             }
         }
-        debug_assert!(o.size == 0 || std::fs::metadata(&o.tmp)?.len() == o.size);
-        std::fs::rename(&o.tmp, &o.dst)?;
-        o.settled = true;
-        Ok(())
+        let flags = if self.overwrite {
+            RenameFlags::empty()
+        } else {
+            RenameFlags::RENAME_NOREPLACE
+        };
+        let d = Some(o.dir.as_raw_fd());
+        match nix::fcntl::renameat2(d, o.tmp_name.as_os_str(), d, o.dst_name.as_os_str(), flags) {
+            Ok(()) => {
+                o.settled = true;
+                Ok(())
+            }
+            // The name appeared after the manifest was accepted: the existing file stays.
+            Err(Errno::EEXIST) | Err(Errno::EISDIR) | Err(Errno::ENOTEMPTY) => {
+                Err(SinkError::Exists {
+                    file,
+                    name: o.name.clone(),
+                })
+            }
+            Err(e) => Err(SinkError::Io(e.into())),
+        }
     }
 
     fn discard(&mut self) {
@@ -286,7 +556,11 @@ impl FileSink for MmapSink {
             if !o.settled {
                 o.map = None;
                 o.file = None;
-                let _ = std::fs::remove_file(&o.tmp);
+                let _ = nix::unistd::unlinkat(
+                    Some(o.dir.as_raw_fd()),
+                    o.tmp_name.as_os_str(),
+                    nix::unistd::UnlinkatFlags::NoRemoveDir,
+                );
                 o.settled = true;
             }
         }
@@ -296,5 +570,289 @@ impl FileSink for MmapSink {
 impl Drop for MmapSink {
     fn drop(&mut self) {
         self.discard();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn file(name: &str, size: u64) -> SinkFile {
+        SinkFile {
+            name: name.into(),
+            size,
+        }
+    }
+
+    /// A sink over `dir` with no free-space reserve (tests run on small file systems too).
+    fn sink(dir: &Path) -> MmapSink {
+        let mut s = MmapSink::new(dir, "t").unwrap();
+        s.reserve = 0;
+        s.durable = false;
+        s
+    }
+
+    /// Write `bytes` as the one file `name` and commit it.
+    fn receive(s: &mut MmapSink, name: &str, bytes: &[u8]) -> Result<(), SinkError> {
+        s.open(&[file(name, bytes.len() as u64)])?;
+        s.write_raw(0, 0, bytes)?;
+        s.commit(0)
+    }
+
+    /// Every entry under `dir`, recursively, as relative paths (links not followed).
+    fn tree(dir: &Path) -> Vec<String> {
+        fn walk(base: &Path, d: &Path, out: &mut Vec<String>) {
+            for e in std::fs::read_dir(d).unwrap() {
+                let p = e.unwrap().path();
+                out.push(p.strip_prefix(base).unwrap().display().to_string());
+                if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+                    walk(base, &p, out);
+                }
+            }
+        }
+        let mut v = Vec::new();
+        walk(dir, dir, &mut v);
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_file_arrives_under_its_name_in_nested_directories() {
+        let out = tempfile::tempdir().unwrap();
+        let mut s = sink(out.path());
+        receive(&mut s, "a/b/c.bin", b"hello").unwrap();
+        assert_eq!(
+            std::fs::read(out.path().join("a/b/c.bin")).unwrap(),
+            b"hello"
+        );
+        assert_eq!(tree(out.path()), ["a", "a/b", "a/b/c.bin"]);
+    }
+
+    #[test]
+    fn a_symlink_in_the_out_dir_pointing_outside_is_refused_and_nothing_is_created_outside() {
+        let out = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        symlink(outside.path(), out.path().join("link")).unwrap();
+        // A directory symlink pointing inside the out-dir is refused too (no symlinks at all).
+        std::fs::create_dir(out.path().join("real")).unwrap();
+        symlink("real", out.path().join("inner")).unwrap();
+        for name in ["link/x", "link/sub/x", "inner/x"] {
+            let mut s = sink(out.path());
+            let e = receive(&mut s, name, b"data").unwrap_err();
+            assert!(matches!(e, SinkError::BadName(0)), "{name}: {e}");
+        }
+        // The sender's directory through a link: refused as well.
+        let mut s = sink(out.path());
+        let e = s.confine(Path::new("link")).unwrap_err();
+        assert!(matches!(e, SinkError::BadSubdir { .. }), "{e}");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        let e = s.confine(Path::new("link/alice")).unwrap_err();
+        assert!(matches!(e, SinkError::BadSubdir { .. }), "{e}");
+        assert!(
+            tree(outside.path()).is_empty(),
+            "{:?}",
+            tree(outside.path())
+        );
+        assert_eq!(tree(out.path()), ["inner", "link", "real"]);
+    }
+
+    #[test]
+    fn names_with_dot_dot_or_absolute_parts_are_refused_by_the_one_rule() {
+        let parent = tempfile::tempdir().unwrap();
+        let out = parent.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        for name in [
+            "../escape",
+            "a/../../escape",
+            "/tmp/escape",
+            "./a",
+            "a//b",
+            "",
+        ] {
+            let mut s = sink(&out);
+            let e = receive(&mut s, name, b"x").unwrap_err();
+            assert!(matches!(e, SinkError::BadName(0)), "{name:?}: {e}");
+        }
+        for sub in ["../up", "/abs", "a/../b", ".", ""] {
+            let mut s = sink(&out);
+            let e = s.confine(Path::new(sub)).unwrap_err();
+            assert!(e.to_string().contains("relative path"), "{sub:?}: {e}");
+        }
+        assert_eq!(tree(parent.path()), ["out"]);
+    }
+
+    #[test]
+    fn a_confined_sender_writes_only_beneath_its_directory() {
+        let out = tempfile::tempdir().unwrap();
+        let mut s = sink(out.path());
+        s.confine(Path::new("senders/alice")).unwrap();
+        assert_eq!(
+            s.root(),
+            out.path().canonicalize().unwrap().join("senders/alice")
+        );
+        receive(&mut s, "f.bin", b"alice's").unwrap();
+        assert_eq!(
+            std::fs::read(out.path().join("senders/alice/f.bin")).unwrap(),
+            b"alice's"
+        );
+        assert_eq!(s.path(0), Some(s.root().join("f.bin").as_path()));
+        // Confining twice nests; after open it is refused.
+        let e = s.confine(Path::new("x")).unwrap_err();
+        assert!(e.to_string().contains("already open"), "{e}");
+        // A symlink planted inside the sender's directory that points at another sender's
+        // directory (or anywhere) is not followed.
+        std::fs::create_dir(out.path().join("senders/bob")).unwrap();
+        symlink("../bob", out.path().join("senders/alice/tobob")).unwrap();
+        let mut s = sink(out.path());
+        s.confine(Path::new("senders/alice")).unwrap();
+        let e = receive(&mut s, "tobob/evil", b"x").unwrap_err();
+        assert!(matches!(e, SinkError::BadName(0)), "{e}");
+        assert!(tree(&out.path().join("senders/bob")).is_empty());
+    }
+
+    #[test]
+    fn an_existing_final_name_is_refused_and_left_unchanged_without_overwrite() {
+        let out = tempfile::tempdir().unwrap();
+        std::fs::write(out.path().join("f"), b"original").unwrap();
+        let mut s = sink(out.path());
+        let e = receive(&mut s, "f", b"replacement").unwrap_err();
+        assert!(
+            matches!(&e, SinkError::Exists { file: 0, name } if name == "f"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("`f` already exists"), "{e}");
+        drop(s);
+        assert_eq!(std::fs::read(out.path().join("f")).unwrap(), b"original");
+        assert_eq!(tree(out.path()), ["f"], "no temporary file left");
+        // A symlink under the final name is an existing name too; its target is untouched.
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("t"), b"target").unwrap();
+        symlink(outside.path().join("t"), out.path().join("l")).unwrap();
+        let mut s = sink(out.path());
+        assert!(matches!(
+            receive(&mut s, "l", b"new"),
+            Err(SinkError::Exists { .. })
+        ));
+        assert_eq!(std::fs::read(outside.path().join("t")).unwrap(), b"target");
+    }
+
+    #[test]
+    fn a_name_that_appears_during_the_transfer_is_not_replaced() {
+        let out = tempfile::tempdir().unwrap();
+        let mut s = sink(out.path());
+        s.open(&[file("late", 3)]).unwrap();
+        s.write_raw(0, 0, b"new").unwrap();
+        std::fs::write(out.path().join("late"), b"first").unwrap();
+        let e = s.commit(0).unwrap_err();
+        assert!(matches!(e, SinkError::Exists { file: 0, .. }), "{e}");
+        s.discard();
+        assert_eq!(std::fs::read(out.path().join("late")).unwrap(), b"first");
+        assert_eq!(tree(out.path()), ["late"]);
+    }
+
+    #[test]
+    fn with_overwrite_an_existing_file_is_replaced_but_a_directory_never() {
+        let out = tempfile::tempdir().unwrap();
+        std::fs::write(out.path().join("f"), b"original").unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("t"), b"target").unwrap();
+        symlink(outside.path().join("t"), out.path().join("l")).unwrap();
+        std::fs::create_dir(out.path().join("d")).unwrap();
+        let mut s = sink(out.path());
+        s.overwrite = true;
+        s.open(&[file("f", 11), file("l", 3)]).unwrap();
+        s.write_raw(0, 0, b"replacement").unwrap();
+        s.write_raw(1, 0, b"new").unwrap();
+        s.commit(0).unwrap();
+        s.commit(1).unwrap();
+        assert_eq!(std::fs::read(out.path().join("f")).unwrap(), b"replacement");
+        // The link itself was replaced by a regular file; its old target is unchanged.
+        assert!(std::fs::symlink_metadata(out.path().join("l"))
+            .unwrap()
+            .is_file());
+        assert_eq!(std::fs::read(out.path().join("l")).unwrap(), b"new");
+        assert_eq!(std::fs::read(outside.path().join("t")).unwrap(), b"target");
+        let mut s = sink(out.path());
+        s.overwrite = true;
+        assert!(matches!(
+            receive(&mut s, "d", b"x"),
+            Err(SinkError::Exists { .. })
+        ));
+        assert!(out.path().join("d").is_dir());
+    }
+
+    #[test]
+    fn stale_temporary_files_of_dead_processes_are_removed() {
+        let out = tempfile::tempdir().unwrap();
+        let o = out.path();
+        std::fs::create_dir_all(o.join("alice/deep")).unwrap();
+        // A pid that cannot exist (above the kernel's pid_max limit of 2^22).
+        let dead = 4_194_304 + 7;
+        let live = std::process::id(); // this process: its own old temps count as stale
+        let parent = nix::unistd::getppid().as_raw(); // a live process other than us
+        for p in [
+            format!(".a.pfs-tmp-{dead}-00ff"),
+            format!("alice/.b.bin.pfs-tmp-{dead}-1"),
+            format!("alice/deep/.c.pfs-tmp-{live}-2"),
+            format!(".running.pfs-tmp-{parent}-3"),
+        ] {
+            std::fs::write(o.join(p), b"partial").unwrap();
+        }
+        // Not temporary names of ours: kept.
+        for p in ["a", "pfs-tmp-1-2", ".hidden", "alice/x.pfs-tmp-1-2"] {
+            std::fs::write(o.join(p), b"keep").unwrap();
+        }
+        // A symlink named like a temp, pointing outside: neither followed nor removed.
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("t"), b"target").unwrap();
+        symlink(
+            outside.path().join("t"),
+            o.join(format!(".l.pfs-tmp-{dead}-9")),
+        )
+        .unwrap();
+        let st = remove_stale_temps(o).unwrap();
+        assert_eq!(
+            st,
+            StaleTemps {
+                removed: 3,
+                kept: 1
+            }
+        );
+        let mut want = vec![
+            ".hidden".to_string(),
+            format!(".l.pfs-tmp-{dead}-9"),
+            format!(".running.pfs-tmp-{parent}-3"),
+            "a".into(),
+            "alice".into(),
+            "alice/deep".into(),
+            "alice/x.pfs-tmp-1-2".into(),
+            "pfs-tmp-1-2".into(),
+        ];
+        want.sort();
+        assert_eq!(tree(o), want);
+        assert_eq!(std::fs::read(outside.path().join("t")).unwrap(), b"target");
+        assert_eq!(
+            remove_stale_temps(o).unwrap(),
+            StaleTemps {
+                removed: 0,
+                kept: 1
+            }
+        );
+    }
+
+    #[test]
+    fn temporary_names_stay_under_the_file_name_limit_and_are_recognised() {
+        let long = "x".repeat(255);
+        let t = tmp_name(&long, "0123456789abcdef");
+        assert!(t.len() <= 255, "{}", t.len());
+        assert_eq!(tmp_pid(t.as_bytes()), Some(Some(std::process::id())));
+        assert_eq!(tmp_pid(b"plain"), None);
+        let out = tempfile::tempdir().unwrap();
+        let mut s = MmapSink::new(out.path(), "0123456789abcdef").unwrap();
+        s.reserve = 0;
+        s.durable = false;
+        receive(&mut s, &long, b"long name").unwrap();
+        assert_eq!(std::fs::read(out.path().join(&long)).unwrap(), b"long name");
     }
 }

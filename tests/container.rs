@@ -7,6 +7,10 @@
 //!   (native XDP attach included);
 //! - `pfs recv --transport xdp` in such a container on side B receives files that `pfs send`
 //!   sends from side A over AF_XDP; they arrive bit-exact and the container's effective capabilities are exactly those.
+//!   The session is authenticated and encrypted: both identities are made with `pfs keygen`
+//!   on the host, the receiver's key file and its authorized-senders file are mounted
+//!   read-only into the container, and the sender's line confines it to `dir=from-a`, so the
+//!   files land in `OUT/from-a` (docs/security.md).
 //!
 //! Containers, images and namespaces are removed afterwards (also on failure: Drop).
 //! The transfer runs over AF_XDP (the XDP program attached natively inside the container);
@@ -178,11 +182,22 @@ fn recv_in_a_capability_limited_container() {
     for (n, b) in &files {
         std::fs::write(send_dir.join(n), b).unwrap();
     }
-
-    // Keys: the receiver's key file and authorized senders mounted read-only.
-    let key_dir = tmp.path().join("keys");
-    std::fs::create_dir_all(&key_dir).unwrap();
-    let keys = common::keys::KeyFiles::create(&key_dir);
+    // Keys: each side's identity (mode 0600), the receiver's list of senders.
+    let keys = tmp.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let keygen = |name: &str| {
+        let o = run(Command::new(pfs)
+            .args(["keygen", "--out"])
+            .arg(keys.join(name)));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let sender_pub = keygen("sender.key");
+    let receiver_pub = keygen("receiver.key");
+    std::fs::write(
+        keys.join("authorized_senders"),
+        format!("{sender_pub} container-sender dir=from-a\n"),
+    )
+    .unwrap();
 
     // 3. Namespaces.
     let pair = NetnsPair::new(2, 1500).unwrap();
@@ -228,10 +243,14 @@ fn recv_in_a_capability_limited_container() {
         .arg("-v")
         .arg(format!("{}:/out", out_dir.display()))
         .arg("-v")
-        .arg(format!("{}:/keys:ro", key_dir.display()))
+        .arg(format!("{}:/keys:ro", keys.display()))
         .args([
             &image,
             "recv",
+            "--identity",
+            "/keys/receiver.key",
+            "--authorized-senders",
+            "/keys/authorized_senders",
             "--transport",
             &transport,
             "--iface",
@@ -244,10 +263,6 @@ fn recv_in_a_capability_limited_container() {
             "60",
             "--metrics",
             "/tmp/metrics.jsonl",
-            "--identity",
-            "/keys/receiver.key",
-            "--authorized-senders",
-            "/keys/authorized-senders",
         ]));
     // Wait until it listens (or exits): the loop ends on either, not on a clock.
     loop {
@@ -290,12 +305,15 @@ fn recv_in_a_capability_limited_container() {
             &ns_a,
             "--dst",
             &dst,
-            "--snapshot",
+            "--receiver-key",
+            &receiver_pub,
+            "--identity",
         ])
+        .arg(keys.join("sender.key"))
+        .arg("--snapshot")
         .arg(&snap)
         .arg("--metrics")
-        .arg(tmp.path().join("send-metrics.jsonl"))
-        .args(keys.send_flags());
+        .arg(tmp.path().join("send-metrics.jsonl"));
     for (n, _) in &files {
         send.arg(send_dir.join(n));
     }
@@ -319,8 +337,13 @@ fn recv_in_a_capability_limited_container() {
         "0",
         "receiver container failed:\n{rtext}"
     );
+    // Confined to the sender's directory: nothing directly in the out-dir.
+    for (n, _) in &files {
+        assert!(!out_dir.join(n).exists(), "{n} escaped dir=from-a");
+    }
     for (n, b) in &files {
-        let got = std::fs::read(out_dir.join(n)).unwrap_or_else(|e| panic!("{n}: {e}"));
+        let got = std::fs::read(out_dir.join("from-a").join(n))
+            .unwrap_or_else(|e| panic!("from-a/{n}: {e}"));
         assert!(
             got == *b,
             "{n} differs ({} vs {} bytes)",
@@ -332,6 +355,14 @@ fn recv_in_a_capability_limited_container() {
         rtext.contains(&format!("received {} file(s)", files.len())),
         "{rtext}"
     );
+    // The receiver's summary names the authenticated sender; nothing ran in plaintext.
+    assert!(
+        rtext
+            .lines()
+            .any(|l| l.trim_start().starts_with("security:") && l.contains("container-sender")),
+        "{rtext}"
+    );
+    assert!(!rtext.contains("NONE (--insecure)"), "{rtext}");
     if transport == "xdp" {
         assert!(rtext.contains("over xdp"), "{rtext}");
         assert!(!rtext.contains("steered=0 "), "nothing steered:\n{rtext}");

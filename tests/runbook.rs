@@ -126,3 +126,57 @@ fn one_machine_steps_of_the_runbook_run_on_veth() {
         assert_eq!(dump.matches("key:").count(), 5, "{dump}");
     });
 }
+
+/// Step 2b, the key exchange, on one machine: both hosts' keys in one directory, `pfs key
+/// pub` standing in for the ssh call that fetches the peer's public key. The files the
+/// runbook's lines write are the ones `pfs recv --authorized-senders` and `pfs send
+/// --known-receivers` read. No privileges needed.
+#[test]
+fn the_key_exchange_of_the_runbook_makes_files_pfs_reads() {
+    use packetfs::secure::{AuthorizedSenders, Identity, KnownReceivers};
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("pfs");
+    let mut vars = vec![
+        ("KEYS", keys.display().to_string()),
+        ("R_IP", "192.0.2.2".to_string()),
+        ("S_IP", "192.0.2.1".to_string()),
+    ];
+    runbook("mkdir -p -m 700 $KEYS", &vars);
+    let r_pub = runbook("pfs keygen --out $KEYS/recv.key", &vars);
+    let s_pub = runbook("pfs keygen --out $KEYS/send.key", &vars);
+    // What `ssh root@$R_IP pfs key pub ...` runs on the peer.
+    assert_eq!(runbook("pfs key pub $KEYS/recv.key", &vars), r_pub);
+    assert_eq!(runbook("pfs key pub $KEYS/send.key", &vars), s_pub);
+    vars.push(("R_PUB", r_pub.trim().to_string()));
+    vars.push(("S_PUB", s_pub.trim().to_string()));
+    runbook(
+        "echo \"$S_PUB host-s dir=from-s max-file=100G\" >> $KEYS/authorized_senders",
+        &vars,
+    );
+    runbook("echo \"$R_IP $R_PUB\" >> $KEYS/known_receivers", &vars);
+
+    let s_id = Identity::load(&keys.join("send.key")).unwrap();
+    let r_id = Identity::load(&keys.join("recv.key")).unwrap();
+    assert_eq!(s_id.public().to_base64(), s_pub.trim());
+    let auth = AuthorizedSenders::load(&keys.join("authorized_senders")).unwrap();
+    let p = auth.get(&s_id.public()).expect("the sender is listed");
+    assert_eq!(p.name, "host-s");
+    assert_eq!(p.dir.as_deref(), Some(std::path::Path::new("from-s")));
+    assert_eq!(p.max_file, Some(100 << 30));
+    assert!(auth.get(&r_id.public()).is_none(), "only the sender");
+    let known = KnownReceivers::load(&keys.join("known_receivers")).unwrap();
+    assert_eq!(
+        known.get("192.0.2.2:47000".parse().unwrap()),
+        Some(r_id.public())
+    );
+    assert_eq!(known.get("192.0.2.3:47000".parse().unwrap()), None);
+    // The lines that pass the keys to pfs name these files.
+    for l in [
+        "RECV_KEYS=\"--identity $KEYS/recv.key --authorized-senders $KEYS/authorized_senders\"",
+        "SEND_KEYS=\"--identity $KEYS/send.key --known-receivers $KEYS/known_receivers\"",
+        "--snapshot $SNAP --out-dir $OUT $RECV_KEYS",
+        "--snapshot $SNAP $SEND_KEYS --rate 10gbit FILE...",
+    ] {
+        assert!(DOC.contains(l), "docs/two-hosts.md no longer contains: {l}");
+    }
+}

@@ -10,8 +10,10 @@
 # of `pfs send` to the first datagram handed to the frame path, a Hello; first_data: to the
 # first data frame; total: to the receiver's confirmation), the wall time until `pfs send`
 # and `pfs recv` exited (date +%s.%N around the commands), and the sender's wire bytes.
+# Sessions run with keys (scripts/keys.sh); PFS_INSECURE=1 runs them in plaintext.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source scripts/keys.sh
 
 pfs=$PWD/target/release/pfs
 runs=3
@@ -51,6 +53,7 @@ ipB=10.201.$net.2
 "$pfs" snapshot build --add "$old" --out "$work/snap" >&2
 head -c $((random_mb << 20)) /dev/urandom >"$work/random.bin"
 cp "$new" "$work/$(basename "$new")"
+pfs_keys "$pfs" "$work/keys"
 now() { date +%s.%N; }
 echo "old $old"
 echo "new $new"
@@ -61,13 +64,13 @@ for transport in $transports; do
             log="$work/recv.log"
             rm -rf "$out" "$work/m.send"
             (ip netns exec "$B" "$pfs" recv --transport "$transport" --iface "$B" --listen "$ipB" \
-                --snapshot "$work/snap" --out-dir "$out" --metrics "$work/m.recv" --timeout 60 >"$log" 2>&1
+                --snapshot "$work/snap" "${RECV_KEYS[@]}" --out-dir "$out" --metrics "$work/m.recv" --timeout 60 >"$log" 2>&1
              now >"$log.end") &
             rpid=$!
             for _ in $(seq 1 300); do grep -q '^listening' "$log" && break; sleep 0.05; done
             t0=$(now)
             ip netns exec "$A" "$pfs" send --transport "$transport" --iface "$A" --dst "$ipB" \
-                --snapshot "$work/snap" --rate "$rate" --metrics "$work/m.send" "$f" >"$log.send" 2>&1 \
+                --snapshot "$work/snap" "${SEND_KEYS[@]}" --rate "$rate" --metrics "$work/m.send" "$f" >"$log.send" 2>&1 \
                 || { cat "$log.send" >&2; exit 1; }
             t1=$(now)
             wait "$rpid"

@@ -7,8 +7,10 @@
 # Prints one line per run: send exit and recv exit, both measured from the moment `pfs send`
 # was started (date +%s.%N around the commands), and the sender's summary line.
 # PFS_WALL_STRACE=PREFIX runs the sender under `strace -f -tt -o PREFIX.N`.
+# Sessions run with keys (scripts/keys.sh); PFS_INSECURE=1 runs them in plaintext.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source scripts/keys.sh
 
 pfs=$PWD/target/release/pfs
 runs=3
@@ -45,18 +47,19 @@ ipB=10.201.$net.2
 "$pfs" snapshot build --size-mb "$snap_mb" --out "$work/snap" >&2
 "$pfs" index build "$work/snap" >&2
 dd if="$work/snap/snapshot.bin" of="$work/covered.bin" bs=1M skip=1 count="$covered_mb" status=none
+pfs_keys "$pfs" "$work/keys"
 now() { date +%s.%N; }
 for i in $(seq 1 "$runs"); do
     out="$work/out$i"
     log="$work/recv$i.log"
     (ip netns exec "$B" "$pfs" recv --transport "$transport" --iface "$B" --listen "$ipB" \
-        --snapshot "$work/snap" --out-dir "$out" --metrics "$work/m.recv" --timeout 60 >"$log" 2>&1
+        --snapshot "$work/snap" "${RECV_KEYS[@]}" --out-dir "$out" --metrics "$work/m.recv" --timeout 60 >"$log" 2>&1
      now >"$log.end") &
     rpid=$!
     for _ in $(seq 1 300); do grep -q '^listening' "$log" && break; sleep 0.05; done
     t0=$(now)
     ip netns exec "$A" ${PFS_WALL_STRACE:+strace -f -tt -o "$PFS_WALL_STRACE.$i"} "$pfs" send --transport "$transport" --iface "$A" --dst "$ipB" \
-        --snapshot "$work/snap" --rate "$rate" --metrics "$work/m.send" "$work/covered.bin" >"$log.send" 2>&1
+        --snapshot "$work/snap" "${SEND_KEYS[@]}" --rate "$rate" --metrics "$work/m.send" "$work/covered.bin" >"$log.send" 2>&1
     t1=$(now)
     wait "$rpid"
     t2=$(cat "$log.end")

@@ -3,6 +3,7 @@
 mod bench;
 mod codec;
 mod doctor;
+mod keys;
 mod xfer;
 
 use clap::{Parser, Subcommand};
@@ -19,8 +20,11 @@ use std::process::ExitCode;
 ///   pfs snapshot build --out snap            # 64 MiB default recipe, indexes included
 ///   pfs plan /usr/bin/bash --snapshot snap -o bash.pbb
 ///   pfs unplan bash.pbb --snapshot snap -o bash.copy
-///   pfs recv --iface eth1 --snapshot snap --out-dir in      # host B (AF_XDP as root)
-///   pfs send --iface eth1 --dst 10.0.0.2 --snapshot snap FILE...   # host A
+///   pfs keygen --out pfs.key                                # each host; prints its public key
+///   pfs recv --iface eth1 --snapshot snap --out-dir in \
+///       --identity pfs.key --authorized-senders senders    # host B (AF_XDP as root)
+///   pfs send --iface eth1 --dst 10.0.0.2 --snapshot snap \
+///       --identity pfs.key --receiver-key B_PUB FILE...    # host A
 ///   pfs doctor --iface eth1 --snapshot snap                 # what a host is missing
 #[derive(Parser, Debug)]
 #[command(
@@ -63,6 +67,13 @@ pub enum Cmd {
     /// XDP on --iface, queues, MTU, hugepages, --snapshot); prints ok/warn/missing with the
     /// command that fixes each; exits non-zero when something required is missing.
     Doctor(doctor::DoctorArgs),
+    /// Make a new identity: a static X25519 private key written to --out (mode 0600, never
+    /// over an existing file); its public key is printed as one base64 line on stdout, and
+    /// the lines to put in the peer's files on stderr. --psk writes a pre-shared key instead.
+    Keygen(keys::KeygenArgs),
+    /// Work with key files: `pfs key pub KEYFILE` prints the public key again.
+    #[command(subcommand)]
+    Key(keys::KeyCmd),
 }
 
 pub fn main() -> ExitCode {
@@ -104,5 +115,7 @@ fn run(cli: Cli, origin: std::time::Instant) -> anyhow::Result<ExitCode> {
         Cmd::Recv(a) => xfer::recv(a),
         Cmd::Bench(b) => bench::run(b),
         Cmd::Doctor(a) => doctor::run(a),
+        Cmd::Keygen(a) => keys::keygen(a),
+        Cmd::Key(c) => keys::key(c),
     }
 }

@@ -314,6 +314,11 @@ pub struct RecvArgs {
     /// [default: on].
     #[arg(long, value_enum)]
     sync: Option<OnOff>,
+    /// Replace files that already exist under a received name (never directories). Without
+    /// it, a session naming an existing file is refused before any byte is written and the
+    /// existing file is left unchanged.
+    #[arg(long)]
+    overwrite: bool,
     /// IP MTU [default: 1500].
     #[arg(long)]
     mtu: Option<usize>,
@@ -354,6 +359,7 @@ impl RecvArgs {
             listen: self.listen.map(|l| l.to_string()),
             mtu: self.mtu,
             max_file_size: self.max_file_size,
+            overwrite: self.overwrite.then_some(true),
             timeout: self.timeout,
             metrics: self.metrics,
             hugepages: self.hugepages,
@@ -680,7 +686,11 @@ it was expected to hold key {} (is that its key? does its authorized-senders fil
                     k.identity.public().to_base64()
                 );
             }
-            bail!("send failed: {failure}");
+            let named = failure.reason.file().and_then(|i| paths.get(i as usize));
+            match named {
+                Some(p) => bail!("send failed: {failure} ({})", p.display()),
+                None => bail!("send failed: {failure}"),
+            }
         }
         Err(e) => return Err(e.into()),
     };
@@ -775,7 +785,22 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
     let mut proto = packetfs::proto::ReceiverConfig::default();
     proto.max_file_size = c.max_file_size.unwrap_or(proto.max_file_size);
     proto.durable = c.sync.unwrap_or(true);
+    proto.overwrite = c.overwrite.unwrap_or(false);
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let stale = packetfs::fsink::remove_stale_temps(&out_dir)
+        .with_context(|| format!("clearing stale temporary files in {}", out_dir.display()))?;
+    if stale.removed > 0 || stale.kept > 0 {
+        eprintln!(
+            "removed {} stale temporary file(s) of earlier runs from {}{}",
+            stale.removed,
+            out_dir.display(),
+            if stale.kept > 0 {
+                format!(" (kept {} of a running process)", stale.kept)
+            } else {
+                String::new()
+            }
+        );
+    }
     let snap = Snapshot::open(&snapshot, c.hugepages.unwrap_or(HugePolicy::Auto))?;
     let transport = pick_transport(c.transport.unwrap_or_default(), c.interface.as_deref());
     let tname = transport.name();
@@ -844,7 +869,14 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
                 &metrics,
                 &json!({"kind": "recv", "transport": tname, "ok": false, "reason": failure.to_string(), "summary": summary, "xdp": report}),
             );
-            bail!("receive failed: {failure}");
+            let named = failure
+                .reason
+                .file()
+                .and_then(|i| summary.files.get(i as usize));
+            match named {
+                Some(f) => bail!("receive failed: {failure} ({})", f.name),
+                None => bail!("receive failed: {failure}"),
+            }
         }
         Err(e) => return Err(e.into()),
     };

@@ -648,6 +648,7 @@ pub fn file_receiver<'a>(
         source,
     })?;
     sink.durable = proto.durable;
+    sink.overwrite = proto.overwrite;
     Ok(Receiver::new(proto, snapshot_id, snapshot, sink))
 }
 

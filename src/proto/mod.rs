@@ -188,6 +188,10 @@ pub struct ReceiverConfig {
     /// For the file sink the driver creates: make each file durable (msync + fsync) before
     /// renaming it into place (`pfs recv --sync off` turns it off).
     pub durable: bool,
+    /// For the file sink the driver creates: replace files that exist under a final name
+    /// (`pfs recv --overwrite`); off, such a session is refused with
+    /// [`Reason::FileExists`] and the existing file stays.
+    pub overwrite: bool,
     pub timing: Timing,
 }
 
@@ -204,6 +208,7 @@ impl Default for ReceiverConfig {
             block_limits: Default::default(),
             reorder_window: Duration::ZERO,
             durable: true,
+            overwrite: false,
             timing: Timing::default(),
         }
     }
@@ -242,6 +247,8 @@ pub enum Reason {
     Io,
     #[error("file #{file} declares a packed stream of {len} bytes; the session's packed streams may hold at most {limit}")]
     PackedTooLarge { file: u32, len: u64, limit: u64 },
+    #[error("file #{file} already exists on the receiver (it runs without --overwrite); the existing file was left unchanged")]
+    FileExists { file: u32 },
     #[error("unknown reason code {0}")]
     Unknown(u16),
     /// Local only (never on the wire): no handshake answer in time.
@@ -253,6 +260,19 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// The file a reason names, if any (its index in the manifest).
+    pub fn file(&self) -> Option<u32> {
+        match *self {
+            Reason::FileTooLarge { file, .. }
+            | Reason::BadName { file }
+            | Reason::DuplicateName { file, .. }
+            | Reason::HashMismatch { file }
+            | Reason::PackedTooLarge { file, .. }
+            | Reason::FileExists { file } => Some(file),
+            _ => None,
+        }
+    }
+
     /// The wire form. The snapshot id carried for a mismatch is the refuser's (the receiver's).
     pub fn to_wire(&self) -> wire::payload::Abort {
         use wire::reason::ReasonCode as C;
@@ -311,6 +331,10 @@ impl Reason {
                 (file, a, b) = (f, len, limit);
                 C::PackedTooLarge.code()
             }
+            Reason::FileExists { file: f } => {
+                file = f;
+                C::FileExists.code()
+            }
             Reason::Unknown(c) => c,
             Reason::HandshakeTimeout { ms } => {
                 a = ms;
@@ -362,6 +386,7 @@ impl Reason {
                 other: a.a as u32,
             },
             C::HashMismatch => Reason::HashMismatch { file: a.file },
+            C::FileExists => Reason::FileExists { file: a.file },
             C::Timeout => Reason::Timeout { ms: a.a },
             C::Cancelled => Reason::Cancelled,
             C::Protocol => Reason::Protocol,

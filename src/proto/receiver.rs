@@ -30,6 +30,16 @@ enum Stage {
     Data,
 }
 
+/// The reason a sink's refusal sends to the peer.
+fn sink_reason(e: SinkError) -> Reason {
+    match e {
+        SinkError::NoSpace { need, avail } => Reason::NoSpace { need, avail },
+        SinkError::BadName(file) => Reason::BadName { file },
+        SinkError::Exists { file, .. } => Reason::FileExists { file },
+        _ => Reason::Io,
+    }
+}
+
 /// The receiver state machine over a snapshot and a sink.
 pub struct Receiver<'s, S: FileSink> {
     cfg: ReceiverConfig,
@@ -172,12 +182,7 @@ impl<'s, S: FileSink> Receiver<'s, S> {
             Err(r) => return self.fail(now, r),
         };
         if let Err(e) = self.sink.open(&sink_files) {
-            let reason = match e {
-                SinkError::NoSpace { need, avail } => Reason::NoSpace { need, avail },
-                SinkError::BadName(file) => Reason::BadName { file },
-                _ => Reason::Io,
-            };
-            return self.fail(now, reason);
+            return self.fail(now, sink_reason(e));
         }
         // The packed lengths passed the limit: the buffers may be allocated now.
         self.assembly = Assembly::new(&self.manifest.files, &self.cfg.block_limits);
@@ -331,8 +336,8 @@ impl<'s, S: FileSink> Receiver<'s, S> {
         if h != self.manifest.files[fi].hash {
             return self.fail(now, Reason::HashMismatch { file: fi as u32 });
         }
-        if self.sink.commit(fi as u32).is_err() {
-            return self.fail(now, Reason::Io);
+        if let Err(e) = self.sink.commit(fi as u32) {
+            return self.fail(now, sink_reason(e));
         }
         self.manifest.files[fi].done = true;
         self.manifest.files_done += 1;

@@ -27,6 +27,13 @@ pub enum SinkError {
     NoSpace { need: u64, avail: u64 },
     #[error("file #{0} would leave the output directory")]
     BadName(u32),
+    #[error("file #{file}: `{name}` already exists in the output directory (pfs recv --overwrite replaces files, never directories)")]
+    Exists { file: u32, name: String },
+    #[error("sender directory {}: {reason}", dir.display())]
+    BadSubdir {
+        dir: std::path::PathBuf,
+        reason: String,
+    },
     #[error("no output file #{0}")]
     NoSuchFile(u32),
     #[error("{len} bytes at offset {off} lie outside output file #{file}")]
@@ -115,7 +122,9 @@ pub fn apply_segment(dst: &mut [u8], seg: SnapSeg, snapshot: &[u8]) {
     apply::transform(seg.op, seg.imm, &snapshot[s..s + seg.len as usize], dst);
 }
 
-/// Check a manifest name: a relative `/`-separated path of normal components. Refused: empty
+/// Check a manifest name: a relative `/`-separated path of normal components. The one rule
+/// for every path a peer or a policy names below the output directory (manifest names, the
+/// senders' `dir=` sub-directories). Refused: empty
 /// names, absolute paths, empty, `.` or `..` components, NUL, backslashes and other control
 /// characters, more than 32 levels. Returns the name as it will be used.
 pub fn sanitize_name(name: &str) -> Option<String> {

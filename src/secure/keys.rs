@@ -19,7 +19,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use zeroize::Zeroize;
 
 /// Length of keys (X25519 public and private keys, the pre-shared key).
@@ -44,7 +44,7 @@ pub enum KeyError {
         path.display()
     )]
     TooOpen { path: PathBuf, mode: u32 },
-    #[error("{}: already exists (refusing to overwrite a key)", path.display())]
+    #[error("{}: already exists (refusing to overwrite a key; remove it first to replace it)", path.display())]
     Exists { path: PathBuf },
     #[error("{origin}:{line}: {reason}")]
     Malformed {
@@ -175,31 +175,47 @@ impl Identity {
     /// Write the private key to a new file `path` with mode 0600 (never over an existing
     /// file).
     pub fn save_new(&self, path: &Path) -> Result<(), KeyError> {
-        let io = |source| KeyError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-            .map_err(|e| {
-                if e.kind() == std::io::ErrorKind::AlreadyExists {
-                    KeyError::Exists {
-                        path: path.to_path_buf(),
-                    }
-                } else {
-                    io(e)
-                }
-            })?;
         let mut line = B64.encode(self.secret);
-        line.push('\n');
-        let r = f.write_all(line.as_bytes()).and_then(|_| f.sync_all());
+        let r = write_private_new(path, &line);
         line.zeroize();
-        r.map_err(io)
+        r
     }
+}
+
+/// Write a fresh pre-shared key to a new file `path` (mode 0600, never over an existing
+/// file), in the format [`load_psk`] reads.
+pub fn save_new_psk(path: &Path) -> Result<(), KeyError> {
+    let mut line = generate_psk_line()?;
+    let r = write_private_new(path, &line);
+    line.zeroize();
+    r
+}
+
+/// Create `path` (mode 0600, `O_EXCL`, no symlink followed) holding `word` and a newline.
+fn write_private_new(path: &Path, word: &str) -> Result<(), KeyError> {
+    let io = |source| KeyError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                KeyError::Exists {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                io(e)
+            }
+        })?;
+    let mut line = format!("{word}\n");
+    let r = f.write_all(line.as_bytes()).and_then(|_| f.sync_all());
+    line.zeroize();
+    r.map_err(io)
 }
 
 /// Read the pre-shared key file (32 bytes, one base64 line; same mode rule as key files).
@@ -399,19 +415,16 @@ impl AuthorizedSenders {
     }
 }
 
-/// A sub-directory of the out-dir: relative, no `..`, no root.
+/// A sub-directory of the out-dir: the rule of manifest names
+/// ([`crate::proto::sink::sanitize_name`]: relative, plain names, no `..` or `.`), the one
+/// rule the receiver's file sink applies again when it confines a sender.
 fn relative_dir(v: &str) -> Result<PathBuf, String> {
-    let p = Path::new(v);
     if v.is_empty() {
         return Err("dir= is empty".into());
     }
-    for c in p.components() {
-        match c {
-            Component::Normal(_) | Component::CurDir => {}
-            _ => return Err(format!("dir={v}: must be a relative path without `..`")),
-        }
-    }
-    Ok(p.to_path_buf())
+    crate::proto::sink::sanitize_name(v)
+        .map(PathBuf::from)
+        .ok_or_else(|| format!("dir={v}: must be a relative path of plain names (no `..`, `.`, empty or absolute parts)"))
 }
 
 /// Which addresses a known-receivers entry matches.

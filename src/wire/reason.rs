@@ -29,6 +29,8 @@ pub enum ReasonCode {
     Io = 12,
     /// `file`, `a`: its packed length, `b`: the limit.
     PackedTooLarge = 13,
+    /// `file`: its final name exists on the receiver, which runs without `--overwrite`.
+    FileExists = 14,
 }
 
 /// A code this build does not know (a newer peer's).
@@ -38,7 +40,7 @@ pub struct UnknownReason(pub u16);
 
 impl ReasonCode {
     /// Every code, in code order.
-    pub const ALL: [ReasonCode; 13] = [
+    pub const ALL: [ReasonCode; 14] = [
         ReasonCode::SnapshotMismatch,
         ReasonCode::FileTooLarge,
         ReasonCode::SessionTooLarge,
@@ -52,6 +54,7 @@ impl ReasonCode {
         ReasonCode::Protocol,
         ReasonCode::Io,
         ReasonCode::PackedTooLarge,
+        ReasonCode::FileExists,
     ];
 
     /// The wire value.
@@ -82,7 +85,7 @@ mod tests {
             assert_eq!(r.code() as usize, i + 1, "{r:?}");
             assert_eq!(ReasonCode::try_from(r.code()), Ok(r));
         }
-        for c in [0u16, 14, 200, u16::MAX] {
+        for c in [0u16, 15, 200, u16::MAX] {
             assert_eq!(ReasonCode::try_from(c), Err(UnknownReason(c)));
         }
     }
