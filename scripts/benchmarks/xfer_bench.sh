@@ -78,6 +78,14 @@ dd if="$work/snap/snapshot.bin" of="$work/covered.bin" bs=1M skip=1 count="$cove
 cp "$new" "$work/$(basename "$new")"
 release="$work/$(basename "$new")"
 
+# Keys for every pfs run (scripts/keys.sh); `insecure=1` makes a run plaintext (the
+# --insecure rows beside the keyed ones: the cost of the channel, measured in the same run).
+source scripts/keys.sh
+pfs_keys "$pfs" "$work/keys"
+KEYED_SEND=("${SEND_KEYS[@]}")
+KEYED_RECV=("${RECV_KEYS[@]}")
+insecure=0
+
 json() { python3 -c "import json,sys; d=json.loads(open(sys.argv[1]).read().splitlines()[-1]); print($2)" "$1"; }
 
 rows=()
@@ -91,14 +99,16 @@ pfs_run() {
     local transport=$1 label=$2 file=$3
     shift 3
     local out="$work/out-$RANDOM" m="$work/m-$RANDOM.jsonl" log="$work/recv-$RANDOM.log"
+    local skeys=("${KEYED_SEND[@]}") rkeys=("${KEYED_RECV[@]}")
+    if [ "$insecure" = 1 ]; then skeys=(--insecure); rkeys=(--insecure); fi
     inB "$pfs" recv --transport "$transport" --iface "$B" --listen "$ipB" --snapshot "$work/snap" \
-        --out-dir "$out" --metrics "$m.recv" --timeout 60 "${recv_extra[@]}" >"$log" 2>&1 &
+        --out-dir "$out" --metrics "$m.recv" --timeout 60 "${rkeys[@]}" "${recv_extra[@]}" >"$log" 2>&1 &
     local rpid=$!
     pids+=("$rpid")
     for _ in $(seq 1 300); do grep -q '^listening' "$log" && break; sleep 0.1; done
     # Planning happens before the timed transfer (the summary's time is the session's).
     inA "$pfs" send --transport "$transport" --iface "$A" --dst "$ipB" --snapshot "$work/snap" \
-        --metrics "$m" "$@" "$file" >"$log.send" 2>&1 || { cat "$log.send" "$log" >&2; exit 1; }
+        --metrics "$m" "${skeys[@]}" "$@" "$file" >"$log.send" 2>&1 || { cat "$log.send" "$log" >&2; exit 1; }
     wait "$rpid" || { cat "$log" >&2; exit 1; }
     cmp -s "$file" "$out/$(basename "$file")" || { echo "$label: received file differs" >&2; exit 1; }
     local mode
@@ -156,6 +166,11 @@ recv_extra=(--xdp-threads session)
 pfs_run xdp "pfs AF_XDP, random ${random_mb} MiB (raw), --xdp-threads session" "$work/random.bin" --xdp-threads session
 recv_extra=()
 pfs_run udp "pfs UDP driver, random ${random_mb} MiB (raw)" "$work/random.bin"
+# The same two transfers in plaintext: the channel's cost (goal: keyed >= 90% of these).
+insecure=1
+pfs_run xdp "pfs AF_XDP, random ${random_mb} MiB (raw), --insecure" "$work/random.bin"
+pfs_run udp "pfs UDP driver, random ${random_mb} MiB (raw), --insecure" "$work/random.bin"
+insecure=0
 iperf_run "iperf3 UDP, 1472 B datagrams" -u -b 0 -l 1472
 iperf_run "iperf3 TCP"
 blast_frames=$((queues * 400000))
@@ -199,6 +214,14 @@ cv="pfs AF_XDP @${rate}, covered ${covered_mb} MiB"
 cvs="$cv, recv --sync off"
 rps="pfs AF_XDP @${rate}, release pair, recv --sync off"
 raw="pfs AF_XDP, random ${random_mb} MiB (raw)"
+rawu="pfs UDP driver, random ${random_mb} MiB (raw)"
+python3 - "${fig[$raw.gp]}" "${fig[$raw, --insecure.gp]}" "${fig[$rawu.gp]}" "${fig[$rawu, --insecure.gp]}" <<'EOF'
+import sys
+x, xi, u, ui = map(float, sys.argv[1:])
+for name, k, i in (("AF_XDP", x, xi), ("UDP", u, ui)):
+    r = k / i if i > 0 else 0
+    print(f"encryption cost over {name}: keyed goodput {k:.3f} Gb/s vs --insecure {i:.3f} = {r:.2f}; goal >= 0.90: {'met' if r >= 0.9 else 'NOT met'}")
+EOF
 python3 - "${fig[$raw.gp]}" "${fig[$raw.kpps]}" "${fig[iperf3 UDP, 1472 B datagrams.gbps]}" <<'EOF'
 import sys
 gp, kpps, udp = map(float, sys.argv[1:])
