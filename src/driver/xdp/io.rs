@@ -37,13 +37,13 @@ impl XdpIo {
         queues: &[u32],
         ports: PortRange,
         mode: XdpMode,
-        impair_drop_ppm: u32,
+        (impair_drop_ppm, impair_flip_ppm): (u32, u32),
         xc: &XskConfig,
     ) -> Result<Self, XdpError> {
         let mut steer = Steering::attach(iface, mode)?;
         steer.set_ports(ports)?;
-        if impair_drop_ppm > 0 {
-            steer.set_impairment(impair_drop_ppm)?;
+        if impair_drop_ppm > 0 || impair_flip_ppm > 0 {
+            steer.set_impairments(impair_drop_ppm, impair_flip_ppm)?;
         }
         let mut socks = Vec::with_capacity(queues.len());
         for &q in queues {
