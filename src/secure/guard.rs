@@ -779,6 +779,21 @@ impl<E: Guarded> Guard<E> {
     }
 }
 
+impl<S: crate::proto::FileSink> Guarded for crate::proto::Receiver<'_, S> {
+    fn apply_policy(&mut self, policy: &SenderPolicy) -> Result<(), String> {
+        self.limit_sizes(policy.max_file, policy.max_session);
+        if let Some(dir) = &policy.dir {
+            self.sink_mut()
+                .confine_to(dir)
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Guarded for crate::proto::Sender {}
+impl Guarded for crate::prepare::stream::Feed {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -805,18 +820,3 @@ mod tests {
         assert!(l.buckets.len() <= MAX_BUCKETS + 1, "{}", l.buckets.len());
     }
 }
-
-impl<S: crate::proto::FileSink> Guarded for crate::proto::Receiver<'_, S> {
-    fn apply_policy(&mut self, policy: &SenderPolicy) -> Result<(), String> {
-        self.limit_sizes(policy.max_file, policy.max_session);
-        if let Some(dir) = &policy.dir {
-            self.sink_mut()
-                .confine_to(dir)
-                .map_err(|e| format!("{}: {e}", dir.display()))?;
-        }
-        Ok(())
-    }
-}
-
-impl Guarded for crate::proto::Sender {}
-impl Guarded for crate::prepare::stream::Feed {}
