@@ -12,7 +12,11 @@
 //!
 //! Files: [`io`] sockets and steering; [`workers`] the per-queue threads; [`flow`] the flow
 //! addressing; [`netdev`] MAC, IPv4, neighbour and queue queries; [`report`] what the
-//! AF_XDP layer saw; [`error`] what can go wrong.
+//! AF_XDP layer saw; [`marks`] the start-up marks (debug log); [`error`] what can go wrong.
+//!
+//! Start-up: [`io::XdpIo::open`] binds each queue's socket on a thread of its own while
+//! the program loads and attaches; with the default UMEM settings and an MTU that fits, the
+//! UMEM has 2 KiB frames (half the pages of 4 KiB frames to populate).
 //!
 //! Spreading ([`Spread`]): `Scatter` sends one session round-robin over every bound queue
 //! (one batch per queue in turn); `Queues` does the same over an explicit list; `Ports`
@@ -32,6 +36,7 @@
 pub mod error;
 pub mod flow;
 pub mod io;
+pub mod marks;
 pub mod netdev;
 pub mod report;
 pub mod workers;
@@ -50,6 +55,7 @@ use crate::wire::stack::{self, Addrs};
 use crate::xsk::{self, XskConfig};
 use flow::Flow;
 use io::{SessionPath, XdpIo};
+use marks::StartMarks;
 use report::PathStats;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -60,6 +66,18 @@ use workers::WorkerSet;
 /// How late a frame may be, on a receiver bound to several queues, before its hole is
 /// NACKed ([`ReceiverConfig::reorder_window`]).
 pub const REORDER_WINDOW: Duration = Duration::from_millis(10);
+/// The UMEM and rings of a socket when the defaults were not changed and the MTU fits a
+/// 2 KiB frame: the default's frame count and rings in 2 KiB frames (8 MiB). Creating a
+/// UMEM populates its pages (xsk-rs maps it with MAP_POPULATE, about 1.4 us per 4 KiB page
+/// here, serialised on the mmap lock): half the pages, half that start-up cost.
+const SMALL_XSK: XskConfig = XskConfig {
+    frame_size: 2048,
+    frame_count: 4096,
+    ring_size: 2048,
+    batch: 64,
+    bind: xsk::BindMode::Auto,
+    huge_pages: false,
+};
 /// The UMEM and rings of a worker's socket when the defaults were not changed and the MTU
 /// fits a 2 KiB frame: 8192 frames of 2 KiB (16 MiB), rings of 4096.
 const WORKER_XSK: XskConfig = XskConfig {
@@ -157,6 +175,8 @@ pub struct XdpRecvConfig {
     pub mtu: usize,
     pub listen_timeout: Option<Duration>,
     pub proto: ReceiverConfig,
+    /// Where the start-up marks count from (`pfs recv` gives its own start).
+    pub origin: Instant,
 }
 
 /// One side's AF_XDP state: the sockets and steering, the thread policy, the flow.
@@ -174,18 +194,25 @@ struct Side {
     batch: usize,
     /// Filled when workers owned the sockets: what they did (the sockets are gone then).
     worker_stats: Option<PathStats>,
+    /// Start-up marks (the first frames are marked by the frame path).
+    marks: StartMarks,
 }
 
 impl Side {
     /// Check the link, pick the thread model, attach, bind. Run in the interface's
     /// network namespace.
-    fn open(link: &XdpLink, mtu: usize, flow: Flow) -> Result<Self, XdpError> {
-        let frame_cap = link.xsk.max_frame_len();
-        if mtu + stack::overhead(None) > frame_cap {
+    fn open(link: &XdpLink, mtu: usize, flow: Flow, marks: StartMarks) -> Result<Self, XdpError> {
+        let mut xc = link.xsk;
+        let small = xc == XskConfig::default() && fits(mtu, &SMALL_XSK);
+        if small {
+            xc = SMALL_XSK;
+        }
+        if !fits(mtu, &xc) {
             return Err(XdpError::MtuTooLarge {
                 mtu,
-                frame_size: link.xsk.frame_size,
-                usable: frame_cap,
+                frame_size: xc.frame_size,
+                usable: xc.max_frame_len(),
+                need: mtu + stack::overhead(None),
             });
         }
         if link.ports == 0 || link.port.checked_add(link.ports - 1).is_none() {
@@ -202,11 +229,7 @@ impl Side {
         if let Some(w) = &why {
             tracing::info!("xdp threads: {w}");
         }
-        let mut xc = link.xsk;
-        if threads == Threads::Workers
-            && xc == XskConfig::default()
-            && mtu + stack::overhead(None) <= WORKER_XSK.max_frame_len()
-        {
+        if threads == Threads::Workers && small {
             // Frames wait in the workers' hand-over queues as well as on the rings: a
             // deeper fill ring (in 2 KiB frames, as much memory) rides out a session thread
             // that lost its core for a while.
@@ -219,6 +242,7 @@ impl Side {
             link.xdp_mode,
             link.impair_drop_ppm,
             &xc,
+            &marks,
         )?;
         Ok(Side {
             io,
@@ -230,17 +254,22 @@ impl Side {
             frames_per_socket: xc.frame_count as usize,
             batch: xc.batch as usize,
             worker_stats: None,
+            marks,
         })
     }
 
     /// Run `f` on this side's frame path: the session thread's sockets, or the workers
     /// (spawned for the run, stopped after it).
     fn on_path<R>(&mut self, f: impl FnOnce(&mut XdpPath<'_, '_>) -> R) -> Result<R, XdpError> {
+        let marks = &self.marks;
         if self.threads != Threads::Workers || self.io.queues().is_empty() {
-            let mut p = XdpPath::Session(SessionPath {
-                io: &mut self.io,
-                flow: &mut self.flow,
-            });
+            let mut p = XdpPath {
+                kind: PathKind::Session(SessionPath {
+                    io: &mut self.io,
+                    flow: &mut self.flow,
+                }),
+                marks,
+            };
             return Ok(f(&mut p));
         }
         let (r, stats) = workers::run(
@@ -249,7 +278,12 @@ impl Side {
             &self.worker_cpus,
             self.frames_per_socket,
             self.batch,
-            |set| f(&mut XdpPath::Workers(set)),
+            |set| {
+                f(&mut XdpPath {
+                    kind: PathKind::Workers(set),
+                    marks,
+                })
+            },
         )
         .map_err(XdpError::Workers)?;
         self.worker_stats = Some(stats);
@@ -313,8 +347,18 @@ impl Side {
     }
 }
 
-/// The frame path a run uses (see [`Side::on_path`]).
-enum XdpPath<'a, 'w> {
+/// Whether a frame of `mtu` (plus Ethernet, IPv4 and UDP headers) fits a UMEM frame of `xc`.
+fn fits(mtu: usize, xc: &XskConfig) -> bool {
+    mtu + stack::overhead(None) <= xc.max_frame_len()
+}
+
+/// The frame path a run uses (see [`Side::on_path`]), marking the first frames.
+struct XdpPath<'a, 'w> {
+    kind: PathKind<'a, 'w>,
+    marks: &'a StartMarks,
+}
+
+enum PathKind<'a, 'w> {
     Session(SessionPath<'a>),
     Workers(&'a mut WorkerSet<'w>),
 }
@@ -326,37 +370,45 @@ impl FramePath for XdpPath<'_, '_> {
         now: Instant,
         budget: usize,
     ) -> Result<(usize, bool), DriverError> {
-        match self {
-            XdpPath::Session(p) => p.transmit(ep, now, budget),
-            XdpPath::Workers(p) => p.transmit(ep, now, budget),
+        let r = match &mut self.kind {
+            PathKind::Session(p) => p.transmit(ep, now, budget),
+            PathKind::Workers(p) => p.transmit(ep, now, budget),
+        };
+        if matches!(r, Ok((n, _)) if n > 0) {
+            self.marks.first_tx();
         }
+        r
     }
     fn receive<E: Endpoint + ?Sized>(
         &mut self,
         ep: &mut E,
         budget: usize,
     ) -> Result<(usize, bool), DriverError> {
-        match self {
-            XdpPath::Session(p) => p.receive(ep, budget),
-            XdpPath::Workers(p) => p.receive(ep, budget),
+        let r = match &mut self.kind {
+            PathKind::Session(p) => p.receive(ep, budget),
+            PathKind::Workers(p) => p.receive(ep, budget),
+        };
+        if matches!(r, Ok((n, _)) if n > 0) {
+            self.marks.first_rx();
         }
+        r
     }
     fn wait(&mut self, d: Duration) -> Result<(), DriverError> {
-        match self {
-            XdpPath::Session(p) => p.wait(d),
-            XdpPath::Workers(p) => p.wait(d),
+        match &mut self.kind {
+            PathKind::Session(p) => p.wait(d),
+            PathKind::Workers(p) => p.wait(d),
         }
     }
     fn flush(&mut self) {
-        match self {
-            XdpPath::Session(p) => p.flush(),
-            XdpPath::Workers(p) => p.flush(),
+        match &mut self.kind {
+            PathKind::Session(p) => p.flush(),
+            PathKind::Workers(p) => p.flush(),
         }
     }
     fn peer(&self) -> Option<SocketAddr> {
-        match self {
-            XdpPath::Session(p) => p.peer(),
-            XdpPath::Workers(p) => p.peer(),
+        match &self.kind {
+            PathKind::Session(p) => p.peer(),
+            PathKind::Workers(p) => p.peer(),
         }
     }
 }
@@ -394,6 +446,7 @@ impl XdpSender {
     /// Resolve the addresses (the interface's MAC and IPv4, the peer's MAC), attach and
     /// bind. Run in the network namespace of `cfg.link.iface`.
     pub fn open(cfg: XdpSendConfig) -> Result<Self, XdpError> {
+        let marks = StartMarks::new("send", cfg.origin);
         let iface = &cfg.link.iface;
         let netdev = |what, source| XdpError::Netdev {
             what,
@@ -406,6 +459,7 @@ impl XdpSender {
             Some(m) => m,
             None => resolve_mac(cfg.dst, iface).map_err(|e| netdev("the peer's MAC", e))?,
         };
+        marks.mark("addresses resolved");
         let hdr = Addrs {
             src_mac,
             dst_mac,
@@ -422,7 +476,7 @@ impl XdpSender {
             cfg.mtu,
             random_u64() as u16,
         );
-        let side = Side::open(&cfg.link, cfg.mtu, flow)?;
+        let side = Side::open(&cfg.link, cfg.mtu, flow, marks)?;
         Ok(XdpSender { cfg, side })
     }
 
@@ -464,7 +518,7 @@ impl XdpReceiver {
     pub fn bind(cfg: XdpRecvConfig) -> Result<Self, XdpError> {
         let l = &cfg.link;
         let flow = Flow::receiver(l.spread, l.port, l.ports, cfg.mtu, random_u64() as u16);
-        let side = Side::open(l, cfg.mtu, flow)?;
+        let side = Side::open(l, cfg.mtu, flow, StartMarks::new("recv", cfg.origin))?;
         Ok(XdpReceiver { cfg, side })
     }
 
