@@ -563,3 +563,51 @@ impl XdpReceiver {
         Side::finish(report, r)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 2 KiB frame carries a 1500-MTU frame plus the XDP headroom; what no longer fits a
+    /// 2 KiB frame fits the default 4 KiB one; beyond that the error names the sizes.
+    #[test]
+    fn mtu_against_frame_sizes() {
+        assert_eq!(SMALL_XSK.frame_size, 2048);
+        SMALL_XSK.validate().unwrap();
+        assert!(fits(1500, &SMALL_XSK), "1500 + headers must fit 2048 - 256");
+        assert!(2048 > 1514 + 256);
+        let max_small = SMALL_XSK.max_frame_len() - stack::overhead(None);
+        assert!(fits(max_small, &SMALL_XSK));
+        assert!(!fits(max_small + 1, &SMALL_XSK));
+        assert!(fits(max_small + 1, &XskConfig::default()));
+        let max_big = XskConfig::default().max_frame_len() - stack::overhead(None);
+        assert_eq!(max_big, 3798, "the MtuTooLarge text names this limit");
+        assert!(!fits(max_big + 1, &XskConfig::default()));
+        let e = XdpError::MtuTooLarge {
+            mtu: 9000,
+            frame_size: 4096,
+            usable: 3840,
+            need: 9042,
+        }
+        .to_string();
+        assert!(
+            e.contains("MTU 9000") && e.contains("9042") && e.contains("3840"),
+            "{e}"
+        );
+        assert!(e.contains("lower --mtu"), "{e}");
+    }
+
+    /// The small UMEM differs from the default only in its frame size (and so its bytes).
+    #[test]
+    fn small_umem_is_the_default_in_2k_frames() {
+        let d = XskConfig::default();
+        assert_eq!(
+            XskConfig {
+                frame_size: 2048,
+                ..d
+            },
+            SMALL_XSK
+        );
+        assert_eq!(SMALL_XSK.umem_bytes() * 2, d.umem_bytes());
+    }
+}
