@@ -68,8 +68,9 @@ use workers::WorkerSet;
 pub const REORDER_WINDOW: Duration = Duration::from_millis(10);
 /// The UMEM and rings of a socket when the defaults were not changed and the MTU fits a
 /// 2 KiB frame: the default's frame count and rings in 2 KiB frames (8 MiB). Creating a
-/// UMEM populates its pages (xsk-rs maps it with MAP_POPULATE, about 1.4 us per 4 KiB page
-/// here, serialised on the mmap lock): half the pages, half that start-up cost.
+/// UMEM populates its pages (xsk-rs maps shared anonymous memory with MAP_POPULATE, which
+/// allocates and zeroes every page under the mmap lock): half the pages, about half that
+/// start-up cost (docs/XDP.md, "Start-up").
 const SMALL_XSK: XskConfig = XskConfig {
     frame_size: 2048,
     frame_count: 4096,
