@@ -202,7 +202,15 @@ struct Side {
 impl Side {
     /// Check the link, pick the thread model, attach, bind. Run in the interface's
     /// network namespace.
-    fn open(link: &XdpLink, mtu: usize, flow: Flow, marks: StartMarks) -> Result<Self, XdpError> {
+    ///
+    /// `flow` (the sender's address resolution, which may wait for ARP) runs on a thread of
+    /// its own while the program is attached and the sockets are bound.
+    fn open(
+        link: &XdpLink,
+        mtu: usize,
+        flow: impl FnOnce(&StartMarks) -> Result<Flow, XdpError> + Send,
+        marks: StartMarks,
+    ) -> Result<Self, XdpError> {
         let mut xc = link.xsk;
         let small = xc == XskConfig::default() && fits(mtu, &SMALL_XSK);
         if small {
@@ -236,15 +244,24 @@ impl Side {
             // that lost its core for a while.
             xc = WORKER_XSK;
         }
-        let io = XdpIo::open(
-            &link.iface,
-            &queues,
-            PortRange::new(link.port, link.ports),
-            link.xdp_mode,
-            link.impair_drop_ppm,
-            &xc,
-            &marks,
-        )?;
+        let (flow, io) = std::thread::scope(|sc| {
+            let m = &marks;
+            let flow = sc.spawn(move || flow(m));
+            let io = XdpIo::open(
+                &link.iface,
+                &queues,
+                PortRange::new(link.port, link.ports),
+                link.xdp_mode,
+                link.impair_drop_ppm,
+                &xc,
+                &marks,
+            );
+            let flow = flow.join().expect("the address resolution thread panicked");
+            (flow, io)
+        });
+        // The addresses' error first: it is the more basic problem.
+        let flow = flow?;
+        let io = io?;
         Ok(Side {
             io,
             flow,
@@ -448,36 +465,38 @@ impl XdpSender {
     /// bind. Run in the network namespace of `cfg.link.iface`.
     pub fn open(cfg: XdpSendConfig) -> Result<Self, XdpError> {
         let marks = StartMarks::new("send", cfg.origin);
-        let iface = &cfg.link.iface;
-        let netdev = |what, source| XdpError::Netdev {
-            what,
-            iface: iface.clone(),
-            source,
+        let resolve = |marks: &StartMarks| -> Result<Flow, XdpError> {
+            let iface = &cfg.link.iface;
+            let netdev = |what, source| XdpError::Netdev {
+                what,
+                iface: iface.clone(),
+                source,
+            };
+            let src_mac = iface_mac(iface).map_err(|e| netdev("MAC address", e))?;
+            let src_ip = iface_ipv4(iface).map_err(|e| netdev("IPv4 address", e))?;
+            let dst_mac = match cfg.dst_mac {
+                Some(m) => m,
+                None => resolve_mac(cfg.dst, iface).map_err(|e| netdev("the peer's MAC", e))?,
+            };
+            marks.mark("addresses resolved");
+            let hdr = Addrs {
+                src_mac,
+                dst_mac,
+                vlan: None,
+                src_ip,
+                dst_ip: cfg.dst,
+                src_port: cfg.link.port,
+                dst_port: cfg.link.port,
+            };
+            Ok(Flow::sender(
+                hdr,
+                cfg.link.spread,
+                cfg.link.ports,
+                cfg.mtu,
+                random_u64() as u16,
+            ))
         };
-        let src_mac = iface_mac(iface).map_err(|e| netdev("MAC address", e))?;
-        let src_ip = iface_ipv4(iface).map_err(|e| netdev("IPv4 address", e))?;
-        let dst_mac = match cfg.dst_mac {
-            Some(m) => m,
-            None => resolve_mac(cfg.dst, iface).map_err(|e| netdev("the peer's MAC", e))?,
-        };
-        marks.mark("addresses resolved");
-        let hdr = Addrs {
-            src_mac,
-            dst_mac,
-            vlan: None,
-            src_ip,
-            dst_ip: cfg.dst,
-            src_port: cfg.link.port,
-            dst_port: cfg.link.port,
-        };
-        let flow = Flow::sender(
-            hdr,
-            cfg.link.spread,
-            cfg.link.ports,
-            cfg.mtu,
-            random_u64() as u16,
-        );
-        let side = Side::open(&cfg.link, cfg.mtu, flow, marks)?;
+        let side = Side::open(&cfg.link, cfg.mtu, resolve, marks)?;
         Ok(XdpSender { cfg, side })
     }
 
@@ -518,7 +537,15 @@ impl XdpReceiver {
     /// Attach and bind. Run in the network namespace of `cfg.link.iface`.
     pub fn bind(cfg: XdpRecvConfig) -> Result<Self, XdpError> {
         let l = &cfg.link;
-        let flow = Flow::receiver(l.spread, l.port, l.ports, cfg.mtu, random_u64() as u16);
+        let flow = |_: &StartMarks| {
+            Ok(Flow::receiver(
+                l.spread,
+                l.port,
+                l.ports,
+                cfg.mtu,
+                random_u64() as u16,
+            ))
+        };
         let side = Side::open(l, cfg.mtu, flow, StartMarks::new("recv", cfg.origin))?;
         Ok(XdpReceiver { cfg, side })
     }
