@@ -326,7 +326,7 @@ fn tmp_name(fname: &str, tag: &str) -> OsString {
     v.push(b'.');
     v.extend_from_slice(cut);
     v.extend_from_slice(format!("{TMP_MARK}{}-{tag}", std::process::id()).as_bytes());
-    OsString::from(OsStr::from_bytes(&v).to_owned())
+    OsStr::from_bytes(&v).to_owned()
 }
 
 /// The process id in a temporary name this sink makes, if `name` is one.

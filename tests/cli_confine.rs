@@ -8,7 +8,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 
 fn pfs() -> Command {
     Command::new(env!("CARGO_BIN_EXE_pfs"))
@@ -90,10 +90,10 @@ fn session(
     let mut seen = String::new();
     let port = loop {
         let mut line = String::new();
-        assert!(
-            err.read_line(&mut line).unwrap() > 0,
-            "receiver exited before listening: {seen}"
-        );
+        if err.read_line(&mut line).unwrap() == 0 {
+            let st = rx.wait().unwrap();
+            panic!("receiver exited ({st}) before listening: {seen}");
+        }
         if let Some(rest) = line.split("listening on udp 127.0.0.1:").nth(1) {
             break rest
                 .split_whitespace()
