@@ -133,10 +133,10 @@ fn receiver_apply() {
         let t0 = Instant::now();
         let mut buf = vec![0u8; 2048];
         let n = sender.poll_transmit(t0, &mut buf).unwrap();
-        let hello = buf[..n].to_vec();
-        receiver.handle_datagram(t0, &hello);
+        let mut hello = buf[..n].to_vec();
+        receiver.handle_datagram(t0, &mut hello);
         let n = receiver.poll_transmit(t0, &mut buf).unwrap();
-        sender.handle_datagram(t0, &buf[..n]);
+        sender.handle_datagram(t0, &mut buf[..n]);
         let mut frames = Vec::new();
         let mut t = t0;
         loop {
@@ -148,10 +148,10 @@ fn receiver_apply() {
             }
         }
         let mut receiver = Receiver::new(rcfg, SNAP_ID, &snap, MemSink::new());
-        receiver.handle_datagram(t0, &hello);
+        receiver.handle_datagram(t0, &mut hello);
         let wire: usize = frames.iter().map(|f| f.len()).sum();
         let start = Instant::now();
-        for f in &frames {
+        for f in frames.iter_mut() {
             receiver.handle_datagram(t0, f);
         }
         let el = start.elapsed();

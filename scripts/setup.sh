@@ -17,7 +17,7 @@ step() { printf 'setup: %-14s %s\n' "$1" "$2"; }
 
 # 1. Debian packages -----------------------------------------------------------------------
 apt_pkgs=(clang m4 libelf-dev pkg-config zlib1g-dev zstd xdelta3 rsync xz-utils iperf3 bpftool
-          xdp-tools ethtool iproute2 libpcap-dev podman runc python3)
+          xdp-tools ethtool iproute2 libpcap-dev podman runc python3 tcpdump)
 missing=()
 for p in "${apt_pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -74,6 +74,19 @@ pub struct PfsConfig {
     pub level: Option<crate::blueprint::Level>,
     /// Receiver: msync + fsync each file before renaming it into place.
     pub sync: Option<bool>,
+    /// This host's key file (`pfs keygen --out FILE`; mode 0600).
+    pub identity: Option<PathBuf>,
+    /// Sender: the receiver's public key (base64).
+    pub receiver_key: Option<String>,
+    /// Sender: a file of `IP|IP:PORT|* PUBKEY` lines naming receivers' keys.
+    pub known_receivers: Option<PathBuf>,
+    /// Receiver: the senders it answers (`PUBKEY NAME [dir=SUB] [max-file=SIZE]
+    /// [max-session=SIZE]` lines).
+    pub authorized_senders: Option<PathBuf>,
+    /// A pre-shared key file (both sides), mixed into the handshake.
+    pub psk_file: Option<PathBuf>,
+    /// Plaintext, unauthenticated frames (both sides must say so).
+    pub insecure: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -210,7 +223,13 @@ impl PfsConfig {
             cpus,
             pack,
             level,
-            sync
+            sync,
+            identity,
+            receiver_key,
+            known_receivers,
+            authorized_senders,
+            psk_file,
+            insecure
         )
     }
 

@@ -5,6 +5,8 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+mod common;
+
 fn pfs() -> Command {
     Command::new(env!("CARGO_BIN_EXE_pfs"))
 }
@@ -33,6 +35,7 @@ fn config_file_drives_send_and_recv_and_flags_override_it() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let snap = snapshot(d);
+    let keys = common::keys::KeyFiles::create(d);
     let out = d.join("out");
     // The file says port 1 (privileged, would fail to bind unprivileged) and timeout 1; the
     // command line overrides both.
@@ -40,9 +43,12 @@ fn config_file_drives_send_and_recv_and_flags_override_it() {
         d.join("recv.toml"),
         format!(
             "transport = \"udp\"\nsnapshot = \"{snap}\"\nout-dir = \"{}\"\nlisten = \"127.0.0.1\"\n\
-             port = 1\ntimeout = 1\nmetrics = \"{}\"\n",
+             port = 1\ntimeout = 1\nmetrics = \"{}\"\nidentity = \"{}\"\n\
+             authorized-senders = \"{}\"\n",
             out.display(),
-            d.join("m.jsonl").display()
+            d.join("m.jsonl").display(),
+            keys.receiver_key.display(),
+            keys.authorized.display()
         ),
     )
     .unwrap();
@@ -74,8 +80,10 @@ fn config_file_drives_send_and_recv_and_flags_override_it() {
         d.join("send.toml"),
         format!(
             "transport = \"udp\"\nsnapshot = \"{snap}\"\ndst = \"127.0.0.1\"\nport = {port}\n\
-             mtu = 1400\nmetrics = \"{}\"\n",
-            d.join("m.jsonl").display()
+             mtu = 1400\nmetrics = \"{}\"\nidentity = \"{}\"\nreceiver-key = \"{}\"\n",
+            d.join("m.jsonl").display(),
+            keys.sender_key.display(),
+            keys.receiver_pub.to_base64()
         ),
     )
     .unwrap();
@@ -94,6 +102,11 @@ fn config_file_drives_send_and_recv_and_flags_override_it() {
         String::from_utf8_lossy(&ro.stdout)
     );
     assert_eq!(std::fs::read(out.join("payload.bin")).unwrap(), content);
+    assert!(
+        String::from_utf8_lossy(&s.stdout).contains("security: Noise IKpsk2 + AES-256-GCM"),
+        "{}",
+        String::from_utf8_lossy(&s.stdout)
+    );
 }
 
 #[test]

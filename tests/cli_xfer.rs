@@ -5,6 +5,9 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
+mod common;
+use common::keys::KeyFiles;
+
 fn pfs() -> Command {
     Command::new(env!("CARGO_BIN_EXE_pfs"))
 }
@@ -33,10 +36,22 @@ fn start_recv(
     snap: &str,
     out: &Path,
     metrics: &Path,
+    keys: &[String],
+) -> (Child, u16, BufReader<std::process::ChildStderr>) {
+    start_recv_timeout(snap, out, metrics, keys, "30")
+}
+
+fn start_recv_timeout(
+    snap: &str,
+    out: &Path,
+    metrics: &Path,
+    keys: &[String],
+    timeout: &str,
 ) -> (Child, u16, BufReader<std::process::ChildStderr>) {
     let mut c = pfs()
+        .arg("recv")
+        .args(keys)
         .args([
-            "recv",
             "--transport",
             "udp",
             "--listen",
@@ -44,7 +59,7 @@ fn start_recv(
             "--port",
             "0",
             "--timeout",
-            "30",
+            timeout,
             "--snapshot",
             snap,
             "--out-dir",
@@ -91,10 +106,12 @@ fn several_files_in_one_session_arrive_bit_exact() {
     std::fs::write(src.join("covered"), &snap_bytes[100_000..400_000]).unwrap();
     let out = d.path().join("out");
     let m = d.path().join("m.jsonl");
-    let (rx, port, err) = start_recv(&snap, &out, &m);
+    let keys = KeyFiles::create(d.path());
+    let (rx, port, err) = start_recv(&snap, &out, &m, &keys.recv_flags());
     let s = pfs()
+        .arg("send")
+        .args(keys.send_flags())
         .args([
-            "send",
             "--transport",
             "udp",
             "--snapshot",
@@ -125,6 +142,12 @@ fn several_files_in_one_session_arrive_bit_exact() {
         summary.contains("sent 4 file(s)") && summary.contains("effective"),
         "{summary}"
     );
+    let rsum = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        summary.contains("security: Noise IKpsk2 + AES-256-GCM, peer receiver (")
+            && rsum.contains("security: Noise IKpsk2 + AES-256-GCM, peer tester ("),
+        "{summary}\n{rsum}"
+    );
     let lines = std::fs::read_to_string(&m).unwrap();
     assert_eq!(lines.lines().count(), 2, "one metrics line per side");
 }
@@ -137,10 +160,12 @@ fn a_snapshot_mismatch_is_refused_on_both_sides() {
     std::fs::write(d.path().join("f"), b"hello").unwrap();
     let out = d.path().join("out");
     let m = d.path().join("m.jsonl");
-    let (rx, port, err) = start_recv(&theirs, &out, &m);
+    let keys = KeyFiles::create(d.path());
+    let (rx, port, err) = start_recv(&theirs, &out, &m, &keys.recv_flags());
     let s = pfs()
+        .arg("send")
+        .args(keys.send_flags())
         .args([
-            "send",
             "--transport",
             "udp",
             "--snapshot",
@@ -160,4 +185,156 @@ fn a_snapshot_mismatch_is_refused_on_both_sides() {
     assert!(rerr.to_lowercase().contains("snapshot"), "receiver: {rerr}");
     assert!(!serr.contains("panicked") && !rerr.contains("panicked"));
     assert!(!out.join("f").exists(), "nothing under the final name");
+}
+
+fn send_one(snap: &str, port: u16, file: &Path, extra: &[String]) -> Output {
+    pfs()
+        .arg("send")
+        .args(extra)
+        .args([
+            "--transport",
+            "udp",
+            "--snapshot",
+            snap,
+            "--dst",
+            &format!("127.0.0.1:{port}"),
+            "--metrics",
+            "/dev/null",
+        ])
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn an_insecure_session_says_so_on_both_sides() {
+    let d = tempfile::tempdir().unwrap();
+    let snap = build_snapshot(d.path(), "snap", "3");
+    std::fs::write(d.path().join("f"), b"plain text").unwrap();
+    let out = d.path().join("out");
+    let m = d.path().join("m.jsonl");
+    let insecure = vec!["--insecure".to_string()];
+    let (rx, port, err) = start_recv(&snap, &out, &m, &insecure);
+    let s = send_one(&snap, port, &d.path().join("f"), &insecure);
+    assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
+    let (r, _) = finish(rx, err);
+    assert!(r.status.success());
+    assert_eq!(std::fs::read(out.join("f")).unwrap(), b"plain text");
+    for o in [&s.stdout, &r.stdout] {
+        let t = String::from_utf8_lossy(o);
+        assert!(t.contains("security: NONE (--insecure)"), "{t}");
+    }
+    let lines = std::fs::read_to_string(&m).unwrap();
+    assert!(lines.contains("\"mode\":\"NONE (--insecure)\""), "{lines}");
+}
+
+#[test]
+fn an_unknown_sender_gets_no_answer_and_no_file() {
+    let d = tempfile::tempdir().unwrap();
+    let snap = build_snapshot(d.path(), "snap", "3");
+    std::fs::write(d.path().join("f"), b"not for you").unwrap();
+    let out = d.path().join("out");
+    let m = d.path().join("m.jsonl");
+    let keys = KeyFiles::create(d.path());
+    // A stranger: its own key, the receiver's right public key, not authorized.
+    let sd = d.path().join("stranger");
+    std::fs::create_dir(&sd).unwrap();
+    let stranger = KeyFiles::create(&sd);
+    let (rx, port, err) = start_recv_timeout(&snap, &out, &m, &keys.recv_flags(), "4");
+    let flags = vec![
+        "--identity".to_string(),
+        stranger.sender_key.display().to_string(),
+        "--receiver-key".into(),
+        keys.receiver_pub.to_base64(),
+    ];
+    let s = send_one(&snap, port, &d.path().join("f"), &flags);
+    let (r, rerr) = finish(rx, err);
+    let serr = String::from_utf8_lossy(&s.stderr);
+    assert!(!s.status.success(), "the stranger's send succeeded");
+    assert!(
+        serr.contains("did not complete the handshake") && serr.contains("authorized-senders"),
+        "sender: {serr}"
+    );
+    assert!(!r.status.success(), "the receiver should time out");
+    assert!(
+        rerr.contains("from keys not in the authorized senders refused"),
+        "receiver: {rerr}"
+    );
+    assert!(!out.join("f").exists());
+    assert!(!serr.contains("panicked") && !rerr.contains("panicked"));
+}
+
+#[test]
+fn a_wrong_receiver_key_makes_the_sender_refuse() {
+    let d = tempfile::tempdir().unwrap();
+    let snap = build_snapshot(d.path(), "snap", "3");
+    std::fs::write(d.path().join("f"), b"secret").unwrap();
+    let out = d.path().join("out");
+    let m = d.path().join("m.jsonl");
+    let keys = KeyFiles::create(d.path());
+    let od = d.path().join("other");
+    std::fs::create_dir(&od).unwrap();
+    let other = KeyFiles::create(&od);
+    let (rx, port, err) = start_recv_timeout(&snap, &out, &m, &keys.recv_flags(), "4");
+    let flags = vec![
+        "--identity".to_string(),
+        keys.sender_key.display().to_string(),
+        "--receiver-key".into(),
+        other.receiver_pub.to_base64(),
+    ];
+    let s = send_one(&snap, port, &d.path().join("f"), &flags);
+    let (_, rerr) = finish(rx, err);
+    let serr = String::from_utf8_lossy(&s.stderr);
+    assert!(!s.status.success());
+    assert!(
+        serr.contains(&format!(
+            "expected to hold key {}",
+            other.receiver_pub.to_base64()
+        )),
+        "sender: {serr}"
+    );
+    assert!(rerr.contains("bad mac1"), "receiver: {rerr}");
+    assert!(!out.join("f").exists());
+}
+
+#[test]
+fn keys_are_required_unless_insecure_and_loose_key_files_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let snap = build_snapshot(d.path(), "snap", "3");
+    std::fs::write(d.path().join("f"), b"x").unwrap();
+    // No keys at all: both commands say how to make them.
+    let s = send_one(&snap, 9, &d.path().join("f"), &[]);
+    let serr = String::from_utf8_lossy(&s.stderr);
+    assert!(!s.status.success());
+    assert!(
+        serr.contains("pfs keygen --out") && serr.contains("--insecure"),
+        "{serr}"
+    );
+    let r = pfs()
+        .args([
+            "recv",
+            "--transport",
+            "udp",
+            "--snapshot",
+            &snap,
+            "--out-dir",
+        ])
+        .arg(d.path().join("out"))
+        .output()
+        .unwrap();
+    let rerr = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success());
+    assert!(
+        rerr.contains("pfs keygen --out") && rerr.contains("--insecure"),
+        "{rerr}"
+    );
+    // A key file readable by others is refused, naming the mode.
+    let keys = KeyFiles::create(d.path());
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&keys.sender_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let s = send_one(&snap, 9, &d.path().join("f"), &keys.send_flags());
+    let serr = String::from_utf8_lossy(&s.stderr);
+    assert!(!s.status.success());
+    assert!(serr.contains("644") || serr.contains("0600"), "{serr}");
+    assert!(!serr.contains("panicked"), "{serr}");
 }

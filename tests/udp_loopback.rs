@@ -10,6 +10,7 @@ use std::time::Duration;
 
 mod common;
 use common::*;
+use packetfs::secure::{Guard, GuardConfig};
 
 fn snapshot(seed: u64) -> Vec<u8> {
     Rng(seed).bytes(1 << 20)
@@ -42,7 +43,20 @@ fn session(snap: &[u8]) -> (Vec<Vec<u8>>, Vec<SendFile>) {
 fn receiver(out: &Path) -> UdpReceiver {
     let mut cfg = RecvConfig::new("127.0.0.1:0".parse().unwrap(), out.to_path_buf());
     cfg.listen_timeout = Some(Duration::from_secs(20));
+    cfg.security = keys::TestKeys::fixed().receiver_security();
     UdpReceiver::bind(cfg).unwrap()
+}
+
+/// A sender towards `addr` with the test keys (the receiver above knows them).
+fn sender_cfg(addr: std::net::SocketAddr) -> SendConfig {
+    let mut cfg = SendConfig::new(addr);
+    cfg.security = keys::TestKeys::fixed().sender_security();
+    cfg
+}
+
+/// The inner endpoints' datagram: a 1500-byte MTU less the tag.
+fn sealed_datagram() -> usize {
+    packetfs::proto::datagram_for_mtu(1500) - packetfs::secure::channel::TAG_LEN
 }
 
 #[test]
@@ -62,7 +76,7 @@ fn several_files_arrive_bit_exact_over_loopback() {
             });
             (r, events)
         });
-        let sent = run_sender(&SendConfig::new(addr), files, SNAP_ID, &snap).unwrap();
+        let sent = run_sender(&sender_cfg(addr), files, SNAP_ID, &snap).unwrap();
         let (got, events) = h.join().unwrap();
         let got = got.unwrap();
         eprintln!(
@@ -97,7 +111,7 @@ fn rate_cap_holds_and_files_arrive() {
     std::thread::scope(|s| {
         let snap_r = &snap;
         let h = s.spawn(move || rx.run(SNAP_ID, snap_r, &AtomicBool::new(false), &mut |_| {}));
-        let mut cfg = SendConfig::new(addr);
+        let mut cfg = sender_cfg(addr);
         cfg.rate = Some(20_000_000); // 160 Mbit/s link budget
         let sent = run_sender(&cfg, vec![f], SNAP_ID, &snap).unwrap();
         h.join().unwrap().unwrap();
@@ -126,7 +140,7 @@ fn snapshot_mismatch_is_reported_by_both_drivers() {
             name: "x".into(),
             blueprint: bp,
         }];
-        let e = run_sender(&SendConfig::new(addr), files, SNAP_ID, &snap).unwrap_err();
+        let e = run_sender(&sender_cfg(addr), files, SNAP_ID, &snap).unwrap_err();
         let DriverError::SendAborted { failure, .. } = e else {
             panic!("{e}")
         };
@@ -191,7 +205,7 @@ fn receiver_killed_mid_transfer_leaves_no_file_under_the_final_name() {
     let snap = snapshot(4);
     let mut rng = Rng(6);
     let (_, f) = raw_file(&mut rng, "victim", 8_000_000);
-    let mut cfg = SendConfig::new(format!("127.0.0.1:{port}").parse().unwrap());
+    let mut cfg = sender_cfg(format!("127.0.0.1:{port}").parse().unwrap());
     cfg.rate = Some(4_000_000); // about 2 s of transfer
     cfg.proto.timing.idle_timeout = Duration::from_secs(1);
     std::thread::scope(|s| {
@@ -240,7 +254,7 @@ struct Lossy<E> {
 }
 
 impl<E: packetfs::proto::Endpoint> packetfs::proto::Endpoint for Lossy<E> {
-    fn handle_datagram(&mut self, now: std::time::Instant, d: &[u8]) -> bool {
+    fn handle_datagram(&mut self, now: std::time::Instant, d: &mut [u8]) -> bool {
         if self.rng.below(1000) < self.permille {
             self.dropped += 1;
             return false;
@@ -308,8 +322,17 @@ fn the_driver_loop_repairs_loss_on_real_sockets() {
         let out_r = out.path();
         let h = s.spawn(move || {
             let sink = MmapSink::new(out_r, "lossy").unwrap();
+            let rcfg = ReceiverConfig {
+                max_datagram: sealed_datagram(),
+                ..ReceiverConfig::default()
+            };
             let mut r = Lossy {
-                inner: Receiver::new(ReceiverConfig::default(), SNAP_ID, snap_r, sink),
+                inner: Guard::new(
+                    Receiver::new(rcfg, SNAP_ID, snap_r, sink),
+                    keys::TestKeys::fixed().receiver_security(),
+                    None,
+                    GuardConfig::default(),
+                ),
                 rng: Rng(1),
                 permille: 50,
                 dropped: 0,
@@ -329,12 +352,18 @@ fn the_driver_loop_repairs_loss_on_real_sockets() {
         let cfg = SenderConfig {
             session_id: 99,
             rate: Some(50_000_000),
+            max_datagram: sealed_datagram(),
             ..SenderConfig::default()
         };
         let files =
             packetfs::prepare::prepare(files, SNAP_ID, &snap, cfg.pack, &cfg.pack_opts).unwrap();
         let mut sender = Lossy {
-            inner: Sender::new(cfg, SNAP_ID, files).unwrap(),
+            inner: Guard::new(
+                Sender::new(cfg, SNAP_ID, files).unwrap(),
+                keys::TestKeys::fixed().sender_security(),
+                Some(99),
+                GuardConfig::default(),
+            ),
             rng: Rng(2),
             permille: 100,
             dropped: 0,
@@ -425,7 +454,16 @@ fn a_streamed_file_arrives_bit_exact_while_its_blocks_are_produced_late() {
         let (snap_r, never_r, out_r) = (&snap, &never, out.path());
         let h = s.spawn(move || {
             let sink = MmapSink::new(out_r, "stream").unwrap();
-            let mut r = Receiver::new(ReceiverConfig::default(), SNAP_ID, snap_r, sink);
+            let rcfg = ReceiverConfig {
+                max_datagram: sealed_datagram(),
+                ..ReceiverConfig::default()
+            };
+            let mut r = Guard::new(
+                Receiver::new(rcfg, SNAP_ID, snap_r, sink),
+                keys::TestKeys::fixed().receiver_security(),
+                None,
+                GuardConfig::default(),
+            );
             let mut io = rio;
             drive(
                 &mut r,
@@ -457,9 +495,20 @@ fn a_streamed_file_arrives_bit_exact_while_its_blocks_are_produced_late() {
             files: outgoing,
             blocks: rx,
         };
-        let session = SendSession::new(cfg, 1500, None, SNAP_ID, input, Instant::now()).unwrap();
+        let sec = keys::TestKeys::fixed().sender_security();
+        let session = SendSession::new(
+            cfg,
+            1500,
+            None,
+            SNAP_ID,
+            input,
+            Instant::now(),
+            sec.clone(),
+            GuardConfig::default(),
+        )
+        .unwrap();
         let mut feed = Lossy {
-            inner: session.feed,
+            inner: Guard::new(session.feed, sec, Some(7), GuardConfig::default()),
             rng: Rng(3),
             permille: 50,
             dropped: 0,
@@ -473,7 +522,7 @@ fn a_streamed_file_arrives_bit_exact_while_its_blocks_are_produced_late() {
             &mut |_| {},
         )
         .unwrap();
-        assert!(feed.inner.take_error().is_none());
+        assert!(feed.inner.inner_mut().take_error().is_none());
         assert_eq!(feed.outcome(), Some(Ok(())));
         assert_eq!(h.join().unwrap(), Some(Ok(())));
         let last_block = producer.join().unwrap();

@@ -218,6 +218,12 @@ fn transfer(pair: &NetnsPair, run: &Run) -> Outcome {
     ];
     rargs.extend(run.both.iter().cloned());
     rargs.extend(run.recv_extra.iter().cloned());
+    // Keys by default; a run that says --insecure goes without.
+    let keys = common::keys::KeyFiles::create(work.path());
+    let insecure = run.both.iter().any(|a| a == "--insecure");
+    if !insecure {
+        rargs.extend(keys.recv_flags());
+    }
     let recv = RecvProc::spawn(pair, &rargs);
     let send = Command::new("ip")
         .args(["netns", "exec", &pair.ns(Side::A), PFS, "send"])
@@ -233,6 +239,7 @@ fn transfer(pair: &NetnsPair, run: &Run) -> Outcome {
         .arg("--metrics")
         .arg(&sm)
         .args(&run.both)
+        .args(if insecure { vec![] } else { keys.send_flags() })
         .args(&run.files)
         .output()
         .expect("run pfs send");
@@ -379,7 +386,9 @@ fn lossy(ppm: u32) {
     assert!(dropped > 0, "{steer}");
     // Every frame the sender sent that reached B's program was steered or dropped on
     // purpose; what the receiver's state machine saw was steered.
-    let sent = sm["frames"].as_u64().unwrap();
+    // (The sender's frames count the session's; its handshake inits go out before.)
+    let sent =
+        sm["frames"].as_u64().unwrap() + sm["security"]["counters"]["inits_sent"].as_u64().unwrap();
     assert!(steered + dropped <= sent, "sent {sent}, {steer}");
     assert!(rm["frames"].as_u64().unwrap() <= steered, "{rm}");
     // The losses were repaired.
@@ -633,6 +642,200 @@ fn xdp_one_pinned_worker_per_queue_and_the_session_thread_alone() {
         for q in m["xdp"]["queues"].as_array().unwrap() {
             assert!(q["worker"].is_null(), "{q}");
         }
+    }
+    assert_nothing_attached(&pair);
+}
+
+/// `--insecure` on both sides over AF_XDP: the frames go unsealed, both summaries say so.
+#[test]
+fn xdp_insecure_session() {
+    if skip() {
+        return;
+    }
+    let fx = fixture();
+    let pair = NetnsPair::new(2, 1500).expect("netns pair");
+    let files = vec![fx.file("bash"), fx.file("covered")];
+    let o = transfer(
+        &pair,
+        &xdp_run(&["--insecure", "--mode", "scatter"], files.clone()),
+    );
+    assert_bit_exact(&o, &files);
+    for m in [&o.send_metrics, &o.recv_metrics] {
+        let m = m.as_ref().unwrap();
+        assert_eq!(m["security"]["mode"], "NONE (--insecure)", "{m}");
+    }
+    assert!(text(&o.send).contains("security: NONE (--insecure)"));
+    assert_nothing_attached(&pair);
+}
+
+/// How many distinct places of `cap` hold a run of at least 64 bytes of `file`.
+fn leaked_runs(cap: &[u8], file: &[u8]) -> usize {
+    use std::collections::HashMap;
+    const W: usize = 32;
+    let mut at: HashMap<&[u8], usize> = HashMap::new();
+    for o in (0..file.len().saturating_sub(W)).step_by(W) {
+        at.entry(&file[o..o + W]).or_insert(o);
+    }
+    let (mut hits, mut i) = (0, 0);
+    while i + W <= cap.len() {
+        if let Some(&o) = at.get(&cap[i..i + W]) {
+            // Extend the match both ways: any 64-byte run holds an aligned 32-byte window.
+            let back = (1..=i.min(o))
+                .take_while(|k| cap[i - k] == file[o - k])
+                .count();
+            let fwd = (0..)
+                .take_while(|k| {
+                    i + k < cap.len() && o + k < file.len() && cap[i + k] == file[o + k]
+                })
+                .count();
+            if back + fwd >= 64 {
+                hits += 1;
+                i += fwd;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    hits
+}
+
+/// A tcpdump capture on the receiver's veth of a keyed UDP transfer holds no 64-byte run of
+/// the file and not its name; the same capture of an `--insecure` transfer does (the
+/// control that shows the check can see them).
+#[test]
+fn a_capture_of_a_keyed_transfer_holds_no_file_bytes_nor_its_name() {
+    if skip() {
+        return;
+    }
+    if Command::new("tcpdump").arg("--version").output().is_err() {
+        eprintln!("skipping: tcpdump is not installed (scripts/setup.sh installs it)");
+        return;
+    }
+    let fx = fixture();
+    let dir = fx.dir.join("capture");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let name = "secret-name-q7x2.bin";
+    let file = dir.join(name);
+    let content = Rng(99).bytes(1_500_000);
+    std::fs::write(&file, &content).unwrap();
+    let pair = NetnsPair::new(1, 1500).expect("netns pair");
+    for insecure in [false, true] {
+        let pcap = dir.join(if insecure {
+            "plain.pcap"
+        } else {
+            "sealed.pcap"
+        });
+        let mut td = Command::new("ip")
+            .args(["netns", "exec", &pair.ns(Side::B), "tcpdump", "-i"])
+            .arg(pair.iface(Side::B))
+            .args(["-U", "-s", "0", "-w"])
+            .arg(&pcap)
+            .arg("udp")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tcpdump");
+        // Readiness: tcpdump says "listening on" once its socket is open.
+        let mut err = BufReader::new(td.stderr.take().unwrap());
+        let mut line = String::new();
+        while err.read_line(&mut line).unwrap_or(0) > 0 && !line.contains("listening on") {
+            line.clear();
+        }
+        let run = Run {
+            transport: "udp",
+            both: if insecure {
+                vec!["--insecure".into()]
+            } else {
+                Vec::new()
+            },
+            recv_extra: Vec::new(),
+            recv_snapshot: fx.snap(),
+            send_snapshot: None,
+            files: vec![file.clone()],
+        };
+        let o = transfer(&pair, &run);
+        assert_bit_exact(&o, std::slice::from_ref(&file));
+        // Both processes are done: every frame went through the interface. SIGINT makes
+        // tcpdump flush and exit.
+        unsafe {
+            libc::kill(td.id() as i32, libc::SIGINT);
+        }
+        td.wait().unwrap();
+        let cap = std::fs::read(&pcap).unwrap();
+        assert!(
+            cap.len() > content.len() / 2,
+            "the capture saw the transfer"
+        );
+        let leaks = leaked_runs(&cap, &content);
+        let named = cap.windows(name.len()).any(|w| w == name.as_bytes());
+        eprintln!(
+            "capture ({}): {} bytes, {} runs of >= 64 file bytes, name seen: {named}",
+            if insecure { "--insecure" } else { "keyed" },
+            cap.len(),
+            leaks
+        );
+        if insecure {
+            assert!(
+                leaks > 100 && named,
+                "the control capture should show the file"
+            );
+        } else {
+            assert_eq!(leaks, 0, "file bytes in the keyed capture");
+            assert!(!named, "the file name is in the keyed capture");
+        }
+    }
+}
+
+/// With `-vv` both sides log each AF_XDP start-up step with its time since the command
+/// started (`pfs::startup` marks): what `docs/XDP.md` ("Start-up") tells people to read.
+#[test]
+fn xdp_startup_marks_name_each_step() {
+    if skip() {
+        return;
+    }
+    let fx = fixture();
+    let pair = NetnsPair::new(2, 1500).expect("netns pair");
+    let f = fx.all()[0].clone();
+    let o = transfer(
+        &pair,
+        &xdp_run(&["-vv", "--mode", "scatter"], vec![f.clone()]),
+    );
+    assert_bit_exact(&o, &[f]);
+    let (recv, send) = (text(&o.recv), text(&o.send));
+    let if_a = pair.iface(Side::A);
+    let if_b = pair.iface(Side::B);
+    for step in [
+        "snapshot mapped".to_string(),
+        "program loaded".into(),
+        "link attached (native mode)".into(),
+        format!("socket bound {if_b} q0"),
+        format!("socket bound {if_b} q1"),
+        "set-up done".into(),
+        "listening".into(),
+        "first frame received".into(),
+    ] {
+        assert!(
+            recv.lines()
+                .any(|l| l.contains("pfs::startup") && l.contains("recv +") && l.contains(&step)),
+            "recv mark {step:?} missing:\n{recv}"
+        );
+    }
+    for step in [
+        "snapshot mapped".to_string(),
+        "addresses resolved".into(),
+        "program loaded".into(),
+        "link attached (native mode)".into(),
+        format!("socket bound {if_a} q0"),
+        format!("socket bound {if_a} q1"),
+        "set-up done".into(),
+        "first frame sent".into(),
+    ] {
+        assert!(
+            send.lines()
+                .any(|l| l.contains("pfs::startup") && l.contains("send +") && l.contains(&step)),
+            "send mark {step:?} missing:\n{send}"
+        );
     }
     assert_nothing_attached(&pair);
 }

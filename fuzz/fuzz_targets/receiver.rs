@@ -25,6 +25,7 @@ fuzz_target!(|data: &[u8]| {
         let n = (u16::from_le_bytes([rest[0], rest[1]]) as usize).min(rest.len() - 2);
         let (d, tail) = rest[2..].split_at(n);
         rest = tail;
+        let d = &mut d.to_vec();
         step += 1;
         let now = t0 + Duration::from_millis(step);
         r.handle_datagram(now, d);

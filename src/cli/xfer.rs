@@ -25,12 +25,110 @@ use packetfs::index::IndexSet;
 use packetfs::plan::{self, hints::Hints, PlanConfig};
 use packetfs::pob::Snapshot;
 use packetfs::proto::{Event, SendFile};
+use packetfs::secure::{
+    AuthorizedSenders, GuardConfig, Identity, KnownReceivers, PublicKey, ReceiverKeys, Security,
+    SenderKeys,
+};
 use packetfs::util::human_bytes;
 
 use super::codec::OnOff;
 
 /// The default PacketFS UDP port (the first of the steered range).
 pub const DEFAULT_PORT: u16 = 47000;
+
+/// The key settings `pfs send` and `pfs recv` share.
+#[derive(Args, Debug)]
+pub struct KeyArgs {
+    /// This host's key file (create one with `pfs keygen --out FILE`; mode 0600).
+    #[arg(long)]
+    identity: Option<PathBuf>,
+    /// A pre-shared key file mixed into the handshake (both sides the same).
+    #[arg(long)]
+    psk_file: Option<PathBuf>,
+    /// Plaintext, unauthenticated session: no keys, no encryption (both sides must say so).
+    #[arg(long)]
+    insecure: bool,
+}
+
+impl KeyArgs {
+    fn into_config(self, c: &mut PfsConfig) {
+        c.identity = self.identity;
+        c.psk_file = self.psk_file;
+        c.insecure = self.insecure.then_some(true);
+    }
+}
+
+/// How to make keys, for the error when none are given.
+const KEYS_HOWTO: &str = "create a key pair with `pfs keygen --out pfs.key` on each host, \
+give the sender `--identity pfs.key --receiver-key RECEIVER_PUB` and the receiver \
+`--identity pfs.key --authorized-senders FILE` (lines `SENDER_PUB NAME`), \
+or pass --insecure on both sides for a plaintext session";
+
+fn load_psk(c: &PfsConfig) -> anyhow::Result<Option<[u8; 32]>> {
+    c.psk_file
+        .as_deref()
+        .map(|p| packetfs::secure::keys::load_psk(p).map_err(anyhow::Error::from))
+        .transpose()
+}
+
+fn load_identity(c: &PfsConfig, side: &str) -> anyhow::Result<Arc<Identity>> {
+    let Some(p) = c.identity.as_deref() else {
+        bail!("pfs {side} needs --identity (config key `identity`): {KEYS_HOWTO}");
+    };
+    Ok(Arc::new(Identity::load(p)?))
+}
+
+/// The sender's protection from the merged configuration, for receiver `dst`.
+fn sender_security(c: &PfsConfig, dst: SocketAddr) -> anyhow::Result<Security> {
+    if c.insecure == Some(true) {
+        return Ok(Security::Insecure);
+    }
+    let identity = load_identity(c, "send")?;
+    let receiver = match (&c.receiver_key, &c.known_receivers) {
+        (Some(k), _) => PublicKey::from_base64(k.trim())
+            .with_context(|| format!("--receiver-key {k:?}"))?,
+        (None, Some(f)) => {
+            let known = KnownReceivers::load(f)?;
+            known.get(dst).with_context(|| {
+                format!("{} names no key for the receiver {dst}", f.display())
+            })?
+        }
+        (None, None) => bail!(
+            "pfs send needs the receiver's public key: --receiver-key PUB or --known-receivers FILE \
+(config keys `receiver-key`, `known-receivers`): {KEYS_HOWTO}"
+        ),
+    };
+    Ok(Security::Sender(SenderKeys {
+        identity,
+        receiver,
+        psk: load_psk(c)?,
+    }))
+}
+
+/// The receiver's protection from the merged configuration.
+fn receiver_security(c: &PfsConfig) -> anyhow::Result<Security> {
+    if c.insecure == Some(true) {
+        return Ok(Security::Insecure);
+    }
+    let identity = load_identity(c, "recv")?;
+    let Some(f) = c.authorized_senders.as_deref() else {
+        bail!(
+            "pfs recv needs --authorized-senders FILE (config key `authorized-senders`): {KEYS_HOWTO}"
+        );
+    };
+    let authorized = AuthorizedSenders::load(f)?;
+    if authorized.is_empty() {
+        bail!(
+            "{}: no authorized sender: every handshake would be refused",
+            f.display()
+        );
+    }
+    Ok(Security::Receiver(ReceiverKeys {
+        identity,
+        authorized: Arc::new(authorized),
+        psk: load_psk(c)?,
+    }))
+}
 
 /// The AF_XDP settings `pfs send` and `pfs recv` share.
 #[derive(Args, Debug)]
@@ -135,6 +233,14 @@ pub struct SendArgs {
     /// with the wire, `default` and `max` look harder [default: fast].
     #[arg(long, value_enum)]
     level: Option<packetfs::blueprint::Level>,
+    #[command(flatten)]
+    keys: KeyArgs,
+    /// The receiver's public key (base64, as `pfs key pub` prints it).
+    #[arg(long)]
+    receiver_key: Option<String>,
+    /// A file of `IP|IP:PORT|* PUBKEY` lines: the receiver's key by its address.
+    #[arg(long)]
+    known_receivers: Option<PathBuf>,
 }
 
 impl SendArgs {
@@ -155,9 +261,12 @@ impl SendArgs {
             hugepages: self.hugepages,
             pack: self.pack,
             level: self.level,
+            receiver_key: self.receiver_key,
+            known_receivers: self.known_receivers,
             ..Default::default()
         };
         self.xdp.into_config(&mut c);
+        self.keys.into_config(&mut c);
         (self.files, self.config, c)
     }
 }
@@ -227,6 +336,12 @@ pub struct RecvArgs {
     /// [default: auto].
     #[arg(long, value_enum)]
     hugepages: Option<HugePolicy>,
+    #[command(flatten)]
+    keys: KeyArgs,
+    /// The senders this receiver answers: `PUBKEY NAME [dir=SUB] [max-file=SIZE]
+    /// [max-session=SIZE]` lines; every other sender gets no answer at all.
+    #[arg(long)]
+    authorized_senders: Option<PathBuf>,
 }
 
 impl RecvArgs {
@@ -249,9 +364,11 @@ impl RecvArgs {
             metrics: self.metrics,
             hugepages: self.hugepages,
             sync: self.sync.map(|s| s == OnOff::On),
+            authorized_senders: self.authorized_senders,
             ..Default::default()
         };
         self.xdp.into_config(&mut c);
+        self.keys.into_config(&mut c);
         (self.config, self.impair_drop_ppm, c)
     }
 }
@@ -434,6 +551,7 @@ pub fn send(a: SendArgs, origin: Instant) -> anyhow::Result<ExitCode> {
         }
     }
     let dst = parse_dst(&dst_s)?;
+    let security = sender_security(&c, dst)?;
     let snapshot = c
         .snapshot
         .clone()
@@ -453,6 +571,7 @@ pub fn send(a: SendArgs, origin: Instant) -> anyhow::Result<ExitCode> {
     let pack = c.pack.unwrap_or_default();
     // The sender maps the snapshot (no copy) unless asked for huge pages.
     let snap = Snapshot::open(&snapshot, c.hugepages.unwrap_or(HugePolicy::Off))?;
+    xdp::marks::mark("send", origin, "snapshot mapped");
     let transport = pick_transport(c.transport.unwrap_or_default(), c.interface.as_deref());
     let tname = transport.name();
     let xdp_cfg = match transport {
@@ -482,6 +601,8 @@ pub fn send(a: SendArgs, origin: Instant) -> anyhow::Result<ExitCode> {
                     ..Default::default()
                 },
                 origin,
+                security: security.clone(),
+                guard: GuardConfig::default(),
             })
         }
         Transport::Udp | Transport::Auto => None,
@@ -540,6 +661,7 @@ pub fn send(a: SendArgs, origin: Instant) -> anyhow::Result<ExitCode> {
                 cfg.rate = rate;
                 cfg.proto.pack = pack;
                 cfg.origin = origin;
+                cfg.security = security.clone();
                 udp::run_sender_input(&cfg, input, snap.id, &cancel, &mut |e| bar.event(e))
             }
             Some(sender) => with_report(
@@ -555,6 +677,16 @@ pub fn send(a: SendArgs, origin: Instant) -> anyhow::Result<ExitCode> {
                 &metrics,
                 &json!({"kind": "send", "transport": tname, "ok": false, "reason": failure.to_string(), "summary": summary, "xdp": report}),
             );
+            if let (packetfs::proto::Reason::HandshakeTimeout { ms }, Security::Sender(k)) =
+                (&failure.reason, &security)
+            {
+                bail!(
+                    "send failed: the receiver at {dst} did not complete the handshake within {ms} ms; \
+it was expected to hold key {} (is that its key? does its authorized-senders file list this sender's key {}? same --psk-file on both sides?)",
+                    k.receiver.to_base64(),
+                    k.identity.public().to_base64()
+                );
+            }
             let named = failure.reason.file().and_then(|i| paths.get(i as usize));
             match named {
                 Some(p) => bail!("send failed: {failure} ({})", p.display()),
@@ -604,6 +736,7 @@ pub fn send(a: SendArgs, origin: Instant) -> anyhow::Result<ExitCode> {
             d.as_secs_f64() * 1e3
         );
     }
+    println!("  {}", s.security.line());
     if let Some(r) = &report {
         print_xdp(r);
     }
@@ -625,6 +758,8 @@ pub fn send(a: SendArgs, origin: Instant) -> anyhow::Result<ExitCode> {
 
 /// `pfs recv`.
 pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
+    // Where recv's start-up marks count from (`pfs -vv`).
+    let origin = Instant::now();
     let cancel = cancel_on_signals()?;
     let (config, impair_drop_ppm, flags) = a.into_config();
     let c = merged(config.as_deref(), flags)?;
@@ -649,6 +784,7 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
         .metrics
         .clone()
         .unwrap_or_else(|| packetfs::metrics::DEFAULT_LOG.into());
+    let security = receiver_security(&c)?;
     let mut proto = packetfs::proto::ReceiverConfig::default();
     proto.max_file_size = c.max_file_size.unwrap_or(proto.max_file_size);
     proto.durable = c.sync.unwrap_or(true);
@@ -668,8 +804,39 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
             }
         );
     }
-    let snap = Snapshot::open(&snapshot, c.hugepages.unwrap_or(HugePolicy::Auto))?;
     let transport = pick_transport(c.transport.unwrap_or_default(), c.interface.as_deref());
+    let listen_timeout = c.timeout.filter(|t| *t > 0).map(Duration::from_secs);
+    let xdp_cfg = match transport {
+        Transport::Xdp => {
+            let Some(iface) = c.interface.as_deref() else {
+                bail!("--transport xdp needs --iface (the interface to receive on)");
+            };
+            let mut link = xdp_link(&c, iface, port);
+            link.impair_drop_ppm = impair_drop_ppm;
+            Some(xdp::XdpRecvConfig {
+                link,
+                out_dir: out_dir.clone(),
+                mtu,
+                listen_timeout,
+                proto: proto.clone(),
+                security: security.clone(),
+                guard: GuardConfig::default(),
+                origin,
+            })
+        }
+        Transport::Udp | Transport::Auto => None,
+    };
+    // AF_XDP: attach the program and bind the sockets on another thread while the snapshot
+    // is mapped (and loaded into huge pages) here: start-up takes the longer of the two.
+    let (snap, bound) = std::thread::scope(|sc| {
+        let binder = xdp_cfg.map(|cfg| sc.spawn(move || xdp::XdpReceiver::bind(cfg)));
+        let snap = Snapshot::open(&snapshot, c.hugepages.unwrap_or(HugePolicy::Auto));
+        xdp::marks::mark("recv", origin, "snapshot mapped");
+        let bound = binder.map(|h| h.join().expect("the AF_XDP setup thread panicked"));
+        (snap, bound)
+    });
+    let snap = snap?;
+    let bound = bound.transpose()?;
     let tname = transport.name();
     let mut on = |e: &Event| match e {
         Event::Accepted { files, bytes } => {
@@ -679,14 +846,14 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
         _ => {}
     };
     let snap_name = &snap.manifest.snapshot_id[..16];
-    let listen_timeout = c.timeout.filter(|t| *t > 0).map(Duration::from_secs);
     let mut report = None;
-    let r = match transport {
-        Transport::Udp | Transport::Auto => {
+    let r = match bound {
+        None => {
             let mut cfg = RecvConfig::new(SocketAddr::new(listen, port), out_dir.clone());
             cfg.mtu = mtu;
             cfg.proto = proto;
             cfg.listen_timeout = listen_timeout;
+            cfg.security = security.clone();
             let r = udp::UdpReceiver::bind(cfg)?;
             eprintln!(
                 "listening on udp {} with snapshot {snap_name} ({}), writing to {}",
@@ -696,20 +863,8 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
             );
             r.run(snap.id, snap.bytes(), &cancel, &mut on)
         }
-        Transport::Xdp => {
-            let Some(iface) = c.interface.as_deref() else {
-                bail!("--transport xdp needs --iface (the interface to receive on)");
-            };
-            let mut link = xdp_link(&c, iface, port);
-            link.impair_drop_ppm = impair_drop_ppm;
-            let cfg = xdp::XdpRecvConfig {
-                link,
-                out_dir: out_dir.clone(),
-                mtu,
-                listen_timeout,
-                proto,
-            };
-            let r = xdp::XdpReceiver::bind(cfg)?;
+        Some(r) => {
+            let iface = c.interface.as_deref().unwrap_or_default();
             let (mode, notice) = r.xdp_mode();
             if let Some(n) = notice {
                 eprintln!("notice: {n}");
@@ -723,6 +878,7 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
                 snap.backing_name(),
                 out_dir.display()
             );
+            xdp::marks::mark("recv", origin, "listening");
             with_report(r.run(snap.id, snap.bytes(), &cancel, &mut on), &mut report)?
         }
     };
@@ -769,6 +925,7 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
         s.malformed,
         s.foreign_session,
     );
+    println!("{}", s.security.line());
     if let Some(r) = &report {
         print_xdp(r);
     }

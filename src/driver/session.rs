@@ -26,6 +26,7 @@ use crate::proto::{
     datagram_for_mtu, Endpoint, Event, Failure, OutgoingFile, Receiver, ReceiverConfig, SendError,
     SendFile, Sender, SenderConfig, Stats,
 };
+use crate::secure::{Guard, GuardConfig, SecStats, Security, SecuritySummary};
 use crate::xsk::XskError;
 use serde::Serialize;
 use std::io;
@@ -245,8 +246,11 @@ pub enum DriverError {
         #[source]
         source: io::Error,
     },
-    #[error("no sender arrived within {0:?}")]
-    ListenTimeout(Duration),
+    #[error("no sender arrived within {after:?}{}", refused_note(.security))]
+    ListenTimeout {
+        after: Duration,
+        security: Box<SecStats>,
+    },
     #[error("the {0} loop ended without an outcome")]
     NoOutcome(&'static str),
     #[error("send failed: {failure}")]
@@ -312,6 +316,7 @@ pub struct SendSummary {
     /// The pacing rate at the end, bytes per second.
     pub final_rate: u64,
     pub stats: Stats,
+    pub security: SecuritySummary,
 }
 
 /// One file a receive produced.
@@ -344,6 +349,50 @@ pub struct RecvSummary {
     #[serde(serialize_with = "ser_secs")]
     pub total: Duration,
     pub stats: Stats,
+    pub security: SecuritySummary,
+}
+
+fn refused_note(s: &SecStats) -> String {
+    let mut parts = Vec::new();
+    if s.refused > 0 {
+        parts.push(format!(
+            "{} handshake(s) from keys not in the authorized senders refused",
+            s.refused
+        ));
+    }
+    if s.mac1_failures > 0 {
+        parts.push(format!(
+            "{} handshake(s) with a bad mac1 dropped (sent to another receiver key?)",
+            s.mac1_failures
+        ));
+    }
+    if s.bad_inits > 0 {
+        parts.push(format!(
+            "{} handshake(s) that did not verify (another PSK?) dropped",
+            s.bad_inits
+        ));
+    }
+    if s.rate_limited > 0 {
+        parts.push(format!("{} handshake(s) rate-limited", s.rate_limited));
+    }
+    if s.dropped > 0 {
+        parts.push(format!("{} frame(s) outside a session dropped", s.dropped));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", parts.join("; "))
+    }
+}
+
+/// The Guard's settings for a session starting now: the wall clock read here (the session
+/// core is a clock reader) for the handshake's timestamp.
+pub fn guard_config(base: &GuardConfig) -> GuardConfig {
+    let mut g = base.clone();
+    g.wall_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    g
 }
 
 fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -427,6 +476,9 @@ pub struct SendSession {
     pub pack_time: Duration,
     /// Where the end-to-end clock starts.
     pub origin: Instant,
+    /// How the session is protected, and the Guard's settings.
+    pub security: Security,
+    pub guard: GuardConfig,
 }
 
 /// What a send carries.
@@ -448,8 +500,9 @@ pub enum SendInput<'a> {
 
 impl SendSession {
     /// Build the sender for `input` (files into the snapshot `snapshot_id`): a random
-    /// session id when `proto.session_id` is 0, datagrams filling `mtu`, `rate` as the link
-    /// budget.
+    /// session id when `proto.session_id` is 0, datagrams filling `mtu` (less the tag when
+    /// `security` seals them), `rate` as the link budget.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         mut proto: SenderConfig,
         mtu: usize,
@@ -457,11 +510,14 @@ impl SendSession {
         snapshot_id: [u8; 32],
         input: SendInput<'_>,
         origin: Instant,
+        security: Security,
+        guard: GuardConfig,
     ) -> Result<Self, DriverError> {
         if proto.session_id == 0 {
             proto.session_id = random_u64() | 1;
         }
-        proto.max_datagram = datagram_for_mtu(mtu);
+        proto.max_datagram =
+            Guard::<crate::proto::Sender>::inner_datagram(&security, datagram_for_mtu(mtu));
         proto.rate = rate.or(proto.rate);
         let session_id = proto.session_id;
         let t = Instant::now();
@@ -485,6 +541,8 @@ impl SendSession {
             session_id,
             pack_time: t.elapsed(),
             origin,
+            security,
+            guard,
         })
     }
 }
@@ -501,14 +559,28 @@ pub fn run_sender<P: FramePath + ?Sized>(
         first_datagram_timeout: None,
         finish_linger: Some(Duration::ZERO),
     };
-    let (_, marks) = drive(&mut s.feed, path, &opts, cancel, on_event)?;
+    let mut guard = Guard::new(
+        &mut s.feed,
+        s.security.clone(),
+        Some(s.session_id),
+        guard_config(&s.guard),
+    );
+    let (_, marks) = drive(&mut guard, path, &opts, cancel, on_event)?;
+    let security = guard.summary();
+    let outcome = guard.outcome();
+    drop(guard);
     if let Some(e) = s.feed.take_error() {
         return Err(e.into());
     }
-    send_summary(s, &marks)
+    send_summary(s, &marks, security, outcome)
 }
 
-fn send_summary(s: &SendSession, marks: &Marks) -> Result<SendSummary, DriverError> {
+fn send_summary(
+    s: &SendSession,
+    marks: &Marks,
+    security: SecuritySummary,
+    outcome: Option<Result<(), Failure>>,
+) -> Result<SendSummary, DriverError> {
     let sender = &s.feed.sender;
     let st = sender.stats_now();
     let modes = sender.modes();
@@ -517,14 +589,20 @@ fn send_summary(s: &SendSession, marks: &Marks) -> Result<SendSummary, DriverErr
         .iter()
         .filter(|(m, _)| *m == crate::wire::payload::FileMode::Streamed)
         .count();
+    // The sender counts its frames before the Guard seals them: add each one's tag.
+    let tag = if s.security.is_insecure() {
+        0
+    } else {
+        crate::secure::channel::TAG_LEN as u64
+    };
     let since_origin = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(s.origin));
     let done = marks.done();
     let summary = SendSummary {
         session_id: s.session_id,
         files: sender.file_count(),
         file_bytes: sender.total_bytes(),
-        wire_bytes: st.bytes_sent + st.frames_sent * LINK_OVERHEAD,
-        datagram_bytes: st.bytes_sent,
+        wire_bytes: st.bytes_sent + st.frames_sent * (LINK_OVERHEAD + tag),
+        datagram_bytes: st.bytes_sent + st.frames_sent * tag,
         stream_bytes: modes.iter().map(|(_, len)| len).sum(),
         packed_files,
         streamed_files,
@@ -540,8 +618,9 @@ fn send_summary(s: &SendSession, marks: &Marks) -> Result<SendSummary, DriverErr
         total: done.saturating_duration_since(s.origin),
         final_rate: st.rate,
         stats: st,
+        security,
     };
-    match sender.outcome() {
+    match outcome {
         Some(Ok(())) => Ok(summary),
         Some(Err(failure)) => Err(DriverError::SendAborted {
             failure,
@@ -559,8 +638,10 @@ pub fn file_receiver<'a>(
     out_dir: &Path,
     snapshot_id: [u8; 32],
     snapshot: &'a [u8],
+    security: &Security,
 ) -> Result<Receiver<'a, MmapSink>, DriverError> {
-    proto.max_datagram = datagram_for_mtu(mtu);
+    proto.max_datagram =
+        Guard::<Receiver<'a, MmapSink>>::inner_datagram(security, datagram_for_mtu(mtu));
     let tag = format!("{:016x}", random_u64());
     let mut sink = MmapSink::new(out_dir, &tag).map_err(|source| DriverError::OutDir {
         path: out_dir.to_path_buf(),
@@ -573,10 +654,13 @@ pub fn file_receiver<'a>(
 
 /// Run a receiver over `path` until its session ends: returns once every file is durable
 /// under its name and the sender's Close came (or [`FINISH_LINGER`] passed).
+#[allow(clippy::too_many_arguments)]
 pub fn run_receiver<P: FramePath + ?Sized>(
     receiver: &mut Receiver<'_, MmapSink>,
     path: &mut P,
     listen_timeout: Option<Duration>,
+    security: &Security,
+    guard: &GuardConfig,
     cancel: &AtomicBool,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<RecvSummary, DriverError> {
@@ -584,19 +668,26 @@ pub fn run_receiver<P: FramePath + ?Sized>(
         first_datagram_timeout: listen_timeout,
         finish_linger: Some(FINISH_LINGER),
     };
-    let (stop, marks) = drive(receiver, path, &opts, cancel, on_event)?;
+    let mut g = Guard::new(&mut *receiver, security.clone(), None, guard_config(guard));
+    let (stop, marks) = drive(&mut g, path, &opts, cancel, on_event)?;
+    let sec = g.summary();
+    let outcome = g.outcome();
+    drop(g);
     if stop == Stop::NoPeer {
-        return Err(DriverError::ListenTimeout(
-            listen_timeout.unwrap_or_default(),
-        ));
+        return Err(DriverError::ListenTimeout {
+            after: listen_timeout.unwrap_or_default(),
+            security: Box::new(sec.counters),
+        });
     }
-    recv_summary(receiver, path.peer(), &marks)
+    recv_summary(receiver, path.peer(), &marks, sec, outcome)
 }
 
 fn recv_summary(
     receiver: &Receiver<'_, MmapSink>,
     peer: Option<SocketAddr>,
     marks: &Marks,
+    security: SecuritySummary,
+    outcome: Option<Result<(), Failure>>,
 ) -> Result<RecvSummary, DriverError> {
     let st = receiver.stats().clone();
     let files: Vec<ReceivedFile> = receiver
@@ -629,8 +720,9 @@ fn recv_summary(
         elapsed: done.saturating_duration_since(marks.accepted.unwrap_or(marks.start)),
         total: done.saturating_duration_since(marks.first_accepted.unwrap_or(marks.start)),
         stats: st,
+        security,
     };
-    match receiver.outcome() {
+    match outcome {
         Some(Ok(())) => Ok(summary),
         Some(Err(failure)) => Err(DriverError::RecvAborted {
             failure,

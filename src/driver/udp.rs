@@ -19,6 +19,7 @@ pub use super::session::{
     random_u64, DriverError, ReceivedFile, RecvSummary, SendInput, SendSummary, LINK_OVERHEAD,
 };
 use crate::proto::{Endpoint, Event, ReceiverConfig, SendFile, SenderConfig};
+use crate::secure::{GuardConfig, Security};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsFd;
@@ -262,7 +263,10 @@ impl FramePath for UdpIo {
             match self.recv_now(&mut rbuf) {
                 Ok(Some(n)) => {
                     got += 1;
-                    if ep.handle_datagram(Instant::now(), &rbuf[..n]) {
+                    if let Some(f) = self.last_from {
+                        ep.note_source(f.ip());
+                    }
+                    if ep.handle_datagram(Instant::now(), &mut rbuf[..n]) {
                         self.accept_peer();
                         accepted = true;
                     }
@@ -408,6 +412,10 @@ pub struct SendConfig {
     /// Where the summary's end-to-end clock starts (default: when this config was made;
     /// `pfs send` gives its own start).
     pub origin: Instant,
+    /// How the session is protected (default: `Security::Insecure`; `pfs send` refuses to
+    /// run without keys unless `--insecure`) and the Guard's settings.
+    pub security: Security,
+    pub guard: GuardConfig,
 }
 
 impl SendConfig {
@@ -427,6 +435,8 @@ impl SendConfig {
                 ..SenderConfig::default()
             },
             origin: Instant::now(),
+            security: Security::Insecure,
+            guard: GuardConfig::default(),
         }
     }
 }
@@ -442,6 +452,10 @@ pub struct RecvConfig {
     pub listen_timeout: Option<Duration>,
     /// Protocol settings (limits, timers); `max_datagram` is set from `mtu`.
     pub proto: ReceiverConfig,
+    /// How sessions are protected (default: `Security::Insecure`; `pfs recv` refuses to
+    /// run without keys unless `--insecure`) and the Guard's settings.
+    pub security: Security,
+    pub guard: GuardConfig,
 }
 
 impl RecvConfig {
@@ -453,6 +467,8 @@ impl RecvConfig {
             socket_buffer: 8 << 20,
             listen_timeout: None,
             proto: ReceiverConfig::default(),
+            security: Security::Insecure,
+            guard: GuardConfig::default(),
         }
     }
 }
@@ -505,6 +521,8 @@ pub fn run_sender_input(
         snapshot_id,
         input,
         cfg.origin,
+        cfg.security.clone(),
+        cfg.guard.clone(),
     )?;
     let mut io = UdpIo::bind(cfg.bind, Some(cfg.dst), cfg.socket_buffer)?;
     session::run_sender(&mut s, &mut io, cancel, on_event)
@@ -541,11 +559,14 @@ impl UdpReceiver {
             &self.cfg.out_dir,
             snapshot_id,
             snapshot,
+            &self.cfg.security,
         )?;
         session::run_receiver(
             &mut receiver,
             &mut self.io,
             self.cfg.listen_timeout,
+            &self.cfg.security,
+            &self.cfg.guard,
             cancel,
             on_event,
         )

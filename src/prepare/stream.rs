@@ -430,7 +430,7 @@ impl Feed {
 }
 
 impl Endpoint for Feed {
-    fn handle_datagram(&mut self, now: Instant, datagram: &[u8]) -> bool {
+    fn handle_datagram(&mut self, now: Instant, datagram: &mut [u8]) -> bool {
         self.sender.handle_datagram(now, datagram)
     }
 

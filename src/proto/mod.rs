@@ -251,6 +251,12 @@ pub enum Reason {
     FileExists { file: u32 },
     #[error("unknown reason code {0}")]
     Unknown(u16),
+    /// Local only (never on the wire): no handshake answer in time.
+    #[error("no handshake answer for {ms} ms: the receiver is not reachable, holds another key than the one given (--receiver-key / --known-receivers), uses another PSK, or does not list this sender's key in its authorized senders")]
+    HandshakeTimeout { ms: u64 },
+    /// Local only: the handshake could not be built.
+    #[error("the handshake failed: {detail}")]
+    Handshake { detail: String },
 }
 
 impl Reason {
@@ -330,6 +336,11 @@ impl Reason {
                 C::FileExists.code()
             }
             Reason::Unknown(c) => c,
+            Reason::HandshakeTimeout { ms } => {
+                a = ms;
+                C::Timeout.code()
+            }
+            Reason::Handshake { .. } => C::Protocol.code(),
         };
         wire::payload::Abort {
             code,
@@ -442,8 +453,12 @@ pub struct Stats {
 /// What a driver needs from a state machine.
 pub trait Endpoint {
     /// Feed one received datagram. Returns true if it belonged to this session and was used
-    /// (the driver may learn the peer's address from it).
-    fn handle_datagram(&mut self, now: Instant, datagram: &[u8]) -> bool;
+    /// (the driver may learn the peer's address from it). The datagram is mutable so that a
+    /// wrapper ([`crate::secure::Guard`]) can open it in place in the path's own buffer.
+    fn handle_datagram(&mut self, now: Instant, datagram: &mut [u8]) -> bool;
+    /// The source address of the datagram about to be handed to `handle_datagram` (paths
+    /// that know it say so; the secure wrapper rate-limits handshakes per source).
+    fn note_source(&mut self, _src: std::net::IpAddr) {}
     /// Let timers fire.
     fn handle_timeout(&mut self, now: Instant);
     /// Write the next datagram to send into `buf` (at least `max_datagram` bytes).
@@ -458,6 +473,39 @@ pub trait Endpoint {
     fn outcome(&self) -> Option<Result<(), Failure>>;
     /// Give up (the user asked to): tell the peer and close.
     fn cancel(&mut self, now: Instant);
+}
+
+impl<E: Endpoint + ?Sized> Endpoint for &mut E {
+    fn handle_datagram(&mut self, now: Instant, datagram: &mut [u8]) -> bool {
+        (**self).handle_datagram(now, datagram)
+    }
+    fn note_source(&mut self, src: std::net::IpAddr) {
+        (**self).note_source(src)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        (**self).handle_timeout(now)
+    }
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        (**self).poll_transmit(now, buf)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        (**self).poll_timeout()
+    }
+    fn poll_event(&mut self) -> Option<Event> {
+        (**self).poll_event()
+    }
+    fn is_closed(&self) -> bool {
+        (**self).is_closed()
+    }
+    fn stats(&self) -> &Stats {
+        (**self).stats()
+    }
+    fn outcome(&self) -> Option<Result<(), Failure>> {
+        (**self).outcome()
+    }
+    fn cancel(&mut self, now: Instant) {
+        (**self).cancel(now)
+    }
 }
 
 /// RFC 6298 smoothed RTT.

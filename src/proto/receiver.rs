@@ -96,6 +96,16 @@ impl<'s, S: FileSink> Receiver<'s, S> {
         &self.sink
     }
 
+    /// Lower the file and session size limits (a sender's policy, before its manifest).
+    pub fn limit_sizes(&mut self, max_file: Option<u64>, max_total: Option<u64>) {
+        if let Some(m) = max_file {
+            self.cfg.max_file_size = self.cfg.max_file_size.min(m);
+        }
+        if let Some(m) = max_total {
+            self.cfg.max_total_size = self.cfg.max_total_size.min(m);
+        }
+    }
+
     pub fn sink_mut(&mut self) -> &mut S {
         &mut self.sink
     }
@@ -366,7 +376,7 @@ impl<'s, S: FileSink> Receiver<'s, S> {
 }
 
 impl<S: FileSink> Endpoint for Receiver<'_, S> {
-    fn handle_datagram(&mut self, now: Instant, datagram: &[u8]) -> bool {
+    fn handle_datagram(&mut self, now: Instant, datagram: &mut [u8]) -> bool {
         let Ok(frame) = Frame::parse(datagram) else {
             self.stats.malformed += 1;
             return false;
@@ -568,7 +578,7 @@ mod tests {
             )],
         });
         let now = Instant::now();
-        assert!(r.handle_datagram(now, &frame(0, 0, &hello)));
+        assert!(r.handle_datagram(now, &mut frame(0, 0, &hello)));
         let mut buf = vec![0u8; 2000];
         let n = r.poll_transmit(now, &mut buf).unwrap();
         assert!(matches!(
@@ -593,15 +603,15 @@ mod tests {
         let mut r = receiver(10_000);
         let t = Instant::now();
         // 0..100 and 200..300 arrive: 100..200 may merely be late.
-        r.handle_datagram(t, &data(1, 0, 100));
-        r.handle_datagram(t, &data(2, 200, 100));
+        r.handle_datagram(t, &mut data(1, 0, 100));
+        r.handle_datagram(t, &mut data(2, 200, 100));
         r.handle_timeout(t + Duration::from_millis(3)); // the ACK delay passed
         let Payload::Ack(a) = status(&mut r, t + Duration::from_millis(3)) else {
             panic!("a NACK before the previous report's frontier moved")
         };
         assert_eq!((a.cum, a.frontier, a.received), (100, 300, 200));
         // Another frame later: now the hole lies below the previous report's frontier.
-        r.handle_datagram(t + Duration::from_millis(4), &data(3, 300, 100));
+        r.handle_datagram(t + Duration::from_millis(4), &mut data(3, 300, 100));
         r.handle_timeout(t + Duration::from_millis(7));
         let Payload::Nack(n) = status(&mut r, t + Duration::from_millis(7)) else {
             panic!("no NACK")
@@ -613,7 +623,7 @@ mod tests {
             srtt_us: 500,
             flags: crate::wire::payload::PROBE_FIRST_PASS_DONE,
         });
-        r.handle_datagram(t + Duration::from_millis(8), &frame(4, 0, &probe));
+        r.handle_datagram(t + Duration::from_millis(8), &mut frame(4, 0, &probe));
         let Payload::Nack(n) = status(&mut r, t + Duration::from_millis(8)) else {
             panic!("no NACK after a probe")
         };
@@ -628,8 +638,8 @@ mod tests {
         r.cfg.reorder_window = Duration::from_millis(10);
         r.acks.reorder_window = r.cfg.reorder_window;
         let t = Instant::now();
-        r.handle_datagram(t, &data(1, 0, 100));
-        r.handle_datagram(t, &data(2, 200, 100));
+        r.handle_datagram(t, &mut data(1, 0, 100));
+        r.handle_datagram(t, &mut data(2, 200, 100));
         (r, t)
     }
 
@@ -641,12 +651,12 @@ mod tests {
             panic!("a NACK for a hole that may be late")
         };
         // Past the previous report's frontier, but that report is younger than the window.
-        r.handle_datagram(t + Duration::from_millis(4), &data(3, 300, 100));
+        r.handle_datagram(t + Duration::from_millis(4), &mut data(3, 300, 100));
         r.handle_timeout(t + Duration::from_millis(7));
         let Payload::Ack(_) = status(&mut r, t + Duration::from_millis(7)) else {
             panic!("a NACK inside the reorder window")
         };
-        r.handle_datagram(t + Duration::from_millis(12), &data(4, 400, 100));
+        r.handle_datagram(t + Duration::from_millis(12), &mut data(4, 400, 100));
         r.handle_timeout(t + Duration::from_millis(14));
         let Payload::Nack(n) = status(&mut r, t + Duration::from_millis(14)) else {
             panic!("no NACK once the hole is older than the window")
@@ -662,13 +672,13 @@ mod tests {
             srtt_us: 500,
             flags: 0,
         });
-        r.handle_datagram(t + Duration::from_millis(1), &frame(3, 0, &probe));
+        r.handle_datagram(t + Duration::from_millis(1), &mut frame(3, 0, &probe));
         let Payload::Ack(a) = status(&mut r, t + Duration::from_millis(1)) else {
             panic!("a probe NACKed frames that may still be overtaken")
         };
         assert_eq!(a.echo_seq, 3);
         assert_eq!(r.poll_timeout(), Some(t + Duration::from_millis(11)));
-        r.handle_datagram(t + Duration::from_millis(2), &data(4, 100, 100)); // the late one
+        r.handle_datagram(t + Duration::from_millis(2), &mut data(4, 100, 100)); // the late one
         r.handle_timeout(t + Duration::from_millis(11));
         let Payload::Nack(n) = status(&mut r, t + Duration::from_millis(11)) else {
             panic!("no NACK after the window")
@@ -682,7 +692,7 @@ mod tests {
         let ms = |n| t + Duration::from_millis(n);
         r.handle_timeout(ms(3));
         assert!(matches!(status(&mut r, ms(3)), Payload::Ack(_)));
-        r.handle_datagram(ms(12), &data(3, 300, 100));
+        r.handle_datagram(ms(12), &mut data(3, 300, 100));
         r.handle_timeout(ms(14));
         let Payload::Nack(n) = status(&mut r, ms(14)) else {
             panic!("no NACK")
@@ -690,17 +700,17 @@ mod tests {
         assert_eq!(n.ranges, vec![(100, 200)]);
         // The original of 100..200 arrives after all: the window becomes 20 ms, so a new
         // hole (400..500) is not NACKed 11 ms after the report that passed it, but after 20.
-        r.handle_datagram(ms(15), &data(2, 100, 100));
-        r.handle_datagram(ms(15), &data(5, 500, 100));
+        r.handle_datagram(ms(15), &mut data(2, 100, 100));
+        r.handle_datagram(ms(15), &mut data(5, 500, 100));
         r.handle_timeout(ms(18));
         assert!(matches!(status(&mut r, ms(18)), Payload::Ack(_)));
-        r.handle_datagram(ms(19), &data(6, 600, 100));
+        r.handle_datagram(ms(19), &mut data(6, 600, 100));
         r.handle_timeout(ms(29));
         assert!(
             matches!(status(&mut r, ms(29)), Payload::Ack(_)),
             "NACKed within the doubled window"
         );
-        r.handle_datagram(ms(39), &data(7, 700, 100));
+        r.handle_datagram(ms(39), &mut data(7, 700, 100));
         r.handle_timeout(ms(41));
         let Payload::Nack(n) = status(&mut r, ms(41)) else {
             panic!("no NACK after the doubled window")
@@ -713,7 +723,7 @@ mod tests {
         let mut r = receiver(300);
         let t = Instant::now();
         for (seq, off) in [(1, 200), (2, 0), (3, 200), (4, 100), (5, 0)] {
-            r.handle_datagram(t, &data(seq, off, 100));
+            r.handle_datagram(t, &mut data(seq, off, 100));
         }
         assert_eq!(r.outcome(), Some(Ok(())));
         assert_eq!(r.stats().duplicate_frames, 1, "{:?}", r.stats());

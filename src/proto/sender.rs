@@ -145,6 +145,11 @@ impl Sender {
         self.out.modes()
     }
 
+    /// This session's id.
+    pub fn session_id(&self) -> u64 {
+        self.cfg.session_id
+    }
+
     pub fn file_count(&self) -> usize {
         self.out.len()
     }
@@ -328,7 +333,7 @@ impl Sender {
 }
 
 impl Endpoint for Sender {
-    fn handle_datagram(&mut self, now: Instant, datagram: &[u8]) -> bool {
+    fn handle_datagram(&mut self, now: Instant, datagram: &mut [u8]) -> bool {
         let Ok(frame) = Frame::parse(datagram) else {
             self.stats.malformed += 1;
             return false;

@@ -3,10 +3,20 @@
 //! * [`keys`]: identities (static X25519 key files, mode 0600), the receiver's
 //!   authorized-senders file, the sender's known-receivers file, the pre-shared key.
 //!
-//! The handshake (Noise IKpsk2), the per-frame AEAD, the replay window and the endpoint
-//! wrapper that seals and opens frames in place join this module; it does no I/O beyond
-//! reading key files.
+//! * [`channel`]: the Noise IKpsk2 handshake, the per-frame AES-256-GCM sealer and opener
+//!   with key phases (rekey), mac1.
+//! * [`window`]: the anti-replay window.
+//! * [`guard`]: [`Guard`], the endpoint wrapper that runs the handshake and seals and opens
+//!   every frame in place around the sender or receiver state machine.
+//!
+//! No I/O beyond reading key files, and no clock: time is passed in.
 
+pub mod channel;
+pub mod guard;
 pub mod keys;
+pub mod window;
 
+pub use guard::{
+    Guard, GuardConfig, Guarded, ReceiverKeys, SecStats, Security, SecuritySummary, SenderKeys,
+};
 pub use keys::{AuthorizedSenders, Identity, KeyError, KnownReceivers, PublicKey, SenderPolicy};

@@ -817,6 +817,71 @@ impl<'b> GramWriter<'b> {
     }
 }
 
+/// Bytes of the Noise IKpsk2 message 1 in a [`HandshakeInit`] (e 32, encrypted s 48,
+/// encrypted 16-byte payload 32).
+pub const INIT_NOISE_LEN: usize = 112;
+/// Bytes of mac1 after it.
+pub const INIT_MAC_LEN: usize = 16;
+/// Bytes of the Noise message 2 in a [`HandshakeResp`] (e 32, empty payload's tag 16).
+pub const RESP_NOISE_LEN: usize = 48;
+
+/// HandshakeInit (S->R, unsealed): Noise message 1, then mac1 (keyed BLAKE3 over the header
+/// up to its CRC and the Noise message). Read in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandshakeInit<'a> {
+    pub noise: &'a [u8; INIT_NOISE_LEN],
+    pub mac1: &'a [u8; INIT_MAC_LEN],
+}
+
+impl<'a> HandshakeInit<'a> {
+    pub const LEN: usize = INIT_NOISE_LEN + INIT_MAC_LEN;
+    pub fn parse(b: &'a [u8]) -> Result<HandshakeInit<'a>> {
+        if b.len() != Self::LEN {
+            return Err(if b.len() < Self::LEN {
+                Error::Truncated
+            } else {
+                Error::Malformed
+            });
+        }
+        let (noise, mac1) = b.split_at(INIT_NOISE_LEN);
+        Ok(HandshakeInit {
+            noise: noise.try_into().map_err(|_| Error::Truncated)?,
+            mac1: mac1.try_into().map_err(|_| Error::Truncated)?,
+        })
+    }
+    pub fn emit(&self, b: &mut [u8]) -> usize {
+        b[..INIT_NOISE_LEN].copy_from_slice(self.noise);
+        b[INIT_NOISE_LEN..Self::LEN].copy_from_slice(self.mac1);
+        Self::LEN
+    }
+}
+
+/// HandshakeResp (R->S, unsealed): Noise message 2. Read in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandshakeResp<'a> {
+    pub noise: &'a [u8; RESP_NOISE_LEN],
+}
+
+impl<'a> HandshakeResp<'a> {
+    pub const LEN: usize = RESP_NOISE_LEN;
+    pub fn parse(b: &'a [u8]) -> Result<HandshakeResp<'a>> {
+        if b.len() != Self::LEN {
+            return Err(if b.len() < Self::LEN {
+                Error::Truncated
+            } else {
+                Error::Malformed
+            });
+        }
+        Ok(HandshakeResp {
+            noise: b.try_into().map_err(|_| Error::Truncated)?,
+        })
+    }
+    pub fn emit(&self, b: &mut [u8]) -> usize {
+        b[..Self::LEN].copy_from_slice(self.noise);
+        Self::LEN
+    }
+}
+
 /// A parsed payload.
 #[derive(Debug, Clone)]
 pub enum Payload<'a> {
@@ -829,6 +894,8 @@ pub enum Payload<'a> {
     Done(Done),
     Abort(Abort),
     Close,
+    HandshakeInit(HandshakeInit<'a>),
+    HandshakeResp(HandshakeResp<'a>),
 }
 
 impl<'a> Payload<'a> {
@@ -849,6 +916,8 @@ impl<'a> Payload<'a> {
                 }
                 Payload::Close
             }
+            FrameType::HandshakeInit => Payload::HandshakeInit(HandshakeInit::parse(b)?),
+            FrameType::HandshakeResp => Payload::HandshakeResp(HandshakeResp::parse(b)?),
         })
     }
 
@@ -863,6 +932,8 @@ impl<'a> Payload<'a> {
             Payload::Done(_) => FrameType::Done,
             Payload::Abort(_) => FrameType::Abort,
             Payload::Close => FrameType::Close,
+            Payload::HandshakeInit(_) => FrameType::HandshakeInit,
+            Payload::HandshakeResp(_) => FrameType::HandshakeResp,
         }
     }
 
@@ -877,6 +948,8 @@ impl<'a> Payload<'a> {
             Payload::Done(_) => Done::LEN,
             Payload::Abort(_) => Abort::LEN,
             Payload::Close => 0,
+            Payload::HandshakeInit(_) => HandshakeInit::LEN,
+            Payload::HandshakeResp(_) => HandshakeResp::LEN,
         }
     }
 
@@ -898,6 +971,8 @@ impl<'a> Payload<'a> {
             Payload::Done(d) => d.emit(b),
             Payload::Abort(a) => a.emit(b),
             Payload::Close => 0,
+            Payload::HandshakeInit(h) => h.emit(b),
+            Payload::HandshakeResp(h) => h.emit(b),
         }
     }
 }
@@ -915,7 +990,7 @@ impl<'a> Frame<'a> {
         let p = super::pfs::Packet::new_checked(datagram)?;
         let header = super::pfs::Repr::parse(&p)?;
         let body = &datagram[super::pfs::HEADER_LEN..header.buffer_len()];
-        if header.frame_type != FrameType::Data && header.flags != 0 {
+        if header.frame_type != FrameType::Data && header.flags & super::pfs::FLAG_REPAIR != 0 {
             return Err(Error::Malformed);
         }
         let payload = Payload::parse(header.frame_type, body)?;

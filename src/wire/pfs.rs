@@ -3,17 +3,24 @@
 //! ```text
 //!  0      4   5    6      8            16           24      26  27  28      32
 //! +-------+---+----+------+------------+------------+-------+---+---+-------+---------+-----+
-//! | magic |ver|type|flags | session id | sequence   |pay len|tag|rsv| crc32c| payload | tag |
+//! | magic |ver|type|flags | session id | sequence   |pay len|tag|kp | crc32c| payload | tag |
 //! +-------+---+----+------+------------+------------+-------+---+---+-------+---------+-----+
 //! ```
 //!
 //! * `magic` is `PkFS`; `ver` is [`VERSION`]; all integers little-endian.
 //! * `seq` counts the frames one endpoint transmits in this session (0, 1, 2, ...). It names a
 //!   *transmission*, never a position in a file, so a retransmission always has a new number.
-//! * `tag len` is the length of an authentication tag that follows the payload. Version 2
-//!   defines no tag and requires 0; the field and the trailer position are reserved so a later
-//!   version can add authenticated frames without moving anything.
-//! * `crc32c` (Castagnoli) covers the header with the CRC field zeroed, the payload and the tag.
+//! * `tag len` is the length of the authentication tag that follows the payload: 16 in a
+//!   *sealed* frame (flag [`FLAG_SEALED`]: AES-256-GCM, see `crate::secure::channel`), 0 in
+//!   an unsealed one (the handshake frames, and every frame of an `--insecure` session).
+//! * `kp` (byte 27, reserved before version 3) is the key phase of a sealed frame (0 or 1,
+//!   flipped at each rekey); it must be 0 in an unsealed frame.
+//! * `crc32c` (Castagnoli) covers the header with the CRC field zeroed and the payload of an
+//!   unsealed frame. A sealed frame carries 0 there and no receiver checks it: the tag
+//!   authenticates the header (the associated data, CRC field zero) and the payload, so
+//!   every corruption the CRC would catch fails the tag, and a CRC over the ciphertext would
+//!   cost a pass over every frame on both sides (one over the plaintext would leak 32 bits
+//!   of it).
 
 use super::bytes::{le16, le32, le64, put_le16, put_le32, put_le64};
 use super::{Error, Result};
@@ -37,12 +44,16 @@ pub const HEADER_LEN: usize = field::CRC.end;
 /// `PkFS`.
 pub const MAGIC: [u8; 4] = *b"PkFS";
 /// The version this build speaks.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 
 /// Flag: this data frame repairs a NACKed range (not first-pass data).
 pub const FLAG_REPAIR: u16 = 0x0001;
+/// Flag: the payload is encrypted and a 16-byte tag follows it (any frame type).
+pub const FLAG_SEALED: u16 = 0x0002;
 /// Flags this version ([`VERSION`]) defines; any other bit is refused.
-pub const FLAGS_KNOWN: u16 = FLAG_REPAIR;
+pub const FLAGS_KNOWN: u16 = FLAG_REPAIR | FLAG_SEALED;
+/// The tag length of a sealed frame.
+pub const SEALED_TAG_LEN: u8 = 16;
 
 /// The frame types. Direction: S = sender, R = receiver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -66,6 +77,10 @@ pub enum FrameType {
     Abort = 8,
     /// Either way: the peer's Done or Abort was received.
     Close = 9,
+    /// S->R: Noise IKpsk2 message 1 and mac1 (unsealed).
+    HandshakeInit = 10,
+    /// R->S: Noise IKpsk2 message 2 (unsealed; never larger than the init).
+    HandshakeResp = 11,
 }
 
 impl FrameType {
@@ -81,6 +96,8 @@ impl FrameType {
             7 => Done,
             8 => Abort,
             9 => Close,
+            10 => HandshakeInit,
+            11 => HandshakeResp,
             _ => return None,
         })
     }
@@ -193,6 +210,9 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     pub fn set_reserved(&mut self, v: u8) {
         self.buffer.as_mut()[field::RESERVED] = v
     }
+    pub fn set_crc(&mut self, v: u32) {
+        put_le32(&mut self.buffer.as_mut()[field::CRC], v)
+    }
     /// Compute and store the CRC32C (call after the payload is in place).
     pub fn fill_crc(&mut self) {
         let c = self.compute_crc();
@@ -215,7 +235,9 @@ pub struct Repr {
 }
 
 impl Repr {
-    /// Validate magic, version, type, flags, the reserved fields and the CRC32C.
+    /// Validate magic, version, type, flags, the tag length and key phase, and the CRC32C of
+    /// an unsealed frame. A sealed frame's payload is only meaningful once opened
+    /// (`crate::secure`): parsing one does not check its tag.
     pub fn parse<T: AsRef<[u8]>>(p: &Packet<T>) -> Result<Repr> {
         p.check_len()?;
         if p.magic() != MAGIC {
@@ -224,11 +246,13 @@ impl Repr {
         if p.version() != VERSION {
             return Err(Error::Version(p.version()));
         }
-        if !p.verify_crc() {
+        let sealed = p.flags() & FLAG_SEALED != 0;
+        if !sealed && !p.verify_crc() {
             return Err(Error::Checksum);
         }
         let frame_type = FrameType::from_u8(p.frame_type()).ok_or(Error::Malformed)?;
-        if p.tag_len() != 0 || p.reserved() != 0 || p.flags() & !FLAGS_KNOWN != 0 {
+        let (tag, phase_max) = if sealed { (SEALED_TAG_LEN, 1) } else { (0, 0) };
+        if p.tag_len() != tag || p.reserved() > phase_max || p.flags() & !FLAGS_KNOWN != 0 {
             return Err(Error::Malformed);
         }
         Ok(Repr {
@@ -267,7 +291,7 @@ mod tests {
     /// A Close frame (empty payload) of session 0x0102030405060708, seq 9.
     fn close_bytes() -> Vec<u8> {
         let mut b = vec![
-            b'P', b'k', b'F', b'S', 2, 9, 0, 0, //
+            b'P', b'k', b'F', b'S', 3, 9, 0, 0, //
             8, 7, 6, 5, 4, 3, 2, 1, //
             9, 0, 0, 0, 0, 0, 0, 0, //
             0, 0, 0, 0, //
@@ -320,12 +344,30 @@ mod tests {
         let mut l = good.clone();
         l[24] = 5;
         assert_eq!(parse(&l), Err(Error::Truncated));
-        // A tag (reserved for a later version) is refused even with a valid CRC.
+        // A tag on an unsealed frame is refused even with a valid CRC.
         let mut t = good.clone();
         t[26] = 1;
         t.push(0);
         let mut p = Packet::new_unchecked(&mut t[..]);
         p.fill_crc();
         assert_eq!(parse(&t), Err(Error::Malformed));
+        // Version 2 is not spoken any more.
+        let mut v2 = good.clone();
+        v2[4] = 2;
+        assert_eq!(parse(&v2), Err(Error::Version(2)));
+        // A sealed frame: flag, tag length 16, key phase 0 or 1, CRC not checked.
+        let mut s = good.clone();
+        s[6] = FLAG_SEALED as u8;
+        s[26] = SEALED_TAG_LEN;
+        s[27] = 1;
+        s[28..32].copy_from_slice(&[0; 4]);
+        s.extend_from_slice(&[0xaa; 16]);
+        assert!(parse(&s).is_ok());
+        let mut s2 = s.clone();
+        s2[27] = 2;
+        assert_eq!(parse(&s2), Err(Error::Malformed));
+        let mut s3 = s.clone();
+        s3[26] = 8;
+        assert_eq!(parse(&s3), Err(Error::Malformed));
     }
 }

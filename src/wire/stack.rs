@@ -28,6 +28,18 @@ pub fn overhead(vlan: Option<u16>) -> usize {
 /// Find the UDP payload (the PacketFS datagram) of an Ethernet frame, validating every layer.
 /// Frames that are not IPv4/UDP give [`Error::NotOurs`].
 pub fn parse(frame: &[u8]) -> Result<(Addrs, &[u8])> {
+    let (addrs, r) = locate(frame)?;
+    Ok((addrs, &frame[r]))
+}
+
+/// [`parse`] over a mutable frame: the datagram can be opened in place.
+pub fn parse_mut(frame: &mut [u8]) -> Result<(Addrs, &mut [u8])> {
+    let (addrs, r) = locate(frame)?;
+    Ok((addrs, &mut frame[r]))
+}
+
+/// The addresses of an IPv4/UDP frame and where its UDP payload lies.
+fn locate(frame: &[u8]) -> Result<(Addrs, core::ops::Range<usize>)> {
     let eth = ethernet::Packet::new_checked(frame)?;
     let e = ethernet::Repr::parse(&eth)?;
     if e.ethertype != ethernet::ETHERTYPE_IPV4 {
@@ -42,7 +54,8 @@ pub fn parse(frame: &[u8]) -> Result<(Addrs, &[u8])> {
     let udpb = &ipb[ip.header_len()..ip.total_len() as usize];
     let u = udp::Packet::new_checked(udpb)?;
     let ur = udp::Repr::parse(&u, i.src, i.dst)?;
-    let payload = &udpb[udp::HEADER_LEN..udp::HEADER_LEN + ur.payload_len];
+    let start = eth.header_len() + ip.header_len() + udp::HEADER_LEN;
+    let payload = start..start + ur.payload_len;
     Ok((
         Addrs {
             src_mac: e.src,

@@ -238,7 +238,7 @@ impl XskSocket {
     /// Returns the number of frames handled (0 when none were waiting). The frames go back
     /// to the fill ring as soon as `f` is done with them. Does not block: see
     /// [`wait_rx`](Self::wait_rx).
-    pub fn recv_batch(&mut self, mut f: impl FnMut(&[u8])) -> usize {
+    pub fn recv_batch(&mut self, mut f: impl FnMut(&mut [u8])) -> usize {
         self.refill();
         let n = {
             let batch = self.batch;
@@ -250,12 +250,12 @@ impl XskSocket {
             self.wake_fill();
             return 0;
         }
-        for d in &self.scratch[..n] {
+        for d in &mut self.scratch[..n] {
             // Safety: d came from the rx ring of this socket, so it is a frame of self.umem;
             // user space owns it until it is put on the fill ring below, and nothing else
-            // writes it meanwhile.
-            let data = unsafe { self.umem.data(d) };
-            f(data.contents());
+            // reads or writes it meanwhile (frames are opened in place).
+            let mut data = unsafe { self.umem.data_mut(d) };
+            f(data.contents_mut());
         }
         self.fill_pending.extend_from_slice(&self.scratch[..n]);
         self.refill();

@@ -451,13 +451,15 @@ impl<'a> WorkerSet<'a> {
             }
             self.last_seq = self.last_seq.max(it.seq);
             // Safety: the frame was lent by worker b and not returned yet; its socket lives.
-            let bytes = unsafe { it.frame.bytes() };
-            let d = &bytes[it.off as usize..it.off as usize + it.len as usize];
+            let mut frame = it.frame;
+            let bytes = unsafe { frame.bytes_mut() };
+            let d = &mut bytes[it.off as usize..it.off as usize + it.len as usize];
+            ep.note_source(std::net::IpAddr::V4(it.addrs.src_ip));
             if ep.handle_datagram(t, d) {
                 accepted = true;
                 self.flow.note_accepted(it.addrs, b);
             }
-            let _ = self.sh[b].rx_back.push(it.frame);
+            let _ = self.sh[b].rx_back.push(frame);
             returned[b] = true;
             got += 1;
         }

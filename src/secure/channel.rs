@@ -1,0 +1,616 @@
+//! The secure channel, sans-IO and without a clock (time is passed in): the Noise IKpsk2
+//! handshake and the per-frame AEAD that follows it.
+//!
+//! * Handshake: `Noise_IKpsk2_25519_AESGCM_BLAKE2s` (snow). The sender is the initiator (it
+//!   knows the receiver's static key); the receiver responds. The init's payload carries a
+//!   timestamp (ns; the receiver refuses one not newer than the last it accepted from that
+//!   sender) and the session id. [`mac1`] (keyed BLAKE3 under a key derived from the
+//!   receiver's public key) lets the receiver drop forged inits before any Diffie-Hellman.
+//! * Keys: the handshake's two split keys, one per direction; each direction's IV is
+//!   derived from its key. Nonce = the frame's sequence number (a per-direction packet
+//!   counter, never a file offset) XOR the IV; the 32-byte PacketFS header is the
+//!   associated data; the 16-byte tag follows the payload (the header's `tag len`).
+//! * Rekey: the sender of a direction moves to the next key (BLAKE3 `derive_key` of the
+//!   current one) after [`ChannelConfig::rekey_packets`] frames or
+//!   [`ChannelConfig::rekey_interval`], flipping the header's key-phase bit; the opener
+//!   keeps the previous key for [`ChannelConfig::prev_key_grace`] to open late frames.
+//! * Replay: a [`ReplayWindow`] per direction, checked before and updated only after the
+//!   tag verifies.
+
+use super::keys::{Identity, PublicKey};
+use super::window::ReplayWindow;
+use crate::wire::pfs::{self, Packet};
+use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use std::time::{Duration, Instant};
+use zeroize::Zeroize;
+
+/// The Noise protocol name.
+pub const NOISE_PARAMS: &str = "Noise_IKpsk2_25519_AESGCM_BLAKE2s";
+/// Bytes of the AEAD tag after a sealed payload.
+pub const TAG_LEN: usize = 16;
+/// Bytes of mac1 after the init's Noise message.
+pub const MAC_LEN: usize = 16;
+/// The init's Noise payload: timestamp (ns) and session id, little-endian.
+pub const INIT_PAYLOAD_LEN: usize = 16;
+/// Noise message 1 of IK: e (32), s encrypted (32 + 16), payload encrypted (16 + 16).
+pub const INIT_NOISE_LEN: usize = 32 + 32 + TAG_LEN + INIT_PAYLOAD_LEN + TAG_LEN;
+/// Noise message 2: e (32) and an empty payload's tag.
+pub const RESP_NOISE_LEN: usize = 32 + TAG_LEN;
+
+const MAC1_CONTEXT: &str = "pfs mac1 v3";
+const IV_CONTEXT: &str = "pfs iv v3";
+const REKEY_CONTEXT: &str = "pfs rekey v3";
+
+/// What can go wrong in the channel.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChannelError {
+    #[error("the handshake failed: {0}")]
+    Noise(String),
+    #[error("the handshake message has the wrong length")]
+    Length,
+    #[error("the init's payload does not match its header")]
+    Binding,
+    #[error("not a sealed frame")]
+    NotSealed,
+    #[error("the frame counter was seen before or is too old")]
+    Replay,
+    #[error("the authentication tag did not verify")]
+    Tag,
+    #[error("the frame does not fit its buffer")]
+    Truncated,
+    #[error("the packet counter of this direction was reused")]
+    CounterReuse,
+}
+
+fn noise(e: snow::Error) -> ChannelError {
+    ChannelError::Noise(e.to_string())
+}
+
+/// Timers and limits of the channel.
+#[derive(Debug, Clone)]
+pub struct ChannelConfig {
+    /// Frames sealed under one key before the next key (AES-GCM's confidentiality limit per
+    /// key is 2^23 full-size packets, RFC 9001 6.6; this stays well below it).
+    pub rekey_packets: u64,
+    /// The longest one key seals.
+    pub rekey_interval: Duration,
+    /// How long an opener keeps the previous key after the peer moved on.
+    pub prev_key_grace: Duration,
+}
+
+impl Default for ChannelConfig {
+    fn default() -> Self {
+        ChannelConfig {
+            rekey_packets: 1 << 22,
+            rekey_interval: Duration::from_secs(120),
+            prev_key_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The mac1 key of a receiver: BLAKE3 `derive_key("pfs mac1 v3", its public key)`.
+pub fn mac1_key(receiver: &PublicKey) -> [u8; 32] {
+    blake3::derive_key(MAC1_CONTEXT, receiver.as_bytes())
+}
+
+/// mac1 over `covered` (the init's header up to its CRC, then its Noise message).
+pub fn mac1(key: &[u8; 32], header: &[u8], noise_msg: &[u8]) -> [u8; MAC_LEN] {
+    let mut h = blake3::Hasher::new_keyed(key);
+    h.update(header);
+    h.update(noise_msg);
+    let mut out = [0u8; MAC_LEN];
+    out.copy_from_slice(&h.finalize().as_bytes()[..MAC_LEN]);
+    out
+}
+
+/// Compare in constant time.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn builder<'a>(psk: &'a [u8; 32]) -> Result<snow::Builder<'a>, ChannelError> {
+    let params: snow::params::NoiseParams = NOISE_PARAMS.parse().map_err(noise)?;
+    snow::Builder::new(params).psk(2, psk).map_err(noise)
+}
+
+/// The two directions' raw keys once a handshake completed.
+pub struct SessionKeys {
+    /// What this side seals with, and what it opens with.
+    pub send: [u8; 32],
+    pub recv: [u8; 32],
+}
+
+impl Drop for SessionKeys {
+    fn drop(&mut self) {
+        self.send.zeroize();
+        self.recv.zeroize();
+    }
+}
+
+impl SessionKeys {
+    /// The sealer and opener for these keys.
+    pub fn into_channel(self, cfg: &ChannelConfig, now: Instant) -> (Sealer, Opener) {
+        (
+            Sealer::new(&self.send, cfg.clone(), now),
+            Opener::new(&self.recv, cfg.clone()),
+        )
+    }
+}
+
+/// The sender's half of the handshake.
+pub struct Initiator {
+    hs: snow::HandshakeState,
+}
+
+impl Initiator {
+    /// Start a handshake towards `receiver`; writes Noise message 1 (timestamp and session
+    /// id inside) into `out` ([`INIT_NOISE_LEN`] bytes).
+    pub fn start(
+        me: &Identity,
+        receiver: &PublicKey,
+        psk: &[u8; 32],
+        timestamp_ns: u64,
+        session: u64,
+        out: &mut [u8; INIT_NOISE_LEN],
+    ) -> Result<Initiator, ChannelError> {
+        let mut hs = builder(psk)?
+            .local_private_key(me.secret())
+            .map_err(noise)?
+            .remote_public_key(receiver.as_bytes())
+            .map_err(noise)?
+            .build_initiator()
+            .map_err(noise)?;
+        let mut payload = [0u8; INIT_PAYLOAD_LEN];
+        payload[..8].copy_from_slice(&timestamp_ns.to_le_bytes());
+        payload[8..].copy_from_slice(&session.to_le_bytes());
+        let n = hs.write_message(&payload, out).map_err(noise)?;
+        if n != INIT_NOISE_LEN {
+            return Err(ChannelError::Length);
+        }
+        Ok(Initiator { hs })
+    }
+
+    /// Read the receiver's message 2: the handshake is complete, here are the keys.
+    pub fn finish(mut self, resp: &[u8]) -> Result<SessionKeys, ChannelError> {
+        if resp.len() != RESP_NOISE_LEN {
+            return Err(ChannelError::Length);
+        }
+        let mut payload = [0u8; 64];
+        let n = self.hs.read_message(resp, &mut payload).map_err(noise)?;
+        if n != 0 || !self.hs.is_handshake_finished() {
+            return Err(ChannelError::Length);
+        }
+        let (i2r, r2i) = self.hs.dangerously_get_raw_split();
+        Ok(SessionKeys {
+            send: i2r,
+            recv: r2i,
+        })
+    }
+}
+
+/// A receiver that has read a valid init: who sent it, and what it claims.
+pub struct Responder {
+    hs: snow::HandshakeState,
+    /// The sender's static key (proved by the init).
+    pub peer: PublicKey,
+    pub timestamp_ns: u64,
+    pub session: u64,
+}
+
+impl Responder {
+    /// Read Noise message 1 (after mac1 was checked: this does the Diffie-Hellman work).
+    pub fn read_init(me: &Identity, psk: &[u8; 32], msg: &[u8]) -> Result<Responder, ChannelError> {
+        if msg.len() != INIT_NOISE_LEN {
+            return Err(ChannelError::Length);
+        }
+        let mut hs = builder(psk)?
+            .local_private_key(me.secret())
+            .map_err(noise)?
+            .build_responder()
+            .map_err(noise)?;
+        let mut payload = [0u8; 64];
+        let n = hs.read_message(msg, &mut payload).map_err(noise)?;
+        if n != INIT_PAYLOAD_LEN {
+            return Err(ChannelError::Length);
+        }
+        let peer: [u8; 32] = hs
+            .get_remote_static()
+            .and_then(|k| k.try_into().ok())
+            .ok_or(ChannelError::Length)?;
+        Ok(Responder {
+            hs,
+            peer: PublicKey(peer),
+            timestamp_ns: u64::from_le_bytes(payload[..8].try_into().unwrap()),
+            session: u64::from_le_bytes(payload[8..16].try_into().unwrap()),
+        })
+    }
+
+    /// Answer: write Noise message 2 into `out` and take the keys.
+    pub fn respond(mut self, out: &mut [u8; RESP_NOISE_LEN]) -> Result<SessionKeys, ChannelError> {
+        let n = self.hs.write_message(&[], out).map_err(noise)?;
+        if n != RESP_NOISE_LEN || !self.hs.is_handshake_finished() {
+            return Err(ChannelError::Length);
+        }
+        let (i2r, r2i) = self.hs.dangerously_get_raw_split();
+        Ok(SessionKeys {
+            send: r2i,
+            recv: i2r,
+        })
+    }
+}
+
+/// One key of one direction: the raw bytes (to derive the next) and ring's key.
+struct PhaseKey {
+    raw: [u8; 32],
+    key: LessSafeKey,
+}
+
+impl Drop for PhaseKey {
+    fn drop(&mut self) {
+        self.raw.zeroize();
+    }
+}
+
+impl PhaseKey {
+    fn new(raw: &[u8; 32]) -> PhaseKey {
+        let key = LessSafeKey::new(UnboundKey::new(&aead::AES_256_GCM, raw).expect("32-byte key"));
+        PhaseKey { raw: *raw, key }
+    }
+    fn next(&self) -> PhaseKey {
+        let mut raw = blake3::derive_key(REKEY_CONTEXT, &self.raw);
+        let k = PhaseKey::new(&raw);
+        raw.zeroize();
+        k
+    }
+}
+
+fn iv_for(raw: &[u8; 32]) -> [u8; 12] {
+    let d = blake3::derive_key(IV_CONTEXT, raw);
+    d[..12].try_into().unwrap()
+}
+
+fn nonce(iv: &[u8; 12], seq: u64) -> Nonce {
+    let mut n = *iv;
+    for (b, s) in n[4..].iter_mut().zip(seq.to_le_bytes()) {
+        *b ^= s;
+    }
+    Nonce::assume_unique_for_key(n)
+}
+
+/// Seals one direction's frames in place.
+pub struct Sealer {
+    cfg: ChannelConfig,
+    key: PhaseKey,
+    iv: [u8; 12],
+    phase: u8,
+    in_phase: u64,
+    phase_start: Instant,
+    /// The next counter allowed (counters only grow: a nonce is never reused).
+    next_seq: u64,
+    /// Key phases moved to so far.
+    pub rekeys: u64,
+}
+
+impl Sealer {
+    pub fn new(raw: &[u8; 32], cfg: ChannelConfig, now: Instant) -> Sealer {
+        Sealer {
+            cfg,
+            key: PhaseKey::new(raw),
+            iv: iv_for(raw),
+            phase: 0,
+            in_phase: 0,
+            phase_start: now,
+            next_seq: 0,
+            rekeys: 0,
+        }
+    }
+
+    /// Seal the unsealed PacketFS datagram `buf[..len]` (header, payload) in place: the
+    /// header gets the sealed flag, tag length and key phase, its CRC field is zeroed (the
+    /// tag covers every byte), the payload is encrypted and the tag is written after it.
+    /// `buf` needs [`TAG_LEN`] bytes of room past `len`. Returns the sealed length.
+    pub fn seal(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        len: usize,
+    ) -> Result<usize, ChannelError> {
+        if len < pfs::HEADER_LEN || buf.len() < len + TAG_LEN {
+            return Err(ChannelError::Truncated);
+        }
+        let mut p = Packet::new_unchecked(&mut buf[..len]);
+        let seq = p.seq();
+        if seq < self.next_seq {
+            return Err(ChannelError::CounterReuse);
+        }
+        let plen = p.payload_len() as usize;
+        if pfs::HEADER_LEN + plen != len {
+            return Err(ChannelError::Truncated);
+        }
+        if self.in_phase >= self.cfg.rekey_packets
+            || now.saturating_duration_since(self.phase_start) >= self.cfg.rekey_interval
+        {
+            self.key = self.key.next();
+            self.phase ^= 1;
+            self.in_phase = 0;
+            self.phase_start = now;
+            self.rekeys += 1;
+        }
+        p.set_flags(p.flags() | pfs::FLAG_SEALED);
+        p.set_tag_len(TAG_LEN as u8);
+        p.set_reserved(self.phase);
+        p.set_crc(0);
+        let (hdr, rest) = buf.split_at_mut(pfs::HEADER_LEN);
+        let tag = self
+            .key
+            .key
+            .seal_in_place_separate_tag(nonce(&self.iv, seq), Aad::from(&*hdr), &mut rest[..plen])
+            .map_err(|_| ChannelError::Tag)?;
+        rest[plen..plen + TAG_LEN].copy_from_slice(tag.as_ref());
+        self.next_seq = seq + 1;
+        self.in_phase += 1;
+        Ok(len + TAG_LEN)
+    }
+}
+
+/// Opens one direction's frames in place.
+pub struct Opener {
+    cfg: ChannelConfig,
+    cur: PhaseKey,
+    phase: u8,
+    /// The lowest counter opened under the current phase (a frame of the other phase below
+    /// it is late, from the previous key; above it, from the next).
+    phase_first: u64,
+    prev: Option<(PhaseKey, Instant)>,
+    iv: [u8; 12],
+    window: ReplayWindow,
+    /// Key phases the peer moved to so far.
+    pub rekeys: u64,
+}
+
+impl Opener {
+    pub fn new(raw: &[u8; 32], cfg: ChannelConfig) -> Opener {
+        Opener {
+            cfg,
+            cur: PhaseKey::new(raw),
+            phase: 0,
+            phase_first: 0,
+            prev: None,
+            iv: iv_for(raw),
+            window: ReplayWindow::new(),
+            rekeys: 0,
+        }
+    }
+
+    /// Open the sealed datagram `buf` in place. On success the payload is plaintext (the
+    /// header and tag stay as they were) and its counter is recorded; returns the datagram's
+    /// length (header, payload, tag). Nothing changes on failure.
+    pub fn open(&mut self, now: Instant, buf: &mut [u8]) -> Result<usize, ChannelError> {
+        let p = Packet::new_checked(&*buf).map_err(|_| ChannelError::Truncated)?;
+        if p.flags() & pfs::FLAG_SEALED == 0 || p.tag_len() as usize != TAG_LEN {
+            return Err(ChannelError::NotSealed);
+        }
+        let phase = p.reserved();
+        if phase > 1 {
+            return Err(ChannelError::NotSealed);
+        }
+        let seq = p.seq();
+        let plen = p.payload_len() as usize;
+        let total = p.total_len();
+        if !self.window.check(seq) {
+            return Err(ChannelError::Replay);
+        }
+        let (hdr, rest) = buf[..total].split_at_mut(pfs::HEADER_LEN);
+        let n = nonce(&self.iv, seq);
+        let aad = Aad::from(&*hdr);
+        enum Which {
+            Cur,
+            Prev,
+            Next(PhaseKey),
+        }
+        let which = if phase == self.phase {
+            Which::Cur
+        } else if seq < self.phase_first
+            && self.prev.as_ref().is_some_and(|(_, until)| now < *until)
+        {
+            Which::Prev
+        } else {
+            Which::Next(self.cur.next())
+        };
+        let key = match &which {
+            Which::Cur => &self.cur.key,
+            Which::Prev => &self.prev.as_ref().unwrap().0.key,
+            Which::Next(k) => &k.key,
+        };
+        // On a tag failure ring leaves the payload bytes unspecified: the frame is dropped.
+        if key
+            .open_in_place(n, aad, &mut rest[..plen + TAG_LEN])
+            .is_err()
+        {
+            return Err(ChannelError::Tag);
+        }
+        self.window.update(seq);
+        if let Which::Next(k) = which {
+            let old = std::mem::replace(&mut self.cur, k);
+            self.prev = Some((old, now + self.cfg.prev_key_grace));
+            self.phase = phase;
+            self.phase_first = seq;
+            self.rekeys += 1;
+        }
+        if self.prev.as_ref().is_some_and(|(_, until)| now >= *until) {
+            self.prev = None;
+        }
+        Ok(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::payload::{Frame, Payload, Probe};
+
+    fn ids() -> (Identity, Identity) {
+        (
+            Identity::from_secret([1; 32]),
+            Identity::from_secret([2; 32]),
+        )
+    }
+
+    fn handshake(
+        psk_s: [u8; 32],
+        psk_r: [u8; 32],
+    ) -> Result<(SessionKeys, SessionKeys), ChannelError> {
+        let (s, r) = ids();
+        let mut m1 = [0u8; INIT_NOISE_LEN];
+        let init = Initiator::start(&s, &r.public(), &psk_s, 42, 7, &mut m1)?;
+        let resp = Responder::read_init(&r, &psk_r, &m1)?;
+        assert_eq!(resp.peer, s.public());
+        assert_eq!((resp.timestamp_ns, resp.session), (42, 7));
+        let mut m2 = [0u8; RESP_NOISE_LEN];
+        let rk = resp.respond(&mut m2)?;
+        let sk = init.finish(&m2)?;
+        Ok((sk, rk))
+    }
+
+    fn frame(seq: u64) -> Vec<u8> {
+        let mut b = vec![0u8; 256];
+        let p = Payload::Probe(Probe {
+            sent: seq * 1000 + 1,
+            srtt_us: 5,
+            flags: 0,
+        });
+        let hdr = pfs::Repr {
+            frame_type: pfs::FrameType::Probe,
+            flags: 0,
+            session: 9,
+            seq,
+            payload_len: 0,
+        };
+        let n = Frame::emit(hdr, &p, &mut b);
+        b.truncate(n + TAG_LEN);
+        b
+    }
+
+    #[test]
+    fn handshake_agrees_and_frames_round_trip() {
+        let (sk, rk) = handshake([0; 32], [0; 32]).unwrap();
+        assert_eq!(sk.send, rk.recv);
+        assert_eq!(sk.recv, rk.send);
+        let t = Instant::now();
+        let (mut seal, _) = sk.into_channel(&ChannelConfig::default(), t);
+        let (_, mut open) = rk.into_channel(&ChannelConfig::default(), t);
+        for seq in 0..10 {
+            let plain = frame(seq);
+            let mut b = plain.clone();
+            let n = seal.seal(t, &mut b, plain.len() - TAG_LEN).unwrap();
+            assert_eq!(n, b.len());
+            assert_ne!(
+                b[32..n - TAG_LEN],
+                plain[32..n - TAG_LEN],
+                "payload is encrypted"
+            );
+            assert_eq!(open.open(t, &mut b).unwrap(), n);
+            assert_eq!(b[32..n - TAG_LEN], plain[32..n - TAG_LEN]);
+            let f = Frame::parse(&b).unwrap();
+            assert!(matches!(f.payload, Payload::Probe(p) if p.sent == seq * 1000 + 1));
+        }
+    }
+
+    #[test]
+    fn different_psk_fails() {
+        assert!(handshake([0; 32], [1; 32]).is_err());
+    }
+
+    #[test]
+    fn tamper_replay_and_reuse() {
+        let (sk, rk) = handshake([3; 32], [3; 32]).unwrap();
+        let t = Instant::now();
+        let (mut seal, _) = sk.into_channel(&ChannelConfig::default(), t);
+        let (_, mut open) = rk.into_channel(&ChannelConfig::default(), t);
+        let plain = frame(0);
+        let mut b = plain.clone();
+        let n = seal.seal(t, &mut b, plain.len() - TAG_LEN).unwrap();
+        // Every byte counts: the header (CRC field included, zero on the wire) is the
+        // associated data, the payload and the tag are checked by the tag.
+        for i in 0..n {
+            let mut c = b.clone();
+            c[i] ^= 0x04;
+            assert!(
+                open.open(t, &mut c).is_err(),
+                "bit flip at byte {i} accepted"
+            );
+        }
+        let mut ok = b.clone();
+        open.open(t, &mut ok).unwrap();
+        let mut again = b.clone();
+        assert_eq!(open.open(t, &mut again), Err(ChannelError::Replay));
+        // The sealer refuses to reuse a counter.
+        let mut d = plain.clone();
+        assert_eq!(
+            seal.seal(t, &mut d, plain.len() - TAG_LEN),
+            Err(ChannelError::CounterReuse)
+        );
+    }
+
+    #[test]
+    fn rekey_after_packets_with_late_frames() {
+        let (sk, rk) = handshake([0; 32], [0; 32]).unwrap();
+        let cfg = ChannelConfig {
+            rekey_packets: 4,
+            ..Default::default()
+        };
+        let t = Instant::now();
+        let (mut seal, _) = sk.into_channel(&cfg, t);
+        let (_, mut open) = rk.into_channel(&cfg, t);
+        let sealed: Vec<Vec<u8>> = (0..20)
+            .map(|s| {
+                let mut b = frame(s);
+                let l = b.len() - TAG_LEN;
+                seal.seal(t, &mut b, l).unwrap();
+                b
+            })
+            .collect();
+        assert_eq!(seal.rekeys, 4);
+        // Deliver with frame 3 (phase 0) late, after phase 1 began.
+        let order = [
+            0, 1, 2, 4, 5, 3, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19,
+        ];
+        for i in order {
+            let mut b = sealed[i].clone();
+            open.open(t, &mut b)
+                .unwrap_or_else(|e| panic!("frame {i}: {e}"));
+        }
+        assert_eq!(open.rekeys, 4);
+    }
+
+    #[test]
+    fn rekey_after_time() {
+        let (sk, rk) = handshake([0; 32], [0; 32]).unwrap();
+        let cfg = ChannelConfig::default();
+        let t = Instant::now();
+        let (mut seal, _) = sk.into_channel(&cfg, t);
+        let (_, mut open) = rk.into_channel(&cfg, t);
+        for (s, dt) in [(0u64, 0u64), (1, 60), (2, 121), (3, 200), (4, 242)] {
+            let now = t + Duration::from_secs(dt);
+            let mut b = frame(s);
+            let l = b.len() - TAG_LEN;
+            seal.seal(now, &mut b, l).unwrap();
+            open.open(now, &mut b).unwrap();
+        }
+        assert_eq!((seal.rekeys, open.rekeys), (2, 2));
+    }
+
+    #[test]
+    fn mac1_depends_on_receiver_key() {
+        let (s, r) = ids();
+        let k1 = mac1_key(&r.public());
+        let k2 = mac1_key(&s.public());
+        assert_ne!(mac1(&k1, b"h", b"m"), mac1(&k2, b"h", b"m"));
+        assert!(ct_eq(&mac1(&k1, b"h", b"m"), &mac1(&k1, b"h", b"m")));
+    }
+}
+
+const _: () = assert!(INIT_NOISE_LEN == crate::wire::payload::INIT_NOISE_LEN);
+const _: () = assert!(MAC_LEN == crate::wire::payload::INIT_MAC_LEN);
+const _: () = assert!(RESP_NOISE_LEN == crate::wire::payload::RESP_NOISE_LEN);
+const _: () = assert!(TAG_LEN == crate::wire::pfs::SEALED_TAG_LEN as usize);

@@ -1,0 +1,786 @@
+//! [`Guard`]: a [`proto::Endpoint`] that wraps the sender or the receiver state machine and
+//! puts the secure channel around it, without touching its logic.
+//!
+//! * Sender side: the Guard runs the handshake first (HandshakeInit, retransmitted with
+//!   backoff until a HandshakeResp or [`GuardConfig::hs_timeout`]); only then does the inner
+//!   endpoint's first datagram (its Hello: snapshot id and manifest) go out, sealed.
+//! * Receiver side: a HandshakeInit is checked in this order, each step dropping silently
+//!   and counting: CRC and length (parse), mac1 (keyed by our public key: no Diffie-Hellman
+//!   for a forged init), the per-source token bucket, the Noise message (DH), the sender's
+//!   key in the authorized senders (strangers get no answer at all), the init's timestamp
+//!   against the last one accepted from that key. The answer (80 bytes) is smaller than the
+//!   init (160 bytes): no amplification. The sender's [`SenderPolicy`] goes to the inner
+//!   endpoint ([`Guarded::apply_policy`]: limits and sub-directory) before its Hello.
+//! * Both sides then seal every outgoing datagram in place after `inner.poll_transmit`
+//!   (the inner endpoint builds datagrams [`TAG_LEN`] shorter than the path's) and open every
+//!   incoming one in place before `inner.handle_datagram`. Frames of another session are
+//!   dropped before any decryption; unsealed frames after the handshake are dropped.
+//! * `--insecure` ([`Security::Insecure`]): no handshake; frames pass unsealed (tag len 0)
+//!   and sealed or handshake frames are dropped.
+//!
+//! One session thread seals and opens everything (on every frame path, the AF_XDP workers
+//! included: they hand UMEM frames to and from the session thread), so one key per
+//! direction serves all queues.
+
+use super::channel::{
+    self, ChannelConfig, ChannelError, Initiator, Opener, Responder, Sealer, INIT_NOISE_LEN,
+    RESP_NOISE_LEN, TAG_LEN,
+};
+use super::keys::{AuthorizedSenders, Identity, PublicKey, SenderPolicy};
+use crate::proto::{Endpoint, Event, Failure, Reason, Stats};
+use crate::wire::payload::{Frame, HandshakeInit, HandshakeResp, Payload};
+use crate::wire::pfs::{self, FrameType, Packet};
+use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The sender's keys: its identity, the receiver's public key, the optional PSK.
+#[derive(Clone, Debug)]
+pub struct SenderKeys {
+    pub identity: Arc<Identity>,
+    pub receiver: PublicKey,
+    pub psk: Option<[u8; 32]>,
+}
+
+/// The receiver's keys: its identity, who may send, the optional PSK.
+#[derive(Clone, Debug)]
+pub struct ReceiverKeys {
+    pub identity: Arc<Identity>,
+    pub authorized: Arc<AuthorizedSenders>,
+    pub psk: Option<[u8; 32]>,
+}
+
+/// How a session is protected.
+#[derive(Clone, Debug)]
+pub enum Security {
+    /// `--insecure`: plaintext frames, no handshake.
+    Insecure,
+    Sender(SenderKeys),
+    Receiver(ReceiverKeys),
+}
+
+impl Security {
+    pub fn is_insecure(&self) -> bool {
+        matches!(self, Security::Insecure)
+    }
+}
+
+/// Timers and limits of a [`Guard`].
+#[derive(Debug, Clone)]
+pub struct GuardConfig {
+    pub channel: ChannelConfig,
+    /// First handshake retransmission after this long; doubles up to `hs_retry_max`.
+    pub hs_retry: Duration,
+    pub hs_retry_max: Duration,
+    /// The sender gives up when no handshake completed in this time.
+    pub hs_timeout: Duration,
+    /// Handshake inits accepted per second per source address, and the burst.
+    pub init_rate: f64,
+    pub init_burst: f64,
+    /// Wall-clock time (ns since the Unix epoch) at the first `now` the Guard sees: the
+    /// init's timestamp is this plus the time since then (the Guard reads no clock).
+    pub wall_ns: u64,
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        GuardConfig {
+            channel: ChannelConfig::default(),
+            hs_retry: Duration::from_millis(200),
+            hs_retry_max: Duration::from_secs(1),
+            hs_timeout: Duration::from_secs(10),
+            init_rate: 20.0,
+            init_burst: 40.0,
+            wall_ns: 0,
+        }
+    }
+}
+
+/// Counters of the secure channel (summaries and metrics).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct SecStats {
+    /// Handshakes completed (sender: responses read; receiver: inits answered).
+    pub handshakes: u64,
+    /// Handshake inits sent (the sender's first and its retransmissions).
+    pub inits_sent: u64,
+    /// Receiver: valid inits from keys not in the authorized senders (not answered).
+    pub refused: u64,
+    /// Receiver: inits whose mac1 failed (dropped before any Diffie-Hellman).
+    pub mac1_failures: u64,
+    /// Receiver: inits over the per-source rate limit.
+    pub rate_limited: u64,
+    /// Receiver: inits whose Noise message did not verify, or with a timestamp not newer
+    /// than the last accepted from that key, or arriving once the session was confirmed.
+    pub bad_inits: u64,
+    /// Sealed frames whose tag failed.
+    pub tag_failures: u64,
+    /// Sealed frames whose counter was seen before or is too old.
+    pub replays: u64,
+    /// Frames dropped before decryption: another session, unsealed after the handshake,
+    /// sealed before it, unparsable.
+    pub dropped: u64,
+    /// Key phases moved to (both directions).
+    pub rekeys: u64,
+}
+
+/// What a summary says about the channel.
+#[derive(Debug, Clone, Serialize)]
+pub struct SecuritySummary {
+    /// `Noise IKpsk2 + AES-256-GCM` or `NONE (--insecure)`.
+    pub mode: String,
+    /// The peer's name (receiver: from the authorized senders; sender: `receiver`).
+    pub peer_name: Option<String>,
+    /// The peer's public key, base64.
+    pub peer_key: Option<String>,
+    pub psk: bool,
+    pub counters: SecStats,
+}
+
+impl SecuritySummary {
+    /// The summary line: `security: Noise IKpsk2 + AES-256-GCM, peer NAME (KEY...)`.
+    pub fn line(&self) -> String {
+        match (&self.peer_name, &self.peer_key) {
+            (Some(n), Some(k)) => format!(
+                "security: {}, peer {} ({}...){}",
+                self.mode,
+                n,
+                &k[..k.len().min(12)],
+                if self.psk { ", psk" } else { "" }
+            ),
+            _ => format!("security: {}", self.mode),
+        }
+    }
+}
+
+/// What the Guard asks of the endpoint it wraps beyond [`Endpoint`].
+pub trait Guarded: Endpoint {
+    /// The receiver authenticated the sender: apply its policy (limits, sub-directory)
+    /// before the sender's Hello is read.
+    fn apply_policy(&mut self, _policy: &SenderPolicy) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl<E: Guarded + ?Sized> Guarded for &mut E {
+    fn apply_policy(&mut self, policy: &SenderPolicy) -> Result<(), String> {
+        (**self).apply_policy(policy)
+    }
+}
+
+/// A token bucket per source address for handshake inits.
+struct InitLimiter {
+    rate: f64,
+    burst: f64,
+    buckets: HashMap<Option<IpAddr>, (f64, Instant)>,
+}
+
+impl InitLimiter {
+    fn allow(&mut self, src: Option<IpAddr>, now: Instant) -> bool {
+        if self.buckets.len() > 4096 {
+            // Bounded memory under a spoofed-source flood: forget full buckets.
+            let (rate, burst) = (self.rate, self.burst);
+            self.buckets.retain(|_, (tokens, t)| {
+                *tokens + now.saturating_duration_since(*t).as_secs_f64() * rate < burst
+            });
+        }
+        let (tokens, t) = self.buckets.entry(src).or_insert((self.burst, now));
+        *tokens =
+            (*tokens + now.saturating_duration_since(*t).as_secs_f64() * self.rate).min(self.burst);
+        *t = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The sender's handshake in progress.
+struct Initiating {
+    keys: SenderKeys,
+    mac1_key: [u8; 32],
+    hs: Option<Initiator>,
+    /// The last init sent, to repeat it as is (same timestamp: a retransmission).
+    started: Option<Instant>,
+    next_retry: Option<Instant>,
+    backoff: Duration,
+    pending: bool,
+}
+
+/// The receiver's side before and after its answer.
+struct Responding {
+    keys: ReceiverKeys,
+    mac1_key: [u8; 32],
+    limiter: InitLimiter,
+    /// Last timestamp accepted per sender key.
+    last_ts: HashMap<PublicKey, u64>,
+    /// The answered sender and session; an answer waiting to go out.
+    bound: Option<(PublicKey, u64)>,
+    resp: Option<[u8; RESP_NOISE_LEN]>,
+    /// A sealed frame opened: the sender has the keys, no more inits are taken.
+    confirmed: bool,
+}
+
+enum Mode {
+    Insecure,
+    Sender(Box<Initiating>),
+    Receiver(Box<Responding>),
+}
+
+/// The channel once keys exist.
+struct Established {
+    seal: Sealer,
+    open: Opener,
+}
+
+/// The secure wrapper around an endpoint (see the module docs).
+pub struct Guard<E: Guarded> {
+    inner: E,
+    cfg: GuardConfig,
+    mode: Mode,
+    session: Option<u64>,
+    chan: Option<Established>,
+    first_now: Option<Instant>,
+    src: Option<IpAddr>,
+    peer: Option<(String, PublicKey)>,
+    psk: bool,
+    failure: Option<Failure>,
+    events: VecDeque<Event>,
+    stats: SecStats,
+    hs_seq: u64,
+}
+
+impl<E: Guarded> Guard<E> {
+    /// Wrap `inner`. A sender's `session` is its session id (the handshake carries it); a
+    /// receiver learns it from the init it answers.
+    pub fn new(inner: E, security: Security, session: Option<u64>, cfg: GuardConfig) -> Self {
+        let mut psk = false;
+        let mode = match security {
+            Security::Insecure => Mode::Insecure,
+            Security::Sender(keys) => {
+                psk = keys.psk.is_some();
+                Mode::Sender(Box::new(Initiating {
+                    mac1_key: channel::mac1_key(&keys.receiver),
+                    keys,
+                    hs: None,
+                    started: None,
+                    next_retry: None,
+                    backoff: cfg.hs_retry,
+                    pending: false,
+                }))
+            }
+            Security::Receiver(keys) => {
+                psk = keys.psk.is_some();
+                Mode::Receiver(Box::new(Responding {
+                    mac1_key: channel::mac1_key(&keys.identity.public()),
+                    keys,
+                    limiter: InitLimiter {
+                        rate: cfg.init_rate,
+                        burst: cfg.init_burst,
+                        buckets: HashMap::new(),
+                    },
+                    last_ts: HashMap::new(),
+                    bound: None,
+                    resp: None,
+                    confirmed: false,
+                }))
+            }
+        };
+        Guard {
+            inner,
+            cfg,
+            mode,
+            session,
+            chan: None,
+            first_now: None,
+            src: None,
+            peer: None,
+            psk,
+            failure: None,
+            events: VecDeque::new(),
+            stats: SecStats::default(),
+            hs_seq: 0,
+        }
+    }
+
+    pub fn inner(&self) -> &E {
+        &self.inner
+    }
+    pub fn inner_mut(&mut self) -> &mut E {
+        &mut self.inner
+    }
+    pub fn into_inner(self) -> E {
+        self.inner
+    }
+    pub fn sec_stats(&self) -> SecStats {
+        let mut s = self.stats.clone();
+        if let Some(c) = &self.chan {
+            s.rekeys = c.seal.rekeys + c.open.rekeys;
+        }
+        s
+    }
+    /// The authenticated peer (name, key), once known.
+    pub fn peer(&self) -> Option<&(String, PublicKey)> {
+        self.peer.as_ref()
+    }
+    /// True once the handshake completed.
+    pub fn is_established(&self) -> bool {
+        self.chan.is_some()
+    }
+
+    /// The summary of the channel.
+    pub fn summary(&self) -> SecuritySummary {
+        let insecure = matches!(self.mode, Mode::Insecure);
+        SecuritySummary {
+            mode: if insecure {
+                "NONE (--insecure)".into()
+            } else {
+                "Noise IKpsk2 + AES-256-GCM".into()
+            },
+            peer_name: self.peer.as_ref().map(|p| p.0.clone()),
+            peer_key: self.peer.as_ref().map(|p| p.1.to_base64()),
+            psk: self.psk,
+            counters: self.sec_stats(),
+        }
+    }
+
+    /// The datagram size the inner endpoint must build for a path of `max_datagram`.
+    pub fn inner_datagram(security: &Security, max_datagram: usize) -> usize {
+        if security.is_insecure() {
+            max_datagram
+        } else {
+            max_datagram - TAG_LEN
+        }
+    }
+
+    fn timestamp(&mut self, now: Instant) -> u64 {
+        let first = *self.first_now.get_or_insert(now);
+        self.cfg
+            .wall_ns
+            .saturating_add(now.saturating_duration_since(first).as_nanos() as u64)
+    }
+
+    fn fail(&mut self, reason: Reason) {
+        if self.failure.is_none() {
+            let f = Failure {
+                reason,
+                by_peer: false,
+            };
+            self.events.push_back(Event::Aborted(f.clone()));
+            self.failure = Some(f);
+        }
+    }
+
+    /// Write an unsealed handshake frame.
+    fn write_hs(&mut self, buf: &mut [u8], payload: &Payload<'_>) -> Option<usize> {
+        let session = self.session?;
+        let hdr = pfs::Repr {
+            frame_type: payload.frame_type(),
+            flags: 0,
+            session,
+            seq: self.hs_seq,
+            payload_len: 0,
+        };
+        if buf.len() < pfs::HEADER_LEN + payload.buffer_len() {
+            return None;
+        }
+        self.hs_seq += 1;
+        Some(Frame::emit(hdr, payload, buf))
+    }
+
+    /// Sender: the next init, if one is due.
+    fn sender_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        let ts = self.timestamp(now);
+        let session = self.session?;
+        let Mode::Sender(s) = &mut self.mode else {
+            return None;
+        };
+        if !s.pending {
+            return None;
+        }
+        let mut noise = [0u8; INIT_NOISE_LEN];
+        let me = s.keys.identity.clone();
+        let psk = s.keys.psk.unwrap_or([0; 32]);
+        match Initiator::start(&me, &s.keys.receiver, &psk, ts, session, &mut noise) {
+            Ok(hs) => s.hs = Some(hs),
+            Err(e) => {
+                let msg = e.to_string();
+                self.fail(Reason::Handshake { detail: msg });
+                return None;
+            }
+        }
+        s.pending = false;
+        let mac_key = s.mac1_key;
+        let mac = [0u8; channel::MAC_LEN];
+        let n = self.write_hs(
+            buf,
+            &Payload::HandshakeInit(HandshakeInit {
+                noise: &noise,
+                mac1: &mac,
+            }),
+        )?;
+        // mac1 over the header up to its CRC and the Noise message, then the CRC again.
+        let m = channel::mac1(&mac_key, &buf[..28], &noise);
+        let off = pfs::HEADER_LEN + INIT_NOISE_LEN;
+        buf[off..off + channel::MAC_LEN].copy_from_slice(&m);
+        Packet::new_unchecked(&mut buf[..n]).fill_crc();
+        self.stats.inits_sent += 1;
+        Some(n)
+    }
+
+    /// Receiver: a HandshakeInit arrived.
+    fn on_init(
+        &mut self,
+        now: Instant,
+        hdr_bytes: &[u8; 28],
+        session: u64,
+        init: HandshakeInit<'_>,
+    ) {
+        let src = self.src;
+        let Mode::Receiver(r) = &mut self.mode else {
+            self.stats.dropped += 1;
+            return;
+        };
+        let want = channel::mac1(&r.mac1_key, hdr_bytes, init.noise);
+        if !channel::ct_eq(&want, init.mac1) {
+            self.stats.mac1_failures += 1;
+            return;
+        }
+        if !r.limiter.allow(src, now) {
+            self.stats.rate_limited += 1;
+            return;
+        }
+        if r.confirmed {
+            self.stats.bad_inits += 1;
+            return;
+        }
+        let psk = r.keys.psk.unwrap_or([0; 32]);
+        let resp = match Responder::read_init(&r.keys.identity, &psk, init.noise) {
+            Ok(resp) => resp,
+            Err(_) => {
+                self.stats.bad_inits += 1;
+                return;
+            }
+        };
+        if resp.session != session {
+            self.stats.bad_inits += 1;
+            return;
+        }
+        let Some(policy) = r.keys.authorized.get(&resp.peer).cloned() else {
+            self.stats.refused += 1;
+            return;
+        };
+        if r.last_ts
+            .get(&resp.peer)
+            .is_some_and(|&t| resp.timestamp_ns <= t)
+        {
+            self.stats.bad_inits += 1;
+            return;
+        }
+        if let Some((k, s)) = r.bound {
+            // One session per receiver: only the bound sender may redo its handshake (its
+            // answer was lost) until a sealed frame confirms the keys.
+            if k != resp.peer || s != session {
+                self.stats.bad_inits += 1;
+                return;
+            }
+        }
+        r.last_ts.insert(resp.peer, resp.timestamp_ns);
+        let peer = resp.peer;
+        let mut out = [0u8; RESP_NOISE_LEN];
+        let keys = match resp.respond(&mut out) {
+            Ok(k) => k,
+            Err(_) => {
+                self.stats.bad_inits += 1;
+                return;
+            }
+        };
+        let first = r.bound.is_none();
+        r.bound = Some((peer, session));
+        r.resp = Some(out);
+        let (seal, open) = keys.into_channel(&self.cfg.channel, now);
+        self.chan = Some(Established { seal, open });
+        self.session = Some(session);
+        self.stats.handshakes += 1;
+        if first {
+            self.peer = Some((policy.name.clone(), peer));
+            if let Err(e) = self.inner.apply_policy(&policy) {
+                tracing::warn!(
+                    "sender {}: its policy could not be applied: {e}",
+                    policy.name
+                );
+                self.fail(Reason::Io);
+            }
+        }
+    }
+
+    /// Sender: a HandshakeResp arrived.
+    fn on_resp(&mut self, now: Instant, resp: HandshakeResp<'_>) {
+        let Mode::Sender(s) = &mut self.mode else {
+            self.stats.dropped += 1;
+            return;
+        };
+        if self.chan.is_some() {
+            self.stats.dropped += 1;
+            return;
+        }
+        let Some(hs) = s.hs.take() else {
+            self.stats.dropped += 1;
+            return;
+        };
+        match hs.finish(resp.noise) {
+            Ok(keys) => {
+                let (seal, open) = keys.into_channel(&self.cfg.channel, now);
+                self.chan = Some(Established { seal, open });
+                self.stats.handshakes += 1;
+                self.peer = Some(("receiver".into(), s.keys.receiver));
+                s.next_retry = None;
+            }
+            Err(_) => {
+                // A late answer to an earlier init (or garbage): wait for the next one.
+                self.stats.bad_inits += 1;
+            }
+        }
+    }
+}
+
+impl<E: Guarded> Endpoint for Guard<E> {
+    fn note_source(&mut self, src: IpAddr) {
+        self.src = Some(src);
+        self.inner.note_source(src);
+    }
+
+    fn handle_datagram(&mut self, now: Instant, datagram: &mut [u8]) -> bool {
+        if self.failure.is_some() {
+            return false;
+        }
+        let chan_ok = self.chan.is_some();
+        match &mut self.mode {
+            Mode::Insecure => {
+                let sealed_or_hs = Packet::new_checked(&*datagram).is_ok_and(|p| {
+                    p.flags() & pfs::FLAG_SEALED != 0
+                        || matches!(
+                            FrameType::from_u8(p.frame_type()),
+                            Some(FrameType::HandshakeInit | FrameType::HandshakeResp)
+                        )
+                });
+                if sealed_or_hs {
+                    self.stats.dropped += 1;
+                    return false;
+                }
+                self.inner.handle_datagram(now, datagram)
+            }
+            Mode::Sender(_) | Mode::Receiver(_) => {
+                let Ok(p) = Packet::new_checked(&*datagram) else {
+                    self.stats.dropped += 1;
+                    return false;
+                };
+                let sealed = p.flags() & pfs::FLAG_SEALED != 0;
+                if !sealed {
+                    // Only the handshake travels unsealed.
+                    let Ok(frame) = Frame::parse(datagram) else {
+                        self.stats.dropped += 1;
+                        return false;
+                    };
+                    let session = frame.header.session;
+                    match frame.payload {
+                        Payload::HandshakeInit(init) => {
+                            let mut hdr = [0u8; 28];
+                            hdr.copy_from_slice(&datagram[..28]);
+                            let before = self.stats.handshakes;
+                            self.on_init(now, &hdr, session, init);
+                            // A datagram that advanced the handshake tells the path its peer.
+                            self.stats.handshakes > before
+                        }
+                        Payload::HandshakeResp(resp) if Some(session) == self.session => {
+                            let before = self.stats.handshakes;
+                            self.on_resp(now, resp);
+                            self.stats.handshakes > before
+                        }
+                        _ => {
+                            self.stats.dropped += 1;
+                            false
+                        }
+                    }
+                } else {
+                    // Unknown session or no keys yet: dropped before any decryption.
+                    if !chan_ok || Some(p.session()) != self.session {
+                        self.stats.dropped += 1;
+                        return false;
+                    }
+                    let chan = self.chan.as_mut().expect("checked");
+                    match chan.open.open(now, datagram) {
+                        Ok(_) => {
+                            if let Mode::Receiver(r) = &mut self.mode {
+                                r.confirmed = true;
+                                r.resp = None;
+                            }
+                            self.inner.handle_datagram(now, datagram)
+                        }
+                        Err(ChannelError::Replay) => {
+                            self.stats.replays += 1;
+                            false
+                        }
+                        Err(ChannelError::Tag) => {
+                            self.stats.tag_failures += 1;
+                            false
+                        }
+                        Err(_) => {
+                            self.stats.dropped += 1;
+                            false
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        if self.failure.is_some() {
+            return;
+        }
+        let established = self.chan.is_some();
+        let timeout = self.cfg.hs_timeout;
+        let retry_max = self.cfg.hs_retry_max;
+        if let Mode::Sender(s) = &mut self.mode {
+            if !established {
+                let started = *s.started.get_or_insert(now);
+                if now >= started + timeout {
+                    let ms = timeout.as_millis() as u64;
+                    self.fail(Reason::HandshakeTimeout { ms });
+                    return;
+                }
+                if s.next_retry.is_none_or(|t| now >= t) {
+                    s.pending = true;
+                    if s.next_retry.is_some() {
+                        s.backoff = (s.backoff * 2).min(retry_max);
+                    }
+                    s.next_retry = Some(now + s.backoff);
+                }
+                return;
+            }
+        }
+        if let Mode::Receiver(_) = self.mode {
+            if !established {
+                return;
+            }
+        }
+        self.inner.handle_timeout(now)
+    }
+
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        if self.failure.is_some() {
+            return None;
+        }
+        match &mut self.mode {
+            Mode::Insecure => self.inner.poll_transmit(now, buf),
+            Mode::Sender(s) => {
+                if self.chan.is_none() {
+                    if s.started.is_none() {
+                        s.started = Some(now);
+                        s.pending = true;
+                        s.next_retry = Some(now + s.backoff);
+                    }
+                    return self.sender_transmit(now, buf);
+                }
+                self.seal_next(now, buf)
+            }
+            Mode::Receiver(r) => {
+                if let Some(out) = r.resp.take() {
+                    return self
+                        .write_hs(buf, &Payload::HandshakeResp(HandshakeResp { noise: &out }));
+                }
+                if self.chan.is_none() || !r.confirmed {
+                    return None;
+                }
+                self.seal_next(now, buf)
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        if self.failure.is_some() {
+            return None;
+        }
+        match &self.mode {
+            Mode::Sender(s) if self.chan.is_none() => {
+                let deadline = s.started.map(|t| t + self.cfg.hs_timeout);
+                match (s.next_retry, deadline) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
+            Mode::Receiver(_) if self.chan.is_none() => None,
+            _ => self.inner.poll_timeout(),
+        }
+    }
+
+    fn poll_event(&mut self) -> Option<Event> {
+        if let Some(e) = self.events.pop_front() {
+            return Some(e);
+        }
+        self.inner.poll_event()
+    }
+
+    fn is_closed(&self) -> bool {
+        self.failure.is_some() || self.inner.is_closed()
+    }
+
+    fn stats(&self) -> &Stats {
+        self.inner.stats()
+    }
+
+    fn outcome(&self) -> Option<Result<(), Failure>> {
+        if let Some(f) = &self.failure {
+            return Some(Err(f.clone()));
+        }
+        self.inner.outcome()
+    }
+
+    fn cancel(&mut self, now: Instant) {
+        if self.chan.is_none() && !matches!(self.mode, Mode::Insecure) {
+            self.fail(Reason::Cancelled);
+            return;
+        }
+        self.inner.cancel(now)
+    }
+}
+
+impl<E: Guarded> Guard<E> {
+    /// The inner endpoint's next datagram, sealed in place.
+    fn seal_next(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        if buf.len() <= TAG_LEN {
+            return None;
+        }
+        let room = buf.len() - TAG_LEN;
+        let n = self.inner.poll_transmit(now, &mut buf[..room])?;
+        let chan = self.chan.as_mut()?;
+        match chan.seal.seal(now, buf, n) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                // A counter reused or a frame that does not parse: a bug; never send it.
+                tracing::error!("sealing a frame failed: {e}");
+                self.fail(Reason::Protocol);
+                None
+            }
+        }
+    }
+}
+
+impl<S: crate::proto::FileSink> Guarded for crate::proto::Receiver<'_, S> {
+    fn apply_policy(&mut self, policy: &SenderPolicy) -> Result<(), String> {
+        self.limit_sizes(policy.max_file, policy.max_session);
+        if let Some(dir) = &policy.dir {
+            self.sink_mut()
+                .confine_to(dir)
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Guarded for crate::proto::Sender {}
+impl Guarded for crate::prepare::stream::Feed {}
