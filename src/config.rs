@@ -273,6 +273,13 @@ mod tests {
         assert_eq!(c.transport, Some(Transport::Xdp));
         assert!(c.snapshot.is_some() && c.out_dir.is_some() && c.interface.is_some());
         assert_eq!(c.overwrite, Some(false));
+        // Secure by default: the shipped file names this host's key and the receiver's list.
+        assert_eq!(c.identity, Some(PathBuf::from("/etc/pfs/pfs.key")));
+        assert_eq!(
+            c.authorized_senders,
+            Some(PathBuf::from("/etc/pfs/authorized_senders"))
+        );
+        assert_eq!(c.insecure, None);
     }
 
     #[test]

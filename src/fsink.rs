@@ -28,12 +28,14 @@ use memmap2::MmapMut;
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, RenameFlags, ResolveFlag};
 use nix::sys::stat::Mode;
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// How every path below the root is resolved: beneath the directory descriptor, no symlinks
 /// (which implies no magic links).
@@ -128,8 +130,9 @@ struct Out {
     name: String,
     /// Display path of the final name.
     dst: PathBuf,
-    /// The parent directory, beneath the root: both names are relative to it.
-    dir: OwnedFd,
+    /// The parent directory, beneath the root: both names are relative to it (one descriptor
+    /// per directory, shared by the files in it).
+    dir: Arc<OwnedFd>,
     dst_name: OsString,
     tmp_name: OsString,
     file: Option<File>,
@@ -146,7 +149,7 @@ pub struct MmapSink {
     /// The root for display (the out-dir, or the confined sub-directory).
     root: PathBuf,
     /// The root every name is resolved beneath.
-    root_fd: OwnedFd,
+    root_fd: Arc<OwnedFd>,
     tag: String,
     /// Bytes of free space to leave untouched (default 64 MiB).
     pub reserve: u64,
@@ -165,7 +168,7 @@ impl MmapSink {
     /// unique (e.g. the session id in hex). Fails on kernels without openat2.
     pub fn new(out_dir: &Path, tag: &str) -> io::Result<Self> {
         let root = out_dir.canonicalize()?;
-        let root_fd = open_root(&root)?;
+        let root_fd = Arc::new(open_root(&root)?);
         Ok(MmapSink {
             root,
             root_fd,
@@ -205,7 +208,7 @@ impl MmapSink {
                 })?,
             );
         }
-        self.root_fd = cur.expect("sanitize_name returns at least one part");
+        self.root_fd = Arc::new(cur.expect("sanitize_name returns at least one part"));
         self.root.push(rel);
         Ok(())
     }
@@ -226,7 +229,15 @@ impl MmapSink {
         Ok((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
     }
 
-    fn open_one(&self, i: usize, f: &SinkFile) -> Result<Out, SinkError> {
+    /// Open file `i`'s temporary file; `dirs` holds the parent directories opened so far
+    /// (by their path below the root), so that a directory costs one descriptor however
+    /// many files it receives.
+    fn open_one(
+        &self,
+        i: usize,
+        f: &SinkFile,
+        dirs: &mut HashMap<String, Arc<OwnedFd>>,
+    ) -> Result<Out, SinkError> {
         let fi = i as u32;
         let errno = |e: Errno| match e {
             e if is_escape(e) => SinkError::BadName(fi),
@@ -234,16 +245,23 @@ impl MmapSink {
             e => SinkError::Io(e.into()),
         };
         let name = sanitize_name(&f.name).ok_or(SinkError::BadName(fi))?;
-        let mut parts: Vec<&str> = name.split('/').collect();
-        let fname = parts.pop().ok_or(SinkError::BadName(fi))?;
-        let mut cur: Option<OwnedFd> = None;
-        for part in parts {
-            let base = cur.as_ref().map_or(self.root_fd.as_fd(), |f| f.as_fd());
-            cur = Some(ensure_dir_beneath(base, OsStr::new(part)).map_err(errno)?);
-        }
-        let dir = match cur {
-            Some(d) => d,
-            None => self.root_fd.try_clone()?,
+        let (parent, fname) = match name.rsplit_once('/') {
+            Some((p, f)) => (p, f),
+            None => ("", name.as_str()),
+        };
+        let dir = match dirs.get(parent) {
+            _ if parent.is_empty() => self.root_fd.clone(),
+            Some(d) => d.clone(),
+            None => {
+                let mut cur: Option<OwnedFd> = None;
+                for part in parent.split('/') {
+                    let base = cur.as_ref().map_or(self.root_fd.as_fd(), |f| f.as_fd());
+                    cur = Some(ensure_dir_beneath(base, OsStr::new(part)).map_err(errno)?);
+                }
+                let d = Arc::new(cur.expect("a non-empty parent has a part"));
+                dirs.insert(parent.to_owned(), d.clone());
+                d
+            }
         };
         let exists = || SinkError::Exists {
             file: fi,
@@ -308,7 +326,7 @@ fn tmp_name(fname: &str, tag: &str) -> OsString {
     v.push(b'.');
     v.extend_from_slice(cut);
     v.extend_from_slice(format!("{TMP_MARK}{}-{tag}", std::process::id()).as_bytes());
-    OsString::from(OsStr::from_bytes(&v).to_owned())
+    OsStr::from_bytes(&v).to_owned()
 }
 
 /// The process id in a temporary name this sink makes, if `name` is one.
@@ -433,8 +451,9 @@ impl FileSink for MmapSink {
         if need > avail {
             return Err(SinkError::NoSpace { need, avail });
         }
+        let mut dirs = HashMap::new();
         for (i, f) in files.iter().enumerate() {
-            match self.open_one(i, f) {
+            match self.open_one(i, f, &mut dirs) {
                 Ok(o) => self.outs.push(o),
                 Err(e) => {
                     self.discard();
@@ -627,6 +646,37 @@ mod tests {
             b"hello"
         );
         assert_eq!(tree(out.path()), ["a", "a/b", "a/b/c.bin"]);
+    }
+
+    #[test]
+    fn files_sharing_directories_arrive_each_under_its_name() {
+        let out = tempfile::tempdir().unwrap();
+        let mut s = sink(out.path());
+        let names = ["a/b/c.bin", "a/b/d.bin", "a/e.bin", "f.bin", "g/h.bin"];
+        let files: Vec<SinkFile> = names.iter().map(|n| file(n, n.len() as u64)).collect();
+        s.open(&files).unwrap();
+        for (i, n) in names.iter().enumerate() {
+            s.write_raw(i as u32, 0, n.as_bytes()).unwrap();
+        }
+        for i in (0..names.len()).rev() {
+            s.commit(i as u32).unwrap();
+        }
+        for n in names {
+            assert_eq!(std::fs::read(out.path().join(n)).unwrap(), n.as_bytes());
+        }
+        assert_eq!(
+            tree(out.path()),
+            [
+                "a",
+                "a/b",
+                "a/b/c.bin",
+                "a/b/d.bin",
+                "a/e.bin",
+                "f.bin",
+                "g",
+                "g/h.bin"
+            ]
+        );
     }
 
     #[test]

@@ -207,16 +207,8 @@ pub fn ebpf_object(caps: u64) -> Check {
             "rerun pfs doctor with CAP_BPF (root)",
         );
     }
-    let res = (|| -> Result<(), String> {
-        let mut ebpf = aya::Ebpf::load(steer::object()).map_err(|e| format!("load: {e}"))?;
-        let prog: &mut aya::programs::Xdp = ebpf
-            .program_mut(packetfs_common::PROG_NAME)
-            .ok_or_else(|| format!("no program {}", packetfs_common::PROG_NAME))?
-            .try_into()
-            .map_err(|e| format!("{e}"))?;
-        prog.load().map_err(|e| format!("verifier: {e}"))?;
-        Ok(())
-    })();
+    // the loader transfers use (aya-obj parse, map creation, bpf_prog_load): the verifier runs
+    let res = Steering::load().map(drop).map_err(|e| e.to_string());
     match res {
         Ok(()) => ok(
             "ebpf_object",

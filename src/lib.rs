@@ -27,7 +27,7 @@
 //! Unsafe code is denied here and allowed only where memory must be mapped or the kernel
 //! spoken to, each block with a `// Safety:` comment: whole modules [`xsk`], [`steer`],
 //! [`shm`] and [`fsink`] and `driver/xdp/workers.rs`; single functions in [`pob`] and
-//! [`index`] (memory maps), [`plan`] (a cycle counter), [`host`] (its probes) and the binary
+//! [`index`] (memory maps), [`blueprint`] (the non-temporal store kernels in `apply.rs`), [`plan`] (a cycle counter), [`host`] (its probes) and the binary
 //! (signals).
 #![deny(unsafe_code)]
 

@@ -68,10 +68,10 @@ fn start_recv(
     let mut line = String::new();
     loop {
         line.clear();
-        assert!(
-            err.read_line(&mut line).unwrap() > 0,
-            "receiver exited before listening: {before}"
-        );
+        if err.read_line(&mut line).unwrap() == 0 {
+            let st = c.wait().unwrap();
+            panic!("receiver exited ({st}) before listening: {before}");
+        }
         if let Some(rest) = line.split("listening on udp 127.0.0.1:").nth(1) {
             let port: u16 = rest.split_whitespace().next().unwrap().parse().unwrap();
             return (c, port, before, err);

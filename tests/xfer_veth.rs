@@ -787,6 +787,59 @@ fn a_capture_of_a_keyed_transfer_holds_no_file_bytes_nor_its_name() {
     }
 }
 
+/// With `-vv` both sides log each AF_XDP start-up step with its time since the command
+/// started (`pfs::startup` marks): what `docs/XDP.md` ("Start-up") tells people to read.
+#[test]
+fn xdp_startup_marks_name_each_step() {
+    if skip() {
+        return;
+    }
+    let fx = fixture();
+    let pair = NetnsPair::new(2, 1500).expect("netns pair");
+    let f = fx.all()[0].clone();
+    let o = transfer(
+        &pair,
+        &xdp_run(&["-vv", "--mode", "scatter"], vec![f.clone()]),
+    );
+    assert_bit_exact(&o, &[f]);
+    let (recv, send) = (text(&o.recv), text(&o.send));
+    let if_a = pair.iface(Side::A);
+    let if_b = pair.iface(Side::B);
+    for step in [
+        "snapshot mapped".to_string(),
+        "program loaded".into(),
+        "link attached (native mode)".into(),
+        format!("socket bound {if_b} q0"),
+        format!("socket bound {if_b} q1"),
+        "set-up done".into(),
+        "listening".into(),
+        "first frame received".into(),
+    ] {
+        assert!(
+            recv.lines()
+                .any(|l| l.contains("pfs::startup") && l.contains("recv +") && l.contains(&step)),
+            "recv mark {step:?} missing:\n{recv}"
+        );
+    }
+    for step in [
+        "snapshot mapped".to_string(),
+        "addresses resolved".into(),
+        "program loaded".into(),
+        "link attached (native mode)".into(),
+        format!("socket bound {if_a} q0"),
+        format!("socket bound {if_a} q1"),
+        "set-up done".into(),
+        "first frame sent".into(),
+    ] {
+        assert!(
+            send.lines()
+                .any(|l| l.contains("pfs::startup") && l.contains("send +") && l.contains(&step)),
+            "send mark {step:?} missing:\n{send}"
+        );
+    }
+    assert_nothing_attached(&pair);
+}
+
 /// Frames tampered with in the XDP program (one bit flipped in 2% of them) over a keyed
 /// AF_XDP session: each fails its tag, is dropped and counted, is repaired like a loss, and
 /// every file arrives bit-exact.

@@ -6,6 +6,9 @@
 #   scripts/benchmarks/e2e_bench.sh [--rate R] [--random-mb N] [--covered-mb N] [--snap-mb N]
 #                                   [--repeat K] [--queues Q] [--metrics FILE]
 #                                   [--send-args "ARGS"]   (extra pfs send flags, e.g. "--level max")
+#                                   [--pfs BIN]...   (the pfs binary; give it twice to compare two
+#                                                     builds in one run; default: target/release/pfs,
+#                                                     built first)
 #
 # Files: the libstd release pair (basis: the stable toolchain's libstd-*.so, a corpus bank of
 # the snapshot; target: the nightly's), N MiB of random bytes, and N MiB the snapshot holds
@@ -21,6 +24,8 @@
 # before the clock starts. Goal lines of issue 10 follow the table, met / NOT met with ratios.
 # The pfs rows run with keys (scripts/keys.sh: authenticated, encrypted sessions);
 # PFS_INSECURE=1 runs them in plaintext (--insecure), and the header says which.
+# With several --pfs builds, each pfs row is run for each build in turn (same inputs, same
+# snapshot, interleaved run by run), labelled [B1], [B2], ... and each build gets goal lines.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/keys.sh
@@ -33,6 +38,7 @@ repeat=3
 queues=2
 metrics=""
 send_args=()
+pfs_bins=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --rate) rate=$2; shift 2 ;;
@@ -43,7 +49,8 @@ while [ $# -gt 0 ]; do
         --queues) queues=$2; shift 2 ;;
         --metrics) metrics=$2; shift 2 ;;
         --send-args) read -r -a send_args <<<"$2"; shift 2 ;;
-        *) sed -n '6,8p' "$0" | sed 's/^# *//' >&2; exit 2 ;;
+        --pfs) pfs_bins+=("$(realpath "$2")"); shift 2 ;;
+        *) sed -n '6,11p' "$0" | sed 's/^# *//' >&2; exit 2 ;;
     esac
 done
 [[ "$repeat" =~ ^[1-9][0-9]*$ ]] || { echo "--repeat must be a positive integer" >&2; exit 2; }
@@ -54,8 +61,21 @@ for t in zstd python3 tc ip dd; do
 done
 [ -z "$metrics" ] || mkdir -p "$(dirname "$metrics")"
 
-cargo build --release --bin pfs >&2
-pfs=$PWD/target/release/pfs
+if [ ${#pfs_bins[@]} -eq 0 ]; then
+    cargo build --release --bin pfs >&2
+    pfs_bins=("$PWD/target/release/pfs")
+fi
+for b in "${pfs_bins[@]}"; do
+    [ -x "$b" ] || { echo "--pfs $b: not an executable" >&2; exit 2; }
+done
+# The first build makes the snapshot and answers the --help probe; tags name the builds.
+pfs=${pfs_bins[0]}
+tags=()
+if [ ${#pfs_bins[@]} -eq 1 ]; then
+    tags=("")
+else
+    for i in "${!pfs_bins[@]}"; do tags+=(" [B$((i + 1))]"); done
+fi
 e2e=$PWD/scripts/benchmarks/e2e.py
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 [ -z "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] || commit="$commit+dirty"
@@ -112,7 +132,7 @@ jget() { python3 -c "import json,sys; d=json.loads(sys.argv[1]); v=d.get(sys.arg
 # wait until LOG holds PATTERN (the receiver is ready), at most 30 s
 wait_for() { for _ in $(seq 1 300); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done; cat "$1" >&2; return 1; }
 
-# pfs_once LABEL FILE SYNC
+# pfs_once LABEL FILE SYNC (with the build in $pfs)
 pfs_once() {
     local label=$1 file=$2 sync=$3
     local out="$work/out-$RANDOM$RANDOM" m="$work/m-$RANDOM.jsonl" log="$work/recv-$RANDOM.log"
@@ -185,14 +205,19 @@ T_COV="raw TCP, covered ${covered_mb} MiB"
 T_COVN="raw TCP, covered ${covered_mb} MiB, receiver without fsync"
 DD="dd conv=fsync, covered ${covered_mb} MiB (local disk)"
 
-echo "pfs runs at --rate $rate (x$repeat) ..." >&2
+echo "pfs runs at --rate $rate (x$repeat, ${#pfs_bins[@]} build(s)) ..." >&2
 for _ in $(seq 1 "$repeat"); do
-    pfs_once "$P_LIB" "$work/in/$R" on
-    pfs_once "$P_RND" "$work/in/random.bin" on
-    pfs_once "$P_COV" "$work/in/covered.bin" on
-    pfs_once "$P_COVN" "$work/in/covered.bin" off
+    for i in "${!pfs_bins[@]}"; do
+        pfs=${pfs_bins[$i]}
+        tag=${tags[$i]}
+        pfs_once "$P_LIB$tag" "$work/in/$R" on
+        pfs_once "$P_RND$tag" "$work/in/random.bin" on
+        pfs_once "$P_COV$tag" "$work/in/covered.bin" on
+        pfs_once "$P_COVN$tag" "$work/in/covered.bin" off
+    done
     dd_once
 done
+pfs=${pfs_bins[0]}
 echo "TCP runs, HTB $rate on $A (x$repeat) ..." >&2
 ip netns exec "$A" tc qdisc add dev "$A" root handle 1: htb default 10 r2q 1000
 ip netns exec "$A" tc class add dev "$A" parent 1: classid 1:10 htb rate "$rate"
@@ -209,10 +234,15 @@ echo
 echo "# bench-e2e $(date -u +%FT%TZ), commit $commit, $(nproc) cores, veth pair (${queues} queues, MTU 1500), --rate $rate, $repeat runs per row"
 echo "pfs sessions: $security"
 echo "pfs send --level presets: $send_levels; extra pfs send flags: ${send_args[*]:-none}; zstd -9 --long=30 --patch-from of the libstd pair: $zstd9 B"
-python3 - "$results" "$metrics" "$commit" "$zstd9" "$P_LIB" "$P_RND" "$P_COV" "$P_COVN" "$T_LIB" "$Z_LIB" "$T_RND" "$T_COV" "$T_COVN" "$DD" <<'EOF'
+if [ ${#pfs_bins[@]} -gt 1 ]; then
+    for i in "${!pfs_bins[@]}"; do echo "build${tags[$i]}: ${pfs_bins[$i]}"; done
+fi
+tags_joined=$(printf '%s\t' "${tags[@]}")
+python3 - "$results" "$metrics" "$commit" "$zstd9" "$P_LIB" "$P_RND" "$P_COV" "$P_COVN" "$T_LIB" "$Z_LIB" "$T_RND" "$T_COV" "$T_COVN" "$DD" "$tags_joined" <<'EOF'
 import json, statistics, sys, time
 res, metrics, commit, zstd9 = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-P_LIB, P_RND, P_COV, P_COVN, T_LIB, Z_LIB, T_RND, T_COV, T_COVN, DD = sys.argv[5:15]
+P_LIB0, P_RND0, P_COV0, P_COVN0, T_LIB, Z_LIB, T_RND, T_COV, T_COVN, DD = sys.argv[5:15]
+tags = sys.argv[15].split("\t")[:-1] or [""]
 rows = {}
 order = []
 for line in open(res):
@@ -254,23 +284,27 @@ def goal(name, ok, line):
     if metrics:
         with open(metrics, "a") as f:
             f.write(json.dumps({"kind": "bench-e2e-goal", "run": run, "commit": commit, "goal": name, "met": ok, "line": line}) + "\n")
-a, b = t(P_RND), t(T_RND)
-goal("random <= 1.1 x raw TCP", a <= 1.1 * b, f"pfs {a:.3f} s vs raw TCP {b:.3f} s = {a/b:.2f}x (limit 1.10x)")
-a, b = t(P_LIB), t(Z_LIB)
-w = med(rows[P_LIB]["wire"])
-goal("libstd <= zstd -3 | TCP time, wire < zstd -9", a <= b and w < zstd9,
-     f"time pfs {a:.3f} s vs zstd|TCP {b:.3f} s = {a/b:.2f}x; wire pfs {w:,} B vs zstd -9 {zstd9:,} B = {w/zstd9:.2f}x")
-a, b = t(P_COV), t(DD)
-goal("covered within 1.5 x dd conv=fsync", a <= 1.5 * b, f"pfs {a:.3f} s vs dd conv=fsync {b:.3f} s = {a/b:.2f}x (limit 1.50x)")
-a, b = t(P_COVN), t(T_COVN)
-goal(">= 10 x faster than raw TCP without flush (covered)", b >= 10 * a,
-     f"raw TCP (no fsync) {b:.3f} s / pfs (--sync off) {a:.3f} s = {b/a:.1f}x (goal >= 10x)")
-a, b = t(P_COV), t(T_COV)
-print(f"(with flush: raw TCP {b:.3f} s / pfs {a:.3f} s = {b/a:.1f}x)")
-# issue 10 item 7: the summary's headline should count from the start of pfs send to the end
-for label in (P_LIB, P_RND, P_COV):
-    r = rows[label]
-    if r["summary"] and (r["file"] or r["exit"]):
-        meas = r["bytes"] * 8 / med(r["exit"] or r["file"]) / 1e9
-        print(f"headline [{label}]: pfs summary says {med(r['summary']):.3f} Gbit/s effective; file bytes / time to the sender's exit {meas:.3f} Gbit/s ({med(r['summary'])/meas:.2f}x)")
+for tag in tags:
+    P_LIB, P_RND, P_COV, P_COVN = (p + tag for p in (P_LIB0, P_RND0, P_COV0, P_COVN0))
+    if tag:
+        print(f"build{tag}:")
+    a, b = t(P_RND), t(T_RND)
+    goal("random <= 1.1 x raw TCP", a <= 1.1 * b, f"pfs {a:.3f} s vs raw TCP {b:.3f} s = {a/b:.2f}x (limit 1.10x)")
+    a, b = t(P_LIB), t(Z_LIB)
+    w = med(rows[P_LIB]["wire"])
+    goal("libstd <= zstd -3 | TCP time, wire < zstd -9", a <= b and w < zstd9,
+         f"time pfs {a:.3f} s vs zstd|TCP {b:.3f} s = {a/b:.2f}x; wire pfs {w:,} B vs zstd -9 {zstd9:,} B = {w/zstd9:.2f}x")
+    a, b = t(P_COV), t(DD)
+    goal("covered within 1.5 x dd conv=fsync", a <= 1.5 * b, f"pfs {a:.3f} s vs dd conv=fsync {b:.3f} s = {a/b:.2f}x (limit 1.50x)")
+    a, b = t(P_COVN), t(T_COVN)
+    goal(">= 10 x faster than raw TCP without flush (covered)", b >= 10 * a,
+         f"raw TCP (no fsync) {b:.3f} s / pfs (--sync off) {a:.3f} s = {b/a:.1f}x (goal >= 10x)")
+    a, b = t(P_COV), t(T_COV)
+    print(f"(with flush: raw TCP {b:.3f} s / pfs {a:.3f} s = {b/a:.1f}x)")
+    # issue 10 item 7: the summary's headline should count from the start of pfs send to the end
+    for label in (P_LIB, P_RND, P_COV):
+        r = rows[label]
+        if r["summary"] and (r["file"] or r["exit"]):
+            meas = r["bytes"] * 8 / med(r["exit"] or r["file"]) / 1e9
+            print(f"headline [{label}]: pfs summary says {med(r['summary']):.3f} Gbit/s effective; file bytes / time to the sender's exit {meas:.3f} Gbit/s ({med(r['summary'])/meas:.2f}x)")
 EOF

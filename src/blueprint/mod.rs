@@ -361,7 +361,7 @@ impl Blueprint {
                         self.validate(snap.len() as u64)?;
                         return Err(pbb::PbbError::Invalid(format!("segment {i} is invalid")));
                     };
-                    out[o..end].copy_from_slice(r);
+                    apply::copy(r, &mut out[o..end]);
                     sp += n;
                 }
                 Source::Cover { off } => {

@@ -253,8 +253,10 @@ pub struct UnplanArgs {
     /// Output file (written under a temporary name, renamed when its BLAKE3 matches).
     #[arg(short, long)]
     out: PathBuf,
-    /// Snapshot memory: hugepages when available (auto), required (on) or not (off).
-    #[arg(long, value_enum, default_value = "auto")]
+    /// Snapshot memory: mapped from the file (off: a rebuild reads only the parts its
+    /// segments name, and start-up does no work proportional to the snapshot), hugepages when
+    /// available (auto: a copy of the whole snapshot first), or required (on).
+    #[arg(long, value_enum, default_value = "off")]
     hugepages: HugePolicy,
 }
 

@@ -575,6 +575,7 @@ pub fn send(a: SendArgs, origin: Instant) -> anyhow::Result<ExitCode> {
     let pack = c.pack.unwrap_or_default();
     // The sender maps the snapshot (no copy) unless asked for huge pages.
     let snap = Snapshot::open(&snapshot, c.hugepages.unwrap_or(HugePolicy::Off))?;
+    xdp::marks::mark("send", origin, "snapshot mapped");
     let transport = pick_transport(c.transport.unwrap_or_default(), c.interface.as_deref());
     let tname = transport.name();
     let xdp_cfg = match transport {
@@ -761,6 +762,8 @@ it was expected to hold key {} (is that its key? does its authorized-senders fil
 
 /// `pfs recv`.
 pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
+    // Where recv's start-up marks count from (`pfs -vv`).
+    let origin = Instant::now();
     let cancel = cancel_on_signals()?;
     let (config, (impair_drop_ppm, impair_flip_ppm), flags) = a.into_config();
     let c = merged(config.as_deref(), flags)?;
@@ -805,8 +808,40 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
             }
         );
     }
-    let snap = Snapshot::open(&snapshot, c.hugepages.unwrap_or(HugePolicy::Auto))?;
     let transport = pick_transport(c.transport.unwrap_or_default(), c.interface.as_deref());
+    let listen_timeout = c.timeout.filter(|t| *t > 0).map(Duration::from_secs);
+    let xdp_cfg = match transport {
+        Transport::Xdp => {
+            let Some(iface) = c.interface.as_deref() else {
+                bail!("--transport xdp needs --iface (the interface to receive on)");
+            };
+            let mut link = xdp_link(&c, iface, port);
+            link.impair_drop_ppm = impair_drop_ppm;
+            link.impair_flip_ppm = impair_flip_ppm;
+            Some(xdp::XdpRecvConfig {
+                link,
+                out_dir: out_dir.clone(),
+                mtu,
+                listen_timeout,
+                proto: proto.clone(),
+                security: security.clone(),
+                guard: GuardConfig::default(),
+                origin,
+            })
+        }
+        Transport::Udp | Transport::Auto => None,
+    };
+    // AF_XDP: attach the program and bind the sockets on another thread while the snapshot
+    // is mapped (and loaded into huge pages) here: start-up takes the longer of the two.
+    let (snap, bound) = std::thread::scope(|sc| {
+        let binder = xdp_cfg.map(|cfg| sc.spawn(move || xdp::XdpReceiver::bind(cfg)));
+        let snap = Snapshot::open(&snapshot, c.hugepages.unwrap_or(HugePolicy::Auto));
+        xdp::marks::mark("recv", origin, "snapshot mapped");
+        let bound = binder.map(|h| h.join().expect("the AF_XDP setup thread panicked"));
+        (snap, bound)
+    });
+    let snap = snap?;
+    let bound = bound.transpose()?;
     let tname = transport.name();
     let mut on = |e: &Event| match e {
         Event::Accepted { files, bytes } => {
@@ -816,10 +851,9 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
         _ => {}
     };
     let snap_name = &snap.manifest.snapshot_id[..16];
-    let listen_timeout = c.timeout.filter(|t| *t > 0).map(Duration::from_secs);
     let mut report = None;
-    let r = match transport {
-        Transport::Udp | Transport::Auto => {
+    let r = match bound {
+        None => {
             let mut cfg = RecvConfig::new(SocketAddr::new(listen, port), out_dir.clone());
             cfg.mtu = mtu;
             cfg.proto = proto;
@@ -834,23 +868,8 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
             );
             r.run(snap.id, snap.bytes(), &cancel, &mut on)
         }
-        Transport::Xdp => {
-            let Some(iface) = c.interface.as_deref() else {
-                bail!("--transport xdp needs --iface (the interface to receive on)");
-            };
-            let mut link = xdp_link(&c, iface, port);
-            link.impair_drop_ppm = impair_drop_ppm;
-            link.impair_flip_ppm = impair_flip_ppm;
-            let cfg = xdp::XdpRecvConfig {
-                link,
-                out_dir: out_dir.clone(),
-                mtu,
-                listen_timeout,
-                proto,
-                security: security.clone(),
-                guard: GuardConfig::default(),
-            };
-            let r = xdp::XdpReceiver::bind(cfg)?;
+        Some(r) => {
+            let iface = c.interface.as_deref().unwrap_or_default();
             let (mode, notice) = r.xdp_mode();
             if let Some(n) = notice {
                 eprintln!("notice: {n}");
@@ -864,6 +883,7 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
                 snap.backing_name(),
                 out_dir.display()
             );
+            xdp::marks::mark("recv", origin, "listening");
             with_report(r.run(snap.id, snap.bytes(), &cancel, &mut on), &mut report)?
         }
     };

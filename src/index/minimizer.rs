@@ -585,9 +585,32 @@ impl OutTable {
             .unwrap_or_default();
         let tmp = dir.join(format!(".{name}.pfs-tmp-{}", std::process::id()));
         let res = (|| {
+            use std::os::unix::fs::FileExt;
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(head)?;
-            f.write_all(bytemuck::cast_slice(&self.slots))?;
+            // the table is copied into the page cache by every core at once (one thread
+            // copying it was 15% of a 1 GiB snapshot's build)
+            let body: &[u8] = bytemuck::cast_slice(&self.slots);
+            f.set_len((head.len() + body.len()) as u64)?;
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let per = body
+                .len()
+                .div_ceil(threads)
+                .next_multiple_of(1 << 20)
+                .max(1 << 20);
+            std::thread::scope(|s| {
+                let hs: Vec<_> = body
+                    .chunks(per)
+                    .enumerate()
+                    .map(|(i, part)| {
+                        let f = &f;
+                        let at = (head.len() + i * per) as u64;
+                        s.spawn(move || f.write_all_at(part, at))
+                    })
+                    .collect();
+                hs.into_iter()
+                    .try_for_each(|h| h.join().expect("index writer panicked"))
+            })?;
             drop(f);
             std::fs::rename(&tmp, &self.dst)
         })();

@@ -1,25 +1,31 @@
-//! The aya loader for the XDP steering program (`ebpf/steer`).
+//! The loader for the XDP steering program (`ebpf/steer`).
 //!
 //! The program sends UDP frames whose destination port lies in the PacketFS range to the
 //! AF_XDP socket of their rx queue and passes everything else (ARP, neighbour discovery,
 //! other traffic) to the kernel. [`Steering`] loads the object embedded at build time
 //! (`build.rs`), attaches it, fills its maps, reads its counters and detaches it on drop.
 //!
-//! On kernels >= 5.9 aya attaches through a BPF link, which the kernel releases when the
-//! last file descriptor to it closes: the program is gone from the interface when
-//! [`Steering`] drops and also when the process dies (SIGINT, SIGTERM, SIGKILL), so no
-//! signal handler is needed to keep interfaces clean.
+//! Loading does not go through aya's `EbpfLoader`, which parses the whole vmlinux BTF
+//! first (40-60 ms here, aya issue #1172) although this program needs none: `aya-obj`
+//! parses the ELF, aya creates the maps, libbpf's `bpf_prog_load` loads the relocated
+//! program (a refusal carries the verifier's log) and `bpf_link_create` attaches it
+//! (kernel >= 5.9). The kernel releases a BPF link when the last file descriptor to it
+//! closes: the program is gone from the interface when [`Steering`] drops and also when the
+//! process dies (SIGINT, SIGTERM, SIGKILL), so no signal handler is needed to keep
+//! interfaces clean. Where the kernel refuses the link, aya's loader attaches instead.
 //!
 //! | file        | concern                                                             |
 //! |-------------|---------------------------------------------------------------------|
+//! | `load.rs`   | parse, create maps, relocate, `bpf_prog_load`, `bpf_link_create`     |
 //! | `attach.rs` | [`Steering`]: load, attach (native, SKB or auto), maps, counters     |
 //! | `query.rs`  | [`attached_xdp`]: which XDP program, if any, an interface carries    |
 #![allow(unsafe_code)]
 
 mod attach;
+mod load;
 mod query;
 
-pub use attach::Steering;
+pub use attach::{LoadedSteering, Steering};
 pub use packetfs_common::{Counter, PortRange, MAX_QUEUES};
 pub use query::{attached_xdp, AttachedXdp};
 
@@ -173,6 +179,26 @@ pub enum SteerError {
          RLIMIT_MEMLOCK high enough on old kernels)"
     )]
     Load(#[source] aya::EbpfError),
+    #[error("parsing the XDP object failed: {0} (rebuild it with scripts/build-ebpf.sh)")]
+    Parse(#[source] aya_obj::ParseError),
+    #[error(
+        "creating the XDP map {name} failed: {source} (needs root or CAP_BPF, and \
+         RLIMIT_MEMLOCK high enough on kernels < 5.11)"
+    )]
+    CreateMap {
+        name: String,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("relocating the XDP program failed: {0}")]
+    Relocate(String),
+    #[error("the kernel refused the XDP program: {source}{}", prog_load_detail(.source, .log))]
+    ProgLoad {
+        #[source]
+        source: std::io::Error,
+        /// The verifier's log (empty when the kernel gave none).
+        log: String,
+    },
     #[error("the XDP object has no program {0:?}: rebuild it with scripts/build-ebpf.sh")]
     MissingProgram(&'static str),
     #[error("the XDP object has no map {0:?}: rebuild it with scripts/build-ebpf.sh")]
@@ -185,6 +211,14 @@ pub enum SteerError {
         mode: XdpMode,
         #[source]
         source: aya::programs::ProgramError,
+        hint: &'static str,
+    },
+    #[error("attaching XDP to {iface} in {mode} mode (BPF link) failed: {source}{hint}")]
+    Link {
+        iface: String,
+        mode: XdpMode,
+        #[source]
+        source: std::io::Error,
         hint: &'static str,
     },
     #[error("XDP map {map}: {source}")]
@@ -203,6 +237,22 @@ pub enum SteerError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The hint and the verifier's log after a refused program load.
+fn prog_load_detail(source: &std::io::Error, log: &str) -> String {
+    let hint = match source.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => {
+            " (needs root or CAP_BPF + CAP_NET_ADMIN; in a container see \
+             scripts/container-seccomp.sh)"
+        }
+        _ => "",
+    };
+    if log.is_empty() {
+        hint.to_string()
+    } else {
+        format!("{hint}; verifier log:\n{log}")
+    }
 }
 
 #[cfg(test)]

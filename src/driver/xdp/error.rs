@@ -12,11 +12,17 @@ pub enum XdpError {
     Steer(Box<SteerError>),
     #[error(transparent)]
     Xsk(Box<XskError>),
-    #[error("MTU {mtu} does not fit a {frame_size} B UMEM frame ({usable} B usable)")]
+    #[error(
+        "MTU {mtu} does not fit a {frame_size} B UMEM frame: a frame needs {need} B (the MTU \
+         plus Ethernet, IPv4 and UDP headers) but {usable} B are left after the 256 B XDP headroom (a 4096 B frame \
+         carries MTU up to 3798; lower --mtu)"
+    )]
     MtuTooLarge {
         mtu: usize,
         frame_size: u32,
         usable: usize,
+        /// Bytes the largest frame needs.
+        need: usize,
     },
     #[error("port range {port}+{ports} is empty or beyond 65535")]
     PortRange { port: u16, ports: u16 },

@@ -10,6 +10,7 @@
 
 use super::error::XdpError;
 use super::flow::{Flow, TxQueues};
+use super::marks::StartMarks;
 use super::report::{PathStats, QueueStats};
 use crate::driver::session::{DriverError, FramePath};
 use crate::proto::Endpoint;
@@ -32,6 +33,10 @@ pub struct XdpIo {
 impl XdpIo {
     /// Attach the program to `iface`, steer `ports` and bind one socket per queue of
     /// `queues` with `xc`. Run in the interface's network namespace.
+    ///
+    /// The steps run side by side, so set-up takes the longest of them, not their sum: each
+    /// socket is created and bound on a thread of its own (populating its UMEM is most of
+    /// that) while this thread loads the program and attaches it; all are joined here.
     pub fn open(
         iface: &str,
         queues: &[u32],
@@ -39,18 +44,56 @@ impl XdpIo {
         mode: XdpMode,
         (impair_drop_ppm, impair_flip_ppm): (u32, u32),
         xc: &XskConfig,
+        marks: &StartMarks,
     ) -> Result<Self, XdpError> {
-        let mut steer = Steering::attach(iface, mode)?;
-        steer.set_ports(ports)?;
-        if impair_drop_ppm > 0 || impair_flip_ppm > 0 {
-            steer.set_impairments(impair_drop_ppm, impair_flip_ppm)?;
+        let (steer, socks) = std::thread::scope(|sc| {
+            let binders: Vec<_> = queues
+                .iter()
+                .map(|&q| {
+                    let bind = move || {
+                        let s = XskSocket::new(iface, q, xc);
+                        if s.is_ok() {
+                            marks.mark(format_args!("socket bound {iface} q{q}"));
+                        }
+                        s
+                    };
+                    // A thread that cannot start binds its socket here, in turn.
+                    std::thread::Builder::new()
+                        .name(format!("pfs-xsk-bind{q}"))
+                        .spawn_scoped(sc, bind)
+                        .map_err(|e| {
+                            tracing::debug!("binding queue {q} inline: {e}");
+                            bind
+                        })
+                })
+                .collect();
+            let steer = (|| -> Result<Steering, XdpError> {
+                let loaded = Steering::load()?;
+                marks.mark("program loaded");
+                let mut steer = loaded.attach(iface, mode)?;
+                marks.mark(format_args!("link attached ({} mode)", steer.mode()));
+                steer.set_ports(ports)?;
+                if impair_drop_ppm > 0 || impair_flip_ppm > 0 {
+                    steer.set_impairments(impair_drop_ppm, impair_flip_ppm)?;
+                }
+                Ok(steer)
+            })();
+            let socks: Vec<_> = binders
+                .into_iter()
+                .map(|b| match b {
+                    Ok(h) => h.join().expect("an AF_XDP bind thread panicked"),
+                    Err(bind) => bind(),
+                })
+                .collect();
+            (steer, socks)
+        });
+        // The program's error first (it names the interface's problems), then the sockets'.
+        let mut steer = steer?;
+        let socks = socks.into_iter().collect::<Result<Vec<_>, _>>()?;
+        for s in &socks {
+            steer.set_socket(s.queue(), s)?;
         }
-        let mut socks = Vec::with_capacity(queues.len());
-        for &q in queues {
-            let s = XskSocket::new(iface, q, xc)?;
-            steer.set_socket(q, &s)?;
-            socks.push(s);
-        }
+        marks.mark("set-up done (sockets in the XSKMAP)");
         tracing::info!(iface, ?queues, mode = %steer.mode(), "AF_XDP sockets bound");
         let n = socks.len();
         Ok(XdpIo {

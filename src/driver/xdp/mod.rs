@@ -12,7 +12,11 @@
 //!
 //! Files: [`io`] sockets and steering; [`workers`] the per-queue threads; [`flow`] the flow
 //! addressing; [`netdev`] MAC, IPv4, neighbour and queue queries; [`report`] what the
-//! AF_XDP layer saw; [`error`] what can go wrong.
+//! AF_XDP layer saw; [`marks`] the start-up marks (debug log); [`error`] what can go wrong.
+//!
+//! Start-up: [`io::XdpIo::open`] binds each queue's socket on a thread of its own while
+//! the program loads and attaches; with the default UMEM settings and an MTU that fits, the
+//! UMEM has 2 KiB frames (half the pages of 4 KiB frames to populate).
 //!
 //! Spreading ([`Spread`]): `Scatter` sends one session round-robin over every bound queue
 //! (one batch per queue in turn); `Queues` does the same over an explicit list; `Ports`
@@ -32,6 +36,7 @@
 pub mod error;
 pub mod flow;
 pub mod io;
+pub mod marks;
 pub mod netdev;
 pub mod report;
 pub mod workers;
@@ -51,6 +56,7 @@ use crate::wire::stack::{self, Addrs};
 use crate::xsk::{self, XskConfig};
 use flow::Flow;
 use io::{SessionPath, XdpIo};
+use marks::StartMarks;
 use report::PathStats;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -61,6 +67,19 @@ use workers::WorkerSet;
 /// How late a frame may be, on a receiver bound to several queues, before its hole is
 /// NACKed ([`ReceiverConfig::reorder_window`]).
 pub const REORDER_WINDOW: Duration = Duration::from_millis(10);
+/// The UMEM and rings of a socket when the defaults were not changed and the MTU fits a
+/// 2 KiB frame: the default's frame count and rings in 2 KiB frames (8 MiB). Creating a
+/// UMEM populates its pages (xsk-rs maps shared anonymous memory with MAP_POPULATE, which
+/// allocates and zeroes every page under the mmap lock): half the pages, about half that
+/// start-up cost (docs/XDP.md, "Start-up").
+const SMALL_XSK: XskConfig = XskConfig {
+    frame_size: 2048,
+    frame_count: 4096,
+    ring_size: 2048,
+    batch: 64,
+    bind: xsk::BindMode::Auto,
+    huge_pages: false,
+};
 /// The UMEM and rings of a worker's socket when the defaults were not changed and the MTU
 /// fits a 2 KiB frame: 8192 frames of 2 KiB (16 MiB), rings of 4096.
 const WORKER_XSK: XskConfig = XskConfig {
@@ -167,6 +186,8 @@ pub struct XdpRecvConfig {
     /// How the session is protected (keys, or `--insecure`) and the Guard's settings.
     pub security: Security,
     pub guard: GuardConfig,
+    /// Where the start-up marks count from (`pfs recv` gives its own start).
+    pub origin: Instant,
 }
 
 /// One side's AF_XDP state: the sockets and steering, the thread policy, the flow.
@@ -184,18 +205,33 @@ struct Side {
     batch: usize,
     /// Filled when workers owned the sockets: what they did (the sockets are gone then).
     worker_stats: Option<PathStats>,
+    /// Start-up marks (the first frames are marked by the frame path).
+    marks: StartMarks,
 }
 
 impl Side {
     /// Check the link, pick the thread model, attach, bind. Run in the interface's
     /// network namespace.
-    fn open(link: &XdpLink, mtu: usize, flow: Flow) -> Result<Self, XdpError> {
-        let frame_cap = link.xsk.max_frame_len();
-        if mtu + stack::overhead(None) > frame_cap {
+    ///
+    /// `flow` (the sender's address resolution, which may wait for ARP) runs on a thread of
+    /// its own while the program is attached and the sockets are bound.
+    fn open(
+        link: &XdpLink,
+        mtu: usize,
+        flow: impl FnOnce(&StartMarks) -> Result<Flow, XdpError> + Send,
+        marks: StartMarks,
+    ) -> Result<Self, XdpError> {
+        let mut xc = link.xsk;
+        let small = xc == XskConfig::default() && fits(mtu, &SMALL_XSK);
+        if small {
+            xc = SMALL_XSK;
+        }
+        if !fits(mtu, &xc) {
             return Err(XdpError::MtuTooLarge {
                 mtu,
-                frame_size: link.xsk.frame_size,
-                usable: frame_cap,
+                frame_size: xc.frame_size,
+                usable: xc.max_frame_len(),
+                need: mtu + stack::overhead(None),
             });
         }
         if link.ports == 0 || link.port.checked_add(link.ports - 1).is_none() {
@@ -212,24 +248,30 @@ impl Side {
         if let Some(w) = &why {
             tracing::info!("xdp threads: {w}");
         }
-        let mut xc = link.xsk;
-        if threads == Threads::Workers
-            && xc == XskConfig::default()
-            && mtu + stack::overhead(None) <= WORKER_XSK.max_frame_len()
-        {
+        if threads == Threads::Workers && small {
             // Frames wait in the workers' hand-over queues as well as on the rings: a
             // deeper fill ring (in 2 KiB frames, as much memory) rides out a session thread
             // that lost its core for a while.
             xc = WORKER_XSK;
         }
-        let io = XdpIo::open(
-            &link.iface,
-            &queues,
-            PortRange::new(link.port, link.ports),
-            link.xdp_mode,
-            (link.impair_drop_ppm, link.impair_flip_ppm),
-            &xc,
-        )?;
+        let (flow, io) = std::thread::scope(|sc| {
+            let m = &marks;
+            let flow = sc.spawn(move || flow(m));
+            let io = XdpIo::open(
+                &link.iface,
+                &queues,
+                PortRange::new(link.port, link.ports),
+                link.xdp_mode,
+                (link.impair_drop_ppm, link.impair_flip_ppm),
+                &xc,
+                &marks,
+            );
+            let flow = flow.join().expect("the address resolution thread panicked");
+            (flow, io)
+        });
+        // The addresses' error first: it is the more basic problem.
+        let flow = flow?;
+        let io = io?;
         Ok(Side {
             io,
             flow,
@@ -240,17 +282,22 @@ impl Side {
             frames_per_socket: xc.frame_count as usize,
             batch: xc.batch as usize,
             worker_stats: None,
+            marks,
         })
     }
 
     /// Run `f` on this side's frame path: the session thread's sockets, or the workers
     /// (spawned for the run, stopped after it).
     fn on_path<R>(&mut self, f: impl FnOnce(&mut XdpPath<'_, '_>) -> R) -> Result<R, XdpError> {
+        let marks = &self.marks;
         if self.threads != Threads::Workers || self.io.queues().is_empty() {
-            let mut p = XdpPath::Session(SessionPath {
-                io: &mut self.io,
-                flow: &mut self.flow,
-            });
+            let mut p = XdpPath {
+                kind: PathKind::Session(SessionPath {
+                    io: &mut self.io,
+                    flow: &mut self.flow,
+                }),
+                marks,
+            };
             return Ok(f(&mut p));
         }
         let (r, stats) = workers::run(
@@ -259,7 +306,12 @@ impl Side {
             &self.worker_cpus,
             self.frames_per_socket,
             self.batch,
-            |set| f(&mut XdpPath::Workers(set)),
+            |set| {
+                f(&mut XdpPath {
+                    kind: PathKind::Workers(set),
+                    marks,
+                })
+            },
         )
         .map_err(XdpError::Workers)?;
         self.worker_stats = Some(stats);
@@ -323,8 +375,18 @@ impl Side {
     }
 }
 
-/// The frame path a run uses (see [`Side::on_path`]).
-enum XdpPath<'a, 'w> {
+/// Whether a frame of `mtu` (plus Ethernet, IPv4 and UDP headers) fits a UMEM frame of `xc`.
+fn fits(mtu: usize, xc: &XskConfig) -> bool {
+    mtu + stack::overhead(None) <= xc.max_frame_len()
+}
+
+/// The frame path a run uses (see [`Side::on_path`]), marking the first frames.
+struct XdpPath<'a, 'w> {
+    kind: PathKind<'a, 'w>,
+    marks: &'a StartMarks,
+}
+
+enum PathKind<'a, 'w> {
     Session(SessionPath<'a>),
     Workers(&'a mut WorkerSet<'w>),
 }
@@ -336,37 +398,45 @@ impl FramePath for XdpPath<'_, '_> {
         now: Instant,
         budget: usize,
     ) -> Result<(usize, bool), DriverError> {
-        match self {
-            XdpPath::Session(p) => p.transmit(ep, now, budget),
-            XdpPath::Workers(p) => p.transmit(ep, now, budget),
+        let r = match &mut self.kind {
+            PathKind::Session(p) => p.transmit(ep, now, budget),
+            PathKind::Workers(p) => p.transmit(ep, now, budget),
+        };
+        if matches!(r, Ok((n, _)) if n > 0) {
+            self.marks.first_tx();
         }
+        r
     }
     fn receive<E: Endpoint + ?Sized>(
         &mut self,
         ep: &mut E,
         budget: usize,
     ) -> Result<(usize, bool), DriverError> {
-        match self {
-            XdpPath::Session(p) => p.receive(ep, budget),
-            XdpPath::Workers(p) => p.receive(ep, budget),
+        let r = match &mut self.kind {
+            PathKind::Session(p) => p.receive(ep, budget),
+            PathKind::Workers(p) => p.receive(ep, budget),
+        };
+        if matches!(r, Ok((n, _)) if n > 0) {
+            self.marks.first_rx();
         }
+        r
     }
     fn wait(&mut self, d: Duration) -> Result<(), DriverError> {
-        match self {
-            XdpPath::Session(p) => p.wait(d),
-            XdpPath::Workers(p) => p.wait(d),
+        match &mut self.kind {
+            PathKind::Session(p) => p.wait(d),
+            PathKind::Workers(p) => p.wait(d),
         }
     }
     fn flush(&mut self) {
-        match self {
-            XdpPath::Session(p) => p.flush(),
-            XdpPath::Workers(p) => p.flush(),
+        match &mut self.kind {
+            PathKind::Session(p) => p.flush(),
+            PathKind::Workers(p) => p.flush(),
         }
     }
     fn peer(&self) -> Option<SocketAddr> {
-        match self {
-            XdpPath::Session(p) => p.peer(),
-            XdpPath::Workers(p) => p.peer(),
+        match &self.kind {
+            PathKind::Session(p) => p.peer(),
+            PathKind::Workers(p) => p.peer(),
         }
     }
 }
@@ -404,35 +474,39 @@ impl XdpSender {
     /// Resolve the addresses (the interface's MAC and IPv4, the peer's MAC), attach and
     /// bind. Run in the network namespace of `cfg.link.iface`.
     pub fn open(cfg: XdpSendConfig) -> Result<Self, XdpError> {
-        let iface = &cfg.link.iface;
-        let netdev = |what, source| XdpError::Netdev {
-            what,
-            iface: iface.clone(),
-            source,
+        let marks = StartMarks::new("send", cfg.origin);
+        let resolve = |marks: &StartMarks| -> Result<Flow, XdpError> {
+            let iface = &cfg.link.iface;
+            let netdev = |what, source| XdpError::Netdev {
+                what,
+                iface: iface.clone(),
+                source,
+            };
+            let src_mac = iface_mac(iface).map_err(|e| netdev("MAC address", e))?;
+            let src_ip = iface_ipv4(iface).map_err(|e| netdev("IPv4 address", e))?;
+            let dst_mac = match cfg.dst_mac {
+                Some(m) => m,
+                None => resolve_mac(cfg.dst, iface).map_err(|e| netdev("the peer's MAC", e))?,
+            };
+            marks.mark("addresses resolved");
+            let hdr = Addrs {
+                src_mac,
+                dst_mac,
+                vlan: None,
+                src_ip,
+                dst_ip: cfg.dst,
+                src_port: cfg.link.port,
+                dst_port: cfg.link.port,
+            };
+            Ok(Flow::sender(
+                hdr,
+                cfg.link.spread,
+                cfg.link.ports,
+                cfg.mtu,
+                random_u64() as u16,
+            ))
         };
-        let src_mac = iface_mac(iface).map_err(|e| netdev("MAC address", e))?;
-        let src_ip = iface_ipv4(iface).map_err(|e| netdev("IPv4 address", e))?;
-        let dst_mac = match cfg.dst_mac {
-            Some(m) => m,
-            None => resolve_mac(cfg.dst, iface).map_err(|e| netdev("the peer's MAC", e))?,
-        };
-        let hdr = Addrs {
-            src_mac,
-            dst_mac,
-            vlan: None,
-            src_ip,
-            dst_ip: cfg.dst,
-            src_port: cfg.link.port,
-            dst_port: cfg.link.port,
-        };
-        let flow = Flow::sender(
-            hdr,
-            cfg.link.spread,
-            cfg.link.ports,
-            cfg.mtu,
-            random_u64() as u16,
-        );
-        let side = Side::open(&cfg.link, cfg.mtu, flow)?;
+        let side = Side::open(&cfg.link, cfg.mtu, resolve, marks)?;
         Ok(XdpSender { cfg, side })
     }
 
@@ -475,8 +549,16 @@ impl XdpReceiver {
     /// Attach and bind. Run in the network namespace of `cfg.link.iface`.
     pub fn bind(cfg: XdpRecvConfig) -> Result<Self, XdpError> {
         let l = &cfg.link;
-        let flow = Flow::receiver(l.spread, l.port, l.ports, cfg.mtu, random_u64() as u16);
-        let side = Side::open(l, cfg.mtu, flow)?;
+        let flow = |_: &StartMarks| {
+            Ok(Flow::receiver(
+                l.spread,
+                l.port,
+                l.ports,
+                cfg.mtu,
+                random_u64() as u16,
+            ))
+        };
+        let side = Side::open(l, cfg.mtu, flow, StartMarks::new("recv", cfg.origin))?;
         Ok(XdpReceiver { cfg, side })
     }
 
@@ -526,5 +608,53 @@ impl XdpReceiver {
         let report = self.side.report();
         drop(self.side);
         Side::finish(report, r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 2 KiB frame carries a 1500-MTU frame plus the XDP headroom; what no longer fits a
+    /// 2 KiB frame fits the default 4 KiB one; beyond that the error names the sizes.
+    #[test]
+    fn mtu_against_frame_sizes() {
+        assert_eq!(SMALL_XSK.frame_size, 2048);
+        SMALL_XSK.validate().unwrap();
+        assert!(fits(1500, &SMALL_XSK), "1500 + headers must fit 2048 - 256");
+        assert!(2048 > 1514 + 256);
+        let max_small = SMALL_XSK.max_frame_len() - stack::overhead(None);
+        assert!(fits(max_small, &SMALL_XSK));
+        assert!(!fits(max_small + 1, &SMALL_XSK));
+        assert!(fits(max_small + 1, &XskConfig::default()));
+        let max_big = XskConfig::default().max_frame_len() - stack::overhead(None);
+        assert_eq!(max_big, 3798, "the MtuTooLarge text names this limit");
+        assert!(!fits(max_big + 1, &XskConfig::default()));
+        let e = XdpError::MtuTooLarge {
+            mtu: 9000,
+            frame_size: 4096,
+            usable: 3840,
+            need: 9042,
+        }
+        .to_string();
+        assert!(
+            e.contains("MTU 9000") && e.contains("9042") && e.contains("3840"),
+            "{e}"
+        );
+        assert!(e.contains("lower --mtu"), "{e}");
+    }
+
+    /// The small UMEM differs from the default only in its frame size (and so its bytes).
+    #[test]
+    fn small_umem_is_the_default_in_2k_frames() {
+        let d = XskConfig::default();
+        assert_eq!(
+            XskConfig {
+                frame_size: 2048,
+                ..d
+            },
+            SMALL_XSK
+        );
+        assert_eq!(SMALL_XSK.umem_bytes() * 2, d.umem_bytes());
     }
 }

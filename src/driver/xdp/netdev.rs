@@ -83,7 +83,8 @@ pub fn resolve_mac(ip: Ipv4Addr, iface: &str) -> io::Result<[u8; 6]> {
         if let Some(m) = arp_lookup(ip, iface) {
             return Ok(m);
         }
-        std::thread::sleep(Duration::from_millis(10));
+        // The reply takes about a round trip: look again soon (a read of /proc/net/arp).
+        std::thread::sleep(Duration::from_millis(1));
     }
     Err(io::Error::new(
         io::ErrorKind::NotFound,
