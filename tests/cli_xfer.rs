@@ -162,9 +162,11 @@ fn a_snapshot_mismatch_is_refused_on_both_sides() {
     let m = d.path().join("m.jsonl");
     let keys = KeyFiles::create(d.path());
     let (rx, port, err) = start_recv(&theirs, &out, &m, &keys.recv_flags());
+    // The receiver's key from a known-receivers file (the most specific line wins: its
+    // IP:PORT line over `*`): the handshake completes, then the snapshots differ.
     let s = pfs()
         .arg("send")
-        .args(keys.send_flags())
+        .args(keys.send_flags_known(&format!("127.0.0.1:{port}")))
         .args([
             "--transport",
             "udp",

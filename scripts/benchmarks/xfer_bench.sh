@@ -3,8 +3,11 @@
 # namespaces, every figure measured here, printed as one table.
 #
 #   scripts/benchmarks/xfer_bench.sh [--random-mb N] [--covered-mb N] [--snap-mb N]
-#                                    [--secs S] [--rate R] [--queues Q] [--metrics FILE]
+#                                    [--secs S] [--rate R] [--queues Q] [--metrics FILE] [--security-only]
 #
+# Every pfs run uses keys (scripts/keys.sh); the raw AF_XDP and UDP rows are repeated with
+# --insecure on both sides, and the goal lines compare them (channel cost, goal >= 90%).
+# --security-only runs just those four rows, interleaved, twice.
 # Unshaped: pfs over AF_XDP with a random file the snapshot does not cover (raw goodput),
 # pfs over the kernel UDP driver (same file), iperf3 UDP (1472 B datagrams) and TCP, and the
 # plain AF_XDP blast (examples/xsk_blast, 1514 B frames = pfs frames at MTU 1500).
@@ -27,6 +30,7 @@ secs=5
 rate=1gbit
 queues=2
 metrics=""
+security_only=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --random-mb) random_mb=$2; shift 2 ;;
@@ -36,7 +40,8 @@ while [ $# -gt 0 ]; do
         --rate) rate=$2; shift 2 ;;
         --queues) queues=$2; shift 2 ;;
         --metrics) metrics=$2; shift 2 ;;
-        *) sed -n '4,5p' "$0" | sed 's/^# *//' >&2; exit 2 ;;
+        --security-only) security_only=1; shift ;;
+        *) sed -n '5,6p' "$0" | sed 's/^# *//' >&2; exit 2 ;;
     esac
 done
 
@@ -78,6 +83,14 @@ dd if="$work/snap/snapshot.bin" of="$work/covered.bin" bs=1M skip=1 count="$cove
 cp "$new" "$work/$(basename "$new")"
 release="$work/$(basename "$new")"
 
+# Keys for every pfs run (scripts/keys.sh); `insecure=1` makes a run plaintext (the
+# --insecure rows beside the keyed ones: the cost of the channel, measured in the same run).
+source scripts/keys.sh
+pfs_keys "$pfs" "$work/keys"
+KEYED_SEND=("${SEND_KEYS[@]}")
+KEYED_RECV=("${RECV_KEYS[@]}")
+insecure=0
+
 json() { python3 -c "import json,sys; d=json.loads(open(sys.argv[1]).read().splitlines()[-1]); print($2)" "$1"; }
 
 rows=()
@@ -91,14 +104,16 @@ pfs_run() {
     local transport=$1 label=$2 file=$3
     shift 3
     local out="$work/out-$RANDOM" m="$work/m-$RANDOM.jsonl" log="$work/recv-$RANDOM.log"
+    local skeys=("${KEYED_SEND[@]}") rkeys=("${KEYED_RECV[@]}")
+    if [ "$insecure" = 1 ]; then skeys=(--insecure); rkeys=(--insecure); fi
     inB "$pfs" recv --transport "$transport" --iface "$B" --listen "$ipB" --snapshot "$work/snap" \
-        --out-dir "$out" --metrics "$m.recv" --timeout 60 "${recv_extra[@]}" >"$log" 2>&1 &
+        --out-dir "$out" --metrics "$m.recv" --timeout 60 "${rkeys[@]}" "${recv_extra[@]}" >"$log" 2>&1 &
     local rpid=$!
     pids+=("$rpid")
     for _ in $(seq 1 300); do grep -q '^listening' "$log" && break; sleep 0.1; done
     # Planning happens before the timed transfer (the summary's time is the session's).
     inA "$pfs" send --transport "$transport" --iface "$A" --dst "$ipB" --snapshot "$work/snap" \
-        --metrics "$m" "$@" "$file" >"$log.send" 2>&1 || { cat "$log.send" "$log" >&2; exit 1; }
+        --metrics "$m" "${skeys[@]}" "$@" "$file" >"$log.send" 2>&1 || { cat "$log.send" "$log" >&2; exit 1; }
     wait "$rpid" || { cat "$log" >&2; exit 1; }
     cmp -s "$file" "$out/$(basename "$file")" || { echo "$label: received file differs" >&2; exit 1; }
     local mode
@@ -147,6 +162,38 @@ EOF
     fig[$label.gbps]=$g
 }
 
+# The channel's cost: keyed against --insecure, on the session's file bytes per second (the
+# goodput; the wire column also counts retransmissions) and on the wire rate.
+sec_goal() {
+    python3 - "${fig[$1.eff]}" "${fig[$1, --insecure.eff]}" "${fig[$2.eff]}" "${fig[$2, --insecure.eff]}" \
+        "${fig[$1.gp]}" "${fig[$1, --insecure.gp]}" "${fig[$2.gp]}" "${fig[$2, --insecure.gp]}" <<'EOF'
+import sys
+x, xi, u, ui, xg, xgi, ug, ugi = map(float, sys.argv[1:])
+for name, k, i, kg, ig in (("AF_XDP", x, xi, xg, xgi), ("UDP", u, ui, ug, ugi)):
+    r = k / i if i > 0 else 0
+    print(f"encryption cost over {name}: keyed {k:.3f} Gb/s of file bytes vs --insecure {i:.3f} = {r:.2f} (wire rate {kg:.3f} vs {ig:.3f}); goal >= 0.90: {'met' if r >= 0.9 else 'NOT met'}")
+EOF
+}
+
+if [ "$security_only" = 1 ]; then
+    # Keyed and --insecure rows interleaved, twice: the channel's cost with less drift.
+    for round in 1 2; do
+        raw="pfs AF_XDP, random ${random_mb} MiB (raw), round $round"
+        rawu="pfs UDP driver, random ${random_mb} MiB (raw), round $round"
+        pfs_run xdp "$raw" "$work/random.bin"
+        insecure=1; pfs_run xdp "$raw, --insecure" "$work/random.bin"; insecure=0
+        pfs_run udp "$rawu" "$work/random.bin"
+        insecure=1; pfs_run udp "$rawu, --insecure" "$work/random.bin"; insecure=0
+    done
+    echo
+    echo "veth pair, ${queues} queue(s), MTU 1500, $(nproc) cores; $(date -u +%FT%TZ)"
+    printf '%s\n' "${rows[@]}"
+    for round in 1 2; do
+        sec_goal "pfs AF_XDP, random ${random_mb} MiB (raw), round $round" "pfs UDP driver, random ${random_mb} MiB (raw), round $round"
+    done
+    exit 0
+fi
+
 echo "unshaped runs ..." >&2
 pfs_run xdp "pfs AF_XDP, random ${random_mb} MiB (raw)" "$work/random.bin"
 # the other thread model than --xdp-threads auto picks on this machine, measured in the same run
@@ -156,6 +203,11 @@ recv_extra=(--xdp-threads session)
 pfs_run xdp "pfs AF_XDP, random ${random_mb} MiB (raw), --xdp-threads session" "$work/random.bin" --xdp-threads session
 recv_extra=()
 pfs_run udp "pfs UDP driver, random ${random_mb} MiB (raw)" "$work/random.bin"
+# The same two transfers in plaintext: the channel's cost (goal: keyed >= 90% of these).
+insecure=1
+pfs_run xdp "pfs AF_XDP, random ${random_mb} MiB (raw), --insecure" "$work/random.bin"
+pfs_run udp "pfs UDP driver, random ${random_mb} MiB (raw), --insecure" "$work/random.bin"
+insecure=0
 iperf_run "iperf3 UDP, 1472 B datagrams" -u -b 0 -l 1472
 iperf_run "iperf3 TCP"
 blast_frames=$((queues * 400000))
@@ -199,6 +251,8 @@ cv="pfs AF_XDP @${rate}, covered ${covered_mb} MiB"
 cvs="$cv, recv --sync off"
 rps="pfs AF_XDP @${rate}, release pair, recv --sync off"
 raw="pfs AF_XDP, random ${random_mb} MiB (raw)"
+rawu="pfs UDP driver, random ${random_mb} MiB (raw)"
+sec_goal "$raw" "$rawu"
 python3 - "${fig[$raw.gp]}" "${fig[$raw.kpps]}" "${fig[iperf3 UDP, 1472 B datagrams.gbps]}" <<'EOF'
 import sys
 gp, kpps, udp = map(float, sys.argv[1:])

@@ -309,6 +309,10 @@ pub struct RecvArgs {
     /// Testing: drop this many parts per million of PacketFS frames in the XDP program.
     #[arg(long, default_value_t = 0, hide = true)]
     impair_drop_ppm: u32,
+    /// Testing: flip one bit in this many parts per million of PacketFS frames in the XDP
+    /// program (tampering: a keyed receiver drops them at the tag).
+    #[arg(long, default_value_t = 0, hide = true)]
+    impair_flip_ppm: u32,
     /// Make each file durable (msync + fsync) before renaming it into place. `off` skips the
     /// disk flush (faster; a crash right after a rename may lose pages never written back)
     /// [default: on].
@@ -346,7 +350,7 @@ pub struct RecvArgs {
 
 impl RecvArgs {
     /// The flags given, as a partial configuration.
-    fn into_config(self) -> (Option<PathBuf>, u32, PfsConfig) {
+    fn into_config(self) -> (Option<PathBuf>, (u32, u32), PfsConfig) {
         let mut c = PfsConfig {
             transport: self.transport,
             interface: self.iface,
@@ -369,7 +373,7 @@ impl RecvArgs {
         };
         self.xdp.into_config(&mut c);
         self.keys.into_config(&mut c);
-        (self.config, self.impair_drop_ppm, c)
+        (self.config, (self.impair_drop_ppm, self.impair_flip_ppm), c)
     }
 }
 
@@ -761,7 +765,7 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
     // Where recv's start-up marks count from (`pfs -vv`).
     let origin = Instant::now();
     let cancel = cancel_on_signals()?;
-    let (config, impair_drop_ppm, flags) = a.into_config();
+    let (config, (impair_drop_ppm, impair_flip_ppm), flags) = a.into_config();
     let c = merged(config.as_deref(), flags)?;
     let out_dir = c
         .out_dir
@@ -813,6 +817,7 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
             };
             let mut link = xdp_link(&c, iface, port);
             link.impair_drop_ppm = impair_drop_ppm;
+            link.impair_flip_ppm = impair_flip_ppm;
             Some(xdp::XdpRecvConfig {
                 link,
                 out_dir: out_dir.clone(),

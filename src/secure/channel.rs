@@ -406,7 +406,7 @@ impl Opener {
         enum Which {
             Cur,
             Prev,
-            Next(PhaseKey),
+            Next(Box<PhaseKey>),
         }
         let which = if phase == self.phase {
             Which::Cur
@@ -415,7 +415,7 @@ impl Opener {
         {
             Which::Prev
         } else {
-            Which::Next(self.cur.next())
+            Which::Next(Box::new(self.cur.next()))
         };
         let key = match &which {
             Which::Cur => &self.cur.key,
@@ -431,7 +431,7 @@ impl Opener {
         }
         self.window.update(seq);
         if let Which::Next(k) = which {
-            let old = std::mem::replace(&mut self.cur, k);
+            let old = std::mem::replace(&mut self.cur, *k);
             self.prev = Some((old, now + self.cfg.prev_key_grace));
             self.phase = phase;
             self.phase_first = seq;
@@ -443,6 +443,12 @@ impl Opener {
         Ok(total)
     }
 }
+
+// The channel's lengths are the wire's.
+const _: () = assert!(INIT_NOISE_LEN == crate::wire::payload::INIT_NOISE_LEN);
+const _: () = assert!(MAC_LEN == crate::wire::payload::INIT_MAC_LEN);
+const _: () = assert!(RESP_NOISE_LEN == crate::wire::payload::RESP_NOISE_LEN);
+const _: () = assert!(TAG_LEN == crate::wire::pfs::SEALED_TAG_LEN as usize);
 
 #[cfg(test)]
 mod tests {
@@ -609,8 +615,3 @@ mod tests {
         assert!(ct_eq(&mac1(&k1, b"h", b"m"), &mac1(&k1, b"h", b"m")));
     }
 }
-
-const _: () = assert!(INIT_NOISE_LEN == crate::wire::payload::INIT_NOISE_LEN);
-const _: () = assert!(MAC_LEN == crate::wire::payload::INIT_MAC_LEN);
-const _: () = assert!(RESP_NOISE_LEN == crate::wire::payload::RESP_NOISE_LEN);
-const _: () = assert!(TAG_LEN == crate::wire::pfs::SEALED_TAG_LEN as usize);

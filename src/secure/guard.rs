@@ -169,6 +169,9 @@ impl<E: Guarded + ?Sized> Guarded for &mut E {
     }
 }
 
+/// Most source addresses the init rate limiter keeps a bucket for.
+const MAX_BUCKETS: usize = 4096;
+
 /// A token bucket per source address for handshake inits.
 struct InitLimiter {
     rate: f64,
@@ -177,13 +180,19 @@ struct InitLimiter {
 }
 
 impl InitLimiter {
-    fn allow(&mut self, src: Option<IpAddr>, now: Instant) -> bool {
-        if self.buckets.len() > 4096 {
-            // Bounded memory under a spoofed-source flood: forget full buckets.
+    fn allow(&mut self, mut src: Option<IpAddr>, now: Instant) -> bool {
+        if self.buckets.len() >= MAX_BUCKETS && !self.buckets.contains_key(&src) {
+            // Bounded memory under a spoofed-source flood: forget the buckets that have
+            // refilled (their sources are quiet); if that frees nothing, new sources share
+            // one overflow bucket.
             let (rate, burst) = (self.rate, self.burst);
-            self.buckets.retain(|_, (tokens, t)| {
-                *tokens + now.saturating_duration_since(*t).as_secs_f64() * rate < burst
+            self.buckets.retain(|k, (tokens, t)| {
+                k.is_none()
+                    || *tokens + now.saturating_duration_since(*t).as_secs_f64() * rate < burst
             });
+            if self.buckets.len() >= MAX_BUCKETS {
+                src = None;
+            }
         }
         let (tokens, t) = self.buckets.entry(src).or_insert((self.burst, now));
         *tokens =
@@ -784,3 +793,30 @@ impl<S: crate::proto::FileSink> Guarded for crate::proto::Receiver<'_, S> {
 
 impl Guarded for crate::proto::Sender {}
 impl Guarded for crate::prepare::stream::Feed {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_limiter_per_source_and_bounded() {
+        let t = Instant::now();
+        let mut l = InitLimiter {
+            rate: 20.0,
+            burst: 40.0,
+            buckets: HashMap::new(),
+        };
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!((0..100).filter(|_| l.allow(Some(a), t)).count(), 40);
+        // Another source has its own bucket; the first refills at 20/s.
+        assert!(l.allow(Some(b), t));
+        let later = t + Duration::from_millis(500);
+        assert_eq!((0..100).filter(|_| l.allow(Some(a), later)).count(), 10);
+        // A flood from many sources keeps the map bounded.
+        for i in 0..20_000u32 {
+            l.allow(Some(IpAddr::from(i.to_be_bytes())), later);
+        }
+        assert!(l.buckets.len() <= MAX_BUCKETS + 1, "{}", l.buckets.len());
+    }
+}

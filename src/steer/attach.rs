@@ -281,11 +281,19 @@ impl Steering {
 
     /// Drops `drop_ppm` parts per million of PacketFS frames on receive (0 turns it off).
     pub fn set_impairment(&mut self, drop_ppm: u32) -> Result<(), SteerError> {
-        if drop_ppm > PPM {
-            return Err(SteerError::BadDropRate(drop_ppm));
+        self.set_impairments(drop_ppm, 0)
+    }
+
+    /// Drops `drop_ppm` and flips one bit (40 bytes into the UDP payload) in `flip_ppm`
+    /// parts per million of PacketFS frames on receive (0 turns each off).
+    pub fn set_impairments(&mut self, drop_ppm: u32, flip_ppm: u32) -> Result<(), SteerError> {
+        for r in [drop_ppm, flip_ppm] {
+            if r > PPM {
+                return Err(SteerError::BadDropRate(r));
+            }
         }
         let mut map: Array<&mut MapData, ImpairConfig> = self.map_mut(MAP_IMPAIR)?;
-        map.set(0, ImpairConfig { drop_ppm }, 0)
+        map.set(0, ImpairConfig { drop_ppm, flip_ppm }, 0)
             .map_err(map_err(MAP_IMPAIR))
     }
 

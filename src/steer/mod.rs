@@ -107,6 +107,8 @@ pub struct Counters {
     pub no_socket: u64,
     /// PacketFS frames dropped by the impairment mode.
     pub impaired_drop: u64,
+    /// PacketFS frames with a bit flipped by the impairment mode (still steered).
+    pub impaired_flip: u64,
 }
 
 impl Counters {
@@ -118,6 +120,7 @@ impl Counters {
             Counter::Malformed => self.malformed,
             Counter::NoSocket => self.no_socket,
             Counter::ImpairedDrop => self.impaired_drop,
+            Counter::ImpairedFlip => self.impaired_flip,
         }
     }
 
@@ -128,6 +131,7 @@ impl Counters {
             Counter::Malformed => self.malformed = v,
             Counter::NoSocket => self.no_socket = v,
             Counter::ImpairedDrop => self.impaired_drop = v,
+            Counter::ImpairedFlip => self.impaired_flip = v,
         }
     }
 
@@ -272,6 +276,7 @@ mod tests {
             malformed: 0,
             no_socket: 2,
             impaired_drop: 1,
+            impaired_flip: 0,
         };
         assert_eq!(a.packetfs_frames(), 13);
         let b = Counters { steered: 4, ..a };
@@ -279,7 +284,7 @@ mod tests {
         assert_eq!(b.since(&a).steered, 0);
         assert_eq!(
             a.to_string(),
-            "steered=10 passed=3 malformed=0 no_socket=2 impaired_drop=1"
+            "steered=10 passed=3 malformed=0 no_socket=2 impaired_drop=1 impaired_flip=0"
         );
     }
 

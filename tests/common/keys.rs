@@ -92,6 +92,29 @@ impl KeyFiles {
         ]
     }
 
+    /// `pfs send` flags naming the receiver through a known-receivers file (written in the
+    /// sender key's directory): `ADDR PUB` for `addr`, and a wrong key for everyone else.
+    pub fn send_flags_known(&self, addr: &str) -> Vec<String> {
+        let dir = self.sender_key.parent().unwrap();
+        let path = dir.join("known_receivers");
+        let other = Identity::from_secret([0x5e; 32]).public();
+        std::fs::write(
+            &path,
+            format!(
+                "* {}\n{addr} {}\n",
+                other.to_base64(),
+                self.receiver_pub.to_base64()
+            ),
+        )
+        .unwrap();
+        vec![
+            "--identity".into(),
+            self.sender_key.display().to_string(),
+            "--known-receivers".into(),
+            path.display().to_string(),
+        ]
+    }
+
     /// `pfs recv` flags.
     pub fn recv_flags(&self) -> Vec<String> {
         vec![

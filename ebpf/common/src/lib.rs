@@ -38,6 +38,8 @@ pub enum Counter {
     NoSocket = 3,
     /// PacketFS frames dropped on purpose by the impairment mode.
     ImpairedDrop = 4,
+    /// PacketFS frames with one bit flipped on purpose by the impairment mode.
+    ImpairedFlip = 5,
 }
 
 impl Counter {
@@ -48,6 +50,7 @@ impl Counter {
         Counter::Malformed,
         Counter::NoSocket,
         Counter::ImpairedDrop,
+        Counter::ImpairedFlip,
     ];
 
     /// The counter's index in [`MAP_COUNTERS`].
@@ -63,12 +66,13 @@ impl Counter {
             Counter::Malformed => "malformed",
             Counter::NoSocket => "no_socket",
             Counter::ImpairedDrop => "impaired_drop",
+            Counter::ImpairedFlip => "impaired_flip",
         }
     }
 }
 
 /// Number of entries in [`MAP_COUNTERS`].
-pub const COUNTER_COUNT: u32 = 5;
+pub const COUNTER_COUNT: u32 = 6;
 
 /// The UDP destination ports steered to AF_XDP: `first..=last`, host byte order.
 ///
@@ -103,12 +107,19 @@ impl PortRange {
     }
 }
 
-/// Receive-side impairment: drop this fraction of PacketFS frames (for loss tests).
+/// Receive-side impairment: drop this fraction of PacketFS frames (for loss tests), and flip
+/// one bit in this fraction of the others (for tamper tests).
+
+/// Where the impairment flips a bit: this many bytes into the UDP payload (the PacketFS
+/// header is 32 bytes: byte 40 lies in the payload of any frame that has 8 bytes of it).
+pub const FLIP_AT: usize = 40;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ImpairConfig {
     /// Drop probability in parts per million (0 = off, 1_000_000 = drop all).
     pub drop_ppm: u32,
+    /// Probability of flipping one bit (at [`FLIP_AT`]), in parts per million.
+    pub flip_ppm: u32,
 }
 
 impl ImpairConfig {
@@ -118,6 +129,12 @@ impl ImpairConfig {
     #[inline(always)]
     pub const fn drops(&self, rand: u32) -> bool {
         (((rand as u64) * (PPM as u64)) >> 32) < self.drop_ppm as u64
+    }
+
+    /// Whether a frame with the random draw `rand` gets a bit flipped.
+    #[inline(always)]
+    pub const fn flips(&self, rand: u32) -> bool {
+        (((rand as u64) * (PPM as u64)) >> 32) < self.flip_ppm as u64
     }
 }
 
@@ -129,7 +146,7 @@ mod user {
     unsafe impl aya::Pod for super::ImpairConfig {}
 
     const _: () = assert!(core::mem::size_of::<super::PortRange>() == 4);
-    const _: () = assert!(core::mem::size_of::<super::ImpairConfig>() == 4);
+    const _: () = assert!(core::mem::size_of::<super::ImpairConfig>() == 8);
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray, XskMap},
     programs::XdpContext,
 };
-use packetfs_common::{Counter, ImpairConfig, PortRange, COUNTER_COUNT, MAX_QUEUES};
+use packetfs_common::{Counter, ImpairConfig, PortRange, COUNTER_COUNT, FLIP_AT, MAX_QUEUES};
 
 // Map statics are named exactly as the MAP_* constants of packetfs-common (the macro takes
 // the symbol name as the map name); `packetfs::steer` checks them in the object it embeds.
@@ -55,7 +55,7 @@ pub fn pfs_steer(ctx: XdpContext) -> u32 {
 }
 
 fn try_steer(ctx: &XdpContext) -> Result<u32, Truncated> {
-    let Some(port) = packetfs_dst_port(ctx)? else {
+    let Some((port, payload_off)) = packetfs_dst_port(ctx)? else {
         count(Counter::Passed);
         return Ok(xdp_action::XDP_PASS);
     };
@@ -73,6 +73,17 @@ fn try_steer(ctx: &XdpContext) -> Result<u32, Truncated> {
         if impair.drop_ppm != 0 && impair.drops(unsafe { bpf_get_prandom_u32() }) {
             count(Counter::ImpairedDrop);
             return Ok(xdp_action::XDP_DROP);
+        }
+        // Safety: as above.
+        if impair.flip_ppm != 0 && impair.flips(unsafe { bpf_get_prandom_u32() }) {
+            let at = payload_off + FLIP_AT;
+            let (start, end) = (ctx.data(), ctx.data_end());
+            if start + at + 1 <= end {
+                // Safety: the check above keeps the byte inside the frame, which this
+                // program may write (XDP frames are writable).
+                unsafe { *((start + at) as *mut u8) ^= 0x10 };
+                count(Counter::ImpairedFlip);
+            }
         }
     }
 
@@ -92,9 +103,10 @@ fn try_steer(ctx: &XdpContext) -> Result<u32, Truncated> {
     }
 }
 
-/// The UDP destination port (host order) of an IPv4 UDP frame, `None` for any other frame.
+/// The UDP destination port (host order) of an IPv4 UDP frame and where its payload starts,
+/// `None` for any other frame.
 #[inline(always)]
-fn packetfs_dst_port(ctx: &XdpContext) -> Result<Option<u16>, Truncated> {
+fn packetfs_dst_port(ctx: &XdpContext) -> Result<Option<(u16, usize)>, Truncated> {
     let mut off = ETH_HLEN;
     let mut ethertype = u16::from_be(read::<u16>(ctx, 12)?);
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
@@ -120,7 +132,7 @@ fn packetfs_dst_port(ctx: &XdpContext) -> Result<Option<u16>, Truncated> {
     // The whole UDP header must be present, then the destination port is at +2.
     let _: [u8; UDP_HLEN] = read(ctx, off)?;
     let dport = u16::from_be(read::<u16>(ctx, off + 2)?);
-    Ok(Some(dport))
+    Ok(Some((dport, off + UDP_HLEN)))
 }
 
 /// A pointer to a `T` at `offset` bytes into the frame, if the frame holds all of it.

@@ -42,7 +42,7 @@ impl XdpIo {
         queues: &[u32],
         ports: PortRange,
         mode: XdpMode,
-        impair_drop_ppm: u32,
+        (impair_drop_ppm, impair_flip_ppm): (u32, u32),
         xc: &XskConfig,
         marks: &StartMarks,
     ) -> Result<Self, XdpError> {
@@ -73,8 +73,8 @@ impl XdpIo {
                 let mut steer = loaded.attach(iface, mode)?;
                 marks.mark(format_args!("link attached ({} mode)", steer.mode()));
                 steer.set_ports(ports)?;
-                if impair_drop_ppm > 0 {
-                    steer.set_impairment(impair_drop_ppm)?;
+                if impair_drop_ppm > 0 || impair_flip_ppm > 0 {
+                    steer.set_impairments(impair_drop_ppm, impair_flip_ppm)?;
                 }
                 Ok(steer)
             })();

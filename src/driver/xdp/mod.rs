@@ -105,6 +105,8 @@ pub struct XdpLink {
     pub xsk: XskConfig,
     /// Receive-side loss injection in parts per million (tests; 0 = off).
     pub impair_drop_ppm: u32,
+    /// Testing: flip a bit in this many parts per million of received PacketFS frames.
+    pub impair_flip_ppm: u32,
     /// Pin the session thread to this core (core_affinity).
     pub cpu: Option<usize>,
     /// Threads: one worker per queue or the session thread alone (default: auto).
@@ -124,6 +126,7 @@ impl XdpLink {
             xdp_mode: XdpMode::Auto,
             xsk: XskConfig::default(),
             impair_drop_ppm: 0,
+            impair_flip_ppm: 0,
             cpu: None,
             threads: Threads::Auto,
             cpus: Vec::new(),
@@ -259,7 +262,7 @@ impl Side {
                 &queues,
                 PortRange::new(link.port, link.ports),
                 link.xdp_mode,
-                link.impair_drop_ppm,
+                (link.impair_drop_ppm, link.impair_flip_ppm),
                 &xc,
                 &marks,
             );
