@@ -179,6 +179,12 @@ fn a_senders_files_land_beneath_its_dir_and_a_symlinked_dir_is_refused() {
     assert!(!s.status.success(), "the sender must fail: {serr}");
     assert!(!r.status.success(), "the receiver must fail: {rerr}");
     assert!(rerr.contains("symbolic link"), "receiver: {rerr}");
+    // the receiver still answers the handshake and refuses the session with a reason: the
+    // sender hears it instead of waiting for a handshake that never completes
+    assert!(
+        !serr.contains("handshake") && serr.contains("receiver"),
+        "the sender should report the receiver's refusal: {serr}"
+    );
     assert!(!serr.contains("panicked") && !rerr.contains("panicked"));
     assert!(tree(&outside).is_empty(), "{:?}", tree(&outside));
 }

@@ -518,6 +518,8 @@ impl SendSession {
         }
         proto.max_datagram =
             Guard::<crate::proto::Sender>::inner_datagram(&security, datagram_for_mtu(mtu));
+        // sealed frames carry no CRC: the sender does not compute one only to have it zeroed
+        proto.frame_crc = matches!(security, Security::Insecure);
         proto.rate = rate.or(proto.rate);
         let session_id = proto.session_id;
         let t = Instant::now();

@@ -125,6 +125,9 @@ pub struct SenderConfig {
     /// How packed streams are cut and compressed.
     pub pack_opts: crate::blueprint::block::EncodeOptions,
     pub timing: Timing,
+    /// Fill the CRC32C of data frames. Off when a wrapper seals every frame (the AEAD tag
+    /// covers each byte and the sealed header carries CRC 0): one pass over each payload less.
+    pub frame_crc: bool,
 }
 
 /// Which files a sender packs (`--pack`, `pack`).
@@ -158,6 +161,7 @@ impl Default for SenderConfig {
             pack: PackPolicy::Auto,
             pack_opts: Default::default(),
             timing: Timing::default(),
+            frame_crc: true,
         }
     }
 }

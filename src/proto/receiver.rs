@@ -53,6 +53,8 @@ pub struct Receiver<'s, S: FileSink> {
     assembly: Assembly,
     acks: Acks,
     last_heard: Option<Instant>,
+    /// Set by [`Receiver::refuse`]: the session is answered with this reason at its Hello.
+    refusal: Option<Reason>,
     life: Lifecycle,
     stats: Stats,
 }
@@ -72,6 +74,7 @@ impl<'s, S: FileSink> Receiver<'s, S> {
             manifest: Manifest::default(),
             assembly: Assembly::default(),
             last_heard: None,
+            refusal: None,
             life: Lifecycle::new(),
             stats: Stats::default(),
         }
@@ -104,6 +107,12 @@ impl<'s, S: FileSink> Receiver<'s, S> {
         if let Some(m) = max_total {
             self.cfg.max_total_size = self.cfg.max_total_size.min(m);
         }
+    }
+
+    /// Refuse this session: its Hello is answered with an Abort carrying `reason` (e.g. the
+    /// sender's directory could not be prepared), so the sender learns why at once.
+    pub fn refuse(&mut self, reason: Reason) {
+        self.refusal.get_or_insert(reason);
     }
 
     pub fn sink_mut(&mut self) -> &mut S {
@@ -154,6 +163,9 @@ impl<'s, S: FileSink> Receiver<'s, S> {
     }
 
     fn on_hello(&mut self, now: Instant, h: Hello) {
+        if let Some(r) = self.refusal.clone() {
+            return self.fail(now, r);
+        }
         if h.snapshot_id != self.snapshot_id {
             return self.fail(
                 now,

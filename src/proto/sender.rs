@@ -262,7 +262,12 @@ impl Sender {
             payload_len: plen as u16,
         };
         let n = repr.buffer_len();
-        repr.emit(&mut pfs::Packet::new_unchecked(&mut buf[..n]));
+        let mut p = pfs::Packet::new_unchecked(&mut buf[..n]);
+        if self.cfg.frame_crc {
+            repr.emit(&mut p);
+        } else {
+            repr.emit_header(&mut p);
+        }
         if repair {
             self.stats.repair_frames += 1;
             self.stats.repair_bytes += carried;

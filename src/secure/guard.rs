@@ -157,7 +157,8 @@ impl SecuritySummary {
 /// What the Guard asks of the endpoint it wraps beyond [`Endpoint`].
 pub trait Guarded: Endpoint {
     /// The receiver authenticated the sender: apply its policy (limits, sub-directory)
-    /// before the sender's Hello is read.
+    /// before the sender's Hello is read. On an error the endpoint refuses the session itself
+    /// (answering the Hello with a reason); the Guard logs the error and keeps the channel.
     fn apply_policy(&mut self, _policy: &SenderPolicy) -> Result<(), String> {
         Ok(())
     }
@@ -517,11 +518,12 @@ impl<E: Guarded> Guard<E> {
         if first {
             self.peer = Some((policy.name.clone(), peer));
             if let Err(e) = self.inner.apply_policy(&policy) {
+                // the handshake is still answered: the inner endpoint refuses the session at
+                // its Hello with a reason, so the sender hears why instead of timing out
                 tracing::warn!(
                     "sender {}: its policy could not be applied: {e}",
                     policy.name
                 );
-                self.fail(Reason::Io);
             }
         }
     }
@@ -783,9 +785,10 @@ impl<S: crate::proto::FileSink> Guarded for crate::proto::Receiver<'_, S> {
     fn apply_policy(&mut self, policy: &SenderPolicy) -> Result<(), String> {
         self.limit_sizes(policy.max_file, policy.max_session);
         if let Some(dir) = &policy.dir {
-            self.sink_mut()
-                .confine_to(dir)
-                .map_err(|e| format!("{}: {e}", dir.display()))?;
+            if let Err(e) = self.sink_mut().confine_to(dir) {
+                self.refuse(Reason::Io);
+                return Err(format!("{}: {e}", dir.display()));
+            }
         }
         Ok(())
     }

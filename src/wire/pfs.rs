@@ -271,6 +271,13 @@ impl Repr {
 
     /// Write the header and the CRC32C over it and the payload already in the buffer.
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, p: &mut Packet<T>) {
+        self.emit_header(p);
+        p.fill_crc();
+    }
+
+    /// Write the header with CRC 0, for a frame that is sealed next (the tag authenticates
+    /// every byte; a sealed frame's CRC field is 0 and not checked).
+    pub fn emit_header<T: AsRef<[u8]> + AsMut<[u8]>>(&self, p: &mut Packet<T>) {
         p.set_magic();
         p.set_version(VERSION);
         p.set_frame_type(self.frame_type);
@@ -280,7 +287,7 @@ impl Repr {
         p.set_payload_len(self.payload_len);
         p.set_tag_len(0);
         p.set_reserved(0);
-        p.fill_crc();
+        p.set_crc(0);
     }
 }
 
@@ -369,5 +376,25 @@ mod tests {
         let mut s3 = s.clone();
         s3[26] = 8;
         assert_eq!(parse(&s3), Err(Error::Malformed));
+    }
+
+    #[test]
+    fn emit_header_leaves_the_crc_to_the_sealer() {
+        let repr = Repr {
+            frame_type: FrameType::Data,
+            flags: FLAG_REPAIR,
+            session: 0x0102_0304_0506_0708,
+            seq: 77,
+            payload_len: 5,
+        };
+        let mut a = vec![0xeeu8; HEADER_LEN + 5];
+        let mut b = a.clone();
+        repr.emit(&mut Packet::new_unchecked(&mut a[..]));
+        repr.emit_header(&mut Packet::new_unchecked(&mut b[..]));
+        // same header but for the CRC field, which emit_header leaves 0
+        assert_eq!(a[..28], b[..28]);
+        assert_eq!(b[28..32], [0; 4]);
+        assert!(Packet::new_unchecked(&a[..]).verify_crc());
+        assert!(!Packet::new_unchecked(&b[..]).verify_crc());
     }
 }
