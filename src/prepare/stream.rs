@@ -213,6 +213,9 @@ fn raw_window(
     encode_window(raw, start, o)
 }
 
+/// Bytes of a window the literal-cost estimate compresses.
+const WINDOW_SAMPLE: usize = 256 << 10;
+
 /// The blocks of one window: planned and packed, or raw if that is not smaller than the
 /// allowance lets through.
 fn pack_window(
@@ -223,7 +226,12 @@ fn pack_window(
     o: &StreamOptions,
     f: &StreamFile,
 ) -> Result<Vec<u8>, StreamError> {
-    let planned = plan::plan(window, snap, idx, &Hints::default(), &o.plan).map_err(|source| {
+    // the literal price from a 256 KiB sample of the window (plan would take 2 MiB)
+    let mut cfg = o.plan.clone();
+    if cfg.cost.raw_bits_per_byte.is_none() {
+        cfg.cost.raw_bits_per_byte = Some(plan::estimate_raw_bits_within(window, WINDOW_SAMPLE));
+    }
+    let planned = plan::plan(window, snap, idx, &Hints::default(), &cfg).map_err(|source| {
         StreamError::Plan {
             path: f.path.clone(),
             source,
