@@ -31,7 +31,13 @@ impl Notifier {
             })
             .map(|us| Duration::from_micros(us / 2));
         let sock = match path {
-            Some(p) => Some((UnixDatagram::unbound()?, p)),
+            Some(p) => {
+                // Never block the service on a manager that reads slowly (a unix datagram
+                // queue holds few messages): a status line that does not fit is dropped.
+                let s = UnixDatagram::unbound()?;
+                s.set_nonblocking(true)?;
+                Some((s, p))
+            }
             None => None,
         };
         Ok(Notifier { sock, watchdog })
@@ -41,7 +47,8 @@ impl Notifier {
         self.sock.is_some()
     }
 
-    /// Send `state` (newline-separated `KEY=VALUE` lines).
+    /// Send `state` (newline-separated `KEY=VALUE` lines). A full queue at the manager's
+    /// end is an error (`WouldBlock`), never a wait.
     pub fn notify(&self, state: &str) -> io::Result<()> {
         let Some((sock, path)) = &self.sock else {
             return Ok(());

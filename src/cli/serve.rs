@@ -48,6 +48,26 @@ pub fn receiver_config(c: &PfsConfig) -> ReceiverConfig {
     proto
 }
 
+/// `--once` under systemd (`Type=notify`): READY=1 now, and WATCHDOG=1 from a thread of its
+/// own every half `WATCHDOG_USEC` while the one session runs.
+pub fn notify_once_ready() {
+    let Ok(n) = Notifier::from_env() else {
+        return;
+    };
+    if !n.is_active() {
+        return;
+    }
+    let _ = n.notify("READY=1\nSTATUS=one session (--once)");
+    if let Some(every) = n.watchdog {
+        let _ = std::thread::Builder::new()
+            .name("pfs-watchdog".into())
+            .spawn(move || loop {
+                let _ = n.notify("WATCHDOG=1");
+                std::thread::sleep(every);
+            });
+    }
+}
+
 /// SIGTERM/SIGINT set `stop`, SIGHUP sets `reload`.
 pub fn control_on_signals() -> anyhow::Result<Control> {
     let ctl = Control::default();

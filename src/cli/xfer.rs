@@ -904,6 +904,7 @@ serving many senders at once"
                 snap.backing_name(),
                 out_dir.display()
             );
+            super::serve::notify_once_ready();
             r.run(snap.id, snap.bytes(), &cancel, &mut on)
         }
         Some(r) => {
@@ -922,6 +923,7 @@ serving many senders at once"
                 out_dir.display()
             );
             xdp::marks::mark("recv", origin, "listening");
+            super::serve::notify_once_ready();
             with_report(r.run(snap.id, snap.bytes(), &cancel, &mut on), &mut report)?
         }
     };
