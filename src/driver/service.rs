@@ -10,9 +10,9 @@
 //!
 //! A session that ends (finished, aborted, timed out) leaves the table; its summary goes to
 //! [`ServiceHooks::session_ended`] and into the [`Live`] counters (the Prometheus
-//! endpoint's source). The secure channel's per-source init rate limit and its
-//! newest-timestamp-per-sender rule are kept here across sessions (each Guard's own only
-//! sees its session).
+//! endpoint's source). The secure channel's per-source init rate limit and its replay rule
+//! for inits ([`InitHistory`]) are kept here across sessions (each Guard's own only sees
+//! its session).
 //!
 //! Stopping ([`Control::stop`], SIGTERM/SIGINT): no new sessions; running ones get
 //! `grace` to finish, then are cancelled (the peer is told, the receiver aborts) and the
@@ -237,6 +237,34 @@ impl OpenLimiter {
     }
 }
 
+/// How far back (ns) init timestamps of one sender are remembered: an init older than the
+/// newest accepted from its key by more than this is refused outright.
+const INIT_WINDOW_NS: u64 = 120_000_000_000;
+
+/// The init timestamps accepted per sender key, across sessions. One sender may run several
+/// sessions at once (its inits may arrive out of order), so the rule is not "newer than the
+/// last" (a one-session Guard's) but "not seen before, and not older than the newest by more
+/// than [`INIT_WINDOW_NS`]": a replayed init opens no second session, and memory stays
+/// bounded by the sessions of one window.
+#[derive(Default)]
+struct InitHistory {
+    keys: HashMap<PublicKey, (u64, std::collections::BTreeSet<u64>)>,
+}
+
+impl InitHistory {
+    fn admit(&mut self, key: PublicKey, ts: u64) -> bool {
+        let (newest, seen) = self.keys.entry(key).or_default();
+        if seen.contains(&ts) || ts.saturating_add(INIT_WINDOW_NS) < *newest {
+            return false;
+        }
+        seen.insert(ts);
+        *newest = (*newest).max(ts);
+        let floor = newest.saturating_sub(INIT_WINDOW_NS);
+        *seen = seen.split_off(&floor);
+        true
+    }
+}
+
 /// One session of the service.
 struct Sess<'a> {
     guard: Guard<Receiver<'a, MmapSink>>,
@@ -312,7 +340,7 @@ impl UdpService {
             burst: guard_base.init_burst,
             buckets: HashMap::new(),
         };
-        let mut newest_init: HashMap<PublicKey, u64> = HashMap::new();
+        let mut inits = InitHistory::default();
         let mut stopping: Option<Instant> = None;
         let mut cancelled = false;
         let mut rbuf = vec![0u8; 65_536];
@@ -445,11 +473,10 @@ impl UdpService {
                             continue;
                         }
                         if let Some((key, ts)) = guard.accepted_init() {
-                            if newest_init.get(&key).is_some_and(|&t| ts <= t) {
+                            if !inits.admit(key, ts) {
                                 add(&live.refused_replayed_init, 1);
                                 continue;
                             }
-                            newest_init.insert(key, ts);
                         }
                         let id = header.map_or(0, |h| h.session);
                         let mut marks = Marks::new(now);
@@ -528,5 +555,31 @@ impl UdpService {
             sender,
             result: r,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_history_takes_out_of_order_inits_once_each() {
+        let k = crate::secure::Identity::generate().unwrap().public();
+        let mut h = InitHistory::default();
+        let s = 1_000_000_000u64;
+        assert!(h.admit(k, 100 * s));
+        // A concurrent session's init, made earlier, arriving later: accepted.
+        assert!(h.admit(k, 99 * s));
+        // Replays of either: refused.
+        assert!(!h.admit(k, 100 * s));
+        assert!(!h.admit(k, 99 * s));
+        // Far older than the newest: refused without being remembered.
+        assert!(h.admit(k, 300 * s));
+        assert!(!h.admit(k, 150 * s));
+        assert!(h.admit(k, 200 * s));
+        // Memory: only the window is kept.
+        assert!(h.keys[&k].1.iter().all(|&t| t + INIT_WINDOW_NS >= 300 * s));
+        let other = crate::secure::Identity::generate().unwrap().public();
+        assert!(h.admit(other, 100 * s));
     }
 }

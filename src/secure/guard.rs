@@ -323,8 +323,8 @@ impl<E: Guarded> Guard<E> {
         s
     }
     /// Receiver: the sender key and timestamp of the init this Guard answered (a service
-    /// holding many Guards keeps the newest timestamp per key across sessions: a replayed
-    /// init opens no second session).
+    /// holding many Guards keeps the timestamps per key across sessions: a replayed init
+    /// opens no second session).
     pub fn accepted_init(&self) -> Option<(PublicKey, u64)> {
         let Mode::Receiver(r) = &self.mode else {
             return None;
