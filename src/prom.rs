@@ -134,12 +134,14 @@ pub fn parse(text: &str) -> Result<BTreeMap<String, f64>, String> {
                 None => return Err(format!("line {}: no value: {line:?}", n + 1)),
             },
         };
-        let name_ok = key.split('{').next().is_some_and(|nm| {
-            !nm.is_empty()
-                && nm
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-        });
+        let name = key.split('{').next().unwrap_or("");
+        let name_ok = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':');
         if !name_ok {
             return Err(format!("line {}: bad metric name: {line:?}", n + 1));
         }
