@@ -64,7 +64,7 @@ cleanup() { bash scripts/netns.sh down "$ns" >/dev/null 2>&1 || true; }
 trap cleanup EXIT INT TERM
 bash scripts/netns.sh up "$ns" --queues 2
 dst=$(ip -n "${ns}b" -4 -o addr show dev "${ns}b" | awk '{print $4}' | cut -d/ -f1)
-ip netns exec "${ns}b" "$pfs" recv --transport "$transport" --iface "${ns}b" \
+ip netns exec "${ns}b" "$pfs" recv --once --transport "$transport" --iface "${ns}b" \
     --snapshot "$snap" "${RECV_KEYS[@]}" --out-dir "$work/recv" --timeout 60 --metrics "$metrics" \
     > "$work/recv.log" 2>&1 &
 rpid=$!

@@ -51,7 +51,7 @@ bash scripts/netns.sh up "$ns" --queues 2 >/dev/null
 dst=$(ip netns exec "${ns}b" ip -4 -o addr show dev "${ns}b" | awk '{print $4}' | cut -d/ -f1)
 echo "quickstart: veth pair ${ns}a <-> ${ns}b, receiver at $dst, transport $transport"
 
-ip netns exec "${ns}b" "$pfs" recv --transport "$transport" --iface "${ns}b" --snapshot "$snap" \
+ip netns exec "${ns}b" "$pfs" recv --once --transport "$transport" --iface "${ns}b" --snapshot "$snap" \
     "${RECV_KEYS[@]}" --out-dir "$work/recv" --timeout 60 > "$work/recv.log" 2>&1 &
 rpid=$!
 sleep 1

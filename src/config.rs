@@ -87,6 +87,17 @@ pub struct PfsConfig {
     pub psk_file: Option<PathBuf>,
     /// Plaintext, unauthenticated frames (both sides must say so).
     pub insecure: Option<bool>,
+    /// Receiver: serve one session and exit (off: run as a service until stopped).
+    pub once: Option<bool>,
+    /// Receiver service: most sessions at once (opening frames beyond are dropped, counted).
+    pub max_sessions: Option<usize>,
+    /// Receiver: most bytes one session may hold in reassembly buffers (packed streams,
+    /// streamed windows); the service's bound is `max-sessions` times this.
+    pub session_memory: Option<u64>,
+    /// Receiver service: seconds running sessions get to finish after SIGTERM/SIGINT.
+    pub grace: Option<u64>,
+    /// Receiver service: serve Prometheus metrics at `IP:PORT` (GET /metrics).
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +122,12 @@ pub enum ConfigError {
 pub const MAX_MTU: usize = 9216;
 /// The smallest IPv4 MTU.
 pub const MIN_MTU: usize = 576;
+/// The default per-session reassembly bound (`session-memory`): the receiver's
+/// `max_packed_total`.
+pub const DEFAULT_SESSION_MEMORY: u64 = 1 << 30;
+/// The smallest `session-memory` accepted (a streamed file's window holds up to two of the
+/// largest blocks, 64 MiB by default: below that, large streamed files are refused).
+pub const MIN_SESSION_MEMORY: u64 = 1 << 20;
 
 impl PfsConfig {
     /// Parses TOML text; `origin` names the source in errors.
@@ -178,6 +195,25 @@ impl PfsConfig {
         if let Some(0) = self.max_file_size {
             return Err(bad("max-file-size", "must be at least 1".into()));
         }
+        if let Some(0) = self.max_sessions {
+            return Err(bad("max-sessions", "must be at least 1".into()));
+        }
+        if let Some(m) = self.session_memory {
+            if m < MIN_SESSION_MEMORY {
+                return Err(bad(
+                    "session-memory",
+                    format!("{m} is below the minimum of {MIN_SESSION_MEMORY} bytes"),
+                ));
+            }
+        }
+        if let Some(l) = &self.metrics_listen {
+            if l.parse::<std::net::SocketAddr>().is_err() {
+                return Err(bad(
+                    "metrics-listen",
+                    format!("{l:?} is not IP:PORT (e.g. \"127.0.0.1:9477\")"),
+                ));
+            }
+        }
         if let Some(l) = &self.listen {
             if l.parse::<std::net::IpAddr>().is_err() {
                 return Err(bad("listen", format!("{l:?} is not an IP address")));
@@ -229,7 +265,12 @@ impl PfsConfig {
             known_receivers,
             authorized_senders,
             psk_file,
-            insecure
+            insecure,
+            once,
+            max_sessions,
+            session_memory,
+            grace,
+            metrics_listen
         )
     }
 
@@ -253,6 +294,10 @@ impl PfsConfig {
             pack: Some(PackPolicy::Auto),
             level: Some(crate::blueprint::Level::Fast),
             sync: Some(true),
+            once: Some(false),
+            max_sessions: Some(64),
+            session_memory: Some(DEFAULT_SESSION_MEMORY),
+            grace: Some(30),
             ..PfsConfig::default()
         }
     }

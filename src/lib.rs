@@ -19,6 +19,8 @@
 //! | [`host`]      | structured checks of what the host offers (`pfs doctor`, auto-picks)      |
 //! | [`shm`]       | the shared-memory descriptor ring and its benchmark                       |
 //! | [`metrics`]   | JSON-lines metrics log                                                    |
+//! | [`notify`]    | systemd notifications (READY, STATUS, WATCHDOG, STOPPING)                 |
+//! | [`prom`]      | Prometheus text exposition, the /metrics server thread, a parser          |
 //! | [`config`]    | the appliance file `config/pfs.toml`: parse, validate, flags override it  |
 //!
 //! Everything here is a library; the `pfs` binary (`src/cli`) is the only place that prints
@@ -38,9 +40,11 @@ pub mod fsink;
 pub mod host;
 pub mod index;
 pub mod metrics;
+pub mod notify;
 pub mod plan;
 pub mod pob;
 pub mod prepare;
+pub mod prom;
 pub mod proto;
 pub mod secure;
 pub mod shm;

@@ -53,7 +53,7 @@ fn config_file_drives_send_and_recv_and_flags_override_it() {
     )
     .unwrap();
     let mut r = pfs()
-        .arg("recv")
+        .args(["recv", "--once"])
         .arg("--config")
         .arg(d.join("recv.toml"))
         .args(["--port", "0", "--timeout", "30"])

@@ -51,7 +51,14 @@ fn start_recv(
     extra: &[&str],
 ) -> (Child, u16, String, BufReader<std::process::ChildStderr>) {
     let mut c = pfs()
-        .args(["recv", "--transport", "udp", "--listen", "127.0.0.1"])
+        .args([
+            "recv",
+            "--once",
+            "--transport",
+            "udp",
+            "--listen",
+            "127.0.0.1",
+        ])
         .args(["--port", "0", "--timeout", "30", "--snapshot", snap])
         .args(plaintext())
         .args(extra)

@@ -49,7 +49,7 @@ fn start_recv_timeout(
     timeout: &str,
 ) -> (Child, u16, BufReader<std::process::ChildStderr>) {
     let mut c = pfs()
-        .arg("recv")
+        .args(["recv", "--once"])
         .args(keys)
         .args([
             "--transport",

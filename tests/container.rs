@@ -247,6 +247,7 @@ fn recv_in_a_capability_limited_container() {
         .args([
             &image,
             "recv",
+            "--once",
             "--identity",
             "/keys/receiver.key",
             "--authorized-senders",

@@ -94,7 +94,7 @@ struct RecvProc {
 impl RecvProc {
     fn spawn(pair: &NetnsPair, args: &[String]) -> RecvProc {
         let mut child = Command::new("ip")
-            .args(["netns", "exec", &pair.ns(Side::B), PFS, "recv"])
+            .args(["netns", "exec", &pair.ns(Side::B), PFS, "recv", "--once"])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

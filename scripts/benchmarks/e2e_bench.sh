@@ -137,7 +137,7 @@ pfs_once() {
     local label=$1 file=$2 sync=$3
     local out="$work/out-$RANDOM$RANDOM" m="$work/m-$RANDOM.jsonl" log="$work/recv-$RANDOM.log"
     mkdir -p "$out"
-    ip netns exec "$B" "$pfs" recv --transport xdp --iface "$B" --listen "$ipB" --snapshot "$work/snap" \
+    ip netns exec "$B" "$pfs" recv --once --transport xdp --iface "$B" --listen "$ipB" --snapshot "$work/snap" \
         "${RECV_KEYS[@]}" --out-dir "$out" --sync "$sync" --metrics "$m.recv" --timeout 60 >"$log" 2>&1 &
     local rpid=$!
     pids+=("$rpid")

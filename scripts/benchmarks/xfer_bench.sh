@@ -106,7 +106,7 @@ pfs_run() {
     local out="$work/out-$RANDOM" m="$work/m-$RANDOM.jsonl" log="$work/recv-$RANDOM.log"
     local skeys=("${KEYED_SEND[@]}") rkeys=("${KEYED_RECV[@]}")
     if [ "$insecure" = 1 ]; then skeys=(--insecure); rkeys=(--insecure); fi
-    inB "$pfs" recv --transport "$transport" --iface "$B" --listen "$ipB" --snapshot "$work/snap" \
+    inB "$pfs" recv --once --transport "$transport" --iface "$B" --listen "$ipB" --snapshot "$work/snap" \
         --out-dir "$out" --metrics "$m.recv" --timeout 60 "${rkeys[@]}" "${recv_extra[@]}" >"$log" 2>&1 &
     local rpid=$!
     pids+=("$rpid")

@@ -100,7 +100,7 @@ for transport in $transports; do
                 log="$work/recv.log"
                 rm -rf "$out" "$work/m.send" "$log.listen"
                 (python3 scripts/benchmarks/listen_time.py "$log" -- \
-                    ip netns exec "$B" "$pfs" recv --transport "$transport" --iface "$B" --listen "$ipB" \
+                    ip netns exec "$B" "$pfs" recv --once --transport "$transport" --iface "$B" --listen "$ipB" \
                     --snapshot "$work/snap" "${RECV_KEYS[@]}" --out-dir "$out" --metrics "$work/m.recv" --timeout 60
                  now >"$log.end") &
                 rpid=$!

@@ -52,7 +52,7 @@ now() { date +%s.%N; }
 for i in $(seq 1 "$runs"); do
     out="$work/out$i"
     log="$work/recv$i.log"
-    (ip netns exec "$B" "$pfs" recv --transport "$transport" --iface "$B" --listen "$ipB" \
+    (ip netns exec "$B" "$pfs" recv --once --transport "$transport" --iface "$B" --listen "$ipB" \
         --snapshot "$work/snap" "${RECV_KEYS[@]}" --out-dir "$out" --metrics "$work/m.recv" --timeout 60 >"$log" 2>&1
      now >"$log.end") &
     rpid=$!

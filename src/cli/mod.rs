@@ -4,6 +4,7 @@ mod bench;
 mod codec;
 mod doctor;
 mod keys;
+mod serve;
 mod xfer;
 
 use clap::{Parser, Subcommand};

@@ -106,7 +106,7 @@ fn sender_security(c: &PfsConfig, dst: SocketAddr) -> anyhow::Result<Security> {
 }
 
 /// The receiver's protection from the merged configuration.
-fn receiver_security(c: &PfsConfig) -> anyhow::Result<Security> {
+pub(super) fn receiver_security(c: &PfsConfig) -> anyhow::Result<Security> {
     if c.insecure == Some(true) {
         return Ok(Security::Insecure);
     }
@@ -346,6 +346,25 @@ pub struct RecvArgs {
     /// [max-session=SIZE]` lines; every other sender gets no answer at all.
     #[arg(long)]
     authorized_senders: Option<PathBuf>,
+    /// Serve one session and exit (scripts). Without it, pfs recv runs until SIGTERM/SIGINT
+    /// and serves many senders at once (SIGHUP reloads the config and authorized senders).
+    #[arg(long)]
+    once: bool,
+    /// Most sessions at once (service); new handshakes beyond it are dropped and counted
+    /// [default: 64].
+    #[arg(long)]
+    max_sessions: Option<usize>,
+    /// Most bytes one session may hold in reassembly buffers (packed streams, streamed
+    /// windows); the service holds at most max-sessions times this [default: 1 GiB].
+    #[arg(long)]
+    session_memory: Option<u64>,
+    /// Seconds running sessions get to finish after SIGTERM/SIGINT before they are
+    /// aborted [default: 30].
+    #[arg(long)]
+    grace: Option<u64>,
+    /// Serve Prometheus metrics on IP:PORT (GET /metrics), e.g. 127.0.0.1:9477.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
 }
 
 impl RecvArgs {
@@ -369,6 +388,11 @@ impl RecvArgs {
             hugepages: self.hugepages,
             sync: self.sync.map(|s| s == OnOff::On),
             authorized_senders: self.authorized_senders,
+            once: self.once.then_some(true),
+            max_sessions: self.max_sessions,
+            session_memory: self.session_memory,
+            grace: self.grace,
+            metrics_listen: self.metrics_listen.map(|a| a.to_string()),
             ..Default::default()
         };
         self.xdp.into_config(&mut c);
@@ -379,7 +403,7 @@ impl RecvArgs {
 
 /// The configuration a command runs with: the built-in defaults, under `--config FILE`'s
 /// values (when given), under the flags given.
-fn merged(file: Option<&Path>, flags: PfsConfig) -> anyhow::Result<PfsConfig> {
+pub(super) fn merged(file: Option<&Path>, flags: PfsConfig) -> anyhow::Result<PfsConfig> {
     let base = match file {
         Some(path) => PfsConfig::defaults().overlay(PfsConfig::load(path)?),
         None => PfsConfig::defaults(),
@@ -765,8 +789,11 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
     // Where recv's start-up marks count from (`pfs -vv`).
     let origin = Instant::now();
     let cancel = cancel_on_signals()?;
+    // SIGHUP is caught from the start (a reload for the service, ignored with --once).
+    let ctl = super::serve::control_on_signals()?;
     let (config, (impair_drop_ppm, impair_flip_ppm), flags) = a.into_config();
-    let c = merged(config.as_deref(), flags)?;
+    let c = merged(config.as_deref(), flags.clone())?;
+    let once = c.once.unwrap_or(false);
     let out_dir = c
         .out_dir
         .clone()
@@ -789,10 +816,7 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| packetfs::metrics::DEFAULT_LOG.into());
     let security = receiver_security(&c)?;
-    let mut proto = packetfs::proto::ReceiverConfig::default();
-    proto.max_file_size = c.max_file_size.unwrap_or(proto.max_file_size);
-    proto.durable = c.sync.unwrap_or(true);
-    proto.overwrite = c.overwrite.unwrap_or(false);
+    let proto = super::serve::receiver_config(&c);
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let stale = packetfs::fsink::remove_stale_temps(&out_dir)
         .with_context(|| format!("clearing stale temporary files in {}", out_dir.display()))?;
@@ -809,6 +833,13 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let transport = pick_transport(c.transport.unwrap_or_default(), c.interface.as_deref());
+    if transport == Transport::Xdp && !once {
+        bail!(
+            "the AF_XDP receiver serves one session at a time in this build: pass --once \
+(config `once = true`) for one AF_XDP session, or --transport udp to run pfs recv as a service \
+serving many senders at once"
+        );
+    }
     let listen_timeout = c.timeout.filter(|t| *t > 0).map(Duration::from_secs);
     let xdp_cfg = match transport {
         Transport::Xdp => {
@@ -859,6 +890,18 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
             cfg.proto = proto;
             cfg.listen_timeout = listen_timeout;
             cfg.security = security.clone();
+            if !once {
+                let args = super::serve::ServeArgs {
+                    config_path: config.clone(),
+                    flags,
+                    config: c.clone(),
+                    recv: cfg,
+                    metrics_log: metrics,
+                    snap_name: snap_name.to_string(),
+                    snap_backing: snap.backing_name().to_string(),
+                };
+                return super::serve::run(args, &ctl, snap.id, snap.bytes());
+            }
             let r = udp::UdpReceiver::bind(cfg)?;
             eprintln!(
                 "listening on udp {} with snapshot {snap_name} ({}), writing to {}",
@@ -866,6 +909,7 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
                 snap.backing_name(),
                 out_dir.display()
             );
+            super::serve::notify_once_ready();
             r.run(snap.id, snap.bytes(), &cancel, &mut on)
         }
         Some(r) => {
@@ -884,6 +928,7 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
                 out_dir.display()
             );
             xdp::marks::mark("recv", origin, "listening");
+            super::serve::notify_once_ready();
             with_report(r.run(snap.id, snap.bytes(), &cancel, &mut on), &mut report)?
         }
     };

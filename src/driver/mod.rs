@@ -3,6 +3,8 @@
 //!
 //! - [`session`]: the session core. The one drive loop, its clock rule, the summaries, the
 //!   driver error and `run_sender` / `run_receiver`, generic over [`session::FramePath`].
+//! - [`service`]: `pfs recv` as a service: many sessions at once over one socket, in a
+//!   [`crate::proto::table::Table`], with stop/grace, reload and live counters.
 //! - [`udp`]: the kernel UDP socket as a frame path (`--transport udp`).
 //! - [`xdp`]: AF_XDP sockets behind the XDP steering program (`--transport xdp`), with two
 //!   frame paths: the session thread owning every socket, or one worker thread per queue.
@@ -17,6 +19,7 @@
 //! the output file's memory map).
 
 pub mod options;
+pub mod service;
 pub mod session;
 pub mod udp;
 pub mod xdp;

@@ -118,7 +118,8 @@ pub struct Marks {
 }
 
 impl Marks {
-    fn new(now: Instant) -> Self {
+    /// Marks of a loop starting at `now`.
+    pub fn new(now: Instant) -> Self {
         Marks {
             start: now,
             first_sent: None,
@@ -684,7 +685,8 @@ pub fn run_receiver<P: FramePath + ?Sized>(
     recv_summary(receiver, path.peer(), &marks, sec, outcome)
 }
 
-fn recv_summary(
+/// The summary of a receiver whose loop left `marks` (its outcome decides Ok or the error).
+pub(crate) fn recv_summary(
     receiver: &Receiver<'_, MmapSink>,
     peer: Option<SocketAddr>,
     marks: &Marks,

@@ -100,6 +100,17 @@ impl UdpIo {
         self.peer
     }
 
+    /// Address what follows to `peer` (the service sends each session's datagrams to its
+    /// own peer through one socket).
+    pub fn set_peer(&mut self, peer: Option<SocketAddr>) {
+        self.peer = peer;
+    }
+
+    /// The source of the datagram received last.
+    pub fn last_from(&self) -> Option<SocketAddr> {
+        self.last_from
+    }
+
     fn set_nonblocking(&mut self, nb: bool) -> io::Result<()> {
         if self.nonblocking != Some(nb) {
             self.sock.set_nonblocking(nb)?;

@@ -39,6 +39,7 @@
 //! | `ack.rs` | the receiver's acknowledgements: ACK/NACK, the reorder window |
 //! | `sink.rs` | the [`FileSink`] trait the receiver writes through (no I/O here: [`crate::fsink`]) |
 //! | `rangeset.rs` | byte-range sets |
+//! | `table.rs` | the receiver service's session table: demux by session id, admission, peers, round-robin order |
 
 mod ack;
 mod assembly;
@@ -50,6 +51,7 @@ pub mod rangeset;
 pub mod receiver;
 pub mod sender;
 pub mod sink;
+pub mod table;
 
 pub use receiver::Receiver;
 pub use sender::{OutgoingFile, SendError, SendFile, Sender};

@@ -332,6 +332,17 @@ impl<E: Guarded> Guard<E> {
         }
         s
     }
+    /// Receiver: the sender key and timestamp of the init this Guard answered (a service
+    /// holding many Guards keeps the timestamps per key across sessions: a replayed init
+    /// opens no second session).
+    pub fn accepted_init(&self) -> Option<(PublicKey, u64)> {
+        let Mode::Receiver(r) = &self.mode else {
+            return None;
+        };
+        let (k, _) = r.bound?;
+        r.last_ts.get(&k).map(|&t| (k, t))
+    }
+
     /// The authenticated peer (name, key), once known.
     pub fn peer(&self) -> Option<&(String, PublicKey)> {
         self.peer.as_ref()
