@@ -331,6 +331,12 @@ impl UdpService {
         let _ = nix::sys::prctl::set_timerslack(1_000);
         let mut proto = self.cfg.recv.proto.clone();
         let mut security = self.cfg.recv.security.clone();
+        // the key of the mac1 check new sessions pass first (None: --insecure)
+        let mac1_key_of = |s: &Security| match s {
+            Security::Receiver(k) => Some(crate::secure::channel::mac1_key(&k.identity.public())),
+            _ => None,
+        };
+        let mut mac1_key = mac1_key_of(&security);
         let guard_base: GuardConfig = self.cfg.recv.guard.clone();
         let mtu = self.cfg.recv.mtu;
         let out_dir = self.cfg.recv.out_dir.clone();
@@ -356,6 +362,7 @@ impl UdpService {
                 if let Some(r) = hooks.reload() {
                     proto = r.proto;
                     security = r.security;
+                    mac1_key = mac1_key_of(&security);
                     table.set_max(r.max_sessions);
                 }
             }
@@ -453,6 +460,13 @@ impl UdpService {
                         }
                     }
                     Route::New => {
+                        // mac1 before anything else: a forged init builds nothing
+                        if let Some(key) = &mac1_key {
+                            if !crate::secure::guard::init_mac1_ok(key, dg) {
+                                add(&live.refused_mac1, 1);
+                                continue;
+                            }
+                        }
                         if !security.is_insecure() && !limiter.allow(from.ip(), now) {
                             add(&live.refused_rate_limited, 1);
                             continue;

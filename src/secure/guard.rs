@@ -263,6 +263,23 @@ pub struct Guard<E: Guarded> {
     hs_seq: u64,
 }
 
+/// Receiver side, before anything is built for a datagram that would open a new session:
+/// true when it is a HandshakeInit whose mac1 matches `mac1_key` (see
+/// [`channel::mac1_key`] of the receiver's public key). A service checks this first, so a
+/// forged init costs a parse and one keyed BLAKE3, not a session's set-up.
+pub fn init_mac1_ok(mac1_key: &[u8; 32], datagram: &[u8]) -> bool {
+    let Ok(frame) = Frame::parse(datagram) else {
+        return false;
+    };
+    let Payload::HandshakeInit(init) = frame.payload else {
+        return false;
+    };
+    let Some(hdr) = datagram.get(..28) else {
+        return false;
+    };
+    channel::ct_eq(&channel::mac1(mac1_key, hdr, init.noise), init.mac1)
+}
+
 impl<E: Guarded> Guard<E> {
     /// Wrap `inner`. A sender's `session` is its session id (the handshake carries it); a
     /// receiver learns it from the init it answers.
@@ -811,6 +828,39 @@ impl Guarded for crate::prepare::stream::Feed {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_services_mac1_precheck_passes_real_inits_only() {
+        let recv = Identity::generate().unwrap();
+        let other = Identity::generate().unwrap();
+        let send = Arc::new(Identity::generate().unwrap());
+        let sender =
+            crate::proto::Sender::new(crate::proto::SenderConfig::default(), [1; 32], vec![])
+                .unwrap();
+        let mut g = Guard::new(
+            sender,
+            Security::Sender(SenderKeys {
+                identity: send,
+                receiver: recv.public(),
+                psk: None,
+            }),
+            Some(7),
+            GuardConfig::default(),
+        );
+        let mut buf = vec![0u8; 1500];
+        let n = g.poll_transmit(Instant::now(), &mut buf).expect("an init");
+        let init = &buf[..n];
+        assert!(init_mac1_ok(&channel::mac1_key(&recv.public()), init));
+        assert!(!init_mac1_ok(&channel::mac1_key(&other.public()), init));
+        let mut flipped = init.to_vec();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        assert!(!init_mac1_ok(&channel::mac1_key(&recv.public()), &flipped));
+        assert!(!init_mac1_ok(
+            &channel::mac1_key(&recv.public()),
+            &init[..20]
+        ));
+    }
 
     #[test]
     fn init_limiter_per_source_and_bounded() {
