@@ -72,7 +72,7 @@ fn session(
     file: &Path,
 ) -> (Output, Output, String) {
     let mut rx = pfs()
-        .args(["recv", "--transport", "udp", "--listen", "127.0.0.1"])
+        .args(["recv", "--once", "--transport", "udp", "--listen", "127.0.0.1"])
         .args(["--port", "0", "--timeout", "30", "--snapshot", snap])
         .arg("--identity")
         .arg(&k.receiver)
