@@ -2,39 +2,16 @@
 //! privileges: file values apply, flags override them, unknown keys are refused by name.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 mod common;
-
-fn pfs() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pfs"))
-}
-
-fn snapshot(dir: &Path) -> String {
-    let p = dir.join("snap");
-    let o = pfs()
-        .args([
-            "snapshot",
-            "build",
-            "--size-mb",
-            "1",
-            "--seed",
-            "5",
-            "--out",
-        ])
-        .arg(&p)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    p.display().to_string()
-}
+use common::cli::{build_snapshot, pfs};
 
 #[test]
 fn config_file_drives_send_and_recv_and_flags_override_it() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let snap = snapshot(d);
+    let snap = build_snapshot(d, "snap", "5");
     let keys = common::keys::KeyFiles::create(d);
     let out = d.join("out");
     // The file says port 1 (privileged, would fail to bind unprivileged) and timeout 1; the

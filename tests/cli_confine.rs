@@ -8,11 +8,10 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
-fn pfs() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pfs"))
-}
+mod common;
+use common::cli::{build_snapshot, pfs};
 
 fn has_key_flags() -> bool {
     let h = pfs().args(["recv", "--help"]).output().unwrap();
@@ -43,25 +42,6 @@ fn keys(dir: &Path) -> Keys {
     }
 }
 
-fn build_snapshot(dir: &Path) -> String {
-    let p = dir.join("snap");
-    let o = pfs()
-        .args([
-            "snapshot",
-            "build",
-            "--size-mb",
-            "1",
-            "--seed",
-            "9",
-            "--out",
-        ])
-        .arg(&p)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    p.to_string_lossy().into_owned()
-}
-
 /// Run one session: the receiver with `authorized` as its authorized-senders file, the
 /// sender sending `file`. Returns both outputs and the receiver's stderr.
 fn session(
@@ -72,7 +52,14 @@ fn session(
     file: &Path,
 ) -> (Output, Output, String) {
     let mut rx = pfs()
-        .args(["recv", "--once", "--transport", "udp", "--listen", "127.0.0.1"])
+        .args([
+            "recv",
+            "--once",
+            "--transport",
+            "udp",
+            "--listen",
+            "127.0.0.1",
+        ])
         .args(["--port", "0", "--timeout", "30", "--snapshot", snap])
         .arg("--identity")
         .arg(&k.receiver)
@@ -143,7 +130,7 @@ fn a_senders_files_land_beneath_its_dir_and_a_symlinked_dir_is_refused() {
         return;
     }
     let d = tempfile::tempdir().unwrap();
-    let snap = build_snapshot(d.path());
+    let snap = build_snapshot(d.path(), "snap", "9");
     let k = keys(d.path());
     let file = d.path().join("notes.txt");
     std::fs::write(&file, b"confined bytes").unwrap();

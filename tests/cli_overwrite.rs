@@ -8,11 +8,10 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 
-fn pfs() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pfs"))
-}
+mod common;
+use common::cli::{build_snapshot, pfs};
 
 /// `["--insecure"]` when this build knows the flag, else nothing.
 fn plaintext() -> Vec<&'static str> {
@@ -22,25 +21,6 @@ fn plaintext() -> Vec<&'static str> {
     } else {
         vec![]
     }
-}
-
-fn build_snapshot(dir: &Path) -> String {
-    let p = dir.join("snap");
-    let o = pfs()
-        .args([
-            "snapshot",
-            "build",
-            "--size-mb",
-            "1",
-            "--seed",
-            "5",
-            "--out",
-        ])
-        .arg(&p)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    p.to_string_lossy().into_owned()
 }
 
 /// Start a receiver on 127.0.0.1 with an OS-chosen port; return it, the port it printed and
@@ -108,7 +88,7 @@ fn finish(c: Child, mut err: BufReader<std::process::ChildStderr>) -> (Output, S
 #[test]
 fn an_existing_file_is_refused_by_name_unless_overwrite_and_stale_temps_are_cleared() {
     let d = tempfile::tempdir().unwrap();
-    let snap = build_snapshot(d.path());
+    let snap = build_snapshot(d.path(), "snap", "5");
     let src = d.path().join("src");
     std::fs::create_dir(&src).unwrap();
     let file = src.join("report.txt");

@@ -3,33 +3,11 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 
 mod common;
+use common::cli::{build_snapshot, pfs};
 use common::keys::KeyFiles;
-
-fn pfs() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pfs"))
-}
-
-fn build_snapshot(dir: &Path, name: &str, seed: &str) -> String {
-    let p = dir.join(name);
-    let o = pfs()
-        .args([
-            "snapshot",
-            "build",
-            "--size-mb",
-            "1",
-            "--seed",
-            seed,
-            "--out",
-        ])
-        .arg(&p)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    p.to_string_lossy().into_owned()
-}
 
 /// Start a receiver on 127.0.0.1 with an OS-chosen port; return it and the port it printed.
 fn start_recv(

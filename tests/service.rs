@@ -11,38 +11,16 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use packetfs::secure::Identity;
 
 mod common;
+use common::cli::{build_snapshot, pfs};
 use common::keys::KeyFiles;
 use common::Rng;
-
-fn pfs() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pfs"))
-}
-
-fn build_snapshot(dir: &Path) -> String {
-    let p = dir.join("snap");
-    let o = pfs()
-        .args([
-            "snapshot",
-            "build",
-            "--size-mb",
-            "1",
-            "--seed",
-            "5",
-            "--out",
-        ])
-        .arg(&p)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    p.to_string_lossy().into_owned()
-}
 
 /// A running `pfs recv` service: its port, its metrics address, its stderr lines.
 struct Service {
@@ -270,7 +248,7 @@ fn notifications(rx: &mpsc::Receiver<String>, until: impl Fn(&str) -> bool) -> V
 #[test]
 fn sequential_and_concurrent_senders_into_one_service_then_sigterm() {
     let d = tempfile::tempdir().unwrap();
-    let snap = build_snapshot(d.path());
+    let snap = build_snapshot(d.path(), "snap", "5");
     let keys = KeyFiles::create(d.path());
     let src = d.path().join("src");
     let out = d.path().join("out");
@@ -393,7 +371,7 @@ fn sequential_and_concurrent_senders_into_one_service_then_sigterm() {
 #[test]
 fn sessions_over_max_sessions_are_refused_and_counted() {
     let d = tempfile::tempdir().unwrap();
-    let snap = build_snapshot(d.path());
+    let snap = build_snapshot(d.path(), "snap", "5");
     let keys = KeyFiles::create(d.path());
     let src = d.path().join("src");
     let out = d.path().join("out");
@@ -445,7 +423,7 @@ fn sessions_over_max_sessions_are_refused_and_counted() {
 #[test]
 fn sighup_reloads_the_authorized_senders_without_dropping_sessions() {
     let d = tempfile::tempdir().unwrap();
-    let snap = build_snapshot(d.path());
+    let snap = build_snapshot(d.path(), "snap", "5");
     let keys = KeyFiles::create(d.path());
     let src = d.path().join("src");
     let out = d.path().join("out");

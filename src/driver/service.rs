@@ -25,10 +25,11 @@ use super::DriverError;
 use crate::fsink::MmapSink;
 use crate::proto::table::{classify, Refusal, Route, Table};
 use crate::proto::{Endpoint, Event, Receiver, ReceiverConfig};
+use crate::secure::guard::InitLimiter;
 use crate::secure::{Guard, GuardConfig, PublicKey, SecStats, Security};
 use serde::Serialize;
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -209,34 +210,6 @@ impl Live {
     }
 }
 
-/// A token bucket per source address for opening frames, kept across sessions.
-struct OpenLimiter {
-    rate: f64,
-    burst: f64,
-    buckets: HashMap<IpAddr, (f64, Instant)>,
-}
-
-impl OpenLimiter {
-    fn allow(&mut self, src: IpAddr, now: Instant) -> bool {
-        if self.buckets.len() > 4096 {
-            let (rate, burst) = (self.rate, self.burst);
-            self.buckets.retain(|_, (tokens, t)| {
-                *tokens + now.saturating_duration_since(*t).as_secs_f64() * rate < burst
-            });
-        }
-        let (tokens, t) = self.buckets.entry(src).or_insert((self.burst, now));
-        *tokens =
-            (*tokens + now.saturating_duration_since(*t).as_secs_f64() * self.rate).min(self.burst);
-        *t = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 /// How far back (ns) init timestamps of one sender are remembered: an init older than the
 /// newest accepted from its key by more than this is refused outright.
 const INIT_WINDOW_NS: u64 = 120_000_000_000;
@@ -341,11 +314,8 @@ impl UdpService {
         let mtu = self.cfg.recv.mtu;
         let out_dir = self.cfg.recv.out_dir.clone();
         let mut table: Table<Sess<'_>> = Table::new(self.cfg.max_sessions);
-        let mut limiter = OpenLimiter {
-            rate: guard_base.init_rate,
-            burst: guard_base.init_burst,
-            buckets: HashMap::new(),
-        };
+        // opening frames per source, kept across sessions
+        let mut limiter = InitLimiter::new(guard_base.init_rate, guard_base.init_burst);
         let mut inits = InitHistory::default();
         let mut stopping: Option<Instant> = None;
         let mut cancelled = false;
@@ -467,7 +437,7 @@ impl UdpService {
                                 continue;
                             }
                         }
-                        if !security.is_insecure() && !limiter.allow(from.ip(), now) {
+                        if !security.is_insecure() && !limiter.allow(Some(from.ip()), now) {
                             add(&live.refused_rate_limited, 1);
                             continue;
                         }

@@ -173,15 +173,26 @@ impl<E: Guarded + ?Sized> Guarded for &mut E {
 /// Most source addresses the init rate limiter keeps a bucket for.
 const MAX_BUCKETS: usize = 4096;
 
-/// A token bucket per source address for handshake inits.
-struct InitLimiter {
+/// A token bucket per source address for handshake inits (a Guard's own, and the receiver
+/// service's across sessions), bounded at [`MAX_BUCKETS`] sources.
+pub(crate) struct InitLimiter {
     rate: f64,
     burst: f64,
     buckets: HashMap<Option<IpAddr>, (f64, Instant)>,
 }
 
 impl InitLimiter {
-    fn allow(&mut self, mut src: Option<IpAddr>, now: Instant) -> bool {
+    /// `rate` inits per second per source, `burst` at once.
+    pub(crate) fn new(rate: f64, burst: f64) -> Self {
+        InitLimiter {
+            rate,
+            burst,
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// Take a token for an init from `src` (None: unknown source); false when it has none.
+    pub(crate) fn allow(&mut self, mut src: Option<IpAddr>, now: Instant) -> bool {
         if self.buckets.len() >= MAX_BUCKETS && !self.buckets.contains_key(&src) {
             // Bounded memory under a spoofed-source flood: forget the buckets that have
             // refilled (their sources are quiet); if that frees nothing, new sources share
@@ -304,11 +315,7 @@ impl<E: Guarded> Guard<E> {
                 Mode::Receiver(Box::new(Responding {
                     mac1_key: channel::mac1_key(&keys.identity.public()),
                     keys,
-                    limiter: InitLimiter {
-                        rate: cfg.init_rate,
-                        burst: cfg.init_burst,
-                        buckets: HashMap::new(),
-                    },
+                    limiter: InitLimiter::new(cfg.init_rate, cfg.init_burst),
                     last_ts: HashMap::new(),
                     bound: None,
                     resp: None,

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: a seeded generator and hand-made blueprints.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod keys;
 pub mod netns;
 pub mod privileged;
