@@ -1244,15 +1244,8 @@ mod tests {
 
     #[test]
     fn literal_cost_estimates_follow_the_data_at_any_budget() {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let noise: Vec<u8> = (0..(4 << 20))
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let mut noise = vec![0u8; 4 << 20];
+        crate::pob::prng::SplitMix64::new(7).fill(&mut noise);
         let text: Vec<u8> = b"the quick brown fox jumps over the lazy dog; "
             .iter()
             .cycle()
