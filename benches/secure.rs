@@ -99,73 +99,62 @@ memcpy of the same bytes twice: {:.0} ns per frame ({:.1}x faster); goal >= 2 M/
     );
 }
 
-/// The AEAD primitive alone, ring against aws-lc-rs (with `--features aws-lc-compare`): seal + open of a 1452-byte payload with
-/// a 32-byte AAD, same key, same machine, same run. Returns ns per seal+open (ring, aws-lc).
-fn aead_libraries() -> (f64, f64) {
-    let key = [3u8; 32];
-    let aad = [9u8; 32];
-    let n = 200_000u64;
-    let mut buf = vec![0u8; 1452 + 16];
-    let ring_ns = {
-        use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
-        let k = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &key).unwrap());
+/// ns per seal + open of a 1452-byte payload with a 32-byte AAD under `$alg` of the crate
+/// `$aead` (ring's and aws-lc-rs's `aead` modules have the same API).
+macro_rules! seal_open_ns {
+    ($aead:path, $alg:expr, $key_len:expr) => {{
+        use $aead as aead;
+        let key = [3u8; 32];
+        let aad = [9u8; 32];
+        let n = 200_000u64;
+        let mut buf = vec![0u8; 1452 + 16];
+        let k = aead::LessSafeKey::new(aead::UnboundKey::new($alg, &key[..$key_len]).unwrap());
         let t = Instant::now();
         for i in 0..n {
             let mut nb = [0u8; 12];
             nb[4..].copy_from_slice(&i.to_le_bytes());
             let tag = k
                 .seal_in_place_separate_tag(
-                    Nonce::assume_unique_for_key(nb),
-                    Aad::from(aad),
+                    aead::Nonce::assume_unique_for_key(nb),
+                    aead::Aad::from(aad),
                     &mut buf[..1452],
                 )
                 .unwrap();
             buf[1452..].copy_from_slice(tag.as_ref());
             black_box(
-                k.open_in_place(Nonce::assume_unique_for_key(nb), Aad::from(aad), &mut buf)
-                    .unwrap(),
+                k.open_in_place(
+                    aead::Nonce::assume_unique_for_key(nb),
+                    aead::Aad::from(aad),
+                    &mut buf,
+                )
+                .unwrap(),
             );
         }
         t.elapsed().as_nanos() as f64 / n as f64
-    };
+    }};
+}
+
+/// The AEAD primitive alone: ring's AES-256-GCM (what the channel uses), next to ring's
+/// AES-128-GCM and ChaCha20-Poly1305 and (with `--features aws-lc-compare`) aws-lc-rs's
+/// AES-256-GCM: seal + open of a 1452-byte payload, same machine, same run.
+fn aead_libraries() {
+    let ring_ns = seal_open_ns!(ring::aead, &ring::aead::AES_256_GCM, 32);
+    let ring128_ns = seal_open_ns!(ring::aead, &ring::aead::AES_128_GCM, 16);
+    let chacha_ns = seal_open_ns!(ring::aead, &ring::aead::CHACHA20_POLY1305, 32);
+    let m = |ns: f64| 1e3 / ns;
     #[cfg(feature = "aws-lc-compare")]
-    let aws_ns = {
-        use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
-        let k = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &key).unwrap());
-        let t = Instant::now();
-        for i in 0..n {
-            let mut nb = [0u8; 12];
-            nb[4..].copy_from_slice(&i.to_le_bytes());
-            let tag = k
-                .seal_in_place_separate_tag(
-                    Nonce::assume_unique_for_key(nb),
-                    Aad::from(aad),
-                    &mut buf[..1452],
-                )
-                .unwrap();
-            buf[1452..].copy_from_slice(tag.as_ref());
-            black_box(
-                k.open_in_place(Nonce::assume_unique_for_key(nb), Aad::from(aad), &mut buf)
-                    .unwrap(),
-            );
-        }
-        t.elapsed().as_nanos() as f64 / n as f64
+    let aws = {
+        let ns = seal_open_ns!(aws_lc_rs::aead, &aws_lc_rs::aead::AES_256_GCM, 32);
+        format!("aws-lc-rs {ns:.0} ns ({:.2} M/s)", m(ns))
     };
     #[cfg(not(feature = "aws-lc-compare"))]
-    let aws_ns = f64::NAN;
-    if aws_ns.is_nan() {
-        println!(
-            "AES-256-GCM seal + open of 1452 B (the primitive alone): ring {ring_ns:.0} ns ({:.2} M/s); aws-lc-rs not built (--features aws-lc-compare)",
-            1e3 / ring_ns
-        );
-    } else {
-        println!(
-            "AES-256-GCM seal + open of 1452 B (the primitive alone): ring {ring_ns:.0} ns ({:.2} M/s), aws-lc-rs {aws_ns:.0} ns ({:.2} M/s)",
-            1e3 / ring_ns,
-            1e3 / aws_ns
-        );
-    }
-    (ring_ns, aws_ns)
+    let aws = "aws-lc-rs not built (--features aws-lc-compare)".to_string();
+    println!(
+        "seal + open of 1452 B, the primitive alone: ring AES-256-GCM {ring_ns:.0} ns ({:.2} M/s); {aws}; ring AES-128-GCM {ring128_ns:.0} ns ({:.2} M/s); ring ChaCha20-Poly1305 {chacha_ns:.0} ns ({:.2} M/s)",
+        m(ring_ns),
+        m(ring128_ns),
+        m(chacha_ns)
+    );
 }
 
 fn handshake_costs() {
