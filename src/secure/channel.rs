@@ -362,6 +362,9 @@ pub struct Opener {
     /// it is late, from the previous key; above it, from the next).
     phase_first: u64,
     prev: Option<(PhaseKey, Instant)>,
+    /// The next phase's key, derived once at the first frame that names it (a forged frame
+    /// of the other phase then costs no key derivation and no AES key schedule).
+    next: Option<Box<PhaseKey>>,
     iv: [u8; 12],
     window: ReplayWindow,
     /// Key phases the peer moved to so far.
@@ -376,6 +379,7 @@ impl Opener {
             phase: 0,
             phase_first: 0,
             prev: None,
+            next: None,
             iv: iv_for(raw),
             window: ReplayWindow::new(),
             rekeys: 0,
@@ -406,7 +410,7 @@ impl Opener {
         enum Which {
             Cur,
             Prev,
-            Next(Box<PhaseKey>),
+            Next,
         }
         let which = if phase == self.phase {
             Which::Cur
@@ -415,12 +419,15 @@ impl Opener {
         {
             Which::Prev
         } else {
-            Which::Next(Box::new(self.cur.next()))
+            Which::Next
         };
         let key = match &which {
             Which::Cur => &self.cur.key,
             Which::Prev => &self.prev.as_ref().unwrap().0.key,
-            Which::Next(k) => &k.key,
+            Which::Next => {
+                let cur = &self.cur;
+                &self.next.get_or_insert_with(|| Box::new(cur.next())).key
+            }
         };
         // On a tag failure ring leaves the payload bytes unspecified: the frame is dropped.
         if key
@@ -430,7 +437,8 @@ impl Opener {
             return Err(ChannelError::Tag);
         }
         self.window.update(seq);
-        if let Which::Next(k) = which {
+        if let Which::Next = which {
+            let k = self.next.take().expect("derived above");
             let old = std::mem::replace(&mut self.cur, *k);
             self.prev = Some((old, now + self.cfg.prev_key_grace));
             self.phase = phase;
