@@ -511,14 +511,18 @@ fn sighup_reloads_the_authorized_senders_without_dropping_sessions() {
     assert!(st.success());
 }
 
+/// The service runs AF_XDP on its one thread: the per-queue workers are refused by name
+/// (before anything is attached), with what to use instead.
 #[test]
-fn xdp_without_once_is_refused_by_name() {
+fn xdp_workers_in_service_mode_are_refused_by_name() {
     let d = tempfile::tempdir().unwrap();
     let o = pfs()
         .args([
             "recv",
             "--transport",
             "xdp",
+            "--xdp-threads",
+            "workers",
             "--iface",
             "lo",
             "--insecure",
@@ -531,7 +535,12 @@ fn xdp_without_once_is_refused_by_name() {
         .unwrap();
     assert!(!o.status.success());
     let e = String::from_utf8_lossy(&o.stderr);
-    assert!(e.contains("--once") && e.contains("--transport udp"), "{e}");
+    assert!(
+        e.contains("--xdp-threads workers")
+            && e.contains("--xdp-threads session")
+            && e.contains("--once"),
+        "{e}"
+    );
 }
 
 #[test]

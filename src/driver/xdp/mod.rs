@@ -46,6 +46,7 @@ pub use error::XdpError;
 pub use netdev::{iface_ipv4, iface_mac, parse_mac, resolve_mac, rx_queue_count};
 pub use report::{QueueStats, WorkerStats, XdpReport};
 
+use super::service::{Service, ServiceConfig};
 use super::session::{
     self, random_u64, DriverError, FramePath, RecvSummary, SendInput, SendSession, SendSummary,
 };
@@ -55,6 +56,7 @@ use crate::steer::{PortRange, XdpMode};
 use crate::wire::stack::{self, Addrs};
 use crate::xsk::{self, XskConfig};
 use flow::Flow;
+pub use io::XdpServiceIo;
 use io::{SessionPath, XdpIo};
 use marks::StartMarks;
 use report::PathStats;
@@ -576,6 +578,26 @@ impl XdpReceiver {
     pub fn xdp_mode(&self) -> (XdpMode, Option<&str>) {
         let s = self.side.io.steering();
         (s.mode(), s.notice())
+    }
+
+    /// The link it was bound with (interface, ports, queues asked for).
+    pub fn link(&self) -> &XdpLink {
+        &self.cfg.link
+    }
+
+    /// Serve many sessions (the receiver service) over these sockets, on the calling
+    /// thread: the program stays attached and the sockets bound until the service drops.
+    /// The session-thread path only ([`XdpError::WorkersInService`] otherwise: ask for
+    /// `Threads::Session` or `Auto` in service mode, which bind picks as the session
+    /// thread).
+    pub fn into_service(self, cfg: ServiceConfig) -> Result<Service<XdpServiceIo>, XdpError> {
+        if self.side.threads == Threads::Workers {
+            return Err(XdpError::WorkersInService);
+        }
+        pin(self.cfg.link.cpu);
+        let reorder = (self.side.io.queues().len() > 1).then_some(REORDER_WINDOW);
+        let Side { io, flow, .. } = self.side;
+        Ok(Service::new(cfg, XdpServiceIo::new(io, flow, reorder)))
     }
 
     /// Receive one session into `cfg.out_dir`.
