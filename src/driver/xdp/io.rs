@@ -26,6 +26,46 @@ use crate::xsk::{self, XskConfig, XskSocket};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
+/// How long a bind waits for the queue's earlier socket to be released (see
+/// [`bind_when_free`]).
+const BIND_BUSY_WAIT: Duration = Duration::from_secs(2);
+
+/// Bind a socket to `iface` queue `q`, waiting up to [`BIND_BUSY_WAIT`] while the queue is
+/// busy: the kernel releases a closed socket's buffer pool from a work queue after its
+/// last fd closes, so a process that starts right after another one on the same interface
+/// (a second `pfs send` from one host, a restarted receiver) may find the queue still held
+/// for a moment (EBUSY). Other errors return at once.
+fn bind_when_free(iface: &str, q: u32, xc: &XskConfig) -> Result<XskSocket, xsk::XskError> {
+    let until = Instant::now() + BIND_BUSY_WAIT;
+    loop {
+        match XskSocket::new(iface, q, xc) {
+            Err(e) if queue_busy(&e) && Instant::now() < until => {
+                tracing::debug!("{iface} queue {q} still held by a closed socket; retrying");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            r => return r,
+        }
+    }
+}
+
+/// Whether a bind failed because the queue is held (EBUSY).
+fn queue_busy(e: &xsk::XskError) -> bool {
+    if !matches!(e, xsk::XskError::Bind { .. }) {
+        return false;
+    }
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if io.raw_os_error() == Some(libc::EBUSY) {
+                return true;
+            }
+        }
+        src = s.source();
+    }
+    // xsk-rs's errors keep the OS error in their text only.
+    e.to_string().contains("(os error 16)")
+}
+
 /// The steering program and the sockets of one side.
 pub struct XdpIo {
     // Field order is drop order: sockets leave the XSKMAP before the program detaches.
@@ -57,7 +97,7 @@ impl XdpIo {
                 .iter()
                 .map(|&q| {
                     let bind = move || {
-                        let s = XskSocket::new(iface, q, xc);
+                        let s = bind_when_free(iface, q, xc);
                         if s.is_ok() {
                             marks.mark(format_args!("socket bound {iface} q{q}"));
                         }
