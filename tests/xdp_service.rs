@@ -339,3 +339,34 @@ fn xdp_service_sequential_and_concurrent_senders_then_sigterm_detaches() {
         "{link}"
     );
 }
+
+/// An error after the program is attached (here: the metrics address cannot be bound)
+/// ends the service with a named error and a non-zero exit, the program detached.
+#[test]
+fn xdp_service_error_after_attach_detaches() {
+    if privileged::skip(&[Need::Xdp]) {
+        return;
+    }
+    let star = NetnsStar::new(1, 2, 1500).expect("namespaces");
+    let d = tempfile::tempdir().unwrap();
+    let snap = common::cli::build_snapshot(d.path(), "snap", "3");
+    let keys = KeyFiles::create(d.path());
+    let ns = star.receiver();
+    let o = Command::new("ip")
+        .args(["netns", "exec", &ns, PFS, "recv", "--transport", "xdp"])
+        .args(["--iface", &ns, "--snapshot", &snap])
+        // TEST-NET-1: not an address of this namespace
+        .args(["--metrics-listen", "192.0.2.1:9464", "--out-dir"])
+        .arg(d.path().join("out"))
+        .arg("--metrics")
+        .arg(d.path().join("m.jsonl"))
+        .args(keys.recv_flags())
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{e}");
+    assert!(e.contains("serving metrics on 192.0.2.1:9464"), "{e}");
+    let i2 = ns.clone();
+    let attached = run_in_ns(&ns, move || packetfs::steer::attached_xdp(&i2).unwrap());
+    assert!(!attached.any(), "still attached: {attached:?}");
+}
