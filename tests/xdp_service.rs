@@ -3,7 +3,9 @@
 //! sender), keys on. Three sequential and two concurrent AF_XDP senders into the one
 //! running receiver: every file bit-exact, the receiver still running after them; its
 //! Prometheus endpoint, scraped during the run, shows per-queue AF_XDP counters that moved;
-//! then SIGTERM -> exit 0 and no XDP program left on the receiver's interface.
+//! then SIGTERM -> exit 0 and no XDP program left on the receiver's interface. SIGINT
+//! during a session with no grace aborts it, exits 0 and detaches; an error after the
+//! attach exits non-zero and detaches.
 //! Skips with a printed reason when not root or when this build has no eBPF object.
 
 mod common;
@@ -33,7 +35,13 @@ struct Receiver {
 }
 
 impl Receiver {
-    fn start(star: &NetnsStar, snap: &Path, out: &Path, keys: &KeyFiles) -> Receiver {
+    fn start(
+        star: &NetnsStar,
+        snap: &Path,
+        out: &Path,
+        keys: &KeyFiles,
+        extra: &[&str],
+    ) -> Receiver {
         let ns = star.receiver();
         let mut child = Command::new("ip")
             .args(["netns", "exec", &ns, PFS, "recv", "--transport", "xdp"])
@@ -46,6 +54,7 @@ impl Receiver {
             .arg("--metrics")
             .arg(out.with_extension("jsonl"))
             .args(keys.recv_flags())
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -137,14 +146,15 @@ impl Receiver {
     }
 
     /// SIGTERM, then its exit status and stdout.
-    fn stop(mut self) -> (std::process::ExitStatus, String) {
+    fn stop(self) -> (std::process::ExitStatus, String) {
+        self.stop_with(nix::sys::signal::SIGTERM)
+    }
+
+    /// `sig`, then its exit status and stdout.
+    fn stop_with(mut self, sig: nix::sys::signal::Signal) -> (std::process::ExitStatus, String) {
         let mut c = self.child.take().unwrap();
         // `ip netns exec` execs pfs: the child's pid is pfs's.
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(c.id() as i32),
-            nix::sys::signal::SIGTERM,
-        )
-        .unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig).unwrap();
         let mut out = String::new();
         c.stdout.take().unwrap().read_to_string(&mut out).unwrap();
         (c.wait().unwrap(), out)
@@ -162,9 +172,21 @@ impl Drop for Receiver {
 
 /// An AF_XDP sender on sender host `i` (its own interface, its own program).
 fn send(star: &NetnsStar, i: usize, snap: &Path, keys: &KeyFiles, file: &Path) -> Child {
+    send_with(star, i, snap, keys, file, &[])
+}
+
+fn send_with(
+    star: &NetnsStar,
+    i: usize,
+    snap: &Path,
+    keys: &KeyFiles,
+    file: &Path,
+    extra: &[&str],
+) -> Child {
     let ns = star.sender(i);
     Command::new("ip")
         .args(["netns", "exec", &ns, PFS, "send", "--transport", "xdp"])
+        .args(extra)
         .args([
             "--iface",
             &ns,
@@ -247,7 +269,7 @@ fn xdp_service_sequential_and_concurrent_senders_then_sigterm_detaches() {
     }
     let iface = star.receiver();
 
-    let mut r = Receiver::start(&star, &snap, &out, &keys);
+    let mut r = Receiver::start(&star, &snap, &out, &keys, &[]);
     let before = r.scrape();
     assert_eq!(get(&before, "pfs_sessions_total"), 0);
     let rx0 = per_queue(&before, &iface, "rx_frames");
@@ -368,5 +390,43 @@ fn xdp_service_error_after_attach_detaches() {
     assert!(e.contains("serving metrics on 192.0.2.1:9464"), "{e}");
     let i2 = ns.clone();
     let attached = run_in_ns(&ns, move || packetfs::steer::attached_xdp(&i2).unwrap());
+    assert!(!attached.any(), "still attached: {attached:?}");
+}
+
+/// SIGINT while a session runs, with no grace: no new sessions, the running one aborted
+/// (its sender told), exit 0, the program detached.
+#[test]
+fn xdp_service_sigint_aborts_a_running_session_and_detaches() {
+    if privileged::skip(&[Need::Xdp]) {
+        return;
+    }
+    let star = NetnsStar::new(1, 2, 1500).expect("namespaces");
+    let d = tempfile::tempdir().unwrap();
+    let snap = PathBuf::from(common::cli::build_snapshot(d.path(), "snap", "3"));
+    let keys = KeyFiles::create(d.path());
+    let out = d.path().join("out");
+    let f = d.path().join("slow");
+    std::fs::write(&f, Rng(5).bytes(4_000_000)).unwrap();
+    let r = Receiver::start(&star, &snap, &out, &keys, &["--grace", "0"]);
+    // About 3 s at 10 Mbit/s: still running when the signal comes.
+    let s = send_with(&star, 0, &snap, &keys, &f, &["--rate", "10mbit"]);
+    r.scrape_until("the session running", |m| {
+        get(m, "pfs_sessions_active") == 1 && get(m, "pfs_frames_received_total") > 20
+    });
+    let iface = star.receiver();
+    let (st, stdout) = r.stop_with(nix::sys::signal::SIGINT);
+    assert!(st.success(), "receiver exit {st:?}; stdout:\n{stdout}");
+    assert!(
+        stdout.contains("stopped: 1 session(s) served (0 ok, 1 failed)"),
+        "{stdout}"
+    );
+    let o = s.wait_with_output().unwrap();
+    assert!(!o.status.success(), "the sender was not told of the abort");
+    assert!(
+        !out.join("slow").exists(),
+        "a partial file was renamed into place"
+    );
+    let i2 = iface.clone();
+    let attached = run_in_ns(&iface, move || packetfs::steer::attached_xdp(&i2).unwrap());
     assert!(!attached.any(), "still attached: {attached:?}");
 }
