@@ -32,6 +32,11 @@
 //! The steering program detaches when the [`io::XdpIo`] drops: at the end of a run, on
 //! error, on SIGINT/SIGTERM (the cancel flag ends the loop cleanly) and, through the BPF
 //! link, when the process dies.
+//!
+//! The receiver service ([`XdpReceiver::into_service`]) keeps one [`io::XdpIo`] for its
+//! life and serves every session over it on the session thread ([`io::XdpServiceIo`]: one
+//! receiver [`flow::Flow`] per session); the workers are refused there
+//! ([`XdpError::WorkersInService`]).
 
 pub mod error;
 pub mod flow;
