@@ -325,10 +325,8 @@ mod tests {
             Some(PathBuf::from("/etc/pfs/authorized_senders"))
         );
         assert_eq!(c.insecure, None);
-        // The receiver runs as a service over AF_XDP (no one-session-per-run workaround), on
-        // a thread model the service takes.
+        // The receiver runs as a service over AF_XDP (no one-session-per-run workaround).
         assert_eq!(c.once, None);
-        assert_ne!(c.xdp_threads, Some(Threads::Workers));
     }
 
     #[test]

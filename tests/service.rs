@@ -511,38 +511,6 @@ fn sighup_reloads_the_authorized_senders_without_dropping_sessions() {
     assert!(st.success());
 }
 
-/// The service runs AF_XDP on its one thread: the per-queue workers are refused by name
-/// (before anything is attached), with what to use instead.
-#[test]
-fn xdp_workers_in_service_mode_are_refused_by_name() {
-    let d = tempfile::tempdir().unwrap();
-    let o = pfs()
-        .args([
-            "recv",
-            "--transport",
-            "xdp",
-            "--xdp-threads",
-            "workers",
-            "--iface",
-            "lo",
-            "--insecure",
-            "--snapshot",
-        ])
-        .arg(d.path().join("nosnap"))
-        .arg("--out-dir")
-        .arg(d.path().join("out"))
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    let e = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        e.contains("--xdp-threads workers")
-            && e.contains("--xdp-threads session")
-            && e.contains("--once"),
-        "{e}"
-    );
-}
-
 #[test]
 fn bad_service_config_values_are_named() {
     let d = tempfile::tempdir().unwrap();

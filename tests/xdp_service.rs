@@ -1,6 +1,6 @@
 //! `pfs recv --transport xdp` as a service (root only): one receiver process on a bridged
 //! segment with two sender hosts (namespaces, each with its own veth and its own AF_XDP
-//! sender), keys on. Three sequential and two concurrent AF_XDP senders into the one
+//! sender), keys on, on the session thread and on the per-queue workers. Three sequential and two concurrent AF_XDP senders into the one
 //! running receiver: every file bit-exact, the receiver still running after them; its
 //! Prometheus endpoint, scraped during the run, shows per-queue AF_XDP counters that moved;
 //! then SIGTERM -> exit 0 and no XDP program left on the receiver's interface. SIGINT
@@ -46,7 +46,6 @@ impl Receiver {
         let mut child = Command::new("ip")
             .args(["netns", "exec", &ns, PFS, "recv", "--transport", "xdp"])
             .args(["--iface", &ns, "--listen", &star.addr(&ns).to_string()])
-            .args(["--xdp-threads", "session"])
             .args(["--metrics-listen", "127.0.0.1:0", "--snapshot"])
             .arg(snap)
             .arg("--out-dir")
@@ -244,6 +243,16 @@ fn steered(m: &BTreeMap<String, f64>, iface: &str) -> u64 {
 
 #[test]
 fn xdp_service_sequential_and_concurrent_senders_then_sigterm_detaches() {
+    sequential_and_concurrent("session");
+}
+
+/// The same over the per-queue workers (one pinned thread per queue owning its socket).
+#[test]
+fn xdp_service_over_the_workers() {
+    sequential_and_concurrent("workers");
+}
+
+fn sequential_and_concurrent(threads: &str) {
     if privileged::skip(&[Need::Xdp]) {
         return;
     }
@@ -269,7 +278,17 @@ fn xdp_service_sequential_and_concurrent_senders_then_sigterm_detaches() {
     }
     let iface = star.receiver();
 
-    let mut r = Receiver::start(&star, &snap, &out, &keys, &[]);
+    let mut r = Receiver::start(&star, &snap, &out, &keys, &["--xdp-threads", threads]);
+    let want = if threads == "workers" {
+        "xdp threads: workers q0->"
+    } else {
+        "xdp threads: session thread"
+    };
+    assert!(
+        r.seen.iter().any(|l| l.contains(want)),
+        "{want:?} not in {:?}",
+        r.seen
+    );
     let before = r.scrape();
     assert_eq!(get(&before, "pfs_sessions_total"), 0);
     let rx0 = per_queue(&before, &iface, "rx_frames");

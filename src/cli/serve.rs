@@ -15,7 +15,8 @@ use serde_json::json;
 
 use packetfs::config::PfsConfig;
 use packetfs::driver::service::{
-    Control, Live, Reload, Service, ServiceConfig, ServiceHooks, ServiceIo, SessionEnd, UdpService,
+    Control, Live, Reload, ServeWith, Service, ServiceConfig, ServiceHooks, ServiceIo, SessionEnd,
+    UdpService,
 };
 use packetfs::driver::udp::RecvConfig;
 use packetfs::driver::xdp;
@@ -289,9 +290,40 @@ pub fn run(
                 l.port,
                 l.port as u32 + l.ports.max(1) as u32 - 1
             );
-            let svc = r.into_service(cfg)?;
-            serve(a, svc, listening, "xdp", ctl, snap_id, snapshot)
+            r.serve(
+                cfg,
+                Runner {
+                    a,
+                    listening,
+                    ctl,
+                    snap_id,
+                    snapshot,
+                },
+            )?
         }
+    }
+}
+
+/// Runs the AF_XDP service once the receiver built it (over the session thread's sockets
+/// or the workers).
+struct Runner<'a> {
+    a: ServeArgs,
+    listening: String,
+    ctl: &'a Control,
+    snap_id: [u8; 32],
+    snapshot: &'a [u8],
+}
+
+impl ServeWith<anyhow::Result<ExitCode>> for Runner<'_> {
+    fn serve<I: ServiceIo>(self, svc: Service<I>) -> anyhow::Result<ExitCode> {
+        let Runner {
+            a,
+            listening,
+            ctl,
+            snap_id,
+            snapshot,
+        } = self;
+        serve(a, svc, listening, "xdp", ctl, snap_id, snapshot)
     }
 }
 

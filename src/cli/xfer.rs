@@ -833,9 +833,6 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let transport = pick_transport(c.transport.unwrap_or_default(), c.interface.as_deref());
-    if transport == Transport::Xdp && !once && c.xdp_threads == Some(Threads::Workers) {
-        bail!("{}", xdp::XdpError::WorkersInService);
-    }
     let listen_timeout = c.timeout.filter(|t| *t > 0).map(Duration::from_secs);
     let xdp_cfg = match transport {
         Transport::Xdp => {
@@ -843,10 +840,6 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
                 bail!("--transport xdp needs --iface (the interface to receive on)");
             };
             let mut link = xdp_link(&c, iface, port);
-            if !once {
-                // The service drives every socket from its one thread.
-                link.threads = Threads::Session;
-            }
             link.impair_drop_ppm = impair_drop_ppm;
             link.impair_flip_ppm = impair_flip_ppm;
             Some(xdp::XdpRecvConfig {

@@ -93,6 +93,12 @@ pub trait ServiceIo {
     }
 }
 
+/// What runs a service once it is built, whatever its I/O type (the AF_XDP receiver builds
+/// its service inside the scope of its worker threads, so the caller hands this in).
+pub trait ServeWith<R> {
+    fn serve<I: ServiceIo>(self, svc: Service<I>) -> R;
+}
+
 /// One AF_XDP socket's counters, for the metrics endpoint.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
 pub struct XdpQueueLive {

@@ -42,14 +42,6 @@ pub enum XdpError {
         #[source]
         source: io::Error,
     },
-    /// The receiver service drives every socket from its one thread.
-    #[error(
-        "the receiver service runs AF_XDP on the session thread only: --xdp-threads workers \
-         merges one session's frames across queues by sequence number, which does not hold \
-         with many sessions on the same queues; use --xdp-threads session (or auto), or \
-         --once for one session on the workers"
-    )]
-    WorkersInService,
     #[error("spawning the AF_XDP workers: {0}")]
     Workers(#[source] io::Error),
     /// Before the session ran (building the sender, the output directory).

@@ -396,27 +396,30 @@ impl ServiceIo for XdpServiceIo {
     }
 
     fn xdp_stats(&self) -> Option<XdpLive> {
-        let st = self.io.stats();
-        let steer = self.io.steering();
-        Some(XdpLive {
-            iface: steer.iface().to_string(),
-            steer: steer.counters().unwrap_or_default(),
-            queues: st
-                .queues
-                .iter()
-                .map(|q| XdpQueueLive {
-                    queue: q.queue,
-                    rx_frames: q.rx_frames,
-                    tx_frames: q.tx_frames,
-                    rx_dropped: q.xdp.rx_dropped,
-                    rx_ring_full: q.xdp.rx_ring_full,
-                    rx_invalid_descs: q.xdp.rx_invalid_descs,
-                    tx_invalid_descs: q.xdp.tx_invalid_descs,
-                    fill_ring_empty: q.xdp.fill_ring_empty,
-                    tx_ring_empty: q.xdp.tx_ring_empty,
-                })
-                .collect(),
-            bad_frames: st.bad_frames,
-        })
+        Some(xdp_live(self.io.steering(), &self.io.stats()))
+    }
+}
+
+/// The metrics' view of the AF_XDP layer: the program's counters and each socket's.
+pub fn xdp_live(steer: &Steering, st: &PathStats) -> XdpLive {
+    XdpLive {
+        iface: steer.iface().to_string(),
+        steer: steer.counters().unwrap_or_default(),
+        queues: st
+            .queues
+            .iter()
+            .map(|q| XdpQueueLive {
+                queue: q.queue,
+                rx_frames: q.rx_frames,
+                tx_frames: q.tx_frames,
+                rx_dropped: q.xdp.rx_dropped,
+                rx_ring_full: q.xdp.rx_ring_full,
+                rx_invalid_descs: q.xdp.rx_invalid_descs,
+                tx_invalid_descs: q.xdp.tx_invalid_descs,
+                fill_ring_empty: q.xdp.fill_ring_empty,
+                tx_ring_empty: q.xdp.tx_ring_empty,
+            })
+            .collect(),
+        bad_frames: st.bad_frames,
     }
 }

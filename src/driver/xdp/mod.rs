@@ -33,10 +33,10 @@
 //! error, on SIGINT/SIGTERM (the cancel flag ends the loop cleanly) and, through the BPF
 //! link, when the process dies.
 //!
-//! The receiver service ([`XdpReceiver::into_service`]) keeps one [`io::XdpIo`] for its
-//! life and serves every session over it on the session thread ([`io::XdpServiceIo`]: one
-//! receiver [`flow::Flow`] per session); the workers are refused there
-//! ([`XdpError::WorkersInService`]).
+//! The receiver service ([`XdpReceiver::serve`]) keeps one [`io::XdpIo`] for its life and
+//! serves every session over it, one receiver [`flow::Flow`] per session: on the session
+//! thread ([`io::XdpServiceIo`]) or over the workers ([`workers::WorkersServiceIo`], started
+//! for the service's life).
 
 pub mod error;
 pub mod flow;
@@ -51,7 +51,7 @@ pub use error::XdpError;
 pub use netdev::{iface_ipv4, iface_mac, parse_mac, resolve_mac, rx_queue_count};
 pub use report::{QueueStats, WorkerStats, XdpReport};
 
-use super::service::{Service, ServiceConfig};
+use super::service::{ServeWith, Service, ServiceConfig};
 use super::session::{
     self, random_u64, DriverError, FramePath, RecvSummary, SendInput, SendSession, SendSummary,
 };
@@ -590,19 +590,33 @@ impl XdpReceiver {
         &self.cfg.link
     }
 
-    /// Serve many sessions (the receiver service) over these sockets, on the calling
-    /// thread: the program stays attached and the sockets bound until the service drops.
-    /// The session-thread path only ([`XdpError::WorkersInService`] otherwise: ask for
-    /// `Threads::Session` or `Auto` in service mode, which bind picks as the session
-    /// thread).
-    pub fn into_service(self, cfg: ServiceConfig) -> Result<Service<XdpServiceIo>, XdpError> {
-        if self.side.threads == Threads::Workers {
-            return Err(XdpError::WorkersInService);
-        }
+    /// Serve many sessions (the receiver service) over these sockets, the service loop on
+    /// the calling thread, until it stops: `run` gets the service (over the session
+    /// thread's sockets, or over the per-queue workers, started here for the service's life
+    /// and stopped after it). The program stays attached and the sockets bound until this
+    /// returns (on every path).
+    pub fn serve<R>(self, cfg: ServiceConfig, run: impl ServeWith<R>) -> Result<R, XdpError> {
         pin(self.cfg.link.cpu);
         let reorder = (self.side.io.queues().len() > 1).then_some(REORDER_WINDOW);
-        let Side { io, flow, .. } = self.side;
-        Ok(Service::new(cfg, XdpServiceIo::new(io, flow, reorder)))
+        let mut side = self.side;
+        if side.threads != Threads::Workers || side.io.queues().is_empty() {
+            let Side { io, flow, .. } = side;
+            return Ok(run.serve(Service::new(cfg, XdpServiceIo::new(io, flow, reorder))));
+        }
+        let template = side.flow.clone();
+        let (r, _) = workers::run(
+            &mut side.io,
+            &mut side.flow,
+            &side.worker_cpus,
+            side.frames_per_socket,
+            side.batch,
+            |set| {
+                let io = workers::WorkersServiceIo::new(set, template, reorder);
+                run.serve(Service::new(cfg, io))
+            },
+        )
+        .map_err(XdpError::Workers)?;
+        Ok(r)
     }
 
     /// Receive one session into `cfg.out_dir`.
