@@ -2,6 +2,7 @@
 # The AF_XDP receiver as a service against one `pfs recv --once` process per session (root).
 #
 #   scripts/benchmarks/xdp_service.sh [--pfs BIN] [--sessions N] [--file-mb M] [--rounds R]
+#                                     [--xdp-threads session|workers]
 #
 # On a bridged segment of namespaces (scripts/netns.sh star: a receiver host and two sender
 # hosts, each with its own veth, 2 queues), with keys (scripts/keys.sh; PFS_INSECURE=1 runs
@@ -25,13 +26,15 @@ pfs=$PWD/target/release/pfs
 sessions=10
 file_mb=4
 rounds=3
+threads=session
 while [ $# -gt 0 ]; do
     case "$1" in
         --pfs) pfs=$2; shift 2 ;;
         --sessions) sessions=$2; shift 2 ;;
         --file-mb) file_mb=$2; shift 2 ;;
         --rounds) rounds=$2; shift 2 ;;
-        *) sed -n '4p' "$0" | sed 's/^# *//' >&2; exit 2 ;;
+        --xdp-threads) threads=$2; shift 2 ;;
+        *) sed -n '4,5p' "$0" | sed 's/^# *//' >&2; exit 2 ;;
     esac
 done
 [ "$(id -u)" -eq 0 ] || { echo "xdp_service.sh: needs root (namespaces, XDP, AF_XDP)" >&2; exit 1; }
@@ -62,7 +65,7 @@ recv_start() {
     rm -rf "$out"
     ip netns exec "$R" "$pfs" recv --transport xdp --iface "$R" --listen "$dst" \
         --snapshot "$work/snap" "${RECV_KEYS[@]}" --out-dir "$out" --metrics "$work/m.recv" \
-        --sync off --xdp-threads session "$@" >"$work/recv.out" 2>"$work/recv.log" &
+        --sync off --xdp-threads "$threads" "$@" >"$work/recv.out" 2>"$work/recv.log" &
     rpid=$!
     for _ in $(seq 1 2000); do
         grep -q '^listening on xdp' "$work/recv.log" && return 0
@@ -134,17 +137,17 @@ for round in $(seq 1 "$rounds"); do
     served=$(grep -c '^session .*: ok,' "$work/recv.out" || true)
     [ "$served" -eq $((sessions + 4)) ] || { echo "the service reported $served ok sessions" >&2; exit 1; }
 done
-python3 - "$results" "$sessions" "$file_mb" <<'PY'
+python3 - "$results" "$sessions" "$file_mb" "$threads" <<'PY'
 import sys, statistics as st
 rows = [l.split() for l in open(sys.argv[1])]
-n, mb = int(sys.argv[2]), sys.argv[3]
+n, mb, threads = int(sys.argv[2]), sys.argv[3], sys.argv[4]
 once = [float(r[2]) for r in rows if r[0] == "once"]
 svc = [float(r[2]) for r in rows if r[0] == "service"]
 svc_x = [float(r[3]) for r in rows if r[0] == "service"]
 seq = [float(r[2]) for r in rows if r[0] == "pair"]
 con = [float(r[3]) for r in rows if r[0] == "pair"]
 f = lambda xs: ", ".join(f"{x:.3f}" for x in xs)
-print(f"{n} sessions of a {mb} MB file over AF_XDP (veth, 2 queues, session thread), {len(once)} rounds:")
+print(f"{n} sessions of a {mb} MB file over AF_XDP (veth, 2 queues, --xdp-threads {threads} on the receiver), {len(once)} rounds:")
 print(f"  {n} x pfs recv --once (one process each):  {f(once)} s (median {st.median(once):.3f})")
 print(f"  one pfs recv service, start + {n} sessions: {f(svc)} s (median {st.median(svc):.3f})")
 print(f"  one pfs recv service, the {n} sessions:     {f(svc_x)} s (median {st.median(svc_x):.3f})")
