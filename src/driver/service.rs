@@ -46,6 +46,10 @@ const MAX_SLEEP: Duration = Duration::from_millis(50);
 /// After the grace period, cancelled sessions get this long to say so to their peers.
 const CANCEL_LINGER: Duration = Duration::from_secs(2);
 
+/// Where [`ServiceIo::receive`] hands each datagram: its source address, what else the I/O
+/// knows of it, and the datagram in place.
+pub type Deliver<'a, F> = &'a mut dyn FnMut(SocketAddr, &F, &mut [u8]);
+
 /// The service's I/O: a datagram source and sink that knows each datagram's peer. One
 /// value serves every session; each session keeps its own [`ServiceIo::Route`].
 pub trait ServiceIo {
@@ -73,11 +77,7 @@ pub trait ServiceIo {
     ) -> Result<(usize, bool), DriverError>;
     /// Up to `budget` received datagrams, each handed in place to `f` with its source,
     /// without waiting. Returns how many.
-    fn receive(
-        &mut self,
-        budget: usize,
-        f: &mut dyn FnMut(SocketAddr, &Self::From, &mut [u8]),
-    ) -> Result<usize, DriverError>;
+    fn receive(&mut self, budget: usize, f: Deliver<'_, Self::From>) -> Result<usize, DriverError>;
     /// Sleep up to `d`, waking early when datagrams arrive.
     fn wait(&mut self, d: Duration) -> Result<(), DriverError>;
     /// Push out what is still queued (the last Close or Abort frames) before the end.

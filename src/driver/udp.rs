@@ -620,7 +620,7 @@ impl super::service::ServiceIo for UdpIo {
     fn receive(
         &mut self,
         budget: usize,
-        f: &mut dyn FnMut(SocketAddr, &(), &mut [u8]),
+        f: super::service::Deliver<'_, ()>,
     ) -> Result<usize, DriverError> {
         let mut rbuf = std::mem::take(&mut self.rbuf);
         let mut got = 0;

@@ -358,7 +358,7 @@ impl ServiceIo for XdpServiceIo {
     fn receive(
         &mut self,
         budget: usize,
-        f: &mut dyn FnMut(SocketAddr, &(Addrs, usize), &mut [u8]),
+        f: crate::driver::service::Deliver<'_, (Addrs, usize)>,
     ) -> Result<usize, DriverError> {
         let io = &mut self.io;
         let mut got = 0;

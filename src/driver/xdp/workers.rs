@@ -675,7 +675,7 @@ impl ServiceIo for WorkersServiceIo<'_, '_> {
     fn receive(
         &mut self,
         budget: usize,
-        f: &mut dyn FnMut(SocketAddr, &(Addrs, usize), &mut [u8]),
+        f: crate::driver::service::Deliver<'_, (Addrs, usize)>,
     ) -> Result<usize, DriverError> {
         Ok(self.set.receive_each(budget, &mut |a, i, d| {
             let from = SocketAddr::V4(std::net::SocketAddrV4::new(a.src_ip, a.src_port));
