@@ -3,8 +3,8 @@
 //! starts deep inside the parsers: datagrams of real sessions (plaintext and keyed), .pbb files
 //! and packed blocks of blueprints that use every segment kind, and the text files users write.
 //!
-//! `cargo run --release --example fuzz_seeds -- fuzz/corpus` (deterministic: rerunning it
-//! rewrites the same files). The snapshots and ids below are the ones the targets use.
+//! `cargo run --release --example fuzz_seeds -- fuzz/corpus` (deterministic but for the keyed
+//! session, whose ephemeral keys are fresh each run). The snapshots and ids below are the ones the targets use.
 
 use packetfs::blueprint::{apply, block, pbb, Blueprint, Segment, Source, Transform};
 use packetfs::pob::prng::SplitMix64;
@@ -230,12 +230,17 @@ fn main() {
     let me = Arc::new(Identity::from_secret([2; 32]));
     let friend = Arc::new(Identity::from_secret([1; 32]));
     let line = format!("{} friend\n", friend.public().to_base64());
+    // The handshake seeds come from a sender the target does NOT authorize (the target's
+    // receiver must never answer): its init passes mac1 (keyed by the receiver's public key)
+    // and reaches the Noise read, where the unknown static key is refused.
+    let stranger = Arc::new(Identity::from_secret([3; 32]));
+    let seed_line = format!("{} stranger\n", stranger.public().to_base64());
     let hsnap = [0u8; 64];
     let tx = sender([0; 32], &hsnap, PackPolicy::Never, &[40]);
     let mut s = Guard::new(
         tx,
         Security::Sender(SenderKeys {
-            identity: friend.clone(),
+            identity: stranger.clone(),
             receiver: me.public(),
             psk: None,
         }),
@@ -247,7 +252,7 @@ fn main() {
         rx,
         Security::Receiver(ReceiverKeys {
             identity: me.clone(),
-            authorized: Arc::new(AuthorizedSenders::parse(&line, "seed").expect("line")),
+            authorized: Arc::new(AuthorizedSenders::parse(&seed_line, "seed").expect("line")),
             psk: None,
         }),
         None,

@@ -8,6 +8,8 @@
 #
 #   bash scripts/fuzz.sh [SECONDS] [TARGET...]      (default: 60 s, every target)
 #   PFS_FUZZ_JOBS=2 bash scripts/fuzz.sh 600 frame  (libFuzzer -fork=N on N cores)
+#   PFS_FUZZ_RUNS=10000000 bash scripts/fuzz.sh 3600  (stop each target after N executions,
+#                                                     SECONDS still the cap)
 #
 # Needs the nightly toolchain and cargo-fuzz (installed here when missing). Not part of
 # .ci/run: a CI-sized campaign is `just fuzz 20` (about 4 minutes for 11 targets plus the
@@ -38,15 +40,16 @@ for t in "${targets[@]}"; do
     before=$(find "fuzz/artifacts/$t" -type f | wc -l)
     extra=()
     [ "$jobs" -gt 1 ] && extra=(-fork="$jobs" -ignore_crashes=1)
+    [ -n "${PFS_FUZZ_RUNS:-}" ] && extra+=(-runs="$PFS_FUZZ_RUNS")
     set +e
     cargo +nightly fuzz run -O "$t" "fuzz/work/$t" "fuzz/corpus/$t" -- \
         -max_total_time="$secs" -print_final_stats=1 -rss_limit_mb=2048 -timeout=10 \
         -max_len=65536 "${extra[@]}" >"$log" 2>&1
     rc=$?
     set -e
-    execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | awk '{s+=$2} END {print s+0}')
-    rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" | awk '{s+=$2} END {print s+0}')
-    last=$(grep -E '#[0-9]+ +(DONE|INITED|NEW|REDUCE|pulse)' "$log" | tail -1)
+    execs=$( (grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" || true) | awk '{s+=$2} END {print s+0}')
+    rate=$( (grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" || true) | awk '{s+=$2} END {print s+0}')
+    last=$(grep -E '#[0-9]+[[:space:]]+(DONE|INITED|NEW|REDUCE|pulse)' "$log" | tail -1 || true)
     cov=$(sed -n 's/.*cov: \([0-9]*\).*/\1/p' <<<"$last")
     ft=$(sed -n 's/.*ft: \([0-9]*\).*/\1/p' <<<"$last")
     corp=$(find "fuzz/work/$t" -type f | wc -l)
