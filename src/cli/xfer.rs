@@ -598,7 +598,7 @@ pub fn send(a: SendArgs, origin: Instant) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| packetfs::metrics::DEFAULT_LOG.into());
     let pack = c.pack.unwrap_or_default();
     // The sender maps the snapshot (no copy) unless asked for huge pages.
-    let snap = Snapshot::open(&snapshot, c.hugepages.unwrap_or(HugePolicy::Off))?;
+    let snap = super::open_snapshot(&snapshot, c.hugepages.unwrap_or(HugePolicy::Off))?;
     xdp::marks::mark("send", origin, "snapshot mapped");
     let transport = pick_transport(c.transport.unwrap_or_default(), c.interface.as_deref());
     let tname = transport.name();
@@ -859,7 +859,7 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
     // is mapped (and loaded into huge pages) here: start-up takes the longer of the two.
     let (snap, bound) = std::thread::scope(|sc| {
         let binder = xdp_cfg.map(|cfg| sc.spawn(move || xdp::XdpReceiver::bind(cfg)));
-        let snap = Snapshot::open(&snapshot, c.hugepages.unwrap_or(HugePolicy::Auto));
+        let snap = super::open_snapshot(&snapshot, c.hugepages.unwrap_or(HugePolicy::Auto));
         xdp::marks::mark("recv", origin, "snapshot mapped");
         let bound = binder.map(|h| h.join().expect("the AF_XDP setup thread panicked"));
         (snap, bound)
