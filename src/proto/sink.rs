@@ -110,8 +110,45 @@ pub trait FileSink {
     fn prefix_final(&mut self, _file: u32, _upto: u64) {}
     /// Make the file durable under its final name.
     fn commit(&mut self, file: u32) -> Result<(), SinkError>;
-    /// Remove every output not yet committed.
+    /// Remove every output not yet committed (a sink that keeps resumable temporary files
+    /// keeps those with their journal instead).
     fn discard(&mut self);
+    /// What the sink already holds of `file` (after `open`): a final file of that name and
+    /// size, or a resumable temporary file's durable prefix, with the BLAKE3 state over
+    /// those bytes. `None` (the default): nothing, the file starts over.
+    fn held(&mut self, _file: u32) -> Option<Held> {
+        None
+    }
+    /// The sender's choice for a file `held` offered: continue after the `at` bytes held
+    /// (the offer's length; the file's size keeps the final file as it is), or start over
+    /// (`at` = 0, the held bytes are void).
+    fn adopt(&mut self, file: u32, at: u64) -> Result<(), SinkError> {
+        match at {
+            0 => Ok(()),
+            _ => Err(SinkError::OutOfRange {
+                file,
+                off: at,
+                len: 0,
+            }),
+        }
+    }
+}
+
+/// What a sink holds of one file ([`FileSink::held`]).
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub kind: crate::wire::held::HeldKind,
+    /// Bytes held: the file's size (whole) or the durable prefix.
+    pub len: u64,
+    /// BLAKE3 state after those bytes: the receiver continues from it, so the kept prefix
+    /// is not read again.
+    pub hasher: blake3::Hasher,
+}
+
+impl Held {
+    pub fn hash(&self) -> [u8; 32] {
+        *self.hasher.finalize().as_bytes()
+    }
 }
 
 /// Apply `seg` from `snapshot` into `dst` (which is `seg.len` bytes) with the apply kernels:
