@@ -42,6 +42,7 @@ pub fn receiver_config(c: &PfsConfig) -> ReceiverConfig {
     proto.max_file_size = c.max_file_size.unwrap_or(proto.max_file_size);
     proto.durable = c.sync.unwrap_or(true);
     proto.overwrite = c.overwrite.unwrap_or(false);
+    proto.resume = c.resume.unwrap_or(true);
     proto.max_packed_total = c
         .session_memory
         .unwrap_or(packetfs::config::DEFAULT_SESSION_MEMORY);

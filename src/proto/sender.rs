@@ -156,6 +156,18 @@ impl Sender {
         (self.stage == Stage::Data).then(|| self.held.entries.values().copied().collect())
     }
 
+    /// The producer continued file `file` after the `at` bytes the receiver holds
+    /// (`whole`: all of it, skipped): counted in the stats.
+    pub fn note_resumed(&mut self, _file: usize, at: u64, whole: bool) {
+        if whole {
+            self.stats.skipped_files += 1;
+            self.stats.skipped_bytes += at;
+        } else {
+            self.stats.resumed_files += 1;
+            self.stats.resumed_bytes += at;
+        }
+    }
+
     /// This session's id.
     pub fn session_id(&self) -> u64 {
         self.cfg.session_id

@@ -55,6 +55,9 @@ pub trait FileSink {
     fn confine_to(&mut self, _sub: &std::path::Path) -> Result<(), SinkError> {
         Ok(())
     }
+    /// The authenticated sender's identity (before `open`): a sink that keeps resumable
+    /// files resumes only that sender's.
+    fn set_owner(&mut self, _owner: &str) {}
     /// The `len` bytes at `off` of `file`, to be written in place: the one primitive every
     /// write goes through ([`SinkError::OutOfRange`] past the file's end).
     fn span_mut(&mut self, file: u32, off: u64, len: usize) -> Result<&mut [u8], SinkError>;
