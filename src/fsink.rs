@@ -1348,7 +1348,8 @@ mod tests {
             st,
             StaleTemps {
                 removed: 3,
-                kept: 1
+                kept: 1,
+                ..Default::default()
             }
         );
         let mut want = vec![
@@ -1368,7 +1369,8 @@ mod tests {
             remove_stale_temps(o).unwrap(),
             StaleTemps {
                 removed: 0,
-                kept: 1
+                kept: 1,
+                ..Default::default()
             }
         );
     }
@@ -1386,5 +1388,129 @@ mod tests {
         s.durable = false;
         receive(&mut s, &long, b"long name").unwrap();
         assert_eq!(std::fs::read(out.path().join(&long)).unwrap(), b"long name");
+    }
+
+    /// A resumable sink over `dir` for sender `owner`.
+    fn resumable(dir: &Path, owner: &str) -> MmapSink {
+        let mut s = MmapSink::new(dir, "00aa").unwrap();
+        s.reserve = 0;
+        s.resume = true;
+        s.owner = owner.into();
+        s
+    }
+
+    #[test]
+    fn a_broken_session_keeps_its_durable_prefix_and_the_next_resumes_it() {
+        let out = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        let mut s = resumable(out.path(), "alice");
+        s.open(&[file("d/f.bin", data.len() as u64)]).unwrap();
+        assert!(s.held(0).is_none(), "nothing held at first");
+        s.write_raw(0, 0, &data[..60_000]).unwrap();
+        s.prefix_final(0, 40_000); // only 40 000 bytes are final (hashed)
+        s.discard();
+        drop(s);
+        let (part, jn) = journal::names("f.bin", "d/f.bin");
+        let dir = out.path().join("d");
+        assert!(dir.join(&part).exists() && dir.join(&jn).exists());
+        let j = Journal::parse(&std::fs::read(dir.join(&jn)).unwrap()).unwrap();
+        assert_eq!(
+            (j.prefix, j.size, j.owner.as_str()),
+            (40_000, 100_000, "alice")
+        );
+        // Start-up keeps it.
+        let st = remove_stale_temps(out.path()).unwrap();
+        assert_eq!((st.resumable, st.removed), (1, 0));
+        let mut s = resumable(out.path(), "alice");
+        s.open(&[file("d/f.bin", data.len() as u64)]).unwrap();
+        // A second session cannot take the same file while this one holds it.
+        let mut busy = resumable(out.path(), "alice");
+        busy.open(&[file("d/f.bin", data.len() as u64)]).unwrap();
+        assert!(busy.held(0).is_none(), "locked by the first session");
+        drop(busy);
+        let h = s.held(0).expect("the prefix is offered");
+        assert_eq!(h.kind, HeldKind::Prefix);
+        assert_eq!(h.len, 40_000);
+        assert_eq!(h.hash(), *blake3::hash(&data[..40_000]).as_bytes());
+        s.adopt(0, 40_000).unwrap();
+        s.write_raw(0, 40_000, &data[40_000..]).unwrap();
+        s.prefix_final(0, 100_000);
+        s.commit(0).unwrap();
+        assert_eq!(std::fs::read(dir.join("f.bin")).unwrap(), data);
+        drop(s);
+        assert_eq!(
+            tree(&dir),
+            vec!["f.bin".to_string()],
+            "part and journal are gone"
+        );
+        // The final file is now offered whole; adopting it keeps it as it is.
+        let mut s = resumable(out.path(), "alice");
+        s.open(&[file("d/f.bin", data.len() as u64)]).unwrap();
+        let h = s.held(0).unwrap();
+        assert_eq!((h.kind, h.len), (HeldKind::Whole, 100_000));
+        assert_eq!(h.hash(), *blake3::hash(&data).as_bytes());
+        s.adopt(0, 100_000).unwrap();
+        s.commit(0).unwrap();
+        drop(s);
+        assert_eq!(tree(&dir), vec!["f.bin".to_string()]);
+        // Declined (the sender's file differs) without --overwrite: refused by name.
+        let mut s = resumable(out.path(), "alice");
+        s.open(&[file("d/f.bin", data.len() as u64)]).unwrap();
+        assert!(matches!(s.adopt(0, 0), Err(SinkError::Exists { .. })));
+        drop(s);
+        // Another sender is not offered alice's partial file: its session starts it over.
+        let mut s = resumable(out.path(), "alice");
+        s.open(&[file("d/g.bin", data.len() as u64)]).unwrap();
+        s.write_raw(0, 0, &data).unwrap();
+        s.prefix_final(0, 50_000);
+        s.discard();
+        drop(s);
+        let mut other = resumable(out.path(), "mallory");
+        other.open(&[file("d/g.bin", data.len() as u64)]).unwrap();
+        assert!(other.held(0).is_none());
+    }
+
+    #[test]
+    fn journals_that_lie_are_ignored_and_their_files_removed() {
+        let out = tempfile::tempdir().unwrap();
+        let o = out.path();
+        let (part, jn) = journal::names("x", "x");
+        let lie = |prefix: u64, size: u64| Journal {
+            name: "x".into(),
+            size,
+            prefix,
+            owner: String::new(),
+        };
+        // A prefix beyond the file: refused by the parser; the part file is removed at start.
+        std::fs::write(o.join(&part), vec![1u8; 1000]).unwrap();
+        let mut b = lie(1000, 1000).to_bytes();
+        b[16..24].copy_from_slice(&5000u64.to_le_bytes());
+        std::fs::write(o.join(&jn), &b).unwrap();
+        let st = remove_stale_temps(o).unwrap();
+        assert_eq!((st.resumable, st.removed), (0, 1));
+        assert!(!o.join(&part).exists() && !o.join(&jn).exists());
+        // A valid journal for another size than the part file has: removed too.
+        std::fs::write(o.join(&part), vec![1u8; 1000]).unwrap();
+        std::fs::write(o.join(&jn), lie(10, 2000).to_bytes()).unwrap();
+        assert_eq!(remove_stale_temps(o).unwrap().removed, 1);
+        // Garbage, and an orphan journal.
+        std::fs::write(o.join(&part), vec![1u8; 1000]).unwrap();
+        std::fs::write(o.join(&jn), b"garbage").unwrap();
+        let (_, orphan) = journal::names("y", "y");
+        std::fs::write(o.join(&orphan), lie(1, 2).to_bytes()).unwrap();
+        assert_eq!(remove_stale_temps(o).unwrap().removed, 2);
+        assert!(tree(o).is_empty(), "{:?}", tree(o));
+        // A journal that passes but vouches for garbage bytes: offered with the hash of the
+        // bytes as they are (the sender compares), never of what the journal claims.
+        std::fs::write(o.join(&part), vec![7u8; 1000]).unwrap();
+        std::fs::write(o.join(&jn), lie(500, 1000).to_bytes()).unwrap();
+        let mut s = resumable(o, "");
+        s.open(&[file("x", 1000)]).unwrap();
+        let h = s.held(0).unwrap();
+        assert_eq!(h.hash(), *blake3::hash(&[7u8; 500]).as_bytes());
+        // Started over (the sender's prefix differed): the journal no longer vouches.
+        s.adopt(0, 0).unwrap();
+        s.write_raw(0, 0, &[1u8; 10]).unwrap();
+        assert!(!o.join(&jn).exists());
     }
 }
