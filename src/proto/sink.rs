@@ -195,6 +195,12 @@ pub struct MemSink {
     /// Refuse `open` if the session is larger than this (simulates free space).
     pub free_space: Option<u64>,
     pub opened: bool,
+    /// What this sink holds before the session (resume tests): by name, a whole file or a
+    /// prefix of one; `open` puts those bytes in place and `held` offers them.
+    pub preheld: Vec<(String, crate::wire::held::HeldKind, Vec<u8>)>,
+    offered: Vec<Option<(crate::wire::held::HeldKind, u64)>>,
+    /// `adopt` calls: (file, at).
+    pub adopted: Vec<(u32, u64)>,
 }
 
 impl MemSink {
@@ -228,8 +234,40 @@ impl FileSink for MemSink {
         self.files = files.to_vec();
         self.bufs = files.iter().map(|f| vec![0u8; f.size as usize]).collect();
         self.committed = vec![false; files.len()];
+        self.offered = vec![None; files.len()];
+        for (i, f) in files.iter().enumerate() {
+            let held = self
+                .preheld
+                .iter()
+                .find(|(n, _, b)| *n == f.name && !b.is_empty() && b.len() as u64 <= f.size);
+            if let Some((_, kind, b)) = held {
+                self.bufs[i][..b.len()].copy_from_slice(b);
+                self.offered[i] = Some((*kind, b.len() as u64));
+            }
+        }
         self.opened = true;
         Ok(())
+    }
+
+    fn held(&mut self, file: u32) -> Option<Held> {
+        let (kind, len) = (*self.offered.get(file as usize)?)?;
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&self.bufs[file as usize][..len as usize]);
+        Some(Held { kind, len, hasher })
+    }
+
+    fn adopt(&mut self, file: u32, at: u64) -> Result<(), SinkError> {
+        let offered = self.offered.get(file as usize).copied().flatten();
+        self.adopted.push((file, at));
+        match offered {
+            _ if at == 0 => Ok(()),
+            Some((_, len)) if len == at => Ok(()),
+            _ => Err(SinkError::OutOfRange {
+                file,
+                off: at,
+                len: 0,
+            }),
+        }
     }
 
     fn span_mut(&mut self, file: u32, off: u64, len: usize) -> Result<&mut [u8], SinkError> {
