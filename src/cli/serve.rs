@@ -187,6 +187,16 @@ impl ServiceHooks for Hooks {
                     s.frames,
                     s.duplicate_frames
                 );
+                if s.stats.skipped_files > 0 || s.stats.resumed_files > 0 {
+                    println!(
+                        "session {:016x}: skipped {} file(s) held whole and unchanged ({}), resumed {} file(s) after {} held",
+                        end.session,
+                        s.stats.skipped_files,
+                        human_bytes(s.stats.skipped_bytes),
+                        s.stats.resumed_files,
+                        human_bytes(s.stats.resumed_bytes)
+                    );
+                }
                 let mut m = serde_json::to_value(s).unwrap_or_default();
                 m["ok"] = json!(true);
                 m

@@ -1015,6 +1015,15 @@ serving many senders at once"
         s.malformed,
         s.foreign_session,
     );
+    if s.stats.skipped_files > 0 || s.stats.resumed_files > 0 {
+        println!(
+            "skipped {} file(s) held whole and unchanged ({}), resumed {} file(s) after {} held",
+            s.stats.skipped_files,
+            human_bytes(s.stats.skipped_bytes),
+            s.stats.resumed_files,
+            human_bytes(s.stats.resumed_bytes)
+        );
+    }
     println!("{}", s.security.line());
     if let Some(r) = &report {
         print_xdp(r);
