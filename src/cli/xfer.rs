@@ -873,13 +873,6 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let transport = pick_transport(c.transport.unwrap_or_default(), c.interface.as_deref());
-    if transport == Transport::Xdp && !once {
-        bail!(
-            "the AF_XDP receiver serves one session at a time in this build: pass --once \
-(config `once = true`) for one AF_XDP session, or --transport udp to run pfs recv as a service \
-serving many senders at once"
-        );
-    }
     let listen_timeout = c.timeout.filter(|t| *t > 0).map(Duration::from_secs);
     let xdp_cfg = match transport {
         Transport::Xdp => {
@@ -923,25 +916,25 @@ serving many senders at once"
     };
     let snap_name = &snap.manifest.snapshot_id[..16];
     let mut report = None;
+    let mut cfg = RecvConfig::new(SocketAddr::new(listen, port), out_dir.clone());
+    cfg.mtu = mtu;
+    cfg.proto = proto;
+    cfg.listen_timeout = listen_timeout;
+    cfg.security = security.clone();
+    if !once {
+        let args = super::serve::ServeArgs {
+            config_path: config.clone(),
+            flags,
+            config: c.clone(),
+            recv: cfg,
+            metrics_log: metrics,
+            snap_name: snap_name.to_string(),
+            snap_backing: snap.backing_name().to_string(),
+        };
+        return super::serve::run(args, &ctl, snap.id, snap.bytes(), bound);
+    }
     let r = match bound {
         None => {
-            let mut cfg = RecvConfig::new(SocketAddr::new(listen, port), out_dir.clone());
-            cfg.mtu = mtu;
-            cfg.proto = proto;
-            cfg.listen_timeout = listen_timeout;
-            cfg.security = security.clone();
-            if !once {
-                let args = super::serve::ServeArgs {
-                    config_path: config.clone(),
-                    flags,
-                    config: c.clone(),
-                    recv: cfg,
-                    metrics_log: metrics,
-                    snap_name: snap_name.to_string(),
-                    snap_backing: snap.backing_name().to_string(),
-                };
-                return super::serve::run(args, &ctl, snap.id, snap.bytes());
-            }
             let r = udp::UdpReceiver::bind(cfg)?;
             eprintln!(
                 "listening on udp {} with snapshot {snap_name} ({}), writing to {}",

@@ -312,7 +312,14 @@ impl Snapshot {
     pub fn read_manifest(dir: &Path) -> Result<Manifest, PobError> {
         let mpath = dir.join(MANIFEST_JSON);
         let text = std::fs::read(&mpath).map_err(io_err(&mpath))?;
-        let m: Manifest = serde_json::from_slice(&text).map_err(|e| PobError::Manifest {
+        Self::parse_manifest(&text, &mpath)
+    }
+
+    /// Parse and check a manifest's bytes (`mpath` names it in errors): the format version,
+    /// the id, and banks that follow each other and add up to the size. No I/O.
+    pub fn parse_manifest(text: &[u8], mpath: &Path) -> Result<Manifest, PobError> {
+        let mpath = mpath.to_path_buf();
+        let m: Manifest = serde_json::from_slice(text).map_err(|e| PobError::Manifest {
             path: mpath.clone(),
             msg: e.to_string(),
         })?;
