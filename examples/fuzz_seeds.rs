@@ -368,7 +368,11 @@ fn main() {
         seq: 1,
         payload_len: 0,
     };
-    let n = packetfs::wire::payload::Frame::emit(hdr, &packetfs::wire::payload::Payload::Held(held), &mut d);
+    let n = packetfs::wire::payload::Frame::emit(
+        hdr,
+        &packetfs::wire::payload::Payload::Held(held),
+        &mut d,
+    );
     put(&dir("frame"), "held.dgram", &d[..n]);
     println!("seed corpora written under {}", root.display());
 }
