@@ -52,6 +52,10 @@ pub struct PfsConfig {
     pub max_file_size: Option<u64>,
     /// Receiver: replace files that already exist under a received name.
     pub overwrite: Option<bool>,
+    /// Resume and skip-unchanged (both sides; default on): the sender continues after what
+    /// the receiver holds; the receiver keeps broken sessions' files with a journal and
+    /// offers them (`--no-resume` on either side turns it off).
+    pub resume: Option<bool>,
     /// Link budget for the sender's pacing, e.g. `1gbit`, `500mbit`, `100MB`.
     pub rate: Option<String>,
     /// Receiver: give up after this many seconds without a sender (0 = never).
@@ -249,6 +253,7 @@ impl PfsConfig {
             mtu,
             max_file_size,
             overwrite,
+            resume,
             rate,
             timeout,
             metrics,
@@ -288,6 +293,7 @@ impl PfsConfig {
             mtu: Some(1500),
             max_file_size: Some(1 << 40),
             overwrite: Some(false),
+            resume: Some(true),
             timeout: Some(0),
             xdp_mode: Some(XdpMode::Auto),
             xdp_threads: Some(Threads::Auto),

@@ -511,6 +511,9 @@ pub enum SendInput<'a> {
     Streamed {
         files: Vec<OutgoingFile>,
         blocks: mpsc::Receiver<Result<Item, StreamError>>,
+        /// The producer waits for the receiver's offers on the other end (resume, skip);
+        /// `None`: it starts every file over (`pfs send --no-resume`).
+        offers: Option<mpsc::SyncSender<Vec<crate::wire::held::HeldEntry>>>,
     },
 }
 
@@ -550,8 +553,16 @@ impl SendSession {
                 )?;
                 Feed::whole(Sender::new(proto, snapshot_id, files)?)
             }
-            SendInput::Streamed { files, blocks } => {
-                Feed::new(Sender::new(proto, snapshot_id, files)?, blocks)
+            SendInput::Streamed {
+                files,
+                blocks,
+                offers,
+            } => {
+                let feed = Feed::new(Sender::new(proto, snapshot_id, files)?, blocks);
+                match offers {
+                    Some(tx) => feed.with_offers(tx),
+                    None => feed,
+                }
             }
         };
         Ok(SendSession {
@@ -667,6 +678,7 @@ pub fn file_receiver<'a>(
     })?;
     sink.durable = proto.durable;
     sink.overwrite = proto.overwrite;
+    sink.resume = proto.resume;
     Ok(Receiver::new(proto, snapshot_id, snapshot, sink))
 }
 

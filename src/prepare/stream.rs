@@ -19,9 +19,11 @@ use crate::index::IndexSet;
 use crate::plan::{self, hints::Hints, PlanConfig};
 use crate::pob::Snapshot;
 use crate::proto::{Endpoint, Event, Failure, OutgoingFile, SendError, Sender, Stats};
+use crate::wire::held::{HeldEntry, HeldKind, ResumeRecord};
 use crate::wire::payload::StreamEnd;
 use std::cell::Cell;
-use std::io::Read;
+use std::collections::HashMap;
+use std::io::{Read, Seek};
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::time::{Duration, Instant};
@@ -87,6 +89,18 @@ pub fn windows(size: u64, o: &StreamOptions) -> impl Iterator<Item = (u64, u64)>
     })
 }
 
+/// The windows of a file of `size` bytes whose first `from` bytes the receiver holds: cut
+/// as a file of the rest would be, at their offsets in the whole file.
+pub fn windows_from(size: u64, from: u64, o: &StreamOptions) -> impl Iterator<Item = (u64, u64)> {
+    windows(size.saturating_sub(from), o).map(move |(s, l)| (s + from, l))
+}
+
+/// Whether a stream that continues after `from` bytes (a resume record, then the blocks of
+/// [`windows_from`]) fits the bound a file of `size` bytes declared.
+pub fn resume_fits(size: u64, from: u64, o: &StreamOptions) -> bool {
+    from <= size && bound(size - from, o) + ResumeRecord::LEN as u64 <= bound(size, o)
+}
+
 /// The stream bound a file of `size` bytes declares: every window's blocks and the end
 /// record fit in it.
 pub fn bound(size: u64, o: &StreamOptions) -> u64 {
@@ -140,7 +154,14 @@ pub enum Item {
     Blocks { file: usize, bytes: Vec<u8> },
     /// File `file` is complete; its BLAKE3.
     Finished { file: usize, hash: [u8; 32] },
+    /// File `file` continues after the `at` bytes the receiver holds (its first blocks are
+    /// a resume record); `whole`: the receiver's file is kept as it is (skip).
+    Resumed { file: usize, at: u64, whole: bool },
 }
+
+/// The receiver's offers ([`crate::proto::Sender::held`]), handed to the producer once the
+/// handshake is done. A producer given this channel waits for them before the first file.
+pub type Offers = Receiver<Vec<HeldEntry>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
@@ -262,6 +283,7 @@ pub fn produce_with_default_indexes(
     snap: &Snapshot,
     o: &StreamOptions,
     tx: &SyncSender<Result<Item, StreamError>>,
+    offers: Option<Offers>,
 ) {
     std::thread::scope(|s| {
         let loading = s.spawn(|| {
@@ -270,7 +292,7 @@ pub fn produce_with_default_indexes(
         let mut loading = Some(loading);
         let mut idx: Option<IndexSet> = None;
         let mut first = true;
-        produce_with(files, tx, o, &mut |window, start, f| {
+        produce_with(files, tx, o, offers, &mut |window, start, f| {
             if let Some(h) = loading.take_if(|h| !first || h.is_finished()) {
                 let loaded = h.join().expect("the index loader does not panic");
                 idx = Some(loaded.map_err(StreamError::Index)?);
@@ -297,8 +319,9 @@ pub fn produce(
     idx: &IndexSet,
     o: &StreamOptions,
     tx: &SyncSender<Result<Item, StreamError>>,
+    offers: Option<Offers>,
 ) {
-    produce_with(files, tx, o, &mut |window, start, f| {
+    produce_with(files, tx, o, offers, &mut |window, start, f| {
         pack_window(window, start, snap, idx, o, f)
     })
 }
@@ -310,10 +333,18 @@ fn produce_with(
     files: &[StreamFile],
     tx: &SyncSender<Result<Item, StreamError>>,
     o: &StreamOptions,
+    offers: Option<Offers>,
     pack: &mut PackFn<'_>,
 ) {
+    let held: HashMap<u32, HeldEntry> = match offers {
+        None => HashMap::new(),
+        Some(rx) => match rx.recv() {
+            Ok(v) => v.into_iter().map(|e| (e.file, e)).collect(),
+            Err(_) => return, // the session ended before its handshake
+        },
+    };
     for (i, f) in files.iter().enumerate() {
-        match produce_file(i, f, o, tx, pack) {
+        match produce_file(i, f, o, tx, held.get(&(i as u32)), pack) {
             Ok(true) => {}
             Ok(false) => return, // hung up
             Err(e) => {
@@ -324,11 +355,26 @@ fn produce_with(
     }
 }
 
+/// BLAKE3 state over the next `len` bytes of `file`, hashed on every core.
+fn hash_prefix(file: &mut std::fs::File, len: u64) -> std::io::Result<blake3::Hasher> {
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; (8 << 20).min(len as usize)];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        file.read_exact(&mut buf[..n])?;
+        h.update_rayon(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok(h)
+}
+
 fn produce_file(
     i: usize,
     f: &StreamFile,
     o: &StreamOptions,
     tx: &SyncSender<Result<Item, StreamError>>,
+    offer: Option<&HeldEntry>,
     pack: &mut PackFn<'_>,
 ) -> Result<bool, StreamError> {
     let read_err = |source| StreamError::Read {
@@ -341,8 +387,49 @@ fn produce_file(
     };
     let mut file = std::fs::File::open(&f.path).map_err(read_err)?;
     let mut hasher = blake3::Hasher::new();
+    let mut from = 0u64;
+    // What the receiver holds: continue after it when this file's bytes hash the same (the
+    // whole file: nothing but the record and the end; a prefix: the rest), else start over.
+    if let Some(e) = offer.filter(|e| e.len <= f.size && resume_fits(f.size, e.len, o)) {
+        let h = match hash_prefix(&mut file, e.len) {
+            Ok(h) => Some(h),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => None,
+            Err(e) => return Err(read_err(e)),
+        };
+        match h {
+            Some(h) if *h.finalize().as_bytes() == e.hash => {
+                let rec = ResumeRecord {
+                    at: e.len,
+                    hash: e.hash,
+                };
+                let whole = e.kind == HeldKind::Whole;
+                let items = [
+                    Item::Blocks {
+                        file: i,
+                        bytes: rec.to_bytes().to_vec(),
+                    },
+                    Item::Resumed {
+                        file: i,
+                        at: e.len,
+                        whole,
+                    },
+                ];
+                for it in items {
+                    if tx.send(Ok(it)).is_err() {
+                        return Ok(false);
+                    }
+                }
+                hasher = h;
+                from = e.len;
+            }
+            _ => {
+                tracing::info!(file = %f.path.display(), "the receiver's copy differs: sending it whole");
+                file.seek(std::io::SeekFrom::Start(0)).map_err(read_err)?;
+            }
+        }
+    }
     let mut buf = Vec::new();
-    for (start, len) in windows(f.size, o) {
+    for (start, len) in windows_from(f.size, from, o) {
         buf.resize(len as usize, 0);
         file.read_exact(&mut buf).map_err(|e| match e.kind() {
             std::io::ErrorKind::UnexpectedEof => changed(),
@@ -372,6 +459,8 @@ pub struct Feed {
     /// How often the driver checks for blocks while the producer is running.
     pub poll: Duration,
     last_pull: Cell<Option<Instant>>,
+    /// Where the receiver's offers go once the handshake is done (a producer that resumes).
+    offers: Option<SyncSender<Vec<HeldEntry>>>,
 }
 
 impl Feed {
@@ -383,6 +472,22 @@ impl Feed {
             error: None,
             poll: Duration::from_millis(1),
             last_pull: Cell::new(None),
+            offers: None,
+        }
+    }
+
+    /// Hand the receiver's offers to the producer (which waits for them) once the
+    /// handshake is done: give it the receiving end of `tx`.
+    pub fn with_offers(mut self, tx: SyncSender<Vec<HeldEntry>>) -> Self {
+        self.offers = Some(tx);
+        self
+    }
+
+    fn pass_offers(&mut self) {
+        if let Some(held) = self.offers.as_ref().and_then(|_| self.sender.held()) {
+            if let Some(tx) = self.offers.take() {
+                let _ = tx.send(held);
+            }
         }
     }
 
@@ -395,6 +500,7 @@ impl Feed {
             error: None,
             poll: Duration::from_millis(1),
             last_pull: Cell::new(None),
+            offers: None,
         }
     }
 
@@ -420,6 +526,10 @@ impl Feed {
             let r = match rx.try_recv() {
                 Ok(Ok(Item::Blocks { file, bytes })) => self.sender.push_block(file, &bytes),
                 Ok(Ok(Item::Finished { file, hash })) => self.sender.finish_file(file, hash),
+                Ok(Ok(Item::Resumed { file, at, whole })) => {
+                    self.sender.note_resumed(file, at, whole);
+                    Ok(())
+                }
                 Ok(Err(e)) => return self.stop(now, e),
                 Err(TryRecvError::Empty) => return,
                 Err(TryRecvError::Disconnected) => {
@@ -439,7 +549,9 @@ impl Feed {
 
 impl Endpoint for Feed {
     fn handle_datagram(&mut self, now: Instant, datagram: &mut [u8]) -> bool {
-        self.sender.handle_datagram(now, datagram)
+        let used = self.sender.handle_datagram(now, datagram);
+        self.pass_offers();
+        used
     }
 
     fn handle_timeout(&mut self, now: Instant) {

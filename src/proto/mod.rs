@@ -49,6 +49,7 @@ mod outgoing;
 pub mod pacing;
 pub mod rangeset;
 pub mod receiver;
+mod resume;
 pub mod sender;
 pub mod sink;
 pub mod table;
@@ -198,6 +199,11 @@ pub struct ReceiverConfig {
     /// (`pfs recv --overwrite`); off, such a session is refused with
     /// [`Reason::FileExists`] and the existing file stays.
     pub overwrite: bool,
+    /// Offer the sender what the output already holds (`pfs recv --no-resume` turns it
+    /// off): resumable temporary files and final files of the same name and size. For the
+    /// file sink the driver creates: keep the temporary files of a broken session with a
+    /// journal, so that a later session can resume them.
+    pub resume: bool,
     pub timing: Timing,
 }
 
@@ -215,6 +221,7 @@ impl Default for ReceiverConfig {
             reorder_window: Duration::ZERO,
             durable: true,
             overwrite: false,
+            resume: true,
             timing: Timing::default(),
         }
     }
@@ -454,6 +461,12 @@ pub struct Stats {
     pub unexpected: u64,
     /// The sender's pacing rate at the end, bytes per second.
     pub rate: u64,
+    /// Files the receiver held whole and unchanged, not sent again, and their bytes.
+    pub skipped_files: u64,
+    pub skipped_bytes: u64,
+    /// Files continued after a prefix the receiver held, and the bytes not sent again.
+    pub resumed_files: u64,
+    pub resumed_bytes: u64,
 }
 
 /// What a driver needs from a state machine.
