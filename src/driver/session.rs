@@ -762,3 +762,92 @@ pub(crate) fn recv_summary(
         None => Err(DriverError::NoOutcome("receiver")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blueprint::{raw_segments, Blueprint};
+    use crate::proto::{SendFile, Sender, SenderConfig, Timing};
+
+    /// A link that went down: its TX ring takes 1 frame (the Hello), never completes it, and then
+    /// has no room; nothing arrives.
+    struct Down(usize);
+
+    impl FramePath for Down {
+        fn transmit<E: Endpoint + ?Sized>(
+            &mut self,
+            ep: &mut E,
+            now: Instant,
+            _budget: usize,
+        ) -> Result<(usize, bool), DriverError> {
+            let mut buf = [0u8; 2048];
+            let mut n = 0;
+            while self.0 < 1 {
+                if ep.poll_transmit(now, &mut buf).is_none() {
+                    return Ok((n, true));
+                }
+                self.0 += 1;
+                n += 1;
+            }
+            Ok((n, false))
+        }
+        fn receive<E: Endpoint + ?Sized>(
+            &mut self,
+            _ep: &mut E,
+            _budget: usize,
+        ) -> Result<(usize, bool), DriverError> {
+            Ok((0, false))
+        }
+        fn wait(&mut self, d: Duration) -> Result<(), DriverError> {
+            std::thread::sleep(d.min(Duration::from_millis(5)));
+            Ok(())
+        }
+        fn peer(&self) -> Option<SocketAddr> {
+            None
+        }
+    }
+
+    /// A sender whose peer went silent ends (idle timeout) and the loop returns although its
+    /// Abort never leaves: before, the queued terminal frame kept the loop spinning forever.
+    #[test]
+    fn a_session_ends_when_the_path_never_takes_its_last_frames() {
+        let content = vec![7u8; 5000];
+        let bp = Blueprint {
+            snapshot_id: [1; 32],
+            file_len: content.len() as u64,
+            file_hash: *blake3::hash(&content).as_bytes(),
+            segments: raw_segments(content.len() as u64),
+            spill: content,
+        };
+        let cfg = SenderConfig {
+            timing: Timing {
+                idle_timeout: Duration::from_millis(30),
+                ..Timing::default()
+            },
+            ..SenderConfig::default()
+        };
+        let files = vec![SendFile {
+            name: "f".into(),
+            blueprint: bp,
+        }];
+        let out = crate::prepare::prepare(files, [1; 32], &[], cfg.pack, &cfg.pack_opts).unwrap();
+        let mut s = Sender::new(cfg, [1; 32], out).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let r = drive(
+                &mut s,
+                &mut Down(0),
+                &DriveOptions::default(),
+                &AtomicBool::new(false),
+                &mut |_| {},
+            );
+            let _ = tx.send((r.map(|(stop, _)| stop).ok(), s.outcome()));
+        });
+        // a liveness bound, not a speed figure: the loop gives up 1 s after the outcome
+        let (stop, outcome) = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("drive kept spinning after the session's outcome");
+        assert_eq!(stop, Some(Stop::Closed));
+        assert!(matches!(outcome, Some(Err(_))), "{outcome:?}");
+    }
+}
