@@ -87,6 +87,12 @@ pub fn render(s: &LiveSnapshot) -> String {
         &[("", s.duplicate_frames)],
     );
     metric(
+        "pfs_reordered_frames_total",
+        "counter",
+        "Frames that arrived after a later-sent frame of their session (path or queue reordering), of ended sessions.",
+        &[("", s.reordered_frames)],
+    );
+    metric(
         "pfs_refused_total",
         "counter",
         "Handshakes and frames refused, by reason.",

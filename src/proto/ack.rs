@@ -64,6 +64,11 @@ impl Acks {
     }
 
     /// Any frame of the session arrived.
+    /// The highest sequence number seen so far.
+    pub fn max_seq(&self) -> u64 {
+        self.max_seq
+    }
+
     pub fn on_frame(&mut self, now: Instant, seq: u64) {
         self.rx_frames += 1;
         self.max_seq = self.max_seq.max(seq);

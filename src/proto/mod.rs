@@ -455,6 +455,9 @@ pub struct Stats {
     pub probes: u64,
     /// Data frames that brought nothing new.
     pub duplicate_frames: u64,
+    /// Frames that arrived after a frame the peer sent later (a lower sequence number than
+    /// the highest seen): reordering on the path or between receive queues.
+    pub reordered_frames: u64,
     /// Frames dropped: unparsable, failing a check, from another session, or unexpected.
     pub malformed: u64,
     pub foreign_session: u64,

@@ -425,6 +425,9 @@ impl<S: FileSink> Endpoint for Receiver<'_, S> {
         self.last_heard = Some(now);
         self.stats.frames_received += 1;
         self.stats.bytes_received += datagram.len() as u64;
+        if hdr.seq < self.acks.max_seq() {
+            self.stats.reordered_frames += 1;
+        }
         self.acks.on_frame(now, hdr.seq);
         let (close, abort) = (
             matches!(frame.payload, Payload::Close),
