@@ -52,6 +52,10 @@ pub struct PfsConfig {
     pub max_file_size: Option<u64>,
     /// Receiver: replace files that already exist under a received name.
     pub overwrite: Option<bool>,
+    /// Receiver: keep the setuid, setgid and sticky bits of received entries.
+    pub keep_setid: Option<bool>,
+    /// Sender: send what links inside a directory point at instead of the links.
+    pub follow_symlinks: Option<bool>,
     /// Link budget for the sender's pacing, e.g. `1gbit`, `500mbit`, `100MB`.
     pub rate: Option<String>,
     /// Receiver: give up after this many seconds without a sender (0 = never).
@@ -249,6 +253,8 @@ impl PfsConfig {
             mtu,
             max_file_size,
             overwrite,
+            keep_setid,
+            follow_symlinks,
             rate,
             timeout,
             metrics,
@@ -288,6 +294,8 @@ impl PfsConfig {
             mtu: Some(1500),
             max_file_size: Some(1 << 40),
             overwrite: Some(false),
+            keep_setid: Some(false),
+            follow_symlinks: Some(false),
             timeout: Some(0),
             xdp_mode: Some(XdpMode::Auto),
             xdp_threads: Some(Threads::Auto),

@@ -23,7 +23,8 @@
 //! any file is created or sized.
 #![allow(unsafe_code)]
 
-use crate::proto::sink::{sanitize_name, FileSink, SinkError, SinkFile};
+use crate::proto::sink::{link_check, sanitize_name, FileSink, SinkError, SinkFile, Skip};
+use crate::wire::payload::{Attrs, EntryKind};
 use memmap2::MmapMut;
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, RenameFlags, ResolveFlag};
@@ -142,6 +143,18 @@ struct Out {
     written_back: u64,
     /// Committed, or discarded: nothing left to clean up.
     settled: bool,
+    kind: EntryKind,
+    attrs: Option<Attrs>,
+    /// A link's target.
+    target: String,
+}
+
+/// `attrs`' mtime as the times argument of futimens/utimensat (the access time is left).
+fn mtime_of(a: &Attrs) -> (nix::sys::time::TimeSpec, nix::sys::time::TimeSpec) {
+    (
+        nix::sys::time::TimeSpec::UTIME_OMIT,
+        nix::sys::time::TimeSpec::new(a.mtime_s, a.mtime_ns as _),
+    )
 }
 
 /// Writes received files into an output directory through memory maps.
@@ -160,6 +173,9 @@ pub struct MmapSink {
     /// Replace files that already exist under a final name (`pfs recv --overwrite`). Off (the
     /// default), such a file is refused with [`SinkError::Exists`] and left unchanged.
     pub overwrite: bool,
+    /// Keep the setuid, setgid and sticky bits the sender asks for (`pfs recv
+    /// --keep-setid`). Off (the default), only the 0o777 bits are applied.
+    pub keep_setid: bool,
     outs: Vec<Out>,
 }
 
@@ -175,6 +191,7 @@ impl MmapSink {
             tag: tag.to_owned(),
             durable: true,
             overwrite: false,
+            keep_setid: false,
             reserve: 64 << 20,
             outs: Vec::new(),
         })
@@ -229,9 +246,97 @@ impl MmapSink {
         Ok((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
     }
 
-    /// Open file `i`'s temporary file; `dirs` holds the parent directories opened so far
-    /// (by their path below the root), so that a directory costs one descriptor however
-    /// many files it receives.
+    /// The parent directory of `name` (a sanitised name) beneath the root, created when
+    /// missing, and the last component; `dirs` holds the directories opened so far (by
+    /// their path below the root), so that a directory costs one descriptor however many
+    /// entries it receives.
+    fn parent_of<'n>(
+        &self,
+        name: &'n str,
+        dirs: &mut HashMap<String, Arc<OwnedFd>>,
+    ) -> Result<(Arc<OwnedFd>, &'n str), Errno> {
+        let (parent, fname) = match name.rsplit_once('/') {
+            Some((p, f)) => (p, f),
+            None => ("", name),
+        };
+        let dir = match dirs.get(parent) {
+            _ if parent.is_empty() => self.root_fd.clone(),
+            Some(d) => d.clone(),
+            None => {
+                let mut cur: Option<OwnedFd> = None;
+                for part in parent.split('/') {
+                    let base = cur.as_ref().map_or(self.root_fd.as_fd(), |f| f.as_fd());
+                    cur = Some(ensure_dir_beneath(base, OsStr::new(part))?);
+                }
+                let d = Arc::new(cur.expect("a non-empty parent has a part"));
+                dirs.insert(parent.to_owned(), d.clone());
+                d
+            }
+        };
+        Ok((dir, fname))
+    }
+
+    /// Entry `i`, a directory or a link: a directory is created now (kept if it exists); a
+    /// link is only checked here (its name must be free unless `overwrite`, never a
+    /// directory) and created by `finish`, after every file.
+    fn open_node(
+        &self,
+        i: usize,
+        f: &SinkFile,
+        dirs: &mut HashMap<String, Arc<OwnedFd>>,
+    ) -> Result<Out, SinkError> {
+        let fi = i as u32;
+        let errno = |e: Errno| match e {
+            e if is_escape(e) => SinkError::BadName(fi),
+            Errno::ENOSYS => SinkError::Io(no_openat2()),
+            e => SinkError::Io(e.into()),
+        };
+        let name = sanitize_name(&f.name).ok_or(SinkError::BadName(fi))?;
+        let (dir, fname) = self.parent_of(&name, dirs).map_err(errno)?;
+        let fname = fname.to_owned();
+        if f.kind == EntryKind::Dir {
+            let fd = ensure_dir_beneath(dir.as_fd(), OsStr::new(&fname)).map_err(|e| match e {
+                Errno::ENOTDIR => SinkError::Exists {
+                    file: fi,
+                    name: name.clone(),
+                },
+                e => errno(e),
+            })?;
+            dirs.insert(name.clone(), Arc::new(fd));
+        } else {
+            match nix::sys::stat::fstatat(
+                Some(dir.as_raw_fd()),
+                fname.as_str(),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            ) {
+                Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR || !self.overwrite => {
+                    return Err(SinkError::Exists {
+                        file: fi,
+                        name: name.clone(),
+                    })
+                }
+                Ok(_) | Err(Errno::ENOENT) => {}
+                Err(e) => return Err(errno(e)),
+            }
+        }
+        Ok(Out {
+            dst: self.root.join(&name),
+            tmp_name: tmp_name(&fname, &self.tag),
+            dst_name: OsString::from(fname),
+            name,
+            dir,
+            file: None,
+            map: None,
+            size: 0,
+            written_back: 0,
+            settled: true,
+            kind: f.kind,
+            attrs: f.attrs,
+            target: f.target.clone(),
+        })
+    }
+
+    /// Open file `i`'s temporary file (its parent through [`MmapSink::parent_of`]).
     fn open_one(
         &self,
         i: usize,
@@ -245,24 +350,9 @@ impl MmapSink {
             e => SinkError::Io(e.into()),
         };
         let name = sanitize_name(&f.name).ok_or(SinkError::BadName(fi))?;
-        let (parent, fname) = match name.rsplit_once('/') {
-            Some((p, f)) => (p, f),
-            None => ("", name.as_str()),
-        };
-        let dir = match dirs.get(parent) {
-            _ if parent.is_empty() => self.root_fd.clone(),
-            Some(d) => d.clone(),
-            None => {
-                let mut cur: Option<OwnedFd> = None;
-                for part in parent.split('/') {
-                    let base = cur.as_ref().map_or(self.root_fd.as_fd(), |f| f.as_fd());
-                    cur = Some(ensure_dir_beneath(base, OsStr::new(part)).map_err(errno)?);
-                }
-                let d = Arc::new(cur.expect("a non-empty parent has a part"));
-                dirs.insert(parent.to_owned(), d.clone());
-                d
-            }
-        };
+        let (dir, fname) = self.parent_of(&name, dirs).map_err(errno)?;
+        let fname = fname.to_owned();
+        let fname = fname.as_str();
         let exists = || SinkError::Exists {
             file: fi,
             name: name.clone(),
@@ -302,6 +392,9 @@ impl MmapSink {
             size: f.size,
             written_back: 0,
             settled: false,
+            kind: EntryKind::File,
+            attrs: f.attrs,
+            target: String::new(),
         };
         let file = out.file.as_ref().unwrap();
         file.set_len(f.size)?;
@@ -453,7 +546,11 @@ impl FileSink for MmapSink {
         }
         let mut dirs = HashMap::new();
         for (i, f) in files.iter().enumerate() {
-            match self.open_one(i, f, &mut dirs) {
+            let o = match f.kind {
+                EntryKind::File => self.open_one(i, f, &mut dirs),
+                EntryKind::Dir | EntryKind::Symlink => self.open_node(i, f, &mut dirs),
+            };
+            match o {
                 Ok(o) => self.outs.push(o),
                 Err(e) => {
                     self.discard();
@@ -544,6 +641,13 @@ impl FileSink for MmapSink {
             }
         }
         if let Some(f) = o.file.take() {
+            if let Some(a) = &o.attrs {
+                let mask = if self.keep_setid { 0o7777 } else { 0o777 };
+                let perm = Mode::from_bits_truncate((a.perm & mask) as libc::mode_t);
+                nix::sys::stat::fchmod(f.as_raw_fd(), perm).map_err(io::Error::from)?;
+                let (at, mt) = mtime_of(a);
+                nix::sys::stat::futimens(f.as_raw_fd(), &at, &mt).map_err(io::Error::from)?;
+            }
             if self.durable {
                 f.sync_all()?;
             }
@@ -568,6 +672,70 @@ impl FileSink for MmapSink {
             }
             Err(e) => Err(SinkError::Io(e.into())),
         }
+    }
+
+    /// Links (each checked by [`link_check`], created under a temporary name, its mtime
+    /// set, renamed into place), then the directories' permission bits and mtimes, deepest
+    /// first.
+    fn finish(&mut self) -> Result<Vec<(u32, Skip)>, SinkError> {
+        use nix::sys::stat::{utimensat, UtimensatFlags};
+        let mut skipped = Vec::new();
+        let flags = if self.overwrite {
+            RenameFlags::empty()
+        } else {
+            RenameFlags::RENAME_NOREPLACE
+        };
+        for (i, o) in self.outs.iter_mut().enumerate() {
+            if o.kind != EntryKind::Symlink {
+                continue;
+            }
+            if let Err(why) = link_check(&o.name, &o.target) {
+                skipped.push((i as u32, why));
+                continue;
+            }
+            let d = Some(o.dir.as_raw_fd());
+            nix::unistd::symlinkat(o.target.as_str(), d, o.tmp_name.as_os_str())
+                .map_err(io::Error::from)?;
+            o.settled = false;
+            if let Some(a) = &o.attrs {
+                let (at, mt) = mtime_of(a);
+                utimensat(
+                    d,
+                    o.tmp_name.as_os_str(),
+                    &at,
+                    &mt,
+                    UtimensatFlags::NoFollowSymlink,
+                )
+                .map_err(io::Error::from)?;
+            }
+            match nix::fcntl::renameat2(d, o.tmp_name.as_os_str(), d, o.dst_name.as_os_str(), flags)
+            {
+                Ok(()) => o.settled = true,
+                Err(Errno::EEXIST) | Err(Errno::EISDIR) | Err(Errno::ENOTEMPTY) => {
+                    return Err(SinkError::Exists {
+                        file: i as u32,
+                        name: o.name.clone(),
+                    })
+                }
+                Err(e) => return Err(SinkError::Io(e.into())),
+            }
+        }
+        let mut dirs: Vec<&Out> = self
+            .outs
+            .iter()
+            .filter(|o| o.kind == EntryKind::Dir && o.attrs.is_some())
+            .collect();
+        dirs.sort_by_key(|o| std::cmp::Reverse(o.name.matches('/').count()));
+        let mask = if self.keep_setid { 0o7777 } else { 0o777 };
+        for o in dirs {
+            let a = o.attrs.as_ref().expect("filtered");
+            let fd = open_dir_beneath(o.dir.as_fd(), &o.dst_name).map_err(io::Error::from)?;
+            let perm = Mode::from_bits_truncate((a.perm & mask) as libc::mode_t);
+            nix::sys::stat::fchmod(fd.as_raw_fd(), perm).map_err(io::Error::from)?;
+            let (at, mt) = mtime_of(a);
+            nix::sys::stat::futimens(fd.as_raw_fd(), &at, &mt).map_err(io::Error::from)?;
+        }
+        Ok(skipped)
     }
 
     fn discard(&mut self) {
@@ -598,10 +766,7 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     fn file(name: &str, size: u64) -> SinkFile {
-        SinkFile {
-            name: name.into(),
-            size,
-        }
+        SinkFile::file(name, size)
     }
 
     /// A sink over `dir` with no free-space reserve (tests run on small file systems too).

@@ -494,6 +494,7 @@ fn a_streamed_file_arrives_bit_exact_while_its_blocks_are_produced_late() {
         let input = SendInput::Streamed {
             files: outgoing,
             blocks: rx,
+            meta: Vec::new(),
         };
         let sec = keys::TestKeys::fixed().sender_security();
         let session = SendSession::new(
