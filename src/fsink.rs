@@ -45,6 +45,18 @@ const RESOLVE: ResolveFlag = ResolveFlag::RESOLVE_BENEATH.union(ResolveFlag::RES
 /// The marker in temporary names: `.NAME.pfs-tmp-PID-TAG`.
 const TMP_MARK: &str = ".pfs-tmp-";
 
+/// Files up to this size are held in memory while they arrive and written to their
+/// temporary file only at `commit` (no file, no size, no map per small file while the
+/// session runs: accepting a manifest of many small files creates nothing yet).
+const SMALL_FILE: u64 = 256 << 10;
+/// Most bytes of small files held in memory at once by one sink; a small file that would
+/// pass it gets its temporary file and map at once, as a large one.
+const SMALL_BUDGET: u64 = 64 << 20;
+/// Small files written at `commit` wait in a batch, their writeback started, for one pass of
+/// fsyncs (the first commits the journal for all of them), then their renames, then one
+/// fsync per directory: a batch of this many, or whatever is left at `finish`.
+const BATCH_FILES: usize = 128;
+
 /// Deepest directory walk [`remove_stale_temps`] makes (names have at most 32 levels; the
 /// senders' sub-directories add a few).
 const MAX_WALK_DEPTH: usize = 64;
@@ -138,6 +150,10 @@ struct Out {
     tmp_name: OsString,
     file: Option<File>,
     map: Option<MmapMut>,
+    /// A small file's bytes, in memory until `commit`.
+    buf: Option<Vec<u8>>,
+    /// A small file whose temporary file is not created yet.
+    lazy: bool,
     size: u64,
     /// Bytes `[0, written_back)` were handed to early writeback (`prefix_final`).
     written_back: u64,
@@ -177,6 +193,10 @@ pub struct MmapSink {
     /// --keep-setid`). Off (the default), only the 0o777 bits are applied.
     pub keep_setid: bool,
     outs: Vec<Out>,
+    /// Bytes of small files held in memory.
+    buffered: u64,
+    /// Small files written, waiting for their fsync and rename (indices into `outs`).
+    batch: Vec<usize>,
 }
 
 impl MmapSink {
@@ -194,6 +214,8 @@ impl MmapSink {
             keep_setid: false,
             reserve: 64 << 20,
             outs: Vec::new(),
+            buffered: 0,
+            batch: Vec::new(),
         })
     }
 
@@ -327,6 +349,8 @@ impl MmapSink {
             dir,
             file: None,
             map: None,
+            buf: None,
+            lazy: false,
             size: 0,
             written_back: 0,
             settled: true,
@@ -374,21 +398,16 @@ impl MmapSink {
         let tmp_name = tmp_name(fname, &self.tag);
         let dst_name = OsString::from(fname);
         let dst = self.root.join(&name);
-        let fd = open_beneath(
-            dir.as_fd(),
-            &tmp_name,
-            OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW,
-            0o644,
-        )
-        .map_err(errno)?;
         let mut out = Out {
             dst,
             name,
             dir,
             dst_name,
             tmp_name,
-            file: Some(File::from(fd)),
+            file: None,
             map: None,
+            buf: None,
+            lazy: f.size <= SMALL_FILE,
             size: f.size,
             written_back: 0,
             settled: false,
@@ -396,17 +415,139 @@ impl MmapSink {
             attrs: f.attrs,
             target: String::new(),
         };
-        let file = out.file.as_ref().unwrap();
-        file.set_len(f.size)?;
-        if f.size > 0 {
-            // Safety: the file was just created by us with O_EXCL under a name no one else
-            // uses, and sized to `f.size`; nothing else truncates it while the map lives (a
-            // process that did would make accesses fault, which is the documented mmap
-            // hazard of a hostile local user, not of the peer). The map is dropped before the
-            // file is renamed or removed.
-            out.map = Some(unsafe { MmapMut::map_mut(file)? });
+        if !out.lazy {
+            create_mapped(&mut out, fi)?;
         }
         Ok(out)
+    }
+
+    /// Write small file `i` (held in memory) to its temporary file, apply its attributes
+    /// and start its writeback; with `durable` it joins the batch (flushed when full),
+    /// else it is renamed at once.
+    fn commit_small(&mut self, i: usize) -> Result<(), SinkError> {
+        use std::io::Write;
+        let fi = i as u32;
+        let (keep_setid, durable) = (self.keep_setid, self.durable);
+        let o = &mut self.outs[i];
+        let fd = open_beneath(
+            o.dir.as_fd(),
+            &o.tmp_name,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW,
+            0o644,
+        )
+        .map_err(|e| tmp_errno(e, fi))?;
+        o.lazy = false;
+        let mut f = File::from(fd);
+        if let Some(b) = o.buf.take() {
+            f.write_all(&b)?;
+            self.buffered -= b.len() as u64;
+        }
+        apply_attrs(&f, o.attrs.as_ref(), keep_setid)?;
+        if !durable {
+            drop(f);
+            return rename_into_place(o, fi, self.overwrite);
+        }
+        // Start (not wait for) the writeback now; the batch's fsyncs wait for it.
+        // Safety: a plain syscall on a file descriptor we own; no memory is passed.
+        let _ = unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+        o.file = Some(f);
+        self.batch.push(i);
+        if self.batch.len() >= BATCH_FILES {
+            self.flush_batch()?;
+        }
+        Ok(())
+    }
+
+    /// The batch: fsync each file, rename each into place, fsync each directory once.
+    fn flush_batch(&mut self) -> Result<(), SinkError> {
+        let batch = std::mem::take(&mut self.batch);
+        for &i in &batch {
+            if let Some(f) = &self.outs[i].file {
+                f.sync_all()?;
+            }
+        }
+        let mut dirs: Vec<Arc<OwnedFd>> = Vec::new();
+        for &i in &batch {
+            let o = &mut self.outs[i];
+            o.file = None;
+            rename_into_place(o, i as u32, self.overwrite)?;
+            if !dirs.iter().any(|d| Arc::ptr_eq(d, &o.dir)) {
+                dirs.push(o.dir.clone());
+            }
+        }
+        for d in dirs {
+            nix::unistd::fsync(d.as_raw_fd()).map_err(io::Error::from)?;
+        }
+        Ok(())
+    }
+}
+
+/// What an errno from creating file `fi`'s temporary file means.
+fn tmp_errno(e: Errno, fi: u32) -> SinkError {
+    match e {
+        e if is_escape(e) => SinkError::BadName(fi),
+        Errno::ENOSYS => SinkError::Io(no_openat2()),
+        e => SinkError::Io(e.into()),
+    }
+}
+
+/// Create `o`'s temporary file, sized, and map it (a large file at `open`, a small one once
+/// the memory budget is spent).
+fn create_mapped(o: &mut Out, fi: u32) -> Result<(), SinkError> {
+    let fd = open_beneath(
+        o.dir.as_fd(),
+        &o.tmp_name,
+        OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW,
+        0o644,
+    )
+    .map_err(|e| tmp_errno(e, fi))?;
+    o.lazy = false;
+    let file = File::from(fd);
+    file.set_len(o.size)?;
+    if o.size > 0 {
+        // Safety: the file was just created by us with O_EXCL under a name no one else
+        // uses, and sized to `o.size`; nothing else truncates it while the map lives (a
+        // process that did would make accesses fault, which is the documented mmap
+        // hazard of a hostile local user, not of the peer). The map is dropped before the
+        // file is renamed or removed.
+        o.map = Some(unsafe { MmapMut::map_mut(&file)? });
+    }
+    o.file = Some(file);
+    Ok(())
+}
+
+/// Apply the sender's permission bits (0o777 of them unless `keep_setid`) and mtime.
+fn apply_attrs(f: &File, attrs: Option<&Attrs>, keep_setid: bool) -> Result<(), SinkError> {
+    if let Some(a) = attrs {
+        let mask = if keep_setid { 0o7777 } else { 0o777 };
+        let perm = Mode::from_bits_truncate((a.perm & mask) as libc::mode_t);
+        nix::sys::stat::fchmod(f.as_raw_fd(), perm).map_err(io::Error::from)?;
+        let (at, mt) = mtime_of(a);
+        nix::sys::stat::futimens(f.as_raw_fd(), &at, &mt).map_err(io::Error::from)?;
+    }
+    Ok(())
+}
+
+/// Rename `o`'s temporary file to its final name (refusing an existing one unless
+/// `overwrite`).
+fn rename_into_place(o: &mut Out, file: u32, overwrite: bool) -> Result<(), SinkError> {
+    let flags = if overwrite {
+        RenameFlags::empty()
+    } else {
+        RenameFlags::RENAME_NOREPLACE
+    };
+    let d = Some(o.dir.as_raw_fd());
+    match nix::fcntl::renameat2(d, o.tmp_name.as_os_str(), d, o.dst_name.as_os_str(), flags) {
+        Ok(()) => {
+            o.settled = true;
+            Ok(())
+        }
+        // The name appeared after the manifest was accepted: the existing file stays.
+        Err(Errno::EEXIST) | Err(Errno::EISDIR) | Err(Errno::ENOTEMPTY) => Err(SinkError::Exists {
+            file,
+            name: o.name.clone(),
+        }),
+        Err(e) => Err(SinkError::Io(e.into())),
     }
 }
 
@@ -567,12 +708,24 @@ impl FileSink for MmapSink {
             .get_mut(file as usize)
             .ok_or(SinkError::NoSuchFile(file))?;
         let out_of_range = SinkError::OutOfRange { file, off, len };
-        let Some(m) = o.map.as_mut() else {
-            return if len == 0 {
-                Ok(&mut [])
+        if o.lazy && o.buf.is_none() && o.size > 0 {
+            if self.buffered + o.size <= SMALL_BUDGET {
+                o.buf = Some(vec![0u8; o.size as usize]);
+                self.buffered += o.size;
             } else {
-                Err(out_of_range)
-            };
+                create_mapped(o, file)?;
+            }
+        }
+        let m: &mut [u8] = match (o.map.as_mut(), o.buf.as_mut()) {
+            (Some(m), _) => m,
+            (None, Some(b)) => b,
+            _ => {
+                return if len == 0 {
+                    Ok(&mut [])
+                } else {
+                    Err(out_of_range)
+                }
+            }
         };
         let range = usize::try_from(off)
             .ok()
@@ -588,7 +741,7 @@ impl FileSink for MmapSink {
             .outs
             .get(file as usize)
             .ok_or(SinkError::NoSuchFile(file))?;
-        let bytes: &[u8] = o.map.as_deref().unwrap_or(&[]);
+        let bytes: &[u8] = o.map.as_deref().or(o.buf.as_deref()).unwrap_or(&[]);
         Ok(*blake3::hash(bytes).as_bytes())
     }
 
@@ -597,7 +750,7 @@ impl FileSink for MmapSink {
         if o.settled {
             return None;
         }
-        Some(o.map.as_deref().unwrap_or(&[]))
+        Some(o.map.as_deref().or(o.buf.as_deref()).unwrap_or(&[]))
     }
 
     fn prefix_final(&mut self, file: u32, upto: u64) {
@@ -631,6 +784,9 @@ impl FileSink for MmapSink {
     }
 
     fn commit(&mut self, file: u32) -> Result<(), SinkError> {
+        if self.outs.get(file as usize).is_some_and(|o| o.lazy) {
+            return self.commit_small(file as usize);
+        }
         let o = self
             .outs
             .get_mut(file as usize)
@@ -641,37 +797,12 @@ impl FileSink for MmapSink {
             }
         }
         if let Some(f) = o.file.take() {
-            if let Some(a) = &o.attrs {
-                let mask = if self.keep_setid { 0o7777 } else { 0o777 };
-                let perm = Mode::from_bits_truncate((a.perm & mask) as libc::mode_t);
-                nix::sys::stat::fchmod(f.as_raw_fd(), perm).map_err(io::Error::from)?;
-                let (at, mt) = mtime_of(a);
-                nix::sys::stat::futimens(f.as_raw_fd(), &at, &mt).map_err(io::Error::from)?;
-            }
+            apply_attrs(&f, o.attrs.as_ref(), self.keep_setid)?;
             if self.durable {
                 f.sync_all()?;
             }
         }
-        let flags = if self.overwrite {
-            RenameFlags::empty()
-        } else {
-            RenameFlags::RENAME_NOREPLACE
-        };
-        let d = Some(o.dir.as_raw_fd());
-        match nix::fcntl::renameat2(d, o.tmp_name.as_os_str(), d, o.dst_name.as_os_str(), flags) {
-            Ok(()) => {
-                o.settled = true;
-                Ok(())
-            }
-            // The name appeared after the manifest was accepted: the existing file stays.
-            Err(Errno::EEXIST) | Err(Errno::EISDIR) | Err(Errno::ENOTEMPTY) => {
-                Err(SinkError::Exists {
-                    file,
-                    name: o.name.clone(),
-                })
-            }
-            Err(e) => Err(SinkError::Io(e.into())),
-        }
+        rename_into_place(o, file, self.overwrite)
     }
 
     /// Links (each checked by [`link_check`], created under a temporary name, its mtime
@@ -679,6 +810,7 @@ impl FileSink for MmapSink {
     /// first.
     fn finish(&mut self) -> Result<Vec<(u32, Skip)>, SinkError> {
         use nix::sys::stat::{utimensat, UtimensatFlags};
+        self.flush_batch()?;
         let mut skipped = Vec::new();
         let flags = if self.overwrite {
             RenameFlags::empty()
@@ -739,15 +871,20 @@ impl FileSink for MmapSink {
     }
 
     fn discard(&mut self) {
+        self.batch.clear();
+        self.buffered = 0;
         for o in &mut self.outs {
             if !o.settled {
                 o.map = None;
                 o.file = None;
-                let _ = nix::unistd::unlinkat(
-                    Some(o.dir.as_raw_fd()),
-                    o.tmp_name.as_os_str(),
-                    nix::unistd::UnlinkatFlags::NoRemoveDir,
-                );
+                o.buf = None;
+                if !o.lazy {
+                    let _ = nix::unistd::unlinkat(
+                        Some(o.dir.as_raw_fd()),
+                        o.tmp_name.as_os_str(),
+                        nix::unistd::UnlinkatFlags::NoRemoveDir,
+                    );
+                }
                 o.settled = true;
             }
         }

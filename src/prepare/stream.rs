@@ -140,7 +140,23 @@ pub enum Item {
     Blocks { file: usize, bytes: Vec<u8> },
     /// File `file` is complete; its BLAKE3.
     Finished { file: usize, hash: [u8; 32] },
+    /// Whole small files (one window each), each with all its blocks and its BLAKE3: many
+    /// small files cross the bounded channel as one item, not two items each.
+    Small(Vec<SmallFile>),
 }
+
+/// A small file handed over whole ([`Item::Small`]).
+#[derive(Debug)]
+pub struct SmallFile {
+    pub file: usize,
+    pub bytes: Vec<u8>,
+    pub hash: [u8; 32],
+}
+
+/// Small files go over the channel in batches of at most this many bytes of blocks...
+const SMALL_BATCH_BYTES: usize = 256 << 10;
+/// ...and at most this many files.
+const SMALL_BATCH_FILES: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
@@ -312,16 +328,75 @@ fn produce_with(
     o: &StreamOptions,
     pack: &mut PackFn<'_>,
 ) {
+    // Small files (one window) are batched; the session's first file goes alone, so that
+    // the first data frame does not wait for a batch.
+    let mut batch: Vec<SmallFile> = Vec::new();
+    let mut batch_bytes = 0usize;
+    let flush = |batch: &mut Vec<SmallFile>, batch_bytes: &mut usize| {
+        *batch_bytes = 0;
+        batch.is_empty() || tx.send(Ok(Item::Small(std::mem::take(batch)))).is_ok()
+    };
     for (i, f) in files.iter().enumerate() {
-        match produce_file(i, f, o, tx, pack) {
+        let r = if f.size <= o.first_window.max(1) {
+            produce_small(i, f, pack).map(|s| {
+                batch_bytes += s.bytes.len();
+                batch.push(s);
+                if i == 0 || batch_bytes >= SMALL_BATCH_BYTES || batch.len() >= SMALL_BATCH_FILES {
+                    flush(&mut batch, &mut batch_bytes)
+                } else {
+                    true
+                }
+            })
+        } else if !flush(&mut batch, &mut batch_bytes) {
+            Ok(false)
+        } else {
+            produce_file(i, f, o, tx, pack)
+        };
+        match r {
             Ok(true) => {}
             Ok(false) => return, // hung up
             Err(e) => {
+                let _ = flush(&mut batch, &mut batch_bytes);
                 let _ = tx.send(Err(e));
                 return;
             }
         }
     }
+    let _ = flush(&mut batch, &mut batch_bytes);
+}
+
+/// A file of one window, read, planned and packed whole.
+fn produce_small(
+    i: usize,
+    f: &StreamFile,
+    pack: &mut PackFn<'_>,
+) -> Result<SmallFile, StreamError> {
+    let read_err = |source| StreamError::Read {
+        path: f.path.clone(),
+        source,
+    };
+    let mut buf = Vec::with_capacity(f.size as usize + 1);
+    std::fs::File::open(&f.path)
+        .map_err(read_err)?
+        .take(f.size + 1)
+        .read_to_end(&mut buf)
+        .map_err(read_err)?;
+    if buf.len() as u64 != f.size {
+        return Err(StreamError::Changed {
+            path: f.path.clone(),
+            declared: f.size,
+        });
+    }
+    let bytes = if buf.is_empty() {
+        Vec::new()
+    } else {
+        pack(&buf, 0, f)?
+    };
+    Ok(SmallFile {
+        file: i,
+        bytes,
+        hash: *blake3::hash(&buf).as_bytes(),
+    })
 }
 
 fn produce_file(
@@ -420,6 +495,12 @@ impl Feed {
             let r = match rx.try_recv() {
                 Ok(Ok(Item::Blocks { file, bytes })) => self.sender.push_block(file, &bytes),
                 Ok(Ok(Item::Finished { file, hash })) => self.sender.finish_file(file, hash),
+                Ok(Ok(Item::Small(files))) => files.into_iter().try_for_each(|s| {
+                    if !s.bytes.is_empty() {
+                        self.sender.push_block(s.file, &s.bytes)?;
+                    }
+                    self.sender.finish_file(s.file, s.hash)
+                }),
                 Ok(Err(e)) => return self.stop(now, e),
                 Err(TryRecvError::Empty) => return,
                 Err(TryRecvError::Disconnected) => {
