@@ -42,12 +42,13 @@ pub enum Skip {
 }
 
 /// Whether a link named `name` (a sanitised manifest name) may point at `target`: the
-/// target is relative, its `..` components all come first and never climb above the
-/// receiver's root (the link's own directory depth), and the rest are plain names (`.` and
-/// empty components are ignored). Stricter than rsync's `--safe-links`, which also admits
-/// `a/../b`: a `..` after a name could step out through a link that resolves upwards (`c ->
-/// .`, then `c/c/../..`). Each link this rule admits resolves beneath the root as long as
-/// the links it passes through were admitted by it too.
+/// target is relative, its `..` components all come first and never climb out of the
+/// received tree the link belongs to (the top-level entry of its name: `t/a/l` may climb at
+/// most to `t`), and the rest are plain names (`.` and empty components are ignored).
+/// Stricter than rsync's `--safe-links`, which also admits `a/../b`: a `..` after a name
+/// could step out through a link that resolves upwards (`c -> .`, then `c/c/../..`). Each
+/// link this rule admits resolves inside its tree as long as the links it passes through
+/// were admitted by it too.
 pub fn link_check(name: &str, target: &str) -> Result<(), Skip> {
     if target.starts_with('/') {
         return Err(Skip::AbsoluteLink);
@@ -63,7 +64,8 @@ pub fn link_check(name: &str, target: &str) -> Result<(), Skip> {
             _ => named = true,
         }
     }
-    if up > depth {
+    // `depth` directories above the link; the top one is the received tree's root
+    if up > depth.saturating_sub(1) {
         return Err(Skip::LinkClimbsOut);
     }
     Ok(())
@@ -293,6 +295,30 @@ impl FileSink for MemSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn links_stay_inside_their_tree_or_are_refused() {
+        for (name, target) in [
+            ("t/l", "f"),
+            ("t/l", "./f"),
+            ("t/a/l", "../f"),
+            ("t/a/b/l", "../../f"),
+            ("t/a/l", "b/c/"),
+            ("l", "x"),
+        ] {
+            assert_eq!(link_check(name, target), Ok(()), "{name} -> {target}");
+        }
+        for (name, target, why) in [
+            ("t/l", "/etc/passwd", Skip::AbsoluteLink),
+            ("t/l", "../x", Skip::LinkClimbsOut),
+            ("t/a/l", "../../x", Skip::LinkClimbsOut),
+            ("l", "..", Skip::LinkClimbsOut),
+            ("t/a/l", "c/../../..", Skip::LinkClimbsOut),
+            ("t/a/l", "c/..", Skip::LinkClimbsOut),
+        ] {
+            assert_eq!(link_check(name, target), Err(why), "{name} -> {target}");
+        }
+    }
 
     #[test]
     fn names() {
