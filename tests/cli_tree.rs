@@ -16,7 +16,14 @@ use common::keys::KeyFiles;
 /// A receiver on 127.0.0.1 (one session), with the port it printed.
 fn start_recv(snap: &str, out: &Path, keys: &KeyFiles) -> (Child, u16) {
     let mut c = pfs()
-        .args(["recv", "--once", "--transport", "udp", "--listen", "127.0.0.1"])
+        .args([
+            "recv",
+            "--once",
+            "--transport",
+            "udp",
+            "--listen",
+            "127.0.0.1",
+        ])
         .args(["--port", "0", "--timeout", "60", "--snapshot", snap])
         .args(keys.recv_flags())
         .arg("--out-dir")
@@ -142,7 +149,11 @@ fn a_tree_arrives_identical_in_one_session() {
     .iter()
     .enumerate()
     {
-        set_mtime(&t.join(p), 1_500_000_000 + k as i64 * 1000, 123_456_789 - k as i64);
+        set_mtime(
+            &t.join(p),
+            1_500_000_000 + k as i64 * 1000,
+            123_456_789 - k as i64,
+        );
     }
     let out = d.path().join("out");
     let (s, r) = transfer(&snap, &keys, &out, &[&t], &[]);
@@ -215,7 +226,11 @@ fn follow_symlinks_sends_the_targets_and_fifos_are_skipped() {
     symlink(&elsewhere, t.join("ext")).unwrap();
     symlink("real", t.join("dirlink")).unwrap();
     symlink("nowhere", t.join("dangling")).unwrap();
-    nix::unistd::mkfifo(&t.join("pipe"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    nix::unistd::mkfifo(
+        &t.join("pipe"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
 
     let out = d.path().join("out");
     let (s, r) = transfer(&snap, &keys, &out, &[&t], &["--follow-symlinks"]);
@@ -223,7 +238,10 @@ fn follow_symlinks_sends_the_targets_and_fifos_are_skipped() {
     assert!(s.status.success(), "{serr}");
     assert!(r.status.success());
     assert!(serr.contains("pipe: a fifo"), "{serr}");
-    assert!(serr.contains("dangling: a link whose target does not exist"), "{serr}");
+    assert!(
+        serr.contains("dangling: a link whose target does not exist"),
+        "{serr}"
+    );
     let sout = String::from_utf8_lossy(&s.stdout);
     assert!(sout.contains("2 special file(s) skipped"), "{sout}");
     let o = out.join("t");
@@ -236,7 +254,9 @@ fn follow_symlinks_sends_the_targets_and_fifos_are_skipped() {
         assert!(m.is_file(), "{p} is a regular file");
         assert_eq!(std::fs::read(o.join(p)).unwrap(), want, "{p}");
     }
-    assert!(std::fs::symlink_metadata(o.join("dirlink")).unwrap().is_dir());
+    assert!(std::fs::symlink_metadata(o.join("dirlink"))
+        .unwrap()
+        .is_dir());
     assert!(!o.join("pipe").exists() && !o.join("dangling").exists());
 
     // without the flag the links stay links (the dangling one too, the fifo skipped)
@@ -258,13 +278,23 @@ fn an_unreadable_file_is_a_clear_error() {
     let snap = build_snapshot(d.path(), "snap", "15");
     let missing = d.path().join("no-such-dir");
     let o = pfs()
-        .args(["send", "--transport", "udp", "--insecure", "--snapshot", &snap])
+        .args([
+            "send",
+            "--transport",
+            "udp",
+            "--insecure",
+            "--snapshot",
+            &snap,
+        ])
         .args(["--dst", "127.0.0.1:9"])
         .arg(&missing)
         .output()
         .unwrap();
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
-    assert!(e.contains("cannot read") && e.contains("no-such-dir"), "{e}");
+    assert!(
+        e.contains("cannot read") && e.contains("no-such-dir"),
+        "{e}"
+    );
     assert!(!e.contains("panicked"), "{e}");
 }

@@ -129,7 +129,13 @@ fn walk(base: &Path, d: &Path) -> Vec<String> {
 
 #[test]
 fn dot_dot_and_absolute_names_are_refused_as_bad_names() {
-    for name in ["../escape", "a/../../escape", "/tmp/escape", "a/./b", "a//b"] {
+    for name in [
+        "../escape",
+        "a/../../escape",
+        "/tmp/escape",
+        "a/./b",
+        "a//b",
+    ] {
         let (_t, out, outside) = dirs();
         let o = run(&out, vec![file(name, b"x")], &[]);
         assert!(
