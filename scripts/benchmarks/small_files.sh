@@ -11,7 +11,11 @@
 # Every received tree is compared with `diff -r`. Prints, per transport, the median of the
 # runs for both rows (file bytes / the sender's session time, first frame to the receiver's
 # confirmation; and file bytes / the time from starting pfs send to that confirmation) and
-# the ratio small/big of each.
+# the ratio small/big of each. Then the file system's own floor, measured in the same run on
+# the same file system: creating, writing, fsyncing and renaming the N files in a fresh
+# directory without pfs (python), as Gbit/s of file bytes: no receiver writes them faster.
+# PFS_BENCH_TMP=DIR puts the work directory (and so the receivers' out-dirs) under DIR
+# instead of /tmp.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/keys.sh
@@ -74,7 +78,7 @@ run() {
     "${rx[@]}" --snapshot "$work/snap" "${RECV_KEYS[@]}" --out-dir "$out" \
         --metrics "$work/m.recv" --timeout 60 >"$log" 2>&1 &
     local rpid=$!
-    for _ in $(seq 1 300); do grep -q '^listening' "$log" && break; sleep 0.05; done
+    for _ in $(seq 1 300); do grep -qs '^listening' "$log" && break; sleep 0.05; done
     "${tx[@]}" --snapshot "$work/snap" "${SEND_KEYS[@]}" --metrics "$work/m.$t.$what" "$src" \
         >"$log.send" 2>&1 || { cat "$log.send" "$log" >&2; exit 1; }
     wait "$rpid" || { cat "$log" >&2; exit 1; }
@@ -104,11 +108,39 @@ print(f"{t}: ratio small/big        session {s[0] / b[0]:.2f}, end to end {s[1] 
 PY
 }
 
+floor() {
+    python3 - "$work/floor.$1" "$files" "$kib" <<'PY'
+import os, sys, time
+d, n, k = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+os.mkdir(d)
+b = os.urandom(k * 1024)
+t = time.perf_counter()
+fds = []
+for i in range(n):
+    fd = os.open(f"{d}/.f{i}.tmp", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    os.write(fd, b)
+    fds.append(fd)
+for fd in fds:
+    os.fsync(fd)
+for i, fd in enumerate(fds):
+    os.close(fd)
+    os.rename(f"{d}/.f{i}.tmp", f"{d}/f{i}")
+dfd = os.open(d, os.O_RDONLY)
+os.fsync(dfd)
+os.close(dfd)
+s = time.perf_counter() - t
+print(f"fs floor: {n} files of {k} KiB created, written, fsynced, renamed in {s:.3f} s "
+      f"({n * k * 1024 * 8 / s / 1e9:.3f} Gbit/s) on {os.path.dirname(d)}")
+PY
+}
+
+floor 1
 for i in $(seq 1 "$runs"); do
     run udp big "$i"
     run udp small "$i"
 done
 report udp
+floor 2
 if [ "$xdp" = 1 ]; then
     net=$(( $$ % 200 + 20 ))
     bash scripts/netns.sh up "$name" --queues 2 --mtu 1500 --net "$net" >/dev/null
