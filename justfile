@@ -45,6 +45,10 @@ bench-plan:
 bench-plan-ablation:
     PFS_BENCH_ABLATION=1 PFS_BENCH_REBUILD=0 PFS_BENCH_SKIP_SLOW={{bench_skip_slow}} PFS_BENCH_PAIRS={{ablation_pairs}} PFS_METRICS={{metrics}} cargo bench --bench plan
 
+# Fuzz campaign: every target in fuzz/fuzz_targets for SECONDS each (seeds: fuzz/corpus; executions, coverage and crashes per target; rows kept in out/fuzz/campaigns.tsv).
+fuzz SECONDS="60":
+    bash scripts/fuzz.sh {{SECONDS}}
+
 # .pbb v3 format on the libstd pair: levels, per-stream coder table, reference-prediction ablation, rebuild vs memcpy, random 32 MiB (PFS_CODEC_ONLY=levels,predict,rebuild,random).
 bench-codec:
     cargo bench --bench codec

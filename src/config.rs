@@ -333,6 +333,8 @@ mod tests {
             Some(PathBuf::from("/etc/pfs/authorized_senders"))
         );
         assert_eq!(c.insecure, None);
+        // The receiver runs as a service over AF_XDP (no one-session-per-run workaround).
+        assert_eq!(c.once, None);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! (`GET /metrics`; anything else 404) and a parser of the format (tests and scripts read
 //! the endpoint back with it).
 
-use crate::driver::service::{Live, LiveSnapshot};
+use crate::driver::service::{Live, LiveSnapshot, XdpLive, XdpQueueLive};
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -112,7 +112,92 @@ pub fn render(s: &LiveSnapshot) -> String {
             ("reason=\"other\"", s.dropped_other),
         ],
     );
+    if let Some(x) = &s.xdp {
+        render_xdp(&mut o, x);
+    }
     o
+}
+
+/// The AF_XDP layer: the steering program's counters by interface (it counts per CPU, not
+/// per queue) and each socket's counters by interface and queue.
+fn render_xdp(o: &mut String, x: &XdpLive) {
+    let iface = x.iface.replace('\\', "\\\\").replace('"', "\\\"");
+    let head = |o: &mut String, name: &str, help: &str| {
+        o.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+    };
+    head(
+        o,
+        "pfs_xdp_steer_frames_total",
+        "Frames the XDP steering program saw on the interface, by what it did.",
+    );
+    for c in crate::steer::Counter::ALL {
+        o.push_str(&format!(
+            "pfs_xdp_steer_frames_total{{action=\"{}\",iface=\"{iface}\"}} {}\n",
+            c.name(),
+            x.steer.get(c)
+        ));
+    }
+    head(
+        o,
+        "pfs_xdp_bad_frames_total",
+        "Frames that reached an AF_XDP socket but were not Ethernet/IPv4/UDP with valid checksums.",
+    );
+    o.push_str(&format!(
+        "pfs_xdp_bad_frames_total{{iface=\"{iface}\"}} {}\n",
+        x.bad_frames
+    ));
+    type Get = fn(&XdpQueueLive) -> u64;
+    let per_queue: [(&str, &str, Get); 8] = [
+        (
+            "rx_frames",
+            "Frames the queue's AF_XDP socket received.",
+            |q| q.rx_frames,
+        ),
+        ("tx_frames", "Frames the queue's AF_XDP socket sent.", |q| {
+            q.tx_frames
+        }),
+        (
+            "rx_dropped",
+            "XDP_STATISTICS: frames dropped for reasons other than a full rx ring.",
+            |q| q.rx_dropped,
+        ),
+        (
+            "rx_ring_full",
+            "XDP_STATISTICS: frames dropped because the rx ring was full.",
+            |q| q.rx_ring_full,
+        ),
+        (
+            "fill_ring_empty",
+            "XDP_STATISTICS: times the kernel found the fill ring empty.",
+            |q| q.fill_ring_empty,
+        ),
+        (
+            "tx_ring_empty",
+            "XDP_STATISTICS: times the kernel found the tx ring empty.",
+            |q| q.tx_ring_empty,
+        ),
+        (
+            "rx_invalid_descs",
+            "XDP_STATISTICS: invalid descriptors on the fill ring.",
+            |q| q.rx_invalid_descs,
+        ),
+        (
+            "tx_invalid_descs",
+            "XDP_STATISTICS: invalid descriptors on the tx ring.",
+            |q| q.tx_invalid_descs,
+        ),
+    ];
+    for (what, help, get) in per_queue {
+        let name = format!("pfs_xdp_{what}_total");
+        head(o, &name, help);
+        for q in &x.queues {
+            o.push_str(&format!(
+                "{name}{{iface=\"{iface}\",queue=\"{}\"}} {}\n",
+                q.queue,
+                get(q)
+            ));
+        }
+    }
 }
 
 /// Parse the text format into `name{labels}` -> value (labels as written, sorted by the
@@ -232,6 +317,55 @@ pub fn get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
 mod tests {
     use super::*;
     use std::sync::atomic::Ordering;
+
+    #[test]
+    fn xdp_counters_render_per_queue_and_parse_back() {
+        let mut s = LiveSnapshot::default();
+        assert!(!render(&s).contains("pfs_xdp_"), "no AF_XDP lines over UDP");
+        s.xdp = Some(XdpLive {
+            iface: "veth0".into(),
+            steer: crate::steer::Counters {
+                steered: 40,
+                passed: 3,
+                ..Default::default()
+            },
+            queues: vec![
+                XdpQueueLive {
+                    queue: 0,
+                    rx_frames: 10,
+                    tx_frames: 2,
+                    fill_ring_empty: 5,
+                    ..Default::default()
+                },
+                XdpQueueLive {
+                    queue: 1,
+                    rx_frames: 30,
+                    rx_ring_full: 7,
+                    tx_invalid_descs: 1,
+                    ..Default::default()
+                },
+            ],
+            bad_frames: 4,
+        });
+        let m = parse(&render(&s)).unwrap();
+        let q = |n: &str, q: u32| m[&format!("pfs_xdp_{n}_total{{iface=\"veth0\",queue=\"{q}\"}}")];
+        assert_eq!(q("rx_frames", 0), 10.0);
+        assert_eq!(q("rx_frames", 1), 30.0);
+        assert_eq!(q("tx_frames", 0), 2.0);
+        assert_eq!(q("fill_ring_empty", 0), 5.0);
+        assert_eq!(q("rx_ring_full", 1), 7.0);
+        assert_eq!(q("tx_invalid_descs", 1), 1.0);
+        assert_eq!(q("rx_dropped", 1), 0.0);
+        assert_eq!(
+            m["pfs_xdp_steer_frames_total{action=\"steered\",iface=\"veth0\"}"],
+            40.0
+        );
+        assert_eq!(
+            m["pfs_xdp_steer_frames_total{action=\"passed\",iface=\"veth0\"}"],
+            3.0
+        );
+        assert_eq!(m["pfs_xdp_bad_frames_total{iface=\"veth0\"}"], 4.0);
+    }
 
     #[test]
     fn render_then_parse_gives_every_counter_back() {

@@ -108,3 +108,48 @@ pub fn parse_hex32(s: &str) -> Option<[u8; 32]> {
     }
     Some(out)
 }
+
+/// BLAKE3 of `data`, its two halves of the hash tree on two threads (and so on, `depth`
+/// levels deep), merged with [`blake3::hazmat`]; equal to `blake3::hash(data)`.
+pub fn parallel_blake3(data: &[u8], depth: u32) -> [u8; 32] {
+    use blake3::hazmat::{
+        left_subtree_len, merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt,
+        Mode,
+    };
+    // below this a split buys nothing
+    const MIN: usize = 1 << 20;
+    if depth == 0 || data.len() < MIN {
+        return *blake3::hash(data).as_bytes();
+    }
+    fn cv(data: &[u8], offset: u64, depth: u32) -> ChainingValue {
+        if depth == 0 || data.len() < MIN {
+            return blake3::Hasher::new()
+                .set_input_offset(offset)
+                .update(data)
+                .finalize_non_root();
+        }
+        let l = left_subtree_len(data.len() as u64) as usize;
+        let (a, b) = data.split_at(l);
+        let (ca, cb) = std::thread::scope(|s| {
+            let h = s.spawn(|| cv(b, offset + l as u64, depth - 1));
+            (
+                cv(a, offset, depth - 1),
+                h.join().expect("hash thread panicked"),
+            )
+        });
+        merge_subtrees_non_root(&ca, &cb, Mode::Hash)
+    }
+    let l = left_subtree_len(data.len() as u64) as usize;
+    let (a, b) = data.split_at(l);
+    let (ca, cb) = std::thread::scope(|s| {
+        let h = s.spawn(|| cv(b, l as u64, depth - 1));
+        (cv(a, 0, depth - 1), h.join().expect("hash thread panicked"))
+    });
+    *merge_subtrees_root(&ca, &cb, Mode::Hash).as_bytes()
+}
+
+/// The split depth of [`parallel_blake3`] for the cores this process may use.
+pub fn hash_depth() -> u32 {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    usize::BITS - 1 - n.leading_zeros()
+}

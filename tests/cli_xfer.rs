@@ -318,3 +318,59 @@ fn keys_are_required_unless_insecure_and_loose_key_files_are_refused() {
     assert!(serr.contains("644") || serr.contains("0600"), "{serr}");
     assert!(!serr.contains("panicked"), "{serr}");
 }
+
+/// A snapshot whose bytes changed after it was built (one byte altered in place, the size and
+/// manifest unchanged) is refused by `pfs send` and `pfs recv` at start-up, by name, before
+/// any session: a rebuild against it would produce wrong files.
+#[test]
+fn an_altered_snapshot_is_refused_at_start_by_both_commands() {
+    use std::os::unix::fs::FileExt;
+    let d = tempfile::tempdir().unwrap();
+    let snap = build_snapshot(d.path(), "snap", "5");
+    let file = d.path().join("f");
+    std::fs::write(&file, b"a small file").unwrap();
+    // file times tick with the kernel's coarse clock: let one tick pass after the build
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    let bin = Path::new(&snap).join("snapshot.bin");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&bin)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, 4321).unwrap();
+    f.write_all_at(&[!b[0]], 4321).unwrap();
+    let keys = KeyFiles::create(d.path());
+    let s = send_one(&snap, 9, &file, &keys.send_flags());
+    let serr = String::from_utf8_lossy(&s.stderr);
+    assert!(!s.status.success());
+    assert!(
+        serr.contains("changed after it was built"),
+        "sender: {serr}"
+    );
+    let out = d.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let r = pfs()
+        .args([
+            "recv",
+            "--once",
+            "--transport",
+            "udp",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            "0",
+        ])
+        .args(keys.recv_flags())
+        .args(["--snapshot", &snap, "--out-dir"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let rerr = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success());
+    assert!(
+        rerr.contains("changed after it was built"),
+        "receiver: {rerr}"
+    );
+    assert!(!serr.contains("panicked") && !rerr.contains("panicked"));
+}

@@ -512,29 +512,6 @@ fn sighup_reloads_the_authorized_senders_without_dropping_sessions() {
 }
 
 #[test]
-fn xdp_without_once_is_refused_by_name() {
-    let d = tempfile::tempdir().unwrap();
-    let o = pfs()
-        .args([
-            "recv",
-            "--transport",
-            "xdp",
-            "--iface",
-            "lo",
-            "--insecure",
-            "--snapshot",
-        ])
-        .arg(d.path().join("nosnap"))
-        .arg("--out-dir")
-        .arg(d.path().join("out"))
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    let e = String::from_utf8_lossy(&o.stderr);
-    assert!(e.contains("--once") && e.contains("--transport udp"), "{e}");
-}
-
-#[test]
 fn bad_service_config_values_are_named() {
     let d = tempfile::tempdir().unwrap();
     for (key, val) in [

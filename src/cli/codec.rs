@@ -484,7 +484,7 @@ pub fn plan(a: PlanArgs) -> anyhow::Result<ExitCode> {
         ..base
     };
     cfg.validate()?;
-    let snap = Snapshot::open(&a.snapshot, a.hugepages)?;
+    let snap = super::open_snapshot(&a.snapshot, a.hugepages)?;
     let idx = ensure_index(&snap, &plan::index_specs(&cfg), false)?;
     let t_h = Instant::now();
     let (hints, hints_source) = match a.hints.as_str() {
@@ -643,7 +643,7 @@ pub fn unplan(a: UnplanArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    let snap = Snapshot::open(&a.snapshot, a.hugepages)?;
+    let snap = super::open_snapshot(&a.snapshot, a.hugepages)?;
     let bp = pbb::unpack_with(&bytes, &snap.id, snap.bytes())
         .with_context(|| format!("{}", a.input.display()))?;
     let mut out = AtomicFile::create(&a.out)

@@ -120,3 +120,21 @@ fn run(cli: Cli, origin: std::time::Instant) -> anyhow::Result<ExitCode> {
         Cmd::Key(c) => keys::key(c),
     }
 }
+
+/// Open a snapshot for a command that rebuilds or plans against it, and check that its bytes
+/// are still the ones its id names (`Snapshot::check_integrity`: free when unchanged since the
+/// last check, one hash on every core when the file was copied or touched since).
+fn open_snapshot(
+    dir: &std::path::Path,
+    huge: packetfs::pob::HugePolicy,
+) -> anyhow::Result<packetfs::pob::Snapshot> {
+    let snap = packetfs::pob::Snapshot::open(dir, huge)?;
+    if let packetfs::pob::Integrity::Verified { bytes, seconds } = snap.check_integrity()? {
+        eprintln!(
+            "snapshot {}: content checked ({} in {seconds:.2} s; snapshot.bin changed since its last check)",
+            &snap.manifest.snapshot_id[..16],
+            packetfs::util::human_bytes(bytes)
+        );
+    }
+    Ok(snap)
+}

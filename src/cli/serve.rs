@@ -1,5 +1,5 @@
-//! `pfs recv` as a service (without `--once`): the UDP service loop
-//! ([`packetfs::driver::service`]) with what a human and systemd see: one line per session,
+//! `pfs recv` as a service (without `--once`): the service loop
+//! ([`packetfs::driver::service`]) over the kernel UDP socket or the AF_XDP sockets, with what a human and systemd see: one line per session,
 //! the JSON-lines log, signals (SIGTERM/SIGINT stop with a grace period, SIGHUP reloads),
 //! systemd notifications ([`packetfs::notify`]) and the Prometheus endpoint
 //! ([`packetfs::prom`]).
@@ -15,9 +15,11 @@ use serde_json::json;
 
 use packetfs::config::PfsConfig;
 use packetfs::driver::service::{
-    Control, Live, Reload, ServiceConfig, ServiceHooks, SessionEnd, UdpService,
+    Control, Live, Reload, ServeWith, Service, ServiceConfig, ServiceHooks, ServiceIo, SessionEnd,
+    UdpService,
 };
 use packetfs::driver::udp::RecvConfig;
+use packetfs::driver::xdp;
 use packetfs::notify::Notifier;
 use packetfs::proto::{Event, ReceiverConfig};
 use packetfs::secure::Security;
@@ -103,6 +105,8 @@ struct Hooks {
     notifier: Notifier,
     last_status: String,
     last_watchdog: Instant,
+    /// "udp" or "xdp", in the JSON log.
+    transport: &'static str,
 }
 
 fn sender_name(s: Option<&str>) -> &str {
@@ -209,7 +213,7 @@ impl ServiceHooks for Hooks {
             }
         };
         m["kind"] = json!("recv");
-        m["transport"] = json!("udp");
+        m["transport"] = json!(self.transport);
         m["service"] = json!(true);
         m["sender"] = json!(end.sender);
         if let Err(e) = packetfs::metrics::append(&self.metrics_log, &m) {
@@ -261,18 +265,90 @@ impl ServiceHooks for Hooks {
     }
 }
 
-/// Run the service until stopped; exit 0 after a clean stop.
+/// Run the service until stopped; exit 0 after a clean stop. `xdp`: the AF_XDP receiver
+/// bound already (its program attached, its sockets bound), else a UDP socket is bound
+/// here. Whatever way the run ends (a stop, an error), the AF_XDP sockets close and the
+/// program detaches when the service drops at the end of this function.
 pub fn run(
     a: ServeArgs,
     ctl: &Control,
     snap_id: [u8; 32],
     snapshot: &[u8],
+    xdp: Option<xdp::XdpReceiver>,
 ) -> anyhow::Result<ExitCode> {
     let c = &a.config;
     let mut cfg = ServiceConfig::new(a.recv.clone());
     cfg.max_sessions = c.max_sessions.unwrap_or(64);
     cfg.grace = Duration::from_secs(c.grace.unwrap_or(30));
-    let mut svc = UdpService::bind(cfg.clone())?;
+    match xdp {
+        None => {
+            let svc = UdpService::bind(cfg)?;
+            let listening = format!("udp {}", svc.local_addr()?);
+            serve(a, svc, listening, "udp", ctl, snap_id, snapshot)
+        }
+        Some(r) => {
+            let (mode, notice) = r.xdp_mode();
+            if let Some(n) = notice {
+                eprintln!("notice: {n}");
+            }
+            eprintln!("xdp threads: {}", r.thread_map());
+            let l = r.link();
+            let listening = format!(
+                "xdp {} ({mode} mode) queues {:?} ports {}..={}",
+                l.iface,
+                r.queues(),
+                l.port,
+                l.port as u32 + l.ports.max(1) as u32 - 1
+            );
+            r.serve(
+                cfg,
+                Runner {
+                    a,
+                    listening,
+                    ctl,
+                    snap_id,
+                    snapshot,
+                },
+            )?
+        }
+    }
+}
+
+/// Runs the AF_XDP service once the receiver built it (over the session thread's sockets
+/// or the workers).
+struct Runner<'a> {
+    a: ServeArgs,
+    listening: String,
+    ctl: &'a Control,
+    snap_id: [u8; 32],
+    snapshot: &'a [u8],
+}
+
+impl ServeWith<anyhow::Result<ExitCode>> for Runner<'_> {
+    fn serve<I: ServiceIo>(self, svc: Service<I>) -> anyhow::Result<ExitCode> {
+        let Runner {
+            a,
+            listening,
+            ctl,
+            snap_id,
+            snapshot,
+        } = self;
+        serve(a, svc, listening, "xdp", ctl, snap_id, snapshot)
+    }
+}
+
+fn serve<I: ServiceIo>(
+    a: ServeArgs,
+    mut svc: Service<I>,
+    listening: String,
+    transport: &'static str,
+    ctl: &Control,
+    snap_id: [u8; 32],
+    snapshot: &[u8],
+) -> anyhow::Result<ExitCode> {
+    let c = &a.config;
+    let max_sessions = c.max_sessions.unwrap_or(64);
+    let grace = c.grace.unwrap_or(30);
     let notifier = Notifier::from_env().context("opening NOTIFY_SOCKET")?;
     if let Some(addr) = c.metrics_listen.as_deref() {
         let addr = addr
@@ -284,15 +360,14 @@ pub fn run(
     }
     let per = a.recv.proto.max_packed_total;
     eprintln!(
-        "listening on udp {} with snapshot {} ({}), writing to {}; up to {} sessions at once, {} of reassembly buffers each ({} in all); SIGTERM stops (grace {} s), SIGHUP reloads",
-        svc.local_addr()?,
+        "listening on {listening} with snapshot {} ({}), writing to {}; up to {} sessions at once, {} of reassembly buffers each ({} in all); SIGTERM stops (grace {} s), SIGHUP reloads",
         a.snap_name,
         a.snap_backing,
         a.recv.out_dir.display(),
-        cfg.max_sessions,
+        max_sessions,
         human_bytes(per),
-        human_bytes(per.saturating_mul(cfg.max_sessions as u64)),
-        cfg.grace.as_secs(),
+        human_bytes(per.saturating_mul(max_sessions as u64)),
+        grace,
     );
     let _ = notifier.notify("READY=1\nSTATUS=0 session(s) active, 0 since start");
     let mut hooks = Hooks {
@@ -304,6 +379,7 @@ pub fn run(
         notifier,
         last_status: String::new(),
         last_watchdog: Instant::now(),
+        transport,
     };
     let fin = svc.run(snap_id, snapshot, ctl, &mut hooks)?;
     println!(
@@ -319,5 +395,20 @@ pub fn run(
         fin.refused_rate_limited,
         fin.refused_closing,
     );
+    if let Some(x) = &fin.xdp {
+        let q: Vec<String> = x
+            .queues
+            .iter()
+            .map(|q| format!("q{} rx {} tx {}", q.queue, q.rx_frames, q.tx_frames))
+            .collect();
+        println!(
+            "xdp: {} steering {}; {}; bad frames {}",
+            x.iface,
+            x.steer,
+            q.join(", "),
+            x.bad_frames
+        );
+    }
+    drop(svc); // sockets closed, program detached
     Ok(ExitCode::SUCCESS)
 }

@@ -615,7 +615,7 @@ pub fn send(a: SendArgs, origin: Instant) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| packetfs::metrics::DEFAULT_LOG.into());
     let pack = c.pack.unwrap_or_default();
     // The sender maps the snapshot (no copy) unless asked for huge pages.
-    let snap = Snapshot::open(&snapshot, c.hugepages.unwrap_or(HugePolicy::Off))?;
+    let snap = super::open_snapshot(&snapshot, c.hugepages.unwrap_or(HugePolicy::Off))?;
     xdp::marks::mark("send", origin, "snapshot mapped");
     let transport = pick_transport(c.transport.unwrap_or_default(), c.interface.as_deref());
     let tname = transport.name();
@@ -906,13 +906,6 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let transport = pick_transport(c.transport.unwrap_or_default(), c.interface.as_deref());
-    if transport == Transport::Xdp && !once {
-        bail!(
-            "the AF_XDP receiver serves one session at a time in this build: pass --once \
-(config `once = true`) for one AF_XDP session, or --transport udp to run pfs recv as a service \
-serving many senders at once"
-        );
-    }
     let listen_timeout = c.timeout.filter(|t| *t > 0).map(Duration::from_secs);
     let xdp_cfg = match transport {
         Transport::Xdp => {
@@ -939,7 +932,7 @@ serving many senders at once"
     // is mapped (and loaded into huge pages) here: start-up takes the longer of the two.
     let (snap, bound) = std::thread::scope(|sc| {
         let binder = xdp_cfg.map(|cfg| sc.spawn(move || xdp::XdpReceiver::bind(cfg)));
-        let snap = Snapshot::open(&snapshot, c.hugepages.unwrap_or(HugePolicy::Auto));
+        let snap = super::open_snapshot(&snapshot, c.hugepages.unwrap_or(HugePolicy::Auto));
         xdp::marks::mark("recv", origin, "snapshot mapped");
         let bound = binder.map(|h| h.join().expect("the AF_XDP setup thread panicked"));
         (snap, bound)
@@ -956,25 +949,25 @@ serving many senders at once"
     };
     let snap_name = &snap.manifest.snapshot_id[..16];
     let mut report = None;
+    let mut cfg = RecvConfig::new(SocketAddr::new(listen, port), out_dir.clone());
+    cfg.mtu = mtu;
+    cfg.proto = proto;
+    cfg.listen_timeout = listen_timeout;
+    cfg.security = security.clone();
+    if !once {
+        let args = super::serve::ServeArgs {
+            config_path: config.clone(),
+            flags,
+            config: c.clone(),
+            recv: cfg,
+            metrics_log: metrics,
+            snap_name: snap_name.to_string(),
+            snap_backing: snap.backing_name().to_string(),
+        };
+        return super::serve::run(args, &ctl, snap.id, snap.bytes(), bound);
+    }
     let r = match bound {
         None => {
-            let mut cfg = RecvConfig::new(SocketAddr::new(listen, port), out_dir.clone());
-            cfg.mtu = mtu;
-            cfg.proto = proto;
-            cfg.listen_timeout = listen_timeout;
-            cfg.security = security.clone();
-            if !once {
-                let args = super::serve::ServeArgs {
-                    config_path: config.clone(),
-                    flags,
-                    config: c.clone(),
-                    recv: cfg,
-                    metrics_log: metrics,
-                    snap_name: snap_name.to_string(),
-                    snap_backing: snap.backing_name().to_string(),
-                };
-                return super::serve::run(args, &ctl, snap.id, snap.bytes());
-            }
             let r = udp::UdpReceiver::bind(cfg)?;
             eprintln!(
                 "listening on udp {} with snapshot {snap_name} ({}), writing to {}",

@@ -3,8 +3,9 @@
 //!
 //! - [`session`]: the session core. The one drive loop, its clock rule, the summaries, the
 //!   driver error and `run_sender` / `run_receiver`, generic over [`session::FramePath`].
-//! - [`service`]: `pfs recv` as a service: many sessions at once over one socket, in a
-//!   [`crate::proto::table::Table`], with stop/grace, reload and live counters.
+//! - [`service`]: `pfs recv` as a service: many sessions at once over one socket (UDP) or
+//!   one set of AF_XDP sockets, in a [`crate::proto::table::Table`], with stop/grace, reload
+//!   and live counters; generic over [`service::ServiceIo`].
 //! - [`udp`]: the kernel UDP socket as a frame path (`--transport udp`).
 //! - [`xdp`]: AF_XDP sockets behind the XDP steering program (`--transport xdp`), with two
 //!   frame paths: the session thread owning every socket, or one worker thread per queue.

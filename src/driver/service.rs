@@ -1,4 +1,11 @@
-//! `pfs recv` as a service: one socket, many sessions at once, until stopped.
+//! `pfs recv` as a service: one socket (or one set of AF_XDP sockets), many sessions at
+//! once, until stopped.
+//!
+//! The loop is generic over its I/O ([`ServiceIo`]: a datagram source and sink that knows
+//! each datagram's peer): the kernel UDP socket ([`UdpIo`], [`UdpService`]) or the AF_XDP
+//! sockets of the session thread ([`crate::driver::xdp::XdpServiceIo`], one receiver
+//! [`crate::driver::xdp::flow::Flow`] per session), so one AF_XDP process attaches the
+//! steering program and binds its queues once and serves every session.
 //!
 //! Each session is its own state machine (a [`Guard`] around a [`Receiver`] with its own
 //! file sink) in a [`Table`] (`proto::table`, pure) that demultiplexes datagrams by the
@@ -19,7 +26,7 @@
 //! loop returns once they closed. Reloading ([`Control::reload`], SIGHUP): the hooks give
 //! the new settings; sessions already running keep the ones they started with.
 
-use super::session::{self, guard_config, recv_summary, FramePath, Marks, BATCH, FINISH_LINGER};
+use super::session::{self, guard_config, recv_summary, Marks, BATCH, FINISH_LINGER};
 use super::udp::{RecvConfig, UdpIo};
 use super::DriverError;
 use crate::fsink::MmapSink;
@@ -31,13 +38,96 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The longest the loop sleeps before it looks at its flags again.
 const MAX_SLEEP: Duration = Duration::from_millis(50);
 /// After the grace period, cancelled sessions get this long to say so to their peers.
 const CANCEL_LINGER: Duration = Duration::from_secs(2);
+
+/// Where [`ServiceIo::receive`] hands each datagram: its source address, what else the I/O
+/// knows of it, and the datagram in place.
+pub type Deliver<'a, F> = &'a mut dyn FnMut(SocketAddr, &F, &mut [u8]);
+
+/// The service's I/O: a datagram source and sink that knows each datagram's peer. One
+/// value serves every session; each session keeps its own [`ServiceIo::Route`].
+pub trait ServiceIo {
+    /// How one session's datagrams are addressed beyond its peer's socket address (UDP:
+    /// nothing; AF_XDP: a receiver flow with MACs, addresses and its reply queue). A new
+    /// session starts from a copy of [`ServiceIo::route_template`].
+    type Route: Clone;
+    /// What a received datagram carries beyond its source address (AF_XDP: its frame's
+    /// addresses and the queue it came on).
+    type From;
+    /// A new session's addressing before its first datagram ([`ServiceIo::accepted`]
+    /// fills it in).
+    fn route_template(&self) -> Self::Route;
+    /// The session of `route` accepted a datagram that came as `from` (answers follow it).
+    fn accepted(route: &mut Self::Route, from: &Self::From);
+    /// Up to `budget` datagrams from `ep` to `peer` (addressed by `route`). Returns how many
+    /// went and whether the endpoint ran out of datagrams.
+    fn transmit<E: Endpoint + ?Sized>(
+        &mut self,
+        route: &mut Self::Route,
+        peer: SocketAddr,
+        ep: &mut E,
+        now: Instant,
+        budget: usize,
+    ) -> Result<(usize, bool), DriverError>;
+    /// Up to `budget` received datagrams, each handed in place to `f` with its source,
+    /// without waiting. Returns how many.
+    fn receive(&mut self, budget: usize, f: Deliver<'_, Self::From>) -> Result<usize, DriverError>;
+    /// Sleep up to `d`, waking early when datagrams arrive.
+    fn wait(&mut self, d: Duration) -> Result<(), DriverError>;
+    /// Push out what is still queued (the last Close or Abort frames) before the end.
+    fn flush(&mut self) {}
+    /// How late a frame may be before its hole is NACKed, when the I/O reorders (AF_XDP
+    /// on several queues).
+    fn reorder_window(&self) -> Option<Duration> {
+        None
+    }
+    /// The AF_XDP layer's counters, per queue (None: not AF_XDP).
+    fn xdp_stats(&self) -> Option<XdpLive> {
+        None
+    }
+}
+
+/// What runs a service once it is built, whatever its I/O type (the AF_XDP receiver builds
+/// its service inside the scope of its worker threads, so the caller hands this in).
+pub trait ServeWith<R> {
+    fn serve<I: ServiceIo>(self, svc: Service<I>) -> R;
+}
+
+/// One AF_XDP socket's counters, for the metrics endpoint.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct XdpQueueLive {
+    pub queue: u32,
+    /// Frames this socket received and sent.
+    pub rx_frames: u64,
+    pub tx_frames: u64,
+    /// XDP_STATISTICS.
+    pub rx_dropped: u64,
+    pub rx_ring_full: u64,
+    pub rx_invalid_descs: u64,
+    pub tx_invalid_descs: u64,
+    pub fill_ring_empty: u64,
+    pub tx_ring_empty: u64,
+}
+
+/// The AF_XDP layer of a running service: the steering program's counters (interface-wide:
+/// the program counts per CPU, not per queue) and each socket's counters.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct XdpLive {
+    pub iface: String,
+    pub steer: crate::steer::Counters,
+    pub queues: Vec<XdpQueueLive>,
+    /// Frames that reached a socket but were not Ethernet/IPv4/UDP with valid checksums.
+    pub bad_frames: u64,
+}
+
+/// How often the loop refreshes [`Live::xdp`] (a getsockopt per socket and a map read).
+const XDP_STATS_EVERY: Duration = Duration::from_millis(200);
 
 /// The service's settings (what a reload may change: `recv.proto`, `recv.security`,
 /// `max_sessions`).
@@ -132,6 +222,8 @@ pub struct Live {
     pub dropped_malformed: AtomicU64,
     /// Frames a session's Guard dropped before decryption.
     pub dropped_other: AtomicU64,
+    /// The AF_XDP layer (None over UDP), refreshed by the loop.
+    pub xdp: Mutex<Option<XdpLive>>,
 }
 
 /// A plain copy of [`Live`] (for tests and the final summary).
@@ -160,6 +252,7 @@ pub struct LiveSnapshot {
     pub dropped_unknown_session: u64,
     pub dropped_malformed: u64,
     pub dropped_other: u64,
+    pub xdp: Option<XdpLive>,
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -195,6 +288,7 @@ impl Live {
             dropped_unknown_session: g(&self.dropped_unknown_session),
             dropped_malformed: g(&self.dropped_malformed),
             dropped_other: g(&self.dropped_other),
+            xdp: self.xdp.lock().map(|x| x.clone()).unwrap_or_default(),
         }
     }
 
@@ -239,14 +333,16 @@ impl InitHistory {
 }
 
 /// One session of the service.
-struct Sess<'a> {
+struct Sess<'a, R> {
     guard: Guard<Receiver<'a, MmapSink>>,
+    /// How its datagrams are addressed (the I/O's).
+    route: R,
     marks: Marks,
     /// Frames sent so far, counted into [`Live`] as they go.
     sent_counted: u64,
 }
 
-impl Sess<'_> {
+impl<R> Sess<'_, R> {
     fn over(&self, now: Instant) -> bool {
         if self.guard.is_closed() {
             return true;
@@ -267,25 +363,44 @@ impl Sess<'_> {
     }
 }
 
-/// The UDP receiver service (see the module docs).
-pub struct UdpService {
+/// The receiver service over `I` (see the module docs).
+pub struct Service<I: ServiceIo> {
     cfg: ServiceConfig,
-    io: UdpIo,
+    io: I,
     live: Arc<Live>,
 }
 
-impl UdpService {
+/// The service over one kernel UDP socket.
+pub type UdpService = Service<UdpIo>;
+
+impl Service<UdpIo> {
     pub fn bind(cfg: ServiceConfig) -> Result<Self, DriverError> {
         let io = UdpIo::bind(cfg.recv.bind, None, cfg.recv.socket_buffer)?;
-        Ok(UdpService {
-            cfg,
-            io,
-            live: Arc::new(Live::default()),
-        })
+        Ok(Service::new(cfg, io))
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.io.local_addr()
+    }
+}
+
+impl<I: ServiceIo> Service<I> {
+    /// A service over `io` (bound already).
+    pub fn new(cfg: ServiceConfig, io: I) -> Self {
+        let live = Live::default();
+        if let Ok(mut x) = live.xdp.lock() {
+            *x = io.xdp_stats();
+        }
+        Service {
+            cfg,
+            io,
+            live: Arc::new(live),
+        }
+    }
+
+    /// The I/O (its counters, its addresses).
+    pub fn io(&self) -> &I {
+        &self.io
     }
 
     /// The counters, for a metrics thread.
@@ -302,7 +417,16 @@ impl UdpService {
         hooks: &mut dyn ServiceHooks,
     ) -> Result<LiveSnapshot, DriverError> {
         let _ = nix::sys::prctl::set_timerslack(1_000);
-        let mut proto = self.cfg.recv.proto.clone();
+        let reorder = self.io.reorder_window();
+        let with_reorder = |mut p: ReceiverConfig| {
+            if let Some(w) = reorder {
+                if p.reorder_window.is_zero() {
+                    p.reorder_window = w;
+                }
+            }
+            p
+        };
+        let mut proto = with_reorder(self.cfg.recv.proto.clone());
         let mut security = self.cfg.recv.security.clone();
         // the key of the mac1 check new sessions pass first (None: --insecure)
         let mac1_key_of = |s: &Security| match s {
@@ -313,15 +437,16 @@ impl UdpService {
         let guard_base: GuardConfig = self.cfg.recv.guard.clone();
         let mtu = self.cfg.recv.mtu;
         let out_dir = self.cfg.recv.out_dir.clone();
-        let mut table: Table<Sess<'_>> = Table::new(self.cfg.max_sessions);
+        let mut table: Table<Sess<'_, I::Route>> = Table::new(self.cfg.max_sessions);
         // opening frames per source, kept across sessions
         let mut limiter = InitLimiter::new(guard_base.init_rate, guard_base.init_burst);
         let mut inits = InitHistory::default();
         let mut stopping: Option<Instant> = None;
         let mut cancelled = false;
-        let mut rbuf = vec![0u8; 65_536];
         let live = Arc::clone(&self.live);
-        loop {
+        let template = self.io.route_template();
+        let mut xdp_at = Instant::now();
+        let r: Result<(), DriverError> = 'serve: loop {
             let now = Instant::now();
             if stopping.is_none() && ctl.stop.load(Ordering::Relaxed) {
                 stopping = Some(now);
@@ -330,7 +455,7 @@ impl UdpService {
             }
             if ctl.reload.swap(false, Ordering::Relaxed) {
                 if let Some(r) = hooks.reload() {
-                    proto = r.proto;
+                    proto = with_reorder(r.proto);
                     security = r.security;
                     mac1_key = mac1_key_of(&security);
                     table.set_max(r.max_sessions);
@@ -338,7 +463,7 @@ impl UdpService {
             }
             if let Some(t) = stopping {
                 if table.is_empty() {
-                    break;
+                    break Ok(());
                 }
                 if !cancelled && now >= t + self.cfg.grace {
                     cancelled = true;
@@ -352,7 +477,7 @@ impl UdpService {
                     for s in left {
                         self.end(s, hooks);
                     }
-                    break;
+                    break Ok(());
                 }
             }
             for s in table.slots_mut() {
@@ -365,8 +490,15 @@ impl UdpService {
             let order: Vec<usize> = table.rotation().collect();
             for i in order {
                 let slot = table.slot_mut(i);
-                self.io.set_peer(Some(slot.peer));
-                let (sent, exhausted) = self.io.transmit(&mut slot.state.guard, now, BATCH)?;
+                let st = &mut slot.state;
+                let (sent, exhausted) =
+                    match self
+                        .io
+                        .transmit(&mut st.route, slot.peer, &mut st.guard, now, BATCH)
+                    {
+                        Ok(x) => x,
+                        Err(e) => break 'serve Err(e),
+                    };
                 if sent > 0 && slot.state.marks.first_sent.is_none() {
                     slot.state.marks.first_sent = Some(now);
                 }
@@ -380,7 +512,6 @@ impl UdpService {
                 );
                 slot.state.sent_counted = st;
             }
-            self.io.set_peer(None);
             // Events, then the sessions that ended.
             for s in table.slots_mut() {
                 let session = s.session;
@@ -404,91 +535,120 @@ impl UdpService {
             }
             live.sessions_active
                 .store(table.len() as u64, Ordering::Relaxed);
-            // Receive.
-            let mut got = 0;
-            while got < BATCH {
-                let Some(n) = self.io.recv_now(&mut rbuf)? else {
-                    break;
-                };
-                got += 1;
-                add(&live.frames_received, 1);
-                add(&live.wire_bytes_received, n as u64 + session::LINK_OVERHEAD);
-                let Some(from) = self.io.last_from() else {
-                    continue;
-                };
-                let now = Instant::now();
-                let dg = &mut rbuf[..n];
-                let header = classify(dg, security.is_insecure());
-                match table.route(header) {
-                    Route::Session(i) => {
-                        let s = table.slot_mut(i);
-                        s.state.guard.note_source(from.ip());
-                        if s.state.guard.handle_datagram(now, dg) {
-                            // Authenticated (or, insecure, the session's own): follow the
-                            // peer if it moved.
-                            s.peer = from;
-                        }
+            // Receive: each datagram in place, to its session or to a new one.
+            let mut fatal = None;
+            let got = {
+                let mut on = |from: SocketAddr, meta: &I::From, dg: &mut [u8]| {
+                    if fatal.is_some() {
+                        return;
                     }
-                    Route::New => {
-                        // mac1 before anything else: a forged init builds nothing
-                        if let Some(key) = &mac1_key {
-                            if !crate::secure::guard::init_mac1_ok(key, dg) {
-                                add(&live.refused_mac1, 1);
-                                continue;
+                    add(&live.frames_received, 1);
+                    add(
+                        &live.wire_bytes_received,
+                        dg.len() as u64 + session::LINK_OVERHEAD,
+                    );
+                    let now = Instant::now();
+                    let header = classify(dg, security.is_insecure());
+                    match table.route(header) {
+                        Route::Session(i) => {
+                            let s = table.slot_mut(i);
+                            s.state.guard.note_source(from.ip());
+                            if s.state.guard.handle_datagram(now, dg) {
+                                // Authenticated (or, insecure, the session's own): follow
+                                // the peer if it moved.
+                                s.peer = from;
+                                I::accepted(&mut s.state.route, meta);
                             }
                         }
-                        if !security.is_insecure() && !limiter.allow(Some(from.ip()), now) {
-                            add(&live.refused_rate_limited, 1);
-                            continue;
-                        }
-                        let receiver = session::file_receiver(
-                            proto.clone(),
-                            mtu,
-                            &out_dir,
-                            snapshot_id,
-                            snapshot,
-                            &security,
-                        )?;
-                        let mut guard =
-                            Guard::new(receiver, security.clone(), None, guard_config(&guard_base));
-                        guard.note_source(from.ip());
-                        if !guard.handle_datagram(now, dg) {
-                            live.add_sec(&guard.sec_stats());
-                            continue;
-                        }
-                        if let Some((key, ts)) = guard.accepted_init() {
-                            if !inits.admit(key, ts) {
-                                add(&live.refused_replayed_init, 1);
-                                continue;
+                        Route::New => {
+                            // mac1 before anything else: a forged init builds nothing
+                            if let Some(key) = &mac1_key {
+                                if !crate::secure::guard::init_mac1_ok(key, dg) {
+                                    add(&live.refused_mac1, 1);
+                                    return;
+                                }
                             }
+                            if !security.is_insecure() && !limiter.allow(Some(from.ip()), now) {
+                                add(&live.refused_rate_limited, 1);
+                                return;
+                            }
+                            let receiver = match session::file_receiver(
+                                proto.clone(),
+                                mtu,
+                                &out_dir,
+                                snapshot_id,
+                                snapshot,
+                                &security,
+                            ) {
+                                Ok(r) => r,
+                                Err(e) => {
+                                    fatal = Some(e);
+                                    return;
+                                }
+                            };
+                            let mut guard = Guard::new(
+                                receiver,
+                                security.clone(),
+                                None,
+                                guard_config(&guard_base),
+                            );
+                            guard.note_source(from.ip());
+                            if !guard.handle_datagram(now, dg) {
+                                live.add_sec(&guard.sec_stats());
+                                return;
+                            }
+                            if let Some((key, ts)) = guard.accepted_init() {
+                                if !inits.admit(key, ts) {
+                                    add(&live.refused_replayed_init, 1);
+                                    return;
+                                }
+                            }
+                            let id = header.map_or(0, |h| h.session);
+                            let mut marks = Marks::new(now);
+                            marks.first_accepted = Some(now);
+                            let mut route = template.clone();
+                            I::accepted(&mut route, meta);
+                            table.insert(
+                                id,
+                                from,
+                                Sess {
+                                    guard,
+                                    route,
+                                    marks,
+                                    sent_counted: 0,
+                                },
+                            );
+                            add(&live.sessions_total, 1);
                         }
-                        let id = header.map_or(0, |h| h.session);
-                        let mut marks = Marks::new(now);
-                        marks.first_accepted = Some(now);
-                        table.insert(
-                            id,
-                            from,
-                            Sess {
-                                guard,
-                                marks,
-                                sent_counted: 0,
+                        Route::Refused(r) => add(
+                            match r {
+                                Refusal::Malformed => &live.dropped_malformed,
+                                Refusal::UnknownSession => &live.dropped_unknown_session,
+                                Refusal::OverMaxSessions => &live.refused_over_max_sessions,
+                                Refusal::Closing => &live.refused_closing,
                             },
-                        );
-                        add(&live.sessions_total, 1);
+                            1,
+                        ),
                     }
-                    Route::Refused(r) => add(
-                        match r {
-                            Refusal::Malformed => &live.dropped_malformed,
-                            Refusal::UnknownSession => &live.dropped_unknown_session,
-                            Refusal::OverMaxSessions => &live.refused_over_max_sessions,
-                            Refusal::Closing => &live.refused_closing,
-                        },
-                        1,
-                    ),
+                };
+                match self.io.receive(BATCH, &mut on) {
+                    Ok(n) => n,
+                    Err(e) => break 'serve Err(e),
                 }
+            };
+            if let Some(e) = fatal {
+                break 'serve Err(e);
             }
             live.sessions_active
                 .store(table.len() as u64, Ordering::Relaxed);
+            if xdp_at.elapsed() >= XDP_STATS_EVERY {
+                xdp_at = Instant::now();
+                if let Some(x) = self.io.xdp_stats() {
+                    if let Ok(mut l) = live.xdp.lock() {
+                        *l = Some(x);
+                    }
+                }
+            }
             hooks.tick(&live);
             if more || got >= BATCH {
                 continue;
@@ -500,14 +660,30 @@ impl UdpService {
             if got > 0 {
                 until = now;
             }
-            self.io.wait(until.saturating_duration_since(now))?;
+            if let Err(e) = self.io.wait(until.saturating_duration_since(now)) {
+                break 'serve Err(e);
+            }
+        };
+        // The last Close or Abort frames leave before the sockets close.
+        self.io.flush();
+        if let Some(x) = self.io.xdp_stats() {
+            if let Ok(mut l) = live.xdp.lock() {
+                *l = Some(x);
+            }
         }
+        // On an I/O error, running sessions end here (their summaries, the hook).
+        if r.is_err() {
+            for s in table.remove_where(|_| true) {
+                self.end(s, hooks);
+            }
+        }
+        r?;
         live.sessions_active.store(0, Ordering::Relaxed);
         Ok(live.snapshot())
     }
 
     /// A session left the table: its summary, counters and the hook.
-    fn end(&self, s: crate::proto::table::Slot<Sess<'_>>, hooks: &mut dyn ServiceHooks) {
+    fn end(&self, s: crate::proto::table::Slot<Sess<'_, I::Route>>, hooks: &mut dyn ServiceHooks) {
         let live = &self.live;
         let mut st = s.state;
         st.marks.end = Instant::now();

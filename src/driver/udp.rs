@@ -596,3 +596,59 @@ pub fn run_receiver(
 ) -> Result<RecvSummary, DriverError> {
     UdpReceiver::bind(cfg.clone())?.run(snapshot_id, snapshot, &AtomicBool::new(false), &mut |_| {})
 }
+
+/// The service's I/O over one kernel UDP socket: each session's datagrams go to its peer's
+/// address; nothing else to remember per session.
+impl super::service::ServiceIo for UdpIo {
+    type Route = ();
+    type From = ();
+
+    fn route_template(&self) {}
+
+    fn accepted(_: &mut (), _: &()) {}
+
+    fn transmit<E: Endpoint + ?Sized>(
+        &mut self,
+        _: &mut (),
+        peer: SocketAddr,
+        ep: &mut E,
+        now: Instant,
+        budget: usize,
+    ) -> Result<(usize, bool), DriverError> {
+        self.set_peer(Some(peer));
+        let r = FramePath::transmit(self, ep, now, budget);
+        self.set_peer(None);
+        r
+    }
+
+    fn receive(
+        &mut self,
+        budget: usize,
+        f: super::service::Deliver<'_, ()>,
+    ) -> Result<usize, DriverError> {
+        let mut rbuf = std::mem::take(&mut self.rbuf);
+        let mut got = 0;
+        let r = loop {
+            if got >= budget {
+                break Ok(());
+            }
+            match self.recv_now(&mut rbuf) {
+                Ok(Some(n)) => {
+                    got += 1;
+                    if let Some(from) = self.last_from {
+                        f(from, &(), &mut rbuf[..n]);
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        self.rbuf = rbuf;
+        r?;
+        Ok(got)
+    }
+
+    fn wait(&mut self, d: Duration) -> Result<(), DriverError> {
+        FramePath::wait(self, d)
+    }
+}

@@ -579,45 +579,6 @@ pub fn emit(f: &[u8], s: &[u8], covers: &[Cover], threads: usize) -> (Vec<Segmen
     (segs, spill)
 }
 
-/// BLAKE3 of `data`, its two halves of the hash tree on two threads (and so on, `depth`
-/// levels deep), merged with [`blake3::hazmat`]; equal to `blake3::hash(data)`.
-pub fn parallel_blake3(data: &[u8], depth: u32) -> [u8; 32] {
-    use blake3::hazmat::{
-        left_subtree_len, merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt,
-        Mode,
-    };
-    // below this a split buys nothing
-    const MIN: usize = 1 << 20;
-    if depth == 0 || data.len() < MIN {
-        return *blake3::hash(data).as_bytes();
-    }
-    fn cv(data: &[u8], offset: u64, depth: u32) -> ChainingValue {
-        if depth == 0 || data.len() < MIN {
-            return blake3::Hasher::new()
-                .set_input_offset(offset)
-                .update(data)
-                .finalize_non_root();
-        }
-        let l = left_subtree_len(data.len() as u64) as usize;
-        let (a, b) = data.split_at(l);
-        let (ca, cb) = std::thread::scope(|s| {
-            let h = s.spawn(|| cv(b, offset + l as u64, depth - 1));
-            (
-                cv(a, offset, depth - 1),
-                h.join().expect("hash thread panicked"),
-            )
-        });
-        merge_subtrees_non_root(&ca, &cb, Mode::Hash)
-    }
-    let l = left_subtree_len(data.len() as u64) as usize;
-    let (a, b) = data.split_at(l);
-    let (ca, cb) = std::thread::scope(|s| {
-        let h = s.spawn(|| cv(b, l as u64, depth - 1));
-        (cv(a, 0, depth - 1), h.join().expect("hash thread panicked"))
-    });
-    *merge_subtrees_root(&ca, &cb, Mode::Hash).as_bytes()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -647,7 +608,7 @@ mod tests {
         ] {
             for depth in 0..4 {
                 assert_eq!(
-                    parallel_blake3(&d[..len], depth),
+                    crate::util::parallel_blake3(&d[..len], depth),
                     *blake3::hash(&d[..len]).as_bytes(),
                     "len {len} depth {depth}"
                 );

@@ -693,7 +693,8 @@ fn plan_covers(
         .map(|i| (i * per, ((i + 1) * per).min(file.len())))
         .collect();
     let th = Instant::now();
-    let file_hash = cover::parallel_blake3(file, usize::BITS - 1 - threads.max(1).leading_zeros());
+    let file_hash =
+        crate::util::parallel_blake3(file, usize::BITS - 1 - threads.max(1).leading_zeros());
     let hash_ms = ms(th);
     let parts: Vec<Vec<cover::Cover>> = std::thread::scope(|s| {
         let hs: Vec<_> = ranges[1..]

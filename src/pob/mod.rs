@@ -24,6 +24,9 @@ pub const SNAPSHOT_FORMAT: u32 = 1;
 /// File names inside a snapshot directory.
 pub const SNAPSHOT_BIN: &str = "snapshot.bin";
 pub const MANIFEST_JSON: &str = "snapshot.manifest.json";
+/// The stamp of the last content check: `snapshot.bin`'s identity (device, inode, size,
+/// mtime, ctime) when its bytes last hashed to the id (see [`Snapshot::check_integrity`]).
+pub const VERIFIED_STAMP: &str = "snapshot.verified";
 /// A snapshot must not be larger than this (the minimizer index's 40-bit positions).
 pub const MAX_SNAPSHOT_BYTES: u64 = crate::index::minimizer::MAX_POS;
 
@@ -260,6 +263,8 @@ pub fn build(
     let mpath = out_dir.join(MANIFEST_JSON);
     let text = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
     crate::util::write_atomic(&mpath, &text).map_err(io_err(&mpath))?;
+    // hashed while written: the first load needs no check
+    let _ = write_stamp(out_dir, &manifest.snapshot_id);
     Ok(BuildReport {
         manifest,
         seconds: t0.elapsed().as_secs_f64(),
@@ -312,7 +317,14 @@ impl Snapshot {
     pub fn read_manifest(dir: &Path) -> Result<Manifest, PobError> {
         let mpath = dir.join(MANIFEST_JSON);
         let text = std::fs::read(&mpath).map_err(io_err(&mpath))?;
-        let m: Manifest = serde_json::from_slice(&text).map_err(|e| PobError::Manifest {
+        Self::parse_manifest(&text, &mpath)
+    }
+
+    /// Parse and check a manifest's bytes (`mpath` names it in errors): the format version,
+    /// the id, and banks that follow each other and add up to the size. No I/O.
+    pub fn parse_manifest(text: &[u8], mpath: &Path) -> Result<Manifest, PobError> {
+        let mpath = mpath.to_path_buf();
+        let m: Manifest = serde_json::from_slice(text).map_err(|e| PobError::Manifest {
             path: mpath.clone(),
             msg: e.to_string(),
         })?;
@@ -416,11 +428,11 @@ impl Snapshot {
 
     /// Recompute the BLAKE3 of the bytes and of each corpus bank and compare with the manifest.
     pub fn verify(&self) -> Result<(), PobError> {
-        let got = blake3::hash(self.bytes());
-        if got.as_bytes() != &self.id {
+        let got = crate::util::parallel_blake3(self.bytes(), crate::util::hash_depth());
+        if got != self.id {
             return Err(PobError::Invalid(format!(
                 "snapshot.bin hashes to {}, the manifest says {}",
-                got.to_hex(),
+                crate::util::hex(&got),
                 self.manifest.snapshot_id
             )));
         }
@@ -439,12 +451,93 @@ impl Snapshot {
         Ok(())
     }
 
+    /// Check, cheaply, that `snapshot.bin` still holds the bytes its id names, so that a
+    /// snapshot altered or replaced after it was built is refused by name at start-up instead
+    /// of rebuilding wrong files: when the file's identity (device, inode, size, mtime,
+    /// ctime; any write or copy changes the ctime) equals the stamp of the last check
+    /// ([`VERIFIED_STAMP`], beside it or, when that directory is read-only, in the temporary
+    /// directory), nothing is hashed; otherwise the bytes are hashed on every core
+    /// ([`Snapshot::verify`]) and the stamp rewritten.
+    pub fn check_integrity(&self) -> Result<Integrity, PobError> {
+        if let Ok(now) = stamp_text(&self.dir, &self.manifest.snapshot_id) {
+            if stamps(&self.dir).any(|s| s == now) {
+                return Ok(Integrity::Stamped);
+            }
+        }
+        let t0 = std::time::Instant::now();
+        self.verify().map_err(|e| {
+            PobError::Invalid(format!(
+                "{}: {e}: the snapshot changed after it was built (altered, truncated or \
+                 replaced); rebuild it with `pfs snapshot build` or copy it again from a host \
+                 that has it",
+                self.dir.display()
+            ))
+        })?;
+        let _ = write_stamp(&self.dir, &self.manifest.snapshot_id);
+        Ok(Integrity::Verified {
+            bytes: self.manifest.size,
+            seconds: t0.elapsed().as_secs_f64(),
+        })
+    }
+
     /// The bank containing snapshot offset `off`.
     pub fn bank_at(&self, off: u64) -> Option<&BankEntry> {
         let banks = &self.manifest.banks;
         let i = banks.partition_point(|b| b.offset + b.len <= off);
         banks.get(i).filter(|b| b.offset <= off)
     }
+}
+
+/// What [`Snapshot::check_integrity`] did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Integrity {
+    /// The file is the one checked last time: nothing hashed.
+    Stamped,
+    /// The file changed identity since its last check (copied, touched, first load on this
+    /// host): its bytes were hashed and matched.
+    Verified { bytes: u64, seconds: f64 },
+}
+
+/// The stamp's text for the snapshot in `dir` as its `snapshot.bin` is now.
+fn stamp_text(dir: &Path, id: &str) -> std::io::Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(dir.join(SNAPSHOT_BIN))?;
+    Ok(format!(
+        "pfs snapshot verified v1\nid {id}\nfile {} {} {} {}.{:09} {}.{:09}\n",
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec()
+    ))
+}
+
+/// Where the stamp of `dir` lives when `dir` itself is read-only.
+fn fallback_stamp(dir: &Path) -> PathBuf {
+    let canon = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let h = blake3::hash(canon.as_os_str().as_encoded_bytes());
+    std::env::temp_dir().join(format!("pfs-snapshot-verified-{}", &h.to_hex()[..16]))
+}
+
+/// The stamps found for `dir` (beside it, then in the temporary directory).
+fn stamps(dir: &Path) -> impl Iterator<Item = String> {
+    [dir.join(VERIFIED_STAMP), fallback_stamp(dir)]
+        .into_iter()
+        .filter_map(|p| {
+            let f = std::fs::File::open(p).ok()?;
+            let mut s = String::new();
+            // a stamp is three short lines: anything longer is not ours
+            std::io::Read::read_to_string(&mut std::io::Read::take(f, 4096), &mut s).ok()?;
+            Some(s)
+        })
+}
+
+fn write_stamp(dir: &Path, id: &str) -> std::io::Result<()> {
+    let text = stamp_text(dir, id)?;
+    crate::util::write_atomic(&dir.join(VERIFIED_STAMP), text.as_bytes())
+        .or_else(|_| crate::util::write_atomic(&fallback_stamp(dir), text.as_bytes()))
 }
 
 fn map_file(f: &std::fs::File, path: &Path) -> Result<memmap2::Mmap, PobError> {
@@ -475,4 +568,75 @@ fn load_huge(f: &std::fs::File, len: u64) -> std::io::Result<memmap2::MmapMut> {
     let mut r = std::io::BufReader::with_capacity(1 << 20, f);
     r.read_exact(&mut m[..len as usize])?;
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    fn small(dir: &Path) {
+        let mut r = Recipe::default_recipe();
+        r.size_mb = 1;
+        build(&r, &[], dir, &mut |_, _| {}).unwrap();
+    }
+
+    #[test]
+    fn integrity_is_stamped_after_build_and_an_altered_byte_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        small(t.path());
+        let s = Snapshot::open(t.path(), HugePolicy::Off).unwrap();
+        assert_eq!(s.check_integrity().unwrap(), Integrity::Stamped);
+        drop(s);
+        // alter one byte in place (same size): the ctime moves, the bytes no longer hash
+        // (file times tick with the kernel's coarse clock: let one tick pass first)
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let bin = t.path().join(SNAPSHOT_BIN);
+        let f = std::fs::OpenOptions::new().write(true).open(&bin).unwrap();
+        let mut b = [0u8; 1];
+        std::fs::File::open(&bin)
+            .unwrap()
+            .read_exact_at(&mut b, 777)
+            .unwrap();
+        f.write_all_at(&[b[0] ^ 0x40], 777).unwrap();
+        let s = Snapshot::open(t.path(), HugePolicy::Off).unwrap();
+        let e = s.check_integrity().unwrap_err().to_string();
+        assert!(e.contains("changed after it was built"), "{e}");
+        drop(s);
+        // restored: hashed once, then stamped again
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        f.write_all_at(&b, 777).unwrap();
+        let s = Snapshot::open(t.path(), HugePolicy::Off).unwrap();
+        assert!(matches!(
+            s.check_integrity().unwrap(),
+            Integrity::Verified { .. }
+        ));
+        assert_eq!(s.check_integrity().unwrap(), Integrity::Stamped);
+    }
+
+    #[test]
+    fn a_copied_snapshot_is_hashed_once_and_a_truncated_one_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        small(&a);
+        std::fs::create_dir(&b).unwrap();
+        for n in [SNAPSHOT_BIN, MANIFEST_JSON, VERIFIED_STAMP] {
+            std::fs::copy(a.join(n), b.join(n)).unwrap();
+        }
+        let s = Snapshot::open(&b, HugePolicy::Off).unwrap();
+        assert!(matches!(
+            s.check_integrity().unwrap(),
+            Integrity::Verified { .. }
+        ));
+        assert_eq!(s.check_integrity().unwrap(), Integrity::Stamped);
+        drop(s);
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(b.join(SNAPSHOT_BIN))
+            .unwrap();
+        f.set_len(4096).unwrap();
+        let e = Snapshot::open(&b, HugePolicy::Off).unwrap_err().to_string();
+        assert!(e.contains("but the manifest says"), "{e}");
+    }
 }

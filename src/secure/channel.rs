@@ -388,7 +388,9 @@ impl Opener {
 
     /// Open the sealed datagram `buf` in place. On success the payload is plaintext (the
     /// header and tag stay as they were) and its counter is recorded; returns the datagram's
-    /// length (header, payload, tag). Nothing changes on failure.
+    /// length (header, payload, tag). On failure no counter is recorded and no key phase
+    /// moves, the header and tag stay as they were, and after a tag failure the payload
+    /// bytes are unspecified (ring's `open_in_place` leaves them so): the frame is dropped.
     pub fn open(&mut self, now: Instant, buf: &mut [u8]) -> Result<usize, ChannelError> {
         let p = Packet::new_checked(&*buf).map_err(|_| ChannelError::Truncated)?;
         if p.flags() & pfs::FLAG_SEALED == 0 || p.tag_len() as usize != TAG_LEN {

@@ -1,4 +1,5 @@
-//! Test harness twin of scripts/netns.sh: two network namespaces joined by a veth pair.
+//! Test harness twin of scripts/netns.sh: two network namespaces joined by a veth pair
+//! ([`NetnsPair`]), or several hosts on one bridged segment ([`NetnsStar`]).
 //!
 //! [`NetnsPair::new`] makes uniquely named namespaces `<name>a`/`<name>b` holding veth ends
 //! of the same names (10.201.X.1/30 and .2), N symmetric queues, an MTU, links up and bpffs
@@ -77,14 +78,7 @@ impl NetnsPair {
     }
 
     fn create(&self) -> Result<(), String> {
-        let mounted = std::fs::read_to_string("/proc/mounts")
-            .map(|m| m.lines().any(|l| l.contains(" /sys/fs/bpf bpf ")))
-            .unwrap_or(false);
-        if !mounted {
-            let _ = Command::new("mount")
-                .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
-                .status();
-        }
+        mount_bpffs();
         let (a, b) = (self.ns(Side::A), self.ns(Side::B));
         let q = self.queues.to_string();
         let mtu = self.mtu.to_string();
@@ -201,5 +195,156 @@ impl Drop for NetnsPair {
                 eprintln!("netns cleanup: {e}");
             }
         }
+    }
+}
+
+/// Several sender namespaces and one receiver namespace on one Ethernet segment: a bridge
+/// in a namespace of its own joins a veth pair per host (real hosts behind a switch, each
+/// with its own interface, so each may attach its own XDP program). Removed on drop.
+///
+/// Namespaces: `<name>r` (the receiver), `<name>s0`, `<name>s1`, ... (senders), `<name>w`
+/// (the bridge `<name>br`). Each host's veth end is named like its namespace and holds
+/// 10.202.X.(10+i)/24 (sender i) or 10.202.X.1/24 (the receiver); every veth has N
+/// symmetric queues and the given MTU; bpffs is mounted.
+#[derive(Debug)]
+pub struct NetnsStar {
+    pub name: String,
+    pub senders: usize,
+    pub net: u8,
+}
+
+impl NetnsStar {
+    pub fn new(senders: usize, queues: u32, mtu: u32) -> Result<Self, String> {
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        // "pst" + pid (<= 7 digits) + seq: at most 14 characters with the suffixes.
+        let name = format!("pst{}x{}", std::process::id() % 1_000_000, seq % 10);
+        let net = ((std::process::id().wrapping_mul(17).wrapping_add(seq)) % 250) as u8;
+        let star = NetnsStar { name, senders, net };
+        star.create(queues, mtu)
+            .inspect_err(|_| drop_namespaces(&star.all()))?;
+        Ok(star)
+    }
+
+    fn all(&self) -> Vec<String> {
+        let mut v = vec![self.switch(), self.receiver()];
+        v.extend((0..self.senders).map(|i| self.sender(i)));
+        v
+    }
+
+    fn create(&self, queues: u32, mtu: u32) -> Result<(), String> {
+        mount_bpffs();
+        let (q, mtu) = (queues.to_string(), mtu.to_string());
+        let w = self.switch();
+        let br = format!("{}br", self.name);
+        for ns in self.all() {
+            ip(&["netns", "add", &ns])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        ip(&["-n", &w, "link", "add", &br, "type", "bridge"])?;
+        ip(&["-n", &w, "link", "set", &br, "up"])?;
+        let mut hosts: Vec<(String, String)> = vec![(self.receiver(), format!("{}pr", self.name))];
+        hosts.extend((0..self.senders).map(|i| (self.sender(i), format!("{}p{i}", self.name))));
+        for (ns, port) in &hosts {
+            ip(&[
+                "link",
+                "add",
+                ns,
+                "netns",
+                ns,
+                "numrxqueues",
+                &q,
+                "numtxqueues",
+                &q,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                port,
+                "netns",
+                &w,
+                "numrxqueues",
+                &q,
+                "numtxqueues",
+                &q,
+            ])?;
+            ip(&["-n", &w, "link", "set", port, "mtu", &mtu])?;
+            ip(&["-n", &w, "link", "set", port, "master", &br])?;
+            ip(&["-n", &w, "link", "set", port, "up"])?;
+            ip(&["-n", ns, "link", "set", ns, "mtu", &mtu])?;
+            let addr = format!("{}/24", self.addr(ns));
+            ip(&["-n", ns, "addr", "add", &addr, "dev", ns])?;
+            ip(&["-n", ns, "link", "set", ns, "up"])?;
+        }
+        Ok(())
+    }
+
+    /// The receiver's namespace (its veth end has the same name).
+    pub fn receiver(&self) -> String {
+        format!("{}r", self.name)
+    }
+
+    /// Sender `i`'s namespace (its veth end has the same name).
+    pub fn sender(&self, i: usize) -> String {
+        format!("{}s{i}", self.name)
+    }
+
+    fn switch(&self) -> String {
+        format!("{}w", self.name)
+    }
+
+    /// The IPv4 address of the host namespace `ns`.
+    pub fn addr(&self, ns: &str) -> Ipv4Addr {
+        let last = if ns == self.receiver() {
+            1
+        } else {
+            let i: u8 = ns
+                .rsplit('s')
+                .next()
+                .and_then(|i| i.parse().ok())
+                .unwrap_or(0);
+            10 + i
+        };
+        Ipv4Addr::new(10, 202, self.net, last)
+    }
+}
+
+fn mount_bpffs() {
+    let mounted = std::fs::read_to_string("/proc/mounts")
+        .map(|m| m.lines().any(|l| l.contains(" /sys/fs/bpf bpf ")))
+        .unwrap_or(false);
+    if !mounted {
+        let _ = Command::new("mount")
+            .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+            .status();
+    }
+}
+
+fn drop_namespaces(all: &[String]) {
+    for ns in all {
+        if std::path::Path::new("/run/netns").join(ns).exists() {
+            if let Err(e) = ip(&["netns", "del", ns]) {
+                eprintln!("netns cleanup: {e}");
+            }
+        }
+    }
+}
+
+impl Drop for NetnsStar {
+    fn drop(&mut self) {
+        drop_namespaces(&self.all());
+    }
+}
+
+/// Runs `f` on a new thread inside the namespace `ns` and returns its result; a panic in
+/// `f` is re-raised here.
+pub fn run_in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    let handle = std::thread::spawn(move || {
+        enter(&path);
+        f()
+    });
+    match handle.join() {
+        Ok(v) => v,
+        Err(p) => std::panic::resume_unwind(p),
     }
 }

@@ -24,7 +24,7 @@ pub trait TxQueues {
 }
 
 /// The addressing state of one side of a session.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Flow {
     /// Header template for frames we send: src = us, dst = peer (None until learnt).
     hdr: Option<Addrs>,

@@ -7,18 +7,64 @@
 //! - transmit: [`XskSocket::send_batch`] gives a UMEM frame, and [`Flow::transmit`] has the
 //!   endpoint write the datagram behind the header room and the Ethernet/IPv4/UDP headers in
 //!   front. No intermediate buffer on either path.
+//!
+//! The receiver service ([`crate::driver::service`]) runs over the same sockets through
+//! [`XdpServiceIo`]: one [`Flow`] per session (the addresses and reply queue learnt from
+//! its frames), every socket on the service's one thread.
 
 use super::error::XdpError;
 use super::flow::{Flow, TxQueues};
 use super::marks::StartMarks;
 use super::report::{PathStats, QueueStats};
+use crate::driver::service::{ServiceIo, XdpLive, XdpQueueLive};
 use crate::driver::session::{DriverError, FramePath};
 use crate::proto::Endpoint;
 use crate::steer::{PortRange, Steering, XdpMode};
 use crate::wire::stack;
+use crate::wire::stack::Addrs;
 use crate::xsk::{self, XskConfig, XskSocket};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
+
+/// How long a bind waits for the queue's earlier socket to be released (see
+/// [`bind_when_free`]).
+const BIND_BUSY_WAIT: Duration = Duration::from_secs(2);
+
+/// Bind a socket to `iface` queue `q`, waiting up to [`BIND_BUSY_WAIT`] while the queue is
+/// busy: the kernel releases a closed socket's buffer pool from a work queue after its
+/// last fd closes, so a process that starts right after another one on the same interface
+/// (a second `pfs send` from one host, a restarted receiver) may find the queue still held
+/// for a moment (EBUSY). Other errors return at once.
+fn bind_when_free(iface: &str, q: u32, xc: &XskConfig) -> Result<XskSocket, xsk::XskError> {
+    let until = Instant::now() + BIND_BUSY_WAIT;
+    loop {
+        match XskSocket::new(iface, q, xc) {
+            Err(e) if queue_busy(&e) && Instant::now() < until => {
+                tracing::debug!("{iface} queue {q} still held by a closed socket; retrying");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            r => return r,
+        }
+    }
+}
+
+/// Whether a bind failed because the queue is held (EBUSY).
+fn queue_busy(e: &xsk::XskError) -> bool {
+    if !matches!(e, xsk::XskError::Bind { .. }) {
+        return false;
+    }
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if io.raw_os_error() == Some(libc::EBUSY) {
+                return true;
+            }
+        }
+        src = s.source();
+    }
+    // xsk-rs's errors keep the OS error in their text only.
+    e.to_string().contains("(os error 16)")
+}
 
 /// The steering program and the sockets of one side.
 pub struct XdpIo {
@@ -51,7 +97,7 @@ impl XdpIo {
                 .iter()
                 .map(|&q| {
                     let bind = move || {
-                        let s = XskSocket::new(iface, q, xc);
+                        let s = bind_when_free(iface, q, xc);
                         if s.is_ok() {
                             marks.mark(format_args!("socket bound {iface} q{q}"));
                         }
@@ -254,5 +300,126 @@ impl FramePath for SessionPath<'_> {
     }
     fn peer(&self) -> Option<SocketAddr> {
         self.flow.peer()
+    }
+}
+
+/// The receiver service's I/O over AF_XDP: the sockets and the program stay for the
+/// service's life (attached once, detached when this drops: at the end, on an error, after
+/// SIGTERM/SIGINT); each session addresses its answers through its own receiver [`Flow`].
+pub struct XdpServiceIo {
+    io: XdpIo,
+    /// A receiver flow before its first frame: what each session's flow starts from.
+    template: Flow,
+    reorder: Option<Duration>,
+}
+
+impl XdpServiceIo {
+    /// The sockets of `io`, each session's flow a copy of `template` (a receiver's);
+    /// `reorder`: the NACK delay for frames of several queues.
+    pub fn new(io: XdpIo, template: Flow, reorder: Option<Duration>) -> Self {
+        XdpServiceIo {
+            io,
+            template,
+            reorder,
+        }
+    }
+
+    /// The bound queues.
+    pub fn queues(&self) -> Vec<u32> {
+        self.io.queues()
+    }
+}
+
+impl ServiceIo for XdpServiceIo {
+    type Route = Flow;
+    /// The frame's addresses and the index of the socket it came on.
+    type From = (Addrs, usize);
+
+    fn route_template(&self) -> Flow {
+        self.template.clone()
+    }
+
+    fn accepted(flow: &mut Flow, from: &(Addrs, usize)) {
+        flow.note_accepted(from.0, from.1);
+        flow.accept_last();
+    }
+
+    fn transmit<E: Endpoint + ?Sized>(
+        &mut self,
+        flow: &mut Flow,
+        _peer: SocketAddr,
+        ep: &mut E,
+        now: Instant,
+        budget: usize,
+    ) -> Result<(usize, bool), DriverError> {
+        Ok(flow.transmit(&mut self.io, ep, now, budget))
+    }
+
+    fn receive(
+        &mut self,
+        budget: usize,
+        f: crate::driver::service::Deliver<'_, (Addrs, usize)>,
+    ) -> Result<usize, DriverError> {
+        let io = &mut self.io;
+        let mut got = 0;
+        for i in 0..io.socks.len() {
+            let bad = &mut io.bad_frames;
+            let n = io.socks[i].recv_batch(|frame| match stack::parse_mut(frame) {
+                Ok((addrs, d)) => {
+                    let from = SocketAddr::V4(SocketAddrV4::new(addrs.src_ip, addrs.src_port));
+                    f(from, &(addrs, i), d)
+                }
+                Err(_) => *bad += 1,
+            });
+            io.rx_frames[i] += n as u64;
+            got += n;
+            if got >= budget {
+                break;
+            }
+        }
+        Ok(got)
+    }
+
+    fn wait(&mut self, d: Duration) -> Result<(), DriverError> {
+        if !d.is_zero() {
+            xsk::wait_any(&mut self.io.socks, d)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) {
+        self.io.flush()
+    }
+
+    fn reorder_window(&self) -> Option<Duration> {
+        self.reorder
+    }
+
+    fn xdp_stats(&self) -> Option<XdpLive> {
+        Some(xdp_live(self.io.steering(), &self.io.stats()))
+    }
+}
+
+/// The metrics' view of the AF_XDP layer: the program's counters and each socket's.
+pub fn xdp_live(steer: &Steering, st: &PathStats) -> XdpLive {
+    XdpLive {
+        iface: steer.iface().to_string(),
+        steer: steer.counters().unwrap_or_default(),
+        queues: st
+            .queues
+            .iter()
+            .map(|q| XdpQueueLive {
+                queue: q.queue,
+                rx_frames: q.rx_frames,
+                tx_frames: q.tx_frames,
+                rx_dropped: q.xdp.rx_dropped,
+                rx_ring_full: q.xdp.rx_ring_full,
+                rx_invalid_descs: q.xdp.rx_invalid_descs,
+                tx_invalid_descs: q.xdp.tx_invalid_descs,
+                fill_ring_empty: q.xdp.fill_ring_empty,
+                tx_ring_empty: q.xdp.tx_ring_empty,
+            })
+            .collect(),
+        bad_frames: st.bad_frames,
     }
 }

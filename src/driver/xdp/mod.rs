@@ -32,6 +32,11 @@
 //! The steering program detaches when the [`io::XdpIo`] drops: at the end of a run, on
 //! error, on SIGINT/SIGTERM (the cancel flag ends the loop cleanly) and, through the BPF
 //! link, when the process dies.
+//!
+//! The receiver service ([`XdpReceiver::serve`]) keeps one [`io::XdpIo`] for its life and
+//! serves every session over it, one receiver [`flow::Flow`] per session: on the session
+//! thread ([`io::XdpServiceIo`]) or over the workers ([`workers::WorkersServiceIo`], started
+//! for the service's life).
 
 pub mod error;
 pub mod flow;
@@ -46,6 +51,7 @@ pub use error::XdpError;
 pub use netdev::{iface_ipv4, iface_mac, parse_mac, resolve_mac, rx_queue_count};
 pub use report::{QueueStats, WorkerStats, XdpReport};
 
+use super::service::{ServeWith, Service, ServiceConfig};
 use super::session::{
     self, random_u64, DriverError, FramePath, RecvSummary, SendInput, SendSession, SendSummary,
 };
@@ -55,6 +61,7 @@ use crate::steer::{PortRange, XdpMode};
 use crate::wire::stack::{self, Addrs};
 use crate::xsk::{self, XskConfig};
 use flow::Flow;
+pub use io::XdpServiceIo;
 use io::{SessionPath, XdpIo};
 use marks::StartMarks;
 use report::PathStats;
@@ -580,6 +587,40 @@ impl XdpReceiver {
     pub fn xdp_mode(&self) -> (XdpMode, Option<&str>) {
         let s = self.side.io.steering();
         (s.mode(), s.notice())
+    }
+
+    /// The link it was bound with (interface, ports, queues asked for).
+    pub fn link(&self) -> &XdpLink {
+        &self.cfg.link
+    }
+
+    /// Serve many sessions (the receiver service) over these sockets, the service loop on
+    /// the calling thread, until it stops: `run` gets the service (over the session
+    /// thread's sockets, or over the per-queue workers, started here for the service's life
+    /// and stopped after it). The program stays attached and the sockets bound until this
+    /// returns (on every path).
+    pub fn serve<R>(self, cfg: ServiceConfig, run: impl ServeWith<R>) -> Result<R, XdpError> {
+        pin(self.cfg.link.cpu);
+        let reorder = (self.side.io.queues().len() > 1).then_some(REORDER_WINDOW);
+        let mut side = self.side;
+        if side.threads != Threads::Workers || side.io.queues().is_empty() {
+            let Side { io, flow, .. } = side;
+            return Ok(run.serve(Service::new(cfg, XdpServiceIo::new(io, flow, reorder))));
+        }
+        let template = side.flow.clone();
+        let (r, _) = workers::run(
+            &mut side.io,
+            &mut side.flow,
+            &side.worker_cpus,
+            side.frames_per_socket,
+            side.batch,
+            |set| {
+                let io = workers::WorkersServiceIo::new(set, template, reorder);
+                run.serve(Service::new(cfg, io))
+            },
+        )
+        .map_err(XdpError::Workers)?;
+        Ok(r)
     }
 
     /// Receive one session into `cfg.out_dir`.

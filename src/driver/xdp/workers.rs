@@ -35,8 +35,10 @@
 use super::flow::{Flow, TxQueues};
 use super::io::XdpIo;
 use super::report::{PathStats, QueueStats, WorkerStats};
+use crate::driver::service::{ServiceIo, XdpLive};
 use crate::driver::session::{DriverError, FramePath, BATCH};
 use crate::proto::Endpoint;
+use crate::steer::Steering;
 use crate::wire::pfs;
 use crate::wire::stack::{self, Addrs};
 use crate::xsk::{LentFrame, XskSocket, XskStats};
@@ -53,6 +55,9 @@ use std::time::{Duration, Instant};
 const SPIN_ROUNDS: u32 = 32;
 /// The longest a worker sleeps before it looks at its stop flag again.
 const WORKER_SLEEP: Duration = Duration::from_millis(20);
+
+/// How often a running worker refreshes its XDP_STATISTICS for the metrics.
+const LIVE_STATS_EVERY: Duration = Duration::from_millis(200);
 
 /// The longest a received frame waits in the session thread for a lower sequence number
 /// from another queue.
@@ -98,6 +103,9 @@ pub struct WorkerShared {
     c: Counters,
     /// XDP_STATISTICS read by the worker as it ends; pinning result.
     final_stats: OnceLock<XskStats>,
+    /// XDP_STATISTICS while the worker runs, refreshed every [`LIVE_STATS_EVERY`] (the
+    /// receiver service's metrics).
+    live_stats: std::sync::Mutex<XskStats>,
     pinned: OnceLock<Option<usize>>,
 }
 
@@ -123,6 +131,7 @@ impl WorkerShared {
             efd,
             c: Counters::default(),
             final_stats: OnceLock::new(),
+            live_stats: std::sync::Mutex::new(XskStats::default()),
             pinned: OnceLock::new(),
         })
     }
@@ -140,9 +149,13 @@ impl WorkerShared {
         )
     }
 
-    /// XDP_STATISTICS as the worker read them when it ended.
+    /// XDP_STATISTICS as the worker read them when it ended (while it runs: as of its
+    /// last refresh).
     pub fn xdp_stats(&self) -> XskStats {
-        self.final_stats.get().copied().unwrap_or_default()
+        self.final_stats
+            .get()
+            .copied()
+            .unwrap_or_else(|| self.live_stats.lock().map(|s| *s).unwrap_or_default())
     }
 
     pub fn stats(&self) -> WorkerStats {
@@ -199,8 +212,15 @@ pub fn run_worker(mut sock: XskSocket, sh: &WorkerShared, session: Thread, batch
     let mut pending: Vec<(LentFrame, usize)> = Vec::with_capacity(batch * 2);
     let mut got: Vec<LentFrame> = Vec::with_capacity(batch);
     let mut spins = 0u32;
+    let mut stats_at = Instant::now();
     loop {
         let mut work = false;
+        if stats_at.elapsed() >= LIVE_STATS_EVERY {
+            stats_at = Instant::now();
+            if let (Ok(st), Ok(mut l)) = (sock.stats(), sh.live_stats.lock()) {
+                *l = st;
+            }
+        }
         // Transmit what the session built.
         while pending.len() < batch {
             let Some(p) = sh.tx_out.pop() else { break };
@@ -371,6 +391,10 @@ impl TxQueues for Handover<'_> {
 pub struct WorkerSet<'a> {
     sh: &'a [WorkerShared],
     flow: &'a mut Flow,
+    /// The steering program in front of the workers' sockets (its counters).
+    steer: &'a Steering,
+    /// The worker [`WorkerSet::receive_each`] starts at (round-robin).
+    rr: usize,
     /// Per worker: received frames waiting for the merge, with when they were taken.
     staged: Vec<VecDeque<(RxItem, Instant)>>,
     /// Per worker: when it last passed a frame on.
@@ -385,10 +409,12 @@ pub struct WorkerSet<'a> {
 }
 
 impl<'a> WorkerSet<'a> {
-    fn new(sh: &'a [WorkerShared], flow: &'a mut Flow) -> Self {
+    fn new(sh: &'a [WorkerShared], flow: &'a mut Flow, steer: &'a Steering) -> Self {
         WorkerSet {
             sh,
             flow,
+            steer,
+            rr: 0,
             staged: (0..sh.len())
                 .map(|_| VecDeque::with_capacity(STAGE_MAX))
                 .collect(),
@@ -477,6 +503,90 @@ impl<'a> WorkerSet<'a> {
         (got, accepted)
     }
 
+    /// The receiver service's receive: up to `budget` frames the workers passed on, in
+    /// arrival order per worker and the workers in turn (no merge by sequence number: the
+    /// numbers of different sessions do not compare), each datagram handed to `f` in place
+    /// with its frame's addresses and its worker's index; the frames go back to their
+    /// workers. Returns how many.
+    pub fn receive_each(
+        &mut self,
+        budget: usize,
+        f: &mut dyn FnMut(&Addrs, usize, &mut [u8]),
+    ) -> usize {
+        let n = self.sh.len();
+        let mut got = 0;
+        for k in 0..n {
+            let i = (self.rr + k) % n;
+            let w = &self.sh[i];
+            let mut taken = 0;
+            while got < budget {
+                let Some(it) = w.rx_out.pop() else { break };
+                let mut frame = it.frame;
+                // Safety: the frame was lent by worker i and not returned yet; its socket
+                // lives until the workers are stopped.
+                let bytes = unsafe { frame.bytes_mut() };
+                f(
+                    &it.addrs,
+                    i,
+                    &mut bytes[it.off as usize..it.off as usize + it.len as usize],
+                );
+                let _ = w.rx_back.push(frame);
+                taken += 1;
+                got += 1;
+            }
+            if taken > 0 {
+                w.kick();
+            }
+        }
+        if n > 0 {
+            self.rr = (self.rr + 1) % n;
+        }
+        got
+    }
+
+    /// Up to `budget` datagrams of `ep` built by `flow` (a session's, in the service) into
+    /// the workers' frames.
+    pub fn transmit_flow<E: Endpoint + ?Sized>(
+        &mut self,
+        flow: &mut Flow,
+        ep: &mut E,
+        now: Instant,
+        budget: usize,
+    ) -> (usize, bool) {
+        flow.transmit(&mut Handover(self.sh), ep, now, budget)
+    }
+
+    /// What the workers' sockets did so far (XDP_STATISTICS as of each worker's last
+    /// refresh).
+    pub fn live_stats(&self) -> PathStats {
+        let mut bad_frames = 0;
+        let queues = self
+            .sh
+            .iter()
+            .map(|w| {
+                let (rx, tx, b) = w.frames();
+                bad_frames += b;
+                QueueStats {
+                    queue: w.queue(),
+                    rx_frames: rx,
+                    tx_frames: tx,
+                    xdp: w.xdp_stats(),
+                    worker: Some(w.stats()),
+                }
+            })
+            .collect();
+        PathStats {
+            queues,
+            bad_frames,
+            reordered: self.reordered,
+        }
+    }
+
+    /// The steering program in front of the workers.
+    pub fn steering(&self) -> &Steering {
+        self.steer
+    }
+
     /// Sleep until a worker passes frames on or `wait` passes.
     fn wait(&mut self, wait: Duration) {
         if self.sh.iter().any(|w| !w.rx_out.is_empty()) {
@@ -518,6 +628,78 @@ impl FramePath for WorkerSet<'_> {
     }
 }
 
+/// The receiver service's I/O over the workers: the session thread runs the service loop,
+/// each session's frames built by its own receiver [`Flow`] into the workers' UMEM frames and
+/// received frames handed over in place ([`WorkerSet::receive_each`]).
+pub struct WorkersServiceIo<'s, 'w> {
+    set: &'s mut WorkerSet<'w>,
+    template: Flow,
+    reorder: Option<Duration>,
+}
+
+impl<'s, 'w> WorkersServiceIo<'s, 'w> {
+    pub fn new(set: &'s mut WorkerSet<'w>, template: Flow, reorder: Option<Duration>) -> Self {
+        WorkersServiceIo {
+            set,
+            template,
+            reorder,
+        }
+    }
+}
+
+impl ServiceIo for WorkersServiceIo<'_, '_> {
+    type Route = Flow;
+    /// The frame's addresses and the index of the worker it came from.
+    type From = (Addrs, usize);
+
+    fn route_template(&self) -> Flow {
+        self.template.clone()
+    }
+
+    fn accepted(flow: &mut Flow, from: &(Addrs, usize)) {
+        flow.note_accepted(from.0, from.1);
+        flow.accept_last();
+    }
+
+    fn transmit<E: Endpoint + ?Sized>(
+        &mut self,
+        flow: &mut Flow,
+        _peer: SocketAddr,
+        ep: &mut E,
+        now: Instant,
+        budget: usize,
+    ) -> Result<(usize, bool), DriverError> {
+        Ok(self.set.transmit_flow(flow, ep, now, budget))
+    }
+
+    fn receive(
+        &mut self,
+        budget: usize,
+        f: crate::driver::service::Deliver<'_, (Addrs, usize)>,
+    ) -> Result<usize, DriverError> {
+        Ok(self.set.receive_each(budget, &mut |a, i, d| {
+            let from = SocketAddr::V4(std::net::SocketAddrV4::new(a.src_ip, a.src_port));
+            f(from, &(*a, i), d)
+        }))
+    }
+
+    fn wait(&mut self, d: Duration) -> Result<(), DriverError> {
+        FramePath::wait(&mut *self.set, d)
+    }
+
+    // flush: the workers flush their tx rings when stopped.
+
+    fn reorder_window(&self) -> Option<Duration> {
+        self.reorder
+    }
+
+    fn xdp_stats(&self) -> Option<XdpLive> {
+        let st = self.set.live_stats();
+        let steer = self.set.steering();
+        Some(super::io::xdp_live(steer, &st))
+    }
+}
+
 /// Run `f` with one pinned worker per socket of `io` (worker `i` on `cpus[i]`), each
 /// owning its socket for the run, and `flow` lent to the session thread's side. Every
 /// worker has ended (its socket closed, out of the XSKMAP) when this returns, with what
@@ -531,6 +713,7 @@ pub fn run<R>(
     f: impl FnOnce(&mut WorkerSet<'_>) -> R,
 ) -> std::io::Result<(R, PathStats)> {
     let socks = io.take_sockets();
+    let io: &XdpIo = io;
     let shared = socks
         .iter()
         .enumerate()
@@ -558,7 +741,7 @@ pub fn run<R>(
         let out = match spawn_err {
             Some(e) => Err(e),
             None => {
-                let mut set = WorkerSet::new(&shared, flow);
+                let mut set = WorkerSet::new(&shared, flow, io.steering());
                 let r = f(&mut set);
                 Ok((r, set.reordered))
             }
