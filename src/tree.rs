@@ -9,8 +9,8 @@
 //! regular files by name (the stream order), then directories, then links.
 //!
 //! Names must be UTF-8 (the manifest's rule), at most [`MAX_NAME_LEN`] bytes and 32
-//! levels; a link's target must be UTF-8 and at most [`MAX_TARGET_LEN`] bytes, else the link
-//! is skipped with a note. A file or directory that cannot be read is an error that names it.
+//! levels; a link's target must be UTF-8, its name and target together at most
+//! [`MAX_NAME_LEN`] bytes, else the link is skipped with a note. A file or directory that cannot be read is an error that names it.
 
 use crate::proto::EntryMeta;
 use crate::wire::payload::{Attrs, EntryKind, MAX_NAME_LEN, MAX_TARGET_LEN};
@@ -278,7 +278,10 @@ impl Walker {
             self.skip(path, "a link whose target is not UTF-8");
             return Ok(());
         };
-        if target.is_empty() || target.len() > MAX_TARGET_LEN {
+        if target.is_empty()
+            || target.len() > MAX_TARGET_LEN
+            || name.len() + target.len() > MAX_NAME_LEN
+        {
             self.skip(
                 path,
                 "a link whose target is longer than the manifest allows",

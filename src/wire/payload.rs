@@ -16,12 +16,13 @@ use crate::blueprint::Transform;
 
 /// Longest file name (UTF-8 bytes) a manifest entry may carry.
 pub const MAX_NAME_LEN: usize = 512;
-/// Longest symbolic link target (UTF-8 bytes) a manifest entry may carry.
-pub const MAX_TARGET_LEN: usize = 512;
+/// Longest symbolic link target (UTF-8 bytes) a manifest entry may carry: a link's name and
+/// target together take at most [`MAX_NAME_LEN`] bytes, so that one entry of any kind fits
+/// the smallest datagram.
+pub const MAX_TARGET_LEN: usize = MAX_NAME_LEN - 1;
 /// The smallest datagram (PacketFS header + payload) the protocol works with: a Hello with one
-/// entry of the longest name and the longest link target must fit.
-pub const MIN_DATAGRAM: usize =
-    super::pfs::HEADER_LEN + HELLO_FIXED + ENTRY_FIXED + MAX_NAME_LEN + MAX_TARGET_LEN;
+/// entry of the longest name (or name and link target) must fit.
+pub const MIN_DATAGRAM: usize = super::pfs::HEADER_LEN + HELLO_FIXED + ENTRY_FIXED + MAX_NAME_LEN;
 
 /// Hello fixed part: snapshot id, nfiles, first, count, reserved.
 pub const HELLO_FIXED: usize = 32 + 4 + 4 + 2 + 2;
@@ -255,7 +256,8 @@ pub struct FileEntry {
     pub kind: EntryKind,
     /// Permission bits and mtime to apply, when the sender sent them.
     pub attrs: Option<Attrs>,
-    /// A link's target (UTF-8, 1..=[`MAX_TARGET_LEN`] bytes, no NUL); empty otherwise.
+    /// A link's target (UTF-8, 1..=[`MAX_TARGET_LEN`] bytes, no NUL, name and target
+    /// together at most [`MAX_NAME_LEN`] bytes); empty otherwise.
     pub target: String,
 }
 
@@ -317,6 +319,7 @@ impl FileEntry {
         let target_ok = self.kind != EntryKind::Symlink
             || (!self.target.is_empty()
                 && self.target.len() <= MAX_TARGET_LEN
+                && self.name.len() + self.target.len() <= MAX_NAME_LEN
                 && !self.target.contains('\0'));
         name_ok && attrs_ok && body_ok && target_ok
     }
@@ -1530,6 +1533,23 @@ mod tests {
         e.extend_from_slice(b"d/l");
         e.extend_from_slice(&vec![b'a'; MAX_TARGET_LEN + 1]);
         assert!(Hello::parse(&e).is_err(), "target too long");
+        // name and target together above MAX_NAME_LEN
+        let mut e = want[..link_at].to_vec();
+        e.extend_from_slice(&fixed(2, 3, MAX_NAME_LEN as u16 - 2));
+        e.extend_from_slice(b"d/l");
+        e.extend_from_slice(&vec![b'a'; MAX_NAME_LEN - 2]);
+        assert!(
+            Hello::parse(&e).is_err(),
+            "name and target too long together"
+        );
+        let mut e = want[..link_at].to_vec();
+        e.extend_from_slice(&fixed(2, 3, MAX_NAME_LEN as u16 - 3));
+        e.extend_from_slice(b"d/l");
+        e.extend_from_slice(&vec![b'a'; MAX_NAME_LEN - 3]);
+        assert!(
+            Hello::parse(&e).is_ok(),
+            "name and target of MAX_NAME_LEN together"
+        );
     }
 
     #[test]
