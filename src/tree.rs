@@ -328,7 +328,7 @@ mod tests {
             nix::sys::stat::Mode::from_bits_truncate(0o600),
         )
         .unwrap();
-        let tree = walk(&[d.clone()], TreeOptions::default()).unwrap();
+        let tree = walk(std::slice::from_ref(&d), TreeOptions::default()).unwrap();
         let names: Vec<&str> = tree.files.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(names, ["top/a", "top/b/z"]);
         assert_eq!(tree.files[0].attrs.perm, 0o751);
