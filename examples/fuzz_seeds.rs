@@ -335,5 +335,44 @@ fn main() {
         format!("{}\n", friend.public().to_base64()).as_bytes(),
     );
     put(&dir("manifest"), "default.json", &manifest);
+
+    // journal and Held: a resume journal, and Held frames (whole and prefix entries).
+    let j = packetfs::journal::Journal {
+        name: "dir/file.bin".into(),
+        size: 1 << 30,
+        prefix: 32 << 20,
+        owner: friend.public().to_base64(),
+    };
+    put(&dir("journal"), "default.jrnl", &j.to_bytes());
+    let held = packetfs::wire::held::Held {
+        entries: vec![
+            packetfs::wire::held::HeldEntry {
+                file: 0,
+                kind: packetfs::wire::held::HeldKind::Whole,
+                len: 4096,
+                hash: [1; 32],
+            },
+            packetfs::wire::held::HeldEntry {
+                file: 3,
+                kind: packetfs::wire::held::HeldKind::Prefix,
+                len: 100,
+                hash: [2; 32],
+            },
+        ],
+    };
+    let mut d = vec![0u8; 2048];
+    let hdr = packetfs::wire::pfs::Repr {
+        frame_type: packetfs::wire::pfs::FrameType::Held,
+        flags: 0,
+        session: 7,
+        seq: 1,
+        payload_len: 0,
+    };
+    let n = packetfs::wire::payload::Frame::emit(
+        hdr,
+        &packetfs::wire::payload::Payload::Held(held),
+        &mut d,
+    );
+    put(&dir("frame"), "held.dgram", &d[..n]);
     println!("seed corpora written under {}", root.display());
 }

@@ -56,6 +56,10 @@ pub struct PfsConfig {
     pub keep_setid: Option<bool>,
     /// Sender: send what links inside a directory point at instead of the links.
     pub follow_symlinks: Option<bool>,
+    /// Resume and skip-unchanged (both sides; default on): the sender continues after what
+    /// the receiver holds; the receiver keeps broken sessions' files with a journal and
+    /// offers them (`--no-resume` on either side turns it off).
+    pub resume: Option<bool>,
     /// Link budget for the sender's pacing, e.g. `1gbit`, `500mbit`, `100MB`.
     pub rate: Option<String>,
     /// Receiver: give up after this many seconds without a sender (0 = never).
@@ -255,6 +259,7 @@ impl PfsConfig {
             overwrite,
             keep_setid,
             follow_symlinks,
+            resume,
             rate,
             timeout,
             metrics,
@@ -296,6 +301,7 @@ impl PfsConfig {
             overwrite: Some(false),
             keep_setid: Some(false),
             follow_symlinks: Some(false),
+            resume: Some(true),
             timeout: Some(0),
             xdp_mode: Some(XdpMode::Auto),
             xdp_threads: Some(Threads::Auto),

@@ -23,7 +23,9 @@
 //! any file is created or sized.
 #![allow(unsafe_code)]
 
-use crate::proto::sink::{link_check, sanitize_name, FileSink, SinkError, SinkFile, Skip};
+use crate::journal::{self, Journal};
+use crate::proto::sink::{link_check, sanitize_name, FileSink, Held, SinkError, SinkFile, Skip};
+use crate::wire::held::HeldKind;
 use crate::wire::payload::{Attrs, EntryKind};
 use memmap2::MmapMut;
 use nix::errno::Errno;
@@ -32,7 +34,7 @@ use nix::sys::stat::Mode;
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io;
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -163,6 +165,13 @@ struct Out {
     attrs: Option<Attrs>,
     /// A link's target.
     target: String,
+    /// Resumable ([`MmapSink::resume`]): the temporary file is `.NAME.pfs-part-H`, locked,
+    /// with its journal.
+    part: Option<Part>,
+    /// A final file of this name and size exists (resume on): offered whole.
+    final_same_size: bool,
+    /// The sender kept the final file (skip): `commit` removes the temporary file only.
+    keep_final: bool,
 }
 
 /// `attrs`' mtime as the times argument of futimens/utimensat (the access time is left).
@@ -172,6 +181,28 @@ fn mtime_of(a: &Attrs) -> (nix::sys::time::TimeSpec, nix::sys::time::TimeSpec) {
         nix::sys::time::TimeSpec::new(a.mtime_s, a.mtime_ns as _),
     )
 }
+
+/// A resumable temporary file's journal state.
+struct Part {
+    journal: OsString,
+    /// The durable prefix its journal recorded at open (0: none, or no longer valid).
+    offered: u64,
+    /// Written since open (or adopted): the journal is rewritten from `verified` when the
+    /// session breaks; untouched, it stays as it was.
+    dirty: bool,
+    /// The final prefix (hashed by the receiver) since then.
+    verified: u64,
+    /// What the journal on disk says now.
+    journaled: u64,
+}
+
+/// A part file's journal is rewritten (after msync + fdatasync) each time the durable prefix
+/// grew by this much during a session, and when the session breaks.
+pub const JOURNAL_STEP: u64 = 32 << 20;
+/// Resumable files whose journal is older than this are removed at start (7 days).
+pub const RESUME_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+/// At start, resumable files beyond this many bytes in all (newest kept first) are removed.
+pub const RESUME_MAX_TOTAL: u64 = 64 << 30;
 
 /// Writes received files into an output directory through memory maps.
 pub struct MmapSink {
@@ -192,6 +223,13 @@ pub struct MmapSink {
     /// Keep the setuid, setgid and sticky bits the sender asks for (`pfs recv
     /// --keep-setid`). Off (the default), only the 0o777 bits are applied.
     pub keep_setid: bool,
+    /// Keep broken sessions' files resumable (`.NAME.pfs-part-H` and a journal) and offer
+    /// what the output holds (`pfs recv --no-resume` turns it off). Off, temporary files
+    /// are per session and removed when it fails.
+    pub resume: bool,
+    /// The sender's identity, recorded in journals: a file is resumed only by the same
+    /// sender (empty: none known).
+    pub owner: String,
     outs: Vec<Out>,
     /// Bytes of small files held in memory.
     buffered: u64,
@@ -212,6 +250,8 @@ impl MmapSink {
             durable: true,
             overwrite: false,
             keep_setid: false,
+            resume: false,
+            owner: String::new(),
             reserve: 64 << 20,
             outs: Vec::new(),
             buffered: 0,
@@ -357,6 +397,9 @@ impl MmapSink {
             kind: f.kind,
             attrs: f.attrs,
             target: f.target.clone(),
+            part: None,
+            final_same_size: false,
+            keep_final: false,
         })
     }
 
@@ -381,6 +424,7 @@ impl MmapSink {
             file: fi,
             name: name.clone(),
         };
+        let mut final_same_size = false;
         match nix::sys::stat::fstatat(
             Some(dir.as_raw_fd()),
             fname,
@@ -388,35 +432,77 @@ impl MmapSink {
         ) {
             Ok(st) => {
                 let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
-                if is_dir || !self.overwrite {
+                let same = st.st_mode & libc::S_IFMT == libc::S_IFREG
+                    && st.st_size as u64 == f.size
+                    && f.size > 0;
+                final_same_size = self.resume && same;
+                if is_dir || !(self.overwrite || final_same_size) {
                     return Err(exists());
                 }
             }
             Err(Errno::ENOENT) => {}
             Err(e) => return Err(errno(e)),
         }
-        let tmp_name = tmp_name(fname, &self.tag);
         let dst_name = OsString::from(fname);
         let dst = self.root.join(&name);
+        // Small files are held in memory until verified (no temporary file before that,
+        // and none resumable: a broken session sends them again whole).
+        let lazy = f.size <= SMALL_FILE;
+        let resumable = if self.resume && !lazy {
+            self.open_part(&dir, fname, &name, f.size).map_err(errno)?
+        } else {
+            None
+        };
+        let (file, tmp_name, part) = match resumable {
+            Some((fd, pn, part)) => (Some(File::from(fd)), pn, Some(part)),
+            None if lazy => (None, tmp_name(fname, &self.tag), None),
+            None => {
+                let tmp_name = tmp_name(fname, &self.tag);
+                let fd = open_beneath(
+                    dir.as_fd(),
+                    &tmp_name,
+                    OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW,
+                    0o644,
+                )
+                .map_err(errno)?;
+                (Some(File::from(fd)), tmp_name, None)
+            }
+        };
         let mut out = Out {
             dst,
             name,
             dir,
             dst_name,
             tmp_name,
-            file: None,
+            file,
             map: None,
             buf: None,
-            lazy: f.size <= SMALL_FILE,
+            lazy,
             size: f.size,
             written_back: 0,
             settled: false,
             kind: EntryKind::File,
             attrs: f.attrs,
             target: String::new(),
+            final_same_size,
+            keep_final: false,
+            part,
         };
         if !out.lazy {
-            create_mapped(&mut out, fi)?;
+            let file = out.file.as_ref().expect("created above");
+            if out.part.as_ref().is_some_and(|p| p.offered == 0) {
+                file.set_len(0)?; // nothing of it is kept: start from zeros
+            }
+            file.set_len(f.size)?;
+            if f.size > 0 {
+                // Safety: the file was just created by us with O_EXCL under a name no one
+                // else uses (or is a resumable file we hold the exclusive lock of), and sized
+                // to `f.size`; nothing else truncates it while the map lives (a process that
+                // did would make accesses fault, which is the documented mmap hazard of a
+                // hostile local user, not of the peer). The map is dropped before the file
+                // is renamed or removed.
+                out.map = Some(unsafe { MmapMut::map_mut(file)? });
+            }
         }
         Ok(out)
     }
@@ -540,6 +626,9 @@ fn rename_into_place(o: &mut Out, file: u32, overwrite: bool) -> Result<(), Sink
     match nix::fcntl::renameat2(d, o.tmp_name.as_os_str(), d, o.dst_name.as_os_str(), flags) {
         Ok(()) => {
             o.settled = true;
+            if let Some(p) = &o.part {
+                unlink_quiet(o.dir.as_fd(), &p.journal);
+            }
             Ok(())
         }
         // The name appeared after the manifest was accepted: the existing file stays.
@@ -586,20 +675,104 @@ pub struct StaleTemps {
     pub removed: u64,
     /// Temporary files of a live process (another receiver on the same out-dir), kept.
     pub kept: u64,
+    /// Resumable files kept (a valid journal, younger than [`RESUME_MAX_AGE`], within
+    /// [`RESUME_MAX_TOTAL`]), and their bytes.
+    pub resumable: u64,
+    pub resumable_bytes: u64,
+}
+
+/// A resumable file found by the walk, kept unless the total is too large.
+struct Resumable {
+    dir: OwnedFd,
+    part: OsString,
+    journal: OsString,
+    mtime: i64,
+    size: u64,
 }
 
 /// Remove the temporary files (`.NAME.pfs-tmp-PID-TAG`) that earlier runs left in `out_dir`
 /// and its sub-directories (a killed receiver). A file whose PID is a live process other
 /// than this one is kept: another receiver may be writing it. Symbolic links are neither
 /// followed nor removed.
+///
+/// Resumable files (`.NAME.pfs-part-H` with the journal `.NAME.pfs-jrnl-H`) are kept when
+/// their journal is valid, vouches for a non-empty prefix of a file of the part's length,
+/// was written less than [`RESUME_MAX_AGE`] ago, and the kept ones stay within
+/// [`RESUME_MAX_TOTAL`] bytes (the newest are kept first); a part file another process holds
+/// locked is kept as it is. Every other part file and every journal without its part file
+/// is removed.
 pub fn remove_stale_temps(out_dir: &Path) -> io::Result<StaleTemps> {
     let root = open_root(out_dir)?;
     let mut st = StaleTemps::default();
-    walk_temps(root.as_fd(), 0, &mut st)?;
+    let mut found = Vec::new();
+    walk_temps(root.as_fd(), 0, &mut st, &mut found)?;
+    found.sort_by_key(|r| std::cmp::Reverse(r.mtime));
+    for r in found {
+        if st.resumable_bytes.saturating_add(r.size) <= RESUME_MAX_TOTAL {
+            st.resumable += 1;
+            st.resumable_bytes += r.size;
+        } else {
+            unlink_quiet(r.dir.as_fd(), &r.part);
+            unlink_quiet(r.dir.as_fd(), &r.journal);
+            st.removed += 1;
+        }
+    }
     Ok(st)
 }
 
-fn walk_temps(dir: BorrowedFd<'_>, depth: usize, st: &mut StaleTemps) -> io::Result<()> {
+/// Part file `part` (journal `journal`) beneath `dir`: `Some` if it is worth keeping.
+fn check_part(
+    dir: BorrowedFd<'_>,
+    part: &OsStr,
+    journal: &OsStr,
+    st: &mut StaleTemps,
+) -> io::Result<Option<Resumable>> {
+    let Ok(fd) = open_beneath(dir, part, OFlag::O_RDONLY | OFlag::O_NOFOLLOW, 0) else {
+        return Ok(None);
+    };
+    if !try_lock(fd.as_fd())? {
+        st.kept += 1; // a session is writing it
+        return Ok(Some(Resumable {
+            dir: dir.try_clone_to_owned()?,
+            part: part.to_owned(),
+            journal: journal.to_owned(),
+            mtime: i64::MAX,
+            size: 0,
+        }));
+    }
+    let len = File::from(fd).metadata()?.len();
+    let Some(j) = read_journal(dir, journal) else {
+        return Ok(None);
+    };
+    let Ok(jst) = nix::sys::stat::fstatat(
+        Some(dir.as_raw_fd()),
+        journal,
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    ) else {
+        return Ok(None);
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let age = now.saturating_sub(jst.st_mtime);
+    if j.size != len || j.prefix == 0 || age < 0 || age as u64 > RESUME_MAX_AGE.as_secs() {
+        return Ok(None);
+    }
+    Ok(Some(Resumable {
+        dir: dir.try_clone_to_owned()?,
+        part: part.to_owned(),
+        journal: journal.to_owned(),
+        mtime: jst.st_mtime,
+        size: len,
+    }))
+}
+
+fn walk_temps(
+    dir: BorrowedFd<'_>,
+    depth: usize,
+    st: &mut StaleTemps,
+    found: &mut Vec<Resumable>,
+) -> io::Result<()> {
     use nix::dir::{Dir, Type};
     let mut d = Dir::openat(
         Some(dir.as_raw_fd()),
@@ -637,10 +810,38 @@ fn walk_temps(dir: BorrowedFd<'_>, depth: usize, st: &mut StaleTemps) -> io::Res
             Type::Directory if depth < MAX_WALK_DEPTH => {
                 // A directory that vanished or turned into a link meanwhile is skipped.
                 if let Ok(sub) = open_dir_beneath(dir, &name) {
-                    walk_temps(sub.as_fd(), depth + 1, st)?;
+                    walk_temps(sub.as_fd(), depth + 1, st, found)?;
                 }
             }
             Type::File => {
+                if let Some((journal, is_journal)) = journal::classify(name.as_bytes()) {
+                    if is_journal {
+                        // Kept with its part file, else an orphan.
+                        let part = journal::part_of(&journal);
+                        let has_part = nix::sys::stat::fstatat(
+                            Some(dir.as_raw_fd()),
+                            OsStr::from_bytes(&part),
+                            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                        )
+                        .is_ok();
+                        if !has_part {
+                            unlink_quiet(dir, &name);
+                            st.removed += 1;
+                        }
+                        continue;
+                    }
+                    let journal = OsStr::from_bytes(&journal);
+                    match check_part(dir, &name, journal, st)? {
+                        Some(r) if r.mtime == i64::MAX => {} // locked: counted as kept
+                        Some(r) => found.push(r),
+                        None => {
+                            unlink_quiet(dir, &name);
+                            unlink_quiet(dir, journal);
+                            st.removed += 1;
+                        }
+                    }
+                    continue;
+                }
                 let Some(pid) = tmp_pid(name.as_bytes()) else {
                     continue;
                 };
@@ -673,10 +874,176 @@ fn walk_temps(dir: BorrowedFd<'_>, depth: usize, st: &mut StaleTemps) -> io::Res
     Ok(())
 }
 
+/// Take `fd`'s exclusive advisory lock without waiting; false if another holds it.
+fn try_lock(fd: BorrowedFd<'_>) -> Result<bool, Errno> {
+    // Safety: a plain syscall on a descriptor we own; no memory is passed.
+    let r = unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    match Errno::result(r) {
+        Ok(_) => Ok(true),
+        Err(Errno::EWOULDBLOCK) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Read the journal `name` beneath `dir`: at most [`journal::MAX_LEN`] bytes, parsed; `None`
+/// if there is none or it is not valid.
+fn read_journal(dir: BorrowedFd<'_>, name: &OsStr) -> Option<Journal> {
+    let fd = open_beneath(dir, name, OFlag::O_RDONLY | OFlag::O_NOFOLLOW, 0).ok()?;
+    let mut f = File::from(fd);
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut b = Vec::with_capacity(journal::MAX_LEN + 1);
+    (&mut f)
+        .take(journal::MAX_LEN as u64 + 1)
+        .read_to_end(&mut b)
+        .ok()?;
+    match Journal::parse(&b) {
+        Ok(j) => Some(j),
+        Err(e) => {
+            tracing::warn!(journal = ?name, error = %e, "ignoring a journal that is not valid");
+            None
+        }
+    }
+}
+
+/// Write journal `name` beneath `dir` atomically: a temporary name, fdatasync, rename.
+fn write_journal(dir: BorrowedFd<'_>, name: &OsStr, j: &Journal) -> io::Result<()> {
+    let tmp = tmp_name(&name.to_string_lossy(), "j");
+    let fd = open_beneath(
+        dir,
+        &tmp,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW,
+        0o600,
+    )?;
+    let mut f = File::from(fd);
+    let r = f.write_all(&j.to_bytes()).and_then(|()| f.sync_data());
+    let r = r.and_then(|()| {
+        nix::fcntl::renameat(
+            Some(dir.as_raw_fd()),
+            tmp.as_os_str(),
+            Some(dir.as_raw_fd()),
+            name,
+        )
+        .map_err(io::Error::from)
+    });
+    if r.is_err() {
+        let _ = nix::unistd::unlinkat(
+            Some(dir.as_raw_fd()),
+            tmp.as_os_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+    }
+    r
+}
+
+fn unlink_quiet(dir: BorrowedFd<'_>, name: &OsStr) {
+    let _ = nix::unistd::unlinkat(
+        Some(dir.as_raw_fd()),
+        name,
+        nix::unistd::UnlinkatFlags::NoRemoveDir,
+    );
+}
+
+/// BLAKE3 state over the first `len` bytes read from `f` (read, not mapped: a file another
+/// process truncates meanwhile gives a short read, not a fault), hashed on every core.
+fn hash_prefix(f: &mut File, len: u64) -> io::Result<blake3::Hasher> {
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; (8 << 20).min(len as usize)];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        f.read_exact(&mut buf[..n])?;
+        h.update_rayon(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok(h)
+}
+
+impl MmapSink {
+    /// File `fname` (relative name `name`, `size` bytes)'s resumable temporary file, created
+    /// when missing, locked, with the durable prefix its journal vouches for. `None` when
+    /// another session holds it (this one then starts over under a per-session name).
+    fn open_part(
+        &self,
+        dir: &OwnedFd,
+        fname: &str,
+        name: &str,
+        size: u64,
+    ) -> Result<Option<(OwnedFd, OsString, Part)>, Errno> {
+        let (pn, jn) = journal::names(fname, name);
+        let fd = open_beneath(
+            dir.as_fd(),
+            &pn,
+            OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW,
+            0o644,
+        )?;
+        let st = nix::sys::stat::fstat(fd.as_raw_fd())?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Ok(None);
+        }
+        if !try_lock(fd.as_fd())? {
+            tracing::warn!(file = name, "another session is resuming this file: starting it over under a temporary name of this session");
+            return Ok(None);
+        }
+        let offered = read_journal(dir.as_fd(), &jn)
+            .filter(|j| {
+                j.name == name
+                    && j.size == size
+                    && j.owner == self.owner
+                    && st.st_size as u64 == size
+                    && j.prefix < size
+            })
+            .map_or(0, |j| j.prefix);
+        if offered == 0 {
+            unlink_quiet(dir.as_fd(), &jn);
+        }
+        Ok(Some((
+            fd,
+            pn,
+            Part {
+                journal: jn,
+                offered,
+                dirty: false,
+                verified: 0,
+                journaled: offered,
+            },
+        )))
+    }
+
+    /// Make part file `i`'s bytes `[0, verified)` durable and record them in its journal.
+    fn checkpoint(&mut self, i: usize) -> io::Result<()> {
+        let owner = self.owner.clone();
+        let o = &mut self.outs[i];
+        let Some(p) = o.part.as_mut() else {
+            return Ok(());
+        };
+        if let Some(m) = o.map.as_ref() {
+            m.flush_range(0, p.verified as usize)?;
+        }
+        if let Some(f) = o.file.as_ref() {
+            f.sync_data()?;
+        }
+        let j = Journal {
+            name: o.name.clone(),
+            size: o.size,
+            prefix: p.verified,
+            owner,
+        };
+        write_journal(o.dir.as_fd(), &p.journal, &j)?;
+        p.journaled = p.verified;
+        Ok(())
+    }
+}
+
 impl FileSink for MmapSink {
     /// [`MmapSink::confine`]: beneath the current root, no symlink on the way.
     fn confine_to(&mut self, sub: &Path) -> Result<(), SinkError> {
         self.confine(sub)
+    }
+
+    fn set_owner(&mut self, owner: &str) {
+        self.owner = owner.chars().take(crate::journal::MAX_OWNER).collect();
     }
 
     fn open(&mut self, files: &[SinkFile]) -> Result<(), SinkError> {
@@ -708,6 +1075,15 @@ impl FileSink for MmapSink {
             .get_mut(file as usize)
             .ok_or(SinkError::NoSuchFile(file))?;
         let out_of_range = SinkError::OutOfRange { file, off, len };
+        if let Some(p) = o.part.as_mut().filter(|p| !p.dirty) {
+            // Written without adopting the held prefix: the journal no longer vouches.
+            if p.offered > 0 {
+                unlink_quiet(o.dir.as_fd(), &p.journal);
+                p.offered = 0;
+                p.journaled = 0;
+            }
+            p.dirty = true;
+        }
         if o.lazy && o.buf.is_none() && o.size > 0 {
             if self.buffered + o.size <= SMALL_BUDGET {
                 o.buf = Some(vec![0u8; o.size as usize]);
@@ -756,6 +1132,19 @@ impl FileSink for MmapSink {
     fn prefix_final(&mut self, file: u32, upto: u64) {
         /// Start writeback in steps of this many bytes.
         const STEP: u64 = 4 << 20;
+        if let Some(p) = self
+            .outs
+            .get_mut(file as usize)
+            .and_then(|o| o.part.as_mut())
+            .filter(|p| p.dirty)
+        {
+            p.verified = p.verified.max(upto);
+            if self.durable && p.verified >= p.journaled + JOURNAL_STEP {
+                if let Err(e) = self.checkpoint(file as usize) {
+                    tracing::warn!(file, error = %e, "writing the resume journal failed");
+                }
+            }
+        }
         if !self.durable {
             return;
         }
@@ -784,13 +1173,28 @@ impl FileSink for MmapSink {
     }
 
     fn commit(&mut self, file: u32) -> Result<(), SinkError> {
-        if self.outs.get(file as usize).is_some_and(|o| o.lazy) {
+        if self
+            .outs
+            .get(file as usize)
+            .is_some_and(|o| o.lazy && !o.keep_final)
+        {
             return self.commit_small(file as usize);
         }
         let o = self
             .outs
             .get_mut(file as usize)
             .ok_or(SinkError::NoSuchFile(file))?;
+        if o.keep_final {
+            // Skip: the final file matched; the temporary one goes.
+            o.map = None;
+            o.file = None;
+            unlink_quiet(o.dir.as_fd(), &o.tmp_name);
+            if let Some(p) = &o.part {
+                unlink_quiet(o.dir.as_fd(), &p.journal);
+            }
+            o.settled = true;
+            return Ok(());
+        }
         if let Some(m) = o.map.take() {
             if self.durable {
                 m.flush()?;
@@ -873,8 +1277,33 @@ impl FileSink for MmapSink {
     fn discard(&mut self) {
         self.batch.clear();
         self.buffered = 0;
-        for o in &mut self.outs {
-            if !o.settled {
+        for i in 0..self.outs.len() {
+            if self.outs[i].settled {
+                continue;
+            }
+            // Resumable: keep the file with a journal of its durable prefix.
+            let keep = match self.outs[i].part.as_ref() {
+                Some(p) if self.resume && p.dirty && p.verified > 0 => match self.checkpoint(i) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(file = i, error = %e, "writing the resume journal failed: the file is removed");
+                        false
+                    }
+                },
+                Some(p) => self.resume && !p.dirty && p.offered > 0,
+                None => false,
+            };
+            let o = &mut self.outs[i];
+            if keep {
+                o.map = None;
+                o.file = None;
+                o.settled = true;
+                continue;
+            }
+            if let Some(p) = &o.part {
+                unlink_quiet(o.dir.as_fd(), &p.journal);
+            }
+            {
                 o.map = None;
                 o.file = None;
                 o.buf = None;
@@ -887,6 +1316,87 @@ impl FileSink for MmapSink {
                 }
                 o.settled = true;
             }
+        }
+    }
+
+    /// A final file of the same size (hashed now, on every core), else a resumable file's
+    /// durable prefix (hashed now from the file: the journal is not trusted for the bytes).
+    fn held(&mut self, file: u32) -> Option<Held> {
+        let o = self.outs.get_mut(file as usize)?;
+        if o.final_same_size {
+            let hashed = open_beneath(
+                o.dir.as_fd(),
+                &o.dst_name,
+                OFlag::O_RDONLY | OFlag::O_NOFOLLOW,
+                0,
+            )
+            .map_err(io::Error::from)
+            .and_then(|fd| {
+                let mut f = File::from(fd);
+                let m = f.metadata()?;
+                if !m.is_file() || m.len() != o.size {
+                    return Err(io::Error::other("changed"));
+                }
+                hash_prefix(&mut f, o.size)
+            });
+            match hashed {
+                Ok(hasher) => {
+                    return Some(Held {
+                        kind: HeldKind::Whole,
+                        len: o.size,
+                        hasher,
+                    })
+                }
+                Err(_) => o.final_same_size = false,
+            }
+        }
+        let p = o.part.as_ref().filter(|p| p.offered > 0 && !p.dirty)?;
+        let len = p.offered;
+        let fd = o.file.as_ref()?.as_fd().try_clone_to_owned().ok()?;
+        // A second description of the same file, read from the start (pread would do too).
+        let mut f = File::from(fd);
+        use std::io::Seek;
+        f.seek(io::SeekFrom::Start(0)).ok()?;
+        let hasher = hash_prefix(&mut f, len).ok()?;
+        Some(Held {
+            kind: HeldKind::Prefix,
+            len,
+            hasher,
+        })
+    }
+
+    fn adopt(&mut self, file: u32, at: u64) -> Result<(), SinkError> {
+        let overwrite = self.overwrite;
+        let o = self
+            .outs
+            .get_mut(file as usize)
+            .ok_or(SinkError::NoSuchFile(file))?;
+        if at == 0 {
+            if o.final_same_size && !overwrite {
+                // The sender's file differs from the one here: refused as without resume.
+                return Err(SinkError::Exists {
+                    file,
+                    name: o.name.clone(),
+                });
+            }
+            o.final_same_size = false;
+            return Ok(());
+        }
+        if at == o.size && o.final_same_size {
+            o.keep_final = true;
+            return Ok(());
+        }
+        match o.part.as_mut() {
+            Some(p) if p.offered == at && !p.dirty => {
+                p.dirty = true;
+                p.verified = at;
+                Ok(())
+            }
+            _ => Err(SinkError::OutOfRange {
+                file,
+                off: at,
+                len: 0,
+            }),
         }
     }
 }
@@ -1168,7 +1678,8 @@ mod tests {
             st,
             StaleTemps {
                 removed: 3,
-                kept: 1
+                kept: 1,
+                ..Default::default()
             }
         );
         let mut want = vec![
@@ -1188,7 +1699,8 @@ mod tests {
             remove_stale_temps(o).unwrap(),
             StaleTemps {
                 removed: 0,
-                kept: 1
+                kept: 1,
+                ..Default::default()
             }
         );
     }
@@ -1206,5 +1718,129 @@ mod tests {
         s.durable = false;
         receive(&mut s, &long, b"long name").unwrap();
         assert_eq!(std::fs::read(out.path().join(&long)).unwrap(), b"long name");
+    }
+
+    /// A resumable sink over `dir` for sender `owner`.
+    fn resumable(dir: &Path, owner: &str) -> MmapSink {
+        let mut s = MmapSink::new(dir, "00aa").unwrap();
+        s.reserve = 0;
+        s.resume = true;
+        s.owner = owner.into();
+        s
+    }
+
+    #[test]
+    fn a_broken_session_keeps_its_durable_prefix_and_the_next_resumes_it() {
+        let out = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        let mut s = resumable(out.path(), "alice");
+        s.open(&[file("d/f.bin", data.len() as u64)]).unwrap();
+        assert!(s.held(0).is_none(), "nothing held at first");
+        s.write_raw(0, 0, &data[..60_000]).unwrap();
+        s.prefix_final(0, 40_000); // only 40 000 bytes are final (hashed)
+        s.discard();
+        drop(s);
+        let (part, jn) = journal::names("f.bin", "d/f.bin");
+        let dir = out.path().join("d");
+        assert!(dir.join(&part).exists() && dir.join(&jn).exists());
+        let j = Journal::parse(&std::fs::read(dir.join(&jn)).unwrap()).unwrap();
+        assert_eq!(
+            (j.prefix, j.size, j.owner.as_str()),
+            (40_000, 100_000, "alice")
+        );
+        // Start-up keeps it.
+        let st = remove_stale_temps(out.path()).unwrap();
+        assert_eq!((st.resumable, st.removed), (1, 0));
+        let mut s = resumable(out.path(), "alice");
+        s.open(&[file("d/f.bin", data.len() as u64)]).unwrap();
+        // A second session cannot take the same file while this one holds it.
+        let mut busy = resumable(out.path(), "alice");
+        busy.open(&[file("d/f.bin", data.len() as u64)]).unwrap();
+        assert!(busy.held(0).is_none(), "locked by the first session");
+        drop(busy);
+        let h = s.held(0).expect("the prefix is offered");
+        assert_eq!(h.kind, HeldKind::Prefix);
+        assert_eq!(h.len, 40_000);
+        assert_eq!(h.hash(), *blake3::hash(&data[..40_000]).as_bytes());
+        s.adopt(0, 40_000).unwrap();
+        s.write_raw(0, 40_000, &data[40_000..]).unwrap();
+        s.prefix_final(0, 100_000);
+        s.commit(0).unwrap();
+        assert_eq!(std::fs::read(dir.join("f.bin")).unwrap(), data);
+        drop(s);
+        assert_eq!(
+            tree(&dir),
+            vec!["f.bin".to_string()],
+            "part and journal are gone"
+        );
+        // The final file is now offered whole; adopting it keeps it as it is.
+        let mut s = resumable(out.path(), "alice");
+        s.open(&[file("d/f.bin", data.len() as u64)]).unwrap();
+        let h = s.held(0).unwrap();
+        assert_eq!((h.kind, h.len), (HeldKind::Whole, 100_000));
+        assert_eq!(h.hash(), *blake3::hash(&data).as_bytes());
+        s.adopt(0, 100_000).unwrap();
+        s.commit(0).unwrap();
+        drop(s);
+        assert_eq!(tree(&dir), vec!["f.bin".to_string()]);
+        // Declined (the sender's file differs) without --overwrite: refused by name.
+        let mut s = resumable(out.path(), "alice");
+        s.open(&[file("d/f.bin", data.len() as u64)]).unwrap();
+        assert!(matches!(s.adopt(0, 0), Err(SinkError::Exists { .. })));
+        drop(s);
+        // Another sender is not offered alice's partial file: its session starts it over.
+        let mut s = resumable(out.path(), "alice");
+        s.open(&[file("d/g.bin", data.len() as u64)]).unwrap();
+        s.write_raw(0, 0, &data).unwrap();
+        s.prefix_final(0, 50_000);
+        s.discard();
+        drop(s);
+        let mut other = resumable(out.path(), "mallory");
+        other.open(&[file("d/g.bin", data.len() as u64)]).unwrap();
+        assert!(other.held(0).is_none());
+    }
+
+    #[test]
+    fn journals_that_lie_are_ignored_and_their_files_removed() {
+        let out = tempfile::tempdir().unwrap();
+        let o = out.path();
+        let (part, jn) = journal::names("x", "x");
+        let lie = |prefix: u64, size: u64| Journal {
+            name: "x".into(),
+            size,
+            prefix,
+            owner: String::new(),
+        };
+        // A prefix beyond the file: refused by the parser; the part file is removed at start.
+        std::fs::write(o.join(&part), vec![1u8; 1000]).unwrap();
+        let mut b = lie(1000, 1000).to_bytes();
+        b[16..24].copy_from_slice(&5000u64.to_le_bytes());
+        std::fs::write(o.join(&jn), &b).unwrap();
+        let st = remove_stale_temps(o).unwrap();
+        assert_eq!((st.resumable, st.removed), (0, 1));
+        assert!(!o.join(&part).exists() && !o.join(&jn).exists());
+        // A valid journal for another size than the part file has: removed too.
+        std::fs::write(o.join(&part), vec![1u8; 1000]).unwrap();
+        std::fs::write(o.join(&jn), lie(10, 2000).to_bytes()).unwrap();
+        assert_eq!(remove_stale_temps(o).unwrap().removed, 1);
+        // Garbage, and an orphan journal.
+        std::fs::write(o.join(&part), vec![1u8; 1000]).unwrap();
+        std::fs::write(o.join(&jn), b"garbage").unwrap();
+        let (_, orphan) = journal::names("y", "y");
+        std::fs::write(o.join(&orphan), lie(1, 2).to_bytes()).unwrap();
+        assert_eq!(remove_stale_temps(o).unwrap().removed, 2);
+        assert!(tree(o).is_empty(), "{:?}", tree(o));
+        // A journal that passes but vouches for garbage bytes: offered with the hash of the
+        // bytes as they are (the sender compares), never of what the journal claims.
+        std::fs::write(o.join(&part), vec![7u8; 1000]).unwrap();
+        std::fs::write(o.join(&jn), lie(500, 1000).to_bytes()).unwrap();
+        let mut s = resumable(o, "");
+        s.open(&[file("x", 1000)]).unwrap();
+        let h = s.held(0).unwrap();
+        assert_eq!(h.hash(), *blake3::hash(&[7u8; 500]).as_bytes());
+        // Started over (the sender's prefix differed): the journal no longer vouches.
+        s.adopt(0, 0).unwrap();
+        s.write_raw(0, 0, &[1u8; 10]).unwrap();
+        assert!(!o.join(&jn).exists());
     }
 }

@@ -40,6 +40,7 @@ pub mod driver;
 pub mod fsink;
 pub mod host;
 pub mod index;
+pub mod journal;
 pub mod metrics;
 pub mod notify;
 pub mod plan;

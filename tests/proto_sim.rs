@@ -2029,3 +2029,165 @@ fn a_senders_policy_limits_are_enforced_with_a_reason() {
         ends.receiver
     );
 }
+
+// ---- Resume and skip (issue 13), sans-IO ----
+
+/// The blocks of `bytes` stored raw (each whole block separately), to push at any offset.
+fn raw_blocks(bytes: &[u8]) -> Vec<Vec<u8>> {
+    let bp = Blueprint {
+        snapshot_id: SNAP_ID,
+        file_len: bytes.len() as u64,
+        file_hash: [0; 32],
+        segments: bytes
+            .chunks(30_000)
+            .map(|c| Segment {
+                len: c.len() as u32,
+                src: Source::Raw,
+            })
+            .collect(),
+        spill: bytes.to_vec(),
+    };
+    let packed = block::encode(&bp, &Default::default()).unwrap();
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < packed.len() {
+        let n = block::body_len(&packed[at..], &Default::default())
+            .unwrap()
+            .unwrap() as usize;
+        out.push(packed[at..at + 4 + n].to_vec());
+        at += 4 + n;
+    }
+    out
+}
+
+/// One streamed file of `content` whose receiver holds `held` (a prefix or the whole file);
+/// the producer answers the offer with `record(offer)` (a resume record's offset, `None`:
+/// start over) and the matching blocks. Over a link that drops, reorders and duplicates.
+fn resume_case(
+    seed: u64,
+    content: &[u8],
+    held: (packetfs::wire::held::HeldKind, usize),
+    record: &dyn Fn(Option<&packetfs::wire::held::HeldEntry>) -> Option<(u64, [u8; 32])>,
+) -> (Ends, MemSink, Sender) {
+    use packetfs::proto::OutgoingFile;
+    use packetfs::wire::held::ResumeRecord;
+    use packetfs::wire::payload::StreamEnd;
+    let mut rng = Rng(seed);
+    let snap = rng.bytes(32 * 1024);
+    let files = vec![OutgoingFile::Streamed {
+        name: "r.bin".into(),
+        size: content.len() as u64,
+        bound: content.len() as u64 + 64 * 1024 + StreamEnd::LEN as u64,
+    }];
+    let (scfg, rcfg) = cfgs();
+    let mut sender = Sender::new(scfg, SNAP_ID, files).unwrap();
+    let mut sink = MemSink::new();
+    sink.preheld = vec![("r.bin".into(), held.0, content[..held.1].to_vec())];
+    let mut receiver = Receiver::new(rcfg, SNAP_ID, &snap, sink);
+    let mut s2r = Link::clean(Duration::from_millis(1));
+    (s2r.drop, s2r.reorder, s2r.dup) = (0.05, 0.3, 0.05);
+    let mut r2s = Link::clean(Duration::from_millis(1));
+    r2s.drop = 0.05;
+    let mut pushed = false;
+    let hash = *blake3::hash(content).as_bytes();
+    let ends = run_pair_fed(
+        &mut rng,
+        &mut sender,
+        &mut receiver,
+        &mut s2r,
+        &mut r2s,
+        Act::None,
+        &mut |t, s| {
+            if pushed {
+                return None;
+            }
+            // The producer waits for the offers (they come with the handshake).
+            let Some(offers) = s.held() else {
+                return Some(t + Duration::from_millis(1));
+            };
+            assert!(offers.len() <= 1, "{offers:?}");
+            let from = match record(offers.first()) {
+                Some((at, hash)) => {
+                    let rec = ResumeRecord { at, hash };
+                    s.push_block(0, &rec.to_bytes()).unwrap();
+                    at as usize
+                }
+                None => 0,
+            };
+            for b in raw_blocks(&content[from.min(content.len())..]) {
+                s.push_block(0, &b).unwrap();
+            }
+            s.finish_file(0, hash).unwrap();
+            pushed = true;
+            None
+        },
+    );
+    (ends, receiver.into_sink(), sender)
+}
+
+#[test]
+fn a_held_prefix_is_resumed_a_whole_file_skipped_and_a_declined_offer_started_over() {
+    use packetfs::wire::held::HeldKind;
+    let content = Rng(77).bytes(200_000);
+    let whole = *blake3::hash(&content).as_bytes();
+    for seed in 0..8u64 {
+        // Resumed after the prefix: only the rest travels, the file is bit-exact.
+        let (ends, sink, sender) = resume_case(seed, &content, (HeldKind::Prefix, 120_000), &|e| {
+            let e = e.unwrap();
+            assert_eq!((e.kind, e.len), (HeldKind::Prefix, 120_000));
+            assert_eq!(e.hash, *blake3::hash(&content[..120_000]).as_bytes());
+            Some((e.len, e.hash))
+        });
+        assert_eq!(ends.sender, Some(Ok(())), "seed {seed}");
+        assert_eq!(ends.receiver, Some(Ok(())), "seed {seed}");
+        assert!(sink.committed(0) == Some(&content[..]), "seed {seed}");
+        assert_eq!(sink.adopted, vec![(0, 120_000)]);
+        // datagram bytes: the 80 000 missing bytes, headers, repairs of 5% loss
+        assert!(sender.stats().bytes_sent < 110_000, "{:?}", sender.stats());
+
+        // Held whole: nothing but the two records travels.
+        let (ends, sink, sender) =
+            resume_case(seed, &content, (HeldKind::Whole, content.len()), &|e| {
+                let e = e.unwrap();
+                assert_eq!((e.kind, e.hash), (HeldKind::Whole, whole));
+                Some((e.len, e.hash))
+            });
+        assert_eq!(ends.receiver, Some(Ok(())), "seed {seed}");
+        assert!(sink.committed(0) == Some(&content[..]));
+        assert!(sender.stats().bytes_sent < 3_000, "{:?}", sender.stats());
+
+        // Declined (the sender's file changed): started over, the held bytes void.
+        let mut changed = content.clone();
+        changed[10] ^= 1;
+        let (ends, sink, _) = resume_case(seed, &changed, (HeldKind::Prefix, 120_000), &|_| None);
+        assert_eq!(ends.receiver, Some(Ok(())), "seed {seed}");
+        assert!(sink.committed(0) == Some(&changed[..]));
+        assert_eq!(sink.adopted, vec![(0, 0)]);
+    }
+}
+
+#[test]
+fn a_forged_resume_record_is_a_protocol_error() {
+    use packetfs::wire::held::HeldKind;
+    let content = Rng(78).bytes(100_000);
+    // A record at another offset than offered: the receiver refuses it, keeps nothing.
+    let (ends, sink, _) = resume_case(1, &content, (HeldKind::Prefix, 50_000), &|e| {
+        e.map(|e| (e.len + 1, e.hash))
+    });
+    let Some(Err(f)) = ends.receiver else {
+        panic!("{:?}", ends.receiver)
+    };
+    assert_eq!(f.reason, Reason::Protocol);
+    assert!(sink.committed(0).is_none());
+    // The right offset with another hash than offered.
+    let (ends, _, _) = resume_case(2, &content, (HeldKind::Prefix, 50_000), &|e| {
+        e.map(|e| (e.len, [0x42; 32]))
+    });
+    assert!(matches!(&ends.receiver, Some(Err(f)) if f.reason == Reason::Protocol));
+    // A record for a file the receiver offered nothing of.
+    let (ends, _, _) = resume_case(3, &content, (HeldKind::Prefix, 0), &|e| {
+        assert!(e.is_none());
+        Some((1000, *blake3::hash(&content[..1000]).as_bytes()))
+    });
+    assert!(matches!(&ends.receiver, Some(Err(f)) if f.reason == Reason::Protocol));
+}

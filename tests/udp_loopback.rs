@@ -218,7 +218,11 @@ fn receiver_killed_mid_transfer_leaves_no_file_under_the_final_name() {
                 .unwrap()
                 .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
                 .collect();
-            if names.iter().any(|n| n.starts_with(".victim.pfs-tmp-")) {
+            // a per-session temporary name, or the resumable one (resume is on by default)
+            if names
+                .iter()
+                .any(|n| n.starts_with(".victim.pfs-tmp-") || n.starts_with(".victim.pfs-part-"))
+            {
                 seen = true;
                 break;
             }
@@ -495,6 +499,7 @@ fn a_streamed_file_arrives_bit_exact_while_its_blocks_are_produced_late() {
             files: outgoing,
             blocks: rx,
             meta: Vec::new(),
+            offers: None,
         };
         let sec = keys::TestKeys::fixed().sender_security();
         let session = SendSession::new(

@@ -58,6 +58,7 @@ pub fn receiver_config(c: &PfsConfig) -> ReceiverConfig {
     proto.durable = c.sync.unwrap_or(true);
     proto.overwrite = c.overwrite.unwrap_or(false);
     proto.keep_setid = c.keep_setid.unwrap_or(false);
+    proto.resume = c.resume.unwrap_or(true);
     proto.max_packed_total = c
         .session_memory
         .unwrap_or(packetfs::config::DEFAULT_SESSION_MEMORY);
@@ -200,6 +201,16 @@ impl ServiceHooks for Hooks {
                     s.frames,
                     s.duplicate_frames
                 );
+                if s.stats.skipped_files > 0 || s.stats.resumed_files > 0 {
+                    println!(
+                        "session {:016x}: skipped {} file(s) held whole and unchanged ({}), resumed {} file(s) after {} held",
+                        end.session,
+                        s.stats.skipped_files,
+                        human_bytes(s.stats.skipped_bytes),
+                        s.stats.resumed_files,
+                        human_bytes(s.stats.resumed_bytes)
+                    );
+                }
                 let mut m = serde_json::to_value(s).unwrap_or_default();
                 m["ok"] = json!(true);
                 m

@@ -191,6 +191,12 @@ pub struct SendArgs {
     /// instead of the links; links that point nowhere are skipped with a note.
     #[arg(long)]
     follow_symlinks: bool,
+    /// Start every file over: ignore what the receiver already holds (resumable partial
+    /// files, files it holds whole). Without it, a streamed file continues after the prefix
+    /// the receiver holds and a file it holds whole and unchanged is skipped (config key
+    /// `resume = false`).
+    #[arg(long)]
+    no_resume: bool,
     /// Appliance config (config/pfs.toml); flags given here override its values.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -276,6 +282,7 @@ impl SendArgs {
             level: self.level,
             receiver_key: self.receiver_key,
             known_receivers: self.known_receivers,
+            resume: self.no_resume.then_some(false),
             ..Default::default()
         };
         self.xdp.into_config(&mut c);
@@ -340,6 +347,13 @@ pub struct RecvArgs {
     /// 0o777 permission bits of received files and directories are applied.
     #[arg(long)]
     keep_setid: bool,
+    /// Offer senders nothing and keep nothing: a broken session's temporary files are
+    /// removed, and a file that exists is refused (as without resume) instead of being
+    /// offered for skip-unchanged (config key `resume = false`). Without it, broken
+    /// sessions leave `.NAME.pfs-part-H` files with a journal that the next session of the
+    /// same sender resumes.
+    #[arg(long)]
+    no_resume: bool,
     /// IP MTU [default: 1500].
     #[arg(long)]
     mtu: Option<usize>,
@@ -401,6 +415,7 @@ impl RecvArgs {
             max_file_size: self.max_file_size,
             overwrite: self.overwrite.then_some(true),
             keep_setid: self.keep_setid.then_some(true),
+            resume: self.no_resume.then_some(false),
             timeout: self.timeout,
             metrics: self.metrics,
             hugepages: self.hugepages,
@@ -707,7 +722,14 @@ pub fn send(a: SendArgs, origin: Instant) -> anyhow::Result<ExitCode> {
             use packetfs::prepare::stream;
             let (tx, rx) = std::sync::mpsc::sync_channel(sopts.channel);
             let (sf, sn, so) = (&sfiles, &snap, &sopts);
-            sc.spawn(move || stream::produce_with_default_indexes(sf, sn, so, &tx));
+            let (offers, offers_rx) = match c.resume.unwrap_or(true) {
+                true => {
+                    let (t, r) = std::sync::mpsc::sync_channel(1);
+                    (Some(t), Some(r))
+                }
+                false => (None, None),
+            };
+            sc.spawn(move || stream::produce_with_default_indexes(sf, sn, so, &tx, offers_rx));
             let mut files = stream::outgoing(&sfiles, &sopts);
             files.extend(
                 tree.nodes
@@ -721,6 +743,7 @@ pub fn send(a: SendArgs, origin: Instant) -> anyhow::Result<ExitCode> {
                 files,
                 blocks: rx,
                 meta: meta.clone(),
+                offers,
             }
         } else {
             let files = blueprints(&tree.files, &snap, level).map(|mut f| {
@@ -805,6 +828,15 @@ it was expected to hold key {} (is that its key? does its authorized-senders fil
         gbit(s.wire_bytes, secs),
         gbit(s.file_bytes, secs)
     );
+    if s.stats.skipped_files > 0 || s.stats.resumed_files > 0 {
+        println!(
+            "  skipped {} file(s), {} (the receiver held them whole and unchanged); resumed {} file(s) after {} the receiver held",
+            s.stats.skipped_files,
+            human_bytes(s.stats.skipped_bytes),
+            s.stats.resumed_files,
+            human_bytes(s.stats.resumed_bytes),
+        );
+    }
     if s.streamed_files > 0 {
         println!(
             "  {} file(s) streamed (planned and packed while the session ran), {} direct; stream {}",
@@ -893,6 +925,14 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let stale = packetfs::fsink::remove_stale_temps(&out_dir)
         .with_context(|| format!("clearing stale temporary files in {}", out_dir.display()))?;
+    if stale.resumable > 0 {
+        eprintln!(
+            "kept {} resumable partial file(s), {} in all, in {} (a sender's next session continues them)",
+            stale.resumable,
+            human_bytes(stale.resumable_bytes),
+            out_dir.display()
+        );
+    }
     if stale.removed > 0 || stale.kept > 0 {
         eprintln!(
             "removed {} stale temporary file(s) of earlier runs from {}{}",
@@ -1035,6 +1075,15 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
         s.malformed,
         s.foreign_session,
     );
+    if s.stats.skipped_files > 0 || s.stats.resumed_files > 0 {
+        println!(
+            "skipped {} file(s) held whole and unchanged ({}), resumed {} file(s) after {} held",
+            s.stats.skipped_files,
+            human_bytes(s.stats.skipped_bytes),
+            s.stats.resumed_files,
+            human_bytes(s.stats.resumed_bytes)
+        );
+    }
     println!("{}", s.security.line());
     if let Some(r) = &report {
         print_xdp(r);

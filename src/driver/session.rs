@@ -44,6 +44,10 @@ const MAX_SLEEP: Duration = Duration::from_millis(50);
 /// (its files are durable already; the sender has its answer unless every Done repeat in
 /// this time was lost).
 pub const FINISH_LINGER: Duration = Duration::from_millis(250);
+/// A session with its outcome whose last frames (the terminal frame, a Close) the path has
+/// had no room for during this long is over: the link is down or its TX ring never
+/// completes, and nobody would hear them anyway (the loop would otherwise spin until killed).
+pub const STUCK_AFTER_OUTCOME: Duration = Duration::from_secs(1);
 
 /// Bytes each datagram costs on an Ethernet link beyond its own length (Ethernet 14, IPv4
 /// 20, UDP 8), counted in `wire_bytes`.
@@ -150,6 +154,7 @@ pub fn drive<E: Endpoint + ?Sized, P: FramePath + ?Sized>(
     let mut marks = Marks::new(Instant::now());
     let mut cancelled = false;
     let mut busy = false;
+    let mut stuck: Option<Instant> = None;
     // Pacing waits are tens of microseconds: ask the kernel not to round this thread's
     // timers up by the default 50 us slack.
     let _ = nix::sys::prctl::set_timerslack(1_000);
@@ -185,6 +190,16 @@ pub fn drive<E: Endpoint + ?Sized, P: FramePath + ?Sized>(
         if ep.is_closed() {
             path.flush();
             break Stop::Closed;
+        }
+        if marks.outcome.is_some() && sent == 0 && !exhausted {
+            let since = *stuck.get_or_insert(now);
+            if now >= since + STUCK_AFTER_OUTCOME {
+                tracing::debug!("the path took none of the last frames for {STUCK_AFTER_OUTCOME:?}: giving up on them");
+                path.flush();
+                break Stop::Closed;
+            }
+        } else if sent > 0 {
+            stuck = None;
         }
         if let (Some(linger), Some(done)) = (opts.finish_linger, marks.outcome) {
             // Finished (not aborted), and what the endpoint had to say went out in a
@@ -509,6 +524,9 @@ pub enum SendInput<'a> {
         blocks: mpsc::Receiver<Result<Item, StreamError>>,
         /// As for `Planned`.
         meta: Vec<crate::proto::EntryMeta>,
+        /// The producer waits for the receiver's offers on the other end (resume, skip);
+        /// `None`: it starts every file over (`pfs send --no-resume`).
+        offers: Option<mpsc::SyncSender<Vec<crate::wire::held::HeldEntry>>>,
     },
 }
 
@@ -562,10 +580,17 @@ impl SendSession {
                 files,
                 blocks,
                 meta,
-            } => Feed::new(
-                with_meta(Sender::new(proto, snapshot_id, files)?, meta)?,
-                blocks,
-            ),
+                offers,
+            } => {
+                let feed = Feed::new(
+                    with_meta(Sender::new(proto, snapshot_id, files)?, meta)?,
+                    blocks,
+                );
+                match offers {
+                    Some(tx) => feed.with_offers(tx),
+                    None => feed,
+                }
+            }
         };
         Ok(SendSession {
             feed,
@@ -681,6 +706,7 @@ pub fn file_receiver<'a>(
     sink.durable = proto.durable;
     sink.overwrite = proto.overwrite;
     sink.keep_setid = proto.keep_setid;
+    sink.resume = proto.resume;
     Ok(Receiver::new(proto, snapshot_id, snapshot, sink))
 }
 

@@ -19,9 +19,11 @@ use crate::index::IndexSet;
 use crate::plan::{self, hints::Hints, PlanConfig};
 use crate::pob::Snapshot;
 use crate::proto::{Endpoint, Event, Failure, OutgoingFile, SendError, Sender, Stats};
+use crate::wire::held::{HeldEntry, HeldKind, ResumeRecord};
 use crate::wire::payload::StreamEnd;
 use std::cell::Cell;
-use std::io::Read;
+use std::collections::HashMap;
+use std::io::{Read, Seek};
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::time::{Duration, Instant};
@@ -87,6 +89,18 @@ pub fn windows(size: u64, o: &StreamOptions) -> impl Iterator<Item = (u64, u64)>
     })
 }
 
+/// The windows of a file of `size` bytes whose first `from` bytes the receiver holds: cut
+/// as a file of the rest would be, at their offsets in the whole file.
+pub fn windows_from(size: u64, from: u64, o: &StreamOptions) -> impl Iterator<Item = (u64, u64)> {
+    windows(size.saturating_sub(from), o).map(move |(s, l)| (s + from, l))
+}
+
+/// Whether a stream that continues after `from` bytes (a resume record, then the blocks of
+/// [`windows_from`]) fits the bound a file of `size` bytes declared.
+pub fn resume_fits(size: u64, from: u64, o: &StreamOptions) -> bool {
+    from <= size && bound(size - from, o) + ResumeRecord::LEN as u64 <= bound(size, o)
+}
+
 /// The stream bound a file of `size` bytes declares: every window's blocks and the end
 /// record fit in it.
 pub fn bound(size: u64, o: &StreamOptions) -> u64 {
@@ -143,6 +157,9 @@ pub enum Item {
     /// Whole small files (one window each), each with all its blocks and its BLAKE3: many
     /// small files cross the bounded channel as one item, not two items each.
     Small(Vec<SmallFile>),
+    /// File `file` continues after the `at` bytes the receiver holds (its first blocks are
+    /// a resume record); `whole`: the receiver's file is kept as it is (skip).
+    Resumed { file: usize, at: u64, whole: bool },
 }
 
 /// A small file handed over whole ([`Item::Small`]).
@@ -157,6 +174,10 @@ pub struct SmallFile {
 const SMALL_BATCH_BYTES: usize = 256 << 10;
 /// ...and at most this many files.
 const SMALL_BATCH_FILES: usize = 64;
+
+/// The receiver's offers ([`crate::proto::Sender::held`]), handed to the producer once the
+/// handshake is done. A producer given this channel waits for them before the first file.
+pub type Offers = Receiver<Vec<HeldEntry>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
@@ -278,6 +299,7 @@ pub fn produce_with_default_indexes(
     snap: &Snapshot,
     o: &StreamOptions,
     tx: &SyncSender<Result<Item, StreamError>>,
+    offers: Option<Offers>,
 ) {
     std::thread::scope(|s| {
         let loading = s.spawn(|| {
@@ -286,7 +308,7 @@ pub fn produce_with_default_indexes(
         let mut loading = Some(loading);
         let mut idx: Option<IndexSet> = None;
         let mut first = true;
-        produce_with(files, tx, o, &mut |window, start, f| {
+        produce_with(files, tx, o, offers, &mut |window, start, f| {
             if let Some(h) = loading.take_if(|h| !first || h.is_finished()) {
                 let loaded = h.join().expect("the index loader does not panic");
                 idx = Some(loaded.map_err(StreamError::Index)?);
@@ -313,8 +335,9 @@ pub fn produce(
     idx: &IndexSet,
     o: &StreamOptions,
     tx: &SyncSender<Result<Item, StreamError>>,
+    offers: Option<Offers>,
 ) {
-    produce_with(files, tx, o, &mut |window, start, f| {
+    produce_with(files, tx, o, offers, &mut |window, start, f| {
         pack_window(window, start, snap, idx, o, f)
     })
 }
@@ -326,10 +349,19 @@ fn produce_with(
     files: &[StreamFile],
     tx: &SyncSender<Result<Item, StreamError>>,
     o: &StreamOptions,
+    offers: Option<Offers>,
     pack: &mut PackFn<'_>,
 ) {
-    // Small files (one window) are batched; the session's first file goes alone, so that
-    // the first data frame does not wait for a batch.
+    let held: HashMap<u32, HeldEntry> = match offers {
+        None => HashMap::new(),
+        Some(rx) => match rx.recv() {
+            Ok(v) => v.into_iter().map(|e| (e.file, e)).collect(),
+            Err(_) => return, // the session ended before its handshake
+        },
+    };
+    // Small files (one window) the receiver holds nothing of are batched; the session's
+    // first file goes alone, so that the first data frame does not wait for a batch. Any
+    // other file flushes the batch first: items stay in file order.
     let mut batch: Vec<SmallFile> = Vec::new();
     let mut batch_bytes = 0usize;
     let flush = |batch: &mut Vec<SmallFile>, batch_bytes: &mut usize| {
@@ -337,7 +369,8 @@ fn produce_with(
         batch.is_empty() || tx.send(Ok(Item::Small(std::mem::take(batch)))).is_ok()
     };
     for (i, f) in files.iter().enumerate() {
-        let r = if f.size <= o.first_window.max(1) {
+        let offer = held.get(&(i as u32));
+        let r = if f.size <= o.first_window.max(1) && offer.is_none() {
             produce_small(i, f, pack).map(|s| {
                 batch_bytes += s.bytes.len();
                 batch.push(s);
@@ -350,7 +383,7 @@ fn produce_with(
         } else if !flush(&mut batch, &mut batch_bytes) {
             Ok(false)
         } else {
-            produce_file(i, f, o, tx, pack)
+            produce_file(i, f, o, tx, offer, pack)
         };
         match r {
             Ok(true) => {}
@@ -399,11 +432,26 @@ fn produce_small(
     })
 }
 
+/// BLAKE3 state over the next `len` bytes of `file`, hashed on every core.
+fn hash_prefix(file: &mut std::fs::File, len: u64) -> std::io::Result<blake3::Hasher> {
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; (8 << 20).min(len as usize)];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        file.read_exact(&mut buf[..n])?;
+        h.update_rayon(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok(h)
+}
+
 fn produce_file(
     i: usize,
     f: &StreamFile,
     o: &StreamOptions,
     tx: &SyncSender<Result<Item, StreamError>>,
+    offer: Option<&HeldEntry>,
     pack: &mut PackFn<'_>,
 ) -> Result<bool, StreamError> {
     let read_err = |source| StreamError::Read {
@@ -416,8 +464,49 @@ fn produce_file(
     };
     let mut file = std::fs::File::open(&f.path).map_err(read_err)?;
     let mut hasher = blake3::Hasher::new();
+    let mut from = 0u64;
+    // What the receiver holds: continue after it when this file's bytes hash the same (the
+    // whole file: nothing but the record and the end; a prefix: the rest), else start over.
+    if let Some(e) = offer.filter(|e| e.len <= f.size && resume_fits(f.size, e.len, o)) {
+        let h = match hash_prefix(&mut file, e.len) {
+            Ok(h) => Some(h),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => None,
+            Err(e) => return Err(read_err(e)),
+        };
+        match h {
+            Some(h) if *h.finalize().as_bytes() == e.hash => {
+                let rec = ResumeRecord {
+                    at: e.len,
+                    hash: e.hash,
+                };
+                let whole = e.kind == HeldKind::Whole;
+                let items = [
+                    Item::Blocks {
+                        file: i,
+                        bytes: rec.to_bytes().to_vec(),
+                    },
+                    Item::Resumed {
+                        file: i,
+                        at: e.len,
+                        whole,
+                    },
+                ];
+                for it in items {
+                    if tx.send(Ok(it)).is_err() {
+                        return Ok(false);
+                    }
+                }
+                hasher = h;
+                from = e.len;
+            }
+            _ => {
+                tracing::info!(file = %f.path.display(), "the receiver's copy differs: sending it whole");
+                file.seek(std::io::SeekFrom::Start(0)).map_err(read_err)?;
+            }
+        }
+    }
     let mut buf = Vec::new();
-    for (start, len) in windows(f.size, o) {
+    for (start, len) in windows_from(f.size, from, o) {
         buf.resize(len as usize, 0);
         file.read_exact(&mut buf).map_err(|e| match e.kind() {
             std::io::ErrorKind::UnexpectedEof => changed(),
@@ -447,6 +536,8 @@ pub struct Feed {
     /// How often the driver checks for blocks while the producer is running.
     pub poll: Duration,
     last_pull: Cell<Option<Instant>>,
+    /// Where the receiver's offers go once the handshake is done (a producer that resumes).
+    offers: Option<SyncSender<Vec<HeldEntry>>>,
 }
 
 impl Feed {
@@ -458,6 +549,22 @@ impl Feed {
             error: None,
             poll: Duration::from_millis(1),
             last_pull: Cell::new(None),
+            offers: None,
+        }
+    }
+
+    /// Hand the receiver's offers to the producer (which waits for them) once the
+    /// handshake is done: give it the receiving end of `tx`.
+    pub fn with_offers(mut self, tx: SyncSender<Vec<HeldEntry>>) -> Self {
+        self.offers = Some(tx);
+        self
+    }
+
+    fn pass_offers(&mut self) {
+        if let Some(held) = self.offers.as_ref().and_then(|_| self.sender.held()) {
+            if let Some(tx) = self.offers.take() {
+                let _ = tx.send(held);
+            }
         }
     }
 
@@ -470,6 +577,7 @@ impl Feed {
             error: None,
             poll: Duration::from_millis(1),
             last_pull: Cell::new(None),
+            offers: None,
         }
     }
 
@@ -501,6 +609,10 @@ impl Feed {
                     }
                     self.sender.finish_file(s.file, s.hash)
                 }),
+                Ok(Ok(Item::Resumed { file, at, whole })) => {
+                    self.sender.note_resumed(file, at, whole);
+                    Ok(())
+                }
                 Ok(Err(e)) => return self.stop(now, e),
                 Err(TryRecvError::Empty) => return,
                 Err(TryRecvError::Disconnected) => {
@@ -520,7 +632,9 @@ impl Feed {
 
 impl Endpoint for Feed {
     fn handle_datagram(&mut self, now: Instant, datagram: &mut [u8]) -> bool {
-        self.sender.handle_datagram(now, datagram)
+        let used = self.sender.handle_datagram(now, datagram);
+        self.pass_offers();
+        used
     }
 
     fn handle_timeout(&mut self, now: Instant) {

@@ -4,9 +4,11 @@
 
 use super::manifest::{held_bytes, RecvFile};
 use super::rangeset::RangeSet;
+use super::resume::Offers;
 use super::sink::{FileSink, SinkError, SnapSeg};
-use super::Reason;
+use super::{Reason, Stats};
 use crate::blueprint::{block, Source};
+use crate::wire::held::{HeldKind, ResumeRecord};
 use crate::wire::payload::{FileMode, Piece, StreamEnd};
 
 /// Hash bytes in steps of at least this many (BLAKE3 is fastest on long inputs).
@@ -26,6 +28,8 @@ struct Prog {
     /// File bytes written in order (packed) or contiguous (direct) and fed to `hasher`.
     hashed: u64,
     hasher: Option<Box<blake3::Hasher>>,
+    /// Streamed: the head of the stream was read (a resume record or the first block).
+    begun: bool,
 }
 
 /// How far a packed stream got.
@@ -46,6 +50,8 @@ pub(crate) struct Ctx<'a, 's, S: FileSink> {
     pub files: &'a [RecvFile],
     pub recv: &'a RangeSet,
     pub limits: &'a block::Limits,
+    pub offers: &'a mut Offers,
+    pub stats: &'a mut Stats,
 }
 
 #[derive(Default)]
@@ -203,6 +209,20 @@ impl Assembly {
         let prefix = cx.recv.first_gap(start).min(start + slen) - start;
         while self.prog[fi].decoded < prefix {
             let g = &self.prog[fi];
+            if streamed && !g.begun {
+                let avail = &g.buf[(g.decoded - g.base) as usize..(prefix - g.base) as usize];
+                match ResumeRecord::parse(avail) {
+                    Some(None) => break,
+                    rec => {
+                        let rec = rec.flatten();
+                        self.begin(cx, fi, rec)?;
+                        if rec.is_some() {
+                            continue;
+                        }
+                    }
+                }
+            }
+            let g = &self.prog[fi];
             let at = g.decoded as usize;
             let avail = &g.buf[(g.decoded - g.base) as usize..(prefix - g.base) as usize];
             if streamed {
@@ -271,6 +291,47 @@ impl Assembly {
             return Ok(Packed::Complete);
         }
         Ok(Packed::Partial)
+    }
+
+    /// The head of streamed file `fi`'s stream: a resume record (`rec`) continues from what
+    /// was offered (it must echo the offer exactly); a block voids the offer. Either way the
+    /// sink learns the sender's choice.
+    fn begin<S: FileSink>(
+        &mut self,
+        cx: &mut Ctx<'_, '_, S>,
+        fi: usize,
+        rec: Option<ResumeRecord>,
+    ) -> Result<(), Reason> {
+        let offer = cx.offers.take(fi);
+        let p = &mut self.prog[fi];
+        p.begun = true;
+        let Some(r) = rec else {
+            if offer.is_some() {
+                cx.sink.adopt(fi as u32, 0).map_err(|e| match e {
+                    SinkError::Exists { file, .. } => Reason::FileExists { file },
+                    _ => Reason::Io,
+                })?;
+            }
+            return Ok(());
+        };
+        let Some(h) = offer.filter(|h| h.len == r.at && h.hash() == r.hash) else {
+            return Err(Reason::Protocol); // a record for nothing offered, or another offer
+        };
+        cx.sink.adopt(fi as u32, r.at).map_err(|_| Reason::Io)?;
+        p.decoded += ResumeRecord::LEN as u64;
+        p.hashed = r.at;
+        p.hasher = Some(Box::new(h.hasher));
+        match h.kind {
+            HeldKind::Whole => {
+                cx.stats.skipped_files += 1;
+                cx.stats.skipped_bytes += r.at;
+            }
+            HeldKind::Prefix => {
+                cx.stats.resumed_files += 1;
+                cx.stats.resumed_bytes += r.at;
+            }
+        }
+        Ok(())
     }
 
     /// The BLAKE3 of whole file `fi`: the incremental one if it covered the file, else the

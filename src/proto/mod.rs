@@ -49,6 +49,7 @@ mod outgoing;
 pub mod pacing;
 pub mod rangeset;
 pub mod receiver;
+mod resume;
 pub mod sender;
 pub mod sink;
 pub mod table;
@@ -201,6 +202,11 @@ pub struct ReceiverConfig {
     /// For the file sink the driver creates: keep the setuid, setgid and sticky bits of
     /// received entries (`pfs recv --keep-setid`); off, only the 0o777 bits are applied.
     pub keep_setid: bool,
+    /// Offer the sender what the output already holds (`pfs recv --no-resume` turns it
+    /// off): resumable temporary files and final files of the same name and size. For the
+    /// file sink the driver creates: keep the temporary files of a broken session with a
+    /// journal, so that a later session can resume them.
+    pub resume: bool,
     pub timing: Timing,
 }
 
@@ -219,6 +225,7 @@ impl Default for ReceiverConfig {
             durable: true,
             overwrite: false,
             keep_setid: false,
+            resume: true,
             timing: Timing::default(),
         }
     }
@@ -474,6 +481,12 @@ pub struct Stats {
     pub unexpected: u64,
     /// The sender's pacing rate at the end, bytes per second.
     pub rate: u64,
+    /// Files the receiver held whole and unchanged, not sent again, and their bytes.
+    pub skipped_files: u64,
+    pub skipped_bytes: u64,
+    /// Files continued after a prefix the receiver held, and the bytes not sent again.
+    pub resumed_files: u64,
+    pub resumed_bytes: u64,
 }
 
 /// What a driver needs from a state machine.

@@ -12,6 +12,7 @@ use super::assembly::{Assembly, Ctx, Packed};
 use super::lifecycle::{earliest, endpoint_from_lifecycle, Backoff, Ctrl, Lifecycle, Phase};
 use super::manifest::Manifest;
 pub use super::manifest::{max_stream_bound, RecvFile};
+use super::resume::Offers;
 use super::sink::{FileSink, SinkError};
 use super::{write_frame, Endpoint, Event, Failure, Reason, ReceiverConfig, Stats};
 use crate::wire::payload::{
@@ -59,6 +60,8 @@ pub struct Receiver<'s, S: FileSink> {
     refusal: Option<Reason>,
     life: Lifecycle,
     stats: Stats,
+    /// What the sink already held, offered to the sender (resume, skip).
+    offers: Offers,
 }
 
 impl<'s, S: FileSink> Receiver<'s, S> {
@@ -79,6 +82,7 @@ impl<'s, S: FileSink> Receiver<'s, S> {
             refusal: None,
             life: Lifecycle::new(),
             stats: Stats::default(),
+            offers: Offers::default(),
         }
     }
 
@@ -200,6 +204,10 @@ impl<'s, S: FileSink> Receiver<'s, S> {
         }
         // The packed lengths passed the limit: the buffers may be allocated now.
         self.assembly = Assembly::new(&self.manifest.files, &self.cfg.block_limits);
+        if self.cfg.resume {
+            let budget = self.cfg.max_datagram.saturating_sub(pfs::HEADER_LEN);
+            self.offers = Offers::collect(&mut self.sink, &self.manifest.files, budget);
+        }
         self.stage = Stage::Data;
         self.life.want(Ctrl::Accept);
         self.life.events.push_back(Event::Accepted {
@@ -283,6 +291,8 @@ impl<'s, S: FileSink> Receiver<'s, S> {
                     files: &self.manifest.files,
                     recv: &self.acks.recv,
                     limits: &self.cfg.block_limits,
+                    offers: &mut self.offers,
+                    stats: &mut self.stats,
                 };
                 match self.assembly.apply_piece(&mut cx, fi, off, p) {
                     Ok(true) => {}
@@ -318,6 +328,8 @@ impl<'s, S: FileSink> Receiver<'s, S> {
                 files: &self.manifest.files,
                 recv: &self.acks.recv,
                 limits: &self.cfg.block_limits,
+                offers: &mut self.offers,
+                stats: &mut self.stats,
             };
             let finished = if self.manifest.files[fi].mode.is_packed() {
                 match self.assembly.advance_packed(&mut cx, fi) {
@@ -497,18 +509,32 @@ impl<S: FileSink> Endpoint for Receiver<'_, S> {
         let lim = buf.len().min(self.cfg.max_datagram);
         let buf = &mut buf[..lim];
         let session = self.session?;
+        if self.life.is_open() {
+            if let Some(h) = self.offers.next() {
+                if let Some(n) = write_frame(buf, session, self.seq, &Payload::Held(h.clone())) {
+                    self.seq += 1;
+                    self.stats.frames_sent += 1;
+                    self.stats.bytes_sent += n as u64;
+                    return Some(n);
+                }
+            }
+        }
         while let Some(c) = self.life.next_ctrl(now) {
             let n = match c {
-                Ctrl::Accept => write_frame(
-                    buf,
-                    session,
-                    self.seq,
-                    &Payload::Accept(Accept {
-                        snapshot_id: self.snapshot_id,
-                        nfiles: self.manifest.nfiles,
-                        max_rate: self.cfg.max_rate,
-                    }),
-                ),
+                Ctrl::Accept => {
+                    self.offers.queue_all();
+                    write_frame(
+                        buf,
+                        session,
+                        self.seq,
+                        &Payload::Accept(Accept {
+                            snapshot_id: self.snapshot_id,
+                            nfiles: self.manifest.nfiles,
+                            held: self.offers.count,
+                            max_rate: self.cfg.max_rate,
+                        }),
+                    )
+                }
                 Ctrl::Status => {
                     if !self.in_data() {
                         continue;

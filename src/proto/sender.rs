@@ -11,6 +11,7 @@ use super::lifecycle::{earliest, endpoint_from_lifecycle, Backoff, Ctrl, Lifecyc
 use super::outgoing::Outgoing;
 pub use super::outgoing::{EntryMeta, OutgoingFile, SendError};
 use super::pacing::Pacing;
+use super::resume::Expected;
 use super::{us32, write_frame, Endpoint, Event, Failure, Reason, SenderConfig, Stats};
 use crate::blueprint::Blueprint;
 use crate::wire::payload::{
@@ -82,6 +83,8 @@ pub struct Sender {
     probe_backoff: u32,
     life: Lifecycle,
     stats: Stats,
+    /// The receiver's Held entries (resume, skip), collected during the handshake.
+    held: Expected,
 }
 
 impl Sender {
@@ -114,6 +117,7 @@ impl Sender {
             probe_backoff: 0,
             life: Lifecycle::new(),
             stats: Stats::default(),
+            held: Expected::default(),
             cfg,
         })
     }
@@ -159,6 +163,25 @@ impl Sender {
         self.out.modes()
     }
 
+    /// What the receiver holds of some files (resume, skip): complete once the session is
+    /// past the handshake (`None` before), checked against the manifest (streamed files
+    /// only; a whole file at its size, a prefix shorter than the file).
+    pub fn held(&self) -> Option<Vec<crate::wire::held::HeldEntry>> {
+        (self.stage == Stage::Data).then(|| self.held.entries.values().copied().collect())
+    }
+
+    /// The producer continued file `file` after the `at` bytes the receiver holds
+    /// (`whole`: all of it, skipped): counted in the stats.
+    pub fn note_resumed(&mut self, _file: usize, at: u64, whole: bool) {
+        if whole {
+            self.stats.skipped_files += 1;
+            self.stats.skipped_bytes += at;
+        } else {
+            self.stats.resumed_files += 1;
+            self.stats.resumed_bytes += at;
+        }
+    }
+
     /// This session's id.
     pub fn session_id(&self) -> u64 {
         self.cfg.session_id
@@ -171,6 +194,32 @@ impl Sender {
     /// The receiver's last reported progress.
     pub fn peer_progress(&self) -> Ack {
         self.pacing.peer
+    }
+
+    /// Each file's mode and size, as the manifest says.
+    fn manifest_sizes(&self) -> Vec<(FileMode, u64)> {
+        (0..self.out.len())
+            .map(|i| {
+                let e = self.out.entry(i);
+                (e.mode, e.size)
+            })
+            .collect()
+    }
+
+    /// The Accept and every Held entry it announced arrived: the data may flow.
+    fn enter_data(&mut self, now: Instant) {
+        if !self.held.complete() {
+            return; // the Hello repeats; the receiver answers with the Accept and Held again
+        }
+        self.stage = Stage::Data;
+        self.hello.queue.clear();
+        self.hello.at = None;
+        self.pacing.window_base = self.seq.saturating_sub(1);
+        self.probe_at = Some(now + self.pto());
+        self.life.events.push_back(Event::Accepted {
+            files: self.out.len() as u32,
+            bytes: self.out.file_total,
+        });
     }
 
     /// Give up now: tell the receiver (Abort, Cancelled) and close.
@@ -385,16 +434,21 @@ impl Endpoint for Sender {
                 if a.max_rate > 0 {
                     self.pacing.set_cap(now, &self.cfg, a.max_rate);
                 }
-                self.stage = Stage::Data;
-                self.hello.queue.clear();
-                self.hello.at = None;
-                self.pacing.window_base = self.seq.saturating_sub(1);
-                self.probe_at = Some(now + self.pto());
-                self.life.events.push_back(Event::Accepted {
-                    files: self.out.len() as u32,
-                    bytes: self.out.file_total,
-                });
+                if self.held.on_accept(a.held).is_err() {
+                    self.fail(now, Reason::Protocol, true);
+                    return true;
+                }
+                self.enter_data(now);
             }
+            (Stage::Handshake, Payload::Held(h)) => {
+                let files = self.manifest_sizes();
+                if self.held.on_held(&h.entries, &files).is_err() {
+                    self.fail(now, Reason::Protocol, true);
+                    return true;
+                }
+                self.enter_data(now);
+            }
+            (Stage::Data, Payload::Held(_)) => {}
             (Stage::Data, Payload::Accept(_)) => {}
             (Stage::Data, Payload::Ack(a)) => self.on_status(now, seq, a, None),
             (Stage::Data, Payload::Nack(n)) => self.on_status(now, seq, n.ack, Some(&n.ranges)),

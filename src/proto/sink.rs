@@ -115,6 +115,9 @@ pub trait FileSink {
     fn confine_to(&mut self, _sub: &std::path::Path) -> Result<(), SinkError> {
         Ok(())
     }
+    /// The authenticated sender's identity (before `open`): a sink that keeps resumable
+    /// files resumes only that sender's.
+    fn set_owner(&mut self, _owner: &str) {}
     /// The `len` bytes at `off` of `file`, to be written in place: the one primitive every
     /// write goes through ([`SinkError::OutOfRange`] past the file's end).
     fn span_mut(&mut self, file: u32, off: u64, len: usize) -> Result<&mut [u8], SinkError>;
@@ -177,8 +180,45 @@ pub trait FileSink {
     fn finish(&mut self) -> Result<Vec<(u32, Skip)>, SinkError> {
         Ok(Vec::new())
     }
-    /// Remove every output not yet committed.
+    /// Remove every output not yet committed (a sink that keeps resumable temporary files
+    /// keeps those with their journal instead).
     fn discard(&mut self);
+    /// What the sink already holds of `file` (after `open`): a final file of that name and
+    /// size, or a resumable temporary file's durable prefix, with the BLAKE3 state over
+    /// those bytes. `None` (the default): nothing, the file starts over.
+    fn held(&mut self, _file: u32) -> Option<Held> {
+        None
+    }
+    /// The sender's choice for a file `held` offered: continue after the `at` bytes held
+    /// (the offer's length; the file's size keeps the final file as it is), or start over
+    /// (`at` = 0, the held bytes are void).
+    fn adopt(&mut self, file: u32, at: u64) -> Result<(), SinkError> {
+        match at {
+            0 => Ok(()),
+            _ => Err(SinkError::OutOfRange {
+                file,
+                off: at,
+                len: 0,
+            }),
+        }
+    }
+}
+
+/// What a sink holds of one file ([`FileSink::held`]).
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub kind: crate::wire::held::HeldKind,
+    /// Bytes held: the file's size (whole) or the durable prefix.
+    pub len: u64,
+    /// BLAKE3 state after those bytes: the receiver continues from it, so the kept prefix
+    /// is not read again.
+    pub hasher: blake3::Hasher,
+}
+
+impl Held {
+    pub fn hash(&self) -> [u8; 32] {
+        *self.hasher.finalize().as_bytes()
+    }
 }
 
 /// Apply `seg` from `snapshot` into `dst` (which is `seg.len` bytes) with the apply kernels:
@@ -222,6 +262,12 @@ pub struct MemSink {
     /// Refuse `open` if the session is larger than this (simulates free space).
     pub free_space: Option<u64>,
     pub opened: bool,
+    /// What this sink holds before the session (resume tests): by name, a whole file or a
+    /// prefix of one; `open` puts those bytes in place and `held` offers them.
+    pub preheld: Vec<(String, crate::wire::held::HeldKind, Vec<u8>)>,
+    offered: Vec<Option<(crate::wire::held::HeldKind, u64)>>,
+    /// `adopt` calls: (file, at).
+    pub adopted: Vec<(u32, u64)>,
 }
 
 impl MemSink {
@@ -255,8 +301,40 @@ impl FileSink for MemSink {
         self.files = files.to_vec();
         self.bufs = files.iter().map(|f| vec![0u8; f.size as usize]).collect();
         self.committed = vec![false; files.len()];
+        self.offered = vec![None; files.len()];
+        for (i, f) in files.iter().enumerate() {
+            let held = self
+                .preheld
+                .iter()
+                .find(|(n, _, b)| *n == f.name && !b.is_empty() && b.len() as u64 <= f.size);
+            if let Some((_, kind, b)) = held {
+                self.bufs[i][..b.len()].copy_from_slice(b);
+                self.offered[i] = Some((*kind, b.len() as u64));
+            }
+        }
         self.opened = true;
         Ok(())
+    }
+
+    fn held(&mut self, file: u32) -> Option<Held> {
+        let (kind, len) = (*self.offered.get(file as usize)?)?;
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&self.bufs[file as usize][..len as usize]);
+        Some(Held { kind, len, hasher })
+    }
+
+    fn adopt(&mut self, file: u32, at: u64) -> Result<(), SinkError> {
+        let offered = self.offered.get(file as usize).copied().flatten();
+        self.adopted.push((file, at));
+        match offered {
+            _ if at == 0 => Ok(()),
+            Some((_, len)) if len == at => Ok(()),
+            _ => Err(SinkError::OutOfRange {
+                file,
+                off: at,
+                len: 0,
+            }),
+        }
     }
 
     fn span_mut(&mut self, file: u32, off: u64, len: usize) -> Result<&mut [u8], SinkError> {

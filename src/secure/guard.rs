@@ -819,6 +819,7 @@ impl<E: Guarded> Guard<E> {
 impl<S: crate::proto::FileSink> Guarded for crate::proto::Receiver<'_, S> {
     fn apply_policy(&mut self, policy: &SenderPolicy) -> Result<(), String> {
         self.limit_sizes(policy.max_file, policy.max_session);
+        self.sink_mut().set_owner(&policy.key.to_base64());
         if let Some(dir) = &policy.dir {
             if let Err(e) = self.sink_mut().confine_to(dir) {
                 self.refuse(Reason::Io);

@@ -30,6 +30,7 @@
 //! The format is described in full in `docs/wire.md`.
 
 pub mod ethernet;
+pub mod held;
 pub mod ipv4;
 pub mod payload;
 pub mod pfs;

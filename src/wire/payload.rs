@@ -428,11 +428,13 @@ impl Hello {
     }
 }
 
-/// Accept: the receiver takes the manifest; `max_rate` (bytes/s, 0 = none) caps the sender.
+/// Accept: the receiver takes the manifest; `max_rate` (bytes/s, 0 = none) caps the sender;
+/// `held` Held entries follow (resume, skip: [`super::held`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Accept {
     pub snapshot_id: [u8; 32],
     pub nfiles: u32,
+    pub held: u32,
     pub max_rate: u64,
 }
 
@@ -442,12 +444,16 @@ impl Accept {
         let mut r = Rd::new(b);
         let snapshot_id = r.id()?;
         let nfiles = r.u32()?;
-        r.zero32()?;
+        let held = r.u32()?;
+        if held > nfiles {
+            return Err(Error::Malformed);
+        }
         let max_rate = r.u64()?;
         r.end()?;
         Ok(Accept {
             snapshot_id,
             nfiles,
+            held,
             max_rate,
         })
     }
@@ -455,7 +461,7 @@ impl Accept {
         let mut w = Wr::new(b);
         w.bytes(&self.snapshot_id);
         w.u32(self.nfiles);
-        w.u32(0);
+        w.u32(self.held);
         w.u64(self.max_rate);
         w.pos
     }
@@ -1040,6 +1046,7 @@ pub enum Payload<'a> {
     Close,
     HandshakeInit(HandshakeInit<'a>),
     HandshakeResp(HandshakeResp<'a>),
+    Held(super::held::Held),
 }
 
 impl<'a> Payload<'a> {
@@ -1062,6 +1069,7 @@ impl<'a> Payload<'a> {
             }
             FrameType::HandshakeInit => Payload::HandshakeInit(HandshakeInit::parse(b)?),
             FrameType::HandshakeResp => Payload::HandshakeResp(HandshakeResp::parse(b)?),
+            FrameType::Held => Payload::Held(super::held::Held::parse(b)?),
         })
     }
 
@@ -1078,6 +1086,7 @@ impl<'a> Payload<'a> {
             Payload::Close => FrameType::Close,
             Payload::HandshakeInit(_) => FrameType::HandshakeInit,
             Payload::HandshakeResp(_) => FrameType::HandshakeResp,
+            Payload::Held(_) => FrameType::Held,
         }
     }
 
@@ -1094,6 +1103,7 @@ impl<'a> Payload<'a> {
             Payload::Close => 0,
             Payload::HandshakeInit(_) => HandshakeInit::LEN,
             Payload::HandshakeResp(_) => HandshakeResp::LEN,
+            Payload::Held(h) => h.buffer_len(),
         }
     }
 
@@ -1117,6 +1127,7 @@ impl<'a> Payload<'a> {
             Payload::Close => 0,
             Payload::HandshakeInit(h) => h.emit(b),
             Payload::HandshakeResp(h) => h.emit(b),
+            Payload::Held(h) => h.emit(b),
         }
     }
 }
@@ -1713,6 +1724,7 @@ mod tests {
                 Payload::Accept(Accept {
                     snapshot_id: i,
                     nfiles: n,
+                    held: n / 2,
                     max_rate: r
                 })
             )),

@@ -81,6 +81,8 @@ pub enum FrameType {
     HandshakeInit = 10,
     /// R->S: Noise IKpsk2 message 2 (unsealed; never larger than the init).
     HandshakeResp = 11,
+    /// R->S: what the receiver already holds of some files (resume, skip).
+    Held = 14,
 }
 
 impl FrameType {
@@ -98,6 +100,7 @@ impl FrameType {
             9 => Close,
             10 => HandshakeInit,
             11 => HandshakeResp,
+            14 => Held,
             _ => return None,
         })
     }

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod keys;
 pub mod netns;
 pub mod privileged;
+pub mod service;
 
 use packetfs::blueprint::{apply, Blueprint, Segment, Source, Transform};
 use packetfs::proto::SendFile;
