@@ -223,6 +223,9 @@ pub struct MmapSink {
     /// Keep the setuid, setgid and sticky bits the sender asks for (`pfs recv
     /// --keep-setid`). Off (the default), only the 0o777 bits are applied.
     pub keep_setid: bool,
+    /// Files up to this size are held in memory until verified and written then (default
+    /// 256 KiB); they are never resumable part files (a broken session sends them again).
+    pub small_file: u64,
     /// Keep broken sessions' files resumable (`.NAME.pfs-part-H` and a journal) and offer
     /// what the output holds (`pfs recv --no-resume` turns it off). Off, temporary files
     /// are per session and removed when it fails.
@@ -250,6 +253,7 @@ impl MmapSink {
             durable: true,
             overwrite: false,
             keep_setid: false,
+            small_file: SMALL_FILE,
             resume: false,
             owner: String::new(),
             reserve: 64 << 20,
@@ -447,7 +451,7 @@ impl MmapSink {
         let dst = self.root.join(&name);
         // Small files are held in memory until verified (no temporary file before that,
         // and none resumable: a broken session sends them again whole).
-        let lazy = f.size <= SMALL_FILE;
+        let lazy = f.size <= self.small_file;
         let resumable = if self.resume && !lazy {
             self.open_part(&dir, fname, &name, f.size).map_err(errno)?
         } else {
@@ -1725,6 +1729,8 @@ mod tests {
         let mut s = MmapSink::new(dir, "00aa").unwrap();
         s.reserve = 0;
         s.resume = true;
+        // these tests are about part files: no file is small (held in memory, not resumable)
+        s.small_file = 0;
         s.owner = owner.into();
         s
     }
