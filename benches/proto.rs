@@ -187,11 +187,7 @@ fn covered_finish() {
         let mut sink = MmapSink::new(dir.path(), "b").unwrap();
         sink.reserve = 0;
         let t0 = Instant::now();
-        sink.open(&[SinkFile {
-            name: "c".into(),
-            size: len,
-        }])
-        .unwrap();
+        sink.open(&[SinkFile::file("c", len)]).unwrap();
         let t1 = Instant::now();
         let mut off = 0u64;
         while off < len {

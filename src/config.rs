@@ -52,6 +52,10 @@ pub struct PfsConfig {
     pub max_file_size: Option<u64>,
     /// Receiver: replace files that already exist under a received name.
     pub overwrite: Option<bool>,
+    /// Receiver: keep the setuid, setgid and sticky bits of received entries.
+    pub keep_setid: Option<bool>,
+    /// Sender: send what links inside a directory point at instead of the links.
+    pub follow_symlinks: Option<bool>,
     /// Resume and skip-unchanged (both sides; default on): the sender continues after what
     /// the receiver holds; the receiver keeps broken sessions' files with a journal and
     /// offers them (`--no-resume` on either side turns it off).
@@ -253,6 +257,8 @@ impl PfsConfig {
             mtu,
             max_file_size,
             overwrite,
+            keep_setid,
+            follow_symlinks,
             resume,
             rate,
             timeout,
@@ -293,6 +299,8 @@ impl PfsConfig {
             mtu: Some(1500),
             max_file_size: Some(1 << 40),
             overwrite: Some(false),
+            keep_setid: Some(false),
+            follow_symlinks: Some(false),
             resume: Some(true),
             timeout: Some(0),
             xdp_mode: Some(XdpMode::Auto),

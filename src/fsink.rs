@@ -24,8 +24,9 @@
 #![allow(unsafe_code)]
 
 use crate::journal::{self, Journal};
-use crate::proto::sink::{sanitize_name, FileSink, Held, SinkError, SinkFile};
+use crate::proto::sink::{link_check, sanitize_name, FileSink, Held, SinkError, SinkFile, Skip};
 use crate::wire::held::HeldKind;
+use crate::wire::payload::{Attrs, EntryKind};
 use memmap2::MmapMut;
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, RenameFlags, ResolveFlag};
@@ -45,6 +46,18 @@ const RESOLVE: ResolveFlag = ResolveFlag::RESOLVE_BENEATH.union(ResolveFlag::RES
 
 /// The marker in temporary names: `.NAME.pfs-tmp-PID-TAG`.
 const TMP_MARK: &str = ".pfs-tmp-";
+
+/// Files up to this size are held in memory while they arrive and written to their
+/// temporary file only at `commit` (no file, no size, no map per small file while the
+/// session runs: accepting a manifest of many small files creates nothing yet).
+const SMALL_FILE: u64 = 256 << 10;
+/// Most bytes of small files held in memory at once by one sink; a small file that would
+/// pass it gets its temporary file and map at once, as a large one.
+const SMALL_BUDGET: u64 = 64 << 20;
+/// Small files written at `commit` wait in a batch, their writeback started, for one pass of
+/// fsyncs (the first commits the journal for all of them), then their renames, then one
+/// fsync per directory: a batch of this many, or whatever is left at `finish`.
+const BATCH_FILES: usize = 128;
 
 /// Deepest directory walk [`remove_stale_temps`] makes (names have at most 32 levels; the
 /// senders' sub-directories add a few).
@@ -139,11 +152,19 @@ struct Out {
     tmp_name: OsString,
     file: Option<File>,
     map: Option<MmapMut>,
+    /// A small file's bytes, in memory until `commit`.
+    buf: Option<Vec<u8>>,
+    /// A small file whose temporary file is not created yet.
+    lazy: bool,
     size: u64,
     /// Bytes `[0, written_back)` were handed to early writeback (`prefix_final`).
     written_back: u64,
     /// Committed, or discarded: nothing left to clean up.
     settled: bool,
+    kind: EntryKind,
+    attrs: Option<Attrs>,
+    /// A link's target.
+    target: String,
     /// Resumable ([`MmapSink::resume`]): the temporary file is `.NAME.pfs-part-H`, locked,
     /// with its journal.
     part: Option<Part>,
@@ -151,6 +172,14 @@ struct Out {
     final_same_size: bool,
     /// The sender kept the final file (skip): `commit` removes the temporary file only.
     keep_final: bool,
+}
+
+/// `attrs`' mtime as the times argument of futimens/utimensat (the access time is left).
+fn mtime_of(a: &Attrs) -> (nix::sys::time::TimeSpec, nix::sys::time::TimeSpec) {
+    (
+        nix::sys::time::TimeSpec::UTIME_OMIT,
+        nix::sys::time::TimeSpec::new(a.mtime_s, a.mtime_ns as _),
+    )
 }
 
 /// A resumable temporary file's journal state.
@@ -191,6 +220,12 @@ pub struct MmapSink {
     /// Replace files that already exist under a final name (`pfs recv --overwrite`). Off (the
     /// default), such a file is refused with [`SinkError::Exists`] and left unchanged.
     pub overwrite: bool,
+    /// Keep the setuid, setgid and sticky bits the sender asks for (`pfs recv
+    /// --keep-setid`). Off (the default), only the 0o777 bits are applied.
+    pub keep_setid: bool,
+    /// Files up to this size are held in memory until verified and written then (default
+    /// 256 KiB); they are never resumable part files (a broken session sends them again).
+    pub small_file: u64,
     /// Keep broken sessions' files resumable (`.NAME.pfs-part-H` and a journal) and offer
     /// what the output holds (`pfs recv --no-resume` turns it off). Off, temporary files
     /// are per session and removed when it fails.
@@ -199,6 +234,10 @@ pub struct MmapSink {
     /// sender (empty: none known).
     pub owner: String,
     outs: Vec<Out>,
+    /// Bytes of small files held in memory.
+    buffered: u64,
+    /// Small files written, waiting for their fsync and rename (indices into `outs`).
+    batch: Vec<usize>,
 }
 
 impl MmapSink {
@@ -213,10 +252,14 @@ impl MmapSink {
             tag: tag.to_owned(),
             durable: true,
             overwrite: false,
+            keep_setid: false,
+            small_file: SMALL_FILE,
             resume: false,
             owner: String::new(),
             reserve: 64 << 20,
             outs: Vec::new(),
+            buffered: 0,
+            batch: Vec::new(),
         })
     }
 
@@ -269,9 +312,102 @@ impl MmapSink {
         Ok((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
     }
 
-    /// Open file `i`'s temporary file; `dirs` holds the parent directories opened so far
-    /// (by their path below the root), so that a directory costs one descriptor however
-    /// many files it receives.
+    /// The parent directory of `name` (a sanitised name) beneath the root, created when
+    /// missing, and the last component; `dirs` holds the directories opened so far (by
+    /// their path below the root), so that a directory costs one descriptor however many
+    /// entries it receives.
+    fn parent_of<'n>(
+        &self,
+        name: &'n str,
+        dirs: &mut HashMap<String, Arc<OwnedFd>>,
+    ) -> Result<(Arc<OwnedFd>, &'n str), Errno> {
+        let (parent, fname) = match name.rsplit_once('/') {
+            Some((p, f)) => (p, f),
+            None => ("", name),
+        };
+        let dir = match dirs.get(parent) {
+            _ if parent.is_empty() => self.root_fd.clone(),
+            Some(d) => d.clone(),
+            None => {
+                let mut cur: Option<OwnedFd> = None;
+                for part in parent.split('/') {
+                    let base = cur.as_ref().map_or(self.root_fd.as_fd(), |f| f.as_fd());
+                    cur = Some(ensure_dir_beneath(base, OsStr::new(part))?);
+                }
+                let d = Arc::new(cur.expect("a non-empty parent has a part"));
+                dirs.insert(parent.to_owned(), d.clone());
+                d
+            }
+        };
+        Ok((dir, fname))
+    }
+
+    /// Entry `i`, a directory or a link: a directory is created now (kept if it exists); a
+    /// link is only checked here (its name must be free unless `overwrite`, never a
+    /// directory) and created by `finish`, after every file.
+    fn open_node(
+        &self,
+        i: usize,
+        f: &SinkFile,
+        dirs: &mut HashMap<String, Arc<OwnedFd>>,
+    ) -> Result<Out, SinkError> {
+        let fi = i as u32;
+        let errno = |e: Errno| match e {
+            e if is_escape(e) => SinkError::BadName(fi),
+            Errno::ENOSYS => SinkError::Io(no_openat2()),
+            e => SinkError::Io(e.into()),
+        };
+        let name = sanitize_name(&f.name).ok_or(SinkError::BadName(fi))?;
+        let (dir, fname) = self.parent_of(&name, dirs).map_err(errno)?;
+        let fname = fname.to_owned();
+        if f.kind == EntryKind::Dir {
+            let fd = ensure_dir_beneath(dir.as_fd(), OsStr::new(&fname)).map_err(|e| match e {
+                Errno::ENOTDIR => SinkError::Exists {
+                    file: fi,
+                    name: name.clone(),
+                },
+                e => errno(e),
+            })?;
+            dirs.insert(name.clone(), Arc::new(fd));
+        } else {
+            match nix::sys::stat::fstatat(
+                Some(dir.as_raw_fd()),
+                fname.as_str(),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            ) {
+                Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR || !self.overwrite => {
+                    return Err(SinkError::Exists {
+                        file: fi,
+                        name: name.clone(),
+                    })
+                }
+                Ok(_) | Err(Errno::ENOENT) => {}
+                Err(e) => return Err(errno(e)),
+            }
+        }
+        Ok(Out {
+            dst: self.root.join(&name),
+            tmp_name: tmp_name(&fname, &self.tag),
+            dst_name: OsString::from(fname),
+            name,
+            dir,
+            file: None,
+            map: None,
+            buf: None,
+            lazy: false,
+            size: 0,
+            written_back: 0,
+            settled: true,
+            kind: f.kind,
+            attrs: f.attrs,
+            target: f.target.clone(),
+            part: None,
+            final_same_size: false,
+            keep_final: false,
+        })
+    }
+
+    /// Open file `i`'s temporary file (its parent through [`MmapSink::parent_of`]).
     fn open_one(
         &self,
         i: usize,
@@ -285,24 +421,9 @@ impl MmapSink {
             e => SinkError::Io(e.into()),
         };
         let name = sanitize_name(&f.name).ok_or(SinkError::BadName(fi))?;
-        let (parent, fname) = match name.rsplit_once('/') {
-            Some((p, f)) => (p, f),
-            None => ("", name.as_str()),
-        };
-        let dir = match dirs.get(parent) {
-            _ if parent.is_empty() => self.root_fd.clone(),
-            Some(d) => d.clone(),
-            None => {
-                let mut cur: Option<OwnedFd> = None;
-                for part in parent.split('/') {
-                    let base = cur.as_ref().map_or(self.root_fd.as_fd(), |f| f.as_fd());
-                    cur = Some(ensure_dir_beneath(base, OsStr::new(part)).map_err(errno)?);
-                }
-                let d = Arc::new(cur.expect("a non-empty parent has a part"));
-                dirs.insert(parent.to_owned(), d.clone());
-                d
-            }
-        };
+        let (dir, fname) = self.parent_of(&name, dirs).map_err(errno)?;
+        let fname = fname.to_owned();
+        let fname = fname.as_str();
         let exists = || SinkError::Exists {
             file: fi,
             name: name.clone(),
@@ -328,13 +449,17 @@ impl MmapSink {
         }
         let dst_name = OsString::from(fname);
         let dst = self.root.join(&name);
-        let resumable = if self.resume {
+        // Small files are held in memory until verified (no temporary file before that,
+        // and none resumable: a broken session sends them again whole).
+        let lazy = f.size <= self.small_file;
+        let resumable = if self.resume && !lazy {
             self.open_part(&dir, fname, &name, f.size).map_err(errno)?
         } else {
             None
         };
-        let (fd, tmp_name, part) = match resumable {
-            Some((fd, pn, part)) => (fd, pn, Some(part)),
+        let (file, tmp_name, part) = match resumable {
+            Some((fd, pn, part)) => (Some(File::from(fd)), pn, Some(part)),
+            None if lazy => (None, tmp_name(fname, &self.tag), None),
             None => {
                 let tmp_name = tmp_name(fname, &self.tag);
                 let fd = open_beneath(
@@ -344,7 +469,7 @@ impl MmapSink {
                     0o644,
                 )
                 .map_err(errno)?;
-                (fd, tmp_name, None)
+                (Some(File::from(fd)), tmp_name, None)
             }
         };
         let mut out = Out {
@@ -353,29 +478,169 @@ impl MmapSink {
             dir,
             dst_name,
             tmp_name,
-            file: Some(File::from(fd)),
+            file,
             map: None,
+            buf: None,
+            lazy,
             size: f.size,
             written_back: 0,
             settled: false,
+            kind: EntryKind::File,
+            attrs: f.attrs,
+            target: String::new(),
             final_same_size,
             keep_final: false,
             part,
         };
-        let file = out.file.as_ref().unwrap();
-        if out.part.as_ref().is_some_and(|p| p.offered == 0) {
-            file.set_len(0)?; // nothing of it is kept: start from zeros
-        }
-        file.set_len(f.size)?;
-        if f.size > 0 {
-            // Safety: the file was just created by us with O_EXCL under a name no one else
-            // uses (or is a resumable file we hold the exclusive lock of), and sized to `f.size`; nothing else truncates it while the map lives (a
-            // process that did would make accesses fault, which is the documented mmap
-            // hazard of a hostile local user, not of the peer). The map is dropped before the
-            // file is renamed or removed.
-            out.map = Some(unsafe { MmapMut::map_mut(file)? });
+        if !out.lazy {
+            let file = out.file.as_ref().expect("created above");
+            if out.part.as_ref().is_some_and(|p| p.offered == 0) {
+                file.set_len(0)?; // nothing of it is kept: start from zeros
+            }
+            file.set_len(f.size)?;
+            if f.size > 0 {
+                // Safety: the file was just created by us with O_EXCL under a name no one
+                // else uses (or is a resumable file we hold the exclusive lock of), and sized
+                // to `f.size`; nothing else truncates it while the map lives (a process that
+                // did would make accesses fault, which is the documented mmap hazard of a
+                // hostile local user, not of the peer). The map is dropped before the file
+                // is renamed or removed.
+                out.map = Some(unsafe { MmapMut::map_mut(file)? });
+            }
         }
         Ok(out)
+    }
+
+    /// Write small file `i` (held in memory) to its temporary file, apply its attributes
+    /// and start its writeback; with `durable` it joins the batch (flushed when full),
+    /// else it is renamed at once.
+    fn commit_small(&mut self, i: usize) -> Result<(), SinkError> {
+        use std::io::Write;
+        let fi = i as u32;
+        let (keep_setid, durable) = (self.keep_setid, self.durable);
+        let o = &mut self.outs[i];
+        let fd = open_beneath(
+            o.dir.as_fd(),
+            &o.tmp_name,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW,
+            0o644,
+        )
+        .map_err(|e| tmp_errno(e, fi))?;
+        o.lazy = false;
+        let mut f = File::from(fd);
+        if let Some(b) = o.buf.take() {
+            f.write_all(&b)?;
+            self.buffered -= b.len() as u64;
+        }
+        apply_attrs(&f, o.attrs.as_ref(), keep_setid)?;
+        if !durable {
+            drop(f);
+            return rename_into_place(o, fi, self.overwrite);
+        }
+        // Start (not wait for) the writeback now; the batch's fsyncs wait for it.
+        // Safety: a plain syscall on a file descriptor we own; no memory is passed.
+        let _ = unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+        o.file = Some(f);
+        self.batch.push(i);
+        if self.batch.len() >= BATCH_FILES {
+            self.flush_batch()?;
+        }
+        Ok(())
+    }
+
+    /// The batch: fsync each file, rename each into place, fsync each directory once.
+    fn flush_batch(&mut self) -> Result<(), SinkError> {
+        let batch = std::mem::take(&mut self.batch);
+        for &i in &batch {
+            if let Some(f) = &self.outs[i].file {
+                f.sync_all()?;
+            }
+        }
+        let mut dirs: Vec<Arc<OwnedFd>> = Vec::new();
+        for &i in &batch {
+            let o = &mut self.outs[i];
+            o.file = None;
+            rename_into_place(o, i as u32, self.overwrite)?;
+            if !dirs.iter().any(|d| Arc::ptr_eq(d, &o.dir)) {
+                dirs.push(o.dir.clone());
+            }
+        }
+        for d in dirs {
+            nix::unistd::fsync(d.as_raw_fd()).map_err(io::Error::from)?;
+        }
+        Ok(())
+    }
+}
+
+/// What an errno from creating file `fi`'s temporary file means.
+fn tmp_errno(e: Errno, fi: u32) -> SinkError {
+    match e {
+        e if is_escape(e) => SinkError::BadName(fi),
+        Errno::ENOSYS => SinkError::Io(no_openat2()),
+        e => SinkError::Io(e.into()),
+    }
+}
+
+/// Create `o`'s temporary file, sized, and map it (a large file at `open`, a small one once
+/// the memory budget is spent).
+fn create_mapped(o: &mut Out, fi: u32) -> Result<(), SinkError> {
+    let fd = open_beneath(
+        o.dir.as_fd(),
+        &o.tmp_name,
+        OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW,
+        0o644,
+    )
+    .map_err(|e| tmp_errno(e, fi))?;
+    o.lazy = false;
+    let file = File::from(fd);
+    file.set_len(o.size)?;
+    if o.size > 0 {
+        // Safety: the file was just created by us with O_EXCL under a name no one else
+        // uses, and sized to `o.size`; nothing else truncates it while the map lives (a
+        // process that did would make accesses fault, which is the documented mmap
+        // hazard of a hostile local user, not of the peer). The map is dropped before the
+        // file is renamed or removed.
+        o.map = Some(unsafe { MmapMut::map_mut(&file)? });
+    }
+    o.file = Some(file);
+    Ok(())
+}
+
+/// Apply the sender's permission bits (0o777 of them unless `keep_setid`) and mtime.
+fn apply_attrs(f: &File, attrs: Option<&Attrs>, keep_setid: bool) -> Result<(), SinkError> {
+    if let Some(a) = attrs {
+        let mask = if keep_setid { 0o7777 } else { 0o777 };
+        let perm = Mode::from_bits_truncate((a.perm & mask) as libc::mode_t);
+        nix::sys::stat::fchmod(f.as_raw_fd(), perm).map_err(io::Error::from)?;
+        let (at, mt) = mtime_of(a);
+        nix::sys::stat::futimens(f.as_raw_fd(), &at, &mt).map_err(io::Error::from)?;
+    }
+    Ok(())
+}
+
+/// Rename `o`'s temporary file to its final name (refusing an existing one unless
+/// `overwrite`).
+fn rename_into_place(o: &mut Out, file: u32, overwrite: bool) -> Result<(), SinkError> {
+    let flags = if overwrite {
+        RenameFlags::empty()
+    } else {
+        RenameFlags::RENAME_NOREPLACE
+    };
+    let d = Some(o.dir.as_raw_fd());
+    match nix::fcntl::renameat2(d, o.tmp_name.as_os_str(), d, o.dst_name.as_os_str(), flags) {
+        Ok(()) => {
+            o.settled = true;
+            if let Some(p) = &o.part {
+                unlink_quiet(o.dir.as_fd(), &p.journal);
+            }
+            Ok(())
+        }
+        // The name appeared after the manifest was accepted: the existing file stays.
+        Err(Errno::EEXIST) | Err(Errno::EISDIR) | Err(Errno::ENOTEMPTY) => Err(SinkError::Exists {
+            file,
+            name: o.name.clone(),
+        }),
+        Err(e) => Err(SinkError::Io(e.into())),
     }
 }
 
@@ -793,7 +1058,11 @@ impl FileSink for MmapSink {
         }
         let mut dirs = HashMap::new();
         for (i, f) in files.iter().enumerate() {
-            match self.open_one(i, f, &mut dirs) {
+            let o = match f.kind {
+                EntryKind::File => self.open_one(i, f, &mut dirs),
+                EntryKind::Dir | EntryKind::Symlink => self.open_node(i, f, &mut dirs),
+            };
+            match o {
                 Ok(o) => self.outs.push(o),
                 Err(e) => {
                     self.discard();
@@ -819,12 +1088,24 @@ impl FileSink for MmapSink {
             }
             p.dirty = true;
         }
-        let Some(m) = o.map.as_mut() else {
-            return if len == 0 {
-                Ok(&mut [])
+        if o.lazy && o.buf.is_none() && o.size > 0 {
+            if self.buffered + o.size <= SMALL_BUDGET {
+                o.buf = Some(vec![0u8; o.size as usize]);
+                self.buffered += o.size;
             } else {
-                Err(out_of_range)
-            };
+                create_mapped(o, file)?;
+            }
+        }
+        let m: &mut [u8] = match (o.map.as_mut(), o.buf.as_mut()) {
+            (Some(m), _) => m,
+            (None, Some(b)) => b,
+            _ => {
+                return if len == 0 {
+                    Ok(&mut [])
+                } else {
+                    Err(out_of_range)
+                }
+            }
         };
         let range = usize::try_from(off)
             .ok()
@@ -840,7 +1121,7 @@ impl FileSink for MmapSink {
             .outs
             .get(file as usize)
             .ok_or(SinkError::NoSuchFile(file))?;
-        let bytes: &[u8] = o.map.as_deref().unwrap_or(&[]);
+        let bytes: &[u8] = o.map.as_deref().or(o.buf.as_deref()).unwrap_or(&[]);
         Ok(*blake3::hash(bytes).as_bytes())
     }
 
@@ -849,7 +1130,7 @@ impl FileSink for MmapSink {
         if o.settled {
             return None;
         }
-        Some(o.map.as_deref().unwrap_or(&[]))
+        Some(o.map.as_deref().or(o.buf.as_deref()).unwrap_or(&[]))
     }
 
     fn prefix_final(&mut self, file: u32, upto: u64) {
@@ -896,6 +1177,13 @@ impl FileSink for MmapSink {
     }
 
     fn commit(&mut self, file: u32) -> Result<(), SinkError> {
+        if self
+            .outs
+            .get(file as usize)
+            .is_some_and(|o| o.lazy && !o.keep_final)
+        {
+            return self.commit_small(file as usize);
+        }
         let o = self
             .outs
             .get_mut(file as usize)
@@ -917,36 +1205,82 @@ impl FileSink for MmapSink {
             }
         }
         if let Some(f) = o.file.take() {
+            apply_attrs(&f, o.attrs.as_ref(), self.keep_setid)?;
             if self.durable {
                 f.sync_all()?;
             }
         }
+        rename_into_place(o, file, self.overwrite)
+    }
+
+    /// Links (each checked by [`link_check`], created under a temporary name, its mtime
+    /// set, renamed into place), then the directories' permission bits and mtimes, deepest
+    /// first.
+    fn finish(&mut self) -> Result<Vec<(u32, Skip)>, SinkError> {
+        use nix::sys::stat::{utimensat, UtimensatFlags};
+        self.flush_batch()?;
+        let mut skipped = Vec::new();
         let flags = if self.overwrite {
             RenameFlags::empty()
         } else {
             RenameFlags::RENAME_NOREPLACE
         };
-        let d = Some(o.dir.as_raw_fd());
-        match nix::fcntl::renameat2(d, o.tmp_name.as_os_str(), d, o.dst_name.as_os_str(), flags) {
-            Ok(()) => {
-                o.settled = true;
-                if let Some(p) = &o.part {
-                    unlink_quiet(o.dir.as_fd(), &p.journal);
+        for (i, o) in self.outs.iter_mut().enumerate() {
+            if o.kind != EntryKind::Symlink {
+                continue;
+            }
+            if let Err(why) = link_check(&o.name, &o.target) {
+                skipped.push((i as u32, why));
+                continue;
+            }
+            let d = Some(o.dir.as_raw_fd());
+            nix::unistd::symlinkat(o.target.as_str(), d, o.tmp_name.as_os_str())
+                .map_err(io::Error::from)?;
+            o.settled = false;
+            if let Some(a) = &o.attrs {
+                let (at, mt) = mtime_of(a);
+                utimensat(
+                    d,
+                    o.tmp_name.as_os_str(),
+                    &at,
+                    &mt,
+                    UtimensatFlags::NoFollowSymlink,
+                )
+                .map_err(io::Error::from)?;
+            }
+            match nix::fcntl::renameat2(d, o.tmp_name.as_os_str(), d, o.dst_name.as_os_str(), flags)
+            {
+                Ok(()) => o.settled = true,
+                Err(Errno::EEXIST) | Err(Errno::EISDIR) | Err(Errno::ENOTEMPTY) => {
+                    return Err(SinkError::Exists {
+                        file: i as u32,
+                        name: o.name.clone(),
+                    })
                 }
-                Ok(())
+                Err(e) => return Err(SinkError::Io(e.into())),
             }
-            // The name appeared after the manifest was accepted: the existing file stays.
-            Err(Errno::EEXIST) | Err(Errno::EISDIR) | Err(Errno::ENOTEMPTY) => {
-                Err(SinkError::Exists {
-                    file,
-                    name: o.name.clone(),
-                })
-            }
-            Err(e) => Err(SinkError::Io(e.into())),
         }
+        let mut dirs: Vec<&Out> = self
+            .outs
+            .iter()
+            .filter(|o| o.kind == EntryKind::Dir && o.attrs.is_some())
+            .collect();
+        dirs.sort_by_key(|o| std::cmp::Reverse(o.name.matches('/').count()));
+        let mask = if self.keep_setid { 0o7777 } else { 0o777 };
+        for o in dirs {
+            let a = o.attrs.as_ref().expect("filtered");
+            let fd = open_dir_beneath(o.dir.as_fd(), &o.dst_name).map_err(io::Error::from)?;
+            let perm = Mode::from_bits_truncate((a.perm & mask) as libc::mode_t);
+            nix::sys::stat::fchmod(fd.as_raw_fd(), perm).map_err(io::Error::from)?;
+            let (at, mt) = mtime_of(a);
+            nix::sys::stat::futimens(fd.as_raw_fd(), &at, &mt).map_err(io::Error::from)?;
+        }
+        Ok(skipped)
     }
 
     fn discard(&mut self) {
+        self.batch.clear();
+        self.buffered = 0;
         for i in 0..self.outs.len() {
             if self.outs[i].settled {
                 continue;
@@ -976,11 +1310,14 @@ impl FileSink for MmapSink {
             {
                 o.map = None;
                 o.file = None;
-                let _ = nix::unistd::unlinkat(
-                    Some(o.dir.as_raw_fd()),
-                    o.tmp_name.as_os_str(),
-                    nix::unistd::UnlinkatFlags::NoRemoveDir,
-                );
+                o.buf = None;
+                if !o.lazy {
+                    let _ = nix::unistd::unlinkat(
+                        Some(o.dir.as_raw_fd()),
+                        o.tmp_name.as_os_str(),
+                        nix::unistd::UnlinkatFlags::NoRemoveDir,
+                    );
+                }
                 o.settled = true;
             }
         }
@@ -1080,10 +1417,7 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     fn file(name: &str, size: u64) -> SinkFile {
-        SinkFile {
-            name: name.into(),
-            size,
-        }
+        SinkFile::file(name, size)
     }
 
     /// A sink over `dir` with no free-space reserve (tests run on small file systems too).
@@ -1395,6 +1729,8 @@ mod tests {
         let mut s = MmapSink::new(dir, "00aa").unwrap();
         s.reserve = 0;
         s.resume = true;
+        // these tests are about part files: no file is small (held in memory, not resumable)
+        s.small_file = 0;
         s.owner = owner.into();
         s
     }

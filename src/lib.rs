@@ -9,6 +9,7 @@
 //! | [`plan`]      | the planner: matches under id/xor/add, cost model, ELF section hints      |
 //! | [`blueprint`] | segments, the `.pbb` codec, and the apply kernels that rebuild a file     |
 //! | [`wire`]      | frame formats: zero-copy views with checked constructors                  |
+//! | [`tree`]      | the sender's inputs: files and directory trees walked into manifest entries |
 //! | [`prepare`]   | codec work before the wire: packing, lowering, the streaming producer     |
 //! | [`proto`]     | the transfer state machine: no clock, no sockets, no files                |
 //! | [`secure`]    | identities, key files, handshake and per-frame AEAD of authenticated sessions |
@@ -50,6 +51,7 @@ pub mod proto;
 pub mod secure;
 pub mod shm;
 pub mod steer;
+pub mod tree;
 pub mod util;
 pub mod wire;
 pub mod xsk;

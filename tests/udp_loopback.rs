@@ -498,6 +498,7 @@ fn a_streamed_file_arrives_bit_exact_while_its_blocks_are_produced_late() {
         let input = SendInput::Streamed {
             files: outgoing,
             blocks: rx,
+            meta: Vec::new(),
             offers: None,
         };
         let sec = keys::TestKeys::fixed().sender_security();

@@ -239,24 +239,36 @@ pub fn encode(bp: &Blueprint, o: &EncodeOptions) -> Result<Vec<u8>, std::io::Err
     let cuts = cuts(bp, o);
     let threads = o.threads.clamp(1, 16).min(cuts.len().max(1));
     let per = cuts.len().div_ceil(threads).max(1);
-    let bodies: Vec<Result<Vec<Vec<u8>>, std::io::Error>> = std::thread::scope(|s| {
-        let hs: Vec<_> = cuts
-            .chunks(per)
-            .map(|group| {
-                s.spawn(move || {
-                    group
-                        .iter()
-                        .map(|c| {
-                            encode_body(o, c.start, c.file_len, &c.segs, &bp.spill[c.spill.clone()])
-                        })
-                        .collect()
+    let body = |c: &Cut| encode_body(o, c.start, c.file_len, &c.segs, &bp.spill[c.spill.clone()]);
+    let bodies: Vec<Result<Vec<Vec<u8>>, std::io::Error>> = if threads == 1 {
+        // one thread: this one (a small file's single block starts no thread)
+        vec![cuts.iter().map(body).collect()]
+    } else {
+        std::thread::scope(|s| {
+            let hs: Vec<_> = cuts
+                .chunks(per)
+                .map(|group| {
+                    s.spawn(move || {
+                        group
+                            .iter()
+                            .map(|c| {
+                                encode_body(
+                                    o,
+                                    c.start,
+                                    c.file_len,
+                                    &c.segs,
+                                    &bp.spill[c.spill.clone()],
+                                )
+                            })
+                            .collect()
+                    })
                 })
-            })
-            .collect();
-        hs.into_iter()
-            .map(|h| h.join().expect("block encoder panicked"))
-            .collect()
-    });
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().expect("block encoder panicked"))
+                .collect()
+        })
+    };
     let mut out = Vec::new();
     for group in bodies {
         for b in group? {

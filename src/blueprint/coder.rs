@@ -161,11 +161,9 @@ impl Coder {
         Ok(match self {
             Coder::Stored => data.to_vec(),
             Coder::Zstd { level } => {
-                let mut c = zstd::bulk::Compressor::new(level)?;
                 let wlog =
                     (64 - (data.len().max(1 << 10) as u64 - 1).leading_zeros()).clamp(10, 27);
-                c.set_parameter(zstd::zstd_safe::CParameter::WindowLog(wlog))?;
-                c.compress(data)?
+                zstd_compress(data, level, wlog)?
             }
             Coder::Lzma {
                 preset,
@@ -299,6 +297,26 @@ const SAMPLE_MIN: usize = 256 << 10;
 const SAMPLE_BYTES: usize = 128 << 10;
 const SAMPLES: usize = 8;
 
+/// zstd at `level` with a window of `2^wlog` bytes through this thread's compression context,
+/// made once and reused (a context costs more to create than a small stream to compress:
+/// many small files are packed one after the other on one producer thread).
+fn zstd_compress(data: &[u8], level: i32, wlog: u32) -> std::io::Result<Vec<u8>> {
+    use std::cell::RefCell;
+    thread_local! {
+        static CCTX: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+    }
+    CCTX.with(|c| {
+        let mut c = c.borrow_mut();
+        let c = match c.as_mut() {
+            Some(c) => c,
+            None => c.insert(zstd::bulk::Compressor::new(level)?),
+        };
+        c.set_compression_level(level)?;
+        c.set_parameter(zstd::zstd_safe::CParameter::WindowLog(wlog))?;
+        c.compress(data)
+    })
+}
+
 /// zstd -1 on evenly spaced samples: the estimated compressed share of `data` (1.0 when
 /// nothing is gained). Used to store incompressible streams without any trial.
 pub fn estimate_ratio(data: &[u8]) -> f64 {
@@ -315,7 +333,8 @@ pub fn estimate_ratio(data: &[u8]) -> f64 {
             .copied()
             .collect()
     };
-    match zstd::bulk::compress(&sample, 1) {
+    let wlog = (64 - (sample.len().max(1 << 10) as u64 - 1).leading_zeros()).clamp(10, 27);
+    match zstd_compress(&sample, 1, wlog) {
         Ok(z) => z.len() as f64 / sample.len() as f64,
         Err(_) => 1.0,
     }

@@ -427,12 +427,16 @@ pub fn code_all<'a>(s: &'a Raw, o: &CoderOptions) -> std::io::Result<Coded<'a>> 
         let t = std::time::Instant::now();
         coder::pack_stream(data, class, o).map(|p| (p, t.elapsed().as_secs_f64() * 1e3))
     };
+    // Below this many bytes in all, the streams are coded on this thread: starting threads
+    // would cost more than the coding (a small file's block).
+    const INLINE: usize = 256 << 10;
+    let inline = s.iter().map(|d| d.len()).sum::<usize>() < INLINE;
     let packed: Vec<std::io::Result<(coder::Packed<'a>, f64)>> = std::thread::scope(|sc| {
         let hs: Vec<_> = s
             .iter()
             .zip(CLASSES)
             .map(|(data, class)| {
-                if data.len() < 64 {
+                if inline || data.len() < 64 {
                     // too small to be worth a thread: stored or one cheap try
                     let p = if data.len() < 16 {
                         Ok((

@@ -38,12 +38,26 @@ pub struct ServeArgs {
     pub snap_backing: String,
 }
 
+/// One received entry, for humans: a file with its size and check, a directory, a link and
+/// its target, or why it was skipped.
+pub fn entry_line(f: &packetfs::driver::session::ReceivedFile) -> String {
+    let p = f.path.display();
+    match (f.kind, &f.skipped) {
+        (_, Some(why)) => format!("skipped {p}: {why}"),
+        ("dir", _) => format!("received {p}/ (directory)"),
+        ("symlink", _) => format!("received {p} -> {} (link)", f.target),
+        _ if f.verified => format!("received {p} ({}), BLAKE3 verified", human_bytes(f.size)),
+        _ => format!("INCOMPLETE {p} ({})", human_bytes(f.size)),
+    }
+}
+
 /// The receiver settings a configuration gives (what a reload may change).
 pub fn receiver_config(c: &PfsConfig) -> ReceiverConfig {
     let mut proto = ReceiverConfig::default();
     proto.max_file_size = c.max_file_size.unwrap_or(proto.max_file_size);
     proto.durable = c.sync.unwrap_or(true);
     proto.overwrite = c.overwrite.unwrap_or(false);
+    proto.keep_setid = c.keep_setid.unwrap_or(false);
     proto.resume = c.resume.unwrap_or(true);
     proto.max_packed_total = c
         .session_memory
@@ -172,11 +186,7 @@ impl ServiceHooks for Hooks {
         let mut m = match &end.result {
             Ok(s) => {
                 for f in &s.files {
-                    println!(
-                        "received {} ({}), BLAKE3 verified",
-                        f.path.display(),
-                        human_bytes(f.size)
-                    );
+                    println!("{}", entry_line(f));
                 }
                 let total = s.total.as_secs_f64();
                 println!(

@@ -30,6 +30,7 @@ use packetfs::secure::{
     SenderKeys,
 };
 use packetfs::util::human_bytes;
+use packetfs::wire::payload::EntryKind;
 
 use super::codec::OnOff;
 
@@ -176,9 +177,20 @@ fn xdp_link(c: &PfsConfig, iface: &str, port: u16) -> xdp::XdpLink {
 
 #[derive(Args, Debug)]
 pub struct SendArgs {
-    /// Files to send: planned on the fly against the snapshot, or .pbb blueprints sent as is.
+    /// Files and directories to send, in one session. Each is sent under its base name:
+    /// `pfs send dir` and `pfs send dir/` both arrive as `dir/...` (a trailing slash does not
+    /// mean "the contents", unlike rsync), `pfs send a/b/f` arrives as `f`. A directory
+    /// brings its whole tree: relative paths, permission bits, mtimes, empty directories;
+    /// links inside it are sent as links (see --follow-symlinks), fifos, sockets and devices
+    /// are skipped with a note. Arguments that are links are followed. Files are planned on
+    /// the fly against the snapshot; a `.pbb` named as an argument is sent as the blueprint
+    /// it holds.
     #[arg(required = true)]
     files: Vec<PathBuf>,
+    /// Send what links inside a directory point at (a file's contents, a directory's tree)
+    /// instead of the links; links that point nowhere are skipped with a note.
+    #[arg(long)]
+    follow_symlinks: bool,
     /// Start every file over: ignore what the receiver already holds (resumable partial
     /// files, files it holds whole). Without it, a streamed file continues after the prefix
     /// the receiver holds and a file it holds whole and unchanged is skipped (config key
@@ -253,6 +265,7 @@ impl SendArgs {
     /// The flags given, as a partial configuration.
     fn into_config(self) -> (Vec<PathBuf>, Option<PathBuf>, PfsConfig) {
         let mut c = PfsConfig {
+            follow_symlinks: self.follow_symlinks.then_some(true),
             transport: self.transport,
             interface: self.iface,
             mode: self.mode,
@@ -330,6 +343,10 @@ pub struct RecvArgs {
     /// existing file is left unchanged.
     #[arg(long)]
     overwrite: bool,
+    /// Keep the setuid, setgid and sticky bits a sender asks for. Without it only the
+    /// 0o777 permission bits of received files and directories are applied.
+    #[arg(long)]
+    keep_setid: bool,
     /// Offer senders nothing and keep nothing: a broken session's temporary files are
     /// removed, and a file that exists is refused (as without resume) instead of being
     /// offered for skip-unchanged (config key `resume = false`). Without it, broken
@@ -397,6 +414,7 @@ impl RecvArgs {
             mtu: self.mtu,
             max_file_size: self.max_file_size,
             overwrite: self.overwrite.then_some(true),
+            keep_setid: self.keep_setid.then_some(true),
             resume: self.no_resume.then_some(false),
             timeout: self.timeout,
             metrics: self.metrics,
@@ -447,7 +465,7 @@ fn parse_dst(s: &str) -> anyhow::Result<SocketAddr> {
 }
 
 /// Whether any input is a `.pbb` blueprint (those are sent whole, not streamed).
-fn any_pbb(files: &[PathBuf]) -> anyhow::Result<bool> {
+fn any_pbb<'a>(files: impl IntoIterator<Item = &'a PathBuf>) -> anyhow::Result<bool> {
     for f in files {
         let mut head = [0u8; 8];
         let mut h =
@@ -463,20 +481,19 @@ fn any_pbb(files: &[PathBuf]) -> anyhow::Result<bool> {
 
 /// Plan (or load) each file into a blueprint against the snapshot.
 fn blueprints(
-    files: &[PathBuf],
+    files: &[packetfs::tree::TreeFile],
     snap: &Snapshot,
     level: packetfs::blueprint::Level,
 ) -> anyhow::Result<Vec<SendFile>> {
     let cfg = PlanConfig::preset(level);
     let mut idx: Option<IndexSet> = None;
     let mut out = Vec::with_capacity(files.len());
-    for f in files {
+    for tf in files {
+        let f = &tf.path;
         let bytes = std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
-        let name = f
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "file".into());
-        let bp = if bytes.starts_with(&pbb::MAGIC) {
+        let name = tf.name.clone();
+        // A `.pbb` named on the command line is a blueprint; one inside a tree is a file.
+        let bp = if tf.top && bytes.starts_with(&pbb::MAGIC) {
             let bp = pbb::unpack_with(&bytes, &snap.id, snap.bytes())
                 .with_context(|| format!("{}", f.display()))?;
             SendFile {
@@ -653,14 +670,44 @@ pub fn send(a: SendArgs, origin: Instant) -> anyhow::Result<ExitCode> {
     // Streaming (issue #10 item 6): a producer thread plans and packs window by window
     // while the session runs, so the first frames leave at once. `.pbb` inputs (planned
     // already) and `--pack never` (direct pieces) are sent whole, planned first.
-    let stream = pack != PackPolicy::Never && !any_pbb(&paths)?;
+    let tree = packetfs::tree::walk(
+        &paths,
+        packetfs::tree::TreeOptions {
+            follow_symlinks: c.follow_symlinks.unwrap_or(false),
+        },
+    )?;
+    for s in &tree.skipped {
+        eprintln!("skipped {}: {}", s.path.display(), s.why);
+    }
+    // Every entry's name, in manifest order (files, then directories and links).
+    let names: Vec<String> = tree
+        .files
+        .iter()
+        .map(|f| f.name.clone())
+        .chain(tree.nodes.iter().map(|n| n.name.clone()))
+        .collect();
+    let meta = tree.meta();
+    let stream = pack != PackPolicy::Never
+        && !any_pbb(tree.files.iter().filter(|f| f.top).map(|f| &f.path))?;
     let sfiles = if stream {
-        paths
+        tree.files
             .iter()
-            .map(|p| packetfs::prepare::stream::StreamFile::open(p.clone()))
-            .collect::<Result<Vec<_>, _>>()?
+            .map(|f| packetfs::prepare::stream::StreamFile {
+                name: f.name.clone(),
+                path: f.path.clone(),
+                size: f.size,
+            })
+            .collect::<Vec<_>>()
     } else {
         Vec::new()
+    };
+    // Directories and links: empty direct files whose kind the manifest entry sets.
+    let empty = packetfs::blueprint::Blueprint {
+        snapshot_id: snap.id,
+        file_len: 0,
+        file_hash: *blake3::hash(&[]).as_bytes(),
+        segments: Vec::new(),
+        spill: Vec::new(),
     };
     let level = c.level.unwrap_or(packetfs::blueprint::Level::Fast);
     let sopts = packetfs::prepare::stream::StreamOptions::for_level(level);
@@ -683,13 +730,29 @@ pub fn send(a: SendArgs, origin: Instant) -> anyhow::Result<ExitCode> {
                 false => (None, None),
             };
             sc.spawn(move || stream::produce_with_default_indexes(sf, sn, so, &tx, offers_rx));
+            let mut files = stream::outgoing(&sfiles, &sopts);
+            files.extend(
+                tree.nodes
+                    .iter()
+                    .map(|n| packetfs::proto::OutgoingFile::Direct {
+                        name: n.name.clone(),
+                        blueprint: empty.clone(),
+                    }),
+            );
             SendInput::Streamed {
-                files: stream::outgoing(&sfiles, &sopts),
+                files,
                 blocks: rx,
+                meta: meta.clone(),
                 offers,
             }
         } else {
-            let files = blueprints(&paths, &snap, level);
+            let files = blueprints(&tree.files, &snap, level).map(|mut f| {
+                f.extend(tree.nodes.iter().map(|n| SendFile {
+                    name: n.name.clone(),
+                    blueprint: empty.clone(),
+                }));
+                f
+            });
             let files = match files {
                 Ok(f) => f,
                 Err(e) => {
@@ -702,6 +765,7 @@ pub fn send(a: SendArgs, origin: Instant) -> anyhow::Result<ExitCode> {
             SendInput::Planned {
                 files,
                 snapshot: snap.bytes(),
+                meta: meta.clone(),
             }
         };
         let opened = opener.map(|h| h.join().expect("the AF_XDP setup thread panicked"));
@@ -738,9 +802,9 @@ it was expected to hold key {} (is that its key? does its authorized-senders fil
                     k.identity.public().to_base64()
                 );
             }
-            let named = failure.reason.file().and_then(|i| paths.get(i as usize));
+            let named = failure.reason.file().and_then(|i| names.get(i as usize));
             match named {
-                Some(p) => bail!("send failed: {failure} ({})", p.display()),
+                Some(p) => bail!("send failed: {failure} ({p})"),
                 None => bail!("send failed: {failure}"),
             }
         }
@@ -787,6 +851,15 @@ it was expected to hold key {} (is that its key? does its authorized-senders fil
             s.direct_files,
             human_bytes(s.stream_bytes),
             s.pack_time.as_secs_f64() * 1e3
+        );
+    }
+    let ndirs = meta.iter().filter(|m| m.kind == EntryKind::Dir).count();
+    let nlinks = meta.iter().filter(|m| m.kind == EntryKind::Symlink).count();
+    if ndirs + nlinks + tree.skipped.len() > 0 {
+        println!(
+            "  tree: {} regular file(s), {ndirs} directory(ies), {nlinks} link(s); {} special file(s) skipped",
+            tree.files.len(),
+            tree.skipped.len()
         );
     }
     if let (Some(f), Some(d)) = (s.first_frame, s.first_data) {
@@ -986,13 +1059,7 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
     let secs = s.elapsed.as_secs_f64();
     let total = s.total.as_secs_f64();
     for f in &s.files {
-        println!(
-            "{} {} ({}){}",
-            if f.verified { "received" } else { "INCOMPLETE" },
-            f.path.display(),
-            human_bytes(f.size),
-            if f.verified { ", BLAKE3 verified" } else { "" }
-        );
+        println!("{}", super::serve::entry_line(f));
     }
     println!(
         "received {} file(s), {} in {:.3} s over {tname} (from the session's first frame to the last file durable): effective {:.3} Gbit/s; session only {:.3} s ({:.3} Gbit/s); wire {} in {} frames, {} duplicates, {} malformed, {} from other sessions",

@@ -342,6 +342,14 @@ pub struct ReceivedFile {
     pub path: PathBuf,
     pub size: u64,
     pub verified: bool,
+    /// `file`, `dir` or `symlink`.
+    pub kind: &'static str,
+    /// A link's target.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub target: String,
+    /// Why the entry was not created (a link the receiver refuses).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
 }
 
 /// What a receive moved.
@@ -504,6 +512,9 @@ pub enum SendInput<'a> {
     Planned {
         files: Vec<SendFile>,
         snapshot: &'a [u8],
+        /// Per file: kind, attributes, link target (a tree); empty: regular files with
+        /// no attributes.
+        meta: Vec<crate::proto::EntryMeta>,
     },
     /// Files streamed (`crate::prepare::stream`): the sender's files (names, sizes,
     /// bounds) and the producer's channel. The session starts at once and each block goes
@@ -511,6 +522,8 @@ pub enum SendInput<'a> {
     Streamed {
         files: Vec<OutgoingFile>,
         blocks: mpsc::Receiver<Result<Item, StreamError>>,
+        /// As for `Planned`.
+        meta: Vec<crate::proto::EntryMeta>,
         /// The producer waits for the receiver's offers on the other end (resume, skip);
         /// `None`: it starts every file over (`pfs send --no-resume`).
         offers: Option<mpsc::SyncSender<Vec<crate::wire::held::HeldEntry>>>,
@@ -542,8 +555,18 @@ impl SendSession {
         proto.rate = rate.or(proto.rate);
         let session_id = proto.session_id;
         let t = Instant::now();
+        let with_meta = |mut s: Sender, meta: Vec<crate::proto::EntryMeta>| {
+            if !meta.is_empty() {
+                s.set_meta(meta)?;
+            }
+            Ok::<_, crate::proto::SendError>(s)
+        };
         let feed = match input {
-            SendInput::Planned { files, snapshot } => {
+            SendInput::Planned {
+                files,
+                snapshot,
+                meta,
+            } => {
                 let files = crate::prepare::prepare(
                     files,
                     snapshot_id,
@@ -551,14 +574,18 @@ impl SendSession {
                     proto.pack,
                     &proto.pack_opts,
                 )?;
-                Feed::whole(Sender::new(proto, snapshot_id, files)?)
+                Feed::whole(with_meta(Sender::new(proto, snapshot_id, files)?, meta)?)
             }
             SendInput::Streamed {
                 files,
                 blocks,
+                meta,
                 offers,
             } => {
-                let feed = Feed::new(Sender::new(proto, snapshot_id, files)?, blocks);
+                let feed = Feed::new(
+                    with_meta(Sender::new(proto, snapshot_id, files)?, meta)?,
+                    blocks,
+                );
                 match offers {
                     Some(tx) => feed.with_offers(tx),
                     None => feed,
@@ -678,6 +705,7 @@ pub fn file_receiver<'a>(
     })?;
     sink.durable = proto.durable;
     sink.overwrite = proto.overwrite;
+    sink.keep_setid = proto.keep_setid;
     sink.resume = proto.resume;
     Ok(Receiver::new(proto, snapshot_id, snapshot, sink))
 }
@@ -734,6 +762,13 @@ pub(crate) fn recv_summary(
                 .unwrap_or_default(),
             size: f.size,
             verified: f.done,
+            kind: match f.kind {
+                crate::wire::payload::EntryKind::File => "file",
+                crate::wire::payload::EntryKind::Dir => "dir",
+                crate::wire::payload::EntryKind::Symlink => "symlink",
+            },
+            target: f.target.clone(),
+            skipped: f.skipped.map(|s| s.to_string()),
         })
         .collect();
     let done = marks.done();

@@ -512,7 +512,11 @@ pub fn run_sender_with(
     cancel: &AtomicBool,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<SendSummary, DriverError> {
-    let input = SendInput::Planned { files, snapshot };
+    let input = SendInput::Planned {
+        files,
+        snapshot,
+        meta: Vec::new(),
+    };
     run_sender_input(cfg, input, snapshot_id, cancel, on_event)
 }
 

@@ -535,13 +535,7 @@ pub fn plan(
 
     let t = Instant::now();
     let tk0 = anchor::ticks();
-    let threads = if cfg.threads == 0 {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    } else {
-        cfg.threads
-    };
+    let threads = thread_count(cfg);
     // split into contiguous ranges of whole windows, one per thread
     let windows = file.len().div_ceil(cfg.window.max(1)).max(1);
     let per = windows.div_ceil(threads.max(1)) * cfg.window.max(1);
@@ -649,10 +643,15 @@ pub fn plan(
 
 /// The number of planner threads a config asks for.
 fn thread_count(cfg: &PlanConfig) -> usize {
+    /// The cores, asked once: `available_parallelism` reads the cgroup files on each call,
+    /// which shows when many small files are planned one after the other.
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     if cfg.threads == 0 {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
+        *CORES.get_or_init(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
     } else {
         cfg.threads
     }

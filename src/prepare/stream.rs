@@ -154,10 +154,26 @@ pub enum Item {
     Blocks { file: usize, bytes: Vec<u8> },
     /// File `file` is complete; its BLAKE3.
     Finished { file: usize, hash: [u8; 32] },
+    /// Whole small files (one window each), each with all its blocks and its BLAKE3: many
+    /// small files cross the bounded channel as one item, not two items each.
+    Small(Vec<SmallFile>),
     /// File `file` continues after the `at` bytes the receiver holds (its first blocks are
     /// a resume record); `whole`: the receiver's file is kept as it is (skip).
     Resumed { file: usize, at: u64, whole: bool },
 }
+
+/// A small file handed over whole ([`Item::Small`]).
+#[derive(Debug)]
+pub struct SmallFile {
+    pub file: usize,
+    pub bytes: Vec<u8>,
+    pub hash: [u8; 32],
+}
+
+/// Small files go over the channel in batches of at most this many bytes of blocks...
+const SMALL_BATCH_BYTES: usize = 256 << 10;
+/// ...and at most this many files.
+const SMALL_BATCH_FILES: usize = 64;
 
 /// The receiver's offers ([`crate::proto::Sender::held`]), handed to the producer once the
 /// handshake is done. A producer given this channel waits for them before the first file.
@@ -343,16 +359,77 @@ fn produce_with(
             Err(_) => return, // the session ended before its handshake
         },
     };
+    // Small files (one window) the receiver holds nothing of are batched; the session's
+    // first file goes alone, so that the first data frame does not wait for a batch. Any
+    // other file flushes the batch first: items stay in file order.
+    let mut batch: Vec<SmallFile> = Vec::new();
+    let mut batch_bytes = 0usize;
+    let flush = |batch: &mut Vec<SmallFile>, batch_bytes: &mut usize| {
+        *batch_bytes = 0;
+        batch.is_empty() || tx.send(Ok(Item::Small(std::mem::take(batch)))).is_ok()
+    };
     for (i, f) in files.iter().enumerate() {
-        match produce_file(i, f, o, tx, held.get(&(i as u32)), pack) {
+        let offer = held.get(&(i as u32));
+        let r = if f.size <= o.first_window.max(1) && offer.is_none() {
+            produce_small(i, f, pack).map(|s| {
+                batch_bytes += s.bytes.len();
+                batch.push(s);
+                if i == 0 || batch_bytes >= SMALL_BATCH_BYTES || batch.len() >= SMALL_BATCH_FILES {
+                    flush(&mut batch, &mut batch_bytes)
+                } else {
+                    true
+                }
+            })
+        } else if !flush(&mut batch, &mut batch_bytes) {
+            Ok(false)
+        } else {
+            produce_file(i, f, o, tx, offer, pack)
+        };
+        match r {
             Ok(true) => {}
             Ok(false) => return, // hung up
             Err(e) => {
+                let _ = flush(&mut batch, &mut batch_bytes);
                 let _ = tx.send(Err(e));
                 return;
             }
         }
     }
+    let _ = flush(&mut batch, &mut batch_bytes);
+}
+
+/// A file of one window, read, planned and packed whole.
+fn produce_small(
+    i: usize,
+    f: &StreamFile,
+    pack: &mut PackFn<'_>,
+) -> Result<SmallFile, StreamError> {
+    let read_err = |source| StreamError::Read {
+        path: f.path.clone(),
+        source,
+    };
+    let mut buf = Vec::with_capacity(f.size as usize + 1);
+    std::fs::File::open(&f.path)
+        .map_err(read_err)?
+        .take(f.size + 1)
+        .read_to_end(&mut buf)
+        .map_err(read_err)?;
+    if buf.len() as u64 != f.size {
+        return Err(StreamError::Changed {
+            path: f.path.clone(),
+            declared: f.size,
+        });
+    }
+    let bytes = if buf.is_empty() {
+        Vec::new()
+    } else {
+        pack(&buf, 0, f)?
+    };
+    Ok(SmallFile {
+        file: i,
+        bytes,
+        hash: *blake3::hash(&buf).as_bytes(),
+    })
 }
 
 /// BLAKE3 state over the next `len` bytes of `file`, hashed on every core.
@@ -526,6 +603,12 @@ impl Feed {
             let r = match rx.try_recv() {
                 Ok(Ok(Item::Blocks { file, bytes })) => self.sender.push_block(file, &bytes),
                 Ok(Ok(Item::Finished { file, hash })) => self.sender.finish_file(file, hash),
+                Ok(Ok(Item::Small(files))) => files.into_iter().try_for_each(|s| {
+                    if !s.bytes.is_empty() {
+                        self.sender.push_block(s.file, &s.bytes)?;
+                    }
+                    self.sender.finish_file(s.file, s.hash)
+                }),
                 Ok(Ok(Item::Resumed { file, at, whole })) => {
                     self.sender.note_resumed(file, at, whole);
                     Ok(())

@@ -4,7 +4,7 @@
 use super::sink::{sanitize_name, SinkFile};
 use super::{Reason, ReceiverConfig};
 use crate::blueprint::block;
-use crate::wire::payload::{FileEntry, FileMode, Hello};
+use crate::wire::payload::{Attrs, EntryKind, FileEntry, FileMode, Hello};
 use std::collections::HashMap;
 
 /// The most stream bytes a streamed file's reassembly window holds: twice the largest block
@@ -43,8 +43,15 @@ pub struct RecvFile {
     /// Bytes the file takes in the stream (its size, its packed length, or the bound a
     /// streamed file reserves).
     pub slen: u64,
-    /// Verified and committed.
+    /// Verified and committed (a directory or a link: at once, created by the sink's
+    /// `finish`).
     pub done: bool,
+    pub kind: EntryKind,
+    pub attrs: Option<Attrs>,
+    /// A link's target.
+    pub target: String,
+    /// Not created, and why (a link the receiver refuses).
+    pub skipped: Option<super::sink::Skip>,
 }
 
 /// The manifest, while it is collected and once accepted.
@@ -134,6 +141,23 @@ impl Manifest {
             }
             seen.insert(&e.name, i as u32);
         }
+        // No entry may lie beneath a file or a link of the session: its parent would have to
+        // be a directory (and a path through a link the session creates is never taken).
+        for (i, e) in entries.iter().enumerate() {
+            let mut at = 0;
+            while let Some(k) = e.name[at..].find('/') {
+                at += k;
+                if let Some(&other) = seen.get(&e.name[..at]) {
+                    if entries[other as usize].kind != EntryKind::Dir {
+                        return Err(Reason::PathConflict {
+                            file: i as u32,
+                            other,
+                        });
+                    }
+                }
+                at += 1;
+            }
+        }
         // A streamed file's bound covers its blocks, which are never much larger than the
         // file: anything beyond [`max_stream_bound`] is not a sender of this protocol.
         if entries
@@ -161,6 +185,9 @@ impl Manifest {
             .map(|e| SinkFile {
                 name: e.name.clone(),
                 size: e.size,
+                kind: e.kind,
+                attrs: e.attrs,
+                target: e.target.clone(),
             })
             .collect();
         let mut start = 0u64;
@@ -175,6 +202,10 @@ impl Manifest {
                     mode: e.mode,
                     slen: e.stream_len,
                     done: false,
+                    kind: e.kind,
+                    attrs: e.attrs,
+                    target: e.target,
+                    skipped: None,
                 };
                 start = start.saturating_add(e.stream_len);
                 f

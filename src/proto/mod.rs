@@ -55,7 +55,7 @@ pub mod sink;
 pub mod table;
 
 pub use receiver::Receiver;
-pub use sender::{OutgoingFile, SendError, SendFile, Sender};
+pub use sender::{EntryMeta, OutgoingFile, SendError, SendFile, Sender};
 pub use sink::{FileSink, MemSink, SinkError, SinkFile};
 
 use crate::util::hex;
@@ -199,6 +199,9 @@ pub struct ReceiverConfig {
     /// (`pfs recv --overwrite`); off, such a session is refused with
     /// [`Reason::FileExists`] and the existing file stays.
     pub overwrite: bool,
+    /// For the file sink the driver creates: keep the setuid, setgid and sticky bits of
+    /// received entries (`pfs recv --keep-setid`); off, only the 0o777 bits are applied.
+    pub keep_setid: bool,
     /// Offer the sender what the output already holds (`pfs recv --no-resume` turns it
     /// off): resumable temporary files and final files of the same name and size. For the
     /// file sink the driver creates: keep the temporary files of a broken session with a
@@ -221,6 +224,7 @@ impl Default for ReceiverConfig {
             reorder_window: Duration::ZERO,
             durable: true,
             overwrite: false,
+            keep_setid: false,
             resume: true,
             timing: Timing::default(),
         }
@@ -262,6 +266,10 @@ pub enum Reason {
     PackedTooLarge { file: u32, len: u64, limit: u64 },
     #[error("file #{file} already exists on the receiver (it runs without --overwrite); the existing file was left unchanged")]
     FileExists { file: u32 },
+    #[error(
+        "entry #{file} lies beneath entry #{other}, which is a file or a link, not a directory"
+    )]
+    PathConflict { file: u32, other: u32 },
     #[error("unknown reason code {0}")]
     Unknown(u16),
     /// Local only (never on the wire): no handshake answer in time.
@@ -281,7 +289,8 @@ impl Reason {
             | Reason::DuplicateName { file, .. }
             | Reason::HashMismatch { file }
             | Reason::PackedTooLarge { file, .. }
-            | Reason::FileExists { file } => Some(file),
+            | Reason::FileExists { file }
+            | Reason::PathConflict { file, .. } => Some(file),
             _ => None,
         }
     }
@@ -348,6 +357,10 @@ impl Reason {
                 file = f;
                 C::FileExists.code()
             }
+            Reason::PathConflict { file: f, other } => {
+                (file, a) = (f, other as u64);
+                C::PathConflict.code()
+            }
             Reason::Unknown(c) => c,
             Reason::HandshakeTimeout { ms } => {
                 a = ms;
@@ -400,6 +413,10 @@ impl Reason {
             },
             C::HashMismatch => Reason::HashMismatch { file: a.file },
             C::FileExists => Reason::FileExists { file: a.file },
+            C::PathConflict => Reason::PathConflict {
+                file: a.file,
+                other: a.a as u32,
+            },
             C::Timeout => Reason::Timeout { ms: a.a },
             C::Cancelled => Reason::Cancelled,
             C::Protocol => Reason::Protocol,
@@ -431,6 +448,9 @@ pub enum Event {
     Progress { done: u64, total: u64 },
     /// Receiver: file `file` arrived, matched its BLAKE3 and is under its final name.
     FileVerified { file: u32 },
+    /// Receiver: entry `file` was not created (a link the receiver refuses), the session
+    /// goes on.
+    Skipped { file: u32, why: sink::Skip },
     /// Every file arrived and verified.
     Finished,
     /// The session ended without finishing.

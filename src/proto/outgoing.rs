@@ -10,7 +10,7 @@
 
 use super::rangeset::RangeSet;
 use crate::blueprint::{Blueprint, Source};
-use crate::wire::payload::{FileEntry, FileMode, GramWriter, StreamEnd};
+use crate::wire::payload::{Attrs, EntryKind, FileEntry, FileMode, GramWriter, StreamEnd};
 use std::collections::VecDeque;
 use std::time::Instant;
 
@@ -50,6 +50,10 @@ pub enum SendError {
     EmptyPacked { file: usize },
     #[error("file #{file}: a stream bound of {bound} bytes is too small or overflows")]
     StreamBound { file: usize, bound: u64 },
+    #[error("{0} entry attributes given for {1} files")]
+    MetaCount(usize, usize),
+    #[error("entry #{file}: a directory or link must be an empty direct file with no data, and a link's target 1..={} UTF-8 bytes without NUL", crate::wire::payload::MAX_TARGET_LEN)]
+    BadEntry { file: usize },
     #[error("file #{file} is not a streamed file still open")]
     NotStreamed { file: usize },
     #[error("file #{file}: its blocks exceed the declared stream bound of {bound} bytes")]
@@ -82,6 +86,16 @@ impl OutgoingFile {
             | OutgoingFile::Streamed { name, .. } => name,
         }
     }
+}
+
+/// What a manifest entry says beyond its file's bytes: what it is, its permission bits and
+/// mtime, a link's target ([`Outgoing::set_meta`]). A directory or a link is sent as an
+/// empty direct file with its kind set here; it takes no stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EntryMeta {
+    pub kind: EntryKind,
+    pub attrs: Option<Attrs>,
+    pub target: String,
 }
 
 enum Body {
@@ -136,6 +150,9 @@ pub(crate) struct Outgoing {
     recent_repairs: VecDeque<(Instant, u64, u64)>,
     /// The first streamed file not finished (`files.len()` when none).
     open_stream: usize,
+    /// Per file: kind, attributes, link target (all regular files without attributes
+    /// unless [`Outgoing::set_meta`] was called).
+    meta: Vec<EntryMeta>,
 }
 
 impl Outgoing {
@@ -235,7 +252,9 @@ impl Outgoing {
             repair: RangeSet::new(),
             recent_repairs: VecDeque::new(),
             open_stream: 0,
+            meta: Vec::new(),
         };
+        o.meta = vec![EntryMeta::default(); o.files.len()];
         o.advance_open_stream();
         Ok(o)
     }
@@ -254,9 +273,37 @@ impl Outgoing {
         self.files.len()
     }
 
+    /// Set each entry's kind, attributes and link target (one per file, in order). A
+    /// directory or a link must be an empty direct file; the entries must pass the wire
+    /// rules ([`FileEntry::is_valid`]).
+    pub fn set_meta(&mut self, meta: Vec<EntryMeta>) -> Result<(), SendError> {
+        if meta.len() != self.files.len() {
+            return Err(SendError::MetaCount(meta.len(), self.files.len()));
+        }
+        let old = std::mem::replace(&mut self.meta, meta);
+        for i in 0..self.files.len() {
+            let f = &self.files[i];
+            let node = self.meta[i].kind != EntryKind::File;
+            if (node && (f.size != 0 || f.mode != FileMode::Direct)) || !self.entry(i).is_valid() {
+                self.meta = old;
+                return Err(SendError::BadEntry { file: i });
+            }
+        }
+        Ok(())
+    }
+
     /// The manifest entry of file `i`.
     pub fn entry(&self, i: usize) -> FileEntry {
         let f = &self.files[i];
+        let m = &self.meta[i];
+        if m.kind != EntryKind::File {
+            return FileEntry {
+                kind: m.kind,
+                attrs: m.attrs,
+                target: m.target.clone(),
+                ..FileEntry::direct(f.name.clone(), 0, [0; 32])
+            };
+        }
         FileEntry {
             name: f.name.clone(),
             size: f.size,
@@ -267,11 +314,15 @@ impl Outgoing {
             },
             mode: f.mode,
             stream_len: f.slen,
+            kind: EntryKind::File,
+            attrs: m.attrs,
+            target: String::new(),
         }
     }
 
-    pub fn name_len(&self, i: usize) -> usize {
-        self.files[i].name.len()
+    /// Bytes entry `i` takes in a Hello.
+    pub fn entry_len(&self, i: usize) -> usize {
+        crate::wire::payload::ENTRY_FIXED + self.files[i].name.len() + self.meta[i].target.len()
     }
 
     /// How each file travels, with its stream length (a streamed file's bound until it is
@@ -338,7 +389,14 @@ impl Outgoing {
 
     /// Every file's hash, once all are known.
     pub fn hashes(&self) -> Option<Vec<[u8; 32]>> {
-        self.files.iter().map(|f| f.hash).collect()
+        self.files
+            .iter()
+            .zip(&self.meta)
+            .map(|(f, m)| match m.kind {
+                EntryKind::File => f.hash,
+                _ => Some([0; 32]),
+            })
+            .collect()
     }
 
     /// The stream position the first pass may reach now.

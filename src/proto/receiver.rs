@@ -15,7 +15,9 @@ pub use super::manifest::{max_stream_bound, RecvFile};
 use super::resume::Offers;
 use super::sink::{FileSink, SinkError};
 use super::{write_frame, Endpoint, Event, Failure, Reason, ReceiverConfig, Stats};
-use crate::wire::payload::{Accept, Done, FileMode, Frame, Gram, Hello, Nack, Payload, Piece};
+use crate::wire::payload::{
+    Accept, Done, EntryKind, FileMode, Frame, Gram, Hello, Nack, Payload, Piece,
+};
 use crate::wire::pfs;
 use std::time::{Duration, Instant};
 
@@ -213,7 +215,14 @@ impl<'s, S: FileSink> Receiver<'s, S> {
             bytes: self.manifest.file_total,
         });
         for i in 0..self.manifest.files.len() {
-            let f = &self.manifest.files[i];
+            let f = &mut self.manifest.files[i];
+            if f.kind != EntryKind::File {
+                // No data: the sink creates it (a link) or applies its attributes (a
+                // directory) once every file is in place.
+                f.done = true;
+                self.manifest.files_done += 1;
+                continue;
+            }
             if f.size == 0 && f.mode != FileMode::Streamed {
                 self.complete(now, i);
                 if !self.in_data() {
@@ -374,6 +383,18 @@ impl<'s, S: FileSink> Receiver<'s, S> {
     /// Every file verified: send Done until the sender's Close.
     fn maybe_finish(&mut self, now: Instant) {
         if self.in_data() && self.manifest.all_done() {
+            // Links last (no path of the session goes through one), then the attributes.
+            match self.sink.finish() {
+                Ok(skipped) => {
+                    for (file, why) in skipped {
+                        if let Some(f) = self.manifest.files.get_mut(file as usize) {
+                            f.skipped = Some(why);
+                        }
+                        self.life.events.push_back(Event::Skipped { file, why });
+                    }
+                }
+                Err(e) => return self.fail(now, sink_reason(e)),
+            }
             let done = Payload::Done(Done {
                 files: self.manifest.nfiles,
                 bytes: self.manifest.file_total,

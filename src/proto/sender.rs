@@ -9,7 +9,7 @@
 
 use super::lifecycle::{earliest, endpoint_from_lifecycle, Backoff, Ctrl, Lifecycle, Phase};
 use super::outgoing::Outgoing;
-pub use super::outgoing::{OutgoingFile, SendError};
+pub use super::outgoing::{EntryMeta, OutgoingFile, SendError};
 use super::pacing::Pacing;
 use super::resume::Expected;
 use super::{us32, write_frame, Endpoint, Event, Failure, Reason, SenderConfig, Stats};
@@ -45,6 +45,30 @@ struct Handshake {
     backoff: u32,
 }
 
+/// The manifest's Hello chunks `(first entry, count)`: as many entries per Hello as fit.
+fn hello_chunks(out: &Outgoing, max_datagram: usize) -> Vec<(u32, u32)> {
+    let budget = max_datagram - pfs::HEADER_LEN - HELLO_FIXED;
+    let mut chunks = Vec::new();
+    let mut first = 0usize;
+    while first < out.len() {
+        let (mut used, mut count) = (0usize, 0usize);
+        while first + count < out.len() && count < u16::MAX as usize {
+            let l = out.entry_len(first + count);
+            if used + l > budget {
+                break;
+            }
+            used += l;
+            count += 1;
+        }
+        chunks.push((first as u32, count as u32));
+        first += count;
+    }
+    if chunks.is_empty() {
+        chunks.push((0, 0));
+    }
+    chunks
+}
+
 /// The sender state machine.
 pub struct Sender {
     cfg: SenderConfig,
@@ -74,26 +98,7 @@ impl Sender {
             return Err(SendError::DatagramSize(cfg.max_datagram));
         }
         let out = Outgoing::new(files)?;
-        // Manifest chunks: as many entries per Hello as fit.
-        let budget = cfg.max_datagram - pfs::HEADER_LEN - HELLO_FIXED;
-        let mut chunks = Vec::new();
-        let mut first = 0usize;
-        while first < out.len() {
-            let (mut used, mut count) = (0usize, 0usize);
-            while first + count < out.len() && count < u16::MAX as usize {
-                let l = payload::ENTRY_FIXED + out.name_len(first + count);
-                if used + l > budget {
-                    break;
-                }
-                used += l;
-                count += 1;
-            }
-            chunks.push((first as u32, count as u32));
-            first += count;
-        }
-        if chunks.is_empty() {
-            chunks.push((0, 0));
-        }
+        let chunks = hello_chunks(&out, cfg.max_datagram);
         let queue = (0..chunks.len()).collect();
         Ok(Sender {
             pacing: Pacing::new(&cfg),
@@ -115,6 +120,15 @@ impl Sender {
             held: Expected::default(),
             cfg,
         })
+    }
+
+    /// Set each entry's kind, attributes and link target ([`Outgoing::set_meta`]): a tree
+    /// of files, directories and links. Call before the first transmit.
+    pub fn set_meta(&mut self, meta: Vec<EntryMeta>) -> Result<(), SendError> {
+        self.out.set_meta(meta)?;
+        self.hello.chunks = hello_chunks(&self.out, self.cfg.max_datagram);
+        self.hello.queue = (0..self.hello.chunks.len()).collect();
+        Ok(())
     }
 
     /// Append bytes (whole blocks, `blueprint::block` encoded) to streamed file `file`;
@@ -645,7 +659,7 @@ mod tests {
 
     #[test]
     fn any_range_packs_into_grams_that_rebuild_it() {
-        for dg in [MIN_DATAGRAM, 700, 1472] {
+        for dg in [MIN_DATAGRAM, 1200, 1472] {
             let (s, contents, snap) = sender(dg);
             let total = s.total_bytes();
             assert_eq!(total, 1056 + 55);
@@ -699,12 +713,12 @@ mod tests {
             })
             .collect();
         let cfg = SenderConfig {
-            max_datagram: 1000,
+            max_datagram: 1200,
             ..SenderConfig::default()
         };
         let mut s = prepared(cfg, files, &snap);
         let now = Instant::now();
-        let mut buf = vec![0u8; 1000];
+        let mut buf = vec![0u8; 1200];
         let mut seen = 0;
         while let Some(n) = s.poll_transmit(now, &mut buf) {
             let f = Frame::parse(&buf[..n]).unwrap();

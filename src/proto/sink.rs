@@ -3,12 +3,72 @@
 //! [`crate::fsink::MmapSink`], outside the protocol: nothing here does I/O.
 
 use crate::blueprint::{apply, Transform};
+use crate::wire::payload::{Attrs, EntryKind};
 
-/// One output file, as accepted: its sanitised relative name and size.
+/// One output entry, as accepted: its sanitised relative name and size, what it is (a regular
+/// file, a directory, a symbolic link), the attributes to apply and a link's target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SinkFile {
     pub name: String,
     pub size: u64,
+    pub kind: EntryKind,
+    pub attrs: Option<Attrs>,
+    /// A link's target (empty otherwise).
+    pub target: String,
+}
+
+impl SinkFile {
+    /// A regular file with no attributes.
+    pub fn file(name: impl Into<String>, size: u64) -> Self {
+        SinkFile {
+            name: name.into(),
+            size,
+            kind: EntryKind::File,
+            attrs: None,
+            target: String::new(),
+        }
+    }
+}
+
+/// Why [`FileSink::finish`] did not create an entry (the session still succeeds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Skip {
+    #[error("a symbolic link with an absolute target")]
+    AbsoluteLink,
+    #[error(
+        "a symbolic link whose target climbs out of the received tree (or has `..` after a name)"
+    )]
+    LinkClimbsOut,
+}
+
+/// Whether a link named `name` (a sanitised manifest name) may point at `target`: the
+/// target is relative, its `..` components all come first and never climb out of the
+/// received tree the link belongs to (the top-level entry of its name: `t/a/l` may climb at
+/// most to `t`), and the rest are plain names (`.` and empty components are ignored).
+/// Stricter than rsync's `--safe-links`, which also admits `a/../b`: a `..` after a name
+/// could step out through a link that resolves upwards (`c -> .`, then `c/c/../..`). Each
+/// link this rule admits resolves inside its tree as long as the links it passes through
+/// were admitted by it too.
+pub fn link_check(name: &str, target: &str) -> Result<(), Skip> {
+    if target.starts_with('/') {
+        return Err(Skip::AbsoluteLink);
+    }
+    let depth = name.matches('/').count();
+    let mut up = 0usize;
+    let mut named = false;
+    for c in target.split('/') {
+        match c {
+            "" | "." => {}
+            ".." if named => return Err(Skip::LinkClimbsOut),
+            ".." => up += 1,
+            _ => named = true,
+        }
+    }
+    // `depth` directories above the link; the top one is the received tree's root
+    if up > depth.saturating_sub(1) {
+        return Err(Skip::LinkClimbsOut);
+    }
+    Ok(())
 }
 
 /// A snapshot piece to apply: `len` bytes of the snapshot at `snap_off` through `op`.
@@ -113,6 +173,13 @@ pub trait FileSink {
     fn prefix_final(&mut self, _file: u32, _upto: u64) {}
     /// Make the file durable under its final name.
     fn commit(&mut self, file: u32) -> Result<(), SinkError>;
+    /// Every regular file is committed: create the session's links, then apply what is
+    /// still due (links' mtimes, directories' permission bits and mtimes, deepest first).
+    /// Returns the entries not created, each with why. Called once, before the receiver
+    /// reports the session done; sinks without a tree have nothing to do.
+    fn finish(&mut self) -> Result<Vec<(u32, Skip)>, SinkError> {
+        Ok(Vec::new())
+    }
     /// Remove every output not yet committed (a sink that keeps resumable temporary files
     /// keeps those with their journal instead).
     fn discard(&mut self);
@@ -306,6 +373,30 @@ impl FileSink for MemSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn links_stay_inside_their_tree_or_are_refused() {
+        for (name, target) in [
+            ("t/l", "f"),
+            ("t/l", "./f"),
+            ("t/a/l", "../f"),
+            ("t/a/b/l", "../../f"),
+            ("t/a/l", "b/c/"),
+            ("l", "x"),
+        ] {
+            assert_eq!(link_check(name, target), Ok(()), "{name} -> {target}");
+        }
+        for (name, target, why) in [
+            ("t/l", "/etc/passwd", Skip::AbsoluteLink),
+            ("t/l", "../x", Skip::LinkClimbsOut),
+            ("t/a/l", "../../x", Skip::LinkClimbsOut),
+            ("l", "..", Skip::LinkClimbsOut),
+            ("t/a/l", "c/../../..", Skip::LinkClimbsOut),
+            ("t/a/l", "c/..", Skip::LinkClimbsOut),
+        ] {
+            assert_eq!(link_check(name, target), Err(why), "{name} -> {target}");
+        }
+    }
 
     #[test]
     fn names() {

@@ -16,14 +16,22 @@ use crate::blueprint::Transform;
 
 /// Longest file name (UTF-8 bytes) a manifest entry may carry.
 pub const MAX_NAME_LEN: usize = 512;
+/// Longest symbolic link target (UTF-8 bytes) a manifest entry may carry: a link's name and
+/// target together take at most [`MAX_NAME_LEN`] bytes, so that one entry of any kind fits
+/// the smallest datagram.
+pub const MAX_TARGET_LEN: usize = MAX_NAME_LEN - 1;
 /// The smallest datagram (PacketFS header + payload) the protocol works with: a Hello with one
-/// entry of the longest name must fit.
+/// entry of the longest name (or name and link target) must fit.
 pub const MIN_DATAGRAM: usize = super::pfs::HEADER_LEN + HELLO_FIXED + ENTRY_FIXED + MAX_NAME_LEN;
 
 /// Hello fixed part: snapshot id, nfiles, first, count, reserved.
 pub const HELLO_FIXED: usize = 32 + 4 + 4 + 2 + 2;
-/// Manifest entry fixed part: size, stream length, BLAKE3, mode, name length.
-pub const ENTRY_FIXED: usize = 8 + 8 + 32 + 1 + 2;
+/// Manifest entry fixed part: size, stream length, BLAKE3, mode, kind, flags, permission
+/// bits, mtime seconds and nanoseconds, name length, target length.
+pub const ENTRY_FIXED: usize = 8 + 8 + 32 + 1 + 1 + 1 + 2 + 8 + 4 + 2 + 2;
+/// Entry flag: the permission bits and the mtime are set (else both are zero on the wire and
+/// the receiver keeps its defaults).
+pub const ENTRY_ATTRS: u8 = 1;
 /// Gram header: nruns, flags, srtt.
 pub const GRAM_HEADER: usize = 8;
 /// Run header: file, file offset, npieces, reserved.
@@ -178,22 +186,83 @@ impl StreamEnd {
     }
 }
 
-/// One file of the manifest.
+/// What a manifest entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub enum EntryKind {
+    /// A regular file: its bytes travel in the stream.
+    #[default]
+    File = 0,
+    /// A directory: no data (size, stream length and hash are zero).
+    Dir = 1,
+    /// A symbolic link: no data; its target travels in the entry.
+    Symlink = 2,
+}
+
+impl EntryKind {
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+impl TryFrom<u8> for EntryKind {
+    type Error = Error;
+    fn try_from(c: u8) -> Result<Self> {
+        Ok(match c {
+            0 => EntryKind::File,
+            1 => EntryKind::Dir,
+            2 => EntryKind::Symlink,
+            _ => return Err(Error::Malformed),
+        })
+    }
+}
+
+/// Permission bits and modification time of an entry, as the sender read them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Attrs {
+    /// `st_mode & 0o7777` (the receiver drops setuid, setgid and sticky unless told to keep
+    /// them; a symlink's are not applied).
+    pub perm: u16,
+    /// Seconds since the epoch (negative: before it).
+    pub mtime_s: i64,
+    /// Nanoseconds, below 1,000,000,000.
+    pub mtime_ns: u32,
+}
+
+impl Attrs {
+    /// Checked: `perm` within 0o7777 and `mtime_ns` below one second.
+    pub fn new(perm: u32, mtime_s: i64, mtime_ns: u32) -> Option<Attrs> {
+        (perm <= 0o7777 && mtime_ns < 1_000_000_000).then_some(Attrs {
+            perm: perm as u16,
+            mtime_s,
+            mtime_ns,
+        })
+    }
+}
+
+/// One entry of the manifest: a regular file, a directory or a symbolic link.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileEntry {
     /// Relative path, `/`-separated, UTF-8; the receiver sanitises it.
     pub name: String,
     pub size: u64,
-    /// BLAKE3 of the whole file.
+    /// BLAKE3 of the whole file (zero for a directory or a link).
     pub hash: [u8; 32],
     pub mode: FileMode,
     /// Bytes the file takes in the session's stream: `size` when direct, the packed length
-    /// when packed (then at least 1, and the file is not empty).
+    /// when packed (then at least 1, and the file is not empty); zero for a directory or a
+    /// link.
     pub stream_len: u64,
+    pub kind: EntryKind,
+    /// Permission bits and mtime to apply, when the sender sent them.
+    pub attrs: Option<Attrs>,
+    /// A link's target (UTF-8, 1..=[`MAX_TARGET_LEN`] bytes, no NUL, name and target
+    /// together at most [`MAX_NAME_LEN`] bytes); empty otherwise.
+    pub target: String,
 }
 
 impl FileEntry {
-    /// A direct-mode entry.
+    /// A direct-mode regular file with no attributes.
     pub fn direct(name: String, size: u64, hash: [u8; 32]) -> Self {
         FileEntry {
             name,
@@ -201,11 +270,58 @@ impl FileEntry {
             hash,
             mode: FileMode::Direct,
             stream_len: size,
+            kind: EntryKind::File,
+            attrs: None,
+            target: String::new(),
+        }
+    }
+
+    /// A directory entry.
+    pub fn dir(name: String, attrs: Option<Attrs>) -> Self {
+        FileEntry {
+            kind: EntryKind::Dir,
+            attrs,
+            ..FileEntry::direct(name, 0, [0; 32])
+        }
+    }
+
+    /// A symbolic link entry (`target` as [`FileEntry::target`] says; checked at emit and
+    /// parse).
+    pub fn symlink(name: String, target: String, attrs: Option<Attrs>) -> Self {
+        FileEntry {
+            kind: EntryKind::Symlink,
+            attrs,
+            target,
+            ..FileEntry::direct(name, 0, [0; 32])
         }
     }
 
     pub fn wire_len(&self) -> usize {
-        ENTRY_FIXED + self.name.len()
+        ENTRY_FIXED + self.name.len() + self.target.len()
+    }
+
+    /// Whether the entry satisfies the wire rules (what [`Hello::parse`] accepts).
+    pub fn is_valid(&self) -> bool {
+        let name_ok = !self.name.is_empty() && self.name.len() <= MAX_NAME_LEN;
+        let attrs_ok = self
+            .attrs
+            .is_none_or(|a| a.perm <= 0o7777 && a.mtime_ns < 1_000_000_000);
+        let body_ok = match self.kind {
+            EntryKind::File => self.target.is_empty(),
+            EntryKind::Dir | EntryKind::Symlink => {
+                self.size == 0
+                    && self.stream_len == 0
+                    && self.hash == [0; 32]
+                    && self.mode == FileMode::Direct
+                    && (self.kind == EntryKind::Symlink || self.target.is_empty())
+            }
+        };
+        let target_ok = self.kind != EntryKind::Symlink
+            || (!self.target.is_empty()
+                && self.target.len() <= MAX_TARGET_LEN
+                && self.name.len() + self.target.len() <= MAX_NAME_LEN
+                && !self.target.contains('\0'));
+        name_ok && attrs_ok && body_ok && target_ok
     }
 }
 
@@ -240,18 +356,39 @@ impl Hello {
                 2 if stream_len >= StreamEnd::LEN as u64 && hash == [0; 32] => FileMode::Streamed,
                 _ => return Err(Error::Malformed),
             };
+            let kind = EntryKind::try_from(r.u8()?)?;
+            let flags = r.u8()?;
+            let perm = r.u16()?;
+            let mtime_s = r.u64()? as i64;
+            let mtime_ns = r.u32()?;
+            let attrs = match flags {
+                ENTRY_ATTRS => {
+                    Some(Attrs::new(perm as u32, mtime_s, mtime_ns).ok_or(Error::Malformed)?)
+                }
+                0 if perm == 0 && mtime_s == 0 && mtime_ns == 0 => None,
+                _ => return Err(Error::Malformed),
+            };
             let n = r.u16()? as usize;
-            if n == 0 || n > MAX_NAME_LEN {
+            let t = r.u16()? as usize;
+            if n == 0 || n > MAX_NAME_LEN || t > MAX_TARGET_LEN {
                 return Err(Error::Malformed);
             }
             let name = std::str::from_utf8(r.take(n)?).map_err(|_| Error::Malformed)?;
-            entries.push(FileEntry {
+            let target = std::str::from_utf8(r.take(t)?).map_err(|_| Error::Malformed)?;
+            let e = FileEntry {
                 name: name.to_owned(),
                 size,
                 hash,
                 mode,
                 stream_len,
-            });
+                kind,
+                attrs,
+                target: target.to_owned(),
+            };
+            if !e.is_valid() {
+                return Err(Error::Malformed);
+            }
+            entries.push(e);
         }
         r.end()?;
         Ok(Hello {
@@ -272,13 +409,20 @@ impl Hello {
         w.u16(u16::try_from(self.entries.len()).expect("hello entry count"));
         w.u16(0);
         for e in &self.entries {
-            assert!(!e.name.is_empty() && e.name.len() <= MAX_NAME_LEN);
+            assert!(e.is_valid(), "manifest entry breaks the wire rules: {e:?}");
             w.u64(e.size);
             w.u64(e.stream_len);
             w.bytes(&e.hash);
-            w.bytes(&[e.mode.code()]);
+            let a = e.attrs.unwrap_or_default();
+            let flags = if e.attrs.is_some() { ENTRY_ATTRS } else { 0 };
+            w.bytes(&[e.mode.code(), e.kind.code(), flags]);
+            w.u16(a.perm);
+            w.u64(a.mtime_s as u64);
+            w.u32(a.mtime_ns);
             w.u16(e.name.len() as u16);
+            w.u16(e.target.len() as u16);
             w.bytes(e.name.as_bytes());
+            w.bytes(e.target.as_bytes());
         }
         w.pos
     }
@@ -1276,6 +1420,13 @@ mod tests {
                 hash: [0xcd; 32],
                 mode: FileMode::Packed,
                 stream_len: 0x33,
+                kind: EntryKind::File,
+                attrs: Some(Attrs {
+                    perm: 0o755,
+                    mtime_s: 0x0607,
+                    mtime_ns: 9,
+                }),
+                target: String::new(),
             }],
         };
         let mut want = vec![0xab; 32];
@@ -1283,8 +1434,11 @@ mod tests {
         want.extend_from_slice(&[2, 1, 0, 0, 0, 0, 0, 0]);
         want.extend_from_slice(&[0x33, 0, 0, 0, 0, 0, 0, 0]);
         want.extend_from_slice(&[0xcd; 32]);
-        want.extend_from_slice(&[1]);
-        want.extend_from_slice(&[3, 0, b'a', b'/', b'b']);
+        want.extend_from_slice(&[1, 0, 1]); // mode packed, kind file, flags: attrs
+        want.extend_from_slice(&[0xed, 0x01]); // 0o755
+        want.extend_from_slice(&[7, 6, 0, 0, 0, 0, 0, 0]);
+        want.extend_from_slice(&[9, 0, 0, 0]);
+        want.extend_from_slice(&[3, 0, 0, 0, b'a', b'/', b'b']);
         let mut buf = vec![0u8; h.buffer_len()];
         h.emit(&mut buf);
         assert_eq!(buf, want);
@@ -1321,6 +1475,92 @@ mod tests {
         let mut z = want.clone();
         z[32 + 12 + 8..32 + 12 + 16].fill(0);
         assert!(Hello::parse(&z).is_err());
+        // kind, flags, permission bits, nanoseconds
+        let (kind_at, flags_at, perm_at, ns_at) =
+            (mode_at + 1, mode_at + 2, mode_at + 3, mode_at + 13);
+        let mut k = want.clone();
+        k[kind_at] = 3;
+        assert!(Hello::parse(&k).is_err(), "unknown kind");
+        k[kind_at] = 1;
+        assert!(Hello::parse(&k).is_err(), "a directory with data");
+        let mut f = want.clone();
+        f[flags_at] = 2;
+        assert!(Hello::parse(&f).is_err(), "unknown flag");
+        f[flags_at] = 0;
+        assert!(Hello::parse(&f).is_err(), "attributes without the flag");
+        let mut p = want.clone();
+        p[perm_at + 1] = 0x10; // 0o10000 and above
+        assert!(Hello::parse(&p).is_err(), "permission bits beyond 0o7777");
+        let mut n = want.clone();
+        n[ns_at..ns_at + 4].copy_from_slice(&1_000_000_000u32.to_le_bytes());
+        assert!(Hello::parse(&n).is_err(), "nanoseconds of a second or more");
+    }
+
+    #[test]
+    fn hello_symlink_and_dir_literal() {
+        let h = Hello {
+            snapshot_id: [1; 32],
+            nfiles: 2,
+            first: 0,
+            entries: vec![
+                FileEntry::dir("d".into(), None),
+                FileEntry::symlink("d/l".into(), "../x".into(), None),
+            ],
+        };
+        let mut want = vec![1; 32];
+        want.extend_from_slice(&[2, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0]);
+        let fixed = |kind: u8, n: u16, t: u16| {
+            let mut e = vec![0u8; 48];
+            e.extend_from_slice(&[0, kind, 0, 0, 0]);
+            e.extend_from_slice(&[0; 12]);
+            e.extend_from_slice(&n.to_le_bytes());
+            e.extend_from_slice(&t.to_le_bytes());
+            e
+        };
+        want.extend_from_slice(&fixed(1, 1, 0));
+        want.extend_from_slice(b"d");
+        let link_at = want.len();
+        want.extend_from_slice(&fixed(2, 3, 4));
+        want.extend_from_slice(b"d/l../x");
+        let mut buf = vec![0u8; h.buffer_len()];
+        assert_eq!(h.emit(&mut buf), want.len());
+        assert_eq!(buf, want);
+        assert_eq!(Hello::parse(&want).unwrap(), h);
+        // a link without a target, a NUL in a target, a target on a directory
+        let mut e = want[..link_at].to_vec();
+        e.extend_from_slice(&fixed(2, 3, 0));
+        e.extend_from_slice(b"d/l");
+        assert!(Hello::parse(&e).is_err(), "link without a target");
+        let mut e = want.clone();
+        let l = e.len();
+        e[l - 1] = 0;
+        assert!(Hello::parse(&e).is_err(), "NUL in a target");
+        let mut e = want[..link_at].to_vec();
+        e.extend_from_slice(&fixed(1, 3, 4));
+        e.extend_from_slice(b"d/l../x");
+        assert!(Hello::parse(&e).is_err(), "a directory with a target");
+        let mut e = want[..link_at].to_vec();
+        e.extend_from_slice(&fixed(2, 3, MAX_TARGET_LEN as u16 + 1));
+        e.extend_from_slice(b"d/l");
+        e.extend_from_slice(&vec![b'a'; MAX_TARGET_LEN + 1]);
+        assert!(Hello::parse(&e).is_err(), "target too long");
+        // name and target together above MAX_NAME_LEN
+        let mut e = want[..link_at].to_vec();
+        e.extend_from_slice(&fixed(2, 3, MAX_NAME_LEN as u16 - 2));
+        e.extend_from_slice(b"d/l");
+        e.extend_from_slice(&vec![b'a'; MAX_NAME_LEN - 2]);
+        assert!(
+            Hello::parse(&e).is_err(),
+            "name and target too long together"
+        );
+        let mut e = want[..link_at].to_vec();
+        e.extend_from_slice(&fixed(2, 3, MAX_NAME_LEN as u16 - 3));
+        e.extend_from_slice(b"d/l");
+        e.extend_from_slice(&vec![b'a'; MAX_NAME_LEN - 3]);
+        assert!(
+            Hello::parse(&e).is_ok(),
+            "name and target of MAX_NAME_LEN together"
+        );
     }
 
     #[test]
@@ -1442,7 +1682,17 @@ mod tests {
         prop_oneof![
             (
                 any::<[u8; 32]>(),
-                proptest::collection::vec(("[a-z/.]{1,20}", any::<u64>(), any::<[u8; 32]>()), 0..5),
+                proptest::collection::vec(
+                    (
+                        "[a-z/.]{1,20}",
+                        any::<u64>(),
+                        any::<[u8; 32]>(),
+                        0u8..4,
+                        proptest::option::of((0u32..=0o7777, any::<i64>(), 0u32..1_000_000_000)),
+                        "[a-z/.]{1,20}"
+                    ),
+                    0..5
+                ),
                 0u32..100
             )
                 .prop_map(move |(id, es, first)| enc(Payload::Hello(Hello {
@@ -1451,16 +1701,22 @@ mod tests {
                     first,
                     entries: es
                         .into_iter()
-                        .map(|(name, size, hash)| if size % 2 == 1 {
-                            FileEntry {
-                                name,
-                                size,
-                                hash,
-                                mode: FileMode::Packed,
-                                stream_len: size / 3 + 1,
+                        .map(|(name, size, hash, kind, attrs, target)| {
+                            let attrs = attrs.and_then(|(p, s, n)| Attrs::new(p, s, n));
+                            match kind {
+                                0 => FileEntry {
+                                    attrs,
+                                    ..FileEntry::direct(name, size, hash)
+                                },
+                                1 => FileEntry {
+                                    mode: FileMode::Packed,
+                                    stream_len: size / 3 + 1,
+                                    attrs,
+                                    ..FileEntry::direct(name, size | 1, hash)
+                                },
+                                2 => FileEntry::dir(name, attrs),
+                                _ => FileEntry::symlink(name, target, attrs),
                             }
-                        } else {
-                            FileEntry::direct(name, size, hash)
                         })
                         .collect()
                 }))),

@@ -44,7 +44,7 @@ pub const HEADER_LEN: usize = field::CRC.end;
 /// `PkFS`.
 pub const MAGIC: [u8; 4] = *b"PkFS";
 /// The version this build speaks.
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
 
 /// Flag: this data frame repairs a NACKed range (not first-pass data).
 pub const FLAG_REPAIR: u16 = 0x0001;
@@ -301,7 +301,7 @@ mod tests {
     /// A Close frame (empty payload) of session 0x0102030405060708, seq 9.
     fn close_bytes() -> Vec<u8> {
         let mut b = vec![
-            b'P', b'k', b'F', b'S', 3, 9, 0, 0, //
+            b'P', b'k', b'F', b'S', 4, 9, 0, 0, //
             8, 7, 6, 5, 4, 3, 2, 1, //
             9, 0, 0, 0, 0, 0, 0, 0, //
             0, 0, 0, 0, //

@@ -31,6 +31,8 @@ pub enum ReasonCode {
     PackedTooLarge = 13,
     /// `file`: its final name exists on the receiver, which runs without `--overwrite`.
     FileExists = 14,
+    /// `file`, `a`: the entry (a file or a link) that one of its parent directories would be.
+    PathConflict = 15,
 }
 
 /// A code this build does not know (a newer peer's).
@@ -40,7 +42,7 @@ pub struct UnknownReason(pub u16);
 
 impl ReasonCode {
     /// Every code, in code order.
-    pub const ALL: [ReasonCode; 14] = [
+    pub const ALL: [ReasonCode; 15] = [
         ReasonCode::SnapshotMismatch,
         ReasonCode::FileTooLarge,
         ReasonCode::SessionTooLarge,
@@ -55,6 +57,7 @@ impl ReasonCode {
         ReasonCode::Io,
         ReasonCode::PackedTooLarge,
         ReasonCode::FileExists,
+        ReasonCode::PathConflict,
     ];
 
     /// The wire value.
@@ -85,7 +88,7 @@ mod tests {
             assert_eq!(r.code() as usize, i + 1, "{r:?}");
             assert_eq!(ReasonCode::try_from(r.code()), Ok(r));
         }
-        for c in [0u16, 15, 200, u16::MAX] {
+        for c in [0u16, 16, 200, u16::MAX] {
             assert_eq!(ReasonCode::try_from(c), Err(UnknownReason(c)));
         }
     }

@@ -465,7 +465,11 @@ pub fn run_sender(
     cancel: &AtomicBool,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<(SendSummary, XdpReport), XdpError> {
-    let input = SendInput::Planned { files, snapshot };
+    let input = SendInput::Planned {
+        files,
+        snapshot,
+        meta: Vec::new(),
+    };
     XdpSender::open(cfg.clone())?.run(input, snapshot_id, cancel, on_event)
 }
 
