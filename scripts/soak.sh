@@ -71,7 +71,8 @@ pool=("$work"/pool/*)
 
 ip netns exec "$B" "$PFS" recv --transport xdp --iface "$B" --listen "$BIP" \
     --snapshot "$work/snap" --out-dir "$work/out" --impair-drop-ppm 50000 \
-    --metrics "$work/recv.jsonl" "${RECV_KEYS[@]}" >"$work/recv.log" 2>&1 &
+    --metrics "$work/recv.jsonl" --metrics-listen 127.0.0.1:9464 "${RECV_KEYS[@]}" \
+    >"$work/recv.log" 2>&1 &
 RPID=$!
 for _ in $(seq 300); do grep -q "listening on" "$work/recv.log" && break; sleep 0.05; done
 grep -q "listening on" "$work/recv.log" || { echo "soak: the receiver did not start:"; cat "$work/recv.log"; exit 1; }
@@ -119,6 +120,15 @@ while [ "$(date +%s)" -lt "$end" ]; do
         printf '%7ss %10s %10s %6s %12s %10s\n' $(($(date +%s) - t0)) "$sessions" "$files" "$f" "$r" "$mismatches"
     fi
 done
+# the service's counters (Prometheus text, scraped inside the receiver's namespace)
+metric() {
+    ip netns exec "$B" python3 -c 'import sys, urllib.request
+t = urllib.request.urlopen("http://127.0.0.1:9464/metrics", timeout=5).read().decode()
+print(sum(float(l.split()[-1]) for l in t.splitlines() if l.startswith(sys.argv[1])))' "$1" 2>/dev/null || echo "?"
+}
+reordered=$(metric pfs_reordered_frames_total)
+steered=$(metric 'pfs_xdp_steer_frames_total{action="steered"')
+dropped=$(metric 'pfs_xdp_steer_frames_total{action="impaired_drop"')
 kill -TERM "$RPID"
 rrc=0
 wait "$RPID" || rrc=$?
@@ -127,7 +137,6 @@ first_r=${samples_rss[0]:-0} last_r=${samples_rss[-1]:-0}
 first_f=${samples_fd[0]:-0} last_f=${samples_fd[-1]:-0}
 growth() { python3 -c "a,b=$1,$2; print(f'{(b-a)/a*100:+.1f}%' if a else 'n/a')"; }
 over() { python3 -c "a,b=$1,$2; print(1 if a and (b-a)/a > 0.05 else 0)"; }
-reordered=$(grep -o 'reordered [0-9]*' "$work/recv.log" | tail -1 || true)
-echo "soak: $sessions sessions ok, $failed failed, $files files ($(numfmt --to=iec "$bytes")B) compared, $mismatches mismatches; receiver exit $rrc after SIGTERM; VmRSS $first_r -> $last_r kB ($(growth "$first_r" "$last_r")), fds $first_f -> $last_f ($(growth "$first_f" "$last_f")); ${reordered:-reordered n/a}"
+echo "soak: $sessions sessions ok, $failed failed, $files files ($(numfmt --to=iec "$bytes")B) compared, $mismatches mismatches; receiver exit $rrc after SIGTERM; VmRSS $first_r -> $last_r kB ($(growth "$first_r" "$last_r")), fds $first_f -> $last_f ($(growth "$first_f" "$last_f")); frames reordered ${reordered%.0}, dropped by the impairment ${dropped%.0} of $(python3 -c "print(int($steered + $dropped))" 2>/dev/null || echo ?)"
 [ "$mismatches" = 0 ] && [ "$failed" = 0 ] && [ "$rrc" = 0 ] \
     && [ "$(over "$first_r" "$last_r")" = 0 ] && [ "$(over "$first_f" "$last_f")" = 0 ]

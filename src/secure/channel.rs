@@ -532,6 +532,31 @@ mod tests {
         }
     }
 
+    /// From the `sealed` fuzz target's first finding: after a tag failure ring leaves the
+    /// payload bytes unspecified (the doc said nothing changes): the header and tag must stay,
+    /// no counter is recorded, and the genuine frame with that counter still opens.
+    #[test]
+    fn a_failed_open_keeps_header_tag_and_counter() {
+        let (sk, rk) = handshake([4; 32], [4; 32]).unwrap();
+        let t = Instant::now();
+        let (mut seal, _) = sk.into_channel(&ChannelConfig::default(), t);
+        let (_, mut open) = rk.into_channel(&ChannelConfig::default(), t);
+        let plain = frame(0);
+        let mut genuine = plain.clone();
+        let n = seal.seal(t, &mut genuine, plain.len() - TAG_LEN).unwrap();
+        let mut forged = genuine.clone();
+        forged[pfs::HEADER_LEN] ^= 1;
+        let before = forged.clone();
+        assert!(matches!(open.open(t, &mut forged), Err(ChannelError::Tag)));
+        assert_eq!(forged[..pfs::HEADER_LEN], before[..pfs::HEADER_LEN]);
+        assert_eq!(forged[n - TAG_LEN..], before[n - TAG_LEN..]);
+        assert_eq!(open.open(t, &mut genuine).unwrap(), n);
+        assert_eq!(
+            genuine[pfs::HEADER_LEN..n - TAG_LEN],
+            plain[pfs::HEADER_LEN..n - TAG_LEN]
+        );
+    }
+
     #[test]
     fn different_psk_fails() {
         assert!(handshake([0; 32], [1; 32]).is_err());
