@@ -89,22 +89,7 @@ impl Receiver {
 
     /// The next stderr line containing `pat` (60 s at most: a readiness wait).
     fn wait_line(&mut self, pat: &str) -> String {
-        let end = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    self.seen.push(l.clone());
-                    if l.contains(pat) {
-                        return l;
-                    }
-                }
-                Err(_) => panic!(
-                    "no line with {pat:?}; stderr so far:\n{}",
-                    self.seen.join("\n")
-                ),
-            }
-        }
+        common::service::wait_line(&self.lines, &mut self.seen, pat)
     }
 
     /// GET /metrics from inside the receiver's namespace, parsed.

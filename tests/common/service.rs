@@ -90,24 +90,11 @@ impl Service {
 
     /// The next stderr line containing `pat` (60 s at most).
     pub fn wait_line(&mut self, pat: &str) -> String {
-        let end = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    self.seen.push(l.clone());
-                    if l.contains(pat) {
-                        return l;
-                    }
-                }
-                Err(_) => panic!(
-                    "no line with {pat:?}; stderr so far:\n{}",
-                    self.seen.join("\n")
-                ),
-            }
-        }
+        wait_line(&self.lines, &mut self.seen, pat)
     }
+}
 
+impl Service {
     pub fn scrape(&self) -> BTreeMap<String, f64> {
         let (code, body) = packetfs::prom::get(self.metrics, "/metrics").unwrap();
         assert_eq!(code, 200);
@@ -154,5 +141,23 @@ impl Service {
             .unwrap();
         let st = self.child.wait().unwrap();
         (st, out)
+    }
+}
+
+/// The next line from `lines` containing `pat` (60 s at most: a readiness wait); every line
+/// read is kept in `seen` for the failure message.
+pub fn wait_line(lines: &mpsc::Receiver<String>, seen: &mut Vec<String>, pat: &str) -> String {
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(l) => {
+                seen.push(l.clone());
+                if l.contains(pat) {
+                    return l;
+                }
+            }
+            Err(_) => panic!("no line with {pat:?}; stderr so far:\n{}", seen.join("\n")),
+        }
     }
 }
