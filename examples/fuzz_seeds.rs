@@ -259,15 +259,16 @@ fn main() {
         GuardConfig::default(),
     );
     let (from_s, from_r) = session(&mut s, &mut g);
+    // The target's first byte picks the side: even = the receiver's Guard, odd = the sender's.
     put(
         &dir("handshake"),
         "keyed.session",
-        &length_prefixed(&from_s),
+        &[&[0u8][..], &length_prefixed(&from_s)].concat(),
     );
     put(
         &dir("handshake"),
         "keyed.replies",
-        &length_prefixed(&from_r),
+        &[&[1u8][..], &length_prefixed(&from_r)].concat(),
     );
     for (k, d) in from_s.iter().take(6).enumerate() {
         put(&dir("frame"), &format!("sealed-{k:02}.dgram"), d);
