@@ -4,7 +4,8 @@
 //!   memory, range bookkeeping, incremental BLAKE3), without I/O; baseline: copying and
 //!   hashing the same file bytes once (what any receiver must at least do).
 //! - covered finish: where a covered file's finish goes through the real `MmapSink` (open,
-//!   apply, BLAKE3, commit); baseline: writing and fsyncing the same bytes with `std::fs`.
+//!   apply, BLAKE3, commit), with the output map populated ahead of the writes and without
+//!   (rounds interleaved); baseline: writing and fsyncing the same bytes with `std::fs`.
 //! - pack levels (with `PFS_BENCH_PBB=x.pbb PFS_BENCH_SNAP=snapdir`): packed-stream size and
 //!   encode time of a real blueprint by zstd level and block size; baseline: zstd -1 of
 //!   its spill in one call.
@@ -182,10 +183,11 @@ fn covered_finish() {
     let snap = rng.bytes(64 << 20);
     let len = 32u64 << 20;
     let dir_root = std::env::var("PFS_BENCH_DIR").unwrap_or("/tmp".into());
-    for round in 0..3 {
+    for (round, populate) in (0..6).map(|i| (i / 2, i % 2 == 1)) {
         let dir = tempfile::tempdir_in(&dir_root).unwrap();
         let mut sink = MmapSink::new(dir.path(), "b").unwrap();
         sink.reserve = 0;
+        sink.populate = populate;
         let t0 = Instant::now();
         sink.open(&[SinkFile::file("c", len)]).unwrap();
         let t1 = Instant::now();
@@ -219,7 +221,8 @@ fn covered_finish() {
         let base = b0.elapsed();
         let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
         println!(
-            "covered finish, round {round}: open {:.1} ms, apply {:.1} ms, blake3 {:.1} ms, commit {:.1} ms, total {:.1} ms ({}); baseline write+fsync {:.1} ms: {:.2}x",
+            "covered finish, round {round}, populate ahead {}: open {:.1} ms, apply {:.1} ms, blake3 {:.1} ms, commit {:.1} ms, total {:.1} ms ({}); baseline write+fsync {:.1} ms: {:.2}x",
+            if populate { "on " } else { "off" },
             ms(t0, t1),
             ms(t1, t2),
             ms(t2, t3),

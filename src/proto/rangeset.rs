@@ -1,6 +1,7 @@
 //! A set of byte ranges `[start, end)` over u64 positions, kept merged.
 
 use std::collections::BTreeMap;
+use std::ops::Bound::{Excluded, Included};
 
 /// Disjoint, non-adjacent ranges, keyed by start.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -38,6 +39,13 @@ impl RangeSet {
             if pe >= s {
                 if pe >= e {
                     return 0;
+                }
+                if self.map.range((Excluded(ps), Included(e))).next().is_none() {
+                    // The common in-order case: the range before grows, nothing after it is
+                    // reached; updated in place (no remove and insert).
+                    *self.map.get_mut(&ps).expect("found above") = e;
+                    self.total += e - pe;
+                    return e - pe;
                 }
                 s = ps;
                 removed += pe - ps;

@@ -62,6 +62,8 @@ pub struct Receiver<'s, S: FileSink> {
     stats: Stats,
     /// What the sink already held, offered to the sender (resume, skip).
     offers: Offers,
+    /// The files one gram touched (kept between grams: no allocation per frame).
+    touched: Vec<usize>,
 }
 
 impl<'s, S: FileSink> Receiver<'s, S> {
@@ -83,6 +85,7 @@ impl<'s, S: FileSink> Receiver<'s, S> {
             life: Lifecycle::new(),
             stats: Stats::default(),
             offers: Offers::default(),
+            touched: Vec::new(),
         }
     }
 
@@ -273,7 +276,8 @@ impl<'s, S: FileSink> Receiver<'s, S> {
         }
         let original = flags & pfs::FLAG_REPAIR == 0;
         let mut new = 0u64;
-        let mut touched: Vec<usize> = Vec::new();
+        let mut touched = std::mem::take(&mut self.touched);
+        touched.clear();
         for run in g.runs() {
             let fi = run.file as usize;
             let start = self.manifest.files[fi].start;
@@ -318,7 +322,7 @@ impl<'s, S: FileSink> Receiver<'s, S> {
         {
             self.life.want(Ctrl::Status);
         }
-        for fi in touched {
+        for &fi in &touched {
             if self.manifest.files[fi].done {
                 continue;
             }
@@ -357,6 +361,7 @@ impl<'s, S: FileSink> Receiver<'s, S> {
                 }
             }
         }
+        self.touched = touched;
     }
 
     /// File `fi` is complete: verify, commit, maybe finish the session.

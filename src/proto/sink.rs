@@ -268,6 +268,9 @@ pub struct MemSink {
     offered: Vec<Option<(crate::wire::held::HeldKind, u64)>>,
     /// `adopt` calls: (file, at).
     pub adopted: Vec<(u32, u64)>,
+    /// Touch every page of the buffers at `open`, so that no page fault is left for the
+    /// writes (benchmarks: the receiver's per-frame cost without first-touch faults).
+    pub populate: bool,
 }
 
 impl MemSink {
@@ -300,6 +303,15 @@ impl FileSink for MemSink {
         }
         self.files = files.to_vec();
         self.bufs = files.iter().map(|f| vec![0u8; f.size as usize]).collect();
+        if self.populate {
+            for b in &mut self.bufs {
+                // A zeroed allocation may be untouched pages: write one byte per page.
+                for i in (0..b.len()).step_by(4096) {
+                    // black_box keeps the store of a zero into a zeroed buffer.
+                    b[i] = std::hint::black_box(0);
+                }
+            }
+        }
         self.committed = vec![false; files.len()];
         self.offered = vec![None; files.len()];
         for (i, f) in files.iter().enumerate() {

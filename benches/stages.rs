@@ -1,0 +1,501 @@
+//! The receiver's per-frame stages, each in ns/frame next to memcpy of the same payload bytes
+//! measured in the same run (`cargo bench --bench stages`, plain timing, no harness).
+//! Nothing about speed is asserted: the ratios are printed.
+//!
+//! Frames are built by a real `Sender` (one file, every frame a full data frame):
+//! - `raw`: a file of random bytes, sent direct (pieces of raw bytes);
+//! - `covered`: a file of 4 KiB snapshot segments sent direct (`PackPolicy::Never`): each
+//!   frame carries snapshot pieces that expand to many file bytes.
+//!
+//! Stages (raw frames unless said otherwise):
+//! - `memcpy`: the baseline, each frame's payload copied to its file offset in memory that
+//!   was touched before;
+//! - `parse`: `Frame::parse` (header, CRC32C) and a walk over the gram's pieces;
+//! - `open`: `secure::channel::Opener::open` (AES-256-GCM in place, replay window), the
+//!   opener a `Guard` holds, on frames sealed by its `Sealer`;
+//! - `apply`: each piece written to its file offset through `MemSink` (fresh memory: page
+//!   faults included) and into memory touched before;
+//! - `hash`: BLAKE3 of the file bytes, fed per frame and in 256 KiB steps (what the receiver
+//!   does);
+//! - `ack`: the range bookkeeping per piece (`RangeSet::contains`, `insert`, `first_gap`);
+//! - `receiver`: the whole `Receiver::handle_datagram` (raw, covered; plain and with
+//!   `Opener::open` first), with the output's open and its page population included or not.
+//!
+//! Parameters: `PFS_STAGES_MB` (file size, default 64), `PFS_STAGES_REPS` (repetitions; the
+//! median is printed, default 5). Each row handles the whole file once: GB/s of file bytes
+//! compares the raw rows with the covered ones, whose frames carry far more file bytes.
+
+use packetfs::blueprint::{apply, raw_segments, Blueprint, Segment, Source, Transform};
+use packetfs::proto::rangeset::RangeSet;
+use packetfs::proto::sink::SinkFile;
+use packetfs::proto::{
+    Endpoint, FileSink, MemSink, PackPolicy, Receiver, ReceiverConfig, SendFile, Sender,
+    SenderConfig,
+};
+use packetfs::secure::channel::{
+    ChannelConfig, Initiator, Opener, Responder, Sealer, INIT_NOISE_LEN, RESP_NOISE_LEN, TAG_LEN,
+};
+use packetfs::secure::Identity;
+use packetfs::wire::payload::{Frame, Payload, Piece};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+const SNAP_ID: [u8; 32] = [0x5a; 32];
+
+/// splitmix64.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e3779b97f4a7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+        z ^ (z >> 31)
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut v = Vec::with_capacity(n + 8);
+        while v.len() < n {
+            v.extend_from_slice(&self.next().to_le_bytes());
+        }
+        v.truncate(n);
+        v
+    }
+}
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn timing() -> packetfs::proto::Timing {
+    packetfs::proto::Timing {
+        initial_rtt: Duration::from_millis(50),
+        min_pto: Duration::from_millis(5),
+        max_pto: Duration::from_millis(500),
+        idle_timeout: Duration::from_secs(10),
+        ack_delay: Duration::from_millis(2),
+    }
+}
+
+/// A raw file, or one of 4 KiB snapshot segments (id/xor/add).
+fn blueprint(rng: &mut Rng, snap: &[u8], len: usize, raw: bool) -> Blueprint {
+    if raw {
+        let content = rng.bytes(len);
+        return Blueprint {
+            snapshot_id: SNAP_ID,
+            file_len: len as u64,
+            file_hash: *blake3::hash(&content).as_bytes(),
+            segments: raw_segments(len as u64),
+            spill: content,
+        };
+    }
+    let mut content = Vec::with_capacity(len);
+    let mut segments = Vec::new();
+    while content.len() < len {
+        let n = 4096.min(len - content.len());
+        let off = (rng.next() % (snap.len() - n) as u64) as usize;
+        let op = Transform::ALL[(rng.next() % 3) as usize];
+        let imm = if op == Transform::Id {
+            0
+        } else {
+            rng.next() as u8
+        };
+        let mut dst = vec![0u8; n];
+        apply::transform(op, imm, &snap[off..off + n], &mut dst);
+        content.extend_from_slice(&dst);
+        segments.push(Segment {
+            len: n as u32,
+            src: Source::Snap {
+                op,
+                off: off as u64,
+                imm,
+            },
+        });
+    }
+    Blueprint {
+        snapshot_id: SNAP_ID,
+        file_len: len as u64,
+        file_hash: *blake3::hash(&content).as_bytes(),
+        segments,
+        spill: vec![],
+    }
+}
+
+/// A receiver run's inputs: the Hello, the data frames, the opener of sealed ones.
+type Prepared = (Vec<u8>, Vec<Vec<u8>>, Option<Opener>);
+
+/// One session's frames as a sender builds them: the Hello, then the data frames.
+struct Session {
+    hello: Vec<u8>,
+    data: Vec<Vec<u8>>,
+}
+
+fn session(snap: &[u8], bp: Blueprint, sealed: bool) -> Session {
+    let scfg = SenderConfig {
+        timing: timing(),
+        rate: Some(1 << 50),
+        window_frames: u64::MAX / 4,
+        pack: PackPolicy::Never,
+        frame_crc: !sealed,
+        ..SenderConfig::default()
+    };
+    let files = vec![SendFile {
+        name: "b".into(),
+        blueprint: bp,
+    }];
+    let files =
+        packetfs::prepare::prepare(files, SNAP_ID, snap, scfg.pack, &scfg.pack_opts).unwrap();
+    let mut sender = Sender::new(scfg, SNAP_ID, files).unwrap();
+    let mut receiver = Receiver::new(rcfg(), SNAP_ID, snap, MemSink::new());
+    let t0 = Instant::now();
+    let mut buf = vec![0u8; 2048];
+    let n = sender.poll_transmit(t0, &mut buf).unwrap();
+    let hello = buf[..n].to_vec();
+    receiver.handle_datagram(t0, &mut hello.clone());
+    let n = receiver.poll_transmit(t0, &mut buf).unwrap();
+    sender.handle_datagram(t0, &mut buf[..n]);
+    let mut data = Vec::new();
+    let mut t = t0;
+    loop {
+        t += Duration::from_millis(1);
+        match sender.poll_transmit(t, &mut buf) {
+            Some(n) if buf[5] == 3 => data.push(buf[..n].to_vec()),
+            Some(_) => {}
+            None => break,
+        }
+    }
+    Session { hello, data }
+}
+
+fn rcfg() -> ReceiverConfig {
+    ReceiverConfig {
+        timing: timing(),
+        ..ReceiverConfig::default()
+    }
+}
+
+/// A sealer and an opener for one direction, from a real handshake.
+fn channel() -> (Sealer, Opener) {
+    let (s, r) = (
+        Identity::from_secret([7; 32]),
+        Identity::from_secret([8; 32]),
+    );
+    let mut m1 = [0u8; INIT_NOISE_LEN];
+    let init = Initiator::start(&s, &r.public(), &[0; 32], 1, 1, &mut m1).unwrap();
+    let resp = Responder::read_init(&r, &[0; 32], &m1).unwrap();
+    let mut m2 = [0u8; RESP_NOISE_LEN];
+    let rk = resp.respond(&mut m2).unwrap();
+    let sk = init.finish(&m2).unwrap();
+    let t = Instant::now();
+    let (seal, _) = sk.into_channel(&ChannelConfig::default(), t);
+    let (_, open) = rk.into_channel(&ChannelConfig::default(), t);
+    (seal, open)
+}
+
+/// Seal every frame of `s` (Hello first) with one sealer.
+fn seal_all(seal: &mut Sealer, s: &Session) -> (Vec<u8>, Vec<Vec<u8>>) {
+    let t = Instant::now();
+    let mut one = |f: &Vec<u8>| {
+        let mut b = f.clone();
+        b.resize(f.len() + TAG_LEN, 0);
+        let n = seal.seal(t, &mut b, f.len()).unwrap();
+        b.truncate(n);
+        b
+    };
+    (one(&s.hello), s.data.iter().map(&mut one).collect())
+}
+
+/// (file offset, payload bytes) of every raw piece of every frame.
+fn raw_pieces(frames: &[Vec<u8>]) -> Vec<(usize, Vec<u8>)> {
+    let mut out = Vec::new();
+    for f in frames {
+        let Payload::Data(g) = Frame::parse(f).unwrap().payload else {
+            panic!("not a data frame")
+        };
+        for run in g.runs() {
+            for (off, p) in run.pieces() {
+                if let Piece::Raw(b) = p {
+                    out.push((off as usize, b.to_vec()));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Time `f` `reps` times (after `setup` each time, untimed); the median in seconds.
+fn time<T>(reps: usize, mut setup: impl FnMut() -> T, mut f: impl FnMut(T)) -> f64 {
+    median(
+        (0..reps)
+            .map(|_| {
+                let x = setup();
+                let t = Instant::now();
+                f(x);
+                t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
+}
+
+/// Drive a receiver over frames; `open` opens each sealed frame first. Returns (seconds of
+/// the data frames, seconds of the Hello: the output's open included).
+fn drive(
+    snap: &[u8],
+    hello: &[u8],
+    frames: &[Vec<u8>],
+    mut open: Option<Opener>,
+    populate: bool,
+) -> (f64, f64) {
+    let mut sink = MemSink::new();
+    sink.populate = populate;
+    let mut r = Receiver::new(rcfg(), SNAP_ID, snap, sink);
+    let mut frames = frames.to_vec();
+    let mut hello = hello.to_vec();
+    let t0 = Instant::now();
+    if let Some(o) = open.as_mut() {
+        o.open(t0, &mut hello).unwrap();
+    }
+    r.handle_datagram(t0, &mut hello);
+    let t1 = Instant::now();
+    for f in frames.iter_mut() {
+        if let Some(o) = open.as_mut() {
+            if o.open(t0, f).is_err() {
+                panic!("open failed");
+            }
+        }
+        r.handle_datagram(t0, f);
+    }
+    let t2 = Instant::now();
+    assert_eq!(r.outcome(), Some(Ok(())));
+    ((t2 - t1).as_secs_f64(), (t1 - t0).as_secs_f64())
+}
+
+fn main() {
+    let mb = env("PFS_STAGES_MB", 64);
+    let reps = env("PFS_STAGES_REPS", 5).max(1);
+    let len = mb << 20;
+    let mut rng = Rng(31);
+    let snap = rng.bytes(64 << 20);
+    let raw = session(&snap, blueprint(&mut rng, &snap, len, true), false);
+    let n = raw.data.len();
+    let pieces = raw_pieces(&raw.data);
+    let payload: usize = pieces.iter().map(|p| p.1.len()).sum();
+    let wire: usize = raw.data.iter().map(|f| f.len()).sum();
+    println!(
+        "stages: {mb} MiB raw file, {n} full data frames ({} B each on average, {} B of file bytes), {reps} reps, medians",
+        wire / n,
+        payload / n
+    );
+    let mut rows: Vec<(String, f64, usize)> = Vec::new();
+
+    // The baseline: memcpy of each frame's payload to its offset, in touched memory.
+    let mut dst = vec![1u8; len];
+    let base = time(
+        reps,
+        || (),
+        |()| {
+            for (off, b) in &pieces {
+                dst[*off..*off + b.len()].copy_from_slice(b);
+            }
+            black_box(&dst);
+        },
+    );
+    rows.push(("memcpy (baseline)".into(), base, n));
+
+    let parse = time(
+        reps,
+        || (),
+        |()| {
+            for f in &raw.data {
+                let fr = Frame::parse(f).unwrap();
+                if let Payload::Data(g) = fr.payload {
+                    for run in g.runs() {
+                        for (off, p) in run.pieces() {
+                            black_box((off, p.len()));
+                        }
+                    }
+                }
+            }
+        },
+    );
+    rows.push(("parse (header, CRC32C, pieces)".into(), parse, n));
+
+    let open = {
+        // One handshake per rep: each opener starts with an empty replay window.
+        let sets: Vec<(Opener, Vec<Vec<u8>>)> = (0..reps)
+            .map(|_| {
+                let (mut s, o) = channel();
+                (o, seal_all(&mut s, &raw).1)
+            })
+            .collect();
+        let mut sets = sets.into_iter();
+        time(
+            reps,
+            || sets.next().unwrap(),
+            |(mut o, mut frames)| {
+                let t = Instant::now();
+                for f in frames.iter_mut() {
+                    assert!(o.open(t, f).is_ok());
+                }
+            },
+        )
+    };
+    rows.push(("open (AES-256-GCM, replay window)".into(), open, n));
+
+    let apply_fresh = time(
+        reps,
+        || {
+            let mut s = MemSink::new();
+            s.open(&[SinkFile::file("b", len as u64)]).unwrap();
+            s
+        },
+        |mut s| {
+            for (off, b) in &pieces {
+                s.write_raw(0, *off as u64, b).unwrap();
+            }
+            black_box(s.contents(0));
+        },
+    );
+    rows.push(("apply, MemSink, fresh memory".into(), apply_fresh, n));
+    let apply_touched = time(
+        reps,
+        || {
+            let mut s = MemSink::new();
+            s.populate = true;
+            s.open(&[SinkFile::file("b", len as u64)]).unwrap();
+            s
+        },
+        |mut s| {
+            for (off, b) in &pieces {
+                s.write_raw(0, *off as u64, b).unwrap();
+            }
+            black_box(s.contents(0));
+        },
+    );
+    rows.push(("apply, MemSink, populated at open".into(), apply_touched, n));
+
+    let file = dst.clone();
+    let hash_frame = time(
+        reps,
+        || (),
+        |()| {
+            let mut h = blake3::Hasher::new();
+            for (off, b) in &pieces {
+                h.update(&file[*off..*off + b.len()]);
+            }
+            black_box(h.finalize());
+        },
+    );
+    rows.push(("hash, BLAKE3 per frame".into(), hash_frame, n));
+    let hash_step = time(
+        reps,
+        || (),
+        |()| {
+            let mut h = blake3::Hasher::new();
+            for c in file.chunks(256 << 10) {
+                h.update(c);
+            }
+            black_box(h.finalize());
+        },
+    );
+    rows.push(("hash, BLAKE3 in 256 KiB steps".into(), hash_step, n));
+    let depth = packetfs::util::hash_depth();
+    let hash_par = time(
+        reps,
+        || (),
+        |()| {
+            black_box(packetfs::util::parallel_blake3(&file, depth));
+        },
+    );
+    rows.push((
+        format!("hash, util::parallel_blake3 (depth {depth}, all cores)"),
+        hash_par,
+        n,
+    ));
+
+    let ack = time(
+        reps,
+        || (),
+        |()| {
+            let mut set = RangeSet::new();
+            for (off, b) in &pieces {
+                let (s, e) = (*off as u64, (*off + b.len()) as u64);
+                if !set.contains(s, e) {
+                    black_box(set.insert(s, e));
+                }
+                black_box(set.first_gap(0));
+            }
+        },
+    );
+    rows.push(("ack bookkeeping (RangeSet)".into(), ack, n));
+
+    let add_receiver =
+        |rows: &mut Vec<(String, f64, usize)>, label: &str, s: &Session, sealed: bool| {
+            let sets: Vec<Prepared> = (0..reps * 2)
+                .map(|_| {
+                    if sealed {
+                        let (mut se, o) = channel();
+                        let (h, d) = seal_all(&mut se, s);
+                        (h, d, Some(o))
+                    } else {
+                        (s.hello.clone(), s.data.clone(), None)
+                    }
+                })
+                .collect();
+            let mut sets = sets.into_iter();
+            for populate in [false, true] {
+                let mut data = Vec::new();
+                let mut whole = Vec::new();
+                for _ in 0..reps {
+                    let (h, d, o) = sets.next().unwrap();
+                    let (a, b) = drive(&snap, &h, &d, o, populate);
+                    data.push(a);
+                    whole.push(a + b);
+                }
+                let what = if populate {
+                    "output populated at open"
+                } else {
+                    "fresh output"
+                };
+                rows.push((
+                    format!("receiver, {label}, {what}: data frames"),
+                    median(data),
+                    s.data.len(),
+                ));
+                rows.push((
+                    format!("receiver, {label}, {what}: open + data frames"),
+                    median(whole),
+                    s.data.len(),
+                ));
+            }
+        };
+    add_receiver(&mut rows, "raw", &raw, false);
+    add_receiver(&mut rows, "raw, sealed (open + receive)", &raw, true);
+    let cov = session(&snap, blueprint(&mut rng, &snap, len, false), false);
+    println!(
+        "covered file: {} full data frames for {mb} MiB ({} file bytes per frame)",
+        cov.data.len(),
+        len / cov.data.len().max(1)
+    );
+    add_receiver(&mut rows, "covered", &cov, false);
+    add_receiver(&mut rows, "covered, sealed (open + receive)", &cov, true);
+
+    let base_ns = base * 1e9 / n as f64;
+    for (label, secs, frames) in rows {
+        let ns = secs * 1e9 / frames as f64;
+        println!(
+            "{label:<66} {ns:>9.1} ns/frame {:>6.2} M frames/s {:>5.2} GB/s of file bytes {:>7.2}x memcpy",
+            1e3 / ns,
+            len as f64 / secs / 1e9,
+            ns / base_ns
+        );
+    }
+}
