@@ -22,6 +22,8 @@
 #                     run into DIR (perf must be installed)
 # --busy-poll         pass --busy-poll to both sides (builds that have it)
 # kpps = the sender's data-path frames / the session's elapsed time (pfs's summary);
+# CPU us/frame = user + system time of each pfs process (/usr/bin/time) / the sender's frames:
+# the per-frame cost, less sensitive to other load on the machine than the rate;
 # blast kpps = frames the blast's receivers counted / their time.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -109,7 +111,7 @@ pfs_run() {
     local out="$work/out-$RANDOM" m="$work/m-$RANDOM.jsonl" log="$work/recv-$RANDOM.log"
     local sk=("${SEND_KEYS[@]}") rk=("${RECV_KEYS[@]}")
     if [ "$sec" = insecure ]; then sk=(--insecure); rk=(--insecure); fi
-    ip netns exec "$B" "${pin[@]}" ${XDP_PATH_TIME:+/usr/bin/time -v -o "$log.rtime"} "$pfs" recv --once --transport xdp --iface "$B" --listen "$ipB" \
+    ip netns exec "$B" "${pin[@]}" /usr/bin/time -f "%U %S" -o "$log.rtime" "$pfs" recv --once --transport xdp --iface "$B" --listen "$ipB" \
         --snapshot "$work/snap" --out-dir "$out" --timeout 60 --xdp-threads "$tm" "${cpus_arg[@]}" \
         "${busy[@]}" "${rk[@]}" >"$log" 2>&1 &
     local rpid=$!
@@ -121,7 +123,7 @@ pfs_run() {
         perf record -e cpu-clock -F 997 --call-graph dwarf,8192 -p "$rpid" -o "$perf_dir/recv.data" >/dev/null 2>&1 &
         perf_pids+=($!)
     fi
-    ip netns exec "$A" "${pin[@]}" ${XDP_PATH_TIME:+/usr/bin/time -v -o "$log.time"} "$pfs" send --transport xdp --iface "$A" --dst "$ipB" \
+    ip netns exec "$A" "${pin[@]}" /usr/bin/time -f "%U %S" -o "$log.time" "$pfs" send --transport xdp --iface "$A" --dst "$ipB" \
         --snapshot "$work/snap" --metrics "$m" --xdp-threads "$tm" "${cpus_arg[@]}" "${busy[@]}" "${sk[@]}" \
         "$work/random.bin" >"$log.send" 2>&1 &
     local spid=$!
@@ -130,15 +132,21 @@ pfs_run() {
         perf_pids+=($!)
     fi
     wait "$spid" || { cat "$log.send" "$log" >&2; exit 1; }
-    [ -z "${XDP_PATH_KEEP:-}" ] || cp "$log.send" "$log" "$m" ${XDP_PATH_TIME:+"$log.time" "$log.rtime"} "$XDP_PATH_KEEP/" 2>/dev/null || true
+    [ -z "${XDP_PATH_KEEP:-}" ] || cp "$log.send" "$log" "$m" "$log.time" "$log.rtime" "$XDP_PATH_KEEP/" 2>/dev/null || true
     wait "$rpid" || { cat "$log" >&2; exit 1; }
     for p in "${perf_pids[@]}"; do kill -INT "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
     cmp -s "$work/random.bin" "$out/random.bin" || { echo "$label: received file differs" >&2; exit 1; }
     rm -rf "$out"
-    local kpps
+    local kpps cpu
     kpps=$(json "$m" "'%.1f' % (d['frames'] / d['elapsed'] / 1e3)")
-    echo "$q|$label|$kpps" >>"$work/results"
-    echo "  q=$q $label: $kpps kpps" >&2
+    # CPU microseconds per frame of each process, start-up included (user + system)
+    cpu=$(python3 -c "
+import json, sys
+d = json.loads(open(sys.argv[1]).read().splitlines()[-1])
+t = lambda f: sum(map(float, open(f).read().split()[-2:]))
+print('%.1f|%.1f' % (t(sys.argv[2]) / d['frames'] * 1e6, t(sys.argv[3]) / d['frames'] * 1e6))" "$m" "$log.time" "$log.rtime")
+    echo "$q|$label|$kpps|$cpu" >>"$work/results"
+    echo "  q=$q $label: $kpps kpps, CPU us/frame send|recv $cpu" >&2
 }
 
 blast_run() {
@@ -149,7 +157,7 @@ blast_run() {
 import json,sys
 l=[l for l in open(sys.argv[1]).read().splitlines() if l.startswith('{')][-1]
 print('%.1f' % (json.loads(l)['rx_mpps']*1e3))" "$work/blast.json")
-    echo "$q|blast|$k" >>"$work/results"
+    echo "$q|blast|$k|-|-" >>"$work/results"
     echo "  q=$q blast: $k kpps" >&2
 }
 
@@ -179,18 +187,23 @@ import sys, statistics
 from collections import defaultdict
 runs = defaultdict(list)
 order = []
+cpu = defaultdict(list)
 for line in open(sys.argv[1]):
-    q, label, k = line.rstrip("\n").split("|")
+    q, label, k, cs, cr = line.rstrip("\n").split("|")
     key = (int(q), label)
     if key not in runs:
         order.append(key)
     runs[key].append(float(k))
-print("| queues | what | kpps (median) | runs | of blast |")
-print("|---|---|---|---|---|")
+    if cs != "-":
+        cpu[key].append((float(cs), float(cr)))
+print("| queues | what | kpps (median) | runs | of blast | CPU us/frame sender, receiver (medians) |")
+print("|---|---|---|---|---|---|")
 for q, label in sorted(order, key=lambda k: (k[0], k[1] != "blast", k[1])):
     v = runs[(q, label)]
     med = statistics.median(v)
     b = statistics.median(runs[(q, "blast")]) if (q, "blast") in runs else 0
     ratio = "-" if label == "blast" or b == 0 else "%.2f" % (med / b)
-    print(f"| {q} | {label} | {med:.1f} | {' '.join('%.0f' % x for x in v)} | {ratio} |")
+    c = cpu.get((q, label))
+    cs = "-" if not c else "%.1f, %.1f" % (statistics.median(x[0] for x in c), statistics.median(x[1] for x in c))
+    print(f"| {q} | {label} | {med:.1f} | {' '.join('%.0f' % x for x in v)} | {ratio} | {cs} |")
 EOF
