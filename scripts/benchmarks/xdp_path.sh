@@ -101,6 +101,13 @@ json() { python3 -c "import json,sys; d=json.loads(open(sys.argv[1]).read().spli
 # results: one line per run "queues|label|kpps" in $work/results
 : >"$work/results"
 
+# the pfs process under /usr/bin/time (which forks it)
+child_of() {
+    local c=""
+    for _ in $(seq 1 100); do c=$(pgrep -P "$1" | head -1) && [ -n "$c" ] && break; sleep 0.01; done
+    echo "${c:-$1}"
+}
+
 # one pfs transfer; prints nothing, appends to results
 pfs_run() {
     local pfs=$1 q=$2 tm=$3 sec=$4 label=$5 prof=$6
@@ -120,7 +127,7 @@ pfs_run() {
     local perf_pids=()
     if [ "$prof" = 1 ]; then
         mkdir -p "$perf_dir"
-        perf record -e cpu-clock -F 997 --call-graph dwarf,8192 -p "$rpid" -o "$perf_dir/recv.data" >/dev/null 2>&1 &
+        perf record -e cpu-clock -F 997 --call-graph dwarf,8192 -p "$(child_of "$rpid")" -o "$perf_dir/recv.data" >/dev/null 2>&1 &
         perf_pids+=($!)
     fi
     ip netns exec "$A" "${pin[@]}" /usr/bin/time -f "%U %S" -o "$log.time" "$pfs" send --transport xdp --iface "$A" --dst "$ipB" \
@@ -128,7 +135,7 @@ pfs_run() {
         "$work/random.bin" >"$log.send" 2>&1 &
     local spid=$!
     if [ "$prof" = 1 ]; then
-        perf record -e cpu-clock -F 997 --call-graph dwarf,8192 -p "$spid" -o "$perf_dir/send.data" >/dev/null 2>&1 &
+        perf record -e cpu-clock -F 997 --call-graph dwarf,8192 -p "$(child_of "$spid")" -o "$perf_dir/send.data" >/dev/null 2>&1 &
         perf_pids+=($!)
     fi
     wait "$spid" || { cat "$log.send" "$log" >&2; exit 1; }
