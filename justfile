@@ -65,6 +65,10 @@ dev-shm-run *ARGS:
 bench-xfer *ARGS:
     bash scripts/benchmarks/xfer_bench.sh --random-mb {{xfer_random_mb}} --covered-mb {{xfer_covered_mb}} --snap-mb {{xfer_snap_mb}} --secs {{xfer_secs}} --rate {{xfer_rate}} --queues {{xfer_queues}} --metrics {{metrics}} {{ARGS}}
 
+# The raw AF_XDP session against the AF_XDP blast by queue count (root; issue 14): main's or any other build with --pfs A,B, --queues LIST, --cores N, --rounds R, --perf DIR (docs/profile.md).
+bench-xdp-path *ARGS:
+    bash scripts/benchmarks/xdp_path.sh {{ARGS}}
+
 # End-to-end benchmark (root): pfs send vs raw TCP vs zstd --patch-from | TCP at {{e2e_rate}} on a veth pair, covered / no-flush / dd rows, goal lines; extra ARGS go to the script.
 bench-e2e *ARGS:
     bash scripts/benchmarks/e2e_bench.sh --rate {{e2e_rate}} --random-mb {{e2e_random_mb}} --covered-mb {{e2e_covered_mb}} --snap-mb {{e2e_snap_mb}} --repeat {{e2e_repeat}} --metrics {{metrics}} {{ARGS}}

@@ -76,6 +76,9 @@ pub struct PfsConfig {
     pub xdp_threads: Option<Threads>,
     /// Cores for the AF_XDP workers, round-robin.
     pub cpus: Option<Vec<usize>>,
+    /// AF_XDP: poll the sockets instead of sleeping on them (busy poll; a core per polling
+    /// thread, for hosts with cores to spare).
+    pub busy_poll: Option<bool>,
     /// Sender: packed transfer `auto`, `always` or `never`.
     pub pack: Option<PackPolicy>,
     /// Sender: planner preset for files planned on the fly: `fast`, `default` or `max`.
@@ -268,6 +271,7 @@ impl PfsConfig {
             cpu,
             xdp_threads,
             cpus,
+            busy_poll,
             pack,
             level,
             sync,
@@ -305,6 +309,7 @@ impl PfsConfig {
             timeout: Some(0),
             xdp_mode: Some(XdpMode::Auto),
             xdp_threads: Some(Threads::Auto),
+            busy_poll: Some(false),
             pack: Some(PackPolicy::Auto),
             level: Some(crate::blueprint::Level::Fast),
             sync: Some(true),
@@ -373,12 +378,14 @@ mod tests {
             cpu = 1
             xdp-threads = "session"
             cpus = [0, 1]
+            busy-poll = true
             pack = "never"
             sync = false
         "#)
         .unwrap();
         assert_eq!(c.xdp_threads, Some(Threads::Session));
         assert_eq!(c.cpus, Some(vec![0, 1]));
+        assert_eq!(c.busy_poll, Some(true));
         assert_eq!(c.pack, Some(PackPolicy::Never));
         assert_eq!(c.sync, Some(false));
         let e = p("pack = \"sometimes\"\n").unwrap_err().to_string();

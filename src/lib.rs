@@ -23,17 +23,19 @@
 //! | [`notify`]    | systemd notifications (READY, STATUS, WATCHDOG, STOPPING)                 |
 //! | [`prom`]      | Prometheus text exposition, the /metrics server thread, a parser          |
 //! | [`config`]    | the appliance file `config/pfs.toml`: parse, validate, flags override it  |
+//! | [`bigbuf`]    | large byte buffers on transparent huge pages (the sender's stream bytes)  |
 //!
 //! Everything here is a library; the `pfs` binary (`src/cli`) is the only place that prints
 //! for humans.
 //!
 //! Unsafe code is denied here and allowed only where memory must be mapped or the kernel
 //! spoken to, each block with a `// Safety:` comment: whole modules [`xsk`], [`steer`],
-//! [`shm`] and [`fsink`] and `driver/xdp/workers.rs`; single functions in [`pob`] and
+//! [`shm`], [`fsink`] and [`bigbuf`] (one `madvise`) and `driver/xdp/workers.rs`; single functions in [`pob`] and
 //! [`index`] (memory maps), [`blueprint`] (the non-temporal store kernels in `apply.rs`), [`plan`] (a cycle counter), [`host`] (its probes) and the binary
 //! (signals).
 #![deny(unsafe_code)]
 
+pub mod bigbuf;
 pub mod blueprint;
 pub mod config;
 pub mod driver;

@@ -48,6 +48,7 @@ fn run_json(extra: &[&str]) -> (i32, serde_json::Value) {
 fn small_runs_verify_in_every_mode() {
     let variants: &[&[&str]] = &[
         &["--threads", "2", "--queues", "3"],
+        &["--threads", "2", "--queues", "3", "--producers", "2"],
         &["--threads", "2", "--procs", "1", "--queues", "2"],
         &[
             "--threads",
@@ -122,6 +123,8 @@ fn bad_flags_get_one_line_before_anything_runs() {
         &["--threads", "4", "--queues", "2"],
         &["--dpf", "2048", "--ring-pow2", "10"],
         &["--align", "3"],
+        &["--producers", "2", "--mode", "queues"],
+        &["--producers", "0"],
     ];
     for extra in cases {
         let out = pfs()

@@ -646,6 +646,33 @@ fn xdp_one_pinned_worker_per_queue_and_the_session_thread_alone() {
     assert_nothing_attached(&pair);
 }
 
+/// `--busy-poll` on both sides, with the session thread and with the workers: the sockets
+/// are polled instead of slept on, and the files arrive bit-exact all the same.
+#[test]
+fn xdp_busy_poll_session_thread_and_workers() {
+    if skip() {
+        return;
+    }
+    let fx = fixture();
+    let pair = NetnsPair::new(2, 1500).expect("netns pair");
+    for threads in ["session", "workers"] {
+        let o = transfer(
+            &pair,
+            &xdp_run(
+                &["--mode", "scatter", "--busy-poll", "--xdp-threads", threads],
+                fx.all(),
+            ),
+        );
+        assert_bit_exact(&o, &fx.all());
+        check_xdp_metrics(&o);
+        for m in [&o.send_metrics, &o.recv_metrics] {
+            let m = m.as_ref().unwrap();
+            assert_eq!(m["xdp"]["threads"], threads, "{m}");
+        }
+        assert_nothing_attached(&pair);
+    }
+}
+
 /// `--insecure` on both sides over AF_XDP: the frames go unsealed, both summaries say so.
 #[test]
 fn xdp_insecure_session() {

@@ -3,8 +3,11 @@
 # namespaces, every figure measured here, printed as one table.
 #
 #   scripts/benchmarks/xfer_bench.sh [--random-mb N] [--covered-mb N] [--snap-mb N]
-#                                    [--secs S] [--rate R] [--queues Q] [--metrics FILE] [--security-only]
+#                                    [--secs S] [--rate R] [--queues Q] [--cores N] [--metrics FILE] [--security-only]
 #
+# --cores N runs every process (pfs both sides, iperf3, the blast) on cores 0..N-1 (taskset),
+# so one command measures a 2-core slice of a bigger machine or all of it; default: every core.
+# For the raw AF_XDP path against the blast by queue count, see scripts/benchmarks/xdp_path.sh.
 # Every pfs run uses keys (scripts/keys.sh); the raw AF_XDP and UDP rows are repeated with
 # --insecure on both sides, and the goal lines compare them (channel cost, goal >= 90%).
 # --security-only runs just those four rows, interleaved, twice.
@@ -29,6 +32,7 @@ snap_mb=64
 secs=5
 rate=1gbit
 queues=2
+cores=""
 metrics=""
 security_only=0
 while [ $# -gt 0 ]; do
@@ -39,6 +43,7 @@ while [ $# -gt 0 ]; do
         --secs) secs=$2; shift 2 ;;
         --rate) rate=$2; shift 2 ;;
         --queues) queues=$2; shift 2 ;;
+        --cores) cores=$2; shift 2 ;;
         --metrics) metrics=$2; shift 2 ;;
         --security-only) security_only=1; shift ;;
         *) sed -n '5,6p' "$0" | sed 's/^# *//' >&2; exit 2 ;;
@@ -68,8 +73,13 @@ bash scripts/netns.sh up "$name" --queues "$queues" --mtu 1500 >&2
 A=${name}a
 B=${name}b
 ipB=$(ip -n "$B" -4 -o addr show dev "$B" | awk '{print $4}' | cut -d/ -f1)
-inA() { ip netns exec "$A" "$@"; }
-inB() { ip netns exec "$B" "$@"; }
+pin=()
+if [ -n "$cores" ]; then
+    [ "$cores" -ge 1 ] && [ "$cores" -le "$(nproc)" ] || { echo "--cores must be 1..$(nproc)" >&2; exit 2; }
+    pin=(taskset -c "$(seq -s, 0 $((cores - 1)))")
+fi
+inA() { ip netns exec "$A" "${pin[@]}" "$@"; }
+inB() { ip netns exec "$B" "${pin[@]}" "$@"; }
 
 # Inputs: snapshot with the stable libstd as a corpus bank; the nightly's is the target.
 libstd() { find "$(rustc +"$1" --print sysroot)/lib/rustlib" -name 'libstd-*.so' | head -1; }
@@ -186,7 +196,7 @@ if [ "$security_only" = 1 ]; then
         insecure=1; pfs_run udp "$rawu, --insecure" "$work/random.bin"; insecure=0
     done
     echo
-    echo "veth pair, ${queues} queue(s), MTU 1500, $(nproc) cores; $(date -u +%FT%TZ)"
+    echo "veth pair, ${queues} queue(s), MTU 1500, ${cores:-$(nproc)} of $(nproc) cores; $(date -u +%FT%TZ)"
     printf '%s\n' "${rows[@]}"
     for round in 1 2; do
         sec_goal "pfs AF_XDP, random ${random_mb} MiB (raw), round $round" "pfs UDP driver, random ${random_mb} MiB (raw), round $round"
@@ -211,7 +221,7 @@ insecure=0
 iperf_run "iperf3 UDP, 1472 B datagrams" -u -b 0 -l 1472
 iperf_run "iperf3 TCP"
 blast_frames=$((queues * 400000))
-"$blast" --frames "$blast_frames" --size 1514 --queues "$queues" --json >"$work/blast.json"
+"${pin[@]}" "$blast" --frames "$blast_frames" --size 1514 --queues "$queues" --json >"$work/blast.json"
 bg=$(python3 - "$work/blast.json" <<'EOF'
 import json, sys
 line = [l for l in open(sys.argv[1]).read().splitlines() if l.startswith("{")][-1]
@@ -237,7 +247,7 @@ iperf_run "iperf3 TCP, HTB ${rate}"
 inA tc qdisc del dev "$A" root
 
 echo
-echo "veth pair, ${queues} queue(s), MTU 1500, $(nproc) cores; $(date -u +%FT%TZ)"
+echo "veth pair, ${queues} queue(s), MTU 1500, ${cores:-$(nproc)} of $(nproc) cores; $(date -u +%FT%TZ)"
 printf '| %-52s | %10s | %10s | %10s | %12s | %12s | %8s | %10s | %12s |\n' what "file bytes" "wire" time "goodput Gb/s" "session Gb/s" "kpps" "end to end" "effective Gb/s"
 printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..54})" "$(printf -- '-%.0s' {1..12})" \
     "$(printf -- '-%.0s' {1..12})" "$(printf -- '-%.0s' {1..12})" "$(printf -- '-%.0s' {1..14})" "$(printf -- '-%.0s' {1..14})" \

@@ -126,6 +126,11 @@ pub struct ShmArgs {
     /// Pin the producer (this process) to this core [default: not pinned].
     #[arg(long, value_name = "CORE")]
     pub producer_core: Option<usize>,
+    /// Producer threads (scatter mode): ring r is fed by producer r % N, for when one
+    /// producer cannot keep every consumer busy; with --producer-core C, producer i runs on
+    /// core C + i.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub producers: u32,
     /// Append the run's figures as one JSON line to this file.
     #[arg(long, value_name = "PATH", default_value = packetfs::metrics::DEFAULT_LOG)]
     pub metrics: PathBuf,
@@ -184,6 +189,7 @@ impl ShmArgs {
             baseline_secs: self.baseline_secs,
             memcpy_secs: self.memcpy_secs,
             producer_core: self.producer_core,
+            producers: self.producers,
             skip_desc: self.fault_skip_desc,
         }
     }

@@ -77,6 +77,11 @@ pub trait FramePath {
     fn wait(&mut self, d: Duration) -> Result<(), DriverError>;
     /// Push out what is still queued (the last Close or Abort).
     fn flush(&mut self) {}
+    /// Datagrams the loop moves per direction and round (the path's batch: AF_XDP paths
+    /// take a whole ring batch per kick).
+    fn batch(&self) -> usize {
+        BATCH
+    }
     /// The peer, once known.
     fn peer(&self) -> Option<SocketAddr>;
 }
@@ -158,6 +163,7 @@ pub fn drive<E: Endpoint + ?Sized, P: FramePath + ?Sized>(
     // Pacing waits are tens of microseconds: ask the kernel not to round this thread's
     // timers up by the default 50 us slack.
     let _ = nix::sys::prctl::set_timerslack(1_000);
+    let batch = path.batch().max(1);
     let stop = loop {
         let now = Instant::now();
         if !cancelled && cancel.load(Ordering::Relaxed) {
@@ -168,7 +174,7 @@ pub fn drive<E: Endpoint + ?Sized, P: FramePath + ?Sized>(
             ep.handle_timeout(now);
         }
         let finished_before = marks.outcome.is_some() && matches!(ep.outcome(), Some(Ok(())));
-        let (sent, exhausted) = path.transmit(ep, now, BATCH)?;
+        let (sent, exhausted) = path.transmit(ep, now, batch)?;
         if sent > 0 && marks.first_data.is_none() {
             let t = Instant::now();
             marks.first_sent.get_or_insert(t);
@@ -217,13 +223,13 @@ pub fn drive<E: Endpoint + ?Sized, P: FramePath + ?Sized>(
                 }
             }
         }
-        let (got, accepted) = path.receive(ep, BATCH)?;
+        let (got, accepted) = path.receive(ep, batch)?;
         if accepted && marks.first_accepted.is_none() {
             marks.first_accepted = Some(Instant::now());
         }
         // Work left on either side (or a path that was full): go round again at once.
-        let more = busy || got > 0 || (sent > 0 && !exhausted) || sent == BATCH;
-        busy = got >= BATCH;
+        let more = busy || got > 0 || (sent > 0 && !exhausted) || sent == batch;
+        busy = got >= batch;
         if more {
             continue;
         }

@@ -231,7 +231,8 @@ impl Outgoing {
                         start,
                         slen: bound,
                         body: Body::Stream {
-                            bytes: Vec::new(),
+                            // Kept whole for retransmission: on huge pages (no 4 KiB faults).
+                            bytes: crate::bigbuf::huge_vec(bound),
                             finished: false,
                         },
                     }

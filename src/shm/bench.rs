@@ -831,6 +831,9 @@ fn produce(
         .iter()
         .map(|r| r.take_producer().ok_or(BenchError::Start))
         .collect::<Result<_, _>>()?;
+    if cfg.producers > 1 {
+        return produce_split(cfg, plan, prods, children, t0);
+    }
     let dpf = cfg.dpf as usize;
     let mut feeds: Vec<Feed> = (0..n as u32)
         .map(|r| Feed::new(plan.layout.stream(r), cfg.arith, dpf))
@@ -909,6 +912,112 @@ fn produce(
                 }
             }
         }
+    }
+    let frames: u64 = ring_frames.iter().sum();
+    Ok(ProducerReport {
+        frames,
+        descs: frames * dpf as u64,
+        full_stalls,
+        ring_frames,
+        cpu_secs: 0.0,
+    })
+}
+
+/// Scatter mode with `cfg.producers` producer threads: producer `p` owns rings
+/// `p, p + P, ...` (their producer ends and span streams) and runs the same scatter loop
+/// over them; this thread watches the consumers and the deadline.
+fn produce_split(
+    cfg: &ShmConfig,
+    plan: &Plan,
+    prods: Vec<Producer<'_, Desc>>,
+    children: &mut Children,
+    t0: u64,
+) -> Result<ProducerReport, BenchError> {
+    let n = prods.len();
+    let np = (cfg.producers as usize).min(n);
+    let dpf = cfg.dpf as usize;
+    let deadline = t0 + (cfg.duration * 1e9) as u64;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    // Each producer's rings: (ring index, producer end, feed).
+    let mut owned: Vec<Vec<(usize, Producer<'_, Desc>, Feed)>> =
+        (0..np).map(|_| Vec::new()).collect();
+    for (r, p) in prods.into_iter().enumerate() {
+        let feed = Feed::new(plan.layout.stream(r as u32), cfg.arith, dpf);
+        owned[r % np].push((r, p, feed));
+    }
+    let per_desc_ns = if cfg.pcpu {
+        cfg.seg_len as f64 / 4.0
+    } else {
+        1.0
+    };
+    let pause = Duration::from_nanos(
+        ((plan.slots as f64 * per_desc_ns / 8.0) as u64).clamp(50_000, 5_000_000),
+    );
+    let max_per_visit = ((plan.slots as usize / 2) / dpf).max(1);
+    let (op, imm) = (cfg.pcpu_op, cfg.imm);
+    let mut ring_frames = vec![0u64; n];
+    let mut full_stalls = 0u64;
+    let mut died = None;
+    std::thread::scope(|sc| {
+        let handles: Vec<_> = owned
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut mine)| {
+                let stop = &stop;
+                let core = cfg.producer_core.map(|c| c + i);
+                sc.spawn(move || {
+                    if let Some(c) = core {
+                        core_affinity::set_for_current(core_affinity::CoreId { id: c });
+                    }
+                    // A quarter of this producer's rings' slots per round, as in produce().
+                    let quantum = ((plan.slots as usize / 4) / dpf).max(1);
+                    let mut frames = vec![0u64; mine.len()];
+                    let mut stalls = 0u64;
+                    while proc::mono_ns() < deadline
+                        && !stop.load(Ordering::Relaxed)
+                        && !proc::stop_requested()
+                    {
+                        let mut round = 0;
+                        for (k, (_, p, feed)) in mine.iter_mut().enumerate() {
+                            let mut f = 0;
+                            while f < max_per_visit && feed.publish_frame(p, op, imm) {
+                                f += 1;
+                            }
+                            frames[k] += f as u64;
+                            round += f;
+                        }
+                        if round == 0 {
+                            stalls += 1;
+                        }
+                        if round < quantum {
+                            std::thread::sleep(pause);
+                        }
+                    }
+                    let rs: Vec<usize> = mine.iter().map(|m| m.0).collect();
+                    (rs, frames, stalls)
+                })
+            })
+            .collect();
+        while !handles.iter().all(|h| h.is_finished()) {
+            if let Some(d) = children.try_reap().into_iter().next() {
+                died = Some(d);
+                stop.store(true, Ordering::Relaxed);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for h in handles {
+            let (rs, frames, stalls) = h.join().expect("a producer thread panicked");
+            for (r, f) in rs.into_iter().zip(frames) {
+                ring_frames[r] += f;
+            }
+            full_stalls += stalls;
+        }
+    });
+    if let Some((pid, exit)) = died {
+        return Err(BenchError::ChildDied {
+            pid,
+            exit: exit.to_string(),
+        });
     }
     let frames: u64 = ring_frames.iter().sum();
     Ok(ProducerReport {

@@ -83,8 +83,12 @@ pub struct ShmConfig {
     pub baseline_secs: f64,
     /// Seconds of the memcpy phase.
     pub memcpy_secs: f64,
-    /// Pin the producer to this core (default: not pinned).
+    /// Pin the producer to this core (default: not pinned); with several producers,
+    /// producer `i` to core `producer_core + i`.
     pub producer_core: Option<usize>,
+    /// Producer threads (scatter mode): ring `r` is fed by producer `r % producers`, for
+    /// when one producer cannot keep every consumer busy.
+    pub producers: u32,
     /// Fault injection for tests: consumer 0 skips applying its n-th descriptor (0-based).
     pub skip_desc: Option<u64>,
 }
@@ -113,6 +117,7 @@ impl Default for ShmConfig {
             baseline_secs: 1.0,
             memcpy_secs: 1.0,
             producer_core: None,
+            producers: 1,
             skip_desc: None,
         }
     }
@@ -189,6 +194,12 @@ pub enum ShmConfigError {
     PhaseSecs,
     #[error("--producer-core {core}: this process may run on {cores} cores (0..{cores})")]
     ProducerCore { core: usize, cores: usize },
+    #[error("--producers {0}: must be 1..=64 and at most the number of rings")]
+    Producers(u32),
+    #[error(
+        "--producers above 1 needs --mode scatter (the other modes publish in one global order)"
+    )]
+    ProducersMode,
 }
 
 /// The numbers derived from a valid configuration.
@@ -243,7 +254,14 @@ impl ShmConfig {
                 slots,
             });
         }
-        if let Some(core) = self.producer_core.filter(|&c| c >= m.cores) {
+        if !(1..=64).contains(&self.producers) {
+            return Err(E::Producers(self.producers));
+        }
+        if self.producers > 1 && self.mode != Mode::Scatter {
+            return Err(E::ProducersMode);
+        }
+        let last_producer_core = self.producer_core.map(|c| c + self.producers as usize - 1);
+        if let Some(core) = last_producer_core.filter(|&c| c >= m.cores) {
             return Err(E::ProducerCore {
                 core,
                 cores: m.cores,
@@ -267,6 +285,9 @@ impl ShmConfig {
         let rings = self.ports as u64 * self.queues as u64;
         if rings > 4096 {
             return Err(E::TooManyRings { rings });
+        }
+        if rings < self.producers as u64 {
+            return Err(E::Producers(self.producers));
         }
         if rings < self.threads as u64 {
             return Err(E::FewerRingsThanThreads {
@@ -481,6 +502,28 @@ mod tests {
                     ..ok.clone()
                 },
                 "producer core",
+            ),
+            (
+                ShmConfig {
+                    producers: 0,
+                    ..ok.clone()
+                },
+                "no producer",
+            ),
+            (
+                ShmConfig {
+                    producers: 2,
+                    mode: Mode::Queues,
+                    ..ok.clone()
+                },
+                "producers outside scatter",
+            ),
+            (
+                ShmConfig {
+                    producers: 1000,
+                    ..ok.clone()
+                },
+                "producers beyond the rings",
             ),
         ];
         for (c, what) in cases {

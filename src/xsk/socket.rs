@@ -106,6 +106,11 @@ pub struct XskSocket {
     /// Frames on the tx ring or in flight, not yet back through the completion ring.
     tx_in_flight: usize,
     batch: usize,
+    /// Frames one tx kick (`sendto`) moves in copy mode: the kernel's default of 32, or the
+    /// tx ring's size where the kernel takes `XDP_MAX_TX_SKB_BUDGET` (6.17+).
+    kick_budget: u32,
+    /// Busy-poll mode (see [`set_busy_poll`](Self::set_busy_poll)).
+    busy_poll: bool,
     frame_cap: usize,
     iface: String,
     queue: u32,
@@ -187,6 +192,7 @@ impl XskSocket {
 
         let tx_free = descs.split_off(cfg.rx_frames() as usize);
         let fd = rx.fd().as_raw_fd();
+        let kick_budget = set_tx_budget(fd, cfg.ring_size);
         let mut sock = XskSocket {
             fq,
             cq,
@@ -198,6 +204,8 @@ impl XskSocket {
             scratch: vec![FrameDesc::default(); cfg.batch as usize],
             tx_in_flight: 0,
             batch: cfg.batch as usize,
+            kick_budget,
+            busy_poll: false,
             frame_cap: cfg.max_frame_len(),
             iface: iface.to_string(),
             queue,
@@ -221,6 +229,44 @@ impl XskSocket {
     /// The largest frame one UMEM frame carries.
     pub fn frame_capacity(&self) -> usize {
         self.frame_cap
+    }
+
+    /// Most descriptors one `recv_batch` / `send_batch` call handles.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Frames one tx kick moves in copy mode (32 unless the kernel took a larger budget).
+    pub fn kick_budget(&self) -> u32 {
+        self.kick_budget
+    }
+
+    /// Busy-poll mode: the socket asks the kernel to prefer busy polling
+    /// (`SO_PREFER_BUSY_POLL`, `SO_BUSY_POLL` 20 us, `SO_BUSY_POLL_BUDGET` one batch: NAPI
+    /// runs in this thread's syscalls instead of softirq, on NICs whose driver supports it),
+    /// and a receive that finds nothing drives the queue with a non-blocking `recvfrom`.
+    /// The options are best effort (a kernel or device without them keeps its interrupts);
+    /// returns whether all three were taken. The caller polls instead of sleeping.
+    pub fn set_busy_poll(&mut self) -> bool {
+        self.busy_poll = true;
+        let batch = self.batch.min(u16::MAX as usize) as libc::c_int;
+        let mut ok = true;
+        for (name, what, v) in [
+            (SO_PREFER_BUSY_POLL, "SO_PREFER_BUSY_POLL", 1),
+            (libc::SO_BUSY_POLL, "SO_BUSY_POLL", BUSY_POLL_US),
+            (SO_BUSY_POLL_BUDGET, "SO_BUSY_POLL_BUDGET", batch),
+        ] {
+            if let Err(e) = setsockopt_int(self.fd, libc::SOL_SOCKET, name, v) {
+                tracing::debug!(iface = %self.iface, queue = self.queue, "{what}: {e}");
+                ok = false;
+            }
+        }
+        ok
+    }
+
+    /// Whether [`set_busy_poll`](Self::set_busy_poll) was called.
+    pub fn busy_poll(&self) -> bool {
+        self.busy_poll
     }
 
     /// Frames available to [`send_batch`](Self::send_batch) right now (before reclaiming).
@@ -248,6 +294,7 @@ impl XskSocket {
         };
         if n == 0 {
             self.wake_fill();
+            self.busy_kick();
             return 0;
         }
         for d in &mut self.scratch[..n] {
@@ -334,6 +381,7 @@ impl XskSocket {
         };
         if n == 0 {
             self.wake_fill();
+            self.busy_kick();
             return 0;
         }
         for d in &self.scratch[..n] {
@@ -490,6 +538,24 @@ impl XskSocket {
         self.wake_fill();
     }
 
+    /// Busy-poll mode: a non-blocking `recvfrom` runs the queue's NAPI in this thread (what
+    /// libxdp's samples do); errors only mean "nothing now".
+    fn busy_kick(&mut self) {
+        if self.busy_poll {
+            // Safety: a zero-length receive into no buffer on this socket's own descriptor.
+            unsafe {
+                libc::recvfrom(
+                    self.fd,
+                    std::ptr::null_mut(),
+                    0,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                );
+            }
+        }
+    }
+
     fn wake_fill(&mut self) {
         if self.fq.needs_wakeup() {
             // A zero-timeout poll is the wakeup for the fill ring; errors only mean "later".
@@ -516,6 +582,61 @@ impl XskSocket {
             iface: self.iface.clone(),
             queue: self.queue,
             source,
+        }
+    }
+}
+
+/// `XDP_MAX_TX_SKB_BUDGET` (linux/if_xdp.h, 6.17+): how many frames one copy-mode tx kick
+/// moves (the kernel's default is 32, its TX_BATCH_SIZE).
+const XDP_MAX_TX_SKB_BUDGET: libc::c_int = 9;
+/// The kernel's default tx kick budget.
+const TX_BATCH_SIZE: u32 = 32;
+/// linux/socket.h (5.11+); not in every libc release.
+const SO_PREFER_BUSY_POLL: libc::c_int = 69;
+const SO_BUSY_POLL_BUDGET: libc::c_int = 70;
+/// Microseconds a busy-polling syscall spins on the device queue.
+const BUSY_POLL_US: libc::c_int = 20;
+
+fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    v: libc::c_int,
+) -> std::io::Result<()> {
+    // Safety: fd is an open socket owned by the caller; the option value is a c_int that
+    // lives across the call, with its size passed.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Asks the kernel to move up to `ring` frames per tx kick (one `sendto` per batch instead
+/// of one per 32 frames in copy mode). Older kernels refuse the option: they keep 32.
+fn set_tx_budget(fd: RawFd, ring: u32) -> u32 {
+    if ring <= TX_BATCH_SIZE {
+        return TX_BATCH_SIZE;
+    }
+    match setsockopt_int(
+        fd,
+        libc::SOL_XDP,
+        XDP_MAX_TX_SKB_BUDGET,
+        ring as libc::c_int,
+    ) {
+        Ok(()) => ring,
+        Err(e) => {
+            tracing::debug!("XDP_MAX_TX_SKB_BUDGET {ring}: {e} (the kernel keeps {TX_BATCH_SIZE})");
+            TX_BATCH_SIZE
         }
     }
 }
@@ -548,6 +669,9 @@ pub fn wait_any(socks: &mut [XskSocket], timeout: Duration) -> Result<bool, XskE
     if timeout.is_zero() || socks.is_empty() {
         return Ok(false);
     }
+    if socks[0].busy_poll {
+        return Ok(spin_any(socks, timeout));
+    }
     let mut fds: Vec<PollFd<'_>> = socks
         .iter()
         .map(|s| PollFd::new(s.as_fd(), PollFlags::POLLIN))
@@ -557,6 +681,28 @@ pub fn wait_any(socks: &mut [XskSocket], timeout: Duration) -> Result<bool, XskE
         Ok(n) => Ok(n > 0),
         Err(nix::errno::Errno::EINTR) => Ok(false),
         Err(e) => Err(socks[0].io_err(e.into())),
+    }
+}
+
+/// Busy-poll mode's wait: poll the rx rings (driving each queue with a non-blocking
+/// receive) until one has frames or `timeout` passes; never sleeps.
+fn spin_any(socks: &mut [XskSocket], timeout: Duration) -> bool {
+    let until = Instant::now() + timeout;
+    loop {
+        for _ in 0..64 {
+            for s in socks.iter_mut() {
+                if s.rx.nb_avail(1) > 0 {
+                    return true;
+                }
+            }
+            std::hint::spin_loop();
+        }
+        for s in socks.iter_mut() {
+            s.busy_kick();
+        }
+        if Instant::now() >= until {
+            return false;
+        }
     }
 }
 

@@ -73,6 +73,7 @@ pub struct XdpIo {
     rx_frames: Vec<u64>,
     tx_frames: Vec<u64>,
     bad_frames: u64,
+    busy_poll: bool,
     steer: Steering,
 }
 
@@ -147,6 +148,7 @@ impl XdpIo {
             rx_frames: vec![0; n],
             tx_frames: vec![0; n],
             bad_frames: 0,
+            busy_poll: false,
             steer,
         })
     }
@@ -154,6 +156,33 @@ impl XdpIo {
     /// The bound queues.
     pub fn queues(&self) -> Vec<u32> {
         self.socks.iter().map(|s| s.queue()).collect()
+    }
+
+    /// Busy-poll mode on every socket (see [`XskSocket::set_busy_poll`]): whoever drives
+    /// them polls instead of sleeping.
+    pub fn set_busy_poll(&mut self) {
+        let taken = self
+            .socks
+            .iter_mut()
+            .map(|s| s.set_busy_poll())
+            .filter(|&t| t)
+            .count();
+        tracing::info!(
+            sockets = self.socks.len(),
+            options_taken = taken,
+            "AF_XDP busy poll: the sockets are polled, never slept on"
+        );
+        self.busy_poll = true;
+    }
+
+    /// Whether [`set_busy_poll`](Self::set_busy_poll) was called.
+    pub fn busy_poll(&self) -> bool {
+        self.busy_poll
+    }
+
+    /// Frames one session-thread round moves per direction: a socket's batch.
+    fn batch(&self) -> usize {
+        self.socks.first().map_or(1, |s| s.batch())
     }
 
     /// The steering program (counters, notice).
@@ -297,6 +326,9 @@ impl FramePath for SessionPath<'_> {
     }
     fn flush(&mut self) {
         self.io.flush()
+    }
+    fn batch(&self) -> usize {
+        self.io.batch()
     }
     fn peer(&self) -> Option<SocketAddr> {
         self.flow.peer()

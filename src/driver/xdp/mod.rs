@@ -79,11 +79,14 @@ pub const REORDER_WINDOW: Duration = Duration::from_millis(10);
 /// UMEM populates its pages (xsk-rs maps shared anonymous memory with MAP_POPULATE, which
 /// allocates and zeroes every page under the mmap lock): half the pages, about half that
 /// start-up cost (docs/XDP.md, "Start-up").
+///
+/// Batches of 256: the session thread takes a whole batch per round and direction, and one
+/// tx kick moves all of it where the kernel takes `XDP_MAX_TX_SKB_BUDGET`.
 const SMALL_XSK: XskConfig = XskConfig {
     frame_size: 2048,
     frame_count: 4096,
     ring_size: 2048,
-    batch: 64,
+    batch: 256,
     bind: xsk::BindMode::Auto,
     huge_pages: false,
 };
@@ -120,6 +123,9 @@ pub struct XdpLink {
     pub threads: Threads,
     /// Cores for the workers, round-robin (empty: every core of the machine).
     pub cpus: Vec<usize>,
+    /// Poll the sockets instead of sleeping on them (session thread and workers), with the
+    /// sockets' busy-poll options set: for hosts with a core to spare per polling thread.
+    pub busy_poll: bool,
 }
 
 impl XdpLink {
@@ -137,6 +143,7 @@ impl XdpLink {
             cpu: None,
             threads: Threads::Auto,
             cpus: Vec::new(),
+            busy_poll: false,
         }
     }
 
@@ -278,7 +285,10 @@ impl Side {
         });
         // The addresses' error first: it is the more basic problem.
         let flow = flow?;
-        let io = io?;
+        let mut io = io?;
+        if link.busy_poll {
+            io.set_busy_poll();
+        }
         Ok(Side {
             io,
             flow,
@@ -438,6 +448,12 @@ impl FramePath for XdpPath<'_, '_> {
         match &mut self.kind {
             PathKind::Session(p) => p.flush(),
             PathKind::Workers(p) => p.flush(),
+        }
+    }
+    fn batch(&self) -> usize {
+        match &self.kind {
+            PathKind::Session(p) => p.batch(),
+            PathKind::Workers(p) => p.batch(),
         }
     }
     fn peer(&self) -> Option<SocketAddr> {
@@ -689,17 +705,20 @@ mod tests {
         assert!(e.contains("lower --mtu"), "{e}");
     }
 
-    /// The small UMEM differs from the default only in its frame size (and so its bytes).
+    /// The small UMEM differs from the default only in its frame size (and so its bytes)
+    /// and its batch (a whole ring batch per kick).
     #[test]
     fn small_umem_is_the_default_in_2k_frames() {
         let d = XskConfig::default();
         assert_eq!(
             XskConfig {
                 frame_size: 2048,
+                batch: 256,
                 ..d
             },
             SMALL_XSK
         );
+        SMALL_XSK.validate().unwrap();
         assert_eq!(SMALL_XSK.umem_bytes() * 2, d.umem_bytes());
     }
 }

@@ -306,6 +306,11 @@ pub fn run_worker(mut sock: XskSocket, sh: &WorkerShared, session: Thread, batch
             spins = 0;
             continue;
         }
+        if sock.busy_poll() {
+            // Busy-poll mode: this worker has its core; it never sleeps.
+            std::hint::spin_loop();
+            continue;
+        }
         spins += 1;
         if spins < SPIN_ROUNDS {
             std::thread::yield_now();
@@ -406,6 +411,8 @@ pub struct WorkerSet<'a> {
     /// Frames handed to the endpoint after a frame with a higher sequence number (what the
     /// merge could not put in order).
     reordered: u64,
+    /// Busy-poll mode: the session thread polls the hand-over queues instead of parking.
+    busy: bool,
 }
 
 impl<'a> WorkerSet<'a> {
@@ -419,6 +426,7 @@ impl<'a> WorkerSet<'a> {
                 .map(|_| VecDeque::with_capacity(STAGE_MAX))
                 .collect(),
             last_rx: vec![None; sh.len()],
+            busy: false,
             last_seq: 0,
             hold_until: None,
             reordered: 0,
@@ -596,9 +604,17 @@ impl<'a> WorkerSet<'a> {
         if let Some(h) = self.hold_until {
             wait = wait.min(h.saturating_duration_since(Instant::now()));
         }
-        if !wait.is_zero() {
-            std::thread::park_timeout(wait);
+        if wait.is_zero() {
+            return;
         }
+        if self.busy {
+            let until = Instant::now() + wait;
+            while Instant::now() < until && self.sh.iter().all(|w| w.rx_out.is_empty()) {
+                std::hint::spin_loop();
+            }
+            return;
+        }
+        std::thread::park_timeout(wait);
     }
 }
 
@@ -712,6 +728,7 @@ pub fn run<R>(
     batch: usize,
     f: impl FnOnce(&mut WorkerSet<'_>) -> R,
 ) -> std::io::Result<(R, PathStats)> {
+    let busy = io.busy_poll();
     let socks = io.take_sockets();
     let io: &XdpIo = io;
     let shared = socks
@@ -742,6 +759,7 @@ pub fn run<R>(
             Some(e) => Err(e),
             None => {
                 let mut set = WorkerSet::new(&shared, flow, io.steering());
+                set.busy = busy;
                 let r = f(&mut set);
                 Ok((r, set.reordered))
             }
