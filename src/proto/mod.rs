@@ -246,7 +246,7 @@ pub enum Reason {
     SessionTooLarge { total: u64, limit: u64 },
     #[error("the session declares {count} files, above the receiver's limit of {limit}")]
     TooManyFiles { count: u64, limit: u64 },
-    #[error("not enough free space on the receiver: {need} bytes needed, {avail} available")]
+    #[error("not enough free space on the receiver: {need} bytes needed, {avail} available beyond its free-space reserve")]
     NoSpace { need: u64, avail: u64 },
     #[error("file #{file} has a name the receiver refuses (absolute, `..`, or outside the output directory)")]
     BadName { file: u32 },

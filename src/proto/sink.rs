@@ -83,7 +83,7 @@ pub struct SnapSeg {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    #[error("not enough free space: {need} bytes needed, {avail} available")]
+    #[error("not enough free space: {need} bytes needed, {avail} available beyond the free-space reserve")]
     NoSpace { need: u64, avail: u64 },
     #[error("file #{0} would leave the output directory")]
     BadName(u32),
