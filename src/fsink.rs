@@ -111,6 +111,16 @@ fn is_escape(e: Errno) -> bool {
     )
 }
 
+/// A path error of file `fi`: an escape from the output directory is a bad name, a kernel
+/// without openat2 says so, anything else is I/O.
+fn sink_errno(fi: u32, e: Errno) -> SinkError {
+    match e {
+        e if is_escape(e) => SinkError::BadName(fi),
+        Errno::ENOSYS => SinkError::Io(no_openat2()),
+        e => SinkError::Io(e.into()),
+    }
+}
+
 fn no_openat2() -> io::Error {
     io::Error::new(
         io::ErrorKind::Unsupported,
@@ -350,6 +360,21 @@ impl MmapSink {
         Ok((dir, fname))
     }
 
+    /// Entry `i`'s checked name, its parent directory (created beneath the root) and its base
+    /// name: what [`MmapSink::open_node`] and [`MmapSink::open_one`] both start from.
+    fn locate(
+        &self,
+        i: usize,
+        f: &SinkFile,
+        dirs: &mut HashMap<String, Arc<OwnedFd>>,
+    ) -> Result<(u32, String, Arc<OwnedFd>, String), SinkError> {
+        let fi = i as u32;
+        let name = sanitize_name(&f.name).ok_or(SinkError::BadName(fi))?;
+        let (dir, fname) = self.parent_of(&name, dirs).map_err(|e| sink_errno(fi, e))?;
+        let fname = fname.to_owned();
+        Ok((fi, name, dir, fname))
+    }
+
     /// Entry `i`, a directory or a link: a directory is created now (kept if it exists); a
     /// link is only checked here (its name must be free unless `overwrite`, never a
     /// directory) and created by `finish`, after every file.
@@ -359,15 +384,8 @@ impl MmapSink {
         f: &SinkFile,
         dirs: &mut HashMap<String, Arc<OwnedFd>>,
     ) -> Result<Out, SinkError> {
-        let fi = i as u32;
-        let errno = |e: Errno| match e {
-            e if is_escape(e) => SinkError::BadName(fi),
-            Errno::ENOSYS => SinkError::Io(no_openat2()),
-            e => SinkError::Io(e.into()),
-        };
-        let name = sanitize_name(&f.name).ok_or(SinkError::BadName(fi))?;
-        let (dir, fname) = self.parent_of(&name, dirs).map_err(errno)?;
-        let fname = fname.to_owned();
+        let (fi, name, dir, fname) = self.locate(i, f, dirs)?;
+        let errno = |e: Errno| sink_errno(fi, e);
         if f.kind == EntryKind::Dir {
             let fd = ensure_dir_beneath(dir.as_fd(), OsStr::new(&fname)).map_err(|e| match e {
                 Errno::ENOTDIR => SinkError::Exists {
@@ -423,15 +441,8 @@ impl MmapSink {
         f: &SinkFile,
         dirs: &mut HashMap<String, Arc<OwnedFd>>,
     ) -> Result<Out, SinkError> {
-        let fi = i as u32;
-        let errno = |e: Errno| match e {
-            e if is_escape(e) => SinkError::BadName(fi),
-            Errno::ENOSYS => SinkError::Io(no_openat2()),
-            e => SinkError::Io(e.into()),
-        };
-        let name = sanitize_name(&f.name).ok_or(SinkError::BadName(fi))?;
-        let (dir, fname) = self.parent_of(&name, dirs).map_err(errno)?;
-        let fname = fname.to_owned();
+        let (fi, name, dir, fname) = self.locate(i, f, dirs)?;
+        let errno = |e: Errno| sink_errno(fi, e);
         let fname = fname.as_str();
         let exists = || SinkError::Exists {
             file: fi,

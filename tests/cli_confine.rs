@@ -6,12 +6,11 @@
 //! The keys come from `pfs keygen`; the transfer needs the handshake's flags (`--identity`,
 //! `--authorized-senders`, `--receiver-key`): a build without them skips, saying so.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::Output;
 
 mod common;
-use common::cli::{build_snapshot, pfs};
+use common::cli::{build_snapshot, pfs, spawn_listening};
 
 fn has_key_flags() -> bool {
     let h = pfs().args(["recv", "--help"]).output().unwrap();
@@ -51,46 +50,25 @@ fn session(
     out: &Path,
     file: &Path,
 ) -> (Output, Output, String) {
-    let mut rx = pfs()
-        .args([
-            "recv",
-            "--once",
-            "--transport",
-            "udp",
-            "--listen",
-            "127.0.0.1",
-        ])
-        .args(["--port", "0", "--timeout", "30", "--snapshot", snap])
-        .arg("--identity")
-        .arg(&k.receiver)
-        .arg("--authorized-senders")
-        .arg(authorized)
-        .arg("--out-dir")
-        .arg(out)
-        .arg("--metrics")
-        .arg(out.with_extension("jsonl"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(rx.stderr.take().unwrap());
-    let mut seen = String::new();
-    let port = loop {
-        let mut line = String::new();
-        if err.read_line(&mut line).unwrap() == 0 {
-            let st = rx.wait().unwrap();
-            panic!("receiver exited ({st}) before listening: {seen}");
-        }
-        if let Some(rest) = line.split("listening on udp 127.0.0.1:").nth(1) {
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .parse::<u16>()
-                .unwrap();
-        }
-        seen.push_str(&line);
-    };
+    let mut cmd = pfs();
+    cmd.args([
+        "recv",
+        "--once",
+        "--transport",
+        "udp",
+        "--listen",
+        "127.0.0.1",
+    ])
+    .args(["--port", "0", "--timeout", "30", "--snapshot", snap])
+    .arg("--identity")
+    .arg(&k.receiver)
+    .arg("--authorized-senders")
+    .arg(authorized)
+    .arg("--out-dir")
+    .arg(out)
+    .arg("--metrics")
+    .arg(out.with_extension("jsonl"));
+    let (rx, port, mut err, seen) = spawn_listening(cmd);
     let s = pfs()
         .args(["send", "--transport", "udp", "--snapshot", snap])
         .args(["--dst", &format!("127.0.0.1:{port}")])

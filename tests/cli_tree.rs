@@ -4,53 +4,37 @@
 //! compared with lstat); links out of the tree are skipped; `--follow-symlinks` sends the
 //! targets; fifos are skipped with a note.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Output};
 
 mod common;
-use common::cli::{build_snapshot, pfs};
+use common::cli::{build_snapshot, pfs, spawn_listening};
 use common::keys::KeyFiles;
 
 /// A receiver on 127.0.0.1 (one session), with the port it printed.
 fn start_recv(snap: &str, out: &Path, keys: &KeyFiles) -> (Child, u16) {
-    let mut c = pfs()
-        .args([
-            "recv",
-            "--once",
-            "--transport",
-            "udp",
-            "--listen",
-            "127.0.0.1",
-        ])
-        .args(["--port", "0", "--timeout", "60", "--snapshot", snap])
-        .args(keys.recv_flags())
-        .arg("--out-dir")
-        .arg(out)
-        .arg("--metrics")
-        .arg(out.with_extension("jsonl"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(c.stderr.take().unwrap());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(
-            err.read_line(&mut line).unwrap() > 0,
-            "receiver exited before listening"
-        );
-        if let Some(rest) = line.split("listening on udp 127.0.0.1:").nth(1) {
-            let port = rest.split_whitespace().next().unwrap().parse().unwrap();
-            // keep draining stderr so that the receiver never blocks on it
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut err, &mut std::io::sink());
-            });
-            return (c, port);
-        }
-    }
+    let mut cmd = pfs();
+    cmd.args([
+        "recv",
+        "--once",
+        "--transport",
+        "udp",
+        "--listen",
+        "127.0.0.1",
+    ])
+    .args(["--port", "0", "--timeout", "60", "--snapshot", snap])
+    .args(keys.recv_flags())
+    .arg("--out-dir")
+    .arg(out)
+    .arg("--metrics")
+    .arg(out.with_extension("jsonl"));
+    let (c, port, mut err, _) = spawn_listening(cmd);
+    // keep draining stderr so that the receiver never blocks on it
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut err, &mut std::io::sink());
+    });
+    (c, port)
 }
 
 /// Send `inputs` to a fresh receiver into `out`; returns both outputs.

@@ -1,12 +1,12 @@
 //! `pfs send` / `pfs recv` end to end over loopback UDP (no privileges needed): several files
 //! in one session arrive bit-exact; a snapshot mismatch is refused on both sides, by name.
 
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::path::Path;
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Output};
 
 mod common;
-use common::cli::{build_snapshot, pfs};
+use common::cli::{build_snapshot, pfs, spawn_listening};
 use common::keys::KeyFiles;
 
 /// Start a receiver on 127.0.0.1 with an OS-chosen port; return it and the port it printed.
@@ -26,8 +26,8 @@ fn start_recv_timeout(
     keys: &[String],
     timeout: &str,
 ) -> (Child, u16, BufReader<std::process::ChildStderr>) {
-    let mut c = pfs()
-        .args(["recv", "--once"])
+    let mut cmd = pfs();
+    cmd.args(["recv", "--once"])
         .args(keys)
         .args([
             "--transport",
@@ -44,24 +44,9 @@ fn start_recv_timeout(
         ])
         .arg(out)
         .arg("--metrics")
-        .arg(metrics)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(c.stderr.take().unwrap());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(
-            err.read_line(&mut line).unwrap() > 0,
-            "receiver exited before listening"
-        );
-        if let Some(rest) = line.split("listening on udp 127.0.0.1:").nth(1) {
-            let port: u16 = rest.split_whitespace().next().unwrap().parse().unwrap();
-            return (c, port, err);
-        }
-    }
+        .arg(metrics);
+    let (c, port, err, _) = spawn_listening(cmd);
+    (c, port, err)
 }
 
 fn finish(c: Child, mut err: BufReader<std::process::ChildStderr>) -> (Output, String) {

@@ -1,7 +1,8 @@
 //! The `pfs` binary from the integration tests: the command and a small snapshot.
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Child, ChildStderr, Command, Stdio};
 
 /// The `pfs` binary this test build made.
 pub fn pfs() -> Command {
@@ -26,4 +27,30 @@ pub fn build_snapshot(dir: &Path, name: &str, seed: &str) -> String {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     p.to_string_lossy().into_owned()
+}
+
+/// Spawn a `pfs recv` the caller prepared (UDP on 127.0.0.1, port 0) with piped output and
+/// wait for its "listening on udp 127.0.0.1:PORT" line. Returns the child, the port, its
+/// stderr after that line and what it printed before it; panics with that text if the
+/// receiver exits first.
+pub fn spawn_listening(mut cmd: Command) -> (Child, u16, BufReader<ChildStderr>, String) {
+    let mut c = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(c.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        if err.read_line(&mut line).unwrap() == 0 {
+            let st = c.wait().unwrap();
+            panic!("receiver exited ({st}) before listening: {seen}");
+        }
+        if let Some(rest) = line.split("listening on udp 127.0.0.1:").nth(1) {
+            let port = rest.split_whitespace().next().unwrap().parse().unwrap();
+            return (c, port, err, seen);
+        }
+        seen.push_str(&line);
+    }
 }
