@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Output;
 
 mod common;
-use common::cli::{build_snapshot, pfs, spawn_listening};
+use common::cli::{build_snapshot, pfs, spawn_listening, udp_recv};
 
 fn has_key_flags() -> bool {
     let h = pfs().args(["recv", "--help"]).output().unwrap();
@@ -50,24 +50,15 @@ fn session(
     out: &Path,
     file: &Path,
 ) -> (Output, Output, String) {
-    let mut cmd = pfs();
-    cmd.args([
-        "recv",
-        "--once",
-        "--transport",
-        "udp",
-        "--listen",
-        "127.0.0.1",
-    ])
-    .args(["--port", "0", "--timeout", "30", "--snapshot", snap])
-    .arg("--identity")
-    .arg(&k.receiver)
-    .arg("--authorized-senders")
-    .arg(authorized)
-    .arg("--out-dir")
-    .arg(out)
-    .arg("--metrics")
-    .arg(out.with_extension("jsonl"));
+    let mut cmd = udp_recv(snap, "30");
+    cmd.arg("--identity")
+        .arg(&k.receiver)
+        .arg("--authorized-senders")
+        .arg(authorized)
+        .arg("--out-dir")
+        .arg(out)
+        .arg("--metrics")
+        .arg(out.with_extension("jsonl"));
     let (rx, port, mut err, seen) = spawn_listening(cmd);
     let s = pfs()
         .args(["send", "--transport", "udp", "--snapshot", snap])

@@ -6,12 +6,12 @@
 //! These transfers carry no keys: when this build has the `--insecure` flag (plaintext only
 //! on request, issue 12), both sides pass it; the keys themselves are tested elsewhere.
 
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::path::Path;
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Output};
 
 mod common;
-use common::cli::{build_snapshot, pfs};
+use common::cli::{build_snapshot, pfs, spawn_listening, udp_recv};
 
 /// `["--insecure"]` when this build knows the flag, else nothing.
 fn plaintext() -> Vec<&'static str> {
@@ -30,41 +30,15 @@ fn start_recv(
     out: &Path,
     extra: &[&str],
 ) -> (Child, u16, String, BufReader<std::process::ChildStderr>) {
-    let mut c = pfs()
-        .args([
-            "recv",
-            "--once",
-            "--transport",
-            "udp",
-            "--listen",
-            "127.0.0.1",
-        ])
-        .args(["--port", "0", "--timeout", "30", "--snapshot", snap])
-        .args(plaintext())
+    let mut cmd = udp_recv(snap, "30");
+    cmd.args(plaintext())
         .args(extra)
         .arg("--out-dir")
         .arg(out)
         .arg("--metrics")
-        .arg(out.with_extension("jsonl"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(c.stderr.take().unwrap());
-    let mut before = String::new();
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if err.read_line(&mut line).unwrap() == 0 {
-            let st = c.wait().unwrap();
-            panic!("receiver exited ({st}) before listening: {before}");
-        }
-        if let Some(rest) = line.split("listening on udp 127.0.0.1:").nth(1) {
-            let port: u16 = rest.split_whitespace().next().unwrap().parse().unwrap();
-            return (c, port, before, err);
-        }
-        before.push_str(&line);
-    }
+        .arg(out.with_extension("jsonl"));
+    let (c, port, err, before) = spawn_listening(cmd);
+    (c, port, before, err)
 }
 
 fn send(snap: &str, port: u16, file: &Path, metrics: &Path) -> Output {

@@ -9,26 +9,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Output};
 
 mod common;
-use common::cli::{build_snapshot, pfs, spawn_listening};
+use common::cli::{build_snapshot, pfs, spawn_listening, udp_recv};
 use common::keys::KeyFiles;
 
 /// A receiver on 127.0.0.1 (one session), with the port it printed.
 fn start_recv(snap: &str, out: &Path, keys: &KeyFiles) -> (Child, u16) {
-    let mut cmd = pfs();
-    cmd.args([
-        "recv",
-        "--once",
-        "--transport",
-        "udp",
-        "--listen",
-        "127.0.0.1",
-    ])
-    .args(["--port", "0", "--timeout", "60", "--snapshot", snap])
-    .args(keys.recv_flags())
-    .arg("--out-dir")
-    .arg(out)
-    .arg("--metrics")
-    .arg(out.with_extension("jsonl"));
+    let mut cmd = udp_recv(snap, "60");
+    cmd.args(keys.recv_flags())
+        .arg("--out-dir")
+        .arg(out)
+        .arg("--metrics")
+        .arg(out.with_extension("jsonl"));
     let (c, port, mut err, _) = spawn_listening(cmd);
     // keep draining stderr so that the receiver never blocks on it
     std::thread::spawn(move || {

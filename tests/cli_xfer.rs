@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Output};
 
 mod common;
-use common::cli::{build_snapshot, pfs, spawn_listening};
+use common::cli::{build_snapshot, pfs, spawn_listening, udp_recv};
 use common::keys::KeyFiles;
 
 /// Start a receiver on 127.0.0.1 with an OS-chosen port; return it and the port it printed.
@@ -26,22 +26,9 @@ fn start_recv_timeout(
     keys: &[String],
     timeout: &str,
 ) -> (Child, u16, BufReader<std::process::ChildStderr>) {
-    let mut cmd = pfs();
-    cmd.args(["recv", "--once"])
-        .args(keys)
-        .args([
-            "--transport",
-            "udp",
-            "--listen",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--timeout",
-            timeout,
-            "--snapshot",
-            snap,
-            "--out-dir",
-        ])
+    let mut cmd = udp_recv(snap, timeout);
+    cmd.args(keys)
+        .arg("--out-dir")
         .arg(out)
         .arg("--metrics")
         .arg(metrics);
@@ -335,19 +322,9 @@ fn an_altered_snapshot_is_refused_at_start_by_both_commands() {
     );
     let out = d.path().join("out");
     std::fs::create_dir(&out).unwrap();
-    let r = pfs()
-        .args([
-            "recv",
-            "--once",
-            "--transport",
-            "udp",
-            "--listen",
-            "127.0.0.1",
-            "--port",
-            "0",
-        ])
+    let r = udp_recv(&snap, "30")
         .args(keys.recv_flags())
-        .args(["--snapshot", &snap, "--out-dir"])
+        .arg("--out-dir")
         .arg(&out)
         .output()
         .unwrap();

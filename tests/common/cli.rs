@@ -29,6 +29,22 @@ pub fn build_snapshot(dir: &Path, name: &str, seed: &str) -> String {
     p.to_string_lossy().into_owned()
 }
 
+/// `pfs recv --once` over UDP on 127.0.0.1 with a port the kernel picks, `--timeout SECS` and
+/// the snapshot at `snap`: the caller adds keys, the output directory and the rest.
+pub fn udp_recv(snap: &str, timeout: &str) -> Command {
+    let mut c = pfs();
+    c.args([
+        "recv",
+        "--once",
+        "--transport",
+        "udp",
+        "--listen",
+        "127.0.0.1",
+    ])
+    .args(["--port", "0", "--timeout", timeout, "--snapshot", snap]);
+    c
+}
+
 /// Spawn a `pfs recv` the caller prepared (UDP on 127.0.0.1, port 0) with piped output and
 /// wait for its "listening on udp 127.0.0.1:PORT" line. Returns the child, the port, its
 /// stderr after that line and what it printed before it; panics with that text if the
