@@ -10,6 +10,9 @@
 #   PFS_FUZZ_JOBS=2 bash scripts/fuzz.sh 600 frame  (libFuzzer -fork=N on N cores)
 #   PFS_FUZZ_RUNS=10000000 bash scripts/fuzz.sh 3600  (stop each target after N executions,
 #                                                     SECONDS still the cap)
+#   PFS_FUZZ_FLAGS="-s none --no-trace-compares" bash scripts/fuzz.sh 600 handshake
+#       (cargo-fuzz build options, built into fuzz/target-flags; for targets whose time goes
+#       into instrumented crypto: X25519 under trace-compares and ASan runs ~5x slower)
 #
 # Needs the nightly toolchain and cargo-fuzz (installed here when missing). Not part of
 # .ci/run: a CI-sized campaign is `just fuzz 20` (about 4 minutes for 11 targets plus the
@@ -29,7 +32,14 @@ targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
     for f in fuzz/fuzz_targets/*.rs; do targets+=("$(basename "$f" .rs)"); done
 fi
-cargo +nightly fuzz build -O
+# shellcheck disable=SC2206
+flags=(${PFS_FUZZ_FLAGS:-})
+if [ ${#flags[@]} -gt 0 ]; then flags+=(--target-dir fuzz/target-flags); fi
+if [ ${#flags[@]} -gt 0 ]; then
+    for t in "${targets[@]}"; do cargo +nightly fuzz build -O "${flags[@]}" "$t"; done
+else
+    cargo +nightly fuzz build -O
+fi
 mkdir -p out/fuzz
 commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 printf '%-10s %12s %9s %7s %7s %7s %7s\n' target executions exec/s cov ft corpus crashes
@@ -42,7 +52,7 @@ for t in "${targets[@]}"; do
     [ "$jobs" -gt 1 ] && extra=(-fork="$jobs" -ignore_crashes=1)
     [ -n "${PFS_FUZZ_RUNS:-}" ] && extra+=(-runs="$PFS_FUZZ_RUNS")
     set +e
-    cargo +nightly fuzz run -O "$t" "fuzz/work/$t" "fuzz/corpus/$t" -- \
+    cargo +nightly fuzz run -O "${flags[@]}" "$t" "fuzz/work/$t" "fuzz/corpus/$t" -- \
         -max_total_time="$secs" -print_final_stats=1 -rss_limit_mb=2048 -timeout=10 \
         -max_len=65536 "${extra[@]}" >"$log" 2>&1
     rc=$?
