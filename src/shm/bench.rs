@@ -273,24 +273,8 @@ pub fn run(cfg: &ShmConfig, progress: &mut dyn FnMut(&str)) -> Result<ShmReport,
     // The tight loops run once before and once after the ring phase, so a change in what
     // else the machine is doing shows (and averages) instead of skewing the ratios. Their
     // work is undone by filling the blob again before the ring phase.
-    let (mut base_pre, mut ceil_pre) = (None, None);
-    if !proc::stop_requested() {
-        progress("baseline, before the ring phase: tight loop on one core");
-        base_pre = Some(tight_loops(cfg, &plan, blob.bytes_mut(), &cores, 1));
-    }
-    if !proc::stop_requested() {
-        progress(&format!(
-            "ceiling, before the ring phase: tight loop on {} cores at once",
-            cfg.threads
-        ));
-        ceil_pre = Some(tight_loops(
-            cfg,
-            &plan,
-            blob.bytes_mut(),
-            &cores,
-            cfg.threads,
-        ));
-    }
+    let (base_pre, ceil_pre) =
+        baseline_and_ceiling(cfg, &plan, blob.bytes_mut(), &cores, "before", progress);
     if base_pre.is_some() {
         fill_blob(blob.bytes_mut(), cfg.seed, cores.len().max(1));
     }
@@ -322,22 +306,9 @@ pub fn run(cfg: &ShmConfig, progress: &mut dyn FnMut(&str)) -> Result<ShmReport,
 
     let (mut baseline, mut ceiling, mut memcpy) = (None, None, None);
     let memcpy_bytes = plan.blob_len.min(256 << 20);
-    if !interrupted && !proc::stop_requested() {
-        progress("baseline, after the ring phase: tight loop on one core");
-        baseline = Some(tight_loops(cfg, &plan, blob.bytes_mut(), &cores, 1));
-        if !proc::stop_requested() {
-            progress(&format!(
-                "ceiling, after the ring phase: tight loop on {} cores at once",
-                cfg.threads
-            ));
-            ceiling = Some(tight_loops(
-                cfg,
-                &plan,
-                blob.bytes_mut(),
-                &cores,
-                cfg.threads,
-            ));
-        }
+    if !interrupted {
+        (baseline, ceiling) =
+            baseline_and_ceiling(cfg, &plan, blob.bytes_mut(), &cores, "after", progress);
         if !proc::stop_requested() {
             progress("memcpy");
             memcpy = Some(memcpy_mbps(
@@ -841,17 +812,7 @@ fn produce(
     let mut ring_frames = vec![0u64; n];
     let (op, imm) = (cfg.pcpu_op, cfg.imm);
     let deadline = t0 + (cfg.duration * 1e9) as u64;
-    // Sleep long enough for consumers to free a useful share of a ring, short enough that
-    // the rings never run dry: an eighth of one ring's work at 4 GB/s (1 ns a descriptor
-    // when consumers only drain), within 50 us..5 ms.
-    let per_desc_ns = if cfg.pcpu {
-        cfg.seg_len as f64 / 4.0
-    } else {
-        1.0
-    };
-    let pause = Duration::from_nanos(
-        ((plan.slots as f64 * per_desc_ns / 8.0) as u64).clamp(50_000, 5_000_000),
-    );
+    let pause = producer_pause(cfg, plan);
     // Scatter: after a round that published less than a quarter ring in total, sleep.
     let quantum = ((plan.slots as usize / 4) / dpf).max(1);
     let max_per_visit = ((plan.slots as usize / 2) / dpf).max(1);
@@ -874,15 +835,12 @@ fn produce(
         }
         match cfg.mode {
             Mode::Scatter => {
-                let mut round = 0;
-                for r in 0..n {
-                    let mut f = 0;
-                    while f < max_per_visit && feeds[r].publish_frame(&mut prods[r], op, imm) {
-                        f += 1;
-                    }
-                    ring_frames[r] += f as u64;
-                    round += f;
-                }
+                let rings = prods
+                    .iter_mut()
+                    .zip(feeds.iter_mut())
+                    .zip(ring_frames.iter_mut());
+                let round =
+                    scatter_round(rings.map(|((p, f), c)| (p, f, c)), max_per_visit, op, imm);
                 if round == 0 {
                     full_stalls += 1;
                 }
@@ -923,6 +881,38 @@ fn produce(
     })
 }
 
+/// One scatter round: up to `max_per_visit` frames into each ring in turn, each ring's
+/// count advanced; returns the frames published.
+fn scatter_round<'a, 'r: 'a>(
+    rings: impl Iterator<Item = (&'a mut Producer<'r, Desc>, &'a mut Feed, &'a mut u64)>,
+    max_per_visit: usize,
+    op: Transform,
+    imm: u8,
+) -> usize {
+    let mut round = 0;
+    for (p, feed, count) in rings {
+        let mut f = 0;
+        while f < max_per_visit && feed.publish_frame(p, op, imm) {
+            f += 1;
+        }
+        *count += f as u64;
+        round += f;
+    }
+    round
+}
+
+/// How long a producer sleeps when its rings are full: long enough for consumers to free a
+/// useful share of a ring, short enough that the rings never run dry: an eighth of one
+/// ring's work at 4 GB/s (1 ns a descriptor when consumers only drain), within 50 us..5 ms.
+fn producer_pause(cfg: &ShmConfig, plan: &Plan) -> Duration {
+    let per_desc_ns = if cfg.pcpu {
+        cfg.seg_len as f64 / 4.0
+    } else {
+        1.0
+    };
+    Duration::from_nanos(((plan.slots as f64 * per_desc_ns / 8.0) as u64).clamp(50_000, 5_000_000))
+}
+
 /// Scatter mode with `cfg.producers` producer threads: producer `p` owns rings
 /// `p, p + P, ...` (their producer ends and span streams) and runs the same scatter loop
 /// over them; this thread watches the consumers and the deadline.
@@ -945,14 +935,7 @@ fn produce_split(
         let feed = Feed::new(plan.layout.stream(r as u32), cfg.arith, dpf);
         owned[r % np].push((r, p, feed));
     }
-    let per_desc_ns = if cfg.pcpu {
-        cfg.seg_len as f64 / 4.0
-    } else {
-        1.0
-    };
-    let pause = Duration::from_nanos(
-        ((plan.slots as f64 * per_desc_ns / 8.0) as u64).clamp(50_000, 5_000_000),
-    );
+    let pause = producer_pause(cfg, plan);
     let max_per_visit = ((plan.slots as usize / 2) / dpf).max(1);
     let (op, imm) = (cfg.pcpu_op, cfg.imm);
     let mut ring_frames = vec![0u64; n];
@@ -977,15 +960,13 @@ fn produce_split(
                         && !stop.load(Ordering::Relaxed)
                         && !proc::stop_requested()
                     {
-                        let mut round = 0;
-                        for (k, (_, p, feed)) in mine.iter_mut().enumerate() {
-                            let mut f = 0;
-                            while f < max_per_visit && feed.publish_frame(p, op, imm) {
-                                f += 1;
-                            }
-                            frames[k] += f as u64;
-                            round += f;
-                        }
+                        let rings = mine.iter_mut().zip(frames.iter_mut());
+                        let round = scatter_round(
+                            rings.map(|((_, p, feed), c)| (p, feed, c)),
+                            max_per_visit,
+                            op,
+                            imm,
+                        );
                         if round == 0 {
                             stalls += 1;
                         }
@@ -1027,6 +1008,33 @@ fn produce_split(
         ring_frames,
         cpu_secs: 0.0,
     })
+}
+
+/// The baseline (tight loop on one core) then the ceiling (on `cfg.threads` cores at once),
+/// each unless a stop was requested; `when` says where they stand against the ring phase.
+fn baseline_and_ceiling(
+    cfg: &ShmConfig,
+    plan: &Plan,
+    blob: &mut [u8],
+    cores: &[core_affinity::CoreId],
+    when: &str,
+    progress: &mut dyn FnMut(&str),
+) -> (Option<LoopReport>, Option<LoopReport>) {
+    let (mut baseline, mut ceiling) = (None, None);
+    if !proc::stop_requested() {
+        progress(&format!(
+            "baseline, {when} the ring phase: tight loop on one core"
+        ));
+        baseline = Some(tight_loops(cfg, plan, blob, cores, 1));
+    }
+    if !proc::stop_requested() {
+        progress(&format!(
+            "ceiling, {when} the ring phase: tight loop on {} cores at once",
+            cfg.threads
+        ));
+        ceiling = Some(tight_loops(cfg, plan, blob, cores, cfg.threads));
+    }
+    (baseline, ceiling)
 }
 
 /// The tight loop on `workers` cores at once: each takes the shards of the rings it would
