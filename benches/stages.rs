@@ -19,7 +19,12 @@
 //!   does);
 //! - `ack`: the range bookkeeping per piece (`RangeSet::contains`, `insert`, `first_gap`);
 //! - `receiver`: the whole `Receiver::handle_datagram` (raw, covered; plain and with
-//!   `Opener::open` first), with the output's open and its page population included or not.
+//!   `Opener::open` first), with the output's open and its page population included or not,
+//!   each with the files' BLAKE3 inline and on the session's hashing thread
+//!   (`ReceiverConfig::hash_thread` Off and Always, interleaved rep by rep). Beside the wall
+//!   time of the data frames, the state machine thread's own CPU time
+//!   (`CLOCK_THREAD_CPUTIME_ID`): with the hashing thread on a core of its own, what one
+//!   core spends per frame.
 //!
 //! Parameters: `PFS_STAGES_MB` (file size, default 64), `PFS_STAGES_REPS` (repetitions; the
 //! median is printed, default 5). Each row handles the whole file once: GB/s of file bytes
@@ -29,8 +34,8 @@ use packetfs::blueprint::{apply, raw_segments, Blueprint, Segment, Source, Trans
 use packetfs::proto::rangeset::RangeSet;
 use packetfs::proto::sink::SinkFile;
 use packetfs::proto::{
-    Endpoint, FileSink, MemSink, PackPolicy, Receiver, ReceiverConfig, SendFile, Sender,
-    SenderConfig,
+    Endpoint, FileSink, HashThread, MemSink, PackPolicy, Receiver, ReceiverConfig, SendFile,
+    Sender, SenderConfig,
 };
 use packetfs::secure::channel::{
     ChannelConfig, Initiator, Opener, Responder, Sealer, INIT_NOISE_LEN, RESP_NOISE_LEN, TAG_LEN,
@@ -177,6 +182,17 @@ fn rcfg() -> ReceiverConfig {
     }
 }
 
+/// This thread's CPU time so far, in seconds.
+fn thread_cpu() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // Safety: `ts` is a valid timespec to write; CLOCK_THREAD_CPUTIME_ID exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
 /// A sealer and an opener for one direction, from a real handshake.
 fn channel() -> (Sealer, Opener) {
     let (s, r) = (
@@ -246,17 +262,23 @@ fn time<T>(reps: usize, mut setup: impl FnMut() -> T, mut f: impl FnMut(T)) -> f
 }
 
 /// Drive a receiver over frames; `open` opens each sealed frame first. Returns (seconds of
-/// the data frames, seconds of the Hello: the output's open included).
+/// the data frames, seconds of the Hello: the output's open included, this thread's CPU
+/// seconds over the data frames).
 fn drive(
     snap: &[u8],
     hello: &[u8],
     frames: &[Vec<u8>],
     mut open: Option<Opener>,
     populate: bool,
-) -> (f64, f64) {
+    hash_thread: HashThread,
+) -> (f64, f64, f64) {
     let mut sink = MemSink::new();
     sink.populate = populate;
-    let mut r = Receiver::new(rcfg(), SNAP_ID, snap, sink);
+    let cfg = ReceiverConfig {
+        hash_thread,
+        ..rcfg()
+    };
+    let mut r = Receiver::new(cfg, SNAP_ID, snap, sink);
     let mut frames = frames.to_vec();
     let mut hello = hello.to_vec();
     let t0 = Instant::now();
@@ -265,6 +287,7 @@ fn drive(
     }
     r.handle_datagram(t0, &mut hello);
     let t1 = Instant::now();
+    let c1 = thread_cpu();
     for f in frames.iter_mut() {
         if let Some(o) = open.as_mut() {
             if o.open(t0, f).is_err() {
@@ -273,9 +296,10 @@ fn drive(
         }
         r.handle_datagram(t0, f);
     }
+    let c2 = thread_cpu();
     let t2 = Instant::now();
     assert_eq!(r.outcome(), Some(Ok(())));
-    ((t2 - t1).as_secs_f64(), (t1 - t0).as_secs_f64())
+    ((t2 - t1).as_secs_f64(), (t1 - t0).as_secs_f64(), c2 - c1)
 }
 
 fn main() {
@@ -439,42 +463,57 @@ fn main() {
 
     let add_receiver =
         |rows: &mut Vec<(String, f64, usize)>, label: &str, s: &Session, sealed: bool| {
-            let sets: Vec<Prepared> = (0..reps * 2)
-                .map(|_| {
-                    if sealed {
-                        let (mut se, o) = channel();
-                        let (h, d) = seal_all(&mut se, s);
-                        (h, d, Some(o))
-                    } else {
-                        (s.hello.clone(), s.data.clone(), None)
-                    }
-                })
-                .collect();
-            let mut sets = sets.into_iter();
+            // Prepared (sealed: by a fresh channel) right before each drive, untimed.
+            let prep = || -> Prepared {
+                if sealed {
+                    let (mut se, o) = channel();
+                    let (h, d) = seal_all(&mut se, s);
+                    (h, d, Some(o))
+                } else {
+                    (s.hello.clone(), s.data.clone(), None)
+                }
+            };
+            let modes = [
+                (HashThread::Off, "hash inline"),
+                (HashThread::Always, "hash thread"),
+            ];
             for populate in [false, true] {
-                let mut data = Vec::new();
-                let mut whole = Vec::new();
+                let mut data = vec![Vec::new(); 2];
+                let mut whole = vec![Vec::new(); 2];
+                let mut cpu = vec![Vec::new(); 2];
                 for _ in 0..reps {
-                    let (h, d, o) = sets.next().unwrap();
-                    let (a, b) = drive(&snap, &h, &d, o, populate);
-                    data.push(a);
-                    whole.push(a + b);
+                    // The two modes rep by rep (the machine is noisy).
+                    for (m, (ht, _)) in modes.iter().enumerate() {
+                        let (h, d, o) = prep();
+                        let (a, b, c) = drive(&snap, &h, &d, o, populate, *ht);
+                        data[m].push(a);
+                        whole[m].push(a + b);
+                        cpu[m].push(c);
+                    }
                 }
                 let what = if populate {
                     "output populated at open"
                 } else {
                     "fresh output"
                 };
-                rows.push((
-                    format!("receiver, {label}, {what}: data frames"),
-                    median(data),
-                    s.data.len(),
-                ));
-                rows.push((
-                    format!("receiver, {label}, {what}: open + data frames"),
-                    median(whole),
-                    s.data.len(),
-                ));
+                for (m, (_, how)) in modes.iter().enumerate() {
+                    let n = s.data.len();
+                    rows.push((
+                        format!("receiver, {label}, {what}, {how}: data frames"),
+                        median(std::mem::take(&mut data[m])),
+                        n,
+                    ));
+                    rows.push((
+                        format!("receiver, {label}, {what}, {how}: state machine thread CPU"),
+                        median(std::mem::take(&mut cpu[m])),
+                        n,
+                    ));
+                    rows.push((
+                        format!("receiver, {label}, {what}, {how}: open + data frames"),
+                        median(std::mem::take(&mut whole[m])),
+                        n,
+                    ));
+                }
             }
         };
     add_receiver(&mut rows, "raw", &raw, false);
@@ -492,7 +531,7 @@ fn main() {
     for (label, secs, frames) in rows {
         let ns = secs * 1e9 / frames as f64;
         println!(
-            "{label:<66} {ns:>9.1} ns/frame {:>6.2} M frames/s {:>5.2} GB/s of file bytes {:>7.2}x memcpy",
+            "{label:<92} {ns:>9.1} ns/frame {:>6.2} M frames/s {:>5.2} GB/s of file bytes {:>7.2}x memcpy",
             1e3 / ns,
             len as f64 / secs / 1e9,
             ns / base_ns
