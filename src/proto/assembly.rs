@@ -1,6 +1,7 @@
 //! The receiver's assembly part: pieces applied through the [`FileSink`] (direct files, in
 //! any order), packed block streams reassembled and decoded in file order, and each file's
-//! BLAKE3 fed incrementally as its final prefix grows.
+//! BLAKE3 fed incrementally as its final prefix grows (spans of final bytes handed to
+//! [`Hashes`]: the session's hashing thread, or inline).
 
 use super::hashpipe::Hashes;
 use super::manifest::{held_bytes, RecvFile};

@@ -955,7 +955,7 @@ mod tests {
 
     #[test]
     fn an_abort_stops_the_hashing_thread_and_nothing_waits_for_it() {
-        let f: Vec<u8> = (0..3u32 << 20).map(|i| (i * 7 >> 3) as u8).collect();
+        let f: Vec<u8> = (0..3u32 << 20).map(|i| ((i * 7) >> 3) as u8).collect();
         let files = [f.clone()];
         let ps = pieces(&files, 5, 1300, 1);
         let t = Instant::now();
