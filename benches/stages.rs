@@ -27,7 +27,10 @@
 //!   core spends per frame.
 //!
 //! Parameters: `PFS_STAGES_MB` (file size, default 64), `PFS_STAGES_REPS` (repetitions; the
-//! median is printed, default 5). Each row handles the whole file once: GB/s of file bytes
+//! median is printed, default 5), `PFS_STAGES_ONLY` (row groups, comma-separated: `parse`,
+//! `open`, `apply`, `hash`, `ack`, `receiver-raw`, `receiver-raw-sealed`, `receiver-covered`,
+//! `receiver-covered-sealed`; the memcpy baseline always runs) and
+//! `PFS_STAGES_HASH` (`inline` or `thread`: one of the receiver's hash modes). Each row handles the whole file once: GB/s of file bytes
 //! compares the raw rows with the covered ones, whose frames carry far more file bytes.
 
 use packetfs::blueprint::{apply, raw_segments, Blueprint, Segment, Source, Transform};
@@ -305,6 +308,14 @@ fn drive(
 fn main() {
     let mb = env("PFS_STAGES_MB", 64);
     let reps = env("PFS_STAGES_REPS", 5).max(1);
+    // Row groups to run (comma-separated: parse, open, apply, hash, ack, receiver-raw,
+    // receiver-raw-sealed, receiver-covered, receiver-covered-sealed; unset: all) and the
+    // receiver's hash modes (inline or thread; unset: both). The memcpy baseline always runs.
+    let only: Vec<String> = std::env::var("PFS_STAGES_ONLY")
+        .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
+        .unwrap_or_default();
+    let want = |group: &str| only.is_empty() || only.iter().any(|o| o == group);
+    let hash_modes = std::env::var("PFS_STAGES_HASH").unwrap_or_default();
     let len = mb << 20;
     let mut rng = Rng(31);
     let snap = rng.bytes(64 << 20);
@@ -334,132 +345,142 @@ fn main() {
     );
     rows.push(("memcpy (baseline)".into(), base, n));
 
-    let parse = time(
-        reps,
-        || (),
-        |()| {
-            for f in &raw.data {
-                let fr = Frame::parse(f).unwrap();
-                if let Payload::Data(g) = fr.payload {
-                    for run in g.runs() {
-                        for (off, p) in run.pieces() {
-                            black_box((off, p.len()));
+    if want("parse") {
+        let parse = time(
+            reps,
+            || (),
+            |()| {
+                for f in &raw.data {
+                    let fr = Frame::parse(f).unwrap();
+                    if let Payload::Data(g) = fr.payload {
+                        for run in g.runs() {
+                            for (off, p) in run.pieces() {
+                                black_box((off, p.len()));
+                            }
                         }
                     }
                 }
-            }
-        },
-    );
-    rows.push(("parse (header, CRC32C, pieces)".into(), parse, n));
+            },
+        );
+        rows.push(("parse (header, CRC32C, pieces)".into(), parse, n));
+    }
 
-    let open = {
-        // One handshake per rep: each opener starts with an empty replay window.
-        let sets: Vec<(Opener, Vec<Vec<u8>>)> = (0..reps)
-            .map(|_| {
-                let (mut s, o) = channel();
-                (o, seal_all(&mut s, &raw).1)
-            })
-            .collect();
-        let mut sets = sets.into_iter();
-        time(
+    if want("open") {
+        let open = {
+            // One handshake per rep: each opener starts with an empty replay window.
+            let sets: Vec<(Opener, Vec<Vec<u8>>)> = (0..reps)
+                .map(|_| {
+                    let (mut s, o) = channel();
+                    (o, seal_all(&mut s, &raw).1)
+                })
+                .collect();
+            let mut sets = sets.into_iter();
+            time(
+                reps,
+                || sets.next().unwrap(),
+                |(mut o, mut frames)| {
+                    let t = Instant::now();
+                    for f in frames.iter_mut() {
+                        assert!(o.open(t, f).is_ok());
+                    }
+                },
+            )
+        };
+        rows.push(("open (AES-256-GCM, replay window)".into(), open, n));
+    }
+
+    if want("apply") {
+        let apply_fresh = time(
             reps,
-            || sets.next().unwrap(),
-            |(mut o, mut frames)| {
-                let t = Instant::now();
-                for f in frames.iter_mut() {
-                    assert!(o.open(t, f).is_ok());
+            || {
+                let mut s = MemSink::new();
+                s.open(&[SinkFile::file("b", len as u64)]).unwrap();
+                s
+            },
+            |mut s| {
+                for (off, b) in &pieces {
+                    s.write_raw(0, *off as u64, b).unwrap();
+                }
+                black_box(s.contents(0));
+            },
+        );
+        rows.push(("apply, MemSink, fresh memory".into(), apply_fresh, n));
+        let apply_touched = time(
+            reps,
+            || {
+                let mut s = MemSink::new();
+                s.populate = true;
+                s.open(&[SinkFile::file("b", len as u64)]).unwrap();
+                s
+            },
+            |mut s| {
+                for (off, b) in &pieces {
+                    s.write_raw(0, *off as u64, b).unwrap();
+                }
+                black_box(s.contents(0));
+            },
+        );
+        rows.push(("apply, MemSink, populated at open".into(), apply_touched, n));
+    }
+
+    if want("hash") {
+        let file = dst.clone();
+        let hash_frame = time(
+            reps,
+            || (),
+            |()| {
+                let mut h = blake3::Hasher::new();
+                for (off, b) in &pieces {
+                    h.update(&file[*off..*off + b.len()]);
+                }
+                black_box(h.finalize());
+            },
+        );
+        rows.push(("hash, BLAKE3 per frame".into(), hash_frame, n));
+        let hash_step = time(
+            reps,
+            || (),
+            |()| {
+                let mut h = blake3::Hasher::new();
+                for c in file.chunks(256 << 10) {
+                    h.update(c);
+                }
+                black_box(h.finalize());
+            },
+        );
+        rows.push(("hash, BLAKE3 in 256 KiB steps".into(), hash_step, n));
+        let depth = packetfs::util::hash_depth();
+        let hash_par = time(
+            reps,
+            || (),
+            |()| {
+                black_box(packetfs::util::parallel_blake3(&file, depth));
+            },
+        );
+        rows.push((
+            format!("hash, util::parallel_blake3 (depth {depth}, all cores)"),
+            hash_par,
+            n,
+        ));
+    }
+
+    if want("ack") {
+        let ack = time(
+            reps,
+            || (),
+            |()| {
+                let mut set = RangeSet::new();
+                for (off, b) in &pieces {
+                    let (s, e) = (*off as u64, (*off + b.len()) as u64);
+                    if !set.contains(s, e) {
+                        black_box(set.insert(s, e));
+                    }
+                    black_box(set.first_gap(0));
                 }
             },
-        )
-    };
-    rows.push(("open (AES-256-GCM, replay window)".into(), open, n));
-
-    let apply_fresh = time(
-        reps,
-        || {
-            let mut s = MemSink::new();
-            s.open(&[SinkFile::file("b", len as u64)]).unwrap();
-            s
-        },
-        |mut s| {
-            for (off, b) in &pieces {
-                s.write_raw(0, *off as u64, b).unwrap();
-            }
-            black_box(s.contents(0));
-        },
-    );
-    rows.push(("apply, MemSink, fresh memory".into(), apply_fresh, n));
-    let apply_touched = time(
-        reps,
-        || {
-            let mut s = MemSink::new();
-            s.populate = true;
-            s.open(&[SinkFile::file("b", len as u64)]).unwrap();
-            s
-        },
-        |mut s| {
-            for (off, b) in &pieces {
-                s.write_raw(0, *off as u64, b).unwrap();
-            }
-            black_box(s.contents(0));
-        },
-    );
-    rows.push(("apply, MemSink, populated at open".into(), apply_touched, n));
-
-    let file = dst.clone();
-    let hash_frame = time(
-        reps,
-        || (),
-        |()| {
-            let mut h = blake3::Hasher::new();
-            for (off, b) in &pieces {
-                h.update(&file[*off..*off + b.len()]);
-            }
-            black_box(h.finalize());
-        },
-    );
-    rows.push(("hash, BLAKE3 per frame".into(), hash_frame, n));
-    let hash_step = time(
-        reps,
-        || (),
-        |()| {
-            let mut h = blake3::Hasher::new();
-            for c in file.chunks(256 << 10) {
-                h.update(c);
-            }
-            black_box(h.finalize());
-        },
-    );
-    rows.push(("hash, BLAKE3 in 256 KiB steps".into(), hash_step, n));
-    let depth = packetfs::util::hash_depth();
-    let hash_par = time(
-        reps,
-        || (),
-        |()| {
-            black_box(packetfs::util::parallel_blake3(&file, depth));
-        },
-    );
-    rows.push((
-        format!("hash, util::parallel_blake3 (depth {depth}, all cores)"),
-        hash_par,
-        n,
-    ));
-
-    let ack = time(
-        reps,
-        || (),
-        |()| {
-            let mut set = RangeSet::new();
-            for (off, b) in &pieces {
-                let (s, e) = (*off as u64, (*off + b.len()) as u64);
-                if !set.contains(s, e) {
-                    black_box(set.insert(s, e));
-                }
-                black_box(set.first_gap(0));
-            }
-        },
-    );
-    rows.push(("ack bookkeeping (RangeSet)".into(), ack, n));
+        );
+        rows.push(("ack bookkeeping (RangeSet)".into(), ack, n));
+    }
 
     let add_receiver =
         |rows: &mut Vec<(String, f64, usize)>, label: &str, s: &Session, sealed: bool| {
@@ -473,14 +494,17 @@ fn main() {
                     (s.hello.clone(), s.data.clone(), None)
                 }
             };
-            let modes = [
+            let modes: Vec<(HashThread, &str)> = [
                 (HashThread::Off, "hash inline"),
                 (HashThread::Always, "hash thread"),
-            ];
+            ]
+            .into_iter()
+            .filter(|(_, how)| hash_modes.is_empty() || how.ends_with(hash_modes.as_str()))
+            .collect();
             for populate in [false, true] {
-                let mut data = vec![Vec::new(); 2];
-                let mut whole = vec![Vec::new(); 2];
-                let mut cpu = vec![Vec::new(); 2];
+                let mut data = vec![Vec::new(); modes.len()];
+                let mut whole = vec![Vec::new(); modes.len()];
+                let mut cpu = vec![Vec::new(); modes.len()];
                 for _ in 0..reps {
                     // The two modes rep by rep (the machine is noisy).
                     for (m, (ht, _)) in modes.iter().enumerate() {
@@ -516,16 +540,26 @@ fn main() {
                 }
             }
         };
-    add_receiver(&mut rows, "raw", &raw, false);
-    add_receiver(&mut rows, "raw, sealed (open + receive)", &raw, true);
-    let cov = session(&snap, blueprint(&mut rng, &snap, len, false), false);
-    println!(
-        "covered file: {} full data frames for {mb} MiB ({} file bytes per frame)",
-        cov.data.len(),
-        len / cov.data.len().max(1)
-    );
-    add_receiver(&mut rows, "covered", &cov, false);
-    add_receiver(&mut rows, "covered, sealed (open + receive)", &cov, true);
+    if want("receiver-raw") {
+        add_receiver(&mut rows, "raw", &raw, false);
+    }
+    if want("receiver-raw-sealed") {
+        add_receiver(&mut rows, "raw, sealed (open + receive)", &raw, true);
+    }
+    if want("receiver-covered") || want("receiver-covered-sealed") {
+        let cov = session(&snap, blueprint(&mut rng, &snap, len, false), false);
+        println!(
+            "covered file: {} full data frames for {mb} MiB ({} file bytes per frame)",
+            cov.data.len(),
+            len / cov.data.len().max(1)
+        );
+        if want("receiver-covered") {
+            add_receiver(&mut rows, "covered", &cov, false);
+        }
+        if want("receiver-covered-sealed") {
+            add_receiver(&mut rows, "covered, sealed (open + receive)", &cov, true);
+        }
+    }
 
     let base_ns = base * 1e9 / n as f64;
     for (label, secs, frames) in rows {
