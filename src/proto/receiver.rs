@@ -862,14 +862,13 @@ mod tests {
         z ^ (z >> 31)
     }
 
+    /// A piece to deliver: (file, offset, bytes).
+    type Pc = (u32, u64, Vec<u8>);
+
     /// Every file cut into pieces of 1..=`max_piece` bytes, shuffled within windows of
-    /// `window` pieces (1: in order), with a duplicate now and then: (file, offset, bytes).
-    fn pieces(
-        files: &[Vec<u8>],
-        seed: u64,
-        max_piece: usize,
-        window: usize,
-    ) -> Vec<(u32, u64, Vec<u8>)> {
+    /// `window` pieces (1: in order), then a duplicate of every 97th; and how many come
+    /// before the duplicates.
+    fn pieces(files: &[Vec<u8>], seed: u64, max_piece: usize, window: usize) -> (Vec<Pc>, usize) {
         let mut x = seed;
         let mut out = Vec::new();
         let mut at = vec![0usize; files.len()];
@@ -890,14 +889,15 @@ mod tests {
                 w.swap(k, mix(&mut x) as usize % (k + 1));
             }
         }
-        for k in (0..out.len()).step_by(97) {
+        let originals = out.len();
+        for k in (0..originals).step_by(97) {
             let d = out[k].clone();
             out.push(d);
         }
-        out
+        (out, originals)
     }
 
-    fn deliver(r: &mut Receiver<'_, MemSink>, ps: &[(u32, u64, Vec<u8>)]) {
+    fn deliver(r: &mut Receiver<'_, MemSink>, ps: &[Pc]) {
         let t = Instant::now();
         for (seq, (f, off, b)) in ps.iter().enumerate() {
             r.handle_datagram(t, &mut piece(seq as u64 + 1, *f, *off, b));
@@ -921,8 +921,9 @@ mod tests {
                 .iter()
                 .map(|&n| (0..n).map(|_| mix(&mut x) as u8).collect())
                 .collect();
-            let mut ps = pieces(&files, seed, max_piece, window);
-            let bad = corrupt.map(|k| k % ps.len()).map(|k| {
+            let (mut ps, originals) = pieces(&files, seed, max_piece, window);
+            // Only a first delivery: the duplicates come last, after every original.
+            let bad = corrupt.map(|k| k % originals).map(|k| {
                 let (f, _, bytes) = &mut ps[k];
                 bytes[0] ^= 1; // the first delivery wins: its duplicate comes later
                 *f
@@ -957,7 +958,7 @@ mod tests {
     fn an_abort_stops_the_hashing_thread_and_nothing_waits_for_it() {
         let f: Vec<u8> = (0..3u32 << 20).map(|i| ((i * 7) >> 3) as u8).collect();
         let files = [f.clone()];
-        let ps = pieces(&files, 5, 1300, 1);
+        let (ps, _) = pieces(&files, 5, 1300, 1);
         let t = Instant::now();
         // Half the file in order: its spans are handed to the thread, then the peer aborts.
         let mut r = receiver_of(&files, HashThread::Always);
