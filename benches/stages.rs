@@ -19,18 +19,26 @@
 //!   does);
 //! - `ack`: the range bookkeeping per piece (`RangeSet::contains`, `insert`, `first_gap`);
 //! - `receiver`: the whole `Receiver::handle_datagram` (raw, covered; plain and with
-//!   `Opener::open` first), with the output's open and its page population included or not.
+//!   `Opener::open` first), with the output's open and its page population included or not,
+//!   each with the files' BLAKE3 inline and on the session's hashing thread
+//!   (`ReceiverConfig::hash_thread` Off and Always, interleaved rep by rep). Beside the wall
+//!   time of the data frames, the state machine thread's own CPU time
+//!   (`CLOCK_THREAD_CPUTIME_ID`): with the hashing thread on a core of its own, what one
+//!   core spends per frame.
 //!
 //! Parameters: `PFS_STAGES_MB` (file size, default 64), `PFS_STAGES_REPS` (repetitions; the
-//! median is printed, default 5). Each row handles the whole file once: GB/s of file bytes
+//! median is printed, default 5), `PFS_STAGES_ONLY` (row groups, comma-separated: `parse`,
+//! `open`, `apply`, `hash`, `ack`, `receiver-raw`, `receiver-raw-sealed`, `receiver-covered`,
+//! `receiver-covered-sealed`; the memcpy baseline always runs) and
+//! `PFS_STAGES_HASH` (`inline` or `thread`: one of the receiver's hash modes). Each row handles the whole file once: GB/s of file bytes
 //! compares the raw rows with the covered ones, whose frames carry far more file bytes.
 
 use packetfs::blueprint::{apply, raw_segments, Blueprint, Segment, Source, Transform};
 use packetfs::proto::rangeset::RangeSet;
 use packetfs::proto::sink::SinkFile;
 use packetfs::proto::{
-    Endpoint, FileSink, MemSink, PackPolicy, Receiver, ReceiverConfig, SendFile, Sender,
-    SenderConfig,
+    Endpoint, FileSink, HashThread, MemSink, PackPolicy, Receiver, ReceiverConfig, SendFile,
+    Sender, SenderConfig,
 };
 use packetfs::secure::channel::{
     ChannelConfig, Initiator, Opener, Responder, Sealer, INIT_NOISE_LEN, RESP_NOISE_LEN, TAG_LEN,
@@ -177,6 +185,17 @@ fn rcfg() -> ReceiverConfig {
     }
 }
 
+/// This thread's CPU time so far, in seconds.
+fn thread_cpu() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // Safety: `ts` is a valid timespec to write; CLOCK_THREAD_CPUTIME_ID exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
 /// A sealer and an opener for one direction, from a real handshake.
 fn channel() -> (Sealer, Opener) {
     let (s, r) = (
@@ -246,17 +265,23 @@ fn time<T>(reps: usize, mut setup: impl FnMut() -> T, mut f: impl FnMut(T)) -> f
 }
 
 /// Drive a receiver over frames; `open` opens each sealed frame first. Returns (seconds of
-/// the data frames, seconds of the Hello: the output's open included).
+/// the data frames, seconds of the Hello: the output's open included, this thread's CPU
+/// seconds over the data frames).
 fn drive(
     snap: &[u8],
     hello: &[u8],
     frames: &[Vec<u8>],
     mut open: Option<Opener>,
     populate: bool,
-) -> (f64, f64) {
+    hash_thread: HashThread,
+) -> (f64, f64, f64) {
     let mut sink = MemSink::new();
     sink.populate = populate;
-    let mut r = Receiver::new(rcfg(), SNAP_ID, snap, sink);
+    let cfg = ReceiverConfig {
+        hash_thread,
+        ..rcfg()
+    };
+    let mut r = Receiver::new(cfg, SNAP_ID, snap, sink);
     let mut frames = frames.to_vec();
     let mut hello = hello.to_vec();
     let t0 = Instant::now();
@@ -265,6 +290,7 @@ fn drive(
     }
     r.handle_datagram(t0, &mut hello);
     let t1 = Instant::now();
+    let c1 = thread_cpu();
     for f in frames.iter_mut() {
         if let Some(o) = open.as_mut() {
             if o.open(t0, f).is_err() {
@@ -273,14 +299,23 @@ fn drive(
         }
         r.handle_datagram(t0, f);
     }
+    let c2 = thread_cpu();
     let t2 = Instant::now();
     assert_eq!(r.outcome(), Some(Ok(())));
-    ((t2 - t1).as_secs_f64(), (t1 - t0).as_secs_f64())
+    ((t2 - t1).as_secs_f64(), (t1 - t0).as_secs_f64(), c2 - c1)
 }
 
 fn main() {
     let mb = env("PFS_STAGES_MB", 64);
     let reps = env("PFS_STAGES_REPS", 5).max(1);
+    // Row groups to run (comma-separated: parse, open, apply, hash, ack, receiver-raw,
+    // receiver-raw-sealed, receiver-covered, receiver-covered-sealed; unset: all) and the
+    // receiver's hash modes (inline or thread; unset: both). The memcpy baseline always runs.
+    let only: Vec<String> = std::env::var("PFS_STAGES_ONLY")
+        .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
+        .unwrap_or_default();
+    let want = |group: &str| only.is_empty() || only.iter().any(|o| o == group);
+    let hash_modes = std::env::var("PFS_STAGES_HASH").unwrap_or_default();
     let len = mb << 20;
     let mut rng = Rng(31);
     let snap = rng.bytes(64 << 20);
@@ -310,189 +345,227 @@ fn main() {
     );
     rows.push(("memcpy (baseline)".into(), base, n));
 
-    let parse = time(
-        reps,
-        || (),
-        |()| {
-            for f in &raw.data {
-                let fr = Frame::parse(f).unwrap();
-                if let Payload::Data(g) = fr.payload {
-                    for run in g.runs() {
-                        for (off, p) in run.pieces() {
-                            black_box((off, p.len()));
+    if want("parse") {
+        let parse = time(
+            reps,
+            || (),
+            |()| {
+                for f in &raw.data {
+                    let fr = Frame::parse(f).unwrap();
+                    if let Payload::Data(g) = fr.payload {
+                        for run in g.runs() {
+                            for (off, p) in run.pieces() {
+                                black_box((off, p.len()));
+                            }
                         }
                     }
                 }
-            }
-        },
-    );
-    rows.push(("parse (header, CRC32C, pieces)".into(), parse, n));
-
-    let open = {
-        // One handshake per rep: each opener starts with an empty replay window.
-        let sets: Vec<(Opener, Vec<Vec<u8>>)> = (0..reps)
-            .map(|_| {
-                let (mut s, o) = channel();
-                (o, seal_all(&mut s, &raw).1)
-            })
-            .collect();
-        let mut sets = sets.into_iter();
-        time(
-            reps,
-            || sets.next().unwrap(),
-            |(mut o, mut frames)| {
-                let t = Instant::now();
-                for f in frames.iter_mut() {
-                    assert!(o.open(t, f).is_ok());
-                }
             },
-        )
-    };
-    rows.push(("open (AES-256-GCM, replay window)".into(), open, n));
+        );
+        rows.push(("parse (header, CRC32C, pieces)".into(), parse, n));
+    }
 
-    let apply_fresh = time(
-        reps,
-        || {
-            let mut s = MemSink::new();
-            s.open(&[SinkFile::file("b", len as u64)]).unwrap();
-            s
-        },
-        |mut s| {
-            for (off, b) in &pieces {
-                s.write_raw(0, *off as u64, b).unwrap();
-            }
-            black_box(s.contents(0));
-        },
-    );
-    rows.push(("apply, MemSink, fresh memory".into(), apply_fresh, n));
-    let apply_touched = time(
-        reps,
-        || {
-            let mut s = MemSink::new();
-            s.populate = true;
-            s.open(&[SinkFile::file("b", len as u64)]).unwrap();
-            s
-        },
-        |mut s| {
-            for (off, b) in &pieces {
-                s.write_raw(0, *off as u64, b).unwrap();
-            }
-            black_box(s.contents(0));
-        },
-    );
-    rows.push(("apply, MemSink, populated at open".into(), apply_touched, n));
-
-    let file = dst.clone();
-    let hash_frame = time(
-        reps,
-        || (),
-        |()| {
-            let mut h = blake3::Hasher::new();
-            for (off, b) in &pieces {
-                h.update(&file[*off..*off + b.len()]);
-            }
-            black_box(h.finalize());
-        },
-    );
-    rows.push(("hash, BLAKE3 per frame".into(), hash_frame, n));
-    let hash_step = time(
-        reps,
-        || (),
-        |()| {
-            let mut h = blake3::Hasher::new();
-            for c in file.chunks(256 << 10) {
-                h.update(c);
-            }
-            black_box(h.finalize());
-        },
-    );
-    rows.push(("hash, BLAKE3 in 256 KiB steps".into(), hash_step, n));
-    let depth = packetfs::util::hash_depth();
-    let hash_par = time(
-        reps,
-        || (),
-        |()| {
-            black_box(packetfs::util::parallel_blake3(&file, depth));
-        },
-    );
-    rows.push((
-        format!("hash, util::parallel_blake3 (depth {depth}, all cores)"),
-        hash_par,
-        n,
-    ));
-
-    let ack = time(
-        reps,
-        || (),
-        |()| {
-            let mut set = RangeSet::new();
-            for (off, b) in &pieces {
-                let (s, e) = (*off as u64, (*off + b.len()) as u64);
-                if !set.contains(s, e) {
-                    black_box(set.insert(s, e));
-                }
-                black_box(set.first_gap(0));
-            }
-        },
-    );
-    rows.push(("ack bookkeeping (RangeSet)".into(), ack, n));
-
-    let add_receiver =
-        |rows: &mut Vec<(String, f64, usize)>, label: &str, s: &Session, sealed: bool| {
-            let sets: Vec<Prepared> = (0..reps * 2)
+    if want("open") {
+        let open = {
+            // One handshake per rep: each opener starts with an empty replay window.
+            let sets: Vec<(Opener, Vec<Vec<u8>>)> = (0..reps)
                 .map(|_| {
-                    if sealed {
-                        let (mut se, o) = channel();
-                        let (h, d) = seal_all(&mut se, s);
-                        (h, d, Some(o))
-                    } else {
-                        (s.hello.clone(), s.data.clone(), None)
-                    }
+                    let (mut s, o) = channel();
+                    (o, seal_all(&mut s, &raw).1)
                 })
                 .collect();
             let mut sets = sets.into_iter();
+            time(
+                reps,
+                || sets.next().unwrap(),
+                |(mut o, mut frames)| {
+                    let t = Instant::now();
+                    for f in frames.iter_mut() {
+                        assert!(o.open(t, f).is_ok());
+                    }
+                },
+            )
+        };
+        rows.push(("open (AES-256-GCM, replay window)".into(), open, n));
+    }
+
+    if want("apply") {
+        let apply_fresh = time(
+            reps,
+            || {
+                let mut s = MemSink::new();
+                s.open(&[SinkFile::file("b", len as u64)]).unwrap();
+                s
+            },
+            |mut s| {
+                for (off, b) in &pieces {
+                    s.write_raw(0, *off as u64, b).unwrap();
+                }
+                black_box(s.contents(0));
+            },
+        );
+        rows.push(("apply, MemSink, fresh memory".into(), apply_fresh, n));
+        let apply_touched = time(
+            reps,
+            || {
+                let mut s = MemSink::new();
+                s.populate = true;
+                s.open(&[SinkFile::file("b", len as u64)]).unwrap();
+                s
+            },
+            |mut s| {
+                for (off, b) in &pieces {
+                    s.write_raw(0, *off as u64, b).unwrap();
+                }
+                black_box(s.contents(0));
+            },
+        );
+        rows.push(("apply, MemSink, populated at open".into(), apply_touched, n));
+    }
+
+    if want("hash") {
+        let file = dst.clone();
+        let hash_frame = time(
+            reps,
+            || (),
+            |()| {
+                let mut h = blake3::Hasher::new();
+                for (off, b) in &pieces {
+                    h.update(&file[*off..*off + b.len()]);
+                }
+                black_box(h.finalize());
+            },
+        );
+        rows.push(("hash, BLAKE3 per frame".into(), hash_frame, n));
+        let hash_step = time(
+            reps,
+            || (),
+            |()| {
+                let mut h = blake3::Hasher::new();
+                for c in file.chunks(256 << 10) {
+                    h.update(c);
+                }
+                black_box(h.finalize());
+            },
+        );
+        rows.push(("hash, BLAKE3 in 256 KiB steps".into(), hash_step, n));
+        let depth = packetfs::util::hash_depth();
+        let hash_par = time(
+            reps,
+            || (),
+            |()| {
+                black_box(packetfs::util::parallel_blake3(&file, depth));
+            },
+        );
+        rows.push((
+            format!("hash, util::parallel_blake3 (depth {depth}, all cores)"),
+            hash_par,
+            n,
+        ));
+    }
+
+    if want("ack") {
+        let ack = time(
+            reps,
+            || (),
+            |()| {
+                let mut set = RangeSet::new();
+                for (off, b) in &pieces {
+                    let (s, e) = (*off as u64, (*off + b.len()) as u64);
+                    if !set.contains(s, e) {
+                        black_box(set.insert(s, e));
+                    }
+                    black_box(set.first_gap(0));
+                }
+            },
+        );
+        rows.push(("ack bookkeeping (RangeSet)".into(), ack, n));
+    }
+
+    let add_receiver =
+        |rows: &mut Vec<(String, f64, usize)>, label: &str, s: &Session, sealed: bool| {
+            // Prepared (sealed: by a fresh channel) right before each drive, untimed.
+            let prep = || -> Prepared {
+                if sealed {
+                    let (mut se, o) = channel();
+                    let (h, d) = seal_all(&mut se, s);
+                    (h, d, Some(o))
+                } else {
+                    (s.hello.clone(), s.data.clone(), None)
+                }
+            };
+            let modes: Vec<(HashThread, &str)> = [
+                (HashThread::Off, "hash inline"),
+                (HashThread::Always, "hash thread"),
+            ]
+            .into_iter()
+            .filter(|(_, how)| hash_modes.is_empty() || how.ends_with(hash_modes.as_str()))
+            .collect();
             for populate in [false, true] {
-                let mut data = Vec::new();
-                let mut whole = Vec::new();
+                let mut data = vec![Vec::new(); modes.len()];
+                let mut whole = vec![Vec::new(); modes.len()];
+                let mut cpu = vec![Vec::new(); modes.len()];
                 for _ in 0..reps {
-                    let (h, d, o) = sets.next().unwrap();
-                    let (a, b) = drive(&snap, &h, &d, o, populate);
-                    data.push(a);
-                    whole.push(a + b);
+                    // The two modes rep by rep (the machine is noisy).
+                    for (m, (ht, _)) in modes.iter().enumerate() {
+                        let (h, d, o) = prep();
+                        let (a, b, c) = drive(&snap, &h, &d, o, populate, *ht);
+                        data[m].push(a);
+                        whole[m].push(a + b);
+                        cpu[m].push(c);
+                    }
                 }
                 let what = if populate {
                     "output populated at open"
                 } else {
                     "fresh output"
                 };
-                rows.push((
-                    format!("receiver, {label}, {what}: data frames"),
-                    median(data),
-                    s.data.len(),
-                ));
-                rows.push((
-                    format!("receiver, {label}, {what}: open + data frames"),
-                    median(whole),
-                    s.data.len(),
-                ));
+                for (m, (_, how)) in modes.iter().enumerate() {
+                    let n = s.data.len();
+                    rows.push((
+                        format!("receiver, {label}, {what}, {how}: data frames"),
+                        median(std::mem::take(&mut data[m])),
+                        n,
+                    ));
+                    rows.push((
+                        format!("receiver, {label}, {what}, {how}: state machine thread CPU"),
+                        median(std::mem::take(&mut cpu[m])),
+                        n,
+                    ));
+                    rows.push((
+                        format!("receiver, {label}, {what}, {how}: open + data frames"),
+                        median(std::mem::take(&mut whole[m])),
+                        n,
+                    ));
+                }
             }
         };
-    add_receiver(&mut rows, "raw", &raw, false);
-    add_receiver(&mut rows, "raw, sealed (open + receive)", &raw, true);
-    let cov = session(&snap, blueprint(&mut rng, &snap, len, false), false);
-    println!(
-        "covered file: {} full data frames for {mb} MiB ({} file bytes per frame)",
-        cov.data.len(),
-        len / cov.data.len().max(1)
-    );
-    add_receiver(&mut rows, "covered", &cov, false);
-    add_receiver(&mut rows, "covered, sealed (open + receive)", &cov, true);
+    if want("receiver-raw") {
+        add_receiver(&mut rows, "raw", &raw, false);
+    }
+    if want("receiver-raw-sealed") {
+        add_receiver(&mut rows, "raw, sealed (open + receive)", &raw, true);
+    }
+    if want("receiver-covered") || want("receiver-covered-sealed") {
+        let cov = session(&snap, blueprint(&mut rng, &snap, len, false), false);
+        println!(
+            "covered file: {} full data frames for {mb} MiB ({} file bytes per frame)",
+            cov.data.len(),
+            len / cov.data.len().max(1)
+        );
+        if want("receiver-covered") {
+            add_receiver(&mut rows, "covered", &cov, false);
+        }
+        if want("receiver-covered-sealed") {
+            add_receiver(&mut rows, "covered, sealed (open + receive)", &cov, true);
+        }
+    }
 
     let base_ns = base * 1e9 / n as f64;
     for (label, secs, frames) in rows {
         let ns = secs * 1e9 / frames as f64;
         println!(
-            "{label:<66} {ns:>9.1} ns/frame {:>6.2} M frames/s {:>5.2} GB/s of file bytes {:>7.2}x memcpy",
+            "{label:<92} {ns:>9.1} ns/frame {:>6.2} M frames/s {:>5.2} GB/s of file bytes {:>7.2}x memcpy",
             1e3 / ns,
             len as f64 / secs / 1e9,
             ns / base_ns

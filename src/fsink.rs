@@ -1171,9 +1171,12 @@ impl FileSink for MmapSink {
         if self.populate {
             populate_ahead(o, off.saturating_add(len as u64));
         }
-        let m: &mut [u8] = match (o.map.as_mut(), o.buf.as_mut()) {
-            (Some(m), _) => m,
-            (None, Some(b)) => b,
+        // The map's or buffer's start and length, through raw pointers: no `&mut` covers the
+        // whole file, whose final bytes the hashing thread may be reading
+        // (`FileSink::contents`).
+        let (base, size) = match (o.map.as_mut(), o.buf.as_mut()) {
+            (Some(m), _) => (m.as_mut_ptr(), m.len()),
+            (None, Some(b)) => (b.as_mut_ptr(), b.len()),
             _ => {
                 return if len == 0 {
                     Ok(&mut [])
@@ -1182,13 +1185,14 @@ impl FileSink for MmapSink {
                 }
             }
         };
-        let range = usize::try_from(off)
+        let start = usize::try_from(off)
             .ok()
-            .and_then(|s| Some(s..s.checked_add(len)?));
-        match range {
-            Some(r) if r.end <= m.len() => Ok(&mut m[r]),
-            _ => Err(out_of_range),
-        }
+            .filter(|s| s.checked_add(len).is_some_and(|e| e <= size))
+            .ok_or(out_of_range)?;
+        // Safety: `[start, start + len)` lies inside the map or buffer (checked above), which
+        // this borrow of `self` keeps alive (neither is dropped or remapped while borrowed)
+        // and which nothing else writes.
+        Ok(unsafe { std::slice::from_raw_parts_mut(base.add(start), len) })
     }
 
     fn hash(&mut self, file: u32) -> Result<[u8; 32], SinkError> {

@@ -6,8 +6,8 @@
 use packetfs::blueprint::{block, Blueprint, Segment, Source, Transform};
 use packetfs::fsink::MmapSink;
 use packetfs::proto::{
-    Endpoint, Event, Failure, FileSink, MemSink, PackPolicy, Reason, Receiver, ReceiverConfig,
-    SendFile, Sender, SenderConfig, Timing,
+    Endpoint, Event, Failure, FileSink, HashThread, MemSink, PackPolicy, Reason, Receiver,
+    ReceiverConfig, SendFile, Sender, SenderConfig, Timing,
 };
 use packetfs::secure::{Guard, GuardConfig, SecStats, Security};
 use packetfs::wire::payload::{FileEntry, FileMode, Frame, Hello, Payload};
@@ -441,7 +441,10 @@ struct Tally {
 
 fn one_case(seed: u64, tally: &mut Tally) {
     let mut rng = Rng(seed);
-    let case = random_case(&mut rng);
+    let mut case = random_case(&mut rng);
+    // Each file's BLAKE3 inline or on the session's hashing thread (by the seed: the random
+    // stream, and so every case, stays as it was).
+    case.rcfg.hash_thread = [HashThread::Off, HashThread::Always][(seed % 2) as usize];
     let mut s2r = Link::random(&mut rng);
     let mut r2s = Link::random(&mut rng);
     let impaired = s2r.drop + s2r.corrupt > 0.25 || r2s.drop + r2s.corrupt > 0.25;
@@ -549,6 +552,8 @@ fn cfgs() -> (SenderConfig, ReceiverConfig) {
         },
         ReceiverConfig {
             timing: fast_timing(),
+            // the hashing thread whatever the sizes: resumed, skipped and aborted files too
+            hash_thread: HashThread::Always,
             ..ReceiverConfig::default()
         },
     )

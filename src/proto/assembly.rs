@@ -1,7 +1,9 @@
 //! The receiver's assembly part: pieces applied through the [`FileSink`] (direct files, in
 //! any order), packed block streams reassembled and decoded in file order, and each file's
-//! BLAKE3 fed incrementally as its final prefix grows.
+//! BLAKE3 fed incrementally as its final prefix grows (spans of final bytes handed to
+//! [`Hashes`]: the session's hashing thread, or inline).
 
+use super::hashpipe::Hashes;
 use super::manifest::{held_bytes, RecvFile};
 use super::rangeset::RangeSet;
 use super::resume::Offers;
@@ -14,20 +16,6 @@ use crate::wire::payload::{FileMode, Piece, StreamEnd};
 /// Hash bytes in steps of at least this many (BLAKE3 is fastest on long inputs).
 const HASH_STEP: u64 = 256 << 10;
 
-/// Final bytes fed at once from this many on are hashed on every core (BLAKE3's own
-/// subtree split over rayon's pool: the same hash, in order): a covered file's decoded
-/// blocks and long snapshot pieces arrive in megabytes at a time.
-const PAR_HASH_MIN: usize = 1 << 20;
-
-/// Feed `bytes` to `h`: on every core when they are many, else on this thread.
-fn feed(h: &mut blake3::Hasher, bytes: &[u8]) {
-    if bytes.len() >= PAR_HASH_MIN {
-        h.update_rayon(bytes);
-    } else {
-        h.update(bytes);
-    }
-}
-
 /// Per-file progress beyond the range set.
 #[derive(Default)]
 struct Prog {
@@ -39,9 +27,9 @@ struct Prog {
     cap: u64,
     /// Packed: stream bytes decoded (a block boundary).
     decoded: u64,
-    /// File bytes written in order (packed) or contiguous (direct) and fed to `hasher`.
+    /// File bytes written in order (packed) or contiguous (direct) and fed to the file's
+    /// hash: final, never written again.
     hashed: u64,
-    hasher: Option<Box<blake3::Hasher>>,
     /// Streamed: the head of the stream was read (a resume record or the first block).
     begun: bool,
 }
@@ -71,12 +59,16 @@ pub(crate) struct Ctx<'a, 's, S: FileSink> {
 #[derive(Default)]
 pub(crate) struct Assembly {
     prog: Vec<Prog>,
+    /// Each file's BLAKE3, inline or on the session's hashing thread.
+    hashes: Hashes,
 }
 
 impl Assembly {
-    /// Buffers for the accepted files (packed lengths passed the limits already).
-    pub fn new(files: &[RecvFile], lim: &block::Limits) -> Self {
+    /// Buffers for the accepted files (packed lengths passed the limits already); their
+    /// hashes on a thread of their own if `thread` ([`super::hashpipe::use_thread`]).
+    pub fn new(files: &[RecvFile], lim: &block::Limits, thread: bool) -> Self {
         Assembly {
+            hashes: Hashes::new(files.len(), thread),
             prog: files
                 .iter()
                 .map(|f| Prog {
@@ -186,7 +178,7 @@ impl Assembly {
         Ok(())
     }
 
-    /// Feed file bytes `[hashed, upto)` of `fi` to its hasher, in steps of `HASH_STEP`
+    /// Feed file bytes `[hashed, upto)` of `fi` to its hash, in steps of `HASH_STEP`
     /// unless `last`. Does nothing if the sink cannot show its contents.
     fn hash_upto<S: FileSink>(
         &mut self,
@@ -199,13 +191,9 @@ impl Assembly {
         if upto <= p.hashed || (!last && upto - p.hashed < HASH_STEP) {
             return;
         }
-        let Some(bytes) = cx.sink.contents(fi as u32) else {
+        if !hash_span(&mut self.hashes, cx.sink, fi, p.hashed, upto) {
             return;
-        };
-        let h = p
-            .hasher
-            .get_or_insert_with(|| Box::new(blake3::Hasher::new()));
-        feed(h, &bytes[p.hashed as usize..upto as usize]);
+        }
         p.hashed = upto;
         cx.sink.prefix_final(fi as u32, upto);
     }
@@ -276,23 +264,14 @@ impl Assembly {
                 return Err(Reason::Protocol);
             }
             apply_block(cx, fi as u32, file_off, &b).map_err(|_| Reason::Io)?;
-            let p = &mut self.prog[fi];
-            p.decoded = end;
+            self.prog[fi].decoded = end;
             // `hashed` doubles as the packed file's write position: hash what was written.
-            match cx.sink.contents(fi as u32) {
-                Some(bytes) => {
-                    let h = p
-                        .hasher
-                        .get_or_insert_with(|| Box::new(blake3::Hasher::new()));
-                    feed(
-                        h,
-                        &bytes[file_off as usize..(file_off + b.file_len) as usize],
-                    );
-                }
-                None => p.hasher = None,
+            let to = file_off + b.file_len;
+            if !hash_span(&mut self.hashes, cx.sink, fi, file_off, to) {
+                self.hashes.forget(fi); // the sink hashes the file at the end
             }
-            p.hashed = file_off + b.file_len;
-            cx.sink.prefix_final(fi as u32, file_off + b.file_len);
+            self.prog[fi].hashed = to;
+            cx.sink.prefix_final(fi as u32, to);
         }
         let p = &mut self.prog[fi];
         if streamed && p.decoded - p.base >= p.cap / 2 {
@@ -337,7 +316,7 @@ impl Assembly {
         cx.sink.adopt(fi as u32, r.at).map_err(|_| Reason::Io)?;
         p.decoded += ResumeRecord::LEN as u64;
         p.hashed = r.at;
-        p.hasher = Some(Box::new(h.hasher));
+        self.hashes.seed(fi, h.hasher);
         match h.kind {
             HeldKind::Whole => {
                 cx.stats.skipped_files += 1;
@@ -352,19 +331,65 @@ impl Assembly {
     }
 
     /// The BLAKE3 of whole file `fi`: the incremental one if it covered the file, else the
-    /// sink's.
+    /// sink's. Either way every span of `fi` handed to the hashing thread is read when this
+    /// returns: the sink may commit (unmap, free) the file's memory.
     pub fn file_hash<S: FileSink>(
         &mut self,
         sink: &mut S,
         fi: usize,
         size: u64,
     ) -> Result<[u8; 32], SinkError> {
-        let p = &mut self.prog[fi];
-        match p.hasher.take() {
-            Some(h) if p.hashed == size => Ok(*h.finalize().as_bytes()),
+        let whole = self.prog[fi].hashed == size;
+        match self.hashes.finish(fi) {
+            Some(h) if whole => Ok(h),
             _ => sink.hash(fi as u32),
         }
     }
+
+    /// Whether the hashes run on the hashing thread.
+    #[cfg(test)]
+    pub fn threaded(&self) -> bool {
+        self.hashes.threaded()
+    }
+
+    /// Wait until the hashing thread has read every span handed to it (the hashes go on).
+    pub fn drain(&mut self) {
+        self.hashes.drain();
+    }
+
+    /// The session is abandoned: stop the hashing thread and drop every hash, before the
+    /// sink discards (unmaps, frees) the files' memory.
+    pub fn settle(&mut self) {
+        self.hashes.settle();
+    }
+}
+
+/// Hand file bytes `[from, to)` of `fi` to its hash (on the hashing thread, read after this
+/// returns). Returns false if the sink cannot show them.
+#[allow(unsafe_code)]
+fn hash_span<S: FileSink>(h: &mut Hashes, sink: &S, fi: usize, from: u64, to: u64) -> bool {
+    let span = usize::try_from(from)
+        .ok()
+        .zip(usize::try_from(to).ok())
+        .and_then(|(a, b)| sink.contents(fi as u32)?.get(a..b));
+    let Some(span) = span else {
+        return false;
+    };
+    // Safety (`Hashes::feed`: the bytes stay allocated and unwritten until fi's hash is
+    // finished or the hashes are settled):
+    // - Unwritten: they lie below the file's new `hashed` mark, and nothing writes there
+    //   again: direct pieces are trimmed below it (`apply_piece`), a packed file's blocks
+    //   are written at it and after (`advance_packed`), self copies only read below it, and
+    //   a sink's `span_mut` hands out exactly the range written (`FileSink::contents`).
+    // - Allocated: a sink's memory for a file (MemSink's buffer; MmapSink's map, made at
+    //   `open`, or a small file's buffer or map, made at its first write, never remapped)
+    //   goes only at `commit`, after `file_hash` finished the file's hash; at `discard`,
+    //   after the receiver settled the hashes (`Receiver::fail`, a peer's Abort); or when
+    //   the sink is dropped, after the assembly (the receiver's field order, and
+    //   `Receiver::into_sink` settles first). A resumed or skipped file is seeded with the
+    //   held prefix's state: its held bytes are never handed off.
+    unsafe { h.feed(fi, span) };
+    true
 }
 
 /// Write one decoded block at `file_off` of `file` through the sink.
@@ -425,31 +450,4 @@ fn apply_block<S: FileSink>(
         off += seg.len as u64;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn feeding_in_pieces_large_and_small_gives_blake3_of_the_whole() {
-        let data: Vec<u8> = (0..(5u64 << 20) + 12_345)
-            .map(|i| ((i * 2654435761) >> 11) as u8)
-            .collect();
-        // pieces below and above PAR_HASH_MIN, at offsets that are not chunk-aligned
-        let cuts = [
-            0,
-            1,
-            1500,
-            300_000,
-            300_000 + (1 << 20),
-            3 << 20,
-            data.len(),
-        ];
-        let mut h = blake3::Hasher::new();
-        for w in cuts.windows(2) {
-            feed(&mut h, &data[w[0]..w[1]]);
-        }
-        assert_eq!(h.finalize(), blake3::hash(&data));
-    }
 }

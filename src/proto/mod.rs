@@ -36,6 +36,7 @@
 //! | `receiver.rs` | the receiver: handshake, grams, verification, reports |
 //! | `manifest.rs` | the receiver's manifest: Hello chunks, limits, the accepted files |
 //! | `assembly.rs` | the receiver's assembly: direct pieces, packed and streamed block streams, incremental BLAKE3 |
+//! | `hashpipe.rs` | the receiver's per-file BLAKE3, inline or on the session's hashing thread (spans of final bytes handed off in order) |
 //! | `ack.rs` | the receiver's acknowledgements: ACK/NACK, the reorder window |
 //! | `sink.rs` | the [`FileSink`] trait the receiver writes through (no I/O here: [`crate::fsink`]) |
 //! | `rangeset.rs` | byte-range sets |
@@ -43,6 +44,7 @@
 
 mod ack;
 mod assembly;
+mod hashpipe;
 pub(crate) mod lifecycle;
 mod manifest;
 mod outgoing;
@@ -54,6 +56,7 @@ pub mod sender;
 pub mod sink;
 pub mod table;
 
+pub use hashpipe::HashThread;
 pub use receiver::Receiver;
 pub use sender::{EntryMeta, OutgoingFile, SendError, SendFile, Sender};
 pub use sink::{FileSink, MemSink, SinkError, SinkFile};
@@ -207,6 +210,10 @@ pub struct ReceiverConfig {
     /// file sink the driver creates: keep the temporary files of a broken session with a
     /// journal, so that a later session can resume them.
     pub resume: bool,
+    /// Where each file's BLAKE3 is computed: on a thread of the session's own, so that the
+    /// receiving thread only hands off spans of final bytes, or inline on the receiving
+    /// thread ([`HashThread`]; default `Auto`).
+    pub hash_thread: HashThread,
     pub timing: Timing,
 }
 
@@ -226,6 +233,7 @@ impl Default for ReceiverConfig {
             overwrite: false,
             keep_setid: false,
             resume: true,
+            hash_thread: HashThread::Auto,
             timing: Timing::default(),
         }
     }

@@ -9,6 +9,7 @@
 
 use super::ack::Acks;
 use super::assembly::{Assembly, Ctx, Packed};
+use super::hashpipe::use_thread;
 use super::lifecycle::{earliest, endpoint_from_lifecycle, Backoff, Ctrl, Lifecycle, Phase};
 use super::manifest::Manifest;
 pub use super::manifest::{max_stream_bound, RecvFile};
@@ -48,12 +49,14 @@ pub struct Receiver<'s, S: FileSink> {
     cfg: ReceiverConfig,
     snapshot_id: [u8; 32],
     snapshot: &'s [u8],
+    /// Declared before `sink`, so dropped before it: the hashing thread (in the assembly)
+    /// is joined before the sink's memory it reads goes.
+    assembly: Assembly,
     sink: S,
     session: Option<u64>,
     stage: Stage,
     seq: u64,
     manifest: Manifest,
-    assembly: Assembly,
     acks: Acks,
     last_heard: Option<Instant>,
     /// Set by [`Receiver::refuse`]: the session is answered with this reason at its Hello.
@@ -74,12 +77,12 @@ impl<'s, S: FileSink> Receiver<'s, S> {
             cfg,
             snapshot_id,
             snapshot,
+            assembly: Assembly::default(),
             sink,
             session: None,
             stage: Stage::Listen,
             seq: 0,
             manifest: Manifest::default(),
-            assembly: Assembly::default(),
             last_heard: None,
             refusal: None,
             life: Lifecycle::new(),
@@ -124,11 +127,15 @@ impl<'s, S: FileSink> Receiver<'s, S> {
         self.refusal.get_or_insert(reason);
     }
 
+    /// The sink, once the hashing thread read every span handed to it.
     pub fn sink_mut(&mut self) -> &mut S {
+        self.assembly.drain();
         &mut self.sink
     }
 
-    pub fn into_sink(self) -> S {
+    /// The sink; the hashing thread is stopped first (an unfinished session's hashes go).
+    pub fn into_sink(mut self) -> S {
+        self.assembly.settle();
         self.sink
     }
 
@@ -158,6 +165,7 @@ impl<'s, S: FileSink> Receiver<'s, S> {
 
     /// End the session here: discard what is not committed, send Abort until Close.
     fn fail(&mut self, now: Instant, reason: Reason) {
+        self.assembly.settle();
         self.sink.discard();
         let abort = Payload::Abort(reason.to_wire());
         self.life.failed(reason, false);
@@ -206,7 +214,8 @@ impl<'s, S: FileSink> Receiver<'s, S> {
             return self.fail(now, sink_reason(e));
         }
         // The packed lengths passed the limit: the buffers may be allocated now.
-        self.assembly = Assembly::new(&self.manifest.files, &self.cfg.block_limits);
+        let thread = use_thread(self.cfg.hash_thread, self.manifest.file_total);
+        self.assembly = Assembly::new(&self.manifest.files, &self.cfg.block_limits, thread);
         if self.cfg.resume {
             let budget = self.cfg.max_datagram.saturating_sub(pfs::HEADER_LEN);
             self.offers = Offers::collect(&mut self.sink, &self.manifest.files, budget);
@@ -481,6 +490,7 @@ impl<S: FileSink> Endpoint for Receiver<'_, S> {
                 }
             }
             (Stage::Collect | Stage::Data, Payload::Abort(a)) => {
+                self.assembly.settle();
                 self.sink.discard();
                 self.life
                     .failed(Reason::from_wire(&a, self.snapshot_id), true);
@@ -590,6 +600,7 @@ impl<S: FileSink> Endpoint for Receiver<'_, S> {
 mod tests {
     use super::*;
     use crate::proto::sink::MemSink;
+    use crate::proto::HashThread;
     use crate::wire::payload::{FileEntry, GramWriter, Probe};
 
     const ID: [u8; 32] = [3; 32];
@@ -795,5 +806,204 @@ mod tests {
         assert_eq!(r.outcome(), Some(Ok(())));
         assert_eq!(r.stats().duplicate_frames, 1, "{:?}", r.stats());
         assert_eq!(r.sink().committed(0).unwrap(), &[0u8; 300][..]);
+    }
+
+    /// A raw gram of `bytes` at `off` of `file`.
+    fn piece(seq: u64, file: u32, off: u64, bytes: &[u8]) -> Vec<u8> {
+        let mut body = vec![0u8; 1400];
+        let mut w = GramWriter::new(&mut body, 1000);
+        assert_eq!(w.push_raw(file, off, bytes), bytes.len());
+        let n = w.finish();
+        let mut buf = vec![0u8; pfs::HEADER_LEN + n];
+        buf[pfs::HEADER_LEN..].copy_from_slice(&body[..n]);
+        let hdr = pfs::Repr {
+            frame_type: pfs::FrameType::Data,
+            flags: 0,
+            session: 7,
+            seq,
+            payload_len: n as u16,
+        };
+        hdr.emit(&mut pfs::Packet::new_unchecked(&mut buf[..]));
+        buf
+    }
+
+    /// A receiver past the handshake for direct files `files` (their BLAKE3 in the manifest).
+    fn receiver_of(files: &[Vec<u8>], hash_thread: HashThread) -> Receiver<'static, MemSink> {
+        static SNAP: [u8; 64] = [0; 64];
+        let cfg = ReceiverConfig {
+            ack_every: 1000,
+            hash_thread,
+            ..ReceiverConfig::default()
+        };
+        let mut r = Receiver::new(cfg, ID, &SNAP, MemSink::new());
+        let hello = Payload::Hello(Hello {
+            snapshot_id: ID,
+            nfiles: files.len() as u32,
+            first: 0,
+            entries: files
+                .iter()
+                .enumerate()
+                .map(|(i, f)| {
+                    FileEntry::direct(format!("f{i}"), f.len() as u64, *blake3::hash(f).as_bytes())
+                })
+                .collect(),
+        });
+        assert!(r.handle_datagram(Instant::now(), &mut frame(0, 0, &hello)));
+        assert_eq!(r.files().len(), files.len());
+        r
+    }
+
+    /// splitmix64.
+    fn mix(x: &mut u64) -> u64 {
+        *x = x.wrapping_add(0x9e3779b97f4a7c15);
+        let mut z = *x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+        z ^ (z >> 31)
+    }
+
+    /// A piece to deliver: (file, offset, bytes).
+    type Pc = (u32, u64, Vec<u8>);
+
+    /// Every file cut into pieces of 1..=`max_piece` bytes, shuffled within windows of
+    /// `window` pieces (1: in order), then a duplicate of every 97th; and how many come
+    /// before the duplicates.
+    fn pieces(files: &[Vec<u8>], seed: u64, max_piece: usize, window: usize) -> (Vec<Pc>, usize) {
+        let mut x = seed;
+        let mut out = Vec::new();
+        let mut at = vec![0usize; files.len()];
+        loop {
+            let live: Vec<usize> = (0..files.len())
+                .filter(|&i| at[i] < files[i].len())
+                .collect();
+            if live.is_empty() {
+                break;
+            }
+            let i = live[mix(&mut x) as usize % live.len()];
+            let n = (1 + mix(&mut x) as usize % max_piece).min(files[i].len() - at[i]);
+            out.push((i as u32, at[i] as u64, files[i][at[i]..at[i] + n].to_vec()));
+            at[i] += n;
+        }
+        for w in out.chunks_mut(window) {
+            for k in (1..w.len()).rev() {
+                w.swap(k, mix(&mut x) as usize % (k + 1));
+            }
+        }
+        let originals = out.len();
+        for k in (0..originals).step_by(97) {
+            let d = out[k].clone();
+            out.push(d);
+        }
+        (out, originals)
+    }
+
+    fn deliver(r: &mut Receiver<'_, MemSink>, ps: &[Pc]) {
+        let t = Instant::now();
+        for (seq, (f, off, b)) in ps.iter().enumerate() {
+            r.handle_datagram(t, &mut piece(seq as u64 + 1, *f, *off, b));
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        /// With the hashing thread or without, any order of pieces verifies the same files,
+        /// and a corrupted byte fails the session naming its file.
+        #[test]
+        fn the_hashing_thread_verifies_what_inline_hashing_does(
+            seed in proptest::prelude::any::<u64>(),
+            sizes in proptest::collection::vec(0usize..900_000, 1..4),
+            max_piece in 1usize..1300,
+            window in 1usize..6000,
+            corrupt in proptest::prelude::any::<Option<usize>>(),
+        ) {
+            let mut x = seed;
+            let files: Vec<Vec<u8>> = sizes
+                .iter()
+                .map(|&n| (0..n).map(|_| mix(&mut x) as u8).collect())
+                .collect();
+            let (mut ps, originals) = pieces(&files, seed, max_piece, window);
+            // Only a first delivery: the duplicates come last, after every original.
+            let bad = corrupt.map(|k| k % originals).map(|k| {
+                let (f, _, bytes) = &mut ps[k];
+                bytes[0] ^= 1; // the first delivery wins: its duplicate comes later
+                *f
+            });
+            let mut outcomes = Vec::new();
+            for mode in [HashThread::Off, HashThread::Always] {
+                let mut r = receiver_of(&files, mode);
+                proptest::prop_assert_eq!(r.assembly.threaded(), mode == HashThread::Always);
+                deliver(&mut r, &ps);
+                match bad {
+                    None => {
+                        proptest::prop_assert_eq!(r.outcome(), Some(Ok(())));
+                        for (i, f) in files.iter().enumerate() {
+                            proptest::prop_assert_eq!(r.sink().committed(i), Some(&f[..]));
+                        }
+                    }
+                    Some(file) => {
+                        let Some(Err(e)) = r.outcome() else {
+                            panic!("corrupted file {file} passed: {:?}", r.outcome())
+                        };
+                        proptest::prop_assert_eq!(e.reason, Reason::HashMismatch { file });
+                        proptest::prop_assert!(!r.assembly.threaded(), "thread left running");
+                    }
+                }
+                outcomes.push(r.outcome());
+            }
+            proptest::prop_assert_eq!(&outcomes[0], &outcomes[1]);
+        }
+    }
+
+    #[test]
+    fn an_abort_stops_the_hashing_thread_and_nothing_waits_for_it() {
+        let f: Vec<u8> = (0..3u32 << 20).map(|i| ((i * 7) >> 3) as u8).collect();
+        let files = [f.clone()];
+        let (ps, _) = pieces(&files, 5, 1300, 1);
+        let t = Instant::now();
+        // Half the file in order: its spans are handed to the thread, then the peer aborts.
+        let mut r = receiver_of(&files, HashThread::Always);
+        deliver(&mut r, &ps[..ps.len() / 2]);
+        assert!(r.assembly.threaded());
+        let abort = Payload::Abort(Reason::Cancelled.to_wire());
+        assert!(r.handle_datagram(t, &mut frame(9_999_999, 0, &abort)));
+        assert!(matches!(
+            r.outcome(),
+            Some(Err(Failure { by_peer: true, .. }))
+        ));
+        assert!(!r.assembly.threaded(), "the thread outlived the session");
+        // A file's hash after the abort: the incremental one is gone, the sink's answers.
+        let h = r
+            .assembly
+            .file_hash(&mut r.sink, 0, f.len() as u64)
+            .unwrap();
+        assert_eq!(
+            h,
+            *blake3::hash(&[]).as_bytes(),
+            "MemSink discarded the buffer"
+        );
+        assert_eq!(r.sink().committed_count(), 0);
+        // This side gives up: the same.
+        let mut r = receiver_of(&files, HashThread::Always);
+        deliver(&mut r, &ps[..ps.len() / 3]);
+        r.cancel(t);
+        assert!(!r.assembly.threaded());
+        // An unfinished session handed over: the thread is stopped first.
+        let mut r = receiver_of(&files, HashThread::Always);
+        deliver(&mut r, &ps[..ps.len() / 3]);
+        let sink = r.into_sink();
+        assert_eq!(sink.committed_count(), 0);
+    }
+
+    #[test]
+    fn the_default_policy_hashes_small_sessions_inline() {
+        let small = [vec![1u8; 1000]];
+        assert!(!receiver_of(&small, HashThread::Auto).assembly.threaded());
+        let big = [vec![1u8; super::super::hashpipe::THREAD_MIN as usize]];
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(
+            receiver_of(&big, HashThread::Auto).assembly.threaded(),
+            cores >= 2
+        );
+        assert!(!receiver_of(&big, HashThread::Off).assembly.threaded());
     }
 }

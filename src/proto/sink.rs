@@ -165,11 +165,18 @@ pub trait FileSink {
     /// The file's current contents, if the sink can show them (the receiver then hashes each
     /// file incrementally, in order, as its contiguous prefix completes; otherwise it calls
     /// `hash` once at the end).
+    ///
+    /// A sink that shows them lets the receiver's hashing thread read the file's final bytes
+    /// (below what `prefix_final` reported, and the range handed off with it) while the
+    /// receiver writes others: its memory for a file must stay where it is until `commit`
+    /// or `discard` of the file (or the sink's drop), and `span_mut` must hand out exactly
+    /// the range asked for, never a `&mut` over the whole file.
     fn contents(&self, _file: u32) -> Option<&[u8]> {
         None
     }
-    /// Bytes `[0, upto)` of `file` are final (hashed; never written again): a sink may start
-    /// writing them back now, so that `commit` has less left to wait for.
+    /// Bytes `[0, upto)` of `file` are final (handed to the file's hash, which may still be
+    /// reading them on the hashing thread; never written again): a sink may start writing
+    /// them back now, so that `commit` has less left to wait for.
     fn prefix_final(&mut self, _file: u32, _upto: u64) {}
     /// Make the file durable under its final name.
     fn commit(&mut self, file: u32) -> Result<(), SinkError>;
@@ -349,15 +356,21 @@ impl FileSink for MemSink {
         }
     }
 
+    #[allow(unsafe_code)]
     fn span_mut(&mut self, file: u32, off: u64, len: usize) -> Result<&mut [u8], SinkError> {
         let b = self
             .bufs
             .get_mut(file as usize)
             .ok_or(SinkError::NoSuchFile(file))?;
-        usize::try_from(off)
+        let start = usize::try_from(off)
             .ok()
-            .and_then(|s| b.get_mut(s..s.checked_add(len)?))
-            .ok_or(SinkError::OutOfRange { file, off, len })
+            .filter(|s| s.checked_add(len).is_some_and(|e| e <= b.len()))
+            .ok_or(SinkError::OutOfRange { file, off, len })?;
+        // Safety: `[start, start + len)` lies inside the buffer (checked above), which this
+        // borrow of `self` keeps alive and unaliased by other writers. Built from the raw
+        // pointer so that no `&mut` covers the rest of the buffer, whose final bytes the
+        // hashing thread may be reading (`FileSink::contents`).
+        Ok(unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr().add(start), len) })
     }
 
     fn hash(&mut self, file: u32) -> Result<[u8; 32], SinkError> {
