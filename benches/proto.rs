@@ -12,95 +12,27 @@
 //!
 //! `PFS_BENCH_MB` sets the receiver's file size (default 256 MiB).
 
-use packetfs::blueprint::{apply, block, raw_segments, Blueprint, Segment, Source, Transform};
+use packetfs::blueprint::{block, Blueprint, Transform};
 use packetfs::fsink::MmapSink;
 use packetfs::proto::sink::{SinkFile, SnapSeg};
 use packetfs::proto::{
     Endpoint, FileSink, MemSink, Receiver, ReceiverConfig, SendFile, Sender, SenderConfig,
 };
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{bench_timing as timing, covered_file, raw_blueprint, Rng, SNAP_ID};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
-
-const SNAP_ID: [u8; 32] = [0x5a; 32];
-
-/// splitmix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e3779b97f4a7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut v = Vec::with_capacity(n + 8);
-        while v.len() < n {
-            v.extend_from_slice(&self.next().to_le_bytes());
-        }
-        v.truncate(n);
-        v
-    }
-}
-
-fn timing() -> packetfs::proto::Timing {
-    packetfs::proto::Timing {
-        initial_rtt: Duration::from_millis(50),
-        min_pto: Duration::from_millis(5),
-        max_pto: Duration::from_millis(500),
-        idle_timeout: Duration::from_secs(10),
-        ack_delay: Duration::from_millis(2),
-    }
-}
 
 /// A file of 4 KiB snapshot segments (id/xor/add), or raw bytes.
 fn file(rng: &mut Rng, snap: &[u8], len: usize, raw: bool) -> (Vec<u8>, Blueprint) {
     if raw {
-        let content = rng.bytes(len);
-        let bp = Blueprint {
-            snapshot_id: SNAP_ID,
-            file_len: len as u64,
-            file_hash: *blake3::hash(&content).as_bytes(),
-            segments: raw_segments(len as u64),
-            spill: content.clone(),
-        };
-        return (content, bp);
+        let content = rng.words(len);
+        (content.clone(), raw_blueprint(content))
+    } else {
+        covered_file(rng, snap, len)
     }
-    let mut content = Vec::with_capacity(len);
-    let mut segments = Vec::new();
-    while content.len() < len {
-        let n = 4096.min(len - content.len());
-        let off = rng.below((snap.len() - n) as u64) as usize;
-        let op = Transform::ALL[rng.below(3) as usize];
-        let imm = if op == Transform::Id {
-            0
-        } else {
-            rng.next() as u8
-        };
-        let mut dst = vec![0u8; n];
-        apply::transform(op, imm, &snap[off..off + n], &mut dst);
-        content.extend_from_slice(&dst);
-        segments.push(Segment {
-            len: n as u32,
-            src: Source::Snap {
-                op,
-                off: off as u64,
-                imm,
-            },
-        });
-    }
-    let bp = Blueprint {
-        snapshot_id: SNAP_ID,
-        file_len: len as u64,
-        file_hash: *blake3::hash(&content).as_bytes(),
-        segments,
-        spill: vec![],
-    };
-    (content, bp)
 }
 
 fn receiver_apply() {

@@ -33,7 +33,7 @@
 //! `PFS_STAGES_HASH` (`inline` or `thread`: one of the receiver's hash modes). Each row handles the whole file once: GB/s of file bytes
 //! compares the raw rows with the covered ones, whose frames carry far more file bytes.
 
-use packetfs::blueprint::{apply, raw_segments, Blueprint, Segment, Source, Transform};
+use packetfs::blueprint::Blueprint;
 use packetfs::proto::rangeset::RangeSet;
 use packetfs::proto::sink::SinkFile;
 use packetfs::proto::{
@@ -45,90 +45,19 @@ use packetfs::secure::channel::{
 };
 use packetfs::secure::Identity;
 use packetfs::wire::payload::{Frame, Payload, Piece};
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{bench_timing as timing, covered_file, env_usize as env, raw_blueprint, Rng, SNAP_ID};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
-
-const SNAP_ID: [u8; 32] = [0x5a; 32];
-
-/// splitmix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e3779b97f4a7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
-        z ^ (z >> 31)
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut v = Vec::with_capacity(n + 8);
-        while v.len() < n {
-            v.extend_from_slice(&self.next().to_le_bytes());
-        }
-        v.truncate(n);
-        v
-    }
-}
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn timing() -> packetfs::proto::Timing {
-    packetfs::proto::Timing {
-        initial_rtt: Duration::from_millis(50),
-        min_pto: Duration::from_millis(5),
-        max_pto: Duration::from_millis(500),
-        idle_timeout: Duration::from_secs(10),
-        ack_delay: Duration::from_millis(2),
-    }
-}
 
 /// A raw file, or one of 4 KiB snapshot segments (id/xor/add).
 fn blueprint(rng: &mut Rng, snap: &[u8], len: usize, raw: bool) -> Blueprint {
     if raw {
-        let content = rng.bytes(len);
-        return Blueprint {
-            snapshot_id: SNAP_ID,
-            file_len: len as u64,
-            file_hash: *blake3::hash(&content).as_bytes(),
-            segments: raw_segments(len as u64),
-            spill: content,
-        };
-    }
-    let mut content = Vec::with_capacity(len);
-    let mut segments = Vec::new();
-    while content.len() < len {
-        let n = 4096.min(len - content.len());
-        let off = (rng.next() % (snap.len() - n) as u64) as usize;
-        let op = Transform::ALL[(rng.next() % 3) as usize];
-        let imm = if op == Transform::Id {
-            0
-        } else {
-            rng.next() as u8
-        };
-        let mut dst = vec![0u8; n];
-        apply::transform(op, imm, &snap[off..off + n], &mut dst);
-        content.extend_from_slice(&dst);
-        segments.push(Segment {
-            len: n as u32,
-            src: Source::Snap {
-                op,
-                off: off as u64,
-                imm,
-            },
-        });
-    }
-    Blueprint {
-        snapshot_id: SNAP_ID,
-        file_len: len as u64,
-        file_hash: *blake3::hash(&content).as_bytes(),
-        segments,
-        spill: vec![],
+        raw_blueprint(rng.words(len))
+    } else {
+        covered_file(rng, snap, len).1
     }
 }
 

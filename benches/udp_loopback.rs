@@ -68,7 +68,7 @@ fn main() {
     let f = if is_covered {
         SendFile {
             name: "bench.covered".into(),
-            blueprint: covered(&snap, mb << 20),
+            blueprint: covered_file(&mut Rng(10), &snap, mb << 20).1,
         }
     } else {
         raw_file(&mut rng, "bench.raw", mb << 20).1
@@ -139,40 +139,4 @@ fn main() {
         sent.wire_bps() / base.max(1.0),
         sent.session_bps() / base.max(1.0)
     );
-}
-
-/// A file of `len` bytes made of 4 KiB snapshot segments (id/xor/add), no spill.
-fn covered(snap: &[u8], len: usize) -> packetfs::blueprint::Blueprint {
-    use packetfs::blueprint::{apply, Blueprint, Segment, Source, Transform};
-    let mut rng = Rng(10);
-    let mut content = Vec::with_capacity(len);
-    let mut segments = Vec::new();
-    while content.len() < len {
-        let n = 4096.min(len - content.len());
-        let off = rng.below((snap.len() - n) as u64) as usize;
-        let op = Transform::ALL[rng.below(3) as usize];
-        let imm = if op == Transform::Id {
-            0
-        } else {
-            rng.next() as u8
-        };
-        let mut dst = vec![0u8; n];
-        apply::transform(op, imm, &snap[off..off + n], &mut dst);
-        content.extend_from_slice(&dst);
-        segments.push(Segment {
-            len: n as u32,
-            src: Source::Snap {
-                op,
-                off: off as u64,
-                imm,
-            },
-        });
-    }
-    Blueprint {
-        snapshot_id: SNAP_ID,
-        file_len: len as u64,
-        file_hash: *blake3::hash(&content).as_bytes(),
-        segments,
-        spill: vec![],
-    }
 }
