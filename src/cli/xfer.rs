@@ -1138,14 +1138,17 @@ fn print_xdp(r: &xdp::XdpReport) {
         .iter()
         .map(|q| match &q.worker {
             Some(w) => format!(
-                "q{} worker {} rx {} tx {} sleeps {} kicks {} tx_ring_full {}",
+                "q{} worker {} rx {} tx {} sleeps {} kicks {} tx_ring_full {} sealed {} opened {} open_failed {}",
                 q.queue,
                 w.cpu.map_or("unpinned".to_string(), |c| format!("cpu{c}")),
                 q.rx_frames,
                 q.tx_frames,
                 w.sleeps,
                 w.kicks,
-                w.tx_ring_full
+                w.tx_ring_full,
+                w.sealed,
+                w.opened,
+                w.open_failed
             ),
             None => format!("q{} rx {} tx {}", q.queue, q.rx_frames, q.tx_frames),
         })
