@@ -142,8 +142,8 @@ pfs_run() {
         perf_pids+=($!)
     fi
     wait "$spid" || { cat "$log.send" "$log" >&2; exit 1; }
-    [ -z "${XDP_PATH_KEEP:-}" ] || cp "$log.send" "$log" "$m" "$log.time" "$log.rtime" "$XDP_PATH_KEEP/" 2>/dev/null || true
     wait "$rpid" || { cat "$log" >&2; exit 1; }
+    [ -z "${XDP_PATH_KEEP:-}" ] || cp "$log.send" "$log" "$m" "$m.recv" "$log.time" "$log.rtime" "$XDP_PATH_KEEP/" 2>/dev/null || true
     for p in "${perf_pids[@]}"; do kill -INT "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
     cmp -s "$work/random.bin" "$out/random.bin" || { echo "$label: received file differs" >&2; exit 1; }
     rm -rf "$out"

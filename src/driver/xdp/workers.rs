@@ -8,8 +8,8 @@
 //! | queue     | direction         | carries                                                   |
 //! |-----------|-------------------|-----------------------------------------------------------|
 //! | `tx_free` | worker -> session | empty UMEM frames the session builds datagrams in          |
-//! | `tx_out`  | session -> worker | built frames (frame, length) for the worker's tx ring      |
-//! | `rx_out`  | worker -> session | received frames, already parsed (addresses, datagram span) |
+//! | `tx_out`  | session -> worker | built frames (frame, length, sealing left) for the tx ring |
+//! | `rx_out`  | worker -> session | received frames, parsed (addresses, datagram span), opened |
 //! | `rx_back` | session -> worker | frames the endpoint is done with, for the fill ring        |
 //!
 //! Receive: the worker takes frames off its rx ring ([`XskSocket::rx_lend`]), parses and
@@ -28,7 +28,8 @@
 //! and wrote the sealed header; the worker seals the payload in place before `tx_submit`.
 //!
 //! Opening: in a session of its own (not the receiver service), the session thread hands
-//! the workers the opener's current phase key ([`Endpoint::rx_unseal`]); a worker opens
+//! the workers the opener's current phase key ([`Endpoint::rx_unseal`]; swapped under a
+//! mutex that a worker takes only when a counter says it changed); a worker opens
 //! that session's sealed frames of that phase in place after parsing them and passes each
 //! on marked opened (or tag failed, to be counted). The session thread still applies the
 //! replay window, the key phases, mac1 and the handshake ([`Endpoint::handle_unsealed`]);
@@ -313,9 +314,8 @@ pub fn run_worker(mut sock: XskSocket, sh: &WorkerShared, session: Thread, batch
             work = true;
             sh.c.rx_frames.fetch_add(n as u64, Ordering::Relaxed);
             let mut passed = 0;
-            for f in got.drain(..) {
+            for mut f in got.drain(..) {
                 // Safety: the frame was just lent by our own socket and is alive.
-                let mut f = f;
                 let bytes = unsafe { f.bytes_mut() };
                 let base = bytes.as_ptr() as usize;
                 let item = match stack::parse(bytes) {
