@@ -506,9 +506,14 @@ impl Opener {
 
     /// The current phase's key, for opening off the session thread
     /// ([`AeadKey::open_only`]), with its epoch (the phases moved to so far,
-    /// [`Opener::rekeys`]) and its phase bit.
-    pub fn current(&self) -> (u64, u8, Arc<AeadKey>) {
-        (self.rekeys, self.phase, self.cur.key.clone())
+    /// [`Opener::rekeys`]), its phase bit and the lowest counter opened in it so far.
+    pub fn current(&self) -> (u64, u8, u64, Arc<AeadKey>) {
+        (
+            self.rekeys,
+            self.phase,
+            self.phase_first,
+            self.cur.key.clone(),
+        )
     }
 
     /// The session thread's half of [`Opener::open`] for a frame another thread opened
@@ -784,7 +789,7 @@ mod tests {
             assert_eq!(open.open(t, &mut a).unwrap(), n);
             assert_eq!(a[pfs::HEADER_LEN..l], plain[pfs::HEADER_LEN..l]);
             // Whole sealed, opened split: the key on another thread, the rest here.
-            let (epoch, phase, key) = open2.current();
+            let (epoch, phase, _, key) = open2.current();
             assert_eq!((epoch, phase), (0, 0));
             let b = std::thread::spawn(move || {
                 let mut b = whole;
@@ -815,7 +820,7 @@ mod tests {
         let l = genuine.len() - TAG_LEN;
         let (n, key) = seal.prepare(t, &mut genuine, l).unwrap();
         key.seal_prepared(&mut genuine[..n]).unwrap();
-        let (epoch, phase, key) = open.current();
+        let (epoch, phase, _, key) = open.current();
         for i in 0..n {
             let mut c = genuine.clone();
             c[i] ^= 0x10;
@@ -876,7 +881,7 @@ mod tests {
             .collect();
         assert_eq!(seal.rekeys, 3);
         // The workers hold phase 0's key throughout frames 0..6 (handed over late).
-        let (e0, p0, k0) = open.current();
+        let (e0, p0, _, k0) = open.current();
         let mut taken = 0;
         for i in [0, 1, 4, 5] {
             let mut b = sealed[i].clone();
@@ -911,7 +916,7 @@ mod tests {
         );
         // The workers now get phase 1's key; the rest goes through them or the session
         // thread by phase, keys handed over after each move.
-        let (mut e, mut p, mut k) = open.current();
+        let (mut e, mut p, _, mut k) = open.current();
         for b in &sealed[6..] {
             let mut b = b.clone();
             if Packet::new_checked(&b[..]).unwrap().reserved() == p {
@@ -919,7 +924,7 @@ mod tests {
                 open.accept_opened(t, &b, e).unwrap();
             } else {
                 open.open(t, &mut b).unwrap();
-                (e, p, k) = open.current();
+                (e, p, _, k) = open.current();
             }
         }
         assert_eq!(open.rekeys, 3);

@@ -38,6 +38,7 @@ use crate::wire::pfs::{self, FrameType, Packet};
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -287,13 +288,20 @@ pub struct Guard<E: Guarded> {
 /// Bits of an [`Unseal`] epoch that hold the opener's key epoch (the rest: the channel).
 const EPOCH_BITS: u32 = 40;
 
-/// A phase key with which a receiving thread opens this session's frames of that phase
-/// ([`Unseal`]); anything else (another session, the other phase, unsealed) it leaves to
-/// the session thread.
+/// A phase key with which the receiving threads open this session's frames of that phase
+/// ([`Unseal`]); anything else (another session, the other phase, unsealed) they leave to
+/// the session thread. Once a frame of the other phase above this phase's first counter was
+/// seen (the peer moved on: the frames of the phase before are all below it), frames of this
+/// phase bit above it belong to the phase after next, under another key: they go to the
+/// session thread too, instead of failing here.
 pub struct PhaseUnseal {
     session: u64,
     epoch: u64,
     phase: u8,
+    /// The lowest counter opened in this phase when the key was handed over.
+    first: u64,
+    /// The lowest counter of the next phase seen by any receiving thread.
+    fence: AtomicU64,
     key: Arc<AeadKey>,
 }
 
@@ -306,8 +314,17 @@ impl Unseal for PhaseUnseal {
         if p.flags() & pfs::FLAG_SEALED == 0
             || p.tag_len() as usize != TAG_LEN
             || p.session() != self.session
-            || p.reserved() != self.phase
         {
+            return None;
+        }
+        let seq = p.seq();
+        if p.reserved() != self.phase {
+            if seq > self.first {
+                self.fence.fetch_min(seq, Ordering::Relaxed);
+            }
+            return None;
+        }
+        if seq > self.fence.load(Ordering::Relaxed) {
             return None;
         }
         Some(self.key.open_only(datagram).is_ok())
@@ -728,7 +745,7 @@ impl<E: Guarded> Endpoint for Guard<E> {
         let (Some(chan), Some(session)) = (&self.chan, self.session) else {
             return None;
         };
-        let (epoch, phase, key) = chan.open.current();
+        let (epoch, phase, first, key) = chan.open.current();
         let epoch = (self.chan_gen << EPOCH_BITS) | (epoch & ((1 << EPOCH_BITS) - 1));
         if !self
             .unseal
@@ -739,6 +756,8 @@ impl<E: Guarded> Endpoint for Guard<E> {
                 session,
                 epoch,
                 phase,
+                first,
+                fence: AtomicU64::new(u64::MAX),
                 key,
             }));
         }
@@ -1272,5 +1291,44 @@ mod tests {
         assert!(!r.handle_unsealed(t, &mut f, old.epoch(), true));
         assert_eq!(r.sec_stats().tag_failures, 1);
         assert!(r.inner().got.is_empty());
+    }
+
+    /// A receiving thread that keeps phase 0's key while the peer moves through phase 1
+    /// into phase 2 (the same phase bit) leaves phase 2's frames to the session thread
+    /// instead of failing them under the wrong key: nothing is lost or miscounted.
+    #[test]
+    fn a_stale_key_leaves_the_phase_after_next_to_the_session_thread() {
+        let cfg = GuardConfig {
+            channel: ChannelConfig {
+                rekey_packets: 3,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let (mut s, mut r) = pair(cfg);
+        let t = Instant::now();
+        let mut buf = vec![0u8; 1500];
+        let frames: Vec<Vec<u8>> = (0..9)
+            .map(|_| {
+                let n = s.poll_transmit(t, &mut buf).unwrap();
+                buf[..n].to_vec()
+            })
+            .collect();
+        let unseal = r.rx_unseal().unwrap();
+        let mut by_worker = 0;
+        for mut f in frames {
+            match unseal.try_open(&mut f) {
+                Some(ok) => {
+                    assert!(ok);
+                    by_worker += 1;
+                    assert!(r.handle_unsealed(t, &mut f, unseal.epoch(), ok));
+                }
+                None => assert!(r.handle_datagram(t, &mut f)),
+            }
+        }
+        assert_eq!(by_worker, 3);
+        assert_eq!(r.inner().got, (0..9).collect::<Vec<u64>>());
+        let st = r.sec_stats();
+        assert_eq!((st.tag_failures, st.replays, st.rekeys), (0, 0, 2));
     }
 }

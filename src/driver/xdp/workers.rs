@@ -246,6 +246,7 @@ pub fn run_worker(mut sock: XskSocket, sh: &WorkerShared, session: Thread, batch
     let mut got: Vec<LentFrame> = Vec::with_capacity(batch);
     let mut spins = 0u32;
     let mut stats_at = Instant::now();
+    // The keys handed over, with the count they came at.
     let mut unseal: (u64, Option<Arc<dyn Unseal>>) = (0, None);
     loop {
         let mut work = false;
