@@ -1,4 +1,4 @@
-//! [`Guard`]: a [`Endpoint`] that wraps the sender or the receiver state machine and
+//! [`Guard`]: an [`Endpoint`] that wraps the sender or the receiver state machine and
 //! puts the secure channel around it, without touching its logic.
 //!
 //! * Sender side: the Guard runs the handshake first (HandshakeInit, retransmitted with
