@@ -24,6 +24,9 @@
 # kpps = the sender's data-path frames / the session's elapsed time (pfs's summary);
 # CPU us/frame = user + system time of each pfs process (/usr/bin/time) / the sender's frames:
 # the per-frame cost, less sensitive to other load on the machine than the rate;
+# session us/frame = CPU time of each side's session thread (`session_cpu` of the summaries,
+# builds that report it) / the sender's frames: with --xdp-threads workers, what the workers
+# took off it;
 # blast kpps = frames the blast's receivers counted / their time.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -119,7 +122,7 @@ pfs_run() {
     local sk=("${SEND_KEYS[@]}") rk=("${RECV_KEYS[@]}")
     if [ "$sec" = insecure ]; then sk=(--insecure); rk=(--insecure); fi
     ip netns exec "$B" "${pin[@]}" /usr/bin/time -f "%U %S" -o "$log.rtime" "$pfs" recv --once --transport xdp --iface "$B" --listen "$ipB" \
-        --snapshot "$work/snap" --out-dir "$out" --timeout 60 --xdp-threads "$tm" "${cpus_arg[@]}" \
+        --snapshot "$work/snap" --out-dir "$out" --timeout 60 --xdp-threads "$tm" "${cpus_arg[@]}" --metrics "$m.recv" \
         "${busy[@]}" "${rk[@]}" >"$log" 2>&1 &
     local rpid=$!
     pids+=("$rpid")
@@ -139,8 +142,8 @@ pfs_run() {
         perf_pids+=($!)
     fi
     wait "$spid" || { cat "$log.send" "$log" >&2; exit 1; }
-    [ -z "${XDP_PATH_KEEP:-}" ] || cp "$log.send" "$log" "$m" "$log.time" "$log.rtime" "$XDP_PATH_KEEP/" 2>/dev/null || true
     wait "$rpid" || { cat "$log" >&2; exit 1; }
+    [ -z "${XDP_PATH_KEEP:-}" ] || cp "$log.send" "$log" "$m" "$m.recv" "$log.time" "$log.rtime" "$XDP_PATH_KEEP/" 2>/dev/null || true
     for p in "${perf_pids[@]}"; do kill -INT "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
     cmp -s "$work/random.bin" "$out/random.bin" || { echo "$label: received file differs" >&2; exit 1; }
     rm -rf "$out"
@@ -151,9 +154,11 @@ pfs_run() {
 import json, sys
 d = json.loads(open(sys.argv[1]).read().splitlines()[-1])
 t = lambda f: sum(map(float, open(f).read().split()[-2:]))
-print('%.1f|%.1f' % (t(sys.argv[2]) / d['frames'] * 1e6, t(sys.argv[3]) / d['frames'] * 1e6))" "$m" "$log.time" "$log.rtime")
+r = json.loads(open(sys.argv[4]).read().splitlines()[-1])
+s = lambda x: '%.2f' % (x['session_cpu'] / d['frames'] * 1e6) if 'session_cpu' in x else '-'
+print('%.1f|%.1f|%s|%s' % (t(sys.argv[2]) / d['frames'] * 1e6, t(sys.argv[3]) / d['frames'] * 1e6, s(d), s(r)))" "$m" "$log.time" "$log.rtime" "$m.recv")
     echo "$q|$label|$kpps|$cpu" >>"$work/results"
-    echo "  q=$q $label: $kpps kpps, CPU us/frame send|recv $cpu" >&2
+    echo "  q=$q $label: $kpps kpps, CPU us/frame send|recv, session thread send|recv $cpu" >&2
 }
 
 blast_run() {
@@ -164,7 +169,7 @@ blast_run() {
 import json,sys
 l=[l for l in open(sys.argv[1]).read().splitlines() if l.startswith('{')][-1]
 print('%.1f' % (json.loads(l)['rx_mpps']*1e3))" "$work/blast.json")
-    echo "$q|blast|$k|-|-" >>"$work/results"
+    echo "$q|blast|$k|-|-|-|-" >>"$work/results"
     echo "  q=$q blast: $k kpps" >&2
 }
 
@@ -195,16 +200,19 @@ from collections import defaultdict
 runs = defaultdict(list)
 order = []
 cpu = defaultdict(list)
+sess = defaultdict(list)
 for line in open(sys.argv[1]):
-    q, label, k, cs, cr = line.rstrip("\n").split("|")
+    q, label, k, cs, cr, ss, sr = line.rstrip("\n").split("|")
     key = (int(q), label)
     if key not in runs:
         order.append(key)
     runs[key].append(float(k))
     if cs != "-":
         cpu[key].append((float(cs), float(cr)))
-print("| queues | what | kpps (median) | runs | of blast | CPU us/frame sender, receiver (medians) |")
-print("|---|---|---|---|---|---|")
+    if ss != "-" and sr != "-":
+        sess[key].append((float(ss), float(sr)))
+print("| queues | what | kpps (median) | runs | of blast | CPU us/frame sender, receiver (medians) | session thread us/frame sender, receiver (medians) |")
+print("|---|---|---|---|---|---|---|")
 for q, label in sorted(order, key=lambda k: (k[0], k[1] != "blast", k[1])):
     v = runs[(q, label)]
     med = statistics.median(v)
@@ -212,5 +220,7 @@ for q, label in sorted(order, key=lambda k: (k[0], k[1] != "blast", k[1])):
     ratio = "-" if label == "blast" or b == 0 else "%.2f" % (med / b)
     c = cpu.get((q, label))
     cs = "-" if not c else "%.1f, %.1f" % (statistics.median(x[0] for x in c), statistics.median(x[1] for x in c))
-    print(f"| {q} | {label} | {med:.1f} | {' '.join('%.0f' % x for x in v)} | {ratio} | {cs} |")
+    e = sess.get((q, label))
+    ss = "-" if not e else "%.2f, %.2f" % (statistics.median(x[0] for x in e), statistics.median(x[1] for x in e))
+    print(f"| {q} | {label} | {med:.1f} | {' '.join('%.0f' % x for x in v)} | {ratio} | {cs} | {ss} |")
 EOF

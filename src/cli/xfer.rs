@@ -199,6 +199,10 @@ pub struct SendArgs {
     /// instead of the links; links that point nowhere are skipped with a note.
     #[arg(long)]
     follow_symlinks: bool,
+    /// Testing: move each direction to its next key after this many frames (the default
+    /// is 2^22), to exercise key phases in a short transfer.
+    #[arg(long, hide = true)]
+    rekey_packets: Option<u64>,
     /// Start every file over: ignore what the receiver already holds (resumable partial
     /// files, files it holds whole). Without it, a streamed file continues after the prefix
     /// the receiver holds and a file it holds whole and unchanged is skipped (config key
@@ -341,6 +345,10 @@ pub struct RecvArgs {
     /// program (tampering: a keyed receiver drops them at the tag).
     #[arg(long, default_value_t = 0, hide = true)]
     impair_flip_ppm: u32,
+    /// Testing: move each direction to its next key after this many frames (the default
+    /// is 2^22), to exercise key phases in a short transfer.
+    #[arg(long, hide = true)]
+    rekey_packets: Option<u64>,
     /// Make each file durable (msync + fsync) before renaming it into place. `off` skips the
     /// disk flush (faster; a crash right after a rename may lose pages never written back)
     /// [default: on].
@@ -605,10 +613,20 @@ fn pick_transport(asked: Transport, iface: Option<&str>) -> Transport {
     }
 }
 
+/// The secure channel's settings: the defaults, with `--rekey-packets` (testing) applied.
+fn guard_for(rekey_packets: Option<u64>) -> GuardConfig {
+    let mut g = GuardConfig::default();
+    if let Some(n) = rekey_packets {
+        g.channel.rekey_packets = n.max(1);
+    }
+    g
+}
+
 /// `pfs send`. `origin` is when the command started: the summary's end-to-end figure
 /// counts from there (snapshot, planning, packing, session, the receiver's confirmation).
 pub fn send(a: SendArgs, origin: Instant) -> anyhow::Result<ExitCode> {
     let cancel = cancel_on_signals()?;
+    let rekey = a.rekey_packets;
     let (paths, config, flags) = a.into_config();
     let c = merged(config.as_deref(), flags)?;
     let mut dst_s = c.dst.clone().context("no --dst (nor `dst` in --config)")?;
@@ -670,7 +688,7 @@ pub fn send(a: SendArgs, origin: Instant) -> anyhow::Result<ExitCode> {
                 },
                 origin,
                 security: security.clone(),
-                guard: GuardConfig::default(),
+                guard: guard_for(rekey),
             })
         }
         Transport::Udp | Transport::Auto => None,
@@ -904,6 +922,7 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
     let cancel = cancel_on_signals()?;
     // SIGHUP is caught from the start (a reload for the service, ignored with --once).
     let ctl = super::serve::control_on_signals()?;
+    let rekey = a.rekey_packets;
     let (config, (impair_drop_ppm, impair_flip_ppm), flags) = a.into_config();
     let c = merged(config.as_deref(), flags.clone())?;
     let once = c.once.unwrap_or(false);
@@ -970,7 +989,7 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
                 listen_timeout,
                 proto: proto.clone(),
                 security: security.clone(),
-                guard: GuardConfig::default(),
+                guard: guard_for(rekey),
                 origin,
             })
         }
@@ -1138,14 +1157,17 @@ fn print_xdp(r: &xdp::XdpReport) {
         .iter()
         .map(|q| match &q.worker {
             Some(w) => format!(
-                "q{} worker {} rx {} tx {} sleeps {} kicks {} tx_ring_full {}",
+                "q{} worker {} rx {} tx {} sleeps {} kicks {} tx_ring_full {} sealed {} opened {} open_failed {}",
                 q.queue,
                 w.cpu.map_or("unpinned".to_string(), |c| format!("cpu{c}")),
                 q.rx_frames,
                 q.tx_frames,
                 w.sleeps,
                 w.kicks,
-                w.tx_ring_full
+                w.tx_ring_full,
+                w.sealed,
+                w.opened,
+                w.open_failed
             ),
             None => format!("q{} rx {} tx {}", q.queue, q.rx_frames, q.tx_frames),
         })

@@ -124,6 +124,8 @@ pub struct Marks {
     pub outcome: Option<Instant>,
     /// The loop returned.
     pub end: Instant,
+    /// CPU time of the thread that ran the loop (the session thread), start to end.
+    pub cpu: Duration,
 }
 
 impl Marks {
@@ -137,6 +139,7 @@ impl Marks {
             accepted: None,
             outcome: None,
             end: now,
+            cpu: Duration::ZERO,
         }
     }
 
@@ -157,6 +160,7 @@ pub fn drive<E: Endpoint + ?Sized, P: FramePath + ?Sized>(
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<(Stop, Marks), DriverError> {
     let mut marks = Marks::new(Instant::now());
+    let cpu0 = crate::shm::proc::thread_cpu_ns();
     let mut cancelled = false;
     let mut busy = false;
     let mut stuck: Option<Instant> = None;
@@ -243,6 +247,7 @@ pub fn drive<E: Endpoint + ?Sized, P: FramePath + ?Sized>(
         path.wait(until.saturating_duration_since(now))?;
     };
     marks.end = Instant::now();
+    marks.cpu = Duration::from_nanos(crate::shm::proc::thread_cpu_ns().saturating_sub(cpu0));
     Ok((stop, marks))
 }
 
@@ -337,6 +342,10 @@ pub struct SendSummary {
     pub total: Duration,
     /// The pacing rate at the end, bytes per second.
     pub final_rate: u64,
+    /// CPU time of the session thread while the session ran (the loop over the frame path:
+    /// with AF_XDP workers, their threads are not in it).
+    #[serde(serialize_with = "ser_secs")]
+    pub session_cpu: Duration,
     pub stats: Stats,
     pub security: SecuritySummary,
 }
@@ -378,6 +387,10 @@ pub struct RecvSummary {
     /// End to end on this side: from the session's first datagram to the same moment.
     #[serde(serialize_with = "ser_secs")]
     pub total: Duration,
+    /// CPU time of the session thread while the session ran (as [`SendSummary`]'s; 0 in
+    /// the receiver service, whose one loop runs every session).
+    #[serde(serialize_with = "ser_secs")]
+    pub session_cpu: Duration,
     pub stats: Stats,
     pub security: SecuritySummary,
 }
@@ -679,6 +692,7 @@ fn send_summary(
         elapsed: done.saturating_duration_since(marks.start),
         total: done.saturating_duration_since(s.origin),
         final_rate: st.rate,
+        session_cpu: marks.cpu,
         stats: st,
         security,
     };
@@ -791,6 +805,7 @@ pub(crate) fn recv_summary(
         foreign_session: st.foreign_session,
         elapsed: done.saturating_duration_since(marks.accepted.unwrap_or(marks.start)),
         total: done.saturating_duration_since(marks.first_accepted.unwrap_or(marks.start)),
+        session_cpu: marks.cpu,
         stats: st,
         security,
     };

@@ -64,6 +64,7 @@ pub use sink::{FileSink, MemSink, SinkError, SinkFile};
 use crate::util::hex;
 use crate::wire;
 use serde::Serialize;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Timers shared by both sides.
@@ -500,6 +501,26 @@ pub struct Stats {
     pub resumed_bytes: u64,
 }
 
+/// A built datagram's last step, left to the thread that sends it where the frame path has
+/// threads of its own (the AF_XDP workers): the secure channel's sealing
+/// ([`Endpoint::poll_transmit_split`]).
+pub trait Finish: Send + Sync {
+    /// Finish `datagram` (the whole length `poll_transmit_split` returned) in place. False:
+    /// it could not be finished and must not be sent.
+    fn finish(&self, datagram: &mut [u8]) -> bool;
+}
+
+/// Opening received datagrams off the session thread ([`Endpoint::rx_unseal`]): the key
+/// of one moment, shared with the threads that receive.
+pub trait Unseal: Send + Sync {
+    /// Which keys these are (it changes when they do); given back with each datagram.
+    fn epoch(&self) -> u64;
+    /// Open `datagram` in place if it is one these keys are for: `None` when not (it goes
+    /// to the endpoint as it came), `Some(true)` when opened, `Some(false)` when its tag
+    /// failed (the payload bytes are then unspecified; the endpoint only counts it).
+    fn try_open(&self, datagram: &mut [u8]) -> Option<bool>;
+}
+
 /// What a driver needs from a state machine.
 pub trait Endpoint {
     /// Feed one received datagram. Returns true if it belonged to this session and was used
@@ -523,6 +544,33 @@ pub trait Endpoint {
     fn outcome(&self) -> Option<Result<(), Failure>>;
     /// Give up (the user asked to): tell the peer and close.
     fn cancel(&mut self, now: Instant);
+
+    /// [`Endpoint::poll_transmit`] for a path that finishes frames on the thread that sends
+    /// them: the datagram's length and, where one is left, the step that must run on its
+    /// bytes before it is sent ([`Finish`]; the secure channel's sealing).
+    fn poll_transmit_split(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+    ) -> Option<(usize, Option<Arc<dyn Finish>>)> {
+        self.poll_transmit(now, buf).map(|n| (n, None))
+    }
+    /// The keys with which receiving threads may open datagrams before they are handed over
+    /// ([`Endpoint::handle_unsealed`]); `None`: every datagram comes as it arrived.
+    fn rx_unseal(&mut self) -> Option<Arc<dyn Unseal>> {
+        None
+    }
+    /// A datagram another thread tried to open with the [`Unseal`] of `epoch`: `opened`
+    /// true when it opened (the tag verified), false when its tag failed.
+    fn handle_unsealed(
+        &mut self,
+        now: Instant,
+        datagram: &mut [u8],
+        _epoch: u64,
+        opened: bool,
+    ) -> bool {
+        opened && self.handle_datagram(now, datagram)
+    }
 }
 
 impl<E: Endpoint + ?Sized> Endpoint for &mut E {
@@ -555,6 +603,25 @@ impl<E: Endpoint + ?Sized> Endpoint for &mut E {
     }
     fn cancel(&mut self, now: Instant) {
         (**self).cancel(now)
+    }
+    fn poll_transmit_split(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+    ) -> Option<(usize, Option<Arc<dyn Finish>>)> {
+        (**self).poll_transmit_split(now, buf)
+    }
+    fn rx_unseal(&mut self) -> Option<Arc<dyn Unseal>> {
+        (**self).rx_unseal()
+    }
+    fn handle_unsealed(
+        &mut self,
+        now: Instant,
+        datagram: &mut [u8],
+        epoch: u64,
+        opened: bool,
+    ) -> bool {
+        (**self).handle_unsealed(now, datagram, epoch, opened)
     }
 }
 

@@ -21,6 +21,7 @@ use super::keys::{Identity, PublicKey};
 use super::window::ReplayWindow;
 use crate::wire::pfs::{self, Packet};
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use zeroize::Zeroize;
 
@@ -239,10 +240,60 @@ impl Responder {
     }
 }
 
+/// One phase's AEAD key and its direction's IV: what seals or opens a frame. Shared
+/// (`Arc`) with the threads that seal or open off the session thread (the AF_XDP workers):
+/// ring's [`LessSafeKey`] is `Send + Sync`, and the nonce comes from the frame's own counter.
+pub struct AeadKey {
+    key: LessSafeKey,
+    iv: [u8; 12],
+}
+
+impl AeadKey {
+    /// Seal a datagram whose header [`Sealer::prepare`] wrote (sealed flag, tag length, key
+    /// phase, CRC zeroed): `datagram` is the header, the plaintext payload and [`TAG_LEN`]
+    /// bytes for the tag, exactly. The payload is encrypted in place and the tag written.
+    pub fn seal_prepared(&self, datagram: &mut [u8]) -> Result<(), ChannelError> {
+        let p = Packet::new_checked(&*datagram).map_err(|_| ChannelError::Truncated)?;
+        if p.flags() & pfs::FLAG_SEALED == 0 || p.tag_len() as usize != TAG_LEN {
+            return Err(ChannelError::NotSealed);
+        }
+        let (seq, plen) = (p.seq(), p.payload_len() as usize);
+        if datagram.len() != pfs::HEADER_LEN + plen + TAG_LEN {
+            return Err(ChannelError::Truncated);
+        }
+        let (hdr, rest) = datagram.split_at_mut(pfs::HEADER_LEN);
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(nonce(&self.iv, seq), Aad::from(&*hdr), &mut rest[..plen])
+            .map_err(|_| ChannelError::Tag)?;
+        rest[plen..].copy_from_slice(tag.as_ref());
+        Ok(())
+    }
+
+    /// Open the sealed datagram `buf` (header, payload, tag; checked) in place with this
+    /// key alone: no replay window, no key phase. Returns the datagram's length.
+    pub fn open_only(&self, buf: &mut [u8]) -> Result<usize, ChannelError> {
+        let p = Packet::new_checked(&*buf).map_err(|_| ChannelError::Truncated)?;
+        if p.flags() & pfs::FLAG_SEALED == 0 || p.tag_len() as usize != TAG_LEN {
+            return Err(ChannelError::NotSealed);
+        }
+        let (seq, plen, total) = (p.seq(), p.payload_len() as usize, p.total_len());
+        let (hdr, rest) = buf[..total].split_at_mut(pfs::HEADER_LEN);
+        self.key
+            .open_in_place(
+                nonce(&self.iv, seq),
+                Aad::from(&*hdr),
+                &mut rest[..plen + TAG_LEN],
+            )
+            .map_err(|_| ChannelError::Tag)?;
+        Ok(total)
+    }
+}
+
 /// One key of one direction: the raw bytes (to derive the next) and ring's key.
 struct PhaseKey {
     raw: [u8; 32],
-    key: LessSafeKey,
+    key: Arc<AeadKey>,
 }
 
 impl Drop for PhaseKey {
@@ -252,13 +303,16 @@ impl Drop for PhaseKey {
 }
 
 impl PhaseKey {
-    fn new(raw: &[u8; 32]) -> PhaseKey {
+    fn new(raw: &[u8; 32], iv: [u8; 12]) -> PhaseKey {
         let key = LessSafeKey::new(UnboundKey::new(&aead::AES_256_GCM, raw).expect("32-byte key"));
-        PhaseKey { raw: *raw, key }
+        PhaseKey {
+            raw: *raw,
+            key: Arc::new(AeadKey { key, iv }),
+        }
     }
     fn next(&self) -> PhaseKey {
         let mut raw = blake3::derive_key(REKEY_CONTEXT, &self.raw);
-        let k = PhaseKey::new(&raw);
+        let k = PhaseKey::new(&raw, self.key.iv);
         raw.zeroize();
         k
     }
@@ -281,7 +335,6 @@ fn nonce(iv: &[u8; 12], seq: u64) -> Nonce {
 pub struct Sealer {
     cfg: ChannelConfig,
     key: PhaseKey,
-    iv: [u8; 12],
     phase: u8,
     in_phase: u64,
     phase_start: Instant,
@@ -295,8 +348,7 @@ impl Sealer {
     pub fn new(raw: &[u8; 32], cfg: ChannelConfig, now: Instant) -> Sealer {
         Sealer {
             cfg,
-            key: PhaseKey::new(raw),
-            iv: iv_for(raw),
+            key: PhaseKey::new(raw, iv_for(raw)),
             phase: 0,
             in_phase: 0,
             phase_start: now,
@@ -309,12 +361,29 @@ impl Sealer {
     /// header gets the sealed flag, tag length and key phase, its CRC field is zeroed (the
     /// tag covers every byte), the payload is encrypted and the tag is written after it.
     /// `buf` needs [`TAG_LEN`] bytes of room past `len`. Returns the sealed length.
+    /// ([`Sealer::prepare`], then [`AeadKey::seal_prepared`] on the same thread.)
     pub fn seal(
         &mut self,
         now: Instant,
         buf: &mut [u8],
         len: usize,
     ) -> Result<usize, ChannelError> {
+        let (n, key) = self.prepare(now, buf, len)?;
+        key.seal_prepared(&mut buf[..n])?;
+        Ok(n)
+    }
+
+    /// The session thread's half of [`Sealer::seal`]: takes the frame's counter (refusing
+    /// one not above the last), moves to the next key phase when due and writes the sealed
+    /// header (flag, tag length, phase, CRC zeroed); the payload stays plaintext. Returns
+    /// the sealed length and the phase's key: [`AeadKey::seal_prepared`] on `buf[..n]`
+    /// finishes the frame, on any thread, before it is sent.
+    pub fn prepare(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        len: usize,
+    ) -> Result<(usize, Arc<AeadKey>), ChannelError> {
         if len < pfs::HEADER_LEN || buf.len() < len + TAG_LEN {
             return Err(ChannelError::Truncated);
         }
@@ -340,16 +409,9 @@ impl Sealer {
         p.set_tag_len(TAG_LEN as u8);
         p.set_reserved(self.phase);
         p.set_crc(0);
-        let (hdr, rest) = buf.split_at_mut(pfs::HEADER_LEN);
-        let tag = self
-            .key
-            .key
-            .seal_in_place_separate_tag(nonce(&self.iv, seq), Aad::from(&*hdr), &mut rest[..plen])
-            .map_err(|_| ChannelError::Tag)?;
-        rest[plen..plen + TAG_LEN].copy_from_slice(tag.as_ref());
         self.next_seq = seq + 1;
         self.in_phase += 1;
-        Ok(len + TAG_LEN)
+        Ok((len + TAG_LEN, self.key.key.clone()))
     }
 }
 
@@ -365,7 +427,6 @@ pub struct Opener {
     /// The next phase's key, derived once at the first frame that names it (a forged frame
     /// of the other phase then costs no key derivation and no AES key schedule).
     next: Option<Box<PhaseKey>>,
-    iv: [u8; 12],
     window: ReplayWindow,
     /// Key phases the peer moved to so far.
     pub rekeys: u64,
@@ -375,12 +436,11 @@ impl Opener {
     pub fn new(raw: &[u8; 32], cfg: ChannelConfig) -> Opener {
         Opener {
             cfg,
-            cur: PhaseKey::new(raw),
+            cur: PhaseKey::new(raw, iv_for(raw)),
             phase: 0,
             phase_first: 0,
             prev: None,
             next: None,
-            iv: iv_for(raw),
             window: ReplayWindow::new(),
             rekeys: 0,
         }
@@ -401,14 +461,10 @@ impl Opener {
             return Err(ChannelError::NotSealed);
         }
         let seq = p.seq();
-        let plen = p.payload_len() as usize;
         let total = p.total_len();
         if !self.window.check(seq) {
             return Err(ChannelError::Replay);
         }
-        let (hdr, rest) = buf[..total].split_at_mut(pfs::HEADER_LEN);
-        let n = nonce(&self.iv, seq);
-        let aad = Aad::from(&*hdr);
         enum Which {
             Cur,
             Prev,
@@ -432,12 +488,7 @@ impl Opener {
             }
         };
         // On a tag failure ring leaves the payload bytes unspecified: the frame is dropped.
-        if key
-            .open_in_place(n, aad, &mut rest[..plen + TAG_LEN])
-            .is_err()
-        {
-            return Err(ChannelError::Tag);
-        }
+        key.open_only(buf)?;
         self.window.update(seq);
         if let Which::Next = which {
             let k = self.next.take().expect("derived above");
@@ -451,6 +502,72 @@ impl Opener {
             self.prev = None;
         }
         Ok(total)
+    }
+
+    /// The current phase's key, for opening off the session thread
+    /// ([`AeadKey::open_only`]), with its epoch (the phases moved to so far,
+    /// [`Opener::rekeys`]), its phase bit and the lowest counter opened in it so far.
+    pub fn current(&self) -> (u64, u8, u64, Arc<AeadKey>) {
+        (
+            self.rekeys,
+            self.phase,
+            self.phase_first,
+            self.cur.key.clone(),
+        )
+    }
+
+    /// The session thread's half of [`Opener::open`] for a frame another thread opened
+    /// with the key of `epoch` (from [`Opener::current`]; its tag verified): what `open`
+    /// would decide for it, with the same counts. The replay window is checked and the
+    /// counter recorded; a frame of the epoch before the current one is taken only where
+    /// `open` would have used the previous key (below the current phase's first counter,
+    /// within the grace); any other epoch or phase is a tag failure, as `open` would have
+    /// tried another key. Returns the datagram's length.
+    pub fn accept_opened(
+        &mut self,
+        now: Instant,
+        buf: &[u8],
+        epoch: u64,
+    ) -> Result<usize, ChannelError> {
+        let p = Packet::new_checked(buf).map_err(|_| ChannelError::Truncated)?;
+        if p.flags() & pfs::FLAG_SEALED == 0 || p.tag_len() as usize != TAG_LEN {
+            return Err(ChannelError::NotSealed);
+        }
+        let (phase, seq, total) = (p.reserved(), p.seq(), p.total_len());
+        if phase > 1 {
+            return Err(ChannelError::NotSealed);
+        }
+        if !self.window.check(seq) {
+            return Err(ChannelError::Replay);
+        }
+        let ok = if epoch == self.rekeys {
+            phase == self.phase
+        } else {
+            epoch + 1 == self.rekeys
+                && phase != self.phase
+                && seq < self.phase_first
+                && self.prev.as_ref().is_some_and(|(_, until)| now < *until)
+        };
+        if !ok {
+            return Err(ChannelError::Tag);
+        }
+        self.window.update(seq);
+        if self.prev.as_ref().is_some_and(|(_, until)| now >= *until) {
+            self.prev = None;
+        }
+        Ok(total)
+    }
+
+    /// The session thread's half of [`Opener::open`] for a sealed frame of the current
+    /// phase whose tag another thread found wrong: [`ChannelError::Replay`] where `open`
+    /// would have refused its counter before opening, else [`ChannelError::Tag`]. Nothing
+    /// is recorded.
+    pub fn refused_opened(&self, buf: &[u8]) -> ChannelError {
+        match Packet::new_checked(buf) {
+            Ok(p) if !self.window.check(p.seq()) => ChannelError::Replay,
+            Ok(_) => ChannelError::Tag,
+            Err(_) => ChannelError::Truncated,
+        }
     }
 }
 
@@ -639,6 +756,186 @@ mod tests {
             open.open(now, &mut b).unwrap();
         }
         assert_eq!((seal.rekeys, open.rekeys), (2, 2));
+    }
+
+    /// The sealing split in two (counter and header on this thread, the AEAD on another
+    /// with the phase's key) gives the bytes `seal` gives, and each path opens the other's.
+    #[test]
+    fn split_seal_and_open_match_the_whole_path() {
+        let (sk, rk) = handshake([5; 32], [5; 32]).unwrap();
+        let t = Instant::now();
+        let raw = sk.send;
+        let (mut seal, _) = sk.into_channel(&ChannelConfig::default(), t);
+        let mut seal2 = Sealer::new(&raw, ChannelConfig::default(), t);
+        let (_, mut open) = rk.into_channel(&ChannelConfig::default(), t);
+        let mut open2 = Opener::new(&raw, ChannelConfig::default());
+        for seq in 0..8 {
+            let plain = frame(seq);
+            let l = plain.len() - TAG_LEN;
+            let mut whole = plain.clone();
+            seal.seal(t, &mut whole, l).unwrap();
+            let mut split = plain.clone();
+            let (n, key) = seal2.prepare(t, &mut split, l).unwrap();
+            assert_eq!(split[pfs::HEADER_LEN..l], plain[pfs::HEADER_LEN..l]);
+            let split = std::thread::spawn(move || {
+                key.seal_prepared(&mut split[..n]).unwrap();
+                split
+            })
+            .join()
+            .unwrap();
+            assert_eq!(whole, split, "frame {seq}");
+            // Split sealed, opened whole.
+            let mut a = split.clone();
+            assert_eq!(open.open(t, &mut a).unwrap(), n);
+            assert_eq!(a[pfs::HEADER_LEN..l], plain[pfs::HEADER_LEN..l]);
+            // Whole sealed, opened split: the key on another thread, the rest here.
+            let (epoch, phase, _, key) = open2.current();
+            assert_eq!((epoch, phase), (0, 0));
+            let b = std::thread::spawn(move || {
+                let mut b = whole;
+                key.open_only(&mut b).unwrap();
+                b
+            })
+            .join()
+            .unwrap();
+            assert_eq!(b[pfs::HEADER_LEN..l], plain[pfs::HEADER_LEN..l]);
+            assert_eq!(open2.accept_opened(t, &b, epoch).unwrap(), n);
+            // The counter is recorded: the same frame again is a replay.
+            assert_eq!(open2.accept_opened(t, &b, epoch), Err(ChannelError::Replay));
+        }
+    }
+
+    /// A frame tampered with fails where it is opened off the session thread, and the
+    /// session thread counts it as `open` would have (tag, or replay for a used counter);
+    /// nothing is recorded, so the genuine frame still opens.
+    #[test]
+    fn split_open_refuses_tampered_frames_as_open_would() {
+        let (sk, rk) = handshake([6; 32], [6; 32]).unwrap();
+        let t = Instant::now();
+        let (mut seal, _) = sk.into_channel(&ChannelConfig::default(), t);
+        let raw = rk.recv;
+        let (_, mut open) = rk.into_channel(&ChannelConfig::default(), t);
+        let mut whole = Opener::new(&raw, ChannelConfig::default());
+        let mut genuine = frame(0);
+        let l = genuine.len() - TAG_LEN;
+        let (n, key) = seal.prepare(t, &mut genuine, l).unwrap();
+        key.seal_prepared(&mut genuine[..n]).unwrap();
+        let (epoch, phase, _, key) = open.current();
+        for i in 0..n {
+            let mut c = genuine.clone();
+            c[i] ^= 0x10;
+            let mut w = c.clone();
+            let want = whole.open(t, &mut w).unwrap_err();
+            // As a worker does: only the current phase is opened there.
+            let other = Packet::new_checked(&c[..]).is_ok_and(|p| p.reserved() != phase);
+            let got = if other {
+                open.open(t, &mut c).unwrap_err()
+            } else {
+                match key.open_only(&mut c) {
+                    Ok(_) => open.accept_opened(t, &c, epoch).unwrap_err(),
+                    Err(ChannelError::Tag) => open.refused_opened(&c),
+                    Err(e) => e,
+                }
+            };
+            assert_eq!(got, want, "bit flip at byte {i}");
+        }
+        let mut g = genuine.clone();
+        key.open_only(&mut g).unwrap();
+        open.accept_opened(t, &g, epoch).unwrap();
+        // A tampered copy of a frame already taken: a replay, as `open` says.
+        let mut c = genuine.clone();
+        c[n - 1] ^= 1;
+        assert!(key.open_only(&mut c).is_err());
+        assert_eq!(open.refused_opened(&c), ChannelError::Replay);
+        // A prepared frame without its sealed header, or of the wrong length, is refused.
+        let mut short = genuine.clone();
+        assert_eq!(
+            key.seal_prepared(&mut short[..n - 1]),
+            Err(ChannelError::Truncated)
+        );
+    }
+
+    /// Key phases across the split: the sender prepares and its "workers" seal; the
+    /// receiver's workers open the current phase with the key they were handed, the session
+    /// thread opens the next phase itself (moving to it) and hands the new key over late; a
+    /// frame the workers opened with the previous key is taken only where `open` would.
+    #[test]
+    fn rekey_across_the_split() {
+        let (sk, rk) = handshake([7; 32], [7; 32]).unwrap();
+        let cfg = ChannelConfig {
+            rekey_packets: 4,
+            ..Default::default()
+        };
+        let t = Instant::now();
+        let (mut seal, _) = sk.into_channel(&cfg, t);
+        let raw = rk.recv;
+        let (_, mut open) = rk.into_channel(&cfg, t);
+        let sealed: Vec<Vec<u8>> = (0..16)
+            .map(|s| {
+                let mut b = frame(s);
+                let l = b.len() - TAG_LEN;
+                let (n, key) = seal.prepare(t, &mut b, l).unwrap();
+                key.seal_prepared(&mut b[..n]).unwrap();
+                b
+            })
+            .collect();
+        assert_eq!(seal.rekeys, 3);
+        // The workers hold phase 0's key throughout frames 0..6 (handed over late).
+        let (e0, p0, _, k0) = open.current();
+        let mut taken = 0;
+        for i in [0, 1, 4, 5] {
+            let mut b = sealed[i].clone();
+            if Packet::new_checked(&b[..]).unwrap().reserved() == p0 {
+                k0.open_only(&mut b).unwrap();
+                open.accept_opened(t, &b, e0).unwrap();
+            } else {
+                // Another phase: the session thread opens it (and moves to it).
+                open.open(t, &mut b).unwrap();
+            }
+            taken += 1;
+        }
+        assert_eq!((open.rekeys, taken), (1, 4));
+        // Frame 3 (phase 0) arrives late; the workers still hold phase 0's key: it is taken
+        // (below the new phase's first counter, within the grace).
+        let mut late = sealed[3].clone();
+        k0.open_only(&mut late).unwrap();
+        open.accept_opened(t, &late, e0).unwrap();
+        // After the grace, frame 2 opened with the old key is refused as `open` would.
+        let mut again = sealed[2].clone();
+        k0.open_only(&mut again).unwrap();
+        let after = t + cfg.prev_key_grace + Duration::from_secs(1);
+        let mut w = sealed[2].clone();
+        let mut whole = Opener::new(&raw, cfg.clone());
+        for i in [0, 1, 4, 5, 3] {
+            whole.open(t, &mut sealed[i].clone()).unwrap();
+        }
+        assert_eq!(whole.open(after, &mut w), Err(ChannelError::Tag));
+        assert_eq!(
+            open.accept_opened(after, &again, e0),
+            Err(ChannelError::Tag)
+        );
+        // The workers now get phase 1's key; the rest goes through them or the session
+        // thread by phase, keys handed over after each move.
+        let (mut e, mut p, _, mut k) = open.current();
+        for b in &sealed[6..] {
+            let mut b = b.clone();
+            if Packet::new_checked(&b[..]).unwrap().reserved() == p {
+                k.open_only(&mut b).unwrap();
+                open.accept_opened(t, &b, e).unwrap();
+            } else {
+                open.open(t, &mut b).unwrap();
+                (e, p, _, k) = open.current();
+            }
+        }
+        assert_eq!(open.rekeys, 3);
+        // A frame of phase 2 (the same bit as phase 0) opened with phase 0's key fails;
+        // one accepted as epoch 0 now is a tag failure, as `open` would say.
+        let mut b = sealed[8].clone();
+        assert_eq!(k0.open_only(&mut b), Err(ChannelError::Tag));
+        let mut fake = sealed[1].clone();
+        k0.open_only(&mut fake).unwrap();
+        Packet::new_unchecked(&mut fake[..]).set_seq(100);
+        assert_eq!(open.accept_opened(t, &fake, e0), Err(ChannelError::Tag));
     }
 
     #[test]

@@ -19,8 +19,33 @@ pub trait TxQueues {
     fn queue(&self, i: usize) -> u32;
     /// Build up to `max` frames for queue `i`: `build(frame)` writes one whole frame into
     /// a free buffer and returns its length, 0 when there is nothing more (that buffer is
-    /// not sent). Returns how many frames were queued.
-    fn fill(&mut self, i: usize, max: usize, build: &mut dyn FnMut(&mut [u8]) -> usize) -> usize;
+    /// not sent), and the step left to finish it before it is sent, if any (only where
+    /// [`TxQueues::finishes`]). Returns how many frames were queued.
+    fn fill(&mut self, i: usize, max: usize, build: &mut Build<'_>) -> usize;
+    /// Whether the threads that send finish frames themselves (the endpoint is then asked
+    /// for [`Endpoint::poll_transmit_split`]).
+    fn finishes(&self) -> bool {
+        false
+    }
+}
+
+/// What [`TxQueues::fill`] calls to build one frame.
+pub type Build<'a> = dyn FnMut(&mut [u8]) -> (usize, Option<TxFinish>) + 'a;
+
+/// A built frame's last step ([`crate::proto::Finish`], the sealing) for the thread that
+/// sends it, on the datagram at `off..off + len` of the frame.
+pub struct TxFinish {
+    pub job: std::sync::Arc<dyn crate::proto::Finish>,
+    pub off: u16,
+    pub len: u16,
+}
+
+impl TxFinish {
+    /// Run the step on `frame`; false: the frame must not be sent.
+    pub fn run(&self, frame: &mut [u8]) -> bool {
+        let (a, b) = (self.off as usize, self.off as usize + self.len as usize);
+        frame.get_mut(a..b).is_some_and(|d| self.job.finish(d))
+    }
 }
 
 /// The addressing state of one side of a session.
@@ -116,6 +141,7 @@ impl Flow {
         let mut sent = 0;
         let mut exhausted = false;
         let mut stalls = 0;
+        let split = q.finishes();
         while sent < budget && !exhausted && stalls < n {
             let i = if self.is_sender {
                 self.next
@@ -125,12 +151,24 @@ impl Flow {
             let a = self.addrs_on(base, q.queue(i));
             let ident = &mut self.ident;
             let k = q.fill(i, budget - sent, &mut |buf| {
-                let Some(len) = ep.poll_transmit(now, &mut buf[oh..oh + dgram_max]) else {
+                let d = &mut buf[oh..oh + dgram_max];
+                let got = if split {
+                    ep.poll_transmit_split(now, d)
+                } else {
+                    ep.poll_transmit(now, d).map(|n| (n, None))
+                };
+                let Some((len, job)) = got else {
                     exhausted = true;
-                    return 0;
+                    return (0, None);
                 };
                 *ident = ident.wrapping_add(1);
-                stack::emit_headers(&a, len, *ident, buf) + len
+                let h = stack::emit_headers(&a, len, *ident, buf);
+                let job = job.map(|job| TxFinish {
+                    job,
+                    off: h as u16,
+                    len: len as u16,
+                });
+                (h + len, job)
             });
             sent += k;
             if k == 0 {

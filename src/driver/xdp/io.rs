@@ -13,7 +13,7 @@
 //! its frames), every socket on the service's one thread.
 
 use super::error::XdpError;
-use super::flow::{Flow, TxQueues};
+use super::flow::{Build, Flow, TxQueues};
 use super::marks::StartMarks;
 use super::report::{PathStats, QueueStats};
 use crate::driver::service::{ServiceIo, XdpLive, XdpQueueLive};
@@ -288,8 +288,18 @@ impl TxQueues for XdpIo {
     fn queue(&self, i: usize) -> u32 {
         self.socks[i].queue()
     }
-    fn fill(&mut self, i: usize, max: usize, build: &mut dyn FnMut(&mut [u8]) -> usize) -> usize {
-        let n = self.socks[i].send_batch(max, |_, buf| build(buf));
+    fn fill(&mut self, i: usize, max: usize, build: &mut Build<'_>) -> usize {
+        // Frames are finished here as they are built (`finishes` is false: none is left).
+        let n = self.socks[i].send_batch(max, |_, buf| match build(buf) {
+            (len, None) => len,
+            (len, Some(job)) => {
+                if job.run(buf) {
+                    len
+                } else {
+                    0
+                }
+            }
+        });
         self.tx_frames[i] += n as u64;
         n
     }

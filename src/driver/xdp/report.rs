@@ -17,6 +17,12 @@ pub struct WorkerStats {
     pub kicks: u64,
     /// Rounds in which the tx ring had no room for every queued frame.
     pub tx_ring_full: u64,
+    /// Frames this worker sealed before sending them (keyed sessions).
+    pub sealed: u64,
+    /// Received frames this worker opened (tag verified) before handing them over, and
+    /// frames whose tag failed there (handed over to be counted).
+    pub opened: u64,
+    pub open_failed: u64,
 }
 
 /// XDP_STATISTICS of one socket.

@@ -8,8 +8,8 @@
 //! | queue     | direction         | carries                                                   |
 //! |-----------|-------------------|-----------------------------------------------------------|
 //! | `tx_free` | worker -> session | empty UMEM frames the session builds datagrams in          |
-//! | `tx_out`  | session -> worker | built frames (frame, length) for the worker's tx ring      |
-//! | `rx_out`  | worker -> session | received frames, already parsed (addresses, datagram span) |
+//! | `tx_out`  | session -> worker | built frames (frame, length, sealing left) for the tx ring |
+//! | `rx_out`  | worker -> session | received frames, parsed (addresses, datagram span), opened |
 //! | `rx_back` | session -> worker | frames the endpoint is done with, for the fill ring        |
 //!
 //! Receive: the worker takes frames off its rx ring ([`XskSocket::rx_lend`]), parses and
@@ -21,9 +21,19 @@
 //! loss to the receiver (see `reordered` in the report).
 //!
 //! Transmit: the session thread takes a free frame of the worker whose queue it sends on,
-//! writes the datagram behind the header room (`poll_transmit`) and the headers in front
-//! ([`stack::emit_headers`]) directly in that worker's UMEM, and queues it to the worker,
-//! which puts it on its tx ring and kicks the kernel.
+//! writes the datagram behind the header room (`poll_transmit_split`) and the headers in
+//! front ([`stack::emit_headers`]) directly in that worker's UMEM, and queues it to the
+//! worker, which puts it on its tx ring and kicks the kernel. In a keyed session the
+//! datagram comes with its key phase's key: the session thread took the counter, the phase
+//! and wrote the sealed header; the worker seals the payload in place before `tx_submit`.
+//!
+//! Opening: in a session of its own (not the receiver service), the session thread hands
+//! the workers the opener's current phase key ([`Endpoint::rx_unseal`]; swapped under a
+//! mutex that a worker takes only when a counter says it changed); a worker opens
+//! that session's sealed frames of that phase in place after parsing them and passes each
+//! on marked opened (or tag failed, to be counted). The session thread still applies the
+//! replay window, the key phases, mac1 and the handshake ([`Endpoint::handle_unsealed`]);
+//! frames of another phase or unsealed ones come to it as they arrived.
 //!
 //! Sleeping: an idle worker announces it (`sleeping`), checks its queues once more and
 //! `ppoll`s its socket and an eventfd; the session thread writes the eventfd only when it
@@ -32,12 +42,12 @@
 
 #![allow(unsafe_code)]
 
-use super::flow::{Flow, TxQueues};
+use super::flow::{Build, Flow, TxFinish, TxQueues};
 use super::io::XdpIo;
 use super::report::{PathStats, QueueStats, WorkerStats};
 use crate::driver::service::{ServiceIo, XdpLive};
 use crate::driver::session::{DriverError, FramePath, BATCH};
-use crate::proto::Endpoint;
+use crate::proto::{Endpoint, Unseal};
 use crate::steer::Steering;
 use crate::wire::pfs;
 use crate::wire::stack::{self, Addrs};
@@ -47,7 +57,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
@@ -73,6 +83,9 @@ struct RxItem {
     len: u16,
     addrs: Addrs,
     seq: u64,
+    /// Opened by the worker with the keys of this epoch (true) or its tag failed there
+    /// (false); None: as it arrived.
+    opened: Option<(u64, bool)>,
 }
 
 /// Counters one worker keeps (relaxed atomics: written by the worker only).
@@ -84,6 +97,9 @@ struct Counters {
     sleeps: AtomicU64,
     kicks: AtomicU64,
     tx_ring_full: AtomicU64,
+    sealed: AtomicU64,
+    opened: AtomicU64,
+    open_failed: AtomicU64,
 }
 
 /// The state one worker shares with the session thread.
@@ -93,7 +109,11 @@ pub struct WorkerShared {
     rx_out: ArrayQueue<RxItem>,
     rx_back: ArrayQueue<LentFrame>,
     tx_free: ArrayQueue<LentFrame>,
-    tx_out: ArrayQueue<(LentFrame, usize)>,
+    tx_out: ArrayQueue<(LentFrame, usize, Option<TxFinish>)>,
+    /// The keys this worker opens received frames with, and a count bumped at each change
+    /// (the worker looks at the count each round and takes the lock only when it moved).
+    unseal: Mutex<Option<Arc<dyn Unseal>>>,
+    unseal_gen: AtomicU64,
     sleeping: AtomicBool,
     /// The session thread found this worker's backlog full or its free frames gone and
     /// wants to be unparked once there is room.
@@ -125,6 +145,8 @@ impl WorkerShared {
             rx_back: ArrayQueue::new(frames),
             tx_free: ArrayQueue::new(frames),
             tx_out: ArrayQueue::new(frames),
+            unseal: Mutex::new(None),
+            unseal_gen: AtomicU64::new(0),
             sleeping: AtomicBool::new(false),
             want_room: AtomicBool::new(false),
             stop: AtomicBool::new(false),
@@ -164,6 +186,9 @@ impl WorkerShared {
             sleeps: self.c.sleeps.load(Ordering::Relaxed),
             kicks: self.c.kicks.load(Ordering::Relaxed),
             tx_ring_full: self.c.tx_ring_full.load(Ordering::Relaxed),
+            sealed: self.c.sealed.load(Ordering::Relaxed),
+            opened: self.c.opened.load(Ordering::Relaxed),
+            open_failed: self.c.open_failed.load(Ordering::Relaxed),
         }
     }
 
@@ -173,6 +198,14 @@ impl WorkerShared {
         if self.sleeping.load(Ordering::Relaxed) && self.sleeping.swap(false, Ordering::AcqRel) {
             let _ = self.efd.arm();
         }
+    }
+
+    /// Open received frames with `u` from now on (None: hand them over as they arrive).
+    fn set_unseal(&self, u: Option<Arc<dyn Unseal>>) {
+        if let Ok(mut g) = self.unseal.lock() {
+            *g = u;
+        }
+        self.unseal_gen.fetch_add(1, Ordering::Release);
     }
 
     /// Ask the worker to push out what is queued and end.
@@ -213,6 +246,8 @@ pub fn run_worker(mut sock: XskSocket, sh: &WorkerShared, session: Thread, batch
     let mut got: Vec<LentFrame> = Vec::with_capacity(batch);
     let mut spins = 0u32;
     let mut stats_at = Instant::now();
+    // The keys handed over, with the count they came at.
+    let mut unseal: (u64, Option<Arc<dyn Unseal>>) = (0, None);
     loop {
         let mut work = false;
         if stats_at.elapsed() >= LIVE_STATS_EVERY {
@@ -223,8 +258,18 @@ pub fn run_worker(mut sock: XskSocket, sh: &WorkerShared, session: Thread, batch
         }
         // Transmit what the session built.
         while pending.len() < batch {
-            let Some(p) = sh.tx_out.pop() else { break };
-            pending.push(p);
+            let Some((mut f, len, job)) = sh.tx_out.pop() else {
+                break;
+            };
+            if let Some(job) = job {
+                // Seal in place. Safety: the frame was lent by our own socket and is alive.
+                if !job.run(unsafe { f.bytes_mut() }) {
+                    sock.tx_unlend(f);
+                    continue;
+                }
+                sh.c.sealed.fetch_add(1, Ordering::Relaxed);
+            }
+            pending.push((f, len));
         }
         if !pending.is_empty() {
             let n = sock.tx_submit(&pending);
@@ -258,30 +303,44 @@ pub fn run_worker(mut sock: XskSocket, sh: &WorkerShared, session: Thread, batch
             sock.rx_return(f);
             work = true;
         }
-        // Receive: parse in place, pass the good ones on.
+        // Receive: parse in place, open a session's sealed frames where keys were handed
+        // over, pass the good ones on.
+        let g = sh.unseal_gen.load(Ordering::Acquire);
+        if g != unseal.0 {
+            unseal = (g, sh.unseal.lock().ok().and_then(|u| u.clone()));
+        }
         got.clear();
         let n = sock.rx_lend(batch, |f| got.push(f));
         if n > 0 {
             work = true;
             sh.c.rx_frames.fetch_add(n as u64, Ordering::Relaxed);
             let mut passed = 0;
-            for f in got.drain(..) {
+            for mut f in got.drain(..) {
                 // Safety: the frame was just lent by our own socket and is alive.
-                let bytes = unsafe { f.bytes() };
+                let bytes = unsafe { f.bytes_mut() };
+                let base = bytes.as_ptr() as usize;
                 let item = match stack::parse(bytes) {
                     Ok((addrs, d)) => {
-                        let off = d.as_ptr() as usize - bytes.as_ptr() as usize;
+                        let (off, len) = (d.as_ptr() as usize - base, d.len());
                         let seq = pfs::Packet::new_checked(d).map_or(0, |p| p.seq());
-                        Some(RxItem {
-                            frame: f,
-                            off: off as u16,
-                            len: d.len() as u16,
-                            addrs,
-                            seq,
-                        })
+                        let opened = unseal.1.as_ref().and_then(|u| {
+                            let r = u.try_open(&mut bytes[off..off + len])?;
+                            let c = if r { &sh.c.opened } else { &sh.c.open_failed };
+                            c.fetch_add(1, Ordering::Relaxed);
+                            Some((u.epoch(), r))
+                        });
+                        Some((addrs, off, len, seq, opened))
                     }
                     Err(_) => None,
                 };
+                let item = item.map(|(addrs, off, len, seq, opened)| RxItem {
+                    frame: f,
+                    off: off as u16,
+                    len: len as u16,
+                    addrs,
+                    seq,
+                    opened,
+                });
                 match item {
                     Some(it) => match sh.rx_out.push(it) {
                         Ok(()) => passed += 1,
@@ -359,8 +418,9 @@ impl TxQueues for Handover<'_> {
     fn queue(&self, i: usize) -> u32 {
         self.0[i].queue
     }
-    /// Frames built directly in worker `i`'s UMEM and queued to it.
-    fn fill(&mut self, i: usize, max: usize, build: &mut dyn FnMut(&mut [u8]) -> usize) -> usize {
+    /// Frames built directly in worker `i`'s UMEM and queued to it (a keyed session's with
+    /// their sealing left to the worker).
+    fn fill(&mut self, i: usize, max: usize, build: &mut Build<'_>) -> usize {
         let w = &self.0[i];
         // A worker that has not taken its last batches yet gets no more: frames queued
         // behind a descheduled worker would arrive long after the next queue's.
@@ -370,12 +430,12 @@ impl TxQueues for Handover<'_> {
             let Some(mut f) = w.tx_free.pop() else { break };
             // Safety: the frame was lent to us by worker i, whose socket lives until
             // the workers are stopped after the session ends.
-            let len = build(unsafe { f.bytes_mut() });
+            let (len, job) = build(unsafe { f.bytes_mut() });
             if len == 0 {
                 let _ = w.tx_free.push(f);
                 break;
             }
-            if let Err((f, _)) = w.tx_out.push((f, len)) {
+            if let Err((f, _, _)) = w.tx_out.push((f, len, job)) {
                 // Cannot happen (the queue holds every frame); never lose the frame.
                 let _ = w.tx_free.push(f);
                 break;
@@ -388,6 +448,9 @@ impl TxQueues for Handover<'_> {
             w.want_room.store(true, Ordering::Release);
         }
         k
+    }
+    fn finishes(&self) -> bool {
+        true
     }
 }
 
@@ -413,6 +476,8 @@ pub struct WorkerSet<'a> {
     reordered: u64,
     /// Busy-poll mode: the session thread polls the hand-over queues instead of parking.
     busy: bool,
+    /// The epoch of the keys the workers open with (None: they open nothing).
+    published: Option<u64>,
 }
 
 impl<'a> WorkerSet<'a> {
@@ -427,6 +492,7 @@ impl<'a> WorkerSet<'a> {
                 .collect(),
             last_rx: vec![None; sh.len()],
             busy: false,
+            published: None,
             last_seq: 0,
             hold_until: None,
             reordered: 0,
@@ -442,6 +508,15 @@ impl<'a> WorkerSet<'a> {
     /// the last [`HOLD`] has a frame staged, or until they are [`HOLD`] old; the smallest
     /// sequence number goes first. At most `budget` frames per call.
     fn receive<E: Endpoint + ?Sized>(&mut self, ep: &mut E, budget: usize) -> (usize, bool) {
+        // The workers open with the endpoint's current keys (handed over when they change).
+        let u = ep.rx_unseal();
+        let epoch = u.as_ref().map(|u| u.epoch());
+        if epoch != self.published {
+            for w in self.sh {
+                w.set_unseal(u.clone());
+            }
+            self.published = epoch;
+        }
         let now = Instant::now();
         for (i, w) in self.sh.iter().enumerate() {
             let st = &mut self.staged[i];
@@ -489,7 +564,11 @@ impl<'a> WorkerSet<'a> {
             let bytes = unsafe { frame.bytes_mut() };
             let d = &mut bytes[it.off as usize..it.off as usize + it.len as usize];
             ep.note_source(std::net::IpAddr::V4(it.addrs.src_ip));
-            if ep.handle_datagram(t, d) {
+            let used = match it.opened {
+                Some((epoch, opened)) => ep.handle_unsealed(t, d, epoch, opened),
+                None => ep.handle_datagram(t, d),
+            };
+            if used {
                 accepted = true;
                 self.flow.note_accepted(it.addrs, b);
             }
