@@ -81,17 +81,14 @@ fn mixed_file(seed: u64, snap: &[u8], len: usize, id: [u8; 32]) -> (Vec<u8>, Blu
                 } else {
                     rng.next_u64() as u8
                 };
-                let mut dst = vec![0u8; n];
-                apply::transform(op, imm, &snap[off..off + n], &mut dst);
-                content.extend_from_slice(&dst);
-                segments.push(Segment {
-                    len: n as u32,
-                    src: Source::Snap {
-                        op,
-                        off: off as u64,
-                        imm,
-                    },
-                });
+                segments.push(apply::push_snap_segment(
+                    snap,
+                    op,
+                    off,
+                    imm,
+                    n,
+                    &mut content,
+                ));
             }
         }
     }

@@ -11,7 +11,7 @@
 //! against 12.5 GB/s for one flat memcpy on this project's 2-core machine
 //! (examples/rebuild_probe.rs).
 
-use super::Transform;
+use super::{Segment, Source, Transform};
 
 /// `dst[i] = op(src[i], imm)` for every `i`. `src` and `dst` must have the same length.
 #[inline]
@@ -162,6 +162,30 @@ pub fn self_copy(buf: &mut [u8], src: usize, dst: usize, len: usize) {
         let n = (len - done).min(dist);
         buf.copy_within(src + done..src + done + n, dst + done);
         done += n;
+    }
+}
+
+/// Append to `out` the `len` bytes that snapshot segment `{op, off, len, imm}` stands for
+/// (`op(snap[off + i], imm)`) and return the segment: how generators of test files, seeds and
+/// benchmarks build a file and its blueprint together. `snap[off..off + len]` must exist.
+pub fn push_snap_segment(
+    snap: &[u8],
+    op: Transform,
+    off: usize,
+    imm: u8,
+    len: usize,
+    out: &mut Vec<u8>,
+) -> Segment {
+    let at = out.len();
+    out.resize(at + len, 0);
+    transform(op, imm, &snap[off..off + len], &mut out[at..]);
+    Segment {
+        len: len as u32,
+        src: Source::Snap {
+            op,
+            off: off as u64,
+            imm,
+        },
     }
 }
 

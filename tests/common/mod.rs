@@ -104,17 +104,14 @@ pub fn make_file_with(rng: &mut Rng, snap: &[u8], len: usize, text: bool) -> (Ve
             } else {
                 rng.next() as u8
             };
-            let mut dst = vec![0u8; n];
-            apply::transform(op, imm, &snap[off..off + n], &mut dst);
-            content.extend_from_slice(&dst);
-            segments.push(Segment {
-                len: n as u32,
-                src: Source::Snap {
-                    op,
-                    off: off as u64,
-                    imm,
-                },
-            });
+            segments.push(apply::push_snap_segment(
+                snap,
+                op,
+                off,
+                imm,
+                n,
+                &mut content,
+            ));
         }
     }
     let bp = Blueprint {
@@ -142,17 +139,14 @@ pub fn covered_file(rng: &mut Rng, snap: &[u8], len: usize) -> (Vec<u8>, Bluepri
         } else {
             rng.next() as u8
         };
-        let mut dst = vec![0u8; n];
-        apply::transform(op, imm, &snap[off..off + n], &mut dst);
-        content.extend_from_slice(&dst);
-        segments.push(Segment {
-            len: n as u32,
-            src: Source::Snap {
-                op,
-                off: off as u64,
-                imm,
-            },
-        });
+        segments.push(apply::push_snap_segment(
+            snap,
+            op,
+            off,
+            imm,
+            n,
+            &mut content,
+        ));
     }
     let bp = Blueprint {
         snapshot_id: SNAP_ID,
