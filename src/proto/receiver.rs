@@ -621,21 +621,7 @@ mod tests {
 
     /// A raw gram of `len` zero bytes at `off` of file 0.
     fn data(seq: u64, off: u64, len: usize) -> Vec<u8> {
-        let mut body = vec![0u8; 1400];
-        let mut w = GramWriter::new(&mut body, 1000);
-        assert_eq!(w.push_raw(0, off, &vec![0u8; len]), len);
-        let n = w.finish();
-        let mut buf = vec![0u8; pfs::HEADER_LEN + n];
-        buf[pfs::HEADER_LEN..].copy_from_slice(&body[..n]);
-        let hdr = pfs::Repr {
-            frame_type: pfs::FrameType::Data,
-            flags: 0,
-            session: 7,
-            seq,
-            payload_len: n as u16,
-        };
-        hdr.emit(&mut pfs::Packet::new_unchecked(&mut buf[..]));
-        buf
+        piece(seq, 0, off, &vec![0u8; len])
     }
 
     fn receiver(size: u64) -> Receiver<'static, MemSink> {

@@ -98,31 +98,41 @@ pub fn make_file_with(rng: &mut Rng, snap: &[u8], len: usize, text: bool) -> (Ve
             });
         } else {
             let off = rng.below((snap.len() - n) as u64 + 1) as usize;
-            let op = Transform::ALL[rng.below(3) as usize];
-            let imm = if op == Transform::Id {
-                0
-            } else {
-                rng.next() as u8
-            };
-            segments.push(apply::push_snap_segment(
-                snap,
-                op,
-                off,
-                imm,
-                n,
-                &mut content,
-            ));
+            segments.push(random_op_segment(rng, snap, off, n, &mut content));
         }
     }
-    let bp = Blueprint {
-        snapshot_id: SNAP_ID,
-        file_len: len as u64,
-        file_hash: *blake3::hash(&content).as_bytes(),
-        segments,
-        spill,
-    };
+    let bp = blueprint_of(&content, segments, spill);
     bp.validate(snap.len() as u64).unwrap();
     (content, bp)
+}
+
+/// A snapshot segment of `n` bytes at `off` with a random op (id/xor/add) and imm8, its bytes
+/// appended to `content`.
+fn random_op_segment(
+    rng: &mut Rng,
+    snap: &[u8],
+    off: usize,
+    n: usize,
+    content: &mut Vec<u8>,
+) -> Segment {
+    let op = Transform::ALL[rng.below(3) as usize];
+    let imm = if op == Transform::Id {
+        0
+    } else {
+        rng.next() as u8
+    };
+    apply::push_snap_segment(snap, op, off, imm, n, content)
+}
+
+/// The blueprint of `content` made of `segments` and `spill` against the tests' snapshot id.
+fn blueprint_of(content: &[u8], segments: Vec<Segment>, spill: Vec<u8>) -> Blueprint {
+    Blueprint {
+        snapshot_id: SNAP_ID,
+        file_len: content.len() as u64,
+        file_hash: *blake3::hash(content).as_bytes(),
+        segments,
+        spill,
+    }
 }
 
 /// A file of `len` bytes made of 4 KiB snapshot segments (id/xor/add), no spill: what the
@@ -133,28 +143,9 @@ pub fn covered_file(rng: &mut Rng, snap: &[u8], len: usize) -> (Vec<u8>, Bluepri
     while content.len() < len {
         let n = 4096.min(len - content.len());
         let off = rng.below((snap.len() - n) as u64) as usize;
-        let op = Transform::ALL[rng.below(3) as usize];
-        let imm = if op == Transform::Id {
-            0
-        } else {
-            rng.next() as u8
-        };
-        segments.push(apply::push_snap_segment(
-            snap,
-            op,
-            off,
-            imm,
-            n,
-            &mut content,
-        ));
+        segments.push(random_op_segment(rng, snap, off, n, &mut content));
     }
-    let bp = Blueprint {
-        snapshot_id: SNAP_ID,
-        file_len: len as u64,
-        file_hash: *blake3::hash(&content).as_bytes(),
-        segments,
-        spill: vec![],
-    };
+    let bp = blueprint_of(&content, segments, vec![]);
     (content, bp)
 }
 
