@@ -85,6 +85,9 @@ pub struct PfsConfig {
     pub level: Option<crate::blueprint::Level>,
     /// Receiver: msync + fsync each file before renaming it into place.
     pub sync: Option<bool>,
+    /// Receiver: each file's BLAKE3 on a hashing thread per session: `auto` (with two cores
+    /// or more and a session of 1 MiB or more), `on` or `off` (inline).
+    pub hash_thread: Option<crate::proto::HashThread>,
     /// This host's key file (`pfs keygen --out FILE`; mode 0600).
     pub identity: Option<PathBuf>,
     /// Sender: the receiver's public key (base64).
@@ -275,6 +278,7 @@ impl PfsConfig {
             pack,
             level,
             sync,
+            hash_thread,
             identity,
             receiver_key,
             known_receivers,
@@ -313,6 +317,7 @@ impl PfsConfig {
             pack: Some(PackPolicy::Auto),
             level: Some(crate::blueprint::Level::Fast),
             sync: Some(true),
+            hash_thread: Some(crate::proto::HashThread::Auto),
             once: Some(false),
             max_sessions: Some(64),
             session_memory: Some(DEFAULT_SESSION_MEMORY),
@@ -381,8 +386,12 @@ mod tests {
             busy-poll = true
             pack = "never"
             sync = false
+            hash-thread = "on"
         "#)
         .unwrap();
+        assert_eq!(c.hash_thread, Some(crate::proto::HashThread::Always));
+        let e = p("hash-thread = \"always\"\n").unwrap_err().to_string();
+        assert!(e.contains("always"), "{e}");
         assert_eq!(c.xdp_threads, Some(Threads::Session));
         assert_eq!(c.cpus, Some(vec![0, 1]));
         assert_eq!(c.busy_poll, Some(true));

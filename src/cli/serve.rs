@@ -56,6 +56,7 @@ pub fn receiver_config(c: &PfsConfig) -> ReceiverConfig {
     let mut proto = ReceiverConfig::default();
     proto.max_file_size = c.max_file_size.unwrap_or(proto.max_file_size);
     proto.durable = c.sync.unwrap_or(true);
+    proto.hash_thread = c.hash_thread.unwrap_or_default();
     proto.overwrite = c.overwrite.unwrap_or(false);
     proto.keep_setid = c.keep_setid.unwrap_or(false);
     proto.resume = c.resume.unwrap_or(true);

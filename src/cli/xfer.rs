@@ -354,6 +354,13 @@ pub struct RecvArgs {
     /// [default: on].
     #[arg(long, value_enum)]
     sync: Option<OnOff>,
+    /// Where each file's BLAKE3 is computed: on a hashing thread of each session's own
+    /// (`on`), on the receiving thread (`off`), or on a thread with two cores or more and a
+    /// session of 1 MiB or more (`auto`). A thread takes the hash off the per-frame path
+    /// when a core is free; on a host whose cores are all busy `off` avoids the hand-over
+    /// [default: auto].
+    #[arg(long, value_enum)]
+    hash_thread: Option<packetfs::proto::HashThread>,
     /// Replace files that already exist under a received name (never directories). Without
     /// it, a session naming an existing file is refused before any byte is written and the
     /// existing file is left unchanged.
@@ -436,6 +443,7 @@ impl RecvArgs {
             metrics: self.metrics,
             hugepages: self.hugepages,
             sync: self.sync.map(|s| s == OnOff::On),
+            hash_thread: self.hash_thread,
             authorized_senders: self.authorized_senders,
             once: self.once.then_some(true),
             max_sessions: self.max_sessions,

@@ -55,8 +55,20 @@ fn cores() -> usize {
     *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-/// Where a receiver computes each file's BLAKE3 (`ReceiverConfig::hash_thread`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Where a receiver computes each file's BLAKE3 (`ReceiverConfig::hash_thread`; `pfs recv
+/// --hash-thread auto|on|off`, config key `hash-thread`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum HashThread {
     /// Inline, on the receiving thread.
     Off,
@@ -64,7 +76,9 @@ pub enum HashThread {
     /// bytes or more in the session; inline otherwise.
     #[default]
     Auto,
-    /// On a thread of the session's own whatever the cores and sizes (tests, benchmarks).
+    /// On a thread of the session's own whatever the cores and sizes.
+    #[serde(rename = "on")]
+    #[value(name = "on")]
     Always,
 }
 
