@@ -5,6 +5,7 @@ mod codec;
 mod doctor;
 mod keys;
 mod serve;
+mod settings;
 mod xfer;
 
 use clap::{Parser, Subcommand};

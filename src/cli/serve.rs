@@ -128,8 +128,8 @@ impl Hooks {
 
     /// The configuration and keys a reload would give, or why not.
     fn load(&self) -> anyhow::Result<(PfsConfig, Security)> {
-        let c = super::xfer::merged(self.config_path.as_deref(), self.flags.clone())?;
-        let sec = super::xfer::receiver_security(&c)?;
+        let c = super::settings::merged(self.config_path.as_deref(), self.flags.clone())?;
+        let sec = super::settings::receiver_security(&c)?;
         Ok((c, sec))
     }
 }

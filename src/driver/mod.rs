@@ -21,6 +21,7 @@
 
 pub mod options;
 pub mod service;
+pub mod service_io;
 pub mod session;
 pub mod udp;
 pub mod xdp;

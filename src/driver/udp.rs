@@ -599,7 +599,7 @@ pub fn run_receiver(
 
 /// The service's I/O over one kernel UDP socket: each session's datagrams go to its peer's
 /// address; nothing else to remember per session.
-impl super::service::ServiceIo for UdpIo {
+impl super::service_io::ServiceIo for UdpIo {
     type Route = ();
     type From = ();
 
@@ -624,7 +624,7 @@ impl super::service::ServiceIo for UdpIo {
     fn receive(
         &mut self,
         budget: usize,
-        f: super::service::Deliver<'_, ()>,
+        f: super::service_io::Deliver<'_, ()>,
     ) -> Result<usize, DriverError> {
         let mut rbuf = std::mem::take(&mut self.rbuf);
         let mut got = 0;
