@@ -225,8 +225,6 @@ pub(crate) struct Hashes {
     /// The states, when hashed inline.
     inline: Vec<Option<Box<blake3::Hasher>>>,
     pipe: Option<Pipe>,
-    /// Inline spans of a megabyte and more go over every core.
-    par: bool,
 }
 
 impl Default for Hashes {
@@ -254,7 +252,6 @@ impl Hashes {
                 (0..files).map(|_| None).collect()
             },
             pipe,
-            par: true,
         }
     }
 
@@ -309,7 +306,8 @@ impl Hashes {
             }
             None => {
                 if let Some(h) = self.inline[fi].as_mut() {
-                    feed(h, bytes, self.par);
+                    // inline, spans of a megabyte and more go over every core
+                    feed(h, bytes, true);
                 }
             }
         }

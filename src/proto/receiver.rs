@@ -599,6 +599,7 @@ impl<S: FileSink> Endpoint for Receiver<'_, S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pob::prng::SplitMix64;
     use crate::proto::sink::MemSink;
     use crate::proto::HashThread;
     use crate::wire::payload::{FileEntry, GramWriter, Probe};
@@ -839,15 +840,6 @@ mod tests {
         r
     }
 
-    /// splitmix64.
-    fn mix(x: &mut u64) -> u64 {
-        *x = x.wrapping_add(0x9e3779b97f4a7c15);
-        let mut z = *x;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
-        z ^ (z >> 31)
-    }
-
     /// A piece to deliver: (file, offset, bytes).
     type Pc = (u32, u64, Vec<u8>);
 
@@ -855,7 +847,7 @@ mod tests {
     /// `window` pieces (1: in order), then a duplicate of every 97th; and how many come
     /// before the duplicates.
     fn pieces(files: &[Vec<u8>], seed: u64, max_piece: usize, window: usize) -> (Vec<Pc>, usize) {
-        let mut x = seed;
+        let mut x = SplitMix64::new(seed);
         let mut out = Vec::new();
         let mut at = vec![0usize; files.len()];
         loop {
@@ -865,14 +857,14 @@ mod tests {
             if live.is_empty() {
                 break;
             }
-            let i = live[mix(&mut x) as usize % live.len()];
-            let n = (1 + mix(&mut x) as usize % max_piece).min(files[i].len() - at[i]);
+            let i = live[x.next_u64() as usize % live.len()];
+            let n = (1 + x.next_u64() as usize % max_piece).min(files[i].len() - at[i]);
             out.push((i as u32, at[i] as u64, files[i][at[i]..at[i] + n].to_vec()));
             at[i] += n;
         }
         for w in out.chunks_mut(window) {
             for k in (1..w.len()).rev() {
-                w.swap(k, mix(&mut x) as usize % (k + 1));
+                w.swap(k, x.next_u64() as usize % (k + 1));
             }
         }
         let originals = out.len();
@@ -902,10 +894,10 @@ mod tests {
             window in 1usize..6000,
             corrupt in proptest::prelude::any::<Option<usize>>(),
         ) {
-            let mut x = seed;
+            let mut x = SplitMix64::new(seed);
             let files: Vec<Vec<u8>> = sizes
                 .iter()
-                .map(|&n| (0..n).map(|_| mix(&mut x) as u8).collect())
+                .map(|&n| (0..n).map(|_| x.next_u64() as u8).collect())
                 .collect();
             let (mut ps, originals) = pieces(&files, seed, max_piece, window);
             // Only a first delivery: the duplicates come last, after every original.
