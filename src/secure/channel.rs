@@ -240,6 +240,16 @@ impl Responder {
     }
 }
 
+/// The checked header view of a sealed datagram: `Truncated` when no header fits,
+/// `NotSealed` without the sealed flag or with another tag length.
+pub(crate) fn sealed(buf: &[u8]) -> Result<Packet<&[u8]>, ChannelError> {
+    let p = Packet::new_checked(buf).map_err(|_| ChannelError::Truncated)?;
+    if p.flags() & pfs::FLAG_SEALED == 0 || p.tag_len() as usize != TAG_LEN {
+        return Err(ChannelError::NotSealed);
+    }
+    Ok(p)
+}
+
 /// One phase's AEAD key and its direction's IV: what seals or opens a frame. Shared
 /// (`Arc`) with the threads that seal or open off the session thread (the AF_XDP workers):
 /// ring's [`LessSafeKey`] is `Send + Sync`, and the nonce comes from the frame's own counter.
@@ -253,10 +263,7 @@ impl AeadKey {
     /// phase, CRC zeroed): `datagram` is the header, the plaintext payload and [`TAG_LEN`]
     /// bytes for the tag, exactly. The payload is encrypted in place and the tag written.
     pub fn seal_prepared(&self, datagram: &mut [u8]) -> Result<(), ChannelError> {
-        let p = Packet::new_checked(&*datagram).map_err(|_| ChannelError::Truncated)?;
-        if p.flags() & pfs::FLAG_SEALED == 0 || p.tag_len() as usize != TAG_LEN {
-            return Err(ChannelError::NotSealed);
-        }
+        let p = sealed(&*datagram)?;
         let (seq, plen) = (p.seq(), p.payload_len() as usize);
         if datagram.len() != pfs::HEADER_LEN + plen + TAG_LEN {
             return Err(ChannelError::Truncated);
@@ -273,10 +280,7 @@ impl AeadKey {
     /// Open the sealed datagram `buf` (header, payload, tag; checked) in place with this
     /// key alone: no replay window, no key phase. Returns the datagram's length.
     pub fn open_only(&self, buf: &mut [u8]) -> Result<usize, ChannelError> {
-        let p = Packet::new_checked(&*buf).map_err(|_| ChannelError::Truncated)?;
-        if p.flags() & pfs::FLAG_SEALED == 0 || p.tag_len() as usize != TAG_LEN {
-            return Err(ChannelError::NotSealed);
-        }
+        let p = sealed(&*buf)?;
         let (seq, plen, total) = (p.seq(), p.payload_len() as usize, p.total_len());
         let (hdr, rest) = buf[..total].split_at_mut(pfs::HEADER_LEN);
         self.key
@@ -452,10 +456,7 @@ impl Opener {
     /// moves, the header and tag stay as they were, and after a tag failure the payload
     /// bytes are unspecified (ring's `open_in_place` leaves them so): the frame is dropped.
     pub fn open(&mut self, now: Instant, buf: &mut [u8]) -> Result<usize, ChannelError> {
-        let p = Packet::new_checked(&*buf).map_err(|_| ChannelError::Truncated)?;
-        if p.flags() & pfs::FLAG_SEALED == 0 || p.tag_len() as usize != TAG_LEN {
-            return Err(ChannelError::NotSealed);
-        }
+        let p = sealed(&*buf)?;
         let phase = p.reserved();
         if phase > 1 {
             return Err(ChannelError::NotSealed);
@@ -529,10 +530,7 @@ impl Opener {
         buf: &[u8],
         epoch: u64,
     ) -> Result<usize, ChannelError> {
-        let p = Packet::new_checked(buf).map_err(|_| ChannelError::Truncated)?;
-        if p.flags() & pfs::FLAG_SEALED == 0 || p.tag_len() as usize != TAG_LEN {
-            return Err(ChannelError::NotSealed);
-        }
+        let p = sealed(buf)?;
         let (phase, seq, total) = (p.reserved(), p.seq(), p.total_len());
         if phase > 1 {
             return Err(ChannelError::NotSealed);

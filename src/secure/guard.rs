@@ -310,11 +310,8 @@ impl Unseal for PhaseUnseal {
         self.epoch
     }
     fn try_open(&self, datagram: &mut [u8]) -> Option<bool> {
-        let p = Packet::new_checked(&*datagram).ok()?;
-        if p.flags() & pfs::FLAG_SEALED == 0
-            || p.tag_len() as usize != TAG_LEN
-            || p.session() != self.session
-        {
+        let p = super::channel::sealed(datagram).ok()?;
+        if p.session() != self.session {
             return None;
         }
         let seq = p.seq();
