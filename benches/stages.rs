@@ -319,37 +319,27 @@ fn main() {
     }
 
     if want("apply") {
-        let apply_fresh = time(
-            reps,
-            || {
-                let mut s = MemSink::new();
-                s.open(&[SinkFile::file("b", len as u64)]).unwrap();
-                s
-            },
-            |mut s| {
-                for (off, b) in &pieces {
-                    s.write_raw(0, *off as u64, b).unwrap();
-                }
-                black_box(s.contents(0));
-            },
-        );
-        rows.push(("apply, MemSink, fresh memory".into(), apply_fresh, n));
-        let apply_touched = time(
-            reps,
-            || {
-                let mut s = MemSink::new();
-                s.populate = true;
-                s.open(&[SinkFile::file("b", len as u64)]).unwrap();
-                s
-            },
-            |mut s| {
-                for (off, b) in &pieces {
-                    s.write_raw(0, *off as u64, b).unwrap();
-                }
-                black_box(s.contents(0));
-            },
-        );
-        rows.push(("apply, MemSink, populated at open".into(), apply_touched, n));
+        for (populate, label) in [
+            (false, "apply, MemSink, fresh memory"),
+            (true, "apply, MemSink, populated at open"),
+        ] {
+            let apply = time(
+                reps,
+                || {
+                    let mut s = MemSink::new();
+                    s.populate = populate;
+                    s.open(&[SinkFile::file("b", len as u64)]).unwrap();
+                    s
+                },
+                |mut s| {
+                    for (off, b) in &pieces {
+                        s.write_raw(0, *off as u64, b).unwrap();
+                    }
+                    black_box(s.contents(0));
+                },
+            );
+            rows.push((label.into(), apply, n));
+        }
     }
 
     if want("hash") {
