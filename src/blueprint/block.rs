@@ -281,6 +281,27 @@ pub fn encode(bp: &Blueprint, o: &EncodeOptions) -> Result<Vec<u8>, std::io::Err
     Ok(out)
 }
 
+/// The blocks of `data` as raw bytes, every stream stored: the bytes [`encode`] makes of a
+/// blueprint of raw segments when nothing compresses, built straight from `data` (one copy,
+/// no coder trials). For bytes the planner's fast reject found random (the streamed sender's
+/// pass-through).
+pub fn encode_stored_raw(data: &[u8], o: &EncodeOptions) -> Vec<u8> {
+    let cap = o.spill_per_block.clamp(1, u32::MAX as u64 / 2) as usize;
+    let mut out = Vec::with_capacity(data.len() + data.len().div_ceil(cap) * 64);
+    for chunk in data.chunks(cap) {
+        let head = streams::stored_raw_head(chunk.len() as u64);
+        let mut top = Vec::with_capacity(20);
+        put_u64(&mut top, chunk.len() as u64);
+        put_u64(&mut top, 1);
+        let n = (top.len() + head.len() + chunk.len()) as u32;
+        out.extend_from_slice(&n.to_le_bytes());
+        out.extend_from_slice(&top);
+        out.extend_from_slice(&head);
+        out.extend_from_slice(chunk);
+    }
+    out
+}
+
 /// The body length declared by the prefix at the start of `stream`, checked against the
 /// limits; `None` when fewer than [`PREFIX`] bytes are there.
 pub fn body_len(stream: &[u8], lim: &Limits) -> Result<Option<u64>, BlockError> {
@@ -489,6 +510,39 @@ mod tests {
         let mut out = vec![0u8; bp.file_len as usize];
         bp.rebuild_into(snap, &mut out).unwrap();
         out
+    }
+
+    #[test]
+    fn stored_raw_blocks_are_what_encode_makes_of_random_bytes_and_decode_back() {
+        let snap = snap();
+        for (n, o) in [
+            (2500, small_opts()),
+            (1000, small_opts()),
+            ((700 << 10) + 13, EncodeOptions::default()),
+            (1, EncodeOptions::default()),
+        ] {
+            let data = crate::prepare::noise(n as u64 * 31 + 7, n);
+            let bp = Blueprint {
+                snapshot_id: [9; 32],
+                file_len: n as u64,
+                file_hash: [0; 32],
+                segments: crate::blueprint::raw_segments(n as u64),
+                spill: data.clone(),
+            };
+            let stored = encode_stored_raw(&data, &o);
+            assert_eq!(stored, encode(&bp, &o).unwrap(), "{n} bytes");
+            let back = decode_all(
+                &stored,
+                &Limits::default(),
+                [9; 32],
+                snap.len() as u64,
+                n as u64,
+                [0; 32],
+            )
+            .unwrap();
+            assert_eq!(rebuild(&back, &snap), data);
+        }
+        assert!(encode_stored_raw(&[], &EncodeOptions::default()).is_empty());
     }
 
     proptest! {

@@ -549,7 +549,7 @@ pub fn pack_v3(
     };
     let coded = streams::code_all(&raw, &co)?;
     let (dir, data_len) = (&coded.dir, coded.data_len());
-    let mut out = Vec::with_capacity(HEADER_LEN_V3 + dir.len() + data_len + TRAILER_LEN);
+    let mut out = crate::bigbuf::with_capacity(HEADER_LEN_V3 + dir.len() + data_len + TRAILER_LEN);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.push(0);

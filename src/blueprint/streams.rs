@@ -153,6 +153,12 @@ pub fn split(
     predictor: Option<&Predictor<'_>>,
 ) -> Raw {
     let mut s: Raw = Default::default();
+    let lits: usize = segments
+        .iter()
+        .filter(|s| s.src == Source::Raw)
+        .map(|s| s.len as usize)
+        .sum();
+    s[S_LITS] = crate::bigbuf::with_capacity(lits.min(spill.len()));
     let mut diffs = Vec::new();
     let mut file_pos = base as i64;
     let mut delta = 0i64;
@@ -419,6 +425,29 @@ impl Coded<'_> {
             out.extend_from_slice(p);
         }
     }
+}
+
+/// The directory and the column streams of one raw segment of `len` bytes with every stream
+/// stored: what [`split`] and [`code_all`] make of it when nothing compresses. The segment's
+/// bytes (the literals) follow them, and nothing after (the refs stream is empty).
+pub fn stored_raw_head(len: u64) -> Vec<u8> {
+    let mut lens = Vec::with_capacity(10);
+    put_u64(&mut lens, len);
+    let mut out = Vec::with_capacity(NSTREAMS * 3 + 1 + lens.len());
+    for i in 0..NSTREAMS {
+        let n = match i {
+            S_OPS => 1,
+            S_LENS => lens.len() as u64,
+            S_LITS => len,
+            _ => 0,
+        };
+        out.push(coder::CoderKind::Stored.code());
+        put_u64(&mut out, n);
+        put_u64(&mut out, n);
+    }
+    out.push(OP_RAW);
+    out.extend_from_slice(&lens);
+    out
 }
 
 /// Code every stream with the coder that measures smallest (in parallel).

@@ -37,6 +37,9 @@ use super::PlanConfig;
 
 /// Block size of the fast-reject decision.
 pub const BLOCK: usize = 64 << 10;
+/// Gram positions whose anchors are computed at a time in a block (sparse probing): the
+/// most hashed in vain when a cover found early in the step reaches past it.
+const SPARSE_STEP: usize = 256;
 /// Distance between sampled probe windows in a rejected-looking block.
 pub const PROBE_STRIDE: usize = 4 << 10;
 /// Bytes per sampled probe window.
@@ -186,8 +189,19 @@ impl Engine<'_> {
             if n + 8 <= max {
                 let x = word(n);
                 if x == 0 {
-                    n += 8;
-                    score += 8.0 * p.gain;
+                    // a run of equal words (a covered file's whole diagonal): skip it 32
+                    // bytes a step and score it once
+                    let mut m = n + 8;
+                    while m + 32 <= max
+                        && (word(m) | word(m + 8) | word(m + 16) | word(m + 24)) == 0
+                    {
+                        m += 32;
+                    }
+                    while m + 8 <= max && word(m) == 0 {
+                        m += 8;
+                    }
+                    score += (m - n) as f64 * p.gain;
+                    n = m;
                     if score > best.score {
                         best = Ext {
                             len: n,
@@ -338,23 +352,38 @@ impl Engine<'_> {
                 continue;
             }
             if cfg.sparse {
-                anchors.clear();
-                minimizer::anchors(self.f, from, blk_end, w, &mut scratch, &mut anchors);
-                for k in 0..anchors.len() {
-                    let (p, h) = anchors[k];
-                    if p >= b {
-                        break; // a window's minimum may lie past the range
+                // anchors a step at a time from where the last cover ended, so the bytes a
+                // cover spans are never hashed (a covered file is mostly such bytes). The
+                // windows that start up to w - 1 grams before a step are computed again, so
+                // the anchors at or after `cur` are those of the whole block; `next` skips
+                // the ones a step saw already.
+                let (mut x, mut next) = (from, from);
+                while x < blk_end {
+                    x = x.max(cur);
+                    if x >= blk_end {
+                        break;
                     }
-                    if p < cur {
-                        continue; // inside a cover: follow its diagonal, do not probe
+                    let y = (x + SPARSE_STEP).min(blk_end);
+                    anchors.clear();
+                    let lo = x.saturating_sub(w - 1).max(from);
+                    minimizer::anchors(self.f, lo, y, w, &mut scratch, &mut anchors);
+                    for k in 0..anchors.len() {
+                        let (p, h) = anchors[k];
+                        if p >= b {
+                            break; // a window's minimum may lie past the range
+                        }
+                        if p < cur || p < next {
+                            continue; // inside a cover: follow its diagonal, do not probe
+                        }
+                        next = p + 1;
+                        if let Some(&(_, hq)) = anchors.get(k + 2) {
+                            self.idx.prefetch(hq);
+                        }
+                        if self.seed(p, h, cur, b, &mut last_d, &mut cands, &mut out) {
+                            cur = out.last().map_or(cur, |c| c.end());
+                        }
                     }
-                    if let Some(&(q, hq)) = anchors.get(k + 2) {
-                        let _ = q;
-                        self.idx.prefetch(hq);
-                    }
-                    if self.seed(p, h, cur, b, &mut last_d, &mut cands, &mut out) {
-                        cur = out.last().map_or(cur, |c| c.end());
-                    }
+                    x = y;
                 }
             } else {
                 let mut p = from;
@@ -536,7 +565,8 @@ pub fn emit(f: &[u8], s: &[u8], covers: &[Cover], threads: usize) -> (Vec<Segmen
         pieces.push((at, f.len() - at, None));
     }
     let total: usize = pieces.iter().map(|p| p.1).sum();
-    let mut spill = vec![0u8; total];
+    let mut spill = crate::bigbuf::with_capacity(total);
+    spill.resize(total, 0);
     let fill = |out: &mut [u8], pieces: &[(usize, usize, Option<usize>)]| {
         let mut o = 0;
         for &(fs, n, snap) in pieces {

@@ -233,13 +233,17 @@ fn rebase(mut bp: Blueprint, start: u64) -> Blueprint {
     bp
 }
 
-/// The blocks of window `[start, start + window.len())` stored raw (within the allowance).
+/// The blocks of window `[start, start + window.len())` stored raw (within the allowance):
+/// compressed where samples of it compress, else straight from its bytes.
 fn raw_window(
     window: &[u8],
     start: u64,
     snap_id: [u8; 32],
     o: &block::EncodeOptions,
 ) -> Result<Vec<u8>, std::io::Error> {
+    if plan::estimate_raw_bits_within(window, WINDOW_SAMPLE) >= STORE_BITS {
+        return Ok(block::encode_stored_raw(window, o));
+    }
     let raw = Blueprint {
         snapshot_id: snap_id,
         file_len: window.len() as u64,
@@ -249,6 +253,10 @@ fn raw_window(
     };
     encode_window(raw, start, o)
 }
+
+/// A window's estimated literal cost (bits per byte, zstd -1 on samples) from which its
+/// literals are stored as they are: 97% of 8 bits, the rule the stream coder stores by.
+const STORE_BITS: f64 = 8.0 * 0.97;
 
 /// Bytes of a window the literal-cost estimate compresses.
 const WINDOW_SAMPLE: usize = 256 << 10;
@@ -265,15 +273,28 @@ fn pack_window(
 ) -> Result<Vec<u8>, StreamError> {
     // the literal price from a 256 KiB sample of the window (plan would take 2 MiB)
     let mut cfg = o.plan.clone();
-    if cfg.cost.raw_bits_per_byte.is_none() {
-        cfg.cost.raw_bits_per_byte = Some(plan::estimate_raw_bits_within(window, WINDOW_SAMPLE));
-    }
+    let bits = *cfg
+        .cost
+        .raw_bits_per_byte
+        .get_or_insert_with(|| plan::estimate_raw_bits_within(window, WINDOW_SAMPLE));
     let planned = plan::plan(window, snap, idx, &Hints::default(), &cfg).map_err(|source| {
         StreamError::Plan {
             path: f.path.clone(),
             source,
         }
     })?;
+    // Pass-through: nothing of the snapshot matched and samples do not compress, so the
+    // window goes as stored raw blocks straight from its bytes (no coder trials, no copies
+    // through the blueprint's spill and the streams).
+    if bits >= STORE_BITS
+        && planned
+            .blueprint
+            .segments
+            .iter()
+            .all(|s| s.src == Source::Raw)
+    {
+        return Ok(block::encode_stored_raw(window, &o.encode));
+    }
     let pack_err = |source| StreamError::Pack {
         path: f.path.clone(),
         source,
@@ -715,6 +736,10 @@ mod tests {
                 };
                 let n = encode_window(raw, s, &o.encode).unwrap().len() as u64;
                 assert!(n <= l + allowance(l), "{size}: window {s}+{l} packs to {n}");
+                // the pass-through's stored blocks are those very bytes
+                let stored =
+                    block::encode_stored_raw(&data[s as usize..(s + l) as usize], &o.encode);
+                assert_eq!(stored.len() as u64, n, "{size}: window {s}+{l} stored raw");
                 total += n;
             }
             assert!(total <= bound(size, &o));

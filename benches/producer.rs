@@ -1,0 +1,134 @@
+//! The streamed sender's producer (`prepare::stream::produce`: read, BLAKE3, plan, pack
+//! window by window) in MB/s of file bytes, next to a plain read + BLAKE3 of the same file and
+//! a memcpy of its bytes, all in the same run (`cargo bench --bench producer`, no harness).
+//! Nothing about speed is asserted: the ratios are printed.
+//!
+//! Files: random bytes (nothing in the snapshot matches them: the fast reject's case) and a
+//! file of 4 KiB snapshot runs (covered). The snapshot is the directory `PFS_BENCH_SNAP`
+//! (default `out/snapshot`, made by `pfs snapshot build --out out/snapshot`); without it the
+//! bench prints why and stops. Parameters: `PFS_PRODUCER_MB` (file size, default 64),
+//! `PFS_PRODUCER_REPS` (repetitions, the best is printed, default 5), `PFS_PRODUCER_LEVEL`
+//! (`fast`, `default` or `max`; default `fast`, the `pfs send` default), `PFS_PRODUCER_ONLY`
+//! (`random` or `covered`: one file).
+
+use packetfs::blueprint::Level;
+use packetfs::index::IndexSet;
+use packetfs::pob::{HugePolicy, Snapshot};
+use packetfs::prepare::stream::{produce, Item, StreamFile, StreamOptions};
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Instant;
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{env_usize as env, Rng};
+
+/// Seconds of the best of `reps` runs of `f`.
+fn best(reps: usize, mut f: impl FnMut()) -> f64 {
+    (0..reps.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// Run the producer over `file` with a consumer that drops what it gets; the bytes handed over.
+fn run_producer(f: &StreamFile, snap: &Snapshot, idx: &IndexSet, o: &StreamOptions) -> u64 {
+    let (tx, rx) = std::sync::mpsc::sync_channel(o.channel);
+    let files = [f.clone()];
+    std::thread::scope(|s| {
+        s.spawn(|| produce(&files, snap, idx, o, &tx, None));
+        let mut bytes = 0u64;
+        for it in rx.iter() {
+            match it.expect("the producer succeeds") {
+                Item::Blocks { bytes: b, .. } => bytes += b.len() as u64,
+                Item::Finished { .. } => break,
+                other => panic!("unexpected item {other:?}"),
+            }
+        }
+        bytes
+    })
+}
+
+fn main() {
+    let dir =
+        PathBuf::from(std::env::var("PFS_BENCH_SNAP").unwrap_or_else(|_| "out/snapshot".into()));
+    let Ok(snap) = Snapshot::open(&dir, HugePolicy::Auto) else {
+        println!(
+            "producer: skipped: no snapshot in {} (pfs snapshot build --out {0}, or set PFS_BENCH_SNAP)",
+            dir.display()
+        );
+        return;
+    };
+    let mb = env("PFS_PRODUCER_MB", 64);
+    let reps = env("PFS_PRODUCER_REPS", 5);
+    let level = match std::env::var("PFS_PRODUCER_LEVEL").as_deref() {
+        Ok("default") => Level::Default,
+        Ok("max") => Level::Max,
+        _ => Level::Fast,
+    };
+    let o = StreamOptions::for_level(level);
+    let (idx, _) = IndexSet::ensure(&snap, &packetfs::plan::index_specs(&o.plan), false)
+        .expect("the snapshot's indexes");
+    let n = mb << 20;
+    let mut rng = Rng(7);
+    let random = rng.words(n);
+    let s = snap.bytes();
+    let mut covered = Vec::with_capacity(n);
+    while covered.len() < n {
+        let off = (rng.next() % (s.len() as u64 - 4096)) as usize;
+        let take = 4096.min(n - covered.len());
+        covered.extend_from_slice(&s[off..off + take]);
+    }
+    let tmp = std::env::temp_dir().join(format!("pfs-producer-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).expect("temp dir");
+    println!(
+        "producer: {mb} MiB files, level {level:?}, best of {reps}, snapshot {}",
+        dir.display()
+    );
+    let mut dst = vec![0u8; n];
+    let memcpy = best(reps, || dst.copy_from_slice(std::hint::black_box(&random)));
+    std::hint::black_box(&dst);
+    println!("| file | row | MB/s | x memcpy | wire/file |");
+    println!("| --- | --- | ---: | ---: | ---: |");
+    let mbs = |secs: f64| n as f64 / secs / 1e6;
+    println!("| - | memcpy | {:.0} | 1.00 | - |", mbs(memcpy));
+    let only = std::env::var("PFS_PRODUCER_ONLY").unwrap_or_default();
+    for (name, bytes) in [("random", &random), ("covered", &covered)] {
+        if !only.is_empty() && !only.split(',').any(|o| o == name) {
+            continue;
+        }
+        let path = tmp.join(name);
+        std::fs::write(&path, bytes).expect("write the file");
+        let read_hash = best(reps, || {
+            let mut f = std::fs::File::open(&path).unwrap();
+            let mut buf = vec![0u8; 4 << 20];
+            let mut h = blake3::Hasher::new();
+            loop {
+                let k = f.read(&mut buf).unwrap();
+                if k == 0 {
+                    break;
+                }
+                h.update(&buf[..k]);
+            }
+            std::hint::black_box(h.finalize());
+        });
+        println!(
+            "| {name} | read + BLAKE3 (4 MiB reads) | {:.0} | {:.2} | - |",
+            mbs(read_hash),
+            memcpy / read_hash
+        );
+        let f = StreamFile::open(path.clone()).expect("stat");
+        let mut wire = 0;
+        let t = best(reps, || wire = run_producer(&f, &snap, &idx, &o));
+        println!(
+            "| {name} | producer (read, BLAKE3, plan, pack) | {:.0} | {:.2} | {:.4} |",
+            mbs(t),
+            memcpy / t,
+            wire as f64 / n as f64
+        );
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}
