@@ -9,7 +9,8 @@
 //! bench prints why and stops. Parameters: `PFS_PRODUCER_MB` (file size, default 64),
 //! `PFS_PRODUCER_REPS` (repetitions, the best is printed, default 5), `PFS_PRODUCER_LEVEL`
 //! (`fast`, `default` or `max`; default `fast`, the `pfs send` default), `PFS_PRODUCER_ONLY`
-//! (`random` or `covered`: one file).
+//! (`random` or `covered`: one file), `PFS_PRODUCER_FILE` (a file of yours, one more row;
+//! plan it against a snapshot that holds its basis, e.g. a release pair).
 
 use packetfs::blueprint::Level;
 use packetfs::index::IndexSet;
@@ -94,14 +95,28 @@ fn main() {
     println!("| file | row | MB/s | x memcpy | wire/file |");
     println!("| --- | --- | ---: | ---: | ---: |");
     let mbs = |secs: f64| n as f64 / secs / 1e6;
-    println!("| - | memcpy | {:.0} | 1.00 | - |", mbs(memcpy));
+    let memcpy_mbs = mbs(memcpy);
+    println!("| - | memcpy | {memcpy_mbs:.0} | 1.00 | - |");
     let only = std::env::var("PFS_PRODUCER_ONLY").unwrap_or_default();
+    let extra = std::env::var_os("PFS_PRODUCER_FILE").map(PathBuf::from);
+    let mut rows: Vec<(String, PathBuf)> = Vec::new();
     for (name, bytes) in [("random", &random), ("covered", &covered)] {
         if !only.is_empty() && !only.split(',').any(|o| o == name) {
             continue;
         }
         let path = tmp.join(name);
         std::fs::write(&path, bytes).expect("write the file");
+        rows.push((name.to_string(), path));
+    }
+    if let Some(p) = extra {
+        let name = p
+            .file_name()
+            .map_or("file".into(), |n| n.to_string_lossy().into_owned());
+        rows.push((name, p));
+    }
+    for (name, path) in rows {
+        let n = std::fs::metadata(&path).expect("stat the file").len() as usize;
+        let mbs = |secs: f64| n as f64 / secs / 1e6;
         let read_hash = best(reps, || {
             let mut f = std::fs::File::open(&path).unwrap();
             let mut buf = vec![0u8; 4 << 20];
@@ -118,7 +133,7 @@ fn main() {
         println!(
             "| {name} | read + BLAKE3 (4 MiB reads) | {:.0} | {:.2} | - |",
             mbs(read_hash),
-            memcpy / read_hash
+            mbs(read_hash) / memcpy_mbs
         );
         let f = StreamFile::open(path.clone()).expect("stat");
         let mut wire = 0;
@@ -126,7 +141,7 @@ fn main() {
         println!(
             "| {name} | producer (read, BLAKE3, plan, pack) | {:.0} | {:.2} | {:.4} |",
             mbs(t),
-            memcpy / t,
+            mbs(t) / memcpy_mbs,
             wire as f64 / n as f64
         );
     }

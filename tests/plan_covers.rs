@@ -334,3 +334,18 @@ proptest! {
         roundtrip(&file, &cfg);
     }
 }
+
+#[test]
+fn an_unhashed_plan_is_the_plan_without_its_hash() {
+    let f = fixture();
+    let file = mutate(&f.basis, 3);
+    for l in [Level::Fast, Level::Default] {
+        let cfg = level(l);
+        let hashed = plan::plan(&file, &f.snap, &f.idx, &Hints::default(), &cfg).unwrap();
+        let bare = plan::plan_unhashed(&file, &f.snap, &f.idx, &Hints::default(), &cfg).unwrap();
+        assert_eq!(hashed.blueprint.file_hash, *blake3::hash(&file).as_bytes());
+        assert_eq!(bare.blueprint.file_hash, [0; 32], "{l:?}");
+        assert_eq!(bare.blueprint.segments, hashed.blueprint.segments, "{l:?}");
+        assert_eq!(bare.blueprint.spill, hashed.blueprint.spill, "{l:?}");
+    }
+}

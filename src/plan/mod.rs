@@ -512,6 +512,30 @@ pub fn plan(
     hints: &Hints,
     cfg: &PlanConfig,
 ) -> Result<Plan, PlanError> {
+    plan_inner(file, snap, idx, hints, cfg, true)
+}
+
+/// [`plan`] without the file's BLAKE3 (the blueprint's `file_hash` is zero): for a caller
+/// that hashes the bytes itself, as the streamed sender's producer hashes the whole file
+/// while it reads it (hashing each window again here was a third of its BLAKE3 work).
+pub fn plan_unhashed(
+    file: &[u8],
+    snap: &Snapshot,
+    idx: &IndexSet,
+    hints: &Hints,
+    cfg: &PlanConfig,
+) -> Result<Plan, PlanError> {
+    plan_inner(file, snap, idx, hints, cfg, false)
+}
+
+fn plan_inner(
+    file: &[u8],
+    snap: &Snapshot,
+    idx: &IndexSet,
+    hints: &Hints,
+    cfg: &PlanConfig,
+    hash: bool,
+) -> Result<Plan, PlanError> {
     if file.len() as u64 >= 1 << 62 {
         return Err(PlanError::TooLarge {
             file: file.len() as u64,
@@ -526,11 +550,15 @@ pub fn plan(
         .unwrap_or_else(|| estimate_raw_bits(file));
     times.estimate_ms = ms(t);
     if cfg.engine == Engine::Covers {
-        return plan_covers(file, snap, idx, cfg, raw_bits, times);
+        return plan_covers(file, snap, idx, cfg, raw_bits, times, hash);
     }
 
     let t = Instant::now();
-    let file_hash = *blake3::hash(file).as_bytes();
+    let file_hash = if hash {
+        *blake3::hash(file).as_bytes()
+    } else {
+        [0; 32]
+    };
     times.hash_ms = ms(t);
 
     let t = Instant::now();
@@ -666,6 +694,7 @@ fn plan_covers(
     cfg: &PlanConfig,
     raw_bits: f64,
     mut times: PhaseTimes,
+    hash: bool,
 ) -> Result<Plan, PlanError> {
     let spec = minimizer_spec(cfg.min_w, cfg.min_fanout);
     let min = idx
@@ -693,8 +722,11 @@ fn plan_covers(
         .map(|i| (i * per, ((i + 1) * per).min(file.len())))
         .collect();
     let th = Instant::now();
-    let file_hash =
-        crate::util::parallel_blake3(file, usize::BITS - 1 - threads.max(1).leading_zeros());
+    let file_hash = if hash {
+        crate::util::parallel_blake3(file, usize::BITS - 1 - threads.max(1).leading_zeros())
+    } else {
+        [0; 32]
+    };
     let hash_ms = ms(th);
     let parts: Vec<Vec<cover::Cover>> = std::thread::scope(|s| {
         let hs: Vec<_> = ranges[1..]

@@ -277,12 +277,14 @@ fn pack_window(
         .cost
         .raw_bits_per_byte
         .get_or_insert_with(|| plan::estimate_raw_bits_within(window, WINDOW_SAMPLE));
-    let planned = plan::plan(window, snap, idx, &Hints::default(), &cfg).map_err(|source| {
-        StreamError::Plan {
-            path: f.path.clone(),
-            source,
-        }
-    })?;
+    // the producer hashes the whole file as it reads it: the window's own hash is not needed
+    let planned =
+        plan::plan_unhashed(window, snap, idx, &Hints::default(), &cfg).map_err(|source| {
+            StreamError::Plan {
+                path: f.path.clone(),
+                source,
+            }
+        })?;
     // Pass-through: nothing of the snapshot matched and samples do not compress, so the
     // window goes as stored raw blocks straight from its bytes (no coder trials, no copies
     // through the blueprint's spill and the streams).
