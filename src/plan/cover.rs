@@ -40,6 +40,8 @@ pub const BLOCK: usize = 64 << 10;
 /// Gram positions whose anchors are computed at a time in a block (sparse probing): the
 /// most hashed in vain when a cover found early in the step reaches past it.
 const SPARSE_STEP: usize = 256;
+/// ...and at most this many while no cover ends past a step.
+const SPARSE_STEP_MAX: usize = 4096;
 /// Distance between sampled probe windows in a rejected-looking block.
 pub const PROBE_STRIDE: usize = 4 << 10;
 /// Bytes per sampled probe window.
@@ -353,19 +355,31 @@ impl Engine<'_> {
             }
             if cfg.sparse {
                 // anchors a step at a time from where the last cover ended, so the bytes a
-                // cover spans are never hashed (a covered file is mostly such bytes). The
-                // windows that start up to w - 1 grams before a step are computed again, so
-                // the anchors at or after `cur` are those of the whole block; `next` skips
-                // the ones a step saw already.
-                let (mut x, mut next) = (from, from);
+                // cover spans are never hashed (a covered file is mostly such bytes). After
+                // a jump to a cover's end the windows that start up to w - 1 grams before it
+                // are computed too, so the anchors at or after `cur` are those of the whole
+                // block; `next` skips the ones a step saw already.
+                // A step starts small after a jump and doubles while the steps follow one
+                // another (fewer calls where covers are short or absent).
+                let (mut x, mut next, mut step) = (from, from, SPARSE_STEP);
                 while x < blk_end {
+                    let jumped = cur > x;
+                    step = if jumped {
+                        SPARSE_STEP
+                    } else {
+                        (step * 2).min(SPARSE_STEP_MAX)
+                    };
                     x = x.max(cur);
                     if x >= blk_end {
                         break;
                     }
-                    let y = (x + SPARSE_STEP).min(blk_end);
+                    let y = (x + step).min(blk_end);
                     anchors.clear();
-                    let lo = x.saturating_sub(w - 1).max(from);
+                    let lo = if jumped {
+                        x.saturating_sub(w - 1).max(from)
+                    } else {
+                        x
+                    };
                     minimizer::anchors(self.f, lo, y, w, &mut scratch, &mut anchors);
                     for k in 0..anchors.len() {
                         let (p, h) = anchors[k];

@@ -261,6 +261,32 @@ const STORE_BITS: f64 = 8.0 * 0.97;
 /// Bytes of a window the literal-cost estimate compresses.
 const WINDOW_SAMPLE: usize = 256 << 10;
 
+/// The literal price (bits per byte) a file's windows are planned with. Estimated on
+/// samples of a window (zstd -1: on a covered file that was a third of the producer's
+/// CPU), then carried to the file's next windows while they leave under 1/8 of their
+/// bytes as literals, where the price decides little; estimated again after a window with
+/// more, and before a window found all raw is passed through.
+#[derive(Debug, Default)]
+struct Price {
+    file: Option<PathBuf>,
+    bits: Option<f64>,
+}
+
+impl Price {
+    /// The price carried for `file`, if its last window left one.
+    fn carried(&self, file: &std::path::Path) -> Option<f64> {
+        self.bits.filter(|_| self.file.as_deref() == Some(file))
+    }
+
+    /// After a window of `file` planned at `bits`: carry them on, or estimate next time.
+    fn keep(&mut self, file: &std::path::Path, bits: f64, carry: bool) {
+        if self.file.as_deref() != Some(file) {
+            self.file = Some(file.to_path_buf());
+        }
+        self.bits = carry.then_some(bits);
+    }
+}
+
 /// The blocks of one window: planned and packed, or raw if that is not smaller than the
 /// allowance lets through.
 fn pack_window(
@@ -270,13 +296,17 @@ fn pack_window(
     idx: &IndexSet,
     o: &StreamOptions,
     f: &StreamFile,
+    price: &mut Price,
 ) -> Result<Vec<u8>, StreamError> {
-    // the literal price from a 256 KiB sample of the window (plan would take 2 MiB)
+    // the literal price: the config's, the one carried from this file's last window, or
+    // estimated from a 256 KiB sample of the window (plan would take 2 MiB)
     let mut cfg = o.plan.clone();
-    let bits = *cfg
-        .cost
-        .raw_bits_per_byte
-        .get_or_insert_with(|| plan::estimate_raw_bits_within(window, WINDOW_SAMPLE));
+    let fixed = cfg.cost.raw_bits_per_byte;
+    let (bits, fresh) = match fixed.or(price.carried(&f.path)) {
+        Some(b) => (b, fixed.is_some()),
+        None => (plan::estimate_raw_bits_within(window, WINDOW_SAMPLE), true),
+    };
+    cfg.cost.raw_bits_per_byte = Some(bits);
     // the producer hashes the whole file as it reads it: the window's own hash is not needed
     let planned =
         plan::plan_unhashed(window, snap, idx, &Hints::default(), &cfg).map_err(|source| {
@@ -285,17 +315,25 @@ fn pack_window(
                 source,
             }
         })?;
+    let segs = &planned.blueprint.segments;
+    let literals: u64 = segs
+        .iter()
+        .filter(|s| s.src == Source::Raw)
+        .map(|s| s.len as u64)
+        .sum();
+    price.keep(&f.path, bits, literals * 8 < window.len() as u64);
     // Pass-through: nothing of the snapshot matched and samples do not compress, so the
     // window goes as stored raw blocks straight from its bytes (no coder trials, no copies
     // through the blueprint's spill and the streams).
-    if bits >= STORE_BITS
-        && planned
-            .blueprint
-            .segments
-            .iter()
-            .all(|s| s.src == Source::Raw)
-    {
-        return Ok(block::encode_stored_raw(window, &o.encode));
+    if segs.iter().all(|s| s.src == Source::Raw) {
+        let bits = if fresh {
+            bits
+        } else {
+            plan::estimate_raw_bits_within(window, WINDOW_SAMPLE)
+        };
+        if bits >= STORE_BITS {
+            return Ok(block::encode_stored_raw(window, &o.encode));
+        }
     }
     let pack_err = |source| StreamError::Pack {
         path: f.path.clone(),
@@ -331,6 +369,7 @@ pub fn produce_with_default_indexes(
         let mut loading = Some(loading);
         let mut idx: Option<IndexSet> = None;
         let mut first = true;
+        let mut price = Price::default();
         produce_with(files, tx, o, offers, &mut |window, start, f| {
             if let Some(h) = loading.take_if(|h| !first || h.is_finished()) {
                 let loaded = h.join().expect("the index loader does not panic");
@@ -338,7 +377,7 @@ pub fn produce_with_default_indexes(
             }
             first = false;
             match &idx {
-                Some(idx) => pack_window(window, start, snap, idx, o, f),
+                Some(idx) => pack_window(window, start, snap, idx, o, f, &mut price),
                 None => raw_window(window, start, snap.id, &o.encode).map_err(|source| {
                     StreamError::Pack {
                         path: f.path.clone(),
@@ -360,8 +399,9 @@ pub fn produce(
     tx: &SyncSender<Result<Item, StreamError>>,
     offers: Option<Offers>,
 ) {
+    let mut price = Price::default();
     produce_with(files, tx, o, offers, &mut |window, start, f| {
-        pack_window(window, start, snap, idx, o, f)
+        pack_window(window, start, snap, idx, o, f, &mut price)
     })
 }
 
@@ -708,6 +748,24 @@ impl Endpoint for Feed {
 mod tests {
     use super::*;
     use crate::blueprint::{Segment, Transform};
+
+    #[test]
+    fn a_price_is_carried_within_a_file_while_its_windows_leave_few_literals() {
+        let (a, b) = (std::path::Path::new("/a"), std::path::Path::new("/b"));
+        let mut p = Price::default();
+        assert_eq!(p.carried(a), None);
+        p.keep(a, 5.5, true);
+        assert_eq!(p.carried(a), Some(5.5));
+        assert_eq!(p.carried(b), None, "another file estimates its own");
+        p.keep(a, 5.5, false);
+        assert_eq!(
+            p.carried(a),
+            None,
+            "a literal-heavy window asks for a new estimate"
+        );
+        p.keep(b, 7.0, true);
+        assert_eq!((p.carried(a), p.carried(b)), (None, Some(7.0)));
+    }
 
     #[test]
     fn windows_cover_the_file_and_the_bound_holds_raw_blocks() {
