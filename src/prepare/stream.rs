@@ -750,6 +750,88 @@ mod tests {
     use super::*;
     use crate::blueprint::{Segment, Transform};
 
+    /// Run `produce_with` over one file of `real` noise bytes declared as `declared` bytes,
+    /// packing each window as its own bytes (failing at window `fail_at`); the items.
+    fn produce_one(
+        real: usize,
+        declared: u64,
+        fail_at: Option<u64>,
+    ) -> Vec<Result<Item, StreamError>> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, crate::prepare::noise(real as u64 + 1, real)).unwrap();
+        let f = StreamFile {
+            name: "f".into(),
+            path,
+            size: declared,
+        };
+        let o = StreamOptions {
+            first_window: 1000,
+            max_window: 4000,
+            ..Default::default()
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(64);
+        produce_with(&[f], &tx, &o, None, &mut |w, start, f| match fail_at {
+            Some(at) if at == start => Err(StreamError::Pack {
+                path: f.path.clone(),
+                source: std::io::Error::other("refused"),
+            }),
+            _ => Ok(w.to_vec()),
+        });
+        drop(tx);
+        rx.iter().collect()
+    }
+
+    #[test]
+    fn the_producer_hands_over_every_window_then_the_hash_or_one_clear_error() {
+        let n = 23_456;
+        let items = produce_one(n, n as u64, None);
+        let mut bytes = Vec::new();
+        let mut hash = None;
+        for it in &items {
+            match it.as_ref().unwrap() {
+                Item::Blocks { bytes: b, .. } => bytes.extend_from_slice(b),
+                Item::Finished { hash: h, .. } => hash = Some(*h),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let data = crate::prepare::noise(n as u64 + 1, n);
+        assert_eq!(bytes, data);
+        assert_eq!(hash, Some(*blake3::hash(&data).as_bytes()));
+        // grown, shrunk, a failing window: the last item is the error, nothing finishes
+        for (real, declared, fail, what) in [
+            (n + 10, n as u64, None, "changed size"),
+            (n - 10, n as u64, None, "changed size"),
+            (n, n as u64, Some(3000), "packing"),
+        ] {
+            let items = produce_one(real, declared, fail);
+            let last = items.last().unwrap().as_ref().unwrap_err().to_string();
+            assert!(last.contains(what), "{last}");
+            assert!(!items.iter().any(|i| matches!(i, Ok(Item::Finished { .. }))));
+        }
+    }
+
+    #[test]
+    fn a_producer_whose_receiver_hung_up_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![7u8; 100_000]).unwrap();
+        let f = StreamFile::open(path).unwrap();
+        let o = StreamOptions {
+            first_window: 1000,
+            max_window: 2000,
+            ..Default::default()
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        drop(rx);
+        let mut calls = 0;
+        produce_with(&[f], &tx, &o, None, &mut |w, _, _| {
+            calls += 1;
+            Ok(w.to_vec())
+        });
+        assert!(calls <= 2, "{calls} windows packed for nobody");
+    }
+
     #[test]
     fn a_price_is_carried_within_a_file_while_its_windows_leave_few_literals() {
         let (a, b) = (std::path::Path::new("/a"), std::path::Path::new("/b"));
