@@ -1,5 +1,6 @@
 //! The streamed sender's producer (`prepare::stream::produce`: read, BLAKE3, plan, pack
-//! window by window) in MB/s of file bytes, next to a plain read + BLAKE3 of the same file and
+//! window by window) and the receiver's decode of its blocks (`block::decode_body`, without
+//! applying them) in MB/s of file bytes, next to a plain read + BLAKE3 of the same file and
 //! a memcpy of its bytes, all in the same run (`cargo bench --bench producer`, no harness).
 //! Nothing about speed is asserted: the ratios are printed.
 //!
@@ -12,7 +13,7 @@
 //! (`random` or `covered`: one file), `PFS_PRODUCER_FILE` (a file of yours, one more row;
 //! plan it against a snapshot that holds its basis, e.g. a release pair).
 
-use packetfs::blueprint::Level;
+use packetfs::blueprint::{block, Level};
 use packetfs::index::IndexSet;
 use packetfs::pob::{HugePolicy, Snapshot};
 use packetfs::prepare::stream::{produce, Item, StreamFile, StreamOptions};
@@ -35,22 +36,39 @@ fn best(reps: usize, mut f: impl FnMut()) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
-/// Run the producer over `file` with a consumer that drops what it gets; the bytes handed over.
-fn run_producer(f: &StreamFile, snap: &Snapshot, idx: &IndexSet, o: &StreamOptions) -> u64 {
+/// Run the producer over `file` with a consumer that keeps what it gets; the block stream.
+fn run_producer(f: &StreamFile, snap: &Snapshot, idx: &IndexSet, o: &StreamOptions) -> Vec<u8> {
     let (tx, rx) = std::sync::mpsc::sync_channel(o.channel);
     let files = [f.clone()];
     std::thread::scope(|s| {
         s.spawn(|| produce(&files, snap, idx, o, &tx, None));
-        let mut bytes = 0u64;
+        let mut stream = Vec::new();
         for it in rx.iter() {
             match it.expect("the producer succeeds") {
-                Item::Blocks { bytes: b, .. } => bytes += b.len() as u64,
+                Item::Blocks { bytes: b, .. } => stream.extend_from_slice(&b),
                 Item::Finished { .. } => break,
                 other => panic!("unexpected item {other:?}"),
             }
         }
-        bytes
+        stream
     })
+}
+
+/// Decode every block of `stream` as the receiver does (`block::decode_body`, file order);
+/// the file bytes they cover.
+fn decode_blocks(stream: &[u8], snap_len: u64) -> u64 {
+    let lim = block::Limits::default();
+    let (mut at, mut base) = (0usize, 0u64);
+    while at < stream.len() {
+        let n = block::body_len(&stream[at..], &lim).unwrap().unwrap() as usize;
+        let body = &stream[at + block::PREFIX..at + block::PREFIX + n];
+        let b =
+            block::decode_body(body, &lim, snap_len, base).expect("the producer's blocks decode");
+        base += b.file_len;
+        std::hint::black_box(&b);
+        at += block::PREFIX + n;
+    }
+    base
 }
 
 fn main() {
@@ -136,13 +154,23 @@ fn main() {
             mbs(read_hash) / memcpy_mbs
         );
         let f = StreamFile::open(path.clone()).expect("stat");
-        let mut wire = 0;
-        let t = best(reps, || wire = run_producer(&f, &snap, &idx, &o));
+        let mut stream = Vec::new();
+        let t = best(reps, || stream = run_producer(&f, &snap, &idx, &o));
         println!(
             "| {name} | producer (read, BLAKE3, plan, pack) | {:.0} | {:.2} | {:.4} |",
             mbs(t),
             mbs(t) / memcpy_mbs,
-            wire as f64 / n as f64
+            stream.len() as f64 / n as f64
+        );
+        let snap_len = snap.bytes().len() as u64;
+        assert_eq!(decode_blocks(&stream, snap_len), n as u64);
+        let t = best(reps, || {
+            decode_blocks(&stream, snap_len);
+        });
+        println!(
+            "| {name} | receiver's block decode (no apply) | {:.0} | {:.2} | - |",
+            mbs(t),
+            mbs(t) / memcpy_mbs
         );
     }
     let _ = std::fs::remove_dir_all(&tmp);

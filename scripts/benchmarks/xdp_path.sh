@@ -130,7 +130,7 @@ pfs_run() {
     local perf_pids=()
     if [ "$prof" = 1 ]; then
         mkdir -p "$perf_dir"
-        perf record -e cpu-clock -F 997 --call-graph dwarf,8192 -p "$(child_of "$rpid")" -o "$perf_dir/recv.data" >/dev/null 2>&1 &
+        perf record -e cpu-clock -F "${XDP_PATH_PERF_HZ:-997}" --call-graph dwarf,8192 -p "$(child_of "$rpid")" -o "$perf_dir/recv.data" >/dev/null 2>&1 &
         perf_pids+=($!)
     fi
     ip netns exec "$A" "${pin[@]}" /usr/bin/time -f "%U %S" -o "$log.time" "$pfs" send --transport xdp --iface "$A" --dst "$ipB" \
@@ -138,7 +138,7 @@ pfs_run() {
         "$work/random.bin" >"$log.send" 2>&1 &
     local spid=$!
     if [ "$prof" = 1 ]; then
-        perf record -e cpu-clock -F 997 --call-graph dwarf,8192 -p "$(child_of "$spid")" -o "$perf_dir/send.data" >/dev/null 2>&1 &
+        perf record -e cpu-clock -F "${XDP_PATH_PERF_HZ:-997}" --call-graph dwarf,8192 -p "$(child_of "$spid")" -o "$perf_dir/send.data" >/dev/null 2>&1 &
         perf_pids+=($!)
     fi
     wait "$spid" || { cat "$log.send" "$log" >&2; exit 1; }

@@ -367,9 +367,9 @@ pub fn decode_body(
     if data.len() as u64 > stored {
         return Err(BlockError::Corrupt("bytes after the stream data".into()));
     }
-    let raw = streams::decode_all(&dir, data).map_err(BlockError::Corrupt)?;
+    let mut raw = streams::decode_all(&dir, data).map_err(BlockError::Corrupt)?;
     let (segments, spill) =
-        streams::join(&raw, nsegs, base, file_len).map_err(|e| BlockError::Corrupt(e.0))?;
+        streams::join(&mut raw, nsegs, base, file_len).map_err(|e| BlockError::Corrupt(e.0))?;
     let bp = Blueprint {
         snapshot_id: [0; 32],
         file_len,

@@ -863,9 +863,9 @@ fn unpack_inner(
         let data_at =
             HEADER_LEN_V3 + u32::from_le_bytes(bytes[92..96].try_into().expect("4")) as usize;
         let data = &bytes[data_at..bytes.len() - TRAILER_LEN];
-        let raw = streams::decode_all(dir, data).map_err(PbbError::Corrupt)?;
-        let (segments, mut spill) =
-            streams::join(&raw, h.segments, 0, h.file_len).map_err(|e| PbbError::Corrupt(e.0))?;
+        let mut raw = streams::decode_all(dir, data).map_err(PbbError::Corrupt)?;
+        let (segments, mut spill) = streams::join(&mut raw, h.segments, 0, h.file_len)
+            .map_err(|e| PbbError::Corrupt(e.0))?;
         let mut bp = Blueprint {
             snapshot_id: h.snapshot_id,
             file_len: h.file_len,

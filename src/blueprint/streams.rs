@@ -226,8 +226,11 @@ pub struct JoinError(pub String);
 /// covers and raw records against the difference and literal streams (so the spill never
 /// grows past `file_len`); the caller validates the segments against the snapshot (and must
 /// do so before [`predict_back`]).
+///
+/// Without covers (no difference bytes) the spill is the literal stream itself: it is moved
+/// out of `s` (left empty) instead of copied.
 pub fn join(
-    s: &Raw,
+    s: &mut Raw,
     records: u64,
     base: u64,
     file_len: u64,
@@ -243,11 +246,13 @@ pub fn join(
         Reader::new(&s[S_BACKS]),
     );
     let lits = &s[S_LITS];
+    // the spill is the literals in order when no cover adds difference bytes
+    let just_lits = s[S_DZEROS].is_empty() && s[S_DBYTES].is_empty();
     let mut diffs = Sparse::new(&s[S_DZEROS], &s[S_DBYTES]);
     let mut li = 0usize;
     let mut covered = 0u64;
     let mut out = Vec::with_capacity(s[S_OPS].len());
-    let mut spill = Vec::with_capacity(lits.len());
+    let mut spill = Vec::with_capacity(if just_lits { 0 } else { lits.len() });
     let mut file_pos = i64::try_from(base).map_err(|_| bad("base offset"))?;
     let mut delta = 0i64;
     for (rec, &op) in s[S_OPS].iter().enumerate() {
@@ -277,7 +282,9 @@ pub fn join(
                 let b = lits.get(li..li + n).ok_or_else(|| {
                     bad("raw records need more literal bytes than the lits stream holds")
                 })?;
-                spill.extend_from_slice(b);
+                if !just_lits {
+                    spill.extend_from_slice(b);
+                }
                 li += n;
                 Source::Raw
             }
@@ -337,6 +344,9 @@ pub fn join(
         return Err(bad(
             "difference or literal bytes left over after the last record",
         ));
+    }
+    if just_lits {
+        spill = std::mem::take(&mut s[S_LITS]);
     }
     Ok((out, spill))
 }
@@ -654,8 +664,11 @@ mod tests {
         assert_eq!(s[S_DBYTES], vec![9]);
         assert_eq!(s[S_LITS], b"abc".to_vec());
         assert!(s[S_REFS].is_empty());
-        assert_eq!(join(&s, 5, 0, 15).unwrap(), (segs, spill));
-        assert!(join(&s, 5, 0, 14).unwrap_err().0.contains("overruns"));
+        assert!(join(&mut s.clone(), 5, 0, 14)
+            .unwrap_err()
+            .0
+            .contains("overruns"));
+        assert_eq!(join(&mut s.clone(), 5, 0, 15).unwrap(), (segs, spill));
     }
 
     #[test]
@@ -665,7 +678,7 @@ mod tests {
         let err = |f: &dyn Fn(&mut Raw), n: u64| {
             let mut s = good.clone();
             f(&mut s);
-            join(&s, n, 0, 15).unwrap_err().to_string()
+            join(&mut s, n, 0, 15).unwrap_err().to_string()
         };
         assert!(err(&|_| {}, 4).contains("record count"));
         assert!(err(&|s| s[S_LITS].pop().map(drop).unwrap(), 5).contains("literal"));
