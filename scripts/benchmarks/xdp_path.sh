@@ -19,7 +19,8 @@
 # --pfs A,B           builds to compare (default target/release/pfs); labelled by basename
 #                     of their directory
 # --perf DIR          record cpu-clock call graphs of sender and receiver of the first pfs
-#                     run into DIR (perf must be installed)
+#                     run into DIR (perf must be installed; XDP_PATH_PERF_HZ sets the
+#                     sampling rate, default 997)
 # --busy-poll         pass --busy-poll to both sides (builds that have it)
 # kpps = the sender's data-path frames / the session's elapsed time (pfs's summary);
 # CPU us/frame = user + system time of each pfs process (/usr/bin/time) / the sender's frames:
