@@ -354,13 +354,13 @@ impl Engine<'_> {
                 continue;
             }
             if cfg.sparse {
-                // anchors a step at a time from where the last cover ended, so the bytes a
-                // cover spans are never hashed (a covered file is mostly such bytes). After
-                // a jump to a cover's end the windows that start up to w - 1 grams before it
-                // are computed too, so the anchors at or after `cur` are those of the whole
-                // block; `next` skips the ones a step saw already.
-                // A step starts small after a jump and doubles while the steps follow one
-                // another (fewer calls where covers are short or absent).
+                // Anchors a step at a time from where the last cover ended, so the bytes a
+                // cover spans are never hashed (a covered file is mostly such bytes). A step
+                // starts small after a jump to a cover's end and doubles while the steps
+                // follow one another (fewer calls where covers are short or absent). After a
+                // jump the windows that start up to w - 1 grams before it are computed too,
+                // so the anchors at or after `cur` are those of the whole block; `next`
+                // skips the ones a step saw already.
                 let (mut x, mut next, mut step) = (from, from, SPARSE_STEP);
                 while x < blk_end {
                     let jumped = cur > x;

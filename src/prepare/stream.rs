@@ -315,17 +315,12 @@ fn pack_window(
                 source,
             }
         })?;
-    let segs = &planned.blueprint.segments;
-    let literals: u64 = segs
-        .iter()
-        .filter(|s| s.src == Source::Raw)
-        .map(|s| s.len as u64)
-        .sum();
+    let literals = planned.blueprint.stats().raw_spill;
     price.keep(&f.path, bits, literals * 8 < window.len() as u64);
-    // Pass-through: nothing of the snapshot matched and samples do not compress, so the
-    // window goes as stored raw blocks straight from its bytes (no coder trials, no copies
-    // through the blueprint's spill and the streams).
-    if segs.iter().all(|s| s.src == Source::Raw) {
+    // Pass-through: nothing of the snapshot matched (the whole window is literals) and
+    // samples do not compress, so the window goes as stored raw blocks straight from its
+    // bytes (no coder trials, no copies through the blueprint's spill and the streams).
+    if literals == window.len() as u64 {
         let bits = if fresh {
             bits
         } else {
