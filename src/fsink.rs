@@ -1728,7 +1728,7 @@ mod tests {
         let mut off = 0usize;
         let mut k = 1u64;
         while off < len {
-            if k % 2 == 0 {
+            if k.is_multiple_of(2) {
                 let n = 1000.min(len - off);
                 let b: Vec<u8> = (0..n).map(|i| (i as u64 * 7 + k) as u8).collect();
                 s.write_raw(0, off as u64, &b).unwrap();
