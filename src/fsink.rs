@@ -670,17 +670,18 @@ fn write_at(o: &mut Out, fi: u32, off: u64, bytes: &[u8]) -> Result<bool, SinkEr
     use std::os::unix::fs::FileExt;
     let len = bytes.len();
     let end = off.checked_add(len as u64);
-    let (Some(file), Some(_), None) = (o.file.as_ref(), o.map.as_ref(), o.buf.as_ref()) else {
-        return Ok(false);
-    };
-    if len < PWRITE_MIN || o.lazy || end.is_some_and(|e| e <= o.populated) {
+    let mapped = o.file.is_some() && o.map.is_some() && o.buf.is_none() && !o.lazy;
+    if !mapped || len < PWRITE_MIN || end.is_some_and(|e| e <= o.populated) {
         return Ok(false);
     }
     if end.is_none_or(|e| e > o.size) {
         return Err(SinkError::OutOfRange { file: fi, off, len });
     }
-    file.write_all_at(bytes, off)?;
+    // The journal goes before the bytes change (as in `span_mut`): a crash between the two
+    // must not leave a journal vouching for a prefix this write altered.
     mark_written(o);
+    let file = o.file.as_ref().expect("checked above");
+    file.write_all_at(bytes, off)?;
     o.pwritten = true;
     Ok(true)
 }
@@ -1704,8 +1705,8 @@ mod tests {
 
     #[test]
     fn long_pieces_are_written_with_pwrite_and_read_back_through_the_map() {
-        // A file of long snapshot pieces (pwrite) and short raw pieces (the map), out of
-        // order: the map shows every byte (one page cache), nothing is populated ahead once
+        // A file of long snapshot pieces (pwrite) and short raw pieces (the map), in
+        // turn: the map shows every byte (one page cache), nothing is populated ahead once
         // pwrite took a piece, a piece past the end is refused, and the committed file is
         // exactly what was written.
         let len: usize = 3 << 20;
