@@ -79,6 +79,9 @@ pub struct PfsConfig {
     /// AF_XDP: poll the sockets instead of sleeping on them (busy poll; a core per polling
     /// thread, for hosts with cores to spare).
     pub busy_poll: Option<bool>,
+    /// Sender (AF_XDP): the receiver's answers on kernel UDP (`kernel`: no XDP program on
+    /// the sending interface), through the program (`xdp`), or `auto`.
+    pub xdp_answers: Option<crate::driver::options::Answers>,
     /// Sender: packed transfer `auto`, `always` or `never`.
     pub pack: Option<PackPolicy>,
     /// Sender: planner preset for files planned on the fly: `fast`, `default` or `max`.
@@ -275,6 +278,7 @@ impl PfsConfig {
             xdp_threads,
             cpus,
             busy_poll,
+            xdp_answers,
             pack,
             level,
             sync,
@@ -314,6 +318,7 @@ impl PfsConfig {
             xdp_mode: Some(XdpMode::Auto),
             xdp_threads: Some(Threads::Auto),
             busy_poll: Some(false),
+            xdp_answers: Some(crate::driver::options::Answers::Auto),
             pack: Some(PackPolicy::Auto),
             level: Some(crate::blueprint::Level::Fast),
             sync: Some(true),

@@ -106,6 +106,7 @@ fn xdp_link(c: &PfsConfig, iface: &str, port: u16) -> xdp::XdpLink {
     link.threads = c.xdp_threads.unwrap_or(Threads::Auto);
     link.cpus = c.cpus.clone().unwrap_or_default();
     link.busy_poll = c.busy_poll.unwrap_or(false);
+    link.answers = c.xdp_answers.unwrap_or_default();
     link
 }
 
@@ -167,6 +168,14 @@ pub struct SendArgs {
     ports: Option<u16>,
     #[command(flatten)]
     xdp: XdpArgs,
+    /// How the receiver's answers (Accept, Acks, Nacks) reach this sender (AF_XDP
+    /// transport): kernel UDP sockets on the sending ports, so the sending interface gets
+    /// no XDP program (a faster start and end: attaching and detaching one each waits out
+    /// a kernel RCU grace period), or xdp: the steering program and the AF_XDP rings.
+    /// auto: kernel when the session thread drives the sockets and the ports are free,
+    /// else xdp [default: auto].
+    #[arg(long, value_enum)]
+    xdp_answers: Option<packetfs::driver::options::Answers>,
     /// Link budget, e.g. 1gbit, 500mbit, 100MB (bytes/s); the protocol's own pacing never
     /// exceeds it.
     #[arg(long)]
@@ -221,6 +230,7 @@ impl SendArgs {
             receiver_key: self.receiver_key,
             known_receivers: self.known_receivers,
             resume: self.no_resume.then_some(false),
+            xdp_answers: self.xdp_answers,
             ..Default::default()
         };
         self.xdp.into_config(&mut c);

@@ -30,6 +30,9 @@ pub struct XskConfig {
     pub bind: BindMode,
     /// Back the UMEM with huge pages (needs /proc/sys/vm/nr_hugepages reserved).
     pub huge_pages: bool,
+    /// The socket receives: half the UMEM (at most a ring) feeds the fill ring. False for
+    /// a socket that only transmits (no program steers frames to it): every frame sends.
+    pub receive: bool,
 }
 
 impl Default for XskConfig {
@@ -41,6 +44,7 @@ impl Default for XskConfig {
             batch: 64,
             bind: BindMode::Auto,
             huge_pages: false,
+            receive: true,
         }
     }
 }
@@ -74,8 +78,12 @@ impl XskConfig {
         Ok(())
     }
 
-    /// Frames handed to the fill ring (receive side): half the UMEM, at most one ring.
+    /// Frames handed to the fill ring (receive side): half the UMEM, at most one ring;
+    /// none for a socket that only transmits.
     pub fn rx_frames(&self) -> u32 {
+        if !self.receive {
+            return 0;
+        }
         (self.frame_count / 2).min(self.ring_size)
     }
 
@@ -131,6 +139,17 @@ mod tests {
         ] {
             assert!(c.validate().is_err(), "{c:?}");
         }
+    }
+
+    #[test]
+    fn a_transmit_only_umem_gives_every_frame_to_transmission() {
+        let c = XskConfig {
+            receive: false,
+            ..XskConfig::default()
+        };
+        c.validate().unwrap();
+        assert_eq!(c.rx_frames(), 0);
+        assert_eq!(c.tx_frames(), c.frame_count);
     }
 
     #[test]

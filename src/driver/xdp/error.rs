@@ -42,6 +42,17 @@ pub enum XdpError {
         #[source]
         source: io::Error,
     },
+    /// `--xdp-answers kernel` and a port of the sender's is taken on this host.
+    #[error("--xdp-answers kernel: cannot bind UDP {ip}:{port} for the receiver's answers: {source} (another process holds the port; choose another --dst port, or --xdp-answers xdp)")]
+    Answers {
+        ip: std::net::Ipv4Addr,
+        port: u16,
+        #[source]
+        source: io::Error,
+    },
+    /// `--xdp-answers kernel` where only the program can do the work.
+    #[error("--xdp-answers kernel cannot be used here: {0}")]
+    AnswersNeedSession(&'static str),
     #[error("spawning the AF_XDP workers: {0}")]
     Workers(#[source] io::Error),
     /// Before the session ran (building the sender, the output directory).

@@ -48,6 +48,16 @@ impl TxFinish {
     }
 }
 
+/// The UDP ports a sender's frames leave from (and the receiver answers to), for a range
+/// of `nports` from `port`: each port of the range in `ports` mode (see
+/// [`Flow::transmit`]: queue `q` uses `port + q % nports`), else `port` alone.
+pub fn sender_ports(spread: Spread, port: u16, nports: u16) -> Vec<u16> {
+    match spread {
+        Spread::Ports => (0..nports.max(1)).map(|k| port + k).collect(),
+        _ => vec![port],
+    }
+}
+
 /// The addressing state of one side of a session.
 #[derive(Debug, Clone)]
 pub struct Flow {
@@ -255,6 +265,22 @@ mod tests {
         assert_eq!(f.addrs_on(addrs(47000), 5).dst_port, 47001);
         let f = Flow::sender(addrs(47000), Spread::Scatter, 4, 1500, 0);
         assert_eq!(f.addrs_on(addrs(47000), 5).dst_port, 47000);
+    }
+
+    /// The ports a sender takes answers on are exactly the source ports its frames use
+    /// (the receiver answers to those), on every queue and in every spread.
+    #[test]
+    fn answer_ports_are_the_source_ports_of_the_senders_frames() {
+        for spread in [Spread::Ports, Spread::Scatter, Spread::Queues] {
+            let f = Flow::sender(addrs(47000), spread, 3, 1500, 0);
+            let ports = sender_ports(spread, 47000, 3);
+            let mut used: Vec<u16> = (0..16)
+                .map(|q| f.addrs_on(addrs(47000), q).src_port)
+                .collect();
+            used.sort_unstable();
+            used.dedup();
+            assert_eq!(used, ports, "{spread:?}");
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! [`XdpServiceIo`]: one [`Flow`] per session (the addresses and reply queue learnt from
 //! its frames), every socket on the service's one thread.
 
+use super::answers::KernelAnswers;
 use super::error::XdpError;
 use super::flow::{Build, Flow, TxQueues};
 use super::marks::StartMarks;
@@ -66,7 +67,17 @@ fn queue_busy(e: &xsk::XskError) -> bool {
     e.to_string().contains("(os error 16)")
 }
 
-/// The steering program and the sockets of one side.
+/// What the steering program of a side steers: the port range, the attach mode, and the
+/// receive-side impairments of tests (drop, flip; parts per million).
+#[derive(Debug, Clone, Copy)]
+pub struct SteerSpec {
+    pub ports: PortRange,
+    pub mode: XdpMode,
+    pub impair: (u32, u32),
+}
+
+/// The steering program and the sockets of one side; or, for a sender that takes its
+/// answers on kernel UDP ([`KernelAnswers`]), the sockets (transmitting) and those.
 pub struct XdpIo {
     // Field order is drop order: sockets leave the XSKMAP before the program detaches.
     socks: Vec<XskSocket>,
@@ -74,12 +85,16 @@ pub struct XdpIo {
     tx_frames: Vec<u64>,
     bad_frames: u64,
     busy_poll: bool,
-    steer: Steering,
+    answers: Option<KernelAnswers>,
+    steer: Option<Steering>,
+    iface: String,
 }
 
 impl XdpIo {
-    /// Attach the program to `iface`, steer `ports` and bind one socket per queue of
-    /// `queues` with `xc`. Run in the interface's network namespace.
+    /// Bind one socket per queue of `queues` with `xc` and, with `steer`, attach the
+    /// program to `iface` and steer its ports into them (without: the sockets transmit
+    /// only; see [`XdpIo::set_answers`]). Run in the interface's
+    /// network namespace.
     ///
     /// The steps run side by side, so set-up takes the longest of them, not their sum: each
     /// socket is created and bound on a thread of its own (populating its UMEM is most of
@@ -87,9 +102,7 @@ impl XdpIo {
     pub fn open(
         iface: &str,
         queues: &[u32],
-        ports: PortRange,
-        mode: XdpMode,
-        (impair_drop_ppm, impair_flip_ppm): (u32, u32),
+        steer: Option<SteerSpec>,
         xc: &XskConfig,
         marks: &StartMarks,
     ) -> Result<Self, XdpError> {
@@ -114,17 +127,9 @@ impl XdpIo {
                         })
                 })
                 .collect();
-            let steer = (|| -> Result<Steering, XdpError> {
-                let loaded = Steering::load()?;
-                marks.mark("program loaded");
-                let mut steer = loaded.attach(iface, mode)?;
-                marks.mark(format_args!("link attached ({} mode)", steer.mode()));
-                steer.set_ports(ports)?;
-                if impair_drop_ppm > 0 || impair_flip_ppm > 0 {
-                    steer.set_impairments(impair_drop_ppm, impair_flip_ppm)?;
-                }
-                Ok(steer)
-            })();
+            let steer = steer
+                .map(|spec| attach_program(iface, spec, marks))
+                .transpose();
             let socks: Vec<_> = binders
                 .into_iter()
                 .map(|b| match b {
@@ -135,22 +140,66 @@ impl XdpIo {
             (steer, socks)
         });
         // The program's error first (it names the interface's problems), then the sockets'.
-        let mut steer = steer?;
+        let steer = steer?;
         let socks = socks.into_iter().collect::<Result<Vec<_>, _>>()?;
-        for s in &socks {
-            steer.set_socket(s.queue(), s)?;
-        }
-        marks.mark("set-up done (sockets in the XSKMAP)");
-        tracing::info!(iface, ?queues, mode = %steer.mode(), "AF_XDP sockets bound");
         let n = socks.len();
-        Ok(XdpIo {
+        let mut io = XdpIo {
             socks,
             rx_frames: vec![0; n],
             tx_frames: vec![0; n],
             bad_frames: 0,
             busy_poll: false,
-            steer,
-        })
+            answers: None,
+            steer: None,
+            iface: iface.to_string(),
+        };
+        match steer {
+            Some(steer) => io.steer_into_sockets(steer, marks)?,
+            None => {
+                marks.mark("set-up done (sockets bound, no program)");
+                tracing::info!(
+                    iface,
+                    ?queues,
+                    "AF_XDP sockets bound (transmit; no program)"
+                );
+            }
+        }
+        Ok(io)
+    }
+
+    /// Put every socket into `steer`'s XSKMAP and keep the program.
+    fn steer_into_sockets(
+        &mut self,
+        mut steer: Steering,
+        marks: &StartMarks,
+    ) -> Result<(), XdpError> {
+        for s in &self.socks {
+            steer.set_socket(s.queue(), s)?;
+        }
+        marks.mark("set-up done (sockets in the XSKMAP)");
+        tracing::info!(iface = %self.iface, queues = ?self.queues(), mode = %steer.mode(), "AF_XDP sockets bound");
+        self.steer = Some(steer);
+        Ok(())
+    }
+
+    /// Take the session's answers on `answers` (kernel UDP) instead of the rx rings: for a
+    /// sender opened without a program.
+    pub fn set_answers(&mut self, mut answers: KernelAnswers) {
+        if self.busy_poll {
+            answers.set_busy_poll();
+        }
+        tracing::info!(iface = %self.iface, ports = ?answers.ports(), "answers over kernel UDP (no XDP program on this interface)");
+        self.answers = Some(answers);
+    }
+
+    /// The kernel UDP answers, if this side takes them so.
+    pub fn answers(&self) -> Option<&KernelAnswers> {
+        self.answers.as_ref()
+    }
+
+    /// The interface.
+    pub fn iface(&self) -> &str {
+        &self.iface
     }
 
     /// The bound queues.
@@ -167,6 +216,9 @@ impl XdpIo {
             .map(|s| s.set_busy_poll())
             .filter(|&t| t)
             .count();
+        if let Some(a) = &mut self.answers {
+            a.set_busy_poll();
+        }
         tracing::info!(
             sockets = self.socks.len(),
             options_taken = taken,
@@ -185,9 +237,10 @@ impl XdpIo {
         self.socks.first().map_or(1, |s| s.batch())
     }
 
-    /// The steering program (counters, notice).
-    pub fn steering(&self) -> &Steering {
-        &self.steer
+    /// The steering program (counters, notice); None on a sender taking its answers on
+    /// kernel UDP.
+    pub fn steering(&self) -> Option<&Steering> {
+        self.steer.as_ref()
     }
 
     /// Hand the sockets over (to the workers); the program stays attached.
@@ -223,6 +276,10 @@ impl XdpIo {
         ep: &mut E,
         budget: usize,
     ) -> (usize, bool) {
+        if let Some(a) = &mut self.answers {
+            // No program: nothing reaches the rx rings.
+            return a.receive(ep, budget);
+        }
         let mut got = 0;
         let mut accepted = false;
         for i in 0..self.socks.len() {
@@ -329,8 +386,16 @@ impl FramePath for SessionPath<'_> {
         Ok(self.io.receive(self.flow, ep, budget))
     }
     fn wait(&mut self, d: Duration) -> Result<(), DriverError> {
-        if !d.is_zero() {
-            xsk::wait_any(&mut self.io.socks, d)?;
+        if d.is_zero() {
+            return Ok(());
+        }
+        match &self.io.answers {
+            Some(a) => {
+                a.wait(d).map_err(DriverError::Io)?;
+            }
+            None => {
+                xsk::wait_any(&mut self.io.socks, d)?;
+            }
         }
         Ok(())
     }
@@ -438,15 +503,19 @@ impl ServiceIo for XdpServiceIo {
     }
 
     fn xdp_stats(&self) -> Option<XdpLive> {
-        Some(xdp_live(self.io.steering(), &self.io.stats()))
+        Some(xdp_live(
+            self.io.iface(),
+            self.io.steering(),
+            &self.io.stats(),
+        ))
     }
 }
 
 /// The metrics' view of the AF_XDP layer: the program's counters and each socket's.
-pub fn xdp_live(steer: &Steering, st: &PathStats) -> XdpLive {
+pub fn xdp_live(iface: &str, steer: Option<&Steering>, st: &PathStats) -> XdpLive {
     XdpLive {
-        iface: steer.iface().to_string(),
-        steer: steer.counters().unwrap_or_default(),
+        iface: iface.to_string(),
+        steer: steer.and_then(|s| s.counters().ok()).unwrap_or_default(),
         queues: st
             .queues
             .iter()
@@ -464,4 +533,18 @@ pub fn xdp_live(steer: &Steering, st: &PathStats) -> XdpLive {
             .collect(),
         bad_frames: st.bad_frames,
     }
+}
+
+/// Load the program, attach it to `iface` and set its ports (and impairments).
+fn attach_program(iface: &str, spec: SteerSpec, marks: &StartMarks) -> Result<Steering, XdpError> {
+    let loaded = Steering::load()?;
+    marks.mark("program loaded");
+    let mut steer = loaded.attach(iface, spec.mode)?;
+    marks.mark(format_args!("link attached ({} mode)", steer.mode()));
+    steer.set_ports(spec.ports)?;
+    let (drop_ppm, flip_ppm) = spec.impair;
+    if drop_ppm > 0 || flip_ppm > 0 {
+        steer.set_impairments(drop_ppm, flip_ppm)?;
+    }
+    Ok(steer)
 }

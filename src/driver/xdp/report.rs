@@ -57,8 +57,10 @@ pub struct XdpReport {
     /// Received frames that reached the session thread after a higher sequence number
     /// (before it put each gathered round in order; workers only).
     pub reordered: u64,
-    /// The steering program's counters on this side's interface.
+    /// The steering program's counters on this side's interface (zero without one).
     pub steer: Counters,
+    /// A sender taking its answers on kernel UDP (no program): datagrams received there.
+    pub kernel_answers: Option<u64>,
     /// Frames that reached a socket but were not Ethernet/IPv4/UDP with valid checksums.
     pub bad_frames: u64,
     /// Why native XDP was refused, if it was.

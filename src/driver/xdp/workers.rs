@@ -791,7 +791,7 @@ impl ServiceIo for WorkersServiceIo<'_, '_> {
     fn xdp_stats(&self) -> Option<XdpLive> {
         let st = self.set.live_stats();
         let steer = self.set.steering();
-        Some(super::io::xdp_live(steer, &st))
+        Some(super::io::xdp_live(steer.iface(), Some(steer), &st))
     }
 }
 
@@ -808,8 +808,16 @@ pub fn run<R>(
     f: impl FnOnce(&mut WorkerSet<'_>) -> R,
 ) -> std::io::Result<(R, PathStats)> {
     let busy = io.busy_poll();
+    // The workers receive on their rings: only behind the program (a sender taking its
+    // answers on kernel UDP runs on the session thread).
+    let no_program =
+        || std::io::Error::other("the AF_XDP workers need the steering program on the interface");
+    if io.steering().is_none() {
+        return Err(no_program());
+    }
     let socks = io.take_sockets();
     let io: &XdpIo = io;
+    let steer = io.steering().ok_or_else(no_program)?;
     let shared = socks
         .iter()
         .enumerate()
@@ -837,7 +845,7 @@ pub fn run<R>(
         let out = match spawn_err {
             Some(e) => Err(e),
             None => {
-                let mut set = WorkerSet::new(&shared, flow, io.steering());
+                let mut set = WorkerSet::new(&shared, flow, steer);
                 set.busy = busy;
                 let r = f(&mut set);
                 Ok((r, set.reordered))

@@ -1,0 +1,248 @@
+//! The AF_XDP sender's answers over kernel UDP ([`KernelAnswers`]).
+//!
+//! A sender transmits its frames on AF_XDP but receives only a few: the receiver's Accept,
+//! Acks, Nacks and Close. Taking those on ordinary UDP sockets bound to the sender's
+//! source ports leaves the sending interface without an XDP program: no load, no attach
+//! and no detach, each of which waits in the kernel (the attach rewrites the XDP
+//! dispatcher and waits a full RCU grace period, 8-15 ms on the project's VMs; the
+//! detach again; docs/XDP.md "Start-up"). The AF_XDP sockets still transmit: a socket
+//! needs no program to send.
+//!
+//! The receiver answers from its AF_XDP sockets to the address and port the sender's
+//! frames came from, with a valid IPv4 checksum and a UDP checksum of 0 (allowed for
+//! IPv4), so the sending host's stack delivers them to these sockets.
+
+use crate::proto::Endpoint;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+/// Enough for any UDP datagram (answers are far smaller; nothing is ever truncated).
+const DATAGRAM_MAX: usize = 65536;
+
+/// Non-blocking UDP sockets on the sender's source ports, read by the session thread.
+pub struct KernelAnswers {
+    socks: Vec<UdpSocket>,
+    buf: Box<[u8]>,
+    received: u64,
+    busy_poll: bool,
+}
+
+impl std::fmt::Debug for KernelAnswers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelAnswers")
+            .field("socks", &self.socks)
+            .field("received", &self.received)
+            .finish()
+    }
+}
+
+impl KernelAnswers {
+    /// Bind one non-blocking UDP socket to `ip`:`port` for each of `ports`. Fails (the
+    /// caller names the port) when one is taken on this host.
+    pub fn bind(ip: Ipv4Addr, ports: &[u16]) -> Result<Self, (u16, io::Error)> {
+        let socks = ports
+            .iter()
+            .map(|&p| {
+                let s = UdpSocket::bind(SocketAddrV4::new(ip, p)).map_err(|e| (p, e))?;
+                s.set_nonblocking(true).map_err(|e| (p, e))?;
+                Ok(s)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(KernelAnswers {
+            socks,
+            buf: vec![0u8; DATAGRAM_MAX].into_boxed_slice(),
+            received: 0,
+            busy_poll: false,
+        })
+    }
+
+    /// The bound ports.
+    pub fn ports(&self) -> Vec<u16> {
+        self.socks
+            .iter()
+            .filter_map(|s| s.local_addr().ok().map(|a| a.port()))
+            .collect()
+    }
+
+    /// Datagrams received so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Wait by polling instead of sleeping (see [`KernelAnswers::wait`]).
+    pub fn set_busy_poll(&mut self) {
+        self.busy_poll = true;
+    }
+
+    /// Hand up to `budget` waiting datagrams to `ep`; returns how many were read and
+    /// whether the endpoint accepted any.
+    pub fn receive<E: Endpoint + ?Sized>(&mut self, ep: &mut E, budget: usize) -> (usize, bool) {
+        let t = Instant::now();
+        let (mut got, mut accepted) = (0, false);
+        for s in &self.socks {
+            while got < budget {
+                match s.recv_from(&mut self.buf) {
+                    Ok((n, from)) => {
+                        got += 1;
+                        ep.note_source(from.ip());
+                        if ep.handle_datagram(t, &mut self.buf[..n]) {
+                            accepted = true;
+                        }
+                    }
+                    // Nothing waiting (WouldBlock), or an error queued on the socket: an
+                    // unconnected UDP socket reports none of the ICMP kind, so whatever it
+                    // is ends this round; the session's timers keep it going.
+                    Err(e) => {
+                        if e.kind() != io::ErrorKind::WouldBlock {
+                            tracing::debug!("kernel UDP answer socket: {e}");
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        self.received += got as u64;
+        (got, accepted)
+    }
+
+    /// Until a datagram waits on one of the sockets or `timeout` passes; true when one
+    /// waits. Busy-poll mode polls without sleeping.
+    pub fn wait(&self, timeout: Duration) -> io::Result<bool> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let ready = |ms: PollTimeout| -> io::Result<bool> {
+            let mut fds: Vec<PollFd<'_>> = self
+                .socks
+                .iter()
+                .map(|s| PollFd::new(s.as_fd(), PollFlags::POLLIN))
+                .collect();
+            match poll(&mut fds, ms) {
+                Ok(n) => Ok(n > 0),
+                Err(nix::errno::Errno::EINTR) => Ok(false),
+                Err(e) => Err(e.into()),
+            }
+        };
+        if !self.busy_poll {
+            // poll's millisecond timeout, rounded up: never a spin of zero-length waits.
+            let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+            return ready(PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX));
+        }
+        let until = Instant::now() + timeout;
+        loop {
+            if ready(PollTimeout::ZERO)? {
+                return Ok(true);
+            }
+            if Instant::now() >= until {
+                return Ok(false);
+            }
+            std::hint::spin_loop();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{Endpoint, Event, Failure, Stats};
+    use std::net::IpAddr;
+
+    /// An endpoint that keeps what it is handed and accepts datagrams starting with `b'A'`.
+    #[derive(Default)]
+    struct Keep {
+        got: Vec<Vec<u8>>,
+        from: Vec<Ipv4Addr>,
+        stats: Stats,
+    }
+    impl Endpoint for Keep {
+        fn handle_datagram(&mut self, _now: Instant, d: &mut [u8]) -> bool {
+            self.got.push(d.to_vec());
+            d.first() == Some(&b'A')
+        }
+        fn note_source(&mut self, src: IpAddr) {
+            if let IpAddr::V4(a) = src {
+                self.from.push(a);
+            }
+        }
+        fn handle_timeout(&mut self, _now: Instant) {}
+        fn poll_transmit(&mut self, _now: Instant, _buf: &mut [u8]) -> Option<usize> {
+            None
+        }
+        fn poll_timeout(&self) -> Option<Instant> {
+            None
+        }
+        fn poll_event(&mut self) -> Option<Event> {
+            None
+        }
+        fn is_closed(&self) -> bool {
+            false
+        }
+        fn stats(&self) -> &Stats {
+            &self.stats
+        }
+        fn outcome(&self) -> Option<Result<(), Failure>> {
+            None
+        }
+        fn cancel(&mut self, _now: Instant) {}
+    }
+
+    /// Datagrams sent to the bound ports reach the endpoint whole, with their source; the
+    /// budget bounds a round; a quiet socket's wait times out; a taken port is named.
+    #[test]
+    fn datagrams_on_the_bound_ports_reach_the_endpoint() {
+        let lo = Ipv4Addr::LOCALHOST;
+        // Two free ports: bind ephemeral sockets, note their ports, free them.
+        let ports: Vec<u16> = (0..2)
+            .map(|_| {
+                UdpSocket::bind((lo, 0))
+                    .unwrap()
+                    .local_addr()
+                    .unwrap()
+                    .port()
+            })
+            .collect();
+        let mut a = match KernelAnswers::bind(lo, &ports) {
+            Ok(a) => a,
+            // Another process took a port between the probe and the bind: nothing to test.
+            Err((p, e)) => return eprintln!("skipped: port {p}: {e}"),
+        };
+        assert_eq!(a.ports(), ports);
+        let mut ep = Keep::default();
+        assert!(
+            !a.wait(Duration::from_millis(1)).unwrap(),
+            "nothing sent yet"
+        );
+        assert_eq!(a.receive(&mut ep, 8), (0, false));
+
+        let tx = UdpSocket::bind((lo, 0)).unwrap();
+        let big = vec![b'B'; 9000];
+        tx.send_to(b"A-first", (lo, ports[0])).unwrap();
+        tx.send_to(&big, (lo, ports[1])).unwrap();
+        tx.send_to(b"n", (lo, ports[1])).unwrap();
+        assert!(a.wait(Duration::from_secs(5)).unwrap());
+        // Loopback delivers at once; a budget of 2 leaves the third for the next round.
+        let mut seen = 0;
+        let mut accepted = false;
+        for _ in 0..1000 {
+            let (n, acc) = a.receive(&mut ep, 2);
+            assert!(n <= 2, "a round took {n} datagrams past its budget of 2");
+            seen += n;
+            accepted |= acc;
+            if seen == 3 {
+                break;
+            }
+            a.wait(Duration::from_millis(10)).unwrap();
+        }
+        assert_eq!(seen, 3);
+        assert!(accepted);
+        assert_eq!(a.received(), 3);
+        assert_eq!(ep.got[0], b"A-first");
+        assert_eq!(ep.got[1], big, "a 9000 B datagram arrives whole");
+        assert_eq!(ep.got[2], b"n");
+        assert_eq!(ep.from, vec![lo; 3]);
+
+        let e = KernelAnswers::bind(lo, &ports[..1]).unwrap_err();
+        assert_eq!(e.0, ports[0]);
+        assert_eq!(e.1.kind(), io::ErrorKind::AddrInUse);
+    }
+}
