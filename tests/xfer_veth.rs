@@ -162,6 +162,7 @@ struct Run<'a> {
     /// Extra arguments for both sides (`--mode`, `--queues`, `--ports`).
     both: Vec<String>,
     recv_extra: Vec<String>,
+    send_extra: Vec<String>,
     recv_snapshot: PathBuf,
     /// The sender's snapshot (the fixture's `snap` unless a test needs another).
     send_snapshot: Option<PathBuf>,
@@ -239,6 +240,7 @@ fn transfer(pair: &NetnsPair, run: &Run) -> Outcome {
         .arg("--metrics")
         .arg(&sm)
         .args(&run.both)
+        .args(&run.send_extra)
         .args(if insecure { vec![] } else { keys.send_flags() })
         .args(&run.files)
         .output()
@@ -289,18 +291,31 @@ fn xdp_run(both: &[&str], files: Vec<PathBuf>) -> Run<'static> {
         transport: "xdp",
         both: both.iter().map(|s| s.to_string()).collect(),
         recv_extra: Vec::new(),
+        send_extra: Vec::new(),
         recv_snapshot: fixture().snap(),
         send_snapshot: None,
         files,
     }
 }
 
+/// Both sides ran over AF_XDP: the receiver's program steered frames to its sockets; the
+/// sender took the answers on kernel UDP with no program on its interface (the default
+/// with the session thread) or through its program; no socket saw a bad descriptor.
 fn check_xdp_metrics(o: &Outcome) {
-    for m in [&o.send_metrics, &o.recv_metrics] {
+    for (m, sender) in [(&o.send_metrics, true), (&o.recv_metrics, false)] {
         let m = m.as_ref().expect("a metrics line");
         assert_eq!(m["transport"], "xdp", "{m}");
         let x = &m["xdp"];
-        assert!(x["steer"]["steered"].as_u64().unwrap() > 0, "{x}");
+        let steered = x["steer"]["steered"].as_u64().unwrap();
+        match x["kernel_answers"].as_u64() {
+            Some(n) => {
+                assert!(sender, "a receiver always steers: {x}");
+                assert!(n > 0, "no answer arrived on kernel UDP: {x}");
+                assert_eq!(x["xdp_mode"], "no program", "{x}");
+                assert_eq!(steered, 0, "{x}");
+            }
+            None => assert!(steered > 0, "{x}"),
+        }
         for q in x["queues"].as_array().unwrap() {
             assert_eq!(q["xdp"]["rx_invalid_descs"], 0, "{q}");
             assert_eq!(q["xdp"]["tx_invalid_descs"], 0, "{q}");
@@ -447,6 +462,7 @@ fn udp_transport_over_veth() {
         transport: "udp",
         both: Vec::new(),
         recv_extra: Vec::new(),
+        send_extra: Vec::new(),
         recv_snapshot: fx.snap(),
         send_snapshot: None,
         files: fx.all(),
@@ -853,6 +869,7 @@ fn a_capture_of_a_keyed_transfer_holds_no_file_bytes_nor_its_name() {
                 Vec::new()
             },
             recv_extra: Vec::new(),
+            send_extra: Vec::new(),
             recv_snapshot: fx.snap(),
             send_snapshot: None,
             files: vec![file.clone()],
@@ -900,11 +917,18 @@ fn xdp_startup_marks_name_each_step() {
     let fx = fixture();
     let pair = NetnsPair::new(2, 1500).expect("netns pair");
     let f = fx.all()[0].clone();
-    let o = transfer(
-        &pair,
-        &xdp_run(&["-vv", "--mode", "scatter"], vec![f.clone()]),
-    );
-    assert_bit_exact(&o, &[f]);
+    for answers in ["kernel", "xdp"] {
+        let mut run = xdp_run(&["-vv", "--mode", "scatter"], vec![f.clone()]);
+        run.send_extra = vec!["--xdp-answers".into(), answers.into()];
+        let o = transfer(&pair, &run);
+        assert_bit_exact(&o, std::slice::from_ref(&f));
+        check_startup_marks(&pair, &o, answers == "xdp");
+    }
+    assert_nothing_attached(&pair);
+}
+
+/// The start-up marks of both sides (`program`: the sender attached its program too).
+fn check_startup_marks(pair: &NetnsPair, o: &Outcome, program: bool) {
     let (recv, send) = (text(&o.recv), text(&o.send));
     let if_a = pair.iface(Side::A);
     let if_b = pair.iface(Side::B);
@@ -924,22 +948,88 @@ fn xdp_startup_marks_name_each_step() {
             "recv mark {step:?} missing:\n{recv}"
         );
     }
-    for step in [
+    let mut steps = vec![
         "snapshot mapped".to_string(),
         "addresses resolved".into(),
-        "program loaded".into(),
-        "link attached (native mode)".into(),
         format!("socket bound {if_a} q0"),
         format!("socket bound {if_a} q1"),
-        "set-up done".into(),
         "first frame sent".into(),
-    ] {
-        assert!(
-            send.lines()
-                .any(|l| l.contains("pfs::startup") && l.contains("send +") && l.contains(&step)),
-            "send mark {step:?} missing:\n{send}"
-        );
+    ];
+    if program {
+        steps.extend([
+            "program loaded".into(),
+            "link attached (native mode)".into(),
+            "set-up done (sockets in the XSKMAP)".into(),
+        ]);
+    } else {
+        steps.push("set-up done (sockets bound, no program)".into());
     }
+    let marked = |step: &str| {
+        send.lines()
+            .any(|l| l.contains("pfs::startup") && l.contains("send +") && l.contains(step))
+    };
+    for step in &steps {
+        assert!(marked(step), "send mark {step:?} missing:\n{send}");
+    }
+    if !program {
+        assert!(!marked("program loaded"), "no program expected:\n{send}");
+    }
+}
+
+/// A sender whose port is taken on its host (here by a UDP socket bound in namespace A):
+/// `--xdp-answers kernel` refuses with an error naming the address, port and the way
+/// out, and leaves nothing attached; `auto` takes the answers through the program instead
+/// and the files arrive.
+#[test]
+fn xdp_answers_fall_back_to_the_program_when_the_port_is_taken() {
+    if skip() {
+        return;
+    }
+    let fx = fixture();
+    let pair = NetnsPair::new(2, 1500).expect("netns pair");
+    let ip = pair.addr(Side::A);
+    let holder = pair.run_in(Side::A, move || std::net::UdpSocket::bind((ip, 47000)));
+    let _holder = holder.expect("bind the sender's port in namespace A");
+    let f = fx.file("bash");
+
+    // Refused at set-up, before any frame: no receiver needed.
+    let send = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &pair.ns(Side::A),
+            PFS,
+            "send",
+            "--transport",
+            "xdp",
+        ])
+        .args([
+            "--iface",
+            &pair.iface(Side::A),
+            "--xdp-answers",
+            "kernel",
+            "--insecure",
+        ])
+        .args(["--dst", &pair.addr(Side::B).to_string()])
+        .arg("--snapshot")
+        .arg(fx.snap())
+        .arg(&f)
+        .output()
+        .expect("run pfs send");
+    assert!(!send.status.success(), "{}", text(&send));
+    let err = String::from_utf8_lossy(&send.stderr);
+    assert!(
+        err.contains(&format!("{ip}:47000")) && err.contains("--xdp-answers xdp"),
+        "{err}"
+    );
+    assert_nothing_attached(&pair);
+
+    let o = transfer(&pair, &xdp_run(&["--mode", "scatter"], vec![f.clone()]));
+    assert_bit_exact(&o, std::slice::from_ref(&f));
+    check_xdp_metrics(&o);
+    let x = &o.send_metrics.as_ref().unwrap()["xdp"];
+    assert!(x["kernel_answers"].is_null(), "{x}");
+    assert!(x["steer"]["steered"].as_u64().unwrap() > 0, "{x}");
     assert_nothing_attached(&pair);
 }
 

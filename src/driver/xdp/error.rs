@@ -43,7 +43,7 @@ pub enum XdpError {
         source: io::Error,
     },
     /// `--xdp-answers kernel` and a port of the sender's is taken on this host.
-    #[error("--xdp-answers kernel: cannot bind UDP {ip}:{port} for the receiver's answers: {source} (another process holds the port; choose another --dst port, or --xdp-answers xdp)")]
+    #[error("--xdp-answers kernel: cannot bind UDP {ip}:{port} for the receiver's answers (another process may hold the port: choose another --dst port, or --xdp-answers xdp)")]
     Answers {
         ip: std::net::Ipv4Addr,
         port: u16,

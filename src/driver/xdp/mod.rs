@@ -2,16 +2,18 @@
 //! sockets behind the XDP steering program, run by the session core
 //! ([`crate::driver::session`]) on one of two frame paths.
 //!
-//! Each side attaches the steering program to its interface with the PacketFS port range
-//! and binds one AF_XDP socket per queue it uses, put into the XSKMAP entry of that queue
-//! (the sender too: the receiver's Accept, Acks and Nacks come back through it)
-//! ([`io::XdpIo`]). Who drives the sockets ([`Threads`]): the session thread alone
+//! Each side binds one AF_XDP socket per queue it uses ([`io::XdpIo`]). The receiver
+//! attaches the steering program to its interface with the PacketFS port range and puts
+//! each socket into the XSKMAP entry of its queue. The sender takes the receiver's Accept,
+//! Acks and Nacks on kernel UDP sockets on its source ports ([`answers`]; `--xdp-answers`)
+//! and attaches nothing, so its sockets only transmit; a sender with workers, or whose
+//! ports are taken on its host, attaches the program as the receiver does. Who drives the sockets ([`Threads`]): the session thread alone
 //! ([`io::SessionPath`]), or one pinned worker per queue ([`workers`]) with the session
 //! thread running the state machine. Both paths build frames through the session's
 //! [`flow::Flow`] (addresses, queue choice), lent to whichever runs.
 //!
-//! Files: [`io`] sockets and steering; [`workers`] the per-queue threads; [`flow`] the flow
-//! addressing; [`netdev`] MAC, IPv4, neighbour and queue queries; [`report`] what the
+//! Files: [`io`] sockets and steering; [`answers`] a sender's answers on kernel UDP;
+//! [`workers`] the per-queue threads; [`flow`] the flow addressing; [`netdev`] MAC, IPv4, neighbour and queue queries; [`report`] what the
 //! AF_XDP layer saw; [`marks`] the start-up marks (debug log); [`error`] what can go wrong.
 //!
 //! Start-up: [`io::XdpIo::open`] binds each queue's socket on a thread of its own while
