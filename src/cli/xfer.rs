@@ -1077,7 +1077,7 @@ fn with_report<S>(
         Err(xdp::XdpError::Run { error, report: r }) => {
             print_xdp(&r);
             *report = Some(*r);
-            Ok(Err(error))
+            Ok(Err(*error))
         }
         Err(e) => Err(e.into()),
     }

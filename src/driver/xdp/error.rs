@@ -62,7 +62,7 @@ pub enum XdpError {
     /// (Displayed as the error itself: its sources are the error's.)
     #[error("{error}")]
     Run {
-        error: DriverError,
+        error: Box<DriverError>,
         report: Box<XdpReport>,
     },
 }

@@ -431,7 +431,7 @@ impl Side {
         match r? {
             Ok(s) => Ok((s, report)),
             Err(error) => Err(XdpError::Run {
-                error,
+                error: Box::new(error),
                 report: Box::new(report),
             }),
         }
