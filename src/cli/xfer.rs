@@ -799,10 +799,11 @@ it was expected to hold key {} (is that its key? does its authorized-senders fil
     }
     if s.streamed_files > 0 {
         println!(
-            "  {} file(s) streamed (planned and packed while the session ran), {} direct; stream {}",
+            "  {} file(s) streamed (planned and packed while the session ran), {} direct; stream {}, at most {} held for repairs",
             s.streamed_files,
             s.direct_files,
             human_bytes(s.stream_bytes),
+            human_bytes(s.stats.stream_held_peak),
         );
     } else {
         println!(

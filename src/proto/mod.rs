@@ -54,6 +54,7 @@ pub mod receiver;
 mod resume;
 pub mod sender;
 pub mod sink;
+mod streambuf;
 pub mod table;
 
 pub use hashpipe::HashThread;
@@ -499,6 +500,10 @@ pub struct Stats {
     /// Files continued after a prefix the receiver held, and the bytes not sent again.
     pub resumed_files: u64,
     pub resumed_bytes: u64,
+    /// Sender: the most stream bytes held at once for repairs (streams are released below
+    /// the receiver's cumulative acknowledgement, so this stays near what is in flight and
+    /// ahead, whatever the files' sizes).
+    pub stream_held_peak: u64,
 }
 
 /// A built datagram's last step, left to the thread that sends it where the frame path has

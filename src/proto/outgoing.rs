@@ -9,6 +9,7 @@
 //! pushed, and the void after a finished stream's end record is skipped, never sent.
 
 use super::rangeset::RangeSet;
+use super::streambuf::{ChunkPool, StreamBuf};
 use crate::blueprint::{Blueprint, Source};
 use crate::wire::payload::{Attrs, EntryKind, FileEntry, FileMode, GramWriter, StreamEnd};
 use std::collections::VecDeque;
@@ -106,8 +107,9 @@ enum Body {
         /// Spill offset of each segment (meaningful for raw segments).
         spill_starts: Vec<usize>,
     },
-    /// Packed, or streamed: the stream bytes there so far.
-    Stream { bytes: Vec<u8>, finished: bool },
+    /// Packed, or streamed: the stream bytes there so far (those below the receiver's
+    /// cumulative acknowledgement released).
+    Stream { bytes: StreamBuf, finished: bool },
 }
 
 struct File {
@@ -130,7 +132,7 @@ impl File {
             Body::Stream {
                 bytes,
                 finished: false,
-            } => bytes.len() as u64,
+            } => bytes.len(),
             _ => self.slen,
         }
     }
@@ -153,6 +155,13 @@ pub(crate) struct Outgoing {
     /// Per file: kind, attributes, link target (all regular files without attributes
     /// unless [`Outgoing::set_meta`] was called).
     meta: Vec<EntryMeta>,
+    /// Released stream chunks, for the next bytes of the streamed files.
+    pool: ChunkPool,
+    /// The first file whose stream bytes are not all released.
+    release_file: usize,
+    /// Stream bytes held now (pushed or given, not released), and the most at once.
+    held: u64,
+    held_peak: u64,
 }
 
 impl Outgoing {
@@ -214,7 +223,7 @@ impl Outgoing {
                         start,
                         slen: stream.len() as u64,
                         body: Body::Stream {
-                            bytes: stream,
+                            bytes: StreamBuf::whole(stream),
                             finished: true,
                         },
                     }
@@ -231,8 +240,8 @@ impl Outgoing {
                         start,
                         slen: bound,
                         body: Body::Stream {
-                            // Kept whole for retransmission: on huge pages (no 4 KiB faults).
-                            bytes: crate::bigbuf::huge_vec(bound),
+                            // Held in chunks until acknowledged (`release`).
+                            bytes: StreamBuf::default(),
                             finished: false,
                         },
                     }
@@ -254,7 +263,20 @@ impl Outgoing {
             recent_repairs: VecDeque::new(),
             open_stream: 0,
             meta: Vec::new(),
+            pool: ChunkPool::default(),
+            release_file: 0,
+            held: 0,
+            held_peak: 0,
         };
+        o.held = o
+            .files
+            .iter()
+            .map(|f| match &f.body {
+                Body::Stream { bytes, .. } => bytes.held(),
+                Body::Direct { .. } => 0,
+            })
+            .sum();
+        o.held_peak = o.held;
         o.meta = vec![EntryMeta::default(); o.files.len()];
         o.advance_open_stream();
         Ok(o)
@@ -335,7 +357,7 @@ impl Outgoing {
                 Body::Stream {
                     bytes,
                     finished: true,
-                } if f.mode == FileMode::Streamed => (f.mode, bytes.len() as u64),
+                } if f.mode == FileMode::Streamed => (f.mode, bytes.len()),
                 _ => (f.mode, f.slen),
             })
             .collect()
@@ -358,10 +380,12 @@ impl Outgoing {
         if f.mode != FileMode::Streamed {
             return Err(SendError::NotStreamed { file });
         }
-        if (bytes.len() + block.len() + StreamEnd::LEN) as u64 > slen {
+        if bytes.len() + (block.len() + StreamEnd::LEN) as u64 > slen {
             return Err(SendError::StreamOverflow { file, bound: slen });
         }
-        bytes.extend_from_slice(block);
+        bytes.push(block, &mut self.pool);
+        self.held += block.len() as u64;
+        self.held_peak = self.held_peak.max(self.held);
         Ok(())
     }
 
@@ -378,10 +402,12 @@ impl Outgoing {
         if f.mode != FileMode::Streamed || *finished {
             return Err(SendError::NotStreamed { file });
         }
-        if (bytes.len() + StreamEnd::LEN) as u64 > slen {
+        if bytes.len() + StreamEnd::LEN as u64 > slen {
             return Err(SendError::StreamOverflow { file, bound: slen });
         }
-        bytes.extend_from_slice(&StreamEnd { hash }.to_bytes());
+        bytes.push(&StreamEnd { hash }.to_bytes(), &mut self.pool);
+        self.held += StreamEnd::LEN as u64;
+        self.held_peak = self.held_peak.max(self.held);
         *finished = true;
         f.hash = Some(hash);
         self.advance_open_stream();
@@ -428,21 +454,27 @@ impl Outgoing {
             let (seg_starts, spill_starts, bp) = match &f.body {
                 Body::Stream { bytes, finished } => {
                     let off = s - f.start;
-                    let have = bytes.len() as u64;
-                    if off >= have {
+                    if off >= bytes.len() {
                         if *finished {
                             s = (f.start + f.slen).min(e); // the void after the end record
                             continue;
                         }
                         return s; // not pushed yet
                     }
-                    let fend = (e - f.start).min(have);
-                    let chunk = &bytes[off as usize..fend as usize];
+                    if off < bytes.released() {
+                        // Acknowledged already (a range asked for below the cumulative
+                        // acknowledgement): nothing to send.
+                        s = (f.start + bytes.released()).min(e);
+                        continue;
+                    }
+                    // The held bytes up to `e` or the end of their chunk; the loop goes on
+                    // into the next chunk.
+                    let chunk = bytes.slice(off, e - f.start);
                     let k = w.push_raw(fi as u32, off, chunk);
                     if k < chunk.len() {
                         return s + k as u64;
                     }
-                    s = f.start + fend;
+                    s += chunk.len() as u64;
                     continue;
                 }
                 Body::Direct {
@@ -485,6 +517,36 @@ impl Outgoing {
             s = f.start + off;
         }
         s
+    }
+
+    /// The receiver holds every stream byte below `cum`: release the streams' bytes below
+    /// it (never past the first-pass cursor: only bytes sent can have been received), so
+    /// their chunks carry the next ones.
+    pub fn release(&mut self, cum: u64) {
+        let upto = cum.min(self.cursor);
+        while let Some(f) = self.files.get_mut(self.release_file) {
+            if f.start >= upto {
+                return;
+            }
+            let done = match &mut f.body {
+                Body::Stream { bytes, finished } => {
+                    let before = bytes.held();
+                    bytes.release(upto - f.start, &mut self.pool);
+                    self.held -= before - bytes.held();
+                    *finished && bytes.held() == 0
+                }
+                Body::Direct { .. } => f.start + f.slen <= upto,
+            };
+            if !done {
+                return;
+            }
+            self.release_file += 1;
+        }
+    }
+
+    /// Stream bytes held by the streamed and packed files now, and the most held at once.
+    pub fn held(&self) -> (u64, u64) {
+        (self.held, self.held_peak)
     }
 
     /// Fill `w` with repairs (`repair`) or first-pass data; returns the stream bytes carried.

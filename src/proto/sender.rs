@@ -142,6 +142,11 @@ impl Sender {
         self.out.finish_file(file, hash)
     }
 
+    /// Stream bytes pushed but not yet sent once (what the first pass has ahead of it).
+    pub fn unsent(&self) -> u64 {
+        self.out.ready_end().saturating_sub(self.out.cursor)
+    }
+
     /// Every streamed file is finished.
     pub fn all_pushed(&self) -> bool {
         self.out.all_ready()
@@ -347,6 +352,7 @@ impl Sender {
             return;
         };
         self.out.repair.remove(0, ack.cum.min(self.out.total));
+        self.out.release(ack.cum);
         if let Some(r) = ranges {
             self.stats.nacks += 1;
             // The newest NACK is the receiver's whole view of its holes: it replaces the
@@ -396,6 +402,7 @@ impl Sender {
     pub fn stats_now(&self) -> Stats {
         let mut s = self.stats.clone();
         s.rate = self.pacing.pacer.rate();
+        s.stream_held_peak = self.out.held().1;
         s
     }
 }
