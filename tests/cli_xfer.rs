@@ -336,3 +336,65 @@ fn an_altered_snapshot_is_refused_at_start_by_both_commands() {
     );
     assert!(!serr.contains("panicked") && !rerr.contains("panicked"));
 }
+
+/// A file much larger than the sender's lead (16 MiB of unsent stream, `PULL_AHEAD`) is
+/// streamed whole and bit-exact while the sender holds only part of it at any time: bytes
+/// the receiver acknowledged are released and the producer's blocks wait in the channel.
+#[test]
+fn a_large_streamed_file_arrives_while_the_sender_holds_a_bounded_part() {
+    let d = tempfile::tempdir().unwrap();
+    let snap = build_snapshot(d.path(), "snap", "3");
+    let src = d.path().join("big");
+    // 64 MiB the snapshot does not cover (xorshift noise): the stream is the file's bytes.
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let data: Vec<u8> = (0..64 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(&src, &data).unwrap();
+    let out = d.path().join("out");
+    let m = d.path().join("m.jsonl");
+    let keys = KeyFiles::create(d.path());
+    let (rx, port, err) = start_recv(&snap, &out, &m, &keys.recv_flags());
+    let s = pfs()
+        .arg("send")
+        .args(keys.send_flags())
+        .args(["--transport", "udp", "--snapshot", &snap])
+        .args(["--dst", &format!("127.0.0.1:{port}"), "--metrics"])
+        .arg(&m)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(
+        s.status.success(),
+        "sender: {}",
+        String::from_utf8_lossy(&s.stderr)
+    );
+    let (r, _) = finish(rx, err);
+    assert!(r.status.success(), "receiver failed");
+    assert!(
+        std::fs::read(out.join("big")).unwrap() == data,
+        "big differs"
+    );
+    let lines = std::fs::read_to_string(&m).unwrap();
+    let sent: serde_json::Value = lines
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["kind"] == "send")
+        .expect("the sender's metrics line");
+    assert_eq!(sent["streamed_files"], 1, "{sent}");
+    let peak = sent["stats"]["stream_held_peak"].as_u64().unwrap();
+    let stream = sent["stream_bytes"].as_u64().unwrap();
+    eprintln!("stream {stream} B, held at most {peak} B");
+    assert!(peak > 0, "{sent}");
+    assert!(
+        peak <= stream * 3 / 4,
+        "the sender held {peak} of a {stream} B stream at once"
+    );
+    let summary = String::from_utf8_lossy(&s.stdout);
+    assert!(summary.contains("held for repairs"), "{summary}");
+}
