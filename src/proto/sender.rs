@@ -900,7 +900,6 @@ mod tests {
         s.out.release(total);
         assert_eq!(s.out.held().0, total);
 
-        let now = Instant::now();
         let mut buf = vec![0u8; 9000];
         let first_pass_to = 3 * CHUNK as u64;
         while s.out.cursor < first_pass_to {
