@@ -1089,3 +1089,73 @@ fn xdp_tampered_frames_are_dropped_counted_and_repaired() {
         assert_nothing_attached(&pair);
     }
 }
+
+/// A firewall on the sending host that drops the receiver's UDP answers (an iptables rule
+/// in namespace A): the default sender (answers on kernel UDP) gives up at the handshake
+/// and says that nothing came back and what to try; with `--xdp-answers xdp` the program
+/// takes the answers before the firewall sees them and the file arrives.
+#[test]
+fn a_firewall_dropping_the_answers_is_named_and_the_program_gets_past_it() {
+    if skip() {
+        return;
+    }
+    let fx = fixture();
+    let pair = NetnsPair::new(2, 1500).expect("netns pair");
+    let added = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &pair.ns(Side::A),
+            "iptables",
+            "-A",
+            "INPUT",
+        ])
+        .args(["-p", "udp", "--dport", "47000", "-j", "DROP"])
+        .output();
+    match added {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            return eprintln!(
+                "skipped: iptables refused a rule in the test namespace: {}",
+                String::from_utf8_lossy(&o.stderr)
+            )
+        }
+        Err(e) => return eprintln!("skipped: no iptables here: {e}"),
+    }
+    let f = fx.file("bash");
+    let work = tempfile::tempdir().unwrap();
+    let keys = common::keys::KeyFiles::create(work.path());
+    // No receiver is needed for the failure: nothing can come back either way.
+    let send = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &pair.ns(Side::A),
+            PFS,
+            "send",
+            "--transport",
+            "xdp",
+        ])
+        .args(["--iface", &pair.iface(Side::A)])
+        .args(["--dst", &pair.addr(Side::B).to_string()])
+        .arg("--snapshot")
+        .arg(fx.snap())
+        .args(keys.send_flags())
+        .arg(&f)
+        .output()
+        .expect("run pfs send");
+    assert!(!send.status.success(), "{}", text(&send));
+    let err = String::from_utf8_lossy(&send.stderr);
+    assert!(
+        err.contains("nothing came back to this host's UDP port 47000")
+            && err.contains("--xdp-answers xdp"),
+        "{err}"
+    );
+
+    let mut run = xdp_run(&["--mode", "scatter"], vec![f.clone()]);
+    run.send_extra = vec!["--xdp-answers".into(), "xdp".into()];
+    let o = transfer(&pair, &run);
+    assert_bit_exact(&o, std::slice::from_ref(&f));
+    check_xdp_metrics(&o);
+    assert_nothing_attached(&pair);
+}

@@ -752,20 +752,29 @@ pub fn send(a: SendArgs, origin: Instant) -> anyhow::Result<ExitCode> {
                 &metrics,
                 &json!({"kind": "send", "transport": tname, "ok": false, "reason": failure.to_string(), "summary": summary, "xdp": report}),
             );
+            // An AF_XDP sender that took its answers on kernel UDP and got none: a firewall on
+            // this host may drop them (the program would take them before it).
+            let silent = match report.as_ref().and_then(|r| r.kernel_answers) {
+                Some(0) => format!(
+                    "; nothing came back to this host's UDP port {} (a firewall here may drop it: try --xdp-answers xdp)",
+                    dst.port()
+                ),
+                _ => String::new(),
+            };
             if let (packetfs::proto::Reason::HandshakeTimeout { ms }, Security::Sender(k)) =
                 (&failure.reason, &security)
             {
                 bail!(
                     "send failed: the receiver at {dst} did not complete the handshake within {ms} ms; \
-it was expected to hold key {} (is that its key? does its authorized-senders file list this sender's key {}? same --psk-file on both sides?)",
+it was expected to hold key {} (is that its key? does its authorized-senders file list this sender's key {}? same --psk-file on both sides?){silent}",
                     k.receiver.to_base64(),
                     k.identity.public().to_base64()
                 );
             }
             let named = failure.reason.file().and_then(|i| names.get(i as usize));
             match named {
-                Some(p) => bail!("send failed: {failure} ({p})"),
-                None => bail!("send failed: {failure}"),
+                Some(p) => bail!("send failed: {failure} ({p}){silent}"),
+                None => bail!("send failed: {failure}{silent}"),
             }
         }
         Err(e) => return Err(e.into()),
