@@ -667,6 +667,10 @@ fn xdp_one_pinned_worker_per_queue_and_the_session_thread_alone() {
         "no receiver worker opened: {rs:?}"
     );
     assert_eq!(rm["security"]["counters"]["tag_failures"], 0, "{rm}");
+    // The sender's workers only transmit: the answers came on kernel UDP (its reader
+    // thread), with no program on the sending interface.
+    assert!(sm["xdp"]["kernel_answers"].as_u64().unwrap() > 0, "{sm}");
+    assert_eq!(sm["xdp"]["xdp_mode"], "no program", "{sm}");
     assert_nothing_attached(&pair);
 
     // The session thread alone: no workers in the report, same result on the disk.

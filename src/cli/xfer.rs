@@ -172,8 +172,8 @@ pub struct SendArgs {
     /// transport): kernel UDP sockets on the sending ports, so the sending interface gets
     /// no XDP program (a faster start and end: attaching and detaching one each waits out
     /// a kernel RCU grace period), or xdp: the steering program and the AF_XDP rings.
-    /// auto: kernel when the session thread drives the sockets and the ports are free,
-    /// else xdp [default: auto].
+    /// auto: kernel when the ports are free on this host, else xdp. A firewall here that
+    /// drops the receiver's UDP needs xdp [default: auto].
     #[arg(long, value_enum)]
     xdp_answers: Option<packetfs::driver::options::Answers>,
     /// Link budget, e.g. 1gbit, 500mbit, 100MB (bytes/s); the protocol's own pacing never

@@ -92,18 +92,17 @@ impl Threads {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Answers {
-    /// Kernel UDP when the session thread drives the sockets, else the steering program;
-    /// also the program when the sender's ports are taken on this host (said in the log).
+    /// Kernel UDP, or the steering program where the sender's ports are taken on this host
+    /// (said in the log) or a test impairment needs the program.
     #[default]
     Auto,
     /// Kernel UDP sockets on the sender's ports: the sending interface gets no XDP program,
     /// so the send starts without the program's attach and ends without its detach (each
-    /// waits out an RCU grace period in the kernel: 8-15 ms here). Needs the session thread
-    /// (`--xdp-threads session`, the default where workers would share cores) and a host
-    /// whose firewall lets the receiver's UDP in.
+    /// waits out an RCU grace period in the kernel: 8-15 ms here). With workers, a thread
+    /// of its own reads the answers. Needs a host whose firewall lets the receiver's UDP in.
     Kernel,
     /// The steering program on the sending interface, the answers on the AF_XDP sockets'
-    /// rx rings (what a sender with workers uses).
+    /// rx rings (past a host firewall that would drop the answers).
     Xdp,
 }
 

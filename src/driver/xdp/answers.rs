@@ -18,6 +18,9 @@ use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
+/// A datagram read off the answer sockets by the [`Reader`] thread: its source and bytes.
+pub type Answer = (std::net::IpAddr, Vec<u8>);
+
 /// Enough for any UDP datagram (answers are far smaller; nothing is ever truncated).
 const DATAGRAM_MAX: usize = 65536;
 
@@ -107,6 +110,29 @@ impl KernelAnswers {
         (got, accepted)
     }
 
+    /// Read every datagram waiting now into `out` (the [`Reader`] thread's round).
+    fn drain(&mut self, out: &crossbeam::queue::SegQueue<Answer>) -> usize {
+        let mut n = 0;
+        for s in &self.socks {
+            loop {
+                match s.recv_from(&mut self.buf) {
+                    Ok((len, from)) => {
+                        out.push((from.ip(), self.buf[..len].to_vec()));
+                        n += 1;
+                    }
+                    Err(e) => {
+                        if e.kind() != io::ErrorKind::WouldBlock {
+                            tracing::debug!("kernel UDP answer socket: {e}");
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        self.received += n as u64;
+        n
+    }
+
     /// Until a datagram waits on one of the sockets or `timeout` passes; true when one
     /// waits. Busy-poll mode polls without sleeping.
     pub fn wait(&self, timeout: Duration) -> io::Result<bool> {
@@ -138,6 +164,75 @@ impl KernelAnswers {
             }
             std::hint::spin_loop();
         }
+    }
+}
+
+/// The answers of a sender whose sockets the AF_XDP workers drive: a thread of its own
+/// sleeps on the answer sockets (and an eventfd that stops it), queues each datagram and
+/// unparks the session thread, which the workers also wake by unparking it.
+pub struct Reader {
+    queue: std::sync::Arc<crossbeam::queue::SegQueue<Answer>>,
+    stop: std::sync::Arc<nix::sys::eventfd::EventFd>,
+}
+
+impl Reader {
+    /// Start the thread in scope `sc`; it hands `answers` back when it ends
+    /// ([`Reader::stop`], then join it).
+    pub fn spawn<'scope, 'env>(
+        sc: &'scope std::thread::Scope<'scope, 'env>,
+        mut answers: KernelAnswers,
+        session: std::thread::Thread,
+    ) -> io::Result<(Reader, std::thread::ScopedJoinHandle<'scope, KernelAnswers>)> {
+        use nix::sys::eventfd::{EfdFlags, EventFd};
+        let stop = EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
+            .map_err(io::Error::from)?;
+        let r = Reader {
+            queue: Default::default(),
+            stop: std::sync::Arc::new(stop),
+        };
+        let (queue, stop) = (r.queue.clone(), r.stop.clone());
+        let h = std::thread::Builder::new()
+            .name("pfs-answers".into())
+            .spawn_scoped(sc, move || {
+                use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+                loop {
+                    if answers.drain(&queue) > 0 {
+                        session.unpark();
+                    }
+                    let mut fds: Vec<PollFd<'_>> = answers
+                        .socks
+                        .iter()
+                        .map(|s| PollFd::new(s.as_fd(), PollFlags::POLLIN))
+                        .collect();
+                    fds.push(PollFd::new(stop.as_fd(), PollFlags::POLLIN));
+                    match poll(&mut fds, PollTimeout::NONE) {
+                        Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                        Err(e) => {
+                            tracing::warn!("kernel UDP answers: poll failed: {e}");
+                            break;
+                        }
+                    }
+                    let stopped = fds
+                        .last()
+                        .and_then(|f| f.revents())
+                        .is_some_and(|r| r.contains(PollFlags::POLLIN));
+                    if stopped {
+                        break;
+                    }
+                }
+                answers
+            })?;
+        Ok((r, h))
+    }
+
+    /// The datagrams read so far and not yet taken.
+    pub fn queue(&self) -> &crossbeam::queue::SegQueue<Answer> {
+        &self.queue
+    }
+
+    /// Tell the thread to end (it returns its answers; join it).
+    pub fn stop(&self) {
+        let _ = self.stop.write(1);
     }
 }
 
@@ -241,8 +336,26 @@ mod tests {
         assert_eq!(ep.got[2], b"n");
         assert_eq!(ep.from, vec![lo; 3]);
 
+        // The reader thread: a datagram is queued and the waiting thread unparked; stop
+        // ends it and gives the sockets back (their count with them).
+        let me = std::thread::current();
+        let back = std::thread::scope(|sc| {
+            let (r, h) = Reader::spawn(sc, a, me).unwrap();
+            tx.send_to(b"A-again", (lo, ports[1])).unwrap();
+            let until = Instant::now() + Duration::from_secs(5);
+            while r.queue().is_empty() && Instant::now() < until {
+                std::thread::park_timeout(Duration::from_millis(100));
+            }
+            let (src, d) = r.queue().pop().expect("the datagram was queued");
+            assert_eq!((src, d.as_slice()), (IpAddr::V4(lo), &b"A-again"[..]));
+            r.stop();
+            h.join().unwrap()
+        });
+        assert_eq!(back.received(), 4);
+        // Still bound: the port stays taken.
         let e = KernelAnswers::bind(lo, &ports[..1]).unwrap_err();
         assert_eq!(e.0, ports[0]);
         assert_eq!(e.1.kind(), io::ErrorKind::AddrInUse);
+        drop(back);
     }
 }

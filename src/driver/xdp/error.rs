@@ -52,7 +52,7 @@ pub enum XdpError {
     },
     /// `--xdp-answers kernel` where only the program can do the work.
     #[error("--xdp-answers kernel cannot be used here: {0}")]
-    AnswersNeedSession(&'static str),
+    AnswersNeedProgram(&'static str),
     #[error("spawning the AF_XDP workers: {0}")]
     Workers(#[source] io::Error),
     /// Before the session ran (building the sender, the output directory).

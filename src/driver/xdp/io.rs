@@ -188,8 +188,12 @@ impl XdpIo {
         if self.busy_poll {
             answers.set_busy_poll();
         }
-        tracing::info!(iface = %self.iface, ports = ?answers.ports(), "answers over kernel UDP (no XDP program on this interface)");
         self.answers = Some(answers);
+    }
+
+    /// Hand the kernel UDP answers over (to the workers' reader thread).
+    pub fn take_answers(&mut self) -> Option<KernelAnswers> {
+        self.answers.take()
     }
 
     /// The kernel UDP answers, if this side takes them so.

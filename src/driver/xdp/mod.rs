@@ -6,8 +6,9 @@
 //! attaches the steering program to its interface with the PacketFS port range and puts
 //! each socket into the XSKMAP entry of its queue. The sender takes the receiver's Accept,
 //! Acks and Nacks on kernel UDP sockets on its source ports ([`answers`]; `--xdp-answers`)
-//! and attaches nothing, so its sockets only transmit; a sender with workers, or whose
-//! ports are taken on its host, attaches the program as the receiver does. Who drives the sockets ([`Threads`]): the session thread alone
+//! and attaches nothing, so its sockets only transmit (with workers, a reader thread
+//! takes the answers: [`answers::Reader`]); a sender whose ports are taken on its host
+//! attaches the program as the receiver does. Who drives the sockets ([`Threads`]): the session thread alone
 //! ([`io::SessionPath`]), or one pinned worker per queue ([`workers`]) with the session
 //! thread running the state machine. Both paths build frames through the session's
 //! [`flow::Flow`] (addresses, queue choice), lent to whichever runs.
@@ -302,7 +303,7 @@ impl Side {
         };
         // A sender's kernel UDP answers are bound first: where its ports are taken, `Auto`
         // still has the program to fall back to (its sockets then keep their fill frames).
-        let answers = match sender && kernel_answers(link, threads)? {
+        let answers = match sender && kernel_answers(link)? {
             true => bind_answers(link)?,
             false => None,
         };
@@ -332,6 +333,7 @@ impl Side {
             io.set_busy_poll();
         }
         if let Some(a) = answers {
+            tracing::info!(iface = %link.iface, ports = ?a.ports(), "answers over kernel UDP (no XDP program on this interface)");
             io.set_answers(a);
         }
         Ok(Side {
@@ -438,18 +440,14 @@ impl Side {
     }
 }
 
-/// Whether a sender with `link` driven by `threads` takes its answers on kernel UDP:
-/// `Auto` does when the session thread drives the sockets and no test impairment (a
-/// program feature) is asked for; `Kernel` insists and says why it cannot.
-fn kernel_answers(link: &XdpLink, threads: Threads) -> Result<bool, XdpError> {
+/// Whether a sender with `link` takes its answers on kernel UDP: `Auto` does unless a test
+/// impairment (a program feature) is asked for; `Kernel` insists and says why it cannot.
+fn kernel_answers(link: &XdpLink) -> Result<bool, XdpError> {
     let impaired = link.impair_drop_ppm > 0 || link.impair_flip_ppm > 0;
     match link.answers {
         Answers::Xdp => Ok(false),
-        Answers::Auto => Ok(threads != Threads::Workers && !impaired),
-        Answers::Kernel if threads == Threads::Workers => Err(XdpError::AnswersNeedSession(
-            "the workers receive on their AF_XDP rings (use --xdp-threads session)",
-        )),
-        Answers::Kernel if impaired => Err(XdpError::AnswersNeedSession(
+        Answers::Auto => Ok(!impaired),
+        Answers::Kernel if impaired => Err(XdpError::AnswersNeedProgram(
             "loss and bit-flip injection is done by the XDP program",
         )),
         Answers::Kernel => Ok(true),

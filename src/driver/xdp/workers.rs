@@ -42,6 +42,7 @@
 
 #![allow(unsafe_code)]
 
+use super::answers;
 use super::flow::{Build, Flow, TxFinish, TxQueues};
 use super::io::XdpIo;
 use super::report::{PathStats, QueueStats, WorkerStats};
@@ -52,7 +53,7 @@ use crate::steer::Steering;
 use crate::wire::pfs;
 use crate::wire::stack::{self, Addrs};
 use crate::xsk::{LentFrame, XskSocket, XskStats};
-use crossbeam::queue::ArrayQueue;
+use crossbeam::queue::{ArrayQueue, SegQueue};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd};
@@ -459,8 +460,13 @@ impl TxQueues for Handover<'_> {
 pub struct WorkerSet<'a> {
     sh: &'a [WorkerShared],
     flow: &'a mut Flow,
-    /// The steering program in front of the workers' sockets (its counters).
-    steer: &'a Steering,
+    /// The steering program in front of the workers' sockets (its counters); None on a
+    /// sender taking its answers on kernel UDP.
+    steer: Option<&'a Steering>,
+    /// The interface (for the metrics).
+    iface: &'a str,
+    /// A sender's answers read off kernel UDP by the [`answers::Reader`] thread.
+    answers: Option<&'a SegQueue<answers::Answer>>,
     /// The worker [`WorkerSet::receive_each`] starts at (round-robin).
     rr: usize,
     /// Per worker: received frames waiting for the merge, with when they were taken.
@@ -481,11 +487,18 @@ pub struct WorkerSet<'a> {
 }
 
 impl<'a> WorkerSet<'a> {
-    fn new(sh: &'a [WorkerShared], flow: &'a mut Flow, steer: &'a Steering) -> Self {
+    fn new(
+        sh: &'a [WorkerShared],
+        flow: &'a mut Flow,
+        io: &'a XdpIo,
+        answers: Option<&'a SegQueue<answers::Answer>>,
+    ) -> Self {
         WorkerSet {
             sh,
             flow,
-            steer,
+            steer: io.steering(),
+            iface: io.iface(),
+            answers,
             rr: 0,
             staged: (0..sh.len())
                 .map(|_| VecDeque::with_capacity(STAGE_MAX))
@@ -669,14 +682,32 @@ impl<'a> WorkerSet<'a> {
         }
     }
 
-    /// The steering program in front of the workers.
-    pub fn steering(&self) -> &Steering {
+    /// The steering program in front of the workers (None: a sender without one).
+    pub fn steering(&self) -> Option<&Steering> {
         self.steer
+    }
+
+    /// Hand the answers the reader thread queued to `ep`: (datagrams, any accepted).
+    fn take_answers<E: Endpoint + ?Sized>(&mut self, ep: &mut E, budget: usize) -> (usize, bool) {
+        let Some(q) = self.answers else {
+            return (0, false);
+        };
+        let t = Instant::now();
+        let (mut got, mut accepted) = (0, false);
+        while got < budget {
+            let Some((src, mut d)) = q.pop() else { break };
+            got += 1;
+            ep.note_source(src);
+            accepted |= ep.handle_datagram(t, &mut d);
+        }
+        (got, accepted)
     }
 
     /// Sleep until a worker passes frames on or `wait` passes.
     fn wait(&mut self, wait: Duration) {
-        if self.sh.iter().any(|w| !w.rx_out.is_empty()) {
+        if self.sh.iter().any(|w| !w.rx_out.is_empty())
+            || self.answers.is_some_and(|q| !q.is_empty())
+        {
             return;
         }
         let mut wait = wait;
@@ -688,7 +719,10 @@ impl<'a> WorkerSet<'a> {
         }
         if self.busy {
             let until = Instant::now() + wait;
-            while Instant::now() < until && self.sh.iter().all(|w| w.rx_out.is_empty()) {
+            while Instant::now() < until
+                && self.sh.iter().all(|w| w.rx_out.is_empty())
+                && self.answers.is_none_or(|q| q.is_empty())
+            {
                 std::hint::spin_loop();
             }
             return;
@@ -711,7 +745,9 @@ impl FramePath for WorkerSet<'_> {
         ep: &mut E,
         budget: usize,
     ) -> Result<(usize, bool), DriverError> {
-        Ok(WorkerSet::receive(self, ep, budget))
+        let (n, a) = self.take_answers(ep, budget);
+        let (m, b) = WorkerSet::receive(self, ep, budget.saturating_sub(n));
+        Ok((n + m, a || b))
     }
     fn wait(&mut self, d: Duration) -> Result<(), DriverError> {
         WorkerSet::wait(self, d);
@@ -790,8 +826,11 @@ impl ServiceIo for WorkersServiceIo<'_, '_> {
 
     fn xdp_stats(&self) -> Option<XdpLive> {
         let st = self.set.live_stats();
-        let steer = self.set.steering();
-        Some(super::io::xdp_live(steer.iface(), Some(steer), &st))
+        Some(super::io::xdp_live(
+            self.set.iface,
+            self.set.steering(),
+            &st,
+        ))
     }
 }
 
@@ -808,16 +847,11 @@ pub fn run<R>(
     f: impl FnOnce(&mut WorkerSet<'_>) -> R,
 ) -> std::io::Result<(R, PathStats)> {
     let busy = io.busy_poll();
-    // The workers receive on their rings: only behind the program (a sender taking its
-    // answers on kernel UDP runs on the session thread).
-    let no_program =
-        || std::io::Error::other("the AF_XDP workers need the steering program on the interface");
-    if io.steering().is_none() {
-        return Err(no_program());
-    }
     let socks = io.take_sockets();
-    let io: &XdpIo = io;
-    let steer = io.steering().ok_or_else(no_program)?;
+    // A sender taking its answers on kernel UDP: a reader thread queues them for the
+    // session thread (nothing reaches the workers' rings without a program).
+    let answers = io.take_answers();
+    let io_ref: &XdpIo = io;
     let shared = socks
         .iter()
         .enumerate()
@@ -832,8 +866,19 @@ pub fn run<R>(
         .collect();
     tracing::info!(workers = %map.join(" "), "AF_XDP workers");
     let session = std::thread::current();
+    let mut answers_back = None;
     let r = std::thread::scope(|sc| {
         let mut spawn_err = None;
+        let reader = match answers {
+            Some(a) => match answers::Reader::spawn(sc, a, session.clone()) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    spawn_err = Some(e);
+                    None
+                }
+            },
+            None => None,
+        };
         for (sock, sh) in socks.into_iter().zip(&shared) {
             let session = session.clone();
             let b = std::thread::Builder::new().name(format!("pfs-xsk-q{}", sh.queue()));
@@ -845,7 +890,8 @@ pub fn run<R>(
         let out = match spawn_err {
             Some(e) => Err(e),
             None => {
-                let mut set = WorkerSet::new(&shared, flow, steer);
+                let q = reader.as_ref().map(|(r, _)| r.queue());
+                let mut set = WorkerSet::new(&shared, flow, io_ref, q);
                 set.busy = busy;
                 let r = f(&mut set);
                 Ok((r, set.reordered))
@@ -854,8 +900,15 @@ pub fn run<R>(
         for sh in &shared {
             sh.stop();
         }
+        if let Some((r, h)) = reader {
+            r.stop();
+            answers_back = h.join().ok();
+        }
         out
     });
+    if let Some(a) = answers_back {
+        io.set_answers(a); // for the report's count
+    }
     let (r, reordered) = r?;
     let mut bad_frames = 0;
     let queues = shared
