@@ -1116,13 +1116,21 @@ fn print_xdp(r: &xdp::XdpReport) {
             None => format!("q{} rx {} tx {}", q.queue, q.rx_frames, q.tx_frames),
         })
         .collect();
+    // A sender without a program: its sockets transmit, the answers came on kernel UDP.
+    let (mode, steering) = match r.kernel_answers {
+        Some(n) => (
+            format!("transmit only, answers on kernel UDP: {n} datagrams"),
+            "none (no program on this interface)".to_string(),
+        ),
+        None => (format!("{} mode", r.xdp_mode), r.steer.to_string()),
+    };
     println!(
-        "xdp: {} ({} mode, {:?}) [{}]; steering {}; XDP_STATISTICS rx_dropped={} rx_ring_full={} rx_invalid_descs={} tx_invalid_descs={} fill_ring_empty={} tx_ring_empty={}; bad frames {}; reordered {}",
+        "xdp: {} ({}, {:?}) [{}]; steering {}; XDP_STATISTICS rx_dropped={} rx_ring_full={} rx_invalid_descs={} tx_invalid_descs={} fill_ring_empty={} tx_ring_empty={}; bad frames {}; reordered {}",
         r.iface,
-        r.xdp_mode,
+        mode,
         r.spread,
         per_q.join(", "),
-        r.steer,
+        steering,
         t.rx_dropped,
         t.rx_ring_full,
         t.rx_invalid_descs,
