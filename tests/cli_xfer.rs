@@ -140,6 +140,11 @@ fn a_snapshot_mismatch_is_refused_on_both_sides() {
 }
 
 fn send_one(snap: &str, port: u16, file: &Path, extra: &[String]) -> Output {
+    send_logged(snap, port, file, extra, Path::new("/dev/null"))
+}
+
+/// `pfs send` of `file` over loopback UDP, its metrics line appended to `metrics`.
+fn send_logged(snap: &str, port: u16, file: &Path, extra: &[String], metrics: &Path) -> Output {
     pfs()
         .arg("send")
         .args(extra)
@@ -151,8 +156,8 @@ fn send_one(snap: &str, port: u16, file: &Path, extra: &[String]) -> Output {
             "--dst",
             &format!("127.0.0.1:{port}"),
             "--metrics",
-            "/dev/null",
         ])
+        .arg(metrics)
         .arg(file)
         .output()
         .unwrap()
@@ -345,30 +350,14 @@ fn a_large_streamed_file_arrives_while_the_sender_holds_a_bounded_part() {
     let d = tempfile::tempdir().unwrap();
     let snap = build_snapshot(d.path(), "snap", "3");
     let src = d.path().join("big");
-    // 64 MiB the snapshot does not cover (xorshift noise): the stream is the file's bytes.
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    let data: Vec<u8> = (0..64 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    // 64 MiB the snapshot does not cover (noise): the stream is the file's bytes.
+    let data = common::Rng(7).bytes(64 << 20);
     std::fs::write(&src, &data).unwrap();
     let out = d.path().join("out");
     let m = d.path().join("m.jsonl");
     let keys = KeyFiles::create(d.path());
     let (rx, port, err) = start_recv(&snap, &out, &m, &keys.recv_flags());
-    let s = pfs()
-        .arg("send")
-        .args(keys.send_flags())
-        .args(["--transport", "udp", "--snapshot", &snap])
-        .args(["--dst", &format!("127.0.0.1:{port}"), "--metrics"])
-        .arg(&m)
-        .arg(&src)
-        .output()
-        .unwrap();
+    let s = send_logged(&snap, port, &src, &keys.send_flags(), &m);
     assert!(
         s.status.success(),
         "sender: {}",

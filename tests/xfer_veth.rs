@@ -980,6 +980,21 @@ fn check_startup_marks(pair: &NetnsPair, o: &Outcome, program: bool) {
     }
 }
 
+/// `pfs send` of `file` over AF_XDP from namespace A to B with `extra` flags, no receiver
+/// started (for runs that must fail before or at the handshake).
+fn send_alone(pair: &NetnsPair, file: &Path, extra: &[&str]) -> Output {
+    Command::new("ip")
+        .args(["netns", "exec", &pair.ns(Side::A), PFS, "send"])
+        .args(["--transport", "xdp", "--iface", &pair.iface(Side::A)])
+        .args(["--dst", &pair.addr(Side::B).to_string()])
+        .arg("--snapshot")
+        .arg(fixture().snap())
+        .args(extra)
+        .arg(file)
+        .output()
+        .expect("run pfs send")
+}
+
 /// A sender whose port is taken on its host (here by a UDP socket bound in namespace A):
 /// `--xdp-answers kernel` refuses with an error naming the address, port and the way
 /// out, and leaves nothing attached; `auto` takes the answers through the program instead
@@ -997,29 +1012,7 @@ fn xdp_answers_fall_back_to_the_program_when_the_port_is_taken() {
     let f = fx.file("bash");
 
     // Refused at set-up, before any frame: no receiver needed.
-    let send = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &pair.ns(Side::A),
-            PFS,
-            "send",
-            "--transport",
-            "xdp",
-        ])
-        .args([
-            "--iface",
-            &pair.iface(Side::A),
-            "--xdp-answers",
-            "kernel",
-            "--insecure",
-        ])
-        .args(["--dst", &pair.addr(Side::B).to_string()])
-        .arg("--snapshot")
-        .arg(fx.snap())
-        .arg(&f)
-        .output()
-        .expect("run pfs send");
+    let send = send_alone(&pair, &f, &["--xdp-answers", "kernel", "--insecure"]);
     assert!(!send.status.success(), "{}", text(&send));
     let err = String::from_utf8_lossy(&send.stderr);
     assert!(
@@ -1130,24 +1123,12 @@ fn a_firewall_dropping_the_answers_is_named_and_the_program_gets_past_it() {
     let work = tempfile::tempdir().unwrap();
     let keys = common::keys::KeyFiles::create(work.path());
     // No receiver is needed for the failure: nothing can come back either way.
-    let send = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &pair.ns(Side::A),
-            PFS,
-            "send",
-            "--transport",
-            "xdp",
-        ])
-        .args(["--iface", &pair.iface(Side::A)])
-        .args(["--dst", &pair.addr(Side::B).to_string()])
-        .arg("--snapshot")
-        .arg(fx.snap())
-        .args(keys.send_flags())
-        .arg(&f)
-        .output()
-        .expect("run pfs send");
+    let flags = keys.send_flags();
+    let send = send_alone(
+        &pair,
+        &f,
+        &flags.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
     assert!(!send.status.success(), "{}", text(&send));
     let err = String::from_utf8_lossy(&send.stderr);
     assert!(
