@@ -1,6 +1,7 @@
 //! `pfs recv --transport xdp` as a service (root only): one receiver process on a bridged
 //! segment with two sender hosts (namespaces, each with its own veth and its own AF_XDP
-//! sender), keys on, on the session thread and on the per-queue workers. Three sequential and two concurrent AF_XDP senders into the one
+//! sender), keys on, on the session thread and on the per-queue workers. Three sequential and three concurrent AF_XDP senders (two of them
+//! at once from one host: each sender takes its answers on kernel UDP ports of its own) into the one
 //! running receiver: every file bit-exact, the receiver still running after them; its
 //! Prometheus endpoint, scraped during the run, shows per-queue AF_XDP counters that moved;
 //! then SIGTERM -> exit 0 and no XDP program left on the receiver's interface. SIGINT
@@ -154,7 +155,8 @@ impl Drop for Receiver {
     }
 }
 
-/// An AF_XDP sender on sender host `i` (its own interface, its own program).
+/// An AF_XDP sender on sender host `i` (its own interface; no program: its answers come on
+/// kernel UDP ports of its own, so several may send from one host at once).
 fn send(star: &NetnsStar, i: usize, snap: &Path, keys: &KeyFiles, file: &Path) -> Child {
     send_with(star, i, snap, keys, file, &[])
 }
@@ -249,9 +251,16 @@ fn sequential_and_concurrent(threads: &str) {
     let mut rng = Rng(13);
     let snap_bytes = std::fs::read(snap.join("snapshot.bin")).unwrap();
     let mut files = Vec::new();
-    for (i, len) in [2_000_000usize, 1_500_000, 700_001, 1_200_000, 900_000]
-        .iter()
-        .enumerate()
+    for (i, len) in [
+        2_000_000usize,
+        1_500_000,
+        700_001,
+        1_200_000,
+        900_000,
+        1_100_000,
+    ]
+    .iter()
+    .enumerate()
     {
         let p = d.path().join(format!("f{i}"));
         let mut data = rng.bytes(*len);
@@ -307,24 +316,37 @@ fn sequential_and_concurrent(threads: &str) {
     });
     let rx_mid = per_queue(&mid, &iface, "rx_frames");
 
-    // Two concurrent sessions, one from each sender host.
+    // Three concurrent sessions: two from sender host 0 at once (one interface, each
+    // sender with its own answer port), one from host 1.
     let a = send(&star, 0, &snap, &keys, &files[3]);
+    let a2 = send(&star, 0, &snap, &keys, &files[5]);
     let b = send(&star, 1, &snap, &keys, &files[4]);
     // Scraped while they run: both hosts' sessions show up (active or ended).
     r.scrape_until("the concurrent sessions", |m| {
         get(m, "pfs_sessions_total") >= 4
     });
-    ok(a);
+    let (oa, oa2) = (ok(a), ok(a2));
     ok(b);
+    let port = |o: &Output| {
+        let s = String::from_utf8_lossy(&o.stdout).to_string();
+        let at = s.find("answers on kernel UDP port ").map(|i| i + 27);
+        at.map(|i| s[i..].split(':').next().unwrap_or("").to_string())
+            .unwrap_or_else(|| panic!("no kernel UDP answers in the summary:\n{s}"))
+    };
+    assert_ne!(
+        port(&oa),
+        port(&oa2),
+        "two senders of one host share a port"
+    );
     for f in &files {
         same(f, &out.join(f.file_name().unwrap()));
     }
     r.assert_running();
-    let after = r.scrape_until("five sessions ended ok", |m| {
-        get(m, "pfs_sessions_ended_total{outcome=\"ok\"}") == 5
+    let after = r.scrape_until("six sessions ended ok", |m| {
+        get(m, "pfs_sessions_ended_total{outcome=\"ok\"}") == 6
     });
-    assert_eq!(get(&after, "pfs_sessions_total"), 5);
-    assert_eq!(get(&after, "pfs_files_received_total"), 5);
+    assert_eq!(get(&after, "pfs_sessions_total"), 6);
+    assert_eq!(get(&after, "pfs_files_received_total"), 6);
     assert_eq!(
         get(&after, "pfs_file_bytes_received_total"),
         files
@@ -349,7 +371,7 @@ fn sequential_and_concurrent(threads: &str) {
     let (st, stdout) = r.stop();
     assert!(st.success(), "receiver exit {st:?}; stdout:\n{stdout}");
     assert!(
-        stdout.contains("stopped: 5 session(s) served (5 ok, 0 failed)"),
+        stdout.contains("stopped: 6 session(s) served (6 ok, 0 failed)"),
         "{stdout}"
     );
     let i2 = iface.clone();

@@ -169,11 +169,12 @@ pub struct SendArgs {
     #[command(flatten)]
     xdp: XdpArgs,
     /// How the receiver's answers (Accept, Acks, Nacks) reach this sender (AF_XDP
-    /// transport): kernel UDP sockets on the sending ports, so the sending interface gets
+    /// transport): kernel UDP sockets on ports the kernel picks (the frames leave from
+    /// them, so several senders may run on one host), so the sending interface gets
     /// no XDP program (a faster start and end: attaching and detaching one each waits out
     /// a kernel RCU grace period), or xdp: the steering program and the AF_XDP rings.
-    /// auto: kernel when the ports are free on this host, else xdp. A firewall here that
-    /// drops the receiver's UDP needs xdp [default: auto].
+    /// auto: kernel, else xdp where no UDP socket can be bound. A firewall here that drops
+    /// UDP from the receiver's port needs xdp, or a rule letting it in [default: auto].
     #[arg(long, value_enum)]
     xdp_answers: Option<packetfs::driver::options::Answers>,
     /// Link budget, e.g. 1gbit, 500mbit, 100MB (bytes/s); the protocol's own pacing never
@@ -754,10 +755,10 @@ pub fn send(a: SendArgs, origin: Instant) -> anyhow::Result<ExitCode> {
             );
             // An AF_XDP sender that took its answers on kernel UDP and got none: a firewall on
             // this host may drop them (the program would take them before it).
-            let silent = match report.as_ref().and_then(|r| r.kernel_answers) {
-                Some(0) => format!(
-                    "; nothing came back to this host's UDP port {} (a firewall here may drop it: try --xdp-answers xdp)",
-                    dst.port()
+            let silent = match report.as_ref() {
+                Some(r) if r.kernel_answers == Some(0) => format!(
+                    "; nothing came back to this host's UDP port {} (a firewall here may drop UDP from {dst}: let it in, or try --xdp-answers xdp)",
+                    join_ports(&r.kernel_answer_ports)
                 ),
                 _ => String::new(),
             };
@@ -1093,6 +1094,11 @@ fn with_report<S>(
     }
 }
 
+/// Ports as `a,b,c`.
+fn join_ports(p: &[u16]) -> String {
+    p.iter().map(u16::to_string).collect::<Vec<_>>().join(",")
+}
+
 /// One line about the AF_XDP layer for the summaries.
 fn print_xdp(r: &xdp::XdpReport) {
     let t = r.xdp_totals();
@@ -1119,7 +1125,10 @@ fn print_xdp(r: &xdp::XdpReport) {
     // A sender without a program: its sockets transmit, the answers came on kernel UDP.
     let (mode, steering) = match r.kernel_answers {
         Some(n) => (
-            format!("transmit only, answers on kernel UDP: {n} datagrams"),
+            format!(
+                "transmit only, answers on kernel UDP port {}: {n} datagrams",
+                join_ports(&r.kernel_answer_ports)
+            ),
             "none (no program on this interface)".to_string(),
         ),
         None => (format!("{} mode", r.xdp_mode), r.steer.to_string()),

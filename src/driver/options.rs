@@ -92,11 +92,13 @@ impl Threads {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Answers {
-    /// Kernel UDP, or the steering program where the sender's ports are taken on this host
+    /// Kernel UDP, or the steering program where no UDP socket can be bound on this host
     /// (said in the log) or a test impairment needs the program.
     #[default]
     Auto,
-    /// Kernel UDP sockets on the sender's ports: the sending interface gets no XDP program,
+    /// Kernel UDP sockets on ports the kernel picks, which the sender's frames then leave
+    /// from (several senders on one host never share one): the sending interface gets no
+    /// XDP program,
     /// so the send starts without the program's attach and ends without its detach (each
     /// waits out an RCU grace period in the kernel: 8-15 ms here). With workers, a thread
     /// of its own reads the answers. Needs a host whose firewall lets the receiver's UDP in.

@@ -1,8 +1,9 @@
 //! The AF_XDP sender's answers over kernel UDP ([`KernelAnswers`]).
 //!
 //! A sender transmits its frames on AF_XDP but receives only a few: the receiver's Accept,
-//! Acks, Nacks and Close. Taking those on ordinary UDP sockets bound to the sender's
-//! source ports leaves the sending interface without an XDP program: no load, no attach
+//! Acks, Nacks and Close. Taking those on ordinary UDP sockets (on ports the kernel picks,
+//! from which the sender's frames then leave: several senders on one host never share a
+//! port) leaves the sending interface without an XDP program: no load, no attach
 //! and no detach, each of which waits in the kernel (the attach rewrites the XDP
 //! dispatcher and waits a full RCU grace period, 8-15 ms on the project's VMs; the
 //! detach again; docs/XDP.md "Start-up"). The AF_XDP sockets still transmit: a socket
@@ -24,7 +25,8 @@ pub type Answer = (std::net::IpAddr, Vec<u8>);
 /// Enough for any UDP datagram (answers are far smaller; nothing is ever truncated).
 const DATAGRAM_MAX: usize = 65536;
 
-/// Non-blocking UDP sockets on the sender's source ports, read by the session thread.
+/// Non-blocking UDP sockets on the sender's source ports, read by the session thread (or
+/// by a [`Reader`] thread when workers drive the AF_XDP sockets).
 pub struct KernelAnswers {
     socks: Vec<UdpSocket>,
     buf: Box<[u8]>,
@@ -42,8 +44,15 @@ impl std::fmt::Debug for KernelAnswers {
 }
 
 impl KernelAnswers {
-    /// Bind one non-blocking UDP socket to `ip`:`port` for each of `ports`. Fails (the
-    /// caller names the port) when one is taken on this host.
+    /// Bind `n` non-blocking UDP sockets to `ip` on ports the kernel picks (free ones: no
+    /// other process, another `pfs send` included, holds them); [`KernelAnswers::ports`]
+    /// says which.
+    pub fn bind_any(ip: Ipv4Addr, n: usize) -> io::Result<Self> {
+        Self::bind(ip, &vec![0; n.max(1)]).map_err(|(_, e)| e)
+    }
+
+    /// Bind one non-blocking UDP socket to `ip`:`port` for each of `ports` (0: a port the
+    /// kernel picks). Fails (the caller names the port) when one is taken on this host.
     pub fn bind(ip: Ipv4Addr, ports: &[u16]) -> Result<Self, (u16, io::Error)> {
         let socks = ports
             .iter()
@@ -357,5 +366,19 @@ mod tests {
         assert_eq!(e.0, ports[0]);
         assert_eq!(e.1.kind(), io::ErrorKind::AddrInUse);
         drop(back);
+
+        // Ports the kernel picks: as many as asked, distinct, and distinct from another
+        // sender's on the same address.
+        let (x, y) = (
+            KernelAnswers::bind_any(lo, 3).unwrap(),
+            KernelAnswers::bind_any(lo, 1).unwrap(),
+        );
+        let mut all = x.ports();
+        all.extend(y.ports());
+        assert_eq!(all.len(), 4);
+        assert!(all.iter().all(|&p| p != 0));
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 4, "a port given twice");
     }
 }

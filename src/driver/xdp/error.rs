@@ -42,11 +42,10 @@ pub enum XdpError {
         #[source]
         source: io::Error,
     },
-    /// `--xdp-answers kernel` and a port of the sender's is taken on this host.
-    #[error("--xdp-answers kernel: cannot bind UDP {ip}:{port} for the receiver's answers (another process may hold the port: choose another --dst port, or --xdp-answers xdp)")]
+    /// `--xdp-answers kernel` and no UDP socket for the answers could be bound.
+    #[error("--xdp-answers kernel: cannot bind a UDP socket on {ip} for the receiver's answers (or use --xdp-answers xdp)")]
     Answers {
         ip: std::net::Ipv4Addr,
-        port: u16,
         #[source]
         source: io::Error,
     },

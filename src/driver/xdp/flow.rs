@@ -48,13 +48,12 @@ impl TxFinish {
     }
 }
 
-/// The UDP ports a sender's frames leave from (and the receiver answers to), for a range
-/// of `nports` from `port`: each port of the range in `ports` mode (see
-/// [`Flow::transmit`]: queue `q` uses `port + q % nports`), else `port` alone.
-pub fn sender_ports(spread: Spread, port: u16, nports: u16) -> Vec<u16> {
+/// How many source ports a sender's frames use (flows it needs answered): one per port of
+/// the range in `ports` mode (queue `q` sends to `port + q % nports`), else one.
+pub fn sender_flows(spread: Spread, nports: u16) -> usize {
     match spread {
-        Spread::Ports => (0..nports.max(1)).map(|k| port + k).collect(),
-        _ => vec![port],
+        Spread::Ports => nports.max(1) as usize,
+        _ => 1,
     }
 }
 
@@ -77,6 +76,9 @@ pub struct Flow {
     last: Option<(Addrs, usize)>,
     /// Where datagrams go while the peer is unknown.
     scratch: Vec<u8>,
+    /// A sender's own source ports, one per flow (its kernel UDP answer sockets' ports);
+    /// empty: the destination port's (the steered range).
+    src_ports: Vec<u16>,
 }
 
 impl Flow {
@@ -111,7 +113,14 @@ impl Flow {
             ident,
             last: None,
             scratch: Vec::new(),
+            src_ports: Vec::new(),
         }
+    }
+
+    /// A sender's frames leave from `ports` (flow `k` from `ports[k % len]`): the ports of
+    /// the sockets that take the receiver's answers on kernel UDP.
+    pub fn set_src_ports(&mut self, ports: Vec<u16>) {
+        self.src_ports = ports;
     }
 
     /// The peer as a socket address, once known.
@@ -121,14 +130,22 @@ impl Flow {
     }
 
     /// The addresses of frames sent on `queue`: in `ports` mode the sender gives each
-    /// queue's flow its own port, both ends (the receiver answers to it).
+    /// queue's flow its own port (the receiver answers to the frame's source port); with
+    /// source ports of its own ([`Flow::set_src_ports`]) flow `k` leaves from the k-th.
     fn addrs_on(&self, base: Addrs, queue: u32) -> Addrs {
         let mut a = base;
-        if self.is_sender && self.spread == Spread::Ports {
-            let k = (queue % self.nports as u32) as u16;
-            a.src_port = self.port + k;
-            a.dst_port = self.port + k;
+        if !self.is_sender {
+            return a;
         }
+        let k = match self.spread {
+            Spread::Ports => (queue % self.nports as u32) as u16,
+            _ => 0,
+        };
+        a.dst_port = self.port + k;
+        a.src_port = match self.src_ports.len() {
+            0 => self.port + k,
+            n => self.src_ports[k as usize % n],
+        };
         a
     }
 
@@ -267,16 +284,27 @@ mod tests {
         assert_eq!(f.addrs_on(addrs(47000), 5).dst_port, 47000);
     }
 
-    /// The ports a sender takes answers on are exactly the source ports its frames use
-    /// (the receiver answers to those), on every queue and in every spread.
+    /// A sender with source ports of its own (its answer sockets') sends each flow from
+    /// one of them, to the same destination ports as without: one source port per flow,
+    /// every one used, so each flow's answers reach a socket of its own.
     #[test]
-    fn answer_ports_are_the_source_ports_of_the_senders_frames() {
+    fn a_senders_own_source_ports_carry_its_flows() {
         for spread in [Spread::Ports, Spread::Scatter, Spread::Queues] {
-            let f = Flow::sender(addrs(47000), spread, 3, 1500, 0);
-            let ports = sender_ports(spread, 47000, 3);
-            let mut used: Vec<u16> = (0..16)
-                .map(|q| f.addrs_on(addrs(47000), q).src_port)
-                .collect();
+            let plain = Flow::sender(addrs(47000), spread, 3, 1500, 0);
+            let mut own = plain.clone();
+            let n = sender_flows(spread, 3);
+            let ports: Vec<u16> = (0..n as u16).map(|k| 40000 + k).collect();
+            own.set_src_ports(ports.clone());
+            let mut used = Vec::new();
+            for q in 0..16 {
+                let (a, b) = (
+                    plain.addrs_on(addrs(47000), q),
+                    own.addrs_on(addrs(47000), q),
+                );
+                assert_eq!(a.dst_port, b.dst_port, "{spread:?} q{q}");
+                assert_eq!(a.dst_port - 47000, b.src_port - 40000, "flow k from port k");
+                used.push(b.src_port);
+            }
             used.sort_unstable();
             used.dedup();
             assert_eq!(used, ports, "{spread:?}");

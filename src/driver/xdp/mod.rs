@@ -5,9 +5,10 @@
 //! Each side binds one AF_XDP socket per queue it uses ([`io::XdpIo`]). The receiver
 //! attaches the steering program to its interface with the PacketFS port range and puts
 //! each socket into the XSKMAP entry of its queue. The sender takes the receiver's Accept,
-//! Acks and Nacks on kernel UDP sockets on its source ports ([`answers`]; `--xdp-answers`)
+//! Acks and Nacks on kernel UDP sockets on ports the kernel picks, from which its frames
+//! leave ([`answers`]; `--xdp-answers`),
 //! and attaches nothing, so its sockets only transmit (with workers, a reader thread
-//! takes the answers: [`answers::Reader`]); a sender whose ports are taken on its host
+//! takes the answers: [`answers::Reader`]); a sender that cannot bind such a socket
 //! attaches the program as the receiver does. Who drives the sockets ([`Threads`]): the session thread alone
 //! ([`io::SessionPath`]), or one pinned worker per queue ([`workers`]) with the session
 //! thread running the state machine. Both paths build frames through the session's
@@ -301,8 +302,8 @@ impl Side {
             mode: link.xdp_mode,
             impair: (link.impair_drop_ppm, link.impair_flip_ppm),
         };
-        // A sender's kernel UDP answers are bound first: where its ports are taken, `Auto`
-        // still has the program to fall back to (its sockets then keep their fill frames).
+        // A sender's kernel UDP answers are bound first: where none can be, `Auto` still has
+        // the program to fall back to (its sockets then keep their fill frames).
         let answers = match sender && kernel_answers(link)? {
             true => bind_answers(link)?,
             false => None,
@@ -327,13 +328,14 @@ impl Side {
             (flow, io)
         });
         // The addresses' error first: it is the more basic problem.
-        let flow = flow?;
+        let mut flow = flow?;
         let mut io = io?;
         if link.busy_poll {
             io.set_busy_poll();
         }
         if let Some(a) = answers {
             tracing::info!(iface = %link.iface, ports = ?a.ports(), "answers over kernel UDP (no XDP program on this interface)");
+            flow.set_src_ports(a.ports());
             io.set_answers(a);
         }
         Ok(Side {
@@ -395,6 +397,7 @@ impl Side {
             reordered: st.reordered,
             steer: steer.and_then(|s| s.counters().ok()).unwrap_or_default(),
             kernel_answers: self.io.answers().map(|a| a.received()),
+            kernel_answer_ports: self.io.answers().map(|a| a.ports()).unwrap_or_default(),
             bad_frames: st.bad_frames,
             notice: steer.and_then(|s| s.notice()).map(str::to_string),
         }
@@ -454,24 +457,23 @@ fn kernel_answers(link: &XdpLink) -> Result<bool, XdpError> {
     }
 }
 
-/// The kernel UDP sockets for a sender's answers on `link`: bound to the interface's
-/// IPv4 address and the ports the sender's frames leave from. A port taken on this host
-/// is an error for `Kernel`, and for `Auto` a note and None (the program takes them).
+/// The kernel UDP sockets for a sender's answers on `link`: bound to the interface's IPv4
+/// address, one per flow, on ports the kernel picks (the sender's frames then leave from
+/// them: [`Flow::set_src_ports`]), so no other process's port, another sender's included,
+/// is in the way. Where none can be bound: an error for `Kernel`, and for `Auto` a note and
+/// None (the program takes the answers on the steered ports).
 fn bind_answers(link: &XdpLink) -> Result<Option<KernelAnswers>, XdpError> {
     let ip = iface_ipv4(&link.iface).map_err(|source| XdpError::Netdev {
         what: "IPv4 address",
         iface: link.iface.clone(),
         source,
     })?;
-    let ports = flow::sender_ports(link.spread, link.port, link.ports);
-    match KernelAnswers::bind(ip, &ports) {
+    match KernelAnswers::bind_any(ip, flow::sender_flows(link.spread, link.ports)) {
         Ok(a) => Ok(Some(a)),
-        Err((port, source)) if link.answers == Answers::Kernel => {
-            Err(XdpError::Answers { ip, port, source })
-        }
-        Err((port, e)) => {
+        Err(source) if link.answers == Answers::Kernel => Err(XdpError::Answers { ip, source }),
+        Err(e) => {
             tracing::info!(
-                "answers: UDP {ip}:{port} is taken on this host ({e}); they come through the XDP program instead"
+                "answers: no UDP socket on {ip} for them ({e}); they come through the XDP program instead"
             );
             Ok(None)
         }

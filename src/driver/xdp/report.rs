@@ -59,8 +59,10 @@ pub struct XdpReport {
     pub reordered: u64,
     /// The steering program's counters on this side's interface (zero without one).
     pub steer: Counters,
-    /// A sender taking its answers on kernel UDP (no program): datagrams received there.
+    /// A sender taking its answers on kernel UDP (no program): datagrams received there,
+    /// and the ports (its frames' source ports).
     pub kernel_answers: Option<u64>,
+    pub kernel_answer_ports: Vec<u16>,
     /// Frames that reached a socket but were not Ethernet/IPv4/UDP with valid checksums.
     pub bad_frames: u64,
     /// Why native XDP was refused, if it was.
