@@ -1,7 +1,8 @@
 //! `pfs recv --transport xdp` as a service (root only): one receiver process on a bridged
 //! segment with two sender hosts (namespaces, each with its own veth and its own AF_XDP
 //! sender), keys on, on the session thread and on the per-queue workers. Three sequential and three concurrent AF_XDP senders (two of them
-//! at once from one host: each sender takes its answers on kernel UDP ports of its own) into the one
+//! at once from one host, on a queue each: each sender takes its answers on kernel UDP
+//! ports of its own) into the one
 //! running receiver: every file bit-exact, the receiver still running after them; its
 //! Prometheus endpoint, scraped during the run, shows per-queue AF_XDP counters that moved;
 //! then SIGTERM -> exit 0 and no XDP program left on the receiver's interface. SIGINT
@@ -156,7 +157,8 @@ impl Drop for Receiver {
 }
 
 /// An AF_XDP sender on sender host `i` (its own interface; no program: its answers come on
-/// kernel UDP ports of its own, so several may send from one host at once).
+/// kernel UDP ports of its own, so several may send from one host at once, on queues of
+/// their own).
 fn send(star: &NetnsStar, i: usize, snap: &Path, keys: &KeyFiles, file: &Path) -> Child {
     send_with(star, i, snap, keys, file, &[])
 }
@@ -316,10 +318,25 @@ fn sequential_and_concurrent(threads: &str) {
     });
     let rx_mid = per_queue(&mid, &iface, "rx_frames");
 
-    // Three concurrent sessions: two from sender host 0 at once (one interface, each
-    // sender with its own answer port), one from host 1.
-    let a = send(&star, 0, &snap, &keys, &files[3]);
-    let a2 = send(&star, 0, &snap, &keys, &files[5]);
+    // Three concurrent sessions: two from sender host 0 at once (one interface, a queue
+    // each: an AF_XDP queue takes one socket; each sender with its own answer port), one
+    // from host 1.
+    let a = send_with(
+        &star,
+        0,
+        &snap,
+        &keys,
+        &files[3],
+        &["--mode", "queues", "--queues", "0"],
+    );
+    let a2 = send_with(
+        &star,
+        0,
+        &snap,
+        &keys,
+        &files[5],
+        &["--mode", "queues", "--queues", "1"],
+    );
     let b = send(&star, 1, &snap, &keys, &files[4]);
     // Scraped while they run: both hosts' sessions show up (active or ended).
     r.scrape_until("the concurrent sessions", |m| {

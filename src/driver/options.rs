@@ -97,7 +97,7 @@ pub enum Answers {
     #[default]
     Auto,
     /// Kernel UDP sockets on ports the kernel picks, which the sender's frames then leave
-    /// from (several senders on one host never share one): the sending interface gets no
+    /// from (senders on one host never share one): the sending interface gets no
     /// XDP program,
     /// so the send starts without the program's attach and ends without its detach (each
     /// waits out an RCU grace period in the kernel: 8-15 ms here). With workers, a thread

@@ -2,8 +2,8 @@
 //!
 //! A sender transmits its frames on AF_XDP but receives only a few: the receiver's Accept,
 //! Acks, Nacks and Close. Taking those on ordinary UDP sockets (on ports the kernel picks,
-//! from which the sender's frames then leave: several senders on one host never share a
-//! port) leaves the sending interface without an XDP program: no load, no attach
+//! from which the sender's frames then leave: senders on one host never share a port)
+//! leaves the sending interface without an XDP program: no load, no attach
 //! and no detach, each of which waits in the kernel (the attach rewrites the XDP
 //! dispatcher and waits a full RCU grace period, 8-15 ms on the project's VMs; the
 //! detach again; docs/XDP.md "Start-up"). The AF_XDP sockets still transmit: a socket
