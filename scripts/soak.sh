@@ -9,7 +9,8 @@
 #
 # Every received file is compared with its source (a mismatch is the failure that matters),
 # then removed. The receiver's VmRSS and open descriptors are sampled every SECONDS (default
-# 60); growth is measured from the first sample (after warm-up) to the last. Prints the
+# 60), each once the service runs no session (between transfers); growth is measured from the
+# first sample (after warm-up) to the last. Prints the
 # samples and a summary line; exit 1 on any mismatch, failed session, receiver exit other than
 # 0 after SIGTERM, or RSS / descriptor growth above 5%. CI runs it for 2 minutes (.ci/run).
 # Uses namespaces pfssoaka/pfssoakb (scripts/netns.sh); traffic stays inside them.
@@ -77,6 +78,24 @@ RPID=$!
 for _ in $(seq 300); do grep -q "listening on" "$work/recv.log" && break; sleep 0.05; done
 grep -q "listening on" "$work/recv.log" || { echo "soak: the receiver did not start:"; cat "$work/recv.log"; exit 1; }
 
+# the service's counters (Prometheus text, scraped inside the receiver's namespace)
+metric() {
+    ip netns exec "$B" python3 -c 'import sys, urllib.request
+t = urllib.request.urlopen("http://127.0.0.1:9464/metrics", timeout=5).read().decode()
+print(sum(float(l.split()[-1]) for l in t.splitlines() if l.startswith(sys.argv[1])))' "$1" 2>/dev/null || echo "?"
+}
+# Wait (up to 10 s) until the service runs no session: the samples compare idle
+# receivers (a sample inside a session would count that session's buffers and mapped
+# output pages, which go when it ends).
+idle() {
+    local a
+    for _ in $(seq 200); do
+        a=$(metric pfs_sessions_active)
+        [ "$a" = "0.0" ] || [ "$a" = "0" ] && return 0
+        sleep 0.05
+    done
+    echo "  (the service still ran a session after 10 s: sampled anyway)"
+}
 rss() { awk '/^VmRSS/ {print $2}' "/proc/$RPID/status"; }
 fds() { find "/proc/$RPID/fd" -mindepth 1 -maxdepth 1 | wc -l; }
 echo "soak: $minutes min, AF_XDP service on a veth pair (2 queues, scatter), 5% drop at the receiver, seed $seed"
@@ -115,17 +134,16 @@ while [ "$(date +%s)" -lt "$end" ]; do
     done
     if [ "$(date +%s)" -ge "$next" ]; then
         next=$((next + sample))
+        idle
         r=$(rss) f=$(fds)
         samples_rss+=("$r") samples_fd+=("$f")
+        # where the resident memory is (anonymous, file-backed maps, shared), for a growth
+        # to be told apart: a heap high-water mark, a map left mapped, a leak
+        grep -E '^(Rss|Anonymous|Shared|Private)' "/proc/$RPID/smaps_rollup" 2>/dev/null \
+            | tr -s ' ' | tr '\n' ';' >"$work/smaps.${#samples_rss[@]}" || true
         printf '%7ss %10s %10s %6s %12s %10s\n' $(($(date +%s) - t0)) "$sessions" "$files" "$f" "$r" "$mismatches"
     fi
 done
-# the service's counters (Prometheus text, scraped inside the receiver's namespace)
-metric() {
-    ip netns exec "$B" python3 -c 'import sys, urllib.request
-t = urllib.request.urlopen("http://127.0.0.1:9464/metrics", timeout=5).read().decode()
-print(sum(float(l.split()[-1]) for l in t.splitlines() if l.startswith(sys.argv[1])))' "$1" 2>/dev/null || echo "?"
-}
 reordered=$(metric pfs_reordered_frames_total)
 steered=$(metric 'pfs_xdp_steer_frames_total{action="steered"')
 dropped=$(metric 'pfs_xdp_steer_frames_total{action="impaired_drop"')
@@ -138,5 +156,10 @@ first_f=${samples_fd[0]:-0} last_f=${samples_fd[-1]:-0}
 growth() { python3 -c "a,b=$1,$2; print(f'{(b-a)/a*100:+.1f}%' if a else 'n/a')"; }
 over() { python3 -c "a,b=$1,$2; print(1 if a and (b-a)/a > 0.05 else 0)"; }
 echo "soak: $sessions sessions ok, $failed failed, $files files ($(numfmt --to=iec "$bytes")B) compared, $mismatches mismatches; receiver exit $rrc after SIGTERM; VmRSS $first_r -> $last_r kB ($(growth "$first_r" "$last_r")), fds $first_f -> $last_f ($(growth "$first_f" "$last_f")); frames reordered ${reordered%.0}, dropped by the impairment ${dropped%.0} of $(python3 -c "print(int($steered + $dropped))" 2>/dev/null || echo ?)"
+if [ "$(over "$first_r" "$last_r")" = 1 ]; then
+    echo "soak: VmRSS grew; the receiver's smaps_rollup at the first and the last sample:"
+    echo "  first: $(cat "$work/smaps.1" 2>/dev/null)"
+    echo "  last:  $(cat "$work/smaps.${#samples_rss[@]}" 2>/dev/null)"
+fi
 [ "$mismatches" = 0 ] && [ "$failed" = 0 ] && [ "$rrc" = 0 ] \
     && [ "$(over "$first_r" "$last_r")" = 0 ] && [ "$(over "$first_f" "$last_f")" = 0 ]
