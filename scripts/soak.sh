@@ -139,8 +139,11 @@ while [ "$(date +%s)" -lt "$end" ]; do
         samples_rss+=("$r") samples_fd+=("$f")
         # where the resident memory is (anonymous, file-backed maps, shared), for a growth
         # to be told apart: a heap high-water mark, a map left mapped, a leak
-        grep -E '^(Rss|Anonymous|Shared|Private)' "/proc/$RPID/smaps_rollup" 2>/dev/null \
+        grep -E '^(Rss|Anonymous|AnonHugePages|Shared|Private)' "/proc/$RPID/smaps_rollup" 2>/dev/null \
             | tr -s ' ' | tr '\n' ';' >"$work/smaps.${#samples_rss[@]}" || true
+        # the mappings with the most resident memory, to find which one grew
+        awk '/^[0-9a-f]+-[0-9a-f]+ /{m=$0} /^Rss:/{if ($2 > 512) print $2 " kB " m}' "/proc/$RPID/smaps" 2>/dev/null \
+            | sort -rn | head -8 >"$work/maps.${#samples_rss[@]}" || true
         printf '%7ss %10s %10s %6s %12s %10s\n' $(($(date +%s) - t0)) "$sessions" "$files" "$f" "$r" "$mismatches"
     fi
 done
@@ -160,6 +163,8 @@ if [ "$(over "$first_r" "$last_r")" = 1 ]; then
     echo "soak: VmRSS grew; the receiver's smaps_rollup at the first and the last sample:"
     echo "  first: $(cat "$work/smaps.1" 2>/dev/null)"
     echo "  last:  $(cat "$work/smaps.${#samples_rss[@]}" 2>/dev/null)"
+    echo "  largest resident mappings, first sample:"; sed 's/^/    /' "$work/maps.1" 2>/dev/null || true
+    echo "  and last sample:"; sed 's/^/    /' "$work/maps.${#samples_rss[@]}" 2>/dev/null || true
 fi
 [ "$mismatches" = 0 ] && [ "$failed" = 0 ] && [ "$rrc" = 0 ] \
     && [ "$(over "$first_r" "$last_r")" = 0 ] && [ "$(over "$first_f" "$last_f")" = 0 ]
