@@ -347,6 +347,7 @@ impl<I: ServiceIo> Service<I> {
         hooks: &mut dyn ServiceHooks,
     ) -> Result<LiveSnapshot, DriverError> {
         let _ = nix::sys::prctl::set_timerslack(1_000);
+        bound_heap_retention();
         let reorder = self.io.reorder_window();
         let with_reorder = |mut p: ReceiverConfig| {
             if let Some(w) = reorder {
@@ -650,6 +651,21 @@ impl<I: ServiceIo> Service<I> {
             sender,
             result: r,
         });
+    }
+}
+
+/// A service runs for weeks: fix glibc's mmap threshold at 1 MiB, so buffers of a MiB or
+/// more are mapped and unmapped on their own and the arenas keep the default trim threshold.
+/// Left dynamic, the threshold rises with the largest buffer freed (up to 32 MiB) and each
+/// arena's trim threshold to twice that, so a thread's arena kept up to 64 MiB of free top
+/// after a large session, which malloc_trim does not release for arenas other than the
+/// main one (the soak saw an idle service keep 18 MB in one thread's arena: +42% RSS).
+fn bound_heap_retention() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // Safety: mallopt sets glibc's allocator parameters; it takes no pointers.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
 }
 
