@@ -92,16 +92,28 @@ impl KernelAnswers {
     /// whether the endpoint accepted any.
     pub fn receive<E: Endpoint + ?Sized>(&mut self, ep: &mut E, budget: usize) -> (usize, bool) {
         let t = Instant::now();
-        let (mut got, mut accepted) = (0, false);
+        let mut accepted = false;
+        let got = self.each(budget, |src, d| {
+            ep.note_source(src);
+            accepted |= ep.handle_datagram(t, d);
+        });
+        (got, accepted)
+    }
+
+    /// Read every datagram waiting now into `out` (the [`Reader`] thread's round).
+    fn drain(&mut self, out: &crossbeam::queue::SegQueue<Answer>) -> usize {
+        self.each(usize::MAX, |src, d| out.push((src, d.to_vec())))
+    }
+
+    /// Up to `budget` waiting datagrams, each to `f` with its source; returns how many.
+    fn each(&mut self, budget: usize, mut f: impl FnMut(std::net::IpAddr, &mut [u8])) -> usize {
+        let mut got = 0;
         for s in &self.socks {
             while got < budget {
                 match s.recv_from(&mut self.buf) {
                     Ok((n, from)) => {
                         got += 1;
-                        ep.note_source(from.ip());
-                        if ep.handle_datagram(t, &mut self.buf[..n]) {
-                            accepted = true;
-                        }
+                        f(from.ip(), &mut self.buf[..n]);
                     }
                     // Nothing waiting (WouldBlock), or an error queued on the socket: an
                     // unconnected UDP socket reports none of the ICMP kind, so whatever it
@@ -116,30 +128,7 @@ impl KernelAnswers {
             }
         }
         self.received += got as u64;
-        (got, accepted)
-    }
-
-    /// Read every datagram waiting now into `out` (the [`Reader`] thread's round).
-    fn drain(&mut self, out: &crossbeam::queue::SegQueue<Answer>) -> usize {
-        let mut n = 0;
-        for s in &self.socks {
-            loop {
-                match s.recv_from(&mut self.buf) {
-                    Ok((len, from)) => {
-                        out.push((from.ip(), self.buf[..len].to_vec()));
-                        n += 1;
-                    }
-                    Err(e) => {
-                        if e.kind() != io::ErrorKind::WouldBlock {
-                            tracing::debug!("kernel UDP answer socket: {e}");
-                        }
-                        break;
-                    }
-                }
-            }
-        }
-        self.received += n as u64;
-        n
+        got
     }
 
     /// Until a datagram waits on one of the sockets or `timeout` passes; true when one
