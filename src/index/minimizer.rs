@@ -54,6 +54,16 @@ const TAG_BITS: u32 = 24;
 const TAG_MASK: u64 = (1 << TAG_BITS) - 1;
 /// Largest position a slot holds.
 pub const MAX_POS: u64 = (1 << (64 - TAG_BITS)) - 1;
+/// Gram positions per [`anchors`] call of the build: its three scratch arrays (8 bytes per
+/// gram each) stay in the core's L2 cache (1 Mi grams, 24 MiB of scratch, ran at half the
+/// speed).
+const ANCHOR_CHUNK: usize = 1 << 14;
+/// Grams per super-chunk of the build: they bound the temporary anchor lists (8 bytes per
+/// anchor, about 0.8 bytes per snapshot byte); every super-chunk after the first reads the
+/// table back a shard at a time.
+const SUPER: usize = 1 << 30;
+/// Entries ahead whose home slot the fill prefetches.
+const PREFETCH_AHEAD: usize = 8;
 /// Target load of the table.
 const LOAD: f64 = 0.8;
 /// A shard stops taking anchors at this load.
@@ -101,18 +111,110 @@ fn home(tag: u64, cap: usize) -> usize {
 /// Scratch space for [`anchors`] (reused across calls).
 #[derive(Default)]
 pub struct Scratch {
-    v: Vec<u64>,
-    pre: Vec<u64>,
-    suf: Vec<u64>,
+    a: Vec<u64>,
+    b: Vec<u64>,
+    changed: Vec<u8>,
+}
+
+/// The minima of the `windows` windows of `w` keys over the grams of `grams` (`n` grams, `n`
+/// + 7 bytes), in `a` or `b` (the returned flag says which: `true` = `b`), and in `changed`
+/// a 1 where a window's minimum differs from the previous window's (always 1 for the
+/// first). Keys hold a multiplicative hash's high 32 bits above the inverted position, so
+/// the smallest key of a window is its smallest hash and, on a tie, its rightmost position.
+/// Minima come from a sparse table: over 2, 4, ... `t` keys (the largest power of two not
+/// above `w`) by doubling, then each window is the minimum of two overlapping `t`-runs.
+/// Every step is an element-wise loop without a dependency from one key to the next, so the
+/// compiler vectorises it.
+#[inline(always)]
+fn window_minima_body(
+    grams: &[u8],
+    n: usize,
+    w: usize,
+    windows: usize,
+    a: &mut [u64],
+    b: &mut [u64],
+    changed: &mut [u8],
+) -> bool {
+    let (a, b, changed) = (&mut a[..n], &mut b[..n], &mut changed[..windows]);
+    for (j, key) in a.iter_mut().enumerate() {
+        let x = u64::from_le_bytes(grams[j..j + K].try_into().expect("8"));
+        *key = (order_hash(x) >> 32) << 32 | (u32::MAX - j as u32) as u64;
+    }
+    // cur[j] = min of keys j..j+t, valid for j <= n - t
+    let (mut cur, mut nxt, mut in_b) = (a, b, false);
+    let mut t = 1usize;
+    while 2 * t <= w {
+        let len = n + 1 - 2 * t;
+        let (dst, x, y) = (&mut nxt[..len], &cur[..len], &cur[t..t + len]);
+        for i in 0..len {
+            dst[i] = x[i].min(y[i]);
+        }
+        std::mem::swap(&mut cur, &mut nxt);
+        in_b = !in_b;
+        t *= 2;
+    }
+    // window s = min(run of t at s, run of t at s + w - t)
+    let d = w - t;
+    if d > 0 {
+        let (dst, x, y) = (&mut nxt[..windows], &cur[..windows], &cur[d..d + windows]);
+        for i in 0..windows {
+            dst[i] = x[i].min(y[i]);
+        }
+        std::mem::swap(&mut cur, &mut nxt);
+        in_b = !in_b;
+    }
+    let m = &cur[..windows];
+    changed[0] = 1;
+    let (c, x, y) = (&mut changed[1..], &m[1..], &m[..windows - 1]);
+    for i in 0..windows - 1 {
+        c[i] = (x[i] != y[i]) as u8;
+    }
+    in_b
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn window_minima_avx2(
+    grams: &[u8],
+    n: usize,
+    w: usize,
+    windows: usize,
+    a: &mut [u64],
+    b: &mut [u64],
+    changed: &mut [u8],
+) -> bool {
+    // the same code, vectorised four lanes wide by the compiler where AVX2 is enabled
+    window_minima_body(grams, n, w, windows, a, b, changed)
+}
+
+/// [`window_minima_body`] with AVX2 where the CPU has it (checked once, cached by std).
+fn window_minima(
+    grams: &[u8],
+    n: usize,
+    w: usize,
+    windows: usize,
+    a: &mut [u64],
+    b: &mut [u64],
+    changed: &mut [u8],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        #[allow(unsafe_code)]
+        // Safety: the CPU supports AVX2 (checked on the line above).
+        unsafe {
+            return window_minima_avx2(grams, n, w, windows, a, b, changed);
+        }
+    }
+    window_minima_body(grams, n, w, windows, a, b, changed)
 }
 
 /// The anchors of the windows that start at gram positions `lo..hi` of `data` (the windows
 /// read grams up to `hi + w - 1`, bytes up to `hi + w + 6`, clipped to the data), in
 /// position order, as `(position, gram hash)`. Appends to `out`.
 ///
-/// Window minima come from block prefix and suffix minima (van Herk / Gil-Werman: branch-free,
-/// two passes), over keys that hold a multiplicative hash's high 32 bits above the inverted
-/// position, so the minimum is the smallest hash and, on a tie, the rightmost position.
+/// The window minima come from [`window_minima_body`] (a sparse table, vectorised); a
+/// window whose minimum is the previous window's yields nothing new, so only the windows
+/// flagged as changed are looked at one by one.
 pub fn anchors(
     data: &[u8],
     lo: usize,
@@ -134,45 +236,41 @@ pub fn anchors(
     debug_assert!(n < u32::MAX as usize);
     // windows shorter than w at the end of the data: the data's tail still gets an anchor
     let w = w.min(n);
-    let Scratch { v, pre, suf } = scratch;
-    for a in [&mut *v, &mut *pre, &mut *suf] {
-        if a.len() < n {
-            a.resize(n, 0);
+    let windows = (n + 1 - w).min(hi.saturating_sub(lo));
+    if windows == 0 {
+        return;
+    }
+    let Scratch { a, b, changed } = scratch;
+    for v in [&mut *a, &mut *b] {
+        if v.len() < n {
+            v.resize(n, 0);
         }
+    }
+    // whole words of flags, read eight at a time below
+    let words = windows.div_ceil(8);
+    if changed.len() < words * 8 {
+        changed.resize(words * 8, 0);
     }
     let grams = &data[lo..end_gram + K - 1];
-    let mut b = 0;
-    while b < n {
-        let e = (b + w).min(n);
-        let mut m = u64::MAX;
-        for (j, (vj, pj)) in v[b..e].iter_mut().zip(pre[b..e].iter_mut()).enumerate() {
-            let j = b + j;
-            let x = u64::from_le_bytes(grams[j..j + 8].try_into().expect("8"));
-            let key = (order_hash(x) >> 32) << 32 | (u32::MAX - j as u32) as u64;
-            *vj = key;
-            m = m.min(key);
-            *pj = m;
-        }
-        let mut m = u64::MAX;
-        for (vj, sj) in v[b..e].iter().zip(suf[b..e].iter_mut()).rev() {
-            m = m.min(*vj);
-            *sj = m;
-        }
-        b = e;
-    }
-    let windows = (n + 1 - w).min(hi.saturating_sub(lo));
+    let in_b = window_minima(grams, n, w, windows, a, b, changed);
+    let mins: &[u64] = if in_b { &b[..windows] } else { &a[..windows] };
+    changed[windows..words * 8].fill(0);
     let mut last: Option<(usize, u64)> = None;
-    for (s, p) in suf[..windows].iter().zip(&pre[w - 1..w - 1 + windows]) {
-        let m = (*s).min(*p);
-        let j = (u32::MAX - m as u32) as usize;
-        let pos = lo + j;
-        match last {
-            Some((lp, _)) if lp == pos => {}
-            // a tie with the previous anchor still in reach: keep that one
-            Some((lp, lm)) if lm >> 32 == m >> 32 && pos - lp < w => {}
-            _ => {
-                out.push((pos, gram_hash(data, pos)));
-                last = Some((pos, m));
+    for (k, word) in changed[..words * 8].chunks_exact(8).enumerate() {
+        let mut bits = u64::from_le_bytes(word.try_into().expect("8"));
+        while bits != 0 {
+            let s = k * 8 + (bits.trailing_zeros() / 8) as usize;
+            bits &= bits - 1;
+            let m = mins[s];
+            let j = (u32::MAX - m as u32) as usize;
+            let pos = lo + j;
+            match last {
+                // a tie with the previous anchor still in reach: keep that one
+                Some((lp, lm)) if lm >> 32 == m >> 32 && pos - lp < w => {}
+                _ => {
+                    out.push((pos, gram_hash(data, pos)));
+                    last = Some((pos, m));
+                }
             }
         }
     }
@@ -253,6 +351,18 @@ impl MinIndex {
         path: &Path,
         threads: usize,
     ) -> Result<(), IndexError> {
+        Self::build_in(spec, snap, snap_id, path, threads, SUPER)
+    }
+
+    /// [`MinIndex::build`] with super-chunks of `super_len` grams.
+    fn build_in(
+        spec: IndexSpec,
+        snap: &[u8],
+        snap_id: &[u8; 32],
+        path: &Path,
+        threads: usize,
+        super_len: usize,
+    ) -> Result<(), IndexError> {
         spec.validate()?;
         if snap.len() as u64 > MAX_POS {
             return Err(IndexError::Spec(format!(
@@ -271,7 +381,7 @@ impl MinIndex {
             threads
         };
         let _ = cap;
-        // sized from the anchors of the first super-chunk (the whole snapshot up to 1 GiB)
+        // sized from the anchors of the first super-chunk (the whole snapshot up to SUPER)
         let io = |source| IndexError::Io {
             path: path.into(),
             source,
@@ -283,8 +393,6 @@ impl MinIndex {
         let mut entries = 0u64;
         let mut dropped = 0u64;
         let shard_shift = 64 - bits;
-        // super-chunks bound the temporary anchor lists (8 bytes per anchor)
-        const SUPER: usize = 1 << 30;
         let reserve =
             |len: usize| (len as f64 * 2.2 / (w as f64 + 1.0) / nshards as f64) as usize + 16;
         let ngrams = if snap.len() >= K {
@@ -294,8 +402,14 @@ impl MinIndex {
         };
         let mut lo = 0usize;
         while lo < ngrams {
-            let hi = (lo + SUPER).min(ngrams);
-            let per = (hi - lo).div_ceil(threads);
+            let hi = (lo + super_len).min(ngrams);
+            // thread ranges and anchor chunks start at multiples of ANCHOR_CHUNK, so the lists
+            // (and the table) do not depend on the number of threads
+            let per = (hi - lo)
+                .div_ceil(threads)
+                .next_multiple_of(ANCHOR_CHUNK)
+                .max(ANCHOR_CHUNK);
+            let t_a = std::time::Instant::now();
             // 1. anchors per thread range, sorted into shard lists
             let bufs: Vec<Vec<Vec<u64>>> = std::thread::scope(|s| {
                 let hs: Vec<_> = (0..threads)
@@ -310,10 +424,20 @@ impl MinIndex {
                             let mut out = Vec::new();
                             let mut x = a;
                             while x < b {
-                                let y = (x + (1 << 20)).min(b);
+                                let y = (x + ANCHOR_CHUNK).min(b);
                                 out.clear();
-                                anchors(snap, x, y, w, &mut scratch, &mut out);
+                                // from the window before the chunk: its anchor (the previous
+                                // chunk's last) and any repeat of it are dropped, and the
+                                // tie rule carries over the boundary
+                                anchors(snap, x.saturating_sub(1), y, w, &mut scratch, &mut out);
+                                let seen = match out.first() {
+                                    Some(&(p, _)) if x > 0 => Some(p),
+                                    _ => None,
+                                };
                                 for &(p, h) in &out {
+                                    if seen.is_some_and(|q| p <= q) {
+                                        continue;
+                                    }
                                     let ad = addr(h);
                                     let sh = if bits == 0 {
                                         0
@@ -348,36 +472,51 @@ impl MinIndex {
                 };
                 cap = ((most * scale * margin / LOAD).ceil() as usize).max(64);
                 limit = (cap as f64 * FULL) as usize;
-                out = Some(OutTable::create(path, cap * nshards).map_err(io)?);
+                out = Some(OutTable::create(path, cap, nshards).map_err(io)?);
             }
-            let table = out.as_mut().expect("created above").slots_mut();
-            // 2. fill shards, each from the thread lists in snapshot order
+            let t_b = std::time::Instant::now();
+            let table = out.as_ref().expect("created above");
+            let first = lo == 0;
+            // 2. fill shards, each from the thread lists in snapshot order, in a buffer of
+            //    one shard per thread, written to the file (read back first after the first
+            //    super-chunk): the table is never resident as a whole
             let group = nshards.div_ceil(threads);
-            let res: Vec<(u64, u64)> = std::thread::scope(|s| {
-                let hs: Vec<_> = table
-                    .chunks_mut(cap * group)
-                    .zip(counts.chunks_mut(group))
+            let res: Vec<std::io::Result<(u64, u64)>> = std::thread::scope(|s| {
+                let hs: Vec<_> = counts
+                    .chunks_mut(group)
                     .enumerate()
-                    .map(|(g, (slots, cnts))| {
+                    .map(|(g, cnts)| {
                         let bufs = &bufs;
                         s.spawn(move || {
                             let (mut e, mut d) = (0u64, 0u64);
-                            for (j, (shard, cnt)) in
-                                slots.chunks_mut(cap).zip(cnts.iter_mut()).enumerate()
-                            {
+                            let mut shard = vec![0u64; cap];
+                            for (j, cnt) in cnts.iter_mut().enumerate() {
                                 let sh = g * group + j;
+                                if first {
+                                    shard.fill(0);
+                                } else {
+                                    table.read_shard(sh, &mut shard)?;
+                                }
                                 for list in bufs.iter() {
-                                    for &v in &list[sh] {
+                                    let list = &list[sh];
+                                    for (i, &v) in list.iter().enumerate() {
+                                        // the home slot of an entry a few ahead: the probes
+                                        // are random reads in a shard the size of L2
+                                        if let Some(&u) = list.get(i + PREFETCH_AHEAD) {
+                                            let at = home(u & TAG_MASK, cap);
+                                            super::prefetch(shard[at..].as_ptr() as *const u8);
+                                        }
                                         if *cnt >= limit {
                                             d += 1;
-                                        } else if insert(shard, v, spec.fanout) {
+                                        } else if insert(&mut shard, v, spec.fanout) {
                                             *cnt += 1;
                                             e += 1;
                                         }
                                     }
                                 }
+                                table.write_shard(sh, &shard)?;
                             }
-                            (e, d)
+                            Ok((e, d))
                         })
                     })
                     .collect();
@@ -385,7 +524,17 @@ impl MinIndex {
                     .map(|h| h.join().expect("index builder panicked"))
                     .collect()
             });
-            for (e, d) in res {
+            let t_c = std::time::Instant::now();
+            drop(bufs);
+            tracing::debug!(
+                target: "pfs::index",
+                grams = hi - lo,
+                anchors_ms = (t_b - t_a).as_secs_f64() * 1e3,
+                fill_ms = (t_c - t_b).as_secs_f64() * 1e3,
+                "minimizer super-chunk"
+            );
+            for r in res {
+                let (e, d) = r.map_err(io)?;
                 entries += e;
                 dropped += d;
             }
@@ -395,7 +544,12 @@ impl MinIndex {
             Some(o) => o,
             None => {
                 cap = 64; // a snapshot without a single gram
-                OutTable::create(path, cap * nshards).map_err(io)?
+                let t = OutTable::create(path, cap, nshards).map_err(io)?;
+                let zero = vec![0u64; cap];
+                for sh in 0..nshards {
+                    t.write_shard(sh, &zero).map_err(io)?;
+                }
+                t
             }
         };
         let mut head = Vec::with_capacity(HEADER);
@@ -549,75 +703,85 @@ impl MinIndex {
     }
 }
 
-/// The index being built: the table in memory, written once under a temporary name beside
-/// `path` and renamed over it by `finish` (a table filled in a file mapping was written back
-/// to disk several times over while the random fills re-dirtied its pages: 34 GB written for
-/// a 5.7 GB index). Not fsynced: the index is derived data, and whatever a crash leaves is
-/// either refused by `open` (header, length) or only costs matches (every candidate is
-/// verified on the snapshot's bytes).
+/// The index being built: a file under a temporary name beside `path`, written a shard at a
+/// time with `pwrite` (and read back with `pread` when a later super-chunk adds to a shard),
+/// renamed over `path` by `finish`. The table is never held in memory as a whole (a table
+/// built in anonymous memory and written at the end cost its size twice: fresh zeroed pages,
+/// then the page cache; one filled in a file mapping was written back to disk several times
+/// over while the random fills re-dirtied its pages: 34 GB written for a 5.7 GB index). Not
+/// fsynced: the index is derived data, and whatever a crash leaves is either refused by
+/// `open` (header, length) or only costs matches (every candidate is verified on the
+/// snapshot's bytes). Dropped without `finish`, the temporary file is removed.
 struct OutTable {
     dst: std::path::PathBuf,
-    slots: Vec<u64>,
+    tmp: std::path::PathBuf,
+    file: Option<std::fs::File>,
+    cap: usize,
 }
 
 impl OutTable {
-    fn create(path: &Path, slots: usize) -> std::io::Result<OutTable> {
-        Ok(OutTable {
-            dst: path.to_path_buf(),
-            slots: vec![0u64; slots],
-        })
-    }
-
-    fn slots_mut(&mut self) -> &mut [u64] {
-        &mut self.slots
-    }
-
-    fn finish(self, head: &[u8]) -> std::io::Result<()> {
-        use std::io::Write;
-        let dir = match self.dst.parent() {
+    fn create(path: &Path, cap: usize, nshards: usize) -> std::io::Result<OutTable> {
+        let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => std::path::PathBuf::from("."),
         };
-        let name = self
-            .dst
+        let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let tmp = dir.join(format!(".{name}.pfs-tmp-{}", std::process::id()));
-        let res = (|| {
-            use std::os::unix::fs::FileExt;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(head)?;
-            // the table is copied into the page cache by every core at once (one thread
-            // copying it was 15% of a 1 GiB snapshot's build)
-            let body: &[u8] = bytemuck::cast_slice(&self.slots);
-            f.set_len((head.len() + body.len()) as u64)?;
-            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let per = body
-                .len()
-                .div_ceil(threads)
-                .next_multiple_of(1 << 20)
-                .max(1 << 20);
-            std::thread::scope(|s| {
-                let hs: Vec<_> = body
-                    .chunks(per)
-                    .enumerate()
-                    .map(|(i, part)| {
-                        let f = &f;
-                        let at = (head.len() + i * per) as u64;
-                        s.spawn(move || f.write_all_at(part, at))
-                    })
-                    .collect();
-                hs.into_iter()
-                    .try_for_each(|h| h.join().expect("index writer panicked"))
-            })?;
-            drop(f);
-            std::fs::rename(&tmp, &self.dst)
-        })();
-        if res.is_err() {
-            let _ = std::fs::remove_file(&tmp);
+        // read and write: a super-chunk after the first reads its shards back
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        let mut t = OutTable {
+            dst: path.to_path_buf(),
+            tmp,
+            file: None,
+            cap,
+        };
+        file.set_len((HEADER + 8 * cap * nshards) as u64)?;
+        t.file = Some(file);
+        Ok(t)
+    }
+
+    fn at(&self, sh: usize) -> u64 {
+        (HEADER + 8 * self.cap * sh) as u64
+    }
+
+    fn write_shard(&self, sh: usize, slots: &[u64]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        debug_assert_eq!(slots.len(), self.cap);
+        let f = self.file.as_ref().expect("open until finish");
+        f.write_all_at(bytemuck::cast_slice(slots), self.at(sh))
+    }
+
+    fn read_shard(&self, sh: usize, slots: &mut [u64]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        debug_assert_eq!(slots.len(), self.cap);
+        let f = self.file.as_ref().expect("open until finish");
+        f.read_exact_at(bytemuck::cast_slice_mut(slots), self.at(sh))
+    }
+
+    fn finish(mut self, head: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let f = self.file.take().expect("open until finish");
+        f.write_all_at(head, 0)?;
+        drop(f);
+        std::fs::rename(&self.tmp, &self.dst)?;
+        self.tmp = std::path::PathBuf::new();
+        Ok(())
+    }
+}
+
+impl Drop for OutTable {
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.tmp);
         }
-        res
     }
 }
 
@@ -639,6 +803,144 @@ mod tests {
         let mut out = Vec::new();
         anchors(d, 0, d.len(), w, &mut Scratch::default(), &mut out);
         out
+    }
+
+    /// The van Herk / Gil-Werman implementation [`anchors`] replaced (prefix and suffix
+    /// minima per block of w keys): the sparse table must select the same anchors.
+    fn anchors_reference(data: &[u8], lo: usize, hi: usize, w: usize, out: &mut Vec<(usize, u64)>) {
+        let w = w.max(1);
+        if data.len() < K {
+            return;
+        }
+        let last_gram = data.len() - K; // inclusive
+        let end_gram = (hi + w - 1).min(last_gram + 1); // exclusive
+        if lo >= end_gram {
+            return;
+        }
+        let n = end_gram - lo;
+        debug_assert!(n < u32::MAX as usize);
+        // windows shorter than w at the end of the data: the data's tail still gets an anchor
+        let w = w.min(n);
+        let (mut v, mut pre, mut suf) = (Vec::new(), Vec::new(), Vec::new());
+        for a in [&mut v, &mut pre, &mut suf] {
+            if a.len() < n {
+                a.resize(n, 0);
+            }
+        }
+        let grams = &data[lo..end_gram + K - 1];
+        let mut b = 0;
+        while b < n {
+            let e = (b + w).min(n);
+            let mut m = u64::MAX;
+            for (j, (vj, pj)) in v[b..e].iter_mut().zip(pre[b..e].iter_mut()).enumerate() {
+                let j = b + j;
+                let x = u64::from_le_bytes(grams[j..j + 8].try_into().expect("8"));
+                let key = (order_hash(x) >> 32) << 32 | (u32::MAX - j as u32) as u64;
+                *vj = key;
+                m = m.min(key);
+                *pj = m;
+            }
+            let mut m = u64::MAX;
+            for (vj, sj) in v[b..e].iter().zip(suf[b..e].iter_mut()).rev() {
+                m = m.min(*vj);
+                *sj = m;
+            }
+            b = e;
+        }
+        let windows = (n + 1 - w).min(hi.saturating_sub(lo));
+        let mut last: Option<(usize, u64)> = None;
+        for (s, p) in suf[..windows].iter().zip(&pre[w - 1..w - 1 + windows]) {
+            let m = (*s).min(*p);
+            let j = (u32::MAX - m as u32) as usize;
+            let pos = lo + j;
+            match last {
+                Some((lp, _)) if lp == pos => {}
+                // a tie with the previous anchor still in reach: keep that one
+                Some((lp, lm)) if lm >> 32 == m >> 32 && pos - lp < w => {}
+                _ => {
+                    out.push((pos, gram_hash(data, pos)));
+                    last = Some((pos, m));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sparse_table_selects_what_the_block_minima_did() {
+        let mut rng = SplitMix64::new(9);
+        let mut data = vec![0u8; 50_000];
+        rng.fill(&mut data);
+        // repeats, runs and periodic stretches: ties between equal grams
+        data[5_000..9_000].fill(0xaa);
+        for i in 12_000..20_000 {
+            data[i] = (i % 7) as u8;
+        }
+        for i in 30_000..34_000 {
+            data[i] = data[i - 3_000];
+        }
+        let mut s = Scratch::default();
+        for w in [1usize, 2, 3, 7, 8, 16, 20, 31, 64] {
+            for (lo, hi) in [
+                (0, data.len()),
+                (0, 100),
+                (4_990, 9_100),
+                (11_997, 20_003),
+                (49_990, 50_000),
+                (3, 4),
+            ] {
+                let mut got = Vec::new();
+                anchors(&data, lo, hi, w, &mut s, &mut got);
+                let mut want = Vec::new();
+                anchors_reference(&data, lo, hi, w, &mut want);
+                assert_eq!(got, want, "w {w}, range {lo}..{hi}");
+            }
+        }
+        // shorter than a gram, or than a window
+        for len in [0usize, 7, 8, 9, 20] {
+            let mut got = Vec::new();
+            anchors(&data[..len], 0, len, 20, &mut s, &mut got);
+            let mut want = Vec::new();
+            anchors_reference(&data[..len], 0, len, 20, &mut want);
+            assert_eq!(got, want, "len {len}");
+        }
+    }
+
+    #[test]
+    fn super_chunks_read_the_table_back_and_keep_every_entry() {
+        let mut snap = vec![0u8; 400_000];
+        SplitMix64::new(11).fill(&mut snap);
+        snap[100_000..140_000].fill(3); // a run: fanout-capped keys across super-chunks
+        for i in 200_000..260_000 {
+            snap[i] = snap[i - 50_000]; // repeats of earlier super-chunks
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let sp = spec(20, 4);
+        let (one, many) = (dir.path().join("one.idx"), dir.path().join("many.idx"));
+        MinIndex::build(sp, &snap, &[4; 32], &one, 2).unwrap();
+        MinIndex::build_in(sp, &snap, &[4; 32], &many, 2, 2 * ANCHOR_CHUNK).unwrap();
+        let a = MinIndex::open(&one, sp, snap.len(), &[4; 32]).unwrap();
+        let b = MinIndex::open(&many, sp, snap.len(), &[4; 32]).unwrap();
+        assert_eq!(a.dropped(), 0);
+        assert_eq!(b.dropped(), 0);
+        assert_eq!(a.len(), b.len());
+        let (mut ca, mut cb) = (Vec::new(), Vec::new());
+        for (p, h) in all_anchors(&snap, 20) {
+            ca.clear();
+            cb.clear();
+            a.candidates(h, 64, &mut ca);
+            b.candidates(h, 64, &mut cb);
+            assert!(
+                ca.contains(&(p as u64)) || ca.len() >= 4,
+                "anchor {p} not indexed"
+            );
+            assert_eq!(ca, cb, "candidates of the anchor at {p}");
+        }
+        // no temporary file is left beside the index
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
     }
 
     #[test]
