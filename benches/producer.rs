@@ -88,7 +88,14 @@ fn main() {
         Ok("max") => Level::Max,
         _ => Level::Fast,
     };
-    let o = StreamOptions::for_level(level);
+    let mut o = StreamOptions::for_level(level);
+    // block coding knobs, for measuring what they cost or save on the wire
+    if let Ok(v) = std::env::var("PFS_PRODUCER_ZSTD") {
+        o.encode.level = v.parse().expect("PFS_PRODUCER_ZSTD: a zstd level");
+    }
+    if let Ok(v) = std::env::var("PFS_PRODUCER_SPILL_KIB") {
+        o.encode.spill_per_block = v.parse::<u64>().expect("PFS_PRODUCER_SPILL_KIB: KiB") << 10;
+    }
     let (idx, _) = IndexSet::ensure(&snap, &packetfs::plan::index_specs(&o.plan), false)
         .expect("the snapshot's indexes");
     let n = mb << 20;

@@ -146,12 +146,11 @@ impl Engine<'_> {
     fn fwd(&self, fi: usize, si: usize, max: usize) -> Ext {
         let (f, s) = (self.f, self.s);
         let max = max.min(f.len() - fi).min(s.len() - si);
+        // the first byte of a little-endian word in walking order is its lowest one
         self.walk(
             max,
             |n| load8(f, fi + n) ^ load8(s, si + n),
             |n| f[fi + n] == s[si + n],
-            // the first differing byte of a little-endian word is its lowest one
-            u64::trailing_zeros,
         )
     }
 
@@ -160,27 +159,27 @@ impl Engine<'_> {
     fn back(&self, fi: usize, si: usize, max: usize) -> Ext {
         let (f, s) = (self.f, self.s);
         let max = max.min(fi).min(si);
+        // walking down, the first byte is the loaded word's highest one: swapped to lowest
         self.walk(
             max,
-            |n| load8(f, fi - n - 8) ^ load8(s, si - n - 8),
+            |n| (load8(f, fi - n - 8) ^ load8(s, si - n - 8)).swap_bytes(),
             |n| f[fi - n - 1] == s[si - n - 1],
-            // walking down, the first differing byte is the word's highest one
-            u64::leading_zeros,
         )
     }
 
     /// One walk along a diagonal, `max` bytes at most: `word(n)` is the xor of the 8 file
-    /// and snapshot bytes from step `n` on, `byte_eq(n)` compares the bytes at step `n`,
-    /// `zero_bits` counts a word's equal bits in walking order. Exact (`covers` off): stops
-    /// at the first difference. Approximate: X-drop on the estimated saving, returning the
-    /// best-scoring prefix.
+    /// and snapshot bytes from step `n` on, step `n` in its lowest byte, `byte_eq(n)`
+    /// compares the bytes at step `n`. Exact (`covers` off): stops at the first difference.
+    /// Approximate: X-drop on the estimated saving, returning the best-scoring prefix; a
+    /// word with differing bytes is taken whole, its equal runs scored at once and only its
+    /// differing bytes one by one (the saving only falls at a differing byte and only rises
+    /// along an equal run, so the best prefix and the drop are found at those points).
     #[inline(always)]
     fn walk(
         &self,
         max: usize,
         word: impl Fn(usize) -> u64,
         byte_eq: impl Fn(usize) -> bool,
-        zero_bits: fn(u64) -> u32,
     ) -> Ext {
         let p = &self.prices;
         let approx = self.cfg.covers;
@@ -214,13 +213,53 @@ impl Engine<'_> {
                     continue;
                 }
                 if !approx {
-                    n += (zero_bits(x) / 8) as usize;
+                    n += (x.trailing_zeros() / 8) as usize;
                     return Ext {
                         len: n,
                         diffs: 0,
                         score: n as f64 * p.gain,
                     };
                 }
+                // bit 8k set where byte k differs
+                let mut d = x | (x >> 4);
+                d |= d >> 2;
+                d |= d >> 1;
+                d &= 0x0101_0101_0101_0101;
+                let mut k = 0usize; // bytes of this word taken
+                while d != 0 {
+                    let at = (d.trailing_zeros() / 8) as usize;
+                    d &= d - 1;
+                    if at > k {
+                        score += (at - k) as f64 * p.gain;
+                        n += at - k;
+                        if score > best.score {
+                            best = Ext {
+                                len: n,
+                                diffs,
+                                score,
+                            };
+                        }
+                    }
+                    score -= p.penalty;
+                    diffs += 1;
+                    n += 1;
+                    k = at + 1;
+                    if score < best.score - p.xdrop {
+                        return best;
+                    }
+                }
+                if k < 8 {
+                    score += (8 - k) as f64 * p.gain;
+                    n += 8 - k;
+                    if score > best.score {
+                        best = Ext {
+                            len: n,
+                            diffs,
+                            score,
+                        };
+                    }
+                }
+                continue;
             }
             if byte_eq(n) {
                 score += p.gain;
@@ -633,6 +672,74 @@ mod tests {
 
     fn prices() -> Prices {
         Prices::new(&cfg(), 6.0)
+    }
+
+    /// The walk one byte at a time (the X-drop rule the word-wise walk must reproduce).
+    fn walk_bytewise(pr: &Prices, max: usize, eq: impl Fn(usize) -> bool) -> (usize, usize) {
+        let (mut score, mut best, mut best_len, mut best_diffs, mut diffs) =
+            (0.0f64, 0.0f64, 0usize, 0usize, 0usize);
+        for n in 0..max {
+            if eq(n) {
+                score += pr.gain;
+                if score > best + 1e-9 {
+                    (best, best_len, best_diffs) = (score, n + 1, diffs);
+                }
+            } else {
+                score -= pr.penalty;
+                diffs += 1;
+                if score < best - pr.xdrop {
+                    break;
+                }
+            }
+        }
+        (best_len, best_diffs)
+    }
+
+    #[test]
+    fn word_wise_walk_finds_the_bytewise_best_prefix() {
+        let mut rng = crate::pob::prng::SplitMix64::new(21);
+        let mut s = vec![0u8; 1 << 16];
+        rng.fill(&mut s);
+        let dir = tempfile::tempdir().unwrap();
+        let spec = crate::index::minimizer_spec(20, 8);
+        let path = dir.path().join("m.idx");
+        MinIndex::build(spec, &s, &[0; 32], &path, 1).unwrap();
+        let idx = MinIndex::open(&path, spec, s.len(), &[0; 32]).unwrap();
+        let c = cfg();
+        for density in [0u64, 2, 20, 120, 400] {
+            // the file is the snapshot with about density/1000 of its bytes changed
+            let mut f = s.clone();
+            for b in f.iter_mut() {
+                if rng.next_u64() % 1000 < density {
+                    *b = b.wrapping_add(1 + (rng.next_u64() % 255) as u8);
+                }
+            }
+            let e = Engine {
+                f: &f,
+                s: &s,
+                idx: &idx,
+                cfg: &c,
+                prices: prices(),
+            };
+            for _ in 0..200 {
+                let i = 64 + (rng.next_u64() as usize) % (f.len() - 128);
+                let max = (rng.next_u64() as usize) % 3000;
+                let fw = e.fwd(i, i, max);
+                let want = walk_bytewise(&e.prices, max.min(f.len() - i), |n| f[i + n] == s[i + n]);
+                assert_eq!(
+                    (fw.len, fw.diffs),
+                    want,
+                    "forward at {i}, max {max}, density {density}"
+                );
+                let bk = e.back(i, i, max);
+                let want = walk_bytewise(&e.prices, max.min(i), |n| f[i - n - 1] == s[i - n - 1]);
+                assert_eq!(
+                    (bk.len, bk.diffs),
+                    want,
+                    "backward at {i}, max {max}, density {density}"
+                );
+            }
+        }
     }
 
     #[test]
