@@ -22,6 +22,15 @@
 //! slot, `8 * 2/(w+1) / 0.8` bytes per snapshot byte (0.95 at `w = 20`). A shard that fills
 //! up to 95% drops further anchors (counted in the header).
 //!
+//! **Build.** Per super-chunk of up to 1 Gi grams: (1) each thread takes a range (aligned to
+//! 16 Ki grams, so nothing depends on the thread count), computes its anchors 16 Ki grams at a
+//! time (window minima by a vectorised sparse table, scratch in L2) and sorts them into one
+//! list per shard; (2) each thread fills its shards one at a time in a shard-sized buffer
+//! (prefetching each entry's home slot a few entries ahead), from the lists in snapshot
+//! order, and writes the shard to the index file with `pwrite` (reading it back first after
+//! the first super-chunk). The table is never resident as a whole; the temporary lists take
+//! about 0.8 bytes per snapshot byte of a super-chunk.
+//!
 //! File layout (little-endian):
 //!
 //! | offset | size | field |
