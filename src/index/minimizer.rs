@@ -125,8 +125,8 @@ pub struct Scratch {
     changed: Vec<u8>,
 }
 
-/// The minima of the `windows` windows of `w` keys over the grams of `grams` (`n` grams, `n`
-/// + 7 bytes), in `a` or `b` (the returned flag says which: `true` = `b`), and in `changed`
+/// The minima of the `windows` windows of `w` keys over the `n` grams of `grams` (7 bytes
+/// more than `n`), in `a` or `b` (the returned flag says which: `true` = `b`), and in `changed`
 /// a 1 where a window's minimum differs from the previous window's (always 1 for the
 /// first). Keys hold a multiplicative hash's high 32 bits above the inverted position, so
 /// the smallest key of a window is its smallest hash and, on a tie, its rightmost position.
@@ -881,8 +881,8 @@ mod tests {
         rng.fill(&mut data);
         // repeats, runs and periodic stretches: ties between equal grams
         data[5_000..9_000].fill(0xaa);
-        for i in 12_000..20_000 {
-            data[i] = (i % 7) as u8;
+        for (i, b) in data.iter_mut().enumerate().take(20_000).skip(12_000) {
+            *b = (i % 7) as u8;
         }
         for i in 30_000..34_000 {
             data[i] = data[i - 3_000];
