@@ -45,6 +45,11 @@ impl AtomicFile {
         self.file.as_mut().expect("AtomicFile used after commit")
     }
 
+    /// The open temporary file, shared (positioned reads and writes from several threads).
+    pub fn get(&self) -> &std::fs::File {
+        self.file.as_ref().expect("AtomicFile used after commit")
+    }
+
     /// The temporary path.
     pub fn tmp_path(&self) -> &Path {
         &self.tmp
@@ -56,6 +61,15 @@ impl AtomicFile {
         f.flush()?;
         f.sync_all()?;
         drop(f);
+        std::fs::rename(&self.tmp, &self.dst)
+    }
+}
+
+impl AtomicFile {
+    /// Rename over the final name without flushing to disk first: for derived data whose
+    /// reader checks what a crash may leave (an index's header and length).
+    pub fn commit_unsynced(mut self) -> std::io::Result<()> {
+        drop(self.file.take().expect("AtomicFile committed twice"));
         std::fs::rename(&self.tmp, &self.dst)
     }
 }

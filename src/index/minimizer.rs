@@ -722,39 +722,16 @@ impl MinIndex {
 /// `open` (header, length) or only costs matches (every candidate is verified on the
 /// snapshot's bytes). Dropped without `finish`, the temporary file is removed.
 struct OutTable {
-    dst: std::path::PathBuf,
-    tmp: std::path::PathBuf,
-    file: Option<std::fs::File>,
+    out: crate::util::AtomicFile,
     cap: usize,
 }
 
 impl OutTable {
     fn create(path: &Path, cap: usize, nshards: usize) -> std::io::Result<OutTable> {
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => std::path::PathBuf::from("."),
-        };
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = dir.join(format!(".{name}.pfs-tmp-{}", std::process::id()));
         // read and write: a super-chunk after the first reads its shards back
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        let mut t = OutTable {
-            dst: path.to_path_buf(),
-            tmp,
-            file: None,
-            cap,
-        };
-        file.set_len((HEADER + 8 * cap * nshards) as u64)?;
-        t.file = Some(file);
-        Ok(t)
+        let out = crate::util::AtomicFile::create(path)?;
+        out.get().set_len((HEADER + 8 * cap * nshards) as u64)?;
+        Ok(OutTable { out, cap })
     }
 
     fn at(&self, sh: usize) -> u64 {
@@ -764,33 +741,23 @@ impl OutTable {
     fn write_shard(&self, sh: usize, slots: &[u64]) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
         debug_assert_eq!(slots.len(), self.cap);
-        let f = self.file.as_ref().expect("open until finish");
-        f.write_all_at(bytemuck::cast_slice(slots), self.at(sh))
+        self.out
+            .get()
+            .write_all_at(bytemuck::cast_slice(slots), self.at(sh))
     }
 
     fn read_shard(&self, sh: usize, slots: &mut [u64]) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
         debug_assert_eq!(slots.len(), self.cap);
-        let f = self.file.as_ref().expect("open until finish");
-        f.read_exact_at(bytemuck::cast_slice_mut(slots), self.at(sh))
+        self.out
+            .get()
+            .read_exact_at(bytemuck::cast_slice_mut(slots), self.at(sh))
     }
 
-    fn finish(mut self, head: &[u8]) -> std::io::Result<()> {
+    fn finish(self, head: &[u8]) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
-        let f = self.file.take().expect("open until finish");
-        f.write_all_at(head, 0)?;
-        drop(f);
-        std::fs::rename(&self.tmp, &self.dst)?;
-        self.tmp = std::path::PathBuf::new();
-        Ok(())
-    }
-}
-
-impl Drop for OutTable {
-    fn drop(&mut self) {
-        if !self.tmp.as_os_str().is_empty() {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
+        self.out.get().write_all_at(head, 0)?;
+        self.out.commit_unsynced()
     }
 }
 

@@ -140,6 +140,16 @@ struct Ext {
     score: f64,
 }
 
+impl Ext {
+    /// Make (len, diffs, score) the best prefix if it scores higher.
+    #[inline(always)]
+    fn keep(&mut self, len: usize, diffs: usize, score: f64) {
+        if score > self.score {
+            *self = Ext { len, diffs, score };
+        }
+    }
+}
+
 impl Engine<'_> {
     /// Forward from (fi, si), at most `max` bytes.
     #[inline]
@@ -203,13 +213,7 @@ impl Engine<'_> {
                     }
                     score += (m - n) as f64 * p.gain;
                     n = m;
-                    if score > best.score {
-                        best = Ext {
-                            len: n,
-                            diffs,
-                            score,
-                        };
-                    }
+                    best.keep(n, diffs, score);
                     continue;
                 }
                 if !approx {
@@ -232,13 +236,7 @@ impl Engine<'_> {
                     if at > k {
                         score += (at - k) as f64 * p.gain;
                         n += at - k;
-                        if score > best.score {
-                            best = Ext {
-                                len: n,
-                                diffs,
-                                score,
-                            };
-                        }
+                        best.keep(n, diffs, score);
                     }
                     score -= p.penalty;
                     diffs += 1;
@@ -251,26 +249,14 @@ impl Engine<'_> {
                 if k < 8 {
                     score += (8 - k) as f64 * p.gain;
                     n += 8 - k;
-                    if score > best.score {
-                        best = Ext {
-                            len: n,
-                            diffs,
-                            score,
-                        };
-                    }
+                    best.keep(n, diffs, score);
                 }
                 continue;
             }
             if byte_eq(n) {
                 score += p.gain;
                 n += 1;
-                if score > best.score {
-                    best = Ext {
-                        len: n,
-                        diffs,
-                        score,
-                    };
-                }
+                best.keep(n, diffs, score);
             } else {
                 if !approx {
                     break;
