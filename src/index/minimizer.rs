@@ -63,6 +63,8 @@ const TAG_BITS: u32 = 24;
 const TAG_MASK: u64 = (1 << TAG_BITS) - 1;
 /// Largest position a slot holds.
 pub const MAX_POS: u64 = (1 << (64 - TAG_BITS)) - 1;
+// the snapshot's size limit is this index's
+const _: () = assert!(MAX_POS == crate::pob::MAX_SNAPSHOT_BYTES);
 /// Gram positions per [`anchors`] call of the build: its three scratch arrays (8 bytes per
 /// gram each) stay in the core's L2 cache (1 Mi grams, 24 MiB of scratch, ran at half the
 /// speed).

@@ -27,8 +27,9 @@ pub const MANIFEST_JSON: &str = "snapshot.manifest.json";
 /// The stamp of the last content check: `snapshot.bin`'s identity (device, inode, size,
 /// mtime, ctime) when its bytes last hashed to the id (see [`Snapshot::check_integrity`]).
 pub const VERIFIED_STAMP: &str = "snapshot.verified";
-/// A snapshot must not be larger than this (the minimizer index's 40-bit positions).
-pub const MAX_SNAPSHOT_BYTES: u64 = crate::index::minimizer::MAX_POS;
+/// A snapshot must not be larger than this: 2^40 - 1, the largest position the minimizer
+/// index's slots hold (`index::minimizer::MAX_POS` is checked against it at compile time).
+pub const MAX_SNAPSHOT_BYTES: u64 = (1 << 40) - 1;
 
 /// One region of the bank map.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
