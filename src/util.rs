@@ -70,7 +70,11 @@ impl AtomicFile {
     /// reader checks what a crash may leave (an index's header and length).
     pub fn commit_unsynced(mut self) -> std::io::Result<()> {
         drop(self.file.take().expect("AtomicFile committed twice"));
-        std::fs::rename(&self.tmp, &self.dst)
+        let res = std::fs::rename(&self.tmp, &self.dst);
+        if res.is_err() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+        res
     }
 }
 

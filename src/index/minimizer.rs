@@ -374,6 +374,7 @@ impl MinIndex {
         threads: usize,
         super_len: usize,
     ) -> Result<(), IndexError> {
+        debug_assert!(super_len > 0 && super_len.is_multiple_of(ANCHOR_CHUNK));
         spec.validate()?;
         if snap.len() as u64 > MAX_POS {
             return Err(IndexError::Spec(format!(
