@@ -11,7 +11,9 @@
 //! `PFS_PRODUCER_REPS` (repetitions, the best is printed, default 5), `PFS_PRODUCER_LEVEL`
 //! (`fast`, `default` or `max`; default `fast`, the `pfs send` default), `PFS_PRODUCER_ONLY`
 //! (`random` or `covered`: one file), `PFS_PRODUCER_FILE` (a file of yours, one more row;
-//! plan it against a snapshot that holds its basis, e.g. a release pair).
+//! plan it against a snapshot that holds its basis, e.g. a release pair), and the block
+//! coding knobs `PFS_PRODUCER_ZSTD` (zstd level of every block stream, default 1) and
+//! `PFS_PRODUCER_SPILL_KIB` (spill bytes per block in KiB, default 256).
 
 use packetfs::blueprint::{block, Level};
 use packetfs::index::IndexSet;

@@ -171,9 +171,9 @@ pub struct SendArgs {
     /// How the receiver's answers (Accept, Acks, Nacks) reach this sender (AF_XDP
     /// transport): kernel UDP sockets on ports the kernel picks (the frames leave from
     /// them: senders on one host on other queues or interfaces never share one), so the
-    /// sending interface gets
-    /// no XDP program (a faster start and end: attaching and detaching one each waits out
-    /// a kernel RCU grace period), or xdp: the steering program and the AF_XDP rings.
+    /// sending interface gets no XDP program (a faster start and end: attaching and
+    /// detaching one each waits out a kernel RCU grace period), or xdp: the steering
+    /// program and the AF_XDP rings.
     /// auto: kernel, else xdp where no UDP socket can be bound. A firewall here that drops
     /// UDP from the receiver's port needs xdp, or a rule letting it in [default: auto].
     #[arg(long, value_enum)]

@@ -97,11 +97,11 @@ pub enum Answers {
     #[default]
     Auto,
     /// Kernel UDP sockets on ports the kernel picks, which the sender's frames then leave
-    /// from (senders on one host never share one): the sending interface gets no
-    /// XDP program,
-    /// so the send starts without the program's attach and ends without its detach (each
-    /// waits out an RCU grace period in the kernel: 8-15 ms here). With workers, a thread
-    /// of its own reads the answers. Needs a host whose firewall lets the receiver's UDP in.
+    /// from (senders on one host never share one): the sending interface gets no XDP
+    /// program, so the send starts without the program's attach and ends without its
+    /// detach (each waits out an RCU grace period in the kernel: 8-15 ms here). With
+    /// workers, a thread of its own reads the answers. Needs a host whose firewall lets the
+    /// receiver's UDP in.
     Kernel,
     /// The steering program on the sending interface, the answers on the AF_XDP sockets'
     /// rx rings (past a host firewall that would drop the answers).

@@ -383,7 +383,8 @@ impl MinIndex {
             )));
         }
         let w = spec.step as usize;
-        let (bits, cap) = geometry(spec.step, snap.len() as u64);
+        // the shard count; the slots per shard come from the anchors counted below
+        let (bits, _) = geometry(spec.step, snap.len() as u64);
         let nshards = 1usize << bits;
         let threads = if threads == 0 {
             std::thread::available_parallelism()
@@ -392,7 +393,6 @@ impl MinIndex {
         } else {
             threads
         };
-        let _ = cap;
         // sized from the anchors of the first super-chunk (the whole snapshot up to SUPER)
         let io = |source| IndexError::Io {
             path: path.into(),
@@ -555,13 +555,10 @@ impl MinIndex {
         let out = match out {
             Some(o) => o,
             None => {
-                cap = 64; // a snapshot without a single gram
-                let t = OutTable::create(path, cap, nshards).map_err(io)?;
-                let zero = vec![0u64; cap];
-                for sh in 0..nshards {
-                    t.write_shard(sh, &zero).map_err(io)?;
-                }
-                t
+                // a snapshot without a single gram: empty shards (the file is sized with
+                // zeros)
+                cap = 64;
+                OutTable::create(path, cap, nshards).map_err(io)?
             }
         };
         let mut head = Vec::with_capacity(HEADER);
@@ -920,6 +917,19 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn a_snapshot_shorter_than_a_gram_gets_an_empty_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.idx");
+        let snap = [1u8, 2, 3, 4, 5];
+        MinIndex::build(spec(20, 8), &snap, &[6; 32], &path, 2).unwrap();
+        let idx = MinIndex::open(&path, spec(20, 8), snap.len(), &[6; 32]).unwrap();
+        assert!(idx.is_empty());
+        let mut c = Vec::new();
+        idx.candidates(12345, 8, &mut c);
+        assert!(c.is_empty());
     }
 
     #[test]
