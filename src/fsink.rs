@@ -1332,7 +1332,7 @@ impl FileSink for MmapSink {
 
     fn prefix_final(&mut self, file: u32, upto: u64) {
         /// Start writeback in steps of this many bytes.
-        const STEP: u64 = 4 << 20;
+        const STEP: u64 = 1 << 20;
         if let Some(p) = self
             .outs
             .get_mut(file as usize)

@@ -234,22 +234,35 @@ fn random_data_is_rejected_but_a_long_pseudo_random_copy_is_found() {
 }
 
 #[test]
-fn thread_splits_rebuild_and_join_covers_across_the_split() {
+fn the_plan_is_the_same_on_any_thread_count_and_covers_join_across_chunks() {
     let f = fixture();
+    // longer than one chunk of the engine's threads (256 KiB), so the chunks are shared out
     let file = mutate(&f.basis, 3);
-    let one = PlanConfig {
-        threads: 1,
-        ..level(Level::Default)
-    };
-    let four = PlanConfig {
-        threads: 4,
-        ..one.clone()
-    };
-    let (a, _) = roundtrip(&file, &one);
-    let (b, _) = roundtrip(&file, &four);
-    // the splits may move a cover edge or two, not more
-    let (na, nb) = (a.segments.len() as i64, b.segments.len() as i64);
-    assert!((na - nb).abs() <= 8, "{na} vs {nb}");
+    assert!(file.len() > 256 << 10);
+    let plans: Vec<Blueprint> = [1, 2, 4]
+        .iter()
+        .map(|&threads| {
+            let cfg = PlanConfig {
+                threads,
+                ..level(Level::Default)
+            };
+            roundtrip(&file, &cfg).0
+        })
+        .collect();
+    assert_eq!(plans[0], plans[1], "1 thread vs 2");
+    assert_eq!(plans[0], plans[2], "1 thread vs 4");
+    // an unchanged copy of the basis: its cover runs across the chunk edge at 256 KiB
+    let (bp, _) = roundtrip(&f.basis, &level(Level::Fast));
+    let edge = 256u64 << 10;
+    let mut at = 0u64;
+    let across = bp.segments.iter().find_map(|s| {
+        let r = (at, at + s.len as u64);
+        at = r.1;
+        (r.0 < edge && r.1 > edge).then_some(*s)
+    });
+    let across = across.expect("a segment spans the chunk edge");
+    assert!(!matches!(across.src, Source::Raw), "{across:?}");
+    assert!(across.len >= 64 << 10, "{across:?}");
 }
 
 #[test]

@@ -685,6 +685,10 @@ fn thread_count(cfg: &PlanConfig) -> usize {
     }
 }
 
+/// Bytes of file the cover engine's threads take at a time (a whole number of
+/// [`cover::BLOCK`]s).
+const COVER_CHUNK: usize = 4 * cover::BLOCK;
+
 /// The cover engine ([`cover`]): the file's BLAKE3, then ranges planned, covers merged, and
 /// segments and spill emitted, each on every thread.
 fn plan_covers(
@@ -715,12 +719,6 @@ fn plan_covers(
     };
     let t = Instant::now();
     let threads = thread_count(cfg);
-    // ranges of whole blocks, one per thread (small files: one range)
-    let blocks = file.len().div_ceil(cover::BLOCK).max(1);
-    let per = blocks.div_ceil(threads.max(1)) * cover::BLOCK;
-    let ranges: Vec<(usize, usize)> = (0..file.len().div_ceil(per).max(1))
-        .map(|i| (i * per, ((i + 1) * per).min(file.len())))
-        .collect();
     let th = Instant::now();
     let file_hash = if hash {
         crate::util::parallel_blake3(file, usize::BITS - 1 - threads.max(1).leading_zeros())
@@ -728,21 +726,42 @@ fn plan_covers(
         [0; 32]
     };
     let hash_ms = ms(th);
-    let parts: Vec<Vec<cover::Cover>> = std::thread::scope(|s| {
-        let hs: Vec<_> = ranges[1..]
-            .iter()
-            .map(|&(a, b)| {
-                let e = &engine;
-                s.spawn(move || e.run(a, b))
+    // Chunks of COVER_CHUNK bytes (whole blocks), taken by the threads as they come free: a
+    // release's code and data plan at different speeds, so fixed halves left one thread
+    // idle. The chunks do not depend on the thread count, so neither does the plan.
+    let chunks = file.len().div_ceil(COVER_CHUNK).max(1);
+    let chunk = |i: usize| (i * COVER_CHUNK, ((i + 1) * COVER_CHUNK).min(file.len()));
+    let parts: Vec<Vec<cover::Cover>> = if chunks == 1 || threads <= 1 {
+        (0..chunks)
+            .map(|i| {
+                let (a, b) = chunk(i);
+                engine.run(a, b)
             })
-            .collect();
-        let mut parts = vec![engine.run(ranges[0].0, ranges[0].1)];
-        parts.extend(
-            hs.into_iter()
-                .map(|h| h.join().expect("planner thread panicked")),
-        );
-        parts
-    });
+            .collect()
+    } else {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let work = || {
+            let mut mine: Vec<(usize, Vec<cover::Cover>)> = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= chunks {
+                    return mine;
+                }
+                let (a, b) = chunk(i);
+                mine.push((i, engine.run(a, b)));
+            }
+        };
+        let mut all: Vec<(usize, Vec<cover::Cover>)> = std::thread::scope(|s| {
+            let hs: Vec<_> = (1..threads.min(chunks)).map(|_| s.spawn(work)).collect();
+            let mut all = work();
+            for h in hs {
+                all.extend(h.join().expect("planner thread panicked"));
+            }
+            all
+        });
+        all.sort_unstable_by_key(|p| p.0);
+        all.into_iter().map(|p| p.1).collect()
+    };
     times.hash_ms = hash_ms;
     let covers: Vec<cover::Cover> = parts.into_iter().flatten().collect();
     let covers = cover::merge(file, snap.bytes(), covers, cfg, &prices);

@@ -292,8 +292,8 @@ impl Price {
     }
 }
 
-/// The blocks of one window: planned and packed, or raw if that is not smaller than the
-/// allowance lets through.
+/// One window planned: passed through as stored raw blocks when nothing matched and
+/// nothing compresses, else a blueprint to encode ([`Packed::finish`]).
 fn pack_window(
     window: &[u8],
     start: u64,
@@ -302,7 +302,7 @@ fn pack_window(
     o: &StreamOptions,
     f: &StreamFile,
     price: &mut Price,
-) -> Result<Vec<u8>, StreamError> {
+) -> Result<Packed, StreamError> {
     // the literal price: the config's, the one carried from this file's last window, or
     // estimated from a 256 KiB sample of the window (plan would take 2 MiB)
     let mut cfg = o.plan.clone();
@@ -332,24 +332,61 @@ fn pack_window(
             plan::estimate_raw_bits_within(window, WINDOW_SAMPLE)
         };
         if bits >= STORE_BITS {
-            return Ok(block::encode_stored_raw(window, &o.encode));
+            return Ok(Packed::Done(block::encode_stored_raw(window, &o.encode)));
         }
     }
-    let pack_err = |source| StreamError::Pack {
-        path: f.path.clone(),
-        source,
-    };
-    let limit = window.len() as u64 + allowance(window.len() as u64);
-    let packed = encode_window(planned.blueprint, start, &o.encode).map_err(pack_err)?;
-    if packed.len() as u64 <= limit {
-        return Ok(packed);
+    Ok(Packed::Encode(Box::new(EncodeJob {
+        bp: planned.blueprint,
+        start,
+        snap_id: snap.id,
+    })))
+}
+
+/// A window after [`pack_window`]: its blocks, or a blueprint still to encode.
+#[derive(Debug)]
+enum Packed {
+    Done(Vec<u8>),
+    Encode(Box<EncodeJob>),
+}
+
+/// A planned window whose blocks are still to be encoded (the producer's encoder thread
+/// does it while the next window is planned).
+#[derive(Debug)]
+struct EncodeJob {
+    bp: Blueprint,
+    start: u64,
+    snap_id: [u8; 32],
+}
+
+impl Packed {
+    /// The window's blocks: encoded, or raw if that is not smaller than the allowance lets
+    /// through (`window`: the window's bytes).
+    fn finish(
+        self,
+        window: &[u8],
+        o: &StreamOptions,
+        f: &std::path::Path,
+    ) -> Result<Vec<u8>, StreamError> {
+        let job = match self {
+            Packed::Done(b) => return Ok(b),
+            Packed::Encode(job) => job,
+        };
+        let pack_err = |source| StreamError::Pack {
+            path: f.to_path_buf(),
+            source,
+        };
+        let limit = window.len() as u64 + allowance(window.len() as u64);
+        let packed = encode_window(job.bp, job.start, &o.encode).map_err(pack_err)?;
+        if packed.len() as u64 <= limit {
+            return Ok(packed);
+        }
+        let packed = raw_window(window, job.start, job.snap_id, &o.encode).map_err(pack_err)?;
+        debug_assert!(
+            packed.len() as u64 <= limit,
+            "raw blocks within the allowance"
+        );
+        Ok(packed)
     }
-    let packed = raw_window(window, start, snap.id, &o.encode).map_err(pack_err)?;
-    debug_assert!(
-        packed.len() as u64 <= limit,
-        "raw blocks within the allowance"
-    );
-    Ok(packed)
 }
 
 /// [`produce`] while the indexes of `o.plan` load (or build) on another thread: the
@@ -368,22 +405,35 @@ pub fn produce_with_default_indexes(
         });
         let mut loading = Some(loading);
         let mut idx: Option<IndexSet> = None;
+        // a load failure met by an early window (whose failure nobody reports) waits here
+        // for the first window that reports it
+        let mut failed: Option<crate::index::IndexError> = None;
         let mut first = true;
         let mut price = Price::default();
-        produce_with(files, tx, o, offers, &mut |window, start, f| {
-            if let Some(h) = loading.take_if(|h| !first || h.is_finished()) {
-                let loaded = h.join().expect("the index loader does not panic");
-                idx = Some(loaded.map_err(StreamError::Index)?);
+        produce_with(files, tx, o, offers, &mut |window, start, f, early| {
+            if let Some(e) = failed.take_if(|_| !early) {
+                return Err(StreamError::Index(e));
+            }
+            // while the handshake runs, waiting for the indexes costs nothing
+            if let Some(h) = loading.take_if(|h| early || !first || h.is_finished()) {
+                match h.join().expect("the index loader does not panic") {
+                    Ok(i) => idx = Some(i),
+                    Err(e) if early => {
+                        failed = Some(e);
+                        return Err(StreamError::ProducerGone);
+                    }
+                    Err(e) => return Err(StreamError::Index(e)),
+                }
             }
             first = false;
             match &idx {
                 Some(idx) => pack_window(window, start, snap, idx, o, f, &mut price),
-                None => raw_window(window, start, snap.id, &o.encode).map_err(|source| {
-                    StreamError::Pack {
+                None => raw_window(window, start, snap.id, &o.encode)
+                    .map(Packed::Done)
+                    .map_err(|source| StreamError::Pack {
                         path: f.path.clone(),
                         source,
-                    }
-                }),
+                    }),
             }
         });
     })
@@ -400,13 +450,61 @@ pub fn produce(
     offers: Option<Offers>,
 ) {
     let mut price = Price::default();
-    produce_with(files, tx, o, offers, &mut |window, start, f| {
+    produce_with(files, tx, o, offers, &mut |window, start, f, _| {
         pack_window(window, start, snap, idx, o, f, &mut price)
     })
 }
 
-/// What turns one window (its bytes, its file offset, its file) into blocks.
-type PackFn<'a> = dyn FnMut(&[u8], u64, &StreamFile) -> Result<Vec<u8>, StreamError> + 'a;
+/// What plans one window (its bytes, its file offset, its file; `early`: called while the
+/// session's handshake runs, when nothing could leave yet, so waiting costs nothing).
+type PackFn<'a> = dyn FnMut(&[u8], u64, &StreamFile, bool) -> Result<Packed, StreamError> + 'a;
+
+/// What the producer's planning thread hands its encoder thread, in stream order.
+enum Stage {
+    /// An item to pass on as it is.
+    Item(Result<Item, StreamError>),
+    /// A window of file `file` to finish ([`Packed::finish`]); its buffer goes back to the
+    /// planning thread afterwards.
+    Window {
+        file: usize,
+        packed: Packed,
+        window: Vec<u8>,
+    },
+}
+
+/// Windows planned ahead of the encoder: one, so a window is encoded while the next is
+/// planned and at most three window buffers exist.
+const STAGE_AHEAD: usize = 1;
+
+/// The encoder thread: finishes each window and passes every item on to `tx` in order.
+/// Returns when the planning thread is done or `tx` hangs up (or after a failure, handed
+/// over as the last item); dropping `rx` then stops the planning thread.
+fn encode_stage(
+    rx: Receiver<Stage>,
+    tx: &SyncSender<Result<Item, StreamError>>,
+    free: SyncSender<Vec<u8>>,
+    files: &[StreamFile],
+    o: &StreamOptions,
+) {
+    for m in rx {
+        let item = match m {
+            Stage::Item(it) => it,
+            Stage::Window {
+                file,
+                packed,
+                window,
+            } => {
+                let r = packed.finish(&window, o, &files[file].path);
+                let _ = free.try_send(window);
+                r.map(|bytes| Item::Blocks { file, bytes })
+            }
+        };
+        let failed = item.is_err();
+        if tx.send(item).is_err() || failed {
+            return;
+        }
+    }
+}
 
 fn produce_with(
     files: &[StreamFile],
@@ -415,12 +513,41 @@ fn produce_with(
     offers: Option<Offers>,
     pack: &mut PackFn<'_>,
 ) {
+    let (stage_tx, stage_rx) = std::sync::mpsc::sync_channel(STAGE_AHEAD);
+    let (free_tx, free_rx) = std::sync::mpsc::sync_channel(STAGE_AHEAD + 1);
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("pfs-encode".into())
+            .spawn_scoped(s, || encode_stage(stage_rx, tx, free_tx, files, o))
+            .expect("spawning the producer's encoder thread");
+        plan_files(files, &stage_tx, &free_rx, o, offers, pack);
+        drop(stage_tx);
+    });
+}
+
+/// The planning thread of [`produce_with`]: every file in order, each item (and each
+/// window to encode) handed to the encoder thread through `tx`.
+fn plan_files(
+    files: &[StreamFile],
+    tx: &SyncSender<Stage>,
+    free: &Receiver<Vec<u8>>,
+    o: &StreamOptions,
+    offers: Option<Offers>,
+    pack: &mut PackFn<'_>,
+) {
+    // While the handshake runs, the first file's first window is read and planned: it is
+    // used unless the receiver offers part of that file (then it is dropped). A failure is
+    // not reported here: the file is read again below and reports it.
+    let mut head = None;
     let held: HashMap<u32, HeldEntry> = match offers {
         None => HashMap::new(),
-        Some(rx) => match rx.recv() {
-            Ok(v) => v.into_iter().map(|e| (e.file, e)).collect(),
-            Err(_) => return, // the session ended before its handshake
-        },
+        Some(rx) => {
+            head = files.first().and_then(|f| first_window(f, o, pack));
+            match rx.recv() {
+                Ok(v) => v.into_iter().map(|e| (e.file, e)).collect(),
+                Err(_) => return, // the session ended before its handshake
+            }
+        }
     };
     // Small files (one window) the receiver holds nothing of are batched; the session's
     // first file goes alone, so that the first data frame does not wait for a batch. Any
@@ -429,12 +556,20 @@ fn produce_with(
     let mut batch_bytes = 0usize;
     let flush = |batch: &mut Vec<SmallFile>, batch_bytes: &mut usize| {
         *batch_bytes = 0;
-        batch.is_empty() || tx.send(Ok(Item::Small(std::mem::take(batch)))).is_ok()
+        batch.is_empty()
+            || tx
+                .send(Stage::Item(Ok(Item::Small(std::mem::take(batch)))))
+                .is_ok()
     };
     for (i, f) in files.iter().enumerate() {
         let offer = held.get(&(i as u32));
+        let head = head.take().filter(|_| offer.is_none());
         let r = if f.size <= o.first_window.max(1) && offer.is_none() {
-            produce_small(i, f, pack).map(|s| {
+            let small = match head {
+                Some(Head::Small(s)) => Ok(s),
+                _ => produce_small(i, f, o, pack, false),
+            };
+            small.map(|s| {
                 batch_bytes += s.bytes.len();
                 batch.push(s);
                 if i == 0 || batch_bytes >= SMALL_BATCH_BYTES || batch.len() >= SMALL_BATCH_FILES {
@@ -446,14 +581,14 @@ fn produce_with(
         } else if !flush(&mut batch, &mut batch_bytes) {
             Ok(false)
         } else {
-            produce_file(i, f, o, tx, offer, pack)
+            produce_file(i, f, o, tx, free, offer, head, pack)
         };
         match r {
             Ok(true) => {}
             Ok(false) => return, // hung up
             Err(e) => {
                 let _ = flush(&mut batch, &mut batch_bytes);
-                let _ = tx.send(Err(e));
+                let _ = tx.send(Stage::Item(Err(e)));
                 return;
             }
         }
@@ -461,11 +596,34 @@ fn produce_with(
     let _ = flush(&mut batch, &mut batch_bytes);
 }
 
+/// The first file's first window, read and planned while the handshake runs.
+enum Head {
+    /// The whole file (one window).
+    Small(SmallFile),
+    /// Its first window's bytes, planned.
+    Window(Vec<u8>, Packed),
+}
+
+/// [`Head`] of `f` (the session's first file), or None where reading or planning failed.
+fn first_window(f: &StreamFile, o: &StreamOptions, pack: &mut PackFn<'_>) -> Option<Head> {
+    if f.size <= o.first_window.max(1) {
+        return produce_small(0, f, o, pack, true).ok().map(Head::Small);
+    }
+    let mut buf = vec![0u8; o.first_window.max(1) as usize];
+    std::fs::File::open(&f.path)
+        .and_then(|mut file| file.read_exact(&mut buf))
+        .ok()?;
+    let packed = pack(&buf, 0, f, true).ok()?;
+    Some(Head::Window(buf, packed))
+}
+
 /// A file of one window, read, planned and packed whole.
 fn produce_small(
     i: usize,
     f: &StreamFile,
+    o: &StreamOptions,
     pack: &mut PackFn<'_>,
+    early: bool,
 ) -> Result<SmallFile, StreamError> {
     let read_err = |source| StreamError::Read {
         path: f.path.clone(),
@@ -486,7 +644,7 @@ fn produce_small(
     let bytes = if buf.is_empty() {
         Vec::new()
     } else {
-        pack(&buf, 0, f)?
+        pack(&buf, 0, f, early)?.finish(&buf, o, &f.path)?
     };
     Ok(SmallFile {
         file: i,
@@ -513,8 +671,10 @@ fn produce_file(
     i: usize,
     f: &StreamFile,
     o: &StreamOptions,
-    tx: &SyncSender<Result<Item, StreamError>>,
+    tx: &SyncSender<Stage>,
+    free: &Receiver<Vec<u8>>,
     offer: Option<&HeldEntry>,
+    mut head: Option<Head>,
     pack: &mut PackFn<'_>,
 ) -> Result<bool, StreamError> {
     let read_err = |source| StreamError::Read {
@@ -555,7 +715,7 @@ fn produce_file(
                     },
                 ];
                 for it in items {
-                    if tx.send(Ok(it)).is_err() {
+                    if tx.send(Stage::Item(Ok(it))).is_err() {
                         return Ok(false);
                     }
                 }
@@ -568,17 +728,43 @@ fn produce_file(
             }
         }
     }
-    // the window buffer on huge pages (a 4 MiB window's 4 KiB first-touch faults showed)
-    let mut buf = crate::bigbuf::with_capacity(o.max_window.min(f.size - from) as usize);
+    // window buffers on huge pages (a 4 MiB window's 4 KiB first-touch faults showed),
+    // taken back from the encoder thread once it has finished with them
+    let cap = o.max_window.min(f.size - from) as usize;
     for (start, len) in windows_from(f.size, from, o) {
+        // the first window, planned while the handshake ran (this file is read from its
+        // start: an offer would have dropped it)
+        if let Some(Head::Window(buf, packed)) = head.take().filter(|_| start == 0) {
+            if buf.len() as u64 == len {
+                file.seek(std::io::SeekFrom::Start(len)).map_err(read_err)?;
+                hasher.update(&buf);
+                let m = Stage::Window {
+                    file: i,
+                    packed,
+                    window: buf,
+                };
+                if tx.send(m).is_err() {
+                    return Ok(false);
+                }
+                continue;
+            }
+        }
+        let mut buf = free
+            .try_recv()
+            .unwrap_or_else(|_| crate::bigbuf::with_capacity(cap));
         buf.resize(len as usize, 0);
         file.read_exact(&mut buf).map_err(|e| match e.kind() {
             std::io::ErrorKind::UnexpectedEof => changed(),
             _ => read_err(e),
         })?;
         hasher.update(&buf);
-        let bytes = pack(&buf, start, f)?;
-        if tx.send(Ok(Item::Blocks { file: i, bytes })).is_err() {
+        let packed = pack(&buf, start, f, false)?;
+        let m = Stage::Window {
+            file: i,
+            packed,
+            window: buf,
+        };
+        if tx.send(m).is_err() {
             return Ok(false);
         }
     }
@@ -586,7 +772,9 @@ fn produce_file(
         return Err(changed());
     }
     let hash = *hasher.finalize().as_bytes();
-    Ok(tx.send(Ok(Item::Finished { file: i, hash })).is_ok())
+    Ok(tx
+        .send(Stage::Item(Ok(Item::Finished { file: i, hash })))
+        .is_ok())
 }
 
 /// A [`Sender`] fed from a producer while it runs: an [`Endpoint`] any driver can run.
@@ -774,12 +962,12 @@ mod tests {
             ..Default::default()
         };
         let (tx, rx) = std::sync::mpsc::sync_channel(64);
-        produce_with(&[f], &tx, &o, None, &mut |w, start, f| match fail_at {
+        produce_with(&[f], &tx, &o, None, &mut |w, start, f, _| match fail_at {
             Some(at) if at == start => Err(StreamError::Pack {
                 path: f.path.clone(),
                 source: std::io::Error::other("refused"),
             }),
-            _ => Ok(w.to_vec()),
+            _ => Ok(Packed::Done(w.to_vec())),
         });
         drop(tx);
         rx.iter().collect()
@@ -828,11 +1016,86 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         drop(rx);
         let mut calls = 0;
-        produce_with(&[f], &tx, &o, None, &mut |w, _, _| {
+        produce_with(&[f], &tx, &o, None, &mut |w, _, _, _| {
             calls += 1;
-            Ok(w.to_vec())
+            Ok(Packed::Done(w.to_vec()))
         });
-        assert!(calls <= 2, "{calls} windows packed for nobody");
+        // the window the encoder failed to hand over, the one waiting for it, and the one
+        // whose hand-over found the encoder gone (of 100)
+        assert!(
+            calls <= STAGE_AHEAD + 2,
+            "{calls} windows packed for nobody"
+        );
+    }
+
+    /// Produce `data` as one file with the receiver's `offers` (sent before the producer
+    /// starts): the items, and each planning call's (window start, early).
+    fn produce_offered(
+        data: &[u8],
+        offers: Vec<HeldEntry>,
+    ) -> (Vec<Result<Item, StreamError>>, Vec<(u64, bool)>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, data).unwrap();
+        let f = StreamFile::open(path).unwrap();
+        let o = StreamOptions {
+            first_window: 1000,
+            max_window: 4000,
+            ..Default::default()
+        };
+        let (otx, orx) = std::sync::mpsc::sync_channel(1);
+        otx.send(offers).unwrap();
+        let (tx, rx) = std::sync::mpsc::sync_channel(64);
+        let mut calls = Vec::new();
+        produce_with(&[f], &tx, &o, Some(orx), &mut |w, start, _, early| {
+            calls.push((start, early));
+            Ok(Packed::Done(w.to_vec()))
+        });
+        drop(tx);
+        (rx.iter().collect(), calls)
+    }
+
+    #[test]
+    fn the_first_window_is_planned_during_the_handshake_and_dropped_for_an_offer() {
+        let data = crate::prepare::noise(9, 10_000);
+        // nothing offered: the window planned early is the one sent, planned once
+        let (items, calls) = produce_offered(&data, Vec::new());
+        assert_eq!(calls[0], (0, true));
+        assert!(
+            calls[1..].iter().all(|&(s, early)| s > 0 && !early),
+            "{calls:?}"
+        );
+        let mut bytes = Vec::new();
+        for it in &items {
+            if let Ok(Item::Blocks { bytes: b, .. }) = it {
+                bytes.extend_from_slice(b);
+            }
+        }
+        assert_eq!(bytes, data);
+        assert!(matches!(
+            items.last(),
+            Some(Ok(Item::Finished { hash, .. })) if *hash == *blake3::hash(&data).as_bytes()
+        ));
+        // the receiver holds the first 3000 bytes: the early window is dropped and the file
+        // goes on from there (a resume record, then windows from 3000)
+        let held = HeldEntry {
+            file: 0,
+            kind: HeldKind::Prefix,
+            len: 3000,
+            hash: *blake3::hash(&data[..3000]).as_bytes(),
+        };
+        let (items, calls) = produce_offered(&data, vec![held]);
+        assert_eq!(calls[0], (0, true));
+        assert_eq!(calls[1], (3000, false), "{calls:?}");
+        assert!(items
+            .iter()
+            .any(|i| matches!(i, Ok(Item::Resumed { at: 3000, .. }))));
+        assert!(matches!(items.last(), Some(Ok(Item::Finished { .. }))));
+        // a small first file: planned early whole, sent as it was planned
+        let small = crate::prepare::noise(3, 700);
+        let (items, calls) = produce_offered(&small, Vec::new());
+        assert_eq!(calls, vec![(0, true)]);
+        assert!(matches!(&items[..], [Ok(Item::Small(v))] if v[0].bytes == small));
     }
 
     #[test]
