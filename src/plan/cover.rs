@@ -330,6 +330,50 @@ impl Engine<'_> {
         Some((c, fw.score + bk.score))
     }
 
+    /// The covers of ranges planned apart, joined: `parts[i]` holds the covers of
+    /// `[i * chunk, (i + 1) * chunk)`. Where a range's last cover ends at the edge, it goes
+    /// on along its diagonal into the next range as far as its walk takes it, as it would
+    /// have in one range: planned without that diagonal, the next range may take others (a
+    /// repetitive snapshot offers several that score the same) or none for a while. The
+    /// next range's covers that the longer one spans are dropped; one it runs into is cut
+    /// to start where it ends.
+    pub fn join(&self, parts: Vec<Vec<Cover>>, chunk: usize) -> Vec<Cover> {
+        let mut out: Vec<Cover> = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+        for (i, part) in parts.into_iter().enumerate() {
+            let edge = i * chunk;
+            let mut reach = edge;
+            if let Some(last) = out.last_mut().filter(|c| c.end() == edge && edge > 0) {
+                let si = last.snap + last.len;
+                let ceil = (edge + chunk).min(self.f.len());
+                if si < self.s.len() && edge < ceil {
+                    let e = self.fwd(edge, si, ceil - edge);
+                    last.len += e.len;
+                    last.diffs += e.diffs;
+                    reach = last.end();
+                }
+            }
+            for mut c in part {
+                if c.end() <= reach {
+                    continue;
+                }
+                if c.start < reach {
+                    let k = reach - c.start;
+                    let cut = self.f[c.start..reach]
+                        .iter()
+                        .zip(&self.s[c.snap..c.snap + k])
+                        .filter(|(x, y)| x != y)
+                        .count();
+                    c.start = reach;
+                    c.snap += k;
+                    c.len -= k;
+                    c.diffs -= cut;
+                }
+                out.push(c);
+            }
+        }
+        out
+    }
+
     /// Plan the file range `[a, b)`: covers in file order, inside the range.
     pub fn run(&self, a: usize, b: usize) -> Vec<Cover> {
         let cfg = self.cfg;
@@ -922,5 +966,66 @@ mod tests {
         bp.rebuild_into(&s, &mut out).unwrap();
         assert_eq!(out, f);
         let _ = prices();
+    }
+
+    #[test]
+    fn a_cover_cut_at_a_range_edge_goes_on_into_the_next_range() {
+        let mut rng = crate::pob::prng::SplitMix64::new(5);
+        let mut s = vec![0u8; 1 << 15];
+        rng.fill(&mut s);
+        let dir = tempfile::tempdir().unwrap();
+        let spec = crate::index::minimizer_spec(20, 8);
+        let path = dir.path().join("m.idx");
+        MinIndex::build(spec, &s, &[0; 32], &path, 1).unwrap();
+        let idx = MinIndex::open(&path, spec, s.len(), &[0; 32]).unwrap();
+        let c = cfg();
+        // the file: snapshot bytes from 1000 on (diagonal 1000), with a run of 300 changed
+        // bytes at 6000 (the walk stops there)
+        let mut f = s[1000..9000].to_vec();
+        for b in &mut f[6000..6300] {
+            *b = !*b;
+        }
+        let e = Engine {
+            f: &f,
+            s: &s,
+            idx: &idx,
+            cfg: &c,
+            prices: prices(),
+        };
+        let cov = |start: usize, len: usize, snap: usize| Cover {
+            start,
+            len,
+            snap,
+            diffs: (0..len).filter(|&n| f[start + n] != s[snap + n]).count(),
+        };
+        let chunk = 4000;
+        // range 0 ends on diagonal 1000 at the edge; range 1 took another diagonal for a
+        // while (a short cover spanned, one cut), then diagonal 1000 again past the change
+        let parts = vec![
+            vec![cov(100, 3900, 1100)],
+            vec![
+                cov(4100, 50, 20_000),
+                cov(5900, 200, 7000),
+                cov(6300, 1700, 7300),
+            ],
+        ];
+        let got = e.join(parts, chunk);
+        assert_eq!(got[0].start, 100);
+        assert_eq!(got[0].snap, 1100);
+        let reach = got[0].end();
+        assert!((6000..6300).contains(&reach), "walked to {reach}");
+        assert_eq!(got[0].diffs, cov(100, got[0].len, 1100).diffs);
+        // the 50-byte cover is gone, the one the walk ran into starts where it stopped
+        // (its differences counted again), the last is kept
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(got[1].start, reach);
+        assert_eq!(got[1].end(), 6100);
+        assert_eq!(got[1].snap, 7000 + (reach - 5900));
+        assert_eq!(got[1].diffs, cov(reach, 6100 - reach, got[1].snap).diffs);
+        assert_eq!(got[2], cov(6300, 1700, 7300));
+        // a range whose last cover stops short of the edge: nothing moves
+        let parts = vec![vec![cov(100, 3800, 1100)], vec![cov(4100, 50, 20_000)]];
+        let got = e.join(parts.clone(), chunk);
+        assert_eq!(got, parts.concat());
     }
 }

@@ -763,7 +763,7 @@ fn plan_covers(
         all.into_iter().map(|p| p.1).collect()
     };
     times.hash_ms = hash_ms;
-    let covers: Vec<cover::Cover> = parts.into_iter().flatten().collect();
+    let covers = engine.join(parts, COVER_CHUNK);
     let covers = cover::merge(file, snap.bytes(), covers, cfg, &prices);
     times.match_ms = ms(t);
     let t = Instant::now();
