@@ -344,7 +344,13 @@ impl Engine<'_> {
             let mut reach = edge;
             if let Some(last) = out.last_mut().filter(|c| c.end() == edge && edge > 0) {
                 let si = last.snap + last.len;
-                let ceil = (edge + chunk).min(self.f.len());
+                // up to where the next range takes the same diagonal again ([`merge`] joins
+                // the two there): at once where it never left it (a covered file)
+                let ceil = part
+                    .iter()
+                    .find(|c| c.diag() == last.diag())
+                    .map_or(edge + chunk, |c| c.start)
+                    .min(self.f.len());
                 if si < self.s.len() && edge < ceil {
                     let e = self.fwd(edge, si, ceil - edge);
                     last.len += e.len;
