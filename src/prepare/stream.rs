@@ -463,31 +463,22 @@ type PackFn<'a> = dyn FnMut(&[u8], u64, &StreamFile, bool) -> Result<Packed, Str
 enum Stage {
     /// An item to pass on as it is.
     Item(Result<Item, StreamError>),
-    /// File `file`'s BLAKE3 goes on from this state (a new hasher, or one over the prefix
-    /// the receiver holds): the windows that follow are hashed into it.
-    Hash {
-        file: usize,
-        state: Box<blake3::Hasher>,
-    },
-    /// A window of file `file` to finish ([`Packed::finish`]) and hash; its buffer goes
-    /// back to the planning thread afterwards.
+    /// A window of file `file` to finish ([`Packed::finish`]); its buffer goes back to the
+    /// planning thread afterwards.
     Window {
         file: usize,
         packed: Packed,
         window: Vec<u8>,
     },
-    /// File `file` is read whole: hand over its hash ([`Item::Finished`]).
-    Finished { file: usize },
 }
 
 /// Windows planned ahead of the encoder: one, so a window is encoded while the next is
 /// planned and at most three window buffers exist.
 const STAGE_AHEAD: usize = 1;
 
-/// The encoder thread: finishes and hashes each window and passes every item on to `tx` in
-/// order (the hashing is here, off the planning thread: it is a third of a covered file's
-/// producer time). Returns when the planning thread is done or `tx` hangs up (or after a
-/// failure, handed over as the last item); dropping `rx` then stops the planning thread.
+/// The encoder thread: finishes each window and passes every item on to `tx` in order.
+/// Returns when the planning thread is done or `tx` hangs up (or after a failure, handed
+/// over as the last item); dropping `rx` then stops the planning thread.
 fn encode_stage(
     rx: Receiver<Stage>,
     tx: &SyncSender<Result<Item, StreamError>>,
@@ -495,50 +486,22 @@ fn encode_stage(
     files: &[StreamFile],
     o: &StreamOptions,
 ) {
-    let mut hashing: Option<(usize, Box<blake3::Hasher>)> = None;
     for m in rx {
-        let (item, window) = match m {
-            Stage::Item(it) => (it, None),
-            Stage::Hash { file, state } => {
-                hashing = Some((file, state));
-                continue;
-            }
+        let item = match m {
+            Stage::Item(it) => it,
             Stage::Window {
                 file,
                 packed,
                 window,
             } => {
                 let r = packed.finish(&window, o, &files[file].path);
-                (
-                    r.map(|bytes| Item::Blocks { file, bytes }),
-                    Some((file, window)),
-                )
+                let _ = free.try_send(window);
+                r.map(|bytes| Item::Blocks { file, bytes })
             }
-            Stage::Finished { file } => match hashing.take() {
-                Some((f, h)) if f == file => (
-                    Ok(Item::Finished {
-                        file,
-                        hash: *h.finalize().as_bytes(),
-                    }),
-                    None,
-                ),
-                // the planning thread sends each file's state before its windows
-                _ => {
-                    debug_assert!(false, "file {file} finished without its hash state");
-                    (Err(StreamError::ProducerGone), None)
-                }
-            },
         };
         let failed = item.is_err();
         if tx.send(item).is_err() || failed {
             return;
-        }
-        // the blocks are on their way: hash the window, then give its buffer back
-        if let Some((file, window)) = window {
-            if let Some((_, h)) = hashing.as_mut().filter(|(f, _)| *f == file) {
-                h.update(&window);
-            }
-            let _ = free.try_send(window);
         }
     }
 }
@@ -765,11 +728,6 @@ fn produce_file(
             }
         }
     }
-    // the encoder thread hashes the windows from here on
-    let state = Box::new(hasher);
-    if tx.send(Stage::Hash { file: i, state }).is_err() {
-        return Ok(false);
-    }
     // window buffers on huge pages (a 4 MiB window's 4 KiB first-touch faults showed),
     // taken back from the encoder thread once it has finished with them
     let cap = o.max_window.min(f.size - from) as usize;
@@ -779,6 +737,7 @@ fn produce_file(
         if let Some(Head::Window(buf, packed)) = head.take().filter(|_| start == 0) {
             if buf.len() as u64 == len {
                 file.seek(std::io::SeekFrom::Start(len)).map_err(read_err)?;
+                hasher.update(&buf);
                 let m = Stage::Window {
                     file: i,
                     packed,
@@ -798,6 +757,7 @@ fn produce_file(
             std::io::ErrorKind::UnexpectedEof => changed(),
             _ => read_err(e),
         })?;
+        hasher.update(&buf);
         let packed = pack(&buf, start, f, false)?;
         let m = Stage::Window {
             file: i,
@@ -811,7 +771,10 @@ fn produce_file(
     if file.read(&mut [0u8; 1]).map_err(read_err)? != 0 {
         return Err(changed());
     }
-    Ok(tx.send(Stage::Finished { file: i }).is_ok())
+    let hash = *hasher.finalize().as_bytes();
+    Ok(tx
+        .send(Stage::Item(Ok(Item::Finished { file: i, hash })))
+        .is_ok())
 }
 
 /// A [`Sender`] fed from a producer while it runs: an [`Endpoint`] any driver can run.
