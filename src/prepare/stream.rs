@@ -609,7 +609,10 @@ fn first_window(f: &StreamFile, o: &StreamOptions, pack: &mut PackFn<'_>) -> Opt
     if f.size <= o.first_window.max(1) {
         return produce_small(0, f, o, pack, true).ok().map(Head::Small);
     }
-    let mut buf = vec![0u8; o.first_window.max(1) as usize];
+    // a window buffer like the others (huge pages, room for the largest window): it goes
+    // to the encoder's pool afterwards
+    let mut buf = crate::bigbuf::with_capacity(o.max_window.min(f.size) as usize);
+    buf.resize(o.first_window.max(1) as usize, 0);
     std::fs::File::open(&f.path)
         .and_then(|mut file| file.read_exact(&mut buf))
         .ok()?;
@@ -749,9 +752,13 @@ fn produce_file(
                 continue;
             }
         }
+        // a buffer from the pool only if it holds the window without growing (a grown
+        // buffer leaves the huge pages: 4 KiB faults on every window after)
         let mut buf = free
             .try_recv()
-            .unwrap_or_else(|_| crate::bigbuf::with_capacity(cap));
+            .ok()
+            .filter(|b| b.capacity() >= len as usize)
+            .unwrap_or_else(|| crate::bigbuf::with_capacity(cap));
         buf.resize(len as usize, 0);
         file.read_exact(&mut buf).map_err(|e| match e.kind() {
             std::io::ErrorKind::UnexpectedEof => changed(),
