@@ -525,6 +525,13 @@ fn produce_with(
     });
 }
 
+/// The planning thread's ends of the encoder thread: where windows go, where their
+/// buffers come back.
+struct ToEncoder<'a> {
+    tx: &'a SyncSender<Stage>,
+    free: &'a Receiver<Vec<u8>>,
+}
+
 /// The planning thread of [`produce_with`]: every file in order, each item (and each
 /// window to encode) handed to the encoder thread through `tx`.
 fn plan_files(
@@ -581,7 +588,7 @@ fn plan_files(
         } else if !flush(&mut batch, &mut batch_bytes) {
             Ok(false)
         } else {
-            produce_file(i, f, o, tx, free, offer, head, pack)
+            produce_file(i, f, o, &ToEncoder { tx, free }, offer, head, pack)
         };
         match r {
             Ok(true) => {}
@@ -674,12 +681,12 @@ fn produce_file(
     i: usize,
     f: &StreamFile,
     o: &StreamOptions,
-    tx: &SyncSender<Stage>,
-    free: &Receiver<Vec<u8>>,
+    enc: &ToEncoder<'_>,
     offer: Option<&HeldEntry>,
     mut head: Option<Head>,
     pack: &mut PackFn<'_>,
 ) -> Result<bool, StreamError> {
+    let (tx, free) = (enc.tx, enc.free);
     let read_err = |source| StreamError::Read {
         path: f.path.clone(),
         source,
@@ -1037,10 +1044,10 @@ mod tests {
 
     /// Produce `data` as one file with the receiver's `offers` (sent before the producer
     /// starts): the items, and each planning call's (window start, early).
-    fn produce_offered(
-        data: &[u8],
-        offers: Vec<HeldEntry>,
-    ) -> (Vec<Result<Item, StreamError>>, Vec<(u64, bool)>) {
+    /// The items a producer handed over, and each planning call's (window start, early).
+    type Produced = (Vec<Result<Item, StreamError>>, Vec<(u64, bool)>);
+
+    fn produce_offered(data: &[u8], offers: Vec<HeldEntry>) -> Produced {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         std::fs::write(&path, data).unwrap();
