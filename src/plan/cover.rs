@@ -731,16 +731,22 @@ mod tests {
         (best_len, best_diffs)
     }
 
-    #[test]
-    fn word_wise_walk_finds_the_bytewise_best_prefix() {
-        let mut rng = crate::pob::prng::SplitMix64::new(21);
-        let mut s = vec![0u8; 1 << 16];
-        rng.fill(&mut s);
-        let dir = tempfile::tempdir().unwrap();
+    /// A snapshot of `len` seeded random bytes and its minimizer index (in `dir`).
+    fn random_snapshot(seed: u64, len: usize, dir: &std::path::Path) -> (Vec<u8>, MinIndex) {
+        let mut s = vec![0u8; len];
+        crate::pob::prng::SplitMix64::new(seed).fill(&mut s);
         let spec = crate::index::minimizer_spec(20, 8);
-        let path = dir.path().join("m.idx");
+        let path = dir.join("m.idx");
         MinIndex::build(spec, &s, &[0; 32], &path, 1).unwrap();
         let idx = MinIndex::open(&path, spec, s.len(), &[0; 32]).unwrap();
+        (s, idx)
+    }
+
+    #[test]
+    fn word_wise_walk_finds_the_bytewise_best_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, idx) = random_snapshot(21, 1 << 16, dir.path());
+        let mut rng = crate::pob::prng::SplitMix64::new(22);
         let c = cfg();
         for density in [0u64, 2, 20, 120, 400] {
             // the file is the snapshot with about density/1000 of its bytes changed
@@ -976,14 +982,8 @@ mod tests {
 
     #[test]
     fn a_cover_cut_at_a_range_edge_goes_on_into_the_next_range() {
-        let mut rng = crate::pob::prng::SplitMix64::new(5);
-        let mut s = vec![0u8; 1 << 15];
-        rng.fill(&mut s);
         let dir = tempfile::tempdir().unwrap();
-        let spec = crate::index::minimizer_spec(20, 8);
-        let path = dir.path().join("m.idx");
-        MinIndex::build(spec, &s, &[0; 32], &path, 1).unwrap();
-        let idx = MinIndex::open(&path, spec, s.len(), &[0; 32]).unwrap();
+        let (s, idx) = random_snapshot(5, 1 << 15, dir.path());
         let c = cfg();
         // the file: snapshot bytes from 1000 on (diagonal 1000), with a run of 300 changed
         // bytes at 6000 (the walk stops there)

@@ -744,35 +744,33 @@ fn produce_file(
     for (start, len) in windows_from(f.size, from, o) {
         // the first window, planned while the handshake ran (this file is read from its
         // start: an offer would have dropped it)
-        if let Some(Head::Window(buf, packed)) = head.take().filter(|_| start == 0) {
-            if buf.len() as u64 == len {
+        let early = match head.take().filter(|_| start == 0) {
+            Some(Head::Window(buf, packed)) if buf.len() as u64 == len => Some((buf, packed)),
+            _ => None,
+        };
+        let (buf, packed) = match early {
+            Some(w) => {
                 file.seek(std::io::SeekFrom::Start(len)).map_err(read_err)?;
-                hasher.update(&buf);
-                let m = Stage::Window {
-                    file: i,
-                    packed,
-                    window: buf,
-                };
-                if tx.send(m).is_err() {
-                    return Ok(false);
-                }
-                continue;
+                w
             }
-        }
-        // a buffer from the pool only if it holds the window without growing (a grown
-        // buffer leaves the huge pages: 4 KiB faults on every window after)
-        let mut buf = free
-            .try_recv()
-            .ok()
-            .filter(|b| b.capacity() >= len as usize)
-            .unwrap_or_else(|| crate::bigbuf::with_capacity(cap));
-        buf.resize(len as usize, 0);
-        file.read_exact(&mut buf).map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => changed(),
-            _ => read_err(e),
-        })?;
+            None => {
+                // a buffer from the pool only if it holds the window without growing (a
+                // grown buffer leaves the huge pages: 4 KiB faults on every window after)
+                let mut buf = free
+                    .try_recv()
+                    .ok()
+                    .filter(|b| b.capacity() >= len as usize)
+                    .unwrap_or_else(|| crate::bigbuf::with_capacity(cap));
+                buf.resize(len as usize, 0);
+                file.read_exact(&mut buf).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::UnexpectedEof => changed(),
+                    _ => read_err(e),
+                })?;
+                let packed = pack(&buf, start, f, false)?;
+                (buf, packed)
+            }
+        };
         hasher.update(&buf);
-        let packed = pack(&buf, start, f, false)?;
         let m = Stage::Window {
             file: i,
             packed,
