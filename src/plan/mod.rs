@@ -689,8 +689,8 @@ fn thread_count(cfg: &PlanConfig) -> usize {
 /// [`cover::BLOCK`]s).
 const COVER_CHUNK: usize = 4 * cover::BLOCK;
 
-/// The cover engine ([`cover`]): the file's BLAKE3, then ranges planned, covers merged, and
-/// segments and spill emitted, each on every thread.
+/// The cover engine ([`cover`]): the file's BLAKE3, then its chunks planned on every thread,
+/// joined at their edges and merged, and segments and spill emitted on every thread.
 fn plan_covers(
     file: &[u8],
     snap: &Snapshot,
