@@ -389,9 +389,15 @@ impl Packed {
     }
 }
 
+/// How long a window planned during the handshake waits for the indexes: loading them takes
+/// 1-2 ms (mapped, not read); indexes still missing after this are being built (seconds),
+/// and the first window goes raw, as it did before windows were planned early.
+const EARLY_INDEX_WAIT: Duration = Duration::from_millis(10);
+
 /// [`produce`] while the indexes of `o.plan` load (or build) on another thread: the
-/// session's first window goes raw if they are not there yet, so the first data frames
-/// leave while they load; the rest is planned with them.
+/// session's first window goes raw if they are not there yet (a window planned during the
+/// handshake waits up to [`EARLY_INDEX_WAIT`] for them), so the first data frames leave
+/// while they load; the rest is planned with them.
 pub fn produce_with_default_indexes(
     files: &[StreamFile],
     snap: &Snapshot,
@@ -414,8 +420,16 @@ pub fn produce_with_default_indexes(
             if let Some(e) = failed.take_if(|_| !early) {
                 return Err(StreamError::Index(e));
             }
-            // while the handshake runs, waiting for the indexes costs nothing
-            if let Some(h) = loading.take_if(|h| early || !first || h.is_finished()) {
+            // while the handshake runs, waiting for the indexes costs nothing, up to
+            // EARLY_INDEX_WAIT: indexes still being built then (a snapshot without them)
+            // leave the first window raw, so the first data frames do not wait for a build
+            if early {
+                let until = Instant::now() + EARLY_INDEX_WAIT;
+                while loading.as_ref().is_some_and(|h| !h.is_finished()) && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            if let Some(h) = loading.take_if(|h| !first || h.is_finished()) {
                 match h.join().expect("the index loader does not panic") {
                     Ok(i) => idx = Some(i),
                     Err(e) if early => {
