@@ -1,9 +1,12 @@
 //! Streaming send: planning overlaps the wire.
 //!
 //! A producer ([`produce`], on its own thread) reads each file window by window (a small
-//! first window, then doubling up to [`StreamOptions::max_window`]), plans the window against
-//! the snapshot with [`crate::plan::plan`], packs it into blocks (`blueprint::block`) and
-//! hands them over a bounded channel, then the file's BLAKE3. The [`Feed`] endpoint wraps
+//! first window, then doubling up to [`StreamOptions::max_window`]), hashes it and plans it
+//! against the snapshot with [`crate::plan::plan`]; an encoder thread (`pfs-encode`) packs
+//! each planned window into blocks (`blueprint::block`) while the next one is planned, and
+//! hands them over a bounded channel in order, then the file's BLAKE3. With the receiver's
+//! offers to wait for, the first file's first window is read and planned while the
+//! handshake runs, and used unless the receiver offers part of that file. The [`Feed`] endpoint wraps
 //! the [`Sender`]: before each transmit it moves what arrived into the sender
 //! ([`Sender::push_block`], [`Sender::finish_file`]), so the manifest and the first blocks
 //! leave while later windows are still being planned. The manifest needs only names and
