@@ -399,7 +399,7 @@ const EARLY_INDEX_WAIT: Duration = Duration::from_millis(10);
 
 /// [`produce`] while the indexes of `o.plan` load (or build) on another thread: the
 /// session's first window goes raw if they are not there yet (a window planned during the
-/// handshake waits up to [`EARLY_INDEX_WAIT`] for them), so the first data frames leave
+/// handshake waits up to 10 ms for them), so the first data frames leave
 /// while they load; the rest is planned with them.
 pub fn produce_with_default_indexes(
     files: &[StreamFile],
