@@ -537,7 +537,11 @@ fn produce_with(
             .name("pfs-encode".into())
             .spawn_scoped(s, || encode_stage(stage_rx, tx, free_tx, files, o))
             .expect("spawning the producer's encoder thread");
-        plan_files(files, &stage_tx, &free_rx, o, offers, pack);
+        let enc = ToEncoder {
+            tx: &stage_tx,
+            free: &free_rx,
+        };
+        plan_files(files, &enc, o, offers, pack);
         drop(stage_tx);
     });
 }
@@ -550,11 +554,10 @@ struct ToEncoder<'a> {
 }
 
 /// The planning thread of [`produce_with`]: every file in order, each item (and each
-/// window to encode) handed to the encoder thread through `tx`.
+/// window to encode) handed to the encoder thread.
 fn plan_files(
     files: &[StreamFile],
-    tx: &SyncSender<Stage>,
-    free: &Receiver<Vec<u8>>,
+    enc: &ToEncoder<'_>,
     o: &StreamOptions,
     offers: Option<Offers>,
     pack: &mut PackFn<'_>,
@@ -562,6 +565,7 @@ fn plan_files(
     // While the handshake runs, the first file's first window is read and planned: it is
     // used unless the receiver offers part of that file (then it is dropped). A failure is
     // not reported here: the file is read again below and reports it.
+    let tx = enc.tx;
     let mut head = None;
     let held: HashMap<u32, HeldEntry> = match offers {
         None => HashMap::new(),
@@ -605,7 +609,7 @@ fn plan_files(
         } else if !flush(&mut batch, &mut batch_bytes) {
             Ok(false)
         } else {
-            produce_file(i, f, o, &ToEncoder { tx, free }, offer, head, pack)
+            produce_file(i, f, o, enc, offer, head, pack)
         };
         match r {
             Ok(true) => {}
@@ -761,11 +765,11 @@ fn produce_file(
     for (start, len) in windows_from(f.size, from, o) {
         // the first window, planned while the handshake ran (this file is read from its
         // start: an offer would have dropped it)
-        let early = match head.take().filter(|_| start == 0) {
+        let planned = match head.take().filter(|_| start == 0) {
             Some(Head::Window(buf, packed)) if buf.len() as u64 == len => Some((buf, packed)),
             _ => None,
         };
-        let (buf, packed) = match early {
+        let (buf, packed) = match planned {
             Some(w) => {
                 file.seek(std::io::SeekFrom::Start(len)).map_err(read_err)?;
                 w
@@ -1057,11 +1061,11 @@ mod tests {
         );
     }
 
-    /// Produce `data` as one file with the receiver's `offers` (sent before the producer
-    /// starts): the items, and each planning call's (window start, early).
     /// The items a producer handed over, and each planning call's (window start, early).
     type Produced = (Vec<Result<Item, StreamError>>, Vec<(u64, bool)>);
 
+    /// Produce `data` as one file with the receiver's `offers` (sent before the producer
+    /// starts).
     fn produce_offered(data: &[u8], offers: Vec<HeldEntry>) -> Produced {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
