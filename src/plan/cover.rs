@@ -364,11 +364,7 @@ impl Engine<'_> {
                 }
                 if c.start < reach {
                     let k = reach - c.start;
-                    let cut = self.f[c.start..reach]
-                        .iter()
-                        .zip(&self.s[c.snap..c.snap + k])
-                        .filter(|(x, y)| x != y)
-                        .count();
+                    let cut = differing(&self.f[c.start..reach], &self.s[c.snap..c.snap + k]);
                     c.start = reach;
                     c.snap += k;
                     c.len -= k;
@@ -563,6 +559,11 @@ impl Engine<'_> {
     }
 }
 
+/// Bytes that differ between `a` and `b` (of one length).
+fn differing(a: &[u8], b: &[u8]) -> usize {
+    a.iter().zip(b).filter(|(x, y)| x != y).count()
+}
+
 /// Merge neighbouring covers on one diagonal: always when they touch, and (with
 /// `diagonal_merge`) across a gap of at most `merge_gap` bytes when the gap priced as
 /// differences is cheaper than as literals plus the second cover's record.
@@ -588,11 +589,7 @@ pub fn merge(f: &[u8], s: &[u8], covers: Vec<Cover>, cfg: &PlanConfig, pr: &Pric
                 };
                 if join {
                     let (fa, sa) = (last.end(), last.snap + last.len);
-                    let neq = f[fa..fa + gap]
-                        .iter()
-                        .zip(&s[sa..sa + gap])
-                        .filter(|(x, y)| x != y)
-                        .count();
+                    let neq = differing(&f[fa..fa + gap], &s[sa..sa + gap]);
                     last.len += gap + c.len;
                     last.diffs += neq + c.diffs;
                     continue;
