@@ -12,8 +12,10 @@
 //! (`fast`, `default` or `max`; default `fast`, the `pfs send` default), `PFS_PRODUCER_ONLY`
 //! (`random` or `covered`: one file), `PFS_PRODUCER_FILE` (a file of yours, one more row;
 //! plan it against a snapshot that holds its basis, e.g. a release pair), and the block
-//! coding knobs `PFS_PRODUCER_ZSTD` (zstd level of every block stream, default 1) and
-//! `PFS_PRODUCER_SPILL_KIB` (spill bytes per block in KiB, default 256).
+//! coding knobs `PFS_PRODUCER_ZSTD` (zstd level of every block stream at the fast level, default 3) and
+//! `PFS_PRODUCER_SPILL_KIB` (spill bytes per block in KiB, default 2048);
+//! `PFS_PRODUCER_DUMP=PATH` writes the last file's block stream there (for a look at its
+//! streams: `scripts/benchmarks/block_streams.py PATH`).
 
 use packetfs::blueprint::{block, Level};
 use packetfs::index::IndexSet;
@@ -171,6 +173,9 @@ fn main() {
             mbs(t) / memcpy_mbs,
             stream.len() as f64 / n as f64
         );
+        if let Some(d) = std::env::var_os("PFS_PRODUCER_DUMP") {
+            std::fs::write(&d, &stream).expect("PFS_PRODUCER_DUMP: writable");
+        }
         let snap_len = snap.bytes().len() as u64;
         assert_eq!(decode_blocks(&stream, snap_len), n as u64);
         let t = best(reps, || {

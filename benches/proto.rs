@@ -198,7 +198,7 @@ fn pack_levels() {
         base.as_secs_f64() * 1e3
     );
     for level in [1, 3, 6] {
-        for spill_per_block in [64u64 << 10, 256 << 10, 1 << 20] {
+        for spill_per_block in [64u64 << 10, 256 << 10, 1 << 20, 2 << 20] {
             for threads in [1, 2] {
                 let o = block::EncodeOptions {
                     level,

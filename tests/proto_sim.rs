@@ -411,6 +411,7 @@ fn random_pack_opts(rng: &mut Rng) -> block::EncodeOptions {
         spill_per_block: [1, 64, 700, 4096, 256 << 10][rng.below(5) as usize],
         segs_per_block: [1, 3, 50, 16_384][rng.below(4) as usize],
         file_per_block: [1, 2000, 30_000, 4 << 20][rng.below(4) as usize],
+        preset: packetfs::blueprint::Level::Fast,
         level: 1,
         threads: 1 + rng.below(2) as usize,
     }

@@ -66,22 +66,42 @@ pub struct EncodeOptions {
     /// ...or covers this many file bytes (snapshot segments are not split: a block may cover
     /// more when one segment is longer).
     pub file_per_block: u64,
-    /// zstd level for every stream (a stream that does not compress is stored).
+    /// The planner preset whose coders the streams get: `Fast` codes every stream with zstd
+    /// at `level`; `Default` and `Max` try the coders `pfs plan --level` tries for each
+    /// stream class (LZMA settings; see `coder::CoderOptions`) and keep the smallest.
+    pub preset: Level,
+    /// zstd level for every stream at the `Fast` preset (a stream that does not compress is
+    /// stored).
     pub level: i32,
     /// Encoder threads (blocks are independent).
     pub threads: usize,
 }
 
+impl EncodeOptions {
+    /// The block coding of a planner preset (`pfs send --level`): its coders, blocks as the
+    /// defaults.
+    pub fn for_level(preset: Level) -> Self {
+        EncodeOptions {
+            preset,
+            ..EncodeOptions::default()
+        }
+    }
+}
+
 impl Default for EncodeOptions {
     fn default() -> Self {
         EncodeOptions {
-            spill_per_block: 256 << 10,
+            // 2 MiB (was 256 KiB) and zstd level 3 (was 1): on the libstd release pair
+            // streamed by `pfs send` (windows of 64 KiB doubling to 4 MiB) the blocks took
+            // 883,658 B instead of 934,557 for the same producer time within this VM's noise,
+            // and the end-to-end time did not move (docs/profile.md, "Block coding"); level 9
+            // took 842,577 B but cost 65 ms more end to end, zstd 15 792 KB at a quarter of
+            // the producer's speed.
+            spill_per_block: 2 << 20,
             segs_per_block: 16_384,
             file_per_block: 4 << 20,
-            // Level 1: on a 5.4 MB shared library (256k segments, 1.8 MB spill) level 3 gave
-            // a 5% smaller stream for twice the encode time, which costs more than the bytes
-            // at 1 Gbit/s (`cargo bench --bench proto pack`).
-            level: 1,
+            preset: Level::Fast,
+            level: 3,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
         }
     }
@@ -134,9 +154,9 @@ fn encode_body(
 ) -> Result<Vec<u8>, std::io::Error> {
     let raw = streams::split(segs, spill, base, None, None);
     let co = CoderOptions {
-        level: Level::Fast,
+        level: o.preset,
         x86: false,
-        force: Some(Coder::Zstd { level: o.level }),
+        force: (o.preset == Level::Fast).then_some(Coder::Zstd { level: o.level }),
     };
     let coded = streams::code_all(&raw, &co)?;
     let mut out = Vec::with_capacity(coded.dir.len() + coded.data_len() + 20);
@@ -438,6 +458,7 @@ pub fn decode_all(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::blueprint::coder::CoderKind;
     use crate::blueprint::Transform;
     use proptest::prelude::*;
 
@@ -500,8 +521,80 @@ mod tests {
             spill_per_block: 1000,
             segs_per_block: 5,
             file_per_block: 4000,
+            preset: Level::Fast,
             level: 1,
             threads: 2,
+        }
+    }
+
+    /// The coder bytes of every stream that holds bytes, over all blocks of `stream`.
+    fn coders_used(stream: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < stream.len() {
+            let n = u32::from_le_bytes(stream[at..at + PREFIX].try_into().unwrap()) as usize;
+            let mut r = Reader::new(&stream[at + PREFIX..at + PREFIX + n]);
+            r.u64().unwrap(); // file_len
+            r.u64().unwrap(); // nsegs
+            for _ in 0..streams::NSTREAMS {
+                let coder = r.u8().unwrap();
+                let raw = r.u64().unwrap();
+                r.u64().unwrap(); // stored_len
+                if raw > 0 {
+                    out.push(coder);
+                }
+            }
+            at += PREFIX + n;
+        }
+        out
+    }
+
+    #[test]
+    fn blocks_take_the_coders_of_their_preset_and_decode_back() {
+        let snap = snap();
+        // covers and raw runs long enough that their streams compress
+        let segs: Vec<Segment> = (0..60u64)
+            .map(|i| Segment {
+                len: 700 + (i as u32 * 37) % 500,
+                src: if i % 3 == 0 {
+                    Source::Raw
+                } else {
+                    Source::Cover { off: i * 41 % 3000 }
+                },
+            })
+            .collect();
+        let bp = bp_of(segs, 5);
+        for preset in [Level::Fast, Level::Default, Level::Max] {
+            let o = EncodeOptions::for_level(preset);
+            assert_eq!(o.preset, preset);
+            let s = encode(&bp, &o).unwrap();
+            let coders = coders_used(&s);
+            assert!(!coders.is_empty());
+            let zstd = coders
+                .iter()
+                .filter(|&&c| c == CoderKind::Zstd as u8)
+                .count();
+            let lzma = coders
+                .iter()
+                .filter(|&&c| c == CoderKind::Lzma as u8 || c == CoderKind::Xz as u8)
+                .count();
+            match preset {
+                // every stream zstd (or stored)
+                Level::Fast => assert_eq!(lzma, 0, "{coders:?}"),
+                // LZMA wins the compressible streams at default (its only coder)
+                Level::Default => assert!(zstd == 0 && lzma > 0, "{coders:?}"),
+                Level::Max => assert!(lzma > 0, "{coders:?}"),
+            }
+            let back = decode_all(
+                &s,
+                &Limits::default(),
+                bp.snapshot_id,
+                snap.len() as u64,
+                bp.file_len,
+                bp.file_hash,
+            )
+            .unwrap();
+            assert_eq!(rebuild(&back, &snap), rebuild(&bp, &snap), "{preset:?}");
         }
     }
 

@@ -192,12 +192,14 @@ pub struct SendArgs {
     /// the snapshot), auto/on copy it into huge pages [default: off].
     #[arg(long, value_enum)]
     hugepages: Option<HugePolicy>,
-    /// Packed transfer (blueprint blocks, zstd): per file when it pays (auto), always, or
-    /// never (direct pieces only) [default: auto].
+    /// Packed transfer (blueprint blocks, each stream with the coder of `--level`): per file
+    /// when it pays (auto), always, or never (direct pieces only) [default: auto].
     #[arg(long, value_enum)]
     pack: Option<PackPolicy>,
-    /// Planner preset for files planned on the fly (as `pfs plan --level`): `fast` keeps up
-    /// with the wire, `default` and `max` look harder [default: fast].
+    /// Planner preset and block coders for files planned on the fly (as `pfs plan --level`):
+    /// `fast` keeps up with the wire (zstd level 3 blocks), `default` and `max` look harder
+    /// and code the blocks with LZMA: fewer bytes for several times the time (measured in
+    /// the README, "Block coders by level") [default: fast].
     #[arg(long, value_enum)]
     level: Option<packetfs::blueprint::Level>,
     #[command(flatten)]

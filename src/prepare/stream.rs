@@ -45,11 +45,12 @@ pub struct StreamOptions {
 }
 
 impl StreamOptions {
-    /// The options of a planner preset (`pfs send --level`): its [`PlanConfig`], windows
-    /// and blocks as the defaults.
+    /// The options of a planner preset (`pfs send --level`): its [`PlanConfig`] and block
+    /// coders ([`block::EncodeOptions::for_level`]), windows as the defaults.
     pub fn for_level(level: crate::blueprint::Level) -> Self {
         StreamOptions {
             plan: PlanConfig::preset(level),
+            encode: block::EncodeOptions::for_level(level),
             ..StreamOptions::default()
         }
     }
