@@ -91,13 +91,13 @@ impl EncodeOptions {
 impl Default for EncodeOptions {
     fn default() -> Self {
         EncodeOptions {
-            // 2 MiB (was 256 KiB) and zstd level 3 (was 1): on the libstd release pair
+            // 1 MiB (was 256 KiB) and zstd level 3 (was 1): on the libstd release pair
             // streamed by `pfs send` (windows of 64 KiB doubling to 4 MiB) the blocks took
-            // 883,658 B instead of 934,557 for the same producer time within this VM's noise,
-            // and the end-to-end time did not move (docs/profile.md, "Block coding"); level 9
-            // took 842,577 B but cost 65 ms more end to end, zstd 15 792 KB at a quarter of
-            // the producer's speed.
-            spill_per_block: 2 << 20,
+            // 884,351 B instead of 934,557 and the end-to-end time moved by less than this
+            // VM's noise (docs/profile.md, "Block coding"); 2 MiB saved 700 B more, level 9
+            // 41 KB more for 65 ms more end to end, level 15 92 KB at a quarter of the
+            // producer's speed.
+            spill_per_block: 1 << 20,
             segs_per_block: 16_384,
             file_per_block: 4 << 20,
             preset: Level::Fast,
