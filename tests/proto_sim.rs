@@ -1670,6 +1670,8 @@ fn blocks_pushed_late_arrive_bit_exact_under_loss_and_reordering() {
         let opts = block::EncodeOptions {
             spill_per_block: 512 + rng.below(8192),
             file_per_block: 1024 + rng.below(12_000),
+            // zstd level 1 (the default is 3): streams that outgrow the small window below
+            level: 1,
             ..Default::default()
         };
         // Every other case with a small block limit, so the receiver's window for a streamed

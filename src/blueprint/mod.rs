@@ -222,6 +222,16 @@ impl Blueprint {
         s
     }
 
+    /// Literal bytes: the length of the raw segments ([`SegmentStats::raw_spill`] without
+    /// the walk over the covers' differences that [`Blueprint::stats`] makes).
+    pub fn literal_bytes(&self) -> u64 {
+        self.segments
+            .iter()
+            .filter(|s| s.src == Source::Raw)
+            .map(|s| s.len as u64)
+            .sum()
+    }
+
     /// Whether any segment needs format v2 semantics in memory (a self copy).
     pub fn has_self_copies(&self) -> bool {
         self.segments
@@ -655,6 +665,11 @@ mod tests {
         assert_eq!((st.cover, st.cover_bytes), (1, 300));
         let nonzero = (0..300).filter(|&i| file[4 + i] != snap[100 + i]).count() as u64;
         assert_eq!(st.cover_diff_nonzero, nonzero);
+        assert_eq!(bp.literal_bytes(), st.raw_spill);
+        assert!(
+            bp.literal_bytes() > 0,
+            "the test blueprint has raw segments"
+        );
     }
 
     #[test]

@@ -324,7 +324,7 @@ fn pack_window(
                 source,
             }
         })?;
-    let literals = planned.blueprint.stats().raw_spill;
+    let literals = planned.blueprint.literal_bytes();
     price.keep(&f.path, bits, literals * 8 < window.len() as u64);
     // Pass-through: nothing of the snapshot matched (the whole window is literals) and
     // samples do not compress, so the window goes as stored raw blocks straight from its
