@@ -12,8 +12,8 @@
 //! (`fast`, `default` or `max`; default `fast`, the `pfs send` default), `PFS_PRODUCER_ONLY`
 //! (`random` or `covered`: one file), `PFS_PRODUCER_FILE` (a file of yours, one more row;
 //! plan it against a snapshot that holds its basis, e.g. a release pair), and the block
-//! coding knobs `PFS_PRODUCER_ZSTD` (zstd level of every block stream at the fast level, default 3) and
-//! `PFS_PRODUCER_SPILL_KIB` (spill bytes per block in KiB, default 1024);
+//! coding knobs `PFS_PRODUCER_ZSTD` (zstd level of every block stream at the fast level, default 1) and
+//! `PFS_PRODUCER_SPILL_KIB` (spill bytes per block in KiB; default 256 at `fast`, 1024 at `default` and `max`);
 //! `PFS_PRODUCER_DUMP=PATH` writes the last file's block stream there (for a look at its
 //! streams: `scripts/benchmarks/block_streams.py PATH`).
 

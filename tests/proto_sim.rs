@@ -1670,7 +1670,7 @@ fn blocks_pushed_late_arrive_bit_exact_under_loss_and_reordering() {
         let opts = block::EncodeOptions {
             spill_per_block: 512 + rng.below(8192),
             file_per_block: 1024 + rng.below(12_000),
-            // zstd level 1 (the default is 3): streams that outgrow the small window below
+            // zstd level 1, pinned: at level 3 the streams no longer outgrow the small window
             level: 1,
             ..Default::default()
         };

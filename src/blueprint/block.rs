@@ -78,12 +78,18 @@ pub struct EncodeOptions {
 }
 
 impl EncodeOptions {
-    /// The block coding of a planner preset (`pfs send --level`): its coders, blocks as the
-    /// defaults.
+    /// The block coding of a planner preset (`pfs send --level`): its coders; blocks as the
+    /// defaults at `Fast`, of 1 MiB of spill at `Default` and `Max` (LZMA gains more from
+    /// longer streams than zstd level 1 does; the README's "Block coders by level" figures).
     pub fn for_level(preset: Level) -> Self {
+        let d = EncodeOptions::default();
         EncodeOptions {
             preset,
-            ..EncodeOptions::default()
+            spill_per_block: match preset {
+                Level::Fast => d.spill_per_block,
+                Level::Default | Level::Max => 1 << 20,
+            },
+            ..d
         }
     }
 }
@@ -91,17 +97,18 @@ impl EncodeOptions {
 impl Default for EncodeOptions {
     fn default() -> Self {
         EncodeOptions {
-            // 1 MiB (was 256 KiB) and zstd level 3 (was 1): on the libstd release pair
-            // streamed by `pfs send` (windows of 64 KiB doubling to 4 MiB) the blocks took
-            // 884,351 B instead of 934,557 and the end-to-end time moved by less than this
-            // VM's noise (docs/profile.md, "Block coding"); 2 MiB saved 700 B more, level 9
-            // 41 KB more for 65 ms more end to end, level 15 92 KB at a quarter of the
-            // producer's speed.
-            spill_per_block: 1 << 20,
+            // zstd level 1 in blocks of 256 KiB of spill. On the libstd release pair streamed
+            // by `pfs send` level 3 in 1 MiB blocks took 884,351 B of blocks instead of
+            // 934,557 (5.4% fewer) but the producer ran 10-15% slower (50-54 vs 58-60 MB/s)
+            // and the send took 4-18 ms longer end to end in three interleaved runs at
+            // 1 Gbit/s, where 50 KB is 0.4 ms of wire: the bytes pay only below about
+            // 40 Mbit/s (docs/profile.md, "Block coding"). Level 1 with larger blocks saves
+            // nothing. `--level default` and `max` code the blocks with LZMA instead.
+            spill_per_block: 256 << 10,
             segs_per_block: 16_384,
             file_per_block: 4 << 20,
             preset: Level::Fast,
-            level: 3,
+            level: 1,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
         }
     }

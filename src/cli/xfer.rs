@@ -197,7 +197,7 @@ pub struct SendArgs {
     #[arg(long, value_enum)]
     pack: Option<PackPolicy>,
     /// Planner preset and block coders for files planned on the fly (as `pfs plan --level`):
-    /// `fast` keeps up with the wire (zstd level 3 blocks), `default` and `max` look harder
+    /// `fast` keeps up with the wire (zstd level 1 blocks), `default` and `max` look harder
     /// and code the blocks with LZMA: fewer bytes for several times the time (measured in
     /// the README, "Block coders by level") [default: fast].
     #[arg(long, value_enum)]
