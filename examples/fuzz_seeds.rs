@@ -192,10 +192,17 @@ fn main() {
             &format!("basic{len}.pbb"),
             &v1[..v1.len() - 32],
         );
-        let enc = block::encode(&bp, &block::EncodeOptions::default()).expect("encode");
-        let mut seed = vec![0u8];
-        seed.extend_from_slice(&enc);
-        put(&dir("block"), &format!("mixed{len}.blk"), &seed);
+        // blocks as `pfs send --level fast` (zstd) and `--level default` (LZMA) code them
+        for level in [packetfs::plan::Level::Fast, packetfs::plan::Level::Default] {
+            let enc = block::encode(&bp, &block::EncodeOptions::for_level(level)).expect("encode");
+            let mut seed = vec![0u8];
+            seed.extend_from_slice(&enc);
+            let name = match level {
+                packetfs::plan::Level::Fast => format!("mixed{len}.blk"),
+                _ => format!("mixed{len}-{level:?}.blk"),
+            };
+            put(&dir("block"), &name, &seed);
+        }
     }
 
     // frame and receiver: plaintext sessions, direct and packed, against the receiver
