@@ -83,7 +83,7 @@ send_help=$("$pfs" send --help 2>/dev/null || true)
 if python3 - "$send_help" <<'EOF'
 import sys, re
 h = sys.argv[1]
-m = re.search(r"--level\b(.*?)(\n      --|\n  -|\Z)", h, re.S)
+m = re.search(r"^ +--level <LEVEL>(.*?)(\n      --|\n  -|\Z)", h, re.S | re.M)
 sys.exit(0 if m and all(w in m.group(1) for w in ("fast", "default", "max")) else 1)
 EOF
 then send_levels="yes (pfs send's own default preset is used)"; else send_levels="no"; fi
