@@ -534,6 +534,20 @@ mod tests {
         }
     }
 
+    /// `stream` decoded as the blocks of `bp` (its id, length and hash) with the default
+    /// limits.
+    fn decoded(stream: &[u8], bp: &Blueprint, snap: &[u8]) -> Blueprint {
+        decode_all(
+            stream,
+            &Limits::default(),
+            bp.snapshot_id,
+            snap.len() as u64,
+            bp.file_len,
+            bp.file_hash,
+        )
+        .unwrap()
+    }
+
     /// The coder bytes of every stream that holds bytes, over all blocks of `stream`.
     fn coders_used(stream: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
@@ -592,15 +606,7 @@ mod tests {
                 Level::Default => assert!(zstd == 0 && lzma > 0, "{coders:?}"),
                 Level::Max => assert!(lzma > 0, "{coders:?}"),
             }
-            let back = decode_all(
-                &s,
-                &Limits::default(),
-                bp.snapshot_id,
-                snap.len() as u64,
-                bp.file_len,
-                bp.file_hash,
-            )
-            .unwrap();
+            let back = decoded(&s, &bp, &snap);
             assert_eq!(rebuild(&back, &snap), rebuild(&bp, &snap), "{preset:?}");
         }
     }
@@ -826,15 +832,7 @@ mod tests {
         let lens: Vec<u64> = c.iter().map(|c| c.file_len).collect();
         assert_eq!(lens, vec![1000, 1000, 800]);
         let s = encode(&bp, &small_opts()).unwrap();
-        let back = decode_all(
-            &s,
-            &Limits::default(),
-            bp.snapshot_id,
-            snap.len() as u64,
-            bp.file_len,
-            bp.file_hash,
-        )
-        .unwrap();
+        let back = decoded(&s, &bp, &snap);
         assert_eq!(rebuild(&back, &snap), rebuild(&bp, &snap));
         // a cover reaching past the snapshot end is refused
         let e =
