@@ -9,6 +9,7 @@
 //! | [`ipv4`]     | IPv4 (options accepted on parse, never emitted), header checksum      |
 //! | [`udp`]      | UDP; the checksum is optional for IPv4 and PacketFS emits 0           |
 //! | [`pfs`]      | the PacketFS header: magic, version, type, session, sequence, CRC32C   |
+//! | [`crc`]      | CRC32C of frame-sized buffers (three lanes joined by carry-less multiply) |
 //! | [`payload`]  | the payloads: handshake, data grams, ACK/NACK, probe, done, abort     |
 //! | [`reason`]   | the reason codes of an Abort frame                                    |
 //! | [`stack`]    | a whole Ethernet frame at once, for the AF_XDP data path              |
@@ -29,6 +30,7 @@
 //!
 //! The format is described in full in `docs/wire.md`.
 
+pub mod crc;
 pub mod ethernet;
 pub mod held;
 pub mod ipv4;

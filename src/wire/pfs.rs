@@ -178,7 +178,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
         let b = self.buffer.as_ref();
         let c = crc32c::crc32c(&b[..field::CRC.start]);
         let c = crc32c::crc32c_append(c, &[0u8; 4]);
-        crc32c::crc32c_append(c, &b[HEADER_LEN..self.total_len()])
+        super::crc::append(c, &b[HEADER_LEN..self.total_len()])
     }
     pub fn verify_crc(&self) -> bool {
         self.compute_crc() == self.crc()
