@@ -728,6 +728,17 @@ mod tests {
         (best_len, best_diffs)
     }
 
+    /// An engine over file `f` and snapshot `s` at the test prices.
+    fn engine<'a>(f: &'a [u8], s: &'a [u8], idx: &'a MinIndex, cfg: &'a PlanConfig) -> Engine<'a> {
+        Engine {
+            f,
+            s,
+            idx,
+            cfg,
+            prices: prices(),
+        }
+    }
+
     /// A snapshot of `len` seeded random bytes and its minimizer index (in `dir`).
     fn random_snapshot(seed: u64, len: usize, dir: &std::path::Path) -> (Vec<u8>, MinIndex) {
         let mut s = vec![0u8; len];
@@ -753,13 +764,7 @@ mod tests {
                     *b = b.wrapping_add(1 + (rng.next_u64() % 255) as u8);
                 }
             }
-            let e = Engine {
-                f: &f,
-                s: &s,
-                idx: &idx,
-                cfg: &c,
-                prices: prices(),
-            };
+            let e = engine(&f, &s, &idx, &c);
             for _ in 0..200 {
                 let i = 64 + (rng.next_u64() as usize) % (f.len() - 128);
                 let max = (rng.next_u64() as usize) % 3000;
@@ -988,13 +993,7 @@ mod tests {
         for b in &mut f[6000..6300] {
             *b = !*b;
         }
-        let e = Engine {
-            f: &f,
-            s: &s,
-            idx: &idx,
-            cfg: &c,
-            prices: prices(),
-        };
+        let e = engine(&f, &s, &idx, &c);
         let cov = |start: usize, len: usize, snap: usize| Cover {
             start,
             len,

@@ -731,37 +731,29 @@ fn plan_covers(
     // idle. The chunks do not depend on the thread count, so neither does the plan.
     let chunks = file.len().div_ceil(COVER_CHUNK).max(1);
     let chunk = |i: usize| (i * COVER_CHUNK, ((i + 1) * COVER_CHUNK).min(file.len()));
-    let parts: Vec<Vec<cover::Cover>> = if chunks == 1 || threads <= 1 {
-        (0..chunks)
-            .map(|i| {
-                let (a, b) = chunk(i);
-                engine.run(a, b)
-            })
-            .collect()
-    } else {
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let work = || {
-            let mut mine: Vec<(usize, Vec<cover::Cover>)> = Vec::new();
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= chunks {
-                    return mine;
-                }
-                let (a, b) = chunk(i);
-                mine.push((i, engine.run(a, b)));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || {
+        let mut mine: Vec<(usize, Vec<cover::Cover>)> = Vec::new();
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if i >= chunks {
+                return mine;
             }
-        };
-        let mut all: Vec<(usize, Vec<cover::Cover>)> = std::thread::scope(|s| {
-            let hs: Vec<_> = (1..threads.min(chunks)).map(|_| s.spawn(work)).collect();
-            let mut all = work();
-            for h in hs {
-                all.extend(h.join().expect("planner thread panicked"));
-            }
-            all
-        });
-        all.sort_unstable_by_key(|p| p.0);
-        all.into_iter().map(|p| p.1).collect()
+            let (a, b) = chunk(i);
+            mine.push((i, engine.run(a, b)));
+        }
     };
+    // one thread (or one chunk): this one, no thread started
+    let mut all: Vec<(usize, Vec<cover::Cover>)> = std::thread::scope(|s| {
+        let hs: Vec<_> = (1..threads.min(chunks)).map(|_| s.spawn(work)).collect();
+        let mut all = work();
+        for h in hs {
+            all.extend(h.join().expect("planner thread panicked"));
+        }
+        all
+    });
+    all.sort_unstable_by_key(|p| p.0);
+    let parts: Vec<Vec<cover::Cover>> = all.into_iter().map(|p| p.1).collect();
     times.hash_ms = hash_ms;
     let covers = engine.join(parts, COVER_CHUNK);
     let covers = cover::merge(file, snap.bytes(), covers, cfg, &prices);
