@@ -23,6 +23,7 @@
 //! any file is created or sized.
 #![allow(unsafe_code)]
 
+use crate::flusher::Flusher;
 use crate::blueprint::Transform;
 use crate::journal::{self, Journal};
 use crate::proto::sink::{
@@ -260,6 +261,11 @@ pub struct MmapSink {
     buffered: u64,
     /// Small files written, waiting for their fsync and rename (indices into `outs`).
     batch: Vec<usize>,
+    /// Flushes a durable sink's files while their later bytes arrive ([`prefix_final`]),
+    /// so that `commit` finds little left to flush.
+    ///
+    /// [`prefix_final`]: FileSink::prefix_final
+    flusher: Flusher,
 }
 
 impl MmapSink {
@@ -283,6 +289,7 @@ impl MmapSink {
             outs: Vec::new(),
             buffered: 0,
             batch: Vec::new(),
+            flusher: Flusher::new(),
         })
     }
 
@@ -1178,6 +1185,8 @@ impl MmapSink {
         let Some(p) = o.part.as_mut() else {
             return Ok(());
         };
+        // the background flushes' errors are this flush's (see `flusher`)
+        self.flusher.settle(i as u64)?;
         if let Some(m) = o.map.as_ref() {
             m.flush_range(0, p.verified as usize)?;
         }
@@ -1331,16 +1340,17 @@ impl FileSink for MmapSink {
     }
 
     fn prefix_final(&mut self, file: u32, upto: u64) {
-        /// Start writeback in steps of this many bytes.
+        /// Flush in steps of this many bytes (fewer while a flush runs: one is queued at most).
         const STEP: u64 = 1 << 20;
-        if let Some(p) = self
+        if let Some((p, size)) = self
             .outs
             .get_mut(file as usize)
-            .and_then(|o| o.part.as_mut())
-            .filter(|p| p.dirty)
+            .and_then(|o| Some((o.part.as_mut()?, o.size)))
+            .filter(|(p, _)| p.dirty)
         {
             p.verified = p.verified.max(upto);
-            if self.durable && p.verified >= p.journaled + JOURNAL_STEP {
+            // a whole file is committed next (its journal would be removed right after)
+            if self.durable && p.verified >= p.journaled + JOURNAL_STEP && p.verified < size {
                 if let Err(e) = self.checkpoint(file as usize) {
                     tracing::warn!(file, error = %e, "writing the resume journal failed");
                 }
@@ -1359,17 +1369,20 @@ impl FileSink for MmapSink {
         if upto < o.written_back + STEP {
             return;
         }
-        // Start (not wait for) writeback of the final range; `commit`'s fsync then finds most
-        // of the file on its way to the disk. A failure here only loses the head start.
-        // Safety: a plain syscall on a file descriptor we own; no memory is passed.
-        let _ = unsafe {
-            libc::sync_file_range(
-                f.as_raw_fd(),
-                o.written_back as libc::off64_t,
-                (upto - o.written_back) as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            )
-        };
+        // Flush the file on the flushing thread while the rest arrives; `commit`'s flush then
+        // finds little left. Without that thread, start (not wait for) writeback of the final
+        // range: a failure here only loses the head start.
+        if !self.flusher.request(file as u64, f) {
+            // Safety: a plain syscall on a file descriptor we own; no memory is passed.
+            let _ = unsafe {
+                libc::sync_file_range(
+                    f.as_raw_fd(),
+                    o.written_back as libc::off64_t,
+                    (upto - o.written_back) as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
+        }
         o.written_back = upto;
     }
 
@@ -1395,6 +1408,10 @@ impl FileSink for MmapSink {
             }
             o.settled = true;
             return Ok(());
+        }
+        if self.durable {
+            // its background flushes done, their errors this commit's (see `flusher`)
+            self.flusher.settle(file as u64)?;
         }
         let map = o.map.take();
         if let Some(m) = &map {
@@ -1498,6 +1515,9 @@ impl FileSink for MmapSink {
                 Some(p) => self.resume && !p.dirty && p.offered > 0,
                 None => false,
             };
+            // no flush of it left running (it holds a duplicate descriptor: a part file's lock
+            // too); the checkpoint above took a failed one's error, else the file goes anyway
+            let _ = self.flusher.settle(i as u64);
             let o = &mut self.outs[i];
             if keep {
                 o.map = None;
@@ -1701,6 +1721,43 @@ mod tests {
         assert_eq!(s.contents(0).unwrap(), &want[..]);
         s.commit(0).unwrap();
         assert_eq!(std::fs::read(out.path().join("p")).unwrap(), want);
+    }
+
+    #[test]
+    fn a_durable_file_is_flushed_while_it_arrives_and_committed_whole() {
+        // A durable sink hands each final megabyte to its flushing thread (which runs while
+        // the rest is written), and the commit after it leaves exactly the bytes written
+        // under the final name.
+        let len: usize = 4 << 20;
+        let bytes: Vec<u8> = (0..len as u64).map(|i| (i * 7 % 251) as u8).collect();
+        let out = tempfile::tempdir().unwrap();
+        let mut s = sink(out.path());
+        s.durable = true;
+        s.open(&[file("big", len as u64)]).unwrap();
+        for (k, piece) in bytes.chunks(1 << 20).enumerate() {
+            s.write_raw(0, (k << 20) as u64, piece).unwrap();
+            s.prefix_final(0, ((k + 1) << 20) as u64);
+            if k == 0 {
+                // the first megabyte's flush was queued: the thread takes it
+                assert!(!s.flusher.idle(), "no flush asked for");
+                while s.flusher.done() == 0 {
+                    std::thread::yield_now();
+                }
+            }
+        }
+        assert_eq!(s.outs[0].written_back, len as u64);
+        s.commit(0).unwrap();
+        assert_eq!(std::fs::read(out.path().join("big")).unwrap(), bytes);
+        assert_eq!(tree(out.path()), ["big"]);
+        // not durable: no flush is asked for
+        let out = tempfile::tempdir().unwrap();
+        let mut s = sink(out.path());
+        s.open(&[file("big", len as u64)]).unwrap();
+        s.write_raw(0, 0, &bytes).unwrap();
+        s.prefix_final(0, len as u64);
+        s.commit(0).unwrap();
+        assert_eq!(s.flusher.done(), 0);
+        assert!(s.flusher.idle());
     }
 
     #[test]

@@ -41,6 +41,7 @@ pub mod bigbuf;
 pub mod blueprint;
 pub mod config;
 pub mod driver;
+pub mod flusher;
 pub mod fsink;
 pub mod host;
 pub mod index;
