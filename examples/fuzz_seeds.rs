@@ -158,6 +158,21 @@ fn sender(id: [u8; 32], snap: &[u8], pack: PackPolicy, sizes: &[usize]) -> Sende
     Sender::new(cfg, id, out).expect("sender")
 }
 
+/// `n` bytes of an x86-64 ELF file as the branch filter sees one: the ELF header's first
+/// 20 bytes, then short instructions with a `call` to one of 13 functions every 12 bytes.
+fn x86_like(n: usize) -> Vec<u8> {
+    let mut out = b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0\x03\0\x3e\0".to_vec();
+    let mut k = 0i32;
+    while out.len() < n {
+        let at = out.len() as i32;
+        out.extend_from_slice(&[0x48, 0x89, 0xc7, 0xbe, (k % 3) as u8, 0, 0, 0xE8]);
+        out.extend_from_slice(&(0x4000 * (1 + k * 7 % 13) - (at + 12)).to_le_bytes());
+        k += 1;
+    }
+    out.truncate(n);
+    out
+}
+
 fn main() {
     let root = PathBuf::from(
         std::env::args()
@@ -204,6 +219,32 @@ fn main() {
             put(&dir("block"), &name, &seed);
         }
     }
+
+    // literals that look like x86-64 code: a block and a .pbb whose literal stream went
+    // through the x86 branch filter (coder 4)
+    let code = x86_like(20_000);
+    let bp = Blueprint {
+        snapshot_id: [9; 32],
+        file_len: code.len() as u64,
+        file_hash: *blake3::hash(&code).as_bytes(),
+        segments: packetfs::blueprint::raw_segments(code.len() as u64),
+        spill: code.clone(),
+    };
+    let enc = block::encode(
+        &bp,
+        &block::EncodeOptions::for_level(packetfs::plan::Level::Fast),
+    )
+    .expect("encode");
+    let mut seed = vec![0u8];
+    seed.extend_from_slice(&enc);
+    put(&dir("block"), "code20000.blk", &seed);
+    let opts = pbb::PackOptions::for_level(packetfs::plan::Level::Fast);
+    let (bytes, _) = pbb::pack_v3(&bp, Some((&code, &snap)), &opts).expect("pack");
+    put(
+        &dir("pbb"),
+        "code20000-Fast.pbb",
+        &bytes[..bytes.len() - 32],
+    );
 
     // frame and receiver: plaintext sessions, direct and packed, against the receiver
     // target's snapshot and id.

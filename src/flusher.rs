@@ -103,11 +103,7 @@ impl Flusher {
         let mut st = self.shared.lock();
         st.queued.retain(|(k, _)| *k != key);
         while st.running == Some(key) {
-            st = self
-                .shared
-                .cv
-                .wait(st)
-                .unwrap_or_else(|p| p.into_inner());
+            st = self.shared.cv.wait(st).unwrap_or_else(|p| p.into_inner());
         }
         match st.errors.remove(&key) {
             Some(e) => Err(e),

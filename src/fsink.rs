@@ -23,8 +23,8 @@
 //! any file is created or sized.
 #![allow(unsafe_code)]
 
-use crate::flusher::Flusher;
 use crate::blueprint::Transform;
+use crate::flusher::Flusher;
 use crate::journal::{self, Journal};
 use crate::proto::sink::{
     apply_segment, link_check, sanitize_name, FileSink, Held, SinkError, SinkFile, Skip, SnapSeg,

@@ -166,6 +166,7 @@ fn encode_body(
         level: o.preset,
         x86: false,
         force: (o.preset == Level::Fast).then_some(Coder::Zstd { level: o.level }),
+        code_filter: o.preset == Level::Fast,
     };
     let coded = streams::code_all(&raw, &co)?;
     let mut out = Vec::with_capacity(coded.dir.len() + coded.data_len() + 20);
@@ -602,7 +603,7 @@ mod tests {
                 .filter(|&&c| c == CoderKind::Lzma as u8 || c == CoderKind::Xz as u8)
                 .count();
             match preset {
-                // every stream zstd (or stored)
+                // every stream zstd, with the branch filter or not (or stored)
                 Level::Fast => assert_eq!(lzma, 0, "{coders:?}"),
                 // LZMA wins the compressible streams at default (its only coder)
                 Level::Default => assert!(zstd == 0 && lzma > 0, "{coders:?}"),
@@ -611,6 +612,30 @@ mod tests {
             let back = decoded(&s, &bp, &snap);
             assert_eq!(rebuild(&back, &snap), rebuild(&bp, &snap), "{preset:?}");
         }
+    }
+
+    #[test]
+    fn fast_blocks_filter_literals_that_look_like_code() {
+        let snap = snap();
+        let code = crate::blueprint::bcj::synthetic_code(600_000);
+        let bp = Blueprint {
+            snapshot_id: [1; 32],
+            file_len: code.len() as u64,
+            file_hash: [0; 32],
+            segments: crate::blueprint::raw_segments(code.len() as u64),
+            spill: code.clone(),
+        };
+        let s = encode(&bp, &EncodeOptions::for_level(Level::Fast)).unwrap();
+        // three blocks of 256 KiB of spill at most, each with its literals filtered (the
+        // columns of its raw segments are too short to code)
+        let coders = coders_used(&s);
+        let filtered = coders
+            .iter()
+            .filter(|&&c| c == CoderKind::ZstdX86 as u8)
+            .count();
+        assert_eq!(filtered, 3, "{coders:?}");
+        let back = decoded(&s, &bp, &snap);
+        assert_eq!(rebuild(&back, &snap), code);
     }
 
     /// Segments equal after merging adjacent raw pieces (the encoder splits long raw runs).

@@ -58,6 +58,8 @@ pub enum CoderKind {
     Lzma = 2,
     /// An `.xz` stream (its block header holds the filters, e.g. x86 BCJ + LZMA2).
     Xz = 3,
+    /// The x86 branch filter ([`super::bcj`]), then a zstd frame.
+    ZstdX86 = 4,
 }
 
 impl TryFrom<u8> for CoderKind {
@@ -68,6 +70,7 @@ impl TryFrom<u8> for CoderKind {
             1 => CoderKind::Zstd,
             2 => CoderKind::Lzma,
             3 => CoderKind::Xz,
+            4 => CoderKind::ZstdX86,
             c => return Err(c),
         })
     }
@@ -85,6 +88,10 @@ impl CoderKind {
 pub enum Coder {
     Stored,
     Zstd {
+        level: i32,
+    },
+    /// x86 branch filter, then zstd.
+    ZstdX86 {
         level: i32,
     },
     Lzma {
@@ -109,16 +116,19 @@ impl Coder {
         match self {
             Coder::Stored => CoderKind::Stored,
             Coder::Zstd { .. } => CoderKind::Zstd,
+            Coder::ZstdX86 { .. } => CoderKind::ZstdX86,
             Coder::Lzma { .. } => CoderKind::Lzma,
             Coder::XzX86 { .. } => CoderKind::Xz,
         }
     }
 
-    /// A short name for tables: `stored`, `zstd-19`, `lzma-9e/0,2,2`, `xz-x86-9/0,0,2`.
+    /// A short name for tables: `stored`, `zstd-19`, `zstd-x86-3`, `lzma-9e/0,2,2`,
+    /// `xz-x86-9/0,0,2`.
     pub fn name(self) -> String {
         match self {
             Coder::Stored => "stored".into(),
             Coder::Zstd { level } => format!("zstd-{level}"),
+            Coder::ZstdX86 { level } => format!("zstd-x86-{level}"),
             Coder::Lzma {
                 preset,
                 extreme,
@@ -164,6 +174,13 @@ impl Coder {
                 let wlog =
                     (64 - (data.len().max(1 << 10) as u64 - 1).leading_zeros()).clamp(10, 27);
                 zstd_compress(data, level, wlog)?
+            }
+            Coder::ZstdX86 { level } => {
+                let wlog =
+                    (64 - (data.len().max(1 << 10) as u64 - 1).leading_zeros()).clamp(10, 27);
+                let mut f = data.to_vec();
+                super::bcj::encode(&mut f, 0);
+                zstd_compress(&f, level, wlog)?
             }
             Coder::Lzma {
                 preset,
@@ -228,7 +245,7 @@ pub fn decode(coder: u8, data: &[u8], raw_len: u64) -> Result<Vec<u8>, CoderErro
             }
             return Ok(data.to_vec());
         }
-        CoderKind::Zstd => {
+        CoderKind::Zstd | CoderKind::ZstdX86 => {
             let mut d = zstd::stream::read::Decoder::with_buffer(data).map_err(|e| damaged(&e))?;
             d.window_log_max(27).map_err(|e| damaged(&e))?;
             d.take(raw_len + 1).read_to_end(&mut out)
@@ -256,6 +273,9 @@ pub fn decode(coder: u8, data: &[u8], raw_len: u64) -> Result<Vec<u8>, CoderErro
             over: out.len() as u64 > raw_len,
         });
     }
+    if kind == CoderKind::ZstdX86 {
+        super::bcj::decode(&mut out, 0);
+    }
     Ok(out)
 }
 
@@ -279,6 +299,10 @@ pub struct CoderOptions {
     pub x86: bool,
     /// Pin one coder for every stream (ablation, tests); `None` measures.
     pub force: Option<Coder>,
+    /// With zstd pinned by `force`: literals that look like x86 machine code
+    /// ([`super::bcj::looks_like_code`]) get the branch filter in front of it (the blocks of
+    /// `pfs send --level fast`, which pin zstd and do not know what file they are).
+    pub code_filter: bool,
 }
 
 impl CoderOptions {
@@ -287,6 +311,7 @@ impl CoderOptions {
             level,
             x86: false,
             force: None,
+            code_filter: false,
         }
     }
 }
@@ -387,7 +412,9 @@ pub fn candidates(class: StreamClass, o: &CoderOptions) -> Vec<Coder> {
     }
     if class == StreamClass::Literal && o.x86 {
         match o.level {
-            Level::Fast => {}
+            // the branch filter pays on machine code and costs a pass over the bytes; the
+            // sampled ranking keeps plain zstd where the literals are not code
+            Level::Fast => c.push(Coder::ZstdX86 { level: 3 }),
             Level::Default => c.push(Coder::XzX86 {
                 preset: 7,
                 extreme: false,
@@ -438,6 +465,13 @@ pub fn pack_stream<'a>(
         return Ok(stored());
     }
     let mut cands = match o.force {
+        Some(Coder::Zstd { level })
+            if o.code_filter
+                && class == StreamClass::Literal
+                && super::bcj::looks_like_code(data) =>
+        {
+            vec![Coder::ZstdX86 { level }]
+        }
         Some(c) => vec![c],
         None => candidates(class, o),
     };
@@ -482,6 +516,7 @@ mod tests {
         for c in [
             Coder::Stored,
             Coder::Zstd { level: 3 },
+            Coder::ZstdX86 { level: 3 },
             Coder::Lzma {
                 preset: 6,
                 extreme: false,
@@ -514,6 +549,7 @@ mod tests {
             );
         }
         assert_eq!(decode(9, b"", 0), Err(CoderError::UnknownCoder(9)));
+        assert_eq!(decode(5, b"", 0), Err(CoderError::UnknownCoder(5)));
     }
 
     #[test]
@@ -565,9 +601,66 @@ mod tests {
     }
 
     #[test]
+    fn the_branch_filter_goes_to_code_literals_only() {
+        let code = super::super::bcj::synthetic_code(300_000);
+        let text = text(300_000);
+        // fast ranks zstd with and without the filter on an x86 file's literals
+        let fast = CoderOptions {
+            x86: true,
+            ..CoderOptions::for_level(Level::Fast)
+        };
+        let p = pack_stream(&code, StreamClass::Literal, &fast).unwrap();
+        assert_eq!(p.coder, Coder::ZstdX86 { level: 3 });
+        assert!(p.bytes.len() < Coder::Zstd { level: 3 }.encode(&code).unwrap().len());
+        assert_eq!(
+            decode(p.coder.kind().code(), &p.bytes, code.len() as u64).unwrap(),
+            code
+        );
+        let p = pack_stream(
+            &code,
+            StreamClass::Literal,
+            &CoderOptions::for_level(Level::Fast),
+        );
+        assert_eq!(
+            p.unwrap().coder,
+            Coder::Zstd { level: 3 },
+            "not an x86 file"
+        );
+        // a pinned zstd with `code_filter`: literals that look like code, nothing else
+        let pinned = CoderOptions {
+            force: Some(Coder::Zstd { level: 1 }),
+            code_filter: true,
+            ..CoderOptions::for_level(Level::Fast)
+        };
+        for (data, class, want) in [
+            (&code, StreamClass::Literal, Coder::ZstdX86 { level: 1 }),
+            (&text, StreamClass::Literal, Coder::Zstd { level: 1 }),
+            (&code, StreamClass::Diff, Coder::Zstd { level: 1 }),
+        ] {
+            let p = pack_stream(data, class, &pinned).unwrap();
+            assert_eq!(p.coder, want, "{class:?}");
+            assert_eq!(
+                decode(p.coder.kind().code(), &p.bytes, data.len() as u64).unwrap(),
+                *data
+            );
+        }
+        let off = CoderOptions {
+            code_filter: false,
+            ..pinned
+        };
+        let p = pack_stream(&code, StreamClass::Literal, &off).unwrap();
+        assert_eq!(p.coder, Coder::Zstd { level: 1 });
+    }
+
+    #[test]
     fn forged_lzma_and_zstd_streams_are_refused() {
         // damaged bytes
-        for kind in [CoderKind::Zstd, CoderKind::Lzma, CoderKind::Xz] {
+        for kind in [
+            CoderKind::Zstd,
+            CoderKind::ZstdX86,
+            CoderKind::Lzma,
+            CoderKind::Xz,
+        ] {
             let e = decode(kind.code(), &[0xffu8; 40], 10).unwrap_err();
             assert!(
                 matches!(e, CoderError::Damaged { .. } | CoderError::Length { .. }),

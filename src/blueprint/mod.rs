@@ -16,6 +16,7 @@
 //! reconstruction here, the receiver and the SHM benchmark all call them.
 
 pub mod apply;
+pub mod bcj;
 pub mod block;
 pub mod coder;
 pub mod pbb;

@@ -546,6 +546,7 @@ pub fn pack_v3(
         level: opts.level,
         x86,
         force: opts.force,
+        code_filter: false,
     };
     let coded = streams::code_all(&raw, &co)?;
     let (dir, data_len) = (&coded.dir, coded.data_len());
@@ -588,9 +589,9 @@ pub fn pack_best(
     opts: &PackOptions,
 ) -> Result<(Vec<u8>, PackedSizes, bool), PbbError> {
     let ctx = snap.map(|s| (file, s));
-    let (bytes, sizes) = pack_v3(bp, ctx, opts)?;
-    let lits = bp.stats().raw_spill;
+    let lits = bp.literal_bytes();
     if lits * 2 < file.len() as u64 || bp.segments.len() <= 1 {
+        let (bytes, sizes) = pack_v3(bp, ctx, opts)?;
         return Ok((bytes, sizes, false));
     }
     let plain = Blueprint {
@@ -598,7 +599,13 @@ pub fn pack_best(
         spill: file.to_vec(),
         ..bp.clone()
     };
-    let (pbytes, psizes) = pack_v3(&plain, ctx, opts)?;
+    // both forms at once: each is mostly one literal stream coded on one thread
+    let (with, without) = std::thread::scope(|sc| {
+        let p = sc.spawn(|| pack_v3(&plain, ctx, opts));
+        let b = pack_v3(bp, ctx, opts);
+        (b, p.join().expect("packing thread panicked"))
+    });
+    let ((bytes, sizes), (pbytes, psizes)) = (with?, without?);
     if pbytes.len() < bytes.len() {
         return Ok((pbytes, psizes, true));
     }
