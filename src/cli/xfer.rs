@@ -603,6 +603,9 @@ pub fn send(a: SendArgs, origin: Instant) -> anyhow::Result<ExitCode> {
             let Some(iface) = c.interface.as_deref() else {
                 bail!("--transport xdp needs --iface (the interface towards --dst)");
             };
+            // the command returns once the receiver has confirmed, not after the sockets'
+            // release (an RCU grace period each)
+            xdp::io::release_sockets_after_exit();
             let IpAddr::V4(dst_ip) = dst.ip() else {
                 bail!("--transport xdp speaks IPv4 only; --dst {dst} is IPv6");
             };

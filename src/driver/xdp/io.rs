@@ -25,6 +25,8 @@ use crate::wire::stack;
 use crate::wire::stack::Addrs;
 use crate::xsk::{self, XskConfig, XskSocket};
 use std::net::{SocketAddr, SocketAddrV4};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long a bind waits for the queue's earlier socket to be released (see
@@ -319,12 +321,66 @@ impl XdpIo {
     }
 }
 
+/// Set by a command that exits once its session is over (`pfs send`): see
+/// [`release_sockets_after_exit`].
+static RELEASE_IN_CHILD: AtomicBool = AtomicBool::new(false);
+
+/// Let transmit-only sockets (no program attached) be released by a child process after this
+/// one has exited. The release of an AF_XDP socket waits for an RCU grace period (16-17 ms
+/// here, strace -T of `close`), and a process cannot exit before its descriptors are
+/// released, so `pfs send` returned that long after the receiver had confirmed the file. For
+/// a command only: the child is reaped by whoever adopts it once this process exits.
+pub fn release_sockets_after_exit() {
+    RELEASE_IN_CHILD.store(true, Ordering::Relaxed);
+}
+
+/// Fork a child that closes every descriptor it inherited once the returned pipe end (and
+/// every other copy of it) is closed: the caller first closes its own copies of the sockets,
+/// so the child's are the last and their release runs in the child. `None` when the pipe or
+/// the fork cannot be made (the caller closes the sockets itself).
+#[allow(unsafe_code)]
+fn release_in_child() -> Option<OwnedFd> {
+    let mut p = [0 as libc::c_int; 2];
+    // Safety: pipe2 writes two descriptors into `p`.
+    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return None;
+    }
+    // Safety: both descriptors are fresh and owned here.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
+    // Safety: the child calls only async-signal-safe functions (close, read, close_range,
+    // _exit) and never returns into Rust code.
+    match unsafe { libc::fork() } {
+        -1 => None,
+        0 => unsafe {
+            libc::close(p[1]);
+            let mut b = 0u8;
+            while libc::read(p[0], (&mut b as *mut u8).cast(), 1) < 0
+                && *libc::__errno_location() == libc::EINTR
+            {}
+            libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
+            libc::_exit(0)
+        },
+        _ => {
+            drop(r);
+            Some(w)
+        }
+    }
+}
+
 impl Drop for XdpIo {
     /// Sockets close before the program detaches. Each socket's release waits for the
     /// kernel (an RCU grace period, the UMEM unmapped): closed side by side, the command
-    /// that ends with them returns sooner.
+    /// that ends with them returns sooner; transmit-only sockets of a command that asked
+    /// for it ([`release_sockets_after_exit`]) are released by a child process instead.
     fn drop(&mut self) {
         let socks = std::mem::take(&mut self.socks);
+        if self.steer.is_none() && !socks.is_empty() && RELEASE_IN_CHILD.load(Ordering::Relaxed) {
+            if let Some(gate) = release_in_child() {
+                drop(socks);
+                drop(gate);
+                return;
+            }
+        }
         if socks.len() < 2 {
             return;
         }
@@ -551,4 +607,43 @@ fn attach_program(iface: &str, spec: SteerSpec, marks: &StartMarks) -> Result<St
         steer.set_impairments(drop_ppm, flip_ppm)?;
     }
     Ok(steer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::{AsFd, AsRawFd};
+
+    /// The child of [`release_in_child`] holds a copy of every descriptor until the gate
+    /// closes, then closes them all: a pipe whose only other write end is in the child
+    /// reads end-of-file only after the gate is dropped.
+    #[test]
+    #[allow(unsafe_code)]
+    fn the_releasing_child_holds_descriptors_until_the_gate_closes() {
+        let (r, w) = nix::unistd::pipe().expect("pipe");
+        nix::fcntl::fcntl(
+            r.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .expect("non-blocking");
+        let gate = release_in_child().expect("fork");
+        drop(w);
+        let mut b = [0u8; 1];
+        // the child's copy of the write end is still open: nothing to read, no EOF
+        assert_eq!(
+            nix::unistd::read(r.as_raw_fd(), &mut b),
+            Err(nix::errno::Errno::EAGAIN)
+        );
+        drop(gate);
+        let mut fds = [nix::poll::PollFd::new(
+            r.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(10_000u16)).expect("poll");
+        assert_eq!(
+            nix::unistd::read(r.as_raw_fd(), &mut b),
+            Ok(0),
+            "end of file"
+        );
+    }
 }
