@@ -386,9 +386,11 @@ pub fn candidates(class: StreamClass, o: &CoderOptions) -> Vec<Coder> {
     };
     let mut c = Vec::new();
     match o.level {
-        Level::Fast => c.push(Coder::Zstd {
-            level: if class == StreamClass::Literal { 3 } else { 6 },
-        }),
+        // zstd -3 on every class: level 6 on the columns and differences made the libstd
+        // release pair's .pbb 1.4% smaller (852,906 vs 865,292 B) and bin/cargo's 1.1%, but
+        // `pfs plan --level fast` took 12% longer (index_plan_ab, medians of 7: libstd
+        // 0.151 vs 0.134 s, cargo 0.827 vs 0.726 s; docs/profile.md)
+        Level::Fast => c.push(Coder::Zstd { level: 3 }),
         // one LZMA setting per class: on the libstd release pair these won every stream
         // that zstd -19 and the other settings were tried on (`just bench-codec`)
         Level::Default => c.push(match class {
