@@ -738,6 +738,11 @@ fn fast_codes_the_literals_of_machine_code_through_the_branch_filter() {
         bytes.len(),
         plain.len()
     );
+    // `pfs plan --bcj off` (the ablation): no filter tried
+    let off = PackOptions { bcj: false, ..fast };
+    let (_, sizes) = pbb::pack_v3(&bp, Some((file, &snap)), &off).unwrap();
+    let lits = sizes.streams.iter().find(|s| s.name == "lits").unwrap();
+    assert_eq!(lits.coder, "zstd-3");
     let back = pbb::unpack(&bytes, &[6; 32], snap.len() as u64).unwrap();
     let mut out = vec![0u8; file.len()];
     back.rebuild_into(&snap, &mut out).unwrap();

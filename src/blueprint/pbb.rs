@@ -108,6 +108,9 @@ pub struct PackOptions {
     pub predict: PredictOptions,
     /// Pin one coder for every stream (ablation); `None` measures.
     pub force: Option<Coder>,
+    /// Try the x86 branch filters (BCJ in front of LZMA2, `zstd-x86` in front of zstd) on
+    /// the literals of an x86-64 ELF file.
+    pub bcj: bool,
 }
 
 impl PackOptions {
@@ -118,6 +121,7 @@ impl PackOptions {
             level,
             predict: PredictOptions::DEFAULT,
             force: None,
+            bcj: true,
         }
     }
 }
@@ -541,7 +545,7 @@ pub fn pack_v3(
         model.as_ref(),
         predictor.as_ref(),
     );
-    let x86 = ctx.is_some_and(|(file, _)| is_x86_64_elf(file));
+    let x86 = opts.bcj && ctx.is_some_and(|(file, _)| is_x86_64_elf(file));
     let co = CoderOptions {
         level: opts.level,
         x86,
