@@ -170,17 +170,11 @@ impl Coder {
         };
         Ok(match self {
             Coder::Stored => data.to_vec(),
-            Coder::Zstd { level } => {
-                let wlog =
-                    (64 - (data.len().max(1 << 10) as u64 - 1).leading_zeros()).clamp(10, 27);
-                zstd_compress(data, level, wlog)?
-            }
+            Coder::Zstd { level } => zstd_compress(data, level, window_log(data.len()))?,
             Coder::ZstdX86 { level } => {
-                let wlog =
-                    (64 - (data.len().max(1 << 10) as u64 - 1).leading_zeros()).clamp(10, 27);
                 let mut f = data.to_vec();
                 super::bcj::encode(&mut f, 0);
-                zstd_compress(&f, level, wlog)?
+                zstd_compress(&f, level, window_log(data.len()))?
             }
             Coder::Lzma {
                 preset,
@@ -322,6 +316,12 @@ const SAMPLE_MIN: usize = 256 << 10;
 const SAMPLE_BYTES: usize = 128 << 10;
 const SAMPLES: usize = 8;
 
+/// The zstd window for `len` bytes: the next power of two, 1 KiB to 128 MiB (the decoder
+/// accepts up to 2^27).
+fn window_log(len: usize) -> u32 {
+    (64 - (len.max(1 << 10) as u64 - 1).leading_zeros()).clamp(10, 27)
+}
+
 /// zstd at `level` with a window of `2^wlog` bytes through this thread's compression context,
 /// made once and reused (a context costs more to create than a small stream to compress:
 /// many small files are packed one after the other on one producer thread).
@@ -368,8 +368,7 @@ pub fn estimate_ratio(data: &[u8]) -> f64 {
         gathered = samples(data);
         &gathered
     };
-    let wlog = (64 - (sample.len().max(1 << 10) as u64 - 1).leading_zeros()).clamp(10, 27);
-    match zstd_compress(sample, 1, wlog) {
+    match zstd_compress(sample, 1, window_log(sample.len())) {
         Ok(z) => z.len() as f64 / sample.len() as f64,
         Err(_) => 1.0,
     }

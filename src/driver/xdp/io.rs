@@ -618,7 +618,6 @@ mod tests {
     /// closes, then closes them all: a pipe whose only other write end is in the child
     /// reads end-of-file only after the gate is dropped.
     #[test]
-    #[allow(unsafe_code)]
     fn the_releasing_child_holds_descriptors_until_the_gate_closes() {
         let (r, w) = nix::unistd::pipe().expect("pipe");
         nix::fcntl::fcntl(
