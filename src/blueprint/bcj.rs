@@ -117,15 +117,7 @@ mod tests {
         assert!(looks_like_code(&synthetic_code(100_000)));
         let text = b"the quick brown fox jumps over the lazy dog ".repeat(2000);
         assert!(!looks_like_code(&text));
-        let mut x = 0x9e3779b97f4a7c15u64;
-        let noise: Vec<u8> = (0..100_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let noise = crate::prepare::noise(0x9e3779b97f4a7c15, 100_000);
         assert!(!looks_like_code(&noise));
     }
     use proptest::prelude::*;

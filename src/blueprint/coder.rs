@@ -555,15 +555,7 @@ mod tests {
 
     #[test]
     fn incompressible_streams_are_stored_without_trials() {
-        let mut x = 0x9e3779b97f4a7c15u64;
-        let noise: Vec<u8> = (0..1 << 20)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let noise = crate::prepare::noise(0x9e3779b97f4a7c15, 1 << 20);
         assert!(estimate_ratio(&noise) > 0.97);
         for level in [Level::Fast, Level::Default, Level::Max] {
             let p = pack_stream(
