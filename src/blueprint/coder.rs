@@ -449,7 +449,7 @@ pub struct Packed<'a> {
 /// Encode `data` with the candidate (or the forced coder) that measures smallest; stored
 /// when nothing beats it or the sampled estimate says the stream does not compress. Streams
 /// of at least [`SAMPLE_MIN`] bytes rank the candidates on samples and encode whole with the
-/// best one (the best two at `max`).
+/// best one.
 pub fn pack_stream<'a>(
     data: &'a [u8],
     class: StreamClass,
@@ -476,9 +476,11 @@ pub fn pack_stream<'a>(
         Some(c) => vec![c],
         None => candidates(class, o),
     };
-    // large streams: rank the candidates on samples, encode whole only the best (default) or
-    // the best two (max)
-    let keep = if o.level == Level::Max { 2 } else { 1 };
+    // large streams: rank the candidates on samples and encode whole only the best. `max`
+    // encoded the best two whole; on the libstd release pair (6 streams) and /usr/bin/bash
+    // the first on samples was the smaller whole every time (the same .pbb bytes) and the
+    // second encode took 25-35% of `pfs plan --level max` (docs/profile.md)
+    let keep = 1;
     if data.len() >= SAMPLE_MIN && cands.len() > keep {
         let sample = samples(data);
         let mut ranked: Vec<(usize, Coder)> = Vec::with_capacity(cands.len());
