@@ -480,15 +480,17 @@ pub fn pack_stream<'a>(
     // encoded the best two whole; on the libstd release pair (6 streams) and /usr/bin/bash
     // the first on samples was the smaller whole every time (the same .pbb bytes) and the
     // second encode took 25-35% of `pfs plan --level max` (docs/profile.md)
-    let keep = 1;
-    if data.len() >= SAMPLE_MIN && cands.len() > keep {
+    if data.len() >= SAMPLE_MIN && cands.len() > 1 {
         let sample = samples(data);
-        let mut ranked: Vec<(usize, Coder)> = Vec::with_capacity(cands.len());
+        // the first of equals wins, as the stable sort this replaced ranked them
+        let mut best = (usize::MAX, cands[0]);
         for c in &cands {
-            ranked.push((c.encode(&sample)?.len(), *c));
+            let n = c.encode(&sample)?.len();
+            if n < best.0 {
+                best = (n, *c);
+            }
         }
-        ranked.sort_by_key(|r| r.0);
-        cands = ranked.into_iter().take(keep).map(|r| r.1).collect();
+        cands = vec![best.1];
     }
     let mut best = stored();
     for c in cands {

@@ -992,10 +992,7 @@ mod tests {
         };
         // 2. text cut into 3 literal bytes and 1 byte from the snapshot, over and over: the
         // records cost more than the whole file as literals
-        let mut snap2 = vec![0u8; 256];
-        for (i, b) in snap2.iter_mut().enumerate() {
-            *b = i as u8;
-        }
+        let snap2: Vec<u8> = (0..=255u8).collect();
         let mut segs = Vec::new();
         let mut spill = Vec::new();
         for c in text.chunks(4) {
@@ -1013,17 +1010,20 @@ mod tests {
             segments: segs,
             spill,
         };
+        let rebuilt = |bytes: &[u8], snap: &[u8], len: usize| {
+            let mut out = vec![0u8; len];
+            unpack(bytes, &[3; 32], snap.len() as u64)
+                .unwrap()
+                .rebuild_into(snap, &mut out)
+                .unwrap();
+            out
+        };
         for level in [Level::Default, Level::Max] {
             let o = PackOptions::for_level(level);
             let (bytes, _, plain) = pack_best(&bp, &file, Some(&noise), &o).unwrap();
             assert!(!plain, "{level:?}");
             assert_eq!(bytes, pack_v3(&bp, Some((&file, &noise)), &o).unwrap().0);
-            let mut out = vec![0u8; file.len()];
-            unpack(&bytes, &[3; 32], noise.len() as u64)
-                .unwrap()
-                .rebuild_into(&noise, &mut out)
-                .unwrap();
-            assert!(out == file);
+            assert!(rebuilt(&bytes, &noise, file.len()) == file);
 
             let (bytes, _, plain) = pack_best(&bp2, &text, Some(&snap2), &o).unwrap();
             assert!(plain, "{level:?}");
@@ -1036,12 +1036,7 @@ mod tests {
                 bytes,
                 pack_v3(&all_raw, Some((&text, &snap2)), &o).unwrap().0
             );
-            let mut out = vec![0u8; text.len()];
-            unpack(&bytes, &[3; 32], snap2.len() as u64)
-                .unwrap()
-                .rebuild_into(&snap2, &mut out)
-                .unwrap();
-            assert!(out == text);
+            assert!(rebuilt(&bytes, &snap2, text.len()) == text);
         }
     }
 
