@@ -604,6 +604,61 @@ fn bad_plan_inputs() {
 }
 
 #[test]
+fn plan_coders_limits_each_stream_to_one_family() {
+    let e = env();
+    let d = work();
+    let s = e.snap.to_str().unwrap();
+    // an x86-64 ELF file: the branch filters are candidates too
+    let exe = "/usr/bin/true";
+    let mut sizes = Vec::new();
+    for (fam, prefixes) in [
+        ("all", &["stored", "zstd-", "lzma-", "xz-x86-"][..]),
+        ("zstd", &["stored", "zstd-"][..]),
+        ("lzma2", &["stored", "lzma-", "xz-x86-"][..]),
+        ("stored", &["stored"][..]),
+    ] {
+        let pbb = format!("{fam}.pbb");
+        let out = ok(&pfs(
+            &["plan", exe, "--snapshot", s, "--coders", fam, "-o", &pbb],
+            d.path(),
+        ));
+        let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        let streams = line["streams"].as_array().unwrap();
+        assert!(!streams.is_empty(), "{line}");
+        for st in streams {
+            let c = st["coder"].as_str().unwrap();
+            assert!(
+                prefixes.iter().any(|p| c.starts_with(p)),
+                "--coders {fam}: stream {} coded with {c}",
+                st["name"]
+            );
+        }
+        let back = format!("{fam}.out");
+        ok(&pfs(
+            &["unplan", &pbb, "--snapshot", s, "-o", &back],
+            d.path(),
+        ));
+        assert_eq!(
+            std::fs::read(d.path().join(&back)).unwrap(),
+            std::fs::read(exe).unwrap(),
+            "--coders {fam} rebuilt"
+        );
+        sizes.push((fam, std::fs::metadata(d.path().join(&pbb)).unwrap().len()));
+    }
+    // no coder costs bytes: stored is the largest
+    let stored = sizes.last().unwrap().1;
+    assert!(sizes[..3].iter().all(|&(_, n)| n < stored), "{sizes:?}");
+    // an unknown family: clap's usage error, naming the value and the ones it takes
+    let o = pfs(
+        &["plan", exe, "--snapshot", s, "--coders", "gzip"],
+        d.path(),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && !err.contains("panicked"), "{err}");
+    assert!(err.contains("'gzip'") && err.contains("lzma2"), "{err}");
+}
+
+#[test]
 fn plan_with_tuning_flags_a_planner_toml_and_a_coverage_map() {
     let e = env();
     let d = work();

@@ -297,6 +297,8 @@ pub struct CoderOptions {
     /// ([`super::bcj::looks_like_code`]) get the branch filter in front of it (the blocks of
     /// `pfs send --level fast`, which pin zstd and do not know what file they are).
     pub code_filter: bool,
+    /// Which coder families the level's candidates come from (the ablation's rows).
+    pub families: Families,
 }
 
 impl CoderOptions {
@@ -306,8 +308,27 @@ impl CoderOptions {
             x86: false,
             force: None,
             code_filter: false,
+            families: Families::All,
         }
     }
+}
+
+/// The coder families a pack may choose from: the level's own set (`All`), or one family
+/// at the strength the level asks for (`pfs plan --coders`, the ablation's stream-coder rows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Families {
+    /// The level's candidates: zstd -3 at `fast`, LZMA2 at `default`, both at `max`.
+    #[default]
+    All,
+    /// zstd only (with the x86 branch filter in front where it is tried): -3 at `fast`, -19
+    /// at `default`, -19 and -22 at `max`.
+    Zstd,
+    /// LZMA2 only (with BCJ in front where it is tried): preset 1 at `fast`, the level's
+    /// settings at `default` and `max`.
+    Lzma2,
+    /// No coder: every stream stored as it is.
+    Stored,
 }
 
 /// Streams below this are not sampled: they are tried whole.
@@ -436,7 +457,51 @@ pub fn candidates(class: StreamClass, o: &CoderOptions) -> Vec<Coder> {
             }
         }
     }
-    c
+    // one family: the level's candidates of that family, or its representative at the
+    // level where the level has none of it
+    let code = class == StreamClass::Literal && o.x86;
+    match o.families {
+        Families::All => c,
+        Families::Stored => Vec::new(),
+        Families::Zstd => {
+            let mut z: Vec<Coder> = c
+                .into_iter()
+                .filter(|k| matches!(k, Coder::Zstd { .. } | Coder::ZstdX86 { .. }))
+                .collect();
+            if z.is_empty() {
+                z.push(Coder::Zstd { level: 19 });
+            }
+            if code && !z.iter().any(|k| matches!(k, Coder::ZstdX86 { .. })) {
+                if let Coder::Zstd { level } = z[0] {
+                    z.push(Coder::ZstdX86 { level });
+                }
+            }
+            z
+        }
+        Families::Lzma2 => {
+            let mut l: Vec<Coder> = c
+                .into_iter()
+                .filter(|k| matches!(k, Coder::Lzma { .. } | Coder::XzX86 { .. }))
+                .collect();
+            if l.is_empty() {
+                let (lc, lp, pb) = match class {
+                    StreamClass::Column | StreamClass::Diff => (0, 0, 0),
+                    StreamClass::Literal => (3, 0, 2),
+                };
+                l.push(lzma(1, false, lc, lp, pb));
+                if code {
+                    l.push(Coder::XzX86 {
+                        preset: 1,
+                        extreme: false,
+                        lc,
+                        lp,
+                        pb,
+                    });
+                }
+            }
+            l
+        }
+    }
 }
 
 /// One stream packed: the coder chosen and its bytes (borrowed when stored as it is).
@@ -595,6 +660,60 @@ mod tests {
             decode(p.coder.kind().code(), &p.bytes, data.len() as u64).unwrap(),
             data
         );
+    }
+
+    #[test]
+    fn one_family_keeps_its_own_coders_at_every_level() {
+        let zstd = |c: &Coder| matches!(c, Coder::Zstd { .. } | Coder::ZstdX86 { .. });
+        let lzma = |c: &Coder| matches!(c, Coder::Lzma { .. } | Coder::XzX86 { .. });
+        let filtered = |c: &Coder| matches!(c, Coder::ZstdX86 { .. } | Coder::XzX86 { .. });
+        for level in [Level::Fast, Level::Default, Level::Max] {
+            for class in [StreamClass::Column, StreamClass::Diff, StreamClass::Literal] {
+                for x86 in [false, true] {
+                    let o = |families| CoderOptions {
+                        x86,
+                        families,
+                        ..CoderOptions::for_level(level)
+                    };
+                    let all = candidates(class, &o(Families::All));
+                    let z = candidates(class, &o(Families::Zstd));
+                    let l = candidates(class, &o(Families::Lzma2));
+                    let what = format!("{level:?} {class:?} x86={x86}");
+                    assert!(!z.is_empty() && z.iter().all(zstd), "{what}: {z:?}");
+                    assert!(!l.is_empty() && l.iter().all(lzma), "{what}: {l:?}");
+                    assert!(candidates(class, &o(Families::Stored)).is_empty());
+                    // a family the level has keeps the level's own coders of it
+                    for (fam, pick) in [(&z, zstd as fn(&Coder) -> bool), (&l, lzma)] {
+                        let own: Vec<Coder> = all.iter().copied().filter(|c| pick(c)).collect();
+                        if !own.is_empty() {
+                            assert!(own.iter().all(|c| fam.contains(c)), "{what}");
+                        }
+                    }
+                    // the branch filter is tried on code literals only, in either family
+                    let code = class == StreamClass::Literal && x86;
+                    assert_eq!(z.iter().any(filtered), code, "{what}: {z:?}");
+                    assert_eq!(l.iter().any(filtered), code, "{what}: {l:?}");
+                }
+            }
+        }
+        // and what pack_stream picks comes from the family, back bit-exact
+        let data = text(300_000);
+        for (families, pick) in [
+            (Families::Zstd, zstd as fn(&Coder) -> bool),
+            (Families::Lzma2, lzma),
+            (Families::Stored, |c: &Coder| *c == Coder::Stored),
+        ] {
+            let o = CoderOptions {
+                families,
+                ..CoderOptions::for_level(Level::Default)
+            };
+            let p = pack_stream(&data, StreamClass::Literal, &o).unwrap();
+            assert!(pick(&p.coder), "{families:?}: {}", p.coder.name());
+            assert_eq!(
+                decode(p.coder.kind().code(), &p.bytes, data.len() as u64).unwrap(),
+                data
+            );
+        }
     }
 
     #[test]

@@ -56,7 +56,7 @@
 
 use std::io::Read;
 
-use super::coder::{Coder, CoderOptions, Level};
+use super::coder::{Coder, CoderOptions, Families, Level};
 use super::predict::{AddressMap, PredictOptions, Predictor, RefModel};
 use super::streams::{self, StreamReport, NSTREAMS};
 use super::varint::{put_i64, put_u64, Reader};
@@ -111,6 +111,8 @@ pub struct PackOptions {
     /// Try the x86 branch filters (BCJ in front of LZMA2, `zstd-x86` in front of zstd) on
     /// the literals of an x86-64 ELF file.
     pub bcj: bool,
+    /// Which coder families are tried (`pfs plan --coders`; the level's own set by default).
+    pub families: Families,
 }
 
 impl PackOptions {
@@ -122,6 +124,7 @@ impl PackOptions {
             predict: PredictOptions::DEFAULT,
             force: None,
             bcj: true,
+            families: Families::All,
         }
     }
 }
@@ -551,6 +554,7 @@ pub fn pack_v3(
         x86,
         force: opts.force,
         code_filter: false,
+        families: opts.families,
     };
     let coded = streams::code_all(&raw, &co)?;
     let (dir, data_len) = (&coded.dir, coded.data_len());

@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
+use packetfs::blueprint::coder::Families;
 use packetfs::blueprint::pbb::{self, PackOptions};
 use packetfs::blueprint::predict::PredictOptions;
 use packetfs::blueprint::Level;
@@ -207,6 +208,10 @@ pub struct PlanArgs {
     /// where smaller; `off` for the ablation.
     #[arg(long, value_enum, default_value = "on")]
     bcj: OnOff,
+    /// Coder families tried on each stream: `all` (the level's set), or only `zstd`, only
+    /// `lzma2` (each at the level's strength), or `stored` (no coder); for the ablation.
+    #[arg(long, value_enum, default_value = "all")]
+    coders: Families,
     /// Planner threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -529,6 +534,7 @@ pub fn plan(a: PlanArgs) -> anyhow::Result<ExitCode> {
         opts.predict = PredictOptions::NONE;
     }
     opts.bcj = a.bcj == OnOff::On;
+    opts.families = a.coders;
     // the plan's figures (raw_ratio, segment counts) describe what the planner found; when
     // plain compression of the whole file is smaller, that is what the .pbb holds (plain_won)
     let st = p.blueprint.stats();
