@@ -24,13 +24,15 @@
 //! | [`prom`]      | Prometheus text exposition, the /metrics server thread, a parser          |
 //! | [`config`]    | the appliance file `config/pfs.toml`: parse, validate, flags override it  |
 //! | [`bigbuf`]    | large byte buffers on transparent huge pages (the sender's stream bytes)  |
+//! | [`input`]     | the codec commands' input files: mapped when large, read when small       |
 //!
 //! Everything here is a library; the `pfs` binary (`src/cli`) is the only place that prints
 //! for humans.
 //!
 //! Unsafe code is denied here and allowed only where memory must be mapped or the kernel
 //! spoken to, each block with a `// Safety:` comment: whole modules [`xsk`], [`steer`],
-//! [`shm`], [`fsink`] and [`bigbuf`] (one `madvise`) and `driver/xdp/workers.rs`; single functions in `driver/xdp/io.rs` (the fork that releases a sender's sockets after it exits), [`pob`] and
+//! [`shm`], [`fsink`], [`bigbuf`] (one `madvise`), [`input`] (an input file's map and its SIGBUS
+//! handler) and `driver/xdp/workers.rs`; single functions in `driver/xdp/io.rs` (the fork that releases a sender's sockets after it exits), [`pob`] and
 //! [`index`] (memory maps), [`blueprint`] (the non-temporal store kernels in `apply.rs`), [`plan`] (a cycle counter), [`host`] (its probes), [`proto`] (the receiver's hashing
 //! thread reading final spans in place: `proto/hashpipe.rs`, its hand-off in `assembly.rs`,
 //! and `MemSink::span_mut`, which hands out only the range written) and the binary
@@ -45,6 +47,7 @@ pub mod flusher;
 pub mod fsink;
 pub mod host;
 pub mod index;
+pub mod input;
 pub mod journal;
 pub mod metrics;
 pub mod notify;

@@ -94,6 +94,15 @@ pub fn write_atomic(dst: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.commit()
 }
 
+/// [`write_atomic`] of the concatenation of `parts` (without concatenating them).
+pub fn write_atomic_parts(dst: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
+    let mut f = AtomicFile::create(dst)?;
+    for p in parts {
+        f.file().write_all(p)?;
+    }
+    f.commit()
+}
+
 /// `1.23 MB` style (decimal units).
 pub fn human_bytes(n: u64) -> String {
     const U: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];

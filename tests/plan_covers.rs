@@ -378,3 +378,37 @@ fn an_unhashed_plan_is_the_plan_without_its_hash() {
         assert_eq!(bare.blueprint.spill, hashed.blueprint.spill, "{l:?}");
     }
 }
+
+#[test]
+fn an_elided_spill_is_the_file_and_only_where_nothing_matched() {
+    let f = fixture();
+    let how = plan::How {
+        hash: true,
+        elide_raw_spill: true,
+    };
+    let mut random = vec![0u8; 600_000];
+    SplitMix64::new(11).fill(&mut random);
+    let mutated = mutate(&f.basis, 4);
+    for l in [Level::Fast, Level::Default] {
+        let cfg = level(l);
+        // random bytes: nothing matches, the spill is left empty and filled back whole
+        let full = plan::plan(&random, &f.snap, &f.idx, &Hints::default(), &cfg).unwrap();
+        assert!(!full.spill_elided);
+        let mut lean =
+            plan::plan_with(&random, &f.snap, &f.idx, &Hints::default(), &cfg, how).unwrap();
+        assert!(lean.spill_elided, "{l:?}");
+        assert!(lean.blueprint.spill.is_empty());
+        assert_eq!(lean.blueprint.segments, full.blueprint.segments, "{l:?}");
+        assert_eq!(lean.blueprint.file_hash, full.blueprint.file_hash);
+        lean.fill_spill(&random);
+        assert!(!lean.spill_elided);
+        assert_eq!(lean.blueprint.spill, full.blueprint.spill, "{l:?}");
+        // a release that matches: asked or not, the spill is made
+        let full = plan::plan(&mutated, &f.snap, &f.idx, &Hints::default(), &cfg).unwrap();
+        let lean =
+            plan::plan_with(&mutated, &f.snap, &f.idx, &Hints::default(), &cfg, how).unwrap();
+        assert!(!lean.spill_elided, "{l:?}");
+        assert_eq!(lean.blueprint.segments, full.blueprint.segments);
+        assert_eq!(lean.blueprint.spill, full.blueprint.spill);
+    }
+}

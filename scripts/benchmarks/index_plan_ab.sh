@@ -12,7 +12,8 @@
 # K runs each, the builds interleaved run by run, median (min-max) seconds:
 # - `pfs index build` of that snapshot (its index directory removed first: a first build);
 # - `pfs plan --level fast` of the target, to a .pbb (snapshot and index load included);
-# - `zstd -3 --long=30 -T0 --patch-from=BASIS` (the target alone where there is no basis).
+# - `zstd -3 --long=30 -T0 --patch-from=BASIS` (the target alone where there is no basis);
+# - random only: `cp` of the target to a new file (the floor for a .pbb as large as the file).
 # Output bytes are printed with each plan row; every .pbb is rebuilt with `pfs unplan` and
 # compared with the target once per build, untimed.
 set -euo pipefail
@@ -63,7 +64,7 @@ for pair in "${want[@]}"; do
     snap_bytes=$(stat -c %s "$snap/snapshot.bin")
     echo "## $pair: target $(stat -c %s "$target") B, snapshot $snap_bytes B"
     declare -A idx=() pl=() out=()
-    z=()
+    z=() cp_t=()
     for r in $(seq "$repeat"); do
         for i in "${!bins[@]}"; do
             b=${bins[$i]}
@@ -77,6 +78,8 @@ for pair in "${want[@]}"; do
         else
             z+=("$(secs zstd -q -f -3 --long=30 -T0 "$target" -o "$work/z.zst")")
         fi
+        # the floor for a .pbb about the file's size: copying the file to a new file
+        [ "$pair" = random ] && cp_t+=("$(secs cp "$target" "$work/copy.bin")")
     done
     for i in "${!bins[@]}"; do
         "${bins[$i]}" unplan --snapshot "$snap" -o "$work/rt" "$work/$pair-$i.pbb" >/dev/null
@@ -89,5 +92,6 @@ for pair in "${want[@]}"; do
         echo "B$((i + 1)) pfs plan --level fast: $(stats ${pl[$i]}), ${out[$i]} B (rebuilt bit-exact)"
     done
     echo "zstd -3 --long=30 ${basis:+--patch-from}: $(stats "${z[@]}"), $(stat -c %s "$work/z.zst") B"
+    [ ${#cp_t[@]} -gt 0 ] && echo "cp (the file to a new file, the floor for a stored .pbb): $(stats "${cp_t[@]}")"
     unset idx pl out
 done

@@ -331,6 +331,12 @@ pub enum Families {
     Stored,
 }
 
+/// Streams of at least this many bytes are stored without a coder trial when
+/// [`estimate_ratio`] is above [`STORE_RATIO`].
+pub const STORE_CHECK_MIN: usize = 4096;
+/// The estimated ratio above which a stream does not compress (it is stored).
+pub const STORE_RATIO: f64 = 0.97;
+
 /// Streams below this are not sampled: they are tried whole.
 const SAMPLE_MIN: usize = 256 << 10;
 /// Sampled bytes (in [`SAMPLES`] pieces) for the compressibility estimate.
@@ -527,7 +533,7 @@ pub fn pack_stream<'a>(
     if data.is_empty() {
         return Ok(stored());
     }
-    if data.len() >= 4096 && estimate_ratio(data) > 0.97 {
+    if data.len() >= STORE_CHECK_MIN && estimate_ratio(data) > STORE_RATIO {
         return Ok(stored());
     }
     let mut cands = match o.force {

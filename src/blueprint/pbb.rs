@@ -585,6 +585,82 @@ pub fn pack_v3(
     Ok((out, sizes))
 }
 
+/// A `.pbb` whose every stream is stored, in three parts: `head` (header, directory and
+/// the table's few bytes), then the file's bytes as they are, then `trailer` (the BLAKE3 of
+/// both). Written one after the other, the parts are the bytes [`pack_v3`] makes of the same
+/// blueprint at any level, without copying the file twice more (its literal stream and the
+/// output buffer: most of `pfs plan`'s time on random bytes).
+pub struct StoredRaw {
+    pub head: Vec<u8>,
+    pub trailer: [u8; TRAILER_LEN],
+    pub sizes: PackedSizes,
+}
+
+/// [`StoredRaw`] for `bp` when the packers would store it as it is: one raw segment (the
+/// whole `file`, below 4 GiB) whose bytes the coders' estimate calls incompressible (the rule
+/// [`super::coder::pack_stream`] stores a stream by). `None` otherwise: pack it.
+pub fn stored_raw(bp: &Blueprint, file: &[u8]) -> Option<StoredRaw> {
+    let one_raw = matches!(bp.segments[..], [Segment { src: Source::Raw, len }]
+        if len as usize == file.len());
+    if !one_raw
+        || bp.file_len != file.len() as u64
+        || file.len() < super::coder::STORE_CHECK_MIN
+        || super::coder::estimate_ratio(file) <= super::coder::STORE_RATIO
+    {
+        return None;
+    }
+    let table = streams::stored_raw_head(file.len() as u64);
+    let mut lens = Vec::new();
+    put_u64(&mut lens, file.len() as u64);
+    let dir_len = table.len() - 1 - lens.len();
+    let mut head = Vec::with_capacity(HEADER_LEN_V3 + table.len());
+    head.extend_from_slice(&MAGIC);
+    head.extend_from_slice(&VERSION.to_le_bytes());
+    head.push(0);
+    head.push(0);
+    head.extend_from_slice(&bp.snapshot_id);
+    head.extend_from_slice(&bp.file_len.to_le_bytes());
+    head.extend_from_slice(&bp.file_hash);
+    head.extend_from_slice(&1u64.to_le_bytes());
+    head.extend_from_slice(&(dir_len as u32).to_le_bytes());
+    debug_assert_eq!(head.len(), HEADER_LEN_V3);
+    head.extend_from_slice(&table);
+    let mut h = blake3::Hasher::new();
+    h.update(&head);
+    h.update(file);
+    let streams = streams::NAMES
+        .iter()
+        .enumerate()
+        .map(|(i, &name)| {
+            let n = match i {
+                streams::S_OPS => 1,
+                streams::S_LENS => lens.len() as u64,
+                streams::S_LITS => file.len() as u64,
+                _ => 0,
+            };
+            StreamReport {
+                name,
+                raw: n,
+                stored: n,
+                coder: Coder::Stored.name(),
+                ms: 0.0,
+            }
+        })
+        .collect();
+    let sizes = PackedSizes {
+        header: HEADER_LEN_V3 as u64,
+        table: table.len() as u64,
+        spill: file.len() as u64,
+        trailer: TRAILER_LEN as u64,
+        streams,
+    };
+    Some(StoredRaw {
+        head,
+        trailer: *h.finalize().as_bytes(),
+        sizes,
+    })
+}
+
 /// How much smaller (percent) one form of a file must pack at `fast` for [`pack_best`] to
 /// pack only that form at a slower level.
 const PICK_MARGIN_PCT: u64 = 3;
@@ -966,6 +1042,69 @@ mod tests {
     /// A form that packs clearly smaller (above `fast` it is the only form packed at the
     /// level once `fast` has said so): the result is that form packed alone at the level,
     /// and it unpacks to the file. (What the shortcut saves is time: docs/profile.md.)
+    /// `stored_raw` is the bytes `pack_v3` makes at every level, in three parts, for a file
+    /// of random bytes in one raw segment; anything else (bytes that compress, more than one
+    /// segment) is left to the packers.
+    #[test]
+    fn stored_raw_parts_are_the_packed_bytes_of_random_data() {
+        let noise = crate::prepare::noise(9, 300_000);
+        let bp = |file: &[u8], segments: Vec<Segment>| Blueprint {
+            snapshot_id: [7; 32],
+            file_len: file.len() as u64,
+            file_hash: *blake3::hash(file).as_bytes(),
+            segments,
+            spill: file.to_vec(),
+        };
+        let whole = |n: usize| {
+            vec![Segment {
+                len: n as u32,
+                src: Source::Raw,
+            }]
+        };
+        let b = bp(&noise, whole(noise.len()));
+        let sr = stored_raw(&b, &noise).expect("random bytes are stored");
+        let parts = [&sr.head[..], &noise[..], &sr.trailer[..]].concat();
+        for level in [Level::Fast, Level::Default, Level::Max] {
+            let (packed, sizes) = pack_v3(&b, None, &PackOptions::for_level(level)).unwrap();
+            assert_eq!(parts, packed, "{level:?}");
+            assert_eq!(sr.sizes.table, sizes.table);
+            assert_eq!(sr.sizes.spill, sizes.spill);
+            let names: Vec<_> = sizes
+                .streams
+                .iter()
+                .map(|r| (r.name, r.raw, r.stored))
+                .collect();
+            let mine: Vec<_> = sr
+                .sizes
+                .streams
+                .iter()
+                .map(|r| (r.name, r.raw, r.stored))
+                .collect();
+            assert_eq!(names, mine);
+        }
+        let back = unpack(&parts, &[7; 32], 1 << 20).unwrap();
+        assert_eq!(back.segments, b.segments);
+        assert_eq!(back.spill, noise);
+        // text compresses; two segments are not one raw segment; a short file is not checked
+        let text: Vec<u8> = (0..300_000u32)
+            .map(|i| b"abcdefgh\n"[(i % 9) as usize])
+            .collect();
+        assert!(stored_raw(&bp(&text, whole(text.len())), &text).is_none());
+        let two = vec![
+            Segment {
+                len: 100_000,
+                src: Source::Raw,
+            },
+            Segment {
+                len: 200_000,
+                src: Source::Raw,
+            },
+        ];
+        assert!(stored_raw(&bp(&noise, two), &noise).is_none());
+        let short = &noise[..1000];
+        assert!(stored_raw(&bp(short, whole(short.len())), short).is_none());
+    }
+
     #[test]
     fn pack_best_keeps_the_form_that_wins_clearly() {
         let text: Vec<u8> = (0..120_000u32)

@@ -469,17 +469,8 @@ pub fn index(cmd: IndexCmd) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
-    let md = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
-    if md.is_dir() {
-        bail!("{} is a directory, not a file", path.display());
-    }
-    // read into a buffer on huge pages: a large file's 4 KiB faults cost more than its copy
-    let mut buf = packetfs::bigbuf::with_capacity(md.len() as usize + 1);
-    std::fs::File::open(path)
-        .and_then(|mut f| std::io::Read::read_to_end(&mut f, &mut buf))
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(buf)
+fn read_input(path: &Path) -> anyhow::Result<packetfs::input::Input> {
+    packetfs::input::open(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
 pub fn plan(a: PlanArgs) -> anyhow::Result<ExitCode> {
@@ -515,7 +506,13 @@ pub fn plan(a: PlanArgs) -> anyhow::Result<ExitCode> {
     };
     let hints_ms = t_h.elapsed().as_secs_f64() * 1e3;
     let t_plan = Instant::now();
-    let mut p = plan::plan(&file, &snap, &idx, &hints, &cfg)?;
+    // a file nothing matches keeps no copy of itself as the spill (random bytes are written
+    // straight from `file` below; the spill is filled where the blueprint is packed)
+    let how = plan::How {
+        hash: true,
+        elide_raw_spill: true,
+    };
+    let mut p = plan::plan_with(&file, &snap, &idx, &hints, &cfg, how)?;
     p.times.hints_ms = hints_ms;
     let plan_ms = t_plan.elapsed().as_secs_f64() * 1e3;
     // the map shows what the planner found (even when plain compression wins the .pbb)
@@ -538,15 +535,29 @@ pub fn plan(a: PlanArgs) -> anyhow::Result<ExitCode> {
     // the plan's figures (raw_ratio, segment counts) describe what the planner found; when
     // plain compression of the whole file is smaller, that is what the .pbb holds (plain_won)
     let st = p.blueprint.stats();
-    let (bytes, sizes, plain) = pbb::pack_best(&p.blueprint, &file, Some(snap.bytes()), &opts)?;
+    // a file planned as raw bytes that do not compress (random data) is written from where
+    // it is, between its few head bytes and the trailer (same bytes as packing it)
+    let stored = pbb::stored_raw(&p.blueprint, &file);
+    if stored.is_none() || a.json.is_some() {
+        p.fill_spill(&file);
+    }
+    let (packed, sizes, plain) = match &stored {
+        Some(sr) => (Vec::new(), sr.sizes.clone(), false),
+        None => pbb::pack_best(&p.blueprint, &file, Some(snap.bytes()), &opts)?,
+    };
+    let parts: [&[u8]; 3] = match &stored {
+        Some(sr) => [&sr.head, &file, &sr.trailer],
+        None => [&packed, &[], &[]],
+    };
+    let wire_len: usize = parts.iter().map(|p| p.len()).sum();
     if plain {
         p.blueprint.segments = packetfs::blueprint::raw_segments(file.len() as u64);
-        p.blueprint.spill = file.clone();
+        p.blueprint.spill = file.to_vec();
     }
     let pack_ms = t_pack.elapsed().as_secs_f64() * 1e3;
     p.times.pack_ms = pack_ms;
     if let Some(out) = &a.out {
-        packetfs::util::write_atomic(out, &bytes)
+        packetfs::util::write_atomic_parts(out, &parts)
             .with_context(|| format!("writing {}", out.display()))?;
     }
     if let Some(jp) = &a.json {
@@ -571,8 +582,8 @@ pub fn plan(a: PlanArgs) -> anyhow::Result<ExitCode> {
         "raw_ratio": if file_bytes == 0 { 0.0 } else { st.raw_spill as f64 / file_bytes as f64 },
         "pbb_bytes": sizes.header + sizes.table + sizes.trailer,
         "spill_bytes": sizes.spill,
-        "wire_bytes": bytes.len(),
-        "wire_ratio": if file_bytes == 0 { 0.0 } else { bytes.len() as f64 / file_bytes as f64 },
+        "wire_bytes": wire_len,
+        "wire_ratio": if file_bytes == 0 { 0.0 } else { wire_len as f64 / file_bytes as f64 },
         "plan_ms": plan_ms,
         "pack_ms": pack_ms,
         "total_ms": t_all.elapsed().as_secs_f64() * 1e3,

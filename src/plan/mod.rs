@@ -446,6 +446,21 @@ pub struct Plan {
     pub blueprint: Blueprint,
     pub raw_bits_per_byte: f64,
     pub times: PhaseTimes,
+    /// Nothing matched and [`How::elide_raw_spill`] was asked: the segments are raw and the
+    /// blueprint's spill was left empty, because it would be the file itself (the caller
+    /// holds it; [`Plan::fill_spill`] copies it in where the blueprint is packed).
+    pub spill_elided: bool,
+}
+
+/// How [`plan_with`] plans beyond its config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct How {
+    /// Compute the file's BLAKE3 (`false`: the blueprint's `file_hash` is zero).
+    pub hash: bool,
+    /// Leave the spill empty when nothing matches ([`Plan::spill_elided`]): a caller that
+    /// writes random bytes straight from the file (`pfs plan`, the streamed sender's
+    /// pass-through) saves a copy of the whole file into fresh memory.
+    pub elide_raw_spill: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -512,7 +527,11 @@ pub fn plan(
     hints: &Hints,
     cfg: &PlanConfig,
 ) -> Result<Plan, PlanError> {
-    plan_inner(file, snap, idx, hints, cfg, true)
+    let how = How {
+        hash: true,
+        elide_raw_spill: false,
+    };
+    plan_with(file, snap, idx, hints, cfg, how)
 }
 
 /// [`plan`] without the file's BLAKE3 (the blueprint's `file_hash` is zero): for a caller
@@ -525,16 +544,21 @@ pub fn plan_unhashed(
     hints: &Hints,
     cfg: &PlanConfig,
 ) -> Result<Plan, PlanError> {
-    plan_inner(file, snap, idx, hints, cfg, false)
+    let how = How {
+        hash: false,
+        elide_raw_spill: false,
+    };
+    plan_with(file, snap, idx, hints, cfg, how)
 }
 
-fn plan_inner(
+/// [`plan`] as `how` asks.
+pub fn plan_with(
     file: &[u8],
     snap: &Snapshot,
     idx: &IndexSet,
     hints: &Hints,
     cfg: &PlanConfig,
-    hash: bool,
+    how: How,
 ) -> Result<Plan, PlanError> {
     if file.len() as u64 >= 1 << 62 {
         return Err(PlanError::TooLarge {
@@ -550,11 +574,11 @@ fn plan_inner(
         .unwrap_or_else(|| estimate_raw_bits(file));
     times.estimate_ms = ms(t);
     if cfg.engine == Engine::Covers {
-        return plan_covers(file, snap, idx, cfg, raw_bits, times, hash);
+        return plan_covers(file, snap, idx, cfg, raw_bits, times, how);
     }
 
     let t = Instant::now();
-    let file_hash = if hash {
+    let file_hash = if how.hash {
         *blake3::hash(file).as_bytes()
     } else {
         [0; 32]
@@ -666,6 +690,7 @@ fn plan_inner(
         },
         raw_bits_per_byte: raw_bits,
         times,
+        spill_elided: false,
     })
 }
 
@@ -698,7 +723,7 @@ fn plan_covers(
     cfg: &PlanConfig,
     raw_bits: f64,
     mut times: PhaseTimes,
-    hash: bool,
+    how: How,
 ) -> Result<Plan, PlanError> {
     let spec = minimizer_spec(cfg.min_w, cfg.min_fanout);
     let min = idx
@@ -720,7 +745,7 @@ fn plan_covers(
     let t = Instant::now();
     let threads = thread_count(cfg);
     let th = Instant::now();
-    let file_hash = if hash {
+    let file_hash = if how.hash {
         crate::util::parallel_blake3(file, usize::BITS - 1 - threads.max(1).leading_zeros())
     } else {
         [0; 32]
@@ -759,7 +784,16 @@ fn plan_covers(
     let covers = cover::merge(file, snap.bytes(), covers, cfg, &prices);
     times.match_ms = ms(t);
     let t = Instant::now();
-    let (mut segments, mut spill) = cover::emit(file, snap.bytes(), &covers, threads);
+    // nothing matched: every byte is raw, and the spill would be a copy of the file
+    let spill_elided = how.elide_raw_spill && covers.is_empty() && !cfg.self_segments;
+    let (mut segments, mut spill) = if spill_elided {
+        (
+            crate::blueprint::raw_segments(file.len() as u64),
+            Vec::new(),
+        )
+    } else {
+        cover::emit(file, snap.bytes(), &covers, threads)
+    };
     times.extend_ms = ms(t);
     if cfg.self_segments {
         let t = Instant::now();
@@ -777,6 +811,7 @@ fn plan_covers(
         },
         raw_bits_per_byte: raw_bits,
         times,
+        spill_elided,
     })
 }
 
@@ -805,6 +840,16 @@ fn spill_of(file: &[u8], snap: &[u8], segs: &[Segment]) -> Vec<u8> {
 }
 
 impl Plan {
+    /// Put the file's bytes in an elided spill ([`Plan::spill_elided`]): then the blueprint
+    /// is whole. `file` must be the planned file.
+    pub fn fill_spill(&mut self, file: &[u8]) {
+        if self.spill_elided {
+            debug_assert_eq!(file.len() as u64, self.blueprint.file_len);
+            self.blueprint.spill = file.to_vec();
+            self.spill_elided = false;
+        }
+    }
+
     /// The spill compression level worth spending: `default`, or a fast level when the file
     /// looked incompressible (a high level buys nothing there and costs seconds).
     pub fn spill_level(&self, default: i32) -> i32 {

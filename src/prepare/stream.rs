@@ -364,9 +364,15 @@ fn pack_window(
     let mut cfg = o.plan.clone();
     let (bits, fresh) = window_price(window, o, f, price);
     cfg.cost.raw_bits_per_byte = Some(bits);
-    // the producer hashes the whole file as it reads it: the window's own hash is not needed
-    let planned =
-        plan::plan_unhashed(window, snap, idx, &Hints::default(), &cfg).map_err(|source| {
+    // the producer hashes the whole file as it reads it: the window's own hash is not
+    // needed; a window nothing matches keeps no copy of itself (the pass-through below sends
+    // it from `window`)
+    let how = plan::How {
+        hash: false,
+        elide_raw_spill: true,
+    };
+    let mut planned =
+        plan::plan_with(window, snap, idx, &Hints::default(), &cfg, how).map_err(|source| {
             StreamError::Plan {
                 path: f.path.clone(),
                 source,
@@ -391,6 +397,7 @@ fn pack_window(
             return Ok(Packed::Done(block::encode_stored_raw(window, &o.encode)));
         }
     }
+    planned.fill_spill(window);
     Ok(Packed::Encode(Box::new(EncodeJob {
         bp: planned.blueprint,
         start,
