@@ -318,11 +318,11 @@ impl CoderOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Families {
-    /// The level's candidates: zstd -3 at `fast`, LZMA2 at `default`, both at `max`.
+    /// The level's candidates: zstd -3 at `fast`, LZMA at `default` and `max`.
     #[default]
     All,
     /// zstd only (with the x86 branch filter in front where it is tried): -3 at `fast`, -19
-    /// at `default`, -19 and -22 at `max`.
+    /// at `default` and `max`.
     Zstd,
     /// LZMA2 only (with BCJ in front where it is tried): preset 1 at `fast`, the level's
     /// settings at `default` and `max`.
@@ -423,9 +423,12 @@ pub fn candidates(class: StreamClass, o: &CoderOptions) -> Vec<Coder> {
             StreamClass::Column | StreamClass::Diff => lzma(7, false, 0, 0, 0),
             StreamClass::Literal => lzma(7, false, 3, 0, 2),
         }),
+        // six LZMA settings, ranked on samples. zstd -19/-22 were candidates too and won
+        // 13 bytes of 692,519 on the libstd pair and nothing on /usr/bin/bash (ablation
+        // rows `--level max --coders lzma2`), for ~18% of the time; LZMA's extreme mode
+        // made the libstd pair 542 B (0.08%) smaller but bash 788 B larger, for 10-35% of
+        // the time (docs/profile.md)
         Level::Max => {
-            c.push(Coder::Zstd { level: 19 });
-            c.push(Coder::Zstd { level: 22 });
             for (lc, lp, pb) in [
                 (0, 0, 0),
                 (0, 2, 2),
@@ -434,7 +437,7 @@ pub fn candidates(class: StreamClass, o: &CoderOptions) -> Vec<Coder> {
                 (0, 0, 2),
                 (4, 0, 0),
             ] {
-                c.push(lzma(9, true, lc, lp, pb));
+                c.push(lzma(9, false, lc, lp, pb));
             }
         }
     }
@@ -454,7 +457,7 @@ pub fn candidates(class: StreamClass, o: &CoderOptions) -> Vec<Coder> {
                 for (lc, lp, pb) in [(0, 2, 2), (3, 0, 2)] {
                     c.push(Coder::XzX86 {
                         preset: 9,
-                        extreme: true,
+                        extreme: false,
                         lc,
                         lp,
                         pb,
@@ -553,10 +556,39 @@ pub fn pack_stream<'a>(
     // second encode took 25-35% of `pfs plan --level max` (docs/profile.md)
     if data.len() >= SAMPLE_MIN && cands.len() > 1 {
         let sample = samples(data);
-        // the first of equals wins, as the stable sort this replaced ranked them
+        // the candidates are tried on up to one thread per core (a file whose literals are
+        // its one large stream left the other core idle at `max`); the first of equals wins,
+        // as the stable sort this replaced ranked them
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(cands.len());
+        let per = cands.len().div_ceil(threads);
+        let sizes: Vec<std::io::Result<usize>> = if threads <= 1 {
+            cands
+                .iter()
+                .map(|c| c.encode(&sample).map(|z| z.len()))
+                .collect()
+        } else {
+            std::thread::scope(|sc| {
+                let hs: Vec<_> = cands
+                    .chunks(per)
+                    .map(|part| {
+                        let sample = &sample;
+                        sc.spawn(move || {
+                            part.iter()
+                                .map(|c| c.encode(sample).map(|z| z.len()))
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                hs.into_iter()
+                    .flat_map(|h| h.join().expect("ranking thread panicked"))
+                    .collect()
+            })
+        };
         let mut best = (usize::MAX, cands[0]);
-        for c in &cands {
-            let n = c.encode(&sample)?.len();
+        for (c, n) in cands.iter().zip(sizes) {
+            let n = n?;
             if n < best.0 {
                 best = (n, *c);
             }
