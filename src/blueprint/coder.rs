@@ -722,7 +722,7 @@ mod tests {
                     assert!(candidates(class, &o(Families::Stored)).is_empty());
                     // a family the level has keeps the level's own coders of it
                     for (fam, pick) in [(&z, zstd as fn(&Coder) -> bool), (&l, lzma)] {
-                        let own: Vec<Coder> = all.iter().copied().filter(|c| pick(c)).collect();
+                        let own: Vec<Coder> = all.iter().copied().filter(pick).collect();
                         if !own.is_empty() {
                             assert!(own.iter().all(|c| fam.contains(c)), "{what}");
                         }
