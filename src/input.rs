@@ -104,4 +104,50 @@ mod tests {
         assert!(open(d.path()).is_err(), "a directory");
         assert!(open(&d.path().join("missing")).is_err());
     }
+
+    /// A mapped file that shrinks under the reader: one error line naming it, exit status 1,
+    /// no panic (run in a child process: the handler ends the process).
+    #[test]
+    fn a_mapped_file_that_shrinks_ends_the_process_with_one_error_line() {
+        if let Some(p) = std::env::var_os("PFS_INPUT_SIGBUS_CHILD") {
+            let p = std::path::PathBuf::from(p);
+            let m = open(&p).unwrap();
+            assert!(matches!(m, Input::Mapped(_)));
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_len(4096)
+                .unwrap();
+            // past the new end: SIGBUS, and the handler exits with 1
+            let x = std::hint::black_box(m[m.len() - 1]);
+            println!("read {x} past the end without a signal");
+            std::process::exit(3);
+        }
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("shrinks.bin");
+        std::fs::write(&p, vec![7u8; 4 << 20]).unwrap();
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "input::tests::a_mapped_file_that_shrinks_ends_the_process_with_one_error_line",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("PFS_INPUT_SIGBUS_CHILD", &p)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        let lines: Vec<&str> = err
+            .lines()
+            .filter(|l| l.starts_with("pfs: error:"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{err}");
+        assert!(
+            lines[0].contains("shrinks.bin") && lines[0].contains("shrank"),
+            "{err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
 }
