@@ -559,16 +559,7 @@ pub fn pack_v3(
     let coded = streams::code_all(&raw, &co)?;
     let (dir, data_len) = (&coded.dir, coded.data_len());
     let mut out = crate::bigbuf::with_capacity(HEADER_LEN_V3 + dir.len() + data_len + TRAILER_LEN);
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    out.push(0);
-    out.push(0);
-    out.extend_from_slice(&bp.snapshot_id);
-    out.extend_from_slice(&bp.file_len.to_le_bytes());
-    out.extend_from_slice(&bp.file_hash);
-    out.extend_from_slice(&(bp.segments.len() as u64).to_le_bytes());
-    out.extend_from_slice(&(dir.len() as u32).to_le_bytes());
-    debug_assert_eq!(out.len(), HEADER_LEN_V3);
+    put_header_v3(&mut out, bp, bp.segments.len() as u64, dir.len());
     out.extend_from_slice(dir);
     coded.write_data(&mut out);
     let sum = blake3::hash(&out);
@@ -614,16 +605,7 @@ pub fn stored_raw(bp: &Blueprint, file: &[u8]) -> Option<StoredRaw> {
     put_u64(&mut lens, file.len() as u64);
     let dir_len = table.len() - 1 - lens.len();
     let mut head = Vec::with_capacity(HEADER_LEN_V3 + table.len());
-    head.extend_from_slice(&MAGIC);
-    head.extend_from_slice(&VERSION.to_le_bytes());
-    head.push(0);
-    head.push(0);
-    head.extend_from_slice(&bp.snapshot_id);
-    head.extend_from_slice(&bp.file_len.to_le_bytes());
-    head.extend_from_slice(&bp.file_hash);
-    head.extend_from_slice(&1u64.to_le_bytes());
-    head.extend_from_slice(&(dir_len as u32).to_le_bytes());
-    debug_assert_eq!(head.len(), HEADER_LEN_V3);
+    put_header_v3(&mut head, bp, 1, dir_len);
     head.extend_from_slice(&table);
     let mut h = blake3::Hasher::new();
     h.update(&head);
@@ -659,6 +641,21 @@ pub fn stored_raw(bp: &Blueprint, file: &[u8]) -> Option<StoredRaw> {
         trailer: *h.finalize().as_bytes(),
         sizes,
     })
+}
+
+/// The v3 header of `bp` with `segments` segments and a directory of `dir_len` bytes.
+fn put_header_v3(out: &mut Vec<u8>, bp: &Blueprint, segments: u64, dir_len: usize) {
+    let at = out.len();
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.push(0);
+    out.push(0);
+    out.extend_from_slice(&bp.snapshot_id);
+    out.extend_from_slice(&bp.file_len.to_le_bytes());
+    out.extend_from_slice(&bp.file_hash);
+    out.extend_from_slice(&segments.to_le_bytes());
+    out.extend_from_slice(&(dir_len as u32).to_le_bytes());
+    debug_assert_eq!(out.len() - at, HEADER_LEN_V3);
 }
 
 /// How much smaller (percent) one form of a file must pack at `fast` for [`pack_best`] to
