@@ -930,6 +930,11 @@ pub fn recv(a: RecvArgs) -> anyhow::Result<ExitCode> {
             let Some(iface) = c.interface.as_deref() else {
                 bail!("--transport xdp needs --iface (the interface to receive on)");
             };
+            if once {
+                // one session: the command returns once the files are confirmed, not after
+                // the sockets' and the link's release (their RCU grace periods)
+                xdp::io::release_sockets_after_exit();
+            }
             let mut link = xdp_link(&c, iface, port);
             link.impair_drop_ppm = impair_drop_ppm;
             link.impair_flip_ppm = impair_flip_ppm;

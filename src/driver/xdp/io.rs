@@ -325,11 +325,15 @@ impl XdpIo {
 /// [`release_sockets_after_exit`].
 static RELEASE_IN_CHILD: AtomicBool = AtomicBool::new(false);
 
-/// Let transmit-only sockets (no program attached) be released by a child process after this
-/// one has exited. The release of an AF_XDP socket waits for an RCU grace period (16-17 ms
-/// here, strace -T of `close`), and a process cannot exit before its descriptors are
-/// released, so `pfs send` returned that long after the receiver had confirmed the file. For
-/// a command only: the child is reaped by whoever adopts it once this process exits.
+/// Let the sockets (and the steering program's link, where one is attached) be released by a
+/// child process after this one has exited. The release of an AF_XDP socket waits for an RCU
+/// grace period (16-19 ms here, strace -T of `close`; the link's close ~10 ms), and a process
+/// cannot exit before its descriptors are released, so `pfs send` returned that long after
+/// the receiver had confirmed the file, and `pfs recv --once` 24-32 ms after the sender. For
+/// a command only: the child is reaped by whoever adopts it once this process exits. A
+/// command started right after on the same interface meets the queues or the link still held
+/// for those milliseconds: binds and attaches retry for a while ([`bind_when_free`],
+/// [`attach_program`]).
 pub fn release_sockets_after_exit() {
     RELEASE_IN_CHILD.store(true, Ordering::Relaxed);
 }
@@ -374,9 +378,11 @@ impl Drop for XdpIo {
     /// for it ([`release_sockets_after_exit`]) are released by a child process instead.
     fn drop(&mut self) {
         let socks = std::mem::take(&mut self.socks);
-        if self.steer.is_none() && !socks.is_empty() && RELEASE_IN_CHILD.load(Ordering::Relaxed) {
+        if !socks.is_empty() && RELEASE_IN_CHILD.load(Ordering::Relaxed) {
             if let Some(gate) = release_in_child() {
                 drop(socks);
+                // a link's program detaches when the child's copy of the link closes
+                drop(self.steer.take());
                 drop(gate);
                 return;
             }
@@ -595,11 +601,26 @@ pub fn xdp_live(iface: &str, steer: Option<&Steering>, st: &PathStats) -> XdpLiv
     }
 }
 
-/// Load the program, attach it to `iface` and set its ports (and impairments).
+/// Load the program, attach it to `iface` and set its ports (and impairments). An interface
+/// whose XDP link is still held (EBUSY: the child of a `pfs recv --once` that just returned
+/// releases it, [`release_sockets_after_exit`]) is tried again for up to 2 s; then the error
+/// says another program is attached.
 fn attach_program(iface: &str, spec: SteerSpec, marks: &StartMarks) -> Result<Steering, XdpError> {
-    let loaded = Steering::load()?;
-    marks.mark("program loaded");
-    let mut steer = loaded.attach(iface, spec.mode)?;
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let mut steer = loop {
+        let loaded = Steering::load()?;
+        marks.mark("program loaded");
+        match loaded.attach(iface, spec.mode) {
+            Err(crate::steer::SteerError::Link { ref source, .. })
+                if matches!(source.raw_os_error(), Some(libc::EBUSY | libc::EEXIST))
+                    && std::time::Instant::now() < give_up =>
+            {
+                tracing::debug!("{iface}: an XDP link is still attached; retrying");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            r => break r?,
+        }
+    };
     marks.mark(format_args!("link attached ({} mode)", steer.mode()));
     steer.set_ports(spec.ports)?;
     let (drop_ppm, flip_ppm) = spec.impair;
