@@ -8,8 +8,9 @@
 //!
 //! The risk of a mapping: a file truncated while it is mapped raises SIGBUS on the next read
 //! of a page past its new end. [`open`] installs a handler for that, which writes one error
-//! line naming the file and exits with status 1 (a signal handler cannot unwind; outputs
-//! are renamed into place only when complete, so nothing is left under a final name).
+//! line naming the file (and the snapshot and indexes, mapped too) and exits with status 1
+//! (a signal handler cannot unwind; outputs are renamed into place only when complete, so
+//! nothing is left under a final name).
 #![allow(unsafe_code)]
 
 use std::ffi::c_int;
@@ -50,8 +51,11 @@ extern "C" fn on_sigbus(_: c_int) {
 }
 
 fn install_sigbus(path: &Path) {
+    // the signal does not say which mapping faulted: the snapshot and its indexes are
+    // mapped too
     let line = format!(
-        "pfs: error: {} shrank while it was being read (it is mapped): nothing was written\n",
+        "pfs: error: a mapped file shrank while it was being read ({}, or the snapshot or \
+         an index): nothing was written under the final name\n",
         path.display()
     );
     if SIGBUS_LINE.set(line.into_bytes()).is_ok() {
