@@ -89,9 +89,7 @@ impl Drop for AtomicFile {
 
 /// Write `bytes` to `dst` atomically.
 pub fn write_atomic(dst: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut f = AtomicFile::create(dst)?;
-    f.file().write_all(bytes)?;
-    f.commit()
+    write_atomic_parts(dst, &[bytes])
 }
 
 /// [`write_atomic`] of the concatenation of `parts` (without concatenating them).
