@@ -124,6 +124,14 @@ impl Coder {
 
     /// A short name for tables: `stored`, `zstd-19`, `zstd-x86-3`, `lzma-9e/0,2,2`,
     /// `xz-x86-9/0,0,2`.
+    /// The literal-context settings of an LZMA coder (`None` for the others).
+    pub fn lclppb(self) -> Option<(u32, u32, u32)> {
+        match self {
+            Coder::Lzma { lc, lp, pb, .. } | Coder::XzX86 { lc, lp, pb, .. } => Some((lc, lp, pb)),
+            _ => None,
+        }
+    }
+
     pub fn name(self) -> String {
         match self {
             Coder::Stored => "stored".into(),
@@ -520,6 +528,36 @@ pub struct Packed<'a> {
     pub bytes: std::borrow::Cow<'a, [u8]>,
 }
 
+/// The sizes of `cands` encoding `sample`, in order, tried on up to one thread per core (a
+/// file whose literals are its one large stream left the other core idle at `max`).
+fn rank(cands: &[Coder], sample: &[u8]) -> std::io::Result<Vec<usize>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(cands.len().max(1));
+    if threads <= 1 {
+        return cands
+            .iter()
+            .map(|c| c.encode(sample).map(|z| z.len()))
+            .collect();
+    }
+    let per = cands.len().div_ceil(threads);
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = cands
+            .chunks(per)
+            .map(|part| {
+                sc.spawn(move || {
+                    part.iter()
+                        .map(|c| c.encode(sample).map(|z| z.len()))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .flat_map(|h| h.join().expect("ranking thread panicked"))
+            .collect()
+    })
+}
+
 /// Encode `data` with the candidate (or the forced coder) that measures smallest; stored
 /// when nothing beats it or the sampled estimate says the stream does not compress. Streams
 /// of at least [`SAMPLE_MIN`] bytes rank the candidates on samples and encode whole with the
@@ -556,44 +594,47 @@ pub fn pack_stream<'a>(
     // second encode took 25-35% of `pfs plan --level max` (docs/profile.md)
     if data.len() >= SAMPLE_MIN && cands.len() > 1 {
         let sample = samples(data);
-        // the candidates are tried on up to one thread per core (a file whose literals are
-        // its one large stream left the other core idle at `max`); the first of equals wins,
-        // as the stable sort this replaced ranked them
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(cands.len());
-        let per = cands.len().div_ceil(threads);
-        let sizes: Vec<std::io::Result<usize>> = if threads <= 1 {
-            cands
-                .iter()
-                .map(|c| c.encode(&sample).map(|z| z.len()))
-                .collect()
-        } else {
-            std::thread::scope(|sc| {
-                let hs: Vec<_> = cands
-                    .chunks(per)
-                    .map(|part| {
-                        let sample = &sample;
-                        sc.spawn(move || {
-                            part.iter()
-                                .map(|c| c.encode(sample).map(|z| z.len()))
-                                .collect::<Vec<_>>()
-                        })
-                    })
-                    .collect();
-                hs.into_iter()
-                    .flat_map(|h| h.join().expect("ranking thread panicked"))
-                    .collect()
-            })
+        // Candidates with the x86 branch filter and without: the filter is decided first,
+        // on one setting each (the literal one, lc/lp/pb 3/0/2, where the group has it),
+        // and only the chosen group's other settings are tried (`max` on machine code: 3
+        // sample encodes instead of 8)
+        let filtered = |c: &Coder| matches!(c, Coder::ZstdX86 { .. } | Coder::XzX86 { .. });
+        let rep = |want: bool| {
+            let group = || cands.iter().copied().filter(move |c| filtered(c) == want);
+            group()
+                .find(|c| c.lclppb() == Some((3, 0, 2)))
+                .or_else(|| group().next())
         };
-        let mut best = (usize::MAX, cands[0]);
-        for (c, n) in cands.iter().zip(sizes) {
-            let n = n?;
-            if n < best.0 {
-                best = (n, *c);
+        let chosen: Vec<Coder> = match (rep(true), rep(false)) {
+            (Some(x), Some(p)) if cands.len() > 2 => {
+                let n = rank(&[p, x], &sample)?;
+                let (keep, known) = if n[1] < n[0] {
+                    (true, (x, n[1]))
+                } else {
+                    (false, (p, n[0]))
+                };
+                let rest: Vec<Coder> = cands
+                    .iter()
+                    .copied()
+                    .filter(|c| filtered(c) == keep && *c != known.0)
+                    .collect();
+                let sizes = rank(&rest, &sample)?;
+                // ranked in the candidates' order, the first of equals winning
+                let mut all: Vec<(Coder, usize)> = rest.into_iter().zip(sizes).collect();
+                all.push(known);
+                all.sort_by_key(|(c, _)| cands.iter().position(|k| k == c));
+                vec![all.iter().min_by_key(|(_, n)| *n).expect("one at least").0]
             }
-        }
-        cands = vec![best.1];
+            _ => {
+                let sizes = rank(&cands, &sample)?;
+                // the first of equals wins, as the stable sort this replaced ranked them
+                let i = (0..cands.len())
+                    .min_by_key(|&i| sizes[i])
+                    .expect("two at least");
+                vec![cands[i]]
+            }
+        };
+        cands = chosen;
     }
     let mut best = stored();
     for c in cands {
@@ -747,6 +788,43 @@ mod tests {
             };
             let p = pack_stream(&data, StreamClass::Literal, &o).unwrap();
             assert!(pick(&p.coder), "{families:?}: {}", p.coder.name());
+            assert_eq!(
+                decode(p.coder.kind().code(), &p.bytes, data.len() as u64).unwrap(),
+                data
+            );
+        }
+    }
+
+    /// `max` on an x86 file's literals decides the branch filter first, on one setting of
+    /// each group: machine code keeps a filtered coder, text a plain one, and each is the
+    /// smallest on the samples within its group.
+    #[test]
+    fn max_decides_the_branch_filter_before_the_settings() {
+        let o = CoderOptions {
+            x86: true,
+            ..CoderOptions::for_level(Level::Max)
+        };
+        let cands = candidates(StreamClass::Literal, &o);
+        let filtered = |c: &Coder| matches!(c, Coder::XzX86 { .. } | Coder::ZstdX86 { .. });
+        for (data, want_filter) in [
+            (super::super::bcj::synthetic_code(400_000), true),
+            (text(400_000), false),
+        ] {
+            let p = pack_stream(&data, StreamClass::Literal, &o).unwrap();
+            assert_eq!(filtered(&p.coder), want_filter, "{}", p.coder.name());
+            let sample = samples(&data);
+            let group: Vec<Coder> = cands
+                .iter()
+                .copied()
+                .filter(|c| filtered(c) == want_filter)
+                .collect();
+            let sizes = rank(&group, &sample).unwrap();
+            let least = *sizes.iter().min().unwrap();
+            let mine = group
+                .iter()
+                .position(|c| *c == p.coder)
+                .expect("in its group");
+            assert_eq!(sizes[mine], least, "{}", p.coder.name());
             assert_eq!(
                 decode(p.coder.kind().code(), &p.bytes, data.len() as u64).unwrap(),
                 data
