@@ -122,8 +122,6 @@ impl Coder {
         }
     }
 
-    /// A short name for tables: `stored`, `zstd-19`, `zstd-x86-3`, `lzma-9e/0,2,2`,
-    /// `xz-x86-9/0,0,2`.
     /// The literal-context settings of an LZMA coder (`None` for the others).
     pub fn lclppb(self) -> Option<(u32, u32, u32)> {
         match self {
@@ -132,6 +130,22 @@ impl Coder {
         }
     }
 
+    /// The family the coder belongs to (`pfs plan --coders`).
+    pub fn family(self) -> Families {
+        match self {
+            Coder::Stored => Families::Stored,
+            Coder::Zstd { .. } | Coder::ZstdX86 { .. } => Families::Zstd,
+            Coder::Lzma { .. } | Coder::XzX86 { .. } => Families::Lzma2,
+        }
+    }
+
+    /// Whether the x86 branch filter runs in front of the coder.
+    pub fn x86_filter(self) -> bool {
+        matches!(self, Coder::ZstdX86 { .. } | Coder::XzX86 { .. })
+    }
+
+    /// A short name for tables: `stored`, `zstd-19`, `zstd-x86-3`, `lzma-9e/0,2,2`,
+    /// `xz-x86-9/0,0,2`.
     pub fn name(self) -> String {
         match self {
             Coder::Stored => "stored".into(),
@@ -475,50 +489,42 @@ pub fn candidates(class: StreamClass, o: &CoderOptions) -> Vec<Coder> {
         }
     }
     // one family: the level's candidates of that family, or its representative at the
-    // level where the level has none of it
+    // level where the level has none of it; the branch filter where it is tried
     let code = class == StreamClass::Literal && o.x86;
-    match o.families {
-        Families::All => c,
-        Families::Stored => Vec::new(),
-        Families::Zstd => {
-            let mut z: Vec<Coder> = c
-                .into_iter()
-                .filter(|k| matches!(k, Coder::Zstd { .. } | Coder::ZstdX86 { .. }))
-                .collect();
-            if z.is_empty() {
-                z.push(Coder::Zstd { level: 19 });
-            }
-            if code && !z.iter().any(|k| matches!(k, Coder::ZstdX86 { .. })) {
-                if let Coder::Zstd { level } = z[0] {
-                    z.push(Coder::ZstdX86 { level });
-                }
-            }
-            z
-        }
-        Families::Lzma2 => {
-            let mut l: Vec<Coder> = c
-                .into_iter()
-                .filter(|k| matches!(k, Coder::Lzma { .. } | Coder::XzX86 { .. }))
-                .collect();
-            if l.is_empty() {
-                let (lc, lp, pb) = match class {
-                    StreamClass::Column | StreamClass::Diff => (0, 0, 0),
-                    StreamClass::Literal => (3, 0, 2),
-                };
-                l.push(lzma(1, false, lc, lp, pb));
-                if code {
-                    l.push(Coder::XzX86 {
-                        preset: 1,
-                        extreme: false,
-                        lc,
-                        lp,
-                        pb,
-                    });
-                }
-            }
-            l
-        }
+    if o.families == Families::All {
+        return c;
     }
+    let mut own: Vec<Coder> = c.into_iter().filter(|k| k.family() == o.families).collect();
+    match o.families {
+        Families::Zstd => {
+            if own.is_empty() {
+                own.push(Coder::Zstd { level: 19 });
+            }
+            if code && !own.iter().any(|k| k.x86_filter()) {
+                if let Coder::Zstd { level } = own[0] {
+                    own.push(Coder::ZstdX86 { level });
+                }
+            }
+        }
+        Families::Lzma2 if own.is_empty() => {
+            let (lc, lp, pb) = match class {
+                StreamClass::Column | StreamClass::Diff => (0, 0, 0),
+                StreamClass::Literal => (3, 0, 2),
+            };
+            own.push(lzma(1, false, lc, lp, pb));
+            if code {
+                own.push(Coder::XzX86 {
+                    preset: 1,
+                    extreme: false,
+                    lc,
+                    lp,
+                    pb,
+                });
+            }
+        }
+        _ => {}
+    }
+    own
 }
 
 /// One stream packed: the coder chosen and its bytes (borrowed when stored as it is).
@@ -556,6 +562,15 @@ fn rank(cands: &[Coder], sample: &[u8]) -> std::io::Result<Vec<usize>> {
             .flat_map(|h| h.join().expect("ranking thread panicked"))
             .collect()
     })
+}
+
+/// The candidate with the fewest bytes, the first of equals (as the stable sort that ranked
+/// them before did).
+fn first_least(cands: &[Coder], sizes: &[usize]) -> Coder {
+    let i = (0..cands.len())
+        .min_by_key(|&i| sizes[i])
+        .expect("a candidate at least");
+    cands[i]
 }
 
 /// Encode `data` with the candidate (or the forced coder) that measures smallest; stored
@@ -598,43 +613,45 @@ pub fn pack_stream<'a>(
         // on one setting each (the literal one, lc/lp/pb 3/0/2, where the group has it),
         // and only the chosen group's other settings are tried (`max` on machine code: 3
         // sample encodes instead of 8)
-        let filtered = |c: &Coder| matches!(c, Coder::ZstdX86 { .. } | Coder::XzX86 { .. });
-        let rep = |want: bool| {
-            let group = || cands.iter().copied().filter(move |c| filtered(c) == want);
-            group()
-                .find(|c| c.lclppb() == Some((3, 0, 2)))
-                .or_else(|| group().next())
+        let group = |filter: bool| -> Vec<Coder> {
+            cands
+                .iter()
+                .copied()
+                .filter(|c| c.x86_filter() == filter)
+                .collect()
         };
-        let chosen: Vec<Coder> = match (rep(true), rep(false)) {
+        let rep = |g: &[Coder]| {
+            g.iter()
+                .copied()
+                .find(|c| c.lclppb() == Some((3, 0, 2)))
+                .or_else(|| g.first().copied())
+        };
+        let (with, without) = (group(true), group(false));
+        let chosen = match (rep(&with), rep(&without)) {
             (Some(x), Some(p)) if cands.len() > 2 => {
                 let n = rank(&[p, x], &sample)?;
-                let (keep, known) = if n[1] < n[0] {
-                    (true, (x, n[1]))
+                let (g, known) = if n[1] < n[0] {
+                    (with, (x, n[1]))
                 } else {
-                    (false, (p, n[0]))
+                    (without, (p, n[0]))
                 };
-                let rest: Vec<Coder> = cands
+                let rest: Vec<Coder> = g.iter().copied().filter(|c| *c != known.0).collect();
+                let mut sizes = rank(&rest, &sample)?.into_iter();
+                let sizes: Vec<usize> = g
                     .iter()
-                    .copied()
-                    .filter(|c| filtered(c) == keep && *c != known.0)
+                    .map(|c| {
+                        if *c == known.0 {
+                            known.1
+                        } else {
+                            sizes.next().expect("a size per candidate")
+                        }
+                    })
                     .collect();
-                let sizes = rank(&rest, &sample)?;
-                // ranked in the candidates' order, the first of equals winning
-                let mut all: Vec<(Coder, usize)> = rest.into_iter().zip(sizes).collect();
-                all.push(known);
-                all.sort_by_key(|(c, _)| cands.iter().position(|k| k == c));
-                vec![all.iter().min_by_key(|(_, n)| *n).expect("one at least").0]
+                first_least(&g, &sizes)
             }
-            _ => {
-                let sizes = rank(&cands, &sample)?;
-                // the first of equals wins, as the stable sort this replaced ranked them
-                let i = (0..cands.len())
-                    .min_by_key(|&i| sizes[i])
-                    .expect("two at least");
-                vec![cands[i]]
-            }
+            _ => first_least(&cands, &rank(&cands, &sample)?),
         };
-        cands = chosen;
+        cands = vec![chosen];
     }
     let mut best = stored();
     for c in cands {
