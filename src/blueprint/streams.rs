@@ -437,26 +437,31 @@ impl Coded<'_> {
     }
 }
 
+/// The raw (= stored) length of each stream of one raw segment of `len` bytes: one op, the
+/// length's varint, the literals.
+pub fn stored_raw_sizes(len: u64) -> [u64; NSTREAMS] {
+    let mut lens = Vec::with_capacity(10);
+    put_u64(&mut lens, len);
+    let mut n = [0u64; NSTREAMS];
+    n[S_OPS] = 1;
+    n[S_LENS] = lens.len() as u64;
+    n[S_LITS] = len;
+    n
+}
+
 /// The directory and the column streams of one raw segment of `len` bytes with every stream
 /// stored: what [`split`] and [`code_all`] make of it when nothing compresses. The segment's
 /// bytes (the literals) follow them, and nothing after (the refs stream is empty).
 pub fn stored_raw_head(len: u64) -> Vec<u8> {
-    let mut lens = Vec::with_capacity(10);
-    put_u64(&mut lens, len);
-    let mut out = Vec::with_capacity(NSTREAMS * 3 + 1 + lens.len());
-    for i in 0..NSTREAMS {
-        let n = match i {
-            S_OPS => 1,
-            S_LENS => lens.len() as u64,
-            S_LITS => len,
-            _ => 0,
-        };
+    let sizes = stored_raw_sizes(len);
+    let mut out = Vec::with_capacity(NSTREAMS * 3 + 1 + 10);
+    for n in sizes {
         out.push(coder::CoderKind::Stored.code());
         put_u64(&mut out, n);
         put_u64(&mut out, n);
     }
     out.push(OP_RAW);
-    out.extend_from_slice(&lens);
+    put_u64(&mut out, len);
     out
 }
 
