@@ -70,7 +70,7 @@ fn install_sigbus(path: &Path) {
 }
 
 /// The bytes of `path`: mapped when it is a regular file of at least [`MAP_MIN`] bytes,
-/// read otherwise. Errors name the file.
+/// read otherwise (the caller names the file in an error).
 pub fn open(path: &Path) -> std::io::Result<Input> {
     let f = std::fs::File::open(path)?;
     let md = f.metadata()?;

@@ -32,7 +32,7 @@
 //! Unsafe code is denied here and allowed only where memory must be mapped or the kernel
 //! spoken to, each block with a `// Safety:` comment: whole modules [`xsk`], [`steer`],
 //! [`shm`], [`fsink`], [`bigbuf`] (one `madvise`), [`input`] (an input file's map and its SIGBUS
-//! handler) and `driver/xdp/workers.rs`; single functions in `driver/xdp/io.rs` (the fork that releases a sender's sockets after it exits), [`pob`] and
+//! handler) and `driver/xdp/workers.rs`; single functions in `driver/xdp/io.rs` (the fork that releases a command's sockets after it exits), [`pob`] and
 //! [`index`] (memory maps), [`blueprint`] (the non-temporal store kernels in `apply.rs`), [`plan`] (a cycle counter), [`host`] (its probes), [`proto`] (the receiver's hashing
 //! thread reading final spans in place: `proto/hashpipe.rs`, its hand-off in `assembly.rs`,
 //! and `MemSink::span_mut`, which hands out only the range written) and the binary

@@ -321,7 +321,7 @@ impl XdpIo {
     }
 }
 
-/// Set by a command that exits once its session is over (`pfs send`): see
+/// Set by a command that exits once its session is over (`pfs send`, `pfs recv --once`): see
 /// [`release_sockets_after_exit`].
 static RELEASE_IN_CHILD: AtomicBool = AtomicBool::new(false);
 
@@ -374,8 +374,9 @@ fn release_in_child() -> Option<OwnedFd> {
 impl Drop for XdpIo {
     /// Sockets close before the program detaches. Each socket's release waits for the
     /// kernel (an RCU grace period, the UMEM unmapped): closed side by side, the command
-    /// that ends with them returns sooner; transmit-only sockets of a command that asked
-    /// for it ([`release_sockets_after_exit`]) are released by a child process instead.
+    /// that ends with them returns sooner; the sockets (and the program's link) of a command
+    /// that asked for it ([`release_sockets_after_exit`]) are released by a child process
+    /// instead.
     fn drop(&mut self) {
         let socks = std::mem::take(&mut self.socks);
         if !socks.is_empty() && RELEASE_IN_CHILD.load(Ordering::Relaxed) {
