@@ -29,7 +29,8 @@ pub enum Level {
     /// the literals of an x86-64 ELF file).
     #[default]
     Default,
-    /// Every coder and setting (LZMA preset 9 extreme, the x86 BCJ filter, more lc/lp/pb).
+    /// LZMA preset 9 with several lc/lp/pb settings ranked on samples per stream (and the x86
+    /// BCJ filter on machine code); the planner refines its covers ([`crate::plan::refine`]).
     Max,
 }
 
@@ -445,20 +446,16 @@ pub fn candidates(class: StreamClass, o: &CoderOptions) -> Vec<Coder> {
             StreamClass::Column | StreamClass::Diff => lzma(7, false, 0, 0, 0),
             StreamClass::Literal => lzma(7, false, 3, 0, 2),
         }),
-        // six LZMA settings, ranked on samples. zstd -19/-22 were candidates too and won
+        // four LZMA settings, ranked on samples. zstd -19/-22 were candidates too and won
         // 13 bytes of 692,519 on the libstd pair and nothing on /usr/bin/bash (ablation
         // rows `--level max --coders lzma2`), for ~18% of the time; LZMA's extreme mode
         // made the libstd pair 542 B (0.08%) smaller but bash 788 B larger, for 10-35% of
         // the time (docs/profile.md)
         Level::Max => {
-            for (lc, lp, pb) in [
-                (0, 0, 0),
-                (0, 2, 2),
-                (3, 0, 2),
-                (1, 0, 0),
-                (0, 0, 2),
-                (4, 0, 0),
-            ] {
+            // lc/lp/pb 0/2/2 and 0/0/2 were ranked too and never won a stream of the libstd
+            // pair, /usr/bin/bash or the numpy pair (the same .pbb bytes without them, a
+            // third less sample coding: docs/profile.md, "Refined covers")
+            for (lc, lp, pb) in [(0, 0, 0), (3, 0, 2), (1, 0, 0), (4, 0, 0)] {
                 c.push(lzma(9, false, lc, lp, pb));
             }
         }

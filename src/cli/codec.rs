@@ -195,8 +195,9 @@ pub struct PlanArgs {
     #[arg(long)]
     json: Option<PathBuf>,
     /// Preset (planner and packer): `fast` (what `pfs send` plans with: sparse seeds, cheap
-    /// coders), `default`, or `max` (plan once, send many times: every position probed, every
-    /// coder tried). The planner side is overridden by --planner and the flags.
+    /// coders), `default`, or `max` (plan once, send many times: the covers chosen again over
+    /// every diagonal the index offers at every anchor, LZMA settings ranked per stream). The
+    /// planner side is overridden by --planner and the flags.
     #[arg(long, value_enum, default_value = "default")]
     level: Level,
     /// Reference prediction for x86-64 ELF files (costs nothing in the differences when a

@@ -28,7 +28,9 @@
 //!    costs less as differences than as literals plus a record.
 //!
 //! The file is split by range over threads; covers meeting at a split merge in step 6 (a gap
-//! of zero always merges).
+//! of zero always merges). With `refine` (`max`), the merged covers are chosen again, range
+//! by range, over every diagonal the index offers at every anchor ([`super::refine`]), and
+//! merged once more.
 
 use crate::blueprint::{Segment, Source, Transform};
 use crate::index::minimizer::{self, gram_hash, MinIndex};
@@ -311,7 +313,13 @@ impl Engine<'_> {
     /// The cover through seed (file `i`, snapshot `sp`), not before `floor` nor past `ceil`;
     /// `None` unless the seed's 8 bytes are equal. Returns the cover and its saving.
     #[inline]
-    fn extend(&self, i: usize, sp: usize, floor: usize, ceil: usize) -> Option<(Cover, f64)> {
+    pub(super) fn extend(
+        &self,
+        i: usize,
+        sp: usize,
+        floor: usize,
+        ceil: usize,
+    ) -> Option<(Cover, f64)> {
         if sp + 8 > self.s.len() || i + 8 > self.f.len() || load8(self.f, i) != load8(self.s, sp) {
             return None;
         }

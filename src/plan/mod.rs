@@ -33,6 +33,7 @@ pub mod cover;
 pub mod gate;
 pub mod hints;
 pub mod map;
+pub mod refine;
 pub mod selfref;
 pub mod soft;
 pub mod sweep;
@@ -208,6 +209,10 @@ pub struct PlanConfig {
     /// Self segments: copies from earlier in the file ([`selfref`]).
     #[serde(default)]
     pub self_segments: bool,
+    /// Cover engine: choose the covers again by a shortest path over every diagonal the
+    /// index offers at every anchor ([`refine`]; on at `max`).
+    #[serde(default)]
+    pub refine: bool,
 }
 
 fn yes() -> bool {
@@ -288,6 +293,7 @@ impl PlanConfig {
             soft: true,
             soft_min_equal: default_soft_min_equal(),
             self_segments: false,
+            refine: false,
         }
     }
 
@@ -310,6 +316,7 @@ impl PlanConfig {
             Level::Max => PlanConfig {
                 max_candidates: 16,
                 good_enough: 8192,
+                refine: true,
                 ..d
             },
         }
@@ -781,7 +788,33 @@ fn plan_covers(
     let parts: Vec<Vec<cover::Cover>> = all.into_iter().map(|p| p.1).collect();
     times.hash_ms = hash_ms;
     let covers = engine.join(parts, COVER_CHUNK);
-    let covers = cover::merge(file, snap.bytes(), covers, cfg, &prices);
+    let mut covers = cover::merge(file, snap.bytes(), covers, cfg, &prices);
+    if cfg.refine {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let first = &covers;
+        let work = || {
+            let mut mine: Vec<(usize, Vec<cover::Cover>)> = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= chunks {
+                    return mine;
+                }
+                let (a, b) = chunk(i);
+                mine.push((i, engine.refine(a, b, first)));
+            }
+        };
+        let mut all: Vec<(usize, Vec<cover::Cover>)> = std::thread::scope(|s| {
+            let hs: Vec<_> = (1..threads.min(chunks)).map(|_| s.spawn(work)).collect();
+            let mut all = work();
+            for h in hs {
+                all.extend(h.join().expect("planner thread panicked"));
+            }
+            all
+        });
+        all.sort_unstable_by_key(|p| p.0);
+        let refined: Vec<cover::Cover> = all.into_iter().flat_map(|p| p.1).collect();
+        covers = cover::merge(file, snap.bytes(), refined, cfg, &prices);
+    }
     times.match_ms = ms(t);
     let t = Instant::now();
     // nothing matched: every byte is raw, and the spill would be a copy of the file
