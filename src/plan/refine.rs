@@ -485,7 +485,7 @@ mod tests {
             rng.fill(&mut f);
             for (k, b) in f.iter_mut().enumerate() {
                 let d = diags[(rng.next_u64() % 3) as usize];
-                if rng.next_u64() % 4 != 0 {
+                if !rng.next_u64().is_multiple_of(4) {
                     *b = s[(k as i64 + d) as usize];
                 }
             }
