@@ -168,6 +168,7 @@ fn encode_body(
         force: (o.preset == Level::Fast).then_some(Coder::Zstd { level: o.level }),
         code_filter: o.preset == Level::Fast,
         families: super::coder::Families::All,
+        blocks: 1,
     };
     let coded = streams::code_all(&raw, &co)?;
     let mut out = Vec::with_capacity(coded.dir.len() + coded.data_len() + 20);

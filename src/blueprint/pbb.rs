@@ -555,6 +555,7 @@ pub fn pack_v3(
         force: opts.force,
         code_filter: false,
         families: opts.families,
+        blocks: 1,
     };
     let coded = streams::code_all(&raw, &co)?;
     let (dir, data_len) = (&coded.dir, coded.data_len());

@@ -465,11 +465,24 @@ pub fn stored_raw_head(len: u64) -> Vec<u8> {
     out
 }
 
+/// Smallest stream whose whole encode is split into blocks (see [`code_all`]).
+const SPLIT_MIN: usize = 1 << 20;
+
 /// Code every stream with the coder that measures smallest (in parallel).
 pub fn code_all<'a>(s: &'a Raw, o: &CoderOptions) -> std::io::Result<Coded<'a>> {
+    // A stream that is most of the bytes (a file coded as literals) would keep the other
+    // cores waiting: its whole encode may be split into one block per core
+    let total: usize = s.iter().map(|d| d.len()).sum();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let timed = |data: &'a Vec<u8>, class| {
         let t = std::time::Instant::now();
-        coder::pack_stream(data, class, o).map(|p| (p, t.elapsed().as_secs_f64() * 1e3))
+        let blocks = if data.len() >= SPLIT_MIN && data.len() * 3 >= total * 2 {
+            cores.min(data.len() / (SPLIT_MIN / 2))
+        } else {
+            1
+        };
+        let o = CoderOptions { blocks, ..*o };
+        coder::pack_stream(data, class, &o).map(|p| (p, t.elapsed().as_secs_f64() * 1e3))
     };
     // Below this many bytes in all, the streams are coded on this thread: starting threads
     // would cost more than the coding (a small file's block).
@@ -652,6 +665,42 @@ mod tests {
         ];
         // raw "abc", cover differences 0 0 9 0
         (segs, vec![b'a', b'b', b'c', 0, 0, 9, 0])
+    }
+
+    #[test]
+    fn a_stream_that_is_most_of_the_bytes_is_coded_in_blocks_side_by_side() {
+        // 1.5 MiB of literals beside small columns, the x86 filter + LZMA2 pinned
+        let mut s: Raw = Default::default();
+        s[S_OPS] = vec![0; 100];
+        s[S_LENS] = vec![1; 100];
+        s[S_LITS] = (0..3 << 19)
+            .map(|i: usize| (i % 251) as u8 ^ (i / 4093) as u8)
+            .collect();
+        let c = Coder::XzX86 {
+            preset: 1,
+            extreme: false,
+            lc: 3,
+            lp: 0,
+            pb: 2,
+        };
+        let o = CoderOptions {
+            force: Some(c),
+            ..CoderOptions::for_level(coder::Level::Default)
+        };
+        let coded = code_all(&s, &o).unwrap();
+        let lits = &coded.parts[S_LITS];
+        assert_eq!(
+            coder::decode(c.kind().code(), lits, s[S_LITS].len() as u64).unwrap(),
+            s[S_LITS]
+        );
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let blocks = cores.min(s[S_LITS].len() / (SPLIT_MIN / 2));
+        assert_eq!(lits[..], c.encode_blocks(&s[S_LITS], blocks).unwrap()[..]);
+        if blocks > 1 {
+            assert_ne!(lits[..], c.encode(&s[S_LITS]).unwrap()[..]);
+        }
+        // the small streams are coded whole
+        assert_eq!(coded.parts[S_OPS][..], c.encode(&s[S_OPS]).unwrap()[..]);
     }
 
     #[test]

@@ -23,7 +23,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
-use super::cover::{Cover, Engine};
+use super::cover::{sample_entropy, Cover, Engine, BLOCK};
 use crate::index::minimizer;
 
 /// One candidate diagonal over `[start, end)` of the file.
@@ -133,7 +133,25 @@ impl Engine<'_> {
         let w = self.idx.w();
         let mut scratch = minimizer::Scratch::default();
         let mut anchors: Vec<(usize, u64)> = Vec::new();
-        minimizer::anchors(self.f, a, b, w, &mut scratch, &mut anchors);
+        // the anchors of the range, but none in a block the first pass rejected as noise (no
+        // cover in it and its sampled entropy high): random data is not looked up again
+        let noise = |blk: usize| {
+            let end = (blk + BLOCK).min(b);
+            self.cfg.fast_reject
+                && !spans[..nfirst].iter().any(|s| s.start < end && s.end > blk)
+                && sample_entropy(&self.f[blk..end]) > self.cfg.reject_bits
+        };
+        let mut x = a;
+        while x < b {
+            let mut y = x;
+            while y < b && !noise(y) {
+                y = (y + BLOCK).min(b);
+            }
+            if y > x {
+                minimizer::anchors(self.f, x, y, w, &mut scratch, &mut anchors);
+            }
+            x = (y + BLOCK).min(b);
+        }
         // an anchor's candidates are read LAG anchors before they are verified, and their
         // snapshot bytes prefetched meanwhile (each is a random read)
         const LAG: usize = 4;
