@@ -412,3 +412,50 @@ fn an_elided_spill_is_the_file_and_only_where_nothing_matched() {
         assert_eq!(lean.blueprint.spill, full.blueprint.spill);
     }
 }
+
+/// The cover engine's own price of a plan (bits): literals at the plan's literal price,
+/// differing bytes at that plus the mismatch price, a record per cover or `id` segment.
+fn model_bits(bp: &Blueprint, raw_bits: f64, cfg: &PlanConfig) -> f64 {
+    let st = bp.stats();
+    let c = &cfg.cover;
+    let gain = raw_bits - c.zero_bits;
+    st.raw_spill as f64 * gain
+        + st.cover_diff_nonzero as f64 * (gain + c.mismatch_bits)
+        + (st.cover + st.id) as f64 * c.record_bits
+}
+
+#[test]
+fn refinement_never_raises_the_price_of_a_covered_file_and_skips_a_mostly_new_one() {
+    let f = fixture();
+    let on = level(Level::Max);
+    assert!(on.refine, "max refines its covers");
+    let off = PlanConfig {
+        refine: false,
+        ..on.clone()
+    };
+    let priced = |file: &[u8], cfg: &PlanConfig| {
+        let p = plan::plan(file, &f.snap, &f.idx, &Hints::default(), cfg).unwrap();
+        let bits = model_bits(&p.blueprint, p.raw_bits_per_byte, cfg);
+        (p, bits)
+    };
+    // a mutated release, nearly all covered by the first pass (which already finds its
+    // covers here; refine::tests shows a diagonal that only refinement finds)
+    let file = mutate(&f.basis, 3);
+    let (first, first_bits) = priced(&file, &off);
+    let (refined, refined_bits) = priced(&file, &on);
+    assert_eq!(first.times.refine_ms, 0.0);
+    assert!(refined.times.refine_ms > 0.0, "refinement ran");
+    assert!(
+        refined_bits <= first_bits,
+        "refined {refined_bits:.0} bits vs first pass {first_bits:.0}"
+    );
+    roundtrip(&file, &on);
+    // a third of it old bytes, the rest new: below half covered, refinement does not run
+    let mut mostly_new = file[..40_000].to_vec();
+    let mut fresh = vec![0u8; 80_000];
+    SplitMix64::new(4).fill(&mut fresh);
+    mostly_new.extend_from_slice(&fresh);
+    let (p, _) = priced(&mostly_new, &on);
+    assert_eq!(p.times.refine_ms, 0.0, "refinement skipped");
+    assert!(p.blueprint.stats().cover > 0, "the old third is covered");
+}
