@@ -723,6 +723,33 @@ fn thread_count(cfg: &PlanConfig) -> usize {
 /// [`cover::BLOCK`]s).
 const COVER_CHUNK: usize = 4 * cover::BLOCK;
 
+/// `work(i)` of every chunk `i < chunks`, in chunk order, on up to `threads` threads that
+/// take the chunks as they come free (a release's code and data plan at different speeds:
+/// fixed halves left one thread idle). One thread or one chunk: this one, none started.
+fn per_chunk<T: Send>(chunks: usize, threads: usize, work: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let take = || {
+        let mut mine: Vec<(usize, T)> = Vec::new();
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if i >= chunks {
+                return mine;
+            }
+            mine.push((i, work(i)));
+        }
+    };
+    let mut all: Vec<(usize, T)> = std::thread::scope(|s| {
+        let hs: Vec<_> = (1..threads.min(chunks)).map(|_| s.spawn(take)).collect();
+        let mut all = take();
+        for h in hs {
+            all.extend(h.join().expect("planner thread panicked"));
+        }
+        all
+    });
+    all.sort_unstable_by_key(|p| p.0);
+    all.into_iter().map(|p| p.1).collect()
+}
+
 /// The cover engine ([`cover`]): the file's BLAKE3, then its chunks planned on every thread,
 /// joined at their edges and merged, and segments and spill emitted on every thread.
 fn plan_covers(
@@ -765,29 +792,10 @@ fn plan_covers(
     // idle. The chunks do not depend on the thread count, so neither does the plan.
     let chunks = file.len().div_ceil(COVER_CHUNK).max(1);
     let chunk = |i: usize| (i * COVER_CHUNK, ((i + 1) * COVER_CHUNK).min(file.len()));
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let work = || {
-        let mut mine: Vec<(usize, Vec<cover::Cover>)> = Vec::new();
-        loop {
-            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if i >= chunks {
-                return mine;
-            }
-            let (a, b) = chunk(i);
-            mine.push((i, engine.run(a, b)));
-        }
-    };
-    // one thread (or one chunk): this one, no thread started
-    let mut all: Vec<(usize, Vec<cover::Cover>)> = std::thread::scope(|s| {
-        let hs: Vec<_> = (1..threads.min(chunks)).map(|_| s.spawn(work)).collect();
-        let mut all = work();
-        for h in hs {
-            all.extend(h.join().expect("planner thread panicked"));
-        }
-        all
+    let parts = per_chunk(chunks, threads, |i| {
+        let (a, b) = chunk(i);
+        engine.run(a, b)
     });
-    all.sort_unstable_by_key(|p| p.0);
-    let parts: Vec<Vec<cover::Cover>> = all.into_iter().map(|p| p.1).collect();
     times.hash_ms = hash_ms;
     let covers = engine.join(parts, COVER_CHUNK);
     let mut covers = cover::merge(file, snap.bytes(), covers, cfg, &prices);
@@ -798,29 +806,14 @@ fn plan_covers(
     let covered: usize = covers.iter().map(|c| c.len).sum();
     if cfg.refine && covered * 2 >= file.len() {
         let tr = Instant::now();
-        let next = std::sync::atomic::AtomicUsize::new(0);
         let first = &covers;
-        let work = || {
-            let mut mine: Vec<(usize, Vec<cover::Cover>)> = Vec::new();
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= chunks {
-                    return mine;
-                }
-                let (a, b) = chunk(i);
-                mine.push((i, engine.refine(a, b, first)));
-            }
-        };
-        let mut all: Vec<(usize, Vec<cover::Cover>)> = std::thread::scope(|s| {
-            let hs: Vec<_> = (1..threads.min(chunks)).map(|_| s.spawn(work)).collect();
-            let mut all = work();
-            for h in hs {
-                all.extend(h.join().expect("planner thread panicked"));
-            }
-            all
-        });
-        all.sort_unstable_by_key(|p| p.0);
-        let refined: Vec<cover::Cover> = all.into_iter().flat_map(|p| p.1).collect();
+        let refined: Vec<cover::Cover> = per_chunk(chunks, threads, |i| {
+            let (a, b) = chunk(i);
+            engine.refine(a, b, first)
+        })
+        .into_iter()
+        .flatten()
+        .collect();
         covers = cover::merge(file, snap.bytes(), refined, cfg, &prices);
         times.refine_ms = ms(tr);
     }
