@@ -85,9 +85,12 @@ impl std::hash::Hasher for DiagHasher {
     }
 }
 
-/// Bytes around an anchor that a first-pass cover must match exactly for the anchor to be
-/// skipped.
-const EXACT_AROUND: usize = 4096;
+/// Bytes from an anchor on that a first-pass cover must match exactly for the anchor to be
+/// skipped. Libstd / numpy / cargo-fmt release pairs at `max`: no skip 638,320 / 52,591 /
+/// 495,603 B (numpy 0.88 s); exact over the 4 KiB around the anchor 643,336 / 52,591 /
+/// 499,402 B (numpy 0.58 s); exact over 256 bytes ahead 643,406 / 52,444 / 494,766 B, numpy
+/// as fast (docs/profile.md).
+const EXACT_AHEAD: usize = 256;
 
 /// State "raw" in the back pointers.
 const RAW: u32 = u32::MAX;
@@ -162,12 +165,13 @@ impl Engine<'_> {
         let mut ci = 0usize; // the first-pass span at or after the anchor being read
         loop {
             if let Some(&(p, h)) = anchors.get(k).filter(|&&(p, _)| p < b) {
-                // inside a first-pass cover that is exact around the anchor: no other
-                // diagonal is cheaper there, and the anchors where it differs are looked up
+                // inside a first-pass cover that is exact for the next EXACT_AHEAD bytes: no
+                // other diagonal is cheaper there, and the anchors nearer to where it
+                // differs or ends are looked up
                 while ci < nfirst && spans[ci].end <= p {
                     ci += 1;
                 }
-                if ci < nfirst && spans[ci].start <= p && self.exact_around(p, spans[ci]) {
+                if ci < nfirst && spans[ci].start <= p && self.exact_ahead(p, spans[ci]) {
                     k += 1;
                     continue;
                 }
@@ -232,13 +236,15 @@ impl Engine<'_> {
         spans
     }
 
-    /// Whether span `sp` (which holds `p`) matches exactly over the EXACT_AROUND bytes
-    /// centred on `p` that it holds.
-    fn exact_around(&self, p: usize, sp: Span) -> bool {
-        let lo = p.saturating_sub(EXACT_AROUND / 2).max(sp.start);
-        let hi = (p + EXACT_AROUND / 2).min(sp.end);
-        let sl = (lo as i64 + sp.diag) as usize;
-        self.f[lo..hi] == self.s[sl..sl + (hi - lo)]
+    /// Whether span `sp` (which holds `p`) runs on for EXACT_AHEAD bytes from `p` and
+    /// matches exactly over them: the anchors there are left to the ones nearer to where it
+    /// differs or ends, which see the same diagonals that could take over.
+    fn exact_ahead(&self, p: usize, sp: Span) -> bool {
+        if sp.end < p + EXACT_AHEAD {
+            return false;
+        }
+        let sl = (p as i64 + sp.diag) as usize;
+        self.f[p..p + EXACT_AHEAD] == self.s[sl..sl + EXACT_AHEAD]
     }
 
     /// Step 2: the cheapest covers of `[a, b)` over `spans` (sorted by start, inside the
