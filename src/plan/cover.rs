@@ -62,10 +62,10 @@ pub struct Cover {
 }
 
 impl Cover {
-    fn end(&self) -> usize {
+    pub(super) fn end(&self) -> usize {
         self.start + self.len
     }
-    fn diag(&self) -> i64 {
+    pub(super) fn diag(&self) -> i64 {
         self.snap as i64 - self.start as i64
     }
 }
@@ -153,6 +153,12 @@ impl Ext {
 }
 
 impl Engine<'_> {
+    /// Whether file bytes `[lo, hi)` (at most a [`BLOCK`]) take the fast-reject path: the
+    /// switch is on and their sampled entropy is above `reject_bits`.
+    pub(super) fn looks_random(&self, lo: usize, hi: usize) -> bool {
+        self.cfg.fast_reject && sample_entropy(&self.f[lo..hi]) > self.cfg.reject_bits
+    }
+
     /// Forward from (fi, si), at most `max` bytes.
     #[inline]
     fn fwd(&self, fi: usize, si: usize, max: usize) -> Ext {
@@ -402,7 +408,7 @@ impl Engine<'_> {
             if from + 8 > blk_end {
                 continue;
             }
-            if cfg.fast_reject && sample_entropy(&self.f[from..blk_end]) > cfg.reject_bits {
+            if self.looks_random(from, blk_end) {
                 // sampled probes: plan the block in full only if one of them seeds a cover
                 let mut hit = false;
                 let mut x = from;
@@ -568,7 +574,7 @@ impl Engine<'_> {
 }
 
 /// Bytes that differ between `a` and `b` (of one length).
-fn differing(a: &[u8], b: &[u8]) -> usize {
+pub(super) fn differing(a: &[u8], b: &[u8]) -> usize {
     a.iter().zip(b).filter(|(x, y)| x != y).count()
 }
 
@@ -704,7 +710,7 @@ pub fn emit(f: &[u8], s: &[u8], covers: &[Cover], threads: usize) -> (Vec<Segmen
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn cfg() -> PlanConfig {
@@ -748,7 +754,11 @@ mod tests {
     }
 
     /// A snapshot of `len` seeded random bytes and its minimizer index (in `dir`).
-    fn random_snapshot(seed: u64, len: usize, dir: &std::path::Path) -> (Vec<u8>, MinIndex) {
+    pub(in crate::plan) fn random_snapshot(
+        seed: u64,
+        len: usize,
+        dir: &std::path::Path,
+    ) -> (Vec<u8>, MinIndex) {
         let mut s = vec![0u8; len];
         crate::pob::prng::SplitMix64::new(seed).fill(&mut s);
         let spec = crate::index::minimizer_spec(20, 8);

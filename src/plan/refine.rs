@@ -23,7 +23,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
-use super::cover::{sample_entropy, Cover, Engine, BLOCK};
+use super::cover::{differing, Cover, Engine, BLOCK};
 use crate::index::minimizer;
 
 /// One candidate diagonal over `[start, end)` of the file.
@@ -109,16 +109,15 @@ impl Engine<'_> {
         let mut spans: Vec<Span> = Vec::new();
         // per diagonal, the end of its last span: anchors before it follow that span
         let mut reach: HashMap<i64, usize, DiagHash> = HashMap::default();
-        let lo = first.partition_point(|c| c.start + c.len <= a);
+        let lo = first.partition_point(|c| c.end() <= a);
         for c in first[lo..].iter().take_while(|c| c.start < b) {
-            let (s, e) = (c.start.max(a), (c.start + c.len).min(b));
-            let d = c.snap as i64 - c.start as i64;
+            let (s, e) = (c.start.max(a), c.end().min(b));
             spans.push(Span {
                 start: s,
                 end: e,
-                diag: d,
+                diag: c.diag(),
             });
-            let r = reach.entry(d).or_insert(0);
+            let r = reach.entry(c.diag()).or_insert(0);
             *r = (*r).max(e);
         }
         let nfirst = spans.len();
@@ -140,9 +139,8 @@ impl Engine<'_> {
         // cover in it and its sampled entropy high): random data is not looked up again
         let noise = |blk: usize| {
             let end = (blk + BLOCK).min(b);
-            self.cfg.fast_reject
-                && !spans[..nfirst].iter().any(|s| s.start < end && s.end > blk)
-                && sample_entropy(&self.f[blk..end]) > self.cfg.reject_bits
+            !spans[..nfirst].iter().any(|s| s.start < end && s.end > blk)
+                && self.looks_random(blk, end)
         };
         let mut x = a;
         while x < b {
@@ -214,16 +212,16 @@ impl Engine<'_> {
                         Some((c, score)) if score > self.prices.record && c.len > 0 => {
                             spans.push(Span {
                                 start: c.start,
-                                end: c.start + c.len,
+                                end: c.end(),
                                 diag: d,
                             });
-                            reach.insert(d, c.start + c.len);
-                            live.push(Reverse(c.start + c.len));
+                            reach.insert(d, c.end());
+                            live.push(Reverse(c.end()));
                         }
                         // a diagonal that does not pay here is not walked again over
                         // the bytes this walk saw
                         Some((c, _)) => {
-                            reach.insert(d, (c.start + c.len).max(p + 1));
+                            reach.insert(d, c.end().max(p + 1));
                         }
                         None => {}
                     }
@@ -347,11 +345,7 @@ impl Engine<'_> {
                     let sp = spans[state as usize];
                     let snap = (p as i64 + sp.diag) as usize;
                     let len = run_end - p;
-                    let diffs = f[p..run_end]
-                        .iter()
-                        .zip(&s[snap..snap + len])
-                        .filter(|(x, y)| x != y)
-                        .count();
+                    let diffs = differing(&f[p..run_end], &s[snap..snap + len]);
                     out.push(Cover {
                         start: p,
                         len,
@@ -402,7 +396,7 @@ fn diff_mask(f: &[u8], s: &[u8], lo: usize, hi: usize, diag: i64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::minimizer::MinIndex;
+    use crate::plan::cover::tests::random_snapshot;
     use crate::plan::cover::Prices;
     use crate::plan::PlanConfig;
     use crate::pob::prng::SplitMix64;
@@ -424,19 +418,6 @@ mod tests {
             cost += rec + d as u64 * diff;
         }
         cost
-    }
-
-    /// A random snapshot of `len` bytes and its minimizer index (in `dir`).
-    fn snapshot(seed: u64, len: usize, dir: &std::path::Path) -> (Vec<u8>, MinIndex) {
-        let mut s = vec![0u8; len];
-        SplitMix64::new(seed).fill(&mut s);
-        let spec = crate::index::minimizer_spec(20, 8);
-        let path = dir.join("m.idx");
-        MinIndex::build(spec, &s, &[0; 32], &path, 1).unwrap();
-        (
-            s.clone(),
-            MinIndex::open(&path, spec, s.len(), &[0; 32]).unwrap(),
-        )
     }
 
     /// The cheapest cost over every assignment of each byte to raw or to a span holding it
@@ -493,7 +474,7 @@ mod tests {
     #[test]
     fn choose_finds_the_cheapest_covers_over_its_spans() {
         let dir = tempfile::tempdir().unwrap();
-        let (s, idx) = snapshot(5, 4096, dir.path());
+        let (s, idx) = random_snapshot(5, 4096, dir.path());
         let mut rng = SplitMix64::new(6);
         let mut cfg = PlanConfig::default();
         // a record worth a few bytes, so that short runs and switches are in play
@@ -561,7 +542,7 @@ mod tests {
         // run on past the seam by hand (as an X-drop walk through a table of similar
         // entries does), hides the second diagonal from greedy following.
         let dir = tempfile::tempdir().unwrap();
-        let (s, idx) = snapshot(9, 1 << 16, dir.path());
+        let (s, idx) = random_snapshot(9, 1 << 16, dir.path());
         let mut f = s[10_000..13_000].to_vec();
         f.extend_from_slice(&s[40_000..43_000]);
         for k in (5..f.len()).step_by(40) {
