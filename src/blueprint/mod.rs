@@ -216,7 +216,7 @@ impl Blueprint {
                 Source::Cover { .. } => {
                     s.cover += 1;
                     s.cover_bytes += seg.len as u64;
-                    s.cover_diff_nonzero += p.raw.iter().filter(|&&d| d != 0).count() as u64;
+                    s.cover_diff_nonzero += crate::util::count_nonzero(p.raw) as u64;
                 }
             }
         }

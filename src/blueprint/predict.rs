@@ -409,6 +409,34 @@ impl AddressMap {
     }
 }
 
+/// 1 for the bytes that may open a reference [`Predictor::code`] predicts (the first bytes
+/// of its match's arms), 0 for the others.
+const OPENS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let opens = [
+        0xE8u8, 0xE9, 0x0F, 0x8B, 0x89, 0x8D, 0x3B, 0x39, 0x03, 0x2B, 0x33, 0x0B, 0x23, 0x85, 0x87,
+        0x63, 0xFF,
+    ];
+    let mut k = 0;
+    while k < opens.len() {
+        t[opens[k] as usize] = 1;
+        k += 1;
+    }
+    t
+};
+
+/// Fewest difference bytes that [`Predictor::apply`] spreads over threads.
+const PAR_MIN: usize = 1 << 20;
+
+/// The difference bytes of `segments` (their covers' lengths).
+fn at_end(segments: &[Segment]) -> usize {
+    segments
+        .iter()
+        .filter(|s| matches!(s.src, Source::Cover { .. }))
+        .map(|s| s.len as usize)
+        .sum()
+}
+
 fn find(loads: &[Load], x: u64, by_addr: bool) -> Option<&Load> {
     loads.iter().find(|l| {
         let s = if by_addr { l.vaddr } else { l.off };
@@ -506,7 +534,16 @@ impl Predictor<'_> {
         let n = old.len();
         let mut i = 0usize;
         while i < n {
-            let b = old[i];
+            // skip 8 bytes at a time while none of them can start a reference (most bytes:
+            // a table lookup each instead of the match's jump)
+            while i + 8 <= n && old[i..i + 8].iter().fold(0, |a, &b| a | OPENS[b as usize]) == 0 {
+                i += 8;
+            }
+            let Some(&b) = old.get(i) else { break };
+            if OPENS[b as usize] == 0 {
+                i += 1;
+                continue;
+            }
             // where the disp32 starts, relative to i; the instruction ends right after it
             let d = match b {
                 0xE8 | 0xE9 => 1,
@@ -560,7 +597,78 @@ impl Predictor<'_> {
     /// every cover in `segments` (starting at file offset `base`) to the difference bytes
     /// `diffs` (the covers' differences, concatenated in order). The segments must have been
     /// validated against this snapshot.
+    ///
+    /// A cover's predictions change only its own difference bytes, so the segments are cut
+    /// into runs of about equal cover bytes, four per core, which the cores take in turn
+    /// (from [`PAR_MIN`] difference bytes on; the same bytes as one pass).
     pub fn apply(&self, segments: &[Segment], base: u64, diffs: &mut [u8], decode: bool) {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let parts = if diffs.len() < PAR_MIN {
+            1
+        } else {
+            (4 * cores).min(diffs.len() / (PAR_MIN / 8))
+        };
+        self.apply_split(segments, base, diffs, decode, parts, cores)
+    }
+
+    /// [`Predictor::apply`] in at most `parts` runs, on `threads` threads.
+    fn apply_split(
+        &self,
+        segments: &[Segment],
+        base: u64,
+        diffs: &mut [u8],
+        decode: bool,
+        parts: usize,
+        threads: usize,
+    ) {
+        if parts < 2 || threads < 2 {
+            return self.apply_run(segments, base, diffs, decode);
+        }
+        // cut points: (segment index, file offset, difference offset) at each run's start
+        let per = diffs.len().div_ceil(parts);
+        let mut cuts = vec![(0usize, base, 0usize)];
+        let (mut q, mut at) = (base, 0usize);
+        for (k, s) in segments.iter().enumerate() {
+            if at >= per * cuts.len() && cuts.len() < parts {
+                cuts.push((k, q, at));
+            }
+            if let Source::Cover { .. } = s.src {
+                at += s.len as usize;
+            }
+            q += s.len as u64;
+        }
+        // the runs, taken in turn by `threads` threads (where the references lie varies along
+        // a file: more runs than threads even out the load)
+        let mut runs = Vec::with_capacity(cuts.len());
+        let mut rest = &mut diffs[..];
+        let mut taken = 0usize;
+        for (w, &(k, q, _)) in cuts.iter().enumerate() {
+            let (end_k, end_at) = cuts
+                .get(w + 1)
+                .map_or((segments.len(), at_end(segments)), |c| (c.0, c.2));
+            let (mine, tail) = std::mem::take(&mut rest).split_at_mut(end_at - taken);
+            rest = tail;
+            taken = end_at;
+            runs.push((&segments[k..end_k], q, mine));
+        }
+        let runs = std::sync::Mutex::new(runs);
+        let work = || loop {
+            let run = runs.lock().map(|mut r| r.pop()).unwrap_or(None);
+            match run {
+                Some((segs, q, mine)) => self.apply_run(segs, q, mine, decode),
+                None => break,
+            }
+        };
+        std::thread::scope(|sc| {
+            for _ in 1..threads {
+                sc.spawn(work);
+            }
+            work();
+        });
+    }
+
+    /// [`Predictor::apply`] on this thread.
+    fn apply_run(&self, segments: &[Segment], base: u64, diffs: &mut [u8], decode: bool) {
         let mut q = base;
         let mut at = 0usize;
         for s in segments {
@@ -590,6 +698,108 @@ impl Predictor<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Applied in runs side by side, the predictions change the same bytes as in one pass
+    /// (covers of random lengths over code full of call instructions, cut anywhere).
+    #[test]
+    fn predictions_applied_in_parallel_runs_equal_one_pass() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let n = 3 << 20;
+        // calls every 16 bytes, whose targets move by 64 bytes in the new file
+        let mut snap = vec![0x90u8; n];
+        for i in (0..n - 5).step_by(16) {
+            snap[i] = 0xE8;
+            let disp = (next() % 4096) as i32 - 2048;
+            snap[i + 1..i + 5].copy_from_slice(&disp.to_le_bytes());
+        }
+        let m = RefModel {
+            old_base: 0,
+            old_loads: vec![Load {
+                off: 0,
+                vaddr: 0x10000,
+                size: n as u64,
+            }],
+            new_loads: vec![Load {
+                off: 0,
+                vaddr: 0x10040,
+                size: n as u64,
+            }],
+            regions: vec![Region {
+                start: 0,
+                len: n as u64,
+                kind: RegionKind::Code,
+            }],
+        };
+        // covers of 1..64 KiB at shifted snapshot offsets, with raw runs between them
+        let mut segs = Vec::new();
+        let mut q = 0usize;
+        while q < n {
+            let len = (1 + next() as usize % 65536).min(n - q);
+            let src = if next() % 5 == 0 {
+                Source::Raw
+            } else {
+                Source::Cover {
+                    off: (q as u64).saturating_sub(next() % 64),
+                }
+            };
+            segs.push(Segment {
+                len: len as u32,
+                src,
+            });
+            q += len;
+        }
+        let p = Predictor {
+            model: &m,
+            snap: &snap,
+            map: AddressMap::new(&segs, 0),
+        };
+        let covered = at_end(&segs);
+        let orig: Vec<u8> = (0..covered).map(|_| next() as u8).collect();
+        let mut one = orig.clone();
+        p.apply_run(&segs, 0, &mut one, false);
+        assert_ne!(one, orig, "nothing was predicted");
+        for parts in [2, 3, 7] {
+            let mut par = orig.clone();
+            p.apply_split(&segs, 0, &mut par, false, parts, 2);
+            assert!(par == one, "{parts} runs differ from one pass");
+            p.apply_split(&segs, 0, &mut par, true, parts, 3);
+            assert!(par == orig, "{parts} runs do not decode back");
+        }
+    }
+
+    /// Code with no byte that opens a reference, or with one only at its very end, in every
+    /// length up to 40: nothing is predicted and the scan stays inside the bytes.
+    #[test]
+    fn a_code_scan_ends_inside_its_bytes() {
+        let m = RefModel {
+            old_base: 0,
+            old_loads: vec![],
+            new_loads: vec![],
+            regions: vec![],
+        };
+        let p = Predictor {
+            model: &m,
+            snap: &[],
+            map: AddressMap::new(&[], 0),
+        };
+        for len in 0..40 {
+            for last in [0x90u8, 0xE8, 0x0F] {
+                let mut old = vec![0x90u8; len];
+                if let Some(b) = old.last_mut() {
+                    *b = last;
+                }
+                let mut calls = 0;
+                p.code(&old, 0, 0, |_, _| calls += 1);
+                assert_eq!(calls, 0, "{len} bytes ending in {last:#x}");
+            }
+        }
+    }
 
     #[test]
     fn model_round_trips_and_bad_models_are_refused() {

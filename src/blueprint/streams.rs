@@ -58,9 +58,9 @@ pub fn sparse(d: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let (mut runs, mut bytes) = (Vec::new(), Vec::new());
     let mut i = 0;
     while i < d.len() {
-        let z = d[i..].iter().position(|&b| b != 0).unwrap_or(d.len() - i);
-        let j = i + z;
-        let k = d[j..].iter().position(|&b| b == 0).unwrap_or(d.len() - j);
+        let j = crate::util::next_nonzero(d, i);
+        let e = crate::util::next_zero(d, j);
+        let (z, k) = (j - i, e - j);
         put_u64(&mut runs, z as u64);
         put_u64(&mut runs, k as u64);
         bytes.extend_from_slice(&d[j..j + k]);
