@@ -507,6 +507,11 @@ pub fn estimate_raw_bits(data: &[u8]) -> f64 {
 /// estimates each window on a smaller budget: compressing 2 MiB of every 4 MiB window was
 /// a quarter of a covered file's sending CPU).
 pub fn estimate_raw_bits_within(data: &[u8], budget: usize) -> f64 {
+    estimate_on(data, budget, 1)
+}
+
+/// [`estimate_raw_bits_within`] with the samples compressed on up to `threads` threads.
+fn estimate_on(data: &[u8], budget: usize, threads: usize) -> f64 {
     if data.is_empty() {
         return 8.0;
     }
@@ -517,14 +522,15 @@ pub fn estimate_raw_bits_within(data: &[u8], budget: usize) -> f64 {
     } else {
         0
     };
-    let (mut inb, mut outb) = (0usize, 0usize);
-    for i in 0..n {
+    let piece = |i: usize| {
         let s = &data[i * stride..(i * stride + sample).min(data.len())];
-        inb += s.len();
-        outb += zstd::bulk::compress(s, 1)
-            .map(|c| c.len())
-            .unwrap_or(s.len());
-    }
+        let out = zstd::bulk::compress(s, 1).map_or(s.len(), |c| c.len());
+        (s.len(), out)
+    };
+    let sizes = per_chunk(n, threads, piece);
+    let (inb, outb) = sizes
+        .iter()
+        .fold((0usize, 0usize), |(a, b), &(i, o)| (a + i, b + o));
     (8.0 * outb as f64 / inb as f64).clamp(0.5, 8.0)
 }
 
@@ -580,7 +586,8 @@ pub fn plan_with(
     let raw_bits = cfg
         .cost
         .raw_bits_per_byte
-        .unwrap_or_else(|| estimate_raw_bits(file));
+        // the samples compressed on the planner's threads (planning waits for the price)
+        .unwrap_or_else(|| estimate_on(file, 2 << 20, thread_count(cfg)));
     times.estimate_ms = ms(t);
     if cfg.engine == Engine::Covers {
         return plan_covers(file, snap, idx, cfg, raw_bits, times, how);
@@ -1386,5 +1393,18 @@ mod tests {
             estimate_raw_bits_within(&noise, 2 << 20)
         );
         assert_eq!(estimate_raw_bits_within(&[], 1), 8.0);
+        // the samples compressed on several threads give the same price
+        let mixed: Vec<u8> = noise[..2 << 20]
+            .iter()
+            .chain(&text[..2 << 20])
+            .copied()
+            .collect();
+        for threads in [2, 3, 8] {
+            assert_eq!(
+                estimate_on(&mixed, 2 << 20, threads),
+                estimate_raw_bits(&mixed),
+                "{threads} threads"
+            );
+        }
     }
 }
