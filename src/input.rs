@@ -54,8 +54,8 @@ fn install_sigbus(path: &Path) {
     // the signal does not say which mapping faulted: the snapshot and its indexes are
     // mapped too
     let line = format!(
-        "pfs: error: a mapped file shrank while it was being read ({}, or the snapshot or \
-         an index): nothing was written under the final name\n",
+        "pfs: error: a mapped file shrank while it was being read ({}, or another input, the \
+         snapshot or an index): stopped; nothing was renamed into place\n",
         path.display()
     );
     if SIGBUS_LINE.set(line.into_bytes()).is_ok() {
@@ -67,6 +67,23 @@ fn install_sigbus(path: &Path) {
             libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut());
         }
     }
+}
+
+/// `file` (opened from `path`) mapped read-only, without reading it ahead: for a reader
+/// that goes through it once in order (the streamed sender's windows). `None` when it is
+/// not a regular file of at least [`MAP_MIN`] bytes or cannot be mapped (read it instead).
+/// A file that shrinks while mapped ends the process as [`open`] says.
+pub fn map_file(file: &std::fs::File, path: &Path) -> Option<memmap2::Mmap> {
+    let md = file.metadata().ok()?;
+    if !md.is_file() || md.len() < MAP_MIN || usize::try_from(md.len()).is_err() {
+        return None;
+    }
+    install_sigbus(path);
+    // Safety: a read-only private mapping; a concurrent truncation ends the process
+    // through the SIGBUS handler instead of undefined reads
+    let m = unsafe { memmap2::MmapOptions::new().map(file) }.ok()?;
+    let _ = m.advise(memmap2::Advice::Sequential);
+    Some(m)
 }
 
 /// The bytes of `path`: mapped when it is a regular file of at least [`MAP_MIN`] bytes,
