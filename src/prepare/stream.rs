@@ -716,8 +716,13 @@ fn first_window(f: &StreamFile, o: &StreamOptions, pack: &mut PackFn<'_>) -> Opt
         return produce_small(0, f, o, pack, true).ok().map(Head::Small);
     }
     // a window buffer like the others (huge pages, room for the largest window): it goes
-    // to the encoder's pool afterwards
-    let mut buf = crate::bigbuf::with_capacity(o.max_window.min(f.size) as usize);
+    // to the encoder's pool afterwards; a file that will be mapped has no pool, and the
+    // first touch of a huge page (2 MiB zeroed) was 8% of a covered 32 MiB send's CPU
+    let mut buf = if f.size >= crate::input::MAP_MIN {
+        Vec::with_capacity(o.first_window.max(1) as usize)
+    } else {
+        crate::bigbuf::with_capacity(o.max_window.min(f.size) as usize)
+    };
     buf.resize(o.first_window.max(1) as usize, 0);
     std::fs::File::open(&f.path)
         .and_then(|mut file| file.read_exact(&mut buf))
