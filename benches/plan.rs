@@ -793,31 +793,26 @@ fn goals(ctx: &Ctx, pair: &Pair, tools: &[Tool], cells: &[Cell]) {
                 } else {
                     &[]
                 };
-                let plan_only = run_timed(
-                    Command::new(PFS)
-                        .arg("plan")
+                // `pfs plan` of the target, writing `out` when given
+                let timed_plan = |out: Option<&Path>| {
+                    let mut c = Command::new(PFS);
+                    c.arg("plan")
                         .arg(&pair.target)
                         .arg("--snapshot")
                         .arg(&pair.snap)
-                        .args(level),
-                )
-                .map(|r| r.0);
+                        .args(level);
+                    if let Some(o) = out {
+                        c.arg("-o").arg(o);
+                    }
+                    run_timed(&mut c).map(|r| r.0)
+                };
+                let plan_only = timed_plan(None);
                 // the durable write once more and dd, each after a `sync`: a flush also
                 // writes back what earlier rows left dirty (ext4's ordered journal), which
                 // the table's row paid for and dd would not
                 let pbb_out = ctx.tmp.path().join("random-again.pbb");
                 let _ = Command::new("sync").status();
-                let written = run_timed(
-                    Command::new(PFS)
-                        .arg("plan")
-                        .arg(&pair.target)
-                        .arg("--snapshot")
-                        .arg(&pair.snap)
-                        .arg("-o")
-                        .arg(&pbb_out)
-                        .args(level),
-                )
-                .map(|r| r.0);
+                let written = timed_plan(Some(&pbb_out));
                 let _ = std::fs::remove_file(&pbb_out);
                 let dd_out = ctx.tmp.path().join("dd.out");
                 let _ = Command::new("sync").status();
