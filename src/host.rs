@@ -580,7 +580,7 @@ pub fn xdp_blocker(iface: Option<&str>) -> Option<String> {
 
 /// Cores this process may run on (the AF_XDP thread model's auto choice).
 pub fn usable_cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    crate::util::cores()
 }
 
 #[cfg(test)]

@@ -173,10 +173,16 @@ pub fn parallel_blake3(data: &[u8], depth: u32) -> [u8; 32] {
     *merge_subtrees_root(&ca, &cb, Mode::Hash).as_bytes()
 }
 
+/// The cores this process may use, asked once: `available_parallelism` reads the cgroup
+/// files on each call, which shows where it is asked per block or per small file.
+pub fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 /// The split depth of [`parallel_blake3`] for the cores this process may use.
 pub fn hash_depth() -> u32 {
-    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-    usize::BITS - 1 - n.leading_zeros()
+    usize::BITS - 1 - cores().leading_zeros()
 }
 
 // Zero and non-zero bytes, a word (8 bytes) at a time: difference streams are mostly zeros.

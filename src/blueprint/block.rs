@@ -111,7 +111,7 @@ impl Default for EncodeOptions {
             file_per_block: 4 << 20,
             preset: Level::Fast,
             level: 1,
-            threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+            threads: crate::util::cores().min(4),
         }
     }
 }

@@ -559,9 +559,7 @@ pub struct Packed<'a> {
 /// The sizes of `cands` encoding `sample`, in order, tried on up to one thread per core (a
 /// file whose literals are its one large stream left the other core idle at `max`).
 fn rank(cands: &[Coder], sample: &[u8]) -> std::io::Result<Vec<usize>> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(cands.len().max(1));
+    let threads = crate::util::cores().min(cands.len().max(1));
     if threads <= 1 {
         return cands
             .iter()

@@ -602,7 +602,7 @@ impl Predictor<'_> {
     /// into runs of about equal cover bytes, four per core, which the cores take in turn
     /// (from [`PAR_MIN`] difference bytes on; the same bytes as one pass).
     pub fn apply(&self, segments: &[Segment], base: u64, diffs: &mut [u8], decode: bool) {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = crate::util::cores();
         let parts = if diffs.len() < PAR_MIN {
             1
         } else {

@@ -473,7 +473,7 @@ pub fn code_all<'a>(s: &'a Raw, o: &CoderOptions) -> std::io::Result<Coded<'a>> 
     // A stream that is most of the bytes (a file coded as literals) would keep the other
     // cores waiting: its whole encode may be split into one block per core
     let total: usize = s.iter().map(|d| d.len()).sum();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = crate::util::cores();
     let timed = |data: &'a Vec<u8>, class| {
         let t = std::time::Instant::now();
         let blocks = if data.len() >= SPLIT_MIN && data.len() * 3 >= total * 2 {

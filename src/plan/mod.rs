@@ -712,17 +712,9 @@ pub fn plan_with(
 
 /// The number of planner threads a config asks for.
 fn thread_count(cfg: &PlanConfig) -> usize {
-    /// The cores, asked once: `available_parallelism` reads the cgroup files on each call,
-    /// which shows when many small files are planned one after the other.
-    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    if cfg.threads == 0 {
-        *CORES.get_or_init(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        })
-    } else {
-        cfg.threads
+    match cfg.threads {
+        0 => crate::util::cores(),
+        n => n,
     }
 }
 

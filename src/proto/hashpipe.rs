@@ -19,7 +19,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 /// Final bytes fed at once from this many on are hashed on every core (BLAKE3's own
@@ -47,12 +47,6 @@ pub fn feed(h: &mut blake3::Hasher, bytes: &[u8], par: bool) {
     } else {
         h.update(bytes);
     }
-}
-
-/// The cores, asked once (`available_parallelism` reads the cgroup files on each call).
-fn cores() -> usize {
-    static CORES: OnceLock<usize> = OnceLock::new();
-    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// Where a receiver computes each file's BLAKE3 (`ReceiverConfig::hash_thread`; `pfs recv
@@ -86,7 +80,7 @@ pub enum HashThread {
 pub fn use_thread(policy: HashThread, bytes: u64) -> bool {
     match policy {
         HashThread::Off => false,
-        HashThread::Auto => cores() >= 2 && bytes >= THREAD_MIN,
+        HashThread::Auto => crate::util::cores() >= 2 && bytes >= THREAD_MIN,
         HashThread::Always => true,
     }
 }
@@ -239,7 +233,7 @@ impl Hashes {
         // On the thread, rayon's pool is used only with a core to spare beyond the state
         // machine's and the thread's own.
         let pipe = thread
-            .then(|| Pipe::start(files, cores() > 2))
+            .then(|| Pipe::start(files, crate::util::cores() > 2))
             .and_then(|r| {
                 r.map_err(|e| tracing::warn!(error = %e, "no hashing thread: hashing inline"))
                     .ok()
