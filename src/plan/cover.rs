@@ -159,6 +159,19 @@ impl Engine<'_> {
         self.cfg.fast_reject && sample_entropy(&self.f[lo..hi]) > self.cfg.reject_bits
     }
 
+    /// The snapshot positions the index offers for gram hash `h` (at most `max_candidates`,
+    /// into `cands`, cleared first), their bytes prefetched: each is a random read, started
+    /// before any is verified.
+    pub(super) fn candidates(&self, h: u64, cands: &mut Vec<u64>) {
+        cands.clear();
+        self.idx.candidates(h, self.cfg.max_candidates, cands);
+        for &sp in cands.iter() {
+            if (sp as usize) < self.s.len() {
+                crate::index::prefetch(self.s[sp as usize..].as_ptr());
+            }
+        }
+    }
+
     /// Forward from (fi, si), at most `max` bytes.
     #[inline]
     fn fwd(&self, fi: usize, si: usize, max: usize) -> Ext {
@@ -538,14 +551,7 @@ impl Engine<'_> {
                 best = self.extend(p, sp as usize, floor, cmp_ceil);
             }
         }
-        cands.clear();
-        self.idx.candidates(h, self.cfg.max_candidates, cands);
-        // the candidates' snapshot bytes are random reads: start them all before verifying
-        for &sp in cands.iter() {
-            if (sp as usize) < self.s.len() {
-                crate::index::prefetch(self.s[sp as usize..].as_ptr());
-            }
-        }
+        self.candidates(h, cands);
         for &sp in cands.iter() {
             let d = sp as i64 - p as i64;
             if Some(d) == *last_d {

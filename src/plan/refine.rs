@@ -177,13 +177,7 @@ impl Engine<'_> {
                     self.idx.prefetch(hq);
                 }
                 let mut cands = spare.pop().unwrap_or_default();
-                cands.clear();
-                self.idx.candidates(h, self.cfg.max_candidates, &mut cands);
-                for &sp in cands.iter() {
-                    if (sp as usize) < self.s.len() {
-                        crate::index::prefetch(self.s[sp as usize..].as_ptr());
-                    }
-                }
+                self.candidates(h, &mut cands);
                 pending.push_back((p, cands));
                 k += 1;
                 if pending.len() <= LAG {
@@ -245,6 +239,15 @@ impl Engine<'_> {
         self.f[p..p + EXACT_AHEAD] == self.s[sl..sl + EXACT_AHEAD]
     }
 
+    /// The shortest path's prices of a literal, a differing byte on a span and a record,
+    /// relative to an equal byte inside a cover, in 1/16 bits (integer sums give the same
+    /// choice on every machine).
+    fn unit_prices(&self) -> (u64, u64, u64) {
+        let q = |bits: f64| (bits * 16.0).round().max(1.0) as u64;
+        let pr = &self.prices;
+        (q(pr.gain), q(pr.gain + pr.penalty), q(pr.record))
+    }
+
     /// Step 2: the cheapest covers of `[a, b)` over `spans` (sorted by start, inside the
     /// range, each valid for the snapshot along its diagonal).
     pub(super) fn choose(&self, a: usize, b: usize, spans: &[Span]) -> Vec<Cover> {
@@ -252,11 +255,7 @@ impl Engine<'_> {
         if n == 0 || spans.is_empty() {
             return Vec::new();
         }
-        let pr = &self.prices;
-        // prices relative to an equal byte inside a cover, in 1/16 bits (integer sums give
-        // the same choice on every machine)
-        let q = |bits: f64| (bits * 16.0).round().max(1.0) as u64;
-        let (lit, diff, rec) = (q(pr.gain), q(pr.gain + pr.penalty), q(pr.record));
+        let (lit, diff, rec) = self.unit_prices();
         // each span's continuation bits: one word per 64-byte block of the range it touches
         // (bit k of a word: byte k of that block)
         let blk_of = |p: usize| (p - a) / 64;
@@ -401,19 +400,30 @@ mod tests {
     use crate::plan::PlanConfig;
     use crate::pob::prng::SplitMix64;
 
+    /// An engine over file `f` and snapshot `s` with `cfg`, literals at `raw_bits`.
+    fn engine<'a>(
+        f: &'a [u8],
+        s: &'a [u8],
+        idx: &'a crate::index::minimizer::MinIndex,
+        cfg: &'a PlanConfig,
+        raw_bits: f64,
+    ) -> Engine<'a> {
+        Engine {
+            f,
+            s,
+            idx,
+            cfg,
+            prices: Prices::new(cfg, raw_bits),
+        }
+    }
+
     /// The model's price of covers over `[a, b)` in 1/16 bits, as `choose` prices them.
     fn model_cost(e: &Engine<'_>, a: usize, b: usize, covers: &[Cover]) -> u64 {
-        let q = |bits: f64| (bits * 16.0).round().max(1.0) as u64;
-        let pr = &e.prices;
-        let (lit, diff, rec) = (q(pr.gain), q(pr.gain + pr.penalty), q(pr.record));
+        let (lit, diff, rec) = e.unit_prices();
         let covered: usize = covers.iter().map(|c| c.len).sum();
         let mut cost = (b - a - covered) as u64 * lit;
         for c in covers {
-            let d = e.f[c.start..c.start + c.len]
-                .iter()
-                .zip(&e.s[c.snap..c.snap + c.len])
-                .filter(|(x, y)| x != y)
-                .count();
+            let d = differing(&e.f[c.start..c.start + c.len], &e.s[c.snap..c.snap + c.len]);
             assert_eq!(d, c.diffs, "a cover's differing bytes are counted");
             cost += rec + d as u64 * diff;
         }
@@ -423,9 +433,7 @@ mod tests {
     /// The cheapest cost over every assignment of each byte to raw or to a span holding it
     /// (exhaustive; a run on one span pays one record).
     fn cheapest(e: &Engine<'_>, a: usize, b: usize, spans: &[Span]) -> u64 {
-        let q = |bits: f64| (bits * 16.0).round().max(1.0) as u64;
-        let pr = &e.prices;
-        let (lit, diff, rec) = (q(pr.gain), q(pr.gain + pr.penalty), q(pr.record));
+        let (lit, diff, rec) = e.unit_prices();
         let n = b - a;
         let states = spans.len() + 1; // 0: raw
         let mut best = u64::MAX;
@@ -510,13 +518,7 @@ mod tests {
                 v.sort_unstable_by_key(|s| (s.start, s.end, s.diag));
                 v
             };
-            let e = Engine {
-                f: &f,
-                s: &s,
-                idx: &idx,
-                cfg: &cfg,
-                prices: Prices::new(&cfg, 5.0),
-            };
+            let e = engine(&f, &s, &idx, &cfg, 5.0);
             let got = e.choose(0, n, &spans);
             for c in &got {
                 assert!(
@@ -549,19 +551,9 @@ mod tests {
             f[k] = f[k].wrapping_add(1);
         }
         let cfg = PlanConfig::preset(crate::plan::Level::Max);
-        let e = Engine {
-            f: &f,
-            s: &s,
-            idx: &idx,
-            cfg: &cfg,
-            prices: Prices::new(&cfg, 6.0),
-        };
+        let e = engine(&f, &s, &idx, &cfg, 6.0);
         let count = |start: usize, len: usize, snap: usize| {
-            f[start..start + len]
-                .iter()
-                .zip(&s[snap..snap + len])
-                .filter(|(x, y)| x != y)
-                .count()
+            differing(&f[start..start + len], &s[snap..snap + len])
         };
         let greedy = vec![Cover {
             start: 0,
