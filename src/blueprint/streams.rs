@@ -60,11 +60,10 @@ pub fn sparse(d: &[u8]) -> (Vec<u8>, Vec<u8>) {
     while i < d.len() {
         let j = crate::util::next_nonzero(d, i);
         let e = crate::util::next_zero(d, j);
-        let (z, k) = (j - i, e - j);
-        put_u64(&mut runs, z as u64);
-        put_u64(&mut runs, k as u64);
-        bytes.extend_from_slice(&d[j..j + k]);
-        i = j + k;
+        put_u64(&mut runs, (j - i) as u64);
+        put_u64(&mut runs, (e - j) as u64);
+        bytes.extend_from_slice(&d[j..e]);
+        i = e;
     }
     (runs, bytes)
 }

@@ -858,18 +858,17 @@ fn produce_file(
             Some(Head::Window(buf, packed)) if buf.len() as u64 == len => Some((buf, packed)),
             _ => None,
         };
-        let (buf, packed) = match planned {
-            Some((buf, packed)) => {
+        let (buf, packed) = match (planned, &map) {
+            (Some((buf, packed)), _) => {
                 file.seek(std::io::SeekFrom::Start(len)).map_err(read_err)?;
                 (WindowBytes::Read(buf), packed)
             }
-            None if map.is_some() => {
-                let m = map.as_ref().expect("mapped");
+            (None, Some(m)) => {
                 let w = WindowBytes::Mapped(m.clone(), start as usize..(start + len) as usize);
                 let packed = pack(&w, start, f, false)?;
                 (w, packed)
             }
-            None => {
+            (None, None) => {
                 // a buffer from the pool only if it holds the window without growing (a
                 // grown buffer leaves the huge pages: 4 KiB faults on every window after)
                 let mut buf = free
