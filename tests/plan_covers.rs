@@ -315,6 +315,19 @@ fn a_config_without_its_index_and_bad_configs_are_refused_by_name() {
         ),
         "{e}"
     );
+    let e = PlanConfig::from_toml("weak_share = 1.5").unwrap_err();
+    assert!(
+        matches!(
+            e,
+            PlanError::OutOfRange {
+                key: "weak_share",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let c = PlanConfig::from_toml("weak_share = 0.25\nstrong_bytes = 512").unwrap();
+    assert_eq!((c.weak_share, c.strong_bytes), (0.25, 512));
     let e = PlanConfig::from_toml("min_w = 300").unwrap_err();
     assert!(matches!(e, PlanError::Index { .. }), "{e}");
     let e = PlanConfig::from_toml("[cover]\nxdrop_bits = -1.0").unwrap_err();

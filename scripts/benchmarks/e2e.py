@@ -6,9 +6,9 @@
         its name (inotify on its directory: created or renamed into place), `exit_s` = seconds
         until CMD exits. Prints one JSON line {"file_s", "exit_s", "rc"}. Without --watch only
         exit_s is measured. Exits 1 when CMD fails or FINAL does not appear.
-    e2e.py tcp-recv --listen IP --port P --out FINAL [--no-sync] [--zstd-patch-from OLD]
+    e2e.py tcp-recv --listen IP --port P --out FINAL [--no-sync] [--zstd-patch-from OLD | --zstd]
         Accept one TCP connection, write what arrives to FINAL.part (through `zstd -d
-        --long=30 --patch-from=OLD` when given), fsync it (unless --no-sync), rename it to
+        --long=30 --patch-from=OLD` when given, `zstd -d` with --zstd), fsync it (unless --no-sync), rename it to
         FINAL and fsync the directory (unless --no-sync). Prints "listening" when bound, then
         one JSON line {"wire_bytes"}.
     e2e.py tcp-send --dst IP --port P FILE|-
@@ -120,7 +120,7 @@ def cmd_time(argv):
 
 
 def cmd_tcp_recv(argv):
-    o, _ = opts(argv, {"no-sync"})
+    o, _ = opts(argv, {"no-sync", "zstd"})
     final = o["out"]
     part = final + ".part"
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -133,11 +133,9 @@ def cmd_tcp_recv(argv):
     n = 0
     f = None
     dec = None
-    if "zstd-patch-from" in o:
-        dec = subprocess.Popen(
-            ["zstd", "-d", "-q", "-f", "--long=30", "--patch-from=" + o["zstd-patch-from"], "-o", part],
-            stdin=subprocess.PIPE,
-        )
+    if "zstd-patch-from" in o or "zstd" in o:
+        basis = ["--long=30", "--patch-from=" + o["zstd-patch-from"]] if "zstd-patch-from" in o else []
+        dec = subprocess.Popen(["zstd", "-d", "-q", "-f", *basis, "-o", part], stdin=subprocess.PIPE)
         sink = dec.stdin
     else:
         f = open(part, "wb")

@@ -3,7 +3,7 @@
 # renamed into place at the receiver, over a veth pair between two namespaces this script
 # creates and removes, every figure measured in this run.
 #
-#   scripts/benchmarks/e2e_bench.sh [--rate R] [--random-mb N] [--covered-mb N] [--snap-mb N]
+#   scripts/benchmarks/e2e_bench.sh [--rate R] [--random-mb N] [--covered-mb N] [--unheld-mb N] [--snap-mb N]
 #                                   [--repeat K] [--queues Q] [--metrics FILE]
 #                                   [--send-args "ARGS"]   (extra pfs send flags, e.g. "--level max")
 #                                   [--pfs BIN]...   (the pfs binary; give it twice to compare two
@@ -11,8 +11,10 @@
 #                                                     built first)
 #
 # Files: the libstd release pair (basis: the stable toolchain's libstd-*.so, a corpus bank of
-# the snapshot; target: the nightly's), N MiB of random bytes, and N MiB the snapshot holds
-# whole (cut from its synthetic banks). Rows, K runs each (median, with min-max):
+# the snapshot; target: the nightly's), N MiB of random bytes, N MiB the snapshot holds
+# whole (cut from its synthetic banks), and N MiB of an ELF it does not hold (the head of the
+# nightly's librustc_driver-*.so; --unheld-mb N, 0 = no such rows; its `zstd -3` row
+# compresses the file alone, there is no basis). Rows, K runs each (median, with min-max):
 # - pfs send --rate R (pfs paces itself; AF_XDP bypasses qdiscs) to pfs recv;
 # - the raw file over TCP (scripts/benchmarks/e2e.py: sendfile to a receiver that writes,
 #   fsyncs and renames), the sending veth shaped to R by HTB;
@@ -33,6 +35,7 @@ source scripts/keys.sh
 rate=1gbit
 random_mb=32
 covered_mb=32
+unheld_mb=32
 snap_mb=64
 repeat=3
 queues=2
@@ -44,6 +47,7 @@ while [ $# -gt 0 ]; do
         --rate) rate=$2; shift 2 ;;
         --random-mb) random_mb=$2; shift 2 ;;
         --covered-mb) covered_mb=$2; shift 2 ;;
+        --unheld-mb) unheld_mb=$2; shift 2 ;;
         --snap-mb) snap_mb=$2; shift 2 ;;
         --repeat) repeat=$2; shift 2 ;;
         --queues) queues=$2; shift 2 ;;
@@ -54,6 +58,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 [[ "$repeat" =~ ^[1-9][0-9]*$ ]] || { echo "--repeat must be a positive integer" >&2; exit 2; }
+[[ "$unheld_mb" =~ ^[0-9]+$ ]] || { echo "--unheld-mb must be a whole number of MiB" >&2; exit 2; }
 
 [ "$(id -u)" = 0 ] || { echo "bench-e2e needs root (namespaces, XDP, AF_XDP, tc)" >&2; exit 1; }
 for t in zstd python3 tc ip dd; do
@@ -115,6 +120,16 @@ mkdir -p "$work/in"
 head -c $((random_mb << 20)) /dev/urandom >"$work/in/random.bin"
 dd if="$work/snap/snapshot.bin" of="$work/in/covered.bin" bs=1M skip=1 count="$covered_mb" status=none
 cp "$new" "$work/in/libstd-new.so"
+unheld_src=""
+if [ "$unheld_mb" -gt 0 ]; then
+    unheld_src=$(find "$(rustc +nightly --print sysroot)/lib" -maxdepth 1 -name 'librustc_driver-*.so' | sort | head -1)
+    if [ -z "$unheld_src" ] || [ "$(stat -c %s "$unheld_src")" -lt $((unheld_mb << 20)) ]; then
+        echo "no nightly librustc_driver-*.so of ${unheld_mb} MiB or more: no rows for a file the snapshot does not hold" >&2
+        unheld_mb=0
+    else
+        head -c $((unheld_mb << 20)) "$unheld_src" >"$work/in/unheld.bin"
+    fi
+fi
 zstd9=$(zstd -9 --long=30 -T0 -q -c --patch-from="$old" "$work/in/libstd-new.so" | wc -c)
 pfs_keys "$pfs" "$work/keys"
 if [ "${PFS_INSECURE:-0}" = 1 ]; then security="plaintext (--insecure)"; else security="keys (sender and receiver identities, authorized-senders file)"; fi
@@ -154,7 +169,8 @@ pfs_once() {
     rm -rf "$out"
 }
 
-# tcp_once LABEL FILE raw|zstd SYNC(on|off)
+# tcp_once LABEL FILE raw|zstd|zstd-alone SYNC(on|off) (zstd: -3 --patch-from the old libstd;
+# zstd-alone: -3 of the file alone)
 tcp_once() {
     local label=$1 file=$2 mode=$3 sync=$4
     local out="$work/out-$RANDOM$RANDOM" log="$work/tcp-$RANDOM.log"
@@ -162,7 +178,10 @@ tcp_once() {
     local final="$out/$(basename "$file")"
     local rargs=(--listen "$ipB" --port "$port" --out "$final")
     [ "$sync" = on ] || rargs+=(--no-sync)
-    [ "$mode" = raw ] || rargs+=(--zstd-patch-from "$old")
+    case "$mode" in
+        zstd) rargs+=(--zstd-patch-from "$old") ;;
+        zstd-alone) rargs+=(--zstd) ;;
+    esac
     ip netns exec "$B" python3 "$e2e" tcp-recv "${rargs[@]}" >"$log" 2>&1 &
     local rpid=$!
     pids+=("$rpid")
@@ -172,9 +191,13 @@ tcp_once() {
         t=$(python3 "$e2e" time --watch "$final" -- \
             ip netns exec "$A" python3 "$e2e" tcp-send --dst "$ipB" --port "$port" "$file") \
             || { cat "$log" >&2; exit 1; }
-    else
+    elif [ "$mode" = zstd ]; then
         t=$(python3 "$e2e" time --watch "$final" -- \
             ip netns exec "$A" sh -c "zstd -3 --long=30 -T0 -q -c --patch-from='$old' '$file' | python3 '$e2e' tcp-send --dst '$ipB' --port '$port' -") \
+            || { cat "$log" >&2; exit 1; }
+    else
+        t=$(python3 "$e2e" time --watch "$final" -- \
+            ip netns exec "$A" sh -c "zstd -3 -T0 -q -c '$file' | python3 '$e2e' tcp-send --dst '$ipB' --port '$port' -") \
             || { cat "$log" >&2; exit 1; }
     fi
     wait "$rpid" || { cat "$log" >&2; exit 1; }
@@ -204,6 +227,9 @@ T_RND="raw TCP, random ${random_mb} MiB"
 T_COV="raw TCP, covered ${covered_mb} MiB"
 T_COVN="raw TCP, covered ${covered_mb} MiB, receiver without fsync"
 DD="dd conv=fsync, covered ${covered_mb} MiB (local disk)"
+P_UNH="pfs send, ELF not in the snapshot ${unheld_mb} MiB"
+T_UNH="raw TCP, ELF not in the snapshot ${unheld_mb} MiB"
+Z_UNH="zstd -3 | TCP | zstd -d, ELF not in the snapshot ${unheld_mb} MiB"
 
 echo "pfs runs at --rate $rate (x$repeat, ${#pfs_bins[@]} build(s)) ..." >&2
 for _ in $(seq 1 "$repeat"); do
@@ -214,6 +240,7 @@ for _ in $(seq 1 "$repeat"); do
         pfs_once "$P_RND$tag" "$work/in/random.bin" on
         pfs_once "$P_COV$tag" "$work/in/covered.bin" on
         pfs_once "$P_COVN$tag" "$work/in/covered.bin" off
+        [ "$unheld_mb" -eq 0 ] || pfs_once "$P_UNH$tag" "$work/in/unheld.bin" on
     done
     dd_once
 done
@@ -227,6 +254,10 @@ for _ in $(seq 1 "$repeat"); do
     tcp_once "$T_RND" "$work/in/random.bin" raw on
     tcp_once "$T_COV" "$work/in/covered.bin" raw on
     tcp_once "$T_COVN" "$work/in/covered.bin" raw off
+    if [ "$unheld_mb" -gt 0 ]; then
+        tcp_once "$T_UNH" "$work/in/unheld.bin" raw on
+        tcp_once "$Z_UNH" "$work/in/unheld.bin" zstd-alone on
+    fi
 done
 ip netns exec "$A" tc qdisc del dev "$A" root
 
@@ -238,11 +269,12 @@ if [ ${#pfs_bins[@]} -gt 1 ]; then
     for i in "${!pfs_bins[@]}"; do echo "build${tags[$i]}: ${pfs_bins[$i]}"; done
 fi
 tags_joined=$(printf '%s\t' "${tags[@]}")
-python3 - "$results" "$metrics" "$commit" "$zstd9" "$P_LIB" "$P_RND" "$P_COV" "$P_COVN" "$T_LIB" "$Z_LIB" "$T_RND" "$T_COV" "$T_COVN" "$DD" "$tags_joined" <<'EOF'
+python3 - "$results" "$metrics" "$commit" "$zstd9" "$P_LIB" "$P_RND" "$P_COV" "$P_COVN" "$T_LIB" "$Z_LIB" "$T_RND" "$T_COV" "$T_COVN" "$DD" "$tags_joined" "$P_UNH" "$T_UNH" "$Z_UNH" <<'EOF'
 import json, statistics, sys, time
 res, metrics, commit, zstd9 = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 P_LIB0, P_RND0, P_COV0, P_COVN0, T_LIB, Z_LIB, T_RND, T_COV, T_COVN, DD = sys.argv[5:15]
 tags = sys.argv[15].split("\t")[:-1] or [""]
+P_UNH0, T_UNH, Z_UNH = sys.argv[16:19]
 rows = {}
 order = []
 for line in open(res):
@@ -301,6 +333,10 @@ for tag in tags:
          f"raw TCP (no fsync) {b:.3f} s / pfs (--sync off) {a:.3f} s = {b/a:.1f}x (goal >= 10x)")
     a, b = t(P_COV), t(T_COV)
     print(f"(with flush: raw TCP {b:.3f} s / pfs {a:.3f} s = {b/a:.1f}x)")
+    a, b, z = t(P_UNH0 + tag), t(T_UNH), t(Z_UNH)
+    if a and b and z:
+        w, zw = med(rows[P_UNH0 + tag]["wire"]), med(rows[Z_UNH]["wire"])
+        print(f"(not in the snapshot, no goal: pfs {a:.3f} s vs raw TCP {b:.3f} s = {a/b:.2f}x, vs zstd -3 | TCP {z:.3f} s = {a/z:.2f}x; wire pfs {w:,} B, zstd -3 {zw:,} B)")
     # issue 10 item 7: the summary's headline should count from the start of pfs send to the end
     for label in (P_LIB, P_RND, P_COV):
         r = rows[label]

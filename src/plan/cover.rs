@@ -23,6 +23,12 @@
 //!    when none of them seeds a cover the block stays literal without hashing the rest, so
 //!    random data plans at memory speed while a long copy of pseudo-random snapshot bytes is
 //!    still found (it spans a probe window) and then followed along its diagonal.
+//!    **Weak blocks** (`weak_share`, on at `fast`): after a block planned in full whose
+//!    covers hold fewer equal bytes than that share of it (a file the snapshot does not
+//!    hold: the synthetic banks offer short covers full of differences that the packer then
+//!    loses to plain compression), the next blocks take the same sampled probes; one that
+//!    seeds a cover of `strong_bytes` equal bytes or more has its block planned in full from
+//!    its start, as it would have been, and the blocks after it too while they save enough.
 //! 6. **Diagonal merge** (`diagonal_merge`): after the parallel pass, neighbouring covers on
 //!    the same diagonal with a gap of at most `merge_gap` bytes become one cover when the gap
 //!    costs less as differences than as literals plus a record.
@@ -98,6 +104,20 @@ impl Prices {
 #[inline(always)]
 fn load8(b: &[u8], p: usize) -> u64 {
     u64::from_le_bytes(b[p..p + 8].try_into().expect("8"))
+}
+
+/// About how many equal bytes `covers` (in file order) hold inside `[lo, hi)`: each cover's
+/// part in the range less that part's share of its differing bytes.
+fn equal_within(covers: &[Cover], lo: usize, hi: usize) -> usize {
+    let mut eq = 0;
+    for c in covers.iter().rev() {
+        if c.end() <= lo {
+            break;
+        }
+        let inside = c.end().min(hi).saturating_sub(c.start.max(lo));
+        eq += inside - inside * c.diffs / c.len.max(1);
+    }
+    eq
 }
 
 /// Order-0 entropy (bits per byte) of up to four 1 KiB samples of `d`.
@@ -414,37 +434,61 @@ impl Engine<'_> {
         let mut anchors: Vec<(usize, u64)> = Vec::new();
         let mut cands: Vec<u64> = Vec::with_capacity(cfg.max_candidates);
         let mut blk = a;
+        // the last block planned in full saved little: probe the next ones first
+        let mut weak = false;
         while blk < b {
+            let blk_start = blk;
             let blk_end = (blk + BLOCK).min(b);
             let from = blk.max(cur);
             blk = blk_end;
             if from + 8 > blk_end {
+                weak = false; // covered through by the cover before it
                 continue;
             }
-            if self.looks_random(from, blk_end) {
-                // sampled probes: plan the block in full only if one of them seeds a cover
+            let random = self.looks_random(from, blk_end);
+            // where the block starts: a weak-mode probe that hits plans it in full from here
+            let entry = (cur, last_d, out.len());
+            if random || weak {
+                // Sampled probes: plan the block in full only if one of them seeds a cover
+                // (after a weak block: one of `strong_bytes` equal bytes or more; the weaker
+                // covers a probe seeds are kept).
+                let need = if random { 0 } else { cfg.strong_bytes };
                 let mut hit = false;
                 let mut x = from;
                 while x < blk_end && !hit {
+                    let lo = x.max(cur);
                     let y = (x + PROBE_LEN).min(blk_end);
+                    x += PROBE_STRIDE;
+                    if lo + 8 > y {
+                        continue;
+                    }
                     anchors.clear();
-                    minimizer::anchors(self.f, x, y, w, &mut scratch, &mut anchors);
+                    minimizer::anchors(self.f, lo, y, w, &mut scratch, &mut anchors);
                     // two anchors per window: a long copy spans the whole window, so
                     // either of them finds it
                     for &(p, h) in anchors.iter().take(PROBE_ANCHORS) {
                         if p >= b {
                             break; // a window's minimum may lie past the range
                         }
+                        if p < cur {
+                            continue;
+                        }
                         if self.seed(p, h, cur, b, &mut last_d, &mut cands, &mut out) {
-                            cur = out.last().map_or(cur, |c| c.end());
-                            hit = true;
+                            let c = out.last().expect("seed pushed a cover");
+                            cur = c.end();
+                            hit = c.len - c.diffs >= need;
                             break;
                         }
                     }
-                    x += PROBE_STRIDE;
                 }
                 if !hit {
                     continue;
+                }
+                if !random {
+                    // the block holds a strong cover: planned in full from its start, as it
+                    // would have been after a block that saved enough
+                    (cur, last_d) = (entry.0, entry.1);
+                    out.truncate(entry.2);
                 }
             }
             let from = from.max(cur);
@@ -514,6 +558,10 @@ impl Engine<'_> {
                     }
                     p += 1;
                 }
+            }
+            if cfg.weak_share > 0.0 {
+                weak = (equal_within(&out, blk_start, blk_end) as f64)
+                    < cfg.weak_share * (blk_end - blk_start) as f64;
             }
         }
         out
@@ -1053,5 +1101,79 @@ pub(super) mod tests {
         let parts = vec![vec![cov(100, 3800, 1100)], vec![cov(4100, 50, 20_000)]];
         let got = e.join(parts.clone(), chunk);
         assert_eq!(got, parts.concat());
+    }
+
+    #[test]
+    fn after_a_weak_block_blocks_are_probed_and_a_strong_cover_plans_its_block_in_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, idx) = random_snapshot(31, 1 << 20, dir.path());
+        let mut rng = crate::pob::prng::SplitMix64::new(32);
+        // 6 blocks of lowercase letters (not random-looking, nothing in the snapshot) with a
+        // 40-byte snapshot snippet every 2 KiB (a weak match: about 2% of a block) ...
+        let mut f: Vec<u8> = (0..6 * BLOCK)
+            .map(|_| b'a' + (rng.next_u64() % 26) as u8)
+            .collect();
+        for at in (1000..f.len()).step_by(2048) {
+            let sp = 4096 + (rng.next_u64() as usize) % (s.len() - 8192);
+            f[at..at + 40].copy_from_slice(&s[sp..sp + 40]);
+        }
+        // ... and a strong region from the middle of block 2 to the end of block 3: one
+        // snapshot run with a changed byte every 100
+        let strong = 2 * BLOCK + 10_000..4 * BLOCK;
+        let sp0 = 300_000;
+        for (k, i) in strong.clone().enumerate() {
+            f[i] = s[sp0 + k] ^ u8::from(k % 100 == 99);
+        }
+        let off = cfg();
+        let on = PlanConfig {
+            weak_share: 0.1,
+            strong_bytes: 256,
+            ..cfg()
+        };
+        let full = engine(&f, &s, &idx, &off).run(0, f.len());
+        let probed = engine(&f, &s, &idx, &on).run(0, f.len());
+        let within = |cs: &[Cover], r: std::ops::Range<usize>| -> Vec<Cover> {
+            cs.iter()
+                .filter(|c| c.start >= r.start && c.start < r.end)
+                .copied()
+                .collect()
+        };
+        // the first block is planned in full either way: it finds the snippets
+        let first = within(&full, 0..BLOCK);
+        assert!(first.len() >= 20, "snippets found: {}", first.len());
+        assert_eq!(within(&probed, 0..BLOCK), first);
+        // the weak block after it is only probed: few of its snippets are looked for
+        let (a, b) = (
+            within(&full, BLOCK..2 * BLOCK).len(),
+            within(&probed, BLOCK..2 * BLOCK).len(),
+        );
+        assert!(
+            a >= 20 && b * 4 <= a,
+            "block 1: {a} covers planned in full, {b} probed"
+        );
+        // a probe finds the strong run in block 2: that block is planned in full from its
+        // start, so its covers and the next block's are those of the full plan
+        assert_eq!(
+            within(&probed, 2 * BLOCK..4 * BLOCK),
+            within(&full, 2 * BLOCK..4 * BLOCK)
+        );
+        let run = within(&probed, strong.clone());
+        assert!(
+            run.iter().map(|c| c.len).sum::<usize>() >= strong.len() * 9 / 10,
+            "{run:?}"
+        );
+        // after the strong blocks the first weak block is planned in full, the next one probed
+        assert_eq!(
+            within(&probed, 4 * BLOCK..5 * BLOCK),
+            within(&full, 4 * BLOCK..5 * BLOCK)
+        );
+        let (a, b) = (
+            within(&full, 5 * BLOCK..6 * BLOCK).len(),
+            within(&probed, 5 * BLOCK..6 * BLOCK).len(),
+        );
+        assert!(
+            a >= 20 && b * 4 <= a,
+            "block 5: {a} covers planned in full, {b} probed"
+        );
     }
 }
