@@ -398,6 +398,7 @@ fn an_elided_spill_is_the_file_and_only_where_nothing_matched() {
     let how = plan::How {
         hash: true,
         elide_raw_spill: true,
+        start_weak: false,
     };
     let mut random = vec![0u8; 600_000];
     SplitMix64::new(11).fill(&mut random);
@@ -471,4 +472,57 @@ fn refinement_never_raises_the_price_of_a_covered_file_and_skips_a_mostly_new_on
     let (p, _) = priced(&mostly_new, &on);
     assert_eq!(p.times.refine_ms, 0.0, "refinement skipped");
     assert!(p.blueprint.stats().cover > 0, "the old third is covered");
+}
+
+#[test]
+fn a_window_after_a_weak_one_starts_probed_and_the_plan_says_which_was_weak() {
+    let f = fixture();
+    let cfg = level(Level::Fast);
+    let plan_how = |file: &[u8], start_weak: bool| {
+        let how = plan::How {
+            hash: false,
+            elide_raw_spill: false,
+            start_weak,
+        };
+        plan::plan_with(file, &f.snap, &f.idx, &Hints::default(), &cfg, how).unwrap()
+    };
+    // a mutated release is not weak, and starting it probed finds the same covers (its
+    // blocks hold strong covers: each is planned in full from its start)
+    let release = mutate(&f.basis, 9);
+    let (a, b) = (plan_how(&release, false), plan_how(&release, true));
+    assert!(!a.weak && !b.weak);
+    assert_eq!(a.blueprint.segments, b.blueprint.segments);
+    // code the snapshot does not hold: weak; started probed, fewer of the synthetic banks'
+    // short covers are looked for, and the file still rebuilds
+    let mut other = code_like(400_000, 77);
+    let mut rng = SplitMix64::new(78);
+    for at in (1000..other.len() - 64).step_by(2048) {
+        // a 40-byte snippet of the synthetic banks every 2 KiB: short covers, about 2%
+        let sp = (rng.next_u64() as usize) % (f.basis_at - 64);
+        other[at..at + 40].copy_from_slice(&f.snap.bytes()[sp..sp + 40]);
+    }
+    let (a, b) = (plan_how(&other, false), plan_how(&other, true));
+    assert!(a.weak && b.weak, "weak: {} / {}", a.weak, b.weak);
+    let covers = |p: &plan::Plan| p.blueprint.stats().cover;
+    assert!(covers(&b) < covers(&a), "{} >= {}", covers(&b), covers(&a));
+    for p in [&a, &b] {
+        let mut out = vec![0u8; other.len()];
+        p.blueprint.rebuild_into(f.snap.bytes(), &mut out).unwrap();
+        assert!(out == other);
+    }
+    // off below `fast` (weak_share 0): never weak
+    let d = plan::plan_with(
+        &other,
+        &f.snap,
+        &f.idx,
+        &Hints::default(),
+        &level(Level::Default),
+        plan::How {
+            hash: false,
+            elide_raw_spill: false,
+            start_weak: true,
+        },
+    )
+    .unwrap();
+    assert!(!d.weak);
 }

@@ -512,6 +512,7 @@ pub fn plan(a: PlanArgs) -> anyhow::Result<ExitCode> {
     let how = plan::How {
         hash: true,
         elide_raw_spill: true,
+        start_weak: false,
     };
     let mut p = plan::plan_with(&file, &snap, &idx, &hints, &cfg, how)?;
     p.times.hints_ms = hints_ms;

@@ -425,6 +425,12 @@ impl Engine<'_> {
 
     /// Plan the file range `[a, b)`: covers in file order, inside the range.
     pub fn run(&self, a: usize, b: usize) -> Vec<Cover> {
+        self.run_from(a, b, false)
+    }
+
+    /// [`Engine::run`], its first block probed as after a weak one when `start_weak` (and
+    /// `weak_share` is on): for a caller that knows the bytes before `a` were weak.
+    pub fn run_from(&self, a: usize, b: usize, start_weak: bool) -> Vec<Cover> {
         let cfg = self.cfg;
         let w = self.idx.w();
         let mut out: Vec<Cover> = Vec::new();
@@ -435,7 +441,7 @@ impl Engine<'_> {
         let mut cands: Vec<u64> = Vec::with_capacity(cfg.max_candidates);
         let mut blk = a;
         // the last block planned in full saved little: probe the next ones first
-        let mut weak = false;
+        let mut weak = start_weak && cfg.weak_share > 0.0;
         while blk < b {
             let blk_start = blk;
             let blk_end = (blk + BLOCK).min(b);

@@ -485,6 +485,9 @@ pub struct Plan {
     /// blueprint's spill was left empty, because it would be the file itself (the caller
     /// holds it; [`Plan::fill_spill`] copies it in where the blueprint is packed).
     pub spill_elided: bool,
+    /// With `weak_share` on: the covers hold fewer equal bytes than that share of the file
+    /// (what [`How::start_weak`] of the next window of the same file may be).
+    pub weak: bool,
 }
 
 /// How [`plan_with`] plans beyond its config.
@@ -496,6 +499,10 @@ pub struct How {
     /// writes random bytes straight from the file (`pfs plan`, the streamed sender's
     /// pass-through) saves a copy of the whole file into fresh memory.
     pub elide_raw_spill: bool,
+    /// Every range of the cover engine starts with its blocks probed, as after a weak block
+    /// (`weak_share`): for a caller planning a file window by window whose last window was
+    /// weak ([`Plan::weak`]).
+    pub start_weak: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -571,6 +578,7 @@ pub fn plan(
     let how = How {
         hash: true,
         elide_raw_spill: false,
+        start_weak: false,
     };
     plan_with(file, snap, idx, hints, cfg, how)
 }
@@ -588,6 +596,7 @@ pub fn plan_unhashed(
     let how = How {
         hash: false,
         elide_raw_spill: false,
+        start_weak: false,
     };
     plan_with(file, snap, idx, hints, cfg, how)
 }
@@ -733,6 +742,7 @@ pub fn plan_with(
         raw_bits_per_byte: raw_bits,
         times,
         spill_elided: false,
+        weak: false,
     })
 }
 
@@ -819,7 +829,7 @@ fn plan_covers(
     let chunk = |i: usize| (i * COVER_CHUNK, ((i + 1) * COVER_CHUNK).min(file.len()));
     let parts = per_chunk(chunks, threads, |i| {
         let (a, b) = chunk(i);
-        engine.run(a, b)
+        engine.run_from(a, b, how.start_weak)
     });
     times.hash_ms = hash_ms;
     let covers = engine.join(parts, COVER_CHUNK);
@@ -844,6 +854,8 @@ fn plan_covers(
     }
     times.match_ms = ms(t);
     let t = Instant::now();
+    let equal: usize = covers.iter().map(|c| c.len - c.diffs).sum();
+    let weak = cfg.weak_share > 0.0 && (equal as f64) < cfg.weak_share * file.len() as f64;
     // nothing matched: every byte is raw, and the spill would be a copy of the file
     let spill_elided = how.elide_raw_spill && covers.is_empty() && !cfg.self_segments;
     let (mut segments, mut spill) = if spill_elided {
@@ -872,6 +884,7 @@ fn plan_covers(
         raw_bits_per_byte: raw_bits,
         times,
         spill_elided,
+        weak,
     })
 }
 

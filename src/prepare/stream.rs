@@ -289,6 +289,8 @@ const WINDOW_SAMPLE: usize = 256 << 10;
 struct Price {
     file: Option<PathBuf>,
     bits: Option<f64>,
+    /// The file's last window was weak ([`plan::Plan::weak`]): the next starts probed.
+    weak: bool,
 }
 
 impl Price {
@@ -301,6 +303,7 @@ impl Price {
     fn keep(&mut self, file: &std::path::Path, bits: f64, carry: bool) {
         if self.file.as_deref() != Some(file) {
             self.file = Some(file.to_path_buf());
+            self.weak = false;
         }
         self.bits = carry.then_some(bits);
     }
@@ -370,6 +373,7 @@ fn pack_window(
     let how = plan::How {
         hash: false,
         elide_raw_spill: true,
+        start_weak: price.weak && price.file.as_deref() == Some(f.path.as_path()),
     };
     let mut planned =
         plan::plan_with(window, snap, idx, &Hints::default(), &cfg, how).map_err(|source| {
@@ -384,6 +388,7 @@ fn pack_window(
         bits,
         o.file_price || literals * 8 < window.len() as u64,
     );
+    price.weak = planned.weak;
     // Pass-through: nothing of the snapshot matched (the whole window is literals) and
     // samples do not compress, so the window goes as stored raw blocks straight from its
     // bytes (no coder trials, no copies through the blueprint's spill and the streams).
