@@ -573,6 +573,24 @@ impl Engine<'_> {
         out
     }
 
+    /// Equal bytes among the 64 from file `i` and snapshot `sp` (fewer near either end),
+    /// counted a word at a time.
+    #[inline]
+    fn quick_equal(&self, i: usize, sp: usize) -> usize {
+        const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+        let words = 64
+            .min(self.f.len().saturating_sub(i))
+            .min(self.s.len().saturating_sub(sp))
+            / 8;
+        (0..words)
+            .map(|k| {
+                let x = load8(self.f, i + 8 * k) ^ load8(self.s, sp + 8 * k);
+                // the high bit of each byte of x that is zero
+                (!(((x & LOW7) + LOW7) | x | LOW7)).count_ones() as usize
+            })
+            .sum()
+    }
+
     /// Try to start a cover at file position `p` (gram hash `h`); pushes it and returns true
     /// when one pays.
     #[allow(clippy::too_many_arguments)]
@@ -606,9 +624,21 @@ impl Engine<'_> {
             }
         }
         self.candidates(h, cands);
+        // quick pick: only the candidates with the most equal bytes among the next 64 are
+        // walked
+        let top = match self.cfg.quick_pick {
+            true => cands
+                .iter()
+                .map(|&sp| self.quick_equal(p, sp as usize))
+                .max(),
+            false => None,
+        };
         for &sp in cands.iter() {
             let d = sp as i64 - p as i64;
             if Some(d) == *last_d {
+                continue;
+            }
+            if top.is_some_and(|t| self.quick_equal(p, sp as usize) < t) {
                 continue;
             }
             if let Some(c) = self.extend(p, sp as usize, floor, cmp_ceil) {
@@ -1181,5 +1211,27 @@ pub(super) mod tests {
             a >= 20 && b * 4 <= a,
             "block 5: {a} covers planned in full, {b} probed"
         );
+    }
+
+    #[test]
+    fn quick_equal_counts_the_equal_bytes_of_the_next_64() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, idx) = random_snapshot(41, 1 << 14, dir.path());
+        let mut rng = crate::pob::prng::SplitMix64::new(42);
+        let mut f = s.clone();
+        for b in f.iter_mut() {
+            if rng.next_u64() % 3 == 0 {
+                *b ^= 1 + (rng.next_u64() % 255) as u8;
+            }
+        }
+        let c = cfg();
+        let e = engine(&f, &s, &idx, &c);
+        for i in [0, 1, 7, 100, 5000, f.len() - 64, f.len() - 20, f.len() - 3] {
+            for sp in [i, i.saturating_sub(5), 77] {
+                let n = 64.min(f.len() - i).min(s.len() - sp) / 8 * 8;
+                let want = (0..n).filter(|&k| f[i + k] == s[sp + k]).count();
+                assert_eq!(e.quick_equal(i, sp), want, "at {i}, {sp}");
+            }
+        }
     }
 }
