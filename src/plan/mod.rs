@@ -137,8 +137,8 @@ pub struct PlanConfig {
     /// Cover engine: after a block planned in full whose covers hold fewer equal bytes than
     /// this share of it (a file the snapshot does not hold), the next blocks are only probed,
     /// as random-looking ones are, until a probe seeds a cover of at least `strong_bytes`
-    /// equal bytes (0 = off). Such files are planned at close to the coders' speed instead
-    /// of paying a full search for covers that save little ([`cover`]).
+    /// equal bytes (0 = off). Such files skip most of the search for covers that save
+    /// little and that the packer then loses to plain compression ([`cover`]).
     #[serde(default)]
     pub weak_share: f64,
     #[serde(default = "default_strong_bytes")]
