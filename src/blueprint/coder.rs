@@ -449,6 +449,20 @@ pub fn estimate_ratio(data: &[u8]) -> f64 {
     }
 }
 
+/// Streams of at most this many bytes that zstd -1 takes below 3/4 on samples
+/// ([`FAST_SMALL_RATIO`]; the store check's estimate) are coded at [`FAST_SMALL_LEVEL`]
+/// instead of zstd -3 at `fast` (not the streamed sender's blocks, whose coder is forced):
+/// a few milliseconds at most. Measured on `pfs plan --level fast` (2026-12-07), every
+/// small stream at level 9: cargo-clippy 1.95 -> nightly 80,364 -> 74,060 B (zstd -9
+/// --patch-from: 78,552), numpy 78,727 -> 71,856 B, libstd -0.1% for 3 ms more (its
+/// offsets column, 55 KB that hardly compress, took 4.6 ms at level 9: hence the ratio);
+/// level 12 took 3-4x the time for 0.5-1.7% more, 19 up to 100 ms.
+pub const FAST_SMALL_STREAM: usize = 256 << 10;
+/// See [`FAST_SMALL_STREAM`].
+pub const FAST_SMALL_LEVEL: i32 = 9;
+/// See [`FAST_SMALL_STREAM`].
+pub const FAST_SMALL_RATIO: f64 = 0.75;
+
 /// The coders `level` tries on a stream of class `class`.
 pub fn candidates(class: StreamClass, o: &CoderOptions) -> Vec<Coder> {
     let lzma = |preset, extreme, lc, lp, pb| Coder::Lzma {
@@ -609,7 +623,8 @@ pub fn pack_stream<'a>(
     if data.is_empty() {
         return Ok(stored());
     }
-    if data.len() >= STORE_CHECK_MIN && estimate_ratio(data) > STORE_RATIO {
+    let ratio = (data.len() >= STORE_CHECK_MIN).then(|| estimate_ratio(data));
+    if ratio.is_some_and(|r| r > STORE_RATIO) {
         return Ok(stored());
     }
     let mut cands = match o.force {
@@ -623,6 +638,17 @@ pub fn pack_stream<'a>(
         Some(c) => vec![c],
         None => candidates(class, o),
     };
+    if o.level == Level::Fast
+        && o.force.is_none()
+        && data.len() <= FAST_SMALL_STREAM
+        && ratio.is_none_or(|r| r < FAST_SMALL_RATIO)
+    {
+        for c in cands.iter_mut() {
+            if let Coder::Zstd { level } | Coder::ZstdX86 { level } = c {
+                *level = FAST_SMALL_LEVEL;
+            }
+        }
+    }
     // large streams: rank the candidates on samples and encode whole only the best. `max`
     // encoded the best two whole; on the libstd release pair (6 streams) and /usr/bin/bash
     // the first on samples was the smaller whole every time (the same .pbb bytes) and the
@@ -944,6 +970,31 @@ mod tests {
             ..pinned
         };
         let p = pack_stream(&code, StreamClass::Literal, &off).unwrap();
+        assert_eq!(p.coder, Coder::Zstd { level: 1 });
+    }
+
+    #[test]
+    fn fast_codes_small_streams_at_the_small_level() {
+        let t = text(FAST_SMALL_STREAM + 1);
+        let fast = CoderOptions::for_level(Level::Fast);
+        for (data, want) in [
+            (&t[..FAST_SMALL_STREAM], FAST_SMALL_LEVEL),
+            (&t[..1000], FAST_SMALL_LEVEL),
+            (&t[..], 3),
+        ] {
+            let p = pack_stream(data, StreamClass::Diff, &fast).unwrap();
+            assert_eq!(p.coder, Coder::Zstd { level: want }, "{} bytes", data.len());
+            assert_eq!(
+                decode(p.coder.kind().code(), &p.bytes, data.len() as u64).unwrap(),
+                data
+            );
+        }
+        // a forced coder (the streamed sender's blocks) keeps its level
+        let pinned = CoderOptions {
+            force: Some(Coder::Zstd { level: 1 }),
+            ..fast
+        };
+        let p = pack_stream(&t[..1000], StreamClass::Diff, &pinned).unwrap();
         assert_eq!(p.coder, Coder::Zstd { level: 1 });
     }
 
