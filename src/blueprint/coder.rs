@@ -366,7 +366,8 @@ impl CoderOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Families {
-    /// The level's candidates: zstd -3 at `fast`, LZMA at `default` and `max`.
+    /// The level's candidates: zstd -3 at `fast` (-9 on small streams that compress), LZMA
+    /// at `default` and `max`.
     #[default]
     All,
     /// zstd only (with the x86 branch filter in front where it is tried): -3 at `fast`, -19
