@@ -74,16 +74,31 @@ fn install_sigbus(path: &Path) {
 /// not a regular file of at least [`MAP_MIN`] bytes or cannot be mapped (read it instead).
 /// A file that shrinks while mapped ends the process as [`open`] says.
 pub fn map_file(file: &std::fs::File, path: &Path) -> Option<memmap2::Mmap> {
-    let md = file.metadata().ok()?;
+    let m = map_large(file, &file.metadata().ok()?, path, false)?;
+    let _ = m.advise(memmap2::Advice::Sequential);
+    Some(m)
+}
+
+/// `file` (opened from `path`, metadata `md`) mapped read-only if it is a regular file of at
+/// least [`MAP_MIN`] bytes, with the SIGBUS handler installed; its pages read in at once with
+/// `populate`.
+fn map_large(
+    file: &std::fs::File,
+    md: &std::fs::Metadata,
+    path: &Path,
+    populate: bool,
+) -> Option<memmap2::Mmap> {
     if !md.is_file() || md.len() < MAP_MIN || usize::try_from(md.len()).is_err() {
         return None;
     }
     install_sigbus(path);
+    let mut o = memmap2::MmapOptions::new();
+    if populate {
+        o.populate();
+    }
     // Safety: a read-only private mapping; a concurrent truncation ends the process
     // through the SIGBUS handler instead of undefined reads
-    let m = unsafe { memmap2::MmapOptions::new().map(file) }.ok()?;
-    let _ = m.advise(memmap2::Advice::Sequential);
-    Some(m)
+    unsafe { o.map(file) }.ok()
 }
 
 /// The bytes of `path`: mapped when it is a regular file of at least [`MAP_MIN`] bytes,
@@ -94,13 +109,8 @@ pub fn open(path: &Path) -> std::io::Result<Input> {
     if md.is_dir() {
         return Err(std::io::Error::other("is a directory, not a file"));
     }
-    if md.is_file() && md.len() >= MAP_MIN && usize::try_from(md.len()).is_ok() {
-        install_sigbus(path);
-        // Safety: a read-only private mapping; a concurrent truncation ends the process
-        // through the SIGBUS handler above instead of undefined reads
-        if let Ok(m) = unsafe { memmap2::MmapOptions::new().populate().map(&f) } {
-            return Ok(Input::Mapped(m));
-        }
+    if let Some(m) = map_large(&f, &md, path, true) {
+        return Ok(Input::Mapped(m));
     }
     let mut buf = crate::bigbuf::with_capacity(md.len() as usize + 1);
     std::io::Read::read_to_end(&mut &f, &mut buf)?;

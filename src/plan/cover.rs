@@ -108,7 +108,7 @@ fn load8(b: &[u8], p: usize) -> u64 {
 
 /// About how many equal bytes `covers` (in file order) hold inside `[lo, hi)`: each cover's
 /// part in the range less that part's share of its differing bytes.
-fn equal_within(covers: &[Cover], lo: usize, hi: usize) -> usize {
+pub(super) fn equal_within(covers: &[Cover], lo: usize, hi: usize) -> usize {
     let mut eq = 0;
     for c in covers.iter().rev() {
         if c.end() <= lo {

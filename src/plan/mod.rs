@@ -863,8 +863,9 @@ fn plan_covers(
     }
     times.match_ms = ms(t);
     let t = Instant::now();
-    let equal: usize = covers.iter().map(|c| c.len - c.diffs).sum();
-    let weak = cfg.weak_share > 0.0 && (equal as f64) < cfg.weak_share * file.len() as f64;
+    let weak = cfg.weak_share > 0.0
+        && (cover::equal_within(&covers, 0, file.len()) as f64)
+            < cfg.weak_share * file.len() as f64;
     // nothing matched: every byte is raw, and the spill would be a copy of the file
     let spill_elided = how.elide_raw_spill && covers.is_empty() && !cfg.self_segments;
     let (mut segments, mut spill) = if spill_elided {

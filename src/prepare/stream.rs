@@ -299,13 +299,19 @@ impl Price {
         self.bits.filter(|_| self.file.as_deref() == Some(file))
     }
 
-    /// After a window of `file` planned at `bits`: carry them on, or estimate next time.
-    fn keep(&mut self, file: &std::path::Path, bits: f64, carry: bool) {
+    /// Whether `file`'s next window starts probed: its last window was weak.
+    fn weak(&self, file: &std::path::Path) -> bool {
+        self.weak && self.file.as_deref() == Some(file)
+    }
+
+    /// After a window of `file` planned at `bits` (`weak` or not): carry them on, or
+    /// estimate next time.
+    fn keep(&mut self, file: &std::path::Path, bits: f64, carry: bool, weak: bool) {
         if self.file.as_deref() != Some(file) {
             self.file = Some(file.to_path_buf());
-            self.weak = false;
         }
         self.bits = carry.then_some(bits);
+        self.weak = weak;
     }
 }
 
@@ -373,7 +379,7 @@ fn pack_window(
     let how = plan::How {
         hash: false,
         elide_raw_spill: true,
-        start_weak: price.weak && price.file.as_deref() == Some(f.path.as_path()),
+        start_weak: price.weak(&f.path),
     };
     let mut planned =
         plan::plan_with(window, snap, idx, &Hints::default(), &cfg, how).map_err(|source| {
@@ -387,8 +393,8 @@ fn pack_window(
         &f.path,
         bits,
         o.file_price || literals * 8 < window.len() as u64,
+        planned.weak,
     );
-    price.weak = planned.weak;
     // Pass-through: nothing of the snapshot matched (the whole window is literals) and
     // samples do not compress, so the window goes as stored raw blocks straight from its
     // bytes (no coder trials, no copies through the blueprint's spill and the streams).
@@ -1281,7 +1287,7 @@ mod tests {
             assert!(window_price(first, &o, &small, &none).0 > 7.5);
         }
         let mut carried = Price::default();
-        carried.keep(&path, 3.25, true);
+        carried.keep(&path, 3.25, true, false);
         for level in [Level::Fast, Level::Default] {
             let o = StreamOptions::for_level(level);
             assert_eq!(window_price(first, &o, &f, &carried), (3.25, false));
@@ -1305,16 +1311,16 @@ mod tests {
         let (a, b) = (std::path::Path::new("/a"), std::path::Path::new("/b"));
         let mut p = Price::default();
         assert_eq!(p.carried(a), None);
-        p.keep(a, 5.5, true);
+        p.keep(a, 5.5, true, false);
         assert_eq!(p.carried(a), Some(5.5));
         assert_eq!(p.carried(b), None, "another file estimates its own");
-        p.keep(a, 5.5, false);
+        p.keep(a, 5.5, false, false);
         assert_eq!(
             p.carried(a),
             None,
             "a literal-heavy window asks for a new estimate"
         );
-        p.keep(b, 7.0, true);
+        p.keep(b, 7.0, true, false);
         assert_eq!((p.carried(a), p.carried(b)), (None, Some(7.0)));
     }
 
