@@ -101,6 +101,9 @@ impl Prices {
     }
 }
 
+/// Quick pick's counts kept per seed (those of further candidates are made again).
+const QUICK_MAX: usize = 16;
+
 #[inline(always)]
 fn load8(b: &[u8], p: usize) -> u64 {
     u64::from_le_bytes(b[p..p + 8].try_into().expect("8"))
@@ -578,16 +581,22 @@ impl Engine<'_> {
     #[inline]
     fn quick_equal(&self, i: usize, sp: usize) -> usize {
         const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        // one per equal byte of the 8 at x, in that byte's lowest bit
+        let eq = |x: u64| (!(((x & LOW7) + LOW7) | x | LOW7)) >> 7;
+        if let (Some(a), Some(b)) = (self.f.get(i..i + 64), self.s.get(sp..sp + 64)) {
+            // each byte lane sums at most 8 ones: one multiply adds the lanes up
+            let lanes = (0..8).fold(0u64, |acc, k| {
+                acc + eq(load8(a, 8 * k) ^ load8(b, 8 * k))
+            });
+            return (lanes.wrapping_mul(ONES) >> 56) as usize;
+        }
         let words = 64
             .min(self.f.len().saturating_sub(i))
             .min(self.s.len().saturating_sub(sp))
             / 8;
         (0..words)
-            .map(|k| {
-                let x = load8(self.f, i + 8 * k) ^ load8(self.s, sp + 8 * k);
-                // the high bit of each byte of x that is zero
-                (!(((x & LOW7) + LOW7) | x | LOW7)).count_ones() as usize
-            })
+            .map(|k| eq(load8(self.f, i + 8 * k) ^ load8(self.s, sp + 8 * k)).count_ones() as usize)
             .sum()
     }
 
@@ -626,19 +635,34 @@ impl Engine<'_> {
         self.candidates(h, cands);
         // quick pick: only the candidates with the most equal bytes among the next 64 are
         // walked
-        let top = match self.cfg.quick_pick {
+        // (the first QUICK_MAX candidates' counts are kept; a lone candidate needs none)
+        let mut quick = [0usize; QUICK_MAX];
+        let top = match self.cfg.quick_pick && cands.len() > 1 {
             true => cands
                 .iter()
-                .map(|&sp| self.quick_equal(p, sp as usize))
+                .enumerate()
+                .map(|(n, &sp)| {
+                    let q = self.quick_equal(p, sp as usize);
+                    if n < QUICK_MAX {
+                        quick[n] = q;
+                    }
+                    q
+                })
                 .max(),
             false => None,
         };
-        for &sp in cands.iter() {
+        for (n, &sp) in cands.iter().enumerate() {
             let d = sp as i64 - p as i64;
             if Some(d) == *last_d {
                 continue;
             }
-            if top.is_some_and(|t| self.quick_equal(p, sp as usize) < t) {
+            if top.is_some_and(|t| {
+                let q = match n < QUICK_MAX {
+                    true => quick[n],
+                    false => self.quick_equal(p, sp as usize),
+                };
+                q < t
+            }) {
                 continue;
             }
             if let Some(c) = self.extend(p, sp as usize, floor, cmp_ceil) {
