@@ -289,12 +289,19 @@ impl RefModel {
             q += s.len as u64;
         }
         // only bases where an x86-64 ELF header sits; the most votes, the first seen on a tie
-        votes.retain(|v| snap.get(v.0 as usize..).is_some_and(is_x86_64_elf));
         votes.sort_by_key(|v| std::cmp::Reverse(v.1));
+        let parse = |b: u64| Some((b, object::File::parse(snap.get(b as usize..)?).ok()?));
         let (old_base, old) = votes
             .iter()
+            .filter(|v| snap.get(v.0 as usize..).is_some_and(is_x86_64_elf))
             .take(8)
-            .find_map(|&(b, _)| Some((b, object::File::parse(snap.get(b as usize..)?).ok()?)))?;
+            .find_map(|&(b, _)| parse(b))
+            // no segment on the old image's own diagonal (the code before the first
+            // segments moved): the ELF header nearest the most-voted diagonal
+            .or_else(|| {
+                let b = votes.first()?.0;
+                old_header_near(snap, b).and_then(parse)
+            })?;
         let loads = |f: &object::File| -> Vec<Load> {
             f.segments()
                 .map(|s| {
@@ -364,6 +371,20 @@ impl RefModel {
         };
         (!m.is_empty()).then_some(m)
     }
+}
+
+/// How far from a diagonal [`old_header_near`] looks for the old image's ELF header.
+const HEADER_REACH: u64 = 4 << 20;
+
+/// The snapshot offset of the x86-64 ELF header nearest `diag` (within [`HEADER_REACH`]
+/// either way), the nearer one before it on a tie.
+fn old_header_near(snap: &[u8], diag: u64) -> Option<u64> {
+    let lo = diag.saturating_sub(HEADER_REACH).min(snap.len() as u64) as usize;
+    let hi = diag.saturating_add(HEADER_REACH).min(snap.len() as u64) as usize;
+    memchr::memmem::find_iter(&snap[lo..hi], b"\x7fELF\x02\x01")
+        .map(|i| (lo + i) as u64)
+        .filter(|&p| is_x86_64_elf(&snap[p as usize..]))
+        .min_by_key(|&p| p.abs_diff(diag))
 }
 
 fn is_x86_64_elf(b: &[u8]) -> bool {
@@ -918,4 +939,47 @@ mod tests {
         p.apply(&segs, 0, &mut diffs, true);
         assert_eq!(diffs, orig);
     }
+
+    /// The old image's ELF header is found when no segment lies on its own diagonal (the
+    /// new file's start changed, so every cover near it is shifted): the header nearest the
+    /// most-voted diagonal, not another ELF image further away.
+    #[test]
+    fn the_old_header_is_found_off_the_segments_diagonals() {
+        let Ok(exe) = std::fs::read("/proc/self/exe") else {
+            eprintln!("skipped: /proc/self/exe unreadable");
+            return;
+        };
+        if !is_x86_64_elf(&exe) {
+            eprintln!("skipped: this test binary is not x86-64 ELF");
+            return;
+        }
+        // snapshot: another ELF header 5 MiB before the old image, which sits at `base`
+        let base = 6usize << 20;
+        let mut snap = vec![0u8; base];
+        snap[1 << 20..(1 << 20) + 64].copy_from_slice(&exe[..64]);
+        snap.extend_from_slice(&exe);
+        // covers of 4 KiB shifted 96 bytes from the old image's diagonal, after a raw start
+        let shift = 96u64;
+        let mut segs = vec![Segment {
+            len: 4096,
+            src: Source::Raw,
+        }];
+        let mut q = 4096u64;
+        while q + 4096 <= exe.len() as u64 && segs.len() < 64 {
+            segs.push(Segment {
+                len: 4096,
+                src: Source::Cover {
+                    off: base as u64 + q + shift,
+                },
+            });
+            q += 4096;
+        }
+        let m = RefModel::for_elf(&exe, &snap, &segs, PredictOptions::ALL)
+            .expect("a model for the shifted covers");
+        assert_eq!(m.old_base, base as u64);
+        assert_eq!(old_header_near(&snap, base as u64 + shift), Some(base as u64));
+        // nothing within reach: no header
+        assert_eq!(old_header_near(&snap[..base], (base as u64) + (HEADER_REACH << 1)), None);
+    }
+
 }
