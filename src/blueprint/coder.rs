@@ -418,6 +418,12 @@ fn zstd_compress(data: &[u8], level: i32, wlog: u32) -> std::io::Result<Vec<u8>>
     })
 }
 
+/// Bytes zstd at `level` makes of `data` (a window fitted to it), on this thread's reused
+/// context; `data.len()` when it fails.
+pub fn zstd_len(data: &[u8], level: i32) -> usize {
+    zstd_compress(data, level, window_log(data.len())).map_or(data.len(), |z| z.len())
+}
+
 /// [`SAMPLES`] evenly spaced pieces of `data` (longer than [`SAMPLE_BYTES`]) together,
 /// [`SAMPLE_BYTES`] in all: copied piece by piece (a byte-wise gather took a fifth of the
 /// streamed sender's producer on random data).

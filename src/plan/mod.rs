@@ -566,7 +566,7 @@ fn estimate_on(data: &[u8], budget: usize, threads: usize) -> f64 {
     };
     let piece = |i: usize| {
         let s = &data[i * stride..(i * stride + sample).min(data.len())];
-        let out = zstd::bulk::compress(s, 1).map_or(s.len(), |c| c.len());
+        let out = crate::blueprint::coder::zstd_len(s, 1);
         (s.len(), out)
     };
     let sizes = per_chunk(n, threads, piece);
