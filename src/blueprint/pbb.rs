@@ -541,13 +541,6 @@ pub fn pack_v3(
         }),
         _ => None,
     };
-    let raw = streams::split(
-        &bp.segments,
-        &bp.spill,
-        0,
-        model.as_ref(),
-        predictor.as_ref(),
-    );
     let x86 = opts.bcj && ctx.is_some_and(|(file, _)| is_x86_64_elf(file));
     let co = CoderOptions {
         level: opts.level,
@@ -557,7 +550,16 @@ pub fn pack_v3(
         families: opts.families,
         blocks: 1,
     };
-    let coded = streams::code_all(&raw, &co)?;
+    let mut raw = streams::Raw::default();
+    let coded = streams::split_and_code(
+        &mut raw,
+        &bp.segments,
+        &bp.spill,
+        0,
+        model.as_ref(),
+        predictor.as_ref(),
+        &co,
+    )?;
     let (dir, data_len) = (&coded.dir, coded.data_len());
     let mut out = crate::bigbuf::with_capacity(HEADER_LEN_V3 + dir.len() + data_len + TRAILER_LEN);
     put_header_v3(&mut out, bp, bp.segments.len() as u64, dir.len());

@@ -977,9 +977,14 @@ mod tests {
         let m = RefModel::for_elf(&exe, &snap, &segs, PredictOptions::ALL)
             .expect("a model for the shifted covers");
         assert_eq!(m.old_base, base as u64);
-        assert_eq!(old_header_near(&snap, base as u64 + shift), Some(base as u64));
+        assert_eq!(
+            old_header_near(&snap, base as u64 + shift),
+            Some(base as u64)
+        );
         // nothing within reach: no header
-        assert_eq!(old_header_near(&snap[..base], (base as u64) + (HEADER_REACH << 1)), None);
+        assert_eq!(
+            old_header_near(&snap[..base], (base as u64) + (HEADER_REACH << 1)),
+            None
+        );
     }
-
 }

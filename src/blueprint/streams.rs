@@ -151,14 +151,39 @@ pub fn split(
     model: Option<&RefModel>,
     predictor: Option<&Predictor<'_>>,
 ) -> Raw {
+    let (mut s, diffs, whole) = split_records(segments, spill, base, model);
+    let [.., dzeros, dbytes, _, _] = &mut s;
+    split_diffs(
+        dzeros,
+        dbytes,
+        diffs,
+        segments,
+        base,
+        predictor.filter(|_| whole),
+    );
+    s
+}
+
+/// [`split`]'s first pass: every stream but `dzeros` and `dbytes` (left empty), the
+/// covers' difference bytes as they are, and whether the segments took the spill exactly
+/// (predictions are applied only then).
+fn split_records(
+    segments: &[Segment],
+    spill: &[u8],
+    base: u64,
+    model: Option<&RefModel>,
+) -> (Raw, Vec<u8>, bool) {
     let mut s: Raw = Default::default();
-    let lits: usize = segments
-        .iter()
-        .filter(|s| s.src == Source::Raw)
-        .map(|s| s.len as usize)
-        .sum();
+    let (mut lits, mut covered) = (0usize, 0usize);
+    for seg in segments {
+        match seg.src {
+            Source::Raw => lits += seg.len as usize,
+            Source::Cover { .. } => covered += seg.len as usize,
+            _ => {}
+        }
+    }
     s[S_LITS] = crate::bigbuf::with_capacity(lits.min(spill.len()));
-    let mut diffs = Vec::new();
+    let mut diffs = Vec::with_capacity(covered.min(spill.len()));
     let mut file_pos = base as i64;
     let mut delta = 0i64;
     let mut sp = 0usize;
@@ -198,16 +223,65 @@ pub fn split(
         }
         file_pos += n as i64;
     }
-    if let Some(p) = predictor {
-        if sp == spill.len() {
-            p.apply(segments, base, &mut diffs, false);
-        }
-    }
-    (s[S_DZEROS], s[S_DBYTES]) = sparse(&diffs);
     if let Some(m) = model {
         s[S_REFS] = m.encode();
     }
-    s
+    (s, diffs, sp == spill.len())
+}
+
+/// [`split`]'s second pass: the predictions subtracted from `diffs`, then the runs and
+/// nonzero bytes.
+fn split_diffs(
+    dzeros: &mut Vec<u8>,
+    dbytes: &mut Vec<u8>,
+    mut diffs: Vec<u8>,
+    segments: &[Segment],
+    base: u64,
+    predictor: Option<&Predictor<'_>>,
+) {
+    if let Some(p) = predictor {
+        p.apply(segments, base, &mut diffs, false);
+    }
+    (*dzeros, *dbytes) = sparse(&diffs);
+}
+
+/// [`split`] then [`code_all`], the same streams coded the same way, with the literal
+/// stream coded on its own thread while the differences are predicted and cut into runs
+/// (on two cores, `pfs plan`'s packing otherwise left one idle through those passes).
+/// Where the literals' block split depends on the difference streams' sizes, the passes
+/// run one after the other as in [`split`] and [`code_all`].
+pub fn split_and_code<'a>(
+    raw: &'a mut Raw,
+    segments: &[Segment],
+    spill: &[u8],
+    base: u64,
+    model: Option<&RefModel>,
+    predictor: Option<&Predictor<'_>>,
+    o: &CoderOptions,
+) -> std::io::Result<Coded<'a>> {
+    let (first, diffs, whole) = split_records(segments, spill, base, model);
+    let predictor = predictor.filter(|_| whole);
+    *raw = first;
+    let known: usize = raw.iter().map(|d| d.len()).sum();
+    let lits_len = raw[S_LITS].len();
+    // the literals' coding is fixed before the differences exist when the stream is too
+    // short to be split into blocks, or cannot be two thirds of the bytes whatever the
+    // differences come to; and threads pay only past [`INLINE`] bytes
+    let fixed = lits_len < SPLIT_MIN || lits_len * 3 < known * 2;
+    if !fixed || known < INLINE || lits_len < 64 {
+        let [.., dzeros, dbytes, _, _] = &mut *raw;
+        split_diffs(dzeros, dbytes, diffs, segments, base, predictor);
+        return code_all(raw, o);
+    }
+    let [ops, lens, offs, imms, backs, dzeros, dbytes, lits, refs] = raw;
+    let lits: &'a Vec<u8> = lits;
+    let early = std::thread::scope(|sc| {
+        let h = sc.spawn(|| code_one(lits, StreamClass::Literal, 1, o));
+        split_diffs(dzeros, dbytes, diffs, segments, base, predictor);
+        h.join().expect("stream coder panicked")
+    });
+    let all: [&'a [u8]; NSTREAMS] = [ops, lens, offs, imms, backs, dzeros, dbytes, lits, refs];
+    code_streams(all, Some((S_LITS, early)), o)
 }
 
 fn spill_part(spill: &[u8], at: usize, n: usize) -> &[u8] {
@@ -466,39 +540,62 @@ pub fn stored_raw_head(len: u64) -> Vec<u8> {
 
 /// Smallest stream whose whole encode is split into blocks (see [`code_all`]).
 const SPLIT_MIN: usize = 1 << 20;
+/// Below this many bytes in all, the streams are coded on this thread: starting threads
+/// would cost more than the coding (a small file's block).
+const INLINE: usize = 256 << 10;
+
+/// One stream coded ([`coder::pack_stream`], in `blocks` blocks), and its milliseconds.
+fn code_one<'a>(
+    data: &'a [u8],
+    class: StreamClass,
+    blocks: usize,
+    o: &CoderOptions,
+) -> std::io::Result<(coder::Packed<'a>, f64)> {
+    let t = std::time::Instant::now();
+    let o = CoderOptions { blocks, ..*o };
+    coder::pack_stream(data, class, &o).map(|p| (p, t.elapsed().as_secs_f64() * 1e3))
+}
 
 /// Code every stream with the coder that measures smallest (in parallel).
 pub fn code_all<'a>(s: &'a Raw, o: &CoderOptions) -> std::io::Result<Coded<'a>> {
+    code_streams(std::array::from_fn(|i| &s[i][..]), None, o)
+}
+
+/// [`code_all`] of the streams `s`, where `done` may hold one already coded (its index and
+/// result).
+fn code_streams<'a>(
+    s: [&'a [u8]; NSTREAMS],
+    mut done: Option<(usize, std::io::Result<(coder::Packed<'a>, f64)>)>,
+    o: &CoderOptions,
+) -> std::io::Result<Coded<'a>> {
     // A stream that is most of the bytes (a file coded as literals) would keep the other
     // cores waiting: its whole encode may be split into one block per core
     let total: usize = s.iter().map(|d| d.len()).sum();
     let cores = crate::util::cores();
-    let timed = |data: &'a Vec<u8>, class| {
-        let t = std::time::Instant::now();
+    let timed = |data: &'a [u8], class| {
         let blocks = if data.len() >= SPLIT_MIN && data.len() * 3 >= total * 2 {
             cores.min(data.len() / (SPLIT_MIN / 2))
         } else {
             1
         };
-        let o = CoderOptions { blocks, ..*o };
-        coder::pack_stream(data, class, &o).map(|p| (p, t.elapsed().as_secs_f64() * 1e3))
+        code_one(data, class, blocks, o)
     };
-    // Below this many bytes in all, the streams are coded on this thread: starting threads
-    // would cost more than the coding (a small file's block).
-    const INLINE: usize = 256 << 10;
-    let inline = s.iter().map(|d| d.len()).sum::<usize>() < INLINE;
+    let inline = total < INLINE;
     let packed: Vec<std::io::Result<(coder::Packed<'a>, f64)>> = std::thread::scope(|sc| {
         let hs: Vec<_> = s
             .iter()
             .zip(CLASSES)
-            .map(|(data, class)| {
-                if inline || data.len() < 64 {
+            .enumerate()
+            .map(|(i, (&data, class))| {
+                if let Some(p) = done.take_if(|d| d.0 == i) {
+                    Err(p.1)
+                } else if inline || data.len() < 64 {
                     // too small to be worth a thread: stored or one cheap try
                     let p = if data.len() < 16 {
                         Ok((
                             coder::Packed {
                                 coder: Coder::Stored,
-                                bytes: data[..].into(),
+                                bytes: data.into(),
                             },
                             0.0,
                         ))
@@ -700,6 +797,71 @@ mod tests {
         }
         // the small streams are coded whole
         assert_eq!(coded.parts[S_OPS][..], c.encode(&s[S_OPS]).unwrap()[..]);
+    }
+
+    /// Splitting and coding at once (the literals coded while the differences are cut into
+    /// runs) makes the streams and bytes of [`split`] then [`code_all`]: literals short
+    /// enough for one block, literals that would be split into blocks (the passes then run
+    /// one after the other), a spill shorter than the segments need, and a small blueprint.
+    #[test]
+    fn split_and_code_makes_the_bytes_of_split_then_code_all() {
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for (lit_run, cover_run, records, cut) in [
+            (4000, 3000, 300, 0),
+            (40_000, 500, 60, 0),
+            (100_000, 500, 60, 0),
+            (4000, 3000, 300, 100),
+            (20, 30, 10, 0),
+        ] {
+            let mut segs = Vec::new();
+            let mut spill = Vec::new();
+            let mut at = 0u64;
+            for k in 0..records {
+                let (len, src) = if k % 2 == 0 {
+                    let n = 1 + next() as usize % lit_run;
+                    // text-like literals: they compress
+                    spill
+                        .extend((0..n).map(|i| b"the literal bytes "[i % 18] ^ (next() as u8 & 1)));
+                    (n, Source::Raw)
+                } else {
+                    let n = 1 + next() as usize % cover_run;
+                    spill.extend((0..n).map(|_| if next() % 4 == 0 { next() as u8 } else { 0 }));
+                    (
+                        n,
+                        Source::Cover {
+                            off: at + next() % 512,
+                        },
+                    )
+                };
+                segs.push(Segment {
+                    len: len as u32,
+                    src,
+                });
+                at += len as u64;
+            }
+            spill.truncate(spill.len() - cut);
+            let o = CoderOptions::for_level(coder::Level::Fast);
+            let want_raw = split(&segs, &spill, 0, None, None);
+            let want = code_all(&want_raw, &o).unwrap();
+            let mut raw = Raw::default();
+            let got = split_and_code(&mut raw, &segs, &spill, 0, None, None, &o).unwrap();
+            assert_eq!(got.dir, want.dir);
+            assert!(
+                got.parts == want.parts,
+                "coded streams differ ({lit_run}, {records})"
+            );
+            drop(got);
+            assert!(
+                raw == want_raw,
+                "streams differ ({lit_run}, {records}, cut {cut})"
+            );
+        }
     }
 
     #[test]

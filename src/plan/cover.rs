@@ -586,9 +586,7 @@ impl Engine<'_> {
         let eq = |x: u64| (!(((x & LOW7) + LOW7) | x | LOW7)) >> 7;
         if let (Some(a), Some(b)) = (self.f.get(i..i + 64), self.s.get(sp..sp + 64)) {
             // each byte lane sums at most 8 ones: one multiply adds the lanes up
-            let lanes = (0..8).fold(0u64, |acc, k| {
-                acc + eq(load8(a, 8 * k) ^ load8(b, 8 * k))
-            });
+            let lanes = (0..8).fold(0u64, |acc, k| acc + eq(load8(a, 8 * k) ^ load8(b, 8 * k)));
             return (lanes.wrapping_mul(ONES) >> 56) as usize;
         }
         let words = 64
