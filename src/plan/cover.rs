@@ -1242,7 +1242,7 @@ pub(super) mod tests {
         let mut rng = crate::pob::prng::SplitMix64::new(42);
         let mut f = s.clone();
         for b in f.iter_mut() {
-            if rng.next_u64() % 3 == 0 {
+            if rng.next_u64().is_multiple_of(3) {
                 *b ^= 1 + (rng.next_u64() % 255) as u8;
             }
         }
