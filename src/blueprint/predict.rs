@@ -276,9 +276,11 @@ impl RefModel {
         // the old image: a snapshot offset where an x86-64 ELF header sits, found from the
         // first snapshot segments (most votes)
         let mut votes: Vec<(u64, u32)> = Vec::new();
+        let mut offs: Vec<u64> = Vec::new();
         let mut q = 0u64;
         for s in segments.iter().take(4096) {
             if let Source::Snap { off, .. } | Source::Cover { off } = s.src {
+                offs.push(off);
                 if let Some(b) = off.checked_sub(q) {
                     match votes.iter_mut().find(|v| v.0 == b) {
                         Some(v) => v.1 += 1,
@@ -297,10 +299,11 @@ impl RefModel {
             .take(8)
             .find_map(|&(b, _)| parse(b))
             // no segment on the old image's own diagonal (the code before the first
-            // segments moved): the ELF header nearest the most-voted diagonal
+            // segments moved): the ELF header near the most-voted diagonal whose image holds
+            // the most of those segments
             .or_else(|| {
                 let b = votes.first()?.0;
-                old_header_near(snap, b).and_then(parse)
+                old_header_near(snap, b, &offs).and_then(parse)
             })?;
         let loads = |f: &object::File| -> Vec<Load> {
             f.segments()
@@ -376,15 +379,43 @@ impl RefModel {
 /// How far from a diagonal [`old_header_near`] looks for the old image's ELF header.
 const HEADER_REACH: u64 = 4 << 20;
 
-/// The snapshot offset of the x86-64 ELF header nearest `diag` (within [`HEADER_REACH`]
-/// either way), the nearer one before it on a tie.
-fn old_header_near(snap: &[u8], diag: u64) -> Option<u64> {
+/// The snapshot offset of the x86-64 ELF header within [`HEADER_REACH`] of `diag` whose
+/// image (up to the end of its section or program header table, whichever is later) holds
+/// the most of the snapshot offsets `offs`; of equals, the one nearest `diag` (the earlier on
+/// a tie). A small image next to the old one (a directory of files as a corpus bank) may
+/// have its header nearer the diagonal, but it holds none of the old image's segments.
+fn old_header_near(snap: &[u8], diag: u64, offs: &[u64]) -> Option<u64> {
     let lo = diag.saturating_sub(HEADER_REACH).min(snap.len() as u64) as usize;
     let hi = diag.saturating_add(HEADER_REACH).min(snap.len() as u64) as usize;
     memchr::memmem::find_iter(&snap[lo..hi], b"\x7fELF\x02\x01")
         .map(|i| (lo + i) as u64)
         .filter(|&p| is_x86_64_elf(&snap[p as usize..]))
-        .min_by_key(|&p| p.abs_diff(diag))
+        .map(|p| {
+            let end = p.saturating_add(elf_extent(&snap[p as usize..]));
+            let held = offs.iter().filter(|&&o| o >= p && o < end).count();
+            (p, held)
+        })
+        // most held first, then nearest, then earliest
+        .min_by_key(|&(p, held)| (std::cmp::Reverse(held), p.abs_diff(diag), p))
+        .map(|(p, _)| p)
+}
+
+/// Bytes an x86-64 ELF image at the start of `b` spans by its header: the later end of its
+/// section and program header tables (the section table sits at the end of a linked file).
+fn elf_extent(b: &[u8]) -> u64 {
+    let u16_at = |at: usize| {
+        b.get(at..at + 2)
+            .map_or(0, |x| u16::from_le_bytes([x[0], x[1]]) as u64)
+    };
+    let u64_at = |at: usize| {
+        b.get(at..at + 8)
+            .map_or(0, |x| u64::from_le_bytes(x.try_into().expect("8 bytes")))
+    };
+    let (phoff, phentsize, phnum) = (u64_at(0x20), u16_at(0x36), u16_at(0x38));
+    let (shoff, shentsize, shnum) = (u64_at(0x28), u16_at(0x3A), u16_at(0x3C));
+    let ph = phoff.saturating_add(phentsize * phnum);
+    let sh = shoff.saturating_add(shentsize * shnum);
+    ph.max(sh).max(64)
 }
 
 fn is_x86_64_elf(b: &[u8]) -> bool {
@@ -977,13 +1008,32 @@ mod tests {
         let m = RefModel::for_elf(&exe, &snap, &segs, PredictOptions::ALL)
             .expect("a model for the shifted covers");
         assert_eq!(m.old_base, base as u64);
+        // a small image's header nearer the diagonal than the old one's, inside the old
+        // image's bytes: it holds none of the covers, so it is passed over
+        let mut tiny = exe[..64].to_vec();
+        tiny[0x20..0x28].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+        tiny[0x28..0x30].copy_from_slice(&0u64.to_le_bytes()); // e_shoff
+        tiny[0x38..0x3A].copy_from_slice(&0u16.to_le_bytes()); // e_phnum
+        tiny[0x3C..0x3E].copy_from_slice(&0u16.to_le_bytes()); // e_shnum
+        let at = base + shift as usize + 40;
+        snap[at..at + 64].copy_from_slice(&tiny);
+        let offs: Vec<u64> = segs
+            .iter()
+            .filter_map(|s| match s.src {
+                Source::Cover { off } => Some(off),
+                _ => None,
+            })
+            .collect();
         assert_eq!(
-            old_header_near(&snap, base as u64 + shift),
+            old_header_near(&snap, base as u64 + shift, &offs),
             Some(base as u64)
         );
+        let m = RefModel::for_elf(&exe, &snap, &segs, PredictOptions::ALL)
+            .expect("a model past the small image");
+        assert_eq!(m.old_base, base as u64);
         // nothing within reach: no header
         assert_eq!(
-            old_header_near(&snap[..base], (base as u64) + (HEADER_REACH << 1)),
+            old_header_near(&snap[..base], (base as u64) + (HEADER_REACH << 1), &offs),
             None
         );
     }
