@@ -4,7 +4,8 @@
 # /usr/lib/x86_64-linux-gnu: together over 4 GiB with the default size), build its default
 # index, plan the nightly libstd against it at each level, rebuild it, and print for each step
 # the wall time, the rate per snapshot byte and the peak RSS (GNU time), every figure measured
-# in this run.
+# in this run. After each build a timed `sync` writes back what it left in the page cache
+# (neither build fsyncs its large file), printed beside it, so the index build starts clean.
 #
 #   scripts/benchmarks/big_snapshot.sh [--size-mb N] [--add DIR]... [--dir DIR] [--keep]
 #
@@ -67,17 +68,23 @@ step() {
     echo "$secs $rss_kb"
 }
 snap=$dir/snap
+# wall seconds of `sync`: the writeback a step left behind (neither build fsyncs its big
+# file); timed apart, so the index build does not start while the snapshot is written back
+synced() { local t0 t1; t0=$(date +%s.%N); sync; t1=$(date +%s.%N); python3 -c "print(f'{$t1 - $t0:.1f}')"; }
+sync
 read -r b_s b_rss < <(step build "$pfs" snapshot build --size-mb "$size_mb" "${add_args[@]}" --no-index --out "$snap")
+b_sync=$(synced)
 bytes=$(stat -c %s "$snap/snapshot.bin")
 read -r i_s i_rss < <(step index "$pfs" index build --force "$snap")
+i_sync=$(synced)
 idx_bytes=$(du -cb "$snap"/index/*.idx | tail -1 | cut -f1)
 echo "# big snapshot $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo -), $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB"
-python3 - "$bytes" "$b_s" "$b_rss" "$i_s" "$i_rss" "$idx_bytes" <<'PY'
+python3 - "$bytes" "$b_s" "$b_rss" "$i_s" "$i_rss" "$idx_bytes" "$b_sync" "$i_sync" <<'PY'
 import sys
-b, bs, brss, is_, irss, ib = sys.argv[1:]
-b, bs, is_, ib = int(b), float(bs), float(is_), int(ib)
-print(f"snapshot: {b/1e9:.2f} GB ({b:,} B) built in {bs:.1f} s ({b/bs/1e6:.0f} MB/s), peak RSS {int(brss)/1e6:.2f} GB")
-print(f"index: {ib/1e9:.2f} GB ({ib/b:.2f} B per snapshot byte) built in {is_:.1f} s ({b/is_/1e6:.0f} MB/s of snapshot), peak RSS {int(irss)/1e6:.2f} GB")
+b, bs, brss, is_, irss, ib, bsync, isync = sys.argv[1:]
+b, bs, is_, ib, bsync, isync = int(b), float(bs), float(is_), int(ib), float(bsync), float(isync)
+print(f"snapshot: {b/1e9:.2f} GB ({b:,} B) built in {bs:.1f} s ({b/bs/1e6:.0f} MB/s), peak RSS {int(brss)/1e6:.2f} GB; then `sync` {bsync:.1f} s (its writeback; with it {b/(bs+bsync)/1e6:.0f} MB/s)")
+print(f"index: {ib/1e9:.2f} GB ({ib/b:.2f} B per snapshot byte) built in {is_:.1f} s ({b/is_/1e6:.0f} MB/s of snapshot), peak RSS {int(irss)/1e6:.2f} GB; then `sync` {isync:.1f} s (its writeback; with it {b/(is_+isync)/1e6:.0f} MB/s)")
 PY
 for level in fast default max; do
     read -r p_s p_rss < <(step "plan-$level" "$pfs" plan --level "$level" --snapshot "$snap" "$new" --out "$dir/new.pbb")
