@@ -428,12 +428,23 @@ fn pfs_plan(ctx: &mut Ctx, pair: &Pair, tag: &str, args: &[String]) -> Cell {
         .filter(|f| !idx_before.contains(f))
         .map(|f| f.0)
         .collect();
-    let metrics: Value = std::fs::read_to_string(&m)
-        .ok()
-        .and_then(|s| s.lines().last().and_then(|l| serde_json::from_str(l).ok()))
-        .unwrap_or(Value::Null);
+    // one metrics line per run: the last for the plan's figures, the medians of the runs'
+    // plan and pack times beside the cell's median seconds
+    let lines: Vec<Value> = std::fs::read_to_string(&m)
+        .map(|s| {
+            s.lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let metrics = lines.last().cloned().unwrap_or(Value::Null);
+    let median_of = |key: &str| {
+        let mut v: Vec<f64> = lines.iter().filter_map(|l| l[key].as_f64()).collect();
+        v.sort_by(f64::total_cmp);
+        (!v.is_empty()).then(|| v[v.len() / 2])
+    };
     let mut note = String::new();
-    if let (Some(p), Some(k)) = (metrics["plan_ms"].as_f64(), metrics["pack_ms"].as_f64()) {
+    if let (Some(p), Some(k)) = (median_of("plan_ms"), median_of("pack_ms")) {
         note = format!(" (plan {:.2} + pack {:.2})", p / 1e3, k / 1e3);
     }
     if !built.is_empty() {
@@ -452,6 +463,11 @@ fn pfs_plan(ctx: &mut Ctx, pair: &Pair, tag: &str, args: &[String]) -> Cell {
     ] {
         if !metrics[k].is_null() {
             extra[k] = metrics[k].clone();
+        }
+    }
+    for k in ["plan_ms", "pack_ms"] {
+        if let Some(v) = median_of(k) {
+            extra[k] = json!(v);
         }
     }
     Cell::Done {
