@@ -260,8 +260,9 @@ impl RefModel {
     }
 
     /// Build the model for an x86-64 ELF `file` planned as `segments` against `snap`: the old
-    /// image is located through the snapshot segments near the file start (its ELF header
-    /// must be in the snapshot there). `None` when either side is not an x86-64 ELF image.
+    /// image is located through the snapshot segments near the file start: on the diagonal
+    /// most of them share where an ELF header sits, else by [`old_header_near`] (its header
+    /// must be in the snapshot). `None` when either side is not an x86-64 ELF image.
     pub fn for_elf(
         file: &[u8],
         snap: &[u8],
@@ -972,8 +973,9 @@ mod tests {
     }
 
     /// The old image's ELF header is found when no segment lies on its own diagonal (the
-    /// new file's start changed, so every cover near it is shifted): the header nearest the
-    /// most-voted diagonal, not another ELF image further away.
+    /// new file's start changed, so every cover near it is shifted): the header within reach
+    /// whose image holds the covers, not another ELF image further away nor a small one's
+    /// header nearer the diagonal.
     #[test]
     fn the_old_header_is_found_off_the_segments_diagonals() {
         let Ok(exe) = std::fs::read("/proc/self/exe") else {
