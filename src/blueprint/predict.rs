@@ -262,8 +262,8 @@ impl RefModel {
     /// Build the model for an x86-64 ELF `file` planned as `segments` against `snap`: the old
     /// image is located through the snapshot segments near the file start: on the diagonal
     /// most of them share where an ELF header sits, else the header near it whose image holds
-    /// the most of those segments (its header
-    /// must be in the snapshot). `None` when either side is not an x86-64 ELF image.
+    /// the most of those segments (it must be in the snapshot). `None` when either side is
+    /// not an x86-64 ELF image.
     pub fn for_elf(
         file: &[u8],
         snap: &[u8],
