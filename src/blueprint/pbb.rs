@@ -534,11 +534,9 @@ pub fn pack_v3(
         RefModel::for_elf(file, snap, &bp.segments, opts.predict)
     });
     let predictor = match (&model, ctx) {
-        (Some(m), Some((_, snap))) => Some(Predictor {
-            model: m,
-            snap,
-            map: AddressMap::new(&bp.segments, 0),
-        }),
+        (Some(m), Some((_, snap))) => {
+            Some(Predictor::new(m, snap, AddressMap::new(&bp.segments, 0)))
+        }
         _ => None,
     };
     let x86 = opts.bcj && ctx.is_some_and(|(file, _)| is_x86_64_elf(file));

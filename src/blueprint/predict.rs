@@ -19,10 +19,21 @@
 //!   addend; `.symtab`: the value; `.debug_ranges`, `.debug_aranges`: every word).
 //! - [`RegionKind::LineAddr`]: DWARF line programs: the address of `DW_LNE_set_address`
 //!   (`00 09 02` + 8 bytes).
+//! - [`RegionKind::Rela`]: a relocation table (`.rela.dyn`, `.rela.plt`) read in step with
+//!   the old image's table: once an entry's addend (rebuilt) equals an old entry's moved
+//!   addend, the next entry is predicted as the next old one: its offset as the rebuilt
+//!   offset plus the old step between the two, its addend as the old addend moved. The
+//!   covers alone do not pair the entries: a table's entries look alike, so a cover over it
+//!   often lies on a diagonal a few entries off, and where slots hold zeros until relocated
+//!   (`.data.rel.ro` of a position-independent image) the slots' own covers cannot place
+//!   them either.
 //!
-//! Predictions are computed from the snapshot, the segments and the model only, never from
-//! file bytes, so the encoder subtracts them from the differences and the decoder adds the
-//! same values back. Only covers are predicted (exact segments have no differences).
+//! Predictions are computed from the snapshot, the segments and the model, and for a
+//! relocation table from the entries of the same cover before the one predicted (the
+//! decoder has rebuilt those when it gets there: it walks a cover's entries in order), so
+//! the encoder subtracts them from the differences and the decoder adds the same values
+//! back. Only covers are predicted (exact segments have no differences); nothing carries
+//! from one cover to the next, so the covers can be predicted on any number of threads.
 
 use super::varint::{put_u64, Reader};
 use super::{Segment, Source};
@@ -45,6 +56,9 @@ pub enum RegionKind {
     Words { stride: u32, mask: u32 },
     /// DWARF line programs (`DW_LNE_set_address`).
     LineAddr,
+    /// `Elf64_Rela` entries (24 bytes: offset, info, addend), predicted in step with the old
+    /// image's table at `[old_start, old_start + old_len)` of the old image.
+    Rela { old_start: u64, old_len: u64 },
 }
 
 /// A range of the new file and its kind.
@@ -62,7 +76,8 @@ pub struct PredictOptions {
     pub code: bool,
     /// Address words in `.data.rel.ro`, `.got`, `.got.plt`, `.init_array`, `.fini_array`.
     pub data: bool,
-    /// Offset and addend of `.rela.dyn` / `.rela.plt` entries, values of `.dynamic`.
+    /// Offset and addend of `.rela.dyn` / `.rela.plt` entries (in step with the old tables),
+    /// values of `.dynamic`.
     pub rela: bool,
     /// Symbol values of `.symtab` / `.dynsym`.
     pub symbols: bool,
@@ -90,13 +105,15 @@ impl PredictOptions {
         line: false,
     };
     /// What pays on the libstd release pair (`PFS_CODEC_ONLY=predict cargo bench --bench
-    /// codec`): rel32 in code and DWARF line addresses. The address tables did not: in a
-    /// shared object `.data.rel.ro` and `.got` hold zeros until relocated, `.debug_ranges`
-    /// entries are relative to their unit's base, and `.rela.dyn` / `.symtab` predictions
-    /// changed as many bytes for the worse as for the better.
+    /// codec`): rel32 in code, DWARF line addresses, and the relocation tables read in step
+    /// with the old ones. The address tables did not: in a shared object `.data.rel.ro` and
+    /// `.got` hold zeros until relocated, `.debug_ranges` entries are relative to their
+    /// unit's base, and `.symtab` predictions changed as many bytes for the worse as for the
+    /// better. (`.rela.dyn` as a word table, before it was read in step, did too.)
     pub const DEFAULT: PredictOptions = PredictOptions {
         code: true,
         line: true,
+        rela: true,
         ..PredictOptions::NONE
     };
     /// Each feature alone, by name (the ablation rows).
@@ -135,6 +152,12 @@ pub struct RefModel {
 /// Limits a decoder enforces on a model.
 pub const MAX_LOADS: u64 = 64;
 pub const MAX_REGIONS: u64 = 4096;
+/// Largest old relocation table a model may name (bytes; a decoder reads and indexes it).
+pub const MAX_RELA_BYTES: u64 = 64 << 20;
+/// Bytes of one `Elf64_Rela`.
+const RELA: u64 = 24;
+/// `R_X86_64_RELATIVE`: the addend is an address of the image.
+const R_X86_64_RELATIVE: u32 = 8;
 
 /// Why a `refs` stream does not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -174,6 +197,11 @@ impl RefModel {
                     put_u64(&mut o, mask as u64);
                 }
                 RegionKind::LineAddr => o.push(2),
+                RegionKind::Rela { old_start, old_len } => {
+                    o.push(3);
+                    put_u64(&mut o, old_start);
+                    put_u64(&mut o, old_len);
+                }
             }
             prev = r.start + r.len;
         }
@@ -248,6 +276,18 @@ impl RefModel {
                     }
                 }
                 2 => RegionKind::LineAddr,
+                3 => {
+                    let old_start = r.u64().map_err(|_| bad("truncated"))?;
+                    let old_len = r.u64().map_err(|_| bad("truncated"))?;
+                    if old_len == 0
+                        || old_len % RELA != 0
+                        || old_len > MAX_RELA_BYTES
+                        || old_start.checked_add(old_len).is_none()
+                    {
+                        return Err(bad("bad relocation table"));
+                    }
+                    RegionKind::Rela { old_start, old_len }
+                }
                 k => return Err(ModelError(format!("unknown region kind {k}"))),
             };
             m.regions.push(Region { start, len, kind });
@@ -340,10 +380,18 @@ impl RefModel {
                 ".debug_ranges" | ".debug_aranges" if o.debug_ranges => {
                     RegionKind::Words { stride: 8, mask: 1 }
                 }
-                ".rela.dyn" | ".rela.plt" if o.rela => RegionKind::Words {
-                    stride: 24,
-                    mask: 0b101,
-                },
+                // the old image's table of the same name, read in step (an image without
+                // one gets no predictions there)
+                ".rela.dyn" | ".rela.plt" if o.rela => {
+                    let Some((old_start, old_len)) = old
+                        .section_by_name(name)
+                        .and_then(|s| s.file_range())
+                        .filter(|&(_, l)| l > 0 && l % RELA == 0 && l <= MAX_RELA_BYTES)
+                    else {
+                        continue;
+                    };
+                    RegionKind::Rela { old_start, old_len }
+                }
                 ".symtab" | ".dynsym" if o.symbols => RegionKind::Words {
                     stride: 24,
                     mask: 0b010,
@@ -428,6 +476,23 @@ fn is_x86_64_elf(b: &[u8]) -> bool {
         && u16::from_le_bytes([b[18], b[19]]) == 62
 }
 
+/// Apply the prediction `pred` of the file bytes at `i` to the differences `d` of a cover
+/// whose snapshot bytes are `old` (encoding: `d -= pred - old`; decoding: `d += pred - old`);
+/// bytes past the cover's end are left out.
+fn adjust(d: &mut [u8], old: &[u8], i: usize, pred: &[u8], decode: bool) {
+    for (k, &pb) in pred.iter().enumerate() {
+        if i + k >= d.len() {
+            break;
+        }
+        let adj = pb.wrapping_sub(old[i + k]);
+        d[i + k] = if decode {
+            d[i + k].wrapping_add(adj)
+        } else {
+            d[i + k].wrapping_sub(adj)
+        };
+    }
+}
+
 /// Snapshot segments sorted by snapshot offset: the old-to-new position map.
 pub struct AddressMap {
     /// (snapshot offset, length, file offset)
@@ -503,9 +568,71 @@ pub struct Predictor<'a> {
     pub model: &'a RefModel,
     pub snap: &'a [u8],
     pub map: AddressMap,
+    /// Per region of the model: the old relocation table of a [`RegionKind::Rela`] region
+    /// (empty for the other kinds, and where the table does not lie inside the snapshot).
+    rela: Vec<OldRela>,
 }
 
-impl Predictor<'_> {
+/// An old relocation table: each entry's offset, its addend moved to the new image (`None`
+/// where the address does not map), and the first entry of each moved addend.
+#[derive(Default)]
+struct OldRela {
+    offs: Vec<u64>,
+    adds: Vec<Option<u64>>,
+    by_add: std::collections::HashMap<u64, u32>,
+}
+
+impl<'a> Predictor<'a> {
+    /// The predictor of `model` against `snap`, the segments' positions in `map`.
+    pub fn new(model: &'a RefModel, snap: &'a [u8], map: AddressMap) -> Self {
+        let mut p = Predictor {
+            model,
+            snap,
+            map,
+            rela: Vec::new(),
+        };
+        p.rela = model.regions.iter().map(|r| p.old_rela(r)).collect();
+        p
+    }
+
+    /// The old table of a [`RegionKind::Rela`] region.
+    fn old_rela(&self, r: &Region) -> OldRela {
+        let RegionKind::Rela { old_start, old_len } = r.kind else {
+            return OldRela::default();
+        };
+        let Some(b) = self
+            .model
+            .old_base
+            .checked_add(old_start)
+            .and_then(|s| Some((s as usize, s.checked_add(old_len)? as usize)))
+            .and_then(|(s, e)| self.snap.get(s..e))
+        else {
+            return OldRela::default();
+        };
+        let n = b.len() / RELA as usize;
+        let mut t = OldRela {
+            offs: Vec::with_capacity(n),
+            adds: Vec::with_capacity(n),
+            by_add: std::collections::HashMap::with_capacity(n),
+        };
+        let word =
+            |e: &[u8], k: usize| u64::from_le_bytes(e[8 * k..8 * k + 8].try_into().expect("8"));
+        for (j, e) in b.chunks_exact(RELA as usize).enumerate() {
+            let (off, info, add) = (word(e, 0), word(e, 1), word(e, 2));
+            let moved = if info as u32 == R_X86_64_RELATIVE {
+                self.move_va(add)
+            } else {
+                Some(add)
+            };
+            t.offs.push(off);
+            t.adds.push(moved);
+            if let Some(m) = moved {
+                t.by_add.entry(m).or_insert(j as u32);
+            }
+        }
+        t
+    }
+
     /// Old virtual address of snapshot position `p`.
     fn old_va(&self, p: u64) -> Option<u64> {
         let off = p.checked_sub(self.model.old_base)?;
@@ -562,6 +689,8 @@ impl Predictor<'_> {
                         e += stride;
                     }
                 }
+                // predicted from rebuilt bytes: [`Predictor::rela_cover`]
+                RegionKind::Rela { .. } => {}
                 RegionKind::LineAddr => {
                     let mut i = 0usize;
                     while i + 11 <= old.len() {
@@ -643,6 +772,59 @@ impl Predictor<'_> {
                     i += d + 4;
                 }
                 None => i += 1,
+            }
+        }
+    }
+
+    /// The relocation tables' predictions of the cover at file offset `q0`, snapshot offset
+    /// `p0`, whose differences are `d` (encoding: subtracted, decoding: added back), entry by
+    /// entry: an entry's prediction needs the rebuilt addend and offset of the one before it
+    /// in the same cover, which is `snapshot + d` before the encoder changes `d` and after
+    /// the decoder has.
+    fn rela_cover(&self, q0: u64, p0: u64, d: &mut [u8], decode: bool) {
+        let regions = &self.model.regions;
+        let len = d.len() as u64;
+        let old = &self.snap[p0 as usize..(p0 + len) as usize];
+        let mut k = regions.partition_point(|r| r.start + r.len <= q0);
+        while k < regions.len() && regions[k].start < q0 + len {
+            let r = regions[k];
+            let t = &self.rela[k];
+            k += 1;
+            if t.offs.is_empty() {
+                continue;
+            }
+            let to = (r.start + r.len).min(q0 + len);
+            let mut e = r.start + (r.start.max(q0) - r.start).div_ceil(RELA) * RELA;
+            // the old entry the previous entry was found to be, and its rebuilt offset
+            let mut step: Option<(usize, u64)> = None;
+            let rebuilt = |d: &[u8], i: usize| {
+                let mut v = [0u8; 8];
+                for (b, (s, x)) in v.iter_mut().zip(old[i..i + 8].iter().zip(&d[i..i + 8])) {
+                    *b = s.wrapping_add(*x);
+                }
+                u64::from_le_bytes(v)
+            };
+            while e + RELA <= to {
+                let i = (e - q0) as usize;
+                let before = (!decode).then(|| (rebuilt(d, i), rebuilt(d, i + 16)));
+                if let Some((j, prev_off)) = step.filter(|s| s.0 + 1 < t.offs.len()) {
+                    let off = prev_off.wrapping_add(t.offs[j + 1].wrapping_sub(t.offs[j]));
+                    adjust(d, old, i, &off.to_le_bytes(), decode);
+                    if let Some(add) = t.adds[j + 1] {
+                        adjust(d, old, i + 16, &add.to_le_bytes(), decode);
+                    }
+                }
+                let (off, add) = before.unwrap_or_else(|| (rebuilt(d, i), rebuilt(d, i + 16)));
+                // in step where the next old entry has this addend (symbol relocations share
+                // addend 0, a target may fill several slots), else the first old entry that
+                // has it
+                let next = step
+                    .map(|s| s.0 + 1)
+                    .filter(|&j| t.adds.get(j) == Some(&Some(add)));
+                step = next
+                    .or_else(|| t.by_add.get(&add).map(|&j| j as usize))
+                    .map(|j| (j, off));
+                e += RELA;
             }
         }
     }
@@ -730,18 +912,9 @@ impl Predictor<'_> {
                 let d = &mut diffs[at..at + s.len as usize];
                 let snap = self.snap;
                 self.cover(q, off, s.len as u64, |i, pred| {
-                    for (k, &pb) in pred.iter().enumerate() {
-                        if i + k >= d.len() {
-                            break;
-                        }
-                        let adj = pb.wrapping_sub(snap[off as usize + i + k]);
-                        d[i + k] = if decode {
-                            d[i + k].wrapping_add(adj)
-                        } else {
-                            d[i + k].wrapping_sub(adj)
-                        };
-                    }
+                    adjust(d, &snap[off as usize..], i, pred, decode)
                 });
+                self.rela_cover(q, off, d, decode);
                 at += s.len as usize;
             }
             q += s.len as u64;
@@ -808,11 +981,7 @@ mod tests {
             });
             q += len;
         }
-        let p = Predictor {
-            model: &m,
-            snap: &snap,
-            map: AddressMap::new(&segs, 0),
-        };
+        let p = Predictor::new(&m, &snap, AddressMap::new(&segs, 0));
         let covered = at_end(&segs);
         let orig: Vec<u8> = (0..covered).map(|_| next() as u8).collect();
         let mut one = orig.clone();
@@ -837,11 +1006,7 @@ mod tests {
             new_loads: vec![],
             regions: vec![],
         };
-        let p = Predictor {
-            model: &m,
-            snap: &[],
-            map: AddressMap::new(&[], 0),
-        };
+        let p = Predictor::new(&m, &[], AddressMap::new(&[], 0));
         for len in 0..40 {
             for last in [0x90u8, 0xE8, 0x0F] {
                 let mut old = vec![0x90u8; len];
@@ -888,10 +1053,30 @@ mod tests {
                     len: 10,
                     kind: RegionKind::LineAddr,
                 },
+                Region {
+                    start: 320,
+                    len: 72,
+                    kind: RegionKind::Rela {
+                        old_start: 40,
+                        old_len: 48,
+                    },
+                },
             ],
         };
         let b = m.encode();
         assert_eq!(RefModel::decode(&b, 600).unwrap(), m);
+        // an old relocation table of no whole entries, empty, or above the limit
+        for old_len in [0, 25, MAX_RELA_BYTES + 24] {
+            let mut w = m.clone();
+            w.regions[3].kind = RegionKind::Rela {
+                old_start: 40,
+                old_len,
+            };
+            assert!(
+                RefModel::decode(&w.encode(), 600).is_err(),
+                "old_len {old_len}"
+            );
+        }
         assert!(
             RefModel::decode(&b, 309).is_err(),
             "region past the file end"
@@ -899,10 +1084,132 @@ mod tests {
         for cut in 0..b.len() {
             assert!(RefModel::decode(&b[..cut], 600).is_err() || cut == 0);
         }
-        let mut bad = b.clone();
+        let mut bad = m.clone();
+        bad.regions.pop();
+        let mut bad = bad.encode();
         let n = bad.len();
         bad[n - 1] = 7; // unknown kind
         assert!(RefModel::decode(&bad, 600).is_err());
+    }
+
+    /// A relocation table whose entries all moved by the same distance, with one entry
+    /// inserted in the new table, under one cover on the old table's diagonal (so after the
+    /// insertion the cover pairs each new entry with the old entry after its own). Predicted
+    /// in step with the old table, every entry's offset and addend costs nothing except the
+    /// first (nothing read yet), the inserted one, and the one after it (the inserted addend
+    /// is no old entry's, so the step is found again one entry later). Decoding adds back
+    /// exactly what encoding took, in one pass or in runs side by side.
+    #[test]
+    fn relocations_are_predicted_in_step_with_the_old_table() {
+        const N: u64 = 12;
+        const SHIFT: u64 = 64;
+        const INSERT_AFTER: u64 = 5;
+        let entry = |off: u64, add: u64| {
+            let mut e = off.to_le_bytes().to_vec();
+            e.extend_from_slice(&(R_X86_64_RELATIVE as u64).to_le_bytes());
+            e.extend_from_slice(&add.to_le_bytes());
+            e
+        };
+        // old image: 256 header bytes, the table, zeros to 2048, 2048 bytes of targets
+        let mut old = vec![0x5Au8; 256];
+        for k in 0..N {
+            old.extend(entry(0x3000 + 16 * k, 2048 + 100 * k + 7));
+        }
+        old.resize(2048, 0);
+        old.extend((0..2048u32).map(|i| (i * 7 + 3) as u8));
+        // new image: the same with the targets SHIFT later and one entry more
+        let mut new = old[..256].to_vec();
+        for k in 0..N {
+            new.extend(entry(0x3000 + SHIFT + 16 * k, 2048 + SHIFT + 100 * k + 7));
+            if k == INSERT_AFTER {
+                new.extend(entry(0x3000 + SHIFT + 16 * k + 8, 2048 + SHIFT + 50));
+            }
+        }
+        let table_end = new.len() as u64;
+        new.resize((2048 + SHIFT) as usize, 0);
+        new.extend_from_slice(&old[2048..]);
+        let base = 1000u64;
+        let mut snap = vec![0u8; base as usize];
+        snap.extend_from_slice(&old);
+        let id = crate::blueprint::Transform::Id;
+        let segs = vec![
+            Segment {
+                len: 256,
+                src: Source::Snap {
+                    op: id,
+                    off: base,
+                    imm: 0,
+                },
+            },
+            Segment {
+                len: (table_end - 256) as u32,
+                src: Source::Cover { off: base + 256 },
+            },
+            Segment {
+                len: (2048 + SHIFT - table_end) as u32,
+                src: Source::Raw,
+            },
+            Segment {
+                len: 2048,
+                src: Source::Snap {
+                    op: id,
+                    off: base + 2048,
+                    imm: 0,
+                },
+            },
+        ];
+        let m = RefModel {
+            old_base: base,
+            old_loads: vec![Load {
+                off: 0,
+                vaddr: 0,
+                size: old.len() as u64,
+            }],
+            new_loads: vec![Load {
+                off: 0,
+                vaddr: 0,
+                size: new.len() as u64,
+            }],
+            regions: vec![Region {
+                start: 256,
+                len: table_end - 256,
+                kind: RegionKind::Rela {
+                    old_start: 256,
+                    old_len: 24 * N,
+                },
+            }],
+        };
+        let p = Predictor::new(&m, &snap, AddressMap::new(&segs, 0));
+        let cover = (base + 256) as usize..(base + table_end) as usize;
+        let orig: Vec<u8> = new[256..table_end as usize]
+            .iter()
+            .zip(&snap[cover])
+            .map(|(f, s)| f.wrapping_sub(*s))
+            .collect();
+        // the entries whose offset and addend differences are not all zero
+        let costly = |d: &[u8]| -> Vec<usize> {
+            (0..d.len() / 24)
+                .filter(|&e| {
+                    d[24 * e..24 * e + 8]
+                        .iter()
+                        .chain(&d[24 * e + 16..24 * e + 24])
+                        .any(|&b| b != 0)
+                })
+                .collect()
+        };
+        assert_eq!(costly(&orig).len(), N as usize + 1, "every entry moved");
+        let mut d = orig.clone();
+        p.apply(&segs, 0, &mut d, false);
+        let k = INSERT_AFTER as usize;
+        assert_eq!(costly(&d), vec![0, k + 1, k + 2]);
+        let mut back = d.clone();
+        p.apply(&segs, 0, &mut back, true);
+        assert_eq!(back, orig);
+        for parts in [2, 3] {
+            let mut par = orig.clone();
+            p.apply_split(&segs, 0, &mut par, false, parts, 2);
+            assert_eq!(par, d, "{parts} runs differ from one pass");
+        }
     }
 
     /// Old code: `call` to a function 100 bytes later; in the new file a 16-byte insertion
@@ -955,11 +1262,7 @@ mod tests {
                 kind: RegionKind::Code,
             }],
         };
-        let p = Predictor {
-            model: &m,
-            snap: &snap,
-            map: AddressMap::new(&segs, 0),
-        };
+        let p = Predictor::new(&m, &snap, AddressMap::new(&segs, 0));
         let mut diffs: Vec<u8> = new[..80]
             .iter()
             .zip(&old[..80])

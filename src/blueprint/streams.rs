@@ -436,11 +436,7 @@ pub fn predict_back(
     if model.is_empty() {
         return;
     }
-    let p = Predictor {
-        model,
-        snap,
-        map: AddressMap::new(segments, base),
-    };
+    let p = Predictor::new(model, snap, AddressMap::new(segments, base));
     // gather the difference bytes, predict, scatter back
     let mut diffs = Vec::new();
     let mut sp = 0usize;
