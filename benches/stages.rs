@@ -12,7 +12,9 @@
 //!   was touched before;
 //! - `parse`: `Frame::parse` (header, CRC32C) and a walk over the gram's pieces;
 //! - `open`: `secure::channel::Opener::open` (AES-256-GCM in place, replay window), the
-//!   opener a `Guard` holds, on frames sealed by its `Sealer`;
+//!   opener a `Guard` holds, on frames sealed by its `Sealer`; and the cipher's own bound:
+//!   one sealed frame copied into a buffer that stays in L1 and opened there
+//!   (`AeadKey::open_only`), as many times as the file has frames;
 //! - `apply`: each piece written to its file offset through `MemSink` (fresh memory: page
 //!   faults included) and into memory touched before;
 //! - `hash`: BLAKE3 of the file bytes, fed per frame and in 256 KiB steps (what the receiver
@@ -316,6 +318,32 @@ fn main() {
             )
         };
         rows.push(("open (AES-256-GCM, replay window)".into(), open, n));
+        // The bound of the keyed rows: AES-256-GCM alone on one frame that stays in L1
+        // (copied in, opened without the replay window), every frame of the file's count.
+        let open3 = {
+            let (mut s, o) = channel();
+            let frames = seal_all(&mut s, &raw).1;
+            let key = o.current().3;
+            let f0 = frames[7].clone();
+            let mut scratch = vec![0u8; 4096];
+            time(
+                reps,
+                || (),
+                |()| {
+                    for _ in 0..n {
+                        let b = &mut scratch[..f0.len()];
+                        b.copy_from_slice(&f0);
+                        assert!(key.open_only(b).is_ok());
+                        black_box(&b[100]);
+                    }
+                },
+            )
+        };
+        rows.push((
+            "open, one frame kept in L1 (copy + AES-GCM)".into(),
+            open3,
+            n,
+        ));
     }
 
     if want("apply") {
