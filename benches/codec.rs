@@ -206,7 +206,10 @@ fn main() {
         println!("|---|---:|---:|---:|");
         let mut rows = vec![("none", PredictOptions::NONE)];
         rows.extend(PredictOptions::each());
-        rows.push(("default (code + line + rela)", PredictOptions::DEFAULT));
+        rows.push((
+            "default (code + line + rela + symbols)",
+            PredictOptions::DEFAULT,
+        ));
         rows.push(("all", PredictOptions::ALL));
         for (name, pr) in rows {
             let o = PackOptions {

@@ -15,18 +15,19 @@
 //!   maps is predicted as `new target - new end of instruction`, and the scan skips its
 //!   displacement.
 //! - [`RegionKind::Words`]: a table of 64-bit addresses with a stride and a mask of which
-//!   8-byte fields are addresses (`.data.rel.ro`, `.got`: every word; `.rela.dyn`: offset and
-//!   addend; `.symtab`: the value; `.debug_ranges`, `.debug_aranges`: every word).
+//!   8-byte fields are addresses (`.data.rel.ro`, `.got`: every word; `.dynamic`: the
+//!   values; `.debug_ranges`, `.debug_aranges`: every word).
 //! - [`RegionKind::LineAddr`]: DWARF line programs: the address of `DW_LNE_set_address`
 //!   (`00 09 02` + 8 bytes).
-//! - [`RegionKind::Rela`]: a relocation table (`.rela.dyn`, `.rela.plt`) read in step with
-//!   the old image's table: once an entry's addend (rebuilt) equals an old entry's moved
-//!   addend, the next entry is predicted as the next old one: its offset as the rebuilt
-//!   offset plus the old step between the two, its addend as the old addend moved. The
-//!   covers alone do not pair the entries: a table's entries look alike, so a cover over it
-//!   often lies on a diagonal a few entries off, and where slots hold zeros until relocated
-//!   (`.data.rel.ro` of a position-independent image) the slots' own covers cannot place
-//!   them either.
+//! - [`RegionKind::Rela`], [`RegionKind::Symbols`]: a relocation table (`.rela.dyn`,
+//!   `.rela.plt`) or a symbol table (`.symtab`, `.dynsym`) read in step with the old image's
+//!   table: once an entry (rebuilt) has an old entry's moved key (a relocation's addend, a
+//!   symbol's value), the next entry is predicted as the next old one: its offset (or name)
+//!   as the rebuilt one plus the old step between the two, its addend (or value) moved, its
+//!   other fields as the old entry's. The covers alone do not pair the entries: a table's
+//!   entries look alike, so a cover over it often lies on a diagonal a few entries off, and
+//!   where slots hold zeros until relocated (`.data.rel.ro` of a position-independent image)
+//!   the slots' own covers cannot place them either.
 //!
 //! Predictions are computed from the snapshot, the segments and the model, and for a
 //! relocation table from the entries of the same cover before the one predicted (the
@@ -59,6 +60,9 @@ pub enum RegionKind {
     /// `Elf64_Rela` entries (24 bytes: offset, info, addend), predicted in step with the old
     /// image's table at `[old_start, old_start + old_len)` of the old image.
     Rela { old_start: u64, old_len: u64 },
+    /// `Elf64_Sym` entries (24 bytes: name, info, other, section index, value, size),
+    /// predicted in step with the old image's table.
+    Symbols { old_start: u64, old_len: u64 },
 }
 
 /// A range of the new file and its kind.
@@ -79,7 +83,7 @@ pub struct PredictOptions {
     /// Offset and addend of `.rela.dyn` / `.rela.plt` entries (in step with the old tables),
     /// values of `.dynamic`.
     pub rela: bool,
-    /// Symbol values of `.symtab` / `.dynsym`.
+    /// `.symtab` / `.dynsym` entries (in step with the old tables).
     pub symbols: bool,
     /// Address words of `.debug_ranges` / `.debug_aranges`.
     pub debug_ranges: bool,
@@ -104,16 +108,17 @@ impl PredictOptions {
         debug_ranges: false,
         line: false,
     };
-    /// What pays on the libstd release pair (`PFS_CODEC_ONLY=predict cargo bench --bench
-    /// codec`): rel32 in code, DWARF line addresses, and the relocation tables read in step
+    /// What pays on the release pairs (`PFS_CODEC_ONLY=predict cargo bench --bench codec`):
+    /// rel32 in code, DWARF line addresses, and the relocation and symbol tables read in step
     /// with the old ones. The address tables did not: in a shared object `.data.rel.ro` and
-    /// `.got` hold zeros until relocated, `.debug_ranges` entries are relative to their
-    /// unit's base, and `.symtab` predictions changed as many bytes for the worse as for the
-    /// better. (`.rela.dyn` as a word table, before it was read in step, did too.)
+    /// `.got` hold zeros until relocated, and `.debug_ranges` entries are relative to their
+    /// unit's base. (`.rela.dyn` and `.symtab` as word tables, before they were read in step,
+    /// changed as many bytes for the worse as for the better.)
     pub const DEFAULT: PredictOptions = PredictOptions {
         code: true,
         line: true,
         rela: true,
+        symbols: true,
         ..PredictOptions::NONE
     };
     /// Each feature alone, by name (the ablation rows).
@@ -152,10 +157,10 @@ pub struct RefModel {
 /// Limits a decoder enforces on a model.
 pub const MAX_LOADS: u64 = 64;
 pub const MAX_REGIONS: u64 = 4096;
-/// Largest old relocation table a model may name (bytes; a decoder reads and indexes it).
-pub const MAX_RELA_BYTES: u64 = 64 << 20;
-/// Bytes of one `Elf64_Rela`.
-const RELA: u64 = 24;
+/// Largest old table a model may name (bytes; a decoder reads and indexes it).
+pub const MAX_TABLE_BYTES: u64 = 64 << 20;
+/// Bytes of one `Elf64_Rela` or `Elf64_Sym` (the tables read in step).
+const ENTRY: u64 = 24;
 /// `R_X86_64_RELATIVE`: the addend is an address of the image.
 const R_X86_64_RELATIVE: u32 = 8;
 
@@ -197,8 +202,13 @@ impl RefModel {
                     put_u64(&mut o, mask as u64);
                 }
                 RegionKind::LineAddr => o.push(2),
-                RegionKind::Rela { old_start, old_len } => {
-                    o.push(3);
+                RegionKind::Rela { old_start, old_len }
+                | RegionKind::Symbols { old_start, old_len } => {
+                    o.push(if matches!(r.kind, RegionKind::Rela { .. }) {
+                        3
+                    } else {
+                        4
+                    });
                     put_u64(&mut o, old_start);
                     put_u64(&mut o, old_len);
                 }
@@ -276,17 +286,21 @@ impl RefModel {
                     }
                 }
                 2 => RegionKind::LineAddr,
-                3 => {
+                k @ (3 | 4) => {
                     let old_start = r.u64().map_err(|_| bad("truncated"))?;
                     let old_len = r.u64().map_err(|_| bad("truncated"))?;
                     if old_len == 0
-                        || old_len % RELA != 0
-                        || old_len > MAX_RELA_BYTES
+                        || old_len % ENTRY != 0
+                        || old_len > MAX_TABLE_BYTES
                         || old_start.checked_add(old_len).is_none()
                     {
-                        return Err(bad("bad relocation table"));
+                        return Err(bad("bad old table"));
                     }
-                    RegionKind::Rela { old_start, old_len }
+                    if k == 3 {
+                        RegionKind::Rela { old_start, old_len }
+                    } else {
+                        RegionKind::Symbols { old_start, old_len }
+                    }
                 }
                 k => return Err(ModelError(format!("unknown region kind {k}"))),
             };
@@ -361,6 +375,13 @@ impl RefModel {
                 .take(MAX_LOADS as usize)
                 .collect()
         };
+        // the old image's table of a name, read in step (an image without one gets no
+        // predictions there)
+        let old_table = |name: &str| {
+            old.section_by_name(name)
+                .and_then(|s| s.file_range())
+                .filter(|&(_, l)| l > 0 && l % ENTRY == 0 && l <= MAX_TABLE_BYTES)
+        };
         let mut regions = Vec::new();
         for s in new.sections() {
             let Some((start, len)) = s.file_range() else {
@@ -380,22 +401,18 @@ impl RefModel {
                 ".debug_ranges" | ".debug_aranges" if o.debug_ranges => {
                     RegionKind::Words { stride: 8, mask: 1 }
                 }
-                // the old image's table of the same name, read in step (an image without
-                // one gets no predictions there)
                 ".rela.dyn" | ".rela.plt" if o.rela => {
-                    let Some((old_start, old_len)) = old
-                        .section_by_name(name)
-                        .and_then(|s| s.file_range())
-                        .filter(|&(_, l)| l > 0 && l % RELA == 0 && l <= MAX_RELA_BYTES)
-                    else {
+                    let Some((old_start, old_len)) = old_table(name) else {
                         continue;
                     };
                     RegionKind::Rela { old_start, old_len }
                 }
-                ".symtab" | ".dynsym" if o.symbols => RegionKind::Words {
-                    stride: 24,
-                    mask: 0b010,
-                },
+                ".symtab" | ".dynsym" if o.symbols => {
+                    let Some((old_start, old_len)) = old_table(name) else {
+                        continue;
+                    };
+                    RegionKind::Symbols { old_start, old_len }
+                }
                 ".dynamic" if o.rela => RegionKind::Words {
                     stride: 16,
                     mask: 0b10,
@@ -568,18 +585,37 @@ pub struct Predictor<'a> {
     pub model: &'a RefModel,
     pub snap: &'a [u8],
     pub map: AddressMap,
-    /// Per region of the model: the old relocation table of a [`RegionKind::Rela`] region
-    /// (empty for the other kinds, and where the table does not lie inside the snapshot).
-    rela: Vec<OldRela>,
+    /// Per region of the model: the old table of a region read in step
+    /// ([`RegionKind::Rela`], [`RegionKind::Symbols`]; empty for the other kinds, and where
+    /// the table does not lie inside the snapshot).
+    tables: Vec<OldTable>,
 }
 
-/// An old relocation table: each entry's offset, its addend moved to the new image (`None`
-/// where the address does not map), and the first entry of each moved addend.
+/// The entries of a table read in step (24 bytes each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Entries {
+    /// `Elf64_Rela`: offset, info, addend; keyed by the addend.
+    #[default]
+    Rela,
+    /// `Elf64_Sym`: name u32, info u8, other u8, section index u16, value, size; keyed by
+    /// the value.
+    Sym,
+}
+
+/// An old table read in step: where its entries lie in the snapshot, each entry's key moved
+/// to the new image (`None` where the address does not map), and the first entry of each
+/// moved key.
 #[derive(Default)]
-struct OldRela {
-    offs: Vec<u64>,
-    adds: Vec<Option<u64>>,
-    by_add: std::collections::HashMap<u64, u32>,
+struct OldTable {
+    entries: Entries,
+    at: usize,
+    keys: Vec<Option<u64>>,
+    by_key: std::collections::HashMap<u64, u32>,
+}
+
+/// Field `k` (8 bytes at `8k`) of a 24-byte entry.
+fn word(e: &[u8], k: usize) -> u64 {
+    u64::from_le_bytes(e[8 * k..8 * k + 8].try_into().expect("8"))
 }
 
 impl<'a> Predictor<'a> {
@@ -589,48 +625,96 @@ impl<'a> Predictor<'a> {
             model,
             snap,
             map,
-            rela: Vec::new(),
+            tables: Vec::new(),
         };
-        p.rela = model.regions.iter().map(|r| p.old_rela(r)).collect();
+        p.tables = model.regions.iter().map(|r| p.old_table(r)).collect();
         p
     }
 
-    /// The old table of a [`RegionKind::Rela`] region.
-    fn old_rela(&self, r: &Region) -> OldRela {
-        let RegionKind::Rela { old_start, old_len } = r.kind else {
-            return OldRela::default();
+    /// The old table of a region read in step.
+    fn old_table(&self, r: &Region) -> OldTable {
+        let (entries, old_start, old_len) = match r.kind {
+            RegionKind::Rela { old_start, old_len } => (Entries::Rela, old_start, old_len),
+            RegionKind::Symbols { old_start, old_len } => (Entries::Sym, old_start, old_len),
+            _ => return OldTable::default(),
         };
-        let Some(b) = self
+        let Some((at, b)) = self
             .model
             .old_base
             .checked_add(old_start)
             .and_then(|s| Some((s as usize, s.checked_add(old_len)? as usize)))
-            .and_then(|(s, e)| self.snap.get(s..e))
+            .and_then(|(s, e)| Some((s, self.snap.get(s..e)?)))
         else {
-            return OldRela::default();
+            return OldTable::default();
         };
-        let n = b.len() / RELA as usize;
-        let mut t = OldRela {
-            offs: Vec::with_capacity(n),
-            adds: Vec::with_capacity(n),
-            by_add: std::collections::HashMap::with_capacity(n),
+        let n = b.len() / ENTRY as usize;
+        let mut t = OldTable {
+            entries,
+            at,
+            keys: Vec::with_capacity(n),
+            by_key: std::collections::HashMap::with_capacity(n),
         };
-        let word =
-            |e: &[u8], k: usize| u64::from_le_bytes(e[8 * k..8 * k + 8].try_into().expect("8"));
-        for (j, e) in b.chunks_exact(RELA as usize).enumerate() {
-            let (off, info, add) = (word(e, 0), word(e, 1), word(e, 2));
-            let moved = if info as u32 == R_X86_64_RELATIVE {
-                self.move_va(add)
-            } else {
-                Some(add)
+        for (j, e) in b.chunks_exact(ENTRY as usize).enumerate() {
+            let key = match entries {
+                // a relative relocation's addend is an address; others' are kept
+                Entries::Rela if word(e, 1) as u32 == R_X86_64_RELATIVE => self.move_va(word(e, 2)),
+                Entries::Rela => Some(word(e, 2)),
+                // a symbol defined in a section has an address; undefined (0), absolute and
+                // common (0xff00 and up) values are kept
+                Entries::Sym => match u16::from_le_bytes([e[6], e[7]]) {
+                    0 | 0xff00.. => Some(word(e, 1)),
+                    _ => self.move_va(word(e, 1)),
+                },
             };
-            t.offs.push(off);
-            t.adds.push(moved);
-            if let Some(m) = moved {
-                t.by_add.entry(m).or_insert(j as u32);
+            t.keys.push(key);
+            if let Some(m) = key {
+                t.by_key.entry(m).or_insert(j as u32);
             }
         }
         t
+    }
+
+    /// The entry after old entry `j` of `t` as predicted in step: `prev` is the rebuilt
+    /// entry found to be old entry `j`; `(field offset, bytes)` for each predicted field.
+    fn in_step(&self, t: &OldTable, j: usize, prev: &[u8; 24]) -> [(usize, [u8; 8], usize); 3] {
+        let o = &self.snap[t.at + 24 * j..t.at + 24 * (j + 2)];
+        let (o0, o1) = o.split_at(24);
+        let key = t.keys[j + 1];
+        match t.entries {
+            // offset: the rebuilt offset plus the old step; info as the old entry's; the
+            // addend moved
+            Entries::Rela => {
+                let off = word(prev, 0).wrapping_add(word(o1, 0).wrapping_sub(word(o0, 0)));
+                [
+                    (0, off.to_le_bytes(), 8),
+                    (8, word(o1, 1).to_le_bytes(), 8),
+                    (
+                        16,
+                        key.unwrap_or(0).to_le_bytes(),
+                        if key.is_some() { 8 } else { 0 },
+                    ),
+                ]
+            }
+            // name: the rebuilt name plus the old step (the string table follows the
+            // symbols' order); info, other, section index and size as the old entry's; the
+            // value moved
+            Entries::Sym => {
+                let name = |e: &[u8]| u32::from_le_bytes(e[..4].try_into().expect("4"));
+                let nm = name(prev).wrapping_add(name(o1).wrapping_sub(name(o0)));
+                let mut head = [0u8; 8];
+                head[..4].copy_from_slice(&nm.to_le_bytes());
+                head[4..].copy_from_slice(&o1[4..8]);
+                [
+                    (0, head, 8),
+                    (
+                        8,
+                        key.unwrap_or(0).to_le_bytes(),
+                        if key.is_some() { 8 } else { 0 },
+                    ),
+                    (16, word(o1, 2).to_le_bytes(), 8),
+                ]
+            }
+        }
     }
 
     /// Old virtual address of snapshot position `p`.
@@ -689,8 +773,8 @@ impl<'a> Predictor<'a> {
                         e += stride;
                     }
                 }
-                // predicted from rebuilt bytes: [`Predictor::rela_cover`]
-                RegionKind::Rela { .. } => {}
+                // predicted from rebuilt bytes: [`Predictor::table_cover`]
+                RegionKind::Rela { .. } | RegionKind::Symbols { .. } => {}
                 RegionKind::LineAddr => {
                     let mut i = 0usize;
                     while i + 11 <= old.len() {
@@ -776,55 +860,58 @@ impl<'a> Predictor<'a> {
         }
     }
 
-    /// The relocation tables' predictions of the cover at file offset `q0`, snapshot offset
-    /// `p0`, whose differences are `d` (encoding: subtracted, decoding: added back), entry by
-    /// entry: an entry's prediction needs the rebuilt addend and offset of the one before it
-    /// in the same cover, which is `snapshot + d` before the encoder changes `d` and after
-    /// the decoder has.
-    fn rela_cover(&self, q0: u64, p0: u64, d: &mut [u8], decode: bool) {
+    /// The predictions of the tables read in step in the cover at file offset `q0`,
+    /// snapshot offset `p0`, whose differences are `d` (encoding: subtracted, decoding: added
+    /// back), entry by entry: an entry's prediction needs the rebuilt entry before it in the
+    /// same cover, which is `snapshot + d` before the encoder changes `d` and after the
+    /// decoder has.
+    fn table_cover(&self, q0: u64, p0: u64, d: &mut [u8], decode: bool) {
         let regions = &self.model.regions;
         let len = d.len() as u64;
         let old = &self.snap[p0 as usize..(p0 + len) as usize];
         let mut k = regions.partition_point(|r| r.start + r.len <= q0);
         while k < regions.len() && regions[k].start < q0 + len {
             let r = regions[k];
-            let t = &self.rela[k];
+            let t = &self.tables[k];
             k += 1;
-            if t.offs.is_empty() {
+            if t.keys.is_empty() {
                 continue;
             }
             let to = (r.start + r.len).min(q0 + len);
-            let mut e = r.start + (r.start.max(q0) - r.start).div_ceil(RELA) * RELA;
-            // the old entry the previous entry was found to be, and its rebuilt offset
-            let mut step: Option<(usize, u64)> = None;
+            let mut e = r.start + (r.start.max(q0) - r.start).div_ceil(ENTRY) * ENTRY;
+            // the old entry the previous entry was found to be, and that entry rebuilt
+            let mut step: Option<(usize, [u8; 24])> = None;
             let rebuilt = |d: &[u8], i: usize| {
-                let mut v = [0u8; 8];
-                for (b, (s, x)) in v.iter_mut().zip(old[i..i + 8].iter().zip(&d[i..i + 8])) {
+                let mut v = [0u8; 24];
+                for (b, (s, x)) in v.iter_mut().zip(old[i..i + 24].iter().zip(&d[i..i + 24])) {
                     *b = s.wrapping_add(*x);
                 }
-                u64::from_le_bytes(v)
+                v
             };
-            while e + RELA <= to {
+            let key_field = match t.entries {
+                Entries::Rela => 2,
+                Entries::Sym => 1,
+            };
+            while e + ENTRY <= to {
                 let i = (e - q0) as usize;
-                let before = (!decode).then(|| (rebuilt(d, i), rebuilt(d, i + 16)));
-                if let Some((j, prev_off)) = step.filter(|s| s.0 + 1 < t.offs.len()) {
-                    let off = prev_off.wrapping_add(t.offs[j + 1].wrapping_sub(t.offs[j]));
-                    adjust(d, old, i, &off.to_le_bytes(), decode);
-                    if let Some(add) = t.adds[j + 1] {
-                        adjust(d, old, i + 16, &add.to_le_bytes(), decode);
+                let before = (!decode).then(|| rebuilt(d, i));
+                if let Some((j, prev)) = step.filter(|s| s.0 + 1 < t.keys.len()) {
+                    for (at, bytes, n) in self.in_step(t, j, &prev) {
+                        adjust(d, old, i + at, &bytes[..n], decode);
                     }
                 }
-                let (off, add) = before.unwrap_or_else(|| (rebuilt(d, i), rebuilt(d, i + 16)));
-                // in step where the next old entry has this addend (symbol relocations share
-                // addend 0, a target may fill several slots), else the first old entry that
-                // has it
+                let now = before.unwrap_or_else(|| rebuilt(d, i));
+                let key = word(&now, key_field);
+                // in step where the next old entry has this key (relocations against symbols
+                // share addend 0, a target may fill several slots), else the first old entry
+                // that has it
                 let next = step
                     .map(|s| s.0 + 1)
-                    .filter(|&j| t.adds.get(j) == Some(&Some(add)));
+                    .filter(|&j| t.keys.get(j) == Some(&Some(key)));
                 step = next
-                    .or_else(|| t.by_add.get(&add).map(|&j| j as usize))
-                    .map(|j| (j, off));
-                e += RELA;
+                    .or_else(|| t.by_key.get(&key).map(|&j| j as usize))
+                    .map(|j| (j, now));
+                e += ENTRY;
             }
         }
     }
@@ -914,7 +1001,7 @@ impl<'a> Predictor<'a> {
                 self.cover(q, off, s.len as u64, |i, pred| {
                     adjust(d, &snap[off as usize..], i, pred, decode)
                 });
-                self.rela_cover(q, off, d, decode);
+                self.table_cover(q, off, d, decode);
                 at += s.len as usize;
             }
             q += s.len as u64;
@@ -1061,12 +1148,20 @@ mod tests {
                         old_len: 48,
                     },
                 },
+                Region {
+                    start: 400,
+                    len: 48,
+                    kind: RegionKind::Symbols {
+                        old_start: 100,
+                        old_len: 24,
+                    },
+                },
             ],
         };
         let b = m.encode();
         assert_eq!(RefModel::decode(&b, 600).unwrap(), m);
         // an old relocation table of no whole entries, empty, or above the limit
-        for old_len in [0, 25, MAX_RELA_BYTES + 24] {
+        for old_len in [0, 25, MAX_TABLE_BYTES + 24] {
             let mut w = m.clone();
             w.regions[3].kind = RegionKind::Rela {
                 old_start: 40,
@@ -1085,44 +1180,70 @@ mod tests {
             assert!(RefModel::decode(&b[..cut], 600).is_err() || cut == 0);
         }
         let mut bad = m.clone();
-        bad.regions.pop();
+        bad.regions.truncate(3);
         let mut bad = bad.encode();
         let n = bad.len();
         bad[n - 1] = 7; // unknown kind
         assert!(RefModel::decode(&bad, 600).is_err());
     }
 
-    /// A relocation table whose entries all moved by the same distance, with one entry
-    /// inserted in the new table, under one cover on the old table's diagonal (so after the
-    /// insertion the cover pairs each new entry with the old entry after its own). Predicted
-    /// in step with the old table, every entry's offset and addend costs nothing except the
-    /// first (nothing read yet), the inserted one, and the one after it (the inserted addend
-    /// is no old entry's, so the step is found again one entry later). Decoding adds back
-    /// exactly what encoding took, in one pass or in runs side by side.
+    /// A table whose entries all moved by the same distance, with one entry inserted in the
+    /// new table, under one cover on the old table's diagonal (so after the insertion the
+    /// cover pairs each new entry with the old entry after its own). Predicted in step with
+    /// the old table, every entry costs nothing except the first (nothing read yet), the
+    /// inserted one, and the one after it (the inserted key is no old entry's, so the step is
+    /// found again one entry later). Decoding adds back exactly what encoding took, in one
+    /// pass or in runs side by side. For relocations (offsets 16 apart, addends into moved
+    /// code) and for symbols (names 20 apart in a string table that grew, values in moved
+    /// code).
     #[test]
-    fn relocations_are_predicted_in_step_with_the_old_table() {
+    fn tables_are_predicted_in_step_with_the_old_table() {
+        for entries in [Entries::Rela, Entries::Sym] {
+            in_step_case(entries);
+        }
+    }
+
+    fn in_step_case(entries: Entries) {
         const N: u64 = 12;
         const SHIFT: u64 = 64;
         const INSERT_AFTER: u64 = 5;
-        let entry = |off: u64, add: u64| {
-            let mut e = off.to_le_bytes().to_vec();
-            e.extend_from_slice(&(R_X86_64_RELATIVE as u64).to_le_bytes());
-            e.extend_from_slice(&add.to_le_bytes());
+        // an entry: its first field (offset, name), its address (addend, value) and, for a
+        // symbol, its size
+        let entry = |first: u64, addr: u64, size: u64| {
+            let mut e = Vec::with_capacity(24);
+            match entries {
+                Entries::Rela => {
+                    e.extend_from_slice(&first.to_le_bytes());
+                    e.extend_from_slice(&(R_X86_64_RELATIVE as u64).to_le_bytes());
+                    e.extend_from_slice(&addr.to_le_bytes());
+                }
+                Entries::Sym => {
+                    e.extend_from_slice(&(first as u32).to_le_bytes());
+                    e.extend_from_slice(&[0x12, 0, 14, 0]); // FUNC GLOBAL, section 14
+                    e.extend_from_slice(&addr.to_le_bytes());
+                    e.extend_from_slice(&size.to_le_bytes());
+                }
+            }
             e
+        };
+        let (first0, gap, first_shift) = match entries {
+            Entries::Rela => (0x3000u64, 16u64, SHIFT),
+            Entries::Sym => (100, 20, 7),
         };
         // old image: 256 header bytes, the table, zeros to 2048, 2048 bytes of targets
         let mut old = vec![0x5Au8; 256];
         for k in 0..N {
-            old.extend(entry(0x3000 + 16 * k, 2048 + 100 * k + 7));
+            old.extend(entry(first0 + gap * k, 2048 + 100 * k + 7, 32 + k % 5));
         }
         old.resize(2048, 0);
         old.extend((0..2048u32).map(|i| (i * 7 + 3) as u8));
         // new image: the same with the targets SHIFT later and one entry more
         let mut new = old[..256].to_vec();
         for k in 0..N {
-            new.extend(entry(0x3000 + SHIFT + 16 * k, 2048 + SHIFT + 100 * k + 7));
+            let first = first0 + first_shift + gap * k;
+            new.extend(entry(first, 2048 + SHIFT + 100 * k + 7, 32 + k % 5));
             if k == INSERT_AFTER {
-                new.extend(entry(0x3000 + SHIFT + 16 * k + 8, 2048 + SHIFT + 50));
+                new.extend(entry(first + gap / 2, 2048 + SHIFT + 50, 9));
             }
         }
         let table_end = new.len() as u64;
@@ -1158,6 +1279,7 @@ mod tests {
                 },
             },
         ];
+        let (old_start, old_len) = (256, 24 * N);
         let m = RefModel {
             old_base: base,
             old_loads: vec![Load {
@@ -1173,9 +1295,9 @@ mod tests {
             regions: vec![Region {
                 start: 256,
                 len: table_end - 256,
-                kind: RegionKind::Rela {
-                    old_start: 256,
-                    old_len: 24 * N,
+                kind: match entries {
+                    Entries::Rela => RegionKind::Rela { old_start, old_len },
+                    Entries::Sym => RegionKind::Symbols { old_start, old_len },
                 },
             }],
         };
@@ -1186,29 +1308,28 @@ mod tests {
             .zip(&snap[cover])
             .map(|(f, s)| f.wrapping_sub(*s))
             .collect();
-        // the entries whose offset and addend differences are not all zero
+        // the entries with a difference left
         let costly = |d: &[u8]| -> Vec<usize> {
             (0..d.len() / 24)
-                .filter(|&e| {
-                    d[24 * e..24 * e + 8]
-                        .iter()
-                        .chain(&d[24 * e + 16..24 * e + 24])
-                        .any(|&b| b != 0)
-                })
+                .filter(|&e| d[24 * e..24 * e + 24].iter().any(|&b| b != 0))
                 .collect()
         };
-        assert_eq!(costly(&orig).len(), N as usize + 1, "every entry moved");
+        assert_eq!(
+            costly(&orig).len(),
+            N as usize + 1,
+            "{entries:?}: every entry moved"
+        );
         let mut d = orig.clone();
         p.apply(&segs, 0, &mut d, false);
         let k = INSERT_AFTER as usize;
-        assert_eq!(costly(&d), vec![0, k + 1, k + 2]);
+        assert_eq!(costly(&d), vec![0, k + 1, k + 2], "{entries:?}");
         let mut back = d.clone();
         p.apply(&segs, 0, &mut back, true);
-        assert_eq!(back, orig);
+        assert_eq!(back, orig, "{entries:?}");
         for parts in [2, 3] {
             let mut par = orig.clone();
             p.apply_split(&segs, 0, &mut par, false, parts, 2);
-            assert_eq!(par, d, "{parts} runs differ from one pass");
+            assert_eq!(par, d, "{entries:?}: {parts} runs differ from one pass");
         }
     }
 
