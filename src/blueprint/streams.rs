@@ -20,7 +20,7 @@
 //! The directory in front of the data is, per stream in this order: coder u8, raw length
 //! LEB128, stored length LEB128.
 
-use super::coder::{self, Coder, CoderOptions, StreamClass};
+use super::coder::{self, Coder, CoderOptions, Level, StreamClass};
 use super::predict::{AddressMap, Predictor, RefModel};
 use super::varint::{put_i64, put_u64, Reader};
 use super::{Segment, Source, Transform};
@@ -266,9 +266,9 @@ pub fn split_and_code<'a>(
     let lits_len = raw[S_LITS].len();
     // the literals' coding is fixed before the differences exist when the stream is too
     // short to be split into blocks, or cannot be two thirds of the bytes whatever the
-    // differences come to; and threads pay only past [`INLINE`] bytes
+    // differences come to; and threads pay only past [`inline_below`] bytes
     let fixed = lits_len < SPLIT_MIN || lits_len * 3 < known * 2;
-    if !fixed || known < INLINE || lits_len < 64 {
+    if !fixed || known < inline_below(o) || lits_len < 64 {
         let [.., dzeros, dbytes, _, _] = &mut *raw;
         split_diffs(dzeros, dbytes, diffs, segments, base, predictor);
         return code_all(raw, o);
@@ -537,8 +537,20 @@ pub fn stored_raw_head(len: u64) -> Vec<u8> {
 /// Smallest stream whose whole encode is split into blocks (see [`code_all`]).
 const SPLIT_MIN: usize = 1 << 20;
 /// Below this many bytes in all, the streams are coded on this thread: starting threads
-/// would cost more than the coding (a small file's block).
+/// would cost more than the coding (a small file's block)...
 const INLINE: usize = 256 << 10;
+/// ...or this many at `default` and `max`, whose LZMA candidates take about as long on 10 KB
+/// as zstd on 1 MB: cargo-clippy 1.95 -> nightly at `max` (165 KB of streams, six of them
+/// coded by up to six LZMA settings each) packed in 81-89 ms on one thread.
+const INLINE_LZMA: usize = 16 << 10;
+
+/// [`INLINE`] or [`INLINE_LZMA`], by the coders' level.
+fn inline_below(o: &CoderOptions) -> usize {
+    match o.level {
+        Level::Fast => INLINE,
+        Level::Default | Level::Max => INLINE_LZMA,
+    }
+}
 
 /// One stream coded ([`coder::pack_stream`], in `blocks` blocks), and its milliseconds.
 fn code_one<'a>(
@@ -576,7 +588,7 @@ fn code_streams<'a>(
         };
         code_one(data, class, blocks, o)
     };
-    let inline = total < INLINE;
+    let inline = total < inline_below(o);
     let packed: Vec<std::io::Result<(coder::Packed<'a>, f64)>> = std::thread::scope(|sc| {
         let hs: Vec<_> = s
             .iter()
