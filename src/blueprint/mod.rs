@@ -19,6 +19,7 @@ pub mod apply;
 pub mod bcj;
 pub mod block;
 pub mod coder;
+pub mod dwarf;
 pub mod pbb;
 pub mod predict;
 pub mod streams;

@@ -19,6 +19,9 @@
 //!   values; `.debug_ranges`, `.debug_aranges`: every word).
 //! - [`RegionKind::LineAddr`]: DWARF line programs: the address of `DW_LNE_set_address`
 //!   (`00 09 02` + 8 bytes).
+//! - [`RegionKind::DebugInfo`]: `.debug_info`: the reference fields of the *old* section,
+//!   found by walking its units ([`super::dwarf`]): addresses moved, offsets into the other
+//!   debug sections and unit-relative DIE references as the new positions of their targets.
 //! - [`RegionKind::Rela`], [`RegionKind::Symbols`]: a relocation table (`.rela.dyn`,
 //!   `.rela.plt`) or a symbol table (`.symtab`, `.dynsym`) read in step with the old image's
 //!   table: once an entry (rebuilt) has an old entry's moved key (a relocation's addend, a
@@ -36,6 +39,7 @@
 //! back. Only covers are predicted (exact segments have no differences); nothing carries
 //! from one cover to the next, so the covers can be predicted on any number of threads.
 
+use super::dwarf::{self, Target};
 use super::varint::{put_u64, Reader};
 use super::{Segment, Source};
 
@@ -63,6 +67,9 @@ pub enum RegionKind {
     /// `Elf64_Sym` entries (24 bytes: name, info, other, section index, value, size),
     /// predicted in step with the old image's table.
     Symbols { old_start: u64, old_len: u64 },
+    /// A `.debug_info` section: the old one's reference fields ([`super::dwarf`]) moved;
+    /// the sections are in [`RefModel::dwarf`].
+    DebugInfo,
 }
 
 /// A range of the new file and its kind.
@@ -89,6 +96,10 @@ pub struct PredictOptions {
     pub debug_ranges: bool,
     /// `DW_LNE_set_address` in `.debug_line`.
     pub line: bool,
+    /// The reference fields of `.debug_info`: addresses, offsets into `.debug_str` and the
+    /// other debug sections, references to DIEs ([`super::dwarf`]).
+    #[serde(default)]
+    pub dwarf: bool,
 }
 
 impl PredictOptions {
@@ -99,6 +110,7 @@ impl PredictOptions {
         symbols: true,
         debug_ranges: true,
         line: true,
+        dwarf: true,
     };
     pub const NONE: PredictOptions = PredictOptions {
         code: false,
@@ -107,10 +119,11 @@ impl PredictOptions {
         symbols: false,
         debug_ranges: false,
         line: false,
+        dwarf: false,
     };
     /// What pays on the release pairs (`PFS_CODEC_ONLY=predict cargo bench --bench codec`):
-    /// rel32 in code, DWARF line addresses, and the relocation and symbol tables read in step
-    /// with the old ones. The address tables did not: in a shared object `.data.rel.ro` and
+    /// rel32 in code, DWARF line addresses, the relocation and symbol tables read in step
+    /// with the old ones, and `.debug_info`'s references. The address tables did not: in a shared object `.data.rel.ro` and
     /// `.got` hold zeros until relocated, and `.debug_ranges` entries are relative to their
     /// unit's base. (`.rela.dyn` and `.symtab` as word tables, before they were read in step,
     /// changed as many bytes for the worse as for the better.)
@@ -119,10 +132,11 @@ impl PredictOptions {
         line: true,
         rela: true,
         symbols: true,
+        dwarf: true,
         ..PredictOptions::NONE
     };
     /// Each feature alone, by name (the ablation rows).
-    pub fn each() -> [(&'static str, PredictOptions); 6] {
+    pub fn each() -> [(&'static str, PredictOptions); 7] {
         let n = PredictOptions::NONE;
         [
             ("code", PredictOptions { code: true, ..n }),
@@ -137,10 +151,17 @@ impl PredictOptions {
                 },
             ),
             ("line", PredictOptions { line: true, ..n }),
+            ("dwarf", PredictOptions { dwarf: true, ..n }),
         ]
     }
     pub fn any(self) -> bool {
-        self.code || self.data || self.rela || self.symbols || self.debug_ranges || self.line
+        self.code
+            || self.data
+            || self.rela
+            || self.symbols
+            || self.debug_ranges
+            || self.line
+            || self.dwarf
     }
 }
 
@@ -152,11 +173,26 @@ pub struct RefModel {
     pub old_loads: Vec<Load>,
     pub new_loads: Vec<Load>,
     pub regions: Vec<Region>,
+    /// Where the old image's `.debug_info` and `.debug_abbrev` lie and the sections their
+    /// offsets point into, for a [`RegionKind::DebugInfo`] region.
+    pub dwarf: Option<DwarfModel>,
+}
+
+/// The debug sections a [`RegionKind::DebugInfo`] region needs: the old image's
+/// `.debug_info` and `.debug_abbrev` (offset in the old image, length) and, for each section
+/// the offsets point into, its offset in the old image and in the new file.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DwarfModel {
+    pub old_info: (u64, u64),
+    pub old_abbrev: (u64, u64),
+    pub targets: Vec<(Target, u64, u64)>,
 }
 
 /// Limits a decoder enforces on a model.
 pub const MAX_LOADS: u64 = 64;
 pub const MAX_REGIONS: u64 = 4096;
+/// Largest old `.debug_info` a model may name (a decoder walks it).
+pub const MAX_DWARF_BYTES: u64 = 1 << 30;
 /// Largest old table a model may name (bytes; a decoder reads and indexes it).
 pub const MAX_TABLE_BYTES: u64 = 64 << 20;
 /// Bytes of one `Elf64_Rela` or `Elf64_Sym` (the tables read in step).
@@ -212,8 +248,21 @@ impl RefModel {
                     put_u64(&mut o, old_start);
                     put_u64(&mut o, old_len);
                 }
+                RegionKind::DebugInfo => o.push(5),
             }
             prev = r.start + r.len;
+        }
+        // the debug sections, after the regions (absent: none)
+        if let Some(d) = &self.dwarf {
+            for v in [d.old_info.0, d.old_info.1, d.old_abbrev.0, d.old_abbrev.1] {
+                put_u64(&mut o, v);
+            }
+            put_u64(&mut o, d.targets.len() as u64);
+            for &(t, old, new) in &d.targets {
+                o.push(t as u8);
+                put_u64(&mut o, old);
+                put_u64(&mut o, new);
+            }
         }
         o
     }
@@ -302,10 +351,43 @@ impl RefModel {
                         RegionKind::Symbols { old_start, old_len }
                     }
                 }
+                5 => RegionKind::DebugInfo,
                 k => return Err(ModelError(format!("unknown region kind {k}"))),
             };
             m.regions.push(Region { start, len, kind });
             prev = end;
+        }
+        let debug_info = m.regions.iter().any(|r| r.kind == RegionKind::DebugInfo);
+        if r.remaining() != 0 {
+            let mut d = DwarfModel {
+                old_info: (rd(&mut r)?, rd(&mut r)?),
+                old_abbrev: (rd(&mut r)?, rd(&mut r)?),
+                targets: Vec::new(),
+            };
+            for (off, len, max) in [
+                (d.old_info.0, d.old_info.1, MAX_DWARF_BYTES),
+                (d.old_abbrev.0, d.old_abbrev.1, MAX_DWARF_BYTES),
+            ] {
+                if len > max || off.checked_add(len).is_none() {
+                    return Err(bad("bad debug section"));
+                }
+            }
+            let n = rd(&mut r)?;
+            if n > Target::ALL.len() as u64 {
+                return Err(bad("too many debug sections"));
+            }
+            for _ in 0..n {
+                let t = Target::from_code(r.u8().map_err(|_| bad("truncated"))?)
+                    .ok_or_else(|| bad("unknown debug section"))?;
+                if d.targets.iter().any(|x| x.0 == t) {
+                    return Err(bad("debug section named twice"));
+                }
+                d.targets.push((t, rd(&mut r)?, rd(&mut r)?));
+            }
+            m.dwarf = Some(d);
+        }
+        if debug_info != m.dwarf.is_some() {
+            return Err(bad("debug info region and debug sections disagree"));
         }
         if r.remaining() != 0 {
             return Err(bad("trailing bytes"));
@@ -418,6 +500,7 @@ impl RefModel {
                     mask: 0b10,
                 },
                 ".debug_line" if o.line => RegionKind::LineAddr,
+                ".debug_info" if o.dwarf => RegionKind::DebugInfo,
                 _ => continue,
             };
             regions.push(Region { start, len, kind });
@@ -433,11 +516,42 @@ impl RefModel {
             keep
         });
         regions.truncate(MAX_REGIONS as usize);
+        // the old image's .debug_info and .debug_abbrev, and the sections both images have
+        // that the fields point into; without them no .debug_info region
+        let range = |f: &object::File, n: &str| {
+            f.section_by_name(n)
+                .and_then(|s| s.file_range())
+                .filter(|r| r.1 > 0)
+        };
+        let dwarf = match (range(&old, ".debug_info"), range(&old, ".debug_abbrev")) {
+            (Some(info), Some(abbrev))
+                if info.1 <= MAX_DWARF_BYTES
+                    && abbrev.1 <= MAX_DWARF_BYTES
+                    && regions.iter().any(|r| r.kind == RegionKind::DebugInfo) =>
+            {
+                let targets = Target::ALL
+                    .iter()
+                    .filter_map(|&t| {
+                        Some((t, range(&old, t.section())?.0, range(&new, t.section())?.0))
+                    })
+                    .collect();
+                Some(DwarfModel {
+                    old_info: info,
+                    old_abbrev: abbrev,
+                    targets,
+                })
+            }
+            _ => None,
+        };
+        if dwarf.is_none() {
+            regions.retain(|r| r.kind != RegionKind::DebugInfo);
+        }
         let m = RefModel {
             old_base,
             old_loads: loads(&old),
             new_loads: loads(&new),
             regions,
+            dwarf,
         };
         (!m.is_empty()).then_some(m)
     }
@@ -589,6 +703,8 @@ pub struct Predictor<'a> {
     /// ([`RegionKind::Rela`], [`RegionKind::Symbols`]; empty for the other kinds, and where
     /// the table does not lie inside the snapshot).
     tables: Vec<OldTable>,
+    /// The old `.debug_info`'s reference fields (for a [`RegionKind::DebugInfo`] region).
+    dwarf: Vec<dwarf::Field>,
 }
 
 /// The entries of a table read in step (24 bytes each).
@@ -626,9 +742,53 @@ impl<'a> Predictor<'a> {
             snap,
             map,
             tables: Vec::new(),
+            dwarf: Vec::new(),
         };
         p.tables = model.regions.iter().map(|r| p.old_table(r)).collect();
+        p.dwarf = p.old_dwarf();
         p
+    }
+
+    /// The old image's bytes at `(offset in the old image, length)`, where they lie in the
+    /// snapshot.
+    fn old_bytes(&self, (off, len): (u64, u64)) -> Option<&'a [u8]> {
+        let s = self.model.old_base.checked_add(off)?;
+        self.snap.get(s as usize..s.checked_add(len)? as usize)
+    }
+
+    /// The reference fields of the old `.debug_info` (none without a model of the sections).
+    fn old_dwarf(&self) -> Vec<dwarf::Field> {
+        let Some(d) = &self.model.dwarf else {
+            return Vec::new();
+        };
+        match (self.old_bytes(d.old_info), self.old_bytes(d.old_abbrev)) {
+            (Some(info), Some(abbrev)) => dwarf::fields(info, abbrev),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The new value of the old `.debug_info` field `x` whose old bytes are `old`.
+    fn dwarf_field(&self, d: &DwarfModel, x: &dwarf::Field, old: &[u8]) -> Option<u64> {
+        // the new file position of old-image offset `o`
+        let new_pos = |o: u64| self.map.map(self.model.old_base.checked_add(o)?);
+        match x.kind {
+            dwarf::Kind::Addr => {
+                let v = u64::from_le_bytes(old.try_into().ok()?);
+                // 0 stands for "no address" (a unit's base): kept
+                (v != 0).then(|| self.move_va(v)).flatten()
+            }
+            dwarf::Kind::Offset(t) => {
+                let v = u32::from_le_bytes(old.try_into().ok()?) as u64;
+                let &(_, old_sec, new_sec) = d.targets.iter().find(|e| e.0 == t)?;
+                new_pos(old_sec.checked_add(v)?)?.checked_sub(new_sec)
+            }
+            dwarf::Kind::UnitRef => {
+                let v = u32::from_le_bytes(old.try_into().ok()?) as u64;
+                let unit = d.old_info.0.checked_add(x.unit as u64)?;
+                new_pos(unit.checked_add(v)?)?.checked_sub(new_pos(unit)?)
+            }
+        }
+        .filter(|&n| x.size() == 8 || n <= u32::MAX as u64)
     }
 
     /// The old table of a region read in step.
@@ -775,6 +935,40 @@ impl<'a> Predictor<'a> {
                 }
                 // predicted from rebuilt bytes: [`Predictor::table_cover`]
                 RegionKind::Rela { .. } | RegionKind::Symbols { .. } => {}
+                // the old .debug_info's fields that lie in this part of the cover
+                RegionKind::DebugInfo => {
+                    let Some(d) = &self.model.dwarf else {
+                        k += 1;
+                        continue;
+                    };
+                    // old .debug_info offsets of the part: [lo, hi)
+                    let info_at = self.model.old_base.saturating_add(d.old_info.0);
+                    let p_from = p0 + (from - q0);
+                    let (lo, hi) = (
+                        p_from.saturating_sub(info_at),
+                        (p_from + (to - from)).saturating_sub(info_at),
+                    );
+                    let first = self.dwarf.partition_point(|x| (x.at as u64) < lo);
+                    for x in self.dwarf[first..]
+                        .iter()
+                        .take_while(|x| (x.at as u64) < hi)
+                    {
+                        let n = x.size();
+                        let Some(i) = (info_at + x.at as u64)
+                            .checked_sub(p_from)
+                            .map(|i| i as usize)
+                            .filter(|&i| i + n <= old.len())
+                        else {
+                            continue;
+                        };
+                        if let Some(v) = self.dwarf_field(d, x, &old[i..i + n]) {
+                            let b = v.to_le_bytes();
+                            if b[..n] != old[i..i + n] {
+                                f(at + i, &b[..n]);
+                            }
+                        }
+                    }
+                }
                 RegionKind::LineAddr => {
                     let mut i = 0usize;
                     while i + 11 <= old.len() {
@@ -1049,6 +1243,7 @@ mod tests {
                 len: n as u64,
                 kind: RegionKind::Code,
             }],
+            dwarf: None,
         };
         // covers of 1..64 KiB at shifted snapshot offsets, with raw runs between them
         let mut segs = Vec::new();
@@ -1092,6 +1287,7 @@ mod tests {
             old_loads: vec![],
             new_loads: vec![],
             regions: vec![],
+            dwarf: None,
         };
         let p = Predictor::new(&m, &[], AddressMap::new(&[], 0));
         for len in 0..40 {
@@ -1157,6 +1353,7 @@ mod tests {
                     },
                 },
             ],
+            dwarf: None,
         };
         let b = m.encode();
         assert_eq!(RefModel::decode(&b, 600).unwrap(), m);
@@ -1300,6 +1497,7 @@ mod tests {
                     Entries::Sym => RegionKind::Symbols { old_start, old_len },
                 },
             }],
+            dwarf: None,
         };
         let p = Predictor::new(&m, &snap, AddressMap::new(&segs, 0));
         let cover = (base + 256) as usize..(base + table_end) as usize;
@@ -1382,6 +1580,7 @@ mod tests {
                 len: 416,
                 kind: RegionKind::Code,
             }],
+            dwarf: None,
         };
         let p = Predictor::new(&m, &snap, AddressMap::new(&segs, 0));
         let mut diffs: Vec<u8> = new[..80]
@@ -1395,6 +1594,154 @@ mod tests {
         assert!(diffs.iter().all(|&d| d == 0), "{diffs:?}");
         p.apply(&segs, 0, &mut diffs, true);
         assert_eq!(diffs, orig);
+    }
+
+    /// A `.debug_info` whose strings moved (16 bytes inserted at the start of `.debug_str`),
+    /// whose code moved (64 bytes), and with a DIE inserted before the one a `DW_FORM_ref4`
+    /// points to, covered on two diagonals around the insertion: the string offset, the
+    /// address and the unit reference are predicted, so only the unit's length is left in
+    /// the differences; decoding adds back what encoding took.
+    #[test]
+    fn debug_info_references_follow_their_targets() {
+        // abbrev 1: compile_unit, children, name/strp, low_pc/addr; 2: variable, name/strp,
+        // type/ref4; 3: base_type, name/string
+        let abbrev: Vec<u8> = vec![
+            1, 0x11, 1, 0x03, 0x0e, 0x11, 0x01, 0, 0, 2, 0x34, 0, 0x03, 0x0e, 0x49, 0x13, 0, 0, 3,
+            0x24, 0, 0x03, 0x08, 0, 0, 0,
+        ];
+        // a unit: the DIEs with the string offsets moved by `str_shift`, the address by
+        // `code_shift`, and `pad` extra base types before the referenced one
+        let unit = |str_shift: u32, code_shift: u64, pad: bool| {
+            let mut b = vec![1u8];
+            b.extend((7 + str_shift).to_le_bytes());
+            b.extend((2048 + code_shift + 100).to_le_bytes());
+            b.push(2);
+            b.extend((20 + str_shift).to_le_bytes());
+            let ref_at = b.len();
+            b.extend([0u8; 4]);
+            let split = b.len() + 11; // the insertion point, from the unit's start
+            if pad {
+                b.extend([3, b'p', b'a', b'd', 0]);
+            }
+            let target = b.len() + 11;
+            b.extend([3, b'i', b'n', b't', 0, 0]);
+            b[ref_at..ref_at + 4].copy_from_slice(&(target as u32).to_le_bytes());
+            let mut u = ((b.len() + 7) as u32).to_le_bytes().to_vec();
+            u.extend(4u16.to_le_bytes());
+            u.extend(0u32.to_le_bytes());
+            u.push(8);
+            u.extend(b);
+            (u, split)
+        };
+        let strs: Vec<u8> = (0..256u32).map(|i| (i * 5 + 1) as u8).collect();
+        let code: Vec<u8> = (0..2048u32).map(|i| (i * 7 + 3) as u8).collect();
+        let (old_unit, split) = unit(0, 0, false);
+        let (new_unit, _) = unit(16, 64, true);
+        // old: header 256 | .debug_str 256 | .debug_abbrev at 512 | .debug_info at 1024 |
+        // code at 2048; new: header | 16 new bytes + .debug_str | .debug_abbrev at 528 |
+        // .debug_info at 1040 | code at 2112
+        let mut old = vec![0x5Au8; 256];
+        old.extend(&strs);
+        old.extend(&abbrev);
+        old.resize(1024, 0);
+        old.extend(&old_unit);
+        old.resize(2048, 0);
+        old.extend(&code);
+        let mut new = old[..256].to_vec();
+        new.extend([0xEEu8; 16]);
+        new.extend(&strs);
+        new.extend(&abbrev);
+        new.resize(1040, 0);
+        new.extend(&new_unit);
+        let info_end = new.len();
+        new.resize(2112, 0);
+        new.extend(&code);
+        let base = 1000u64;
+        let mut snap = vec![0u8; base as usize];
+        snap.extend_from_slice(&old);
+        let id = crate::blueprint::Transform::Id;
+        let snap_seg = |len: usize, off: u64| Segment {
+            len: len as u32,
+            src: Source::Snap {
+                op: id,
+                off: base + off,
+                imm: 0,
+            },
+        };
+        let raw = |len: usize| Segment {
+            len: len as u32,
+            src: Source::Raw,
+        };
+        let segs = vec![
+            snap_seg(256, 0),
+            raw(16),
+            snap_seg(256, 256),
+            snap_seg(1040 - 528, 512),
+            Segment {
+                len: split as u32,
+                src: Source::Cover { off: base + 1024 },
+            },
+            raw(5),
+            Segment {
+                len: (old_unit.len() - split) as u32,
+                src: Source::Cover {
+                    off: base + 1024 + split as u64,
+                },
+            },
+            raw(2112 - info_end),
+            snap_seg(2048, 2048),
+        ];
+        let load = |size: usize| Load {
+            off: 0,
+            vaddr: 0,
+            size: size as u64,
+        };
+        let m = RefModel {
+            old_base: base,
+            old_loads: vec![load(old.len())],
+            new_loads: vec![load(new.len())],
+            regions: vec![Region {
+                start: 1040,
+                len: new_unit.len() as u64,
+                kind: RegionKind::DebugInfo,
+            }],
+            dwarf: Some(DwarfModel {
+                old_info: (1024, old_unit.len() as u64),
+                old_abbrev: (512, abbrev.len() as u64),
+                targets: vec![(Target::Str, 256, 256)],
+            }),
+        };
+        assert_eq!(RefModel::decode(&m.encode(), new.len() as u64).unwrap(), m);
+        let p = Predictor::new(&m, &snap, AddressMap::new(&segs, 0));
+        // the covers' differences: [the unit up to the insertion, the unit after it]
+        let mut orig: Vec<u8> = Vec::new();
+        let mut places = Vec::new(); // new unit offset of each difference byte
+        for (q, o, n) in [(0, 0, split), (split + 5, split, old_unit.len() - split)] {
+            for k in 0..n {
+                orig.push(new_unit[q + k].wrapping_sub(old_unit[o + k]));
+                places.push(q + k);
+            }
+        }
+        let nonzero = |d: &[u8]| -> Vec<usize> {
+            d.iter()
+                .zip(&places)
+                .filter(|(b, _)| **b != 0)
+                .map(|(_, &p)| p)
+                .collect()
+        };
+        assert!(
+            nonzero(&orig).len() > 4,
+            "the references differ before prediction"
+        );
+        let mut d = orig.clone();
+        p.apply(&segs, 0, &mut d, false);
+        assert_eq!(
+            nonzero(&d),
+            vec![0],
+            "only the unit length's low byte is left"
+        );
+        p.apply(&segs, 0, &mut d, true);
+        assert_eq!(d, orig);
     }
 
     /// The old image's ELF header is found when no segment lies on its own diagonal (the
