@@ -59,8 +59,15 @@ fn receiver_apply() {
             name: "b".into(),
             blueprint: bp,
         }];
-        let files =
-            packetfs::prepare::prepare(files, SNAP_ID, &snap, scfg.pack, &scfg.pack_opts).unwrap();
+        let files = packetfs::prepare::prepare(
+            files,
+            Vec::new(),
+            SNAP_ID,
+            &snap,
+            scfg.pack,
+            &scfg.pack_opts,
+        )
+        .unwrap();
         let mut sender = Sender::new(scfg, SNAP_ID, files).unwrap();
         let mut receiver = Receiver::new(rcfg.clone(), SNAP_ID, &snap, MemSink::new());
         let t0 = Instant::now();

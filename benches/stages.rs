@@ -86,7 +86,8 @@ fn session(snap: &[u8], bp: Blueprint, sealed: bool) -> Session {
         blueprint: bp,
     }];
     let files =
-        packetfs::prepare::prepare(files, SNAP_ID, snap, scfg.pack, &scfg.pack_opts).unwrap();
+        packetfs::prepare::prepare(files, Vec::new(), SNAP_ID, snap, scfg.pack, &scfg.pack_opts)
+            .unwrap();
     let mut sender = Sender::new(scfg, SNAP_ID, files).unwrap();
     let mut receiver = Receiver::new(rcfg(), SNAP_ID, snap, MemSink::new());
     let t0 = Instant::now();

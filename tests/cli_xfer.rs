@@ -454,3 +454,61 @@ fn each_level_streams_bit_exact_and_default_codes_smaller_blocks() {
         streams[0]
     );
 }
+
+/// A `.pbb` named on the command line travels as its own streams (its coders, here LZMA at
+/// `--level default`, and its reference model): the packed stream is the `.pbb` without its
+/// 96-byte header and 32-byte trailer, plus the block's length prefix and two varints,
+/// whatever `pfs send --level` says; the receiver rebuilds the original file bit-exact.
+#[test]
+fn a_pbb_travels_as_its_own_streams() {
+    let d = tempfile::tempdir().unwrap();
+    let snap = build_snapshot(d.path(), "snap", "3");
+    let snap_bytes = std::fs::read(Path::new(&snap).join("snapshot.bin")).unwrap();
+    // covers with differences, then text
+    let mut data = snap_bytes[70_000..370_000].to_vec();
+    for i in (0..data.len()).step_by(53) {
+        data[i] ^= 0x33;
+    }
+    for k in 0..20_000u32 {
+        data.extend_from_slice(format!("line {k} of the file\n").as_bytes());
+    }
+    let src = d.path().join("doc");
+    std::fs::write(&src, &data).unwrap();
+    let pbb = d.path().join("doc.pbb");
+    let p = pfs()
+        .args(["plan", "--level", "default", "--snapshot", &snap])
+        .arg(&src)
+        .arg("-o")
+        .arg(&pbb)
+        .output()
+        .unwrap();
+    assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
+    let pbb_len = std::fs::metadata(&pbb).unwrap().len();
+    let keys = KeyFiles::create(d.path());
+    let out = d.path().join("out");
+    let m = d.path().join("m.jsonl");
+    let (rx, port, err) = start_recv(&snap, &out, &d.path().join("r.jsonl"), &keys.recv_flags());
+    let mut extra = keys.send_flags();
+    extra.extend(["--level".to_string(), "fast".to_string()]);
+    let s = send_logged(&snap, port, &pbb, &extra, &m);
+    assert!(
+        s.status.success(),
+        "sender: {}",
+        String::from_utf8_lossy(&s.stderr)
+    );
+    let (r, _) = finish(rx, err);
+    assert!(r.status.success(), "receiver failed");
+    assert!(
+        std::fs::read(out.join("doc")).unwrap() == data,
+        "the file differs"
+    );
+    let sent: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&m).unwrap().lines().last().unwrap()).unwrap();
+    assert_eq!(sent["packed_files"], 1, "{sent}");
+    let stream = sent["stream_bytes"].as_u64().unwrap();
+    let body = pbb_len - 96 - 32;
+    assert!(
+        (body + 4 + 2..=body + 4 + 20).contains(&stream),
+        "stream {stream} B for a {pbb_len} B .pbb"
+    );
+}

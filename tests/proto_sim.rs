@@ -26,7 +26,7 @@ fn new_sender(
     files: Vec<SendFile>,
     snap: &[u8],
 ) -> Result<Sender, packetfs::proto::SendError> {
-    let out = packetfs::prepare::prepare(files, id, snap, cfg.pack, &cfg.pack_opts)?;
+    let out = packetfs::prepare::prepare(files, Vec::new(), id, snap, cfg.pack, &cfg.pack_opts)?;
     Sender::new(cfg, id, out)
 }
 

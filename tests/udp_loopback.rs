@@ -360,7 +360,8 @@ fn the_driver_loop_repairs_loss_on_real_sockets() {
             ..SenderConfig::default()
         };
         let files =
-            packetfs::prepare::prepare(files, SNAP_ID, &snap, cfg.pack, &cfg.pack_opts).unwrap();
+            packetfs::prepare::prepare(files, Vec::new(), SNAP_ID, &snap, cfg.pack, &cfg.pack_opts)
+                .unwrap();
         let mut sender = Lossy {
             inner: Guard::new(
                 Sender::new(cfg, SNAP_ID, files).unwrap(),

@@ -9,7 +9,8 @@
 //! block := body_len u32 LE | body
 //! body  := varint file_len | varint nsegs | directory | data
 //! directory := 9 x (coder u8 | varint raw_len | varint stored_len)
-//!              for ops, lens, offs, imms, backs, dzeros, dbytes, lits, refs (refs is empty)
+//!              for ops, lens, offs, imms, backs, dzeros, dbytes, lits, refs (refs is empty
+//!              except in a `.pbb` sent as itself, below)
 //! data  := the stored streams end to end
 //! ```
 //!
@@ -23,8 +24,10 @@
 //! Self copies (segments that copy from earlier in the same file) are coded as distances back
 //! from their absolute file position, so they may reach into earlier blocks; because blocks
 //! are applied strictly in file order, their source bytes are always complete when they are
-//! applied, however the frames arrived. Blocks carry no reference predictions (the receiver
-//! decodes a block without the snapshot bytes).
+//! applied, however the frames arrived. The blocks [`encode`] makes carry no reference
+//! predictions; a v3 `.pbb` sent as itself is one block that is the whole file, with its
+//! model in `refs` ([`super::pbb::as_block`], [`Block::predict_back`], which adds the
+//! predictions back with the snapshot bytes; every other block decodes without them).
 
 use super::coder::{Coder, CoderOptions, Level};
 use super::pbb::PbbError;
@@ -137,9 +140,38 @@ pub struct Block {
     pub file_len: u64,
     pub segments: Vec<Segment>,
     pub spill: Vec<u8>,
+    /// The reference model ([`super::predict::RefModel`], encoded) of a block that starts the
+    /// file: a `.pbb` sent as itself ([`super::pbb::as_block`]). Its predictions are not yet
+    /// added to `spill`: that needs the snapshot bytes and the knowledge that the block is
+    /// the whole file ([`Block::predict_back`]). Empty for every block `encode` makes.
+    pub refs: Vec<u8>,
 }
 
 impl Block {
+    /// Add the predictions of [`Block::refs`] back into the spill, for a block that is the
+    /// whole file (`file_size` bytes) and was decoded against `snap`. A model in a block that
+    /// is not the whole file, or one that does not decode, is refused.
+    pub fn predict_back(
+        &mut self,
+        snap: &[u8],
+        base: u64,
+        file_size: u64,
+    ) -> Result<(), BlockError> {
+        if self.refs.is_empty() {
+            return Ok(());
+        }
+        if base != 0 || self.file_len != file_size {
+            return Err(BlockError::Corrupt(
+                "a reference model in a block that is not the whole file".into(),
+            ));
+        }
+        let model = super::predict::RefModel::decode(&self.refs, self.file_len)
+            .map_err(|e| BlockError::Corrupt(e.to_string()))?;
+        streams::predict_back(&model, snap, &self.segments, 0, &mut self.spill);
+        self.refs = Vec::new();
+        Ok(())
+    }
+
     /// The block as a blueprint of its own range (file offsets relative to the block start),
     /// so `Blueprint::validate`/`placed` apply to it.
     pub fn into_blueprint(self, snapshot_id: [u8; 32]) -> Blueprint {
@@ -379,7 +411,10 @@ pub fn decode_body(
     caps[S_DZEROS] = caps[S_DZEROS].min(spill_cap.saturating_add(1).saturating_mul(20));
     caps[S_DBYTES] = spill_cap;
     caps[S_LITS] = spill_cap;
-    caps[S_REFS] = 0;
+    // a reference model only where the block starts the file (a `.pbb` sent as itself)
+    if base != 0 {
+        caps[S_REFS] = 0;
+    }
     let dir = streams::read_dir(&mut r, &caps, None).map_err(|m| {
         if m.contains("truncated") {
             BlockError::Truncated("stream directory")
@@ -417,6 +452,7 @@ pub fn decode_body(
         file_len,
         segments: bp.segments,
         spill: bp.spill,
+        refs: std::mem::take(&mut raw[S_REFS]),
     })
 }
 
@@ -449,6 +485,12 @@ pub fn decode_all(
                     "body shorter than its prefix declares",
                 ))?;
         let b = decode_body(body, lim, snap_len, covered)?;
+        if !b.refs.is_empty() {
+            return Err(BlockError::Corrupt(
+                "the block predicts references from the snapshot; decode it with the snapshot bytes"
+                    .into(),
+            ));
+        }
         covered += b.file_len;
         if covered > file_len {
             return Err(BlockError::Corrupt(format!(
@@ -802,9 +844,13 @@ mod tests {
         d[S_LITS] = (0, 60, 60);
         let e = decode_body(&body(100, 1, &d, &[0; 120]), &lim, 100, 0).unwrap_err();
         assert!(e.to_string().contains("spill length"), "{e}");
-        // a refs stream (blocks carry none)
+        // a refs stream in a block that does not start the file (only a `.pbb` sent as
+        // itself, one block from offset 0, carries one), and one above its 1 MiB cap
         let mut d = empty_dir();
         d[S_REFS] = (0, 1, 1);
+        let e = decode_body(&body(100, 1, &d, &[0; 1]), &lim, 100, 40).unwrap_err();
+        assert!(e.to_string().contains("stream refs"), "{e}");
+        d[S_REFS] = (0, (1 << 20) + 1, 1);
         let e = decode_body(&body(100, 1, &d, &[0; 1]), &lim, 100, 0).unwrap_err();
         assert!(e.to_string().contains("stream refs"), "{e}");
         // an unknown coder
@@ -885,6 +931,85 @@ mod tests {
         let s = encode(&bp, &EncodeOptions::default()).unwrap();
         let e = decode_all(&s, &Limits::default(), [9; 32], 120, 100, [0; 32]).unwrap_err();
         assert!(e.to_string().contains("beyond its end"), "{e}");
+    }
+
+    /// A v3 `.pbb` with a reference model (this test binary as the old image in a snapshot,
+    /// a copy of it with every 97th byte of its first half past 64 KiB changed under one
+    /// cover) becomes one block that
+    /// keeps the `.pbb`'s streams: decoded at the file's start and predicted back with the
+    /// snapshot it is the blueprint `unpack_with` reads. A damaged file or one whose block
+    /// would pass the limits makes no block. The model is refused in a block
+    /// that is not at the file's start, by `predict_back` where the block is not the whole
+    /// file, and by `decode_all`, which has no snapshot bytes.
+    #[test]
+    fn a_pbb_becomes_one_block_with_its_model() {
+        let Ok(exe) = std::fs::read("/proc/self/exe") else {
+            eprintln!("skipped: /proc/self/exe unreadable");
+            return;
+        };
+        if !(exe.len() > 20 && exe[..4] == *b"\x7fELF" && exe[4] == 2 && exe[18] == 62) {
+            eprintln!("skipped: this test binary is not x86-64 ELF");
+            return;
+        }
+        let mut snap = vec![0u8; 4096];
+        snap.extend_from_slice(&exe);
+        let mut file = exe.clone();
+        // between the program headers and the section headers, which stay parseable
+        let n = file.len();
+        for b in file[1 << 16..n / 2].iter_mut().step_by(97) {
+            *b ^= 0x21;
+        }
+        let spill: Vec<u8> = file
+            .iter()
+            .zip(&exe)
+            .map(|(f, o)| f.wrapping_sub(*o))
+            .collect();
+        let bp = Blueprint {
+            snapshot_id: [5; 32],
+            file_len: file.len() as u64,
+            file_hash: *blake3::hash(&file).as_bytes(),
+            segments: vec![Segment {
+                len: file.len() as u32,
+                src: Source::Cover { off: 4096 },
+            }],
+            spill,
+        };
+        let opts = super::super::pbb::PackOptions::for_level(Level::Fast);
+        let (pbb, _) = super::super::pbb::pack_v3(&bp, Some((&file, &snap)), &opts).unwrap();
+        let want = super::super::pbb::unpack_with(&pbb, &[5; 32], &snap).unwrap();
+        let lim = Limits {
+            max_spill: 1 << 30,
+            max_segments: 1 << 20,
+            max_body: 1 << 30,
+        };
+        let stream = super::super::pbb::as_block(&pbb, &lim).expect("a v3 file");
+        let body = &stream[PREFIX..];
+        assert_eq!(body_len(&stream, &lim).unwrap(), Some(body.len() as u64));
+        let mut b = decode_body(body, &lim, snap.len() as u64, 0).unwrap();
+        assert!(!b.refs.is_empty(), "the model travels");
+        let mut short = b.clone();
+        assert!(short.predict_back(&snap, 0, bp.file_len + 1).is_err());
+        b.predict_back(&snap, 0, bp.file_len).unwrap();
+        assert_eq!((b.segments, b.spill), (want.segments, want.spill));
+        assert!(decode_body(body, &lim, snap.len() as u64, 7).is_err());
+        assert!(decode_all(
+            &stream,
+            &lim,
+            [5; 32],
+            snap.len() as u64,
+            bp.file_len,
+            [0; 32]
+        )
+        .is_err());
+        // a damaged file, or a block over the limits: none
+        let mut bad = pbb.clone();
+        bad[100] ^= 1;
+        assert!(super::super::pbb::as_block(&bad, &lim).is_none());
+        let tight = Limits {
+            max_body: body.len() as u64 - 1,
+            ..lim
+        };
+        assert!(super::super::pbb::as_block(&pbb, &tight).is_none());
     }
 
     #[test]

@@ -119,7 +119,8 @@ pub struct SendArgs {
     /// links inside it are sent as links (see --follow-symlinks), fifos, sockets and devices
     /// are skipped with a note. Arguments that are links are followed. Files are planned on
     /// the fly against the snapshot; a `.pbb` named as an argument is sent as the blueprint
-    /// it holds.
+    /// it holds, as its own coded streams where it is format v3 (a `pfs plan --level max`
+    /// file keeps its LZMA coding and reference predictions on the wire, whatever --level).
     #[arg(required = true)]
     files: Vec<PathBuf>,
     /// Send what links inside a directory point at (a file's contents, a directory's tree)
@@ -433,15 +434,20 @@ fn any_pbb<'a>(files: impl IntoIterator<Item = &'a PathBuf>) -> anyhow::Result<b
     Ok(false)
 }
 
-/// Plan (or load) each file into a blueprint against the snapshot.
+/// Plan (or load) each file into a blueprint against the snapshot; with, for each `.pbb`
+/// input of format v3, its streams as one packed block to send as they are
+/// ([`pbb::as_block`]: the `.pbb`'s coders and reference predictions travel, where packing
+/// the blueprint again would code it at `--level`'s block coders without predictions).
+#[allow(clippy::type_complexity)]
 fn blueprints(
     files: &[packetfs::tree::TreeFile],
     snap: &Snapshot,
     level: packetfs::blueprint::Level,
-) -> anyhow::Result<Vec<SendFile>> {
+) -> anyhow::Result<(Vec<SendFile>, Vec<Option<Vec<u8>>>)> {
     let cfg = PlanConfig::preset(level);
     let mut idx: Option<IndexSet> = None;
     let mut out = Vec::with_capacity(files.len());
+    let mut coded = Vec::with_capacity(files.len());
     for tf in files {
         let f = &tf.path;
         let bytes = std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
@@ -450,6 +456,7 @@ fn blueprints(
         let bp = if tf.top && bytes.starts_with(&pbb::MAGIC) {
             let bp = pbb::unpack_with(&bytes, &snap.id, snap.bytes())
                 .with_context(|| format!("{}", f.display()))?;
+            coded.push(pbb::as_block(&bytes, &Default::default()));
             SendFile {
                 name: name.trim_end_matches(".pbb").to_string(),
                 // self copies stay: the sender lowers them for direct files
@@ -462,6 +469,7 @@ fn blueprints(
             let hints = Hints::from_elf(&bytes).unwrap_or_default();
             let t = Instant::now();
             let p = plan::plan(&bytes, snap, idx.as_ref().expect("set above"), &hints, &cfg)?;
+            coded.push(None);
             let st = p.blueprint.stats();
             eprintln!(
                 "planned {}: {} in {} segments, raw spill {} ({:.1}%), {:.0} ms",
@@ -479,7 +487,7 @@ fn blueprints(
         };
         out.push(bp);
     }
-    Ok(out)
+    Ok((out, coded))
 }
 
 struct Bar {
@@ -713,14 +721,14 @@ pub fn send(a: SendArgs, origin: Instant) -> anyhow::Result<ExitCode> {
                 offers,
             }
         } else {
-            let files = blueprints(&tree.files, &snap, level).map(|mut f| {
+            let files = blueprints(&tree.files, &snap, level).map(|(mut f, coded)| {
                 f.extend(tree.nodes.iter().map(|n| SendFile {
                     name: n.name.clone(),
                     blueprint: empty.clone(),
                 }));
-                f
+                (f, coded)
             });
-            let files = match files {
+            let (files, coded) = match files {
                 Ok(f) => f,
                 Err(e) => {
                     // the AF_XDP setup thread finishes (and its sockets close) first
@@ -731,6 +739,7 @@ pub fn send(a: SendArgs, origin: Instant) -> anyhow::Result<ExitCode> {
             plan_bytes = Some(files.iter().map(|f| f.blueprint.file_len).sum::<u64>());
             SendInput::Planned {
                 files,
+                coded,
                 snapshot: snap.bytes(),
                 meta: meta.clone(),
             }

@@ -530,6 +530,9 @@ pub enum SendInput<'a> {
     /// prepared (validated, packed, lowered) before the session starts.
     Planned {
         files: Vec<SendFile>,
+        /// Per file (by index; missing = none): a packed stream to send as it is
+        /// (`crate::prepare::prepare`), a `.pbb` sent as itself.
+        coded: Vec<Option<Vec<u8>>>,
         snapshot: &'a [u8],
         /// Per file: kind, attributes, link target (a tree); empty: regular files with
         /// no attributes.
@@ -583,11 +586,13 @@ impl SendSession {
         let feed = match input {
             SendInput::Planned {
                 files,
+                coded,
                 snapshot,
                 meta,
             } => {
                 let files = crate::prepare::prepare(
                     files,
+                    coded,
                     snapshot_id,
                     snapshot,
                     proto.pack,
@@ -886,7 +891,9 @@ mod tests {
             name: "f".into(),
             blueprint: bp,
         }];
-        let out = crate::prepare::prepare(files, [1; 32], &[], cfg.pack, &cfg.pack_opts).unwrap();
+        let out =
+            crate::prepare::prepare(files, Vec::new(), [1; 32], &[], cfg.pack, &cfg.pack_opts)
+                .unwrap();
         let mut s = Sender::new(cfg, [1; 32], out).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {

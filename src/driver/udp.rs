@@ -513,6 +513,7 @@ pub fn run_sender_with(
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<SendSummary, DriverError> {
     let input = SendInput::Planned {
+        coded: Vec::new(),
         files,
         snapshot,
         meta: Vec::new(),

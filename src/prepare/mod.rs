@@ -77,8 +77,14 @@ pub fn choose_mode(
 /// it per `pack`, lower a direct one's self copies (direct pieces land in any order, so a
 /// copy could be applied before its source; packed blocks are applied in file order and
 /// keep them).
+///
+/// `coded` may hold, per file (by index; missing = none), a packed stream to send as it is
+/// instead of packing the blueprint: a `.pbb` sent as itself ([`crate::blueprint::pbb::as_block`];
+/// the blueprint, which must be what the stream decodes to, is still validated). It is used
+/// unless the pack policy is `Never`.
 pub fn prepare(
     files: Vec<SendFile>,
+    mut coded: Vec<Option<Vec<u8>>>,
     snapshot_id: [u8; 32],
     snapshot: &[u8],
     pack: PackPolicy,
@@ -96,8 +102,15 @@ pub fn prepare(
         f.blueprint
             .validate(snapshot.len() as u64)
             .map_err(|source| SendError::InvalidBlueprint { file: i, source })?;
-        let (mode, packed) = choose_mode(&f.blueprint, pack, opts)
-            .map_err(|source| SendError::Pack { file: i, source })?;
+        let given = coded
+            .get_mut(i)
+            .and_then(Option::take)
+            .filter(|_| pack != PackPolicy::Never && f.blueprint.file_len > 0);
+        let (mode, packed) = match given {
+            Some(stream) => (FileMode::Packed, stream),
+            None => choose_mode(&f.blueprint, pack, opts)
+                .map_err(|source| SendError::Pack { file: i, source })?,
+        };
         out.push(match mode {
             FileMode::Direct => {
                 let blueprint = if f.blueprint.has_self_copies() || f.blueprint.has_covers() {
@@ -197,7 +210,7 @@ mod tests {
             }]
         };
         let o = block::EncodeOptions::default();
-        let prep = |files, snap: &[u8], pack| prepare(files, [1; 32], snap, pack, &o);
+        let prep = |files, snap: &[u8], pack| prepare(files, Vec::new(), [1; 32], snap, pack, &o);
         assert!(matches!(
             prep(one("a", [1; 32]), &snap, PackPolicy::Auto),
             Err(SendError::InvalidBlueprint { .. })

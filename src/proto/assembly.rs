@@ -258,11 +258,14 @@ impl Assembly {
             let body =
                 &g.buf[(g.decoded - g.base) as usize + block::PREFIX..(end - g.base) as usize];
             let file_off = self.prog[fi].hashed;
-            let b = block::decode_body(body, cx.limits, cx.snapshot.len() as u64, file_off)
+            let mut b = block::decode_body(body, cx.limits, cx.snapshot.len() as u64, file_off)
                 .map_err(|_| Reason::Protocol)?;
             if file_off.checked_add(b.file_len).is_none_or(|e| e > size) {
                 return Err(Reason::Protocol);
             }
+            // a `.pbb` sent as itself: its reference predictions, with this snapshot
+            b.predict_back(cx.snapshot, file_off, size)
+                .map_err(|_| Reason::Protocol)?;
             apply_block(cx, fi as u32, file_off, &b).map_err(|_| Reason::Io)?;
             self.prog[fi].decoded = end;
             // `hashed` doubles as the packed file's write position: hash what was written.

@@ -635,7 +635,9 @@ mod tests {
 
     /// A sender for blueprints, through the prepare step.
     fn prepared(cfg: SenderConfig, files: Vec<SendFile>, snap: &[u8]) -> Sender {
-        let out = crate::prepare::prepare(files, [1; 32], snap, cfg.pack, &cfg.pack_opts).unwrap();
+        let out =
+            crate::prepare::prepare(files, Vec::new(), [1; 32], snap, cfg.pack, &cfg.pack_opts)
+                .unwrap();
         Sender::new(cfg, [1; 32], out).unwrap()
     }
 

@@ -570,6 +570,7 @@ pub fn run_sender(
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<(SendSummary, XdpReport), XdpError> {
     let input = SendInput::Planned {
+        coded: Vec::new(),
         files,
         snapshot,
         meta: Vec::new(),
