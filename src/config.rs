@@ -86,6 +86,10 @@ pub struct PfsConfig {
     pub pack: Option<PackPolicy>,
     /// Sender: planner preset for files planned on the fly: `fast`, `default` or `max`.
     pub level: Option<crate::blueprint::Level>,
+    /// Sender: files of at most this many bytes are planned whole before they go (as
+    /// `pfs plan` makes a `.pbb`), the others window by window while the session runs; 0:
+    /// every file window by window.
+    pub plan_whole: Option<u64>,
     /// Receiver: msync + fsync each file before renaming it into place.
     pub sync: Option<bool>,
     /// Receiver: each file's BLAKE3 on a hashing thread per session: `auto` (with two cores
@@ -281,6 +285,7 @@ impl PfsConfig {
             xdp_answers,
             pack,
             level,
+            plan_whole,
             sync,
             hash_thread,
             identity,
@@ -321,6 +326,7 @@ impl PfsConfig {
             xdp_answers: Some(crate::driver::options::Answers::Auto),
             pack: Some(PackPolicy::Auto),
             level: Some(crate::blueprint::Level::Fast),
+            plan_whole: Some(0),
             sync: Some(true),
             hash_thread: Some(crate::proto::HashThread::Auto),
             once: Some(false),

@@ -512,3 +512,73 @@ fn a_pbb_travels_as_its_own_streams() {
         "stream {stream} B for a {pbb_len} B .pbb"
     );
 }
+
+/// With `--plan-whole`, a file no longer than it is planned whole while the session starts
+/// and goes as one block of the streams `pfs plan` writes for it (its coders, its reference
+/// predictions): the stream is `pfs plan --level fast`'s `.pbb` of the same file without its
+/// header and trailer, plus the block's prefix, two varints and the stream's end record; the
+/// file arrives bit-exact.
+/// Without the flag the same file goes window by window (here, text and covers without
+/// predictions, in about as many bytes).
+#[test]
+fn a_small_file_is_planned_whole_as_pfs_plan_does() {
+    let d = tempfile::tempdir().unwrap();
+    let snap = build_snapshot(d.path(), "snap", "3");
+    let snap_bytes = std::fs::read(Path::new(&snap).join("snapshot.bin")).unwrap();
+    let mut data = snap_bytes[90_000..390_000].to_vec();
+    for i in (0..data.len()).step_by(41) {
+        data[i] = data[i].wrapping_add(3);
+    }
+    for k in 0..15_000u32 {
+        data.extend_from_slice(format!("record {k}: queue {} frame {}\n", k % 7, k * 3).as_bytes());
+    }
+    let src = d.path().join("mixed");
+    std::fs::write(&src, &data).unwrap();
+    let pbb = d.path().join("mixed.pbb");
+    let p = pfs()
+        .args(["plan", "--level", "fast", "--snapshot", &snap])
+        .arg(&src)
+        .arg("-o")
+        .arg(&pbb)
+        .output()
+        .unwrap();
+    assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
+    let body = std::fs::metadata(&pbb).unwrap().len() - 96 - 32;
+    let keys = KeyFiles::create(d.path());
+    let mut streams = Vec::new();
+    for whole in [true, false] {
+        let out = d.path().join(format!("out-{whole}"));
+        let m = d.path().join(format!("m-{whole}.jsonl"));
+        let (rx, port, err) =
+            start_recv(&snap, &out, &d.path().join("r.jsonl"), &keys.recv_flags());
+        let mut extra = keys.send_flags();
+        if whole {
+            extra.extend(["--plan-whole".to_string(), (8u64 << 20).to_string()]);
+        }
+        let s = send_logged(&snap, port, &src, &extra, &m);
+        assert!(
+            s.status.success(),
+            "sender: {}",
+            String::from_utf8_lossy(&s.stderr)
+        );
+        let (r, _) = finish(rx, err);
+        assert!(r.status.success(), "receiver failed");
+        assert!(
+            std::fs::read(out.join("mixed")).unwrap() == data,
+            "the file differs"
+        );
+        let sent: serde_json::Value =
+            serde_json::from_str(std::fs::read_to_string(&m).unwrap().lines().last().unwrap())
+                .unwrap();
+        assert_eq!(sent["streamed_files"], 1, "{sent}");
+        streams.push(sent["stream_bytes"].as_u64().unwrap());
+    }
+    // a streamed file's stream ends with its 36-byte end record
+    let end = 36;
+    assert!(
+        (body + 4 + 2 + end..=body + 4 + 20 + end).contains(&streams[0]),
+        "stream {} B, the .pbb's streams {body} B",
+        streams[0]
+    );
+    assert_ne!(streams[1], streams[0], "window by window: another stream");
+}
