@@ -207,7 +207,7 @@ fn main() {
         let mut rows = vec![("none", PredictOptions::NONE)];
         rows.extend(PredictOptions::each());
         rows.push((
-            "default (code + line + rela + symbols)",
+            "default (code + line + rela + symbols + dwarf)",
             PredictOptions::DEFAULT,
         ));
         rows.push(("all", PredictOptions::ALL));
