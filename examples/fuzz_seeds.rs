@@ -154,7 +154,8 @@ fn sender(id: [u8; 32], snap: &[u8], pack: PackPolicy, sizes: &[usize]) -> Sende
         pack,
         ..SenderConfig::default()
     };
-    let out = packetfs::prepare::prepare(files, Vec::new(), id, snap, pack, &cfg.pack_opts).expect("prepare");
+    let out = packetfs::prepare::prepare(files, Vec::new(), id, snap, pack, &cfg.pack_opts)
+        .expect("prepare");
     Sender::new(cfg, id, out).expect("sender")
 }
 
