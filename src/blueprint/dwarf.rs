@@ -132,14 +132,44 @@ impl Cur<'_> {
     }
 }
 
-/// One abbreviation: whether its DIE has children (unused by the walk, which reads DIEs in
-/// order) and its attributes' (name, form) pairs.
+/// One abbreviation: its attributes' (name, form) pairs (whether its DIE has children
+/// does not matter to the walk, which reads DIEs in order).
 type Abbrev = Vec<(u64, u64)>;
 
+/// An abbreviation table by code: small codes (the usual 1..n) in a vector, others hashed.
+#[derive(Default)]
+struct Abbrevs {
+    dense: Vec<Option<Abbrev>>,
+    sparse: HashMap<u64, Abbrev>,
+}
+
+/// Codes below this go in [`Abbrevs::dense`].
+const DENSE: u64 = 1 << 14;
+
+impl Abbrevs {
+    fn get(&self, code: u64) -> Option<&Abbrev> {
+        if code < DENSE {
+            self.dense.get(code as usize)?.as_ref()
+        } else {
+            self.sparse.get(&code)
+        }
+    }
+    fn insert(&mut self, code: u64, a: Abbrev) {
+        if code < DENSE {
+            if self.dense.len() <= code as usize {
+                self.dense.resize(code as usize + 1, None);
+            }
+            self.dense[code as usize] = Some(a);
+        } else {
+            self.sparse.insert(code, a);
+        }
+    }
+}
+
 /// The abbreviation table at `off` of `abbrev`, by code.
-fn abbrevs(abbrev: &[u8], off: usize) -> Option<HashMap<u64, Abbrev>> {
+fn abbrevs(abbrev: &[u8], off: usize) -> Option<Abbrevs> {
     let mut c = Cur { b: abbrev, i: off };
-    let mut t = HashMap::new();
+    let mut t = Abbrevs::default();
     loop {
         let code = c.uleb()?;
         if code == 0 {
@@ -254,7 +284,7 @@ fn kind_of(name: u64, form: u64, version: u16, addr: u8) -> Option<Kind> {
 /// `abbrev`, in section order.
 pub fn fields(info: &[u8], abbrev: &[u8]) -> Vec<Field> {
     let mut out = Vec::new();
-    let mut tables: HashMap<u32, Option<HashMap<u64, Abbrev>>> = HashMap::new();
+    let mut tables: HashMap<u32, Option<Abbrevs>> = HashMap::new();
     let mut unit = 0usize;
     // offsets are u32: a section of 4 GiB or more is walked up to there
     while unit + 11 <= info.len() && unit < u32::MAX as usize {
@@ -278,7 +308,7 @@ fn walk_unit(
     end: usize,
     unit: u32,
     abbrev: &[u8],
-    tables: &mut HashMap<u32, Option<HashMap<u64, Abbrev>>>,
+    tables: &mut HashMap<u32, Option<Abbrevs>>,
     out: &mut Vec<Field>,
 ) -> Option<()> {
     let version = c.u16()?;
@@ -310,7 +340,7 @@ fn walk_unit(
         if code == 0 {
             continue;
         }
-        for &(name, form) in table.get(&code)? {
+        for &(name, form) in table.get(code)? {
             let at = c.i;
             if let Some(kind) = kind_of(name, form, version, addr) {
                 out.push(Field {

@@ -628,7 +628,17 @@ fn adjust(d: &mut [u8], old: &[u8], i: usize, pred: &[u8], decode: bool) {
 pub struct AddressMap {
     /// (snapshot offset, length, file offset)
     spans: Vec<(u64, u64, u64)>,
+    /// The first span's start, and `1 << shift` bytes per entry of `hint`...
+    lo: u64,
+    shift: u32,
+    /// ...where `hint[k]` counts the spans that start at or before `lo + (k << shift)`
+    /// (with one entry past the last span's start): a lookup searches only between two
+    /// neighbouring entries (the predictions look up every reference they move).
+    hint: Vec<u32>,
 }
+
+/// Most entries of [`AddressMap::hint`] (4 MiB).
+const HINT_MAX: u64 = 1 << 20;
 
 impl AddressMap {
     /// From segments that start at file offset `base`.
@@ -642,13 +652,44 @@ impl AddressMap {
             q += s.len as u64;
         }
         spans.sort_unstable();
-        AddressMap { spans }
+        let (lo, hi) = match (spans.first(), spans.last()) {
+            (Some(f), Some(l)) => (f.0, l.0 + 1),
+            _ => (0, 0),
+        };
+        // 4 KiB per entry, or more where the spans lie further apart than 4 GiB
+        let mut shift = 12;
+        while (hi - lo) >> shift > HINT_MAX {
+            shift += 1;
+        }
+        let n = ((hi - lo) >> shift) as usize + 2;
+        let mut hint = Vec::with_capacity(n);
+        let mut i = 0usize;
+        for k in 0..n as u64 {
+            let at = lo.saturating_add(k << shift);
+            while i < spans.len() && spans[i].0 <= at {
+                i += 1;
+            }
+            hint.push(i as u32);
+        }
+        AddressMap {
+            spans,
+            lo,
+            shift,
+            hint,
+        }
     }
 
     /// The new file position of snapshot position `p`: the segment with the largest start at
     /// or before `p` that holds it (looking back at most 8 segments).
     pub fn map(&self, p: u64) -> Option<u64> {
-        let i = self.spans.partition_point(|s| s.0 <= p);
+        let k = (p.checked_sub(self.lo)? >> self.shift) as usize;
+        let i = match (self.hint.get(k), self.hint.get(k + 1)) {
+            (Some(&a), Some(&b)) => {
+                let (a, b) = (a as usize, b as usize);
+                a + self.spans[a..b].partition_point(|s| s.0 <= p)
+            }
+            _ => self.spans.len(),
+        };
         for k in (i.saturating_sub(8)..i).rev() {
             let (o, l, q) = self.spans[k];
             if p < o + l {
@@ -767,8 +808,15 @@ impl<'a> Predictor<'a> {
         }
     }
 
-    /// The new value of the old `.debug_info` field `x` whose old bytes are `old`.
-    fn dwarf_field(&self, d: &DwarfModel, x: &dwarf::Field, old: &[u8]) -> Option<u64> {
+    /// The new value of the old `.debug_info` field `x` whose old bytes are `old`; `unit`
+    /// caches the last unit's new start (fields come in order, many to a unit).
+    fn dwarf_field(
+        &self,
+        d: &DwarfModel,
+        x: &dwarf::Field,
+        old: &[u8],
+        unit: &mut Option<(u32, Option<u64>)>,
+    ) -> Option<u64> {
         // the new file position of old-image offset `o`
         let new_pos = |o: u64| self.map.map(self.model.old_base.checked_add(o)?);
         match x.kind {
@@ -784,8 +832,16 @@ impl<'a> Predictor<'a> {
             }
             dwarf::Kind::UnitRef => {
                 let v = u32::from_le_bytes(old.try_into().ok()?) as u64;
-                let unit = d.old_info.0.checked_add(x.unit as u64)?;
-                new_pos(unit.checked_add(v)?)?.checked_sub(new_pos(unit)?)
+                let start = d.old_info.0.checked_add(x.unit as u64)?;
+                let new_start = match *unit {
+                    Some((u, s)) if u == x.unit => s,
+                    _ => {
+                        let s = new_pos(start);
+                        *unit = Some((x.unit, s));
+                        s
+                    }
+                }?;
+                new_pos(start.checked_add(v)?)?.checked_sub(new_start)
             }
         }
         .filter(|&n| x.size() == 8 || n <= u32::MAX as u64)
@@ -949,6 +1005,7 @@ impl<'a> Predictor<'a> {
                         (p_from + (to - from)).saturating_sub(info_at),
                     );
                     let first = self.dwarf.partition_point(|x| (x.at as u64) < lo);
+                    let mut unit = None;
                     for x in self.dwarf[first..]
                         .iter()
                         .take_while(|x| (x.at as u64) < hi)
@@ -961,7 +1018,7 @@ impl<'a> Predictor<'a> {
                         else {
                             continue;
                         };
-                        if let Some(v) = self.dwarf_field(d, x, &old[i..i + n]) {
+                        if let Some(v) = self.dwarf_field(d, x, &old[i..i + n], &mut unit) {
                             let b = v.to_le_bytes();
                             if b[..n] != old[i..i + n] {
                                 f(at + i, &b[..n]);
@@ -970,19 +1027,25 @@ impl<'a> Predictor<'a> {
                     }
                 }
                 RegionKind::LineAddr => {
+                    // each `00 09 02` (memchr's search, not a test per byte) with 8 bytes
+                    // after it; a mapped address is skipped over, another match is not
                     let mut i = 0usize;
                     while i + 11 <= old.len() {
-                        if old[i] == 0 && old[i + 1] == 9 && old[i + 2] == 2 {
-                            let v = u64::from_le_bytes(old[i + 3..i + 11].try_into().expect("8"));
-                            if let Some(n) = self.move_va(v) {
+                        let Some(j) = memchr::memmem::find(&old[i..old.len() - 8], &[0, 9, 2])
+                        else {
+                            break;
+                        };
+                        i += j;
+                        let v = u64::from_le_bytes(old[i + 3..i + 11].try_into().expect("8"));
+                        match self.move_va(v) {
+                            Some(n) => {
                                 if n != v {
                                     f(at + i + 3, &n.to_le_bytes());
                                 }
                                 i += 11;
-                                continue;
                             }
+                            None => i += 1,
                         }
-                        i += 1;
                     }
                 }
             }
@@ -1275,6 +1338,54 @@ mod tests {
             assert!(par == one, "{parts} runs differ from one pass");
             p.apply_split(&segs, 0, &mut par, true, parts, 3);
             assert!(par == orig, "{parts} runs do not decode back");
+        }
+    }
+
+    /// The hinted lookup finds what a binary search over the sorted spans finds: random
+    /// spans (overlapping, adjacent, far apart: past 4 GiB the hint's entries grow) probed
+    /// at their edges and between them.
+    #[test]
+    fn address_map_lookups_equal_a_plain_search() {
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for spread in [1u64 << 16, 1 << 24, 1 << 40] {
+            let mut segs = Vec::new();
+            for _ in 0..300 {
+                let len = 1 + next() % 5000;
+                let src = if next() % 4 == 0 {
+                    Source::Raw
+                } else {
+                    Source::Cover {
+                        off: next() % spread,
+                    }
+                };
+                segs.push(Segment {
+                    len: len as u32,
+                    src,
+                });
+            }
+            let m = AddressMap::new(&segs, 7);
+            let plain = |p: u64| {
+                let i = m.spans.partition_point(|s| s.0 <= p);
+                (i.saturating_sub(8)..i)
+                    .rev()
+                    .map(|k| m.spans[k])
+                    .find(|&(o, l, _)| p < o + l)
+                    .map(|(o, _, q)| q + (p - o))
+            };
+            let mut probes: Vec<u64> = vec![0, u64::MAX, spread];
+            for &(o, l, _) in &m.spans {
+                probes.extend([o.saturating_sub(1), o, o + l - 1, o + l, o + l / 2]);
+            }
+            probes.extend((0..2000).map(|_| next() % (spread + 10_000)));
+            for p in probes {
+                assert_eq!(m.map(p), plain(p), "spread {spread}, position {p}");
+            }
         }
     }
 
