@@ -166,9 +166,22 @@ impl Abbrevs {
     }
 }
 
-/// The abbreviation table at `off` of `abbrev`, by code.
-fn abbrevs(abbrev: &[u8], off: usize) -> Option<Abbrevs> {
+/// The abbreviation tables a walk parsed, by offset, and the bytes they took.
+#[derive(Default)]
+struct Tables {
+    by_off: HashMap<u32, Option<Abbrevs>>,
+    parsed: usize,
+}
+
+/// The abbreviation table at `off` of `abbrev`, by code (`None`: it does not parse), and
+/// the bytes read.
+fn abbrevs(abbrev: &[u8], off: usize) -> (Option<Abbrevs>, usize) {
     let mut c = Cur { b: abbrev, i: off };
+    let t = abbrev_table(&mut c);
+    (t, c.i.saturating_sub(off))
+}
+
+fn abbrev_table(c: &mut Cur<'_>) -> Option<Abbrevs> {
     let mut t = Abbrevs::default();
     loop {
         let code = c.uleb()?;
@@ -280,11 +293,17 @@ fn kind_of(name: u64, form: u64, version: u16, addr: u8) -> Option<Kind> {
     })
 }
 
+/// Most distinct abbreviation tables one walk parses, and most bytes of them in all (a
+/// release's units share a few tables; bytes that are no DWARF must not make a walk parse
+/// one table per unit over a large section).
+const MAX_TABLES: usize = 1 << 16;
+const MAX_TABLE_BYTES: usize = 64 << 20;
+
 /// Every reference field of `info` (a `.debug_info` section) whose abbreviations are in
-/// `abbrev`, in section order.
+/// `abbrev`, in section order (up to where a limit above stops the walk).
 pub fn fields(info: &[u8], abbrev: &[u8]) -> Vec<Field> {
     let mut out = Vec::new();
-    let mut tables: HashMap<u32, Option<Abbrevs>> = HashMap::new();
+    let mut tables = Tables::default();
     let mut unit = 0usize;
     // offsets are u32: a section of 4 GiB or more is walked up to there
     while unit + 11 <= info.len() && unit < u32::MAX as usize {
@@ -308,7 +327,7 @@ fn walk_unit(
     end: usize,
     unit: u32,
     abbrev: &[u8],
-    tables: &mut HashMap<u32, Option<Abbrevs>>,
+    tables: &mut Tables,
     out: &mut Vec<Field>,
 ) -> Option<()> {
     let version = c.u16()?;
@@ -327,10 +346,15 @@ fn walk_unit(
         }
         _ => return None,
     };
-    let table = tables
-        .entry(abbrev_off)
-        .or_insert_with(|| abbrevs(abbrev, abbrev_off as usize))
-        .as_ref()?;
+    if !tables.by_off.contains_key(&abbrev_off) {
+        if tables.by_off.len() >= MAX_TABLES || tables.parsed > MAX_TABLE_BYTES {
+            return None;
+        }
+        let (t, n) = abbrevs(abbrev, abbrev_off as usize);
+        tables.parsed += n;
+        tables.by_off.insert(abbrev_off, t);
+    }
+    let table = tables.by_off[&abbrev_off].as_ref()?;
     let c = &mut Cur {
         b: &c.b[..end],
         i: c.i,
@@ -417,6 +441,41 @@ mod tests {
         let mut bad = info.clone();
         bad[second as usize + 11] = 9;
         assert_eq!(fields(&bad, &abbrev), f[..5].to_vec());
+    }
+
+    /// Bytes that are no DWARF (noise; units of 11 bytes each naming another abbreviation
+    /// offset into a long run of attribute pairs) end the walk quickly, without a panic:
+    /// the tables it parses are bounded.
+    #[test]
+    fn noise_and_many_tables_end_the_walk() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut noise = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect()
+        };
+        for _ in 0..20 {
+            let (info, abbrev) = (noise(1 << 16), noise(1 << 12));
+            let _ = fields(&info, &abbrev);
+        }
+        // 200,000 units of a version 4 header alone, each with its own abbreviation offset
+        // into 1 MiB of a table that never ends (one code, then attribute pairs)
+        let mut abbrev = vec![1u8, 0x11, 0];
+        abbrev.extend(std::iter::repeat_n([0x03u8, 0x08], 1 << 19).flatten());
+        let mut info = Vec::new();
+        for k in 0..200_000u32 {
+            info.extend(7u32.to_le_bytes());
+            info.extend(4u16.to_le_bytes());
+            info.extend((k % (1 << 20)).to_le_bytes());
+            info.push(8);
+        }
+        // (without the bound on the tables' bytes this parses about 100 GB)
+        assert!(fields(&info, &abbrev).is_empty());
     }
 
     /// This test binary's own `.debug_info` (when it has one): the walk reads every unit to
