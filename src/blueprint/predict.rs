@@ -193,7 +193,8 @@ pub const MAX_LOADS: u64 = 64;
 pub const MAX_REGIONS: u64 = 4096;
 /// Largest old `.debug_info` a model may name (a decoder walks it).
 pub const MAX_DWARF_BYTES: u64 = 1 << 30;
-/// Largest old table a model may name (bytes; a decoder reads and indexes it).
+/// Largest old table a model may name, and most bytes of old tables in all (a decoder reads
+/// and indexes them).
 pub const MAX_TABLE_BYTES: u64 = 64 << 20;
 /// Bytes of one `Elf64_Rela` or `Elf64_Sym` (the tables read in step).
 const ENTRY: u64 = 24;
@@ -208,6 +209,17 @@ pub struct ModelError(pub String);
 impl RefModel {
     pub fn is_empty(&self) -> bool {
         self.regions.is_empty()
+    }
+
+    /// Bytes of the old tables the regions read in step name, in all.
+    fn table_bytes(&self) -> u64 {
+        self.regions
+            .iter()
+            .map(|r| match r.kind {
+                RegionKind::Rela { old_len, .. } | RegionKind::Symbols { old_len, .. } => old_len,
+                _ => 0,
+            })
+            .fold(0u64, u64::saturating_add)
     }
 
     /// The `refs` stream (empty for an empty model).
@@ -389,6 +401,9 @@ impl RefModel {
         if debug_info != m.dwarf.is_some() {
             return Err(bad("debug info region and debug sections disagree"));
         }
+        if m.table_bytes() > MAX_TABLE_BYTES {
+            return Err(bad("old tables above the limit in all"));
+        }
         if r.remaining() != 0 {
             return Err(bad("trailing bytes"));
         }
@@ -516,6 +531,15 @@ impl RefModel {
             keep
         });
         regions.truncate(MAX_REGIONS as usize);
+        // the old tables within their limit in all (the first ones kept)
+        let mut tables = 0u64;
+        regions.retain(|r| match r.kind {
+            RegionKind::Rela { old_len, .. } | RegionKind::Symbols { old_len, .. } => {
+                tables += old_len;
+                tables <= MAX_TABLE_BYTES
+            }
+            _ => true,
+        });
         // the old image's .debug_info and .debug_abbrev, and the sections both images have
         // that the fields point into; without them no .debug_info region
         let range = |f: &object::File, n: &str| {
@@ -1487,6 +1511,25 @@ mod tests {
         for cut in 0..b.len() {
             assert!(RefModel::decode(&b[..cut], 600).is_err() || cut == 0);
         }
+        // old tables within the limit each, above it in all
+        let mut many = m.clone();
+        many.regions = (0..3u64)
+            .map(|k| Region {
+                start: 100 * k,
+                len: 48,
+                kind: RegionKind::Rela {
+                    old_start: 0,
+                    old_len: MAX_TABLE_BYTES / 24 / 2 * 24,
+                },
+            })
+            .collect();
+        many.dwarf = None;
+        assert!(
+            RefModel::decode(&many.encode(), 600).is_err(),
+            "tables in all"
+        );
+        many.regions.pop();
+        assert!(RefModel::decode(&many.encode(), 600).is_ok());
         let mut bad = m.clone();
         bad.regions.truncate(3);
         let mut bad = bad.encode();
