@@ -16,18 +16,19 @@
 //!   displacement.
 //! - [`RegionKind::Words`]: a table of 64-bit addresses with a stride and a mask of which
 //!   8-byte fields are addresses (`.data.rel.ro`, `.got`: every word; `.dynamic`: the
-//!   values; `.debug_ranges`, `.debug_aranges`: every word).
+//!   values).
 //! - [`RegionKind::LineAddr`]: DWARF line programs: the address of `DW_LNE_set_address`
 //!   (`00 09 02` + 8 bytes).
 //! - [`RegionKind::DebugInfo`]: `.debug_info`: the reference fields of the *old* section,
 //!   found by walking its units ([`super::dwarf`]): addresses moved, offsets into the other
 //!   debug sections and unit-relative DIE references as the new positions of their targets.
-//! - [`RegionKind::Rela`], [`RegionKind::Symbols`]: a relocation table (`.rela.dyn`,
-//!   `.rela.plt`) or a symbol table (`.symtab`, `.dynsym`) read in step with the old image's
-//!   table: once an entry (rebuilt) has an old entry's moved key (a relocation's addend, a
-//!   symbol's value), the next entry is predicted as the next old one: its offset (or name)
-//!   as the rebuilt one plus the old step between the two, its addend (or value) moved, its
-//!   other fields as the old entry's. The covers alone do not pair the entries: a table's
+//! - [`RegionKind::Rela`], [`RegionKind::Symbols`], [`RegionKind::Ranges`]: a relocation
+//!   table (`.rela.dyn`, `.rela.plt`), a symbol table (`.symtab`, `.dynsym`) or the range
+//!   lists (`.debug_ranges`) read in step with the old image's: once an entry (rebuilt) has
+//!   an old entry's moved key (a relocation's addend, a symbol's value, a range's begin),
+//!   the next entry is predicted as the next old one: its offset (or name) as the rebuilt
+//!   one plus the old step between the two, its addend (value, begin) moved, a range's end
+//!   as the moved begin plus the old length, its other fields as the old entry's. The covers alone do not pair the entries: a table's
 //!   entries look alike, so a cover over it often lies on a diagonal a few entries off, and
 //!   where slots hold zeros until relocated (`.data.rel.ro` of a position-independent image)
 //!   the slots' own covers cannot place them either.
@@ -67,6 +68,9 @@ pub enum RegionKind {
     /// `Elf64_Sym` entries (24 bytes: name, info, other, section index, value, size),
     /// predicted in step with the old image's table.
     Symbols { old_start: u64, old_len: u64 },
+    /// `.debug_ranges` entries (16 bytes: begin, end), predicted in step with the old
+    /// image's list.
+    Ranges { old_start: u64, old_len: u64 },
     /// A `.debug_info` section: the old one's reference fields ([`super::dwarf`]) moved;
     /// the sections are in [`RefModel::dwarf`].
     DebugInfo,
@@ -92,7 +96,8 @@ pub struct PredictOptions {
     pub rela: bool,
     /// `.symtab` / `.dynsym` entries (in step with the old tables).
     pub symbols: bool,
-    /// Address words of `.debug_ranges` / `.debug_aranges`.
+    /// `.debug_ranges` lists, in step with the old image's (`.debug_aranges` as address
+    /// words moved some pairs' bytes by a few hundred either way: left out).
     pub debug_ranges: bool,
     /// `DW_LNE_set_address` in `.debug_line`.
     pub line: bool,
@@ -122,17 +127,19 @@ impl PredictOptions {
         dwarf: false,
     };
     /// What pays on the release pairs (`PFS_CODEC_ONLY=predict cargo bench --bench codec`):
-    /// rel32 in code, DWARF line addresses, the relocation and symbol tables read in step
-    /// with the old ones, and `.debug_info`'s references. The address tables did not: in a shared object `.data.rel.ro` and
-    /// `.got` hold zeros until relocated, and `.debug_ranges` entries are relative to their
-    /// unit's base. (`.rela.dyn` and `.symtab` as word tables, before they were read in step,
-    /// changed as many bytes for the worse as for the better.)
+    /// rel32 in code, DWARF line addresses, `.debug_info`'s references, and the relocation
+    /// and symbol tables and `.debug_ranges` lists read in step with the old ones. The
+    /// address words of `.data.rel.ro` and `.got` did not: in a shared object they hold
+    /// zeros until relocated. (The tables and range lists as word tables, before they were
+    /// read in step, changed as many bytes for the worse as for the better: a cover over
+    /// entries that look alike sits a few entries off.)
     pub const DEFAULT: PredictOptions = PredictOptions {
         code: true,
         line: true,
         rela: true,
         symbols: true,
         dwarf: true,
+        debug_ranges: true,
         ..PredictOptions::NONE
     };
     /// Each feature alone, by name (the ablation rows).
@@ -196,8 +203,6 @@ pub const MAX_DWARF_BYTES: u64 = 1 << 30;
 /// Largest old table a model may name, and most bytes of old tables in all (a decoder reads
 /// and indexes them).
 pub const MAX_TABLE_BYTES: u64 = 64 << 20;
-/// Bytes of one `Elf64_Rela` or `Elf64_Sym` (the tables read in step).
-const ENTRY: u64 = 24;
 /// `R_X86_64_RELATIVE`: the addend is an address of the image.
 const R_X86_64_RELATIVE: u32 = 8;
 
@@ -216,7 +221,9 @@ impl RefModel {
         self.regions
             .iter()
             .map(|r| match r.kind {
-                RegionKind::Rela { old_len, .. } | RegionKind::Symbols { old_len, .. } => old_len,
+                RegionKind::Rela { old_len, .. }
+                | RegionKind::Symbols { old_len, .. }
+                | RegionKind::Ranges { old_len, .. } => old_len,
                 _ => 0,
             })
             .fold(0u64, u64::saturating_add)
@@ -251,11 +258,12 @@ impl RefModel {
                 }
                 RegionKind::LineAddr => o.push(2),
                 RegionKind::Rela { old_start, old_len }
-                | RegionKind::Symbols { old_start, old_len } => {
-                    o.push(if matches!(r.kind, RegionKind::Rela { .. }) {
-                        3
-                    } else {
-                        4
+                | RegionKind::Symbols { old_start, old_len }
+                | RegionKind::Ranges { old_start, old_len } => {
+                    o.push(match r.kind {
+                        RegionKind::Rela { .. } => 3,
+                        RegionKind::Symbols { .. } => 4,
+                        _ => 6,
                     });
                     put_u64(&mut o, old_start);
                     put_u64(&mut o, old_len);
@@ -347,20 +355,26 @@ impl RefModel {
                     }
                 }
                 2 => RegionKind::LineAddr,
-                k @ (3 | 4) => {
+                k @ (3 | 4 | 6) => {
                     let old_start = r.u64().map_err(|_| bad("truncated"))?;
                     let old_len = r.u64().map_err(|_| bad("truncated"))?;
+                    let entry = if k == 6 {
+                        Entries::Ranges
+                    } else {
+                        Entries::Rela
+                    }
+                    .len();
                     if old_len == 0
-                        || old_len % ENTRY != 0
+                        || old_len % entry != 0
                         || old_len > MAX_TABLE_BYTES
                         || old_start.checked_add(old_len).is_none()
                     {
                         return Err(bad("bad old table"));
                     }
-                    if k == 3 {
-                        RegionKind::Rela { old_start, old_len }
-                    } else {
-                        RegionKind::Symbols { old_start, old_len }
+                    match k {
+                        3 => RegionKind::Rela { old_start, old_len },
+                        4 => RegionKind::Symbols { old_start, old_len },
+                        _ => RegionKind::Ranges { old_start, old_len },
                     }
                 }
                 5 => RegionKind::DebugInfo,
@@ -474,10 +488,10 @@ impl RefModel {
         };
         // the old image's table of a name, read in step (an image without one gets no
         // predictions there)
-        let old_table = |name: &str| {
+        let old_table = |name: &str, entry: u64| {
             old.section_by_name(name)
                 .and_then(|s| s.file_range())
-                .filter(|&(_, l)| l > 0 && l % ENTRY == 0 && l <= MAX_TABLE_BYTES)
+                .filter(|&(_, l)| l > 0 && l % entry == 0 && l <= MAX_TABLE_BYTES)
         };
         let mut regions = Vec::new();
         for s in new.sections() {
@@ -495,17 +509,21 @@ impl RefModel {
                 ".data.rel.ro" | ".got" | ".got.plt" | ".init_array" | ".fini_array" if o.data => {
                     RegionKind::Words { stride: 8, mask: 1 }
                 }
-                ".debug_ranges" | ".debug_aranges" if o.debug_ranges => {
-                    RegionKind::Words { stride: 8, mask: 1 }
+                // range lists in step with the old image's (their begin addresses moved)
+                ".debug_ranges" if o.debug_ranges => {
+                    let Some((old_start, old_len)) = old_table(name, 16) else {
+                        continue;
+                    };
+                    RegionKind::Ranges { old_start, old_len }
                 }
                 ".rela.dyn" | ".rela.plt" if o.rela => {
-                    let Some((old_start, old_len)) = old_table(name) else {
+                    let Some((old_start, old_len)) = old_table(name, 24) else {
                         continue;
                     };
                     RegionKind::Rela { old_start, old_len }
                 }
                 ".symtab" | ".dynsym" if o.symbols => {
-                    let Some((old_start, old_len)) = old_table(name) else {
+                    let Some((old_start, old_len)) = old_table(name, 24) else {
                         continue;
                     };
                     RegionKind::Symbols { old_start, old_len }
@@ -534,7 +552,9 @@ impl RefModel {
         // the old tables within their limit in all (the first ones kept)
         let mut tables = 0u64;
         regions.retain(|r| match r.kind {
-            RegionKind::Rela { old_len, .. } | RegionKind::Symbols { old_len, .. } => {
+            RegionKind::Rela { old_len, .. }
+            | RegionKind::Symbols { old_len, .. }
+            | RegionKind::Ranges { old_len, .. } => {
                 tables += old_len;
                 tables <= MAX_TABLE_BYTES
             }
@@ -781,6 +801,27 @@ enum Entries {
     /// `Elf64_Sym`: name u32, info u8, other u8, section index u16, value, size; keyed by
     /// the value.
     Sym,
+    /// A `.debug_ranges` entry: begin, end (addresses: a Rust unit's base is 0); keyed by
+    /// the begin address (0 is a list's end, which no lookup finds).
+    Ranges,
+}
+
+impl Entries {
+    /// Bytes of an entry.
+    fn len(self) -> u64 {
+        match self {
+            Entries::Rela | Entries::Sym => 24,
+            Entries::Ranges => 16,
+        }
+    }
+    /// The 8-byte field that is the key.
+    fn key_field(self) -> usize {
+        match self {
+            Entries::Rela => 2,
+            Entries::Sym => 1,
+            Entries::Ranges => 0,
+        }
+    }
 }
 
 /// An old table read in step: where its entries lie in the snapshot, each entry's key moved
@@ -876,6 +917,7 @@ impl<'a> Predictor<'a> {
         let (entries, old_start, old_len) = match r.kind {
             RegionKind::Rela { old_start, old_len } => (Entries::Rela, old_start, old_len),
             RegionKind::Symbols { old_start, old_len } => (Entries::Sym, old_start, old_len),
+            RegionKind::Ranges { old_start, old_len } => (Entries::Ranges, old_start, old_len),
             _ => return OldTable::default(),
         };
         let Some((at, b)) = self
@@ -887,14 +929,14 @@ impl<'a> Predictor<'a> {
         else {
             return OldTable::default();
         };
-        let n = b.len() / ENTRY as usize;
+        let n = b.len() / entries.len() as usize;
         let mut t = OldTable {
             entries,
             at,
             keys: Vec::with_capacity(n),
             by_key: std::collections::HashMap::with_capacity(n),
         };
-        for (j, e) in b.chunks_exact(ENTRY as usize).enumerate() {
+        for (j, e) in b.chunks_exact(entries.len() as usize).enumerate() {
             let key = match entries {
                 // a relative relocation's addend is an address; others' are kept
                 Entries::Rela if word(e, 1) as u32 == R_X86_64_RELATIVE => self.move_va(word(e, 2)),
@@ -905,9 +947,14 @@ impl<'a> Predictor<'a> {
                     0 | 0xff00.. => Some(word(e, 1)),
                     _ => self.move_va(word(e, 1)),
                 },
+                // a list's end (0, 0) stays; an address moves
+                Entries::Ranges => match word(e, 0) {
+                    0 => Some(0),
+                    b => self.move_va(b),
+                },
             };
             t.keys.push(key);
-            if let Some(m) = key {
+            if let Some(m) = key.filter(|&m| !(entries == Entries::Ranges && m == 0)) {
                 t.by_key.entry(m).or_insert(j as u32);
             }
         }
@@ -917,8 +964,9 @@ impl<'a> Predictor<'a> {
     /// The entry after old entry `j` of `t` as predicted in step: `prev` is the rebuilt
     /// entry found to be old entry `j`; `(field offset, bytes)` for each predicted field.
     fn in_step(&self, t: &OldTable, j: usize, prev: &[u8; 24]) -> [(usize, [u8; 8], usize); 3] {
-        let o = &self.snap[t.at + 24 * j..t.at + 24 * (j + 2)];
-        let (o0, o1) = o.split_at(24);
+        let n = t.entries.len() as usize;
+        let o = &self.snap[t.at + n * j..t.at + n * (j + 2)];
+        let (o0, o1) = o.split_at(n);
         let key = t.keys[j + 1];
         match t.entries {
             // offset: the rebuilt offset plus the old step; info as the old entry's; the
@@ -952,6 +1000,23 @@ impl<'a> Predictor<'a> {
                         if key.is_some() { 8 } else { 0 },
                     ),
                     (16, word(o1, 2).to_le_bytes(), 8),
+                ]
+            }
+            // begin moved, end = the moved begin + the old length (a list's end stays 0, 0)
+            Entries::Ranges => {
+                let (b, e) = (word(o1, 0), word(o1, 1));
+                let end = key.map(|k| {
+                    if b == 0 && e == 0 {
+                        0
+                    } else {
+                        k.wrapping_add(e.wrapping_sub(b))
+                    }
+                });
+                let n = |v: Option<u64>| if v.is_some() { 8 } else { 0 };
+                [
+                    (0, key.unwrap_or(0).to_le_bytes(), n(key)),
+                    (8, end.unwrap_or(0).to_le_bytes(), n(end)),
+                    (0, [0; 8], 0),
                 ]
             }
         }
@@ -1014,7 +1079,9 @@ impl<'a> Predictor<'a> {
                     }
                 }
                 // predicted from rebuilt bytes: [`Predictor::table_cover`]
-                RegionKind::Rela { .. } | RegionKind::Symbols { .. } => {}
+                RegionKind::Rela { .. }
+                | RegionKind::Symbols { .. }
+                | RegionKind::Ranges { .. } => {}
                 // the old .debug_info's fields that lie in this part of the cover
                 RegionKind::DebugInfo => {
                     let Some(d) = &self.model.dwarf else {
@@ -1159,21 +1226,20 @@ impl<'a> Predictor<'a> {
                 continue;
             }
             let to = (r.start + r.len).min(q0 + len);
-            let mut e = r.start + (r.start.max(q0) - r.start).div_ceil(ENTRY) * ENTRY;
+            let entry = t.entries.len();
+            let n = entry as usize;
+            let mut e = r.start + (r.start.max(q0) - r.start).div_ceil(entry) * entry;
             // the old entry the previous entry was found to be, and that entry rebuilt
             let mut step: Option<(usize, [u8; 24])> = None;
             let rebuilt = |d: &[u8], i: usize| {
                 let mut v = [0u8; 24];
-                for (b, (s, x)) in v.iter_mut().zip(old[i..i + 24].iter().zip(&d[i..i + 24])) {
+                for (b, (s, x)) in v.iter_mut().zip(old[i..i + n].iter().zip(&d[i..i + n])) {
                     *b = s.wrapping_add(*x);
                 }
                 v
             };
-            let key_field = match t.entries {
-                Entries::Rela => 2,
-                Entries::Sym => 1,
-            };
-            while e + ENTRY <= to {
+            let key_field = t.entries.key_field();
+            while e + entry <= to {
                 let i = (e - q0) as usize;
                 let before = (!decode).then(|| rebuilt(d, i));
                 if let Some((j, prev)) = step.filter(|s| s.0 + 1 < t.keys.len()) {
@@ -1192,7 +1258,7 @@ impl<'a> Predictor<'a> {
                 step = next
                     .or_else(|| t.by_key.get(&key).map(|&j| j as usize))
                     .map(|j| (j, now));
-                e += ENTRY;
+                e += entry;
             }
         }
     }
@@ -1487,6 +1553,14 @@ mod tests {
                         old_len: 24,
                     },
                 },
+                Region {
+                    start: 460,
+                    len: 32,
+                    kind: RegionKind::Ranges {
+                        old_start: 200,
+                        old_len: 32,
+                    },
+                },
             ],
             dwarf: None,
         };
@@ -1530,6 +1604,16 @@ mod tests {
         );
         many.regions.pop();
         assert!(RefModel::decode(&many.encode(), 600).is_ok());
+        // a range list of no whole 16-byte entries
+        let mut w = m.clone();
+        w.regions[5].kind = RegionKind::Ranges {
+            old_start: 200,
+            old_len: 24,
+        };
+        assert!(
+            RefModel::decode(&w.encode(), 600).is_err(),
+            "ranges of 24 bytes"
+        );
         let mut bad = m.clone();
         bad.regions.truncate(3);
         let mut bad = bad.encode();
@@ -1545,11 +1629,11 @@ mod tests {
     /// inserted one, and the one after it (the inserted key is no old entry's, so the step is
     /// found again one entry later). Decoding adds back exactly what encoding took, in one
     /// pass or in runs side by side. For relocations (offsets 16 apart, addends into moved
-    /// code) and for symbols (names 20 apart in a string table that grew, values in moved
-    /// code).
+    /// code), symbols (names 20 apart in a string table that grew, values in moved code) and
+    /// range lists (begin and end in moved code).
     #[test]
     fn tables_are_predicted_in_step_with_the_old_table() {
-        for entries in [Entries::Rela, Entries::Sym] {
+        for entries in [Entries::Rela, Entries::Sym, Entries::Ranges] {
             in_step_case(entries);
         }
     }
@@ -1574,12 +1658,17 @@ mod tests {
                     e.extend_from_slice(&addr.to_le_bytes());
                     e.extend_from_slice(&size.to_le_bytes());
                 }
+                Entries::Ranges => {
+                    e.extend_from_slice(&addr.to_le_bytes());
+                    e.extend_from_slice(&(addr + size).to_le_bytes());
+                }
             }
             e
         };
         let (first0, gap, first_shift) = match entries {
             Entries::Rela => (0x3000u64, 16u64, SHIFT),
             Entries::Sym => (100, 20, 7),
+            Entries::Ranges => (0, 2, 0), // no first field
         };
         // old image: 256 header bytes, the table, zeros to 2048, 2048 bytes of targets
         let mut old = vec![0x5Au8; 256];
@@ -1630,7 +1719,7 @@ mod tests {
                 },
             },
         ];
-        let (old_start, old_len) = (256, 24 * N);
+        let (old_start, old_len) = (256, entries.len() * N);
         let m = RefModel {
             old_base: base,
             old_loads: vec![Load {
@@ -1649,6 +1738,7 @@ mod tests {
                 kind: match entries {
                     Entries::Rela => RegionKind::Rela { old_start, old_len },
                     Entries::Sym => RegionKind::Symbols { old_start, old_len },
+                    Entries::Ranges => RegionKind::Ranges { old_start, old_len },
                 },
             }],
             dwarf: None,
@@ -1661,9 +1751,10 @@ mod tests {
             .map(|(f, s)| f.wrapping_sub(*s))
             .collect();
         // the entries with a difference left
+        let n = entries.len() as usize;
         let costly = |d: &[u8]| -> Vec<usize> {
-            (0..d.len() / 24)
-                .filter(|&e| d[24 * e..24 * e + 24].iter().any(|&b| b != 0))
+            (0..d.len() / n)
+                .filter(|&e| d[n * e..n * e + n].iter().any(|&b| b != 0))
                 .collect()
         };
         assert_eq!(
