@@ -206,10 +206,10 @@ pub struct SendArgs {
     /// Plan files of at most BYTES whole before they go, as `pfs plan` makes a `.pbb` (each
     /// stream's best coder at --level, the x86-64 reference predictions), instead of window
     /// by window while the session runs: fewer bytes on the wire, for the plan's time before
-    /// the file's first data frame. The libstd release pair (5.4 MB, --level fast): 855 KB on
-    /// the wire instead of 1,013 KB, 0.121 s end to end instead of 0.079 s at 1 Gbit/s
-    /// (README, "Planning whole"): it pays on links slower than about 30 Mbit/s [default: 0,
-    /// window by window].
+    /// the file's first data frame. The libstd release pair (5.4 MB, --level fast): 778 KB on
+    /// the wire instead of 1,013 KB, but 0.13-0.14 s end to end instead of 0.08-0.09 s at 200
+    /// Mbit/s and 0.23 s instead of 0.17 s at 50 Mbit/s (README, "Planning whole"): for links
+    /// where bytes cost more than time [default: 0, window by window].
     #[arg(long, value_name = "BYTES")]
     plan_whole: Option<u64>,
     #[command(flatten)]
