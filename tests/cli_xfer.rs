@@ -163,6 +163,43 @@ fn send_logged(snap: &str, port: u16, file: &Path, extra: &[String], metrics: &P
         .unwrap()
 }
 
+/// Send `src` with `extra` flags to a fresh receiver (keys), check that it arrives under
+/// `out/NAME` as `data`, and return the sender's metrics line.
+fn send_checked(
+    d: &Path,
+    snap: &str,
+    keys: &KeyFiles,
+    src: &Path,
+    data: &[u8],
+    extra: &[String],
+    tag: &str,
+) -> serde_json::Value {
+    let out = d.join(format!("out-{tag}"));
+    let m = d.join(format!("m-{tag}.jsonl"));
+    let (rx, port, err) = start_recv(snap, &out, &d.join("r.jsonl"), &keys.recv_flags());
+    let mut flags = keys.send_flags();
+    flags.extend_from_slice(extra);
+    let s = send_logged(snap, port, src, &flags, &m);
+    assert!(
+        s.status.success(),
+        "{tag}: sender: {}",
+        String::from_utf8_lossy(&s.stderr)
+    );
+    let (r, _) = finish(rx, err);
+    assert!(r.status.success(), "{tag}: receiver failed");
+    let name = src
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .trim_end_matches(".pbb")
+        .to_string();
+    assert!(
+        std::fs::read(out.join(&name)).unwrap() == data,
+        "{tag}: the file differs"
+    );
+    serde_json::from_str(std::fs::read_to_string(&m).unwrap().lines().last().unwrap()).unwrap()
+}
+
 #[test]
 fn an_insecure_session_says_so_on_both_sides() {
     let d = tempfile::tempdir().unwrap();
@@ -420,27 +457,8 @@ fn each_level_streams_bit_exact_and_default_codes_smaller_blocks() {
     let keys = KeyFiles::create(d.path());
     let mut streams = Vec::new();
     for level in ["fast", "default"] {
-        let out = d.path().join(format!("out-{level}"));
-        let m = d.path().join(format!("m-{level}.jsonl"));
-        let (rx, port, err) =
-            start_recv(&snap, &out, &d.path().join("r.jsonl"), &keys.recv_flags());
-        let mut extra = keys.send_flags();
-        extra.extend(["--level".to_string(), level.to_string()]);
-        let s = send_logged(&snap, port, &src, &extra, &m);
-        assert!(
-            s.status.success(),
-            "{level}: sender: {}",
-            String::from_utf8_lossy(&s.stderr)
-        );
-        let (r, _) = finish(rx, err);
-        assert!(r.status.success(), "{level}: receiver failed");
-        assert!(
-            std::fs::read(out.join("mixed")).unwrap() == data,
-            "{level}: the file differs"
-        );
-        let sent: serde_json::Value =
-            serde_json::from_str(std::fs::read_to_string(&m).unwrap().lines().last().unwrap())
-                .unwrap();
+        let extra = ["--level".to_string(), level.to_string()];
+        let sent = send_checked(d.path(), &snap, &keys, &src, &data, &extra, level);
         assert_eq!(sent["streamed_files"], 1, "{sent}");
         streams.push(sent["stream_bytes"].as_u64().unwrap());
     }
@@ -485,25 +503,8 @@ fn a_pbb_travels_as_its_own_streams() {
     assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
     let pbb_len = std::fs::metadata(&pbb).unwrap().len();
     let keys = KeyFiles::create(d.path());
-    let out = d.path().join("out");
-    let m = d.path().join("m.jsonl");
-    let (rx, port, err) = start_recv(&snap, &out, &d.path().join("r.jsonl"), &keys.recv_flags());
-    let mut extra = keys.send_flags();
-    extra.extend(["--level".to_string(), "fast".to_string()]);
-    let s = send_logged(&snap, port, &pbb, &extra, &m);
-    assert!(
-        s.status.success(),
-        "sender: {}",
-        String::from_utf8_lossy(&s.stderr)
-    );
-    let (r, _) = finish(rx, err);
-    assert!(r.status.success(), "receiver failed");
-    assert!(
-        std::fs::read(out.join("doc")).unwrap() == data,
-        "the file differs"
-    );
-    let sent: serde_json::Value =
-        serde_json::from_str(std::fs::read_to_string(&m).unwrap().lines().last().unwrap()).unwrap();
+    let extra = ["--level".to_string(), "fast".to_string()];
+    let sent = send_checked(d.path(), &snap, &keys, &pbb, &data, &extra, "pbb");
     assert_eq!(sent["packed_files"], 1, "{sent}");
     let stream = sent["stream_bytes"].as_u64().unwrap();
     let body = pbb_len - 96 - 32;
@@ -547,29 +548,13 @@ fn a_small_file_is_planned_whole_as_pfs_plan_does() {
     let keys = KeyFiles::create(d.path());
     let mut streams = Vec::new();
     for whole in [true, false] {
-        let out = d.path().join(format!("out-{whole}"));
-        let m = d.path().join(format!("m-{whole}.jsonl"));
-        let (rx, port, err) =
-            start_recv(&snap, &out, &d.path().join("r.jsonl"), &keys.recv_flags());
-        let mut extra = keys.send_flags();
-        if whole {
-            extra.extend(["--plan-whole".to_string(), (8u64 << 20).to_string()]);
-        }
-        let s = send_logged(&snap, port, &src, &extra, &m);
-        assert!(
-            s.status.success(),
-            "sender: {}",
-            String::from_utf8_lossy(&s.stderr)
-        );
-        let (r, _) = finish(rx, err);
-        assert!(r.status.success(), "receiver failed");
-        assert!(
-            std::fs::read(out.join("mixed")).unwrap() == data,
-            "the file differs"
-        );
-        let sent: serde_json::Value =
-            serde_json::from_str(std::fs::read_to_string(&m).unwrap().lines().last().unwrap())
-                .unwrap();
+        let extra: Vec<String> = if whole {
+            vec!["--plan-whole".to_string(), (8u64 << 20).to_string()]
+        } else {
+            Vec::new()
+        };
+        let tag = if whole { "whole" } else { "windows" };
+        let sent = send_checked(d.path(), &snap, &keys, &src, &data, &extra, tag);
         assert_eq!(sent["streamed_files"], 1, "{sent}");
         streams.push(sent["stream_bytes"].as_u64().unwrap());
     }

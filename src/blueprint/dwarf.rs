@@ -448,16 +448,11 @@ mod tests {
     /// the tables it parses are bounded.
     #[test]
     fn noise_and_many_tables_end_the_walk() {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rng = crate::pob::prng::SplitMix64::new(17);
         let mut noise = |n: usize| -> Vec<u8> {
-            (0..n)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect()
+            let mut v = vec![0u8; n];
+            rng.fill(&mut v);
+            v
         };
         for _ in 0..20 {
             let (info, abbrev) = (noise(1 << 16), noise(1 << 12));

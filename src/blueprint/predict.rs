@@ -1436,13 +1436,8 @@ mod tests {
     /// at their edges and between them.
     #[test]
     fn address_map_lookups_equal_a_plain_search() {
-        let mut rng = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut rng = crate::pob::prng::SplitMix64::new(41);
+        let mut next = move || rng.next_u64();
         for spread in [1u64 << 16, 1 << 24, 1 << 40] {
             let mut segs = Vec::new();
             for _ in 0..300 {
