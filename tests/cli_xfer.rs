@@ -163,6 +163,20 @@ fn send_logged(snap: &str, port: u16, file: &Path, extra: &[String], metrics: &P
         .unwrap()
 }
 
+/// `pfs plan --level LEVEL SRC -o SRC.pbb`; the `.pbb`'s path.
+fn plan_pbb(snap: &str, src: &Path, level: &str) -> std::path::PathBuf {
+    let pbb = src.with_extension("pbb");
+    let p = pfs()
+        .args(["plan", "--level", level, "--snapshot", snap])
+        .arg(src)
+        .arg("-o")
+        .arg(&pbb)
+        .output()
+        .unwrap();
+    assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
+    pbb
+}
+
 /// Send `src` with `extra` flags to a fresh receiver (keys), check that it arrives under
 /// `out/NAME` as `data`, and return the sender's metrics line.
 fn send_checked(
@@ -492,15 +506,7 @@ fn a_pbb_travels_as_its_own_streams() {
     }
     let src = d.path().join("doc");
     std::fs::write(&src, &data).unwrap();
-    let pbb = d.path().join("doc.pbb");
-    let p = pfs()
-        .args(["plan", "--level", "default", "--snapshot", &snap])
-        .arg(&src)
-        .arg("-o")
-        .arg(&pbb)
-        .output()
-        .unwrap();
-    assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
+    let pbb = plan_pbb(&snap, &src, "default");
     let pbb_len = std::fs::metadata(&pbb).unwrap().len();
     let keys = KeyFiles::create(d.path());
     let extra = ["--level".to_string(), "fast".to_string()];
@@ -535,15 +541,7 @@ fn a_small_file_is_planned_whole_as_pfs_plan_does() {
     }
     let src = d.path().join("mixed");
     std::fs::write(&src, &data).unwrap();
-    let pbb = d.path().join("mixed.pbb");
-    let p = pfs()
-        .args(["plan", "--level", "fast", "--snapshot", &snap])
-        .arg(&src)
-        .arg("-o")
-        .arg(&pbb)
-        .output()
-        .unwrap();
-    assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
+    let pbb = plan_pbb(&snap, &src, "fast");
     let body = std::fs::metadata(&pbb).unwrap().len() - 96 - 32;
     let keys = KeyFiles::create(d.path());
     let mut streams = Vec::new();
