@@ -26,11 +26,11 @@
 //! are applied strictly in file order, their source bytes are always complete when they are
 //! applied, however the frames arrived. The blocks [`encode`] makes carry no reference
 //! predictions; a v3 `.pbb` sent as itself is one block that is the whole file, with its
-//! model in `refs` ([`super::pbb::as_block`], [`Block::predict_back`], which adds the
+//! model in `refs` ([`from_pbb`], [`Block::predict_back`], which adds the
 //! predictions back with the snapshot bytes; every other block decodes without them).
 
 use super::coder::{Coder, CoderOptions, Level};
-use super::pbb::PbbError;
+use super::pbb::{self, PbbError};
 use super::streams::{self, S_DBYTES, S_DZEROS, S_LITS, S_REFS};
 use super::varint::{put_u64, Reader};
 use super::{Blueprint, Segment, Source};
@@ -141,7 +141,7 @@ pub struct Block {
     pub segments: Vec<Segment>,
     pub spill: Vec<u8>,
     /// The reference model ([`super::predict::RefModel`], encoded) of a block that starts the
-    /// file: a `.pbb` sent as itself ([`super::pbb::as_block`]). Its predictions are not yet
+    /// file: a `.pbb` sent as itself ([`from_pbb`]). Its predictions are not yet
     /// added to `spill`: that needs the snapshot bytes and the knowledge that the block is
     /// the whole file ([`Block::predict_back`]). Empty for every block `encode` makes.
     pub refs: Vec<u8>,
@@ -384,6 +384,36 @@ pub fn body_len(stream: &[u8], lim: &Limits) -> Result<Option<u64>, BlockError> 
         });
     }
     Ok(Some(n))
+}
+
+/// A v3 `.pbb` (whose header and checksum [`pbb::read_header`] accepts) as one block that
+/// is the whole file: its coded streams as they are (no
+/// re-encoding: a `max` file keeps its LZMA streams and its reference model, which the
+/// receiver applies with its snapshot, [`Block::predict_back`]). `None` for a
+/// v1/v2 file and where the block would exceed `lim`.
+pub fn from_pbb(bytes: &[u8], lim: &Limits) -> Option<Vec<u8>> {
+    let h = pbb::read_header(bytes).ok()?;
+    let dir = h.streams?;
+    let spill = dir[streams::S_DBYTES].raw + dir[streams::S_LITS].raw;
+    if h.file_len == 0
+        || h.segments > lim.max_segments.min(h.file_len)
+        || spill > lim.max_spill.min(h.file_len)
+    {
+        return None;
+    }
+    // the block's directory and data are the .pbb's (the same stream directory), after the
+    // file length and record count
+    let mut body = Vec::with_capacity(20 + bytes.len());
+    put_u64(&mut body, h.file_len);
+    put_u64(&mut body, h.segments);
+    body.extend_from_slice(&bytes[pbb::HEADER_LEN_V3..bytes.len() - pbb::TRAILER_LEN]);
+    if body.len() as u64 > lim.max_body {
+        return None;
+    }
+    let mut out = Vec::with_capacity(PREFIX + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    Some(out)
 }
 
 /// Decode one body (without its prefix) of the block that starts at file offset `base`.
@@ -982,7 +1012,7 @@ mod tests {
             max_segments: 1 << 20,
             max_body: 1 << 30,
         };
-        let stream = super::super::pbb::as_block(&pbb, &lim).expect("a v3 file");
+        let stream = from_pbb(&pbb, &lim).expect("a v3 file");
         let body = &stream[PREFIX..];
         assert_eq!(body_len(&stream, &lim).unwrap(), Some(body.len() as u64));
         let mut b = decode_body(body, &lim, snap.len() as u64, 0).unwrap();
@@ -1004,12 +1034,12 @@ mod tests {
         // a damaged file, or a block over the limits: none
         let mut bad = pbb.clone();
         bad[100] ^= 1;
-        assert!(super::super::pbb::as_block(&bad, &lim).is_none());
+        assert!(from_pbb(&bad, &lim).is_none());
         let tight = Limits {
             max_body: body.len() as u64 - 1,
             ..lim
         };
-        assert!(super::super::pbb::as_block(&pbb, &tight).is_none());
+        assert!(from_pbb(&pbb, &tight).is_none());
     }
 
     #[test]

@@ -935,36 +935,6 @@ fn bounded<R: Read>(r: R, limit: u64, what: &str) -> Result<Vec<u8>, PbbError> {
     Ok(out)
 }
 
-/// A v3 `.pbb` (whose header and checksum `read_header` accepted) as one packed-transfer
-/// block that is the whole file ([`super::block`]): its coded streams as they are (no
-/// re-encoding: a `max` file keeps its LZMA streams and its reference model, which the
-/// receiver applies with its snapshot, [`super::block::Block::predict_back`]). `None` for a
-/// v1/v2 file and where the block would exceed `lim`.
-pub fn as_block(bytes: &[u8], lim: &super::block::Limits) -> Option<Vec<u8>> {
-    let h = read_header(bytes).ok()?;
-    let dir = h.streams?;
-    let spill = dir[streams::S_DBYTES].raw + dir[streams::S_LITS].raw;
-    if h.file_len == 0
-        || h.segments > lim.max_segments.min(h.file_len)
-        || spill > lim.max_spill.min(h.file_len)
-    {
-        return None;
-    }
-    // the block's directory and data are the .pbb's (the same stream directory), after the
-    // file length and record count
-    let mut body = Vec::with_capacity(20 + bytes.len());
-    put_u64(&mut body, h.file_len);
-    put_u64(&mut body, h.segments);
-    body.extend_from_slice(&bytes[HEADER_LEN_V3..bytes.len() - TRAILER_LEN]);
-    if body.len() as u64 > lim.max_body {
-        return None;
-    }
-    let mut out = Vec::with_capacity(super::block::PREFIX + body.len());
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&body);
-    Some(out)
-}
-
 /// Unpack a `.pbb`, refusing it unless it was made for `snapshot_id`, and validate it against
 /// the snapshot bytes `snap` (a v3 file with reference predictions needs them to add the
 /// predictions back).

@@ -446,7 +446,7 @@ fn any_pbb<'a>(files: impl IntoIterator<Item = &'a PathBuf>) -> anyhow::Result<b
 
 /// Plan (or load) each file into a blueprint against the snapshot; with, for each `.pbb`
 /// input of format v3, its streams as one packed block to send as they are
-/// ([`pbb::as_block`]: the `.pbb`'s coders and reference predictions travel, where packing
+/// ([`block::from_pbb`]: the `.pbb`'s coders and reference predictions travel, where packing
 /// the blueprint again would code it at `--level`'s block coders without predictions).
 #[allow(clippy::type_complexity)]
 fn blueprints(
@@ -466,7 +466,10 @@ fn blueprints(
         let bp = if tf.top && bytes.starts_with(&pbb::MAGIC) {
             let bp = pbb::unpack_with(&bytes, &snap.id, snap.bytes())
                 .with_context(|| format!("{}", f.display()))?;
-            coded.push(pbb::as_block(&bytes, &Default::default()));
+            coded.push(packetfs::blueprint::block::from_pbb(
+                &bytes,
+                &Default::default(),
+            ));
             SendFile {
                 name: name.trim_end_matches(".pbb").to_string(),
                 // self copies stay: the sender lowers them for direct files

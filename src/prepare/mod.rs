@@ -79,7 +79,7 @@ pub fn choose_mode(
 /// keep them).
 ///
 /// `coded` may hold, per file (by index; missing = none), a packed stream to send as it is
-/// instead of packing the blueprint: a `.pbb` sent as itself ([`crate::blueprint::pbb::as_block`];
+/// instead of packing the blueprint: a `.pbb` sent as itself ([`crate::blueprint::block::from_pbb`];
 /// the blueprint, which must be what the stream decodes to, is still validated). It is used
 /// unless the pack policy is `Never`.
 pub fn prepare(

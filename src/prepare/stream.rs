@@ -52,7 +52,7 @@ pub struct StreamOptions {
     pub file_price: bool,
     /// Files of at most this many bytes are planned and packed whole, as `pfs plan` makes a
     /// `.pbb` (the stream coders that measure smallest, the x86-64 reference predictions),
-    /// and go as that one block ([`crate::blueprint::pbb::as_block`]) instead of window by
+    /// and go as that one block ([`crate::blueprint::block::from_pbb`]) instead of window by
     /// window at the block coders: the libstd release pair (5.4 MB) goes as 786 KB instead
     /// of 931 KB of windowed blocks. The first data frame waits for the whole plan (about
     /// 70 ms there at `fast` on the 2-core VM; the session's handshake runs meanwhile), and
@@ -476,7 +476,7 @@ fn pack_whole(
             }
         })?;
     let limit = file.len() as u64 + allowance(file.len() as u64);
-    Ok(pbb::as_block(&bytes, &block::Limits::default()).filter(|b| b.len() as u64 <= limit))
+    Ok(block::from_pbb(&bytes, &block::Limits::default()).filter(|b| b.len() as u64 <= limit))
 }
 
 /// A window after [`pack_window`]: its blocks, or a blueprint still to encode.
