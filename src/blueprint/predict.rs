@@ -22,19 +22,19 @@
 //! - [`RegionKind::DebugInfo`]: `.debug_info`: the reference fields of the *old* section,
 //!   found by walking its units ([`super::dwarf`]): addresses moved, offsets into the other
 //!   debug sections and unit-relative DIE references as the new positions of their targets.
-//! - [`RegionKind::Rela`], [`RegionKind::Symbols`], [`RegionKind::Ranges`]: a relocation
-//!   table (`.rela.dyn`, `.rela.plt`), a symbol table (`.symtab`, `.dynsym`) or the range
-//!   lists (`.debug_ranges`) read in step with the old image's: once an entry (rebuilt) has
-//!   an old entry's moved key (a relocation's addend, a symbol's value, a range's begin),
-//!   the next entry is predicted as the next old one: its offset (or name) as the rebuilt
-//!   one plus the old step between the two, its addend (value, begin) moved, a range's end
-//!   as the moved begin plus the old length, its other fields as the old entry's. The covers alone do not pair the entries: a table's
-//!   entries look alike, so a cover over it often lies on a diagonal a few entries off, and
-//!   where slots hold zeros until relocated (`.data.rel.ro` of a position-independent image)
-//!   the slots' own covers cannot place them either.
+//! - [`RegionKind::Table`]: a relocation table (`.rela.dyn`, `.rela.plt`), a symbol table
+//!   (`.symtab`, `.dynsym`) or the range lists (`.debug_ranges`) read in step with the old
+//!   image's: once an entry (rebuilt) has an old entry's moved key (a relocation's addend, a
+//!   symbol's value, a range's begin), the next entry is predicted as the next old one: its
+//!   offset (or name) as the rebuilt one plus the old step between the two, its addend
+//!   (value, begin) moved, a range's end as the moved begin plus the old length, its other
+//!   fields as the old entry's. The covers alone do not pair the entries: a table's entries
+//!   look alike, so a cover over it often lies on a diagonal a few entries off, and where
+//!   slots hold zeros until relocated (`.data.rel.ro` of a position-independent image) the
+//!   slots' own covers cannot place them either.
 //!
 //! Predictions are computed from the snapshot, the segments and the model, and for a
-//! relocation table from the entries of the same cover before the one predicted (the
+//! table read in step from the entries of the same cover before the one predicted (the
 //! decoder has rebuilt those when it gets there: it walks a cover's entries in order), so
 //! the encoder subtracts them from the differences and the decoder adds the same values
 //! back. Only covers are predicted (exact segments have no differences); nothing carries
@@ -62,15 +62,13 @@ pub enum RegionKind {
     Words { stride: u32, mask: u32 },
     /// DWARF line programs (`DW_LNE_set_address`).
     LineAddr,
-    /// `Elf64_Rela` entries (24 bytes: offset, info, addend), predicted in step with the old
-    /// image's table at `[old_start, old_start + old_len)` of the old image.
-    Rela { old_start: u64, old_len: u64 },
-    /// `Elf64_Sym` entries (24 bytes: name, info, other, section index, value, size),
-    /// predicted in step with the old image's table.
-    Symbols { old_start: u64, old_len: u64 },
-    /// `.debug_ranges` entries (16 bytes: begin, end), predicted in step with the old
-    /// image's list.
-    Ranges { old_start: u64, old_len: u64 },
+    /// A table of `of` entries, predicted in step with the old image's table at
+    /// `[old_start, old_start + old_len)` of the old image.
+    Table {
+        of: Entries,
+        old_start: u64,
+        old_len: u64,
+    },
     /// A `.debug_info` section: the old one's reference fields ([`super::dwarf`]) moved;
     /// the sections are in [`RefModel::dwarf`].
     DebugInfo,
@@ -221,9 +219,7 @@ impl RefModel {
         self.regions
             .iter()
             .map(|r| match r.kind {
-                RegionKind::Rela { old_len, .. }
-                | RegionKind::Symbols { old_len, .. }
-                | RegionKind::Ranges { old_len, .. } => old_len,
+                RegionKind::Table { old_len, .. } => old_len,
                 _ => 0,
             })
             .fold(0u64, u64::saturating_add)
@@ -257,14 +253,12 @@ impl RefModel {
                     put_u64(&mut o, mask as u64);
                 }
                 RegionKind::LineAddr => o.push(2),
-                RegionKind::Rela { old_start, old_len }
-                | RegionKind::Symbols { old_start, old_len }
-                | RegionKind::Ranges { old_start, old_len } => {
-                    o.push(match r.kind {
-                        RegionKind::Rela { .. } => 3,
-                        RegionKind::Symbols { .. } => 4,
-                        _ => 6,
-                    });
+                RegionKind::Table {
+                    of,
+                    old_start,
+                    old_len,
+                } => {
+                    o.push(of.code());
                     put_u64(&mut o, old_start);
                     put_u64(&mut o, old_len);
                 }
@@ -356,25 +350,20 @@ impl RefModel {
                 }
                 2 => RegionKind::LineAddr,
                 k @ (3 | 4 | 6) => {
+                    let of = Entries::from_code(k).expect("3, 4 or 6");
                     let old_start = r.u64().map_err(|_| bad("truncated"))?;
                     let old_len = r.u64().map_err(|_| bad("truncated"))?;
-                    let entry = if k == 6 {
-                        Entries::Ranges
-                    } else {
-                        Entries::Rela
-                    }
-                    .len();
                     if old_len == 0
-                        || old_len % entry != 0
+                        || old_len % of.len() != 0
                         || old_len > MAX_TABLE_BYTES
                         || old_start.checked_add(old_len).is_none()
                     {
                         return Err(bad("bad old table"));
                     }
-                    match k {
-                        3 => RegionKind::Rela { old_start, old_len },
-                        4 => RegionKind::Symbols { old_start, old_len },
-                        _ => RegionKind::Ranges { old_start, old_len },
+                    RegionKind::Table {
+                        of,
+                        old_start,
+                        old_len,
                     }
                 }
                 5 => RegionKind::DebugInfo,
@@ -488,10 +477,15 @@ impl RefModel {
         };
         // the old image's table of a name, read in step (an image without one gets no
         // predictions there)
-        let old_table = |name: &str, entry: u64| {
+        let old_table = |name: &str, of: Entries| {
             old.section_by_name(name)
                 .and_then(|s| s.file_range())
-                .filter(|&(_, l)| l > 0 && l % entry == 0 && l <= MAX_TABLE_BYTES)
+                .filter(|&(_, l)| l > 0 && l % of.len() == 0 && l <= MAX_TABLE_BYTES)
+                .map(|(old_start, old_len)| RegionKind::Table {
+                    of,
+                    old_start,
+                    old_len,
+                })
         };
         let mut regions = Vec::new();
         for s in new.sections() {
@@ -511,22 +505,22 @@ impl RefModel {
                 }
                 // range lists in step with the old image's (their begin addresses moved)
                 ".debug_ranges" if o.debug_ranges => {
-                    let Some((old_start, old_len)) = old_table(name, 16) else {
+                    let Some(k) = old_table(name, Entries::Ranges) else {
                         continue;
                     };
-                    RegionKind::Ranges { old_start, old_len }
+                    k
                 }
                 ".rela.dyn" | ".rela.plt" if o.rela => {
-                    let Some((old_start, old_len)) = old_table(name, 24) else {
+                    let Some(k) = old_table(name, Entries::Rela) else {
                         continue;
                     };
-                    RegionKind::Rela { old_start, old_len }
+                    k
                 }
                 ".symtab" | ".dynsym" if o.symbols => {
-                    let Some((old_start, old_len)) = old_table(name, 24) else {
+                    let Some(k) = old_table(name, Entries::Sym) else {
                         continue;
                     };
-                    RegionKind::Symbols { old_start, old_len }
+                    k
                 }
                 ".dynamic" if o.rela => RegionKind::Words {
                     stride: 16,
@@ -552,9 +546,7 @@ impl RefModel {
         // the old tables within their limit in all (the first ones kept)
         let mut tables = 0u64;
         regions.retain(|r| match r.kind {
-            RegionKind::Rela { old_len, .. }
-            | RegionKind::Symbols { old_len, .. }
-            | RegionKind::Ranges { old_len, .. } => {
+            RegionKind::Table { old_len, .. } => {
                 tables += old_len;
                 tables <= MAX_TABLE_BYTES
             }
@@ -784,17 +776,16 @@ pub struct Predictor<'a> {
     pub model: &'a RefModel,
     pub snap: &'a [u8],
     pub map: AddressMap,
-    /// Per region of the model: the old table of a region read in step
-    /// ([`RegionKind::Rela`], [`RegionKind::Symbols`]; empty for the other kinds, and where
-    /// the table does not lie inside the snapshot).
+    /// Per region of the model: the old table of a [`RegionKind::Table`] (empty for the
+    /// other kinds, and where the table does not lie inside the snapshot).
     tables: Vec<OldTable>,
     /// The old `.debug_info`'s reference fields (for a [`RegionKind::DebugInfo`] region).
     dwarf: Vec<dwarf::Field>,
 }
 
-/// The entries of a table read in step (24 bytes each).
+/// The entries of a table read in step ([`RegionKind::Table`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-enum Entries {
+pub enum Entries {
     /// `Elf64_Rela`: offset, info, addend; keyed by the addend.
     #[default]
     Rela,
@@ -807,6 +798,19 @@ enum Entries {
 }
 
 impl Entries {
+    /// The region kind's code in the `refs` stream.
+    fn code(self) -> u8 {
+        match self {
+            Entries::Rela => 3,
+            Entries::Sym => 4,
+            Entries::Ranges => 6,
+        }
+    }
+    fn from_code(k: u8) -> Option<Entries> {
+        [Entries::Rela, Entries::Sym, Entries::Ranges]
+            .into_iter()
+            .find(|e| e.code() == k)
+    }
     /// Bytes of an entry.
     fn len(self) -> u64 {
         match self {
@@ -835,7 +839,7 @@ struct OldTable {
     by_key: std::collections::HashMap<u64, u32>,
 }
 
-/// Field `k` (8 bytes at `8k`) of a 24-byte entry.
+/// Field `k` (8 bytes at `8k`) of an entry.
 fn word(e: &[u8], k: usize) -> u64 {
     u64::from_le_bytes(e[8 * k..8 * k + 8].try_into().expect("8"))
 }
@@ -914,11 +918,13 @@ impl<'a> Predictor<'a> {
 
     /// The old table of a region read in step.
     fn old_table(&self, r: &Region) -> OldTable {
-        let (entries, old_start, old_len) = match r.kind {
-            RegionKind::Rela { old_start, old_len } => (Entries::Rela, old_start, old_len),
-            RegionKind::Symbols { old_start, old_len } => (Entries::Sym, old_start, old_len),
-            RegionKind::Ranges { old_start, old_len } => (Entries::Ranges, old_start, old_len),
-            _ => return OldTable::default(),
+        let RegionKind::Table {
+            of: entries,
+            old_start,
+            old_len,
+        } = r.kind
+        else {
+            return OldTable::default();
         };
         let Some((at, b)) = self
             .model
@@ -1079,9 +1085,7 @@ impl<'a> Predictor<'a> {
                     }
                 }
                 // predicted from rebuilt bytes: [`Predictor::table_cover`]
-                RegionKind::Rela { .. }
-                | RegionKind::Symbols { .. }
-                | RegionKind::Ranges { .. } => {}
+                RegionKind::Table { .. } => {}
                 // the old .debug_info's fields that lie in this part of the cover
                 RegionKind::DebugInfo => {
                     let Some(d) = &self.model.dwarf else {
@@ -1535,7 +1539,8 @@ mod tests {
                 Region {
                     start: 320,
                     len: 72,
-                    kind: RegionKind::Rela {
+                    kind: RegionKind::Table {
+                        of: Entries::Rela,
                         old_start: 40,
                         old_len: 48,
                     },
@@ -1543,7 +1548,8 @@ mod tests {
                 Region {
                     start: 400,
                     len: 48,
-                    kind: RegionKind::Symbols {
+                    kind: RegionKind::Table {
+                        of: Entries::Sym,
                         old_start: 100,
                         old_len: 24,
                     },
@@ -1551,7 +1557,8 @@ mod tests {
                 Region {
                     start: 460,
                     len: 32,
-                    kind: RegionKind::Ranges {
+                    kind: RegionKind::Table {
+                        of: Entries::Ranges,
                         old_start: 200,
                         old_len: 32,
                     },
@@ -1564,7 +1571,8 @@ mod tests {
         // an old relocation table of no whole entries, empty, or above the limit
         for old_len in [0, 25, MAX_TABLE_BYTES + 24] {
             let mut w = m.clone();
-            w.regions[3].kind = RegionKind::Rela {
+            w.regions[3].kind = RegionKind::Table {
+                of: Entries::Rela,
                 old_start: 40,
                 old_len,
             };
@@ -1586,7 +1594,8 @@ mod tests {
             .map(|k| Region {
                 start: 100 * k,
                 len: 48,
-                kind: RegionKind::Rela {
+                kind: RegionKind::Table {
+                    of: Entries::Rela,
                     old_start: 0,
                     old_len: MAX_TABLE_BYTES / 24 / 2 * 24,
                 },
@@ -1601,7 +1610,8 @@ mod tests {
         assert!(RefModel::decode(&many.encode(), 600).is_ok());
         // a range list of no whole 16-byte entries
         let mut w = m.clone();
-        w.regions[5].kind = RegionKind::Ranges {
+        w.regions[5].kind = RegionKind::Table {
+            of: Entries::Ranges,
             old_start: 200,
             old_len: 24,
         };
@@ -1730,10 +1740,10 @@ mod tests {
             regions: vec![Region {
                 start: 256,
                 len: table_end - 256,
-                kind: match entries {
-                    Entries::Rela => RegionKind::Rela { old_start, old_len },
-                    Entries::Sym => RegionKind::Symbols { old_start, old_len },
-                    Entries::Ranges => RegionKind::Ranges { old_start, old_len },
+                kind: RegionKind::Table {
+                    of: entries,
+                    old_start,
+                    old_len,
                 },
             }],
             dwarf: None,
