@@ -403,16 +403,16 @@ pub fn from_pbb(bytes: &[u8], lim: &Limits) -> Option<Vec<u8>> {
     }
     // the block's directory and data are the .pbb's (the same stream directory), after the
     // file length and record count
-    let mut body = Vec::with_capacity(20 + bytes.len());
-    put_u64(&mut body, h.file_len);
-    put_u64(&mut body, h.segments);
-    body.extend_from_slice(&bytes[pbb::HEADER_LEN_V3..bytes.len() - pbb::TRAILER_LEN]);
-    if body.len() as u64 > lim.max_body {
+    let mut out = Vec::with_capacity(PREFIX + 20 + bytes.len());
+    out.extend_from_slice(&[0; PREFIX]);
+    put_u64(&mut out, h.file_len);
+    put_u64(&mut out, h.segments);
+    out.extend_from_slice(&bytes[pbb::HEADER_LEN_V3..bytes.len() - pbb::TRAILER_LEN]);
+    let body = (out.len() - PREFIX) as u64;
+    if body > lim.max_body {
         return None;
     }
-    let mut out = Vec::with_capacity(PREFIX + body.len());
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&body);
+    out[..PREFIX].copy_from_slice(&(body as u32).to_le_bytes());
     Some(out)
 }
 

@@ -388,9 +388,7 @@ fn pack_window(
     price: &mut Price,
 ) -> Result<Packed, StreamError> {
     if start == 0 && window.len() as u64 == f.size && f.size <= o.whole_max {
-        if let Some(b) = pack_whole(window, snap, idx, o, f)? {
-            return Ok(Packed::Done(b));
-        }
+        return pack_whole(window, snap, idx, o, f).map(Packed::Done);
     }
     let mut cfg = o.plan.clone();
     let (bits, fresh) = window_price(window, o, f, price);
@@ -441,15 +439,16 @@ fn pack_window(
 /// A whole file (`file`) planned and packed as `pfs plan` does (its own literal price, the
 /// x86-64 hints and reference predictions, the plain form weighed against the blueprint, each
 /// stream's coder measured at the preset of `o.encode`), as one block of the `.pbb`'s streams.
-/// `None` where that does not pay: a file of incompressible literals (the window path
-/// passes it through stored), or a block beyond the window's allowance or the block limits.
+/// Where that does not pay (a file of incompressible literals, a block beyond the window's
+/// allowance or the block limits) the file goes as raw blocks ([`raw_window`], as
+/// [`Packed::finish`] does), without being planned again.
 fn pack_whole(
     file: &[u8],
     snap: &Snapshot,
     idx: &IndexSet,
     o: &StreamOptions,
     f: &StreamFile,
-) -> Result<Option<Vec<u8>>, StreamError> {
+) -> Result<Vec<u8>, StreamError> {
     use crate::blueprint::pbb;
     let how = plan::How {
         hash: false,
@@ -463,20 +462,23 @@ fn pack_whole(
             source,
         }
     })?;
+    let pack_err = |source| StreamError::Pack {
+        path: f.path.clone(),
+        source,
+    };
+    let raw = || raw_window(file, 0, snap.id, &o.encode).map_err(pack_err);
     if pbb::stored_raw(&p.blueprint, file).is_some() {
-        return Ok(None);
+        return raw();
     }
     p.fill_spill(file);
     let opts = pbb::PackOptions::for_level(o.encode.preset);
-    let (bytes, _, _) =
-        pbb::pack_best(&p.blueprint, file, Some(snap.bytes()), &opts).map_err(|e| {
-            StreamError::Pack {
-                path: f.path.clone(),
-                source: std::io::Error::other(e),
-            }
-        })?;
+    let (bytes, _, _) = pbb::pack_best(&p.blueprint, file, Some(snap.bytes()), &opts)
+        .map_err(|e| pack_err(std::io::Error::other(e)))?;
     let limit = file.len() as u64 + allowance(file.len() as u64);
-    Ok(block::from_pbb(&bytes, &block::Limits::default()).filter(|b| b.len() as u64 <= limit))
+    match block::from_pbb(&bytes, &block::Limits::default()) {
+        Some(b) if b.len() as u64 <= limit => Ok(b),
+        _ => raw(),
+    }
 }
 
 /// A window after [`pack_window`]: its blocks, or a blueprint still to encode.
