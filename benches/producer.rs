@@ -58,16 +58,21 @@ fn run_producer(f: &StreamFile, snap: &Snapshot, idx: &IndexSet, o: &StreamOptio
     })
 }
 
-/// Decode every block of `stream` as the receiver does (`block::decode_body`, file order);
-/// the file bytes they cover.
-fn decode_blocks(stream: &[u8], snap_len: u64) -> u64 {
+/// Decode every block of `stream` as the receiver does (`block::decode_body`, file order,
+/// the reference predictions added back with the snapshot `snap`); the file bytes they
+/// cover.
+fn decode_blocks(stream: &[u8], snap: &[u8], size: u64) -> u64 {
     let lim = block::Limits::default();
     let (mut at, mut base) = (0usize, 0u64);
+    let mut predict = block::Predictions::default();
     while at < stream.len() {
         let n = block::body_len(&stream[at..], &lim).unwrap().unwrap() as usize;
         let body = &stream[at + block::PREFIX..at + block::PREFIX + n];
-        let b =
-            block::decode_body(body, &lim, snap_len, base).expect("the producer's blocks decode");
+        let mut b = block::decode_body(body, &lim, snap.len() as u64, base)
+            .expect("the producer's blocks decode");
+        predict
+            .apply(&mut b, snap, base, size)
+            .expect("the predictions apply");
         base += b.file_len;
         std::hint::black_box(&b);
         at += block::PREFIX + n;
@@ -176,13 +181,12 @@ fn main() {
         if let Some(d) = std::env::var_os("PFS_PRODUCER_DUMP") {
             std::fs::write(&d, &stream).expect("PFS_PRODUCER_DUMP: writable");
         }
-        let snap_len = snap.bytes().len() as u64;
-        assert_eq!(decode_blocks(&stream, snap_len), n as u64);
+        assert_eq!(decode_blocks(&stream, snap.bytes(), n as u64), n as u64);
         let t = best(reps, || {
-            decode_blocks(&stream, snap_len);
+            decode_blocks(&stream, snap.bytes(), n as u64);
         });
         println!(
-            "| {name} | receiver's block decode (no apply) | {:.0} | {:.2} | - |",
+            "| {name} | receiver's block decode (predictions, no apply) | {:.0} | {:.2} | - |",
             mbs(t),
             mbs(t) / memcpy_mbs
         );

@@ -90,6 +90,9 @@ pub struct PfsConfig {
     /// `pfs plan` makes a `.pbb`), the others window by window while the session runs; 0:
     /// every file window by window.
     pub plan_whole: Option<u64>,
+    /// Sender: predict the references of x86-64 ELF files that move between releases
+    /// (window by window, with the segments sent so far).
+    pub predict: Option<bool>,
     /// Receiver: msync + fsync each file before renaming it into place.
     pub sync: Option<bool>,
     /// Receiver: each file's BLAKE3 on a hashing thread per session: `auto` (with two cores
@@ -286,6 +289,7 @@ impl PfsConfig {
             pack,
             level,
             plan_whole,
+            predict,
             sync,
             hash_thread,
             identity,
@@ -327,6 +331,7 @@ impl PfsConfig {
             pack: Some(PackPolicy::Auto),
             level: Some(crate::blueprint::Level::Fast),
             plan_whole: Some(0),
+            predict: Some(true),
             sync: Some(true),
             hash_thread: Some(crate::proto::HashThread::Auto),
             once: Some(false),

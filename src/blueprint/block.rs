@@ -31,6 +31,7 @@
 
 use super::coder::{Coder, CoderOptions, Level};
 use super::pbb::{self, PbbError};
+use super::predict::{Causal, Predictor, RefModel};
 use super::streams::{self, S_DBYTES, S_DZEROS, S_LITS, S_REFS};
 use super::varint::{put_u64, Reader};
 use super::{Blueprint, Segment, Source};
@@ -148,30 +149,6 @@ pub struct Block {
 }
 
 impl Block {
-    /// Add the predictions of [`Block::refs`] back into the spill, for a block that is the
-    /// whole file (`file_size` bytes) and was decoded against `snap`. A model in a block that
-    /// is not the whole file, or one that does not decode, is refused.
-    pub fn predict_back(
-        &mut self,
-        snap: &[u8],
-        base: u64,
-        file_size: u64,
-    ) -> Result<(), BlockError> {
-        if self.refs.is_empty() {
-            return Ok(());
-        }
-        if base != 0 || self.file_len != file_size {
-            return Err(BlockError::Corrupt(
-                "a reference model in a block that is not the whole file".into(),
-            ));
-        }
-        let model = super::predict::RefModel::decode(&self.refs, self.file_len)
-            .map_err(|e| BlockError::Corrupt(e.to_string()))?;
-        streams::predict_back(&model, snap, &self.segments, 0, &mut self.spill);
-        self.refs = Vec::new();
-        Ok(())
-    }
-
     /// The block as a blueprint of its own range (file offsets relative to the block start),
     /// so `Blueprint::validate`/`placed` apply to it.
     pub fn into_blueprint(self, snapshot_id: [u8; 32]) -> Blueprint {
@@ -185,15 +162,65 @@ impl Block {
     }
 }
 
-/// Encode one block's body (no length prefix).
+/// The receiving end of one file's reference predictions: the model, from the block that
+/// carries one, then each block's predictions added back in file order ([`Causal`], the
+/// same maps the sender predicted with).
+#[derive(Default)]
+pub struct Predictions(Option<Box<Causal>>);
+
+impl Predictions {
+    /// Add the predictions back into block `b`, decoded at file offset `base` of a file of
+    /// `file_size` bytes against `snap` (after taking in its model if it carries one: the
+    /// predictions start there). A model that does not decode, a second model, or a block
+    /// not right after the last one is refused.
+    pub fn apply(
+        &mut self,
+        b: &mut Block,
+        snap: &[u8],
+        base: u64,
+        file_size: u64,
+    ) -> Result<(), BlockError> {
+        if !b.refs.is_empty() {
+            if self.0.is_some() {
+                return Err(BlockError::Corrupt(
+                    "a second reference model for one file".into(),
+                ));
+            }
+            let model = RefModel::decode(&b.refs, file_size)
+                .map_err(|e| BlockError::Corrupt(e.to_string()))?;
+            b.refs = Vec::new();
+            if model.is_empty() {
+                return Ok(());
+            }
+            self.0 = Some(Box::new(Causal::new(model, snap, base)));
+        }
+        let Some(c) = self.0.as_mut() else {
+            return Ok(());
+        };
+        let Some((map, range)) = c
+            .extend(&b.segments, base, b.file_len)
+            .map_err(|_| BlockError::Corrupt("predicted blocks out of file order".into()))?
+        else {
+            return Ok(());
+        };
+        let p = c.predictor(snap, map, range);
+        streams::predict_back_with(&p, &b.segments, base, &mut b.spill);
+        Ok(())
+    }
+}
+
+/// Encode one block's body (no length prefix): with the file's reference model `model` (in
+/// the block the predictions start at) and the block's predictor `pred` ([`Causal`]).
 fn encode_body(
     o: &EncodeOptions,
     base: u64,
     file_len: u64,
     segs: &[Segment],
     spill: &[u8],
+    model: Option<&RefModel>,
+    pred: Option<&Predictor<'_>>,
 ) -> Result<Vec<u8>, std::io::Error> {
-    let raw = streams::split(segs, spill, base, None, None);
+    let raw = streams::split(segs, spill, base, model, pred);
     let co = CoderOptions {
         level: o.preset,
         x86: false,
@@ -234,10 +261,10 @@ fn close(out: &mut Vec<Cut>, cur: &mut Cut) {
 
 /// Split the blueprint into block extents. Raw segments and covers longer than the spill
 /// budget are split; other segments never are.
-fn cuts(bp: &Blueprint, o: &EncodeOptions) -> Vec<Cut> {
+fn cuts(bp: &Blueprint, base: u64, o: &EncodeOptions) -> Vec<Cut> {
     let mut out = Vec::new();
     let mut cur = Cut {
-        start: 0,
+        start: base,
         file_len: 0,
         segs: Vec::new(),
         spill: 0..0,
@@ -300,33 +327,67 @@ fn cuts(bp: &Blueprint, o: &EncodeOptions) -> Vec<Cut> {
 
 /// Encode a validated blueprint as a packed stream. An empty file gives an empty stream.
 pub fn encode(bp: &Blueprint, o: &EncodeOptions) -> Result<Vec<u8>, std::io::Error> {
-    let cuts = cuts(bp, o);
+    encode_at(bp, 0, o, None)
+}
+
+/// [`encode`] for a blueprint of the file bytes from `base` on (its snapshot and self-copy
+/// offsets absolute, its segments' file positions counted from `base`). With `causal` (the
+/// file's [`Causal`] state, whose blocks so far end at `base`, and the snapshot), each
+/// block's differences are predicted ([`Causal::predictor`]) and the block at file offset
+/// 0 carries the model.
+pub fn encode_at(
+    bp: &Blueprint,
+    base: u64,
+    o: &EncodeOptions,
+    causal: Option<(&mut Causal, &[u8])>,
+) -> Result<Vec<u8>, std::io::Error> {
+    let cuts = cuts(bp, base, o);
     let threads = o.threads.clamp(1, 16).min(cuts.len().max(1));
     let per = cuts.len().div_ceil(threads).max(1);
-    let body = |c: &Cut| encode_body(o, c.start, c.file_len, &c.segs, &bp.spill[c.spill.clone()]);
+    // each block's map: the spans of every block before it and its own
+    let (causal, snap) = match causal {
+        Some((c, snap)) => {
+            let mut maps = Vec::with_capacity(cuts.len());
+            for cut in &cuts {
+                let m = c
+                    .extend(&cut.segs, cut.start, cut.file_len)
+                    .map_err(|_| std::io::Error::other("blocks predicted out of file order"))?;
+                maps.push(m);
+            }
+            (Some((&*c, maps)), snap)
+        }
+        None => (None, &[][..]),
+    };
+    // the model goes in the block the predictions start at
+    let model = causal.as_ref().map(|(c, _)| (c.start(), c.model()));
+    let preds: Vec<Option<Predictor<'_>>> = match causal {
+        Some((c, maps)) => maps
+            .into_iter()
+            .map(|m| m.map(|(m, r)| c.predictor(snap, m, r)))
+            .collect(),
+        None => cuts.iter().map(|_| None).collect(),
+    };
+    let body = |(c, p): (&Cut, &Option<Predictor<'_>>)| {
+        let m = model.filter(|m| m.0 == c.start).map(|m| m.1);
+        encode_body(
+            o,
+            c.start,
+            c.file_len,
+            &c.segs,
+            &bp.spill[c.spill.clone()],
+            m,
+            p.as_ref(),
+        )
+    };
+    let jobs: Vec<(&Cut, &Option<Predictor<'_>>)> = cuts.iter().zip(preds.iter()).collect();
     let bodies: Vec<Result<Vec<Vec<u8>>, std::io::Error>> = if threads == 1 {
         // one thread: this one (a small file's single block starts no thread)
-        vec![cuts.iter().map(body).collect()]
+        vec![jobs.iter().copied().map(body).collect()]
     } else {
         std::thread::scope(|s| {
-            let hs: Vec<_> = cuts
+            let hs: Vec<_> = jobs
                 .chunks(per)
-                .map(|group| {
-                    s.spawn(move || {
-                        group
-                            .iter()
-                            .map(|c| {
-                                encode_body(
-                                    o,
-                                    c.start,
-                                    c.file_len,
-                                    &c.segs,
-                                    &bp.spill[c.spill.clone()],
-                                )
-                            })
-                            .collect()
-                    })
-                })
+                .map(|group| s.spawn(move || group.iter().copied().map(body).collect()))
                 .collect();
             hs.into_iter()
                 .map(|h| h.join().expect("block encoder panicked"))
@@ -441,10 +502,6 @@ pub fn decode_body(
     caps[S_DZEROS] = caps[S_DZEROS].min(spill_cap.saturating_add(1).saturating_mul(20));
     caps[S_DBYTES] = spill_cap;
     caps[S_LITS] = spill_cap;
-    // a reference model only where the block starts the file (a `.pbb` sent as itself)
-    if base != 0 {
-        caps[S_REFS] = 0;
-    }
     let dir = streams::read_dir(&mut r, &caps, None).map_err(|m| {
         if m.contains("truncated") {
             BlockError::Truncated("stream directory")
@@ -811,7 +868,7 @@ mod tests {
             ],
             0,
         );
-        let c = cuts(&bp, &small_opts());
+        let c = cuts(&bp, 0, &small_opts());
         let lens: Vec<u64> = c.iter().map(|c| c.file_len).collect();
         assert_eq!(lens, vec![1000, 1000, 500 + 10_000]);
         assert_eq!(c.iter().map(|c| c.spill.len()).sum::<usize>(), 2500);
@@ -874,12 +931,8 @@ mod tests {
         d[S_LITS] = (0, 60, 60);
         let e = decode_body(&body(100, 1, &d, &[0; 120]), &lim, 100, 0).unwrap_err();
         assert!(e.to_string().contains("spill length"), "{e}");
-        // a refs stream in a block that does not start the file (only a `.pbb` sent as
-        // itself, one block from offset 0, carries one), and one above its 1 MiB cap
+        // a refs stream above its 1 MiB cap
         let mut d = empty_dir();
-        d[S_REFS] = (0, 1, 1);
-        let e = decode_body(&body(100, 1, &d, &[0; 1]), &lim, 100, 40).unwrap_err();
-        assert!(e.to_string().contains("stream refs"), "{e}");
         d[S_REFS] = (0, (1 << 20) + 1, 1);
         let e = decode_body(&body(100, 1, &d, &[0; 1]), &lim, 100, 0).unwrap_err();
         assert!(e.to_string().contains("stream refs"), "{e}");
@@ -933,7 +986,7 @@ mod tests {
             ],
             5,
         );
-        let c = cuts(&bp, &small_opts());
+        let c = cuts(&bp, 0, &small_opts());
         let lens: Vec<u64> = c.iter().map(|c| c.file_len).collect();
         assert_eq!(lens, vec![1000, 1000, 800]);
         let s = encode(&bp, &small_opts()).unwrap();
@@ -963,14 +1016,153 @@ mod tests {
         assert!(e.to_string().contains("beyond its end"), "{e}");
     }
 
+    /// Window by window with predictions ([`Causal`]): covers over code full of calls whose
+    /// targets moved, cut into many blocks on two threads, the first window without
+    /// predictions (as a window sent raw is) and the model in the first block of the second.
+    /// Decoded block by block in file order with [`Predictions`], every block gives back its
+    /// segments and differences; the predictions changed the streams (the same blueprint
+    /// without them codes other bytes); a block skipped is refused.
+    #[test]
+    fn blocks_predicted_with_the_segments_so_far_decode_back() {
+        use crate::blueprint::predict::{Load, Region, RegionKind};
+        let mut rng = crate::pob::prng::SplitMix64::new(7);
+        let n = 256usize << 10;
+        let mut snap = vec![0x90u8; n];
+        for i in (0..n - 5).step_by(16) {
+            snap[i] = 0xE8;
+            let disp = (rng.next_u64() % 4096) as i32 - 2048;
+            snap[i + 1..i + 5].copy_from_slice(&disp.to_le_bytes());
+        }
+        let load = |vaddr| {
+            vec![Load {
+                off: 0,
+                vaddr,
+                size: n as u64,
+            }]
+        };
+        let model = RefModel {
+            old_base: 0,
+            old_loads: load(0x10000),
+            new_loads: load(0x10000),
+            regions: vec![Region {
+                start: 0,
+                len: n as u64,
+                kind: RegionKind::Code,
+            }],
+            dwarf: None,
+        };
+        // covers of 1..4 KiB, each shifted back by 0..63 bytes, and raw runs
+        let mut segs = Vec::new();
+        let mut q = 0usize;
+        while q < n {
+            let len = (1 + rng.next_u64() as usize % 4096).min(n - q);
+            let src = if rng.next_u64() % 6 == 0 {
+                Source::Raw
+            } else {
+                Source::Cover {
+                    off: (q as u64).saturating_sub(rng.next_u64() % 64),
+                }
+            };
+            segs.push(Segment {
+                len: len as u32,
+                src,
+            });
+            q += len;
+        }
+        let spilled: usize = segs
+            .iter()
+            .filter(|s| !matches!(s.src, Source::Snap { .. }))
+            .map(|s| s.len as usize)
+            .sum();
+        let spill: Vec<u8> = (0..spilled)
+            .map(|_| {
+                if rng.next_u64() % 4 == 0 {
+                    rng.next_u64() as u8
+                } else {
+                    0
+                }
+            })
+            .collect();
+        // two windows: the first half of the segments, then the rest
+        let half = segs.len() / 2;
+        let (a_len, a_spill) = segs[..half].iter().fold((0u64, 0usize), |(l, sp), s| {
+            let spills = !matches!(s.src, Source::Snap { .. });
+            (
+                l + s.len as u64,
+                sp + if spills { s.len as usize } else { 0 },
+            )
+        });
+        let window = |segments: &[Segment], spill: &[u8], len: u64| Blueprint {
+            snapshot_id: [1; 32],
+            file_len: len,
+            file_hash: [0; 32],
+            segments: segments.to_vec(),
+            spill: spill.to_vec(),
+        };
+        let a = window(&segs[..half], &spill[..a_spill], a_len);
+        let b = window(&segs[half..], &spill[a_spill..], n as u64 - a_len);
+        let o = EncodeOptions {
+            spill_per_block: 8 << 10,
+            threads: 2,
+            ..EncodeOptions::default()
+        };
+        let mut causal = Causal::new(model.clone(), &snap, a_len);
+        let mut stream = encode_at(&a, 0, &o, None).unwrap();
+        let first_b = stream.len();
+        stream.extend(encode_at(&b, a_len, &o, Some((&mut causal, &snap))).unwrap());
+        let plain = [
+            encode_at(&a, 0, &o, None).unwrap(),
+            encode_at(&b, a_len, &o, None).unwrap(),
+        ]
+        .concat();
+        assert_ne!(stream, plain, "the predictions changed nothing");
+        // decode block by block, in file order
+        let lim = Limits::default();
+        let mut bodies = Vec::new();
+        let mut at = 0usize;
+        while at < stream.len() {
+            let k = body_len(&stream[at..], &lim).unwrap().unwrap() as usize;
+            bodies.push((at, &stream[at + PREFIX..at + PREFIX + k]));
+            at += PREFIX + k;
+        }
+        assert!(bodies.len() > 8, "{} blocks", bodies.len());
+        let mut p = Predictions::default();
+        let (mut base, mut got_segs, mut got_spill) = (0u64, Vec::new(), Vec::new());
+        let mut skipped = None;
+        for (k, &(at, body)) in bodies.iter().enumerate() {
+            let mut blk = decode_body(body, &lim, n as u64, base).unwrap();
+            assert_eq!(
+                !blk.refs.is_empty(),
+                at == first_b,
+                "the model rides in block {k} only"
+            );
+            if k == bodies.len() - 2 {
+                // a copy of the state that skips this block
+                let mut q = Predictions(p.0.as_ref().map(|c| Box::new(Causal::clone(c))));
+                let next = decode_body(bodies[k + 1].1, &lim, n as u64, base + blk.file_len);
+                let mut next = next.unwrap();
+                skipped = Some(q.apply(&mut next, &snap, base + blk.file_len, n as u64));
+            }
+            p.apply(&mut blk, &snap, base, n as u64).unwrap();
+            base += blk.file_len;
+            got_segs.extend(blk.segments);
+            got_spill.extend(blk.spill);
+        }
+        assert_eq!(base, n as u64);
+        let whole = window(&segs, &spill, n as u64);
+        let got = window(&got_segs, &got_spill, n as u64);
+        assert!(rebuild(&got, &snap) == rebuild(&whole, &snap), "the file decoded back");
+        let e = skipped.unwrap().unwrap_err();
+        assert!(e.to_string().contains("out of file order"), "{e}");
+    }
+
     /// A v3 `.pbb` with a reference model (this test binary as the old image in a snapshot,
     /// a copy of it with every 97th byte of its first half past 64 KiB changed under one
     /// cover) becomes one block that
     /// keeps the `.pbb`'s streams: decoded at the file's start and predicted back with the
     /// snapshot it is the blueprint `unpack_with` reads. A damaged file or one whose block
-    /// would pass the limits makes no block. The model is refused in a block
-    /// that is not at the file's start, by `predict_back` where the block is not the whole
-    /// file, and by `decode_all`, which has no snapshot bytes.
+    /// would pass the limits makes no block. A second model for the file is refused, and
+    /// so is any model by `decode_all`, which has no snapshot bytes.
     #[test]
     fn a_pbb_becomes_one_block_with_its_model() {
         let Ok(exe) = std::fs::read("/proc/self/exe") else {
@@ -1017,11 +1209,15 @@ mod tests {
         assert_eq!(body_len(&stream, &lim).unwrap(), Some(body.len() as u64));
         let mut b = decode_body(body, &lim, snap.len() as u64, 0).unwrap();
         assert!(!b.refs.is_empty(), "the model travels");
-        let mut short = b.clone();
-        assert!(short.predict_back(&snap, 0, bp.file_len + 1).is_err());
-        b.predict_back(&snap, 0, bp.file_len).unwrap();
+        let mut again = b.clone();
+        let mut p = Predictions::default();
+        p.apply(&mut b, &snap, 0, bp.file_len).unwrap();
         assert_eq!((b.segments, b.spill), (want.segments, want.spill));
-        assert!(decode_body(body, &lim, snap.len() as u64, 7).is_err());
+        // one model per file: a second is refused
+        let e = p
+            .apply(&mut again, &snap, bp.file_len, 2 * bp.file_len)
+            .unwrap_err();
+        assert!(e.to_string().contains("second reference model"), "{e}");
         assert!(decode_all(
             &stream,
             &lim,

@@ -531,7 +531,7 @@ pub fn pack_v3(
         if !bp.has_covers() {
             return None;
         }
-        RefModel::for_elf(file, snap, &bp.segments, opts.predict)
+        RefModel::for_elf(file, snap, &bp.segments, 0, opts.predict)
     });
     let predictor = match (&model, ctx) {
         (Some(m), Some((_, snap))) => {

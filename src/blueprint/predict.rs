@@ -413,7 +413,8 @@ impl RefModel {
         Ok(m)
     }
 
-    /// Build the model for an x86-64 ELF `file` planned as `segments` against `snap`: the old
+    /// Build the model for an x86-64 ELF `file` planned as `segments` (which start at file
+    /// offset `base`: a streamed file's first window planned) against `snap`: the old
     /// image is located through the snapshot segments near the file start: on the diagonal
     /// most of them share where an ELF header sits, else the header near it whose image holds
     /// the most of those segments (it must be in the snapshot). `None` when either side is
@@ -422,6 +423,7 @@ impl RefModel {
         file: &[u8],
         snap: &[u8],
         segments: &[Segment],
+        base: u64,
         o: PredictOptions,
     ) -> Option<RefModel> {
         use object::{Object, ObjectSection, ObjectSegment};
@@ -433,7 +435,7 @@ impl RefModel {
         // first snapshot segments (most votes)
         let mut votes: Vec<(u64, u32)> = Vec::new();
         let mut offs: Vec<u64> = Vec::new();
-        let mut q = 0u64;
+        let mut q = base;
         for s in segments.iter().take(4096) {
             if let Source::Snap { off, .. } | Source::Cover { off } = s.src {
                 offs.push(off);
@@ -635,7 +637,8 @@ fn elf_extent(b: &[u8]) -> u64 {
     ph.max(sh).max(64)
 }
 
-fn is_x86_64_elf(b: &[u8]) -> bool {
+/// Whether `b` starts with an x86-64 ELF header (64-bit, little-endian, machine 62).
+pub fn is_x86_64_elf(b: &[u8]) -> bool {
     b.len() > 64
         && b[..4] == *b"\x7fELF"
         && b[4] == 2
@@ -680,14 +683,13 @@ impl AddressMap {
     /// From segments that start at file offset `base`.
     pub fn new(segments: &[Segment], base: u64) -> Self {
         let mut spans = Vec::with_capacity(segments.len());
-        let mut q = base;
-        for s in segments {
-            if let Source::Snap { off, .. } | Source::Cover { off } = s.src {
-                spans.push((off, s.len as u64, q));
-            }
-            q += s.len as u64;
-        }
+        push_spans(&mut spans, segments, base);
         spans.sort_unstable();
+        Self::from_sorted(spans)
+    }
+
+    /// From spans `(snapshot offset, length, file offset)` sorted.
+    fn from_sorted(spans: Vec<(u64, u64, u64)>) -> Self {
         let (lo, hi) = match (spans.first(), spans.last()) {
             (Some(f), Some(l)) => (f.0, l.0 + 1),
             _ => (0, 0),
@@ -736,6 +738,170 @@ impl AddressMap {
     }
 }
 
+/// The old image's bytes at `(offset in the old image, length)` of `model`, where they lie
+/// in `snap`.
+fn old_bytes<'a>(model: &RefModel, snap: &'a [u8], (off, len): (u64, u64)) -> Option<&'a [u8]> {
+    let s = model.old_base.checked_add(off)?;
+    snap.get(s as usize..s.checked_add(len)? as usize)
+}
+
+/// The reference fields of the old `.debug_info` (none without a model of the sections).
+fn old_dwarf(model: &RefModel, snap: &[u8]) -> Vec<dwarf::Field> {
+    let Some(d) = &model.dwarf else {
+        return Vec::new();
+    };
+    match (
+        old_bytes(model, snap, d.old_info),
+        old_bytes(model, snap, d.old_abbrev),
+    ) {
+        (Some(info), Some(abbrev)) => dwarf::fields(info, abbrev),
+        _ => Vec::new(),
+    }
+}
+
+/// The snapshot spans `(snapshot offset, length, file offset)` of `segments` (starting at
+/// file offset `base`), pushed to `spans` in segment order.
+fn push_spans(spans: &mut Vec<(u64, u64, u64)>, segments: &[Segment], base: u64) {
+    let mut q = base;
+    for s in segments {
+        if let Source::Snap { off, .. } | Source::Cover { off } = s.src {
+            spans.push((off, s.len as u64, q));
+        }
+        q += s.len as u64;
+    }
+}
+
+/// Predictions for a file that travels block by block in file order (the streamed
+/// sender's windows; the receiver decodes each block as its bytes complete): the model
+/// comes with the first block predicted (the file's first, unless that window went raw),
+/// and each block's covers are predicted with the map of the snapshot segments of every
+/// block from that one up to and including it, which both ends hold at that point. A reference into a part of the file not yet sent is not predicted (its target
+/// does not map yet). A file that is one block is predicted as a `.pbb` is (the map of
+/// all its segments).
+#[derive(Clone)]
+pub struct Causal {
+    model: RefModel,
+    /// The old `.debug_info`'s reference fields, walked once for all blocks.
+    dwarf: Vec<dwarf::Field>,
+    /// The snapshot spans of the blocks so far, sorted.
+    spans: Vec<(u64, u64, u64)>,
+    /// The file offset of the block that carries the model (the first one predicted).
+    start: u64,
+    /// File bytes the blocks so far cover (the next block starts there).
+    next: u64,
+    /// Where the spans would have passed [`MAX_CAUSAL_SPANS`]: no more predictions for
+    /// this file from there on.
+    full_at: Option<u64>,
+}
+
+/// Most snapshot spans (segments that read the snapshot) of one file a [`Causal`] predicts
+/// with: 262,144 (6 MiB, copied into each block's map). The libstd release pair has 43,847.
+pub const MAX_CAUSAL_SPANS: usize = 1 << 18;
+
+/// A block that does not start where the file's blocks so far end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutOfOrder;
+
+impl Causal {
+    /// The state before the block at file offset `start` that carries the model `model` of
+    /// its file (the first block predicted), against `snap`.
+    pub fn new(model: RefModel, snap: &[u8], start: u64) -> Self {
+        let dwarf = old_dwarf(&model, snap);
+        Causal {
+            model,
+            dwarf,
+            spans: Vec::new(),
+            start,
+            next: start,
+            full_at: None,
+        }
+    }
+
+    pub fn model(&self) -> &RefModel {
+        &self.model
+    }
+
+    /// The file offset of the block that carries the model.
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+
+    /// Take in the next block's segments (`len` file bytes starting at `base`, where the
+    /// blocks so far end); the map and file range to predict it with
+    /// ([`Causal::predictor`]), or `None` once the file's blocks hold more than
+    /// [`MAX_CAUSAL_SPANS`] snapshot spans (the rest of the file is not predicted: each
+    /// block's map is a copy of them all). Err where the block does not start at the end of
+    /// the last one.
+    #[allow(clippy::type_complexity)]
+    pub fn extend(
+        &mut self,
+        segments: &[Segment],
+        base: u64,
+        len: u64,
+    ) -> Result<Option<(AddressMap, std::ops::Range<u64>)>, OutOfOrder> {
+        if base != self.next {
+            return Err(OutOfOrder);
+        }
+        let end = base.checked_add(len).ok_or(OutOfOrder)?;
+        self.next = end;
+        if self.full_at.is_some() {
+            return Ok(None);
+        }
+        let mut new = Vec::new();
+        push_spans(&mut new, segments, base);
+        if new.is_empty() {
+            return Ok(None); // no covers: nothing to predict
+        }
+        if self.spans.len() + new.len() > MAX_CAUSAL_SPANS {
+            self.full_at = Some(base);
+            return Ok(None);
+        }
+        new.sort_unstable();
+        let old = std::mem::take(&mut self.spans);
+        let mut merged = Vec::with_capacity(old.len() + new.len());
+        let (mut i, mut j) = (0, 0);
+        while i < old.len() && j < new.len() {
+            if old[i] <= new[j] {
+                merged.push(old[i]);
+                i += 1;
+            } else {
+                merged.push(new[j]);
+                j += 1;
+            }
+        }
+        merged.extend_from_slice(&old[i..]);
+        merged.extend_from_slice(&new[j..]);
+        self.spans = merged;
+        Ok(Some((
+            AddressMap::from_sorted(self.spans.clone()),
+            base..end,
+        )))
+    }
+
+    /// Forget the blocks from file offset `base` on (the sender sends that part another
+    /// way, e.g. raw blocks): the state as it was when the blocks so far ended there.
+    pub fn rollback(&mut self, base: u64) {
+        if base >= self.next {
+            return;
+        }
+        self.spans.retain(|s| s.2 < base);
+        self.next = base;
+        if self.full_at.is_some_and(|f| f >= base) {
+            self.full_at = None;
+        }
+    }
+
+    /// The predictor of the block [`Causal::extend`] returned `map` and `range` for.
+    pub fn predictor<'a>(
+        &'a self,
+        snap: &'a [u8],
+        map: AddressMap,
+        range: std::ops::Range<u64>,
+    ) -> Predictor<'a> {
+        Predictor::within(&self.model, snap, map, &self.dwarf, range)
+    }
+}
+
 /// 1 for the bytes that may open a reference [`Predictor::code`] predicts (the first bytes
 /// of its match's arms), 0 for the others.
 const OPENS: [u8; 256] = {
@@ -780,7 +946,7 @@ pub struct Predictor<'a> {
     /// other kinds, and where the table does not lie inside the snapshot).
     tables: Vec<OldTable>,
     /// The old `.debug_info`'s reference fields (for a [`RegionKind::DebugInfo`] region).
-    dwarf: Vec<dwarf::Field>,
+    dwarf: std::borrow::Cow<'a, [dwarf::Field]>,
 }
 
 /// The entries of a table read in step ([`RegionKind::Table`]).
@@ -852,29 +1018,42 @@ impl<'a> Predictor<'a> {
             snap,
             map,
             tables: Vec::new(),
-            dwarf: Vec::new(),
+            dwarf: std::borrow::Cow::Borrowed(&[]),
         };
         p.tables = model.regions.iter().map(|r| p.old_table(r)).collect();
-        p.dwarf = p.old_dwarf();
+        p.dwarf = std::borrow::Cow::Owned(old_dwarf(model, snap));
         p
     }
 
-    /// The old image's bytes at `(offset in the old image, length)`, where they lie in the
-    /// snapshot.
-    fn old_bytes(&self, (off, len): (u64, u64)) -> Option<&'a [u8]> {
-        let s = self.model.old_base.checked_add(off)?;
-        self.snap.get(s as usize..s.checked_add(len)? as usize)
-    }
-
-    /// The reference fields of the old `.debug_info` (none without a model of the sections).
-    fn old_dwarf(&self) -> Vec<dwarf::Field> {
-        let Some(d) = &self.model.dwarf else {
-            return Vec::new();
+    /// The predictor of the covers in file bytes `range` only (the old tables of the other
+    /// regions are not read), with the old `.debug_info`'s fields walked once before
+    /// ([`Causal`]).
+    fn within(
+        model: &'a RefModel,
+        snap: &'a [u8],
+        map: AddressMap,
+        dwarf: &'a [dwarf::Field],
+        range: std::ops::Range<u64>,
+    ) -> Self {
+        let mut p = Predictor {
+            model,
+            snap,
+            map,
+            tables: Vec::new(),
+            dwarf: std::borrow::Cow::Borrowed(dwarf),
         };
-        match (self.old_bytes(d.old_info), self.old_bytes(d.old_abbrev)) {
-            (Some(info), Some(abbrev)) => dwarf::fields(info, abbrev),
-            _ => Vec::new(),
-        }
+        p.tables = model
+            .regions
+            .iter()
+            .map(|r| {
+                if r.start < range.end && range.start < r.start + r.len {
+                    p.old_table(r)
+                } else {
+                    OldTable::default()
+                }
+            })
+            .collect();
+        p
     }
 
     /// The new value of the old `.debug_info` field `x` whose old bytes are `old`; `unit`
@@ -2029,7 +2208,7 @@ mod tests {
             });
             q += 4096;
         }
-        let m = RefModel::for_elf(&exe, &snap, &segs, PredictOptions::ALL)
+        let m = RefModel::for_elf(&exe, &snap, &segs, 0, PredictOptions::ALL)
             .expect("a model for the shifted covers");
         assert_eq!(m.old_base, base as u64);
         // a small image's header nearer the diagonal than the old one's, inside the old
@@ -2052,7 +2231,7 @@ mod tests {
             old_header_near(&snap, base as u64 + shift, &offs),
             Some(base as u64)
         );
-        let m = RefModel::for_elf(&exe, &snap, &segs, PredictOptions::ALL)
+        let m = RefModel::for_elf(&exe, &snap, &segs, 0, PredictOptions::ALL)
             .expect("a model past the small image");
         assert_eq!(m.old_base, base as u64);
         // nothing within reach: no header

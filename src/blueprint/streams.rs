@@ -437,6 +437,11 @@ pub fn predict_back(
         return;
     }
     let p = Predictor::new(model, snap, AddressMap::new(segments, base));
+    predict_back_with(&p, segments, base, spill)
+}
+
+/// [`predict_back`] with a predictor made already.
+pub fn predict_back_with(p: &Predictor<'_>, segments: &[Segment], base: u64, spill: &mut [u8]) {
     // gather the difference bytes, predict, scatter back
     let mut diffs = Vec::new();
     let mut sp = 0usize;

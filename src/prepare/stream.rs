@@ -17,6 +17,7 @@
 //! blocks are never larger than the window stored raw plus a small allowance (a window whose
 //! packed form would be larger goes as raw blocks), so the bound holds whatever the data.
 
+use crate::blueprint::predict::{Causal, PredictOptions, RefModel};
 use crate::blueprint::{block, raw_segments, Blueprint, Source};
 use crate::index::IndexSet;
 use crate::plan::{self, hints::Hints, PlanConfig};
@@ -60,6 +61,10 @@ pub struct StreamOptions {
     /// 0.121 s end to end against 0.079 s window by window (`pfs send --plan-whole`).
     /// 0 (the default): every file goes window by window.
     pub whole_max: u64,
+    /// Reference predictions for x86-64 ELF files ([`crate::blueprint::predict::Causal`]):
+    /// the model goes in the file's first block and each block's differences are predicted
+    /// with the segments sent so far.
+    pub predict: PredictOptions,
 }
 
 impl StreamOptions {
@@ -85,6 +90,7 @@ impl Default for StreamOptions {
             channel: 8,
             file_price: false,
             whole_max: 0,
+            predict: PredictOptions::DEFAULT,
         }
     }
 }
@@ -245,28 +251,23 @@ pub enum StreamError {
     ProducerGone,
 }
 
-/// Encode window `bp` (planned on its own, offsets relative to the window) as the blocks of
-/// file range `[start, start + bp.file_len)`. Block tables code snapshot offsets relative to
-/// the absolute file position the receiver decodes them at, and the encoder counts from the
-/// window's start: so snapshot offsets (of snapshot segments and covers) are rebased by
-/// `-start` (two's complement) before encoding. Self copies are coded as distances and stay
-/// as they are.
+/// Encode window `bp` (planned on its own, file positions relative to the window) as the
+/// blocks of file range `[start, start + bp.file_len)`: its self copies (sources relative
+/// to the window) moved to their absolute sources. With `causal` (the file's predictions,
+/// whose blocks so far end at `start`, and the snapshot), the blocks' differences are
+/// predicted ([`block::encode_at`]).
 fn encode_window(
-    bp: Blueprint,
+    mut bp: Blueprint,
     start: u64,
     o: &block::EncodeOptions,
+    causal: Option<(&mut Causal, &[u8])>,
 ) -> Result<Vec<u8>, std::io::Error> {
-    block::encode(&rebase(bp, start), o)
-}
-
-/// Snapshot offsets of `bp` (snapshot segments and covers) moved by `-start`, wrapping.
-fn rebase(mut bp: Blueprint, start: u64) -> Blueprint {
     for s in &mut bp.segments {
-        if let Source::Snap { off, .. } | Source::Cover { off } = &mut s.src {
-            *off = off.wrapping_sub(start);
+        if let Source::SelfCopy { off } = &mut s.src {
+            *off += start;
         }
     }
-    bp
+    block::encode_at(&bp, start, o, causal)
 }
 
 /// The blocks of window `[start, start + window.len())` stored raw (within the allowance):
@@ -287,7 +288,7 @@ fn raw_window(
         segments: raw_segments(window.len() as u64),
         spill: window.to_vec(),
     };
-    encode_window(raw, start, o)
+    encode_window(raw, start, o, None)
 }
 
 /// A window's estimated literal cost (bits per byte, zstd -1 on samples) from which its
@@ -498,26 +499,55 @@ struct EncodeJob {
 }
 
 impl Packed {
-    /// The window's blocks: encoded, or raw if that is not smaller than the allowance lets
-    /// through (`window`: the window's bytes).
+    /// The window's blocks (`window`: its bytes, at file offset `start`): encoded, or raw if
+    /// that is not smaller than the allowance lets through. `causal`: the file's
+    /// predictions (and the snapshot), which learn what the receiver will hold after this
+    /// window; dropped where the window that carried the model goes raw instead.
     fn finish(
         self,
         window: &[u8],
+        start: u64,
         o: &StreamOptions,
         f: &std::path::Path,
+        causal: (&mut Option<Causal>, &[u8]),
     ) -> Result<Vec<u8>, StreamError> {
-        let job = match self {
-            Packed::Done(b) => return Ok(b),
-            Packed::Encode(job) => job,
-        };
         let pack_err = |source| StreamError::Pack {
             path: f.to_path_buf(),
             source,
         };
-        let limit = window.len() as u64 + allowance(window.len() as u64);
-        let packed = encode_window(job.bp, job.start, &o.encode).map_err(pack_err)?;
+        let out_of_order =
+            || pack_err(std::io::Error::other("windows predicted out of file order"));
+        let (causal, snap) = causal;
+        let len = window.len() as u64;
+        let job = match self {
+            Packed::Done(b) => {
+                // raw blocks: nothing to predict, the file's blocks go on after them
+                if let Some(c) = causal {
+                    c.extend(&[], start, len).map_err(|_| out_of_order())?;
+                }
+                return Ok(b);
+            }
+            Packed::Encode(job) => job,
+        };
+        let limit = len + allowance(len);
+        let packed = encode_window(
+            job.bp,
+            job.start,
+            &o.encode,
+            causal.as_mut().map(|c| (c, snap)),
+        )
+        .map_err(pack_err)?;
         if packed.len() as u64 <= limit {
             return Ok(packed);
+        }
+        match causal {
+            // the model went with these blocks: no predictions until a window brings one
+            Some(c) if start <= c.start() => *causal = None,
+            Some(c) => {
+                c.rollback(start);
+                c.extend(&[], start, len).map_err(|_| out_of_order())?;
+            }
+            None => {}
         }
         let packed = raw_window(window, job.start, job.snap_id, &o.encode).map_err(pack_err)?;
         debug_assert!(
@@ -526,6 +556,44 @@ impl Packed {
         );
         Ok(packed)
     }
+}
+
+/// The reference model of file `f` (x86-64 ELF) from its first window planned (`window`,
+/// at file offset `start`, planned as `job`): the file's whole bytes are the window's
+/// mapping, the window itself (a file of one window), or mapped here.
+fn window_model(
+    f: &StreamFile,
+    window: &WindowBytes,
+    start: u64,
+    job: &EncodeJob,
+    snap: &[u8],
+    o: &StreamOptions,
+) -> Option<RefModel> {
+    if !o.predict.any() {
+        return None;
+    }
+    let mapped;
+    let whole: &[u8] = match window {
+        WindowBytes::Mapped(m, _) => m,
+        _ if start == 0 && window.len() as u64 == f.size => window,
+        _ => {
+            let file = std::fs::File::open(&f.path).ok()?;
+            mapped = crate::input::map_file(&file, &f.path)?;
+            &mapped
+        }
+    };
+    if whole.len() as u64 != f.size || !crate::blueprint::predict::is_x86_64_elf(whole) {
+        return None;
+    }
+    RefModel::for_elf(whole, snap, &job.bp.segments, start, o.predict)
+}
+
+/// The predictions of the file whose windows the encoder thread is finishing.
+struct FileCausal {
+    file: usize,
+    /// The file is not an x86-64 ELF image with a model (asked at its first window planned).
+    none: bool,
+    causal: Option<Causal>,
 }
 
 /// How long a window planned during the handshake waits for the indexes: loading them takes
@@ -555,40 +623,49 @@ pub fn produce_with_default_indexes(
         let mut failed: Option<crate::index::IndexError> = None;
         let mut first = true;
         let mut price = Price::default();
-        produce_with(files, tx, o, offers, &mut |window, start, f, early| {
-            if let Some(e) = failed.take_if(|_| !early) {
-                return Err(StreamError::Index(e));
-            }
-            // while the handshake runs, waiting for the indexes costs nothing, up to
-            // EARLY_INDEX_WAIT: indexes still being built then (a snapshot without them)
-            // leave the first window raw, so the first data frames do not wait for a build
-            if early {
-                let until = Instant::now() + EARLY_INDEX_WAIT;
-                while loading.as_ref().is_some_and(|h| !h.is_finished()) && Instant::now() < until {
-                    std::thread::sleep(Duration::from_millis(1));
+        produce_with(
+            files,
+            snap.bytes(),
+            tx,
+            o,
+            offers,
+            &mut |window, start, f, early| {
+                if let Some(e) = failed.take_if(|_| !early) {
+                    return Err(StreamError::Index(e));
                 }
-            }
-            if let Some(h) = loading.take_if(|h| !first || h.is_finished()) {
-                match h.join().expect("the index loader does not panic") {
-                    Ok(i) => idx = Some(i),
-                    Err(e) if early => {
-                        failed = Some(e);
-                        return Err(StreamError::ProducerGone);
+                // while the handshake runs, waiting for the indexes costs nothing, up to
+                // EARLY_INDEX_WAIT: indexes still being built then (a snapshot without them)
+                // leave the first window raw, so the first data frames do not wait for a build
+                if early {
+                    let until = Instant::now() + EARLY_INDEX_WAIT;
+                    while loading.as_ref().is_some_and(|h| !h.is_finished())
+                        && Instant::now() < until
+                    {
+                        std::thread::sleep(Duration::from_millis(1));
                     }
-                    Err(e) => return Err(StreamError::Index(e)),
                 }
-            }
-            first = false;
-            match &idx {
-                Some(idx) => pack_window(window, start, snap, idx, o, f, &mut price),
-                None => raw_window(window, start, snap.id, &o.encode)
-                    .map(Packed::Done)
-                    .map_err(|source| StreamError::Pack {
-                        path: f.path.clone(),
-                        source,
-                    }),
-            }
-        });
+                if let Some(h) = loading.take_if(|h| !first || h.is_finished()) {
+                    match h.join().expect("the index loader does not panic") {
+                        Ok(i) => idx = Some(i),
+                        Err(e) if early => {
+                            failed = Some(e);
+                            return Err(StreamError::ProducerGone);
+                        }
+                        Err(e) => return Err(StreamError::Index(e)),
+                    }
+                }
+                first = false;
+                match &idx {
+                    Some(idx) => pack_window(window, start, snap, idx, o, f, &mut price),
+                    None => raw_window(window, start, snap.id, &o.encode)
+                        .map(Packed::Done)
+                        .map_err(|source| StreamError::Pack {
+                            path: f.path.clone(),
+                            source,
+                        }),
+                }
+            },
+        );
     })
 }
 
@@ -603,9 +680,14 @@ pub fn produce(
     offers: Option<Offers>,
 ) {
     let mut price = Price::default();
-    produce_with(files, tx, o, offers, &mut |window, start, f, _| {
-        pack_window(window, start, snap, idx, o, f, &mut price)
-    })
+    produce_with(
+        files,
+        snap.bytes(),
+        tx,
+        o,
+        offers,
+        &mut |window, start, f, _| pack_window(window, start, snap, idx, o, f, &mut price),
+    )
 }
 
 /// What plans one window (its bytes, its file offset, its file; `early`: called while the
@@ -620,6 +702,7 @@ enum Stage {
     /// planning thread afterwards.
     Window {
         file: usize,
+        start: u64,
         packed: Packed,
         window: WindowBytes,
     },
@@ -653,17 +736,35 @@ fn encode_stage(
     tx: &SyncSender<Result<Item, StreamError>>,
     free: SyncSender<Vec<u8>>,
     files: &[StreamFile],
+    snap: &[u8],
     o: &StreamOptions,
 ) {
+    let mut cur: Option<FileCausal> = None;
     for m in rx {
         let item = match m {
             Stage::Item(it) => it,
             Stage::Window {
                 file,
+                start,
                 packed,
                 window,
             } => {
-                let r = packed.finish(&window, o, &files[file].path);
+                let fc = match &mut cur {
+                    Some(fc) if fc.file == file => fc,
+                    _ => cur.insert(FileCausal {
+                        file,
+                        none: false,
+                        causal: None,
+                    }),
+                };
+                // the model, from the file's first window planned
+                if let (None, false, Packed::Encode(job)) = (&fc.causal, fc.none, &packed) {
+                    match window_model(&files[file], &window, start, job, snap, o) {
+                        Some(m) => fc.causal = Some(Causal::new(m, snap, start)),
+                        None => fc.none = true,
+                    }
+                }
+                let r = packed.finish(&window, start, o, &files[file].path, (&mut fc.causal, snap));
                 if let WindowBytes::Read(buf) = window {
                     let _ = free.try_send(buf);
                 }
@@ -679,6 +780,7 @@ fn encode_stage(
 
 fn produce_with(
     files: &[StreamFile],
+    snap: &[u8],
     tx: &SyncSender<Result<Item, StreamError>>,
     o: &StreamOptions,
     offers: Option<Offers>,
@@ -689,7 +791,7 @@ fn produce_with(
     std::thread::scope(|s| {
         std::thread::Builder::new()
             .name("pfs-encode".into())
-            .spawn_scoped(s, || encode_stage(stage_rx, tx, free_tx, files, o))
+            .spawn_scoped(s, || encode_stage(stage_rx, tx, free_tx, files, snap, o))
             .expect("spawning the producer's encoder thread");
         let enc = ToEncoder {
             tx: &stage_tx,
@@ -834,7 +936,7 @@ fn produce_small(
     let bytes = if buf.is_empty() {
         Vec::new()
     } else {
-        pack(&buf, 0, f, early)?.finish(&buf, o, &f.path)?
+        pack(&buf, 0, f, early)?.finish(&buf, 0, o, &f.path, (&mut None, &[]))?
     };
     Ok(SmallFile {
         file: i,
@@ -964,6 +1066,7 @@ fn produce_file(
         hasher.update(&buf);
         let m = Stage::Window {
             file: i,
+            start,
             packed,
             window: buf,
         };
@@ -1172,13 +1275,20 @@ mod tests {
         };
         // room for every window's item (they are collected once the producer returns)
         let (tx, rx) = std::sync::mpsc::sync_channel(real / 1000 + 64);
-        produce_with(&[f], &tx, &o, None, &mut |w, start, f, _| match fail_at {
-            Some(at) if at == start => Err(StreamError::Pack {
-                path: f.path.clone(),
-                source: std::io::Error::other("refused"),
-            }),
-            _ => Ok(Packed::Done(w.to_vec())),
-        });
+        produce_with(
+            &[f],
+            &[],
+            &tx,
+            &o,
+            None,
+            &mut |w, start, f, _| match fail_at {
+                Some(at) if at == start => Err(StreamError::Pack {
+                    path: f.path.clone(),
+                    source: std::io::Error::other("refused"),
+                }),
+                _ => Ok(Packed::Done(w.to_vec())),
+            },
+        );
         drop(tx);
         rx.iter().collect()
     }
@@ -1229,7 +1339,7 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         drop(rx);
         let mut calls = 0;
-        produce_with(&[f], &tx, &o, None, &mut |w, _, _, _| {
+        produce_with(&[f], &[], &tx, &o, None, &mut |w, _, _, _| {
             calls += 1;
             Ok(Packed::Done(w.to_vec()))
         });
@@ -1260,7 +1370,7 @@ mod tests {
         otx.send(offers).unwrap();
         let (tx, rx) = std::sync::mpsc::sync_channel(64);
         let mut calls = Vec::new();
-        produce_with(&[f], &tx, &o, Some(orx), &mut |w, start, _, early| {
+        produce_with(&[f], &[], &tx, &o, Some(orx), &mut |w, start, _, early| {
             calls.push((start, early));
             Ok(Packed::Done(w.to_vec()))
         });
@@ -1417,7 +1527,7 @@ mod tests {
                     segments: raw_segments(l),
                     spill: data[s as usize..(s + l) as usize].to_vec(),
                 };
-                let n = encode_window(raw, s, &o.encode).unwrap().len() as u64;
+                let n = encode_window(raw, s, &o.encode, None).unwrap().len() as u64;
                 assert!(n <= l + allowance(l), "{size}: window {s}+{l} packs to {n}");
                 // the pass-through's stored blocks are those very bytes
                 let stored =
@@ -1431,7 +1541,7 @@ mod tests {
     }
 
     #[test]
-    fn a_window_rebased_for_encoding_decodes_at_its_file_offset() {
+    fn a_window_encoded_at_its_file_offset_decodes_there() {
         let snap: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 251) as u8).collect();
         let seg = |off, len| Segment {
             len,
@@ -1460,7 +1570,7 @@ mod tests {
             spill: vec![9],
         };
         let start = 1_000_000u64;
-        let stream = encode_window(bp, start, &Default::default()).unwrap();
+        let stream = encode_window(bp, start, &Default::default(), None).unwrap();
         let n = block::body_len(&stream, &Default::default())
             .unwrap()
             .unwrap() as usize;
@@ -1473,7 +1583,7 @@ mod tests {
             "self copy at its absolute source"
         );
         let _ = snap;
-        // covers carry snapshot offsets coded the same way: rebased alike
+        // covers carry their snapshot offsets the same way
         let cover = Blueprint {
             snapshot_id: [0; 32],
             file_len: 4,
@@ -1484,11 +1594,8 @@ mod tests {
             }],
             spill: vec![1, 2, 3, 4],
         };
-        assert_eq!(
-            rebase(cover, 10).segments[0].src,
-            Source::Cover {
-                off: 7u64.wrapping_sub(10)
-            }
-        );
+        let stream = encode_window(cover.clone(), start, &Default::default(), None).unwrap();
+        let b = block::decode_body(&stream[4..], &Default::default(), 4096, start).unwrap();
+        assert_eq!((b.segments, b.spill), (cover.segments, cover.spill));
     }
 }

@@ -32,6 +32,8 @@ struct Prog {
     hashed: u64,
     /// Streamed: the head of the stream was read (a resume record or the first block).
     begun: bool,
+    /// Packed: the file's reference predictions, once its first block brought a model.
+    predict: block::Predictions,
 }
 
 /// How far a packed stream got.
@@ -263,8 +265,11 @@ impl Assembly {
             if file_off.checked_add(b.file_len).is_none_or(|e| e > size) {
                 return Err(Reason::Protocol);
             }
-            // a `.pbb` sent as itself: its reference predictions, with this snapshot
-            b.predict_back(cx.snapshot, file_off, size)
+            // reference predictions (the model comes with the file's first block), with
+            // this snapshot
+            self.prog[fi]
+                .predict
+                .apply(&mut b, cx.snapshot, file_off, size)
                 .map_err(|_| Reason::Protocol)?;
             apply_block(cx, fi as u32, file_off, &b).map_err(|_| Reason::Io)?;
             self.prog[fi].decoded = end;
