@@ -14,6 +14,8 @@
 //! plan it against a snapshot that holds its basis, e.g. a release pair), and the block
 //! coding knobs `PFS_PRODUCER_ZSTD` (zstd level of every block stream at the fast level, default 1) and
 //! `PFS_PRODUCER_SPILL_KIB` (spill bytes per block in KiB; default 256 at `fast`, 1024 at `default` and `max`);
+//! `PFS_PRODUCER_PREDICT` (`off`: no reference predictions, as `pfs send --predict off`; or
+//! the kinds to predict, e.g. `code,dwarf`, names of `PredictOptions::each`);
 //! `PFS_PRODUCER_DUMP=PATH` writes the last file's block stream there (for a look at its
 //! streams: `scripts/benchmarks/block_streams.py PATH`).
 
@@ -101,6 +103,26 @@ fn main() {
     // block coding knobs, for measuring what they cost or save on the wire
     if let Ok(v) = std::env::var("PFS_PRODUCER_ZSTD") {
         o.encode.level = v.parse().expect("PFS_PRODUCER_ZSTD: a zstd level");
+    }
+    if let Ok(v) = std::env::var("PFS_PRODUCER_PREDICT") {
+        use packetfs::blueprint::predict::PredictOptions;
+        let mut p = PredictOptions::NONE;
+        for name in v.split(',').filter(|n| *n != "off") {
+            let (_, one) = PredictOptions::each()
+                .into_iter()
+                .find(|(n, _)| *n == name)
+                .expect("PFS_PRODUCER_PREDICT: off or names of PredictOptions::each");
+            p = PredictOptions {
+                code: p.code || one.code,
+                data: p.data || one.data,
+                rela: p.rela || one.rela,
+                symbols: p.symbols || one.symbols,
+                debug_ranges: p.debug_ranges || one.debug_ranges,
+                line: p.line || one.line,
+                dwarf: p.dwarf || one.dwarf,
+            };
+        }
+        o.predict = p;
     }
     if let Ok(v) = std::env::var("PFS_PRODUCER_SPILL_KIB") {
         o.encode.spill_per_block = v.parse::<u64>().expect("PFS_PRODUCER_SPILL_KIB: KiB") << 10;

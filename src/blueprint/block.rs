@@ -1151,7 +1151,10 @@ mod tests {
         assert_eq!(base, n as u64);
         let whole = window(&segs, &spill, n as u64);
         let got = window(&got_segs, &got_spill, n as u64);
-        assert!(rebuild(&got, &snap) == rebuild(&whole, &snap), "the file decoded back");
+        assert!(
+            rebuild(&got, &snap) == rebuild(&whole, &snap),
+            "the file decoded back"
+        );
         let e = skipped.unwrap().unwrap_err();
         assert!(e.to_string().contains("out of file order"), "{e}");
     }

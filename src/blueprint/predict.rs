@@ -140,6 +140,17 @@ impl PredictOptions {
         debug_ranges: true,
         ..PredictOptions::NONE
     };
+    /// What `pfs send --level fast` predicts window by window ([`Causal`]): [`Self::DEFAULT`]
+    /// without the rel32 scan of code, which on the libstd release pair saved 9,487 bytes of
+    /// 801,638 (0.08 ms at 1 Gbit/s) for 2.6 ms more of the receiver's decode (and as much
+    /// of the sender's encoding): decode 15.1 instead of 17.7 ms, 7.4 ms without predictions
+    /// (`PFS_PRODUCER_PREDICT=... cargo bench --bench producer`, 2026-12-08). Range lists
+    /// saved 76 KB there, `.debug_info` 35 KB, symbols 12 KB, relocations and line
+    /// addresses 3 KB each.
+    pub const STREAM_FAST: PredictOptions = PredictOptions {
+        code: false,
+        ..PredictOptions::DEFAULT
+    };
     /// Each feature alone, by name (the ablation rows).
     pub fn each() -> [(&'static str, PredictOptions); 7] {
         let n = PredictOptions::NONE;

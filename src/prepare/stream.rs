@@ -62,8 +62,9 @@ pub struct StreamOptions {
     /// 0 (the default): every file goes window by window.
     pub whole_max: u64,
     /// Reference predictions for x86-64 ELF files ([`crate::blueprint::predict::Causal`]):
-    /// the model goes in the file's first block and each block's differences are predicted
-    /// with the segments sent so far.
+    /// the model goes in the file's first block planned and each block's differences are
+    /// predicted with the segments sent so far ([`PredictOptions::STREAM_FAST`] at `fast`,
+    /// [`PredictOptions::DEFAULT`] at `default` and `max`).
     pub predict: PredictOptions,
 }
 
@@ -75,6 +76,11 @@ impl StreamOptions {
             plan: PlanConfig::preset(level),
             encode: block::EncodeOptions::for_level(level),
             file_price: level != crate::blueprint::Level::Fast,
+            predict: if level == crate::blueprint::Level::Fast {
+                PredictOptions::STREAM_FAST
+            } else {
+                PredictOptions::DEFAULT
+            },
             ..StreamOptions::default()
         }
     }
@@ -90,7 +96,7 @@ impl Default for StreamOptions {
             channel: 8,
             file_price: false,
             whole_max: 0,
-            predict: PredictOptions::DEFAULT,
+            predict: PredictOptions::STREAM_FAST,
         }
     }
 }
@@ -472,7 +478,10 @@ fn pack_whole(
         return raw();
     }
     p.fill_spill(file);
-    let opts = pbb::PackOptions::for_level(o.encode.preset);
+    let mut opts = pbb::PackOptions::for_level(o.encode.preset);
+    if !o.predict.any() {
+        opts.predict = PredictOptions::NONE; // `pfs send --predict off`
+    }
     let (bytes, _, _) = pbb::pack_best(&p.blueprint, file, Some(snap.bytes()), &opts)
         .map_err(|e| pack_err(std::io::Error::other(e)))?;
     let limit = file.len() as u64 + allowance(file.len() as u64);
@@ -1538,6 +1547,148 @@ mod tests {
             assert!(total <= bound(size, &o));
             assert!(bound(size, &o) <= crate::proto::receiver::max_stream_bound(size));
         }
+    }
+
+    /// The producer's encoder stage predicts an x86-64 ELF window by window: this test
+    /// binary is the old image in a snapshot and a copy of it the file, each window planned
+    /// as covers shifted by up to 63 bytes (so the references the predictor moves change)
+    /// with raw runs; the first window goes raw, so the model rides in the second window's
+    /// first block. Decoded block by block with `block::Predictions`, the file comes back
+    /// bit-exact; without predictions the same windows make other blocks.
+    #[test]
+    fn an_elf_is_predicted_window_by_window_and_decodes_back() {
+        let Ok(exe) = std::fs::read("/proc/self/exe") else {
+            eprintln!("skipped: /proc/self/exe unreadable");
+            return;
+        };
+        if !crate::blueprint::predict::is_x86_64_elf(&exe) {
+            eprintln!("skipped: this test binary is not x86-64 ELF");
+            return;
+        }
+        let base = 4096u64;
+        let mut snap = vec![0u8; base as usize];
+        snap.extend_from_slice(&exe);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new");
+        std::fs::write(&path, &exe).unwrap();
+        let f = StreamFile {
+            name: "new".into(),
+            path,
+            size: exe.len() as u64,
+        };
+        let o = StreamOptions {
+            first_window: 64 << 10,
+            max_window: 1 << 20,
+            predict: PredictOptions::DEFAULT,
+            ..Default::default()
+        };
+        let pack = |w: &[u8], start: u64| -> Packed {
+            if start == 0 {
+                return Packed::Done(block::encode_stored_raw(w, &o.encode));
+            }
+            let mut rng = crate::pob::prng::SplitMix64::new(start);
+            let (mut segments, mut spill) = (Vec::new(), Vec::new());
+            let mut q = 0usize;
+            while q < w.len() {
+                let len = (1 + rng.next_u64() as usize % 8192).min(w.len() - q);
+                if rng.next_u64() % 8 == 0 {
+                    segments.push(Segment {
+                        len: len as u32,
+                        src: Source::Raw,
+                    });
+                    spill.extend_from_slice(&w[q..q + len]);
+                } else {
+                    let off = (base + start + q as u64).saturating_sub(rng.next_u64() % 64);
+                    segments.push(Segment {
+                        len: len as u32,
+                        src: Source::Cover { off },
+                    });
+                    let old = &snap[off as usize..off as usize + len];
+                    spill.extend(
+                        w[q..q + len]
+                            .iter()
+                            .zip(old)
+                            .map(|(n, o)| n.wrapping_sub(*o)),
+                    );
+                }
+                q += len;
+            }
+            Packed::Encode(Box::new(EncodeJob {
+                bp: Blueprint {
+                    snapshot_id: [0; 32],
+                    file_len: w.len() as u64,
+                    file_hash: [0; 32],
+                    segments,
+                    spill,
+                },
+                start,
+                snap_id: [0; 32],
+            }))
+        };
+        let produce = |o: &StreamOptions| -> Vec<u8> {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1024);
+            produce_with(&[f.clone()], &snap, &tx, o, None, &mut |w, start, _, _| {
+                Ok(pack(w, start))
+            });
+            drop(tx);
+            let mut stream = Vec::new();
+            for it in rx.iter() {
+                if let Item::Blocks { bytes, .. } = it.unwrap() {
+                    stream.extend_from_slice(&bytes);
+                }
+            }
+            stream
+        };
+        let stream = produce(&o);
+        let plain = produce(&StreamOptions {
+            predict: PredictOptions::NONE,
+            ..o.clone()
+        });
+        assert_ne!(stream, plain, "the predictions changed nothing");
+        let lim = block::Limits::default();
+        let mut p = block::Predictions::default();
+        let (mut at, mut pos, mut models) = (0usize, 0u64, 0);
+        let mut out = Vec::with_capacity(exe.len());
+        while at < stream.len() {
+            let n = block::body_len(&stream[at..], &lim).unwrap().unwrap() as usize;
+            let body = &stream[at + block::PREFIX..at + block::PREFIX + n];
+            let mut b = block::decode_body(body, &lim, snap.len() as u64, pos).unwrap();
+            if !b.refs.is_empty() {
+                models += 1;
+                assert_eq!(
+                    pos,
+                    64 << 10,
+                    "the model rides in the second window's first block"
+                );
+            }
+            p.apply(&mut b, &snap, pos, f.size).unwrap();
+            let bp = Blueprint {
+                snapshot_id: [0; 32],
+                file_len: b.file_len,
+                file_hash: [0; 32],
+                segments: b.segments,
+                spill: b.spill,
+            };
+            let mut sp = 0usize;
+            for seg in &bp.segments {
+                let len = seg.len as usize;
+                match seg.src {
+                    Source::Raw => out.extend_from_slice(&bp.spill[sp..sp + len]),
+                    Source::Cover { off } => out.extend(
+                        bp.spill[sp..sp + len]
+                            .iter()
+                            .zip(&snap[off as usize..off as usize + len])
+                            .map(|(d, o)| d.wrapping_add(*o)),
+                    ),
+                    _ => unreachable!("covers and raw runs only"),
+                }
+                sp += len;
+            }
+            pos += bp.file_len;
+            at += block::PREFIX + n;
+        }
+        assert_eq!(models, 1, "one model");
+        assert!(out == exe, "the file decoded back bit-exact");
     }
 
     #[test]
