@@ -24,10 +24,12 @@
 //! Self copies (segments that copy from earlier in the same file) are coded as distances back
 //! from their absolute file position, so they may reach into earlier blocks; because blocks
 //! are applied strictly in file order, their source bytes are always complete when they are
-//! applied, however the frames arrived. The blocks [`encode`] makes carry no reference
-//! predictions; a v3 `.pbb` sent as itself is one block that is the whole file, with its
-//! model in `refs` ([`from_pbb`], [`Block::predict_back`], which adds the
-//! predictions back with the snapshot bytes; every other block decodes without them).
+//! applied, however the frames arrived. Reference predictions ([`Causal`]): the first block
+//! of a file with a model in `refs` starts them, and each block from there is predicted
+//! with the snapshot segments of the blocks up to and including it ([`encode_at`] with a
+//! `Causal`, the streamed sender; [`from_pbb`], a `.pbb` sent as itself, one block); the
+//! receiver adds them back block by block in file order ([`Predictions`]). Other blocks
+//! decode without the snapshot bytes.
 
 use super::coder::{Coder, CoderOptions, Level};
 use super::pbb::{self, PbbError};
@@ -141,10 +143,9 @@ pub struct Block {
     pub file_len: u64,
     pub segments: Vec<Segment>,
     pub spill: Vec<u8>,
-    /// The reference model ([`super::predict::RefModel`], encoded) of a block that starts the
-    /// file: a `.pbb` sent as itself ([`from_pbb`]). Its predictions are not yet
-    /// added to `spill`: that needs the snapshot bytes and the knowledge that the block is
-    /// the whole file ([`Block::predict_back`]). Empty for every block `encode` makes.
+    /// The reference model ([`super::predict::RefModel`], encoded) of the block that starts
+    /// the file's predictions. `decode_body` adds no predictions to `spill`: that needs the
+    /// snapshot bytes and the blocks before ([`Predictions::apply`]).
     pub refs: Vec<u8>,
 }
 
@@ -450,7 +451,7 @@ pub fn body_len(stream: &[u8], lim: &Limits) -> Result<Option<u64>, BlockError> 
 /// A v3 `.pbb` (whose header and checksum [`pbb::read_header`] accepts) as one block that
 /// is the whole file: its coded streams as they are (no
 /// re-encoding: a `max` file keeps its LZMA streams and its reference model, which the
-/// receiver applies with its snapshot, [`Block::predict_back`]). `None` for a
+/// receiver applies with its snapshot, [`Predictions`]). `None` for a
 /// v1/v2 file and where the block would exceed `lim`.
 pub fn from_pbb(bytes: &[u8], lim: &Limits) -> Option<Vec<u8>> {
     let h = pbb::read_header(bytes).ok()?;
