@@ -794,8 +794,11 @@ pub struct Causal {
     model: RefModel,
     /// The old `.debug_info`'s reference fields, walked once for all blocks.
     dwarf: Vec<dwarf::Field>,
-    /// The snapshot spans of the blocks so far, sorted.
+    /// The snapshot spans of the blocks so far, sorted...
     spans: Vec<(u64, u64, u64)>,
+    /// ...but those of the blocks since the last one predicted, in file order (merged in
+    /// when a block needs the map).
+    pending: Vec<(u64, u64, u64)>,
     /// The file offset of the block that carries the model (the first one predicted).
     start: u64,
     /// File bytes the blocks so far cover (the next block starts there).
@@ -822,6 +825,7 @@ impl Causal {
             model,
             dwarf,
             spans: Vec::new(),
+            pending: Vec::new(),
             start,
             next: start,
             full_at: None,
@@ -839,8 +843,9 @@ impl Causal {
 
     /// Take in the next block's segments (`len` file bytes starting at `base`, where the
     /// blocks so far end); the map and file range to predict it with
-    /// ([`Causal::predictor`]), or `None` once the file's blocks hold more than
-    /// [`MAX_CAUSAL_SPANS`] snapshot spans (the rest of the file is not predicted: each
+    /// ([`Causal::predictor`]), or `None` where there is nothing to predict (no covers in
+    /// the block, or none inside the model's regions) and once the file's blocks hold more
+    /// than [`MAX_CAUSAL_SPANS`] snapshot spans (the rest of the file is not predicted: each
     /// block's map is a copy of them all). Err where the block does not start at the end of
     /// the last one.
     #[allow(clippy::type_complexity)]
@@ -858,15 +863,21 @@ impl Causal {
         if self.full_at.is_some() {
             return Ok(None);
         }
-        let mut new = Vec::new();
-        push_spans(&mut new, segments, base);
-        if new.is_empty() {
-            return Ok(None); // no covers: nothing to predict
-        }
-        if self.spans.len() + new.len() > MAX_CAUSAL_SPANS {
+        let before = self.pending.len();
+        push_spans(&mut self.pending, segments, base);
+        if self.spans.len() + self.pending.len() > MAX_CAUSAL_SPANS {
             self.full_at = Some(base);
+            self.pending.truncate(before);
             return Ok(None);
         }
+        // no covers here, or none where the model has a region: nothing to predict (the
+        // spans wait in `pending` for a block that needs the map)
+        let regions = &self.model.regions;
+        let k = regions.partition_point(|r| r.start + r.len <= base);
+        if self.pending.len() == before || !regions.get(k).is_some_and(|r| r.start < end) {
+            return Ok(None);
+        }
+        let mut new = std::mem::take(&mut self.pending);
         new.sort_unstable();
         let old = std::mem::take(&mut self.spans);
         let mut merged = Vec::with_capacity(old.len() + new.len());
@@ -896,6 +907,7 @@ impl Causal {
             return;
         }
         self.spans.retain(|s| s.2 < base);
+        self.pending.retain(|s| s.2 < base);
         self.next = base;
         if self.full_at.is_some_and(|f| f >= base) {
             self.full_at = None;
