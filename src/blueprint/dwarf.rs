@@ -85,10 +85,7 @@ pub struct Field {
 impl Field {
     /// Bytes of the field.
     pub fn size(&self) -> usize {
-        match self.kind {
-            Kind::Addr => 8,
-            Kind::Offset(_) | Kind::UnitRef => 4,
-        }
+        kind_size(self.kind)
     }
 }
 
@@ -137,24 +134,89 @@ impl Cur<'_> {
 type Abbrev = Vec<(u64, u64)>;
 
 /// An abbreviation table by code: small codes (the usual 1..n) in a vector, others hashed.
-#[derive(Default)]
-struct Abbrevs {
-    dense: Vec<Option<Abbrev>>,
-    sparse: HashMap<u64, Abbrev>,
+struct Abbrevs<T = Abbrev> {
+    dense: Vec<Option<T>>,
+    sparse: HashMap<u64, T>,
+}
+
+impl<T> Default for Abbrevs<T> {
+    fn default() -> Self {
+        Abbrevs {
+            dense: Vec::new(),
+            sparse: HashMap::new(),
+        }
+    }
+}
+
+/// One step of a compiled abbreviation ([`compile`]): what the walk does with the next bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Attributes of fixed sizes that are no reference field: skip this many bytes.
+    Skip(usize),
+    /// A reference field (its size is the kind's).
+    Field(Kind),
+    /// An attribute whose size is in its bytes ([`skip`]).
+    Var(u64),
+}
+
+/// The walk of one abbreviation in a unit of `version` with `addr`-byte addresses: fixed
+/// attributes that are no field merged into one skip.
+fn compile(attrs: &Abbrev, version: u16, addr: u8) -> Vec<Step> {
+    let mut out: Vec<Step> = Vec::with_capacity(attrs.len());
+    for &(name, form) in attrs {
+        let step = match (
+            kind_of(name, form, version, addr),
+            fixed_size(form, version, addr),
+        ) {
+            (Some(k), _) => Step::Field(k),
+            (None, Some(n)) => Step::Skip(n),
+            (None, None) => Step::Var(form),
+        };
+        match (out.last_mut(), step) {
+            (Some(Step::Skip(a)), Step::Skip(b)) => *a += b,
+            _ => out.push(step),
+        }
+    }
+    out
+}
+
+/// The size of `form` where it does not depend on the value's bytes.
+fn fixed_size(form: u64, version: u16, addr: u8) -> Option<usize> {
+    Some(match form {
+        DW_FORM_ADDR => addr as usize,
+        0x05 => 2,
+        DW_FORM_DATA4 => 4,
+        0x07 => 8,
+        0x0b | 0x0c | 0x11 => 1,
+        DW_FORM_STRP | DW_FORM_LINE_STRP | DW_FORM_SEC_OFFSET | DW_FORM_REF4 => 4,
+        DW_FORM_REF_ADDR if version <= 2 => addr as usize,
+        DW_FORM_REF_ADDR => 4,
+        0x12 => 2,
+        0x14 | 0x20 | 0x24 => 8,
+        0x19 | DW_FORM_IMPLICIT_CONST => 0,
+        0x1c | 0x1d => 4,
+        0x1e => 16,
+        0x25 | 0x29 => 1,
+        0x26 | 0x2a => 2,
+        0x27 | 0x2b => 3,
+        0x28 | 0x2c => 4,
+        0x1f20 | 0x1f21 => 4,
+        _ => return None,
+    })
 }
 
 /// Codes below this go in [`Abbrevs::dense`].
 const DENSE: u64 = 1 << 14;
 
-impl Abbrevs {
-    fn get(&self, code: u64) -> Option<&Abbrev> {
+impl<T: Clone> Abbrevs<T> {
+    fn get(&self, code: u64) -> Option<&T> {
         if code < DENSE {
             self.dense.get(code as usize)?.as_ref()
         } else {
             self.sparse.get(&code)
         }
     }
-    fn insert(&mut self, code: u64, a: Abbrev) {
+    fn insert(&mut self, code: u64, a: T) {
         if code < DENSE {
             if self.dense.len() <= code as usize {
                 self.dense.resize(code as usize + 1, None);
@@ -166,11 +228,15 @@ impl Abbrevs {
     }
 }
 
-/// The abbreviation tables a walk parsed, by offset, and the bytes they took.
+/// The abbreviation tables a walk parsed, by offset, and the bytes they took; and each
+/// compiled for the units that use it (offset, version, address size).
 #[derive(Default)]
 struct Tables {
     by_off: HashMap<u32, Option<Abbrevs>>,
     parsed: usize,
+    compiled: HashMap<(u32, u16, u8), Option<Abbrevs<Vec<Step>>>>,
+    /// Steps compiled in all.
+    compiled_steps: usize,
 }
 
 /// The abbreviation table at `off` of `abbrev`, by code (`None`: it does not parse), and
@@ -297,6 +363,8 @@ fn kind_of(name: u64, form: u64, version: u16, addr: u8) -> Option<Kind> {
 /// release's units share a few tables; bytes that are no DWARF must not make a walk parse
 /// one table per unit over a large section).
 const MAX_TABLES: usize = 1 << 16;
+/// Most steps of compiled abbreviations one walk makes ([`compile`]; about 100 MiB).
+const MAX_COMPILED_STEPS: usize = 1 << 22;
 const MAX_TABLE_BYTES: usize = 64 << 20;
 
 /// Every reference field of `info` (a `.debug_info` section) whose abbreviations are in
@@ -354,7 +422,35 @@ fn walk_unit(
         tables.parsed += n;
         tables.by_off.insert(abbrev_off, t);
     }
-    let table = tables.by_off[&abbrev_off].as_ref()?;
+    let key = (abbrev_off, version, addr);
+    if !tables.compiled.contains_key(&key) {
+        // bounded like the tables themselves: units that vary version and address size
+        // over one table must not make a walk compile it again and again
+        if tables.compiled.len() >= MAX_TABLES || tables.compiled_steps > MAX_COMPILED_STEPS {
+            return None;
+        }
+        let mut steps = 0usize;
+        let t = tables.by_off[&abbrev_off].as_ref().map(|t| {
+            let mut c = Abbrevs::default();
+            let mut put = |code: u64, a: &Abbrev| {
+                let w = compile(a, version, addr);
+                steps += w.len() + 1;
+                c.insert(code, w);
+            };
+            for (code, a) in t.dense.iter().enumerate() {
+                if let Some(a) = a {
+                    put(code as u64, a);
+                }
+            }
+            for (&code, a) in &t.sparse {
+                put(code, a);
+            }
+            c
+        });
+        tables.compiled_steps += steps;
+        tables.compiled.insert(key, t);
+    }
+    let table = tables.compiled[&key].as_ref()?;
     let c = &mut Cur {
         b: &c.b[..end],
         i: c.i,
@@ -364,19 +460,32 @@ fn walk_unit(
         if code == 0 {
             continue;
         }
-        for &(name, form) in table.get(code)? {
-            let at = c.i;
-            if let Some(kind) = kind_of(name, form, version, addr) {
-                out.push(Field {
-                    at: at as u32,
-                    unit,
-                    kind,
-                });
+        for &step in table.get(code)? {
+            match step {
+                Step::Skip(n) => {
+                    c.take(n)?;
+                }
+                Step::Field(kind) => {
+                    out.push(Field {
+                        at: c.i as u32,
+                        unit,
+                        kind,
+                    });
+                    c.take(kind_size(kind))?;
+                }
+                Step::Var(form) => skip(c, form, version, addr)?,
             }
-            skip(c, form, version, addr)?;
         }
     }
     Some(())
+}
+
+/// Bytes of a field of `kind` (32-bit DWARF, 8-byte addresses).
+fn kind_size(kind: Kind) -> usize {
+    match kind {
+        Kind::Addr => 8,
+        Kind::Offset(_) | Kind::UnitRef => 4,
+    }
 }
 
 #[cfg(test)]
@@ -506,5 +615,67 @@ mod tests {
             }
         }
         assert!(f.windows(2).all(|w| w[0].at < w[1].at));
+        assert!(
+            f == fields_attr_by_attr(info, abbrev),
+            "the compiled walk finds the same fields"
+        );
+    }
+
+    /// The walk before abbreviations were compiled: each attribute's kind and size looked up
+    /// as it is read (the reference the compiled walk must equal).
+    fn fields_attr_by_attr(info: &[u8], abbrev: &[u8]) -> Vec<Field> {
+        let mut out = Vec::new();
+        let mut unit = 0usize;
+        while unit + 11 <= info.len() {
+            let mut c = Cur { b: info, i: unit };
+            let Some(len) = c.u32().filter(|&l| l < 0xffff_fff0) else {
+                break;
+            };
+            let Some(end) = c.i.checked_add(len as usize).filter(|&e| e <= info.len()) else {
+                break;
+            };
+            let _ = (|| -> Option<()> {
+                let version = c.u16()?;
+                let (off, addr) = match version {
+                    2..=4 => (c.u32()?, c.u8()?),
+                    5 => {
+                        let t = c.u8()?;
+                        let addr = c.u8()?;
+                        let off = c.u32()?;
+                        match t {
+                            1 | 3 => {}
+                            4 | 5 => c.take(8).map(|_| ())?,
+                            _ => return None,
+                        }
+                        (off, addr)
+                    }
+                    _ => return None,
+                };
+                let table = abbrevs(abbrev, off as usize).0?;
+                let c = &mut Cur {
+                    b: &c.b[..end],
+                    i: c.i,
+                };
+                while c.i < end {
+                    let code = c.uleb()?;
+                    if code == 0 {
+                        continue;
+                    }
+                    for &(name, form) in table.get(code)? {
+                        if let Some(kind) = kind_of(name, form, version, addr) {
+                            out.push(Field {
+                                at: c.i as u32,
+                                unit: unit as u32,
+                                kind,
+                            });
+                        }
+                        skip(c, form, version, addr)?;
+                    }
+                }
+                Some(())
+            })();
+            unit = end;
+        }
+        out
     }
 }

@@ -677,7 +677,7 @@ fn adjust(d: &mut [u8], old: &[u8], i: usize, pred: &[u8], decode: bool) {
 /// Snapshot segments sorted by snapshot offset: the old-to-new position map.
 pub struct AddressMap {
     /// (snapshot offset, length, file offset)
-    spans: Vec<(u64, u64, u64)>,
+    spans: std::sync::Arc<Vec<(u64, u64, u64)>>,
     /// The first span's start, and `1 << shift` bytes per entry of `hint`...
     lo: u64,
     shift: u32,
@@ -696,11 +696,11 @@ impl AddressMap {
         let mut spans = Vec::with_capacity(segments.len());
         push_spans(&mut spans, segments, base);
         spans.sort_unstable();
-        Self::from_sorted(spans)
+        Self::from_sorted(std::sync::Arc::new(spans))
     }
 
     /// From spans `(snapshot offset, length, file offset)` sorted.
-    fn from_sorted(spans: Vec<(u64, u64, u64)>) -> Self {
+    fn from_sorted(spans: std::sync::Arc<Vec<(u64, u64, u64)>>) -> Self {
         let (lo, hi) = match (spans.first(), spans.last()) {
             (Some(f), Some(l)) => (f.0, l.0 + 1),
             _ => (0, 0),
@@ -794,8 +794,9 @@ pub struct Causal {
     model: RefModel,
     /// The old `.debug_info`'s reference fields, walked once for all blocks.
     dwarf: Vec<dwarf::Field>,
-    /// The snapshot spans of the blocks so far, sorted...
-    spans: Vec<(u64, u64, u64)>,
+    /// The snapshot spans of the blocks so far, sorted (shared with the maps made from them
+    /// while those live)...
+    spans: std::sync::Arc<Vec<(u64, u64, u64)>>,
     /// ...but those of the blocks since the last one predicted, in file order (merged in
     /// when a block needs the map).
     pending: Vec<(u64, u64, u64)>,
@@ -824,7 +825,7 @@ impl Causal {
         Causal {
             model,
             dwarf,
-            spans: Vec::new(),
+            spans: Default::default(),
             pending: Vec::new(),
             start,
             next: start,
@@ -879,21 +880,23 @@ impl Causal {
         }
         let mut new = std::mem::take(&mut self.pending);
         new.sort_unstable();
-        let old = std::mem::take(&mut self.spans);
-        let mut merged = Vec::with_capacity(old.len() + new.len());
+        // the old image's spans mostly come in file order: only the tail after the first
+        // new span is merged (a copy only where a map of the last block still holds them)
+        let spans = std::sync::Arc::make_mut(&mut self.spans);
+        let p = spans.partition_point(|s| *s < new[0]);
+        let tail = spans.split_off(p);
         let (mut i, mut j) = (0, 0);
-        while i < old.len() && j < new.len() {
-            if old[i] <= new[j] {
-                merged.push(old[i]);
+        while i < tail.len() && j < new.len() {
+            if tail[i] <= new[j] {
+                spans.push(tail[i]);
                 i += 1;
             } else {
-                merged.push(new[j]);
+                spans.push(new[j]);
                 j += 1;
             }
         }
-        merged.extend_from_slice(&old[i..]);
-        merged.extend_from_slice(&new[j..]);
-        self.spans = merged;
+        spans.extend_from_slice(&tail[i..]);
+        spans.extend_from_slice(&new[j..]);
         Ok(Some((
             AddressMap::from_sorted(self.spans.clone()),
             base..end,
@@ -906,7 +909,7 @@ impl Causal {
         if base >= self.next {
             return;
         }
-        self.spans.retain(|s| s.2 < base);
+        std::sync::Arc::make_mut(&mut self.spans).retain(|s| s.2 < base);
         self.pending.retain(|s| s.2 < base);
         self.next = base;
         if self.full_at.is_some_and(|f| f >= base) {
@@ -1670,7 +1673,7 @@ mod tests {
                     .map(|(o, _, q)| q + (p - o))
             };
             let mut probes: Vec<u64> = vec![0, u64::MAX, spread];
-            for &(o, l, _) in &m.spans {
+            for &(o, l, _) in m.spans.iter() {
                 probes.extend([o.saturating_sub(1), o, o + l - 1, o + l, o + l / 2]);
             }
             probes.extend((0..2000).map(|_| next() % (spread + 10_000)));
