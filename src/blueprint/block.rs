@@ -198,13 +198,13 @@ impl Predictions {
         let Some(c) = self.0.as_mut() else {
             return Ok(());
         };
-        let Some((map, range)) = c
-            .extend(&b.segments, base, b.file_len)
+        let Some(map) = c
+            .extend(snap, &b.segments, base, b.file_len)
             .map_err(|_| BlockError::Corrupt("predicted blocks out of file order".into()))?
         else {
             return Ok(());
         };
-        let p = c.predictor(snap, map, range);
+        let p = c.predictor(snap, map);
         streams::predict_back_with(&p, &b.segments, base, &mut b.spill);
         Ok(())
     }
@@ -351,7 +351,7 @@ pub fn encode_at(
             let mut maps = Vec::with_capacity(cuts.len());
             for cut in &cuts {
                 let m = c
-                    .extend(&cut.segs, cut.start, cut.file_len)
+                    .extend(snap, &cut.segs, cut.start, cut.file_len)
                     .map_err(|_| std::io::Error::other("blocks predicted out of file order"))?;
                 maps.push(m);
             }
@@ -364,7 +364,7 @@ pub fn encode_at(
     let preds: Vec<Option<Predictor<'_>>> = match causal {
         Some((c, maps)) => maps
             .into_iter()
-            .map(|m| m.map(|(m, r)| c.predictor(snap, m, r)))
+            .map(|m| m.map(|m| c.predictor(snap, m)))
             .collect(),
         None => cuts.iter().map(|_| None).collect(),
     };

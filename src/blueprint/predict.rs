@@ -807,6 +807,12 @@ pub struct Causal {
     /// Where the spans would have passed [`MAX_CAUSAL_SPANS`]: no more predictions for
     /// this file from there on.
     full_at: Option<u64>,
+    /// Per region, the old table read in step ([`RegionKind::Table`]), read with the map of
+    /// the first block whose covers meet the region and kept for the file's later blocks
+    /// (a `.pbb` sent whole, one block, reads them with the map of all its segments as
+    /// `pfs unplan` does).
+    tables: Vec<Option<std::sync::Arc<OldTable>>>,
+    no_table: std::sync::Arc<OldTable>,
 }
 
 /// Most snapshot spans (segments that read the snapshot) of one file a [`Causal`] predicts
@@ -823,13 +829,15 @@ impl Causal {
     pub fn new(model: RefModel, snap: &[u8], start: u64) -> Self {
         let dwarf = old_dwarf(&model, snap);
         Causal {
-            model,
-            dwarf,
             spans: Default::default(),
             pending: Vec::new(),
             start,
             next: start,
             full_at: None,
+            tables: vec![None; model.regions.len()],
+            no_table: Default::default(),
+            model,
+            dwarf,
         }
     }
 
@@ -852,10 +860,11 @@ impl Causal {
     #[allow(clippy::type_complexity)]
     pub fn extend(
         &mut self,
+        snap: &[u8],
         segments: &[Segment],
         base: u64,
         len: u64,
-    ) -> Result<Option<(AddressMap, std::ops::Range<u64>)>, OutOfOrder> {
+    ) -> Result<Option<AddressMap>, OutOfOrder> {
         if base != self.next {
             return Err(OutOfOrder);
         }
@@ -897,10 +906,22 @@ impl Causal {
         }
         spans.extend_from_slice(&tail[i..]);
         spans.extend_from_slice(&new[j..]);
-        Ok(Some((
-            AddressMap::from_sorted(self.spans.clone()),
-            base..end,
-        )))
+        let mut map = AddressMap::from_sorted(self.spans.clone());
+        // the old tables this block meets first, their keys moved with its map
+        let meets = |r: &Region| {
+            r.start < end && base < r.start + r.len && matches!(r.kind, RegionKind::Table { .. })
+        };
+        let regions = &self.model.regions;
+        if (0..regions.len()).any(|k| self.tables[k].is_none() && meets(&regions[k])) {
+            let t = Predictor::with_parts(&self.model, snap, map, &[], Vec::new());
+            for (k, r) in regions.iter().enumerate() {
+                if self.tables[k].is_none() && meets(r) {
+                    self.tables[k] = Some(std::sync::Arc::new(t.old_table(r)));
+                }
+            }
+            map = t.map;
+        }
+        Ok(Some(map))
     }
 
     /// Forget the blocks from file offset `base` on (the sender sends that part another
@@ -917,14 +938,14 @@ impl Causal {
         }
     }
 
-    /// The predictor of the block [`Causal::extend`] returned `map` and `range` for.
-    pub fn predictor<'a>(
-        &'a self,
-        snap: &'a [u8],
-        map: AddressMap,
-        range: std::ops::Range<u64>,
-    ) -> Predictor<'a> {
-        Predictor::within(&self.model, snap, map, &self.dwarf, range)
+    /// The predictor of the block [`Causal::extend`] returned `map` for.
+    pub fn predictor<'a>(&'a self, snap: &'a [u8], map: AddressMap) -> Predictor<'a> {
+        let tables = self
+            .tables
+            .iter()
+            .map(|t| t.clone().unwrap_or_else(|| self.no_table.clone()))
+            .collect();
+        Predictor::with_parts(&self.model, snap, map, &self.dwarf, tables)
     }
 }
 
@@ -970,7 +991,7 @@ pub struct Predictor<'a> {
     pub map: AddressMap,
     /// Per region of the model: the old table of a [`RegionKind::Table`] (empty for the
     /// other kinds, and where the table does not lie inside the snapshot).
-    tables: Vec<OldTable>,
+    tables: Vec<std::sync::Arc<OldTable>>,
     /// The old `.debug_info`'s reference fields (for a [`RegionKind::DebugInfo`] region).
     dwarf: std::borrow::Cow<'a, [dwarf::Field]>,
 }
@@ -1046,40 +1067,31 @@ impl<'a> Predictor<'a> {
             tables: Vec::new(),
             dwarf: std::borrow::Cow::Borrowed(&[]),
         };
-        p.tables = model.regions.iter().map(|r| p.old_table(r)).collect();
+        p.tables = model
+            .regions
+            .iter()
+            .map(|r| std::sync::Arc::new(p.old_table(r)))
+            .collect();
         p.dwarf = std::borrow::Cow::Owned(old_dwarf(model, snap));
         p
     }
 
-    /// The predictor of the covers in file bytes `range` only (the old tables of the other
-    /// regions are not read), with the old `.debug_info`'s fields walked once before
-    /// ([`Causal`]).
-    fn within(
+    /// The predictor of `model` with the old tables read already (one per region) and the
+    /// old `.debug_info`'s fields walked once before ([`Causal`]).
+    fn with_parts(
         model: &'a RefModel,
         snap: &'a [u8],
         map: AddressMap,
         dwarf: &'a [dwarf::Field],
-        range: std::ops::Range<u64>,
+        tables: Vec<std::sync::Arc<OldTable>>,
     ) -> Self {
-        let mut p = Predictor {
+        Predictor {
             model,
             snap,
             map,
-            tables: Vec::new(),
+            tables,
             dwarf: std::borrow::Cow::Borrowed(dwarf),
-        };
-        p.tables = model
-            .regions
-            .iter()
-            .map(|r| {
-                if r.start < range.end && range.start < r.start + r.len {
-                    p.old_table(r)
-                } else {
-                    OldTable::default()
-                }
-            })
-            .collect();
-        p
+        }
     }
 
     /// The new value of the old `.debug_info` field `x` whose old bytes are `old`; `unit`

@@ -532,7 +532,8 @@ impl Packed {
             Packed::Done(b) => {
                 // raw blocks: nothing to predict, the file's blocks go on after them
                 if let Some(c) = causal {
-                    c.extend(&[], start, len).map_err(|_| out_of_order())?;
+                    c.extend(snap, &[], start, len)
+                        .map_err(|_| out_of_order())?;
                 }
                 return Ok(b);
             }
@@ -554,7 +555,8 @@ impl Packed {
             Some(c) if start <= c.start() => *causal = None,
             Some(c) => {
                 c.rollback(start);
-                c.extend(&[], start, len).map_err(|_| out_of_order())?;
+                c.extend(snap, &[], start, len)
+                    .map_err(|_| out_of_order())?;
             }
             None => {}
         }
