@@ -565,3 +565,87 @@ fn a_small_file_is_planned_whole_as_pfs_plan_does() {
     );
     assert_ne!(streams[1], streams[0], "window by window: another stream");
 }
+
+/// This machine's x86-64 `libstd-*.so` of rustup toolchain `tc`, if it has one.
+fn toolchain_libstd(tc: &str) -> Option<std::path::PathBuf> {
+    // through rustup itself: under `cargo test` the `rustc` first on PATH may be the
+    // toolchain's own binary, which takes no `+toolchain`
+    let o = std::process::Command::new("rustup")
+        .args(["run", tc, "rustc", "--print", "sysroot"])
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .output()
+        .ok()?;
+    if !o.status.success() {
+        return None;
+    }
+    let lib = Path::new(String::from_utf8(o.stdout).ok()?.trim())
+        .join("lib/rustlib/x86_64-unknown-linux-gnu/lib");
+    let mut found: Vec<_> = std::fs::read_dir(lib)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libstd-") && n.ends_with(".so"))
+        })
+        .collect();
+    found.sort();
+    found.into_iter().next()
+}
+
+/// An x86-64 ELF release pair (the stable toolchain's libstd in the snapshot as a corpus
+/// bank, the nightly's sent; skipped where either toolchain is missing) goes window by window
+/// with its reference predictions: the file's first window planned carries the model, the
+/// receiver adds the predictions back block by block, and the file arrives bit-exact, in
+/// fewer stream bytes than with `--predict off` (which arrives bit-exact too).
+#[test]
+fn an_elf_release_pair_goes_window_by_window_with_predictions() {
+    let (Some(old), Some(new)) = (toolchain_libstd("stable"), toolchain_libstd("nightly")) else {
+        eprintln!("skipped: needs the stable and nightly toolchains' libstd-*.so");
+        return;
+    };
+    let data = std::fs::read(&new).unwrap();
+    if std::fs::read(&old).unwrap() == data {
+        eprintln!("skipped: stable and nightly libstd are the same file");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let snap = d.path().join("snap");
+    let o = pfs()
+        .args([
+            "snapshot",
+            "build",
+            "--size-mb",
+            "1",
+            "--seed",
+            "3",
+            "--add",
+        ])
+        .arg(&old)
+        .arg("--out")
+        .arg(&snap)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let snap = snap.to_string_lossy().into_owned();
+    let src = d.path().join("libstd.so");
+    std::fs::write(&src, &data).unwrap();
+    let keys = KeyFiles::create(d.path());
+    let mut streams = Vec::new();
+    for p in ["on", "off"] {
+        let extra = ["--predict".to_string(), p.to_string()];
+        let sent = send_checked(d.path(), &snap, &keys, &src, &data, &extra, p);
+        assert_eq!(sent["streamed_files"], 1, "{sent}");
+        streams.push(sent["stream_bytes"].as_u64().unwrap());
+    }
+    eprintln!(
+        "libstd pair: {} stream bytes, {} without predictions",
+        streams[0], streams[1]
+    );
+    assert!(
+        streams[0] < streams[1],
+        "with predictions {} stream bytes, without {}",
+        streams[0],
+        streams[1]
+    );
+}
