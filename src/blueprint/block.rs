@@ -1057,7 +1057,7 @@ mod tests {
         let mut q = 0usize;
         while q < n {
             let len = (1 + rng.next_u64() as usize % 4096).min(n - q);
-            let src = if rng.next_u64() % 6 == 0 {
+            let src = if rng.next_u64().is_multiple_of(6) {
                 Source::Raw
             } else {
                 Source::Cover {
@@ -1077,7 +1077,7 @@ mod tests {
             .sum();
         let spill: Vec<u8> = (0..spilled)
             .map(|_| {
-                if rng.next_u64() % 4 == 0 {
+                if rng.next_u64().is_multiple_of(4) {
                     rng.next_u64() as u8
                 } else {
                     0

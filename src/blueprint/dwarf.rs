@@ -148,6 +148,9 @@ impl<T> Default for Abbrevs<T> {
     }
 }
 
+/// A table's abbreviations compiled for one version and address size.
+type Compiled = Abbrevs<Vec<Step>>;
+
 /// One step of a compiled abbreviation ([`compile`]): what the walk does with the next bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
@@ -234,7 +237,7 @@ impl<T: Clone> Abbrevs<T> {
 struct Tables {
     by_off: HashMap<u32, Option<Abbrevs>>,
     parsed: usize,
-    compiled: HashMap<(u32, u16, u8), Option<Abbrevs<Vec<Step>>>>,
+    compiled: HashMap<(u32, u16, u8), Option<Compiled>>,
     /// Steps compiled in all.
     compiled_steps: usize,
 }

@@ -884,7 +884,7 @@ impl Causal {
         // spans wait in `pending` for a block that needs the map)
         let regions = &self.model.regions;
         let k = regions.partition_point(|r| r.start + r.len <= base);
-        if self.pending.len() == before || !regions.get(k).is_some_and(|r| r.start < end) {
+        if self.pending.len() == before || regions.get(k).is_none_or(|r| r.start >= end) {
             return Ok(None);
         }
         let mut new = std::mem::take(&mut self.pending);

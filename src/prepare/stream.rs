@@ -1593,7 +1593,7 @@ mod tests {
             let mut q = 0usize;
             while q < w.len() {
                 let len = (1 + rng.next_u64() as usize % 8192).min(w.len() - q);
-                if rng.next_u64() % 8 == 0 {
+                if rng.next_u64().is_multiple_of(8) {
                     segments.push(Segment {
                         len: len as u32,
                         src: Source::Raw,
@@ -1629,9 +1629,14 @@ mod tests {
         };
         let produce = |o: &StreamOptions| -> Vec<u8> {
             let (tx, rx) = std::sync::mpsc::sync_channel(1024);
-            produce_with(&[f.clone()], &snap, &tx, o, None, &mut |w, start, _, _| {
-                Ok(pack(w, start))
-            });
+            produce_with(
+                std::slice::from_ref(&f),
+                &snap,
+                &tx,
+                o,
+                None,
+                &mut |w, start, _, _| Ok(pack(w, start)),
+            );
             drop(tx);
             let mut stream = Vec::new();
             for it in rx.iter() {
