@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Output};
 
 mod common;
-use common::cli::{build_snapshot, pfs, spawn_listening, udp_recv};
+use common::cli::{build_snapshot, build_snapshot_adding, pfs, spawn_listening, udp_recv};
 use common::keys::KeyFiles;
 
 /// Start a receiver on 127.0.0.1 with an OS-chosen port; return it and the port it printed.
@@ -610,24 +610,7 @@ fn an_elf_release_pair_goes_window_by_window_with_predictions() {
         return;
     }
     let d = tempfile::tempdir().unwrap();
-    let snap = d.path().join("snap");
-    let o = pfs()
-        .args([
-            "snapshot",
-            "build",
-            "--size-mb",
-            "1",
-            "--seed",
-            "3",
-            "--add",
-        ])
-        .arg(&old)
-        .arg("--out")
-        .arg(&snap)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let snap = snap.to_string_lossy().into_owned();
+    let snap = build_snapshot_adding(d.path(), "snap", "3", &[&old]);
     let src = d.path().join("libstd.so");
     std::fs::write(&src, &data).unwrap();
     let keys = KeyFiles::create(d.path());

@@ -1025,7 +1025,6 @@ mod tests {
     /// without them codes other bytes); a block skipped is refused.
     #[test]
     fn blocks_predicted_with_the_segments_so_far_decode_back() {
-        use crate::blueprint::predict::{Load, Region, RegionKind};
         let mut rng = crate::pob::prng::SplitMix64::new(7);
         let n = 256usize << 10;
         let mut snap = vec![0x90u8; n];
@@ -1034,24 +1033,7 @@ mod tests {
             let disp = (rng.next_u64() % 4096) as i32 - 2048;
             snap[i + 1..i + 5].copy_from_slice(&disp.to_le_bytes());
         }
-        let load = |vaddr| {
-            vec![Load {
-                off: 0,
-                vaddr,
-                size: n as u64,
-            }]
-        };
-        let model = RefModel {
-            old_base: 0,
-            old_loads: load(0x10000),
-            new_loads: load(0x10000),
-            regions: vec![Region {
-                start: 0,
-                len: n as u64,
-                kind: RegionKind::Code,
-            }],
-            dwarf: None,
-        };
+        let model = crate::blueprint::predict::code_model(n as u64, 0x10000, 0x10000);
         // covers of 1..4 KiB, each shifted back by 0..63 bytes, and raw runs
         let mut segs = Vec::new();
         let mut q = 0usize;

@@ -392,15 +392,9 @@ pub fn fields(info: &[u8], abbrev: &[u8]) -> Vec<Field> {
     out
 }
 
-/// The fields of the unit at `unit` (the cursor just past its length), up to `end`.
-fn walk_unit(
-    c: &mut Cur<'_>,
-    end: usize,
-    unit: u32,
-    abbrev: &[u8],
-    tables: &mut Tables,
-    out: &mut Vec<Field>,
-) -> Option<()> {
+/// A unit's header after its length: version, abbreviation table offset, address size
+/// (`None` for a version or unit type the walk leaves alone).
+fn unit_header(c: &mut Cur<'_>) -> Option<(u16, u32, u8)> {
     let version = c.u16()?;
     let (abbrev_off, addr) = match version {
         2..=4 => (c.u32()?, c.u8()?),
@@ -417,6 +411,19 @@ fn walk_unit(
         }
         _ => return None,
     };
+    Some((version, abbrev_off, addr))
+}
+
+/// The fields of the unit at `unit` (the cursor just past its length), up to `end`.
+fn walk_unit(
+    c: &mut Cur<'_>,
+    end: usize,
+    unit: u32,
+    abbrev: &[u8],
+    tables: &mut Tables,
+    out: &mut Vec<Field>,
+) -> Option<()> {
+    let (version, abbrev_off, addr) = unit_header(c)?;
     if !tables.by_off.contains_key(&abbrev_off) {
         if tables.by_off.len() >= MAX_TABLES || tables.parsed > MAX_TABLE_BYTES {
             return None;
@@ -638,22 +645,7 @@ mod tests {
                 break;
             };
             let _ = (|| -> Option<()> {
-                let version = c.u16()?;
-                let (off, addr) = match version {
-                    2..=4 => (c.u32()?, c.u8()?),
-                    5 => {
-                        let t = c.u8()?;
-                        let addr = c.u8()?;
-                        let off = c.u32()?;
-                        match t {
-                            1 | 3 => {}
-                            4 | 5 => c.take(8).map(|_| ())?,
-                            _ => return None,
-                        }
-                        (off, addr)
-                    }
-                    _ => return None,
-                };
+                let (version, off, addr) = unit_header(&mut c)?;
                 let table = abbrevs(abbrev, off as usize).0?;
                 let c = &mut Cur {
                     b: &c.b[..end],

@@ -1577,6 +1577,30 @@ impl<'a> Predictor<'a> {
     }
 }
 
+/// A model of one image of `n` bytes of code at file offset 0, loaded at `old_va` in the
+/// old image (at snapshot offset 0) and `new_va` in the new (tests).
+#[cfg(test)]
+pub(crate) fn code_model(n: u64, old_va: u64, new_va: u64) -> RefModel {
+    let load = |vaddr| {
+        vec![Load {
+            off: 0,
+            vaddr,
+            size: n,
+        }]
+    };
+    RefModel {
+        old_base: 0,
+        old_loads: load(old_va),
+        new_loads: load(new_va),
+        regions: vec![Region {
+            start: 0,
+            len: n,
+            kind: RegionKind::Code,
+        }],
+        dwarf: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1600,25 +1624,7 @@ mod tests {
             let disp = (next() % 4096) as i32 - 2048;
             snap[i + 1..i + 5].copy_from_slice(&disp.to_le_bytes());
         }
-        let m = RefModel {
-            old_base: 0,
-            old_loads: vec![Load {
-                off: 0,
-                vaddr: 0x10000,
-                size: n as u64,
-            }],
-            new_loads: vec![Load {
-                off: 0,
-                vaddr: 0x10040,
-                size: n as u64,
-            }],
-            regions: vec![Region {
-                start: 0,
-                len: n as u64,
-                kind: RegionKind::Code,
-            }],
-            dwarf: None,
-        };
+        let m = code_model(n as u64, 0x10000, 0x10040);
         // covers of 1..64 KiB at shifted snapshot offsets, with raw runs between them
         let mut segs = Vec::new();
         let mut q = 0usize;

@@ -11,20 +11,19 @@ pub fn pfs() -> Command {
 
 /// Build a 1 MiB snapshot of recipe seed `seed` in `dir/name`; returns its path.
 pub fn build_snapshot(dir: &Path, name: &str, seed: &str) -> String {
+    build_snapshot_adding(dir, name, seed, &[])
+}
+
+/// [`build_snapshot`] with the files `add` as corpus banks (`--add`).
+#[allow(dead_code)]
+pub fn build_snapshot_adding(dir: &Path, name: &str, seed: &str, add: &[&Path]) -> String {
     let p = dir.join(name);
-    let o = pfs()
-        .args([
-            "snapshot",
-            "build",
-            "--size-mb",
-            "1",
-            "--seed",
-            seed,
-            "--out",
-        ])
-        .arg(&p)
-        .output()
-        .unwrap();
+    let mut c = pfs();
+    c.args(["snapshot", "build", "--size-mb", "1", "--seed", seed]);
+    for a in add {
+        c.arg("--add").arg(a);
+    }
+    let o = c.arg("--out").arg(&p).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     p.to_string_lossy().into_owned()
 }
