@@ -819,6 +819,12 @@ pub struct Causal {
 /// with: 262,144 (6 MiB, copied into each block's map). The libstd release pair has 43,847.
 pub const MAX_CAUSAL_SPANS: usize = 1 << 18;
 
+/// Most units of map work ([`Causal::map_work`]: a span read or a hint entry written, about
+/// a nanosecond each; decoding a block costs about that per byte) per file byte of a block
+/// that is predicted. On the libstd release pair (43,847 spans) blocks of about 15 KB and
+/// more are predicted; the streamed sender's are 256 KiB of spill.
+pub const MAP_UNITS_PER_BYTE: u64 = 4;
+
 /// A block that does not start where the file's blocks so far end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutOfOrder;
@@ -887,6 +893,12 @@ impl Causal {
         if self.pending.len() == before || regions.get(k).is_none_or(|r| r.start >= end) {
             return Ok(None);
         }
+        // a map costs work in proportion to all the spans (and its hint table), whatever
+        // the block's size: a block shorter than that work / MAP_UNITS_PER_BYTE is not
+        // predicted, so a stream of tiny blocks cannot make each cost a whole map
+        if len.saturating_mul(MAP_UNITS_PER_BYTE) < self.map_work() {
+            return Ok(None);
+        }
         let mut new = std::mem::take(&mut self.pending);
         new.sort_unstable();
         // the old image's spans mostly come in file order: only the tail after the first
@@ -922,6 +934,22 @@ impl Causal {
             map = t.map;
         }
         Ok(Some(map))
+    }
+
+    /// The work of a map of the spans so far and those pending: one unit per span and per
+    /// entry of its hint table ([`AddressMap::from_sorted`]).
+    fn map_work(&self) -> u64 {
+        // the spans are sorted: their ends bound them; the pending ones are looked at
+        let ends = self.spans.first().into_iter().chain(self.spans.last());
+        let (lo, hi) = ends
+            .chain(self.pending.iter())
+            .fold((u64::MAX, 0u64), |(lo, hi), s| (lo.min(s.0), hi.max(s.0)));
+        let hint = if lo <= hi {
+            ((hi - lo) >> 12).min(HINT_MAX) + 2
+        } else {
+            0
+        };
+        (self.spans.len() + self.pending.len()) as u64 + hint
     }
 
     /// Forget the blocks from file offset `base` on (the sender sends that part another
@@ -1604,6 +1632,41 @@ pub(crate) fn code_model(n: u64, old_va: u64, new_va: u64) -> RefModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A block whose map would cost more than [`MAP_UNITS_PER_BYTE`] per byte of it is not
+    /// predicted (its spans still count for the next block); one long enough is; a block
+    /// out of order is refused.
+    #[test]
+    fn a_block_too_short_for_its_map_is_not_predicted() {
+        let n = 1u64 << 20;
+        let snap = vec![0x90u8; n as usize];
+        let mut c = Causal::new(code_model(n, 0x10000, 0x10000), &snap, 0);
+        let cover = |off: u64, len: u32| Segment {
+            len,
+            src: Source::Cover { off },
+        };
+        // 4,096 covers of 64 bytes spread over the snapshot: 4,096 spans, 258 hint entries
+        let many: Vec<Segment> = (0..4096u64).map(|k| cover(k * 256, 64)).collect();
+        assert!(c.extend(&snap, &many, 0, 4096 * 64).unwrap().is_some());
+        let work = c.map_work();
+        let short = (work + 1) / MAP_UNITS_PER_BYTE - 1;
+        let at = 4096 * 64;
+        assert!(c
+            .extend(&snap, &[cover(0, short as u32)], at, short)
+            .unwrap()
+            .is_none());
+        let long = work.div_ceil(MAP_UNITS_PER_BYTE) + 8;
+        let at = at + short;
+        assert!(c
+            .extend(&snap, &[cover(8, long as u32)], at, long)
+            .unwrap()
+            .is_some());
+        assert_eq!(c.spans.len(), 4096 + 2, "the short block's span was kept");
+        assert!(
+            c.extend(&snap, &[cover(0, 1)], at, 1).is_err(),
+            "out of order"
+        );
+    }
 
     /// Applied in runs side by side, the predictions change the same bytes as in one pass
     /// (covers of random lengths over code full of call instructions, cut anywhere).
