@@ -214,11 +214,11 @@ pub struct SendArgs {
     #[arg(long, value_name = "BYTES")]
     plan_whole: Option<u64>,
     /// Reference predictions for x86-64 ELF files (as `pfs plan --predict`): the file's
-    /// first block carries a model of its sections, and the call targets, pointers,
-    /// relocations, symbols and DWARF references that moved by what the segments sent so
-    /// far show cost nothing in the differences (at `fast` not the call targets: they cost
-    /// more time than their bytes save). The libstd release pair: 802 KB of blocks instead
-    /// of 932 KB at `fast` [default: on].
+    /// first block planned carries a model of its sections, and the relocations, symbols,
+    /// range lists, line addresses, DWARF references and call targets that moved as the
+    /// segments sent so far show cost nothing in the differences (at `fast` not the call
+    /// targets: they cost more time than their bytes save). The libstd release pair: 802 KB
+    /// of blocks instead of 932 KB at `fast` [default: on].
     #[arg(long, value_enum, value_name = "on|off")]
     predict: Option<super::codec::OnOff>,
     #[command(flatten)]
