@@ -159,6 +159,13 @@ fn sequential_and_concurrent_senders_into_one_service_then_sigterm() {
         &a,
         &["--rate", "40mbit"],
     );
+    // The second sender starts once the first is in: both use one identity, and the
+    // service keeps each sender's newest handshake time, so a second init stamped before
+    // the first one's (two processes racing) is refused as replayed and retried later,
+    // maybe after the first session ended (seen under load in CI, 2026-12-08).
+    svc.scrape_until("the first session", |m| {
+        m.get("pfs_sessions_active") == Some(&1.0)
+    });
     let cb = send(
         &snap,
         svc.port,

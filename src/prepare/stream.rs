@@ -583,6 +583,19 @@ fn window_model(
     if !o.predict.any() {
         return None;
     }
+    // the file's header first: most files are no x86-64 ELF, and are not read again
+    let mut head = [0u8; 65];
+    let head: &[u8] = if start == 0 {
+        window
+    } else {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::open(&f.path).ok()?;
+        file.read_exact_at(&mut head, 0).ok()?;
+        &head
+    };
+    if !crate::blueprint::predict::is_x86_64_elf(head) {
+        return None;
+    }
     let (mapped, read);
     let whole: &[u8] = match window {
         WindowBytes::Mapped(m, _) => m,
