@@ -334,8 +334,8 @@ pub fn encode(bp: &Blueprint, o: &EncodeOptions) -> Result<Vec<u8>, std::io::Err
 /// [`encode`] for a blueprint of the file bytes from `base` on (its snapshot and self-copy
 /// offsets absolute, its segments' file positions counted from `base`). With `causal` (the
 /// file's [`Causal`] state, whose blocks so far end at `base`, and the snapshot), each
-/// block's differences are predicted ([`Causal::predictor`]) and the block at file offset
-/// 0 carries the model.
+/// block's differences are predicted ([`Causal::predictor`]) and the block at
+/// [`Causal::start`] carries the model.
 pub fn encode_at(
     bp: &Blueprint,
     base: u64,

@@ -808,15 +808,16 @@ pub struct Causal {
     /// this file from there on.
     full_at: Option<u64>,
     /// Per region, the old table read in step ([`RegionKind::Table`]), read with the map of
-    /// the first block whose covers meet the region and kept for the file's later blocks
-    /// (a `.pbb` sent whole, one block, reads them with the map of all its segments as
-    /// `pfs unplan` does).
-    tables: Vec<Option<std::sync::Arc<OldTable>>>,
+    /// the first block whose covers meet the region (at that block's file offset) and kept
+    /// for the file's later blocks (a `.pbb` sent whole, one block, reads them with the map
+    /// of all its segments as `pfs unplan` does).
+    tables: Vec<Option<(u64, std::sync::Arc<OldTable>)>>,
     no_table: std::sync::Arc<OldTable>,
 }
 
 /// Most snapshot spans (segments that read the snapshot) of one file a [`Causal`] predicts
-/// with: 262,144 (6 MiB, copied into each block's map). The libstd release pair has 43,847.
+/// with: 262,144 (6 MiB, which each predicted block's map reads to build its hint table).
+/// The libstd release pair has 43,847.
 pub const MAX_CAUSAL_SPANS: usize = 1 << 18;
 
 /// Most units of map work ([`Causal::map_work`]: a span read or a hint entry written, about
@@ -857,13 +858,12 @@ impl Causal {
     }
 
     /// Take in the next block's segments (`len` file bytes starting at `base`, where the
-    /// blocks so far end); the map and file range to predict it with
-    /// ([`Causal::predictor`]), or `None` where there is nothing to predict (no covers in
-    /// the block, or none inside the model's regions) and once the file's blocks hold more
-    /// than [`MAX_CAUSAL_SPANS`] snapshot spans (the rest of the file is not predicted: each
-    /// block's map is a copy of them all). Err where the block does not start at the end of
-    /// the last one.
-    #[allow(clippy::type_complexity)]
+    /// blocks so far end); the map to predict it with ([`Causal::predictor`]), or `None`
+    /// where there is nothing to predict (no covers in the block, or none inside the
+    /// model's regions), where the block is too short for its map
+    /// ([`MAP_UNITS_PER_BYTE`]), and once the file's blocks hold more than
+    /// [`MAX_CAUSAL_SPANS`] snapshot spans (the rest of the file is not predicted). Err
+    /// where the block does not start at the end of the last one.
     pub fn extend(
         &mut self,
         snap: &[u8],
@@ -928,7 +928,7 @@ impl Causal {
             let t = Predictor::with_parts(&self.model, snap, map, &[], Vec::new());
             for (k, r) in regions.iter().enumerate() {
                 if self.tables[k].is_none() && meets(r) {
-                    self.tables[k] = Some(std::sync::Arc::new(t.old_table(r)));
+                    self.tables[k] = Some((base, std::sync::Arc::new(t.old_table(r))));
                 }
             }
             map = t.map;
@@ -960,6 +960,13 @@ impl Causal {
         }
         std::sync::Arc::make_mut(&mut self.spans).retain(|s| s.2 < base);
         self.pending.retain(|s| s.2 < base);
+        // tables read with the map of a block forgotten are read again by the block that
+        // meets them next (the receiver never saw that map)
+        for t in &mut self.tables {
+            if t.as_ref().is_some_and(|(at, _)| *at >= base) {
+                *t = None;
+            }
+        }
         self.next = base;
         if self.full_at.is_some_and(|f| f >= base) {
             self.full_at = None;
@@ -971,7 +978,10 @@ impl Causal {
         let tables = self
             .tables
             .iter()
-            .map(|t| t.clone().unwrap_or_else(|| self.no_table.clone()))
+            .map(|t| {
+                t.as_ref()
+                    .map_or_else(|| self.no_table.clone(), |(_, t)| t.clone())
+            })
             .collect();
         Predictor::with_parts(&self.model, snap, map, &self.dwarf, tables)
     }
@@ -1666,6 +1676,70 @@ mod tests {
             c.extend(&snap, &[cover(0, 1)], at, 1).is_err(),
             "out of order"
         );
+    }
+
+    /// A table read with the map of a block that is then rolled back (the sender sent that
+    /// window raw instead) is read again by the next block that meets it, as by a receiver
+    /// that never saw the block; one read by a block before the rollback point is kept.
+    #[test]
+    fn a_rollback_forgets_the_tables_read_with_the_forgotten_map() {
+        let n = 1u64 << 16;
+        let snap = vec![0u8; n as usize];
+        let mut model = code_model(n, 0x10000, 0x10000);
+        model.regions = vec![
+            Region {
+                start: 0,
+                len: 2400,
+                kind: RegionKind::Table {
+                    of: Entries::Rela,
+                    old_start: 0,
+                    old_len: 2400,
+                },
+            },
+            Region {
+                start: 40_000,
+                len: 2400,
+                kind: RegionKind::Table {
+                    of: Entries::Rela,
+                    old_start: 40_000,
+                    old_len: 2400,
+                },
+            },
+        ];
+        let cover = |off: u64, len: u32| Segment {
+            len,
+            src: Source::Cover { off },
+        };
+        let mut c = Causal::new(model, &snap, 0);
+        assert!(c
+            .extend(&snap, &[cover(0, 20_000)], 0, 20_000)
+            .unwrap()
+            .is_some());
+        assert!(c
+            .extend(&snap, &[cover(20_000, 30_000)], 20_000, 30_000)
+            .unwrap()
+            .is_some());
+        assert_eq!(
+            c.tables
+                .iter()
+                .map(|t| t.as_ref().map(|t| t.0))
+                .collect::<Vec<_>>(),
+            vec![Some(0), Some(20_000)]
+        );
+        c.rollback(20_000);
+        assert_eq!(
+            c.tables
+                .iter()
+                .map(|t| t.as_ref().map(|t| t.0))
+                .collect::<Vec<_>>(),
+            vec![Some(0), None]
+        );
+        assert!(c.extend(&snap, &[], 20_000, 10_000).unwrap().is_none());
+        assert!(c
+            .extend(&snap, &[cover(30_000, 20_000)], 30_000, 20_000)
+            .unwrap()
+            .is_some());
+        assert_eq!(c.tables[1].as_ref().map(|t| t.0), Some(30_000));
     }
 
     /// Applied in runs side by side, the predictions change the same bytes as in one pass

@@ -611,7 +611,7 @@ fn window_model(
             &mapped
         }
     };
-    if whole.len() as u64 != f.size || !crate::blueprint::predict::is_x86_64_elf(whole) {
+    if whole.len() as u64 != f.size {
         return None;
     }
     RefModel::for_elf(whole, snap, &job.bp.segments, start, o.predict)

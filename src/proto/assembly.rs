@@ -32,7 +32,7 @@ struct Prog {
     hashed: u64,
     /// Streamed: the head of the stream was read (a resume record or the first block).
     begun: bool,
-    /// Packed: the file's reference predictions, once its first block brought a model.
+    /// Packed: the file's reference predictions, once a block brought its model.
     predict: block::Predictions,
 }
 
@@ -265,7 +265,7 @@ impl Assembly {
             if file_off.checked_add(b.file_len).is_none_or(|e| e > size) {
                 return Err(Reason::Protocol);
             }
-            // reference predictions (the model comes with the file's first block), with
+            // reference predictions (from the block that brings the file's model on), with
             // this snapshot
             self.prog[fi]
                 .predict
